@@ -1,0 +1,6 @@
+"""``python -m covseg`` (also what ``torchrun -m covseg`` starts)."""
+from __future__ import annotations
+
+from covseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Checkpoints: a model's weights plus everything needed to rebuild and use it, loaded without pickle.
+
+A checkpoint is a ``torch.save``d dict of tensors and plain Python values, read back with
+``torch.load(weights_only=True)``:
+
+    ``format``  "covseg-checkpoint-1"
+    ``config``  the run's resolved config (nested dict, see :mod:`covseg.config`)
+    ``model``   the model's ``state_dict``
+    ``epoch``   epochs completed; ``score`` validation mean foreground Dice (or None)
+    ``optimizer``/``scheduler`` state (``last.pt`` only, for ``--resume``)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from covseg import __version__
+from covseg.config import RunConfig, config_from_dict, config_to_dict
+from covseg.errors import CovsegError
+from covseg.fileio import atomic_path
+from covseg.labels import get_scheme
+from covseg.models import create_model
+
+__all__ = ["FORMAT", "save_checkpoint", "read_checkpoint", "build_model", "load_model", "find_checkpoint"]
+
+FORMAT = "covseg-checkpoint-1"
+
+
+def save_checkpoint(path: Path, model: nn.Module, config: RunConfig, epoch: int, score: float | None,
+                    **state: Any) -> None:
+    """Write a checkpoint atomically (``state``: e.g. ``optimizer=opt.state_dict()``)."""
+    payload = {"format": FORMAT, "version": __version__, "config": config_to_dict(config),
+               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "epoch": epoch, "score": score, **state}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def find_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A checkpoint file, or the ``best.pt`` (``which="last"``: ``last.pt``) of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / f"{which}.pt"
+        if not candidate.is_file() and which == "best":
+            candidate = path / "last.pt"
+        if not candidate.is_file():
+            raise CovsegError(f"{path}: no {which}.pt in this folder; is it a finished covseg run?")
+        return candidate
+    if not path.is_file():
+        raise CovsegError(f"{path}: no such checkpoint or run folder")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``) and check its format."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for bad files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CovsegError(f"{path}: not a readable covseg checkpoint ({first[:120]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CovsegError(f"{path}: not a covseg checkpoint (format {FORMAT} expected)")
+    return data
+
+
+def build_model(config: RunConfig) -> nn.Module:
+    """Instantiate the model described by ``config`` with the task's number of classes."""
+    scheme = get_scheme(config.data.task)
+    m = config.model
+    options: dict[str, Any] = {"num_classes": scheme.num_classes, "width": m.width, "depth": m.depth}
+    if m.name == "unet":
+        options["batch_norm"] = m.batch_norm
+    return create_model(m.name, **options)
+
+
+def load_model(path: str | Path, which: str = "best", task: str | None = None,
+               model_name: str | None = None) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
+    """Rebuild a model from a checkpoint or run folder; returns ``(model in eval mode, config, checkpoint)``.
+
+    ``task`` / ``model_name``, when given, must match the checkpoint's, else a :class:`CovsegError`.
+    """
+    file = find_checkpoint(path, which)
+    data = read_checkpoint(file)
+    config = config_from_dict(data["config"], source=str(file))
+    if task is not None and task != config.data.task:
+        raise CovsegError(f"{file}: this model was trained for the {config.data.task} task, not {task}; "
+                          f"use --task {config.data.task} or another model")
+    if model_name is not None and model_name != config.model.name:
+        raise CovsegError(f"{file}: this checkpoint holds a {config.model.name}, not a {model_name}")
+    model = build_model(config)
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as err:
+        raise CovsegError(f"{file}: weights do not fit a {config.model.name} "
+                          f"({str(err).splitlines()[0][:100]})") from None
+    model.eval()
+    return model, config, data

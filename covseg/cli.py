@@ -1,0 +1,237 @@
+"""The ``covseg`` command line: a thin shell over the library.
+
+Every user-facing problem surfaces as ``covseg: error: <one line>`` and exit status 2; Ctrl-C exits 130
+after saving what can be resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from covseg import __version__
+from covseg.config import apply_overrides, available_recipes, load_recipe
+from covseg.errors import CovsegError
+
+__all__ = ["main", "build_parser"]
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _default_data(dataset: str = "covid-semiseg") -> str:
+    from covseg.download import dataset_root, default_data_dir
+
+    root = dataset_root(default_data_dir(), dataset)
+    if not root.exists():
+        raise CovsegError(f"no --data given and {root} does not exist; run `covseg download` first or pass --data DIR")
+    return str(root)
+
+
+def _recipe_config(args: argparse.Namespace):
+    config = load_recipe(args.recipe)
+    overrides = list(args.overrides)
+    if args.task:
+        overrides.append(f"data.task={args.task}")
+    if getattr(args, "split", None):
+        overrides.append(f"data.split={args.split}")
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.precision:
+        overrides.append(f"train.precision={args.precision}")
+    return apply_overrides(config, overrides)
+
+
+def _add_training_options(p: argparse.ArgumentParser, split: bool = True) -> None:
+    p.add_argument("--recipe", default="default", help=f"recipe name ({', '.join(available_recipes())}) or YAML path")
+    p.add_argument("--task", choices=("binary", "multiclass"), help="label scheme (default: the recipe's)")
+    p.add_argument("--data", help="data folder (default: the downloaded covid-semiseg)")
+    if split:
+        p.add_argument("--split", help="official | cv:K | seed | paper (default: the recipe's)")
+    p.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="shorthand for train.device")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="shorthand for train.precision")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="recipe overrides, e.g. train.lr=0.001 model.width=32 train.augment.hflip=0.5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="covseg", description="COVID-19 lung CT lesion segmentation "
+                                     "(U-Net and SegNet): download, train, evaluate, compare, predict.")
+    parser.add_argument("--version", action="version", version=f"covseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", help="fetch and verify a data set")
+    p.add_argument("--dataset", default="covid-semiseg")
+    p.add_argument("--mirror", help="local folder or http(s) URL to fetch from (default: $COVSEG_MIRROR, else upstream)")
+    p.add_argument("--data-dir", type=Path, help="cache folder (default: ~/.cache/covseg)")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("train", help="train a model into a run folder")
+    _add_training_options(p)
+    p.add_argument("-o", "--output", type=Path, help="run folder to create")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+
+    p = sub.add_parser("evaluate", help="score a trained model on labelled images")
+    p.add_argument("model", type=Path, help="run folder or checkpoint file")
+    p.add_argument("--data", help="data folder (default: the one the run was trained on)")
+    p.add_argument("--split", default="heldout", help="heldout (default) | val | test | train | all")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("-o", "--output", type=Path, help="report folder (default: RUN_DIR/eval-SPLIT)")
+    p.add_argument("--tta", action="store_true", help="average with a left-right flipped prediction")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("compare", help="train and evaluate several models under identical settings")
+    p.add_argument("--models", nargs="+", default=["unet", "segnet"])
+    _add_training_options(p)
+    p.add_argument("-o", "--output", type=Path, required=True, help="comparison folder")
+
+    p = sub.add_parser("cv", help="k-fold cross-validation of a recipe (resumes finished folds)")
+    _add_training_options(p, split=False)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("-o", "--output", type=Path, required=True, help="cross-validation folder")
+
+    p = sub.add_parser("predict", help="segment images with a trained model")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files or folders (PNG, JPG, TIFF, NIfTI, DICOM)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint file")
+    p.add_argument("--no-overlays", action="store_true")
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from covseg.download import default_data_dir, download, resolve_mirror
+
+    report = download(args.dataset, args.data_dir or default_data_dir(), resolve_mirror(args.mirror),
+                      progress=not args.quiet)
+    print(report.summary())
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from covseg.datasets import load_dataset
+    from covseg.run import read_run_config, read_run_info, train_run
+
+    if args.resume:
+        if args.output and args.output != args.resume:
+            raise CovsegError("give either -o RUN_DIR for a new run or --resume RUN_DIR, not both")
+        if not (args.resume / "last.pt").is_file():
+            raise CovsegError(f"{args.resume}: nothing to resume (no last.pt); start it again with -o")
+        config = read_run_config(args.resume)
+        data = args.data or read_run_info(args.resume)["data"]
+        run_dir, resume = args.resume, True
+    else:
+        if not args.output:
+            raise CovsegError("say where the run goes: -o RUN_DIR (or --resume RUN_DIR)")
+        config = _recipe_config(args)
+        data = args.data or _default_data()
+        run_dir, resume = args.output, False
+    samples = load_dataset(data, config.data.task, split="train")
+    result = train_run(config, samples, run_dir, data, resume=resume, force=args.force,
+                       progress=not args.quiet, log=_log)
+    if result.interrupted:
+        return 130
+    best = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
+    print(f"trained {result.epochs_done} epochs in {result.seconds:.0f} s; best validation mean Dice {best}; "
+          f"run folder {run_dir}")
+    return 0
+
+
+def _print_summary(metrics: dict, out_dir: Path) -> None:
+    dice = metrics["per_image"]["dice"]
+    parts = [f"{k} {v:.4f}" for k, v in dice.items() if k != "background" and v is not None]
+    line = f"Dice (per image): {', '.join(parts)}; pixel accuracy {metrics['pixel_accuracy']:.4f}"
+    if metrics.get("infnet"):
+        line += f"; Inf-Net meanDic {metrics['infnet']['meanDic']:.4f}"
+    print(line)
+    print(f"report: {out_dir}/metrics.md")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from covseg.experiment import evaluate_run
+
+    metrics, out_dir = evaluate_run(args.model, args.data, args.split, args.output, args.checkpoint, args.device,
+                                    args.precision, args.batch_size, args.tta, progress=not args.quiet)
+    _print_summary(metrics, out_dir)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from covseg.datasets import load_dataset
+    from covseg.experiment import compare_models
+
+    config = _recipe_config(args)
+    data = args.data or _default_data()
+    samples = load_dataset(data, config.data.task, split="train")
+    compare_models(args.models, config, samples, data, args.output, args.force, not args.quiet, _log)
+    print((args.output / "comparison.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from covseg.datasets import load_dataset
+    from covseg.experiment import cross_validate
+
+    config = _recipe_config(args)
+    data = args.data or _default_data()
+    samples = load_dataset(data, config.data.task, split="train")
+    cross_validate(config, samples, data, args.output, args.folds, not args.quiet, _log)
+    print((args.output / "cv.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from covseg.checkpoint import find_checkpoint, load_model
+    from covseg.datasets import list_images
+    from covseg.inference import Predictor
+    from covseg.labels import get_scheme
+    from covseg.predict import predict_files
+    from covseg.runtime import resolve_device, resolve_precision
+
+    files = [f for item in args.inputs for f in list_images(item)]
+    checkpoint = find_checkpoint(args.model)
+    model, config, state = load_model(checkpoint)
+    device = resolve_device(args.device)
+    predictor = Predictor(model, config.data.input_size, device, resolve_precision(args.precision, device),
+                          args.batch_size, args.tta)
+    info = {"checkpoint": str(checkpoint), "name": config.model.name, "recipe": config.recipe,
+            "epoch": state.get("epoch"), "covseg": __version__}
+    summary = predict_files(predictor, get_scheme(config.data.task), files, args.output, info,
+                            overlays=not args.no_overlays, progress=not args.quiet)
+    print(f"wrote {len(summary['images'])} label maps to {args.output}")
+    return 0
+
+
+COMMANDS = {"download": _cmd_download, "train": _cmd_train, "evaluate": _cmd_evaluate,
+            "compare": _cmd_compare, "cv": _cmd_cv, "predict": _cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except CovsegError as err:
+        print(f"covseg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("covseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Typed run configuration: one dataclass per concern, loaded from a recipe YAML, overridable from the CLI.
+
+A recipe is a YAML file with ``data``, ``model`` and ``train`` sections (see ``covseg/recipes/``). The
+resolved :class:`RunConfig` is saved as ``config.yaml`` beside every run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from covseg.errors import CovsegError
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "AugmentConfig",
+    "TrainConfig",
+    "RunConfig",
+    "available_recipes",
+    "load_recipe",
+    "apply_overrides",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+
+@dataclass
+class DataConfig:
+    """What data, which labels, which split, how images are normalised and sized."""
+
+    task: str = "binary"  # "binary" | "multiclass"
+    split: str = "cv:0"  # "official" | "cv:K" | "seed" | "paper"
+    folds: int = 5
+    split_seed: int = 0
+    val_fraction: float = 0.1  # validation carved from the training images for split "official"
+    input_size: int = 352  # square side the model sees; a multiple of 2**depth
+    window_level: float = -600.0  # lung window for HU input
+    window_width: float = 1500.0
+
+
+@dataclass
+class ModelConfig:
+    """Architecture: a name from :data:`covseg.models.MODELS` and its options."""
+
+    name: str = "unet"
+    width: int = 32
+    depth: int = 4
+    batch_norm: bool = True
+
+
+@dataclass
+class AugmentConfig:
+    """On-the-fly augmentation of training batches (all off = the seed article's plain training)."""
+
+    hflip: float = 0.0  # probability of a left-right flip
+    vflip: float = 0.0
+    rotate_deg: float = 0.0  # uniform rotation in [-rotate_deg, rotate_deg]
+    scale: float = 0.0  # uniform zoom factor in [1 - scale, 1 + scale]
+    gamma: float = 0.0  # intensity gamma in [1 - gamma, 1 + gamma]
+    brightness: float = 0.0  # additive shift in [-brightness, brightness]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: loss, optimiser, schedule, budget, numerics."""
+
+    loss: str = "dice_ce"  # see covseg.losses.LOSSES
+    optimizer: str = "adamw"  # "adam" | "adamw" | "sgd"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # "constant" | "cosine" | "onecycle"
+    epochs: int = 50
+    batch_size: int = 8
+    seed: int = 0
+    precision: str = "auto"  # "auto" (bf16 where supported) | "fp32" | "bf16"
+    device: str = "cpu"  # "cpu" | "cuda" | "auto"
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs; saved whole beside the run."""
+
+    recipe: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped in the package."""
+    folder = resources.files("covseg") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise CovsegError(f"{source}: not valid YAML ({str(err).splitlines()[0]}); fix the recipe") from None
+    if not isinstance(data, dict):
+        raise CovsegError(f"{source}: a recipe must be a mapping with data/model/train sections")
+    return data
+
+
+def load_recipe(name_or_path: str) -> RunConfig:
+    """Load a shipped recipe by name (``default``, ``seed``, …) or a YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise CovsegError(f"{path}: recipe file not found; give a path to a YAML file or one of "
+                              f"{', '.join(available_recipes())}")
+        data = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+        name = path.stem
+    else:
+        resource = resources.files("covseg") / "recipes" / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise CovsegError(f"unknown recipe {name_or_path!r}: use one of {', '.join(available_recipes())} "
+                              "or a path to a YAML file")
+        data = _read_yaml(resource.read_text(encoding="utf-8"), f"recipe {name_or_path}")
+        name = name_or_path
+    data.setdefault("recipe", name)
+    return config_from_dict(data, source=str(name_or_path))
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise CovsegError(f"{where}: expected a mapping, got {values!r}")
+    kwargs: dict[str, Any] = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            raise CovsegError(f"{where}: unknown option {key!r}; known: {', '.join(fields)}")
+        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING \
+            else fields[key].default
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, default, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise CovsegError(f"{where}: expected true/false, got {value!r}")
+    if isinstance(default, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise CovsegError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(default, int):
+            if not number.is_integer():
+                raise CovsegError(f"{where}: expected a whole number, got {value!r}")
+            return int(number)
+        return number
+    if isinstance(default, str):
+        return str(value)
+    return value
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Build a :class:`RunConfig` from nested dicts, rejecting unknown keys and wrong types."""
+    return _build(RunConfig, data, source)
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """Nested plain dict of ``config`` (YAML/JSON/checkpoint-safe)."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.key=value`` overrides (e.g. ``train.epochs=3``, ``train.augment.hflip=0.5``)."""
+    data = config_to_dict(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise CovsegError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=3)")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise CovsegError(f"override {item!r}: no section {part!r}; sections: data, model, train")
+            node = node[part]
+        if parts[-1] not in node:
+            raise CovsegError(f"override {item!r}: unknown option {parts[-1]!r}; known: {', '.join(node)}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw else raw
+    return config_from_dict(data, source="override")

@@ -1,0 +1,650 @@
+"""Reading CT slices and label masks from the data layouts covseg accepts.
+
+Shape and label conventions (see :mod:`covseg.labels`):
+
+* images are ``(H, W)`` float32 in ``[0, 1]`` (8-bit files / 255, 16-bit PNG-style files / 65535,
+  Hounsfield-unit data through the lung window of :func:`covseg.intensity.window_hu`);
+* masks are ``(H, W)`` int64 label maps in the task's scheme: ``binary`` {0 background, 1 infection},
+  ``multiclass`` {0 background, 1 GGO, 2 consolidation, 3 pleural effusion}.
+
+Orientation: rows are the first array axis. PIL and DICOM pixel arrays are already ``(rows, cols)``.
+nibabel arrays are ``(x, y[, z])``; a slice is transposed to ``(rows=y, cols=x)``, for images and
+masks alike, so they always stay aligned. Kaggle ``.npy`` arrays are already ``(N, rows, cols, C)``.
+
+Hounsfield-unit rule: DICOM CT slices (``Modality`` CT, or a ``RescaleIntercept``) are HU after
+``RescaleSlope``/``RescaleIntercept``. NIfTI data and signed or float TIFF data are taken as HU when
+their minimum is below ``HU_MIN_THRESHOLD`` (-100): any CT slice with air in it reaches about -1000,
+while 8-bit, 16-bit, ``[0, 1]`` or z-scored data never go that low. Other data go through
+:func:`covseg.intensity.to_unit_range`. Kaggle MedSeg arrays are always HU.
+
+File order: numeric stems sort as numbers (``0, 1, 2, ..., 10``); other stems in natural order
+(runs of digits compared as numbers, the rest case-insensitively).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from covseg.errors import CovsegError
+from covseg.intensity import to_unit_range, window_hu
+from covseg.labels import MULTICLASS, LabelScheme, check_labels, get_scheme
+
+__all__ = [
+    "Sample",
+    "IMAGE_SUFFIXES",
+    "PIL_SUFFIXES",
+    "NIFTI_SUFFIXES",
+    "DICOM_SUFFIXES",
+    "HU_MIN_THRESHOLD",
+    "SPLITS",
+    "read_image",
+    "read_mask",
+    "list_images",
+    "load_covid_semiseg",
+    "load_medseg_nifti",
+    "load_medseg_npy",
+    "load_folder_pairs",
+    "load_dataset",
+]
+
+PIL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm",)
+IMAGE_SUFFIXES: tuple[str, ...] = PIL_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
+"""File name endings (lower case) that :func:`read_image` and :func:`read_mask` accept."""
+
+HU_MIN_THRESHOLD: float = -100.0
+"""NIfTI / signed or float TIFF data whose minimum is below this are taken as Hounsfield units."""
+
+SPLITS: tuple[str, ...] = ("train", "test", "unlabelled")
+
+_SEMISEG_DIRS: dict[tuple[str, str], str] = {
+    ("train", "binary"): "TrainingSet/LungInfection-Train/Doctor-label",
+    ("train", "multiclass"): "TrainingSet/MultiClassInfection-Train",
+    ("test", "binary"): "TestingSet/LungInfection-Test",
+    ("test", "multiclass"): "TestingSet/MultiClassInfection-Test",
+}
+_SEMISEG_UNLABELLED = "TrainingSet/LungInfection-Train/Pseudo-label/Imgs"
+
+_MEDSEG_NIFTI = ("tr_im.nii.gz", "tr_mask.nii.gz")
+_MEDSEG_UNLABELLED = "val_im.nii.gz"
+_MEDSEG_NPY = ("images_medseg.npy", "masks_medseg.npy")
+_NPY_CHANNEL_LABELS = np.array([1, 2, 0, 0], dtype=np.int64)
+"""Kaggle one-hot channels (GGO, consolidation, other lung, background) -> multiclass labels."""
+
+_IMAGE_DIR_NAMES = ("images", "imgs")
+_MASK_DIR_NAMES = ("masks", "gt", "labels")
+
+_LAYOUTS = (
+    "COVID-SemiSeg (a folder holding Dataset/TrainingSet), "
+    "MedSeg NIfTI (tr_im.nii.gz + tr_mask.nii.gz), "
+    "MedSeg Kaggle arrays (images_medseg.npy + masks_medseg.npy), "
+    "or image/mask folders (images/ or imgs/ beside masks/, GT/ or labels/, files matched by name)"
+)
+
+
+@dataclass
+class Sample:
+    """One 2-D slice. image: (H, W) float32 in [0, 1]; mask: (H, W) int64 label map in the task's scheme, or None."""
+
+    name: str
+    """Unique id within a data set, e.g. the file stem ``"12"`` or ``"tr_im_007"``."""
+    image: np.ndarray
+    mask: np.ndarray | None
+    source: str
+    """Path of the image file (for messages)."""
+
+
+# --------------------------------------------------------------------------------------------
+# file names
+
+
+def _suffix(path: Path) -> str:
+    """The lower-case format suffix of ``path`` (``.nii.gz`` counts as one suffix)."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _stem(path: Path) -> str:
+    """``path``'s name without its format suffix (``a.nii.gz`` -> ``a``)."""
+    return path.name[: len(path.name) - len(_suffix(path))]
+
+
+def _sort_key(stem: str) -> tuple[list[str | int], str]:
+    parts: list[str | int] = [
+        int(part) if i % 2 else part.lower() for i, part in enumerate(re.split(r"(\d+)", stem))
+    ]
+    return parts, stem
+
+
+def _sorted_paths(paths: Iterable[Path]) -> list[Path]:
+    return sorted(paths, key=lambda p: _sort_key(_stem(p)))
+
+
+def _supported_files(folder: Path) -> list[Path]:
+    """Supported image files directly in ``folder`` (hidden files skipped), in stem order."""
+    return _sorted_paths(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and _suffix(p) in IMAGE_SUFFIXES
+    )
+
+
+def _by_stem(folder: Path, what: str) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in _supported_files(folder):
+        stem = _stem(path)
+        if stem in files:
+            raise CovsegError(
+                f"{path}: {what} {files[stem].name} has the same name; keep one file per name in {folder}"
+            )
+        files[stem] = path
+    return files
+
+
+def _require_file(path: Path) -> None:
+    if not path.exists():
+        raise CovsegError(f"{path}: file not found; check the path")
+    if not path.is_file():
+        raise CovsegError(f"{path}: is not a file; give the path of an image file")
+
+
+def _require_supported(path: Path) -> None:
+    if _suffix(path) not in IMAGE_SUFFIXES:
+        raise CovsegError(
+            f"{path}: unsupported file type {_suffix(path) or '(none)'!r}; "
+            f"use one of {', '.join(IMAGE_SUFFIXES)}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# raw readers: each returns a 2-D array as stored (no scaling) plus whether it is Hounsfield units
+
+
+def _read_pil(path: Path, for_mask: bool) -> tuple[np.ndarray, str]:
+    """Return the pixel array and the PIL mode. Images come back grey; masks keep raw values."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                raise CovsegError(
+                    f"{path}: holds {im.n_frames} pages; save one slice per file"
+                )
+            im.load()
+            mode = im.mode
+            if for_mask:
+                if mode in ("RGB", "RGBA"):
+                    rgb = np.asarray(im.convert("RGB"))
+                    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                        raise CovsegError(
+                            f"{path}: is a colour mask; save it as a palette or greyscale PNG "
+                            "whose pixel values are the class ids"
+                        )
+                    return np.array(rgb[..., 0]), "L"
+                if mode == "LA":
+                    return np.array(im.getchannel("L")), "L"
+                if mode == "PA":
+                    return np.array(im.getchannel("P")), "P"
+                if mode == "1":
+                    return np.array(im, dtype=np.uint8), "L"
+                if mode not in ("L", "P", "F") and not mode.startswith("I"):
+                    raise CovsegError(
+                        f"{path}: mask has PIL mode {mode}; save it as a palette or greyscale PNG "
+                        "whose pixel values are the class ids"
+                    )
+                return np.array(im), mode
+            if mode not in ("L", "F") and not mode.startswith("I"):
+                im = im.convert("L")
+                mode = "L"
+            return np.array(im), mode
+    except CovsegError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise CovsegError(f"{path}: cannot be read as an image ({exc}); replace the file") from None
+
+
+def _nifti_data(path: Path) -> np.ndarray:
+    """The whole NIfTI array (scaled by scl_slope/scl_inter when set), as float32."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        return np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
+        raise CovsegError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc}); replace the file") from None
+
+
+def _squeeze_trailing(data: np.ndarray, keep: int) -> np.ndarray:
+    while data.ndim > keep and data.shape[-1] == 1:
+        data = data[..., 0]
+    return data
+
+
+def _read_nifti_slice(path: Path) -> np.ndarray:
+    """A single-slice NIfTI as ``(rows=y, cols=x)`` float32."""
+    data = _squeeze_trailing(_nifti_data(path), 2)
+    if data.ndim != 2:
+        raise CovsegError(
+            f"{path}: is a volume of shape {tuple(data.shape)}, not one slice; "
+            "load volumes with the MedSeg NIfTI layout (tr_im.nii.gz + tr_mask.nii.gz) or save one slice per file"
+        )
+    return np.ascontiguousarray(data.T)
+
+
+def _read_dicom(path: Path) -> tuple[np.ndarray, bool]:
+    """A single-frame DICOM as ``(rows, cols)`` float32 after rescale, and whether it is HU."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path))
+        pixels = ds.pixel_array
+    except Exception as exc:  # InvalidDicomError, missing pixel data, unsupported compression, truncation
+        raise CovsegError(f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file") from None
+    if pixels.ndim != 2:
+        raise CovsegError(
+            f"{path}: DICOM pixel data has shape {tuple(pixels.shape)}, not one greyscale slice; "
+            "export one greyscale slice per file"
+        )
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    data = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    is_hu = str(ds.get("Modality", "")).upper() == "CT" or "RescaleIntercept" in ds
+    return data, is_hu
+
+
+def _looks_like_hu(data: np.ndarray) -> bool:
+    return bool(data.size) and float(np.min(data)) < HU_MIN_THRESHOLD
+
+
+# --------------------------------------------------------------------------------------------
+# public readers
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one CT slice as ``(H, W)`` float32 in ``[0, 1]``.
+
+    * PNG / JPG / JPEG / TIF / TIFF: colour is converted to grey (PIL ``"L"``); 8-bit / 255;
+      16-bit unsigned / 65535; signed or float data by the HU rule, else min-max via
+      :func:`covseg.intensity.to_unit_range`.
+    * NIfTI ``.nii`` / ``.nii.gz`` holding one slice (``(x, y)`` or ``(x, y, 1)``): transposed to
+      ``(rows=y, cols=x)``; HU (minimum below :data:`HU_MIN_THRESHOLD`) through the lung window.
+    * DICOM ``.dcm``: ``RescaleSlope`` / ``RescaleIntercept`` applied; CT data through the lung window.
+
+    Raises :class:`CovsegError` naming the file when it is missing, unsupported or unreadable.
+    """
+    path = Path(path)
+    _require_file(path)
+    _require_supported(path)
+    suffix = _suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        data = _read_nifti_slice(path)
+        return to_unit_range(data, is_hu=_looks_like_hu(data))
+    if suffix in DICOM_SUFFIXES:
+        data, is_hu = _read_dicom(path)
+        return to_unit_range(data, is_hu=is_hu)
+    data, mode = _read_pil(path, for_mask=False)
+    if data.dtype == np.uint8:
+        return data.astype(np.float32) / np.float32(255.0)
+    if data.dtype.kind == "u" or (mode == "I" and suffix == ".png"):
+        # 16-bit samples span 0..65535 (PNG semantics; Pillow may load 16-bit PNGs as mode "I")
+        return np.clip(data.astype(np.float32) / np.float32(65535.0), 0.0, 1.0)
+    data = data.astype(np.float32)
+    return to_unit_range(data, is_hu=_looks_like_hu(data))
+
+
+def _integer_labels(data: np.ndarray, source: str) -> np.ndarray:
+    """Cast a mask array to int64, refusing non-integer values (e.g. interpolated float masks)."""
+    if data.dtype.kind in "iub":
+        return data.astype(np.int64)
+    if not np.all(np.isfinite(data)):
+        raise CovsegError(f"{source}: mask holds NaN or infinite values; save class ids as integers")
+    rounded = np.rint(data)
+    if not np.array_equal(rounded, data):
+        raise CovsegError(
+            f"{source}: mask holds non-integer values; save class ids as integers "
+            "(resample masks with nearest-neighbour)"
+        )
+    return rounded.astype(np.int64)
+
+
+def _to_scheme(labels: np.ndarray, scheme: LabelScheme, source: str, lossy: bool = False) -> np.ndarray:
+    """Map raw integer mask values to ``scheme``.
+
+    0/255 masks become 0/1 (for ``binary``; for ``multiclass`` they are refused, since 255 cannot say
+    which lesion class is meant). For ``binary``, multiclass ids 1..3 collapse to 1.
+    """
+    values = np.unique(labels)
+    if values.size and set(values.tolist()) <= {0, 255} and 255 in values:
+        if scheme.task != "binary":
+            raise CovsegError(
+                f"{source}: mask holds only 0/255, a binary mask, but the task is {scheme.task}; "
+                "use --task binary or give masks whose values are the class ids 0..3"
+            )
+        return (labels == 255).astype(np.int64)
+    hint = "; JPEG is lossy, save masks as PNG" if lossy else ""
+    if scheme.task == "binary":
+        bad = [int(v) for v in values if v < 0 or v >= MULTICLASS.num_classes]
+        if bad:
+            raise CovsegError(
+                f"{source}: label values {bad[:10]} are neither binary (0/1, 0/255) nor multiclass "
+                f"(0..{MULTICLASS.num_classes - 1}) ids; fix the mask{hint}"
+            )
+        return (labels > 0).astype(np.int64)
+    if hint:
+        bad = [int(v) for v in values if v < 0 or v >= scheme.num_classes]
+        if bad:
+            raise CovsegError(
+                f"{source}: label values {bad[:10]} are outside the {scheme.task} scheme "
+                f"(0..{scheme.num_classes - 1}){hint}"
+            )
+    check_labels(labels, scheme, source)
+    return labels.astype(np.int64, copy=False)
+
+
+def read_mask(path: str | Path, scheme: LabelScheme) -> np.ndarray:
+    """Read one label mask as an ``(H, W)`` int64 map in ``scheme``.
+
+    Pixel values are class ids: palette PNGs (mode ``"P"``) give their raw indices, greyscale
+    files their grey values. A mask holding only 0 and 255 is binary: 255 -> 1. For ``binary``,
+    every multiclass id 1..3 becomes 1. Values outside the scheme raise :class:`CovsegError`.
+    NIfTI masks are transposed to ``(rows=y, cols=x)`` like :func:`read_image`; DICOM masks use the
+    stored values (no rescale).
+    """
+    path = Path(path)
+    _require_file(path)
+    _require_supported(path)
+    suffix = _suffix(path)
+    source = str(path)
+    if suffix in NIFTI_SUFFIXES:
+        data = _read_nifti_slice(path)
+    elif suffix in DICOM_SUFFIXES:
+        import pydicom
+
+        try:
+            data = pydicom.dcmread(str(path)).pixel_array
+        except Exception as exc:
+            raise CovsegError(f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file") from None
+        if data.ndim != 2:
+            raise CovsegError(f"{path}: DICOM mask has shape {tuple(data.shape)}, not one slice; export one slice per file")
+    else:
+        data, _ = _read_pil(path, for_mask=True)
+    labels = _integer_labels(np.asarray(data), source)
+    return _to_scheme(labels, scheme, source, lossy=suffix in (".jpg", ".jpeg"))
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """The image files to predict on: ``path`` itself, or the supported files directly in folder ``path``.
+
+    Folder contents are sorted by stem (numbers numerically); hidden and unsupported files are skipped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CovsegError(f"{path}: not found; give an image file or a folder of images")
+    if path.is_dir():
+        files = _supported_files(path)
+        if not files:
+            raise CovsegError(f"no images found in {path} (supported: {', '.join(IMAGE_SUFFIXES)}); check the path")
+        return files
+    _require_supported(path)
+    return [path]
+
+
+# --------------------------------------------------------------------------------------------
+# layouts
+
+
+def _check_same_size(image: np.ndarray, mask: np.ndarray, mask_source: str) -> None:
+    if image.shape != mask.shape:
+        raise CovsegError(
+            f"{mask_source}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image is "
+            f"{image.shape[0]}x{image.shape[1]}; give masks the size of their images"
+        )
+
+
+def _pairs(images_dir: Path, masks_dir: Path, scheme: LabelScheme) -> list[Sample]:
+    images = _by_stem(images_dir, "image")
+    masks = _by_stem(masks_dir, "mask")
+    for stem, mask_path in masks.items():
+        if stem not in images:
+            raise CovsegError(
+                f"{mask_path}: mask without an image (no {stem}.* in {images_dir}); add the image or remove the mask"
+            )
+    samples: list[Sample] = []
+    for stem, image_path in images.items():
+        if stem not in masks:
+            raise CovsegError(
+                f"{image_path}: image without a mask (no {stem}.* in {masks_dir}); add the mask or remove the image"
+            )
+        image = read_image(image_path)
+        mask = read_mask(masks[stem], scheme)
+        _check_same_size(image, mask, str(masks[stem]))
+        samples.append(Sample(stem, image, mask, str(image_path)))
+    return samples
+
+
+def _nonempty(samples: list[Sample], where: Path) -> list[Sample]:
+    if not samples:
+        raise CovsegError(f"no images found in {where}; check the data path")
+    return samples
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise CovsegError(f"{path}: {what} folder not found; check the data path")
+
+
+def _semiseg_dataset_dir(root: Path) -> Path | None:
+    """The ``Dataset`` folder of a COVID-SemiSeg tree given its parent or itself, else None."""
+    for candidate in (root / "Dataset", root):
+        if (candidate / "TrainingSet").is_dir() or (candidate / "TestingSet").is_dir():
+            return candidate
+    return None
+
+
+def load_covid_semiseg(root: str | Path, task: str, split: str = "train") -> list[Sample]:
+    """Load COVID-SemiSeg (Inf-Net) slices; ``root`` is the folder holding ``Dataset/`` (or ``Dataset`` itself).
+
+    ``split``: ``train`` (50 slices), ``test`` (48, when present) or ``unlabelled`` (1600 pseudo-label
+    slices, ``mask`` None). Binary masks are 0/255 PNGs -> {0, 1}; multiclass masks are palette PNGs
+    {0 background, 1 GGO, 2 consolidation}. Images: 8-bit JPG -> ``(H, W)`` float32 in ``[0, 1]``.
+    """
+    root = Path(root)
+    scheme = get_scheme(task)
+    if split not in SPLITS:
+        raise CovsegError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if not root.exists():
+        raise CovsegError(f"{root}: data folder not found; check the path or run `covseg download`")
+    dataset = _semiseg_dataset_dir(root)
+    if dataset is None:
+        raise CovsegError(
+            f"{root}: not a COVID-SemiSeg folder (no Dataset/TrainingSet or Dataset/TestingSet); "
+            "give the folder that holds Dataset/"
+        )
+    if split == "unlabelled":
+        folder = dataset / _SEMISEG_UNLABELLED
+        _require_dir(folder, "unlabelled (Pseudo-label/Imgs)")
+        return _nonempty(
+            [Sample(_stem(p), read_image(p), None, str(p)) for p in _supported_files(folder)], folder
+        )
+    folder = dataset / _SEMISEG_DIRS[(split, scheme.task)]
+    if not folder.is_dir():
+        if split == "test":
+            raise CovsegError(
+                f"{folder}: the test split is not in this data folder (it is held out here); "
+                "run `covseg download --mirror URL` with a mirror that has it, or use --split official/cv:K"
+            )
+        raise CovsegError(f"{folder}: the {split} split is missing from this data folder; download the data again")
+    images_dir, masks_dir = folder / "Imgs", folder / "GT"
+    _require_dir(images_dir, "image (Imgs)")
+    _require_dir(masks_dir, "mask (GT)")
+    return _nonempty(_pairs(images_dir, masks_dir, scheme), images_dir)
+
+
+def _volume(path: Path, what: str) -> np.ndarray:
+    """A NIfTI volume as ``(x, y, z)`` float32 (a single slice counts as z = 1)."""
+    _require_file(path)
+    data = _squeeze_trailing(_nifti_data(path), 3)
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3:
+        raise CovsegError(f"{path}: {what} has shape {tuple(data.shape)}; expected (x, y, slices)")
+    return data
+
+
+def _volume_images(image_path: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+    volume = _volume(image_path, "image volume")
+    is_hu = _looks_like_hu(volume)
+    return volume, [
+        to_unit_range(np.ascontiguousarray(volume[:, :, z].T), is_hu=is_hu) for z in range(volume.shape[2])
+    ]
+
+
+def load_medseg_nifti(
+    image_path: str | Path, mask_path: str | Path | None, task: str
+) -> list[Sample]:
+    """Load the MedSeg volumes ``tr_im.nii.gz`` (HU, ``(512, 512, N)``) and ``tr_mask.nii.gz``.
+
+    One sample per slice z, named ``"{stem}_{z:03d}"`` (``tr_im_000``...), each slice transposed to
+    ``(rows=y, cols=x)``. Mask labels 0..3 (1 GGO, 2 consolidation, 3 pleural effusion) are kept for
+    ``multiclass``; ``binary`` maps every lesion class to 1. ``mask_path`` None (e.g. ``val_im.nii.gz``)
+    gives samples with ``mask`` None.
+    """
+    image_path = Path(image_path)
+    scheme = get_scheme(task)
+    volume, images = _volume_images(image_path)
+    stem = _stem(image_path)
+    if mask_path is None:
+        return _nonempty([Sample(f"{stem}_{z:03d}", im, None, str(image_path)) for z, im in enumerate(images)], image_path)
+    mask_path = Path(mask_path)
+    masks = _volume(mask_path, "mask volume")
+    if masks.shape != volume.shape:
+        raise CovsegError(
+            f"{mask_path}: mask volume has shape {tuple(masks.shape)} but {image_path.name} has "
+            f"{tuple(volume.shape)}; give the mask volume of this image volume"
+        )
+    labels = _to_scheme(_integer_labels(masks, str(mask_path)), scheme, str(mask_path))
+    return _nonempty(
+        [
+            Sample(f"{stem}_{z:03d}", im, np.ascontiguousarray(labels[:, :, z].T), str(image_path))
+            for z, im in enumerate(images)
+        ],
+        image_path,
+    )
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    _require_file(path)
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # ValueError (pickled / bad header), OSError, EOFError
+        raise CovsegError(f"{path}: cannot be read as a .npy array ({type(exc).__name__}: {exc}); replace the file") from None
+
+
+def load_medseg_npy(images_path: str | Path, masks_path: str | Path, task: str) -> list[Sample]:
+    """Load the Kaggle MedSeg arrays ``images_medseg.npy`` and ``masks_medseg.npy``.
+
+    Images: ``(N, H, W, 1)`` (or ``(N, H, W)``) HU -> lung window. Masks: ``(N, H, W, 4)`` one-hot with
+    channels (GGO, consolidation, other lung, background) -> argmax -> labels (1, 2, 0, 0); ``binary``
+    maps both lesion classes to 1. Samples are named ``"{stem}_{i:03d}"`` (``images_medseg_000``...).
+    """
+    images_path, masks_path = Path(images_path), Path(masks_path)
+    scheme = get_scheme(task)
+    images = _load_npy(images_path)
+    masks = _load_npy(masks_path)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3:
+        raise CovsegError(f"{images_path}: array has shape {images.shape}; expected (N, H, W, 1) CT slices in HU")
+    if masks.ndim != 4 or masks.shape[-1] != len(_NPY_CHANNEL_LABELS):
+        raise CovsegError(
+            f"{masks_path}: array has shape {masks.shape}; expected (N, H, W, 4) one-hot masks "
+            "(GGO, consolidation, other lung, background)"
+        )
+    if masks.shape[:3] != images.shape:
+        raise CovsegError(
+            f"{masks_path}: masks have shape {masks.shape[:3]} but {images_path.name} has {images.shape}; "
+            "give the masks of these images"
+        )
+    stem = _stem(images_path)
+    samples: list[Sample] = []
+    for i in range(images.shape[0]):
+        onehot = np.asarray(masks[i])
+        if np.any(onehot.max(axis=-1) <= 0):
+            raise CovsegError(
+                f"{masks_path}: slice {i} has pixels with no channel set; masks must be one-hot"
+            )
+        labels = _NPY_CHANNEL_LABELS[np.argmax(onehot, axis=-1)]
+        if scheme.task == "binary":
+            labels = (labels > 0).astype(np.int64)
+        image = window_hu(np.asarray(images[i], dtype=np.float32))
+        samples.append(Sample(f"{stem}_{i:03d}", image, labels, str(images_path)))
+    return _nonempty(samples, images_path)
+
+
+def load_folder_pairs(images_dir: str | Path, masks_dir: str | Path, task: str) -> list[Sample]:
+    """Load image/mask pairs matched by stem (``a.jpg`` <-> ``a.png``, any supported formats).
+
+    Images as :func:`read_image`, masks as :func:`read_mask`; every image needs a mask of its size
+    and every mask an image.
+    """
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    scheme = get_scheme(task)
+    _require_dir(images_dir, "image")
+    _require_dir(masks_dir, "mask")
+    return _nonempty(_pairs(images_dir, masks_dir, scheme), images_dir)
+
+
+def _child_dir(folder: Path, names: tuple[str, ...]) -> Path | None:
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.lower() in names]
+    if len(found) > 1:
+        raise CovsegError(
+            f"{folder}: has several folders {sorted(p.name for p in found)}; keep one"
+        )
+    return found[0] if found else None
+
+
+def _no_split(path: Path, split: str, layout: str) -> None:
+    if split != "train":
+        raise CovsegError(
+            f"{path}: the {layout} layout holds only training data, no {split} split; "
+            "use --split cv:K to hold out folds of it"
+        )
+
+
+def load_dataset(path: str | Path, task: str, split: str = "train") -> list[Sample]:
+    """Load the data at ``path``, recognising its layout (see ``_LAYOUTS``); returns samples in file order.
+
+    ``split`` is ``train``, ``test`` or ``unlabelled``: the test split exists only in COVID-SemiSeg;
+    ``unlabelled`` means the COVID-SemiSeg pseudo-label slices or MedSeg ``val_im.nii.gz``.
+    """
+    path = Path(path)
+    get_scheme(task)
+    if split not in SPLITS:
+        raise CovsegError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if not path.exists():
+        raise CovsegError(f"{path}: data folder not found; check the path or run `covseg download`")
+    if not path.is_dir():
+        raise CovsegError(f"{path}: is a file, not a data folder; accepted layouts: {_LAYOUTS}")
+    if _semiseg_dataset_dir(path) is not None:
+        return load_covid_semiseg(path, task, split)
+    if all((path / name).is_file() for name in _MEDSEG_NIFTI):
+        if split == "unlabelled":
+            unlabelled = path / _MEDSEG_UNLABELLED
+            if not unlabelled.is_file():
+                raise CovsegError(f"{unlabelled}: MedSeg unlabelled slices not found; add val_im.nii.gz")
+            return load_medseg_nifti(unlabelled, None, task)
+        _no_split(path, split, "MedSeg NIfTI")
+        return load_medseg_nifti(path / _MEDSEG_NIFTI[0], path / _MEDSEG_NIFTI[1], task)
+    if all((path / name).is_file() for name in _MEDSEG_NPY):
+        _no_split(path, split, "MedSeg Kaggle")
+        return load_medseg_npy(path / _MEDSEG_NPY[0], path / _MEDSEG_NPY[1], task)
+    images_dir = _child_dir(path, _IMAGE_DIR_NAMES)
+    masks_dir = _child_dir(path, _MASK_DIR_NAMES)
+    if images_dir is not None and masks_dir is not None:
+        _no_split(path, split, "image/mask folder")
+        return load_folder_pairs(images_dir, masks_dir, task)
+    raise CovsegError(f"{path}: no data layout recognised; accepted layouts: {_LAYOUTS}")

@@ -1,0 +1,402 @@
+"""Fetch a dataset listed in a SHA-256 manifest from upstream or a mirror, resumably and verified.
+
+A mirror is either a local folder laid out like upstream or an ``http(s)://`` base URL. Every
+manifest file is fetched to ``<final>.part``, checked against its SHA-256 and only then renamed
+onto its final name, so a file under its final name is always a verified one. Files already
+present with the right hash are skipped, which makes a rerun resume an interrupted download.
+
+Layout: ``dataset_root(dest, name) / <manifest path>``, e.g.
+``~/.cache/covseg/covid-semiseg/Dataset/TrainingSet/...``.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import CovsegError
+
+__all__ = [
+    "DatasetSource",
+    "DATASETS",
+    "SplitReport",
+    "DownloadReport",
+    "read_manifest",
+    "download",
+    "default_data_dir",
+    "resolve_mirror",
+    "dataset_root",
+]
+
+MIRROR_ENV = "COVSEG_MIRROR"
+HTTP_TIMEOUT_S = 30.0
+_CHUNK = 1 << 16
+_USER_AGENT = "covseg-download/0.1"
+_MIRROR_HINT = f"pass --mirror DIR_OR_URL (or set {MIRROR_ENV})"
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset comes from and how its files group into splits.
+
+    ``splits`` maps a path prefix to a split name, in the order the summary reports them;
+    ``required`` names the splits that must be complete; ``extra_dir`` is an optional folder
+    without checksums (copied from directory mirrors only, since HTTP cannot list folders).
+    """
+
+    manifest: str
+    base_url: str
+    splits: tuple[tuple[str, str], ...]
+    required: frozenset[str]
+    extra_dir: str | None = None
+    extra_label: str = "extra files"
+
+
+DATASETS: dict[str, DatasetSource] = {
+    "covid-semiseg": DatasetSource(
+        manifest="covid-semiseg.sha256",
+        base_url="https://raw.githubusercontent.com/DengPingFan/Inf-Net/"
+        "fb3a03b5b2f70642fbf2a12cde9e5c41b5ebd28e/",
+        splits=(("Dataset/TrainingSet/", "training"), ("Dataset/TestingSet/", "test")),
+        required=frozenset({"training"}),
+        extra_dir="Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs",
+        extra_label="unlabelled slices",
+    ),
+}
+
+
+@dataclass
+class SplitReport:
+    """Outcome for one split: relative paths per outcome."""
+
+    fetched: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """Number of manifest files in this split."""
+        return len(self.fetched) + len(self.skipped) + len(self.missing) + len(self.corrupt)
+
+    @property
+    def complete(self) -> bool:
+        """True when every file of the split is present and verified."""
+        return not self.missing and not self.corrupt
+
+
+@dataclass
+class DownloadReport:
+    """What :func:`download` did, grouped by split; flat views via the list properties."""
+
+    dataset: str
+    root: Path
+    mirror: str
+    splits: dict[str, SplitReport]
+    required: frozenset[str]
+    extra_label: str = "extra files"
+    extra_copied: int = 0
+    extra_present: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def _all(self, attr: str) -> list[str]:
+        return [p for s in self.splits.values() for p in getattr(s, attr)]
+
+    @property
+    def fetched(self) -> list[str]:
+        """Files downloaded or copied and verified in this run."""
+        return self._all("fetched")
+
+    @property
+    def skipped(self) -> list[str]:
+        """Files already present with the right hash."""
+        return self._all("skipped")
+
+    @property
+    def missing(self) -> list[str]:
+        """Files the mirror does not have."""
+        return self._all("missing")
+
+    @property
+    def corrupt(self) -> list[str]:
+        """Files whose fetched content failed the SHA-256 check (deleted)."""
+        return self._all("corrupt")
+
+    def summary(self) -> str:
+        """Plain sentences, one per split, e.g. ``training split: 200 files verified (...)``."""
+        parts = []
+        for name, s in self.splits.items():
+            ok = len(s.fetched) + len(s.skipped)
+            if s.complete:
+                text = (f"{name} split: {ok} files verified "
+                        f"({len(s.fetched)} fetched, {len(s.skipped)} already present)")
+            elif ok == 0 and not s.corrupt and name not in self.required:
+                text = (f"{name} split: {len(s.missing)} files missing from the mirror "
+                        "(held out by this mirror; not required)")
+            else:
+                text = f"{name} split: {ok} of {s.total} files verified"
+                if s.missing:
+                    text += f", {len(s.missing)} missing from the mirror"
+                if s.corrupt:
+                    text += f", {len(s.corrupt)} failed the checksum and were deleted"
+                if name not in self.required:
+                    text += " (not required)"
+            parts.append(text)
+        if self.extra_copied or self.extra_present:
+            parts.append(f"{self.extra_label}: {self.extra_copied + self.extra_present} files "
+                         f"({self.extra_copied} copied, {self.extra_present} already present)")
+        parts.extend(self.notes)
+        return f"{self.dataset} in {self.root}: " + "; ".join(parts)
+
+
+def _source(name: str) -> DatasetSource:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise CovsegError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(sorted(DATASETS))}"
+        ) from None
+
+
+def read_manifest(name: str) -> dict[str, str]:
+    """Return ``{relative path: sha256 hex}`` for dataset ``name`` from its packaged manifest."""
+    src = _source(name)
+    text = (resources.files("covseg") / "manifests" / src.manifest).read_text(encoding="utf-8")
+    out: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        digest, _, path = line.partition(" ")
+        path = path.strip().lstrip("*")
+        digest = digest.lower()
+        parts = Path(path).parts
+        if (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not path
+                or path.startswith("/") or ".." in parts):
+            raise CovsegError(
+                f"manifest {src.manifest} line {lineno} is malformed: expected "
+                "'<sha256>  <relative path>'; reinstall covseg"
+            )
+        out[path] = digest
+    return out
+
+
+def default_data_dir() -> Path:
+    """``$XDG_CACHE_HOME/covseg``, else ``~/.cache/covseg``."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "covseg"
+
+
+def resolve_mirror(cli_value: str | None) -> str | None:
+    """The CLI value if given, else ``$COVSEG_MIRROR`` if set and non-empty, else None (upstream)."""
+    if cli_value:
+        return cli_value
+    return os.environ.get(MIRROR_ENV) or None
+
+
+def dataset_root(dest: Path, dataset: str) -> Path:
+    """Folder that holds ``dataset`` under the data directory ``dest``."""
+    return Path(dest) / dataset
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _is_url(mirror: str) -> bool:
+    return mirror.lower().startswith(("http://", "https://"))
+
+
+def _part(final: Path) -> Path:
+    return final.with_name(final.name + ".part")
+
+
+def _fetch_copy(src_root: Path, rel: str, part: Path) -> bool:
+    """Copy ``src_root/rel`` to ``part``; False if the mirror lacks it."""
+    src = src_root / rel
+    if not src.is_file():
+        return False
+    part.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, part)
+    return True
+
+
+class _RangeRefused(Exception):
+    """The server answered 416 to a resume request: restart from byte 0."""
+
+
+def _open_url(url: str, start: int) -> http.client.HTTPResponse | None:
+    """Open ``url`` (from byte ``start`` if > 0); None on 404/410; CovsegError if unreachable."""
+    headers = {"User-Agent": _USER_AGENT}
+    if start > 0:
+        headers["Range"] = f"bytes={start}-"
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        return urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code in (404, 410):
+            return None
+        if e.code == 416 and start > 0:
+            raise _RangeRefused() from None
+        raise CovsegError(f"cannot fetch {url}: HTTP {e.code} {e.reason}; {_MIRROR_HINT}") from None
+    except urllib.error.URLError as e:
+        raise CovsegError(f"cannot reach {url}: {e.reason}; {_MIRROR_HINT}") from None
+    except (OSError, http.client.HTTPException) as e:  # timeouts, resets, bad status lines
+        raise CovsegError(f"cannot reach {url}: {e or type(e).__name__}; {_MIRROR_HINT}") from None
+
+
+def _fetch_http(base: str, rel: str, part: Path, resume: bool = True) -> str:
+    """Download ``base + rel`` into ``part``; returns "missing", "resumed" or "fresh".
+
+    A non-empty ``part`` is continued with a Range request when ``resume`` and the server
+    answers 206 for the right offset; otherwise the file is restarted from byte 0.
+    """
+    url = base + urllib.parse.quote(rel)
+    start = part.stat().st_size if resume and part.exists() else 0
+    try:
+        resp = _open_url(url, start)
+    except _RangeRefused:
+        return _fetch_http(base, rel, part, resume=False)
+    if resp is None:
+        return "missing"
+    with resp:
+        resumed = (start > 0 and resp.status == 206
+                   and (resp.headers.get("Content-Range") or "").startswith(f"bytes {start}-"))
+        length = resp.headers.get("Content-Length")
+        received = 0
+        part.parent.mkdir(parents=True, exist_ok=True)
+        with open(part, "ab" if resumed else "wb") as f:
+            while True:
+                try:
+                    chunk = resp.read(_CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    raise CovsegError(f"download of {url} was interrupted "
+                                      f"({e or type(e).__name__}); run again to resume") from None
+                if not chunk:
+                    break
+                f.write(chunk)
+                received += len(chunk)
+        if length is not None and length.isdigit() and received < int(length):
+            raise CovsegError(f"download of {url} was interrupted after {received} of {length} "
+                              "bytes; run again to resume")
+    return "resumed" if resumed else "fresh"
+
+
+def _copy_extras(src_root: Path, root: Path, rel_dir: str, progress: bool) -> tuple[int, int]:
+    """Copy the unverified extra folder from a directory mirror; returns (copied, present)."""
+    src_dir, dst_dir = src_root / rel_dir, root / rel_dir
+    files = sorted(p for p in src_dir.iterdir() if p.is_file())
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    copied = present = 0
+    for src in tqdm(files, desc="extra", unit="file", disable=not progress or None, leave=False):
+        dst = dst_dir / src.name
+        if dst.is_file() and dst.stat().st_size == src.stat().st_size:
+            present += 1
+            continue
+        part = _part(dst)
+        shutil.copyfile(src, part)
+        os.replace(part, dst)
+        copied += 1
+    return copied, present
+
+
+def download(dataset: str, dest: Path, mirror: str | None = None,
+             progress: bool = True) -> DownloadReport:
+    """Fetch ``dataset`` into ``dataset_root(dest, dataset)`` and verify every file.
+
+    ``mirror`` is a local folder laid out like upstream or an ``http(s)://`` base URL; None
+    means the upstream URL. Raises :class:`CovsegError` when a required split is incomplete,
+    the mirror cannot be reached, or the mirror folder does not exist; a missing optional
+    split (e.g. a held-out test split) is only reported.
+    """
+    src = _source(dataset)
+    manifest = read_manifest(dataset)
+    base = mirror if mirror is not None else src.base_url
+    src_root: Path | None = None
+    if _is_url(base):
+        base = base if base.endswith("/") else base + "/"
+    else:
+        if base.lower().startswith("file://"):
+            base = urllib.request.url2pathname(urllib.parse.urlparse(base).path)
+        src_root = Path(base).expanduser()
+        if not src_root.is_dir():
+            raise CovsegError(f"mirror folder {src_root} does not exist; pass --mirror with a "
+                              "folder that holds Dataset/... or an http(s):// URL")
+    root = dataset_root(Path(dest), dataset)
+    root.mkdir(parents=True, exist_ok=True)
+
+    report = DownloadReport(dataset=dataset, root=root, mirror=str(src_root or base),
+                            splits={name: SplitReport() for _, name in src.splits},
+                            required=src.required, extra_label=src.extra_label)
+
+    def split_of(rel: str) -> SplitReport:
+        for prefix, name in src.splits:
+            if rel.startswith(prefix):
+                return report.splits[name]
+        return report.splits.setdefault("other", SplitReport())
+
+    for rel, digest in tqdm(sorted(manifest.items()), desc=dataset, unit="file",
+                            disable=not progress or None):
+        bucket = split_of(rel)
+        final = root / rel
+        if final.is_file():
+            if _sha256(final) == digest:
+                bucket.skipped.append(rel)
+                continue
+            final.unlink()  # stale or damaged: never keep a bad file under the final name
+        part = _part(final)
+        if src_root is not None:
+            outcome = "fresh" if _fetch_copy(src_root, rel, part) else "missing"
+        else:
+            outcome = _fetch_http(base, rel, part)
+        ok = outcome != "missing" and _sha256(part) == digest
+        if outcome == "resumed" and not ok:
+            # the kept .part may have had a bad prefix: retry once from byte 0
+            outcome = _fetch_http(base, rel, part, resume=False)
+            ok = outcome != "missing" and _sha256(part) == digest
+        if ok:
+            os.replace(part, final)
+            bucket.fetched.append(rel)
+        else:
+            part.unlink(missing_ok=True)
+            (bucket.missing if outcome == "missing" else bucket.corrupt).append(rel)
+
+    if src.extra_dir:
+        if src_root is None:
+            report.notes.append(f"{src.extra_label} ({src.extra_dir}): skipped, an HTTP mirror "
+                                "cannot list folders; use a folder mirror to get them")
+        elif (src_root / src.extra_dir).is_dir():
+            if (src_root / src.extra_dir).resolve() == (root / src.extra_dir).resolve():
+                report.extra_present = sum(1 for p in (root / src.extra_dir).iterdir()
+                                           if p.is_file())
+            else:
+                report.extra_copied, report.extra_present = _copy_extras(
+                    src_root, root, src.extra_dir, progress)
+        else:
+            report.notes.append(f"{src.extra_label} ({src.extra_dir}): not in the mirror")
+
+    for name in src.required:
+        s = report.splits[name]
+        bad = sorted(s.missing + s.corrupt)
+        if bad:
+            first = bad[0]
+            why = "missing from" if first in s.missing else "fails its SHA-256 check in"
+            raise CovsegError(
+                f"{name} split incomplete: {len(bad)} of {s.total} files missing or corrupt, "
+                f"first {first} ({why} {report.mirror}); {_MIRROR_HINT} with a complete copy"
+            )
+    return report

@@ -1,0 +1,192 @@
+"""Evaluation of predicted label maps against ground truth, at each image's own size.
+
+All figures come from one confusion matrix per image (:func:`covseg.metrics.confusion_matrix`):
+
+* ``per_image``: for each class, the mean over the images whose ground truth holds the class
+  (images with an empty truth for a class are skipped for that class, as MONAI's ``ignore_empty``;
+  their false positives still count in ``pooled``).
+* ``pooled``: the metric of the sum of all confusion matrices (every pixel of every image).
+* ``mean`` rows average the foreground classes that occur in the truth (pleural effusion, absent from
+  COVID-SemiSeg, is left out rather than counted as 0 or 1).
+* ``infnet`` (binary task): Inf-Net's protocol over 256 thresholds of the min-max-normalised foreground
+  probability, averaged over images (comparable with SEED.md's table).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covseg.fileio import atomic_write_text
+from covseg.figures import plot_grid
+from covseg.labels import LabelScheme
+from covseg.metrics import (
+    aggregate_per_image,
+    class_metrics,
+    confusion_matrix,
+    infnet_metrics,
+    mean_class_accuracy,
+    pixel_accuracy,
+)
+
+__all__ = ["ImageResult", "Evaluation", "evaluate_image", "summarise", "write_report", "EMPTY_TRUTH_RULE"]
+
+EMPTY_TRUTH_RULE = ("per-image means skip images whose ground truth lacks the class (MONAI ignore_empty); "
+                    "pooled figures count every pixel")
+
+
+@dataclass
+class ImageResult:
+    """One image's confusion matrix, Inf-Net figures (binary) and arrays kept for figures."""
+
+    name: str
+    cm: np.ndarray
+    infnet: dict[str, float] | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+    truth: np.ndarray | None = field(default=None, repr=False)
+    pred: np.ndarray | None = field(default=None, repr=False)
+
+    def foreground_dice(self) -> float:
+        """Mean Dice over the foreground classes present in this image's truth (NaN if none)."""
+        d = class_metrics(self.cm)["dice"][1:]
+        present = self.cm.sum(axis=1)[1:] > 0
+        return float(np.mean(d[present])) if present.any() else float("nan")
+
+
+def evaluate_image(name: str, probs: np.ndarray, truth: np.ndarray, scheme: LabelScheme,
+                   image: np.ndarray | None = None) -> ImageResult:
+    """Score one image: ``probs`` ``(C, H, W)`` class probabilities, ``truth`` ``(H, W)`` labels."""
+    pred = probs.argmax(0)
+    cm = confusion_matrix(pred, truth, scheme.num_classes)
+    infnet = infnet_metrics(probs[1], truth > 0) if scheme.task == "binary" else None
+    return ImageResult(name, cm, infnet, image, truth, pred.astype(np.int64))
+
+
+def _mean_fg(values: np.ndarray) -> float:
+    fg = values[1:]
+    return float(np.nanmean(fg)) if np.isfinite(fg).any() else float("nan")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 6)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+@dataclass
+class Evaluation:
+    """Summary figures over a set of images (see the module docstring for definitions)."""
+
+    scheme: LabelScheme
+    results: list[ImageResult]
+    per_image: dict[str, np.ndarray]
+    pooled: dict[str, np.ndarray]
+    pixel_accuracy: float
+    mean_class_accuracy: float
+    infnet: dict[str, float] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        names = self.scheme.names
+        present = np.stack([r.cm.sum(axis=1) > 0 for r in self.results]).sum(axis=0)
+
+        def table(values: dict[str, np.ndarray]) -> dict[str, Any]:
+            out = {}
+            for metric, v in values.items():
+                out[metric] = {n: float(x) for n, x in zip(names, v)}
+                out[metric]["mean_foreground"] = _mean_fg(v)
+            return out
+
+        return _clean({
+            "task": self.scheme.task,
+            "n_images": len(self.results),
+            "images_with_class": {n: int(c) for n, c in zip(names, present)},
+            "empty_truth": EMPTY_TRUTH_RULE,
+            "per_image": table(self.per_image),
+            "pooled": table(self.pooled),
+            "pixel_accuracy": self.pixel_accuracy,
+            "mean_class_accuracy": self.mean_class_accuracy,
+            "infnet": self.infnet,
+        })
+
+
+def summarise(results: Sequence[ImageResult], scheme: LabelScheme) -> Evaluation:
+    """Aggregate per-image results per image and pooled."""
+    cms = [r.cm for r in results]
+    total = np.sum(cms, axis=0)
+    infnet = None
+    if scheme.task == "binary":
+        infnet = {k: float(np.nanmean([r.infnet[k] for r in results])) for k in results[0].infnet}
+    return Evaluation(scheme, list(results), aggregate_per_image(cms), class_metrics(total),
+                      pixel_accuracy(total), mean_class_accuracy(total), infnet)
+
+
+def _markdown(ev: Evaluation, title: str) -> str:
+    d = ev.to_dict()
+    names = [n for n, c in d["images_with_class"].items() if c > 0]
+    fg = [n for n in names if n != "background"]
+    lines = [f"# {title}", "", f"{d['n_images']} images; {EMPTY_TRUTH_RULE}.", ""]
+    for kind in ("per_image", "pooled"):
+        lines += [f"## {kind.replace('_', '-')}", "",
+                  "| metric | " + " | ".join(names) + " | mean foreground |",
+                  "|---|" + "---|" * (len(names) + 1)]
+        for metric, values in d[kind].items():
+            cells = [f"{values[n]:.4f}" if values[n] is not None else "–" for n in names]
+            mean = values["mean_foreground"]
+            lines.append(f"| {metric} | " + " | ".join(cells) + f" | {mean:.4f} |" if mean is not None
+                         else f"| {metric} | " + " | ".join(cells) + " | – |")
+        lines.append("")
+    lines += [f"Pixel accuracy {d['pixel_accuracy']:.4f}; mean class accuracy {d['mean_class_accuracy']:.4f}.", ""]
+    if d["infnet"]:
+        i = d["infnet"]
+        lines += ["## Inf-Net protocol (binary)", "", "| meanDic | meanSen | meanSpe | MAE |", "|---|---|---|---|",
+                  f"| {i['meanDic']:.4f} | {i['meanSen']:.4f} | {i['meanSpe']:.4f} | {i['mae']:.4f} |", ""]
+    lines.append(f"Foreground classes: {', '.join(fg)}.")
+    return "\n".join(lines) + "\n"
+
+
+def _per_image_csv(ev: Evaluation) -> str:
+    buffer = io.StringIO()
+    names = ev.scheme.names
+    header = ["name", "pixels", "fg_dice"] + [f"{m}_{n}" for m in ("dice", "iou") for n in names] + ["pixel_accuracy"]
+    if ev.infnet:
+        header += ["infnet_meanDic", "infnet_mae"]
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for r in ev.results:
+        m = class_metrics(r.cm)
+        row: list[Any] = [r.name, int(r.cm.sum()), r.foreground_dice()]
+        row += list(m["dice"]) + list(m["iou"]) + [pixel_accuracy(r.cm)]
+        if r.infnet:
+            row += [r.infnet["meanDic"], r.infnet["mae"]]
+        writer.writerow([f"{v:.6f}" if isinstance(v, (float, np.floating)) else v for v in row])
+    return buffer.getvalue()
+
+
+def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any] | None = None,
+                 n_figure: int = 3) -> dict[str, Any]:
+    """Write ``metrics.json``, ``metrics.md``, ``per_image.csv`` and ``best_worst.png`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {**(extra or {}), **ev.to_dict()}
+    atomic_write_text(out_dir / "metrics.json", json.dumps(data, indent=1) + "\n")
+    atomic_write_text(out_dir / "metrics.md", _markdown(ev, title))
+    atomic_write_text(out_dir / "per_image.csv", _per_image_csv(ev))
+    scored = [r for r in ev.results if r.image is not None and math.isfinite(r.foreground_dice())]
+    scored.sort(key=lambda r: r.foreground_dice(), reverse=True)
+    k = min(n_figure, len(scored) // 2) or min(1, len(scored))
+    picks = scored[:k] + (scored[-k:] if len(scored) > k else [])
+    if picks:
+        rows = [(f"{r.name} ({'best' if i < k else 'worst'}, Dice {r.foreground_dice():.3f})", r.image, r.truth, r.pred)
+                for i, r in enumerate(picks)]
+        plot_grid(rows, ev.scheme, out_dir / "best_worst.png", title=title)
+    return data

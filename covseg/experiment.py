@@ -1,0 +1,187 @@
+"""Whole workflows over runs: evaluate a run on a split, compare models, cross-validate a recipe.
+
+These are the library calls behind ``covseg evaluate``, ``covseg compare`` and ``covseg cv``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from covseg.checkpoint import find_checkpoint, load_model
+from covseg.config import RunConfig
+from covseg.datasets import Sample, load_dataset
+from covseg.errors import CovsegError
+from covseg.evaluation import Evaluation, evaluate_image, summarise, write_report
+from covseg.fileio import atomic_write_text
+from covseg.figures import plot_comparison
+from covseg.inference import Predictor
+from covseg.labels import get_scheme
+from covseg.run import RunResult, read_run_info, train_run
+from covseg.runtime import resolve_device, resolve_precision
+
+__all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "cross_validate"]
+
+EVAL_SPLITS = ("heldout", "val", "test", "train", "all")
+
+
+def select_samples(run_dir: Path | None, data: str, task: str, split: str) -> list[Sample]:
+    """The images a run is evaluated on.
+
+    ``heldout`` = the run's own test part if it has one, else its validation part; ``val``/``train`` = the
+    run's parts; ``test`` = the run's test part, else the data set's official test split; ``all`` = every
+    labelled training image of ``data``.
+    """
+    if split not in EVAL_SPLITS:
+        raise CovsegError(f"unknown evaluation split {split!r}: use one of {', '.join(EVAL_SPLITS)}")
+    parts: dict[str, list[str]] = {}
+    if run_dir is not None and (run_dir / "split.json").is_file():
+        parts = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    if split == "heldout":
+        split = "test" if parts.get("test") else "val"
+    if split == "test" and not parts.get("test"):
+        return load_dataset(data, task, split="test")
+    samples = load_dataset(data, task, split="train")
+    if split == "all":
+        return samples
+    if not parts:
+        raise CovsegError(f"split {split!r} needs a run folder with split.json; pass the run folder or use "
+                          "--split all/test")
+    names = set(parts.get(split, []))
+    chosen = [s for s in samples if s.name in names]
+    if not chosen:
+        raise CovsegError(f"the run's {split} split is empty or not in {data}; use another --split")
+    return chosen
+
+
+def evaluate_samples(predictor: Predictor, samples: list[Sample], task: str, progress: bool = True) -> Evaluation:
+    """Predict and score every sample at its own size."""
+    scheme = get_scheme(task)
+    results = []
+    images = [s.image for s in samples]
+    bar = tqdm(total=len(samples), desc="evaluate", unit="image", disable=not progress, dynamic_ncols=True)
+    for sample, probs in zip(samples, predictor(images)):
+        results.append(evaluate_image(sample.name, probs, sample.mask, scheme, sample.image))
+        bar.update(1)
+    bar.close()
+    return summarise(results, scheme)
+
+
+def _predictor(config: RunConfig, model, device: str, precision: str, batch_size: int, tta: bool) -> Predictor:
+    dev = resolve_device(device)
+    return Predictor(model, config.data.input_size, dev, resolve_precision(precision, dev), batch_size, tta)
+
+
+def evaluate_run(model_path: Path, data: str | None, split: str, out_dir: Path | None, which: str = "best",
+                 device: str = "cpu", precision: str = "auto", batch_size: int = 8, tta: bool = False,
+                 progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run folder or checkpoint; writes the report into ``out_dir`` and returns (metrics, out_dir)."""
+    checkpoint = find_checkpoint(model_path, which)
+    run_dir = model_path if model_path.is_dir() else None
+    if data is None:
+        if run_dir is None:
+            raise CovsegError("pass --data DIR when evaluating a checkpoint file outside its run folder")
+        data = read_run_info(run_dir)["data"]
+    model, config, state = load_model(checkpoint)
+    samples = select_samples(run_dir, data, config.data.task, split)
+    out_dir = out_dir or checkpoint.parent / f"eval-{split}"
+    predictor = _predictor(config, model, device, precision, batch_size, tta)
+    began = time.perf_counter()
+    ev = evaluate_samples(predictor, samples, config.data.task, progress)
+    extra = {"checkpoint": str(checkpoint), "epoch": state.get("epoch"), "model": config.model.name,
+             "recipe": config.recipe, "data": str(data), "split": split, "flip_tta": tta,
+             "precision": str(predictor.dtype).removeprefix("torch."),
+             "seconds": round(time.perf_counter() - began, 3)}
+    title = f"{config.model.name} · {config.data.task} · {split} ({len(samples)} images)"
+    return write_report(ev, out_dir, title, extra), out_dir
+
+
+def compare_models(models: list[str], config: RunConfig, samples: list[Sample], data: str, out_dir: Path,
+                   force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and evaluate each model under identical data, split, seed and budget; one table and figure.
+
+    Each model gets ``out_dir/<model>/`` (a full run folder with its ``eval-heldout`` report); the
+    comparison goes to ``out_dir/comparison.md``, ``comparison.json`` and ``comparison.png``.
+    """
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise CovsegError(f"{out_dir}: folder exists; pass --force to overwrite it")
+    rows: dict[str, dict[str, Any]] = {}
+    for name in models:
+        cfg = replace(config, model=replace(config.model, name=name))
+        log(f"== {name} ==")
+        result = train_run(cfg, samples, out_dir / name, data, force=force, progress=progress, log=log)
+        if result.interrupted:
+            raise KeyboardInterrupt
+        metrics, _ = evaluate_run(out_dir / name, data, "heldout", None, progress=progress)
+        metrics["train_seconds"] = round(result.seconds, 1)
+        rows[name] = metrics
+    scheme = get_scheme(config.data.task)
+    fg = [n for n in scheme.names[1:] if any(rows[m]["images_with_class"][n] for m in rows)]
+    table = {f"Dice {n}": [rows[m]["per_image"]["dice"][n] for m in models] for n in fg}
+    table["mean Dice"] = [rows[m]["per_image"]["dice"]["mean_foreground"] for m in models]
+    table["mean IoU"] = [rows[m]["per_image"]["iou"]["mean_foreground"] for m in models]
+    table["pixel accuracy"] = [rows[m]["pixel_accuracy"] for m in models]
+    table["mean class accuracy"] = [rows[m]["mean_class_accuracy"] for m in models]
+    if config.data.task == "binary":
+        table["Inf-Net meanDic"] = [rows[m]["infnet"]["meanDic"] for m in models]
+    lines = [f"# {' vs '.join(models)} · {config.data.task} · split {config.data.split}", "",
+             "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for key, values in table.items():
+        lines.append(f"| {key} | " + " | ".join("–" if v is None else f"{v:.4f}" for v in values) + " |")
+    lines.append("| train seconds | " + " | ".join(f"{rows[m]['train_seconds']:.0f}" for m in models) + " |")
+    atomic_write_text(out_dir / "comparison.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "comparison.json", json.dumps({"models": models, "table": table,
+                                                               "runs": rows}, indent=1) + "\n")
+    plot_comparison(models, {k: [v if v is not None else np.nan for v in vals] for k, vals in table.items()},
+                    out_dir / "comparison.png", title=f"{config.data.task}, split {config.data.split}")
+    return {"models": models, "table": table}
+
+
+def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
+                   progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and evaluate fold ``K`` into ``out_dir/fold-K`` for every fold, skipping finished folds.
+
+    A fold counts as done when its ``eval-heldout/metrics.json`` exists; an interrupted fold resumes
+    from its ``last.pt``. Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std.
+    """
+    rows = []
+    for k in range(folds):
+        fold_dir = out_dir / f"fold-{k}"
+        metrics_path = fold_dir / "eval-heldout" / "metrics.json"
+        cfg = replace(config, data=replace(config.data, split=f"cv:{k}", folds=folds))
+        if not metrics_path.is_file():
+            resume = (fold_dir / "last.pt").is_file()
+            log(f"== fold {k} ({'resuming' if resume else 'training'}) ==")
+            result: RunResult = train_run(cfg, samples, fold_dir, data, resume=resume, force=not resume,
+                                          progress=progress, log=log)
+            if result.interrupted:
+                raise KeyboardInterrupt
+            evaluate_run(fold_dir, data, "heldout", None, progress=progress)
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        history = (fold_dir / "history.csv").read_text(encoding="utf-8").strip().splitlines()[1:]
+        seconds = sum(float(line.split(",")[-1]) for line in history)
+        rows.append({"fold": k, "metrics": metrics, "train_seconds": seconds})
+    scheme = get_scheme(config.data.task)
+    keys = [n for n in scheme.names[1:] if any(r["metrics"]["images_with_class"][n] for r in rows)]
+    columns: dict[str, list[float]] = {}
+    for n in keys:
+        columns[f"Dice {n} (per image)"] = [r["metrics"]["per_image"]["dice"][n] for r in rows]
+        columns[f"Dice {n} (pooled)"] = [r["metrics"]["pooled"]["dice"][n] for r in rows]
+    columns["mean Dice (per image)"] = [r["metrics"]["per_image"]["dice"]["mean_foreground"] for r in rows]
+    if config.data.task == "binary":
+        columns["Inf-Net meanDic"] = [r["metrics"]["infnet"]["meanDic"] for r in rows]
+    columns["train seconds"] = [r["train_seconds"] for r in rows]
+    lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", "",
+             "| fold | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for i, r in enumerate(rows):
+        lines.append(f"| {r['fold']} | " + " | ".join(f"{columns[c][i]:.4f}" for c in columns) + " |")
+    summary = {c: (float(np.mean(v)), float(np.std(v))) for c, v in columns.items()}
+    lines.append("| mean ± std | " + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in summary.values()) + " |")
+    atomic_write_text(out_dir / "cv.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "cv.json", json.dumps({"columns": columns, "summary": summary}, indent=1) + "\n")
+    return {"columns": columns, "summary": summary}

@@ -1,0 +1,88 @@
+"""Figures: training curves, image | truth | prediction grids, model comparison bars. PNG, atomic."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless backend; selecting it is harmless for library users with their own
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from covseg.fileio import atomic_path  # noqa: E402
+from covseg.labels import LabelScheme  # noqa: E402
+
+__all__ = ["overlay", "plot_curves", "plot_grid", "plot_comparison"]
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, scheme: LabelScheme, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` of a grey ``(H, W)`` [0, 1] image with label colours blended in."""
+    grey = (np.clip(image, 0, 1) * 255).astype(np.float32)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    colors = np.asarray(scheme.colors, dtype=np.float32)
+    fg = labels > 0
+    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colors[labels[fg]]
+    return rgb.clip(0, 255).astype(np.uint8)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = "") -> None:
+    """Per-epoch loss and pixel accuracy (train and validation) and validation Dice, as the seed shows."""
+    epochs = [int(r["epoch"]) for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        axes[0].plot(epochs, [r[key] for r in history], label=label)
+    axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
+    for key, label in (("train_acc", "train pixel accuracy"), ("val_acc", "validation pixel accuracy"),
+                       ("val_dice", "validation mean Dice")):
+        axes[1].plot(epochs, [r[key] for r in history], label=label)
+    axes[1].set(xlabel="epoch", ylabel="score", title="accuracy and Dice", ylim=(0, 1))
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], scheme: LabelScheme,
+              path: Path, title: str = "") -> None:
+    """One row per ``(caption, image, truth, prediction)``: image | truth overlay | prediction overlay."""
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    for (caption, image, truth, pred), ax in zip(rows, axes):
+        ax[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+        ax[1].imshow(overlay(image, truth, scheme))
+        ax[2].imshow(overlay(image, pred, scheme))
+        ax[0].set_title(caption, fontsize=9)
+        ax[1].set_title("ground truth", fontsize=9)
+        ax[2].set_title("prediction", fontsize=9)
+        for a in ax:
+            a.axis("off")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_comparison(models: Sequence[str], metrics: dict[str, Sequence[float]], path: Path,
+                    title: str = "") -> None:
+    """Grouped bars: one group per metric name, one bar per model."""
+    names = list(metrics)
+    x = np.arange(len(names))
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(names)), 3.8))
+    for i, model in enumerate(models):
+        values = [metrics[n][i] for n in names]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=model)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(x, names, rotation=20, fontsize=8)
+    ax.set(ylim=(0, 1.05), ylabel="score")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    _save(fig, path)

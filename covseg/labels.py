@@ -1,0 +1,63 @@
+"""Label schemes: one explicit mapping from class id to meaning per task.
+
+Label maps are ``(H, W)`` (or ``(B, H, W)``) int64 arrays whose pixel value is the class id:
+
+* ``binary``:     0 background, 1 infection (any lesion class)
+* ``multiclass``: 0 background (incl. normal lung), 1 ground-glass opacity (GGO),
+  2 consolidation, 3 pleural effusion (absent from COVID-SemiSeg)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from covseg.errors import CovsegError
+
+__all__ = ["LabelScheme", "SCHEMES", "get_scheme", "BINARY", "MULTICLASS", "check_labels"]
+
+
+@dataclass(frozen=True)
+class LabelScheme:
+    """A task's classes: ``names[c]`` is the meaning of label ``c``; ``colors[c]`` its RGB overlay colour."""
+
+    task: str
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def foreground(self) -> tuple[int, ...]:
+        """Class ids of the lesion classes (all but background 0)."""
+        return tuple(range(1, self.num_classes))
+
+
+BINARY = LabelScheme("binary", ("background", "infection"), ((0, 0, 0), (255, 64, 64)))
+MULTICLASS = LabelScheme(
+    "multiclass",
+    ("background", "ggo", "consolidation", "pleural_effusion"),
+    ((0, 0, 0), (255, 215, 0), (255, 64, 64), (64, 160, 255)),
+)
+SCHEMES: dict[str, LabelScheme] = {s.task: s for s in (BINARY, MULTICLASS)}
+
+
+def get_scheme(task: str) -> LabelScheme:
+    """Return the label scheme of ``task`` (``binary`` or ``multiclass``)."""
+    try:
+        return SCHEMES[task]
+    except KeyError:
+        raise CovsegError(f"unknown task {task!r}: use one of {', '.join(SCHEMES)}") from None
+
+
+def check_labels(mask: np.ndarray, scheme: LabelScheme, source: str) -> None:
+    """Raise if ``mask`` holds a value outside ``scheme`` (``source`` names the file in the message)."""
+    values = np.unique(mask)
+    bad = [int(v) for v in values if v < 0 or v >= scheme.num_classes]
+    if bad:
+        raise CovsegError(
+            f"{source}: label values {bad} are outside the {scheme.task} scheme "
+            f"(0..{scheme.num_classes - 1}); fix the mask or choose the other --task"
+        )

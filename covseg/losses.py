@@ -1,0 +1,103 @@
+"""Losses and median-frequency class balancing.
+
+Shapes: logits ``(B, C, H, W)`` float; targets ``(B, H, W)`` int64 class ids in ``[0, C)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from covseg.errors import CovsegError
+
+__all__ = ["median_frequency_weights", "DiceLoss", "DiceCELoss", "create_loss", "LOSSES"]
+
+
+def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> np.ndarray:
+    """Median-frequency balancing (Eigen & Fergus 2015): ``w_c = median_k(f_k) / f_c``.
+
+    ``f_c`` = pixels of class ``c`` / total pixels of the images in which ``c`` appears. Classes that
+    appear in no mask get weight 0 (they cannot be learnt; e.g. pleural effusion in COVID-SemiSeg) and
+    are left out of the median. Returns ``(num_classes,)`` float64.
+    """
+    class_pixels = np.zeros(num_classes, dtype=np.float64)
+    image_pixels = np.zeros(num_classes, dtype=np.float64)
+    for mask in masks:
+        counts = np.bincount(np.asarray(mask, dtype=np.int64).ravel(), minlength=num_classes)[:num_classes]
+        class_pixels += counts
+        image_pixels += np.where(counts > 0, mask.size, 0)
+    present = image_pixels > 0
+    if not present.any():
+        raise CovsegError("cannot compute class weights: the training masks are empty")
+    freq = np.zeros(num_classes)
+    freq[present] = class_pixels[present] / image_pixels[present]
+    median = float(np.median(freq[present]))
+    weights = np.zeros(num_classes)
+    weights[present] = median / freq[present]
+    return weights
+
+
+class DiceLoss(nn.Module):
+    """Soft Dice loss, ``1 - mean_c (2 sum(p*y) + s) / (sum(p) + sum(y) + s)`` over the batch.
+
+    Computed per class over the whole batch (batch Dice, as nnU-Net), averaged over classes with
+    non-zero ``weight`` (default: foreground classes only when ``include_background`` is False).
+    """
+
+    def __init__(self, include_background: bool = False, smooth: float = 1e-5) -> None:
+        super().__init__()
+        self.include_background = include_background
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = logits.float().softmax(dim=1)
+        onehot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+        dims = (0, 2, 3)
+        inter = (probs * onehot).sum(dims)
+        denom = probs.sum(dims) + onehot.sum(dims)
+        score = (2 * inter + self.smooth) / (denom + self.smooth)
+        if not self.include_background:
+            score = score[1:]
+        return 1.0 - score.mean()
+
+
+class DiceCELoss(nn.Module):
+    """Sum of (optionally class-weighted) cross-entropy and soft Dice."""
+
+    def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0) -> None:
+        super().__init__()
+        self.ce = nn.CrossEntropyLoss(weight=weight)
+        self.dice = DiceLoss()
+        self.dice_weight = dice_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.ce(logits.float(), target) + self.dice_weight * self.dice(logits, target)
+
+
+class _CrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy computed in float32 whatever the autocast dtype of the logits."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits.float(), target)
+
+
+LOSSES = ("ce", "mfb_ce", "dice", "dice_ce", "mfb_dice_ce")
+
+
+def create_loss(name: str, class_weights: np.ndarray | None = None) -> nn.Module:
+    """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`)."""
+    if name not in LOSSES:
+        raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
+    weight = None
+    if name.startswith("mfb_"):
+        if class_weights is None:
+            raise ValueError(f"loss {name!r} needs class weights")
+        weight = torch.as_tensor(class_weights, dtype=torch.float32)
+    if name in ("ce", "mfb_ce"):
+        return _CrossEntropy(weight=weight)
+    if name == "dice":
+        return DiceLoss()
+    return DiceCELoss(weight=weight)

@@ -1,0 +1,171 @@
+"""Segmentation metrics as pure functions of a confusion matrix, plus the Inf-Net protocol.
+
+Conventions:
+    * ``confusion_matrix(pred, target, n)[t, p]`` counts pixels of true class ``t`` predicted as ``p``
+      (rows = ground truth, columns = prediction), shape ``(n, n)`` int64.
+    * Per-class metrics are one-vs-rest for each class ``c`` with TP = cm[c, c], FN = row sum - TP,
+      FP = column sum - TP, TN = the rest.
+    * A ratio whose denominator is zero is NaN ("undefined"), never 0 or 1: e.g. Dice of a class absent
+      from both truth and prediction. Aggregation decides what NaN means (see :func:`aggregate_per_image`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "confusion_matrix",
+    "per_class_counts",
+    "dice",
+    "iou",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "pixel_accuracy",
+    "mean_class_accuracy",
+    "class_metrics",
+    "aggregate_per_image",
+    "infnet_metrics",
+    "CLASS_METRICS",
+]
+
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """Count (truth, prediction) pairs. ``pred`` and ``target``: int label maps of one shape."""
+    pred = np.asarray(pred, dtype=np.int64).ravel()
+    target = np.asarray(target, dtype=np.int64).ravel()
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction has {pred.size} pixels but target has {target.size}")
+    return np.bincount(target * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def per_class_counts(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """TP, FP, FN, TN per class, each shape ``(n,)`` float64."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    tn = cm.sum() - tp - fp - fn
+    return tp, fp, fn, tn
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def dice(cm: np.ndarray) -> np.ndarray:
+    """Dice = 2TP / (2TP + FP + FN) per class, NaN where truth and prediction are both empty."""
+    tp, fp, fn, _ = per_class_counts(cm)
+    return _ratio(2 * tp, 2 * tp + fp + fn)
+
+
+def iou(cm: np.ndarray) -> np.ndarray:
+    """IoU (Jaccard) = TP / (TP + FP + FN) per class."""
+    tp, fp, fn, _ = per_class_counts(cm)
+    return _ratio(tp, tp + fp + fn)
+
+
+def sensitivity(cm: np.ndarray) -> np.ndarray:
+    """Sensitivity (recall) = TP / (TP + FN) per class; NaN where the truth lacks the class."""
+    tp, _, fn, _ = per_class_counts(cm)
+    return _ratio(tp, tp + fn)
+
+
+def specificity(cm: np.ndarray) -> np.ndarray:
+    """Specificity = TN / (TN + FP) per class."""
+    _, fp, _, tn = per_class_counts(cm)
+    return _ratio(tn, tn + fp)
+
+
+def precision(cm: np.ndarray) -> np.ndarray:
+    """Precision = TP / (TP + FP) per class; NaN where nothing was predicted as the class."""
+    tp, fp, _, _ = per_class_counts(cm)
+    return _ratio(tp, tp + fp)
+
+
+def pixel_accuracy(cm: np.ndarray) -> float:
+    """Global pixel accuracy: correctly labelled pixels / all pixels (the seed article's figure)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    total = cm.sum()
+    return float(np.trace(cm) / total) if total else float("nan")
+
+
+def mean_class_accuracy(cm: np.ndarray) -> float:
+    """Mean over classes present in the truth of per-class accuracy TP / (TP + FN) (the paper's "mean accuracy")."""
+    values = sensitivity(cm)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+CLASS_METRICS = {
+    "dice": dice,
+    "iou": iou,
+    "sensitivity": sensitivity,
+    "specificity": specificity,
+    "precision": precision,
+}
+
+
+def class_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """All per-class metrics of one confusion matrix: name -> ``(n,)`` array."""
+    return {name: fn(cm) for name, fn in CLASS_METRICS.items()}
+
+
+def aggregate_per_image(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-image aggregation: for each class, the mean over the images whose *ground truth* holds it.
+
+    Images whose truth lacks class ``c`` are skipped for ``c`` (as MONAI's ``ignore_empty=True``), so a
+    false positive on an empty image does not enter the per-image Dice; it does enter the pooled
+    figures. Specificity is averaged over all images where it is defined. Returns name -> ``(n,)``;
+    NaN for a class no image holds.
+    """
+    if not cms:
+        raise ValueError("no confusion matrices to aggregate")
+    stacked = np.stack([np.asarray(cm) for cm in cms])  # (N, n, n)
+    present = stacked.sum(axis=2) > 0  # (N, n): truth holds class c
+    out: dict[str, np.ndarray] = {}
+    for name, fn in CLASS_METRICS.items():
+        values = np.stack([fn(cm) for cm in stacked])  # (N, n)
+        if name != "specificity":
+            values = np.where(present, values, np.nan)
+        with np.errstate(invalid="ignore"):
+            counts = np.isfinite(values).sum(axis=0)
+            sums = np.nansum(values, axis=0)
+            out[name] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return out
+
+
+def infnet_metrics(prob: np.ndarray, target: np.ndarray, thresholds: int = 256) -> dict[str, float]:
+    """Inf-Net's binary evaluation (Fan et al., TMI 2020) of one image.
+
+    ``prob``: ``(H, W)`` foreground probability; ``target``: ``(H, W)`` {0, 1}. The map is min-max
+    normalised, binarised at ``thresholds`` evenly spaced thresholds ``t`` in [0, 1] (foreground where
+    ``p >= t``, as Inf-Net's ``Fmeasure_calu``), and Dice, sensitivity and specificity are averaged over
+    the thresholds (``meanDic``, ``meanSen``, ``meanSpe``); ``mae`` is the mean absolute error of the
+    normalised map against the truth. A threshold where truth and prediction are both empty counts as
+    Dice 1; sensitivity (specificity) is NaN for an image without foreground (background).
+    """
+    p = np.asarray(prob, dtype=np.float64)
+    g = np.asarray(target).astype(bool)
+    lo, hi = p.min(), p.max()
+    p = (p - lo) / (hi - lo) if hi > lo else np.zeros_like(p)
+    mae = float(np.abs(p - g).mean())
+    # Sort once and count pixels above each threshold for both classes.
+    ts = np.linspace(0.0, 1.0, thresholds)
+    pos = np.sort(p[g])
+    neg = np.sort(p[~g])
+    tp = pos.size - np.searchsorted(pos, ts, side="left")
+    fp = neg.size - np.searchsorted(neg, ts, side="left")
+    fn = pos.size - tp
+    tn = neg.size - fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dic = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
+        sen = np.where(pos.size > 0, tp / max(pos.size, 1), np.nan)
+        spe = np.where(neg.size > 0, tn / max(neg.size, 1), np.nan)
+    return {
+        "meanDic": float(np.mean(dic)),
+        "meanSen": float(np.nanmean(sen)) if pos.size else float("nan"),
+        "meanSpe": float(np.nanmean(spe)) if neg.size else float("nan"),
+        "mae": mae,
+    }

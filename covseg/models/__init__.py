@@ -1,0 +1,32 @@
+"""Model registry: every model is reached through :func:`create_model`.
+
+Shape contract for every model:
+    input  ``(B, in_channels, H, W)`` float, H and W divisible by ``2 ** depth``
+    output ``(B, num_classes, H, W)`` logits
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from covseg.errors import CovsegError
+from covseg.models.segnet import SegNet
+from covseg.models.shapes import check_input_size, nearest_valid_size
+from covseg.models.unet import UNet
+
+__all__ = ["MODELS", "create_model", "check_input_size", "nearest_valid_size", "UNet", "SegNet"]
+
+MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "segnet": SegNet}
+
+
+def create_model(name: str, **config: Any) -> nn.Module:
+    """Build the model registered as ``name`` with keyword ``config`` (e.g. ``num_classes``, ``width``)."""
+    try:
+        cls = MODELS[name]
+    except KeyError:
+        raise CovsegError(f"unknown model {name!r}: use one of {', '.join(MODELS)}") from None
+    try:
+        return cls(**config)
+    except TypeError as err:
+        raise CovsegError(f"bad options for model {name!r}: {err}") from None

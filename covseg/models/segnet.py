@@ -1,0 +1,77 @@
+"""SegNet (Badrinarayanan et al., TPAMI 2017) from torch.nn building blocks."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from covseg.models.shapes import check_input_size
+
+__all__ = ["SegNet", "VGG16_BLOCKS"]
+
+VGG16_BLOCKS: tuple[int, ...] = (2, 2, 3, 3, 3)
+"""Convolutions per encoder stage in VGG16 (13 in all)."""
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+
+
+class SegNet(nn.Module):
+    """SegNet: VGG16-style encoder whose max-pool indices drive max-unpooling in a mirrored decoder.
+
+    ``depth`` stages (5 = the full VGG16 encoder, 13 convolutions with batch norm); stage ``i`` has
+    ``min(width * 2**i, 8 * width)`` channels and ``VGG16_BLOCKS[i]`` convolutions. The decoder
+    mirrors the encoder; the last decoder convolution outputs ``num_classes`` logits.
+
+    Shape:
+        x: ``(B, in_channels, H, W)`` float, H and W divisible by ``2**depth``
+        returns: ``(B, num_classes, H, W)`` logits
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        in_channels: int = 1,
+        width: int = 64,
+        depth: int = 5,
+        convs_per_stage: tuple[int, ...] = VGG16_BLOCKS,
+    ) -> None:
+        super().__init__()
+        if not 1 <= depth <= len(convs_per_stage) or width < 1:
+            raise ValueError(f"depth must be 1..{len(convs_per_stage)} and width >= 1, got {depth}, {width}")
+        self.depth = depth
+        channels = [min(width * 2**i, 8 * width) for i in range(depth)]
+        convs = list(convs_per_stage[:depth])
+        self.encoders = nn.ModuleList()
+        c_in = in_channels
+        for c_out, n in zip(channels, convs):
+            layers = _conv_bn_relu(c_in, c_out)
+            for _ in range(n - 1):
+                layers += _conv_bn_relu(c_out, c_out)
+            self.encoders.append(nn.Sequential(*layers))
+            c_in = c_out
+        self.decoders = nn.ModuleList()
+        for i in reversed(range(depth)):
+            c_next = channels[i - 1] if i > 0 else channels[0]
+            layers = []
+            for _ in range(convs[i] - 1):
+                layers += _conv_bn_relu(channels[i], channels[i])
+            layers += _conv_bn_relu(channels[i], c_next)
+            self.decoders.append(nn.Sequential(*layers))
+        self.head = nn.Conv2d(channels[0], num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(x.shape[-2], x.shape[-1], self.depth, "SegNet")
+        indices: list[torch.Tensor] = []
+        sizes: list[torch.Size] = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            sizes.append(x.shape)
+            x, idx = F.max_pool2d(x, 2, stride=2, return_indices=True)
+            indices.append(idx)
+        for decoder in self.decoders:
+            x = F.max_unpool2d(x, indices.pop(), 2, stride=2, output_size=sizes.pop()[-2:])
+            x = decoder(x)
+        return self.head(x)

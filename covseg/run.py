@@ -1,0 +1,203 @@
+"""A training run folder: set it up, train into it, resume it.
+
+Layout of ``RUN_DIR``::
+
+    config.yaml         resolved RunConfig          run.json       data path, versions, command
+    split.json          train/val/test names (+ all folds for cv:K)
+    class_weights.json  median-frequency weights of the training masks
+    history.csv         per epoch: train/val loss, pixel accuracy, val mean Dice, lr, seconds
+    curves.png          loss and accuracy curves
+    best.pt / last.pt   checkpoints (best by validation mean foreground Dice; last for --resume)
+
+Every file is written atomically; ``last.pt`` is rewritten after each epoch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from covseg import __version__
+from covseg.checkpoint import build_model, read_checkpoint, save_checkpoint
+from covseg.config import RunConfig, config_from_dict, config_to_dict
+from covseg.datasets import Sample
+from covseg.errors import CovsegError
+from covseg.fileio import atomic_write_text
+from covseg.figures import plot_curves
+from covseg.labels import get_scheme
+from covseg.losses import create_loss, median_frequency_weights
+from covseg.models import check_input_size
+from covseg.runtime import resolve_device, resolve_precision
+from covseg.splits import kfold, make_split, parse_split_name, save_split
+from covseg.training import make_optimizer, train_one_epoch, validate
+from covseg.transforms import stack_resized
+
+__all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "HISTORY_FIELDS"]
+
+HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_dice", "lr", "seconds")
+
+
+@dataclass
+class RunResult:
+    """What a (possibly interrupted) training call achieved."""
+
+    run_dir: Path
+    epochs_done: int
+    epochs_total: int
+    best_score: float | None
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The resolved config saved in ``run_dir``."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise CovsegError(f"{run_dir}: no config.yaml; is it a covseg run folder?")
+    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """``run.json`` of ``run_dir`` (data path, versions)."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise CovsegError(f"{run_dir}: no run.json; is it a covseg run folder?")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(run_dir / "history.csv", buffer.getvalue())
+
+
+def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], data_path: str,
+                    force: bool) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise CovsegError(f"{run_dir}: run folder exists; pass --force to overwrite it or "
+                              f"--resume {run_dir} to continue it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    d = config.data
+    names = [s.name for s in samples]
+    split = make_split(names, d.split, d.split_seed, d.folds, d.val_fraction)
+    folds = kfold(names, d.folds, d.split_seed) if parse_split_name(d.split)[0] == "cv" else None
+    save_split(split, run_dir / "split.json", folds)
+    scheme = get_scheme(d.task)
+    train_set = set(split["train"])
+    weights = median_frequency_weights([s.mask for s in samples if s.name in train_set], scheme.num_classes)
+    atomic_write_text(run_dir / "class_weights.json", json.dumps(
+        {"method": "median frequency balancing (Eigen & Fergus 2015)",
+         "weights": dict(zip(scheme.names, [round(float(w), 6) for w in weights]))}, indent=1) + "\n")
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    atomic_write_text(run_dir / "run.json", json.dumps(
+        {"covseg": __version__, "torch": torch.__version__, "python": platform.python_version(),
+         "data": str(Path(data_path).resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        indent=1) + "\n")
+
+
+def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path: str = "",
+              resume: bool = False, force: bool = False, progress: bool = True,
+              log=print) -> RunResult:
+    """Train ``config`` on ``samples`` into ``run_dir`` (new, or continued from ``last.pt`` with ``resume``).
+
+    ``samples`` must carry masks in the config's label scheme. Ctrl-C ends the run after saving; the
+    result then has ``interrupted=True``.
+    """
+    run_dir = Path(run_dir)
+    d, t = config.data, config.train
+    scheme = get_scheme(d.task)
+    check_input_size(d.input_size, d.input_size, config.model.depth, config.model.name)
+    if not resume:
+        _prepare_folder(run_dir, config, samples, data_path, force)
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    weights = np.array(list(json.loads((run_dir / "class_weights.json").read_text())["weights"].values()))
+    log(f"class weights (median frequency): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(scheme.names, weights)))
+
+    by_name = {s.name: s for s in samples}
+    missing = [n for n in split["train"] + split["val"] if n not in by_name]
+    if missing:
+        raise CovsegError(f"{run_dir}/split.json names {len(missing)} images not in the data "
+                          f"(first: {missing[0]}); pass the --data the run was made with")
+    train = [by_name[n] for n in split["train"]]
+    val = [by_name[n] for n in split["val"]]
+    if not train:
+        raise CovsegError("the training split is empty; use more images or another --split")
+    train_x, train_y = stack_resized([s.image for s in train], [s.mask for s in train], d.input_size)
+    val_x, val_y = stack_resized([s.image for s in val], [s.mask for s in val], d.input_size) if val else (None, None)
+
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    dtype = resolve_precision(t.precision, device)
+    torch.manual_seed(t.seed)
+    model = build_model(config).to(device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, t)
+    loss_fn = create_loss(t.loss, weights).to(device)
+    history: list[dict[str, float]] = []
+    best: float | None = None
+    if resume:
+        state = read_checkpoint(run_dir / "last.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = list(state.get("history", []))
+        best = state.get("score")
+        best = state.get("best", best)
+    start = len(history)
+    log(f"training {config.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) "
+        f"on {len(train)} images, validating on {len(val)}, {d.input_size}x{d.input_size}, "
+        f"{device.type} {str(dtype).removeprefix('torch.')}, epochs {start + 1}..{t.epochs}")
+    began = time.perf_counter()
+    bar = tqdm(range(start, t.epochs), desc="train", unit="epoch", disable=not progress,
+               initial=start, total=t.epochs, dynamic_ncols=True)
+    epoch = start
+    interrupted = False
+    try:
+        for epoch in bar:
+            tick = time.perf_counter()
+            fit = train_one_epoch(model, loss_fn, optimizer, train_x, train_y, t, epoch, device, dtype)
+            if val_x is not None:
+                res = validate(model, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype)
+            else:
+                res = type(fit)(float("nan"), float("nan"), float("nan"))
+            row = {"epoch": epoch + 1, "train_loss": fit.loss, "train_acc": fit.accuracy,
+                   "val_loss": res.loss, "val_acc": res.accuracy, "val_dice": res.dice,
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick}
+            history.append(row)
+            score = res.dice if math.isfinite(res.dice) else None
+            is_best = score is not None and (best is None or score > best)
+            if is_best:
+                best = score
+                save_checkpoint(run_dir / "best.pt", model, config, epoch + 1, score)
+            save_checkpoint(run_dir / "last.pt", model, config, epoch + 1, score,
+                            optimizer=optimizer.state_dict(), history=history, best=best)
+            _write_history(run_dir, history)
+            bar.set_postfix(loss=f"{fit.loss:.3f}", val_dice=f"{res.dice:.3f}")
+        epoch = t.epochs
+    except KeyboardInterrupt:
+        interrupted = True
+        epoch = len(history)
+        log(f"interrupted: {epoch} of {t.epochs} epochs saved; continue with covseg train --resume {run_dir}")
+    finally:
+        bar.close()
+    if history:
+        plot_curves(history, run_dir / "curves.png", title=f"{config.model.name} · {d.task} · {d.split}")
+    if val_x is None and not interrupted and (run_dir / "last.pt").exists():
+        # No validation images: the last epoch's weights are the ones to use.
+        save_checkpoint(run_dir / "best.pt", model, config, len(history), None)
+    return RunResult(run_dir, len(history), t.epochs, best, interrupted, time.perf_counter() - began)

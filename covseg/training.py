@@ -1,0 +1,145 @@
+"""The training loop as small functions: one epoch, one validation pass, learning-rate schedule.
+
+Shapes: images ``(N, 1, S, S)`` float32 in [0, 1]; label maps ``(N, S, S)`` int64; ``S`` = input size.
+All randomness (shuffling, augmentation) is drawn from generators seeded by ``(seed, epoch)``, so an
+epoch computes the same thing whether the run was resumed or not.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from covseg.config import TrainConfig
+from covseg.errors import CovsegError
+from covseg.metrics import aggregate_per_image, confusion_matrix
+from covseg.runtime import autocast
+from covseg.transforms import augment_batch
+
+__all__ = ["EpochResult", "lr_factor", "make_optimizer", "epoch_generator", "train_one_epoch", "validate",
+           "batch_confusion", "mean_foreground_dice"]
+
+
+@dataclass
+class EpochResult:
+    """Mean loss and pixel accuracy of one pass (and, for validation, mean foreground Dice)."""
+
+    loss: float
+    accuracy: float
+    dice: float = float("nan")
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` of ``total``.
+
+    ``constant``: 1. ``cosine``: half-cosine from 1 to 0. ``onecycle``: linear warm-up from 0.04 to 1
+    over the first 30 % of steps, then half-cosine to ~0.
+    """
+    t = min(step / max(total, 1), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "onecycle":
+        if t < 0.3:
+            return 0.04 + 0.96 * t / 0.3
+        return 0.5 * (1.0 + math.cos(math.pi * (t - 0.3) / 0.7))
+    raise CovsegError(f"unknown schedule {schedule!r}: use constant, cosine or onecycle")
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (momentum 0.9) with the config's learning rate and weight decay."""
+    params = model.parameters()
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    raise CovsegError(f"unknown optimizer {cfg.optimizer!r}: use adam, adamw or sgd")
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator that drives shuffling and augmentation of ``epoch`` (0-based)."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    cfg: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> EpochResult:
+    """One pass over shuffled, augmented batches; updates the learning rate every step."""
+    model.train()
+    generator = epoch_generator(cfg.seed, epoch)
+    order = torch.randperm(images.shape[0], generator=generator)
+    steps = math.ceil(images.shape[0] / cfg.batch_size)
+    total_steps = steps * cfg.epochs
+    loss_sum, correct, pixels = 0.0, 0, 0
+    for step in range(steps):
+        index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        x, y = augment_batch(images[index], masks[index], cfg.augment, generator)
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        y = y.to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg.schedule, epoch * steps + step, total_steps)
+        with autocast(device, dtype):
+            logits = model(x)
+        loss = loss_fn(logits, y)
+        if not torch.isfinite(loss):
+            raise CovsegError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower train.lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(index)
+        correct += int((logits.argmax(1) == y).sum())
+        pixels += y.numel()
+    return EpochResult(loss_sum / images.shape[0], correct / pixels)
+
+
+def batch_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> list[np.ndarray]:
+    """One confusion matrix per image of ``(B, H, W)`` label maps."""
+    return [confusion_matrix(p.numpy(), t.numpy(), num_classes) for p, t in zip(pred.cpu(), target.cpu())]
+
+
+def mean_foreground_dice(cms: list[np.ndarray]) -> float:
+    """Mean over foreground classes of the per-image Dice (images whose truth holds the class)."""
+    per_class = aggregate_per_image(cms)["dice"][1:]
+    return float(np.nanmean(per_class)) if np.isfinite(per_class).any() else float("nan")
+
+
+@torch.inference_mode()
+def validate(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> EpochResult:
+    """Loss, pixel accuracy and mean foreground Dice on validation images at the model's input size."""
+    model.eval()
+    loss_sum, correct, pixels = 0.0, 0, 0
+    cms: list[np.ndarray] = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
+        y = masks[start:start + batch_size].to(device)
+        with autocast(device, dtype):
+            logits = model(x)
+        loss_sum += loss_fn(logits, y).item() * x.shape[0]
+        pred = logits.argmax(1)
+        correct += int((pred == y).sum())
+        pixels += y.numel()
+        cms += batch_confusion(pred, y, num_classes)
+    return EpochResult(loss_sum / images.shape[0], correct / pixels, mean_foreground_dice(cms))

@@ -1,0 +1,77 @@
+"""Resizing to the model's input size and back, and batch augmentation on tensors.
+
+Shapes: images ``(B, 1, H, W)`` float32 in [0, 1]; label maps ``(B, H, W)`` int64.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from covseg.config import AugmentConfig
+
+__all__ = ["stack_resized", "resize_probs", "augment_batch"]
+
+
+def stack_resized(
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None, size: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Resize ``(H, W)`` images (bilinear, antialiased) and masks (nearest) to ``size x size`` and stack.
+
+    Returns images ``(N, 1, size, size)`` float32 and label maps ``(N, size, size)`` int64 (or None).
+    """
+    out_images = torch.empty(len(images), 1, size, size)
+    for i, image in enumerate(images):
+        t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+        out_images[i] = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
+                                      antialias=True)[0].clamp_(0.0, 1.0)
+    if masks is None:
+        return out_images, None
+    out_masks = torch.empty(len(masks), size, size, dtype=torch.int64)
+    for i, mask in enumerate(masks):
+        t = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+        out_masks[i] = F.interpolate(t, size=(size, size), mode="nearest-exact")[0, 0].round().long()
+    return out_images, out_masks
+
+
+def resize_probs(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize class probabilities ``(B, C, h, w)`` to ``(B, C, height, width)`` bilinearly."""
+    if probs.shape[-2:] == (height, width):
+        return probs
+    return F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def augment_batch(
+    images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips, rotation, zoom (one affine warp per image) and gamma/brightness.
+
+    Images are warped bilinearly (zero padding), label maps with nearest sampling; all randomness comes
+    from ``generator`` so a run is reproducible.
+    """
+    b = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(b, generator=generator)
+
+    sx = torch.where(torch.rand(b, generator=generator) < cfg.hflip, -1.0, 1.0)
+    sy = torch.where(torch.rand(b, generator=generator) < cfg.vflip, -1.0, 1.0)
+    angle = uniform(-cfg.rotate_deg, cfg.rotate_deg) * math.pi / 180.0
+    zoom = uniform(1.0 - cfg.scale, 1.0 + cfg.scale)
+    gamma = uniform(1.0 - cfg.gamma, 1.0 + cfg.gamma)
+    shift = uniform(-cfg.brightness, cfg.brightness)
+    if cfg.rotate_deg or cfg.scale or cfg.hflip or cfg.vflip:
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos * sx, -sin * sy, torch.zeros(b)], 1),
+                             torch.stack([sin * sx, cos * sy, torch.zeros(b)], 1)], 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        masks = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                              align_corners=False)[:, 0].long()
+    if cfg.gamma or cfg.brightness:
+        images = images.clamp(0.0, 1.0).pow(gamma.view(b, 1, 1, 1)) + shift.view(b, 1, 1, 1)
+        images = images.clamp(0.0, 1.0)
+    return images, masks

@@ -1,0 +1,534 @@
+"""Tests of covseg.datasets: readers, label mapping and every accepted layout, on tiny fixtures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from covseg.datasets import (
+    Sample,
+    list_images,
+    load_covid_semiseg,
+    load_dataset,
+    load_folder_pairs,
+    load_medseg_nifti,
+    load_medseg_npy,
+    read_image,
+    read_mask,
+)
+from covseg.errors import CovsegError
+from covseg.labels import BINARY, MULTICLASS
+
+REAL_SEMISEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "covid-semiseg"
+
+# lung window (level -600, width 1500): HU -1350 -> 0, -600 -> 0.5, 150 -> 1
+LOW, WIDTH = -1350.0, 1500.0
+
+
+def lung(hu: np.ndarray | list[float]) -> np.ndarray:
+    return np.clip((np.asarray(hu, dtype=np.float64) - LOW) / WIDTH, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------- fixture writers
+
+
+def write_grey(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8/uint16 array as a greyscale image (format from the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array)).save(path)
+    return path
+
+
+def write_palette(path: Path, indices: np.ndarray) -> Path:
+    """Write a palette PNG whose indices are ``indices``; its colours are not grey levels equal to them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = indices.shape
+    im = Image.frombytes("P", (w, h), np.ascontiguousarray(indices, dtype=np.uint8).tobytes())
+    im.putpalette([0, 0, 0, 255, 215, 0, 255, 64, 64, 64, 160, 255] + [9] * (3 * 252))
+    im.save(path)
+    return path
+
+
+def write_nifti(path: Path, data: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return path
+
+
+def write_dicom(path: Path, stored: np.ndarray, slope: float = 2.0, intercept: float = -1024.0) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def grey_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w), dtype=np.uint8)
+
+
+def semiseg_tree(root: Path, stems: list[str], size: tuple[int, int] = (6, 5)) -> Path:
+    """A miniature COVID-SemiSeg training tree under ``root/Dataset`` (8-bit JPGs, 0/255 and palette GTs)."""
+    train = root / "Dataset" / "TrainingSet"
+    h, w = size
+    for i, stem in enumerate(stems):
+        image = grey_image(h, w, seed=i)
+        binary = np.zeros((h, w), np.uint8)
+        binary[: i % h + 1, :2] = 255
+        multi = np.zeros((h, w), np.uint8)
+        multi[0, 0], multi[1, 1] = 1, 2
+        write_grey(train / "LungInfection-Train/Doctor-label/Imgs" / f"{stem}.jpg", image)
+        write_grey(train / "LungInfection-Train/Doctor-label/GT" / f"{stem}.png", binary)
+        write_grey(train / "MultiClassInfection-Train/Imgs" / f"{stem}.jpg", image)
+        write_palette(train / "MultiClassInfection-Train/GT" / f"{stem}.png", multi)
+    for name in ("scan_2", "scan_10", "scan_1"):
+        write_grey(train / "LungInfection-Train/Pseudo-label/Imgs" / f"{name}.jpg", grey_image(h, w))
+    return root
+
+
+def pairs_dir(root: Path, stems: list[str], image_ext: str = ".png", mask_ext: str = ".png") -> Path:
+    for i, stem in enumerate(stems):
+        write_grey(root / "images" / f"{stem}{image_ext}", grey_image(4, 3, seed=i))
+        mask = np.zeros((4, 3), np.uint8)
+        mask[i % 4, 0] = 1
+        write_grey(root / "masks" / f"{stem}{mask_ext}", mask)
+    return root
+
+
+# ---------------------------------------------------------------------------------- read_image
+
+
+def test_read_image_png_8bit_exact(tmp_path: Path) -> None:
+    array = np.array([[0, 1, 128], [200, 254, 255]], np.uint8)
+    image = read_image(write_grey(tmp_path / "a.png", array))
+    assert image.shape == (2, 3) and image.dtype == np.float32
+    np.testing.assert_array_equal(image, array.astype(np.float32) / np.float32(255))
+
+
+def test_read_image_rgb_becomes_grey(tmp_path: Path) -> None:
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)  # PIL "L": 299/1000 * 255 -> 76
+    rgb[1, 1] = (255, 255, 255)
+    path = tmp_path / "rgb.png"
+    Image.fromarray(rgb).save(path)
+    image = read_image(path)
+    assert image.shape == (2, 2)
+    np.testing.assert_array_equal(image, np.array([[76, 0], [0, 255]], np.float32) / np.float32(255))
+
+
+def test_read_image_jpg(tmp_path: Path) -> None:
+    image = read_image(write_grey(tmp_path / "a.JPEG", np.full((8, 16), 128, np.uint8)))
+    assert image.shape == (8, 16) and image.dtype == np.float32
+    np.testing.assert_allclose(image, 128 / 255, atol=2 / 255)
+
+
+def test_read_image_16bit_png(tmp_path: Path) -> None:
+    array = np.array([[0, 1000], [40000, 65535]], np.uint16)
+    image = read_image(write_grey(tmp_path / "deep.png", array))
+    assert image.dtype == np.float32
+    np.testing.assert_array_equal(image, array.astype(np.float32) / np.float32(65535))
+
+
+def test_read_image_tiff_8bit_and_float_hu(tmp_path: Path) -> None:
+    array = np.array([[0, 51], [102, 255]], np.uint8)
+    np.testing.assert_array_equal(read_image(write_grey(tmp_path / "a.tif", array)), array / np.float32(255))
+    hu = np.array([[-2000, -1350, -600], [-225, 150, 900]], np.float32)
+    path = tmp_path / "hu.tiff"
+    Image.fromarray(hu).save(path)
+    np.testing.assert_allclose(read_image(path), lung(hu), atol=1e-6)
+
+
+def test_read_image_nifti_slice_transposed_and_windowed(tmp_path: Path) -> None:
+    hu = np.array([[-1350, -600, 150], [-975, -225, 3000]], np.float32)  # nibabel (x=2, y=3)
+    for name, data in (("flat.nii.gz", hu), ("one.nii", hu[:, :, None])):
+        image = read_image(write_nifti(tmp_path / name, data))
+        assert image.shape == (3, 2) and image.dtype == np.float32  # (rows=y, cols=x)
+        np.testing.assert_allclose(image, lung(hu.T), atol=1e-6)
+        assert image[0, 0] == 0.0 and image[1, 0] == 0.5 and image[2, 0] == 1.0
+
+
+def test_read_image_nifti_non_hu_is_scaled(tmp_path: Path) -> None:
+    data = np.array([[0, 255], [51, 102]], np.uint8)
+    image = read_image(write_nifti(tmp_path / "u8.nii.gz", data))
+    np.testing.assert_allclose(image, data.T / 255.0, atol=1e-6)
+
+
+def test_read_image_nifti_volume_refused(tmp_path: Path) -> None:
+    path = write_nifti(tmp_path / "vol.nii.gz", np.zeros((4, 4, 3), np.int16))
+    with pytest.raises(CovsegError, match=r"vol\.nii\.gz: is a volume of shape \(4, 4, 3\)"):
+        read_image(path)
+
+
+def test_read_image_dicom_rescale_and_window(tmp_path: Path) -> None:
+    stored = np.array([[0, 162, 212], [300, 587, 1000]], np.uint16)
+    hu = stored.astype(np.float64) * 2 - 1024  # [[-1024, -700, -600], [-424, 150, 976]]
+    image = read_image(write_dicom(tmp_path / "slice.dcm", stored))
+    assert image.shape == (2, 3) and image.dtype == np.float32
+    np.testing.assert_allclose(image, lung(hu), atol=1e-6)
+    assert image[0, 2] == 0.5 and image[1, 1] == 1.0 and image[1, 2] == 1.0
+
+
+def test_read_image_real_dicom() -> None:
+    from pydicom.data import get_testdata_file
+
+    image = read_image(get_testdata_file("CT_small.dcm"))
+    assert image.shape == (128, 128) and image.dtype == np.float32
+    assert 0.0 <= image.min() < image.max() <= 1.0
+
+
+def test_read_image_errors(tmp_path: Path) -> None:
+    with pytest.raises(CovsegError, match=r"nope\.png: file not found"):
+        read_image(tmp_path / "nope.png")
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(CovsegError, match=r"notes\.txt: unsupported file type '\.txt'"):
+        read_image(tmp_path / "notes.txt")
+    (tmp_path / "junk.png").write_bytes(b"not a png at all")
+    with pytest.raises(CovsegError, match=r"junk\.png: cannot be read as an image"):
+        read_image(tmp_path / "junk.png")
+    (tmp_path / "junk.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(CovsegError, match=r"junk\.nii\.gz: cannot be read as NIfTI"):
+        read_image(tmp_path / "junk.nii.gz")
+    (tmp_path / "junk.dcm").write_bytes(b"garbage")
+    with pytest.raises(CovsegError, match=r"junk\.dcm: cannot be read as DICOM"):
+        read_image(tmp_path / "junk.dcm")
+
+
+def test_read_image_truncated_jpg(tmp_path: Path) -> None:
+    path = write_grey(tmp_path / "cut.jpg", grey_image(64, 64))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CovsegError, match=r"cut\.jpg: cannot be read as an image") as info:
+        read_image(path)
+    assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------- read_mask
+
+
+def test_read_mask_palette_raw_indices(tmp_path: Path) -> None:
+    indices = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    path = write_palette(tmp_path / "m.png", indices)
+    multi = read_mask(path, MULTICLASS)
+    assert multi.dtype == np.int64 and multi.shape == (2, 3)
+    np.testing.assert_array_equal(multi, indices)
+    np.testing.assert_array_equal(read_mask(path, BINARY), (indices > 0).astype(np.int64))
+
+
+def test_read_mask_0_255_is_binary(tmp_path: Path) -> None:
+    array = np.array([[0, 255], [255, 0]], np.uint8)
+    path = write_grey(tmp_path / "b.png", array)
+    mask = read_mask(path, BINARY)
+    assert mask.dtype == np.int64
+    np.testing.assert_array_equal(mask, [[0, 1], [1, 0]])
+    with pytest.raises(CovsegError, match=r"b\.png: mask holds only 0/255.*use --task binary"):
+        read_mask(path, MULTICLASS)
+    all_zero = read_mask(write_grey(tmp_path / "z.png", np.zeros((2, 2), np.uint8)), BINARY)
+    np.testing.assert_array_equal(all_zero, np.zeros((2, 2)))
+
+
+def test_read_mask_greyscale_multiclass_and_collapse(tmp_path: Path) -> None:
+    array = np.array([[0, 1], [2, 3]], np.uint8)
+    path = write_grey(tmp_path / "g.png", array)
+    np.testing.assert_array_equal(read_mask(path, MULTICLASS), array)
+    np.testing.assert_array_equal(read_mask(path, BINARY), [[0, 1], [1, 1]])
+
+
+def test_read_mask_bilevel_png(tmp_path: Path) -> None:
+    path = tmp_path / "bits.png"
+    Image.fromarray(np.array([[0, 255], [0, 0]], np.uint8)).convert("1").save(path)
+    np.testing.assert_array_equal(read_mask(path, BINARY), [[0, 1], [0, 0]])
+
+
+@pytest.mark.parametrize("scheme", [BINARY, MULTICLASS])
+def test_read_mask_label_5_refused(tmp_path: Path, scheme) -> None:
+    path = write_grey(tmp_path / "five.png", np.array([[0, 1], [5, 0]], np.uint8))
+    with pytest.raises(CovsegError, match=r"five\.png: label values \[5\]") as info:
+        read_mask(path, scheme)
+    assert "\n" not in str(info.value)
+
+
+def test_read_mask_colour_refused(tmp_path: Path) -> None:
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    path = tmp_path / "colour.png"
+    Image.fromarray(rgb).save(path)
+    with pytest.raises(CovsegError, match=r"colour\.png: is a colour mask"):
+        read_mask(path, MULTICLASS)
+
+
+def test_read_mask_nifti_transposed(tmp_path: Path) -> None:
+    labels = np.array([[0, 1, 2], [3, 0, 1]], np.uint8)  # (x=2, y=3)
+    path = write_nifti(tmp_path / "m.nii.gz", labels[:, :, None])
+    mask = read_mask(path, MULTICLASS)
+    assert mask.dtype == np.int64
+    np.testing.assert_array_equal(mask, labels.T)
+    np.testing.assert_array_equal(read_mask(path, BINARY), (labels.T > 0))
+    soft = write_nifti(tmp_path / "soft.nii", np.array([[0.0, 0.5]], np.float32))
+    with pytest.raises(CovsegError, match=r"soft\.nii: mask holds non-integer values"):
+        read_mask(soft, MULTICLASS)
+
+
+# ---------------------------------------------------------------------------------- folder pairs
+
+
+def test_folder_pairs_numeric_order_and_stem_matching(tmp_path: Path) -> None:
+    pairs_dir(tmp_path, ["10", "2", "0", "1"], image_ext=".jpg", mask_ext=".png")
+    samples = load_folder_pairs(tmp_path / "images", tmp_path / "masks", "binary")
+    assert [s.name for s in samples] == ["0", "1", "2", "10"]
+    for s in samples:
+        assert isinstance(s, Sample)
+        assert s.image.shape == s.mask.shape == (4, 3)
+        assert s.image.dtype == np.float32 and s.mask.dtype == np.int64
+        assert s.source == str(tmp_path / "images" / f"{s.name}.jpg")
+    np.testing.assert_array_equal(samples[0].mask[:, 0], [0, 0, 1, 0])  # "0" was written third (i=2)
+    np.testing.assert_array_equal(samples[3].mask[:, 0], [1, 0, 0, 0])  # "10" was written first (i=0)
+
+
+def test_natural_order_for_text_stems(tmp_path: Path) -> None:
+    for name in ("b_10", "b_2", "a", "B_1"):
+        write_grey(tmp_path / f"{name}.png", grey_image(2, 2))
+    (tmp_path / "readme.txt").write_text("skip me")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "B_1.png", "b_2.png", "b_10.png"]
+
+
+def test_folder_pairs_missing_mask(tmp_path: Path) -> None:
+    pairs_dir(tmp_path, ["0", "1"])
+    (tmp_path / "masks" / "1.png").unlink()
+    with pytest.raises(CovsegError, match=r"images[/\\]1\.png: image without a mask"):
+        load_folder_pairs(tmp_path / "images", tmp_path / "masks", "binary")
+
+
+def test_folder_pairs_mask_without_image(tmp_path: Path) -> None:
+    pairs_dir(tmp_path, ["0", "1"])
+    (tmp_path / "images" / "0.png").unlink()
+    with pytest.raises(CovsegError, match=r"masks[/\\]0\.png: mask without an image"):
+        load_folder_pairs(tmp_path / "images", tmp_path / "masks", "binary")
+
+
+def test_folder_pairs_size_mismatch(tmp_path: Path) -> None:
+    pairs_dir(tmp_path, ["0", "3"])
+    write_grey(tmp_path / "masks" / "3.png", np.zeros((5, 3), np.uint8))
+    with pytest.raises(CovsegError, match=r"masks[/\\]3\.png: mask is 5x3 \(HxW\) but its image is 4x3; "
+                                          r"give masks the size of their images"):
+        load_folder_pairs(tmp_path / "images", tmp_path / "masks", "multiclass")
+
+
+def test_folder_pairs_duplicate_stem(tmp_path: Path) -> None:
+    pairs_dir(tmp_path, ["0"])
+    write_grey(tmp_path / "images" / "0.jpg", grey_image(4, 3))
+    with pytest.raises(CovsegError, match=r"has the same name; keep one file per name"):
+        load_folder_pairs(tmp_path / "images", tmp_path / "masks", "binary")
+
+
+def test_folder_pairs_empty(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(CovsegError, match=r"no images found in .*images"):
+        load_folder_pairs(tmp_path / "images", tmp_path / "masks", "binary")
+    with pytest.raises(CovsegError, match=r"no images found in"):
+        load_dataset(tmp_path, "binary")
+
+
+# ---------------------------------------------------------------------------------- COVID-SemiSeg
+
+
+def test_covid_semiseg_layout(tmp_path: Path) -> None:
+    semiseg_tree(tmp_path, ["10", "0", "2", "1"])
+    binary = load_covid_semiseg(tmp_path, "binary")
+    assert [s.name for s in binary] == ["0", "1", "2", "10"]
+    assert all(set(np.unique(s.mask)) <= {0, 1} for s in binary)
+    assert int(binary[0].mask.sum()) == 2 * (1 % 6 + 1)  # "0" written second (i=1): rows 0..1, cols 0..1
+    multi = load_covid_semiseg(tmp_path / "Dataset", "multiclass")  # the Dataset folder itself works too
+    assert [s.name for s in multi] == ["0", "1", "2", "10"]
+    for s in multi:
+        assert s.image.shape == s.mask.shape == (6, 5)
+        assert s.mask[0, 0] == 1 and s.mask[1, 1] == 2 and s.mask.sum() == 3
+    np.testing.assert_array_equal(binary[2].image, multi[2].image)
+    unlabelled = load_covid_semiseg(tmp_path, "binary", split="unlabelled")
+    assert [s.name for s in unlabelled] == ["scan_1", "scan_2", "scan_10"]
+    assert all(s.mask is None and s.image.shape == (6, 5) for s in unlabelled)
+    assert [s.name for s in load_dataset(tmp_path, "binary")] == ["0", "1", "2", "10"]
+
+
+def test_covid_semiseg_missing_test_split(tmp_path: Path) -> None:
+    semiseg_tree(tmp_path, ["0"])
+    with pytest.raises(CovsegError, match=r"LungInfection-Test: the test split is not in this data folder "
+                                          r"\(it is held out here\); run `covseg download --mirror"):
+        load_covid_semiseg(tmp_path, "binary", split="test")
+    with pytest.raises(CovsegError, match=r"the test split is not in this data folder"):
+        load_dataset(tmp_path, "multiclass", split="test")
+
+
+def test_covid_semiseg_bad_arguments(tmp_path: Path) -> None:
+    semiseg_tree(tmp_path, ["0"])
+    with pytest.raises(CovsegError, match=r"unknown task 'three'"):
+        load_covid_semiseg(tmp_path, "three")
+    with pytest.raises(CovsegError, match=r"unknown split 'val'"):
+        load_covid_semiseg(tmp_path, "binary", split="val")
+    with pytest.raises(CovsegError, match=r"not a COVID-SemiSeg folder"):
+        load_covid_semiseg(tmp_path / "Dataset" / "TrainingSet" / "LungInfection-Train", "binary")
+
+
+# ---------------------------------------------------------------------------------- MedSeg
+
+
+def medseg_volumes(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    hu = np.stack([np.full((4, 3), v, np.float32) for v in (-1350.0, -600.0, 150.0)], axis=-1)
+    hu[0, 2, 0] = -2048.0
+    labels = np.zeros((4, 3, 3), np.float32)  # MedSeg stores labels as floats
+    labels[1, 0, 0], labels[2, 1, 1], labels[3, 2, 2] = 1, 2, 3
+    write_nifti(folder / "tr_im.nii.gz", hu)
+    write_nifti(folder / "tr_mask.nii.gz", labels)
+    return hu, labels
+
+
+def test_medseg_nifti(tmp_path: Path) -> None:
+    hu, labels = medseg_volumes(tmp_path)
+    samples = load_medseg_nifti(tmp_path / "tr_im.nii.gz", tmp_path / "tr_mask.nii.gz", "multiclass")
+    assert [s.name for s in samples] == ["tr_im_000", "tr_im_001", "tr_im_002"]
+    for z, s in enumerate(samples):
+        assert s.image.shape == s.mask.shape == (3, 4)  # (rows=y, cols=x)
+        assert s.image.dtype == np.float32 and s.mask.dtype == np.int64
+        np.testing.assert_allclose(s.image, lung(hu[:, :, z].T), atol=1e-6)
+        np.testing.assert_array_equal(s.mask, labels[:, :, z].T)
+    assert samples[1].image[0, 1] == 0.5 and samples[0].mask[0, 1] == 1 and samples[2].mask[2, 3] == 3
+    binary = load_dataset(tmp_path, "binary")
+    assert [s.name for s in binary] == ["tr_im_000", "tr_im_001", "tr_im_002"]
+    np.testing.assert_array_equal(binary[2].mask, (labels[:, :, 2].T > 0))
+    assert binary[2].mask.max() == 1
+
+
+def test_medseg_nifti_unlabelled_and_errors(tmp_path: Path) -> None:
+    hu, _ = medseg_volumes(tmp_path)
+    write_nifti(tmp_path / "val_im.nii.gz", hu[:, :, :2])
+    unlabelled = load_dataset(tmp_path, "multiclass", split="unlabelled")
+    assert [s.name for s in unlabelled] == ["val_im_000", "val_im_001"]
+    assert all(s.mask is None for s in unlabelled)
+    with pytest.raises(CovsegError, match=r"MedSeg NIfTI layout holds only training data"):
+        load_dataset(tmp_path, "binary", split="test")
+    write_nifti(tmp_path / "short.nii.gz", np.zeros((4, 3, 2), np.float32))
+    with pytest.raises(CovsegError, match=r"short\.nii\.gz: mask volume has shape \(4, 3, 2\)"):
+        load_medseg_nifti(tmp_path / "tr_im.nii.gz", tmp_path / "short.nii.gz", "binary")
+    bad = np.zeros((4, 3, 3), np.float32)
+    bad[0, 0, 0] = 5
+    write_nifti(tmp_path / "five.nii.gz", bad)
+    with pytest.raises(CovsegError, match=r"five\.nii\.gz: label values \[5\]"):
+        load_medseg_nifti(tmp_path / "tr_im.nii.gz", tmp_path / "five.nii.gz", "multiclass")
+
+
+def write_npy_pair(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    images = np.full((2, 2, 3, 1), -600.0, np.float32)
+    images[1, 0, 0, 0] = -1350.0
+    images[1, 1, 2, 0] = 400.0
+    channel = np.array([[[0, 1, 2], [3, 0, 1]], [[3, 3, 3], [2, 2, 2]]])  # winning channel per pixel
+    masks = np.eye(4, dtype=np.float32)[channel]
+    np.save(folder / "images_medseg.npy", images)
+    np.save(folder / "masks_medseg.npy", masks)
+    return images, channel
+
+
+def test_medseg_npy_channel_order(tmp_path: Path) -> None:
+    images, channel = write_npy_pair(tmp_path)
+    samples = load_medseg_npy(tmp_path / "images_medseg.npy", tmp_path / "masks_medseg.npy", "multiclass")
+    assert [s.name for s in samples] == ["images_medseg_000", "images_medseg_001"]
+    # channels (GGO, consolidation, other lung, background) -> labels (1, 2, 0, 0)
+    np.testing.assert_array_equal(samples[0].mask, [[1, 2, 0], [0, 1, 2]])
+    np.testing.assert_array_equal(samples[1].mask, [[0, 0, 0], [0, 0, 0]])
+    assert samples[0].mask.dtype == np.int64 and samples[0].image.dtype == np.float32
+    np.testing.assert_allclose(samples[1].image, lung(images[1, :, :, 0]), atol=1e-6)
+    assert samples[0].image[0, 0] == 0.5 and samples[1].image[0, 0] == 0.0 and samples[1].image[1, 2] == 1.0
+    binary = load_dataset(tmp_path, "binary")
+    np.testing.assert_array_equal(binary[0].mask, [[1, 1, 0], [0, 1, 1]])
+
+
+def test_medseg_npy_errors(tmp_path: Path) -> None:
+    write_npy_pair(tmp_path)
+    np.save(tmp_path / "three.npy", np.zeros((2, 2, 3, 3), np.float32))
+    with pytest.raises(CovsegError, match=r"three\.npy: array has shape \(2, 2, 3, 3\); expected \(N, H, W, 4\)"):
+        load_medseg_npy(tmp_path / "images_medseg.npy", tmp_path / "three.npy", "binary")
+    np.save(tmp_path / "blank.npy", np.zeros((2, 2, 3, 4), np.float32))
+    with pytest.raises(CovsegError, match=r"blank\.npy: slice 0 has pixels with no channel set"):
+        load_medseg_npy(tmp_path / "images_medseg.npy", tmp_path / "blank.npy", "binary")
+
+
+# ---------------------------------------------------------------------------------- load_dataset / list_images
+
+
+def test_load_dataset_folder_pairs_aliases(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for i, stem in enumerate(["b", "a"]):
+        write_grey(root / "Imgs" / f"{stem}.jpg", grey_image(4, 3, seed=i))
+        write_palette(root / "GT" / f"{stem}.png", np.full((4, 3), i, np.uint8))
+    samples = load_dataset(root, "multiclass")
+    assert [s.name for s in samples] == ["a", "b"]
+    assert samples[0].mask.max() == 1 and samples[1].mask.max() == 0
+    with pytest.raises(CovsegError, match=r"image/mask folder layout holds only training data"):
+        load_dataset(root, "multiclass", split="test")
+
+
+def test_load_dataset_unrecognised(tmp_path: Path) -> None:
+    with pytest.raises(CovsegError, match=r"no data layout recognised; accepted layouts: COVID-SemiSeg") as info:
+        load_dataset(tmp_path, "binary")
+    assert "tr_im.nii.gz" in str(info.value) and "images_medseg.npy" in str(info.value)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CovsegError, match=r"missing: data folder not found"):
+        load_dataset(tmp_path / "missing", "binary")
+
+
+def test_list_images(tmp_path: Path) -> None:
+    for stem in ("10", "9", "1"):
+        write_grey(tmp_path / f"{stem}.png", grey_image(2, 2))
+    write_nifti(tmp_path / "5.nii.gz", np.zeros((2, 2), np.int16))
+    assert [p.name for p in list_images(tmp_path)] == ["1.png", "5.nii.gz", "9.png", "10.png"]
+    assert list_images(tmp_path / "9.png") == [tmp_path / "9.png"]
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CovsegError, match=r"notes\.txt: unsupported file type"):
+        list_images(tmp_path / "notes.txt")
+    with pytest.raises(CovsegError, match=r"gone: not found"):
+        list_images(tmp_path / "gone")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CovsegError, match=r"no images found in .*empty"):
+        list_images(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------------- the real mirror
+
+
+@pytest.mark.skipif(not REAL_SEMISEG.is_dir(), reason="shared COVID-SemiSeg mirror not present")
+def test_real_covid_semiseg_mirror() -> None:
+    for task, allowed in (("binary", {0, 1}), ("multiclass", {0, 1, 2})):
+        samples = load_dataset(REAL_SEMISEG, task)
+        assert len(samples) == 50
+        assert [s.name for s in samples] == sorted((s.name for s in samples), key=int)
+        for s in samples:
+            assert s.image.dtype == np.float32 and s.mask.dtype == np.int64
+            assert s.image.shape == s.mask.shape and s.image.ndim == 2
+            assert 0.0 <= s.image.min() and s.image.max() <= 1.0
+            assert set(np.unique(s.mask).tolist()) <= allowed
+        assert any(s.mask.max() == max(allowed) for s in samples)
+    with pytest.raises(CovsegError, match=r"the test split is not in this data folder"):
+        load_covid_semiseg(REAL_SEMISEG, "binary", split="test")

@@ -1,0 +1,236 @@
+"""covseg.download against the real local mirror, as a folder and over a loopback HTTP server."""
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from covseg import download as dl
+from covseg.errors import CovsegError
+
+MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid-semiseg"
+NAME = "covid-semiseg"
+N_TRAIN, N_TEST = 200, 192
+EXTRA = "Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs"
+
+
+@pytest.fixture(scope="module")
+def mirror() -> Path:
+    if not (MIRROR / "Dataset" / "TrainingSet").is_dir():
+        pytest.skip(f"local mirror {MIRROR} not present")
+    return MIRROR
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+class _RangeHandler(_QuietHandler):
+    """SimpleHTTPRequestHandler plus single ``bytes=N-`` ranges; records the ranges asked for."""
+
+    ranges: list[tuple[str, int]] = []
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if not rng or not path.is_file():
+            return super().do_GET()
+        start = int(rng.removeprefix("bytes=").split("-")[0])
+        data = path.read_bytes()
+        type(self).ranges.append((self.path, start))
+        if start >= len(data):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        body = data[start:]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return None
+
+
+def _serve(root: Path, handler: type) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def http_mirror(mirror: Path) -> Iterator[str]:
+    yield from _serve(mirror, _RangeHandler)
+
+
+@pytest.fixture(scope="module")
+def dir_download(mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dl.DownloadReport]:
+    dest = tmp_path_factory.mktemp("dir")
+    return dest, dl.download(NAME, dest, mirror=str(mirror), progress=False)
+
+
+def _parts(root: Path) -> list[Path]:
+    return list(root.rglob("*.part"))
+
+
+def _train_paths() -> list[str]:
+    return sorted(p for p in dl.read_manifest(NAME) if p.startswith("Dataset/TrainingSet/"))
+
+
+def test_manifest_and_paths(tmp_path: Path) -> None:
+    manifest = dl.read_manifest(NAME)
+    assert len(manifest) == N_TRAIN + N_TEST
+    assert all(len(h) == 64 for h in manifest.values())
+    assert dl.dataset_root(tmp_path, NAME) == tmp_path / NAME
+    with pytest.raises(CovsegError, match="unknown dataset"):
+        dl.read_manifest("nope")
+
+
+def test_directory_mirror(dir_download: tuple[Path, dl.DownloadReport]) -> None:
+    dest, report = dir_download
+    root = dl.dataset_root(dest, NAME)
+    train, test = report.splits["training"], report.splits["test"]
+    assert len(train.fetched) == N_TRAIN and train.complete
+    assert len(test.missing) == N_TEST and not test.fetched
+    assert len(report.missing) == N_TEST and not report.corrupt and not report.skipped
+    assert not _parts(root)
+    assert (root / _train_paths()[0]).is_file()
+    assert not (root / "Dataset" / "TestingSet").exists()
+    assert report.extra_copied == 1600
+    assert len(list((root / EXTRA).iterdir())) == 1600
+    text = report.summary()
+    assert f"training split: {N_TRAIN} files verified" in text
+    assert f"test split: {N_TEST} files missing from the mirror" in text
+    assert "\n" not in text
+
+
+def test_resume_after_deleting(dir_download: tuple[Path, dl.DownloadReport], mirror: Path,
+                               tmp_path: Path) -> None:
+    src, _ = dir_download
+    dest = tmp_path / "dest"
+    shutil.copytree(src, dest)
+    root = dl.dataset_root(dest, NAME)
+    gone = _train_paths()[:2]
+    for rel in gone:
+        (root / rel).unlink()
+    (root / EXTRA / "Data-1_coronacases_org_001_1.jpg").unlink()
+    report = dl.download(NAME, dest, mirror=str(mirror), progress=False)
+    assert sorted(report.fetched) == gone
+    assert len(report.skipped) == N_TRAIN - 2
+    assert (report.extra_copied, report.extra_present) == (1, 1599)
+    assert not _parts(root)
+
+
+def test_http_mirror_with_range_resume(http_mirror: str, mirror: Path, tmp_path: Path) -> None:
+    root = dl.dataset_root(tmp_path, NAME)
+    a, b = _train_paths()[:2]
+    # a: a truthful truncated .part -> resumed with a Range request
+    data_a = (mirror / a).read_bytes()
+    (root / a).parent.mkdir(parents=True)
+    (root / (a + ".part")).write_bytes(data_a[: len(data_a) // 2])
+    # b: a .part with a wrong prefix -> resumed, fails the hash, refetched whole
+    (root / (b + ".part")).write_bytes(b"\0" * 10)
+    _RangeHandler.ranges.clear()
+
+    report = dl.download(NAME, tmp_path, mirror=http_mirror, progress=False)
+    assert len(report.splits["training"].fetched) == N_TRAIN
+    assert len(report.splits["test"].missing) == N_TEST
+    assert not report.corrupt and not _parts(root)
+    assert (root / a).read_bytes() == data_a
+    assert (root / b).read_bytes() == (mirror / b).read_bytes()
+    asked = dict(_RangeHandler.ranges)
+    assert asked == {"/" + a: len(data_a) // 2, "/" + b: 10}
+    assert "HTTP mirror cannot list folders" in report.summary()
+    assert not (root / EXTRA).exists()
+
+
+def test_http_without_range_support_restarts(mirror: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    a = _train_paths()[0]
+    monkeypatch.setattr(dl, "read_manifest", lambda name: {a: dl._sha256(mirror / a)})
+    root = dl.dataset_root(tmp_path, NAME)
+    (root / a).parent.mkdir(parents=True)
+    (root / (a + ".part")).write_bytes(b"junk")
+    for url in _serve(mirror, _QuietHandler):
+        report = dl.download(NAME, tmp_path, mirror=url.rstrip("/"), progress=False)
+    assert report.fetched == [a]
+    assert (root / a).read_bytes() == (mirror / a).read_bytes()
+
+
+def test_corrupt_file_in_mirror(mirror: Path, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    train = _train_paths()
+    subset = {p: h for p, h in dl.read_manifest(NAME).items() if p in train[:6]}
+    monkeypatch.setattr(dl, "read_manifest", lambda name: subset)
+    bad_mirror = tmp_path / "mirror"
+    for rel in subset:
+        (bad_mirror / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mirror / rel, bad_mirror / rel)
+    victim = train[3]
+    raw = bytearray((bad_mirror / victim).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (bad_mirror / victim).write_bytes(bytes(raw))
+
+    dest = tmp_path / "dest"
+    with pytest.raises(CovsegError, match="training split incomplete") as info:
+        dl.download(NAME, dest, mirror=str(bad_mirror), progress=False)
+    message = str(info.value)
+    assert victim in message and "1 of 6" in message and "--mirror" in message
+    assert "\n" not in message
+    root = dl.dataset_root(dest, NAME)
+    assert not (root / victim).exists()
+    assert not _parts(root)
+    assert (root / train[0]).is_file()
+
+    # a bad file already sitting under the final name is not kept either
+    shutil.copyfile(bad_mirror / victim, root / victim)
+    with pytest.raises(CovsegError):
+        dl.download(NAME, dest, mirror=str(bad_mirror), progress=False)
+    assert not (root / victim).exists()
+
+
+def test_missing_training_file_is_an_error(mirror: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    subset = {"Dataset/TrainingSet/nowhere.png": "0" * 64}
+    monkeypatch.setattr(dl, "read_manifest", lambda name: subset)
+    with pytest.raises(CovsegError, match="nowhere.png"):
+        dl.download(NAME, tmp_path, mirror=str(mirror), progress=False)
+
+
+def test_unreachable_url_and_missing_dir(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(CovsegError, match=r"cannot reach http://127\.0\.0\.1:\d+/.*--mirror"):
+        dl.download(NAME, tmp_path, mirror=f"http://127.0.0.1:{port}/", progress=False)
+    with pytest.raises(CovsegError, match="does not exist"):
+        dl.download(NAME, tmp_path, mirror=str(tmp_path / "no-such-dir"), progress=False)
+
+
+def test_resolve_mirror_and_default_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("COVSEG_MIRROR", raising=False)
+    assert dl.resolve_mirror(None) is None
+    assert dl.resolve_mirror("/data/m") == "/data/m"
+    monkeypatch.setenv("COVSEG_MIRROR", "http://mirror.example/")
+    assert dl.resolve_mirror(None) == "http://mirror.example/"
+    assert dl.resolve_mirror("/data/m") == "/data/m"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert dl.default_data_dir() == tmp_path / "covseg"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert dl.default_data_dir() == Path(os.path.expanduser("~")) / ".cache" / "covseg"
