@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="run folder or checkpoint file")
     p.add_argument("--data", help="data folder (default: the one the run was trained on)")
     p.add_argument("--split", default="heldout", help="heldout (default) | val | test | train | all")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--checkpoint", choices=("auto", "best", "last"), default="auto",
+                   help="auto: last.pt when evaluating the validation images that chose best.pt, else best.pt")
+    p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("-o", "--output", type=Path, help="report folder (default: RUN_DIR/eval-SPLIT)")
     p.add_argument("--tta", action="store_true", help="average with a left-right flipped prediction")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders (PNG, JPG, TIFF, NIfTI, DICOM)")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint file")
+    p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--tta", action="store_true")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
@@ -165,7 +168,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from covseg.experiment import evaluate_run
 
     metrics, out_dir = evaluate_run(args.model, args.data, args.split, args.output, args.checkpoint, args.device,
-                                    args.precision, args.batch_size, args.tta, progress=not args.quiet)
+                                    args.precision, args.batch_size, args.tta, args.task, progress=not args.quiet)
     _print_summary(metrics, out_dir)
     return 0
 
@@ -204,7 +207,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     files = [f for item in args.inputs for f in list_images(item)]
     checkpoint = find_checkpoint(args.model)
-    model, config, state = load_model(checkpoint)
+    model, config, state = load_model(checkpoint, task=args.task)
     device = resolve_device(args.device)
     predictor = Predictor(model, config.data.input_size, device, resolve_precision(args.precision, device),
                           args.batch_size, args.tta)

@@ -77,17 +77,30 @@ def _predictor(config: RunConfig, model, device: str, precision: str, batch_size
     return Predictor(model, config.data.input_size, dev, resolve_precision(precision, dev), batch_size, tta)
 
 
-def evaluate_run(model_path: Path, data: str | None, split: str, out_dir: Path | None, which: str = "best",
+def _evaluates_validation(run_dir: Path, split: str) -> bool:
+    """True when ``split`` of ``run_dir`` is the validation set that picked ``best.pt``."""
+    parts = json.loads((run_dir / "split.json").read_text(encoding="utf-8")) if (run_dir / "split.json").is_file() else {}
+    return split == "val" or (split == "heldout" and not parts.get("test"))
+
+
+def evaluate_run(model_path: Path, data: str | None, split: str, out_dir: Path | None, which: str = "auto",
                  device: str = "cpu", precision: str = "auto", batch_size: int = 8, tta: bool = False,
-                 progress: bool = True) -> tuple[dict[str, Any], Path]:
-    """Evaluate a run folder or checkpoint; writes the report into ``out_dir`` and returns (metrics, out_dir)."""
-    checkpoint = find_checkpoint(model_path, which)
+                 task: str | None = None, progress: bool = True) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run folder or checkpoint; writes the report into ``out_dir`` and returns (metrics, out_dir).
+
+    ``which="auto"`` takes ``last.pt`` when the images evaluated are the validation images that chose
+    ``best.pt`` (so a cross-validation figure is not inflated by selecting on the fold it reports),
+    and ``best.pt`` otherwise.
+    """
     run_dir = model_path if model_path.is_dir() else None
+    if which == "auto":
+        which = "last" if run_dir is not None and _evaluates_validation(run_dir, split) else "best"
+    checkpoint = find_checkpoint(model_path, which)
     if data is None:
         if run_dir is None:
             raise CovsegError("pass --data DIR when evaluating a checkpoint file outside its run folder")
         data = read_run_info(run_dir)["data"]
-    model, config, state = load_model(checkpoint)
+    model, config, state = load_model(checkpoint, task=task)
     samples = select_samples(run_dir, data, config.data.task, split)
     out_dir = out_dir or checkpoint.parent / f"eval-{split}"
     predictor = _predictor(config, model, device, precision, batch_size, tta)

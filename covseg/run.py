@@ -127,7 +127,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         _prepare_folder(run_dir, config, samples, data_path, force)
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     weights = np.array(list(json.loads((run_dir / "class_weights.json").read_text())["weights"].values()))
-    log(f"class weights (median frequency): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(scheme.names, weights)))
+    log("class weights (median frequency): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(scheme.names, weights)))
 
     by_name = {s.name: s for s in samples}
     missing = [n for n in split["train"] + split["val"] if n not in by_name]
@@ -156,8 +156,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = list(state.get("history", []))
-        best = state.get("score")
-        best = state.get("best", best)
+        best = state.get("best")
     start = len(history)
     log(f"training {config.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) "
         f"on {len(train)} images, validating on {len(val)}, {d.input_size}x{d.input_size}, "

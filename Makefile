@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the test suite).
+# Both create .venv on first use with the CPU build of PyTorch 2.13.0.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Where `covseg download` fetches from: $COVSEG_MIRROR, else the shared mirror beside this checkout when it
+# exists, else the upstream repository.
+MIRROR ?= $(or $(COVSEG_MIRROR),$(wildcard ../shared/data/covid-semiseg))
+RUN ?= runs/demo
+
+.PHONY: demo test venv clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/covseg download $(if $(MIRROR),--mirror $(MIRROR))
+	$(BIN)/covseg train --recipe default --task binary --split cv:0 -o $(RUN) --force
+	$(BIN)/covseg evaluate $(RUN)
+	@echo "report: $(RUN)/eval-heldout/metrics.md  curves: $(RUN)/curves.png  figures: $(RUN)/eval-heldout/best_worst.png"
+
+test: venv
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny COVID-SemiSeg-layout data set made by the tests themselves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REAL_SEMISEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "covid-semiseg"
+
+
+def synthetic_slice(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A grey 'CT slice' (uint8) with a bright GGO ellipse (label 1) and a brighter consolidation disc (2)."""
+    yy, xx = np.mgrid[:height, :width]
+    image = rng.normal(60, 8, (height, width))
+    labels = np.zeros((height, width), np.uint8)
+    cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+    ry, rx = rng.uniform(0.12, 0.25) * height, rng.uniform(0.12, 0.25) * width
+    ggo = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+    labels[ggo] = 1
+    image[ggo] += 90
+    cons = ((yy - cy) / (ry / 2)) ** 2 + ((xx - cx) / (rx / 2)) ** 2 <= 1
+    if rng.random() < 0.7:
+        labels[cons] = 2
+        image[cons] += 80
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+def write_semiseg(root: Path, n: int = 12, seed: int = 0) -> Path:
+    """Write ``n`` synthetic slices in the COVID-SemiSeg training layout under ``root``; returns ``root``."""
+    rng = np.random.default_rng(seed)
+    train = root / "Dataset" / "TrainingSet"
+    for sub in ("LungInfection-Train/Doctor-label/Imgs", "LungInfection-Train/Doctor-label/GT",
+                "MultiClassInfection-Train/Imgs", "MultiClassInfection-Train/GT"):
+        (train / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        h, w = int(rng.integers(40, 56)), int(rng.integers(40, 56))
+        image, labels = synthetic_slice(rng, h, w)
+        for folder in ("LungInfection-Train/Doctor-label/Imgs", "MultiClassInfection-Train/Imgs"):
+            Image.fromarray(image).save(train / folder / f"{i}.jpg", quality=95)
+        Image.fromarray(((labels > 0) * 255).astype(np.uint8)).save(train / "LungInfection-Train/Doctor-label/GT" / f"{i}.png")
+        palette = Image.frombytes("P", (w, h), labels.tobytes())
+        palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (3 * 253))
+        palette.save(train / "MultiClassInfection-Train/GT" / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12-image synthetic data set in the COVID-SemiSeg layout (read-only for tests)."""
+    return write_semiseg(tmp_path_factory.mktemp("semiseg"))
+
+
+TINY_OVERRIDES = ["data.input_size=32", "model.width=4", "model.depth=2", "train.batch_size=4",
+                  "train.precision=fp32", "train.lr=0.01", "data.folds=3"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 3-epoch binary run on ``tiny_data`` (fold 0 of 3), made through the CLI."""
+    from covseg.cli import main
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "3",
+                 "-o", str(run), "--quiet", *TINY_OVERRIDES]) == 0
+    return run

@@ -1,0 +1,161 @@
+"""End-to-end CLI behaviour through ``covseg.cli.main``: evaluate, predict, compare, cv, download, bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from covseg.cli import main
+
+from conftest import REAL_SEMISEG, TINY_OVERRIDES
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("covseg: error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+def test_evaluate_writes_report(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(tiny_run), "-o", str(out), "--quiet"]) == 0
+    assert "Inf-Net meanDic" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] == 4 and metrics["task"] == "binary"
+    for kind in ("per_image", "pooled"):
+        assert set(metrics[kind]) == {"dice", "iou", "sensitivity", "specificity", "precision"}
+    assert 0 <= metrics["pixel_accuracy"] <= 1 and 0 <= metrics["infnet"]["meanDic"] <= 1
+    rows = (out / "per_image.csv").read_text().strip().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("name,pixels,fg_dice")
+    assert (out / "best_worst.png").stat().st_size > 1000
+    assert "| dice |" in (out / "metrics.md").read_text()
+
+
+def test_evaluate_pixel_accuracy_matches_predictions(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    # predict the held-out images, then recompute pixel accuracy by hand from the written PNGs
+    split = json.loads((tiny_run / "split.json").read_text())
+    imgs = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label"
+    files = [str(imgs / "Imgs" / f"{n}.jpg") for n in split["val"]]
+    assert main(["predict", *files, "-o", str(tmp_path / "pred"), "--model", str(tiny_run), "--quiet",
+                 "--precision", "fp32"]) == 0
+    assert main(["evaluate", str(tiny_run), "-o", str(tmp_path / "eval"), "--quiet", "--precision", "fp32",
+                 "--checkpoint", "best"]) == 0
+    correct = total = 0
+    for n in split["val"]:
+        pred = np.array(Image.open(tmp_path / "pred" / f"{n}.png"))
+        truth = np.array(Image.open(imgs / "GT" / f"{n}.png")) > 0
+        assert pred.shape == truth.shape
+        correct += int((pred == truth).sum())
+        total += truth.size
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["pixel_accuracy"] == pytest.approx(correct / total, abs=1e-6)
+
+
+def test_predict_png_nifti_overlays_json(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    src = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    hu = np.linspace(-1000, 100, 48 * 40, dtype=np.float32).reshape(48, 40)  # nibabel (x, y)
+    affine = np.diag([0.7, 0.8, 5.0, 1.0])
+    affine[:3, 3] = [10, -20, 30]
+    nib.save(nib.Nifti1Image(hu[..., None], affine), str(tmp_path / "slice.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["predict", str(src / "0.jpg"), str(src / "1.jpg"), str(tmp_path / "slice.nii.gz"), "-o", str(out),
+                 "--model", str(tiny_run), "--quiet"]) == 0
+    label = Image.open(out / "0.png")
+    assert label.size == Image.open(src / "0.jpg").size and label.mode == "L"
+    assert set(np.unique(np.array(label))) <= {0, 1}
+    nii = nib.load(str(out / "slice.nii.gz"))
+    assert nii.shape == (48, 40, 1) and np.allclose(nii.affine, affine)
+    assert (out / "overlays" / "0.png").is_file() and (out / "overlays" / "slice.png").is_file()
+    summary = json.loads((out / "predictions.json").read_text())
+    assert [r["output"] for r in summary["images"]] == ["0.png", "1.png", "slice.nii.gz"]
+    fractions = summary["images"][0]["fractions"]
+    assert sum(fractions.values()) == pytest.approx(1.0)
+    pred = np.array(label)
+    assert fractions["infection"] == pytest.approx((pred == 1).mean(), abs=1e-6)
+
+
+def test_compare_and_cv(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "--quiet", *TINY_OVERRIDES]
+    assert main(["compare", "--models", "unet", "segnet", "--split", "cv:0", "-o", str(tmp_path / "cmp"), *common]) == 0
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| metric | unet | segnet |" in table and "mean Dice" in table
+    assert (tmp_path / "cmp" / "comparison.png").is_file()
+    assert "name: segnet" in (tmp_path / "cmp" / "segnet" / "config.yaml").read_text()
+    assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 0
+    cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert len(cv["columns"]["mean Dice (per image)"]) == 3
+    # finished folds are not trained again
+    mtime = (tmp_path / "cv" / "fold-1" / "best.pt").stat().st_mtime_ns
+    assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 0
+    assert (tmp_path / "cv" / "fold-1" / "best.pt").stat().st_mtime_ns == mtime
+
+
+def test_multiclass_run_and_task_mismatch(tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "mc"
+    assert main(["train", "--recipe", "tiny", "--task", "multiclass", "--data", str(tiny_data), "--split", "cv:1",
+                 "--epochs", "1", "-o", str(run), "--quiet", *TINY_OVERRIDES]) == 0
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    metrics = json.loads((run / "eval-heldout" / "metrics.json").read_text())
+    assert set(metrics["per_image"]["dice"]) == {"background", "ggo", "consolidation", "pleural_effusion",
+                                                 "mean_foreground"}
+    assert metrics["images_with_class"]["pleural_effusion"] == 0
+    assert metrics["per_image"]["dice"]["pleural_effusion"] is None
+    capsys.readouterr()
+    imgs = tiny_data / "Dataset/TrainingSet/MultiClassInfection-Train/Imgs"
+    assert main(["predict", str(imgs), "-o", str(tmp_path / "p"), "--model", str(run), "--task", "binary"]) == 2
+    assert "multiclass task" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("case", ["missing_data", "no_masks", "bad_label", "size_mismatch", "empty",
+                                  "not_a_checkpoint", "plain_state_dict", "missing_input", "bad_override"])
+def test_bad_input_one_line_exit_2(case: str, tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    run = tmp_path / "run"
+    train = ["train", "--recipe", "tiny", "--data", str(data), "-o", str(run), "--quiet"]
+    if case == "missing_data":
+        argv = train
+    elif case in ("no_masks", "bad_label", "size_mismatch", "empty"):
+        shutil.copytree(tiny_data, data)
+        gt = data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/GT"
+        if case == "no_masks":
+            (gt / "3.png").unlink()
+        elif case == "bad_label":
+            Image.fromarray(np.full((40, 40), 7, np.uint8)).save(gt / "3.png")
+            shape = Image.open(data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/3.jpg").size
+            Image.fromarray(np.full(shape[::-1], 7, np.uint8)).save(gt / "3.png")
+        elif case == "size_mismatch":
+            Image.fromarray(np.zeros((5, 5), np.uint8)).save(gt / "3.png")
+        else:
+            for f in (data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label").rglob("*.*"):
+                f.unlink()
+        argv = train
+    elif case == "not_a_checkpoint":
+        (tmp_path / "x.pt").write_bytes(b"garbage")
+        argv = ["evaluate", str(tmp_path / "x.pt"), "--data", str(tiny_data)]
+    elif case == "plain_state_dict":
+        torch.save({"weight": torch.zeros(2)}, tmp_path / "y.pt")
+        argv = ["predict", str(tiny_data), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "y.pt")]
+    elif case == "missing_input":
+        argv = ["predict", str(tmp_path / "nope.png"), "-o", str(tmp_path / "o"), "--model", str(tiny_run)]
+    else:
+        argv = ["train", "--recipe", "tiny", "--data", str(tiny_data), "-o", str(run), "train.nope=1"]
+    assert main(argv) == 2
+    _one_line_error(capsys)
+    assert not run.exists() or not any(run.iterdir())
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_download_cli_from_directory_mirror(tmp_path: Path, capsys) -> None:
+    if not REAL_SEMISEG.is_dir():
+        pytest.skip("shared data mirror not present")
+    assert main(["download", "--mirror", str(REAL_SEMISEG), "--data-dir", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "training split: 200 files verified" in out and "test split" in out
+    assert len(list((tmp_path / "covid-semiseg/Dataset/TrainingSet/MultiClassInfection-Train/GT").iterdir())) == 50

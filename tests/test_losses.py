@@ -1,0 +1,54 @@
+"""Median-frequency weights and losses against hand-computed values."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from covseg.errors import CovsegError
+from covseg.losses import DiceLoss, create_loss, median_frequency_weights
+
+
+def test_median_frequency_weights_hand_computed() -> None:
+    a = np.array([[0, 0, 0, 1]])  # 4 pixels: class 0 x3, class 1 x1
+    b = np.array([[0, 0, 2, 2]])  # 4 pixels: class 0 x2, class 2 x2
+    w = median_frequency_weights([a, b], 4)
+    # f0 = 5/8 (appears in both), f1 = 1/4 (appears in a only), f2 = 2/4 ; class 3 absent -> weight 0
+    f = np.array([5 / 8, 1 / 4, 1 / 2])
+    median = np.median(f)  # 1/2
+    np.testing.assert_allclose(w, [median / f[0], median / f[1], median / f[2], 0.0])
+    assert w[1] > w[2] > w[0]  # rare classes weigh more
+
+
+def test_median_frequency_weights_empty() -> None:
+    with pytest.raises(CovsegError):
+        median_frequency_weights([], 2)
+
+
+def test_weighted_ce_matches_torch() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 4, 4))
+    w = np.array([0.5, 2.0, 1.0])
+    loss = create_loss("mfb_ce", w)(logits, target)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, target, weight=torch.tensor(w, dtype=torch.float32)))
+
+
+def test_dice_loss_values() -> None:
+    target = torch.tensor([[[0, 1], [1, 0]]])
+    perfect = F.one_hot(target, 2).permute(0, 3, 1, 2).float() * 100
+    assert DiceLoss()(perfect, target).item() == pytest.approx(0.0, abs=1e-5)
+    # uniform logits: p = 0.5 everywhere; class 1: inter 2*0.5 = 1, sum p = 2, sum y = 2 -> dice 2/4
+    uniform = torch.zeros(1, 2, 2, 2)
+    assert DiceLoss()(uniform, target).item() == pytest.approx(0.5, abs=1e-5)
+
+
+def test_dice_ce_is_sum_and_unknown_loss() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(1, 2, 4, 4)
+    target = torch.randint(0, 2, (1, 4, 4))
+    total = create_loss("dice_ce")(logits, target)
+    torch.testing.assert_close(total, F.cross_entropy(logits, target) + DiceLoss()(logits, target))
+    with pytest.raises(CovsegError, match="unknown loss"):
+        create_loss("focal")

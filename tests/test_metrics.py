@@ -1,0 +1,109 @@
+"""Metric functions against hand-computed values, including empty masks."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from covseg.metrics import (
+    aggregate_per_image,
+    confusion_matrix,
+    dice,
+    infnet_metrics,
+    iou,
+    mean_class_accuracy,
+    pixel_accuracy,
+    precision,
+    sensitivity,
+    specificity,
+)
+
+# truth / prediction on 2x4 pixels, 3 classes
+TRUTH = np.array([[0, 0, 1, 1], [2, 2, 0, 1]])
+PRED = np.array([[0, 1, 1, 1], [2, 0, 0, 0]])
+
+
+def test_confusion_matrix_rows_are_truth() -> None:
+    cm = confusion_matrix(PRED, TRUTH, 3)
+    # truth 0: pixels (0,0)->0, (0,1)->1, (1,2)->0 ; truth 1: (0,2)->1,(0,3)->1,(1,3)->0 ; truth 2: ->2, ->0
+    assert cm.tolist() == [[2, 1, 0], [1, 2, 0], [1, 0, 1]]
+
+
+@pytest.mark.parametrize(
+    "fn, expected",
+    [
+        # class 0: TP 2, FP 2 (col sum 4 - 2), FN 1 ; class 1: TP 2, FP 1, FN 1 ; class 2: TP 1, FP 0, FN 1
+        (dice, [4 / 7, 4 / 6, 2 / 3]),
+        (iou, [2 / 5, 2 / 4, 1 / 2]),
+        (sensitivity, [2 / 3, 2 / 3, 1 / 2]),
+        (precision, [2 / 4, 2 / 3, 1 / 1]),
+        # TN = 8 - TP - FP - FN: class 0: 3, class 1: 4, class 2: 6
+        (specificity, [3 / 5, 4 / 5, 6 / 6]),
+    ],
+)
+def test_class_metrics_hand_computed(fn, expected) -> None:
+    np.testing.assert_allclose(fn(confusion_matrix(PRED, TRUTH, 3)), expected)
+
+
+def test_global_accuracies() -> None:
+    cm = confusion_matrix(PRED, TRUTH, 3)
+    assert pixel_accuracy(cm) == pytest.approx(5 / 8)
+    assert mean_class_accuracy(cm) == pytest.approx((2 / 3 + 2 / 3 + 1 / 2) / 3)
+
+
+def test_empty_truth_and_prediction_is_nan_not_zero() -> None:
+    cm = confusion_matrix(np.zeros((3, 3)), np.zeros((3, 3)), 2)
+    d = dice(cm)
+    assert d[0] == 1.0 and math.isnan(d[1])
+    assert math.isnan(sensitivity(cm)[1]) and math.isnan(precision(cm)[1])
+    assert specificity(cm)[1] == 1.0
+
+
+def test_false_positive_on_empty_truth_scores_zero() -> None:
+    pred = np.zeros((4, 4), int)
+    pred[0, 0] = 1
+    cm = confusion_matrix(pred, np.zeros((4, 4), int), 2)
+    assert dice(cm)[1] == 0.0 and math.isnan(sensitivity(cm)[1])
+
+
+def test_aggregate_per_image_skips_images_without_the_class() -> None:
+    truth_a = np.array([[1, 1], [0, 0]])
+    pred_a = np.array([[1, 0], [0, 0]])  # dice class 1 = 2*1/(2*1+0+1) = 2/3
+    truth_b = np.zeros((2, 2), int)
+    pred_b = np.array([[1, 0], [0, 0]])  # empty truth, a false positive: skipped per image
+    cms = [confusion_matrix(pred_a, truth_a, 2), confusion_matrix(pred_b, truth_b, 2)]
+    agg = aggregate_per_image(cms)
+    assert agg["dice"][1] == pytest.approx(2 / 3)
+    # pooled over both images: TP 1, FP 1, FN 1 -> 2/4
+    assert dice(sum(cms))[1] == pytest.approx(0.5)
+    # specificity is averaged over all images: a: TN 2 / (2+0) = 1 ; b: 3 / 4
+    assert agg["specificity"][1] == pytest.approx((1 + 0.75) / 2)
+
+
+def test_aggregate_class_absent_everywhere_is_nan() -> None:
+    cm = confusion_matrix(np.zeros((2, 2)), np.zeros((2, 2)), 4)
+    assert all(math.isnan(v) for v in aggregate_per_image([cm])["dice"][1:])
+
+
+def test_infnet_perfect_and_hand_computed() -> None:
+    truth = np.array([[1, 1], [0, 0]])
+    perfect = infnet_metrics(truth.astype(float), truth)
+    # normalised map equals the truth: Dice 1 at every threshold > 0; at t = 0 all pixels are foreground
+    # (Dice 2*2/(2*2+2) = 2/3), so the mean over 256 thresholds is (255 + 2/3) / 256.
+    assert perfect["meanDic"] == pytest.approx((255 + 2 / 3) / 256)
+    assert perfect["mae"] == 0.0
+    # probabilities 0.2, 0.6 for the lesion and 0.0, 0.4 for the background; min-max: 1/3, 1, 0, 2/3
+    prob = np.array([[0.2, 0.6], [0.0, 0.4]])
+    ts = np.linspace(0, 1, 256)
+    p = np.array([1 / 3, 1, 0, 2 / 3])
+    g = np.array([1, 1, 0, 0], bool)
+    expected = np.mean([2 * ((p >= t) & g).sum() / ((p >= t).sum() + g.sum()) for t in ts])
+    out = infnet_metrics(prob, truth)
+    assert out["meanDic"] == pytest.approx(expected)
+    assert out["mae"] == pytest.approx(np.abs(p - g).mean())
+
+
+def test_confusion_matrix_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError):
+        confusion_matrix(np.zeros(3), np.zeros(4), 2)

@@ -1,0 +1,91 @@
+"""The contract every registered model passes (as segmentation_models.pytorch's base tests)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from covseg.errors import CovsegError
+from covseg.models import MODELS, create_model, nearest_valid_size
+
+SMALL = {"unet": {"width": 4, "depth": 2}, "segnet": {"width": 4, "depth": 2}}
+
+
+@pytest.fixture(params=sorted(MODELS))
+def name(request) -> str:
+    return request.param
+
+
+@pytest.mark.parametrize("num_classes", [2, 4])
+def test_forward_shape_any_valid_size(name: str, num_classes: int) -> None:
+    model = create_model(name, num_classes=num_classes, **SMALL[name])
+    for h, w in [(32, 32), (16, 48), (64, 20)]:
+        out = model(torch.rand(2, 1, h, w))
+        assert out.shape == (2, num_classes, h, w)
+
+
+def test_backward_reaches_every_parameter(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, **SMALL[name])
+    model(torch.rand(2, 1, 32, 32)).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_bad_size_names_nearest_valid_size(name: str) -> None:
+    model = create_model(name, num_classes=2, **SMALL[name])
+    with pytest.raises(CovsegError, match="resize or pad to 36x32"):
+        model(torch.rand(1, 1, 35, 30))
+
+
+def test_state_dict_round_trip(name: str) -> None:
+    torch.manual_seed(0)
+    a = create_model(name, num_classes=2, **SMALL[name]).eval()
+    b = create_model(name, num_classes=2, **SMALL[name]).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(1, 1, 32, 32)
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_channels_last_and_bf16_autocast(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=2, **SMALL[name]).eval()
+    x = torch.rand(2, 1, 32, 32)
+    ref = model(x)
+    cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(cl, ref, atol=1e-5, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert low.shape == ref.shape and torch.isfinite(low).all()
+
+
+def test_unet_reference_size_has_31m_parameters() -> None:
+    model = create_model("unet", num_classes=2, width=64, depth=4)
+    assert sum(p.numel() for p in model.parameters()) == 31_036_546
+
+
+def test_segnet_encoder_is_vgg16() -> None:
+    model = create_model("segnet", num_classes=4)
+    convs = [m for m in model.encoders.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 13
+    assert [c.out_channels for c in convs] == [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
+    bns = [m for m in model.encoders.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 13
+
+
+def test_segnet_upsamples_only_by_unpooling() -> None:
+    # SegNet learns no up-sampling: the decoder has no transposed convolutions, so spatial size can only
+    # come back through max-unpooling with the encoder's indices.
+    model = create_model("segnet", num_classes=2, width=4, depth=3)
+    assert not any(isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Upsample)) for m in model.modules())
+
+
+def test_unknown_model_and_bad_options() -> None:
+    with pytest.raises(CovsegError, match="unknown model 'fcn'"):
+        create_model("fcn")
+    with pytest.raises(CovsegError, match="bad options"):
+        create_model("unet", colour=3)
+
+
+def test_nearest_valid_size() -> None:
+    assert nearest_valid_size(500, 4) == 496
+    assert nearest_valid_size(504, 4) == 512
+    assert nearest_valid_size(3, 4) == 16

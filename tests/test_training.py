@@ -1,0 +1,122 @@
+"""Training runs: reproducibility, resume after a kill, Ctrl-C, run-folder contents."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from covseg.checkpoint import read_checkpoint
+from covseg.cli import main
+from covseg.training import lr_factor
+
+from conftest import TINY_OVERRIDES
+
+
+def _train(data: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--recipe", "tiny", "--data", str(data), "--split", "cv:0", "-o", str(out),
+                 "--quiet", *TINY_OVERRIDES, *extra])
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_folder_contents(tiny_run: Path) -> None:
+    for name in ("config.yaml", "split.json", "class_weights.json", "history.csv", "curves.png", "best.pt",
+                 "last.pt", "run.json"):
+        assert (tiny_run / name).is_file(), name
+    rows = _history(tiny_run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_dice", "lr", "seconds"}
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert len(split["val"]) == 4 and len(split["train"]) == 8 and len(split["folds"]) == 3
+    weights = json.loads((tiny_run / "class_weights.json").read_text())["weights"]
+    assert weights["infection"] > weights["background"] > 0
+    best = read_checkpoint(tiny_run / "best.pt")
+    assert best["score"] == max(float(r["val_dice"]) for r in rows)
+    assert not list(tiny_run.glob("*.part*"))
+
+
+def test_same_seed_same_metrics(tiny_data: Path, tmp_path: Path) -> None:
+    assert _train(tiny_data, tmp_path / "a", "train.augment.rotate_deg=10", "train.augment.hflip=0.5") == 0
+    assert _train(tiny_data, tmp_path / "b", "train.augment.rotate_deg=10", "train.augment.hflip=0.5") == 0
+    a, b = _history(tmp_path / "a"), _history(tmp_path / "b")
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "val_loss", "val_dice", "train_acc"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-6)
+    wa, wb = read_checkpoint(tmp_path / "a" / "last.pt")["model"], read_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_existing_run_folder_needs_force(tiny_data: Path, tiny_run: Path, capsys) -> None:
+    assert _train(tiny_data, tiny_run) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--force" in err[0] and "Traceback" not in err[0]
+
+
+def _start(data: Path, run: Path, epochs: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "covseg", "train", "--recipe", "tiny", "--data", str(data), "--split", "cv:0",
+           "-o", str(run), "--quiet", "--epochs", str(epochs), *TINY_OVERRIDES, "data.input_size=64", "model.width=8"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epoch(run: Path, epoch: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run / "history.csv").is_file() and len(_history(run)) >= epoch:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"training ended early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    pytest.fail("training did not reach the epoch in time")
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_data: Path, tmp_path: Path) -> None:
+    epochs = 8
+    proc = _start(tiny_data, tmp_path / "killed", epochs)
+    _wait_for_epoch(tmp_path / "killed", 2, proc)
+    proc.kill()
+    proc.wait()
+    done = len(_history(tmp_path / "killed"))
+    assert done < epochs, "the run finished before it could be killed; make it longer"
+    assert main(["train", "--resume", str(tmp_path / "killed"), "--quiet"]) == 0
+    resumed = _history(tmp_path / "killed")
+    assert [int(r["epoch"]) for r in resumed] == list(range(1, epochs + 1))
+    # an uninterrupted run with the same command computes the same numbers
+    full = _start(tiny_data, tmp_path / "full", epochs)
+    assert full.wait() == 0, full.stderr.read()
+    for a, b in zip(resumed, _history(tmp_path / "full")):
+        assert float(a["val_dice"]) == pytest.approx(float(b["val_dice"]), abs=1e-6)
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-6)
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "interrupted"
+    proc = _start(tiny_data, run, 200)
+    _wait_for_epoch(run, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "--resume" in err
+    assert read_checkpoint(run / "last.pt")["epoch"] == len(_history(run))
+    assert (run / "curves.png").is_file()
+
+
+def test_resume_without_checkpoint(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_lr_schedules() -> None:
+    assert lr_factor("constant", 50, 100) == 1.0
+    assert lr_factor("cosine", 0, 100) == 1.0 and lr_factor("cosine", 50, 100) == pytest.approx(0.5)
+    assert lr_factor("onecycle", 0, 100) == pytest.approx(0.04) and lr_factor("onecycle", 30, 100) == pytest.approx(1.0)
