@@ -61,6 +61,17 @@ def _add_training_options(p: argparse.ArgumentParser, split: bool = True) -> Non
                    help="recipe overrides, e.g. train.lr=0.001 model.width=32 train.augment.hflip=0.5")
 
 
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                   help="auto: onnx for a .onnx model file, else torch")
+    p.add_argument("--tta", action="store_true", help="average with a left-right flipped prediction")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 where the CPU/GPU has native support and it agrees with fp32, else fp32")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="covseg", description="COVID-19 lung CT lesion segmentation "
                                      "(U-Net and SegNet): download, train, evaluate, compare, predict.")
@@ -86,11 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: last.pt when evaluating the validation images that chose best.pt, else best.pt")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("-o", "--output", type=Path, help="report folder (default: RUN_DIR/eval-SPLIT)")
-    p.add_argument("--tta", action="store_true", help="average with a left-right flipped prediction")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--quiet", action="store_true")
+    _add_inference_options(p)
 
     p = sub.add_parser("compare", help="train and evaluate several models under identical settings")
     p.add_argument("--models", nargs="+", default=["unet", "segnet"])
@@ -108,11 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint file")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("--no-overlays", action="store_true")
-    p.add_argument("--tta", action="store_true")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--quiet", action="store_true")
+    _add_inference_options(p)
+
+    p = sub.add_parser("export", help="export a trained model to ONNX")
+    p.add_argument("model", type=Path, help="run folder or checkpoint file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     return parser
 
 
@@ -168,7 +176,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from covseg.experiment import evaluate_run
 
     metrics, out_dir = evaluate_run(args.model, args.data, args.split, args.output, args.checkpoint, args.device,
-                                    args.precision, args.batch_size, args.tta, args.task, progress=not args.quiet)
+                                    args.precision, args.batch_size, args.tta, args.task, args.backend,
+                                    progress=not args.quiet)
     _print_summary(metrics, out_dir)
     return 0
 
@@ -198,29 +207,30 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from covseg.checkpoint import find_checkpoint, load_model
     from covseg.datasets import list_images
-    from covseg.inference import Predictor
     from covseg.labels import get_scheme
-    from covseg.predict import predict_files
-    from covseg.runtime import resolve_device, resolve_precision
+    from covseg.predict import open_predictor, predict_files
 
     files = [f for item in args.inputs for f in list_images(item)]
-    checkpoint = find_checkpoint(args.model)
-    model, config, state = load_model(checkpoint, task=args.task)
-    device = resolve_device(args.device)
-    predictor = Predictor(model, config.data.input_size, device, resolve_precision(args.precision, device),
-                          args.batch_size, args.tta)
-    info = {"checkpoint": str(checkpoint), "name": config.model.name, "recipe": config.recipe,
-            "epoch": state.get("epoch"), "covseg": __version__}
+    predictor, config, info = open_predictor(args.model, args.task, "best", args.backend, args.device,
+                                             args.precision, args.batch_size, args.tta)
     summary = predict_files(predictor, get_scheme(config.data.task), files, args.output, info,
                             overlays=not args.no_overlays, progress=not args.quiet)
     print(f"wrote {len(summary['images'])} label maps to {args.output}")
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from covseg.export import export_onnx
+
+    out = export_onnx(args.model, args.output, args.checkpoint)
+    print(f"wrote {out}")
+    return 0
+
+
 COMMANDS = {"download": _cmd_download, "train": _cmd_train, "evaluate": _cmd_evaluate,
-            "compare": _cmd_compare, "cv": _cmd_cv, "predict": _cmd_predict}
+            "compare": _cmd_compare, "cv": _cmd_cv, "predict": _cmd_predict,
+            "export": _cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

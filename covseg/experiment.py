@@ -13,7 +13,6 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
@@ -21,9 +20,9 @@ from covseg.evaluation import Evaluation, evaluate_image, summarise, write_repor
 from covseg.fileio import atomic_write_text
 from covseg.figures import plot_comparison
 from covseg.inference import Predictor
+from covseg.predict import open_predictor
 from covseg.labels import get_scheme
 from covseg.run import RunResult, read_run_info, train_run
-from covseg.runtime import resolve_device, resolve_precision
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "cross_validate"]
 
@@ -72,11 +71,6 @@ def evaluate_samples(predictor: Predictor, samples: list[Sample], task: str, pro
     return summarise(results, scheme)
 
 
-def _predictor(config: RunConfig, model, device: str, precision: str, batch_size: int, tta: bool) -> Predictor:
-    dev = resolve_device(device)
-    return Predictor(model, config.data.input_size, dev, resolve_precision(precision, dev), batch_size, tta)
-
-
 def _evaluates_validation(run_dir: Path, split: str) -> bool:
     """True when ``split`` of ``run_dir`` is the validation set that picked ``best.pt``."""
     parts = json.loads((run_dir / "split.json").read_text(encoding="utf-8")) if (run_dir / "split.json").is_file() else {}
@@ -85,7 +79,7 @@ def _evaluates_validation(run_dir: Path, split: str) -> bool:
 
 def evaluate_run(model_path: Path, data: str | None, split: str, out_dir: Path | None, which: str = "auto",
                  device: str = "cpu", precision: str = "auto", batch_size: int = 8, tta: bool = False,
-                 task: str | None = None, progress: bool = True) -> tuple[dict[str, Any], Path]:
+                 task: str | None = None, backend: str = "auto", progress: bool = True) -> tuple[dict[str, Any], Path]:
     """Evaluate a run folder or checkpoint; writes the report into ``out_dir`` and returns (metrics, out_dir).
 
     ``which="auto"`` takes ``last.pt`` when the images evaluated are the validation images that chose
@@ -95,20 +89,16 @@ def evaluate_run(model_path: Path, data: str | None, split: str, out_dir: Path |
     run_dir = model_path if model_path.is_dir() else None
     if which == "auto":
         which = "last" if run_dir is not None and _evaluates_validation(run_dir, split) else "best"
-    checkpoint = find_checkpoint(model_path, which)
     if data is None:
         if run_dir is None:
-            raise CovsegError("pass --data DIR when evaluating a checkpoint file outside its run folder")
+            raise CovsegError("pass --data DIR when evaluating a model file outside its run folder")
         data = read_run_info(run_dir)["data"]
-    model, config, state = load_model(checkpoint, task=task)
+    predictor, config, info = open_predictor(model_path, task, which, backend, device, precision, batch_size, tta)
     samples = select_samples(run_dir, data, config.data.task, split)
-    out_dir = out_dir or checkpoint.parent / f"eval-{split}"
-    predictor = _predictor(config, model, device, precision, batch_size, tta)
+    out_dir = out_dir or Path(info["file"]).parent / f"eval-{split}"
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
-    extra = {"checkpoint": str(checkpoint), "epoch": state.get("epoch"), "model": config.model.name,
-             "recipe": config.recipe, "data": str(data), "split": split, "flip_tta": tta,
-             "precision": str(predictor.dtype).removeprefix("torch."),
+    extra = {"model": info, "recipe": config.recipe, "data": str(data), "split": split,
              "seconds": round(time.perf_counter() - began, 3)}
     title = f"{config.model.name} · {config.data.task} · {split} ({len(samples)} images)"
     return write_report(ev, out_dir, title, extra), out_dir

@@ -3,10 +3,16 @@
 Input images are ``(H, W)`` float32 in [0, 1] of any size; each is resized to the model's square input,
 predicted in batches, and its class probabilities ``(C, H, W)`` are resized back (bilinear) before the
 arg-max, so every label map and metric is at the image's own size.
+
+A *backend* maps an input batch ``(B, 1, S, S)`` float32 to logits ``(B, C, S, S)`` float32:
+:class:`TorchBackend` (channels-last, bf16 autocast where it is fast and agrees with fp32) or
+``covseg.export.OnnxBackend`` (ONNX Runtime).
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -15,31 +21,77 @@ from torch import nn
 from covseg.runtime import autocast
 from covseg.transforms import resize_probs, stack_resized
 
-__all__ = ["Predictor", "predict_probabilities"]
+__all__ = ["Backend", "TorchBackend", "Predictor", "BF16_MIN_AGREEMENT", "label_agreement"]
+
+BF16_MIN_AGREEMENT = 0.999
+"""Least fraction of pixels whose bf16 and fp32 labels agree for bf16 results to be used."""
+
+
+class Backend(Protocol):
+    """Anything that turns ``(B, 1, S, S)`` float32 images into ``(B, C, S, S)`` float32 logits."""
+
+    description: str
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def label_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of pixels where the arg-max labels of two logit batches ``(B, C, H, W)`` agree."""
+    return float((a.argmax(1) == b.argmax(1)).float().mean())
+
+
+class TorchBackend:
+    """A PyTorch model on ``device`` in channels-last memory format, under ``dtype`` autocast.
+
+    With a reduced-precision ``dtype`` the first batch is also run in fp32: if fewer than
+    :data:`BF16_MIN_AGREEMENT` of its pixels get the same label, the backend switches to fp32 for good
+    (and says so on stderr). ``agreement`` keeps the measured fraction.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+        self.model = model.to(device).to(memory_format=torch.channels_last).eval()
+        self.device = device
+        self.dtype = dtype
+        self.agreement: float | None = None
+
+    @property
+    def description(self) -> str:
+        return f"torch {self.device.type} {str(self.dtype).removeprefix('torch.')}"
+
+    @torch.inference_mode()
+    def _logits(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        with autocast(self.device, dtype):
+            return self.model(x).float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        logits = self._logits(x, self.dtype)
+        if self.dtype != torch.float32 and self.agreement is None:
+            reference = self._logits(x, torch.float32)
+            self.agreement = label_agreement(logits, reference)
+            if self.agreement < BF16_MIN_AGREEMENT:
+                print(f"covseg: {self.dtype} labels agree with fp32 on only {self.agreement:.4%} of pixels; "
+                      "using fp32", file=sys.stderr)
+                self.dtype = torch.float32
+                return reference
+        return logits
 
 
 class Predictor:
-    """A model ready for inference: device, precision, input size and batch size fixed once."""
+    """Resize, batch, run a backend, softmax, and resize probabilities back to each image's size."""
 
-    def __init__(self, model: nn.Module, input_size: int, device: torch.device, dtype: torch.dtype,
-                 batch_size: int = 8, flip_tta: bool = False) -> None:
-        self.model = model.to(device).to(memory_format=torch.channels_last).eval()
+    def __init__(self, backend: Backend, input_size: int, batch_size: int = 8, flip_tta: bool = False) -> None:
+        self.backend = backend
         self.input_size = input_size
-        self.device = device
-        self.dtype = dtype
         self.batch_size = batch_size
         self.flip_tta = flip_tta
 
-    @torch.inference_mode()
     def batch_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities ``(B, C, S, S)`` float32 of an input batch ``(B, 1, S, S)``."""
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.dtype):
-            probs = self.model(x).float().softmax(1)
-            if self.flip_tta:
-                probs = probs + self.model(x.flip(-1)).float().softmax(1).flip(-1)
-                probs = probs / 2
-        return probs.float()
+        probs = self.backend(x).softmax(1)
+        if self.flip_tta:
+            probs = (probs + self.backend(x.flip(-1)).softmax(1).flip(-1)) / 2
+        return probs
 
     def __call__(self, images: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         """Yield class probabilities ``(C, H, W)`` float32 for each ``(H, W)`` image, in order."""
@@ -49,8 +101,3 @@ class Predictor:
             probs = self.batch_probabilities(x).cpu()
             for image, p in zip(chunk, probs):
                 yield resize_probs(p[None], *image.shape[-2:])[0].numpy()
-
-
-def predict_probabilities(predictor: Predictor, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """All of :class:`Predictor`'s outputs as a list."""
-    return list(predictor(images))

@@ -18,14 +18,54 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from covseg import __version__
+from covseg.checkpoint import find_checkpoint, load_model
+from covseg.config import RunConfig
 from covseg.datasets import read_image
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, atomic_write_text
 from covseg.figures import overlay
-from covseg.inference import Predictor
+from covseg.inference import Predictor, TorchBackend
 from covseg.labels import LabelScheme
+from covseg.runtime import resolve_device, resolve_precision
 
-__all__ = ["predict_files", "output_stem", "write_label_nifti"]
+__all__ = ["open_predictor", "predict_files", "output_stem", "write_label_nifti"]
+
+
+def open_predictor(model_path: Path, task: str | None = None, which: str = "best", backend: str = "auto",
+                   device: str = "cpu", precision: str = "auto", batch_size: int = 8,
+                   flip_tta: bool = False) -> tuple[Predictor, RunConfig, dict[str, Any]]:
+    """A :class:`Predictor` for a run folder, checkpoint or covseg ONNX file.
+
+    ``backend``: ``torch``, ``onnx`` (needs a ``.onnx`` file from ``covseg export``) or ``auto`` (by the
+    file's suffix). Returns the predictor, the model's run config and a description for reports.
+    """
+    is_onnx = Path(model_path).suffix == ".onnx"
+    if backend == "auto":
+        backend = "onnx" if is_onnx else "torch"
+    if backend == "onnx":
+        from covseg.export import load_onnx
+
+        if not is_onnx:
+            raise CovsegError(f"{model_path}: --backend onnx needs a .onnx file; make one with "
+                              f"covseg export {model_path} -o model.onnx")
+        onnx_backend, config = load_onnx(Path(model_path), task)
+        info = {"file": str(model_path), "backend": onnx_backend.description}
+        predictor = Predictor(onnx_backend, config.data.input_size, batch_size, flip_tta)
+    elif backend == "torch":
+        if is_onnx:
+            raise CovsegError(f"{model_path}: an ONNX file runs with --backend onnx (or auto)")
+        checkpoint = find_checkpoint(model_path, which)
+        model, config, state = load_model(checkpoint, task=task)
+        dev = resolve_device(device)
+        torch_backend = TorchBackend(model, dev, resolve_precision(precision, dev))
+        info = {"file": str(checkpoint), "epoch": state.get("epoch"), "backend": torch_backend.description}
+        predictor = Predictor(torch_backend, config.data.input_size, batch_size, flip_tta)
+    else:
+        raise CovsegError(f"unknown backend {backend!r}: use torch, onnx or auto")
+    info.update({"name": config.model.name, "recipe": config.recipe, "task": config.data.task,
+                 "covseg": __version__, "flip_tta": flip_tta})
+    return predictor, config, info
 
 
 def output_stem(path: Path) -> str:

@@ -18,6 +18,19 @@ def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
             nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
 
+def _unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """2x2 max-unpooling: put each value back where the encoder's max-pool found it.
+
+    ``F.max_unpool2d`` normally; during ONNX export the same scatter written out (its size checks do not
+    trace), which tests show gives identical outputs.
+    """
+    if not torch.onnx.is_in_onnx_export():
+        return F.max_unpool2d(x, indices, 2, stride=2)
+    b, c, h, w = x.shape
+    out = x.new_zeros(b, c, 4 * h * w)
+    return out.scatter(2, indices.flatten(2), x.flatten(2)).view(b, c, 2 * h, 2 * w)
+
+
 class SegNet(nn.Module):
     """SegNet: VGG16-style encoder whose max-pool indices drive max-unpooling in a mirrored decoder.
 
@@ -65,13 +78,10 @@ class SegNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1], self.depth, "SegNet")
         indices: list[torch.Tensor] = []
-        sizes: list[torch.Size] = []
         for encoder in self.encoders:
-            x = encoder(x)
-            sizes.append(x.shape)
-            x, idx = F.max_pool2d(x, 2, stride=2, return_indices=True)
+            x, idx = F.max_pool2d(encoder(x), 2, stride=2, return_indices=True)
             indices.append(idx)
         for decoder in self.decoders:
-            x = F.max_unpool2d(x, indices.pop(), 2, stride=2, output_size=sizes.pop()[-2:])
-            x = decoder(x)
+            # sizes are divisible by 2**depth, so unpooling exactly doubles them back
+            x = decoder(_unpool(x, indices.pop()))
         return self.head(x)

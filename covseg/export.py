@@ -1,0 +1,82 @@
+"""ONNX export of a trained model and an ONNX Runtime backend for inference.
+
+The exported graph takes ``image`` ``(B, 1, H, W)`` float32 in [0, 1] (B, H and W dynamic; H and W must be
+divisible by ``2**depth``) and returns ``logits`` ``(B, C, H, W)``. The run's config travels inside the
+file as metadata (``covseg_config``), so a model of another task or architecture can be refused.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from covseg.checkpoint import load_model
+from covseg.config import RunConfig, config_from_dict, config_to_dict
+from covseg.errors import CovsegError
+from covseg.fileio import atomic_path
+
+__all__ = ["export_onnx", "OnnxBackend", "load_onnx", "ONNX_OPSET"]
+
+ONNX_OPSET = 17
+
+
+def export_onnx(model_path: Path, out: Path, which: str = "best") -> Path:
+    """Export a run folder's (or checkpoint's) model to ONNX at ``out``, atomically."""
+    import onnx
+
+    model, config, state = load_model(model_path, which)
+    size = config.data.input_size
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(model, (torch.rand(1, 1, size, size),), str(tmp), dynamo=False,
+                          input_names=["image"], output_names=["logits"], opset_version=ONNX_OPSET,
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                        "logits": {0: "batch", 2: "height", 3: "width"}})
+        graph = onnx.load(str(tmp))
+        meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),
+                "covseg_epoch": str(state.get("epoch"))}
+        for key, value in meta.items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(graph, str(tmp))
+    return out
+
+
+class OnnxBackend:
+    """An ONNX Runtime session as an inference backend (CPU execution provider)."""
+
+    description = "onnxruntime cpu float32"
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(["logits"], {"image": np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)})[0]
+        return torch.from_numpy(out)
+
+
+def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[OnnxBackend, RunConfig]:
+    """Open a covseg ONNX file; ``task``, when given, must match the model's."""
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise CovsegError(f"{path}: no such ONNX file; make one with covseg export RUN_DIR -o {path}")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise CovsegError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0][:100]})") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("covseg_format") != "covseg-onnx-1":
+        raise CovsegError(f"{path}: not exported by covseg (no covseg metadata); export it with covseg export")
+    config = config_from_dict(json.loads(meta["covseg_config"]), source=str(path))
+    if task is not None and task != config.data.task:
+        raise CovsegError(f"{path}: this model was trained for the {config.data.task} task, not {task}; "
+                          f"use --task {config.data.task} or another model")
+    return OnnxBackend(session), config

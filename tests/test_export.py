@@ -1,0 +1,93 @@
+"""ONNX export and backend, and the bf16-vs-fp32 agreement check of the torch backend."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from covseg import inference
+from covseg.checkpoint import load_model
+from covseg.cli import main
+from covseg.datasets import read_image
+from covseg.export import load_onnx
+from covseg.inference import TorchBackend, label_agreement
+from covseg.transforms import stack_resized
+
+from conftest import REAL_SEMISEG
+
+
+def _real_or_synthetic_slice(tiny_data: Path) -> Path:
+    real = REAL_SEMISEG / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/3.jpg"
+    return real if real.is_file() else tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/3.jpg"
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tiny_run: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    assert main(["export", str(tiny_run), "-o", str(out)]) == 0
+    return out
+
+
+def test_onnx_logits_match_torch(onnx_file: Path, tiny_run: Path, tiny_data: Path) -> None:
+    model, config, _ = load_model(tiny_run)
+    image = read_image(_real_or_synthetic_slice(tiny_data))
+    x, _ = stack_resized([image, image[::-1].copy()], None, config.data.input_size)
+    backend, onnx_config = load_onnx(onnx_file)
+    assert onnx_config == config
+    with torch.inference_mode():
+        expected = model(x)
+    got = backend(x)
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    # dynamic batch and size: another size divisible by 2**depth runs too
+    assert backend(torch.rand(3, 1, 48, 64)).shape == (3, 2, 48, 64)
+
+
+def test_predict_with_onnx_backend_equals_torch_fp32(onnx_file: Path, tiny_run: Path, tiny_data: Path,
+                                                     tmp_path: Path) -> None:
+    src = str(_real_or_synthetic_slice(tiny_data))
+    assert main(["predict", src, "-o", str(tmp_path / "t"), "--model", str(tiny_run), "--precision", "fp32",
+                 "--quiet"]) == 0
+    assert main(["predict", src, "-o", str(tmp_path / "o"), "--model", str(onnx_file), "--quiet"]) == 0
+    a = np.array(Image.open(tmp_path / "t" / "3.png"))
+    b = np.array(Image.open(tmp_path / "o" / "3.png"))
+    assert np.array_equal(a, b)
+
+
+def test_onnx_of_other_task_or_origin_is_refused(onnx_file: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    imgs = str(tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs")
+    assert main(["predict", imgs, "-o", str(tmp_path / "a"), "--model", str(onnx_file), "--task", "multiclass"]) == 2
+    assert "binary task" in capsys.readouterr().err
+    plain = onnx.load(str(onnx_file))
+    del plain.metadata_props[:]
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    assert main(["predict", imgs, "-o", str(tmp_path / "b"), "--model", str(tmp_path / "plain.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not exported by covseg" in err[0]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_bf16_path_agrees_with_fp32_on_a_trained_model(tiny_run: Path, tiny_data: Path) -> None:
+    model, config, _ = load_model(tiny_run)
+    images = [read_image(p) for p in sorted((tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs").iterdir())]
+    x, _ = stack_resized(images, None, config.data.input_size)
+    backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
+    low = backend(x)
+    assert backend.agreement is not None and backend.agreement >= inference.BF16_MIN_AGREEMENT
+    with torch.inference_mode():
+        assert label_agreement(low, model(x)) >= inference.BF16_MIN_AGREEMENT
+
+
+def test_bf16_falls_back_to_fp32_when_labels_disagree(tiny_run: Path, monkeypatch, capsys) -> None:
+    model, config, _ = load_model(tiny_run)
+    monkeypatch.setattr(inference, "BF16_MIN_AGREEMENT", 1.01)  # impossible: forces the fallback
+    backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
+    x = torch.rand(2, 1, config.data.input_size, config.data.input_size)
+    out = backend(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(x))
+    assert backend.dtype == torch.float32 and "using fp32" in capsys.readouterr().err
