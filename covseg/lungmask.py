@@ -1,0 +1,313 @@
+"""Classical (threshold + morphology) lung masks of CT volumes in Hounsfield units.
+
+Shape and label conventions: input ``hu`` is ``(Z, Y, X)`` float HU in the canonical orientation of
+:mod:`covseg.volumes` (Z inferior->superior, Y anterior->posterior, X patient right->left); the mask is
+``(Z, Y, X)`` uint8 with 0 outside the lungs, :data:`RIGHT_LUNG` (1) the patient's right lung, which lies at
+the *low* column indices (the left half of a radiologically displayed slice), and :data:`LEFT_LUNG` (2) the
+patient's left lung at the high column indices.
+
+Method (scipy.ndimage only), on a copy block-averaged to about :data:`COARSE_MM` per voxel, then refined:
+
+1. air = HU below :data:`AIR_HU` (-320); air connected, within its axial slice, to the image border is
+   outside the body (room air, the table's surroundings) and dropped;
+2. small enclosed air pockets (< 0.5 % of the largest) are dropped; the trachea and main bronchi are traced
+   from the top slice down, slice by slice, as small (< :data:`AIRWAY_MAX_MM2`) air regions near the
+   midline and their continuations, until they enter a lung, and removed;
+3. the largest 3-D component is a lung, the second largest too if it lies on the other side of the body's
+   midline, within the first's Z range, and has at least 10 % of its size; a single component
+   spanning both sides (lungs touching at the anterior/posterior junction) is cut, slice by slice, at the
+   column of least lung near the midline;
+4. per lung and per axial slice: holes filled, then a closing with a disc (an octagon) of radius
+   ``closing_mm`` (default :data:`CLOSING_MM`, 15 mm) and holes filled again, so that tissue denser than
+   the threshold (consolidation ~ +20 HU, vessels) stays in the lung: inside it, or as a dent in its
+   wall narrower than about ``2 * closing_mm`` (a +20 HU ball of 7 mm radius centred on the wall of the
+   test phantom ends up about 85 % inside; the rest is its rim at the wall);
+5. back at full resolution, the voxels within one coarse voxel of each lung's boundary are decided by the
+   full-resolution threshold; the interior and the filled voxels are kept as they are.
+
+Limits: dense lesions forming a dent wider/deeper than the closing along the pleura, large pleural
+effusions (outside the lung by definition) and dents seen only along Z (a consolidation on the diaphragm) are
+left out: the quantification (:mod:`covseg.quantify`) therefore counts lesion voxels outside the mask as lung.
+A lung touching the image border (a field of view cut through the lung) is taken for outside air. A fully
+airless lung has no air to start from and is missed. The airway tracing starts in the most superior slice,
+so image stacks given from superior to inferior lose it (no harm beyond the trachea staying in the mask).
+Slightly more mediastinal tissue may be included at the hila, where vessels enter the lung.
+
+Speed: about 1.5 s for a 300 x 512 x 512 volume (1.0 x 0.7 x 0.7 mm) on one CPU core.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "AIR_HU",
+    "COARSE_MM",
+    "CLOSING_MM",
+    "AIRWAY_MAX_MM2",
+    "RIGHT_LUNG",
+    "LEFT_LUNG",
+    "lung_mask",
+    "check_lung_mask",
+]
+
+AIR_HU: float = -320.0
+"""Voxels below this many Hounsfield units are air or aerated lung."""
+COARSE_MM: float = 2.0
+"""Target voxel size (mm) of the block-averaged copy the heavy steps run on."""
+CLOSING_MM: float = 15.0
+"""Default radius (mm) of the in-plane closing that keeps dense lesions on the lung wall inside."""
+AIRWAY_MAX_MM2: float = 800.0
+"""Largest axial cross-section (mm^2) of an air region still traced as trachea / main bronchus."""
+RIGHT_LUNG: int = 1
+LEFT_LUNG: int = 2
+
+_MIN_POCKET_FRACTION = 0.005
+_SECOND_LUNG_FRACTION = 0.1
+_MERGED_SIDE_FRACTION = 0.25
+_TINY_AREA_MM2 = 1000.0  # 10 cm^2: a lung's largest axial cross-section is 50-250 cm^2
+
+_INPLANE4 = np.zeros((3, 3, 3), bool)
+_INPLANE4[1] = ndimage.generate_binary_structure(2, 1)
+_INPLANE8 = np.zeros((3, 3, 3), bool)
+_INPLANE8[1] = True
+
+
+def _factors(spacing: Sequence[float]) -> tuple[int, int, int]:
+    return tuple(max(1, int(round(COARSE_MM / float(s)))) for s in spacing)  # type: ignore[return-value]
+
+
+def _block_mean(hu: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:
+    """Mean over ``f``-sized blocks (the volume is edge-padded to a multiple of ``f``), float32."""
+    if f == (1, 1, 1):
+        return np.asarray(hu, dtype=np.float32)
+    pad = [(0, (-n) % k) for n, k in zip(hu.shape, f)]
+    if any(p for _, p in pad):
+        hu = np.pad(hu, pad, mode="edge")
+    z, y, x = hu.shape
+    out = hu.reshape(z // f[0], f[0], y, x).sum(axis=1, dtype=np.float32)
+    out = out.reshape(z // f[0], y // f[1], f[1], x).sum(axis=2)
+    out = out.reshape(z // f[0], y // f[1], x // f[2], f[2]).sum(axis=3)
+    out /= np.float32(f[0] * f[1] * f[2])
+    return out
+
+
+def _upsample(a: np.ndarray, f: tuple[int, int, int], shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour inverse of :func:`_block_mean`, cropped to ``shape``."""
+    if f == (1, 1, 1):
+        return a
+    zc, yc, xc = a.shape
+    big = np.broadcast_to(a[:, None, :, None, :, None], (zc, f[0], yc, f[1], xc, f[2]))
+    return big.reshape(zc * f[0], yc * f[1], xc * f[2])[: shape[0], : shape[1], : shape[2]]
+
+
+def _outside_air(air: np.ndarray) -> np.ndarray:
+    """Air connected, within its axial slice, to the slice border."""
+    lab, n = ndimage.label(air, structure=_INPLANE8)
+    border = np.concatenate([lab[:, 0, :].ravel(), lab[:, -1, :].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()])
+    lut = np.zeros(n + 1, bool)
+    lut[border] = True
+    lut[0] = False
+    return lut[lab]
+
+
+def _airways(cand: np.ndarray, mid_x: float, half_width: float, max_px: float) -> np.ndarray:
+    """Trace trachea / main bronchi from the most superior slice downwards (see module docstring)."""
+    airway = np.zeros_like(cand)
+    zs = np.flatnonzero(cand.any(axis=(1, 2)))
+    if zs.size == 0:
+        return airway
+    st = ndimage.generate_binary_structure(2, 2)
+    top = int(zs[-1])
+    lab, n = ndimage.label(cand[top], structure=st)
+    if n == 0:
+        return airway
+    idx = np.arange(1, n + 1)
+    sizes = ndimage.sum_labels(np.ones_like(lab), lab, idx)
+    cx = np.asarray([c[1] for c in ndimage.center_of_mass(np.ones_like(lab), lab, idx)])
+    seeds = idx[(sizes <= max_px) & (np.abs(cx - mid_x) <= 0.15 * half_width)]
+    prev = np.isin(lab, seeds)
+    airway[top] = prev
+    for z in range(top - 1, -1, -1):
+        if not prev.any():
+            break
+        lab, n = ndimage.label(cand[z], structure=st)
+        hit = np.unique(lab[ndimage.binary_dilation(prev, structure=st) & (lab > 0)])
+        if hit.size == 0:
+            break
+        sizes = ndimage.sum_labels(np.ones_like(lab), lab, hit)
+        cur = np.isin(lab, hit[sizes <= max_px])
+        airway[z] = cur
+        prev = cur
+    return airway
+
+
+def _assign_sides(cand: np.ndarray, mid_x: float, half_width: float) -> np.ndarray:
+    """Pick the lungs among the air components of ``cand``: coarse (Z, Y, X) uint8 0 / 1 right / 2 left."""
+    out = np.zeros(cand.shape, np.uint8)
+    lab, n = ndimage.label(cand)
+    if n == 0:
+        return out
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    order = np.argsort(sizes)[::-1][: min(n, 2)]
+    xs = np.arange(cand.shape[2])
+
+    def right_fraction(c: int) -> float:
+        per_x = (lab == c).sum(axis=(0, 1))
+        return float(per_x[xs < mid_x].sum()) / float(max(per_x.sum(), 1))
+
+    c1 = int(order[0])
+    f1 = right_fraction(c1)
+    if min(f1, 1.0 - f1) >= _MERGED_SIDE_FRACTION:  # both lungs in one component: cut at the junction
+        comp = lab == c1
+        profile = comp.sum(axis=1).astype(np.float64)  # (Z, X)
+        lo = max(0, int(mid_x - 0.3 * half_width))
+        hi = min(cand.shape[2], int(mid_x + 0.3 * half_width) + 1)
+        score = profile[:, lo:hi] + 1e-3 * np.abs(xs[lo:hi] - mid_x)
+        cut = lo + np.argmin(score, axis=1)  # per slice: right lung at x < cut
+        right = xs[None, None, :] < cut[:, None, None]
+        out[comp & right] = 1
+        out[comp & ~right] = 2
+        return out
+    out[lab == c1] = 1 if f1 >= 0.5 else 2
+    if len(order) > 1:
+        c2 = int(order[1])
+        f2 = right_fraction(c2)
+        z1 = np.flatnonzero((lab == c1).any(axis=(1, 2)))
+        z2 = ndimage.center_of_mass(lab == c2)[0]
+        if (sizes[c2] >= _SECOND_LUNG_FRACTION * sizes[c1] and (f2 >= 0.5) != (f1 >= 0.5)
+                and z1[0] <= z2 <= z1[-1]):
+            out[lab == c2] = 1 if f2 >= 0.5 else 2
+    return out
+
+
+def _dilate(m: np.ndarray, r: int) -> np.ndarray:
+    for i in range(r):
+        m = ndimage.binary_dilation(m, structure=_INPLANE8 if i % 2 else _INPLANE4)
+    return m
+
+
+def _erode(m: np.ndarray, r: int) -> np.ndarray:
+    for i in range(r):
+        m = ndimage.binary_erosion(m, structure=_INPLANE8 if i % 2 else _INPLANE4, border_value=1)
+    return m
+
+
+def _close_lung(m: np.ndarray, r: int) -> np.ndarray:
+    """Per axial slice: fill holes, close with an octagon of radius ``r`` px, fill holes (on a padded crop)."""
+    out = np.zeros_like(m)
+    ys, xs = np.flatnonzero(m.any(axis=(0, 2))), np.flatnonzero(m.any(axis=(0, 1)))
+    if ys.size == 0:
+        return out
+    pad = r + 2
+    y0, y1 = max(0, ys[0] - pad), min(m.shape[1], ys[-1] + pad + 1)
+    x0, x1 = max(0, xs[0] - pad), min(m.shape[2], xs[-1] + pad + 1)
+    crop = np.pad(m[:, y0:y1, x0:x1], ((0, 0), (pad, pad), (pad, pad)))
+    crop = ndimage.binary_fill_holes(crop, structure=_INPLANE4)
+    if r > 0:
+        crop = _erode(_dilate(crop, r), r)
+        crop = ndimage.binary_fill_holes(crop, structure=_INPLANE4)
+    out[:, y0:y1, x0:x1] = crop[:, pad:-pad, pad:-pad]
+    return out
+
+
+def lung_mask(hu: np.ndarray, spacing: Sequence[float], closing_mm: float = CLOSING_MM,
+              threshold: float = AIR_HU) -> np.ndarray:
+    """Segment the right and left lung of a CT volume.
+
+    Shape: ``hu`` ``(Z, Y, X)`` Hounsfield units in the canonical orientation (see the module docstring);
+    ``spacing`` ``(Z, Y, X)`` mm. Returns ``(Z, Y, X)`` uint8: 0 outside, 1 right lung (low X), 2 left lung
+    (high X). Dense lesions inside the lung or in narrow dents of its wall are included; see the module
+    docstring for the method and its limits. No lung found gives an all-zero mask (see
+    :func:`check_lung_mask`). Works on two or more slices.
+    """
+    hu = np.asarray(hu)
+    if hu.ndim != 3:
+        raise ValueError(f"hu must be a (Z, Y, X) volume, got shape {hu.shape}")
+    spacing = tuple(float(s) for s in spacing)
+    f = _factors(spacing)
+    cs = tuple(s * k for s, k in zip(spacing, f))
+    coarse = _block_mean(hu, f)
+    air = coarse < threshold
+    outside = _outside_air(air)
+    inside = air & ~outside
+    out = np.zeros(hu.shape, np.uint8)
+    if not inside.any():
+        return out
+
+    body_x = np.flatnonzero((~outside).any(axis=(0, 1)))
+    mid_x = float(np.mean(np.nonzero((~outside).any(axis=1))[1]))  # centre of the body's columns over slices
+    half_width = (body_x[-1] - body_x[0] + 1) / 2.0
+
+    lab, n = ndimage.label(inside)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    keep = sizes >= _MIN_POCKET_FRACTION * sizes.max()
+    keep[0] = False
+    cand = keep[lab]
+    airway = _airways(cand, mid_x, half_width, AIRWAY_MAX_MM2 / (cs[1] * cs[2]))
+    cand &= ~airway
+    sides = _assign_sides(cand, mid_x, half_width)
+
+    r = max(0, int(round(closing_mm / ((cs[1] + cs[2]) / 2.0))))
+    core = np.zeros(coarse.shape, np.uint8)
+    band = np.zeros(coarse.shape, np.uint8)
+    z_st = _INPLANE8.copy()
+    if f[0] > 1:
+        z_st[0, 1, 1] = z_st[2, 1, 1] = True
+    for k in (RIGHT_LUNG, LEFT_LUNG):
+        region = _close_lung(sides == k, r) & (core == 0)
+        if not region.any():
+            continue
+        interior = ndimage.binary_erosion(region, structure=z_st, border_value=1)
+        filled = region & ~air  # dense voxels taken in by hole filling / closing
+        core[(interior | filled) & (core == 0)] = k
+        ring = ndimage.binary_dilation(region, structure=z_st) & ~interior & ~outside & ~airway
+        band[ring & (band == 0)] = k
+    if not band.any():
+        return out
+    # full resolution, inside the lungs' bounding box: refined boundary, islands dropped
+    zs, ys, xs = (np.flatnonzero(band.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    box_c = tuple(slice(a[0], a[-1] + 1) for a in (zs, ys, xs))
+    box = tuple(slice(s.start * k, min(s.stop * k, n)) for s, k, n in zip(box_c, f, hu.shape))
+    shape = tuple(s.stop - s.start for s in box)
+    part = np.where(hu[box] < threshold, _upsample(band[box_c], f, shape), np.uint8(0))
+    up_core = _upsample(core[box_c], f, shape)
+    np.copyto(part, up_core, where=up_core > 0)
+    lab, n = ndimage.label(part > 0)
+    keep = np.zeros(n + 1, bool)
+    keep[lab[up_core > 0]] = True
+    keep[0] = False
+    part[~keep[lab]] = 0
+    out[box] = part
+    return out
+
+
+def check_lung_mask(mask: np.ndarray, spacing: Sequence[float] | None = None) -> list[str]:
+    """Warnings (one line each) about a :func:`lung_mask` result; empty when it looks like two lungs.
+
+    Reported: an empty mask, only one lung, and a lung whose largest axial cross-section is tiny (below
+    10 cm^2 when ``spacing`` ``(Z, Y, X)`` mm is given, else below 0.2 % of the slice's pixels).
+    """
+    mask = np.asarray(mask)
+    if not mask.any():
+        return ["no lung found: the lung mask is empty (is this a chest CT in Hounsfield units?)"]
+    warnings = []
+    names = {RIGHT_LUNG: "right", LEFT_LUNG: "left"}
+    present = [k for k in names if np.any(mask == k)]
+    if len(present) == 1:
+        other = names[LEFT_LUNG if present[0] == RIGHT_LUNG else RIGHT_LUNG]
+        warnings.append(f"only the {names[present[0]]} lung was found; the {other} lung is missing from the mask")
+    for k in present:
+        area_px = float((mask == k).sum(axis=(1, 2)).max())
+        if spacing is not None:
+            area = area_px * float(spacing[1]) * float(spacing[2])
+            if area < _TINY_AREA_MM2:
+                warnings.append(f"the {names[k]} lung is tiny (largest cross-section {area / 100:.1f} cm^2); "
+                                "check the mask")
+        elif area_px < 0.002 * mask.shape[1] * mask.shape[2]:
+            warnings.append(f"the {names[k]} lung is tiny ({int(area_px)} pixels in its largest slice); check the mask")
+    return warnings

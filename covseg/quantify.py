@@ -1,0 +1,188 @@
+"""Lung-involvement figures from a lesion label map and a lung mask: volumes, percentages, severity scores.
+
+Shape and label conventions: every array is ``(Z, Y, X)`` in the canonical orientation of
+:mod:`covseg.volumes`; ``spacing`` is ``(Z, Y, X)`` mm; volumes are reported in mL (cm^3).
+
+* ``lesions``: integer label map, 0 background, ``c > 0`` the lesion class named ``class_names[c]``
+  (e.g. the multiclass scheme 1 GGO, 2 consolidation, 3 pleural effusion; or binary 1 infection);
+* ``lungs``: :func:`covseg.lungmask.lung_mask` output, 0 outside, 1 right lung, 2 left lung.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["SIDES", "SEVERITY_BUCKETS", "severity_score", "quantify", "remove_small_components", "restrict_to_lungs"]
+
+SIDES: dict[int, str] = {1: "right", 2: "left"}
+"""Lung mask value -> name of the patient's side."""
+
+SEVERITY_BUCKETS: tuple[tuple[int, str], ...] = (
+    (0, "none (0 %)"),
+    (1, "< 5 %"),
+    (2, "5 - 25 %"),
+    (3, "> 25 % and < 50 %"),
+    (4, "50 - 75 %"),
+    (5, "> 75 %"),
+)
+"""The 0-5 involvement score and the percentage range of lung it stands for (boundaries as stated)."""
+
+
+def severity_score(percent: float) -> int:
+    """Score the percentage of a lung involved by lesions, 0-5.
+
+    0: no involvement (exactly 0 %); 1: above 0 and below 5 %; 2: 5 to 25 % inclusive; 3: above 25 and below
+    50 % (the "26-49 %" bucket, so 25.5 % -> 3 and 49.9 % -> 3); 4: 50 to 75 % inclusive; 5: above 75 %.
+    Raises ValueError outside 0..100 or for NaN.
+    """
+    p = float(percent)
+    if math.isnan(p) or p < 0.0 or p > 100.0:
+        raise ValueError(f"percent must lie in 0..100, got {percent!r}")
+    if p == 0.0:
+        return 0
+    if p < 5.0:
+        return 1
+    if p <= 25.0:
+        return 2
+    if p < 50.0:
+        return 3
+    if p <= 75.0:
+        return 4
+    return 5
+
+
+def _check_pair(a: np.ndarray, b: np.ndarray, names: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{names} differ in shape: {a.shape} vs {b.shape}")
+    if a.ndim != 3:
+        raise ValueError(f"{names} must be (Z, Y, X) volumes, got {a.ndim} dimensions")
+
+
+def _nearest_side(lungs: np.ndarray, points: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Side (1/2) of the lung voxel nearest (in mm) to each ``(N, 3)`` voxel index in ``points``."""
+    from scipy.spatial import cKDTree
+
+    inside = lungs > 0
+    surface = inside & ~ndimage.binary_erosion(inside)
+    coords = np.argwhere(surface)
+    scale = np.asarray(spacing, dtype=np.float64)
+    _, idx = cKDTree(coords * scale).query(points * scale)
+    return lungs[tuple(coords[idx].T)]
+
+
+def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, int]:
+    """Lung mask with lesion voxels outside it assigned to the nearer lung; also how many were assigned."""
+    sides = np.where(lungs > 0, lungs, 0).astype(np.uint8)
+    outside = (lesions > 0) & (lungs == 0)
+    n = int(outside.sum())
+    if n == 0:
+        return sides, 0
+    points = np.argwhere(outside)
+    if np.any(lungs > 0):
+        sides[outside] = _nearest_side(lungs, points, spacing)
+    else:  # no lung at all: split at the middle column (right lung at low X)
+        sides[outside] = np.where(points[:, 2] < lungs.shape[2] / 2.0, 1, 2)
+    return sides, n
+
+
+def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
+             class_names: Mapping[int, str]) -> dict:
+    """Lung and lesion volumes (mL), percent of lung involved and severity score, per lung and in total.
+
+    Shape: ``lesions`` and ``lungs`` ``(Z, Y, X)`` (see the module docstring); ``spacing`` ``(Z, Y, X)`` mm.
+
+    A lung is its lung-mask voxels plus the lesion voxels on its side: lesions found by the model always
+    count as lung, since the threshold-based mask can miss dense lesions (consolidation, effusion). A lesion
+    voxel outside the mask goes to the lung whose mask voxel is nearest in mm (with an empty mask: to the
+    side of the middle column, right = low X).
+
+    Returns a JSON-ready dict::
+
+        {"spacing_mm": [z, y, x], "voxel_ml": float, "classes": {"1": name, ...},
+         "lesion_outside_mask_ml": float,            # lesion volume added to the lungs as described
+         "right": PART, "left": PART, "total": PART}
+        PART = {"lung_ml": float, "lesion_ml": float, "lesion_percent": float, "severity": int,
+                "class_ml": {name: float}, "class_percent": {name: float}}
+
+    Percentages are of that part's lung volume (0 when it is empty); ``severity`` is
+    :func:`severity_score` of ``lesion_percent`` (for ``total``, of the whole-lung percentage).
+    Raises ValueError for mismatched shapes or a lesion label without a name in ``class_names``.
+    """
+    lesions, lungs = np.asarray(lesions), np.asarray(lungs)
+    _check_pair(lesions, lungs, "lesions and lungs")
+    if lesions.dtype.kind not in "iub":
+        raise ValueError(f"lesions must be an integer label map, got {lesions.dtype}")
+    spacing = tuple(float(s) for s in spacing)
+    classes = {int(c): str(n) for c, n in class_names.items() if int(c) > 0}
+    n_classes = max(classes, default=0) + 1
+    present = np.unique(lesions)
+    unnamed = [int(v) for v in present if v != 0 and int(v) not in classes]
+    if unnamed:
+        raise ValueError(f"lesion labels {unnamed} have no name in class_names {classes}")
+    bad_lungs = [int(v) for v in np.unique(lungs) if v not in (0, *SIDES)]
+    if bad_lungs:
+        raise ValueError(f"lung mask values {bad_lungs} are not 0 / 1 (right) / 2 (left)")
+
+    sides, n_outside = _sides(lesions, lungs, spacing)
+    voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
+    index = sides.astype(np.int64) * n_classes + lesions.astype(np.int64)
+    counts = np.bincount(index.ravel(), minlength=3 * n_classes).reshape(3, n_classes)
+
+    def part(rows: list[int]) -> dict:
+        c = counts[rows].sum(axis=0)
+        lung = float(c.sum()) * voxel_ml
+        lesion = float(c[1:].sum()) * voxel_ml
+        pct = 100.0 * lesion / lung if lung > 0 else 0.0
+        return {
+            "lung_ml": lung,
+            "lesion_ml": lesion,
+            "lesion_percent": pct,
+            "severity": severity_score(min(pct, 100.0)),
+            "class_ml": {name: float(c[k]) * voxel_ml for k, name in sorted(classes.items())},
+            "class_percent": {name: (100.0 * float(c[k]) * voxel_ml / lung if lung > 0 else 0.0)
+                              for k, name in sorted(classes.items())},
+        }
+
+    return {
+        "spacing_mm": list(spacing),
+        "voxel_ml": voxel_ml,
+        "classes": {str(k): name for k, name in sorted(classes.items())},
+        "lesion_outside_mask_ml": n_outside * voxel_ml,
+        "right": part([1]),
+        "left": part([2]),
+        "total": part([1, 2]),
+    }
+
+
+def remove_small_components(labels: np.ndarray, spacing: Sequence[float], min_volume_ml: float) -> np.ndarray:
+    """Drop lesions smaller than ``min_volume_ml``; returns a new label map of the same dtype.
+
+    Components are taken over all lesion classes together (label > 0) with 3-D 26-connectivity, so a
+    consolidation core inside a GGO patch counts with the patch; a component is removed whole (all its
+    classes set to 0) when its volume is below ``min_volume_ml``. ``min_volume_ml <= 0`` removes nothing.
+    Shape: ``(Z, Y, X)``, ``spacing`` ``(Z, Y, X)`` mm.
+    """
+    labels = np.asarray(labels)
+    out = labels.copy()
+    if min_volume_ml <= 0 or not labels.any():
+        return out
+    voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
+    lab, n = ndimage.label(labels > 0, structure=np.ones((3,) * labels.ndim, bool))
+    small = np.bincount(lab.ravel()) * voxel_ml < min_volume_ml
+    small[0] = False
+    out[small[lab]] = 0
+    return out
+
+
+def restrict_to_lungs(labels: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+    """Set every label outside the lung mask (``lungs == 0``) to 0; same shape and dtype as ``labels``.
+
+    Note that this also drops true lesions the mask missed (dense lesions on the pleura, effusions: see
+    :mod:`covseg.lungmask`); :func:`quantify` does not need it, as it assigns those to the nearer lung.
+    """
+    labels, lungs = np.asarray(labels), np.asarray(lungs)
+    _check_pair(labels, lungs, "labels and lungs")
+    return np.where(lungs > 0, labels, np.zeros((), labels.dtype)).astype(labels.dtype, copy=False)

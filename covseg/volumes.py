@@ -1,0 +1,676 @@
+"""Reading CT volumes (NIfTI file, DICOM series folder, folder of 2-D images) in one canonical orientation.
+
+Canonical orientation (nibabel axis codes ``("S", "P", "L")``, see :data:`CANONICAL_AXCODES`):
+
+* axis 0 = Z: axial slices, index increasing from inferior to superior (feet -> head);
+* axis 1 = Y: image rows, index increasing from anterior to posterior (row 0 is the front of the chest);
+* axis 2 = X: image columns, index increasing from patient right to patient left, so that a slice
+  ``hu[z]`` shown as an image (row 0 on top) is the usual radiological display: anterior up, the
+  patient's right on the viewer's left.
+
+This is DICOM's LPS patient system with the array indexed ``(z, y, x)``: an ordinary axial DICOM series
+(ImageOrientationPatient ``1\\0\\0\\0\\1\\0``) stacks its pixel arrays into it unchanged, and a slice of it
+equals :mod:`covseg.datasets`' 2-D view of a radiologically stored NIfTI (``data[:, :, k].T``).
+
+Every input is turned into its *input array*: the NIfTI data array as stored (``(i, j, k)``, trailing
+singleton dimensions dropped), or for DICOM series and image stacks the array a DICOM->NIfTI converter
+writes: ``(i = column, j = row, k = slice in increasing position along the slice normal)``. The input
+array and its voxel -> RAS+ world affine (``Volume.input_affine``, millimetres, the NIfTI convention; DICOM
+LPS coordinates are turned into RAS by negating x and y) map to the canonical array by flips and axis
+permutations only (``nibabel.orientations``), so :func:`to_input_geometry` undoes the reorientation
+exactly and :func:`write_like_input` writes label maps that overlay the input in any viewer.
+
+Intensities: ``Volume.hu`` is float32 Hounsfield units when ``Volume.is_hu`` (DICOM after
+RescaleSlope/RescaleIntercept, NIfTI after scl_slope/scl_inter). Stacks of 8-/16-bit images are stored grey
+values (``is_hu`` False): callers treat them as already windowed (:func:`covseg.intensity.to_unit_range`).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from covseg.errors import CovsegError
+from covseg.fileio import atomic_path
+
+__all__ = [
+    "CANONICAL_AXCODES",
+    "MIN_SLICES",
+    "GAP_FACTOR",
+    "Volume",
+    "read_volume",
+    "read_dicom_slice",
+    "to_input_geometry",
+    "from_input_geometry",
+    "write_like_input",
+]
+
+CANONICAL_AXCODES: tuple[str, str, str] = ("S", "P", "L")
+"""nibabel axis codes of the canonical ``(Z, Y, X)`` array: inferior->superior, anterior->posterior, right->left."""
+
+MIN_SLICES: int = 2
+"""A scan needs at least this many slices (a single slice is refused)."""
+
+GAP_FACTOR: float = 1.5
+"""A step between consecutive slices longer than this times the median step counts as missing slices."""
+
+_HU_MIN = -100.0
+"""Data whose minimum is below this are Hounsfield units (air reaches about -1000); see covseg.datasets."""
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+_DUPLICATE_MM = 1e-3
+_TILT_DEGREES = 0.5
+
+
+@dataclass
+class Volume:
+    """A CT volume in the canonical orientation, plus what is needed to map results back onto the input.
+
+    Shape: ``hu`` is ``(Z, Y, X)`` float32 (axes as :data:`CANONICAL_AXCODES`); ``spacing`` is the
+    ``(Z, Y, X)`` voxel size in mm (Z: distance between slice planes, Y: between rows, X: between columns).
+    """
+
+    hu: np.ndarray
+    """``(Z, Y, X)`` float32: Hounsfield units when ``is_hu``, else the stored grey values."""
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    """4x4: canonical voxel index ``(z, y, x)`` -> RAS+ world mm."""
+    input_affine: np.ndarray
+    """4x4: input-array voxel index -> RAS+ world mm (the NIfTI's own affine, or derived from DICOM)."""
+    input_shape: tuple[int, int, int]
+    input_ornt: np.ndarray
+    """``(3, 2)`` nibabel orientation of the input array (``io_orientation(input_affine)``)."""
+    is_hu: bool = True
+    warnings: list[str] = field(default_factory=list)
+    """One line per problem that did not stop reading (missing slices, other series, ...)."""
+    source: str = ""
+    """The path given to :func:`read_volume`."""
+    sha256: str = ""
+    """SHA-256 of the file's bytes; for a folder, of the used files' bytes concatenated in slice order."""
+    kind: str = ""
+    """``"nifti"``, ``"dicom"`` or ``"images"``."""
+    series_uid: str | None = None
+    """The DICOM SeriesInstanceUID read (None for other inputs)."""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Canonical ``(Z, Y, X)`` shape."""
+        return tuple(int(n) for n in self.hu.shape)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# orientation
+
+
+def _canonical_ornt() -> np.ndarray:
+    import nibabel as nib
+
+    return nib.orientations.axcodes2ornt(CANONICAL_AXCODES)
+
+
+def _spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """``(Z, Y, X)`` spacing of a canonical affine: column lengths in-plane, slice-plane distance for Z."""
+    m = np.asarray(affine, dtype=np.float64)[:3, :3]
+    col_x, col_y = m[:, 2], m[:, 1]
+    sx, sy = float(np.linalg.norm(col_x)), float(np.linalg.norm(col_y))
+    cross = float(np.linalg.norm(np.cross(col_x, col_y)))
+    sz = abs(float(np.linalg.det(m))) / cross if cross > 0 else float(np.linalg.norm(m[:, 0]))
+    return round(sz, 6), round(sy, 6), round(sx, 6)
+
+
+def _make_volume(data: np.ndarray, input_affine: np.ndarray, **kwargs: object) -> Volume:
+    """Reorient the 3-D input array ``data`` (voxel -> RAS via ``input_affine``) to canonical."""
+    import nibabel as nib
+
+    input_affine = np.asarray(input_affine, dtype=np.float64)
+    ornt = nib.orientations.io_orientation(input_affine)
+    transform = nib.orientations.ornt_transform(ornt, _canonical_ornt())
+    hu = np.ascontiguousarray(nib.orientations.apply_orientation(data, transform), dtype=np.float32)
+    affine = input_affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
+    return Volume(
+        hu=hu,
+        spacing=_spacing_of(affine),
+        affine=affine,
+        input_affine=input_affine,
+        input_shape=tuple(int(n) for n in data.shape),  # type: ignore[arg-type]
+        input_ornt=ornt,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def to_input_geometry(labels: np.ndarray, volume: Volume) -> np.ndarray:
+    """Map a canonical ``(Z, Y, X)`` array (e.g. a label map) onto the input array's voxel order.
+
+    Returns an array of shape ``volume.input_shape``, same dtype, voxel ``v`` of which lies at world
+    position ``volume.input_affine @ v``. Exact: only flips and axis permutations.
+    """
+    import nibabel as nib
+
+    labels = np.asarray(labels)
+    if labels.shape != volume.hu.shape:
+        raise ValueError(f"array shape {labels.shape} differs from the volume's canonical shape {volume.hu.shape}")
+    transform = nib.orientations.ornt_transform(_canonical_ornt(), volume.input_ornt)
+    return np.ascontiguousarray(nib.orientations.apply_orientation(labels, transform))
+
+
+def from_input_geometry(array: np.ndarray, volume: Volume) -> np.ndarray:
+    """Inverse of :func:`to_input_geometry`: an array in the input's voxel order -> canonical ``(Z, Y, X)``."""
+    import nibabel as nib
+
+    array = np.asarray(array)
+    if array.shape != volume.input_shape:
+        raise ValueError(f"array shape {array.shape} differs from the input shape {volume.input_shape}")
+    transform = nib.orientations.ornt_transform(volume.input_ornt, _canonical_ornt())
+    return np.ascontiguousarray(nib.orientations.apply_orientation(array, transform))
+
+
+def write_like_input(labels: np.ndarray, volume: Volume, path: str | Path) -> Path:
+    """Write a canonical ``(Z, Y, X)`` label map as a uint8 NIfTI that overlays the input.
+
+    The file holds :func:`to_input_geometry` of ``labels`` with ``volume.input_affine`` as both qform and
+    sform (code 1, scanner): for NIfTI input the same shape and affine as the input file; for DICOM input
+    the geometry a DICOM->NIfTI converter gives the series. ``path`` must end in ``.nii`` or ``.nii.gz``.
+    Label values must lie in 0..255. Written atomically; returns ``path``.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.name.lower().endswith(_NIFTI_SUFFIXES):
+        raise CovsegError(f"{path}: label maps are written as NIfTI; name the output *.nii or *.nii.gz")
+    labels = np.asarray(labels)
+    if labels.size and (labels.dtype.kind not in "iub" or labels.min() < 0 or labels.max() > 255):
+        raise ValueError("labels must be integers in 0..255 to be written as uint8")
+    data = to_input_geometry(labels, volume).astype(np.uint8)
+    img = nib.Nifti1Image(data, volume.input_affine)
+    img.set_qform(volume.input_affine, code=1)
+    img.set_sform(volume.input_affine, code=1)
+    img.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# NIfTI
+
+
+def _read_nifti(path: Path) -> Volume:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        dtype = img.get_data_dtype()
+    except Exception as exc:  # ImageFileError, EOFError, zlib.error, ...
+        raise CovsegError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc}); replace the file") from None
+    if dtype.names is not None or dtype.kind == "c":
+        raise CovsegError(f"{path}: holds {dtype} (colour or complex) voxels, not a CT volume; give a greyscale CT")
+    shape = tuple(int(n) for n in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) > 3:
+        raise CovsegError(
+            f"{path}: is a {len(shape)}-D NIfTI of shape {shape}, not one CT volume; give a single 3-D volume"
+        )
+    if len(shape) < 3 or shape[2] < 1:
+        raise CovsegError(f"{path}: holds a single slice of shape {shape}; a scan needs at least {MIN_SLICES} slices")
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+    except Exception as exc:  # truncated data, bad compression
+        raise CovsegError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc}); replace the file") from None
+    warnings: list[str] = []
+    finite = np.isfinite(data)
+    if not finite.all():
+        if not finite.any():
+            raise CovsegError(f"{path}: holds no finite values; replace the file")
+        fill = float(data[finite].min())
+        warnings.append(f"{path.name}: {int((~finite).sum())} NaN/infinite voxels were set to {fill:g}")
+        data = np.where(finite, data, np.float32(fill))
+    lo, hi = float(data.min()), float(data.max())
+    is_hu = lo < _HU_MIN
+    if not is_hu:
+        warnings.append(
+            f"{path.name}: values {lo:g}..{hi:g} do not look like Hounsfield units (no air below {_HU_MIN:g}); "
+            "treated as grey values"
+        )
+    volume = _make_volume(data, img.affine, is_hu=is_hu, warnings=warnings, source=str(path),
+                          sha256=_sha256_files([path]), kind="nifti")
+    _check_slices(volume, path)
+    return volume
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM
+
+
+def _sha256_files(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _floats(ds: object, keyword: str, n: int, path: Path) -> np.ndarray:
+    value = getattr(ds, keyword, None)
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=np.float64) if value is not None else None
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise CovsegError(f"{path}: DICOM {keyword} is missing or invalid; the slice geometry is unknown")
+    return arr
+
+
+def _dcmread(path: Path, data: bytes | None = None, header_only: bool = False):  # -> pydicom Dataset
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    source = io.BytesIO(data) if data is not None else str(path)
+    try:
+        return pydicom.dcmread(source, stop_before_pixels=header_only)
+    except InvalidDicomError:
+        if path.suffix.lower() != ".dcm":
+            return None
+        try:  # a .dcm file without the 128-byte preamble
+            if data is not None:
+                source = io.BytesIO(data)
+            ds = pydicom.dcmread(source, stop_before_pixels=header_only, force=True)
+        except Exception as exc:
+            raise CovsegError(
+                f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file"
+            ) from None
+        if "Rows" not in ds and "SOPClassUID" not in ds:
+            raise CovsegError(f"{path}: is not a DICOM file; remove it from the series folder")
+        return ds
+    except Exception as exc:  # truncated header, bad values
+        raise CovsegError(f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file") from None
+
+
+def _check_greyscale(ds: object, path: Path) -> None:
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if samples != 1 or not photometric.startswith("MONOCHROME"):
+        raise CovsegError(
+            f"{path}: has {samples} samples per pixel ({photometric}), a colour image, not a CT slice; "
+            "give the original greyscale CT series"
+        )
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise CovsegError(
+            f"{path}: is a multi-frame DICOM ({frames} frames); export the series as one slice per file"
+        )
+    modality = str(getattr(ds, "Modality", "") or "").upper()
+    if modality and modality != "CT":
+        raise CovsegError(f"{path}: Modality is {modality}, not CT; give a CT series")
+
+
+def _rescaled(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, bool]:
+    """Stored values -> HU with RescaleSlope/RescaleIntercept; also whether the tags were missing.
+
+    Without both tags, stored values reaching below -100 are taken as HU; others raise (see
+    :func:`read_dicom_slice`).
+    """
+    has_slope, has_inter = "RescaleSlope" in ds, "RescaleIntercept" in ds  # type: ignore[operator]
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1) if has_slope else 1.0
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0) if has_inter else 0.0
+    data = pixels.astype(np.float32)
+    if slope != 1.0:
+        data *= np.float32(slope)
+    if intercept != 0.0:
+        data += np.float32(intercept)
+    missing = not (has_slope or has_inter)
+    if missing and not (data.size and float(data.min()) < _HU_MIN):
+        raise CovsegError(
+            f"{path}: has no RescaleSlope/RescaleIntercept and its values (min {float(data.min()):g}) are not "
+            "Hounsfield units; give the original CT series (with rescale tags)"
+        )
+    return data, missing
+
+
+_NO_RESCALE = "no RescaleSlope/RescaleIntercept; stored values (reaching below -100) taken as Hounsfield units"
+
+
+def _pixels(ds: object, path: Path) -> np.ndarray:
+    try:
+        pixels = ds.pixel_array  # type: ignore[attr-defined]
+    except Exception as exc:  # truncated pixel data, unsupported compression, no pixel data
+        raise CovsegError(
+            f"{path}: cannot read its pixel data ({type(exc).__name__}: {exc}); replace the file"
+        ) from None
+    if pixels.ndim != 2:
+        raise CovsegError(f"{path}: pixel data has shape {tuple(pixels.shape)}, not one greyscale slice; "
+                          "give the original greyscale CT series")
+    return pixels
+
+
+def read_dicom_slice(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Read one DICOM CT slice as ``(rows, cols)`` float32 Hounsfield units, plus warnings.
+
+    Pixel array as stored (row 0 first; no reorientation), ``RescaleSlope``/``RescaleIntercept`` applied.
+    Refused: colour / multi-sample or multi-frame images, Modality other than CT, unreadable files. Without
+    rescale tags, stored values that already reach below -100 are taken as HU (with a warning); others are
+    refused, since e.g. unsigned values with a missing -1024 intercept would be read 1024 HU too high.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CovsegError(f"{path}: file not found; check the path")
+    ds = _dcmread(path)
+    if ds is None:
+        raise CovsegError(f"{path}: is not a DICOM file; give a DICOM CT slice")
+    _check_greyscale(ds, path)
+    data, missing = _rescaled(ds, _pixels(ds, path), path)
+    return data, [f"{path.name}: {_NO_RESCALE}"] if missing else []
+
+
+@dataclass
+class _Header:
+    path: Path
+    uid: str
+    rows: int
+    cols: int
+    description: str
+
+
+def _dicom_headers(paths: Sequence[Path]) -> list[tuple[_Header, object]]:
+    found = []
+    for p in paths:
+        ds = _dcmread(p, header_only=True)
+        if ds is None or "Rows" not in ds or "Columns" not in ds:
+            continue  # not DICOM, or a DICOM object without an image (report, presentation state)
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+        desc = str(getattr(ds, "SeriesDescription", "") or "")
+        found.append((_Header(p, uid, int(ds.Rows), int(ds.Columns), desc), ds))
+    return found
+
+
+def _series_label(uid: str, items: list, description: str) -> str:
+    name = uid or "(no SeriesInstanceUID)"
+    desc = f", {description!r}" if description else ""
+    return f"{name} ({len(items)} images{desc})"
+
+
+def _choose_series(headers: list[tuple[_Header, object]], series_uid: str | None, folder: Path,
+                   warnings: list[str]) -> list[tuple[_Header, object]]:
+    series: dict[str, list[tuple[_Header, object]]] = {}
+    for item in headers:
+        series.setdefault(item[0].uid, []).append(item)
+    ranked = sorted(series.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    if series_uid is not None:
+        if series_uid not in series:
+            listing = "; ".join(_series_label(uid, items, items[0][0].description) for uid, items in ranked)
+            raise CovsegError(f"{folder}: holds no series {series_uid}; the series there are: {listing}")
+        chosen_uid = series_uid
+    else:
+        chosen_uid = ranked[0][0]
+        if len(ranked) > 1:
+            others = "; ".join(_series_label(uid, items, items[0][0].description) for uid, items in ranked[1:])
+            warnings.append(
+                f"{folder.name}: holds {len(ranked)} series; read the largest, "
+                f"{_series_label(chosen_uid, series[chosen_uid], series[chosen_uid][0][0].description)}; "
+                f"left out: {others} (choose one with --series UID)"
+            )
+    items = series[chosen_uid]
+    # one stack: same image size and orientation (a localizer in the same series is left out)
+    stacks: dict[tuple, list[tuple[_Header, object]]] = {}
+    for h, ds in items:
+        iop = getattr(ds, "ImageOrientationPatient", None)
+        try:
+            key_iop = tuple(round(float(v), 3) for v in iop) if iop is not None else None
+        except (TypeError, ValueError):
+            key_iop = None
+        stacks.setdefault((h.rows, h.cols, key_iop), []).append((h, ds))
+    if len(stacks) > 1:
+        ranked_stacks = sorted(stacks.values(), key=len, reverse=True)
+        left = sum(len(s) for s in ranked_stacks[1:])
+        warnings.append(
+            f"series {chosen_uid or '(no SeriesInstanceUID)'}: {left} images of another size or orientation "
+            f"(e.g. {ranked_stacks[1][0][0].path.name}, a localizer?) were left out"
+        )
+        items = ranked_stacks[0]
+    return items
+
+
+def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | None) -> Volume:
+    warnings: list[str] = []
+    headers = _dicom_headers(paths)
+    if not headers:
+        raise CovsegError(
+            f"{folder}: holds no DICOM images, NIfTI or PNG/JPG slices; give a DICOM series folder, "
+            "a .nii/.nii.gz file or a folder of 2-D images"
+        )
+    items = _choose_series(headers, series_uid, folder, warnings)
+    first_path = items[0][0].path
+    for h, ds in items:
+        _check_greyscale(ds, h.path)
+    if len(items) < MIN_SLICES:
+        raise CovsegError(
+            f"{first_path}: the series has only {len(items)} slice; a scan needs at least {MIN_SLICES} slices "
+            "(give the folder holding the whole series)"
+        )
+    iop = _floats(items[0][1], "ImageOrientationPatient", 6, first_path)
+    row_cos, col_cos = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
+    normal = np.cross(row_cos, col_cos)
+    normal /= np.linalg.norm(normal)
+    spacing_rc = _floats(items[0][1], "PixelSpacing", 2, first_path)
+    if np.any(spacing_rc <= 0):
+        raise CovsegError(f"{first_path}: DICOM PixelSpacing {spacing_rc.tolist()} is not positive")
+    positions = np.stack([_floats(ds, "ImagePositionPatient", 3, h.path) for h, ds in items])
+    for h, ds in items[1:]:
+        other = _floats(ds, "PixelSpacing", 2, h.path)
+        if not np.allclose(other, spacing_rc, rtol=1e-4, atol=1e-4):
+            raise CovsegError(f"{h.path}: PixelSpacing {other.tolist()} differs from {first_path.name}'s "
+                              f"{spacing_rc.tolist()}; the series is not one volume")
+    proj = positions @ normal
+    order = np.argsort(proj, kind="stable")
+    items = [items[i] for i in order]
+    positions, proj = positions[order], proj[order]
+    steps = np.diff(proj)
+    dup = np.flatnonzero(steps < _DUPLICATE_MM)
+    if dup.size:
+        a, b = items[dup[0]][0].path, items[dup[0] + 1][0].path
+        raise CovsegError(
+            f"{folder}: {a.name} and {b.name} lie at the same slice position ({proj[dup[0]]:.3f} mm; "
+            f"{dup.size} duplicate position(s)); remove duplicate files or choose one series/acquisition"
+        )
+    median = float(np.median(steps))
+    gaps = np.flatnonzero(steps > GAP_FACTOR * median)
+    if gaps.size:
+        largest = int(gaps[np.argmax(steps[gaps])])
+        warnings.append(
+            f"missing slices: {gaps.size} gap(s) longer than {GAP_FACTOR}x the median spacing {median:.3g} mm "
+            f"(largest {steps[largest]:.3g} mm after {items[largest][0].path.name}); lung and lesion volumes "
+            "miss what lies in the gaps"
+        )
+    uneven = bool(np.max(np.abs(steps - median)) > 0.1 * median)
+    if uneven and not gaps.size:
+        warnings.append(
+            f"non-uniform slice spacing: steps {steps.min():.3g}..{steps.max():.3g} mm; the median "
+            f"{median:.3g} mm is used"
+        )
+    if uneven:
+        step_vec = np.median(np.diff(positions, axis=0), axis=0)  # robust to gaps / uneven steps
+    else:
+        step_vec = (positions[-1] - positions[0]) / (len(items) - 1)
+    tilt = math.degrees(math.acos(min(1.0, abs(float(step_vec @ normal)) / float(np.linalg.norm(step_vec)))))
+    if tilt > _TILT_DEGREES:
+        warnings.append(f"gantry tilt of {tilt:.1f} degrees: the geometry is kept as a sheared affine")
+
+    # pixel data, in slice order
+    slices = []
+    digest = hashlib.sha256()
+    no_rescale = 0
+    for h, _ in items:
+        raw = h.path.read_bytes()
+        digest.update(raw)
+        ds = _dcmread(h.path, data=raw)
+        pixels = _pixels(ds, h.path)
+        if pixels.shape != (items[0][0].rows, items[0][0].cols):
+            raise CovsegError(f"{h.path}: pixel data has shape {pixels.shape}, not Rows x Columns "
+                              f"{items[0][0].rows}x{items[0][0].cols}; replace the file")
+        data, missing = _rescaled(ds, pixels, h.path)
+        no_rescale += missing
+        slices.append(data)
+    stack = np.stack(slices)  # (k, row, col)
+    if no_rescale:
+        warnings.append(f"{no_rescale} of {len(items)} slices: {_NO_RESCALE}")
+
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * spacing_rc[1]  # i: along a row, column to column
+    lps[:3, 1] = col_cos * spacing_rc[0]  # j: down a column, row to row
+    lps[:3, 2] = step_vec
+    lps[:3, 3] = positions[0]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    volume = _make_volume(stack.transpose(2, 1, 0), affine, is_hu=True, warnings=warnings, source=str(folder),
+                          sha256=digest.hexdigest(), kind="dicom", series_uid=items[0][0].uid or None)
+    _check_slices(volume, folder)
+    return volume
+
+
+# --------------------------------------------------------------------------------------------
+# 2-D image stacks
+
+
+def _read_image_plane(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                raise CovsegError(f"{path}: holds {im.n_frames} pages; save one slice per file")
+            im.load()
+            mode = im.mode
+            if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "P", "PA", "LA"):
+                rgb = np.asarray(im.convert("RGB"))
+                if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                    raise CovsegError(f"{path}: is a colour image, not a CT slice; give greyscale slices")
+                return np.array(rgb[..., 0])
+            if mode == "1":
+                raise CovsegError(f"{path}: is a 1-bit image, not a CT slice; give greyscale slices")
+            return np.array(im)
+    except CovsegError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        raise CovsegError(f"{path}: cannot be read as an image ({exc}); replace the file") from None
+
+
+def _check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
+    if spacing is None:
+        return None
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise CovsegError(f"--spacing {spacing!r}: give three positive numbers Z Y X in mm (slice, row, column)")
+    return values  # type: ignore[return-value]
+
+
+def _read_image_stack(folder: Path, paths: Sequence[Path], spacing: tuple[float, float, float] | None) -> Volume:
+    if spacing is None:
+        raise CovsegError(
+            f"{folder}: a folder of 2-D images carries no voxel size; pass --spacing Z Y X (mm between slices, "
+            "rows and columns)"
+        )
+    planes = []
+    for p in paths:
+        plane = _read_image_plane(p)
+        if planes and plane.shape != planes[0].shape:
+            raise CovsegError(f"{p}: is {plane.shape[0]}x{plane.shape[1]} but {paths[0].name} is "
+                              f"{planes[0].shape[0]}x{planes[0].shape[1]}; give slices of one size")
+        planes.append(plane)
+    stack = np.stack(planes).astype(np.float32)  # (slice, row, col)
+    is_hu = bool(stack.size) and float(stack.min()) < _HU_MIN  # signed / float TIFF holding HU
+    sz, sy, sx = spacing
+    affine = np.diag([-sx, -sy, sz, 1.0])  # like axial DICOM: columns -> patient left, rows -> posterior
+    volume = _make_volume(stack.transpose(2, 1, 0), affine, is_hu=is_hu, warnings=[], source=str(folder),
+                          sha256=_sha256_files(paths), kind="images")
+    _check_slices(volume, folder)
+    return volume
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def _check_slices(volume: Volume, path: Path) -> None:
+    if volume.hu.shape[0] < MIN_SLICES:
+        raise CovsegError(
+            f"{path}: has {volume.hu.shape[0]} axial slice; a scan needs at least {MIN_SLICES} slices"
+        )
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(_NIFTI_SUFFIXES)
+
+
+def read_volume(path: str | Path, series_uid: str | None = None,
+                spacing: Sequence[float] | None = None) -> Volume:
+    """Read a CT scan into a canonical :class:`Volume` (see the module docstring for the orientation).
+
+    ``path`` is one of:
+
+    * a NIfTI file ``.nii`` / ``.nii.gz`` (scl_slope/scl_inter applied; HU when its minimum is below -100);
+    * a folder holding a DICOM series (files with any name; non-DICOM files such as a README are skipped),
+      or one DICOM file (refused: a single slice is not a scan). Several series: ``series_uid`` picks one,
+      else the one with the most images is read and a warning names the others. Slices are ordered by
+      ImagePositionPatient projected on the slice normal (row x column direction cosines), never by file
+      name; RescaleSlope/RescaleIntercept applied (see :func:`read_dicom_slice`); Z spacing is the median
+      step between slice positions, in-plane spacing is PixelSpacing;
+    * a folder of 2-D PNG/JPG/TIFF images, read in name order (numbers numerically) as slices from inferior
+      to superior, each shown radiologically (anterior up, patient right on the left). Needs
+      ``spacing = (Z, Y, X)`` in mm. 8-/16-bit grey values are not HU: ``is_hu`` is False.
+
+    ``spacing`` is ignored (with a warning) for NIfTI and DICOM, which carry their own.
+
+    Raises :class:`CovsegError` (one line, naming the file) for unreadable or truncated files, colour or
+    multi-sample images, non-CT modalities, fewer than :data:`MIN_SLICES` slices, duplicate slice
+    positions, and CT data without rescale tags whose values are not HU. Missing slices (a step above
+    :data:`GAP_FACTOR` x the median), uneven spacing, other series and gantry tilt are ``warnings``.
+    """
+    path = Path(path)
+    given = _check_spacing(spacing)
+    if not path.exists():
+        raise CovsegError(f"{path}: not found; give a DICOM series folder, a .nii/.nii.gz file or a folder of images")
+    if path.is_file():
+        if _is_nifti(path):
+            volume = _read_nifti(path)
+        elif path.suffix.lower() in _IMAGE_SUFFIXES:
+            raise CovsegError(f"{path}: is a single 2-D image; give the folder holding all slices (and --spacing)")
+        else:
+            ds = _dcmread(path, header_only=True)
+            if ds is None:
+                raise CovsegError(
+                    f"{path}: is not a DICOM or NIfTI file; give a DICOM series folder, a .nii/.nii.gz file "
+                    "or a folder of images"
+                )
+            volume = _read_dicom_series(path.parent, [path], series_uid)
+    else:
+        files = sorted(
+            (p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"),
+            key=lambda p: p.name,
+        )
+        nifti = [p for p in files if _is_nifti(p)]
+        images = [p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES]
+        dicom_named = [p for p in files if p.suffix.lower() == ".dcm"]
+        if images and not dicom_named:
+            from covseg.datasets import list_images
+
+            ordered = [p for p in list_images(path) if p.suffix.lower() in _IMAGE_SUFFIXES]
+            volume = _read_image_stack(path, ordered, given)
+            given = None
+        elif nifti and not dicom_named:
+            raise CovsegError(f"{path}: holds NIfTI files ({nifti[0].name}, ...); give the .nii/.nii.gz file itself")
+        else:
+            volume = _read_dicom_series(path, [p for p in files if p not in nifti and p not in images], series_uid)
+    if given is not None and not np.allclose(given, volume.spacing, rtol=1e-3):
+        volume.warnings.append(
+            f"--spacing {given} ignored: {path.name} carries its own voxel size {volume.spacing} mm"
+        )
+    return volume

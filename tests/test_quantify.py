@@ -1,0 +1,136 @@
+"""Quantification: analytic ellipsoid volumes, lesions outside the lung mask, severity buckets, clean-up helpers."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from covseg.quantify import quantify, remove_small_components, restrict_to_lungs, severity_score
+
+SPACING = (2.5, 0.7, 0.7)
+NAMES = {1: "ggo", 2: "consolidation", 3: "pleural_effusion"}
+
+
+def _grid(shape, spacing):
+    return tuple(((np.arange(n) - (n - 1) / 2) * s).reshape([-1 if i == a else 1 for i in range(3)])
+                 for a, (n, s) in enumerate(zip(shape, spacing)))
+
+
+def _ellipsoid(grid, centre, axes) -> np.ndarray:
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, axes)) <= 1
+
+
+def _volume_ml(axes) -> float:
+    return 4.0 / 3.0 * math.pi * axes[0] * axes[1] * axes[2] / 1000.0
+
+
+# (centre, semi-axes) in mm, (z, y, x); patient right = negative x
+RIGHT = ((0.0, 0.0, -30.0), (40.0, 35.0, 22.0))
+LEFT = ((0.0, 0.0, 30.0), (38.0, 33.0, 20.0))
+GGO = ((5.0, 5.0, -30.0), (20.0, 12.0, 9.0))  # inside the right lung
+CONSOLIDATION = ((-5.0, 0.0, 30.0), (15.0, 9.0, 7.0))  # inside the left lung, missing from the lung mask
+EFFUSION = ((0.0, 0.0, 59.0), (20.0, 14.0, 5.0))  # outside the left lung (lateral), nearer to it
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    shape = (40, 150, 200)
+    grid = _grid(shape, SPACING)
+    right, left = _ellipsoid(grid, *RIGHT), _ellipsoid(grid, *LEFT)
+    ggo, cons, eff = (_ellipsoid(grid, *p) for p in (GGO, CONSOLIDATION, EFFUSION))
+    assert not (eff & (right | left)).any() and (ggo <= right).all() and (cons <= left).all()
+    lesions = np.zeros(shape, np.int64)
+    lesions[ggo], lesions[cons], lesions[eff] = 1, 2, 3
+    lungs = np.zeros(shape, np.uint8)
+    lungs[right], lungs[left] = 1, 2
+    lungs[cons] = 0  # a threshold mask misses the dense lesion
+    return lesions, lungs
+
+
+def test_quantify_matches_analytic_volumes(phantom):
+    lesions, lungs = phantom
+    result = quantify(lesions, lungs, SPACING, NAMES)
+    json.dumps(result)  # JSON-ready
+    v_r, v_l = _volume_ml(RIGHT[1]), _volume_ml(LEFT[1])
+    v_ggo, v_cons, v_eff = (_volume_ml(p[1]) for p in (GGO, CONSOLIDATION, EFFUSION))
+    rel = dict(rel=0.04)
+    right, left, total = result["right"], result["left"], result["total"]
+    assert right["lung_ml"] == pytest.approx(v_r, **rel)
+    assert right["class_ml"] == pytest.approx({"ggo": v_ggo, "consolidation": 0.0, "pleural_effusion": 0.0}, **rel)
+    assert right["lesion_percent"] == pytest.approx(100 * v_ggo / v_r, **rel)
+    # the left lung takes the consolidation missing from its mask and the effusion beside it
+    assert left["lung_ml"] == pytest.approx(v_l + v_eff, **rel)
+    assert left["class_ml"]["consolidation"] == pytest.approx(v_cons, **rel)
+    assert left["class_ml"]["pleural_effusion"] == pytest.approx(v_eff, **rel)
+    assert left["class_ml"]["ggo"] == 0.0
+    assert left["class_percent"]["pleural_effusion"] == pytest.approx(100 * v_eff / (v_l + v_eff), **rel)
+    assert left["lesion_percent"] == pytest.approx(100 * (v_cons + v_eff) / (v_l + v_eff), **rel)
+    assert result["lesion_outside_mask_ml"] == pytest.approx(v_cons + v_eff, **rel)
+    assert total["lung_ml"] == pytest.approx(v_r + v_l + v_eff, **rel)
+    assert total["lesion_ml"] == pytest.approx(right["lesion_ml"] + left["lesion_ml"])
+    assert total["lesion_percent"] == pytest.approx(100 * (v_ggo + v_cons + v_eff) / (v_r + v_l + v_eff), **rel)
+    for part in (right, left, total):
+        assert part["severity"] == severity_score(part["lesion_percent"])
+    assert right["severity"] == 2 and left["severity"] == 2  # ~5.6 % and ~7.2 %
+    assert result["voxel_ml"] == pytest.approx(2.5 * 0.7 * 0.7 / 1000)
+
+
+def test_quantify_without_lungs_splits_at_the_middle():
+    lesions = np.zeros((2, 4, 10), np.uint8)
+    lesions[:, :, 1] = 1  # patient right (low X)
+    lesions[:, :2, 8] = 1  # patient left
+    result = quantify(lesions, np.zeros_like(lesions), (1.0, 1.0, 1.0), {1: "infection"})
+    assert result["right"]["lung_ml"] == pytest.approx(0.008)
+    assert result["left"]["lung_ml"] == pytest.approx(0.004)
+    assert result["total"]["lesion_percent"] == 100.0 and result["total"]["severity"] == 5
+    empty = quantify(np.zeros_like(lesions), np.zeros_like(lesions), (1.0, 1.0, 1.0), {1: "infection"})
+    assert empty["total"] == {"lung_ml": 0.0, "lesion_ml": 0.0, "lesion_percent": 0.0, "severity": 0,
+                              "class_ml": {"infection": 0.0}, "class_percent": {"infection": 0.0}}
+
+
+def test_quantify_refuses_unnamed_labels_and_shape_mismatch():
+    lesions = np.zeros((2, 4, 4), np.int64)
+    lesions[0, 0, 0] = 3
+    with pytest.raises(ValueError, match="no name"):
+        quantify(lesions, np.zeros((2, 4, 4), np.uint8), (1, 1, 1), {1: "ggo", 2: "consolidation"})
+    with pytest.raises(ValueError, match="shape"):
+        quantify(lesions, np.zeros((2, 4, 5), np.uint8), (1, 1, 1), NAMES)
+
+
+@pytest.mark.parametrize(
+    ("percent", "score"),
+    [(0.0, 0), (1e-6, 1), (4.99, 1), (5.0, 2), (25.0, 2), (25.5, 3), (49.9, 3), (50.0, 4), (75.0, 4),
+     (75.01, 5), (100.0, 5)],
+)
+def test_severity_buckets(percent, score):
+    assert severity_score(percent) == score
+
+
+@pytest.mark.parametrize("percent", [-0.1, 100.1, float("nan")])
+def test_severity_refuses_out_of_range(percent):
+    with pytest.raises(ValueError):
+        severity_score(percent)
+
+
+def test_remove_small_components_counts_all_classes_together():
+    labels = np.zeros((4, 10, 10), np.uint8)
+    labels[0, 0, 0] = 2  # 1 voxel: removed
+    labels[1:3, 2:4, 2:4] = 1  # 8 voxels of GGO ...
+    labels[2, 3, 4] = 2  # ... with a touching consolidation voxel: one 9-voxel lesion
+    labels[3, 8, 8], labels[2, 7, 7] = 1, 1  # diagonal neighbours (26-connectivity): a 2-voxel lesion
+    out = remove_small_components(labels, (1.0, 1.0, 1.0), min_volume_ml=0.005)
+    assert out.dtype == labels.dtype
+    assert out[0, 0, 0] == 0 and out[3, 8, 8] == 0 and out[2, 7, 7] == 0
+    assert np.array_equal(out[1:3, 2:5, 2:5], labels[1:3, 2:5, 2:5])
+    out = remove_small_components(labels, (1.0, 1.0, 1.0), min_volume_ml=0.002)
+    assert out[3, 8, 8] == 1 and out[0, 0, 0] == 0
+    assert np.array_equal(remove_small_components(labels, (1.0, 1.0, 1.0), 0.0), labels)
+
+
+def test_restrict_to_lungs():
+    labels = np.array([[[0, 1, 2, 3]]], np.int64)
+    lungs = np.array([[[1, 1, 0, 2]]], np.uint8)
+    out = restrict_to_lungs(labels, lungs)
+    assert out.dtype == np.int64 and out.tolist() == [[[0, 1, 0, 3]]]

@@ -1,0 +1,268 @@
+"""Volume reading: DICOM series and the equivalent NIfTI give the same canonical array and geometry."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import generate_uid
+
+from covseg.errors import CovsegError
+from covseg.volumes import (
+    Volume,
+    from_input_geometry,
+    read_dicom_slice,
+    read_volume,
+    to_input_geometry,
+    write_like_input,
+)
+
+REAL_2SLICES = Path(__file__).resolve().parents[2] / "shared/data/dicom-ct-2slices"
+
+Z, Y, X = 12, 48, 64
+SPACING = (2.5, 0.7, 0.8)  # (slice, row, column) mm
+ORIGIN_LPS = np.array([-25.0, -16.0, -100.0])  # world position of canonical voxel (0, 0, 0)
+
+
+def truth_hu() -> np.ndarray:
+    """Canonical (Z, Y, X) HU volume, all values 2 * v - 1024 (exact under slope 2 / intercept -1024)."""
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 1200, (Z, Y, X))
+    stored[:, :5, :] = 5  # an anterior band (rows) and a right-side band (columns) of air, as orientation marks
+    stored[:, :, :3] = 10
+    return (2 * stored - 1024).astype(np.float32)
+
+
+def _ct_slice(pixels: np.ndarray, ipp, iop, uid: str, *, slope=2.0, intercept=-1024.0, modality="CT",
+              study: str = "1.2.3") -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.StudyInstanceUID = study
+    ds.SeriesInstanceUID = uid
+    if modality:
+        ds.Modality = modality
+    ds.ImagePositionPatient = [float(v) for v in ipp]
+    ds.ImageOrientationPatient = [float(v) for v in iop]
+    ds.PixelSpacing = [SPACING[1], SPACING[2]]
+    ds.SliceThickness = SPACING[0]
+    if slope is not None:
+        ds.RescaleSlope = slope
+    if intercept is not None:
+        ds.RescaleIntercept = intercept
+    if pixels.ndim == 3:
+        ds.set_pixel_data(pixels.astype(np.uint8), "RGB", 8)
+    else:
+        ds.set_pixel_data(pixels, "MONOCHROME2", 16)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def write_dicom_series(folder: Path, hu: np.ndarray, *, uid: str | None = None, skip=(), duplicate=False,
+                       seed=0, **kwargs) -> str:
+    """Write canonical ``hu`` as an axial series with flipped rows (column cosine +A), shuffled file names.
+
+    Row r of slice k is canonical row Y-1-r: ImageOrientationPatient ``1\\0\\0\\0\\-1\\0`` (rows run towards
+    anterior), ImagePositionPatient of the first row at the posterior edge. Returns the series UID.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = uid or generate_uid()
+    n_z, n_y = hu.shape[:2]
+    slope, intercept = kwargs.get("slope", 2.0), kwargs.get("intercept", -1024.0)
+    stored = np.rint((hu - (intercept or 0.0)) / (slope or 1.0))
+    dtype = np.int16 if stored.min() < 0 else np.uint16
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n_z)
+    for i, k in enumerate(order):
+        if k in skip:
+            continue
+        ipp = ORIGIN_LPS + [0.0, (n_y - 1) * SPACING[1], k * SPACING[0]]
+        ds = _ct_slice(stored[k, ::-1].astype(dtype), ipp, [1, 0, 0, 0, -1, 0], uid, **kwargs)
+        ds.InstanceNumber = int(rng.integers(1, 1000))  # meaningless on purpose
+        ds.save_as(folder / f"IM{rng.integers(0, 10**8):08d}_{i}", enforce_file_format=True)
+        if duplicate and i == 0:
+            ds.SOPInstanceUID = generate_uid()
+            ds.save_as(folder / f"copy_{i}.dcm", enforce_file_format=True)
+    return uid
+
+
+def write_nifti(path: Path, hu: np.ndarray) -> np.ndarray:
+    """The same volume as a RAS-stored NIfTI (i -> R, j -> A, k -> S), int16 with scl_slope 2 / inter -1024."""
+    n_z, n_y, n_x = hu.shape
+    data = hu.transpose(2, 1, 0)[::-1, ::-1, :]  # data[i, j, k] = hu[k, Y-1-j, X-1-i]
+    raw = np.rint((data + 1024) / 2).astype(np.int16)
+    affine = np.array([
+        [SPACING[2], 0, 0, -ORIGIN_LPS[0] - (n_x - 1) * SPACING[2]],
+        [0, SPACING[1], 0, -ORIGIN_LPS[1] - (n_y - 1) * SPACING[1]],
+        [0, 0, SPACING[0], ORIGIN_LPS[2]],
+        [0, 0, 0, 1],
+    ])
+    img = nib.Nifti1Image(raw, affine)
+    img.header.set_slope_inter(2.0, -1024.0)
+    nib.save(img, str(path))
+    return affine
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vol")
+    hu = truth_hu()
+    write_dicom_series(root / "dicom", hu)
+    write_nifti(root / "ct.nii.gz", hu)
+    return root, hu, read_volume(root / "dicom"), read_volume(root / "ct.nii.gz")
+
+
+def test_dicom_and_nifti_read_identically(pair):
+    _, hu, dcm, nii = pair
+    for vol in (dcm, nii):
+        assert isinstance(vol, Volume) and vol.hu.dtype == np.float32 and vol.is_hu
+        assert vol.hu.shape == (Z, Y, X)
+        assert np.array_equal(vol.hu, hu)  # canonical: inferior->superior, anterior->posterior, right->left
+        assert vol.spacing == pytest.approx(SPACING)
+        assert vol.warnings == []
+    np.testing.assert_allclose(dcm.affine, nii.affine, atol=1e-6)
+    # canonical voxel (z, y, x) lies at LPS ORIGIN + (x sx, y sy, z sz), i.e. RAS (-Lx, -Py, Sz)
+    lps = ORIGIN_LPS + np.array([5 * SPACING[2], 7 * SPACING[1], 3 * SPACING[0]])
+    np.testing.assert_allclose(dcm.affine @ [3, 7, 5, 1], [-lps[0], -lps[1], lps[2], 1], atol=1e-6)
+    assert dcm.kind == "dicom" and nii.kind == "nifti" and dcm.series_uid
+
+
+def test_write_like_input_overlays_nifti(pair, tmp_path):
+    root, _, _, nii = pair
+    labels = np.zeros((Z, Y, X), np.uint8)
+    labels[3, 7, 5] = 2
+    out = write_like_input(labels, nii, tmp_path / "labels.nii.gz")
+    src, img = nib.load(str(root / "ct.nii.gz")), nib.load(str(out))
+    assert img.shape == src.shape and img.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(img.affine, src.affine)
+    data = np.asarray(img.dataobj)
+    assert list(zip(*np.nonzero(data))) == [(X - 1 - 5, Y - 1 - 7, 3)]
+    assert np.array_equal(from_input_geometry(data, nii), labels)
+    assert not list(tmp_path.glob(".*part*"))  # atomic: no temporary left
+
+
+def test_write_like_input_for_dicom_lands_on_the_same_world_point(pair, tmp_path):
+    _, _, dcm, nii = pair
+    labels = np.zeros((Z, Y, X), np.uint8)
+    labels[3, 7, 5] = 1
+    assert to_input_geometry(labels, dcm).shape == dcm.input_shape == (X, Y, Z)
+    img = nib.load(str(write_like_input(labels, dcm, tmp_path / "labels.nii")))
+    voxel = np.argwhere(np.asarray(img.dataobj))[0]
+    np.testing.assert_allclose(img.affine @ [*voxel, 1], nii.affine @ [3, 7, 5, 1], atol=1e-6)
+    assert np.array_equal(read_volume(tmp_path / "labels.nii").hu, labels)  # round trip to canonical
+    with pytest.raises(CovsegError, match="nii"):
+        write_like_input(labels, dcm, tmp_path / "labels.png")
+
+
+def test_sha256_of_single_file(pair):
+    root, _, _, nii = pair
+    assert nii.sha256 == hashlib.sha256((root / "ct.nii.gz").read_bytes()).hexdigest()
+
+
+def test_two_series_largest_wins_or_choose(tmp_path):
+    hu = truth_hu()
+    big = write_dicom_series(tmp_path, hu)
+    small = write_dicom_series(tmp_path, hu[:4] + 100, seed=1)
+    vol = read_volume(tmp_path)
+    assert vol.series_uid == big and vol.hu.shape[0] == Z
+    assert len(vol.warnings) == 1 and small in vol.warnings[0]
+    chosen = read_volume(tmp_path, series_uid=small)
+    assert chosen.hu.shape[0] == 4 and np.array_equal(chosen.hu, hu[:4] + 100)
+    with pytest.raises(CovsegError, match="no series"):
+        read_volume(tmp_path, series_uid="1.2.3.4")
+
+
+def test_missing_slices_warn(tmp_path):
+    write_dicom_series(tmp_path, truth_hu(), skip=(5, 6))
+    vol = read_volume(tmp_path)
+    assert vol.hu.shape[0] == Z - 2 and vol.spacing == pytest.approx(SPACING)
+    assert np.array_equal(vol.hu, np.delete(truth_hu(), [5, 6], axis=0))
+    assert any("missing slices" in w for w in vol.warnings)
+
+
+def test_duplicate_positions_refused(tmp_path):
+    write_dicom_series(tmp_path, truth_hu(), duplicate=True)
+    with pytest.raises(CovsegError, match="same slice position"):
+        read_volume(tmp_path)
+
+
+def test_single_slice_refused(tmp_path):
+    write_dicom_series(tmp_path, truth_hu()[:1])
+    with pytest.raises(CovsegError, match="at least 2 slices"):
+        read_volume(tmp_path)
+    with pytest.raises(CovsegError, match="at least 2 slices"):
+        read_volume(get_testdata_file("CT_small.dcm"))
+
+
+def test_real_ct_small_hu_is_plausible():
+    hu, warnings = read_dicom_slice(get_testdata_file("CT_small.dcm"))
+    assert hu.shape == (128, 128) and hu.dtype == np.float32 and warnings == []
+    assert hu.min() < -800  # lung / air
+    assert -50 < float(np.median(hu)) < 100  # soft tissue
+
+
+def test_colour_and_non_ct_refused(tmp_path):
+    uid = generate_uid()
+    (tmp_path / "rgb").mkdir()
+    for k in range(3):
+        ds = _ct_slice(np.zeros((8, 8, 3)), [0, 0, k], [1, 0, 0, 0, 1, 0], uid, slope=None, intercept=None)
+        ds.save_as(tmp_path / "rgb" / f"{k}.dcm", enforce_file_format=True)
+    with pytest.raises(CovsegError, match="samples per pixel"):
+        read_volume(tmp_path / "rgb")
+    write_dicom_series(tmp_path / "mr", truth_hu()[:3], modality="MR")
+    with pytest.raises(CovsegError, match="Modality is MR"):
+        read_volume(tmp_path / "mr")
+
+
+def test_missing_rescale_tags(tmp_path):
+    # signed values already in HU: read, with a warning
+    write_dicom_series(tmp_path / "signed", truth_hu()[:3], slope=None, intercept=None)
+    vol = read_volume(tmp_path / "signed")
+    assert np.array_equal(vol.hu, truth_hu()[:3]) and any("RescaleSlope" in w for w in vol.warnings)
+    # unsigned values without an intercept are not HU: refused
+    write_dicom_series(tmp_path / "unsigned", truth_hu()[:3] + 1024, slope=None, intercept=None)
+    with pytest.raises(CovsegError, match="not Hounsfield units"):
+        read_volume(tmp_path / "unsigned")
+
+
+def test_truncated_file_named(tmp_path):
+    write_dicom_series(tmp_path, truth_hu()[:4])
+    victim = sorted(tmp_path.iterdir())[1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size * 2 // 3])
+    with pytest.raises(CovsegError, match=victim.name):
+        read_volume(tmp_path)
+
+
+def test_image_stack_needs_spacing(tmp_path):
+    for k in range(3):
+        Image.fromarray(np.full((20, 30), 10 * k, np.uint8)).save(tmp_path / f"{k + 1}.png")
+    Image.fromarray(np.full((20, 30), 99, np.uint8)).save(tmp_path / "10.png")  # numeric name order: last
+    with pytest.raises(CovsegError, match="--spacing"):
+        read_volume(tmp_path)
+    vol = read_volume(tmp_path, spacing=(3.0, 0.5, 0.6))
+    assert vol.hu.shape == (4, 20, 30) and not vol.is_hu and vol.kind == "images"
+    assert [float(vol.hu[k, 0, 0]) for k in range(4)] == [0.0, 10.0, 20.0, 99.0]
+    assert vol.spacing == pytest.approx((3.0, 0.5, 0.6))
+    Image.fromarray(np.dstack([np.zeros((20, 30), np.uint8), np.full((20, 30), 200, np.uint8),
+                               np.zeros((20, 30), np.uint8)])).save(tmp_path / "11.png")
+    with pytest.raises(CovsegError, match="colour"):
+        read_volume(tmp_path, spacing=(3.0, 0.5, 0.6))
+
+
+def test_real_two_slice_series():
+    if not REAL_2SLICES.is_dir():
+        pytest.skip(f"{REAL_2SLICES} not present")
+    vol = read_volume(REAL_2SLICES)  # the folder also holds SOURCE.md, which is skipped
+    assert vol.hu.shape == (2, 512, 512) and vol.is_hu
+    assert vol.spacing == pytest.approx((1.0, 0.625, 0.625))
+    assert -1050 < np.median(vol.hu[0, 30:80, 200:300]) < -950  # room air above the patient
+    assert -900 < np.median(vol.hu[0, 250:330, 100:160]) < -600  # right lung
+    chest = vol.hu[0, 150:450, 60:450]
+    assert np.mean((chest > 0) & (chest < 100)) > 0.05  # soft tissue
+    assert vol.hu.max() < 3100 and vol.hu.min() >= -2048
