@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint file")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("--no-overlays", action="store_true")
+    p.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read (default: the largest series)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   help="voxel size in mm: reads a folder of 2-D images as one scan")
+    p.add_argument("--keep-outside-lungs", action="store_true", help="scans: keep lesions outside the lung mask")
+    p.add_argument("--min-lesion-ml", type=float, default=0.05,
+                   help="scans: remove lesion components smaller than this volume (default 0.05 mL; 0 keeps all)")
     _add_inference_options(p)
 
     p = sub.add_parser("export", help="export a trained model to ONNX")
@@ -209,14 +215,32 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from covseg.datasets import list_images
     from covseg.labels import get_scheme
-    from covseg.predict import open_predictor, predict_files
+    from covseg.predict import is_scan, open_predictor, predict_files, predict_scan, output_stem
+    from covseg.scan import ScanOptions
 
-    files = [f for item in args.inputs for f in list_images(item)]
+    for item in args.inputs:
+        if not item.exists():
+            raise CovsegError(f"{item}: no such file or folder")
+    scans = [item for item in args.inputs if is_scan(item, args.spacing)]
+    files = [f for item in args.inputs if item not in scans for f in list_images(item)]
     predictor, config, info = open_predictor(args.model, args.task, "best", args.backend, args.device,
                                              args.precision, args.batch_size, args.tta)
-    summary = predict_files(predictor, get_scheme(config.data.task), files, args.output, info,
-                            overlays=not args.no_overlays, progress=not args.quiet)
-    print(f"wrote {len(summary['images'])} label maps to {args.output}")
+    scheme = get_scheme(config.data.task)
+    options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, min_lesion_ml=args.min_lesion_ml)
+    for scan in scans:
+        out = args.output if len(scans) == 1 and not files else args.output / output_stem(scan)
+        report = predict_scan(scan, predictor, scheme, out, info, options, args.series, args.spacing,
+                              progress=not args.quiet)
+        total = report["figures"]["total"]
+        print(f"{scan}: lesions {total['lesion_ml']:.1f} mL = {total['lesion_percent']:.1f} % of "
+              f"{total['lung_ml']:.0f} mL lung (severity right {report['figures']['right']['severity']}, "
+              f"left {report['figures']['left']['severity']}); report {out}/report.html")
+        for warning in report["warnings"]:
+            print(f"covseg: warning: {warning}", file=sys.stderr)
+    if files:
+        summary = predict_files(predictor, scheme, files, args.output, info,
+                                overlays=not args.no_overlays, progress=not args.quiet)
+        print(f"wrote {len(summary['images'])} label maps to {args.output}")
     return 0
 
 
@@ -239,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except CovsegError as err:
-        print(f"covseg: error: {err}", file=sys.stderr)
+        print(f"covseg: error: {' '.join(str(err).split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("covseg: interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ Outputs in ``OUT``:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from covseg.inference import Predictor, TorchBackend
 from covseg.labels import LabelScheme
 from covseg.runtime import resolve_device, resolve_precision
 
-__all__ = ["open_predictor", "predict_files", "output_stem", "write_label_nifti"]
+__all__ = ["open_predictor", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
 
 
 def open_predictor(model_path: Path, task: str | None = None, which: str = "best", backend: str = "auto",
@@ -128,3 +129,82 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
                "images": records}
     atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def is_scan(path: Path, spacing: Sequence[float] | None = None) -> bool:
+    """True for inputs read as a 3-D scan: a NIfTI with several slices, a folder with DICOM files, or a
+    folder of 2-D images when ``spacing`` is given. Single slices and image folders without spacing are 2-D."""
+    path = Path(path)
+    if path.is_file():
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            try:
+                shape = nib.load(str(path)).shape
+            except Exception:  # unreadable: let the reader report it
+                return False
+            return len(shape) >= 3 and int(np.prod(shape[2:])) > 1
+        return False
+    if path.is_dir():
+        from covseg.datasets import PIL_SUFFIXES
+
+        files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+        if any(p.suffix.lower() == ".dcm" for p in files):
+            return True
+        if spacing is not None and any(p.suffix.lower() in PIL_SUFFIXES for p in files):
+            return True
+        return any(p.suffix == "" and _has_dicom_preamble(p) for p in files[:5])
+    return False
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir: Path, model_info: dict[str, Any],
+                 options: Any = None, series_uid: str | None = None, spacing: Sequence[float] | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Segment one CT scan; writes ``lesions.nii.gz``, ``lungs.nii.gz``, ``report.json`` and ``report.html``.
+
+    Everything is written into a staging folder first and moved into ``out_dir`` only once complete.
+    """
+    import shutil
+    import tempfile
+    import time
+
+    from covseg.report_html import render_report
+    from covseg.scan import ScanOptions, segment_scan
+    from covseg.volumes import read_volume, write_like_input
+
+    began = time.perf_counter()
+    volume = read_volume(path, series_uid=series_uid, spacing=spacing)
+    read_seconds = time.perf_counter() - began
+    result = segment_scan(volume, predictor, scheme, options or ScanOptions(), progress)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+    try:
+        write_like_input(result.lesions, volume, stage / "lesions.nii.gz")
+        write_like_input(result.lungs, volume, stage / "lungs.nii.gz")
+        seconds = {"read": round(read_seconds, 3), **{k: round(v, 3) for k, v in result.seconds.items()}}
+        report = {
+            "input": {"path": str(path), "kind": volume.kind, "sha256": volume.sha256, "shape": list(volume.shape),
+                      "spacing_mm": list(volume.spacing), "series_uid": volume.series_uid},
+            "model": model_info,
+            "labels": {"lesions": dict(enumerate(scheme.names)), "lungs": {"1": "right lung", "2": "left lung"}},
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options or ScanOptions()).items()},
+            "slices_segmented": result.slices_segmented,
+            "figures": result.figures,
+            "warnings": result.warnings,
+            "seconds": seconds,
+        }
+        report["seconds"]["total"] = round(time.perf_counter() - began, 3)
+        page = render_report(report, volume.hu, volume.is_hu, result.lesions, result.lungs, scheme, volume.spacing)
+        report["seconds"]["total"] = round(time.perf_counter() - began, 3)
+        (stage / "report.html").write_text(page, encoding="utf-8")
+        (stage / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("lesions.nii.gz", "lungs.nii.gz", "report.html", "report.json"):
+            os.replace(stage / name, out_dir / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return report

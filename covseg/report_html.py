@@ -1,0 +1,124 @@
+"""A self-contained HTML report of one scan: montage, coronal reformat, figures table, bar chart.
+
+Images are PNGs embedded as base64 data URIs, so the page works offline as a single file.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from covseg.figures import overlay  # noqa: E402
+from covseg.intensity import window_hu  # noqa: E402
+from covseg.labels import LabelScheme  # noqa: E402
+
+__all__ = ["render_report", "axial_montage", "coronal_view"]
+
+
+def _png_uri(rgb: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _fig_uri(fig: plt.Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def axial_montage(grey: np.ndarray, lesions: np.ndarray, scheme: LabelScheme, n: int = 12) -> np.ndarray:
+    """RGB montage of up to ``n`` axial slices (those with most lesion, else spread over the scan), 4 per row.
+
+    ``grey``: ``(Z, Y, X)`` in [0, 1]; ``lesions``: ``(Z, Y, X)`` labels. Superior slices come first.
+    """
+    area = (lesions > 0).reshape(len(lesions), -1).sum(1)
+    if area.any():
+        picks = sorted(np.argsort(area)[::-1][: min(n, int((area > 0).sum()))])
+    else:
+        picks = sorted(set(np.linspace(0, len(grey) - 1, min(n, len(grey))).round().astype(int)))
+    tiles = [overlay(grey[z], lesions[z], scheme) for z in picks[::-1]]
+    cols = min(4, len(tiles))
+    rows = -(-len(tiles) // cols)
+    h, w = tiles[0].shape[:2]
+    canvas = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, tile in enumerate(tiles):
+        canvas[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = tile
+    if canvas.shape[1] > 1600:  # keep the page light
+        scale = 1600 / canvas.shape[1]
+        canvas = np.asarray(Image.fromarray(canvas).resize((1600, int(canvas.shape[0] * scale))))
+    return canvas
+
+
+def coronal_view(grey: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, scheme: LabelScheme,
+                 spacing: tuple[float, float, float]) -> np.ndarray:
+    """RGB coronal reformat through the lungs' centre row, superior at the top, true aspect ratio."""
+    rows = np.flatnonzero(lungs.any(axis=(0, 2)))
+    y = int(rows.mean()) if rows.size else grey.shape[1] // 2
+    image = overlay(grey[::-1, y, :], lesions[::-1, y, :], scheme)
+    height = max(1, int(round(image.shape[0] * spacing[0] / spacing[2])))
+    return np.asarray(Image.fromarray(image).resize((image.shape[1], height), Image.Resampling.BILINEAR))
+
+
+def _bar_chart(figures: dict[str, Any], names: list[str]) -> str:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    sides = ["right", "left", "total"]
+    x = np.arange(len(sides))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        values = [figures[s]["class_percent"].get(name, 0.0) for s in sides]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, ["right lung", "left lung", "both lungs"])
+    ax.set_ylabel("% of lung volume")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _fig_uri(fig)
+
+
+def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: np.ndarray, lungs: np.ndarray,
+                  scheme: LabelScheme, spacing: tuple[float, float, float]) -> str:
+    """The HTML page of ``report`` (the ``report.json`` content) with figures drawn from the arrays."""
+    grey = window_hu(hu) if is_hu else np.clip(hu / 255.0, 0, 1)
+    figures = report["figures"]
+    names = [n for n in scheme.names[1:]]
+    esc = html.escape
+    rows = []
+    for side, label in (("right", "Right lung"), ("left", "Left lung"), ("total", "Both lungs")):
+        part = figures[side]
+        cells = "".join(f"<td>{part['class_ml'].get(n, 0):.1f} mL ({part['class_percent'].get(n, 0):.1f} %)</td>"
+                        for n in names)
+        rows.append(f"<tr><th>{label}</th><td>{part['lung_ml']:.0f} mL</td>{cells}"
+                    f"<td>{part['lesion_ml']:.1f} mL ({part['lesion_percent']:.1f} %)</td>"
+                    f"<td>{part['severity']}</td></tr>")
+    warnings = "".join(f"<li>{esc(w)}</li>" for w in report.get("warnings", [])) or "<li>none</li>"
+    model = report["model"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>covseg report — {esc(report['input']['path'])}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.35em .7em;text-align:right}}
+th{{background:#f4f4f4}}img{{max-width:100%;border:1px solid #ddd}}.note{{color:#666;font-size:.9em}}</style></head>
+<body><h1>Lung involvement report</h1>
+<p><b>Input</b> {esc(report['input']['path'])} ({esc(report['input']['kind'])}, {report['input']['shape'][0]} slices,
+spacing {' × '.join(f'{s:.3g}' for s in report['input']['spacing_mm'])} mm; SHA-256 {report['input']['sha256'][:16]}…)<br>
+<b>Model</b> {esc(str(model.get('name')))} ({esc(str(model.get('task')))}, recipe {esc(str(model.get('recipe')))}, covseg
+{esc(str(model.get('covseg')))}) · {esc(str(model.get('backend')))} · {report['seconds']['total']:.1f} s</p>
+<h2>Figures</h2>
+<table><tr><th></th><th>lung volume</th>{''.join(f'<th>{esc(n)}</th>' for n in names)}<th>all lesions</th>
+<th>severity (0–5)</th></tr>{''.join(rows)}</table>
+<p class="note">Severity per lung: 0 none, 1 &lt;5 %, 2 5–25 %, 3 26–49 %, 4 50–75 %, 5 &gt;75 % of that lung's volume.
+Lung = HU-based lung mask plus every lesion voxel the model found. Research use only, not a diagnostic device.</p>
+<img alt="bar chart" src="{_bar_chart(figures, names)}">
+<h2>Axial slices with the most lesion</h2><img alt="axial montage" src="{_png_uri(axial_montage(grey, lesions, scheme))}">
+<h2>Coronal reformat</h2><img alt="coronal view" src="{_png_uri(coronal_view(grey, lesions, lungs, scheme, spacing))}">
+<h2>Warnings</h2><ul>{warnings}</ul>
+</body></html>
+"""

@@ -1,0 +1,109 @@
+"""Whole CT scans: lung mask, slice-by-slice lesion segmentation, clean-up and quantification.
+
+Shapes follow :mod:`covseg.volumes`: ``(Z, Y, X)`` arrays in the canonical orientation, ``spacing`` in mm.
+Each slice is prepared the way the COVID-SemiSeg training slices were made: HU through the lung window to
+[0, 1], cropped to the bounding box of the slice's lungs plus a margin, resized to the model's input by the
+:class:`~covseg.inference.Predictor`, and the prediction pasted back. Slices without lung are skipped.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from covseg.inference import Predictor
+from covseg.intensity import LUNG_WINDOW, window_hu
+from covseg.labels import LabelScheme
+from covseg.lungmask import check_lung_mask, lung_mask
+from covseg.quantify import quantify, remove_small_components, restrict_to_lungs
+from covseg.volumes import Volume
+
+__all__ = ["ScanOptions", "ScanResult", "segment_scan", "lung_crop_boxes", "grey_to_hu"]
+
+
+@dataclass
+class ScanOptions:
+    """Settings of :func:`segment_scan` (defaults are documented in the README)."""
+
+    margin_mm: float = 10.0  # margin around each slice's lung bounding box
+    inside_lungs_only: bool = True  # drop lesion voxels outside the (closed) lung mask
+    min_lesion_ml: float = 0.05  # remove 3-D lesion components smaller than this (0 keeps all)
+    window: tuple[float, float] = LUNG_WINDOW
+
+
+@dataclass
+class ScanResult:
+    """Label maps in canonical orientation, quantification and timings of one scan."""
+
+    lesions: np.ndarray  # (Z, Y, X) uint8, class ids of the model's scheme
+    lungs: np.ndarray  # (Z, Y, X) uint8, 1 right lung, 2 left lung
+    figures: dict[str, Any]
+    slices_segmented: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def grey_to_hu(grey: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
+    """Invert lung-window 8-bit display values (0..255) to approximate HU (for image stacks)."""
+    level, width = window
+    return np.asarray(grey, np.float32) / 255.0 * width + (level - width / 2)
+
+
+def lung_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], margin_mm: float
+                    ) -> list[tuple[int, int, int, int] | None]:
+    """Per slice, ``(y0, y1, x0, x1)`` of the lungs' bounding box grown by ``margin_mm``; None without lung."""
+    boxes: list[tuple[int, int, int, int] | None] = []
+    _, h, w = lungs.shape
+    my, mx = int(round(margin_mm / spacing[1])), int(round(margin_mm / spacing[2]))
+    for plane in lungs:
+        rows, cols = np.flatnonzero(plane.any(1)), np.flatnonzero(plane.any(0))
+        if rows.size == 0:
+            boxes.append(None)
+            continue
+        boxes.append((max(rows[0] - my, 0), min(rows[-1] + 1 + my, h), max(cols[0] - mx, 0), min(cols[-1] + 1 + mx, w)))
+    return boxes
+
+
+def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, options: ScanOptions | None = None,
+                 progress: bool = True) -> ScanResult:
+    """Lungs, lesions and lung-involvement figures of one scan."""
+    options = options or ScanOptions()
+    seconds: dict[str, float] = {}
+    tick = time.perf_counter()
+    hu = volume.hu if volume.is_hu else grey_to_hu(volume.hu, options.window)
+    lungs = lung_mask(hu, volume.spacing).astype(np.uint8)
+    warnings = list(volume.warnings) + check_lung_mask(lungs, volume.spacing)
+    seconds["lungs"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    boxes = lung_crop_boxes(lungs, volume.spacing, options.margin_mm)
+    todo = [z for z, box in enumerate(boxes) if box is not None]
+    lesions = np.zeros(volume.shape, np.uint8)
+    bar = tqdm(total=len(todo), desc="lesions", unit="slice", disable=not progress, dynamic_ncols=True)
+    step = predictor.batch_size
+    for start in range(0, len(todo), step):
+        chunk = todo[start:start + step]
+        crops = []
+        for z in chunk:
+            y0, y1, x0, x1 = boxes[z]
+            crops.append(window_hu(hu[z, y0:y1, x0:x1], *options.window))
+        for z, probs in zip(chunk, predictor(crops)):
+            y0, y1, x0, x1 = boxes[z]
+            lesions[z, y0:y1, x0:x1] = probs.argmax(0)
+        bar.update(len(chunk))
+    bar.close()
+    seconds["lesions"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    if options.inside_lungs_only:
+        lesions = restrict_to_lungs(lesions, lungs).astype(np.uint8)
+    if options.min_lesion_ml > 0:
+        lesions = remove_small_components(lesions, volume.spacing, options.min_lesion_ml).astype(np.uint8)
+    figures = quantify(lesions, lungs, volume.spacing, dict(enumerate(scheme.names)))
+    seconds["quantify"] = time.perf_counter() - tick
+    if not lungs.any():
+        warnings.append("no lung found: is this a chest CT in HU? lesion figures are not meaningful")
+    return ScanResult(lesions, lungs, figures, len(todo), seconds, warnings)

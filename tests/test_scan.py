@@ -1,0 +1,135 @@
+"""Whole-scan prediction: phantom NIfTI and DICOM series in, lesion/lung maps and reports out."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from covseg import report_html
+from covseg.cli import main
+from covseg.scan import grey_to_hu, lung_crop_boxes
+
+from conftest import REAL_SEMISEG  # noqa: F401  (keeps the shared-data convention in one place)
+from test_lungmask import chest_phantom
+from test_volumes import write_dicom_series
+
+DICOM_2SLICES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "dicom-ct-2slices"
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> tuple[Path, dict, np.ndarray]:
+    hu, parts = chest_phantom(shape=(24, 128, 128), spacing=(2.5, 0.9, 0.9))
+    path = tmp_path_factory.mktemp("phantom") / "chest.nii.gz"
+    affine = np.diag([-0.9, -0.9, 2.5, 1.0])  # stored (x, y, z) with axis codes L, P, S
+    nib.save(nib.Nifti1Image(np.transpose(hu, (2, 1, 0)).astype(np.int16), affine), str(path))
+    return path, parts, affine
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_nifti_scan_outputs_overlay_the_input(phantom, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    path, parts, affine = phantom
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "-o", str(out), "--model", str(tiny_run), "--quiet"]) == 0
+    assert "report" in capsys.readouterr().out
+    for name in ("lesions.nii.gz", "lungs.nii.gz", "report.json", "report.html"):
+        assert (out / name).is_file(), name
+    lungs = nib.load(str(out / "lungs.nii.gz"))
+    assert lungs.shape == (128, 128, 24) and np.allclose(lungs.affine, affine)
+    canonical = np.transpose(np.asarray(lungs.dataobj), (2, 1, 0))
+    truth = parts["right"] | parts["left"] if "right" in parts else parts["lungs"]
+    assert _dice(canonical > 0, truth) >= 0.97
+    # right lung (label 1) at low X in canonical order = patient right
+    assert np.mean(np.nonzero(canonical == 1)[2]) < np.mean(np.nonzero(canonical == 2)[2])
+    report = json.loads((out / "report.json").read_text())
+    for side in ("right", "left", "total"):
+        assert {"lung_ml", "lesion_ml", "lesion_percent", "severity", "class_ml", "class_percent"} <= set(report["figures"][side])
+    expected_ml = truth.sum() * 2.5 * 0.9 * 0.9 / 1000
+    assert report["figures"]["total"]["lung_ml"] == pytest.approx(expected_ml, rel=0.05)
+    assert report["model"]["name"] == "unet" and len(report["input"]["sha256"]) == 64
+    assert report["seconds"]["total"] > 0
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "http://" not in page and "https://" not in page
+
+
+def test_dicom_series_scan(tiny_run: Path, tmp_path: Path) -> None:
+    hu, _ = chest_phantom(shape=(12, 96, 96), spacing=(2.5, 0.8, 0.8))
+    write_dicom_series(tmp_path / "series", hu)
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "series"), "-o", str(out), "--model", str(tiny_run), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["input"]["kind"] == "dicom" and report["input"]["shape"][0] == 12
+    assert nib.load(str(out / "lesions.nii.gz")).shape[2] == 12
+
+
+def test_real_two_slice_dicom_scan(tiny_run: Path, tmp_path: Path) -> None:
+    if not DICOM_2SLICES.is_dir():
+        pytest.skip("shared DICOM series not present")
+    out = tmp_path / "out"
+    assert main(["predict", str(DICOM_2SLICES), "-o", str(out), "--model", str(tiny_run), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    # two 512x512 slices of 0.625 mm pixels: both lungs, a plausible slab volume
+    assert report["figures"]["right"]["lung_ml"] > 1 and report["figures"]["left"]["lung_ml"] > 1
+    assert report["slices_segmented"] == 2
+
+
+def test_failure_leaves_nothing_under_out(phantom, tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    path, _, _ = phantom
+
+    def broken(*args, **kwargs):
+        from covseg.errors import CovsegError
+        raise CovsegError("simulated failure while drawing the report")
+
+    monkeypatch.setattr(report_html, "render_report", broken)
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "-o", str(out), "--model", str(tiny_run), "--quiet"]) == 2
+    assert not out.exists() or not any(out.iterdir())
+    assert not list(tmp_path.glob(".out.*"))
+
+
+@pytest.mark.parametrize("case", ["single_slice_dicom", "truncated_nifti"])
+def test_bad_scans(case: str, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    if case == "single_slice_dicom":
+        hu, _ = chest_phantom(shape=(1, 64, 64), spacing=(2.5, 0.8, 0.8))
+        write_dicom_series(tmp_path / "one", hu)
+        target = tmp_path / "one"
+    elif case == "truncated_nifti":
+        hu, _ = chest_phantom(shape=(8, 64, 64), spacing=(2.5, 0.8, 0.8))
+        full = tmp_path / "full.nii"
+        nib.save(nib.Nifti1Image(hu.astype(np.int16), np.eye(4)), str(full))
+        target = tmp_path / "cut.nii"
+        target.write_bytes(full.read_bytes()[:5000])
+    assert main(["predict", str(target), "-o", str(tmp_path / "o"), "--model", str(tiny_run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("covseg: error:")
+    assert not (tmp_path / "o").exists()
+
+
+def test_image_folder_is_a_scan_only_with_spacing(tiny_run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    hu, _ = chest_phantom(shape=(6, 64, 64), spacing=(2.5, 0.8, 0.8))
+    grey = np.clip((hu + 1350) / 1500 * 255, 0, 255).astype(np.uint8)  # lung-window 8-bit slices
+    (tmp_path / "stack").mkdir()
+    for z, plane in enumerate(grey):
+        Image.fromarray(plane).save(tmp_path / "stack" / f"{z}.png")
+    assert main(["predict", str(tmp_path / "stack"), "-o", str(tmp_path / "scan"), "--model", str(tiny_run),
+                 "--spacing", "2.5", "0.8", "0.8", "--quiet"]) == 0
+    report = json.loads((tmp_path / "scan" / "report.json").read_text())
+    assert report["input"]["kind"] == "images" and report["figures"]["total"]["lung_ml"] > 0
+    assert main(["predict", str(tmp_path / "stack"), "-o", str(tmp_path / "slices"), "--model", str(tiny_run),
+                 "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "slices").glob("*.png")) == [f"{z}.png" for z in range(6)]
+
+
+def test_crop_boxes_and_grey_to_hu() -> None:
+    lungs = np.zeros((2, 20, 20), np.uint8)
+    lungs[1, 5:8, 4:15] = 1
+    boxes = lung_crop_boxes(lungs, (1.0, 1.0, 1.0), margin_mm=2.0)
+    assert boxes == [None, (3, 10, 2, 17)]
+    assert grey_to_hu(np.array([0.0, 255.0])).tolist() == pytest.approx([-1350.0, 150.0])
