@@ -142,6 +142,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
     from covseg.run import read_run_config, read_run_info, train_run
+    from covseg.runtime import close_distributed, init_distributed, resolve_device
 
     if args.resume:
         if args.output and args.output != args.resume:
@@ -158,8 +159,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data = args.data or _default_data()
         run_dir, resume = args.output, False
     samples = load_dataset(data, config.data.task, split="train")
-    result = train_run(config, samples, run_dir, data, resume=resume, force=args.force,
-                       progress=not args.quiet, log=_log)
+    dist, device = init_distributed(resolve_device(config.train.device))
+    try:
+        result = train_run(config, samples, run_dir, data, resume=resume, force=args.force,
+                           progress=not args.quiet, log=_log, dist=dist, device=device)
+    finally:
+        close_distributed()
+    if not dist.is_main:
+        return 0
     if result.interrupted:
         return 130
     best = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"

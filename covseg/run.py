@@ -38,7 +38,7 @@ from covseg.figures import plot_curves
 from covseg.labels import get_scheme
 from covseg.losses import create_loss, median_frequency_weights
 from covseg.models import check_input_size
-from covseg.runtime import resolve_device, resolve_precision
+from covseg.runtime import DistContext, resolve_device, resolve_precision
 from covseg.splits import kfold, make_split, parse_split_name, save_split
 from covseg.training import make_optimizer, train_one_epoch, validate
 from covseg.transforms import stack_resized
@@ -113,18 +113,27 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
 
 def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path: str = "",
               resume: bool = False, force: bool = False, progress: bool = True,
-              log=print) -> RunResult:
+              log=print, dist: DistContext = DistContext(), device: torch.device | None = None) -> RunResult:
     """Train ``config`` on ``samples`` into ``run_dir`` (new, or continued from ``last.pt`` with ``resume``).
 
     ``samples`` must carry masks in the config's label scheme. Ctrl-C ends the run after saving; the
-    result then has ``interrupted=True``.
+    result then has ``interrupted=True``. Under ``torchrun`` pass the :class:`DistContext` (and device) from
+    :func:`covseg.runtime.init_distributed`: the model is wrapped in DistributedDataParallel, each process
+    trains on its share of every global batch, and only rank 0 writes files, logs and shows progress.
     """
+    import torch.distributed as torch_dist
+
     run_dir = Path(run_dir)
+    if not dist.is_main:
+        progress = False
+        log = lambda message: None  # noqa: E731
     d, t = config.data, config.train
     scheme = get_scheme(d.task)
     check_input_size(d.input_size, d.input_size, config.model.depth, config.model.name)
-    if not resume:
+    if not resume and dist.is_main:
         _prepare_folder(run_dir, config, samples, data_path, force)
+    if dist.enabled:
+        torch_dist.barrier()
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     weights = np.array(list(json.loads((run_dir / "class_weights.json").read_text())["weights"].values()))
     log("class weights (median frequency): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(scheme.names, weights)))
@@ -143,24 +152,30 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
 
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
+    device = device or resolve_device(t.device)
     dtype = resolve_precision(t.precision, device)
     torch.manual_seed(t.seed)
-    model = build_model(config).to(device).to(memory_format=torch.channels_last)
+    core = build_model(config).to(device).to(memory_format=torch.channels_last)
+    model = core
+    if dist.enabled:
+        if device.type == "cuda":
+            core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
+        model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, t)
     loss_fn = create_loss(t.loss, weights).to(device)
     history: list[dict[str, float]] = []
     best: float | None = None
     if resume:
         state = read_checkpoint(run_dir / "last.pt")
-        model.load_state_dict(state["model"])
+        core.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = list(state.get("history", []))
         best = state.get("best")
     start = len(history)
-    log(f"training {config.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters) "
+    log(f"training {config.model.name} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M parameters) "
         f"on {len(train)} images, validating on {len(val)}, {d.input_size}x{d.input_size}, "
-        f"{device.type} {str(dtype).removeprefix('torch.')}, epochs {start + 1}..{t.epochs}")
+        f"{device.type} {str(dtype).removeprefix('torch.')}, epochs {start + 1}..{t.epochs}"
+        + (f", {dist.world_size} processes" if dist.enabled else ""))
     began = time.perf_counter()
     bar = tqdm(range(start, t.epochs), desc="train", unit="epoch", disable=not progress,
                initial=start, total=t.epochs, dynamic_ncols=True)
@@ -169,9 +184,9 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     try:
         for epoch in bar:
             tick = time.perf_counter()
-            fit = train_one_epoch(model, loss_fn, optimizer, train_x, train_y, t, epoch, device, dtype)
+            fit = train_one_epoch(model, loss_fn, optimizer, train_x, train_y, t, epoch, device, dtype, dist)
             if val_x is not None:
-                res = validate(model, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype)
+                res = validate(core, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype)
             else:
                 res = type(fit)(float("nan"), float("nan"), float("nan"))
             row = {"epoch": epoch + 1, "train_loss": fit.loss, "train_acc": fit.accuracy,
@@ -182,10 +197,12 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
             is_best = score is not None and (best is None or score > best)
             if is_best:
                 best = score
-                save_checkpoint(run_dir / "best.pt", model, config, epoch + 1, score)
-            save_checkpoint(run_dir / "last.pt", model, config, epoch + 1, score,
-                            optimizer=optimizer.state_dict(), history=history, best=best)
-            _write_history(run_dir, history)
+            if dist.is_main:
+                if is_best:
+                    save_checkpoint(run_dir / "best.pt", core, config, epoch + 1, score)
+                save_checkpoint(run_dir / "last.pt", core, config, epoch + 1, score,
+                                optimizer=optimizer.state_dict(), history=history, best=best)
+                _write_history(run_dir, history)
             bar.set_postfix(loss=f"{fit.loss:.3f}", val_dice=f"{res.dice:.3f}")
         epoch = t.epochs
     except KeyboardInterrupt:
@@ -194,9 +211,9 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         log(f"interrupted: {epoch} of {t.epochs} epochs saved; continue with covseg train --resume {run_dir}")
     finally:
         bar.close()
-    if history:
+    if history and dist.is_main:
         plot_curves(history, run_dir / "curves.png", title=f"{config.model.name} · {d.task} · {d.split}")
-    if val_x is None and not interrupted and (run_dir / "last.pt").exists():
+    if val_x is None and not interrupted and dist.is_main and (run_dir / "last.pt").exists():
         # No validation images: the last epoch's weights are the ones to use.
-        save_checkpoint(run_dir / "best.pt", model, config, len(history), None)
+        save_checkpoint(run_dir / "best.pt", core, config, len(history), None)
     return RunResult(run_dir, len(history), t.epochs, best, interrupted, time.perf_counter() - began)

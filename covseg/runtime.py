@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
 from covseg.errors import CovsegError
 
-__all__ = ["resolve_device", "cpu_supports_bf16", "resolve_precision", "autocast"]
+__all__ = ["resolve_device", "cpu_supports_bf16", "resolve_precision", "autocast", "DistContext",
+           "init_distributed", "close_distributed"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,3 +57,51 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a data-parallel job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files, logs and shows progress."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
+    """Join the process group that ``torchrun`` describes (``WORLD_SIZE``/``RANK``/``LOCAL_RANK``).
+
+    Without ``torchrun`` (or with one process) nothing happens. Backend: NCCL on CUDA (each process on
+    ``cuda:LOCAL_RANK``), gloo on CPU. Returns the context and the device this process uses.
+    """
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext(), device
+    if not dist.is_available():
+        raise CovsegError("this PyTorch build has no torch.distributed; train with one process")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistContext(dist.get_rank(), dist.get_world_size()), device
+
+
+def close_distributed() -> None:
+    """Leave the process group, if one was joined."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -16,7 +16,7 @@ from torch import nn
 from covseg.config import TrainConfig
 from covseg.errors import CovsegError
 from covseg.metrics import aggregate_per_image, confusion_matrix
-from covseg.runtime import autocast
+from covseg.runtime import DistContext, autocast
 from covseg.transforms import augment_batch
 
 __all__ = ["EpochResult", "lr_factor", "make_optimizer", "epoch_generator", "train_one_epoch", "validate",
@@ -77,8 +77,15 @@ def train_one_epoch(
     epoch: int,
     device: torch.device,
     dtype: torch.dtype,
+    dist: DistContext = DistContext(),
 ) -> EpochResult:
-    """One pass over shuffled, augmented batches; updates the learning rate every step."""
+    """One pass over shuffled, augmented batches; updates the learning rate every step.
+
+    Data-parallel (``dist.world_size`` > 1, ``model`` wrapped in DistributedDataParallel): every process
+    draws the same global batch and augmentation, then trains on its contiguous share of it; DDP averages
+    the gradients, so with a per-sample-mean loss the update equals the single-process one. The returned
+    loss and accuracy are summed over all processes.
+    """
     model.train()
     generator = epoch_generator(cfg.seed, epoch)
     order = torch.randperm(images.shape[0], generator=generator)
@@ -88,6 +95,10 @@ def train_one_epoch(
     for step in range(steps):
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x, y = augment_batch(images[index], masks[index], cfg.augment, generator)
+        if dist.enabled:
+            if x.shape[0] < dist.world_size:  # a last batch too small to give every process a sample
+                continue
+            x, y = x.tensor_split(dist.world_size)[dist.rank], y.tensor_split(dist.world_size)[dist.rank]
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         y = y.to(device)
         for group in optimizer.param_groups:
@@ -100,9 +111,15 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(index)
+        loss_sum += loss.item() * x.shape[0]
         correct += int((logits.argmax(1) == y).sum())
         pixels += y.numel()
+    if dist.enabled:
+        import torch.distributed as torch_dist
+
+        totals = torch.tensor([loss_sum, correct, pixels], dtype=torch.float64, device=device)
+        torch_dist.all_reduce(totals)
+        loss_sum, correct, pixels = totals.tolist()
     return EpochResult(loss_sum / images.shape[0], correct / pixels)
 
 
