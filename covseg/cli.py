@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scans: remove lesion components smaller than this volume (default 0.05 mL; 0 keeps all)")
     _add_inference_options(p)
 
+    sub.add_parser("bench", help="speed/memory benchmark (covseg bench --help)", add_help=False)
+
     p = sub.add_parser("export", help="export a trained model to ONNX")
     p.add_argument("model", type=Path, help="run folder or checkpoint file")
     p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
@@ -266,6 +268,11 @@ COMMANDS = {"download": _cmd_download, "train": _cmd_train, "evaluate": _cmd_eva
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the benchmark has its own options (see covseg/bench.py)
+        from covseg.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

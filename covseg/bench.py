@@ -1,0 +1,261 @@
+"""Speed and memory benchmark: inference ms/slice, training images/s, GFLOP/s and peak memory per path.
+
+Each (model, path) pair is measured in a fresh subprocess so that its peak resident memory is its own.
+Paths:
+
+* ``fp32-naive``  — default (contiguous) memory format, fp32, ``torch.no_grad`` only;
+* ``fp32-cl``     — channels-last fp32 under ``torch.inference_mode``;
+* ``covseg``      — what covseg uses: channels-last, bf16 autocast where the CPU has native bf16, else fp32;
+* ``onnxruntime`` — the model exported by :func:`covseg.export.export_onnx`'s exporter, CPU provider.
+
+Models: covseg U-Net of widths 16 (the default recipe), 32 and 64, SegNet (width 64, depth 5) and, as
+the peer, MONAI's ``BasicUNet`` with the same feature widths, batch norm and ReLU (``monai-unet32`` …).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["build_bench_model", "measure", "main"]
+
+PATHS = ("fp32-naive", "fp32-cl", "covseg", "onnxruntime")
+MODELS = ("unet16", "unet32", "unet64", "segnet", "monai-unet32", "monai-unet64")
+
+
+def build_bench_model(name: str) -> nn.Module:
+    """A model by benchmark name (binary output, 1 input channel), in eval mode."""
+    from covseg.models import create_model
+
+    if name.startswith("unet"):
+        return create_model("unet", num_classes=2, width=int(name[4:]), depth=4).eval()
+    if name == "segnet":
+        return create_model("segnet", num_classes=2, width=64, depth=5).eval()
+    if name.startswith("monai-unet"):
+        from monai.networks.nets import BasicUNet
+
+        w = int(name[len("monai-unet"):])
+        return BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(w, 2 * w, 4 * w, 8 * w, 16 * w, w),
+                         act="relu", norm="batch").eval()
+    raise ValueError(f"unknown benchmark model {name!r}")
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up (allocations, oneDNN kernel selection)
+    times = []
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tick)
+    return statistics.median(times)
+
+
+def _flops(model: nn.Module, size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.rand(1, 1, size, size))
+    return float(counter.get_total_flops())
+
+
+def measure(model_name: str, path: str, size: int, repeats: int, train_steps: int) -> dict[str, Any]:
+    """Inference (batch 1 and 8) and training figures of one model on one path, in this process."""
+    from covseg.runtime import autocast, cpu_supports_bf16
+
+    torch.manual_seed(0)
+    model = build_bench_model(model_name)
+    out: dict[str, Any] = {"model": model_name, "path": path,
+                           "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                           "gflop_per_slice": _flops(model, size) / 1e9}
+    dtype = torch.bfloat16 if (path == "covseg" and cpu_supports_bf16()) else torch.float32
+    out["dtype"] = str(dtype).removeprefix("torch.")
+    channels_last = path in ("fp32-cl", "covseg")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    device = torch.device("cpu")
+
+    if path == "onnxruntime":
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            file = Path(tmp) / "m.onnx"
+            torch.onnx.export(model, (torch.rand(1, 1, size, size),), str(file), dynamo=False,
+                              input_names=["image"], output_names=["logits"], opset_version=17,
+                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+            session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+
+        def infer(batch: int):
+            x = torch.rand(batch, 1, size, size).numpy()
+            return lambda: session.run(None, {"image": x})
+    else:
+        def infer(batch: int):
+            x = torch.rand(batch, 1, size, size)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+
+            def run():
+                context = torch.inference_mode() if path != "fp32-naive" else torch.no_grad()
+                with context, autocast(device, dtype):
+                    model(x)
+            return run
+
+    for batch in (1, 8):
+        seconds = _median_seconds(infer(batch), repeats)
+        out[f"infer_ms_b{batch}"] = 1000 * seconds / batch
+    out["gflops_per_s_b8"] = out["gflop_per_slice"] / (out["infer_ms_b8"] / 1000)
+
+    if path != "onnxruntime" and train_steps > 0:
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+        batch = 4
+        x = torch.rand(batch, 1, size, size)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 2, (batch, size, size))
+
+        def step():
+            with autocast(device, dtype):
+                logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        out["train_img_s"] = batch / _median_seconds(step, train_steps)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _scan_benchmark(slices: int, size: int, model_path: str | None) -> dict[str, Any]:
+    """Inference-only figures for a ``slices`` x ``size`` x ``size`` scan with the default model and path."""
+    from covseg.config import load_recipe
+    from covseg.checkpoint import build_model, load_model
+    from covseg.inference import Predictor, TorchBackend
+    from covseg.runtime import resolve_precision
+
+    if model_path:
+        model, config, _ = load_model(model_path)
+    else:
+        config = load_recipe("default")
+        model = build_model(config)
+    device = torch.device("cpu")
+    predictor = Predictor(TorchBackend(model, device, resolve_precision("auto", device)), config.data.input_size, 8)
+    images = [torch.rand(size, size).numpy() for _ in range(slices)]
+    tick = time.perf_counter()
+    for _ in predictor(images):
+        pass
+    seconds = time.perf_counter() - tick
+    return {"slices": slices, "seconds": seconds, "slices_per_s": slices / seconds,
+            "backend": predictor.backend.description, "input_size": config.data.input_size,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    by = {(r["model"], r["path"]): r for r in rows}
+    lines = ["| model | path | dtype | infer ms/slice b1 | infer ms/slice b8 | train img/s | GFLOP/s (b8) | "
+             "peak RSS MB | × fp32-naive (b8 / train) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = by.get((r["model"], "fp32-naive"))
+        speed = (f"{base['infer_ms_b8'] / r['infer_ms_b8']:.1f}× / "
+                 + (f"{r['train_img_s'] / base['train_img_s']:.1f}×" if "train_img_s" in r and "train_img_s" in base else "–")
+                 if base else "–")
+        train = f"{r['train_img_s']:.2f}" if "train_img_s" in r else "–"
+        lines.append(f"| {r['model']} | {r['path']} | {r['dtype']} | {r['infer_ms_b1']:.1f} | {r['infer_ms_b8']:.1f} | "
+                     f"{train} | {r['gflops_per_s_b8']:.0f} | {r['peak_rss_mb']:.0f} | {speed} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; prints the table and writes it to ``--out``."""
+    parser = argparse.ArgumentParser(prog="covseg bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="unet16,unet32,unet64,segnet,monai-unet32,monai-unet64")
+    parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=10, help="timed inference runs per figure (median)")
+    parser.add_argument("--train-steps", type=int, default=5, help="timed training steps per figure (median)")
+    parser.add_argument("--scan-slices", type=int, default=300)
+    parser.add_argument("--model", help="run folder whose model the scan benchmark uses (default: untrained default)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--scan-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(torch.get_num_threads())
+    if args.one:
+        print(json.dumps(measure(args.one[0], args.one[1], args.size, args.repeats, args.train_steps)))
+        return 0
+    if args.scan_only:
+        print(json.dumps(_scan_benchmark(args.scan_slices, args.size, args.model)))
+        return 0
+
+    def child(extra: list[str]) -> dict[str, Any]:
+        cmd = [sys.executable, "-m", "covseg.bench", "--size", str(args.size), "--repeats", str(args.repeats),
+               "--train-steps", str(args.train_steps), "--scan-slices", str(args.scan_slices), *extra]
+        if args.model:
+            cmd += ["--model", args.model]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"benchmark step {extra} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    rows = []
+    for model in args.models.split(","):
+        for path in args.paths.split(","):
+            row = child(["--one", model, path])
+            rows.append(row)
+            print(f"{model:13s} {path:12s} b1 {row['infer_ms_b1']:8.1f} ms  b8 {row['infer_ms_b8']:8.1f} ms/slice  "
+                  f"train {row.get('train_img_s', float('nan')):6.2f} img/s  {row['peak_rss_mb']:6.0f} MB", flush=True)
+    scan = child(["--scan-only"]) if args.scan_slices else None
+    lines = [f"# covseg benchmark", "", f"{time.strftime('%Y-%m-%d')} · {_cpu_model()} · {torch.get_num_threads()} "
+             f"threads · torch {torch.__version__} · {args.size}×{args.size} · inference median of {args.repeats} "
+             f"runs, training median of {args.train_steps} steps (batch 4, AdamW)", "",
+             f"Command: `python benchmarks/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
+    lines += _table(rows)
+    peers = [(r, next((p for p in rows if p["model"] == "monai-" + r["model"] and p["path"] == r["path"]), None))
+             for r in rows if r["model"] in ("unet32", "unet64")]
+    pairs = [(r, p) for r, p in peers if p]
+    if pairs:
+        lines += ["", "covseg U-Net vs MONAI BasicUNet of matched width (same path; >1 = covseg faster):", "",
+                  "| width | path | inference b8 | training |", "|---|---|---|---|"]
+        for r, p in pairs:
+            train = f"{r['train_img_s'] / p['train_img_s']:.2f}×" if "train_img_s" in r and "train_img_s" in p else "–"
+            lines.append(f"| {r['model'][4:]} | {r['path']} | {p['infer_ms_b8'] / r['infer_ms_b8']:.2f}× | {train} |")
+    if scan:
+        lines += ["", f"Scan (inference only, default recipe model, {scan['backend']}, input {scan['input_size']}): "
+                  f"{scan['slices']} slices of {args.size}×{args.size} in {scan['seconds']:.1f} s "
+                  f"({scan['slices_per_s']:.1f} slices/s), peak RSS {scan['peak_rss_mb']:.0f} MB."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from covseg.fileio import atomic_write_text
+
+    atomic_write_text(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

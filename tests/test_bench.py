@@ -1,0 +1,31 @@
+"""The benchmark runs end to end on a tiny size and writes its table (speed targets live in RESULTS.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from covseg.bench import build_bench_model, main, measure
+
+
+def test_measure_reports_every_figure() -> None:
+    row = measure("unet16", "covseg", size=32, repeats=1, train_steps=1)
+    for key in ("infer_ms_b1", "infer_ms_b8", "train_img_s", "gflop_per_slice", "gflops_per_s_b8", "peak_rss_mb"):
+        assert row[key] > 0, key
+    # FLOPs of the default U-Net scale with the pixel count
+    assert measure("unet16", "fp32-naive", size=64, repeats=1, train_steps=0)["gflop_per_slice"] == pytest.approx(
+        4 * row["gflop_per_slice"], rel=1e-6)
+
+
+def test_bench_main_writes_results(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "RESULTS.md"
+    assert main(["--models", "unet16", "--paths", "fp32-naive,covseg,onnxruntime", "--size", "32", "--repeats", "1",
+                 "--train-steps", "1", "--scan-slices", "3", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| unet16 | covseg |" in text and "| unet16 | onnxruntime |" in text and "Scan (inference only" in text
+
+
+def test_monai_peer_matches_widths() -> None:
+    pytest.importorskip("monai")
+    model = build_bench_model("monai-unet32")
+    assert sum(p.numel() for p in model.parameters()) > 7e6
