@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -164,6 +165,34 @@ def _scan_benchmark(slices: int, size: int, model_path: str | None) -> dict[str,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def _e2e_scan_benchmark(slices: int, size: int, model_path: str | None) -> dict[str, Any]:
+    """``covseg predict`` on a ``slices`` x ``size`` x ``size`` phantom NIfTI: read, lungs, lesions, write, report."""
+    import nibabel as nib
+
+    from covseg.checkpoint import build_model, save_checkpoint
+    from covseg.cli import main as cli_main
+    from covseg.config import load_recipe
+    from covseg.phantom import chest_phantom
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hu, _ = chest_phantom(shape=(slices, size, size), spacing=(1.0, 0.7, 0.7))
+        scan = Path(tmp) / "scan.nii.gz"
+        nib.save(nib.Nifti1Image(np.transpose(hu, (2, 1, 0)).astype(np.int16), np.diag([-0.7, -0.7, 1.0, 1.0])),
+                 str(scan))
+        del hu
+        if not model_path:
+            config = load_recipe("default")
+            model_path = str(Path(tmp) / "untrained.pt")
+            save_checkpoint(Path(model_path), build_model(config), config, 0, None)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        tick = time.perf_counter()
+        status = cli_main(["predict", str(scan), "-o", str(Path(tmp) / "out"), "--model", model_path, "--quiet"])
+        seconds = time.perf_counter() - tick
+        report = json.loads((Path(tmp) / "out" / "report.json").read_text()) if status == 0 else {}
+    return {"slices": slices, "seconds": seconds, "status": status, "stages": report.get("seconds", {}),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": before}
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -203,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--scan-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--e2e-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     if args.one:
@@ -210,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.scan_only:
         print(json.dumps(_scan_benchmark(args.scan_slices, args.size, args.model)))
+        return 0
+    if args.e2e_only:
+        print(json.dumps(_e2e_scan_benchmark(args.scan_slices, args.size, args.model)))
         return 0
 
     def child(extra: list[str]) -> dict[str, Any]:
@@ -230,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model:13s} {path:12s} b1 {row['infer_ms_b1']:8.1f} ms  b8 {row['infer_ms_b8']:8.1f} ms/slice  "
                   f"train {row.get('train_img_s', float('nan')):6.2f} img/s  {row['peak_rss_mb']:6.0f} MB", flush=True)
     scan = child(["--scan-only"]) if args.scan_slices else None
+    e2e = child(["--e2e-only"]) if args.scan_slices else None
     lines = [f"# covseg benchmark", "", f"{time.strftime('%Y-%m-%d')} · {_cpu_model()} · {torch.get_num_threads()} "
              f"threads · torch {torch.__version__} · {args.size}×{args.size} · inference median of {args.repeats} "
              f"runs, training median of {args.train_steps} steps (batch 4, AdamW)", "",
@@ -248,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", f"Scan (inference only, default recipe model, {scan['backend']}, input {scan['input_size']}): "
                   f"{scan['slices']} slices of {args.size}×{args.size} in {scan['seconds']:.1f} s "
                   f"({scan['slices_per_s']:.1f} slices/s), peak RSS {scan['peak_rss_mb']:.0f} MB."]
+    if e2e:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in e2e["stages"].items() if k != "total")
+        lines += ["", f"Scan end to end (`covseg predict scan.nii.gz`, phantom {e2e['slices']}×{args.size}×{args.size}, "
+                  f"exit {e2e['status']}): {e2e['seconds']:.1f} s ({stages}), peak RSS {e2e['peak_rss_mb']:.0f} MB."]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

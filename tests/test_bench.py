@@ -22,7 +22,7 @@ def test_bench_main_writes_results(tmp_path: Path, capsys) -> None:
     assert main(["--models", "unet16", "--paths", "fp32-naive,covseg,onnxruntime", "--size", "32", "--repeats", "1",
                  "--train-steps", "1", "--scan-slices", "3", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| unet16 | covseg |" in text and "| unet16 | onnxruntime |" in text and "Scan (inference only" in text
+    assert "| unet16 | covseg |" in text and "| unet16 | onnxruntime |" in text and "Scan (inference only" in text and "Scan end to end" in text and "exit 0" in text
 
 
 def test_monai_peer_matches_widths() -> None:

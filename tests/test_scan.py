@@ -13,7 +13,7 @@ from covseg.cli import main
 from covseg.scan import grey_to_hu, lung_crop_boxes
 
 from conftest import REAL_SEMISEG  # noqa: F401  (keeps the shared-data convention in one place)
-from test_lungmask import chest_phantom
+from covseg.phantom import chest_phantom
 from test_volumes import write_dicom_series
 
 DICOM_2SLICES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "dicom-ct-2slices"
