@@ -22,9 +22,12 @@ from covseg.figures import plot_comparison
 from covseg.inference import Predictor
 from covseg.predict import open_predictor
 from covseg.labels import get_scheme
-from covseg.run import RunResult, read_run_info, train_run
+from covseg.checkpoint import read_checkpoint
+from covseg.config import config_to_dict
+from covseg.run import read_run_config, read_run_info, train_run
 
-__all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "cross_validate"]
+__all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
+           "cross_validate"]
 
 EVAL_SPLITS = ("heldout", "val", "test", "train", "all")
 
@@ -109,19 +112,17 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     """Train and evaluate each model under identical data, split, seed and budget; one table and figure.
 
     Each model gets ``out_dir/<model>/`` (a full run folder with its ``eval-heldout`` report); the
-    comparison goes to ``out_dir/comparison.md``, ``comparison.json`` and ``comparison.png``.
+    comparison goes to ``out_dir/comparison.md``, ``comparison.json`` and ``comparison.png``. Runs already
+    finished (or interrupted) in ``out_dir`` with the same settings are reused (or resumed); ``force``
+    retrains them from scratch.
     """
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise CovsegError(f"{out_dir}: folder exists; pass --force to overwrite it")
     rows: dict[str, dict[str, Any]] = {}
     for name in models:
         cfg = replace(config, model=replace(config.model, name=name))
         log(f"== {name} ==")
-        result = train_run(cfg, samples, out_dir / name, data, force=force, progress=progress, log=log)
-        if result.interrupted:
-            raise KeyboardInterrupt
+        seconds = train_or_resume(cfg, samples, out_dir / name, data, force, progress, log)
         metrics, _ = evaluate_run(out_dir / name, data, "heldout", None, progress=progress)
-        metrics["train_seconds"] = round(result.seconds, 1)
+        metrics["train_seconds"] = round(seconds, 1)
         rows[name] = metrics
     scheme = get_scheme(config.data.task)
     fg = [n for n in scheme.names[1:] if any(rows[m]["images_with_class"][n] for m in rows)]
@@ -145,6 +146,33 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     return {"models": models, "table": table}
 
 
+def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, data: str, force: bool,
+                    progress: bool, log: Callable[[str], None]) -> float:
+    """Make ``run_dir`` a finished run of ``config``: train it, resume it, or (already finished) keep it.
+
+    A run folder holding other settings is refused unless ``force`` (which retrains from scratch).
+    Returns the run's total training seconds (from its history).
+    """
+    last = run_dir / "last.pt"
+    if force or not last.is_file():
+        result = train_run(config, samples, run_dir, data, force=True, progress=progress, log=log)
+    else:
+        saved = read_run_config(run_dir)
+        if config_to_dict(saved) != config_to_dict(config):
+            raise CovsegError(f"{run_dir}: holds a run with other settings; pass --force to retrain it or use "
+                              "another output folder")
+        done = read_checkpoint(last)["epoch"]
+        if done >= config.train.epochs:
+            log(f"{run_dir}: finished run reused ({done} epochs)")
+            result = None
+        else:
+            result = train_run(config, samples, run_dir, data, resume=True, progress=progress, log=log)
+    if result is not None and result.interrupted:
+        raise KeyboardInterrupt
+    rows = (run_dir / "history.csv").read_text(encoding="utf-8").strip().splitlines()[1:]
+    return sum(float(line.split(",")[-1]) for line in rows)
+
+
 def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
                    progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate fold ``K`` into ``out_dir/fold-K`` for every fold, skipping finished folds.
@@ -158,12 +186,8 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
         cfg = replace(config, data=replace(config.data, split=f"cv:{k}", folds=folds))
         if not metrics_path.is_file():
-            resume = (fold_dir / "last.pt").is_file()
-            log(f"== fold {k} ({'resuming' if resume else 'training'}) ==")
-            result: RunResult = train_run(cfg, samples, fold_dir, data, resume=resume, force=not resume,
-                                          progress=progress, log=log)
-            if result.interrupted:
-                raise KeyboardInterrupt
+            log(f"== fold {k} ==")
+            train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
             evaluate_run(fold_dir, data, "heldout", None, progress=progress)
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
         history = (fold_dir / "history.csv").read_text(encoding="utf-8").strip().splitlines()[1:]

@@ -87,6 +87,13 @@ def test_compare_and_cv(tiny_data: Path, tmp_path: Path, capsys) -> None:
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| metric | unet | segnet |" in table and "mean Dice" in table
     assert (tmp_path / "cmp" / "comparison.png").is_file()
+    # a second compare reuses the finished runs; other settings in the same folder are refused
+    mtime = (tmp_path / "cmp" / "segnet" / "last.pt").stat().st_mtime_ns
+    assert main(["compare", "--models", "unet", "segnet", "--split", "cv:0", "-o", str(tmp_path / "cmp"), *common]) == 0
+    assert (tmp_path / "cmp" / "segnet" / "last.pt").stat().st_mtime_ns == mtime
+    capsys.readouterr()
+    assert main(["compare", "--models", "unet", "--split", "cv:1", "-o", str(tmp_path / "cmp"), *common]) == 2
+    assert "other settings" in capsys.readouterr().err
     assert "name: segnet" in (tmp_path / "cmp" / "segnet" / "config.yaml").read_text()
     assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 0
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
