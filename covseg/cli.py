@@ -30,6 +30,10 @@ def _default_data(dataset: str = "covid-semiseg") -> str:
     return str(root)
 
 
+def _window(config) -> tuple[float, float]:
+    return (config.data.window_level, config.data.window_width)
+
+
 def _recipe_config(args: argparse.Namespace):
     config = load_recipe(args.recipe)
     overrides = list(args.overrides)
@@ -61,6 +65,13 @@ def _add_training_options(p: argparse.ArgumentParser, split: bool = True) -> Non
                    help="recipe overrides, e.g. train.lr=0.001 model.width=32 train.augment.hflip=0.5")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="auto: onnx for a .onnx model file, else torch")
@@ -68,7 +79,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bf16 where the CPU/GPU has native support and it agrees with fp32, else fp32")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--quiet", action="store_true")
 
 
@@ -149,6 +160,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.output and args.output != args.resume:
             raise CovsegError("give either -o RUN_DIR for a new run or --resume RUN_DIR, not both")
+        ignored = [flag for flag, value in (("--recipe", args.recipe != "default"), ("--task", args.task),
+                                            ("--split", args.split), ("--epochs", args.epochs is not None),
+                                            ("--device", args.device), ("--precision", args.precision),
+                                            ("--force", args.force), ("KEY=VALUE", args.overrides)) if value]
+        if ignored:
+            raise CovsegError(f"--resume continues a run with its saved settings; drop {', '.join(ignored)} "
+                              "(or start a new run with -o)")
         if not (args.resume / "last.pt").is_file():
             raise CovsegError(f"{args.resume}: nothing to resume (no last.pt); start it again with -o")
         config = read_run_config(args.resume)
@@ -160,7 +178,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = _recipe_config(args)
         data = args.data or _default_data()
         run_dir, resume = args.output, False
-    samples = load_dataset(data, config.data.task, split="train")
+    samples = load_dataset(data, config.data.task, split="train", window=_window(config))
     dist, device = init_distributed(resolve_device(config.train.device))
     try:
         result = train_run(config, samples, run_dir, data, resume=resume, force=args.force,
@@ -203,7 +221,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     config = _recipe_config(args)
     data = args.data or _default_data()
-    samples = load_dataset(data, config.data.task, split="train")
+    samples = load_dataset(data, config.data.task, split="train", window=_window(config))
     compare_models(args.models, config, samples, data, args.output, args.force, not args.quiet, _log)
     print((args.output / "comparison.md").read_text(encoding="utf-8"))
     return 0
@@ -215,7 +233,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
     config = _recipe_config(args)
     data = args.data or _default_data()
-    samples = load_dataset(data, config.data.task, split="train")
+    samples = load_dataset(data, config.data.task, split="train", window=_window(config))
     cross_validate(config, samples, data, args.output, args.folds, not args.quiet, _log)
     print((args.output / "cv.md").read_text(encoding="utf-8"))
     return 0
@@ -235,7 +253,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor, config, info = open_predictor(args.model, args.task, "best", args.backend, args.device,
                                              args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)
-    options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, min_lesion_ml=args.min_lesion_ml)
+    options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, min_lesion_ml=args.min_lesion_ml,
+                          window=_window(config))
     for scan in scans:
         out = args.output if len(scans) == 1 and not files else args.output / output_stem(scan)
         report = predict_scan(scan, predictor, scheme, out, info, options, args.series, args.spacing,
@@ -247,8 +266,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for warning in report["warnings"]:
             print(f"covseg: warning: {warning}", file=sys.stderr)
     if files:
-        summary = predict_files(predictor, scheme, files, args.output, info,
-                                overlays=not args.no_overlays, progress=not args.quiet)
+        summary = predict_files(predictor, scheme, files, args.output, info, overlays=not args.no_overlays,
+                                progress=not args.quiet, window=_window(config))
         print(f"wrote {len(summary['images'])} label maps to {args.output}")
     return 0
 
@@ -278,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except CovsegError as err:
         print(f"covseg: error: {' '.join(str(err).split())}", file=sys.stderr)  # always one line
+        return 2
+    except OSError as err:  # a file system refusal on a path the user gave (exists, is a folder, no space, …)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"covseg: error: {where}{err.strerror or err}; check the path and permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("covseg: interrupted", file=sys.stderr)

@@ -168,9 +168,35 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     return value
 
 
+_CHOICES = {
+    ("data", "task"): ("binary", "multiclass"),
+    ("train", "optimizer"): ("adam", "adamw", "sgd"),
+    ("train", "schedule"): ("constant", "cosine", "onecycle"),
+    ("train", "precision"): ("auto", "fp32", "bf16"),
+    ("train", "device"): ("cpu", "cuda", "auto"),
+}
+_POSITIVE = {("data", "input_size"), ("data", "folds"), ("model", "width"), ("model", "depth"),
+             ("train", "epochs"), ("train", "batch_size"), ("train", "lr")}
+
+
+def _validate(config: RunConfig, source: str) -> None:
+    for (section, key), allowed in _CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in allowed:
+            raise CovsegError(f"{source}: {section}.{key} is {value!r}; use one of {', '.join(allowed)}")
+    for section, key in _POSITIVE:
+        value = getattr(getattr(config, section), key)
+        if not value > 0:
+            raise CovsegError(f"{source}: {section}.{key} must be positive, got {value}")
+    if not 0 <= config.data.val_fraction < 1:
+        raise CovsegError(f"{source}: data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+
+
 def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """Build a :class:`RunConfig` from nested dicts, rejecting unknown keys and wrong types."""
-    return _build(RunConfig, data, source)
+    """Build a :class:`RunConfig` from nested dicts, rejecting unknown keys, wrong types and bad values."""
+    config = _build(RunConfig, data, source)
+    _validate(config, source)
+    return config
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

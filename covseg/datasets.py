@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.intensity import to_unit_range, window_hu
+from covseg.intensity import LUNG_WINDOW, to_unit_range, window_hu
 from covseg.labels import MULTICLASS, LabelScheme, check_labels, get_scheme
 
 __all__ = [
@@ -264,7 +264,7 @@ def _looks_like_hu(data: np.ndarray) -> bool:
 # public readers
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
     """Read one CT slice as ``(H, W)`` float32 in ``[0, 1]``.
 
     * PNG / JPG / JPEG / TIF / TIFF: colour is converted to grey (PIL ``"L"``); 8-bit / 255;
@@ -282,10 +282,10 @@ def read_image(path: str | Path) -> np.ndarray:
     suffix = _suffix(path)
     if suffix in NIFTI_SUFFIXES:
         data = _read_nifti_slice(path)
-        return to_unit_range(data, is_hu=_looks_like_hu(data))
+        return to_unit_range(data, is_hu=_looks_like_hu(data), window=window)
     if suffix in DICOM_SUFFIXES:
         data, is_hu = _read_dicom(path)
-        return to_unit_range(data, is_hu=is_hu)
+        return to_unit_range(data, is_hu=is_hu, window=window)
     data, mode = _read_pil(path, for_mask=False)
     if data.dtype == np.uint8:
         return data.astype(np.float32) / np.float32(255.0)
@@ -293,7 +293,7 @@ def read_image(path: str | Path) -> np.ndarray:
         # 16-bit samples span 0..65535 (PNG semantics; Pillow may load 16-bit PNGs as mode "I")
         return np.clip(data.astype(np.float32) / np.float32(65535.0), 0.0, 1.0)
     data = data.astype(np.float32)
-    return to_unit_range(data, is_hu=_looks_like_hu(data))
+    return to_unit_range(data, is_hu=_looks_like_hu(data), window=window)
 
 
 def _integer_labels(data: np.ndarray, source: str) -> np.ndarray:
@@ -405,7 +405,7 @@ def _check_same_size(image: np.ndarray, mask: np.ndarray, mask_source: str) -> N
         )
 
 
-def _pairs(images_dir: Path, masks_dir: Path, scheme: LabelScheme) -> list[Sample]:
+def _pairs(images_dir: Path, masks_dir: Path, scheme: LabelScheme, window: tuple[float, float] = LUNG_WINDOW) -> list[Sample]:
     images = _by_stem(images_dir, "image")
     masks = _by_stem(masks_dir, "mask")
     for stem, mask_path in masks.items():
@@ -419,7 +419,7 @@ def _pairs(images_dir: Path, masks_dir: Path, scheme: LabelScheme) -> list[Sampl
             raise CovsegError(
                 f"{image_path}: image without a mask (no {stem}.* in {masks_dir}); add the mask or remove the image"
             )
-        image = read_image(image_path)
+        image = read_image(image_path, window)
         mask = read_mask(masks[stem], scheme)
         _check_same_size(image, mask, str(masks[stem]))
         samples.append(Sample(stem, image, mask, str(image_path)))
@@ -445,7 +445,7 @@ def _semiseg_dataset_dir(root: Path) -> Path | None:
     return None
 
 
-def load_covid_semiseg(root: str | Path, task: str, split: str = "train") -> list[Sample]:
+def load_covid_semiseg(root: str | Path, task: str, split: str = "train", window: tuple[float, float] = LUNG_WINDOW) -> list[Sample]:
     """Load COVID-SemiSeg (Inf-Net) slices; ``root`` is the folder holding ``Dataset/`` (or ``Dataset`` itself).
 
     ``split``: ``train`` (50 slices), ``test`` (48, when present) or ``unlabelled`` (1600 pseudo-label
@@ -468,7 +468,7 @@ def load_covid_semiseg(root: str | Path, task: str, split: str = "train") -> lis
         folder = dataset / _SEMISEG_UNLABELLED
         _require_dir(folder, "unlabelled (Pseudo-label/Imgs)")
         return _nonempty(
-            [Sample(_stem(p), read_image(p), None, str(p)) for p in _supported_files(folder)], folder
+            [Sample(_stem(p), read_image(p, window), None, str(p)) for p in _supported_files(folder)], folder
         )
     folder = dataset / _SEMISEG_DIRS[(split, scheme.task)]
     if not folder.is_dir():
@@ -481,7 +481,7 @@ def load_covid_semiseg(root: str | Path, task: str, split: str = "train") -> lis
     images_dir, masks_dir = folder / "Imgs", folder / "GT"
     _require_dir(images_dir, "image (Imgs)")
     _require_dir(masks_dir, "mask (GT)")
-    return _nonempty(_pairs(images_dir, masks_dir, scheme), images_dir)
+    return _nonempty(_pairs(images_dir, masks_dir, scheme, window), images_dir)
 
 
 def _volume(path: Path, what: str) -> np.ndarray:
@@ -495,16 +495,16 @@ def _volume(path: Path, what: str) -> np.ndarray:
     return data
 
 
-def _volume_images(image_path: Path) -> tuple[np.ndarray, list[np.ndarray]]:
+def _volume_images(image_path: Path, window: tuple[float, float] = LUNG_WINDOW) -> tuple[np.ndarray, list[np.ndarray]]:
     volume = _volume(image_path, "image volume")
     is_hu = _looks_like_hu(volume)
     return volume, [
-        to_unit_range(np.ascontiguousarray(volume[:, :, z].T), is_hu=is_hu) for z in range(volume.shape[2])
+        to_unit_range(np.ascontiguousarray(volume[:, :, z].T), is_hu=is_hu, window=window) for z in range(volume.shape[2])
     ]
 
 
 def load_medseg_nifti(
-    image_path: str | Path, mask_path: str | Path | None, task: str
+    image_path: str | Path, mask_path: str | Path | None, task: str, window: tuple[float, float] = LUNG_WINDOW
 ) -> list[Sample]:
     """Load the MedSeg volumes ``tr_im.nii.gz`` (HU, ``(512, 512, N)``) and ``tr_mask.nii.gz``.
 
@@ -515,7 +515,7 @@ def load_medseg_nifti(
     """
     image_path = Path(image_path)
     scheme = get_scheme(task)
-    volume, images = _volume_images(image_path)
+    volume, images = _volume_images(image_path, window)
     stem = _stem(image_path)
     if mask_path is None:
         return _nonempty([Sample(f"{stem}_{z:03d}", im, None, str(image_path)) for z, im in enumerate(images)], image_path)
@@ -544,7 +544,7 @@ def _load_npy(path: Path) -> np.ndarray:
         raise CovsegError(f"{path}: cannot be read as a .npy array ({type(exc).__name__}: {exc}); replace the file") from None
 
 
-def load_medseg_npy(images_path: str | Path, masks_path: str | Path, task: str) -> list[Sample]:
+def load_medseg_npy(images_path: str | Path, masks_path: str | Path, task: str, window: tuple[float, float] = LUNG_WINDOW) -> list[Sample]:
     """Load the Kaggle MedSeg arrays ``images_medseg.npy`` and ``masks_medseg.npy``.
 
     Images: ``(N, H, W, 1)`` (or ``(N, H, W)``) HU -> lung window. Masks: ``(N, H, W, 4)`` one-hot with
@@ -580,12 +580,12 @@ def load_medseg_npy(images_path: str | Path, masks_path: str | Path, task: str) 
         labels = _NPY_CHANNEL_LABELS[np.argmax(onehot, axis=-1)]
         if scheme.task == "binary":
             labels = (labels > 0).astype(np.int64)
-        image = window_hu(np.asarray(images[i], dtype=np.float32))
+        image = window_hu(np.asarray(images[i], dtype=np.float32), *window)
         samples.append(Sample(f"{stem}_{i:03d}", image, labels, str(images_path)))
     return _nonempty(samples, images_path)
 
 
-def load_folder_pairs(images_dir: str | Path, masks_dir: str | Path, task: str) -> list[Sample]:
+def load_folder_pairs(images_dir: str | Path, masks_dir: str | Path, task: str, window: tuple[float, float] = LUNG_WINDOW) -> list[Sample]:
     """Load image/mask pairs matched by stem (``a.jpg`` <-> ``a.png``, any supported formats).
 
     Images as :func:`read_image`, masks as :func:`read_mask`; every image needs a mask of its size
@@ -595,7 +595,7 @@ def load_folder_pairs(images_dir: str | Path, masks_dir: str | Path, task: str) 
     scheme = get_scheme(task)
     _require_dir(images_dir, "image")
     _require_dir(masks_dir, "mask")
-    return _nonempty(_pairs(images_dir, masks_dir, scheme), images_dir)
+    return _nonempty(_pairs(images_dir, masks_dir, scheme, window), images_dir)
 
 
 def _child_dir(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -615,7 +615,7 @@ def _no_split(path: Path, split: str, layout: str) -> None:
         )
 
 
-def load_dataset(path: str | Path, task: str, split: str = "train") -> list[Sample]:
+def load_dataset(path: str | Path, task: str, split: str = "train", window: tuple[float, float] = LUNG_WINDOW) -> list[Sample]:
     """Load the data at ``path``, recognising its layout (see ``_LAYOUTS``); returns samples in file order.
 
     ``split`` is ``train``, ``test`` or ``unlabelled``: the test split exists only in COVID-SemiSeg;
@@ -630,21 +630,21 @@ def load_dataset(path: str | Path, task: str, split: str = "train") -> list[Samp
     if not path.is_dir():
         raise CovsegError(f"{path}: is a file, not a data folder; accepted layouts: {_LAYOUTS}")
     if _semiseg_dataset_dir(path) is not None:
-        return load_covid_semiseg(path, task, split)
+        return load_covid_semiseg(path, task, split, window)
     if all((path / name).is_file() for name in _MEDSEG_NIFTI):
         if split == "unlabelled":
             unlabelled = path / _MEDSEG_UNLABELLED
             if not unlabelled.is_file():
                 raise CovsegError(f"{unlabelled}: MedSeg unlabelled slices not found; add val_im.nii.gz")
-            return load_medseg_nifti(unlabelled, None, task)
+            return load_medseg_nifti(unlabelled, None, task, window)
         _no_split(path, split, "MedSeg NIfTI")
-        return load_medseg_nifti(path / _MEDSEG_NIFTI[0], path / _MEDSEG_NIFTI[1], task)
+        return load_medseg_nifti(path / _MEDSEG_NIFTI[0], path / _MEDSEG_NIFTI[1], task, window)
     if all((path / name).is_file() for name in _MEDSEG_NPY):
         _no_split(path, split, "MedSeg Kaggle")
-        return load_medseg_npy(path / _MEDSEG_NPY[0], path / _MEDSEG_NPY[1], task)
+        return load_medseg_npy(path / _MEDSEG_NPY[0], path / _MEDSEG_NPY[1], task, window)
     images_dir = _child_dir(path, _IMAGE_DIR_NAMES)
     masks_dir = _child_dir(path, _MASK_DIR_NAMES)
     if images_dir is not None and masks_dir is not None:
         _no_split(path, split, "image/mask folder")
-        return load_folder_pairs(images_dir, masks_dir, task)
+        return load_folder_pairs(images_dir, masks_dir, task, window)
     raise CovsegError(f"{path}: no data layout recognised; accepted layouts: {_LAYOUTS}")

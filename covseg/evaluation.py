@@ -36,7 +36,7 @@ from covseg.metrics import (
     pixel_accuracy,
 )
 
-__all__ = ["ImageResult", "Evaluation", "evaluate_image", "summarise", "write_report", "EMPTY_TRUTH_RULE"]
+__all__ = ["ImageResult", "Evaluation", "evaluate_image", "summarise", "write_report", "format_figure", "EMPTY_TRUTH_RULE"]
 
 EMPTY_TRUTH_RULE = ("per-image means skip images whose ground truth lacks the class (MONAI ignore_empty); "
                     "pooled figures count every pixel")
@@ -131,6 +131,11 @@ def summarise(results: Sequence[ImageResult], scheme: LabelScheme) -> Evaluation
                       pixel_accuracy(total), mean_class_accuracy(total), infnet)
 
 
+def format_figure(value: float | None) -> str:
+    """A figure for tables: 4 decimals, or "–" where it is undefined (None / NaN)."""
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
 def _markdown(ev: Evaluation, title: str) -> str:
     d = ev.to_dict()
     names = [n for n, c in d["images_with_class"].items() if c > 0]
@@ -141,16 +146,14 @@ def _markdown(ev: Evaluation, title: str) -> str:
                   "| metric | " + " | ".join(names) + " | mean foreground |",
                   "|---|" + "---|" * (len(names) + 1)]
         for metric, values in d[kind].items():
-            cells = [f"{values[n]:.4f}" if values[n] is not None else "–" for n in names]
-            mean = values["mean_foreground"]
-            lines.append(f"| {metric} | " + " | ".join(cells) + f" | {mean:.4f} |" if mean is not None
-                         else f"| {metric} | " + " | ".join(cells) + " | – |")
+            cells = [format_figure(values[n]) for n in names] + [format_figure(values["mean_foreground"])]
+            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += [f"Pixel accuracy {d['pixel_accuracy']:.4f}; mean class accuracy {d['mean_class_accuracy']:.4f}.", ""]
+    lines += [f"Pixel accuracy {format_figure(d['pixel_accuracy'])}; mean class accuracy {format_figure(d['mean_class_accuracy'])}.", ""]
     if d["infnet"]:
         i = d["infnet"]
         lines += ["## Inf-Net protocol (binary)", "", "| meanDic | meanSen | meanSpe | MAE |", "|---|---|---|---|",
-                  f"| {i['meanDic']:.4f} | {i['meanSen']:.4f} | {i['meanSpe']:.4f} | {i['mae']:.4f} |", ""]
+                  "| " + " | ".join(format_figure(i[k]) for k in ("meanDic", "meanSen", "meanSpe", "mae")) + " |", ""]
     lines.append(f"Foreground classes: {', '.join(fg)}.")
     return "\n".join(lines) + "\n"
 
@@ -178,7 +181,6 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
     """Write ``metrics.json``, ``metrics.md``, ``per_image.csv`` and ``best_worst.png`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {**(extra or {}), **ev.to_dict()}
-    atomic_write_text(out_dir / "metrics.json", json.dumps(data, indent=1) + "\n")
     atomic_write_text(out_dir / "metrics.md", _markdown(ev, title))
     atomic_write_text(out_dir / "per_image.csv", _per_image_csv(ev))
     scored = [r for r in ev.results if r.image is not None and math.isfinite(r.foreground_dice())]
@@ -189,4 +191,6 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
         rows = [(f"{r.name} ({'best' if i < k else 'worst'}, Dice {r.foreground_dice():.3f})", r.image, r.truth, r.pred)
                 for i, r in enumerate(picks)]
         plot_grid(rows, ev.scheme, out_dir / "best_worst.png", title=title)
+    # metrics.json last: its presence marks a finished evaluation (covseg cv relies on it)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(data, indent=1) + "\n")
     return data

@@ -16,10 +16,11 @@ from tqdm.auto import tqdm
 from covseg.config import RunConfig
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
-from covseg.evaluation import Evaluation, evaluate_image, summarise, write_report
+from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
 from covseg.fileio import atomic_write_text
 from covseg.figures import plot_comparison
 from covseg.inference import Predictor
+from covseg.intensity import LUNG_WINDOW
 from covseg.predict import open_predictor
 from covseg.labels import get_scheme
 from covseg.checkpoint import read_checkpoint
@@ -32,7 +33,8 @@ __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", 
 EVAL_SPLITS = ("heldout", "val", "test", "train", "all")
 
 
-def select_samples(run_dir: Path | None, data: str, task: str, split: str) -> list[Sample]:
+def select_samples(run_dir: Path | None, data: str, task: str, split: str,
+                   window: tuple[float, float] = LUNG_WINDOW) -> list[Sample]:
     """The images a run is evaluated on.
 
     ``heldout`` = the run's own test part if it has one, else its validation part; ``val``/``train`` = the
@@ -47,8 +49,8 @@ def select_samples(run_dir: Path | None, data: str, task: str, split: str) -> li
     if split == "heldout":
         split = "test" if parts.get("test") else "val"
     if split == "test" and not parts.get("test"):
-        return load_dataset(data, task, split="test")
-    samples = load_dataset(data, task, split="train")
+        return load_dataset(data, task, split="test", window=window)
+    samples = load_dataset(data, task, split="train", window=window)
     if split == "all":
         return samples
     if not parts:
@@ -97,7 +99,8 @@ def evaluate_run(model_path: Path, data: str | None, split: str, out_dir: Path |
             raise CovsegError("pass --data DIR when evaluating a model file outside its run folder")
         data = read_run_info(run_dir)["data"]
     predictor, config, info = open_predictor(model_path, task, which, backend, device, precision, batch_size, tta)
-    samples = select_samples(run_dir, data, config.data.task, split)
+    samples = select_samples(run_dir, data, config.data.task, split,
+                             (config.data.window_level, config.data.window_width))
     out_dir = out_dir or Path(info["file"]).parent / f"eval-{split}"
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
@@ -146,6 +149,19 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     return {"models": models, "table": table}
 
 
+def _check_same_settings(run_dir: Path, config: RunConfig) -> None:
+    """Refuse to reuse ``run_dir`` if it holds a run made with other settings."""
+    if (run_dir / "config.yaml").is_file() and config_to_dict(read_run_config(run_dir)) != config_to_dict(config):
+        raise CovsegError(f"{run_dir}: holds a run with other settings; pass --force to retrain it or use "
+                          "another output folder")
+
+
+def _train_seconds(run_dir: Path) -> float:
+    """Total training time of a run: the sum of ``history.csv``'s ``seconds`` column."""
+    rows = (run_dir / "history.csv").read_text(encoding="utf-8").strip().splitlines()[1:]
+    return sum(float(line.split(",")[-1]) for line in rows)
+
+
 def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, data: str, force: bool,
                     progress: bool, log: Callable[[str], None]) -> float:
     """Make ``run_dir`` a finished run of ``config``: train it, resume it, or (already finished) keep it.
@@ -154,13 +170,11 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
     Returns the run's total training seconds (from its history).
     """
     last = run_dir / "last.pt"
+    if not force:
+        _check_same_settings(run_dir, config)
     if force or not last.is_file():
         result = train_run(config, samples, run_dir, data, force=True, progress=progress, log=log)
     else:
-        saved = read_run_config(run_dir)
-        if config_to_dict(saved) != config_to_dict(config):
-            raise CovsegError(f"{run_dir}: holds a run with other settings; pass --force to retrain it or use "
-                              "another output folder")
         done = read_checkpoint(last)["epoch"]
         if done >= config.train.epochs:
             log(f"{run_dir}: finished run reused ({done} epochs)")
@@ -169,8 +183,7 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
             result = train_run(config, samples, run_dir, data, resume=True, progress=progress, log=log)
     if result is not None and result.interrupted:
         raise KeyboardInterrupt
-    rows = (run_dir / "history.csv").read_text(encoding="utf-8").strip().splitlines()[1:]
-    return sum(float(line.split(",")[-1]) for line in rows)
+    return _train_seconds(run_dir)
 
 
 def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
@@ -185,17 +198,16 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         fold_dir = out_dir / f"fold-{k}"
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
         cfg = replace(config, data=replace(config.data, split=f"cv:{k}", folds=folds))
-        if not metrics_path.is_file():
+        _check_same_settings(fold_dir, cfg)
+        if not metrics_path.is_file() or metrics_path.stat().st_mtime < (fold_dir / "last.pt").stat().st_mtime:
             log(f"== fold {k} ==")
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
             evaluate_run(fold_dir, data, "heldout", None, progress=progress)
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        history = (fold_dir / "history.csv").read_text(encoding="utf-8").strip().splitlines()[1:]
-        seconds = sum(float(line.split(",")[-1]) for line in history)
-        rows.append({"fold": k, "metrics": metrics, "train_seconds": seconds})
+        rows.append({"fold": k, "metrics": metrics, "train_seconds": _train_seconds(fold_dir)})
     scheme = get_scheme(config.data.task)
     keys = [n for n in scheme.names[1:] if any(r["metrics"]["images_with_class"][n] for r in rows)]
-    columns: dict[str, list[float]] = {}
+    columns: dict[str, list[float | None]] = {}
     for n in keys:
         columns[f"Dice {n} (per image)"] = [r["metrics"]["per_image"]["dice"][n] for r in rows]
         columns[f"Dice {n} (pooled)"] = [r["metrics"]["pooled"]["dice"][n] for r in rows]
@@ -206,8 +218,10 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", "",
              "| fold | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for i, r in enumerate(rows):
-        lines.append(f"| {r['fold']} | " + " | ".join(f"{columns[c][i]:.4f}" for c in columns) + " |")
-    summary = {c: (float(np.mean(v)), float(np.std(v))) for c, v in columns.items()}
+        lines.append(f"| {r['fold']} | " + " | ".join(format_figure(columns[c][i]) for c in columns) + " |")
+    # a fold whose validation images lack a class has no figure for it (None): mean and std skip it
+    numeric = {c: np.array([np.nan if v is None else v for v in vals], dtype=float) for c, vals in columns.items()}
+    summary = {c: (float(np.nanmean(v)), float(np.nanstd(v))) for c, v in numeric.items()}
     lines.append("| mean ± std | " + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in summary.values()) + " |")
     atomic_write_text(out_dir / "cv.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "cv.json", json.dumps({"columns": columns, "summary": summary}, indent=1) + "\n")

@@ -4,14 +4,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # pyplot-free: no global backend or figure state is touched
+import numpy as np
 
-matplotlib.use("Agg")  # headless backend; selecting it is harmless for library users with their own
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from covseg.fileio import atomic_path  # noqa: E402
-from covseg.labels import LabelScheme  # noqa: E402
+from covseg.fileio import atomic_path
+from covseg.labels import LabelScheme
 
 __all__ = ["overlay", "plot_curves", "plot_grid", "plot_comparison"]
 
@@ -26,16 +23,16 @@ def overlay(image: np.ndarray, labels: np.ndarray, scheme: LabelScheme, alpha: f
     return rgb.clip(0, 255).astype(np.uint8)
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
 
 
 def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = "") -> None:
     """Per-epoch loss and pixel accuracy (train and validation) and validation Dice, as the seed shows."""
     epochs = [int(r["epoch"]) for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2)
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
         axes[0].plot(epochs, [r[key] for r in history], label=label)
     axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
@@ -54,7 +51,8 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = ""
 def plot_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], scheme: LabelScheme,
               path: Path, title: str = "") -> None:
     """One row per ``(caption, image, truth, prediction)``: image | truth overlay | prediction overlay."""
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    fig = Figure(figsize=(9, 3 * len(rows)))
+    axes = fig.subplots(len(rows), 3, squeeze=False)
     for (caption, image, truth, pred), ax in zip(rows, axes):
         ax[0].imshow(image, cmap="gray", vmin=0, vmax=1)
         ax[1].imshow(overlay(image, truth, scheme))
@@ -75,7 +73,8 @@ def plot_comparison(models: Sequence[str], metrics: dict[str, Sequence[float]], 
     names = list(metrics)
     x = np.arange(len(names))
     width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(names)), 3.8))
+    fig = Figure(figsize=(max(5, 1.4 * len(names)), 3.8))
+    ax = fig.subplots()
     for i, model in enumerate(models):
         values = [metrics[n][i] for n in names]
         bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=model)

@@ -43,8 +43,9 @@ def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> n
 class DiceLoss(nn.Module):
     """Soft Dice loss, ``1 - mean_c (2 sum(p*y) + s) / (sum(p) + sum(y) + s)`` over the batch.
 
-    Computed per class over the whole batch (batch Dice, as nnU-Net), averaged over classes with
-    non-zero ``weight`` (default: foreground classes only when ``include_background`` is False).
+    Computed per class over the whole batch (batch Dice, as nnU-Net) and averaged over the foreground
+    classes (background too with ``include_background``). A class absent from both the batch's truth
+    and prediction scores ~1 (the smoothing term), i.e. it adds a near-constant, gradient-free term.
     """
 
     def __init__(self, include_background: bool = False, smooth: float = 1e-5) -> None:

@@ -143,8 +143,8 @@ def infnet_metrics(prob: np.ndarray, target: np.ndarray, thresholds: int = 256) 
     normalised, binarised at ``thresholds`` evenly spaced thresholds ``t`` in [0, 1] (foreground where
     ``p >= t``, as Inf-Net's ``Fmeasure_calu``), and Dice, sensitivity and specificity are averaged over
     the thresholds (``meanDic``, ``meanSen``, ``meanSpe``); ``mae`` is the mean absolute error of the
-    normalised map against the truth. A threshold where truth and prediction are both empty counts as
-    Dice 1; sensitivity (specificity) is NaN for an image without foreground (background).
+    normalised map against the truth. As in ``Fmeasure_calu``, all three figures are 0 at a threshold with
+    no true positive (so an image without lesion scores 0, and specificity there is 0, not TN/(TN+FP)).
     """
     p = np.asarray(prob, dtype=np.float64)
     g = np.asarray(target).astype(bool)
@@ -160,12 +160,10 @@ def infnet_metrics(prob: np.ndarray, target: np.ndarray, thresholds: int = 256) 
     fn = pos.size - tp
     tn = neg.size - fp
     with np.errstate(divide="ignore", invalid="ignore"):
-        dic = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
-        sen = np.where(pos.size > 0, tp / max(pos.size, 1), np.nan)
-        spe = np.where(neg.size > 0, tn / max(neg.size, 1), np.nan)
-    return {
-        "meanDic": float(np.mean(dic)),
-        "meanSen": float(np.nanmean(sen)) if pos.size else float("nan"),
-        "meanSpe": float(np.nanmean(spe)) if neg.size else float("nan"),
-        "mae": mae,
-    }
+        # Fmeasure_calu: every figure is 0 at a threshold where nothing is correctly predicted (TP = 0)
+        hit = tp > 0
+        dic = np.where(hit, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+        sen = np.where(hit, tp / max(pos.size, 1), 0.0)
+        spe = np.where(hit, tn / np.maximum(tn + fp, 1), 0.0)
+    return {"meanDic": float(np.mean(dic)), "meanSen": float(np.mean(sen)), "meanSpe": float(np.mean(spe)),
+            "mae": mae}

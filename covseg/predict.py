@@ -24,9 +24,10 @@ from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig
 from covseg.datasets import read_image
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_path, atomic_write_text
+from covseg.fileio import atomic_path
 from covseg.figures import overlay
 from covseg.inference import Predictor, TorchBackend
+from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme
 from covseg.runtime import resolve_device, resolve_precision
 
@@ -90,44 +91,71 @@ def write_label_nifti(labels: np.ndarray, reference: Path, out: Path) -> None:
         nib.save(img, str(tmp))
 
 
+def _stage_dir(out_dir: Path) -> Path:
+    """A temporary folder beside ``out_dir`` (same file system, so its files can be renamed into place)."""
+    import tempfile
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+
+
+def _publish(stage: Path, out_dir: Path) -> None:
+    """Move every file under ``stage`` to the same place under ``out_dir``."""
+    for src in sorted(p for p in stage.rglob("*") if p.is_file()):
+        dst = out_dir / src.relative_to(stage)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+
+
 def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Path], out_dir: Path,
-                  model_info: dict[str, Any], overlays: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Predict every file, writing outputs atomically; returns the ``predictions.json`` content."""
+                  model_info: dict[str, Any], overlays: bool = True, progress: bool = True,
+                  window: tuple[float, float] = LUNG_WINDOW) -> dict[str, Any]:
+    """Predict every file (HU input through ``window``, the model's training window); returns the
+    ``predictions.json`` content.
+
+    Outputs are staged beside ``out_dir`` and moved into it only after every input was read and predicted,
+    so a bad input part-way leaves ``out_dir`` as it was.
+    """
+    import shutil
+
     if not files:
         raise CovsegError("no input images; give image files or folders")
     stems = [output_stem(f) for f in files]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
         raise CovsegError(f"several inputs would write {dupes[0]}.png; give inputs distinct file names")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    bar = tqdm(total=len(files), desc="predict", unit="image", disable=not progress, dynamic_ncols=True)
-    step = predictor.batch_size
-    for start in range(0, len(files), step):
-        chunk = list(files[start:start + step])
-        images = [read_image(f) for f in chunk]
-        for path, stem, image, probs in zip(chunk, stems[start:start + step], images, predictor(images)):
-            labels = probs.argmax(0).astype(np.uint8)
-            is_nifti = path.name.lower().endswith((".nii", ".nii.gz"))
-            target = out_dir / (f"{stem}.nii.gz" if is_nifti else f"{stem}.png")
-            if is_nifti:
-                write_label_nifti(labels, path, target)
-            else:
-                with atomic_path(target) as tmp:
-                    Image.fromarray(labels, mode="L").save(tmp, format="PNG")
-            if overlays:
-                with atomic_path(out_dir / "overlays" / f"{stem}.png") as tmp:
-                    Image.fromarray(overlay(image, labels, scheme)).save(tmp, format="PNG")
-            counts = np.bincount(labels.ravel(), minlength=scheme.num_classes)
-            records.append({"input": str(path), "output": target.name, "height": int(labels.shape[0]),
-                            "width": int(labels.shape[1]),
-                            "fractions": {n: round(float(c) / labels.size, 6)
-                                          for n, c in zip(scheme.names, counts)}})
-            bar.update(1)
-    bar.close()
-    summary = {"model": model_info, "task": scheme.task, "labels": dict(enumerate(scheme.names)),
-               "images": records}
-    atomic_write_text(out_dir / "predictions.json", json.dumps(summary, indent=1) + "\n")
+    stage = _stage_dir(out_dir)
+    try:
+        records = []
+        bar = tqdm(total=len(files), desc="predict", unit="image", disable=not progress, dynamic_ncols=True)
+        step = predictor.batch_size
+        for start in range(0, len(files), step):
+            chunk = list(files[start:start + step])
+            images = [read_image(f, window) for f in chunk]
+            for path, stem, image, probs in zip(chunk, stems[start:start + step], images, predictor(images)):
+                labels = probs.argmax(0).astype(np.uint8)
+                is_nifti = path.name.lower().endswith((".nii", ".nii.gz"))
+                name = f"{stem}.nii.gz" if is_nifti else f"{stem}.png"
+                if is_nifti:
+                    write_label_nifti(labels, path, stage / name)
+                else:
+                    Image.fromarray(labels, mode="L").save(stage / name, format="PNG")
+                if overlays:
+                    (stage / "overlays").mkdir(exist_ok=True)
+                    Image.fromarray(overlay(image, labels, scheme)).save(stage / "overlays" / f"{stem}.png", format="PNG")
+                counts = np.bincount(labels.ravel(), minlength=scheme.num_classes)
+                records.append({"input": str(path), "output": name, "height": int(labels.shape[0]),
+                                "width": int(labels.shape[1]),
+                                "fractions": {n: round(float(c) / labels.size, 6)
+                                              for n, c in zip(scheme.names, counts)}})
+                bar.update(1)
+        bar.close()
+        summary = {"model": model_info, "task": scheme.task, "labels": dict(enumerate(scheme.names)),
+                   "images": records}
+        (stage / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        _publish(stage, out_dir)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return summary
 
 
@@ -169,7 +197,6 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
     Everything is written into a staging folder first and moved into ``out_dir`` only once complete.
     """
     import shutil
-    import tempfile
     import time
 
     from covseg.report_html import render_report
@@ -180,8 +207,7 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
     volume = read_volume(path, series_uid=series_uid, spacing=spacing)
     read_seconds = time.perf_counter() - began
     result = segment_scan(volume, predictor, scheme, options or ScanOptions(), progress)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+    stage = _stage_dir(out_dir)
     try:
         write_like_input(result.lesions, volume, stage / "lesions.nii.gz")
         write_like_input(result.lungs, volume, stage / "lungs.nii.gz")
@@ -202,9 +228,7 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
         report["seconds"]["total"] = round(time.perf_counter() - began, 3)
         (stage / "report.html").write_text(page, encoding="utf-8")
         (stage / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("lesions.nii.gz", "lungs.nii.gz", "report.html", "report.json"):
-            os.replace(stage / name, out_dir / name)
+        _publish(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return report

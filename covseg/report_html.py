@@ -9,16 +9,13 @@ import html
 import io
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure  # pyplot-free: no global backend or figure state is touched
+import numpy as np
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from covseg.figures import overlay  # noqa: E402
-from covseg.intensity import window_hu  # noqa: E402
-from covseg.labels import LabelScheme  # noqa: E402
+from covseg.figures import overlay
+from covseg.intensity import window_hu
+from covseg.labels import LabelScheme
 
 __all__ = ["render_report", "axial_montage", "coronal_view"]
 
@@ -29,10 +26,9 @@ def _png_uri(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _fig_uri(fig: plt.Figure) -> str:
+def _fig_uri(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -70,7 +66,8 @@ def coronal_view(grey: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, schem
 
 
 def _bar_chart(figures: dict[str, Any], names: list[str]) -> str:
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
     sides = ["right", "left", "total"]
     x = np.arange(len(sides))
     width = 0.8 / max(len(names), 1)

@@ -40,7 +40,7 @@ from covseg.losses import create_loss, median_frequency_weights
 from covseg.models import check_input_size
 from covseg.runtime import DistContext, resolve_device, resolve_precision
 from covseg.splits import kfold, make_split, parse_split_name, save_split
-from covseg.training import make_optimizer, train_one_epoch, validate
+from covseg.training import lr_factor, make_optimizer, train_one_epoch, validate
 from covseg.transforms import stack_resized
 
 __all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "HISTORY_FIELDS"]
@@ -91,6 +91,9 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
         if not force:
             raise CovsegError(f"{run_dir}: run folder exists; pass --force to overwrite it or "
                               f"--resume {run_dir} to continue it")
+        if not ((run_dir / "config.yaml").is_file() or (run_dir / "run.json").is_file()):
+            raise CovsegError(f"{run_dir}: is not empty and not a covseg run folder; --force only replaces run "
+                              "folders, so choose a new -o")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     d = config.data
@@ -130,6 +133,9 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     d, t = config.data, config.train
     scheme = get_scheme(d.task)
     check_input_size(d.input_size, d.input_size, config.model.depth, config.model.name)
+    build_model(config)  # refuse bad model options before anything is written
+    create_loss(t.loss, np.ones(scheme.num_classes))
+    lr_factor(t.schedule, 0, 1)
     if not resume and dist.is_main:
         _prepare_folder(run_dir, config, samples, data_path, force)
     if dist.enabled:

@@ -104,6 +104,4 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
         lesions = remove_small_components(lesions, volume.spacing, options.min_lesion_ml).astype(np.uint8)
     figures = quantify(lesions, lungs, volume.spacing, dict(enumerate(scheme.names)))
     seconds["quantify"] = time.perf_counter() - tick
-    if not lungs.any():
-        warnings.append("no lung found: is this a chest CT in HU? lesion figures are not meaningful")
     return ScanResult(lesions, lungs, figures, len(todo), seconds, warnings)

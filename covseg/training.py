@@ -83,8 +83,10 @@ def train_one_epoch(
 
     Data-parallel (``dist.world_size`` > 1, ``model`` wrapped in DistributedDataParallel): every process
     draws the same global batch and augmentation, then trains on its contiguous share of it; DDP averages
-    the gradients, so with a per-sample-mean loss the update equals the single-process one. The returned
-    loss and accuracy are summed over all processes.
+    the gradients. The update equals the single-process one when the loss is a per-sample mean (``ce``,
+    ``mfb_ce``), the batch splits evenly and batch norm is absent or synchronised (it is on CUDA); batch
+    Dice and per-process batch-norm statistics on CPU make it an approximation. A last batch with fewer
+    images than processes is skipped. The returned loss and accuracy are summed over all processes.
     """
     model.train()
     generator = epoch_generator(cfg.seed, epoch)

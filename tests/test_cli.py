@@ -159,6 +159,44 @@ def test_bad_input_one_line_exit_2(case: str, tiny_data: Path, tiny_run: Path, t
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
+def test_bad_input_part_way_leaves_output_untouched(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    src = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    (tmp_path / "in").mkdir()
+    shutil.copy(src / "0.jpg", tmp_path / "in" / "a.jpg")
+    (tmp_path / "in" / "b.png").write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "in"), "-o", str(out), "--model", str(tiny_run), "--batch-size", "1",
+                 "--quiet"]) == 2
+    assert "b.png" in _one_line_error(capsys)
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+@pytest.mark.parametrize("override, message", [("model.width=0", "must be positive"),
+                                               ("train.batch_size=0", "must be positive"),
+                                               ("train.schedule=linear", "use one of"),
+                                               ("data.input_size=30", "divisible")])
+def test_bad_settings_refused_before_anything_is_written(override: str, message: str, tiny_data: Path,
+                                                         tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "-o", str(run), "--quiet", override]) == 2
+    assert message in _one_line_error(capsys)
+    assert not run.exists()
+
+
+def test_force_only_replaces_run_folders(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "-o", str(tmp_path / "precious"),
+                 "--force", "--quiet"]) == 2
+    assert "not a covseg run folder" in _one_line_error(capsys)
+    assert (tmp_path / "precious" / "thesis.tex").read_text() == "years of work"
+
+
+def test_resume_refuses_new_settings(tiny_run: Path, capsys) -> None:
+    assert main(["train", "--resume", str(tiny_run), "--epochs", "9"]) == 2
+    assert "drop --epochs" in _one_line_error(capsys)
+
+
 def test_download_cli_from_directory_mirror(tmp_path: Path, capsys) -> None:
     if not REAL_SEMISEG.is_dir():
         pytest.skip("shared data mirror not present")

@@ -532,3 +532,11 @@ def test_real_covid_semiseg_mirror() -> None:
         assert any(s.mask.max() == max(allowed) for s in samples)
     with pytest.raises(CovsegError, match=r"the test split is not in this data folder"):
         load_covid_semiseg(REAL_SEMISEG, "binary", split="test")
+
+
+def test_window_is_configurable(tmp_path: Path) -> None:
+    hu = np.array([[-1000.0, -160.0], [40.0, 240.0]], dtype=np.float32)
+    path = write_nifti(tmp_path / "s.nii.gz", hu.T.copy())  # stored (x, y); read back as rows = y
+    soft = read_image(path, window=(40.0, 400.0))  # soft-tissue window: -160 -> 0, 240 -> 1
+    np.testing.assert_allclose(soft, [[0.0, 0.0], [0.5, 1.0]], atol=1e-6)
+    np.testing.assert_allclose(read_image(path), lung(hu), atol=1e-6)

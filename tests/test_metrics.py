@@ -104,6 +104,23 @@ def test_infnet_perfect_and_hand_computed() -> None:
     assert out["mae"] == pytest.approx(np.abs(p - g).mean())
 
 
+def test_infnet_zero_where_no_true_positive() -> None:
+    # Fmeasure_calu sets Dice, sensitivity and specificity to 0 at thresholds with TP = 0
+    truth = np.array([[1, 0], [0, 0]])
+    prob = np.array([[0.2, 1.0], [0.0, 0.0]])  # normalised: lesion 0.2, a confident false positive 1.0
+    ts = np.linspace(0, 1, 256)
+    hit = ts <= 0.2
+    out = infnet_metrics(prob, truth)
+    # thresholds <= 0.2 hit the lesion: t = 0 takes all 4 pixels, 0 < t <= 0.2 takes the lesion and the FP
+    dice_at = np.where(ts == 0, 2 / 5, 2 / 3)
+    spe_at = np.where(ts == 0, 0.0, 2 / 3)
+    assert out["meanDic"] == pytest.approx(np.mean(np.where(hit, dice_at, 0)))
+    assert out["meanSen"] == pytest.approx(np.mean(hit))
+    assert out["meanSpe"] == pytest.approx(np.mean(np.where(hit, spe_at, 0)))
+    empty = infnet_metrics(prob, np.zeros((2, 2)))
+    assert empty["meanDic"] == 0.0 and empty["meanSpe"] == 0.0
+
+
 def test_confusion_matrix_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError):
         confusion_matrix(np.zeros(3), np.zeros(4), 2)

@@ -28,5 +28,5 @@ def create_model(name: str, **config: Any) -> nn.Module:
         raise CovsegError(f"unknown model {name!r}: use one of {', '.join(MODELS)}") from None
     try:
         return cls(**config)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise CovsegError(f"bad options for model {name!r}: {err}") from None
