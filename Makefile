@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 # exists, else the upstream repository.
 MIRROR ?= $(or $(COVSEG_MIRROR),$(wildcard ../shared/data/covid-semiseg))
 RUN ?= runs/demo
+# Extra recipe overrides for the demo's training, e.g. `make demo ARGS="train.epochs=2"` for a quick look.
+ARGS ?=
 
 .PHONY: demo test venv clean
 
@@ -21,7 +23,7 @@ venv: $(BIN)/.installed
 
 demo: venv
 	$(BIN)/covseg download $(if $(MIRROR),--mirror $(MIRROR))
-	$(BIN)/covseg train --recipe default --task binary --split cv:0 -o $(RUN) --force
+	$(BIN)/covseg train --recipe default --task binary --split cv:0 -o $(RUN) --force $(ARGS)
 	$(BIN)/covseg evaluate $(RUN)
 	@echo "report: $(RUN)/eval-heldout/metrics.md  curves: $(RUN)/curves.png  figures: $(RUN)/eval-heldout/best_worst.png"
 
