@@ -197,8 +197,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _print_summary(metrics: dict, out_dir: Path) -> None:
     dice = metrics["per_image"]["dice"]
-    parts = [f"{k} {v:.4f}" for k, v in dice.items() if k != "background" and v is not None]
-    line = f"Dice (per image): {', '.join(parts)}; pixel accuracy {metrics['pixel_accuracy']:.4f}"
+    parts = [f"{k} {v:.4f}" for k, v in dice.items() if k not in ("background", "mean_foreground") and v is not None]
+    line = f"Dice (per image): {', '.join(parts)}"
+    if len(parts) > 1 and dice["mean_foreground"] is not None:
+        line += f"; mean {dice['mean_foreground']:.4f}"
+    line += f"; pixel accuracy {metrics['pixel_accuracy']:.4f}"
     if metrics.get("infnet"):
         line += f"; Inf-Net meanDic {metrics['infnet']['meanDic']:.4f}"
     print(line)
