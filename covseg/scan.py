@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from covseg.inference import Predictor
-from covseg.intensity import LUNG_WINDOW, window_hu
+from covseg.intensity import LUNG_WINDOW, to_unit_range, window_hu
 from covseg.labels import LabelScheme
 from covseg.lungmask import check_lung_mask, lung_mask
 from covseg.quantify import quantify, remove_small_components, restrict_to_lungs
@@ -47,9 +47,14 @@ class ScanResult:
 
 
 def grey_to_hu(grey: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
-    """Invert lung-window 8-bit display values (0..255) to approximate HU (for image stacks)."""
+    """Approximate HU of display grey values (image stacks), taking them as ``window``-windowed.
+
+    Values are first brought to [0, 1] by :func:`covseg.intensity.to_unit_range` (values already in [0, 1]
+    kept, 0..255 divided by 255, any other range min-max scaled), then mapped back through the window.
+    """
     level, width = window
-    return np.asarray(grey, np.float32) / 255.0 * width + (level - width / 2)
+    unit = to_unit_range(np.asarray(grey, np.float32), is_hu=False)
+    return unit * width + (level - width / 2)
 
 
 def lung_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], margin_mm: float
