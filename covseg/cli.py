@@ -6,7 +6,6 @@ after saving what can be resumed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
