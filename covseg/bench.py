@@ -154,7 +154,8 @@ def _scan_benchmark(slices: int, size: int, model_path: str | None) -> dict[str,
         config = load_recipe("default")
         model = build_model(config)
     device = torch.device("cpu")
-    predictor = Predictor(TorchBackend(model, device, resolve_precision("auto", device)), config.data.input_size, 8)
+    predictor = Predictor(TorchBackend(model, device, resolve_precision("auto", device)), config.data.input_size, 8,
+                          normalize=config.data.normalize)
     images = [torch.rand(size, size).numpy() for _ in range(slices)]
     tick = time.perf_counter()
     for _ in predictor(images):

@@ -139,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="run folder or checkpoint file")
     p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+
+    p = sub.add_parser("pseudo-label", help="label the unlabelled slices with a teacher (self-training)")
+    p.add_argument("teacher", type=Path, help="run folder, or a cv folder (one teacher per fold -> OUT/fold-K)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for masks/ and pseudo.json")
+    p.add_argument("--data", help="data folder whose unlabelled slices to label (default: the teacher's)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="last",
+                   help="teacher checkpoint (default last: a CV fold's best.pt was picked on its held-out images)")
+    p.add_argument("--min-confidence", type=float, default=0.9,
+                   help="keep a slice when the mean top-class probability over its lesion pixels is at least this")
+    p.add_argument("--min-fraction", type=float, default=0.005, help="least lesion area fraction to keep a slice")
+    p.add_argument("--max-fraction", type=float, default=0.5, help="largest lesion area fraction to keep a slice")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -282,9 +295,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from covseg.selftrain import PseudoLabelRule, make_pseudo_labels
+
+    rule = PseudoLabelRule(args.min_confidence, args.min_fraction, args.max_fraction)
+    make_pseudo_labels(args.teacher, args.output, args.data, rule, args.checkpoint, force=args.force,
+                       progress=not args.quiet, log=_log)
+    print(f"wrote {args.output}")
+    return 0
+
+
 COMMANDS = {"download": _cmd_download, "train": _cmd_train, "evaluate": _cmd_evaluate,
             "compare": _cmd_compare, "cv": _cmd_cv, "predict": _cmd_predict,
-            "export": _cmd_export}
+            "export": _cmd_export, "pseudo-label": _cmd_pseudo_label}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from covseg.errors import CovsegError
+from covseg.intensity import NORMALIZATIONS
 
 __all__ = [
     "DataConfig",
@@ -41,6 +42,9 @@ class DataConfig:
     input_size: int = 352  # square side the model sees; a multiple of 2**depth
     window_level: float = -600.0  # lung window for HU input
     window_width: float = 1500.0
+    normalize: str = "none"  # per-slice intensity normalisation: "none" | "equalize" (covseg.intensity)
+    pseudo_labels: str = ""  # folder from `covseg pseudo-label` (self-training); "" = none
+    pseudo_ratio: float = 1.0  # pseudo-labelled slices drawn per epoch, per labelled training image
 
 
 @dataclass
@@ -170,13 +174,14 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 _CHOICES = {
     ("data", "task"): ("binary", "multiclass"),
+    ("data", "normalize"): NORMALIZATIONS,
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "schedule"): ("constant", "cosine", "onecycle"),
     ("train", "precision"): ("auto", "fp32", "bf16"),
     ("train", "device"): ("cpu", "cuda", "auto"),
 }
 _POSITIVE = {("data", "input_size"), ("data", "folds"), ("model", "width"), ("model", "depth"),
-             ("train", "epochs"), ("train", "batch_size"), ("train", "lr")}
+             ("train", "epochs"), ("train", "batch_size"), ("train", "lr"), ("data", "pseudo_ratio")}
 
 
 def _validate(config: RunConfig, source: str) -> None:

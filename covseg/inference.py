@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from covseg.intensity import normalize_image
 from covseg.runtime import autocast
 from covseg.transforms import resize_probs, stack_resized
 
@@ -78,10 +79,13 @@ class TorchBackend:
 
 
 class Predictor:
-    """Resize, batch, run a backend, softmax, and resize probabilities back to each image's size."""
+    """Normalise (``data.normalize`` of the model's run), resize, batch, run a backend, softmax, and resize
+    probabilities back to each image's size."""
 
-    def __init__(self, backend: Backend, input_size: int, batch_size: int = 8, flip_tta: bool = False) -> None:
+    def __init__(self, backend: Backend, input_size: int, batch_size: int = 8, flip_tta: bool = False,
+                 normalize: str = "none") -> None:
         self.backend = backend
+        self.normalize = normalize
         self.input_size = input_size
         self.batch_size = batch_size
         self.flip_tta = flip_tta
@@ -97,7 +101,7 @@ class Predictor:
         """Yield class probabilities ``(C, H, W)`` float32 for each ``(H, W)`` image, in order."""
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            x, _ = stack_resized(chunk, None, self.input_size)
+            x, _ = stack_resized([normalize_image(image, self.normalize) for image in chunk], None, self.input_size)
             probs = self.batch_probabilities(x).cpu()
             for image, p in zip(chunk, probs):
                 yield resize_probs(p[None], *image.shape[-2:])[0].numpy()

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LUNG_WINDOW", "window_hu", "scale_uint8", "to_unit_range"]
+__all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "window_hu", "scale_uint8", "to_unit_range", "equalize",
+           "normalize_image"]
+
+NORMALIZATIONS: tuple[str, ...] = ("none", "equalize")
+"""Per-slice intensity normalisations applied after :func:`to_unit_range` (``data.normalize``)."""
 
 LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)
 """Default lung window as (level, width) in Hounsfield units."""
@@ -38,3 +42,30 @@ def to_unit_range(image: np.ndarray, is_hu: bool, window: tuple[float, float] = 
         return image / 255.0
     lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 1.0)
     return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+
+
+def equalize(image: np.ndarray, bins: int = 1024) -> np.ndarray:
+    """Histogram-equalise a ``[0, 1]`` image: each pixel becomes the mid-rank of its grey level.
+
+    The result is float32 in ``(0, 1)`` of the same shape, ``(cdf_below + cdf_at / 2)`` of the pixel's bin,
+    so it does not change when the input goes through any increasing grey-level map (another window
+    level / width, gamma, brightness) that keeps distinct levels distinct: slices exported with different
+    CT windows come out alike. Levels are binned into ``bins`` equal steps of ``[0, 1]``.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.size == 0:
+        return image.copy()
+    index = np.clip((image * bins).astype(np.int64), 0, bins - 1)
+    counts = np.bincount(index.ravel(), minlength=bins).astype(np.float64)
+    below = np.cumsum(counts) - counts
+    midrank = ((below + counts / 2.0) / image.size).astype(np.float32)
+    return midrank[index]
+
+
+def normalize_image(image: np.ndarray, method: str) -> np.ndarray:
+    """Apply the per-slice normalisation ``method`` (one of :data:`NORMALIZATIONS`) to a ``[0, 1]`` image."""
+    if method == "none":
+        return np.asarray(image, dtype=np.float32)
+    if method == "equalize":
+        return equalize(image)
+    raise ValueError(f"unknown normalisation {method!r}: use one of {', '.join(NORMALIZATIONS)}")

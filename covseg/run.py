@@ -35,10 +35,12 @@ from covseg.datasets import Sample
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_write_text
 from covseg.figures import plot_curves
+from covseg.intensity import normalize_image
 from covseg.labels import get_scheme
 from covseg.losses import create_loss, median_frequency_weights
 from covseg.models import check_input_size
 from covseg.runtime import DistContext, resolve_device, resolve_precision
+from covseg.selftrain import check_pseudo_labels, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
 from covseg.splits import kfold, make_split, parse_split_name, save_split
 from covseg.training import lr_factor, make_optimizer, train_one_epoch, validate
 from covseg.transforms import stack_resized
@@ -114,6 +116,28 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
         indent=1) + "\n")
 
 
+def _stack(samples: list[Sample], size: int, normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised, resized images ``(N, 1, size, size)`` float32 and label maps ``(N, size, size)`` int64."""
+    x, y = stack_resized([normalize_image(s.image, normalize) for s in samples], [s.mask for s in samples], size)
+    assert y is not None
+    return x, y
+
+
+def _pseudo_tensors(config: RunConfig, split: dict, data_path: str,
+                    log) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The run's pseudo-labelled slices (self-training), resized: images float16 ``(P, 1, S, S)``, labels."""
+    d = config.data
+    if not d.pseudo_labels:
+        return None, None
+    folder = resolve_pseudo_folder(d.pseudo_labels, d.split)
+    samples = load_pseudo_labels(folder, data_path, d.task, (d.window_level, d.window_width),
+                                 split.get("val", []) + split.get("test", []))
+    x, y = _stack(samples, d.input_size, d.normalize)
+    log(f"self-training: {len(samples)} pseudo-labelled slices from {folder}, "
+        f"{d.pseudo_ratio:g} per labelled image each epoch")
+    return x.half(), y.to(torch.uint8)
+
+
 def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path: str = "",
               resume: bool = False, force: bool = False, progress: bool = True,
               log=print, dist: DistContext = DistContext(), device: torch.device | None = None) -> RunResult:
@@ -137,6 +161,10 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     create_loss(t.loss, np.ones(scheme.num_classes))
     lr_factor(t.schedule, 0, 1)
     if not resume and dist.is_main:
+        if d.pseudo_labels:  # refuse unusable pseudo-labels before anything is written
+            planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
+            check_pseudo_labels(resolve_pseudo_folder(d.pseudo_labels, d.split), d.task,
+                                planned["val"] + planned["test"])
         _prepare_folder(run_dir, config, samples, data_path, force)
     if dist.enabled:
         torch_dist.barrier()
@@ -153,8 +181,9 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     val = [by_name[n] for n in split["val"]]
     if not train:
         raise CovsegError("the training split is empty; use more images or another --split")
-    train_x, train_y = stack_resized([s.image for s in train], [s.mask for s in train], d.input_size)
-    val_x, val_y = stack_resized([s.image for s in val], [s.mask for s in val], d.input_size) if val else (None, None)
+    train_x, train_y = _stack(train, d.input_size, d.normalize)
+    val_x, val_y = _stack(val, d.input_size, d.normalize) if val else (None, None)
+    pseudo_x, pseudo_y = _pseudo_tensors(config, split, data_path or read_run_info(run_dir)["data"], log)
 
     if t.threads > 0:
         torch.set_num_threads(t.threads)
@@ -190,7 +219,12 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     try:
         for epoch in bar:
             tick = time.perf_counter()
-            fit = train_one_epoch(model, loss_fn, optimizer, train_x, train_y, t, epoch, device, dtype, dist)
+            epoch_x, epoch_y = train_x, train_y
+            if pseudo_x is not None:
+                pick = epoch_pseudo_indices(len(pseudo_x), len(train_x), d.pseudo_ratio, t.seed, epoch)
+                epoch_x = torch.cat([train_x, pseudo_x[pick].float()])
+                epoch_y = torch.cat([train_y, pseudo_y[pick].long()])
+            fit = train_one_epoch(model, loss_fn, optimizer, epoch_x, epoch_y, t, epoch, device, dtype, dist)
             if val_x is not None:
                 res = validate(core, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype)
             else:

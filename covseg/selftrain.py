@@ -1,0 +1,221 @@
+"""Self-training: a teacher's confident predictions on unlabelled slices become a student's extra data.
+
+The teacher (a finished run, or a cross-validation folder with one run per fold) predicts the data set's
+unlabelled slices (COVID-SemiSeg: the 1600 ``Pseudo-label/Imgs`` slices). A slice is kept when its
+predicted lesion area is plausible and the teacher is sure of it (:class:`PseudoLabelRule`); kept label
+maps are written as PNGs (pixel value = class id) with ``pseudo.json`` beside them. A student trains on
+its labelled images plus, every epoch, a fresh random draw of pseudo-labelled slices
+(``data.pseudo_labels`` / ``data.pseudo_ratio``).
+
+Cross-validation stays honest: pseudo-labels made from a CV folder go to ``OUT/fold-K`` (teacher = that
+fold's run, which never saw fold ``K``'s held-out images), a student of split ``cv:K`` reads
+``OUT/fold-K``, and a student whose held-out images the teacher trained on is refused.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from covseg.datasets import Sample, load_dataset
+from covseg.errors import CovsegError
+from covseg.fileio import atomic_dir, atomic_write_text
+from covseg.labels import get_scheme
+
+__all__ = ["PSEUDO_FILE", "PseudoLabelRule", "slice_statistics", "make_pseudo_labels", "resolve_pseudo_folder",
+           "check_pseudo_labels", "load_pseudo_labels", "epoch_pseudo_indices"]
+
+PSEUDO_FILE = "pseudo.json"
+_FOLD_DIR = re.compile(r"fold-(\d+)$")
+
+
+@dataclass(frozen=True)
+class PseudoLabelRule:
+    """Which teacher predictions become pseudo-labels.
+
+    ``confidence`` of a slice = mean top-class probability over the pixels the teacher calls lesion;
+    ``fraction`` = those pixels / all pixels. A slice is kept when ``min_fraction <= fraction <=
+    max_fraction`` and ``confidence >= min_confidence`` (slices without lesion are not kept: every
+    labelled COVID-SemiSeg slice holds lesion, and an empty slice teaches only background).
+    """
+
+    min_confidence: float = 0.9
+    min_fraction: float = 0.005
+    max_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise CovsegError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
+        if not 0.0 <= self.min_fraction <= self.max_fraction <= 1.0:
+            raise CovsegError("need 0 <= --min-fraction <= --max-fraction <= 1, got "
+                              f"{self.min_fraction} and {self.max_fraction}")
+
+
+def slice_statistics(probs: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Label map, lesion fraction and lesion confidence of one slice's class probabilities ``(C, H, W)``."""
+    labels = probs.argmax(0)
+    lesion = labels > 0
+    fraction = float(lesion.mean())
+    confidence = float(probs.max(0)[lesion].mean()) if lesion.any() else 0.0
+    return labels.astype(np.uint8), fraction, confidence
+
+
+def _fold_dirs(teacher: Path) -> dict[int, Path]:
+    if not teacher.is_dir():
+        return {}
+    found = {int(m.group(1)): p for p in teacher.iterdir() if p.is_dir() and (m := _FOLD_DIR.match(p.name))}
+    return {k: p for k, p in sorted(found.items()) if (p / "last.pt").is_file()}
+
+
+def _teacher_images(run_dir: Path) -> list[str]:
+    """Names of the labelled images a teacher run trained on (its ``train`` part)."""
+    split_file = run_dir / "split.json"
+    if not split_file.is_file():
+        raise CovsegError(f"{run_dir}: not a covseg run folder (no split.json); give a run or cv folder as teacher")
+    parts = json.loads(split_file.read_text(encoding="utf-8"))
+    return sorted(parts.get("train", []))
+
+
+def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, rule: PseudoLabelRule = PseudoLabelRule(),
+                       which: str = "last", batch_size: int = 8, force: bool = False, progress: bool = True,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Pseudo-label ``data``'s unlabelled slices with ``teacher`` into ``out_dir`` (staged, then renamed).
+
+    ``teacher``: a run folder, or a cross-validation folder (``fold-K/`` runs), which yields
+    ``out_dir/fold-K`` per fold. ``data`` defaults to the teacher's own data folder. ``which``: the
+    teacher checkpoint (``last`` by default: a CV fold's ``best.pt`` was picked on its held-out images).
+    Returns the summary written to ``pseudo.json`` (for a CV folder: ``{"folds": {K: summary}}``).
+    """
+    from covseg.predict import open_predictor
+    from covseg.run import read_run_info
+
+    teacher, out_dir = Path(teacher), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise CovsegError(f"{out_dir}: exists; pass --force to replace it or choose another -o")
+    if not teacher.is_dir():
+        raise CovsegError(f"{teacher}: the teacher must be a run folder or a cross-validation folder")
+    folds = _fold_dirs(teacher)
+    if folds:
+        with atomic_dir(out_dir, force=force) as staged:
+            summaries = {k: _pseudo_label_one(run, staged / f"fold-{k}", data, rule, which, batch_size, progress,
+                                              log, open_predictor, read_run_info)
+                         for k, run in folds.items()}
+        return {"folds": summaries}
+    with atomic_dir(out_dir, force=force) as staged:
+        return _pseudo_label_one(teacher, staged, data, rule, which, batch_size, progress, log, open_predictor,
+                                 read_run_info)
+
+
+def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: PseudoLabelRule, which: str,
+                      batch_size: int, progress: bool, log: Callable[[str], None], open_predictor: Any,
+                      read_run_info: Any) -> dict[str, Any]:
+    if not run_dir.is_dir():
+        raise CovsegError(f"{run_dir}: the teacher must be a run folder or a cross-validation folder")
+    seen = _teacher_images(run_dir)
+    predictor, config, info = open_predictor(run_dir, None, which, "torch", "cpu", "auto", batch_size, False)
+    data = data or read_run_info(run_dir)["data"]
+    samples = load_dataset(data, config.data.task, split="unlabelled",
+                           window=(config.data.window_level, config.data.window_width))
+    masks = out_dir / "masks"
+    masks.mkdir(parents=True)
+    rows, kept = [], 0
+    bar = tqdm(total=len(samples), desc=f"pseudo-label {run_dir.name}", unit="slice", disable=not progress,
+               dynamic_ncols=True)
+    for sample, probs in zip(samples, predictor([s.image for s in samples])):
+        labels, fraction, confidence = slice_statistics(probs)
+        keep = (rule.min_fraction <= fraction <= rule.max_fraction) and confidence >= rule.min_confidence
+        if keep:
+            Image.fromarray(labels).save(masks / f"{sample.name}.png")
+            kept += 1
+        rows.append({"name": sample.name, "fraction": round(fraction, 5), "confidence": round(confidence, 5),
+                     "kept": keep})
+        bar.update(1)
+    bar.close()
+    summary = {"teacher": str(run_dir.resolve()), "checkpoint": info["file"], "task": config.data.task,
+               "data": str(Path(data).resolve()), "rule": asdict(rule), "teacher_images": seen,
+               "kept": kept, "total": len(rows), "slices": rows}
+    atomic_write_text(out_dir / PSEUDO_FILE, json.dumps(summary, indent=1) + "\n")
+    log(f"{run_dir.name}: kept {kept} of {len(rows)} slices as pseudo-labels")
+    return summary
+
+
+def resolve_pseudo_folder(folder: str | Path, split: str) -> Path:
+    """The pseudo-label folder for a run of ``split``: ``folder/fold-K`` for ``cv:K`` when it exists."""
+    folder = Path(folder)
+    match = re.fullmatch(r"cv:(\d+)", split)
+    if match and (folder / f"fold-{match.group(1)}" / PSEUDO_FILE).is_file():
+        return folder / f"fold-{match.group(1)}"
+    if not (folder / PSEUDO_FILE).is_file():
+        if _fold_dirs_with_labels(folder):
+            raise CovsegError(f"{folder}: holds per-fold pseudo-labels, but split {split!r} is not one of its "
+                              "folds; use --split cv:K")
+        raise CovsegError(f"{folder}: no {PSEUDO_FILE}; make pseudo-labels with `covseg pseudo-label TEACHER -o "
+                          f"{folder}`")
+    return folder
+
+
+def _fold_dirs_with_labels(folder: Path) -> list[Path]:
+    return [p for p in folder.glob("fold-*") if (p / PSEUDO_FILE).is_file()] if folder.is_dir() else []
+
+
+def check_pseudo_labels(folder: str | Path, task: str, heldout: list[str]) -> dict[str, Any]:
+    """Read ``folder/pseudo.json`` and refuse pseudo-labels a student of ``task`` scored on ``heldout`` may not use.
+
+    Refused: another task's labels, and a teacher that trained on any of the ``heldout`` images (those the
+    student is scored on) — that would leak their labels into the student. Returns the summary.
+    """
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / PSEUDO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise CovsegError(f"{folder}/{PSEUDO_FILE}: missing or unreadable; make the pseudo-labels again") from None
+    if summary.get("task") != task:
+        raise CovsegError(f"{folder}: pseudo-labels are for the {summary.get('task')} task, not {task}; make them "
+                          f"with a {task} teacher")
+    leaked = sorted(set(summary.get("teacher_images", [])) & set(heldout))
+    if leaked:
+        raise CovsegError(f"{folder}: the teacher trained on held-out image {leaked[0]} (and {len(leaked) - 1} "
+                          "more); make pseudo-labels from the same fold's teacher (covseg pseudo-label CV_DIR)")
+    return summary
+
+
+def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[float, float],
+                       heldout: list[str]) -> list[Sample]:
+    """The kept pseudo-labelled slices of ``folder`` (checked by :func:`check_pseudo_labels`), images read
+    from ``data``'s unlabelled split; masks ``(H, W)`` int64 in the task's scheme."""
+    folder = Path(folder)
+    summary = check_pseudo_labels(folder, task, heldout)
+    names = [row["name"] for row in summary["slices"] if row["kept"]]
+    if not names:
+        raise CovsegError(f"{folder}: no slice was kept as a pseudo-label; relax --min-confidence")
+    by_name = {s.name: s for s in load_dataset(data, task, split="unlabelled", window=window)}
+    scheme = get_scheme(task)
+    samples = []
+    for name in names:
+        if name not in by_name:
+            raise CovsegError(f"{folder}: pseudo-label {name} has no unlabelled slice in {data}; use the --data "
+                              "the pseudo-labels were made from")
+        image = by_name[name].image
+        mask = np.asarray(Image.open(folder / "masks" / f"{name}.png"), dtype=np.int64)
+        if mask.shape != image.shape or mask.max() >= scheme.num_classes:
+            raise CovsegError(f"{folder}/masks/{name}.png: does not fit its slice or the {task} labels; "
+                              "make the pseudo-labels again")
+        samples.append(Sample(name, image, mask, by_name[name].source))
+    return samples
+
+
+def epoch_pseudo_indices(n_pseudo: int, n_labelled: int, ratio: float, seed: int, epoch: int) -> torch.Tensor:
+    """Which pseudo-labelled slices join ``epoch``: ``round(ratio * n_labelled)`` drawn without replacement.
+
+    Seeded by ``(seed, epoch)`` alone, so a resumed run draws the same slices.
+    """
+    count = min(n_pseudo, int(round(ratio * n_labelled)))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)
+    return torch.randperm(n_pseudo, generator=generator)[:count]

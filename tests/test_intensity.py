@@ -1,0 +1,56 @@
+"""Intensity normalisation: windowing and per-slice histogram equalisation, against hand-computed values."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covseg.cli import main
+from covseg.config import apply_overrides, load_recipe
+from covseg.errors import CovsegError
+from covseg.intensity import equalize, normalize_image, window_hu
+from tests.conftest import TINY_OVERRIDES
+
+
+def test_window_by_hand() -> None:
+    assert window_hu(np.array([-1350.0, -600.0, 150.0, 400.0])).tolist() == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_equalize_midranks_by_hand() -> None:
+    # grey levels 0.1 x2, 0.5 x1, 0.9 x1 -> mid-ranks (0 + 2/2)/4, (2 + 1/2)/4, (3 + 1/2)/4
+    out = equalize(np.array([[0.1, 0.1], [0.5, 0.9]], np.float32))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.25, 0.25], [0.625, 0.875]])
+
+
+def test_equalize_ignores_the_window_a_slice_was_exported_with() -> None:
+    rng = np.random.default_rng(0)
+    hu = rng.normal(-700, 250, (64, 64))
+    lung = window_hu(hu, -600, 1500)  # two exports of the same slice with different CT windows
+    wide = window_hu(hu, -500, 2000)
+    assert np.abs(lung - wide).mean() > 0.02
+    np.testing.assert_allclose(equalize(lung), equalize(wide), atol=0.01)
+    np.testing.assert_allclose(equalize(lung ** 0.7), equalize(lung), atol=0.01)  # and a gamma change
+
+
+def test_normalize_image_names() -> None:
+    image = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_array_equal(normalize_image(image, "none"), image)
+    with pytest.raises(ValueError, match="equalize"):
+        normalize_image(image, "zscore")
+    with pytest.raises(CovsegError, match="data.normalize"):
+        apply_overrides(load_recipe("tiny"), ["data.normalize=zscore"])
+
+
+def test_a_model_trained_with_equalisation_predicts_with_it(tiny_data, tmp_path, capsys) -> None:
+    run = tmp_path / "eq"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "2", "-o",
+                 str(run), "--quiet", "data.normalize=equalize", *TINY_OVERRIDES]) == 0
+    from covseg.predict import open_predictor
+
+    predictor, config, _ = open_predictor(run)
+    assert config.data.normalize == "equalize" and predictor.normalize == "equalize"
+    image = np.random.default_rng(1).random((40, 44)).astype(np.float32)
+    # equalisation makes the prediction blind to a monotone grey-level change of the input
+    a = next(iter(predictor([image])))
+    b = next(iter(predictor([np.sqrt(image)])))
+    np.testing.assert_allclose(a, b, atol=2e-3)

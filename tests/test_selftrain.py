@@ -1,0 +1,124 @@
+"""Self-training: pseudo-labels from a teacher (run or CV folder), honest use by a student."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covseg.cli import main
+from covseg.errors import CovsegError
+from covseg.selftrain import (PseudoLabelRule, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder,
+                              slice_statistics)
+from tests.conftest import TINY_OVERRIDES, synthetic_slice, write_semiseg
+
+
+def test_slice_statistics_by_hand() -> None:
+    # 2 classes on a 2x2 slice: pixels 0 and 1 are lesion (p = 0.8 and 0.6), pixels 2 and 3 background
+    fg = np.array([[0.8, 0.6], [0.3, 0.1]])
+    labels, fraction, confidence = slice_statistics(np.stack([1 - fg, fg]))
+    assert labels.tolist() == [[1, 1], [0, 0]]
+    assert fraction == pytest.approx(0.5)
+    assert confidence == pytest.approx(0.7)
+    _, fraction, confidence = slice_statistics(np.stack([np.ones((2, 2)), np.zeros((2, 2))]))
+    assert fraction == 0 and confidence == 0
+
+
+def test_rule_refuses_nonsense() -> None:
+    with pytest.raises(CovsegError, match="min-confidence"):
+        PseudoLabelRule(min_confidence=1.5)
+    with pytest.raises(CovsegError, match="max-fraction"):
+        PseudoLabelRule(min_fraction=0.6, max_fraction=0.5)
+
+
+def test_epoch_draw_is_seeded_and_sized() -> None:
+    a = epoch_pseudo_indices(100, 40, 0.5, seed=0, epoch=3)
+    assert len(a) == 20 and len(set(a.tolist())) == 20
+    assert a.tolist() == epoch_pseudo_indices(100, 40, 0.5, seed=0, epoch=3).tolist()
+    assert a.tolist() != epoch_pseudo_indices(100, 40, 0.5, seed=0, epoch=4).tolist()
+    assert len(epoch_pseudo_indices(10, 40, 1.0, 0, 0)) == 10  # never more than there are
+
+
+@pytest.fixture(scope="module")
+def semi_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """9 labelled synthetic slices plus 8 unlabelled ones in the COVID-SemiSeg layout."""
+    root = write_semiseg(tmp_path_factory.mktemp("semi"), n=9, seed=3)
+    folder = root / "Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for i in range(8):
+        image, _ = synthetic_slice(rng, 48, 44)
+        Image.fromarray(image).save(folder / f"u{i}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture(scope="module")
+def teacher_cv(semi_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cv") / "teacher"
+    assert main(["cv", "--recipe", "tiny", "--task", "binary", "--data", str(semi_data), "--folds", "3",
+                 "-o", str(out), "--quiet", "train.epochs=2", *TINY_OVERRIDES]) == 0
+    return out
+
+
+def test_pseudo_label_per_fold_and_student(semi_data: Path, teacher_cv: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    pseudo = tmp_path / "pseudo"
+    assert main(["pseudo-label", str(teacher_cv), "-o", str(pseudo), "--min-confidence", "0",
+                 "--min-fraction", "0", "--max-fraction", "1", "--quiet"]) == 0
+    for k in range(3):
+        summary = json.loads((pseudo / f"fold-{k}" / "pseudo.json").read_text())
+        split = json.loads((teacher_cv / f"fold-{k}" / "split.json").read_text())
+        assert summary["teacher_images"] == sorted(split["train"])
+        assert summary["total"] == 8 and summary["task"] == "binary"
+        kept = [r["name"] for r in summary["slices"] if r["kept"]]
+        assert summary["kept"] == len(kept)
+        for name in kept:  # a label map at the slice's own size, class ids only
+            mask = np.asarray(Image.open(pseudo / f"fold-{k}" / "masks" / f"{name}.png"))
+            assert mask.shape == (48, 44) and set(np.unique(mask)) <= {0, 1}
+        assert sorted(p.stem for p in (pseudo / f"fold-{k}" / "masks").iterdir()) == sorted(kept)
+    assert not list(tmp_path.glob(".pseudo*"))  # nothing staged left behind
+
+    # the student of fold 1 reads fold-1's pseudo-labels ...
+    assert resolve_pseudo_folder(pseudo, "cv:1") == pseudo / "fold-1"
+    kept1 = json.loads((pseudo / "fold-1" / "pseudo.json").read_text())["kept"]
+    assert kept1 == 8  # the rule above keeps every slice
+    student = tmp_path / "student"
+    capsys.readouterr()
+    assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:1", "--epochs", "2",
+                 "-o", str(student), "--quiet", f"data.pseudo_labels={pseudo}", "data.pseudo_ratio=0.5",
+                 *TINY_OVERRIDES]) == 0
+    assert f"{kept1} pseudo-labelled slices from {pseudo / 'fold-1'}" in capsys.readouterr().err
+    assert (student / "last.pt").is_file()
+
+    # ... and a student scored on images its teacher trained on is refused before anything is written
+    leaky = tmp_path / "leaky"
+    capsys.readouterr()
+    assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:1", "--epochs", "2",
+                 "-o", str(leaky), "--quiet", f"data.pseudo_labels={pseudo / 'fold-0'}", *TINY_OVERRIDES]) == 2
+    err = capsys.readouterr().err
+    assert "teacher trained on held-out image" in err and err.count("\n") == 1
+    assert not leaky.exists()
+
+
+def test_load_refuses_wrong_task_and_missing_slices(semi_data: Path, teacher_cv: Path, tmp_path: Path) -> None:
+    pseudo = tmp_path / "p"
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(pseudo), "--min-confidence", "0",
+                 "--min-fraction", "0", "--max-fraction", "1", "--quiet"]) == 0
+    heldout = json.loads((teacher_cv / "fold-0" / "split.json").read_text())["val"]
+    samples = load_pseudo_labels(pseudo, str(semi_data), "binary", (-600, 1500), heldout)
+    assert len(samples) == json.loads((pseudo / "pseudo.json").read_text())["kept"] == 8
+    assert all(s.mask.dtype == np.int64 and s.mask.shape == s.image.shape for s in samples)
+    with pytest.raises(CovsegError, match="binary task, not multiclass"):
+        load_pseudo_labels(pseudo, str(semi_data), "multiclass", (-600, 1500), heldout)
+    other = write_semiseg(tmp_path / "other", n=3)
+    (other / "Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(
+        other / "Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs/x.jpg")
+    with pytest.raises(CovsegError, match="has no unlabelled slice"):
+        load_pseudo_labels(pseudo, str(other), "binary", (-600, 1500), heldout)
+    # an existing output is not overwritten without --force
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(pseudo), "--quiet"]) == 2
+    assert main(["pseudo-label", str(tmp_path / "nowhere"), "-o", str(tmp_path / "q"), "--quiet"]) == 2
+    assert not (tmp_path / "q").exists()
