@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from covseg.errors import CovsegError
 
-__all__ = ["median_frequency_weights", "DiceLoss", "DiceCELoss", "create_loss", "LOSSES"]
+__all__ = ["DeepSupervisionLoss", "median_frequency_weights", "DiceLoss", "DiceCELoss", "create_loss", "LOSSES"]
 
 
 def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> np.ndarray:
@@ -83,6 +83,32 @@ class _CrossEntropy(nn.CrossEntropyLoss):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return super().forward(logits.float(), target)
+
+
+class DeepSupervisionLoss(nn.Module):
+    """A loss over deep-supervision outputs: ``sum_i w_i * loss(logits_i, target_i)``, as nnU-Net.
+
+    ``logits``: a list, full-size ``(B, C, H, W)`` first, then coarser levels ``(B, C, H/2^i, W/2^i)``;
+    ``target_i`` is the label map ``(B, H, W)`` down-sampled by nearest-neighbour to level ``i``. Weights
+    ``w_i`` are proportional to ``1 / 2^i`` and sum to 1. A single tensor is passed straight to ``loss``.
+    """
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, torch.Tensor):
+            return self.loss(logits, target)
+        weights = torch.tensor([0.5 ** i for i in range(len(logits))])
+        weights = weights / weights.sum()
+        total = logits[0].new_zeros((), dtype=torch.float32)
+        for w, level in zip(weights.tolist(), logits):
+            t = target
+            if level.shape[-2:] != target.shape[-2:]:
+                t = F.interpolate(target[:, None].float(), size=level.shape[-2:], mode="nearest")[:, 0].long()
+            total = total + w * self.loss(level, t)
+        return total
 
 
 LOSSES = ("ce", "mfb_ce", "dice", "dice_ce", "mfb_dice_ce")

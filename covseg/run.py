@@ -37,7 +37,7 @@ from covseg.fileio import atomic_write_text
 from covseg.figures import plot_curves
 from covseg.intensity import normalize_image
 from covseg.labels import get_scheme
-from covseg.losses import create_loss, median_frequency_weights
+from covseg.losses import DeepSupervisionLoss, create_loss, median_frequency_weights
 from covseg.models import check_input_size
 from covseg.runtime import DistContext, resolve_device, resolve_precision
 from covseg.selftrain import check_pseudo_labels, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
@@ -198,6 +198,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, t)
     loss_fn = create_loss(t.loss, weights).to(device)
+    if config.model.deep_supervision:
+        loss_fn = DeepSupervisionLoss(loss_fn)
     history: list[dict[str, float]] = []
     best: float | None = None
     if resume:

@@ -106,8 +106,9 @@ def train_one_epoch(
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg.schedule, epoch * steps + step, total_steps)
         with autocast(device, dtype):
-            logits = model(x)
-        loss = loss_fn(logits, y)
+            outputs = model(x)
+        loss = loss_fn(outputs, y)
+        logits = outputs[0] if isinstance(outputs, list) else outputs  # deep supervision: full size first
         if not torch.isfinite(loss):
             raise CovsegError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower train.lr")
         optimizer.zero_grad(set_to_none=True)

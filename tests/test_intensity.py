@@ -8,7 +8,7 @@ from covseg.cli import main
 from covseg.config import apply_overrides, load_recipe
 from covseg.errors import CovsegError
 from covseg.intensity import equalize, normalize_image, window_hu
-from tests.conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES
 
 
 def test_window_by_hand() -> None:

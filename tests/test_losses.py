@@ -52,3 +52,18 @@ def test_dice_ce_is_sum_and_unknown_loss() -> None:
     torch.testing.assert_close(total, F.cross_entropy(logits, target) + DiceLoss()(logits, target))
     with pytest.raises(CovsegError, match="unknown loss"):
         create_loss("focal")
+
+
+def test_deep_supervision_loss_weights_levels_by_hand() -> None:
+    from covseg.losses import DeepSupervisionLoss
+
+    base = torch.nn.CrossEntropyLoss()
+    loss = DeepSupervisionLoss(base)
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, :2, :2] = 1  # the top-left quarter; at 2x2 it is pixel (0, 0), at 1x1 it is the only pixel
+    full, half, quarter = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2), torch.randn(1, 2, 1, 1)
+    t_half = torch.tensor([[[1, 0], [0, 0]]])
+    t_quarter = torch.tensor([[[1]]])
+    expected = (4 * base(full, target) + 2 * base(half, t_half) + base(quarter, t_quarter)) / 7
+    assert torch.allclose(loss([full, half, quarter], target), expected)
+    assert torch.allclose(loss(full, target), base(full, target))

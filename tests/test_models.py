@@ -89,3 +89,15 @@ def test_nearest_valid_size() -> None:
     assert nearest_valid_size(500, 4) == 496
     assert nearest_valid_size(504, 4) == 512
     assert nearest_valid_size(3, 4) == 16
+
+
+def test_unet_deep_supervision_outputs_levels_only_while_training() -> None:
+    model = create_model("unet", num_classes=3, width=4, depth=3, deep_supervision=True)
+    outputs = model(torch.rand(2, 1, 32, 48))
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 32, 48), (2, 3, 16, 24), (2, 3, 8, 12)]
+    model.eval()
+    assert model(torch.rand(2, 1, 32, 48)).shape == (2, 3, 32, 48)
+    plain = create_model("unet", num_classes=3, width=4, depth=3)
+    # the extra heads are 1x1 convolutions (8 and 16 input channels, 3 outputs, with bias)
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == (8 * 3 + 3) + (16 * 3 + 3)

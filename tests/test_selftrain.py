@@ -12,7 +12,7 @@ from covseg.cli import main
 from covseg.errors import CovsegError
 from covseg.selftrain import (PseudoLabelRule, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder,
                               slice_statistics)
-from tests.conftest import TINY_OVERRIDES, synthetic_slice, write_semiseg
+from conftest import TINY_OVERRIDES, synthetic_slice, write_semiseg
 
 
 def test_slice_statistics_by_hand() -> None:

@@ -119,3 +119,20 @@ def test_lr_schedules() -> None:
     assert lr_factor("constant", 50, 100) == 1.0
     assert lr_factor("cosine", 0, 100) == 1.0 and lr_factor("cosine", 50, 100) == pytest.approx(0.5)
     assert lr_factor("onecycle", 0, 100) == pytest.approx(0.04) and lr_factor("onecycle", 30, 100) == pytest.approx(1.0)
+
+
+def test_deep_supervision_trains_and_saves_a_plain_predictor(tiny_data: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "ds"
+    assert _train(tiny_data, run, "model.deep_supervision=true", "--epochs", "2") == 0
+    state = read_checkpoint(run / "last.pt")
+    assert any(k.startswith("aux_heads.") for k in state["model"])
+    from covseg.checkpoint import load_model
+
+    model, config, _ = load_model(run)
+    assert config.model.deep_supervision and model(torch.rand(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+    capsys.readouterr()
+    assert _train(tiny_data, tmp_path / "seg", "model.name=segnet", "model.deep_supervision=true",
+                  "--epochs", "1") == 2
+    assert "deep_supervision is built for unet only" in capsys.readouterr().err
+    assert not (tmp_path / "seg").exists()

@@ -28,6 +28,10 @@ class UNet(nn.Module):
     ``width=64, depth=4`` reproduces the original's 31M parameters. Channels at level ``i`` are
     ``width * 2**i``.
 
+    With ``deep_supervision`` (training mode only) the forward pass returns a list: the ``(B, num_classes,
+    H, W)`` logits, then ``depth - 1`` coarser logits from 1x1 heads on the decoder levels, of sizes
+    ``H/2, H/4, ...`` (for :class:`covseg.losses.DeepSupervisionLoss`); in eval mode only the first.
+
     Shape:
         x: ``(B, in_channels, H, W)`` float, H and W divisible by ``2**depth``
         returns: ``(B, num_classes, H, W)`` logits
@@ -41,6 +45,7 @@ class UNet(nn.Module):
         depth: int = 4,
         batch_norm: bool = True,
         dropout: float = 0.0,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1 or width < 1:
@@ -58,6 +63,10 @@ class UNet(nn.Module):
             DoubleConv(2 * channels[i], channels[i], batch_norm) for i in reversed(range(depth))
         )
         self.head = nn.Conv2d(channels[0], num_classes, 1)
+        # deep supervision: 1x1 heads on the decoder levels below the top (1/2, 1/4, ... of the input size)
+        self.aux_heads = nn.ModuleList(
+            nn.Conv2d(channels[i], num_classes, 1) for i in range(1, depth)
+        ) if deep_supervision else nn.ModuleList()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1], self.depth, "UNet")
@@ -67,6 +76,12 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.dropout(self.encoders[-1](x))
+        decoded: list[torch.Tensor] = []
         for upsample, decoder in zip(self.upsamplers, self.decoders):
             x = decoder(torch.cat([upsample(x), skips.pop()], dim=1))
+            decoded.append(x)
+        if self.training and len(self.aux_heads):
+            # full-size logits first, then coarser ones: 1/2, 1/4, ... of the input size
+            coarse = [head(level) for head, level in zip(self.aux_heads, reversed(decoded[:-1]))]
+            return [self.head(x), *coarse]  # type: ignore[return-value]
         return self.head(x)
