@@ -46,7 +46,10 @@ def _recipe_config(args: argparse.Namespace):
         overrides.append(f"train.device={args.device}")
     if args.precision:
         overrides.append(f"train.precision={args.precision}")
-    return apply_overrides(config, overrides)
+    config = apply_overrides(config, overrides)
+    if config.data.pseudo_labels:  # saved absolute, so a resumed or re-run cv finds the same folder
+        config.data.pseudo_labels = str(Path(config.data.pseudo_labels).resolve())
+    return config
 
 
 def _add_training_options(p: argparse.ArgumentParser, split: bool = True) -> None:

@@ -23,7 +23,7 @@ from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
 from covseg.predict import open_predictor
 from covseg.labels import get_scheme
-from covseg.checkpoint import read_checkpoint
+from covseg.checkpoint import build_model, read_checkpoint
 from covseg.config import config_to_dict
 from covseg.run import read_run_config, read_run_info, train_run
 
@@ -119,6 +119,8 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     finished (or interrupted) in ``out_dir`` with the same settings are reused (or resumed); ``force``
     retrains them from scratch.
     """
+    for name in models:  # refuse bad options for any model before the first one trains
+        build_model(replace(config, model=replace(config.model, name=name)))
     rows: dict[str, dict[str, Any]] = {}
     for name in models:
         cfg = replace(config, model=replace(config.model, name=name))

@@ -86,11 +86,13 @@ class _CrossEntropy(nn.CrossEntropyLoss):
 
 
 class DeepSupervisionLoss(nn.Module):
-    """A loss over deep-supervision outputs: ``sum_i w_i * loss(logits_i, target_i)``, as nnU-Net.
+    """A loss over deep-supervision outputs: ``sum_i w_i * loss(logits_i, target_i)``.
 
     ``logits``: a list, full-size ``(B, C, H, W)`` first, then coarser levels ``(B, C, H/2^i, W/2^i)``;
-    ``target_i`` is the label map ``(B, H, W)`` down-sampled by nearest-neighbour to level ``i``. Weights
-    ``w_i`` are proportional to ``1 / 2^i`` and sum to 1. A single tensor is passed straight to ``loss``.
+    ``target_i`` is the label map ``(B, H, W)`` down-sampled by nearest-neighbour (``nearest-exact``, the
+    centre-most pixel of each block, as :func:`covseg.transforms.stack_resized`) to level ``i``. Weights
+    ``w_i`` are proportional to ``1 / 2^i`` and sum to 1 (nnU-Net's halving weights, though nnU-Net also
+    drops its coarsest level). A single tensor is passed straight to ``loss``.
     """
 
     def __init__(self, loss: nn.Module) -> None:
@@ -106,7 +108,7 @@ class DeepSupervisionLoss(nn.Module):
         for w, level in zip(weights.tolist(), logits):
             t = target
             if level.shape[-2:] != target.shape[-2:]:
-                t = F.interpolate(target[:, None].float(), size=level.shape[-2:], mode="nearest")[:, 0].long()
+                t = F.interpolate(target[:, None].float(), size=level.shape[-2:], mode="nearest-exact")[:, 0].long()
             total = total + w * self.loss(level, t)
         return total
 

@@ -14,6 +14,7 @@ Every file is written atomically; ``last.pt`` is rewritten after each epoch.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -40,7 +41,7 @@ from covseg.labels import get_scheme
 from covseg.losses import DeepSupervisionLoss, create_loss, median_frequency_weights
 from covseg.models import check_input_size
 from covseg.runtime import DistContext, resolve_device, resolve_precision
-from covseg.selftrain import check_pseudo_labels, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
+from covseg.selftrain import PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
 from covseg.splits import kfold, make_split, parse_split_name, save_split
 from covseg.training import lr_factor, make_optimizer, train_one_epoch, validate
 from covseg.transforms import stack_resized
@@ -88,7 +89,7 @@ def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
 
 
 def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], data_path: str,
-                    force: bool) -> None:
+                    force: bool, info: dict | None = None) -> None:
     if run_dir.exists() and any(run_dir.iterdir()):
         if not force:
             raise CovsegError(f"{run_dir}: run folder exists; pass --force to overwrite it or "
@@ -112,7 +113,7 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     atomic_write_text(run_dir / "run.json", json.dumps(
         {"covseg": __version__, "torch": torch.__version__, "python": platform.python_version(),
-         "data": str(Path(data_path).resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+         "data": str(Path(data_path).resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {})},
         indent=1) + "\n")
 
 
@@ -123,19 +124,28 @@ def _stack(samples: list[Sample], size: int, normalize: str) -> tuple[torch.Tens
     return x, y
 
 
-def _pseudo_tensors(config: RunConfig, split: dict, data_path: str,
-                    log) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The run's pseudo-labelled slices (self-training), resized: images float16 ``(P, 1, S, S)``, labels."""
+@dataclass
+class _Pseudo:
+    """A run's pseudo-labelled slices: images float16 ``(P, 1, S, S)``, labels uint8 ``(P, S, S)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    digest: str  # SHA-256 of the pseudo.json they came from
+
+
+def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseudo | None:
+    """Load, check and resize the run's pseudo-labelled slices (self-training), or None without any."""
     d = config.data
     if not d.pseudo_labels:
-        return None, None
+        return None
     folder = resolve_pseudo_folder(d.pseudo_labels, d.split)
     samples = load_pseudo_labels(folder, data_path, d.task, (d.window_level, d.window_width),
                                  split.get("val", []) + split.get("test", []))
     x, y = _stack(samples, d.input_size, d.normalize)
     log(f"self-training: {len(samples)} pseudo-labelled slices from {folder}, "
         f"{d.pseudo_ratio:g} per labelled image each epoch")
-    return x.half(), y.to(torch.uint8)
+    digest = hashlib.sha256((folder / PSEUDO_FILE).read_bytes()).hexdigest()
+    return _Pseudo(x.half(), y.to(torch.uint8), digest)
 
 
 def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path: str = "",
@@ -160,12 +170,19 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     build_model(config)  # refuse bad model options before anything is written
     create_loss(t.loss, np.ones(scheme.num_classes))
     lr_factor(t.schedule, 0, 1)
+    # pseudo-labels are checked and loaded (on every process) before anything is written
+    if resume:
+        planned = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+        data_path = data_path or read_run_info(run_dir)["data"]
+    else:
+        planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
+    pseudo = _pseudo_slices(config, planned, data_path, log)
+    if resume and pseudo is not None and read_run_info(run_dir).get("pseudo_labels_sha256") != pseudo.digest:
+        raise CovsegError(f"{run_dir}: its pseudo-labels ({d.pseudo_labels}) changed since the run began; "
+                          "make them again as they were, or train a new run")
     if not resume and dist.is_main:
-        if d.pseudo_labels:  # refuse unusable pseudo-labels before anything is written
-            planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
-            check_pseudo_labels(resolve_pseudo_folder(d.pseudo_labels, d.split), d.task,
-                                planned["val"] + planned["test"])
-        _prepare_folder(run_dir, config, samples, data_path, force)
+        _prepare_folder(run_dir, config, samples, data_path, force,
+                        {"pseudo_labels_sha256": pseudo.digest} if pseudo is not None else {})
     if dist.enabled:
         torch_dist.barrier()
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
@@ -183,7 +200,6 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         raise CovsegError("the training split is empty; use more images or another --split")
     train_x, train_y = _stack(train, d.input_size, d.normalize)
     val_x, val_y = _stack(val, d.input_size, d.normalize) if val else (None, None)
-    pseudo_x, pseudo_y = _pseudo_tensors(config, split, data_path or read_run_info(run_dir)["data"], log)
 
     if t.threads > 0:
         torch.set_num_threads(t.threads)
@@ -222,10 +238,10 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         for epoch in bar:
             tick = time.perf_counter()
             epoch_x, epoch_y = train_x, train_y
-            if pseudo_x is not None:
-                pick = epoch_pseudo_indices(len(pseudo_x), len(train_x), d.pseudo_ratio, t.seed, epoch)
-                epoch_x = torch.cat([train_x, pseudo_x[pick].float()])
-                epoch_y = torch.cat([train_y, pseudo_y[pick].long()])
+            if pseudo is not None:
+                pick = epoch_pseudo_indices(len(pseudo.images), len(train_x), d.pseudo_ratio, t.seed, epoch)
+                epoch_x = torch.cat([train_x, pseudo.images[pick].float()])
+                epoch_y = torch.cat([train_y, pseudo.labels[pick].long()])
             fit = train_one_epoch(model, loss_fn, optimizer, epoch_x, epoch_y, t, epoch, device, dtype, dist)
             if val_x is not None:
                 res = validate(core, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype)

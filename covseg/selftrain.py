@@ -42,7 +42,7 @@ class PseudoLabelRule:
 
     ``confidence`` of a slice = mean top-class probability over the pixels the teacher calls lesion;
     ``fraction`` = those pixels / all pixels. A slice is kept when ``min_fraction <= fraction <=
-    max_fraction`` and ``confidence >= min_confidence`` (slices without lesion are not kept: every
+    max_fraction`` and ``confidence >= min_confidence`` (slices without lesion are never kept: every
     labelled COVID-SemiSeg slice holds lesion, and an empty slice teaches only background).
     """
 
@@ -67,6 +67,11 @@ def slice_statistics(probs: np.ndarray) -> tuple[np.ndarray, float, float]:
     return labels.astype(np.uint8), fraction, confidence
 
 
+def keeps(rule: PseudoLabelRule, fraction: float, confidence: float) -> bool:
+    """Whether ``rule`` keeps a slice with this lesion ``fraction`` and ``confidence`` (never an empty one)."""
+    return fraction > 0 and rule.min_fraction <= fraction <= rule.max_fraction and confidence >= rule.min_confidence
+
+
 def _fold_dirs(teacher: Path) -> dict[int, Path]:
     if not teacher.is_dir():
         return {}
@@ -74,13 +79,35 @@ def _fold_dirs(teacher: Path) -> dict[int, Path]:
     return {k: p for k, p in sorted(found.items()) if (p / "last.pt").is_file()}
 
 
-def _teacher_images(run_dir: Path) -> list[str]:
-    """Names of the labelled images a teacher run trained on (its ``train`` part)."""
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise CovsegError(f"{path}: missing or unreadable; {what}") from None
+
+
+def _teacher_images(run_dir: Path, which: str, split: str, pseudo_labels: str) -> list[str]:
+    """Names of the labelled images whose labels reached a teacher's weights.
+
+    Its ``train`` part; with ``which="best"`` also its validation part (``best.pt`` was chosen on it); and,
+    for a teacher that was itself a self-trained student, its own teacher's images.
+    """
     split_file = run_dir / "split.json"
     if not split_file.is_file():
         raise CovsegError(f"{run_dir}: not a covseg run folder (no split.json); give a run or cv folder as teacher")
-    parts = json.loads(split_file.read_text(encoding="utf-8"))
-    return sorted(parts.get("train", []))
+    parts = _read_json(split_file, "train the teacher again")
+    if not isinstance(parts, dict):
+        raise CovsegError(f"{split_file}: not a covseg split; train the teacher again")
+    seen = set(parts.get("train", []))
+    if which == "best":
+        seen |= set(parts.get("val", []))
+    if pseudo_labels:
+        seen |= set(_summary(resolve_pseudo_folder(pseudo_labels, split))["teacher_images"])
+    return sorted(seen)
+
+
+def _is_pseudo_folder(folder: Path) -> bool:
+    return (folder / PSEUDO_FILE).is_file() or bool(_fold_dirs_with_labels(folder))
 
 
 def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, rule: PseudoLabelRule = PseudoLabelRule(),
@@ -97,10 +124,18 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     from covseg.run import read_run_info
 
     teacher, out_dir = Path(teacher), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise CovsegError(f"{out_dir}: exists; pass --force to replace it or choose another -o")
     if not teacher.is_dir():
         raise CovsegError(f"{teacher}: the teacher must be a run folder or a cross-validation folder")
+    t, o = teacher.resolve(), out_dir.resolve()
+    if o == t or t in o.parents or o in t.parents:
+        raise CovsegError(f"{out_dir}: the output may not be the teacher's folder, inside it or above it; "
+                          "choose another -o")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not force:
+            raise CovsegError(f"{out_dir}: exists; pass --force to replace it or choose another -o")
+        if not out_dir.is_dir() or not _is_pseudo_folder(out_dir):
+            raise CovsegError(f"{out_dir}: is not empty and holds no pseudo-labels; --force only replaces "
+                              "pseudo-label folders, so choose a new -o")
     folds = _fold_dirs(teacher)
     if folds:
         with atomic_dir(out_dir, force=force) as staged:
@@ -118,8 +153,8 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
                       read_run_info: Any) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise CovsegError(f"{run_dir}: the teacher must be a run folder or a cross-validation folder")
-    seen = _teacher_images(run_dir)
     predictor, config, info = open_predictor(run_dir, None, which, "torch", "cpu", "auto", batch_size, False)
+    seen = _teacher_images(run_dir, which, config.data.split, config.data.pseudo_labels)
     data = data or read_run_info(run_dir)["data"]
     samples = load_dataset(data, config.data.task, split="unlabelled",
                            window=(config.data.window_level, config.data.window_width))
@@ -130,7 +165,7 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
                dynamic_ncols=True)
     for sample, probs in zip(samples, predictor([s.image for s in samples])):
         labels, fraction, confidence = slice_statistics(probs)
-        keep = (rule.min_fraction <= fraction <= rule.max_fraction) and confidence >= rule.min_confidence
+        keep = keeps(rule, fraction, confidence)
         if keep:
             Image.fromarray(labels).save(masks / f"{sample.name}.png")
             kept += 1
@@ -138,7 +173,8 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
                      "kept": keep})
         bar.update(1)
     bar.close()
-    summary = {"teacher": str(run_dir.resolve()), "checkpoint": info["file"], "task": config.data.task,
+    summary = {"teacher": str(run_dir.resolve()), "checkpoint": info["file"], "backend": info["backend"],
+               "task": config.data.task,
                "data": str(Path(data).resolve()), "rule": asdict(rule), "teacher_images": seen,
                "kept": kept, "total": len(rows), "slices": rows}
     atomic_write_text(out_dir / PSEUDO_FILE, json.dumps(summary, indent=1) + "\n")
@@ -172,18 +208,30 @@ def check_pseudo_labels(folder: str | Path, task: str, heldout: list[str]) -> di
     student is scored on) — that would leak their labels into the student. Returns the summary.
     """
     folder = Path(folder)
-    try:
-        summary = json.loads((folder / PSEUDO_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise CovsegError(f"{folder}/{PSEUDO_FILE}: missing or unreadable; make the pseudo-labels again") from None
-    if summary.get("task") != task:
+    summary = _summary(folder)
+    if summary["task"] != task:
         raise CovsegError(f"{folder}: pseudo-labels are for the {summary.get('task')} task, not {task}; make them "
                           f"with a {task} teacher")
-    leaked = sorted(set(summary.get("teacher_images", [])) & set(heldout))
+    leaked = sorted(set(summary["teacher_images"]) & set(heldout))
     if leaked:
         raise CovsegError(f"{folder}: the teacher trained on held-out image {leaked[0]} (and {len(leaked) - 1} "
                           "more); make pseudo-labels from the same fold's teacher (covseg pseudo-label CV_DIR)")
+    if not summary["kept"]:
+        raise CovsegError(f"{folder}: no slice was kept as a pseudo-label; relax --min-confidence")
     return summary
+
+
+def _summary(folder: Path) -> dict[str, Any]:
+    """``folder/pseudo.json``, checked for the fields covseg relies on."""
+    summary = _read_json(folder / PSEUDO_FILE, "make the pseudo-labels again")
+    try:
+        rows = [{"name": str(r["name"]), "kept": bool(r["kept"])} for r in summary["slices"]]
+        checked = {"task": summary["task"], "teacher_images": list(summary["teacher_images"]), "slices": rows,
+                   "kept": sum(r["kept"] for r in rows)}
+    except (KeyError, TypeError, AttributeError):
+        raise CovsegError(f"{folder}/{PSEUDO_FILE}: not a covseg pseudo-label summary; make the pseudo-labels "
+                          "again") from None
+    return {**summary, **checked}
 
 
 def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[float, float],
@@ -193,8 +241,6 @@ def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[f
     folder = Path(folder)
     summary = check_pseudo_labels(folder, task, heldout)
     names = [row["name"] for row in summary["slices"] if row["kept"]]
-    if not names:
-        raise CovsegError(f"{folder}: no slice was kept as a pseudo-label; relax --min-confidence")
     by_name = {s.name: s for s in load_dataset(data, task, split="unlabelled", window=window)}
     scheme = get_scheme(task)
     samples = []
@@ -203,7 +249,10 @@ def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[f
             raise CovsegError(f"{folder}: pseudo-label {name} has no unlabelled slice in {data}; use the --data "
                               "the pseudo-labels were made from")
         image = by_name[name].image
-        mask = np.asarray(Image.open(folder / "masks" / f"{name}.png"), dtype=np.int64)
+        try:
+            mask = np.asarray(Image.open(folder / "masks" / f"{name}.png"), dtype=np.int64)
+        except OSError:
+            raise CovsegError(f"{folder}/masks/{name}.png: missing or unreadable; make the pseudo-labels again") from None
         if mask.shape != image.shape or mask.max() >= scheme.num_classes:
             raise CovsegError(f"{folder}/masks/{name}.png: does not fit its slice or the {task} labels; "
                               "make the pseudo-labels again")
@@ -217,5 +266,7 @@ def epoch_pseudo_indices(n_pseudo: int, n_labelled: int, ratio: float, seed: int
     Seeded by ``(seed, epoch)`` alone, so a resumed run draws the same slices.
     """
     count = min(n_pseudo, int(round(ratio * n_labelled)))
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)
+    # a stream of its own, unrelated to the shuffling / augmentation generator of any epoch
+    entropy = np.random.SeedSequence([seed, epoch, 0x5E1F]).generate_state(1, np.uint64)[0]
+    generator = torch.Generator().manual_seed(int(entropy))
     return torch.randperm(n_pseudo, generator=generator)[:count]

@@ -60,10 +60,11 @@ def test_deep_supervision_loss_weights_levels_by_hand() -> None:
     base = torch.nn.CrossEntropyLoss()
     loss = DeepSupervisionLoss(base)
     target = torch.zeros(1, 4, 4, dtype=torch.long)
-    target[0, :2, :2] = 1  # the top-left quarter; at 2x2 it is pixel (0, 0), at 1x1 it is the only pixel
+    target[0, :2, :2] = 1  # the top-left quarter
     full, half, quarter = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 2), torch.randn(1, 2, 1, 1)
+    # nearest-exact: the 2x2 map samples pixels (1, 1), (1, 3), (3, 1), (3, 3); the 1x1 map samples (2, 2)
     t_half = torch.tensor([[[1, 0], [0, 0]]])
-    t_quarter = torch.tensor([[[1]]])
+    t_quarter = torch.tensor([[[0]]])
     expected = (4 * base(full, target) + 2 * base(half, t_half) + base(quarter, t_quarter)) / 7
     assert torch.allclose(loss([full, half, quarter], target), expected)
     assert torch.allclose(loss(full, target), base(full, target))

@@ -58,7 +58,7 @@ def semi_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def teacher_cv(semi_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cv") / "teacher"
     assert main(["cv", "--recipe", "tiny", "--task", "binary", "--data", str(semi_data), "--folds", "3",
-                 "-o", str(out), "--quiet", "train.epochs=2", *TINY_OVERRIDES]) == 0
+                 "-o", str(out), "--quiet", "train.epochs=12", *TINY_OVERRIDES]) == 0
     return out
 
 
@@ -82,8 +82,9 @@ def test_pseudo_label_per_fold_and_student(semi_data: Path, teacher_cv: Path, tm
 
     # the student of fold 1 reads fold-1's pseudo-labels ...
     assert resolve_pseudo_folder(pseudo, "cv:1") == pseudo / "fold-1"
-    kept1 = json.loads((pseudo / "fold-1" / "pseudo.json").read_text())["kept"]
-    assert kept1 == 8  # the rule above keeps every slice
+    rows1 = json.loads((pseudo / "fold-1" / "pseudo.json").read_text())["slices"]
+    kept1 = sum(r["kept"] for r in rows1)
+    assert kept1 > 0 and kept1 == sum(r["fraction"] > 0 for r in rows1)  # the rule above keeps every non-empty slice
     student = tmp_path / "student"
     capsys.readouterr()
     assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:1", "--epochs", "2",
@@ -108,7 +109,7 @@ def test_load_refuses_wrong_task_and_missing_slices(semi_data: Path, teacher_cv:
                  "--min-fraction", "0", "--max-fraction", "1", "--quiet"]) == 0
     heldout = json.loads((teacher_cv / "fold-0" / "split.json").read_text())["val"]
     samples = load_pseudo_labels(pseudo, str(semi_data), "binary", (-600, 1500), heldout)
-    assert len(samples) == json.loads((pseudo / "pseudo.json").read_text())["kept"] == 8
+    assert len(samples) == json.loads((pseudo / "pseudo.json").read_text())["kept"] > 0
     assert all(s.mask.dtype == np.int64 and s.mask.shape == s.image.shape for s in samples)
     with pytest.raises(CovsegError, match="binary task, not multiclass"):
         load_pseudo_labels(pseudo, str(semi_data), "multiclass", (-600, 1500), heldout)
@@ -122,3 +123,33 @@ def test_load_refuses_wrong_task_and_missing_slices(semi_data: Path, teacher_cv:
     assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(pseudo), "--quiet"]) == 2
     assert main(["pseudo-label", str(tmp_path / "nowhere"), "-o", str(tmp_path / "q"), "--quiet"]) == 2
     assert not (tmp_path / "q").exists()
+
+
+def test_pseudo_label_refuses_unsafe_outputs_and_counts_best_checkpoint_selection(
+        semi_data: Path, teacher_cv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keep_all = ["--min-confidence", "0", "--min-fraction", "0", "--max-fraction", "1", "--quiet"]
+    # --force never deletes the teacher or a folder that holds no pseudo-labels
+    assert main(["pseudo-label", str(teacher_cv), "-o", str(teacher_cv), "--force", *keep_all]) == 2
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(teacher_cv), "--force", *keep_all]) == 2
+    other = tmp_path / "precious"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(other), "--force", *keep_all]) == 2
+    assert (other / "notes.txt").read_text() == "keep me" and (teacher_cv / "fold-0" / "last.pt").is_file()
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("covseg: error: ") for e in errors)
+
+    # a teacher's best.pt was chosen on its validation fold: those images count as seen
+    best = tmp_path / "best"
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(best), "--checkpoint", "best", *keep_all]) == 0
+    split = json.loads((teacher_cv / "fold-0" / "split.json").read_text())
+    assert json.loads((best / "pseudo.json").read_text())["teacher_images"] == sorted(split["train"] + split["val"])
+    capsys.readouterr()
+    assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:0", "--epochs", "1",
+                 "-o", str(tmp_path / "student"), "--quiet", f"data.pseudo_labels={best}", *TINY_OVERRIDES]) == 2
+    assert "teacher trained on held-out image" in capsys.readouterr().err
+    # a corrupt summary is one line, not a traceback
+    (best / "pseudo.json").write_text('{"task": "binary"}')
+    assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:1", "--epochs", "1",
+                 "-o", str(tmp_path / "student2"), "--quiet", f"data.pseudo_labels={best}", *TINY_OVERRIDES]) == 2
+    assert "not a covseg pseudo-label summary" in capsys.readouterr().err

@@ -76,11 +76,13 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.dropout(self.encoders[-1](x))
+        supervise = self.training and len(self.aux_heads) > 0
         decoded: list[torch.Tensor] = []
         for upsample, decoder in zip(self.upsamplers, self.decoders):
             x = decoder(torch.cat([upsample(x), skips.pop()], dim=1))
-            decoded.append(x)
-        if self.training and len(self.aux_heads):
+            if supervise:
+                decoded.append(x)
+        if supervise:
             # full-size logits first, then coarser ones: 1/2, 1/4, ... of the input size
             coarse = [head(level) for head, level in zip(self.aux_heads, reversed(decoded[:-1]))]
             return [self.head(x), *coarse]  # type: ignore[return-value]
