@@ -2,7 +2,10 @@
 
 The exported graph takes ``image`` ``(B, 1, H, W)`` float32 in [0, 1] (B, H and W dynamic; H and W must be
 divisible by ``2**depth``) and returns ``logits`` ``(B, C, H, W)``. The run's config travels inside the
-file as metadata (``covseg_config``), so a model of another task or architecture can be refused.
+file as metadata (``covseg_config``), so a model of another task or architecture can be refused. The
+graph holds the network only: callers outside covseg prepare its input as covseg's Predictor does — resize
+to ``data.input_size`` and, for ``data.normalize = "equalize"``, equalise each image first
+(:func:`covseg.intensity.equalize`).
 """
 from __future__ import annotations
 

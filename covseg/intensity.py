@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from covseg.errors import CovsegError
+
 __all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "window_hu", "scale_uint8", "to_unit_range", "equalize",
            "normalize_image"]
 
@@ -68,4 +70,4 @@ def normalize_image(image: np.ndarray, method: str) -> np.ndarray:
         return np.asarray(image, dtype=np.float32)
     if method == "equalize":
         return equalize(image)
-    raise ValueError(f"unknown normalisation {method!r}: use one of {', '.join(NORMALIZATIONS)}")
+    raise CovsegError(f"unknown normalisation {method!r}: use one of {', '.join(NORMALIZATIONS)}")

@@ -36,7 +36,7 @@ def test_equalize_ignores_the_window_a_slice_was_exported_with() -> None:
 def test_normalize_image_names() -> None:
     image = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
     np.testing.assert_array_equal(normalize_image(image, "none"), image)
-    with pytest.raises(ValueError, match="equalize"):
+    with pytest.raises(CovsegError, match="equalize"):
         normalize_image(image, "zscore")
     with pytest.raises(CovsegError, match="data.normalize"):
         apply_overrides(load_recipe("tiny"), ["data.normalize=zscore"])
