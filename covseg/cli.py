@@ -29,10 +29,6 @@ def _default_data(dataset: str = "covid-semiseg") -> str:
     return str(root)
 
 
-def _window(config) -> tuple[float, float]:
-    return (config.data.window_level, config.data.window_width)
-
-
 def _recipe_config(args: argparse.Namespace):
     config = load_recipe(args.recipe)
     overrides = list(args.overrides)
@@ -193,7 +189,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = _recipe_config(args)
         data = args.data or _default_data()
         run_dir, resume = args.output, False
-    samples = load_dataset(data, config.data.task, split="train", window=_window(config))
+    samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
     dist, device = init_distributed(resolve_device(config.train.device))
     try:
         result = train_run(config, samples, run_dir, data, resume=resume, force=args.force,
@@ -239,7 +235,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     config = _recipe_config(args)
     data = args.data or _default_data()
-    samples = load_dataset(data, config.data.task, split="train", window=_window(config))
+    samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
     compare_models(args.models, config, samples, data, args.output, args.force, not args.quiet, _log)
     print((args.output / "comparison.md").read_text(encoding="utf-8"))
     return 0
@@ -251,7 +247,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
     config = _recipe_config(args)
     data = args.data or _default_data()
-    samples = load_dataset(data, config.data.task, split="train", window=_window(config))
+    samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
     cross_validate(config, samples, data, args.output, args.folds, not args.quiet, _log)
     print((args.output / "cv.md").read_text(encoding="utf-8"))
     return 0
@@ -272,7 +268,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                              args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)
     options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, min_lesion_ml=args.min_lesion_ml,
-                          window=_window(config))
+                          window=config.data.window)
     for scan in scans:
         out = args.output if len(scans) == 1 and not files else args.output / output_stem(scan)
         report = predict_scan(scan, predictor, scheme, out, info, options, args.series, args.spacing,
@@ -285,7 +281,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"covseg: warning: {warning}", file=sys.stderr)
     if files:
         summary = predict_files(predictor, scheme, files, args.output, info, overlays=not args.no_overlays,
-                                progress=not args.quiet, window=_window(config))
+                                progress=not args.quiet, window=config.data.window)
         print(f"wrote {len(summary['images'])} label maps to {args.output}")
     return 0
 

@@ -46,6 +46,11 @@ class DataConfig:
     pseudo_labels: str = ""  # folder from `covseg pseudo-label` (self-training); "" = none
     pseudo_ratio: float = 1.0  # pseudo-labelled slices drawn per epoch, per labelled training image
 
+    @property
+    def window(self) -> tuple[float, float]:
+        """The lung window as ``(level, width)`` in HU, as the readers take it."""
+        return (self.window_level, self.window_width)
+
 
 @dataclass
 class ModelConfig:

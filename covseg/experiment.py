@@ -99,8 +99,7 @@ def evaluate_run(model_path: Path, data: str | None, split: str, out_dir: Path |
             raise CovsegError("pass --data DIR when evaluating a model file outside its run folder")
         data = read_run_info(run_dir)["data"]
     predictor, config, info = open_predictor(model_path, task, which, backend, device, precision, batch_size, tta)
-    samples = select_samples(run_dir, data, config.data.task, split,
-                             (config.data.window_level, config.data.window_width))
+    samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
     out_dir = out_dir or Path(info["file"]).parent / f"eval-{split}"
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)

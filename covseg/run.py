@@ -139,7 +139,7 @@ def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseu
     if not d.pseudo_labels:
         return None
     folder = resolve_pseudo_folder(d.pseudo_labels, d.split)
-    samples = load_pseudo_labels(folder, data_path, d.task, (d.window_level, d.window_width),
+    samples = load_pseudo_labels(folder, data_path, d.task, d.window,
                                  split.get("val", []) + split.get("test", []))
     x, y = _stack(samples, d.input_size, d.normalize)
     log(f"self-training: {len(samples)} pseudo-labelled slices from {folder}, "

@@ -120,9 +120,6 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     teacher checkpoint (``last`` by default: a CV fold's ``best.pt`` was picked on its held-out images).
     Returns the summary written to ``pseudo.json`` (for a CV folder: ``{"folds": {K: summary}}``).
     """
-    from covseg.predict import open_predictor
-    from covseg.run import read_run_info
-
     teacher, out_dir = Path(teacher), Path(out_dir)
     if not teacher.is_dir():
         raise CovsegError(f"{teacher}: the teacher must be a run folder or a cross-validation folder")
@@ -137,27 +134,32 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
             raise CovsegError(f"{out_dir}: is not empty and holds no pseudo-labels; --force only replaces "
                               "pseudo-label folders, so choose a new -o")
     folds = _fold_dirs(teacher)
+    loaded: dict[tuple, list[Sample]] = {}  # the unlabelled slices, read once for all fold teachers
     if folds:
         with atomic_dir(out_dir, force=force) as staged:
             summaries = {k: _pseudo_label_one(run, staged / f"fold-{k}", data, rule, which, batch_size, progress,
-                                              log, open_predictor, read_run_info)
+                                              log, loaded)
                          for k, run in folds.items()}
         return {"folds": summaries}
     with atomic_dir(out_dir, force=force) as staged:
-        return _pseudo_label_one(teacher, staged, data, rule, which, batch_size, progress, log, open_predictor,
-                                 read_run_info)
+        return _pseudo_label_one(teacher, staged, data, rule, which, batch_size, progress, log, loaded)
 
 
 def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: PseudoLabelRule, which: str,
-                      batch_size: int, progress: bool, log: Callable[[str], None], open_predictor: Any,
-                      read_run_info: Any) -> dict[str, Any]:
+                      batch_size: int, progress: bool, log: Callable[[str], None],
+                      loaded: dict[tuple, list[Sample]]) -> dict[str, Any]:
+    from covseg.predict import open_predictor  # imported here: covseg.run imports this module
+    from covseg.run import read_run_info
+
     if not run_dir.is_dir():
         raise CovsegError(f"{run_dir}: the teacher must be a run folder or a cross-validation folder")
     predictor, config, info = open_predictor(run_dir, None, which, "torch", "cpu", "auto", batch_size, False)
     seen = _teacher_images(run_dir, which, config.data.split, config.data.pseudo_labels)
     data = data or read_run_info(run_dir)["data"]
-    samples = load_dataset(data, config.data.task, split="unlabelled",
-                           window=(config.data.window_level, config.data.window_width))
+    key = (str(Path(data).resolve()), config.data.task, config.data.window)
+    if key not in loaded:
+        loaded[key] = load_dataset(data, config.data.task, split="unlabelled", window=config.data.window)
+    samples = loaded[key]
     masks = out_dir / "masks"
     masks.mkdir(parents=True)
     rows, kept = [], 0
