@@ -73,6 +73,7 @@ class AugmentConfig:
     scale: float = 0.0  # uniform zoom factor in [1 - scale, 1 + scale]
     gamma: float = 0.0  # intensity gamma in [1 - gamma, 1 + gamma]
     brightness: float = 0.0  # additive shift in [-brightness, brightness]
+    contrast: float = 0.0  # scale about the image's mean by a factor in [1 - contrast, 1 + contrast]
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TrainConfig:
     """Optimisation: loss, optimiser, schedule, budget, numerics."""
 
     loss: str = "dice_ce"  # see covseg.losses.LOSSES
+    dice: str = "batch"  # the Dice term's sums: "batch" (whole batch, nnU-Net) | "sample" (per image, MONAI)
     optimizer: str = "adamw"  # "adam" | "adamw" | "sgd"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -181,6 +183,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 _CHOICES = {
     ("data", "task"): ("binary", "multiclass"),
     ("data", "normalize"): NORMALIZATIONS,
+    ("train", "dice"): ("batch", "sample"),
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "schedule"): ("constant", "cosine", "onecycle"),
     ("train", "precision"): ("auto", "fp32", "bf16"),

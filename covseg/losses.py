@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from covseg.errors import CovsegError
 
-__all__ = ["DeepSupervisionLoss", "median_frequency_weights", "DiceLoss", "DiceCELoss", "create_loss", "LOSSES"]
+__all__ = ["DeepSupervisionLoss", "median_frequency_weights", "DiceLoss", "DiceCELoss", "create_loss", "LOSSES", "DICE_MODES"]
 
 
 def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> np.ndarray:
@@ -41,37 +41,41 @@ def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> n
 
 
 class DiceLoss(nn.Module):
-    """Soft Dice loss, ``1 - mean_c (2 sum(p*y) + s) / (sum(p) + sum(y) + s)`` over the batch.
+    """Soft Dice loss, ``1 - mean (2 sum(p*y) + s) / (sum(p) + sum(y) + s)``.
 
-    Computed per class over the whole batch (batch Dice, as nnU-Net) and averaged over the foreground
-    classes (background too with ``include_background``). A class absent from both the batch's truth
-    and prediction scores ~1 (the smoothing term), i.e. it adds a near-constant, gradient-free term.
+    ``logits``: ``(B, C, H, W)``; ``target``: label map ``(B, H, W)``. With ``batch=True`` the sums run per
+    class over the whole batch (batch Dice, nnU-Net's default) and the score is averaged over the foreground
+    classes (background too with ``include_background``). With ``batch=False`` they run per image and class
+    (sample Dice, MONAI's default) and the score is averaged over images and classes, so every image weighs
+    the same whatever its lesion's size, as in the per-image Dice that covseg reports. A class absent from
+    both truth and prediction scores ~1 (the smoothing term), i.e. it adds a near-constant term.
     """
 
-    def __init__(self, include_background: bool = False, smooth: float = 1e-5) -> None:
+    def __init__(self, include_background: bool = False, smooth: float = 1e-5, batch: bool = True) -> None:
         super().__init__()
         self.include_background = include_background
         self.smooth = smooth
+        self.batch = batch
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = logits.float().softmax(dim=1)
         onehot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-        dims = (0, 2, 3)
+        dims = (0, 2, 3) if self.batch else (2, 3)
         inter = (probs * onehot).sum(dims)
         denom = probs.sum(dims) + onehot.sum(dims)
         score = (2 * inter + self.smooth) / (denom + self.smooth)
         if not self.include_background:
-            score = score[1:]
+            score = score[..., 1:]
         return 1.0 - score.mean()
 
 
 class DiceCELoss(nn.Module):
     """Sum of (optionally class-weighted) cross-entropy and soft Dice."""
 
-    def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0) -> None:
+    def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0, batch_dice: bool = True) -> None:
         super().__init__()
         self.ce = nn.CrossEntropyLoss(weight=weight)
-        self.dice = DiceLoss()
+        self.dice = DiceLoss(batch=batch_dice)
         self.dice_weight = dice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -114,12 +118,19 @@ class DeepSupervisionLoss(nn.Module):
 
 
 LOSSES = ("ce", "mfb_ce", "dice", "dice_ce", "mfb_dice_ce")
+DICE_MODES = ("batch", "sample")
 
 
-def create_loss(name: str, class_weights: np.ndarray | None = None) -> nn.Module:
-    """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`)."""
+def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch") -> nn.Module:
+    """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
+
+    ``dice`` picks the Dice term's reduction for the ``*dice*`` losses: ``"batch"`` or ``"sample"`` (see
+    :class:`DiceLoss`).
+    """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
+    if dice not in DICE_MODES:
+        raise CovsegError(f"unknown Dice reduction {dice!r}: use one of {', '.join(DICE_MODES)}")
     weight = None
     if name.startswith("mfb_"):
         if class_weights is None:
@@ -128,5 +139,5 @@ def create_loss(name: str, class_weights: np.ndarray | None = None) -> nn.Module
     if name in ("ce", "mfb_ce"):
         return _CrossEntropy(weight=weight)
     if name == "dice":
-        return DiceLoss()
-    return DiceCELoss(weight=weight)
+        return DiceLoss(batch=dice == "batch")
+    return DiceCELoss(weight=weight, batch_dice=dice == "batch")

@@ -47,10 +47,12 @@ def resize_probs(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
 def augment_batch(
     images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips, rotation, zoom (one affine warp per image) and gamma/brightness.
+    """Random flips, rotation, zoom (one affine warp per image), then gamma, contrast and brightness.
 
-    Images are warped bilinearly (zero padding), label maps with nearest sampling; all randomness comes
-    from ``generator`` so a run is reproducible.
+    ``images``: ``(B, 1, H, W)`` in [0, 1]; ``masks``: label maps ``(B, H, W)``. Images are warped bilinearly
+    (zero padding), label maps with nearest sampling. Intensity: ``x ** g``, then ``m + c (x - m)`` with ``m``
+    the image's mean (contrast), then ``+ b``, clamped to [0, 1]. All randomness comes from ``generator``
+    so a run is reproducible; contrast draws only when it is on, so recipes without it draw as before.
     """
     b = images.shape[0]
 
@@ -71,7 +73,11 @@ def augment_batch(
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         masks = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                               align_corners=False)[:, 0].long()
-    if cfg.gamma or cfg.brightness:
-        images = images.clamp(0.0, 1.0).pow(gamma.view(b, 1, 1, 1)) + shift.view(b, 1, 1, 1)
-        images = images.clamp(0.0, 1.0)
+    if cfg.gamma or cfg.brightness or cfg.contrast:
+        images = images.clamp(0.0, 1.0).pow(gamma.view(b, 1, 1, 1))
+        if cfg.contrast:
+            factor = uniform(1.0 - cfg.contrast, 1.0 + cfg.contrast).view(b, 1, 1, 1)
+            mean = images.mean(dim=(1, 2, 3), keepdim=True)
+            images = mean + factor * (images - mean)
+        images = (images + shift.view(b, 1, 1, 1)).clamp(0.0, 1.0)
     return images, masks

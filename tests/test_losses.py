@@ -44,6 +44,20 @@ def test_dice_loss_values() -> None:
     assert DiceLoss()(uniform, target).item() == pytest.approx(0.5, abs=1e-5)
 
 
+def test_sample_dice_weighs_each_image_equally_by_hand() -> None:
+    # uniform logits: p = 0.5 on every pixel of two 2x2 images
+    target = torch.tensor([[[0, 1], [0, 0]], [[1, 1], [1, 0]]])
+    uniform = torch.zeros(2, 2, 2, 2)
+    # image A: inter 0.5, sum p 2, sum y 1 -> 1/3; image B: inter 1.5, sum p 2, sum y 3 -> 3/5
+    assert DiceLoss(batch=False)(uniform, target).item() == pytest.approx(1 - (1 / 3 + 3 / 5) / 2, abs=1e-5)
+    # batch Dice pools the pixels: inter 2, sum p 4, sum y 4 -> 1/2
+    assert DiceLoss(batch=True)(uniform, target).item() == pytest.approx(0.5, abs=1e-5)
+    sample = create_loss("dice_ce", dice="sample")(uniform, target)
+    torch.testing.assert_close(sample, F.cross_entropy(uniform, target) + DiceLoss(batch=False)(uniform, target))
+    with pytest.raises(CovsegError, match="Dice reduction"):
+        create_loss("dice_ce", dice="pooled")
+
+
 def test_dice_ce_is_sum_and_unknown_loss() -> None:
     torch.manual_seed(1)
     logits = torch.randn(1, 2, 4, 4)
