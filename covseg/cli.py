@@ -98,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="run folder to create")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
 
-    p = sub.add_parser("evaluate", help="score a trained model on labelled images")
-    p.add_argument("model", type=Path, help="run folder or checkpoint file")
+    p = sub.add_parser("evaluate", help="score a trained model (or an ensemble) on labelled images")
+    p.add_argument("model", type=Path, nargs="+",
+                   help="run folder, checkpoint or ONNX file; several, or a cross-validation folder, are "
+                        "scored as one ensemble (mean probabilities)")
     p.add_argument("--data", help="data folder (default: the one the run was trained on)")
     p.add_argument("--split", default="heldout", help="heldout (default) | val | test | train | all")
     p.add_argument("--checkpoint", choices=("auto", "best", "last"), default="auto",
@@ -121,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders (PNG, JPG, TIFF, NIfTI, DICOM)")
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint file")
+    p.add_argument("--model", type=Path, nargs="+", required=True,
+                   help="run folder, checkpoint or ONNX file; several, or a cross-validation folder, "
+                        "predict as one ensemble (mean probabilities)")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read (default: the largest series)")
@@ -256,7 +260,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from covseg.datasets import list_images
     from covseg.labels import get_scheme
-    from covseg.predict import is_scan, open_predictor, predict_files, predict_scan, output_stem
+    from covseg.predict import is_scan, open_ensemble, predict_files, predict_scan, output_stem
     from covseg.scan import ScanOptions
 
     for item in args.inputs:
@@ -264,8 +268,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise CovsegError(f"{item}: no such file or folder")
     scans = [item for item in args.inputs if is_scan(item, args.spacing)]
     files = [f for item in args.inputs if item not in scans for f in list_images(item)]
-    predictor, config, info = open_predictor(args.model, args.task, "best", args.backend, args.device,
-                                             args.precision, args.batch_size, args.tta)
+    predictor, config, info = open_ensemble(args.model, args.task, "best", args.backend, args.device,
+                                            args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)
     options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, min_lesion_ml=args.min_lesion_ml,
                           window=config.data.window)

@@ -8,6 +8,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -21,7 +22,7 @@ from covseg.fileio import atomic_write_text
 from covseg.figures import plot_comparison
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
-from covseg.predict import open_predictor
+from covseg.predict import ensemble_members, open_ensemble
 from covseg.labels import get_scheme
 from covseg.checkpoint import build_model, read_checkpoint
 from covseg.config import config_to_dict
@@ -82,31 +83,70 @@ def _evaluates_validation(run_dir: Path, split: str) -> bool:
     return split == "val" or (split == "heldout" and not parts.get("test"))
 
 
-def evaluate_run(model_path: Path, data: str | None, split: str, out_dir: Path | None, which: str = "auto",
-                 device: str = "cpu", precision: str = "auto", batch_size: int = 8, tta: bool = False,
-                 task: str | None = None, backend: str = "auto", progress: bool = True) -> tuple[dict[str, Any], Path]:
+def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str, out_dir: Path | None,
+                 which: str = "auto", device: str = "cpu", precision: str = "auto", batch_size: int = 8,
+                 tta: bool = False, task: str | None = None, backend: str = "auto",
+                 progress: bool = True) -> tuple[dict[str, Any], Path]:
     """Evaluate a run folder or checkpoint; writes the report into ``out_dir`` and returns (metrics, out_dir).
+
+    Several paths, or a cross-validation folder, are evaluated as one ensemble (mean probabilities, see
+    :func:`covseg.predict.open_ensemble`). An ensemble scores the run's own parts (``heldout``, ``val``,
+    ``train``) only when every member was trained on the same split, so no member saw the images scored;
+    a cross-validation folder's folds are therefore scored together only on ``test``. Its report goes to
+    ``CV_DIR/eval-SPLIT``; other ensembles need ``out_dir``.
 
     ``which="auto"`` takes ``last.pt`` when the images evaluated are the validation images that chose
     ``best.pt`` (so a cross-validation figure is not inflated by selecting on the fold it reports),
     and ``best.pt`` otherwise.
     """
-    run_dir = model_path if model_path.is_dir() else None
+    given = [Path(model_path)] if isinstance(model_path, (str, Path)) else [Path(p) for p in model_path]
+    paths = ensemble_members(given)
+    run_dir = paths[0] if paths[0].is_dir() else None
+    if len(paths) > 1:
+        _check_ensemble_split(paths, split)
+        if out_dir is None:
+            if len(given) != 1:
+                raise CovsegError("an ensemble of several models needs -o REPORT_DIR for its report")
+            out_dir = given[0] / f"eval-{split}"
     if which == "auto":
         which = "last" if run_dir is not None and _evaluates_validation(run_dir, split) else "best"
     if data is None:
         if run_dir is None:
             raise CovsegError("pass --data DIR when evaluating a model file outside its run folder")
         data = read_run_info(run_dir)["data"]
-    predictor, config, info = open_predictor(model_path, task, which, backend, device, precision, batch_size, tta)
+    predictor, config, info = open_ensemble(paths, task, which, backend, device, precision, batch_size, tta)
     samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
     out_dir = out_dir or Path(info["file"]).parent / f"eval-{split}"
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": info, "recipe": config.recipe, "data": str(data), "split": split,
              "seconds": round(time.perf_counter() - began, 3)}
-    title = f"{config.model.name} · {config.data.task} · {split} ({len(samples)} images)"
+    name = info["name"] if len(paths) > 1 else config.model.name
+    title = f"{name}{f' ({len(paths)} models)' if len(paths) > 1 else ''} · {config.data.task} · {split} ({len(samples)} images)"
     return write_report(ev, out_dir, title, extra), out_dir
+
+
+def _check_ensemble_split(paths: Sequence[Path], split: str) -> None:
+    """Refuse to score an ensemble on a run's own parts unless all members share one split.
+
+    ``all`` (every labelled training image) is the caller's explicit choice; ``test`` is the data set's
+    official test split unless a member holds a test part of its own.
+    """
+    if split == "all":
+        return
+    split_files = [path / "split.json" for path in paths]
+    if split == "test" and not any(f.is_file() and json.loads(f.read_text(encoding="utf-8")).get("test")
+                                   for f in split_files):
+        return
+    splits = []
+    for path, split_file in zip(paths, split_files):
+        if not split_file.is_file():
+            raise CovsegError(f"{path}: split {split!r} needs run folders with split.json; use --split test")
+        splits.append(json.loads(split_file.read_text(encoding="utf-8")))
+    if any(other != splits[0] for other in splits[1:]):
+        raise CovsegError(f"the ensemble's models were trained on different splits, so some of the {split} "
+                          "images were another member's training images; score them together with --split test, "
+                          "or one fold at a time")
 
 
 def compare_models(models: list[str], config: RunConfig, samples: list[Sample], data: str, out_dir: Path,

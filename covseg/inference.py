@@ -22,7 +22,7 @@ from covseg.intensity import normalize_image
 from covseg.runtime import autocast
 from covseg.transforms import resize_probs, stack_resized
 
-__all__ = ["Backend", "TorchBackend", "Predictor", "BF16_MIN_AGREEMENT", "label_agreement"]
+__all__ = ["Backend", "TorchBackend", "Predictor", "EnsemblePredictor", "BF16_MIN_AGREEMENT", "label_agreement"]
 
 BF16_MIN_AGREEMENT = 0.999
 """Least fraction of pixels whose bf16 and fp32 labels agree for bf16 results to be used."""
@@ -105,3 +105,20 @@ class Predictor:
             probs = self.batch_probabilities(x).cpu()
             for image, p in zip(chunk, probs):
                 yield resize_probs(p[None], *image.shape[-2:])[0].numpy()
+
+
+class EnsemblePredictor:
+    """Average the class probabilities ``(C, H, W)`` of several predictors image by image (a fold or seed
+    ensemble, as nnU-Net's). Every member must predict the same label scheme; each keeps its own input
+    size and normalisation."""
+
+    def __init__(self, members: Sequence[Predictor]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one predictor")
+        self.members = list(members)
+        self.batch_size = min(m.batch_size for m in self.members)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+        """Yield the members' mean class probabilities ``(C, H, W)`` float32 for each image, in order."""
+        for probs in zip(*(member(images) for member in self.members)):
+            yield np.mean(probs, axis=0, dtype=np.float32)

@@ -26,12 +26,12 @@ from covseg.datasets import read_image
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 from covseg.figures import overlay
-from covseg.inference import Predictor, TorchBackend
+from covseg.inference import EnsemblePredictor, Predictor, TorchBackend
 from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme
 from covseg.runtime import resolve_device, resolve_precision
 
-__all__ = ["open_predictor", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
+__all__ = ["open_predictor", "open_ensemble", "ensemble_members", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
 
 
 def open_predictor(model_path: Path, task: str | None = None, which: str = "best", backend: str = "auto",
@@ -68,6 +68,49 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "best
     info.update({"name": config.model.name, "recipe": config.recipe, "task": config.data.task,
                  "covseg": __version__, "flip_tta": flip_tta})
     return predictor, config, info
+
+
+def ensemble_members(model_paths: Sequence[Path]) -> list[Path]:
+    """Expand each path: a cross-validation folder (``covseg cv`` output) becomes its ``fold-K`` runs, in fold
+    order; a run folder, checkpoint or ONNX file stays itself."""
+    members: list[Path] = []
+    for path in model_paths:
+        path = Path(path)
+        folds = [p for p in path.glob("fold-*") if p.name[5:].isdigit() and (p / "config.yaml").is_file()]
+        folds.sort(key=lambda p: int(p.name[5:]))
+        if path.is_dir() and not (path / "config.yaml").is_file() and folds:
+            members.extend(folds)
+        else:
+            members.append(path)
+    return members
+
+
+def open_ensemble(model_paths: Sequence[Path], task: str | None = None, which: str = "best", backend: str = "auto",
+                  device: str = "cpu", precision: str = "auto", batch_size: int = 8,
+                  flip_tta: bool = False) -> tuple[Predictor | EnsemblePredictor, RunConfig, dict[str, Any]]:
+    """:func:`open_predictor` for one model; for several (or a cross-validation folder, see
+    :func:`ensemble_members`) an :class:`EnsemblePredictor` that averages their probabilities.
+
+    Members must share the label scheme and the CT window their images are read with. Returns the
+    predictor, the first member's config and a description whose ``members`` lists every member's.
+    """
+    paths = ensemble_members(model_paths)
+    if len(paths) == 1:
+        return open_predictor(paths[0], task, which, backend, device, precision, batch_size, flip_tta)
+    opened = [open_predictor(p, task, which, backend, device, precision, batch_size, flip_tta) for p in paths]
+    config = opened[0][1]
+    for path, (_, other, _) in zip(paths[1:], opened[1:]):
+        if other.data.task != config.data.task:
+            raise CovsegError(f"{path} predicts {other.data.task} labels but {paths[0]} predicts "
+                              f"{config.data.task}; an ensemble needs models of one task")
+        if other.data.window != config.data.window:
+            raise CovsegError(f"{path} reads images with CT window {other.data.window} but {paths[0]} with "
+                              f"{config.data.window}; an ensemble needs models that read images alike")
+    members = [info for _, _, info in opened]
+    info = {"name": "ensemble of " + ", ".join(sorted({m["name"] for m in members})), "recipe": config.recipe,
+            "task": config.data.task, "covseg": __version__, "flip_tta": flip_tta,
+            "file": members[0]["file"], "backend": members[0]["backend"], "members": members}
+    return EnsemblePredictor([p for p, _, _ in opened]), config, info
 
 
 def output_stem(path: Path) -> str:

@@ -1,0 +1,92 @@
+"""Ensembles of models: probability averaging by hand, and the CLI's leak checks."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from covseg.cli import main
+from covseg.inference import EnsemblePredictor, Predictor
+
+
+class _ConstantBackend:
+    """Logits ``(B, 2, S, S)`` equal to ``values`` at every pixel."""
+
+    description = "constant"
+
+    def __init__(self, values: tuple[float, float]) -> None:
+        self.values = torch.tensor(values).view(1, 2, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.values.expand(x.shape[0], 2, *x.shape[-2:]).clone()
+
+
+def test_ensemble_averages_member_probabilities_by_hand() -> None:
+    # member A: logits (0, 0) -> p = (1/2, 1/2); member B: logits (0, ln 3) -> p = (1/4, 3/4)
+    a = Predictor(_ConstantBackend((0.0, 0.0)), input_size=8, batch_size=2)
+    b = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=16, batch_size=3)
+    images = [np.full((5, 7), 0.3, np.float32), np.full((9, 4), 0.6, np.float32), np.zeros((6, 6), np.float32)]
+    ensemble = EnsemblePredictor([a, b])
+    assert ensemble.batch_size == 2
+    out = list(ensemble(images))
+    assert [p.shape for p in out] == [(2, 5, 7), (2, 9, 4), (2, 6, 6)]
+    for p in out:
+        assert p.dtype == np.float32
+        np.testing.assert_allclose(p[0], 0.375, atol=1e-6)  # (1/2 + 1/4) / 2
+        np.testing.assert_allclose(p[1], 0.625, atol=1e-6)  # (1/2 + 3/4) / 2
+
+
+def _fake_cv(tiny_run: Path, root: Path) -> Path:
+    """A cross-validation folder whose fold-1 is tiny_run's model with the roles of two images swapped."""
+    for k in (0, 1):
+        shutil.copytree(tiny_run, root / f"fold-{k}")
+    split_file = root / "fold-1" / "split.json"
+    split = json.loads(split_file.read_text())
+    split["train"][0], split["val"][0] = split["val"][0], split["train"][0]
+    split_file.write_text(json.dumps(split))
+    return root
+
+
+def test_evaluate_ensemble_of_same_split_runs(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_run, twin)
+    single, ensemble = tmp_path / "single", tmp_path / "ensemble"
+    assert main(["evaluate", str(tiny_run), "-o", str(single), "--quiet", "--precision", "fp32"]) == 0
+    assert main(["evaluate", str(tiny_run), str(twin), "-o", str(ensemble), "--quiet", "--precision", "fp32"]) == 0
+    one = json.loads((single / "metrics.json").read_text())
+    two = json.loads((ensemble / "metrics.json").read_text())
+    # two copies of one model average to that model's own probabilities: the same scores
+    assert two["per_image"]["dice"] == pytest.approx(one["per_image"]["dice"], abs=1e-6)
+    assert [m["file"] for m in two["model"]["members"]] == [str(tiny_run / "last.pt"), str(twin / "last.pt")]
+    assert "(2 models)" in (ensemble / "metrics.md").read_text()
+
+
+def test_cv_folder_ensemble_only_on_images_no_member_trained_on(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    from test_cli import _one_line_error
+
+    cv = _fake_cv(tiny_run, tmp_path / "cv")
+    assert main(["evaluate", str(cv), "--quiet"]) == 2
+    assert "different splits" in _one_line_error(capsys)
+    assert not (cv / "eval-heldout").exists()
+    # every labelled image, asked for explicitly, is scored by the fold ensemble into CV_DIR/eval-all
+    assert main(["evaluate", str(cv), "--split", "all", "--quiet"]) == 0
+    report = json.loads((cv / "eval-all" / "metrics.json").read_text())
+    assert len(report["model"]["members"]) == 2 and report["n_images"] == 12
+    # several loose models need a report folder
+    assert main(["evaluate", str(cv / "fold-0"), str(cv / "fold-1"), "--split", "all", "--quiet"]) == 2
+    assert "-o REPORT_DIR" in _one_line_error(capsys)
+
+
+def test_predict_with_a_cv_folder_writes_ensemble_labels(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    cv = _fake_cv(tiny_run, tmp_path / "cv")
+    image = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/0.jpg"
+    out = tmp_path / "pred"
+    assert main(["predict", str(image), "-o", str(out), "--quiet", "--model", str(cv)]) == 0
+    summary = json.loads((out / "predictions.json").read_text())
+    assert len(summary["model"]["members"]) == 2
+    assert (out / "0.png").is_file()
