@@ -258,12 +258,16 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     columns["train seconds"] = [r["train_seconds"] for r in rows]
     lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", "",
              "| fold | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    def cell(column: str, value: float | None) -> str:
+        return f"{value:.0f}" if column == "train seconds" and value is not None else format_figure(value)
+
     for i, r in enumerate(rows):
-        lines.append(f"| {r['fold']} | " + " | ".join(format_figure(columns[c][i]) for c in columns) + " |")
+        lines.append(f"| {r['fold']} | " + " | ".join(cell(c, columns[c][i]) for c in columns) + " |")
     # a fold whose validation images lack a class has no figure for it (None): mean and std skip it
     numeric = {c: np.array([np.nan if v is None else v for v in vals], dtype=float) for c, vals in columns.items()}
     summary = {c: (float(np.nanmean(v)), float(np.nanstd(v))) for c, v in numeric.items()}
-    lines.append("| mean ± std | " + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in summary.values()) + " |")
+    lines.append("| mean ± std | " + " | ".join(f"{m:.0f} ± {s:.0f}" if c == "train seconds" else f"{m:.4f} ± {s:.4f}"
+                                               for c, (m, s) in summary.items()) + " |")
     atomic_write_text(out_dir / "cv.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "cv.json", json.dumps({"columns": columns, "summary": summary}, indent=1) + "\n")
     return {"columns": columns, "summary": summary}

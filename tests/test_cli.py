@@ -98,6 +98,9 @@ def test_compare_and_cv(tiny_data: Path, tmp_path: Path, capsys) -> None:
     assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 0
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert len(cv["columns"]["mean Dice (per image)"]) == 3
+    table = (tmp_path / "cv" / "cv.md").read_text().splitlines()
+    mean_row = [row for row in table if row.startswith("| mean ± std |")][0].split(" | ")
+    assert mean_row[-1].split(" ± ")[0].isdigit()  # train seconds in whole seconds
     # finished folds are not trained again
     mtime = (tmp_path / "cv" / "fold-1" / "best.pt").stat().st_mtime_ns
     assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 0
@@ -118,6 +121,10 @@ def test_multiclass_run_and_task_mismatch(tiny_data: Path, tiny_run: Path, tmp_p
     imgs = tiny_data / "Dataset/TrainingSet/MultiClassInfection-Train/Imgs"
     assert main(["predict", str(imgs), "-o", str(tmp_path / "p"), "--model", str(run), "--task", "binary"]) == 2
     assert "multiclass task" in _one_line_error(capsys)
+    # an ensemble of a binary and a multiclass model is refused before anything is written
+    out = tmp_path / "ens"
+    assert main(["evaluate", str(tiny_run), str(run), "--split", "all", "-o", str(out), "--quiet"]) == 2
+    assert "models of one task" in _one_line_error(capsys) and not out.exists()
 
 
 @pytest.mark.parametrize("case", ["missing_data", "no_masks", "bad_label", "size_mismatch", "empty",
