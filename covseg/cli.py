@@ -123,9 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders (PNG, JPG, TIFF, NIfTI, DICOM)")
     p.add_argument("-o", "--output", type=Path, required=True)
-    p.add_argument("--model", type=Path, nargs="+", required=True,
-                   help="run folder, checkpoint or ONNX file; several, or a cross-validation folder, "
-                        "predict as one ensemble (mean probabilities)")
+    p.add_argument("--model", type=Path, action="append", required=True,
+                   help="run folder, checkpoint or ONNX file; repeated (--model A --model B), or a "
+                        "cross-validation folder, they predict as one ensemble (mean probabilities)")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read (default: the largest series)")

@@ -23,6 +23,7 @@ from covseg.figures import plot_comparison
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
 from covseg.predict import ensemble_members, open_ensemble
+from covseg.splits import load_split
 from covseg.labels import get_scheme
 from covseg.checkpoint import build_model, read_checkpoint
 from covseg.config import config_to_dict
@@ -104,10 +105,10 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     run_dir = paths[0] if paths[0].is_dir() else None
     if len(paths) > 1:
         _check_ensemble_split(paths, split)
-        if out_dir is None:
-            if len(given) != 1:
-                raise CovsegError("an ensemble of several models needs -o REPORT_DIR for its report")
-            out_dir = given[0] / f"eval-{split}"
+    if out_dir is None and paths != given:  # a cross-validation folder reports beside its folds
+        out_dir = given[0] / f"eval-{split}"
+    if out_dir is None and len(paths) > 1:
+        raise CovsegError("an ensemble of several models needs -o REPORT_DIR for its report")
     if which == "auto":
         which = "last" if run_dir is not None and _evaluates_validation(run_dir, split) else "best"
     if data is None:
@@ -135,14 +136,13 @@ def _check_ensemble_split(paths: Sequence[Path], split: str) -> None:
     if split == "all":
         return
     split_files = [path / "split.json" for path in paths]
-    if split == "test" and not any(f.is_file() and json.loads(f.read_text(encoding="utf-8")).get("test")
-                                   for f in split_files):
+    if split == "test" and not any(f.is_file() and load_split(f)["test"] for f in split_files):
         return
     splits = []
     for path, split_file in zip(paths, split_files):
         if not split_file.is_file():
             raise CovsegError(f"{path}: split {split!r} needs run folders with split.json; use --split test")
-        splits.append(json.loads(split_file.read_text(encoding="utf-8")))
+        splits.append(load_split(split_file))
     if any(other != splits[0] for other in splits[1:]):
         raise CovsegError(f"the ensemble's models were trained on different splits, so some of the {split} "
                           "images were another member's training images; score them together with --split test, "

@@ -41,14 +41,19 @@ def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> n
 
 
 class DiceLoss(nn.Module):
-    """Soft Dice loss, ``1 - mean (2 sum(p*y) + s) / (sum(p) + sum(y) + s)``.
+    """Soft Dice loss, ``1 - mean (2 sum(p*y) + s) / (sum(p) + sum(y) + s)`` with ``s = 1e-5``.
 
     ``logits``: ``(B, C, H, W)``; ``target``: label map ``(B, H, W)``. With ``batch=True`` the sums run per
     class over the whole batch (batch Dice, nnU-Net's default) and the score is averaged over the foreground
     classes (background too with ``include_background``). With ``batch=False`` they run per image and class
-    (sample Dice, MONAI's default) and the score is averaged over images and classes, so every image weighs
-    the same whatever its lesion's size, as in the per-image Dice that covseg reports. A class absent from
-    both truth and prediction scores ~1 (the smoothing term), i.e. it adds a near-constant term.
+    (sample Dice, MONAI's ``DiceLoss`` default) and the score is averaged over images and classes, so every
+    image weighs the same whatever its lesion's size, closer to covseg's per-image Dice.
+
+    A class absent from the truth (of the batch, or of one image with ``batch=False``) scores ~0 as soon as
+    any probability mass falls on it (~1 only if none does): a near-constant term of ~1 with almost no
+    gradient, as in MONAI with its default smoothing. Unlike the reported metric, which skips such images,
+    these terms stay in the mean, so with ``batch=False`` they scale the Dice term of a multiclass batch down
+    by the share of (image, class) pairs that are present.
     """
 
     def __init__(self, include_background: bool = False, smooth: float = 1e-5, batch: bool = True) -> None:

@@ -29,6 +29,7 @@ from covseg.figures import overlay
 from covseg.inference import EnsemblePredictor, Predictor, TorchBackend
 from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme
+from covseg.run import read_run_config
 from covseg.runtime import resolve_device, resolve_precision
 
 __all__ = ["open_predictor", "open_ensemble", "ensemble_members", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
@@ -72,16 +73,27 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "best
 
 def ensemble_members(model_paths: Sequence[Path]) -> list[Path]:
     """Expand each path: a cross-validation folder (``covseg cv`` output) becomes its ``fold-K`` runs, in fold
-    order; a run folder, checkpoint or ONNX file stays itself."""
+    order; a run folder, checkpoint or ONNX file stays itself.
+
+    A cross-validation folder must be complete: every one of its ``data.folds`` folds trained and scored
+    (``fold-K/eval-heldout/metrics.json``), so a folder still training is not taken for a smaller ensemble.
+    """
     members: list[Path] = []
-    for path in model_paths:
-        path = Path(path)
+    for path in map(Path, model_paths):
+        if not path.exists():
+            raise CovsegError(f"{path}: no such model file or folder")
         folds = [p for p in path.glob("fold-*") if p.name[5:].isdigit() and (p / "config.yaml").is_file()]
-        folds.sort(key=lambda p: int(p.name[5:]))
-        if path.is_dir() and not (path / "config.yaml").is_file() and folds:
-            members.extend(folds)
-        else:
+        if not path.is_dir() or (path / "config.yaml").is_file() or not folds:
             members.append(path)
+            continue
+        folds.sort(key=lambda p: int(p.name[5:]))
+        expected = read_run_config(folds[0]).data.folds
+        unfinished = [p.name for p in folds if not (p / "eval-heldout" / "metrics.json").is_file()]
+        if len(folds) != expected or unfinished:
+            raise CovsegError(f"{path}: a {expected}-fold cross-validation with {len(folds)} fold folders"
+                              f"{', unfinished: ' + ', '.join(unfinished) if unfinished else ''}; finish it with "
+                              "covseg cv (it resumes), or name the finished fold runs one by one")
+        members.extend(folds)
     return members
 
 
@@ -108,8 +120,8 @@ def open_ensemble(model_paths: Sequence[Path], task: str | None = None, which: s
                               f"{config.data.window}; an ensemble needs models that read images alike")
     members = [info for _, _, info in opened]
     info = {"name": "ensemble of " + ", ".join(sorted({m["name"] for m in members})), "recipe": config.recipe,
-            "task": config.data.task, "covseg": __version__, "flip_tta": flip_tta,
-            "file": members[0]["file"], "backend": members[0]["backend"], "members": members}
+            "task": config.data.task, "covseg": __version__, "flip_tta": flip_tta, "file": members[0]["file"],
+            "backend": ", ".join(sorted({m["backend"] for m in members})), "members": members}
     return EnsemblePredictor([p for p, _, _ in opened]), config, info
 
 

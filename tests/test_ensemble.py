@@ -42,13 +42,17 @@ def test_ensemble_averages_member_probabilities_by_hand() -> None:
 
 
 def _fake_cv(tiny_run: Path, root: Path) -> Path:
-    """A cross-validation folder whose fold-1 is tiny_run's model with the roles of two images swapped."""
-    for k in (0, 1):
-        shutil.copytree(tiny_run, root / f"fold-{k}")
-    split_file = root / "fold-1" / "split.json"
-    split = json.loads(split_file.read_text())
-    split["train"][0], split["val"][0] = split["val"][0], split["train"][0]
-    split_file.write_text(json.dumps(split))
+    """A finished 3-fold cross-validation folder of copies of tiny_run's model (fold 0 of 3); folds 1 and 2
+    get tiny_run's split with the roles of two images swapped."""
+    for k in range(3):
+        fold = root / f"fold-{k}"
+        shutil.copytree(tiny_run, fold, ignore=shutil.ignore_patterns("eval-*"))
+        (fold / "eval-heldout").mkdir()
+        (fold / "eval-heldout" / "metrics.json").write_text("{}")
+        if k:
+            split = json.loads((fold / "split.json").read_text())
+            split["train"][k], split["val"][0] = split["val"][0], split["train"][k]
+            (fold / "split.json").write_text(json.dumps(split))
     return root
 
 
@@ -76,10 +80,20 @@ def test_cv_folder_ensemble_only_on_images_no_member_trained_on(tiny_run: Path, 
     # every labelled image, asked for explicitly, is scored by the fold ensemble into CV_DIR/eval-all
     assert main(["evaluate", str(cv), "--split", "all", "--quiet"]) == 0
     report = json.loads((cv / "eval-all" / "metrics.json").read_text())
-    assert len(report["model"]["members"]) == 2 and report["n_images"] == 12
+    assert len(report["model"]["members"]) == 3 and report["n_images"] == 12
     # several loose models need a report folder
     assert main(["evaluate", str(cv / "fold-0"), str(cv / "fold-1"), "--split", "all", "--quiet"]) == 2
     assert "-o REPORT_DIR" in _one_line_error(capsys)
+    # a cross-validation still running is not taken for a smaller ensemble; a mistyped path says so
+    (cv / "fold-2" / "eval-heldout" / "metrics.json").unlink()
+    assert main(["evaluate", str(cv), "--split", "all", "--quiet", "-o", str(tmp_path / "x")]) == 2
+    assert "unfinished: fold-2" in _one_line_error(capsys)
+    shutil.rmtree(cv / "fold-2")
+    assert main(["evaluate", str(cv), "--split", "all", "--quiet", "-o", str(tmp_path / "x")]) == 2
+    assert "3-fold cross-validation with 2 fold folders" in _one_line_error(capsys)
+    assert main(["evaluate", str(tmp_path / "nope"), str(cv / "fold-0"), "--quiet", "-o", str(tmp_path / "x")]) == 2
+    assert "no such model file or folder" in _one_line_error(capsys)
+    assert not (tmp_path / "x").exists()
 
 
 def test_predict_with_a_cv_folder_writes_ensemble_labels(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
@@ -88,5 +102,10 @@ def test_predict_with_a_cv_folder_writes_ensemble_labels(tiny_run: Path, tiny_da
     out = tmp_path / "pred"
     assert main(["predict", str(image), "-o", str(out), "--quiet", "--model", str(cv)]) == 0
     summary = json.loads((out / "predictions.json").read_text())
-    assert len(summary["model"]["members"]) == 2
+    assert len(summary["model"]["members"]) == 3
+    # repeated --model options make an ensemble too; the image after them stays an input
+    out2 = tmp_path / "pred2"
+    assert main(["predict", "--model", str(cv / "fold-0"), "--model", str(cv / "fold-1"), str(image),
+                 "-o", str(out2), "--quiet"]) == 0
+    assert len(json.loads((out2 / "predictions.json").read_text())["model"]["members"]) == 2
     assert (out / "0.png").is_file()

@@ -50,3 +50,4 @@ def test_contrast_scales_about_each_images_mean() -> None:
     gamma = 0.8 + 0.4 * draws[4]
     shift = -0.05 + 0.1 * draws[5]
     torch.testing.assert_close(a, (b.pow(gamma.view(2, 1, 1, 1)) + shift.view(2, 1, 1, 1)).clamp(0, 1))
+    assert torch.equal(g1.get_state(), g2.get_state())  # and no further draw moves later batches' randomness
