@@ -65,7 +65,10 @@ def test_existing_run_folder_needs_force(tiny_data: Path, tiny_run: Path, capsys
 def _start(data: Path, run: Path, epochs: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "covseg", "train", "--recipe", "tiny", "--data", str(data), "--split", "cv:0",
            "-o", str(run), "--quiet", "--epochs", str(epochs), *TINY_OVERRIDES, "data.input_size=64", "model.width=8"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that starts the tests in the background leaves SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the child the default disposition, as an interactive Ctrl-C would find it
+    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint)
 
 
 def _wait_for_epoch(run: Path, epoch: int, proc: subprocess.Popen, timeout: float = 120) -> None:
