@@ -122,8 +122,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": info, "recipe": config.recipe, "data": str(data), "split": split,
              "seconds": round(time.perf_counter() - began, 3)}
-    name = info["name"] if len(paths) > 1 else config.model.name
-    title = f"{name}{f' ({len(paths)} models)' if len(paths) > 1 else ''} · {config.data.task} · {split} ({len(samples)} images)"
+    name = f"{info['name']} ({len(paths)} models)" if len(paths) > 1 else config.model.name
+    title = f"{name} · {config.data.task} · {split} ({len(samples)} images)"
     return write_report(ev, out_dir, title, extra), out_dir
 
 
@@ -227,6 +227,13 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
     return _train_seconds(run_dir)
 
 
+def _cv_cell(column: str, value: float | None) -> str:
+    """A cell of ``cv.md``: training seconds whole, figures as :func:`format_figure`."""
+    if column == "train seconds" and value is not None:
+        return f"{value:.0f}"
+    return format_figure(value)
+
+
 def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
                    progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate fold ``K`` into ``out_dir/fold-K`` for every fold, skipping finished folds.
@@ -258,16 +265,13 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     columns["train seconds"] = [r["train_seconds"] for r in rows]
     lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", "",
              "| fold | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    def cell(column: str, value: float | None) -> str:
-        return f"{value:.0f}" if column == "train seconds" and value is not None else format_figure(value)
-
     for i, r in enumerate(rows):
-        lines.append(f"| {r['fold']} | " + " | ".join(cell(c, columns[c][i]) for c in columns) + " |")
+        lines.append(f"| {r['fold']} | " + " | ".join(_cv_cell(c, columns[c][i]) for c in columns) + " |")
     # a fold whose validation images lack a class has no figure for it (None): mean and std skip it
     numeric = {c: np.array([np.nan if v is None else v for v in vals], dtype=float) for c, vals in columns.items()}
     summary = {c: (float(np.nanmean(v)), float(np.nanstd(v))) for c, v in numeric.items()}
-    lines.append("| mean ± std | " + " | ".join(f"{m:.0f} ± {s:.0f}" if c == "train seconds" else f"{m:.4f} ± {s:.4f}"
-                                               for c, (m, s) in summary.items()) + " |")
+    lines.append("| mean ± std | " + " | ".join(f"{_cv_cell(c, m)} ± {_cv_cell(c, s)}" for c, (m, s) in summary.items())
+                 + " |")
     atomic_write_text(out_dir / "cv.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "cv.json", json.dumps({"columns": columns, "summary": summary}, indent=1) + "\n")
     return {"columns": columns, "summary": summary}
