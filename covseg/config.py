@@ -81,7 +81,9 @@ class TrainConfig:
     """Optimisation: loss, optimiser, schedule, budget, numerics."""
 
     loss: str = "dice_ce"  # see covseg.losses.LOSSES
-    dice: str = "batch"  # the Dice term's sums: "batch" (whole batch, nnU-Net) | "sample" (per image, MONAI)
+    # the Dice term's sums: "batch" (whole batch, nnU-Net) | "sample" (per image, MONAI) |
+    # "present" (per image, skipping (image, class) pairs whose truth lacks the class, as the metric)
+    dice: str = "batch"
     optimizer: str = "adamw"  # "adam" | "adamw" | "sgd"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -183,7 +185,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 _CHOICES = {
     ("data", "task"): ("binary", "multiclass"),
     ("data", "normalize"): NORMALIZATIONS,
-    ("train", "dice"): ("batch", "sample"),
+    ("train", "dice"): ("batch", "sample", "present"),
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "schedule"): ("constant", "cosine", "onecycle"),
     ("train", "precision"): ("auto", "fp32", "bf16"),

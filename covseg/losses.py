@@ -53,14 +53,17 @@ class DiceLoss(nn.Module):
     any probability mass falls on it (~1 only if none does): a near-constant term of ~1 with almost no
     gradient, as in MONAI with its default smoothing. Unlike the reported metric, which skips such images,
     these terms stay in the mean, so with ``batch=False`` they scale the Dice term of a multiclass batch down
-    by the share of (image, class) pairs that are present.
+    by the share of (image, class) pairs that are present. ``skip_absent=True`` drops them from the mean, as
+    the reported metric does; a batch with no present pair then has a Dice term of 0.
     """
 
-    def __init__(self, include_background: bool = False, smooth: float = 1e-5, batch: bool = True) -> None:
+    def __init__(self, include_background: bool = False, smooth: float = 1e-5, batch: bool = True,
+                 skip_absent: bool = False) -> None:
         super().__init__()
         self.include_background = include_background
         self.smooth = smooth
         self.batch = batch
+        self.skip_absent = skip_absent
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = logits.float().softmax(dim=1)
@@ -69,18 +72,24 @@ class DiceLoss(nn.Module):
         inter = (probs * onehot).sum(dims)
         denom = probs.sum(dims) + onehot.sum(dims)
         score = (2 * inter + self.smooth) / (denom + self.smooth)
+        present = onehot.sum(dims) > 0
         if not self.include_background:
-            score = score[..., 1:]
-        return 1.0 - score.mean()
+            score, present = score[..., 1:], present[..., 1:]
+        if not self.skip_absent:
+            return 1.0 - score.mean()
+        if not present.any():
+            return probs.sum() * 0.0
+        return 1.0 - score[present].mean()
 
 
 class DiceCELoss(nn.Module):
     """Sum of (optionally class-weighted) cross-entropy and soft Dice."""
 
-    def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0, batch_dice: bool = True) -> None:
+    def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0, batch_dice: bool = True,
+                 skip_absent: bool = False) -> None:
         super().__init__()
         self.ce = nn.CrossEntropyLoss(weight=weight)
-        self.dice = DiceLoss(batch=batch_dice)
+        self.dice = DiceLoss(batch=batch_dice, skip_absent=skip_absent)
         self.dice_weight = dice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -123,14 +132,15 @@ class DeepSupervisionLoss(nn.Module):
 
 
 LOSSES = ("ce", "mfb_ce", "dice", "dice_ce", "mfb_dice_ce")
-DICE_MODES = ("batch", "sample")
+DICE_MODES = ("batch", "sample", "present")
 
 
 def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch") -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
-    ``dice`` picks the Dice term's reduction for the ``*dice*`` losses: ``"batch"`` or ``"sample"`` (see
-    :class:`DiceLoss`).
+    ``dice`` picks the Dice term's reduction for the ``*dice*`` losses: ``"batch"`` (batch Dice),
+    ``"sample"`` (per-image Dice) or ``"present"`` (per-image Dice over the (image, class) pairs whose truth
+    holds the class, as the reported metric; see :class:`DiceLoss`).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
@@ -143,6 +153,7 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         weight = torch.as_tensor(class_weights, dtype=torch.float32)
     if name in ("ce", "mfb_ce"):
         return _CrossEntropy(weight=weight)
+    batch, skip_absent = dice == "batch", dice == "present"
     if name == "dice":
-        return DiceLoss(batch=dice == "batch")
-    return DiceCELoss(weight=weight, batch_dice=dice == "batch")
+        return DiceLoss(batch=batch, skip_absent=skip_absent)
+    return DiceCELoss(weight=weight, batch_dice=batch, skip_absent=skip_absent)

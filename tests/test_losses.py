@@ -58,6 +58,26 @@ def test_sample_dice_weighs_each_image_equally_by_hand() -> None:
         create_loss("dice_ce", dice="pooled")
 
 
+def test_present_dice_skips_absent_image_class_pairs_by_hand() -> None:
+    # three classes, uniform logits: p = 1/3 on every pixel of two 2x2 images (sum p = 4/3 per image/class)
+    target = torch.tensor([[[0, 1], [0, 0]], [[1, 2], [2, 2]]])
+    uniform = torch.zeros(2, 3, 2, 2)
+    # image A: class 1 has 1 pixel -> 2*(1/3) / (4/3 + 1) = 2/7; class 2 is absent -> ~0
+    # image B: class 1 has 1 pixel -> 2/7; class 2 has 3 pixels -> 2*1 / (4/3 + 3) = 6/13
+    present = DiceLoss(batch=False, skip_absent=True)(uniform, target).item()
+    assert present == pytest.approx(1 - (2 / 7 + 2 / 7 + 6 / 13) / 3, abs=1e-5)
+    sample = DiceLoss(batch=False)(uniform, target).item()
+    assert sample == pytest.approx(1 - (2 / 7 + 0 + 2 / 7 + 6 / 13) / 4, abs=1e-5)
+    via_factory = create_loss("dice_ce", dice="present")(uniform, target)
+    torch.testing.assert_close(via_factory, F.cross_entropy(uniform, target) + present, atol=1e-6, rtol=0)
+    # a batch without any foreground has no present pair: a zero Dice term that still back-propagates
+    logits = torch.zeros(1, 3, 2, 2, requires_grad=True)
+    empty = DiceLoss(batch=False, skip_absent=True)(logits, torch.zeros(1, 2, 2, dtype=torch.long))
+    assert empty.item() == 0.0
+    empty.backward()
+    assert logits.grad is not None
+
+
 def test_dice_ce_is_sum_and_unknown_loss() -> None:
     torch.manual_seed(1)
     logits = torch.randn(1, 2, 4, 4)
