@@ -70,12 +70,10 @@ def build_model(config: RunConfig) -> nn.Module:
     """Instantiate the model described by ``config`` with the task's number of classes."""
     scheme = get_scheme(config.data.task)
     m = config.model
-    options: dict[str, Any] = {"num_classes": scheme.num_classes, "width": m.width, "depth": m.depth}
+    options: dict[str, Any] = {"num_classes": scheme.num_classes, "width": m.width, "depth": m.depth,
+                               "deep_supervision": m.deep_supervision}
     if m.name == "unet":
         options["batch_norm"] = m.batch_norm
-        options["deep_supervision"] = m.deep_supervision
-    elif m.deep_supervision:
-        raise CovsegError(f"model.deep_supervision is built for unet only, not {m.name}; set it to false")
     return create_model(m.name, **options)
 
 

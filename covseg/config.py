@@ -60,7 +60,7 @@ class ModelConfig:
     width: int = 32
     depth: int = 4
     batch_norm: bool = True
-    deep_supervision: bool = False  # U-Net: extra losses on coarser decoder levels while training
+    deep_supervision: bool = False  # extra losses on coarser decoder levels while training (U-Net, SegNet)
 
 
 @dataclass

@@ -38,6 +38,10 @@ class SegNet(nn.Module):
     ``min(width * 2**i, 8 * width)`` channels and ``VGG16_BLOCKS[i]`` convolutions. The decoder
     mirrors the encoder; the last decoder convolution outputs ``num_classes`` logits.
 
+    With ``deep_supervision`` (training mode only) the forward pass returns a list, as :class:`UNet`'s: the
+    ``(B, num_classes, H, W)`` logits, then ``depth - 1`` coarser logits from 1x1 heads on the decoder stages'
+    outputs, of sizes ``H/2, H/4, ...``; in eval mode only the first.
+
     Shape:
         x: ``(B, in_channels, H, W)`` float, H and W divisible by ``2**depth``
         returns: ``(B, num_classes, H, W)`` logits
@@ -50,6 +54,7 @@ class SegNet(nn.Module):
         width: int = 64,
         depth: int = 5,
         convs_per_stage: tuple[int, ...] = VGG16_BLOCKS,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         if not 1 <= depth <= len(convs_per_stage) or width < 1:
@@ -74,6 +79,11 @@ class SegNet(nn.Module):
             layers += _conv_bn_relu(channels[i], c_next)
             self.decoders.append(nn.Sequential(*layers))
         self.head = nn.Conv2d(channels[0], num_classes, 3, padding=1)
+        # deep supervision: 1x1 heads on the outputs of the decoder stages below the top (1/2, 1/4, ... size);
+        # the stage decoding level i outputs channels[i - 1]
+        self.aux_heads = nn.ModuleList(
+            nn.Conv2d(channels[i - 1], num_classes, 1) for i in range(1, depth)
+        ) if deep_supervision else nn.ModuleList()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x.shape[-2], x.shape[-1], self.depth, "SegNet")
@@ -81,7 +91,15 @@ class SegNet(nn.Module):
         for encoder in self.encoders:
             x, idx = F.max_pool2d(encoder(x), 2, stride=2, return_indices=True)
             indices.append(idx)
+        supervise = self.training and len(self.aux_heads) > 0
+        decoded: list[torch.Tensor] = []
         for decoder in self.decoders:
             # sizes are divisible by 2**depth, so unpooling exactly doubles them back
             x = decoder(_unpool(x, indices.pop()))
+            if supervise:
+                decoded.append(x)
+        if supervise:
+            # full-size logits first, then coarser ones: 1/2, 1/4, ... of the input size
+            coarse = [head(level) for head, level in zip(self.aux_heads, reversed(decoded[:-1]))]
+            return [self.head(x), *coarse]  # type: ignore[return-value]
         return self.head(x)
