@@ -91,25 +91,15 @@ def test_nearest_valid_size() -> None:
     assert nearest_valid_size(3, 4) == 16
 
 
-def test_unet_deep_supervision_outputs_levels_only_while_training() -> None:
-    model = create_model("unet", num_classes=3, width=4, depth=3, deep_supervision=True)
+# the extra heads are 1x1 convolutions with bias, 3 outputs each, on the 1/2- and 1/4-size decoder levels:
+# U-Net's have 8 and 16 channels (width * 2**level), SegNet's stage outputs 4 and 8 (the stage below's width)
+@pytest.mark.parametrize("name, head_inputs", [("unet", (8, 16)), ("segnet", (4, 8))])
+def test_deep_supervision_outputs_levels_only_while_training(name: str, head_inputs: tuple[int, int]) -> None:
+    model = create_model(name, num_classes=3, width=4, depth=3, deep_supervision=True)
     outputs = model(torch.rand(2, 1, 32, 48))
     assert [tuple(o.shape) for o in outputs] == [(2, 3, 32, 48), (2, 3, 16, 24), (2, 3, 8, 12)]
     model.eval()
     assert model(torch.rand(2, 1, 32, 48)).shape == (2, 3, 32, 48)
-    plain = create_model("unet", num_classes=3, width=4, depth=3)
-    # the extra heads are 1x1 convolutions (8 and 16 input channels, 3 outputs, with bias)
+    plain = create_model(name, num_classes=3, width=4, depth=3)
     extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
-    assert extra == (8 * 3 + 3) + (16 * 3 + 3)
-
-
-def test_segnet_deep_supervision_outputs_levels_only_while_training() -> None:
-    model = create_model("segnet", num_classes=3, width=4, depth=3, deep_supervision=True)
-    outputs = model(torch.rand(2, 1, 32, 48))
-    assert [tuple(o.shape) for o in outputs] == [(2, 3, 32, 48), (2, 3, 16, 24), (2, 3, 8, 12)]
-    model.eval()
-    assert model(torch.rand(2, 1, 32, 48)).shape == (2, 3, 32, 48)
-    plain = create_model("segnet", num_classes=3, width=4, depth=3)
-    # stage channels 4 / 8 / 16: the 1/2-size decoder output has 4 channels, the 1/4-size one 8
-    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
-    assert extra == (4 * 3 + 3) + (8 * 3 + 3)
+    assert extra == sum(c * 3 + 3 for c in head_inputs)
