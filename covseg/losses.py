@@ -70,9 +70,9 @@ class DiceLoss(nn.Module):
         onehot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
         dims = (0, 2, 3) if self.batch else (2, 3)
         inter = (probs * onehot).sum(dims)
-        denom = probs.sum(dims) + onehot.sum(dims)
-        score = (2 * inter + self.smooth) / (denom + self.smooth)
-        present = onehot.sum(dims) > 0
+        truth = onehot.sum(dims)
+        score = (2 * inter + self.smooth) / (probs.sum(dims) + truth + self.smooth)
+        present = truth > 0
         if not self.include_background:
             score, present = score[..., 1:], present[..., 1:]
         if not self.skip_absent:

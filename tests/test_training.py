@@ -124,8 +124,7 @@ def test_lr_schedules() -> None:
     assert lr_factor("onecycle", 0, 100) == pytest.approx(0.04) and lr_factor("onecycle", 30, 100) == pytest.approx(1.0)
 
 
-def test_deep_supervision_trains_and_saves_a_plain_predictor(tiny_data: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_deep_supervision_trains_and_saves_a_plain_predictor(tiny_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "ds"
     assert _train(tiny_data, run, "model.deep_supervision=true", "--epochs", "2") == 0
     state = read_checkpoint(run / "last.pt")
