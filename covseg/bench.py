@@ -141,8 +141,9 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     return out
 
 
-def _scan_benchmark(slices: int, size: int, model_path: str | None) -> dict[str, Any]:
-    """Inference-only figures for a ``slices`` x ``size`` x ``size`` scan with the default model and path."""
+def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: str = "auto") -> dict[str, Any]:
+    """Inference-only figures for a ``slices`` x ``size`` x ``size`` scan with the default model, on covseg's path
+    (``precision="auto"``) or forced to fp32 (``"fp32"``: what runs when the bf16 agreement check refuses bf16)."""
     from covseg.config import load_recipe
     from covseg.checkpoint import build_model, load_model
     from covseg.inference import Predictor, TorchBackend
@@ -154,7 +155,7 @@ def _scan_benchmark(slices: int, size: int, model_path: str | None) -> dict[str,
         config = load_recipe("default")
         model = build_model(config)
     device = torch.device("cpu")
-    predictor = Predictor(TorchBackend(model, device, resolve_precision("auto", device)), config.data.input_size, 8,
+    predictor = Predictor(TorchBackend(model, device, resolve_precision(precision, device)), config.data.input_size, 8,
                           normalize=config.data.normalize)
     images = [torch.rand(size, size).numpy() for _ in range(slices)]
     tick = time.perf_counter()
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="run folder whose model the scan benchmark uses (default: untrained default)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
-    parser.add_argument("--scan-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scan-only", choices=("auto", "fp32"), help=argparse.SUPPRESS)
     parser.add_argument("--e2e-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.one[0], args.one[1], args.size, args.repeats, args.train_steps)))
         return 0
     if args.scan_only:
-        print(json.dumps(_scan_benchmark(args.scan_slices, args.size, args.model)))
+        print(json.dumps(_scan_benchmark(args.scan_slices, args.size, args.model, args.scan_only)))
         return 0
     if args.e2e_only:
         print(json.dumps(_e2e_scan_benchmark(args.scan_slices, args.size, args.model)))
@@ -263,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{model:13s} {path:12s} b1 {row['infer_ms_b1']:8.1f} ms  b8 {row['infer_ms_b8']:8.1f} ms/slice  "
                   f"train {row.get('train_img_s', float('nan')):6.2f} img/s  {row['peak_rss_mb']:6.0f} MB", flush=True)
-    scan = child(["--scan-only"]) if args.scan_slices else None
+    scan = child(["--scan-only", "auto"]) if args.scan_slices else None
+    scan_fp32 = child(["--scan-only", "fp32"]) if args.scan_slices else None
     e2e = child(["--e2e-only"]) if args.scan_slices else None
     lines = [f"# covseg benchmark", "", f"{time.strftime('%Y-%m-%d')} · {_cpu_model()} · {torch.get_num_threads()} "
              f"threads · torch {torch.__version__} · {args.size}×{args.size} · inference median of {args.repeats} "
@@ -282,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     if scan:
         lines += ["", f"Scan (inference only, default recipe model, {scan['backend']}, input {scan['input_size']}): "
                   f"{scan['slices']} slices of {args.size}×{args.size} in {scan['seconds']:.1f} s "
-                  f"({scan['slices_per_s']:.1f} slices/s), peak RSS {scan['peak_rss_mb']:.0f} MB."]
+                  f"({scan['slices_per_s']:.1f} slices/s), peak RSS {scan['peak_rss_mb']:.0f} MB. Forced to fp32 (the "
+                  f"path used when bf16's labels agree with fp32's on < 99.9 % of the first batch's pixels): "
+                  f"{scan_fp32['seconds']:.1f} s ({scan_fp32['slices_per_s']:.1f} slices/s), peak RSS "
+                  f"{scan_fp32['peak_rss_mb']:.0f} MB."]
     if e2e:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in e2e["stages"].items() if k != "total")
         lines += ["", f"Scan end to end (`covseg predict scan.nii.gz`, phantom {e2e['slices']}×{args.size}×{args.size}, "

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from covseg.bench import build_bench_model, main, measure
+from covseg.bench import _scan_benchmark, build_bench_model, main, measure
 
 
 def test_measure_reports_every_figure() -> None:
@@ -23,9 +23,15 @@ def test_bench_main_writes_results(tmp_path: Path, capsys) -> None:
                  "--train-steps", "1", "--scan-slices", "3", "--out", str(out)]) == 0
     text = out.read_text()
     assert "| unet16 | covseg |" in text and "| unet16 | onnxruntime |" in text and "Scan (inference only" in text and "Scan end to end" in text and "exit 0" in text
+    assert "Forced to fp32" in text  # the fallback path's scan figure sits beside covseg's path
 
 
 def test_monai_peer_matches_widths() -> None:
     pytest.importorskip("monai")
     model = build_bench_model("monai-unet32")
     assert sum(p.numel() for p in model.parameters()) > 7e6
+
+
+def test_scan_benchmark_forced_fp32_runs_fp32() -> None:
+    row = _scan_benchmark(slices=2, size=32, model_path=None, precision="fp32")
+    assert row["backend"] == "torch cpu float32" and row["slices"] == 2 and row["seconds"] > 0
