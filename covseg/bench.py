@@ -282,10 +282,12 @@ def main(argv: list[str] | None = None) -> int:
             train = f"{r['train_img_s'] / p['train_img_s']:.2f}×" if "train_img_s" in r and "train_img_s" in p else "–"
             lines.append(f"| {r['model'][4:]} | {r['path']} | {p['infer_ms_b8'] / r['infer_ms_b8']:.2f}× | {train} |")
     if scan:
+        from covseg.inference import BF16_MIN_AGREEMENT
+
         lines += ["", f"Scan (inference only, default recipe model, {scan['backend']}, input {scan['input_size']}): "
                   f"{scan['slices']} slices of {args.size}×{args.size} in {scan['seconds']:.1f} s "
                   f"({scan['slices_per_s']:.1f} slices/s), peak RSS {scan['peak_rss_mb']:.0f} MB. Forced to fp32 (the "
-                  f"path used when bf16's labels agree with fp32's on < 99.9 % of the first batch's pixels): "
+                  f"path used when bf16's labels agree with fp32's on < {BF16_MIN_AGREEMENT:.1%} of the first batch's pixels): "
                   f"{scan_fp32['seconds']:.1f} s ({scan_fp32['slices_per_s']:.1f} slices/s), peak RSS "
                   f"{scan_fp32['peak_rss_mb']:.0f} MB."]
     if e2e:
