@@ -4,8 +4,8 @@ The exported graph takes ``image`` ``(B, 1, H, W)`` float32 in [0, 1] (B, H and 
 divisible by ``2**depth``) and returns ``logits`` ``(B, C, H, W)``. The run's config travels inside the
 file as metadata (``covseg_config``), so a model of another task or architecture can be refused. The
 graph holds the network only: callers outside covseg prepare its input as covseg's Predictor does — resize
-to ``data.input_size`` and, for ``data.normalize = "equalize"``, equalise each image first
-(:func:`covseg.intensity.equalize`).
+to ``data.input_size`` and normalise each image first as ``data.normalize`` says
+(:func:`covseg.intensity.normalize_image`: ``equalize``, ``percentile``).
 """
 from __future__ import annotations
 

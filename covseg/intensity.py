@@ -6,9 +6,9 @@ import numpy as np
 from covseg.errors import CovsegError
 
 __all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "window_hu", "scale_uint8", "to_unit_range", "equalize",
-           "normalize_image"]
+           "stretch_percentiles", "normalize_image"]
 
-NORMALIZATIONS: tuple[str, ...] = ("none", "equalize")
+NORMALIZATIONS: tuple[str, ...] = ("none", "equalize", "percentile")
 """Per-slice intensity normalisations applied after :func:`to_unit_range` (``data.normalize``)."""
 
 LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)
@@ -64,10 +64,30 @@ def equalize(image: np.ndarray, bins: int = 1024) -> np.ndarray:
     return midrank[index]
 
 
+def stretch_percentiles(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """Map a ``[0, 1]`` image's ``low``-th percentile to 0 and its ``high``-th to 1, linearly, clipped to ``[0, 1]``.
+
+    Unlike :func:`equalize` it keeps grey-level differences linear (how much denser consolidation is than
+    GGO), and it undoes any increasing linear grey-level map (another window level / width, brightness,
+    contrast) as long as neither percentile falls in a clipped range. Same shape, float32; an image whose two
+    percentiles coincide (a flat image) becomes all zeros.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.size == 0:
+        return image.copy()
+    lo, hi = np.percentile(image, [low, high])
+    if hi <= lo:
+        return np.zeros_like(image)
+    out = (image - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def normalize_image(image: np.ndarray, method: str) -> np.ndarray:
     """Apply the per-slice normalisation ``method`` (one of :data:`NORMALIZATIONS`) to a ``[0, 1]`` image."""
     if method == "none":
         return np.asarray(image, dtype=np.float32)
     if method == "equalize":
         return equalize(image)
+    if method == "percentile":
+        return stretch_percentiles(image)
     raise CovsegError(f"unknown normalisation {method!r}: use one of {', '.join(NORMALIZATIONS)}")

@@ -8,7 +8,7 @@ import torch
 from covseg.cli import main
 from covseg.config import apply_overrides, load_recipe
 from covseg.errors import CovsegError
-from covseg.intensity import equalize, normalize_image, window_hu
+from covseg.intensity import equalize, normalize_image, stretch_percentiles, window_hu
 from conftest import TINY_OVERRIDES
 
 
@@ -31,6 +31,28 @@ def test_equalize_ignores_the_window_a_slice_was_exported_with() -> None:
     assert np.abs(lung - wide).mean() > 0.02
     np.testing.assert_allclose(equalize(lung), equalize(wide), atol=0.01)
     np.testing.assert_allclose(equalize(lung ** 0.7), equalize(lung), atol=0.01)  # and a gamma change
+
+
+def test_stretch_percentiles_by_hand() -> None:
+    ramp = np.linspace(0.0, 1.0, 101, dtype=np.float32).reshape(1, 101)  # 1st / 99th percentiles: 0.01 / 0.99
+    out = stretch_percentiles(ramp)
+    assert out.dtype == np.float32 and out.shape == ramp.shape
+    np.testing.assert_allclose(out[0, [0, 1, 50, 99, 100]], [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(out[0, 25], (0.25 - 0.01) / 0.98, atol=1e-6)
+    assert not stretch_percentiles(np.full((4, 4), 0.3, np.float32)).any()  # flat image: no division by zero
+
+
+def test_stretch_percentiles_undoes_another_window_but_keeps_grey_levels_linear() -> None:
+    rng = np.random.default_rng(0)
+    hu = rng.normal(-700, 250, (64, 64))  # 1st / 99th percentiles ≈ -1280 / -120 HU: inside both windows
+    lung, wide = window_hu(hu, -600, 1500), window_hu(hu, -500, 2000)
+    assert np.abs(lung - wide).mean() > 0.02
+    np.testing.assert_allclose(stretch_percentiles(lung), stretch_percentiles(wide), atol=1e-4)
+    inside = (hu > np.percentile(hu, 1)) & (hu < np.percentile(hu, 99))
+    slope = np.diff(stretch_percentiles(lung)[inside][:2]) / np.diff(hu[inside][:2])
+    np.testing.assert_allclose(stretch_percentiles(lung)[inside], (hu[inside] - hu[inside][0]) * slope[0]
+                               + stretch_percentiles(lung)[inside][0], atol=1e-4)  # a linear map of HU
+    assert np.array_equal(normalize_image(lung, "percentile"), stretch_percentiles(lung))
 
 
 def test_normalize_image_names() -> None:
