@@ -30,8 +30,9 @@ def _default_data(dataset: str = "covid-semiseg") -> str:
 
 
 def _recipe_config(args: argparse.Namespace):
-    config = load_recipe(args.recipe)
     overrides = list(args.overrides)
+    task_overrides = [item.partition("=")[2] for item in overrides if item.partition("=")[0] == "data.task"]
+    config = load_recipe(args.recipe, task=args.task or (task_overrides[-1] if task_overrides else None))
     if args.task:
         overrides.append(f"data.task={args.task}")
     if getattr(args, "split", None):

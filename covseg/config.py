@@ -1,7 +1,9 @@
 """Typed run configuration: one dataclass per concern, loaded from a recipe YAML, overridable from the CLI.
 
-A recipe is a YAML file with ``data``, ``model`` and ``train`` sections (see ``covseg/recipes/``). The
-resolved :class:`RunConfig` is saved as ``config.yaml`` beside every run.
+A recipe is a YAML file with ``data``, ``model`` and ``train`` sections (see ``covseg/recipes/``) and, optionally,
+a ``tasks`` section of per-task settings merged over the shared ones for the task in use (``tasks: {binary:
+{train: {augment: {rotate_deg: 5}}}}``). The resolved :class:`RunConfig` is saved as ``config.yaml`` beside every
+run, so a run never depends on the recipe file again.
 """
 from __future__ import annotations
 
@@ -22,12 +24,16 @@ __all__ = [
     "AugmentConfig",
     "TrainConfig",
     "RunConfig",
+    "TASKS",
     "available_recipes",
     "load_recipe",
     "apply_overrides",
     "config_to_dict",
     "config_from_dict",
 ]
+
+
+TASKS = ("binary", "multiclass")
 
 
 @dataclass
@@ -42,7 +48,7 @@ class DataConfig:
     input_size: int = 352  # square side the model sees; a multiple of 2**depth
     window_level: float = -600.0  # lung window for HU input
     window_width: float = 1500.0
-    normalize: str = "none"  # per-slice intensity normalisation: "none" | "equalize" (covseg.intensity)
+    normalize: str = "none"  # per-slice intensity normalisation: "none" | "equalize" | "percentile" (covseg.intensity)
     pseudo_labels: str = ""  # folder from `covseg pseudo-label` (self-training); "" = none
     pseudo_ratio: float = 1.0  # pseudo-labelled slices drawn per epoch, per labelled training image
 
@@ -123,8 +129,12 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def load_recipe(name_or_path: str) -> RunConfig:
-    """Load a shipped recipe by name (``default``, ``seed``, …) or a YAML file by path."""
+def load_recipe(name_or_path: str, task: str | None = None) -> RunConfig:
+    """Load a shipped recipe by name (``default``, ``seed``, …) or a YAML file by path, for one task.
+
+    ``task`` (``"binary"`` | ``"multiclass"``; default: the recipe's ``data.task``) picks which entry of the
+    recipe's optional ``tasks`` section is merged over its shared settings, and becomes ``data.task``.
+    """
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -140,7 +150,36 @@ def load_recipe(name_or_path: str) -> RunConfig:
         data = _read_yaml(resource.read_text(encoding="utf-8"), f"recipe {name_or_path}")
         name = name_or_path
     data.setdefault("recipe", name)
-    return config_from_dict(data, source=str(name_or_path))
+    return config_from_dict(_settings_for_task(data, task, str(name_or_path)), source=str(name_or_path))
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _settings_for_task(data: dict[str, Any], task: str | None, source: str) -> dict[str, Any]:
+    """The recipe's shared sections with its ``tasks[task]`` entry merged over them; ``tasks`` itself dropped."""
+    data = dict(data)
+    per_task = data.pop("tasks", None) or {}
+    if not isinstance(per_task, dict) or not all(
+            key in TASKS and (value is None or isinstance(value, dict)) for key, value in per_task.items()):
+        raise CovsegError(f"{source}: tasks must map {' / '.join(TASKS)} to data/model/train settings, "
+                          f"got {per_task!r}")
+    if task is None:
+        shared = data.get("data")
+        task = shared.get("task", DataConfig.task) if isinstance(shared, dict) else DataConfig.task
+    if task not in TASKS:
+        raise CovsegError(f"{source}: task {task!r} is not one of {', '.join(TASKS)}")
+    data = _merge(data, per_task.get(task) or {})
+    if isinstance(data.get("data", {}), dict):
+        data = _merge(data, {"data": {"task": task}})
+    return data
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -183,7 +222,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 
 
 _CHOICES = {
-    ("data", "task"): ("binary", "multiclass"),
+    ("data", "task"): TASKS,
     ("data", "normalize"): NORMALIZATIONS,
     ("train", "dice"): ("batch", "sample", "present"),
     ("train", "optimizer"): ("adam", "adamw", "sgd"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from covseg.config import apply_overrides, available_recipes, load_recipe
+from covseg.config import ModelConfig, apply_overrides, available_recipes, config_to_dict, load_recipe
 from covseg.errors import CovsegError
 from covseg.splits import kfold, make_split
 
@@ -35,6 +35,44 @@ def test_overrides_and_their_errors(tmp_path) -> None:
     path.write_text("train: [1, 2\n")
     with pytest.raises(CovsegError, match="not valid YAML"):
         load_recipe(str(path))
+
+
+def test_per_task_settings_merge_over_the_shared_ones(tmp_path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {input_size: 64}\ntrain: {lr: 0.5, augment: {hflip: 0.5, rotate_deg: 15}}\n"
+                    "tasks:\n  binary: {train: {augment: {rotate_deg: 5}}}\n  multiclass: {model: {width: 8}}\n")
+    binary, multiclass = load_recipe(str(path), task="binary"), load_recipe(str(path), task="multiclass")
+    assert (binary.data.task, binary.train.augment.rotate_deg, binary.train.augment.hflip) == ("binary", 5, 0.5)
+    assert (binary.train.lr, binary.model.width) == (0.5, ModelConfig().width)
+    assert (multiclass.data.task, multiclass.train.augment.rotate_deg, multiclass.model.width) == ("multiclass", 15, 8)
+    assert load_recipe(str(path)).train.augment.rotate_deg == 5  # no task given: the recipe's data.task, binary
+    # the shipped default: binary takes milder rotation and zoom, multiclass the shared augmentation
+    default_binary, default_multiclass = load_recipe("default", task="binary"), load_recipe("default", task="multiclass")
+    assert default_binary.train.augment.rotate_deg < default_multiclass.train.augment.rotate_deg
+    assert (config_to_dict(default_binary)["model"], default_binary.train.lr) == \
+        (config_to_dict(default_multiclass)["model"], default_multiclass.train.lr)
+    for text, message in [("tasks: {ternary: {}}\n", "tasks must map binary / multiclass"),
+                          ("tasks: [1]\n", "tasks must map"),
+                          ("tasks: {binary: {train: {lr: abc}}}\n", "expected a number")]:
+        path.write_text(text)
+        with pytest.raises(CovsegError, match=message):
+            load_recipe(str(path), task="binary")
+    with pytest.raises(CovsegError, match="task 'ternary' is not one of"):
+        load_recipe("default", task="ternary")
+
+
+def test_cli_picks_the_task_settings_from_task_or_an_override() -> None:
+    from covseg.cli import _recipe_config, build_parser
+
+    parser = build_parser()
+    for argv, task in [(["train", "--task", "multiclass"], "multiclass"), (["train"], "binary"),
+                       (["train", "data.task=multiclass"], "multiclass"),
+                       (["train", "--task", "binary", "data.task=multiclass"], "binary")]:
+        config = _recipe_config(parser.parse_args(argv))
+        assert config.data.task == task
+        assert config.train.augment.rotate_deg == load_recipe("default", task=task).train.augment.rotate_deg
+    config = _recipe_config(parser.parse_args(["train", "--task", "binary", "train.augment.rotate_deg=30"]))
+    assert config.train.augment.rotate_deg == 30  # command-line overrides win over the recipe's per-task settings
 
 
 def test_kfold_partitions_deterministically() -> None:
