@@ -80,6 +80,7 @@ class AugmentConfig:
     gamma: float = 0.0  # intensity gamma in [1 - gamma, 1 + gamma]
     brightness: float = 0.0  # additive shift in [-brightness, brightness]
     contrast: float = 0.0  # scale about the image's mean by a factor in [1 - contrast, 1 + contrast]
+    elastic: float = 0.0  # smooth local warp: largest shift as a fraction of the image side (0.02 = 7 px at 352)
 
 
 @dataclass
@@ -245,6 +246,21 @@ def _validate(config: RunConfig, source: str) -> None:
             raise CovsegError(f"{source}: {section}.{key} must be positive, got {value}")
     if not 0 <= config.data.val_fraction < 1:
         raise CovsegError(f"{source}: data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+    _validate_augment(config.train.augment, source)
+
+
+def _validate_augment(augment: AugmentConfig, source: str) -> None:
+    """Flip probabilities lie in [0, 1]; factors about 1 and the elastic warp in [0, 1); the rest are >= 0."""
+    for field_ in dataclasses.fields(augment):
+        value = getattr(augment, field_.name)
+        if field_.name in ("hflip", "vflip"):
+            ok, rule = 0 <= value <= 1, "a probability in [0, 1]"
+        elif field_.name in ("scale", "gamma", "contrast", "elastic"):
+            ok, rule = 0 <= value < 1, "in [0, 1)"
+        else:
+            ok, rule = value >= 0, ">= 0"
+        if not ok:
+            raise CovsegError(f"{source}: train.augment.{field_.name} is {value}; it must be {rule}")
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:

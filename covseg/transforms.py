@@ -13,7 +13,9 @@ from torch.nn import functional as F
 
 from covseg.config import AugmentConfig
 
-__all__ = ["stack_resized", "resize_probs", "augment_batch"]
+__all__ = ["stack_resized", "resize_probs", "elastic_offsets", "augment_batch"]
+
+ELASTIC_CONTROL_POINTS = 7  # per side, as TorchIO's RandomElasticDeformation
 
 
 def stack_resized(
@@ -44,15 +46,33 @@ def resize_probs(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
 
 
+def elastic_offsets(batch: int, height: int, width: int, magnitude: float,
+                    generator: torch.Generator) -> torch.Tensor:
+    """A smooth random displacement field ``(batch, height, width, 2)`` in ``affine_grid`` units.
+
+    Shifts are drawn uniformly in ``[-magnitude, magnitude]`` (a fraction of the image side) on a 7 x 7 grid
+    of control points, then interpolated bicubically over the image and clipped to the same bound, so no
+    pixel moves by more than ``magnitude`` times the image side along either axis (``2 * magnitude`` in
+    the ``[-1, 1]`` coordinates of :func:`torch.nn.functional.grid_sample`).
+    """
+    n = ELASTIC_CONTROL_POINTS
+    bound = 2.0 * magnitude
+    control = (torch.rand(batch, 2, n, n, generator=generator) * 2.0 - 1.0) * bound
+    field = F.interpolate(control, size=(height, width), mode="bicubic", align_corners=True)
+    return field.clamp_(-bound, bound).permute(0, 2, 3, 1)
+
+
 def augment_batch(
     images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips, rotation, zoom (one affine warp per image), then gamma, contrast and brightness.
+    """Random flips, rotation, zoom and elastic warp (one resampling per image), then gamma, contrast and
+    brightness.
 
     ``images``: ``(B, 1, H, W)`` in [0, 1]; ``masks``: label maps ``(B, H, W)``. Images are warped bilinearly
     (zero padding), label maps with nearest sampling. Intensity: ``x ** g``, then ``m + c (x - m)`` with ``m``
     the image's mean (contrast), then ``+ b``, clamped to [0, 1]. All randomness comes from ``generator``
-    so a run is reproducible; contrast draws only when it is on, so recipes without it draw as before.
+    so a run is reproducible; elastic and contrast draw only when they are on, so recipes without them draw
+    as before.
     """
     b = images.shape[0]
 
@@ -65,11 +85,13 @@ def augment_batch(
     zoom = uniform(1.0 - cfg.scale, 1.0 + cfg.scale)
     gamma = uniform(1.0 - cfg.gamma, 1.0 + cfg.gamma)
     shift = uniform(-cfg.brightness, cfg.brightness)
-    if cfg.rotate_deg or cfg.scale or cfg.hflip or cfg.vflip:
+    if cfg.rotate_deg or cfg.scale or cfg.hflip or cfg.vflip or cfg.elastic:
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         theta = torch.stack([torch.stack([cos * sx, -sin * sy, torch.zeros(b)], 1),
                              torch.stack([sin * sx, cos * sy, torch.zeros(b)], 1)], 1)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        if cfg.elastic:
+            grid = grid + elastic_offsets(b, images.shape[-2], images.shape[-1], cfg.elastic, generator)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         masks = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                               align_corners=False)[:, 0].long()

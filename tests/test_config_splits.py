@@ -24,7 +24,10 @@ def test_overrides_and_their_errors(tmp_path) -> None:
     cfg = apply_overrides(load_recipe("default"), ["train.epochs=3", "train.augment.hflip=0", "model.name=segnet"])
     assert (cfg.train.epochs, cfg.train.augment.hflip, cfg.model.name) == (3, 0.0, "segnet")
     for bad, message in [("train.epoch=3", "unknown option 'epoch'"), ("epochs", "section.key=value"),
-                         ("train.epochs=abc", "expected a number"), ("optim.lr=1", "no section 'optim'")]:
+                         ("train.epochs=abc", "expected a number"), ("optim.lr=1", "no section 'optim'"),
+                         ("train.augment.hflip=1.5", r"hflip is 1.5; it must be a probability in \[0, 1\]"),
+                         ("train.augment.elastic=1", r"elastic is 1.0; it must be in \[0, 1\)"),
+                         ("train.augment.rotate_deg=-5", "rotate_deg is -5.0; it must be >= 0")]:
         with pytest.raises(CovsegError, match=message):
             apply_overrides(cfg, [bad])
     with pytest.raises(CovsegError, match="unknown recipe"):

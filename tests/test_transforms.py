@@ -51,3 +51,36 @@ def test_contrast_scales_about_each_images_mean() -> None:
     shift = -0.05 + 0.1 * draws[5]
     torch.testing.assert_close(a, (b.pow(gamma.view(2, 1, 1, 1)) + shift.view(2, 1, 1, 1)).clamp(0, 1))
     assert torch.equal(g1.get_state(), g2.get_state())  # and no further draw moves later batches' randomness
+
+
+def test_elastic_warp_moves_no_pixel_further_than_its_bound() -> None:
+    size = 64
+    ramp = torch.linspace(0.0, 1.0, size)
+    # two images whose grey level is the pixel's column / row: a warped pixel's value says where it came from
+    images = torch.stack([ramp.expand(size, size), ramp[:, None].expand(size, size)])[:, None].contiguous()
+    masks = torch.zeros(2, size, size, dtype=torch.long)
+    masks[:, 20:40, 20:40] = 2
+    cfg = AugmentConfig(elastic=0.05)
+    out_x, out_y = augment_batch(images, masks, cfg, torch.Generator().manual_seed(1))
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))  # away from the zero-padded border
+    moved = (out_x - images)[inner].abs()
+    # 0.05 of the side is 3.2 pixels; one pixel is 1/63 of the ramp, and bilinear sampling stays in between
+    assert moved.max() <= 0.05 * size / (size - 1) + 1e-5
+    assert moved.max() > 0.01  # it did warp
+    assert set(out_y.unique().tolist()) <= {0, 2}  # nearest sampling: no new labels
+    assert 0.8 < (out_y == 2).sum().item() / (masks == 2).sum().item() < 1.2
+
+
+def test_elastic_off_draws_as_before_and_on_is_reproducible() -> None:
+    images, masks = _batch()
+    plain = AugmentConfig(rotate_deg=10)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    augment_batch(images, masks, plain, g1)
+    [torch.rand(2, generator=g2) for _ in range(6)]
+    assert torch.equal(g1.get_state(), g2.get_state())
+    on = AugmentConfig(rotate_deg=10, elastic=0.1)
+    a = augment_batch(images, masks, on, torch.Generator().manual_seed(7))
+    b = augment_batch(images, masks, on, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a[0], b[0])
+    assert torch.equal(a[1], b[1])
+    assert not torch.allclose(a[0], augment_batch(images, masks, plain, torch.Generator().manual_seed(7))[0])
