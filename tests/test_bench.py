@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from covseg.bench import _scan_benchmark, build_bench_model, main, measure
+import numpy as np
+
+from covseg.bench import _e2e_scan_benchmark, _scan_benchmark, build_bench_model, main, measure
 
 
 def test_measure_reports_every_figure() -> None:
@@ -35,3 +37,12 @@ def test_monai_peer_matches_widths() -> None:
 def test_scan_benchmark_forced_fp32_runs_fp32() -> None:
     row = _scan_benchmark(slices=2, size=32, model_path=None, precision="fp32")
     assert row["backend"] == "torch cpu float32" and row["slices"] == 2 and row["seconds"] > 0
+
+
+def test_end_to_end_scan_memory_is_the_prediction_process_own() -> None:
+    ballast = np.ones(80_000_000)  # 640 MB resident in this process only, as a large phantom would be
+    row = _e2e_scan_benchmark(slices=3, size=32, model_path=None)
+    assert row["status"] == 0 and set(row["stages"]) >= {"read", "lungs", "lesions", "quantify"}
+    assert row["phantom_rss_mb"] > 640 + 100
+    assert 100 < row["peak_rss_mb"] < row["phantom_rss_mb"] - 300  # the predict process never held the ballast
+    del ballast
