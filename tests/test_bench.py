@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 
 from covseg.bench import _e2e_scan_benchmark, _scan_benchmark, build_bench_model, main, measure
 
