@@ -91,6 +91,8 @@ class TrainConfig:
     # the Dice term's sums: "batch" (whole batch, nnU-Net) | "sample" (per image, MONAI) |
     # "present" (per image, skipping (image, class) pairs whose truth lacks the class, as the metric)
     dice: str = "batch"
+    # add the lesion (every foreground class together) to the Dice term as one more region (multiclass only)
+    lesion_dice: bool = False
     optimizer: str = "adamw"  # "adam" | "adamw" | "sgd"
     lr: float = 1e-3
     weight_decay: float = 1e-4

@@ -55,19 +55,27 @@ class DiceLoss(nn.Module):
     these terms stay in the mean, so with ``batch=False`` they scale the Dice term of a multiclass batch down
     by the share of (image, class) pairs that are present. ``skip_absent=True`` drops them from the mean, as
     the reported metric does; a batch with no present pair then has a Dice term of 0.
+
+    ``lesion_region=True`` adds one more region to the mean: the union of every foreground class (probability
+    ``1 - p_0`` against the truth ``y > 0``), as nnU-Net's region-based training scores nested regions. For a
+    multiclass task it rewards finding the lesion whatever its type; for a binary task it would repeat class 1.
     """
 
     def __init__(self, include_background: bool = False, smooth: float = 1e-5, batch: bool = True,
-                 skip_absent: bool = False) -> None:
+                 skip_absent: bool = False, lesion_region: bool = False) -> None:
         super().__init__()
         self.include_background = include_background
         self.smooth = smooth
         self.batch = batch
         self.skip_absent = skip_absent
+        self.lesion_region = lesion_region
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = logits.float().softmax(dim=1)
         onehot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+        if self.lesion_region:
+            probs = torch.cat([probs, 1 - probs[:, :1]], dim=1)
+            onehot = torch.cat([onehot, 1 - onehot[:, :1]], dim=1)
         dims = (0, 2, 3) if self.batch else (2, 3)
         inter = (probs * onehot).sum(dims)
         truth = onehot.sum(dims)
@@ -86,10 +94,10 @@ class DiceCELoss(nn.Module):
     """Sum of (optionally class-weighted) cross-entropy and soft Dice."""
 
     def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0, batch_dice: bool = True,
-                 skip_absent: bool = False) -> None:
+                 skip_absent: bool = False, lesion_region: bool = False) -> None:
         super().__init__()
         self.ce = nn.CrossEntropyLoss(weight=weight)
-        self.dice = DiceLoss(batch=batch_dice, skip_absent=skip_absent)
+        self.dice = DiceLoss(batch=batch_dice, skip_absent=skip_absent, lesion_region=lesion_region)
         self.dice_weight = dice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -135,12 +143,14 @@ LOSSES = ("ce", "mfb_ce", "dice", "dice_ce", "mfb_dice_ce")
 DICE_MODES = ("batch", "sample", "present")
 
 
-def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch") -> nn.Module:
+def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch",
+                lesion_region: bool = False) -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
     ``dice`` picks the Dice term's reduction for the ``*dice*`` losses: ``"batch"`` (batch Dice),
     ``"sample"`` (per-image Dice) or ``"present"`` (per-image Dice over the (image, class) pairs whose truth
-    holds the class, as the reported metric; see :class:`DiceLoss`).
+    holds the class, as the reported metric; see :class:`DiceLoss`). ``lesion_region`` adds the union of the
+    foreground classes to the Dice term as one more region (``*dice*`` losses of three or more classes only).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
@@ -151,9 +161,14 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         if class_weights is None:
             raise ValueError(f"loss {name!r} needs class weights")
         weight = torch.as_tensor(class_weights, dtype=torch.float32)
+    if lesion_region and "dice" not in name:
+        raise CovsegError(f"train.lesion_dice needs a Dice loss, not {name!r}; use dice_ce or dice")
+    if lesion_region and class_weights is not None and len(class_weights) < 3:
+        raise CovsegError("train.lesion_dice is for the multiclass task: with one foreground class the lesion "
+                          "is that class already; drop the option or use --task multiclass")
     if name in ("ce", "mfb_ce"):
         return _CrossEntropy(weight=weight)
     batch, skip_absent = dice == "batch", dice == "present"
     if name == "dice":
-        return DiceLoss(batch=batch, skip_absent=skip_absent)
-    return DiceCELoss(weight=weight, batch_dice=batch, skip_absent=skip_absent)
+        return DiceLoss(batch=batch, skip_absent=skip_absent, lesion_region=lesion_region)
+    return DiceCELoss(weight=weight, batch_dice=batch, skip_absent=skip_absent, lesion_region=lesion_region)

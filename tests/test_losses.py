@@ -78,6 +78,30 @@ def test_present_dice_skips_absent_image_class_pairs_by_hand() -> None:
     assert logits.grad is not None
 
 
+def test_lesion_region_scores_the_union_of_foreground_classes_by_hand() -> None:
+    # one 2x2 image, truth all GGO (class 1); the model calls every pixel consolidation (class 2)
+    target = torch.ones(1, 2, 2, dtype=torch.long)
+    wrong_type = F.one_hot(torch.full((1, 2, 2), 2), 3).permute(0, 3, 1, 2).float() * 100
+    # per class: GGO Dice ~0, consolidation absent (skipped); the lesion region 1 - p_0 ~ 1 matches y > 0 -> Dice ~1
+    plain = DiceLoss(batch=False, skip_absent=True)(wrong_type, target).item()
+    region = DiceLoss(batch=False, skip_absent=True, lesion_region=True)(wrong_type, target).item()
+    assert plain == pytest.approx(1.0, abs=1e-4)
+    assert region == pytest.approx(0.5, abs=1e-4)
+    # uniform logits over 3 classes: GGO 2*(4/3) / (4/3 + 4) = 1/2; lesion 2*(8/3) / (8/3 + 4) = 4/5
+    uniform = torch.zeros(1, 3, 2, 2)
+    value = DiceLoss(batch=False, skip_absent=True, lesion_region=True)(uniform, target).item()
+    assert value == pytest.approx(1 - (1 / 2 + 4 / 5) / 2, abs=1e-5)
+    via_factory = create_loss("dice_ce", np.ones(3), dice="present", lesion_region=True)(uniform, target)
+    torch.testing.assert_close(via_factory, F.cross_entropy(uniform, target) + value, atol=1e-6, rtol=0)
+
+
+def test_lesion_region_refused_where_it_means_nothing() -> None:
+    with pytest.raises(CovsegError, match="needs a Dice loss"):
+        create_loss("mfb_ce", np.ones(3), lesion_region=True)
+    with pytest.raises(CovsegError, match="multiclass"):
+        create_loss("dice_ce", np.ones(2), lesion_region=True)
+
+
 def test_dice_ce_is_sum_and_unknown_loss() -> None:
     torch.manual_seed(1)
     logits = torch.randn(1, 2, 4, 4)
