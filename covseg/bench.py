@@ -5,7 +5,8 @@ Paths:
 
 * ``fp32-naive``  — default (contiguous) memory format, fp32, ``torch.no_grad`` only;
 * ``fp32-cl``     — channels-last fp32 under ``torch.inference_mode``;
-* ``covseg``      — what covseg uses: channels-last, bf16 autocast where the CPU has native bf16, else fp32;
+* ``covseg``      — what covseg uses: channels-last, bf16 autocast where the CPU has native bf16, else fp32
+  with (inference only) batch norm folded into the convolutions;
 * ``onnxruntime`` — the model exported by :func:`covseg.export.export_onnx`'s exporter, CPU provider.
 
 Models: covseg U-Net of widths 16 (the default recipe), 32 and 64, SegNet (width 64, depth 5) and, as
@@ -99,6 +100,7 @@ def _flops(model: nn.Module, size: int) -> float:
 
 def measure(model_name: str, path: str, size: int, repeats: int, train_steps: int) -> dict[str, Any]:
     """Inference (batch 1 and 8) and training figures of one model on one path, in this process."""
+    from covseg.models import fold_batch_norm
     from covseg.runtime import autocast, cpu_supports_bf16
 
     torch.manual_seed(0)
@@ -111,6 +113,9 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     channels_last = path in ("fp32-cl", "covseg")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # covseg's own fp32 inference folds batch norm into the convolutions (as TorchBackend does); training keeps it
+    fold = path == "covseg" and dtype == torch.float32
+    infer_model = fold_batch_norm(model).to(memory_format=torch.channels_last) if fold else model
     device = torch.device("cpu")
 
     if path == "onnxruntime":
@@ -136,7 +141,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
             def run():
                 context = torch.inference_mode() if path != "fp32-naive" else torch.no_grad()
                 with context, autocast(device, dtype):
-                    model(x)
+                    infer_model(x)
             return run
 
     for batch in (1, 8):

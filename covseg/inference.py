@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from covseg.intensity import normalize_image
+from covseg.models import fold_batch_norm
 from covseg.runtime import autocast
 from covseg.transforms import resize_probs, stack_resized
 
@@ -47,6 +48,11 @@ class TorchBackend:
     With a reduced-precision ``dtype`` the first batch is also run in fp32: if fewer than
     :data:`BF16_MIN_AGREEMENT` of its pixels get the same label, the backend switches to fp32 for good
     (and says so on stderr). ``agreement`` keeps the measured fraction.
+
+    fp32 passes run a copy with batch norm folded into the convolutions (:func:`covseg.models.fold_batch_norm`,
+    the same function up to float rounding, about 1.1x faster). bf16 passes keep the model as trained: folded
+    weights and biases rounded to bf16 lose about 0.1 % of label agreement with fp32. The caller's ``model``
+    is not changed.
     """
 
     def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
@@ -54,15 +60,23 @@ class TorchBackend:
         self.device = device
         self.dtype = dtype
         self.agreement: float | None = None
+        self._folded: nn.Module | None = None
 
     @property
     def description(self) -> str:
         return f"torch {self.device.type} {str(self.dtype).removeprefix('torch.')}"
 
+    def _network(self, dtype: torch.dtype) -> nn.Module:
+        if dtype != torch.float32:
+            return self.model
+        if self._folded is None:
+            self._folded = fold_batch_norm(self.model).to(memory_format=torch.channels_last)
+        return self._folded
+
     @torch.inference_mode()
     def _logits(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         with autocast(self.device, dtype):
-            return self.model(x).float()
+            return self._network(dtype)(x).float()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)

@@ -82,6 +82,21 @@ def test_bf16_path_agrees_with_fp32_on_a_trained_model(tiny_run: Path, tiny_data
         assert label_agreement(low, model(x)) >= inference.BF16_MIN_AGREEMENT
 
 
+def test_fp32_path_runs_folded_batch_norm_with_the_same_labels(tiny_run: Path, tiny_data: Path) -> None:
+    model, config, _ = load_model(tiny_run)
+    images = [read_image(p) for p in sorted((tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs").iterdir())]
+    x, _ = stack_resized(images, None, config.data.input_size)
+    backend = TorchBackend(model, torch.device("cpu"), torch.float32)
+    out = backend(x)
+    folded = backend._network(torch.float32)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backend._network(torch.bfloat16).modules())
+    with torch.inference_mode():
+        reference = model(x)
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
+    assert label_agreement(out, reference) == 1.0
+
+
 def test_bf16_falls_back_to_fp32_when_labels_disagree(tiny_run: Path, monkeypatch, capsys) -> None:
     model, config, _ = load_model(tiny_run)
     monkeypatch.setattr(inference, "BF16_MIN_AGREEMENT", 1.01)  # impossible: forces the fallback

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from covseg.errors import CovsegError
-from covseg.models import MODELS, create_model, nearest_valid_size
+from covseg.models import MODELS, create_model, fold_batch_norm, nearest_valid_size
 
 SMALL = {"unet": {"width": 4, "depth": 2}, "segnet": {"width": 4, "depth": 2}}
 
@@ -55,6 +55,24 @@ def test_channels_last_and_bf16_autocast(name: str) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = model(x)
     assert low.shape == ref.shape and torch.isfinite(low).all()
+
+
+def test_folding_batch_norm_keeps_the_function_and_the_original(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, **SMALL[name])
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    for bn in norms:  # statistics far from the initial (0, 1), so that an unfolded norm would show
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.3, 3.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.3, 0.3)
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert model.training and sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == len(norms)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-4, rtol=1e-4)
 
 
 def test_unet_reference_size_has_31m_parameters() -> None:
