@@ -71,10 +71,16 @@ def test_onnx_of_other_task_or_origin_is_refused(onnx_file: Path, tiny_data: Pat
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_bf16_path_agrees_with_fp32_on_a_trained_model(tiny_run: Path, tiny_data: Path) -> None:
-    model, config, _ = load_model(tiny_run)
-    images = [read_image(p) for p in sorted((tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs").iterdir())]
+def _model_and_slices(run: Path, data: Path) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A trained run's model and its data set's labelled slices as one input batch ``(N, 1, S, S)``."""
+    model, config, _ = load_model(run)
+    images = [read_image(p) for p in sorted((data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs").iterdir())]
     x, _ = stack_resized(images, None, config.data.input_size)
+    return model, x
+
+
+def test_bf16_path_agrees_with_fp32_on_a_trained_model(tiny_run: Path, tiny_data: Path) -> None:
+    model, x = _model_and_slices(tiny_run, tiny_data)
     backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
     low = backend(x)
     assert backend.agreement is not None and backend.agreement >= inference.BF16_MIN_AGREEMENT
@@ -83,9 +89,7 @@ def test_bf16_path_agrees_with_fp32_on_a_trained_model(tiny_run: Path, tiny_data
 
 
 def test_fp32_path_runs_folded_batch_norm_with_the_same_labels(tiny_run: Path, tiny_data: Path) -> None:
-    model, config, _ = load_model(tiny_run)
-    images = [read_image(p) for p in sorted((tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs").iterdir())]
-    x, _ = stack_resized(images, None, config.data.input_size)
+    model, x = _model_and_slices(tiny_run, tiny_data)
     backend = TorchBackend(model, torch.device("cpu"), torch.float32)
     out = backend(x)
     folded = backend._network(torch.float32)
