@@ -75,6 +75,9 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="auto: onnx for a .onnx model file, else torch")
     p.add_argument("--tta", action="store_true", help="average with a left-right flipped prediction")
+    p.add_argument("--lesion-model", type=Path, action="append", metavar="BINARY_MODEL",
+                   help="a binary model (run, checkpoint, ONNX or cross-validation folder; repeat for an ensemble) "
+                        "that says where the lesions are; the multiclass model then says only which lesion each is")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bf16 where the CPU/GPU has native support and it agrees with fp32, else fp32")
@@ -229,7 +232,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     metrics, out_dir = evaluate_run(args.model, args.data, args.split, args.output, args.checkpoint, args.device,
                                     args.precision, args.batch_size, args.tta, args.task, args.backend,
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, lesion_model=args.lesion_model)
     _print_summary(metrics, out_dir)
     return 0
 
@@ -261,7 +264,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from covseg.datasets import list_images
     from covseg.labels import get_scheme
-    from covseg.predict import is_scan, open_ensemble, predict_files, predict_scan, output_stem
+    from covseg.predict import is_scan, open_models, predict_files, predict_scan, output_stem
     from covseg.scan import ScanOptions
 
     for item in args.inputs:
@@ -269,8 +272,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise CovsegError(f"{item}: no such file or folder")
     scans = [item for item in args.inputs if is_scan(item, args.spacing)]
     files = [f for item in args.inputs if item not in scans for f in list_images(item)]
-    predictor, config, info = open_ensemble(args.model, args.task, "best", args.backend, args.device,
-                                            args.precision, args.batch_size, args.tta)
+    predictor, config, info = open_models(args.model, args.lesion_model, args.task, "best", args.backend, args.device,
+                                          args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)
     options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, min_lesion_ml=args.min_lesion_ml,
                           window=config.data.window)

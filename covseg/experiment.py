@@ -22,7 +22,7 @@ from covseg.fileio import atomic_write_text
 from covseg.figures import plot_comparison
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
-from covseg.predict import ensemble_members, open_ensemble
+from covseg.predict import ensemble_members, open_models
 from covseg.splits import load_split
 from covseg.labels import get_scheme
 from covseg.checkpoint import build_model, read_checkpoint
@@ -87,7 +87,7 @@ def _evaluates_validation(run_dir: Path, split: str) -> bool:
 def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str, out_dir: Path | None,
                  which: str = "auto", device: str = "cpu", precision: str = "auto", batch_size: int = 8,
                  tta: bool = False, task: str | None = None, backend: str = "auto",
-                 progress: bool = True) -> tuple[dict[str, Any], Path]:
+                 progress: bool = True, lesion_model: Sequence[Path] | None = None) -> tuple[dict[str, Any], Path]:
     """Evaluate a run folder or checkpoint; writes the report into ``out_dir`` and returns (metrics, out_dir).
 
     Several paths, or a cross-validation folder, are evaluated as one ensemble (mean probabilities, see
@@ -96,15 +96,21 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     a cross-validation folder's folds are therefore scored together only on ``test``. Its report goes to
     ``CV_DIR/eval-SPLIT``; other ensembles need ``out_dir``.
 
+    ``lesion_model``: binary models whose lesions the multiclass ``model_path`` types
+    (:func:`covseg.predict.open_models`); on the run's own parts they must share its split.
+
     ``which="auto"`` takes ``last.pt`` when the images evaluated are the validation images that chose
     ``best.pt`` (so a cross-validation figure is not inflated by selecting on the fold it reports),
     and ``best.pt`` otherwise.
     """
     given = [Path(model_path)] if isinstance(model_path, (str, Path)) else [Path(p) for p in model_path]
     paths = ensemble_members(given)
+    lesion_paths = ensemble_members(lesion_model) if lesion_model else []
     run_dir = paths[0] if paths[0].is_dir() else None
-    if len(paths) > 1:
-        _check_ensemble_split(paths, split)
+    if len(paths) + len(lesion_paths) > 1:
+        _check_ensemble_split(paths + lesion_paths, split)
+    if out_dir is None and lesion_paths:
+        raise CovsegError("an evaluation with --lesion-model needs -o REPORT_DIR, so the model's own report stays")
     if out_dir is None and paths != given:  # a cross-validation folder reports beside its folds
         out_dir = given[0] / f"eval-{split}"
     if out_dir is None and len(paths) > 1:
@@ -115,14 +121,14 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         if run_dir is None:
             raise CovsegError("pass --data DIR when evaluating a model file outside its run folder")
         data = read_run_info(run_dir)["data"]
-    predictor, config, info = open_ensemble(paths, task, which, backend, device, precision, batch_size, tta)
+    predictor, config, info = open_models(paths, lesion_paths, task, which, backend, device, precision, batch_size, tta)
     samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
     out_dir = out_dir or Path(info["file"]).parent / f"eval-{split}"
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": info, "recipe": config.recipe, "data": str(data), "split": split,
              "seconds": round(time.perf_counter() - began, 3)}
-    name = f"{info['name']} ({len(paths)} models)" if len(paths) > 1 else config.model.name
+    name = f"{info['name']} ({len(paths) + len(lesion_paths)} models)" if len(paths) + len(lesion_paths) > 1 else config.model.name
     title = f"{name} · {config.data.task} · {split} ({len(samples)} images)"
     return write_report(ev, out_dir, title, extra), out_dir
 

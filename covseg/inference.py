@@ -23,7 +23,7 @@ from covseg.models import fold_batch_norm
 from covseg.runtime import autocast
 from covseg.transforms import resize_probs, stack_resized
 
-__all__ = ["Backend", "TorchBackend", "Predictor", "EnsemblePredictor", "BF16_MIN_AGREEMENT", "label_agreement"]
+__all__ = ["Backend", "TorchBackend", "Predictor", "EnsemblePredictor", "LesionTypePredictor", "BF16_MIN_AGREEMENT", "label_agreement"]
 
 BF16_MIN_AGREEMENT = 0.999
 """Least fraction of pixels whose bf16 and fp32 labels agree for bf16 results to be used."""
@@ -136,3 +136,38 @@ class EnsemblePredictor:
         """Yield the members' mean class probabilities ``(C, H, W)`` float32 for each image, in order."""
         for probs in zip(*(member(images) for member in self.members)):
             yield np.mean(probs, axis=0, dtype=np.float32)
+
+
+class LesionTypePredictor:
+    """Two models in sequence (as lungmask's model fusion): where the lesion is, from a binary model, and which
+    lesion it is, from a multiclass one.
+
+    With ``q`` the binary model's lesion probability ``(H, W)`` and ``p`` the multiclass model's probabilities
+    ``(C, H, W)`` (class 0 background), it yields ``(C, H, W)`` float32 probabilities ``1 - q`` for class 0 and
+    ``q * p_c / sum_k p_k`` for each lesion class ``c`` of ``lesion_classes`` (sum over those too; 0 for the
+    others): the multiclass model's odds among the lesion types, spread over the binary model's lesion
+    probability. A pixel is then labelled lesion only where ``q`` times its type's share beats ``1 - q``: within
+    the binary model's lesion (``q > 1/2``), a little less where the types are in doubt. ``lesion_classes``
+    (default: every class but 0) should leave out the classes the multiclass
+    model never saw in training (pleural effusion for COVID-SemiSeg): where that model calls background, its odds
+    among the lesion classes are arbitrary, and an unlearnt class can win them. Either side may be an ensemble.
+    """
+
+    def __init__(self, lesion: Predictor | EnsemblePredictor, types: Predictor | EnsemblePredictor,
+                 lesion_classes: Sequence[int] | None = None) -> None:
+        self.lesion = lesion
+        self.types = types
+        self.lesion_classes = None if lesion_classes is None else sorted(lesion_classes)
+        if self.lesion_classes is not None and (not self.lesion_classes or min(self.lesion_classes) < 1):
+            raise ValueError(f"lesion classes must be foreground class ids (>= 1), got {lesion_classes}")
+        self.batch_size = min(lesion.batch_size, types.batch_size)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+        """Yield the combined class probabilities ``(C, H, W)`` float32 for each ``(H, W)`` image, in order."""
+        for lesion, types in zip(self.lesion(images), self.types(images)):
+            q = lesion[1]
+            chosen = self.lesion_classes or list(range(1, types.shape[0]))
+            odds = np.zeros_like(types)
+            odds[chosen] = types[chosen]
+            shares = odds[1:] / np.maximum(odds[1:].sum(0), np.finfo(np.float32).tiny)
+            yield np.concatenate([(1 - q)[None], q[None] * shares]).astype(np.float32)

@@ -26,13 +26,13 @@ from covseg.datasets import read_image
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 from covseg.figures import overlay
-from covseg.inference import EnsemblePredictor, Predictor, TorchBackend
+from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend
 from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme
 from covseg.run import read_run_config
 from covseg.runtime import resolve_device, resolve_precision
 
-__all__ = ["open_predictor", "open_ensemble", "ensemble_members", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
+__all__ = ["open_predictor", "open_ensemble", "open_models", "ensemble_members", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
 
 
 def open_predictor(model_path: Path, task: str | None = None, which: str = "best", backend: str = "auto",
@@ -123,6 +123,46 @@ def open_ensemble(model_paths: Sequence[Path], task: str | None = None, which: s
             "task": config.data.task, "covseg": __version__, "flip_tta": flip_tta, "file": members[0]["file"],
             "backend": ", ".join(sorted({m["backend"] for m in members})), "members": members}
     return EnsemblePredictor([p for p, _, _ in opened]), config, info
+
+
+def open_models(model_paths: Sequence[Path], lesion_paths: Sequence[Path] | None = None, task: str | None = None,
+                which: str = "best", backend: str = "auto", device: str = "cpu", precision: str = "auto",
+                batch_size: int = 8, flip_tta: bool = False
+                ) -> tuple[Predictor | EnsemblePredictor | LesionTypePredictor, RunConfig, dict[str, Any]]:
+    """:func:`open_ensemble` of ``model_paths``; with ``lesion_paths`` (binary models), a
+    :class:`~covseg.inference.LesionTypePredictor` that takes where the lesion is from them and its type from
+    the multiclass ``model_paths``. Returns the predictor, the multiclass config and a description whose
+    ``lesion_model`` describes the binary side."""
+    predictor, config, info = open_ensemble(model_paths, task, which, backend, device, precision, batch_size, flip_tta)
+    if not lesion_paths:
+        return predictor, config, info
+    if config.data.task != "multiclass":
+        raise CovsegError(f"--lesion-model types lesions with a multiclass model, but {model_paths[0]} predicts "
+                          f"{config.data.task} labels; pass a multiclass model as the model")
+    lesion, lesion_config, lesion_info = open_ensemble(lesion_paths, None, which, backend, device, precision,
+                                                      batch_size, flip_tta)
+    if lesion_config.data.task != "binary":
+        raise CovsegError(f"--lesion-model {lesion_paths[0]} predicts {lesion_config.data.task} labels; it must be "
+                          "a binary (lesion / background) model")
+    if lesion_config.data.window != config.data.window:
+        raise CovsegError(f"--lesion-model {lesion_paths[0]} reads images with CT window {lesion_config.data.window} "
+                          f"but {model_paths[0]} with {config.data.window}; use models that read images alike")
+    info = {**info, "name": f"{info['name']} typing the lesions of {lesion_info['name']}", "lesion_model": lesion_info}
+    return LesionTypePredictor(lesion, predictor, learnt_lesion_classes(info)), config, info
+
+
+def learnt_lesion_classes(info: dict[str, Any]) -> list[int] | None:
+    """The foreground classes a model (or any member of an ensemble) saw in training: those whose weight in its
+    run folder's ``class_weights.json`` is not 0. ``None`` when a model has no run folder (an ONNX file or a
+    checkpoint kept alone), since then nothing says so."""
+    learnt: set[int] = set()
+    for member in info.get("members", [info]):
+        weights_file = Path(member["file"]).parent / "class_weights.json"
+        if not weights_file.is_file():
+            return None
+        weights = list(json.loads(weights_file.read_text(encoding="utf-8"))["weights"].values())
+        learnt.update(c for c, w in enumerate(weights) if c > 0 and w > 0)
+    return sorted(learnt) or None
 
 
 def output_stem(path: Path) -> str:

@@ -9,21 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from covseg.cli import main
-from covseg.inference import EnsemblePredictor, Predictor
+from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor
 
 
 class _ConstantBackend:
-    """Logits ``(B, 2, S, S)`` equal to ``values`` at every pixel."""
+    """Logits ``(B, C, S, S)`` equal to ``values`` (``C`` of them) at every pixel."""
 
     description = "constant"
 
-    def __init__(self, values: tuple[float, float]) -> None:
-        self.values = torch.tensor(values).view(1, 2, 1, 1)
+    def __init__(self, values: tuple[float, ...]) -> None:
+        self.values = torch.tensor(values).view(1, len(values), 1, 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.values.expand(x.shape[0], 2, *x.shape[-2:]).clone()
+        return self.values.expand(x.shape[0], -1, *x.shape[-2:]).clone()
 
 
 def test_ensemble_averages_member_probabilities_by_hand() -> None:
@@ -39,6 +40,57 @@ def test_ensemble_averages_member_probabilities_by_hand() -> None:
         assert p.dtype == np.float32
         np.testing.assert_allclose(p[0], 0.375, atol=1e-6)  # (1/2 + 1/4) / 2
         np.testing.assert_allclose(p[1], 0.625, atol=1e-6)  # (1/2 + 3/4) / 2
+
+
+def test_lesion_type_predictor_by_hand() -> None:
+    # binary: logits (0, ln 3) -> lesion q = 3/4; multiclass: logits (ln 6, 0, ln 2, ln 1) -> p = (6, 1, 2, 1) / 10
+    lesion = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=8, batch_size=2)
+    types = Predictor(_ConstantBackend((math.log(6.0), 0.0, math.log(2.0), 0.0)), input_size=8, batch_size=3)
+    images = [np.full((5, 7), 0.3, np.float32), np.zeros((6, 6), np.float32)]
+    every = list(LesionTypePredictor(lesion, types)(images))
+    learnt = list(LesionTypePredictor(lesion, types, lesion_classes=[1, 2])(images))
+    assert [p.shape for p in every] == [(4, 5, 7), (4, 6, 6)]
+    for p in every:  # background 1 - 3/4; lesion types share 3/4 as 1 : 2 : 1
+        assert p.dtype == np.float32
+        np.testing.assert_allclose(p[:, 0, 0], [1 / 4, 3 / 16, 3 / 8, 3 / 16], atol=1e-6)
+        np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-6)
+    for p in learnt:  # class 3 left out: types share 3/4 as 1 : 2
+        np.testing.assert_allclose(p[:, 2, 3], [1 / 4, 1 / 4, 1 / 2, 0.0], atol=1e-6)
+    with pytest.raises(ValueError, match="foreground"):
+        LesionTypePredictor(lesion, types, lesion_classes=[0, 1])
+
+
+def test_evaluate_and_predict_with_a_lesion_model(tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    from conftest import TINY_OVERRIDES
+
+    mc = tmp_path / "mc"
+    assert main(["train", "--recipe", "tiny", "--task", "multiclass", "--data", str(tiny_data), "--split", "cv:0",
+                 "--epochs", "1", "-o", str(mc), "--quiet", *TINY_OVERRIDES]) == 0
+    out = tmp_path / "fused"
+    assert main(["evaluate", str(mc), "--lesion-model", str(tiny_run), "-o", str(out), "--quiet", "--precision", "fp32"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "multiclass" and metrics["model"]["lesion_model"]["file"] == str(tiny_run / "last.pt")
+    imgs = tiny_data / "Dataset/TrainingSet/MultiClassInfection-Train/Imgs"
+    assert main(["predict", str(imgs), "-o", str(tmp_path / "p"), "--model", str(mc), "--lesion-model", str(tiny_run),
+                 "--quiet", "--precision", "fp32"]) == 0
+    assert main(["predict", str(imgs), "-o", str(tmp_path / "pb"), "--model", str(tiny_run), "--quiet",
+                 "--precision", "fp32"]) == 0
+    # a fused lesion pixel has q * (its type's share) > 1 - q, so q > 1/2: the binary model calls it lesion too
+    label_files = sorted((tmp_path / "pb").glob("*.png"))
+    assert label_files
+    for label_file in label_files:
+        fused = np.asarray(Image.open(tmp_path / "p" / label_file.name))
+        assert set(np.unique(fused)) <= {0, 1, 2}  # pleural effusion, unseen in training, is never called
+        assert not (fused > 0)[np.asarray(Image.open(label_file)) == 0].any()
+    capsys.readouterr()
+    # the wrong way round, or without a report folder: one line, nothing written
+    for argv, message in [(["evaluate", str(tiny_run), "--lesion-model", str(mc), "-o", str(tmp_path / "x")], "multiclass model"),
+                          (["evaluate", str(mc), "--lesion-model", str(mc), "-o", str(tmp_path / "x")], "must be a binary"),
+                          (["evaluate", str(mc), "--lesion-model", str(tiny_run)], "needs -o")]:
+        assert main([*argv, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "x").exists() and not (mc / "eval-heldout").exists()
 
 
 def _fake_cv(tiny_run: Path, root: Path) -> Path:
