@@ -50,7 +50,7 @@ class TorchBackend:
     (and says so on stderr). ``agreement`` keeps the measured fraction.
 
     fp32 passes run a copy with batch norm folded into the convolutions (:func:`covseg.models.fold_batch_norm`,
-    the same function up to float rounding, about 1.1x faster). bf16 passes keep the model as trained: folded
+    the same function up to float rounding; 1.16x faster on a 300-slice scan, benchmarks/RESULTS.md). bf16 passes keep the model as trained: folded
     weights and biases rounded to bf16 lose about 0.1 % of label agreement with fp32. The caller's ``model``
     is not changed.
     """
@@ -147,10 +147,11 @@ class LesionTypePredictor:
     ``q * p_c / sum_k p_k`` for each lesion class ``c`` of ``lesion_classes`` (sum over those too; 0 for the
     others): the multiclass model's odds among the lesion types, spread over the binary model's lesion
     probability. A pixel is then labelled lesion only where ``q`` times its type's share beats ``1 - q``: within
-    the binary model's lesion (``q > 1/2``), a little less where the types are in doubt. ``lesion_classes``
-    (default: every class but 0) should leave out the classes the multiclass
-    model never saw in training (pleural effusion for COVID-SemiSeg): where that model calls background, its odds
-    among the lesion classes are arbitrary, and an unlearnt class can win them. Either side may be an ensemble.
+    the binary model's lesion (``q > 1/2``), a little less where the types are in doubt.
+
+    ``lesion_classes`` (default: every class but 0) should leave out the classes the multiclass model never saw
+    in training (pleural effusion for COVID-SemiSeg): where that model calls background, its odds among the
+    lesion classes are arbitrary, and an unlearnt class can win them. Either side may be an ensemble.
     """
 
     def __init__(self, lesion: Predictor | EnsemblePredictor, types: Predictor | EnsemblePredictor,
