@@ -128,7 +128,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": info, "recipe": config.recipe, "data": str(data), "split": split,
              "seconds": round(time.perf_counter() - began, 3)}
-    name = f"{info['name']} ({len(paths) + len(lesion_paths)} models)" if len(paths) + len(lesion_paths) > 1 else config.model.name
+    n_models = len(paths) + len(lesion_paths)
+    name = f"{info['name']} ({n_models} models)" if n_models > 1 else config.model.name
     title = f"{name} · {config.data.task} · {split} ({len(samples)} images)"
     return write_report(ev, out_dir, title, extra), out_dir
 

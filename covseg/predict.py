@@ -29,7 +29,7 @@ from covseg.figures import overlay
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend
 from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme
-from covseg.run import read_run_config
+from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
 
 __all__ = ["open_predictor", "open_ensemble", "open_models", "ensemble_members", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
@@ -157,11 +157,10 @@ def learnt_lesion_classes(info: dict[str, Any]) -> list[int] | None:
     checkpoint kept alone), since then nothing says so."""
     learnt: set[int] = set()
     for member in info.get("members", [info]):
-        weights_file = Path(member["file"]).parent / "class_weights.json"
-        if not weights_file.is_file():
+        run_dir = Path(member["file"]).parent
+        if not (run_dir / "class_weights.json").is_file():
             return None
-        weights = list(json.loads(weights_file.read_text(encoding="utf-8"))["weights"].values())
-        learnt.update(c for c, w in enumerate(weights) if c > 0 and w > 0)
+        learnt.update(c for c, w in enumerate(read_class_weights(run_dir)) if c > 0 and w > 0)
     return sorted(learnt) or None
 
 

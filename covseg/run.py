@@ -46,7 +46,7 @@ from covseg.splits import kfold, make_split, parse_split_name, save_split
 from covseg.training import lr_factor, make_optimizer, train_one_epoch, validate
 from covseg.transforms import stack_resized
 
-__all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "HISTORY_FIELDS"]
+__all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "read_class_weights", "HISTORY_FIELDS"]
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_dice", "lr", "seconds")
 
@@ -77,6 +77,13 @@ def read_run_info(run_dir: Path) -> dict:
     if not path.is_file():
         raise CovsegError(f"{run_dir}: no run.json; is it a covseg run folder?")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_class_weights(run_dir: Path) -> np.ndarray:
+    """``(num_classes,)`` float64 median-frequency weights saved in ``run_dir/class_weights.json`` (0 for a class
+    absent from the training masks)."""
+    path = Path(run_dir) / "class_weights.json"
+    return np.array(list(json.loads(path.read_text(encoding="utf-8"))["weights"].values()), dtype=np.float64)
 
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -186,7 +193,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     if dist.enabled:
         torch_dist.barrier()
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-    weights = np.array(list(json.loads((run_dir / "class_weights.json").read_text())["weights"].values()))
+    weights = read_class_weights(run_dir)
     log("class weights (median frequency): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(scheme.names, weights)))
 
     by_name = {s.name: s for s in samples}
