@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_dir"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "interrupts_deferred"]
 
 
 @contextlib.contextmanager
@@ -63,3 +65,24 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) while a group of files that must agree is written.
+
+    A SIGINT that arrives inside the block is raised as ``KeyboardInterrupt`` once the block has finished, so
+    a checkpoint and the history beside it always describe the same epoch. Outside the main thread (where
+    Python cannot install signal handlers) the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt

@@ -34,7 +34,7 @@ from covseg.checkpoint import build_model, read_checkpoint, save_checkpoint
 from covseg.config import RunConfig, config_from_dict, config_to_dict
 from covseg.datasets import Sample
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_write_text
+from covseg.fileio import atomic_write_text, interrupts_deferred
 from covseg.figures import plot_curves
 from covseg.intensity import normalize_image
 from covseg.labels import get_scheme
@@ -257,17 +257,18 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
             row = {"epoch": epoch + 1, "train_loss": fit.loss, "train_acc": fit.accuracy,
                    "val_loss": res.loss, "val_acc": res.accuracy, "val_dice": res.dice,
                    "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick}
-            history.append(row)
             score = res.dice if math.isfinite(res.dice) else None
-            is_best = score is not None and (best is None or score > best)
-            if is_best:
-                best = score
-            if dist.is_main:
+            with interrupts_deferred():  # the epoch counts once best.pt, last.pt and history.csv all hold it
+                history.append(row)
+                is_best = score is not None and (best is None or score > best)
                 if is_best:
-                    save_checkpoint(run_dir / "best.pt", core, config, epoch + 1, score)
-                save_checkpoint(run_dir / "last.pt", core, config, epoch + 1, score,
-                                optimizer=optimizer.state_dict(), history=history, best=best)
-                _write_history(run_dir, history)
+                    best = score
+                if dist.is_main:
+                    if is_best:
+                        save_checkpoint(run_dir / "best.pt", core, config, epoch + 1, score)
+                    save_checkpoint(run_dir / "last.pt", core, config, epoch + 1, score,
+                                    optimizer=optimizer.state_dict(), history=history, best=best)
+                    _write_history(run_dir, history)
             bar.set_postfix(loss=f"{fit.loss:.3f}", val_dice=f"{res.dice:.3f}")
         epoch = t.epochs
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 
 from covseg.checkpoint import read_checkpoint
 from covseg.cli import main
+from covseg.fileio import interrupts_deferred
 from covseg.training import lr_factor
 
 from conftest import TINY_OVERRIDES
@@ -137,3 +139,19 @@ def test_deep_supervision_trains_and_saves_a_plain_predictor(tiny_data: Path, tm
     assert _train(tiny_data, tmp_path / "seg", "model.name=segnet", "model.deep_supervision=true",
                   "--epochs", "1") == 0
     assert any(k.startswith("aux_heads.") for k in read_checkpoint(tmp_path / "seg" / "last.pt")["model"])
+
+
+def test_ctrl_c_inside_a_checkpoint_write_waits_for_the_write() -> None:
+    # the race the Ctrl-C test above can hit: SIGINT between last.pt and history.csv
+    handler = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the signal is delivered here and must not cut the block short
+            done.append("history.csv")
+    assert done == ["history.csv"]
+    assert signal.getsignal(signal.SIGINT) is handler
+    with interrupts_deferred():  # no signal: nothing raised
+        done.append("again")
+    assert done == ["history.csv", "again"]
