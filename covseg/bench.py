@@ -171,9 +171,12 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     return out
 
 
-def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: str = "auto") -> dict[str, Any]:
+def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: str = "auto",
+                    fp32_engine: str = "onnxruntime") -> dict[str, Any]:
     """Inference-only figures for a ``slices`` x ``size`` x ``size`` scan with the default model, on covseg's path
-    (``precision="auto"``) or forced to fp32 (``"fp32"``: what runs when the bf16 agreement check refuses bf16)."""
+    (``precision="auto"``) or forced to fp32 (``"fp32"``: what runs when the bf16 agreement check refuses bf16).
+    ``fp32_engine``: as :class:`covseg.inference.TorchBackend`'s (``onnxruntime``: ``covseg predict``'s default
+    on a CPU; ``torch``: ``--backend torch``)."""
     from covseg.config import load_recipe
     from covseg.checkpoint import build_model, load_model
     from covseg.inference import Predictor, TorchBackend
@@ -185,8 +188,8 @@ def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: s
         config = load_recipe("default")
         model = build_model(config)
     device = torch.device("cpu")
-    predictor = Predictor(TorchBackend(model, device, resolve_precision(precision, device)), config.data.input_size, 8,
-                          normalize=config.data.normalize)
+    backend = TorchBackend(model, device, resolve_precision(precision, device), fp32_engine)
+    predictor = Predictor(backend, config.data.input_size, 8, normalize=config.data.normalize)
     images = [torch.rand(size, size).numpy() for _ in range(slices)]
     tick = time.perf_counter()
     for _ in predictor(images):
@@ -277,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--scan-only", choices=("auto", "fp32"), help=argparse.SUPPRESS)
+    parser.add_argument("--scan-fp32-engine", choices=("onnxruntime", "torch"), default="onnxruntime",
+                        help=argparse.SUPPRESS)
     parser.add_argument("--e2e-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
@@ -284,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.one[0], args.one[1], args.size, args.repeats, args.train_steps)))
         return 0
     if args.scan_only:
-        print(json.dumps(_scan_benchmark(args.scan_slices, args.size, args.model, args.scan_only)))
+        print(json.dumps(_scan_benchmark(args.scan_slices, args.size, args.model, args.scan_only,
+                                          args.scan_fp32_engine)))
         return 0
     if args.e2e_only:
         print(json.dumps(_e2e_scan_benchmark(args.scan_slices, args.size, args.model)))
@@ -330,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", f"Scan (inference only, default recipe model, {scan['backend']}, input {scan['input_size']}): "
                   f"{scan['slices']} slices of {args.size}×{args.size} in {scan['seconds']:.1f} s "
                   f"({scan['slices_per_s']:.1f} slices/s), peak RSS {scan['peak_rss_mb']:.0f} MB. Forced to fp32 (the "
-                  f"path used when bf16's labels agree with fp32's on < {BF16_MIN_AGREEMENT:.1%} of the first batch's pixels): "
-                  f"{scan_fp32['seconds']:.1f} s ({scan_fp32['slices_per_s']:.1f} slices/s), peak RSS "
+                  f"path used when bf16's labels agree with fp32's on < {BF16_MIN_AGREEMENT:.1%} of the first batch's pixels; "
+                  f"{scan_fp32['backend']}): {scan_fp32['seconds']:.1f} s ({scan_fp32['slices_per_s']:.1f} slices/s), peak RSS "
                   f"{scan_fp32['peak_rss_mb']:.0f} MB."]
     if e2e:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in e2e["stages"].items() if k != "total")

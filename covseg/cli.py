@@ -73,7 +73,8 @@ def _positive_int(text: str) -> int:
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
-                   help="auto: onnx for a .onnx model file, else torch")
+                   help="auto: onnx for a .onnx model file, else torch, with fp32 passes on a CPU run "
+                        "through ONNX Runtime (faster, same arithmetic); torch: PyTorch only")
     p.add_argument("--tta", action="store_true", help="average with a left-right flipped prediction")
     p.add_argument("--lesion-model", type=Path, action="append", metavar="BINARY_MODEL",
                    help="a binary model (run, checkpoint, ONNX or cross-validation folder; repeat for an ensemble) "

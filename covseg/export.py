@@ -9,6 +9,7 @@ to ``data.input_size`` and normalise each image first as ``data.normalize`` says
 """
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -22,9 +23,20 @@ from covseg.config import RunConfig, config_from_dict, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 
-__all__ = ["export_onnx", "OnnxBackend", "load_onnx", "ONNX_OPSET"]
+__all__ = ["export_onnx", "OnnxBackend", "onnx_backend_of", "load_onnx", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
+
+
+def _write_graph(model: torch.nn.Module, input_size: int, target: Any) -> None:
+    """Trace ``model`` (eval mode, CPU) into an ONNX graph with dynamic batch, height and width at ``target``
+    (a path or a binary file object)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(model, (torch.rand(1, 1, input_size, input_size),), target, dynamo=False,
+                          input_names=["image"], output_names=["logits"], opset_version=ONNX_OPSET,
+                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                                        "logits": {0: "batch", 2: "height", 3: "width"}})
 
 
 def export_onnx(model_path: Path, out: Path, which: str = "best") -> Path:
@@ -32,13 +44,8 @@ def export_onnx(model_path: Path, out: Path, which: str = "best") -> Path:
     import onnx
 
     model, config, state = load_model(model_path, which)
-    size = config.data.input_size
-    with atomic_path(out) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(model, (torch.rand(1, 1, size, size),), str(tmp), dynamo=False,
-                          input_names=["image"], output_names=["logits"], opset_version=ONNX_OPSET,
-                          dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                        "logits": {0: "batch", 2: "height", 3: "width"}})
+    with atomic_path(out) as tmp:
+        _write_graph(model, config.data.input_size, str(tmp))
         graph = onnx.load(str(tmp))
         meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),
                 "covseg_epoch": str(state.get("epoch"))}
@@ -47,6 +54,24 @@ def export_onnx(model_path: Path, out: Path, which: str = "best") -> Path:
             entry.key, entry.value = key, value
         onnx.save(graph, str(tmp))
     return out
+
+
+def _session(source: str | bytes, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_backend_of(model: torch.nn.Module, input_size: int, threads: int = 0) -> OnnxBackend:
+    """An ONNX Runtime backend for an in-memory ``model`` (CPU, eval mode), traced at ``input_size`` but
+    accepting any batch and any size the model does. ``threads``: ONNX Runtime's intra-op threads (0: its
+    default, one per physical core). Nothing is written to disk."""
+    buffer = io.BytesIO()
+    _write_graph(model.eval(), input_size, buffer)
+    return OnnxBackend(_session(buffer.getvalue(), threads))
 
 
 class OnnxBackend:
@@ -64,15 +89,10 @@ class OnnxBackend:
 
 def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[OnnxBackend, RunConfig]:
     """Open a covseg ONNX file; ``task``, when given, must match the model's."""
-    import onnxruntime as ort
-
     if not Path(path).is_file():
         raise CovsegError(f"{path}: no such ONNX file; make one with covseg export RUN_DIR -o {path}")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = _session(str(path), threads)
     except Exception as err:  # onnxruntime raises its own exception types
         raise CovsegError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0][:100]})") from None
     meta = session.get_modelmeta().custom_metadata_map

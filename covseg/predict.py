@@ -26,7 +26,7 @@ from covseg.datasets import read_image
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 from covseg.figures import overlay
-from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend
+from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme
 from covseg.run import read_class_weights, read_run_config
@@ -40,11 +40,16 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "best
                    flip_tta: bool = False) -> tuple[Predictor, RunConfig, dict[str, Any]]:
     """A :class:`Predictor` for a run folder, checkpoint or covseg ONNX file.
 
-    ``backend``: ``torch``, ``onnx`` (needs a ``.onnx`` file from ``covseg export``) or ``auto`` (by the
-    file's suffix). Returns the predictor, the model's run config and a description for reports.
+    ``backend``: ``torch``, ``onnx`` (needs a ``.onnx`` file from ``covseg export``) or ``auto``: an ONNX
+    file runs in ONNX Runtime; a checkpoint runs in PyTorch, except that its fp32 passes on a CPU (``--precision
+    fp32``, or bf16 refused by the agreement check) run through ONNX Runtime, the faster fp32 engine there
+    (:class:`TorchBackend`'s ``fp32_engine``). ``torch`` keeps every pass in PyTorch. Returns the predictor, the
+    model's run config and a description for reports.
     """
     is_onnx = Path(model_path).suffix == ".onnx"
+    fp32_engine = "torch"
     if backend == "auto":
+        fp32_engine = "onnxruntime" if resolve_device(device).type == "cpu" else "torch"
         backend = "onnx" if is_onnx else "torch"
     if backend == "onnx":
         from covseg.export import load_onnx
@@ -61,7 +66,7 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "best
         checkpoint = find_checkpoint(model_path, which)
         model, config, state = load_model(checkpoint, task=task)
         dev = resolve_device(device)
-        torch_backend = TorchBackend(model, dev, resolve_precision(precision, dev))
+        torch_backend = TorchBackend(model, dev, resolve_precision(precision, dev), fp32_engine)
         info = {"file": str(checkpoint), "epoch": state.get("epoch"), "backend": torch_backend.description}
         predictor = Predictor(torch_backend, config.data.input_size, batch_size, flip_tta, config.data.normalize)
     else:
@@ -244,8 +249,8 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
                                               for n, c in zip(scheme.names, counts)}})
                 bar.update(1)
         bar.close()
-        summary = {"model": model_info, "task": scheme.task, "labels": dict(enumerate(scheme.names)),
-                   "images": records}
+        summary = {"model": {**model_info, "backend": backends_used(predictor)}, "task": scheme.task,
+                   "labels": dict(enumerate(scheme.names)), "images": records}
         (stage / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         _publish(stage, out_dir)
     finally:
@@ -309,7 +314,7 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
         report = {
             "input": {"path": str(path), "kind": volume.kind, "sha256": volume.sha256, "shape": list(volume.shape),
                       "spacing_mm": list(volume.spacing), "series_uid": volume.series_uid},
-            "model": model_info,
+            "model": {**model_info, "backend": backends_used(predictor)},
             "labels": {"lesions": dict(enumerate(scheme.names)), "lungs": {"1": "right lung", "2": "left lung"}},
             "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options or ScanOptions()).items()},
             "slices_segmented": result.slices_segmented,

@@ -35,7 +35,9 @@ def test_monai_peer_matches_widths() -> None:
 
 def test_scan_benchmark_forced_fp32_runs_fp32() -> None:
     row = _scan_benchmark(slices=2, size=32, model_path=None, precision="fp32")
-    assert row["backend"] == "torch cpu float32" and row["slices"] == 2 and row["seconds"] > 0
+    assert row["backend"] == "onnxruntime cpu float32 (traced from torch)" and row["slices"] == 2 and row["seconds"] > 0
+    row = _scan_benchmark(slices=2, size=32, model_path=None, precision="fp32", fp32_engine="torch")
+    assert row["backend"] == "torch cpu float32"
 
 
 def test_end_to_end_scan_memory_is_the_prediction_process_own() -> None:

@@ -13,7 +13,9 @@ from covseg import inference
 from covseg.checkpoint import load_model
 from covseg.cli import main
 from covseg.datasets import read_image
+from covseg import export
 from covseg.export import load_onnx
+from covseg.predict import open_predictor
 from covseg.inference import TorchBackend, label_agreement
 from covseg.transforms import stack_resized
 
@@ -110,3 +112,63 @@ def test_bf16_falls_back_to_fp32_when_labels_disagree(tiny_run: Path, monkeypatc
     with torch.inference_mode():
         torch.testing.assert_close(out, model(x))
     assert backend.dtype == torch.float32 and "using fp32" in capsys.readouterr().err
+
+
+def test_fp32_engine_onnxruntime_gives_torch_fp32_logits(tiny_run: Path, tiny_data: Path) -> None:
+    model, x = _model_and_slices(tiny_run, tiny_data)
+    backend = TorchBackend(model, torch.device("cpu"), torch.float32, fp32_engine="onnxruntime")
+    out = backend(x)
+    assert backend._onnx is not None and backend.description.startswith("onnxruntime cpu float32")
+    with torch.inference_mode():
+        reference = model(x)
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
+    assert label_agreement(out, reference) == 1.0
+    # a batch of another size and shape goes through the same session
+    torch.testing.assert_close(backend(x[:3, :, :64, :96]), model(x[:3, :, :64, :96]).detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_refused_falls_back_to_onnxruntime_fp32(tiny_run: Path, monkeypatch, capsys) -> None:
+    model, config, _ = load_model(tiny_run)
+    monkeypatch.setattr(inference, "BF16_MIN_AGREEMENT", 1.01)  # impossible: forces the fallback
+    backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16, fp32_engine="onnxruntime")
+    x = torch.rand(2, 1, config.data.input_size, config.data.input_size)
+    out = backend(x)
+    assert "using fp32" in capsys.readouterr().err and backend.description.startswith("onnxruntime")
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_untraceable_model_keeps_torch_fp32(tiny_run: Path, monkeypatch) -> None:
+    model, config, _ = load_model(tiny_run)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("tracer cannot take this model")
+
+    monkeypatch.setattr(export, "onnx_backend_of", refuse)
+    backend = TorchBackend(model, torch.device("cpu"), torch.float32, fp32_engine="onnxruntime")
+    x = torch.rand(2, 1, config.data.input_size, config.data.input_size)
+    out = backend(x)
+    assert backend.fp32_engine == "torch" and backend.description == "torch cpu float32"
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_auto_backend_runs_fp32_in_onnxruntime_and_torch_backend_does_not(tiny_run: Path) -> None:
+    auto, _, _ = open_predictor(tiny_run, precision="fp32")
+    forced, _, info = open_predictor(tiny_run, backend="torch", precision="fp32")
+    assert auto.backend.fp32_engine == "onnxruntime" and forced.backend.fp32_engine == "torch"
+    assert info["backend"] == "torch cpu float32"
+    with pytest.raises(ValueError, match="CPU only"):
+        TorchBackend(torch.nn.Conv2d(1, 2, 1), torch.device("cuda"), torch.float32, fp32_engine="onnxruntime")
+
+
+def test_reports_name_the_backend_that_ran_after_a_fallback(tiny_run: Path, monkeypatch) -> None:
+    model, config, _ = load_model(tiny_run)
+    monkeypatch.setattr(inference, "BF16_MIN_AGREEMENT", 1.01)
+    backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16, fp32_engine="onnxruntime")
+    one = inference.Predictor(backend, config.data.input_size)
+    assert inference.backends_used(one) == "torch cpu bfloat16"
+    list(one([np.random.default_rng(0).random((40, 50), dtype=np.float32)]))
+    other = inference.Predictor(TorchBackend(model, torch.device("cpu"), torch.float32), config.data.input_size)
+    assert inference.backends_used(inference.EnsemblePredictor([one, other])) == \
+        "onnxruntime cpu float32 (traced from torch), torch cpu float32"
