@@ -93,6 +93,9 @@ class TrainConfig:
     dice: str = "batch"
     # add the lesion (every foreground class together) to the Dice term as one more region (multiclass only)
     lesion_dice: bool = False
+    # learn only which lesion type each truth-lesion pixel is (covseg.losses.LesionTypeLoss; the background
+    # output stays untrained): a type model for `--lesion-model`, which finds the lesions (multiclass only)
+    types_only: bool = False
     optimizer: str = "adamw"  # "adam" | "adamw" | "sgd"
     lr: float = 1e-3
     weight_decay: float = 1e-4

@@ -34,6 +34,9 @@ __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", 
 
 EVAL_SPLITS = ("heldout", "val", "test", "train", "all")
 
+TYPES_ONLY_NEEDS_LESION_MODEL = ("train.types_only trains a type model, scored behind a binary lesion model: train "
+                                 "it with covseg train, then covseg evaluate RUN --lesion-model BINARY_RUN -o OUT")
+
 
 def select_samples(run_dir: Path | None, data: str, task: str, split: str,
                    window: tuple[float, float] = LUNG_WINDOW) -> list[Sample]:
@@ -165,6 +168,8 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     finished (or interrupted) in ``out_dir`` with the same settings are reused (or resumed); ``force``
     retrains them from scratch.
     """
+    if config.train.types_only:
+        raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     for name in models:  # refuse bad options for any model before the first one trains
         build_model(replace(config, model=replace(config.model, name=name)))
     rows: dict[str, dict[str, Any]] = {}
@@ -248,6 +253,8 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     A fold counts as done when its ``eval-heldout/metrics.json`` exists; an interrupted fold resumes
     from its ``last.pt``. Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std.
     """
+    if config.train.types_only:
+        raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     rows = []
     for k in range(folds):
         fold_dir = out_dir / f"fold-{k}"

@@ -13,7 +13,8 @@ from torch.nn import functional as F
 
 from covseg.errors import CovsegError
 
-__all__ = ["DeepSupervisionLoss", "median_frequency_weights", "DiceLoss", "DiceCELoss", "create_loss", "LOSSES", "DICE_MODES"]
+__all__ = ["DeepSupervisionLoss", "median_frequency_weights", "DiceLoss", "DiceCELoss", "LesionTypeLoss", "create_loss",
+           "LOSSES", "DICE_MODES"]
 
 
 def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> np.ndarray:
@@ -104,6 +105,37 @@ class DiceCELoss(nn.Module):
         return self.ce(logits.float(), target) + self.dice_weight * self.dice(logits, target)
 
 
+class LesionTypeLoss(nn.Module):
+    """Which lesion each lesion pixel is, and nothing else: cross-entropy plus per-image soft Dice over the
+    lesion classes, on the pixels whose truth is a lesion (``target > 0``) only.
+
+    ``logits`` ``(B, C, H, W)``: channel 0 (background) gets no gradient; the softmax over channels ``1..C-1``
+    is scored against ``target - 1`` on lesion pixels. The Dice term runs per (image, lesion class) pair over
+    those pixels and skips the pairs whose truth lacks the class, as the reported metric does. A model trained
+    so is a type model for a binary lesion model (:class:`covseg.inference.LesionTypePredictor`), which reads
+    only its odds among the lesion classes. A batch without lesion pixels has a loss of 0.
+    """
+
+    def __init__(self, smooth: float = 1e-5) -> None:
+        super().__init__()
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        lesion = target > 0
+        types = logits[:, 1:].float()
+        if not lesion.any():
+            return types.sum() * 0.0
+        wanted = (target - 1).clamp(min=0)
+        ce = F.cross_entropy(types, wanted, reduction="none")[lesion].mean()
+        inside = lesion[:, None].to(types.dtype)
+        probs = types.softmax(dim=1) * inside
+        onehot = F.one_hot(wanted, types.shape[1]).permute(0, 3, 1, 2).to(types.dtype) * inside
+        inter = (probs * onehot).sum((2, 3))
+        truth = onehot.sum((2, 3))
+        score = (2 * inter + self.smooth) / (probs.sum((2, 3)) + truth + self.smooth)
+        return ce + 1.0 - score[truth > 0].mean()
+
+
 class _CrossEntropy(nn.CrossEntropyLoss):
     """Cross-entropy computed in float32 whatever the autocast dtype of the logits."""
 
@@ -144,13 +176,15 @@ DICE_MODES = ("batch", "sample", "present")
 
 
 def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch",
-                lesion_region: bool = False) -> nn.Module:
+                lesion_region: bool = False, types_only: bool = False) -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
     ``dice`` picks the Dice term's reduction for the ``*dice*`` losses: ``"batch"`` (batch Dice),
     ``"sample"`` (per-image Dice) or ``"present"`` (per-image Dice over the (image, class) pairs whose truth
     holds the class, as the reported metric; see :class:`DiceLoss`). ``lesion_region`` adds the union of the
     foreground classes to the Dice term as one more region (``*dice*`` losses of three or more classes only).
+    ``types_only`` gives :class:`LesionTypeLoss` instead (``dice_ce`` with ``present`` Dice, three or more
+    classes; ``train.types_only``).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
@@ -166,6 +200,14 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     if lesion_region and class_weights is not None and len(class_weights) < 3:
         raise CovsegError("train.lesion_dice is for the multiclass task: with one foreground class the lesion "
                           "is that class already; drop the option or use --task multiclass")
+    if types_only:
+        if name != "dice_ce" or dice != "present" or lesion_region:
+            raise CovsegError("train.types_only is its own loss (lesion pixels only, CE + per-image Dice over the "
+                              "lesion classes): keep train.loss=dice_ce, train.dice=present, train.lesion_dice=false")
+        if class_weights is not None and len(class_weights) < 3:
+            raise CovsegError("train.types_only is for the multiclass task: with one lesion class there is no "
+                              "type to learn; drop the option or use --task multiclass")
+        return LesionTypeLoss()
     if name in ("ce", "mfb_ce"):
         return _CrossEntropy(weight=weight)
     batch, skip_absent = dice == "batch", dice == "present"

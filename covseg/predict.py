@@ -140,6 +140,9 @@ def open_models(model_paths: Sequence[Path], lesion_paths: Sequence[Path] | None
     ``lesion_model`` describes the binary side."""
     predictor, config, info = open_ensemble(model_paths, task, which, backend, device, precision, batch_size, flip_tta)
     if not lesion_paths:
+        if config.train.types_only:
+            raise CovsegError(f"{model_paths[0]} learnt lesion types only (train.types_only), not where lesions are; "
+                              "use it with --lesion-model BINARY_MODEL")
         return predictor, config, info
     if config.data.task != "multiclass":
         raise CovsegError(f"--lesion-model types lesions with a multiclass model, but {model_paths[0]} predicts "

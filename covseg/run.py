@@ -175,7 +175,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     scheme = get_scheme(d.task)
     check_input_size(d.input_size, d.input_size, config.model.depth, config.model.name)
     build_model(config)  # refuse bad model options before anything is written
-    create_loss(t.loss, np.ones(scheme.num_classes), t.dice, t.lesion_dice)
+    create_loss(t.loss, np.ones(scheme.num_classes), t.dice, t.lesion_dice, t.types_only)
     lr_factor(t.schedule, 0, 1)
     # pseudo-labels are checked and loaded (on every process) before anything is written
     if resume:
@@ -220,7 +220,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
             core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
         model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, t)
-    loss_fn = create_loss(t.loss, weights, t.dice, t.lesion_dice).to(device)
+    loss_fn = create_loss(t.loss, weights, t.dice, t.lesion_dice, t.types_only).to(device)
     if config.model.deep_supervision:
         loss_fn = DeepSupervisionLoss(loss_fn)
     history: list[dict[str, float]] = []
@@ -251,7 +251,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                 epoch_y = torch.cat([train_y, pseudo.labels[pick].long()])
             fit = train_one_epoch(model, loss_fn, optimizer, epoch_x, epoch_y, t, epoch, device, dtype, dist)
             if val_x is not None:
-                res = validate(core, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype)
+                res = validate(core, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype, t.types_only)
             else:
                 res = type(fit)(float("nan"), float("nan"), float("nan"))
             row = {"epoch": epoch + 1, "train_loss": fit.loss, "train_acc": fit.accuracy,

@@ -115,7 +115,7 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         loss_sum += loss.item() * x.shape[0]
-        correct += int((logits.argmax(1) == y).sum())
+        correct += int((predicted_labels(logits, y, cfg.types_only) == y).sum())
         pixels += y.numel()
     if dist.enabled:
         import torch.distributed as torch_dist
@@ -124,6 +124,15 @@ def train_one_epoch(
         torch_dist.all_reduce(totals)
         loss_sum, correct, pixels = totals.tolist()
     return EpochResult(loss_sum / images.shape[0], correct / pixels)
+
+
+def predicted_labels(logits: torch.Tensor, target: torch.Tensor, types_only: bool = False) -> torch.Tensor:
+    """Arg-max labels ``(B, H, W)`` of ``logits`` ``(B, C, H, W)``; with ``types_only`` (a type model,
+    ``train.types_only``) the best lesion class on the pixels whose truth is a lesion and 0 elsewhere, so
+    accuracy and Dice measure how well the truth's lesions are typed."""
+    if not types_only:
+        return logits.argmax(1)
+    return torch.where(target > 0, logits[:, 1:].argmax(1) + 1, torch.zeros_like(target))
 
 
 def batch_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> list[np.ndarray]:
@@ -147,8 +156,10 @@ def validate(
     batch_size: int,
     device: torch.device,
     dtype: torch.dtype,
+    types_only: bool = False,
 ) -> EpochResult:
-    """Loss, pixel accuracy and mean foreground Dice on validation images at the model's input size."""
+    """Loss, pixel accuracy and mean foreground Dice on validation images at the model's input size
+    (with ``types_only``, of the truth's lesions typed: :func:`predicted_labels`)."""
     model.eval()
     loss_sum, correct, pixels = 0.0, 0, 0
     cms: list[np.ndarray] = []
@@ -158,7 +169,7 @@ def validate(
         with autocast(device, dtype):
             logits = model(x)
         loss_sum += loss_fn(logits, y).item() * x.shape[0]
-        pred = logits.argmax(1)
+        pred = predicted_labels(logits, y, types_only)
         correct += int((pred == y).sum())
         pixels += y.numel()
         cms += batch_confusion(pred, y, num_classes)

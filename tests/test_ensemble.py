@@ -161,3 +161,25 @@ def test_predict_with_a_cv_folder_writes_ensemble_labels(tiny_run: Path, tiny_da
                  "-o", str(out2), "--quiet"]) == 0
     assert len(json.loads((out2 / "predictions.json").read_text())["model"]["members"]) == 2
     assert (out / "0.png").is_file()
+
+
+def test_a_types_only_model_is_scored_behind_a_lesion_model(tiny_data: Path, tiny_run: Path, tmp_path: Path,
+                                                             capsys) -> None:
+    from conftest import TINY_OVERRIDES
+
+    typer = tmp_path / "typer"
+    options = [*TINY_OVERRIDES, "train.loss=dice_ce", "train.dice=present", "train.types_only=true"]
+    common = ["--recipe", "tiny", "--task", "multiclass", "--data", str(tiny_data), "--quiet"]
+    assert main(["train", *common, "--split", "cv:0", "--epochs", "1", "-o", str(typer), *options]) == 0
+    history = (typer / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and "nan" not in history[1]
+    capsys.readouterr()
+    assert main(["evaluate", str(typer), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--lesion-model" in err[0] and not (typer / "eval-heldout").exists()
+    assert main(["cv", *common, "--folds", "3", "-o", str(tmp_path / "cv"), *options]) == 2
+    assert "covseg evaluate RUN --lesion-model" in capsys.readouterr().err and not (tmp_path / "cv").exists()
+    out = tmp_path / "fused"
+    assert main(["evaluate", str(typer), "--lesion-model", str(tiny_run), "-o", str(out), "--quiet",
+                 "--precision", "fp32"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["task"] == "multiclass"

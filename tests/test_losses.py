@@ -7,7 +7,8 @@ import torch
 from torch.nn import functional as F
 
 from covseg.errors import CovsegError
-from covseg.losses import DiceLoss, create_loss, median_frequency_weights
+from covseg.losses import DiceLoss, LesionTypeLoss, create_loss, median_frequency_weights
+from covseg.training import predicted_labels
 
 
 def test_median_frequency_weights_hand_computed() -> None:
@@ -126,3 +127,34 @@ def test_deep_supervision_loss_weights_levels_by_hand() -> None:
     expected = (4 * base(full, target) + 2 * base(half, t_half) + base(quarter, t_quarter)) / 7
     assert torch.allclose(loss([full, half, quarter], target), expected)
     assert torch.allclose(loss(full, target), base(full, target))
+
+
+def test_lesion_type_loss_by_hand() -> None:
+    target = torch.tensor([[[0, 1], [2, 1]]])  # one 2x2 image: background, GGO x2, consolidation x1
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[:, 0] = torch.tensor([[5.0, -3.0], [9.0, 1.0]])  # the background output plays no part
+    logits.requires_grad_(True)
+    loss = LesionTypeLoss()(logits, target)
+    # on the 3 lesion pixels both types have probability 1/2: CE = ln 2;
+    # Dice GGO = 2 * (1/2 + 1/2) / (3/2 + 2) = 4/7, consolidation = 2 * 1/2 / (3/2 + 1) = 2/5
+    assert loss.item() == pytest.approx(np.log(2) + 1 - (4 / 7 + 2 / 5) / 2, abs=1e-5)
+    loss.backward()
+    assert logits.grad[:, 0].abs().max() == 0 and logits.grad[:, 1:].abs().max() > 0
+    assert LesionTypeLoss()(logits, torch.zeros_like(target)).item() == 0.0
+    assert isinstance(create_loss("dice_ce", np.ones(3), dice="present", types_only=True), LesionTypeLoss)
+
+
+def test_types_only_refused_where_it_means_nothing() -> None:
+    with pytest.raises(CovsegError, match="multiclass"):
+        create_loss("dice_ce", np.ones(2), dice="present", types_only=True)
+    with pytest.raises(CovsegError, match="train.loss=dice_ce"):
+        create_loss("mfb_ce", np.ones(3), types_only=True)
+    with pytest.raises(CovsegError, match="train.dice=present"):
+        create_loss("dice_ce", np.ones(3), dice="batch", types_only=True)
+
+
+def test_predicted_labels_of_a_type_model_type_the_truth_lesion() -> None:
+    logits = torch.tensor([[[[9.0, 9.0]], [[1.0, 0.0]], [[0.0, 2.0]]]])  # background wins both pixels
+    target = torch.tensor([[[0, 2]]])
+    assert predicted_labels(logits, target).tolist() == [[[0, 0]]]
+    assert predicted_labels(logits, target, types_only=True).tolist() == [[[0, 2]]]
