@@ -177,7 +177,10 @@ class LesionTypePredictor:
 
     ``lesion_classes`` (default: every class but 0) should leave out the classes the multiclass model never saw
     in training (pleural effusion for COVID-SemiSeg): where that model calls background, its odds among the
-    lesion classes are arbitrary, and an unlearnt class can win them. Either side may be an ensemble.
+    lesion classes are arbitrary, and an unlearnt class can win them. Either side may be an ensemble. An
+    ensemble of type models gives the mean of its members' shares (each member's odds normalised first), so a
+    type model trained on lesion pixels only (``train.types_only``), whose background output is untrained and
+    scales its odds arbitrarily, weighs the same as a multiclass model.
     """
 
     def __init__(self, lesion: Predictor | EnsemblePredictor, types: Predictor | EnsemblePredictor,
@@ -191,13 +194,16 @@ class LesionTypePredictor:
 
     def __call__(self, images: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
         """Yield the combined class probabilities ``(C, H, W)`` float32 for each ``(H, W)`` image, in order."""
-        for lesion, types in zip(self.lesion(images), self.types(images)):
+        type_models = self.types.members if isinstance(self.types, EnsemblePredictor) else [self.types]
+        for lesion, *types in zip(self.lesion(images), *(model(images) for model in type_models)):
             q = lesion[1]
-            chosen = self.lesion_classes or list(range(1, types.shape[0]))
-            odds = np.zeros_like(types)
-            odds[chosen] = types[chosen]
-            shares = odds[1:] / np.maximum(odds[1:].sum(0), np.finfo(np.float32).tiny)
-            yield np.concatenate([(1 - q)[None], q[None] * shares]).astype(np.float32)
+            chosen = self.lesion_classes or list(range(1, types[0].shape[0]))
+            shares = np.zeros_like(types[0][1:])
+            for probs in types:
+                odds = np.zeros_like(probs[1:])
+                odds[[c - 1 for c in chosen]] = probs[chosen]
+                shares += odds / np.maximum(odds.sum(0), np.finfo(np.float32).tiny)
+            yield np.concatenate([(1 - q)[None], q[None] * shares / len(types)]).astype(np.float32)
 
 
 def backends_used(predictor: Predictor | EnsemblePredictor | LesionTypePredictor) -> str:

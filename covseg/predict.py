@@ -72,7 +72,7 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "best
     else:
         raise CovsegError(f"unknown backend {backend!r}: use torch, onnx or auto")
     info.update({"name": config.model.name, "recipe": config.recipe, "task": config.data.task,
-                 "covseg": __version__, "flip_tta": flip_tta})
+                 "covseg": __version__, "flip_tta": flip_tta, "types_only": config.train.types_only})
     return predictor, config, info
 
 
@@ -126,7 +126,8 @@ def open_ensemble(model_paths: Sequence[Path], task: str | None = None, which: s
     members = [info for _, _, info in opened]
     info = {"name": "ensemble of " + ", ".join(sorted({m["name"] for m in members})), "recipe": config.recipe,
             "task": config.data.task, "covseg": __version__, "flip_tta": flip_tta, "file": members[0]["file"],
-            "backend": ", ".join(sorted({m["backend"] for m in members})), "members": members}
+            "backend": ", ".join(sorted({m["backend"] for m in members})), "members": members,
+            "types_only": any(m["types_only"] for m in members)}
     return EnsemblePredictor([p for p, _, _ in opened]), config, info
 
 
@@ -140,9 +141,9 @@ def open_models(model_paths: Sequence[Path], lesion_paths: Sequence[Path] | None
     ``lesion_model`` describes the binary side."""
     predictor, config, info = open_ensemble(model_paths, task, which, backend, device, precision, batch_size, flip_tta)
     if not lesion_paths:
-        if config.train.types_only:
-            raise CovsegError(f"{model_paths[0]} learnt lesion types only (train.types_only), not where lesions are; "
-                              "use it with --lesion-model BINARY_MODEL")
+        if info["types_only"]:
+            raise CovsegError(f"{', '.join(map(str, model_paths))}: a model that learnt lesion types only "
+                              "(train.types_only), not where lesions are, needs --lesion-model BINARY_MODEL")
         return predictor, config, info
     if config.data.task != "multiclass":
         raise CovsegError(f"--lesion-model types lesions with a multiclass model, but {model_paths[0]} predicts "

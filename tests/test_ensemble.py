@@ -183,3 +183,14 @@ def test_a_types_only_model_is_scored_behind_a_lesion_model(tiny_data: Path, tin
     assert main(["evaluate", str(typer), "--lesion-model", str(tiny_run), "-o", str(out), "--quiet",
                  "--precision", "fp32"]) == 0
     assert json.loads((out / "metrics.json").read_text())["task"] == "multiclass"
+
+
+def test_type_ensemble_averages_normalised_odds_by_hand() -> None:
+    # lesion q = 3/4; type model A: p = (6, 1, 2, 1) / 10 -> shares of classes 1, 2 = 1/3, 2/3;
+    # type model B, background output untrained (logit ln 96): p = (96, 3, 1, 0) / 100 -> shares 3/4, 1/4
+    lesion = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=8, batch_size=2)
+    a = Predictor(_ConstantBackend((math.log(6.0), 0.0, math.log(2.0), 0.0)), input_size=8, batch_size=3)
+    b = Predictor(_ConstantBackend((math.log(96.0), math.log(3.0), 0.0, -50.0)), input_size=8, batch_size=2)
+    out = list(LesionTypePredictor(lesion, EnsemblePredictor([a, b]), lesion_classes=[1, 2])([np.zeros((5, 4), np.float32)]))
+    shares = np.array([(1 / 3 + 3 / 4) / 2, (2 / 3 + 1 / 4) / 2])  # not the shares of the mean probabilities
+    np.testing.assert_allclose(out[0][:, 1, 2], [1 / 4, *(3 / 4 * shares), 0.0], atol=1e-6)
