@@ -110,15 +110,17 @@ class LesionTypeLoss(nn.Module):
     lesion classes, on the pixels whose truth is a lesion (``target > 0``) only.
 
     ``logits`` ``(B, C, H, W)``: channel 0 (background) gets no gradient; the softmax over channels ``1..C-1``
-    is scored against ``target - 1`` on lesion pixels. The Dice term runs per (image, lesion class) pair over
+    is scored against ``target - 1`` on lesion pixels, the cross-entropy weighted by ``weight`` (all ``C``
+    classes' weights, e.g. median-frequency ones; the background's is unused) when given. The Dice term runs per (image, lesion class) pair over
     those pixels and skips the pairs whose truth lacks the class, as the reported metric does. A model trained
     so is a type model for a binary lesion model (:class:`covseg.inference.LesionTypePredictor`), which reads
     only its odds among the lesion classes. A batch without lesion pixels has a loss of 0.
     """
 
-    def __init__(self, smooth: float = 1e-5) -> None:
+    def __init__(self, weight: torch.Tensor | None = None, smooth: float = 1e-5) -> None:
         super().__init__()
         self.smooth = smooth
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32)[1:])
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         lesion = target > 0
@@ -126,7 +128,12 @@ class LesionTypeLoss(nn.Module):
         if not lesion.any():
             return types.sum() * 0.0
         wanted = (target - 1).clamp(min=0)
-        ce = F.cross_entropy(types, wanted, reduction="none")[lesion].mean()
+        ce = F.cross_entropy(types, wanted, reduction="none")[lesion]
+        if self.weight is None:
+            ce = ce.mean()
+        else:  # a weighted mean, as nn.CrossEntropyLoss(weight=...) takes it
+            w = self.weight[wanted[lesion]]
+            ce = (ce * w).sum() / w.sum().clamp(min=torch.finfo(torch.float32).tiny)
         inside = lesion[:, None].to(types.dtype)
         probs = types.softmax(dim=1) * inside
         onehot = F.one_hot(wanted, types.shape[1]).permute(0, 3, 1, 2).to(types.dtype) * inside
@@ -183,7 +190,7 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     ``"sample"`` (per-image Dice) or ``"present"`` (per-image Dice over the (image, class) pairs whose truth
     holds the class, as the reported metric; see :class:`DiceLoss`). ``lesion_region`` adds the union of the
     foreground classes to the Dice term as one more region (``*dice*`` losses of three or more classes only).
-    ``types_only`` gives :class:`LesionTypeLoss` instead (``dice_ce`` with ``present`` Dice, three or more
+    ``types_only`` gives :class:`LesionTypeLoss` instead (``dice_ce``, or ``mfb_dice_ce`` for a weighted CE term, with ``present`` Dice, three or more
     classes; ``train.types_only``).
     """
     if name not in LOSSES:
@@ -201,13 +208,14 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         raise CovsegError("train.lesion_dice is for the multiclass task: with one foreground class the lesion "
                           "is that class already; drop the option or use --task multiclass")
     if types_only:
-        if name != "dice_ce" or dice != "present" or lesion_region:
+        if name not in ("dice_ce", "mfb_dice_ce") or dice != "present" or lesion_region:
             raise CovsegError("train.types_only is its own loss (lesion pixels only, CE + per-image Dice over the "
-                              "lesion classes): keep train.loss=dice_ce, train.dice=present, train.lesion_dice=false")
+                              "lesion classes): use train.loss=dice_ce (or mfb_dice_ce), train.dice=present, "
+                              "train.lesion_dice=false")
         if class_weights is not None and len(class_weights) < 3:
             raise CovsegError("train.types_only is for the multiclass task: with one lesion class there is no "
                               "type to learn; drop the option or use --task multiclass")
-        return LesionTypeLoss()
+        return LesionTypeLoss(weight)
     if name in ("ce", "mfb_ce"):
         return _CrossEntropy(weight=weight)
     batch, skip_absent = dice == "batch", dice == "present"

@@ -158,3 +158,18 @@ def test_predicted_labels_of_a_type_model_type_the_truth_lesion() -> None:
     target = torch.tensor([[[0, 2]]])
     assert predicted_labels(logits, target).tolist() == [[[0, 0]]]
     assert predicted_labels(logits, target, types_only=True).tolist() == [[[0, 2]]]
+
+
+def test_lesion_type_loss_weights_its_cross_entropy_as_torch_does() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=generator)
+    target = torch.randint(0, 3, (2, 5, 6), generator=generator)  # no pleural effusion, as in COVID-SemiSeg
+    weights = np.array([0.1, 1.0, 1.5, 0.0])
+    lesion = target > 0
+    types = logits[:, 1:].permute(0, 2, 3, 1)[lesion]  # (N, 3) lesion pixels
+    plain = F.cross_entropy(types, target[lesion] - 1)
+    weighted = F.cross_entropy(types, target[lesion] - 1, weight=torch.tensor(weights[1:], dtype=torch.float32))
+    unweighted_loss = create_loss("dice_ce", weights, dice="present", types_only=True)(logits, target)
+    weighted_loss = create_loss("mfb_dice_ce", weights, dice="present", types_only=True)(logits, target)
+    assert (weighted_loss - unweighted_loss).item() == pytest.approx((weighted - plain).item(), abs=1e-5)
+    assert abs((weighted - plain).item()) > 1e-3  # the weights matter here
