@@ -111,10 +111,11 @@ class LesionTypeLoss(nn.Module):
 
     ``logits`` ``(B, C, H, W)``: channel 0 (background) gets no gradient; the softmax over channels ``1..C-1``
     is scored against ``target - 1`` on lesion pixels, the cross-entropy weighted by ``weight`` (all ``C``
-    classes' weights, e.g. median-frequency ones; the background's is unused) when given. The Dice term runs per (image, lesion class) pair over
-    those pixels and skips the pairs whose truth lacks the class, as the reported metric does. A model trained
-    so is a type model for a binary lesion model (:class:`covseg.inference.LesionTypePredictor`), which reads
-    only its odds among the lesion classes. A batch without lesion pixels has a loss of 0.
+    classes' weights, e.g. median-frequency ones; the background's is unused) when given. The Dice term runs
+    per (image, lesion class) pair over those pixels and skips the pairs whose truth lacks the class, as the
+    reported metric does. A model trained so is a type model for a binary lesion model
+    (:class:`covseg.inference.LesionTypePredictor`), which reads only its odds among the lesion classes. A
+    batch without lesion pixels has a loss of 0.
     """
 
     def __init__(self, weight: torch.Tensor | None = None, smooth: float = 1e-5) -> None:
@@ -190,8 +191,8 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     ``"sample"`` (per-image Dice) or ``"present"`` (per-image Dice over the (image, class) pairs whose truth
     holds the class, as the reported metric; see :class:`DiceLoss`). ``lesion_region`` adds the union of the
     foreground classes to the Dice term as one more region (``*dice*`` losses of three or more classes only).
-    ``types_only`` gives :class:`LesionTypeLoss` instead (``dice_ce``, or ``mfb_dice_ce`` for a weighted CE term, with ``present`` Dice, three or more
-    classes; ``train.types_only``).
+    ``types_only`` gives :class:`LesionTypeLoss` instead (``dice_ce``, or ``mfb_dice_ce`` for a weighted CE
+    term, with ``present`` Dice, three or more classes; ``train.types_only``).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
