@@ -210,10 +210,12 @@ def backends_used(predictor: Predictor | EnsemblePredictor | LesionTypePredictor
     """The backends that ran, as reports name them: read after use, since a bf16 backend whose labels disagreed
     with fp32 has switched to fp32 (e.g. ``"onnxruntime cpu float32 (traced from torch)"``; several, sorted and
     comma-separated, for an ensemble or a lesion model with a type model)."""
+    return ", ".join(sorted(_backend_descriptions(predictor)))
+
+
+def _backend_descriptions(predictor: Predictor | EnsemblePredictor | LesionTypePredictor) -> set[str]:
     if isinstance(predictor, EnsemblePredictor):
-        parts = predictor.members
-    elif isinstance(predictor, LesionTypePredictor):
-        parts = [predictor.lesion, predictor.types]
-    else:
-        return predictor.backend.description
-    return ", ".join(sorted({d for part in parts for d in backends_used(part).split(", ")}))
+        return set().union(*(_backend_descriptions(member) for member in predictor.members))
+    if isinstance(predictor, LesionTypePredictor):
+        return _backend_descriptions(predictor.lesion) | _backend_descriptions(predictor.types)
+    return {predictor.backend.description}

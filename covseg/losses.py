@@ -129,12 +129,7 @@ class LesionTypeLoss(nn.Module):
         if not lesion.any():
             return types.sum() * 0.0
         wanted = (target - 1).clamp(min=0)
-        ce = F.cross_entropy(types, wanted, reduction="none")[lesion]
-        if self.weight is None:
-            ce = ce.mean()
-        else:  # a weighted mean, as nn.CrossEntropyLoss(weight=...) takes it
-            w = self.weight[wanted[lesion]]
-            ce = (ce * w).sum() / w.sum().clamp(min=torch.finfo(torch.float32).tiny)
+        ce = F.cross_entropy(types.permute(0, 2, 3, 1)[lesion], wanted[lesion], weight=self.weight)
         inside = lesion[:, None].to(types.dtype)
         probs = types.softmax(dim=1) * inside
         onehot = F.one_hot(wanted, types.shape[1]).permute(0, 3, 1, 2).to(types.dtype) * inside

@@ -47,9 +47,8 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "best
     model's run config and a description for reports.
     """
     is_onnx = Path(model_path).suffix == ".onnx"
-    fp32_engine = "torch"
-    if backend == "auto":
-        fp32_engine = "onnxruntime" if resolve_device(device).type == "cpu" else "torch"
+    auto = backend == "auto"
+    if auto:
         backend = "onnx" if is_onnx else "torch"
     if backend == "onnx":
         from covseg.export import load_onnx
@@ -66,6 +65,7 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "best
         checkpoint = find_checkpoint(model_path, which)
         model, config, state = load_model(checkpoint, task=task)
         dev = resolve_device(device)
+        fp32_engine = "onnxruntime" if auto and dev.type == "cpu" else "torch"
         torch_backend = TorchBackend(model, dev, resolve_precision(precision, dev), fp32_engine)
         info = {"file": str(checkpoint), "epoch": state.get("epoch"), "backend": torch_backend.description}
         predictor = Predictor(torch_backend, config.data.input_size, batch_size, flip_tta, config.data.normalize)
