@@ -20,9 +20,9 @@ from covseg.errors import CovsegError
 from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
 from covseg.fileio import atomic_write_text
 from covseg.figures import plot_comparison
-from covseg.inference import Predictor, backends_used
+from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
-from covseg.predict import ensemble_members, open_models
+from covseg.predict import describe_after_use, ensemble_members, open_models
 from covseg.splits import load_split
 from covseg.labels import get_scheme
 from covseg.checkpoint import build_model, read_checkpoint
@@ -129,7 +129,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     out_dir = out_dir or Path(info["file"]).parent / f"eval-{split}"
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
-    extra = {"model": {**info, "backend": backends_used(predictor)}, "recipe": config.recipe, "data": str(data), "split": split,
+    extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe, "data": str(data), "split": split,
              "seconds": round(time.perf_counter() - began, 3)}
     n_models = len(paths) + len(lesion_paths)
     name = f"{info['name']} ({n_models} models)" if n_models > 1 else config.model.name

@@ -32,7 +32,7 @@ from covseg.labels import LabelScheme
 from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
 
-__all__ = ["open_predictor", "open_ensemble", "open_models", "ensemble_members", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
+__all__ = ["open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
 
 
 def open_predictor(model_path: Path, task: str | None = None, which: str = "best", backend: str = "auto",
@@ -160,6 +160,21 @@ def open_models(model_paths: Sequence[Path], lesion_paths: Sequence[Path] | None
     return LesionTypePredictor(lesion, predictor, learnt_lesion_classes(info)), config, info
 
 
+def describe_after_use(info: dict[str, Any], predictor: Predictor | EnsemblePredictor | LesionTypePredictor
+                       ) -> dict[str, Any]:
+    """``info`` from :func:`open_models` (or :func:`open_ensemble`, :func:`open_predictor`) with every ``backend``
+    entry (the whole model's, each ensemble member's, the lesion model's) read again from ``predictor`` after
+    use: a bf16 backend whose labels disagreed with fp32 has switched to fp32 since the model was opened."""
+    if isinstance(predictor, LesionTypePredictor):
+        types = describe_after_use({k: v for k, v in info.items() if k != "lesion_model"}, predictor.types)
+        return {**types, "lesion_model": describe_after_use(info["lesion_model"], predictor.lesion),
+                "backend": backends_used(predictor)}
+    if isinstance(predictor, EnsemblePredictor):
+        members = [describe_after_use(m, p) for m, p in zip(info["members"], predictor.members)]
+        return {**info, "members": members, "backend": backends_used(predictor)}
+    return {**info, "backend": backends_used(predictor)}
+
+
 def learnt_lesion_classes(info: dict[str, Any]) -> list[int] | None:
     """The foreground classes a model (or any member of an ensemble) saw in training: those whose weight in its
     run folder's ``class_weights.json`` is not 0. ``None`` when a model has no run folder (an ONNX file or a
@@ -253,7 +268,7 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
                                               for n, c in zip(scheme.names, counts)}})
                 bar.update(1)
         bar.close()
-        summary = {"model": {**model_info, "backend": backends_used(predictor)}, "task": scheme.task,
+        summary = {"model": describe_after_use(model_info, predictor), "task": scheme.task,
                    "labels": dict(enumerate(scheme.names)), "images": records}
         (stage / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         _publish(stage, out_dir)
@@ -318,7 +333,7 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
         report = {
             "input": {"path": str(path), "kind": volume.kind, "sha256": volume.sha256, "shape": list(volume.shape),
                       "spacing_mm": list(volume.spacing), "series_uid": volume.series_uid},
-            "model": {**model_info, "backend": backends_used(predictor)},
+            "model": describe_after_use(model_info, predictor),
             "labels": {"lesions": dict(enumerate(scheme.names)), "lungs": {"1": "right lung", "2": "left lung"}},
             "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options or ScanOptions()).items()},
             "slices_segmented": result.slices_segmented,

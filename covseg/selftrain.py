@@ -148,12 +148,12 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
 def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: PseudoLabelRule, which: str,
                       batch_size: int, progress: bool, log: Callable[[str], None],
                       loaded: dict[tuple, list[Sample]]) -> dict[str, Any]:
-    from covseg.predict import open_predictor  # imported here: covseg.run imports this module
+    from covseg.predict import describe_after_use, open_predictor  # here: covseg.run imports this module
     from covseg.run import read_run_info
 
     if not run_dir.is_dir():
         raise CovsegError(f"{run_dir}: the teacher must be a run folder or a cross-validation folder")
-    predictor, config, info = open_predictor(run_dir, None, which, "torch", "cpu", "auto", batch_size, False)
+    predictor, config, info = open_predictor(run_dir, None, which, "auto", "cpu", "auto", batch_size, False)
     seen = _teacher_images(run_dir, which, config.data.split, config.data.pseudo_labels)
     data = data or read_run_info(run_dir)["data"]
     key = (str(Path(data).resolve()), config.data.task, config.data.window)
@@ -175,7 +175,7 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
                      "kept": keep})
         bar.update(1)
     bar.close()
-    summary = {"teacher": str(run_dir.resolve()), "checkpoint": info["file"], "backend": info["backend"],
+    summary = {"teacher": str(run_dir.resolve()), "checkpoint": info["file"], "backend": describe_after_use(info, predictor)["backend"],
                "task": config.data.task,
                "data": str(Path(data).resolve()), "rule": asdict(rule), "teacher_images": seen,
                "kept": kept, "total": len(rows), "slices": rows}

@@ -15,7 +15,7 @@ from covseg.cli import main
 from covseg.datasets import read_image
 from covseg import export
 from covseg.export import load_onnx
-from covseg.predict import open_predictor
+from covseg.predict import describe_after_use, open_predictor
 from covseg.inference import TorchBackend, label_agreement
 from covseg.transforms import stack_resized
 
@@ -172,3 +172,22 @@ def test_reports_name_the_backend_that_ran_after_a_fallback(tiny_run: Path, monk
     other = inference.Predictor(TorchBackend(model, torch.device("cpu"), torch.float32), config.data.input_size)
     assert inference.backends_used(inference.EnsemblePredictor([one, other])) == \
         "onnxruntime cpu float32 (traced from torch), torch cpu float32"
+
+
+def test_describe_after_use_refreshes_every_backend_entry(tiny_run: Path, monkeypatch) -> None:
+    model, config, _ = load_model(tiny_run)
+    monkeypatch.setattr(inference, "BF16_MIN_AGREEMENT", 1.01)
+    fallen = inference.Predictor(TorchBackend(model, torch.device("cpu"), torch.bfloat16, fp32_engine="onnxruntime"),
+                                 config.data.input_size)
+    list(fallen([np.random.default_rng(0).random((40, 50), dtype=np.float32)]))
+    kept = inference.Predictor(TorchBackend(model, torch.device("cpu"), torch.float32), config.data.input_size)
+    ortf32, torchf32 = "onnxruntime cpu float32 (traced from torch)", "torch cpu float32"
+    opened = {"name": "pair", "backend": "torch cpu bfloat16, torch cpu float32",
+              "members": [{"name": "a", "backend": "torch cpu bfloat16"}, {"name": "b", "backend": torchf32}]}
+    after = describe_after_use(opened, inference.EnsemblePredictor([fallen, kept]))
+    assert [m["backend"] for m in after["members"]] == [ortf32, torchf32]
+    assert after["backend"] == f"{ortf32}, {torchf32}" and after["members"][0]["name"] == "a"
+    assert opened["members"][0]["backend"] == "torch cpu bfloat16"  # the opened description is left as it was
+    fused = {"name": "types", "backend": torchf32, "lesion_model": {"name": "lesion", "backend": "torch cpu bfloat16"}}
+    after = describe_after_use(fused, inference.LesionTypePredictor(fallen, kept))
+    assert after["lesion_model"]["backend"] == ortf32 and after["backend"] == f"{ortf32}, {torchf32}"
