@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cv", help="k-fold cross-validation of a recipe (resumes finished folds)")
     _add_training_options(p, split=False)
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="repeat the cross-validation with each training seed (OUT/seed-S) and score each fold's "
+                        "seed models as one ensemble (OUT/ensemble); summary in OUT/seeds.md")
     p.add_argument("-o", "--output", type=Path, required=True, help="cross-validation folder")
 
     p = sub.add_parser("predict", help="segment images with a trained model")
@@ -252,11 +255,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_cv(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
-    from covseg.experiment import cross_validate
+    from covseg.experiment import cross_validate, cross_validate_seeds
 
     config = _recipe_config(args)
     data = args.data or _default_data()
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
+    if args.seeds:
+        cross_validate_seeds(config, samples, data, args.output, args.folds, args.seeds, not args.quiet, _log)
+        print((args.output / "seeds.md").read_text(encoding="utf-8"))
+        return 0
     cross_validate(config, samples, data, args.output, args.folds, not args.quiet, _log)
     print((args.output / "cv.md").read_text(encoding="utf-8"))
     return 0

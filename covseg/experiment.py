@@ -30,7 +30,7 @@ from covseg.config import config_to_dict
 from covseg.run import read_run_config, read_run_info, train_run
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
-           "cross_validate"]
+           "cross_validate", "cross_validate_seeds"]
 
 EVAL_SPLITS = ("heldout", "val", "test", "train", "all")
 
@@ -246,6 +246,41 @@ def _cv_cell(column: str, value: float | None) -> str:
     return format_figure(value)
 
 
+def _cv_columns(rows: list[tuple[dict[str, Any], float]], task: str) -> dict[str, list[float | None]]:
+    """The columns of a cross-validation table from each fold's ``(metrics.json, train seconds)``."""
+    scheme = get_scheme(task)
+    keys = [n for n in scheme.names[1:] if any(metrics["images_with_class"][n] for metrics, _ in rows)]
+    columns: dict[str, list[float | None]] = {}
+    for n in keys:
+        columns[f"Dice {n} (per image)"] = [metrics["per_image"]["dice"][n] for metrics, _ in rows]
+        columns[f"Dice {n} (pooled)"] = [metrics["pooled"]["dice"][n] for metrics, _ in rows]
+    columns["mean Dice (per image)"] = [metrics["per_image"]["dice"]["mean_foreground"] for metrics, _ in rows]
+    if task == "binary":
+        columns["Inf-Net meanDic"] = [metrics["infnet"]["meanDic"] for metrics, _ in rows]
+    columns["train seconds"] = [seconds for _, seconds in rows]
+    return columns
+
+
+def _mean_std(columns: dict[str, list[float | None]]) -> dict[str, tuple[float, float]]:
+    """Mean and (population) std of each column; a fold whose images lack a class (None) is skipped."""
+    numeric = {c: np.array([np.nan if v is None else v for v in vals], dtype=float) for c, vals in columns.items()}
+    return {c: (float(np.nanmean(v)), float(np.nanstd(v))) for c, v in numeric.items()}
+
+
+def _table_lines(first: str, columns: list[str], rows: list[tuple[str, list[str]]]) -> list[str]:
+    """A markdown table: header ``first`` + ``columns``, then each ``(label, cells)``."""
+    return (["| " + " | ".join([first, *columns]) + " |", "|---|" + "---|" * len(columns)]
+            + [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows])
+
+
+def _cv_row(columns: dict[str, list[float | None]], i: int) -> list[str]:
+    return [_cv_cell(c, columns[c][i]) for c in columns]
+
+
+def _summary_row(summary: dict[str, tuple[float, float]]) -> list[str]:
+    return [f"{_cv_cell(c, m)} ± {_cv_cell(c, s)}" for c, (m, s) in summary.items()]
+
+
 def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
                    progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate fold ``K`` into ``out_dir/fold-K`` for every fold, skipping finished folds.
@@ -265,27 +300,63 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
             log(f"== fold {k} ==")
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
             evaluate_run(fold_dir, data, "heldout", None, progress=progress)
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        rows.append({"fold": k, "metrics": metrics, "train_seconds": _train_seconds(fold_dir)})
-    scheme = get_scheme(config.data.task)
-    keys = [n for n in scheme.names[1:] if any(r["metrics"]["images_with_class"][n] for r in rows)]
-    columns: dict[str, list[float | None]] = {}
-    for n in keys:
-        columns[f"Dice {n} (per image)"] = [r["metrics"]["per_image"]["dice"][n] for r in rows]
-        columns[f"Dice {n} (pooled)"] = [r["metrics"]["pooled"]["dice"][n] for r in rows]
-    columns["mean Dice (per image)"] = [r["metrics"]["per_image"]["dice"]["mean_foreground"] for r in rows]
-    if config.data.task == "binary":
-        columns["Inf-Net meanDic"] = [r["metrics"]["infnet"]["meanDic"] for r in rows]
-    columns["train seconds"] = [r["train_seconds"] for r in rows]
-    lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", "",
-             "| fold | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for i, r in enumerate(rows):
-        lines.append(f"| {r['fold']} | " + " | ".join(_cv_cell(c, columns[c][i]) for c in columns) + " |")
-    # a fold whose validation images lack a class has no figure for it (None): mean and std skip it
-    numeric = {c: np.array([np.nan if v is None else v for v in vals], dtype=float) for c, vals in columns.items()}
-    summary = {c: (float(np.nanmean(v)), float(np.nanstd(v))) for c, v in numeric.items()}
-    lines.append("| mean ± std | " + " | ".join(f"{_cv_cell(c, m)} ± {_cv_cell(c, s)}" for c, (m, s) in summary.items())
-                 + " |")
+        rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
+    columns = _cv_columns(rows, config.data.task)
+    summary = _mean_std(columns)
+    lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", ""]
+    lines += _table_lines("fold", list(columns), [(str(k), _cv_row(columns, k)) for k in range(folds)]
+                          + [("mean ± std", _summary_row(summary))])
     atomic_write_text(out_dir / "cv.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "cv.json", json.dumps({"columns": columns, "summary": summary}, indent=1) + "\n")
     return {"columns": columns, "summary": summary}
+
+
+def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
+                         seeds: Sequence[int], progress: bool = True,
+                         log: Callable[[str], None] = print) -> dict[str, Any]:
+    """:func:`cross_validate` once per training seed, then each fold's seed models as one ensemble.
+
+    Seed ``S`` (``train.seed = S``, the same saved folds) goes to ``out_dir/seed-S``, resumed as
+    :func:`cross_validate` resumes. The models of fold ``K`` of every seed are then scored together (mean
+    probabilities) on that fold's held-out images into ``out_dir/ensemble/fold-K``; none of them trained on
+    those images. Writes ``seeds.md`` and ``seeds.json``: each seed's CV mean ± std over folds, the mean ±
+    std of the seeds' CV means (the spread a single CV figure carries), the same over every seed × fold
+    model, and the seed ensemble's CV with its per-fold rows (train seconds: the sum over its members).
+    """
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise CovsegError(f"--seeds needs two or more different seeds (got {' '.join(map(str, seeds))}), "
+                          "e.g. --seeds 0 1 2; for one seed pass train.seed=S")
+    per_seed = {}
+    for seed in seeds:
+        log(f"=== seed {seed} ===")
+        cfg = replace(config, train=replace(config.train, seed=seed))
+        per_seed[seed] = cross_validate(cfg, samples, data, out_dir / f"seed-{seed}", folds, progress, log)
+    rows = []
+    for k in range(folds):
+        members = [out_dir / f"seed-{seed}" / f"fold-{k}" for seed in seeds]
+        report = out_dir / "ensemble" / f"fold-{k}"
+        newest = max((m / "last.pt").stat().st_mtime for m in members)
+        if not (report / "metrics.json").is_file() or (report / "metrics.json").stat().st_mtime < newest:
+            log(f"== seed ensemble, fold {k} ==")
+            evaluate_run(members, data, "heldout", report, progress=progress)
+        rows.append((json.loads((report / "metrics.json").read_text(encoding="utf-8")),
+                     sum(_train_seconds(m) for m in members)))
+    ensemble = _cv_columns(rows, config.data.task)
+    names = list(ensemble)
+    seed_means = {c: [per_seed[seed]["summary"][c][0] for seed in seeds] for c in names}
+    every_model = {c: [v for seed in seeds for v in per_seed[seed]["columns"][c]] for c in names}
+    summary = {"seeds": list(seeds), "per_seed": {str(seed): per_seed[seed]["summary"] for seed in seeds},
+               "over_seeds": _mean_std(seed_means), "every_model": _mean_std(every_model),
+               "ensemble": {"columns": ensemble, "summary": _mean_std(ensemble)}}
+    title = f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation × seeds {', '.join(map(str, seeds))}"
+    lines = [title, "", "Each seed's row: mean ± std over its folds. The seed ensemble averages the probabilities of "
+             "each fold's seed models.", ""]
+    lines += _table_lines("", names, [(f"seed {seed}", _summary_row(per_seed[seed]["summary"])) for seed in seeds]
+                          + [("mean ± std of the seeds' CV means", _summary_row(summary["over_seeds"])),
+                             (f"every seed × fold model ({len(seeds) * folds})", _summary_row(summary["every_model"])),
+                             (f"**seed ensemble** ({len(seeds)} models a fold)", _summary_row(summary["ensemble"]["summary"]))])
+    lines += ["", "Seed ensemble, fold by fold:", ""]
+    lines += _table_lines("fold", names, [(str(k), _cv_row(ensemble, k)) for k in range(folds)])
+    atomic_write_text(out_dir / "seeds.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "seeds.json", json.dumps(summary, indent=1) + "\n")
+    return summary

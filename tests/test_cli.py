@@ -107,6 +107,37 @@ def test_compare_and_cv(tiny_data: Path, tmp_path: Path, capsys) -> None:
     assert (tmp_path / "cv" / "fold-1" / "best.pt").stat().st_mtime_ns == mtime
 
 
+def test_cv_with_seeds_repeats_the_folds_and_scores_seed_ensembles(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "--quiet", *TINY_OVERRIDES]
+    out = tmp_path / "cvs"
+    assert main(["cv", "--folds", "3", "--seeds", "1", "1", "-o", str(out), *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seeds 0 1 2" in err[0] and not out.exists()
+    assert main(["cv", "--folds", "3", "--seeds", "0", "1", "-o", str(out), *common]) == 0
+    assert "seed ensemble" in capsys.readouterr().out
+    assert "seed: 1" in (out / "seed-1" / "fold-2" / "config.yaml").read_text()
+    summary = json.loads((out / "seeds.json").read_text())
+    key = "mean Dice (per image)"
+    means = [json.loads((out / f"seed-{s}" / "cv.json").read_text())["summary"][key][0] for s in (0, 1)]
+    assert summary["per_seed"]["1"][key][0] == pytest.approx(means[1])
+    assert summary["over_seeds"][key] == pytest.approx([(means[0] + means[1]) / 2, abs(means[0] - means[1]) / 2])
+    every = [v for s in (0, 1) for v in json.loads((out / f"seed-{s}" / "cv.json").read_text())["columns"][key]]
+    assert summary["every_model"][key][0] == pytest.approx(np.mean(every))
+    for k in range(3):
+        report = json.loads((out / "ensemble" / f"fold-{k}" / "metrics.json").read_text())
+        assert [Path(m["file"]) for m in report["model"]["members"]] == \
+            [out / f"seed-{s}" / f"fold-{k}" / "last.pt" for s in (0, 1)]
+        assert summary["ensemble"]["columns"][key][k] == report["per_image"]["dice"]["mean_foreground"]
+    seconds = [json.loads((out / f"seed-{s}" / "cv.json").read_text())["columns"]["train seconds"][0] for s in (0, 1)]
+    assert summary["ensemble"]["columns"]["train seconds"][0] == pytest.approx(sum(seconds))
+    # a second run trains and scores nothing again
+    mtimes = [(out / "seed-1" / "fold-0" / "last.pt").stat().st_mtime_ns,
+              (out / "ensemble" / "fold-0" / "metrics.json").stat().st_mtime_ns]
+    assert main(["cv", "--folds", "3", "--seeds", "0", "1", "-o", str(out), *common]) == 0
+    assert [(out / "seed-1" / "fold-0" / "last.pt").stat().st_mtime_ns,
+            (out / "ensemble" / "fold-0" / "metrics.json").stat().st_mtime_ns] == mtimes
+
+
 def test_multiclass_run_and_task_mismatch(tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "mc"
     assert main(["train", "--recipe", "tiny", "--task", "multiclass", "--data", str(tiny_data), "--split", "cv:1",
