@@ -189,7 +189,8 @@ def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: s
         model = build_model(config)
     device = torch.device("cpu")
     backend = TorchBackend(model, device, resolve_precision(precision, device), fp32_engine)
-    predictor = Predictor(backend, config.data.input_size, 8, normalize=config.data.normalize)
+    predictor = Predictor(backend, config.data.input_size, 8, normalize=config.data.normalize,
+                          resize=config.data.resize)
     images = [torch.rand(size, size).numpy() for _ in range(slices)]
     tick = time.perf_counter()
     for _ in predictor(images):

@@ -25,12 +25,15 @@ __all__ = [
     "TrainConfig",
     "RunConfig",
     "TASKS",
+    "RESIZE_MODES",
     "available_recipes",
     "load_recipe",
     "apply_overrides",
     "config_to_dict",
     "config_from_dict",
 ]
+
+RESIZE_MODES: tuple[str, ...] = ("stretch", "pad")  # how a slice reaches the square input (covseg.transforms)
 
 
 TASKS = ("binary", "multiclass")
@@ -46,6 +49,7 @@ class DataConfig:
     split_seed: int = 0
     val_fraction: float = 0.1  # validation carved from the training images for split "official"
     input_size: int = 352  # square side the model sees; a multiple of 2**depth
+    resize: str = "stretch"  # to input_size²: "stretch" (each side on its own) | "pad" (keep aspect, zero-pad; covseg.transforms)
     window_level: float = -600.0  # lung window for HU input
     window_width: float = 1500.0
     normalize: str = "none"  # per-slice intensity normalisation: "none" | "equalize" | "percentile" (covseg.intensity)
@@ -230,6 +234,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
 _CHOICES = {
     ("data", "task"): TASKS,
     ("data", "normalize"): NORMALIZATIONS,
+    ("data", "resize"): RESIZE_MODES,
     ("train", "dice"): ("batch", "sample", "present"),
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "schedule"): ("constant", "cosine", "onecycle"),

@@ -21,7 +21,7 @@ from torch import nn
 from covseg.intensity import normalize_image
 from covseg.models import fold_batch_norm
 from covseg.runtime import autocast
-from covseg.transforms import resize_probs, stack_resized
+from covseg.transforms import fit_box, resize_probs, stack_resized
 
 __all__ = ["Backend", "TorchBackend", "Predictor", "EnsemblePredictor", "LesionTypePredictor", "BF16_MIN_AGREEMENT", "label_agreement",
            "backends_used"]
@@ -119,13 +119,14 @@ class TorchBackend:
 
 
 class Predictor:
-    """Normalise (``data.normalize`` of the model's run), resize, batch, run a backend, softmax, and resize
-    probabilities back to each image's size."""
+    """Normalise (``data.normalize`` of the model's run), resize (``data.resize``), batch, run a backend,
+    softmax, and resize probabilities back to each image's size."""
 
     def __init__(self, backend: Backend, input_size: int, batch_size: int = 8, flip_tta: bool = False,
-                 normalize: str = "none") -> None:
+                 normalize: str = "none", resize: str = "stretch") -> None:
         self.backend = backend
         self.normalize = normalize
+        self.resize = resize
         self.input_size = input_size
         self.batch_size = batch_size
         self.flip_tta = flip_tta
@@ -141,10 +142,12 @@ class Predictor:
         """Yield class probabilities ``(C, H, W)`` float32 for each ``(H, W)`` image, in order."""
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            x, _ = stack_resized([normalize_image(image, self.normalize) for image in chunk], None, self.input_size)
+            x, _ = stack_resized([normalize_image(image, self.normalize) for image in chunk], None, self.input_size,
+                                 self.resize)
             probs = self.batch_probabilities(x).cpu()
             for image, p in zip(chunk, probs):
-                yield resize_probs(p[None], *image.shape[-2:])[0].numpy()
+                box = fit_box(*image.shape[-2:], self.input_size, self.resize)
+                yield resize_probs(p[None], *image.shape[-2:], box)[0].numpy()
 
 
 class EnsemblePredictor:

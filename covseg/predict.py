@@ -58,7 +58,8 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "best
                               f"covseg export {model_path} -o model.onnx")
         onnx_backend, config = load_onnx(Path(model_path), task)
         info = {"file": str(model_path), "backend": onnx_backend.description}
-        predictor = Predictor(onnx_backend, config.data.input_size, batch_size, flip_tta, config.data.normalize)
+        predictor = Predictor(onnx_backend, config.data.input_size, batch_size, flip_tta, config.data.normalize,
+                              config.data.resize)
     elif backend == "torch":
         if is_onnx:
             raise CovsegError(f"{model_path}: an ONNX file runs with --backend onnx (or auto)")
@@ -68,7 +69,8 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "best
         fp32_engine = "onnxruntime" if auto and dev.type == "cpu" else "torch"
         torch_backend = TorchBackend(model, dev, resolve_precision(precision, dev), fp32_engine)
         info = {"file": str(checkpoint), "epoch": state.get("epoch"), "backend": torch_backend.description}
-        predictor = Predictor(torch_backend, config.data.input_size, batch_size, flip_tta, config.data.normalize)
+        predictor = Predictor(torch_backend, config.data.input_size, batch_size, flip_tta, config.data.normalize,
+                              config.data.resize)
     else:
         raise CovsegError(f"unknown backend {backend!r}: use torch, onnx or auto")
     info.update({"name": config.model.name, "recipe": config.recipe, "task": config.data.task,

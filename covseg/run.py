@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from covseg import __version__
 from covseg.checkpoint import build_model, read_checkpoint, save_checkpoint
-from covseg.config import RunConfig, config_from_dict, config_to_dict
+from covseg.config import DataConfig, RunConfig, config_from_dict, config_to_dict
 from covseg.datasets import Sample
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_write_text, interrupts_deferred
@@ -124,9 +124,11 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
         indent=1) + "\n")
 
 
-def _stack(samples: list[Sample], size: int, normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised, resized images ``(N, 1, size, size)`` float32 and label maps ``(N, size, size)`` int64."""
-    x, y = stack_resized([normalize_image(s.image, normalize) for s in samples], [s.mask for s in samples], size)
+def _stack(samples: list[Sample], data: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised, resized images ``(N, 1, S, S)`` float32 and label maps ``(N, S, S)`` int64, ``S`` =
+    ``data.input_size``."""
+    x, y = stack_resized([normalize_image(s.image, data.normalize) for s in samples], [s.mask for s in samples],
+                         data.input_size, data.resize)
     assert y is not None
     return x, y
 
@@ -148,7 +150,7 @@ def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseu
     folder = resolve_pseudo_folder(d.pseudo_labels, d.split)
     samples = load_pseudo_labels(folder, data_path, d.task, d.window,
                                  split.get("val", []) + split.get("test", []))
-    x, y = _stack(samples, d.input_size, d.normalize)
+    x, y = _stack(samples, d)
     log(f"self-training: {len(samples)} pseudo-labelled slices from {folder}, "
         f"{d.pseudo_ratio:g} per labelled image each epoch")
     digest = hashlib.sha256((folder / PSEUDO_FILE).read_bytes()).hexdigest()
@@ -205,8 +207,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     val = [by_name[n] for n in split["val"]]
     if not train:
         raise CovsegError("the training split is empty; use more images or another --split")
-    train_x, train_y = _stack(train, d.input_size, d.normalize)
-    val_x, val_y = _stack(val, d.input_size, d.normalize) if val else (None, None)
+    train_x, train_y = _stack(train, d)
+    val_x, val_y = _stack(val, d) if val else (None, None)
 
     if t.threads > 0:
         torch.set_num_threads(t.threads)

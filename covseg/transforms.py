@@ -11,36 +11,59 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from covseg.config import AugmentConfig
+from covseg.config import RESIZE_MODES, AugmentConfig
 
-__all__ = ["stack_resized", "resize_probs", "elastic_offsets", "augment_batch"]
+__all__ = ["Box", "fit_box", "stack_resized", "resize_probs", "elastic_offsets", "augment_batch"]
+
+Box = tuple[int, int, int, int]  # (top, left, height, width) of an image inside the square input
 
 ELASTIC_CONTROL_POINTS = 7  # per side, as TorchIO's RandomElasticDeformation
 
 
-def stack_resized(
-    images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None, size: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Resize ``(H, W)`` images (bilinear, antialiased) and masks (nearest) to ``size x size`` and stack.
+def fit_box(height: int, width: int, size: int, resize: str = "stretch") -> Box:
+    """Where an ``(height, width)`` image lies in the ``size x size`` input: ``(top, left, h, w)``.
 
-    Returns images ``(N, 1, size, size)`` float32 and label maps ``(N, size, size)`` int64 (or None).
+    ``stretch``: the whole square (each side scaled on its own, so the aspect ratio changes). ``pad``: scaled by
+    ``size / max(height, width)``, aspect ratio kept, centred; the rest of the square is zero padding.
     """
-    out_images = torch.empty(len(images), 1, size, size)
-    for i, image in enumerate(images):
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize!r}: use one of {', '.join(RESIZE_MODES)}")
+    if resize == "stretch":
+        return (0, 0, size, size)
+    scale = size / max(height, width)
+    h, w = max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))
+    return ((size - h) // 2, (size - w) // 2, h, w)
+
+
+def stack_resized(
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None, size: int, resize: str = "stretch"
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Resize ``(H, W)`` images (bilinear, antialiased) and masks (nearest) into ``size x size`` and stack.
+
+    ``resize`` places each image as :func:`fit_box` says; padding is 0 in images and label 0 (background) in
+    masks. Returns images ``(N, 1, size, size)`` float32 and label maps ``(N, size, size)`` int64 (or None).
+    """
+    out_images = torch.zeros(len(images), 1, size, size)
+    boxes = [fit_box(*np.shape(image)[-2:], size, resize) for image in images]
+    for i, (image, (top, left, h, w)) in enumerate(zip(images, boxes)):
         t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-        out_images[i] = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False,
-                                      antialias=True)[0].clamp_(0.0, 1.0)
+        out_images[i, :, top:top + h, left:left + w] = F.interpolate(t, size=(h, w), mode="bilinear",
+                                                                     align_corners=False, antialias=True)[0].clamp_(0.0, 1.0)
     if masks is None:
         return out_images, None
-    out_masks = torch.empty(len(masks), size, size, dtype=torch.int64)
-    for i, mask in enumerate(masks):
+    out_masks = torch.zeros(len(masks), size, size, dtype=torch.int64)
+    for i, (mask, (top, left, h, w)) in enumerate(zip(masks, boxes)):
         t = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
-        out_masks[i] = F.interpolate(t, size=(size, size), mode="nearest-exact")[0, 0].round().long()
+        out_masks[i, top:top + h, left:left + w] = F.interpolate(t, size=(h, w), mode="nearest-exact")[0, 0].round().long()
     return out_images, out_masks
 
 
-def resize_probs(probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Resize class probabilities ``(B, C, h, w)`` to ``(B, C, height, width)`` bilinearly."""
+def resize_probs(probs: torch.Tensor, height: int, width: int, box: Box | None = None) -> torch.Tensor:
+    """Class probabilities ``(B, C, S, S)`` of the square input back to ``(B, C, height, width)``: cropped to
+    ``box`` (:func:`fit_box`; None = the whole square), then resized bilinearly."""
+    if box is not None:
+        top, left, h, w = box
+        probs = probs[..., top:top + h, left:left + w]
     if probs.shape[-2:] == (height, width):
         return probs
     return F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)

@@ -1,10 +1,15 @@
 """Batch augmentation against hand-computed results."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
+from torch.nn import functional as F
 
-from covseg.config import AugmentConfig
-from covseg.transforms import augment_batch
+from covseg.config import AugmentConfig, apply_overrides, load_recipe
+from covseg.errors import CovsegError
+from covseg.inference import Predictor
+from covseg.transforms import augment_batch, fit_box, resize_probs, stack_resized
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,3 +89,53 @@ def test_elastic_off_draws_as_before_and_on_is_reproducible() -> None:
     torch.testing.assert_close(a[0], b[0])
     assert torch.equal(a[1], b[1])
     assert not torch.allclose(a[0], augment_batch(images, masks, plain, torch.Generator().manual_seed(7))[0])
+
+
+def test_fit_box_keeps_the_aspect_ratio_only_when_padding() -> None:
+    assert fit_box(277, 153, 352, "stretch") == (0, 0, 352, 352)
+    # 352 / 277 = 1.2708; 153 * 1.2708 = 194.4 -> 194 wide, (352 - 194) // 2 = 79 to the left
+    assert fit_box(277, 153, 352, "pad") == (0, 79, 352, 194)
+    assert fit_box(6, 12, 16, "pad") == (4, 0, 8, 16)
+    assert fit_box(16, 16, 16, "pad") == (0, 0, 16, 16)
+    with pytest.raises(ValueError, match="stretch, pad"):
+        fit_box(6, 12, 16, "crop")
+
+
+def _half_bright() -> tuple[np.ndarray, np.ndarray]:
+    image = np.zeros((6, 12), np.float32)
+    image[:, :6] = 1.0  # left half bright, and its label 1
+    return image, (image > 0.5).astype(np.int64)
+
+
+def test_stack_resized_pads_and_resize_probs_crops_the_padding_off() -> None:
+    image, mask = _half_bright()
+    x, y = stack_resized([image], [mask], 16, "pad")  # box (4, 0, 8, 16)
+    assert x[0, 0, :4].abs().sum() == 0 and x[0, 0, 12:].abs().sum() == 0 and x[0, 0, 4:12, :7].min() == 1
+    assert (y[0, 4:12, :8] == 1).all() and y[0, 4:12, 8:].sum() == 0 and y[0, :4].sum() == 0 and y[0, 12:].sum() == 0
+    probs = F.one_hot(y, 2).permute(0, 3, 1, 2).float()
+    back = resize_probs(probs, 6, 12, fit_box(6, 12, 16, "pad"))
+    assert np.array_equal(back.argmax(1)[0].numpy(), mask)
+    assert not np.array_equal(resize_probs(probs, 6, 12).argmax(1)[0].numpy(), mask)  # padding left in: rows shift
+
+
+class _BrightIsLesion:
+    """Logits ``(B, 2, S, S)``: class 1 wherever the input is brighter than 1/2."""
+
+    description = "threshold"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), 20 * (x - 0.5)], dim=1)
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad"])
+def test_predictor_maps_labels_back_onto_the_image_either_way(resize: str) -> None:
+    image, mask = _half_bright()
+    probs = next(iter(Predictor(_BrightIsLesion(), 16, resize=resize)([image])))
+    assert probs.shape == (2, 6, 12) and np.array_equal(probs.argmax(0), mask)
+
+
+def test_resize_mode_is_a_checked_recipe_setting() -> None:
+    config = apply_overrides(load_recipe("tiny"), ["data.resize=pad"])
+    assert config.data.resize == "pad" and load_recipe("tiny").data.resize == "stretch"
+    with pytest.raises(CovsegError, match="stretch"):
+        apply_overrides(load_recipe("tiny"), ["data.resize=crop"])
