@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
                    help="repeat the cross-validation with each training seed (OUT/seed-S) and score each fold's "
-                        "seed models as one ensemble (OUT/ensemble); summary in OUT/seeds.md")
+                        "seed models as one ensemble (OUT/ensemble); summary in OUT/seeds.md. KEY=VALUE overrides "
+                        "go before --seeds or after -o OUT")
     p.add_argument("-o", "--output", type=Path, required=True, help="cross-validation folder")
 
     p = sub.add_parser("predict", help="segment images with a trained model")
@@ -255,8 +256,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_cv(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
-    from covseg.experiment import cross_validate, cross_validate_seeds
+    from covseg.experiment import check_seeds, cross_validate, cross_validate_seeds
 
+    if args.seeds:
+        check_seeds(args.seeds)
     config = _recipe_config(args)
     data = args.data or _default_data()
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)

@@ -30,7 +30,7 @@ from covseg.config import config_to_dict
 from covseg.run import read_run_config, read_run_info, train_run
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
-           "cross_validate", "cross_validate_seeds"]
+           "cross_validate", "cross_validate_seeds", "check_seeds"]
 
 EVAL_SPLITS = ("heldout", "val", "test", "train", "all")
 
@@ -311,6 +311,23 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     return {"columns": columns, "summary": summary}
 
 
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Refuse a ``--seeds`` list that is not two or more different seeds."""
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise CovsegError(f"--seeds needs two or more different seeds (got {' '.join(map(str, seeds))}), "
+                          "e.g. --seeds 0 1 2; for one seed pass train.seed=S")
+
+
+def _report_of(metrics_path: Path, members: list[Path]) -> bool:
+    """Whether ``metrics_path`` is a finished report of exactly these members' ``last.pt``, newer than each."""
+    if not metrics_path.is_file():
+        return False
+    files = [Path(m["file"]).resolve() for m in json.loads(metrics_path.read_text(encoding="utf-8"))["model"]
+             .get("members", [])]
+    newest = max((m / "last.pt").stat().st_mtime for m in members)
+    return files == [(m / "last.pt").resolve() for m in members] and metrics_path.stat().st_mtime >= newest
+
+
 def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
                          seeds: Sequence[int], progress: bool = True,
                          log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -323,20 +340,23 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     std of the seeds' CV means (the spread a single CV figure carries), the same over every seed × fold
     model, and the seed ensemble's CV with its per-fold rows (train seconds: the sum over its members).
     """
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise CovsegError(f"--seeds needs two or more different seeds (got {' '.join(map(str, seeds))}), "
-                          "e.g. --seeds 0 1 2; for one seed pass train.seed=S")
-    per_seed = {}
-    for seed in seeds:
+    check_seeds(seeds)
+    if config.train.types_only:
+        raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
+    configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
+    for seed, cfg in configs.items():  # before any training: a folder of other settings fails now, not hours in
+        for k in range(folds):
+            _check_same_settings(out_dir / f"seed-{seed}" / f"fold-{k}",
+                                 replace(cfg, data=replace(cfg.data, split=f"cv:{k}", folds=folds)))
+    per_seed: dict[int, dict[str, Any]] = {}
+    for seed, cfg in configs.items():
         log(f"=== seed {seed} ===")
-        cfg = replace(config, train=replace(config.train, seed=seed))
         per_seed[seed] = cross_validate(cfg, samples, data, out_dir / f"seed-{seed}", folds, progress, log)
     rows = []
     for k in range(folds):
         members = [out_dir / f"seed-{seed}" / f"fold-{k}" for seed in seeds]
         report = out_dir / "ensemble" / f"fold-{k}"
-        newest = max((m / "last.pt").stat().st_mtime for m in members)
-        if not (report / "metrics.json").is_file() or (report / "metrics.json").stat().st_mtime < newest:
+        if not _report_of(report / "metrics.json", members):
             log(f"== seed ensemble, fold {k} ==")
             evaluate_run(members, data, "heldout", report, progress=progress)
         rows.append((json.loads((report / "metrics.json").read_text(encoding="utf-8")),

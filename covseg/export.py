@@ -3,9 +3,11 @@
 The exported graph takes ``image`` ``(B, 1, H, W)`` float32 in [0, 1] (B, H and W dynamic; H and W must be
 divisible by ``2**depth``) and returns ``logits`` ``(B, C, H, W)``. The run's config travels inside the
 file as metadata (``covseg_config``), so a model of another task or architecture can be refused. The
-graph holds the network only: callers outside covseg prepare its input as covseg's Predictor does — resize
-to ``data.input_size`` and normalise each image first as ``data.normalize`` says
-(:func:`covseg.intensity.normalize_image`: ``equalize``, ``percentile``).
+graph holds the network only: callers outside covseg prepare its input as covseg's Predictor does — normalise
+each image first as ``data.normalize`` says (:func:`covseg.intensity.normalize_image`: ``equalize``,
+``percentile``), then bring it to ``data.input_size`` square as ``data.resize`` says (``stretch``: resize each
+side; ``pad``: scale the longer side, centre, zero-pad, and crop the logits back;
+:func:`covseg.transforms.fit_box`).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Inference: batched slices under ``torch.inference_mode()``, probabilities back at each image's size.
 
-Input images are ``(H, W)`` float32 in [0, 1] of any size; each is resized to the model's square input,
-predicted in batches, and its class probabilities ``(C, H, W)`` are resized back (bilinear) before the
-arg-max, so every label map and metric is at the image's own size.
+Input images are ``(H, W)`` float32 in [0, 1] of any size; each is resized to the model's square input (each
+side stretched, or aspect kept and zero-padded: ``data.resize``), predicted in batches, and its class
+probabilities ``(C, H, W)`` are cropped to the image and resized back (bilinear) before the arg-max, so every
+label map and metric is at the image's own size.
 
 A *backend* maps an input batch ``(B, 1, S, S)`` float32 to logits ``(B, C, S, S)`` float32:
 :class:`TorchBackend` (channels-last, bf16 autocast where it is fast and agrees with fp32) or
@@ -153,7 +154,7 @@ class Predictor:
 class EnsemblePredictor:
     """Average the class probabilities ``(C, H, W)`` of several predictors image by image (a fold or seed
     ensemble, as nnU-Net's). Every member must predict the same label scheme; each keeps its own input
-    size and normalisation."""
+    size, normalisation and resize mode."""
 
     def __init__(self, members: Sequence[Predictor]) -> None:
         if not members:

@@ -90,6 +90,10 @@ def ensemble_members(model_paths: Sequence[Path]) -> list[Path]:
         if not path.exists():
             raise CovsegError(f"{path}: no such model file or folder")
         folds = [p for p in path.glob("fold-*") if p.name[5:].isdigit() and (p / "config.yaml").is_file()]
+        seeds = sorted(p.name for p in path.glob("seed-*") if p.is_dir())
+        if path.is_dir() and not folds and not (path / "config.yaml").is_file() and seeds:
+            raise CovsegError(f"{path}: a covseg cv --seeds folder; name its cross-validations ({', '.join(seeds)}) "
+                              f"or fold runs one by one, e.g. {path / seeds[0]}")
         if not path.is_dir() or (path / "config.yaml").is_file() or not folds:
             members.append(path)
             continue

@@ -148,7 +148,8 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
 def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: PseudoLabelRule, which: str,
                       batch_size: int, progress: bool, log: Callable[[str], None],
                       loaded: dict[tuple, list[Sample]]) -> dict[str, Any]:
-    from covseg.predict import describe_after_use, open_predictor  # here: covseg.run imports this module
+    from covseg.inference import backends_used
+    from covseg.predict import open_predictor  # imported here: covseg.run imports this module
     from covseg.run import read_run_info
 
     if not run_dir.is_dir():
@@ -175,7 +176,7 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
                      "kept": keep})
         bar.update(1)
     bar.close()
-    summary = {"teacher": str(run_dir.resolve()), "checkpoint": info["file"], "backend": describe_after_use(info, predictor)["backend"],
+    summary = {"teacher": str(run_dir.resolve()), "checkpoint": info["file"], "backend": backends_used(predictor),
                "task": config.data.task,
                "data": str(Path(data).resolve()), "rule": asdict(rule), "teacher_images": seen,
                "kept": kept, "total": len(rows), "slices": rows}

@@ -136,6 +136,16 @@ def test_cv_with_seeds_repeats_the_folds_and_scores_seed_ensembles(tiny_data: Pa
     assert main(["cv", "--folds", "3", "--seeds", "0", "1", "-o", str(out), *common]) == 0
     assert [(out / "seed-1" / "fold-0" / "last.pt").stat().st_mtime_ns,
             (out / "ensemble" / "fold-0" / "metrics.json").stat().st_mtime_ns] == mtimes
+    # another seed set re-scores the ensembles, and going back re-scores them again with the named members only
+    assert main(["cv", "--folds", "3", "--seeds", "0", "2", "-o", str(out), *common]) == 0
+    assert main(["cv", "--folds", "3", "--seeds", "0", "1", "-o", str(out), *common]) == 0
+    assert (out / "seed-1" / "fold-0" / "last.pt").stat().st_mtime_ns == mtimes[0]
+    members = json.loads((out / "ensemble" / "fold-1" / "metrics.json").read_text())["model"]["members"]
+    assert [Path(m["file"]).parent.parent.name for m in members] == ["seed-0", "seed-1"]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--split", "test", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seed-0, seed-1, seed-2" in err[0]
 
 
 def test_multiclass_run_and_task_mismatch(tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys) -> None:

@@ -89,13 +89,14 @@ def test_a_model_trained_with_equalisation_predicts_with_it(tiny_data, tmp_path,
 
 
 def test_training_inputs_are_equalised() -> None:
+    from covseg.config import DataConfig
     from covseg.datasets import Sample
     from covseg.run import _stack
 
     image = (np.arange(64, dtype=np.float32).reshape(8, 8) / 640.0)  # a dark ramp in [0, 0.1)
     sample = Sample("a", image, np.zeros((8, 8), np.int64), "a")
-    plain, _ = _stack([sample], 8, "none")
-    equalized, _ = _stack([sample], 8, "equalize")
+    plain, _ = _stack([sample], DataConfig(input_size=8, normalize="none"))
+    equalized, _ = _stack([sample], DataConfig(input_size=8, normalize="equalize"))
     assert float(plain.max()) < 0.1
     # 64 distinct levels -> mid-ranks (i + 0.5) / 64
     np.testing.assert_allclose(equalized[0, 0].numpy().ravel(), (np.arange(64) + 0.5) / 64, atol=1e-6)

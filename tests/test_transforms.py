@@ -1,6 +1,8 @@
 """Batch augmentation against hand-computed results."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,8 @@ from covseg.config import AugmentConfig, apply_overrides, load_recipe
 from covseg.errors import CovsegError
 from covseg.inference import Predictor
 from covseg.transforms import augment_batch, fit_box, resize_probs, stack_resized
+
+from conftest import TINY_OVERRIDES
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,19 +123,37 @@ def test_stack_resized_pads_and_resize_probs_crops_the_padding_off() -> None:
 
 
 class _BrightIsLesion:
-    """Logits ``(B, 2, S, S)``: class 1 wherever the input is brighter than 1/2."""
+    """Logits ``(B, 2, S, S)``: class 1 wherever the input is brighter than 1/2; keeps its last input."""
 
     description = "threshold"
+    seen: torch.Tensor
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x
         return torch.cat([torch.zeros_like(x), 20 * (x - 0.5)], dim=1)
 
 
 @pytest.mark.parametrize("resize", ["stretch", "pad"])
 def test_predictor_maps_labels_back_onto_the_image_either_way(resize: str) -> None:
     image, mask = _half_bright()
-    probs = next(iter(Predictor(_BrightIsLesion(), 16, resize=resize)([image])))
+    backend = _BrightIsLesion()
+    probs = next(iter(Predictor(backend, 16, resize=resize)([image])))
     assert probs.shape == (2, 6, 12) and np.array_equal(probs.argmax(0), mask)
+    rows = backend.seen[0, 0].amax(1)  # the brightest value of each input row: 0 only in the padding
+    assert (rows == 0).tolist() == ([True] * 4 + [False] * 8 + [True] * 4 if resize == "pad" else [False] * 16)
+
+
+def test_a_model_trained_with_padding_predicts_with_it(tiny_data: Path, tmp_path: Path) -> None:
+    from covseg.cli import main
+    from covseg.predict import open_predictor
+
+    run = tmp_path / "pad"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1", "-o",
+                 str(run), "--quiet", "data.resize=pad", *TINY_OVERRIDES]) == 0
+    assert main(["export", str(run), "-o", str(tmp_path / "pad.onnx")]) == 0
+    for model, backend in ((run, "torch"), (run, "auto"), (tmp_path / "pad.onnx", "onnx")):
+        predictor, config, _ = open_predictor(model, backend=backend, precision="fp32")
+        assert config.data.resize == "pad" and predictor.resize == "pad"
 
 
 def test_resize_mode_is_a_checked_recipe_setting() -> None:
