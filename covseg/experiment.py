@@ -281,6 +281,11 @@ def _summary_row(summary: dict[str, tuple[float, float]]) -> list[str]:
     return [f"{_cv_cell(c, m)} ± {_cv_cell(c, s)}" for c, (m, s) in summary.items()]
 
 
+def _fold_config(config: RunConfig, fold: int, folds: int) -> RunConfig:
+    """``config`` for fold ``fold`` of a ``folds``-fold cross-validation (split ``cv:K``)."""
+    return replace(config, data=replace(config.data, split=f"cv:{fold}", folds=folds))
+
+
 def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
                    progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate fold ``K`` into ``out_dir/fold-K`` for every fold, skipping finished folds.
@@ -294,7 +299,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     for k in range(folds):
         fold_dir = out_dir / f"fold-{k}"
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
-        cfg = replace(config, data=replace(config.data, split=f"cv:{k}", folds=folds))
+        cfg = _fold_config(config, k, folds)
         _check_same_settings(fold_dir, cfg)
         if not metrics_path.is_file() or metrics_path.stat().st_mtime < (fold_dir / "last.pt").stat().st_mtime:
             log(f"== fold {k} ==")
@@ -346,8 +351,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
     for seed, cfg in configs.items():  # before any training: a folder of other settings fails now, not hours in
         for k in range(folds):
-            _check_same_settings(out_dir / f"seed-{seed}" / f"fold-{k}",
-                                 replace(cfg, data=replace(cfg.data, split=f"cv:{k}", folds=folds)))
+            _check_same_settings(out_dir / f"seed-{seed}" / f"fold-{k}", _fold_config(cfg, k, folds))
     per_seed: dict[int, dict[str, Any]] = {}
     for seed, cfg in configs.items():
         log(f"=== seed {seed} ===")

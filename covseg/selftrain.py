@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_dir, atomic_write_text
+from covseg.inference import backends_used
 from covseg.labels import get_scheme
 
 __all__ = ["PSEUDO_FILE", "PseudoLabelRule", "slice_statistics", "make_pseudo_labels", "resolve_pseudo_folder",
@@ -148,7 +149,6 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
 def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: PseudoLabelRule, which: str,
                       batch_size: int, progress: bool, log: Callable[[str], None],
                       loaded: dict[tuple, list[Sample]]) -> dict[str, Any]:
-    from covseg.inference import backends_used
     from covseg.predict import open_predictor  # imported here: covseg.run imports this module
     from covseg.run import read_run_info
 
