@@ -7,7 +7,10 @@ Paths:
 * ``fp32-cl``     — channels-last fp32 under ``torch.inference_mode``;
 * ``covseg``      — what covseg uses: channels-last, bf16 autocast where the CPU has native bf16, else fp32
   with (inference only) batch norm folded into the convolutions;
-* ``onnxruntime`` — the model exported by :func:`covseg.export.export_onnx`'s exporter, CPU provider.
+* ``onnxruntime`` — the model exported by :func:`covseg.export.export_onnx`'s exporter, CPU provider;
+* ``onnx-int8``   — the same graph, batch norm folded, quantized to static int8 (:mod:`covseg.quantize`, as
+  ``covseg export --int8``), calibrated here on two slices of uniform noise: the speed of the int8 kernels,
+  not their accuracy (its peak memory includes the calibration's) (``benchmarks/int8_check.py`` measures that on trained models and real slices).
 
 Models: covseg U-Net of widths 16 (the default recipe), 32 and 64, SegNet (width 64, depth 5) and, as
 the peer, MONAI's ``BasicUNet`` with the same feature widths, batch norm and ReLU (``monai-unet32`` …).
@@ -33,7 +36,7 @@ from torch import nn
 
 __all__ = ["build_bench_model", "measure", "main"]
 
-PATHS = ("fp32-naive", "fp32-cl", "covseg", "onnxruntime")
+PATHS = ("fp32-naive", "fp32-cl", "covseg", "onnxruntime", "onnx-int8")
 MODELS = ("unet16", "unet32", "unet64", "segnet", "monai-unet32", "monai-unet64")
 
 
@@ -109,7 +112,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
                            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                            "gflop_per_slice": _flops(model, size) / 1e9}
     dtype = torch.bfloat16 if (path == "covseg" and cpu_supports_bf16()) else torch.float32
-    out["dtype"] = str(dtype).removeprefix("torch.")
+    out["dtype"] = "int8" if path == "onnx-int8" else str(dtype).removeprefix("torch.")
     channels_last = path in ("fp32-cl", "covseg")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -118,15 +121,21 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     infer_model = fold_batch_norm(model).to(memory_format=torch.channels_last) if fold else model
     device = torch.device("cpu")
 
-    if path == "onnxruntime":
+    if path in ("onnxruntime", "onnx-int8"):
         import onnxruntime as ort
 
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             file = Path(tmp) / "m.onnx"
-            torch.onnx.export(model, (torch.rand(1, 1, size, size),), str(file), dynamo=False,
-                              input_names=["image"], output_names=["logits"], opset_version=17,
-                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+            if path == "onnx-int8":
+                from covseg.quantize import quantize_network
+
+                noise = np.random.default_rng(0).random((2, 1, 1, size, size), dtype=np.float32)
+                quantize_network(fold_batch_norm(model), size, list(noise), file)
+            else:
+                torch.onnx.export(model, (torch.rand(1, 1, size, size),), str(file), dynamo=False,
+                                  input_names=["image"], output_names=["logits"], opset_version=17,
+                                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
             session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
 
         def infer(batch: int):
@@ -149,7 +158,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
         out[f"infer_ms_b{batch}"] = 1000 * seconds / batch
     out["gflops_per_s_b8"] = out["gflop_per_slice"] / (out["infer_ms_b8"] / 1000)
 
-    if path != "onnxruntime" and train_steps > 0:
+    if not path.startswith("onnx") and train_steps > 0:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
         batch = 4

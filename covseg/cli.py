@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="run folder or checkpoint file")
     p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--int8", action="store_true",
+                   help="static int8 quantization (ONNX Runtime QDQ), calibrated on the run's training slices; "
+                        "reports how many held-out pixels keep the fp32 label")
+    p.add_argument("--data", help="--int8: the data folder with the run's slices (default: the one it trained on)")
 
     p = sub.add_parser("pseudo-label", help="label the unlabelled slices with a teacher (self-training)")
     p.add_argument("teacher", type=Path, help="run folder, or a cv folder (one teacher per fold -> OUT/fold-K)")
@@ -307,9 +311,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from covseg.export import export_onnx
+    from covseg.inference import BF16_MIN_AGREEMENT
 
-    out = export_onnx(args.model, args.output, args.checkpoint)
-    print(f"wrote {out}")
+    meta = export_onnx(args.model, args.output, args.checkpoint, int8=args.int8, data=args.data)
+    if args.int8:
+        agreement = float(meta["covseg_int8_agreement"])
+        print(f"int8 labels agree with fp32 on {agreement:.2%} of the pixels of {meta['covseg_int8_checked_on']}")
+        if agreement < BF16_MIN_AGREEMENT:
+            print(f"covseg: warning: that is below the {BF16_MIN_AGREEMENT:.1%} covseg asks of bf16; compare the "
+                  "int8 file's Dice with covseg evaluate before relying on it", file=sys.stderr)
+    print(f"wrote {args.output}")
     return 0
 
 

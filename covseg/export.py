@@ -8,6 +8,10 @@ each image first as ``data.normalize`` says (:func:`covseg.intensity.normalize_i
 ``percentile``), then bring it to ``data.input_size`` square as ``data.resize`` says (``stretch``: resize each
 side; ``pad``: scale the longer side, centre, zero-pad, and crop the logits back;
 :func:`covseg.transforms.fit_box`).
+
+``export_onnx(..., int8=True)`` (``covseg export --int8``) writes the same graph, batch norm folded, quantized
+to static int8 (:mod:`covseg.quantize`): ``covseg_precision`` says ``int8``, and ``covseg_int8_agreement`` the share
+of the run's held-out pixels whose label the int8 graph keeps from the fp32 one.
 """
 from __future__ import annotations
 
@@ -25,12 +29,12 @@ from covseg.config import RunConfig, config_from_dict, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 
-__all__ = ["export_onnx", "OnnxBackend", "onnx_backend_of", "load_onnx", "ONNX_OPSET"]
+__all__ = ["export_onnx", "OnnxBackend", "onnx_backend_of", "load_onnx", "write_graph", "int8_inputs", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
 
 
-def _write_graph(model: torch.nn.Module, input_size: int, target: Any) -> None:
+def write_graph(model: torch.nn.Module, input_size: int, target: Any) -> None:
     """Trace ``model`` (eval mode, CPU) into an ONNX graph with dynamic batch, height and width at ``target``
     (a path or a binary file object)."""
     with warnings.catch_warnings():
@@ -41,21 +45,65 @@ def _write_graph(model: torch.nn.Module, input_size: int, target: Any) -> None:
                                         "logits": {0: "batch", 2: "height", 3: "width"}})
 
 
-def export_onnx(model_path: Path, out: Path, which: str = "best") -> Path:
-    """Export a run folder's (or checkpoint's) model to ONNX at ``out``, atomically."""
+def int8_inputs(run_dir: Path, data: str | None, config: RunConfig, part: str) -> list[np.ndarray]:
+    """The network inputs ``(B, 1, S, S)`` float32 (batches of 8) of a run's ``part`` (``train`` or ``val``) of its
+    split, read from ``data`` (default: the data the run trained on), prepared as the Predictor prepares them."""
+    from covseg.experiment import select_samples
+    from covseg.inference import network_input
+    from covseg.run import read_run_info
+
+    if not (run_dir / "split.json").is_file():
+        raise CovsegError(f"{run_dir}: no split.json; --int8 calibrates on a run's training slices, so export "
+                          "from a covseg run folder")
+    data = data or read_run_info(run_dir).get("data")
+    if not data or not Path(data).exists():
+        raise CovsegError(f"{run_dir}: the data it trained on ({data}) is not here; pass --data DIR with its slices")
+    images = [s.image for s in select_samples(run_dir, data, config.data.task, part, config.data.window)]
+    return [network_input(images[i:i + 8], config.data.input_size, config.data.normalize, config.data.resize).numpy()
+            for i in range(0, len(images), 8)]
+
+
+def export_onnx(model_path: Path, out: Path, which: str = "best", int8: bool = False,
+                data: str | None = None) -> dict[str, Any]:
+    """Export a run folder's (or checkpoint's) model to ONNX at ``out``, atomically; returns its covseg metadata.
+
+    ``int8``: quantize it statically (:mod:`covseg.quantize`), calibrated on the run's training slices (read from
+    ``data``, default: the data the run trained on), and measure how many pixels of the run's held-out
+    (validation) slices get the fp32 graph's label (``covseg_int8_agreement``; its training slices when it holds
+    none out). Needs a run folder.
+    """
     import onnx
 
+    from covseg.models import fold_batch_norm
+
     model, config, state = load_model(model_path, which)
+    meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),
+            "covseg_epoch": str(state.get("epoch")), "covseg_precision": "float32"}
     with atomic_path(out) as tmp:
-        _write_graph(model, config.data.input_size, str(tmp))
+        if int8:
+            from covseg.quantize import int8_agreement, quantize_network
+
+            run_dir = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
+            calibration = int8_inputs(run_dir, data, config, "train")
+            split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+            check, where = ((int8_inputs(run_dir, data, config, "val"), "held-out") if split.get("val")
+                            else (calibration, "training"))
+            fp32 = tmp.with_name(tmp.name + ".fp32")
+            try:
+                quantize_network(fold_batch_norm(model), config.data.input_size, calibration, tmp, fp32)
+                agreement = int8_agreement(_session(str(fp32), 0), _session(str(tmp), 0), check)
+            finally:
+                fp32.unlink(missing_ok=True)
+            meta.update({"covseg_precision": "int8", "covseg_int8_agreement": f"{agreement:.6f}",
+                         "covseg_int8_checked_on": f"{sum(len(b) for b in check)} {where} slices"})
+        else:
+            write_graph(model, config.data.input_size, str(tmp))
         graph = onnx.load(str(tmp))
-        meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),
-                "covseg_epoch": str(state.get("epoch"))}
         for key, value in meta.items():
             entry = graph.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(graph, str(tmp))
-    return out
+    return meta
 
 
 def _session(source: str | bytes, threads: int) -> Any:
@@ -72,17 +120,16 @@ def onnx_backend_of(model: torch.nn.Module, input_size: int, threads: int = 0) -
     accepting any batch and any size the model does. ``threads``: ONNX Runtime's intra-op threads (0: its
     default, one per physical core). Nothing is written to disk."""
     buffer = io.BytesIO()
-    _write_graph(model.eval(), input_size, buffer)
+    write_graph(model.eval(), input_size, buffer)
     return OnnxBackend(_session(buffer.getvalue(), threads))
 
 
 class OnnxBackend:
     """An ONNX Runtime session as an inference backend (CPU execution provider)."""
 
-    description = "onnxruntime cpu float32"
-
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, description: str = "onnxruntime cpu float32") -> None:
         self.session = session
+        self.description = description
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(["logits"], {"image": np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)})[0]
@@ -104,4 +151,13 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
     if task is not None and task != config.data.task:
         raise CovsegError(f"{path}: this model was trained for the {config.data.task} task, not {task}; "
                           f"use --task {config.data.task} or another model")
-    return OnnxBackend(session), config
+    return OnnxBackend(session, _description(meta)), config
+
+
+def _description(meta: dict[str, str]) -> str:
+    """The backend's description for reports; an int8 file names its export-time agreement with fp32."""
+    if meta.get("covseg_precision") != "int8":
+        return "onnxruntime cpu float32"
+    agreement = float(meta.get("covseg_int8_agreement", "nan"))
+    return (f"onnxruntime cpu int8 (static QDQ; labels agree with fp32 on {agreement:.2%} of the pixels of "
+            f"{meta.get('covseg_int8_checked_on', 'its check slices')} at export)")

@@ -24,7 +24,7 @@ from covseg.models import fold_batch_norm
 from covseg.runtime import autocast
 from covseg.transforms import fit_box, resize_probs, stack_resized
 
-__all__ = ["Backend", "TorchBackend", "Predictor", "EnsemblePredictor", "LesionTypePredictor", "BF16_MIN_AGREEMENT", "label_agreement",
+__all__ = ["Backend", "TorchBackend", "Predictor", "network_input", "EnsemblePredictor", "LesionTypePredictor", "BF16_MIN_AGREEMENT", "label_agreement",
            "backends_used"]
 
 BF16_MIN_AGREEMENT = 0.999
@@ -119,6 +119,14 @@ class TorchBackend:
         return logits
 
 
+def network_input(images: Sequence[np.ndarray], input_size: int, normalize: str = "none",
+                  resize: str = "stretch") -> torch.Tensor:
+    """The network input ``(B, 1, S, S)`` float32 of ``(H, W)`` images in [0, 1]: each normalised as
+    ``normalize`` says, then brought to ``S = input_size`` square as ``resize`` says (as in training)."""
+    x, _ = stack_resized([normalize_image(image, normalize) for image in images], None, input_size, resize)
+    return x
+
+
 class Predictor:
     """Normalise (``data.normalize`` of the model's run), resize (``data.resize``), batch, run a backend,
     softmax, and resize probabilities back to each image's size."""
@@ -143,8 +151,7 @@ class Predictor:
         """Yield class probabilities ``(C, H, W)`` float32 for each ``(H, W)`` image, in order."""
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            x, _ = stack_resized([normalize_image(image, self.normalize) for image in chunk], None, self.input_size,
-                                 self.resize)
+            x = network_input(chunk, self.input_size, self.normalize, self.resize)
             probs = self.batch_probabilities(x).cpu()
             for image, p in zip(chunk, probs):
                 box = fit_box(*image.shape[-2:], self.input_size, self.resize)

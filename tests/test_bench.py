@@ -20,10 +20,10 @@ def test_measure_reports_every_figure() -> None:
 
 def test_bench_main_writes_results(tmp_path: Path, capsys) -> None:
     out = tmp_path / "RESULTS.md"
-    assert main(["--models", "unet16", "--paths", "fp32-naive,covseg,onnxruntime", "--size", "32", "--repeats", "1",
+    assert main(["--models", "unet16", "--paths", "fp32-naive,covseg,onnxruntime,onnx-int8", "--size", "32", "--repeats", "1",
                  "--train-steps", "1", "--scan-slices", "3", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| unet16 | covseg |" in text and "| unet16 | onnxruntime |" in text and "Scan (inference only" in text and "Scan end to end" in text and "exit 0" in text
+    assert "| unet16 | covseg |" in text and "| unet16 | onnxruntime |" in text and "| unet16 | onnx-int8 | int8 |" in text and "Scan (inference only" in text and "Scan end to end" in text and "exit 0" in text
     assert "Forced to fp32" in text  # the fallback path's scan figure sits beside covseg's path
 
 

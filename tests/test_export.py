@@ -191,3 +191,101 @@ def test_describe_after_use_refreshes_every_backend_entry(tiny_run: Path, monkey
     fused = {"name": "types", "backend": torchf32, "lesion_model": {"name": "lesion", "backend": "torch cpu bfloat16"}}
     after = describe_after_use(fused, inference.LesionTypePredictor(fallen, kept))
     assert after["lesion_model"]["backend"] == ortf32 and after["backend"] == f"{ortf32}, {torchf32}"
+
+
+# ---- static int8 export (covseg export --int8) ----
+
+@pytest.fixture(scope="module")
+def int8_file(tiny_run: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
+    assert main(["export", str(tiny_run), "-o", str(out), "--int8"]) == 0
+    return out
+
+
+def test_int8_export_quantizes_all_but_the_first_and_last_convolution(int8_file: Path, tiny_run: Path,
+                                                                      tmp_path: Path) -> None:
+    from covseg.quantize import fp32_io_nodes
+
+    graph = onnx.load(str(int8_file)).graph
+    ops = [n.op_type for n in graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    meta = {p.key: p.value for p in onnx.load(str(int8_file)).metadata_props}
+    assert meta["covseg_precision"] == "int8" and meta["covseg_int8_checked_on"].endswith("held-out slices")
+    assert 0.9 <= float(meta["covseg_int8_agreement"]) <= 1.0
+    # an int8 convolution's weights come through DequantizeLinear (int8 per channel); the first and the last keep
+    # fp32 weights
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    convs = {n.name: n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")}
+    kept = fp32_io_nodes(int8_file)
+    assert len(kept) == 2 and len(convs) > 2
+    for name, node in convs.items():
+        int8_weights = produced_by.get(node.input[1]) == "DequantizeLinear"
+        assert int8_weights == (name not in kept), name
+    # the plain export keeps every convolution fp32 and says so
+    plain = tmp_path / "fp32.onnx"
+    assert main(["export", str(tiny_run), "-o", str(plain)]) == 0
+    assert "QuantizeLinear" not in [n.op_type for n in onnx.load(str(plain)).graph.node]
+    assert {p.key: p.value for p in onnx.load(str(plain)).metadata_props}["covseg_precision"] == "float32"
+
+
+def test_int8_logits_follow_fp32_on_a_trained_model(int8_file: Path, tiny_run: Path, tiny_data: Path) -> None:
+    model, x = _model_and_slices(tiny_run, tiny_data)
+    backend, _ = load_onnx(int8_file)
+    assert backend.description.startswith("onnxruntime cpu int8 (static QDQ; labels agree with fp32 on ")
+    with torch.inference_mode():
+        expected = model(x)
+    got = backend(x)
+    spread = float(expected.abs().max())
+    assert float((got - expected).abs().max()) < 0.1 * spread  # quantization error, not another model
+    assert label_agreement(got, expected) >= 0.95
+
+
+def test_int8_agreement_counts_the_pixels_whose_label_is_the_same() -> None:
+    from covseg.quantize import int8_agreement
+
+    class Fixed:
+        def __init__(self, logits: np.ndarray) -> None:
+            self.logits = logits
+
+        def run(self, names, feed):
+            return [self.logits[: len(feed["image"])]]
+
+    a = np.zeros((2, 2, 2, 2), np.float32)
+    a[:, 1] = 1.0  # every pixel label 1
+    b = a.copy()
+    b[0, 0, 0, :] = 2.0  # two pixels of image 0 become label 0
+    b[1, 0, 1, 1] = 2.0  # one pixel of image 1
+    batch = np.zeros((2, 1, 2, 2), np.float32)
+    assert int8_agreement(Fixed(a), Fixed(b), [batch]) == pytest.approx(5 / 8)
+    assert int8_agreement(Fixed(a), Fixed(a), [batch, batch]) == 1.0
+
+
+def test_predict_with_int8_file_names_it_in_the_report(int8_file: Path, tiny_data: Path, tmp_path: Path) -> None:
+    import json
+
+    src = str(_real_or_synthetic_slice(tiny_data))
+    assert main(["predict", src, "-o", str(tmp_path / "p"), "--model", str(int8_file), "--quiet"]) == 0
+    report = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert report["model"]["backend"].startswith("onnxruntime cpu int8")
+    assert (tmp_path / "p" / "3.png").is_file()
+
+
+def test_int8_export_without_its_run_or_data_is_refused(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    import json
+    import shutil
+
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(tiny_run / "last.pt", lone / "last.pt")
+    assert main(["export", str(lone / "last.pt"), "-o", str(tmp_path / "a.onnx"), "--int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no split.json" in err[0]
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_run, moved)
+    info = json.loads((moved / "run.json").read_text())
+    info["data"] = str(tmp_path / "gone")
+    (moved / "run.json").write_text(json.dumps(info))
+    assert main(["export", str(moved), "-o", str(tmp_path / "b.onnx"), "--int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --data" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lone", "moved"]  # nothing written, no temp files left

@@ -1,0 +1,69 @@
+"""Accuracy of ``covseg export --int8`` against fp32, on trained runs and their own held-out slices.
+
+For each run folder (e.g. the ``fold-K`` runs of a ``covseg cv`` folder) it exports the ``last.pt`` model to a
+static-int8 ONNX file (calibrated on the run's training slices, as ``covseg export --int8`` does), then scores the
+fp32 model (ONNX Runtime fp32) and the int8 file on the run's held-out slices at their own size, and prints
+per-image Dice per class, the paired difference and the share of pixels whose label is the same.
+
+    python benchmarks/int8_check.py runs/cv-binary/fold-0 runs/cv-binary/fold-1 ... [--data DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+
+
+def check_run(run: Path, data: str | None) -> dict:
+    from covseg.experiment import evaluate_samples, select_samples
+    from covseg.export import export_onnx, load_onnx
+    from covseg.inference import Predictor
+    from covseg.predict import open_predictor
+    from covseg.run import read_run_info
+
+    data = data or read_run_info(run)["data"]
+    fp32, config, _ = open_predictor(run, which="last", precision="fp32")
+    samples = select_samples(run, data, config.data.task, "heldout", config.data.window)
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = export_onnx(run, Path(tmp) / "int8.onnx", "last", int8=True, data=data)
+        backend, _ = load_onnx(Path(tmp) / "int8.onnx")
+        int8 = Predictor(backend, config.data.input_size, 8, False, config.data.normalize, config.data.resize)
+        images = [s.image for s in samples]
+        same = total = 0
+        for a, b in zip(fp32(images), int8(images)):
+            same += int((a.argmax(0) == b.argmax(0)).sum())
+            total += a[0].size
+        results = {}
+        for name, predictor in (("fp32", fp32), ("int8", int8)):
+            ev = evaluate_samples(predictor, samples, config.data.task, progress=False).to_dict()
+            results[name] = {k: v for k, v in ev["per_image"]["dice"].items() if k != "background" and v is not None}
+    return {"run": str(run), "agreement": same / total, "export_agreement": float(meta["covseg_int8_agreement"]),
+            **results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--data")
+    args = parser.parse_args(argv)
+    rows = [check_run(run, args.data) for run in args.runs]
+    classes = [c for c in rows[0]["fp32"] if c != "mean_foreground"]
+    for r in rows:
+        cells = "  ".join(f"{c} {r['fp32'][c]:.4f} -> {r['int8'][c]:.4f} ({r['int8'][c] - r['fp32'][c]:+.4f})"
+                          for c in classes)
+        print(f"{r['run']}: {cells}  same label {r['agreement']:.4%} (export check {r['export_agreement']:.4%})")
+    for c in classes:
+        d = [r["int8"][c] - r["fp32"][c] for r in rows]
+        print(f"{c}: fp32 {statistics.mean(r['fp32'][c] for r in rows):.4f}, int8 "
+              f"{statistics.mean(r['int8'][c] for r in rows):.4f}, paired {statistics.mean(d):+.4f} ± "
+              f"{statistics.pstdev(d):.4f} ({sum(x > 0 for x in d)} of {len(d)} up)")
+    print(f"same label: {statistics.mean(r['agreement'] for r in rows):.4%} of the held-out pixels (mean over runs); "
+          f"min {min(r['agreement'] for r in rows):.4%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
