@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 
-
 def check_run(run: Path, data: str | None) -> dict:
     from covseg.experiment import evaluate_samples, select_samples
     from covseg.export import export_onnx, load_onnx

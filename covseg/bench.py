@@ -9,8 +9,9 @@ Paths:
   with (inference only) batch norm folded into the convolutions;
 * ``onnxruntime`` — the model exported by :func:`covseg.export.export_onnx`'s exporter, CPU provider;
 * ``onnx-int8``   — the same graph, batch norm folded, quantized to static int8 (:mod:`covseg.quantize`, as
-  ``covseg export --int8``), calibrated here on two slices of uniform noise: the speed of the int8 kernels,
-  not their accuracy (its peak memory includes the calibration's) (``benchmarks/int8_check.py`` measures that on trained models and real slices).
+  ``covseg export --int8``), calibrated here on two slices of uniform noise: the speed of the int8 kernels, not
+  their accuracy (``benchmarks/int8_check.py`` measures that on trained models and real slices); its peak memory
+  includes the calibration's.
 
 Models: covseg U-Net of widths 16 (the default recipe), 32 and 64, SegNet (width 64, depth 5) and, as
 the peer, MONAI's ``BasicUNet`` with the same feature widths, batch norm and ReLU (``monai-unet32`` …).

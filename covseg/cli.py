@@ -313,10 +313,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from covseg.export import export_onnx
     from covseg.inference import BF16_MIN_AGREEMENT
 
+    if args.data and not args.int8:
+        raise CovsegError("--data is read only by --int8 (its calibration slices); drop it or add --int8")
     meta = export_onnx(args.model, args.output, args.checkpoint, int8=args.int8, data=args.data)
     if args.int8:
         agreement = float(meta["covseg_int8_agreement"])
-        print(f"int8 labels agree with fp32 on {agreement:.2%} of the pixels of {meta['covseg_int8_checked_on']}")
+        print(f"int8 labels agree with fp32 on {agreement:.3%} of the pixels of {meta['covseg_int8_checked_on']}")
         if agreement < BF16_MIN_AGREEMENT:
             print(f"covseg: warning: that is below the {BF16_MIN_AGREEMENT:.1%} covseg asks of bf16; compare the "
                   "int8 file's Dice with covseg evaluate before relying on it", file=sys.stderr)

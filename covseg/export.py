@@ -29,7 +29,7 @@ from covseg.config import RunConfig, config_from_dict, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 
-__all__ = ["export_onnx", "OnnxBackend", "onnx_backend_of", "load_onnx", "write_graph", "int8_inputs", "ONNX_OPSET"]
+__all__ = ["export_onnx", "OnnxBackend", "onnx_backend_of", "load_onnx", "write_graph", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
 
@@ -45,32 +45,14 @@ def write_graph(model: torch.nn.Module, input_size: int, target: Any) -> None:
                                         "logits": {0: "batch", 2: "height", 3: "width"}})
 
 
-def int8_inputs(run_dir: Path, data: str | None, config: RunConfig, part: str) -> list[np.ndarray]:
-    """The network inputs ``(B, 1, S, S)`` float32 (batches of 8) of a run's ``part`` (``train`` or ``val``) of its
-    split, read from ``data`` (default: the data the run trained on), prepared as the Predictor prepares them."""
-    from covseg.experiment import select_samples
-    from covseg.inference import network_input
-    from covseg.run import read_run_info
-
-    if not (run_dir / "split.json").is_file():
-        raise CovsegError(f"{run_dir}: no split.json; --int8 calibrates on a run's training slices, so export "
-                          "from a covseg run folder")
-    data = data or read_run_info(run_dir).get("data")
-    if not data or not Path(data).exists():
-        raise CovsegError(f"{run_dir}: the data it trained on ({data}) is not here; pass --data DIR with its slices")
-    images = [s.image for s in select_samples(run_dir, data, config.data.task, part, config.data.window)]
-    return [network_input(images[i:i + 8], config.data.input_size, config.data.normalize, config.data.resize).numpy()
-            for i in range(0, len(images), 8)]
-
-
 def export_onnx(model_path: Path, out: Path, which: str = "best", int8: bool = False,
                 data: str | None = None) -> dict[str, Any]:
     """Export a run folder's (or checkpoint's) model to ONNX at ``out``, atomically; returns its covseg metadata.
 
-    ``int8``: quantize it statically (:mod:`covseg.quantize`), calibrated on the run's training slices (read from
-    ``data``, default: the data the run trained on), and measure how many pixels of the run's held-out
-    (validation) slices get the fp32 graph's label (``covseg_int8_agreement``; its training slices when it holds
-    none out). Needs a run folder.
+    ``int8``: quantize it statically (:func:`covseg.quantize.quantize_run`), calibrated on the run's training slices
+    (read from ``data``, default: the data the run trained on), and measure how many pixels of the run's validation
+    slices get the fp32 graph's label (``covseg_int8_agreement``; its training slices when it has none). Needs a
+    run folder.
     """
     import onnx
 
@@ -81,21 +63,10 @@ def export_onnx(model_path: Path, out: Path, which: str = "best", int8: bool = F
             "covseg_epoch": str(state.get("epoch")), "covseg_precision": "float32"}
     with atomic_path(out) as tmp:
         if int8:
-            from covseg.quantize import int8_agreement, quantize_network
+            from covseg.quantize import quantize_run
 
             run_dir = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
-            calibration = int8_inputs(run_dir, data, config, "train")
-            split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-            check, where = ((int8_inputs(run_dir, data, config, "val"), "held-out") if split.get("val")
-                            else (calibration, "training"))
-            fp32 = tmp.with_name(tmp.name + ".fp32")
-            try:
-                quantize_network(fold_batch_norm(model), config.data.input_size, calibration, tmp, fp32)
-                agreement = int8_agreement(_session(str(fp32), 0), _session(str(tmp), 0), check)
-            finally:
-                fp32.unlink(missing_ok=True)
-            meta.update({"covseg_precision": "int8", "covseg_int8_agreement": f"{agreement:.6f}",
-                         "covseg_int8_checked_on": f"{sum(len(b) for b in check)} {where} slices"})
+            meta.update(quantize_run(fold_batch_norm(model), config, run_dir, data, tmp))
         else:
             write_graph(model, config.data.input_size, str(tmp))
         graph = onnx.load(str(tmp))
@@ -127,9 +98,11 @@ def onnx_backend_of(model: torch.nn.Module, input_size: int, threads: int = 0) -
 class OnnxBackend:
     """An ONNX Runtime session as an inference backend (CPU execution provider)."""
 
-    def __init__(self, session: Any, description: str = "onnxruntime cpu float32") -> None:
+    def __init__(self, session: Any, int8: bool = False, agreement: float | None = None) -> None:
         self.session = session
-        self.description = description
+        self.description = "onnxruntime cpu int8 (static QDQ)" if int8 else "onnxruntime cpu float32"
+        self.agreement = agreement
+        """For an int8 file: the share of pixels whose label it kept from fp32 at export."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(["logits"], {"image": np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)})[0]
@@ -151,13 +124,12 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
     if task is not None and task != config.data.task:
         raise CovsegError(f"{path}: this model was trained for the {config.data.task} task, not {task}; "
                           f"use --task {config.data.task} or another model")
-    return OnnxBackend(session, _description(meta)), config
+    return OnnxBackend(session, meta.get("covseg_precision") == "int8", _agreement(meta)), config
 
 
-def _description(meta: dict[str, str]) -> str:
-    """The backend's description for reports; an int8 file names its export-time agreement with fp32."""
-    if meta.get("covseg_precision") != "int8":
-        return "onnxruntime cpu float32"
-    agreement = float(meta.get("covseg_int8_agreement", "nan"))
-    return (f"onnxruntime cpu int8 (static QDQ; labels agree with fp32 on {agreement:.2%} of the pixels of "
-            f"{meta.get('covseg_int8_checked_on', 'its check slices')} at export)")
+def _agreement(meta: dict[str, str]) -> float | None:
+    """An int8 file's export-time agreement with fp32 (``covseg_int8_agreement``), if it holds a readable one."""
+    try:
+        return float(meta["covseg_int8_agreement"])
+    except (KeyError, ValueError):
+        return None

@@ -58,6 +58,8 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "best
                               f"covseg export {model_path} -o model.onnx")
         onnx_backend, config = load_onnx(Path(model_path), task)
         info = {"file": str(model_path), "backend": onnx_backend.description}
+        if onnx_backend.agreement is not None:
+            info["int8_agreement"] = onnx_backend.agreement  # the share of pixels whose fp32 label it kept at export
         predictor = Predictor(onnx_backend, config.data.input_size, batch_size, flip_tta, config.data.normalize,
                               config.data.resize)
     elif backend == "torch":

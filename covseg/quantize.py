@@ -2,10 +2,11 @@
 
 The network (batch norm folded into its convolutions) is traced to an fp32 ONNX graph and quantized with
 ONNX Runtime's static quantizer in QDQ form: weights int8 per output channel, activations uint8 with ranges
-calibrated (min-max) on real network inputs — for ``covseg export --int8``, the run's own training slices,
-prepared as the Predictor prepares them. The first convolution (which reads the image itself) and the last (which
-writes the logits) stay fp32; every other convolution runs as int8 (VNNI on CPUs that have it).
-:func:`int8_agreement` measures how many pixels get the same label as the fp32 graph.
+calibrated (min-max) on real network inputs — for ``covseg export --int8`` (:func:`quantize_run`), the run's own
+training slices, prepared as the Predictor prepares them. The first convolution (which reads the image itself) and
+the last (which writes the logits) keep fp32 weights; every other convolution is quantized (ONNX Runtime runs
+them with int8 kernels, VNNI on CPUs that have it). :func:`int8_agreement` measures how many pixels get the same
+label as the fp32 graph.
 """
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import logging
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["quantize_network", "int8_agreement", "fp32_io_nodes"]
+from covseg.config import RunConfig
+from covseg.errors import CovsegError
+
+__all__ = ["quantize_run", "calibration_inputs", "quantize_network", "int8_agreement", "fp32_io_nodes"]
 
 
 def fp32_io_nodes(graph_path: Path) -> list[str]:
@@ -34,13 +38,16 @@ def fp32_io_nodes(graph_path: Path) -> list[str]:
 
 @contextmanager
 def _quiet_quantizer() -> Iterator[None]:
-    """ONNX Runtime's quantizer logs advice at WARNING level through the root logger; keep it off stderr."""
+    """ONNX Runtime's quantizer logs advice at WARNING level through the root logger (``logging.warning``, which
+    also installs a stderr handler when the root has none); keep it off stderr and leave the root as it was."""
     root = logging.getLogger()
-    level = root.level
+    level, silent = root.level, logging.NullHandler()
     root.setLevel(logging.ERROR)
+    root.addHandler(silent)
     try:
         yield
     finally:
+        root.removeHandler(silent)
         root.setLevel(level)
 
 
@@ -80,9 +87,9 @@ def quantize_network(model: torch.nn.Module, input_size: int, batches: Sequence[
             fp32_out.write_bytes(fp32.read_bytes())
 
 
-def int8_agreement(fp32_session, int8_session, batches: Sequence[np.ndarray]) -> float:
-    """Fraction of pixels (over all ``batches``, at the network's input size) whose arg-max label is the same
-    under two ONNX Runtime sessions."""
+def int8_agreement(fp32_session: Any, int8_session: Any, batches: Sequence[np.ndarray]) -> float:
+    """Fraction of pixels (over all ``batches``, each ``(B, 1, S, S)`` float32, at the network's input size) whose
+    arg-max label is the same under two ONNX Runtime sessions (graph input ``image``, output ``logits``)."""
     same = total = 0
     for b in batches:
         feed = {"image": np.ascontiguousarray(b, dtype=np.float32)}
@@ -91,3 +98,56 @@ def int8_agreement(fp32_session, int8_session, batches: Sequence[np.ndarray]) ->
         same += int((a == c).sum())
         total += a.size
     return same / total
+
+
+def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig, part: str) -> list[np.ndarray]:
+    """The network inputs ``(B, 1, S, S)`` float32 (batches of 8) of the ``part`` (``train`` or ``val``) of a run's
+    split, read from ``data`` (default: the data the run trained on), prepared as the Predictor prepares them."""
+    from covseg.experiment import select_samples
+    from covseg.inference import network_input
+    from covseg.run import read_run_info
+
+    if data is None:
+        data = read_run_info(run_dir).get("data")
+        if not data or not Path(data).exists():
+            raise CovsegError(f"{run_dir}: the data it trained on ({data}) is not here; pass --data DIR with its "
+                              "slices")
+    elif not Path(data).exists():
+        raise CovsegError(f"--data {data}: no such folder; pass the data the run trained on")
+    try:
+        images = [s.image for s in select_samples(run_dir, data, config.data.task, part, config.data.window)]
+    except CovsegError:
+        raise CovsegError(f"{run_dir}: its {part} slices are not in {data}; pass --data DIR with the data it "
+                          "trained on") from None
+    return [network_input(images[i:i + 8], config.data.input_size, config.data.normalize, config.data.resize).numpy()
+            for i in range(0, len(images), 8)]
+
+
+def quantize_run(model: torch.nn.Module, config: RunConfig, run_dir: Path, data: str | None,
+                 out: Path) -> dict[str, str]:
+    """Write ``model`` (a run's network, batch norm folded) as static int8 at ``out``, calibrated on the run's
+    training slices; returns covseg's int8 metadata: the share of the run's validation pixels (its training
+    pixels when it has none) whose label the int8 graph keeps from the fp32 one."""
+    import onnxruntime as ort
+
+    from covseg.splits import load_split
+
+    if not (run_dir / "split.json").is_file():
+        raise CovsegError(f"{run_dir}: no split.json; --int8 calibrates on a run's training slices, so export "
+                          "from a covseg run folder")
+    if config.train.types_only:
+        raise CovsegError(f"{run_dir}: a lesion-type model (train.types_only) has an untrained background output, "
+                          "so its labels cannot be checked against fp32; export it without --int8")
+    calibration = calibration_inputs(run_dir, data, config, "train")
+    has_val = bool(load_split(run_dir / "split.json")["val"])
+    check = calibration_inputs(run_dir, data, config, "val") if has_val else calibration
+    fp32 = out.with_name(out.name + ".fp32")
+    try:
+        quantize_network(model, config.data.input_size, calibration, out, fp32)
+        fp32_session, int8_session = (ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                                      for path in (fp32, out))
+        agreement = int8_agreement(fp32_session, int8_session, check)
+    finally:
+        fp32.unlink(missing_ok=True)
+    return {"covseg_precision": "int8", "covseg_int8_agreement": f"{agreement:.6f}",
+            "covseg_int8_checked_on": f"{sum(len(b) for b in check)} {'validation' if has_val else 'training'} slices"}

@@ -210,7 +210,7 @@ def test_int8_export_quantizes_all_but_the_first_and_last_convolution(int8_file:
     ops = [n.op_type for n in graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     meta = {p.key: p.value for p in onnx.load(str(int8_file)).metadata_props}
-    assert meta["covseg_precision"] == "int8" and meta["covseg_int8_checked_on"].endswith("held-out slices")
+    assert meta["covseg_precision"] == "int8" and meta["covseg_int8_checked_on"].endswith(" validation slices")
     assert 0.9 <= float(meta["covseg_int8_agreement"]) <= 1.0
     # an int8 convolution's weights come through DequantizeLinear (int8 per channel); the first and the last keep
     # fp32 weights
@@ -231,7 +231,9 @@ def test_int8_export_quantizes_all_but_the_first_and_last_convolution(int8_file:
 def test_int8_logits_follow_fp32_on_a_trained_model(int8_file: Path, tiny_run: Path, tiny_data: Path) -> None:
     model, x = _model_and_slices(tiny_run, tiny_data)
     backend, _ = load_onnx(int8_file)
-    assert backend.description.startswith("onnxruntime cpu int8 (static QDQ; labels agree with fp32 on ")
+    assert backend.description == "onnxruntime cpu int8 (static QDQ)"
+    assert backend.agreement == float({p.key: p.value for p in onnx.load(str(int8_file)).metadata_props}[
+        "covseg_int8_agreement"])
     with torch.inference_mode():
         expected = model(x)
     got = backend(x)
@@ -266,7 +268,8 @@ def test_predict_with_int8_file_names_it_in_the_report(int8_file: Path, tiny_dat
     src = str(_real_or_synthetic_slice(tiny_data))
     assert main(["predict", src, "-o", str(tmp_path / "p"), "--model", str(int8_file), "--quiet"]) == 0
     report = json.loads((tmp_path / "p" / "predictions.json").read_text())
-    assert report["model"]["backend"].startswith("onnxruntime cpu int8")
+    assert report["model"]["backend"] == "onnxruntime cpu int8 (static QDQ)"
+    assert 0.9 <= report["model"]["int8_agreement"] <= 1.0
     assert (tmp_path / "p" / "3.png").is_file()
 
 
@@ -288,4 +291,21 @@ def test_int8_export_without_its_run_or_data_is_refused(tiny_run: Path, tmp_path
     assert main(["export", str(moved), "-o", str(tmp_path / "b.onnx"), "--int8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pass --data" in err[0]
+    assert main(["export", str(tiny_run), "-o", str(tmp_path / "c.onnx"), "--int8", "--data", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such folder" in err[0]
+    assert main(["export", str(tiny_run), "-o", str(tmp_path / "d.onnx"), "--data", str(tmp_path)]) == 2
+    assert "only by --int8" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lone", "moved"]  # nothing written, no temp files left
+
+
+def test_int8_export_warns_below_the_agreement_bar_and_keeps_the_root_logger(tiny_run: Path, tmp_path: Path,
+                                                                             monkeypatch, capsys) -> None:
+    import logging
+
+    handlers = list(logging.getLogger().handlers)
+    monkeypatch.setattr(inference, "BF16_MIN_AGREEMENT", 1.01)
+    assert main(["export", str(tiny_run), "-o", str(tmp_path / "m.onnx"), "--int8"]) == 0
+    captured = capsys.readouterr()
+    assert "int8 labels agree with fp32 on" in captured.out and "warning: that is below" in captured.err
+    assert logging.getLogger().handlers == handlers  # the quantizer's logging left no handler behind
