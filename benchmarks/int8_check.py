@@ -17,28 +17,31 @@ from pathlib import Path
 
 
 def check_run(run: Path, data: str | None) -> dict:
-    from covseg.experiment import evaluate_samples, select_samples
+    from covseg.evaluation import evaluate_image, summarise
+    from covseg.experiment import select_samples
     from covseg.export import export_onnx, load_onnx
     from covseg.inference import Predictor
+    from covseg.labels import get_scheme
     from covseg.predict import open_predictor
     from covseg.run import read_run_info
 
     data = data or read_run_info(run)["data"]
     fp32, config, _ = open_predictor(run, which="last", precision="fp32")
     samples = select_samples(run, data, config.data.task, "heldout", config.data.window)
+    scheme = get_scheme(config.data.task)
+    images = [s.image for s in samples]
     with tempfile.TemporaryDirectory() as tmp:
         meta = export_onnx(run, Path(tmp) / "int8.onnx", "last", int8=True, data=data)
         backend, _ = load_onnx(Path(tmp) / "int8.onnx")
         int8 = Predictor(backend, config.data.input_size, 8, False, config.data.normalize, config.data.resize)
-        images = [s.image for s in samples]
-        same = total = 0
-        for a, b in zip(fp32(images), int8(images)):
-            same += int((a.argmax(0) == b.argmax(0)).sum())
-            total += a[0].size
-        results = {}
-        for name, predictor in (("fp32", fp32), ("int8", int8)):
-            ev = evaluate_samples(predictor, samples, config.data.task, progress=False).to_dict()
-            results[name] = {k: v for k, v in ev["per_image"]["dice"].items() if k != "background" and v is not None}
+        probs = {"fp32": list(fp32(images)), "int8": list(int8(images))}  # each path predicts once
+    same = sum(int((a.argmax(0) == b.argmax(0)).sum()) for a, b in zip(probs["fp32"], probs["int8"]))
+    total = sum(image.size for image in images)
+    results = {}
+    for name, path_probs in probs.items():
+        ev = summarise([evaluate_image(s.name, p, s.mask, scheme) for s, p in zip(samples, path_probs)], scheme)
+        results[name] = {k: v for k, v in ev.to_dict()["per_image"]["dice"].items()
+                         if k != "background" and v is not None}
     return {"run": str(run), "agreement": same / total, "export_agreement": float(meta["covseg_int8_agreement"]),
             **results}
 

@@ -76,36 +76,35 @@ def quantize_network(model: torch.nn.Module, input_size: int, batches: Sequence[
             return next(self._feeds, None)
 
     with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
-        fp32 = Path(tmp) / "fp32.onnx"
+        fp32 = fp32_out if fp32_out is not None else Path(tmp) / "fp32.onnx"
         prepared = Path(tmp) / "prepared.onnx"
         write_graph(model.eval(), input_size, str(fp32))
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=fp32_io_nodes(prepared))
-        if fp32_out is not None:
-            fp32_out.write_bytes(fp32.read_bytes())
 
 
 def int8_agreement(fp32_session: Any, int8_session: Any, batches: Sequence[np.ndarray]) -> float:
     """Fraction of pixels (over all ``batches``, each ``(B, 1, S, S)`` float32, at the network's input size) whose
     arg-max label is the same under two ONNX Runtime sessions (graph input ``image``, output ``logits``)."""
-    same = total = 0
-    for b in batches:
-        feed = {"image": np.ascontiguousarray(b, dtype=np.float32)}
-        a = fp32_session.run(["logits"], feed)[0].argmax(1)
-        c = int8_session.run(["logits"], feed)[0].argmax(1)
-        same += int((a == c).sum())
-        total += a.size
-    return same / total
+    from covseg.inference import label_agreement
+
+    feeds = [{"image": np.ascontiguousarray(b, dtype=np.float32)} for b in batches]
+    logits = [torch.from_numpy(np.concatenate([session.run(["logits"], feed)[0] for feed in feeds]))
+              for session in (fp32_session, int8_session)]
+    return label_agreement(*logits)
 
 
-def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig, part: str) -> list[np.ndarray]:
-    """The network inputs ``(B, 1, S, S)`` float32 (batches of 8) of the ``part`` (``train`` or ``val``) of a run's
-    split, read from ``data`` (default: the data the run trained on), prepared as the Predictor prepares them."""
-    from covseg.experiment import select_samples
+def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig,
+                       parts: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """The network inputs ``(B, 1, S, S)`` float32 (batches of 8) of each of ``parts`` (``train``, ``val``) of a
+    run's split, read once from ``data`` (default: the data the run trained on), prepared as the Predictor
+    prepares them. A part the split leaves empty gets no batches."""
+    from covseg.datasets import load_dataset
     from covseg.inference import network_input
     from covseg.run import read_run_info
+    from covseg.splits import load_split
 
     if data is None:
         data = read_run_info(run_dir).get("data")
@@ -114,13 +113,18 @@ def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig, part:
                               "slices")
     elif not Path(data).exists():
         raise CovsegError(f"--data {data}: no such folder; pass the data the run trained on")
-    try:
-        images = [s.image for s in select_samples(run_dir, data, config.data.task, part, config.data.window)]
-    except CovsegError:
-        raise CovsegError(f"{run_dir}: its {part} slices are not in {data}; pass --data DIR with the data it "
-                          "trained on") from None
-    return [network_input(images[i:i + 8], config.data.input_size, config.data.normalize, config.data.resize).numpy()
-            for i in range(0, len(images), 8)]
+    split = load_split(run_dir / "split.json")
+    by_name = {s.name: s.image for s in load_dataset(data, config.data.task, split="train", window=config.data.window)}
+    inputs = {}
+    for part in parts:
+        missing = [name for name in split[part] if name not in by_name]
+        if missing:
+            raise CovsegError(f"{run_dir}: its {part} slices ({', '.join(missing[:3])} …) are not in {data}; pass "
+                              "--data DIR with the data it trained on")
+        images = [by_name[name] for name in split[part]]
+        inputs[part] = [network_input(images[i:i + 8], config.data.input_size, config.data.normalize,
+                                      config.data.resize).numpy() for i in range(0, len(images), 8)]
+    return inputs
 
 
 def quantize_run(model: torch.nn.Module, config: RunConfig, run_dir: Path, data: str | None,
@@ -130,17 +134,15 @@ def quantize_run(model: torch.nn.Module, config: RunConfig, run_dir: Path, data:
     pixels when it has none) whose label the int8 graph keeps from the fp32 one."""
     import onnxruntime as ort
 
-    from covseg.splits import load_split
-
     if not (run_dir / "split.json").is_file():
         raise CovsegError(f"{run_dir}: no split.json; --int8 calibrates on a run's training slices, so export "
                           "from a covseg run folder")
     if config.train.types_only:
         raise CovsegError(f"{run_dir}: a lesion-type model (train.types_only) has an untrained background output, "
                           "so its labels cannot be checked against fp32; export it without --int8")
-    calibration = calibration_inputs(run_dir, data, config, "train")
-    has_val = bool(load_split(run_dir / "split.json")["val"])
-    check = calibration_inputs(run_dir, data, config, "val") if has_val else calibration
+    inputs = calibration_inputs(run_dir, data, config, ("train", "val"))
+    calibration, has_val = inputs["train"], bool(inputs["val"])
+    check = inputs["val"] if has_val else calibration
     fp32 = out.with_name(out.name + ".fp32")
     try:
         quantize_network(model, config.data.input_size, calibration, out, fp32)
