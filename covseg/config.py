@@ -100,6 +100,9 @@ class TrainConfig:
     # learn only which lesion type each truth-lesion pixel is (covseg.losses.LesionTypeLoss; the background
     # output stays untrained): a type model for `--lesion-model`, which finds the lesions (multiclass only)
     types_only: bool = False
+    # score the lesion (every foreground class together, as the binary task) and, on the truth's lesion pixels,
+    # its type (covseg.losses.LesionAndTypeLoss): --lesion-model's two models in one network (multiclass only)
+    lesion_and_type: bool = False
     optimizer: str = "adamw"  # "adam" | "adamw" | "sgd"
     lr: float = 1e-3
     weight_decay: float = 1e-4

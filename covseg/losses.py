@@ -13,8 +13,8 @@ from torch.nn import functional as F
 
 from covseg.errors import CovsegError
 
-__all__ = ["DeepSupervisionLoss", "median_frequency_weights", "DiceLoss", "DiceCELoss", "LesionTypeLoss", "create_loss",
-           "LOSSES", "DICE_MODES"]
+__all__ = ["DeepSupervisionLoss", "median_frequency_weights", "DiceLoss", "DiceCELoss", "LesionTypeLoss",
+           "LesionAndTypeLoss", "create_loss", "LOSSES", "DICE_MODES"]
 
 
 def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> np.ndarray:
@@ -139,6 +139,29 @@ class LesionTypeLoss(nn.Module):
         return ce + 1.0 - score[truth > 0].mean()
 
 
+class LesionAndTypeLoss(nn.Module):
+    """The lesion, then its type, in one network: what ``--lesion-model`` gets from a binary model and a type
+    model, learnt by one multiclass output.
+
+    ``logits`` ``(B, C, H, W)`` are read as a lesion probability ``q = 1 - p_0`` and lesion-type odds (the
+    softmax over channels ``1..C-1``), which the ordinary softmax gives together: ``p_c = q * share_c``. The loss
+    is the binary task's loss on the lesion — cross-entropy plus per-image Dice of the two-class logits
+    ``[z_0, logsumexp(z_1..z_{C-1})]`` against ``target > 0``, the Dice skipping images without lesion — plus
+    :class:`LesionTypeLoss` on the truth's lesion pixels (its cross-entropy weighted by ``weight`` when given).
+    Arg-max labels and every predictor read the model as any multiclass model.
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.lesion = DiceCELoss(batch_dice=False, skip_absent=True)
+        self.types = LesionTypeLoss(weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        z = logits.float()
+        lesion_logits = torch.stack([z[:, 0], torch.logsumexp(z[:, 1:], dim=1)], dim=1)
+        return self.lesion(lesion_logits, (target > 0).long()) + self.types(z, target)
+
+
 class _CrossEntropy(nn.CrossEntropyLoss):
     """Cross-entropy computed in float32 whatever the autocast dtype of the logits."""
 
@@ -178,8 +201,20 @@ LOSSES = ("ce", "mfb_ce", "dice", "dice_ce", "mfb_dice_ce")
 DICE_MODES = ("batch", "sample", "present")
 
 
+def _check_type_loss(option: str, summary: str, other: str, name: str, dice: str, clash: bool,
+                     class_weights: np.ndarray | None) -> None:
+    """Refuse ``train.<option>`` (a loss that types lesions) with a loss, Dice reduction or option it cannot use
+    (``clash``: another loss option is on), or for the binary task."""
+    if name not in ("dice_ce", "mfb_dice_ce") or dice != "present" or clash:
+        raise CovsegError(f"train.{option} is its own loss ({summary}): use train.loss=dice_ce (or mfb_dice_ce), "
+                          f"train.dice=present, train.lesion_dice=false, train.{other}=false")
+    if class_weights is not None and len(class_weights) < 3:
+        raise CovsegError(f"train.{option} is for the multiclass task: with one lesion class there is no type to "
+                          "learn; drop the option or use --task multiclass")
+
+
 def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch",
-                lesion_region: bool = False, types_only: bool = False) -> nn.Module:
+                lesion_region: bool = False, types_only: bool = False, lesion_and_type: bool = False) -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
     ``dice`` picks the Dice term's reduction for the ``*dice*`` losses: ``"batch"`` (batch Dice),
@@ -187,7 +222,8 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     holds the class, as the reported metric; see :class:`DiceLoss`). ``lesion_region`` adds the union of the
     foreground classes to the Dice term as one more region (``*dice*`` losses of three or more classes only).
     ``types_only`` gives :class:`LesionTypeLoss` instead (``dice_ce``, or ``mfb_dice_ce`` for a weighted CE
-    term, with ``present`` Dice, three or more classes; ``train.types_only``).
+    term, with ``present`` Dice, three or more classes; ``train.types_only``), and ``lesion_and_type``
+    :class:`LesionAndTypeLoss` (the same conditions; ``train.lesion_and_type``).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
@@ -204,14 +240,13 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         raise CovsegError("train.lesion_dice is for the multiclass task: with one foreground class the lesion "
                           "is that class already; drop the option or use --task multiclass")
     if types_only:
-        if name not in ("dice_ce", "mfb_dice_ce") or dice != "present" or lesion_region:
-            raise CovsegError("train.types_only is its own loss (lesion pixels only, CE + per-image Dice over the "
-                              "lesion classes): use train.loss=dice_ce (or mfb_dice_ce), train.dice=present, "
-                              "train.lesion_dice=false")
-        if class_weights is not None and len(class_weights) < 3:
-            raise CovsegError("train.types_only is for the multiclass task: with one lesion class there is no "
-                              "type to learn; drop the option or use --task multiclass")
+        _check_type_loss("types_only", "lesion pixels only, CE + per-image Dice over the lesion classes",
+                         "lesion_and_type", name, dice, lesion_region or lesion_and_type, class_weights)
         return LesionTypeLoss(weight)
+    if lesion_and_type:
+        _check_type_loss("lesion_and_type", "the lesion's CE + per-image Dice, then its type's", "types_only",
+                         name, dice, lesion_region, class_weights)
+        return LesionAndTypeLoss(weight)
     if name in ("ce", "mfb_ce"):
         return _CrossEntropy(weight=weight)
     batch, skip_absent = dice == "batch", dice == "present"

@@ -177,7 +177,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     scheme = get_scheme(d.task)
     check_input_size(d.input_size, d.input_size, config.model.depth, config.model.name)
     build_model(config)  # refuse bad model options before anything is written
-    create_loss(t.loss, np.ones(scheme.num_classes), t.dice, t.lesion_dice, t.types_only)
+    create_loss(t.loss, np.ones(scheme.num_classes), t.dice, t.lesion_dice, t.types_only, t.lesion_and_type)
     lr_factor(t.schedule, 0, 1)
     # pseudo-labels are checked and loaded (on every process) before anything is written
     if resume:
@@ -222,7 +222,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
             core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
         model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, t)
-    loss_fn = create_loss(t.loss, weights, t.dice, t.lesion_dice, t.types_only).to(device)
+    loss_fn = create_loss(t.loss, weights, t.dice, t.lesion_dice, t.types_only, t.lesion_and_type).to(device)
     if config.model.deep_supervision:
         loss_fn = DeepSupervisionLoss(loss_fn)
     history: list[dict[str, float]] = []

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from covseg.errors import CovsegError
-from covseg.losses import DiceLoss, LesionTypeLoss, create_loss, median_frequency_weights
+from covseg.losses import DiceLoss, LesionAndTypeLoss, LesionTypeLoss, create_loss, median_frequency_weights
 from covseg.training import predicted_labels
 
 
@@ -173,3 +173,29 @@ def test_lesion_type_loss_weights_its_cross_entropy_as_torch_does() -> None:
     weighted_loss = create_loss("mfb_dice_ce", weights, dice="present", types_only=True)(logits, target)
     assert (weighted_loss - unweighted_loss).item() == pytest.approx((weighted - plain).item(), abs=1e-5)
     assert abs((weighted - plain).item()) > 1e-3  # the weights matter here
+
+
+def test_lesion_and_type_loss_by_hand() -> None:
+    target = torch.tensor([[[0, 1], [2, 1]]])  # background, GGO x2, consolidation x1
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[:, 0] = float(np.log(2))  # background logit ln 2 against logsumexp(0, 0) = ln 2: lesion probability 1/2
+    logits.requires_grad_(True)
+    loss = create_loss("dice_ce", np.ones(3), dice="present", lesion_and_type=True)(logits, target)
+    # lesion: CE = ln 2 on every pixel; Dice = 2 * (3 * 1/2) / (4 * 1/2 + 3) = 3/5
+    # type (as test_lesion_type_loss_by_hand): ln 2 + 1 - (4/7 + 2/5) / 2
+    expected = np.log(2) + 1 - 3 / 5 + np.log(2) + 1 - (4 / 7 + 2 / 5) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    loss.backward()
+    assert logits.grad[:, 0].abs().max() > 0  # unlike a type model, the background output learns
+    # a slice without lesion: only the lesion term's CE, -ln(1/2); its Dice skips the image, the type term is 0
+    no_lesion = LesionAndTypeLoss()(logits.detach(), torch.zeros_like(target))
+    assert no_lesion.item() == pytest.approx(np.log(2), abs=1e-5)
+
+
+def test_lesion_and_type_refused_where_it_means_nothing() -> None:
+    with pytest.raises(CovsegError, match="multiclass"):
+        create_loss("dice_ce", np.ones(2), dice="present", lesion_and_type=True)
+    with pytest.raises(CovsegError, match="train.dice=present"):
+        create_loss("dice_ce", np.ones(3), dice="sample", lesion_and_type=True)
+    with pytest.raises(CovsegError, match="lesion_and_type=false"):
+        create_loss("dice_ce", np.ones(3), dice="present", types_only=True, lesion_and_type=True)
