@@ -206,8 +206,9 @@ def _check_type_loss(option: str, summary: str, other: str, name: str, dice: str
     """Refuse ``train.<option>`` (a loss that types lesions) with a loss, Dice reduction or option it cannot use
     (``clash``: another loss option is on), or for the binary task."""
     if name not in ("dice_ce", "mfb_dice_ce") or dice != "present" or clash:
-        raise CovsegError(f"train.{option} is its own loss ({summary}): use train.loss=dice_ce (or mfb_dice_ce), "
-                          f"train.dice=present, train.lesion_dice=false, train.{other}=false")
+        raise CovsegError(f"train.{option} is its own loss ({summary}), not train.loss={name} with "
+                          f"train.dice={dice}{' and another loss option' if clash else ''}: use train.loss=dice_ce "
+                          f"(or mfb_dice_ce), train.dice=present, train.lesion_dice=false, train.{other}=false")
     if class_weights is not None and len(class_weights) < 3:
         raise CovsegError(f"train.{option} is for the multiclass task: with one lesion class there is no type to "
                           "learn; drop the option or use --task multiclass")

@@ -178,24 +178,41 @@ def test_lesion_type_loss_weights_its_cross_entropy_as_torch_does() -> None:
 def test_lesion_and_type_loss_by_hand() -> None:
     target = torch.tensor([[[0, 1], [2, 1]]])  # background, GGO x2, consolidation x1
     logits = torch.zeros(1, 3, 2, 2)
-    logits[:, 0] = float(np.log(2))  # background logit ln 2 against logsumexp(0, 0) = ln 2: lesion probability 1/2
+    logits[:, 0] = float(np.log(6))  # background logit ln 6 against logsumexp(0, 0) = ln 2: lesion probability 1/4
     logits.requires_grad_(True)
     loss = create_loss("dice_ce", np.ones(3), dice="present", lesion_and_type=True)(logits, target)
-    # lesion: CE = ln 2 on every pixel; Dice = 2 * (3 * 1/2) / (4 * 1/2 + 3) = 3/5
+    # lesion: CE = (ln 4/3 + 3 ln 4) / 4 (background pixel 3/4, lesion pixels 1/4); Dice = 2 * 3/4 / (1 + 3) = 3/8
     # type (as test_lesion_type_loss_by_hand): ln 2 + 1 - (4/7 + 2/5) / 2
-    expected = np.log(2) + 1 - 3 / 5 + np.log(2) + 1 - (4 / 7 + 2 / 5) / 2
+    expected = (np.log(4 / 3) + 3 * np.log(4)) / 4 + 1 - 3 / 8 + np.log(2) + 1 - (4 / 7 + 2 / 5) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     loss.backward()
     assert logits.grad[:, 0].abs().max() > 0  # unlike a type model, the background output learns
-    # a slice without lesion: only the lesion term's CE, -ln(1/2); its Dice skips the image, the type term is 0
+    # a slice without lesion: only the lesion term's CE, -ln(3/4); its Dice skips the image, the type term is 0
     no_lesion = LesionAndTypeLoss()(logits.detach(), torch.zeros_like(target))
-    assert no_lesion.item() == pytest.approx(np.log(2), abs=1e-5)
+    assert no_lesion.item() == pytest.approx(np.log(4 / 3), abs=1e-5)
+
+
+def test_lesion_and_type_loss_weights_only_its_type_term() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=generator)
+    target = torch.randint(0, 3, (2, 5, 6), generator=generator)
+    weights = np.array([0.1, 1.0, 1.5, 0.0])
+    plain = create_loss("dice_ce", weights, dice="present", lesion_and_type=True)(logits, target)
+    weighted = create_loss("mfb_dice_ce", weights, dice="present", lesion_and_type=True)(logits, target)
+    type_plain = create_loss("dice_ce", weights, dice="present", types_only=True)(logits, target)
+    type_weighted = create_loss("mfb_dice_ce", weights, dice="present", types_only=True)(logits, target)
+    assert (weighted - plain).item() == pytest.approx((type_weighted - type_plain).item(), abs=1e-5)
+    assert abs((weighted - plain).item()) > 1e-3
 
 
 def test_lesion_and_type_refused_where_it_means_nothing() -> None:
     with pytest.raises(CovsegError, match="multiclass"):
         create_loss("dice_ce", np.ones(2), dice="present", lesion_and_type=True)
-    with pytest.raises(CovsegError, match="train.dice=present"):
+    with pytest.raises(CovsegError, match="not train.loss=dice_ce with train.dice=sample"):
         create_loss("dice_ce", np.ones(3), dice="sample", lesion_and_type=True)
+    with pytest.raises(CovsegError, match="train.loss=dice_ce"):
+        create_loss("ce", np.ones(3), dice="present", lesion_and_type=True)
+    with pytest.raises(CovsegError, match="train.lesion_dice=false"):
+        create_loss("dice_ce", np.ones(3), dice="present", lesion_region=True, lesion_and_type=True)
     with pytest.raises(CovsegError, match="lesion_and_type=false"):
         create_loss("dice_ce", np.ones(3), dice="present", types_only=True, lesion_and_type=True)
