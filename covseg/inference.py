@@ -24,8 +24,8 @@ from covseg.models import fold_batch_norm
 from covseg.runtime import autocast
 from covseg.transforms import fit_box, resize_probs, stack_resized
 
-__all__ = ["Backend", "TorchBackend", "Predictor", "network_input", "EnsemblePredictor", "LesionTypePredictor", "BF16_MIN_AGREEMENT", "label_agreement",
-           "backends_used"]
+__all__ = ["Backend", "TorchBackend", "Predictor", "network_input", "EnsemblePredictor", "LesionTypePredictor",
+           "BF16_MIN_AGREEMENT", "label_agreement", "backends_used"]
 
 BF16_MIN_AGREEMENT = 0.999
 """Least fraction of pixels whose bf16 and fp32 labels agree for bf16 results to be used."""
