@@ -5,8 +5,10 @@ Paths:
 
 * ``fp32-naive``  — default (contiguous) memory format, fp32, ``torch.no_grad`` only;
 * ``fp32-cl``     — channels-last fp32 under ``torch.inference_mode``;
-* ``covseg``      — what covseg uses: channels-last, bf16 autocast where the CPU has native bf16, else fp32
-  with (inference only) batch norm folded into the convolutions;
+* ``covseg``      — what covseg uses: freed memory kept for reuse (:func:`covseg.runtime.keep_freed_memory`),
+  bf16 autocast where the CPU has native bf16, else fp32 with (inference only) batch norm folded into the
+  convolutions; channels-last for inference, and for training where it trains faster
+  (:func:`covseg.runtime.training_memory_format`: not on CPUs without AVX-512);
 * ``onnxruntime`` — the model exported by :func:`covseg.export.export_onnx`'s exporter, CPU provider;
 * ``onnx-int8``   — the same graph, batch norm folded, quantized to static int8 (:mod:`covseg.quantize`, as
   ``covseg export --int8``), calibrated here on two slices of uniform noise: the speed of the int8 kernels, not
@@ -105,8 +107,10 @@ def _flops(model: nn.Module, size: int) -> float:
 def measure(model_name: str, path: str, size: int, repeats: int, train_steps: int) -> dict[str, Any]:
     """Inference (batch 1 and 8) and training figures of one model on one path, in this process."""
     from covseg.models import fold_batch_norm
-    from covseg.runtime import autocast, cpu_supports_bf16
+    from covseg.runtime import autocast, cpu_supports_bf16, keep_freed_memory, training_memory_format
 
+    if path == "covseg":  # as the CLI does before any work
+        keep_freed_memory()
     torch.manual_seed(0)
     model = build_bench_model(model_name)
     out: dict[str, Any] = {"model": model_name, "path": path,
@@ -160,12 +164,13 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     out["gflops_per_s_b8"] = out["gflop_per_slice"] / (out["infer_ms_b8"] / 1000)
 
     if not path.startswith("onnx") and train_steps > 0:
-        model.train()
+        # covseg trains in the memory format that trains fastest on this device (NCHW on CPUs without AVX-512)
+        train_format = training_memory_format(device) if path == "covseg" else (
+            torch.channels_last if channels_last else torch.contiguous_format)
+        model = model.to(memory_format=train_format).train()
         optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
         batch = 4
-        x = torch.rand(batch, 1, size, size)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.rand(batch, 1, size, size).contiguous(memory_format=train_format)
         y = torch.randint(0, 2, (batch, size, size))
 
         def step():
@@ -190,8 +195,9 @@ def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: s
     from covseg.config import load_recipe
     from covseg.checkpoint import build_model, load_model
     from covseg.inference import Predictor, TorchBackend
-    from covseg.runtime import resolve_precision
+    from covseg.runtime import keep_freed_memory, resolve_precision
 
+    keep_freed_memory()  # as `covseg predict` does
     if model_path:
         model, config, _ = load_model(model_path)
     else:

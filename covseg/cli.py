@@ -349,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command != "download":
+        from covseg.runtime import keep_freed_memory
+
+        keep_freed_memory()  # before the first large tensor: see its docstring
     try:
         return COMMANDS[args.command](args)
     except CovsegError as err:

@@ -40,7 +40,7 @@ from covseg.intensity import normalize_image
 from covseg.labels import get_scheme
 from covseg.losses import DeepSupervisionLoss, create_loss, median_frequency_weights
 from covseg.models import check_input_size
-from covseg.runtime import DistContext, resolve_device, resolve_precision
+from covseg.runtime import DistContext, resolve_device, resolve_precision, training_memory_format
 from covseg.selftrain import PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
 from covseg.splits import kfold, make_split, parse_split_name, save_split
 from covseg.training import lr_factor, make_optimizer, train_one_epoch, validate
@@ -215,7 +215,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     device = device or resolve_device(t.device)
     dtype = resolve_precision(t.precision, device)
     torch.manual_seed(t.seed)
-    core = build_model(config).to(device).to(memory_format=torch.channels_last)
+    core = build_model(config).to(device).to(memory_format=training_memory_format(device))
     model = core
     if dist.enabled:
         if device.type == "cuda":

@@ -16,7 +16,7 @@ from torch import nn
 from covseg.config import TrainConfig
 from covseg.errors import CovsegError
 from covseg.metrics import aggregate_per_image, confusion_matrix
-from covseg.runtime import DistContext, autocast
+from covseg.runtime import DistContext, autocast, training_memory_format
 from covseg.transforms import augment_batch
 
 __all__ = ["EpochResult", "lr_factor", "make_optimizer", "epoch_generator", "train_one_epoch", "validate",
@@ -101,7 +101,7 @@ def train_one_epoch(
             if x.shape[0] < dist.world_size:  # a last batch too small to give every process a sample
                 continue
             x, y = x.tensor_split(dist.world_size)[dist.rank], y.tensor_split(dist.world_size)[dist.rank]
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        x = x.to(device).contiguous(memory_format=training_memory_format(device))
         y = y.to(device)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg.schedule, epoch * steps + step, total_steps)
@@ -164,7 +164,7 @@ def validate(
     loss_sum, correct, pixels = 0.0, 0, 0
     cms: list[np.ndarray] = []
     for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device).contiguous(memory_format=torch.channels_last)
+        x = images[start:start + batch_size].to(device).contiguous(memory_format=training_memory_format(device))
         y = masks[start:start + batch_size].to(device)
         with autocast(device, dtype):
             logits = model(x)
