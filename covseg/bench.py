@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
              f"Command: `python benchmarks/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
     lines += _table(rows)
     peers = [(r, next((p for p in rows if p["model"] == "monai-" + r["model"] and p["path"] == r["path"]), None))
-             for r in rows if r["model"] in ("unet32", "unet64")]
+             for r in rows if r["model"].startswith("unet")]
     pairs = [(r, p) for r, p in peers if p]
     if pairs:
         lines += ["", "covseg U-Net vs MONAI BasicUNet of matched width (same path; >1 = covseg faster):", "",
