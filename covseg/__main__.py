@@ -1,6 +1,6 @@
 """``python -m covseg`` (also what ``torchrun -m covseg`` starts)."""
 from __future__ import annotations
 
-from covseg.cli import main
+from covseg.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

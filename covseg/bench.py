@@ -77,8 +77,8 @@ def peak_rss_mb() -> float:
 
 _PREDICT_AND_REPORT_PEAK = (
     "import sys\n"
-    "from covseg.cli import main\n"
-    "status = main(sys.argv[1:])\n"
+    "from covseg.cli import entry\n"
+    "status = entry(sys.argv[1:])\n"
     "from covseg.bench import peak_rss_mb\n"
     "print(f'peak_rss_mb={peak_rss_mb()}', file=sys.stderr)\n"
     "raise SystemExit(status)\n"

@@ -13,7 +13,7 @@ from covseg import __version__
 from covseg.config import apply_overrides, available_recipes, load_recipe
 from covseg.errors import CovsegError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "entry", "build_parser"]
 
 
 def _log(message: str) -> None:
@@ -349,10 +349,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command != "download":
-        from covseg.runtime import keep_freed_memory
-
-        keep_freed_memory()  # before the first large tensor: see its docstring
     try:
         return COMMANDS[args.command](args)
     except CovsegError as err:
@@ -367,5 +363,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry(argv: list[str] | None = None) -> int:
+    """The ``covseg`` program (console script, ``python -m covseg``): :func:`main` in a process whose glibc keeps
+    freed memory for reuse (:func:`covseg.runtime.keep_freed_memory`, a process-wide setting; before the first large
+    tensor). :func:`main` itself leaves the allocator alone, so a caller's process is not changed."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["download"]:
+        from covseg.runtime import keep_freed_memory
+
+        keep_freed_memory()
+    return main(argv)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    raise SystemExit(entry())

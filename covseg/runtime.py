@@ -58,14 +58,16 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def training_memory_format(device: torch.device) -> torch.memory_format:
-    """The memory format that trains fastest: channels-last on CUDA and on CPUs with AVX-512, NCHW elsewhere.
+    """The memory format that trains fastest: NCHW on x86 CPUs whose best vector unit is AVX2, else channels-last.
 
-    oneDNN's channels-last kernels trained 1.7x faster than NCHW on an AVX-512 EPYC (benchmarks/RESULTS.md,
-    fp32-cl rows), but on an AVX2-only EPYC their convolution backward pass made a training step of the default
-    U-Net 1.1-1.2x slower than NCHW (benchmarks/RESULTS.md, "An AVX2 CPU"). Inference is channels-last everywhere
-    (faster on both). Shape and values are unaffected: only the strides of ``(B, C, H, W)`` tensors change.
+    oneDNN's channels-last kernels trained 1.2-1.7x faster than NCHW on an AVX-512 EPYC (benchmarks/RESULTS.md,
+    fp32-cl rows), but on an AVX2-only EPYC their weight gradients took twice as long, and a training step of the
+    default U-Net (without deep supervision) was 1.1x slower than in NCHW (benchmarks/RESULTS.md, "An AVX2 CPU").
+    Other CPUs (AMX and AVX512-VNNI ones report ``AVX512``; Arm, POWER: unmeasured) and GPUs keep channels-last,
+    as before. Inference is channels-last everywhere (faster on both x86 kinds). Shape and values are unaffected:
+    only the strides of ``(B, C, H, W)`` tensors change. ``ATEN_CPU_CAPABILITY=avx2`` also selects NCHW.
     """
-    if device.type == "cpu" and torch.backends.cpu.get_cpu_capability() != "AVX512":
+    if device.type == "cpu" and torch.backends.cpu.get_cpu_capability() == "AVX2":
         return torch.contiguous_format
     return torch.channels_last
 
@@ -75,14 +77,17 @@ def keep_freed_memory() -> bool:
 
     PyTorch's CPU tensors come from ``malloc``. glibc serves blocks over its mmap threshold (dynamic, at most
     32 MiB) with a fresh ``mmap`` whose pages the kernel zero-fills on first touch, and unmaps them on ``free``;
-    a training step of the default U-Net (batch 8, 352x352) faulted in about 3 GiB of pages (700,000 faults)
-    this way. With the mmap threshold at 1 GiB, the heap trimmed only past 2 GiB and grown 1 GiB at a time,
-    freed blocks are reused: on a 2-core AVX2 EPYC that step took 3.4 s instead of 6.0 s, and fp32 inference
-    ran 1.4-1.6x faster (benchmarks/RESULTS.md, "An AVX2 CPU"). The price is that the process keeps up to 2 GiB
-    it no longer uses until it exits.
+    a training step of the default U-Net (batch 8, 352x352, deep supervision) faulted 0.7-1.0 million pages
+    (2.7-3.8 GiB) this way. With the mmap threshold at 1 GiB, the heap's free top trimmed only past 2 GiB and the
+    heap grown 1 GiB at a time, freed blocks are reused: on a 2-core AVX2 EPYC that step took 3.5 s instead of
+    6.0 s, and fp32 inference ran 1.5-1.6x faster (benchmarks/RESULTS.md, "An AVX2 CPU"). The price is memory:
+    freed blocks stay with the process (below the heap's top without limit, at its top up to 2 GiB), which
+    raised ``covseg bench``'s peak resident memory by 0.4-1.6 GB there.
 
-    A process-wide setting: the CLI calls it once before any work; a library user may call it likewise.
-    Returns False, changing nothing, where the C library is not glibc (macOS, Windows, musl).
+    A process-wide setting, for a program to make once before its first large tensor: the ``covseg`` program
+    does (:func:`covseg.cli.entry`); :func:`covseg.cli.main` and the library do not. Returns False, changing
+    nothing, where the C library is not glibc (macOS, Windows, musl) or refuses a 1 GiB mmap threshold (the
+    mallopt(3) manual gives 32 MiB as its limit; glibc 2.36 accepts 1 GiB).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -91,6 +96,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # the mmap threshold first: the one setting an old glibc refuses, so a refusal leaves everything unchanged
     return all(mallopt(param, value) == 1 for param, value in (
         (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD)))
 

@@ -252,3 +252,17 @@ def test_download_cli_from_directory_mirror(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "training split: 200 files verified" in out and "test split" in out
     assert len(list((tmp_path / "covid-semiseg/Dataset/TrainingSet/MultiClassInfection-Train/GT").iterdir())) == 50
+
+
+def test_the_program_keeps_freed_memory_except_for_download(monkeypatch, tmp_path: Path) -> None:
+    from covseg import runtime
+    from covseg.cli import entry
+
+    calls: list[int] = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert main(["train", "--resume", str(tmp_path / "none")]) == 2
+    assert calls == []  # the library's main() leaves the process's allocator alone
+    assert entry(["train", "--resume", str(tmp_path / "none")]) == 2
+    assert calls == [1]
+    assert entry(["download", "--mirror", str(tmp_path / "none"), "--data-dir", str(tmp_path / "data")]) == 2
+    assert calls == [1]

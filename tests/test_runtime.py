@@ -1,9 +1,11 @@
 """Device and precision requests: explained refusals, fallback only when asked."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,7 +36,7 @@ def test_bf16_without_support_is_refused_and_auto_uses_fp32(monkeypatch) -> None
 
 
 @pytest.mark.parametrize("capability, expected", [("AVX512", torch.channels_last), ("AVX2", torch.contiguous_format),
-                                                  ("DEFAULT", torch.contiguous_format)])
+                                                  ("DEFAULT", torch.channels_last), ("SVE256", torch.channels_last)])
 def test_training_memory_format_follows_the_cpu(monkeypatch, capability: str, expected: torch.memory_format) -> None:
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert runtime.training_memory_format(torch.device("cpu")) == expected
@@ -45,7 +47,8 @@ _STEP_FAULTS = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
     from covseg.runtime import keep_freed_memory
-    assert keep_freed_memory()
+    if not keep_freed_memory():
+        raise SystemExit(3)  # this glibc refuses the settings
 from covseg.models import create_model
 torch.manual_seed(0)
 model = create_model("unet", width=8, depth=3)
@@ -58,10 +61,23 @@ print(sum([step() for _ in range(4)][2:]))
 """
 
 
+def _transparent_huge_pages_always() -> bool:
+    try:
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.skipif(_transparent_huge_pages_always(), reason="with huge pages one fault maps 2 MiB: too few to count")
 def test_keep_freed_memory_stops_the_page_faults_of_repeated_training_steps() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
     def faults(mode: str) -> int:  # page faults in steps 3 and 4 of a small U-Net's training, in a fresh process
-        done = subprocess.run([sys.executable, "-c", _STEP_FAULTS, mode], capture_output=True, text=True, check=True)
+        done = subprocess.run([sys.executable, "-c", _STEP_FAULTS, mode], capture_output=True, text=True, env=env)
+        if done.returncode == 3:
+            pytest.skip("this glibc refuses keep_freed_memory's settings")
+        assert done.returncode == 0, done.stderr
         return int(done.stdout.split()[-1])
 
     default = faults("default")
