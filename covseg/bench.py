@@ -8,7 +8,7 @@ Paths:
 * ``covseg``      — what covseg uses: freed memory kept for reuse (:func:`covseg.runtime.keep_freed_memory`),
   bf16 autocast where the CPU has native bf16, else fp32 with (inference only) batch norm folded into the
   convolutions; channels-last for inference, and for training where it trains faster
-  (:func:`covseg.runtime.training_memory_format`: not on CPUs without AVX-512);
+  (:func:`covseg.runtime.training_memory_format`: not on AVX2-only x86 CPUs);
 * ``onnxruntime`` — the model exported by :func:`covseg.export.export_onnx`'s exporter, CPU provider;
 * ``onnx-int8``   — the same graph, batch norm folded, quantized to static int8 (:mod:`covseg.quantize`, as
   ``covseg export --int8``), calibrated here on two slices of uniform noise: the speed of the int8 kernels, not
@@ -109,7 +109,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     from covseg.models import fold_batch_norm
     from covseg.runtime import autocast, cpu_supports_bf16, keep_freed_memory, training_memory_format
 
-    if path == "covseg":  # as the CLI does before any work
+    if path == "covseg":  # as the covseg program does before any work
         keep_freed_memory()
     torch.manual_seed(0)
     model = build_bench_model(model_name)
@@ -164,7 +164,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     out["gflops_per_s_b8"] = out["gflop_per_slice"] / (out["infer_ms_b8"] / 1000)
 
     if not path.startswith("onnx") and train_steps > 0:
-        # covseg trains in the memory format that trains fastest on this device (NCHW on CPUs without AVX-512)
+        # covseg trains in the memory format that trains fastest on this device (NCHW on AVX2-only x86 CPUs)
         train_format = training_memory_format(device) if path == "covseg" else (
             torch.channels_last if channels_last else torch.contiguous_format)
         model = model.to(memory_format=train_format).train()

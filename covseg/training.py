@@ -94,6 +94,7 @@ def train_one_epoch(
     steps = math.ceil(images.shape[0] / cfg.batch_size)
     total_steps = steps * cfg.epochs
     loss_sum, correct, pixels = 0.0, 0, 0
+    memory_format = training_memory_format(device)
     for step in range(steps):
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x, y = augment_batch(images[index], masks[index], cfg.augment, generator)
@@ -101,7 +102,7 @@ def train_one_epoch(
             if x.shape[0] < dist.world_size:  # a last batch too small to give every process a sample
                 continue
             x, y = x.tensor_split(dist.world_size)[dist.rank], y.tensor_split(dist.world_size)[dist.rank]
-        x = x.to(device).contiguous(memory_format=training_memory_format(device))
+        x = x.to(device).contiguous(memory_format=memory_format)
         y = y.to(device)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg.schedule, epoch * steps + step, total_steps)
@@ -163,8 +164,9 @@ def validate(
     model.eval()
     loss_sum, correct, pixels = 0.0, 0, 0
     cms: list[np.ndarray] = []
+    memory_format = training_memory_format(device)
     for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device).contiguous(memory_format=training_memory_format(device))
+        x = images[start:start + batch_size].to(device).contiguous(memory_format=memory_format)
         y = masks[start:start + batch_size].to(device)
         with autocast(device, dtype):
             logits = model(x)
