@@ -85,6 +85,9 @@ class AugmentConfig:
     brightness: float = 0.0  # additive shift in [-brightness, brightness]
     contrast: float = 0.0  # scale about the image's mean by a factor in [1 - contrast, 1 + contrast]
     elastic: float = 0.0  # smooth local warp: largest shift as a fraction of the image side (0.02 = 7 px at 352)
+    # train on a random square crop of this side (pixels) of each augmented image (0: the whole image); the
+    # model still validates and predicts whole images. A multiple of 2**model.depth, at most data.input_size
+    crop: int = 0
 
 
 @dataclass
@@ -260,6 +263,14 @@ def _validate(config: RunConfig, source: str) -> None:
     if not 0 <= config.data.val_fraction < 1:
         raise CovsegError(f"{source}: data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
     _validate_augment(config.train.augment, source)
+    crop = config.train.augment.crop
+    if crop > config.data.input_size:
+        raise CovsegError(f"{source}: train.augment.crop is {crop}, larger than data.input_size "
+                          f"{config.data.input_size}; use a smaller crop, or 0 for whole images")
+    step = 2**config.model.depth
+    if crop % step:
+        raise CovsegError(f"{source}: train.augment.crop is {crop}; a model of depth {config.model.depth} needs a "
+                          f"multiple of {step}, such as {max(step, crop // step * step)}")
 
 
 def _validate_augment(augment: AugmentConfig, source: str) -> None:

@@ -20,7 +20,7 @@ from covseg.runtime import DistContext, autocast, training_memory_format
 from covseg.transforms import augment_batch
 
 __all__ = ["EpochResult", "lr_factor", "make_optimizer", "epoch_generator", "train_one_epoch", "validate",
-           "batch_confusion", "mean_foreground_dice"]
+           "predicted_labels", "class_argmax", "batch_confusion", "mean_foreground_dice"]
 
 
 @dataclass
@@ -132,8 +132,25 @@ def predicted_labels(logits: torch.Tensor, target: torch.Tensor, types_only: boo
     ``train.types_only``) the best lesion class on the pixels whose truth is a lesion and 0 elsewhere, so
     accuracy and Dice measure how well the truth's lesions are typed."""
     if not types_only:
-        return logits.argmax(1)
-    return torch.where(target > 0, logits[:, 1:].argmax(1) + 1, torch.zeros_like(target))
+        return class_argmax(logits)
+    return torch.where(target > 0, class_argmax(logits[:, 1:]) + 1, torch.zeros_like(target))
+
+
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(1)`` for ``(B, C, H, W)`` scores, as ``(B, H, W)`` int64 labels: the lowest class among
+    equal maxima, as ``argmax`` (NaN scores, which ``argmax`` ranks highest, are not ranked: training stops at
+    a non-finite loss first).
+
+    A running comparison over the few classes: torch's ``argmax`` over the channel axis of an NCHW tensor
+    reduces along a stride of ``H * W`` and takes about 150 ms for ``(8, 2, 352, 352)`` on 2 cores, this ~2 ms.
+    """
+    labels = torch.zeros(scores.shape[:1] + scores.shape[2:], dtype=torch.int64, device=scores.device)
+    best = scores[:, 0]
+    for c in range(1, scores.shape[1]):
+        better = scores[:, c] > best
+        labels.masked_fill_(better, c)
+        best = torch.where(better, scores[:, c], best)
+    return labels
 
 
 def batch_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> list[np.ndarray]:

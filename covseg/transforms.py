@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from covseg.config import RESIZE_MODES, AugmentConfig
 
-__all__ = ["Box", "fit_box", "stack_resized", "resize_probs", "elastic_offsets", "augment_batch"]
+__all__ = ["Box", "fit_box", "stack_resized", "resize_probs", "elastic_offsets", "augment_batch", "random_crop"]
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) of an image inside the square input
 
@@ -89,7 +89,7 @@ def augment_batch(
     images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, rotation, zoom and elastic warp (one resampling per image), then gamma, contrast and
-    brightness.
+    brightness, then a random crop (``cfg.crop`` > 0).
 
     ``images``: ``(B, 1, H, W)`` in [0, 1]; ``masks``: label maps ``(B, H, W)``. Images are warped bilinearly
     (zero padding), label maps with nearest sampling. Intensity: ``x ** g``, then ``m + c (x - m)`` with ``m``
@@ -125,4 +125,21 @@ def augment_batch(
             mean = images.mean(dim=(1, 2, 3), keepdim=True)
             images = mean + factor * (images - mean)
         images = (images + shift.view(b, 1, 1, 1)).clamp(0.0, 1.0)
+    if cfg.crop:
+        images, masks = random_crop(images, masks, cfg.crop, generator)
+    return images, masks
+
+
+def random_crop(images: torch.Tensor, masks: torch.Tensor, size: int, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``size`` x ``size`` window of each image ``(B, 1, H, W)`` and its label map ``(B, H, W)``, at an offset
+    drawn uniformly per image from ``generator`` (the whole side where it is not larger than ``size``)."""
+    b, height, width = masks.shape
+    if size >= height and size >= width:
+        return images, masks
+    h, w = min(size, height), min(size, width)
+    top = torch.randint(0, height - h + 1, (b,), generator=generator).tolist()
+    left = torch.randint(0, width - w + 1, (b,), generator=generator).tolist()
+    images = torch.stack([images[i, :, y:y + h, x:x + w] for i, (y, x) in enumerate(zip(top, left))])
+    masks = torch.stack([masks[i, y:y + h, x:x + w] for i, (y, x) in enumerate(zip(top, left))])
     return images, masks

@@ -16,7 +16,7 @@ import torch
 from covseg.checkpoint import read_checkpoint
 from covseg.cli import main
 from covseg.fileio import interrupts_deferred
-from covseg.training import lr_factor
+from covseg.training import class_argmax, lr_factor
 
 from conftest import TINY_OVERRIDES
 
@@ -56,6 +56,17 @@ def test_same_seed_same_metrics(tiny_data: Path, tmp_path: Path) -> None:
             assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-6)
     wa, wb = read_checkpoint(tmp_path / "a" / "last.pt")["model"], read_checkpoint(tmp_path / "b" / "last.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_training_on_random_crops_validates_whole_images(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    assert _train(tiny_data, tmp_path / "crop", "train.augment.crop=16", "train.epochs=1") == 0
+    assert len(_history(tmp_path / "crop")) == 1
+    capsys.readouterr()
+    # depth 2 needs a multiple of 4: refused before the run folder is made
+    assert _train(tiny_data, tmp_path / "bad", "train.augment.crop=18") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.augment.crop is 18" in err[0] and "multiple of 4, such as 16" in err[0]
+    assert not (tmp_path / "bad").exists()
 
 
 def test_existing_run_folder_needs_force(tiny_data: Path, tiny_run: Path, capsys) -> None:
@@ -124,6 +135,16 @@ def test_lr_schedules() -> None:
     assert lr_factor("constant", 50, 100) == 1.0
     assert lr_factor("cosine", 0, 100) == 1.0 and lr_factor("cosine", 50, 100) == pytest.approx(0.5)
     assert lr_factor("onecycle", 0, 100) == pytest.approx(0.04) and lr_factor("onecycle", 30, 100) == pytest.approx(1.0)
+
+
+def test_class_argmax_matches_torch_argmax_and_its_ties() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for classes in (2, 3, 4):
+        # coarse scores, so many pixels tie between classes
+        scores = torch.randint(0, 3, (2, classes, 5, 7), generator=generator).float()
+        assert torch.equal(class_argmax(scores), scores.argmax(1))
+    scores = torch.tensor([[1.0, 1.0], [0.0, 2.0], [3.0, 3.0]]).T.reshape(1, 2, 1, 3)  # ties go to the lower class
+    assert class_argmax(scores).tolist() == [[[0, 1, 0]]]
 
 
 def test_deep_supervision_trains_and_saves_a_plain_predictor(tiny_data: Path, tmp_path: Path) -> None:

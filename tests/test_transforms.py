@@ -161,3 +161,35 @@ def test_resize_mode_is_a_checked_recipe_setting() -> None:
     assert config.data.resize == "pad" and load_recipe("tiny").data.resize == "stretch"
     with pytest.raises(CovsegError, match="stretch"):
         apply_overrides(load_recipe("tiny"), ["data.resize=crop"])
+
+
+def test_random_crop_cuts_image_and_mask_at_the_same_drawn_offset() -> None:
+    size = 16
+    # grey level = 100 * row + column, so a crop's first pixel says where it was cut
+    grid = (torch.arange(size)[:, None] * 100 + torch.arange(size)[None, :]).float()
+    images = torch.stack([grid, grid + 10_000])[:, None].contiguous()
+    masks = images[:, 0].long()  # the mask holds the same numbers: image and mask must move together
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    out_x, out_y = augment_batch(images / 20_000, masks, AugmentConfig(crop=8), g1)
+    assert out_x.shape == (2, 1, 8, 8) and out_y.shape == (2, 8, 8)
+    [torch.rand(2, generator=g2) for _ in range(6)]  # hflip, vflip, angle, zoom, gamma, shift
+    top = torch.randint(0, 9, (2,), generator=g2).tolist()
+    left = torch.randint(0, 9, (2,), generator=g2).tolist()
+    for i in range(2):
+        assert torch.equal(out_y[i], masks[i, top[i]:top[i] + 8, left[i]:left[i] + 8])
+        torch.testing.assert_close(out_x[i, 0] * 20_000, out_y[i].float())
+    assert torch.equal(g1.get_state(), g2.get_state())
+    # a crop as large as the image changes nothing
+    same_x, same_y = augment_batch(images, masks, AugmentConfig(crop=size), torch.Generator().manual_seed(4))
+    assert torch.equal(same_y, masks) and torch.equal(same_x, images)
+
+
+def test_crop_is_a_checked_recipe_setting() -> None:
+    config = apply_overrides(load_recipe("default"), ["train.augment.crop=256"])
+    assert config.train.augment.crop == 256 and load_recipe("default").train.augment.crop == 0
+    with pytest.raises(CovsegError, match="larger than data.input_size"):
+        apply_overrides(load_recipe("default"), ["train.augment.crop=384"])
+    with pytest.raises(CovsegError, match="crop"):
+        apply_overrides(load_recipe("default"), ["train.augment.crop=-1"])
+    with pytest.raises(CovsegError, match="multiple of 16, such as 240"):
+        apply_overrides(load_recipe("default"), ["train.augment.crop=250"])
