@@ -138,11 +138,11 @@ def predicted_labels(logits: torch.Tensor, target: torch.Tensor, types_only: boo
 
 def class_argmax(scores: torch.Tensor) -> torch.Tensor:
     """``scores.argmax(1)`` for ``(B, C, H, W)`` scores, as ``(B, H, W)`` int64 labels: the lowest class among
-    equal maxima, as ``argmax`` (NaN scores, which ``argmax`` ranks highest, are not ranked: training stops at
-    a non-finite loss first).
+    equal maxima, as ``argmax``. Unlike ``argmax``, which ranks NaN highest, a NaN score gets no defined label.
 
     A running comparison over the few classes: torch's ``argmax`` over the channel axis of an NCHW tensor
-    reduces along a stride of ``H * W`` and takes about 150 ms for ``(8, 2, 352, 352)`` on 2 cores, this ~2 ms.
+    reduces along a stride of ``H * W`` and takes about 144 ms for ``(8, 2, 352, 352)`` on 2 AVX2 cores, this
+    about 11 ms (13x).
     """
     labels = torch.zeros(scores.shape[:1] + scores.shape[2:], dtype=torch.int64, device=scores.device)
     best = scores[:, 0]

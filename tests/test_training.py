@@ -58,7 +58,7 @@ def test_same_seed_same_metrics(tiny_data: Path, tmp_path: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_training_on_random_crops_validates_whole_images(tiny_data: Path, tmp_path: Path, capsys) -> None:
+def test_training_on_random_crops_and_a_crop_the_model_cannot_take(tiny_data: Path, tmp_path: Path, capsys) -> None:
     assert _train(tiny_data, tmp_path / "crop", "train.augment.crop=16", "train.epochs=1") == 0
     assert len(_history(tmp_path / "crop")) == 1
     capsys.readouterr()
@@ -143,6 +143,8 @@ def test_class_argmax_matches_torch_argmax_and_its_ties() -> None:
         # coarse scores, so many pixels tie between classes
         scores = torch.randint(0, 3, (2, classes, 5, 7), generator=generator).float()
         assert torch.equal(class_argmax(scores), scores.argmax(1))
+        labels = class_argmax(scores[:, 1:])  # a non-contiguous view, as a type model's lesion classes
+        assert labels.dtype == torch.int64 and torch.equal(labels, scores[:, 1:].argmax(1))
     scores = torch.tensor([[1.0, 1.0], [0.0, 2.0], [3.0, 3.0]]).T.reshape(1, 2, 1, 3)  # ties go to the lower class
     assert class_argmax(scores).tolist() == [[[0, 1, 0]]]
 
