@@ -7,7 +7,8 @@ A checkpoint is a ``torch.save``d dict of tensors and plain Python values, read 
     ``config``  the run's resolved config (nested dict, see :mod:`covseg.config`)
     ``model``   the model's ``state_dict``
     ``epoch``   epochs completed; ``score`` validation mean foreground Dice (or None)
-    ``optimizer``/``scheduler`` state (``last.pt`` only, for ``--resume``)
+    ``optimizer`` state, ``history``, ``best`` and, with ``train.ema``, ``ema`` (the weight average's
+    ``state_dict``): ``last.pt`` only, for ``--resume``
 """
 from __future__ import annotations
 
@@ -40,12 +41,15 @@ def save_checkpoint(path: Path, model: nn.Module, config: RunConfig, epoch: int,
 
 
 def find_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A checkpoint file, or the ``best.pt`` (``which="last"``: ``last.pt``) of a run folder."""
+    """A checkpoint file, or the ``best.pt`` (``which="last"``: ``last.pt``; ``"ema"``: ``ema.pt``) of a run folder."""
     path = Path(path)
     if path.is_dir():
         candidate = path / f"{which}.pt"
         if not candidate.is_file() and which == "best":
             candidate = path / "last.pt"
+        if not candidate.is_file() and which == "ema":
+            raise CovsegError(f"{path}: no ema.pt in this folder; only runs trained with train.ema=DECAY "
+                              "(e.g. 0.99) have one")
         if not candidate.is_file():
             raise CovsegError(f"{path}: no {which}.pt in this folder; is it a finished covseg run?")
         return candidate

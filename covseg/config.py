@@ -116,6 +116,9 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 where supported) | "fp32" | "bf16"
     device: str = "cpu"  # "cpu" | "cuda" | "auto"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # decay of an exponential moving average of the weights and batch-norm statistics, updated after every
+    # optimiser step and saved as ema.pt (evaluate with --checkpoint ema); 0 = none. 0.99 spans ~100 steps
+    ema: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -262,6 +265,9 @@ def _validate(config: RunConfig, source: str) -> None:
             raise CovsegError(f"{source}: {section}.{key} must be positive, got {value}")
     if not 0 <= config.data.val_fraction < 1:
         raise CovsegError(f"{source}: data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+    if not 0 <= config.train.ema < 1:
+        raise CovsegError(f"{source}: train.ema is {config.train.ema}; it must be a decay in [0, 1), such as 0.99, "
+                          "or 0 for no weight average")
     _validate_augment(config.train.augment, source)
     crop = config.train.augment.crop
     if crop > config.data.input_size:

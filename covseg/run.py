@@ -8,6 +8,7 @@ Layout of ``RUN_DIR``::
     history.csv         per epoch: train/val loss, pixel accuracy, val mean Dice, lr, seconds
     curves.png          loss and accuracy curves
     best.pt / last.pt   checkpoints (best by validation mean foreground Dice; last for --resume)
+    ema.pt              with train.ema > 0: the weights' exponential moving average after the last epoch
 
 Every file is written atomically; ``last.pt`` is rewritten after each epoch.
 """
@@ -43,7 +44,7 @@ from covseg.models import check_input_size
 from covseg.runtime import DistContext, resolve_device, resolve_precision, training_memory_format
 from covseg.selftrain import PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
 from covseg.splits import kfold, make_split, parse_split_name, save_split
-from covseg.training import lr_factor, make_optimizer, train_one_epoch, validate
+from covseg.training import lr_factor, make_optimizer, train_one_epoch, validate, weight_average
 from covseg.transforms import stack_resized
 
 __all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "read_class_weights", "HISTORY_FIELDS"]
@@ -221,6 +222,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         if device.type == "cuda":
             core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
         model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device] if device.type == "cuda" else None)
+    averaged = weight_average(core, t.ema) if t.ema > 0 else None
     optimizer = make_optimizer(model, t)
     loss_fn = create_loss(t.loss, weights, t.dice, t.lesion_dice, t.types_only, t.lesion_and_type).to(device)
     if config.model.deep_supervision:
@@ -233,6 +235,12 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         optimizer.load_state_dict(state["optimizer"])
         history = list(state.get("history", []))
         best = state.get("best")
+        if averaged is not None:  # last.pt holds the average of its own epoch (ema.pt may be one ahead)
+            if "ema" not in state:
+                raise CovsegError(f"{run_dir}/last.pt holds no weight average though train.ema is on; "
+                                  "start the run again with -o")
+            averaged.module.load_state_dict(state["ema"])
+            averaged.n_averaged.fill_(1)  # past the first update, which copies the model
     start = len(history)
     log(f"training {config.model.name} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M parameters) "
         f"on {len(train)} images, validating on {len(val)}, {d.input_size}x{d.input_size}, "
@@ -251,7 +259,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                 pick = epoch_pseudo_indices(len(pseudo.images), len(train_x), d.pseudo_ratio, t.seed, epoch)
                 epoch_x = torch.cat([train_x, pseudo.images[pick].float()])
                 epoch_y = torch.cat([train_y, pseudo.labels[pick].long()])
-            fit = train_one_epoch(model, loss_fn, optimizer, epoch_x, epoch_y, t, epoch, device, dtype, dist)
+            fit = train_one_epoch(model, loss_fn, optimizer, epoch_x, epoch_y, t, epoch, device, dtype, dist, averaged)
             if val_x is not None:
                 res = validate(core, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype, t.types_only)
             else:
@@ -268,8 +276,12 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                 if dist.is_main:
                     if is_best:
                         save_checkpoint(run_dir / "best.pt", core, config, epoch + 1, score)
+                    extra = {}
+                    if averaged is not None:
+                        save_checkpoint(run_dir / "ema.pt", averaged.module, config, epoch + 1, None)
+                        extra["ema"] = {k: v.detach().cpu() for k, v in averaged.module.state_dict().items()}
                     save_checkpoint(run_dir / "last.pt", core, config, epoch + 1, score,
-                                    optimizer=optimizer.state_dict(), history=history, best=best)
+                                    optimizer=optimizer.state_dict(), history=history, best=best, **extra)
                     _write_history(run_dir, history)
             bar.set_postfix(loss=f"{fit.loss:.3f}", val_dice=f"{res.dice:.3f}")
         epoch = t.epochs

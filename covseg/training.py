@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from covseg.config import TrainConfig
 from covseg.errors import CovsegError
@@ -20,7 +21,7 @@ from covseg.runtime import DistContext, autocast, training_memory_format
 from covseg.transforms import augment_batch
 
 __all__ = ["EpochResult", "lr_factor", "make_optimizer", "epoch_generator", "train_one_epoch", "validate",
-           "predicted_labels", "class_argmax", "batch_confusion", "mean_foreground_dice"]
+           "predicted_labels", "class_argmax", "weight_average", "batch_confusion", "mean_foreground_dice"]
 
 
 @dataclass
@@ -62,6 +63,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise CovsegError(f"unknown optimizer {cfg.optimizer!r}: use adam, adamw or sgd")
 
 
+def weight_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights and batch-norm statistics (``use_buffers``).
+
+    After each :meth:`~torch.optim.swa_utils.AveragedModel.update_parameters` call every float tensor
+    becomes ``decay * average + (1 - decay) * current``; the first call copies the model. With ``decay``
+    0.99 the average spans about the last 100 optimiser steps. ``.module`` is the averaged network, of the
+    same class and state-dict keys as ``model``.
+    """
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator that drives shuffling and augmentation of ``epoch`` (0-based)."""
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
@@ -78,8 +90,12 @@ def train_one_epoch(
     device: torch.device,
     dtype: torch.dtype,
     dist: DistContext = DistContext(),
+    averaged: AveragedModel | None = None,
 ) -> EpochResult:
     """One pass over shuffled, augmented batches; updates the learning rate every step.
+
+    ``averaged`` (a :class:`torch.optim.swa_utils.AveragedModel` of ``model``, e.g. the EMA of
+    :func:`weight_average`) is updated after every optimiser step; it never changes the training itself.
 
     Data-parallel (``dist.world_size`` > 1, ``model`` wrapped in DistributedDataParallel): every process
     draws the same global batch and augmentation, then trains on its contiguous share of it; DDP averages
@@ -115,6 +131,9 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if averaged is not None:
+            averaged.update_parameters(model.module if isinstance(model, nn.parallel.DistributedDataParallel)
+                                       else model)
         loss_sum += loss.item() * x.shape[0]
         correct += int((predicted_labels(logits, y, cfg.types_only) == y).sum())
         pixels += y.numel()

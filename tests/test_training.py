@@ -16,7 +16,7 @@ import torch
 from covseg.checkpoint import read_checkpoint
 from covseg.cli import main
 from covseg.fileio import interrupts_deferred
-from covseg.training import class_argmax, lr_factor
+from covseg.training import class_argmax, lr_factor, weight_average
 
 from conftest import TINY_OVERRIDES
 
@@ -75,9 +75,10 @@ def test_existing_run_folder_needs_force(tiny_data: Path, tiny_run: Path, capsys
     assert len(err) == 1 and "--force" in err[0] and "Traceback" not in err[0]
 
 
-def _start(data: Path, run: Path, epochs: int) -> subprocess.Popen:
+def _start(data: Path, run: Path, epochs: int, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "covseg", "train", "--recipe", "tiny", "--data", str(data), "--split", "cv:0",
-           "-o", str(run), "--quiet", "--epochs", str(epochs), *TINY_OVERRIDES, "data.input_size=64", "model.width=8"]
+           "-o", str(run), "--quiet", "--epochs", str(epochs), *TINY_OVERRIDES, "data.input_size=64", "model.width=8",
+           *extra]
     # a shell that starts the tests in the background leaves SIGINT ignored, and Python then never raises
     # KeyboardInterrupt: give the child the default disposition, as an interactive Ctrl-C would find it
     restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
@@ -97,7 +98,7 @@ def _wait_for_epoch(run: Path, epoch: int, proc: subprocess.Popen, timeout: floa
 
 def test_killed_run_resumes_to_the_same_result(tiny_data: Path, tmp_path: Path) -> None:
     epochs = 8
-    proc = _start(tiny_data, tmp_path / "killed", epochs)
+    proc = _start(tiny_data, tmp_path / "killed", epochs, "train.ema=0.9")
     _wait_for_epoch(tmp_path / "killed", 2, proc)
     proc.kill()
     proc.wait()
@@ -107,11 +108,17 @@ def test_killed_run_resumes_to_the_same_result(tiny_data: Path, tmp_path: Path) 
     resumed = _history(tmp_path / "killed")
     assert [int(r["epoch"]) for r in resumed] == list(range(1, epochs + 1))
     # an uninterrupted run with the same command computes the same numbers
-    full = _start(tiny_data, tmp_path / "full", epochs)
+    full = _start(tiny_data, tmp_path / "full", epochs, "train.ema=0.9")
     assert full.wait() == 0, full.stderr.read()
     for a, b in zip(resumed, _history(tmp_path / "full")):
         assert float(a["val_dice"]) == pytest.approx(float(b["val_dice"]), abs=1e-6)
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-6)
+    # and so does the weight average, carried across the kill in last.pt
+    ema_resumed = read_checkpoint(tmp_path / "killed" / "ema.pt")
+    ema_full = read_checkpoint(tmp_path / "full" / "ema.pt")
+    assert ema_resumed["epoch"] == ema_full["epoch"] == epochs
+    for key, value in ema_full["model"].items():
+        torch.testing.assert_close(ema_resumed["model"][key], value, rtol=1e-5, atol=1e-6)
 
 
 def test_ctrl_c_saves_and_exits_cleanly(tiny_data: Path, tmp_path: Path) -> None:
@@ -178,3 +185,47 @@ def test_ctrl_c_inside_a_checkpoint_write_waits_for_the_write() -> None:
     with interrupts_deferred():  # no signal: nothing raised
         done.append("again")
     assert done == ["history.csv", "again"]
+
+
+def test_weight_average_is_the_hand_computed_ema() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.BatchNorm1d(1))
+    averaged = weight_average(model, decay=0.9)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
+        model[1].running_mean.fill_(4.0)
+    averaged.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[11.0, -8.0]]))
+        model[1].running_mean.fill_(-6.0)
+    averaged.update_parameters(model)
+    # 0.9 * old + 0.1 * new, for weights and batch-norm statistics alike
+    torch.testing.assert_close(averaged.module[0].weight, torch.tensor([[2.0, 1.0]]))
+    torch.testing.assert_close(averaged.module[1].running_mean, torch.tensor([3.0]))
+    assert set(averaged.module.state_dict()) == set(model.state_dict())
+
+
+def test_ema_leaves_training_unchanged_and_is_evaluated_on_request(tiny_data: Path, tiny_run: Path,
+                                                                    tmp_path: Path, capsys) -> None:
+    run = tmp_path / "ema"
+    assert _train(tiny_data, run, "train.ema=0.5", "--epochs", "3") == 0
+    # the average is a shadow: the same losses and last weights as the run without it
+    for a, b in zip(_history(run), _history(tiny_run)):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-6)
+    last, plain = read_checkpoint(run / "last.pt"), read_checkpoint(tiny_run / "last.pt")
+    assert all(torch.equal(last["model"][k], plain["model"][k]) for k in plain["model"])
+    ema = read_checkpoint(run / "ema.pt")
+    assert ema["epoch"] == 3 and "optimizer" not in ema
+    assert any(not torch.equal(ema["model"][k], last["model"][k]) for k in last["model"])
+    assert all(torch.equal(ema["model"][k], last["ema"][k]) for k in last["ema"])
+    assert main(["evaluate", str(run), "--checkpoint", "ema", "-o", str(tmp_path / "eval-ema"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "eval-ema" / "metrics.json").read_text())["model"]["file"].endswith("ema.pt")
+    capsys.readouterr()
+    # a run without the average says how to get one
+    assert main(["evaluate", str(tiny_run), "--checkpoint", "ema", "-o", str(tmp_path / "none"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no ema.pt" in err[0] and "train.ema=" in err[0]
+    # a decay outside [0, 1) is refused before anything is written
+    assert _train(tiny_data, tmp_path / "bad", "train.ema=1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.ema is 1.0" in err[0]
+    assert not (tmp_path / "bad").exists()
