@@ -57,7 +57,8 @@ class TorchBackend:
     with PyTorch's thread count): the same fp32 arithmetic, 1.42x faster than PyTorch's fp32 on a 300-slice
     scan on this project's CPU (benchmarks/RESULTS.md). A model that cannot be traced keeps PyTorch. bf16 passes
     keep the model as trained: folded weights and biases rounded to bf16 lose about 0.1 % of label agreement
-    with fp32. The caller's ``model`` is not changed.
+    with fp32. The caller's ``model`` itself is moved to ``device``, put in channels-last format and eval
+    mode (``nn.Module.to`` works in place; no second copy of the weights is kept for the bf16 path).
     """
 
     def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, fp32_engine: str = "torch") -> None:
