@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="heldout", help="heldout (default) | val | test | train | all")
     p.add_argument("--checkpoint", choices=("auto", "best", "last", "ema"), default="auto",
                    help="auto: last.pt when evaluating the validation images that chose best.pt, else best.pt; "
-                        "ema: the weight average of a run trained with train.ema")
+                        "ema: the weight average of a run trained with train.ema (its report goes to "
+                        "RUN_DIR/eval-SPLIT-ema; --lesion-model's models then need an ema.pt too)")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("-o", "--output", type=Path, help="report folder (default: RUN_DIR/eval-SPLIT)")
     _add_inference_options(p)

@@ -126,7 +126,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         data = read_run_info(run_dir)["data"]
     predictor, config, info = open_models(paths, lesion_paths, task, which, backend, device, precision, batch_size, tta)
     samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
-    out_dir = out_dir or Path(info["file"]).parent / f"eval-{split}"
+    # the average's report goes beside, never over, the run's own (which `covseg cv` reads)
+    out_dir = out_dir or Path(info["file"]).parent / (f"eval-{split}-ema" if which == "ema" else f"eval-{split}")
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe, "data": str(data), "split": split,
@@ -291,11 +292,14 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     """Train and evaluate fold ``K`` into ``out_dir/fold-K`` for every fold, skipping finished folds.
 
     A fold counts as done when its ``eval-heldout/metrics.json`` exists; an interrupted fold resumes
-    from its ``last.pt``. Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std.
+    from its ``last.pt``. Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std. With
+    ``train.ema`` each fold's ``ema.pt`` is scored too (``fold-K/eval-heldout-ema``): a second table, its
+    fold-by-fold difference from ``last.pt`` (the same training run, so no seed noise), and ``cv.json``'s
+    ``ema`` entry.
     """
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
-    rows = []
+    rows, ema_rows = [], []
     for k in range(folds):
         fold_dir = out_dir / f"fold-{k}"
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
@@ -306,14 +310,36 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
             evaluate_run(fold_dir, data, "heldout", None, progress=progress)
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
+        if config.train.ema > 0:
+            ema_path = fold_dir / "eval-heldout-ema" / "metrics.json"
+            if not ema_path.is_file() or ema_path.stat().st_mtime < (fold_dir / "ema.pt").stat().st_mtime:
+                evaluate_run(fold_dir, data, "heldout", None, which="ema", progress=progress)
+            ema_rows.append((json.loads(ema_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
     columns = _cv_columns(rows, config.data.task)
     summary = _mean_std(columns)
     lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", ""]
     lines += _table_lines("fold", list(columns), [(str(k), _cv_row(columns, k)) for k in range(folds)]
                           + [("mean ± std", _summary_row(summary))])
+    result: dict[str, Any] = {"columns": columns, "summary": summary}
+    if ema_rows:
+        ema_columns = _cv_columns(ema_rows, config.data.task)
+        ema_columns.pop("train seconds")
+        change = {c: [None if a is None or b is None else a - b for a, b in zip(vals, columns[c])]
+                  for c, vals in ema_columns.items()}
+        result["ema"] = {"columns": ema_columns, "summary": _mean_std(ema_columns),
+                         "minus_last": {"columns": change, "summary": _mean_std(change)}}
+        lines += ["", f"The weights' moving average (`ema.pt`, decay {config.train.ema:g}), and its difference from "
+                  "`last.pt` of the same run:", ""]
+        lines += _table_lines("fold", list(ema_columns),
+                              [(str(k), _cv_row(ema_columns, k)) for k in range(folds)]
+                              + [("mean ± std", _summary_row(result["ema"]["summary"]))]
+                              + [(f"{k}: ema − last", [f"{v:+.4f}" if v is not None else "–" for v in
+                                                        (change[c][k] for c in change)]) for k in range(folds)]
+                              + [("ema − last, mean ± std", [f"{m:+.4f} ± {sd:.4f}" for m, sd in
+                                                              result["ema"]["minus_last"]["summary"].values()])])
     atomic_write_text(out_dir / "cv.md", "\n".join(lines) + "\n")
-    atomic_write_text(out_dir / "cv.json", json.dumps({"columns": columns, "summary": summary}, indent=1) + "\n")
-    return {"columns": columns, "summary": summary}
+    atomic_write_text(out_dir / "cv.json", json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def check_seeds(seeds: Sequence[int]) -> None:

@@ -238,7 +238,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         if averaged is not None:  # last.pt holds the average of its own epoch (ema.pt may be one ahead)
             if "ema" not in state:
                 raise CovsegError(f"{run_dir}/last.pt holds no weight average though train.ema is on; "
-                                  "start the run again with -o")
+                                  "train it again (covseg train ... -o RUN --force)")
             averaged.module.load_state_dict(state["ema"])
             averaged.n_averaged.fill_(1)  # past the first update, which copies the model
     start = len(history)
