@@ -116,8 +116,9 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 where supported) | "fp32" | "bf16"
     device: str = "cpu"  # "cpu" | "cuda" | "auto"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
-    # decay of an exponential moving average of the weights and batch-norm statistics, updated after every
-    # optimiser step and saved as ema.pt (evaluate with --checkpoint ema); 0 = none. 0.99 spans ~100 steps
+    # decay of an exponential moving average of the weights, updated after every optimiser step and saved as
+    # ema.pt with the trained network's batch-norm statistics (evaluate with --checkpoint ema); 0 = none.
+    # 0.99 spans ~100 steps
     ema: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

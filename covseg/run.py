@@ -8,7 +8,8 @@ Layout of ``RUN_DIR``::
     history.csv         per epoch: train/val loss, pixel accuracy, val mean Dice, lr, seconds
     curves.png          loss and accuracy curves
     best.pt / last.pt   checkpoints (best by validation mean foreground Dice; last for --resume)
-    ema.pt              with train.ema > 0: the weights' exponential moving average after the last epoch
+    ema.pt              with train.ema > 0: the weights' exponential moving average after the last epoch,
+                        with the trained network's batch-norm statistics
 
 Every file is written atomically; ``last.pt`` is rewritten after each epoch.
 """
@@ -44,7 +45,7 @@ from covseg.models import check_input_size
 from covseg.runtime import DistContext, resolve_device, resolve_precision, training_memory_format
 from covseg.selftrain import PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
 from covseg.splits import kfold, make_split, parse_split_name, save_split
-from covseg.training import lr_factor, make_optimizer, train_one_epoch, validate, weight_average
+from covseg.training import averaged_network, lr_factor, make_optimizer, train_one_epoch, validate, weight_average
 from covseg.transforms import stack_resized
 
 __all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "read_class_weights", "HISTORY_FIELDS"]
@@ -278,8 +279,9 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                         save_checkpoint(run_dir / "best.pt", core, config, epoch + 1, score)
                     extra = {}
                     if averaged is not None:
-                        save_checkpoint(run_dir / "ema.pt", averaged.module, config, epoch + 1, None)
-                        extra["ema"] = {k: v.detach().cpu() for k, v in averaged.module.state_dict().items()}
+                        network = averaged_network(averaged, core)
+                        save_checkpoint(run_dir / "ema.pt", network, config, epoch + 1, None)
+                        extra["ema"] = {k: v.detach().cpu() for k, v in network.state_dict().items()}
                     save_checkpoint(run_dir / "last.pt", core, config, epoch + 1, score,
                                     optimizer=optimizer.state_dict(), history=history, best=best, **extra)
                     _write_history(run_dir, history)

@@ -21,7 +21,7 @@ from covseg.runtime import DistContext, autocast, training_memory_format
 from covseg.transforms import augment_batch
 
 __all__ = ["EpochResult", "lr_factor", "make_optimizer", "epoch_generator", "train_one_epoch", "validate",
-           "predicted_labels", "class_argmax", "weight_average", "batch_confusion", "mean_foreground_dice"]
+           "predicted_labels", "class_argmax", "weight_average", "averaged_network", "batch_confusion", "mean_foreground_dice"]
 
 
 @dataclass
@@ -64,14 +64,27 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def weight_average(model: nn.Module, decay: float) -> AveragedModel:
-    """An exponential moving average of ``model``'s weights and batch-norm statistics (``use_buffers``).
+    """An exponential moving average of ``model``'s parameters (not its batch-norm statistics).
 
-    After each :meth:`~torch.optim.swa_utils.AveragedModel.update_parameters` call every float tensor
-    becomes ``decay * average + (1 - decay) * current``; the first call copies the model. With ``decay``
-    0.99 the average spans about the last 100 optimiser steps. ``.module`` is the averaged network, of the
-    same class and state-dict keys as ``model``.
+    After each :meth:`~torch.optim.swa_utils.AveragedModel.update_parameters` call every parameter becomes
+    ``decay * average + (1 - decay) * current``; the first call copies the model. With ``decay`` 0.99 the
+    average spans about the last 100 optimiser steps. ``.module`` is the averaged network, of the same class
+    and state-dict keys as ``model``; give it batch-norm statistics with :func:`averaged_network` before use.
     """
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def averaged_network(averaged: AveragedModel, model: nn.Module) -> nn.Module:
+    """``averaged.module`` with ``model``'s current buffers (batch-norm running statistics) copied into it.
+
+    Averaging the running statistics as well, step by step alongside the weights, cost binary fold 0 0.049 per-image
+    Dice (0.683 against 0.732 for the last weights; session 17); the trained network's own statistics with the
+    averaged weights scored 0.747.
+    """
+    with torch.no_grad():
+        for mine, theirs in zip(averaged.module.buffers(), model.buffers(), strict=True):
+            mine.copy_(theirs)
+    return averaged.module
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

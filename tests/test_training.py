@@ -16,7 +16,7 @@ import torch
 from covseg.checkpoint import read_checkpoint
 from covseg.cli import main
 from covseg.fileio import interrupts_deferred
-from covseg.training import class_argmax, lr_factor, weight_average
+from covseg.training import averaged_network, class_argmax, lr_factor, weight_average
 
 from conftest import TINY_OVERRIDES
 
@@ -187,7 +187,7 @@ def test_ctrl_c_inside_a_checkpoint_write_waits_for_the_write() -> None:
     assert done == ["history.csv", "again"]
 
 
-def test_weight_average_is_the_hand_computed_ema() -> None:
+def test_weight_average_is_the_hand_computed_ema_with_the_models_own_statistics() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.BatchNorm1d(1))
     averaged = weight_average(model, decay=0.9)
     with torch.no_grad():
@@ -198,10 +198,11 @@ def test_weight_average_is_the_hand_computed_ema() -> None:
         model[0].weight.copy_(torch.tensor([[11.0, -8.0]]))
         model[1].running_mean.fill_(-6.0)
     averaged.update_parameters(model)
-    # 0.9 * old + 0.1 * new, for weights and batch-norm statistics alike
-    torch.testing.assert_close(averaged.module[0].weight, torch.tensor([[2.0, 1.0]]))
-    torch.testing.assert_close(averaged.module[1].running_mean, torch.tensor([3.0]))
-    assert set(averaged.module.state_dict()) == set(model.state_dict())
+    network = averaged_network(averaged, model)
+    # weights: 0.9 * old + 0.1 * new; batch-norm statistics: the model's own, as they stand
+    torch.testing.assert_close(network[0].weight, torch.tensor([[2.0, 1.0]]))
+    torch.testing.assert_close(network[1].running_mean, torch.tensor([-6.0]))
+    assert set(network.state_dict()) == set(model.state_dict())
 
 
 def test_ema_leaves_training_unchanged_and_is_evaluated_on_request(tiny_data: Path, tiny_run: Path,
@@ -216,6 +217,7 @@ def test_ema_leaves_training_unchanged_and_is_evaluated_on_request(tiny_data: Pa
     ema = read_checkpoint(run / "ema.pt")
     assert ema["epoch"] == 3 and "optimizer" not in ema
     assert any(not torch.equal(ema["model"][k], last["model"][k]) for k in last["model"])
+    assert all(torch.equal(ema["model"][k], last["model"][k]) for k in last["model"] if "running_" in k)
     assert all(torch.equal(ema["model"][k], last["ema"][k]) for k in last["ema"])
     assert main(["evaluate", str(run), "--checkpoint", "ema", "-o", str(tmp_path / "eval-ema"), "--quiet"]) == 0
     assert json.loads((tmp_path / "eval-ema" / "metrics.json").read_text())["model"]["file"].endswith("ema.pt")
