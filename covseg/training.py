@@ -21,7 +21,8 @@ from covseg.runtime import DistContext, autocast, training_memory_format
 from covseg.transforms import augment_batch
 
 __all__ = ["EpochResult", "lr_factor", "make_optimizer", "epoch_generator", "train_one_epoch", "validate",
-           "predicted_labels", "class_argmax", "weight_average", "averaged_network", "batch_confusion", "mean_foreground_dice"]
+           "predicted_labels", "class_argmax", "weight_average", "averaged_network", "batch_confusion",
+           "mean_foreground_dice"]
 
 
 @dataclass
