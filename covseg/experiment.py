@@ -305,16 +305,16 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
         cfg = _fold_config(config, k, folds)
         _check_same_settings(fold_dir, cfg)
-        if not metrics_path.is_file() or metrics_path.stat().st_mtime < (fold_dir / "last.pt").stat().st_mtime:
+        if not _is_current(metrics_path, fold_dir / "last.pt"):
             log(f"== fold {k} ==")
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
             evaluate_run(fold_dir, data, "heldout", None, progress=progress)
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
         if config.train.ema > 0:
             ema_path = fold_dir / "eval-heldout-ema" / "metrics.json"
-            if not ema_path.is_file() or ema_path.stat().st_mtime < (fold_dir / "ema.pt").stat().st_mtime:
+            if not _is_current(ema_path, fold_dir / "ema.pt"):
                 evaluate_run(fold_dir, data, "heldout", None, which="ema", progress=progress)
-            ema_rows.append((json.loads(ema_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
+            ema_rows.append((json.loads(ema_path.read_text(encoding="utf-8")), rows[-1][1]))
     columns = _cv_columns(rows, config.data.task)
     summary = _mean_std(columns)
     lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", ""]
@@ -340,6 +340,11 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     atomic_write_text(out_dir / "cv.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "cv.json", json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _is_current(report: Path, checkpoint: Path) -> bool:
+    """Whether ``report`` exists and is no older than the ``checkpoint`` it scored."""
+    return report.is_file() and report.stat().st_mtime >= checkpoint.stat().st_mtime
 
 
 def check_seeds(seeds: Sequence[int]) -> None:
