@@ -6,6 +6,7 @@ after saving what can be resumed.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def _recipe_config(args: argparse.Namespace):
     config = apply_overrides(config, overrides)
     if config.data.pseudo_labels:  # saved absolute, so a resumed or re-run cv finds the same folder
         config.data.pseudo_labels = str(Path(config.data.pseudo_labels).resolve())
+    if config.train.init:
+        config.train.init = str(Path(config.train.init).resolve())
     return config
 
 
@@ -157,6 +160,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="static int8 quantization (ONNX Runtime QDQ), calibrated on the run's training slices; "
                         "reports how many held-out pixels keep the fp32 label")
     p.add_argument("--data", help="--int8: the data folder with the run's slices (default: the one it trained on)")
+
+    p = sub.add_parser("pretrain", help="self-supervised pretraining on the unlabelled slices (start runs with "
+                                        "train.init=DIR)")
+    p.add_argument("--recipe", default="default", help=f"recipe whose network and normalisation to pretrain "
+                                                       f"({', '.join(available_recipes())} or a YAML path)")
+    p.add_argument("--task", choices=("binary", "multiclass"), help="the recipe's per-task settings to use")
+    p.add_argument("--data", help="data folder with unlabelled slices (default: the downloaded covid-semiseg)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for pretrained.pt and history.csv")
+    p.add_argument("--steps", type=_positive_int, default=600, help="optimiser steps (default 600)")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--crop", type=int, default=256, help="random square crop side (0: whole slices; default 256)")
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate (cosine schedule)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="shorthand for train.device")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="shorthand for train.precision")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. model.width=32")
 
     p = sub.add_parser("pseudo-label", help="label the unlabelled slices with a teacher (self-training)")
     p.add_argument("teacher", type=Path, help="run folder, or a cv folder (one teacher per fold -> OUT/fold-K)")
@@ -338,9 +359,28 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from covseg.datasets import load_dataset
+    from covseg.pretrain import PretrainOptions, pretrain
+
+    args.epochs = None
+    config = _recipe_config(args)
+    data = args.data or _default_data()
+    options = PretrainOptions(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+                              seed=args.seed)
+    if not (math.isfinite(options.lr) and options.lr > 0):
+        raise CovsegError(f"--lr must be a positive number, got {args.lr}")
+    slices = load_dataset(data, config.data.task, split="unlabelled", window=config.data.window)
+    summary = pretrain(config, [s.image for s in slices], args.output, options, data, args.force,
+                       progress=not args.quiet, log=_log)
+    print(f"wrote {summary['file']} ({summary['steps']} steps, restoration MSE {summary['loss']:.4f}); "
+          f"start a run from it with train.init={args.output}")
+    return 0
+
+
 COMMANDS = {"download": _cmd_download, "train": _cmd_train, "evaluate": _cmd_evaluate,
             "compare": _cmd_compare, "cv": _cmd_cv, "predict": _cmd_predict,
-            "export": _cmd_export, "pseudo-label": _cmd_pseudo_label}
+            "export": _cmd_export, "pseudo-label": _cmd_pseudo_label, "pretrain": _cmd_pretrain}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,6 +120,9 @@ class TrainConfig:
     # ema.pt with the trained network's batch-norm statistics (evaluate with --checkpoint ema); 0 = none.
     # 0.99 spans ~100 steps
     ema: float = 0.0
+    # start from the weights `covseg pretrain` wrote (its folder or pretrained.pt; every tensor whose name and shape
+    # match, so all but the output heads): self-supervised pretraining on unlabelled slices. "" = random weights
+    init: str = ""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -42,6 +42,7 @@ from covseg.intensity import normalize_image
 from covseg.labels import get_scheme
 from covseg.losses import DeepSupervisionLoss, create_loss, median_frequency_weights
 from covseg.models import check_input_size
+from covseg.pretrain import check_pretrained, init_from_pretrained
 from covseg.runtime import DistContext, resolve_device, resolve_precision, training_memory_format
 from covseg.selftrain import PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
 from covseg.splits import kfold, make_split, parse_split_name, save_split
@@ -187,13 +188,16 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         data_path = data_path or read_run_info(run_dir)["data"]
     else:
         planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
+    pretrained = check_pretrained(t.init, config)[0] if t.init else None
     pseudo = _pseudo_slices(config, planned, data_path, log)
     if resume and pseudo is not None and read_run_info(run_dir).get("pseudo_labels_sha256") != pseudo.digest:
         raise CovsegError(f"{run_dir}: its pseudo-labels ({d.pseudo_labels}) changed since the run began; "
                           "make them again as they were, or train a new run")
     if not resume and dist.is_main:
-        _prepare_folder(run_dir, config, samples, data_path, force,
-                        {"pseudo_labels_sha256": pseudo.digest} if pseudo is not None else {})
+        info = {"pseudo_labels_sha256": pseudo.digest} if pseudo is not None else {}
+        if pretrained is not None:
+            info["init_sha256"] = hashlib.sha256(pretrained.read_bytes()).hexdigest()
+        _prepare_folder(run_dir, config, samples, data_path, force, info)
     if dist.enabled:
         torch_dist.barrier()
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
@@ -217,7 +221,11 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     device = device or resolve_device(t.device)
     dtype = resolve_precision(t.precision, device)
     torch.manual_seed(t.seed)
-    core = build_model(config).to(device).to(memory_format=training_memory_format(device))
+    core = build_model(config)
+    if pretrained is not None and not resume:
+        fresh = init_from_pretrained(core, pretrained, config)
+        log(f"weights from {pretrained}; output heads start afresh ({', '.join(sorted({k.split('.')[0] for k in fresh}))})")
+    core = core.to(device).to(memory_format=training_memory_format(device))
     model = core
     if dist.enabled:
         if device.type == "cuda":

@@ -46,6 +46,17 @@ def write_semiseg(root: Path, n: int = 12, seed: int = 0) -> Path:
     return root
 
 
+def add_unlabelled(root: Path, n: int, seed: int, height: int = 48, width: int = 44) -> Path:
+    """Add ``n`` synthetic unlabelled slices (``u0.jpg`` …) to the COVID-SemiSeg tree at ``root``; returns ``root``."""
+    folder = root / "Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        image, _ = synthetic_slice(rng, height, width)
+        Image.fromarray(image).save(folder / f"u{i}.jpg", quality=95)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-image synthetic data set in the COVID-SemiSeg layout (read-only for tests)."""

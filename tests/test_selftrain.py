@@ -12,7 +12,7 @@ from covseg.cli import main
 from covseg.errors import CovsegError
 from covseg.selftrain import (PseudoLabelRule, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder,
                               slice_statistics)
-from conftest import TINY_OVERRIDES, synthetic_slice, write_semiseg
+from conftest import TINY_OVERRIDES, add_unlabelled, write_semiseg
 
 
 def test_slice_statistics_by_hand() -> None:
@@ -44,14 +44,7 @@ def test_epoch_draw_is_seeded_and_sized() -> None:
 @pytest.fixture(scope="module")
 def semi_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """9 labelled synthetic slices plus 8 unlabelled ones in the COVID-SemiSeg layout."""
-    root = write_semiseg(tmp_path_factory.mktemp("semi"), n=9, seed=3)
-    folder = root / "Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(5)
-    for i in range(8):
-        image, _ = synthetic_slice(rng, 48, 44)
-        Image.fromarray(image).save(folder / f"u{i}.jpg", quality=95)
-    return root
+    return add_unlabelled(write_semiseg(tmp_path_factory.mktemp("semi"), n=9, seed=3), n=8, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,325 @@
+"""Self-supervised pretraining: a network learns to restore corrupted unlabelled slices, then starts a training run.
+
+This is Models Genesis (Zhou et al., MICCAI 2019 / Medical Image Analysis 2021) in 2-D: every unlabelled slice
+(COVID-SemiSeg's 1600 ``Pseudo-label/Imgs`` slices) is corrupted by a random mix of
+
+* a non-linear grey-level curve (a random cubic Bezier curve, inverted half the time),
+* local pixel shuffling (pixels permuted inside many small windows),
+* in-painting (boxes filled with noise) or out-painting (everything outside a box filled with noise),
+
+and the recipe's own architecture, with one output channel, learns to give back the original slice (mean
+squared error after a sigmoid). No labels are read, so the same pretrained weights may start every fold of a
+cross-validation. ``train.init=PRETRAIN_DIR`` then copies every weight whose name and shape match into the
+segmentation network (all but its output heads, which start afresh) before its first epoch.
+
+Output folder ``PRETRAIN_DIR``: ``pretrained.pt`` (format ``covseg-pretrained-1``: the network's
+``state_dict``, the model and data settings it was made with, the steps done) and ``history.csv`` (loss per
+logged step). Both are written atomically, the checkpoint every ``save_every`` steps.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from covseg import __version__
+from covseg.config import ModelConfig, RunConfig, config_to_dict
+from covseg.errors import CovsegError
+from covseg.fileio import atomic_path, atomic_write_text, interrupts_deferred
+from covseg.intensity import normalize_image
+from covseg.models import create_model
+from covseg.runtime import autocast, resolve_device, resolve_precision, training_memory_format
+from covseg.training import lr_factor
+from covseg.transforms import random_crop, stack_resized
+
+__all__ = ["PRETRAINED_FORMAT", "PRETRAINED_FILE", "PretrainOptions", "corrupt_slice", "corrupt_batch",
+           "restoration_network", "pretrain", "read_pretrained", "check_pretrained",
+           "init_from_pretrained"]
+
+PRETRAINED_FORMAT = "covseg-pretrained-1"
+PRETRAINED_FILE = "pretrained.pt"
+ARCHITECTURE_KEYS = ("name", "width", "depth", "batch_norm")  # what must match between pretraining and training
+
+
+@dataclass
+class PretrainOptions:
+    """The restoration task's budget and corruption probabilities (Models Genesis' defaults for the latter)."""
+
+    steps: int = 600
+    batch_size: int = 8
+    crop: int = 256  # random square crop of each resized slice (0: the whole slice); a multiple of 2**depth
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    save_every: int = 100
+    nonlinear_rate: float = 0.9  # a random Bezier grey-level curve
+    shuffle_rate: float = 0.5  # local pixel shuffling
+    paint_rate: float = 0.9  # in-painting or out-painting
+    outpaint_rate: float = 0.8  # share of the paintings that are out-paintings
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# corruptions (numpy, one (H, W) float32 slice in [0, 1] at a time)
+
+def _bezier_curve(rng: np.random.Generator, points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """A cubic Bezier curve from (0, 0) to (1, 1) through two random control points: ``(xs, ys)``, xs ascending."""
+    control = np.array([[0.0, 0.0], rng.random(2), rng.random(2), [1.0, 1.0]])
+    t = np.linspace(0.0, 1.0, points)[:, None]
+    basis = np.concatenate([(1 - t) ** 3, 3 * t * (1 - t) ** 2, 3 * t ** 2 * (1 - t), t ** 3], axis=1)
+    curve = basis @ control
+    return np.sort(curve[:, 0]), np.sort(curve[:, 1])
+
+
+def _nonlinear(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    xs, ys = _bezier_curve(rng)
+    if rng.random() < 0.5:
+        ys = ys[::-1]  # an inverted curve: bright becomes dark
+    return np.interp(image, xs, ys).astype(np.float32)
+
+
+def _shuffle_locally(image: np.ndarray, rng: np.random.Generator, blocks: int = 500) -> np.ndarray:
+    out = image.copy()
+    height, width = image.shape
+    for _ in range(blocks):
+        bh, bw = rng.integers(1, max(2, height // 10)), rng.integers(1, max(2, width // 10))
+        top, left = rng.integers(0, height - bh + 1), rng.integers(0, width - bw + 1)
+        window = out[top:top + bh, left:left + bw]
+        out[top:top + bh, left:left + bw] = rng.permutation(window.reshape(-1)).reshape(bh, bw)
+    return out
+
+
+def _inpaint(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out = image.copy()
+    height, width = image.shape
+    for _ in range(5):
+        bh = rng.integers(height // 6, height // 3 + 1)
+        bw = rng.integers(width // 6, width // 3 + 1)
+        top, left = rng.integers(3, height - bh - 2), rng.integers(3, width - bw - 2)
+        out[top:top + bh, left:left + bw] = rng.random((bh, bw), dtype=np.float32)
+        if rng.random() >= 0.95:
+            break
+    return out
+
+
+def _outpaint(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    height, width = image.shape
+    out = rng.random((height, width), dtype=np.float32)
+    for _ in range(5):
+        bh = height - rng.integers(3 * height // 7, 4 * height // 7 + 1)
+        bw = width - rng.integers(3 * width // 7, 4 * width // 7 + 1)
+        top, left = rng.integers(3, height - bh - 2), rng.integers(3, width - bw - 2)
+        out[top:top + bh, left:left + bw] = image[top:top + bh, left:left + bw]
+        if rng.random() >= 0.95:
+            break
+    return out
+
+
+def corrupt_slice(image: np.ndarray, rng: np.random.Generator, options: PretrainOptions = PretrainOptions()
+                  ) -> np.ndarray:
+    """A corrupted copy of one ``(H, W)`` float32 slice in [0, 1] (H, W ≥ 16): local pixel shuffling, then a
+    Bezier grey-level curve, then in- or out-painting, each with its probability in ``options``."""
+    out = np.asarray(image, dtype=np.float32)
+    if rng.random() < options.shuffle_rate:
+        out = _shuffle_locally(out, rng)
+    if rng.random() < options.nonlinear_rate:
+        out = _nonlinear(out, rng)
+    if rng.random() < options.paint_rate:
+        out = _outpaint(out, rng) if rng.random() < options.outpaint_rate else _inpaint(out, rng)
+    return out
+
+
+def corrupt_batch(images: torch.Tensor, rng: np.random.Generator, options: PretrainOptions = PretrainOptions()
+                  ) -> torch.Tensor:
+    """:func:`corrupt_slice` applied to every image of ``(B, 1, H, W)`` float32 in [0, 1]; same shape."""
+    return torch.stack([torch.from_numpy(corrupt_slice(x[0].numpy(), rng, options))[None] for x in images])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the network and its weights
+
+def restoration_network(model: ModelConfig) -> nn.Module:
+    """The architecture of ``model`` with one output channel (the restored slice's logit) and no deep supervision."""
+    options: dict[str, Any] = {"num_classes": 1, "width": model.width, "depth": model.depth,
+                               "deep_supervision": False}
+    if model.name == "unet":
+        options["batch_norm"] = model.batch_norm
+    return create_model(model.name, **options)
+
+
+def _architecture(model: ModelConfig | dict[str, Any]) -> dict[str, Any]:
+    values = asdict(model) if isinstance(model, ModelConfig) else model
+    return {key: values.get(key) for key in ARCHITECTURE_KEYS}
+
+
+def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``(file, contents)`` of a pretrained checkpoint, given it or the folder ``covseg pretrain`` wrote."""
+    path = Path(path)
+    file = path / PRETRAINED_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise CovsegError(f"{path}: no pretrained weights there; make them with `covseg pretrain -o {path}` "
+                          f"or give the {PRETRAINED_FILE} it wrote")
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for bad files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CovsegError(f"{file}: not a readable covseg pretrained checkpoint ({first[:120]})") from None
+    if not isinstance(data, dict) or data.get("format") != PRETRAINED_FORMAT:
+        raise CovsegError(f"{file}: not a covseg pretrained checkpoint (format {PRETRAINED_FORMAT} expected); "
+                          "give the folder `covseg pretrain` wrote")
+    return file, data
+
+
+def check_pretrained(path: str | Path, config: RunConfig) -> tuple[Path, dict[str, Any]]:
+    """Read the pretrained checkpoint at ``path`` and check it fits ``config``: the same architecture (name,
+    width, depth, batch norm) and the same per-slice normalisation. Returns ``(file, contents)``."""
+    file, data = read_pretrained(path)
+    made, wanted = _architecture(data["model_config"]), _architecture(config.model)
+    if made != wanted:
+        differ = ", ".join(f"model.{k} {made[k]} there, {wanted[k]} here" for k in ARCHITECTURE_KEYS if made[k] != wanted[k])
+        raise CovsegError(f"{file}: pretrained for another network ({differ}); pretrain this recipe's network "
+                          "with `covseg pretrain` and the same model.* settings")
+    if data["normalize"] != config.data.normalize:
+        raise CovsegError(f"{file}: pretrained on slices normalised with {data['normalize']!r}, but this run uses "
+                          f"data.normalize={config.data.normalize}; pretrain again with the same setting")
+    return file, data
+
+
+def init_from_pretrained(model: nn.Module, path: str | Path, config: RunConfig) -> list[str]:
+    """Copy into ``model`` (built from ``config``) every tensor of the pretrained checkpoint at ``path`` whose name
+    and shape match; returns the names of ``model``'s tensors left as they were (its output heads)."""
+    file, data = check_pretrained(path, config)
+    own = model.state_dict()
+    copied = {k: v for k, v in data["model"].items() if k in own and own[k].shape == v.shape}
+    if not copied:
+        raise CovsegError(f"{file}: none of its weights fit this {config.model.name}; pretrain it again")
+    model.load_state_dict(copied, strict=False)
+    return [k for k in own if k not in copied]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the pretraining loop
+
+def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=("step", "loss", "lr", "seconds"), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue())
+
+
+def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, options: PretrainOptions = PretrainOptions(),
+             data_path: str = "", force: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
+    """Train ``config``'s network (:func:`restoration_network`) to restore corrupted ``images`` into ``out_dir``.
+
+    ``images``: unlabelled ``(H, W)`` float32 slices in [0, 1]; each is normalised (``config.data.normalize``)
+    and resized to ``config.data.input_size`` once, then every step draws ``options.batch_size`` of them, crops
+    (``options.crop``) and flips them at random, corrupts them (:func:`corrupt_batch`) and fits the restoration.
+    AdamW with a cosine schedule over ``options.steps``; device, precision and threads from ``config.train``.
+    Returns the checkpoint's summary (steps, final loss, seconds). Ctrl-C keeps the last saved checkpoint.
+    """
+    out_dir = Path(out_dir)
+    m, d, t = config.model, config.data, config.train
+    if options.steps < 1 or options.batch_size < 1:
+        raise CovsegError("pretraining needs at least one step and a batch of at least one slice")
+    if options.crop and (options.crop % (2 ** m.depth) or options.crop > d.input_size):
+        raise CovsegError(f"--crop {options.crop} must be a multiple of {2 ** m.depth} (model depth {m.depth}) "
+                          f"and at most data.input_size {d.input_size}; or 0 for whole slices")
+    if not images:
+        raise CovsegError("no unlabelled slices to pretrain on")
+    network = restoration_network(m)  # refuse bad model options before anything is written
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise CovsegError(f"{out_dir}: exists; pass --force to replace it or choose another -o")
+        if not (out_dir / PRETRAINED_FILE).is_file() and not (out_dir / "history.csv").is_file():
+            raise CovsegError(f"{out_dir}: is not empty and not a pretraining folder; choose another -o")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    dtype = resolve_precision(t.precision, device)
+    memory_format = training_memory_format(device)
+    stack, _ = stack_resized([normalize_image(x, d.normalize) for x in images], None, d.input_size, d.resize)
+    stack = stack.half()  # 1600 slices of 352 x 352 in 0.4 GB
+    torch.manual_seed(options.seed)
+    network = restoration_network(m).to(device).to(memory_format=memory_format)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    generator = torch.Generator().manual_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    log(f"pretraining {m.name} width {m.width} depth {m.depth} to restore {len(images)} unlabelled slices "
+        f"({d.input_size}x{d.input_size}, crops {options.crop or d.input_size}, batch {options.batch_size}), "
+        f"{options.steps} steps, {device.type} {str(dtype).removeprefix('torch.')}")
+    digest = hashlib.sha256("\n".join(f"{x.shape}{hashlib.sha1(x.tobytes()).hexdigest()}" for x in images[:64])
+                            .encode()).hexdigest()[:16]
+    history: list[dict[str, float]] = []
+    began = time.perf_counter()
+    running, counted = 0.0, 0
+
+    def save(step: int) -> None:
+        payload = {"format": PRETRAINED_FORMAT, "version": __version__,
+                   "model_config": asdict(m), "normalize": d.normalize, "input_size": d.input_size,
+                   "options": asdict(options), "steps": step, "slices": len(images), "data": str(data_path),
+                   "slices_digest": digest, "run_config": config_to_dict(config),
+                   "model": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
+        with interrupts_deferred():
+            with atomic_path(out_dir / PRETRAINED_FILE) as tmp:
+                torch.save(payload, tmp)
+            _write_history(out_dir / "history.csv", history)
+
+    network.train()
+    bar = tqdm(range(options.steps), desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
+    step = 0
+    try:
+        for step in bar:
+            index = torch.randint(0, len(stack), (options.batch_size,), generator=generator)
+            clean = stack[index].float()
+            flip = torch.rand(options.batch_size, generator=generator) < 0.5
+            clean = torch.where(flip.view(-1, 1, 1, 1), clean.flip(-1), clean)
+            if options.crop:
+                dummy = torch.zeros(clean.shape[0], *clean.shape[-2:], dtype=torch.uint8)
+                clean, _ = random_crop(clean, dummy, options.crop, generator)
+            corrupted = corrupt_batch(clean, rng, options)
+            for group in optimizer.param_groups:
+                group["lr"] = options.lr * lr_factor("cosine", step, options.steps)
+            x = corrupted.to(device).contiguous(memory_format=memory_format)
+            with autocast(device, dtype):
+                restored = network(x)
+            loss = F.mse_loss(torch.sigmoid(restored.float()), clean.to(device))
+            if not torch.isfinite(loss):
+                raise CovsegError(f"the restoration loss became {loss.item()} at step {step + 1}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.item()
+            counted += 1
+            if (step + 1) % 10 == 0 or step + 1 == options.steps:
+                history.append({"step": step + 1, "loss": running / counted, "lr": optimizer.param_groups[0]["lr"],
+                                "seconds": time.perf_counter() - began})
+                bar.set_postfix(loss=f"{running / counted:.4f}")
+                running, counted = 0.0, 0
+            if (step + 1) % options.save_every == 0 or step + 1 == options.steps:
+                save(step + 1)
+        step = options.steps
+    except KeyboardInterrupt:
+        log(f"interrupted: {out_dir / PRETRAINED_FILE} holds the last saved step")
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - began
+    final = history[-1]["loss"] if history else math.nan
+    log(f"pretrained {step} steps in {seconds:.0f} s; restoration loss (MSE) {final:.4f}")
+    return {"steps": step, "loss": final, "seconds": seconds, "file": str(out_dir / PRETRAINED_FILE)}

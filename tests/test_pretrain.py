@@ -1,0 +1,160 @@
+"""Self-supervised pretraining (covseg.pretrain): corruptions, the restoration run, and train.init."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from covseg.checkpoint import build_model, read_checkpoint
+from covseg.cli import main
+from covseg.config import apply_overrides, load_recipe
+from covseg.errors import CovsegError
+from covseg.pretrain import (PRETRAINED_FILE, PretrainOptions, corrupt_batch, corrupt_slice, init_from_pretrained,
+                             read_pretrained, restoration_network)
+
+from conftest import TINY_OVERRIDES, add_unlabelled, write_semiseg
+
+PRETRAIN_OVERRIDES = ["data.input_size=32", "model.width=4", "model.depth=2", "train.precision=fp32"]
+
+
+def _image(seed: int = 0, height: int = 40, width: int = 36) -> np.ndarray:
+    return np.random.default_rng(seed).random((height, width), dtype=np.float32)
+
+
+def _only(**rates: float) -> PretrainOptions:
+    off = {"nonlinear_rate": 0.0, "shuffle_rate": 0.0, "paint_rate": 0.0}
+    return PretrainOptions(**{**off, **rates})
+
+
+def test_no_corruption_leaves_the_slice_alone_and_every_corruption_is_seeded() -> None:
+    image = _image()
+    assert np.array_equal(corrupt_slice(image, np.random.default_rng(0), _only()), image)
+    a = corrupt_slice(image, np.random.default_rng(7))
+    b = corrupt_slice(image, np.random.default_rng(7))
+    assert a.dtype == np.float32 and a.shape == image.shape and np.array_equal(a, b)
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    batch = torch.from_numpy(np.stack([image, _image(1)]))[:, None]
+    out = corrupt_batch(batch, np.random.default_rng(3))
+    assert out.shape == batch.shape and out.dtype == torch.float32
+
+
+def test_local_shuffling_only_moves_pixels_and_the_grey_curve_keeps_or_reverses_their_order() -> None:
+    image = _image()
+    shuffled = corrupt_slice(image, np.random.default_rng(1), _only(shuffle_rate=1.0))
+    assert not np.array_equal(shuffled, image)
+    assert np.array_equal(np.sort(shuffled, axis=None), np.sort(image, axis=None))  # the same values, moved
+    for seed in range(6):  # a Bezier curve from (0, 0) to (1, 1) is monotone; inverted, it reverses the order
+        curved = corrupt_slice(image, np.random.default_rng(seed), _only(nonlinear_rate=1.0))
+        order = np.argsort(image, axis=None)
+        steps = np.diff(curved.reshape(-1)[order])
+        assert (steps >= -1e-6).all() or (steps <= 1e-6).all()
+        ends = corrupt_slice(np.array([[0.0, 1.0]] * 2, np.float32), np.random.default_rng(seed),
+                             _only(nonlinear_rate=1.0))[0]
+        assert sorted(np.round(ends, 5).tolist()) == [0.0, 1.0]
+
+
+def test_painting_keeps_part_of_the_slice_and_fills_the_rest_with_noise() -> None:
+    image = np.full((48, 48), 0.5, np.float32)
+    inpainted = corrupt_slice(image, np.random.default_rng(2), _only(paint_rate=1.0, outpaint_rate=0.0))
+    outpainted = corrupt_slice(image, np.random.default_rng(2), _only(paint_rate=1.0, outpaint_rate=1.0))
+    for painted in (inpainted, outpainted):
+        kept = painted == 0.5
+        assert 0.05 < kept.mean() < 0.95
+    assert (inpainted == 0.5).mean() > (outpainted == 0.5).mean()  # in-painting keeps most; out-painting a box
+    rows = np.flatnonzero((outpainted == 0.5).any(axis=1))
+    assert rows.min() > 0 and rows.max() < 47  # out-painting keeps an inner box; the border is noise
+
+
+@pytest.fixture(scope="module")
+def unlabelled_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 labelled synthetic slices plus 10 unlabelled ones in the COVID-SemiSeg layout."""
+    return add_unlabelled(write_semiseg(tmp_path_factory.mktemp("pre"), n=6, seed=4), n=10, seed=9, height=44, width=40)
+
+
+@pytest.fixture(scope="module")
+def pretrained(unlabelled_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pretrained") / "pre"
+    assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(out), "--steps", "60",
+                 "--crop", "0", "--batch-size", "4", "--lr", "0.01", "--quiet", *PRETRAIN_OVERRIDES]) == 0
+    return out
+
+
+def test_pretraining_learns_to_restore_and_writes_its_folder(pretrained: Path) -> None:
+    file, data = read_pretrained(pretrained)
+    assert file == pretrained / PRETRAINED_FILE
+    assert data["steps"] == 60 and data["slices"] == 10 and data["normalize"] == "none"
+    assert data["model_config"]["width"] == 4 and data["model_config"]["depth"] == 2
+    with open(pretrained / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(10, 61, 10))
+    losses = [float(r["loss"]) for r in rows]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]  # it does learn the restoration
+    network = restoration_network(load_recipe("tiny").model.__class__(**data["model_config"]))
+    network.load_state_dict(data["model"])  # the saved weights are a whole one-output network
+
+
+def _tiny_config(*extra: str):
+    return apply_overrides(load_recipe("tiny"), [*PRETRAIN_OVERRIDES, *extra])
+
+
+def test_init_copies_all_but_the_output_heads(pretrained: Path) -> None:
+    config = _tiny_config("model.deep_supervision=true")
+    model = build_model(config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = init_from_pretrained(model, pretrained, config)
+    assert fresh and all(k.startswith(("head.", "aux_heads.")) for k in fresh)
+    saved = read_pretrained(pretrained)[1]["model"]
+    for key, value in model.state_dict().items():
+        if key in fresh:
+            assert torch.equal(value, before[key]), key
+        else:
+            assert torch.equal(value, saved[key]), key
+
+
+def test_init_refuses_another_network_or_normalisation(pretrained: Path, tmp_path: Path) -> None:
+    with pytest.raises(CovsegError, match="model.width 4 there, 8 here"):
+        init_from_pretrained(build_model(_tiny_config("model.width=8")), pretrained, _tiny_config("model.width=8"))
+    with pytest.raises(CovsegError, match="data.normalize=percentile"):
+        config = _tiny_config("data.normalize=percentile")
+        init_from_pretrained(build_model(config), pretrained, config)
+    with pytest.raises(CovsegError, match="no pretrained weights"):
+        read_pretrained(tmp_path / "nothing")
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"format": "something-else"}, bogus)
+    with pytest.raises(CovsegError, match="not a covseg pretrained checkpoint"):
+        read_pretrained(bogus)
+
+
+def test_a_run_starts_from_the_pretrained_weights(unlabelled_data: Path, pretrained: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(unlabelled_data), "--split", "cv:0", "--epochs", "1",
+                 "-o", str(run), "--quiet", *TINY_OVERRIDES, f"train.init={pretrained}",
+                 "train.lr=1e-12"]) == 0
+    assert "weights from" in capsys.readouterr().err
+    info = json.loads((run / "run.json").read_text())
+    assert len(info["init_sha256"]) == 64
+    trained = read_checkpoint(run / "last.pt")["model"]
+    saved = read_pretrained(pretrained)[1]["model"]
+    # one epoch at a vanishing learning rate: the convolutions are still the pretrained ones
+    assert torch.allclose(trained["encoders.0.0.weight"], saved["encoders.0.0.weight"], atol=1e-6)
+    assert not torch.equal(trained["head.weight"][:1], saved["head.weight"])
+
+
+def test_bad_pretraining_input_is_one_line_and_writes_nothing(unlabelled_data: Path, tiny_data: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pre"
+    assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(out), "--crop", "30",
+                 "--quiet", *PRETRAIN_OVERRIDES]) == 2
+    assert "--crop 30 must be a multiple of 4" in capsys.readouterr().err and not out.exists()
+    assert main(["pretrain", "--recipe", "tiny", "--data", str(tiny_data), "-o", str(out), "--quiet"]) == 2
+    assert "unlabelled" in capsys.readouterr().err and not out.exists()
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o", str(run),
+                 "--quiet", *TINY_OVERRIDES, f"train.init={tmp_path / 'missing'}"]) == 2
+    err = capsys.readouterr().err
+    assert "no pretrained weights there" in err and err.count("\n") == 1 and not run.exists()
