@@ -6,7 +6,6 @@ after saving what can be resumed.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -38,7 +37,7 @@ def _recipe_config(args: argparse.Namespace):
         overrides.append(f"data.task={args.task}")
     if getattr(args, "split", None):
         overrides.append(f"data.split={args.split}")
-    if args.epochs is not None:
+    if getattr(args, "epochs", None) is not None:
         overrides.append(f"train.epochs={args.epochs}")
     if args.device:
         overrides.append(f"train.device={args.device}")
@@ -170,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for pretrained.pt and history.csv")
     p.add_argument("--steps", type=_positive_int, default=600, help="optimiser steps (default 600)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--crop", type=int, default=256, help="random square crop side (0: whole slices; default 256)")
+    p.add_argument("--crop", type=int, help="random square crop side (0: whole slices; default 256, or the input "
+                                            "size where that is smaller)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate (cosine schedule)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="shorthand for train.device")
@@ -361,15 +361,13 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
-    from covseg.pretrain import PretrainOptions, pretrain
+    from covseg.pretrain import PretrainOptions, check_options, pretrain
 
-    args.epochs = None
     config = _recipe_config(args)
     data = args.data or _default_data()
-    options = PretrainOptions(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-                              seed=args.seed)
-    if not (math.isfinite(options.lr) and options.lr > 0):
-        raise CovsegError(f"--lr must be a positive number, got {args.lr}")
+    crop = min(256, config.data.input_size) if args.crop is None else args.crop
+    options = PretrainOptions(steps=args.steps, batch_size=args.batch_size, crop=crop, lr=args.lr, seed=args.seed)
+    check_options(options, config)
     slices = load_dataset(data, config.data.task, split="unlabelled", window=config.data.window)
     summary = pretrain(config, [s.image for s in slices], args.output, options, data, args.force,
                        progress=not args.quiet, log=_log)

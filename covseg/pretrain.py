@@ -24,6 +24,7 @@ import io
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,18 +40,19 @@ from covseg.config import ModelConfig, RunConfig, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, atomic_write_text, interrupts_deferred
 from covseg.intensity import normalize_image
-from covseg.models import create_model
+from covseg.models import check_input_size, create_model
 from covseg.runtime import autocast, resolve_device, resolve_precision, training_memory_format
 from covseg.training import lr_factor
 from covseg.transforms import random_crop, stack_resized
 
 __all__ = ["PRETRAINED_FORMAT", "PRETRAINED_FILE", "PretrainOptions", "corrupt_slice", "corrupt_batch",
-           "restoration_network", "pretrain", "read_pretrained", "check_pretrained",
+           "restoration_network", "check_options", "pretrain", "read_pretrained", "check_pretrained",
            "init_from_pretrained"]
 
 PRETRAINED_FORMAT = "covseg-pretrained-1"
 PRETRAINED_FILE = "pretrained.pt"
 ARCHITECTURE_KEYS = ("name", "width", "depth", "batch_norm")  # what must match between pretraining and training
+MIN_SIDE = 16  # the smallest slice side the corruptions take
 
 
 @dataclass
@@ -59,7 +61,7 @@ class PretrainOptions:
 
     steps: int = 600
     batch_size: int = 8
-    crop: int = 256  # random square crop of each resized slice (0: the whole slice); a multiple of 2**depth
+    crop: int = 256  # random square crop of each resized slice (0: the whole slice); a multiple of 2**depth, >= 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -126,11 +128,16 @@ def _outpaint(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def corrupt_slice(image: np.ndarray, rng: np.random.Generator, options: PretrainOptions = PretrainOptions()
+def corrupt_slice(image: np.ndarray, rng: np.random.Generator, options: PretrainOptions | None = None
                   ) -> np.ndarray:
-    """A corrupted copy of one ``(H, W)`` float32 slice in [0, 1] (H, W ≥ 16): local pixel shuffling, then a
-    Bezier grey-level curve, then in- or out-painting, each with its probability in ``options``."""
-    out = np.asarray(image, dtype=np.float32)
+    """A corrupted copy of one ``(H, W)`` float32 slice in [0, 1] (H, W ≥ 16): local pixel shuffling (windows of
+    up to a tenth of each side), then a Bezier grey-level curve, then in- or out-painting, each with its
+    probability in ``options`` (default: :class:`PretrainOptions`'s)."""
+    options = options or PretrainOptions()
+    if min(np.shape(image)[-2:]) < MIN_SIDE:
+        raise CovsegError(f"a {np.shape(image)[0]}x{np.shape(image)[1]} slice is too small to corrupt; "
+                          f"pretraining needs slices and crops of at least {MIN_SIDE} pixels a side")
+    out = np.array(image, dtype=np.float32)
     if rng.random() < options.shuffle_rate:
         out = _shuffle_locally(out, rng)
     if rng.random() < options.nonlinear_rate:
@@ -140,7 +147,7 @@ def corrupt_slice(image: np.ndarray, rng: np.random.Generator, options: Pretrain
     return out
 
 
-def corrupt_batch(images: torch.Tensor, rng: np.random.Generator, options: PretrainOptions = PretrainOptions()
+def corrupt_batch(images: torch.Tensor, rng: np.random.Generator, options: PretrainOptions | None = None
                   ) -> torch.Tensor:
     """:func:`corrupt_slice` applied to every image of ``(B, 1, H, W)`` float32 in [0, 1]; same shape."""
     return torch.stack([torch.from_numpy(corrupt_slice(x[0].numpy(), rng, options))[None] for x in images])
@@ -160,7 +167,8 @@ def restoration_network(model: ModelConfig) -> nn.Module:
 
 def _architecture(model: ModelConfig | dict[str, Any]) -> dict[str, Any]:
     values = asdict(model) if isinstance(model, ModelConfig) else model
-    return {key: values.get(key) for key in ARCHITECTURE_KEYS}
+    keys = ARCHITECTURE_KEYS if values.get("name") == "unet" else ARCHITECTURE_KEYS[:-1]  # SegNet: always batch norm
+    return {key: values.get(key) for key in keys}
 
 
 def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -168,8 +176,9 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
     path = Path(path)
     file = path / PRETRAINED_FILE if path.is_dir() else path
     if not file.is_file():
-        raise CovsegError(f"{path}: no pretrained weights there; make them with `covseg pretrain -o {path}` "
-                          f"or give the {PRETRAINED_FILE} it wrote")
+        folder = path if path.suffix != ".pt" else path.parent
+        raise CovsegError(f"{path}: no pretrained weights there; make them with `covseg pretrain -o {folder}` "
+                          f"or give the folder (or {PRETRAINED_FILE}) it wrote")
     try:
         data = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad files
@@ -182,14 +191,20 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def check_pretrained(path: str | Path, config: RunConfig) -> tuple[Path, dict[str, Any]]:
-    """Read the pretrained checkpoint at ``path`` and check it fits ``config``: the same architecture (name,
-    width, depth, batch norm) and the same per-slice normalisation. Returns ``(file, contents)``."""
+    """Read the pretrained checkpoint at ``path`` and check it fits ``config``: a finished pretraining of the
+    same architecture (name, width, depth, batch norm) with the same per-slice normalisation.
+    Returns ``(file, contents)``."""
     file, data = read_pretrained(path)
     made, wanted = _architecture(data["model_config"]), _architecture(config.model)
     if made != wanted:
-        differ = ", ".join(f"model.{k} {made[k]} there, {wanted[k]} here" for k in ARCHITECTURE_KEYS if made[k] != wanted[k])
+        differ = ", ".join(f"model.{k} {made.get(k)} there, {wanted[k]} here"
+                           for k in wanted if made.get(k) != wanted[k])
         raise CovsegError(f"{file}: pretrained for another network ({differ}); pretrain this recipe's network "
                           "with `covseg pretrain` and the same model.* settings")
+    planned = data["options"]["steps"]
+    if data["steps"] < planned:
+        raise CovsegError(f"{file}: its pretraining stopped at step {data['steps']} of {planned}; pretrain again "
+                          f"(covseg pretrain ... --force) or with --steps {data['steps']}")
     if data["normalize"] != config.data.normalize:
         raise CovsegError(f"{file}: pretrained on slices normalised with {data['normalize']!r}, but this run uses "
                           f"data.normalize={config.data.normalize}; pretrain again with the same setting")
@@ -220,8 +235,27 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, options: PretrainOptions = PretrainOptions(),
-             data_path: str = "", force: bool = False, progress: bool = True, log=print) -> dict[str, Any]:
+def check_options(options: PretrainOptions, config: RunConfig) -> None:
+    """Raise a :class:`CovsegError` for a pretraining budget or crop that cannot run with ``config``'s network."""
+    m, size = config.model, config.data.input_size
+    if options.steps < 1 or options.batch_size < 1 or options.save_every < 1:
+        raise CovsegError("pretraining needs at least one step, a batch of at least one slice and save_every >= 1")
+    if not (math.isfinite(options.lr) and options.lr > 0) or options.weight_decay < 0:
+        raise CovsegError(f"the pretraining learning rate must be a positive number (got {options.lr}) and the "
+                          f"weight decay not negative (got {options.weight_decay})")
+    if options.seed < 0:
+        raise CovsegError(f"the pretraining seed must be a whole number >= 0, got {options.seed}")
+    if options.crop and not (MIN_SIDE <= options.crop <= size and options.crop % (2 ** m.depth) == 0):
+        raise CovsegError(f"--crop {options.crop} must be a multiple of {2 ** m.depth} (model depth {m.depth}) "
+                          f"from {MIN_SIDE} to data.input_size {size}; or 0 for whole slices")
+    if size < MIN_SIDE:
+        raise CovsegError(f"data.input_size {size} is too small to pretrain on; use at least {MIN_SIDE}")
+    check_input_size(size, size, m.depth, m.name)
+
+
+def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, options: PretrainOptions | None = None,
+             data_path: str = "", force: bool = False, progress: bool = True,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``config``'s network (:func:`restoration_network`) to restore corrupted ``images`` into ``out_dir``.
 
     ``images``: unlabelled ``(H, W)`` float32 slices in [0, 1]; each is normalised (``config.data.normalize``)
@@ -231,12 +265,9 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
     Returns the checkpoint's summary (steps, final loss, seconds). Ctrl-C keeps the last saved checkpoint.
     """
     out_dir = Path(out_dir)
+    options = options or PretrainOptions()
     m, d, t = config.model, config.data, config.train
-    if options.steps < 1 or options.batch_size < 1:
-        raise CovsegError("pretraining needs at least one step and a batch of at least one slice")
-    if options.crop and (options.crop % (2 ** m.depth) or options.crop > d.input_size):
-        raise CovsegError(f"--crop {options.crop} must be a multiple of {2 ** m.depth} (model depth {m.depth}) "
-                          f"and at most data.input_size {d.input_size}; or 0 for whole slices")
+    check_options(options, config)
     if not images:
         raise CovsegError("no unlabelled slices to pretrain on")
     network = restoration_network(m)  # refuse bad model options before anything is written
@@ -263,8 +294,8 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
     log(f"pretraining {m.name} width {m.width} depth {m.depth} to restore {len(images)} unlabelled slices "
         f"({d.input_size}x{d.input_size}, crops {options.crop or d.input_size}, batch {options.batch_size}), "
         f"{options.steps} steps, {device.type} {str(dtype).removeprefix('torch.')}")
-    digest = hashlib.sha256("\n".join(f"{x.shape}{hashlib.sha1(x.tobytes()).hexdigest()}" for x in images[:64])
-                            .encode()).hexdigest()[:16]
+    fingerprints = (f"{x.shape}{hashlib.sha1(x.tobytes()).hexdigest()}" for x in images[:64])
+    digest = hashlib.sha256("\n".join(fingerprints).encode()).hexdigest()[:16]
     history: list[dict[str, float]] = []
     began = time.perf_counter()
     running, counted = 0.0, 0
@@ -315,7 +346,9 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
                 save(step + 1)
         step = options.steps
     except KeyboardInterrupt:
-        log(f"interrupted: {out_dir / PRETRAINED_FILE} holds the last saved step")
+        saved = out_dir / PRETRAINED_FILE
+        log(f"interrupted: {saved} holds step {read_pretrained(saved)[1]['steps']}, which train.init refuses as "
+            "unfinished" if saved.is_file() else "interrupted before the first save; nothing kept")
         raise
     finally:
         bar.close()

@@ -42,7 +42,7 @@ from covseg.intensity import normalize_image
 from covseg.labels import get_scheme
 from covseg.losses import DeepSupervisionLoss, create_loss, median_frequency_weights
 from covseg.models import check_input_size
-from covseg.pretrain import check_pretrained, init_from_pretrained
+from covseg.pretrain import check_pretrained, init_from_pretrained, read_pretrained
 from covseg.runtime import DistContext, resolve_device, resolve_precision, training_memory_format
 from covseg.selftrain import PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
 from covseg.splits import kfold, make_split, parse_split_name, save_split
@@ -160,6 +160,30 @@ def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseu
     return _Pseudo(x.half(), y.to(torch.uint8), digest)
 
 
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _pretrained_file(config: RunConfig, run_dir: Path, resume: bool, log) -> Path | None:
+    """The checked ``train.init`` file a new run starts from, or None. A resumed run takes its weights from
+    ``last.pt``: it only refuses a ``train.init`` file that changed since it began (a moved one is noted)."""
+    init = config.train.init
+    if not init:
+        return None
+    if not resume:
+        return check_pretrained(init, config)[0]
+    began_with = read_run_info(run_dir).get("init_sha256")
+    try:
+        file = read_pretrained(init)[0]
+    except CovsegError:
+        log(f"note: the run began from {init}, which is gone; resuming from last.pt does not need it")
+        return None
+    if began_with is not None and _file_sha256(file) != began_with:
+        raise CovsegError(f"{run_dir}: its pretrained weights ({file}) changed since the run began; put them back "
+                          "as they were, or train a new run")
+    return None
+
+
 def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path: str = "",
               resume: bool = False, force: bool = False, progress: bool = True,
               log=print, dist: DistContext = DistContext(), device: torch.device | None = None) -> RunResult:
@@ -188,7 +212,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         data_path = data_path or read_run_info(run_dir)["data"]
     else:
         planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
-    pretrained = check_pretrained(t.init, config)[0] if t.init else None
+    pretrained = _pretrained_file(config, run_dir, resume, log)
     pseudo = _pseudo_slices(config, planned, data_path, log)
     if resume and pseudo is not None and read_run_info(run_dir).get("pseudo_labels_sha256") != pseudo.digest:
         raise CovsegError(f"{run_dir}: its pseudo-labels ({d.pseudo_labels}) changed since the run began; "
@@ -196,7 +220,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     if not resume and dist.is_main:
         info = {"pseudo_labels_sha256": pseudo.digest} if pseudo is not None else {}
         if pretrained is not None:
-            info["init_sha256"] = hashlib.sha256(pretrained.read_bytes()).hexdigest()
+            info["init_sha256"] = _file_sha256(pretrained)
         _prepare_folder(run_dir, config, samples, data_path, force, info)
     if dist.enabled:
         torch_dist.barrier()
@@ -222,9 +246,10 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     dtype = resolve_precision(t.precision, device)
     torch.manual_seed(t.seed)
     core = build_model(config)
-    if pretrained is not None and not resume:
+    if pretrained is not None:
         fresh = init_from_pretrained(core, pretrained, config)
-        log(f"weights from {pretrained}; output heads start afresh ({', '.join(sorted({k.split('.')[0] for k in fresh}))})")
+        heads = ", ".join(sorted({k.split(".")[0] for k in fresh}))
+        log(f"weights from {pretrained}; output heads start afresh ({heads})")
     core = core.to(device).to(memory_format=training_memory_format(device))
     model = core
     if dist.enabled:

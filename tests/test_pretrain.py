@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,10 @@ import torch
 
 from covseg.checkpoint import build_model, read_checkpoint
 from covseg.cli import main
-from covseg.config import apply_overrides, load_recipe
+from covseg.config import ModelConfig, apply_overrides, load_recipe
 from covseg.errors import CovsegError
-from covseg.pretrain import (PRETRAINED_FILE, PretrainOptions, corrupt_batch, corrupt_slice, init_from_pretrained,
-                             read_pretrained, restoration_network)
+from covseg.pretrain import (PRETRAINED_FILE, PretrainOptions, check_pretrained, corrupt_batch, corrupt_slice,
+                             init_from_pretrained, read_pretrained, restoration_network)
 
 from conftest import TINY_OVERRIDES, add_unlabelled, write_semiseg
 
@@ -47,14 +48,18 @@ def test_local_shuffling_only_moves_pixels_and_the_grey_curve_keeps_or_reverses_
     shuffled = corrupt_slice(image, np.random.default_rng(1), _only(shuffle_rate=1.0))
     assert not np.array_equal(shuffled, image)
     assert np.array_equal(np.sort(shuffled, axis=None), np.sort(image, axis=None))  # the same values, moved
-    for seed in range(6):  # a Bezier curve from (0, 0) to (1, 1) is monotone; inverted, it reverses the order
+    directions = set()
+    corner = np.zeros((16, 16), np.float32)
+    corner[0, 1] = 1.0
+    for seed in range(8):  # a Bezier curve from (0, 0) to (1, 1) is monotone; inverted, it reverses the order
         curved = corrupt_slice(image, np.random.default_rng(seed), _only(nonlinear_rate=1.0))
         order = np.argsort(image, axis=None)
         steps = np.diff(curved.reshape(-1)[order])
         assert (steps >= -1e-6).all() or (steps <= 1e-6).all()
-        ends = corrupt_slice(np.array([[0.0, 1.0]] * 2, np.float32), np.random.default_rng(seed),
-                             _only(nonlinear_rate=1.0))[0]
-        assert sorted(np.round(ends, 5).tolist()) == [0.0, 1.0]
+        directions.add("up" if (steps >= -1e-6).all() else "down")
+        ends = corrupt_slice(corner, np.random.default_rng(seed), _only(nonlinear_rate=1.0))[0, :2]
+        assert sorted(np.round(ends, 5).tolist()) == [0.0, 1.0]  # black and white stay the two ends
+    assert directions == {"up", "down"}  # some curves are inverted, some not
 
 
 def test_painting_keeps_part_of_the_slice_and_fills_the_rest_with_noise() -> None:
@@ -93,7 +98,7 @@ def test_pretraining_learns_to_restore_and_writes_its_folder(pretrained: Path) -
     assert [int(r["step"]) for r in rows] == list(range(10, 61, 10))
     losses = [float(r["loss"]) for r in rows]
     assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]  # it does learn the restoration
-    network = restoration_network(load_recipe("tiny").model.__class__(**data["model_config"]))
+    network = restoration_network(ModelConfig(**data["model_config"]))
     network.load_state_dict(data["model"])  # the saved weights are a whole one-output network
 
 
@@ -123,6 +128,13 @@ def test_init_refuses_another_network_or_normalisation(pretrained: Path, tmp_pat
         init_from_pretrained(build_model(config), pretrained, config)
     with pytest.raises(CovsegError, match="no pretrained weights"):
         read_pretrained(tmp_path / "nothing")
+    with pytest.raises(CovsegError, match="too small to corrupt"):
+        corrupt_slice(np.zeros((12, 40), np.float32), np.random.default_rng(0))
+    unfinished = read_pretrained(pretrained)[1]
+    unfinished["steps"] = 30
+    torch.save(unfinished, tmp_path / "unfinished.pt")
+    with pytest.raises(CovsegError, match="stopped at step 30 of 60"):
+        check_pretrained(tmp_path / "unfinished.pt", _tiny_config())
     bogus = tmp_path / "bogus.pt"
     torch.save({"format": "something-else"}, bogus)
     with pytest.raises(CovsegError, match="not a covseg pretrained checkpoint"):
@@ -144,13 +156,54 @@ def test_a_run_starts_from_the_pretrained_weights(unlabelled_data: Path, pretrai
     assert torch.allclose(trained["encoders.0.0.weight"], saved["encoders.0.0.weight"], atol=1e-6)
     assert not torch.equal(trained["head.weight"][:1], saved["head.weight"])
 
+    # a resumed run takes its weights from last.pt: the pretrained folder may go, but may not change
+    moved = pretrained.parent / "moved"
+    pretrained.rename(moved)
+    try:
+        assert main(["train", "--resume", str(run), "--quiet"]) == 0
+        assert "which is gone" in capsys.readouterr().err
+        other = pretrained.parent / "other"
+        assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(other), "--steps",
+                     "1", "--crop", "0", "--quiet", *PRETRAIN_OVERRIDES]) == 0
+        other.rename(pretrained)
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run), "--quiet"]) == 2
+        assert "changed since the run began" in capsys.readouterr().err
+    finally:
+        if pretrained.exists():
+            shutil.rmtree(pretrained)
+        moved.rename(pretrained)
+
+
+def test_pretraining_a_segnet_fits_a_segnet(unlabelled_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pre"
+    assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(out), "--steps", "2",
+                 "--crop", "16", "--quiet", *PRETRAIN_OVERRIDES, "model.name=segnet"]) == 0
+    config = _tiny_config("model.name=segnet")
+    fresh = init_from_pretrained(build_model(config), out, config)
+    assert fresh and all(k.startswith(("head", "aux_heads")) for k in fresh), fresh
+    with pytest.raises(CovsegError, match="model.name segnet there, unet here"):
+        init_from_pretrained(build_model(_tiny_config()), out, _tiny_config())
+
 
 def test_bad_pretraining_input_is_one_line_and_writes_nothing(unlabelled_data: Path, tiny_data: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "pre"
-    assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(out), "--crop", "30",
-                 "--quiet", *PRETRAIN_OVERRIDES]) == 2
-    assert "--crop 30 must be a multiple of 4" in capsys.readouterr().err and not out.exists()
+    for crop in ("30", "8", "-32", "64"):
+        assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(out), "--crop", crop,
+                     "--quiet", *PRETRAIN_OVERRIDES]) == 2
+        assert f"--crop {crop} must be a multiple of 4" in capsys.readouterr().err and not out.exists()
+    assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(out), "--crop", "0",
+                 "--quiet", *PRETRAIN_OVERRIDES, "data.input_size=30"]) == 2
+    assert "divisible by 4" in capsys.readouterr().err and not out.exists()
+    (out / "mine").mkdir(parents=True)
+    assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(out), "--quiet",
+                 *PRETRAIN_OVERRIDES]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(out), "--quiet",
+                 "--force", *PRETRAIN_OVERRIDES]) == 2
+    assert "not a pretraining folder" in capsys.readouterr().err and (out / "mine").is_dir()
+    shutil.rmtree(out)
     assert main(["pretrain", "--recipe", "tiny", "--data", str(tiny_data), "-o", str(out), "--quiet"]) == 2
     assert "unlabelled" in capsys.readouterr().err and not out.exists()
     run = tmp_path / "run"
