@@ -1,6 +1,7 @@
 """Figures: training curves, image | truth | prediction grids, model comparison bars. PNG, atomic."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,16 +30,21 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = "") -> None:
-    """Per-epoch loss and pixel accuracy (train and validation) and validation Dice, as the seed shows."""
-    epochs = [int(r["epoch"]) for r in history]
+    """Per-epoch loss and pixel accuracy (train and validation) and validation Dice, as the seed shows; epochs
+    without a figure (not validated: ``train.val_every``) are left out of that line."""
     fig = Figure(figsize=(10, 3.8))
     axes = fig.subplots(1, 2)
+
+    def plot(ax, key: str, label: str) -> None:
+        points = [(int(r["epoch"]), float(r[key])) for r in history if math.isfinite(float(r[key]))]
+        ax.plot([e for e, _ in points], [v for _, v in points], label=label)
+
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        axes[0].plot(epochs, [r[key] for r in history], label=label)
+        plot(axes[0], key, label)
     axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
     for key, label in (("train_acc", "train pixel accuracy"), ("val_acc", "validation pixel accuracy"),
                        ("val_dice", "validation mean Dice")):
-        axes[1].plot(epochs, [r[key] for r in history], label=label)
+        plot(axes[1], key, label)
     axes[1].set(xlabel="epoch", ylabel="score", title="accuracy and Dice", ylim=(0, 1))
     for ax in axes:
         ax.legend(fontsize=8)

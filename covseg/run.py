@@ -5,7 +5,8 @@ Layout of ``RUN_DIR``::
     config.yaml         resolved RunConfig          run.json       data path, versions, command
     split.json          train/val/test names (+ all folds for cv:K)
     class_weights.json  median-frequency weights of the training masks
-    history.csv         per epoch: train/val loss, pixel accuracy, val mean Dice, lr, seconds
+    history.csv         per epoch: train/val loss, pixel accuracy, val mean Dice (empty between train.val_every
+                        epochs), lr, seconds
     curves.png          loss and accuracy curves
     best.pt / last.pt   checkpoints (best by validation mean foreground Dice; last for --resume)
     ema.pt              with train.ema > 0: the weights' exponential moving average after the last epoch,
@@ -294,7 +295,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                 epoch_x = torch.cat([train_x, pseudo.images[pick].float()])
                 epoch_y = torch.cat([train_y, pseudo.labels[pick].long()])
             fit = train_one_epoch(model, loss_fn, optimizer, epoch_x, epoch_y, t, epoch, device, dtype, dist, averaged)
-            if val_x is not None:
+            if val_x is not None and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
                 res = validate(core, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype, t.types_only)
             else:
                 res = type(fit)(float("nan"), float("nan"), float("nan"))

@@ -58,6 +58,26 @@ def test_same_seed_same_metrics(tiny_data: Path, tmp_path: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_validating_less_often_leaves_training_alone(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    assert _train(tiny_data, tmp_path / "every", "train.epochs=5") == 0
+    assert _train(tiny_data, tmp_path / "sparse", "train.epochs=5", "train.val_every=2") == 0
+    every, sparse = _history(tmp_path / "every"), _history(tmp_path / "sparse")
+    assert [r["train_loss"] for r in every] == [r["train_loss"] for r in sparse]
+    assert [r["val_dice"] for r in sparse[1::2]] == [r["val_dice"] for r in every[1::2]]  # epochs 2 and 4
+    assert sparse[4]["val_dice"] == every[4]["val_dice"]  # the last epoch is always validated
+    assert all(r["val_dice"] == "nan" and r["val_loss"] == "nan" for r in sparse[0:4:2])  # epochs 1 and 3
+    wa = read_checkpoint(tmp_path / "every" / "last.pt")["model"]
+    wb = read_checkpoint(tmp_path / "sparse" / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    best = read_checkpoint(tmp_path / "sparse" / "best.pt")
+    dice = {int(r["epoch"]): float(r["val_dice"]) for r in sparse[1::2] + sparse[4:]}
+    assert best["epoch"] == max(dice, key=dice.get) and best["score"] == pytest.approx(max(dice.values()), abs=1e-5)
+    assert (tmp_path / "sparse" / "curves.png").stat().st_size > 0
+    capsys.readouterr()
+    assert _train(tiny_data, tmp_path / "bad", "train.val_every=0") == 2
+    assert "train.val_every must be positive" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_training_on_random_crops_and_a_crop_the_model_cannot_take(tiny_data: Path, tmp_path: Path, capsys) -> None:
     assert _train(tiny_data, tmp_path / "crop", "train.augment.crop=16", "train.epochs=1") == 0
     assert len(_history(tmp_path / "crop")) == 1
