@@ -25,7 +25,7 @@ from covseg.fileio import atomic_path
 from covseg.labels import get_scheme
 from covseg.models import create_model
 
-__all__ = ["FORMAT", "save_checkpoint", "read_checkpoint", "build_model", "load_model", "find_checkpoint"]
+__all__ = ["FORMAT", "save_checkpoint", "load_weights_file", "read_checkpoint", "build_model", "load_model", "find_checkpoint"]
 
 FORMAT = "covseg-checkpoint-1"
 
@@ -58,13 +58,19 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
     return path
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``) and check its format."""
+def load_weights_file(path: Path, what: str = "covseg checkpoint") -> Any:
+    """``torch.load`` of ``path`` onto the CPU with ``weights_only=True`` (no pickled code); a file torch cannot
+    read raises a one-line :class:`CovsegError` naming ``what`` it should have been."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CovsegError(f"{path}: not a readable covseg checkpoint ({first[:120]})") from None
+        raise CovsegError(f"{path}: not a readable {what} ({first[:120]})") from None
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``) and check its format."""
+    data = load_weights_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CovsegError(f"{path}: not a covseg checkpoint (format {FORMAT} expected)")
     return data

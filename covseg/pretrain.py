@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from covseg import __version__
+from covseg.checkpoint import load_weights_file
 from covseg.config import ModelConfig, RunConfig, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, atomic_write_text, interrupts_deferred
@@ -46,7 +47,7 @@ from covseg.training import lr_factor
 from covseg.transforms import random_crop, stack_resized
 
 __all__ = ["PRETRAINED_FORMAT", "PRETRAINED_FILE", "PretrainOptions", "corrupt_slice", "corrupt_batch",
-           "restoration_network", "check_options", "pretrain", "read_pretrained", "check_pretrained",
+           "restoration_network", "check_options", "pretrain", "pretrained_path", "read_pretrained", "check_pretrained",
            "init_from_pretrained"]
 
 PRETRAINED_FORMAT = "covseg-pretrained-1"
@@ -171,19 +172,21 @@ def _architecture(model: ModelConfig | dict[str, Any]) -> dict[str, Any]:
     return {key: values.get(key) for key in keys}
 
 
+def pretrained_path(path: str | Path) -> Path:
+    """The pretrained checkpoint file named by ``path``: the file itself, or ``pretrained.pt`` of a folder."""
+    path = Path(path)
+    return path / PRETRAINED_FILE if path.is_dir() else path
+
+
 def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """``(file, contents)`` of a pretrained checkpoint, given it or the folder ``covseg pretrain`` wrote."""
     path = Path(path)
-    file = path / PRETRAINED_FILE if path.is_dir() else path
+    file = pretrained_path(path)
     if not file.is_file():
         folder = path if path.suffix != ".pt" else path.parent
         raise CovsegError(f"{path}: no pretrained weights there; make them with `covseg pretrain -o {folder}` "
                           f"or give the folder (or {PRETRAINED_FILE}) it wrote")
-    try:
-        data = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for bad files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CovsegError(f"{file}: not a readable covseg pretrained checkpoint ({first[:120]})") from None
+    data = load_weights_file(file, "covseg pretrained checkpoint")
     if not isinstance(data, dict) or data.get("format") != PRETRAINED_FORMAT:
         raise CovsegError(f"{file}: not a covseg pretrained checkpoint (format {PRETRAINED_FORMAT} expected); "
                           "give the folder `covseg pretrain` wrote")
@@ -270,6 +273,7 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
     check_options(options, config)
     if not images:
         raise CovsegError("no unlabelled slices to pretrain on")
+    torch.manual_seed(options.seed)  # the network's initial weights
     network = restoration_network(m)  # refuse bad model options before anything is written
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
@@ -286,8 +290,7 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
     memory_format = training_memory_format(device)
     stack, _ = stack_resized([normalize_image(x, d.normalize) for x in images], None, d.input_size, d.resize)
     stack = stack.half()  # 1600 slices of 352 x 352 in 0.4 GB
-    torch.manual_seed(options.seed)
-    network = restoration_network(m).to(device).to(memory_format=memory_format)
+    network = network.to(device).to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(network.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     generator = torch.Generator().manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
@@ -299,8 +302,10 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
     history: list[dict[str, float]] = []
     began = time.perf_counter()
     running, counted = 0.0, 0
+    saved_step = 0
 
     def save(step: int) -> None:
+        nonlocal saved_step
         payload = {"format": PRETRAINED_FORMAT, "version": __version__,
                    "model_config": asdict(m), "normalize": d.normalize, "input_size": d.input_size,
                    "options": asdict(options), "steps": step, "slices": len(images), "data": str(data_path),
@@ -310,6 +315,7 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
             with atomic_path(out_dir / PRETRAINED_FILE) as tmp:
                 torch.save(payload, tmp)
             _write_history(out_dir / "history.csv", history)
+            saved_step = step
 
     network.train()
     bar = tqdm(range(options.steps), desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
@@ -346,9 +352,8 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
                 save(step + 1)
         step = options.steps
     except KeyboardInterrupt:
-        saved = out_dir / PRETRAINED_FILE
-        log(f"interrupted: {saved} holds step {read_pretrained(saved)[1]['steps']}, which train.init refuses as "
-            "unfinished" if saved.is_file() else "interrupted before the first save; nothing kept")
+        log(f"interrupted: {out_dir / PRETRAINED_FILE} holds step {saved_step}, which train.init refuses as "
+            "unfinished" if saved_step else "interrupted before the first save; nothing kept")
         raise
     finally:
         bar.close()

@@ -43,7 +43,7 @@ from covseg.intensity import normalize_image
 from covseg.labels import get_scheme
 from covseg.losses import DeepSupervisionLoss, create_loss, median_frequency_weights
 from covseg.models import check_input_size
-from covseg.pretrain import check_pretrained, init_from_pretrained, read_pretrained
+from covseg.pretrain import check_pretrained, init_from_pretrained, pretrained_path
 from covseg.runtime import DistContext, resolve_device, resolve_precision, training_memory_format
 from covseg.selftrain import PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
 from covseg.splits import kfold, make_split, parse_split_name, save_split
@@ -137,6 +137,10 @@ def _stack(samples: list[Sample], data: DataConfig) -> tuple[torch.Tensor, torch
     return x, y
 
 
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @dataclass
 class _Pseudo:
     """A run's pseudo-labelled slices: images float16 ``(P, 1, S, S)``, labels uint8 ``(P, S, S)``."""
@@ -157,12 +161,8 @@ def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseu
     x, y = _stack(samples, d)
     log(f"self-training: {len(samples)} pseudo-labelled slices from {folder}, "
         f"{d.pseudo_ratio:g} per labelled image each epoch")
-    digest = hashlib.sha256((folder / PSEUDO_FILE).read_bytes()).hexdigest()
+    digest = _file_sha256(folder / PSEUDO_FILE)
     return _Pseudo(x.half(), y.to(torch.uint8), digest)
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _pretrained_file(config: RunConfig, run_dir: Path, resume: bool, log) -> Path | None:
@@ -174,9 +174,8 @@ def _pretrained_file(config: RunConfig, run_dir: Path, resume: bool, log) -> Pat
     if not resume:
         return check_pretrained(init, config)[0]
     began_with = read_run_info(run_dir).get("init_sha256")
-    try:
-        file = read_pretrained(init)[0]
-    except CovsegError:
+    file = pretrained_path(init)
+    if not file.is_file():
         log(f"note: the run began from {init}, which is gone; resuming from last.pt does not need it")
         return None
     if began_with is not None and _file_sha256(file) != began_with:
