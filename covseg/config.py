@@ -126,6 +126,11 @@ class TrainConfig:
     # start from the weights `covseg pretrain` wrote (its folder or pretrained.pt; every tensor whose name and shape
     # match, so all but the output heads): self-supervised pretraining on unlabelled slices. "" = random weights
     init: str = ""
+    # progressive resizing (fast.ai; EfficientNetV2): the first `progressive_epochs` epochs train on each augmented
+    # image resampled to progressive_size x progressive_size (the whole slice, fewer pixels), the rest at
+    # data.input_size; validation and prediction always use data.input_size. 0 = off. A multiple of 2**model.depth
+    progressive_size: int = 0
+    progressive_epochs: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -277,6 +282,7 @@ def _validate(config: RunConfig, source: str) -> None:
         raise CovsegError(f"{source}: train.ema is {config.train.ema}; it must be a decay in [0, 1), such as 0.99, "
                           "or 0 for no weight average")
     _validate_augment(config.train.augment, source)
+    _validate_progressive(config, source)
     crop = config.train.augment.crop
     if crop > config.data.input_size:
         raise CovsegError(f"{source}: train.augment.crop is {crop}, larger than data.input_size "
@@ -285,6 +291,27 @@ def _validate(config: RunConfig, source: str) -> None:
     if crop % step:
         raise CovsegError(f"{source}: train.augment.crop is {crop}; a model of depth {config.model.depth} needs a "
                           f"multiple of {step}, such as {max(step, crop // step * step)}")
+
+
+def _validate_progressive(config: RunConfig, source: str) -> None:
+    """``train.progressive_size`` and ``train.progressive_epochs``: both off, or a smaller valid size and a count of
+    epochs no larger than ``train.epochs``."""
+    size, epochs = config.train.progressive_size, config.train.progressive_epochs
+    if size == 0 and epochs == 0:
+        return
+    if size <= 0 or epochs <= 0:
+        raise CovsegError(f"{source}: train.progressive_size is {size} and train.progressive_epochs is {epochs}; set "
+                          "both (e.g. train.progressive_size=256 train.progressive_epochs=60) or neither")
+    if size >= config.data.input_size:
+        raise CovsegError(f"{source}: train.progressive_size is {size}, not smaller than data.input_size "
+                          f"{config.data.input_size}; use a smaller size, or 0 to train at data.input_size throughout")
+    step = 2**config.model.depth
+    if size % step:
+        raise CovsegError(f"{source}: train.progressive_size is {size}; a model of depth {config.model.depth} needs a "
+                          f"multiple of {step}, such as {max(step, size // step * step)}")
+    if epochs > config.train.epochs:
+        raise CovsegError(f"{source}: train.progressive_epochs is {epochs}, more than train.epochs "
+                          f"{config.train.epochs}; use at most {config.train.epochs}")
 
 
 def _validate_augment(augment: AugmentConfig, source: str) -> None:

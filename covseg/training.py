@@ -125,9 +125,10 @@ def train_one_epoch(
     total_steps = steps * cfg.epochs
     loss_sum, correct, pixels = 0.0, 0, 0
     memory_format = training_memory_format(device)
+    progressive = cfg.progressive_size if epoch < cfg.progressive_epochs else None
     for step in range(steps):
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        x, y = augment_batch(images[index], masks[index], cfg.augment, generator)
+        x, y = augment_batch(images[index], masks[index], cfg.augment, generator, size=progressive)
         if dist.enabled:
             if x.shape[0] < dist.world_size:  # a last batch too small to give every process a sample
                 continue

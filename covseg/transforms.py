@@ -86,13 +86,16 @@ def elastic_offsets(batch: int, height: int, width: int, magnitude: float,
 
 
 def augment_batch(
-    images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
+    images: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator,
+    size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, rotation, zoom and elastic warp (one resampling per image), then gamma, contrast and
     brightness, then a random crop (``cfg.crop`` > 0).
 
     ``images``: ``(B, 1, H, W)`` in [0, 1]; ``masks``: label maps ``(B, H, W)``. Images are warped bilinearly
-    (zero padding), label maps with nearest sampling. Intensity: ``x ** g``, then ``m + c (x - m)`` with ``m``
+    (zero padding), label maps with nearest sampling. ``size`` (progressive resizing, ``train.progressive_size``)
+    resamples the whole field of view to ``(B, 1, size, size)`` / ``(B, size, size)`` in that same single
+    resampling (no anti-aliasing), drawing exactly the random numbers it draws without ``size``. Intensity: ``x ** g``, then ``m + c (x - m)`` with ``m``
     the image's mean (contrast), then ``+ b``, clamped to [0, 1]. All randomness comes from ``generator``
     so a run is reproducible; elastic and contrast draw only when they are on, so recipes without them draw
     as before.
@@ -108,13 +111,15 @@ def augment_batch(
     zoom = uniform(1.0 - cfg.scale, 1.0 + cfg.scale)
     gamma = uniform(1.0 - cfg.gamma, 1.0 + cfg.gamma)
     shift = uniform(-cfg.brightness, cfg.brightness)
-    if cfg.rotate_deg or cfg.scale or cfg.hflip or cfg.vflip or cfg.elastic:
+    resize = size is not None and (size, size) != tuple(images.shape[-2:])
+    if cfg.rotate_deg or cfg.scale or cfg.hflip or cfg.vflip or cfg.elastic or resize:
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         theta = torch.stack([torch.stack([cos * sx, -sin * sy, torch.zeros(b)], 1),
                              torch.stack([sin * sx, cos * sy, torch.zeros(b)], 1)], 1)
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        out_shape = [b, images.shape[1], size, size] if resize else list(images.shape)
+        grid = F.affine_grid(theta, out_shape, align_corners=False)
         if cfg.elastic:
-            grid = grid + elastic_offsets(b, images.shape[-2], images.shape[-1], cfg.elastic, generator)
+            grid = grid + elastic_offsets(b, out_shape[-2], out_shape[-1], cfg.elastic, generator)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         masks = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                               align_corners=False)[:, 0].long()

@@ -193,3 +193,34 @@ def test_crop_is_a_checked_recipe_setting() -> None:
         apply_overrides(load_recipe("default"), ["train.augment.crop=-1"])
     with pytest.raises(CovsegError, match="multiple of 16, such as 240"):
         apply_overrides(load_recipe("default"), ["train.augment.crop=250"])
+
+
+def test_progressive_size_resamples_the_whole_slice_and_draws_as_before() -> None:
+    images = torch.zeros(2, 1, 32, 32)
+    images[:, :, :, :16] = 1.0  # left half bright
+    masks = torch.zeros(2, 32, 32, dtype=torch.long)
+    masks[:, 8:24, 0:16] = 1  # an even-aligned block: each output pixel samples between two of its input pixels
+    out_x, out_y = augment_batch(images, masks, AugmentConfig(), torch.Generator().manual_seed(0), size=16)
+    assert out_x.shape == (2, 1, 16, 16) and out_y.shape == (2, 16, 16)
+    expected_x = torch.zeros(2, 1, 16, 16)
+    expected_x[:, :, :, :8] = 1.0  # the same field of view at half the resolution
+    torch.testing.assert_close(out_x, expected_x)
+    expected_y = torch.zeros(2, 16, 16, dtype=torch.long)
+    expected_y[:, 4:12, 0:8] = 1
+    assert torch.equal(out_y, expected_y)
+    # a flip at the smaller size is the flip of the smaller image
+    flipped_x, flipped_y = augment_batch(images, masks, AugmentConfig(hflip=1.0), torch.Generator().manual_seed(0),
+                                         size=16)
+    torch.testing.assert_close(flipped_x, expected_x.flip(-1))
+    assert torch.equal(flipped_y, expected_y.flip(-1))
+    # every augmentation on: the same random numbers are drawn with and without the size, so the epochs after the
+    # progressive ones draw exactly what they would have drawn; the input's own size changes nothing
+    cfg = AugmentConfig(hflip=0.5, rotate_deg=10, scale=0.1, gamma=0.2, brightness=0.05, contrast=0.1, elastic=0.02)
+    g1, g2, g3 = (torch.Generator().manual_seed(7) for _ in range(3))
+    small, _ = augment_batch(images, masks, cfg, g1, size=16)
+    full, full_y = augment_batch(images, masks, cfg, g2)
+    same, same_y = augment_batch(images, masks, cfg, g3, size=32)
+    assert small.shape[-1] == 16 and full.shape[-1] == 32
+    assert torch.equal(g1.get_state(), g2.get_state())
+    torch.testing.assert_close(same, full)
+    assert torch.equal(same_y, full_y)
