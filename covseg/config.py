@@ -8,6 +8,7 @@ run, so a run never depends on the recipe file again.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -126,11 +127,16 @@ class TrainConfig:
     # start from the weights `covseg pretrain` wrote (its folder or pretrained.pt; every tensor whose name and shape
     # match, so all but the output heads): self-supervised pretraining on unlabelled slices. "" = random weights
     init: str = ""
-    # progressive resizing (fast.ai; EfficientNetV2): the first `progressive_epochs` epochs train on each augmented
-    # image resampled to progressive_size x progressive_size (the whole slice, fewer pixels), the rest at
-    # data.input_size; validation and prediction always use data.input_size. 0 = off. A multiple of 2**model.depth
+    # progressive resizing (fast.ai; EfficientNetV2): the first floor(progressive_fraction * epochs) epochs train on
+    # each augmented image resampled to progressive_size x progressive_size (the whole slice, fewer pixels), the rest
+    # at data.input_size; validation and prediction always use data.input_size. 0 = off. A multiple of 2**model.depth
     progressive_size: int = 0
-    progressive_epochs: int = 0
+    progressive_fraction: float = 0.0  # in (0, 1) when progressive_size is set, e.g. 0.667: 80 of 120 epochs
+
+    def progressive_epochs(self) -> int:
+        """How many epochs, from the first, train at ``progressive_size`` (0 when off)."""
+        return math.floor(self.progressive_fraction * self.epochs) if self.progressive_size else 0
+
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -294,14 +300,15 @@ def _validate(config: RunConfig, source: str) -> None:
 
 
 def _validate_progressive(config: RunConfig, source: str) -> None:
-    """``train.progressive_size`` and ``train.progressive_epochs``: both off, or a smaller valid size and a count of
-    epochs no larger than ``train.epochs``."""
-    size, epochs = config.train.progressive_size, config.train.progressive_epochs
-    if size == 0 and epochs == 0:
+    """``train.progressive_size`` and ``train.progressive_fraction``: both off, or a smaller valid size and a share
+    of the epochs in (0, 1)."""
+    size, fraction = config.train.progressive_size, config.train.progressive_fraction
+    if size == 0 and fraction == 0:
         return
-    if size <= 0 or epochs <= 0:
-        raise CovsegError(f"{source}: train.progressive_size is {size} and train.progressive_epochs is {epochs}; set "
-                          "both (e.g. train.progressive_size=256 train.progressive_epochs=60) or neither")
+    if size <= 0 or not 0 < fraction < 1:
+        raise CovsegError(f"{source}: train.progressive_size is {size} and train.progressive_fraction is {fraction}; "
+                          "set both, the fraction in (0, 1) (e.g. train.progressive_size=256 "
+                          "train.progressive_fraction=0.667), or neither")
     if size >= config.data.input_size:
         raise CovsegError(f"{source}: train.progressive_size is {size}, not smaller than data.input_size "
                           f"{config.data.input_size}; use a smaller size, or 0 to train at data.input_size throughout")
@@ -309,9 +316,6 @@ def _validate_progressive(config: RunConfig, source: str) -> None:
     if size % step:
         raise CovsegError(f"{source}: train.progressive_size is {size}; a model of depth {config.model.depth} needs a "
                           f"multiple of {step}, such as {max(step, size // step * step)}")
-    if epochs > config.train.epochs:
-        raise CovsegError(f"{source}: train.progressive_epochs is {epochs}, more than train.epochs "
-                          f"{config.train.epochs}; use at most {config.train.epochs}")
 
 
 def _validate_augment(augment: AugmentConfig, source: str) -> None:

@@ -125,7 +125,7 @@ def train_one_epoch(
     total_steps = steps * cfg.epochs
     loss_sum, correct, pixels = 0.0, 0, 0
     memory_format = training_memory_format(device)
-    progressive = cfg.progressive_size if epoch < cfg.progressive_epochs else None
+    progressive = cfg.progressive_size if epoch < cfg.progressive_epochs() else None
     for step in range(steps):
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x, y = augment_batch(images[index], masks[index], cfg.augment, generator, size=progressive)

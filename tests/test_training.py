@@ -271,23 +271,24 @@ def test_progressive_resizing_trains_the_first_epochs_small(tiny_data: Path, tmp
     from covseg.training import train_one_epoch
 
     model = _ShapeRecorder()
-    cfg = TrainConfig(epochs=3, batch_size=4, progressive_size=16, progressive_epochs=2,
+    cfg = TrainConfig(epochs=3, batch_size=4, progressive_size=16, progressive_fraction=0.667,
                       augment=AugmentConfig(hflip=0.5, rotate_deg=10))
     images, masks = torch.rand(8, 1, 32, 32), (torch.rand(8, 32, 32) > 0.7).long()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for epoch in range(3):
         train_one_epoch(model, torch.nn.CrossEntropyLoss(), optimizer, images, masks, cfg, epoch,
                         torch.device("cpu"), torch.float32)
+    assert cfg.progressive_epochs() == 2  # floor(0.667 * 3)
     assert model.sizes == [(16, 16)] * 4 + [(32, 32)] * 2  # two steps an epoch
     # through the command line: trains, validates at full size, and refuses what cannot work before writing
     assert _train(tiny_data, tmp_path / "ok", "train.epochs=3", "train.progressive_size=16",
-                  "train.progressive_epochs=2") == 0
+                  "train.progressive_fraction=0.667") == 0
     assert [r["val_dice"] != "nan" for r in _history(tmp_path / "ok")] == [True] * 3
     capsys.readouterr()
     for extra, message in [(["train.progressive_size=16"], "set both"),
-                           (["train.progressive_size=32", "train.progressive_epochs=1"], "not smaller than"),
-                           (["train.progressive_size=18", "train.progressive_epochs=1"], "multiple of 4, such as 16"),
-                           (["train.progressive_size=16", "train.progressive_epochs=4"], "more than train.epochs")]:
+                           (["train.progressive_size=16", "train.progressive_fraction=1"], "in (0, 1)"),
+                           (["train.progressive_size=32", "train.progressive_fraction=0.5"], "not smaller than"),
+                           (["train.progressive_size=18", "train.progressive_fraction=0.5"], "multiple of 4, such as 16")]:
         assert _train(tiny_data, tmp_path / "bad", *extra) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], (extra, err)
