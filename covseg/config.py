@@ -293,10 +293,15 @@ def _validate(config: RunConfig, source: str) -> None:
     if crop > config.data.input_size:
         raise CovsegError(f"{source}: train.augment.crop is {crop}, larger than data.input_size "
                           f"{config.data.input_size}; use a smaller crop, or 0 for whole images")
-    step = 2**config.model.depth
-    if crop % step:
-        raise CovsegError(f"{source}: train.augment.crop is {crop}; a model of depth {config.model.depth} needs a "
-                          f"multiple of {step}, such as {max(step, crop // step * step)}")
+    _check_model_multiple("train.augment.crop", crop, config.model.depth, source)
+
+
+def _check_model_multiple(option: str, side: int, depth: int, source: str) -> None:
+    """A training image side must be a multiple of ``2**depth`` (the U-Net's down-steps)."""
+    step = 2**depth
+    if side % step:
+        raise CovsegError(f"{source}: {option} is {side}; a model of depth {depth} needs a multiple of {step}, "
+                          f"such as {max(step, side // step * step)}")
 
 
 def _validate_progressive(config: RunConfig, source: str) -> None:
@@ -312,10 +317,7 @@ def _validate_progressive(config: RunConfig, source: str) -> None:
     if size >= config.data.input_size:
         raise CovsegError(f"{source}: train.progressive_size is {size}, not smaller than data.input_size "
                           f"{config.data.input_size}; use a smaller size, or 0 to train at data.input_size throughout")
-    step = 2**config.model.depth
-    if size % step:
-        raise CovsegError(f"{source}: train.progressive_size is {size}; a model of depth {config.model.depth} needs a "
-                          f"multiple of {step}, such as {max(step, size // step * step)}")
+    _check_model_multiple("train.progressive_size", size, config.model.depth, source)
 
 
 def _validate_augment(augment: AugmentConfig, source: str) -> None:
