@@ -132,12 +132,11 @@ class TrainConfig:
     # at data.input_size; validation and prediction always use data.input_size. 0 = off. A multiple of 2**model.depth
     progressive_size: int = 0
     progressive_fraction: float = 0.0  # in (0, 1) when progressive_size is set, e.g. 0.667: 80 of 120 epochs
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def progressive_epochs(self) -> int:
         """How many epochs, from the first, train at ``progressive_size`` (0 when off)."""
         return math.floor(self.progressive_fraction * self.epochs) if self.progressive_size else 0
-
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
