@@ -85,12 +85,19 @@ _PREDICT_AND_REPORT_PEAK = (
 )
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (allocations, oneDNN kernel selection)
+def _median_seconds(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up; on CUDA each run ends with a
+    synchronisation, so the time is the kernels' and not their launch's."""
+    def call():
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    call()  # warm-up (allocations, oneDNN or cuDNN kernel selection)
     times = []
     for _ in range(repeats):
         tick = time.perf_counter()
-        fn()
+        call()
         times.append(time.perf_counter() - tick)
     return statistics.median(times)
 
@@ -104,11 +111,20 @@ def _flops(model: nn.Module, size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(model_name: str, path: str, size: int, repeats: int, train_steps: int) -> dict[str, Any]:
-    """Inference (batch 1 and 8) and training figures of one model on one path, in this process."""
-    from covseg.models import fold_batch_norm
-    from covseg.runtime import autocast, cpu_supports_bf16, keep_freed_memory, training_memory_format
+def measure(model_name: str, path: str, size: int, repeats: int, train_steps: int,
+            device: str = "cpu") -> dict[str, Any]:
+    """Inference (batch 1 and 8) and training figures of one model on one path, in this process.
 
+    ``device="cuda"``: the same paths on the GPU (``covseg``: bf16 autocast where the GPU supports it, as
+    training and ``covseg predict --device cuda`` use it); the ONNX paths run on the CPU only. The row then
+    also holds ``peak_gpu_mb``, the most GPU memory PyTorch's allocator held.
+    """
+    from covseg.models import fold_batch_norm
+    from covseg.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, training_memory_format
+
+    dev = resolve_device(device)
+    if path.startswith("onnx") and dev.type != "cpu":
+        raise ValueError(f"the {path} path runs on the CPU only")
     if path == "covseg":  # as the covseg program does before any work
         keep_freed_memory()
     torch.manual_seed(0)
@@ -116,7 +132,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     out: dict[str, Any] = {"model": model_name, "path": path,
                            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                            "gflop_per_slice": _flops(model, size) / 1e9}
-    dtype = torch.bfloat16 if (path == "covseg" and cpu_supports_bf16()) else torch.float32
+    dtype = resolve_precision("auto", dev) if path == "covseg" else torch.float32
     out["dtype"] = "int8" if path == "onnx-int8" else str(dtype).removeprefix("torch.")
     channels_last = path in ("fp32-cl", "covseg")
     if channels_last:
@@ -124,7 +140,8 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     # covseg's own fp32 inference folds batch norm into the convolutions (as TorchBackend does); training keeps it
     fold = path == "covseg" and dtype == torch.float32
     infer_model = fold_batch_norm(model).to(memory_format=torch.channels_last) if fold else model
-    device = torch.device("cpu")
+    device = dev
+    model, infer_model = model.to(device), infer_model.to(device)
 
     if path in ("onnxruntime", "onnx-int8"):
         import onnxruntime as ort
@@ -148,7 +165,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
             return lambda: session.run(None, {"image": x})
     else:
         def infer(batch: int):
-            x = torch.rand(batch, 1, size, size)
+            x = torch.rand(batch, 1, size, size, device=device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
 
@@ -159,7 +176,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
             return run
 
     for batch in (1, 8):
-        seconds = _median_seconds(infer(batch), repeats)
+        seconds = _median_seconds(infer(batch), repeats, device)
         out[f"infer_ms_b{batch}"] = 1000 * seconds / batch
     out["gflops_per_s_b8"] = out["gflop_per_slice"] / (out["infer_ms_b8"] / 1000)
 
@@ -170,8 +187,8 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
         model = model.to(memory_format=train_format).train()
         optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
         batch = 4
-        x = torch.rand(batch, 1, size, size).contiguous(memory_format=train_format)
-        y = torch.randint(0, 2, (batch, size, size))
+        x = torch.rand(batch, 1, size, size, device=device).contiguous(memory_format=train_format)
+        y = torch.randint(0, 2, (batch, size, size), device=device)
 
         def step():
             with autocast(device, dtype):
@@ -181,21 +198,23 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
             loss.backward()
             optimizer.step()
 
-        out["train_img_s"] = batch / _median_seconds(step, train_steps)
+        out["train_img_s"] = batch / _median_seconds(step, train_steps, device)
     out["peak_rss_mb"] = peak_rss_mb()
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
 
 
 def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: str = "auto",
-                    fp32_engine: str = "onnxruntime") -> dict[str, Any]:
+                    fp32_engine: str = "onnxruntime", device: str = "cpu") -> dict[str, Any]:
     """Inference-only figures for a ``slices`` x ``size`` x ``size`` scan with the default model, on covseg's path
     (``precision="auto"``) or forced to fp32 (``"fp32"``: what runs when the bf16 agreement check refuses bf16).
     ``fp32_engine``: as :class:`covseg.inference.TorchBackend`'s (``onnxruntime``: ``covseg predict``'s default
-    on a CPU; ``torch``: ``--backend torch``)."""
+    on a CPU; ``torch``: ``--backend torch``, and always on CUDA)."""
     from covseg.config import load_recipe
     from covseg.checkpoint import build_model, load_model
     from covseg.inference import Predictor, TorchBackend
-    from covseg.runtime import keep_freed_memory, resolve_precision
+    from covseg.runtime import keep_freed_memory, resolve_device, resolve_precision
 
     keep_freed_memory()  # as `covseg predict` does
     if model_path:
@@ -203,8 +222,8 @@ def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: s
     else:
         config = load_recipe("default")
         model = build_model(config)
-    device = torch.device("cpu")
-    backend = TorchBackend(model, device, resolve_precision(precision, device), fp32_engine)
+    dev = resolve_device(device)
+    backend = TorchBackend(model, dev, resolve_precision(precision, dev), fp32_engine if dev.type == "cpu" else "torch")
     predictor = Predictor(backend, config.data.input_size, 8, normalize=config.data.normalize,
                           resize=config.data.resize)
     images = [torch.rand(size, size).numpy() for _ in range(slices)]
@@ -217,7 +236,7 @@ def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: s
             "peak_rss_mb": peak_rss_mb()}
 
 
-def _e2e_scan_benchmark(slices: int, size: int, model_path: str | None) -> dict[str, Any]:
+def _e2e_scan_benchmark(slices: int, size: int, model_path: str | None, device: str = "cpu") -> dict[str, Any]:
     """``covseg predict`` on a ``slices`` x ``size`` x ``size`` phantom NIfTI: read, lungs, lesions, write, report.
 
     The prediction runs as its own process (``covseg predict``'s CLI), so its time includes start-up and
@@ -243,7 +262,8 @@ def _e2e_scan_benchmark(slices: int, size: int, model_path: str | None) -> dict[
         builder_peak = peak_rss_mb()
         tick = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", _PREDICT_AND_REPORT_PEAK, "predict", str(scan), "-o",
-                               str(Path(tmp) / "out"), "--model", model_path, "--quiet"], capture_output=True, text=True)
+                               str(Path(tmp) / "out"), "--model", model_path, "--device", device, "--quiet"],
+                              capture_output=True, text=True)
         seconds = time.perf_counter() - tick
         report_file = Path(tmp) / "out" / "report.json"
         report = json.loads(report_file.read_text()) if proc.returncode == 0 and report_file.is_file() else {}
@@ -268,6 +288,11 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _peak(row: dict[str, Any]) -> str:
+    """Peak resident memory, and the GPU allocator's peak where the row ran on CUDA."""
+    return f"{row['peak_rss_mb']:.0f}" + (f" (GPU {row['peak_gpu_mb']:.0f})" if "peak_gpu_mb" in row else "")
+
+
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     by = {(r["model"], r["path"]): r for r in rows}
     lines = ["| model | path | dtype | infer ms/slice b1 | infer ms/slice b8 | train img/s | GFLOP/s (b8) | "
@@ -280,7 +305,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
                  if base else "–")
         train = f"{r['train_img_s']:.2f}" if "train_img_s" in r else "–"
         lines.append(f"| {r['model']} | {r['path']} | {r['dtype']} | {r['infer_ms_b1']:.1f} | {r['infer_ms_b8']:.1f} | "
-                     f"{train} | {r['gflops_per_s_b8']:.0f} | {r['peak_rss_mb']:.0f} | {speed} |")
+                     f"{train} | {r['gflops_per_s_b8']:.0f} | {_peak(r)} | {speed} |")
     return lines
 
 
@@ -288,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints the table and writes it to ``--out``."""
     parser = argparse.ArgumentParser(prog="covseg bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="unet16,unet32,unet64,segnet,monai-unet32,monai-unet64")
-    parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--paths", help="comma-separated (default: all; on CUDA the three PyTorch paths)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the PyTorch paths and the scans run (ONNX paths: CPU only)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=10, help="timed inference runs per figure (median)")
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps per figure (median)")
@@ -302,20 +329,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
+    if args.paths is None:
+        args.paths = ",".join(p for p in PATHS if args.device == "cpu" or not p.startswith("onnx"))
+    if args.device == "cuda":
+        from covseg.errors import CovsegError
+        from covseg.runtime import resolve_device
+
+        try:
+            resolve_device("cuda")
+        except CovsegError as error:
+            raise SystemExit(f"covseg bench: {error}")
+        onnx = [p for p in args.paths.split(",") if p.startswith("onnx")]
+        if onnx:
+            raise SystemExit(f"covseg bench: the {','.join(onnx)} path runs on the CPU only; drop it from --paths "
+                             "or use --device cpu")
     if args.one:
-        print(json.dumps(measure(args.one[0], args.one[1], args.size, args.repeats, args.train_steps)))
+        print(json.dumps(measure(args.one[0], args.one[1], args.size, args.repeats, args.train_steps, args.device)))
         return 0
     if args.scan_only:
         print(json.dumps(_scan_benchmark(args.scan_slices, args.size, args.model, args.scan_only,
-                                          args.scan_fp32_engine)))
+                                          args.scan_fp32_engine, args.device)))
         return 0
     if args.e2e_only:
-        print(json.dumps(_e2e_scan_benchmark(args.scan_slices, args.size, args.model)))
+        print(json.dumps(_e2e_scan_benchmark(args.scan_slices, args.size, args.model, args.device)))
         return 0
 
     def child(extra: list[str]) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "covseg.bench", "--size", str(args.size), "--repeats", str(args.repeats),
-               "--train-steps", str(args.train_steps), "--scan-slices", str(args.scan_slices), *extra]
+               "--train-steps", str(args.train_steps), "--scan-slices", str(args.scan_slices), "--device", args.device,
+               *extra]
         if args.model:
             cmd += ["--model", args.model]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -329,12 +371,13 @@ def main(argv: list[str] | None = None) -> int:
             row = child(["--one", model, path])
             rows.append(row)
             print(f"{model:13s} {path:12s} b1 {row['infer_ms_b1']:8.1f} ms  b8 {row['infer_ms_b8']:8.1f} ms/slice  "
-                  f"train {row.get('train_img_s', float('nan')):6.2f} img/s  {row['peak_rss_mb']:6.0f} MB", flush=True)
+                  f"train {row.get('train_img_s', float('nan')):6.2f} img/s  {_peak(row)} MB", flush=True)
     scan = child(["--scan-only", "auto"]) if args.scan_slices else None
     scan_fp32 = child(["--scan-only", "fp32"]) if args.scan_slices else None
     e2e = child(["--e2e-only"]) if args.scan_slices else None
+    gpu = f" · {torch.cuda.get_device_name()} (PyTorch paths and scans)" if args.device == "cuda" else ""
     lines = [f"# covseg benchmark", "", f"{time.strftime('%Y-%m-%d')} · {_cpu_model()} · {torch.get_num_threads()} "
-             f"threads · torch {torch.__version__} · {args.size}×{args.size} · inference median of {args.repeats} "
+             f"threads{gpu} · torch {torch.__version__} · {args.size}×{args.size} · inference median of {args.repeats} "
              f"runs, training median of {args.train_steps} steps (batch 4, AdamW)", "",
              f"Command: `python benchmarks/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
     lines += _table(rows)
