@@ -15,6 +15,9 @@ Paths:
   their accuracy (``benchmarks/int8_check.py`` measures that on trained models and real slices); its peak memory
   includes the calibration's.
 
+``--device cuda`` (or ``auto`` with a GPU present) runs the three PyTorch paths and the scans on the GPU, timed to
+the end of their kernels, and adds the GPU allocator's peak to each row; the ONNX paths are CPU-only there.
+
 Models: covseg U-Net of widths 16 (the default recipe), 32 and 64, SegNet (width 64, depth 5) and, as
 the peer, MONAI's ``BasicUNet`` with the same feature widths, batch norm and ReLU (``monai-unet32`` …).
 """
@@ -314,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="covseg bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="unet16,unet32,unet64,segnet,monai-unet32,monai-unet64")
     parser.add_argument("--paths", help="comma-separated (default: all; on CUDA the three PyTorch paths)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where the PyTorch paths and the scans run (ONNX paths: CPU only)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                        help="where the PyTorch paths and the scans run (ONNX paths: CPU only); auto: CUDA if present")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=10, help="timed inference runs per figure (median)")
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps per figure (median)")
@@ -329,16 +332,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--e2e-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
+    from covseg.errors import CovsegError
+    from covseg.runtime import resolve_device
+
+    try:
+        args.device = resolve_device(args.device).type
+    except CovsegError as error:
+        raise SystemExit(f"covseg bench: {error}")
     if args.paths is None:
         args.paths = ",".join(p for p in PATHS if args.device == "cpu" or not p.startswith("onnx"))
     if args.device == "cuda":
-        from covseg.errors import CovsegError
-        from covseg.runtime import resolve_device
-
-        try:
-            resolve_device("cuda")
-        except CovsegError as error:
-            raise SystemExit(f"covseg bench: {error}")
         onnx = [p for p in args.paths.split(",") if p.startswith("onnx")]
         if onnx:
             raise SystemExit(f"covseg bench: the {','.join(onnx)} path runs on the CPU only; drop it from --paths "

@@ -47,3 +47,18 @@ def test_end_to_end_scan_memory_is_the_prediction_process_own() -> None:
     assert row["phantom_rss_mb"] > 640 + 100
     assert 100 < row["peak_rss_mb"] < row["phantom_rss_mb"] - 300  # the predict process never held the ballast
     del ballast
+
+
+def test_cuda_bench_without_a_gpu_or_with_onnx_paths_is_refused(monkeypatch, tmp_path: Path) -> None:
+    import torch
+
+    out = tmp_path / "RESULTS.md"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no GPU is visible"):
+        main(["--device", "cuda", "--out", str(out)])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # refused before any CUDA call
+    with pytest.raises(SystemExit, match="onnx-int8 path runs on the CPU only"):
+        main(["--device", "cuda", "--paths", "covseg,onnx-int8", "--out", str(out)])
+    with pytest.raises(ValueError, match="CPU only"):
+        measure("unet16", "onnxruntime", size=32, repeats=1, train_steps=0, device="cuda")
+    assert not out.exists()
