@@ -53,9 +53,9 @@ def test_per_task_settings_merge_over_the_shared_ones(tmp_path) -> None:
     default_binary, default_multiclass = load_recipe("default", task="binary"), load_recipe("default", task="multiclass")
     assert default_binary.train.augment.rotate_deg < default_multiclass.train.augment.rotate_deg
     assert default_binary.data.normalize == default_multiclass.data.normalize == "percentile"
-    # progressive resizing was measured on binary only (docs/recipes.md, session 19)
+    # progressive resizing, chosen by CV for both tasks (docs/recipes.md, sessions 19 and 20)
     assert (default_binary.train.progressive_size, default_binary.train.progressive_epochs()) == (256, 80)
-    assert (default_multiclass.train.progressive_size, default_multiclass.train.progressive_epochs()) == (0, 0)
+    assert (default_multiclass.train.progressive_size, default_multiclass.train.progressive_epochs()) == (256, 80)
     assert (config_to_dict(default_binary)["model"], default_binary.train.lr) == \
         (config_to_dict(default_multiclass)["model"], default_multiclass.train.lr)
     for text, message in [("tasks: {ternary: {}}\n", "tasks must map binary / multiclass"),
