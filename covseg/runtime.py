@@ -11,8 +11,8 @@ import torch
 
 from covseg.errors import CovsegError
 
-__all__ = ["resolve_device", "cpu_supports_bf16", "resolve_precision", "autocast", "training_memory_format",
-           "keep_freed_memory", "DistContext", "init_distributed", "close_distributed"]
+__all__ = ["resolve_device", "cpu_supports_bf16", "cuda_supports_bf16", "resolve_precision", "autocast",
+           "training_memory_format", "keep_freed_memory", "DistContext", "init_distributed", "close_distributed"]
 
 # glibc's mallopt(3) parameters and the values keep_freed_memory() gives them
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -42,11 +42,21 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def cuda_supports_bf16(device: torch.device) -> bool:
+    """True where ``device``'s GPU computes bf16 natively (Ampere and later): bf16 is then a speed-up.
+
+    ``torch.cuda.is_bf16_supported()`` alone also says yes where bf16 is only emulated (T4, V100), which is slower
+    than fp32; it asks about the current device, so the question is put on ``device``.
+    """
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """``fp32``, ``bf16`` (error where unsupported) or ``auto`` (bf16 where fast, else fp32)."""
     if precision == "fp32":
         return torch.float32
-    supported = cpu_supports_bf16() if device.type == "cpu" else torch.cuda.is_bf16_supported()
+    supported = cpu_supports_bf16() if device.type == "cpu" else cuda_supports_bf16(device)
     if precision == "bf16":
         if not supported:
             raise CovsegError(f"bf16 was requested but this {device.type} has no fast bf16 support; "

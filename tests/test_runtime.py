@@ -1,6 +1,7 @@
 """Device and precision requests: explained refusals, fallback only when asked."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -33,6 +34,21 @@ def test_bf16_without_support_is_refused_and_auto_uses_fp32(monkeypatch) -> None
     assert resolve_precision("fp32", cpu) == torch.float32
     monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == torch.bfloat16
+
+
+def test_emulated_bf16_on_a_gpu_is_not_taken_for_fast_bf16(monkeypatch) -> None:
+    asked = []
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:  # a T4: bf16 emulated, not native
+        asked.append(including_emulation)
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    gpu = torch.device("cuda", 0)
+    assert resolve_precision("auto", gpu) == torch.float32 and asked == [False]
+    with pytest.raises(CovsegError, match="cuda has no fast bf16 support"):
+        resolve_precision("bf16", gpu)
 
 
 @pytest.mark.parametrize("capability, expected", [("AVX512", torch.channels_last), ("AVX2", torch.contiguous_format),
