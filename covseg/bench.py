@@ -16,7 +16,7 @@ Paths:
   includes the calibration's.
 
 ``--device cuda`` (or ``auto`` with a GPU present) runs the three PyTorch paths and the scans on the GPU, timed to
-the end of their kernels, and adds the GPU allocator's peak to each row; the ONNX paths are CPU-only there.
+the end of their kernels, and adds the peak GPU memory held by tensors to each row; the ONNX paths are CPU-only there.
 
 Models: covseg U-Net of widths 16 (the default recipe), 32 and 64, SegNet (width 64, depth 5) and, as
 the peer, MONAI's ``BasicUNet`` with the same feature widths, batch norm and ReLU (``monai-unet32`` …).
@@ -105,12 +105,16 @@ def _median_seconds(fn, repeats: int, device: torch.device = torch.device("cpu")
     return statistics.median(times)
 
 
-def _flops(model: nn.Module, size: int) -> float:
+def _flops(model_name: str, size: int) -> float:
+    """FLOPs of one ``size`` x ``size`` slice through the named model, counted on the ``meta`` device: shapes
+    only, so the count allocates no activations and leaves the row's peak memory and time to the paths measured."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    with torch.device("meta"):
+        model = build_bench_model(model_name)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(torch.rand(1, 1, size, size))
+        model(torch.empty(1, 1, size, size, device="meta"))
     return float(counter.get_total_flops())
 
 
@@ -120,7 +124,9 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
 
     ``device="cuda"``: the same paths on the GPU (``covseg``: bf16 autocast where the GPU supports it, as
     training and ``covseg predict --device cuda`` use it); the ONNX paths run on the CPU only. The row then
-    also holds ``peak_gpu_mb``, the most GPU memory PyTorch's allocator held.
+    also holds ``peak_gpu_mb``, the most GPU memory held by tensors (``torch.cuda.max_memory_allocated``: not
+    the allocator's cache, nor the CUDA context). fp32 convolutions there run as PyTorch configures them
+    (TF32 by default on Ampere and later).
     """
     from covseg.models import fold_batch_norm
     from covseg.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, training_memory_format
@@ -134,7 +140,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     model = build_bench_model(model_name)
     out: dict[str, Any] = {"model": model_name, "path": path,
                            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                           "gflop_per_slice": _flops(model, size) / 1e9}
+                           "gflop_per_slice": _flops(model_name, size) / 1e9}
     dtype = resolve_precision("auto", dev) if path == "covseg" else torch.float32
     out["dtype"] = "int8" if path == "onnx-int8" else str(dtype).removeprefix("torch.")
     channels_last = path in ("fp32-cl", "covseg")
@@ -292,7 +298,7 @@ def _cpu_model() -> str:
 
 
 def _peak(row: dict[str, Any]) -> str:
-    """Peak resident memory, and the GPU allocator's peak where the row ran on CUDA."""
+    """Peak resident memory, and the peak GPU memory held by tensors where the row ran on CUDA."""
     return f"{row['peak_rss_mb']:.0f}" + (f" (GPU {row['peak_gpu_mb']:.0f})" if "peak_gpu_mb" in row else "")
 
 

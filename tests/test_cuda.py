@@ -2,10 +2,11 @@
 
 Skipped where PyTorch sees no GPU (CI and most machines); run on a GPU machine with
 ``python -m pytest tests/test_cuda.py``. The CPU-side refusals (``--device cuda`` without a GPU) are in
-``test_runtime.py``.
+``test_runtime.py`` and, for ``covseg bench``, ``test_bench.py``.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from covseg.checkpoint import load_model
 from covseg.cli import main
 from covseg.datasets import read_image
 from covseg.inference import TorchBackend, label_agreement
+from covseg.runtime import resolve_precision
 from covseg.transforms import stack_resized
 
 from conftest import TINY_OVERRIDES
@@ -47,35 +49,46 @@ def cuda_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cuda_run_loads_on_the_cpu_and_predicts_the_same_labels(cuda_run: Path, tiny_data: Path) -> None:
+    raw = torch.load(cuda_run / "last.pt", weights_only=True)  # no map_location: the tensors as saved
+    assert all(tensor.device.type == "cpu" for tensor in raw["model"].values())
     model, config, _ = load_model(cuda_run, which="last")
-    assert all(p.device.type == "cpu" for p in model.parameters())  # the checkpoint holds CPU tensors
     x = _slices(tiny_data, config.data.input_size)
-    with torch.inference_mode():
-        cpu = model.eval()(x)
-        gpu = model.to(CUDA)(x.to(CUDA)).cpu()
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # full fp32 convolutions on the GPU too
+    try:
+        with torch.inference_mode():
+            cpu = model.eval()(x)
+            gpu = model.to(CUDA)(x.to(CUDA)).cpu()
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    torch.testing.assert_close(gpu, cpu, atol=1e-3, rtol=1e-3)
     assert label_agreement(gpu, cpu) >= inference.BF16_MIN_AGREEMENT
-    torch.testing.assert_close(gpu, cpu, atol=1e-2, rtol=1e-2)  # TF32 convolutions on the GPU: ~1e-3 relative
 
 
 def test_cuda_run_evaluates_on_the_gpu(cuda_run: Path, tiny_data: Path) -> None:
     assert main(["evaluate", str(cuda_run), "--data", str(tiny_data), "--device", "cuda", "--quiet"]) == 0
 
 
-def test_bf16_on_the_gpu_agrees_with_fp32_on_a_trained_model(cuda_run: Path, tiny_data: Path) -> None:
+def test_bf16_on_the_gpu_is_kept_only_where_it_agrees_with_fp32(cuda_run: Path, tiny_data: Path) -> None:
     model, config, _ = load_model(cuda_run)
-    x = _slices(tiny_data, config.data.input_size)
+    x = _slices(tiny_data, config.data.input_size).to(CUDA)
     backend = TorchBackend(model, CUDA, torch.bfloat16)
-    low = backend(x.to(CUDA))
-    assert backend.description == "torch cuda bfloat16"
-    assert backend.agreement is not None and backend.agreement >= inference.BF16_MIN_AGREEMENT
+    out = backend(x)
+    assert backend.agreement is not None  # the first batch was also run in fp32 and compared
+    kept = backend.agreement >= inference.BF16_MIN_AGREEMENT
+    assert backend.description == ("torch cuda bfloat16" if kept else "torch cuda float32")
     with torch.inference_mode():
-        assert label_agreement(low, model(x.to(CUDA).contiguous(memory_format=torch.channels_last))) \
-            >= inference.BF16_MIN_AGREEMENT
+        fp32 = model(x.contiguous(memory_format=torch.channels_last)).float()
+    # bf16's labels agree with fp32's as measured (the backend's fp32 has batch norm folded: a pixel's rounding apart)
+    # or, after the fallback, are fp32's own
+    expected = backend.agreement if kept else 1.0
+    assert label_agreement(out, fp32) == pytest.approx(expected, abs=5e-4)
 
 
 def test_bench_runs_the_pytorch_paths_on_the_gpu() -> None:
     row = measure("unet16", "covseg", size=64, repeats=2, train_steps=2, device="cuda")
-    assert row["dtype"] == "bfloat16" and row["peak_gpu_mb"] > 0 and row["train_img_s"] > 0
+    expected = str(resolve_precision("auto", CUDA)).removeprefix("torch.")  # bf16 where the GPU has it natively
+    assert row["dtype"] == expected and row["peak_gpu_mb"] > 0 and row["train_img_s"] > 0
     assert measure("unet16", "fp32-naive", size=64, repeats=1, train_steps=0, device="cuda")["dtype"] == "float32"
     with pytest.raises(ValueError, match="CPU only"):
         measure("unet16", "onnxruntime", size=64, repeats=1, train_steps=0, device="cuda")
@@ -88,7 +101,8 @@ def test_two_gpu_nccl_run_matches_one_gpu(tiny_data: Path, tmp_path: Path) -> No
     def train(prefix: list[str], out: Path) -> None:
         proc = subprocess.run([*prefix, "train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0",
                                "--epochs", "3", "-o", str(out), "--quiet", *settings],
-                              capture_output=True, text=True, timeout=300)
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "NVIDIA_TF32_OVERRIDE": "0"})  # full fp32 in both runs
         assert proc.returncode == 0, proc.stderr[-2000:]
 
     train([sys.executable, "-m", "covseg"], tmp_path / "single")
@@ -97,4 +111,4 @@ def test_two_gpu_nccl_run_matches_one_gpu(tiny_data: Path, tmp_path: Path) -> No
     one, _, _ = load_model(tmp_path / "single", which="last")
     two, _, _ = load_model(tmp_path / "ddp", which="last")
     for (name, a), (_, b) in zip(one.state_dict().items(), two.state_dict().items()):
-        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3, msg=name)  # TF32 and reduction order
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3, msg=name)  # reduction order
