@@ -131,8 +131,8 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     from covseg.models import fold_batch_norm
     from covseg.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, training_memory_format
 
-    dev = resolve_device(device)
-    if path.startswith("onnx") and dev.type != "cpu":
+    device = resolve_device(device)
+    if path.startswith("onnx") and device.type != "cpu":
         raise ValueError(f"the {path} path runs on the CPU only")
     if path == "covseg":  # as the covseg program does before any work
         keep_freed_memory()
@@ -141,7 +141,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     out: dict[str, Any] = {"model": model_name, "path": path,
                            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                            "gflop_per_slice": _flops(model_name, size) / 1e9}
-    dtype = resolve_precision("auto", dev) if path == "covseg" else torch.float32
+    dtype = resolve_precision("auto", device) if path == "covseg" else torch.float32
     out["dtype"] = "int8" if path == "onnx-int8" else str(dtype).removeprefix("torch.")
     channels_last = path in ("fp32-cl", "covseg")
     if channels_last:
@@ -149,7 +149,6 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     # covseg's own fp32 inference folds batch norm into the convolutions (as TorchBackend does); training keeps it
     fold = path == "covseg" and dtype == torch.float32
     infer_model = fold_batch_norm(model).to(memory_format=torch.channels_last) if fold else model
-    device = dev
     model, infer_model = model.to(device), infer_model.to(device)
 
     if path in ("onnxruntime", "onnx-int8"):
