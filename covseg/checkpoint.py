@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from covseg import __version__
-from covseg.config import RunConfig, config_from_dict, config_to_dict
+from covseg.config import ModelConfig, RunConfig, config_from_dict, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 from covseg.labels import get_scheme
@@ -76,15 +76,21 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return data
 
 
+def architecture_options(model: ModelConfig) -> dict[str, Any]:
+    """The keyword options of :func:`covseg.models.create_model` that ``model`` sets: width and depth, and for
+    U-Net its batch norm and convolution block (SegNet always has batch norm and plain blocks)."""
+    options: dict[str, Any] = {"width": model.width, "depth": model.depth}
+    if model.name == "unet":
+        options.update(batch_norm=model.batch_norm, block=model.block)
+    return options
+
+
 def build_model(config: RunConfig) -> nn.Module:
     """Instantiate the model described by ``config`` with the task's number of classes."""
     scheme = get_scheme(config.data.task)
     m = config.model
-    options: dict[str, Any] = {"num_classes": scheme.num_classes, "width": m.width, "depth": m.depth,
-                               "deep_supervision": m.deep_supervision}
-    if m.name == "unet":
-        options["batch_norm"] = m.batch_norm
-    return create_model(m.name, **options)
+    return create_model(m.name, num_classes=scheme.num_classes, deep_supervision=m.deep_supervision,
+                        **architecture_options(m))
 
 
 def load_model(path: str | Path, which: str = "best", task: str | None = None,

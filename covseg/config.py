@@ -72,6 +72,7 @@ class ModelConfig:
     depth: int = 4
     batch_norm: bool = True
     deep_supervision: bool = False  # extra losses on coarser decoder levels while training (U-Net, SegNet)
+    block: str = "plain"  # U-Net's convolution blocks: "plain" | "residual" (covseg.models.unet.BLOCKS)
 
 
 @dataclass
@@ -261,6 +262,7 @@ _CHOICES = {
     ("data", "task"): TASKS,
     ("data", "normalize"): NORMALIZATIONS,
     ("data", "resize"): RESIZE_MODES,
+    ("model", "block"): ("plain", "residual"),  # covseg.models.unet.BLOCKS
     ("train", "dice"): ("batch", "sample", "present"),
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "schedule"): ("constant", "cosine", "onecycle"),
@@ -286,6 +288,9 @@ def _validate(config: RunConfig, source: str) -> None:
     if not 0 <= config.train.ema < 1:
         raise CovsegError(f"{source}: train.ema is {config.train.ema}; it must be a decay in [0, 1), such as 0.99, "
                           "or 0 for no weight average")
+    if config.model.block != "plain" and config.model.name != "unet":
+        raise CovsegError(f"{source}: model.block is {config.model.block!r}, but only U-Net has other blocks; "
+                          f"leave model.block at plain for {config.model.name}")
     _validate_augment(config.train.augment, source)
     _validate_progressive(config, source)
     crop = config.train.augment.crop

@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from covseg import __version__
-from covseg.checkpoint import load_weights_file
+from covseg.checkpoint import architecture_options, load_weights_file
 from covseg.config import ModelConfig, RunConfig, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, atomic_write_text, interrupts_deferred
@@ -52,7 +52,7 @@ __all__ = ["PRETRAINED_FORMAT", "PRETRAINED_FILE", "PretrainOptions", "corrupt_s
 
 PRETRAINED_FORMAT = "covseg-pretrained-1"
 PRETRAINED_FILE = "pretrained.pt"
-ARCHITECTURE_KEYS = ("name", "width", "depth", "batch_norm")  # what must match between pretraining and training
+ARCHITECTURE_KEYS = ("name", "width", "depth", "batch_norm", "block")  # what must match between pretraining and training
 MIN_SIDE = 16  # the smallest slice side the corruptions take
 
 
@@ -159,16 +159,13 @@ def corrupt_batch(images: torch.Tensor, rng: np.random.Generator, options: Pretr
 
 def restoration_network(model: ModelConfig) -> nn.Module:
     """The architecture of ``model`` with one output channel (the restored slice's logit) and no deep supervision."""
-    options: dict[str, Any] = {"num_classes": 1, "width": model.width, "depth": model.depth,
-                               "deep_supervision": False}
-    if model.name == "unet":
-        options["batch_norm"] = model.batch_norm
-    return create_model(model.name, **options)
+    return create_model(model.name, num_classes=1, deep_supervision=False, **architecture_options(model))
 
 
 def _architecture(model: ModelConfig | dict[str, Any]) -> dict[str, Any]:
-    values = asdict(model) if isinstance(model, ModelConfig) else model
-    keys = ARCHITECTURE_KEYS if values.get("name") == "unet" else ARCHITECTURE_KEYS[:-1]  # SegNet: always batch norm
+    # pretrainings from before `model.block` existed had plain blocks
+    values = asdict(model) if isinstance(model, ModelConfig) else {"block": "plain", **model}
+    keys = ARCHITECTURE_KEYS if values.get("name") == "unet" else ARCHITECTURE_KEYS[:3]  # SegNet: batch norm, plain
     return {key: values.get(key) for key in keys}
 
 
@@ -195,7 +192,7 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 def check_pretrained(path: str | Path, config: RunConfig) -> tuple[Path, dict[str, Any]]:
     """Read the pretrained checkpoint at ``path`` and check it fits ``config``: a finished pretraining of the
-    same architecture (name, width, depth, batch norm) with the same per-slice normalisation.
+    same architecture (name, width, depth, batch norm, block) with the same per-slice normalisation.
     Returns ``(file, contents)``."""
     file, data = read_pretrained(path)
     made, wanted = _architecture(data["model_config"]), _architecture(config.model)

@@ -27,9 +27,12 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("train.epochs=abc", "expected a number"), ("optim.lr=1", "no section 'optim'"),
                          ("train.augment.hflip=1.5", r"hflip is 1.5; it must be a probability in \[0, 1\]"),
                          ("train.augment.elastic=1", r"elastic is 1.0; it must be in \[0, 1\)"),
-                         ("train.augment.rotate_deg=-5", "rotate_deg is -5.0; it must be >= 0")]:
+                         ("train.augment.rotate_deg=-5", "rotate_deg is -5.0; it must be >= 0"),
+                         ("model.block=dense", "model.block is 'dense'; use one of plain, residual"),
+                         ("model.block=residual", "only U-Net has other blocks; leave model.block at plain for segnet")]:
         with pytest.raises(CovsegError, match=message):
             apply_overrides(cfg, [bad])
+    assert apply_overrides(load_recipe("default"), ["model.block=residual"]).model.block == "residual"
     with pytest.raises(CovsegError, match="unknown recipe"):
         load_recipe("nope")
     path = tmp_path / "r.yaml"

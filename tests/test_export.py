@@ -309,3 +309,27 @@ def test_int8_export_warns_below_the_agreement_bar_and_keeps_the_root_logger(tin
     captured = capsys.readouterr()
     assert "int8 labels agree with fp32 on" in captured.out and "warning: that is below" in captured.err
     assert logging.getLogger().handlers == handlers  # the quantizer's logging left no handler behind
+
+
+@pytest.mark.parametrize("block", ["plain", "residual"])
+def test_every_unet_block_exports_with_folded_batch_norm_and_quantizes(block: str, tmp_path: Path) -> None:
+    """The fp32 ONNX graph of a batch-norm-folded U-Net gives the torch model's logits at another size than it
+    was traced at, and its static-int8 graph builds and keeps most labels (random weights, non-trivial statistics)."""
+    from covseg.models import create_model, fold_batch_norm
+    from covseg.quantize import quantize_network
+
+    torch.manual_seed(0)
+    model = create_model("unet", num_classes=3, width=4, depth=2, block=block)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.3, 3.0)
+    model.eval()
+    x = torch.rand(2, 1, 24, 32)
+    with torch.inference_mode():
+        reference = model(x)
+    backend = export.onnx_backend_of(fold_batch_norm(model), input_size=16)
+    torch.testing.assert_close(backend(x), reference, atol=1e-4, rtol=1e-4)
+    int8 = tmp_path / "int8.onnx"
+    quantize_network(fold_batch_norm(model), 16, [x.numpy()], int8)
+    out = export._session(str(int8), 1).run(["logits"], {"image": x.numpy()})[0]
+    assert out.shape == (2, 3, 24, 32) and label_agreement(torch.from_numpy(out), reference) > 0.8

@@ -6,48 +6,65 @@ import torch
 
 from covseg.errors import CovsegError
 from covseg.models import MODELS, create_model, fold_batch_norm, nearest_valid_size
+from covseg.models.unet import BLOCKS, ResidualDoubleConv
 
-SMALL = {"unet": {"width": 4, "depth": 2}, "segnet": {"width": 4, "depth": 2}}
+# every registered model, and every U-Net block, in a small size: (registry name, options)
+VARIANTS = {
+    "unet": ("unet", {"width": 4, "depth": 2}),
+    "unet-residual": ("unet", {"width": 4, "depth": 2, "block": "residual"}),
+    "segnet": ("segnet", {"width": 4, "depth": 2}),
+}
 
 
-@pytest.fixture(params=sorted(MODELS))
-def name(request) -> str:
+@pytest.fixture(params=sorted(VARIANTS))
+def variant(request) -> str:
+    """A key of :data:`VARIANTS`."""
     return request.param
 
 
+def small(variant: str, **options) -> torch.nn.Module:
+    name, defaults = VARIANTS[variant]
+    return create_model(name, **{**defaults, **options})
+
+
+def test_the_contract_covers_every_model_and_block() -> None:
+    assert {name for name, _ in VARIANTS.values()} == set(MODELS)
+    assert {opts.get("block", "plain") for name, opts in VARIANTS.values() if name == "unet"} == set(BLOCKS)
+
+
 @pytest.mark.parametrize("num_classes", [2, 4])
-def test_forward_shape_any_valid_size(name: str, num_classes: int) -> None:
-    model = create_model(name, num_classes=num_classes, **SMALL[name])
+def test_forward_shape_any_valid_size(variant: str, num_classes: int) -> None:
+    model = small(variant, num_classes=num_classes)
     for h, w in [(32, 32), (16, 48), (64, 20)]:
         out = model(torch.rand(2, 1, h, w))
         assert out.shape == (2, num_classes, h, w)
 
 
-def test_backward_reaches_every_parameter(name: str) -> None:
+def test_backward_reaches_every_parameter(variant: str) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=3, **SMALL[name])
+    model = small(variant, num_classes=3)
     model(torch.rand(2, 1, 32, 32)).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_bad_size_names_nearest_valid_size(name: str) -> None:
-    model = create_model(name, num_classes=2, **SMALL[name])
+def test_bad_size_names_nearest_valid_size(variant: str) -> None:
+    model = small(variant, num_classes=2)
     with pytest.raises(CovsegError, match="resize or pad to 36x32"):
         model(torch.rand(1, 1, 35, 30))
 
 
-def test_state_dict_round_trip(name: str) -> None:
+def test_state_dict_round_trip(variant: str) -> None:
     torch.manual_seed(0)
-    a = create_model(name, num_classes=2, **SMALL[name]).eval()
-    b = create_model(name, num_classes=2, **SMALL[name]).eval()
+    a = small(variant, num_classes=2).eval()
+    b = small(variant, num_classes=2).eval()
     b.load_state_dict(a.state_dict())
     x = torch.rand(1, 1, 32, 32)
     torch.testing.assert_close(a(x), b(x))
 
 
-def test_channels_last_and_bf16_autocast(name: str) -> None:
+def test_channels_last_and_bf16_autocast(variant: str) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=2, **SMALL[name]).eval()
+    model = small(variant, num_classes=2).eval()
     x = torch.rand(2, 1, 32, 32)
     ref = model(x)
     cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
@@ -57,9 +74,9 @@ def test_channels_last_and_bf16_autocast(name: str) -> None:
     assert low.shape == ref.shape and torch.isfinite(low).all()
 
 
-def test_folding_batch_norm_keeps_the_function_and_the_original(name: str) -> None:
+def test_folding_batch_norm_keeps_the_function_and_the_original(variant: str) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=3, **SMALL[name])
+    model = small(variant, num_classes=3)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms
     for bn in norms:  # statistics far from the initial (0, 1), so that an unfolded norm would show
@@ -121,3 +138,27 @@ def test_deep_supervision_outputs_levels_only_while_training(name: str, head_inp
     plain = create_model(name, num_classes=3, width=4, depth=3)
     extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
     assert extra == sum(c * 3 + 3 for c in head_inputs)
+
+
+def test_residual_block_adds_its_first_convolution_to_its_second() -> None:
+    torch.manual_seed(0)
+    block = ResidualDoubleConv(3, 5).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        h = block.first(x)
+        expected = torch.relu(block.second(h) + h)
+        torch.testing.assert_close(block(x), expected)
+        # with the second convolution's branch silenced the block is its first half: relu(0 + h) = h
+        block.second[0].weight.zero_()
+        block.second[1].bias.zero_()
+        torch.testing.assert_close(block(x), h)
+    assert (h >= 0).all() and h.shape == (2, 5, 8, 8)
+
+
+def test_residual_unet_has_the_plain_ones_parameters_and_rejects_unknown_blocks() -> None:
+    plain = create_model("unet", num_classes=2, width=16, depth=4)
+    residual = create_model("unet", num_classes=2, width=16, depth=4, block="residual")
+    assert sum(p.numel() for p in residual.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert sum(isinstance(m, ResidualDoubleConv) for m in residual.modules()) == 2 * 4 + 1
+    with pytest.raises(CovsegError, match="block must be one of plain, residual"):
+        create_model("unet", block="dense")

@@ -126,6 +126,15 @@ def test_init_refuses_another_network_or_normalisation(pretrained: Path, tmp_pat
     with pytest.raises(CovsegError, match="data.normalize=percentile"):
         config = _tiny_config("data.normalize=percentile")
         init_from_pretrained(build_model(config), pretrained, config)
+    with pytest.raises(CovsegError, match="model.block plain there, residual here"):
+        config = _tiny_config("model.block=residual")
+        init_from_pretrained(build_model(config), pretrained, config)
+    older = read_pretrained(pretrained)[1]  # a pretraining from before model.block: plain blocks
+    del older["model_config"]["block"]
+    torch.save(older, tmp_path / "older.pt")
+    check_pretrained(tmp_path / "older.pt", _tiny_config())
+    with pytest.raises(CovsegError, match="model.block plain there, residual here"):
+        check_pretrained(tmp_path / "older.pt", _tiny_config("model.block=residual"))
     with pytest.raises(CovsegError, match="no pretrained weights"):
         read_pretrained(tmp_path / "nothing")
     with pytest.raises(CovsegError, match="too small to corrupt"):
