@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat the cross-validation with each training seed (OUT/seed-S) and score each fold's "
                         "seed models as one ensemble (OUT/ensemble); summary in OUT/seeds.md. KEY=VALUE overrides "
                         "go before --seeds or after -o OUT")
+    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                   help="train up to N folds (x seeds) at once, each in its own process with its share of the CPU "
+                        "cores, then score them (default 1; for a GPU or a many-core CPU: on 2 cores keep 1)")
     p.add_argument("-o", "--output", type=Path, required=True, help="cross-validation folder")
 
     p = sub.add_parser("predict", help="segment images with a trained model")
@@ -291,10 +294,11 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     data = args.data or _default_data()
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
     if args.seeds:
-        cross_validate_seeds(config, samples, data, args.output, args.folds, args.seeds, not args.quiet, _log)
+        cross_validate_seeds(config, samples, data, args.output, args.folds, args.seeds, not args.quiet, _log,
+                             jobs=args.jobs)
         print((args.output / "seeds.md").read_text(encoding="utf-8"))
         return 0
-    cross_validate(config, samples, data, args.output, args.folds, not args.quiet, _log)
+    cross_validate(config, samples, data, args.output, args.folds, not args.quiet, _log, jobs=args.jobs)
     print((args.output / "cv.md").read_text(encoding="utf-8"))
     return 0
 

@@ -25,6 +25,7 @@ from covseg.intensity import LUNG_WINDOW
 from covseg.predict import describe_after_use, ensemble_members, open_models
 from covseg.splits import load_split
 from covseg.labels import get_scheme
+from covseg.parallel_runs import train_runs_in_parallel
 from covseg.checkpoint import build_model, read_checkpoint
 from covseg.config import config_to_dict
 from covseg.run import read_run_config, read_run_info, train_run
@@ -287,18 +288,35 @@ def _fold_config(config: RunConfig, fold: int, folds: int) -> RunConfig:
     return replace(config, data=replace(config.data, split=f"cv:{fold}", folds=folds))
 
 
+def _untrained_folds(config: RunConfig, out_dir: Path, folds: int) -> list[tuple[RunConfig, Path]]:
+    """``(fold config, fold folder)`` of each fold of ``out_dir`` whose run is not finished (refusing a folder of
+    other settings)."""
+    pending = []
+    for k in range(folds):
+        fold_dir, cfg = out_dir / f"fold-{k}", _fold_config(config, k, folds)
+        _check_same_settings(fold_dir, cfg)
+        last = fold_dir / "last.pt"
+        if not last.is_file() or read_checkpoint(last)["epoch"] < cfg.train.epochs:
+            pending.append((cfg, fold_dir))
+    return pending
+
+
 def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
-                   progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   progress: bool = True, log: Callable[[str], None] = print, jobs: int = 1) -> dict[str, Any]:
     """Train and evaluate fold ``K`` into ``out_dir/fold-K`` for every fold, skipping finished folds.
 
     A fold counts as done when its ``eval-heldout/metrics.json`` exists; an interrupted fold resumes
-    from its ``last.pt``. Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std. With
+    from its ``last.pt``. ``jobs`` > 1 trains the unfinished folds first, that many at a time in worker
+    processes (:func:`covseg.parallel_runs.train_runs_in_parallel`), then scores them here one by one.
+    Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std. With
     ``train.ema`` each fold's ``ema.pt`` is scored too (``fold-K/eval-heldout-ema``): a second table, its
     fold-by-fold difference from ``last.pt`` (the same training run, so no seed noise), and ``cv.json``'s
     ``ema`` entry.
     """
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
+    if jobs > 1:
+        train_runs_in_parallel(_untrained_folds(config, out_dir, folds), samples, data, jobs, log)
     rows, ema_rows = [], []
     for k in range(folds):
         fold_dir = out_dir / f"fold-{k}"
@@ -366,7 +384,7 @@ def _report_of(metrics_path: Path, members: list[Path]) -> bool:
 
 def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
                          seeds: Sequence[int], progress: bool = True,
-                         log: Callable[[str], None] = print) -> dict[str, Any]:
+                         log: Callable[[str], None] = print, jobs: int = 1) -> dict[str, Any]:
     """:func:`cross_validate` once per training seed, then each fold's seed models as one ensemble.
 
     Seed ``S`` (``train.seed = S``, the same saved folds) goes to ``out_dir/seed-S``, resumed as
@@ -375,14 +393,16 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     those images. Writes ``seeds.md`` and ``seeds.json``: each seed's CV mean ± std over folds, the mean ±
     std of the seeds' CV means (the spread a single CV figure carries), the same over every seed × fold
     model, and the seed ensemble's CV with its per-fold rows (train seconds: the sum over its members).
+    ``jobs`` > 1 first trains every unfinished seed × fold run, that many at a time, as :func:`cross_validate`.
     """
     check_seeds(seeds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
-    for seed, cfg in configs.items():  # before any training: a folder of other settings fails now, not hours in
-        for k in range(folds):
-            _check_same_settings(out_dir / f"seed-{seed}" / f"fold-{k}", _fold_config(cfg, k, folds))
+    # before any training: a folder of other settings fails now, not hours in
+    pending = [run for seed, cfg in configs.items() for run in _untrained_folds(cfg, out_dir / f"seed-{seed}", folds)]
+    if jobs > 1:
+        train_runs_in_parallel(pending, samples, data, jobs, log)
     per_seed: dict[int, dict[str, Any]] = {}
     for seed, cfg in configs.items():
         log(f"=== seed {seed} ===")

@@ -283,3 +283,51 @@ def test_the_program_keeps_freed_memory_except_for_download(monkeypatch, tmp_pat
     assert calls == [1]
     assert entry(["download", "--mirror", str(tmp_path / "none"), "--data-dir", str(tmp_path / "data")]) == 2
     assert calls == [1]
+
+
+def test_cv_jobs_trains_folds_in_worker_processes_as_one_at_a_time(tiny_data: Path, tmp_path: Path, capfd) -> None:
+    from covseg.parallel_runs import threads_per_job
+
+    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "2", "--quiet", *TINY_OVERRIDES]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads_per_job(2))  # the threads each of two workers gets, so the runs can match
+    try:
+        assert main(["cv", "--folds", "3", "-o", str(tmp_path / "one"), *common]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    capfd.readouterr()
+    assert main(["cv", "--folds", "3", "--jobs", "2", "-o", str(tmp_path / "two"), *common]) == 0
+    err = capfd.readouterr().err  # the workers' lines too (their own processes: captured at the file descriptor)
+    assert "training 3 runs, 2 at a time" in err and err.count("finished run reused") == 3
+    assert all(f"two/fold-{k}] training unet" in err for k in range(3))
+    for k in range(3):
+        one, two = (torch.load(tmp_path / d / f"fold-{k}" / "last.pt", weights_only=True)["model"] for d in ("one", "two"))
+        assert one.keys() == two.keys() and all(torch.equal(one[key], two[key]) for key in one), k
+    columns = [json.loads((tmp_path / d / "cv.json").read_text())["columns"] for d in ("one", "two")]
+    assert columns[0].keys() == columns[1].keys()
+    for name in columns[0]:
+        if name != "train seconds":
+            assert columns[1][name] == pytest.approx(columns[0][name]), name
+    # a second call finds every fold finished and trains nothing
+    mtime = (tmp_path / "two" / "fold-2" / "last.pt").stat().st_mtime_ns
+    assert main(["cv", "--folds", "3", "--jobs", "2", "-o", str(tmp_path / "two"), *common]) == 0
+    assert (tmp_path / "two" / "fold-2" / "last.pt").stat().st_mtime_ns == mtime
+    assert "training 3 runs" not in capfd.readouterr().err
+    # with --seeds every seed x fold run is trained first, then each seed's folds and the seed ensembles are scored
+    assert main(["cv", "--folds", "2", "--seeds", "0", "1", "--jobs", "2", "-o", str(tmp_path / "seeds"), *common]) == 0
+    assert "training 4 runs, 2 at a time" in capfd.readouterr().err
+    assert all((tmp_path / "seeds" / f"seed-{s}" / f"fold-{k}" / "eval-heldout" / "metrics.json").is_file()
+               for s in (0, 1) for k in (0, 1)) and (tmp_path / "seeds" / "seeds.md").is_file()
+
+
+def test_cv_jobs_passes_a_workers_error_on_as_one_line(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "--quiet", *TINY_OVERRIDES]
+    with pytest.raises(SystemExit) as exit_:
+        main(["cv", "--folds", "2", "--jobs", "0", "-o", str(tmp_path / "cv"), *common])
+    assert exit_.value.code == 2 and "--jobs: must be a positive whole number" in capsys.readouterr().err
+    # a worker's own refusal (here: training from a pretraining that is not there) reaches the user as one line
+    assert main(["cv", "--folds", "2", "--jobs", "2", "-o", str(tmp_path / "cv"), *common,
+                 f"train.init={tmp_path / 'nothing'}"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("covseg: error: ") and "no pretrained weights" in errors[0]
+    assert not (tmp_path / "cv" / "fold-0" / "last.pt").exists()
