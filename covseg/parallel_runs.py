@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -26,8 +27,25 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // jobs)
 
 
+_training = False
+"""Whether this worker process is inside a training (see :func:`_on_interrupt`)."""
+
+
+def _on_interrupt(signum: int, frame: object) -> None:
+    """A worker's SIGINT handler: Ctrl-C reaches every process of the terminal's group, the workers included. A
+    training stops as a single run does (``KeyboardInterrupt``, after saving); an idle worker, waiting for its
+    next run, ignores it and is shut down by the pool, so that no worker prints a traceback."""
+    if _training:
+        signal.default_int_handler(signum, frame)
+
+
+def _start_worker() -> None:
+    signal.signal(signal.SIGINT, _on_interrupt)
+
+
 def _train_in_worker(config: RunConfig, samples: list[Sample], run_dir: Path, data: str, threads: int) -> bool:
     """Worker body: train or resume ``run_dir``; False when Ctrl-C stopped it (after saving ``last.pt``)."""
+    global _training
     import sys
 
     import torch
@@ -40,10 +58,13 @@ def _train_in_worker(config: RunConfig, samples: list[Sample], run_dir: Path, da
     def log(message: str) -> None:
         print(f"[{run_dir}] {message}", file=sys.stderr, flush=True)
 
+    _training = True
     try:
         train_or_resume(config, samples, run_dir, data, False, False, log)
     except KeyboardInterrupt:
         return False
+    finally:
+        _training = False
     return True
 
 
@@ -63,7 +84,7 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
     threads = threads_per_job(jobs)
     log(f"training {len(runs)} runs, {jobs} at a time, {threads} torch thread{'s' if threads > 1 else ''} each")
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker) as pool:
         futures = [pool.submit(_train_in_worker, config, samples, run_dir, data, threads) for config, run_dir in runs]
         try:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
