@@ -217,6 +217,12 @@ def _train_seconds(run_dir: Path) -> float:
     return sum(float(line.split(",")[-1]) for line in rows)
 
 
+def _epochs_done(run_dir: Path) -> int:
+    """The epochs ``run_dir/last.pt`` holds; 0 when there is none."""
+    last = run_dir / "last.pt"
+    return read_checkpoint(last)["epoch"] if last.is_file() else 0
+
+
 def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, data: str, force: bool,
                     progress: bool, log: Callable[[str], None]) -> float:
     """Make ``run_dir`` a finished run of ``config``: train it, resume it, or (already finished) keep it.
@@ -230,7 +236,7 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
     if force or not last.is_file():
         result = train_run(config, samples, run_dir, data, force=True, progress=progress, log=log)
     else:
-        done = read_checkpoint(last)["epoch"]
+        done = _epochs_done(run_dir)
         if done >= config.train.epochs:
             log(f"{run_dir}: finished run reused ({done} epochs)")
             result = None
@@ -295,8 +301,7 @@ def _untrained_folds(config: RunConfig, out_dir: Path, folds: int) -> list[tuple
     for k in range(folds):
         fold_dir, cfg = out_dir / f"fold-{k}", _fold_config(config, k, folds)
         _check_same_settings(fold_dir, cfg)
-        last = fold_dir / "last.pt"
-        if not last.is_file() or read_checkpoint(last)["epoch"] < cfg.train.epochs:
+        if _epochs_done(fold_dir) < cfg.train.epochs:
             pending.append((cfg, fold_dir))
     return pending
 
@@ -399,9 +404,11 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
-    # before any training: a folder of other settings fails now, not hours in
-    pending = [run for seed, cfg in configs.items() for run in _untrained_folds(cfg, out_dir / f"seed-{seed}", folds)]
+    for seed, cfg in configs.items():  # before any training: a folder of other settings fails now, not hours in
+        for k in range(folds):
+            _check_same_settings(out_dir / f"seed-{seed}" / f"fold-{k}", _fold_config(cfg, k, folds))
     if jobs > 1:
+        pending = [run for seed, cfg in configs.items() for run in _untrained_folds(cfg, out_dir / f"seed-{seed}", folds)]
         train_runs_in_parallel(pending, samples, data, jobs, log)
     per_seed: dict[int, dict[str, Any]] = {}
     for seed, cfg in configs.items():

@@ -12,9 +12,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
+
+import torch
 
 from covseg.config import RunConfig
 from covseg.datasets import Sample
@@ -46,11 +49,7 @@ def _start_worker() -> None:
 def _train_in_worker(config: RunConfig, samples: list[Sample], run_dir: Path, data: str, threads: int) -> bool:
     """Worker body: train or resume ``run_dir``; False when Ctrl-C stopped it (after saving ``last.pt``)."""
     global _training
-    import sys
-
-    import torch
-
-    from covseg.experiment import train_or_resume
+    from covseg.experiment import train_or_resume  # here: covseg.experiment imports this module
 
     if config.train.threads == 0:  # the config's own setting wins; it is part of the run's settings
         torch.set_num_threads(threads)
@@ -87,7 +86,7 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker) as pool:
         futures = [pool.submit(_train_in_worker, config, samples, run_dir, data, threads) for config, run_dir in runs]
         try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            wait(futures, return_when=FIRST_EXCEPTION)
         except KeyboardInterrupt:  # the workers had the same Ctrl-C: they save and return False
             for future in futures:
                 future.cancel()

@@ -52,7 +52,6 @@ __all__ = ["PRETRAINED_FORMAT", "PRETRAINED_FILE", "PretrainOptions", "corrupt_s
 
 PRETRAINED_FORMAT = "covseg-pretrained-1"
 PRETRAINED_FILE = "pretrained.pt"
-ARCHITECTURE_KEYS = ("name", "width", "depth", "batch_norm", "block")  # what must match between pretraining and training
 MIN_SIDE = 16  # the smallest slice side the corruptions take
 
 
@@ -163,10 +162,10 @@ def restoration_network(model: ModelConfig) -> nn.Module:
 
 
 def _architecture(model: ModelConfig | dict[str, Any]) -> dict[str, Any]:
-    # pretrainings from before `model.block` existed had plain blocks
-    values = asdict(model) if isinstance(model, ModelConfig) else {"block": "plain", **model}
-    keys = ARCHITECTURE_KEYS if values.get("name") == "unet" else ARCHITECTURE_KEYS[:3]  # SegNet: batch norm, plain
-    return {key: values.get(key) for key in keys}
+    """What must match between a pretraining and a training: the model's name and the options that build it
+    (a saved ``model_config`` from before an option existed takes that option's default)."""
+    model = model if isinstance(model, ModelConfig) else ModelConfig(**model)
+    return {"name": model.name, **architecture_options(model)}
 
 
 def pretrained_path(path: str | Path) -> Path:

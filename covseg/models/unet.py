@@ -9,17 +9,18 @@ from covseg.models.shapes import check_input_size
 __all__ = ["UNet", "DoubleConv", "ResidualDoubleConv", "BLOCKS"]
 
 
+def _conv_norm(in_channels: int, out_channels: int, batch_norm: bool) -> list[nn.Module]:
+    """A 3x3 convolution (padding 1), then batch norm if asked (the convolution then has no bias)."""
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)
+    return [conv, nn.BatchNorm2d(out_channels)] if batch_norm else [conv]
+
+
 class DoubleConv(nn.Sequential):
     """Two 3x3 convolutions (padding 1), each followed by optional batch norm and ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True) -> None:
-        layers: list[nn.Module] = []
-        for c_in in (in_channels, out_channels):
-            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out_channels))
-            layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
+        super().__init__(*_conv_norm(in_channels, out_channels, batch_norm), nn.ReLU(inplace=True),
+                         *_conv_norm(out_channels, out_channels, batch_norm), nn.ReLU(inplace=True))
 
 
 class ResidualDoubleConv(nn.Module):
@@ -35,14 +36,8 @@ class ResidualDoubleConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True) -> None:
         super().__init__()
-        first: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)]
-        second: list[nn.Module] = [nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=not batch_norm)]
-        if batch_norm:
-            first.append(nn.BatchNorm2d(out_channels))
-            second.append(nn.BatchNorm2d(out_channels))
-        first.append(nn.ReLU(inplace=True))
-        self.first = nn.Sequential(*first)
-        self.second = nn.Sequential(*second)
+        self.first = nn.Sequential(*_conv_norm(in_channels, out_channels, batch_norm), nn.ReLU(inplace=True))
+        self.second = nn.Sequential(*_conv_norm(out_channels, out_channels, batch_norm))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
