@@ -90,6 +90,10 @@ class AugmentConfig:
     # train on a random square crop of this side (pixels) of each augmented image (0: the whole image); the
     # model still validates and predicts whole images. A multiple of 2**model.depth, at most data.input_size
     crop: int = 0
+    # CutMix (Yun et al. 2019; French et al. 2020 for segmentation): with this probability each image of the batch
+    # gets a random box (area a uniform share of the image, aspect kept) of another image of the batch, label map
+    # included. Applied last, on the augmented (and cropped or progressively resized) batch
+    cutmix: float = 0.0
 
 
 @dataclass
@@ -328,7 +332,7 @@ def _validate_augment(augment: AugmentConfig, source: str) -> None:
     """Flip probabilities lie in [0, 1]; factors about 1 and the elastic warp in [0, 1); the rest are >= 0."""
     for field_ in dataclasses.fields(augment):
         value = getattr(augment, field_.name)
-        if field_.name in ("hflip", "vflip"):
+        if field_.name in ("hflip", "vflip", "cutmix"):
             ok, rule = 0 <= value <= 1, "a probability in [0, 1]"
         elif field_.name in ("scale", "gamma", "contrast", "elastic"):
             ok, rule = 0 <= value < 1, "in [0, 1)"

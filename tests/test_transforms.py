@@ -224,3 +224,36 @@ def test_progressive_size_resamples_the_whole_slice_and_draws_as_before() -> Non
     assert torch.equal(g1.get_state(), g2.get_state())
     torch.testing.assert_close(same, full)
     assert torch.equal(same_y, full_y)
+
+
+def test_cutmix_pastes_a_box_of_another_image_with_its_labels() -> None:
+    from covseg.transforms import cutmix
+
+    b, size = 4, 32
+    images = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, size, size).contiguous()
+    masks = torch.arange(b).view(b, 1, 1).expand(b, size, size).contiguous()  # image k's labels are all k
+    out_x, out_y = cutmix(images, masks, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(images[:, 0, 0, 0], torch.arange(b, dtype=torch.float32))  # inputs untouched
+    for i in range(b):
+        pasted = out_y[i] != i
+        assert pasted.any()  # probability 1: every image got a box
+        rows, cols = pasted.nonzero().unbind(1)
+        box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+        assert pasted[box].all() and int(pasted.sum()) == pasted[box].numel()  # one rectangle
+        assert len(out_y[i][pasted].unique()) == 1 and int(out_y[i][pasted][0]) != i  # from one other image
+        torch.testing.assert_close(out_x[i, 0], out_y[i].float())  # the image moved with its labels
+    same_x, same_y = cutmix(images, masks, 0.0, torch.Generator().manual_seed(3))
+    assert torch.equal(same_x, images) and torch.equal(same_y, masks)
+
+
+def test_cutmix_comes_last_in_augment_batch() -> None:
+    b, size = 3, 32
+    images = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, size, size).contiguous() / b
+    masks = torch.arange(b).view(b, 1, 1).expand(b, size, size).contiguous()
+    cfg = AugmentConfig(hflip=0.5, cutmix=1.0)
+    x, y = augment_batch(images, masks, cfg, torch.Generator().manual_seed(0), size=16)
+    assert x.shape == (b, 1, 16, 16) and y.shape == (b, 16, 16)  # mixed after the progressive resize
+    for i in range(b):
+        assert set(y[i].unique().tolist()) == {i, (i + 1) % b} or set(y[i].unique().tolist()) == {i, (i + 2) % b}
+    plain = augment_batch(images, masks, AugmentConfig(hflip=0.5), torch.Generator().manual_seed(0), size=16)
+    assert torch.equal(plain[1], masks[:, :16, :16])  # without CutMix each image keeps its own labels
