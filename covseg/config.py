@@ -129,6 +129,12 @@ class TrainConfig:
     # ema.pt with the trained network's batch-norm statistics (evaluate with --checkpoint ema); 0 = none.
     # 0.99 spans ~100 steps
     ema: float = 0.0
+    # semi-supervised consistency (covseg.consistency; French et al. 2020): weight of a soft cross-entropy that pulls
+    # the student's predictions on CutMix-ed unlabelled slices towards its mean teacher's (decay teacher_decay);
+    # consistency_batch unlabelled slices join every step. 0 = off
+    consistency: float = 0.0
+    consistency_batch: int = 4
+    teacher_decay: float = 0.99
     # start from the weights `covseg pretrain` wrote (its folder or pretrained.pt; every tensor whose name and shape
     # match, so all but the output heads): self-supervised pretraining on unlabelled slices. "" = random weights
     init: str = ""
@@ -289,6 +295,10 @@ def _validate(config: RunConfig, source: str) -> None:
             raise CovsegError(f"{source}: {section}.{key} must be positive, got {value}")
     if not 0 <= config.data.val_fraction < 1:
         raise CovsegError(f"{source}: data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
+    t = config.train
+    if t.consistency < 0 or t.consistency_batch < 2 or not 0 <= t.teacher_decay < 1:
+        raise CovsegError(f"{source}: train.consistency {t.consistency}, train.consistency_batch {t.consistency_batch}, "
+                          f"train.teacher_decay {t.teacher_decay}: need a weight >= 0, a batch >= 2 and a decay in [0, 1)")
     if not 0 <= config.train.ema < 1:
         raise CovsegError(f"{source}: train.ema is {config.train.ema}; it must be a decay in [0, 1), such as 0.99, "
                           "or 0 for no weight average")

@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from covseg import __version__
 from covseg.checkpoint import build_model, read_checkpoint, save_checkpoint
 from covseg.config import DataConfig, RunConfig, config_from_dict, config_to_dict
-from covseg.datasets import Sample
+from covseg.consistency import ConsistencyTerm
+from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_write_text, interrupts_deferred
 from covseg.figures import plot_curves
@@ -165,6 +166,19 @@ def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseu
     return _Pseudo(x.half(), y.to(torch.uint8), digest)
 
 
+def _unlabelled_slices(config: RunConfig, data_path: str, log) -> torch.Tensor | None:
+    """The data set's unlabelled slices for the consistency term, normalised and resized: ``(U, 1, S, S)`` float16;
+    None when ``train.consistency`` is off."""
+    d = config.data
+    if config.train.consistency <= 0:
+        return None
+    samples = load_dataset(data_path, d.task, split="unlabelled", window=d.window)
+    images = stack_resized([normalize_image(s.image, d.normalize) for s in samples], None, d.input_size, d.resize)[0]
+    log(f"consistency: {len(samples)} unlabelled slices, {config.train.consistency_batch} per step, "
+        f"weight {config.train.consistency:g}")
+    return images.half()
+
+
 def _pretrained_file(config: RunConfig, run_dir: Path, resume: bool, log) -> Path | None:
     """The checked ``train.init`` file a new run starts from, or None. A resumed run takes its weights from
     ``last.pt``: it only refuses a ``train.init`` file that changed since it began (a moved one is noted)."""
@@ -214,6 +228,9 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
     pretrained = _pretrained_file(config, run_dir, resume, log)
     pseudo = _pseudo_slices(config, planned, data_path, log)
+    if t.consistency > 0 and dist.enabled:
+        raise CovsegError("train.consistency is single-process only; train without torchrun, or set train.consistency=0")
+    unlabelled = _unlabelled_slices(config, data_path, log)
     if resume and pseudo is not None and read_run_info(run_dir).get("pseudo_labels_sha256") != pseudo.digest:
         raise CovsegError(f"{run_dir}: its pseudo-labels ({d.pseudo_labels}) changed since the run began; "
                           "make them again as they were, or train a new run")
@@ -257,6 +274,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
             core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
         model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device] if device.type == "cuda" else None)
     averaged = weight_average(core, t.ema) if t.ema > 0 else None
+    consistency = (ConsistencyTerm(unlabelled, weight_average(core, t.teacher_decay), t.consistency_batch)
+                   if unlabelled is not None else None)
     optimizer = make_optimizer(model, t)
     loss_fn = create_loss(t.loss, weights, t.dice, t.lesion_dice, t.types_only, t.lesion_and_type).to(device)
     if config.model.deep_supervision:
@@ -275,6 +294,12 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                                   "train it again (covseg train ... -o RUN --force)")
             averaged.module.load_state_dict(state["ema"])
             averaged.n_averaged.fill_(1)  # past the first update, which copies the model
+        if consistency is not None:
+            if "teacher" not in state:
+                raise CovsegError(f"{run_dir}/last.pt holds no teacher though train.consistency is on; "
+                                  "train it again (covseg train ... -o RUN --force)")
+            consistency.teacher.module.load_state_dict(state["teacher"])
+            consistency.teacher.n_averaged.fill_(1)
     start = len(history)
     log(f"training {config.model.name} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M parameters) "
         f"on {len(train)} images, validating on {len(val)}, {d.input_size}x{d.input_size}, "
@@ -293,7 +318,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                 pick = epoch_pseudo_indices(len(pseudo.images), len(train_x), d.pseudo_ratio, t.seed, epoch)
                 epoch_x = torch.cat([train_x, pseudo.images[pick].float()])
                 epoch_y = torch.cat([train_y, pseudo.labels[pick].long()])
-            fit = train_one_epoch(model, loss_fn, optimizer, epoch_x, epoch_y, t, epoch, device, dtype, dist, averaged)
+            fit = train_one_epoch(model, loss_fn, optimizer, epoch_x, epoch_y, t, epoch, device, dtype, dist, averaged,
+                                  consistency)
             if val_x is not None and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
                 res = validate(core, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype, t.types_only)
             else:
@@ -315,6 +341,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                         network = averaged_network(averaged, core)
                         save_checkpoint(run_dir / "ema.pt", network, config, epoch + 1, None)
                         extra["ema"] = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+                    if consistency is not None:
+                        extra["teacher"] = {k: v.detach().cpu() for k, v in consistency.teacher.module.state_dict().items()}
                     save_checkpoint(run_dir / "last.pt", core, config, epoch + 1, score,
                                     optimizer=optimizer.state_dict(), history=history, best=best, **extra)
                     _write_history(run_dir, history)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from covseg.config import TrainConfig
+from covseg.consistency import ConsistencyTerm, soft_cross_entropy, unlabelled_generator, warmup
 from covseg.errors import CovsegError
 from covseg.metrics import aggregate_per_image, confusion_matrix
 from covseg.runtime import DistContext, autocast, training_memory_format
@@ -105,6 +106,7 @@ def train_one_epoch(
     dtype: torch.dtype,
     dist: DistContext = DistContext(),
     averaged: AveragedModel | None = None,
+    consistency: ConsistencyTerm | None = None,
 ) -> EpochResult:
     """One pass over shuffled, augmented batches; updates the learning rate every step.
 
@@ -117,6 +119,11 @@ def train_one_epoch(
     ``mfb_ce``), the batch splits evenly and batch norm is absent or synchronised (it is on CUDA); batch
     Dice and per-process batch-norm statistics on CPU make it an approximation. A last batch with fewer
     images than processes is skipped. The returned loss and accuracy are summed over all processes.
+
+    ``consistency`` (:class:`covseg.consistency.ConsistencyTerm`, single process only) adds its mixed unlabelled
+    slices to every batch and ``train.consistency`` times the warmed-up soft cross-entropy to the loss; its draws
+    come from a stream of their own, so the labelled batches are those drawn without it. The returned loss is the
+    labelled loss alone.
     """
     model.train()
     generator = epoch_generator(cfg.seed, epoch)
@@ -126,6 +133,7 @@ def train_one_epoch(
     loss_sum, correct, pixels = 0.0, 0, 0
     memory_format = training_memory_format(device)
     progressive = cfg.progressive_size if epoch < cfg.progressive_epochs() else None
+    unlabelled = unlabelled_generator(cfg.seed, epoch) if consistency is not None else None
     for step in range(steps):
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x, y = augment_batch(images[index], masks[index], cfg.augment, generator, size=progressive)
@@ -137,15 +145,30 @@ def train_one_epoch(
         y = y.to(device)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(cfg.schedule, epoch * steps + step, total_steps)
+        mixed = target = None
+        if consistency is not None:
+            mixed, target = consistency.batch_for(model, unlabelled, progressive, device)
+            x = torch.cat([x, mixed.contiguous(memory_format=memory_format)])
         with autocast(device, dtype):
             outputs = model(x)
+        if mixed is not None:
+            b = y.shape[0]
+            extra = (outputs[0] if isinstance(outputs, list) else outputs)[b:]
+            outputs = [o[:b] for o in outputs] if isinstance(outputs, list) else outputs[:b]
+            x = x[:b]
         loss = loss_fn(outputs, y)
+        total = loss
+        if mixed is not None:
+            weight = cfg.consistency * warmup(epoch * steps + step, total_steps)
+            total = loss + weight * soft_cross_entropy(extra, target)
         logits = outputs[0] if isinstance(outputs, list) else outputs  # deep supervision: full size first
-        if not torch.isfinite(loss):
+        if not torch.isfinite(total):
             raise CovsegError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower train.lr")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         optimizer.step()
+        if consistency is not None:
+            consistency.update(model)
         if averaged is not None:
             averaged.update_parameters(model.module if isinstance(model, nn.parallel.DistributedDataParallel)
                                        else model)

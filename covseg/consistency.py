@@ -1,0 +1,98 @@
+"""Semi-supervised consistency on unlabelled slices: a mean teacher and CutMix (French et al., BMVC 2020).
+
+Every training step draws ``train.consistency_batch`` unlabelled slices. The teacher, an exponential moving
+average of the student's weights (:func:`covseg.training.weight_average`, with the student's batch-norm
+statistics), predicts class probabilities for each of them; each slice then gets a random box of another of the
+drawn slices (:func:`box_masks`), and its teacher probabilities get the same box. The student sees the mixed
+slices beside its labelled batch and is pulled towards the mixed teacher probabilities by a soft cross-entropy
+(:func:`soft_cross_entropy`), weighted by ``train.consistency`` after a linear warm-up (:func:`warmup`).
+
+Shapes: unlabelled images ``(U, 1, S, S)`` float16 in [0, 1] (``S`` = ``data.input_size``); probabilities
+``(N, C, s, s)`` with ``C`` the task's classes (0 background).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+__all__ = ["box_masks", "soft_cross_entropy", "warmup", "unlabelled_generator", "ConsistencyTerm"]
+
+#: the share of all training steps over which the consistency weight rises linearly from 0
+WARMUP_SHARE = 0.25
+
+
+def box_masks(n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` CutMix boxes ``(n, 1, height, width)`` float, 1 inside: area a uniform share ``u`` of the image
+    (sides ``height sqrt(u)`` x ``width sqrt(u)``, rounded), at a uniform position."""
+    share = torch.rand(n, generator=generator).sqrt()
+    corner = torch.rand(n, 2, generator=generator)
+    masks = torch.zeros(n, 1, height, width)
+    for i in range(n):
+        h, w = round(height * float(share[i])), round(width * float(share[i]))
+        top, left = int(corner[i, 0] * (height - h + 1)), int(corner[i, 1] * (width - w + 1))
+        masks[i, :, top:top + h, left:left + w] = 1.0
+    return masks
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels of ``-sum_c target_c log softmax(logits)_c``; ``logits`` and ``target``
+    ``(N, C, H, W)``, ``target`` probabilities (each pixel sums to 1)."""
+    return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def warmup(step: int, total: int) -> float:
+    """The consistency weight's factor at optimiser ``step`` of ``total``: ``step / (WARMUP_SHARE total)``,
+    at most 1."""
+    ramp = max(1.0, WARMUP_SHARE * total)
+    return min(1.0, step / ramp)
+
+
+def unlabelled_generator(seed: int, epoch: int) -> torch.Generator:
+    """The stream that draws and mixes unlabelled slices in ``epoch``, apart from the labelled batches' own."""
+    entropy = np.random.SeedSequence([seed, epoch, 0xC0517]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(entropy))
+
+
+class ConsistencyTerm:
+    """The unlabelled slices and the teacher that labels them; one :meth:`batch` per training step.
+
+    ``teacher`` is an :class:`~torch.optim.swa_utils.AveragedModel` of the student; :meth:`update` after every
+    optimiser step moves it.
+    """
+
+    def __init__(self, images: torch.Tensor, teacher: AveragedModel, batch: int) -> None:
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(f"unlabelled images must be (U, 1, S, S), got {tuple(images.shape)}")
+        self.images = images
+        self.teacher = teacher
+        self.batch = batch
+
+    @torch.no_grad()
+    def batch_for(self, student: nn.Module, generator: torch.Generator, size: int | None,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixed slices ``(k, 1, s, s)`` for the student and their mixed teacher probabilities ``(k, C, s, s)``
+        (``s`` = ``size`` or the stored side). The teacher runs in eval mode with the student's batch-norm
+        statistics."""
+        pick = torch.randperm(self.images.shape[0], generator=generator)[:self.batch]
+        slices = self.images[pick].float()
+        if size is not None and size != slices.shape[-1]:
+            slices = F.interpolate(slices, size=(size, size), mode="bilinear", align_corners=False)
+        slices = slices.to(device)
+        for mine, theirs in zip(self.teacher.module.buffers(), student.buffers(), strict=True):
+            mine.copy_(theirs)
+        teacher = self.teacher.module.eval()
+        probs = torch.softmax(teacher(slices).float(), dim=1)
+        k = slices.shape[0]
+        shift = int(torch.randint(1, k, (1,), generator=generator)) if k > 1 else 0
+        boxes = box_masks(k, slices.shape[-2], slices.shape[-1], generator).to(device)
+        other = torch.roll(torch.arange(k), -shift).to(device)  # slice i takes a box of slice i + shift
+        mixed = boxes * slices[other] + (1 - boxes) * slices
+        target = boxes * probs[other] + (1 - boxes) * probs
+        return mixed, target
+
+    def update(self, student: nn.Module) -> None:
+        """Move the teacher towards the student's current weights (after an optimiser step)."""
+        self.teacher.update_parameters(student)

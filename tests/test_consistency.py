@@ -1,0 +1,123 @@
+"""The semi-supervised consistency term: CutMix boxes, soft cross-entropy, warm-up, the teacher's mixed targets,
+and a training run that uses it (reproducible across a resume, refused without unlabelled slices)."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import covseg.run
+from covseg.checkpoint import read_checkpoint
+from covseg.cli import main
+from covseg.consistency import ConsistencyTerm, box_masks, soft_cross_entropy, warmup
+from covseg.training import weight_average
+
+from conftest import TINY_OVERRIDES, add_unlabelled, write_semiseg
+
+
+def test_box_masks_are_one_rectangle_each() -> None:
+    masks = box_masks(16, 20, 30, torch.Generator().manual_seed(0))
+    assert masks.shape == (16, 1, 20, 30)
+    for mask in masks[:, 0]:
+        inside = mask.nonzero()
+        if len(inside) == 0:  # a share that rounds to an empty box
+            continue
+        rows, cols = inside.unbind(1)
+        box = mask[int(rows.min()):int(rows.max()) + 1, int(cols.min()):int(cols.max()) + 1]
+        assert box.all() and int(mask.sum()) == box.numel()
+    shares = masks.mean(dim=(1, 2, 3))
+    assert 0.2 < float(shares.mean()) < 0.8  # a uniform share of the area: mean 0.5
+
+
+def test_soft_cross_entropy_is_cross_entropy_for_one_hot_targets() -> None:
+    logits = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 3, (2, 4, 5), generator=torch.Generator().manual_seed(2))
+    one_hot = F.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    torch.testing.assert_close(soft_cross_entropy(logits, one_hot), F.cross_entropy(logits, labels))
+    # by hand: two classes, logits (0, log 4) -> p = (1/5, 4/5); target (1/2, 1/2): -(log 1/5 + log 4/5) / 2
+    logits = torch.tensor([0.0, 4.0]).log().nan_to_num(neginf=0.0).view(1, 2, 1, 1)
+    value = soft_cross_entropy(logits, torch.full((1, 2, 1, 1), 0.5))
+    assert float(value) == pytest.approx(-(math.log(0.2) + math.log(0.8)) / 2)
+
+
+def test_warmup_rises_linearly_over_a_quarter_of_the_steps() -> None:
+    assert [warmup(s, 400) for s in (0, 50, 100, 300)] == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_mixed_targets_follow_the_mixed_slices() -> None:
+    student = nn.Conv2d(1, 2, 1)  # per-pixel logits from the grey level: a constant slice has constant probabilities
+    with torch.no_grad():
+        student.weight.copy_(torch.tensor([[[[1.0]]], [[[-1.0]]]]))
+        student.bias.zero_()
+    images = torch.tensor([0.1, 0.4, 0.7, 0.9]).view(4, 1, 1, 1).expand(4, 1, 16, 16).half()
+    term = ConsistencyTerm(images, weight_average(student, 0.9), batch=3)
+    term.update(student)  # the first update copies the student
+    mixed, target = term.batch_for(student, torch.Generator().manual_seed(4), None, torch.device("cpu"))
+    assert mixed.shape == (3, 1, 16, 16) and target.shape == (3, 2, 16, 16)
+    torch.testing.assert_close(target.sum(dim=1), torch.ones(3, 16, 16))
+    # every pixel's target is the teacher's probabilities for the grey level the student sees there
+    torch.testing.assert_close(target, torch.softmax(student(mixed), dim=1))
+    assert all(len(m.unique()) in (1, 2) for m in mixed)  # at most two slices in each
+    half, _ = term.batch_for(student, torch.Generator().manual_seed(4), 8, torch.device("cpu"))
+    assert half.shape == (3, 1, 8, 8)  # progressive resizing: the slices are resampled first
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def semi_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return add_unlabelled(write_semiseg(tmp_path_factory.mktemp("cons"), n=9, seed=3), n=6, seed=5)
+
+
+def _train(data: Path, out: Path, *extra: str) -> int:
+    return main(["train", "--recipe", "tiny", "--data", str(data), "--split", "cv:0", "-o", str(out), "--quiet",
+                 "--epochs", "4", *TINY_OVERRIDES, "train.consistency=1", "train.consistency_batch=2", *extra])
+
+
+def test_a_consistency_run_resumes_to_the_same_result(semi_data: Path, tmp_path: Path, monkeypatch) -> None:
+    assert _train(semi_data, tmp_path / "full") == 0
+    full = read_checkpoint(tmp_path / "full" / "last.pt")
+    assert set(full["teacher"]) == set(full["model"])  # the teacher is saved for a resume
+
+    real = covseg.run.train_one_epoch
+
+    def stop_at_epoch_2(*args, **kwargs):
+        if args[6] == 2:  # the 0-based epoch
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(covseg.run, "train_one_epoch", stop_at_epoch_2)
+    assert _train(semi_data, tmp_path / "cut") == 130
+    assert len(_history(tmp_path / "cut")) == 2
+    monkeypatch.setattr(covseg.run, "train_one_epoch", real)
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    for a, b in zip(_history(tmp_path / "cut"), _history(tmp_path / "full"), strict=True):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-6)
+    resumed = read_checkpoint(tmp_path / "cut" / "last.pt")
+    for key, value in full["teacher"].items():
+        torch.testing.assert_close(resumed["teacher"][key], value, rtol=1e-5, atol=1e-6)
+    # and the term changes training: without it the same seed trains to other weights
+    assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:0", "-o", str(tmp_path / "off"),
+                 "--quiet", "--epochs", "4", *TINY_OVERRIDES]) == 0
+    off = read_checkpoint(tmp_path / "off" / "last.pt")["model"]
+    assert any(not torch.equal(off[k], full["model"][k]) for k in off)
+
+
+def test_consistency_without_unlabelled_slices_is_refused(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    assert _train(tiny_data, tmp_path / "none") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unlabelled" in err and "Traceback" not in err
+    assert not (tmp_path / "none").exists()  # refused before anything was written
+
+
+def test_bad_consistency_settings_are_refused(semi_data: Path, tmp_path: Path, capsys) -> None:
+    assert _train(semi_data, tmp_path / "bad", "train.consistency_batch=1") == 2
+    assert "a batch >= 2" in capsys.readouterr().err
