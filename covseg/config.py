@@ -296,9 +296,12 @@ def _validate(config: RunConfig, source: str) -> None:
     if not 0 <= config.data.val_fraction < 1:
         raise CovsegError(f"{source}: data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
     t = config.train
-    if t.consistency < 0 or t.consistency_batch < 2 or not 0 <= t.teacher_decay < 1:
+    if not (math.isfinite(t.consistency) and t.consistency >= 0) or t.consistency_batch < 2 or not 0 <= t.teacher_decay < 1:
         raise CovsegError(f"{source}: train.consistency {t.consistency}, train.consistency_batch {t.consistency_batch}, "
                           f"train.teacher_decay {t.teacher_decay}: need a weight >= 0, a batch >= 2 and a decay in [0, 1)")
+    if t.consistency > 0 and (t.augment.crop or t.types_only):
+        what = "train.augment.crop" if t.augment.crop else "train.types_only"
+        raise CovsegError(f"{source}: train.consistency does not combine with {what}; set one of them to 0 / false")
     if not 0 <= config.train.ema < 1:
         raise CovsegError(f"{source}: train.ema is {config.train.ema}; it must be a decay in [0, 1), such as 0.99, "
                           "or 0 for no weight average")

@@ -57,15 +57,15 @@ def unlabelled_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class ConsistencyTerm:
-    """The unlabelled slices and the teacher that labels them; one :meth:`batch` per training step.
+    """The unlabelled slices and the teacher that labels them; one :meth:`batch_for` per training step.
 
     ``teacher`` is an :class:`~torch.optim.swa_utils.AveragedModel` of the student; :meth:`update` after every
     optimiser step moves it.
     """
 
     def __init__(self, images: torch.Tensor, teacher: AveragedModel, batch: int) -> None:
-        if images.ndim != 4 or images.shape[1] != 1:
-            raise ValueError(f"unlabelled images must be (U, 1, S, S), got {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[1] != 1 or images.shape[0] < 2:
+            raise ValueError(f"unlabelled images must be (U, 1, S, S) with U >= 2, got {tuple(images.shape)}")
         self.images = images
         self.teacher = teacher
         self.batch = batch

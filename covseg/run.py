@@ -173,6 +173,9 @@ def _unlabelled_slices(config: RunConfig, data_path: str, log) -> torch.Tensor |
     if config.train.consistency <= 0:
         return None
     samples = load_dataset(data_path, d.task, split="unlabelled", window=d.window)
+    if len(samples) < 2:
+        raise CovsegError(f"train.consistency needs at least 2 unlabelled slices in {data_path}, found {len(samples)}; "
+                          "add them or set train.consistency=0")
     images = stack_resized([normalize_image(s.image, d.normalize) for s in samples], None, d.input_size, d.resize)[0]
     log(f"consistency: {len(samples)} unlabelled slices, {config.train.consistency_batch} per step, "
         f"weight {config.train.consistency:g}")

@@ -163,7 +163,8 @@ def train_one_epoch(
             total = loss + weight * soft_cross_entropy(extra, target)
         logits = outputs[0] if isinstance(outputs, list) else outputs  # deep supervision: full size first
         if not torch.isfinite(total):
-            raise CovsegError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower train.lr")
+            raise CovsegError(f"the loss became {total.item()} at epoch {epoch + 1}"
+                              + (f" (labelled {loss.item()})" if mixed is not None else "") + "; lower train.lr")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()

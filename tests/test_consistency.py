@@ -2,6 +2,7 @@
 and a training run that uses it (reproducible across a resume, refused without unlabelled slices)."""
 from __future__ import annotations
 
+import copy
 import csv
 import math
 from pathlib import Path
@@ -49,20 +50,30 @@ def test_warmup_rises_linearly_over_a_quarter_of_the_steps() -> None:
     assert [warmup(s, 400) for s in (0, 50, 100, 300)] == [0.0, 0.5, 1.0, 1.0]
 
 
-def test_mixed_targets_follow_the_mixed_slices() -> None:
-    student = nn.Conv2d(1, 2, 1)  # per-pixel logits from the grey level: a constant slice has constant probabilities
+def test_mixed_targets_are_the_teachers_on_the_mixed_slices() -> None:
+    # per-pixel logits from the grey level (1x1 convolution, then batch norm): a constant slice has constant output
+    student = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
     with torch.no_grad():
-        student.weight.copy_(torch.tensor([[[[1.0]]], [[[-1.0]]]]))
-        student.bias.zero_()
+        student[0].weight.copy_(torch.tensor([[[[1.0]]], [[[-1.0]]]]))
+        student[0].bias.zero_()
     images = torch.tensor([0.1, 0.4, 0.7, 0.9]).view(4, 1, 1, 1).expand(4, 1, 16, 16).half()
     term = ConsistencyTerm(images, weight_average(student, 0.9), batch=3)
-    term.update(student)  # the first update copies the student
+    term.update(student)  # the first update copies the student's weights
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():  # then the student moves on: new weights and new batch-norm statistics
+        student[0].weight.mul_(3.0)
+        student[1].running_mean.copy_(torch.tensor([0.2, -0.1]))
+        student[1].running_var.copy_(torch.tensor([2.0, 0.5]))
+    teacher.load_state_dict({**teacher.state_dict(), **{k: v for k, v in student.state_dict().items() if "running" in k}})
     mixed, target = term.batch_for(student, torch.Generator().manual_seed(4), None, torch.device("cpu"))
     assert mixed.shape == (3, 1, 16, 16) and target.shape == (3, 2, 16, 16)
-    torch.testing.assert_close(target.sum(dim=1), torch.ones(3, 16, 16))
-    # every pixel's target is the teacher's probabilities for the grey level the student sees there
-    torch.testing.assert_close(target, torch.softmax(student(mixed), dim=1))
-    assert all(len(m.unique()) in (1, 2) for m in mixed)  # at most two slices in each
+    # every pixel's target is the teacher's (old weights, the student's statistics) for the grey level seen there
+    torch.testing.assert_close(target, torch.softmax(teacher.eval()(mixed), dim=1))
+    assert not torch.allclose(target, torch.softmax(student.eval()(mixed), dim=1), atol=1e-3)
+    torch.testing.assert_close(student[1].running_mean, torch.tensor([0.2, -0.1]))  # the student's are untouched
+    levels = [len(m.unique()) for m in mixed]
+    assert max(levels) == 2 and min(levels) >= 1  # CutMix: a box of one other slice in each
+    assert set(mixed.unique().tolist()) <= set(images.float().unique().tolist())
     half, _ = term.batch_for(student, torch.Generator().manual_seed(4), 8, torch.device("cpu"))
     assert half.shape == (3, 1, 8, 8)  # progressive resizing: the slices are resampled first
 
@@ -118,6 +129,32 @@ def test_consistency_without_unlabelled_slices_is_refused(tiny_data: Path, tmp_p
     assert not (tmp_path / "none").exists()  # refused before anything was written
 
 
-def test_bad_consistency_settings_are_refused(semi_data: Path, tmp_path: Path, capsys) -> None:
-    assert _train(semi_data, tmp_path / "bad", "train.consistency_batch=1") == 2
-    assert "a batch >= 2" in capsys.readouterr().err
+@pytest.mark.parametrize("bad, message", [("train.consistency_batch=1", "a batch >= 2"),
+                                           ("train.consistency=nan", "a weight >= 0"),
+                                           ("train.augment.crop=16", "does not combine with train.augment.crop")])
+def test_bad_consistency_settings_are_refused(semi_data: Path, tmp_path: Path, capsys, bad: str, message: str) -> None:
+    assert _train(semi_data, tmp_path / "bad", bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_labelled_batches_are_drawn_as_without_the_term(semi_data: Path, tmp_path: Path, monkeypatch) -> None:
+    import covseg.training
+
+    real = covseg.training.augment_batch
+    seen: dict[str, list[torch.Tensor]] = {"on": [], "off": []}
+    for mode in ("on", "off"):
+        def recording(images, masks, *args, _mode=mode, **kwargs):
+            out = real(images, masks, *args, **kwargs)
+            seen[_mode].append(out[0].clone())
+            return out
+
+        monkeypatch.setattr(covseg.training, "augment_batch", recording)
+        weight = "1" if mode == "on" else "0"
+        assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:0", "-o",
+                     str(tmp_path / mode), "--quiet", "--epochs", "2", *TINY_OVERRIDES,
+                     f"train.consistency={weight}"]) == 0
+    assert len(seen["on"]) == len(seen["off"]) > 0
+    for a, b in zip(seen["on"], seen["off"]):
+        assert torch.equal(a, b)
