@@ -3,7 +3,8 @@
 Every training step draws ``train.consistency_batch`` unlabelled slices. The teacher, an exponential moving
 average of the student's weights (:func:`covseg.training.weight_average`, with the student's batch-norm
 statistics), predicts class probabilities for each of them; each slice then gets a random box of another of the
-drawn slices (:func:`box_masks`), and its teacher probabilities get the same box. The student sees the mixed
+drawn slices (:func:`covseg.transforms.box_masks`), and its teacher probabilities get the same box. The student
+sees the mixed
 slices beside its labelled batch and is pulled towards the mixed teacher probabilities by a soft cross-entropy
 (:func:`soft_cross_entropy`), weighted by ``train.consistency`` after a linear warm-up (:func:`warmup`).
 
@@ -18,23 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-__all__ = ["box_masks", "soft_cross_entropy", "warmup", "unlabelled_generator", "ConsistencyTerm"]
+from covseg.transforms import box_masks
+
+__all__ = ["soft_cross_entropy", "warmup", "unlabelled_generator", "ConsistencyTerm"]
 
 #: the share of all training steps over which the consistency weight rises linearly from 0
 WARMUP_SHARE = 0.25
-
-
-def box_masks(n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
-    """``n`` CutMix boxes ``(n, 1, height, width)`` float, 1 inside: area a uniform share ``u`` of the image
-    (sides ``height sqrt(u)`` x ``width sqrt(u)``, rounded), at a uniform position."""
-    share = torch.rand(n, generator=generator).sqrt()
-    corner = torch.rand(n, 2, generator=generator)
-    masks = torch.zeros(n, 1, height, width)
-    for i in range(n):
-        h, w = round(height * float(share[i])), round(width * float(share[i]))
-        top, left = int(corner[i, 0] * (height - h + 1)), int(corner[i, 1] * (width - w + 1))
-        masks[i, :, top:top + h, left:left + w] = 1.0
-    return masks
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

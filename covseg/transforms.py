@@ -137,30 +137,36 @@ def augment_batch(
     return images, masks
 
 
+def box_masks(n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` CutMix boxes ``(n, 1, height, width)`` float, 1 inside: area a uniform share ``u`` of the image
+    (sides ``height sqrt(u)`` x ``width sqrt(u)``, rounded), at a uniform position."""
+    share = torch.rand(n, generator=generator).sqrt()
+    corner = torch.rand(n, 2, generator=generator)
+    masks = torch.zeros(n, 1, height, width)
+    for i in range(n):
+        h, w = round(height * float(share[i])), round(width * float(share[i]))
+        top, left = int(corner[i, 0] * (height - h + 1)), int(corner[i, 1] * (width - w + 1))
+        masks[i, :, top:top + h, left:left + w] = 1.0
+    return masks
+
+
 def cutmix(images: torch.Tensor, masks: torch.Tensor, probability: float, generator: torch.Generator
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """CutMix for segmentation: each image ``(B, 1, H, W)`` and its label map ``(B, H, W)`` gets, with
-    ``probability``, the pixels and labels of a box from the next image of a random cyclic shift of the batch.
+    ``probability``, the pixels and labels of a box (:func:`box_masks`) from the next image of a random cyclic
+    shift of the batch.
 
-    The box's area is a uniform share ``u`` of the image (sides ``H sqrt(u)`` x ``W sqrt(u)``, rounded), its
-    position uniform within the image; every image draws its numbers whether or not it is mixed, so the draws per
-    batch are fixed. A batch of one image is returned unchanged. Returns new tensors; the inputs are unchanged.
+    Every image draws its box whether or not it is mixed, so the draws per batch are fixed. A batch of one image
+    is returned unchanged. Returns new tensors; the inputs are unchanged.
     """
     b, height, width = masks.shape
     if b < 2:
         return images, masks
     shift = int(torch.randint(1, b, (1,), generator=generator))
     mixed = torch.rand(b, generator=generator) < probability
-    share = torch.rand(b, generator=generator).sqrt()
-    corner = torch.rand(b, 2, generator=generator)
-    out_images, out_masks = images.clone(), masks.clone()
-    for i in torch.nonzero(mixed).flatten().tolist():
-        h, w = round(height * float(share[i])), round(width * float(share[i]))
-        top, left = int(corner[i, 0] * (height - h + 1)), int(corner[i, 1] * (width - w + 1))
-        j = (i + shift) % b
-        out_images[i, :, top:top + h, left:left + w] = images[j, :, top:top + h, left:left + w]
-        out_masks[i, top:top + h, left:left + w] = masks[j, top:top + h, left:left + w]
-    return out_images, out_masks
+    inside = box_masks(b, height, width, generator).bool() & mixed.view(b, 1, 1, 1)
+    other = (torch.arange(b) + shift) % b
+    return torch.where(inside, images[other], images), torch.where(inside[:, 0], masks[other], masks)
 
 
 def random_crop(images: torch.Tensor, masks: torch.Tensor, size: int, generator: torch.Generator

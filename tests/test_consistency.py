@@ -15,7 +15,8 @@ from torch import nn
 import covseg.run
 from covseg.checkpoint import read_checkpoint
 from covseg.cli import main
-from covseg.consistency import ConsistencyTerm, box_masks, soft_cross_entropy, warmup
+from covseg.consistency import ConsistencyTerm, soft_cross_entropy, warmup
+from covseg.transforms import box_masks
 from covseg.training import weight_average
 
 from conftest import TINY_OVERRIDES, add_unlabelled, write_semiseg
