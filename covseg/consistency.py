@@ -4,9 +4,8 @@ Every training step draws ``train.consistency_batch`` unlabelled slices. The tea
 average of the student's weights (:func:`covseg.training.weight_average`, with the student's batch-norm
 statistics), predicts class probabilities for each of them; each slice then gets a random box of another of the
 drawn slices (:func:`covseg.transforms.box_masks`), and its teacher probabilities get the same box. The student
-sees the mixed
-slices beside its labelled batch and is pulled towards the mixed teacher probabilities by a soft cross-entropy
-(:func:`soft_cross_entropy`), weighted by ``train.consistency`` after a linear warm-up (:func:`warmup`).
+sees the mixed slices beside its labelled batch and is pulled towards the mixed teacher probabilities by a soft
+cross-entropy (:func:`soft_cross_entropy`), weighted by ``train.consistency`` after a linear warm-up (:func:`warmup`).
 
 Shapes: unlabelled images ``(U, 1, S, S)`` float16 in [0, 1] (``S`` = ``data.input_size``); probabilities
 ``(N, C, s, s)`` with ``C`` the task's classes (0 background).
