@@ -25,16 +25,21 @@ from covseg.fileio import atomic_path
 from covseg.labels import get_scheme
 from covseg.models import create_model
 
-__all__ = ["FORMAT", "save_checkpoint", "load_weights_file", "read_checkpoint", "build_model", "load_model", "find_checkpoint"]
+__all__ = ["FORMAT", "cpu_state_dict", "save_checkpoint", "load_weights_file", "read_checkpoint", "build_model", "load_model", "find_checkpoint"]
 
 FORMAT = "covseg-checkpoint-1"
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict, detached and on the CPU (what a checkpoint stores)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def save_checkpoint(path: Path, model: nn.Module, config: RunConfig, epoch: int, score: float | None,
                     **state: Any) -> None:
     """Write a checkpoint atomically (``state``: e.g. ``optimizer=opt.state_dict()``)."""
     payload = {"format": FORMAT, "version": __version__, "config": config_to_dict(config),
-               "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "model": cpu_state_dict(model),
                "epoch": epoch, "score": score, **state}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -12,18 +12,20 @@ Shapes: unlabelled images ``(U, 1, S, S)`` float16 in [0, 1] (``S`` = ``data.inp
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from covseg.training import averaged_network, side_generator
 from covseg.transforms import box_masks
 
-__all__ = ["soft_cross_entropy", "warmup", "unlabelled_generator", "ConsistencyTerm"]
+__all__ = ["soft_cross_entropy", "warmup", "ConsistencyTerm"]
 
 #: the share of all training steps over which the consistency weight rises linearly from 0
 WARMUP_SHARE = 0.25
+#: the tag of the unlabelled slices' draws (:func:`covseg.training.side_generator`)
+UNLABELLED_STREAM = 0xC0517
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -39,25 +41,26 @@ def warmup(step: int, total: int) -> float:
     return min(1.0, step / ramp)
 
 
-def unlabelled_generator(seed: int, epoch: int) -> torch.Generator:
-    """The stream that draws and mixes unlabelled slices in ``epoch``, apart from the labelled batches' own."""
-    entropy = np.random.SeedSequence([seed, epoch, 0xC0517]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(entropy))
-
-
 class ConsistencyTerm:
-    """The unlabelled slices and the teacher that labels them; one :meth:`batch_for` per training step.
+    """The unlabelled slices and the teacher that labels them; one :meth:`batch_for` and one :meth:`loss` per
+    training step, drawn from :meth:`generator`.
 
     ``teacher`` is an :class:`~torch.optim.swa_utils.AveragedModel` of the student; :meth:`update` after every
-    optimiser step moves it.
+    optimiser step moves it. ``weight``: ``train.consistency``.
     """
 
-    def __init__(self, images: torch.Tensor, teacher: AveragedModel, batch: int) -> None:
+    def __init__(self, images: torch.Tensor, teacher: AveragedModel, batch: int, weight: float) -> None:
         if images.ndim != 4 or images.shape[1] != 1 or images.shape[0] < 2:
             raise ValueError(f"unlabelled images must be (U, 1, S, S) with U >= 2, got {tuple(images.shape)}")
         self.images = images
         self.teacher = teacher
         self.batch = batch
+        self.weight = weight
+
+    @staticmethod
+    def generator(seed: int, epoch: int) -> torch.Generator:
+        """The stream that draws and mixes unlabelled slices in ``epoch``, apart from the labelled batches' own."""
+        return side_generator(seed, epoch, UNLABELLED_STREAM)
 
     @torch.no_grad()
     def batch_for(self, student: nn.Module, generator: torch.Generator, size: int | None,
@@ -70,9 +73,7 @@ class ConsistencyTerm:
         if size is not None and size != slices.shape[-1]:
             slices = F.interpolate(slices, size=(size, size), mode="bilinear", align_corners=False)
         slices = slices.to(device)
-        for mine, theirs in zip(self.teacher.module.buffers(), student.buffers(), strict=True):
-            mine.copy_(theirs)
-        teacher = self.teacher.module.eval()
+        teacher = averaged_network(self.teacher, student).eval()
         probs = torch.softmax(teacher(slices).float(), dim=1)
         k = slices.shape[0]
         shift = int(torch.randint(1, k, (1,), generator=generator)) if k > 1 else 0
@@ -81,6 +82,11 @@ class ConsistencyTerm:
         mixed = boxes * slices[other] + (1 - boxes) * slices
         target = boxes * probs[other] + (1 - boxes) * probs
         return mixed, target
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, step: int, total: int) -> torch.Tensor:
+        """The weighted term at optimiser ``step`` of ``total``: the student's ``logits`` ``(k, C, s, s)`` on the
+        mixed slices against their mixed teacher probabilities ``target``."""
+        return self.weight * warmup(step, total) * soft_cross_entropy(logits, target)
 
     def update(self, student: nn.Module) -> None:
         """Move the teacher towards the student's current weights (after an optimiser step)."""

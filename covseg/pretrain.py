@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from covseg import __version__
-from covseg.checkpoint import architecture_options, load_weights_file
+from covseg.checkpoint import architecture_options, cpu_state_dict, load_weights_file
 from covseg.config import ModelConfig, RunConfig, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, atomic_write_text, interrupts_deferred
@@ -306,7 +306,7 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
                    "model_config": asdict(m), "normalize": d.normalize, "input_size": d.input_size,
                    "options": asdict(options), "steps": step, "slices": len(images), "data": str(data_path),
                    "slices_digest": digest, "run_config": config_to_dict(config),
-                   "model": {k: v.detach().cpu() for k, v in network.state_dict().items()}}
+                   "model": cpu_state_dict(network)}
         with interrupts_deferred():
             with atomic_path(out_dir / PRETRAINED_FILE) as tmp:
                 torch.save(payload, tmp)

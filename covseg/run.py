@@ -33,7 +33,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from covseg import __version__
-from covseg.checkpoint import build_model, read_checkpoint, save_checkpoint
+from covseg.checkpoint import build_model, cpu_state_dict, read_checkpoint, save_checkpoint
 from covseg.config import DataConfig, RunConfig, config_from_dict, config_to_dict
 from covseg.consistency import ConsistencyTerm
 from covseg.datasets import Sample, load_dataset
@@ -277,7 +277,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
             core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
         model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device] if device.type == "cuda" else None)
     averaged = weight_average(core, t.ema) if t.ema > 0 else None
-    consistency = (ConsistencyTerm(unlabelled, weight_average(core, t.teacher_decay), t.consistency_batch)
+    consistency = (ConsistencyTerm(unlabelled, weight_average(core, t.teacher_decay), t.consistency_batch, t.consistency)
                    if unlabelled is not None else None)
     optimizer = make_optimizer(model, t)
     loss_fn = create_loss(t.loss, weights, t.dice, t.lesion_dice, t.types_only, t.lesion_and_type).to(device)
@@ -343,9 +343,9 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                     if averaged is not None:
                         network = averaged_network(averaged, core)
                         save_checkpoint(run_dir / "ema.pt", network, config, epoch + 1, None)
-                        extra["ema"] = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+                        extra["ema"] = cpu_state_dict(network)
                     if consistency is not None:
-                        extra["teacher"] = {k: v.detach().cpu() for k, v in consistency.teacher.module.state_dict().items()}
+                        extra["teacher"] = cpu_state_dict(consistency.teacher.module)
                     save_checkpoint(run_dir / "last.pt", core, config, epoch + 1, score,
                                     optimizer=optimizer.state_dict(), history=history, best=best, **extra)
                     _write_history(run_dir, history)

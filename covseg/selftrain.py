@@ -29,11 +29,13 @@ from covseg.errors import CovsegError
 from covseg.fileio import atomic_dir, atomic_write_text
 from covseg.inference import backends_used
 from covseg.labels import get_scheme
+from covseg.training import side_generator
 
 __all__ = ["PSEUDO_FILE", "PseudoLabelRule", "slice_statistics", "make_pseudo_labels", "resolve_pseudo_folder",
            "check_pseudo_labels", "load_pseudo_labels", "epoch_pseudo_indices"]
 
 PSEUDO_FILE = "pseudo.json"
+PSEUDO_STREAM = 0x5E1F  # the tag of the pseudo-labelled slices' draws (covseg.training.side_generator)
 _FOLD_DIR = re.compile(r"fold-(\d+)$")
 
 
@@ -269,7 +271,4 @@ def epoch_pseudo_indices(n_pseudo: int, n_labelled: int, ratio: float, seed: int
     Seeded by ``(seed, epoch)`` alone, so a resumed run draws the same slices.
     """
     count = min(n_pseudo, int(round(ratio * n_labelled)))
-    # a stream of its own, unrelated to the shuffling / augmentation generator of any epoch
-    entropy = np.random.SeedSequence([seed, epoch, 0x5E1F]).generate_state(1, np.uint64)[0]
-    generator = torch.Generator().manual_seed(int(entropy))
-    return torch.randperm(n_pseudo, generator=generator)[:count]
+    return torch.randperm(n_pseudo, generator=side_generator(seed, epoch, PSEUDO_STREAM))[:count]

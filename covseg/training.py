@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,14 +16,16 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from covseg.config import TrainConfig
-from covseg.consistency import ConsistencyTerm, soft_cross_entropy, unlabelled_generator, warmup
 from covseg.errors import CovsegError
 from covseg.metrics import aggregate_per_image, confusion_matrix
 from covseg.runtime import DistContext, autocast, training_memory_format
 from covseg.transforms import augment_batch
 
+if TYPE_CHECKING:
+    from covseg.consistency import ConsistencyTerm
+
 __all__ = ["EpochResult", "lr_factor", "make_optimizer", "epoch_generator", "train_one_epoch", "validate",
-           "predicted_labels", "class_argmax", "weight_average", "averaged_network", "batch_confusion",
+           "predicted_labels", "class_argmax", "weight_average", "averaged_network", "side_generator", "batch_confusion",
            "mean_foreground_dice"]
 
 
@@ -94,6 +97,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def side_generator(seed: int, epoch: int, tag: int) -> torch.Generator:
+    """A stream of its own for ``epoch``, unrelated to :func:`epoch_generator`'s and to other ``tag``'s: what an
+    extra source of data draws (pseudo-labelled slices, the consistency term's unlabelled slices) leaves the
+    labelled batches as they are. Seeded by ``(seed, epoch, tag)`` alone, so a resumed run draws the same."""
+    entropy = np.random.SeedSequence([seed, epoch, tag]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(entropy))
+
+
 def train_one_epoch(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -121,7 +132,7 @@ def train_one_epoch(
     images than processes is skipped. The returned loss and accuracy are summed over all processes.
 
     ``consistency`` (:class:`covseg.consistency.ConsistencyTerm`, single process only) adds its mixed unlabelled
-    slices to every batch and ``train.consistency`` times the warmed-up soft cross-entropy to the loss; its draws
+    slices to every batch and its weighted, warmed-up soft cross-entropy to the loss; its draws
     come from a stream of their own, so the labelled batches are those drawn without it. The returned loss is the
     labelled loss alone.
     """
@@ -133,7 +144,7 @@ def train_one_epoch(
     loss_sum, correct, pixels = 0.0, 0, 0
     memory_format = training_memory_format(device)
     progressive = cfg.progressive_size if epoch < cfg.progressive_epochs() else None
-    unlabelled = unlabelled_generator(cfg.seed, epoch) if consistency is not None else None
+    unlabelled = consistency.generator(cfg.seed, epoch) if consistency is not None else None
     for step in range(steps):
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x, y = augment_batch(images[index], masks[index], cfg.augment, generator, size=progressive)
@@ -159,8 +170,7 @@ def train_one_epoch(
         loss = loss_fn(outputs, y)
         total = loss
         if mixed is not None:
-            weight = cfg.consistency * warmup(epoch * steps + step, total_steps)
-            total = loss + weight * soft_cross_entropy(extra, target)
+            total = loss + consistency.loss(extra, target, epoch * steps + step, total_steps)
         logits = outputs[0] if isinstance(outputs, list) else outputs  # deep supervision: full size first
         if not torch.isfinite(total):
             raise CovsegError(f"the loss became {total.item()} at epoch {epoch + 1}"

@@ -58,7 +58,7 @@ def test_mixed_targets_are_the_teachers_on_the_mixed_slices() -> None:
         student[0].weight.copy_(torch.tensor([[[[1.0]]], [[[-1.0]]]]))
         student[0].bias.zero_()
     images = torch.tensor([0.1, 0.4, 0.7, 0.9]).view(4, 1, 1, 1).expand(4, 1, 16, 16).half()
-    term = ConsistencyTerm(images, weight_average(student, 0.9), batch=3)
+    term = ConsistencyTerm(images, weight_average(student, 0.9), batch=3, weight=1.0)
     term.update(student)  # the first update copies the student's weights
     teacher = copy.deepcopy(student)
     with torch.no_grad():  # then the student moves on: new weights and new batch-norm statistics
