@@ -136,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "cores, then score them (default 1; for a GPU or a many-core CPU: on 2 cores keep 1)")
     p.add_argument("-o", "--output", type=Path, required=True, help="cross-validation folder")
 
+    p = sub.add_parser("cv-compare", help="paired per-image differences between two cross-validations of the "
+                                          "same folds (a screen against the default)")
+    p.add_argument("reference", type=Path, help="the baseline's `covseg cv` folder (or its seed-S folder)")
+    p.add_argument("candidate", type=Path, help="the screened recipe's `covseg cv` folder")
+    p.add_argument("--metrics", nargs="+", metavar="COLUMN",
+                   help="per_image.csv columns (default: every per-class Dice the truths hold, e.g. dice_infection)")
+    p.add_argument("-o", "--output", type=Path, help="also write the tables to this Markdown file")
+
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders (PNG, JPG, TIFF, NIfTI, DICOM)")
     p.add_argument("-o", "--output", type=Path, required=True)
@@ -303,6 +311,18 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cv_compare(args: argparse.Namespace) -> int:
+    from covseg.fileio import atomic_write_text
+    from covseg.paired import compare_cross_validations, format_comparison
+
+    differences = compare_cross_validations(args.reference, args.candidate, args.metrics)
+    text = format_comparison(differences, str(args.reference), str(args.candidate))
+    if args.output:
+        atomic_write_text(args.output, text + "\n")
+    print(text)
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from covseg.datasets import list_images
     from covseg.labels import get_scheme
@@ -381,7 +401,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"download": _cmd_download, "train": _cmd_train, "evaluate": _cmd_evaluate,
-            "compare": _cmd_compare, "cv": _cmd_cv, "predict": _cmd_predict,
+            "compare": _cmd_compare, "cv": _cmd_cv, "cv-compare": _cmd_cv_compare, "predict": _cmd_predict,
             "export": _cmd_export, "pseudo-label": _cmd_pseudo_label, "pretrain": _cmd_pretrain}
 
 

@@ -1,0 +1,124 @@
+"""covseg.paired and `covseg cv-compare`: paired per-image differences between two cross-validations."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from covseg.cli import main
+from covseg.errors import CovsegError
+from covseg.evaluation import evaluate_image, summarise, write_report
+from covseg.labels import get_scheme
+from covseg.paired import compare_cross_validations, compute_fold_difference, default_metrics, format_comparison, \
+    read_fold_scores
+
+BINARY_HEADER = ("name,pixels,fg_dice,dice_background,dice_infection,iou_background,iou_infection,pixel_accuracy,"
+                 "infnet_meanDic,infnet_mae")
+
+
+def write_fold(cv_dir: Path, fold: int, dice: dict[str, float]) -> None:
+    """A binary per_image.csv with the given infection Dice per image (other columns filler)."""
+    folder = cv_dir / f"fold-{fold}" / "eval-heldout"
+    folder.mkdir(parents=True)
+    rows = [f"{name},100,{d},0.9,{d},0.8,{d / 2},0.95,0.7,0.05" for name, d in dice.items()]
+    (folder / "per_image.csv").write_text("\n".join([BINARY_HEADER, *rows]) + "\n", encoding="utf-8")
+
+
+@pytest.fixture()
+def two_cvs(tmp_path: Path) -> tuple[Path, Path]:
+    reference, candidate = tmp_path / "ref", tmp_path / "new"
+    write_fold(reference, 0, {"a": 0.5, "b": 0.7, "c": math.nan})
+    write_fold(candidate, 0, {"a": 0.8, "b": 0.6, "c": math.nan})
+    write_fold(reference, 1, {"d": 0.9, "e": 0.3, "f": math.nan})
+    write_fold(candidate, 1, {"d": 0.9, "e": 0.4, "f": 0.2})  # f: no value in the reference, so not paired
+    write_fold(candidate, 2, {"g": 0.1})  # a fold only the candidate has scored
+    return reference, candidate
+
+
+def test_paired_differences_by_hand(two_cvs: tuple[Path, Path]) -> None:
+    differences = compare_cross_validations(*two_cvs)
+    assert [(d.fold, d.metric) for d in differences] == [("fold-0", "dice_infection"), ("fold-1", "dice_infection")]
+    first, second = differences
+    # fold 0: reference (0.5 + 0.7) / 2 = 0.6, candidate (0.8 + 0.6) / 2 = 0.7; a went up, b down
+    assert (first.reference, first.candidate, first.images, first.images_up) == pytest.approx((0.6, 0.7, 2, 1))
+    assert first.difference == pytest.approx(0.1)
+    # fold 1: f is nan in the reference; d is tied (not up), e went up: 0.6 -> 0.65
+    assert (second.reference, second.candidate, second.images, second.images_up) == pytest.approx((0.6, 0.65, 2, 1))
+    table = format_comparison(differences, "ref", "new")
+    # mean of +0.1 and +0.05 is +0.075; sample std sqrt(2 * 0.025**2) = 0.0354
+    assert "| 2 folds | 0.6000 | 0.6750 | **+0.0750 ± 0.0354** | 2 of 2 folds up |" in table
+    assert "| fold-1 | 0.6000 | 0.6500 | +0.0500 | 1 of 2 |" in table
+
+
+def test_chosen_metrics_and_their_refusal(two_cvs: tuple[Path, Path]) -> None:
+    differences = compare_cross_validations(*two_cvs, metrics=["iou_infection", "pixel_accuracy"])
+    assert [d.metric for d in differences] == ["iou_infection"] * 2 + ["pixel_accuracy"] * 2
+    assert differences[0].difference == pytest.approx(0.05)  # the IoU column holds Dice / 2 here
+    assert differences[2].difference == 0.0
+    with pytest.raises(CovsegError, match="no column 'dice_ggo'; choose from fg_dice"):
+        compare_cross_validations(*two_cvs, metrics=["dice_ggo"])
+
+
+def test_different_held_out_images_are_refused() -> None:
+    with pytest.raises(CovsegError, match="fold-3: the two cross-validations held out different images"):
+        compute_fold_difference({"a": 0.5, "b": 0.6}, {"a": 0.5, "z": 0.6}, "fold-3", "dice_infection")
+    with pytest.raises(CovsegError, match="no image has a value"):
+        compute_fold_difference({"a": math.nan}, {"a": 0.4}, "fold-0", "dice_consolidation")
+
+
+def test_folders_without_shared_scored_folds_are_refused(tmp_path: Path) -> None:
+    write_fold(tmp_path / "ref", 0, {"a": 0.5})
+    write_fold(tmp_path / "new", 1, {"b": 0.5})
+    with pytest.raises(CovsegError, match="share no scored fold"):
+        compare_cross_validations(tmp_path / "ref", tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CovsegError, match="no scored folds"):
+        read_fold_scores(tmp_path / "empty")
+    with pytest.raises(CovsegError, match="no such folder"):
+        read_fold_scores(tmp_path / "missing")
+
+
+def test_a_single_cv_fold_run_counts_as_its_fold(tmp_path: Path, two_cvs: tuple[Path, Path]) -> None:
+    run = tmp_path / "screen-f1"
+    write_fold(tmp_path, 9, {"d": 0.8, "e": 0.5, "f": 0.3})
+    (tmp_path / "fold-9").rename(run)
+    (run / "config.yaml").write_text("data:\n  split: cv:1\n", encoding="utf-8")
+    (only,) = compare_cross_validations(two_cvs[0], run)
+    assert (only.fold, only.candidate, only.images_up) == ("fold-1", pytest.approx(0.65), 1)  # f: nan in ref
+    (run / "config.yaml").write_text("data:\n  split: official\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match="only when it trained on a cross-validation fold"):
+        read_fold_scores(run)
+
+
+def test_reads_what_evaluate_writes_and_picks_the_classes_the_truths_hold(tmp_path: Path) -> None:
+    scheme = get_scheme("multiclass")
+    truth = np.zeros((10, 10), dtype=np.int64)
+    truth[:4, :5] = 1  # 20 GGO pixels
+    truth[6:, 6:] = 2  # 16 consolidation pixels
+    pred = truth.copy()
+    pred[:2, :5] = 0  # half the GGO missed: Dice 2 * 10 / (20 + 10)
+    probs = np.eye(scheme.num_classes)[pred].transpose(2, 0, 1)
+    write_report(summarise([evaluate_image("s1", probs, truth, scheme)], scheme), tmp_path / "fold-0" / "eval-heldout",
+                 "test")
+    scores = read_fold_scores(tmp_path)
+    assert default_metrics(scores) == ["dice_ggo", "dice_consolidation"]  # pleural effusion: no truth, all nan
+    assert scores["fold-0"]["s1"]["dice_ggo"] == pytest.approx(2 * 10 / 30, abs=1e-6)
+    assert scores["fold-0"]["s1"]["dice_consolidation"] == 1.0
+
+
+def test_cli_prints_and_writes_the_tables(two_cvs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "paired.md"
+    assert main(["cv-compare", str(two_cvs[0]), str(two_cvs[1]), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "**+0.0750 ± 0.0354**" in printed
+    assert out.read_text(encoding="utf-8").strip() == printed.strip()
+
+
+def test_cli_bad_folder_is_one_line_and_writes_nothing(two_cvs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "paired.md"
+    assert main(["cv-compare", str(tmp_path / "nope"), str(two_cvs[1]), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such folder" in err[0]
+    assert not out.exists()
