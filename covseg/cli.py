@@ -315,11 +315,13 @@ def _cmd_cv_compare(args: argparse.Namespace) -> int:
     from covseg.fileio import atomic_write_text
     from covseg.paired import compare_cross_validations, format_comparison
 
-    differences = compare_cross_validations(args.reference, args.candidate, args.metrics)
-    text = format_comparison(differences, str(args.reference), str(args.candidate))
+    if args.output and args.output.is_dir():
+        raise CovsegError(f"{args.output}: is a folder; give -o a Markdown file name, e.g. {args.output / 'paired.md'}")
+    comparison = compare_cross_validations(args.reference, args.candidate, args.metrics)
+    text = format_comparison(comparison, str(args.reference), str(args.candidate))
     if args.output:
-        atomic_write_text(args.output, text + "\n")
-    print(text)
+        atomic_write_text(args.output, text)
+    print(text, end="")
     return 0
 
 

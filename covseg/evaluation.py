@@ -164,6 +164,7 @@ def _per_image_csv(ev: Evaluation) -> str:
     header = ["name", "pixels", "fg_dice"] + [f"{m}_{n}" for m in ("dice", "iou") for n in names] + ["pixel_accuracy"]
     if ev.infnet:
         header += ["infnet_meanDic", "infnet_mae"]
+    header += [f"truth_{n}" for n in names]  # truth pixels of each class: which images a per-image mean counts
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for r in ev.results:
@@ -172,6 +173,7 @@ def _per_image_csv(ev: Evaluation) -> str:
         row += list(m["dice"]) + list(m["iou"]) + [pixel_accuracy(r.cm)]
         if r.infnet:
             row += [r.infnet["meanDic"], r.infnet["mae"]]
+        row += [int(n) for n in r.cm.sum(axis=1)]
         writer.writerow([f"{v:.6f}" if isinstance(v, (float, np.floating)) else v for v in row])
     return buffer.getvalue()
 

@@ -7,8 +7,11 @@ cross-validations have scored. Pairing removes the image-to-image spread (fold m
 binary default) from the comparison, which is what the rules in ``docs/recipes.md`` judge by.
 
 Convention: a metric is a column of ``per_image.csv`` (``dice_infection`` for binary, ``dice_ggo`` and
-``dice_consolidation`` for multiclass, …); an image whose value is ``nan`` in either run (its truth lacks the class,
-MONAI's ``ignore_empty``) is left out of that metric's pair for that fold.
+``dice_consolidation`` for multiclass, …). A class's metric (``dice_X``, ``iou_X``) counts only the images whose
+truth holds class X, as the per-image means of ``metrics.json`` (MONAI's ``ignore_empty``): ``truth_X``, the truth's
+pixel count, says which. Tables written before those columns existed (session 23) tell an empty truth only by
+``nan`` (truth and prediction both empty), so there an image whose truth lacks the class but whose prediction holds
+it counts as 0; the report says so. Other columns count every image with a value in both runs.
 """
 from __future__ import annotations
 
@@ -17,16 +20,18 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import yaml
 
 from covseg.errors import CovsegError
+from covseg.splits import parse_split_name
 
 __all__ = ["FoldDifference", "compute_fold_difference", "read_fold_scores", "default_metrics",
-           "compare_cross_validations", "format_comparison"]
+           "compare_cross_validations", "format_comparison", "Comparison"]
 
 PER_IMAGE = Path("eval-heldout") / "per_image.csv"  # under each fold-K folder of a `covseg cv` output
+CLASS_METRICS = ("dice_", "iou_")  # per_image.csv columns of one class; its truth pixels are in truth_<class>
 
 FoldScores = dict[str, dict[str, dict[str, float]]]  # fold name -> image name -> column -> value
 
@@ -39,8 +44,8 @@ class FoldDifference:
     metric: str  # a per_image.csv column
     reference: float
     candidate: float
-    images: int  # images paired (both values not nan)
-    images_up: int  # of those, images where the candidate scored higher
+    images: int  # images paired
+    images_up: int  # of those, images where the candidate scored higher (ties are not up)
 
     @property
     def difference(self) -> float:
@@ -48,19 +53,31 @@ class FoldDifference:
         return self.candidate - self.reference
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """What :func:`compare_cross_validations` found: the differences and what it could not pair."""
+
+    differences: list[FoldDifference]
+    reference_only: list[str]  # folds scored in the reference only
+    candidate_only: list[str]
+    skipped: list[tuple[str, str]]  # (metric, fold) where no image of the fold counts for the metric
+    truth_counts: bool  # whether both sides' tables carry truth_<class> (else empty truths are told by nan alone)
+
+
 def compute_fold_difference(reference: Mapping[str, float], candidate: Mapping[str, float], fold: str,
-                            metric: str) -> FoldDifference:
+                            metric: str, counted: Collection[str] | None = None) -> FoldDifference:
     """Pair two runs' per-image values of ``metric`` on one fold (image name -> value).
 
-    Both must hold the same images (the same held-out fold); images with ``nan`` in either are left out.
-    Raises CovsegError when the images differ or no image has a value in both.
+    Both must hold the same images (the same held-out fold). ``counted``: the images that count (e.g. those whose
+    truth holds the metric's class); default all. Images with ``nan`` in either run are left out too.
+    Raises CovsegError when the images differ or none is left to pair.
     """
     if set(reference) != set(candidate):
         only = sorted(set(reference) ^ set(candidate))[:3]
         raise CovsegError(f"{fold}: the two cross-validations held out different images (e.g. {', '.join(only)}); "
                           "compare runs made with the same --folds and data.split_seed")
-    pairs = [(reference[name], candidate[name]) for name in sorted(reference)
-             if not (math.isnan(reference[name]) or math.isnan(candidate[name]))]
+    names = sorted(reference) if counted is None else sorted(set(reference) & set(counted))
+    pairs = [(reference[n], candidate[n]) for n in names if not (math.isnan(reference[n]) or math.isnan(candidate[n]))]
     if not pairs:
         raise CovsegError(f"{fold}: no image has a value of {metric} in both runs; pick a metric of a class the "
                           "held-out truths hold")
@@ -68,31 +85,45 @@ def compute_fold_difference(reference: Mapping[str, float], candidate: Mapping[s
                           statistics.fmean(c for _, c in pairs), len(pairs), sum(c > r for r, c in pairs))
 
 
-def _as_float(text: str) -> float:
+def _number(text: str | None, where: str) -> float:
+    """A cell: a finite number or ``nan`` (what covseg evaluate writes); anything else is refused."""
     try:
-        return float(text)
-    except ValueError:
-        return math.nan
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.inf
+    if math.isinf(value):
+        raise CovsegError(f"{where}: {text!r} is not a number; score the fold again with covseg evaluate")
+    return value
 
 
 def _read_per_image(path: Path) -> dict[str, dict[str, float]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise CovsegError(f"{path}: cannot read it as a per-image table ({err}); score the fold again") from None
     if not rows or "name" not in rows[0]:
         raise CovsegError(f"{path}: not a per-image table of covseg evaluate; score the fold again")
-    return {row["name"]: {k: _as_float(v) for k, v in row.items() if k != "name"} for row in rows}
+    table: dict[str, dict[str, float]] = {}
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values():
+            raise CovsegError(f"{path}, line {line}: {len(rows[0])} columns expected; score the fold again")
+        table[row["name"]] = {k: _number(v, f"{path}, line {line}, column {k}") for k, v in row.items() if k != "name"}
+    return table
 
 
 def _fold_of_run(run_dir: Path) -> str:
     """``fold-K`` for a single ``covseg train --split cv:K`` run (its saved config.yaml says which K)."""
     try:
         split = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["data"]["split"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        split = None
-    if not (isinstance(split, str) and split.startswith("cv:")):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+        raise CovsegError(f"{run_dir}: has eval-heldout/per_image.csv but no readable config.yaml with data.split; "
+                          "is it a covseg run folder?") from None
+    kind, fold = parse_split_name(str(split)) if isinstance(split, str) else (None, None)
+    if kind != "cv":
         raise CovsegError(f"{run_dir}: a single run is compared only when it trained on a cross-validation fold "
                           f"(--split cv:K; its config.yaml says {split!r})")
-    return f"fold-{split[3:]}"
+    return f"fold-{fold}"
 
 
 def read_fold_scores(cv_dir: Path) -> FoldScores:
@@ -105,46 +136,100 @@ def read_fold_scores(cv_dir: Path) -> FoldScores:
     scores: FoldScores = {path.parent.parent.name: _read_per_image(path)
                           for path in sorted(cv_dir.glob(f"fold-*/{PER_IMAGE.as_posix()}"))}
     if not scores:
-        raise CovsegError(f"{cv_dir}: no scored folds (fold-K/{PER_IMAGE.as_posix()}); run covseg cv into it first")
+        seeds = sorted(p.name for p in cv_dir.glob("seed-*") if p.is_dir())
+        hint = f"give one of its seed folders ({', '.join(seeds)})" if seeds else "run covseg cv into it first"
+        raise CovsegError(f"{cv_dir}: no scored folds (fold-K/{PER_IMAGE.as_posix()}); {hint}")
     return scores
 
 
+def _columns(scores: FoldScores) -> list[str]:
+    return list(next(iter(next(iter(scores.values())).values())))
+
+
+def _truth_column(metric: str) -> str | None:
+    for prefix in CLASS_METRICS:
+        if metric.startswith(prefix):
+            return "truth_" + metric[len(prefix):]
+    return None
+
+
+def _counted(scores: Mapping[str, Mapping[str, float]], metric: str) -> set[str] | None:
+    """Images whose truth holds ``metric``'s class, where the table says (``truth_<class>``); else None (all)."""
+    column = _truth_column(metric)
+    if column is None or not all(column in image for image in scores.values()):
+        return None
+    return {name for name, image in scores.items() if image[column] > 0}
+
+
 def default_metrics(scores: FoldScores) -> list[str]:
-    """The per-class Dice columns (not the background's) that hold a value for at least one image."""
-    columns = next(iter(next(iter(scores.values())).values()))
-    return [c for c in columns if c.startswith("dice_") and c != "dice_background"
-            and any(not math.isnan(image[c]) for fold in scores.values() for image in fold.values())]
+    """The per-class Dice columns (not the background's) of the classes some image's truth holds (or, in tables
+    without truth counts, that hold a value for some image)."""
+    metrics = []
+    for column in _columns(scores):
+        if not column.startswith("dice_") or column == "dice_background":
+            continue
+        for fold in scores.values():
+            counted = _counted(fold, column)
+            if any(not math.isnan(image[column]) for name, image in fold.items() if counted is None or name in counted):
+                metrics.append(column)
+                break
+    return metrics
+
+
+def _by_fold_number(name: str) -> tuple[int, str]:
+    return (len(name), name)  # fold-2 before fold-10
 
 
 def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
-                              metrics: Sequence[str] | None = None) -> list[FoldDifference]:
+                              metrics: Sequence[str] | None = None) -> Comparison:
     """Paired differences, candidate minus reference, for each metric and each fold both have scored.
 
-    ``metrics``: per_image.csv columns; default :func:`default_metrics` of the candidate. Ordered by metric,
-    then fold.
+    ``metrics``: per_image.csv columns; default :func:`default_metrics` of the folds both have scored. Ordered by
+    metric, then fold. A fold none of whose images counts for a metric is skipped for it (and listed).
     """
     reference, candidate = read_fold_scores(reference_dir), read_fold_scores(candidate_dir)
-    folds = sorted(set(reference) & set(candidate), key=lambda name: (len(name), name))
+    folds = sorted(set(reference) & set(candidate), key=_by_fold_number)
     if not folds:
         raise CovsegError(f"{reference_dir} and {candidate_dir} share no scored fold "
                           f"({', '.join(sorted(reference))} against {', '.join(sorted(candidate))})")
-    chosen = list(metrics) if metrics else default_metrics(candidate)
+    shared = {f: reference[f] for f in folds}
+    chosen = list(dict.fromkeys(metrics)) if metrics else default_metrics(shared)
+    if not chosen:
+        raise CovsegError(f"{reference_dir}: no per-class Dice with a truth to count; name columns with --metrics")
+    for name, scores in ((reference_dir, reference), (candidate_dir, candidate)):
+        columns = _columns(scores)
+        missing = [m for m in chosen if m not in columns]
+        if missing:
+            raise CovsegError(f"{name}: per_image.csv has no column {missing[0]!r}; choose from "
+                              f"{', '.join(c for c in columns if c not in ('pixels',) and not c.startswith('truth_'))}")
+    differences, skipped = [], []
     for metric in chosen:
-        for name, scores in ((reference_dir, reference), (candidate_dir, candidate)):
-            columns = next(iter(scores[folds[0]].values()))
-            if metric not in columns:
-                raise CovsegError(f"{name}: per_image.csv has no column {metric!r}; choose from "
-                                  f"{', '.join(c for c in columns if c != 'pixels')}")
-    return [compute_fold_difference({n: v[metric] for n, v in reference[f].items()},
-                                    {n: v[metric] for n, v in candidate[f].items()}, f, metric)
-            for metric in chosen for f in folds]
+        for fold in folds:
+            counted = _counted(reference[fold], metric)
+            values = [{n: v[metric] for n, v in side[fold].items()} for side in (reference, candidate)]
+            if counted is not None and not counted:
+                skipped.append((metric, fold))
+                continue
+            try:
+                differences.append(compute_fold_difference(*values, fold, metric, counted))
+            except CovsegError:
+                if set(values[0]) != set(values[1]):
+                    raise
+                skipped.append((metric, fold))
+    if not differences:
+        raise CovsegError(f"no fold has an image with a value of {', '.join(chosen)} in both runs; pick a metric of "
+                          "a class the held-out truths hold")
+    truth_counts = all(any(c.startswith("truth_") for c in _columns({f: side[f]})) for side in (reference, candidate)
+                       for f in folds)
+    return Comparison(differences, sorted(set(reference) - set(candidate), key=_by_fold_number),
+                      sorted(set(candidate) - set(reference), key=_by_fold_number), skipped, truth_counts)
 
 
-def format_comparison(differences: Sequence[FoldDifference], reference: str, candidate: str) -> str:
+def format_comparison(comparison: Comparison, reference: str, candidate: str) -> str:
     """A Markdown table per metric: each fold's means, difference and images up, then the folds' mean ± std."""
     lines = [f"# Paired per-image comparison: {candidate} against {reference}", ""]
-    for metric in dict.fromkeys(d.metric for d in differences):
-        rows = [d for d in differences if d.metric == metric]
+    for metric in dict.fromkeys(d.metric for d in comparison.differences):
+        rows = [d for d in comparison.differences if d.metric == metric]
         lines += [f"## {metric}", "", "| fold | reference | candidate | Δ | images up |", "|---|---|---|---|---|"]
         lines += [f"| {d.fold} | {d.reference:.4f} | {d.candidate:.4f} | {d.difference:+.4f} | "
                   f"{d.images_up} of {d.images} |" for d in rows]
@@ -154,4 +239,15 @@ def format_comparison(differences: Sequence[FoldDifference], reference: str, can
         lines += [f"| {folds} | {statistics.fmean(d.reference for d in rows):.4f} | "
                   f"{statistics.fmean(d.candidate for d in rows):.4f} | **{statistics.fmean(deltas):+.4f}{spread}** | "
                   f"{sum(x > 0 for x in deltas)} of {folds} up |", ""]
-    return "\n".join(lines)
+    notes = []
+    if comparison.reference_only or comparison.candidate_only:
+        notes.append("Not compared (scored on one side only): "
+                     + "; ".join(f"{', '.join(f)} ({side} only)" for f, side in
+                                 ((comparison.reference_only, "reference"), (comparison.candidate_only, "candidate"))
+                                 if f) + ".")
+    if comparison.skipped:
+        notes.append("No image counts: " + ", ".join(f"{m} on {f}" for m, f in comparison.skipped) + ".")
+    if not comparison.truth_counts:
+        notes.append("Tables without truth_<class> columns (written before session 23): an image whose truth lacks a "
+                     "class is left out only where its prediction lacks it too (nan); elsewhere it counts as 0.")
+    return "\n".join(lines + notes).rstrip() + "\n"

@@ -38,7 +38,8 @@ def two_cvs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_paired_differences_by_hand(two_cvs: tuple[Path, Path]) -> None:
-    differences = compare_cross_validations(*two_cvs)
+    comparison = compare_cross_validations(*two_cvs)
+    differences = comparison.differences
     assert [(d.fold, d.metric) for d in differences] == [("fold-0", "dice_infection"), ("fold-1", "dice_infection")]
     first, second = differences
     # fold 0: reference (0.5 + 0.7) / 2 = 0.6, candidate (0.8 + 0.6) / 2 = 0.7; a went up, b down
@@ -46,14 +47,17 @@ def test_paired_differences_by_hand(two_cvs: tuple[Path, Path]) -> None:
     assert first.difference == pytest.approx(0.1)
     # fold 1: f is nan in the reference; d is tied (not up), e went up: 0.6 -> 0.65
     assert (second.reference, second.candidate, second.images, second.images_up) == pytest.approx((0.6, 0.65, 2, 1))
-    table = format_comparison(differences, "ref", "new")
+    assert (comparison.reference_only, comparison.candidate_only) == ([], ["fold-2"])
+    table = format_comparison(comparison, "ref", "new")
     # mean of +0.1 and +0.05 is +0.075; sample std sqrt(2 * 0.025**2) = 0.0354
     assert "| 2 folds | 0.6000 | 0.6750 | **+0.0750 ± 0.0354** | 2 of 2 folds up |" in table
     assert "| fold-1 | 0.6000 | 0.6500 | +0.0500 | 1 of 2 |" in table
+    assert "fold-2 (candidate only)" in table and "left out only where its prediction lacks it" in table
 
 
 def test_chosen_metrics_and_their_refusal(two_cvs: tuple[Path, Path]) -> None:
-    differences = compare_cross_validations(*two_cvs, metrics=["iou_infection", "pixel_accuracy"])
+    chosen = ["iou_infection", "pixel_accuracy", "iou_infection"]  # a repeat is compared once
+    differences = compare_cross_validations(*two_cvs, metrics=chosen).differences
     assert [d.metric for d in differences] == ["iou_infection"] * 2 + ["pixel_accuracy"] * 2
     assert differences[0].difference == pytest.approx(0.05)  # the IoU column holds Dice / 2 here
     assert differences[2].difference == 0.0
@@ -85,10 +89,16 @@ def test_a_single_cv_fold_run_counts_as_its_fold(tmp_path: Path, two_cvs: tuple[
     write_fold(tmp_path, 9, {"d": 0.8, "e": 0.5, "f": 0.3})
     (tmp_path / "fold-9").rename(run)
     (run / "config.yaml").write_text("data:\n  split: cv:1\n", encoding="utf-8")
-    (only,) = compare_cross_validations(two_cvs[0], run)
+    (only,) = compare_cross_validations(two_cvs[0], run).differences
     assert (only.fold, only.candidate, only.images_up) == ("fold-1", pytest.approx(0.65), 1)  # f: nan in ref
     (run / "config.yaml").write_text("data:\n  split: official\n", encoding="utf-8")
     with pytest.raises(CovsegError, match="only when it trained on a cross-validation fold"):
+        read_fold_scores(run)
+    (run / "config.yaml").write_text("data:\n  split: cv:x\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match="write cv:K with a fold number"):
+        read_fold_scores(run)
+    (run / "config.yaml").unlink()
+    with pytest.raises(CovsegError, match="no readable config.yaml"):
         read_fold_scores(run)
 
 
@@ -122,3 +132,68 @@ def test_cli_bad_folder_is_one_line_and_writes_nothing(two_cvs: tuple[Path, Path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such folder" in err[0]
     assert not out.exists()
+
+
+def write_multiclass_fold(cv_dir: Path, fold: int, images: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
+    """per_image.csv as covseg evaluate writes it, for (name, truth, prediction) label maps."""
+    scheme = get_scheme("multiclass")
+    results = [evaluate_image(name, np.eye(scheme.num_classes)[pred].transpose(2, 0, 1), truth, scheme)
+               for name, truth, pred in images]
+    write_report(summarise(results, scheme), cv_dir / f"fold-{fold}" / "eval-heldout", "test")
+
+
+def test_a_false_positive_on_an_empty_truth_does_not_count(tmp_path: Path) -> None:
+    truth = np.zeros((10, 10), dtype=np.int64)
+    truth[:4, :5] = 1  # 20 GGO pixels, no consolidation
+    wrong = truth.copy()
+    wrong[8:, 8:] = 2  # 4 consolidation pixels where the truth has none: that image's consolidation Dice is 0
+    both = truth.copy()
+    both[6:, 6:] = 2  # 16 consolidation pixels
+    half = both.copy()
+    half[6:8, 6:] = 0  # half of them missed: Dice 2 * 8 / (16 + 8)
+    write_multiclass_fold(tmp_path / "ref", 0, [("s1", truth, truth), ("s2", both, half)])
+    write_multiclass_fold(tmp_path / "new", 0, [("s1", truth, wrong), ("s2", both, both)])
+    scores = read_fold_scores(tmp_path / "new")
+    assert scores["fold-0"]["s1"]["dice_consolidation"] == 0.0 and scores["fold-0"]["s1"]["truth_consolidation"] == 0
+    ggo, consolidation = compare_cross_validations(tmp_path / "ref", tmp_path / "new").differences
+    assert (ggo.metric, ggo.images, ggo.difference) == ("dice_ggo", 2, 0.0)
+    # s1 (no consolidation in its truth) is left out as in metrics.json; s2 goes from 2/3 to 1
+    assert (consolidation.images, consolidation.reference, consolidation.candidate) == (1, pytest.approx(2 / 3), 1.0)
+
+
+@pytest.mark.parametrize(("cell", "message"), [("", "'' is not a number"), ("inf", "'inf' is not a number"),
+                                               ("0.5,7", "columns expected")])
+def test_bad_cells_are_refused_with_their_place(tmp_path: Path, cell: str, message: str) -> None:
+    write_fold(tmp_path / "cv", 0, {"a": 0.5})
+    path = tmp_path / "cv" / "fold-0" / "eval-heldout" / "per_image.csv"
+    header, row = path.read_text(encoding="utf-8").splitlines()
+    path.write_text(f"{header}\n{row.replace(',0.95,', f',{cell},', 1)}\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match=f"line 2.*{message}"):
+        read_fold_scores(tmp_path / "cv")
+    path.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(CovsegError, match="cannot read it as a per-image table"):
+        read_fold_scores(tmp_path / "cv")
+
+
+def test_folds_in_number_order_and_one_fold_without_spread(tmp_path: Path) -> None:
+    for fold in (10, 2):
+        write_fold(tmp_path / "ref", fold, {f"i{fold}": 0.5})
+        write_fold(tmp_path / "new", fold, {f"i{fold}": 0.5})
+    assert [d.fold for d in compare_cross_validations(tmp_path / "ref", tmp_path / "new").differences] == \
+        ["fold-2", "fold-10"]
+    (tmp_path / "ref" / "fold-10").rename(tmp_path / "ref-fold-10")
+    table = format_comparison(compare_cross_validations(tmp_path / "ref", tmp_path / "new"), "r", "n")
+    assert "| 1 fold | 0.5000 | 0.5000 | **+0.0000** | 0 of 1 fold up |" in table
+    assert "fold-10 (candidate only)" in table
+
+
+def test_a_seed_folder_is_named_when_its_parent_is_given(tmp_path: Path) -> None:
+    write_fold(tmp_path / "cv" / "seed-1", 0, {"a": 0.5})
+    with pytest.raises(CovsegError, match=r"give one of its seed folders \(seed-1\)"):
+        read_fold_scores(tmp_path / "cv")
+
+
+def test_cli_refuses_a_folder_as_output(two_cvs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    assert main(["cv-compare", str(two_cvs[0]), str(two_cvs[1]), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a folder; give -o a Markdown file name" in err[0]
