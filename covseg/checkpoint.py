@@ -25,7 +25,8 @@ from covseg.fileio import atomic_path
 from covseg.labels import get_scheme
 from covseg.models import create_model
 
-__all__ = ["FORMAT", "cpu_state_dict", "save_checkpoint", "load_weights_file", "read_checkpoint", "build_model", "load_model", "find_checkpoint"]
+__all__ = ["FORMAT", "cpu_state_dict", "save_checkpoint", "load_weights_file", "read_checkpoint", "build_model",
+           "load_model", "find_checkpoint"]
 
 FORMAT = "covseg-checkpoint-1"
 

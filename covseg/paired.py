@@ -27,13 +27,18 @@ import yaml
 from covseg.errors import CovsegError
 from covseg.splits import parse_split_name
 
-__all__ = ["FoldDifference", "compute_fold_difference", "read_fold_scores", "default_metrics",
+__all__ = ["FoldDifference", "NothingToPair", "compute_fold_difference", "read_fold_scores", "default_metrics",
            "compare_cross_validations", "format_comparison", "Comparison"]
 
 PER_IMAGE = Path("eval-heldout") / "per_image.csv"  # under each fold-K folder of a `covseg cv` output
 CLASS_METRICS = ("dice_", "iou_")  # per_image.csv columns of one class; its truth pixels are in truth_<class>
 
-FoldScores = dict[str, dict[str, dict[str, float]]]  # fold name -> image name -> column -> value
+Table = dict[str, dict[str, float]]  # one fold's per_image.csv: image name -> column -> value
+FoldScores = dict[str, Table]  # fold name -> its table
+
+
+class NothingToPair(CovsegError):
+    """No image of a fold has a value of the metric in both runs (none counts, or all are ``nan``)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ def compute_fold_difference(reference: Mapping[str, float], candidate: Mapping[s
 
     Both must hold the same images (the same held-out fold). ``counted``: the images that count (e.g. those whose
     truth holds the metric's class); default all. Images with ``nan`` in either run are left out too.
-    Raises CovsegError when the images differ or none is left to pair.
+    Raises CovsegError when the images differ, :class:`NothingToPair` when none is left to pair.
     """
     if set(reference) != set(candidate):
         only = sorted(set(reference) ^ set(candidate))[:3]
@@ -79,24 +84,24 @@ def compute_fold_difference(reference: Mapping[str, float], candidate: Mapping[s
     names = sorted(reference) if counted is None else sorted(set(reference) & set(counted))
     pairs = [(reference[n], candidate[n]) for n in names if not (math.isnan(reference[n]) or math.isnan(candidate[n]))]
     if not pairs:
-        raise CovsegError(f"{fold}: no image has a value of {metric} in both runs; pick a metric of a class the "
+        raise NothingToPair(f"{fold}: no image has a value of {metric} in both runs; pick a metric of a class the "
                           "held-out truths hold")
     return FoldDifference(fold, metric, statistics.fmean(r for r, _ in pairs),
                           statistics.fmean(c for _, c in pairs), len(pairs), sum(c > r for r, c in pairs))
 
 
-def _number(text: str | None, where: str) -> float:
+def _number(text: str, where: str) -> float:
     """A cell: a finite number or ``nan`` (what covseg evaluate writes); anything else is refused."""
     try:
-        value = float(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        value = math.inf
+        value = float(text)
+    except ValueError:
+        value = math.inf  # refused below, with the infinities
     if math.isinf(value):
         raise CovsegError(f"{where}: {text!r} is not a number; score the fold again with covseg evaluate")
     return value
 
 
-def _read_per_image(path: Path) -> dict[str, dict[str, float]]:
+def _read_per_image(path: Path) -> Table:
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -104,7 +109,7 @@ def _read_per_image(path: Path) -> dict[str, dict[str, float]]:
         raise CovsegError(f"{path}: cannot read it as a per-image table ({err}); score the fold again") from None
     if not rows or "name" not in rows[0]:
         raise CovsegError(f"{path}: not a per-image table of covseg evaluate; score the fold again")
-    table: dict[str, dict[str, float]] = {}
+    table: Table = {}
     for line, row in enumerate(rows, start=2):
         if None in row or None in row.values():
             raise CovsegError(f"{path}, line {line}: {len(rows[0])} columns expected; score the fold again")
@@ -142,8 +147,13 @@ def read_fold_scores(cv_dir: Path) -> FoldScores:
     return scores
 
 
-def _columns(scores: FoldScores) -> list[str]:
-    return list(next(iter(next(iter(scores.values())).values())))
+def _columns(table: Table) -> list[str]:
+    """The columns of one fold's table (every row of a per_image.csv has them all)."""
+    return list(next(iter(table.values())))
+
+
+def _has_truth_counts(table: Table) -> bool:
+    return any(column.startswith("truth_") for column in _columns(table))
 
 
 def _truth_column(metric: str) -> str | None:
@@ -153,19 +163,19 @@ def _truth_column(metric: str) -> str | None:
     return None
 
 
-def _counted(scores: Mapping[str, Mapping[str, float]], metric: str) -> set[str] | None:
+def _counted(table: Table, metric: str) -> set[str] | None:
     """Images whose truth holds ``metric``'s class, where the table says (``truth_<class>``); else None (all)."""
     column = _truth_column(metric)
-    if column is None or not all(column in image for image in scores.values()):
+    if column is None or column not in _columns(table):
         return None
-    return {name for name, image in scores.items() if image[column] > 0}
+    return {name for name, image in table.items() if image[column] > 0}
 
 
 def default_metrics(scores: FoldScores) -> list[str]:
     """The per-class Dice columns (not the background's) of the classes some image's truth holds (or, in tables
     without truth counts, that hold a value for some image)."""
     metrics = []
-    for column in _columns(scores):
+    for column in _columns(next(iter(scores.values()))):
         if not column.startswith("dice_") or column == "dice_background":
             continue
         for fold in scores.values():
@@ -197,7 +207,7 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
     if not chosen:
         raise CovsegError(f"{reference_dir}: no per-class Dice with a truth to count; name columns with --metrics")
     for name, scores in ((reference_dir, reference), (candidate_dir, candidate)):
-        columns = _columns(scores)
+        columns = _columns(scores[folds[0]])
         missing = [m for m in chosen if m not in columns]
         if missing:
             raise CovsegError(f"{name}: per_image.csv has no column {missing[0]!r}; choose from "
@@ -205,22 +215,15 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
     differences, skipped = [], []
     for metric in chosen:
         for fold in folds:
-            counted = _counted(reference[fold], metric)
             values = [{n: v[metric] for n, v in side[fold].items()} for side in (reference, candidate)]
-            if counted is not None and not counted:
-                skipped.append((metric, fold))
-                continue
             try:
-                differences.append(compute_fold_difference(*values, fold, metric, counted))
-            except CovsegError:
-                if set(values[0]) != set(values[1]):
-                    raise
+                differences.append(compute_fold_difference(*values, fold, metric, _counted(reference[fold], metric)))
+            except NothingToPair:
                 skipped.append((metric, fold))
     if not differences:
         raise CovsegError(f"no fold has an image with a value of {', '.join(chosen)} in both runs; pick a metric of "
                           "a class the held-out truths hold")
-    truth_counts = all(any(c.startswith("truth_") for c in _columns({f: side[f]})) for side in (reference, candidate)
-                       for f in folds)
+    truth_counts = all(_has_truth_counts(side[f]) for side in (reference, candidate) for f in folds)
     return Comparison(differences, sorted(set(reference) - set(candidate), key=_by_fold_number),
                       sorted(set(candidate) - set(reference), key=_by_fold_number), skipped, truth_counts)
 
