@@ -9,9 +9,10 @@ binary default) from the comparison, which is what the rules in ``docs/recipes.m
 Convention: a metric is a column of ``per_image.csv`` (``dice_infection`` for binary, ``dice_ggo`` and
 ``dice_consolidation`` for multiclass, …). A class's metric (``dice_X``, ``iou_X``) counts only the images whose
 truth holds class X, as the per-image means of ``metrics.json`` (MONAI's ``ignore_empty``): ``truth_X``, the truth's
-pixel count, says which. Tables written before those columns existed (session 23) tell an empty truth only by
-``nan`` (truth and prediction both empty), so there an image whose truth lacks the class but whose prediction holds
-it counts as 0; the report says so. Other columns count every image with a value in both runs.
+pixel count, says which; the truth is the same for both runs, so one side's table is enough. Where neither side's
+table has those columns (written before session 23), an empty truth is told only by ``nan`` (truth and prediction
+both empty), so an image whose truth lacks the class but whose prediction holds it counts as 0; the report says so.
+Other columns count every image with a value in both runs.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ class Comparison:
     reference_only: list[str]  # folds scored in the reference only
     candidate_only: list[str]
     skipped: list[tuple[str, str]]  # (metric, fold) where no image of the fold counts for the metric
-    truth_counts: bool  # whether both sides' tables carry truth_<class> (else empty truths are told by nan alone)
+    truth_counts: bool  # whether one side's table of every fold carries truth_<class> (else nan alone tells)
 
 
 def compute_fold_difference(reference: Mapping[str, float], candidate: Mapping[str, float], fold: str,
@@ -207,23 +208,27 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
     if not chosen:
         raise CovsegError(f"{reference_dir}: no per-class Dice with a truth to count; name columns with --metrics")
     for name, scores in ((reference_dir, reference), (candidate_dir, candidate)):
-        columns = _columns(scores[folds[0]])
-        missing = [m for m in chosen if m not in columns]
-        if missing:
-            raise CovsegError(f"{name}: per_image.csv has no column {missing[0]!r}; choose from "
-                              f"{', '.join(c for c in columns if c not in ('pixels',) and not c.startswith('truth_'))}")
+        for fold in folds:
+            columns = _columns(scores[fold])
+            missing = [m for m in chosen if m not in columns]
+            if missing:
+                choices = ", ".join(c for c in columns if c != "pixels" and not c.startswith("truth_"))
+                raise CovsegError(f"{name / fold / PER_IMAGE}: no column {missing[0]!r}; choose from {choices}")
     differences, skipped = [], []
     for metric in chosen:
         for fold in folds:
             values = [{n: v[metric] for n, v in side[fold].items()} for side in (reference, candidate)]
+            # the truth is the same on both sides: either table's truth counts will do (older tables lack them)
+            counted = _counted(reference[fold], metric)
+            counted = _counted(candidate[fold], metric) if counted is None else counted
             try:
-                differences.append(compute_fold_difference(*values, fold, metric, _counted(reference[fold], metric)))
+                differences.append(compute_fold_difference(*values, fold, metric, counted))
             except NothingToPair:
                 skipped.append((metric, fold))
     if not differences:
         raise CovsegError(f"no fold has an image with a value of {', '.join(chosen)} in both runs; pick a metric of "
                           "a class the held-out truths hold")
-    truth_counts = all(_has_truth_counts(side[f]) for side in (reference, candidate) for f in folds)
+    truth_counts = all(_has_truth_counts(reference[f]) or _has_truth_counts(candidate[f]) for f in folds)
     return Comparison(differences, sorted(set(reference) - set(candidate), key=_by_fold_number),
                       sorted(set(candidate) - set(reference), key=_by_fold_number), skipped, truth_counts)
 
@@ -251,6 +256,7 @@ def format_comparison(comparison: Comparison, reference: str, candidate: str) ->
     if comparison.skipped:
         notes.append("No image counts: " + ", ".join(f"{m} on {f}" for m, f in comparison.skipped) + ".")
     if not comparison.truth_counts:
-        notes.append("Tables without truth_<class> columns (written before session 23): an image whose truth lacks a "
-                     "class is left out only where its prediction lacks it too (nan); elsewhere it counts as 0.")
+        notes.append("Folds where neither table has truth_<class> columns (written before session 23): an image whose "
+                     "truth lacks a class is left out only where its prediction lacks it too (nan); elsewhere it "
+                     "counts as 0.")
     return "\n".join(lines + notes).rstrip() + "\n"

@@ -52,7 +52,7 @@ def test_paired_differences_by_hand(two_cvs: tuple[Path, Path]) -> None:
     # mean of +0.1 and +0.05 is +0.075; sample std sqrt(2 * 0.025**2) = 0.0354
     assert "| 2 folds | 0.6000 | 0.6750 | **+0.0750 ± 0.0354** | 2 of 2 folds up |" in table
     assert "| fold-1 | 0.6000 | 0.6500 | +0.0500 | 1 of 2 |" in table
-    assert "fold-2 (candidate only)" in table and "left out only where its prediction lacks it" in table
+    assert "fold-2 (candidate only)" in table and "neither table has truth_<class>" in table
 
 
 def test_chosen_metrics_and_their_refusal(two_cvs: tuple[Path, Path]) -> None:
@@ -61,7 +61,7 @@ def test_chosen_metrics_and_their_refusal(two_cvs: tuple[Path, Path]) -> None:
     assert [d.metric for d in differences] == ["iou_infection"] * 2 + ["pixel_accuracy"] * 2
     assert differences[0].difference == pytest.approx(0.05)  # the IoU column holds Dice / 2 here
     assert differences[2].difference == 0.0
-    with pytest.raises(CovsegError, match="no column 'dice_ggo'; choose from fg_dice"):
+    with pytest.raises(CovsegError, match="per_image.csv: no column 'dice_ggo'; choose from fg_dice"):
         compare_cross_validations(*two_cvs, metrics=["dice_ggo"])
 
 
@@ -197,3 +197,42 @@ def test_cli_refuses_a_folder_as_output(two_cvs: tuple[Path, Path], tmp_path: Pa
     assert main(["cv-compare", str(two_cvs[0]), str(two_cvs[1]), "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a folder; give -o a Markdown file name" in err[0]
+
+
+def drop_truth_counts(cv_dir: Path, fold: int) -> None:
+    """Make a fold's per_image.csv look as tables did before they carried truth_<class>."""
+    path = cv_dir / f"fold-{fold}" / "eval-heldout" / "per_image.csv"
+    rows = [line.split(",") for line in path.read_text(encoding="utf-8").splitlines()]
+    keep = [i for i, column in enumerate(rows[0]) if not column.startswith("truth_")]
+    path.write_text("\n".join(",".join(row[i] for i in keep) for row in rows) + "\n", encoding="utf-8")
+
+
+def test_one_sides_truth_counts_serve_both(tmp_path: Path) -> None:
+    truth = np.zeros((10, 10), dtype=np.int64)
+    truth[:4, :5] = 1  # GGO only
+    wrong = truth.copy()
+    wrong[8:, 8:] = 2  # a false consolidation: Dice 0 where the truth has none
+    both = truth.copy()
+    both[6:, 6:] = 2
+    write_multiclass_fold(tmp_path / "ref", 0, [("s1", truth, wrong), ("s2", both, both)])
+    write_multiclass_fold(tmp_path / "new", 0, [("s1", truth, wrong), ("s2", both, both)])
+    drop_truth_counts(tmp_path / "ref", 0)  # an older reference
+    comparison = compare_cross_validations(tmp_path / "ref", tmp_path / "new", metrics=["dice_consolidation"])
+    (only,) = comparison.differences
+    assert only.images == 1 and only.reference == 1.0  # s1 left out by the candidate's truth counts
+    assert comparison.truth_counts
+    drop_truth_counts(tmp_path / "new", 0)
+    comparison = compare_cross_validations(tmp_path / "ref", tmp_path / "new", metrics=["dice_consolidation"])
+    assert (comparison.differences[0].images, comparison.differences[0].reference) == (2, 0.5)  # s1 counts as 0
+    assert not comparison.truth_counts
+
+
+def test_a_column_missing_from_any_compared_fold_is_refused(tmp_path: Path) -> None:
+    truth = np.zeros((10, 10), dtype=np.int64)
+    truth[:4, :5] = 1
+    for side in ("ref", "new"):
+        for fold in (0, 1):
+            write_multiclass_fold(tmp_path / side, fold, [(f"s{fold}", truth, truth)])
+    drop_truth_counts(tmp_path / "new", 1)
+    with pytest.raises(CovsegError, match=r"fold-1.*per_image.csv: no column 'truth_ggo'"):
+        compare_cross_validations(tmp_path / "ref", tmp_path / "new", metrics=["truth_ggo"])
