@@ -43,15 +43,17 @@ from torch import nn
 __all__ = ["build_bench_model", "measure", "main"]
 
 PATHS = ("fp32-naive", "fp32-cl", "covseg", "onnxruntime", "onnx-int8")
-MODELS = ("unet16", "unet32", "unet64", "segnet", "monai-unet32", "monai-unet64")
+MODELS = ("unet16", "unet32", "unet64", "unet16-instance", "segnet", "monai-unet32", "monai-unet64")
 
 
 def build_bench_model(name: str) -> nn.Module:
-    """A model by benchmark name (binary output, 1 input channel), in eval mode."""
+    """A model by benchmark name (binary output, 1 input channel), in eval mode: ``unetW`` a width-W U-Net with batch
+    norm, ``unetW-instance`` with instance norm (``model.norm=instance``)."""
     from covseg.models import create_model
 
     if name.startswith("unet"):
-        return create_model("unet", num_classes=2, width=int(name[4:]), depth=4).eval()
+        width, _, norm = name[4:].partition("-")
+        return create_model("unet", num_classes=2, width=int(width), depth=4, norm=norm or "batch").eval()
     if name == "segnet":
         return create_model("segnet", num_classes=2, width=64, depth=5).eval()
     if name.startswith("monai-unet"):

@@ -70,7 +70,8 @@ class ModelConfig:
     name: str = "unet"
     width: int = 32
     depth: int = 4
-    batch_norm: bool = True
+    batch_norm: bool = True  # normalise after each convolution (false: none)
+    norm: str = "batch"  # which normalisation, when batch_norm: "batch" | "instance" (U-Net; covseg.models.unet.NORMS)
     deep_supervision: bool = False  # extra losses on coarser decoder levels while training (U-Net, SegNet)
     block: str = "plain"  # U-Net's convolution blocks: "plain" | "residual" (covseg.models.unet.BLOCKS)
 
@@ -273,6 +274,7 @@ _CHOICES = {
     ("data", "normalize"): NORMALIZATIONS,
     ("data", "resize"): RESIZE_MODES,
     ("model", "block"): ("plain", "residual"),  # covseg.models.unet.BLOCKS
+    ("model", "norm"): ("batch", "instance"),  # covseg.models.unet.NORMS
     ("train", "dice"): ("batch", "sample", "present"),
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "schedule"): ("constant", "cosine", "onecycle"),
@@ -308,6 +310,9 @@ def _validate(config: RunConfig, source: str) -> None:
     if config.model.block != "plain" and config.model.name != "unet":
         raise CovsegError(f"{source}: model.block is {config.model.block!r}, but only U-Net has other blocks; "
                           f"leave model.block at plain for {config.model.name}")
+    if config.model.norm != "batch" and config.model.name != "unet":
+        raise CovsegError(f"{source}: model.norm is {config.model.norm!r}, but only U-Net has other normalisations; "
+                          f"leave model.norm at batch for {config.model.name}")
     _validate_augment(config.train.augment, source)
     _validate_progressive(config, source)
     crop = config.train.augment.crop

@@ -191,7 +191,7 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 def check_pretrained(path: str | Path, config: RunConfig) -> tuple[Path, dict[str, Any]]:
     """Read the pretrained checkpoint at ``path`` and check it fits ``config``: a finished pretraining of the
-    same architecture (name, width, depth, batch norm, block) with the same per-slice normalisation.
+    same architecture (name, width, depth, normalisation, block) with the same per-slice normalisation.
     Returns ``(file, contents)``."""
     file, data = read_pretrained(path)
     made, wanted = _architecture(data["model_config"]), _architecture(config.model)

@@ -18,6 +18,19 @@ def test_measure_reports_every_figure() -> None:
         4 * row["gflop_per_slice"], rel=1e-6)
 
 
+def test_instance_norm_unet_is_benchmarked_with_its_norms_kept() -> None:
+    import torch
+
+    model = build_bench_model("unet16-instance")
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    row = measure("unet16-instance", "covseg", size=32, repeats=1, train_steps=1)
+    assert row["infer_ms_b8"] > 0 and row["train_img_s"] > 0
+    # the same convolutions as unet16 (the norms' FLOPs aside): the count differs by well under 1 %
+    plain = measure("unet16", "fp32-naive", size=32, repeats=1, train_steps=0)["gflop_per_slice"]
+    assert row["gflop_per_slice"] == pytest.approx(plain, rel=0.01)
+
+
 def test_bench_main_writes_results(tmp_path: Path, capsys) -> None:
     out = tmp_path / "RESULTS.md"
     assert main(["--models", "unet16", "--paths", "fp32-naive,covseg,onnxruntime,onnx-int8", "--size", "32", "--repeats", "1",

@@ -30,10 +30,13 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("train.augment.elastic=1", r"elastic is 1.0; it must be in \[0, 1\)"),
                          ("train.augment.rotate_deg=-5", "rotate_deg is -5.0; it must be >= 0"),
                          ("model.block=dense", "model.block is 'dense'; use one of plain, residual"),
-                         ("model.block=residual", "only U-Net has other blocks; leave model.block at plain for segnet")]:
+                         ("model.block=residual", "only U-Net has other blocks; leave model.block at plain for segnet"),
+                         ("model.norm=group", "model.norm is 'group'; use one of batch, instance"),
+                         ("model.norm=instance", "only U-Net has other normalisations; leave model.norm at batch for segnet")]:
         with pytest.raises(CovsegError, match=message):
             apply_overrides(cfg, [bad])
     assert apply_overrides(load_recipe("default"), ["model.block=residual"]).model.block == "residual"
+    assert apply_overrides(load_recipe("default"), ["model.norm=instance"]).model.norm == "instance"
     with pytest.raises(CovsegError, match="unknown recipe"):
         load_recipe("nope")
     path = tmp_path / "r.yaml"

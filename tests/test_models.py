@@ -6,12 +6,13 @@ import torch
 
 from covseg.errors import CovsegError
 from covseg.models import MODELS, create_model, fold_batch_norm, nearest_valid_size
-from covseg.models.unet import BLOCKS, ResidualDoubleConv
+from covseg.models.unet import BLOCKS, NORMS, ResidualDoubleConv
 
 # every registered model, and every U-Net block, in a small size: (registry name, options)
 VARIANTS = {
     "unet": ("unet", {"width": 4, "depth": 2}),
     "unet-residual": ("unet", {"width": 4, "depth": 2, "block": "residual"}),
+    "unet-instance": ("unet", {"width": 4, "depth": 2, "norm": "instance"}),
     "segnet": ("segnet", {"width": 4, "depth": 2}),
 }
 
@@ -30,6 +31,7 @@ def small(variant: str, **options) -> torch.nn.Module:
 def test_the_contract_covers_every_model_and_block() -> None:
     assert {name for name, _ in VARIANTS.values()} == set(MODELS)
     assert {opts.get("block", "plain") for name, opts in VARIANTS.values() if name == "unet"} == set(BLOCKS)
+    assert {opts.get("norm", "batch") for name, opts in VARIANTS.values() if name == "unet"} == set(NORMS)
 
 
 @pytest.mark.parametrize("num_classes", [2, 4])
@@ -78,6 +80,12 @@ def test_folding_batch_norm_keeps_the_function_and_the_original(variant: str) ->
     torch.manual_seed(0)
     model = small(variant, num_classes=3)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if VARIANTS[variant][1].get("norm") == "instance":
+        assert not norms  # nothing to fold: instance norm stays, and the function with it
+        x = torch.rand(2, 1, 32, 32)
+        with torch.inference_mode():
+            torch.testing.assert_close(fold_batch_norm(model)(x), model.eval()(x))
+        return
     assert norms
     for bn in norms:  # statistics far from the initial (0, 1), so that an unfolded norm would show
         bn.running_mean.uniform_(-0.5, 0.5)
@@ -90,6 +98,29 @@ def test_folding_batch_norm_keeps_the_function_and_the_original(variant: str) ->
     x = torch.rand(2, 1, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_instance_norm_unet_treats_each_image_alone_even_in_training() -> None:
+    # batch norm in training mode mixes the images of a batch; instance norm does not: an image's logits are the
+    # same alone as beside another, and in training and eval mode alike (no running statistics)
+    torch.manual_seed(0)
+    model = create_model("unet", num_classes=2, width=4, depth=2, norm="instance").train()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, torch.nn.InstanceNorm2d) for m in model.modules()) == 2 * (2 + 1 + 2)  # two per block: 3 encoder, 2 decoder blocks
+    a, b = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32) * 3
+    with torch.no_grad():
+        alone = model(a)
+        together = model(torch.cat([a, b]))[:1]
+        torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model.eval()(a), alone, atol=1e-5, rtol=1e-4)
+    batch = create_model("unet", num_classes=2, width=4, depth=2).train()
+    with torch.no_grad():
+        assert not torch.allclose(batch(torch.cat([a, b]))[:1], batch(a), atol=1e-3)
+
+
+def test_unknown_norm_is_refused() -> None:
+    with pytest.raises(CovsegError, match="norm must be one of batch, instance"):
+        create_model("unet", norm="group")
 
 
 def test_unet_reference_size_has_31m_parameters() -> None:

@@ -6,21 +6,30 @@ from torch import nn
 
 from covseg.models.shapes import check_input_size
 
-__all__ = ["UNet", "DoubleConv", "ResidualDoubleConv", "BLOCKS"]
+__all__ = ["UNet", "DoubleConv", "ResidualDoubleConv", "BLOCKS", "NORMS"]
 
 
-def _conv_norm(in_channels: int, out_channels: int, batch_norm: bool) -> list[nn.Module]:
-    """A 3x3 convolution (padding 1), then batch norm if asked (the convolution then has no bias)."""
+#: the normalisations a block may follow each convolution with (``model.norm``): batch norm (statistics over the
+#: batch, running averages at inference; folded into the convolution for inference) or instance norm (nnU-Net's:
+#: statistics over each image's own feature map, in training and inference alike; learnt affine)
+NORMS: dict[str, type[nn.Module]] = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d}
+
+
+def _conv_norm(in_channels: int, out_channels: int, batch_norm: bool, norm: str = "batch") -> list[nn.Module]:
+    """A 3x3 convolution (padding 1), then the ``norm`` of :data:`NORMS` if ``batch_norm`` (the convolution then
+    has no bias)."""
     conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)
-    return [conv, nn.BatchNorm2d(out_channels)] if batch_norm else [conv]
+    if not batch_norm:
+        return [conv]
+    return [conv, NORMS[norm](out_channels, affine=True)]
 
 
 class DoubleConv(nn.Sequential):
-    """Two 3x3 convolutions (padding 1), each followed by optional batch norm and ReLU."""
+    """Two 3x3 convolutions (padding 1), each followed by optional normalisation (:data:`NORMS`) and ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True) -> None:
-        super().__init__(*_conv_norm(in_channels, out_channels, batch_norm), nn.ReLU(inplace=True),
-                         *_conv_norm(out_channels, out_channels, batch_norm), nn.ReLU(inplace=True))
+    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True, norm: str = "batch") -> None:
+        super().__init__(*_conv_norm(in_channels, out_channels, batch_norm, norm), nn.ReLU(inplace=True),
+                         *_conv_norm(out_channels, out_channels, batch_norm, norm), nn.ReLU(inplace=True))
 
 
 class ResidualDoubleConv(nn.Module):
@@ -34,10 +43,10 @@ class ResidualDoubleConv(nn.Module):
     Shape: ``(B, in_channels, H, W)`` -> ``(B, out_channels, H, W)``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True, norm: str = "batch") -> None:
         super().__init__()
-        self.first = nn.Sequential(*_conv_norm(in_channels, out_channels, batch_norm), nn.ReLU(inplace=True))
-        self.second = nn.Sequential(*_conv_norm(out_channels, out_channels, batch_norm))
+        self.first = nn.Sequential(*_conv_norm(in_channels, out_channels, batch_norm, norm), nn.ReLU(inplace=True))
+        self.second = nn.Sequential(*_conv_norm(out_channels, out_channels, batch_norm, norm))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +64,8 @@ class UNet(nn.Module):
     ``width=64, depth=4`` reproduces the original's 31M parameters. Channels at level ``i`` are
     ``width * 2**i``. ``block`` names each level's two 3x3 convolutions in :data:`BLOCKS`: ``"plain"`` (the
     original's) or ``"residual"`` (an identity shortcut around the second, :class:`ResidualDoubleConv`).
+    ``norm`` names the normalisation after each convolution in :data:`NORMS` (``"batch"`` or ``"instance"``),
+    used when ``batch_norm`` is true (false: none, and the convolutions have biases).
 
     With ``deep_supervision`` (training mode only) the forward pass returns a list: the ``(B, num_classes,
     H, W)`` logits, then ``depth - 1`` coarser logits from 1x1 heads on the decoder levels, of sizes
@@ -75,24 +86,27 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         deep_supervision: bool = False,
         block: str = "plain",
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         if depth < 1 or width < 1:
             raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         conv_block = BLOCKS[block]
         self.depth = depth
         channels = [width * 2**i for i in range(depth + 1)]
-        self.encoders = nn.ModuleList([conv_block(in_channels, channels[0], batch_norm)])
-        self.encoders.extend(conv_block(channels[i], channels[i + 1], batch_norm) for i in range(depth))
+        self.encoders = nn.ModuleList([conv_block(in_channels, channels[0], batch_norm, norm)])
+        self.encoders.extend(conv_block(channels[i], channels[i + 1], batch_norm, norm) for i in range(depth))
         self.pool = nn.MaxPool2d(2)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.upsamplers = nn.ModuleList(
             nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2) for i in reversed(range(depth))
         )
         self.decoders = nn.ModuleList(
-            conv_block(2 * channels[i], channels[i], batch_norm) for i in reversed(range(depth))
+            conv_block(2 * channels[i], channels[i], batch_norm, norm) for i in reversed(range(depth))
         )
         self.head = nn.Conv2d(channels[0], num_classes, 1)
         # deep supervision: 1x1 heads on the decoder levels below the top (1/2, 1/4, ... of the input size)
