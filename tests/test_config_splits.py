@@ -63,7 +63,9 @@ def test_per_task_settings_merge_over_the_shared_ones(tmp_path) -> None:
     # progressive resizing, chosen by CV for both tasks (docs/recipes.md, sessions 19 and 20)
     assert (default_binary.train.progressive_size, default_binary.train.progressive_epochs()) == (256, 80)
     assert (default_multiclass.train.progressive_size, default_multiclass.train.progressive_epochs()) == (256, 80)
-    assert (config_to_dict(default_binary)["model"], default_binary.train.lr) == \
+    # one architecture but the norm: multiclass takes instance norm (docs/recipes.md, session 25), binary batch norm
+    assert (default_binary.model.norm, default_multiclass.model.norm) == ("batch", "instance")
+    assert ({**config_to_dict(default_binary)["model"], "norm": "instance"}, default_binary.train.lr) == \
         (config_to_dict(default_multiclass)["model"], default_multiclass.train.lr)
     for text, message in [("tasks: {ternary: {}}\n", "tasks must map binary / multiclass"),
                           ("tasks: [1]\n", "tasks must map"),
