@@ -106,7 +106,8 @@ def test_instance_norm_unet_treats_each_image_alone_even_in_training() -> None:
     torch.manual_seed(0)
     model = create_model("unet", num_classes=2, width=4, depth=2, norm="instance").train()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    assert sum(isinstance(m, torch.nn.InstanceNorm2d) for m in model.modules()) == 2 * (2 + 1 + 2)  # two per block: 3 encoder, 2 decoder blocks
+    # two per block: 3 encoder, 2 decoder blocks
+    assert sum(isinstance(m, torch.nn.InstanceNorm2d) for m in model.modules()) == 2 * (2 + 1 + 2)
     a, b = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32) * 3
     with torch.no_grad():
         alone = model(a)
