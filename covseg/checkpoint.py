@@ -84,10 +84,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def architecture_options(model: ModelConfig) -> dict[str, Any]:
     """The keyword options of :func:`covseg.models.create_model` that ``model`` sets: width and depth, and for
-    U-Net its normalisation and convolution block (SegNet always has batch norm and plain blocks)."""
+    U-Net its normalisation, convolution block and bottleneck dropout (SegNet always has batch norm and plain
+    blocks, no dropout)."""
     options: dict[str, Any] = {"width": model.width, "depth": model.depth}
     if model.name == "unet":
-        options.update(batch_norm=model.batch_norm, block=model.block, norm=model.norm)
+        options.update(batch_norm=model.batch_norm, block=model.block, norm=model.norm, dropout=model.dropout)
     return options
 
 

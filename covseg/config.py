@@ -74,6 +74,7 @@ class ModelConfig:
     norm: str = "batch"  # which normalisation, when batch_norm: "batch" | "instance" (U-Net; covseg.models.unet.NORMS)
     deep_supervision: bool = False  # extra losses on coarser decoder levels while training (U-Net, SegNet)
     block: str = "plain"  # U-Net's convolution blocks: "plain" | "residual" (covseg.models.unet.BLOCKS)
+    dropout: float = 0.0  # U-Net: share of the bottleneck's channels dropped while training (Dropout2d), in [0, 1)
 
 
 @dataclass
@@ -310,6 +311,12 @@ def _validate(config: RunConfig, source: str) -> None:
     if config.model.block != "plain" and config.model.name != "unet":
         raise CovsegError(f"{source}: model.block is {config.model.block!r}, but only U-Net has other blocks; "
                           f"leave model.block at plain for {config.model.name}")
+    if not 0 <= config.model.dropout < 1:
+        raise CovsegError(f"{source}: model.dropout is {config.model.dropout}; it must be a share in [0, 1), such as "
+                          "0.2, or 0 for none")
+    if config.model.dropout and config.model.name != "unet":
+        raise CovsegError(f"{source}: model.dropout is {config.model.dropout}, but only U-Net has dropout; "
+                          f"leave model.dropout at 0 for {config.model.name}")
     if config.model.norm != "batch" and config.model.name != "unet":
         raise CovsegError(f"{source}: model.norm is {config.model.norm!r}, but only U-Net has other normalisations; "
                           f"leave model.norm at batch for {config.model.name}")

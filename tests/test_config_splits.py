@@ -32,11 +32,14 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("model.block=dense", "model.block is 'dense'; use one of plain, residual"),
                          ("model.block=residual", "only U-Net has other blocks; leave model.block at plain for segnet"),
                          ("model.norm=group", "model.norm is 'group'; use one of batch, instance"),
-                         ("model.norm=instance", "only U-Net has other normalisations; leave model.norm at batch for segnet")]:
+                         ("model.norm=instance", "only U-Net has other normalisations; leave model.norm at batch for segnet"),
+                         ("model.dropout=1", r"model.dropout is 1.0; it must be a share in \[0, 1\)"),
+                         ("model.dropout=0.2", "only U-Net has dropout; leave model.dropout at 0 for segnet")]:
         with pytest.raises(CovsegError, match=message):
             apply_overrides(cfg, [bad])
     assert apply_overrides(load_recipe("default"), ["model.block=residual"]).model.block == "residual"
     assert apply_overrides(load_recipe("default"), ["model.norm=instance"]).model.norm == "instance"
+    assert apply_overrides(load_recipe("default"), ["model.dropout=0.3"]).model.dropout == 0.3
     with pytest.raises(CovsegError, match="unknown recipe"):
         load_recipe("nope")
     path = tmp_path / "r.yaml"

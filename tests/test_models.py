@@ -187,6 +187,31 @@ def test_residual_block_adds_its_first_convolution_to_its_second() -> None:
     assert (h >= 0).all() and h.shape == (2, 5, 8, 8)
 
 
+def test_unet_dropout_drops_bottleneck_channels_while_training_only() -> None:
+    torch.manual_seed(0)
+    plain = create_model("unet", num_classes=2, width=4, depth=2)
+    dropped = create_model("unet", num_classes=2, width=4, depth=2, dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())  # dropout has no weights: the same state dict fits
+    x = torch.randn(2, 1, 16, 16)
+    plain.eval(), dropped.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(x), plain(x))  # eval: the identity
+    bottleneck = dropped.encoders[-1]
+    captured: list[torch.Tensor] = []
+    dropped.dropout.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    dropped.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        features = bottleneck(dropped.pool(dropped.encoders[1](dropped.pool(dropped.encoders[0](x)))))
+        dropped(x)
+    # Dropout2d: each (image, channel) map is either zeroed or kept and scaled by 1 / (1 - p)
+    out = captured[0]
+    zeroed = out.abs().amax(dim=(2, 3)) == 0
+    assert 0 < zeroed.sum() < zeroed.numel()
+    kept = ~zeroed
+    torch.testing.assert_close(out[kept], 2 * features[kept])
+
+
 def test_residual_unet_has_the_plain_ones_parameters_and_rejects_unknown_blocks() -> None:
     plain = create_model("unet", num_classes=2, width=16, depth=4)
     residual = create_model("unet", num_classes=2, width=16, depth=4, block="residual")
