@@ -193,7 +193,8 @@ def test_unet_dropout_drops_bottleneck_channels_while_training_only() -> None:
     dropped = create_model("unet", num_classes=2, width=4, depth=2, dropout=0.5)
     dropped.load_state_dict(plain.state_dict())  # dropout has no weights: the same state dict fits
     x = torch.randn(2, 1, 16, 16)
-    plain.eval(), dropped.eval()
+    plain.eval()
+    dropped.eval()
     with torch.no_grad():
         torch.testing.assert_close(dropped(x), plain(x))  # eval: the identity
     bottleneck = dropped.encoders[-1]
