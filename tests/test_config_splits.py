@@ -70,8 +70,8 @@ def test_per_task_settings_merge_over_the_shared_ones(tmp_path) -> None:
     assert (default_binary.model.norm, default_multiclass.model.norm) == ("batch", "instance")
     assert ({**config_to_dict(default_binary)["model"], "norm": "instance"}, default_binary.train.lr) == \
         (config_to_dict(default_multiclass)["model"], default_multiclass.train.lr)
-    # and the batch: multiclass takes batch 4 (docs/recipes.md, session 28), binary batch 8
-    assert (default_binary.train.batch_size, default_multiclass.train.batch_size) == (8, 4)
+    # and batch 4 for both (docs/recipes.md, session 28)
+    assert (default_binary.train.batch_size, default_multiclass.train.batch_size) == (4, 4)
     for text, message in [("tasks: {ternary: {}}\n", "tasks must map binary / multiclass"),
                           ("tasks: [1]\n", "tasks must map"),
                           ("tasks: {binary: {train: {lr: abc}}}\n", "expected a number")]:
