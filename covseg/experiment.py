@@ -166,7 +166,8 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     """Train and evaluate each model under identical data, split, seed and budget; one table and figure.
 
     Each model gets ``out_dir/<model>/`` (a full run folder with its ``eval-heldout`` report); the
-    comparison goes to ``out_dir/comparison.md``, ``comparison.json`` and ``comparison.png``. Runs already
+    comparison goes to ``out_dir/comparison.md``, ``comparison.json`` and ``comparison.png``; each model is
+    scored on the device it trained on (``train.device``). Runs already
     finished (or interrupted) in ``out_dir`` with the same settings are reused (or resumed); ``force``
     retrains them from scratch.
     """
@@ -179,7 +180,7 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
         cfg = replace(config, model=replace(config.model, name=name))
         log(f"== {name} ==")
         seconds = train_or_resume(cfg, samples, out_dir / name, data, force, progress, log)
-        metrics, _ = evaluate_run(out_dir / name, data, "heldout", None, progress=progress)
+        metrics, _ = evaluate_run(out_dir / name, data, "heldout", None, device=cfg.train.device, progress=progress)
         metrics["train_seconds"] = round(seconds, 1)
         rows[name] = metrics
     scheme = get_scheme(config.data.task)
@@ -312,7 +313,8 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
 
     A fold counts as done when its ``eval-heldout/metrics.json`` exists; an interrupted fold resumes
     from its ``last.pt``. ``jobs`` > 1 trains the unfinished folds first, that many at a time in worker
-    processes (:func:`covseg.parallel_runs.train_runs_in_parallel`), then scores them here one by one.
+    processes (:func:`covseg.parallel_runs.train_runs_in_parallel`), then scores them here one by one, on the
+    device they trained on (``train.device``: a GPU cross-validation is scored on the GPU).
     Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std. With
     ``train.ema`` each fold's ``ema.pt`` is scored too (``fold-K/eval-heldout-ema``): a second table, its
     fold-by-fold difference from ``last.pt`` (the same training run, so no seed noise), and ``cv.json``'s
@@ -331,12 +333,12 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         if not _is_current(metrics_path, fold_dir / "last.pt"):
             log(f"== fold {k} ==")
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
-            evaluate_run(fold_dir, data, "heldout", None, progress=progress)
+            evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
         if config.train.ema > 0:
             ema_path = fold_dir / "eval-heldout-ema" / "metrics.json"
             if not _is_current(ema_path, fold_dir / "ema.pt"):
-                evaluate_run(fold_dir, data, "heldout", None, which="ema", progress=progress)
+                evaluate_run(fold_dir, data, "heldout", None, which="ema", device=cfg.train.device, progress=progress)
             ema_rows.append((json.loads(ema_path.read_text(encoding="utf-8")), rows[-1][1]))
     columns = _cv_columns(rows, config.data.task)
     summary = _mean_std(columns)
@@ -394,8 +396,8 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
 
     Seed ``S`` (``train.seed = S``, the same saved folds) goes to ``out_dir/seed-S``, resumed as
     :func:`cross_validate` resumes. The models of fold ``K`` of every seed are then scored together (mean
-    probabilities) on that fold's held-out images into ``out_dir/ensemble/fold-K``; none of them trained on
-    those images. Writes ``seeds.md`` and ``seeds.json``: each seed's CV mean ± std over folds, the mean ±
+    probabilities) on that fold's held-out images into ``out_dir/ensemble/fold-K`` (on ``train.device``); none
+    of them trained on those images. Writes ``seeds.md`` and ``seeds.json``: each seed's CV mean ± std over folds, the mean ±
     std of the seeds' CV means (the spread a single CV figure carries), the same over every seed × fold
     model, and the seed ensemble's CV with its per-fold rows (train seconds: the sum over its members).
     ``jobs`` > 1 first trains every unfinished seed × fold run, that many at a time, as :func:`cross_validate`.
@@ -420,7 +422,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
         report = out_dir / "ensemble" / f"fold-{k}"
         if not _report_of(report / "metrics.json", members):
             log(f"== seed ensemble, fold {k} ==")
-            evaluate_run(members, data, "heldout", report, progress=progress)
+            evaluate_run(members, data, "heldout", report, device=config.train.device, progress=progress)
         rows.append((json.loads((report / "metrics.json").read_text(encoding="utf-8")),
                      sum(_train_seconds(m) for m in members)))
     ensemble = _cv_columns(rows, config.data.task)

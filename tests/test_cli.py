@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from covseg import experiment
 from covseg.cli import main
 
 from conftest import REAL_SEMISEG, TINY_OVERRIDES
@@ -122,6 +123,33 @@ def test_cv_with_a_weight_average_scores_it_beside_last(tiny_data: Path, tmp_pat
     assert "train seconds" not in cv["ema"]["columns"]
     table = (tmp_path / "cv" / "cv.md").read_text()
     assert "`ema.pt`, decay 0.5" in table and "| ema − last, mean ± std |" in table
+
+
+def _record_evaluation_devices(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ``device`` of every ``evaluate_run`` call ``compare`` and ``cv`` make from now on (each still runs)."""
+    devices: list[str] = []
+    evaluate_run = experiment.evaluate_run
+
+    def recording(*args, **kwargs):
+        devices.append(kwargs.get("device", "cpu"))
+        return evaluate_run(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "evaluate_run", recording)
+    return devices
+
+
+def test_compare_and_cv_score_on_the_device_they_trained_on(tiny_data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    devices = _record_evaluation_devices(monkeypatch)
+    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "--quiet", "--device", "auto",
+              *TINY_OVERRIDES]
+    assert main(["compare", "--models", "unet", "--split", "cv:0", "-o", str(tmp_path / "cmp"), *common]) == 0
+    assert devices == ["auto"]
+    assert main(["cv", "--folds", "3", "--seeds", "0", "1", "-o", str(tmp_path / "cvs"), *common]) == 0
+    assert devices == ["auto"] * (1 + 3 * 2 + 3)  # each seed's folds, then each fold's seed ensemble
+    expected = "cuda" if torch.cuda.is_available() else "cpu"  # what `auto` resolves to here
+    report = json.loads((tmp_path / "cvs" / "ensemble" / "fold-2" / "metrics.json").read_text())
+    assert all(f" {expected} " in member["backend"] for member in report["model"]["members"])
 
 
 def test_cv_with_seeds_repeats_the_folds_and_scores_seed_ensembles(tiny_data: Path, tmp_path: Path, capsys) -> None:

@@ -6,6 +6,7 @@ Skipped where PyTorch sees no GPU (CI and most machines); run on a GPU machine w
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,6 +68,17 @@ def test_cuda_run_loads_on_the_cpu_and_predicts_the_same_labels(cuda_run: Path, 
 
 def test_cuda_run_evaluates_on_the_gpu(cuda_run: Path, tiny_data: Path) -> None:
     assert main(["evaluate", str(cuda_run), "--data", str(tiny_data), "--device", "cuda", "--quiet"]) == 0
+
+
+def test_cv_on_the_gpu_is_scored_on_the_gpu(tiny_data: Path, tmp_path: Path) -> None:
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("train.precision")]
+    assert main(["cv", "--recipe", "tiny", "--data", str(tiny_data), "--folds", "3", "--seeds", "0", "1", "--epochs", "1",
+                 "--device", "cuda", "--jobs", "2", "-o", str(tmp_path / "cv"), "--quiet", *overrides]) == 0
+    reports = [tmp_path / "cv" / f"seed-{s}" / f"fold-{k}" / "eval-heldout" for s in (0, 1) for k in range(3)]
+    reports += [tmp_path / "cv" / "ensemble" / f"fold-{k}" for k in range(3)]
+    for report in reports:
+        backend = json.loads((report / "metrics.json").read_text())["model"]["backend"]
+        assert backend.startswith("torch cuda "), (report, backend)
 
 
 def test_bf16_on_the_gpu_is_kept_only_where_it_agrees_with_fp32(cuda_run: Path, tiny_data: Path) -> None:
