@@ -397,9 +397,9 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     Seed ``S`` (``train.seed = S``, the same saved folds) goes to ``out_dir/seed-S``, resumed as
     :func:`cross_validate` resumes. The models of fold ``K`` of every seed are then scored together (mean
     probabilities) on that fold's held-out images into ``out_dir/ensemble/fold-K`` (on ``train.device``); none
-    of them trained on those images. Writes ``seeds.md`` and ``seeds.json``: each seed's CV mean ± std over folds, the mean ±
-    std of the seeds' CV means (the spread a single CV figure carries), the same over every seed × fold
-    model, and the seed ensemble's CV with its per-fold rows (train seconds: the sum over its members).
+    of them trained on those images. Writes ``seeds.md`` and ``seeds.json``: each seed's CV mean ± std over
+    folds, the mean ± std of the seeds' CV means (the spread a single CV figure carries), the same over every
+    seed × fold model, and the seed ensemble's CV with its per-fold rows (train seconds: the sum over its members).
     ``jobs`` > 1 first trains every unfinished seed × fold run, that many at a time, as :func:`cross_validate`.
     """
     check_seeds(seeds)

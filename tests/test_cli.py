@@ -82,9 +82,25 @@ def test_predict_png_nifti_overlays_json(tiny_run: Path, tiny_data: Path, tmp_pa
     assert fractions["infection"] == pytest.approx((pred == 1).mean(), abs=1e-6)
 
 
-def test_compare_and_cv(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "--quiet", *TINY_OVERRIDES]
+def _record_evaluation_devices(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ``device`` of every ``evaluate_run`` call ``compare`` and ``cv`` make from now on (each still runs)."""
+    devices: list[str] = []
+    evaluate_run = experiment.evaluate_run
+
+    def recording(*args, **kwargs):
+        devices.append(kwargs.get("device", "cpu"))
+        return evaluate_run(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "evaluate_run", recording)
+    return devices
+
+
+def test_compare_and_cv(tiny_data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    devices = _record_evaluation_devices(monkeypatch)  # each model is scored on the device it trained on
+    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "--quiet", "--device", "auto",
+              *TINY_OVERRIDES]
     assert main(["compare", "--models", "unet", "segnet", "--split", "cv:0", "-o", str(tmp_path / "cmp"), *common]) == 0
+    assert devices == ["auto", "auto"]
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| metric | unet | segnet |" in table and "mean Dice" in table
     assert (tmp_path / "cmp" / "comparison.png").is_file()
@@ -125,41 +141,21 @@ def test_cv_with_a_weight_average_scores_it_beside_last(tiny_data: Path, tmp_pat
     assert "`ema.pt`, decay 0.5" in table and "| ema − last, mean ± std |" in table
 
 
-def _record_evaluation_devices(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The ``device`` of every ``evaluate_run`` call ``compare`` and ``cv`` make from now on (each still runs)."""
-    devices: list[str] = []
-    evaluate_run = experiment.evaluate_run
-
-    def recording(*args, **kwargs):
-        devices.append(kwargs.get("device", "cpu"))
-        return evaluate_run(*args, **kwargs)
-
-    monkeypatch.setattr(experiment, "evaluate_run", recording)
-    return devices
-
-
-def test_compare_and_cv_score_on_the_device_they_trained_on(tiny_data: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    devices = _record_evaluation_devices(monkeypatch)
+def test_cv_with_seeds_repeats_the_folds_and_scores_seed_ensembles(tiny_data: Path, tmp_path: Path, capsys,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    devices = _record_evaluation_devices(monkeypatch)  # every run and ensemble is scored on the training device
     common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "--quiet", "--device", "auto",
               *TINY_OVERRIDES]
-    assert main(["compare", "--models", "unet", "--split", "cv:0", "-o", str(tmp_path / "cmp"), *common]) == 0
-    assert devices == ["auto"]
-    assert main(["cv", "--folds", "3", "--seeds", "0", "1", "-o", str(tmp_path / "cvs"), *common]) == 0
-    assert devices == ["auto"] * (1 + 3 * 2 + 3)  # each seed's folds, then each fold's seed ensemble
-    expected = "cuda" if torch.cuda.is_available() else "cpu"  # what `auto` resolves to here
-    report = json.loads((tmp_path / "cvs" / "ensemble" / "fold-2" / "metrics.json").read_text())
-    assert all(f" {expected} " in member["backend"] for member in report["model"]["members"])
-
-
-def test_cv_with_seeds_repeats_the_folds_and_scores_seed_ensembles(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "--quiet", *TINY_OVERRIDES]
     out = tmp_path / "cvs"
     assert main(["cv", "--folds", "3", "--seeds", "1", "1", "-o", str(out), *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--seeds 0 1 2" in err[0] and not out.exists()
     assert main(["cv", "--folds", "3", "--seeds", "0", "1", "-o", str(out), *common]) == 0
     assert "seed ensemble" in capsys.readouterr().out
+    assert devices == ["auto"] * (3 * 2 + 3)  # each seed's folds, then each fold's seed ensemble
+    expected = "cuda" if torch.cuda.is_available() else "cpu"  # what `auto` resolves to here
+    report = json.loads((out / "ensemble" / "fold-2" / "metrics.json").read_text())
+    assert all(f" {expected} " in member["backend"] for member in report["model"]["members"])
     assert "seed: 1" in (out / "seed-1" / "fold-2" / "config.yaml").read_text()
     summary = json.loads((out / "seeds.json").read_text())
     key = "mean Dice (per image)"
