@@ -108,6 +108,8 @@ class TrainConfig:
     dice: str = "batch"
     # add the lesion (every foreground class together) to the Dice term as one more region (multiclass only)
     lesion_dice: bool = False
+    # the Dice term's weight against the cross-entropy term's 1 (dice_ce and mfb_dice_ce only)
+    dice_weight: float = 1.0
     # learn only which lesion type each truth-lesion pixel is (covseg.losses.LesionTypeLoss; the background
     # output stays untrained): a type model for `--lesion-model`, which finds the lesions (multiclass only)
     types_only: bool = False
@@ -284,7 +286,7 @@ _CHOICES = {
 }
 _POSITIVE = {("data", "input_size"), ("data", "folds"), ("model", "width"), ("model", "depth"),
              ("train", "epochs"), ("train", "val_every"), ("train", "batch_size"), ("train", "lr"),
-             ("data", "pseudo_ratio")}
+             ("train", "dice_weight"), ("data", "pseudo_ratio")}
 
 
 def _validate(config: RunConfig, source: str) -> None:

@@ -215,7 +215,8 @@ def _check_type_loss(option: str, summary: str, other: str, name: str, dice: str
 
 
 def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch",
-                lesion_region: bool = False, types_only: bool = False, lesion_and_type: bool = False) -> nn.Module:
+                lesion_region: bool = False, types_only: bool = False, lesion_and_type: bool = False,
+                dice_weight: float = 1.0) -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
     ``dice`` picks the Dice term's reduction for the ``*dice*`` losses: ``"batch"`` (batch Dice),
@@ -224,12 +225,21 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     foreground classes to the Dice term as one more region (``*dice*`` losses of three or more classes only).
     ``types_only`` gives :class:`LesionTypeLoss` instead (``dice_ce``, or ``mfb_dice_ce`` for a weighted CE
     term, with ``present`` Dice, three or more classes; ``train.types_only``), and ``lesion_and_type``
-    :class:`LesionAndTypeLoss` (the same conditions; ``train.lesion_and_type``).
+    :class:`LesionAndTypeLoss` (the same conditions; ``train.lesion_and_type``). ``dice_weight`` scales the Dice
+    term against the cross-entropy term's 1 (``dice_ce`` and ``mfb_dice_ce`` only; ``train.dice_weight``).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
     if dice not in DICE_MODES:
         raise CovsegError(f"unknown Dice reduction {dice!r}: use one of {', '.join(DICE_MODES)}")
+    if dice_weight != 1.0 and (name not in ("dice_ce", "mfb_dice_ce") or types_only or lesion_and_type):
+        raise CovsegError(f"train.dice_weight={dice_weight} weighs the Dice term of train.loss=dice_ce or mfb_dice_ce "
+                          f"against its CE term, not of {name!r}"
+                          f"{' with train.types_only / train.lesion_and_type' if types_only or lesion_and_type else ''}"
+                          "; drop train.dice_weight or use one of those losses")
+    if not dice_weight > 0:
+        raise CovsegError(f"train.dice_weight must be positive, got {dice_weight}; for cross-entropy alone use "
+                          "train.loss=ce")
     weight = None
     if name.startswith("mfb_"):
         if class_weights is None:
@@ -253,4 +263,5 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     batch, skip_absent = dice == "batch", dice == "present"
     if name == "dice":
         return DiceLoss(batch=batch, skip_absent=skip_absent, lesion_region=lesion_region)
-    return DiceCELoss(weight=weight, batch_dice=batch, skip_absent=skip_absent, lesion_region=lesion_region)
+    return DiceCELoss(weight=weight, dice_weight=dice_weight, batch_dice=batch, skip_absent=skip_absent,
+                      lesion_region=lesion_region)

@@ -221,7 +221,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     scheme = get_scheme(d.task)
     check_input_size(d.input_size, d.input_size, config.model.depth, config.model.name)
     build_model(config)  # refuse bad model options before anything is written
-    create_loss(t.loss, np.ones(scheme.num_classes), t.dice, t.lesion_dice, t.types_only, t.lesion_and_type)
+    create_loss(t.loss, np.ones(scheme.num_classes), t.dice, t.lesion_dice, t.types_only, t.lesion_and_type,
+                t.dice_weight)
     lr_factor(t.schedule, 0, 1)
     # pseudo-labels are checked and loaded (on every process) before anything is written
     if resume:
@@ -280,7 +281,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     consistency = (ConsistencyTerm(unlabelled, weight_average(core, t.teacher_decay), t.consistency_batch, t.consistency)
                    if unlabelled is not None else None)
     optimizer = make_optimizer(model, t)
-    loss_fn = create_loss(t.loss, weights, t.dice, t.lesion_dice, t.types_only, t.lesion_and_type).to(device)
+    loss_fn = create_loss(t.loss, weights, t.dice, t.lesion_dice, t.types_only, t.lesion_and_type,
+                          t.dice_weight).to(device)
     if config.model.deep_supervision:
         loss_fn = DeepSupervisionLoss(loss_fn)
     history: list[dict[str, float]] = []

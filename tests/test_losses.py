@@ -113,6 +113,30 @@ def test_dice_ce_is_sum_and_unknown_loss() -> None:
         create_loss("focal")
 
 
+def test_dice_weight_scales_the_dice_term_by_hand() -> None:
+    # one 1x2 image, two classes: logits favour class 1 on both pixels, the truth is [0, 1]
+    logits = torch.tensor([[[[0.0, 0.0]], [[1.0, 1.0]]]])
+    target = torch.tensor([[[0, 1]]])
+    p1 = 1 / (1 + np.exp(-1.0))  # softmax probability of class 1 on each pixel
+    ce = -(np.log(1 - p1) + np.log(p1)) / 2
+    dice = 1 - 2 * p1 / (2 * p1 + 1)  # foreground Dice: intersection p1, sums 2 p1 and 1
+    loss = create_loss("dice_ce", dice="present", dice_weight=0.5)(logits, target)
+    assert loss.item() == pytest.approx(ce + 0.5 * dice, abs=1e-5)
+    default = create_loss("dice_ce", dice="present")(logits, target)
+    assert default.item() == pytest.approx(ce + dice, abs=1e-5)
+
+
+def test_dice_weight_refused_where_it_means_nothing() -> None:
+    with pytest.raises(CovsegError, match="not of 'ce'"):
+        create_loss("ce", dice_weight=0.5)
+    with pytest.raises(CovsegError, match="not of 'dice'"):
+        create_loss("dice", dice_weight=2.0)
+    with pytest.raises(CovsegError, match="types_only"):
+        create_loss("dice_ce", np.ones(3), dice="present", types_only=True, dice_weight=0.5)
+    with pytest.raises(CovsegError, match="must be positive"):
+        create_loss("dice_ce", dice_weight=0.0)
+
+
 def test_deep_supervision_loss_weights_levels_by_hand() -> None:
     from covseg.losses import DeepSupervisionLoss
 
