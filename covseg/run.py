@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from covseg import __version__
 from covseg.checkpoint import build_model, cpu_state_dict, read_checkpoint, save_checkpoint
-from covseg.config import DataConfig, RunConfig, config_from_dict, config_to_dict
+from covseg.config import DataConfig, RunConfig, TrainConfig, config_from_dict, config_to_dict
 from covseg.consistency import ConsistencyTerm
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
@@ -129,6 +129,12 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
         indent=1) + "\n")
 
 
+def _training_loss(t: TrainConfig, class_weights: np.ndarray) -> torch.nn.Module:
+    """The loss ``train.loss`` and its options name (:func:`covseg.losses.create_loss`), with ``class_weights``
+    ``(C,)`` for the ``mfb_*`` losses."""
+    return create_loss(t.loss, class_weights, t.dice, t.lesion_dice, t.types_only, t.lesion_and_type, t.dice_weight)
+
+
 def _stack(samples: list[Sample], data: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised, resized images ``(N, 1, S, S)`` float32 and label maps ``(N, S, S)`` int64, ``S`` =
     ``data.input_size``."""
@@ -221,8 +227,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     scheme = get_scheme(d.task)
     check_input_size(d.input_size, d.input_size, config.model.depth, config.model.name)
     build_model(config)  # refuse bad model options before anything is written
-    create_loss(t.loss, np.ones(scheme.num_classes), t.dice, t.lesion_dice, t.types_only, t.lesion_and_type,
-                t.dice_weight)
+    _training_loss(t, np.ones(scheme.num_classes))
     lr_factor(t.schedule, 0, 1)
     # pseudo-labels are checked and loaded (on every process) before anything is written
     if resume:
@@ -281,8 +286,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     consistency = (ConsistencyTerm(unlabelled, weight_average(core, t.teacher_decay), t.consistency_batch, t.consistency)
                    if unlabelled is not None else None)
     optimizer = make_optimizer(model, t)
-    loss_fn = create_loss(t.loss, weights, t.dice, t.lesion_dice, t.types_only, t.lesion_and_type,
-                          t.dice_weight).to(device)
+    loss_fn = _training_loss(t, weights).to(device)
     if config.model.deep_supervision:
         loss_fn = DeepSupervisionLoss(loss_fn)
     history: list[dict[str, float]] = []
