@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from covseg.errors import CovsegError
-from covseg.models import MODELS, create_model, fold_batch_norm, nearest_valid_size
+from covseg.models import MODELS, create_model, fold_batch_norm, fuse_conv_relu_bf16, nearest_valid_size
+from covseg.models.fusion import fused_conv_relu_available
 from covseg.models.unet import BLOCKS, NORMS, ResidualDoubleConv
 
 # every registered model, and every U-Net block, in a small size: (registry name, options)
@@ -98,6 +99,34 @@ def test_folding_batch_norm_keeps_the_function_and_the_original(variant: str) ->
     x = torch.rand(2, 1, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not fused_conv_relu_available(), reason="oneDNN's bf16 convolution + ReLU needs AVX512-BF16 or AMX")
+def test_fused_conv_relu_gives_the_bf16_logits_of_the_folded_model(variant: str) -> None:
+    from covseg.models.fusion import FusedConvReLU
+
+    torch.manual_seed(0)
+    folded = fold_batch_norm(small(variant, num_classes=3)).to(memory_format=torch.channels_last)
+    fused = fuse_conv_relu_bf16(folded)
+    count = sum(isinstance(m, FusedConvReLU) for m in fused.modules())
+    if VARIANTS[variant][1].get("norm") == "instance":
+        assert count == 0  # a norm between convolution and ReLU stops the fusion
+    else:  # every ReLU inside a Sequential follows a convolution there (the residual block's outer one does not)
+        in_sequential = sum(isinstance(m, torch.nn.ReLU) for seq in folded.modules()
+                            if isinstance(seq, torch.nn.Sequential) for m in seq.children())
+        assert count == in_sequential > 0
+        assert not any(isinstance(m, FusedConvReLU) for m in folded.modules())  # the folded model is untouched
+    x = torch.rand(2, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        assert torch.equal(fused(x).float(), folded(x).float())
+
+
+def test_fused_conv_relu_leaves_the_model_where_unavailable(monkeypatch) -> None:
+    from covseg.models import fusion
+
+    model = small("unet", num_classes=2)
+    monkeypatch.setattr(fusion, "fused_conv_relu_available", lambda: False)
+    assert fusion.fuse_conv_relu_bf16(model) is model
 
 
 def test_instance_norm_unet_treats_each_image_alone_even_in_training() -> None:

@@ -1,12 +1,13 @@
-"""Inference-time folding of batch norm into the convolution before it."""
+"""Inference-time fusions: batch norm folded into the convolution before it; convolution + ReLU as one bf16 call."""
 from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["fold_batch_norm"]
+__all__ = ["fold_batch_norm", "FusedConvReLU", "fused_conv_relu_available", "fuse_conv_relu_bf16"]
 
 
 def fold_batch_norm(model: nn.Module) -> nn.Module:
@@ -27,3 +28,60 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
                 module[i] = fuse_conv_bn_eval(conv, norm)
                 module[i + 1] = nn.Identity()
     return folded
+
+
+class FusedConvReLU(nn.Module):
+    """``relu(conv(x))`` as one oneDNN call in bf16 (``torch.ops.mkldnn._convolution_pointwise``): the ReLU is
+    applied to the convolution's fp32 accumulator before its bf16 output is written, so no second pass over the
+    feature map. Rounding commutes with ReLU, so the output equals ``relu`` of the bf16-autocast convolution.
+
+    Input ``(B, C_in, H, W)`` (cast to bf16); output ``(B, C_out, H', W')`` bf16, as the convolution's.
+    Inference only (no gradients); weights and bias are kept as bf16 buffers.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.register_buffer("weight", conv.weight.detach().to(torch.bfloat16).contiguous(
+            memory_format=torch.channels_last))
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().to(torch.bfloat16))
+        self.padding, self.stride = list(conv.padding), list(conv.stride)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(x.to(torch.bfloat16), self.weight, self.bias, self.padding,
+                                                       self.stride, self.dilation, self.groups, "relu", [], "")
+
+
+def fused_conv_relu_available() -> bool:
+    """True where PyTorch's CPU build has oneDNN's fused convolution + ReLU (``mkldnn._convolution_pointwise``)
+    and the CPU runs its bf16 path (AVX512-BF16 or AMX; PyTorch refuses it on AVX2-only CPUs)."""
+    try:
+        return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+                and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def fuse_conv_relu_bf16(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for bf16 inference on a CPU in which every ``Conv2d`` (2-D, zero padding) followed,
+    inside an ``nn.Sequential``, by a ``ReLU`` (``nn.Identity`` layers between, as :func:`fold_batch_norm`
+    leaves them) is one :class:`FusedConvReLU`. Fold batch norm first: a norm between the two stops the fusion.
+    Run it under bf16 autocast (the layers left, e.g. the transposed convolutions, need it); its logits equal the
+    unfused model's under bf16 autocast. ``model`` is returned unchanged where :func:`fused_conv_relu_available`
+    is false. Shapes are those of ``model``.
+    """
+    if not fused_conv_relu_available():
+        return model
+    fused = copy.deepcopy(model).eval()
+    for module in fused.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i, conv in enumerate(module):
+            if not (isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)):
+                continue
+            j = i + 1
+            while j < len(module) and isinstance(module[j], nn.Identity):
+                j += 1
+            if j < len(module) and isinstance(module[j], nn.ReLU):
+                module[i], module[j] = FusedConvReLU(conv), nn.Identity()
+    return fused
