@@ -6,9 +6,12 @@ Paths:
 * ``fp32-naive``  — default (contiguous) memory format, fp32, ``torch.no_grad`` only;
 * ``fp32-cl``     — channels-last fp32 under ``torch.inference_mode``;
 * ``covseg``      — what covseg uses: freed memory kept for reuse (:func:`covseg.runtime.keep_freed_memory`),
-  bf16 autocast where the CPU has native bf16, else fp32 with (inference only) batch norm folded into the
-  convolutions; channels-last for inference, and for training where it trains faster
-  (:func:`covseg.runtime.training_memory_format`: not on AVX2-only x86 CPUs);
+  bf16 autocast where the CPU has native bf16, else fp32; for inference batch norm folded into the convolutions
+  and, in bf16 on a CPU, each convolution + ReLU one oneDNN call (as :class:`covseg.inference.TorchBackend` runs
+  it when the folded copy's bf16 labels agree with fp32's; MONAI's blocks keep their norms, which sit in a nested
+  block the fold does not reach, and so their ReLUs); channels-last for inference,
+  and for training where it trains faster (:func:`covseg.runtime.training_memory_format`: not on AVX2-only x86
+  CPUs);
 * ``onnxruntime`` — the model exported by :func:`covseg.export.export_onnx`'s exporter, CPU provider;
 * ``onnx-int8``   — the same graph, batch norm folded, quantized to static int8 (:mod:`covseg.quantize`, as
   ``covseg export --int8``), calibrated here on two slices of uniform noise: the speed of the int8 kernels, not
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["build_bench_model", "measure", "main"]
+__all__ = ["build_bench_model", "measure", "scan_files", "scan_slices", "main"]
 
 PATHS = ("fp32-naive", "fp32-cl", "covseg", "onnxruntime", "onnx-int8")
 MODELS = ("unet16", "unet32", "unet64", "unet16-instance", "segnet", "monai-unet32", "monai-unet64")
@@ -130,7 +133,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     the allocator's cache, nor the CUDA context). fp32 convolutions there run as PyTorch configures them
     (TF32 by default on Ampere and later).
     """
-    from covseg.models import fold_batch_norm
+    from covseg.models import fold_batch_norm, fuse_conv_relu_bf16
     from covseg.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, training_memory_format
 
     device = resolve_device(device)
@@ -148,9 +151,13 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     channels_last = path in ("fp32-cl", "covseg")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # covseg's own fp32 inference folds batch norm into the convolutions (as TorchBackend does); training keeps it
-    fold = path == "covseg" and dtype == torch.float32
-    infer_model = fold_batch_norm(model).to(memory_format=torch.channels_last) if fold else model
+    # covseg's own inference folds batch norm into the convolutions and, in bf16 on a CPU, fuses each convolution
+    # with its ReLU (as TorchBackend does); training keeps the model as it is
+    infer_model = model
+    if path == "covseg":
+        infer_model = fold_batch_norm(model).to(memory_format=torch.channels_last)
+        if dtype == torch.bfloat16 and device.type == "cpu":
+            infer_model = fuse_conv_relu_bf16(infer_model)
     model, infer_model = model.to(device), infer_model.to(device)
 
     if path in ("onnxruntime", "onnx-int8"):
@@ -215,12 +222,44 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     return out
 
 
+def scan_files(images_dir: str, slices: int) -> list[Path]:
+    """The first ``slices`` CT slice files of ``images_dir`` in name order; a one-line error where the folder is
+    missing or holds fewer."""
+    from covseg.datasets import IMAGE_SUFFIXES
+    from covseg.errors import CovsegError
+
+    if not Path(images_dir).is_dir():
+        raise CovsegError(f"{images_dir}: no such folder of CT slices; name one, e.g. COVID-SemiSeg's "
+                          "Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs")
+    files = sorted(p for p in Path(images_dir).iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+    if len(files) < slices:
+        raise CovsegError(f"{images_dir} holds {len(files)} CT slices, fewer than the {slices} asked for; "
+                          "lower --scan-slices or name a larger folder")
+    return files[:slices]
+
+
+def scan_slices(slices: int, size: int, images_dir: str | None = None) -> list[np.ndarray]:
+    """``slices`` images ``(size, size)`` float32 in [0, 1]: uniform noise, or the first ``slices`` CT slices of
+    ``images_dir`` in name order (e.g. COVID-SemiSeg's unlabelled ``Pseudo-label/Imgs``), each read as
+    ``covseg predict`` reads it and resized bilinearly to ``size`` square, so that the bf16 check meets real CT."""
+    if images_dir is None:
+        rng = np.random.default_rng(0)
+        return [rng.random((size, size), dtype=np.float32) for _ in range(slices)]
+    from covseg.datasets import read_image
+
+    return [nn.functional.interpolate(torch.from_numpy(read_image(f))[None, None], size=(size, size),
+                                      mode="bilinear", align_corners=False)[0, 0].numpy()
+            for f in scan_files(images_dir, slices)]
+
+
 def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: str = "auto",
-                    fp32_engine: str = "onnxruntime", device: str = "cpu") -> dict[str, Any]:
-    """Inference-only figures for a ``slices`` x ``size`` x ``size`` scan with the default model, on covseg's path
-    (``precision="auto"``) or forced to fp32 (``"fp32"``: what runs when the bf16 agreement check refuses bf16).
-    ``fp32_engine``: as :class:`covseg.inference.TorchBackend`'s (``onnxruntime``: ``covseg predict``'s default
-    on a CPU; ``torch``: ``--backend torch``, and always on CUDA)."""
+                    fp32_engine: str = "onnxruntime", device: str = "cpu",
+                    images_dir: str | None = None) -> dict[str, Any]:
+    """Inference-only figures for a ``slices`` x ``size`` x ``size`` scan (:func:`scan_slices`) with the default
+    model, on covseg's path (``precision="auto"``) or forced to fp32 (``"fp32"``: what runs when the bf16
+    agreement check refuses bf16). ``fp32_engine``: as :class:`covseg.inference.TorchBackend`'s (``onnxruntime``:
+    ``covseg predict``'s default on a CPU; ``torch``: ``--backend torch``, and always on CUDA). The result names
+    the backend that ran, the first batch's bf16 agreement and whether the batch-norm-folded copy ran bf16."""
     from covseg.config import load_recipe
     from covseg.checkpoint import build_model, load_model
     from covseg.inference import Predictor, TorchBackend
@@ -236,14 +275,15 @@ def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: s
     backend = TorchBackend(model, dev, resolve_precision(precision, dev), fp32_engine if dev.type == "cpu" else "torch")
     predictor = Predictor(backend, config.data.input_size, 8, normalize=config.data.normalize,
                           resize=config.data.resize)
-    images = [torch.rand(size, size).numpy() for _ in range(slices)]
+    images = scan_slices(slices, size, images_dir)
     tick = time.perf_counter()
     for _ in predictor(images):
         pass
     seconds = time.perf_counter() - tick
     return {"slices": slices, "seconds": seconds, "slices_per_s": slices / seconds,
             "backend": predictor.backend.description, "input_size": config.data.input_size,
-            "peak_rss_mb": peak_rss_mb()}
+            "bf16_agreement": backend.agreement, "bf16_folded": backend.bf16_folded,
+            "images": images_dir or "uniform noise", "peak_rss_mb": peak_rss_mb()}
 
 
 def _e2e_scan_benchmark(slices: int, size: int, model_path: str | None, device: str = "cpu") -> dict[str, Any]:
@@ -331,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps per figure (median)")
     parser.add_argument("--scan-slices", type=int, default=300)
     parser.add_argument("--model", help="run folder whose model the scan benchmark uses (default: untrained default)")
+    parser.add_argument("--scan-images", help="folder of CT slices the scan benchmark reads, the first "
+                        "--scan-slices in name order, resized to --size (default: uniform noise)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--scan-only", choices=("auto", "fp32"), help=argparse.SUPPRESS)
@@ -353,12 +395,17 @@ def main(argv: list[str] | None = None) -> int:
         if onnx:
             raise SystemExit(f"covseg bench: the {','.join(onnx)} path runs on the CPU only; drop it from --paths "
                              "or use --device cpu")
+    if args.scan_images and args.scan_slices:
+        try:  # before any step runs: a wrong folder is refused at once, not after the model rows
+            scan_files(args.scan_images, args.scan_slices)
+        except CovsegError as error:
+            raise SystemExit(f"covseg bench: {error}")
     if args.one:
         print(json.dumps(measure(args.one[0], args.one[1], args.size, args.repeats, args.train_steps, args.device)))
         return 0
     if args.scan_only:
         print(json.dumps(_scan_benchmark(args.scan_slices, args.size, args.model, args.scan_only,
-                                          args.scan_fp32_engine, args.device)))
+                                          args.scan_fp32_engine, args.device, args.scan_images)))
         return 0
     if args.e2e_only:
         print(json.dumps(_e2e_scan_benchmark(args.scan_slices, args.size, args.model, args.device)))
@@ -370,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                *extra]
         if args.model:
             cmd += ["--model", args.model]
+        if args.scan_images:
+            cmd += ["--scan-images", args.scan_images]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"benchmark step {extra} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -403,7 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     if scan:
         from covseg.inference import BF16_MIN_AGREEMENT
 
-        lines += ["", f"Scan (inference only, default recipe model, {scan['backend']}, input {scan['input_size']}): "
+        check = ("" if scan["bf16_agreement"] is None else
+                 f"; bf16 check {scan['bf16_agreement']:.3%} of the first batch's labels alike, "
+                 + ("folded copy kept" if scan["bf16_folded"] else "trained model kept" if scan["bf16_folded"] is False
+                    else "fp32 chosen"))
+        lines += ["", f"Scan (inference only, {'the model of ' + args.model if args.model else 'untrained default model'}, "
+                  f"slices: {scan['images']}, {scan['backend']}, input {scan['input_size']}{check}): "
                   f"{scan['slices']} slices of {args.size}×{args.size} in {scan['seconds']:.1f} s "
                   f"({scan['slices_per_s']:.1f} slices/s), peak RSS {scan['peak_rss_mb']:.0f} MB. Forced to fp32 (the "
                   f"path used when bf16's labels agree with fp32's on < {BF16_MIN_AGREEMENT:.1%} of the first batch's pixels; "

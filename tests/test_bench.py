@@ -75,3 +75,29 @@ def test_cuda_bench_without_a_gpu_or_with_onnx_paths_is_refused(monkeypatch, tmp
     with pytest.raises(ValueError, match="CPU only"):
         measure("unet16", "onnxruntime", size=32, repeats=1, train_steps=0, device="cuda")
     assert not out.exists()
+
+
+def test_scan_benchmark_reads_real_ct_slices_resized(tiny_data: Path) -> None:
+    from covseg.bench import scan_files, scan_slices
+    from covseg.datasets import read_image
+
+    folder = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    first = sorted(folder.iterdir())[0]
+    slices = scan_slices(2, 48, str(folder))
+    assert len(slices) == 2 and slices[0].shape == (48, 48) and slices[0].dtype == np.float32
+    image = read_image(first)  # the same CT slice, brought to 48 x 48: its mean brightness is kept
+    assert abs(float(slices[0].mean()) - float(image.mean())) < 0.02 and scan_files(str(folder), 2)[0] == first
+    row = _scan_benchmark(slices=2, size=48, model_path=None, images_dir=str(folder))
+    assert row["images"] == str(folder) and row["slices"] == 2
+    assert row["bf16_folded"] is None or isinstance(row["bf16_folded"], bool)
+
+
+def test_scan_images_missing_or_too_few_are_refused_before_any_step(tiny_data: Path, tmp_path: Path) -> None:
+    folder = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    out = tmp_path / "RESULTS.md"
+    with pytest.raises(SystemExit, match="no such folder of CT slices"):
+        main(["--models", "unet16", "--scan-images", str(tmp_path / "none"), "--out", str(out)])
+    count = sum(1 for _ in folder.iterdir())
+    with pytest.raises(SystemExit, match=f"holds {count} CT slices, fewer than the {count + 1} asked for"):
+        main(["--models", "unet16", "--scan-images", str(folder), "--scan-slices", str(count + 1), "--out", str(out)])
+    assert not out.exists()

@@ -17,6 +17,7 @@ from covseg import export
 from covseg.export import load_onnx
 from covseg.predict import describe_after_use, open_predictor
 from covseg.inference import TorchBackend, label_agreement
+from covseg.models.fusion import FusedConvReLU, fused_conv_relu_available
 from covseg.transforms import stack_resized
 
 from conftest import REAL_SEMISEG
@@ -96,11 +97,51 @@ def test_fp32_path_runs_folded_batch_norm_with_the_same_labels(tiny_run: Path, t
     out = backend(x)
     folded = backend._network(torch.float32)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backend._network(torch.bfloat16).modules())
     with torch.inference_mode():
         reference = model(x)
     torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
     assert label_agreement(out, reference) == 1.0
+
+
+def test_bf16_runs_the_folded_copy_when_its_labels_agree(tiny_run: Path, tiny_data: Path) -> None:
+    model, x = _model_and_slices(tiny_run, tiny_data)
+    backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
+    first = backend(x)
+    assert backend.bf16_folded is True and backend.dtype == torch.bfloat16
+    low, folded = backend._network(torch.bfloat16), backend._network(torch.float32)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in low.modules())
+    # on a CPU with native bf16 each convolution + ReLU is one oneDNN call; elsewhere the folded copy runs as it is
+    assert any(isinstance(m, FusedConvReLU) for m in low.modules()) == fused_conv_relu_available()
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        expected = folded(x).float()  # the fusion leaves the bf16 logits as they were
+    torch.testing.assert_close(first, expected)  # the first batch's result is the folded bf16 pass checked
+    torch.testing.assert_close(backend(x), expected)
+
+
+def test_bf16_keeps_the_trained_model_when_only_it_agrees(tiny_run: Path, monkeypatch) -> None:
+    """Folded weights rounded to bf16 may agree less with fp32: the trained model is tried before fp32."""
+    model, config, _ = load_model(tiny_run)
+    measured = iter([0.998, 0.9995])  # the folded copy's agreement, then the trained model's
+    monkeypatch.setattr(inference, "label_agreement", lambda a, b: next(measured))
+    backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
+    x = torch.rand(2, 1, config.data.input_size, config.data.input_size)
+    out = backend(x)
+    assert backend.bf16_folded is False and backend.dtype == torch.bfloat16 and backend.agreement == 0.9995
+    assert backend._network(torch.bfloat16) is backend.model
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backend._network(torch.bfloat16).modules())
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        torch.testing.assert_close(out, model(x).float())
+
+
+def test_bf16_falls_back_to_fp32_when_neither_network_agrees(tiny_run: Path, monkeypatch, capsys) -> None:
+    model, config, _ = load_model(tiny_run)
+    measured = iter([0.998, 0.9985])
+    monkeypatch.setattr(inference, "label_agreement", lambda a, b: next(measured))
+    backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
+    out = backend(torch.rand(2, 1, config.data.input_size, config.data.input_size))
+    assert backend.dtype == torch.float32 and backend.agreement == 0.9985  # the better of the two tried
+    assert "only 99.8500% of pixels; using fp32" in capsys.readouterr().err
+    assert out.dtype == torch.float32
 
 
 def test_bf16_falls_back_to_fp32_when_labels_disagree(tiny_run: Path, monkeypatch, capsys) -> None:
