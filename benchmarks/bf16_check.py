@@ -1,0 +1,54 @@
+"""bf16 against fp32 labels on a trained run's own slices, batch by batch, for the two bf16 networks covseg's
+``TorchBackend`` may keep: the trained model, and its batch-norm-folded copy (fused where the CPU has native bf16;
+the same logits as folded). fp32 is the folded copy in PyTorch, as the backend's reference. Prints, per network,
+the share of pixels labelled alike in each batch of 8 (the backend checks the first) and how many reach
+``BF16_MIN_AGREEMENT``.
+
+    python benchmarks/bf16_check.py RUN_DIR [--split all|heldout|train] [--data DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> int:
+    from covseg.checkpoint import load_model
+    from covseg.experiment import select_samples
+    from covseg.inference import BF16_MIN_AGREEMENT, label_agreement, network_input
+    from covseg.models import fold_batch_norm, fuse_conv_relu_bf16
+    from covseg.run import read_run_info
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--split", default="all")
+    parser.add_argument("--data")
+    args = parser.parse_args(argv)
+    model, config, _ = load_model(args.run, "last")
+    model = model.eval().to(memory_format=torch.channels_last)
+    folded = fold_batch_norm(model).to(memory_format=torch.channels_last)
+    networks = {"trained": model, "folded": fuse_conv_relu_bf16(folded)}
+    data = args.data or read_run_info(args.run)["data"]
+    images = [s.image for s in select_samples(args.run, data, config.data.task, args.split, config.data.window)]
+    agreement: dict[str, list[float]] = {name: [] for name in networks}
+    for start in range(0, len(images), 8):
+        x = network_input(images[start:start + 8], config.data.input_size, config.data.normalize, config.data.resize)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            reference = folded(x).float()
+            with torch.autocast("cpu", torch.bfloat16):
+                for name, network in networks.items():
+                    agreement[name].append(label_agreement(network(x).float(), reference))
+    for name, values in agreement.items():
+        passing = sum(a >= BF16_MIN_AGREEMENT for a in values)
+        print(f"{name:8s} {len(values)} batches: median {statistics.median(values):.4%}, min {min(values):.4%}, "
+              f"{passing} of {len(values)} >= {BF16_MIN_AGREEMENT:.1%}: " + " ".join(f"{a:.4%}" for a in values))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
