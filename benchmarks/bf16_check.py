@@ -4,7 +4,10 @@ the same logits as folded). fp32 is the folded copy in PyTorch, as the backend's
 the share of pixels labelled alike in each batch of 8 (the backend checks the first) and how many reach
 ``BF16_MIN_AGREEMENT``.
 
-    python benchmarks/bf16_check.py RUN_DIR [--split all|heldout|train] [--data DIR]
+    python benchmarks/bf16_check.py RUN_DIR [--split all|heldout|train] [--which last|best] [--data DIR]
+
+``--which`` names the checkpoint: ``last`` (default) as ``covseg evaluate`` scores a run, ``best`` as ``covseg
+predict`` and the bench's scan take one.
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--split", default="all")
+    parser.add_argument("--split", default="all", choices=("all", "heldout", "train", "val"))
+    parser.add_argument("--which", default="last", choices=("last", "best"))
     parser.add_argument("--data")
     args = parser.parse_args(argv)
-    model, config, _ = load_model(args.run, "last")
+    model, config, _ = load_model(args.run, args.which)
     model = model.eval().to(memory_format=torch.channels_last)
     folded = fold_batch_norm(model).to(memory_format=torch.channels_last)
     networks = {"trained": model, "folded": fuse_conv_relu_bf16(folded)}

@@ -223,15 +223,19 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
 
 
 def scan_files(images_dir: str, slices: int) -> list[Path]:
-    """The first ``slices`` CT slice files of ``images_dir`` in name order; a one-line error where the folder is
-    missing or holds fewer."""
-    from covseg.datasets import IMAGE_SUFFIXES
+    """The first ``slices`` CT slice files of folder ``images_dir``, in the order ``covseg predict`` takes a folder
+    (:func:`covseg.datasets.list_images`: by stem, numbers numerically; hidden and unsupported files skipped); a
+    one-line error where the folder is missing or holds fewer."""
+    from covseg.datasets import list_images
     from covseg.errors import CovsegError
 
     if not Path(images_dir).is_dir():
         raise CovsegError(f"{images_dir}: no such folder of CT slices; name one, e.g. COVID-SemiSeg's "
                           "Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs")
-    files = sorted(p for p in Path(images_dir).iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+    try:
+        files = list_images(images_dir)
+    except OSError as error:
+        raise CovsegError(f"{images_dir}: cannot list the folder ({error.strerror}); check its permissions") from None
     if len(files) < slices:
         raise CovsegError(f"{images_dir} holds {len(files)} CT slices, fewer than the {slices} asked for; "
                           "lower --scan-slices or name a larger folder")
@@ -396,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"covseg bench: the {','.join(onnx)} path runs on the CPU only; drop it from --paths "
                              "or use --device cpu")
     if args.scan_images and args.scan_slices:
-        try:  # before any step runs: a wrong folder is refused at once, not after the model rows
+        try:  # before any step runs: a wrong folder, or one whose first slice cannot be read, is refused at once
+            scan_slices(1, 8, args.scan_images) if not args.scan_only else None
             scan_files(args.scan_images, args.scan_slices)
         except CovsegError as error:
             raise SystemExit(f"covseg bench: {error}")
@@ -404,8 +409,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure(args.one[0], args.one[1], args.size, args.repeats, args.train_steps, args.device)))
         return 0
     if args.scan_only:
-        print(json.dumps(_scan_benchmark(args.scan_slices, args.size, args.model, args.scan_only,
-                                          args.scan_fp32_engine, args.device, args.scan_images)))
+        try:
+            print(json.dumps(_scan_benchmark(args.scan_slices, args.size, args.model, args.scan_only,
+                                              args.scan_fp32_engine, args.device, args.scan_images)))
+        except CovsegError as error:  # e.g. a slice read_image cannot read: one line, which the parent passes on
+            raise SystemExit(f"covseg bench: {error}")
         return 0
     if args.e2e_only:
         print(json.dumps(_e2e_scan_benchmark(args.scan_slices, args.size, args.model, args.device)))
@@ -421,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--scan-images", args.scan_images]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise SystemExit(f"benchmark step {extra} failed: {proc.stderr.strip().splitlines()[-1:]}")
+            last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            raise SystemExit(f"benchmark step {' '.join(extra)} failed: {last}")
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     rows = []
@@ -452,12 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     if scan:
         from covseg.inference import BF16_MIN_AGREEMENT
 
+        kept = {True: "folded copy kept", False: "trained model kept", None: "fp32 chosen"}[scan["bf16_folded"]]
         check = ("" if scan["bf16_agreement"] is None else
-                 f"; bf16 check {scan['bf16_agreement']:.3%} of the first batch's labels alike, "
-                 + ("folded copy kept" if scan["bf16_folded"] else "trained model kept" if scan["bf16_folded"] is False
-                    else "fp32 chosen"))
-        lines += ["", f"Scan (inference only, {'the model of ' + args.model if args.model else 'untrained default model'}, "
-                  f"slices: {scan['images']}, {scan['backend']}, input {scan['input_size']}{check}): "
+                 f"; bf16 check {scan['bf16_agreement']:.3%} of the first batch's labels alike, {kept}")
+        model = "the model of " + args.model if args.model else "untrained default model"
+        lines += ["", f"Scan (inference only, {model}, slices: {scan['images']}, {scan['backend']}, input {scan['input_size']}{check}): "
                   f"{scan['slices']} slices of {args.size}×{args.size} in {scan['seconds']:.1f} s "
                   f"({scan['slices_per_s']:.1f} slices/s), peak RSS {scan['peak_rss_mb']:.0f} MB. Forced to fp32 (the "
                   f"path used when bf16's labels agree with fp32's on < {BF16_MIN_AGREEMENT:.1%} of the first batch's pixels; "

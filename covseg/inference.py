@@ -47,11 +47,12 @@ def label_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 class TorchBackend:
     """A PyTorch model on ``device`` in channels-last memory format, under ``dtype`` autocast.
 
-    Every pass runs a copy with batch norm folded into the convolutions (:func:`covseg.models.fold_batch_norm`,
-    the same function up to float rounding, one pass over each feature map fewer); in bf16 on a CPU, that copy
-    also runs each convolution + ReLU as one oneDNN call (:func:`covseg.models.fuse_conv_relu_bf16`, the same
-    logits). On a 2-core AMX Xeon the default U-Net at 512x512, batch 8, ran 1.25x faster in bf16 folded than
-    as trained, and 1.19x faster again fused; fp32 folded ran a 300-slice scan 1.16x faster
+    Passes run a copy with batch norm folded into the convolutions (:func:`covseg.models.fold_batch_norm`, the
+    same function up to float rounding, one pass over each feature map fewer) unless the bf16 check below keeps
+    the trained model; in bf16 on a CPU with native bf16 the copy also runs each convolution + ReLU as one oneDNN
+    call (:func:`covseg.models.fuse_conv_relu_bf16`, the same logits). On a 2-core AMX Xeon (session 33) the
+    default U-Net at 512x512, batch 8, ran 1.25x faster in bf16 folded than as trained and 1.17x faster again
+    fused; on an AVX512-BF16 EPYC (session 9) fp32 folded ran a 300-slice scan 1.16x faster
     (benchmarks/RESULTS.md).
 
     With a reduced-precision ``dtype`` the first batch is also run in fp32, and bf16 is kept only if at least
@@ -59,7 +60,8 @@ class TorchBackend:
     folded weights and biases rounded to bf16 can agree less with fp32 than the trained ones (it varies by
     model), the trained model as it is; if neither agrees enough the backend switches to fp32 for good (and says
     so on stderr). ``agreement`` keeps the fraction measured for the bf16 network kept (the best one tried
-    where none was), ``bf16_folded`` whether that network is the folded copy.
+    where none was), ``bf16_folded`` whether that network is the folded copy. The copies the choice leaves unused
+    are dropped. A fused copy that fails to run (an op this PyTorch lacks on this CPU) gives way to the unfused one.
 
     ``fp32_engine="onnxruntime"`` (CPU only) runs the folded copy's fp32 passes through ONNX Runtime instead of
     PyTorch, traced in memory on first use (:func:`covseg.export.onnx_backend_of`, with PyTorch's thread
@@ -94,13 +96,14 @@ class TorchBackend:
         whose check kept the trained model."""
         if dtype != torch.float32 and self.bf16_folded is False:
             return self.model
+        if dtype != torch.float32 and self._fused is not None:
+            return self._fused
         if self._folded is None:
             self._folded = fold_batch_norm(self.model).to(memory_format=torch.channels_last)
         if dtype == torch.float32:
             return self._folded
-        if self._fused is None:
-            self._fused = (fuse_conv_relu_bf16(self._folded) if self.device.type == "cpu" and dtype == torch.bfloat16
-                           else self._folded)
+        self._fused = (fuse_conv_relu_bf16(self._folded) if self.device.type == "cpu" and dtype == torch.bfloat16
+                       else self._folded)
         return self._fused
 
     def _onnx_backend(self, x: torch.Tensor) -> Backend | None:
@@ -120,7 +123,7 @@ class TorchBackend:
             if onnx is not None:
                 return onnx(x)
         with autocast(self.device, dtype):
-            return (network or self._network(dtype))(x).float()
+            return (network if network is not None else self._network(dtype))(x).float()
 
     def _choose_low_precision(self, x: torch.Tensor) -> torch.Tensor:
         """Run the first batch in fp32 and in ``self.dtype`` (the folded copy, then the trained model); keep the
@@ -128,17 +131,36 @@ class TorchBackend:
         reference = self._logits(x, torch.float32)
         best = 0.0
         for folded, network in ((True, self._network(self.dtype)), (False, self.model)):
-            logits = self._logits(x, self.dtype, network)
+            try:
+                logits = self._logits(x, self.dtype, network)
+            except RuntimeError:
+                if network is self._folded or network is self.model:
+                    raise
+                self._fused = network = self._folded  # the fused op failed here: the folded copy runs unfused
+                logits = self._logits(x, self.dtype, network)
             agreement = label_agreement(logits, reference)
             best = max(best, agreement)
             if agreement >= BF16_MIN_AGREEMENT:
                 self.agreement, self.bf16_folded = agreement, folded
+                self._drop_unused()
                 return logits
         self.agreement = best
         print(f"covseg: {self.dtype} labels agree with fp32 on only {best:.4%} of pixels; using fp32",
               file=sys.stderr)
         self.dtype = torch.float32
+        self._drop_unused()
         return reference
+
+    def _drop_unused(self) -> None:
+        """Free the copies the bf16 check left unused (the backend never leaves the precision it chose)."""
+        if self.dtype == torch.float32:
+            self._fused = None
+            return
+        self._onnx = None
+        if self.bf16_folded:
+            self._folded = self._folded if self._fused is self._folded else None
+        else:
+            self._folded = self._fused = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)

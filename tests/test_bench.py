@@ -89,7 +89,15 @@ def test_scan_benchmark_reads_real_ct_slices_resized(tiny_data: Path) -> None:
     assert abs(float(slices[0].mean()) - float(image.mean())) < 0.02 and scan_files(str(folder), 2)[0] == first
     row = _scan_benchmark(slices=2, size=48, model_path=None, images_dir=str(folder))
     assert row["images"] == str(folder) and row["slices"] == 2
-    assert row["bf16_folded"] is None or isinstance(row["bf16_folded"], bool)
+    import torch
+
+    from covseg.runtime import resolve_precision
+
+    if resolve_precision("auto", torch.device("cpu")) == torch.float32:  # no bf16 here: no check was run
+        assert row["bf16_agreement"] is None and row["bf16_folded"] is None
+    else:  # the check ran on the first batch of real slices, and its outcome is reported as the backend's
+        assert 0.0 <= row["bf16_agreement"] <= 1.0
+        assert (row["bf16_folded"] is None) == (row["backend"] != "torch cpu bfloat16")
 
 
 def test_scan_images_missing_or_too_few_are_refused_before_any_step(tiny_data: Path, tmp_path: Path) -> None:
@@ -100,4 +108,16 @@ def test_scan_images_missing_or_too_few_are_refused_before_any_step(tiny_data: P
     count = sum(1 for _ in folder.iterdir())
     with pytest.raises(SystemExit, match=f"holds {count} CT slices, fewer than the {count + 1} asked for"):
         main(["--models", "unet16", "--scan-images", str(folder), "--scan-slices", str(count + 1), "--out", str(out)])
+    assert not out.exists()
+
+
+def test_scan_images_whose_slice_cannot_be_read_are_refused_in_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    (folder / "1.png").write_bytes(b"not a png")
+    out = tmp_path / "RESULTS.md"
+    with pytest.raises(SystemExit) as refused:
+        main(["--models", "unet16", "--scan-images", str(folder), "--scan-slices", "1", "--out", str(out)])
+    message = str(refused.value)
+    assert message.startswith("covseg bench: ") and "1.png" in message and "\n" not in message
     assert not out.exists()

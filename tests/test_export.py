@@ -103,10 +103,12 @@ def test_fp32_path_runs_folded_batch_norm_with_the_same_labels(tiny_run: Path, t
     assert label_agreement(out, reference) == 1.0
 
 
-def test_bf16_runs_the_folded_copy_when_its_labels_agree(tiny_run: Path, tiny_data: Path) -> None:
+def test_bf16_runs_the_folded_copy_when_its_labels_agree(tiny_run: Path, tiny_data: Path, monkeypatch) -> None:
     model, x = _model_and_slices(tiny_run, tiny_data)
+    monkeypatch.setattr(inference, "label_agreement", lambda a, b: 1.0)  # the choice, whatever this CPU's rounding
     backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
     first = backend(x)
+    assert backend._onnx is None and (backend._folded is None) == (backend._fused is not backend._folded)
     assert backend.bf16_folded is True and backend.dtype == torch.bfloat16
     low, folded = backend._network(torch.bfloat16), backend._network(torch.float32)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in low.modules())
@@ -128,6 +130,7 @@ def test_bf16_keeps_the_trained_model_when_only_it_agrees(tiny_run: Path, monkey
     out = backend(x)
     assert backend.bf16_folded is False and backend.dtype == torch.bfloat16 and backend.agreement == 0.9995
     assert backend._network(torch.bfloat16) is backend.model
+    assert backend._folded is None and backend._fused is None  # the unused copies are dropped
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backend._network(torch.bfloat16).modules())
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
         torch.testing.assert_close(out, model(x).float())
@@ -138,10 +141,33 @@ def test_bf16_falls_back_to_fp32_when_neither_network_agrees(tiny_run: Path, mon
     measured = iter([0.998, 0.9985])
     monkeypatch.setattr(inference, "label_agreement", lambda a, b: next(measured))
     backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
-    out = backend(torch.rand(2, 1, config.data.input_size, config.data.input_size))
+    x = torch.rand(2, 1, config.data.input_size, config.data.input_size)
+    out = backend(x)
     assert backend.dtype == torch.float32 and backend.agreement == 0.9985  # the better of the two tried
     assert "only 99.8500% of pixels; using fp32" in capsys.readouterr().err
-    assert out.dtype == torch.float32
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)  # fp32's logits (batch norm folded)
+    assert backend._fused is None
+
+
+def test_a_fused_copy_that_cannot_run_gives_way_to_the_unfused_one(tiny_run: Path, monkeypatch) -> None:
+    from covseg.models import fusion
+
+    model, config, _ = load_model(tiny_run)
+    monkeypatch.setattr(fusion, "fused_conv_relu_available", lambda: True)  # fuse even where the op cannot run
+
+    def fail(self, x):
+        raise RuntimeError("mkldnn_convolution_pointwise: bf16 path needs the cpu support avx512bw")
+
+    monkeypatch.setattr(fusion.FusedConvReLU, "forward", fail)
+    monkeypatch.setattr(inference, "label_agreement", lambda a, b: 1.0)
+    backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
+    x = torch.rand(2, 1, config.data.input_size, config.data.input_size)
+    out = backend(x)
+    assert backend.dtype == torch.bfloat16 and backend.bf16_folded is True
+    assert backend._network(torch.bfloat16) is backend._folded  # the folded copy, unfused
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        torch.testing.assert_close(out, backend._folded(x.contiguous(memory_format=torch.channels_last)).float())
 
 
 def test_bf16_falls_back_to_fp32_when_labels_disagree(tiny_run: Path, monkeypatch, capsys) -> None:

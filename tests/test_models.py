@@ -121,6 +121,41 @@ def test_fused_conv_relu_gives_the_bf16_logits_of_the_folded_model(variant: str)
         assert torch.equal(fused(x).float(), folded(x).float())
 
 
+def _fusion_count(layers: list[torch.nn.Module], monkeypatch) -> int:
+    """How many FusedConvReLU a plain Sequential of ``layers`` becomes (fusion forced on: the structure only)."""
+    from covseg.models import fusion
+
+    monkeypatch.setattr(fusion, "fused_conv_relu_available", lambda: True)
+    fused = fusion.fuse_conv_relu_bf16(torch.nn.Sequential(*layers))
+    return sum(isinstance(m, fusion.FusedConvReLU) for m in fused.modules())
+
+
+def test_fusion_takes_a_convolution_and_the_relu_that_consumes_it(monkeypatch) -> None:
+    conv = lambda **kw: torch.nn.Conv2d(2, 3, 3, **kw)  # noqa: E731
+    relu, identity = torch.nn.ReLU, torch.nn.Identity
+    assert _fusion_count([conv(padding=1), identity(), relu()], monkeypatch) == 1
+    assert _fusion_count([conv(padding=1), relu(), torch.nn.Conv2d(3, 3, 3, padding=1), relu()], monkeypatch) == 2
+    # cases whose ReLU does not consume the convolution's output, or whose convolution the fused op cannot run
+    assert _fusion_count([conv(padding=1), torch.nn.Dropout(0.1), relu()], monkeypatch) == 0
+    assert _fusion_count([conv(padding=1), torch.nn.BatchNorm2d(3), relu()], monkeypatch) == 0
+    assert _fusion_count([conv(padding=1, padding_mode="reflect"), relu()], monkeypatch) == 0
+    assert _fusion_count([conv(padding="same"), relu()], monkeypatch) == 0
+    assert _fusion_count([relu(), conv(padding=1)], monkeypatch) == 0  # a convolution last
+    hooked = conv(padding=1)
+    hooked.register_forward_hook(lambda module, args, out: None)
+    assert _fusion_count([hooked, relu()], monkeypatch) == 0
+
+    class Residual(torch.nn.Sequential):  # a Sequential whose forward is its own
+        def forward(self, x):
+            return super().forward(x) + x
+
+    from covseg.models import fusion
+
+    monkeypatch.setattr(fusion, "fused_conv_relu_available", lambda: True)
+    block = fusion.fuse_conv_relu_bf16(torch.nn.Sequential(Residual(torch.nn.Conv2d(2, 2, 3, padding=1), relu())))
+    assert not any(isinstance(m, fusion.FusedConvReLU) for m in block.modules())
+
+
 def test_fused_conv_relu_leaves_the_model_where_unavailable(monkeypatch) -> None:
     from covseg.models import fusion
 

@@ -16,7 +16,8 @@ from covseg.models.segnet import SegNet
 from covseg.models.shapes import check_input_size, nearest_valid_size
 from covseg.models.unet import UNet
 
-__all__ = ["MODELS", "create_model", "fold_batch_norm", "fuse_conv_relu_bf16", "check_input_size", "nearest_valid_size", "UNet", "SegNet"]
+__all__ = ["MODELS", "create_model", "fold_batch_norm", "fuse_conv_relu_bf16", "check_input_size",
+           "nearest_valid_size", "UNet", "SegNet"]
 
 MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "segnet": SegNet}
 

@@ -36,7 +36,8 @@ class FusedConvReLU(nn.Module):
     feature map. Rounding commutes with ReLU, so the output equals ``relu`` of the bf16-autocast convolution.
 
     Input ``(B, C_in, H, W)`` (cast to bf16); output ``(B, C_out, H', W')`` bf16, as the convolution's.
-    Inference only (no gradients); weights and bias are kept as bf16 buffers.
+    Inference on a CPU only (no gradients; the op has no CUDA kernel); weights and bias are kept as bf16 buffers
+    and cast back to bf16 in ``forward``, so a ``.float()`` of the model does not break it.
     """
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -48,13 +49,21 @@ class FusedConvReLU(nn.Module):
         self.dilation, self.groups = list(conv.dilation), conv.groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._convolution_pointwise(x.to(torch.bfloat16), self.weight, self.bias, self.padding,
-                                                       self.stride, self.dilation, self.groups, "relu", [], "")
+        bias = None if self.bias is None else self.bias.to(torch.bfloat16)
+        return torch.ops.mkldnn._convolution_pointwise(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), bias,
+                                                       self.padding, self.stride, self.dilation, self.groups, "relu",
+                                                       [], "")
+
+    def extra_repr(self) -> str:
+        out_channels, in_channels, *kernel = self.weight.shape
+        return (f"{in_channels * self.groups}, {out_channels}, kernel_size={tuple(kernel)}, "
+                f"stride={tuple(self.stride)}, padding={tuple(self.padding)}, bf16 + relu")
 
 
 def fused_conv_relu_available() -> bool:
     """True where PyTorch's CPU build has oneDNN's fused convolution + ReLU (``mkldnn._convolution_pointwise``)
-    and the CPU runs its bf16 path (AVX512-BF16 or AMX; PyTorch refuses it on AVX2-only CPUs)."""
+    and runs it in bf16 on this CPU (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``, the same test as
+    :func:`covseg.runtime.cpu_supports_bf16`: AVX512-BF16 and AMX CPUs among others; not AVX2-only x86 CPUs)."""
     try:
         return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
                 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
@@ -63,9 +72,10 @@ def fused_conv_relu_available() -> bool:
 
 
 def fuse_conv_relu_bf16(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` for bf16 inference on a CPU in which every ``Conv2d`` (2-D, zero padding) followed,
-    inside an ``nn.Sequential``, by a ``ReLU`` (``nn.Identity`` layers between, as :func:`fold_batch_norm`
-    leaves them) is one :class:`FusedConvReLU`. Fold batch norm first: a norm between the two stops the fusion.
+    """A copy of ``model`` for bf16 inference on a CPU in which every ``Conv2d`` (numeric zero padding, no hooks)
+    followed, inside a plain ``nn.Sequential``, by a ``ReLU`` (only ``nn.Identity`` layers between, as
+    :func:`fold_batch_norm` leaves them) is one :class:`FusedConvReLU`. Fold batch norm first: a norm between
+    the two stops the fusion.
     Run it under bf16 autocast (the layers left, e.g. the transposed convolutions, need it); its logits equal the
     unfused model's under bf16 autocast. ``model`` is returned unchanged where :func:`fused_conv_relu_available`
     is false. Shapes are those of ``model``.
@@ -74,14 +84,16 @@ def fuse_conv_relu_bf16(model: nn.Module) -> nn.Module:
         return model
     fused = copy.deepcopy(model).eval()
     for module in fused.modules():
-        if not isinstance(module, nn.Sequential):
+        # only a plain Sequential is known to feed each layer's output to the next (a subclass may not)
+        if type(module).forward is not nn.Sequential.forward:
             continue
         for i, conv in enumerate(module):
-            if not (isinstance(conv, nn.Conv2d) and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)):
+            if not (type(conv) is nn.Conv2d and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+                    and not conv._forward_hooks and not conv._forward_pre_hooks):
                 continue
             j = i + 1
-            while j < len(module) and isinstance(module[j], nn.Identity):
+            while j < len(module) and type(module[j]) is nn.Identity:
                 j += 1
-            if j < len(module) and isinstance(module[j], nn.ReLU):
+            if j < len(module) and type(module[j]) is nn.ReLU and not module[j]._forward_hooks:
                 module[i], module[j] = FusedConvReLU(conv), nn.Identity()
     return fused
