@@ -133,7 +133,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     the allocator's cache, nor the CUDA context). fp32 convolutions there run as PyTorch configures them
     (TF32 by default on Ampere and later).
     """
-    from covseg.models import fold_batch_norm, fuse_conv_relu_bf16
+    from covseg.models import fold_batch_norm, fuse_for_inference
     from covseg.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, training_memory_format
 
     device = resolve_device(device)
@@ -155,9 +155,7 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     # with its ReLU (as TorchBackend does); training keeps the model as it is
     infer_model = model
     if path == "covseg":
-        infer_model = fold_batch_norm(model).to(memory_format=torch.channels_last)
-        if dtype == torch.bfloat16 and device.type == "cpu":
-            infer_model = fuse_conv_relu_bf16(infer_model)
+        infer_model = fuse_for_inference(fold_batch_norm(model).to(memory_format=torch.channels_last), dtype, device)
     model, infer_model = model.to(device), infer_model.to(device)
 
     if path in ("onnxruntime", "onnx-int8"):
@@ -399,10 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         if onnx:
             raise SystemExit(f"covseg bench: the {','.join(onnx)} path runs on the CPU only; drop it from --paths "
                              "or use --device cpu")
-    if args.scan_images and args.scan_slices:
-        try:  # before any step runs: a wrong folder, or one whose first slice cannot be read, is refused at once
-            scan_slices(1, 8, args.scan_images) if not args.scan_only else None
-            scan_files(args.scan_images, args.scan_slices)
+    if args.scan_images and args.scan_slices and not (args.one or args.scan_only or args.e2e_only):
+        from covseg.datasets import read_image
+
+        try:  # once, before any step: a wrong folder, too few slices or an unreadable first slice is refused
+            read_image(scan_files(args.scan_images, args.scan_slices)[0])
         except CovsegError as error:
             raise SystemExit(f"covseg bench: {error}")
     if args.one:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from covseg.intensity import normalize_image
-from covseg.models import fold_batch_norm, fuse_conv_relu_bf16
+from covseg.models import fold_batch_norm, fuse_for_inference
 from covseg.runtime import autocast
 from covseg.transforms import fit_box, resize_probs, stack_resized
 
@@ -102,8 +102,7 @@ class TorchBackend:
             self._folded = fold_batch_norm(self.model).to(memory_format=torch.channels_last)
         if dtype == torch.float32:
             return self._folded
-        self._fused = (fuse_conv_relu_bf16(self._folded) if self.device.type == "cpu" and dtype == torch.bfloat16
-                       else self._folded)
+        self._fused = fuse_for_inference(self._folded, dtype, self.device)
         return self._fused
 
     def _onnx_backend(self, x: torch.Tensor) -> Backend | None:
@@ -157,10 +156,10 @@ class TorchBackend:
             self._fused = None
             return
         self._onnx = None
-        if self.bf16_folded:
-            self._folded = self._folded if self._fused is self._folded else None
-        else:
-            self._folded = self._fused = None
+        if not self.bf16_folded:
+            self._fused = None
+        if self._fused is not self._folded:
+            self._folded = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)

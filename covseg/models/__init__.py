@@ -11,12 +11,12 @@ from typing import Any
 from torch import nn
 
 from covseg.errors import CovsegError
-from covseg.models.fusion import fold_batch_norm, fuse_conv_relu_bf16
+from covseg.models.fusion import fold_batch_norm, fuse_conv_relu_bf16, fuse_for_inference
 from covseg.models.segnet import SegNet
 from covseg.models.shapes import check_input_size, nearest_valid_size
 from covseg.models.unet import UNet
 
-__all__ = ["MODELS", "create_model", "fold_batch_norm", "fuse_conv_relu_bf16", "check_input_size",
+__all__ = ["MODELS", "create_model", "fold_batch_norm", "fuse_conv_relu_bf16", "fuse_for_inference", "check_input_size",
            "nearest_valid_size", "UNet", "SegNet"]
 
 MODELS: dict[str, type[nn.Module]] = {"unet": UNet, "segnet": SegNet}

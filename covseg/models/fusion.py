@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["fold_batch_norm", "FusedConvReLU", "fused_conv_relu_available", "fuse_conv_relu_bf16"]
+__all__ = ["fold_batch_norm", "FusedConvReLU", "fused_conv_relu_available", "fuse_conv_relu_bf16",
+           "fuse_for_inference"]
 
 
 def fold_batch_norm(model: nn.Module) -> nn.Module:
@@ -97,3 +98,9 @@ def fuse_conv_relu_bf16(model: nn.Module) -> nn.Module:
             if j < len(module) and type(module[j]) is nn.ReLU and not module[j]._forward_hooks:
                 module[i], module[j] = FusedConvReLU(conv), nn.Identity()
     return fused
+
+
+def fuse_for_inference(folded: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """The network covseg runs in ``dtype`` on ``device`` from a batch-norm-folded model: in bf16 on a CPU,
+    :func:`fuse_conv_relu_bf16` of it; elsewhere ``folded`` itself. Shapes are those of ``folded``."""
+    return fuse_conv_relu_bf16(folded) if device.type == "cpu" and dtype == torch.bfloat16 else folded
