@@ -1,6 +1,8 @@
 """Speed and memory benchmark: inference ms/slice, training images/s, GFLOP/s and peak memory per path.
 
-Each (model, path) pair is measured in a fresh subprocess so that its peak resident memory is its own.
+Each (model, path) pair is measured in a fresh subprocess so that its peak resident memory is its own; then
+fp32-naive and covseg's path of every model, each in a process of its own, are timed in turn, round by round
+(:func:`side_by_side`), so that a noisy machine's slow spells fall on all of them and their ratios are steadier.
 Paths:
 
 * ``fp32-naive``  — default (contiguous) memory format, fp32, ``torch.no_grad`` only;
@@ -27,6 +29,7 @@ the peer, MONAI's ``BasicUNet`` with the same feature widths, batch norm and ReL
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import resource
@@ -37,13 +40,14 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple, TextIO
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["build_bench_model", "measure", "scan_files", "scan_slices", "main"]
+__all__ = ["build_bench_model", "PathRunners", "path_runners", "measure", "serve", "side_by_side", "scan_files",
+           "scan_slices", "main"]
 
 PATHS = ("fp32-naive", "fp32-cl", "covseg", "onnxruntime", "onnx-int8")
 MODELS = ("unet16", "unet32", "unet64", "unet16-instance", "segnet", "monai-unet32", "monai-unet64")
@@ -123,40 +127,44 @@ def _flops(model_name: str, size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(model_name: str, path: str, size: int, repeats: int, train_steps: int,
-            device: str = "cpu") -> dict[str, Any]:
-    """Inference (batch 1 and 8) and training figures of one model on one path, in this process.
+class PathRunners(NamedTuple):
+    """One model on one path, ready to time: ``infer(batch)`` returns a call that runs one inference pass over
+    ``batch`` random ``size`` x ``size`` slices; ``train_step`` one optimizer step on a batch of 4 (``None`` for
+    the ONNX paths); ``dtype`` names the arithmetic (``float32``, ``bfloat16``, ``int8``)."""
 
-    ``device="cuda"``: the same paths on the GPU (``covseg``: bf16 autocast where the GPU supports it, as
-    training and ``covseg predict --device cuda`` use it); the ONNX paths run on the CPU only. The row then
-    also holds ``peak_gpu_mb``, the most GPU memory held by tensors (``torch.cuda.max_memory_allocated``: not
-    the allocator's cache, nor the CUDA context). fp32 convolutions there run as PyTorch configures them
-    (TF32 by default on Ampere and later).
-    """
+    dtype: str
+    infer: Callable[[int], Callable[[], Any]]
+    train_step: Callable[[], Any] | None
+
+
+def path_runners(model_name: str, path: str, size: int, device: str = "cpu") -> PathRunners:
+    """Build the named benchmark model on ``path`` (see the module's docstring): the inference network (for
+    ``covseg``: batch norm folded and, in bf16 on a CPU, convolution + ReLU fused) and, for the PyTorch paths, a
+    copy of the model with an AdamW optimizer for training. Seeded, so every path starts from the same weights.
+    Where ``path`` is ``covseg``, freed memory is kept for reuse from here on in this process, as the ``covseg``
+    program does."""
     from covseg.models import fold_batch_norm, fuse_for_inference
     from covseg.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, training_memory_format
 
-    device = resolve_device(device)
-    if path.startswith("onnx") and device.type != "cpu":
+    dev = resolve_device(device)
+    if path.startswith("onnx") and dev.type != "cpu":
         raise ValueError(f"the {path} path runs on the CPU only")
     if path == "covseg":  # as the covseg program does before any work
         keep_freed_memory()
     torch.manual_seed(0)
     model = build_bench_model(model_name)
-    out: dict[str, Any] = {"model": model_name, "path": path,
-                           "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                           "gflop_per_slice": _flops(model_name, size) / 1e9}
-    dtype = resolve_precision("auto", device) if path == "covseg" else torch.float32
-    out["dtype"] = "int8" if path == "onnx-int8" else str(dtype).removeprefix("torch.")
+    dtype = resolve_precision("auto", dev) if path == "covseg" else torch.float32
+    dtype_name = "int8" if path == "onnx-int8" else str(dtype).removeprefix("torch.")
     channels_last = path in ("fp32-cl", "covseg")
+    trainable = None if path.startswith("onnx") else copy.deepcopy(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # covseg's own inference folds batch norm into the convolutions and, in bf16 on a CPU, fuses each convolution
     # with its ReLU (as TorchBackend does); training keeps the model as it is
     infer_model = model
     if path == "covseg":
-        infer_model = fuse_for_inference(fold_batch_norm(model).to(memory_format=torch.channels_last), dtype, device)
-    model, infer_model = model.to(device), infer_model.to(device)
+        infer_model = fuse_for_inference(fold_batch_norm(model).to(memory_format=torch.channels_last), dtype, dev)
+    infer_model = infer_model.to(dev)
 
     if path in ("onnxruntime", "onnx-int8"):
         import onnxruntime as ort
@@ -175,49 +183,147 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
                                   dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
             session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
 
-        def infer(batch: int):
+        def infer(batch: int) -> Callable[[], Any]:
             x = torch.rand(batch, 1, size, size).numpy()
             return lambda: session.run(None, {"image": x})
     else:
-        def infer(batch: int):
-            x = torch.rand(batch, 1, size, size, device=device)
+        def infer(batch: int) -> Callable[[], Any]:
+            x = torch.rand(batch, 1, size, size, device=dev)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
 
-            def run():
+            def run() -> None:
                 context = torch.inference_mode() if path != "fp32-naive" else torch.no_grad()
-                with context, autocast(device, dtype):
+                with context, autocast(dev, dtype):
                     infer_model(x)
             return run
 
+    if trainable is None:
+        return PathRunners(dtype_name, infer, None)
+    # covseg trains in the memory format that trains fastest on this device (NCHW on AVX2-only x86 CPUs)
+    train_format = training_memory_format(dev) if path == "covseg" else (
+        torch.channels_last if channels_last else torch.contiguous_format)
+    trainable = trainable.to(dev).to(memory_format=train_format).train()
+    optimizer = torch.optim.AdamW(trainable.parameters(), 1e-4)
+    x_train = torch.rand(4, 1, size, size, device=dev).contiguous(memory_format=train_format)
+    y_train = torch.randint(0, 2, (4, size, size), device=dev)
+
+    def step() -> None:
+        with autocast(dev, dtype):
+            logits = trainable(x_train)
+        loss = nn.functional.cross_entropy(logits.float(), y_train)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return PathRunners(dtype_name, infer, step)
+
+
+def measure(model_name: str, path: str, size: int, repeats: int, train_steps: int,
+            device: str = "cpu") -> dict[str, Any]:
+    """Inference (batch 1 and 8) and training figures of one model on one path, in this process.
+
+    ``device="cuda"``: the same paths on the GPU (``covseg``: bf16 autocast where the GPU supports it, as
+    training and ``covseg predict --device cuda`` use it); the ONNX paths run on the CPU only. The row then
+    also holds ``peak_gpu_mb``, the most GPU memory held by tensors (``torch.cuda.max_memory_allocated``: not
+    the allocator's cache, nor the CUDA context). fp32 convolutions there run as PyTorch configures them
+    (TF32 by default on Ampere and later).
+    """
+    from covseg.runtime import resolve_device
+
+    dev = resolve_device(device)
+    runners = path_runners(model_name, path, size, device)
+    out: dict[str, Any] = {"model": model_name, "path": path, "dtype": runners.dtype,
+                           "params_m": sum(p.numel() for p in build_bench_model(model_name).parameters()) / 1e6,
+                           "gflop_per_slice": _flops(model_name, size) / 1e9}
     for batch in (1, 8):
-        seconds = _median_seconds(infer(batch), repeats, device)
+        seconds = _median_seconds(runners.infer(batch), repeats, dev)
         out[f"infer_ms_b{batch}"] = 1000 * seconds / batch
     out["gflops_per_s_b8"] = out["gflop_per_slice"] / (out["infer_ms_b8"] / 1000)
-
-    if not path.startswith("onnx") and train_steps > 0:
-        # covseg trains in the memory format that trains fastest on this device (NCHW on AVX2-only x86 CPUs)
-        train_format = training_memory_format(device) if path == "covseg" else (
-            torch.channels_last if channels_last else torch.contiguous_format)
-        model = model.to(memory_format=train_format).train()
-        optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
-        batch = 4
-        x = torch.rand(batch, 1, size, size, device=device).contiguous(memory_format=train_format)
-        y = torch.randint(0, 2, (batch, size, size), device=device)
-
-        def step():
-            with autocast(device, dtype):
-                logits = model(x)
-            loss = nn.functional.cross_entropy(logits.float(), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-        out["train_img_s"] = batch / _median_seconds(step, train_steps, device)
+    if runners.train_step is not None and train_steps > 0:
+        out["train_img_s"] = 4 / _median_seconds(runners.train_step, train_steps, dev)
     out["peak_rss_mb"] = peak_rss_mb()
-    if device.type == "cuda":
-        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if dev.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return out
+
+
+def serve(model_name: str, path: str, size: int, device: str, commands: TextIO, replies: TextIO) -> None:
+    """Build one model on one path (:func:`path_runners`), write ``ready``, then for each line ``infer`` (a
+    batch-8 pass) or ``train`` (a training step) read from ``commands`` run it twice and write the second run's
+    wall time in seconds (the first brings the caches back to this network's data, as in a run of consecutive
+    batches); stop at the end of ``commands``. The worker behind :func:`side_by_side`."""
+    from covseg.runtime import resolve_device
+
+    dev = resolve_device(device)
+    runners = path_runners(model_name, path, size, device)
+    calls = {"infer": runners.infer(8), "train": runners.train_step}
+    print("ready", file=replies, flush=True)
+    for line in commands:
+        fn = calls[line.strip()]
+        for _ in range(2):
+            tick = time.perf_counter()
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+        print(time.perf_counter() - tick, file=replies, flush=True)
+
+
+def side_by_side(model_names: list[str], size: int, rounds: int, device: str = "cpu") -> list[dict[str, Any]]:
+    """fp32-naive and covseg's path of each named model timed in turn: each (model, path) lives in its own process
+    (:func:`serve`; its own allocator settings, so fp32-naive keeps glibc's defaults as in its own row), all of
+    them started at once, and in each of ``rounds`` rounds, after one untimed round, every process in a fixed
+    order times a batch-8 inference pass and a training step (batch 4), each right after an untimed one, while the
+    others wait. Slow spells of a noisy machine then fall on every network alike, so the ratios of the medians are
+    steadier than those of rows measured minutes apart. (Timed without the untimed pass before it, a network
+    meets caches filled by another's data: on a 2-core AMX Xeon covseg's bf16 pass then took 48.5 ms per slice
+    against 30.9 in its own row of the same run; with it, 34.2 in another run. benchmarks/RESULTS.md, session 34.)
+
+    Returns one row per (model, path): ``model``, ``path``, ``dtype``, ``infer_ms_b8`` and ``train_img_s``
+    (medians), ``rounds``. A worker that fails ends the run with its last line of stderr.
+    """
+    workers = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for name in model_names:
+                for path in ("fp32-naive", "covseg"):
+                    errors = open(Path(tmp) / f"{len(workers)}.err", "w+")
+                    proc = subprocess.Popen([sys.executable, "-m", "covseg.bench", "--serve", name, path, "--size",
+                                             str(size), "--device", device], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=errors, text=True)
+                    workers.append((name, path, proc, errors))
+
+            def reply(proc: subprocess.Popen, errors: TextIO, what: str) -> str:
+                line = proc.stdout.readline()
+                if not line:
+                    errors.seek(0)
+                    last = (errors.read().strip().splitlines() or [f"exit status {proc.wait()}"])[-1]
+                    raise SystemExit(f"benchmark step side by side ({what}) failed: {last}")
+                return line.strip()
+
+            for name, path, proc, errors in workers:
+                reply(proc, errors, f"{name} {path}")
+            times = [([], []) for _ in workers]
+            for round_ in range(rounds + 1):
+                for (name, path, proc, errors), record in zip(workers, times):
+                    for kind, kept in zip(("infer", "train"), record):
+                        proc.stdin.write(kind + "\n")
+                        proc.stdin.flush()
+                        seconds = float(reply(proc, errors, f"{name} {path} {kind}"))
+                        if round_:  # the first round warms up (allocations, kernel selection)
+                            kept.append(seconds)
+        finally:
+            for _, _, proc, errors in workers:
+                if proc.stdin:
+                    proc.stdin.close()
+                proc.wait()
+                errors.close()
+    from covseg.runtime import resolve_device, resolve_precision
+
+    bf16 = str(resolve_precision("auto", resolve_device(device))).removeprefix("torch.")
+    return [{"model": name, "path": path, "dtype": "float32" if path == "fp32-naive" else bf16, "rounds": rounds,
+             "infer_ms_b8": 1000 * statistics.median(infer_s) / 8, "train_img_s": 4 / statistics.median(train_s)}
+            for (name, path, _, _), (infer_s, train_s) in zip(workers, times)]
 
 
 def scan_files(images_dir: str, slices: int) -> list[Path]:
@@ -361,6 +467,28 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _side_by_side_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The markdown of :func:`side_by_side`'s rows: each model's two paths and their ratios, then covseg's U-Net
+    against MONAI's of the same width on covseg's path."""
+    by = {(r["model"], r["path"]): r for r in rows}
+    lines = [f"Side by side (fp32-naive and covseg's path, each in its own process, timed in turn for "
+             f"{rows[0]['rounds']} rounds, each timed pass right after an untimed one; medians):", "",
+             "| model | fp32-naive b8 ms/slice | covseg b8 ms/slice | × | fp32-naive train img/s | covseg train img/s "
+             "| × |", "|---|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        naive, ours = by[(name, "fp32-naive")], by[(name, "covseg")]
+        lines.append(f"| {name} | {naive['infer_ms_b8']:.1f} | {ours['infer_ms_b8']:.1f} ({ours['dtype']}) | "
+                     f"{naive['infer_ms_b8'] / ours['infer_ms_b8']:.1f}× | {naive['train_img_s']:.2f} | "
+                     f"{ours['train_img_s']:.2f} | {ours['train_img_s'] / naive['train_img_s']:.1f}× |")
+    for (name, path), ours in by.items():
+        peer = by.get(("monai-" + name, path))
+        if path == "covseg" and name.startswith("unet") and peer:
+            lines += ["", f"{name} against monai-{name} on covseg's path, side by side (>1 = covseg faster): inference "
+                      f"b8 {peer['infer_ms_b8'] / ours['infer_ms_b8']:.2f}×, training "
+                      f"{ours['train_img_s'] / peer['train_img_s']:.2f}×"]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints the table and writes it to ``--out``."""
     parser = argparse.ArgumentParser(prog="covseg bench", description=__doc__.splitlines()[0])
@@ -375,8 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="run folder whose model the scan benchmark uses (default: untrained default)")
     parser.add_argument("--scan-images", help="folder of CT slices the scan benchmark reads, the first "
                         "--scan-slices in name order, resized to --size (default: uniform noise)")
+    parser.add_argument("--side-by-side", type=int, default=10, metavar="ROUNDS",
+                        help="rounds of fp32-naive and covseg's path timed in turn in one process, for steadier "
+                        "ratios on a noisy machine (0: skip; needs both paths in --paths)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--scan-only", choices=("auto", "fp32"), help=argparse.SUPPRESS)
     parser.add_argument("--scan-fp32-engine", choices=("onnxruntime", "torch"), default="onnxruntime",
                         help=argparse.SUPPRESS)
@@ -404,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
             read_image(scan_files(args.scan_images, args.scan_slices)[0])
         except CovsegError as error:
             raise SystemExit(f"covseg bench: {error}")
+    if args.serve:
+        serve(args.serve[0], args.serve[1], args.size, args.device, sys.stdin, sys.stdout)
+        return 0
     if args.one:
         print(json.dumps(measure(args.one[0], args.one[1], args.size, args.repeats, args.train_steps, args.device)))
         return 0
@@ -417,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.e2e_only:
         print(json.dumps(_e2e_scan_benchmark(args.scan_slices, args.size, args.model, args.device)))
         return 0
+    if args.side_by_side < 0:
+        raise SystemExit(f"covseg bench: --side-by-side must be 0 or more rounds, not {args.side_by_side}")
 
     def child(extra: list[str]) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "covseg.bench", "--size", str(args.size), "--repeats", str(args.repeats),
@@ -439,6 +576,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{model:13s} {path:12s} b1 {row['infer_ms_b1']:8.1f} ms  b8 {row['infer_ms_b8']:8.1f} ms/slice  "
                   f"train {row.get('train_img_s', float('nan')):6.2f} img/s  {_peak(row)} MB", flush=True)
+    both = {"fp32-naive", "covseg"} <= set(args.paths.split(","))
+    paired = side_by_side(args.models.split(","), args.size, args.side_by_side, args.device) \
+        if args.side_by_side and both else None
+    for row in paired or []:
+        print(f"{row['model']:13s} {row['path']:12s} side by side: b8 {row['infer_ms_b8']:8.1f} ms/slice  "
+              f"train {row['train_img_s']:6.2f} img/s", flush=True)
     scan = child(["--scan-only", "auto"]) if args.scan_slices else None
     scan_fp32 = child(["--scan-only", "fp32"]) if args.scan_slices else None
     e2e = child(["--e2e-only"]) if args.scan_slices else None
@@ -457,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         for r, p in pairs:
             train = f"{r['train_img_s'] / p['train_img_s']:.2f}×" if "train_img_s" in r and "train_img_s" in p else "–"
             lines.append(f"| {r['model'][4:]} | {r['path']} | {p['infer_ms_b8'] / r['infer_ms_b8']:.2f}× | {train} |")
+    if paired:
+        lines += ["", *_side_by_side_table(paired)]
     if scan:
         from covseg.inference import BF16_MIN_AGREEMENT
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covseg.bench import _e2e_scan_benchmark, _scan_benchmark, build_bench_model, main, measure
+from covseg.bench import _e2e_scan_benchmark, _scan_benchmark, build_bench_model, main, measure, serve, side_by_side
 
 
 def test_measure_reports_every_figure() -> None:
@@ -38,6 +38,54 @@ def test_bench_main_writes_results(tmp_path: Path, capsys) -> None:
     text = out.read_text()
     assert "| unet16 | covseg |" in text and "| unet16 | onnxruntime |" in text and "| unet16 | onnx-int8 | int8 |" in text and "Scan (inference only" in text and "Scan end to end" in text and "exit 0" in text
     assert "Forced to fp32" in text  # the fallback path's scan figure sits beside covseg's path
+    assert "Side by side (fp32-naive and covseg's path, each in its own process, timed in turn for 10 rounds, each " \
+           "timed pass right after an untimed one" in text
+    assert "| unet16 | " in text.split("Side by side", 1)[1]
+
+
+def test_serve_times_the_second_of_two_runs_of_each_command(monkeypatch) -> None:
+    import io
+
+    import covseg.bench as bench
+
+    calls: list[str] = []
+    real = bench.path_runners
+
+    def counted(*args, **kwargs):
+        runners = real(*args, **kwargs)
+        infer = runners.infer
+
+        def step() -> None:
+            calls.append("train")
+            runners.train_step()
+        return runners._replace(infer=lambda batch: (lambda run: lambda: (calls.append("infer"), run()))(infer(batch)),
+                                train_step=step)
+
+    monkeypatch.setattr(bench, "path_runners", counted)
+    replies = io.StringIO()
+    serve("unet16", "covseg", 32, "cpu", io.StringIO("infer\ntrain\ninfer\n"), replies)
+    lines = replies.getvalue().splitlines()
+    assert lines[0] == "ready" and len(lines) == 4 and all(float(t) > 0 for t in lines[1:])
+    assert calls == ["infer", "infer", "train", "train", "infer", "infer"]
+
+
+def test_side_by_side_runs_each_path_in_its_own_process() -> None:
+    rows = side_by_side(["unet16", "segnet"], size=32, rounds=2)
+    assert [(r["model"], r["path"]) for r in rows] == [
+        ("unet16", "fp32-naive"), ("unet16", "covseg"), ("segnet", "fp32-naive"), ("segnet", "covseg")]
+    assert all(r["infer_ms_b8"] > 0 and r["train_img_s"] > 0 and r["rounds"] == 2 for r in rows)
+    assert rows[0]["dtype"] == "float32"
+
+
+def test_a_failing_side_by_side_worker_ends_the_run_in_one_line() -> None:
+    with pytest.raises(SystemExit, match=r"side by side \(resnet fp32-naive\) failed: .*unknown benchmark model"):
+        side_by_side(["resnet"], size=32, rounds=1)
+
+
+def test_side_by_side_rounds_below_zero_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--side-by-side must be 0 or more rounds"):
+        main(["--models", "unet16", "--side-by-side", "-1", "--scan-slices", "0", "--out", str(tmp_path / "r.md")])
+    assert not (tmp_path / "r.md").exists()
 
 
 def test_monai_peer_matches_widths() -> None:
