@@ -9,8 +9,9 @@ The int8 network is built from the batch-norm-folded U-Net: every 3x3 convolutio
 run as ``torch.ops.onednn.qconv2d_pointwise`` on uint8 activations (per-tensor scale and zero point, calibrated
 on the run's training slices: min-max, or the 0.001 % / 99.999 % quantiles) and int8 weights (per output
 channel); each transposed convolution (kernel 2, stride 2) runs as a 1x1 int8 convolution to 4x the channels
-and a pixel shuffle, written in the quantization of the skip it is concatenated with, so the concatenation is
-of uint8 tensors; max-pooling takes the uint8 maps; the head writes fp32 logits. Needs a CPU with oneDNN int8
+and a pixel shuffle, in one quantization shared with the skip it is concatenated with (a range covering both
+the encoder block's output and the up-sampling's, which may be negative), so the concatenation is of uint8
+tensors; max-pooling takes the uint8 maps; the head writes fp32 logits. Needs a CPU with oneDNN int8
 (x86 with AVX512-VNNI or AMX for speed).
 """
 from __future__ import annotations
@@ -94,12 +95,27 @@ def _pool(q: torch.Tensor) -> torch.Tensor:
     return torch.maximum(rows[..., 0::2], rows[..., 1::2]).contiguous(memory_format=torch.channels_last)
 
 
+def check_plain_folded(folded: torch.nn.Module) -> None:
+    """Refuse (``SystemExit``, one line) a network this script cannot take: anything but a covseg U-Net whose
+    blocks are plain ``DoubleConv`` s with batch norm folded away (convolution, identity, ReLU, twice)."""
+    from covseg.models.unet import DoubleConv, UNet
+
+    blocks = [*getattr(folded, "encoders", []), *getattr(folded, "decoders", [])]
+    plain = isinstance(folded, UNet) and blocks and all(
+        type(b) is DoubleConv and len(b) == 6 and [type(m) for m in b] == [torch.nn.Conv2d, torch.nn.Identity,
+                                                                            torch.nn.ReLU] * 2 for b in blocks)
+    if not plain:
+        raise SystemExit("onednn_int8: only a U-Net of plain blocks with batch norm (model.block=plain, "
+                         "model.batch_norm=true, model.norm=batch) can be run in int8 here")
+
+
 class Int8UNet:
     """A folded plain-block covseg U-Net (eval mode, batch norm folded) in int8; ``shape`` the batch shape the
     convolutions are prepared for. Call with ``(B, 1, H, W)`` fp32; returns ``(B, classes, H, W)`` fp32 logits."""
 
     def __init__(self, folded: torch.nn.Module, calibration: list[torch.Tensor], shape: tuple[int, ...],
                  quantile: float | None = None) -> None:
+        check_plain_folded(folded)
         stats = _ranges(folded, calibration, quantile)
         depth, (batch, _, height, width) = folded.depth, shape
         self.in_q = _qparams(*stats["input"])
@@ -174,13 +190,16 @@ def _speed(rounds: int) -> None:
     print(f"random weights and input: labels alike with fp32, bf16 {label_agreement(bf16(), reference):.4%}, "
           f"int8 {label_agreement(quantized(), reference):.4%}")
     times: dict[str, list[float]] = {"bf16 (covseg's path)": [], "int8 (oneDNN)": []}
-    for _ in range(rounds):
-        for (name, record), run in zip(times.items(), (bf16, quantized)):
-            tick = time.perf_counter()
-            run()
+    runs = list(zip(times.values(), (bf16, quantized)))
+    for round_ in range(rounds):  # the order flips every round; each timed pass follows an untimed one of its own
+        for record, run in runs[::1 if round_ % 2 else -1]:
+            for _ in range(2):
+                tick = time.perf_counter()
+                run()
             record.append(1000 * (time.perf_counter() - tick) / 8)
     medians = [statistics.median(t) for t in times.values()]
-    print(f"unet16, 512x512, batch 8, {rounds} interleaved rounds, {torch.get_num_threads()} threads; ms per slice")
+    print(f"unet16, 512x512, batch 8, {rounds} interleaved rounds (each timed pass after an untimed one), "
+          f"{torch.get_num_threads()} threads; ms per slice")
     for (name, t), median in zip(times.items(), medians):
         print(f"{name:22s} median {median:6.1f}  min {min(t):6.1f}  max {max(t):6.1f}")
     print(f"int8 / bf16 speed: {medians[0] / medians[1]:.2f}x")
@@ -188,15 +207,20 @@ def _speed(rounds: int) -> None:
 
 def _agreement(run: Path, quantile: float | None) -> None:
     from covseg.checkpoint import load_model
+    from covseg.errors import CovsegError
     from covseg.experiment import select_samples
     from covseg.inference import BF16_MIN_AGREEMENT, label_agreement, network_input
     from covseg.models import fold_batch_norm, fuse_for_inference
     from covseg.run import read_run_info
 
-    model, config, _ = load_model(run, "best")
+    try:
+        model, config, _ = load_model(run, "best")
+        data = read_run_info(run)["data"]
+    except CovsegError as error:
+        raise SystemExit(f"onednn_int8: {error}")
     folded = fold_batch_norm(model.eval()).to(memory_format=torch.channels_last)
+    check_plain_folded(folded)
     fused = fuse_for_inference(folded, torch.bfloat16, torch.device("cpu"))
-    data = read_run_info(run)["data"]
 
     def batches(split: str) -> list[torch.Tensor]:
         images = [s.image for s in select_samples(run, data, config.data.task, split, config.data.window)]

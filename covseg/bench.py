@@ -1,8 +1,9 @@
 """Speed and memory benchmark: inference ms/slice, training images/s, GFLOP/s and peak memory per path.
 
-Each (model, path) pair is measured in a fresh subprocess so that its peak resident memory is its own; then
-fp32-naive and covseg's path of every model, each in a process of its own, are timed in turn, round by round
-(:func:`side_by_side`), so that a noisy machine's slow spells fall on all of them and their ratios are steadier.
+Each (model, path) pair is measured in a fresh subprocess so that its peak resident memory is its own; with
+``--side-by-side ROUNDS`` (and both paths asked for) fp32-naive and covseg's path of every model, each in a process
+of its own, are also timed in turn, round by round (:func:`side_by_side`), so that a noisy machine's slow spells
+fall on all of them.
 Paths:
 
 * ``fp32-naive``  — default (contiguous) memory format, fp32, ``torch.no_grad`` only;
@@ -29,6 +30,7 @@ the peer, MONAI's ``BasicUNet`` with the same feature widths, batch norm and ReL
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -46,8 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["build_bench_model", "PathRunners", "path_runners", "measure", "serve", "side_by_side", "scan_files",
-           "scan_slices", "main"]
+__all__ = ["build_bench_model", "TRAIN_BATCH", "PathRunners", "path_runners", "measure", "serve", "side_by_side",
+           "scan_files", "scan_slices", "main"]
 
 PATHS = ("fp32-naive", "fp32-cl", "covseg", "onnxruntime", "onnx-int8")
 MODELS = ("unet16", "unet32", "unet64", "unet16-instance", "segnet", "monai-unet32", "monai-unet64")
@@ -127,26 +129,34 @@ def _flops(model_name: str, size: int) -> float:
     return float(counter.get_total_flops())
 
 
+#: images per training step in every training figure of the bench
+TRAIN_BATCH = 4
+
+
 class PathRunners(NamedTuple):
     """One model on one path, ready to time: ``infer(batch)`` returns a call that runs one inference pass over
-    ``batch`` random ``size`` x ``size`` slices; ``train_step`` one optimizer step on a batch of 4 (``None`` for
-    the ONNX paths); ``dtype`` names the arithmetic (``float32``, ``bfloat16``, ``int8``)."""
+    ``batch`` random ``size`` x ``size`` slices; ``trainer(separate)`` (``None`` for the ONNX paths) returns a call
+    that runs one optimizer step on a batch of :data:`TRAIN_BATCH` — on a copy of the model with
+    ``separate=True``, else on the inference model itself (put in train mode: only once inference is done);
+    ``dtype`` names the arithmetic (``float32``, ``bfloat16``, ``int8``)."""
 
     dtype: str
     infer: Callable[[int], Callable[[], Any]]
-    train_step: Callable[[], Any] | None
+    trainer: Callable[[bool], Callable[[], Any]] | None
 
 
 def path_runners(model_name: str, path: str, size: int, device: str = "cpu") -> PathRunners:
     """Build the named benchmark model on ``path`` (see the module's docstring): the inference network (for
-    ``covseg``: batch norm folded and, in bf16 on a CPU, convolution + ReLU fused) and, for the PyTorch paths, a
-    copy of the model with an AdamW optimizer for training. Seeded, so every path starts from the same weights.
-    Where ``path`` is ``covseg``, freed memory is kept for reuse from here on in this process, as the ``covseg``
-    program does."""
+    ``covseg``: batch norm folded and, in bf16 on a CPU, convolution + ReLU fused; its training runs on the model
+    as it is, never on that copy) and, for the PyTorch paths, the means to train it with AdamW. Seeded, so every
+    path starts from the same weights. Where ``path`` is ``covseg``, freed memory is kept for reuse from here on
+    in this process, as the ``covseg`` program does."""
     from covseg.models import fold_batch_norm, fuse_for_inference
     from covseg.runtime import autocast, keep_freed_memory, resolve_device, resolve_precision, training_memory_format
 
     dev = resolve_device(device)
+    if path not in PATHS:
+        raise ValueError(f"unknown benchmark path {path!r}: use one of {', '.join(PATHS)}")
     if path.startswith("onnx") and dev.type != "cpu":
         raise ValueError(f"the {path} path runs on the CPU only")
     if path == "covseg":  # as the covseg program does before any work
@@ -156,7 +166,6 @@ def path_runners(model_name: str, path: str, size: int, device: str = "cpu") -> 
     dtype = resolve_precision("auto", dev) if path == "covseg" else torch.float32
     dtype_name = "int8" if path == "onnx-int8" else str(dtype).removeprefix("torch.")
     channels_last = path in ("fp32-cl", "covseg")
-    trainable = None if path.startswith("onnx") else copy.deepcopy(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # covseg's own inference folds batch norm into the convolutions and, in bf16 on a CPU, fuses each convolution
@@ -164,7 +173,7 @@ def path_runners(model_name: str, path: str, size: int, device: str = "cpu") -> 
     infer_model = model
     if path == "covseg":
         infer_model = fuse_for_inference(fold_batch_norm(model).to(memory_format=torch.channels_last), dtype, dev)
-    infer_model = infer_model.to(dev)
+    model, infer_model = model.to(dev), infer_model.to(dev)
 
     if path in ("onnxruntime", "onnx-int8"):
         import onnxruntime as ort
@@ -186,37 +195,39 @@ def path_runners(model_name: str, path: str, size: int, device: str = "cpu") -> 
         def infer(batch: int) -> Callable[[], Any]:
             x = torch.rand(batch, 1, size, size).numpy()
             return lambda: session.run(None, {"image": x})
-    else:
-        def infer(batch: int) -> Callable[[], Any]:
-            x = torch.rand(batch, 1, size, size, device=dev)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
 
-            def run() -> None:
-                context = torch.inference_mode() if path != "fp32-naive" else torch.no_grad()
-                with context, autocast(dev, dtype):
-                    infer_model(x)
-            return run
-
-    if trainable is None:
         return PathRunners(dtype_name, infer, None)
-    # covseg trains in the memory format that trains fastest on this device (NCHW on AVX2-only x86 CPUs)
-    train_format = training_memory_format(dev) if path == "covseg" else (
-        torch.channels_last if channels_last else torch.contiguous_format)
-    trainable = trainable.to(dev).to(memory_format=train_format).train()
-    optimizer = torch.optim.AdamW(trainable.parameters(), 1e-4)
-    x_train = torch.rand(4, 1, size, size, device=dev).contiguous(memory_format=train_format)
-    y_train = torch.randint(0, 2, (4, size, size), device=dev)
 
-    def step() -> None:
-        with autocast(dev, dtype):
-            logits = trainable(x_train)
-        loss = nn.functional.cross_entropy(logits.float(), y_train)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    def infer(batch: int) -> Callable[[], Any]:
+        x = torch.rand(batch, 1, size, size, device=dev)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
 
-    return PathRunners(dtype_name, infer, step)
+        def run() -> None:
+            context = torch.inference_mode() if path != "fp32-naive" else torch.no_grad()
+            with context, autocast(dev, dtype):
+                infer_model(x)
+        return run
+
+    def trainer(separate: bool) -> Callable[[], Any]:
+        # covseg trains in the memory format that trains fastest on this device (NCHW on AVX2-only x86 CPUs)
+        train_format = training_memory_format(dev) if path == "covseg" else (
+            torch.channels_last if channels_last else torch.contiguous_format)
+        trained = (copy.deepcopy(model) if separate else model).to(memory_format=train_format).train()
+        optimizer = torch.optim.AdamW(trained.parameters(), 1e-4)
+        x = torch.rand(TRAIN_BATCH, 1, size, size, device=dev).contiguous(memory_format=train_format)
+        y = torch.randint(0, 2, (TRAIN_BATCH, size, size), device=dev)
+
+        def step() -> None:
+            with autocast(dev, dtype):
+                logits = trained(x)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return step
+
+    return PathRunners(dtype_name, infer, trainer)
 
 
 def measure(model_name: str, path: str, size: int, repeats: int, train_steps: int,
@@ -233,97 +244,150 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
 
     dev = resolve_device(device)
     runners = path_runners(model_name, path, size, device)
-    out: dict[str, Any] = {"model": model_name, "path": path, "dtype": runners.dtype,
-                           "params_m": sum(p.numel() for p in build_bench_model(model_name).parameters()) / 1e6,
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_bench_model(model_name).parameters())
+    out: dict[str, Any] = {"model": model_name, "path": path, "dtype": runners.dtype, "params_m": params / 1e6,
                            "gflop_per_slice": _flops(model_name, size) / 1e9}
     for batch in (1, 8):
         seconds = _median_seconds(runners.infer(batch), repeats, dev)
         out[f"infer_ms_b{batch}"] = 1000 * seconds / batch
     out["gflops_per_s_b8"] = out["gflop_per_slice"] / (out["infer_ms_b8"] / 1000)
-    if runners.train_step is not None and train_steps > 0:
-        out["train_img_s"] = 4 / _median_seconds(runners.train_step, train_steps, dev)
+    if runners.trainer is not None and train_steps > 0:  # inference is done: train the model itself, as before
+        out["train_img_s"] = TRAIN_BATCH / _median_seconds(runners.trainer(False), train_steps, dev)
     out["peak_rss_mb"] = peak_rss_mb()
     if dev.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return out
 
 
+#: the commands :func:`serve` takes
+SERVE_COMMANDS = ("infer", "train")
+
+
 def serve(model_name: str, path: str, size: int, device: str, commands: TextIO, replies: TextIO) -> None:
-    """Build one model on one path (:func:`path_runners`), write ``ready``, then for each line ``infer`` (a
-    batch-8 pass) or ``train`` (a training step) read from ``commands`` run it twice and write the second run's
-    wall time in seconds (the first brings the caches back to this network's data, as in a run of consecutive
-    batches); stop at the end of ``commands``. The worker behind :func:`side_by_side`."""
+    """Build one model on one of the PyTorch paths (:func:`path_runners`; the training on a copy), write ``ready
+    DTYPE``, then for each line ``infer`` (a batch-8 pass) or ``train`` (a training step) read from ``commands``
+    run it twice and write the second run's wall time in seconds (the first brings the caches back to this
+    network's data, as in a run of consecutive batches); stop at the end of ``commands``. The worker behind
+    :func:`side_by_side`. An ONNX path or an unknown command raises ``ValueError``."""
     from covseg.runtime import resolve_device
 
+    if path.startswith("onnx"):
+        raise ValueError(f"side by side times the PyTorch paths only, not {path}")
     dev = resolve_device(device)
     runners = path_runners(model_name, path, size, device)
-    calls = {"infer": runners.infer(8), "train": runners.train_step}
-    print("ready", file=replies, flush=True)
+    calls = {"infer": runners.infer(8), "train": runners.trainer(True)}
+    print(f"ready {runners.dtype}", file=replies, flush=True)
     for line in commands:
-        fn = calls[line.strip()]
+        command = line.strip()
+        if command not in calls:
+            raise ValueError(f"unknown command {command!r}: use one of {', '.join(SERVE_COMMANDS)}")
         for _ in range(2):
             tick = time.perf_counter()
-            fn()
+            calls[command]()
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
         print(time.perf_counter() - tick, file=replies, flush=True)
 
 
-def side_by_side(model_names: list[str], size: int, rounds: int, device: str = "cpu") -> list[dict[str, Any]]:
-    """fp32-naive and covseg's path of each named model timed in turn: each (model, path) lives in its own process
-    (:func:`serve`; its own allocator settings, so fp32-naive keeps glibc's defaults as in its own row), all of
-    them started at once, and in each of ``rounds`` rounds, after one untimed round, every process in a fixed
-    order times a batch-8 inference pass and a training step (batch 4), each right after an untimed one, while the
-    others wait. Slow spells of a noisy machine then fall on every network alike, so the ratios of the medians are
-    steadier than those of rows measured minutes apart. (Timed without the untimed pass before it, a network
-    meets caches filled by another's data: on a 2-core AMX Xeon covseg's bf16 pass then took 48.5 ms per slice
-    against 30.9 in its own row of the same run; with it, 34.2 in another run. benchmarks/RESULTS.md, session 34.)
+class _Worker(NamedTuple):
+    model: str
+    path: str
+    proc: subprocess.Popen
+    errors: TextIO
 
-    Returns one row per (model, path): ``model``, ``path``, ``dtype``, ``infer_ms_b8`` and ``train_img_s``
-    (medians), ``rounds``. A worker that fails ends the run with its last line of stderr.
-    """
-    workers = []
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            for name in model_names:
-                for path in ("fp32-naive", "covseg"):
-                    errors = open(Path(tmp) / f"{len(workers)}.err", "w+")
+
+def _ask(worker: _Worker, command: str | None) -> str:
+    """Send ``command`` (``None``: nothing, read the greeting) to a :func:`serve` worker and return its reply line;
+    a worker that has died or replies nonsense ends the bench with one line naming it and its last error."""
+    what = f"{worker.model} {worker.path} {command or 'start'}"
+    try:
+        if command is not None:
+            worker.proc.stdin.write(command + "\n")
+            worker.proc.stdin.flush()
+        line = worker.proc.stdout.readline().strip()
+    except OSError:  # the pipe closed under us: the worker is gone
+        line = ""
+    if command is None and line.startswith("ready "):
+        return line.removeprefix("ready ")
+    try:
+        if command is not None:
+            float(line)
+            return line
+    except ValueError:
+        pass
+    worker.errors.seek(0)
+    last = (worker.errors.read().strip().splitlines() or [""])[-1]
+    status = worker.proc.poll()
+    raise SystemExit(f"benchmark step side by side ({what}) failed: {last or repr(line)}"
+                     + (f" (exit status {status})" if status is not None else ""))
+
+
+def _time_group(model_names: list[str], size: int, rounds: int, device: str, tmp: Path) -> list[dict[str, Any]]:
+    """:func:`side_by_side` for one group of models, their workers all alive together."""
+    workers: list[_Worker] = []
+    failed = True
+    try:
+        for name in model_names:
+            for path in ("fp32-naive", "covseg"):
+                errors = open(tmp / f"{name}-{path}.err", "w+")
+                try:
                     proc = subprocess.Popen([sys.executable, "-m", "covseg.bench", "--serve", name, path, "--size",
                                              str(size), "--device", device], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=errors, text=True)
-                    workers.append((name, path, proc, errors))
+                except OSError:
+                    errors.close()
+                    raise
+                workers.append(_Worker(name, path, proc, errors))
+        dtypes = [_ask(worker, None) for worker in workers]
+        times: list[dict[str, list[float]]] = [{"infer": [], "train": []} for _ in workers]
+        for round_ in range(rounds + 1):
+            # every other round in reverse order, so that no network always follows the same one
+            order = list(zip(workers, times))[::1 if round_ % 2 else -1]
+            for worker, record in order:
+                for command in SERVE_COMMANDS:
+                    seconds = float(_ask(worker, command))
+                    if round_:  # the first round warms up (allocations, kernel selection)
+                        record[command].append(seconds)
+        failed = False
+    finally:
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.proc.stdin.close()
+            if failed:
+                worker.proc.kill()
+            worker.proc.wait()
+            worker.proc.stdout.close()
+            worker.errors.close()
+    return [{"model": w.model, "path": w.path, "dtype": dtype, "rounds": rounds,
+             "infer_ms_b8": 1000 * statistics.median(t["infer"]) / 8,
+             "train_img_s": TRAIN_BATCH / statistics.median(t["train"])}
+            for w, dtype, t in zip(workers, dtypes, times)]
 
-            def reply(proc: subprocess.Popen, errors: TextIO, what: str) -> str:
-                line = proc.stdout.readline()
-                if not line:
-                    errors.seek(0)
-                    last = (errors.read().strip().splitlines() or [f"exit status {proc.wait()}"])[-1]
-                    raise SystemExit(f"benchmark step side by side ({what}) failed: {last}")
-                return line.strip()
 
-            for name, path, proc, errors in workers:
-                reply(proc, errors, f"{name} {path}")
-            times = [([], []) for _ in workers]
-            for round_ in range(rounds + 1):
-                for (name, path, proc, errors), record in zip(workers, times):
-                    for kind, kept in zip(("infer", "train"), record):
-                        proc.stdin.write(kind + "\n")
-                        proc.stdin.flush()
-                        seconds = float(reply(proc, errors, f"{name} {path} {kind}"))
-                        if round_:  # the first round warms up (allocations, kernel selection)
-                            kept.append(seconds)
-        finally:
-            for _, _, proc, errors in workers:
-                if proc.stdin:
-                    proc.stdin.close()
-                proc.wait()
-                errors.close()
-    from covseg.runtime import resolve_device, resolve_precision
+def side_by_side(model_names: list[str], size: int, rounds: int, device: str = "cpu") -> list[dict[str, Any]]:
+    """fp32-naive and covseg's path of each named model timed in turn: each (model, path) in its own process
+    (:func:`serve`; its own allocator settings, so fp32-naive keeps glibc's defaults as in its own row). A model
+    and its MONAI peer (``unet16`` and ``monai-unet16``) form one group whose four processes are alive together;
+    groups run one after another. In each of ``rounds`` rounds, after one untimed round, every process of the
+    group (in reverse order every other round) times a batch-8 inference pass and a training step
+    (:data:`TRAIN_BATCH`), each right after an untimed one, while the others wait, so that slow spells of a noisy
+    machine fall on every network alike. (Timed without the untimed pass before it, a network meets caches filled by
+    another's data: on a 2-core AMX Xeon covseg's bf16 pass then took 48.5 ms per slice against 30.9 in its own row
+    of the same run. With it, two runs there still gave 34.2 and 58.2 ms: the bf16 path is what that machine's slow
+    spells slow most. benchmarks/RESULTS.md, session 34.)
 
-    bf16 = str(resolve_precision("auto", resolve_device(device))).removeprefix("torch.")
-    return [{"model": name, "path": path, "dtype": "float32" if path == "fp32-naive" else bf16, "rounds": rounds,
-             "infer_ms_b8": 1000 * statistics.median(infer_s) / 8, "train_img_s": 4 / statistics.median(train_s)}
-            for (name, path, _, _), (infer_s, train_s) in zip(workers, times)]
+    Returns one row per (model, path), in ``model_names`` order: ``model``, ``path``, ``dtype``, ``infer_ms_b8``
+    and ``train_img_s`` (medians), ``rounds``. A worker that fails ends the run with one line (``SystemExit``).
+    """
+    if rounds < 1:
+        raise ValueError(f"side by side needs at least one round, not {rounds}")
+    groups: dict[str, list[str]] = {}
+    for name in model_names:
+        groups.setdefault(name.removeprefix("monai-"), []).append(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [row for group in groups.values() for row in _time_group(group, size, rounds, device, Path(tmp))]
+    return sorted(rows, key=lambda row: model_names.index(row["model"]))
 
 
 def scan_files(images_dir: str, slices: int) -> list[Path]:
@@ -503,9 +567,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="run folder whose model the scan benchmark uses (default: untrained default)")
     parser.add_argument("--scan-images", help="folder of CT slices the scan benchmark reads, the first "
                         "--scan-slices in name order, resized to --size (default: uniform noise)")
-    parser.add_argument("--side-by-side", type=int, default=10, metavar="ROUNDS",
-                        help="rounds of fp32-naive and covseg's path timed in turn in one process, for steadier "
-                        "ratios on a noisy machine (0: skip; needs both paths in --paths)")
+    parser.add_argument("--side-by-side", type=int, default=0, metavar="ROUNDS",
+                        help="also time fp32-naive and covseg's path, each in its own process, in turn for ROUNDS "
+                        "rounds, a model and its MONAI peer together (two passes and two training steps per network a "
+                        "round: slow for wide models; default 0: skip; runs only with both paths in --paths)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--serve", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)

@@ -34,51 +34,72 @@ def test_instance_norm_unet_is_benchmarked_with_its_norms_kept() -> None:
 def test_bench_main_writes_results(tmp_path: Path, capsys) -> None:
     out = tmp_path / "RESULTS.md"
     assert main(["--models", "unet16", "--paths", "fp32-naive,covseg,onnxruntime,onnx-int8", "--size", "32", "--repeats", "1",
-                 "--train-steps", "1", "--scan-slices", "3", "--out", str(out)]) == 0
+                 "--train-steps", "1", "--scan-slices", "3", "--side-by-side", "2", "--out", str(out)]) == 0
     text = out.read_text()
     assert "| unet16 | covseg |" in text and "| unet16 | onnxruntime |" in text and "| unet16 | onnx-int8 | int8 |" in text and "Scan (inference only" in text and "Scan end to end" in text and "exit 0" in text
     assert "Forced to fp32" in text  # the fallback path's scan figure sits beside covseg's path
-    assert "Side by side (fp32-naive and covseg's path, each in its own process, timed in turn for 10 rounds, each " \
+    assert "Side by side (fp32-naive and covseg's path, each in its own process, timed in turn for 2 rounds, each " \
            "timed pass right after an untimed one" in text
     assert "| unet16 | " in text.split("Side by side", 1)[1]
 
 
 def test_serve_times_the_second_of_two_runs_of_each_command(monkeypatch) -> None:
     import io
+    import time
 
     import covseg.bench as bench
 
     calls: list[str] = []
     real = bench.path_runners
 
-    def counted(*args, **kwargs):
+    def slow_first(kind: str, run):
+        def call():
+            calls.append(kind)
+            if calls.count(kind) % 2 == 1:  # the untimed run of each pair is slow
+                time.sleep(1.0)
+            run()
+        return call
+
+    def patched(*args, **kwargs):
         runners = real(*args, **kwargs)
-        infer = runners.infer
+        return runners._replace(infer=lambda batch: slow_first("infer", runners.infer(batch)),
+                                trainer=lambda separate: slow_first("train", runners.trainer(separate)))
 
-        def step() -> None:
-            calls.append("train")
-            runners.train_step()
-        return runners._replace(infer=lambda batch: (lambda run: lambda: (calls.append("infer"), run()))(infer(batch)),
-                                train_step=step)
-
-    monkeypatch.setattr(bench, "path_runners", counted)
+    monkeypatch.setattr(bench, "path_runners", patched)
     replies = io.StringIO()
     serve("unet16", "covseg", 32, "cpu", io.StringIO("infer\ntrain\ninfer\n"), replies)
     lines = replies.getvalue().splitlines()
-    assert lines[0] == "ready" and len(lines) == 4 and all(float(t) > 0 for t in lines[1:])
+    assert lines[0].startswith("ready ") and len(lines) == 4
+    assert all(0 < float(t) < 1.0 for t in lines[1:])  # the second run of each pair, not the slow first
     assert calls == ["infer", "infer", "train", "train", "infer", "infer"]
 
 
+def test_serve_refuses_onnx_paths_and_unknown_commands() -> None:
+    import io
+
+    with pytest.raises(ValueError, match="PyTorch paths only"):
+        serve("unet16", "onnxruntime", 32, "cpu", io.StringIO(""), io.StringIO())
+    with pytest.raises(ValueError, match="unknown command 'predict'"):
+        serve("unet16", "fp32-naive", 32, "cpu", io.StringIO("predict\n"), io.StringIO())
+
+
 def test_side_by_side_runs_each_path_in_its_own_process() -> None:
-    rows = side_by_side(["unet16", "segnet"], size=32, rounds=2)
+    import torch
+
+    from covseg.runtime import resolve_precision
+
+    rows = side_by_side(["segnet", "unet16"], size=32, rounds=2)
     assert [(r["model"], r["path"]) for r in rows] == [
-        ("unet16", "fp32-naive"), ("unet16", "covseg"), ("segnet", "fp32-naive"), ("segnet", "covseg")]
+        ("segnet", "fp32-naive"), ("segnet", "covseg"), ("unet16", "fp32-naive"), ("unet16", "covseg")]
     assert all(r["infer_ms_b8"] > 0 and r["train_img_s"] > 0 and r["rounds"] == 2 for r in rows)
     assert rows[0]["dtype"] == "float32"
+    assert rows[1]["dtype"] == str(resolve_precision("auto", torch.device("cpu"))).removeprefix("torch.")
+    with pytest.raises(ValueError, match="at least one round"):
+        side_by_side(["unet16"], size=32, rounds=0)
 
 
 def test_a_failing_side_by_side_worker_ends_the_run_in_one_line() -> None:
-    with pytest.raises(SystemExit, match=r"side by side \(resnet fp32-naive\) failed: .*unknown benchmark model"):
+    with pytest.raises(SystemExit, match=r"side by side \(resnet fp32-naive start\) failed: .*unknown benchmark model"):
         side_by_side(["resnet"], size=32, rounds=1)
 
 
