@@ -310,12 +310,10 @@ def _ask(worker: _Worker, command: str | None) -> str:
         line = ""
     if command is None and line.startswith("ready "):
         return line.removeprefix("ready ")
-    try:
-        if command is not None:
+    if command is not None:
+        with contextlib.suppress(ValueError):
             float(line)
             return line
-    except ValueError:
-        pass
     worker.errors.seek(0)
     last = (worker.errors.read().strip().splitlines() or [""])[-1]
     status = worker.proc.poll()
