@@ -282,12 +282,7 @@ def serve(model_name: str, path: str, size: int, device: str, commands: TextIO, 
         command = line.strip()
         if command not in calls:
             raise ValueError(f"unknown command {command!r}: use one of {', '.join(SERVE_COMMANDS)}")
-        for _ in range(2):
-            tick = time.perf_counter()
-            calls[command]()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-        print(time.perf_counter() - tick, file=replies, flush=True)
+        print(_median_seconds(calls[command], 1, dev), file=replies, flush=True)  # one warm-up, one timed run
 
 
 class _Worker(NamedTuple):
