@@ -336,13 +336,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise CovsegError(f"{item}: no such file or folder")
     scans = [item for item in args.inputs if is_scan(item, args.spacing)]
     files = [f for item in args.inputs if item not in scans for f in list_images(item)]
+    names = [output_stem(scan) for scan in scans]
+    if len(scans) > 1 or files:
+        clash = sorted({n for n in names if names.count(n) > 1 or not n})
+        if clash:
+            raise CovsegError(f"several scans would write to {args.output / clash[0]}; give scans distinct names "
+                              "(or predict them one at a time, each with its own -o)")
     predictor, config, info = open_models(args.model, args.lesion_model, args.task, "best", args.backend, args.device,
                                           args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)
     options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, min_lesion_ml=args.min_lesion_ml,
                           window=config.data.window)
-    for scan in scans:
-        out = args.output if len(scans) == 1 and not files else args.output / output_stem(scan)
+    for scan, name in zip(scans, names):
+        out = args.output if len(scans) == 1 and not files else args.output / name
         report = predict_scan(scan, predictor, scheme, out, info, options, args.series, args.spacing,
                               progress=not args.quiet)
         total = report["figures"]["total"]

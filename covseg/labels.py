@@ -24,6 +24,8 @@ class LabelScheme:
     task: str
     names: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
+    pleural: tuple[int, ...] = ()
+    """Class ids of findings outside the lung parenchyma (pleural effusion): not lung, not lung involvement."""
 
     @property
     def num_classes(self) -> int:
@@ -40,6 +42,7 @@ MULTICLASS = LabelScheme(
     "multiclass",
     ("background", "ggo", "consolidation", "pleural_effusion"),
     ((0, 0, 0), (255, 215, 0), (255, 64, 64), (64, 160, 255)),
+    pleural=(3,),
 )
 SCHEMES: dict[str, LabelScheme] = {s.task: s for s in (BINARY, MULTICLASS)}
 

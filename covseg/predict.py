@@ -197,7 +197,10 @@ def learnt_lesion_classes(info: dict[str, Any]) -> list[int] | None:
 
 
 def output_stem(path: Path) -> str:
-    """File name without its image extension(s): ``a.nii.gz`` -> ``a``, ``b.png`` -> ``b``."""
+    """File name without its image extension(s): ``a.nii.gz`` -> ``a``, ``b.png`` -> ``b``; a folder's own name
+    whole (``1.2.840.5`` stays ``1.2.840.5``; ``.`` is the current folder's name)."""
+    if path.is_dir():
+        return path.resolve().name
     name = path.name
     for ext in (".nii.gz", ".nii"):
         if name.lower().endswith(ext):
@@ -213,6 +216,7 @@ def write_label_nifti(labels: np.ndarray, reference: Path, out: Path) -> None:
     img = nib.Nifti1Image(data, ref.affine, header=ref.header)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1, 0)
+    img.header["cal_min"], img.header["cal_max"] = 0, 0  # the CT's display range means nothing for labels
     with atomic_path(out) as tmp:
         nib.save(img, str(tmp))
 
@@ -300,12 +304,14 @@ def is_scan(path: Path, spacing: Sequence[float] | None = None) -> bool:
     if path.is_dir():
         from covseg.datasets import PIL_SUFFIXES
 
-        files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         if any(p.suffix.lower() == ".dcm" for p in files):
             return True
         if spacing is not None and any(p.suffix.lower() in PIL_SUFFIXES for p in files):
             return True
-        return any(p.suffix == "" and _has_dicom_preamble(p) for p in files[:5])
+        # DICOM files named otherwise (by UID, "1.2.840....7", or *.IMA, or without extension): by their preamble
+        others = [p for p in files if p.suffix.lower() not in PIL_SUFFIXES and not p.name.lower().endswith((".nii", ".nii.gz"))]
+        return any(_has_dicom_preamble(p) for p in others[:8])
     return False
 
 

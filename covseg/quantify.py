@@ -3,14 +3,16 @@
 Shape and label conventions: every array is ``(Z, Y, X)`` in the canonical orientation of
 :mod:`covseg.volumes`; ``spacing`` is ``(Z, Y, X)`` mm; volumes are reported in mL (cm^3).
 
-* ``lesions``: integer label map, 0 background, ``c > 0`` the lesion class named ``class_names[c]``
-  (e.g. the multiclass scheme 1 GGO, 2 consolidation, 3 pleural effusion; or binary 1 infection);
+* ``lesions``: integer label map, 0 background, ``c > 0`` the class named ``class_names[c]``
+  (e.g. the multiclass scheme 1 GGO, 2 consolidation, 3 pleural effusion; or binary 1 infection). Classes
+  listed as ``pleural`` (effusion) are findings outside the lung parenchyma: they are neither lung volume
+  nor lung involvement, and are reported by volume only;
 * ``lungs``: :func:`covseg.lungmask.lung_mask` output, 0 outside, 1 right lung, 2 left lung.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -73,43 +75,45 @@ def _nearest_side(lungs: np.ndarray, points: np.ndarray, spacing: Sequence[float
     return lungs[tuple(coords[idx].T)]
 
 
-def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, int]:
-    """Lung mask with lesion voxels outside it assigned to the nearer lung; also how many were assigned."""
+def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Lung mask with labelled voxels outside it assigned to the nearer lung."""
     sides = np.where(lungs > 0, lungs, 0).astype(np.uint8)
     outside = (lesions > 0) & (lungs == 0)
-    n = int(outside.sum())
-    if n == 0:
-        return sides, 0
+    if not outside.any():
+        return sides
     points = np.argwhere(outside)
     if np.any(lungs > 0):
         sides[outside] = _nearest_side(lungs, points, spacing)
     else:  # no lung at all: split at the middle column (right lung at low X)
         sides[outside] = np.where(points[:, 2] < lungs.shape[2] / 2.0, 1, 2)
-    return sides, n
+    return sides
 
 
 def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
-             class_names: Mapping[int, str]) -> dict:
+             class_names: Mapping[int, str], pleural: Collection[int] = ()) -> dict:
     """Lung and lesion volumes (mL), percent of lung involved and severity score, per lung and in total.
 
     Shape: ``lesions`` and ``lungs`` ``(Z, Y, X)`` (see the module docstring); ``spacing`` ``(Z, Y, X)`` mm.
 
-    A lung is its lung-mask voxels plus the lesion voxels on its side: lesions found by the model always
-    count as lung, since the threshold-based mask can miss dense lesions (consolidation, effusion). A lesion
-    voxel outside the mask goes to the lung whose mask voxel is nearest in mm (with an empty mask: to the
-    side of the middle column, right = low X).
+    A lung is its lung-mask voxels plus the lung-lesion voxels on its side: lesions found by the model always
+    count as lung, since the threshold-based mask can miss dense lesions (consolidation). A voxel outside the
+    mask goes to the side whose mask voxel is nearest in mm (with an empty mask: to the side of the middle
+    column, right = low X). Voxels of a ``pleural`` class (e.g. the multiclass scheme's 3, pleural effusion)
+    are given a side the same way but count neither as lung nor as lesion: only their volume is reported.
 
     Returns a JSON-ready dict::
 
-        {"spacing_mm": [z, y, x], "voxel_ml": float, "classes": {"1": name, ...},
-         "lesion_outside_mask_ml": float,            # lesion volume added to the lungs as described
+        {"spacing_mm": [z, y, x], "voxel_ml": float, "classes": {"1": name, ...}, "pleural": [name, ...],
+         "lesion_outside_mask_ml": float,            # lung-lesion volume added to the lungs as described
          "right": PART, "left": PART, "total": PART}
         PART = {"lung_ml": float, "lesion_ml": float, "lesion_percent": float, "severity": int,
-                "class_ml": {name: float}, "class_percent": {name: float}}
+                "class_ml": {name: float},           # every class, pleural ones included
+                "class_percent": {name: float}}      # the lung-lesion classes only
 
     Percentages are of that part's lung volume (0 when it is empty); ``severity`` is
     :func:`severity_score` of ``lesion_percent`` (for ``total``, of the whole-lung percentage).
-    Raises ValueError for mismatched shapes or a lesion label without a name in ``class_names``.
+    Raises ValueError for mismatched shapes, a label without a name in ``class_names`` or a ``pleural`` id
+    that is not one of its classes.
     """
     lesions, lungs = np.asarray(lesions), np.asarray(lungs)
     _check_pair(lesions, lungs, "lesions and lungs")
@@ -126,15 +130,22 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
     if bad_lungs:
         raise ValueError(f"lung mask values {bad_lungs} are not 0 / 1 (right) / 2 (left)")
 
-    sides, n_outside = _sides(lesions, lungs, spacing)
+    pleural_ids = sorted({int(c) for c in pleural})
+    if any(c not in classes for c in pleural_ids):
+        raise ValueError(f"pleural classes {pleural_ids} are not all among the lesion classes {classes}")
+    lesion_ids = [k for k in sorted(classes) if k not in pleural_ids]
+    lung_ids = [0, *lesion_ids]
+
+    sides = _sides(lesions, lungs, spacing)
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     index = sides.astype(np.int64) * n_classes + lesions.astype(np.int64)
     counts = np.bincount(index.ravel(), minlength=3 * n_classes).reshape(3, n_classes)
+    outside = np.bincount(lesions[lungs == 0].ravel().astype(np.int64), minlength=n_classes)
 
     def part(rows: list[int]) -> dict:
         c = counts[rows].sum(axis=0)
-        lung = float(c.sum()) * voxel_ml
-        lesion = float(c[1:].sum()) * voxel_ml
+        lung = float(c[lung_ids].sum()) * voxel_ml
+        lesion = float(c[lesion_ids].sum()) * voxel_ml
         pct = 100.0 * lesion / lung if lung > 0 else 0.0
         return {
             "lung_ml": lung,
@@ -142,15 +153,16 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
             "lesion_percent": pct,
             "severity": severity_score(min(pct, 100.0)),
             "class_ml": {name: float(c[k]) * voxel_ml for k, name in sorted(classes.items())},
-            "class_percent": {name: (100.0 * float(c[k]) * voxel_ml / lung if lung > 0 else 0.0)
-                              for k, name in sorted(classes.items())},
+            "class_percent": {classes[k]: (100.0 * float(c[k]) * voxel_ml / lung if lung > 0 else 0.0)
+                              for k in lesion_ids},
         }
 
     return {
         "spacing_mm": list(spacing),
         "voxel_ml": voxel_ml,
         "classes": {str(k): name for k, name in sorted(classes.items())},
-        "lesion_outside_mask_ml": n_outside * voxel_ml,
+        "pleural": [classes[k] for k in pleural_ids],
+        "lesion_outside_mask_ml": float(outside[lesion_ids].sum()) * voxel_ml,
         "right": part([1]),
         "left": part([2]),
         "total": part([1, 2]),
@@ -177,12 +189,14 @@ def remove_small_components(labels: np.ndarray, spacing: Sequence[float], min_vo
     return out
 
 
-def restrict_to_lungs(labels: np.ndarray, lungs: np.ndarray) -> np.ndarray:
-    """Set every label outside the lung mask (``lungs == 0``) to 0; same shape and dtype as ``labels``.
+def restrict_to_lungs(labels: np.ndarray, lungs: np.ndarray, keep: Collection[int] = ()) -> np.ndarray:
+    """Set every label outside the lung mask (``lungs == 0``) to 0, except the classes in ``keep`` (findings
+    that lie outside the lungs by nature: pleural effusion); same shape and dtype as ``labels``.
 
-    Note that this also drops true lesions the mask missed (dense lesions on the pleura, effusions: see
+    Note that this also drops true lesions the mask missed (dense lesions on the pleura: see
     :mod:`covseg.lungmask`); :func:`quantify` does not need it, as it assigns those to the nearer lung.
     """
     labels, lungs = np.asarray(labels), np.asarray(lungs)
     _check_pair(labels, lungs, "labels and lungs")
-    return np.where(lungs > 0, labels, np.zeros((), labels.dtype)).astype(labels.dtype, copy=False)
+    inside = (lungs > 0) | np.isin(labels, list(keep))
+    return np.where(inside, labels, np.zeros((), labels.dtype)).astype(labels.dtype, copy=False)

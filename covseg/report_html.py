@@ -91,7 +91,8 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
     rows = []
     for side, label in (("right", "Right lung"), ("left", "Left lung"), ("total", "Both lungs")):
         part = figures[side]
-        cells = "".join(f"<td>{part['class_ml'].get(n, 0):.1f} mL ({part['class_percent'].get(n, 0):.1f} %)</td>"
+        cells = "".join(f"<td>{part['class_ml'].get(n, 0):.1f} mL"
+                        + (f" ({part['class_percent'][n]:.1f} %)" if n in part["class_percent"] else "") + "</td>"
                         for n in names)
         rows.append(f"<tr><th>{label}</th><td>{part['lung_ml']:.0f} mL</td>{cells}"
                     f"<td>{part['lesion_ml']:.1f} mL ({part['lesion_percent']:.1f} %)</td>"
@@ -109,11 +110,12 @@ spacing {' × '.join(f'{s:.3g}' for s in report['input']['spacing_mm'])} mm; SHA
 <b>Model</b> {esc(str(model.get('name')))} ({esc(str(model.get('task')))}, recipe {esc(str(model.get('recipe')))}, covseg
 {esc(str(model.get('covseg')))}) · {esc(str(model.get('backend')))} · {report['seconds']['total']:.1f} s</p>
 <h2>Figures</h2>
-<table><tr><th></th><th>lung volume</th>{''.join(f'<th>{esc(n)}</th>' for n in names)}<th>all lesions</th>
+<table><tr><th></th><th>lung volume</th>{''.join(f'<th>{esc(n)}</th>' for n in names)}<th>all lung lesions</th>
 <th>severity (0–5)</th></tr>{''.join(rows)}</table>
 <p class="note">Severity per lung: 0 none, 1 &lt;5 %, 2 5–25 %, 3 26–49 %, 4 50–75 %, 5 &gt;75 % of that lung's volume.
-Lung = HU-based lung mask plus every lesion voxel the model found. Research use only, not a diagnostic device.</p>
-<img alt="bar chart" src="{_bar_chart(figures, names)}">
+Lung = HU-based lung mask plus every lung-lesion voxel the model found; pleural effusion lies outside the lung and counts
+neither as lung nor as involvement (its volume only). Research use only, not a diagnostic device.</p>
+<img alt="bar chart" src="{_bar_chart(figures, [n for n in names if n in figures['total']['class_percent']])}">
 <h2>Axial slices with the most lesion</h2><img alt="axial montage" src="{_png_uri(axial_montage(grey, lesions, scheme))}">
 <h2>Coronal reformat</h2><img alt="coronal view" src="{_png_uri(coronal_view(grey, lesions, lungs, scheme, spacing))}">
 <h2>Warnings</h2><ul>{warnings}</ul>

@@ -104,9 +104,9 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
 
     tick = time.perf_counter()
     if options.inside_lungs_only:
-        lesions = restrict_to_lungs(lesions, lungs).astype(np.uint8)
+        lesions = restrict_to_lungs(lesions, lungs, keep=scheme.pleural).astype(np.uint8)
     if options.min_lesion_ml > 0:
         lesions = remove_small_components(lesions, volume.spacing, options.min_lesion_ml).astype(np.uint8)
-    figures = quantify(lesions, lungs, volume.spacing, dict(enumerate(scheme.names)))
+    figures = quantify(lesions, lungs, volume.spacing, dict(enumerate(scheme.names)), scheme.pleural)
     seconds["quantify"] = time.perf_counter() - tick
     return ScanResult(lesions, lungs, figures, len(todo), seconds, warnings)

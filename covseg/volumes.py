@@ -129,6 +129,10 @@ def _make_volume(data: np.ndarray, input_affine: np.ndarray, **kwargs: object) -
     import nibabel as nib
 
     input_affine = np.asarray(input_affine, dtype=np.float64)
+    if not np.isfinite(input_affine).all() or abs(float(np.linalg.det(input_affine[:3, :3]))) < 1e-12:
+        raise CovsegError(f"{kwargs.get('source', 'the scan')}: its voxel-to-world affine is singular or not finite "
+                          f"({np.round(input_affine[:3], 4).tolist()}); fix the file's geometry (NIfTI sform/qform, "
+                          "DICOM orientation and spacing)")
     ornt = nib.orientations.io_orientation(input_affine)
     transform = nib.orientations.ornt_transform(ornt, _canonical_ornt())
     hu = np.ascontiguousarray(nib.orientations.apply_orientation(data, transform), dtype=np.float32)
@@ -219,6 +223,8 @@ def _read_nifti(path: Path) -> Volume:
         )
     if len(shape) < 3 or shape[2] < 1:
         raise CovsegError(f"{path}: holds a single slice of shape {shape}; a scan needs at least {MIN_SLICES} slices")
+    if 0 in shape:
+        raise CovsegError(f"{path}: holds no voxels (shape {shape}); replace the file")
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
     except Exception as exc:  # truncated data, bad compression
@@ -455,7 +461,12 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
             "(give the folder holding the whole series)"
         )
     iop = _floats(items[0][1], "ImageOrientationPatient", 6, first_path)
-    row_cos, col_cos = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
+    lengths = np.linalg.norm(iop[:3]), np.linalg.norm(iop[3:])
+    normal = np.cross(iop[:3], iop[3:])
+    if min(lengths) < 1e-6 or np.linalg.norm(normal) < 1e-6 * lengths[0] * lengths[1]:
+        raise CovsegError(f"{first_path}: DICOM ImageOrientationPatient {iop.tolist()} has zero or parallel row and "
+                          "column directions; the slice geometry is unknown")
+    row_cos, col_cos = iop[:3] / lengths[0], iop[3:] / lengths[1]
     normal = np.cross(row_cos, col_cos)
     normal /= np.linalg.norm(normal)
     spacing_rc = _floats(items[0][1], "PixelSpacing", 2, first_path)

@@ -51,7 +51,7 @@ def phantom():
 
 def test_quantify_matches_analytic_volumes(phantom):
     lesions, lungs = phantom
-    result = quantify(lesions, lungs, SPACING, NAMES)
+    result = quantify(lesions, lungs, SPACING, NAMES, pleural=(3,))
     json.dumps(result)  # JSON-ready
     v_r, v_l = _volume_ml(RIGHT[1]), _volume_ml(LEFT[1])
     v_ggo, v_cons, v_eff = (_volume_ml(p[1]) for p in (GGO, CONSOLIDATION, EFFUSION))
@@ -60,21 +60,37 @@ def test_quantify_matches_analytic_volumes(phantom):
     assert right["lung_ml"] == pytest.approx(v_r, **rel)
     assert right["class_ml"] == pytest.approx({"ggo": v_ggo, "consolidation": 0.0, "pleural_effusion": 0.0}, **rel)
     assert right["lesion_percent"] == pytest.approx(100 * v_ggo / v_r, **rel)
-    # the left lung takes the consolidation missing from its mask and the effusion beside it
-    assert left["lung_ml"] == pytest.approx(v_l + v_eff, **rel)
+    # the left lung takes the consolidation missing from its mask; the effusion beside it is the left side's
+    # but neither lung nor involvement: its volume only
+    assert left["lung_ml"] == pytest.approx(v_l, **rel)
     assert left["class_ml"]["consolidation"] == pytest.approx(v_cons, **rel)
     assert left["class_ml"]["pleural_effusion"] == pytest.approx(v_eff, **rel)
     assert left["class_ml"]["ggo"] == 0.0
-    assert left["class_percent"]["pleural_effusion"] == pytest.approx(100 * v_eff / (v_l + v_eff), **rel)
-    assert left["lesion_percent"] == pytest.approx(100 * (v_cons + v_eff) / (v_l + v_eff), **rel)
-    assert result["lesion_outside_mask_ml"] == pytest.approx(v_cons + v_eff, **rel)
-    assert total["lung_ml"] == pytest.approx(v_r + v_l + v_eff, **rel)
+    assert "pleural_effusion" not in left["class_percent"]
+    assert left["class_percent"]["consolidation"] == pytest.approx(100 * v_cons / v_l, **rel)
+    assert left["lesion_ml"] == pytest.approx(v_cons, **rel)
+    assert left["lesion_percent"] == pytest.approx(100 * v_cons / v_l, **rel)
+    assert result["lesion_outside_mask_ml"] == pytest.approx(v_cons, **rel)
+    assert result["pleural"] == ["pleural_effusion"]
+    assert total["lung_ml"] == pytest.approx(v_r + v_l, **rel)
     assert total["lesion_ml"] == pytest.approx(right["lesion_ml"] + left["lesion_ml"])
-    assert total["lesion_percent"] == pytest.approx(100 * (v_ggo + v_cons + v_eff) / (v_r + v_l + v_eff), **rel)
+    assert total["lesion_percent"] == pytest.approx(100 * (v_ggo + v_cons) / (v_r + v_l), **rel)
     for part in (right, left, total):
         assert part["severity"] == severity_score(part["lesion_percent"])
-    assert right["severity"] == 2 and left["severity"] == 2  # ~5.6 % and ~7.2 %
+    assert right["severity"] == 2 and left["severity"] == 1  # ~5.6 % and ~3.8 %
     assert result["voxel_ml"] == pytest.approx(2.5 * 0.7 * 0.7 / 1000)
+
+
+def test_quantify_without_pleural_classes_counts_every_class_as_lung_lesion(phantom):
+    lesions, lungs = phantom
+    result = quantify(lesions, lungs, SPACING, NAMES)
+    v_l, v_cons, v_eff = (_volume_ml(p[1]) for p in (LEFT, CONSOLIDATION, EFFUSION))
+    left = result["left"]
+    assert left["lung_ml"] == pytest.approx(v_l + v_eff, rel=0.04)
+    assert left["lesion_percent"] == pytest.approx(100 * (v_cons + v_eff) / (v_l + v_eff), rel=0.04)
+    assert result["pleural"] == []
+    with pytest.raises(ValueError, match="pleural"):
+        quantify(lesions, lungs, SPACING, NAMES, pleural=(4,))
 
 
 def test_quantify_without_lungs_splits_at_the_middle():
@@ -134,3 +150,6 @@ def test_restrict_to_lungs():
     lungs = np.array([[[1, 1, 0, 2]]], np.uint8)
     out = restrict_to_lungs(labels, lungs)
     assert out.dtype == np.int64 and out.tolist() == [[[0, 1, 0, 3]]]
+    outside = np.array([[[1, 2, 3, 3]]], np.int64)
+    none = np.zeros((1, 1, 4), np.uint8)
+    assert restrict_to_lungs(outside, none, keep=(3,)).tolist() == [[[0, 0, 3, 3]]]

@@ -133,3 +133,41 @@ def test_crop_boxes_and_grey_to_hu() -> None:
     boxes = lung_crop_boxes(lungs, (1.0, 1.0, 1.0), margin_mm=2.0)
     assert boxes == [None, (3, 10, 2, 17)]
     assert grey_to_hu(np.array([0.0, 255.0])).tolist() == pytest.approx([-1350.0, 150.0])
+
+
+def test_scans_of_the_same_name_are_refused_before_any_work(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    hu, _ = chest_phantom(shape=(4, 64, 64), spacing=(2.5, 0.8, 0.8))
+    for patient in ("p1", "p2"):
+        write_dicom_series(tmp_path / patient / "CT", hu)
+    out = tmp_path / "o"
+    args = ["predict", str(tmp_path / "p1" / "CT"), str(tmp_path / "p2" / "CT"), "-o", str(out), "--model",
+            str(tiny_run), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "distinct names" in err[0] and not out.exists()
+
+
+def test_effusion_is_kept_outside_the_lungs_and_is_not_involvement(tmp_path: Path) -> None:
+    from covseg.labels import MULTICLASS
+    from covseg.scan import segment_scan
+    from covseg.volumes import read_volume
+
+    hu, _ = chest_phantom(shape=(6, 96, 96), spacing=(2.5, 0.8, 0.8))
+    nib.save(nib.Nifti1Image(np.transpose(hu, (2, 1, 0)).astype(np.int16), np.diag([-0.8, -0.8, 2.5, 1.0])),
+             str(tmp_path / "chest.nii.gz"))
+    volume = read_volume(tmp_path / "chest.nii.gz")
+
+    class EffusionEverywhere:  # a stand-in model that calls every pixel of each lung crop pleural effusion
+        batch_size = 4
+
+        def __call__(self, crops):
+            return [np.stack([np.zeros(c.shape), np.zeros(c.shape), np.zeros(c.shape), np.ones(c.shape)])
+                    for c in crops]
+
+    result = segment_scan(volume, EffusionEverywhere(), MULTICLASS, progress=False)
+    total, voxel_ml = result.figures["total"], result.figures["voxel_ml"]
+    assert (result.lesions[result.lungs == 0] == 3).any()  # not dropped with the voxels outside the lung mask
+    assert total["lesion_ml"] == 0.0 and total["severity"] == 0
+    assert total["lung_ml"] == pytest.approx(float((result.lungs > 0).sum() - (result.lesions[result.lungs > 0] == 3).sum()) * voxel_ml)
+    assert total["class_ml"]["pleural_effusion"] == pytest.approx(float((result.lesions == 3).sum()) * voxel_ml)
+    assert "pleural_effusion" not in total["class_percent"]

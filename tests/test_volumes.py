@@ -266,3 +266,43 @@ def test_real_two_slice_series():
     chest = vol.hu[0, 150:450, 60:450]
     assert np.mean((chest > 0) & (chest < 100)) > 0.05  # soft tissue
     assert vol.hu.max() < 3100 and vol.hu.min() >= -2048
+
+
+def test_uid_and_ima_named_series_are_scans(tmp_path):
+    from covseg.predict import is_scan, output_stem
+
+    write_dicom_series(tmp_path / "a", truth_hu()[:3])
+    for k, f in enumerate(sorted((tmp_path / "a").iterdir())):
+        f.rename(f.with_name(f"1.2.840.113619.2.55.3.{k}"))  # named by SOP instance UID: suffix ".0", ".1", ...
+    write_dicom_series(tmp_path / "b", truth_hu()[:3])
+    for k, f in enumerate(sorted((tmp_path / "b").iterdir())):
+        f.rename(f.with_name(f"CT.{k:04d}.IMA"))
+    (tmp_path / "b" / "README.txt").write_text("not DICOM")
+    for folder in ("a", "b"):
+        assert is_scan(tmp_path / folder)
+        assert read_volume(tmp_path / folder).shape == (3, Y, X)
+    assert not is_scan(tmp_path / "b" / "README.txt")
+    assert output_stem(tmp_path / "1.2.840.113619.2.55.3") == "1.2.840.113619.2.55"  # not a folder: suffix dropped
+    (tmp_path / "1.2.840.113619.2.55.3").mkdir()
+    assert output_stem(tmp_path / "1.2.840.113619.2.55.3") == "1.2.840.113619.2.55.3"  # a folder: whole name
+
+
+def test_bad_geometry_is_one_line_error(tmp_path):
+    raw = np.full((8, 8, 4), -1000, np.int16)
+    singular = np.diag([0.7, 0.7, 2.5, 1.0])
+    singular[2] = 0  # no z row: the sform maps every voxel onto one plane
+    img = nib.Nifti1Image(raw, None)  # nibabel refuses to derive a qform from it: an sform alone, as some tools write
+    img.header.set_sform(singular, code=1)
+    nib.save(img, str(tmp_path / "singular.nii.gz"))
+    with pytest.raises(CovsegError, match="affine is singular"):
+        read_volume(tmp_path / "singular.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((0, 8, 4), np.int16), np.eye(4)), str(tmp_path / "empty.nii.gz"))
+    with pytest.raises(CovsegError, match="no voxels"):
+        read_volume(tmp_path / "empty.nii.gz")
+    uid = generate_uid()
+    (tmp_path / "parallel").mkdir()
+    for k in range(3):  # row and column directions both +x
+        ds = _ct_slice(np.full((8, 8), 24, np.uint16), [0, 0, 2.5 * k], [1, 0, 0, 1, 0, 0], uid)
+        ds.save_as(tmp_path / "parallel" / f"{k}.dcm", enforce_file_format=True)
+    with pytest.raises(CovsegError, match="parallel row and column"):
+        read_volume(tmp_path / "parallel")
