@@ -84,7 +84,11 @@ def _bar_chart(figures: dict[str, Any], names: list[str]) -> str:
 def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: np.ndarray, lungs: np.ndarray,
                   scheme: LabelScheme, spacing: tuple[float, float, float]) -> str:
     """The HTML page of ``report`` (the ``report.json`` content) with figures drawn from the arrays."""
-    grey = window_hu(hu) if is_hu else np.clip(hu / 255.0, 0, 1)
+    if is_hu:
+        grey = window_hu(hu)
+    else:  # grey values of any range (8- or 16-bit, 0..1): their own 1st-99th percentiles
+        low, high = (float(v) for v in np.percentile(hu[::4, ::4, ::4], [1, 99]))
+        grey = np.clip((hu - low) / max(high - low, 1e-6), 0, 1)
     figures = report["figures"]
     names = [n for n in scheme.names[1:]]
     esc = html.escape

@@ -97,6 +97,9 @@ class Volume:
     """``"nifti"``, ``"dicom"`` or ``"images"``."""
     series_uid: str | None = None
     """The DICOM SeriesInstanceUID read (None for other inputs)."""
+    file_shape: tuple[int, ...] | None = None
+    """A NIfTI's shape as stored when it has trailing axes of length 1 (``(X, Y, Z, 1)``); label maps are written
+    in it. None otherwise (``input_shape`` then is the file's shape)."""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -191,6 +194,8 @@ def write_like_input(labels: np.ndarray, volume: Volume, path: str | Path) -> Pa
     if labels.size and (labels.dtype.kind not in "iub" or labels.min() < 0 or labels.max() > 255):
         raise ValueError("labels must be integers in 0..255 to be written as uint8")
     data = to_input_geometry(labels, volume).astype(np.uint8)
+    if volume.file_shape is not None:
+        data = data.reshape(volume.file_shape)
     img = nib.Nifti1Image(data, volume.input_affine)
     img.set_qform(volume.input_affine, code=1)
     img.set_sform(volume.input_affine, code=1)
@@ -245,7 +250,8 @@ def _read_nifti(path: Path) -> Volume:
             "treated as grey values"
         )
     volume = _make_volume(data, img.affine, is_hu=is_hu, warnings=warnings, source=str(path),
-                          sha256=_sha256_files([path]), kind="nifti")
+                          sha256=_sha256_files([path]), kind="nifti",
+                          file_shape=tuple(int(n) for n in img.shape) if len(img.shape) > 3 else None)
     _check_slices(volume, path)
     return volume
 

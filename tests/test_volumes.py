@@ -306,3 +306,15 @@ def test_bad_geometry_is_one_line_error(tmp_path):
         ds.save_as(tmp_path / "parallel" / f"{k}.dcm", enforce_file_format=True)
     with pytest.raises(CovsegError, match="parallel row and column"):
         read_volume(tmp_path / "parallel")
+
+
+def test_write_like_input_keeps_a_trailing_axis_of_length_one(tmp_path):
+    raw = np.full((8, 6, 4, 1), -1000, np.int16)
+    raw[2, 3, 1, 0] = 40
+    nib.save(nib.Nifti1Image(raw, np.diag([0.7, 0.7, 2.5, 1.0])), str(tmp_path / "ct4d.nii.gz"))
+    volume = read_volume(tmp_path / "ct4d.nii.gz")
+    assert volume.shape == (4, 6, 8)
+    labels = (volume.hu > 0).astype(np.uint8)
+    img = nib.load(str(write_like_input(labels, volume, tmp_path / "labels.nii.gz")))
+    assert img.shape == (8, 6, 4, 1)
+    assert list(zip(*np.nonzero(np.asarray(img.dataobj)))) == [(2, 3, 1, 0)]
