@@ -114,8 +114,9 @@ class Int8UNet:
     convolutions are prepared for. Call with ``(B, 1, H, W)`` fp32; returns ``(B, classes, H, W)`` fp32 logits."""
 
     def __init__(self, folded: torch.nn.Module, calibration: list[torch.Tensor], shape: tuple[int, ...],
-                 quantile: float | None = None) -> None:
+                 quantile: float | None = None, float_tail: int = 0) -> None:
         check_plain_folded(folded)
+        self.float_tail = float_tail
         stats = _ranges(folded, calibration, quantile)
         depth, (batch, _, height, width) = folded.depth, shape
         self.in_q = _qparams(*stats["input"])
@@ -146,6 +147,12 @@ class Int8UNet:
                 _QConv(block[0].weight, block[0].bias, skip_q[i], 1, [batch, block[0].in_channels, h, w], a_q),
                 _QConv(block[3].weight, block[3].bias, a_q, 1, [batch, block[3].in_channels, h, w], b_q)))
             x_q = b_q
+        if float_tail:  # the last step(s) in float: the last decoder's second convolution writes fp32 (tail 2) or
+            # bf16 (tail 1), the head runs as a float 1x1 convolution
+            last = self.decoders[-1][2]
+            last.out_q, last.out_dtype = (1.0, 0), torch.float32 if float_tail >= 2 else torch.bfloat16
+            self.float_head = (folded.head.weight.detach().to(last.out_dtype).contiguous(memory_format=torch.channels_last),
+                               folded.head.bias.detach().to(last.out_dtype))
         self.head = _QConv(folded.head.weight, folded.head.bias, x_q, 0, [batch, folded.head.in_channels, height,
                                                                           width], relu=False, out_dtype=torch.float32)
 
@@ -161,10 +168,12 @@ class Int8UNet:
         for up, first, second in self.decoders:
             upsampled = F.pixel_shuffle(up(q), 2).contiguous(memory_format=torch.channels_last)
             q = second(first(torch.cat([upsampled, skips.pop()], 1)))
+        if self.float_tail:
+            return F.conv2d(q, *self.float_head).float()
         return self.head(q)
 
 
-def _speed(rounds: int) -> None:
+def _speed(rounds: int, float_tail: int = 0) -> None:
     from covseg.bench import build_bench_model
     from covseg.inference import label_agreement
     from covseg.models import fold_batch_norm, fuse_for_inference
@@ -175,7 +184,7 @@ def _speed(rounds: int) -> None:
     folded = fold_batch_norm(build_bench_model("unet16")).to(memory_format=torch.channels_last)
     fused = fuse_for_inference(folded, torch.bfloat16, torch.device("cpu"))
     x = torch.rand(8, 1, 512, 512).contiguous(memory_format=torch.channels_last)
-    int8 = Int8UNet(folded, [x[:2]], tuple(x.shape))
+    int8 = Int8UNet(folded, [x[:2]], tuple(x.shape), float_tail=float_tail)
 
     def bf16() -> torch.Tensor:
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
@@ -205,7 +214,7 @@ def _speed(rounds: int) -> None:
     print(f"int8 / bf16 speed: {medians[0] / medians[1]:.2f}x")
 
 
-def _agreement(run: Path, quantile: float | None) -> None:
+def _agreement(run: Path, quantile: float | None, float_tail: int = 0) -> None:
     from covseg.checkpoint import load_model
     from covseg.errors import CovsegError
     from covseg.experiment import select_samples
@@ -228,7 +237,7 @@ def _agreement(run: Path, quantile: float | None) -> None:
                 .contiguous(memory_format=torch.channels_last) for i in range(0, len(images), 8)]
 
     train = batches("train")
-    int8 = Int8UNet(folded, train, tuple(train[0].shape), quantile)
+    int8 = Int8UNet(folded, train, tuple(train[0].shape), quantile, float_tail)
     for split, xs in (("train", train), ("heldout", batches("heldout"))):
         for x in xs:
             with torch.inference_mode():
@@ -249,13 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     agree = sub.add_parser("agreement")
     agree.add_argument("run", type=Path)
     agree.add_argument("--calibration", choices=("minmax", "percentile"), default="minmax")
+    for sub_parser in (speed, agree):
+        sub_parser.add_argument("--float-tail", type=int, choices=(0, 1, 2), default=0,
+                                help="1: the last decoder convolution writes bf16 and the head runs in bf16; 2: fp32")
     args = parser.parse_args(argv)
     if not hasattr(OP, "qconv2d_pointwise"):
         raise SystemExit("onednn_int8: this PyTorch has no oneDNN int8 convolution (torch.ops.onednn)")
     if args.what == "speed":
-        _speed(args.rounds)
+        _speed(args.rounds, args.float_tail)
     else:
-        _agreement(args.run, None if args.calibration == "minmax" else 0.99999)
+        _agreement(args.run, None if args.calibration == "minmax" else 0.99999, args.float_tail)
     return 0
 
 

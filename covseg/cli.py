@@ -351,10 +351,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         out = args.output if len(scans) == 1 and not files else args.output / name
         report = predict_scan(scan, predictor, scheme, out, info, options, args.series, args.spacing,
                               progress=not args.quiet)
-        total = report["figures"]["total"]
+        figures = report["figures"]
+        total = figures["total"]
+        pleural = "".join(f"; {name.replace('_', ' ')} {total['class_ml'][name]:.1f} mL"
+                          for name in figures.get("pleural", []) if total["class_ml"][name] > 0)
         print(f"{scan}: lesions {total['lesion_ml']:.1f} mL = {total['lesion_percent']:.1f} % of "
-              f"{total['lung_ml']:.0f} mL lung (severity right {report['figures']['right']['severity']}, "
-              f"left {report['figures']['left']['severity']}); report {out}/report.html")
+              f"{total['lung_ml']:.0f} mL lung (severity right {figures['right']['severity']}, "
+              f"left {figures['left']['severity']}){pleural}; report {out}/report.html")
         for warning in report["warnings"]:
             print(f"covseg: warning: {warning}", file=sys.stderr)
     if files:

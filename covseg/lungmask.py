@@ -27,7 +27,7 @@ Method (scipy.ndimage only), on a copy block-averaged to about :data:`COARSE_MM`
 
 Limits: dense lesions forming a dent wider/deeper than the closing along the pleura, large pleural
 effusions (outside the lung by definition) and dents seen only along Z (a consolidation on the diaphragm) are
-left out: the quantification (:mod:`covseg.quantify`) therefore counts lesion voxels outside the mask as lung.
+left out: the quantification (:mod:`covseg.quantify`) therefore counts GGO and consolidation voxels outside the mask as lung.
 A lung touching the image border (a field of view cut through the lung) is taken for outside air. A fully
 airless lung has no air to start from and is missed. The airway tracing starts in the most superior slice,
 so image stacks given from superior to inferior lose it (no harm beyond the trachea staying in the mask).

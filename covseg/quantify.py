@@ -95,7 +95,8 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
 
     Shape: ``lesions`` and ``lungs`` ``(Z, Y, X)`` (see the module docstring); ``spacing`` ``(Z, Y, X)`` mm.
 
-    A lung is its lung-mask voxels plus the lung-lesion voxels on its side: lesions found by the model always
+    A lung is its lung-mask voxels plus the lung-lesion voxels on its side, less any voxel of a ``pleural``
+    class (an effusion the mask's closing took in): lung lesions found by the model always
     count as lung, since the threshold-based mask can miss dense lesions (consolidation). A voxel outside the
     mask goes to the side whose mask voxel is nearest in mm (with an empty mask: to the side of the middle
     column, right = low X). Voxels of a ``pleural`` class (e.g. the multiclass scheme's 3, pleural effusion)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from covseg.figures import overlay
-from covseg.intensity import window_hu
+from covseg.intensity import stretch_percentiles, window_hu
 from covseg.labels import LabelScheme
 
 __all__ = ["render_report", "axial_montage", "coronal_view"]
@@ -84,11 +84,8 @@ def _bar_chart(figures: dict[str, Any], names: list[str]) -> str:
 def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: np.ndarray, lungs: np.ndarray,
                   scheme: LabelScheme, spacing: tuple[float, float, float]) -> str:
     """The HTML page of ``report`` (the ``report.json`` content) with figures drawn from the arrays."""
-    if is_hu:
-        grey = window_hu(hu)
-    else:  # grey values of any range (8- or 16-bit, 0..1): their own 1st-99th percentiles
-        low, high = (float(v) for v in np.percentile(hu[::4, ::4, ::4], [1, 99]))
-        grey = np.clip((hu - low) / max(high - low, 1e-6), 0, 1)
+    # grey values of any range (8- or 16-bit, 0..1) are shown by their own 1st-99th percentiles
+    grey = window_hu(hu) if is_hu else stretch_percentiles(hu)
     figures = report["figures"]
     names = [n for n in scheme.names[1:]]
     esc = html.escape
@@ -117,7 +114,7 @@ spacing {' × '.join(f'{s:.3g}' for s in report['input']['spacing_mm'])} mm; SHA
 <table><tr><th></th><th>lung volume</th>{''.join(f'<th>{esc(n)}</th>' for n in names)}<th>all lung lesions</th>
 <th>severity (0–5)</th></tr>{''.join(rows)}</table>
 <p class="note">Severity per lung: 0 none, 1 &lt;5 %, 2 5–25 %, 3 26–49 %, 4 50–75 %, 5 &gt;75 % of that lung's volume.
-Lung = HU-based lung mask plus every lung-lesion voxel the model found; pleural effusion lies outside the lung and counts
+Lung = HU-based lung mask plus every lung-lesion voxel the model found, less what it calls pleural effusion, which counts
 neither as lung nor as involvement (its volume only). Research use only, not a diagnostic device.</p>
 <img alt="bar chart" src="{_bar_chart(figures, [n for n in names if n in figures['total']['class_percent']])}">
 <h2>Axial slices with the most lesion</h2><img alt="axial montage" src="{_png_uri(axial_montage(grey, lesions, scheme))}">

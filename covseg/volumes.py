@@ -226,10 +226,10 @@ def _read_nifti(path: Path) -> Volume:
         raise CovsegError(
             f"{path}: is a {len(shape)}-D NIfTI of shape {shape}, not one CT volume; give a single 3-D volume"
         )
-    if len(shape) < 3 or shape[2] < 1:
-        raise CovsegError(f"{path}: holds a single slice of shape {shape}; a scan needs at least {MIN_SLICES} slices")
     if 0 in shape:
         raise CovsegError(f"{path}: holds no voxels (shape {shape}); replace the file")
+    if len(shape) < 3 or shape[2] < 1:
+        raise CovsegError(f"{path}: holds a single slice of shape {shape}; a scan needs at least {MIN_SLICES} slices")
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
     except Exception as exc:  # truncated data, bad compression

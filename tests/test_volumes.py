@@ -299,6 +299,9 @@ def test_bad_geometry_is_one_line_error(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((0, 8, 4), np.int16), np.eye(4)), str(tmp_path / "empty.nii.gz"))
     with pytest.raises(CovsegError, match="no voxels"):
         read_volume(tmp_path / "empty.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 0, 1), np.int16), np.eye(4)), str(tmp_path / "no_slices.nii.gz"))
+    with pytest.raises(CovsegError, match="no voxels"):
+        read_volume(tmp_path / "no_slices.nii.gz")
     uid = generate_uid()
     (tmp_path / "parallel").mkdir()
     for k in range(3):  # row and column directions both +x
