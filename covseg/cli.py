@@ -337,7 +337,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     scans = [item for item in args.inputs if is_scan(item, args.spacing)]
     files = [f for item in args.inputs if item not in scans for f in list_images(item)]
     names = [output_stem(scan) for scan in scans]
-    if len(scans) > 1 or files:
+    scan_subfolders = len(scans) > 1 or bool(files)  # else the one scan writes into -o itself
+    if scan_subfolders:
         clash = sorted({n for n in names if names.count(n) > 1 or not n})
         if clash:
             raise CovsegError(f"several scans would write to {args.output / clash[0]}; give scans distinct names "
@@ -348,13 +349,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, min_lesion_ml=args.min_lesion_ml,
                           window=config.data.window)
     for scan, name in zip(scans, names):
-        out = args.output if len(scans) == 1 and not files else args.output / name
+        out = args.output / name if scan_subfolders else args.output
         report = predict_scan(scan, predictor, scheme, out, info, options, args.series, args.spacing,
                               progress=not args.quiet)
         figures = report["figures"]
         total = figures["total"]
-        pleural = "".join(f"; {name.replace('_', ' ')} {total['class_ml'][name]:.1f} mL"
-                          for name in figures.get("pleural", []) if total["class_ml"][name] > 0)
+        pleural = "".join(f"; {cls.replace('_', ' ')} {total['class_ml'][cls]:.1f} mL"
+                          for cls in figures.get("pleural", []) if total["class_ml"][cls] > 0)
         print(f"{scan}: lesions {total['lesion_ml']:.1f} mL = {total['lesion_percent']:.1f} % of "
               f"{total['lung_ml']:.0f} mL lung (severity right {figures['right']['severity']}, "
               f"left {figures['left']['severity']}){pleural}; report {out}/report.html")

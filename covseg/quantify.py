@@ -75,18 +75,20 @@ def _nearest_side(lungs: np.ndarray, points: np.ndarray, spacing: Sequence[float
     return lungs[tuple(coords[idx].T)]
 
 
-def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """Lung mask with labelled voxels outside it assigned to the nearer lung."""
+def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float], n_classes: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Lung mask with labelled voxels outside it assigned to the nearer lung; also how many voxels of each
+    class (``(n_classes,)``) were assigned."""
     sides = np.where(lungs > 0, lungs, 0).astype(np.uint8)
     outside = (lesions > 0) & (lungs == 0)
     if not outside.any():
-        return sides
+        return sides, np.zeros(n_classes, np.int64)
     points = np.argwhere(outside)
     if np.any(lungs > 0):
         sides[outside] = _nearest_side(lungs, points, spacing)
     else:  # no lung at all: split at the middle column (right lung at low X)
         sides[outside] = np.where(points[:, 2] < lungs.shape[2] / 2.0, 1, 2)
-    return sides
+    return sides, np.bincount(lesions[outside].astype(np.int64), minlength=n_classes)
 
 
 def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
@@ -137,11 +139,10 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
     lesion_ids = [k for k in sorted(classes) if k not in pleural_ids]
     lung_ids = [0, *lesion_ids]
 
-    sides = _sides(lesions, lungs, spacing)
+    sides, outside = _sides(lesions, lungs, spacing, n_classes)
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     index = sides.astype(np.int64) * n_classes + lesions.astype(np.int64)
     counts = np.bincount(index.ravel(), minlength=3 * n_classes).reshape(3, n_classes)
-    outside = np.bincount(lesions[lungs == 0].ravel().astype(np.int64), minlength=n_classes)
 
     def part(rows: list[int]) -> dict:
         c = counts[rows].sum(axis=0)
