@@ -59,9 +59,11 @@ def test_per_task_settings_merge_over_the_shared_ones(tmp_path) -> None:
     assert (binary.train.lr, binary.model.width) == (0.5, ModelConfig().width)
     assert (multiclass.data.task, multiclass.train.augment.rotate_deg, multiclass.model.width) == ("multiclass", 15, 8)
     assert load_recipe(str(path)).train.augment.rotate_deg == 5  # no task given: the recipe's data.task, binary
-    # the shipped default: binary takes milder rotation and zoom, multiclass the shared augmentation
+    # the shipped default: both tasks take the milder rotation and zoom (multiclass since session 36); binary its own lr
     default_binary, default_multiclass = load_recipe("default", task="binary"), load_recipe("default", task="multiclass")
-    assert default_binary.train.augment.rotate_deg < default_multiclass.train.augment.rotate_deg
+    assert default_binary.train.augment.rotate_deg == default_multiclass.train.augment.rotate_deg == 5
+    assert default_binary.train.augment.scale == default_multiclass.train.augment.scale == 0.05
+    assert default_binary.train.lr < default_multiclass.train.lr
     assert default_binary.data.normalize == default_multiclass.data.normalize == "percentile"
     # progressive resizing, chosen by CV for both tasks (docs/recipes.md, sessions 19 and 20)
     assert (default_binary.train.progressive_size, default_binary.train.progressive_epochs()) == (256, 80)
