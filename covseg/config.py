@@ -110,6 +110,9 @@ class TrainConfig:
     lesion_dice: bool = False
     # the Dice term's weight against the cross-entropy term's 1 (dice_ce and mfb_dice_ce only)
     dice_weight: float = 1.0
+    # the Dice term as a Tversky index (Salehi et al. 2017): false negatives weighted beta, false positives 1 - beta;
+    # 0.5 is Dice, more leans towards recall (*dice* losses only)
+    tversky_beta: float = 0.5
     # learn only which lesion type each truth-lesion pixel is (covseg.losses.LesionTypeLoss; the background
     # output stays untrained): a type model for `--lesion-model`, which finds the lesions (multiclass only)
     types_only: bool = False
@@ -310,6 +313,9 @@ def _validate(config: RunConfig, source: str) -> None:
     if not 0 <= config.train.ema < 1:
         raise CovsegError(f"{source}: train.ema is {config.train.ema}; it must be a decay in [0, 1), such as 0.99, "
                           "or 0 for no weight average")
+    if not 0 < t.tversky_beta < 1:
+        raise CovsegError(f"{source}: train.tversky_beta is {t.tversky_beta}; it must lie in (0, 1): 0.5 is plain "
+                          "Dice, 0.7 weighs a missed pixel 0.7 and a false one 0.3")
     if config.model.block != "plain" and config.model.name != "unet":
         raise CovsegError(f"{source}: model.block is {config.model.block!r}, but only U-Net has other blocks; "
                           f"leave model.block at plain for {config.model.name}")

@@ -57,14 +57,23 @@ class DiceLoss(nn.Module):
     by the share of (image, class) pairs that are present. ``skip_absent=True`` drops them from the mean, as
     the reported metric does; a batch with no present pair then has a Dice term of 0.
 
+    ``fn_weight`` (``beta``) turns the score into a Tversky index (Salehi et al. 2017),
+    ``(2 TP + s) / (2 TP + 2 (1 - beta) FP + 2 beta FN + s)`` with the soft counts ``TP = sum(p*y)``,
+    ``FP = sum(p) - TP``, ``FN = sum(y) - TP``: ``beta = 0.5`` is the Dice score above, a larger ``beta`` costs a
+    missed lesion pixel more than a false one (a loss that leans towards recall).
+
     ``lesion_region=True`` adds one more region to the mean: the union of every foreground class (probability
     ``1 - p_0`` against the truth ``y > 0``), as nnU-Net's region-based training scores nested regions. For a
     multiclass task it rewards finding the lesion whatever its type; for a binary task it would repeat class 1.
     """
 
     def __init__(self, include_background: bool = False, smooth: float = 1e-5, batch: bool = True,
-                 skip_absent: bool = False, lesion_region: bool = False) -> None:
+                 skip_absent: bool = False, lesion_region: bool = False, fn_weight: float = 0.5) -> None:
         super().__init__()
+        if not 0 < fn_weight < 1:
+            raise CovsegError(f"the Tversky weight of false negatives must lie in (0, 1), got {fn_weight}; "
+                              "0.5 is plain Dice")
+        self.fn_weight = fn_weight
         self.include_background = include_background
         self.smooth = smooth
         self.batch = batch
@@ -80,7 +89,12 @@ class DiceLoss(nn.Module):
         dims = (0, 2, 3) if self.batch else (2, 3)
         inter = (probs * onehot).sum(dims)
         truth = onehot.sum(dims)
-        score = (2 * inter + self.smooth) / (probs.sum(dims) + truth + self.smooth)
+        if self.fn_weight == 0.5:
+            denominator = probs.sum(dims) + truth
+        else:  # Tversky: 2 TP + 2 (1 - beta) FP + 2 beta FN
+            denominator = 2 * inter + 2 * (1 - self.fn_weight) * (probs.sum(dims) - inter) \
+                + 2 * self.fn_weight * (truth - inter)
+        score = (2 * inter + self.smooth) / (denominator + self.smooth)
         present = truth > 0
         if not self.include_background:
             score, present = score[..., 1:], present[..., 1:]
@@ -92,13 +106,15 @@ class DiceLoss(nn.Module):
 
 
 class DiceCELoss(nn.Module):
-    """Sum of (optionally class-weighted) cross-entropy and soft Dice."""
+    """Sum of (optionally class-weighted) cross-entropy and soft Dice (or Tversky, ``fn_weight``; see
+    :class:`DiceLoss`)."""
 
     def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0, batch_dice: bool = True,
-                 skip_absent: bool = False, lesion_region: bool = False) -> None:
+                 skip_absent: bool = False, lesion_region: bool = False, fn_weight: float = 0.5) -> None:
         super().__init__()
         self.ce = nn.CrossEntropyLoss(weight=weight)
-        self.dice = DiceLoss(batch=batch_dice, skip_absent=skip_absent, lesion_region=lesion_region)
+        self.dice = DiceLoss(batch=batch_dice, skip_absent=skip_absent, lesion_region=lesion_region,
+                             fn_weight=fn_weight)
         self.dice_weight = dice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -216,7 +232,7 @@ def _check_type_loss(option: str, summary: str, other: str, name: str, dice: str
 
 def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch",
                 lesion_region: bool = False, types_only: bool = False, lesion_and_type: bool = False,
-                dice_weight: float = 1.0) -> nn.Module:
+                dice_weight: float = 1.0, tversky_beta: float = 0.5) -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
     ``dice`` picks the Dice term's reduction for the ``*dice*`` losses: ``"batch"`` (batch Dice),
@@ -227,6 +243,8 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     term, with ``present`` Dice, three or more classes; ``train.types_only``), and ``lesion_and_type``
     :class:`LesionAndTypeLoss` (the same conditions; ``train.lesion_and_type``). ``dice_weight`` scales the Dice
     term against the cross-entropy term's 1 (``dice_ce`` and ``mfb_dice_ce`` only; ``train.dice_weight``).
+    ``tversky_beta`` weighs false negatives in the Dice term (a Tversky index; 0.5 is Dice; ``*dice*`` losses
+    without ``types_only`` / ``lesion_and_type``; ``train.tversky_beta``).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
@@ -240,6 +258,12 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     if not dice_weight > 0:
         raise CovsegError(f"train.dice_weight must be positive, got {dice_weight}; for cross-entropy alone use "
                           "train.loss=ce")
+    if tversky_beta != 0.5 and ("dice" not in name or types_only or lesion_and_type):
+        raise CovsegError(f"train.tversky_beta={tversky_beta} weighs the false negatives of a Dice term, which "
+                          f"{name!r}{' with train.types_only / train.lesion_and_type' if types_only or lesion_and_type else ''}"
+                          " does not have; drop train.tversky_beta or use train.loss=dice_ce, mfb_dice_ce or dice")
+    if not 0 < tversky_beta < 1:
+        raise CovsegError(f"train.tversky_beta must lie in (0, 1), got {tversky_beta}; 0.5 is plain Dice")
     weight = None
     if name.startswith("mfb_"):
         if class_weights is None:
@@ -262,6 +286,6 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         return _CrossEntropy(weight=weight)
     batch, skip_absent = dice == "batch", dice == "present"
     if name == "dice":
-        return DiceLoss(batch=batch, skip_absent=skip_absent, lesion_region=lesion_region)
+        return DiceLoss(batch=batch, skip_absent=skip_absent, lesion_region=lesion_region, fn_weight=tversky_beta)
     return DiceCELoss(weight=weight, dice_weight=dice_weight, batch_dice=batch, skip_absent=skip_absent,
-                      lesion_region=lesion_region)
+                      lesion_region=lesion_region, fn_weight=tversky_beta)

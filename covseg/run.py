@@ -132,7 +132,8 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
 def _training_loss(t: TrainConfig, class_weights: np.ndarray) -> torch.nn.Module:
     """The loss ``train.loss`` and its options name (:func:`covseg.losses.create_loss`), with ``class_weights``
     ``(C,)`` for the ``mfb_*`` losses."""
-    return create_loss(t.loss, class_weights, t.dice, t.lesion_dice, t.types_only, t.lesion_and_type, t.dice_weight)
+    return create_loss(t.loss, class_weights, t.dice, t.lesion_dice, t.types_only, t.lesion_and_type, t.dice_weight,
+                       t.tversky_beta)
 
 
 def _stack(samples: list[Sample], data: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:

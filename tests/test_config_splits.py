@@ -1,10 +1,12 @@
 """Recipes, overrides and deterministic splits."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from covseg.config import ModelConfig, apply_overrides, available_recipes, config_to_dict, load_recipe
 from covseg.errors import CovsegError
+from covseg.run import _training_loss
 from covseg.splits import kfold, make_split
 
 NAMES = [str(i) for i in range(50)]
@@ -34,12 +36,16 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("model.norm=group", "model.norm is 'group'; use one of batch, instance"),
                          ("model.norm=instance", "only U-Net has other normalisations; leave model.norm at batch for segnet"),
                          ("model.dropout=1", r"model.dropout is 1.0; it must be a share in \[0, 1\)"),
-                         ("model.dropout=0.2", "only U-Net has dropout; leave model.dropout at 0 for segnet")]:
+                         ("model.dropout=0.2", "only U-Net has dropout; leave model.dropout at 0 for segnet"),
+                         ("train.tversky_beta=1", r"tversky_beta is 1.0; it must lie in \(0, 1\)")]:
         with pytest.raises(CovsegError, match=message):
             apply_overrides(cfg, [bad])
     assert apply_overrides(load_recipe("default"), ["model.block=residual"]).model.block == "residual"
     assert apply_overrides(load_recipe("default"), ["model.norm=instance"]).model.norm == "instance"
     assert apply_overrides(load_recipe("default"), ["model.dropout=0.3"]).model.dropout == 0.3
+    tversky = apply_overrides(load_recipe("default"), ["train.tversky_beta=0.7"]).train
+    assert _training_loss(tversky, np.ones(3)).dice.fn_weight == 0.7
+    assert _training_loss(load_recipe("default").train, np.ones(3)).dice.fn_weight == 0.5
     with pytest.raises(CovsegError, match="unknown recipe"):
         load_recipe("nope")
     path = tmp_path / "r.yaml"

@@ -137,6 +137,35 @@ def test_dice_weight_refused_where_it_means_nothing() -> None:
         create_loss("dice_ce", dice_weight=0.0)
 
 
+def test_tversky_beta_weighs_false_negatives_by_hand() -> None:
+    # one 1x3 image, two classes: class 1's probability p on the first two pixels, q on the third; truth [0, 1, 1]
+    logits = torch.tensor([[[[0.0, 0.0, 0.0]], [[1.0, 1.0, -2.0]]]])
+    target = torch.tensor([[[0, 1, 1]]])
+    p, q = 1 / (1 + np.exp(-1.0)), 1 / (1 + np.exp(2.0))
+    tp, fp, fn = p + q, p, (1 - p) + (1 - q)  # soft counts of class 1
+    for beta in (0.5, 0.7, 0.2):
+        expected = 1 - 2 * tp / (2 * tp + 2 * (1 - beta) * fp + 2 * beta * fn)
+        got = DiceLoss(fn_weight=beta)(logits, target).item()
+        assert got == pytest.approx(expected, abs=1e-5), beta
+    # beta 0.5 is the plain Dice score, 2 TP / (sum p + sum y)
+    assert DiceLoss(fn_weight=0.5)(logits, target).item() == pytest.approx(1 - 2 * tp / (2 * p + q + 2), abs=1e-5)
+    # here misses outweigh false alarms (fn > fp), so leaning on recall raises the loss
+    assert DiceLoss(fn_weight=0.7)(logits, target) > DiceLoss()(logits, target) > DiceLoss(fn_weight=0.2)(logits, target)
+    ce = F.cross_entropy(logits, target).item()
+    loss = create_loss("dice_ce", dice="present", tversky_beta=0.7)(logits, target).item()
+    assert loss == pytest.approx(ce + 1 - 2 * tp / (2 * tp + 0.6 * fp + 1.4 * fn), abs=1e-5)
+
+
+def test_tversky_beta_refused_where_it_means_nothing() -> None:
+    with pytest.raises(CovsegError, match="does not have"):
+        create_loss("ce", tversky_beta=0.7)
+    with pytest.raises(CovsegError, match="types_only"):
+        create_loss("dice_ce", np.ones(3), dice="present", types_only=True, tversky_beta=0.7)
+    for beta in (0.0, 1.0, -0.3):
+        with pytest.raises(CovsegError, match=r"\(0, 1\)"):
+            create_loss("dice_ce", tversky_beta=beta)
+
+
 def test_deep_supervision_loss_weights_levels_by_hand() -> None:
     from covseg.losses import DeepSupervisionLoss
 
