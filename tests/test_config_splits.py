@@ -45,7 +45,7 @@ def test_overrides_and_their_errors(tmp_path) -> None:
     assert apply_overrides(load_recipe("default"), ["model.dropout=0.3"]).model.dropout == 0.3
     tversky = apply_overrides(load_recipe("default"), ["train.tversky_beta=0.7"]).train
     assert _training_loss(tversky, np.ones(3)).dice.fn_weight == 0.7
-    assert _training_loss(load_recipe("default").train, np.ones(3)).dice.fn_weight == 0.5
+    assert _training_loss(load_recipe("default", task="multiclass").train, np.ones(4)).dice.fn_weight == 0.5
     with pytest.raises(CovsegError, match="unknown recipe"):
         load_recipe("nope")
     path = tmp_path / "r.yaml"
@@ -81,6 +81,8 @@ def test_per_task_settings_merge_over_the_shared_ones(tmp_path) -> None:
     assert (default_binary.train.lr, default_multiclass.train.lr) == (1e-3, 2e-3)
     # and batch 4 for both (docs/recipes.md, session 28)
     assert (default_binary.train.batch_size, default_multiclass.train.batch_size) == (4, 4)
+    # binary's Dice term leans towards recall, a Tversky index (docs/recipes.md, session 40); multiclass keeps Dice
+    assert (default_binary.train.tversky_beta, default_multiclass.train.tversky_beta) == (0.7, 0.5)
     for text, message in [("tasks: {ternary: {}}\n", "tasks must map binary / multiclass"),
                           ("tasks: [1]\n", "tasks must map"),
                           ("tasks: {binary: {train: {lr: abc}}}\n", "expected a number")]:
