@@ -262,8 +262,6 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         raise CovsegError(f"train.tversky_beta={tversky_beta} weighs the false negatives of a Dice term, which "
                           f"{name!r}{' with train.types_only / train.lesion_and_type' if types_only or lesion_and_type else ''}"
                           " does not have; drop train.tversky_beta or use train.loss=dice_ce, mfb_dice_ce or dice")
-    if not 0 < tversky_beta < 1:
-        raise CovsegError(f"train.tversky_beta must lie in (0, 1), got {tversky_beta}; 0.5 is plain Dice")
     weight = None
     if name.startswith("mfb_"):
         if class_weights is None:
