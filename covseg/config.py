@@ -113,6 +113,8 @@ class TrainConfig:
     # the Dice term as a Tversky index (Salehi et al. 2017): false negatives weighted beta, false positives 1 - beta;
     # 0.5 is Dice, more leans towards recall (*dice* losses only)
     tversky_beta: float = 0.5
+    # apply tversky_beta to the lesion region alone (needs lesion_dice); each type keeps plain Dice (multiclass only)
+    tversky_lesion_only: bool = False
     # learn only which lesion type each truth-lesion pixel is (covseg.losses.LesionTypeLoss; the background
     # output stays untrained): a type model for `--lesion-model`, which finds the lesions (multiclass only)
     types_only: bool = False
@@ -316,6 +318,10 @@ def _validate(config: RunConfig, source: str) -> None:
     if not 0 < t.tversky_beta < 1:
         raise CovsegError(f"{source}: train.tversky_beta is {t.tversky_beta}; it must lie in (0, 1): 0.5 is plain "
                           "Dice, 0.7 weighs a missed pixel 0.7 and a false one 0.3")
+    if t.tversky_lesion_only and not (t.lesion_dice and t.tversky_beta != 0.5):
+        raise CovsegError(f"{source}: train.tversky_lesion_only applies train.tversky_beta to the lesion region of the "
+                          f"Dice term, but train.lesion_dice is {str(t.lesion_dice).lower()} and train.tversky_beta "
+                          f"{t.tversky_beta}; set train.lesion_dice=true and a beta other than 0.5, e.g. 0.7")
     if config.model.block != "plain" and config.model.name != "unet":
         raise CovsegError(f"{source}: model.block is {config.model.block!r}, but only U-Net has other blocks; "
                           f"leave model.block at plain for {config.model.name}")

@@ -65,15 +65,22 @@ class DiceLoss(nn.Module):
     ``lesion_region=True`` adds one more region to the mean: the union of every foreground class (probability
     ``1 - p_0`` against the truth ``y > 0``), as nnU-Net's region-based training scores nested regions. For a
     multiclass task it rewards finding the lesion whatever its type; for a binary task it would repeat class 1.
+    ``fn_weight_lesion_only=True`` (with ``lesion_region``) applies ``fn_weight`` to that union alone: the lesion
+    leans towards recall while each type keeps plain Dice, so the types do not compete for recall.
     """
 
     def __init__(self, include_background: bool = False, smooth: float = 1e-5, batch: bool = True,
-                 skip_absent: bool = False, lesion_region: bool = False, fn_weight: float = 0.5) -> None:
+                 skip_absent: bool = False, lesion_region: bool = False, fn_weight: float = 0.5,
+                 fn_weight_lesion_only: bool = False) -> None:
         super().__init__()
         if not 0 < fn_weight < 1:
             raise CovsegError(f"the Tversky weight of false negatives must lie in (0, 1), got {fn_weight}; "
                               "0.5 is plain Dice")
+        if fn_weight_lesion_only and not lesion_region:
+            raise CovsegError("a Tversky weight on the lesion region alone needs that region in the Dice term; "
+                              "set train.lesion_dice=true as well")
         self.fn_weight = fn_weight
+        self.fn_weight_lesion_only = fn_weight_lesion_only
         self.include_background = include_background
         self.smooth = smooth
         self.batch = batch
@@ -91,9 +98,12 @@ class DiceLoss(nn.Module):
         truth = onehot.sum(dims)
         if self.fn_weight == 0.5:
             denominator = probs.sum(dims) + truth
-        else:  # Tversky: 2 TP + 2 (1 - beta) FP + 2 beta FN
-            denominator = 2 * inter + 2 * (1 - self.fn_weight) * (probs.sum(dims) - inter) \
-                + 2 * self.fn_weight * (truth - inter)
+        else:  # Tversky: 2 TP + 2 (1 - beta) FP + 2 beta FN, beta for every region or the lesion union alone
+            beta: float | torch.Tensor = self.fn_weight
+            if self.fn_weight_lesion_only:  # plain Dice (0.5) for the types, beta for the lesion union
+                beta = torch.full((probs.shape[1],), 0.5, dtype=probs.dtype, device=probs.device)
+                beta[-1] = self.fn_weight
+            denominator = 2 * inter + 2 * (1 - beta) * (probs.sum(dims) - inter) + 2 * beta * (truth - inter)
         score = (2 * inter + self.smooth) / (denominator + self.smooth)
         present = truth > 0
         if not self.include_background:
@@ -110,11 +120,12 @@ class DiceCELoss(nn.Module):
     :class:`DiceLoss`)."""
 
     def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0, batch_dice: bool = True,
-                 skip_absent: bool = False, lesion_region: bool = False, fn_weight: float = 0.5) -> None:
+                 skip_absent: bool = False, lesion_region: bool = False, fn_weight: float = 0.5,
+                 fn_weight_lesion_only: bool = False) -> None:
         super().__init__()
         self.ce = nn.CrossEntropyLoss(weight=weight)
         self.dice = DiceLoss(batch=batch_dice, skip_absent=skip_absent, lesion_region=lesion_region,
-                             fn_weight=fn_weight)
+                             fn_weight=fn_weight, fn_weight_lesion_only=fn_weight_lesion_only)
         self.dice_weight = dice_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -232,7 +243,8 @@ def _check_type_loss(option: str, summary: str, other: str, name: str, dice: str
 
 def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch",
                 lesion_region: bool = False, types_only: bool = False, lesion_and_type: bool = False,
-                dice_weight: float = 1.0, tversky_beta: float = 0.5) -> nn.Module:
+                dice_weight: float = 1.0, tversky_beta: float = 0.5,
+                tversky_lesion_only: bool = False) -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
     ``dice`` picks the Dice term's reduction for the ``*dice*`` losses: ``"batch"`` (batch Dice),
@@ -244,7 +256,8 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     :class:`LesionAndTypeLoss` (the same conditions; ``train.lesion_and_type``). ``dice_weight`` scales the Dice
     term against the cross-entropy term's 1 (``dice_ce`` and ``mfb_dice_ce`` only; ``train.dice_weight``).
     ``tversky_beta`` weighs false negatives in the Dice term (a Tversky index; 0.5 is Dice; ``*dice*`` losses
-    without ``types_only`` / ``lesion_and_type``; ``train.tversky_beta``).
+    without ``types_only`` / ``lesion_and_type``; ``train.tversky_beta``); ``tversky_lesion_only`` applies it to
+    the lesion region alone (needs ``lesion_region``; ``train.tversky_lesion_only``).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
@@ -262,6 +275,9 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         raise CovsegError(f"train.tversky_beta={tversky_beta} weighs the false negatives of a Dice term, which "
                           f"{name!r}{' with train.types_only / train.lesion_and_type' if types_only or lesion_and_type else ''}"
                           " does not have; drop train.tversky_beta or use train.loss=dice_ce, mfb_dice_ce or dice")
+    if tversky_lesion_only and tversky_beta == 0.5:
+        raise CovsegError("train.tversky_lesion_only applies train.tversky_beta to the lesion region, but "
+                          "train.tversky_beta is 0.5 (plain Dice); set it, e.g. train.tversky_beta=0.7")
     weight = None
     if name.startswith("mfb_"):
         if class_weights is None:
@@ -284,6 +300,7 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         return _CrossEntropy(weight=weight)
     batch, skip_absent = dice == "batch", dice == "present"
     if name == "dice":
-        return DiceLoss(batch=batch, skip_absent=skip_absent, lesion_region=lesion_region, fn_weight=tversky_beta)
+        return DiceLoss(batch=batch, skip_absent=skip_absent, lesion_region=lesion_region, fn_weight=tversky_beta,
+                        fn_weight_lesion_only=tversky_lesion_only)
     return DiceCELoss(weight=weight, dice_weight=dice_weight, batch_dice=batch, skip_absent=skip_absent,
-                      lesion_region=lesion_region, fn_weight=tversky_beta)
+                      lesion_region=lesion_region, fn_weight=tversky_beta, fn_weight_lesion_only=tversky_lesion_only)

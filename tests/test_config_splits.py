@@ -37,7 +37,8 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("model.norm=instance", "only U-Net has other normalisations; leave model.norm at batch for segnet"),
                          ("model.dropout=1", r"model.dropout is 1.0; it must be a share in \[0, 1\)"),
                          ("model.dropout=0.2", "only U-Net has dropout; leave model.dropout at 0 for segnet"),
-                         ("train.tversky_beta=1", r"tversky_beta is 1.0; it must lie in \(0, 1\)")]:
+                         ("train.tversky_beta=1", r"tversky_beta is 1.0; it must lie in \(0, 1\)"),
+                         ("train.tversky_lesion_only=true", "train.lesion_dice is false and train.tversky_beta 0.7; set train.lesion_dice=true")]:
         with pytest.raises(CovsegError, match=message):
             apply_overrides(cfg, [bad])
     assert apply_overrides(load_recipe("default"), ["model.block=residual"]).model.block == "residual"
@@ -46,6 +47,10 @@ def test_overrides_and_their_errors(tmp_path) -> None:
     tversky = apply_overrides(load_recipe("default"), ["train.tversky_beta=0.7"]).train
     assert _training_loss(tversky, np.ones(3)).dice.fn_weight == 0.7
     assert _training_loss(load_recipe("default", task="multiclass").train, np.ones(4)).dice.fn_weight == 0.5
+    lesion_only = apply_overrides(load_recipe("default", task="multiclass"), [
+        "train.lesion_dice=true", "train.tversky_beta=0.7", "train.tversky_lesion_only=true"]).train
+    dice_term = _training_loss(lesion_only, np.ones(3)).dice
+    assert (dice_term.lesion_region, dice_term.fn_weight, dice_term.fn_weight_lesion_only) == (True, 0.7, True)
     with pytest.raises(CovsegError, match="unknown recipe"):
         load_recipe("nope")
     path = tmp_path / "r.yaml"

@@ -166,6 +166,38 @@ def test_tversky_beta_refused_where_it_means_nothing() -> None:
             create_loss("dice_ce", tversky_beta=beta)
 
 
+def test_tversky_on_the_lesion_region_alone_by_hand() -> None:
+    # one 1x3 image, classes background / A / B, truth [0, 1, 2]: the types keep plain Dice, the lesion union
+    # (probability 1 - p0 against truth > 0) gets the Tversky index
+    logits = torch.tensor([[[[1.0, 0.0, 0.5]], [[0.0, 2.0, 1.0]], [[-1.0, 0.5, 0.0]]]])
+    target = torch.tensor([[[0, 1, 2]]])
+    probs = torch.softmax(logits, dim=1)[0, :, 0].numpy().astype(np.float64)  # (3 classes, 3 pixels)
+    truth = np.eye(3)[[0, 1, 2]].T  # (3 classes, 3 pixels)
+
+    def score(p: np.ndarray, y: np.ndarray, beta: float) -> float:
+        tp = (p * y).sum()
+        return 2 * tp / (2 * tp + 2 * (1 - beta) * (p.sum() - tp) + 2 * beta * (y.sum() - tp))
+
+    lesion_p, lesion_y = 1 - probs[0], 1 - truth[0]
+    for beta in (0.7, 0.3):
+        expected = 1 - np.mean([score(probs[1], truth[1], 0.5), score(probs[2], truth[2], 0.5),
+                                score(lesion_p, lesion_y, beta)])
+        got = DiceLoss(lesion_region=True, fn_weight=beta, fn_weight_lesion_only=True)(logits, target).item()
+        assert got == pytest.approx(expected, abs=1e-5), beta
+        everywhere = 1 - np.mean([score(probs[1], truth[1], beta), score(probs[2], truth[2], beta),
+                                  score(lesion_p, lesion_y, beta)])
+        got_all = DiceLoss(lesion_region=True, fn_weight=beta)(logits, target).item()
+        assert got_all == pytest.approx(everywhere, abs=1e-5), beta
+        assert abs(got - got_all) > 1e-3  # the two placements differ on this image
+    loss = create_loss("dice_ce", np.ones(3), dice="present", lesion_region=True, tversky_beta=0.7,
+                       tversky_lesion_only=True)
+    assert loss.dice.fn_weight_lesion_only and loss.dice.fn_weight == 0.7
+    with pytest.raises(CovsegError, match="lesion_dice=true"):
+        DiceLoss(fn_weight=0.7, fn_weight_lesion_only=True)
+    with pytest.raises(CovsegError, match="tversky_beta is 0.5"):
+        create_loss("dice_ce", np.ones(3), dice="present", lesion_region=True, tversky_lesion_only=True)
+
+
 def test_deep_supervision_loss_weights_levels_by_hand() -> None:
     from covseg.losses import DeepSupervisionLoss
 
