@@ -115,6 +115,8 @@ class TrainConfig:
     tversky_beta: float = 0.5
     # apply tversky_beta to the lesion region alone (needs lesion_dice); each type keeps plain Dice (multiclass only)
     tversky_lesion_only: bool = False
+    # add this multiple of the per-image Lovasz-softmax loss (Berman et al. 2018; dice_ce / mfb_dice_ce only)
+    lovasz_weight: float = 0.0
     # learn only which lesion type each truth-lesion pixel is (covseg.losses.LesionTypeLoss; the background
     # output stays untrained): a type model for `--lesion-model`, which finds the lesions (multiclass only)
     types_only: bool = False
@@ -318,6 +320,8 @@ def _validate(config: RunConfig, source: str) -> None:
     if not 0 < t.tversky_beta < 1:
         raise CovsegError(f"{source}: train.tversky_beta is {t.tversky_beta}; it must lie in (0, 1): 0.5 is plain "
                           "Dice, 0.7 weighs a missed pixel 0.7 and a false one 0.3")
+    if not (math.isfinite(t.lovasz_weight) and t.lovasz_weight >= 0):
+        raise CovsegError(f"{source}: train.lovasz_weight is {t.lovasz_weight}; it must be >= 0 (0: no Lovász term)")
     if t.tversky_lesion_only and not (t.lesion_dice and t.tversky_beta != 0.5):
         raise CovsegError(f"{source}: train.tversky_lesion_only applies train.tversky_beta to the lesion region of the "
                           f"Dice term, but train.lesion_dice is {str(t.lesion_dice).lower()} and train.tversky_beta "

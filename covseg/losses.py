@@ -13,7 +13,8 @@ from torch.nn import functional as F
 
 from covseg.errors import CovsegError
 
-__all__ = ["DeepSupervisionLoss", "median_frequency_weights", "DiceLoss", "DiceCELoss", "LesionTypeLoss",
+__all__ = ["DeepSupervisionLoss", "median_frequency_weights", "compute_lovasz_softmax", "DiceLoss", "DiceCELoss",
+           "LesionTypeLoss",
            "LesionAndTypeLoss", "create_loss", "LOSSES", "DICE_MODES"]
 
 
@@ -39,6 +40,31 @@ def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> n
     weights = np.zeros(num_classes)
     weights[present] = median / freq[present]
     return weights
+
+
+def compute_lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image Lovász-softmax loss (Berman et al. 2018): the Lovász extension of ``1 - IoU``, a convex
+    surrogate whose value at a hard (0 / 1) prediction is exactly ``1 - IoU``.
+
+    ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)`` class ids. For every (image, foreground class) pair
+    whose truth holds the class (the pairs the reported metric scores), the pixel errors ``|y - p|`` are sorted
+    in decreasing order and weighted by the steps of the Jaccard loss along that order; the result is the mean
+    over those pairs, a scalar (0 for a batch without any). Background is not scored. Computed in float32.
+    """
+    probs = logits.float().softmax(dim=1)[:, 1:].flatten(2)  # (B, C-1, N)
+    truth = F.one_hot(target, logits.shape[1])[..., 1:].flatten(1, 2).transpose(1, 2).to(probs.dtype)  # (B, C-1, N)
+    present = truth.sum(2) > 0
+    if not present.any():
+        return probs.sum() * 0.0
+    probs, truth = probs[present], truth[present]  # (K, N)
+    errors, order = (truth - probs).abs().sort(dim=1, descending=True)
+    truth_sorted = truth.gather(1, order)
+    total = truth_sorted.sum(1, keepdim=True)
+    intersection = total - truth_sorted.cumsum(1)
+    union = total + (1 - truth_sorted).cumsum(1)
+    jaccard = 1 - intersection / union
+    steps = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
+    return (errors * steps).sum(1).mean()
 
 
 class DiceLoss(nn.Module):
@@ -117,19 +143,23 @@ class DiceLoss(nn.Module):
 
 class DiceCELoss(nn.Module):
     """Sum of (optionally class-weighted) cross-entropy and soft Dice (or Tversky, ``fn_weight``; see
-    :class:`DiceLoss`)."""
+    :class:`DiceLoss`), plus ``lovasz_weight`` times :func:`compute_lovasz_softmax` when it is positive."""
 
     def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0, batch_dice: bool = True,
                  skip_absent: bool = False, lesion_region: bool = False, fn_weight: float = 0.5,
-                 fn_weight_lesion_only: bool = False) -> None:
+                 fn_weight_lesion_only: bool = False, lovasz_weight: float = 0.0) -> None:
         super().__init__()
         self.ce = nn.CrossEntropyLoss(weight=weight)
         self.dice = DiceLoss(batch=batch_dice, skip_absent=skip_absent, lesion_region=lesion_region,
                              fn_weight=fn_weight, fn_weight_lesion_only=fn_weight_lesion_only)
         self.dice_weight = dice_weight
+        self.lovasz_weight = lovasz_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.ce(logits.float(), target) + self.dice_weight * self.dice(logits, target)
+        loss = self.ce(logits.float(), target) + self.dice_weight * self.dice(logits, target)
+        if self.lovasz_weight > 0:
+            loss = loss + self.lovasz_weight * compute_lovasz_softmax(logits, target)
+        return loss
 
 
 class LesionTypeLoss(nn.Module):
@@ -244,7 +274,7 @@ def _check_type_loss(option: str, summary: str, other: str, name: str, dice: str
 def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch",
                 lesion_region: bool = False, types_only: bool = False, lesion_and_type: bool = False,
                 dice_weight: float = 1.0, tversky_beta: float = 0.5,
-                tversky_lesion_only: bool = False) -> nn.Module:
+                tversky_lesion_only: bool = False, lovasz_weight: float = 0.0) -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
     ``dice`` picks the Dice term's reduction for the ``*dice*`` losses: ``"batch"`` (batch Dice),
@@ -257,7 +287,9 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     term against the cross-entropy term's 1 (``dice_ce`` and ``mfb_dice_ce`` only; ``train.dice_weight``).
     ``tversky_beta`` weighs false negatives in the Dice term (a Tversky index; 0.5 is Dice; ``*dice*`` losses
     without ``types_only`` / ``lesion_and_type``; ``train.tversky_beta``); ``tversky_lesion_only`` applies it to
-    the lesion region alone (needs ``lesion_region``; ``train.tversky_lesion_only``).
+    the lesion region alone (needs ``lesion_region``; ``train.tversky_lesion_only``). ``lovasz_weight`` adds
+    that multiple of the per-image Lovász-softmax loss (:func:`compute_lovasz_softmax`; ``dice_ce`` and
+    ``mfb_dice_ce`` only; ``train.lovasz_weight``).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
@@ -275,6 +307,11 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         raise CovsegError(f"train.tversky_beta={tversky_beta} weighs the false negatives of a Dice term, which "
                           f"{name!r}{' with train.types_only / train.lesion_and_type' if types_only or lesion_and_type else ''}"
                           " does not have; drop train.tversky_beta or use train.loss=dice_ce, mfb_dice_ce or dice")
+    if lovasz_weight and (name not in ("dice_ce", "mfb_dice_ce") or types_only or lesion_and_type):
+        raise CovsegError(f"train.lovasz_weight={lovasz_weight} adds a Lovász term to train.loss=dice_ce or "
+                          f"mfb_dice_ce, not to {name!r}"
+                          f"{' with train.types_only / train.lesion_and_type' if types_only or lesion_and_type else ''}"
+                          "; drop train.lovasz_weight or use one of those losses")
     if tversky_lesion_only and tversky_beta == 0.5:
         raise CovsegError("train.tversky_lesion_only applies train.tversky_beta to the lesion region, but "
                           "train.tversky_beta is 0.5 (plain Dice); set it, e.g. train.tversky_beta=0.7")
@@ -303,4 +340,5 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         return DiceLoss(batch=batch, skip_absent=skip_absent, lesion_region=lesion_region, fn_weight=tversky_beta,
                         fn_weight_lesion_only=tversky_lesion_only)
     return DiceCELoss(weight=weight, dice_weight=dice_weight, batch_dice=batch, skip_absent=skip_absent,
-                      lesion_region=lesion_region, fn_weight=tversky_beta, fn_weight_lesion_only=tversky_lesion_only)
+                      lesion_region=lesion_region, fn_weight=tversky_beta, fn_weight_lesion_only=tversky_lesion_only,
+                      lovasz_weight=lovasz_weight)

@@ -38,6 +38,7 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("model.dropout=1", r"model.dropout is 1.0; it must be a share in \[0, 1\)"),
                          ("model.dropout=0.2", "only U-Net has dropout; leave model.dropout at 0 for segnet"),
                          ("train.tversky_beta=1", r"tversky_beta is 1.0; it must lie in \(0, 1\)"),
+                         ("train.lovasz_weight=-1", "train.lovasz_weight is -1.0; it must be >= 0"),
                          ("train.tversky_lesion_only=true", "train.lesion_dice is false and train.tversky_beta 0.7; set train.lesion_dice=true")]:
         with pytest.raises(CovsegError, match=message):
             apply_overrides(cfg, [bad])
@@ -51,6 +52,8 @@ def test_overrides_and_their_errors(tmp_path) -> None:
         "train.lesion_dice=true", "train.tversky_beta=0.7", "train.tversky_lesion_only=true"]).train
     dice_term = _training_loss(lesion_only, np.ones(3)).dice
     assert (dice_term.lesion_region, dice_term.fn_weight, dice_term.fn_weight_lesion_only) == (True, 0.7, True)
+    lovasz = apply_overrides(load_recipe("default"), ["train.lovasz_weight=0.5"]).train
+    assert _training_loss(lovasz, np.ones(2)).lovasz_weight == 0.5
     with pytest.raises(CovsegError, match="unknown recipe"):
         load_recipe("nope")
     path = tmp_path / "r.yaml"

@@ -198,6 +198,51 @@ def test_tversky_on_the_lesion_region_alone_by_hand() -> None:
         create_loss("dice_ce", np.ones(3), dice="present", lesion_region=True, tversky_lesion_only=True)
 
 
+def _two_class_logits(foreground: list[float]) -> torch.Tensor:
+    """Logits ``(1, 2, 1, N)`` whose softmax gives class 1 the probabilities ``foreground``."""
+    p = torch.tensor(foreground, dtype=torch.float64)
+    return torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))])[None, :, None].float()
+
+
+def test_lovasz_softmax_by_hand() -> None:
+    from covseg.losses import compute_lovasz_softmax
+    # a hard prediction scores exactly 1 - IoU: truth [0, 1, 1, 0], prediction [0, 1, 1, 1] -> IoU 2/3
+    hard = torch.tensor([[[[9.0, -30, -30, -30]], [[-30.0, 9, 9, 9]]]]) * 2
+    assert compute_lovasz_softmax(hard, torch.tensor([[[0, 1, 1, 0]]])).item() == pytest.approx(1 / 3, abs=1e-5)
+    # soft: truth [1, 1, 0], p = [0.8, 0.4, 0.3]; errors 0.2, 0.6, 0.3 sorted 0.6 (truth), 0.3 (not), 0.2 (truth);
+    # the Jaccard loss of the growing error sets: 1/2, 2/3, 3/3
+    soft = compute_lovasz_softmax(_two_class_logits([0.8, 0.4, 0.3]), torch.tensor([[[1, 1, 0]]])).item()
+    assert soft == pytest.approx(0.6 * 1 / 2 + 0.3 * (2 / 3 - 1 / 2) + 0.2 * (1 - 2 / 3), abs=1e-5)
+    # an image without the class is skipped (as the metric), a batch without any scores 0
+    both = torch.cat([_two_class_logits([0.8, 0.4, 0.3]), _two_class_logits([0.9, 0.1, 0.2])])
+    skipped = compute_lovasz_softmax(both, torch.tensor([[[1, 1, 0]], [[0, 0, 0]]])).item()
+    assert skipped == pytest.approx(soft, abs=1e-6)
+    assert compute_lovasz_softmax(both, torch.zeros(2, 1, 3, dtype=torch.long)).item() == 0.0
+    # dice_ce with a Lovász weight adds that multiple of the term
+    logits, target = _two_class_logits([0.8, 0.4, 0.3]), torch.tensor([[[1, 1, 0]]])
+    plain = create_loss("dice_ce", dice="present")(logits, target).item()
+    assert create_loss("dice_ce", dice="present", lovasz_weight=0.5)(logits, target).item() == pytest.approx(
+        plain + 0.5 * soft, abs=1e-5)
+    with pytest.raises(CovsegError, match="not to 'dice'"):
+        create_loss("dice", lovasz_weight=1.0)
+    with pytest.raises(CovsegError, match="types_only"):
+        create_loss("dice_ce", np.ones(3), dice="present", types_only=True, lovasz_weight=1.0)
+
+
+def test_lovasz_softmax_multiclass_pairs_and_gradient() -> None:
+    from covseg.losses import compute_lovasz_softmax
+    # two foreground classes, each scored on its own pixels: the mean of the two per-class values
+    logits = torch.randn(1, 3, 4, 5, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    target = torch.randint(0, 3, (1, 4, 5), generator=torch.Generator().manual_seed(4))
+    probs = logits.detach().softmax(1)
+    per_class = [compute_lovasz_softmax(torch.stack([(1 - probs[:, c]).log(), probs[:, c].log()], 1),
+                                        (target == c).long()).item() for c in (1, 2)]
+    loss = compute_lovasz_softmax(logits, target)
+    assert loss.item() == pytest.approx(np.mean(per_class), abs=1e-5)
+    loss.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
 def test_deep_supervision_loss_weights_levels_by_hand() -> None:
     from covseg.losses import DeepSupervisionLoss
 
