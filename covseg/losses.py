@@ -43,8 +43,9 @@ def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> n
 
 
 def compute_lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image Lovász-softmax loss (Berman et al. 2018): the Lovász extension of ``1 - IoU``, a convex
-    surrogate whose value at a hard (0 / 1) prediction is exactly ``1 - IoU``.
+    """Lovász-softmax loss (Berman et al. 2018) per (image, foreground class) pair, averaged over the pairs: the
+    Lovász extension of ``1 - IoU``, a convex surrogate whose value at a hard (0 / 1) prediction is exactly
+    ``1 - IoU``. (Berman's ``per_image=True`` averages each image's class mean instead; the two agree for binary.)
 
     ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)`` class ids. For every (image, foreground class) pair
     whose truth holds the class (the pairs the reported metric scores), the pixel errors ``|y - p|`` are sorted

@@ -39,7 +39,7 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("model.dropout=0.2", "only U-Net has dropout; leave model.dropout at 0 for segnet"),
                          ("train.tversky_beta=1", r"tversky_beta is 1.0; it must lie in \(0, 1\)"),
                          ("train.lovasz_weight=-1", "train.lovasz_weight is -1.0; it must be >= 0"),
-                         ("train.tversky_lesion_only=true", "train.lesion_dice is false and train.tversky_beta 0.7; set train.lesion_dice=true")]:
+                         ("train.tversky_lesion_only=true", "tversky_lesion_only is for the multiclass task")]:
         with pytest.raises(CovsegError, match=message):
             apply_overrides(cfg, [bad])
     assert apply_overrides(load_recipe("default"), ["model.block=residual"]).model.block == "residual"
@@ -48,6 +48,14 @@ def test_overrides_and_their_errors(tmp_path) -> None:
     tversky = apply_overrides(load_recipe("default"), ["train.tversky_beta=0.7"]).train
     assert _training_loss(tversky, np.ones(3)).dice.fn_weight == 0.7
     assert _training_loss(load_recipe("default", task="multiclass").train, np.ones(4)).dice.fn_weight == 0.5
+    multiclass = load_recipe("default", task="multiclass")
+    with pytest.raises(CovsegError, match="tversky_lesion_only .* Dice term; set train.lesion_dice=true and a "
+                                          "train.tversky_beta other than 0.5, e.g. 0.7$"):
+        apply_overrides(multiclass, ["train.tversky_lesion_only=true"])
+    with pytest.raises(CovsegError, match="Dice term; set train.lesion_dice=true$"):
+        apply_overrides(multiclass, ["train.tversky_lesion_only=true", "train.tversky_beta=0.7"])
+    with pytest.raises(CovsegError, match="Dice term; set a train.tversky_beta other than 0.5, e.g. 0.7$"):
+        apply_overrides(multiclass, ["train.tversky_lesion_only=true", "train.lesion_dice=true"])
     lesion_only = apply_overrides(load_recipe("default", task="multiclass"), [
         "train.lesion_dice=true", "train.tversky_beta=0.7", "train.tversky_lesion_only=true"]).train
     dice_term = _training_loss(lesion_only, np.ones(3)).dice

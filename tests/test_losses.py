@@ -189,6 +189,18 @@ def test_tversky_on_the_lesion_region_alone_by_hand() -> None:
         got_all = DiceLoss(lesion_region=True, fn_weight=beta)(logits, target).item()
         assert got_all == pytest.approx(everywhere, abs=1e-5), beta
         assert abs(got - got_all) > 1e-3  # the two placements differ on this image
+    # per image (batch=False), two images: the lesion's beta reaches each image's last region
+    logits2 = torch.cat([logits, logits.flip(-1)])
+    target2 = torch.cat([target, torch.tensor([[[2, 0, 0]]])])
+    probs2 = torch.softmax(logits2, dim=1)[:, :, 0].numpy().astype(np.float64)  # (2 images, 3 classes, 3 pixels)
+    truth2 = np.stack([np.eye(3)[t].T for t in ([0, 1, 2], [2, 0, 0])])
+    per_image = [[score(probs2[i, 1], truth2[i, 1], 0.5), score(probs2[i, 2], truth2[i, 2], 0.5),
+                  score(1 - probs2[i, 0], 1 - truth2[i, 0], 0.7)] for i in range(2)]
+    present = [True, True, True, False, True, True]  # image 2 holds no class 1
+    expected = 1 - np.mean([v for v, keep in zip(np.ravel(per_image), present) if keep])
+    got = DiceLoss(batch=False, skip_absent=True, lesion_region=True, fn_weight=0.7,
+                   fn_weight_lesion_only=True)(logits2, target2).item()
+    assert got == pytest.approx(expected, abs=1e-5)
     loss = create_loss("dice_ce", np.ones(3), dice="present", lesion_region=True, tversky_beta=0.7,
                        tversky_lesion_only=True)
     assert loss.dice.fn_weight_lesion_only and loss.dice.fn_weight == 0.7
@@ -229,18 +241,37 @@ def test_lovasz_softmax_by_hand() -> None:
         create_loss("dice_ce", np.ones(3), dice="present", types_only=True, lovasz_weight=1.0)
 
 
+def _lovasz_extension(errors: list[float], truth: list[int]) -> float:
+    """The Lovász extension of the Jaccard loss from its definition: errors sorted in decreasing order, each
+    weighted by the growth of ``|M| / |truth ∪ M|`` as its pixel joins the mispredicted set ``M``."""
+    order = sorted(range(len(errors)), key=lambda i: -errors[i])
+    positives = {i for i, t in enumerate(truth) if t}
+    total, previous, mispredicted = 0.0, 0.0, set()
+    for i in order:
+        mispredicted.add(i)
+        value = len(mispredicted) / len(positives | mispredicted)
+        total += errors[i] * (value - previous)
+        previous = value
+    return total
+
+
 def test_lovasz_softmax_multiclass_pairs_and_gradient() -> None:
     from covseg.losses import compute_lovasz_softmax
-    # two foreground classes, each scored on its own pixels: the mean of the two per-class values
-    logits = torch.randn(1, 3, 4, 5, generator=torch.Generator().manual_seed(3), requires_grad=True)
-    target = torch.randint(0, 3, (1, 4, 5), generator=torch.Generator().manual_seed(4))
-    probs = logits.detach().softmax(1)
-    per_class = [compute_lovasz_softmax(torch.stack([(1 - probs[:, c]).log(), probs[:, c].log()], 1),
-                                        (target == c).long()).item() for c in (1, 2)]
+    # two images, two foreground classes; image 1 lacks class 2: the mean over the three present pairs, each
+    # the Lovász extension of its own errors |y - p_c|
+    logits = torch.randn(2, 3, 2, 3, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    target = torch.tensor([[[0, 1, 2], [2, 1, 0]], [[1, 1, 0], [0, 0, 1]]])
+    probs = logits.detach().double().softmax(1)
+    values = []
+    for b, c in ((0, 1), (0, 2), (1, 1)):
+        truth = (target[b] == c).flatten().int().tolist()
+        errors = [abs(t - p) for t, p in zip(truth, probs[b, c].flatten().tolist())]
+        values.append(_lovasz_extension(errors, truth))
     loss = compute_lovasz_softmax(logits, target)
-    assert loss.item() == pytest.approx(np.mean(per_class), abs=1e-5)
+    assert loss.item() == pytest.approx(np.mean(values), abs=1e-5)
+    # the gradient: raising the truth class's logit where it is under-called lowers the loss
     loss.backward()
-    assert logits.grad is not None and logits.grad.abs().sum() > 0
+    assert logits.grad[0, 1, 0, 1] < 0 and logits.grad[1, 1, 0, 0] < 0
 
 
 def test_deep_supervision_loss_weights_levels_by_hand() -> None:
