@@ -264,7 +264,9 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise CovsegError(f"{where}: expected true/false, got {value!r}")
-    if isinstance(default, (int, float)) and not isinstance(value, bool):
+    if isinstance(default, (int, float)) and isinstance(value, bool):
+        raise CovsegError(f"{where}: expected a number, got {str(value).lower()}")
+    if isinstance(default, (int, float)):
         try:
             number = float(value)
         except (TypeError, ValueError):

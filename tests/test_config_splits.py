@@ -39,6 +39,8 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("model.dropout=0.2", "only U-Net has dropout; leave model.dropout at 0 for segnet"),
                          ("train.tversky_beta=1", r"tversky_beta is 1.0; it must lie in \(0, 1\)"),
                          ("train.lovasz_weight=-1", "train.lovasz_weight is -1.0; it must be >= 0"),
+                         ("train.lovasz_weight=true", "train.lovasz_weight: expected a number, got true"),
+                         ("train.epochs=false", "train.epochs: expected a number, got false"),
                          ("train.tversky_lesion_only=true", "tversky_lesion_only is for the multiclass task")]:
         with pytest.raises(CovsegError, match=message):
             apply_overrides(cfg, [bad])
