@@ -147,7 +147,8 @@ class TrainConfig:
     consistency_batch: int = 4
     teacher_decay: float = 0.99
     # start from the weights `covseg pretrain` wrote (its folder or pretrained.pt; every tensor whose name and shape
-    # match, so all but the output heads): self-supervised pretraining on unlabelled slices. "" = random weights
+    # match, so all but the output heads): self-supervised pretraining on unlabelled slices; or from a trained run
+    # (its folder: last.pt) of the same network and split, to fine-tune it. "" = random weights
     init: str = ""
     # progressive resizing (fast.ai; EfficientNetV2): the first floor(progressive_fraction * epochs) epochs train on
     # each augmented image resampled to progressive_size x progressive_size (the whole slice, fewer pixels), the rest

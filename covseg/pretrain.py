@@ -36,6 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from covseg import __version__
+from covseg.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from covseg.checkpoint import architecture_options, cpu_state_dict, load_weights_file
 from covseg.config import ModelConfig, RunConfig, config_to_dict
 from covseg.errors import CovsegError
@@ -172,23 +173,40 @@ def _architecture(model: ModelConfig | dict[str, Any]) -> dict[str, Any]:
 
 
 def pretrained_path(path: str | Path) -> Path:
-    """The pretrained checkpoint file named by ``path``: the file itself, or ``pretrained.pt`` of a folder."""
+    """The weights file named by ``path``: the file itself, else ``pretrained.pt`` of a folder ``covseg pretrain``
+    wrote, else ``last.pt`` of a trained run's folder."""
     path = Path(path)
-    return path / PRETRAINED_FILE if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    if not (path / PRETRAINED_FILE).is_file() and (path / "last.pt").is_file():
+        return path / "last.pt"
+    return path / PRETRAINED_FILE
+
+
+def _trained_run_as_pretrained(data: dict[str, Any]) -> dict[str, Any]:
+    """A trained run's checkpoint (``covseg-checkpoint-1``) in the shape :func:`check_pretrained` reads, with the
+    split it was trained on (``trained_split``), which a run starting from it must share."""
+    config = data["config"]
+    split = {key: config["data"][key] for key in ("split", "folds", "split_seed", "val_fraction")}
+    return {"format": CHECKPOINT_FORMAT, "model_config": config["model"], "normalize": config["data"]["normalize"],
+            "options": {"steps": 0}, "steps": 0, "model": data["model"], "trained_split": split}
 
 
 def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """``(file, contents)`` of a pretrained checkpoint, given it or the folder ``covseg pretrain`` wrote."""
+    """``(file, contents)`` of the weights ``train.init`` names: a pretrained checkpoint (or the folder ``covseg
+    pretrain`` wrote), or a trained run's checkpoint (or its folder: ``last.pt``) to fine-tune from."""
     path = Path(path)
     file = pretrained_path(path)
     if not file.is_file():
         folder = path if path.suffix != ".pt" else path.parent
         raise CovsegError(f"{path}: no pretrained weights there; make them with `covseg pretrain -o {folder}` "
-                          f"or give the folder (or {PRETRAINED_FILE}) it wrote")
+                          f"or give the folder (or {PRETRAINED_FILE}) it wrote, or a trained run's folder")
     data = load_weights_file(file, "covseg pretrained checkpoint")
+    if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
+        return file, _trained_run_as_pretrained(data)
     if not isinstance(data, dict) or data.get("format") != PRETRAINED_FORMAT:
         raise CovsegError(f"{file}: not a covseg pretrained checkpoint (format {PRETRAINED_FORMAT} expected); "
-                          "give the folder `covseg pretrain` wrote")
+                          "give the folder `covseg pretrain` wrote, or a trained run's folder")
     return file, data
 
 
@@ -203,6 +221,14 @@ def check_pretrained(path: str | Path, config: RunConfig) -> tuple[Path, dict[st
                            for k in wanted if made.get(k) != wanted[k])
         raise CovsegError(f"{file}: pretrained for another network ({differ}); pretrain this recipe's network "
                           "with `covseg pretrain` and the same model.* settings")
+    trained = data.get("trained_split")
+    if trained is not None:
+        wanted_split = {key: getattr(config.data, key) for key in trained}
+        if trained != wanted_split:
+            differ = ", ".join(f"data.{k} {trained[k]} there, {wanted_split[k]} here"
+                               for k in trained if trained[k] != wanted_split[k])
+            raise CovsegError(f"{file}: trained on another split ({differ}), so its weights have seen images this run "
+                              "holds out; fine-tune a run on the split it was trained on")
     planned = data["options"]["steps"]
     if data["steps"] < planned:
         raise CovsegError(f"{file}: its pretraining stopped at step {data['steps']} of {planned}; pretrain again "
@@ -215,7 +241,8 @@ def check_pretrained(path: str | Path, config: RunConfig) -> tuple[Path, dict[st
 
 def init_from_pretrained(model: nn.Module, path: str | Path, config: RunConfig) -> list[str]:
     """Copy into ``model`` (built from ``config``) every tensor of the pretrained checkpoint at ``path`` whose name
-    and shape match; returns the names of ``model``'s tensors left as they were (its output heads)."""
+    and shape match; returns the names of ``model``'s tensors left as they were (a pretraining's output heads;
+    none for a trained run of the same task, whose heads fit too)."""
     file, data = check_pretrained(path, config)
     own = model.state_dict()
     copied = {k: v for k, v in data["model"].items() if k in own and own[k].shape == v.shape}

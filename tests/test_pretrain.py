@@ -221,3 +221,28 @@ def test_bad_pretraining_input_is_one_line_and_writes_nothing(unlabelled_data: P
                  "--quiet", *TINY_OVERRIDES, f"train.init={tmp_path / 'missing'}"]) == 2
     err = capsys.readouterr().err
     assert "no pretrained weights there" in err and err.count("\n") == 1 and not run.exists()
+
+
+def test_a_run_fine_tunes_a_trained_run_of_the_same_split(unlabelled_data: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "base"
+    common = ["--recipe", "tiny", "--data", str(unlabelled_data), "--epochs", "1", "--quiet"]
+    assert main(["train", *common, "--split", "cv:0", "-o", str(base), *TINY_OVERRIDES]) == 0
+    tuned = tmp_path / "tuned"
+    assert main(["train", *common, "--split", "cv:0", "-o", str(tuned), *TINY_OVERRIDES, f"train.init={base}",
+                 "train.lr=1e-12"]) == 0
+    assert "every tensor copied" in capsys.readouterr().err
+    start = read_checkpoint(base / "last.pt")["model"]
+    after = read_checkpoint(tuned / "last.pt")["model"]
+    # a vanishing learning rate: every weight, the output head's too, is still the base run's
+    for key in ("encoders.0.0.weight", "head.weight"):
+        assert torch.allclose(after[key], start[key], atol=1e-6), key
+    # a run on another fold would train on weights that saw its held-out images: refused, nothing written
+    other = tmp_path / "other"
+    assert main(["train", *common, "--split", "cv:1", "-o", str(other), *TINY_OVERRIDES, f"train.init={base}"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on another split (data.split cv:0 there, cv:1 here)" in err and err.count("\n") == 1
+    assert not other.exists()
+    # another network is refused as for a pretraining
+    with pytest.raises(CovsegError, match="model.width 4 there, 8 here"):
+        check_pretrained(base, apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "model.width=8"]))
