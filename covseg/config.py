@@ -115,7 +115,7 @@ class TrainConfig:
     tversky_beta: float = 0.5
     # apply tversky_beta to the lesion region alone (needs lesion_dice); each type keeps plain Dice (multiclass only)
     tversky_lesion_only: bool = False
-    # add this multiple of the per-image Lovasz-softmax loss (Berman et al. 2018; dice_ce / mfb_dice_ce only)
+    # add this multiple of the Lovasz-softmax loss per (image, class) pair (Berman et al. 2018; dice_ce / mfb_dice_ce only)
     lovasz_weight: float = 0.0
     # learn only which lesion type each truth-lesion pixel is (covseg.losses.LesionTypeLoss; the background
     # output stays untrained): a type model for `--lesion-model`, which finds the lesions (multiclass only)

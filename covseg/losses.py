@@ -289,7 +289,7 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     ``tversky_beta`` weighs false negatives in the Dice term (a Tversky index; 0.5 is Dice; ``*dice*`` losses
     without ``types_only`` / ``lesion_and_type``; ``train.tversky_beta``); ``tversky_lesion_only`` applies it to
     the lesion region alone (needs ``lesion_region``; ``train.tversky_lesion_only``). ``lovasz_weight`` adds
-    that multiple of the per-image Lovász-softmax loss (:func:`compute_lovasz_softmax`; ``dice_ce`` and
+    that multiple of the Lovász-softmax loss per (image, class) pair (:func:`compute_lovasz_softmax`; ``dice_ce`` and
     ``mfb_dice_ce`` only; ``train.lovasz_weight``).
     """
     if name not in LOSSES:
