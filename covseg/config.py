@@ -325,15 +325,16 @@ def _validate(config: RunConfig, source: str) -> None:
                           "Dice, 0.7 weighs a missed pixel 0.7 and a false one 0.3")
     if not (math.isfinite(t.lovasz_weight) and t.lovasz_weight >= 0):
         raise CovsegError(f"{source}: train.lovasz_weight is {t.lovasz_weight}; it must be >= 0 (0: no Lovász term)")
-    if t.tversky_lesion_only and config.data.task != "multiclass":
-        raise CovsegError(f"{source}: train.tversky_lesion_only is for the multiclass task (the binary task's lesion is "
-                          "its one class); use train.tversky_beta alone")
-    missing = [what for what, lacking in (("train.lesion_dice=true", not t.lesion_dice),
-                                          ("a train.tversky_beta other than 0.5, e.g. 0.7", t.tversky_beta == 0.5))
-               if lacking]
-    if t.tversky_lesion_only and missing:
-        raise CovsegError(f"{source}: train.tversky_lesion_only applies train.tversky_beta to the lesion region of the "
-                          f"Dice term; set {' and '.join(missing)}")
+    if t.tversky_lesion_only:
+        if config.data.task != "multiclass":
+            raise CovsegError(f"{source}: train.tversky_lesion_only is for the multiclass task (the binary task's "
+                              "lesion is its one class); use train.tversky_beta alone")
+        missing = [what for what, lacking in (("train.lesion_dice=true", not t.lesion_dice),
+                                              ("a train.tversky_beta other than 0.5, e.g. 0.7", t.tversky_beta == 0.5))
+                   if lacking]
+        if missing:
+            raise CovsegError(f"{source}: train.tversky_lesion_only applies train.tversky_beta to the lesion region "
+                              f"of the Dice term; set {' and '.join(missing)}")
     if config.model.block != "plain" and config.model.name != "unet":
         raise CovsegError(f"{source}: model.block is {config.model.block!r}, but only U-Net has other blocks; "
                           f"leave model.block at plain for {config.model.name}")

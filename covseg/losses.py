@@ -296,22 +296,23 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
     if dice not in DICE_MODES:
         raise CovsegError(f"unknown Dice reduction {dice!r}: use one of {', '.join(DICE_MODES)}")
-    if dice_weight != 1.0 and (name not in ("dice_ce", "mfb_dice_ce") or types_only or lesion_and_type):
+    with_type_loss = " with train.types_only / train.lesion_and_type" if types_only or lesion_and_type else ""
+    if dice_weight != 1.0 and (name not in ("dice_ce", "mfb_dice_ce") or with_type_loss):
         raise CovsegError(f"train.dice_weight={dice_weight} weighs the Dice term of train.loss=dice_ce or mfb_dice_ce "
                           f"against its CE term, not of {name!r}"
-                          f"{' with train.types_only / train.lesion_and_type' if types_only or lesion_and_type else ''}"
+                          f"{with_type_loss}"
                           "; drop train.dice_weight or use one of those losses")
     if not dice_weight > 0:
         raise CovsegError(f"train.dice_weight must be positive, got {dice_weight}; for cross-entropy alone use "
                           "train.loss=ce")
-    if tversky_beta != 0.5 and ("dice" not in name or types_only or lesion_and_type):
+    if tversky_beta != 0.5 and ("dice" not in name or with_type_loss):
         raise CovsegError(f"train.tversky_beta={tversky_beta} weighs the false negatives of a Dice term, which "
-                          f"{name!r}{' with train.types_only / train.lesion_and_type' if types_only or lesion_and_type else ''}"
+                          f"{name!r}{with_type_loss}"
                           " does not have; drop train.tversky_beta or use train.loss=dice_ce, mfb_dice_ce or dice")
-    if lovasz_weight and (name not in ("dice_ce", "mfb_dice_ce") or types_only or lesion_and_type):
+    if lovasz_weight and (name not in ("dice_ce", "mfb_dice_ce") or with_type_loss):
         raise CovsegError(f"train.lovasz_weight={lovasz_weight} adds a Lovász term to train.loss=dice_ce or "
                           f"mfb_dice_ce, not to {name!r}"
-                          f"{' with train.types_only / train.lesion_and_type' if types_only or lesion_and_type else ''}"
+                          f"{with_type_loss}"
                           "; drop train.lovasz_weight or use one of those losses")
     if tversky_lesion_only and tversky_beta == 0.5:
         raise CovsegError("train.tversky_lesion_only applies train.tversky_beta to the lesion region, but "

@@ -189,7 +189,7 @@ def _trained_run_as_pretrained(data: dict[str, Any]) -> dict[str, Any]:
     config = data["config"]
     split = {key: config["data"][key] for key in ("split", "folds", "split_seed", "val_fraction")}
     return {"format": CHECKPOINT_FORMAT, "model_config": config["model"], "normalize": config["data"]["normalize"],
-            "options": {"steps": 0}, "steps": 0, "model": data["model"], "trained_split": split}
+            "model": data["model"], "trained_split": split}
 
 
 def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -229,8 +229,8 @@ def check_pretrained(path: str | Path, config: RunConfig) -> tuple[Path, dict[st
                                for k in trained if trained[k] != wanted_split[k])
             raise CovsegError(f"{file}: trained on another split ({differ}), so its weights have seen images this run "
                               "holds out; fine-tune a run on the split it was trained on")
-    planned = data["options"]["steps"]
-    if data["steps"] < planned:
+    elif data["steps"] < data["options"]["steps"]:
+        planned = data["options"]["steps"]
         raise CovsegError(f"{file}: its pretraining stopped at step {data['steps']} of {planned}; pretrain again "
                           f"(covseg pretrain ... --force) or with --steps {data['steps']}")
     if data["normalize"] != config.data.normalize:
