@@ -96,6 +96,10 @@ class AugmentConfig:
     # gets a random box (area a uniform share of the image, aspect kept) of another image of the batch, label map
     # included. Applied last, on the augmented (and cropped or progressively resized) batch
     cutmix: float = 0.0
+    # lesion paste, after CarveMix (Zhang et al., MICCAI 2021): with this probability each image of the batch gets
+    # another image's lesions (every foreground label), with a margin of surrounding tissue up to 3 % of the side
+    # drawn per image, pixels and labels, at the same place. Applied last, after CutMix
+    lesion_paste: float = 0.0
 
 
 @dataclass
@@ -384,7 +388,7 @@ def _validate_augment(augment: AugmentConfig, source: str) -> None:
     """Flip probabilities lie in [0, 1]; factors about 1 and the elastic warp in [0, 1); the rest are >= 0."""
     for field_ in dataclasses.fields(augment):
         value = getattr(augment, field_.name)
-        if field_.name in ("hflip", "vflip", "cutmix"):
+        if field_.name in ("hflip", "vflip", "cutmix", "lesion_paste"):
             ok, rule = 0 <= value <= 1, "a probability in [0, 1]"
         elif field_.name in ("scale", "gamma", "contrast", "elastic"):
             ok, rule = 0 <= value < 1, "in [0, 1)"

@@ -13,7 +13,8 @@ from torch.nn import functional as F
 
 from covseg.config import RESIZE_MODES, AugmentConfig
 
-__all__ = ["Box", "fit_box", "stack_resized", "resize_probs", "elastic_offsets", "augment_batch", "random_crop"]
+__all__ = ["Box", "fit_box", "stack_resized", "resize_probs", "elastic_offsets", "augment_batch", "random_crop",
+           "cutmix", "lesion_paste"]
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) of an image inside the square input
 
@@ -90,7 +91,8 @@ def augment_batch(
     size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, rotation, zoom and elastic warp (one resampling per image), then gamma, contrast and
-    brightness, then a random crop (``cfg.crop`` > 0).
+    brightness, then a random crop (``cfg.crop`` > 0), CutMix (``cfg.cutmix``) and lesion paste
+    (``cfg.lesion_paste``).
 
     ``images``: ``(B, 1, H, W)`` in [0, 1]; ``masks``: label maps ``(B, H, W)``. Images are warped bilinearly
     (zero padding), label maps with nearest sampling. ``size`` (progressive resizing, ``train.progressive_size``)
@@ -134,6 +136,8 @@ def augment_batch(
         images, masks = random_crop(images, masks, cfg.crop, generator)
     if cfg.cutmix:
         images, masks = cutmix(images, masks, cfg.cutmix, generator)
+    if cfg.lesion_paste:
+        images, masks = lesion_paste(images, masks, cfg.lesion_paste, generator)
     return images, masks
 
 
@@ -167,6 +171,34 @@ def cutmix(images: torch.Tensor, masks: torch.Tensor, probability: float, genera
     inside = box_masks(b, height, width, generator).bool() & mixed.view(b, 1, 1, 1)
     other = (torch.arange(b) + shift) % b
     return torch.where(inside, images[other], images), torch.where(inside[:, 0], masks[other], masks)
+
+
+LESION_PASTE_MARGIN = 0.03  # the largest margin around pasted lesions, a fraction of the image side
+
+
+def lesion_paste(images: torch.Tensor, masks: torch.Tensor, probability: float, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lesion paste, after CarveMix (Zhang et al., MICCAI 2021): each image ``(B, 1, H, W)`` and its label map
+    ``(B, H, W)`` gets, with ``probability``, the pixels and labels of another image's lesion region at the same
+    place: that image's foreground (every label > 0) grown by a square margin of ``r`` pixels, ``r`` drawn
+    uniformly per image from 0 to :data:`LESION_PASTE_MARGIN` of the shorter side. The other image is the next
+    one of a random cyclic shift of the batch; where it holds no lesion nothing changes.
+
+    Every image draws its margin whether or not it is mixed, so the draws per batch are fixed. A batch of one
+    image is returned unchanged. Returns new tensors; the inputs are unchanged.
+    """
+    b, height, width = masks.shape
+    if b < 2:
+        return images, masks
+    shift = int(torch.randint(1, b, (1,), generator=generator))
+    mixed = torch.rand(b, generator=generator) < probability
+    largest = int(LESION_PASTE_MARGIN * min(height, width))
+    margins = torch.randint(0, largest + 1, (b,), generator=generator).tolist()
+    other = (torch.arange(b) + shift) % b
+    lesion = (masks[other] > 0).float()[:, None]
+    region = torch.stack([F.max_pool2d(lesion[i:i + 1], 2 * r + 1, stride=1, padding=r)[0] if r else lesion[i]
+                          for i, r in enumerate(margins)]).bool() & mixed.view(b, 1, 1, 1)
+    return torch.where(region, images[other], images), torch.where(region[:, 0], masks[other], masks)
 
 
 def random_crop(images: torch.Tensor, masks: torch.Tensor, size: int, generator: torch.Generator

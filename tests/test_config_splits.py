@@ -29,6 +29,8 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("train.epochs=abc", "expected a number"), ("optim.lr=1", "no section 'optim'"),
                          ("train.augment.hflip=1.5", r"hflip is 1.5; it must be a probability in \[0, 1\]"),
                          ("train.augment.cutmix=2", r"cutmix is 2.0; it must be a probability in \[0, 1\]"),
+                         ("train.augment.lesion_paste=-0.5",
+                          r"lesion_paste is -0.5; it must be a probability in \[0, 1\]"),
                          ("train.augment.elastic=1", r"elastic is 1.0; it must be in \[0, 1\)"),
                          ("train.augment.rotate_deg=-5", "rotate_deg is -5.0; it must be >= 0"),
                          ("model.block=dense", "model.block is 'dense'; use one of plain, residual"),

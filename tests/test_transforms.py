@@ -257,3 +257,72 @@ def test_cutmix_comes_last_in_augment_batch() -> None:
         assert set(y[i].unique().tolist()) == {i, (i + 1) % b} or set(y[i].unique().tolist()) == {i, (i + 2) % b}
     plain = augment_batch(images, masks, AugmentConfig(hflip=0.5), torch.Generator().manual_seed(0), size=16)
     assert torch.equal(plain[1], masks[:, :16, :16])  # without CutMix each image keeps its own labels
+
+
+def test_lesion_paste_carries_another_images_lesion_and_margin_with_its_labels() -> None:
+    from covseg.transforms import LESION_PASTE_MARGIN, lesion_paste
+
+    b, size = 3, 64
+    images = torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, size, size).contiguous() / 10
+    masks = torch.zeros(b, size, size, dtype=torch.int64)
+    masks[0, 10:20, 10:20] = 1  # image 0: one GGO square
+    masks[1, 40:50, 30:34] = 2  # image 1: one consolidation bar
+    # image 2 holds no lesion: whoever draws it as partner is left as it was
+    largest = int(LESION_PASTE_MARGIN * size)
+    out_x, out_y = lesion_paste(images, masks, 1.0, torch.Generator().manual_seed(5))
+    assert torch.equal(images[:, 0, 0, 0], torch.tensor([0.1, 0.2, 0.3]))  # inputs untouched
+    changed = 0
+    for i in range(b):
+        moved = out_x[i, 0] != images[i, 0]
+        if not moved.any():
+            continue
+        changed += 1
+        partner = int(round(float(out_x[i, 0][moved][0]) * 10)) - 1
+        assert partner != i and masks[partner].any()
+        lesion = masks[partner] > 0
+        assert moved[lesion].all()  # the whole lesion came over
+        grown = torch.nn.functional.max_pool2d(lesion[None, None].float(), 2 * largest + 1, stride=1,
+                                               padding=largest)[0, 0].bool()
+        assert not (moved & ~grown).any()  # nothing beyond the largest margin
+        assert torch.equal(out_y[i][moved], masks[partner][moved])  # labels moved with the pixels (margin: 0)
+        assert torch.equal(out_y[i][~moved], masks[i][~moved])  # the rest keeps its own labels
+        rows, cols = moved.nonzero().unbind(1)
+        assert int(moved.sum()) == (int(rows.max()) - int(rows.min()) + 1) * (int(cols.max()) - int(cols.min()) + 1)
+    assert changed >= 1
+    same_x, same_y = lesion_paste(images, masks, 0.0, torch.Generator().manual_seed(5))
+    assert torch.equal(same_x, images) and torch.equal(same_y, masks)
+    one_x, one_y = lesion_paste(images[:1], masks[:1], 1.0, torch.Generator().manual_seed(5))
+    assert torch.equal(one_x, images[:1]) and torch.equal(one_y, masks[:1])
+
+
+def test_lesion_paste_margin_is_drawn_per_image_up_to_the_largest() -> None:
+    from covseg.transforms import LESION_PASTE_MARGIN, lesion_paste
+
+    b, size = 2, 100
+    images = torch.stack([torch.zeros(1, size, size), torch.ones(1, size, size)])
+    masks = torch.zeros(b, size, size, dtype=torch.int64)
+    masks[1, 50, 50] = 1  # a one-pixel lesion in image 1: image 0 receives a (2r + 1)-pixel square of it
+    sides = set()
+    for seed in range(40):
+        out_x, _ = lesion_paste(images, masks, 1.0, torch.Generator().manual_seed(seed))
+        side = int(out_x[0, 0, 50].sum())
+        assert int(out_x[0, 0].sum()) == side * side
+        sides.add(side)
+    largest = int(LESION_PASTE_MARGIN * size)
+    assert sides <= set(range(1, 2 * largest + 2, 2)) and len(sides) >= 3  # odd sides 1 .. 2 * largest + 1
+
+
+def test_lesion_paste_is_applied_by_augment_batch_from_its_stream() -> None:
+    b, size = 4, 32
+    images = torch.rand(b, 1, size, size, generator=torch.Generator().manual_seed(1))
+    masks = torch.zeros(b, size, size, dtype=torch.int64)
+    masks[:, 8:12, 8:12] = 1
+    plain = augment_batch(images, masks, AugmentConfig(hflip=0.5), torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    augment_batch(images, masks, AugmentConfig(hflip=0.5), generator)
+    after_plain = torch.rand(1, generator=generator)
+    generator = torch.Generator().manual_seed(0)
+    pasted = augment_batch(images, masks, AugmentConfig(hflip=0.5, lesion_paste=1.0), generator)
+    assert not torch.equal(torch.rand(1, generator=generator), after_plain)  # it drew from the same stream
+    assert pasted[0].shape == plain[0].shape and pasted[1].shape == plain[1].shape
+    assert not torch.equal(pasted[0], plain[0])  # lesion pixels came from other (random) images
