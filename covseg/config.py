@@ -94,7 +94,7 @@ class AugmentConfig:
     crop: int = 0
     # CutMix (Yun et al. 2019; French et al. 2020 for segmentation): with this probability each image of the batch
     # gets a random box (area a uniform share of the image, aspect kept) of another image of the batch, label map
-    # included. Applied last, on the augmented (and cropped or progressively resized) batch
+    # included. Applied on the augmented (and cropped or progressively resized) batch, before lesion paste
     cutmix: float = 0.0
     # lesion paste, after CarveMix (Zhang et al., MICCAI 2021): with this probability each image of the batch gets
     # another image's lesions (every foreground label), with a margin of surrounding tissue up to 3 % of the side

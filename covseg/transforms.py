@@ -185,7 +185,7 @@ def lesion_paste(images: torch.Tensor, masks: torch.Tensor, probability: float, 
     one of a random cyclic shift of the batch; where it holds no lesion nothing changes.
 
     Every image draws its margin whether or not it is mixed, so the draws per batch are fixed. A batch of one
-    image is returned unchanged. Returns new tensors; the inputs are unchanged.
+    image is returned as it came; otherwise the results are new tensors and the inputs are unchanged.
     """
     b, height, width = masks.shape
     if b < 2:

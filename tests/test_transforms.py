@@ -246,7 +246,7 @@ def test_cutmix_pastes_a_box_of_another_image_with_its_labels() -> None:
     assert torch.equal(same_x, images) and torch.equal(same_y, masks)
 
 
-def test_cutmix_comes_last_in_augment_batch() -> None:
+def test_cutmix_mixes_after_the_progressive_resize_in_augment_batch() -> None:
     b, size = 3, 32
     images = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, size, size).contiguous() / b
     masks = torch.arange(b).view(b, 1, 1).expand(b, size, size).contiguous()
@@ -267,11 +267,13 @@ def test_lesion_paste_carries_another_images_lesion_and_margin_with_its_labels()
     masks = torch.zeros(b, size, size, dtype=torch.int64)
     masks[0, 10:20, 10:20] = 1  # image 0: one GGO square
     masks[1, 40:50, 30:34] = 2  # image 1: one consolidation bar
+    masks[1, 10:20, 20:22] = 1  # ... and GGO right beside image 0's square, inside any margin it is pasted with
+    masks[0, 40:50, 34:36] = 2  # image 0: consolidation right beside image 1's bar
     # image 2 holds no lesion: whoever draws it as partner is left as it was
     largest = int(LESION_PASTE_MARGIN * size)
-    out_x, out_y = lesion_paste(images, masks, 1.0, torch.Generator().manual_seed(5))
+    out_x, out_y = lesion_paste(images, masks, 1.0, torch.Generator().manual_seed(0))
     assert torch.equal(images[:, 0, 0, 0], torch.tensor([0.1, 0.2, 0.3]))  # inputs untouched
-    changed = 0
+    changed = overwritten = 0
     for i in range(b):
         moved = out_x[i, 0] != images[i, 0]
         if not moved.any():
@@ -281,14 +283,15 @@ def test_lesion_paste_carries_another_images_lesion_and_margin_with_its_labels()
         assert partner != i and masks[partner].any()
         lesion = masks[partner] > 0
         assert moved[lesion].all()  # the whole lesion came over
-        grown = torch.nn.functional.max_pool2d(lesion[None, None].float(), 2 * largest + 1, stride=1,
-                                               padding=largest)[0, 0].bool()
-        assert not (moved & ~grown).any()  # nothing beyond the largest margin
         assert torch.equal(out_y[i][moved], masks[partner][moved])  # labels moved with the pixels (margin: 0)
+        rim = moved & (masks[partner] == 0)  # the margin: background with the partner's pixels
+        assert (out_y[i][rim] == 0).all()
+        overwritten += int((rim & (masks[i] > 0)).sum())  # the recipient's own lesion under the margin
         assert torch.equal(out_y[i][~moved], masks[i][~moved])  # the rest keeps its own labels
-        rows, cols = moved.nonzero().unbind(1)
-        assert int(moved.sum()) == (int(rows.max()) - int(rows.min()) + 1) * (int(cols.max()) - int(cols.min()) + 1)
-    assert changed >= 1
+        grown_by = [F.max_pool2d(lesion[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0].bool()
+                    for r in range(largest + 1)]
+        assert any(torch.equal(moved, region) for region in grown_by)  # the lesions grown by one square margin
+    assert changed >= 2 and overwritten > 0  # seed 0: a margin fell on a recipient's lesion, which went with it
     same_x, same_y = lesion_paste(images, masks, 0.0, torch.Generator().manual_seed(5))
     assert torch.equal(same_x, images) and torch.equal(same_y, masks)
     one_x, one_y = lesion_paste(images[:1], masks[:1], 1.0, torch.Generator().manual_seed(5))
@@ -301,15 +304,19 @@ def test_lesion_paste_margin_is_drawn_per_image_up_to_the_largest() -> None:
     b, size = 2, 100
     images = torch.stack([torch.zeros(1, size, size), torch.ones(1, size, size)])
     masks = torch.zeros(b, size, size, dtype=torch.int64)
-    masks[1, 50, 50] = 1  # a one-pixel lesion in image 1: image 0 receives a (2r + 1)-pixel square of it
-    sides = set()
+    masks[0, 20, 20] = 1  # one-pixel lesions: each image receives a (2r + 1)-pixel square of the other's
+    masks[1, 50, 50] = 1
+    sides, differ = set(), 0
     for seed in range(40):
         out_x, _ = lesion_paste(images, masks, 1.0, torch.Generator().manual_seed(seed))
-        side = int(out_x[0, 0, 50].sum())
-        assert int(out_x[0, 0].sum()) == side * side
-        sides.add(side)
+        side_0 = int(out_x[0, 0, 50].sum())  # ones pasted into image 0
+        side_1 = int((out_x[1, 0, 20] == 0).sum())  # zeros pasted into image 1
+        assert int(out_x[0, 0].sum()) == side_0 * side_0 and int((out_x[1, 0] == 0).sum()) == side_1 * side_1
+        sides |= {side_0, side_1}
+        differ += side_0 != side_1
     largest = int(LESION_PASTE_MARGIN * size)
     assert sides <= set(range(1, 2 * largest + 2, 2)) and len(sides) >= 3  # odd sides 1 .. 2 * largest + 1
+    assert differ >= 10  # each image draws its own margin
 
 
 def test_lesion_paste_is_applied_by_augment_batch_from_its_stream() -> None:
