@@ -166,11 +166,8 @@ def cutmix(images: torch.Tensor, masks: torch.Tensor, probability: float, genera
     b, height, width = masks.shape
     if b < 2:
         return images, masks
-    shift = int(torch.randint(1, b, (1,), generator=generator))
-    mixed = torch.rand(b, generator=generator) < probability
-    inside = box_masks(b, height, width, generator).bool() & mixed.view(b, 1, 1, 1)
-    other = (torch.arange(b) + shift) % b
-    return torch.where(inside, images[other], images), torch.where(inside[:, 0], masks[other], masks)
+    other, mixed = _partners(b, probability, generator)
+    return _paste(images, masks, other, box_masks(b, height, width, generator).bool() & mixed)
 
 
 LESION_PASTE_MARGIN = 0.03  # the largest margin around pasted lesions, a fraction of the image side
@@ -190,14 +187,27 @@ def lesion_paste(images: torch.Tensor, masks: torch.Tensor, probability: float, 
     b, height, width = masks.shape
     if b < 2:
         return images, masks
-    shift = int(torch.randint(1, b, (1,), generator=generator))
-    mixed = torch.rand(b, generator=generator) < probability
+    other, mixed = _partners(b, probability, generator)
     largest = int(LESION_PASTE_MARGIN * min(height, width))
     margins = torch.randint(0, largest + 1, (b,), generator=generator).tolist()
-    other = (torch.arange(b) + shift) % b
     lesion = (masks[other] > 0).float()[:, None]
     region = torch.stack([F.max_pool2d(lesion[i:i + 1], 2 * r + 1, stride=1, padding=r)[0] if r else lesion[i]
-                          for i, r in enumerate(margins)]).bool() & mixed.view(b, 1, 1, 1)
+                          for i, r in enumerate(margins)]).bool()
+    return _paste(images, masks, other, region & mixed)
+
+
+def _partners(b: int, probability: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a batch of ``b`` >= 2 images: each image's partner, the next image of a random cyclic shift ``(b,)``,
+    and whether it is mixed, with ``probability``, as ``(b, 1, 1, 1)`` bool (two draws from ``generator``)."""
+    shift = int(torch.randint(1, b, (1,), generator=generator))
+    mixed = torch.rand(b, generator=generator) < probability
+    return (torch.arange(b) + shift) % b, mixed.view(b, 1, 1, 1)
+
+
+def _paste(images: torch.Tensor, masks: torch.Tensor, other: torch.Tensor, region: torch.Tensor
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image ``(B, 1, H, W)`` and label map ``(B, H, W)`` with the pixels and labels of image ``other[i]``
+    inside ``region`` ``(B, 1, H, W)`` bool; new tensors."""
     return torch.where(region, images[other], images), torch.where(region[:, 0], masks[other], masks)
 
 
