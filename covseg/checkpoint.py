@@ -8,7 +8,8 @@ A checkpoint is a ``torch.save``d dict of tensors and plain Python values, read 
     ``model``   the model's ``state_dict``
     ``epoch``   epochs completed; ``score`` validation mean foreground Dice (or None)
     ``optimizer`` state, ``history``, ``best`` and, with ``train.ema``, ``ema`` (the weight average's
-    ``state_dict``): ``last.pt`` only, for ``--resume``
+    ``state_dict``), with ``train.swa_epochs``, ``swa`` and ``swa_n`` (SWA's average so far and how many epochs
+    it holds): ``last.pt`` only, for ``--resume``
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def save_checkpoint(path: Path, model: nn.Module, config: RunConfig, epoch: int,
 
 
 def find_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A checkpoint file, or the ``best.pt`` (``which="last"``: ``last.pt``; ``"ema"``: ``ema.pt``) of a run folder."""
+    """A checkpoint file, or the ``best.pt`` (``which="last"``: ``last.pt``; ``"ema"``: ``ema.pt``; ``"swa"``:
+    ``swa.pt``) of a run folder."""
     path = Path(path)
     if path.is_dir():
         candidate = path / f"{which}.pt"
@@ -56,6 +58,9 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
         if not candidate.is_file() and which == "ema":
             raise CovsegError(f"{path}: no ema.pt in this folder; only runs trained with train.ema=DECAY "
                               "(e.g. 0.99) have one")
+        if not candidate.is_file() and which == "swa":
+            raise CovsegError(f"{path}: no swa.pt in this folder; only finished runs trained with train.swa_epochs=N "
+                              "train.swa_lr=LR have one")
         if not candidate.is_file():
             raise CovsegError(f"{path}: no {which}.pt in this folder; is it a finished covseg run?")
         return candidate

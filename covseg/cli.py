@@ -111,10 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "scored as one ensemble (mean probabilities)")
     p.add_argument("--data", help="data folder (default: the one the run was trained on)")
     p.add_argument("--split", default="heldout", help="heldout (default) | val | test | train | all")
-    p.add_argument("--checkpoint", choices=("auto", "best", "last", "ema"), default="auto",
+    p.add_argument("--checkpoint", choices=("auto", "best", "last", "ema", "swa"), default="auto",
                    help="auto: last.pt when evaluating the validation images that chose best.pt, else best.pt; "
-                        "ema: the weight average of a run trained with train.ema (its report goes to "
-                        "RUN_DIR/eval-SPLIT-ema; --lesion-model's models then need an ema.pt too)")
+                        "ema / swa: the weight average of a run trained with train.ema / train.swa_epochs (its "
+                        "report goes to RUN_DIR/eval-SPLIT-ema or -swa; --lesion-model's models then need one too)")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("-o", "--output", type=Path, help="report folder (default: RUN_DIR/eval-SPLIT)")
     _add_inference_options(p)
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a trained model to ONNX")
     p.add_argument("model", type=Path, help="run folder or checkpoint file")
     p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
-    p.add_argument("--checkpoint", choices=("best", "last", "ema"), default="best")
+    p.add_argument("--checkpoint", choices=("best", "last", "ema", "swa"), default="best")
     p.add_argument("--int8", action="store_true",
                    help="static int8 quantization (ONNX Runtime QDQ), calibrated on the run's training slices; "
                         "reports how many held-out pixels keep the fp32 label")
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("teacher", type=Path, help="run folder, or a cv folder (one teacher per fold -> OUT/fold-K)")
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for masks/ and pseudo.json")
     p.add_argument("--data", help="data folder whose unlabelled slices to label (default: the teacher's)")
-    p.add_argument("--checkpoint", choices=("best", "last", "ema"), default="last",
+    p.add_argument("--checkpoint", choices=("best", "last", "ema", "swa"), default="last",
                    help="teacher checkpoint (default last: a CV fold's best.pt was picked on its held-out images)")
     p.add_argument("--min-confidence", type=float, default=0.9,
                    help="keep a slice when the mean top-class probability over its lesion pixels is at least this")

@@ -144,6 +144,12 @@ class TrainConfig:
     # ema.pt with the trained network's batch-norm statistics (evaluate with --checkpoint ema); 0 = none.
     # 0.99 spans ~100 steps
     ema: float = 0.0
+    # stochastic weight averaging (Izmailov et al. 2018): the last swa_epochs epochs train at the constant rate
+    # swa_lr (the schedule runs over the epochs before them, from lr down to swa_lr) and their end-of-epoch weights
+    # are averaged with equal weights into swa.pt, with batch-norm statistics recomputed over the training slices
+    # (evaluate with --checkpoint swa); 0 = none
+    swa_epochs: int = 0
+    swa_lr: float = 0.0
     # semi-supervised consistency (covseg.consistency; French et al. 2020): weight of a soft cross-entropy that pulls
     # the student's predictions on CutMix-ed unlabelled slices towards its mean teacher's (decay teacher_decay);
     # consistency_batch unlabelled slices join every step. 0 = off
@@ -324,6 +330,17 @@ def _validate(config: RunConfig, source: str) -> None:
     if not 0 <= config.train.ema < 1:
         raise CovsegError(f"{source}: train.ema is {config.train.ema}; it must be a decay in [0, 1), such as 0.99, "
                           "or 0 for no weight average")
+    if t.swa_epochs:
+        if not 0 < t.swa_epochs < t.epochs:
+            raise CovsegError(f"{source}: train.swa_epochs is {t.swa_epochs} with train.epochs {t.epochs}; average "
+                              "fewer epochs than the run has (e.g. a quarter of them), or 0 for none")
+        if not (math.isfinite(t.swa_lr) and 0 < t.swa_lr <= t.lr):
+            raise CovsegError(f"{source}: train.swa_lr is {t.swa_lr:g}; with train.swa_epochs set it must be a "
+                              f"learning rate in (0, train.lr = {t.lr:g}], such as half of train.lr")
+        if t.ema > 0:
+            raise CovsegError(f"{source}: train.swa_epochs and train.ema are two weight averages; set one of them to 0")
+    elif t.swa_epochs < 0:
+        raise CovsegError(f"{source}: train.swa_epochs is {t.swa_epochs}; it must be >= 0 (0 = no averaging)")
     if not 0 < t.tversky_beta < 1:
         raise CovsegError(f"{source}: train.tversky_beta is {t.tversky_beta}; it must lie in (0, 1): 0.5 is plain "
                           "Dice, 0.7 weighs a missed pixel 0.7 and a false one 0.3")

@@ -34,6 +34,8 @@ __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", 
            "cross_validate", "cross_validate_seeds", "check_seeds"]
 
 EVAL_SPLITS = ("heldout", "val", "test", "train", "all")
+# the weight averages a run may save beside last.pt, as NAME.pt (train.ema, train.swa_epochs)
+AVERAGES = ("ema", "swa")
 
 TYPES_ONLY_NEEDS_LESION_MODEL = ("train.types_only trains a type model, scored behind a binary lesion model: train "
                                  "it with covseg train, then covseg evaluate RUN --lesion-model BINARY_RUN -o OUT")
@@ -128,7 +130,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     predictor, config, info = open_models(paths, lesion_paths, task, which, backend, device, precision, batch_size, tta)
     samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
     # the average's report goes beside, never over, the run's own (which `covseg cv` reads)
-    out_dir = out_dir or Path(info["file"]).parent / (f"eval-{split}-ema" if which == "ema" else f"eval-{split}")
+    out_dir = out_dir or Path(info["file"]).parent / (f"eval-{split}-{which}" if which in AVERAGES else f"eval-{split}")
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe, "data": str(data), "split": split,
@@ -316,15 +318,17 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     processes (:func:`covseg.parallel_runs.train_runs_in_parallel`), then scores them here one by one, on the
     device they trained on (``train.device``: a GPU cross-validation is scored on the GPU).
     Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std. With
-    ``train.ema`` each fold's ``ema.pt`` is scored too (``fold-K/eval-heldout-ema``): a second table, its
-    fold-by-fold difference from ``last.pt`` (the same training run, so no seed noise), and ``cv.json``'s
-    ``ema`` entry.
+    ``train.ema`` (``train.swa_epochs``) each fold's ``ema.pt`` (``swa.pt``) is scored too
+    (``fold-K/eval-heldout-ema``, ``-swa``): a second table, its fold-by-fold difference from ``last.pt`` (the
+    same training run, so no seed noise), and ``cv.json``'s ``ema`` (``swa``) entry.
     """
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     if jobs > 1:
         train_runs_in_parallel(_untrained_folds(config, out_dir, folds), samples, data, jobs, log)
-    rows, ema_rows = [], []
+    averages = _weight_averages(config)
+    rows: list = []
+    average_rows: dict[str, list] = {name: [] for name, _ in averages}
     for k in range(folds):
         fold_dir = out_dir / f"fold-{k}"
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
@@ -335,36 +339,48 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
             evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
-        if config.train.ema > 0:
-            ema_path = fold_dir / "eval-heldout-ema" / "metrics.json"
-            if not _is_current(ema_path, fold_dir / "ema.pt"):
-                evaluate_run(fold_dir, data, "heldout", None, which="ema", device=cfg.train.device, progress=progress)
-            ema_rows.append((json.loads(ema_path.read_text(encoding="utf-8")), rows[-1][1]))
+        for name, _ in averages:
+            average_path = fold_dir / f"eval-heldout-{name}" / "metrics.json"
+            if not _is_current(average_path, fold_dir / f"{name}.pt"):
+                evaluate_run(fold_dir, data, "heldout", None, which=name, device=cfg.train.device, progress=progress)
+            average_rows[name].append((json.loads(average_path.read_text(encoding="utf-8")), rows[-1][1]))
     columns = _cv_columns(rows, config.data.task)
     summary = _mean_std(columns)
     lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", ""]
     lines += _table_lines("fold", list(columns), [(str(k), _cv_row(columns, k)) for k in range(folds)]
                           + [("mean ± std", _summary_row(summary))])
     result: dict[str, Any] = {"columns": columns, "summary": summary}
-    if ema_rows:
-        ema_columns = _cv_columns(ema_rows, config.data.task)
-        ema_columns.pop("train seconds")
+    for name, description in averages:
+        average_columns = _cv_columns(average_rows[name], config.data.task)
+        average_columns.pop("train seconds")
         change = {c: [None if a is None or b is None else a - b for a, b in zip(vals, columns[c])]
-                  for c, vals in ema_columns.items()}
-        result["ema"] = {"columns": ema_columns, "summary": _mean_std(ema_columns),
-                         "minus_last": {"columns": change, "summary": _mean_std(change)}}
-        lines += ["", f"The weights' moving average (`ema.pt`, decay {config.train.ema:g}), and its difference from "
-                  "`last.pt` of the same run:", ""]
-        lines += _table_lines("fold", list(ema_columns),
-                              [(str(k), _cv_row(ema_columns, k)) for k in range(folds)]
-                              + [("mean ± std", _summary_row(result["ema"]["summary"]))]
-                              + [(f"{k}: ema − last", [f"{v:+.4f}" if v is not None else "–" for v in
-                                                        (change[c][k] for c in change)]) for k in range(folds)]
-                              + [("ema − last, mean ± std", [f"{m:+.4f} ± {sd:.4f}" for m, sd in
-                                                              result["ema"]["minus_last"]["summary"].values()])])
+                  for c, vals in average_columns.items()}
+        result[name] = {"columns": average_columns, "summary": _mean_std(average_columns),
+                        "minus_last": {"columns": change, "summary": _mean_std(change)}}
+        lines += ["", f"{description}, and its difference from `last.pt` of the same run:", ""]
+        lines += _table_lines("fold", list(average_columns),
+                              [(str(k), _cv_row(average_columns, k)) for k in range(folds)]
+                              + [("mean ± std", _summary_row(result[name]["summary"]))]
+                              + [(f"{k}: {name} − last", [f"{v:+.4f}" if v is not None else "–" for v in
+                                                           (change[c][k] for c in change)]) for k in range(folds)]
+                              + [(f"{name} − last, mean ± std", [f"{m:+.4f} ± {sd:.4f}" for m, sd in
+                                                                  result[name]["minus_last"]["summary"].values()])])
     atomic_write_text(out_dir / "cv.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "cv.json", json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _weight_averages(config: RunConfig) -> list[tuple[str, str]]:
+    """The weight averages ``config`` saves beside ``last.pt`` (names from :data:`AVERAGES`), each with the sentence
+    that introduces its table in ``cv.md``."""
+    t = config.train
+    averages = []
+    if t.ema > 0:
+        averages.append(("ema", f"The weights' moving average (`ema.pt`, decay {t.ema:g})"))
+    if t.swa_epochs:
+        epochs = f"{t.swa_epochs} epochs" if t.swa_epochs > 1 else "epoch"
+        averages.append(("swa", f"The weights' average over the last {epochs} (`swa.pt`, SWA at lr {t.swa_lr:g})"))
+    return averages
 
 
 def _is_current(report: Path, checkpoint: Path) -> bool:

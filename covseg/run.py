@@ -11,6 +11,8 @@ Layout of ``RUN_DIR``::
     best.pt / last.pt   checkpoints (best by validation mean foreground Dice; last for --resume)
     ema.pt              with train.ema > 0: the weights' exponential moving average after the last epoch,
                         with the trained network's batch-norm statistics
+    swa.pt              with train.swa_epochs > 0: the equal average of the last swa_epochs epochs' weights, with
+                        batch-norm statistics recomputed over the training slices
 
 Every file is written atomically; ``last.pt`` is rewritten after each epoch.
 """
@@ -48,7 +50,8 @@ from covseg.pretrain import check_pretrained, init_from_pretrained, pretrained_p
 from covseg.runtime import DistContext, resolve_device, resolve_precision, training_memory_format
 from covseg.selftrain import PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
 from covseg.splits import kfold, make_split, parse_split_name, save_split
-from covseg.training import averaged_network, lr_factor, make_optimizer, train_one_epoch, validate, weight_average
+from covseg.training import (averaged_network, epoch_average, lr_factor, make_optimizer, recompute_batch_norm,
+                             train_one_epoch, validate, weight_average)
 from covseg.transforms import stack_resized
 
 __all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "read_class_weights", "HISTORY_FIELDS"]
@@ -284,6 +287,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
             core = torch.nn.SyncBatchNorm.convert_sync_batchnorm(core)
         model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device] if device.type == "cuda" else None)
     averaged = weight_average(core, t.ema) if t.ema > 0 else None
+    swa = epoch_average(core) if t.swa_epochs else None
     consistency = (ConsistencyTerm(unlabelled, weight_average(core, t.teacher_decay), t.consistency_batch, t.consistency)
                    if unlabelled is not None else None)
     optimizer = make_optimizer(model, t)
@@ -304,6 +308,12 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                                   "train it again (covseg train ... -o RUN --force)")
             averaged.module.load_state_dict(state["ema"])
             averaged.n_averaged.fill_(1)  # past the first update, which copies the model
+        if swa is not None:
+            if "swa" not in state:
+                raise CovsegError(f"{run_dir}/last.pt holds no weight average though train.swa_epochs is on; "
+                                  "train it again (covseg train ... -o RUN --force)")
+            swa.module.load_state_dict(state["swa"])
+            swa.n_averaged.fill_(state["swa_n"])
         if consistency is not None:
             if "teacher" not in state:
                 raise CovsegError(f"{run_dir}/last.pt holds no teacher though train.consistency is on; "
@@ -338,6 +348,10 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                    "val_loss": res.loss, "val_acc": res.accuracy, "val_dice": res.dice,
                    "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick}
             score = res.dice if math.isfinite(res.dice) else None
+            if swa is not None and epoch >= t.epochs - t.swa_epochs:
+                swa.update_parameters(core)
+                if epoch + 1 == t.epochs:  # every process, so synchronised batch norm sees them all
+                    recompute_batch_norm(swa.module, train_x, t.batch_size, device, dtype)
             with interrupts_deferred():  # the epoch counts once best.pt, last.pt and history.csv all hold it
                 history.append(row)
                 is_best = score is not None and (best is None or score > best)
@@ -353,6 +367,10 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                         extra["ema"] = cpu_state_dict(network)
                     if consistency is not None:
                         extra["teacher"] = cpu_state_dict(consistency.teacher.module)
+                    if swa is not None:
+                        extra["swa"], extra["swa_n"] = cpu_state_dict(swa.module), int(swa.n_averaged)
+                        if epoch + 1 == t.epochs:
+                            save_checkpoint(run_dir / "swa.pt", swa.module, config, epoch + 1, None)
                     save_checkpoint(run_dir / "last.pt", core, config, epoch + 1, score,
                                     optimizer=optimizer.state_dict(), history=history, best=best, **extra)
                     _write_history(run_dir, history)

@@ -24,8 +24,8 @@ from covseg.transforms import augment_batch
 if TYPE_CHECKING:
     from covseg.consistency import ConsistencyTerm
 
-__all__ = ["EpochResult", "lr_factor", "make_optimizer", "epoch_generator", "train_one_epoch", "validate",
-           "predicted_labels", "class_argmax", "weight_average", "averaged_network", "side_generator", "batch_confusion",
+__all__ = ["EpochResult", "lr_factor", "learning_rate", "make_optimizer", "epoch_generator", "train_one_epoch", "validate",
+           "predicted_labels", "class_argmax", "weight_average", "averaged_network", "epoch_average", "recompute_batch_norm", "side_generator", "batch_confusion",
            "mean_foreground_dice"]
 
 
@@ -54,6 +54,23 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
             return 0.04 + 0.96 * t / 0.3
         return 0.5 * (1.0 + math.cos(math.pi * (t - 0.3) / 0.7))
     raise CovsegError(f"unknown schedule {schedule!r}: use constant, cosine or onecycle")
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate at optimiser step ``step`` (0-based, counted over the whole run).
+
+    Without SWA (``cfg.swa_epochs`` 0): ``cfg.lr`` times :func:`lr_factor` of ``cfg.schedule`` over all
+    ``cfg.epochs``. With SWA (Izmailov et al. 2018): the schedule runs over the first ``epochs - swa_epochs``
+    epochs from ``cfg.lr`` down to ``cfg.swa_lr`` (``swa_lr + (lr - swa_lr) * factor``), then the last
+    ``swa_epochs`` epochs hold ``cfg.swa_lr``, the constant rate whose end-of-epoch weights
+    :func:`epoch_average` averages.
+    """
+    if not cfg.swa_epochs:
+        return cfg.lr * lr_factor(cfg.schedule, step, steps_per_epoch * cfg.epochs)
+    before = steps_per_epoch * (cfg.epochs - cfg.swa_epochs)
+    if step >= before:
+        return cfg.swa_lr
+    return cfg.swa_lr + (cfg.lr - cfg.swa_lr) * lr_factor(cfg.schedule, step, before)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -90,6 +107,46 @@ def averaged_network(averaged: AveragedModel, model: nn.Module) -> nn.Module:
         for mine, theirs in zip(averaged.module.buffers(), model.buffers(), strict=True):
             mine.copy_(theirs)
     return averaged.module
+
+
+def epoch_average(model: nn.Module) -> AveragedModel:
+    """An equal-weight average of ``model``'s parameters (not its batch-norm statistics), for SWA.
+
+    Each :meth:`~torch.optim.swa_utils.AveragedModel.update_parameters` call (once per epoch, after the epoch)
+    adds the current weights with weight ``1 / n``: after ``n`` calls ``.module``'s parameters are the mean of
+    the ``n`` weight sets. Give the result batch-norm statistics of its own with :func:`recompute_batch_norm`.
+    """
+    return AveragedModel(model, use_buffers=False)
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
+                         dtype: torch.dtype) -> None:
+    """Replace ``model``'s batch-norm running statistics by their plain average over ``images``.
+
+    ``images`` ``(N, 1, S, S)`` (the training slices at ``data.input_size``, unaugmented) pass through ``model``
+    in training mode, ``batch_size`` at a time, under the training precision; every batch-norm layer's running
+    mean and variance become the mean over those batches of the batch statistics (momentum ``None``), as
+    :func:`torch.optim.swa_utils.update_bn` does. Averaged weights need this: the running statistics of any one
+    epoch's weights do not match their average (SWA). A network without batch norm is left as it is.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    memory_format = training_memory_format(device)
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].to(device).contiguous(memory_format=memory_format)
+        with autocast(device, dtype):
+            model(x)
+    for m in norms:
+        m.momentum = momenta[m]
+    model.train(was_training)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -155,7 +212,7 @@ def train_one_epoch(
         x = x.to(device).contiguous(memory_format=memory_format)
         y = y.to(device)
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(cfg.schedule, epoch * steps + step, total_steps)
+            group["lr"] = learning_rate(cfg, epoch * steps + step, steps)
         mixed = target = None
         if consistency is not None:
             mixed, target = consistency.batch_for(model, unlabelled, progressive, device)

@@ -124,21 +124,26 @@ def test_compare_and_cv(tiny_data: Path, tmp_path: Path, capsys, monkeypatch: py
     assert (tmp_path / "cv" / "fold-1" / "best.pt").stat().st_mtime_ns == mtime
 
 
-def test_cv_with_a_weight_average_scores_it_beside_last(tiny_data: Path, tmp_path: Path) -> None:
-    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "2", "--quiet", *TINY_OVERRIDES, "train.ema=0.5"]
+@pytest.mark.parametrize(("name", "average", "described"), [
+    ("ema", ("train.ema=0.5",), "`ema.pt`, decay 0.5"),
+    ("swa", ("train.swa_epochs=1", "train.swa_lr=0.005"), "the last epoch (`swa.pt`, SWA at lr 0.005)"),
+])
+def test_cv_with_a_weight_average_scores_it_beside_last(tiny_data: Path, tmp_path: Path, name: str,
+                                                        average: tuple[str, ...], described: str) -> None:
+    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "2", "--quiet", *TINY_OVERRIDES, *average]
     assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 0
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
     key = "mean Dice (per image)"
     for k in range(3):
         last = json.loads((tmp_path / "cv" / f"fold-{k}" / "eval-heldout" / "metrics.json").read_text())
-        ema = json.loads((tmp_path / "cv" / f"fold-{k}" / "eval-heldout-ema" / "metrics.json").read_text())
-        assert last["model"]["file"].endswith("last.pt") and ema["model"]["file"].endswith("ema.pt")
+        ema = json.loads((tmp_path / "cv" / f"fold-{k}" / f"eval-heldout-{name}" / "metrics.json").read_text())
+        assert last["model"]["file"].endswith("last.pt") and ema["model"]["file"].endswith(f"{name}.pt")
         dice_last, dice_ema = (m["per_image"]["dice"]["mean_foreground"] for m in (last, ema))
-        assert cv["columns"][key][k] == dice_last and cv["ema"]["columns"][key][k] == dice_ema
-        assert cv["ema"]["minus_last"]["columns"][key][k] == pytest.approx(dice_ema - dice_last)
-    assert "train seconds" not in cv["ema"]["columns"]
+        assert cv["columns"][key][k] == dice_last and cv[name]["columns"][key][k] == dice_ema
+        assert cv[name]["minus_last"]["columns"][key][k] == pytest.approx(dice_ema - dice_last)
+    assert "train seconds" not in cv[name]["columns"]
     table = (tmp_path / "cv" / "cv.md").read_text()
-    assert "`ema.pt`, decay 0.5" in table and "| ema − last, mean ± std |" in table
+    assert described in table and f"| {name} − last, mean ± std |" in table
 
 
 def test_cv_with_seeds_repeats_the_folds_and_scores_seed_ensembles(tiny_data: Path, tmp_path: Path, capsys,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,8 +16,10 @@ import torch
 
 from covseg.checkpoint import read_checkpoint
 from covseg.cli import main
+from covseg.config import TrainConfig
 from covseg.fileio import interrupts_deferred
-from covseg.training import averaged_network, class_argmax, lr_factor, weight_average
+from covseg.training import (averaged_network, class_argmax, epoch_average, learning_rate, lr_factor,
+                             recompute_batch_norm, weight_average)
 
 from conftest import TINY_OVERRIDES
 
@@ -116,26 +119,31 @@ def _wait_for_epoch(run: Path, epoch: int, proc: subprocess.Popen, timeout: floa
     pytest.fail("training did not reach the epoch in time")
 
 
-def test_killed_run_resumes_to_the_same_result(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "average", "kill_after"), [("ema", ("train.ema=0.9",), 2),
+                                                             ("swa", ("train.swa_epochs=5", "train.swa_lr=0.005"), 5)])
+def test_killed_run_resumes_to_the_same_result(tiny_data: Path, tmp_path: Path, name: str,
+                                               average: tuple[str, ...], kill_after: int) -> None:
     epochs = 8
-    proc = _start(tiny_data, tmp_path / "killed", epochs, "train.ema=0.9")
-    _wait_for_epoch(tmp_path / "killed", 2, proc)
+    proc = _start(tiny_data, tmp_path / "killed", epochs, *average)
+    _wait_for_epoch(tmp_path / "killed", kill_after, proc)
     proc.kill()
     proc.wait()
     done = len(_history(tmp_path / "killed"))
     assert done < epochs, "the run finished before it could be killed; make it longer"
+    if name == "swa":  # killed inside the averaged epochs (4..8): last.pt carries the average so far
+        assert read_checkpoint(tmp_path / "killed" / "last.pt")["swa_n"] == done - 3 > 0
     assert main(["train", "--resume", str(tmp_path / "killed"), "--quiet"]) == 0
     resumed = _history(tmp_path / "killed")
     assert [int(r["epoch"]) for r in resumed] == list(range(1, epochs + 1))
     # an uninterrupted run with the same command computes the same numbers
-    full = _start(tiny_data, tmp_path / "full", epochs, "train.ema=0.9")
+    full = _start(tiny_data, tmp_path / "full", epochs, *average)
     assert full.wait() == 0, full.stderr.read()
     for a, b in zip(resumed, _history(tmp_path / "full")):
         assert float(a["val_dice"]) == pytest.approx(float(b["val_dice"]), abs=1e-6)
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-6)
-    # and so does the weight average, carried across the kill in last.pt
-    ema_resumed = read_checkpoint(tmp_path / "killed" / "ema.pt")
-    ema_full = read_checkpoint(tmp_path / "full" / "ema.pt")
+    # and so does the weight average, carried across the kill in last.pt (SWA's from epoch 4 on)
+    ema_resumed = read_checkpoint(tmp_path / "killed" / f"{name}.pt")
+    ema_full = read_checkpoint(tmp_path / "full" / f"{name}.pt")
     assert ema_resumed["epoch"] == ema_full["epoch"] == epochs
     for key, value in ema_full["model"].items():
         torch.testing.assert_close(ema_resumed["model"][key], value, rtol=1e-5, atol=1e-6)
@@ -162,6 +170,98 @@ def test_lr_schedules() -> None:
     assert lr_factor("constant", 50, 100) == 1.0
     assert lr_factor("cosine", 0, 100) == 1.0 and lr_factor("cosine", 50, 100) == pytest.approx(0.5)
     assert lr_factor("onecycle", 0, 100) == pytest.approx(0.04) and lr_factor("onecycle", 30, 100) == pytest.approx(1.0)
+
+
+def test_swa_learning_rate_by_hand() -> None:
+    # 10 epochs of 3 steps; the last 4 epochs (steps 18..29) hold swa_lr, the 18 before run the cosine from lr to it
+    cfg = TrainConfig(lr=0.01, epochs=10, swa_epochs=4, swa_lr=0.002, schedule="cosine")
+    assert learning_rate(cfg, 0, 3) == pytest.approx(0.01)
+    assert learning_rate(cfg, 9, 3) == pytest.approx(0.002 + 0.008 * 0.5)  # half way down the cosine
+    assert learning_rate(cfg, 17, 3) == pytest.approx(0.002 + 0.008 * 0.5 * (1 + math.cos(math.pi * 17 / 18)))
+    assert learning_rate(cfg, 18, 3) == learning_rate(cfg, 29, 3) == 0.002
+    # without SWA: the plain schedule over every step
+    plain = TrainConfig(lr=0.01, epochs=10, schedule="cosine")
+    assert learning_rate(plain, 15, 3) == pytest.approx(0.01 * 0.5) and learning_rate(plain, 0, 3) == 0.01
+
+
+def test_epoch_average_is_the_plain_mean_of_its_updates() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.BatchNorm1d(1))
+    average = epoch_average(model)
+    for weight in ([1.0, 2.0], [4.0, -1.0], [-2.0, 5.0]):
+        with torch.no_grad():
+            model[0].weight.copy_(torch.tensor([weight]))
+        average.update_parameters(model)
+    torch.testing.assert_close(average.module[0].weight, torch.tensor([[1.0, 2.0]]))  # (1+4-2)/3, (2-1+5)/3
+    assert int(average.n_averaged) == 3
+
+
+def test_recompute_batch_norm_averages_the_batch_statistics_by_hand() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.BatchNorm2d(1, momentum=0.3))
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+        model[1].running_mean.fill_(9.0)
+    model.eval()
+    images = torch.arange(24, dtype=torch.float32).reshape(6, 1, 2, 2) ** 0.5
+    recompute_batch_norm(model, images, batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
+    first, second = 2 * images[:4].flatten(), 2 * images[4:].flatten()  # batches of 4 and 2 images
+    # the mean over batches (not pixels) of each batch's mean and unbiased variance; the old values are gone
+    torch.testing.assert_close(model[1].running_mean, ((first.mean() + second.mean()) / 2).reshape(1))
+    torch.testing.assert_close(model[1].running_var, ((first.var() + second.var()) / 2).reshape(1))
+    assert int(model[1].num_batches_tracked) == 2 and model[1].momentum == 0.3 and not model.training
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1))  # nothing to recompute: left as it is
+    before = [t.clone() for t in plain.state_dict().values()]
+    recompute_batch_norm(plain, images, 4, torch.device("cpu"), torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(before, plain.state_dict().values()))
+
+
+def test_swa_averages_the_last_epochs_weights_and_leaves_training_unchanged(tiny_data: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    # at a constant rate equal to swa_lr the schedule no longer depends on the length of the run, so the weights
+    # after epoch 2 of a 3-epoch run are those of a 2-epoch run
+    const = ("train.schedule=constant",)
+    assert _train(tiny_data, tmp_path / "two", *const, "--epochs", "2") == 0
+    assert _train(tiny_data, tmp_path / "three", *const, "--epochs", "3") == 0
+    run = tmp_path / "swa"
+    assert _train(tiny_data, run, *const, "train.swa_epochs=2", "train.swa_lr=0.01", "--epochs", "3") == 0
+    two, three = (read_checkpoint(tmp_path / n / "last.pt")["model"] for n in ("two", "three"))
+    last, swa = read_checkpoint(run / "last.pt"), read_checkpoint(run / "swa.pt")
+    assert all(torch.equal(last["model"][k], three[k]) for k in three)  # training untouched
+    assert swa["epoch"] == 3 and last["swa_n"] == 2 and "optimizer" not in swa
+    for key, value in three.items():
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        torch.testing.assert_close(swa["model"][key], (two[key] + value) / 2)
+    # batch-norm statistics recomputed over the training slices, one pass of batch 4
+    n_train = len(json.loads((run / "split.json").read_text())["train"])
+    tracked = [v for k, v in swa["model"].items() if k.endswith("num_batches_tracked")]
+    assert tracked and all(int(v) == math.ceil(n_train / 4) for v in tracked)
+    assert any(not torch.equal(swa["model"][k], three[k]) for k in three if k.endswith("running_mean"))
+    # the schedule: lr holds swa_lr in the averaged epochs
+    assert _train(tiny_data, tmp_path / "cos", "train.swa_epochs=2", "train.swa_lr=0.004", "--epochs", "4") == 0
+    lrs = [float(r["lr"]) for r in _history(tmp_path / "cos")]
+    assert lrs[0] > 0.004 and lrs[2] == lrs[3] == pytest.approx(0.004)
+    # scored on request, its report beside the run's own
+    assert main(["evaluate", str(run), "--checkpoint", "swa", "--quiet"]) == 0
+    assert json.loads((run / "eval-heldout-swa" / "metrics.json").read_text())["model"]["file"].endswith("swa.pt")
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "two"), "--checkpoint", "swa", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no swa.pt" in err[0] and "train.swa_epochs=" in err[0]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("train.swa_epochs=3",), "train.swa_epochs is 3 with train.epochs 3"),
+    (("train.swa_epochs=1",), "train.swa_lr is 0; with train.swa_epochs set"),
+    (("train.swa_epochs=1", "train.swa_lr=0.02"), "in (0, train.lr = 0.01]"),
+    (("train.swa_epochs=1", "train.swa_lr=0.005", "train.ema=0.9"), "two weight averages"),
+    (("train.swa_epochs=-1",), "train.swa_epochs is -1"),
+])
+def test_swa_settings_are_refused_before_anything_is_written(tiny_data: Path, tmp_path: Path, capsys,
+                                                             overrides: tuple[str, ...], message: str) -> None:
+    assert _train(tiny_data, tmp_path / "bad", *overrides, "--epochs", "3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_class_argmax_matches_torch_argmax_and_its_ties() -> None:
