@@ -330,17 +330,24 @@ def _validate(config: RunConfig, source: str) -> None:
     if not 0 <= config.train.ema < 1:
         raise CovsegError(f"{source}: train.ema is {config.train.ema}; it must be a decay in [0, 1), such as 0.99, "
                           "or 0 for no weight average")
+    if t.swa_epochs < 0:
+        raise CovsegError(f"{source}: train.swa_epochs is {t.swa_epochs}; it must be >= 0 (0 = no averaging)")
     if t.swa_epochs:
-        if not 0 < t.swa_epochs < t.epochs:
-            raise CovsegError(f"{source}: train.swa_epochs is {t.swa_epochs} with train.epochs {t.epochs}; average "
-                              "fewer epochs than the run has (e.g. a quarter of them), or 0 for none")
+        if t.swa_epochs >= t.epochs or t.swa_epochs > t.epochs - t.progressive_epochs():
+            raise CovsegError(f"{source}: train.swa_epochs is {t.swa_epochs} with train.epochs {t.epochs} (of which "
+                              f"{t.progressive_epochs()} at train.progressive_size); average fewer epochs, all after "
+                              "the progressive ones (e.g. a quarter of the run), or 0 for none")
         if not (math.isfinite(t.swa_lr) and 0 < t.swa_lr <= t.lr):
             raise CovsegError(f"{source}: train.swa_lr is {t.swa_lr:g}; with train.swa_epochs set it must be a "
                               f"learning rate in (0, train.lr = {t.lr:g}], such as half of train.lr")
         if t.ema > 0:
             raise CovsegError(f"{source}: train.swa_epochs and train.ema are two weight averages; set one of them to 0")
-    elif t.swa_epochs < 0:
-        raise CovsegError(f"{source}: train.swa_epochs is {t.swa_epochs}; it must be >= 0 (0 = no averaging)")
+        if t.schedule == "onecycle":
+            raise CovsegError(f"{source}: train.schedule onecycle has a warm-up and an anneal of its own; with "
+                              "train.swa_epochs use cosine or constant before the constant train.swa_lr tail")
+    elif t.swa_lr:
+        raise CovsegError(f"{source}: train.swa_lr is {t.swa_lr:g} but train.swa_epochs is 0; set "
+                          "train.swa_epochs too (e.g. a quarter of train.epochs), or leave train.swa_lr at 0")
     if not 0 < t.tversky_beta < 1:
         raise CovsegError(f"{source}: train.tversky_beta is {t.tversky_beta}; it must lie in (0, 1): 0.5 is plain "
                           "Dice, 0.7 weighs a missed pixel 0.7 and a false one 0.3")

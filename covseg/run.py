@@ -344,14 +344,16 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                 res = validate(core, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype, t.types_only)
             else:
                 res = type(fit)(float("nan"), float("nan"), float("nan"))
+            if swa is not None and epoch >= t.epochs - t.swa_epochs:
+                swa.update_parameters(core)
+                # every process passes every training slice: synchronised batch norm is a collective call, and
+                # identical batches on every rank leave the statistics those of one pass
+                if epoch + 1 == t.epochs:
+                    recompute_batch_norm(swa.module, train_x, t.batch_size, device, dtype)
             row = {"epoch": epoch + 1, "train_loss": fit.loss, "train_acc": fit.accuracy,
                    "val_loss": res.loss, "val_acc": res.accuracy, "val_dice": res.dice,
                    "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - tick}
             score = res.dice if math.isfinite(res.dice) else None
-            if swa is not None and epoch >= t.epochs - t.swa_epochs:
-                swa.update_parameters(core)
-                if epoch + 1 == t.epochs:  # every process, so synchronised batch norm sees them all
-                    recompute_batch_norm(swa.module, train_x, t.batch_size, device, dtype)
             with interrupts_deferred():  # the epoch counts once best.pt, last.pt and history.csv all hold it
                 history.append(row)
                 is_best = score is not None and (best is None or score > best)

@@ -24,9 +24,9 @@ from covseg.transforms import augment_batch
 if TYPE_CHECKING:
     from covseg.consistency import ConsistencyTerm
 
-__all__ = ["EpochResult", "lr_factor", "learning_rate", "make_optimizer", "epoch_generator", "train_one_epoch", "validate",
-           "predicted_labels", "class_argmax", "weight_average", "averaged_network", "epoch_average", "recompute_batch_norm", "side_generator", "batch_confusion",
-           "mean_foreground_dice"]
+__all__ = ["EpochResult", "lr_factor", "learning_rate", "make_optimizer", "epoch_generator", "train_one_epoch",
+           "validate", "predicted_labels", "class_argmax", "weight_average", "averaged_network", "epoch_average",
+           "recompute_batch_norm", "side_generator", "batch_confusion", "mean_foreground_dice"]
 
 
 @dataclass
@@ -125,28 +125,33 @@ def recompute_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int
     """Replace ``model``'s batch-norm running statistics by their plain average over ``images``.
 
     ``images`` ``(N, 1, S, S)`` (the training slices at ``data.input_size``, unaugmented) pass through ``model``
-    in training mode, ``batch_size`` at a time, under the training precision; every batch-norm layer's running
-    mean and variance become the mean over those batches of the batch statistics (momentum ``None``), as
-    :func:`torch.optim.swa_utils.update_bn` does. Averaged weights need this: the running statistics of any one
+    in training mode with dropout off, ``batch_size`` at a time, under the training precision; every batch-norm
+    layer's running mean and variance become the mean over those batches of the batch statistics (momentum
+    ``None``), as :func:`torch.optim.swa_utils.update_bn` does. Averaged weights need this: the running statistics of any one
     epoch's weights do not match their average (SWA). A network without batch norm is left as it is.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
     momenta = {m: m.momentum for m in norms}
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
     was_training = model.training
-    model.train()
     memory_format = training_memory_format(device)
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device).contiguous(memory_format=memory_format)
-        with autocast(device, dtype):
-            model(x)
-    for m in norms:
-        m.momentum = momenta[m]
-    model.train(was_training)
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        for m in model.modules():  # dropout would make the statistics depend on the random stream: off
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.eval()
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size].to(device).contiguous(memory_format=memory_format)
+            with autocast(device, dtype):
+                model(x)
+    finally:
+        for m in norms:
+            m.momentum = momenta[m]
+        model.train(was_training)
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

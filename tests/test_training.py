@@ -1,6 +1,7 @@
 """Training runs: reproducibility, resume after a kill, Ctrl-C, run-folder contents."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -119,19 +120,20 @@ def _wait_for_epoch(run: Path, epoch: int, proc: subprocess.Popen, timeout: floa
     pytest.fail("training did not reach the epoch in time")
 
 
-@pytest.mark.parametrize(("name", "average", "kill_after"), [("ema", ("train.ema=0.9",), 2),
-                                                             ("swa", ("train.swa_epochs=5", "train.swa_lr=0.005"), 5)])
+@pytest.mark.parametrize(("name", "average", "epochs", "kill_after"), [
+    ("ema", ("train.ema=0.9",), 8, 2),
+    ("swa", ("train.swa_epochs=6", "train.swa_lr=0.005"), 10, 5),
+])
 def test_killed_run_resumes_to_the_same_result(tiny_data: Path, tmp_path: Path, name: str,
-                                               average: tuple[str, ...], kill_after: int) -> None:
-    epochs = 8
+                                               average: tuple[str, ...], epochs: int, kill_after: int) -> None:
     proc = _start(tiny_data, tmp_path / "killed", epochs, *average)
     _wait_for_epoch(tmp_path / "killed", kill_after, proc)
     proc.kill()
     proc.wait()
     done = len(_history(tmp_path / "killed"))
     assert done < epochs, "the run finished before it could be killed; make it longer"
-    if name == "swa":  # killed inside the averaged epochs (4..8): last.pt carries the average so far
-        assert read_checkpoint(tmp_path / "killed" / "last.pt")["swa_n"] == done - 3 > 0
+    if name == "swa":  # killed inside the averaged epochs (5..10): last.pt carries the average so far
+        assert read_checkpoint(tmp_path / "killed" / "last.pt")["swa_n"] == done - 4 > 0
     assert main(["train", "--resume", str(tmp_path / "killed"), "--quiet"]) == 0
     resumed = _history(tmp_path / "killed")
     assert [int(r["epoch"]) for r in resumed] == list(range(1, epochs + 1))
@@ -208,6 +210,23 @@ def test_recompute_batch_norm_averages_the_batch_statistics_by_hand() -> None:
     torch.testing.assert_close(model[1].running_mean, ((first.mean() + second.mean()) / 2).reshape(1))
     torch.testing.assert_close(model[1].running_var, ((first.var() + second.var()) / 2).reshape(1))
     assert int(model[1].num_batches_tracked) == 2 and model[1].momentum == 0.3 and not model.training
+    # torch's own SWA helper, fed the same batches, agrees
+    reference = copy.deepcopy(model)
+    torch.optim.swa_utils.update_bn([images[:4], images[4:]], reference)
+    for ours, theirs in zip(model[1].buffers(), reference[1].buffers()):
+        torch.testing.assert_close(ours, theirs)
+    # dropout is off while the statistics are gathered; the modes come back as they were
+    dropped = torch.nn.Sequential(model[0], torch.nn.Dropout2d(0.5), torch.nn.BatchNorm2d(1))
+    dropped.train()
+    recompute_batch_norm(dropped, images, batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
+    torch.testing.assert_close(dropped[2].running_mean, model[1].running_mean)
+    assert dropped.training and dropped[1].training
+    # a failure part way leaves the momenta and the mode as they were
+    failing = torch.nn.Sequential(torch.nn.BatchNorm2d(1, momentum=0.3), torch.nn.Conv2d(2, 1, 1))
+    failing.eval()
+    with pytest.raises(RuntimeError):
+        recompute_batch_norm(failing, images, batch_size=4, device=torch.device("cpu"), dtype=torch.float32)
+    assert failing[0].momentum == 0.3 and not failing.training and not failing[0].training
     plain = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1))  # nothing to recompute: left as it is
     before = [t.clone() for t in plain.state_dict().values()]
     recompute_batch_norm(plain, images, 4, torch.device("cpu"), torch.float32)
@@ -254,7 +273,11 @@ def test_swa_averages_the_last_epochs_weights_and_leaves_training_unchanged(tiny
     (("train.swa_epochs=1",), "train.swa_lr is 0; with train.swa_epochs set"),
     (("train.swa_epochs=1", "train.swa_lr=0.02"), "in (0, train.lr = 0.01]"),
     (("train.swa_epochs=1", "train.swa_lr=0.005", "train.ema=0.9"), "two weight averages"),
-    (("train.swa_epochs=-1",), "train.swa_epochs is -1"),
+    (("train.swa_epochs=-1",), "train.swa_epochs is -1; it must be >= 0"),
+    (("train.swa_lr=0.005",), "train.swa_lr is 0.005 but train.swa_epochs is 0"),
+    (("train.swa_epochs=1", "train.swa_lr=0.005", "train.schedule=onecycle"), "onecycle has a warm-up"),
+    (("train.swa_epochs=2", "train.swa_lr=0.005", "train.progressive_size=16", "train.progressive_fraction=0.67"),
+     "train.epochs 3 (of which 2 at train.progressive_size)"),
 ])
 def test_swa_settings_are_refused_before_anything_is_written(tiny_data: Path, tmp_path: Path, capsys,
                                                              overrides: tuple[str, ...], message: str) -> None:
