@@ -47,11 +47,18 @@ def save_checkpoint(path: Path, model: nn.Module, config: RunConfig, epoch: int,
         torch.save(payload, tmp)
 
 
-def find_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A checkpoint file, or the ``best.pt`` (``which="last"``: ``last.pt``; ``"ema"``: ``ema.pt``; ``"swa"``:
-    ``swa.pt``) of a run folder."""
+def find_checkpoint(path: str | Path, which: str = "auto") -> Path:
+    """A checkpoint file as it is, or one of a run folder's checkpoints.
+
+    ``which``: ``best`` (``best.pt``, chosen on the validation images; ``last.pt`` where there is none),
+    ``last``, ``ema`` or ``swa`` (that file); ``auto``, the run's model: ``swa.pt`` where the run averaged its
+    weights (``train.swa_epochs``), else ``best.pt``; ``final``, the run's model chosen without its validation
+    images: ``swa.pt``, else ``last.pt``.
+    """
     path = Path(path)
     if path.is_dir():
+        if which in ("auto", "final"):
+            which = "swa" if (path / "swa.pt").is_file() else "best" if which == "auto" else "last"
         candidate = path / f"{which}.pt"
         if not candidate.is_file() and which == "best":
             candidate = path / "last.pt"
@@ -105,7 +112,7 @@ def build_model(config: RunConfig) -> nn.Module:
                         **architecture_options(m))
 
 
-def load_model(path: str | Path, which: str = "best", task: str | None = None,
+def load_model(path: str | Path, which: str = "auto", task: str | None = None,
                model_name: str | None = None) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
     """Rebuild a model from a checkpoint or run folder; returns ``(model in eval mode, config, checkpoint)``.
 

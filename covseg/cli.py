@@ -112,9 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder (default: the one the run was trained on)")
     p.add_argument("--split", default="heldout", help="heldout (default) | val | test | train | all")
     p.add_argument("--checkpoint", choices=("auto", "best", "last", "ema", "swa"), default="auto",
-                   help="auto: last.pt when evaluating the validation images that chose best.pt, else best.pt; "
-                        "ema / swa: the weight average of a run trained with train.ema / train.swa_epochs (its "
-                        "report goes to RUN_DIR/eval-SPLIT-ema or -swa; --lesion-model's models then need one too)")
+                   help="auto: swa.pt where the run averaged its weights (train.swa_epochs), else last.pt when "
+                        "evaluating the validation images that chose best.pt, else best.pt; ema / swa: that weight "
+                        "average (--lesion-model's models then need one too); a checkpoint other than auto's "
+                        "reports to RUN_DIR/eval-SPLIT-NAME, beside the run's own")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("-o", "--output", type=Path, help="report folder (default: RUN_DIR/eval-SPLIT)")
     _add_inference_options(p)
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a trained model to ONNX")
     p.add_argument("model", type=Path, help="run folder or checkpoint file")
     p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
-    p.add_argument("--checkpoint", choices=("best", "last", "ema", "swa"), default="best")
+    p.add_argument("--checkpoint", choices=("auto", "best", "last", "ema", "swa"), default="auto",
+                   help="auto: swa.pt where the run averaged its weights (train.swa_epochs), else best.pt")
     p.add_argument("--int8", action="store_true",
                    help="static int8 quantization (ONNX Runtime QDQ), calibrated on the run's training slices; "
                         "reports how many held-out pixels keep the fp32 label")
@@ -194,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("teacher", type=Path, help="run folder, or a cv folder (one teacher per fold -> OUT/fold-K)")
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for masks/ and pseudo.json")
     p.add_argument("--data", help="data folder whose unlabelled slices to label (default: the teacher's)")
-    p.add_argument("--checkpoint", choices=("best", "last", "ema", "swa"), default="last",
-                   help="teacher checkpoint (default last: a CV fold's best.pt was picked on its held-out images)")
+    p.add_argument("--checkpoint", choices=("final", "best", "last", "ema", "swa"), default="final",
+                   help="teacher checkpoint (default final: swa.pt where the run averaged its weights, else last.pt; "
+                        "a CV fold's best.pt was picked on its held-out images)")
     p.add_argument("--min-confidence", type=float, default=0.9,
                    help="keep a slice when the mean top-class probability over its lesion pixels is at least this")
     p.add_argument("--min-fraction", type=float, default=0.005, help="least lesion area fraction to keep a slice")
@@ -343,7 +346,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if clash:
             raise CovsegError(f"several scans would write to {args.output / clash[0]}; give scans distinct names "
                               "(or predict them one at a time, each with its own -o)")
-    predictor, config, info = open_models(args.model, args.lesion_model, args.task, "best", args.backend, args.device,
+    predictor, config, info = open_models(args.model, args.lesion_model, args.task, "auto", args.backend, args.device,
                                           args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)
     options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, min_lesion_ml=args.min_lesion_ml,

@@ -26,7 +26,7 @@ from covseg.predict import describe_after_use, ensemble_members, open_models
 from covseg.splits import load_split
 from covseg.labels import get_scheme
 from covseg.parallel_runs import train_runs_in_parallel
-from covseg.checkpoint import build_model, read_checkpoint
+from covseg.checkpoint import build_model, find_checkpoint, read_checkpoint
 from covseg.config import config_to_dict
 from covseg.run import read_run_config, read_run_info, train_run
 
@@ -34,8 +34,6 @@ __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", 
            "cross_validate", "cross_validate_seeds", "check_seeds"]
 
 EVAL_SPLITS = ("heldout", "val", "test", "train", "all")
-# the weight averages a run may save beside last.pt, as NAME.pt (train.ema, train.swa_epochs)
-AVERAGES = ("ema", "swa")
 
 TYPES_ONLY_NEEDS_LESION_MODEL = ("train.types_only trains a type model, scored behind a binary lesion model: train "
                                  "it with covseg train, then covseg evaluate RUN --lesion-model BINARY_RUN -o OUT")
@@ -105,9 +103,11 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     ``lesion_model``: binary models whose lesions the multiclass ``model_path`` types
     (:func:`covseg.predict.open_models`); on the run's own parts they must share its split.
 
-    ``which="auto"`` takes ``last.pt`` when the images evaluated are the validation images that chose
-    ``best.pt`` (so a cross-validation figure is not inflated by selecting on the fold it reports),
-    and ``best.pt`` otherwise.
+    ``which="auto"`` takes each run's ``swa.pt`` where it averaged its weights (``train.swa_epochs``), else
+    ``last.pt`` when the images evaluated are the validation images that chose ``best.pt`` (so a
+    cross-validation figure is not inflated by selecting on the fold it reports), and ``best.pt`` otherwise
+    (:func:`covseg.checkpoint.find_checkpoint`'s ``final`` and ``auto``). A run scored with another checkpoint
+    than that reports to ``eval-SPLIT-WHICH``, beside its own ``eval-SPLIT``.
     """
     given = [Path(model_path)] if isinstance(model_path, (str, Path)) else [Path(p) for p in model_path]
     paths = ensemble_members(given)
@@ -121,16 +121,18 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         out_dir = given[0] / f"eval-{split}"
     if out_dir is None and len(paths) > 1:
         raise CovsegError("an ensemble of several models needs -o REPORT_DIR for its report")
-    if which == "auto":
-        which = "last" if run_dir is not None and _evaluates_validation(run_dir, split) else "best"
+    own = "final" if run_dir is not None and _evaluates_validation(run_dir, split) else "auto"
+    requested, which = which, own if which == "auto" else which
     if data is None:
         if run_dir is None:
             raise CovsegError("pass --data DIR when evaluating a model file outside its run folder")
         data = read_run_info(run_dir)["data"]
     predictor, config, info = open_models(paths, lesion_paths, task, which, backend, device, precision, batch_size, tta)
     samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
-    # the average's report goes beside, never over, the run's own (which `covseg cv` reads)
-    out_dir = out_dir or Path(info["file"]).parent / (f"eval-{split}-{which}" if which in AVERAGES else f"eval-{split}")
+    # another checkpoint's report goes beside, never over, the run's own (which `covseg cv` reads)
+    if out_dir is None:
+        is_own = requested == "auto" or Path(info["file"]) == find_checkpoint(run_dir or paths[0], own)
+        out_dir = Path(info["file"]).parent / (f"eval-{split}" if is_own else f"eval-{split}-{requested}")
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe, "data": str(data), "split": split,
@@ -317,18 +319,20 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     from its ``last.pt``. ``jobs`` > 1 trains the unfinished folds first, that many at a time in worker
     processes (:func:`covseg.parallel_runs.train_runs_in_parallel`), then scores them here one by one, on the
     device they trained on (``train.device``: a GPU cross-validation is scored on the GPU).
-    Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std. With
-    ``train.ema`` (``train.swa_epochs``) each fold's ``ema.pt`` (``swa.pt``) is scored too
-    (``fold-K/eval-heldout-ema``, ``-swa``): a second table, its fold-by-fold difference from ``last.pt`` (the
-    same training run, so no seed noise), and ``cv.json``'s ``ema`` (``swa``) entry.
+    Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std of each fold's own model
+    (:func:`evaluate_run`'s ``auto``: ``swa.pt`` for runs with ``train.swa_epochs``, else ``last.pt``). A weight
+    average gets a second table beside ``last.pt`` of the same run (so no seed noise) and ``cv.json`` entries:
+    with ``train.ema`` each fold's ``ema.pt`` is scored too (``fold-K/eval-heldout-ema``; ``ema``: its columns
+    and ``minus_last``); with ``train.swa_epochs`` its ``last.pt`` (``fold-K/eval-heldout-last``; ``last``:
+    its columns, ``swa``: the main table's columns and ``minus_last``).
     """
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     if jobs > 1:
         train_runs_in_parallel(_untrained_folds(config, out_dir, folds), samples, data, jobs, log)
-    averages = _weight_averages(config)
+    companions = _companions(config)
     rows: list = []
-    average_rows: dict[str, list] = {name: [] for name, _ in averages}
+    companion_rows: dict[str, list] = {scored: [] for scored, _, _ in companions}
     for k in range(folds):
         fold_dir = out_dir / f"fold-{k}"
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
@@ -339,28 +343,33 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
             evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
-        for name, _ in averages:
-            average_path = fold_dir / f"eval-heldout-{name}" / "metrics.json"
-            if not _is_current(average_path, fold_dir / f"{name}.pt"):
-                evaluate_run(fold_dir, data, "heldout", None, which=name, device=cfg.train.device, progress=progress)
-            average_rows[name].append((json.loads(average_path.read_text(encoding="utf-8")), rows[-1][1]))
+        for scored, _, _ in companions:
+            companion_path = fold_dir / f"eval-heldout-{scored}" / "metrics.json"
+            if not _is_current(companion_path, fold_dir / f"{scored}.pt"):
+                evaluate_run(fold_dir, data, "heldout", None, which=scored, device=cfg.train.device, progress=progress)
+            companion_rows[scored].append((json.loads(companion_path.read_text(encoding="utf-8")), rows[-1][1]))
     columns = _cv_columns(rows, config.data.task)
     summary = _mean_std(columns)
     lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", ""]
     lines += _table_lines("fold", list(columns), [(str(k), _cv_row(columns, k)) for k in range(folds)]
                           + [("mean ± std", _summary_row(summary))])
     result: dict[str, Any] = {"columns": columns, "summary": summary}
-    for name, description in averages:
-        average_columns = _cv_columns(average_rows[name], config.data.task)
-        average_columns.pop("train seconds")
-        change = {c: [None if a is None or b is None else a - b for a, b in zip(vals, columns[c])]
+    for scored, name, description in companions:
+        scored_columns = _cv_columns(companion_rows[scored], config.data.task)
+        scored_columns.pop("train seconds")
+        main_columns = {c: v for c, v in columns.items() if c != "train seconds"}
+        average_columns, last_columns = ((scored_columns, main_columns) if scored == name
+                                         else (main_columns, scored_columns))
+        change = {c: [None if a is None or b is None else a - b for a, b in zip(vals, last_columns[c])]
                   for c, vals in average_columns.items()}
         result[name] = {"columns": average_columns, "summary": _mean_std(average_columns),
                         "minus_last": {"columns": change, "summary": _mean_std(change)}}
-        lines += ["", f"{description}, and its difference from `last.pt` of the same run:", ""]
-        lines += _table_lines("fold", list(average_columns),
-                              [(str(k), _cv_row(average_columns, k)) for k in range(folds)]
-                              + [("mean ± std", _summary_row(result[name]["summary"]))]
+        if scored != name:
+            result[scored] = {"columns": scored_columns, "summary": _mean_std(scored_columns)}
+        lines += ["", f"{description}:", ""]
+        lines += _table_lines("fold", list(scored_columns),
+                              [(str(k), _cv_row(scored_columns, k)) for k in range(folds)]
+                              + [("mean ± std", _summary_row(_mean_std(scored_columns)))]
                               + [(f"{k}: {name} − last", [f"{v:+.4f}" if v is not None else "–" for v in
                                                            (change[c][k] for c in change)]) for k in range(folds)]
                               + [(f"{name} − last, mean ± std", [f"{m:+.4f} ± {sd:.4f}" for m, sd in
@@ -370,17 +379,24 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     return result
 
 
-def _weight_averages(config: RunConfig) -> list[tuple[str, str]]:
-    """The weight averages ``config`` saves beside ``last.pt`` (names from :data:`AVERAGES`), each with the sentence
-    that introduces its table in ``cv.md``."""
+def _companions(config: RunConfig) -> list[tuple[str, str, str]]:
+    """What a cross-validation scores beside each fold's own model, to set a weight average against ``last.pt``
+    of the same run: ``(checkpoint scored, average, the sentence that introduces its table in cv.md)``.
+
+    ``train.ema``: ``ema.pt`` (the fold's own model stays ``last.pt``); ``train.swa_epochs``: ``last.pt``
+    (the fold's own model is ``swa.pt``).
+    """
     t = config.train
-    averages = []
+    companions = []
     if t.ema > 0:
-        averages.append(("ema", f"The weights' moving average (`ema.pt`, decay {t.ema:g})"))
+        companions.append(("ema", "ema", f"The weights' moving average (`ema.pt`, decay {t.ema:g}), and its "
+                                         "difference from `last.pt` of the same run"))
     if t.swa_epochs:
         epochs = f"{t.swa_epochs} epochs" if t.swa_epochs > 1 else "epoch"
-        averages.append(("swa", f"The weights' average over the last {epochs} (`swa.pt`, SWA at lr {t.swa_lr:g})"))
-    return averages
+        companions.append(("last", "swa", f"The table above scores each fold's average over the last {epochs} "
+                                          f"(`swa.pt`, SWA at lr {t.swa_lr:g}); here `last.pt` of the same run, "
+                                          "and the difference"))
+    return companions
 
 
 def _is_current(report: Path, checkpoint: Path) -> bool:
@@ -396,13 +412,15 @@ def check_seeds(seeds: Sequence[int]) -> None:
 
 
 def _report_of(metrics_path: Path, members: list[Path]) -> bool:
-    """Whether ``metrics_path`` is a finished report of exactly these members' ``last.pt``, newer than each."""
+    """Whether ``metrics_path`` is a finished report of exactly these members' own models (``swa.pt`` or
+    ``last.pt``: :func:`covseg.checkpoint.find_checkpoint`'s ``final``), newer than each member's ``last.pt``."""
     if not metrics_path.is_file():
         return False
     files = [Path(m["file"]).resolve() for m in json.loads(metrics_path.read_text(encoding="utf-8"))["model"]
              .get("members", [])]
     newest = max((m / "last.pt").stat().st_mtime for m in members)
-    return files == [(m / "last.pt").resolve() for m in members] and metrics_path.stat().st_mtime >= newest
+    return (files == [find_checkpoint(m, "final").resolve() for m in members]
+            and metrics_path.stat().st_mtime >= newest)
 
 
 def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,

@@ -45,7 +45,7 @@ def write_graph(model: torch.nn.Module, input_size: int, target: Any) -> None:
                                         "logits": {0: "batch", 2: "height", 3: "width"}})
 
 
-def export_onnx(model_path: Path, out: Path, which: str = "best", int8: bool = False,
+def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = False,
                 data: str | None = None) -> dict[str, Any]:
     """Export a run folder's (or checkpoint's) model to ONNX at ``out``, atomically; returns its covseg metadata.
 

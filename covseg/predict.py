@@ -35,7 +35,7 @@ from covseg.runtime import resolve_device, resolve_precision
 __all__ = ["open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
 
 
-def open_predictor(model_path: Path, task: str | None = None, which: str = "best", backend: str = "auto",
+def open_predictor(model_path: Path, task: str | None = None, which: str = "auto", backend: str = "auto",
                    device: str = "cpu", precision: str = "auto", batch_size: int = 8,
                    flip_tta: bool = False) -> tuple[Predictor, RunConfig, dict[str, Any]]:
     """A :class:`Predictor` for a run folder, checkpoint or covseg ONNX file.
@@ -110,7 +110,7 @@ def ensemble_members(model_paths: Sequence[Path]) -> list[Path]:
     return members
 
 
-def open_ensemble(model_paths: Sequence[Path], task: str | None = None, which: str = "best", backend: str = "auto",
+def open_ensemble(model_paths: Sequence[Path], task: str | None = None, which: str = "auto", backend: str = "auto",
                   device: str = "cpu", precision: str = "auto", batch_size: int = 8,
                   flip_tta: bool = False) -> tuple[Predictor | EnsemblePredictor, RunConfig, dict[str, Any]]:
     """:func:`open_predictor` for one model; for several (or a cross-validation folder, see
@@ -140,7 +140,7 @@ def open_ensemble(model_paths: Sequence[Path], task: str | None = None, which: s
 
 
 def open_models(model_paths: Sequence[Path], lesion_paths: Sequence[Path] | None = None, task: str | None = None,
-                which: str = "best", backend: str = "auto", device: str = "cpu", precision: str = "auto",
+                which: str = "auto", backend: str = "auto", device: str = "cpu", precision: str = "auto",
                 batch_size: int = 8, flip_tta: bool = False
                 ) -> tuple[Predictor | EnsemblePredictor | LesionTypePredictor, RunConfig, dict[str, Any]]:
     """:func:`open_ensemble` of ``model_paths``; with ``lesion_paths`` (binary models), a

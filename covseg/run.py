@@ -12,7 +12,8 @@ Layout of ``RUN_DIR``::
     ema.pt              with train.ema > 0: the weights' exponential moving average after the last epoch,
                         with the trained network's batch-norm statistics
     swa.pt              with train.swa_epochs > 0: the equal average of the last swa_epochs epochs' weights, with
-                        batch-norm statistics recomputed over the training slices
+                        batch-norm statistics recomputed over the training slices; the run's model where it exists
+                        (covseg.checkpoint.find_checkpoint's "auto" and "final")
 
 Every file is written atomically; ``last.pt`` is rewritten after each epoch.
 """

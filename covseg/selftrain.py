@@ -114,13 +114,14 @@ def _is_pseudo_folder(folder: Path) -> bool:
 
 
 def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, rule: PseudoLabelRule = PseudoLabelRule(),
-                       which: str = "last", batch_size: int = 8, force: bool = False, progress: bool = True,
+                       which: str = "final", batch_size: int = 8, force: bool = False, progress: bool = True,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
     """Pseudo-label ``data``'s unlabelled slices with ``teacher`` into ``out_dir`` (staged, then renamed).
 
     ``teacher``: a run folder, or a cross-validation folder (``fold-K/`` runs), which yields
     ``out_dir/fold-K`` per fold. ``data`` defaults to the teacher's own data folder. ``which``: the
-    teacher checkpoint (``last`` by default: a CV fold's ``best.pt`` was picked on its held-out images).
+    teacher checkpoint (:func:`covseg.checkpoint.find_checkpoint`; ``final`` by default, ``swa.pt`` or ``last.pt``:
+    a CV fold's ``best.pt`` was picked on its held-out images).
     Returns the summary written to ``pseudo.json`` (for a CV folder: ``{"folds": {K: summary}}``).
     """
     teacher, out_dir = Path(teacher), Path(out_dir)

@@ -126,7 +126,7 @@ def test_compare_and_cv(tiny_data: Path, tmp_path: Path, capsys, monkeypatch: py
 
 @pytest.mark.parametrize(("name", "average", "described"), [
     ("ema", ("train.ema=0.5",), "`ema.pt`, decay 0.5"),
-    ("swa", ("train.swa_epochs=1", "train.swa_lr=0.005"), "the last epoch (`swa.pt`, SWA at lr 0.005)"),
+    ("swa", ("train.swa_epochs=1", "train.swa_lr=0.005"), "average over the last epoch (`swa.pt`, SWA at lr 0.005)"),
 ])
 def test_cv_with_a_weight_average_scores_it_beside_last(tiny_data: Path, tmp_path: Path, name: str,
                                                         average: tuple[str, ...], described: str) -> None:
@@ -134,13 +134,19 @@ def test_cv_with_a_weight_average_scores_it_beside_last(tiny_data: Path, tmp_pat
     assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 0
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
     key = "mean Dice (per image)"
+    # an EMA run's own model is last.pt, with ema.pt beside it; an SWA run's own model is swa.pt, with last.pt beside
+    own, beside = ("last", "ema") if name == "ema" else ("swa", "last")
     for k in range(3):
-        last = json.loads((tmp_path / "cv" / f"fold-{k}" / "eval-heldout" / "metrics.json").read_text())
-        ema = json.loads((tmp_path / "cv" / f"fold-{k}" / f"eval-heldout-{name}" / "metrics.json").read_text())
-        assert last["model"]["file"].endswith("last.pt") and ema["model"]["file"].endswith(f"{name}.pt")
-        dice_last, dice_ema = (m["per_image"]["dice"]["mean_foreground"] for m in (last, ema))
-        assert cv["columns"][key][k] == dice_last and cv[name]["columns"][key][k] == dice_ema
-        assert cv[name]["minus_last"]["columns"][key][k] == pytest.approx(dice_ema - dice_last)
+        fold = tmp_path / "cv" / f"fold-{k}"
+        main_report = json.loads((fold / "eval-heldout" / "metrics.json").read_text())
+        side_report = json.loads((fold / f"eval-heldout-{beside}" / "metrics.json").read_text())
+        assert main_report["model"]["file"].endswith(f"{own}.pt")
+        assert side_report["model"]["file"].endswith(f"{beside}.pt")
+        dice = {c: m["per_image"]["dice"]["mean_foreground"] for c, m in ((own, main_report), (beside, side_report))}
+        assert cv["columns"][key][k] == dice[own] and cv[name]["columns"][key][k] == dice[name]
+        assert cv[name]["minus_last"]["columns"][key][k] == pytest.approx(dice[name] - dice["last"])
+        if name == "swa":
+            assert cv["last"]["columns"][key][k] == dice["last"]
     assert "train seconds" not in cv[name]["columns"]
     table = (tmp_path / "cv" / "cv.md").read_text()
     assert described in table and f"| {name} − last, mean ± std |" in table

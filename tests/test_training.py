@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from covseg.checkpoint import read_checkpoint
+from covseg.checkpoint import find_checkpoint, read_checkpoint
 from covseg.cli import main
 from covseg.config import TrainConfig
 from covseg.fileio import interrupts_deferred
+from covseg.predict import open_predictor
 from covseg.training import (averaged_network, class_argmax, epoch_average, learning_rate, lr_factor,
                              recompute_batch_norm, weight_average)
 
@@ -259,9 +260,15 @@ def test_swa_averages_the_last_epochs_weights_and_leaves_training_unchanged(tiny
     assert _train(tiny_data, tmp_path / "cos", "train.swa_epochs=2", "train.swa_lr=0.004", "--epochs", "4") == 0
     lrs = [float(r["lr"]) for r in _history(tmp_path / "cos")]
     assert lrs[0] > 0.004 and lrs[2] == lrs[3] == pytest.approx(0.004)
-    # scored on request, its report beside the run's own
-    assert main(["evaluate", str(run), "--checkpoint", "swa", "--quiet"]) == 0
-    assert json.loads((run / "eval-heldout-swa" / "metrics.json").read_text())["model"]["file"].endswith("swa.pt")
+    # the run's own model: evaluate, predict and export take swa.pt unless told otherwise; last.pt reports beside
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    assert json.loads((run / "eval-heldout" / "metrics.json").read_text())["model"]["file"].endswith("swa.pt")
+    assert main(["evaluate", str(run), "--checkpoint", "last", "--quiet"]) == 0
+    assert json.loads((run / "eval-heldout-last" / "metrics.json").read_text())["model"]["file"].endswith("last.pt")
+    assert open_predictor(run)[2]["file"].endswith("swa.pt")
+    assert find_checkpoint(run, "final").name == "swa.pt" and find_checkpoint(run, "best").name == "best.pt"
+    plain = tmp_path / "two"  # a run without an average: best.pt, or last.pt for the images that chose best.pt
+    assert find_checkpoint(plain).name == "best.pt" and find_checkpoint(plain, "final").name == "last.pt"
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "two"), "--checkpoint", "swa", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
