@@ -147,7 +147,7 @@ class TrainConfig:
     # stochastic weight averaging (Izmailov et al. 2018): the last swa_epochs epochs train at the constant rate
     # swa_lr (the schedule runs over the epochs before them, from lr down to swa_lr) and their end-of-epoch weights
     # are averaged with equal weights into swa.pt, with batch-norm statistics recomputed over the training slices
-    # (evaluate with --checkpoint swa); 0 = none
+    # (the run's model from then on: evaluate, predict, export and cv take it; --checkpoint last for the other); 0 = none
     swa_epochs: int = 0
     swa_lr: float = 0.0
     # semi-supervised consistency (covseg.consistency; French et al. 2020): weight of a soft cross-entropy that pulls

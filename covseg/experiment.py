@@ -118,7 +118,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     if out_dir is None and lesion_paths:
         raise CovsegError("an evaluation with --lesion-model needs -o REPORT_DIR, so the model's own report stays")
     if out_dir is None and paths != given:  # a cross-validation folder reports beside its folds
-        out_dir = given[0] / f"eval-{split}"
+        out_dir = given[0] / (f"eval-{split}" if which == "auto" else f"eval-{split}-{which}")
     if out_dir is None and len(paths) > 1:
         raise CovsegError("an ensemble of several models needs -o REPORT_DIR for its report")
     own = "final" if run_dir is not None and _evaluates_validation(run_dir, split) else "auto"
@@ -338,14 +338,14 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
         cfg = _fold_config(config, k, folds)
         _check_same_settings(fold_dir, cfg)
-        if not _is_current(metrics_path, fold_dir / "last.pt"):
+        if not _is_current(metrics_path, fold_dir, "final"):
             log(f"== fold {k} ==")
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
             evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
         for scored, _, _ in companions:
             companion_path = fold_dir / f"eval-heldout-{scored}" / "metrics.json"
-            if not _is_current(companion_path, fold_dir / f"{scored}.pt"):
+            if not _is_current(companion_path, fold_dir, scored):
                 evaluate_run(fold_dir, data, "heldout", None, which=scored, device=cfg.train.device, progress=progress)
             companion_rows[scored].append((json.loads(companion_path.read_text(encoding="utf-8")), rows[-1][1]))
     columns = _cv_columns(rows, config.data.task)
@@ -399,9 +399,18 @@ def _companions(config: RunConfig) -> list[tuple[str, str, str]]:
     return companions
 
 
-def _is_current(report: Path, checkpoint: Path) -> bool:
-    """Whether ``report`` exists and is no older than the ``checkpoint`` it scored."""
-    return report.is_file() and report.stat().st_mtime >= checkpoint.stat().st_mtime
+def _is_current(report: Path, run_dir: Path, which: str) -> bool:
+    """Whether ``report`` (a ``metrics.json``) exists, scored ``run_dir``'s checkpoint ``which``
+    (:func:`covseg.checkpoint.find_checkpoint`) and is no older than it or than ``last.pt``."""
+    if not report.is_file() or not (run_dir / "last.pt").is_file():
+        return False
+    checkpoint = find_checkpoint(run_dir, which)
+    try:
+        scored = Path(json.loads(report.read_text(encoding="utf-8"))["model"]["file"]).name
+    except (ValueError, KeyError, TypeError):
+        return False
+    newest = max(checkpoint.stat().st_mtime, (run_dir / "last.pt").stat().st_mtime)
+    return scored == checkpoint.name and report.stat().st_mtime >= newest
 
 
 def check_seeds(seeds: Sequence[int]) -> None:

@@ -17,6 +17,7 @@ Other columns count every image with a value in both runs.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -132,15 +133,32 @@ def _fold_of_run(run_dir: Path) -> str:
     return f"fold-{fold}"
 
 
+def _check_own_model(run_dir: Path) -> None:
+    """Refuse a fold whose ``eval-heldout`` scored another checkpoint than the run's own model (``swa.pt`` where
+    the run has one, else ``last.pt``), e.g. a report written before ``swa.pt`` became the run's model."""
+    try:
+        scored = Path(json.loads((run_dir / "eval-heldout" / "metrics.json").read_text(encoding="utf-8"))
+                      ["model"]["file"]).name
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    own = "swa.pt" if (run_dir / "swa.pt").is_file() else "last.pt"
+    if scored != own and (run_dir / own).is_file():
+        raise CovsegError(f"{run_dir}/eval-heldout scored {scored}, not the run's own {own}; score it again: "
+                          f"covseg evaluate {run_dir}")
+
+
 def read_fold_scores(cv_dir: Path) -> FoldScores:
     """Read every scored fold of a ``covseg cv`` folder (``fold-K/eval-heldout/per_image.csv``), or the one fold of
     a ``covseg train --split cv:K`` run folder (its own ``eval-heldout/per_image.csv``)."""
     if not cv_dir.is_dir():
         raise CovsegError(f"{cv_dir}: no such folder; give a `covseg cv` output folder (or its seed-S folder)")
     if (cv_dir / PER_IMAGE).is_file():
+        _check_own_model(cv_dir)
         return {_fold_of_run(cv_dir): _read_per_image(cv_dir / PER_IMAGE)}
-    scores: FoldScores = {path.parent.parent.name: _read_per_image(path)
-                          for path in sorted(cv_dir.glob(f"fold-*/{PER_IMAGE.as_posix()}"))}
+    found = sorted(cv_dir.glob(f"fold-*/{PER_IMAGE.as_posix()}"))
+    for path in found:
+        _check_own_model(path.parent.parent)
+    scores: FoldScores = {path.parent.parent.name: _read_per_image(path) for path in found}
     if not scores:
         seeds = sorted(p.name for p in cv_dir.glob("seed-*") if p.is_dir())
         hint = f"give one of its seed folders ({', '.join(seeds)})" if seeds else "run covseg cv into it first"

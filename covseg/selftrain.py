@@ -92,7 +92,8 @@ def _read_json(path: Path, what: str) -> Any:
 def _teacher_images(run_dir: Path, which: str, split: str, pseudo_labels: str) -> list[str]:
     """Names of the labelled images whose labels reached a teacher's weights.
 
-    Its ``train`` part; with ``which="best"`` also its validation part (``best.pt`` was chosen on it); and,
+    Its ``train`` part; when the checkpoint ``which`` is ``best`` also its validation part (``best.pt`` was chosen
+    on it); and,
     for a teacher that was itself a self-trained student, its own teacher's images.
     """
     split_file = run_dir / "split.json"
@@ -158,7 +159,7 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
     if not run_dir.is_dir():
         raise CovsegError(f"{run_dir}: the teacher must be a run folder or a cross-validation folder")
     predictor, config, info = open_predictor(run_dir, None, which, "auto", "cpu", "auto", batch_size, False)
-    seen = _teacher_images(run_dir, which, config.data.split, config.data.pseudo_labels)
+    seen = _teacher_images(run_dir, Path(info["file"]).stem, config.data.split, config.data.pseudo_labels)
     data = data or read_run_info(run_dir)["data"]
     key = (str(Path(data).resolve()), config.data.task, config.data.window)
     if key not in loaded:

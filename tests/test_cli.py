@@ -13,6 +13,8 @@ from PIL import Image
 
 from covseg import experiment
 from covseg.cli import main
+from covseg.errors import CovsegError
+from covseg.paired import read_fold_scores
 
 from conftest import REAL_SEMISEG, TINY_OVERRIDES
 
@@ -150,6 +152,18 @@ def test_cv_with_a_weight_average_scores_it_beside_last(tiny_data: Path, tmp_pat
     assert "train seconds" not in cv[name]["columns"]
     table = (tmp_path / "cv" / "cv.md").read_text()
     assert described in table and f"| {name} − last, mean ± std |" in table
+    if name == "swa":
+        # a fold report that scored last.pt (as before swa.pt became the run's model) is not taken for swa.pt's:
+        # cv-compare refuses it, and cv scores the fold again
+        fold = tmp_path / "cv" / "fold-1"
+        shutil.rmtree(fold / "eval-heldout")
+        shutil.copytree(fold / "eval-heldout-last", fold / "eval-heldout")
+        with pytest.raises(CovsegError, match="scored last.pt, not the run's own swa.pt"):
+            read_fold_scores(tmp_path / "cv")
+        assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 0
+        again = json.loads((fold / "eval-heldout" / "metrics.json").read_text())
+        assert again["model"]["file"].endswith("swa.pt")
+        assert json.loads((tmp_path / "cv" / "cv.json").read_text()) == cv
 
 
 def test_cv_with_seeds_repeats_the_folds_and_scores_seed_ensembles(tiny_data: Path, tmp_path: Path, capsys,
