@@ -136,13 +136,17 @@ def _fold_of_run(run_dir: Path) -> str:
 def _check_own_model(run_dir: Path) -> None:
     """Refuse a fold whose ``eval-heldout`` scored another checkpoint than the run's own model (``swa.pt`` where
     the run has one, else ``last.pt``), e.g. a report written before ``swa.pt`` became the run's model."""
+    from covseg.checkpoint import find_checkpoint  # torch: only once there is a report to check
+
     try:
         scored = Path(json.loads((run_dir / "eval-heldout" / "metrics.json").read_text(encoding="utf-8"))
                       ["model"]["file"]).name
     except (OSError, ValueError, KeyError, TypeError):
         return
-    own = "swa.pt" if (run_dir / "swa.pt").is_file() else "last.pt"
-    if scored != own and (run_dir / own).is_file():
+    if not (run_dir / "last.pt").is_file():
+        return
+    own = find_checkpoint(run_dir, "final").name
+    if scored != own:
         raise CovsegError(f"{run_dir}/eval-heldout scored {scored}, not the run's own {own}; score it again: "
                           f"covseg evaluate {run_dir}")
 

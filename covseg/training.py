@@ -127,8 +127,9 @@ def recompute_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int
     ``images`` ``(N, 1, S, S)`` (the training slices at ``data.input_size``, unaugmented) pass through ``model``
     in training mode with dropout off, ``batch_size`` at a time, under the training precision; every batch-norm
     layer's running mean and variance become the mean over those batches of the batch statistics (momentum
-    ``None``), as :func:`torch.optim.swa_utils.update_bn` does. Averaged weights need this: the running statistics of any one
-    epoch's weights do not match their average (SWA). A network without batch norm is left as it is.
+    ``None``), as :func:`torch.optim.swa_utils.update_bn` does. Averaged weights need this: the running
+    statistics of any one epoch's weights do not match their average (SWA). A network without batch norm is left
+    as it is.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
