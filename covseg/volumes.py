@@ -627,6 +627,18 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(_NIFTI_SUFFIXES)
 
 
+def _looks_like_dicom(path: Path) -> bool:
+    """True for a ``.dcm`` name or a file with DICOM's ``DICM`` magic at byte 128 (a DICOM file of any name)."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
 def read_volume(path: str | Path, series_uid: str | None = None,
                 spacing: Sequence[float] | None = None) -> Volume:
     """Read a CT scan into a canonical :class:`Volume` (see the module docstring for the orientation).
@@ -634,7 +646,8 @@ def read_volume(path: str | Path, series_uid: str | None = None,
     ``path`` is one of:
 
     * a NIfTI file ``.nii`` / ``.nii.gz`` (scl_slope/scl_inter applied; HU when its minimum is below -100);
-    * a folder holding a DICOM series (files with any name; non-DICOM files such as a README are skipped),
+    * a folder holding a DICOM series (files with any name, told by a ``.dcm`` suffix or the ``DICM`` preamble;
+      non-DICOM files such as a README, a preview image or a converted NIfTI beside the series are skipped),
       or one DICOM file (refused: a single slice is not a scan). Several series: ``series_uid`` picks one,
       else the one with the most images is read and a warning names the others. Slices are ordered by
       ImagePositionPatient projected on the slice normal (row x column direction cosines), never by file
@@ -675,17 +688,20 @@ def read_volume(path: str | Path, series_uid: str | None = None,
         )
         nifti = [p for p in files if _is_nifti(p)]
         images = [p for p in files if p.suffix.lower() in _IMAGE_SUFFIXES]
-        dicom_named = [p for p in files if p.suffix.lower() == ".dcm"]
-        if images and not dicom_named:
+        others = [p for p in files if not _is_nifti(p) and p.suffix.lower() not in _IMAGE_SUFFIXES]
+        # DICOM files of any name are told by their content, so that a preview image or a converted NIfTI left
+        # beside a series named by UID (no .dcm suffix) is skipped rather than taken for the scan
+        has_dicom = any(_looks_like_dicom(p) for p in others)
+        if images and not has_dicom:
             from covseg.datasets import list_images
 
             ordered = [p for p in list_images(path) if p.suffix.lower() in _IMAGE_SUFFIXES]
             volume = _read_image_stack(path, ordered, given)
             given = None
-        elif nifti and not dicom_named:
+        elif nifti and not has_dicom:
             raise CovsegError(f"{path}: holds NIfTI files ({nifti[0].name}, ...); give the .nii/.nii.gz file itself")
         else:
-            volume = _read_dicom_series(path, [p for p in files if p not in nifti and p not in images], series_uid)
+            volume = _read_dicom_series(path, others, series_uid)
     if given is not None and not np.allclose(given, volume.spacing, rtol=1e-3):
         volume.warnings.append(
             f"--spacing {given} ignored: {path.name} carries its own voxel size {volume.spacing} mm"

@@ -321,3 +321,20 @@ def test_write_like_input_keeps_a_trailing_axis_of_length_one(tmp_path):
     img = nib.load(str(write_like_input(labels, volume, tmp_path / "labels.nii.gz")))
     assert img.shape == (8, 6, 4, 1)
     assert list(zip(*np.nonzero(np.asarray(img.dataobj)))) == [(2, 3, 1, 0)]
+
+
+def test_uid_named_series_beside_a_preview_image_or_a_nifti_is_read_as_dicom(tmp_path):
+    # DICOM is told by content (files of any name): a stray JPG/PNG preview or a converted NIfTI left beside a
+    # series whose files have no .dcm suffix must not turn the folder into an image stack or a NIfTI folder
+    from covseg.predict import is_scan
+
+    hu = truth_hu()
+    write_dicom_series(tmp_path, hu)  # files named IM########_k, no suffix
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "preview.jpg")
+    assert is_scan(tmp_path)
+    vol = read_volume(tmp_path)
+    assert vol.kind == "dicom" and np.array_equal(vol.hu, hu)
+    assert read_volume(tmp_path, spacing=(2.5, 0.7, 0.8)).kind == "dicom"  # --spacing does not make it a stack
+    write_nifti(tmp_path / "converted.nii.gz", hu)
+    vol = read_volume(tmp_path)
+    assert vol.kind == "dicom" and np.array_equal(vol.hu, hu)
