@@ -339,6 +339,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise CovsegError(f"{item}: no such file or folder")
     scans = [item for item in args.inputs if is_scan(item, args.spacing)]
     files = [f for item in args.inputs if item not in scans for f in list_images(item)]
+    nested = next((f for f in files if f not in args.inputs and is_scan(f)), None)
+    if nested is not None:
+        raise CovsegError(f"{nested.parent}: holds the 3-D scan {nested.name}; give the file itself "
+                          f"(covseg predict {nested} -o OUT --model ...)")
     names = [output_stem(scan) for scan in scans]
     scan_subfolders = len(scans) > 1 or bool(files)  # else the one scan writes into -o itself
     if scan_subfolders:

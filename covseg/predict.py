@@ -31,6 +31,7 @@ from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme
 from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
+from covseg.volumes import looks_like_dicom
 
 __all__ = ["open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
 
@@ -311,14 +312,8 @@ def is_scan(path: Path, spacing: Sequence[float] | None = None) -> bool:
             return True
         # DICOM files named otherwise (by UID, "1.2.840....7", or *.IMA, or without extension): by their preamble
         others = [p for p in files if p.suffix.lower() not in PIL_SUFFIXES and not p.name.lower().endswith((".nii", ".nii.gz"))]
-        return any(_has_dicom_preamble(p) for p in others[:8])
+        return any(looks_like_dicom(p) for p in others)
     return False
-
-
-def _has_dicom_preamble(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(132)
-    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir: Path, model_info: dict[str, Any],

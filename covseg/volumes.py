@@ -45,6 +45,7 @@ __all__ = [
     "Volume",
     "read_volume",
     "read_dicom_slice",
+    "looks_like_dicom",
     "to_input_geometry",
     "from_input_geometry",
     "write_like_input",
@@ -627,7 +628,7 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(_NIFTI_SUFFIXES)
 
 
-def _looks_like_dicom(path: Path) -> bool:
+def looks_like_dicom(path: Path) -> bool:
     """True for a ``.dcm`` name or a file with DICOM's ``DICM`` magic at byte 128 (a DICOM file of any name)."""
     if path.suffix.lower() == ".dcm":
         return True
@@ -691,7 +692,7 @@ def read_volume(path: str | Path, series_uid: str | None = None,
         others = [p for p in files if not _is_nifti(p) and p.suffix.lower() not in _IMAGE_SUFFIXES]
         # DICOM files of any name are told by their content, so that a preview image or a converted NIfTI left
         # beside a series named by UID (no .dcm suffix) is skipped rather than taken for the scan
-        has_dicom = any(_looks_like_dicom(p) for p in others)
+        has_dicom = any(looks_like_dicom(p) for p in others)
         if images and not has_dicom:
             from covseg.datasets import list_images
 

@@ -147,6 +147,17 @@ def test_scans_of_the_same_name_are_refused_before_any_work(tiny_run: Path, tmp_
     assert len(err) == 1 and "distinct names" in err[0] and not out.exists()
 
 
+def test_a_folder_holding_a_3d_nifti_points_to_the_file(phantom, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    path, _, _ = phantom
+    folder = tmp_path / "patient"
+    folder.mkdir()
+    (folder / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "o"
+    assert main(["predict", str(folder), "-o", str(out), "--model", str(tiny_run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give the file itself" in err[0] and path.name in err[0] and not out.exists()
+
+
 def test_effusion_is_kept_outside_the_lungs_and_is_not_involvement(tmp_path: Path) -> None:
     from covseg.labels import MULTICLASS
     from covseg.scan import segment_scan

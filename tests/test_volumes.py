@@ -338,3 +338,6 @@ def test_uid_named_series_beside_a_preview_image_or_a_nifti_is_read_as_dicom(tmp
     write_nifti(tmp_path / "converted.nii.gz", hu)
     vol = read_volume(tmp_path)
     assert vol.kind == "dicom" and np.array_equal(vol.hu, hu)
+    for k in range(12):  # more stray files than a sample of the first few names would look past
+        (tmp_path / f"000_notes_{k}.txt").write_text("not DICOM")
+    assert is_scan(tmp_path) and read_volume(tmp_path).kind == "dicom"
