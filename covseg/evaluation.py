@@ -4,7 +4,8 @@ All figures come from one confusion matrix per image (:func:`covseg.metrics.conf
 
 * ``per_image``: for each class, the mean over the images whose ground truth holds the class
   (images with an empty truth for a class are skipped for that class, as MONAI's ``ignore_empty``;
-  their false positives still count in ``pooled``).
+  their false positives still count in ``pooled``). Specificity is averaged over every image; precision
+  only over the images where it is defined (the prediction calls the class).
 * ``pooled``: the metric of the sum of all confusion matrices (every pixel of every image).
 * ``mean`` rows average the foreground classes that occur in the truth (pleural effusion, absent from
   COVID-SemiSeg, is left out rather than counted as 0 or 1).
@@ -38,7 +39,8 @@ from covseg.metrics import (
 
 __all__ = ["ImageResult", "Evaluation", "evaluate_image", "summarise", "write_report", "format_figure", "EMPTY_TRUTH_RULE"]
 
-EMPTY_TRUTH_RULE = ("per-image means skip images whose ground truth lacks the class (MONAI ignore_empty); "
+EMPTY_TRUTH_RULE = ("per-image means skip images whose ground truth lacks the class (MONAI ignore_empty; "
+                    "specificity averages every image, precision the images that predict the class); "
                     "pooled figures count every pixel")
 
 
@@ -69,8 +71,11 @@ def evaluate_image(name: str, probs: np.ndarray, truth: np.ndarray, scheme: Labe
     return ImageResult(name, cm, infnet, image, truth, pred.astype(np.int64))
 
 
-def _mean_fg(values: np.ndarray) -> float:
-    fg = values[1:]
+def _mean_fg(values: np.ndarray, in_truth: np.ndarray) -> float:
+    """Mean of ``values`` ``(n,)`` over the foreground classes (ids >= 1) that some image's truth holds
+    (``in_truth`` ``(n,)`` bool) and where it is defined; NaN if none. A class absent from every truth (pleural
+    effusion) stays out even where it has a value (its specificity, or its pooled Dice after false positives)."""
+    fg = values[1:][in_truth[1:]]
     return float(np.nanmean(fg)) if np.isfinite(fg).any() else float("nan")
 
 
@@ -104,7 +109,7 @@ class Evaluation:
             out = {}
             for metric, v in values.items():
                 out[metric] = {n: float(x) for n, x in zip(names, v)}
-                out[metric]["mean_foreground"] = _mean_fg(v)
+                out[metric]["mean_foreground"] = _mean_fg(v, present > 0)
             return out
 
         return _clean({

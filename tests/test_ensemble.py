@@ -194,3 +194,24 @@ def test_type_ensemble_averages_normalised_odds_by_hand() -> None:
     out = list(LesionTypePredictor(lesion, EnsemblePredictor([a, b]), lesion_classes=[1, 2])([np.zeros((5, 4), np.float32)]))
     shares = np.array([(1 / 3 + 3 / 4) / 2, (2 / 3 + 1 / 4) / 2])  # not the shares of the mean probabilities
     np.testing.assert_allclose(out[0][:, 1, 2], [1 / 4, *(3 / 4 * shares), 0.0], atol=1e-6)
+
+
+class _ColumnBackend:
+    """Lesion logit ``4 * col / S - 2`` growing left to right, the same for every image: not mirror-symmetric."""
+
+    description = "column"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-1]
+        col = torch.arange(size, dtype=torch.float32).expand(x.shape[0], 1, *x.shape[-2:])
+        return torch.cat([torch.zeros_like(col), 4 * col / size - 2], 1)
+
+
+def test_flip_tta_averages_with_the_mirrored_pass_flipped_back() -> None:
+    image = np.zeros((16, 16), np.float32)
+    plain = next(iter(Predictor(_ColumnBackend(), input_size=16)([image])))
+    tta = next(iter(Predictor(_ColumnBackend(), input_size=16, flip_tta=True)([image])))
+    # by hand: p(col) and the mirrored pass p(15 - col), put back in place, averaged (so symmetric left-right)
+    np.testing.assert_allclose(tta, (plain + plain[..., ::-1]) / 2, atol=1e-6)
+    np.testing.assert_allclose(tta[:, :, :8], tta[:, :, :7:-1], atol=1e-6)
+    assert not np.allclose(plain, plain[..., ::-1], atol=1e-3)  # the test would pass vacuously otherwise

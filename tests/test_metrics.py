@@ -124,3 +124,20 @@ def test_infnet_zero_where_no_true_positive() -> None:
 def test_confusion_matrix_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError):
         confusion_matrix(np.zeros(3), np.zeros(4), 2)
+
+
+def test_mean_foreground_leaves_out_classes_absent_from_every_truth() -> None:
+    from covseg.evaluation import evaluate_image, summarise
+    from covseg.labels import MULTICLASS
+
+    truth = np.array([[0, 1, 1, 2], [0, 0, 2, 2]])
+    pred = np.array([[0, 1, 3, 2], [0, 0, 2, 0]])  # one pixel called pleural effusion, which no truth holds
+    probs = np.eye(4, dtype=np.float32)[pred].transpose(2, 0, 1)
+    d = summarise([evaluate_image("a", probs, truth, MULTICLASS)], MULTICLASS).to_dict()
+    # ggo: TP 1, FN 1 -> Dice 2/3 ; consolidation: TP 2, FN 1 -> 4/5 ; neither has a false positive
+    for kind in ("per_image", "pooled"):
+        assert d[kind]["dice"]["mean_foreground"] == pytest.approx((2 / 3 + 4 / 5) / 2, abs=1e-6)
+        # pleural effusion keeps its own figures (specificity 7/8, pooled Dice 0) but not in the mean
+        assert d[kind]["specificity"]["pleural_effusion"] == pytest.approx(7 / 8, abs=1e-6)
+        assert d[kind]["specificity"]["mean_foreground"] == pytest.approx(1.0)
+    assert d["pooled"]["dice"]["pleural_effusion"] == 0.0
