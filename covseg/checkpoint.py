@@ -9,7 +9,8 @@ A checkpoint is a ``torch.save``d dict of tensors and plain Python values, read 
     ``epoch``   epochs completed; ``score`` validation mean foreground Dice (or None)
     ``optimizer`` state, ``history``, ``best`` and, with ``train.ema``, ``ema`` (the weight average's
     ``state_dict``), with ``train.swa_epochs``, ``swa`` and ``swa_n`` (SWA's average so far and how many epochs
-    it holds): ``last.pt`` only, for ``--resume``
+    it holds), and ``rng`` (with ``cuda_rng`` on a GPU: torch's global random state, which dropout draws from):
+    ``last.pt`` only, for ``--resume``
 """
 from __future__ import annotations
 

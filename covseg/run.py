@@ -321,6 +321,10 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                                   "train it again (covseg train ... -o RUN --force)")
             consistency.teacher.module.load_state_dict(state["teacher"])
             consistency.teacher.n_averaged.fill_(1)
+        if "rng" in state:  # dropout's draws carry on where the interrupted run left them
+            torch.set_rng_state(state["rng"])
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
     start = len(history)
     log(f"training {config.model.name} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M parameters) "
         f"on {len(train)} images, validating on {len(val)}, {d.input_size}x{d.input_size}, "
@@ -374,6 +378,9 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                         extra["swa"], extra["swa_n"] = cpu_state_dict(swa.module), int(swa.n_averaged)
                         if epoch + 1 == t.epochs:
                             save_checkpoint(run_dir / "swa.pt", swa.module, config, epoch + 1, None)
+                    extra["rng"] = torch.get_rng_state()  # the global stream dropout draws from
+                    if device.type == "cuda":
+                        extra["cuda_rng"] = torch.cuda.get_rng_state(device)
                     save_checkpoint(run_dir / "last.pt", core, config, epoch + 1, score,
                                     optimizer=optimizer.state_dict(), history=history, best=best, **extra)
                     _write_history(run_dir, history)

@@ -423,3 +423,29 @@ def test_progressive_resizing_trains_the_first_epochs_small(tiny_data: Path, tmp
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], (extra, err)
         assert not (tmp_path / "bad").exists()
+
+
+def test_resume_after_ctrl_c_with_dropout_equals_the_uninterrupted_run(tiny_data: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # dropout draws from torch's global generator, which is seeded once when a run (or a resume) starts: a resumed
+    # run must carry on the stream where the interrupted one left it
+    import covseg.run
+
+    extra = ("model.dropout=0.5", "--epochs", "3")
+    assert _train(tiny_data, tmp_path / "full", *extra) == 0
+    real = covseg.run.train_one_epoch
+
+    def interrupt_at_epoch_2(*args, **kwargs):
+        if args[6] == 2:  # the third epoch (0-based)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(covseg.run, "train_one_epoch", interrupt_at_epoch_2)
+    assert _train(tiny_data, tmp_path / "cut", *extra) == 130
+    assert len(_history(tmp_path / "cut")) == 2
+    monkeypatch.setattr(covseg.run, "train_one_epoch", real)
+    torch.manual_seed(12345)  # whatever the process did in between
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    full, cut = (read_checkpoint(tmp_path / n / "last.pt")["model"] for n in ("full", "cut"))
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    assert [r["train_loss"] for r in _history(tmp_path / "cut")] == [r["train_loss"] for r in _history(tmp_path / "full")]
