@@ -315,7 +315,8 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
                    progress: bool = True, log: Callable[[str], None] = print, jobs: int = 1) -> dict[str, Any]:
     """Train and evaluate fold ``K`` into ``out_dir/fold-K`` for every fold, skipping finished folds.
 
-    A fold counts as done when its ``eval-heldout/metrics.json`` exists; an interrupted fold resumes
+    A fold counts as done when its ``last.pt`` holds every epoch and its ``eval-heldout/metrics.json`` scored its
+    own model after that (:func:`_is_current`); an interrupted fold resumes
     from its ``last.pt``. ``jobs`` > 1 trains the unfinished folds first, that many at a time in worker
     processes (:func:`covseg.parallel_runs.train_runs_in_parallel`), then scores them here one by one, on the
     device they trained on (``train.device``: a GPU cross-validation is scored on the GPU).
@@ -338,7 +339,8 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
         cfg = _fold_config(config, k, folds)
         _check_same_settings(fold_dir, cfg)
-        if not _is_current(metrics_path, fold_dir, "final"):
+        # a report of an unfinished fold (someone evaluated it after Ctrl-C) does not make it done
+        if _epochs_done(fold_dir) < cfg.train.epochs or not _is_current(metrics_path, fold_dir, "final"):
             log(f"== fold {k} ==")
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
             evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)

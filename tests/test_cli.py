@@ -380,3 +380,30 @@ def test_cv_jobs_passes_a_workers_error_on_as_one_line(tiny_data: Path, tmp_path
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and errors[0].startswith("covseg: error: ") and "no pretrained weights" in errors[0]
     assert not (tmp_path / "cv" / "fold-0" / "last.pt").exists()
+
+
+def test_cv_finishes_an_interrupted_fold_even_when_someone_scored_it(tiny_data: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.run
+
+    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "2", "--quiet", *TINY_OVERRIDES]
+    real = covseg.run.train_one_epoch
+
+    def interrupt_at_epoch_1(*args, **kwargs):
+        if args[6] == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(covseg.run, "train_one_epoch", interrupt_at_epoch_1)
+    assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 130
+    monkeypatch.setattr(covseg.run, "train_one_epoch", real)
+    fold = tmp_path / "cv" / "fold-0"
+    assert torch.load(fold / "last.pt", weights_only=True)["epoch"] == 1
+    assert main(["evaluate", str(fold), "--quiet"]) == 0  # a look at the half-trained fold
+    assert (fold / "eval-heldout" / "metrics.json").is_file()
+    assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 0
+    assert torch.load(fold / "last.pt", weights_only=True)["epoch"] == 2
+    report = json.loads((fold / "eval-heldout" / "metrics.json").read_text())
+    cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert cv["columns"]["mean Dice (per image)"][0] == report["per_image"]["dice"]["mean_foreground"]
+    assert (fold / "eval-heldout" / "metrics.json").stat().st_mtime >= (fold / "last.pt").stat().st_mtime
