@@ -449,5 +449,8 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             node = node[part]
         if parts[-1] not in node:
             raise CovsegError(f"override {item!r}: unknown option {parts[-1]!r}; known: {', '.join(node)}")
-        node[parts[-1]] = yaml.safe_load(raw) if raw else raw
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            raise CovsegError(f"override {item!r}: not a YAML value; close its brackets or quotes") from None
     return config_from_dict(data, source="override")
