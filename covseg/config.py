@@ -169,7 +169,8 @@ class TrainConfig:
 
     def progressive_epochs(self) -> int:
         """How many epochs, from the first, train at ``progressive_size`` (0 when off)."""
-        return math.floor(self.progressive_fraction * self.epochs) if self.progressive_size else 0
+        # rounded first: 0.58 * 50 is 28.999999999999996 in binary floating point, and means 29
+        return math.floor(round(self.progressive_fraction * self.epochs, 9)) if self.progressive_size else 0
 
 
 @dataclass

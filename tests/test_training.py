@@ -409,6 +409,10 @@ def test_progressive_resizing_trains_the_first_epochs_small(tiny_data: Path, tmp
         train_one_epoch(model, torch.nn.CrossEntropyLoss(), optimizer, images, masks, cfg, epoch,
                         torch.device("cpu"), torch.float32)
     assert cfg.progressive_epochs() == 2  # floor(0.667 * 3)
+    # the fraction as written, not its binary float: 0.58 * 50 is 28.999999999999996 in floating point
+    assert TrainConfig(epochs=50, progressive_size=16, progressive_fraction=0.58).progressive_epochs() == 29
+    assert TrainConfig(epochs=100, progressive_size=16, progressive_fraction=0.57).progressive_epochs() == 57
+    assert TrainConfig(epochs=120, progressive_size=256, progressive_fraction=0.667).progressive_epochs() == 80
     assert model.sizes == [(16, 16)] * 4 + [(32, 32)] * 2  # two steps an epoch
     # through the command line: trains, validates at full size, and refuses what cannot work before writing
     assert _train(tiny_data, tmp_path / "ok", "train.epochs=3", "train.progressive_size=16",
