@@ -299,6 +299,12 @@ def _fold_config(config: RunConfig, fold: int, folds: int) -> RunConfig:
     return replace(config, data=replace(config.data, split=f"cv:{fold}", folds=folds))
 
 
+def _check_folds(folds: int) -> None:
+    """Refuse a cross-validation of fewer than two folds (no fold would train, or none would be held out)."""
+    if folds < 2:
+        raise CovsegError(f"--folds is {folds}; a cross-validation needs 2 or more folds, e.g. --folds 5")
+
+
 def _untrained_folds(config: RunConfig, out_dir: Path, folds: int) -> list[tuple[RunConfig, Path]]:
     """``(fold config, fold folder)`` of each fold of ``out_dir`` whose run is not finished (refusing a folder of
     other settings)."""
@@ -327,6 +333,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     and ``minus_last``); with ``train.swa_epochs`` its ``last.pt`` (``fold-K/eval-heldout-last``; ``last``:
     its columns, ``swa``: the main table's columns and ``minus_last``).
     """
+    _check_folds(folds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     if jobs > 1:
@@ -448,6 +455,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     ``jobs`` > 1 first trains every unfinished seed × fold run, that many at a time, as :func:`cross_validate`.
     """
     check_seeds(seeds)
+    _check_folds(folds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}

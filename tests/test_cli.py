@@ -408,3 +408,15 @@ def test_cv_finishes_an_interrupted_fold_even_when_someone_scored_it(tiny_data: 
     cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert cv["columns"]["mean Dice (per image)"][0] == report["per_image"]["dice"]["mean_foreground"]
     assert (fold / "eval-heldout" / "metrics.json").stat().st_mtime >= (fold / "last.pt").stat().st_mtime
+
+
+@pytest.mark.parametrize("folds", ["0", "1", "-2"])
+def test_cv_refuses_fewer_than_two_folds(folds: str, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cv"
+    assert main(["cv", "--recipe", "tiny", "--data", str(tiny_data), "--folds", folds, "-o", str(out), "--quiet",
+                 *TINY_OVERRIDES]) == 2
+    assert f"--folds is {folds}" in _one_line_error(capsys)
+    assert main(["cv", "--recipe", "tiny", "--data", str(tiny_data), "--folds", folds, "--seeds", "0", "1",
+                 "-o", str(out), "--quiet", *TINY_OVERRIDES]) == 2
+    assert f"--folds is {folds}" in _one_line_error(capsys)
+    assert not out.exists()
