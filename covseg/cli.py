@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cv", help="k-fold cross-validation of a recipe (resumes finished folds)")
     _add_training_options(p, split=False)
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--folds", type=int, help="number of folds (default: the recipe's data.folds, 5)")
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
                    help="repeat the cross-validation with each training seed (OUT/seed-S) and score each fold's "
                         "seed models as one ensemble (OUT/ensemble); summary in OUT/seeds.md. KEY=VALUE overrides "
@@ -304,12 +304,13 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     config = _recipe_config(args)
     data = args.data or _default_data()
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
+    folds = config.data.folds if args.folds is None else args.folds  # KEY=VALUE data.folds=N counts too
     if args.seeds:
-        cross_validate_seeds(config, samples, data, args.output, args.folds, args.seeds, not args.quiet, _log,
+        cross_validate_seeds(config, samples, data, args.output, folds, args.seeds, not args.quiet, _log,
                              jobs=args.jobs)
         print((args.output / "seeds.md").read_text(encoding="utf-8"))
         return 0
-    cross_validate(config, samples, data, args.output, args.folds, not args.quiet, _log, jobs=args.jobs)
+    cross_validate(config, samples, data, args.output, folds, not args.quiet, _log, jobs=args.jobs)
     print((args.output / "cv.md").read_text(encoding="utf-8"))
     return 0
 

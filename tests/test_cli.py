@@ -420,3 +420,12 @@ def test_cv_refuses_fewer_than_two_folds(folds: str, tiny_data: Path, tmp_path: 
                  "-o", str(out), "--quiet", *TINY_OVERRIDES]) == 2
     assert f"--folds is {folds}" in _one_line_error(capsys)
     assert not out.exists()
+
+
+def test_cv_takes_its_fold_count_from_data_folds_unless_folds_is_given(tiny_data: Path, tmp_path: Path) -> None:
+    # TINY_OVERRIDES set data.folds=3: without --folds that is the cross-validation's fold count
+    assert main(["cv", "--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "-o", str(tmp_path / "cv"),
+                 "--quiet", *TINY_OVERRIDES]) == 0
+    assert len(json.loads((tmp_path / "cv" / "cv.json").read_text())["columns"]["train seconds"]) == 3
+    assert sorted(p.name for p in (tmp_path / "cv").glob("fold-*")) == ["fold-0", "fold-1", "fold-2"]
+    assert len(json.loads((tmp_path / "cv" / "fold-0" / "split.json").read_text())["folds"]) == 3
