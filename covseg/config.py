@@ -319,6 +319,10 @@ def _validate(config: RunConfig, source: str) -> None:
         value = getattr(getattr(config, section), key)
         if not value > 0:
             raise CovsegError(f"{source}: {section}.{key} must be positive, got {value}")
+    for section, key in (("data", "split_seed"), ("train", "seed")):  # numpy's seeds are non-negative
+        value = getattr(getattr(config, section), key)
+        if value < 0:
+            raise CovsegError(f"{source}: {section}.{key} is {value}; it must be >= 0, e.g. 0")
     if not 0 <= config.data.val_fraction < 1:
         raise CovsegError(f"{source}: data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
     t = config.train
