@@ -319,6 +319,11 @@ def _validate(config: RunConfig, source: str) -> None:
         value = getattr(getattr(config, section), key)
         if not value > 0:
             raise CovsegError(f"{source}: {section}.{key} must be positive, got {value}")
+    if not math.isfinite(config.train.lr):
+        raise CovsegError(f"{source}: train.lr is {config.train.lr}; it must be a finite learning rate, e.g. 0.001")
+    if not (math.isfinite(config.train.weight_decay) and config.train.weight_decay >= 0):
+        raise CovsegError(f"{source}: train.weight_decay is {config.train.weight_decay:g}; it must be >= 0, "
+                          "e.g. 0.0001 (0: none)")
     for section, key in (("data", "split_seed"), ("train", "seed")):  # numpy's seeds are non-negative
         value = getattr(getattr(config, section), key)
         if value < 0:
