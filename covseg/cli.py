@@ -299,6 +299,9 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
     from covseg.experiment import check_seeds, cross_validate, cross_validate_seeds
 
+    if args.force:
+        raise CovsegError("covseg cv resumes and reuses its folds and does not replace them (--force); remove "
+                          f"{args.output} (or a fold-K in it) to train again, or give another -o")
     if args.seeds:
         check_seeds(args.seeds)
     config = _recipe_config(args)

@@ -209,11 +209,15 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     return {"models": models, "table": table}
 
 
-def _check_same_settings(run_dir: Path, config: RunConfig) -> None:
-    """Refuse to reuse ``run_dir`` if it holds a run made with other settings."""
+def _check_same_settings(run_dir: Path, config: RunConfig,
+                         remedy: str = "pass --force to retrain it or use another output folder") -> None:
+    """Refuse to reuse ``run_dir`` if it holds a run made with other settings (the error ends with ``remedy``)."""
     if (run_dir / "config.yaml").is_file() and config_to_dict(read_run_config(run_dir)) != config_to_dict(config):
-        raise CovsegError(f"{run_dir}: holds a run with other settings; pass --force to retrain it or use "
-                          "another output folder")
+        raise CovsegError(f"{run_dir}: holds a run with other settings; {remedy}")
+
+
+# `covseg cv` resumes and reuses its folds and never replaces one
+_CV_REMEDY = "remove it to retrain it, or use another -o"
 
 
 def _train_seconds(run_dir: Path) -> float:
@@ -311,7 +315,7 @@ def _untrained_folds(config: RunConfig, out_dir: Path, folds: int) -> list[tuple
     pending = []
     for k in range(folds):
         fold_dir, cfg = out_dir / f"fold-{k}", _fold_config(config, k, folds)
-        _check_same_settings(fold_dir, cfg)
+        _check_same_settings(fold_dir, cfg, _CV_REMEDY)
         if _epochs_done(fold_dir) < cfg.train.epochs:
             pending.append((cfg, fold_dir))
     return pending
@@ -345,7 +349,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         fold_dir = out_dir / f"fold-{k}"
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
         cfg = _fold_config(config, k, folds)
-        _check_same_settings(fold_dir, cfg)
+        _check_same_settings(fold_dir, cfg, _CV_REMEDY)
         # a report of an unfinished fold (someone evaluated it after Ctrl-C) does not make it done
         if _epochs_done(fold_dir) < cfg.train.epochs or not _is_current(metrics_path, fold_dir, "final"):
             log(f"== fold {k} ==")
@@ -461,7 +465,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
     for seed, cfg in configs.items():  # before any training: a folder of other settings fails now, not hours in
         for k in range(folds):
-            _check_same_settings(out_dir / f"seed-{seed}" / f"fold-{k}", _fold_config(cfg, k, folds))
+            _check_same_settings(out_dir / f"seed-{seed}" / f"fold-{k}", _fold_config(cfg, k, folds), _CV_REMEDY)
     if jobs > 1:
         pending = [run for seed, cfg in configs.items() for run in _untrained_folds(cfg, out_dir / f"seed-{seed}", folds)]
         train_runs_in_parallel(pending, samples, data, jobs, log)

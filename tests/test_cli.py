@@ -433,3 +433,16 @@ def test_cv_takes_its_fold_count_from_data_folds_unless_folds_is_given(tiny_data
     assert len(json.loads((tmp_path / "cv" / "cv.json").read_text())["columns"]["train seconds"]) == 3
     assert sorted(p.name for p in (tmp_path / "cv").glob("fold-*")) == ["fold-0", "fold-1", "fold-2"]
     assert len(json.loads((tmp_path / "cv" / "fold-0" / "split.json").read_text())["folds"]) == 3
+
+
+def test_cv_does_not_offer_a_force_it_does_not_have(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    common = ["--recipe", "tiny", "--data", str(tiny_data), "--folds", "3", "-o", str(tmp_path / "cv"), "--quiet",
+              *TINY_OVERRIDES]
+    (tmp_path / "cv" / "fold-0").mkdir(parents=True)
+    (tmp_path / "cv" / "fold-0" / "config.yaml").write_text("recipe: other\n")
+    assert main(["cv", "--epochs", "1", *common]) == 2
+    err = _one_line_error(capsys)
+    assert "other settings" in err and "--force" not in err and "remove it" in err
+    assert main(["cv", "--epochs", "1", "--force", *common]) == 2  # not silently ignored
+    assert "--force" in _one_line_error(capsys)
+    assert (tmp_path / "cv" / "fold-0" / "config.yaml").read_text() == "recipe: other\n"
