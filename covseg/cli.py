@@ -51,7 +51,7 @@ def _recipe_config(args: argparse.Namespace):
     return config
 
 
-def _add_training_options(p: argparse.ArgumentParser, split: bool = True) -> None:
+def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force: bool = True) -> None:
     p.add_argument("--recipe", default="default", help=f"recipe name ({', '.join(available_recipes())}) or YAML path")
     p.add_argument("--task", choices=("binary", "multiclass"), help="label scheme (default: the recipe's)")
     p.add_argument("--data", help="data folder (default: the downloaded covid-semiseg)")
@@ -60,7 +60,9 @@ def _add_training_options(p: argparse.ArgumentParser, split: bool = True) -> Non
     p.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="shorthand for train.device")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="shorthand for train.precision")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    # cv keeps --force only to refuse it with its own message (it never replaces folds), so its help hides it
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing output folder" if force else argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="recipe overrides, e.g. train.lr=0.001 model.width=32 train.augment.hflip=0.5")
@@ -126,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="comparison folder")
 
     p = sub.add_parser("cv", help="k-fold cross-validation of a recipe (resumes finished folds)")
-    _add_training_options(p, split=False)
+    _add_training_options(p, split=False, force=False)
     p.add_argument("--folds", type=int, help="number of folds (default: the recipe's data.folds, 5)")
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
                    help="repeat the cross-validation with each training seed (OUT/seed-S) and score each fold's "

@@ -446,3 +446,6 @@ def test_cv_does_not_offer_a_force_it_does_not_have(tiny_data: Path, tmp_path: P
     assert main(["cv", "--epochs", "1", "--force", *common]) == 2  # not silently ignored
     assert "--force" in _one_line_error(capsys)
     assert (tmp_path / "cv" / "fold-0" / "config.yaml").read_text() == "recipe: other\n"
+    with pytest.raises(SystemExit):
+        main(["cv", "--help"])
+    assert "--force" not in capsys.readouterr().out  # nor listed in its help
