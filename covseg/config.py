@@ -324,6 +324,8 @@ def _validate(config: RunConfig, source: str) -> None:
     if not (math.isfinite(config.train.weight_decay) and config.train.weight_decay >= 0):
         raise CovsegError(f"{source}: train.weight_decay is {config.train.weight_decay:g}; it must be >= 0, "
                           "e.g. 0.0001 (0: none)")
+    if config.train.threads < 0:
+        raise CovsegError(f"{source}: train.threads is {config.train.threads}; it must be >= 0 (0: torch's default)")
     for section, key in (("data", "split_seed"), ("train", "seed")):  # numpy's seeds are non-negative
         value = getattr(getattr(config, section), key)
         if value < 0:

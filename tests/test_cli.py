@@ -293,7 +293,8 @@ def test_bad_input_part_way_leaves_output_untouched(tiny_run: Path, tiny_data: P
                                                ("data.split_seed=-1", "data.split_seed is -1; it must be >= 0"),
                                                ("train.seed=-2", "train.seed is -2; it must be >= 0"),
                                                ("train.weight_decay=-1", "train.weight_decay is -1; it must be"),
-                                               ("train.lr=.inf", "train.lr is inf; it must be a finite")])
+                                               ("train.lr=.inf", "train.lr is inf; it must be a finite"),
+                                               ("train.threads=-1", "train.threads is -1; it must be >= 0")])
 def test_bad_settings_refused_before_anything_is_written(override: str, message: str, tiny_data: Path,
                                                          tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
