@@ -407,6 +407,8 @@ def test_cv_finishes_an_interrupted_fold_even_when_someone_scored_it(tiny_data: 
     assert torch.load(fold / "last.pt", weights_only=True)["epoch"] == 1
     assert main(["evaluate", str(fold), "--quiet"]) == 0  # a look at the half-trained fold
     assert (fold / "eval-heldout" / "metrics.json").is_file()
+    with pytest.raises(CovsegError, match="stopped after epoch 1 of 2; finish it"):  # cv-compare refuses it too
+        read_fold_scores(tmp_path / "cv")
     assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 0
     assert torch.load(fold / "last.pt", weights_only=True)["epoch"] == 2
     report = json.loads((fold / "eval-heldout" / "metrics.json").read_text())
