@@ -343,6 +343,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for item in args.inputs:
         if not item.exists():
             raise CovsegError(f"{item}: no such file or folder")
+    if args.output.exists() and not args.output.is_dir():
+        raise CovsegError(f"{args.output}: is a file; give -o a folder (it is made if missing)")
     scans = [item for item in args.inputs if is_scan(item, args.spacing)]
     files = [f for item in args.inputs if item not in scans for f in list_images(item)]
     nested = next((f for f in files if f not in args.inputs and is_scan(f)), None)

@@ -223,11 +223,19 @@ def write_label_nifti(labels: np.ndarray, reference: Path, out: Path) -> None:
 
 
 def _stage_dir(out_dir: Path) -> Path:
-    """A temporary folder beside ``out_dir`` (same file system, so its files can be renamed into place)."""
+    """A temporary folder on ``out_dir``'s file system, so its files can be renamed into place: inside ``out_dir``
+    where it exists (it may be a mount point, a Docker volume), else beside it."""
     import tempfile
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+    if out_dir.is_dir():
+        where, prefix = out_dir, ".covseg-"
+    else:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        where, prefix = out_dir.parent, f".{out_dir.name}."
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=where))
+    except OSError as err:
+        raise CovsegError(f"{where}: cannot write there ({err.strerror}); check the path and permissions") from None
 
 
 def _publish(stage: Path, out_dir: Path) -> None:
@@ -236,6 +244,11 @@ def _publish(stage: Path, out_dir: Path) -> None:
         dst = out_dir / src.relative_to(stage)
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)
+
+
+def _label_name(path: Path, stem: str) -> str:
+    """The label map's file name for input ``path``: NIfTI for a NIfTI slice, else PNG."""
+    return f"{stem}.nii.gz" if path.name.lower().endswith((".nii", ".nii.gz")) else f"{stem}.png"
 
 
 def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Path], out_dir: Path,
@@ -255,6 +268,13 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
         raise CovsegError(f"several inputs would write {dupes[0]}.png; give inputs distinct file names")
+    names = [_label_name(f, stem) for f, stem in zip(files, stems)]
+    inputs = {f.resolve() for f in files}
+    for stem, name in zip(stems, names):
+        for target in [out_dir / name] + ([out_dir / "overlays" / f"{stem}.png"] if overlays else []):
+            if target.resolve() in inputs:
+                raise CovsegError(f"{target}: is an input and would be overwritten by a prediction; give -o "
+                                  "another folder")
     stage = _stage_dir(out_dir)
     try:
         records = []
@@ -263,11 +283,10 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
         for start in range(0, len(files), step):
             chunk = list(files[start:start + step])
             images = [read_image(f, window) for f in chunk]
-            for path, stem, image, probs in zip(chunk, stems[start:start + step], images, predictor(images)):
+            for path, stem, name, image, probs in zip(chunk, stems[start:start + step], names[start:start + step],
+                                                      images, predictor(images)):
                 labels = probs.argmax(0).astype(np.uint8)
-                is_nifti = path.name.lower().endswith((".nii", ".nii.gz"))
-                name = f"{stem}.nii.gz" if is_nifti else f"{stem}.png"
-                if is_nifti:
+                if name.endswith(".nii.gz"):
                     write_label_nifti(labels, path, stage / name)
                 else:
                     Image.fromarray(labels, mode="L").save(stage / name, format="PNG")

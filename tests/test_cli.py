@@ -285,6 +285,51 @@ def test_bad_input_part_way_leaves_output_untouched(tiny_run: Path, tiny_data: P
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
 
+def test_predict_into_its_input_folder_never_overwrites_an_input(tiny_run: Path, tiny_data: Path, tmp_path: Path,
+                                                                 capsys) -> None:
+    # a PNG slice's label map is <stem>.png: written into the slices' own folder it would replace the slice
+    src = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    Image.open(src / "0.jpg").save(folder / "a.png")
+    before = (folder / "a.png").read_bytes()
+    assert main(["predict", str(folder), "-o", str(folder), "--model", str(tiny_run), "--quiet"]) == 2
+    assert "a.png" in _one_line_error(capsys)
+    assert (folder / "a.png").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.png"]
+
+
+def test_predict_into_an_existing_file_is_refused_first(tiny_run: Path, tiny_data: Path, tmp_path: Path,
+                                                        capsys) -> None:
+    src = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["predict", str(src / "0.jpg"), "-o", str(tmp_path / "notes.txt"), "--model", str(tiny_run),
+                 "--quiet"]) == 2
+    assert "notes.txt: is a file; give -o a folder" in _one_line_error(capsys)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_predict_into_an_existing_folder_on_another_file_system(tiny_run: Path, tiny_data: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # -o a mount point (a Docker volume, a USB disk): nothing can be renamed into it from its parent folder
+    import errno
+    import os
+
+    src = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    out = tmp_path / "mnt"
+    out.mkdir()
+    rename = os.replace
+
+    def replace_within_mount(a, b) -> None:
+        inside = [Path(p).resolve().is_relative_to(out.resolve()) for p in (a, b)]
+        if inside[0] != inside[1]:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(a))
+        rename(a, b)
+
+    monkeypatch.setattr(os, "replace", replace_within_mount)
+    assert main(["predict", str(src / "0.jpg"), "-o", str(out), "--model", str(tiny_run), "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0.png", "overlays", "predictions.json"]
+
+
 @pytest.mark.parametrize("override, message", [("model.width=0", "must be positive"),
                                                ("train.batch_size=0", "must be positive"),
                                                ("train.schedule=linear", "use one of"),
