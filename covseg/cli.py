@@ -389,6 +389,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.data and not args.int8:
         raise CovsegError("--data is read only by --int8 (its calibration slices); drop it or add --int8")
+    if args.output.is_dir():
+        raise CovsegError(f"{args.output}: is a folder; give -o an ONNX file name, e.g. {args.output / 'model.onnx'}")
     meta = export_onnx(args.model, args.output, args.checkpoint, int8=args.int8, data=args.data)
     if args.int8:
         agreement = float(meta["covseg_int8_agreement"])

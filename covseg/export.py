@@ -58,6 +58,9 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
 
     from covseg.models import fold_batch_norm
 
+    if Path(model_path).suffix == ".onnx":
+        raise CovsegError(f"{model_path}: is an ONNX file already; export takes the run folder or .pt checkpoint "
+                          "it came from")
     model, config, state = load_model(model_path, which)
     meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),
             "covseg_epoch": str(state.get("epoch")), "covseg_precision": "float32"}
@@ -120,11 +123,35 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("covseg_format") != "covseg-onnx-1":
         raise CovsegError(f"{path}: not exported by covseg (no covseg metadata); export it with covseg export")
-    config = config_from_dict(json.loads(meta["covseg_config"]), source=str(path))
+    try:
+        config = config_from_dict(json.loads(meta["covseg_config"]), source=str(path))
+    except (KeyError, ValueError):
+        raise CovsegError(f"{path}: its covseg_config metadata is missing or not JSON; export the run again with "
+                          "covseg export") from None
     if task is not None and task != config.data.task:
         raise CovsegError(f"{path}: this model was trained for the {config.data.task} task, not {task}; "
                           f"use --task {config.data.task} or another model")
+    _check_graph(session, config, path)
     return OnnxBackend(session, meta.get("covseg_precision") == "int8", _agreement(meta)), config
+
+
+def _check_graph(session: Any, config: RunConfig, path: Path) -> None:
+    """Refuse a graph that is not covseg's network for ``config``: one input ``image`` of 1 channel and an output
+    ``logits`` with one channel per class of the config's task."""
+    from covseg.labels import get_scheme
+
+    inputs, outputs = session.get_inputs(), {o.name: o for o in session.get_outputs()}
+    if [i.name for i in inputs] != ["image"] or len(inputs[0].shape) != 4 or inputs[0].shape[1] != 1 \
+            or "logits" not in outputs:
+        found = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+        raise CovsegError(f"{path}: its graph is not a covseg network (input {found}, outputs "
+                          f"{', '.join(outputs)}; covseg's take image [batch, 1, height, width] and give logits); "
+                          "export the run again with covseg export")
+    classes = get_scheme(config.data.task).num_classes
+    channels = outputs["logits"].shape[1] if len(outputs["logits"].shape) == 4 else None
+    if isinstance(channels, int) and channels != classes:
+        raise CovsegError(f"{path}: its graph gives {channels} channels but its config's {config.data.task} task has "
+                          f"{classes} classes; export the run again with covseg export")
 
 
 def _agreement(meta: dict[str, str]) -> float | None:

@@ -1,6 +1,7 @@
 """ONNX export and backend, and the bf16-vs-fp32 agreement check of the torch backend."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,50 @@ def test_onnx_of_other_task_or_origin_is_refused(onnx_file: Path, tiny_data: Pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not exported by covseg" in err[0]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _with_metadata_of(graph: onnx.ModelProto, donor: Path, config: str | None = None) -> onnx.ModelProto:
+    """``graph`` carrying ``donor``'s covseg metadata (its ``covseg_config`` replaced by ``config`` if given)."""
+    del graph.metadata_props[:]
+    for prop in onnx.load(str(donor)).metadata_props:
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = prop.key, config if config is not None and prop.key == "covseg_config" else prop.value
+    return graph
+
+
+def test_onnx_whose_graph_or_metadata_is_not_covseg_s_is_refused(onnx_file: Path, tiny_data: Path,
+                                                                 tmp_path: Path, capsys) -> None:
+    src = str(tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/0.jpg")
+    # another network (three input channels, other tensor names) under a covseg file's metadata
+    other = tmp_path / "other.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 2, 3, padding=1), (torch.rand(1, 3, 32, 32),), str(other), dynamo=False,
+                      input_names=["input"], output_names=["out"])
+    onnx.save(_with_metadata_of(onnx.load(str(other)), onnx_file), str(other))
+    # the binary network labelled as a multiclass one: its 2 output channels are not the 4 classes
+    config = json.loads(next(p.value for p in onnx.load(str(onnx_file)).metadata_props if p.key == "covseg_config"))
+    config["data"]["task"] = "multiclass"
+    relabelled = tmp_path / "relabelled.onnx"
+    onnx.save(_with_metadata_of(onnx.load(str(onnx_file)), onnx_file, json.dumps(config)), str(relabelled))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(_with_metadata_of(onnx.load(str(onnx_file)), onnx_file, "{not json"), str(broken))
+    for model, message in ((other, "input"), (relabelled, "4 classes"), (broken, "covseg_config")):
+        out = tmp_path / model.stem
+        assert main(["predict", src, "-o", str(out), "--model", str(model), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"covseg: error: {model}: ") and message in err[0], err
+        assert not out.exists()
+
+
+def test_export_to_a_folder_or_of_an_onnx_file_is_refused_in_one_line(onnx_file: Path, tiny_run: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    assert main(["export", str(tiny_run), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"covseg: error: {tmp_path}: is a folder; give -o an ONNX file name, e.g. "
+                   f"{tmp_path / 'model.onnx'}"]
+    assert main(["export", str(onnx_file), "-o", str(tmp_path / "again.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is an ONNX file already" in err[0], err
+    assert list(tmp_path.iterdir()) == []
 
 
 def _model_and_slices(run: Path, data: Path) -> tuple[torch.nn.Module, torch.Tensor]:
