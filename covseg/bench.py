@@ -546,6 +546,31 @@ def _side_by_side_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse, in one line, names and numbers no step can run and a ``--model`` or ``--out`` the last steps would
+    fail on."""
+    from covseg.checkpoint import load_model
+    from covseg.errors import CovsegError
+
+    for option, given, known in (("--models", args.models, MODELS), ("--paths", args.paths, PATHS)):
+        unknown = [name for name in given.split(",") if name not in known] if given is not None else []
+        if unknown:
+            raise SystemExit(f"covseg bench: unknown {option[2:-1]} {unknown[0]!r} in {option}; use one of "
+                             f"{', '.join(known)}")
+    for option, value, least in (("--repeats", args.repeats, 1), ("--train-steps", args.train_steps, 1),
+                                 ("--size", args.size, 1), ("--scan-slices", args.scan_slices, 0)):
+        if value < least:
+            raise SystemExit(f"covseg bench: {option} must be {least} or more, not {value}")
+    if args.out.is_dir():
+        raise SystemExit(f"covseg bench: {args.out}: is a folder; give --out a Markdown file name, e.g. "
+                         f"{args.out / 'RESULTS.md'}")
+    if args.model and args.scan_slices:
+        try:
+            load_model(args.model)
+        except CovsegError as error:
+            raise SystemExit(f"covseg bench: {error}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; prints the table and writes it to ``--out``."""
     parser = argparse.ArgumentParser(prog="covseg bench", description=__doc__.splitlines()[0])
@@ -587,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         if onnx:
             raise SystemExit(f"covseg bench: the {','.join(onnx)} path runs on the CPU only; drop it from --paths "
                              "or use --device cpu")
+    if not (args.one or args.serve or args.scan_only or args.e2e_only):
+        _check_options(args)  # once, before any step: a bench takes minutes, its last step writes --out
     if args.scan_images and args.scan_slices and not (args.one or args.scan_only or args.e2e_only):
         from covseg.datasets import read_image
 

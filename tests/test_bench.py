@@ -1,6 +1,7 @@
 """The benchmark runs end to end on a tiny size and writes its table (speed targets live in RESULTS.md)."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,35 @@ def test_a_failing_side_by_side_worker_ends_the_run_in_one_line() -> None:
 def test_side_by_side_rounds_below_zero_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="--side-by-side must be 0 or more rounds"):
         main(["--models", "unet16", "--side-by-side", "-1", "--scan-slices", "0", "--out", str(tmp_path / "r.md")])
+    assert not (tmp_path / "r.md").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "unet16,resnet"], "unknown model 'resnet' in --models"),
+    (["--paths", "fp32-naive,fp16"], "unknown path 'fp16' in --paths"),
+    (["--repeats", "0"], "--repeats must be 1 or more"),
+    (["--train-steps", "0"], "--train-steps must be 1 or more"),
+    (["--size", "0"], "--size must be 1 or more"),
+    (["--scan-slices", "-1"], "--scan-slices must be 0 or more"),
+    (["--model", "NONE"], "no such checkpoint or run folder"),
+    (["--model", "EMPTY"], "no best.pt in this folder"),
+    (["--out", "FOLDER"], "is a folder; give --out a Markdown file name")])
+def test_bad_options_are_refused_before_any_step(args: list[str], message: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # a bench takes many minutes: a bad --model or --out must not wait for its end, nor a bad name for its step
+    (tmp_path / "empty").mkdir()
+    names = {"NONE": str(tmp_path / "none"), "EMPTY": str(tmp_path / "empty"), "FOLDER": str(tmp_path / "empty")}
+    args = [names.get(a, a) for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "r.md")]
+
+    def no_step(*_args, **_kwargs):
+        raise AssertionError("a benchmark step ran")
+
+    monkeypatch.setattr(subprocess, "run", no_step)
+    with pytest.raises(SystemExit) as refused:
+        main(["--models", "unet16", "--paths", "fp32-naive", *args, *out])
+    text = str(refused.value)
+    assert text.startswith("covseg bench: ") and message in text and "\n" not in text, text
     assert not (tmp_path / "r.md").exists()
 
 
