@@ -75,6 +75,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):  # NaN fails the first test
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="auto: onnx for a .onnx model file, else torch, with fp32 passes on a CPU run "
@@ -159,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                    help="voxel size in mm: reads a folder of 2-D images as one scan")
     p.add_argument("--keep-outside-lungs", action="store_true", help="scans: keep lesions outside the lung mask")
-    p.add_argument("--min-lesion-ml", type=float, default=0.05,
+    p.add_argument("--min-lesion-ml", type=_non_negative_float, default=0.05,
                    help="scans: remove lesion components smaller than this volume (default 0.05 mL; 0 keeps all)")
     _add_inference_options(p)
 

@@ -298,6 +298,13 @@ def test_predict_into_its_input_folder_never_overwrites_an_input(tiny_run: Path,
     assert (folder / "a.png").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.png"]
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_predict_min_lesion_ml_must_be_a_volume(value: str, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["predict", str(tmp_path), "-o", str(tmp_path / "o"), "--model", str(tmp_path), "--min-lesion-ml", value])
+    assert refused.value.code == 2 and "--min-lesion-ml: must be a finite number >= 0" in capsys.readouterr().err
+
+
 def test_predict_into_an_existing_file_is_refused_first(tiny_run: Path, tiny_data: Path, tmp_path: Path,
                                                         capsys) -> None:
     src = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
