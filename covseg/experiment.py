@@ -113,6 +113,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     paths = ensemble_members(given)
     lesion_paths = ensemble_members(lesion_model) if lesion_model else []
     run_dir = paths[0] if paths[0].is_dir() else None
+    if run_dir is None and len(paths) == 1 and (paths[0].parent / "run.json").is_file():
+        run_dir = paths[0].parent  # a checkpoint inside its run folder: the run's data and split
     if len(paths) + len(lesion_paths) > 1:
         _check_ensemble_split(paths + lesion_paths, split)
     if out_dir is None and lesion_paths:
@@ -131,8 +133,10 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
     # another checkpoint's report goes beside, never over, the run's own (which `covseg cv` reads)
     if out_dir is None:
-        is_own = requested == "auto" or Path(info["file"]) == find_checkpoint(run_dir or paths[0], own)
-        out_dir = Path(info["file"]).parent / (f"eval-{split}" if is_own else f"eval-{split}-{requested}")
+        scored = Path(info["file"])
+        is_own = (requested == "auto" and paths[0].is_dir()) or scored == find_checkpoint(run_dir or paths[0], own)
+        named = requested if requested != "auto" else scored.stem  # RUN/best.pt given as a file: eval-SPLIT-best
+        out_dir = scored.parent / (f"eval-{split}" if is_own else f"eval-{split}-{named}")
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe, "data": str(data), "split": split,

@@ -41,6 +41,18 @@ def test_evaluate_writes_report(tiny_run: Path, tmp_path: Path, capsys) -> None:
     assert "| dice |" in (out / "metrics.md").read_text()
 
 
+def test_evaluate_a_checkpoint_file_inside_its_run_folder(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "eval-heldout", ignore_errors=True)
+    assert main(["evaluate", str(run / "best.pt"), "--quiet"]) == 0  # the run's data and held-out images
+    report = json.loads((run / "eval-heldout-best" / "metrics.json").read_text())
+    assert report["model"]["file"].endswith("best.pt") and report["n_images"] == 4
+    assert not (run / "eval-heldout").exists()  # the run's own report (last.pt for its held-out fold) stays its own
+    assert main(["evaluate", str(run / "last.pt"), "--quiet"]) == 0
+    assert json.loads((run / "eval-heldout" / "metrics.json").read_text())["model"]["file"].endswith("last.pt")
+
+
 def test_evaluate_pixel_accuracy_matches_predictions(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:
     # predict the held-out images, then recompute pixel accuracy by hand from the written PNGs
     split = json.loads((tiny_run / "split.json").read_text())
