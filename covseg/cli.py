@@ -447,7 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # the benchmark has its own options (see covseg/bench.py)
         from covseg.bench import main as bench_main
 
-        return bench_main(argv[1:])
+        try:
+            return bench_main(argv[1:])
+        except SystemExit as refused:  # the benchmark's one-line refusals: the CLI's own form and status
+            if not isinstance(refused.code, str):
+                raise
+            print(f"covseg: error: {refused.code.removeprefix('covseg bench: ')}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -220,3 +220,11 @@ def test_scan_images_whose_slice_cannot_be_read_are_refused_in_one_line(tmp_path
     message = str(refused.value)
     assert message.startswith("covseg bench: ") and "1.png" in message and "\n" not in message
     assert not out.exists()
+
+
+def test_the_cli_reports_a_refusal_in_its_own_form_and_status(capsys) -> None:
+    from covseg.cli import main as cli_main
+
+    assert cli_main(["bench", "--repeats", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "covseg: error: --repeats must be 1 or more, not 0", err
