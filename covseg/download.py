@@ -337,8 +337,19 @@ def download(dataset: str, dest: Path, mirror: str | None = None,
             raise CovsegError(f"mirror folder {src_root} does not exist; pass --mirror with a "
                               "folder that holds Dataset/... or an http(s):// URL")
     root = dataset_root(Path(dest), dataset)
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fetch_all(dataset, src, manifest, base, src_root, root, progress)
+    except BaseException:
+        if created and not any(p.is_file() for p in root.rglob("*")):
+            shutil.rmtree(root, ignore_errors=True)  # a failed first download leaves no empty data folder behind
+        raise
 
+
+def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base: str, src_root: Path | None,
+               root: Path, progress: bool) -> DownloadReport:
+    """:func:`download`'s work once ``root`` exists: fetch, verify and report every manifest file."""
     report = DownloadReport(dataset=dataset, root=root, mirror=str(src_root or base),
                             splits={name: SplitReport() for _, name in src.splits},
                             required=src.required, extra_label=src.extra_label)

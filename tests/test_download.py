@@ -211,6 +211,16 @@ def test_missing_training_file_is_an_error(mirror: Path, tmp_path: Path,
     monkeypatch.setattr(dl, "read_manifest", lambda name: subset)
     with pytest.raises(CovsegError, match="nowhere.png"):
         dl.download(NAME, tmp_path, mirror=str(mirror), progress=False)
+    # an empty mirror: nothing fetched, so no empty data folder is left to be taken later for a finished download
+    (tmp_path / "empty-mirror").mkdir()
+    with pytest.raises(CovsegError, match="nowhere.png"):
+        dl.download(NAME, tmp_path / "new", mirror=str(tmp_path / "empty-mirror"), progress=False)
+    assert not dl.dataset_root(tmp_path / "new", NAME).exists()
+    kept = dl.dataset_root(tmp_path / "kept", NAME)
+    kept.mkdir(parents=True)
+    with pytest.raises(CovsegError, match="nowhere.png"):
+        dl.download(NAME, tmp_path / "kept", mirror=str(tmp_path / "empty-mirror"), progress=False)
+    assert kept.is_dir()  # a folder that was there before is never removed
 
 
 def test_unreachable_url_and_missing_dir(tmp_path: Path) -> None:
@@ -219,6 +229,7 @@ def test_unreachable_url_and_missing_dir(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     with pytest.raises(CovsegError, match=r"cannot reach http://127\.0\.0\.1:\d+/.*--mirror"):
         dl.download(NAME, tmp_path, mirror=f"http://127.0.0.1:{port}/", progress=False)
+    assert not dl.dataset_root(tmp_path, NAME).exists()
     with pytest.raises(CovsegError, match="does not exist"):
         dl.download(NAME, tmp_path, mirror=str(tmp_path / "no-such-dir"), progress=False)
 
