@@ -475,7 +475,8 @@ def load_covid_semiseg(root: str | Path, task: str, split: str = "train", window
         if split == "test":
             raise CovsegError(
                 f"{folder}: the test split is not in this data folder (it is held out here); "
-                "run `covseg download --mirror URL` with a mirror that has it, or use --split official/cv:K"
+                "run `covseg download --mirror URL` with a mirror that has it, or score a run's held-out fold instead "
+                "(covseg evaluate RUN --split heldout; covseg train --split cv:K)"
             )
         raise CovsegError(f"{folder}: the {split} split is missing from this data folder; download the data again")
     images_dir, masks_dir = folder / "Imgs", folder / "GT"

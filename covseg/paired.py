@@ -182,7 +182,9 @@ def read_fold_scores(cv_dir: Path) -> FoldScores:
     scores: FoldScores = {path.parent.parent.name: _read_per_image(path) for path in found}
     if not scores:
         seeds = sorted(p.name for p in cv_dir.glob("seed-*") if p.is_dir())
-        hint = f"give one of its seed folders ({', '.join(seeds)})" if seeds else "run covseg cv into it first"
+        hint = (f"give one of its seed folders ({', '.join(seeds)})" if seeds
+                else f"score it first: covseg evaluate {cv_dir}" if (cv_dir / "config.yaml").is_file()
+                else "run covseg cv into it first")
         raise CovsegError(f"{cv_dir}: no scored folds (fold-K/{PER_IMAGE.as_posix()}); {hint}")
     return scores
 

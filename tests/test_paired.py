@@ -78,7 +78,10 @@ def test_folders_without_shared_scored_folds_are_refused(tmp_path: Path) -> None
     with pytest.raises(CovsegError, match="share no scored fold"):
         compare_cross_validations(tmp_path / "ref", tmp_path / "new")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CovsegError, match="no scored folds"):
+    with pytest.raises(CovsegError, match="no scored folds.*run covseg cv into it first"):
+        read_fold_scores(tmp_path / "empty")
+    (tmp_path / "empty" / "config.yaml").write_text("data: {split: 'cv:0'}\n")  # an unscored train run
+    with pytest.raises(CovsegError, match="no scored folds.*score it first: covseg evaluate"):
         read_fold_scores(tmp_path / "empty")
     with pytest.raises(CovsegError, match="no such folder"):
         read_fold_scores(tmp_path / "missing")
