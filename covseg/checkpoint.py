@@ -83,8 +83,14 @@ def load_weights_file(path: Path, what: str = "covseg checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CovsegError(f"{path}: not a readable {what} ({first[:120]})") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if first.startswith("Weights only load failed"):  # torch's long advice on weights_only, not the cause
+            first = "not a PyTorch file, or one holding pickled objects beyond tensors"
+        why = f"{type(err).__name__}: {first}" if len(first) > 8 else type(err).__name__  # not a bare "(101)"
+        if len(why) > 120:
+            why = why[:117].rsplit(" ", 1)[0] + " …"
+        raise CovsegError(f"{path}: not a readable {what} ({why}); give a .pt file that covseg train wrote, "
+                          "or its run folder") from None
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
