@@ -77,9 +77,10 @@ def find_checkpoint(path: str | Path, which: str = "auto") -> Path:
     return path
 
 
-def load_weights_file(path: Path, what: str = "covseg checkpoint") -> Any:
+def load_weights_file(path: Path, what: str = "covseg checkpoint",
+                      fix: str = "give a .pt file that covseg train wrote, or its run folder") -> Any:
     """``torch.load`` of ``path`` onto the CPU with ``weights_only=True`` (no pickled code); a file torch cannot
-    read raises a one-line :class:`CovsegError` naming ``what`` it should have been."""
+    read raises a one-line :class:`CovsegError` naming ``what`` it should have been and how to ``fix`` it."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad files
@@ -89,8 +90,7 @@ def load_weights_file(path: Path, what: str = "covseg checkpoint") -> Any:
         why = f"{type(err).__name__}: {first}" if len(first) > 8 else type(err).__name__  # not a bare "(101)"
         if len(why) > 120:
             why = why[:117].rsplit(" ", 1)[0] + " …"
-        raise CovsegError(f"{path}: not a readable {what} ({why}); give a .pt file that covseg train wrote, "
-                          "or its run folder") from None
+        raise CovsegError(f"{path}: not a readable {what} ({why}); {fix}") from None
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -201,7 +201,8 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
         folder = path if path.suffix != ".pt" else path.parent
         raise CovsegError(f"{path}: no pretrained weights there; make them with `covseg pretrain -o {folder}` "
                           f"or give the folder (or {PRETRAINED_FILE}) it wrote, or a trained run's folder")
-    data = load_weights_file(file, "covseg pretrained checkpoint")
+    data = load_weights_file(file, "covseg pretrained checkpoint",
+                             "give the folder covseg pretrain wrote, or a trained run's folder")
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
         return file, _trained_run_as_pretrained(data)
     if not isinstance(data, dict) or data.get("format") != PRETRAINED_FORMAT:
