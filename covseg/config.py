@@ -206,7 +206,9 @@ def load_recipe(name_or_path: str, task: str | None = None) -> RunConfig:
     recipe's optional ``tasks`` section is merged over its shared settings, and becomes ``data.task``.
     """
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    # a shipped name wins over a run folder called the same in the working directory (covseg train -o tiny)
+    shipped = not path.suffix and len(path.parts) == 1 and name_or_path in available_recipes()
+    if not shipped and (path.suffix in (".yaml", ".yml") or path.exists()):
         if not path.is_file():
             raise CovsegError(f"{path}: recipe file not found; give a path to a YAML file or one of "
                               f"{', '.join(available_recipes())}")

@@ -22,6 +22,16 @@ def test_shipped_recipes_load() -> None:
         assert cfg.data.input_size % 2 ** cfg.model.depth == 0
 
 
+def test_a_run_folder_named_like_a_recipe_does_not_hide_it(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()  # e.g. covseg train --recipe tiny -o tiny
+    assert load_recipe("tiny").recipe == "tiny"
+    (tmp_path / "mine.yaml").write_text("recipe: mine\ndata: {task: binary}\n")
+    assert load_recipe("mine.yaml").recipe == "mine"  # a path is still read as one
+    with pytest.raises(CovsegError, match="recipe file not found"):
+        load_recipe("./tiny")
+
+
 def test_overrides_and_their_errors(tmp_path) -> None:
     cfg = apply_overrides(load_recipe("default"), ["train.epochs=3", "train.augment.hflip=0", "model.name=segnet"])
     assert (cfg.train.epochs, cfg.train.augment.hflip, cfg.model.name) == (3, 0.0, "segnet")
