@@ -257,8 +257,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train_run(config, samples, run_dir, data, resume=resume, force=args.force,
                            progress=not args.quiet, log=_log, dist=dist, device=device)
-    finally:
+    except BaseException:
         close_distributed()
+        raise
+    close_distributed(wait_for_peers=True)
     if not dist.is_main:
         return 0
     if result.interrupted:

@@ -161,9 +161,15 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
     return DistContext(dist.get_rank(), dist.get_world_size()), device
 
 
-def close_distributed() -> None:
-    """Leave the process group, if one was joined."""
+def close_distributed(wait_for_peers: bool = False) -> None:
+    """Leave the process group, if one was joined.
+
+    ``wait_for_peers`` (after a run that ended normally): first a barrier, so that no rank tears its connections
+    down while rank 0 still writes the run's last files (gloo can abort the rank whose peer vanished first).
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
