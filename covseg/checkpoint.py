@@ -28,7 +28,7 @@ from covseg.labels import get_scheme
 from covseg.models import create_model
 
 __all__ = ["FORMAT", "cpu_state_dict", "save_checkpoint", "load_weights_file", "read_checkpoint", "build_model",
-           "load_model", "find_checkpoint"]
+           "load_model", "find_checkpoint", "epochs_done"]
 
 FORMAT = "covseg-checkpoint-1"
 
@@ -99,6 +99,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CovsegError(f"{path}: not a covseg checkpoint (format {FORMAT} expected)")
     return data
+
+
+def epochs_done(run_dir: Path) -> int:
+    """The epochs ``run_dir/last.pt`` holds; 0 when there is none."""
+    last = Path(run_dir) / "last.pt"
+    return int(read_checkpoint(last)["epoch"]) if last.is_file() else 0
 
 
 def architecture_options(model: ModelConfig) -> dict[str, Any]:

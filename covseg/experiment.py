@@ -26,7 +26,7 @@ from covseg.predict import describe_after_use, ensemble_members, open_models
 from covseg.splits import load_split
 from covseg.labels import get_scheme
 from covseg.parallel_runs import train_runs_in_parallel
-from covseg.checkpoint import build_model, find_checkpoint, read_checkpoint
+from covseg.checkpoint import build_model, epochs_done, find_checkpoint
 from covseg.config import config_to_dict
 from covseg.run import read_run_config, read_run_info, train_run
 
@@ -230,12 +230,6 @@ def _train_seconds(run_dir: Path) -> float:
     return sum(float(line.split(",")[-1]) for line in rows)
 
 
-def _epochs_done(run_dir: Path) -> int:
-    """The epochs ``run_dir/last.pt`` holds; 0 when there is none."""
-    last = run_dir / "last.pt"
-    return read_checkpoint(last)["epoch"] if last.is_file() else 0
-
-
 def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, data: str, force: bool,
                     progress: bool, log: Callable[[str], None]) -> float:
     """Make ``run_dir`` a finished run of ``config``: train it, resume it, or (already finished) keep it.
@@ -249,7 +243,7 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
     if force or not last.is_file():
         result = train_run(config, samples, run_dir, data, force=True, progress=progress, log=log)
     else:
-        done = _epochs_done(run_dir)
+        done = epochs_done(run_dir)
         if done >= config.train.epochs:
             log(f"{run_dir}: finished run reused ({done} epochs)")
             result = None
@@ -320,7 +314,7 @@ def _untrained_folds(config: RunConfig, out_dir: Path, folds: int) -> list[tuple
     for k in range(folds):
         fold_dir, cfg = out_dir / f"fold-{k}", _fold_config(config, k, folds)
         _check_same_settings(fold_dir, cfg, _CV_REMEDY)
-        if _epochs_done(fold_dir) < cfg.train.epochs:
+        if epochs_done(fold_dir) < cfg.train.epochs:
             pending.append((cfg, fold_dir))
     return pending
 
@@ -355,7 +349,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         cfg = _fold_config(config, k, folds)
         _check_same_settings(fold_dir, cfg, _CV_REMEDY)
         # a report of an unfinished fold (someone evaluated it after Ctrl-C) does not make it done
-        if _epochs_done(fold_dir) < cfg.train.epochs or not _is_current(metrics_path, fold_dir, "final"):
+        if epochs_done(fold_dir) < cfg.train.epochs or not _is_current(metrics_path, fold_dir, "final"):
             log(f"== fold {k} ==")
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
             evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)

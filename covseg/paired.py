@@ -133,23 +133,19 @@ def _fold_of_run(run_dir: Path) -> str:
     return f"fold-{fold}"
 
 
-def _epochs_of(run_dir: Path) -> tuple[int, int | None]:
-    """The epochs ``run_dir/last.pt`` holds, and those its ``config.yaml`` plans (None where unreadable)."""
-    from covseg.checkpoint import read_checkpoint
-
-    done = int(read_checkpoint(run_dir / "last.pt")["epoch"])
+def _planned_epochs(run_dir: Path) -> int | None:
+    """The epochs ``run_dir/config.yaml`` plans; None where it cannot be read."""
     try:
-        planned = int(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["train"]["epochs"])
+        return int(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["train"]["epochs"])
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, ValueError):
-        planned = None
-    return done, planned
+        return None
 
 
 def _check_own_model(run_dir: Path) -> None:
     """Refuse a fold whose ``eval-heldout`` scored another checkpoint than the run's own model (``swa.pt`` where
     the run has one, else ``last.pt``), e.g. a report written before ``swa.pt`` became the run's model, or whose
     training stopped before its last epoch (a report of an interrupted run)."""
-    from covseg.checkpoint import find_checkpoint  # torch: only once there is a report to check
+    from covseg.checkpoint import epochs_done, find_checkpoint  # torch: only once there is a report to check
 
     try:
         scored = Path(json.loads((run_dir / "eval-heldout" / "metrics.json").read_text(encoding="utf-8"))
@@ -158,7 +154,7 @@ def _check_own_model(run_dir: Path) -> None:
         return
     if not (run_dir / "last.pt").is_file():
         return
-    done, planned = _epochs_of(run_dir)
+    done, planned = epochs_done(run_dir), _planned_epochs(run_dir)
     if planned is not None and done < planned:
         raise CovsegError(f"{run_dir}: its training stopped after epoch {done} of {planned}; finish it first "
                           f"(covseg train --resume {run_dir}, or covseg cv on its folder)")
