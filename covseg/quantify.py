@@ -146,16 +146,17 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
 
     def part(rows: list[int]) -> dict:
         c = counts[rows].sum(axis=0)
-        lung = float(c[lung_ids].sum()) * voxel_ml
-        lesion = float(c[lesion_ids].sum()) * voxel_ml
-        pct = 100.0 * lesion / lung if lung > 0 else 0.0
+        n_lung, n_lesion = int(c[lung_ids].sum()), int(c[lesion_ids].sum())
+        # percentages from voxel counts, not from mL: 69 of 92 voxels is exactly 75 % (severity 4), where
+        # 69 * voxel_ml / (92 * voxel_ml) can round to 75.00000000000001 % (severity 5)
+        pct = 100.0 * n_lesion / n_lung if n_lung > 0 else 0.0
         return {
-            "lung_ml": lung,
-            "lesion_ml": lesion,
+            "lung_ml": n_lung * voxel_ml,
+            "lesion_ml": n_lesion * voxel_ml,
             "lesion_percent": pct,
             "severity": severity_score(min(pct, 100.0)),
             "class_ml": {name: float(c[k]) * voxel_ml for k, name in sorted(classes.items())},
-            "class_percent": {classes[k]: (100.0 * float(c[k]) * voxel_ml / lung if lung > 0 else 0.0)
+            "class_percent": {classes[k]: (100.0 * int(c[k]) / n_lung if n_lung > 0 else 0.0)
                               for k in lesion_ids},
         }
 

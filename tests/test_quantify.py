@@ -153,3 +153,16 @@ def test_restrict_to_lungs():
     outside = np.array([[[1, 2, 3, 3]]], np.int64)
     none = np.zeros((1, 1, 4), np.uint8)
     assert restrict_to_lungs(outside, none, keep=(3,)).tolist() == [[[0, 0, 3, 3]]]
+
+
+@pytest.mark.parametrize(("lung", "lesion", "percent", "score"), [(92, 69, 75.0, 4), (220, 11, 5.0, 2), (12, 3, 25.0, 2)])
+def test_percent_on_a_severity_boundary_is_exact(lung, lesion, percent, score):
+    """A lesion share exactly on a bucket boundary scores by that boundary, whatever the voxel size."""
+    lungs = np.ones((1, 1, lung), np.uint8)
+    lesions = np.zeros_like(lungs)
+    lesions[0, 0, :lesion] = 1
+    result = quantify(lesions, lungs, SPACING, {1: "infection"})
+    for part in (result["right"], result["total"]):
+        assert part["lesion_percent"] == percent and part["class_percent"]["infection"] == percent
+        assert part["severity"] == score
+        assert part["lung_ml"] == pytest.approx(lung * 2.5 * 0.7 * 0.7 / 1000)
