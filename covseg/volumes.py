@@ -15,8 +15,8 @@ equals :mod:`covseg.datasets`' 2-D view of a radiologically stored NIfTI (``data
 Every input is turned into its *input array*: the NIfTI data array as stored (``(i, j, k)``, trailing
 singleton dimensions dropped), or for DICOM series and image stacks the array a DICOM->NIfTI converter
 writes: ``(i = column, j = row, k = slice in increasing position along the slice normal)``. The input
-array and its voxel -> RAS+ world affine (``Volume.input_affine``, millimetres, the NIfTI convention; DICOM
-LPS coordinates are turned into RAS by negating x and y) map to the canonical array by flips and axis
+array and its voxel -> RAS+ world affine (``Volume.input_affine``, millimetres, the NIfTI convention, or a NIfTI's
+own metres / micrometres, see ``Volume.xyz_units``; DICOM LPS coordinates are turned into RAS by negating x and y) map to the canonical array by flips and axis
 permutations only (``nibabel.orientations``), so :func:`to_input_geometry` undoes the reorientation
 exactly and :func:`write_like_input` writes label maps that overlay the input in any viewer.
 
@@ -66,6 +66,7 @@ _HU_MIN = -100.0
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _DUPLICATE_MM = 1e-3
+_NIFTI_MM = {"meter": 1000.0, "micron": 1e-3}  # NIfTI xyzt_units other than mm -> mm
 _TILT_DEGREES = 0.5
 
 
@@ -83,7 +84,7 @@ class Volume:
     affine: np.ndarray
     """4x4: canonical voxel index ``(z, y, x)`` -> RAS+ world mm."""
     input_affine: np.ndarray
-    """4x4: input-array voxel index -> RAS+ world mm (the NIfTI's own affine, or derived from DICOM)."""
+    """4x4: input-array voxel index -> RAS+ world, in ``xyz_units`` (the NIfTI's own affine, or derived from DICOM)."""
     input_shape: tuple[int, int, int]
     input_ornt: np.ndarray
     """``(3, 2)`` nibabel orientation of the input array (``io_orientation(input_affine)``)."""
@@ -101,6 +102,9 @@ class Volume:
     file_shape: tuple[int, ...] | None = None
     """A NIfTI's shape as stored when it has trailing axes of length 1 (``(X, Y, Z, 1)``); label maps are written
     in it. None otherwise (``input_shape`` then is the file's shape)."""
+    xyz_units: str = "mm"
+    """Unit of ``input_affine``: a NIfTI's xyzt_units (``"meter"``, ``"micron"``; ``"mm"`` when mm or unset), kept for
+    the label maps; ``spacing`` and ``affine`` are always mm."""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -200,7 +204,7 @@ def write_like_input(labels: np.ndarray, volume: Volume, path: str | Path) -> Pa
     img = nib.Nifti1Image(data, volume.input_affine)
     img.set_qform(volume.input_affine, code=1)
     img.set_sform(volume.input_affine, code=1)
-    img.header.set_xyzt_units("mm")
+    img.header.set_xyzt_units(volume.xyz_units)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return path
@@ -250,9 +254,13 @@ def _read_nifti(path: Path) -> Volume:
             f"{path.name}: values {lo:g}..{hi:g} do not look like Hounsfield units (no air below {_HU_MIN:g}); "
             "treated as grey values"
         )
-    volume = _make_volume(data, img.affine, is_hu=is_hu, warnings=warnings, source=str(path),
-                          sha256=_sha256_files([path]), kind="nifti",
+    units = img.header.get_xyzt_units()[0]
+    to_mm = _NIFTI_MM.get(units, 1.0)  # nibabel's affine is in the file's units; mm when unset ("unknown")
+    volume = _make_volume(data, np.diag([to_mm, to_mm, to_mm, 1.0]) @ img.affine, is_hu=is_hu, warnings=warnings,
+                          source=str(path), sha256=_sha256_files([path]), kind="nifti",
                           file_shape=tuple(int(n) for n in img.shape) if len(img.shape) > 3 else None)
+    if units in _NIFTI_MM:  # label maps are written in the file's own affine and units
+        volume.input_affine, volume.xyz_units = np.asarray(img.affine, dtype=np.float64), units
     _check_slices(volume, path)
     return volume
 
@@ -646,7 +654,8 @@ def read_volume(path: str | Path, series_uid: str | None = None,
 
     ``path`` is one of:
 
-    * a NIfTI file ``.nii`` / ``.nii.gz`` (scl_slope/scl_inter applied; HU when its minimum is below -100);
+    * a NIfTI file ``.nii`` / ``.nii.gz`` (scl_slope/scl_inter applied; HU when its minimum is below -100; an affine in
+      metres or micrometres, by its xyzt_units, is taken in mm);
     * a folder holding a DICOM series (files with any name, told by a ``.dcm`` suffix or the ``DICM`` preamble;
       non-DICOM files such as a README, a preview image or a converted NIfTI beside the series are skipped),
       or one DICOM file (refused: a single slice is not a scan). Several series: ``series_uid`` picks one,

@@ -341,3 +341,22 @@ def test_uid_named_series_beside_a_preview_image_or_a_nifti_is_read_as_dicom(tmp
     for k in range(12):  # more stray files than a sample of the first few names would look past
         (tmp_path / f"000_notes_{k}.txt").write_text("not DICOM")
     assert is_scan(tmp_path) and read_volume(tmp_path).kind == "dicom"
+
+
+@pytest.mark.parametrize(("units", "to_file"), [("meter", 1e-3), ("micron", 1e3)])
+def test_nifti_in_metres_or_micrometres_is_read_in_mm(pair, tmp_path, units, to_file):
+    """nibabel's affine is in the file's xyzt_units: a scan stored in metres has the same voxels in mm."""
+    _, hu, _, nii = pair
+    mm = write_nifti(tmp_path / "mm.nii.gz", hu)
+    img = nib.load(str(tmp_path / "mm.nii.gz"))
+    scaled = np.diag([to_file, to_file, to_file, 1.0]) @ mm
+    other = nib.Nifti1Image(img.dataobj.get_unscaled(), scaled, header=img.header)  # the stored int16
+    other.header.set_xyzt_units(units)
+    other.header.set_slope_inter(2.0, -1024.0)
+    nib.save(other, str(tmp_path / "ct.nii.gz"))
+    vol = read_volume(tmp_path / "ct.nii.gz")
+    assert vol.spacing == pytest.approx(SPACING) and np.array_equal(vol.hu, hu)
+    np.testing.assert_allclose(vol.affine, nii.affine, atol=1e-6)
+    out = nib.load(str(write_like_input(np.ones((Z, Y, X), np.uint8), vol, tmp_path / "labels.nii.gz")))
+    np.testing.assert_allclose(out.affine, scaled)  # the input's own geometry and units
+    assert out.header.get_xyzt_units()[0] == units
