@@ -335,8 +335,8 @@ def _check_greyscale(ds: object, path: Path) -> None:
 def _rescaled(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, bool]:
     """Stored values -> HU with RescaleSlope/RescaleIntercept; also whether the tags were missing.
 
-    Without both tags, stored values reaching below -100 are taken as HU; others raise (see
-    :func:`read_dicom_slice`).
+    Without RescaleIntercept (with or without RescaleSlope), stored values reaching below -100 are taken as HU;
+    others raise (see :func:`read_dicom_slice`).
     """
     has_slope, has_inter = "RescaleSlope" in ds, "RescaleIntercept" in ds  # type: ignore[operator]
     slope = float(getattr(ds, "RescaleSlope", 1) or 1) if has_slope else 1.0
@@ -346,16 +346,16 @@ def _rescaled(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, b
         data *= np.float32(slope)
     if intercept != 0.0:
         data += np.float32(intercept)
-    missing = not (has_slope or has_inter)
+    missing = not has_inter  # the intercept holds the offset (-1024 for unsigned data): a slope alone is no HU
     if missing and not (data.size and float(data.min()) < _HU_MIN):
         raise CovsegError(
-            f"{path}: has no RescaleSlope/RescaleIntercept and its values (min {float(data.min()):g}) are not "
+            f"{path}: has no RescaleIntercept and its values (min {float(data.min()):g}) are not "
             "Hounsfield units; give the original CT series (with rescale tags)"
         )
     return data, missing
 
 
-_NO_RESCALE = "no RescaleSlope/RescaleIntercept; stored values (reaching below -100) taken as Hounsfield units"
+_NO_RESCALE = "no RescaleIntercept; stored values (reaching below -100) taken as Hounsfield units"
 
 
 def _pixels(ds: object, path: Path) -> np.ndarray:
@@ -376,7 +376,7 @@ def read_dicom_slice(path: str | Path) -> tuple[np.ndarray, list[str]]:
 
     Pixel array as stored (row 0 first; no reorientation), ``RescaleSlope``/``RescaleIntercept`` applied.
     Refused: colour / multi-sample or multi-frame images, Modality other than CT, unreadable files. Without
-    rescale tags, stored values that already reach below -100 are taken as HU (with a warning); others are
+    RescaleIntercept, stored values that already reach below -100 are taken as HU (with a warning); others are
     refused, since e.g. unsigned values with a missing -1024 intercept would be read 1024 HU too high.
     """
     path = Path(path)

@@ -224,11 +224,12 @@ def test_missing_rescale_tags(tmp_path):
     # signed values already in HU: read, with a warning
     write_dicom_series(tmp_path / "signed", truth_hu()[:3], slope=None, intercept=None)
     vol = read_volume(tmp_path / "signed")
-    assert np.array_equal(vol.hu, truth_hu()[:3]) and any("RescaleSlope" in w for w in vol.warnings)
-    # unsigned values without an intercept are not HU: refused
-    write_dicom_series(tmp_path / "unsigned", truth_hu()[:3] + 1024, slope=None, intercept=None)
-    with pytest.raises(CovsegError, match="not Hounsfield units"):
-        read_volume(tmp_path / "unsigned")
+    assert np.array_equal(vol.hu, truth_hu()[:3]) and any("RescaleIntercept" in w for w in vol.warnings)
+    # unsigned values without an intercept are not HU: refused, with or without a RescaleSlope
+    for slope in (1.0, None):
+        write_dicom_series(tmp_path / f"unsigned-{slope}", truth_hu()[:3] + 1024, slope=slope, intercept=None)
+        with pytest.raises(CovsegError, match="no RescaleIntercept and its values .* not Hounsfield units"):
+            read_volume(tmp_path / f"unsigned-{slope}")
 
 
 def test_truncated_file_named(tmp_path):
