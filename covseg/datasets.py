@@ -252,8 +252,15 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, bool]:
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     data = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    is_hu = str(ds.get("Modality", "")).upper() == "CT" or "RescaleIntercept" in ds
-    return data, is_hu
+    has_intercept = "RescaleIntercept" in ds
+    is_ct = str(ds.get("Modality", "")).upper() == "CT"
+    if is_ct and not has_intercept and not _looks_like_hu(data):
+        # unsigned CT values with a missing -1024 intercept would be windowed 1024 HU too bright
+        raise CovsegError(
+            f"{path}: CT slice has no RescaleIntercept and its values (min {float(data.min()):g}) are not "
+            "Hounsfield units; give the original CT slice (with rescale tags)"
+        )
+    return data, is_ct or has_intercept
 
 
 def _looks_like_hu(data: np.ndarray) -> bool:

@@ -191,6 +191,27 @@ def test_read_image_dicom_rescale_and_window(tmp_path: Path) -> None:
     assert image[0, 2] == 0.5 and image[1, 1] == 1.0 and image[1, 2] == 1.0
 
 
+def test_read_image_dicom_ct_without_intercept(tmp_path: Path) -> None:
+    """A CT slice without RescaleIntercept is HU only if its values reach below -100 (as the scan reader)."""
+    stored = np.array([[0, 400], [1024, 2000]], np.uint16)  # unsigned, the -1024 offset lost
+    path = write_dicom(tmp_path / "nointercept.dcm", stored)
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    del ds.RescaleIntercept
+    ds.save_as(path)
+    with pytest.raises(CovsegError, match=r"nointercept\.dcm: CT slice has no RescaleIntercept .*min 0\)"):
+        read_image(path)
+    signed = write_dicom(tmp_path / "signed.dcm", np.array([[0, 1]], np.uint16))
+    ds = dcmread(signed)
+    del ds.RescaleIntercept
+    ds.RescaleSlope = 1.0
+    ds.PixelRepresentation = 1
+    ds.PixelData = np.array([[-1000, 40]], "<i2").tobytes()
+    ds.save_as(signed)
+    np.testing.assert_allclose(read_image(signed), lung(np.array([[-1000.0, 40.0]])), atol=1e-6)
+
+
 def test_read_image_real_dicom() -> None:
     from pydicom.data import get_testdata_file
 
