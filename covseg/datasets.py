@@ -12,7 +12,8 @@ nibabel arrays are ``(x, y[, z])``; a slice is transposed to ``(rows=y, cols=x)`
 masks alike, so they always stay aligned. Kaggle ``.npy`` arrays are already ``(N, rows, cols, C)``.
 
 Hounsfield-unit rule: DICOM CT slices (``Modality`` CT, or a ``RescaleIntercept``) are HU after
-``RescaleSlope``/``RescaleIntercept``. NIfTI data and signed or float TIFF data are taken as HU when
+``RescaleSlope``/``RescaleIntercept`` (a CT slice without ``RescaleIntercept`` only if its values reach below
+-100; otherwise refused). NIfTI data and signed or float TIFF data are taken as HU when
 their minimum is below ``HU_MIN_THRESHOLD`` (-100): any CT slice with air in it reaches about -1000,
 while 8-bit, 16-bit, ``[0, 1]`` or z-scored data never go that low. Other data go through
 :func:`covseg.intensity.to_unit_range`. Kaggle MedSeg arrays are always HU.
