@@ -160,6 +160,12 @@ class TrainConfig:
     # match, so all but the output heads): self-supervised pretraining on unlabelled slices; or from a trained run
     # (its folder: last.pt) of the same network and split, to fine-tune it. "" = random weights
     init: str = ""
+    # knowledge distillation (covseg.distill; Hinton et al. 2015): trained runs of the same task and split (folders or
+    # .pt files, separated by commas; {fold} is the fold of a cv:K split) whose averaged probabilities, softened at
+    # distill_temperature, the student's follow through a KL term of weight distill_weight. "" = none
+    distill: str = ""
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
     # progressive resizing (fast.ai; EfficientNetV2): the first floor(progressive_fraction * epochs) epochs train on
     # each augmented image resampled to progressive_size x progressive_size (the whole slice, fewer pixels), the rest
     # at data.input_size; validation and prediction always use data.input_size. 0 = off. A multiple of 2**model.depth
@@ -341,6 +347,14 @@ def _validate(config: RunConfig, source: str) -> None:
     if t.consistency > 0 and (t.augment.crop or t.types_only):
         what = "train.augment.crop" if t.augment.crop else "train.types_only"
         raise CovsegError(f"{source}: train.consistency does not combine with {what}; set one of them to 0 / false")
+    if not (math.isfinite(t.distill_weight) and t.distill_weight >= 0):
+        raise CovsegError(f"{source}: train.distill_weight is {t.distill_weight}; it must be >= 0, such as 1")
+    if not (math.isfinite(t.distill_temperature) and t.distill_temperature > 0):
+        raise CovsegError(f"{source}: train.distill_temperature is {t.distill_temperature}; it must be > 0, such as 1 "
+                          "(the teachers' own probabilities) or 2 (softer)")
+    if t.distill and t.types_only:
+        raise CovsegError(f"{source}: train.distill does not combine with train.types_only (a type model learns only "
+                          "the truth's lesion pixels); set one of them off")
     if not 0 <= config.train.ema < 1:
         raise CovsegError(f"{source}: train.ema is {config.train.ema}; it must be a decay in [0, 1), such as 0.99, "
                           "or 0 for no weight average")

@@ -39,6 +39,7 @@ from covseg import __version__
 from covseg.checkpoint import build_model, cpu_state_dict, read_checkpoint, save_checkpoint
 from covseg.config import DataConfig, RunConfig, TrainConfig, config_from_dict, config_to_dict
 from covseg.consistency import ConsistencyTerm
+from covseg.distill import DistillTerm, load_teachers
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_write_text, interrupts_deferred
@@ -244,6 +245,12 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     pseudo = _pseudo_slices(config, planned, data_path, log)
     if t.consistency > 0 and dist.enabled:
         raise CovsegError("train.consistency is single-process only; train without torchrun, or set train.consistency=0")
+    if t.distill and dist.enabled:
+        raise CovsegError("train.distill is single-process only; train without torchrun, or leave train.distill empty")
+    teachers = load_teachers(config) if t.distill else None  # checked before anything is written
+    if resume and teachers is not None and read_run_info(run_dir).get("distill_sha256") != teachers[2]:
+        raise CovsegError(f"{run_dir}: its teachers ({t.distill}) changed since the run began; put them back as they "
+                          "were, or train a new run")
     unlabelled = _unlabelled_slices(config, data_path, log)
     if resume and pseudo is not None and read_run_info(run_dir).get("pseudo_labels_sha256") != pseudo.digest:
         raise CovsegError(f"{run_dir}: its pseudo-labels ({d.pseudo_labels}) changed since the run began; "
@@ -252,6 +259,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         info = {"pseudo_labels_sha256": pseudo.digest} if pseudo is not None else {}
         if pretrained is not None:
             info["init_sha256"] = _file_sha256(pretrained)
+        if teachers is not None:
+            info["distill"], info["distill_sha256"] = [str(f) for f in teachers[1]], teachers[2]
         _prepare_folder(run_dir, config, samples, data_path, force, info)
     if dist.enabled:
         torch_dist.barrier()
@@ -291,6 +300,10 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     swa = epoch_average(core) if t.swa_epochs else None
     consistency = (ConsistencyTerm(unlabelled, weight_average(core, t.teacher_decay), t.consistency_batch, t.consistency)
                    if unlabelled is not None else None)
+    distill = DistillTerm(teachers[0], t.distill_weight, t.distill_temperature, device, dtype) if teachers else None
+    if teachers is not None:
+        log(f"distillation: {len(teachers[1])} teacher(s) ({', '.join(str(f) for f in teachers[1])}), "
+            f"weight {t.distill_weight:g}, temperature {t.distill_temperature:g}")
     optimizer = make_optimizer(model, t)
     loss_fn = _training_loss(t, weights).to(device)
     if config.model.deep_supervision:
@@ -344,7 +357,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                 epoch_x = torch.cat([train_x, pseudo.images[pick].float()])
                 epoch_y = torch.cat([train_y, pseudo.labels[pick].long()])
             fit = train_one_epoch(model, loss_fn, optimizer, epoch_x, epoch_y, t, epoch, device, dtype, dist, averaged,
-                                  consistency)
+                                  consistency, distill)
             if val_x is not None and ((epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs):
                 res = validate(core, loss_fn, val_x, val_y, scheme.num_classes, t.batch_size, device, dtype, t.types_only)
             else:

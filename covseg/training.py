@@ -23,6 +23,7 @@ from covseg.transforms import augment_batch
 
 if TYPE_CHECKING:
     from covseg.consistency import ConsistencyTerm
+    from covseg.distill import DistillTerm
 
 __all__ = ["EpochResult", "lr_factor", "learning_rate", "make_optimizer", "epoch_generator", "train_one_epoch",
            "validate", "predicted_labels", "class_argmax", "weight_average", "averaged_network", "epoch_average",
@@ -181,6 +182,7 @@ def train_one_epoch(
     dist: DistContext = DistContext(),
     averaged: AveragedModel | None = None,
     consistency: ConsistencyTerm | None = None,
+    distill: DistillTerm | None = None,
 ) -> EpochResult:
     """One pass over shuffled, augmented batches; updates the learning rate every step.
 
@@ -198,6 +200,10 @@ def train_one_epoch(
     slices to every batch and its weighted, warmed-up soft cross-entropy to the loss; its draws
     come from a stream of their own, so the labelled batches are those drawn without it. The returned loss is the
     labelled loss alone.
+
+    ``distill`` (:class:`covseg.distill.DistillTerm`) adds its weighted KL term between the teachers' probabilities on
+    each augmented labelled batch and the student's full-size logits; it draws nothing, so the batches are those
+    drawn without it. The returned loss is the labelled loss alone.
     """
     model.train()
     generator = epoch_generator(cfg.seed, epoch)
@@ -219,6 +225,7 @@ def train_one_epoch(
         y = y.to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, epoch * steps + step, steps)
+        soft = distill.targets(x) if distill is not None else None
         mixed = target = None
         if consistency is not None:
             mixed, target = consistency.batch_for(model, unlabelled, progressive, device)
@@ -235,6 +242,8 @@ def train_one_epoch(
         if mixed is not None:
             total = loss + consistency.loss(extra, target, epoch * steps + step, total_steps)
         logits = outputs[0] if isinstance(outputs, list) else outputs  # deep supervision: full size first
+        if soft is not None:
+            total = total + distill.loss(logits, soft)
         if not torch.isfinite(total):
             raise CovsegError(f"the loss became {total.item()} at epoch {epoch + 1}"
                               + (f" (labelled {loss.item()})" if mixed is not None else "") + "; lower train.lr")

@@ -1,0 +1,137 @@
+"""Knowledge distillation (Hinton et al. 2015): trained models of the same task and split teach a new one.
+
+The teachers' softened class probabilities, averaged over the teachers (an ensemble), become a second target
+beside the labels: the student's loss gains ``train.distill_weight`` times the pixel-mean Kullback-Leibler
+divergence from the teachers' ``softmax(z / T)`` to the student's, multiplied by ``T**2`` so that its gradients
+keep their size whatever the temperature ``T`` (``train.distill_temperature``). The teachers see exactly the
+augmented batch the student sees (at the progressive size too), in eval mode under the training precision.
+
+Teachers must have been trained on the student's split (``data.split``, ``data.folds``, ``data.split_seed``,
+``data.val_fraction``), else they would have seen the images the student holds out; their final checkpoint is
+used (``swa.pt``, else ``last.pt``: :func:`covseg.checkpoint.find_checkpoint` ``final``), never ``best.pt``, which
+was chosen on those images. In ``train.distill`` (comma-separated run folders or ``.pt`` files) ``{fold}`` stands
+for the fold of a ``cv:K`` split, so ``covseg cv`` gives each fold its own teachers.
+
+Shapes: images ``(N, 1, s, s)``; logits and probabilities ``(N, C, s, s)``, ``C`` the task's classes (0 background).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from covseg.checkpoint import find_checkpoint, load_model
+from covseg.config import RunConfig
+from covseg.errors import CovsegError
+from covseg.runtime import autocast, training_memory_format
+from covseg.splits import parse_split_name
+
+__all__ = ["SPLIT_KEYS", "distillation_loss", "teacher_paths", "load_teachers", "DistillTerm"]
+
+#: the data options a teacher must share with its student (together they fix which images are held out)
+SPLIT_KEYS = ("split", "folds", "split_seed", "val_fraction")
+#: the data options that make a teacher's input the student's (per-slice normalisation, resizing, HU window)
+INPUT_KEYS = ("normalize", "resize", "window_level", "window_width")
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T**2`` times the mean over pixels of ``KL(teacher_probs || softmax(student_logits / T))``.
+
+    ``student_logits`` ``(N, C, H, W)`` (any float dtype; computed in float32), ``teacher_probs`` ``(N, C, H, W)``
+    probabilities (each pixel sums to 1, already softened at ``T``). 0 exactly when the student's softened
+    probabilities equal the teachers'.
+    """
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    teacher = teacher_probs.float()
+    kl = (torch.xlogy(teacher, teacher) - teacher * log_student).sum(dim=1)
+    return kl.mean() * temperature**2
+
+
+def teacher_paths(spec: str, config: RunConfig) -> list[str]:
+    """``train.distill``'s entries, ``{fold}`` replaced by the fold of ``config.data.split`` (``cv:K``)."""
+    entries = [part.strip() for part in spec.split(",") if part.strip()]
+    if any("{fold}" in entry for entry in entries):
+        kind, fold = parse_split_name(config.data.split)
+        if kind != "cv":
+            raise CovsegError(f"train.distill {spec!r} names {{fold}}, but data.split is {config.data.split!r}, not "
+                              "cv:K; give the teachers' paths as they are")
+        entries = [entry.replace("{fold}", str(fold)) for entry in entries]
+    return entries
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_teachers(config: RunConfig) -> tuple[list[nn.Module], list[Path], list[str]]:
+    """The checked teachers of ``config.train.distill`` in eval mode, their checkpoint files and SHA-256 digests.
+
+    Refused (one-line :class:`CovsegError`): a missing teacher, one trained for another task, on another split or
+    on differently normalised input, and an empty list.
+    """
+    files: list[Path] = []
+    teachers: list[nn.Module] = []
+    for entry in teacher_paths(config.train.distill, config):
+        if not Path(entry).exists():
+            raise CovsegError(f"train.distill: {entry}: no such run folder or checkpoint; train the teacher first "
+                              "(covseg train ... -o RUN) or correct the path")
+        file = find_checkpoint(entry, "final")
+        model, made, _ = load_model(file)
+        if made.data.task != config.data.task:
+            raise CovsegError(f"train.distill: {file} is a {made.data.task} model, but this run's task is "
+                              f"{config.data.task}; give teachers of the same task")
+        for keys, why in ((SPLIT_KEYS, "so it has seen images this run holds out; give teachers trained on this "
+                                       "run's split (with cv, e.g. runs/teacher-f{fold})"),
+                          (INPUT_KEYS, "so its input differs from this run's; give teachers trained with the same "
+                                       "data settings")):
+            differ = [f"data.{k} {getattr(made.data, k)} there, {getattr(config.data, k)} here"
+                      for k in keys if getattr(made.data, k) != getattr(config.data, k)]
+            if differ:
+                raise CovsegError(f"train.distill: {file} was trained with {', '.join(differ)}, {why}")
+        files.append(file)
+        teachers.append(model)
+    if not teachers:
+        raise CovsegError(f"train.distill {config.train.distill!r} names no teacher; give run folders separated by "
+                          "commas, or leave it empty")
+    return teachers, files, [_sha256(f) for f in files]
+
+
+class DistillTerm:
+    """The teachers and the weighted term: one :meth:`targets` and one :meth:`loss` per training step.
+
+    ``teachers``: networks in eval mode (moved to ``device`` in the training memory format here); ``weight``:
+    ``train.distill_weight``; ``temperature``: ``train.distill_temperature``.
+    """
+
+    def __init__(self, teachers: list[nn.Module], weight: float, temperature: float, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        if not teachers:
+            raise ValueError("distillation needs at least one teacher")
+        memory_format = training_memory_format(device)
+        self.teachers = [t.to(device).to(memory_format=memory_format).eval() for t in teachers]
+        for teacher in self.teachers:
+            teacher.requires_grad_(False)
+        self.weight = weight
+        self.temperature = temperature
+        self.device = device
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def targets(self, images: torch.Tensor) -> torch.Tensor:
+        """The teachers' mean softened probabilities ``(N, C, s, s)`` float32 for the student's batch ``images``
+        ``(N, 1, s, s)`` (already on the device)."""
+        total = None
+        for teacher in self.teachers:
+            with autocast(self.device, self.dtype):
+                logits = teacher(images)
+            probs = torch.softmax(logits.float() / self.temperature, dim=1)
+            total = probs if total is None else total + probs
+        assert total is not None
+        return total / len(self.teachers)
+
+    def loss(self, student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``weight`` times :func:`distillation_loss` of the student's full-size ``student_logits``."""
+        return self.weight * distillation_loss(student_logits, targets, self.temperature)

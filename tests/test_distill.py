@@ -1,0 +1,126 @@
+"""Knowledge distillation (covseg.distill): the KL term by hand, teacher checks, and a student run end to end."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from covseg.checkpoint import read_checkpoint
+from covseg.cli import main
+from covseg.config import apply_overrides, load_recipe
+from covseg.distill import DistillTerm, distillation_loss, load_teachers, teacher_paths
+from covseg.errors import CovsegError
+
+from conftest import TINY_OVERRIDES
+
+
+def test_distillation_loss_by_hand() -> None:
+    # one pixel, two classes: student softmax [0.5, 0.5], teacher [0.8, 0.2]
+    student = torch.zeros(1, 2, 1, 1)
+    teacher = torch.tensor([0.8, 0.2]).view(1, 2, 1, 1)
+    expected = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)  # 0.192745
+    assert distillation_loss(student, teacher, 1.0).item() == pytest.approx(expected, abs=1e-6)
+    # temperature 2: logits [0, 2] soften to softmax([0, 1]) = [0.268941, 0.731059]; times T**2 = 4
+    student = torch.tensor([0.0, 2.0]).view(1, 2, 1, 1)
+    teacher = torch.tensor([0.5, 0.5]).view(1, 2, 1, 1)
+    q = [1 / (1 + math.e), math.e / (1 + math.e)]
+    expected = 4 * (0.5 * math.log(0.5 / q[0]) + 0.5 * math.log(0.5 / q[1]))  # 0.480441
+    assert distillation_loss(student, teacher, 2.0).item() == pytest.approx(expected, abs=1e-5)
+    # the mean over pixels; 0 where the student matches, a zero teacher probability adds no NaN
+    logits = torch.randn(2, 3, 4, 5)
+    assert distillation_loss(logits, torch.softmax(logits, 1), 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    hard = torch.zeros(1, 2, 1, 2)
+    hard[0, 0] = 1.0
+    value = distillation_loss(torch.zeros(1, 2, 1, 2, requires_grad=True), hard, 1.0)
+    assert value.item() == pytest.approx(math.log(2), abs=1e-6) and torch.isfinite(value)
+
+
+def test_the_term_pulls_the_student_towards_the_teachers() -> None:
+    logits = torch.zeros(1, 2, 1, 1, requires_grad=True)
+    (distillation_loss(logits, torch.tensor([0.9, 0.1]).view(1, 2, 1, 1), 1.0)).backward()
+    assert logits.grad[0, 0, 0, 0] < 0 < logits.grad[0, 1, 0, 0]  # a descent step raises class 0
+
+
+class _Constant(torch.nn.Module):
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor(logits).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1, x.shape[2], x.shape[3])
+
+
+def test_teachers_are_averaged_after_softening() -> None:
+    term = DistillTerm([_Constant([0.0, 0.0]), _Constant([0.0, 2.0])], weight=0.5, temperature=2.0,
+                       device=torch.device("cpu"), dtype=torch.float32)
+    probs = term.targets(torch.zeros(2, 1, 3, 3))
+    q1 = math.e / (1 + math.e)  # softmax([0, 2] / 2)[1]
+    assert probs.shape == (2, 2, 3, 3)
+    assert probs[0, 1, 0, 0].item() == pytest.approx((0.5 + q1) / 2, abs=1e-6)
+    assert not any(p.requires_grad for t in term.teachers for p in t.parameters())
+    student = torch.zeros(2, 2, 3, 3)
+    assert term.loss(student, probs).item() == pytest.approx(0.5 * distillation_loss(student, probs, 2.0).item())
+
+
+def test_fold_placeholder() -> None:
+    config = apply_overrides(load_recipe("tiny"), ["data.split=cv:3", "data.folds=5"])
+    assert teacher_paths("runs/a-f{fold}, runs/b-f{fold},", config) == ["runs/a-f3", "runs/b-f3"]
+    other = apply_overrides(load_recipe("tiny"), ["data.split=official"])
+    with pytest.raises(CovsegError, match=r"names \{fold\}, but data.split is 'official'"):
+        teacher_paths("runs/a-f{fold}", other)
+    assert teacher_paths("runs/x.pt", other) == ["runs/x.pt"]
+
+
+def test_options_are_checked() -> None:
+    for bad, message in (("train.distill_weight=-1", "train.distill_weight is -1"),
+                         ("train.distill_temperature=0", "train.distill_temperature is 0"),
+                         ("train.distill_temperature=.inf", "train.distill_temperature is inf")):
+        with pytest.raises(CovsegError, match=message):
+            apply_overrides(load_recipe("tiny"), [bad])
+    with pytest.raises(CovsegError, match="does not combine with train.types_only"):
+        apply_overrides(load_recipe("tiny"), ["data.task=multiclass", "train.types_only=true", "train.distill=runs/x"])
+
+
+def test_teachers_of_another_split_task_or_input_are_refused(tiny_run: Path, tmp_path: Path) -> None:
+    base = [*TINY_OVERRIDES, "data.split=cv:0"]
+    config = apply_overrides(load_recipe("tiny"), [*base, f"train.distill={tiny_run}"])
+    teachers, files, digests = load_teachers(config)
+    assert len(teachers) == 1 and files == [tiny_run / "last.pt"] and len(digests[0]) == 64
+    assert not teachers[0].training
+    for extra, message in ((["data.split=cv:1"], r"data.split cv:0 there, cv:1 here, so it has seen images"),
+                           (["data.task=multiclass"], "is a binary model, but this run's task is multiclass"),
+                           (["data.normalize=percentile"], "data.normalize none there, percentile here")):
+        config = apply_overrides(load_recipe("tiny"), [*base, *extra, f"train.distill={tiny_run}"])
+        with pytest.raises(CovsegError, match=message):
+            load_teachers(config)
+    config = apply_overrides(load_recipe("tiny"), [*base, f"train.distill={tmp_path / 'gone'}"])
+    with pytest.raises(CovsegError, match="gone: no such run folder or checkpoint"):
+        load_teachers(config)
+    config = apply_overrides(load_recipe("tiny"), [*base, "train.distill=', '"])
+    with pytest.raises(CovsegError, match="names no teacher"):
+        load_teachers(config)
+
+
+def test_a_student_trains_with_its_teacher(tiny_data: Path, tiny_run: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "2", "--quiet"]
+    plain, zero, student = tmp_path / "plain", tmp_path / "zero", tmp_path / "student"
+    assert main([*common, "-o", str(plain), *TINY_OVERRIDES]) == 0
+    # weight 0: the teachers draw nothing and add nothing, so the run is the plain one, weight for weight
+    assert main([*common, "-o", str(zero), *TINY_OVERRIDES, f"train.distill={tiny_run}", "train.distill_weight=0"]) == 0
+    assert main([*common, "-o", str(student), *TINY_OVERRIDES, f"train.distill={tiny_run}", "train.distill_weight=5",
+                 "train.distill_temperature=2"]) == 0
+    assert "distillation: 1 teacher(s)" in capsys.readouterr().err
+    a, b, c = (read_checkpoint(r / "last.pt")["model"] for r in (plain, zero, student))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.allclose(a[k], c[k]) for k in a if a[k].is_floating_point())
+    info = json.loads((student / "run.json").read_text())
+    assert info["distill"] == [str(tiny_run / "last.pt")] and len(info["distill_sha256"]) == 1
+    # a run on another fold would learn from a teacher that saw its held-out images: one line, nothing written
+    other = tmp_path / "other"
+    assert main([*common, "--split", "cv:1", "-o", str(other), *TINY_OVERRIDES, f"train.distill={tiny_run}"]) == 2
+    err = capsys.readouterr().err
+    assert "trained with data.split cv:0 there, cv:1 here" in err and err.count("\n") == 1 and not other.exists()
