@@ -124,3 +124,20 @@ def test_a_student_trains_with_its_teacher(tiny_data: Path, tiny_run: Path, tmp_
     assert main([*common, "--split", "cv:1", "-o", str(other), *TINY_OVERRIDES, f"train.distill={tiny_run}"]) == 2
     err = capsys.readouterr().err
     assert "trained with data.split cv:0 there, cv:1 here" in err and err.count("\n") == 1 and not other.exists()
+
+
+def test_resume_refuses_changed_teachers(tiny_data: Path, tiny_run: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    shutil.copytree(tiny_run, teacher)
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1", "--quiet",
+                 "-o", str(student), *TINY_OVERRIDES, f"train.distill={teacher}"]) == 0
+    state = read_checkpoint(teacher / "last.pt")
+    state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, teacher / "last.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(student), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "its teachers" in err and "changed since the run began" in err and err.count("\n") == 1
