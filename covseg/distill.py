@@ -69,7 +69,8 @@ def _sha256(path: Path) -> str:
 def load_teachers(config: RunConfig) -> tuple[list[nn.Module], list[Path], list[str]]:
     """The checked teachers of ``config.train.distill`` in eval mode, their checkpoint files and SHA-256 digests.
 
-    Refused (one-line :class:`CovsegError`): a missing teacher, one trained for another task, on another split or
+    Refused (one-line :class:`CovsegError`): a missing teacher, a lesion-type model (``train.types_only``), one
+    trained for another task, on another split or
     on differently normalised input, and an empty list.
     """
     files: list[Path] = []
@@ -83,6 +84,9 @@ def load_teachers(config: RunConfig) -> tuple[list[nn.Module], list[Path], list[
         if made.data.task != config.data.task:
             raise CovsegError(f"train.distill: {file} is a {made.data.task} model, but this run's task is "
                               f"{config.data.task}; give teachers of the same task")
+        if made.train.types_only:
+            raise CovsegError(f"train.distill: {file} is a lesion-type model (train.types_only), whose background "
+                              "output is untrained; give teachers trained on the whole task")
         for keys, why in ((SPLIT_KEYS, "so it has seen images this run holds out; give teachers trained on this "
                                        "run's split (with cv, e.g. runs/teacher-f{fold})"),
                           (INPUT_KEYS, "so its input differs from this run's; give teachers trained with the same "

@@ -141,3 +141,15 @@ def test_resume_refuses_changed_teachers(tiny_data: Path, tiny_run: Path, tmp_pa
     assert main(["train", "--resume", str(student), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "its teachers" in err and "changed since the run began" in err and err.count("\n") == 1
+
+
+def test_a_lesion_type_teacher_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    # a type model's background output is untrained: its probabilities are no target for a whole multiclass model
+    types = tmp_path / "types"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--task", "multiclass", "--split", "cv:0",
+                 "--epochs", "1", "--quiet", "-o", str(types), *TINY_OVERRIDES, "train.types_only=true",
+                 "train.dice=present"]) == 0
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.task=multiclass", "data.split=cv:0",
+                                                   f"train.distill={types}"])
+    with pytest.raises(CovsegError, match=r"lesion-type model \(train.types_only\)"):
+        load_teachers(config)
