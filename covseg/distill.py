@@ -69,9 +69,9 @@ def _sha256(path: Path) -> str:
 def load_teachers(config: RunConfig) -> tuple[list[nn.Module], list[Path], list[str]]:
     """The checked teachers of ``config.train.distill`` in eval mode, their checkpoint files and SHA-256 digests.
 
-    Refused (one-line :class:`CovsegError`): a missing teacher, a lesion-type model (``train.types_only``), one
-    trained for another task, on another split or
-    on differently normalised input, and an empty list.
+    Refused (one-line :class:`CovsegError`): a missing teacher, a run's ``best.pt`` (given as a file), a lesion-type
+    model (``train.types_only``), one trained for another task, on another split or on differently normalised
+    input, and an empty list.
     """
     files: list[Path] = []
     teachers: list[nn.Module] = []
@@ -80,7 +80,10 @@ def load_teachers(config: RunConfig) -> tuple[list[nn.Module], list[Path], list[
             raise CovsegError(f"train.distill: {entry}: no such run folder or checkpoint; train the teacher first "
                               "(covseg train ... -o RUN) or correct the path")
         file = find_checkpoint(entry, "final")
-        model, made, _ = load_model(file)
+        model, made, saved = load_model(file)
+        if saved.get("score") is not None and "optimizer" not in saved:  # best.pt: last.pt keeps its optimizer
+            raise CovsegError(f"train.distill: {file} is a run's best.pt, chosen on the validation images this run "
+                              "holds out; give the run folder (its swa.pt or last.pt) or another of its checkpoints")
         if made.data.task != config.data.task:
             raise CovsegError(f"train.distill: {file} is a {made.data.task} model, but this run's task is "
                               f"{config.data.task}; give teachers of the same task")

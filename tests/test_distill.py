@@ -153,3 +153,18 @@ def test_a_lesion_type_teacher_is_refused(tiny_data: Path, tmp_path: Path) -> No
                                                    f"train.distill={types}"])
     with pytest.raises(CovsegError, match=r"lesion-type model \(train.types_only\)"):
         load_teachers(config)
+
+
+def test_a_best_checkpoint_given_as_a_file_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    # best.pt was chosen on the validation images the student holds out, whatever its file is called
+    import shutil
+
+    renamed = tmp_path / "teacher.pt"
+    shutil.copy(tiny_run / "best.pt", renamed)
+    for given in (tiny_run / "best.pt", renamed):
+        config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0", f"train.distill={given}"])
+        with pytest.raises(CovsegError, match="is a run's best.pt, chosen on the validation images"):
+            load_teachers(config)
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0",
+                                                   f"train.distill={tiny_run / 'last.pt'}"])
+    assert load_teachers(config)[1] == [tiny_run / "last.pt"]
