@@ -71,7 +71,7 @@ def load_teachers(config: RunConfig) -> tuple[list[nn.Module], list[Path], list[
 
     Refused (one-line :class:`CovsegError`): a missing teacher, a run's ``best.pt`` (given as a file), a lesion-type
     model (``train.types_only``), one trained for another task, on another split or on differently normalised
-    input, and an empty list.
+    input, one too deep for the sizes this run trains at, and an empty list.
     """
     files: list[Path] = []
     teachers: list[nn.Module] = []
@@ -98,6 +98,12 @@ def load_teachers(config: RunConfig) -> tuple[list[nn.Module], list[Path], list[
                       for k in keys if getattr(made.data, k) != getattr(config.data, k)]
             if differ:
                 raise CovsegError(f"train.distill: {file} was trained with {', '.join(differ)}, {why}")
+        step = 2**made.model.depth  # the teacher sees the student's batches: cropped, or at the progressive size
+        for size in {config.train.augment.crop or config.data.input_size, config.train.progressive_size} - {0}:
+            if size % step:
+                raise CovsegError(f"train.distill: {file} is a {made.model.name} of depth {made.model.depth}, which "
+                                  f"needs sizes divisible by {step}, but this run trains on {size}x{size} images; "
+                                  "give shallower teachers or another size")
         files.append(file)
         teachers.append(model)
     if not teachers:

@@ -168,3 +168,19 @@ def test_a_best_checkpoint_given_as_a_file_is_refused(tiny_run: Path, tmp_path: 
     config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0",
                                                    f"train.distill={tiny_run / 'last.pt'}"])
     assert load_teachers(config)[1] == [tiny_run / "last.pt"]
+
+
+def test_a_teacher_too_deep_for_the_training_size_is_refused_before_anything_is_written(
+        tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deep, student = tmp_path / "deep", tmp_path / "student"
+    common = ["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1", "--quiet"]
+    assert main([*common, "-o", str(deep), *TINY_OVERRIDES, "model.depth=3"]) == 0
+    capsys.readouterr()
+    # the depth-2 student crops 4x4 images; the depth-3 teacher cannot take them
+    assert main([*common, "-o", str(student), *TINY_OVERRIDES, "train.augment.crop=4", f"train.distill={deep}"]) == 2
+    err = capsys.readouterr().err
+    assert "is a unet of depth 3, which needs sizes divisible by 8" in err and err.count("\n") == 1
+    assert not student.exists()
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0", "train.augment.crop=8",
+                                                   f"train.distill={deep}"])
+    assert len(load_teachers(config)[0]) == 1
