@@ -48,6 +48,9 @@ def _recipe_config(args: argparse.Namespace):
         config.data.pseudo_labels = str(Path(config.data.pseudo_labels).resolve())
     if config.train.init:
         config.train.init = str(Path(config.train.init).resolve())
+    teachers = [part.strip() for part in config.train.distill.split(",") if part.strip()]
+    if teachers:  # each teacher, {fold} kept
+        config.train.distill = ",".join(str(Path(part).resolve()) for part in teachers)
     return config
 
 
