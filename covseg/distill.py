@@ -17,6 +17,7 @@ Shapes: images ``(N, 1, s, s)``; logits and probabilities ``(N, C, s, s)``, ``C`
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig
 from covseg.errors import CovsegError
 from covseg.runtime import autocast, training_memory_format
-from covseg.splits import parse_split_name
+from covseg.splits import load_split, parse_split_name
 
 __all__ = ["SPLIT_KEYS", "distillation_loss", "teacher_paths", "load_teachers", "DistillTerm"]
 
@@ -66,12 +67,14 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_teachers(config: RunConfig) -> tuple[list[nn.Module], list[Path], list[str]]:
+def load_teachers(config: RunConfig, held_out: Collection[str] = ()) -> tuple[list[nn.Module], list[Path], list[str]]:
     """The checked teachers of ``config.train.distill`` in eval mode, their checkpoint files and SHA-256 digests.
 
     Refused (one-line :class:`CovsegError`): a missing teacher, a run's ``best.pt`` (given as a file), a lesion-type
     model (``train.types_only``), one trained for another task, on another split or on differently normalised
-    input, one too deep for the sizes this run trains at, and an empty list.
+    input, one too deep for the sizes this run trains at, an unfinished run, one whose run folder's ``split.json``
+    trained on any of ``held_out`` (the student's validation and test images: the same split settings on other data
+    split differently), and an empty list.
     """
     files: list[Path] = []
     teachers: list[nn.Module] = []
@@ -98,6 +101,15 @@ def load_teachers(config: RunConfig) -> tuple[list[nn.Module], list[Path], list[
                       for k in keys if getattr(made.data, k) != getattr(config.data, k)]
             if differ:
                 raise CovsegError(f"train.distill: {file} was trained with {', '.join(differ)}, {why}")
+        if int(saved.get("epoch", 0)) < made.train.epochs:
+            raise CovsegError(f"train.distill: {file} holds epoch {saved.get('epoch')} of {made.train.epochs}; finish "
+                              f"the teacher first (covseg train --resume {file.parent}) or give another")
+        trained_on = file.parent / "split.json"
+        if held_out and trained_on.is_file():
+            seen = sorted(set(load_split(trained_on)["train"]) & set(held_out))
+            if seen:
+                raise CovsegError(f"train.distill: {file} was trained on {len(seen)} of the images this run holds out "
+                                  f"(first: {seen[0]}); give teachers trained on this run's data and split")
         step = 2**made.model.depth  # the teacher sees the student's batches: cropped, or at the progressive size
         for size in {config.train.augment.crop or config.data.input_size, config.train.progressive_size} - {0}:
             if size % step:

@@ -247,7 +247,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         raise CovsegError("train.consistency is single-process only; train without torchrun, or set train.consistency=0")
     if t.distill and dist.enabled:
         raise CovsegError("train.distill is single-process only; train without torchrun, or leave train.distill empty")
-    teachers = load_teachers(config) if t.distill else None  # checked before anything is written
+    held_out = list(planned.get("val", [])) + list(planned.get("test", []))
+    teachers = load_teachers(config, held_out) if t.distill else None  # checked before anything is written
     if resume and teachers is not None and read_run_info(run_dir).get("distill_sha256") != teachers[2]:
         raise CovsegError(f"{run_dir}: its teachers ({t.distill}) changed since the run began; put them back as they "
                           "were, or train a new run")

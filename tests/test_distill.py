@@ -196,3 +196,26 @@ def test_teachers_given_relative_are_found_from_elsewhere(tiny_data: Path, tiny_
     assert f"distill: {tiny_run},{tiny_run}" in (student / "config.yaml").read_text()
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--resume", str(student), "--quiet"]) == 0
+
+
+def test_unfinished_teachers_and_teachers_that_trained_on_held_out_images_are_refused(tiny_run: Path,
+                                                                                         tmp_path: Path) -> None:
+    import shutil
+
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0",
+                                                   f"train.distill={tmp_path / 'teacher'}"])
+    teacher = shutil.copytree(tiny_run, tmp_path / "teacher")
+    split = json.loads((teacher / "split.json").read_text())
+    held_out = split["val"]
+    assert load_teachers(config, held_out)[1] == [teacher / "last.pt"]
+    # the same split settings on other data split differently: the teacher's own split.json says what it saw
+    split["train"].append(held_out[0])
+    (teacher / "split.json").write_text(json.dumps(split))
+    with pytest.raises(CovsegError, match=rf"trained on 1 of the images this run holds out \(first: {held_out[0]}\)"):
+        load_teachers(config, held_out)
+    shutil.copy(tiny_run / "split.json", teacher / "split.json")
+    state = read_checkpoint(teacher / "last.pt")
+    state["epoch"] = 1
+    torch.save(state, teacher / "last.pt")
+    with pytest.raises(CovsegError, match="holds epoch 1 of 3; finish the teacher first"):
+        load_teachers(config, held_out)
