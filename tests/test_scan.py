@@ -182,3 +182,26 @@ def test_effusion_is_kept_outside_the_lungs_and_is_not_involvement(tmp_path: Pat
     assert total["lung_ml"] == pytest.approx(float((result.lungs > 0).sum() - (result.lesions[result.lungs > 0] == 3).sum()) * voxel_ml)
     assert total["class_ml"]["pleural_effusion"] == pytest.approx(float((result.lesions == 3).sum()) * voxel_ml)
     assert "pleural_effusion" not in total["class_percent"]
+
+
+def _page_of(figures: dict, name: str = "chest.nii.gz") -> str:
+    from covseg.labels import BINARY
+
+    report = {"input": {"path": name, "kind": "nifti", "shape": [2, 16, 16], "spacing_mm": [1.0, 1.0, 1.0],
+                        "sha256": "0" * 64},
+              "model": {"name": "unet", "task": "binary"}, "figures": figures, "warnings": [],
+              "seconds": {"total": 1.0}}
+    lungs = np.zeros((2, 16, 16), np.uint8)
+    lungs[:, 4:12, 2:7], lungs[:, 4:12, 9:14] = 1, 2
+    lesions = np.zeros((2, 16, 16), np.int64)
+    lesions[:, 5:7, 3:5] = 1
+    return report_html.render_report(report, np.full((2, 16, 16), -800.0), True, lesions, lungs, BINARY, (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("percent, severity, shown", [(4.97, 1, "4.97 %"), (0.01, 1, "0.01 %"), (25.04, 3, "25.04 %"),
+                                                       (49.97, 3, "49.97 %"), (75.04, 5, "75.04 %"), (12.34, 2, "12.3 %")])
+def test_html_percent_beside_a_severity_reads_as_that_severity(percent, severity, shown) -> None:
+    part = {"lung_ml": 100.0, "lesion_ml": percent, "lesion_percent": percent, "severity": severity,
+            "class_ml": {"infection": percent}, "class_percent": {"infection": percent}}
+    page = _page_of({"right": part, "left": part, "total": part})
+    assert page.count(f"mL ({shown})</td><td>{severity}</td>") == 3
