@@ -125,7 +125,7 @@ spacing {' × '.join(f'{s:.3g}' for s in report['input']['spacing_mm'])} mm; SHA
 <h2>Figures</h2>
 <table><tr><th></th><th>lung volume</th>{''.join(f'<th>{esc(n)}</th>' for n in names)}<th>all lung lesions</th>
 <th>severity (0–5)</th></tr>{''.join(rows)}</table>
-<p class="note">Severity per lung: 0 none, 1 &lt;5 %, 2 5–25 %, 3 26–49 %, 4 50–75 %, 5 &gt;75 % of that lung's volume.
+<p class="note">Severity per lung: 0 none, 1 &lt;5 %, 2 5–25 %, 3 &gt;25 and &lt;50 %, 4 50–75 %, 5 &gt;75 % of that lung's volume.
 Lung = HU-based lung mask plus every lung-lesion voxel the model found, less what it calls pleural effusion, which counts
 neither as lung nor as involvement (its volume only). Research use only, not a diagnostic device.</p>
 <img alt="bar chart" src="{_bar_chart(figures, [n for n in names if n in figures['total']['class_percent']])}">

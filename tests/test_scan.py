@@ -205,3 +205,11 @@ def test_html_percent_beside_a_severity_reads_as_that_severity(percent, severity
             "class_ml": {"infection": percent}, "class_percent": {"infection": percent}}
     page = _page_of({"right": part, "left": part, "total": part})
     assert page.count(f"mL ({shown})</td><td>{severity}</td>") == 3
+
+
+def test_html_severity_legend_covers_every_percentage_it_scores() -> None:
+    part = {"lung_ml": 100.0, "lesion_ml": 25.3, "lesion_percent": 25.3, "severity": 3,
+            "class_ml": {"infection": 25.3}, "class_percent": {"infection": 25.3}}
+    page = _page_of({"right": part, "left": part, "total": part})
+    assert "mL (25.3 %)</td><td>3</td>" in page
+    assert "3 &gt;25 and &lt;50 %" in page and "26–49" not in page  # 25.3 % scores 3, outside a "26–49 %" legend
