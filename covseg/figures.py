@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure  # pyplot-free: no global backend or figure state is touched
+from matplotlib.patches import Patch
 import numpy as np
 
 from covseg.fileio import atomic_path
@@ -68,6 +69,8 @@ def plot_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], sc
         ax[2].set_title("prediction", fontsize=9)
         for a in ax:
             a.axis("off")
+    fig.legend(handles=[Patch(color=np.asarray(scheme.colors[c]) / 255, label=scheme.names[c]) for c in scheme.foreground],
+               loc="lower center", ncol=len(scheme.foreground), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
     _save(fig, path)

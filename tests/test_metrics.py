@@ -141,3 +141,17 @@ def test_mean_foreground_leaves_out_classes_absent_from_every_truth() -> None:
         assert d[kind]["specificity"]["pleural_effusion"] == pytest.approx(7 / 8, abs=1e-6)
         assert d[kind]["specificity"]["mean_foreground"] == pytest.approx(1.0)
     assert d["pooled"]["dice"]["pleural_effusion"] == 0.0
+
+
+def test_best_worst_grid_has_a_legend_of_the_class_colours(monkeypatch, tmp_path) -> None:
+    from covseg import figures
+    from covseg.labels import MULTICLASS
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
+    image, labels = np.zeros((4, 4)), np.arange(16).reshape(4, 4) % 4
+    figures.plot_grid([("a", image, labels, labels)], MULTICLASS, tmp_path / "grid.png")
+    (legend,) = drawn[0].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["ggo", "consolidation", "pleural_effusion"]
+    colours = [tuple(round(255 * v) for v in h.get_facecolor()[:3]) for h in legend.legend_handles]
+    assert colours == list(MULTICLASS.colors[1:])
