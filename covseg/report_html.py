@@ -77,7 +77,7 @@ def _severity_percent(percent: float, severity: int) -> str:
     return repr(float(percent))
 
 
-def _bar_chart(figures: dict[str, Any], names: list[str]) -> str:
+def _bar_chart(figures: dict[str, Any], names: list[str], scheme: LabelScheme) -> str:
     fig = Figure(figsize=(6, 3.2))
     ax = fig.subplots()
     sides = ["right", "left", "total"]
@@ -85,7 +85,8 @@ def _bar_chart(figures: dict[str, Any], names: list[str]) -> str:
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
         values = [figures[s]["class_percent"].get(name, 0.0) for s in sides]
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name)
+        colour = np.asarray(scheme.colors[scheme.names.index(name)]) / 255  # the class's overlay colour
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=name, color=colour)
     ax.set_xticks(x, ["right lung", "left lung", "both lungs"])
     ax.set_ylabel("% of lung volume")
     ax.legend(fontsize=8)
@@ -110,6 +111,8 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
         rows.append(f"<tr><th>{label}</th><td>{part['lung_ml']:.0f} mL</td>{cells}"
                     f"<td>{part['lesion_ml']:.1f} mL ({_severity_percent(part['lesion_percent'], part['severity'])} %)</td>"
                     f"<td>{part['severity']}</td></tr>")
+    key = " ".join(f'<span style="background:rgb{scheme.colors[c]};padding:0 .6em"></span> {esc(scheme.names[c])}'
+                    for c in scheme.foreground)
     warnings = "".join(f"<li>{esc(w)}</li>" for w in report.get("warnings", [])) or "<li>none</li>"
     model = report["model"]
     return f"""<!doctype html>
@@ -128,8 +131,8 @@ spacing {' × '.join(f'{s:.3g}' for s in report['input']['spacing_mm'])} mm; SHA
 <p class="note">Severity per lung: 0 none, 1 &lt;5 %, 2 5–25 %, 3 &gt;25 and &lt;50 %, 4 50–75 %, 5 &gt;75 % of that lung's volume.
 Lung = HU-based lung mask plus every lung-lesion voxel the model found, less what it calls pleural effusion, which counts
 neither as lung nor as involvement (its volume only). Research use only, not a diagnostic device.</p>
-<img alt="bar chart" src="{_bar_chart(figures, [n for n in names if n in figures['total']['class_percent']])}">
-<h2>Axial slices with the most lesion</h2><img alt="axial montage" src="{_png_uri(axial_montage(grey, lesions, scheme))}">
+<img alt="bar chart" src="{_bar_chart(figures, [n for n in names if n in figures['total']['class_percent']], scheme)}">
+<h2>Axial slices with the most lesion</h2><p class="note">Colours: {key}</p><img alt="axial montage" src="{_png_uri(axial_montage(grey, lesions, scheme))}">
 <h2>Coronal reformat</h2><img alt="coronal view" src="{_png_uri(coronal_view(grey, lesions, lungs, scheme, spacing))}">
 <h2>Warnings</h2><ul>{warnings}</ul>
 </body></html>

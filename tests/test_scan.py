@@ -213,3 +213,15 @@ def test_html_severity_legend_covers_every_percentage_it_scores() -> None:
     page = _page_of({"right": part, "left": part, "total": part})
     assert "mL (25.3 %)</td><td>3</td>" in page
     assert "3 &gt;25 and &lt;50 %" in page and "26–49" not in page  # 25.3 % scores 3, outside a "26–49 %" legend
+
+
+def test_html_colours_are_the_overlay_colours_and_named(monkeypatch) -> None:
+    drawn = []
+    real = report_html._fig_uri
+    monkeypatch.setattr(report_html, "_fig_uri", lambda fig: drawn.append(fig) or real(fig))
+    part = {"lung_ml": 100.0, "lesion_ml": 3.0, "lesion_percent": 3.0, "severity": 1,
+            "class_ml": {"infection": 3.0}, "class_percent": {"infection": 3.0}}
+    page = _page_of({"right": part, "left": part, "total": part})
+    assert '<span style="background:rgb(255, 64, 64);padding:0 .6em"></span> infection' in page
+    bars = drawn[0].axes[0].patches
+    assert bars and all(tuple(round(255 * v) for v in b.get_facecolor()[:3]) == (255, 64, 64) for b in bars)
