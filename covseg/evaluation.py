@@ -146,8 +146,12 @@ def _markdown(ev: Evaluation, title: str) -> str:
     names = [n for n, c in d["images_with_class"].items() if c > 0]
     fg = [n for n in names if n != "background"]
     lines = [f"# {title}", "", f"{d['n_images']} images; {EMPTY_TRUTH_RULE}.", ""]
+    over = {"per_image": "mean of each image's figure over the images whose truth holds the class: "
+                         + ", ".join(f"{n} {d['images_with_class'][n]}" for n in names)
+                         + f" of {d['n_images']} (specificity: all {d['n_images']})",
+            "pooled": f"one figure from every pixel of all {d['n_images']} images"}
     for kind in ("per_image", "pooled"):
-        lines += [f"## {kind.replace('_', '-')}", "",
+        lines += [f"## {kind.replace('_', '-')}", "", f"{over[kind][0].upper()}{over[kind][1:]}.", "",
                   "| metric | " + " | ".join(names) + " | mean foreground |",
                   "|---|" + "---|" * (len(names) + 1)]
         for metric, values in d[kind].items():

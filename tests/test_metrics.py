@@ -155,3 +155,15 @@ def test_best_worst_grid_has_a_legend_of_the_class_colours(monkeypatch, tmp_path
     assert [t.get_text() for t in legend.get_texts()] == ["ggo", "consolidation", "pleural_effusion"]
     colours = [tuple(round(255 * v) for v in h.get_facecolor()[:3]) for h in legend.legend_handles]
     assert colours == list(MULTICLASS.colors[1:])
+
+
+def test_metrics_md_says_how_many_images_each_per_image_mean_averages() -> None:
+    from covseg.evaluation import _markdown, evaluate_image, summarise
+    from covseg.labels import MULTICLASS
+
+    probs = np.eye(4, dtype=np.float32)[np.array([[0, 1], [2, 0]])].transpose(2, 0, 1)
+    results = [evaluate_image("a", probs, np.array([[0, 1], [2, 0]]), MULTICLASS),
+               evaluate_image("b", probs, np.array([[0, 1], [0, 0]]), MULTICLASS)]
+    text = _markdown(summarise(results, MULTICLASS), "t")
+    assert "background 2, ggo 2, consolidation 1 of 2" in text
+    assert "every pixel of all 2 images" in text
