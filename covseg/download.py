@@ -220,6 +220,21 @@ def _is_url(mirror: str) -> bool:
     return mirror.lower().startswith(("http://", "https://"))
 
 
+def _check_url(url: str) -> None:
+    """Refuse a mirror URL that urllib would choke on (no host, bad port, non-ASCII) before any request."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+        problem = ("it has no host" if not parts.hostname
+                   else "it has non-ASCII characters or spaces; percent-encode them"
+                   if not url.isascii() or any(c.isspace() for c in url) else "")
+    except ValueError as e:
+        problem = str(e)
+    if problem:
+        raise CovsegError(f"mirror URL {url} is not valid: {problem}; "
+                          "pass --mirror http://HOST[:PORT]/PATH/ or a folder")
+
+
 def _part(final: Path) -> Path:
     return final.with_name(final.name + ".part")
 
@@ -328,6 +343,7 @@ def download(dataset: str, dest: Path, mirror: str | None = None,
     base = mirror if mirror is not None else src.base_url
     src_root: Path | None = None
     if _is_url(base):
+        _check_url(base)
         base = base if base.endswith("/") else base + "/"
     else:
         if base.lower().startswith("file://"):

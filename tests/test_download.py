@@ -245,3 +245,13 @@ def test_resolve_mirror_and_default_dir(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert dl.default_data_dir() == tmp_path / "covseg"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert dl.default_data_dir() == Path(os.path.expanduser("~")) / ".cache" / "covseg"
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:1/\u00fc/", "http://", "http://127.0.0.1:99999/"])
+def test_malformed_mirror_url_is_a_one_line_error(url: str, tmp_path: Path, capsys) -> None:
+    from covseg.cli import main
+
+    assert main(["download", "--mirror", url, "--data-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("covseg: error: mirror URL") and err.count("\n") == 1
+    assert not dl.dataset_root(tmp_path, NAME).exists()
