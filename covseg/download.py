@@ -239,13 +239,22 @@ def _part(final: Path) -> Path:
     return final.with_name(final.name + ".part")
 
 
+def _copy(src: Path, part: Path) -> None:
+    """``shutil.copyfile`` whose error names both ends (on Linux it blames ``src`` even for a full disk)."""
+    try:
+        shutil.copyfile(src, part)
+    except OSError as e:
+        raise CovsegError(f"cannot copy {src} to {part}: {e.strerror or e}; "
+                          "check free space and permissions of the data folder") from None
+
+
 def _fetch_copy(src_root: Path, rel: str, part: Path) -> bool:
     """Copy ``src_root/rel`` to ``part``; False if the mirror lacks it."""
     src = src_root / rel
     if not src.is_file():
         return False
     part.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, part)
+    _copy(src, part)
     return True
 
 
@@ -294,17 +303,21 @@ def _fetch_http(base: str, rel: str, part: Path, resume: bool = True) -> str:
         length = resp.headers.get("Content-Length")
         received = 0
         part.parent.mkdir(parents=True, exist_ok=True)
-        with open(part, "ab" if resumed else "wb") as f:
-            while True:
-                try:
-                    chunk = resp.read(_CHUNK)
-                except (OSError, http.client.HTTPException) as e:
-                    raise CovsegError(f"download of {url} was interrupted "
-                                      f"({e or type(e).__name__}); run again to resume") from None
-                if not chunk:
-                    break
-                f.write(chunk)
-                received += len(chunk)
+        try:
+            with open(part, "ab" if resumed else "wb") as f:
+                while True:
+                    try:
+                        chunk = resp.read(_CHUNK)
+                    except (OSError, http.client.HTTPException) as e:
+                        raise CovsegError(f"download of {url} was interrupted "
+                                          f"({e or type(e).__name__}); run again to resume") from None
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    received += len(chunk)
+        except OSError as e:  # the data folder's side: full disk, no permission (a read error is a CovsegError)
+            raise CovsegError(f"cannot write {part}: {e.strerror or e}; check free space and "
+                              "permissions of the data folder, then run again to resume") from None
         if length is not None and length.isdigit() and received < int(length):
             raise CovsegError(f"download of {url} was interrupted after {received} of {length} "
                               "bytes; run again to resume")
@@ -323,7 +336,7 @@ def _copy_extras(src_root: Path, root: Path, rel_dir: str, progress: bool) -> tu
             present += 1
             continue
         part = _part(dst)
-        shutil.copyfile(src, part)
+        _copy(src, part)
         os.replace(part, dst)
         copied += 1
     return copied, present

@@ -255,3 +255,40 @@ def test_malformed_mirror_url_is_a_one_line_error(url: str, tmp_path: Path, caps
     err = capsys.readouterr().err
     assert err.startswith("covseg: error: mirror URL") and err.count("\n") == 1
     assert not dl.dataset_root(tmp_path, NAME).exists()
+
+
+def test_disk_full_names_the_destination_not_the_mirror(mirror: Path, http_mirror: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import errno
+
+    from covseg.cli import main
+
+    a = _train_paths()[0]
+    digest = dl._sha256(mirror / a)
+    monkeypatch.setattr(dl, "read_manifest", lambda name: {a: digest})
+
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "sendfile", full)  # shutil.copyfile's fast path on Linux: it blames the source file
+    assert main(["download", "--mirror", str(mirror), "--data-dir", str(tmp_path / "d"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(tmp_path / "d") in err and err.count("\n") == 1
+
+    class _FullFile:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __enter__(self) -> _FullFile:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(dl, "open", _FullFile, raising=False)
+    assert main(["download", "--mirror", http_mirror, "--data-dir", str(tmp_path / "h"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(tmp_path / "h") in err and err.count("\n") == 1
