@@ -231,9 +231,10 @@ class LesionTypePredictor:
     With ``q`` the binary model's lesion probability ``(H, W)`` and ``p`` the multiclass model's probabilities
     ``(C, H, W)`` (class 0 background), it yields ``(C, H, W)`` float32 probabilities ``1 - q`` for class 0 and
     ``q * p_c / sum_k p_k`` for each lesion class ``c`` of ``lesion_classes`` (sum over those too; 0 for the
-    others): the multiclass model's odds among the lesion types, spread over the binary model's lesion
-    probability. A pixel is then labelled lesion only where ``q`` times its type's share beats ``1 - q``: within
-    the binary model's lesion (``q > 1/2``), a little less where the types are in doubt.
+    others; even shares where the ``p_k`` all underflow to 0 in float32): the multiclass model's odds among the
+    lesion types, spread over the binary model's lesion probability. A pixel is then labelled lesion only where
+    ``q`` times its type's share beats ``1 - q``: within the binary model's lesion (``q > 1/2``), a little less
+    where the types are in doubt.
 
     ``lesion_classes`` (default: every class but 0) should leave out the classes the multiclass model never saw
     in training (pleural effusion for COVID-SemiSeg): where that model calls background, its odds among the
@@ -262,7 +263,10 @@ class LesionTypePredictor:
             for probs in types:
                 odds = np.zeros_like(probs[1:])
                 odds[[c - 1 for c in chosen]] = probs[chosen]
-                shares += odds / np.maximum(odds.sum(0), np.finfo(np.float32).tiny)
+                total = odds.sum(0)
+                # where the lesion classes' probabilities underflowed (the model sure of background), even shares
+                odds[[c - 1 for c in chosen]] = np.where(total > 0, odds[[c - 1 for c in chosen]], 1.0)
+                shares += odds / np.where(total > 0, total, len(chosen))
             yield np.concatenate([(1 - q)[None], q[None] * shares / len(types)]).astype(np.float32)
 
 

@@ -215,3 +215,16 @@ def test_flip_tta_averages_with_the_mirrored_pass_flipped_back() -> None:
     np.testing.assert_allclose(tta, (plain + plain[..., ::-1]) / 2, atol=1e-6)
     np.testing.assert_allclose(tta[:, :, :8], tta[:, :, :7:-1], atol=1e-6)
     assert not np.allclose(plain, plain[..., ::-1], atol=1e-3)  # the test would pass vacuously otherwise
+
+
+@pytest.mark.parametrize("gap", [95.0, 120.0])
+def test_lesion_types_shared_when_the_type_model_is_sure_of_background(gap: float) -> None:
+    # lesion q = 3/4; the type model's lesion probabilities underflow (gap 95: float32 denormals ~5e-42 and 1e-41;
+    # gap 120: exactly 0): the binary model's lesion keeps q, spread 1 : 2 or evenly, so the pixel is not background
+    lesion = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=8)
+    types = Predictor(_ConstantBackend((gap, 0.0, math.log(2.0), 0.0)), input_size=8)
+    out = next(LesionTypePredictor(lesion, types, lesion_classes=[1, 2])([np.zeros((3, 5), np.float32)]))
+    shares = [1 / 3, 2 / 3] if gap < 100 else [1 / 2, 1 / 2]
+    np.testing.assert_allclose(out[:, 1, 2], [1 / 4, *(3 / 4 * np.array(shares)), 0.0], atol=1e-3)
+    np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-3)
+    assert (out.argmax(0) > 0).all()
