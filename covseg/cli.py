@@ -48,9 +48,12 @@ def _recipe_config(args: argparse.Namespace):
         config.data.pseudo_labels = str(Path(config.data.pseudo_labels).resolve())
     if config.train.init:
         config.train.init = str(Path(config.train.init).resolve())
-    teachers = [part.strip() for part in config.train.distill.split(",") if part.strip()]
-    if teachers:  # each teacher, {fold} kept
-        config.train.distill = ",".join(str(Path(part).resolve()) for part in teachers)
+    if config.train.distill:  # each teacher, {fold} kept
+        from covseg.distill import teacher_entries
+
+        teachers = teacher_entries(config.train.distill)
+        if teachers:  # only commas: left for train_run's "names no teacher"
+            config.train.distill = ",".join(str(Path(part).resolve()) for part in teachers)
     return config
 
 

@@ -16,9 +16,9 @@ Shapes: images ``(N, 1, s, s)``; logits and probabilities ``(N, C, s, s)``, ``C`
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +27,12 @@ from torch import nn
 from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig
 from covseg.errors import CovsegError
+from covseg.fileio import file_sha256
 from covseg.runtime import autocast, training_memory_format
 from covseg.splits import load_split, parse_split_name
 
-__all__ = ["SPLIT_KEYS", "distillation_loss", "teacher_paths", "load_teachers", "DistillTerm"]
+__all__ = ["SPLIT_KEYS", "distillation_loss", "teacher_entries", "teacher_paths", "Teachers", "load_teachers",
+           "DistillTerm"]
 
 #: the data options a teacher must share with its student (together they fix which images are held out)
 SPLIT_KEYS = ("split", "folds", "split_seed", "val_fraction")
@@ -51,9 +53,14 @@ def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
     return kl.mean() * temperature**2
 
 
+def teacher_entries(spec: str) -> list[str]:
+    """``train.distill``'s comma-separated entries as written (``{fold}`` kept), blanks dropped."""
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
 def teacher_paths(spec: str, config: RunConfig) -> list[str]:
     """``train.distill``'s entries, ``{fold}`` replaced by the fold of ``config.data.split`` (``cv:K``)."""
-    entries = [part.strip() for part in spec.split(",") if part.strip()]
+    entries = teacher_entries(spec)
     if any("{fold}" in entry for entry in entries):
         kind, fold = parse_split_name(config.data.split)
         if kind != "cv":
@@ -63,11 +70,15 @@ def teacher_paths(spec: str, config: RunConfig) -> list[str]:
     return entries
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+class Teachers(NamedTuple):
+    """:func:`load_teachers`' result: the networks in eval mode, their checkpoint files and SHA-256 digests."""
+
+    networks: list[nn.Module]
+    files: list[Path]
+    digests: list[str]
 
 
-def load_teachers(config: RunConfig, held_out: Collection[str] = ()) -> tuple[list[nn.Module], list[Path], list[str]]:
+def load_teachers(config: RunConfig, held_out: Collection[str] = ()) -> Teachers:
     """The checked teachers of ``config.train.distill`` in eval mode, their checkpoint files and SHA-256 digests.
 
     Refused (one-line :class:`CovsegError`): a missing teacher, a run's ``best.pt`` (given as a file), a lesion-type
@@ -121,7 +132,7 @@ def load_teachers(config: RunConfig, held_out: Collection[str] = ()) -> tuple[li
     if not teachers:
         raise CovsegError(f"train.distill {config.train.distill!r} names no teacher; give run folders separated by "
                           "commas, or leave it empty")
-    return teachers, files, [_sha256(f) for f in files]
+    return Teachers(teachers, files, [file_sha256(f) for f in files])
 
 
 class DistillTerm:

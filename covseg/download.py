@@ -10,7 +10,6 @@ Layout: ``dataset_root(dest, name) / <manifest path>``, e.g.
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import CovsegError
+from .fileio import file_sha256
 
 __all__ = [
     "DatasetSource",
@@ -208,14 +208,6 @@ def dataset_root(dest: Path, dataset: str) -> Path:
     return Path(dest) / dataset
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _is_url(mirror: str) -> bool:
     return mirror.lower().startswith(("http://", "https://"))
 
@@ -394,7 +386,7 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
         bucket = split_of(rel)
         final = root / rel
         if final.is_file():
-            if _sha256(final) == digest:
+            if file_sha256(final) == digest:
                 bucket.skipped.append(rel)
                 continue
             final.unlink()  # stale or damaged: never keep a bad file under the final name
@@ -403,11 +395,11 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
             outcome = "fresh" if _fetch_copy(src_root, rel, part) else "missing"
         else:
             outcome = _fetch_http(base, rel, part)
-        ok = outcome != "missing" and _sha256(part) == digest
+        ok = outcome != "missing" and file_sha256(part) == digest
         if outcome == "resumed" and not ok:
             # the kept .part may have had a bad prefix: retry once from byte 0
             outcome = _fetch_http(base, rel, part, resume=False)
-            ok = outcome != "missing" and _sha256(part) == digest
+            ok = outcome != "missing" and file_sha256(part) == digest
         if ok:
             os.replace(part, final)
             bucket.fetched.append(rel)

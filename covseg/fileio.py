@@ -1,7 +1,8 @@
-"""Atomic file writing: outputs appear under their final name only once complete."""
+"""Atomic file writing (outputs appear under their final name only once complete), and file digests."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -10,7 +11,16 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "interrupts_deferred"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "interrupts_deferred", "file_sha256"]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of the file at ``path``, read in 64 KiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -20,7 +20,6 @@ Every file is written atomically; ``last.pt`` is rewritten after each epoch.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -42,7 +41,7 @@ from covseg.consistency import ConsistencyTerm
 from covseg.distill import DistillTerm, load_teachers
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_write_text, interrupts_deferred
+from covseg.fileio import atomic_write_text, file_sha256, interrupts_deferred
 from covseg.figures import plot_curves
 from covseg.intensity import normalize_image
 from covseg.labels import get_scheme
@@ -150,10 +149,6 @@ def _stack(samples: list[Sample], data: DataConfig) -> tuple[torch.Tensor, torch
     return x, y
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @dataclass
 class _Pseudo:
     """A run's pseudo-labelled slices: images float16 ``(P, 1, S, S)``, labels uint8 ``(P, S, S)``."""
@@ -174,7 +169,7 @@ def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseu
     x, y = _stack(samples, d)
     log(f"self-training: {len(samples)} pseudo-labelled slices from {folder}, "
         f"{d.pseudo_ratio:g} per labelled image each epoch")
-    digest = _file_sha256(folder / PSEUDO_FILE)
+    digest = file_sha256(folder / PSEUDO_FILE)
     return _Pseudo(x.half(), y.to(torch.uint8), digest)
 
 
@@ -207,7 +202,7 @@ def _pretrained_file(config: RunConfig, run_dir: Path, resume: bool, log) -> Pat
     if not file.is_file():
         log(f"note: the run began from {init}, which is gone; resuming from last.pt does not need it")
         return None
-    if began_with is not None and _file_sha256(file) != began_with:
+    if began_with is not None and file_sha256(file) != began_with:
         raise CovsegError(f"{run_dir}: its pretrained weights ({file}) changed since the run began; put them back "
                           "as they were, or train a new run")
     return None
@@ -247,9 +242,10 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         raise CovsegError("train.consistency is single-process only; train without torchrun, or set train.consistency=0")
     if t.distill and dist.enabled:
         raise CovsegError("train.distill is single-process only; train without torchrun, or leave train.distill empty")
-    held_out = list(planned.get("val", [])) + list(planned.get("test", []))
-    teachers = load_teachers(config, held_out) if t.distill else None  # checked before anything is written
-    if resume and teachers is not None and read_run_info(run_dir).get("distill_sha256") != teachers[2]:
+    teachers = None
+    if t.distill:  # checked before anything is written
+        teachers = load_teachers(config, list(planned.get("val", [])) + list(planned.get("test", [])))
+    if resume and teachers is not None and read_run_info(run_dir).get("distill_sha256") != teachers.digests:
         raise CovsegError(f"{run_dir}: its teachers ({t.distill}) changed since the run began; put them back as they "
                           "were, or train a new run")
     unlabelled = _unlabelled_slices(config, data_path, log)
@@ -259,9 +255,9 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     if not resume and dist.is_main:
         info = {"pseudo_labels_sha256": pseudo.digest} if pseudo is not None else {}
         if pretrained is not None:
-            info["init_sha256"] = _file_sha256(pretrained)
+            info["init_sha256"] = file_sha256(pretrained)
         if teachers is not None:
-            info["distill"], info["distill_sha256"] = [str(f) for f in teachers[1]], teachers[2]
+            info["distill"], info["distill_sha256"] = [str(f) for f in teachers.files], teachers.digests
         _prepare_folder(run_dir, config, samples, data_path, force, info)
     if dist.enabled:
         torch_dist.barrier()
@@ -301,9 +297,10 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     swa = epoch_average(core) if t.swa_epochs else None
     consistency = (ConsistencyTerm(unlabelled, weight_average(core, t.teacher_decay), t.consistency_batch, t.consistency)
                    if unlabelled is not None else None)
-    distill = DistillTerm(teachers[0], t.distill_weight, t.distill_temperature, device, dtype) if teachers else None
+    distill = None
     if teachers is not None:
-        log(f"distillation: {len(teachers[1])} teacher(s) ({', '.join(str(f) for f in teachers[1])}), "
+        distill = DistillTerm(teachers.networks, t.distill_weight, t.distill_temperature, device, dtype)
+        log(f"distillation: {len(teachers.files)} teacher(s) ({', '.join(str(f) for f in teachers.files)}), "
             f"weight {t.distill_weight:g}, temperature {t.distill_temperature:g}")
     optimizer = make_optimizer(model, t)
     loss_fn = _training_loss(t, weights).to(device)

@@ -163,7 +163,7 @@ def test_http_mirror_with_range_resume(http_mirror: str, mirror: Path, tmp_path:
 def test_http_without_range_support_restarts(mirror: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     a = _train_paths()[0]
-    monkeypatch.setattr(dl, "read_manifest", lambda name: {a: dl._sha256(mirror / a)})
+    monkeypatch.setattr(dl, "read_manifest", lambda name: {a: dl.file_sha256(mirror / a)})
     root = dl.dataset_root(tmp_path, NAME)
     (root / a).parent.mkdir(parents=True)
     (root / (a + ".part")).write_bytes(b"junk")
@@ -264,7 +264,7 @@ def test_disk_full_names_the_destination_not_the_mirror(mirror: Path, http_mirro
     from covseg.cli import main
 
     a = _train_paths()[0]
-    digest = dl._sha256(mirror / a)
+    digest = dl.file_sha256(mirror / a)
     monkeypatch.setattr(dl, "read_manifest", lambda name: {a: digest})
 
     def full(*args: object) -> int:
