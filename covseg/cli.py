@@ -32,7 +32,7 @@ def _default_data(dataset: str = "covid-semiseg") -> str:
 def _recipe_config(args: argparse.Namespace):
     overrides = list(args.overrides)
     task_overrides = [item.partition("=")[2] for item in overrides if item.partition("=")[0] == "data.task"]
-    config = load_recipe(args.recipe, task=args.task or (task_overrides[-1] if task_overrides else None))
+    config = load_recipe(args.recipe or "default", task=args.task or (task_overrides[-1] if task_overrides else None))
     if args.task:
         overrides.append(f"data.task={args.task}")
     if getattr(args, "split", None):
@@ -58,7 +58,7 @@ def _recipe_config(args: argparse.Namespace):
 
 
 def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force: bool = True) -> None:
-    p.add_argument("--recipe", default="default", help=f"recipe name ({', '.join(available_recipes())}) or YAML path")
+    p.add_argument("--recipe", help=f"recipe name ({', '.join(available_recipes())}) or YAML path (default: default)")
     p.add_argument("--task", choices=("binary", "multiclass"), help="label scheme (default: the recipe's)")
     p.add_argument("--data", help="data folder (default: the downloaded covid-semiseg)")
     if split:
@@ -240,7 +240,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.output and args.output != args.resume:
             raise CovsegError("give either -o RUN_DIR for a new run or --resume RUN_DIR, not both")
-        ignored = [flag for flag, value in (("--recipe", args.recipe != "default"), ("--task", args.task),
+        ignored = [flag for flag, value in (("--recipe", args.recipe is not None), ("--task", args.task),
                                             ("--split", args.split), ("--epochs", args.epochs is not None),
                                             ("--device", args.device), ("--precision", args.precision),
                                             ("--force", args.force), ("KEY=VALUE", args.overrides)) if value]

@@ -116,6 +116,8 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     d = config.data
+    # config.yaml first: a folder that was cut short after it is still recognised as a run (and --force replaces it)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     names = [s.name for s in samples]
     split = make_split(names, d.split, d.split_seed, d.folds, d.val_fraction)
     folds = kfold(names, d.folds, d.split_seed) if parse_split_name(d.split)[0] == "cv" else None
@@ -126,7 +128,6 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
     atomic_write_text(run_dir / "class_weights.json", json.dumps(
         {"method": "median frequency balancing (Eigen & Fergus 2015)",
          "weights": dict(zip(scheme.names, [round(float(w), 6) for w in weights]))}, indent=1) + "\n")
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     atomic_write_text(run_dir / "run.json", json.dumps(
         {"covseg": __version__, "torch": torch.__version__, "python": platform.python_version(),
          "data": str(Path(data_path).resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {})},

@@ -381,6 +381,31 @@ def test_force_only_replaces_run_folders(tiny_data: Path, tmp_path: Path, capsys
 def test_resume_refuses_new_settings(tiny_run: Path, capsys) -> None:
     assert main(["train", "--resume", str(tiny_run), "--epochs", "9"]) == 2
     assert "drop --epochs" in _one_line_error(capsys)
+    # an explicit --recipe is refused even when it names the default recipe: the run keeps its own settings
+    assert main(["train", "--resume", str(tiny_run), "--recipe", "default"]) == 2
+    assert "drop --recipe" in _one_line_error(capsys)
+
+
+def test_force_replaces_a_run_folder_cut_short_while_it_was_made(tiny_data: Path, tmp_path: Path,
+                                                                 monkeypatch, capsys) -> None:
+    import errno
+    import os
+
+    from covseg import run as run_module
+
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    run = tmp_path / "run"
+    command = ["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1",
+               "-o", str(run), "--quiet", *TINY_OVERRIDES]
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "save_split", disk_full)
+        assert main(command) != 0
+    capsys.readouterr()
+    assert (run / "config.yaml").is_file() and not (run / "split.json").exists()
+    assert main([*command, "--force"]) == 0
+    assert (run / "split.json").is_file() and (run / "last.pt").is_file()
 
 
 def test_download_cli_from_directory_mirror(tmp_path: Path, capsys) -> None:
