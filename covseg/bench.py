@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import platform
 import resource
 import statistics
@@ -72,6 +73,12 @@ def build_bench_model(name: str) -> nn.Module:
         return BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(w, 2 * w, 4 * w, 8 * w, 16 * w, w),
                          act="relu", norm="batch").eval()
     raise ValueError(f"unknown benchmark model {name!r}")
+
+
+def bench_model_step(name: str) -> int:
+    """The multiple of which a benchmark model's input height and width must be (``2 ** depth``: SegNet's depth 5,
+    the U-Nets' 4)."""
+    return 32 if name == "segnet" else 16
 
 
 def peak_rss_mb() -> float:
@@ -551,6 +558,7 @@ def _check_options(args: argparse.Namespace) -> None:
     fail on."""
     from covseg.checkpoint import load_model
     from covseg.errors import CovsegError
+    from covseg.models.shapes import nearest_valid_size
 
     for option, given, known in (("--models", args.models, MODELS), ("--paths", args.paths, PATHS)):
         unknown = [name for name in given.split(",") if name not in known] if given is not None else []
@@ -564,6 +572,16 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.out.is_dir():
         raise SystemExit(f"covseg bench: {args.out}: is a folder; give --out a Markdown file name, e.g. "
                          f"{args.out / 'RESULTS.md'}")
+    folder = next(p for p in (args.out.absolute().parent, *args.out.absolute().parents) if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f"covseg bench: {args.out}: cannot be written ({folder} is not a writable folder); give "
+                         "--out a file in a folder you can write")
+    models = args.models.split(",")
+    step = max(bench_model_step(name) for name in models)
+    if args.size % step:
+        needs = ", ".join(name for name in models if args.size % bench_model_step(name))
+        raise SystemExit(f"covseg bench: --size {args.size} is not a multiple of {step}, which {needs} needs; use "
+                         f"{nearest_valid_size(args.size, step.bit_length() - 1)}")
     if args.model and args.scan_slices:
         try:
             load_model(args.model)
@@ -589,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time fp32-naive and covseg's path, each in its own process, in turn for ROUNDS "
                         "rounds, a model and its MONAI peer together (two passes and two training steps per network a "
                         "round: slow for wide models; default 0: skip; runs only with both paths in --paths)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"),
+                        help="Markdown file the table is written to (default: benchmarks/RESULTS.md under the "
+                             "current folder, which in a checkout replaces the committed results)")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--serve", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--scan-only", choices=("auto", "fp32"), help=argparse.SUPPRESS)

@@ -54,7 +54,8 @@ def find_checkpoint(path: str | Path, which: str = "auto") -> Path:
     ``which``: ``best`` (``best.pt``, chosen on the validation images; ``last.pt`` where there is none),
     ``last``, ``ema`` or ``swa`` (that file); ``auto``, the run's model: ``swa.pt`` where the run averaged its
     weights (``train.swa_epochs``), else ``best.pt``; ``final``, the run's model chosen without its validation
-    images: ``swa.pt``, else ``last.pt``.
+    images: ``swa.pt``, else ``last.pt``. A checkpoint file is taken as it is under ``auto`` and ``final``, and
+    under a ``which`` that names it (``best`` for ``best.pt``); another ``which`` is refused, not ignored.
     """
     path = Path(path)
     if path.is_dir():
@@ -74,6 +75,9 @@ def find_checkpoint(path: str | Path, which: str = "auto") -> Path:
         return candidate
     if not path.is_file():
         raise CovsegError(f"{path}: no such checkpoint or run folder")
+    if which not in ("auto", "final") and path.stem != which:
+        raise CovsegError(f"{path}: --checkpoint {which} picks one of a run folder's checkpoints, and this is a "
+                          f"checkpoint file already; give its run folder ({path.parent}) or drop --checkpoint")
     return path
 
 

@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_options(p)
 
     p = sub.add_parser("compare", help="train and evaluate several models under identical settings")
-    p.add_argument("--models", nargs="+", default=["unet", "segnet"])
+    p.add_argument("--models", nargs="+", default=["unet", "segnet"],
+                   help="models to train and compare (default: unet segnet); put KEY=VALUE overrides before --models")
     _add_training_options(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="comparison folder")
 
@@ -304,6 +305,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
     from covseg.experiment import compare_models
 
+    settings = [name for name in args.models if "=" in name]
+    if settings:
+        raise CovsegError(f"--models took {' '.join(settings)} for model names; put KEY=VALUE overrides before "
+                          "--models (or end the model list with --)")
+    if len(set(args.models)) != len(args.models):
+        raise CovsegError(f"--models names a model twice ({' '.join(args.models)}); name each once")
     config = _recipe_config(args)
     data = args.data or _default_data()
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
@@ -449,6 +456,13 @@ COMMANDS = {"download": _cmd_download, "train": _cmd_train, "evaluate": _cmd_eva
             "export": _cmd_export, "pseudo-label": _cmd_pseudo_label, "pretrain": _cmd_pretrain}
 
 
+def _file_system_refusal(err: OSError) -> int:
+    """Print a file system refusal on a path the user gave as the CLI's one-line error; returns the exit status."""
+    where = f"{err.filename}: " if err.filename else ""
+    print(f"covseg: error: {where}{err.strerror or err}; check the path and permissions", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -462,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"covseg: error: {refused.code.removeprefix('covseg bench: ')}", file=sys.stderr)
             return 2
+        except OSError as err:  # --out could not be written after all (a read-only file system, no space, …)
+            return _file_system_refusal(err)
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -469,9 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"covseg: error: {' '.join(str(err).split())}", file=sys.stderr)  # always one line
         return 2
     except OSError as err:  # a file system refusal on a path the user gave (exists, is a folder, no space, …)
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"covseg: error: {where}{err.strerror or err}; check the path and permissions", file=sys.stderr)
-        return 2
+        return _file_system_refusal(err)
     except KeyboardInterrupt:
         print("covseg: interrupted", file=sys.stderr)
         return 130

@@ -22,7 +22,7 @@ from covseg.fileio import atomic_write_text
 from covseg.figures import plot_comparison
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
-from covseg.predict import describe_after_use, ensemble_members, open_models
+from covseg.predict import check_lesion_task, check_type_model_task, describe_after_use, ensemble_members, open_models
 from covseg.splits import load_split
 from covseg.labels import get_scheme
 from covseg.parallel_runs import train_runs_in_parallel
@@ -52,6 +52,7 @@ def select_samples(run_dir: Path | None, data: str, task: str, split: str,
     parts: dict[str, list[str]] = {}
     if run_dir is not None and (run_dir / "split.json").is_file():
         parts = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    asked = split
     if split == "heldout":
         split = "test" if parts.get("test") else "val"
     if split == "test" and not parts.get("test"):
@@ -60,7 +61,7 @@ def select_samples(run_dir: Path | None, data: str, task: str, split: str,
     if split == "all":
         return samples
     if not parts:
-        raise CovsegError(f"split {split!r} needs a run folder with split.json; pass the run folder or use "
+        raise CovsegError(f"split {asked!r} needs a run folder with split.json; pass the run folder or use "
                           "--split all/test")
     names = set(parts.get(split, []))
     chosen = [s for s in samples if s.name in names]
@@ -88,6 +89,18 @@ def _evaluates_validation(run_dir: Path, split: str) -> bool:
     return split == "val" or (split == "heldout" and not parts.get("test"))
 
 
+def _refuse_onnx_chosen_on(paths: Sequence[Path], split: str) -> None:
+    """Refuse ONNX files exported from ``best.pt`` when the images scored (``split``) are the validation images
+    that chose it: the figure would be inflated by the selection (the reason ``evaluate`` scores ``last.pt`` there)."""
+    from covseg.export import exported_from
+
+    for path in paths:
+        if path.suffix == ".onnx" and exported_from(path) == "best.pt":
+            raise CovsegError(f"{path}: exported from best.pt, which the {split} images chose; score them with a graph "
+                              "of the run's final model (covseg export RUN_DIR --checkpoint last, or swa) or with "
+                              "the run folder itself")
+
+
 def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str, out_dir: Path | None,
                  which: str = "auto", device: str = "cpu", precision: str = "auto", batch_size: int = 8,
                  tta: bool = False, task: str | None = None, backend: str = "auto",
@@ -107,7 +120,9 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     ``last.pt`` when the images evaluated are the validation images that chose ``best.pt`` (so a
     cross-validation figure is not inflated by selecting on the fold it reports), and ``best.pt`` otherwise
     (:func:`covseg.checkpoint.find_checkpoint`'s ``final`` and ``auto``). A run scored with another checkpoint
-    than that reports to ``eval-SPLIT-WHICH``, beside its own ``eval-SPLIT``.
+    than that reports to ``eval-SPLIT-WHICH``, beside its own ``eval-SPLIT``; with ``tta`` the folder's name ends in
+    ``-tta`` (``eval-SPLIT-tta``), so a flip-TTA score never replaces the plain one ``covseg cv`` and ``cv-compare``
+    read.
     """
     given = [Path(model_path)] if isinstance(model_path, (str, Path)) else [Path(p) for p in model_path]
     paths = ensemble_members(given)
@@ -115,15 +130,22 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     run_dir = paths[0] if paths[0].is_dir() else None
     if run_dir is None and len(paths) == 1 and (paths[0].parent / "run.json").is_file():
         run_dir = paths[0].parent  # a checkpoint inside its run folder: the run's data and split
+    if lesion_paths:  # the tasks first: models given the wrong way round are told so, not that their splits differ
+        for path, check in [(paths[0], check_type_model_task), *((p, check_lesion_task) for p in lesion_paths)]:
+            if path.is_dir():
+                check(path, read_run_config(path).data.task)
     if len(paths) + len(lesion_paths) > 1:
         _check_ensemble_split(paths + lesion_paths, split)
     if out_dir is None and lesion_paths:
         raise CovsegError("an evaluation with --lesion-model needs -o REPORT_DIR, so the model's own report stays")
     if out_dir is None and paths != given:  # a cross-validation folder reports beside its folds
         out_dir = given[0] / (f"eval-{split}" if which == "auto" else f"eval-{split}-{which}")
+        out_dir = out_dir.with_name(out_dir.name + "-tta") if tta else out_dir
     if out_dir is None and len(paths) > 1:
         raise CovsegError("an ensemble of several models needs -o REPORT_DIR for its report")
     own = "final" if run_dir is not None and _evaluates_validation(run_dir, split) else "auto"
+    if own == "final":
+        _refuse_onnx_chosen_on(paths, split)
     requested, which = which, own if which == "auto" else which
     if data is None:
         if run_dir is None:
@@ -137,6 +159,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         is_own = (requested == "auto" and paths[0].is_dir()) or scored == find_checkpoint(run_dir or paths[0], own)
         named = requested if requested != "auto" else scored.stem  # RUN/best.pt given as a file: eval-SPLIT-best
         out_dir = scored.parent / (f"eval-{split}" if is_own else f"eval-{split}-{named}")
+        out_dir = out_dir.with_name(out_dir.name + "-tta") if tta else out_dir  # never over the plain report
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe, "data": str(data), "split": split,

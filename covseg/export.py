@@ -2,7 +2,9 @@
 
 The exported graph takes ``image`` ``(B, 1, H, W)`` float32 in [0, 1] (B, H and W dynamic; H and W must be
 divisible by ``2**depth``) and returns ``logits`` ``(B, C, H, W)``. The run's config travels inside the
-file as metadata (``covseg_config``), so a model of another task or architecture can be refused. The
+file as metadata (``covseg_config``), so a model of another task or architecture can be refused. Its
+``covseg_checkpoint`` names the checkpoint it came from (``best.pt``, ``last.pt``, ``swa.pt``, ``ema.pt``), so that
+``covseg evaluate`` can refuse a ``best.pt`` graph on the validation images that chose it. The
 graph holds the network only: callers outside covseg prepare its input as covseg's Predictor does — normalise
 each image first as ``data.normalize`` says (:func:`covseg.intensity.normalize_image`: ``equalize``,
 ``percentile``), then bring it to ``data.input_size`` square as ``data.resize`` says (``stretch``: resize each
@@ -24,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from covseg.checkpoint import load_model
+from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig, config_from_dict, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 
-__all__ = ["export_onnx", "OnnxBackend", "onnx_backend_of", "load_onnx", "write_graph", "ONNX_OPSET"]
+__all__ = ["export_onnx", "exported_from", "OnnxBackend", "onnx_backend_of", "load_onnx", "write_graph", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
 
@@ -61,9 +63,14 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     if Path(model_path).suffix == ".onnx":
         raise CovsegError(f"{model_path}: is an ONNX file already; export takes the run folder or .pt checkpoint "
                           "it came from")
-    model, config, state = load_model(model_path, which)
+    if Path(out).suffix != ".onnx":
+        raise CovsegError(f"{out}: export writes an ONNX file; give -o a name ending in .onnx, e.g. "
+                          f"{Path(out).with_suffix('.onnx')}")
+    checkpoint = find_checkpoint(model_path, which)
+    model, config, state = load_model(checkpoint)
     meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),
-            "covseg_epoch": str(state.get("epoch")), "covseg_precision": "float32"}
+            "covseg_epoch": str(state.get("epoch")), "covseg_checkpoint": checkpoint.name,
+            "covseg_precision": "float32"}
     with atomic_path(out) as tmp:
         if int8:
             from covseg.quantize import quantize_run
@@ -78,6 +85,19 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
             entry.key, entry.value = key, value
         onnx.save(graph, str(tmp))
     return meta
+
+
+def exported_from(path: Path) -> str | None:
+    """The checkpoint file name (``best.pt``, ``last.pt``, ``swa.pt``, ``ema.pt``) a covseg ONNX file was exported
+    from (its ``covseg_checkpoint`` metadata); None for a file that does not say (exported before covseg recorded
+    it) or cannot be read."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises several types for unreadable files; load_onnx reports those
+        return None
+    return {entry.key: entry.value for entry in graph.metadata_props}.get("covseg_checkpoint")
 
 
 def _session(source: str | bytes, threads: int) -> Any:

@@ -143,15 +143,19 @@ def _planned_epochs(run_dir: Path) -> int | None:
 
 def _check_own_model(run_dir: Path) -> None:
     """Refuse a fold whose ``eval-heldout`` scored another checkpoint than the run's own model (``swa.pt`` where
-    the run has one, else ``last.pt``), e.g. a report written before ``swa.pt`` became the run's model, or whose
-    training stopped before its last epoch (a report of an interrupted run)."""
+    the run has one, else ``last.pt``), e.g. a report written before ``swa.pt`` became the run's model, one scored
+    with flip TTA (the other folds are not), or whose training stopped before its last epoch (a report of an
+    interrupted run)."""
     from covseg.checkpoint import epochs_done, find_checkpoint  # torch: only once there is a report to check
 
     try:
-        scored = Path(json.loads((run_dir / "eval-heldout" / "metrics.json").read_text(encoding="utf-8"))
-                      ["model"]["file"]).name
+        model = json.loads((run_dir / "eval-heldout" / "metrics.json").read_text(encoding="utf-8"))["model"]
+        scored = Path(model["file"]).name
     except (OSError, ValueError, KeyError, TypeError):
         return
+    if model.get("flip_tta"):
+        raise CovsegError(f"{run_dir}/eval-heldout was scored with flip TTA (an older covseg wrote evaluate --tta "
+                          f"there); score it again without --tta: covseg evaluate {run_dir}")
     if not (run_dir / "last.pt").is_file():
         return
     done, planned = epochs_done(run_dir), _planned_epochs(run_dir)

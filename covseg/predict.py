@@ -57,6 +57,9 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "auto
         if not is_onnx:
             raise CovsegError(f"{model_path}: --backend onnx needs a .onnx file; make one with "
                               f"covseg export {model_path} -o model.onnx")
+        if which not in ("auto", "final"):
+            raise CovsegError(f"{model_path}: --checkpoint {which} picks one of a run folder's checkpoints; an ONNX file "
+                              "holds the one it was exported from (covseg export --checkpoint), so drop --checkpoint")
         onnx_backend, config = load_onnx(Path(model_path), task)
         info = {"file": str(model_path), "backend": onnx_backend.description}
         if onnx_backend.agreement is not None:
@@ -154,19 +157,29 @@ def open_models(model_paths: Sequence[Path], lesion_paths: Sequence[Path] | None
             raise CovsegError(f"{', '.join(map(str, model_paths))}: a model that learnt lesion types only "
                               "(train.types_only), not where lesions are, needs --lesion-model BINARY_MODEL")
         return predictor, config, info
-    if config.data.task != "multiclass":
-        raise CovsegError(f"--lesion-model types lesions with a multiclass model, but {model_paths[0]} predicts "
-                          f"{config.data.task} labels; pass a multiclass model as the model")
+    check_type_model_task(model_paths[0], config.data.task)
     lesion, lesion_config, lesion_info = open_ensemble(lesion_paths, None, which, backend, device, precision,
                                                       batch_size, flip_tta)
-    if lesion_config.data.task != "binary":
-        raise CovsegError(f"--lesion-model {lesion_paths[0]} predicts {lesion_config.data.task} labels; it must be "
-                          "a binary (lesion / background) model")
+    check_lesion_task(lesion_paths[0], lesion_config.data.task)
     if lesion_config.data.window != config.data.window:
         raise CovsegError(f"--lesion-model {lesion_paths[0]} reads images with CT window {lesion_config.data.window} "
                           f"but {model_paths[0]} with {config.data.window}; use models that read images alike")
     info = {**info, "name": f"{info['name']} typing the lesions of {lesion_info['name']}", "lesion_model": lesion_info}
     return LesionTypePredictor(lesion, predictor, learnt_lesion_classes(info)), config, info
+
+
+def check_type_model_task(path: Path, task: str) -> None:
+    """Refuse a model (at ``path``) whose ``task`` is not multiclass as the one typing a ``--lesion-model``'s lesions."""
+    if task != "multiclass":
+        raise CovsegError(f"--lesion-model types lesions with a multiclass model, but {path} predicts {task} labels; "
+                          "pass a multiclass model as the model")
+
+
+def check_lesion_task(path: Path, task: str) -> None:
+    """Refuse a ``--lesion-model`` (at ``path``) whose ``task`` is not binary."""
+    if task != "binary":
+        raise CovsegError(f"--lesion-model {path} predicts {task} labels; it must be a binary (lesion / background) "
+                          "model")
 
 
 def describe_after_use(info: dict[str, Any], predictor: Predictor | EnsemblePredictor | LesionTypePredictor

@@ -119,12 +119,17 @@ def test_side_by_side_rounds_below_zero_are_refused(tmp_path: Path) -> None:
     (["--scan-slices", "-1"], "--scan-slices must be 0 or more"),
     (["--model", "NONE"], "no such checkpoint or run folder"),
     (["--model", "EMPTY"], "no best.pt in this folder"),
-    (["--out", "FOLDER"], "is a folder; give --out a Markdown file name")])
+    (["--out", "FOLDER"], "is a folder; give --out a Markdown file name"),
+    (["--out", "UNDER_A_FILE"], "is not a writable folder"),
+    (["--models", "unet16,segnet", "--size", "48"], "--size 48 is not a multiple of 32, which segnet needs; use 64"),
+    (["--size", "40"], "--size 40 is not a multiple of 16, which unet16 needs; use 48")])
 def test_bad_options_are_refused_before_any_step(args: list[str], message: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # a bench takes many minutes: a bad --model or --out must not wait for its end, nor a bad name for its step
     (tmp_path / "empty").mkdir()
-    names = {"NONE": str(tmp_path / "none"), "EMPTY": str(tmp_path / "empty"), "FOLDER": str(tmp_path / "empty")}
+    (tmp_path / "a-file").write_text("")
+    names = {"NONE": str(tmp_path / "none"), "EMPTY": str(tmp_path / "empty"), "FOLDER": str(tmp_path / "empty"),
+             "UNDER_A_FILE": str(tmp_path / "a-file" / "r.md")}
     args = [names.get(a, a) for a in args]
     out = [] if "--out" in args else ["--out", str(tmp_path / "r.md")]
 

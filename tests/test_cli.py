@@ -386,6 +386,31 @@ def test_resume_refuses_new_settings(tiny_run: Path, capsys) -> None:
     assert "drop --recipe" in _one_line_error(capsys)
 
 
+def test_a_tta_score_goes_beside_the_plain_report_and_cv_compare_refuses_one_in_its_place(tiny_run: Path,
+                                                                                         tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval-*"))
+    assert main(["evaluate", str(run), "--tta", "--quiet"]) == 0
+    assert json.loads((run / "eval-heldout-tta" / "metrics.json").read_text())["model"]["flip_tta"] is True
+    assert not (run / "eval-heldout").exists()
+    # a TTA report where the plain one belongs (as covseg evaluate --tta wrote before) is not paired with plain ones
+    assert main(["evaluate", str(run), "--tta", "-o", str(run / "eval-heldout"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["cv-compare", str(run), str(run)]) == 2
+    assert "was scored with flip TTA" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("models, message", [(["unet", "segnet", "data.input_size=32"], "put KEY=VALUE overrides before"),
+                                             (["unet", "unet"], "names a model twice")])
+def test_compare_refuses_settings_or_repeats_in_its_model_list(models: list[str], message: str, tiny_data: Path,
+                                                               tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o", str(out), "--quiet",
+                 "--models", *models]) == 2
+    assert message in _one_line_error(capsys)
+    assert not out.exists()
+
+
 def test_force_replaces_a_run_folder_cut_short_while_it_was_made(tiny_data: Path, tmp_path: Path,
                                                                  monkeypatch, capsys) -> None:
     import errno

@@ -66,6 +66,9 @@ def test_evaluate_and_predict_with_a_lesion_model(tiny_data: Path, tiny_run: Pat
     mc = tmp_path / "mc"
     assert main(["train", "--recipe", "tiny", "--task", "multiclass", "--data", str(tiny_data), "--split", "cv:0",
                  "--epochs", "1", "-o", str(mc), "--quiet", *TINY_OVERRIDES]) == 0
+    mc_other_fold = tmp_path / "mc1"
+    assert main(["train", "--recipe", "tiny", "--task", "multiclass", "--data", str(tiny_data), "--split", "cv:1",
+                 "--epochs", "1", "-o", str(mc_other_fold), "--quiet", *TINY_OVERRIDES]) == 0
     out = tmp_path / "fused"
     assert main(["evaluate", str(mc), "--lesion-model", str(tiny_run), "-o", str(out), "--quiet", "--precision", "fp32"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -86,6 +89,8 @@ def test_evaluate_and_predict_with_a_lesion_model(tiny_data: Path, tiny_run: Pat
     # the wrong way round, or without a report folder: one line, nothing written
     for argv, message in [(["evaluate", str(tiny_run), "--lesion-model", str(mc), "-o", str(tmp_path / "x")], "multiclass model"),
                           (["evaluate", str(mc), "--lesion-model", str(mc), "-o", str(tmp_path / "x")], "must be a binary"),
+                          (["evaluate", str(mc), "--lesion-model", str(mc_other_fold), "-o", str(tmp_path / "x")],
+                           "must be a binary"),  # the task first, not that the splits differ
                           (["evaluate", str(mc), "--lesion-model", str(tiny_run)], "needs -o")]:
         assert main([*argv, "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()

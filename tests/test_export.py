@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,51 @@ def test_export_to_a_folder_or_of_an_onnx_file_is_refused_in_one_line(onnx_file:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is an ONNX file already" in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_writes_only_onnx_files_and_never_over_the_checkpoint(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval-*"))
+    before = (run / "best.pt").read_bytes()
+    for target in (run / "best.pt", run / "last.pt", tmp_path / "graph.txt"):
+        assert main(["export", str(run), "-o", str(target)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "give -o a name ending in .onnx" in err[0], err
+    assert (run / "best.pt").read_bytes() == before and not (tmp_path / "graph.txt").exists()
+
+
+def test_checkpoint_option_is_refused_where_it_cannot_choose(onnx_file: Path, tiny_run: Path, tiny_data: Path,
+                                                            tmp_path: Path, capsys) -> None:
+    for argv in (["export", str(tiny_run / "best.pt"), "--checkpoint", "last", "-o", str(tmp_path / "m.onnx")],
+                 ["evaluate", str(tiny_run / "best.pt"), "--checkpoint", "last", "-o", str(tmp_path / "e")],
+                 ["evaluate", str(onnx_file), "--checkpoint", "last", "-o", str(tmp_path / "e")]):
+        assert main([*argv, "--quiet", "--data", str(tiny_data)] if argv[0] == "evaluate" else argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--checkpoint last picks one of a run folder's checkpoints" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+    # a --checkpoint that names the file given is what was asked for
+    assert main(["export", str(tiny_run / "last.pt"), "--checkpoint", "last", "-o", str(tmp_path / "m.onnx")]) == 0
+
+
+def test_a_graph_of_best_pt_is_refused_on_the_images_that_chose_it(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval-*"))
+    assert main(["export", str(run), "--checkpoint", "best", "-o", str(run / "best.onnx")]) == 0
+    assert main(["export", str(run), "--checkpoint", "last", "-o", str(run / "last.onnx")]) == 0
+    assert export.exported_from(run / "best.onnx") == "best.pt" and export.exported_from(run / "last.onnx") == "last.pt"
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "best.onnx"), "--quiet"]) == 2  # cv:0's held-out images chose best.pt
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exported from best.pt, which the heldout images chose" in err[0], err
+    assert main(["evaluate", str(run / "last.onnx"), "--quiet"]) == 0
+    assert json.loads((run / "eval-heldout-last" / "metrics.json").read_text())["model"]["file"] == str(run / "last.onnx")
+    assert main(["evaluate", str(run / "best.onnx"), "--split", "train", "--quiet"]) == 0  # not chosen on these
+
+
+def test_a_file_outside_its_run_is_told_which_split_needs_the_run(onnx_file: Path, tiny_data: Path, capsys) -> None:
+    assert main(["evaluate", str(onnx_file), "--data", str(tiny_data), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "split 'heldout' needs a run folder with split.json" in err[0], err
 
 
 def _model_and_slices(run: Path, data: Path) -> tuple[torch.nn.Module, torch.Tensor]:
