@@ -400,6 +400,17 @@ def test_a_tta_score_goes_beside_the_plain_report_and_cv_compare_refuses_one_in_
     assert "was scored with flip TTA" in _one_line_error(capsys)
 
 
+def test_evaluate_refuses_a_run_folder_as_its_report_folder(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    cv = tmp_path / "cv"
+    run = cv / "fold-0"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval-*"))
+    for out in (run, cv):  # the run's own folder, and a cross-validation folder holding it
+        before = sorted(p.name for p in out.rglob("*"))
+        assert main(["evaluate", str(run), "-o", str(out), "--quiet"]) == 2
+        assert "is a run or cross-validation folder" in _one_line_error(capsys)
+        assert sorted(p.name for p in out.rglob("*")) == before
+
+
 @pytest.mark.parametrize("models, message", [(["unet", "segnet", "data.input_size=32"], "put KEY=VALUE overrides before"),
                                              (["unet", "unet"], "names a model twice")])
 def test_compare_refuses_settings_or_repeats_in_its_model_list(models: list[str], message: str, tiny_data: Path,
