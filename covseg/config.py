@@ -315,7 +315,8 @@ _CHOICES = {
 }
 _POSITIVE = {("data", "input_size"), ("data", "folds"), ("model", "width"), ("model", "depth"),
              ("train", "epochs"), ("train", "val_every"), ("train", "batch_size"), ("train", "lr"),
-             ("train", "dice_weight"), ("data", "pseudo_ratio")}
+             ("train", "dice_weight"), ("data", "pseudo_ratio"), ("data", "window_width")}
+_MAX_SEED = 2**32  # numpy's legacy seeds and every generator covseg seeds take values below this
 
 
 def _validate(config: RunConfig, source: str) -> None:
@@ -323,12 +324,12 @@ def _validate(config: RunConfig, source: str) -> None:
         value = getattr(getattr(config, section), key)
         if value not in allowed:
             raise CovsegError(f"{source}: {section}.{key} is {value!r}; use one of {', '.join(allowed)}")
-    for section, key in _POSITIVE:
-        value = getattr(getattr(config, section), key)
-        if not value > 0:
-            raise CovsegError(f"{source}: {section}.{key} must be positive, got {value}")
     if not math.isfinite(config.train.lr):
         raise CovsegError(f"{source}: train.lr is {config.train.lr}; it must be a finite learning rate, e.g. 0.001")
+    for section, key in _POSITIVE:
+        value = getattr(getattr(config, section), key)
+        if not (value > 0 and math.isfinite(value)):
+            raise CovsegError(f"{source}: {section}.{key} must be positive and finite, got {value}")
     if not (math.isfinite(config.train.weight_decay) and config.train.weight_decay >= 0):
         raise CovsegError(f"{source}: train.weight_decay is {config.train.weight_decay:g}; it must be >= 0, "
                           "e.g. 0.0001 (0: none)")
@@ -338,6 +339,8 @@ def _validate(config: RunConfig, source: str) -> None:
         value = getattr(getattr(config, section), key)
         if value < 0:
             raise CovsegError(f"{source}: {section}.{key} is {value}; it must be >= 0, e.g. 0")
+        if value >= _MAX_SEED:
+            raise CovsegError(f"{source}: {section}.{key} is {value}; it must be below 2**32 ({_MAX_SEED}), e.g. 0")
     if not 0 <= config.data.val_fraction < 1:
         raise CovsegError(f"{source}: data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
     t = config.train
@@ -404,6 +407,7 @@ def _validate(config: RunConfig, source: str) -> None:
         raise CovsegError(f"{source}: model.norm is {config.model.norm!r}, but only U-Net has other normalisations; "
                           f"leave model.norm at batch for {config.model.name}")
     _validate_augment(config.train.augment, source)
+    _check_bottleneck("data.input_size", config.data.input_size, config.model.depth, source)
     _validate_progressive(config, source)
     crop = config.train.augment.crop
     if crop > config.data.input_size:
@@ -420,6 +424,14 @@ def _check_model_multiple(option: str, side: int, depth: int, source: str) -> No
                           f"such as {max(step, side // step * step)}")
 
 
+def _check_bottleneck(option: str, side: int, depth: int, source: str) -> None:
+    """A training image side must leave the bottleneck at least 2 pixels a side (batch norm needs more than one
+    value per channel, even in a batch of one)."""
+    if side < 2 * 2**depth:
+        raise CovsegError(f"{source}: {option} is {side}; a model of depth {depth} needs at least {2 * 2**depth} "
+                          f"(2 x 2**depth), so that its bottleneck keeps 2 x 2 pixels")
+
+
 def _validate_progressive(config: RunConfig, source: str) -> None:
     """``train.progressive_size`` and ``train.progressive_fraction``: both off, or a smaller valid size and a share
     of the epochs in (0, 1)."""
@@ -434,6 +446,7 @@ def _validate_progressive(config: RunConfig, source: str) -> None:
         raise CovsegError(f"{source}: train.progressive_size is {size}, not smaller than data.input_size "
                           f"{config.data.input_size}; use a smaller size, or 0 to train at data.input_size throughout")
     _check_model_multiple("train.progressive_size", size, config.model.depth, source)
+    _check_bottleneck("train.progressive_size", size, config.model.depth, source)
 
 
 def _validate_augment(augment: AugmentConfig, source: str) -> None:
@@ -446,7 +459,7 @@ def _validate_augment(augment: AugmentConfig, source: str) -> None:
             ok, rule = 0 <= value < 1, "in [0, 1)"
         else:
             ok, rule = value >= 0, ">= 0"
-        if not ok:
+        if not (ok and math.isfinite(value)):
             raise CovsegError(f"{source}: train.augment.{field_.name} is {value}; it must be {rule}")
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from covseg.config import RunConfig
+from covseg.config import RunConfig, config_from_dict, config_to_dict
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
 from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
@@ -27,7 +27,6 @@ from covseg.splits import load_split
 from covseg.labels import get_scheme
 from covseg.parallel_runs import train_runs_in_parallel
 from covseg.checkpoint import build_model, epochs_done, find_checkpoint
-from covseg.config import config_to_dict
 from covseg.run import read_run_config, read_run_info, train_run
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
@@ -208,7 +207,9 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     for name in models:  # refuse bad options for any model before the first one trains
-        build_model(replace(config, model=replace(config.model, name=name)))
+        checked = config_from_dict(config_to_dict(replace(config, model=replace(config.model, name=name))),
+                                   source=f"--models {name}")
+        build_model(checked)
     rows: dict[str, dict[str, Any]] = {}
     for name in models:
         cfg = replace(config, model=replace(config.model, name=name))
@@ -452,6 +453,8 @@ def _is_current(report: Path, run_dir: Path, which: str) -> bool:
 
 def check_seeds(seeds: Sequence[int]) -> None:
     """Refuse a ``--seeds`` list that is not two or more different seeds."""
+    if any(seed < 0 for seed in seeds):
+        raise CovsegError(f"--seeds {' '.join(map(str, seeds))}: seeds must be 0 or more, e.g. --seeds 0 1 2")
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise CovsegError(f"--seeds needs two or more different seeds (got {' '.join(map(str, seeds))}), "
                           "e.g. --seeds 0 1 2; for one seed pass train.seed=S")

@@ -77,7 +77,15 @@ def read_run_config(run_dir: Path) -> RunConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CovsegError(f"{run_dir}: no config.yaml; is it a covseg run folder?")
-    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise CovsegError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); the run's settings are damaged, so "
+                          "train it again with -o") from None
+    if not isinstance(data, dict):
+        raise CovsegError(f"{path}: not a covseg run config (a mapping with data/model/train sections); train it "
+                          "again with -o")
+    return config_from_dict(data, source=str(path))
 
 
 def read_run_info(run_dir: Path) -> dict:
@@ -85,7 +93,14 @@ def read_run_info(run_dir: Path) -> dict:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise CovsegError(f"{run_dir}: no run.json; is it a covseg run folder?")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise CovsegError(f"{path}: not valid JSON ({err}); the run's record is damaged, so train it again with -o") \
+            from None
+    if not isinstance(info, dict):
+        raise CovsegError(f"{path}: not a covseg run record (a JSON object); train it again with -o")
+    return info
 
 
 def read_class_weights(run_dir: Path) -> np.ndarray:
@@ -209,6 +224,16 @@ def _pretrained_file(config: RunConfig, run_dir: Path, resume: bool, log) -> Pat
     return None
 
 
+def _refuse_reading_from_inside(run_dir: Path, reads: list[tuple[Path, str]]) -> None:
+    """Refuse a new run into ``run_dir`` (which ``--force`` replaces) that reads one of ``reads`` (a file or folder
+    and the setting that names it) from inside that folder: it would be deleted before it is read."""
+    inside = run_dir.resolve()
+    for path, setting in reads:
+        if path.resolve() == inside or path.resolve().is_relative_to(inside):
+            raise CovsegError(f"{run_dir}: this run reads {path} ({setting}) from inside its own folder, which a new "
+                              "run replaces; write the new run to another -o")
+
+
 def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path: str = "",
               resume: bool = False, force: bool = False, progress: bool = True,
               log=print, dist: DistContext = DistContext(), device: torch.device | None = None) -> RunResult:
@@ -253,6 +278,15 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     if resume and pseudo is not None and read_run_info(run_dir).get("pseudo_labels_sha256") != pseudo.digest:
         raise CovsegError(f"{run_dir}: its pseudo-labels ({d.pseudo_labels}) changed since the run began; "
                           "make them again as they were, or train a new run")
+    device = device or resolve_device(t.device)  # a device or precision that cannot run is refused before writing
+    dtype = resolve_precision(t.precision, device)
+    if not resume:
+        if not planned.get("train"):
+            raise CovsegError(f"split {d.split} leaves no training images (data.val_fraction {d.val_fraction:g} of "
+                              f"{len(samples)}); lower data.val_fraction or use another --split")
+        reads = [(pretrained, "train.init"), *((f, "train.distill") for f in (teachers.files if teachers else ())),
+                 *([(resolve_pseudo_folder(d.pseudo_labels, d.split), "data.pseudo_labels")] if d.pseudo_labels else [])]
+        _refuse_reading_from_inside(run_dir, [(Path(f), what) for f, what in reads if f is not None])
     if not resume and dist.is_main:
         info = {"pseudo_labels_sha256": pseudo.digest} if pseudo is not None else {}
         if pretrained is not None:
@@ -264,7 +298,6 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         torch_dist.barrier()
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     weights = read_class_weights(run_dir)
-    log("class weights (median frequency): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(scheme.names, weights)))
 
     by_name = {s.name: s for s in samples}
     missing = [n for n in split["train"] + split["val"] if n not in by_name]
@@ -275,13 +308,17 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     val = [by_name[n] for n in split["val"]]
     if not train:
         raise CovsegError("the training split is empty; use more images or another --split")
+    if resume:  # the same names with other pixels (another --data) would continue the run on other images
+        now = median_frequency_weights([s.mask for s in train], scheme.num_classes)
+        if not np.allclose(now, weights, rtol=0, atol=2e-6):
+            raise CovsegError(f"{run_dir}: the training masks in {data_path} are not the ones the run began with (their "
+                              "class weights differ from class_weights.json); resume with the --data it was made with")
+    log("class weights (median frequency): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(scheme.names, weights)))
     train_x, train_y = _stack(train, d)
     val_x, val_y = _stack(val, d) if val else (None, None)
 
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    device = device or resolve_device(t.device)
-    dtype = resolve_precision(t.precision, device)
     torch.manual_seed(t.seed)
     core = build_model(config)
     if pretrained is not None:

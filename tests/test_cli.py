@@ -360,7 +360,12 @@ def test_predict_into_an_existing_folder_on_another_file_system(tiny_run: Path, 
                                                ("train.seed=-2", "train.seed is -2; it must be >= 0"),
                                                ("train.weight_decay=-1", "train.weight_decay is -1; it must be"),
                                                ("train.lr=.inf", "train.lr is inf; it must be a finite"),
-                                               ("train.threads=-1", "train.threads is -1; it must be >= 0")])
+                                               ("train.threads=-1", "train.threads is -1; it must be >= 0"),
+                                               ("data.window_width=0", "data.window_width must be positive"),
+                                               ("data.pseudo_ratio=.inf", "data.pseudo_ratio must be positive and finite"),
+                                               ("train.augment.rotate_deg=.inf", "train.augment.rotate_deg is inf"),
+                                               ("train.seed=9223372036854775808", "it must be below 2**32"),
+                                               ("data.input_size=4", "needs at least 8 (2 x 2**depth)")])
 def test_bad_settings_refused_before_anything_is_written(override: str, message: str, tiny_data: Path,
                                                          tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"

@@ -453,3 +453,58 @@ def test_resume_after_ctrl_c_with_dropout_equals_the_uninterrupted_run(tiny_data
     full, cut = (read_checkpoint(tmp_path / n / "last.pt")["model"] for n in ("full", "cut"))
     assert all(torch.equal(full[k], cut[k]) for k in full)
     assert [r["train_loss"] for r in _history(tmp_path / "cut")] == [r["train_loss"] for r in _history(tmp_path / "full")]
+
+
+def test_a_new_run_never_replaces_a_folder_it_reads_from(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert _train(tiny_data, run, "train.epochs=1") == 0
+    before = (run / "last.pt").read_bytes()
+    capsys.readouterr()
+    for setting in (f"train.init={run}", f"train.distill={run}"):
+        assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o", str(run), "--force",
+                     "--quiet", *TINY_OVERRIDES, "train.epochs=1", setting]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "from inside its own folder" in err[0], err
+        assert (run / "last.pt").read_bytes() == before
+
+
+def test_settings_that_cannot_train_are_refused_before_the_folder_is_made(tiny_data: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "official", "-o", str(tmp_path / "vf"),
+                 "--quiet", *TINY_OVERRIDES, "data.val_fraction=0.99"]) == 2
+    assert "leaves no training images" in capsys.readouterr().err and not (tmp_path / "vf").exists()
+    if not torch.cuda.is_available():
+        assert main(["cv", "--recipe", "tiny", "--data", str(tiny_data), "--folds", "3", "-o", str(tmp_path / "cv"),
+                     "--device", "cuda", "--quiet", *TINY_OVERRIDES]) == 2
+        capsys.readouterr()
+        assert not list((tmp_path / "cv").glob("fold-*/config.yaml"))
+    assert main(["cv", "--recipe", "tiny", "--data", str(tiny_data), "--seeds", "-1", "2", "-o", str(tmp_path / "s"),
+                 "--quiet", *TINY_OVERRIDES]) == 2
+    assert "seeds must be 0 or more" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert main(["compare", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o", str(tmp_path / "c"),
+                 "--quiet", *TINY_OVERRIDES, "model.norm=instance", "--models", "unet", "segnet"]) == 2
+    assert "only U-Net has other normalisations" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_resume_refuses_other_training_images_and_a_damaged_run_record(tiny_data: Path, tmp_path: Path,
+                                                                       capsys) -> None:
+    from conftest import write_semiseg
+
+    run = tmp_path / "run"
+    assert _train(tiny_data, run, "train.epochs=2") == 0
+    state = read_checkpoint(run / "last.pt")  # make it an unfinished run: one of its two epochs done
+    state["epoch"], state["history"] = 1, state["history"][:1]
+    torch.save(state, run / "last.pt")
+    other = write_semiseg(tmp_path / "other", seed=5)  # the same file names, other pixels
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--data", str(other), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not the ones the run began with" in err[0], err
+    (run / "run.json").write_text("{not json")
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run.json: not valid JSON" in err[0], err
+    (run / "config.yaml").write_text("data: [unclosed")
+    assert main(["train", "--resume", str(run), "--data", str(tiny_data), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config.yaml: not valid YAML" in err[0], err
