@@ -33,16 +33,15 @@ def _recipe_config(args: argparse.Namespace):
     overrides = list(args.overrides)
     task_overrides = [item.partition("=")[2] for item in overrides if item.partition("=")[0] == "data.task"]
     config = load_recipe(args.recipe or "default", task=args.task or (task_overrides[-1] if task_overrides else None))
-    if args.task:
-        overrides.append(f"data.task={args.task}")
-    if getattr(args, "split", None):
-        overrides.append(f"data.split={args.split}")
-    if getattr(args, "epochs", None) is not None:
-        overrides.append(f"train.epochs={args.epochs}")
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    if args.precision:
-        overrides.append(f"train.precision={args.precision}")
+    given = {item.partition("=")[0]: item.partition("=")[2] for item in overrides}
+    for flag, key, value in (("--task", "data.task", args.task), ("--split", "data.split", getattr(args, "split", None)),
+                             ("--epochs", "train.epochs", getattr(args, "epochs", None)),
+                             ("--device", "train.device", args.device), ("--precision", "train.precision", args.precision)):
+        if value is None:
+            continue
+        if key in given and given[key] != str(value):
+            raise CovsegError(f"{flag} {value} and {key}={given[key]} contradict each other; give one of them")
+        overrides.append(f"{key}={value}")
     config = apply_overrides(config, overrides)
     if config.data.pseudo_labels:  # saved absolute, so a resumed or re-run cv finds the same folder
         config.data.pseudo_labels = str(Path(config.data.pseudo_labels).resolve())

@@ -284,6 +284,9 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         if not planned.get("train"):
             raise CovsegError(f"split {d.split} leaves no training images (data.val_fraction {d.val_fraction:g} of "
                               f"{len(samples)}); lower data.val_fraction or use another --split")
+        if parse_split_name(d.split)[0] == "official" and d.val_fraction > 0 and not planned.get("val"):
+            raise CovsegError(f"split {d.split}: data.val_fraction {d.val_fraction:g} of {len(samples)} images rounds to "
+                              "no validation image; raise it, or set data.val_fraction=0 to train without one")
         reads = [(pretrained, "train.init"), *((f, "train.distill") for f in (teachers.files if teachers else ())),
                  *([(resolve_pseudo_folder(d.pseudo_labels, d.split), "data.pseudo_labels")] if d.pseudo_labels else [])]
         _refuse_reading_from_inside(run_dir, [(Path(f), what) for f, what in reads if f is not None])
@@ -375,6 +378,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
     start = len(history)
+    if start >= t.epochs:
+        log(f"{run_dir}: all {t.epochs} epochs were trained already; nothing left to resume")
     log(f"training {config.model.name} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M parameters) "
         f"on {len(train)} images, validating on {len(val)}, {d.input_size}x{d.input_size}, "
         f"{device.type} {str(dtype).removeprefix('torch.')}, epochs {start + 1}..{t.epochs}"

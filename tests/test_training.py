@@ -473,6 +473,13 @@ def test_settings_that_cannot_train_are_refused_before_the_folder_is_made(tiny_d
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "official", "-o", str(tmp_path / "vf"),
                  "--quiet", *TINY_OVERRIDES, "data.val_fraction=0.99"]) == 2
     assert "leaves no training images" in capsys.readouterr().err and not (tmp_path / "vf").exists()
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "official", "-o", str(tmp_path / "vf"),
+                 "--quiet", *TINY_OVERRIDES, "data.val_fraction=0.01"]) == 2
+    assert "rounds to no validation image" in capsys.readouterr().err and not (tmp_path / "vf").exists()
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--epochs", "2", "-o", str(tmp_path / "e"),
+                 "--quiet", *TINY_OVERRIDES, "train.epochs=1"]) == 2
+    assert "--epochs 2 and train.epochs=1 contradict each other" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
     if not torch.cuda.is_available():
         assert main(["cv", "--recipe", "tiny", "--data", str(tiny_data), "--folds", "3", "-o", str(tmp_path / "cv"),
                      "--device", "cuda", "--quiet", *TINY_OVERRIDES]) == 2
