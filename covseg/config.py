@@ -100,6 +100,10 @@ class AugmentConfig:
     # another image's lesions (every foreground label), with a margin of surrounding tissue up to 3 % of the side
     # drawn per image, pixels and labels, at the same place. Applied last, after CutMix
     lesion_paste: float = 0.0
+    # simulated low resolution, after nnU-Net (Isensee et al. 2021): with this probability each image (not its label
+    # map) is resampled down to a uniform share in [0.5, 1] of its side (nearest) and back up (bicubic), as slices
+    # exported from smaller or blurrier originals look. Applied after the grey-level changes, before the crop
+    lowres: float = 0.0
 
 
 @dataclass
@@ -453,7 +457,7 @@ def _validate_augment(augment: AugmentConfig, source: str) -> None:
     """Flip probabilities lie in [0, 1]; factors about 1 and the elastic warp in [0, 1); the rest are >= 0."""
     for field_ in dataclasses.fields(augment):
         value = getattr(augment, field_.name)
-        if field_.name in ("hflip", "vflip", "cutmix", "lesion_paste"):
+        if field_.name in ("hflip", "vflip", "cutmix", "lesion_paste", "lowres"):
             ok, rule = 0 <= value <= 1, "a probability in [0, 1]"
         elif field_.name in ("scale", "gamma", "contrast", "elastic"):
             ok, rule = 0 <= value < 1, "in [0, 1)"

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from covseg.config import RESIZE_MODES, AugmentConfig
 
 __all__ = ["Box", "fit_box", "stack_resized", "resize_probs", "elastic_offsets", "augment_batch", "random_crop",
-           "cutmix", "lesion_paste"]
+           "simulate_low_resolution", "cutmix", "lesion_paste"]
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) of an image inside the square input
 
@@ -91,16 +91,16 @@ def augment_batch(
     size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, rotation, zoom and elastic warp (one resampling per image), then gamma, contrast and
-    brightness, then a random crop (``cfg.crop`` > 0), CutMix (``cfg.cutmix``) and lesion paste
-    (``cfg.lesion_paste``).
+    brightness, then simulated low resolution (``cfg.lowres``), a random crop (``cfg.crop`` > 0), CutMix
+    (``cfg.cutmix``) and lesion paste (``cfg.lesion_paste``).
 
     ``images``: ``(B, 1, H, W)`` in [0, 1]; ``masks``: label maps ``(B, H, W)``. Images are warped bilinearly
     (zero padding), label maps with nearest sampling. ``size`` (progressive resizing, ``train.progressive_size``)
     resamples the whole field of view to ``(B, 1, size, size)`` / ``(B, size, size)`` in that same single
     resampling (no anti-aliasing), drawing exactly the random numbers it draws without ``size``. Intensity:
     ``x ** g``, then ``m + c (x - m)`` with ``m`` the image's mean (contrast), then ``+ b``, clamped to [0, 1]. All randomness comes from ``generator``
-    so a run is reproducible; elastic and contrast draw only when they are on, so recipes without them draw
-    as before.
+    so a run is reproducible; elastic, contrast and low resolution draw only when they are on, so recipes without
+    them draw as before.
     """
     b = images.shape[0]
 
@@ -132,6 +132,8 @@ def augment_batch(
             mean = images.mean(dim=(1, 2, 3), keepdim=True)
             images = mean + factor * (images - mean)
         images = (images + shift.view(b, 1, 1, 1)).clamp(0.0, 1.0)
+    if cfg.lowres:
+        images = simulate_low_resolution(images, cfg.lowres, generator)
     if cfg.crop:
         images, masks = random_crop(images, masks, cfg.crop, generator)
     if cfg.cutmix:
@@ -139,6 +141,23 @@ def augment_batch(
     if cfg.lesion_paste:
         images, masks = lesion_paste(images, masks, cfg.lesion_paste, generator)
     return images, masks
+
+
+def simulate_low_resolution(images: torch.Tensor, probability: float, generator: torch.Generator,
+                            shares: tuple[float, float] = (0.5, 1.0)) -> torch.Tensor:
+    """nnU-Net's simulated low resolution: each image of ``(B, 1, H, W)`` in [0, 1] is, with ``probability``,
+    resampled to a uniform share in ``shares`` of its height and width (nearest) and back (bicubic, clamped to
+    [0, 1]). Every image draws its two numbers whether or not it is changed, so the draws per batch are fixed.
+    Returns a new tensor; label maps are not touched (the anatomy stays where it was)."""
+    b, _, height, width = images.shape
+    chosen = torch.rand(b, generator=generator) < probability
+    share = shares[0] + (shares[1] - shares[0]) * torch.rand(b, generator=generator)
+    out = images.clone()
+    for i in torch.nonzero(chosen).flatten().tolist():
+        small = (max(1, round(height * float(share[i]))), max(1, round(width * float(share[i]))))
+        low = F.interpolate(images[i:i + 1], size=small, mode="nearest")
+        out[i:i + 1] = F.interpolate(low, size=(height, width), mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+    return out
 
 
 def box_masks(n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:

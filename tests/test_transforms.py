@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from covseg.config import AugmentConfig, apply_overrides, load_recipe
 from covseg.errors import CovsegError
 from covseg.inference import Predictor
-from covseg.transforms import augment_batch, fit_box, resize_probs, stack_resized
+from covseg.transforms import augment_batch, fit_box, resize_probs, simulate_low_resolution, stack_resized
 
 from conftest import TINY_OVERRIDES
 
@@ -333,3 +333,29 @@ def test_lesion_paste_is_applied_by_augment_batch_from_its_stream() -> None:
     assert not torch.equal(torch.rand(1, generator=generator), after_plain)  # it drew from the same stream
     assert pasted[0].shape == plain[0].shape and pasted[1].shape == plain[1].shape
     assert not torch.equal(pasted[0], plain[0])  # lesion pixels came from other (random) images
+
+
+def test_simulated_low_resolution_keeps_every_other_pixel_and_resamples_it_back_up() -> None:
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = simulate_low_resolution(images, 1.0, torch.Generator().manual_seed(0), shares=(0.5, 0.5))
+    # nearest at half size keeps rows and columns 0, 2, 4, 6; bicubic brings them back to 8 x 8
+    expected = F.interpolate(images[:, :, ::2, ::2], size=(8, 8), mode="bicubic", align_corners=False).clamp(0, 1)
+    torch.testing.assert_close(out, expected)
+    assert out.min() >= 0 and out.max() <= 1
+    flat = torch.full((2, 1, 8, 8), 0.3)
+    torch.testing.assert_close(simulate_low_resolution(flat, 1.0, torch.Generator().manual_seed(0)), flat)
+    untouched = simulate_low_resolution(images, 0.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(untouched, images)
+
+
+def test_low_resolution_in_augment_batch_leaves_labels_and_other_recipes_draws_alone() -> None:
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    masks = (images[:, 0] > 0.5).long()
+    out_x, out_y = augment_batch(images, masks, AugmentConfig(lowres=1.0), torch.Generator().manual_seed(3))
+    assert torch.equal(out_y, masks) and not torch.allclose(out_x, images)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    augment_batch(images, masks, AugmentConfig(rotate_deg=10), g1)
+    [torch.rand(2, generator=g2) for _ in range(6)]
+    assert torch.equal(g1.get_state(), g2.get_state())
+    with pytest.raises(CovsegError, match="train.augment.lowres is 1.5; it must be a probability"):
+        apply_overrides(load_recipe("tiny"), ["train.augment.lowres=1.5"])
