@@ -66,6 +66,8 @@ _HU_MIN = -100.0
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _DUPLICATE_MM = 1e-3
+_GRID_TOLERANCE = 0.2  # an unevenly spaced slice may lie this share of a step off its place on the median grid
+_FILL_HU = -1024.0  # what a missing slice of a series is filled with (air: no lung is found there)
 _NIFTI_MM = {"meter": 1000.0, "micron": 1e-3}  # NIfTI xyzt_units other than mm -> mm
 _TILT_DEGREES = 0.5
 
@@ -507,23 +509,31 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         )
     median = float(np.median(steps))
     gaps = np.flatnonzero(steps > GAP_FACTOR * median)
+    uneven = bool(np.max(np.abs(steps - median)) > 0.1 * median)
+    # each slice's place on a grid of the median step: missing slices leave whole places empty
+    grid = (proj - proj[0]) / median if uneven else np.arange(len(items), dtype=np.float64)
+    places = np.rint(grid).astype(int)
+    if float(np.max(np.abs(grid - places))) > _GRID_TOLERANCE:
+        worst = int(np.argmax(np.abs(grid - places)))
+        raise CovsegError(
+            f"{folder}: the slices are not evenly spaced (steps {steps.min():.3g}..{steps.max():.3g} mm; "
+            f"{items[worst][0].path.name} lies {abs(grid[worst] - places[worst]) * median:.3g} mm off a "
+            f"{median:.3g} mm grid), so no single voxel grid holds them and label maps would not overlay the scan; "
+            "resample the series to even spacing first (e.g. dcm2niix, or SimpleITK's ResampleImageFilter) and "
+            "give the NIfTI file"
+        )
     if gaps.size:
         largest = int(gaps[np.argmax(steps[gaps])])
         warnings.append(
             f"missing slices: {gaps.size} gap(s) longer than {GAP_FACTOR}x the median spacing {median:.3g} mm "
-            f"(largest {steps[largest]:.3g} mm after {items[largest][0].path.name}); lung and lesion volumes "
-            "miss what lies in the gaps"
+            f"(largest {steps[largest]:.3g} mm after {items[largest][0].path.name}), filled with "
+            f"{int(places[-1]) + 1 - len(items)} empty (air) slice(s) so that the label maps keep the scan's "
+            "geometry; lung and lesion volumes miss what lies in the gaps"
         )
-    uneven = bool(np.max(np.abs(steps - median)) > 0.1 * median)
-    if uneven and not gaps.size:
-        warnings.append(
-            f"non-uniform slice spacing: steps {steps.min():.3g}..{steps.max():.3g} mm; the median "
-            f"{median:.3g} mm is used"
-        )
-    if uneven:
-        step_vec = np.median(np.diff(positions, axis=0), axis=0)  # robust to gaps / uneven steps
-    else:
-        step_vec = (positions[-1] - positions[0]) / (len(items) - 1)
+    elif uneven:
+        warnings.append(f"non-uniform slice spacing: steps {steps.min():.3g}..{steps.max():.3g} mm, each slice "
+                        f"within {_GRID_TOLERANCE:.0%} of a step of a {median:.3g} mm grid, which is used")
+    step_vec = (positions[-1] - positions[0]) / max(int(places[-1]), 1)
     tilt = math.degrees(math.acos(min(1.0, abs(float(step_vec @ normal)) / float(np.linalg.norm(step_vec)))))
     if tilt > _TILT_DEGREES:
         warnings.append(f"gantry tilt of {tilt:.1f} degrees: the geometry is kept as a sheared affine")
@@ -543,7 +553,11 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         data, missing = _rescaled(ds, pixels, h.path)
         no_rescale += missing
         slices.append(data)
-    stack = np.stack(slices)  # (k, row, col)
+    if int(places[-1]) + 1 != len(slices):  # missing slices: air where they were, on the one grid
+        stack = np.full((int(places[-1]) + 1, *slices[0].shape), _FILL_HU, dtype=np.result_type(*slices, np.float32))
+        stack[places] = np.stack(slices)
+    else:
+        stack = np.stack(slices)  # (k, row, col)
     if no_rescale:
         warnings.append(f"{no_rescale} of {len(items)} slices: {_NO_RESCALE}")
 
@@ -671,8 +685,10 @@ def read_volume(path: str | Path, series_uid: str | None = None,
 
     Raises :class:`CovsegError` (one line, naming the file) for unreadable or truncated files, colour or
     multi-sample images, non-CT modalities, fewer than :data:`MIN_SLICES` slices, duplicate slice
-    positions, and CT data without rescale tags whose values are not HU. Missing slices (a step above
-    :data:`GAP_FACTOR` x the median), uneven spacing, other series and gantry tilt are ``warnings``.
+    positions, DICOM slices that lie off any even grid (more than a fifth of a step), and CT data without rescale
+    tags whose values are not HU. Missing slices (a step above :data:`GAP_FACTOR` x the median) are filled with
+    air (-1024 HU) on the series' grid, so that label maps written like the input overlay it; they, slightly uneven
+    spacing, other series and gantry tilt are ``warnings``.
     """
     path = Path(path)
     given = _check_spacing(spacing)

@@ -65,7 +65,7 @@ def _ct_slice(pixels: np.ndarray, ipp, iop, uid: str, *, slope=2.0, intercept=-1
 
 
 def write_dicom_series(folder: Path, hu: np.ndarray, *, uid: str | None = None, skip=(), duplicate=False,
-                       seed=0, **kwargs) -> str:
+                       seed=0, z_jitter: dict[int, float] | None = None, **kwargs) -> str:
     """Write canonical ``hu`` as an axial series with flipped rows (column cosine +A), shuffled file names.
 
     Row r of slice k is canonical row Y-1-r: ImageOrientationPatient ``1\\0\\0\\0\\-1\\0`` (rows run towards
@@ -82,7 +82,7 @@ def write_dicom_series(folder: Path, hu: np.ndarray, *, uid: str | None = None, 
     for i, k in enumerate(order):
         if k in skip:
             continue
-        ipp = ORIGIN_LPS + [0.0, (n_y - 1) * SPACING[1], k * SPACING[0]]
+        ipp = ORIGIN_LPS + [0.0, (n_y - 1) * SPACING[1], k * SPACING[0] + (z_jitter or {}).get(k, 0.0)]
         ds = _ct_slice(stored[k, ::-1].astype(dtype), ipp, [1, 0, 0, 0, -1, 0], uid, **kwargs)
         ds.InstanceNumber = int(rng.integers(1, 1000))  # meaningless on purpose
         ds.save_as(folder / f"IM{rng.integers(0, 10**8):08d}_{i}", enforce_file_format=True)
@@ -178,12 +178,24 @@ def test_two_series_largest_wins_or_choose(tmp_path):
         read_volume(tmp_path, series_uid="1.2.3.4")
 
 
-def test_missing_slices_warn(tmp_path):
-    write_dicom_series(tmp_path, truth_hu(), skip=(5, 6))
-    vol = read_volume(tmp_path)
-    assert vol.hu.shape[0] == Z - 2 and vol.spacing == pytest.approx(SPACING)
-    assert np.array_equal(vol.hu, np.delete(truth_hu(), [5, 6], axis=0))
-    assert any("missing slices" in w for w in vol.warnings)
+def test_missing_slices_are_filled_with_air_on_the_series_grid(tmp_path):
+    write_dicom_series(tmp_path / "whole", truth_hu())
+    write_dicom_series(tmp_path / "gap", truth_hu(), skip=(5, 6))
+    whole, vol = read_volume(tmp_path / "whole"), read_volume(tmp_path / "gap")
+    # the two missing places hold air, every other slice its own pixels, and the voxel grid is the whole series'
+    assert vol.hu.shape == whole.hu.shape and vol.spacing == pytest.approx(SPACING)
+    assert np.all(vol.hu[5:7] == -1024.0)
+    assert np.array_equal(np.delete(vol.hu, [5, 6], axis=0), np.delete(truth_hu(), [5, 6], axis=0))
+    np.testing.assert_allclose(vol.input_affine, whole.input_affine, atol=1e-6)
+    assert any("missing slices" in w and "filled with 2 empty (air) slice(s)" in w for w in vol.warnings)
+
+
+def test_slices_off_any_even_grid_are_refused_and_small_jitter_is_not(tmp_path):
+    write_dicom_series(tmp_path / "uneven", truth_hu(), z_jitter={4: 0.4 * SPACING[0], 5: 0.4 * SPACING[0]})
+    with pytest.raises(CovsegError, match="not evenly spaced .* resample the series to even spacing"):
+        read_volume(tmp_path / "uneven")
+    write_dicom_series(tmp_path / "jitter", truth_hu(), z_jitter={4: 0.05 * SPACING[0]})
+    assert read_volume(tmp_path / "jitter").hu.shape[0] == Z
 
 
 def test_duplicate_positions_refused(tmp_path):
