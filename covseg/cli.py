@@ -358,7 +358,7 @@ def _cmd_cv_compare(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from covseg.datasets import list_images
     from covseg.labels import get_scheme
-    from covseg.predict import is_scan, open_models, predict_files, predict_scan, output_stem
+    from covseg.predict import SCAN_OUTPUTS, is_scan, open_models, predict_files, predict_scan, output_stem
     from covseg.scan import ScanOptions
 
     for item in args.inputs:
@@ -379,6 +379,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if clash:
             raise CovsegError(f"several scans would write to {args.output / clash[0]}; give scans distinct names "
                               "(or predict them one at a time, each with its own -o)")
+    for scan, name in zip(scans, names):  # a scan's own file must not be replaced by what is written for it
+        out = (args.output / name if scan_subfolders else args.output).resolve()
+        if scan.is_file() and scan.resolve().parent == out and scan.name in SCAN_OUTPUTS:
+            raise CovsegError(f"{scan}: covseg predict would write its own {scan.name} over this scan; give -o "
+                              "another folder")
     predictor, config, info = open_models(args.model, args.lesion_model, args.task, "auto", args.backend, args.device,
                                           args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)

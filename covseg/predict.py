@@ -33,7 +33,7 @@ from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
 from covseg.volumes import looks_like_dicom
 
-__all__ = ["open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
+__all__ = ["SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
 
 
 def open_predictor(model_path: Path, task: str | None = None, which: str = "auto", backend: str = "auto",
@@ -346,6 +346,10 @@ def is_scan(path: Path, spacing: Sequence[float] | None = None) -> bool:
         others = [p for p in files if p.suffix.lower() not in PIL_SUFFIXES and not p.name.lower().endswith((".nii", ".nii.gz"))]
         return any(looks_like_dicom(p) for p in others)
     return False
+
+
+SCAN_OUTPUTS = ("lesions.nii.gz", "lungs.nii.gz", "report.json", "report.html")
+"""The files :func:`predict_scan` writes into its output folder."""
 
 
 def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir: Path, model_info: dict[str, Any],

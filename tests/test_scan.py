@@ -147,6 +147,18 @@ def test_scans_of_the_same_name_are_refused_before_any_work(tiny_run: Path, tmp_
     assert len(err) == 1 and "distinct names" in err[0] and not out.exists()
 
 
+def test_a_scan_is_never_replaced_by_its_own_output(phantom, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    path, _, _ = phantom
+    folder = tmp_path / "patient"
+    folder.mkdir()
+    scan = folder / "lesions.nii.gz"  # named as one of the files predict writes
+    scan.write_bytes(path.read_bytes())
+    assert main(["predict", str(scan), "-o", str(folder), "--model", str(tiny_run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "would write its own lesions.nii.gz over this scan" in err[0], err
+    assert scan.read_bytes() == path.read_bytes() and sorted(p.name for p in folder.iterdir()) == ["lesions.nii.gz"]
+
+
 def test_a_folder_holding_a_3d_nifti_points_to_the_file(phantom, tiny_run: Path, tmp_path: Path, capsys) -> None:
     path, _, _ = phantom
     folder = tmp_path / "patient"
