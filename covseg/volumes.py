@@ -256,7 +256,16 @@ def _read_nifti(path: Path) -> Volume:
             f"{path.name}: values {lo:g}..{hi:g} do not look like Hounsfield units (no air below {_HU_MIN:g}); "
             "treated as grey values"
         )
-    units = img.header.get_xyzt_units()[0]
+    header = img.header
+    if int(header["sform_code"]) == 0:  # the affine comes from the qform or pixdim, whose voxel sizes must be real
+        with nib.openers.ImageOpener(str(path)) as stream:  # as stored: nibabel's check turns 0 into 1 on load
+            zooms = np.asarray(type(header).from_fileobj(stream, check=False)["pixdim"][1:4], dtype=np.float64)
+        if not (np.all(np.isfinite(zooms)) and np.all(zooms > 0)):
+            sizes = ", ".join(f"{z:g}" for z in zooms)
+            raise CovsegError(f"{path}: its voxel sizes (pixdim {sizes}) are not all positive and it has no "
+                              "sform, so its geometry is unknown (nibabel would take 1 mm); set the voxel sizes in the "
+                              "header, or convert the scan again")
+    units = header.get_xyzt_units()[0]
     to_mm = _NIFTI_MM.get(units, 1.0)  # nibabel's affine is in the file's units; mm when unset ("unknown")
     volume = _make_volume(data, np.diag([to_mm, to_mm, to_mm, 1.0]) @ img.affine, is_hu=is_hu, warnings=warnings,
                           source=str(path), sha256=_sha256_files([path]), kind="nifti",

@@ -373,3 +373,17 @@ def test_nifti_in_metres_or_micrometres_is_read_in_mm(pair, tmp_path, units, to_
     out = nib.load(str(write_like_input(np.ones((Z, Y, X), np.uint8), vol, tmp_path / "labels.nii.gz")))
     np.testing.assert_allclose(out.affine, scaled)  # the input's own geometry and units
     assert out.header.get_xyzt_units()[0] == units
+
+
+def test_nifti_without_an_sform_and_with_a_zero_voxel_size_is_refused(tmp_path):
+    hu = truth_hu()
+    img = nib.Nifti1Image(hu.transpose(2, 1, 0).astype(np.int16), None)
+    img.header.set_qform(np.diag([0.7, 0.7, 2.5, 1.0]), code=1)
+    img.header.set_sform(None, code=0)
+    img.header["pixdim"][3] = 0.0  # the slice thickness lost
+    nib.save(img, str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(CovsegError, match=r"voxel sizes \(pixdim 0.7, 0.7, 0\) are not all positive and it has no sform"):
+        read_volume(tmp_path / "flat.nii.gz")
+    img.header["pixdim"][3] = 2.5  # with the thickness back it reads, at 2.5 mm
+    nib.save(img, str(tmp_path / "ok.nii.gz"))
+    assert read_volume(tmp_path / "ok.nii.gz").spacing == pytest.approx((2.5, 0.7, 0.7))
