@@ -634,7 +634,17 @@ def _read_image_stack(folder: Path, paths: Sequence[Path], spacing: tuple[float,
             raise CovsegError(f"{p}: is {plane.shape[0]}x{plane.shape[1]} but {paths[0].name} is "
                               f"{planes[0].shape[0]}x{planes[0].shape[1]}; give slices of one size")
         planes.append(plane)
-    stack = np.stack(planes).astype(np.float32)  # (slice, row, col)
+    depths = {plane.dtype for plane in planes}
+    if len(depths) > 1:
+        raise CovsegError(f"{folder}: its slices mix sample types ({', '.join(sorted(map(str, depths)))}); give slices "
+                          "saved alike (one bit depth)")
+    stack = np.stack(planes)  # (slice, row, col)
+    pngs = all(p.suffix.lower() == ".png" for p in paths)
+    if stack.dtype == np.uint8:  # display grey values, as the single-slice reader takes them (covseg.datasets)
+        stack = stack.astype(np.float32) / np.float32(255.0)
+    elif stack.dtype.kind == "u" or (pngs and stack.dtype == np.int32 and stack.min() >= 0):  # 16-bit: 0..65535
+        stack = np.clip(stack.astype(np.float32) / np.float32(65535.0), 0.0, 1.0)
+    stack = stack.astype(np.float32)
     is_hu = bool(stack.size) and float(stack.min()) < _HU_MIN  # signed / float TIFF holding HU
     sz, sy, sx = spacing
     affine = np.diag([-sx, -sy, sz, 1.0])  # like axial DICOM: columns -> patient left, rows -> posterior
@@ -688,7 +698,8 @@ def read_volume(path: str | Path, series_uid: str | None = None,
       step between slice positions, in-plane spacing is PixelSpacing;
     * a folder of 2-D PNG/JPG/TIFF images, read in name order (numbers numerically) as slices from inferior
       to superior, each shown radiologically (anterior up, patient right on the left). Needs
-      ``spacing = (Z, Y, X)`` in mm. 8-/16-bit grey values are not HU: ``is_hu`` is False.
+      ``spacing = (Z, Y, X)`` in mm. 8-/16-bit grey values are not HU: they are scaled to [0, 1] (/ 255, / 65535,
+      as single slices are) and ``is_hu`` is False; signed or float slices holding HU keep them.
 
     ``spacing`` is ignored (with a warning) for NIfTI and DICOM, which carry their own.
 

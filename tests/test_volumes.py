@@ -260,12 +260,29 @@ def test_image_stack_needs_spacing(tmp_path):
         read_volume(tmp_path)
     vol = read_volume(tmp_path, spacing=(3.0, 0.5, 0.6))
     assert vol.hu.shape == (4, 20, 30) and not vol.is_hu and vol.kind == "images"
-    assert [float(vol.hu[k, 0, 0]) for k in range(4)] == [0.0, 10.0, 20.0, 99.0]
+    assert [float(vol.hu[k, 0, 0]) for k in range(4)] == pytest.approx([0.0, 10 / 255, 20 / 255, 99 / 255])
     assert vol.spacing == pytest.approx((3.0, 0.5, 0.6))
     Image.fromarray(np.dstack([np.zeros((20, 30), np.uint8), np.full((20, 30), 200, np.uint8),
                                np.zeros((20, 30), np.uint8)])).save(tmp_path / "11.png")
     with pytest.raises(CovsegError, match="colour"):
         read_volume(tmp_path, spacing=(3.0, 0.5, 0.6))
+
+
+def test_16_bit_image_stacks_read_as_their_8_bit_twins(tmp_path):
+    from covseg.scan import grey_to_hu
+
+    grey = np.array([0, 51, 102, 204], np.uint8)  # 8-bit display values of four slices
+    for k, g in enumerate(grey):
+        (tmp_path / "8").mkdir(exist_ok=True)
+        (tmp_path / "16").mkdir(exist_ok=True)
+        Image.fromarray(np.full((20, 30), g, np.uint8)).save(tmp_path / "8" / f"{k}.png")
+        Image.fromarray(np.full((20, 30), int(g) * 257, np.uint16)).save(tmp_path / "16" / f"{k}.png")  # 0..65535
+    eight, sixteen = (read_volume(tmp_path / bits, spacing=(2.0, 0.7, 0.7)) for bits in ("8", "16"))
+    np.testing.assert_allclose(sixteen.hu, eight.hu, atol=1e-6)
+    np.testing.assert_allclose(grey_to_hu(sixteen.hu)[:, 0, 0], grey / 255 * 1500 - 1350, atol=1e-3)
+    Image.fromarray(np.full((20, 30), 9, np.uint8)).save(tmp_path / "16" / "9.png")
+    with pytest.raises(CovsegError, match="mix sample types"):
+        read_volume(tmp_path / "16", spacing=(2.0, 0.7, 0.7))
 
 
 def test_real_two_slice_series():
