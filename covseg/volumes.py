@@ -663,6 +663,11 @@ def _check_slices(volume: Volume, path: Path) -> None:
         raise CovsegError(
             f"{path}: has {volume.hu.shape[0]} axial slice; a scan needs at least {MIN_SLICES} slices"
         )
+    if min(volume.hu.shape[1:]) < MIN_SLICES:  # one coronal or sagittal plane stored as a 3-D volume
+        plane = "coronal" if volume.hu.shape[1] < MIN_SLICES else "sagittal"
+        raise CovsegError(f"{path}: holds a single {plane} plane (axial slices of {volume.hu.shape[1]}x"
+                          f"{volume.hu.shape[2]} voxels), not a scan; give the whole volume, or the plane as a 2-D "
+                          "image to predict it as a slice")
 
 
 def _is_nifti(path: Path) -> bool:

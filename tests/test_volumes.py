@@ -404,3 +404,11 @@ def test_nifti_without_an_sform_and_with_a_zero_voxel_size_is_refused(tmp_path):
     img.header["pixdim"][3] = 2.5  # with the thickness back it reads, at 2.5 mm
     nib.save(img, str(tmp_path / "ok.nii.gz"))
     assert read_volume(tmp_path / "ok.nii.gz").spacing == pytest.approx((2.5, 0.7, 0.7))
+
+
+@pytest.mark.parametrize("shape, plane", [((30, 1, 20), "coronal"), ((1, 30, 20), "sagittal")])
+def test_one_coronal_or_sagittal_plane_is_not_a_scan(tmp_path, shape, plane):
+    path = tmp_path / "plane.nii.gz"
+    nib.save(nib.Nifti1Image(np.full(shape, -800, np.int16), np.diag([0.7, 0.7, 2.5, 1.0])), str(path))
+    with pytest.raises(CovsegError, match=f"holds a single {plane} plane"):
+        read_volume(path)
