@@ -107,6 +107,9 @@ class Volume:
     xyz_units: str = "mm"
     """Unit of ``input_affine``: a NIfTI's xyzt_units (``"meter"``, ``"micron"``; ``"mm"`` when mm or unset), kept for
     the label maps; ``spacing`` and ``affine`` are always mm."""
+    nifti_forms: tuple[tuple[np.ndarray | None, int], tuple[np.ndarray | None, int]] | None = None
+    """A NIfTI input's ``(qform, code)`` and ``(sform, code)`` as stored (nibabel's ``get_qform(coded=True)``), which
+    label maps copy; None for other inputs."""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -184,12 +187,21 @@ def from_input_geometry(array: np.ndarray, volume: Volume) -> np.ndarray:
     return np.ascontiguousarray(nib.orientations.apply_orientation(array, transform))
 
 
+def _sheared(affine: np.ndarray) -> bool:
+    """Whether the 3x3 part of ``affine`` has non-orthogonal columns (a shear a NIfTI qform cannot hold)."""
+    m = np.asarray(affine, dtype=np.float64)[:3, :3]
+    lengths = np.linalg.norm(m, axis=0)
+    gram = (m.T @ m) / np.outer(lengths, lengths)
+    return bool(np.max(np.abs(gram - np.eye(3))) > 1e-6)
+
+
 def write_like_input(labels: np.ndarray, volume: Volume, path: str | Path) -> Path:
     """Write a canonical ``(Z, Y, X)`` label map as a uint8 NIfTI that overlays the input.
 
-    The file holds :func:`to_input_geometry` of ``labels`` with ``volume.input_affine`` as both qform and
-    sform (code 1, scanner): for NIfTI input the same shape and affine as the input file; for DICOM input
-    the geometry a DICOM->NIfTI converter gives the series. ``path`` must end in ``.nii`` or ``.nii.gz``.
+    The file holds :func:`to_input_geometry` of ``labels``: for NIfTI input with the same shape as the input file and
+    its qform and sform, codes included (``volume.nifti_forms``); otherwise ``volume.input_affine`` as the sform
+    (code 1, scanner) and as the qform where it has no shear (a gantry-tilted DICOM series gets none, code 0), the
+    geometry a DICOM->NIfTI converter gives the series. ``path`` must end in ``.nii`` or ``.nii.gz``.
     Label values must lie in 0..255. Written atomically; returns ``path``.
     """
     import nibabel as nib
@@ -204,8 +216,15 @@ def write_like_input(labels: np.ndarray, volume: Volume, path: str | Path) -> Pa
     if volume.file_shape is not None:
         data = data.reshape(volume.file_shape)
     img = nib.Nifti1Image(data, volume.input_affine)
-    img.set_qform(volume.input_affine, code=1)
-    img.set_sform(volume.input_affine, code=1)
+    forms = volume.nifti_forms
+    if forms is not None and (forms[0][1] or forms[1][1]):  # the input's own qform and sform, with their codes
+        (qform, qcode), (sform, scode) = forms
+        img.set_qform(qform, code=int(qcode))
+        img.set_sform(sform, code=int(scode))
+    else:
+        img.set_sform(volume.input_affine, code=1)
+        # a qform holds no shear (a gantry-tilted series): readers that prefer it would misplace the map, so omit it
+        img.set_qform(volume.input_affine, code=0 if _sheared(volume.input_affine) else 1)
     img.header.set_xyzt_units(volume.xyz_units)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
@@ -272,6 +291,7 @@ def _read_nifti(path: Path) -> Volume:
                           file_shape=tuple(int(n) for n in img.shape) if len(img.shape) > 3 else None)
     if units in _NIFTI_MM:  # label maps are written in the file's own affine and units
         volume.input_affine, volume.xyz_units = np.asarray(img.affine, dtype=np.float64), units
+    volume.nifti_forms = (header.get_qform(coded=True), header.get_sform(coded=True))
     _check_slices(volume, path)
     return volume
 

@@ -412,3 +412,39 @@ def test_one_coronal_or_sagittal_plane_is_not_a_scan(tmp_path, shape, plane):
     nib.save(nib.Nifti1Image(np.full(shape, -800, np.int16), np.diag([0.7, 0.7, 2.5, 1.0])), str(path))
     with pytest.raises(CovsegError, match=f"holds a single {plane} plane"):
         read_volume(path)
+
+
+def test_label_maps_keep_a_nifti_s_own_qform_and_sform(tmp_path):
+    hu = truth_hu()
+    qform = np.diag([-0.7, -0.7, 2.5, 1.0])
+    qform[:3, 3] = [10.0, 20.0, -30.0]
+    sform = qform.copy()
+    sform[:3, 3] += [0.5, -0.5, 1.0]  # a registration's small shift kept in the sform only
+    img = nib.Nifti1Image(hu.transpose(2, 1, 0).astype(np.int16), None)
+    img.set_qform(qform, code=1)
+    img.set_sform(sform, code=2)
+    nib.save(img, str(tmp_path / "ct.nii.gz"))
+    vol = read_volume(tmp_path / "ct.nii.gz")
+    out = nib.load(str(write_like_input(np.zeros(vol.shape, np.uint8), vol, tmp_path / "labels.nii.gz")))
+    q, qcode = out.header.get_qform(coded=True)
+    s, scode = out.header.get_sform(coded=True)
+    np.testing.assert_allclose(q, qform, atol=1e-5)
+    np.testing.assert_allclose(s, sform, atol=1e-5)
+    assert (int(qcode), int(scode)) == (1, 2)
+
+
+def test_a_sheared_affine_is_written_as_the_sform_only(pair, tmp_path):
+    import dataclasses
+
+    from covseg.volumes import _sheared
+
+    _, _, dcm, _ = pair
+    tilted = dcm.input_affine.copy()
+    tilted[1, 2] += 0.3 * tilted[2, 2]  # the slice step leans along y: a gantry tilt
+    assert _sheared(tilted) and not _sheared(dcm.input_affine)
+    for affine, qcode in ((dcm.input_affine, 1), (tilted, 0)):
+        volume = dataclasses.replace(dcm, input_affine=affine)
+        out = nib.load(str(write_like_input(np.zeros(volume.shape, np.uint8), volume, tmp_path / "l.nii.gz")))
+        s, scode = out.header.get_sform(coded=True)
+        np.testing.assert_allclose(s, affine, atol=1e-5)
+        assert int(scode) == 1 and int(out.header.get_qform(coded=True)[1]) == qcode
