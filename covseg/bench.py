@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import copy
 import json
-import os
 import platform
 import resource
 import statistics
@@ -558,6 +557,7 @@ def _check_options(args: argparse.Namespace) -> None:
     fail on."""
     from covseg.checkpoint import load_model
     from covseg.errors import CovsegError
+    from covseg.fileio import unwritable_reason
     from covseg.models.shapes import nearest_valid_size
 
     for option, given, known in (("--models", args.models, MODELS), ("--paths", args.paths, PATHS)):
@@ -572,10 +572,10 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.out.is_dir():
         raise SystemExit(f"covseg bench: {args.out}: is a folder; give --out a Markdown file name, e.g. "
                          f"{args.out / 'RESULTS.md'}")
-    folder = next(p for p in (args.out.absolute().parent, *args.out.absolute().parents) if p.exists())
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise SystemExit(f"covseg bench: {args.out}: cannot be written ({folder} is not a writable folder); give "
-                         "--out a file in a folder you can write")
+    why = unwritable_reason(args.out)
+    if why:
+        raise SystemExit(f"covseg bench: {args.out}: cannot be written ({why}); give --out a file in a folder you can "
+                         "write")
     models = args.models.split(",")
     step = max(bench_model_step(name) for name in models)
     if args.size % step:

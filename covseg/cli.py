@@ -357,6 +357,7 @@ def _cmd_cv_compare(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from covseg.datasets import list_images
+    from covseg.fileio import unwritable_reason
     from covseg.labels import get_scheme
     from covseg.predict import SCAN_OUTPUTS, is_scan, open_models, predict_files, predict_scan, output_stem
     from covseg.scan import ScanOptions
@@ -366,6 +367,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise CovsegError(f"{item}: no such file or folder")
     if args.output.exists() and not args.output.is_dir():
         raise CovsegError(f"{args.output}: is a file; give -o a folder (it is made if missing)")
+    why = unwritable_reason(args.output / "x")  # checked before the models load and the scans are segmented
+    if why:
+        raise CovsegError(f"{args.output}: cannot be written ({why}); give -o a folder you can write")
     scans = [item for item in args.inputs if is_scan(item, args.spacing)]
     files = [f for item in args.inputs if item not in scans for f in list_images(item)]
     nested = next((f for f in files if f not in args.inputs and is_scan(f)), None)

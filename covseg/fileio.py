@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "interrupts_deferred", "file_sha256"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "interrupts_deferred", "file_sha256", "unwritable_reason"]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -21,6 +21,18 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 16), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def unwritable_reason(path: str | os.PathLike) -> str | None:
+    """Why ``path`` (a file or folder still to be made) cannot be written, checked before any long work: its nearest
+    existing ancestor is not a folder, or not one this process may write into; None when it looks writable."""
+    target = Path(path).absolute()
+    folder = next(p for p in (target.parent, *target.parents) if p.exists())
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not a folder you can write into"
+    return None
 
 
 @contextlib.contextmanager

@@ -120,7 +120,7 @@ def test_side_by_side_rounds_below_zero_are_refused(tmp_path: Path) -> None:
     (["--model", "NONE"], "no such checkpoint or run folder"),
     (["--model", "EMPTY"], "no best.pt in this folder"),
     (["--out", "FOLDER"], "is a folder; give --out a Markdown file name"),
-    (["--out", "UNDER_A_FILE"], "is not a writable folder"),
+    (["--out", "UNDER_A_FILE"], "is a file, not a folder"),
     (["--models", "unet16,segnet", "--size", "48"], "--size 48 is not a multiple of 32, which segnet needs; use 64"),
     (["--size", "40"], "--size 40 is not a multiple of 16, which unet16 needs; use 48")])
 def test_bad_options_are_refused_before_any_step(args: list[str], message: str, tmp_path: Path,

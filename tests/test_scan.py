@@ -159,6 +159,15 @@ def test_a_scan_is_never_replaced_by_its_own_output(phantom, tiny_run: Path, tmp
     assert scan.read_bytes() == path.read_bytes() and sorted(p.name for p in folder.iterdir()) == ["lesions.nii.gz"]
 
 
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(phantom, tiny_run: Path, tmp_path: Path,
+                                                                           capsys) -> None:
+    path, _, _ = phantom
+    (tmp_path / "a-file").write_text("")
+    assert main(["predict", str(path), "-o", str(tmp_path / "a-file" / "out"), "--model", str(tiny_run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be written" in err[0] and "is a file, not a folder" in err[0], err
+
+
 def test_a_folder_holding_a_3d_nifti_points_to_the_file(phantom, tiny_run: Path, tmp_path: Path, capsys) -> None:
     path, _, _ = phantom
     folder = tmp_path / "patient"
