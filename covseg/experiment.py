@@ -346,6 +346,22 @@ def _untrained_folds(config: RunConfig, out_dir: Path, folds: int) -> list[tuple
     return pending
 
 
+def _check_fold_inputs(config: RunConfig, out_dir: Path, folds: int) -> None:
+    """Refuse, before fold 0 trains, a ``train.init`` or ``data.pseudo_labels`` that a later fold could not take
+    (e.g. one fine-tuned run given to every fold: it saw the other folds' held-out images)."""
+    from covseg.pretrain import check_pretrained
+    from covseg.selftrain import resolve_pseudo_folder
+
+    for k in range(folds):
+        if (out_dir / f"fold-{k}" / "last.pt").is_file():
+            continue  # begun already: its own checks ran when it began
+        cfg = _fold_config(config, k, folds)
+        if cfg.train.init:
+            check_pretrained(cfg.train.init, cfg)
+        if cfg.data.pseudo_labels:
+            resolve_pseudo_folder(cfg.data.pseudo_labels, cfg.data.split)
+
+
 def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
                    progress: bool = True, log: Callable[[str], None] = print, jobs: int = 1) -> dict[str, Any]:
     """Train and evaluate fold ``K`` into ``out_dir/fold-K`` for every fold, skipping finished folds.
@@ -365,6 +381,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     _check_folds(folds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
+    _check_fold_inputs(config, out_dir, folds)
     if jobs > 1:
         train_runs_in_parallel(_untrained_folds(config, out_dir, folds), samples, data, jobs, log)
     companions = _companions(config)

@@ -129,10 +129,12 @@ def test_cli_picks_the_task_settings_from_task_or_an_override() -> None:
     parser = build_parser()
     for argv, task in [(["train", "--task", "multiclass"], "multiclass"), (["train"], "binary"),
                        (["train", "data.task=multiclass"], "multiclass"),
-                       (["train", "--task", "binary", "data.task=multiclass"], "binary")]:
+                       (["train", "--task", "binary", "data.task=binary"], "binary")]:
         config = _recipe_config(parser.parse_args(argv))
         assert config.data.task == task
         assert config.train.augment.rotate_deg == load_recipe("default", task=task).train.augment.rotate_deg
+    with pytest.raises(CovsegError, match="--task binary and data.task=multiclass contradict each other"):
+        _recipe_config(parser.parse_args(["train", "--task", "binary", "data.task=multiclass"]))
     config = _recipe_config(parser.parse_args(["train", "--task", "binary", "train.augment.rotate_deg=30"]))
     assert config.train.augment.rotate_deg == 30  # command-line overrides win over the recipe's per-task settings
 

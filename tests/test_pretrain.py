@@ -243,6 +243,12 @@ def test_a_run_fine_tunes_a_trained_run_of_the_same_split(unlabelled_data: Path,
     err = capsys.readouterr().err
     assert "trained on another split (data.split cv:0 there, cv:1 here)" in err and err.count("\n") == 1
     assert not other.exists()
+    # a cross-validation starting every fold from that one run: refused before fold 0 trains
+    cv = tmp_path / "cv"
+    assert main(["cv", "--recipe", "tiny", "--data", str(unlabelled_data), "--epochs", "1", "--quiet", "--folds", "3",
+                 "-o", str(cv), *TINY_OVERRIDES, f"train.init={base}"]) == 2
+    assert "trained on another split (data.split cv:0 there, cv:1 here)" in capsys.readouterr().err
+    assert not list(cv.glob("fold-*/config.yaml"))
     # another network is refused as for a pretraining
     with pytest.raises(CovsegError, match="model.width 4 there, 8 here"):
         check_pretrained(base, apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "model.width=8"]))
