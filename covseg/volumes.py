@@ -67,7 +67,6 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _DUPLICATE_MM = 1e-3
 _GRID_TOLERANCE = 0.2  # an unevenly spaced slice may lie this share of a step off its place on the median grid
-_FILL_HU = -1024.0  # what a missing slice of a series is filled with (air: no lung is found there)
 _NIFTI_MM = {"meter": 1000.0, "micron": 1e-3}  # NIfTI xyzt_units other than mm -> mm
 _TILT_DEGREES = 0.5
 
@@ -555,9 +554,10 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         largest = int(gaps[np.argmax(steps[gaps])])
         warnings.append(
             f"missing slices: {gaps.size} gap(s) longer than {GAP_FACTOR}x the median spacing {median:.3g} mm "
-            f"(largest {steps[largest]:.3g} mm after {items[largest][0].path.name}), filled with "
-            f"{int(places[-1]) + 1 - len(items)} empty (air) slice(s) so that the label maps keep the scan's "
-            "geometry; lung and lesion volumes miss what lies in the gaps"
+            f"(largest {steps[largest]:.3g} mm after {items[largest][0].path.name}): {int(places[-1]) + 1 - len(items)} "
+            "slice place(s) filled with their nearest acquired slice (nearest-neighbour along Z, as resampling to an "
+            "even grid does) so that the label maps keep the scan's geometry; lung and lesion volumes there are "
+            "estimated from those neighbours"
         )
     elif uneven:
         warnings.append(f"non-uniform slice spacing: steps {steps.min():.3g}..{steps.max():.3g} mm, each slice "
@@ -582,11 +582,10 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         data, missing = _rescaled(ds, pixels, h.path)
         no_rescale += missing
         slices.append(data)
-    if int(places[-1]) + 1 != len(slices):  # missing slices: air where they were, on the one grid
-        stack = np.full((int(places[-1]) + 1, *slices[0].shape), _FILL_HU, dtype=np.result_type(*slices, np.float32))
-        stack[places] = np.stack(slices)
-    else:
-        stack = np.stack(slices)  # (k, row, col)
+    stack = np.stack(slices)  # (k, row, col)
+    if int(places[-1]) + 1 != len(slices):  # missing slices: each place of the grid takes its nearest acquired slice
+        nearest = np.abs(np.arange(int(places[-1]) + 1)[:, None] - places[None, :]).argmin(axis=1)
+        stack = stack[nearest]
     if no_rescale:
         warnings.append(f"{no_rescale} of {len(items)} slices: {_NO_RESCALE}")
 
@@ -731,9 +730,10 @@ def read_volume(path: str | Path, series_uid: str | None = None,
     Raises :class:`CovsegError` (one line, naming the file) for unreadable or truncated files, colour or
     multi-sample images, non-CT modalities, fewer than :data:`MIN_SLICES` slices, duplicate slice
     positions, DICOM slices that lie off any even grid (more than a fifth of a step), and CT data without rescale
-    tags whose values are not HU. Missing slices (a step above :data:`GAP_FACTOR` x the median) are filled with
-    air (-1024 HU) on the series' grid, so that label maps written like the input overlay it; they, slightly uneven
-    spacing, other series and gantry tilt are ``warnings``.
+    tags whose values are not HU. Missing slices (a step above :data:`GAP_FACTOR` x the median) are filled, on the
+    series' grid, with their nearest acquired slice, so that label maps written like the input overlay it (and the
+    lungs stay connected across the gap); they, slightly uneven spacing, other series and gantry tilt are
+    ``warnings``.
     """
     path = Path(path)
     given = _check_spacing(spacing)
