@@ -62,9 +62,10 @@ def build_bench_model(name: str) -> nn.Module:
 
     if name.startswith("unet"):
         width, _, norm = name[4:].partition("-")
-        return create_model("unet", num_classes=2, width=int(width), depth=4, norm=norm or "batch").eval()
+        return create_model("unet", num_classes=2, width=int(width), depth=bench_model_depth(name),
+                            norm=norm or "batch").eval()
     if name == "segnet":
-        return create_model("segnet", num_classes=2, width=64, depth=5).eval()
+        return create_model("segnet", num_classes=2, width=64, depth=bench_model_depth(name)).eval()
     if name.startswith("monai-unet"):
         from monai.networks.nets import BasicUNet
 
@@ -74,10 +75,10 @@ def build_bench_model(name: str) -> nn.Module:
     raise ValueError(f"unknown benchmark model {name!r}")
 
 
-def bench_model_step(name: str) -> int:
-    """The multiple of which a benchmark model's input height and width must be (``2 ** depth``: SegNet's depth 5,
-    the U-Nets' 4)."""
-    return 32 if name == "segnet" else 16
+def bench_model_depth(name: str) -> int:
+    """How many times a benchmark model halves its input (SegNet 5, the U-Nets and MONAI's BasicUNet 4), so its
+    height and width must be multiples of ``2 ** depth``."""
+    return 5 if name == "segnet" else 4
 
 
 def peak_rss_mb() -> float:
@@ -577,11 +578,11 @@ def _check_options(args: argparse.Namespace) -> None:
         raise SystemExit(f"covseg bench: {args.out}: cannot be written ({why}); give --out a file in a folder you can "
                          "write")
     models = args.models.split(",")
-    step = max(bench_model_step(name) for name in models)
-    if args.size % step:
-        needs = ", ".join(name for name in models if args.size % bench_model_step(name))
-        raise SystemExit(f"covseg bench: --size {args.size} is not a multiple of {step}, which {needs} needs; use "
-                         f"{nearest_valid_size(args.size, step.bit_length() - 1)}")
+    depth = max(bench_model_depth(name) for name in models)
+    if args.size % 2**depth:
+        needs = ", ".join(name for name in models if args.size % 2 ** bench_model_depth(name))
+        raise SystemExit(f"covseg bench: --size {args.size} is not a multiple of {2**depth}, which {needs} needs; use "
+                         f"{nearest_valid_size(args.size, depth)}")
     if args.model and args.scan_slices:
         try:
             load_model(args.model)

@@ -367,7 +367,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise CovsegError(f"{item}: no such file or folder")
     if args.output.exists() and not args.output.is_dir():
         raise CovsegError(f"{args.output}: is a file; give -o a folder (it is made if missing)")
-    why = unwritable_reason(args.output / "x")  # checked before the models load and the scans are segmented
+    why = unwritable_reason(args.output, folder=True)  # checked before the models load and the scans are segmented
     if why:
         raise CovsegError(f"{args.output}: cannot be written ({why}); give -o a folder you can write")
     scans = [item for item in args.inputs if is_scan(item, args.spacing)]

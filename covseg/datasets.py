@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.intensity import LUNG_WINDOW, to_unit_range, window_hu
+from covseg.intensity import LUNG_WINDOW, scale_stored_grey, to_unit_range, window_hu
 from covseg.labels import MULTICLASS, LabelScheme, check_labels, get_scheme
 
 __all__ = [
@@ -295,11 +295,9 @@ def read_image(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> n
         data, is_hu = _read_dicom(path)
         return to_unit_range(data, is_hu=is_hu, window=window)
     data, mode = _read_pil(path, for_mask=False)
-    if data.dtype == np.uint8:
-        return data.astype(np.float32) / np.float32(255.0)
-    if data.dtype.kind == "u" or (mode == "I" and suffix == ".png"):
-        # 16-bit samples span 0..65535 (PNG semantics; Pillow may load 16-bit PNGs as mode "I")
-        return np.clip(data.astype(np.float32) / np.float32(65535.0), 0.0, 1.0)
+    grey = scale_stored_grey(data, sixteen_bit=mode == "I" and suffix == ".png")
+    if grey is not None:
+        return grey
     data = data.astype(np.float32)
     return to_unit_range(data, is_hu=_looks_like_hu(data), window=window)
 

@@ -88,6 +88,12 @@ def _evaluates_validation(run_dir: Path, split: str) -> bool:
     return split == "val" or (split == "heldout" and not parts.get("test"))
 
 
+def _report_name(split: str, checkpoint: str | None, tta: bool) -> str:
+    """A run's report folder: ``eval-SPLIT`` for its own model, ``eval-SPLIT-CHECKPOINT`` for another checkpoint,
+    ending in ``-tta`` for a flip-TTA score, so that neither replaces the plain report ``covseg cv`` reads."""
+    return f"eval-{split}" + (f"-{checkpoint}" if checkpoint else "") + ("-tta" if tta else "")
+
+
 def _refuse_onnx_chosen_on(paths: Sequence[Path], split: str) -> None:
     """Refuse ONNX files exported from ``best.pt`` when the images scored (``split``) are the validation images
     that chose it: the figure would be inflated by the selection (the reason ``evaluate`` scores ``last.pt`` there)."""
@@ -141,8 +147,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     if out_dir is None and lesion_paths:
         raise CovsegError("an evaluation with --lesion-model needs -o REPORT_DIR, so the model's own report stays")
     if out_dir is None and paths != given:  # a cross-validation folder reports beside its folds
-        out_dir = given[0] / (f"eval-{split}" if which == "auto" else f"eval-{split}-{which}")
-        out_dir = out_dir.with_name(out_dir.name + "-tta") if tta else out_dir
+        out_dir = given[0] / _report_name(split, None if which == "auto" else which, tta)
     if out_dir is None and len(paths) > 1:
         raise CovsegError("an ensemble of several models needs -o REPORT_DIR for its report")
     own = "final" if run_dir is not None and _evaluates_validation(run_dir, split) else "auto"
@@ -160,8 +165,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         scored = Path(info["file"])
         is_own = (requested == "auto" and paths[0].is_dir()) or scored == find_checkpoint(run_dir or paths[0], own)
         named = requested if requested != "auto" else scored.stem  # RUN/best.pt given as a file: eval-SPLIT-best
-        out_dir = scored.parent / (f"eval-{split}" if is_own else f"eval-{split}-{named}")
-        out_dir = out_dir.with_name(out_dir.name + "-tta") if tta else out_dir  # never over the plain report
+        out_dir = scored.parent / _report_name(split, None if is_own else named, tta)
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe, "data": str(data), "split": split,
@@ -206,13 +210,13 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     """
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
-    for name in models:  # refuse bad options for any model before the first one trains
-        checked = config_from_dict(config_to_dict(replace(config, model=replace(config.model, name=name))),
-                                   source=f"--models {name}")
-        build_model(checked)
-    rows: dict[str, dict[str, Any]] = {}
+    configs = {}  # every model's settings validated, and its network built, before the first one trains
     for name in models:
-        cfg = replace(config, model=replace(config.model, name=name))
+        configs[name] = config_from_dict(config_to_dict(replace(config, model=replace(config.model, name=name))),
+                                         source=f"--models {name}")
+        build_model(configs[name])
+    rows: dict[str, dict[str, Any]] = {}
+    for name, cfg in configs.items():
         log(f"== {name} ==")
         seconds = train_or_resume(cfg, samples, out_dir / name, data, force, progress, log)
         metrics, _ = evaluate_run(out_dir / name, data, "heldout", None, device=cfg.train.device, progress=progress)

@@ -23,15 +23,16 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def unwritable_reason(path: str | os.PathLike) -> str | None:
-    """Why ``path`` (a file or folder still to be made) cannot be written, checked before any long work: its nearest
-    existing ancestor is not a folder, or not one this process may write into; None when it looks writable."""
+def unwritable_reason(path: str | os.PathLike, folder: bool = False) -> str | None:
+    """Why ``path`` (a file, or with ``folder`` a folder, that may not exist yet) cannot be written, checked before
+    any long work: the nearest existing folder it would go in (for a folder, itself once it exists) is not a folder,
+    or not one this process may write into; None when it looks writable."""
     target = Path(path).absolute()
-    folder = next(p for p in (target.parent, *target.parents) if p.exists())
-    if not folder.is_dir():
-        return f"{folder} is a file, not a folder"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{folder} is not a folder you can write into"
+    existing = next(p for p in ((target,) if folder else ()) + (target.parent, *target.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not a folder you can write into"
     return None
 
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from covseg.errors import CovsegError
 
-__all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "window_hu", "scale_uint8", "to_unit_range", "equalize",
+__all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "window_hu", "scale_uint8", "scale_stored_grey", "to_unit_range", "equalize",
            "stretch_percentiles", "normalize_image"]
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "equalize", "percentile")
@@ -25,6 +25,17 @@ def window_hu(hu: np.ndarray, level: float = LUNG_WINDOW[0], width: float = LUNG
 def scale_uint8(image: np.ndarray) -> np.ndarray:
     """Scale 8-bit grey values 0..255 to float32 ``[0, 1]``."""
     return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def scale_stored_grey(data: np.ndarray, sixteen_bit: bool = False) -> np.ndarray | None:
+    """Display grey values as stored in an image file, to float32 ``[0, 1]``: 8-bit / 255, unsigned 16-bit (or
+    ``sixteen_bit``: a 16-bit PNG that Pillow loads as signed 32-bit, mode ``"I"``) / 65535. None for other data
+    (signed or float samples, which may hold HU). Shape kept."""
+    if data.dtype == np.uint8:
+        return scale_uint8(data)
+    if data.dtype.kind == "u" or sixteen_bit:  # 16-bit samples span 0..65535 (PNG semantics)
+        return np.clip(data.astype(np.float32) / np.float32(65535.0), 0.0, 1.0)
+    return None
 
 
 def to_unit_range(image: np.ndarray, is_hu: bool, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:

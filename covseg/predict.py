@@ -57,10 +57,8 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "auto
         if not is_onnx:
             raise CovsegError(f"{model_path}: --backend onnx needs a .onnx file; make one with "
                               f"covseg export {model_path} -o model.onnx")
-        if which not in ("auto", "final"):
-            raise CovsegError(f"{model_path}: --checkpoint {which} picks one of a run folder's checkpoints; an ONNX file "
-                              "holds the one it was exported from (covseg export --checkpoint), so drop --checkpoint")
         onnx_backend, config = load_onnx(Path(model_path), task)
+        find_checkpoint(model_path, which)  # the file as it is: a --checkpoint naming another is refused
         info = {"file": str(model_path), "backend": onnx_backend.description}
         if onnx_backend.agreement is not None:
             info["int8_agreement"] = onnx_backend.agreement  # the share of pixels whose fp32 label it kept at export

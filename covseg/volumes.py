@@ -37,6 +37,7 @@ import numpy as np
 
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
+from covseg.intensity import scale_stored_grey
 
 __all__ = [
     "CANONICAL_AXCODES",
@@ -541,6 +542,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     # each slice's place on a grid of the median step: missing slices leave whole places empty
     grid = (proj - proj[0]) / median if uneven else np.arange(len(items), dtype=np.float64)
     places = np.rint(grid).astype(int)
+    n_places = int(places[-1]) + 1
     if float(np.max(np.abs(grid - places))) > _GRID_TOLERANCE:
         worst = int(np.argmax(np.abs(grid - places)))
         raise CovsegError(
@@ -554,7 +556,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         largest = int(gaps[np.argmax(steps[gaps])])
         warnings.append(
             f"missing slices: {gaps.size} gap(s) longer than {GAP_FACTOR}x the median spacing {median:.3g} mm "
-            f"(largest {steps[largest]:.3g} mm after {items[largest][0].path.name}): {int(places[-1]) + 1 - len(items)} "
+            f"(largest {steps[largest]:.3g} mm after {items[largest][0].path.name}): {n_places - len(items)} "
             "slice place(s) filled with their nearest acquired slice (nearest-neighbour along Z, as resampling to an "
             "even grid does) so that the label maps keep the scan's geometry; lung and lesion volumes there are "
             "estimated from those neighbours"
@@ -562,7 +564,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     elif uneven:
         warnings.append(f"non-uniform slice spacing: steps {steps.min():.3g}..{steps.max():.3g} mm, each slice "
                         f"within {_GRID_TOLERANCE:.0%} of a step of a {median:.3g} mm grid, which is used")
-    step_vec = (positions[-1] - positions[0]) / max(int(places[-1]), 1)
+    step_vec = (positions[-1] - positions[0]) / max(n_places - 1, 1)
     tilt = math.degrees(math.acos(min(1.0, abs(float(step_vec @ normal)) / float(np.linalg.norm(step_vec)))))
     if tilt > _TILT_DEGREES:
         warnings.append(f"gantry tilt of {tilt:.1f} degrees: the geometry is kept as a sheared affine")
@@ -583,8 +585,8 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         no_rescale += missing
         slices.append(data)
     stack = np.stack(slices)  # (k, row, col)
-    if int(places[-1]) + 1 != len(slices):  # missing slices: each place of the grid takes its nearest acquired slice
-        nearest = np.abs(np.arange(int(places[-1]) + 1)[:, None] - places[None, :]).argmin(axis=1)
+    if n_places != len(slices):  # missing slices: each place of the grid takes its nearest acquired slice
+        nearest = np.abs(np.arange(n_places)[:, None] - places[None, :]).argmin(axis=1)
         stack = stack[nearest]
     if no_rescale:
         warnings.append(f"{no_rescale} of {len(items)} slices: {_NO_RESCALE}")
@@ -658,12 +660,9 @@ def _read_image_stack(folder: Path, paths: Sequence[Path], spacing: tuple[float,
         raise CovsegError(f"{folder}: its slices mix sample types ({', '.join(sorted(map(str, depths)))}); give slices "
                           "saved alike (one bit depth)")
     stack = np.stack(planes)  # (slice, row, col)
-    pngs = all(p.suffix.lower() == ".png" for p in paths)
-    if stack.dtype == np.uint8:  # display grey values, as the single-slice reader takes them (covseg.datasets)
-        stack = stack.astype(np.float32) / np.float32(255.0)
-    elif stack.dtype.kind == "u" or (pngs and stack.dtype == np.int32 and stack.min() >= 0):  # 16-bit: 0..65535
-        stack = np.clip(stack.astype(np.float32) / np.float32(65535.0), 0.0, 1.0)
-    stack = stack.astype(np.float32)
+    pngs = all(p.suffix.lower() == ".png" for p in paths)  # Pillow loads 16-bit PNGs as int32 (mode "I")
+    grey = scale_stored_grey(stack, sixteen_bit=pngs and stack.dtype == np.int32 and stack.min() >= 0)
+    stack = (stack if grey is None else grey).astype(np.float32)  # display grey values as single slices take them
     is_hu = bool(stack.size) and float(stack.min()) < _HU_MIN  # signed / float TIFF holding HU
     sz, sy, sx = spacing
     affine = np.diag([-sx, -sy, sz, 1.0])  # like axial DICOM: columns -> patient left, rows -> posterior
