@@ -104,6 +104,12 @@ class AugmentConfig:
     # map) is resampled down to a uniform share in [0.5, 1] of its side (nearest) and back up (bicubic), as slices
     # exported from smaller or blurrier originals look. Applied after the grey-level changes, before the crop
     lowres: float = 0.0
+    # Gaussian noise, after nnU-Net: with this probability each image gets pixel noise of a standard deviation drawn
+    # uniformly in [0, 0.1] (of the [0, 1] grey range), clamped to [0, 1]. Applied after the grey-level changes
+    noise: float = 0.0
+    # Gaussian blur, after nnU-Net: with this probability each image is smoothed by a Gaussian of a sigma drawn
+    # uniformly in [0.5, 1] pixels (edges replicated). Applied after the noise, before simulated low resolution
+    blur: float = 0.0
 
 
 @dataclass
@@ -457,7 +463,7 @@ def _validate_augment(augment: AugmentConfig, source: str) -> None:
     """Flip probabilities lie in [0, 1]; factors about 1 and the elastic warp in [0, 1); the rest are >= 0."""
     for field_ in dataclasses.fields(augment):
         value = getattr(augment, field_.name)
-        if field_.name in ("hflip", "vflip", "cutmix", "lesion_paste", "lowres"):
+        if field_.name in ("hflip", "vflip", "cutmix", "lesion_paste", "lowres", "noise", "blur"):
             ok, rule = 0 <= value <= 1, "a probability in [0, 1]"
         elif field_.name in ("scale", "gamma", "contrast", "elastic"):
             ok, rule = 0 <= value < 1, "in [0, 1)"

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from covseg.config import RESIZE_MODES, AugmentConfig
 
 __all__ = ["Box", "fit_box", "stack_resized", "resize_probs", "elastic_offsets", "augment_batch", "random_crop",
-           "simulate_low_resolution", "cutmix", "lesion_paste"]
+           "gaussian_noise", "gaussian_blur", "simulate_low_resolution", "cutmix", "lesion_paste"]
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) of an image inside the square input
 
@@ -91,7 +91,8 @@ def augment_batch(
     size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, rotation, zoom and elastic warp (one resampling per image), then gamma, contrast and
-    brightness, then simulated low resolution (``cfg.lowres``), a random crop (``cfg.crop`` > 0), CutMix
+    brightness, then Gaussian noise (``cfg.noise``) and blur (``cfg.blur``), then simulated low resolution
+    (``cfg.lowres``), a random crop (``cfg.crop`` > 0), CutMix
     (``cfg.cutmix``) and lesion paste (``cfg.lesion_paste``).
 
     ``images``: ``(B, 1, H, W)`` in [0, 1]; ``masks``: label maps ``(B, H, W)``. Images are warped bilinearly
@@ -99,7 +100,7 @@ def augment_batch(
     resamples the whole field of view to ``(B, 1, size, size)`` / ``(B, size, size)`` in that same single
     resampling (no anti-aliasing), drawing exactly the random numbers it draws without ``size``. Intensity:
     ``x ** g``, then ``m + c (x - m)`` with ``m`` the image's mean (contrast), then ``+ b``, clamped to [0, 1]. All randomness comes from ``generator``
-    so a run is reproducible; elastic, contrast and low resolution draw only when they are on, so recipes without
+    so a run is reproducible; elastic, contrast, noise, blur and low resolution draw only when they are on, so recipes without
     them draw as before.
     """
     b = images.shape[0]
@@ -132,6 +133,10 @@ def augment_batch(
             mean = images.mean(dim=(1, 2, 3), keepdim=True)
             images = mean + factor * (images - mean)
         images = (images + shift.view(b, 1, 1, 1)).clamp(0.0, 1.0)
+    if cfg.noise:
+        images = gaussian_noise(images, cfg.noise, generator)
+    if cfg.blur:
+        images = gaussian_blur(images, cfg.blur, generator)
     if cfg.lowres:
         images = simulate_low_resolution(images, cfg.lowres, generator)
     if cfg.crop:
@@ -141,6 +146,50 @@ def augment_batch(
     if cfg.lesion_paste:
         images, masks = lesion_paste(images, masks, cfg.lesion_paste, generator)
     return images, masks
+
+
+NOISE_MAX_STD = 0.1  # nnU-Net's noise variance reaches 0.1 of z-scored data; a slice's grey levels span ~0.3 std
+BLUR_SIGMAS = (0.5, 1.0)  # nnU-Net's GaussianBlurTransform range, in pixels
+
+
+def gaussian_noise(images: torch.Tensor, probability: float, generator: torch.Generator,
+                   max_std: float = NOISE_MAX_STD) -> torch.Tensor:
+    """nnU-Net's Gaussian noise: each image of ``(B, 1, H, W)`` in [0, 1] gets, with ``probability``, independent
+    zero-mean Gaussian noise per pixel of a standard deviation drawn uniformly in ``[0, max_std]``, clamped to
+    [0, 1]. Every image draws its choice, its deviation and its noise field whether or not it is changed, so the
+    draws per batch are fixed. Returns a new tensor."""
+    b = images.shape[0]
+    chosen = torch.rand(b, generator=generator) < probability
+    std = max_std * torch.rand(b, generator=generator) * chosen
+    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
+    return (images + noise * std.to(images.dtype).view(b, 1, 1, 1)).clamp(0.0, 1.0)
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A normalised 1-D Gaussian ``(2r + 1,)`` with radius ``r = ceil(3 sigma)`` pixels."""
+    radius = max(1, math.ceil(3.0 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def gaussian_blur(images: torch.Tensor, probability: float, generator: torch.Generator,
+                  sigmas: tuple[float, float] = BLUR_SIGMAS) -> torch.Tensor:
+    """nnU-Net's Gaussian blur: each image of ``(B, 1, H, W)`` is, with ``probability``, convolved with a separable
+    Gaussian of a sigma drawn uniformly in ``sigmas`` (pixels; edges replicated, so a flat image stays flat). Every
+    image draws its two numbers whether or not it is changed. Returns a new tensor; label maps are not touched."""
+    b, channels, height, width = images.shape
+    chosen = torch.rand(b, generator=generator) < probability
+    sigma = sigmas[0] + (sigmas[1] - sigmas[0]) * torch.rand(b, generator=generator)
+    out = images.clone()
+    for i in torch.nonzero(chosen).flatten().tolist():
+        kernel = gaussian_kernel(float(sigma[i])).to(images.dtype)
+        radius = kernel.numel() // 2
+        image = images[i:i + 1].reshape(channels, 1, height, width)
+        image = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+        image = F.conv2d(F.pad(image, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+        out[i] = image.reshape(channels, height, width)
+    return out
 
 
 def simulate_low_resolution(images: torch.Tensor, probability: float, generator: torch.Generator,

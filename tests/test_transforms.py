@@ -1,6 +1,7 @@
 """Batch augmentation against hand-computed results."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ from torch.nn import functional as F
 from covseg.config import AugmentConfig, apply_overrides, load_recipe
 from covseg.errors import CovsegError
 from covseg.inference import Predictor
-from covseg.transforms import augment_batch, fit_box, resize_probs, simulate_low_resolution, stack_resized
+from covseg.transforms import (augment_batch, fit_box, gaussian_blur, gaussian_noise, resize_probs,
+                               simulate_low_resolution, stack_resized)
 
 from conftest import TINY_OVERRIDES
 
@@ -359,3 +361,43 @@ def test_low_resolution_in_augment_batch_leaves_labels_and_other_recipes_draws_a
     assert torch.equal(g1.get_state(), g2.get_state())
     with pytest.raises(CovsegError, match="train.augment.lowres is 1.5; it must be a probability"):
         apply_overrides(load_recipe("tiny"), ["train.augment.lowres=1.5"])
+
+
+def test_gaussian_noise_has_the_drawn_deviation_per_image_and_stays_in_range() -> None:
+    images = torch.full((3, 1, 64, 64), 0.5)
+    out = gaussian_noise(images, 1.0, torch.Generator().manual_seed(0), max_std=0.1)
+    g = torch.Generator().manual_seed(0)
+    torch.rand(3, generator=g)  # the choices
+    drawn = 0.1 * torch.rand(3, generator=g)  # the deviations the noise was drawn with
+    measured = (out - images).flatten(1).std(dim=1)
+    torch.testing.assert_close(measured, drawn, rtol=0.05, atol=1e-3)  # 4096 pixels: ~1 % sampling error
+    assert out.min() >= 0 and out.max() <= 1
+    torch.testing.assert_close(gaussian_noise(images, 0.0, torch.Generator().manual_seed(0)), images)
+    edge = gaussian_noise(torch.ones(1, 1, 16, 16), 1.0, torch.Generator().manual_seed(1), max_std=0.5)
+    assert edge.max() == 1.0 and edge.min() < 1.0  # clamped at the top of the range
+
+
+def test_gaussian_blur_spreads_an_impulse_as_the_hand_computed_kernel_and_keeps_flat_images() -> None:
+    impulse = torch.zeros(1, 1, 15, 15)
+    impulse[0, 0, 7, 7] = 1.0
+    out = gaussian_blur(impulse, 1.0, torch.Generator().manual_seed(0), sigmas=(1.0, 1.0))
+    # sigma 1, radius 3: the 1-D weights exp(-x^2 / 2) / (1 + 2 (e^-0.5 + e^-2 + e^-4.5)) = 0.39905, 0.24203, ...
+    k0, k1 = 1 / 2.505950, math.exp(-0.5) / 2.505950
+    assert out[0, 0, 7, 7].item() == pytest.approx(k0 * k0, abs=1e-5)  # 0.15924
+    assert out[0, 0, 7, 8].item() == pytest.approx(k0 * k1, abs=1e-5)
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-5)  # mass kept away from the edges
+    assert out[0, 0, 7, 11].item() == 0.0  # beyond the radius of 3
+    flat = torch.full((2, 1, 6, 6), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 1.0, torch.Generator().manual_seed(0)), flat)
+    torch.testing.assert_close(gaussian_blur(impulse, 0.0, torch.Generator().manual_seed(0)), impulse)
+
+
+def test_noise_and_blur_in_augment_batch_leave_labels_and_other_recipes_draws_alone() -> None:
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    masks = (images[:, 0] > 0.5).long()
+    for cfg in (AugmentConfig(noise=1.0), AugmentConfig(blur=1.0)):
+        out_x, out_y = augment_batch(images, masks, cfg, torch.Generator().manual_seed(3))
+        assert torch.equal(out_y, masks) and not torch.allclose(out_x, images)
+    for key in ("noise", "blur"):
+        with pytest.raises(CovsegError, match=f"train.augment.{key} is -0.1; it must be a probability"):
+            apply_overrides(load_recipe("tiny"), [f"train.augment.{key}=-0.1"])
