@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                    help="voxel size in mm: reads a folder of 2-D images as one scan")
     p.add_argument("--keep-outside-lungs", action="store_true", help="scans: keep lesions outside the lung mask")
-    p.add_argument("--min-lesion-ml", type=_non_negative_float, default=0.05,
-                   help="scans: remove lesion components smaller than this volume (default 0.05 mL; 0 keeps all)")
+    p.add_argument("--min-lesion-ml", type=_non_negative_float,
+                   help="scans: remove lesion components smaller than this volume (default 0.05 mL, "
+                        "covseg.scan.ScanOptions; 0 keeps all)")
     _add_inference_options(p)
 
     sub.add_parser("bench", help="speed/memory benchmark (covseg bench --help)", add_help=False)
@@ -376,6 +377,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if nested is not None:
         raise CovsegError(f"{nested.parent}: holds the 3-D scan {nested.name}; give the file itself "
                           f"(covseg predict {nested} -o OUT --model ...)")
+    if not scans:  # every input is a 2-D slice: options that only act on scans would be ignored
+        given = [flag for flag, value in (("--series", args.series), ("--spacing", args.spacing),
+                                          ("--keep-outside-lungs", args.keep_outside_lungs or None),
+                                          ("--min-lesion-ml", args.min_lesion_ml)) if value is not None]
+        if given:
+            hint = (" (--spacing reads a folder of 2-D images as one scan: give the folder)"
+                    if args.spacing is not None else "")
+            raise CovsegError(f"{given[0]} acts on 3-D scans only, and every input here is a 2-D image{hint}; "
+                              f"leave {given[0]} out")
     names = [output_stem(scan) for scan in scans]
     scan_subfolders = len(scans) > 1 or bool(files)  # else the one scan writes into -o itself
     if scan_subfolders:
@@ -391,7 +401,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor, config, info = open_models(args.model, args.lesion_model, args.task, "auto", args.backend, args.device,
                                           args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)
-    options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, min_lesion_ml=args.min_lesion_ml,
+    chosen = {} if args.min_lesion_ml is None else {"min_lesion_ml": args.min_lesion_ml}
+    options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, **chosen,
                           window=config.data.window)
     for scan, name in zip(scans, names):
         out = args.output / name if scan_subfolders else args.output

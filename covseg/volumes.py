@@ -724,7 +724,8 @@ def read_volume(path: str | Path, series_uid: str | None = None,
       ``spacing = (Z, Y, X)`` in mm. 8-/16-bit grey values are not HU: they are scaled to [0, 1] (/ 255, / 65535,
       as single slices are) and ``is_hu`` is False; signed or float slices holding HU keep them.
 
-    ``spacing`` is ignored (with a warning) for NIfTI and DICOM, which carry their own.
+    ``spacing`` is ignored (with a warning) for NIfTI and DICOM, which carry their own; ``series_uid`` is ignored (with
+    a warning) for anything but DICOM.
 
     Raises :class:`CovsegError` (one line, naming the file) for unreadable or truncated files, colour or
     multi-sample images, non-CT modalities, fewer than :data:`MIN_SLICES` slices, duplicate slice
@@ -776,4 +777,6 @@ def read_volume(path: str | Path, series_uid: str | None = None,
         volume.warnings.append(
             f"--spacing {given} ignored: {path.name} carries its own voxel size {volume.spacing} mm"
         )
+    if series_uid is not None and volume.kind != "dicom":
+        volume.warnings.append(f"--series {series_uid} ignored: {path.name} is not a DICOM series")
     return volume

@@ -319,6 +319,19 @@ def test_predict_min_lesion_ml_must_be_a_volume(value: str, tmp_path: Path, caps
     assert refused.value.code == 2 and "--min-lesion-ml: must be a finite number >= 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", [["--series", "1.2.3"], ["--spacing", "1", "1", "1"], ["--keep-outside-lungs"],
+                                  ["--min-lesion-ml", "0.5"]])
+def test_predict_refuses_scan_only_options_when_every_input_is_a_slice(flag: list[str], tiny_data: Path,
+                                                                      tmp_path: Path, capsys) -> None:
+    src = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    # refused before the model is opened: --model names a folder holding no run
+    assert main(["predict", str(src / "0.jpg"), "-o", str(tmp_path / "o"), "--model", str(tmp_path), *flag]) == 2
+    error = _one_line_error(capsys)
+    assert f"{flag[0]} acts on 3-D scans only, and every input here is a 2-D image" in error
+    assert ("give the folder" in error) == (flag[0] == "--spacing")
+    assert not (tmp_path / "o").exists()
+
+
 def test_predict_into_an_existing_file_is_refused_first(tiny_run: Path, tiny_data: Path, tmp_path: Path,
                                                         capsys) -> None:
     src = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"

@@ -133,6 +133,13 @@ def test_dicom_and_nifti_read_identically(pair):
     assert dcm.kind == "dicom" and nii.kind == "nifti" and dcm.series_uid
 
 
+def test_a_series_uid_for_a_nifti_file_is_ignored_with_a_warning(pair):
+    root, hu, _, _ = pair
+    vol = read_volume(root / "ct.nii.gz", series_uid="1.2.3.4")
+    assert np.array_equal(vol.hu, hu)
+    assert vol.warnings == ["--series 1.2.3.4 ignored: ct.nii.gz is not a DICOM series"]
+
+
 def test_write_like_input_overlays_nifti(pair, tmp_path):
     root, _, _, nii = pair
     labels = np.zeros((Z, Y, X), np.uint8)
