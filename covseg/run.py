@@ -284,6 +284,10 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         if not planned.get("train"):
             raise CovsegError(f"split {d.split} leaves no training images (data.val_fraction {d.val_fraction:g} of "
                               f"{len(samples)}); lower data.val_fraction or use another --split")
+        if pseudo is not None and round(d.pseudo_ratio * len(planned["train"])) == 0:
+            raise CovsegError(f"data.pseudo_ratio {d.pseudo_ratio:g} of {len(planned['train'])} training images draws no "
+                              "pseudo-labelled slice per epoch; raise it (1 draws as many as there are training "
+                              "images), or leave data.pseudo_labels empty to train without them")
         if parse_split_name(d.split)[0] == "official" and d.val_fraction > 0 and not planned.get("val"):
             raise CovsegError(f"split {d.split}: data.val_fraction {d.val_fraction:g} of {len(samples)} images rounds to "
                               "no validation image; raise it, or set data.val_fraction=0 to train without one")

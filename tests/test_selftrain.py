@@ -86,6 +86,17 @@ def test_pseudo_label_per_fold_and_student(semi_data: Path, teacher_cv: Path, tm
     assert f"{kept1} pseudo-labelled slices from {pseudo / 'fold-1'}" in capsys.readouterr().err
     assert (student / "last.pt").is_file()
 
+    # ... a ratio that draws no pseudo-labelled slice is refused (it would be plain training) ...
+    tiny_ratio = tmp_path / "tiny-ratio"
+    n_train = len(json.loads((student / "split.json").read_text())["train"])
+    assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:1", "--epochs", "2",
+                 "-o", str(tiny_ratio), "--quiet", f"data.pseudo_labels={pseudo}",
+                 f"data.pseudo_ratio={0.4 / n_train}", *TINY_OVERRIDES]) == 2
+    err = capsys.readouterr().err
+    assert f"of {n_train} training images draws no pseudo-labelled slice per epoch" in err.splitlines()[-1]
+    assert "Traceback" not in err
+    assert not tiny_ratio.exists()
+
     # ... and a student scored on images its teacher trained on is refused before anything is written
     leaky = tmp_path / "leaky"
     capsys.readouterr()
