@@ -174,6 +174,17 @@ class _Pseudo:
     digest: str  # SHA-256 of the pseudo.json they came from
 
 
+def _progressive_note(t: TrainConfig) -> str:
+    """What the start line says of progressive resizing: the epochs at the smaller size, or that there are none."""
+    if not t.progressive_size:
+        return ""
+    n = t.progressive_epochs()
+    if n == 0:
+        return (f" (none at train.progressive_size {t.progressive_size}: train.progressive_fraction "
+                f"{t.progressive_fraction:g} of {t.epochs} epochs rounds down to 0)")
+    return f", the first {n} at {t.progressive_size}x{t.progressive_size}"
+
+
 def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseudo | None:
     """Load, check and resize the run's pseudo-labelled slices (self-training), or None without any."""
     d = config.data
@@ -387,7 +398,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     log(f"training {config.model.name} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M parameters) "
         f"on {len(train)} images, validating on {len(val)}, {d.input_size}x{d.input_size}, "
         f"{device.type} {str(dtype).removeprefix('torch.')}, epochs {start + 1}..{t.epochs}"
-        + (f", {dist.world_size} processes" if dist.enabled else ""))
+        + _progressive_note(t) + (f", {dist.world_size} processes" if dist.enabled else ""))
     began = time.perf_counter()
     bar = tqdm(range(start, t.epochs), desc="train", unit="epoch", disable=not progress,
                initial=start, total=t.epochs, dynamic_ncols=True)

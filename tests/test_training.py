@@ -417,10 +417,16 @@ def test_progressive_resizing_trains_the_first_epochs_small(tiny_data: Path, tmp
     assert TrainConfig(epochs=120, progressive_size=256, progressive_fraction=0.667).progressive_epochs() == 80
     assert model.sizes == [(16, 16)] * 4 + [(32, 32)] * 2  # two steps an epoch
     # through the command line: trains, validates at full size, and refuses what cannot work before writing
+    capsys.readouterr()
     assert _train(tiny_data, tmp_path / "ok", "train.epochs=3", "train.progressive_size=16",
                   "train.progressive_fraction=0.667") == 0
     assert [r["val_dice"] != "nan" for r in _history(tmp_path / "ok")] == [True] * 3
-    capsys.readouterr()
+    assert "epochs 1..3, the first 2 at 16x16" in capsys.readouterr().err
+    # a run too short for any small epoch says so on its start line
+    assert _train(tiny_data, tmp_path / "short", "train.epochs=1", "train.progressive_size=16",
+                  "train.progressive_fraction=0.667") == 0
+    assert ("epochs 1..1 (none at train.progressive_size 16: train.progressive_fraction 0.667 of 1 epochs rounds "
+            "down to 0)") in capsys.readouterr().err
     for extra, message in [(["train.progressive_size=16"], "set both"),
                            (["train.progressive_size=16", "train.progressive_fraction=1"], "in (0, 1)"),
                            (["train.progressive_size=32", "train.progressive_fraction=0.5"], "not smaller than"),
