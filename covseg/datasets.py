@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 PIL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+LOSSY_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg")  # fine for images, refused for masks
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm",)
 IMAGE_SUFFIXES: tuple[str, ...] = PIL_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
@@ -317,7 +318,7 @@ def _integer_labels(data: np.ndarray, source: str) -> np.ndarray:
     return rounded.astype(np.int64)
 
 
-def _to_scheme(labels: np.ndarray, scheme: LabelScheme, source: str, lossy: bool = False) -> np.ndarray:
+def _to_scheme(labels: np.ndarray, scheme: LabelScheme, source: str) -> np.ndarray:
     """Map raw integer mask values to ``scheme``.
 
     0/255 masks become 0/1 (for ``binary``; for ``multiclass`` they are refused, since 255 cannot say
@@ -331,22 +332,14 @@ def _to_scheme(labels: np.ndarray, scheme: LabelScheme, source: str, lossy: bool
                 "use --task binary or give masks whose values are the class ids 0..3"
             )
         return (labels == 255).astype(np.int64)
-    hint = "; JPEG is lossy, save masks as PNG" if lossy else ""
     if scheme.task == "binary":
         bad = [int(v) for v in values if v < 0 or v >= MULTICLASS.num_classes]
         if bad:
             raise CovsegError(
                 f"{source}: label values {bad[:10]} are neither binary (0/1, 0/255) nor multiclass "
-                f"(0..{MULTICLASS.num_classes - 1}) ids; fix the mask{hint}"
+                f"(0..{MULTICLASS.num_classes - 1}) ids; fix the mask"
             )
         return (labels > 0).astype(np.int64)
-    if hint:
-        bad = [int(v) for v in values if v < 0 or v >= scheme.num_classes]
-        if bad:
-            raise CovsegError(
-                f"{source}: label values {bad[:10]} are outside the {scheme.task} scheme "
-                f"(0..{scheme.num_classes - 1}){hint}"
-            )
     check_labels(labels, scheme, source)
     return labels.astype(np.int64, copy=False)
 
@@ -356,7 +349,8 @@ def read_mask(path: str | Path, scheme: LabelScheme) -> np.ndarray:
 
     Pixel values are class ids: palette PNGs (mode ``"P"``) give their raw indices, greyscale
     files their grey values. A mask holding only 0 and 255 is binary: 255 -> 1. For ``binary``,
-    every multiclass id 1..3 becomes 1. Values outside the scheme raise :class:`CovsegError`.
+    every multiclass id 1..3 becomes 1. Values outside the scheme, and JPEG masks (lossy: ids change along edges),
+    raise :class:`CovsegError`.
     NIfTI masks are transposed to ``(rows=y, cols=x)`` like :func:`read_image`; DICOM masks use the
     stored values (no rescale).
     """
@@ -365,6 +359,9 @@ def read_mask(path: str | Path, scheme: LabelScheme) -> np.ndarray:
     _require_supported(path)
     suffix = _suffix(path)
     source = str(path)
+    if suffix in LOSSY_SUFFIXES:
+        raise CovsegError(f"{path}: a mask must be stored losslessly (JPEG compression changes class ids along lesion "
+                          "edges); save it as PNG (or TIFF, NIfTI, DICOM)")
     if suffix in NIFTI_SUFFIXES:
         data = _read_nifti_slice(path)
     elif suffix in DICOM_SUFFIXES:
@@ -379,7 +376,7 @@ def read_mask(path: str | Path, scheme: LabelScheme) -> np.ndarray:
     else:
         data, _ = _read_pil(path, for_mask=True)
     labels = _integer_labels(np.asarray(data), source)
-    return _to_scheme(labels, scheme, source, lossy=suffix in (".jpg", ".jpeg"))
+    return _to_scheme(labels, scheme, source)
 
 
 def list_images(path: str | Path) -> list[Path]:

@@ -291,6 +291,23 @@ def test_read_mask_label_5_refused(tmp_path: Path, scheme) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".JPEG"])
+def test_a_jpeg_mask_is_refused_even_when_its_values_are_class_ids(tmp_path: Path, suffix: str) -> None:
+    # a 0/1/2 map through JPEG compression: the ids ring along the edges yet every decoded value is still an id
+    labels = np.zeros((32, 32), np.uint8)
+    labels[8:20, 8:20], labels[12:16, 12:16] = 1, 2
+    path = tmp_path / f"mask{suffix}"
+    Image.fromarray(labels).save(path, format="JPEG", quality=75)
+    decoded = np.asarray(Image.open(path))
+    assert not np.array_equal(decoded, labels)  # what reading it would have given: changed ids
+    with pytest.raises(CovsegError, match=rf"mask\{suffix}: a mask must be stored losslessly .* save it as PNG") as info:
+        read_mask(path, MULTICLASS)
+    assert "\n" not in str(info.value)
+    pairs_dir(tmp_path / "pairs", ["0", "1"], mask_ext=suffix)
+    with pytest.raises(CovsegError, match="a mask must be stored losslessly"):
+        load_folder_pairs(tmp_path / "pairs" / "images", tmp_path / "pairs" / "masks", "binary")
+
+
 def test_read_mask_colour_refused(tmp_path: Path) -> None:
     rgb = np.zeros((2, 2, 3), np.uint8)
     rgb[0, 0] = (255, 0, 0)
