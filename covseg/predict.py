@@ -346,7 +346,8 @@ def is_scan(path: Path, spacing: Sequence[float] | None = None) -> bool:
     return False
 
 
-SCAN_OUTPUTS = ("lesions.nii.gz", "lungs.nii.gz", "report.json", "report.html")
+LESIONS_FILE, LUNGS_FILE, REPORT_JSON, REPORT_HTML = "lesions.nii.gz", "lungs.nii.gz", "report.json", "report.html"
+SCAN_OUTPUTS = (LESIONS_FILE, LUNGS_FILE, REPORT_JSON, REPORT_HTML)
 """The files :func:`predict_scan` writes into its output folder."""
 
 
@@ -370,8 +371,8 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
     result = segment_scan(volume, predictor, scheme, options or ScanOptions(), progress)
     stage = _stage_dir(out_dir)
     try:
-        write_like_input(result.lesions, volume, stage / "lesions.nii.gz")
-        write_like_input(result.lungs, volume, stage / "lungs.nii.gz")
+        write_like_input(result.lesions, volume, stage / LESIONS_FILE)
+        write_like_input(result.lungs, volume, stage / LUNGS_FILE)
         seconds = {"read": round(read_seconds, 3), **{k: round(v, 3) for k, v in result.seconds.items()}}
         report = {
             "input": {"path": str(path), "kind": volume.kind, "sha256": volume.sha256, "shape": list(volume.shape),
@@ -387,8 +388,8 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
         report["seconds"]["total"] = round(time.perf_counter() - began, 3)
         page = render_report(report, volume.hu, volume.is_hu, result.lesions, result.lungs, scheme, volume.spacing)
         report["seconds"]["total"] = round(time.perf_counter() - began, 3)
-        (stage / "report.html").write_text(page, encoding="utf-8")
-        (stage / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        (stage / REPORT_HTML).write_text(page, encoding="utf-8")
+        (stage / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         _publish(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
