@@ -455,13 +455,14 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
-    from covseg.pretrain import PretrainOptions, check_options, pretrain
+    from covseg.pretrain import PretrainOptions, check_options, check_output_folder, pretrain
 
     config = _recipe_config(args)
     data = args.data or _default_data()
     crop = min(256, config.data.input_size) if args.crop is None else args.crop
     options = PretrainOptions(steps=args.steps, batch_size=args.batch_size, crop=crop, lr=args.lr, seed=args.seed)
     check_options(options, config)
+    check_output_folder(args.output, args.force)  # before the slices load
     slices = load_dataset(data, config.data.task, split="unlabelled", window=config.data.window)
     summary = pretrain(config, [s.image for s in slices], args.output, options, data, args.force,
                        progress=not args.quiet, log=_log)

@@ -14,7 +14,8 @@ segmentation network (all but its output heads, which start afresh) before its f
 
 Output folder ``PRETRAIN_DIR``: ``pretrained.pt`` (format ``covseg-pretrained-1``: the network's
 ``state_dict``, the model and data settings it was made with, the steps done) and ``history.csv`` (loss per
-logged step). Both are written atomically, the checkpoint every ``save_every`` steps.
+logged step). Both are written into a staging folder beside ``PRETRAIN_DIR`` and moved there only when the
+pretraining has finished, so an error or Ctrl-C leaves ``PRETRAIN_DIR`` as it was (a replaced one included).
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import csv
 import hashlib
 import io
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,7 +40,7 @@ from covseg.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from covseg.checkpoint import architecture_options, cpu_state_dict, load_weights_file
 from covseg.config import ModelConfig, RunConfig, config_to_dict
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_path, atomic_write_text, interrupts_deferred
+from covseg.fileio import atomic_dir, atomic_write_text, interrupts_deferred, unwritable_reason
 from covseg.intensity import normalize_image
 from covseg.models import check_input_size, create_model
 from covseg.runtime import autocast, resolve_device, resolve_precision, training_memory_format
@@ -48,7 +48,7 @@ from covseg.training import lr_factor
 from covseg.transforms import random_crop, stack_resized
 
 __all__ = ["PRETRAINED_FORMAT", "PRETRAINED_FILE", "PretrainOptions", "corrupt_slice", "corrupt_batch",
-           "restoration_network", "check_options", "pretrain", "pretrained_path", "read_pretrained", "check_pretrained",
+           "restoration_network", "check_options", "check_output_folder", "PRETRAIN_OUTPUTS", "pretrain", "pretrained_path", "read_pretrained", "check_pretrained",
            "init_from_pretrained"]
 
 PRETRAINED_FORMAT = "covseg-pretrained-1"
@@ -66,7 +66,6 @@ class PretrainOptions:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    save_every: int = 100
     nonlinear_rate: float = 0.9  # a random Bezier grey-level curve
     shuffle_rate: float = 0.5  # local pixel shuffling
     paint_rate: float = 0.9  # in-painting or out-painting
@@ -268,19 +267,44 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
 def check_options(options: PretrainOptions, config: RunConfig) -> None:
     """Raise a :class:`CovsegError` for a pretraining budget or crop that cannot run with ``config``'s network."""
     m, size = config.model, config.data.input_size
-    if options.steps < 1 or options.batch_size < 1 or options.save_every < 1:
-        raise CovsegError("pretraining needs at least one step, a batch of at least one slice and save_every >= 1")
+    if options.steps < 1 or options.batch_size < 1:
+        raise CovsegError("pretraining needs at least one step and a batch of at least one slice")
     if not (math.isfinite(options.lr) and options.lr > 0) or options.weight_decay < 0:
         raise CovsegError(f"the pretraining learning rate must be a positive number (got {options.lr}) and the "
                           f"weight decay not negative (got {options.weight_decay})")
-    if options.seed < 0:
-        raise CovsegError(f"the pretraining seed must be a whole number >= 0, got {options.seed}")
+    if not 0 <= options.seed < 2 ** 32:
+        raise CovsegError(f"the pretraining seed must be a whole number from 0 to 2**32 - 1, got {options.seed}")
+    if size < MIN_SIDE:
+        raise CovsegError(f"data.input_size {size} is too small to pretrain on; use at least {MIN_SIDE}")
+    check_input_size(size, size, m.depth, m.name)  # before the crop, whose default follows the input size
     if options.crop and not (MIN_SIDE <= options.crop <= size and options.crop % (2 ** m.depth) == 0):
         raise CovsegError(f"--crop {options.crop} must be a multiple of {2 ** m.depth} (model depth {m.depth}) "
                           f"from {MIN_SIDE} to data.input_size {size}; or 0 for whole slices")
-    if size < MIN_SIDE:
-        raise CovsegError(f"data.input_size {size} is too small to pretrain on; use at least {MIN_SIDE}")
-    check_input_size(size, size, m.depth, m.name)
+
+
+PRETRAIN_OUTPUTS = (PRETRAINED_FILE, "history.csv")
+"""Everything a pretraining folder holds; ``--force`` replaces only a folder holding nothing else."""
+
+
+def check_output_folder(out_dir: Path, force: bool) -> None:
+    """Refuse an ``out_dir`` that pretraining may not fill: a file, a folder it cannot write, a non-empty folder
+    without ``force``, or (even with ``force``) one holding anything but a finished pretraining's own files."""
+    why = unwritable_reason(out_dir, folder=True)
+    if why:
+        raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    if not force:
+        raise CovsegError(f"{out_dir}: exists; pass --force to replace it or choose another -o")
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in PRETRAIN_OUTPUTS)
+    if others or not (out_dir / PRETRAINED_FILE).is_file():
+        held = f"it holds {others[0]}" if others else f"it has no {PRETRAINED_FILE}"
+        raise CovsegError(f"{out_dir}: is not a pretraining folder ({held}), and --force replaces only what "
+                          "covseg pretrain wrote; choose another -o")
+
+
+def _left_as_it_was(out_dir: Path) -> str:
+    return f"{out_dir} is left as it was" if out_dir.exists() else f"{out_dir} was not made"
 
 
 def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, options: PretrainOptions | None = None,
@@ -292,7 +316,8 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
     and resized to ``config.data.input_size`` once, then every step draws ``options.batch_size`` of them, crops
     (``options.crop``) and flips them at random, corrupts them (:func:`corrupt_batch`) and fits the restoration.
     AdamW with a cosine schedule over ``options.steps``; device, precision and threads from ``config.train``.
-    Returns the checkpoint's summary (steps, final loss, seconds). Ctrl-C keeps the last saved checkpoint.
+    Returns the checkpoint's summary (steps, final loss, seconds). ``out_dir`` is written only once the last step
+    is done (see the module docstring); an error or Ctrl-C before then leaves it as it was.
     """
     out_dir = Path(out_dir)
     options = options or PretrainOptions()
@@ -302,13 +327,7 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
         raise CovsegError("no unlabelled slices to pretrain on")
     torch.manual_seed(options.seed)  # the network's initial weights
     network = restoration_network(m)  # refuse bad model options before anything is written
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not force:
-            raise CovsegError(f"{out_dir}: exists; pass --force to replace it or choose another -o")
-        if not (out_dir / PRETRAINED_FILE).is_file() and not (out_dir / "history.csv").is_file():
-            raise CovsegError(f"{out_dir}: is not empty and not a pretraining folder; choose another -o")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out_dir, force)
 
     if t.threads > 0:
         torch.set_num_threads(t.threads)
@@ -329,21 +348,6 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
     history: list[dict[str, float]] = []
     began = time.perf_counter()
     running, counted = 0.0, 0
-    saved_step = 0
-
-    def save(step: int) -> None:
-        nonlocal saved_step
-        payload = {"format": PRETRAINED_FORMAT, "version": __version__,
-                   "model_config": asdict(m), "normalize": d.normalize, "input_size": d.input_size,
-                   "options": asdict(options), "steps": step, "slices": len(images), "data": str(data_path),
-                   "slices_digest": digest, "run_config": config_to_dict(config),
-                   "model": cpu_state_dict(network)}
-        with interrupts_deferred():
-            with atomic_path(out_dir / PRETRAINED_FILE) as tmp:
-                torch.save(payload, tmp)
-            _write_history(out_dir / "history.csv", history)
-            saved_step = step
-
     network.train()
     bar = tqdm(range(options.steps), desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
     step = 0
@@ -364,7 +368,8 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
                 restored = network(x)
             loss = F.mse_loss(torch.sigmoid(restored.float()), clean.to(device))
             if not torch.isfinite(loss):
-                raise CovsegError(f"the restoration loss became {loss.item()} at step {step + 1}; lower --lr")
+                raise CovsegError(f"the restoration loss became {loss.item()} at step {step + 1}; lower --lr "
+                                  f"({_left_as_it_was(out_dir)})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -375,15 +380,20 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
                                 "seconds": time.perf_counter() - began})
                 bar.set_postfix(loss=f"{running / counted:.4f}")
                 running, counted = 0.0, 0
-            if (step + 1) % options.save_every == 0 or step + 1 == options.steps:
-                save(step + 1)
         step = options.steps
     except KeyboardInterrupt:
-        log(f"interrupted: {out_dir / PRETRAINED_FILE} holds step {saved_step}, which train.init refuses as "
-            "unfinished" if saved_step else "interrupted before the first save; nothing kept")
+        log(f"interrupted at step {step + 1} of {options.steps}; nothing written ({_left_as_it_was(out_dir)})")
         raise
     finally:
         bar.close()
+    payload = {"format": PRETRAINED_FORMAT, "version": __version__,
+               "model_config": asdict(m), "normalize": d.normalize, "input_size": d.input_size,
+               "options": asdict(options), "steps": step, "slices": len(images), "data": str(data_path),
+               "slices_digest": digest, "run_config": config_to_dict(config),
+               "model": cpu_state_dict(network)}
+    with interrupts_deferred(), atomic_dir(out_dir, force=True) as stage:
+        torch.save(payload, stage / PRETRAINED_FILE)
+        _write_history(stage / "history.csv", history)
     seconds = time.perf_counter() - began
     final = history[-1]["loss"] if history else math.nan
     log(f"pretrained {step} steps in {seconds:.0f} s; restoration loss (MSE) {final:.4f}")

@@ -14,7 +14,7 @@ from covseg.checkpoint import build_model, read_checkpoint
 from covseg.cli import main
 from covseg.config import ModelConfig, apply_overrides, load_recipe
 from covseg.errors import CovsegError
-from covseg.pretrain import (PRETRAINED_FILE, PretrainOptions, check_pretrained, corrupt_batch, corrupt_slice,
+from covseg.pretrain import (PRETRAIN_OUTPUTS, PRETRAINED_FILE, PretrainOptions, check_pretrained, corrupt_batch, corrupt_slice,
                              init_from_pretrained, read_pretrained, restoration_network)
 
 from conftest import TINY_OVERRIDES, add_unlabelled, write_semiseg
@@ -252,3 +252,54 @@ def test_a_run_fine_tunes_a_trained_run_of_the_same_split(unlabelled_data: Path,
     # another network is refused as for a pretraining
     with pytest.raises(CovsegError, match="model.width 4 there, 8 here"):
         check_pretrained(base, apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "model.width=8"]))
+
+
+def test_force_replaces_only_a_finished_pretraining_and_keeps_it_when_the_new_one_fails(
+        unlabelled_data: Path, pretrained: Path, tiny_run: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    common = ["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "--steps", "2", "--crop", "0",
+              "--quiet", *PRETRAIN_OVERRIDES]
+    # a trained run folder holds a history.csv too: --force must not take it for a pretraining
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = sorted(p.name for p in run.iterdir())
+    assert main([*common, "-o", str(run), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a pretraining folder (it holds best.pt)" in err and err.count("\n") == 1
+    assert sorted(p.name for p in run.iterdir()) == before
+    # a pretraining that fails (the loss diverges) leaves the one it was to replace as it was
+    old = tmp_path / "old"
+    shutil.copytree(pretrained, old)
+    kept = (old / PRETRAINED_FILE).read_bytes()
+    assert main([*common, "-o", str(old), "--force", "--lr", "1e30"]) == 2
+    err = capsys.readouterr().err
+    assert "the restoration loss became nan" in err and f"{old} is left as it was" in err
+    assert (old / PRETRAINED_FILE).read_bytes() == kept and not list(tmp_path.glob(".old.*"))
+    # so does Ctrl-C, and a new folder interrupted is not made at all
+    import covseg.pretrain
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(covseg.pretrain, "corrupt_batch", interrupted)
+    for out in (old, tmp_path / "new"):
+        with pytest.raises(KeyboardInterrupt):
+            covseg.pretrain.pretrain(_tiny_config(), [np.zeros((40, 36), np.float32)] * 2, out,
+                                     PretrainOptions(steps=3, batch_size=1, crop=0), force=True, progress=False,
+                                     log=lambda message: None)
+    assert (old / PRETRAINED_FILE).read_bytes() == kept and not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    # and a finished one replaces it whole
+    assert main([*common, "-o", str(old), "--force"]) == 0
+    assert read_pretrained(old)[1]["steps"] == 2 and sorted(p.name for p in old.iterdir()) == sorted(PRETRAIN_OUTPUTS)
+
+
+def test_pretraining_seed_and_input_size_are_refused_in_one_line(unlabelled_data: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(tmp_path / "p"), "--quiet"]
+    assert main([*common, "--seed", str(2 ** 64), *PRETRAIN_OVERRIDES]) == 2
+    assert "seed must be a whole number from 0 to 2**32 - 1" in capsys.readouterr().err
+    # without --crop the crop follows the input size: the input size is what is blamed
+    assert main([*common, *PRETRAIN_OVERRIDES, "data.input_size=30"]) == 2
+    err = capsys.readouterr().err
+    assert "divisible by 4, got 30x30" in err and "--crop" not in err and not (tmp_path / "p").exists()
