@@ -470,9 +470,9 @@ def load_covid_semiseg(root: str | Path, task: str, split: str = "train", window
     if split == "unlabelled":
         folder = dataset / _SEMISEG_UNLABELLED
         _require_dir(folder, "unlabelled (Pseudo-label/Imgs)")
-        return _nonempty(
-            [Sample(_stem(p), read_image(p, window), None, str(p)) for p in _supported_files(folder)], folder
-        )
+        # one file per name: pseudo-labels are written and read back by the slice's name
+        slices = _by_stem(folder, "unlabelled slice")
+        return _nonempty([Sample(stem, read_image(p, window), None, str(p)) for stem, p in slices.items()], folder)
     folder = dataset / _SEMISEG_DIRS[(split, scheme.task)]
     if not folder.is_dir():
         if split == "test":

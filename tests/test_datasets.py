@@ -410,6 +410,11 @@ def test_covid_semiseg_layout(tmp_path: Path) -> None:
     assert [s.name for s in unlabelled] == ["scan_1", "scan_2", "scan_10"]
     assert all(s.mask is None and s.image.shape == (6, 5) for s in unlabelled)
     assert [s.name for s in load_dataset(tmp_path, "binary")] == ["0", "1", "2", "10"]
+    # two unlabelled slices of one name would share one pseudo-label file: refused
+    folder = tmp_path / "Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs"
+    write_grey(folder / "scan_2.png", grey_image(6, 5))
+    with pytest.raises(CovsegError, match=r"scan_2\.\w+: unlabelled slice scan_2\.\w+ has the same name; keep one"):
+        load_covid_semiseg(tmp_path, "binary", split="unlabelled")
 
 
 def test_covid_semiseg_missing_test_split(tmp_path: Path) -> None:
