@@ -76,10 +76,14 @@ def keeps(rule: PseudoLabelRule, fraction: float, confidence: float) -> bool:
 
 
 def _fold_dirs(teacher: Path) -> dict[int, Path]:
-    if not teacher.is_dir():
+    """A finished cross-validation's fold runs by fold number; empty for a run folder. A cross-validation with a
+    fold missing or unfinished (still training) is refused, as :func:`covseg.predict.ensemble_members` does."""
+    from covseg.predict import ensemble_members  # imported here: covseg.run imports this module
+
+    members = ensemble_members([teacher])
+    if members == [teacher]:
         return {}
-    found = {int(m.group(1)): p for p in teacher.iterdir() if p.is_dir() and (m := _FOLD_DIR.match(p.name))}
-    return {k: p for k, p in sorted(found.items()) if (p / "last.pt").is_file()}
+    return {int(m.group(1)): p for p in members if (m := _FOLD_DIR.match(p.name))}
 
 
 def _read_json(path: Path, what: str) -> Any:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,17 @@ def test_pseudo_label_refuses_unsafe_outputs_and_counts_best_checkpoint_selectio
     assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:1", "--epochs", "1",
                  "-o", str(tmp_path / "student2"), "--quiet", f"data.pseudo_labels={best}", *TINY_OVERRIDES]) == 2
     assert "not a covseg pseudo-label summary" in capsys.readouterr().err
+
+
+def test_pseudo_label_refuses_a_cross_validation_with_a_fold_missing_or_unfinished(
+        teacher_cv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(teacher_cv, partial)
+    shutil.rmtree(partial / "fold-1" / "eval-heldout")  # as a fold still training (it has a last.pt) looks
+    assert main(["pseudo-label", str(partial), "-o", str(tmp_path / "p1"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "a 3-fold cross-validation with 3 fold folders, unfinished: fold-1" in err and err.count("\n") == 1
+    shutil.rmtree(partial / "fold-1")
+    assert main(["pseudo-label", str(partial), "-o", str(tmp_path / "p2"), "--quiet"]) == 2
+    assert "a 3-fold cross-validation with 2 fold folders" in capsys.readouterr().err
+    assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
