@@ -361,6 +361,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from covseg.fileio import unwritable_reason
     from covseg.labels import get_scheme
     from covseg.predict import SCAN_OUTPUTS, is_scan, open_models, predict_files, predict_scan, output_stem
+    from covseg.quantify import percent_text
     from covseg.scan import ScanOptions
 
     for item in args.inputs:
@@ -412,7 +413,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         total = figures["total"]
         pleural = "".join(f"; {cls.replace('_', ' ')} {total['class_ml'][cls]:.1f} mL"
                           for cls in figures.get("pleural", []) if total["class_ml"][cls] > 0)
-        print(f"{scan}: lesions {total['lesion_ml']:.1f} mL = {total['lesion_percent']:.1f} % of "
+        print(f"{scan}: lesions {total['lesion_ml']:.1f} mL = {percent_text(total['lesion_percent'])} % of "
               f"{total['lung_ml']:.0f} mL lung (severity right {figures['right']['severity']}, "
               f"left {figures['left']['severity']}){pleural}; report {out}/report.html")
         for warning in report["warnings"]:

@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SIDES", "SEVERITY_BUCKETS", "severity_score", "quantify", "remove_small_components", "restrict_to_lungs"]
+__all__ = ["SIDES", "SEVERITY_BUCKETS", "severity_score", "percent_text", "quantify", "remove_small_components", "restrict_to_lungs"]
 
 SIDES: dict[int, str] = {1: "right", 2: "left"}
 """Lung mask value -> name of the patient's side."""
@@ -54,6 +54,18 @@ def severity_score(percent: float) -> int:
     if p <= 75.0:
         return 4
     return 5
+
+
+def percent_text(percent: float, severity: int | None = None, decimals: int = 1) -> str:
+    """``percent`` as shown to a reader: ``decimals`` places, or as many more as it takes for a non-zero percentage
+    not to read as 0 and, given the ``severity`` shown beside it, for the number to fall in that score's bucket:
+    4.97 % with severity 1 is "4.97", not "5.0" (which reads as severity 2), and 0.01 % is "0.01", not "0.0"."""
+    for places in range(decimals, 16):
+        text = f"{percent:.{places}f}"
+        shown = min(max(float(text), 0.0), 100.0)
+        if (severity is None or severity_score(shown) == severity) and (shown > 0 or percent <= 0):
+            return text
+    return repr(float(percent))
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray, names: str) -> None:

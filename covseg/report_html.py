@@ -16,7 +16,7 @@ from PIL import Image
 from covseg.figures import overlay
 from covseg.intensity import stretch_percentiles, window_hu
 from covseg.labels import LabelScheme
-from covseg.quantify import severity_score
+from covseg.quantify import percent_text
 
 __all__ = ["render_report", "axial_montage", "coronal_view"]
 
@@ -66,17 +66,6 @@ def coronal_view(grey: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, schem
     return np.asarray(Image.fromarray(image).resize((image.shape[1], height), Image.Resampling.BILINEAR))
 
 
-def _severity_percent(percent: float, severity: int) -> str:
-    """``percent`` with one decimal, or as many more as it takes for the number shown to fall in the bucket of
-    ``severity`` beside it: 4.97 % is shown "4.97", not "5.0" (which reads as severity 2), and 0.01 % "0.01",
-    not "0.0" (severity 0)."""
-    for decimals in range(1, 16):
-        text = f"{percent:.{decimals}f}"
-        if severity_score(min(max(float(text), 0.0), 100.0)) == severity:
-            return text
-    return repr(float(percent))
-
-
 def _bar_chart(figures: dict[str, Any], names: list[str], scheme: LabelScheme) -> str:
     fig = Figure(figsize=(6, 3.2))
     ax = fig.subplots()
@@ -105,11 +94,14 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
     rows = []
     for side, label in (("right", "Right lung"), ("left", "Left lung"), ("total", "Both lungs")):
         part = figures[side]
+        lesion = percent_text(part["lesion_percent"], part["severity"])
+        places = len(lesion.partition(".")[2])  # each type as precisely as the lesions beside it (binary: the same)
         cells = "".join(f"<td>{part['class_ml'].get(n, 0):.1f} mL"
-                        + (f" ({part['class_percent'][n]:.1f} %)" if n in part["class_percent"] else "") + "</td>"
+                        + (f" ({percent_text(part['class_percent'][n], decimals=places)} %)"
+                           if n in part["class_percent"] else "") + "</td>"
                         for n in names)
         rows.append(f"<tr><th>{label}</th><td>{part['lung_ml']:.0f} mL</td>{cells}"
-                    f"<td>{part['lesion_ml']:.1f} mL ({_severity_percent(part['lesion_percent'], part['severity'])} %)</td>"
+                    f"<td>{part['lesion_ml']:.1f} mL ({lesion} %)</td>"
                     f"<td>{part['severity']}</td></tr>")
     key = " ".join(f'<span style="background:rgb{scheme.colors[c]};padding:0 .6em"></span> {esc(scheme.names[c])}'
                     for c in scheme.foreground)

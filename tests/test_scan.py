@@ -226,6 +226,16 @@ def test_html_percent_beside_a_severity_reads_as_that_severity(percent, severity
             "class_ml": {"infection": percent}, "class_percent": {"infection": percent}}
     page = _page_of({"right": part, "left": part, "total": part})
     assert page.count(f"mL ({shown})</td><td>{severity}</td>") == 3
+    # the one class of a binary model is every lesion: its cell shows the same number, not 5.0 beside 4.97
+    assert page.count(f"<td>{percent:.1f} mL ({shown})</td><td>{percent:.1f} mL ({shown})</td>") == 3
+
+
+def test_percent_text_never_shows_a_non_zero_share_as_zero() -> None:
+    from covseg.quantify import percent_text
+
+    assert percent_text(0.004) == "0.004" and percent_text(0.0) == "0.0" and percent_text(12.34) == "12.3"
+    assert percent_text(0.00004, decimals=2) == "0.00004" and percent_text(4.97, decimals=2) == "4.97"
+    assert percent_text(4.97, severity=1) == "4.97" and percent_text(4.97) == "5.0"
 
 
 def test_html_severity_legend_covers_every_percentage_it_scores() -> None:
