@@ -96,10 +96,10 @@ def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float], n_c
     if not outside.any():
         return sides, np.zeros(n_classes, np.int64)
     points = np.argwhere(outside)
-    if np.any(lungs > 0):
+    if np.any(lungs == 1) and np.any(lungs == 2):
         sides[outside] = _nearest_side(lungs, points, spacing)
-    else:  # no lung at all: split at the middle column (right lung at low X)
-        sides[outside] = np.where(points[:, 2] < lungs.shape[2] / 2.0, 1, 2)
+    else:  # one lung or none in the mask (a lung wholly consolidated is missed): split at the middle column
+        sides[outside] = np.where(points[:, 2] < lungs.shape[2] / 2.0, 1, 2)  # right lung at low X
     return sides, np.bincount(lesions[outside].astype(np.int64), minlength=n_classes)
 
 
@@ -112,8 +112,8 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
     A lung is its lung-mask voxels plus the lung-lesion voxels on its side, less any voxel of a ``pleural``
     class (an effusion the mask's closing took in): lung lesions found by the model always
     count as lung, since the threshold-based mask can miss dense lesions (consolidation). A voxel outside the
-    mask goes to the side whose mask voxel is nearest in mm (with an empty mask: to the side of the middle
-    column, right = low X). Voxels of a ``pleural`` class (e.g. the multiclass scheme's 3, pleural effusion)
+    mask goes to the side whose mask voxel is nearest in mm (with only one lung in the mask, or none: to the side
+    of the middle column, right = low X, so a missed lung's lesions are not given to the other). Voxels of a ``pleural`` class (e.g. the multiclass scheme's 3, pleural effusion)
     are given a side the same way but count neither as lung nor as lesion: only their volume is reported.
 
     Returns a JSON-ready dict::
@@ -198,7 +198,8 @@ def remove_small_components(labels: np.ndarray, spacing: Sequence[float], min_vo
         return out
     voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
     lab, n = ndimage.label(labels > 0, structure=np.ones((3,) * labels.ndim, bool))
-    small = np.bincount(lab.ravel()) * voxel_ml < min_volume_ml
+    # a component of exactly min_volume_ml stays, whatever the rounding of voxel_ml
+    small = np.bincount(lab.ravel()) * voxel_ml < min_volume_ml * (1.0 - 1e-9)
     small[0] = False
     out[small[lab]] = 0
     return out

@@ -106,6 +106,19 @@ def test_quantify_without_lungs_splits_at_the_middle():
                               "class_ml": {"infection": 0.0}, "class_percent": {"infection": 0.0}}
 
 
+def test_with_one_lung_in_the_mask_a_lesion_across_the_middle_goes_to_the_missing_lung():
+    # the left lung wholly consolidated, so the threshold mask holds the right lung alone
+    lungs = np.zeros((2, 4, 10), np.uint8)
+    lungs[:, :, :3] = 1  # right lung, low X: 24 voxels
+    lesions = np.zeros_like(lungs)
+    lesions[:, :, 6:9] = 2  # the consolidated left lung, outside the mask: 24 voxels
+    lesions[:, 0, 3] = 1  # GGO just outside the right lung, on its side of the middle: 2 voxels
+    result = quantify(lesions, lungs, (1.0, 1.0, 1.0), {1: "ggo", 2: "consolidation"})
+    assert result["left"]["lung_ml"] == pytest.approx(0.024) and result["left"]["lesion_percent"] == 100.0
+    assert result["right"]["lung_ml"] == pytest.approx(0.026)
+    assert result["right"]["class_ml"] == {"ggo": pytest.approx(0.002), "consolidation": 0.0}
+
+
 def test_quantify_refuses_unnamed_labels_and_shape_mismatch():
     lesions = np.zeros((2, 4, 4), np.int64)
     lesions[0, 0, 0] = 3
@@ -143,6 +156,15 @@ def test_remove_small_components_counts_all_classes_together():
     out = remove_small_components(labels, (1.0, 1.0, 1.0), min_volume_ml=0.002)
     assert out[3, 8, 8] == 1 and out[0, 0, 0] == 0
     assert np.array_equal(remove_small_components(labels, (1.0, 1.0, 1.0), 0.0), labels)
+
+
+def test_a_lesion_of_exactly_the_smallest_volume_stays():
+    labels = np.zeros((4, 10, 10), np.uint8)
+    labels[1, 2, 2:7], labels[1, 3, 2:7] = 1, 1  # 10 voxels of 3 x 0.6 x 0.6 mm: 0.0108 mL
+    # in floating point 10 * (3 * 0.6 * 0.6 / 1000) is 0.010799999999999999, below 0.0108 itself
+    assert 10 * (3.0 * 0.6 * 0.6 / 1000.0) < 0.0108
+    assert np.array_equal(remove_small_components(labels, (3.0, 0.6, 0.6), 0.0108), labels)
+    assert not remove_small_components(labels, (3.0, 0.6, 0.6), 0.0109).any()
 
 
 def test_restrict_to_lungs():
