@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_dir, atomic_write_text
+from covseg.fileio import atomic_dir, atomic_write_text, unwritable_reason
 from covseg.inference import backends_used
 from covseg.labels import get_scheme
 from covseg.training import side_generator
@@ -136,6 +136,9 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     if o == t or t in o.parents or o in t.parents:
         raise CovsegError(f"{out_dir}: the output may not be the teacher's folder, inside it or above it; "
                           "choose another -o")
+    why = unwritable_reason(out_dir, folder=True)  # before the teachers run
+    if why:
+        raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         if not force:
             raise CovsegError(f"{out_dir}: exists; pass --force to replace it or choose another -o")

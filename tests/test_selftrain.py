@@ -172,3 +172,12 @@ def test_pseudo_label_refuses_a_cross_validation_with_a_fold_missing_or_unfinish
     assert main(["pseudo-label", str(partial), "-o", str(tmp_path / "p2"), "--quiet"]) == 2
     assert "a 3-fold cross-validation with 2 fold folders" in capsys.readouterr().err
     assert not (tmp_path / "p1").exists() and not (tmp_path / "p2").exists()
+
+
+def test_pseudo_label_refuses_an_output_it_cannot_make_in_one_line(teacher_cv: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "afile").write_text("mine")
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(tmp_path / "afile" / "sub"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"afile/sub: cannot be written ({tmp_path / 'afile'} is a file, not a folder)" in err
+    assert err.count("\n") == 1 and (tmp_path / "afile").read_text() == "mine"
