@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep a slice when the mean top-class probability over its lesion pixels is at least this")
     p.add_argument("--min-fraction", type=float, default=0.005, help="least lesion area fraction to keep a slice")
     p.add_argument("--max-fraction", type=float, default=0.5, help="largest lesion area fraction to keep a slice")
+    p.add_argument("--match-grey", action="store_true",
+                   help="map each unlabelled slice's grey levels onto those of the teacher's training slices "
+                        "(histogram matching) before labelling it; students read them mapped the same way")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -449,7 +452,7 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
     rule = PseudoLabelRule(args.min_confidence, args.min_fraction, args.max_fraction)
     make_pseudo_labels(args.teacher, args.output, args.data, rule, args.checkpoint, force=args.force,
-                       progress=not args.quiet, log=_log)
+                       progress=not args.quiet, log=_log, match_grey=args.match_grey)
     print(f"wrote {args.output}")
     return 0
 

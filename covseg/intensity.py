@@ -6,7 +6,7 @@ import numpy as np
 from covseg.errors import CovsegError
 
 __all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "window_hu", "scale_uint8", "scale_stored_grey", "to_unit_range", "equalize",
-           "stretch_percentiles", "normalize_image"]
+           "stretch_percentiles", "normalize_image", "QUANTILE_LEVELS", "grey_quantiles", "match_quantiles"]
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "equalize", "percentile")
 """Per-slice intensity normalisations applied after :func:`to_unit_range` (``data.normalize``)."""
@@ -102,3 +102,30 @@ def normalize_image(image: np.ndarray, method: str) -> np.ndarray:
     if method == "percentile":
         return stretch_percentiles(image)
     raise CovsegError(f"unknown normalisation {method!r}: use one of {', '.join(NORMALIZATIONS)}")
+
+
+QUANTILE_LEVELS = 257
+"""How many evenly spaced levels (0, 1/256, ..., 1) a reference grey-level quantile function holds."""
+
+
+def grey_quantiles(images: list[np.ndarray], levels: int = QUANTILE_LEVELS) -> np.ndarray:
+    """The mean quantile function of ``images`` (each ``(H, W)`` in [0, 1]): ``(levels,)`` float64, the grey
+    level below which each share ``0, 1 / (levels - 1), ..., 1`` of an image's pixels lies, averaged over the
+    images (the 1-D Wasserstein barycentre of their grey-level distributions). Non-decreasing."""
+    if not images:
+        raise ValueError("grey_quantiles needs at least one image")
+    shares = np.linspace(0.0, 1.0, levels)
+    return np.mean([np.quantile(np.asarray(x, dtype=np.float64), shares) for x in images], axis=0)
+
+
+def match_quantiles(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``image`` ``(H, W)`` with its grey levels mapped so that their distribution follows ``reference`` (a quantile
+    function from :func:`grey_quantiles`): each distinct grey value goes to the reference's grey level at the share
+    of pixels at or below it (histogram matching, as ``skimage.exposure.match_histograms``). Order is kept: a brighter
+    pixel never becomes darker than a dimmer one. Returns float32 of the same shape."""
+    image = np.asarray(image)
+    reference = np.asarray(reference, dtype=np.float64)
+    values, inverse, counts = np.unique(image.ravel(), return_inverse=True, return_counts=True)
+    shares = np.cumsum(counts) / image.size
+    mapped = np.interp(shares, np.linspace(0.0, 1.0, reference.size), reference)
+    return mapped[inverse].reshape(image.shape).astype(np.float32)

@@ -28,6 +28,7 @@ from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_dir, atomic_write_text, unwritable_reason
 from covseg.inference import backends_used
+from covseg.intensity import grey_quantiles, match_quantiles
 from covseg.labels import get_scheme
 from covseg.training import side_generator
 
@@ -120,13 +121,17 @@ def _is_pseudo_folder(folder: Path) -> bool:
 
 def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, rule: PseudoLabelRule = PseudoLabelRule(),
                        which: str = "final", batch_size: int = 8, force: bool = False, progress: bool = True,
-                       log: Callable[[str], None] = print) -> dict[str, Any]:
+                       log: Callable[[str], None] = print, match_grey: bool = False) -> dict[str, Any]:
     """Pseudo-label ``data``'s unlabelled slices with ``teacher`` into ``out_dir`` (staged, then renamed).
 
     ``teacher``: a run folder, or a cross-validation folder (``fold-K/`` runs), which yields
     ``out_dir/fold-K`` per fold. ``data`` defaults to the teacher's own data folder. ``which``: the
     teacher checkpoint (:func:`covseg.checkpoint.find_checkpoint`; ``final`` by default, ``swa.pt`` or ``last.pt``:
-    a CV fold's ``best.pt`` was picked on its held-out images).
+    a CV fold's ``best.pt`` was picked on its held-out images). ``match_grey``: each unlabelled slice's grey levels
+    are first mapped onto the mean quantile function of the teacher's own training slices
+    (:func:`covseg.intensity.match_quantiles`), which ``pseudo.json`` records as ``grey_reference`` so that a
+    student reads the slices mapped the same way (unlabelled slices exported with another display window then look
+    like the labelled ones).
     Returns the summary written to ``pseudo.json`` (for a CV folder: ``{"folds": {K: summary}}``).
     """
     teacher, out_dir = Path(teacher), Path(out_dir)
@@ -150,16 +155,16 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     if folds:
         with atomic_dir(out_dir, force=force) as staged:
             summaries = {k: _pseudo_label_one(run, staged / f"fold-{k}", data, rule, which, batch_size, progress,
-                                              log, loaded)
+                                              log, loaded, match_grey)
                          for k, run in folds.items()}
         return {"folds": summaries}
     with atomic_dir(out_dir, force=force) as staged:
-        return _pseudo_label_one(teacher, staged, data, rule, which, batch_size, progress, log, loaded)
+        return _pseudo_label_one(teacher, staged, data, rule, which, batch_size, progress, log, loaded, match_grey)
 
 
 def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: PseudoLabelRule, which: str,
                       batch_size: int, progress: bool, log: Callable[[str], None],
-                      loaded: dict[tuple, list[Sample]]) -> dict[str, Any]:
+                      loaded: dict[tuple, list[Sample]], match_grey: bool = False) -> dict[str, Any]:
     from covseg.predict import open_predictor  # imported here: covseg.run imports this module
     from covseg.run import read_run_info
 
@@ -172,12 +177,14 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
     if key not in loaded:
         loaded[key] = load_dataset(data, config.data.task, split="unlabelled", window=config.data.window)
     samples = loaded[key]
+    reference = _teacher_grey_reference(read_run_info(run_dir)["data"], config, seen) if match_grey else None
+    images = [s.image if reference is None else match_quantiles(s.image, reference) for s in samples]
     masks = out_dir / "masks"
     masks.mkdir(parents=True)
     rows, kept = [], 0
     bar = tqdm(total=len(samples), desc=f"pseudo-label {run_dir.name}", unit="slice", disable=not progress,
                dynamic_ncols=True)
-    for sample, probs in zip(samples, predictor([s.image for s in samples])):
+    for sample, probs in zip(samples, predictor(images)):
         labels, fraction, confidence = slice_statistics(probs)
         keep = keeps(rule, fraction, confidence)
         if keep:
@@ -191,6 +198,8 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
                "task": config.data.task,
                "data": str(Path(data).resolve()), "rule": asdict(rule), "teacher_images": seen,
                "kept": kept, "total": len(rows), "slices": rows}
+    if reference is not None:
+        summary["grey_reference"] = [round(float(v), 6) for v in reference]
     atomic_write_text(out_dir / PSEUDO_FILE, json.dumps(summary, indent=1) + "\n")
     log(f"{run_dir.name}: kept {kept} of {len(rows)} slices as pseudo-labels")
     return summary
@@ -251,10 +260,12 @@ def _summary(folder: Path) -> dict[str, Any]:
 def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[float, float],
                        heldout: list[str]) -> list[Sample]:
     """The kept pseudo-labelled slices of ``folder`` (checked by :func:`check_pseudo_labels`), images read
-    from ``data``'s unlabelled split; masks ``(H, W)`` int64 in the task's scheme."""
+    from ``data``'s unlabelled split (grey levels mapped onto the summary's ``grey_reference`` where the labels were
+    made with ``match_grey``); masks ``(H, W)`` int64 in the task's scheme."""
     folder = Path(folder)
     summary = check_pseudo_labels(folder, task, heldout)
     names = [row["name"] for row in summary["slices"] if row["kept"]]
+    reference = _grey_reference(summary, folder)
     by_name = {s.name: s for s in load_dataset(data, task, split="unlabelled", window=window)}
     scheme = get_scheme(task)
     samples = []
@@ -262,7 +273,7 @@ def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[f
         if name not in by_name:
             raise CovsegError(f"{folder}: pseudo-label {name} has no unlabelled slice in {data}; use the --data "
                               "the pseudo-labels were made from")
-        image = by_name[name].image
+        image = by_name[name].image if reference is None else match_quantiles(by_name[name].image, reference)
         try:
             mask = np.asarray(Image.open(folder / "masks" / f"{name}.png"), dtype=np.int64)
         except OSError:
@@ -272,6 +283,32 @@ def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[f
                               "make the pseudo-labels again")
         samples.append(Sample(name, image, mask, by_name[name].source))
     return samples
+
+
+def _teacher_grey_reference(data: str, config: Any, names: list[str]) -> np.ndarray:
+    """The mean grey-level quantile function of the labelled slices ``names`` a teacher trained on, read from its
+    own ``data`` folder as it read them."""
+    wanted = set(names)
+    slices = [s.image for s in load_dataset(data, config.data.task, split="train", window=config.data.window)
+              if s.name in wanted]
+    if not slices:
+        raise CovsegError(f"{data}: holds none of the teacher's training slices; --match-grey needs the data folder "
+                          "the teacher trained on")
+    return grey_quantiles(slices)
+
+
+def _grey_reference(summary: dict[str, Any], folder: Path) -> np.ndarray | None:
+    """``summary``'s ``grey_reference`` as an array (None without one), checked to be a quantile function."""
+    if "grey_reference" not in summary:
+        return None
+    try:
+        reference = np.asarray(summary["grey_reference"], dtype=np.float64)
+    except (TypeError, ValueError):
+        reference = np.zeros(0)
+    if reference.ndim != 1 or reference.size < 2 or not np.all(np.isfinite(reference)) or np.any(np.diff(reference) < 0):
+        raise CovsegError(f"{folder}/{PSEUDO_FILE}: its grey_reference is not a list of non-decreasing grey levels; "
+                          "make the pseudo-labels again")
+    return reference
 
 
 def epoch_pseudo_indices(n_pseudo: int, n_labelled: int, ratio: float, seed: int, epoch: int) -> torch.Tensor:

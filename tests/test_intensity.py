@@ -8,7 +8,8 @@ import torch
 from covseg.cli import main
 from covseg.config import apply_overrides, load_recipe
 from covseg.errors import CovsegError
-from covseg.intensity import equalize, normalize_image, stretch_percentiles, window_hu
+from covseg.intensity import (equalize, grey_quantiles, match_quantiles, normalize_image, stretch_percentiles,
+                              window_hu)
 from conftest import TINY_OVERRIDES
 
 
@@ -100,3 +101,29 @@ def test_training_inputs_are_equalised() -> None:
     assert float(plain.max()) < 0.1
     # 64 distinct levels -> mid-ranks (i + 0.5) / 64
     np.testing.assert_allclose(equalized[0, 0].numpy().ravel(), (np.arange(64) + 0.5) / 64, atol=1e-6)
+
+
+def test_match_quantiles_by_hand() -> None:
+    image = np.array([[0.0, 0.2], [0.4, 0.6]], np.float32)  # each value holds 1/4 of the pixels
+    out = match_quantiles(image, np.array([0.0, 0.5, 1.0]))  # the reference: grey 0.5 at the median, 1 at the top
+    # value k (k = 1..4) sits at share k/4 of the pixels -> the reference's grey at k/4: 0.25, 0.5, 0.75, 1
+    np.testing.assert_allclose(out, [[0.25, 0.5], [0.75, 1.0]])
+    assert out.dtype == np.float32 and out.shape == image.shape
+    ties = match_quantiles(np.array([[0.1, 0.1], [0.1, 0.9]]), np.array([0.0, 0.5, 1.0]))
+    np.testing.assert_allclose(ties, [[0.75, 0.75], [0.75, 1.0]])  # three pixels at or below 0.1: share 3/4
+
+
+def test_grey_quantiles_average_the_images_quantile_functions() -> None:
+    a, b = np.linspace(0, 0.5, 101).reshape(1, -1), np.linspace(0.5, 1.0, 101).reshape(1, -1)
+    reference = grey_quantiles([a, b], levels=5)
+    np.testing.assert_allclose(reference, [0.25, 0.375, 0.5, 0.625, 0.75])  # (q_a + q_b) / 2 at 0, 1/4, ... 1
+    # a slice exported with another window, matched to a reference made from slices of the first, gets its grey levels
+    rng = np.random.default_rng(0)
+    lung = np.clip(rng.normal(0.3, 0.1, (64, 64)), 0, 1)
+    other_window = 0.2 + 0.5 * lung  # the same anatomy, darker and flatter
+    matched = match_quantiles(other_window, grey_quantiles([lung]))
+    error = np.abs(matched - lung)  # back to the first window's grey levels, up to the quantiles' spacing
+    assert np.median(error) < 0.001 and error.max() < 0.03  # (coarsest in the tails)
+    assert np.abs(other_window - lung).mean() > 0.05  # which was 60 times further off before
+    with pytest.raises(ValueError, match="at least one image"):
+        grey_quantiles([])

@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from covseg.cli import main
+from covseg.datasets import load_dataset
 from covseg.errors import CovsegError
+from covseg.intensity import grey_quantiles, match_quantiles
 from covseg.selftrain import (PseudoLabelRule, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder,
                               slice_statistics)
 from conftest import TINY_OVERRIDES, add_unlabelled, write_semiseg
@@ -181,3 +183,28 @@ def test_pseudo_label_refuses_an_output_it_cannot_make_in_one_line(teacher_cv: P
     err = capsys.readouterr().err
     assert f"afile/sub: cannot be written ({tmp_path / 'afile'} is a file, not a folder)" in err
     assert err.count("\n") == 1 and (tmp_path / "afile").read_text() == "mine"
+
+
+def test_match_grey_labels_and_serves_the_slices_mapped_onto_the_teachers_grey_levels(
+        semi_data: Path, teacher_cv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    teacher = teacher_cv / "fold-0"
+    out = tmp_path / "matched"
+    keep_all = ["--min-confidence", "0", "--min-fraction", "0", "--max-fraction", "1", "--quiet"]
+    assert main(["pseudo-label", str(teacher), "-o", str(out), "--match-grey", *keep_all]) == 0
+    summary = json.loads((out / "pseudo.json").read_text())
+    reference = np.asarray(summary["grey_reference"])
+    # the mean quantile function of the teacher's own training slices, as read for training
+    train = set(json.loads((teacher / "split.json").read_text())["train"])
+    own = [s.image for s in load_dataset(str(semi_data), "binary", split="train") if s.name in train]
+    np.testing.assert_allclose(reference, grey_quantiles(own), atol=1e-6)
+    heldout = json.loads((teacher / "split.json").read_text())["val"]
+    served = load_pseudo_labels(out, str(semi_data), "binary", (-600, 1500), heldout)
+    raw = {s.name: s.image for s in load_dataset(str(semi_data), "binary", split="unlabelled")}
+    assert served and summary["kept"] == len(served)
+    for sample in served:  # the student reads each slice mapped as the teacher labelled it
+        np.testing.assert_allclose(sample.image, match_quantiles(raw[sample.name], reference), atol=1e-5)
+    # a damaged reference is refused in one line
+    summary["grey_reference"] = [0.5, 0.2]
+    (out / "pseudo.json").write_text(json.dumps(summary))
+    with pytest.raises(CovsegError, match="grey_reference is not a list of non-decreasing grey levels"):
+        load_pseudo_labels(out, str(semi_data), "binary", (-600, 1500), heldout)
