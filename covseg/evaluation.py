@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from covseg.errors import CovsegError
 from covseg.fileio import atomic_write_text
 from covseg.figures import plot_grid
 from covseg.labels import LabelScheme
@@ -64,7 +65,11 @@ class ImageResult:
 
 def evaluate_image(name: str, probs: np.ndarray, truth: np.ndarray, scheme: LabelScheme,
                    image: np.ndarray | None = None) -> ImageResult:
-    """Score one image: ``probs`` ``(C, H, W)`` class probabilities, ``truth`` ``(H, W)`` labels."""
+    """Score one image: ``probs`` ``(C, H, W)`` class probabilities, ``truth`` ``(H, W)`` labels. Probabilities that
+    are not finite (a diverged model) are refused: numpy's arg-max would rank NaN first and score nonsense."""
+    if not np.all(np.isfinite(probs)):
+        raise CovsegError(f"{name}: the model gave non-finite probabilities (NaN or infinity); its weights have "
+                          "diverged: train it again (a lower train.lr) before scoring it")
     pred = probs.argmax(0)
     cm = confusion_matrix(pred, truth, scheme.num_classes)
     infnet = infnet_metrics(probs[1], truth > 0) if scheme.task == "binary" else None

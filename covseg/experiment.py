@@ -299,12 +299,20 @@ def _cv_columns(rows: list[tuple[dict[str, Any], float]], task: str) -> dict[str
     columns: dict[str, list[float | None]] = {}
     for n in keys:
         columns[f"Dice {n} (per image)"] = [metrics["per_image"]["dice"][n] for metrics, _ in rows]
-        columns[f"Dice {n} (pooled)"] = [metrics["pooled"]["dice"][n] for metrics, _ in rows]
+        # a fold whose held-out truths lack the class has no pooled Dice for it either (its false positives would
+        # count as 0, and a fold without them would be skipped)
+        columns[f"Dice {n} (pooled)"] = [metrics["pooled"]["dice"][n] if metrics["images_with_class"][n] else None
+                                         for metrics, _ in rows]
     columns["mean Dice (per image)"] = [metrics["per_image"]["dice"]["mean_foreground"] for metrics, _ in rows]
     if task == "binary":
         columns["Inf-Net meanDic"] = [metrics["infnet"]["meanDic"] for metrics, _ in rows]
     columns["train seconds"] = [seconds for _, seconds in rows]
     return columns
+
+
+SPREAD_NOTE = ("mean ± std: the mean and the population standard deviation (ddof 0) of the values in a column; a fold "
+               "whose held-out truths lack a class has none for it (–) and is left out.")
+"""How cv.md and seeds.md state their spread (``_mean_std``)."""
 
 
 def _mean_std(columns: dict[str, list[float | None]]) -> dict[str, tuple[float, float]]:
@@ -409,7 +417,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
             companion_rows[scored].append((json.loads(companion_path.read_text(encoding="utf-8")), rows[-1][1]))
     columns = _cv_columns(rows, config.data.task)
     summary = _mean_std(columns)
-    lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", ""]
+    lines = [f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation", "", SPREAD_NOTE, ""]
     lines += _table_lines("fold", list(columns), [(str(k), _cv_row(columns, k)) for k in range(folds)]
                           + [("mean ± std", _summary_row(summary))])
     result: dict[str, Any] = {"columns": columns, "summary": summary}
@@ -539,7 +547,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
                "ensemble": {"columns": ensemble, "summary": _mean_std(ensemble)}}
     title = f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation × seeds {', '.join(map(str, seeds))}"
     lines = [title, "", "Each seed's row: mean ± std over its folds. The seed ensemble averages the probabilities of "
-             "each fold's seed models.", ""]
+             "each fold's seed models. " + SPREAD_NOTE, ""]
     lines += _table_lines("", names, [(f"seed {seed}", _summary_row(per_seed[seed]["summary"])) for seed in seeds]
                           + [("mean ± std of the seeds' CV means", _summary_row(summary["over_seeds"])),
                              (f"every seed × fold model ({len(seeds) * folds})", _summary_row(summary["every_model"])),

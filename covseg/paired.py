@@ -92,6 +92,19 @@ def compute_fold_difference(reference: Mapping[str, float], candidate: Mapping[s
                           statistics.fmean(c for _, c in pairs), len(pairs), sum(c > r for r, c in pairs))
 
 
+def _check_same_truth(reference: Mapping[str, Mapping[str, float]], candidate: Mapping[str, Mapping[str, float]],
+                      fold: str) -> None:
+    """Refuse two folds whose images of one name differ in size or truth (``pixels``, ``truth_<class>`` where both
+    tables have them): they were scored on different data, and pairing them by name would mean nothing."""
+    for name in sorted(set(reference) & set(candidate)):
+        ref, cand = reference[name], candidate[name]
+        for column in [c for c in ref if (c == "pixels" or c.startswith("truth_")) and c in cand]:
+            a, b = ref[column], cand[column]
+            if a != b and not (math.isnan(a) and math.isnan(b)):
+                raise CovsegError(f"{fold}: image {name} has {column} {a:g} in one cross-validation and {b:g} in the "
+                                  "other, so they were scored on different data; compare runs of the same data folder")
+
+
 def _number(text: str, where: str) -> float:
     """A cell: a finite number or ``nan`` (what covseg evaluate writes); anything else is refused."""
     try:
@@ -255,6 +268,8 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
             if missing:
                 choices = ", ".join(c for c in columns if c != "pixels" and not c.startswith("truth_"))
                 raise CovsegError(f"{name / fold / PER_IMAGE}: no column {missing[0]!r}; choose from {choices}")
+    for fold in folds:
+        _check_same_truth(reference[fold], candidate[fold], fold)
     differences, skipped = [], []
     for metric in chosen:
         for fold in folds:
@@ -276,7 +291,9 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
 
 def format_comparison(comparison: Comparison, reference: str, candidate: str) -> str:
     """A Markdown table per metric: each fold's means, difference and images up, then the folds' mean ± std."""
-    lines = [f"# Paired per-image comparison: {candidate} against {reference}", ""]
+    lines = [f"# Paired per-image comparison: {candidate} against {reference}", "",
+             "The last row of each table: the folds' means, and for Δ the mean ± the sample standard deviation "
+             "(ddof 1) of the folds' Δ.", ""]
     for metric in dict.fromkeys(d.metric for d in comparison.differences):
         rows = [d for d in comparison.differences if d.metric == metric]
         lines += [f"## {metric}", "", "| fold | reference | candidate | Δ | images up |", "|---|---|---|---|---|"]

@@ -167,3 +167,38 @@ def test_metrics_md_says_how_many_images_each_per_image_mean_averages() -> None:
     text = _markdown(summarise(results, MULTICLASS), "t")
     assert "background 2, ggo 2, consolidation 1 of 2" in text
     assert "every pixel of all 2 images" in text
+
+
+def test_cv_columns_leave_a_fold_without_the_class_out_of_the_pooled_column_too() -> None:
+    from covseg.experiment import SPREAD_NOTE, _cv_columns, _mean_std
+
+    def fold(per_image: float | None, pooled: float, with_class: int) -> dict:
+        names = ("ggo", "consolidation", "pleural_effusion")
+        return {"images_with_class": {"ggo": 3, "consolidation": with_class, "pleural_effusion": 0},
+                "per_image": {"dice": {"ggo": 0.6, "consolidation": per_image, "pleural_effusion": None,
+                                       "mean_foreground": 0.5}},
+                "pooled": {"dice": {n: v for n, v in zip(names, (0.7, pooled, 0.0))}}}
+
+    # fold 1's truths hold no consolidation, yet its model called some: pooled Dice 0 there, which is no score
+    rows = [(fold(1.0, 1.0, 2), 10.0), (fold(None, 0.0, 0), 11.0), (fold(0.5, 0.5, 1), 12.0)]
+    columns = _cv_columns(rows, "multiclass")
+    assert columns["Dice consolidation (per image)"] == [1.0, None, 0.5]
+    assert columns["Dice consolidation (pooled)"] == [1.0, None, 0.5]
+    assert "Dice pleural_effusion (pooled)" not in columns  # no fold's truth holds it
+    mean, std = _mean_std(columns)["Dice consolidation (pooled)"]
+    assert (mean, std) == (0.75, 0.25)  # population std of 1.0 and 0.5, as SPREAD_NOTE says
+    assert "population standard deviation (ddof 0)" in SPREAD_NOTE
+
+
+def test_non_finite_probabilities_are_refused_not_scored() -> None:
+    from covseg.errors import CovsegError
+    from covseg.evaluation import evaluate_image
+    from covseg.labels import BINARY
+
+    truth = np.zeros((3, 3), np.int64)
+    truth[1, 1] = 1
+    probs = np.stack([np.full((3, 3), 0.9), np.full((3, 3), 0.1)])
+    assert evaluate_image("a", probs, truth, BINARY).name == "a"
+    probs[1, 0, 0] = np.nan  # numpy's arg-max would have called every NaN pixel infection
+    with pytest.raises(CovsegError, match="a: the model gave non-finite probabilities"):
+        evaluate_image("a", probs, truth, BINARY)

@@ -51,6 +51,7 @@ def test_paired_differences_by_hand(two_cvs: tuple[Path, Path]) -> None:
     table = format_comparison(comparison, "ref", "new")
     # mean of +0.1 and +0.05 is +0.075; sample std sqrt(2 * 0.025**2) = 0.0354
     assert "| 2 folds | 0.6000 | 0.6750 | **+0.0750 ± 0.0354** | 2 of 2 folds up |" in table
+    assert "sample standard deviation (ddof 1)" in table  # 0.05 and 0.10: sd 0.0354, not the population's 0.025
     assert "| fold-1 | 0.6000 | 0.6500 | +0.0500 | 1 of 2 |" in table
     assert "fold-2 (candidate only)" in table and "neither table has truth_<class>" in table
 
@@ -239,3 +240,15 @@ def test_a_column_missing_from_any_compared_fold_is_refused(tmp_path: Path) -> N
     drop_truth_counts(tmp_path / "new", 1)
     with pytest.raises(CovsegError, match=r"fold-1.*per_image.csv: no column 'truth_ggo'"):
         compare_cross_validations(tmp_path / "ref", tmp_path / "new", metrics=["truth_ggo"])
+
+
+def test_images_of_one_name_scored_on_other_data_are_refused(tmp_path: Path) -> None:
+    write_fold(tmp_path / "ref", 0, {"a": 0.5, "b": 0.7})
+    write_fold(tmp_path / "new", 0, {"a": 0.6, "b": 0.7})
+    path = tmp_path / "new" / "fold-0" / "eval-heldout" / "per_image.csv"
+    header, first, second = path.read_text(encoding="utf-8").splitlines()
+    assert header.split(",")[1] == "pixels"
+    path.write_text(f"{header}\n{first.replace(',100,', ',400,', 1)}\n{second}\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match="fold-0: image a has pixels 100 in one cross-validation and 400 in the "
+                                          "other, so they were scored on different data"):
+        compare_cross_validations(tmp_path / "ref", tmp_path / "new")
