@@ -35,14 +35,16 @@ from covseg.metrics import (
     confusion_matrix,
     infnet_metrics,
     mean_class_accuracy,
+    per_image_counts,
     pixel_accuracy,
 )
 
 __all__ = ["ImageResult", "Evaluation", "evaluate_image", "summarise", "write_report", "format_figure", "EMPTY_TRUTH_RULE"]
 
 EMPTY_TRUTH_RULE = ("per-image means skip images whose ground truth lacks the class (MONAI ignore_empty; "
-                    "specificity averages every image, precision the images that predict the class); "
-                    "pooled figures count every pixel")
+                    "specificity is averaged over every image instead) and images where a figure is undefined "
+                    "(precision where the class is not predicted, specificity where the truth holds nothing but the "
+                    "class): per_image_images counts the images behind each mean; pooled figures count every pixel")
 
 
 @dataclass
@@ -122,6 +124,8 @@ class Evaluation:
             "n_images": len(self.results),
             "images_with_class": {n: int(c) for n, c in zip(names, present)},
             "empty_truth": EMPTY_TRUTH_RULE,
+            "per_image_images": {metric: {n: int(c) for n, c in zip(names, counts)}
+                                 for metric, counts in per_image_counts([r.cm for r in self.results]).items()},
             "per_image": table(self.per_image),
             "pooled": table(self.pooled),
             "pixel_accuracy": self.pixel_accuracy,
@@ -151,9 +155,13 @@ def _markdown(ev: Evaluation, title: str) -> str:
     names = [n for n, c in d["images_with_class"].items() if c > 0]
     fg = [n for n in names if n != "background"]
     lines = [f"# {title}", "", f"{d['n_images']} images; {EMPTY_TRUTH_RULE}.", ""]
+    counted = d["per_image_images"]
+    differ = [m for m in counted if any(counted[m][n] != d["images_with_class"][n] for n in names)]
     over = {"per_image": "mean of each image's figure over the images whose truth holds the class: "
-                         + ", ".join(f"{n} {d['images_with_class'][n]}" for n in names)
-                         + f" of {d['n_images']} (specificity: all {d['n_images']})",
+                         + ", ".join(f"{n} {d['images_with_class'][n]}" for n in names) + f" of {d['n_images']}"
+                         + "".join(f"; {m} over " + ", ".join(f"{n} {counted[m][n]}" for n in names)
+                                   + " (" + ("every image where it is defined" if m == "specificity"
+                                             else "where the class is also predicted") + ")" for m in differ),
             "pooled": f"one figure from every pixel of all {d['n_images']} images"}
     for kind in ("per_image", "pooled"):
         lines += [f"## {kind.replace('_', '-')}", "", f"{over[kind][0].upper()}{over[kind][1:]}.", "",
@@ -166,7 +174,9 @@ def _markdown(ev: Evaluation, title: str) -> str:
     lines += [f"Pixel accuracy {format_figure(d['pixel_accuracy'])}; mean class accuracy {format_figure(d['mean_class_accuracy'])}.", ""]
     if d["infnet"]:
         i = d["infnet"]
-        lines += ["## Inf-Net protocol (binary)", "", "| meanDic | meanSen | meanSpe | MAE |", "|---|---|---|---|",
+        lines += ["## Inf-Net protocol (binary)", "", f"Means over all {d['n_images']} images, as Inf-Net's evaluation "
+                  "takes them: an image without lesion scores 0 for meanDic, meanSen and meanSpe.", "",
+                  "| meanDic | meanSen | meanSpe | MAE |", "|---|---|---|---|",
                   "| " + " | ".join(format_figure(i[k]) for k in ("meanDic", "meanSen", "meanSpe", "mae")) + " |", ""]
     lines.append(f"Foreground classes: {', '.join(fg)}.")
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ import numpy as np
 __all__ = [
     "confusion_matrix",
     "per_class_counts",
+    "per_image_counts",
     "dice",
     "iou",
     "sensitivity",
@@ -112,28 +113,41 @@ def class_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
     return {name: fn(cm) for name, fn in CLASS_METRICS.items()}
 
 
-def aggregate_per_image(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-image aggregation: for each class, the mean over the images whose *ground truth* holds it.
-
-    Images whose truth lacks class ``c`` are skipped for ``c`` (as MONAI's ``ignore_empty=True``), so a
-    false positive on an empty image does not enter the per-image Dice; it does enter the pooled
-    figures. Specificity is averaged over all images where it is defined. Returns name -> ``(n,)``;
-    NaN for a class no image holds.
-    """
+def _per_image_values(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Each image's figure per class, ``(N, n)``, NaN where :func:`aggregate_per_image` leaves it out."""
     if not cms:
         raise ValueError("no confusion matrices to aggregate")
     stacked = np.stack([np.asarray(cm) for cm in cms])  # (N, n, n)
     present = stacked.sum(axis=2) > 0  # (N, n): truth holds class c
     out: dict[str, np.ndarray] = {}
     for name, fn in CLASS_METRICS.items():
-        values = np.stack([fn(cm) for cm in stacked])  # (N, n)
-        if name != "specificity":
-            values = np.where(present, values, np.nan)
+        values = np.stack([fn(cm) for cm in stacked]).astype(np.float64)  # (N, n)
+        out[name] = values if name == "specificity" else np.where(present, values, np.nan)
+    return out
+
+
+def aggregate_per_image(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-image aggregation: for each class, the mean over the images whose *ground truth* holds it.
+
+    Images whose truth lacks class ``c`` are skipped for ``c`` (as MONAI's ``ignore_empty=True``), so a
+    false positive on an empty image does not enter the per-image Dice; it does enter the pooled
+    figures. An image where a figure is undefined is skipped for it too: precision where the class is not
+    predicted; specificity (averaged over every image, whatever its truth) where the truth holds nothing but the
+    class. :func:`per_image_counts` says how many images each mean holds. Returns name -> ``(n,)``; NaN for a
+    class no image counts for.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, values in _per_image_values(cms).items():
         with np.errstate(invalid="ignore"):
             counts = np.isfinite(values).sum(axis=0)
             sums = np.nansum(values, axis=0)
             out[name] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     return out
+
+
+def per_image_counts(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """How many images each of :func:`aggregate_per_image`'s means holds: name -> ``(n,)`` int."""
+    return {name: np.isfinite(values).sum(axis=0) for name, values in _per_image_values(cms).items()}
 
 
 def infnet_metrics(prob: np.ndarray, target: np.ndarray, thresholds: int = 256) -> dict[str, float]:

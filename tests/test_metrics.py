@@ -202,3 +202,32 @@ def test_non_finite_probabilities_are_refused_not_scored() -> None:
     probs[1, 0, 0] = np.nan  # numpy's arg-max would have called every NaN pixel infection
     with pytest.raises(CovsegError, match="a: the model gave non-finite probabilities"):
         evaluate_image("a", probs, truth, BINARY)
+
+
+def test_the_report_counts_the_images_behind_each_per_image_mean() -> None:
+    from covseg.evaluation import _markdown, evaluate_image, summarise
+    from covseg.labels import BINARY
+    from covseg.metrics import per_image_counts
+
+    truth = np.array([[0, 1, 1], [0, 1, 0], [0, 0, 0]])
+    guess = np.array([[0, 1, 0], [1, 1, 0], [0, 0, 0]])  # 2 of 3 lesion pixels found, 1 false
+    empty = np.zeros((3, 3), np.int64)
+
+    def probs(pred: np.ndarray) -> np.ndarray:
+        return np.stack([1 - pred, pred]).astype(float) * 0.8 + 0.1
+
+    # a: lesion partly found; b: no lesion, one false call; c: both empty; d: lesion, nothing called
+    results = [evaluate_image(n, probs(p), t, BINARY)
+               for n, p, t in (("a", guess, truth), ("b", guess, empty), ("c", empty, empty), ("d", empty, truth))]
+    counts = per_image_counts([r.cm for r in results])
+    assert counts["dice"].tolist() == [4, 2]  # infection: the two images whose truth holds it
+    assert counts["precision"].tolist() == [4, 1]  # infection: of those two, only a predicts it (2 of 3 right)
+    assert counts["specificity"].tolist() == [2, 4]  # background's is undefined where the truth holds only it
+    evaluation = summarise(results, BINARY)
+    d = evaluation.to_dict()
+    assert d["per_image"]["precision"]["infection"] == pytest.approx(2 / 3)
+    assert d["per_image_images"]["precision"] == {"background": 4, "infection": 1}
+    page = _markdown(evaluation, "t")
+    assert "specificity over background 2, infection 4 (every image where it is defined)" in page
+    assert "precision over background 4, infection 1 (where the class is also predicted)" in page
+    assert "an image without lesion scores 0 for meanDic" in page
