@@ -47,9 +47,9 @@ from covseg.runtime import autocast, resolve_device, resolve_precision, training
 from covseg.training import lr_factor
 from covseg.transforms import random_crop, stack_resized
 
-__all__ = ["PRETRAINED_FORMAT", "PRETRAINED_FILE", "PretrainOptions", "corrupt_slice", "corrupt_batch",
-           "restoration_network", "check_options", "check_output_folder", "PRETRAIN_OUTPUTS", "pretrain", "pretrained_path", "read_pretrained", "check_pretrained",
-           "init_from_pretrained"]
+__all__ = ["PRETRAINED_FORMAT", "PRETRAINED_FILE", "PRETRAIN_OUTPUTS", "PretrainOptions", "corrupt_slice",
+           "corrupt_batch", "restoration_network", "check_options", "check_output_folder", "pretrain", "pretrained_path",
+           "read_pretrained", "check_pretrained", "init_from_pretrained"]
 
 PRETRAINED_FORMAT = "covseg-pretrained-1"
 PRETRAINED_FILE = "pretrained.pt"

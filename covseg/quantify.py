@@ -17,7 +17,8 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SIDES", "SEVERITY_BUCKETS", "severity_score", "percent_text", "quantify", "remove_small_components", "restrict_to_lungs"]
+__all__ = ["SIDES", "SEVERITY_BUCKETS", "severity_score", "percent_text", "quantify", "remove_small_components",
+           "restrict_to_lungs"]
 
 SIDES: dict[int, str] = {1: "right", 2: "left"}
 """Lung mask value -> name of the patient's side."""
@@ -113,8 +114,9 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
     class (an effusion the mask's closing took in): lung lesions found by the model always
     count as lung, since the threshold-based mask can miss dense lesions (consolidation). A voxel outside the
     mask goes to the side whose mask voxel is nearest in mm (with only one lung in the mask, or none: to the side
-    of the middle column, right = low X, so a missed lung's lesions are not given to the other). Voxels of a ``pleural`` class (e.g. the multiclass scheme's 3, pleural effusion)
-    are given a side the same way but count neither as lung nor as lesion: only their volume is reported.
+    of the middle column, right = low X, so a missed lung's lesions are not given to the other). Voxels of a
+    ``pleural`` class (e.g. the multiclass scheme's 3, pleural effusion) are given a side the same way but count
+    neither as lung nor as lesion: only their volume is reported.
 
     Returns a JSON-ready dict::
 

@@ -305,7 +305,8 @@ def _grey_reference(summary: dict[str, Any], folder: Path) -> np.ndarray | None:
         reference = np.asarray(summary["grey_reference"], dtype=np.float64)
     except (TypeError, ValueError):
         reference = np.zeros(0)
-    if reference.ndim != 1 or reference.size < 2 or not np.all(np.isfinite(reference)) or np.any(np.diff(reference) < 0):
+    bad = reference.ndim != 1 or reference.size < 2 or not np.all(np.isfinite(reference))
+    if bad or np.any(np.diff(reference) < 0):
         raise CovsegError(f"{folder}/{PSEUDO_FILE}: its grey_reference is not a list of non-decreasing grey levels; "
                           "make the pseudo-labels again")
     return reference

@@ -100,8 +100,8 @@ def augment_batch(
     resamples the whole field of view to ``(B, 1, size, size)`` / ``(B, size, size)`` in that same single
     resampling (no anti-aliasing), drawing exactly the random numbers it draws without ``size``. Intensity:
     ``x ** g``, then ``m + c (x - m)`` with ``m`` the image's mean (contrast), then ``+ b``, clamped to [0, 1]. All randomness comes from ``generator``
-    so a run is reproducible; elastic, contrast, noise, blur and low resolution draw only when they are on, so recipes without
-    them draw as before.
+    so a run is reproducible; elastic, contrast, noise, blur and low resolution draw only when they are on, so
+    recipes without them draw as before.
     """
     b = images.shape[0]
 

@@ -14,8 +14,8 @@ from covseg.checkpoint import build_model, read_checkpoint
 from covseg.cli import main
 from covseg.config import ModelConfig, apply_overrides, load_recipe
 from covseg.errors import CovsegError
-from covseg.pretrain import (PRETRAIN_OUTPUTS, PRETRAINED_FILE, PretrainOptions, check_pretrained, corrupt_batch, corrupt_slice,
-                             init_from_pretrained, read_pretrained, restoration_network)
+from covseg.pretrain import (PRETRAIN_OUTPUTS, PRETRAINED_FILE, PretrainOptions, check_pretrained, corrupt_batch,
+                             corrupt_slice, init_from_pretrained, read_pretrained, restoration_network)
 
 from conftest import TINY_OVERRIDES, add_unlabelled, write_semiseg
 
