@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from covseg.config import RunConfig
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_dir, atomic_write_text, unwritable_reason
@@ -151,7 +152,7 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
             raise CovsegError(f"{out_dir}: is not empty and holds no pseudo-labels; --force only replaces "
                               "pseudo-label folders, so choose a new -o")
     folds = _fold_dirs(teacher)
-    loaded: dict[tuple, list[Sample]] = {}  # the unlabelled slices, read once for all fold teachers
+    loaded: dict[tuple, list[Sample]] = {}  # the slices read, once for all fold teachers (_split_once)
     if folds:
         with atomic_dir(out_dir, force=force) as staged:
             summaries = {k: _pseudo_label_one(run, staged / f"fold-{k}", data, rule, which, batch_size, progress,
@@ -172,12 +173,11 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
         raise CovsegError(f"{run_dir}: the teacher must be a run folder or a cross-validation folder")
     predictor, config, info = open_predictor(run_dir, None, which, "auto", "cpu", "auto", batch_size, False)
     seen = _teacher_images(run_dir, Path(info["file"]).stem, config.data.split, config.data.pseudo_labels)
-    data = data or read_run_info(run_dir)["data"]
-    key = (str(Path(data).resolve()), config.data.task, config.data.window)
-    if key not in loaded:
-        loaded[key] = load_dataset(data, config.data.task, split="unlabelled", window=config.data.window)
-    samples = loaded[key]
-    reference = _teacher_grey_reference(read_run_info(run_dir)["data"], config, seen) if match_grey else None
+    teacher_data = read_run_info(run_dir)["data"]
+    data = data or teacher_data
+    samples = _split_once(loaded, data, config, "unlabelled")
+    reference = (_teacher_grey_reference(_split_once(loaded, teacher_data, config, "train"), teacher_data, seen)
+                 if match_grey else None)
     images = [s.image if reference is None else match_quantiles(s.image, reference) for s in samples]
     masks = out_dir / "masks"
     masks.mkdir(parents=True)
@@ -285,12 +285,19 @@ def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[f
     return samples
 
 
-def _teacher_grey_reference(data: str, config: Any, names: list[str]) -> np.ndarray:
-    """The mean grey-level quantile function of the labelled slices ``names`` a teacher trained on, read from its
-    own ``data`` folder as it read them."""
+def _split_once(loaded: dict[tuple, list[Sample]], data: str, config: RunConfig, split: str) -> list[Sample]:
+    """``data``'s ``split`` as ``config`` reads it, read once for all the fold teachers of one call (``loaded``)."""
+    key = (str(Path(data).resolve()), config.data.task, config.data.window, split)
+    if key not in loaded:
+        loaded[key] = load_dataset(data, config.data.task, split=split, window=config.data.window)
+    return loaded[key]
+
+
+def _teacher_grey_reference(labelled: list[Sample], data: str, names: list[str]) -> np.ndarray:
+    """The mean grey-level quantile function of the slices ``names`` of ``labelled`` (the training split of the
+    teacher's own ``data`` folder) that the teacher trained on."""
     wanted = set(names)
-    slices = [s.image for s in load_dataset(data, config.data.task, split="train", window=config.data.window)
-              if s.name in wanted]
+    slices = [s.image for s in labelled if s.name in wanted]
     if not slices:
         raise CovsegError(f"{data}: holds none of the teacher's training slices; --match-grey needs the data folder "
                           "the teacher trained on")
