@@ -14,6 +14,8 @@ A checkpoint is a ``torch.save``d dict of tensors and plain Python values, read 
 """
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,11 @@ def find_checkpoint(path: str | Path, which: str = "auto") -> Path:
 def load_weights_file(path: Path, what: str = "covseg checkpoint",
                       fix: str = "give a .pt file that covseg train wrote, or its run folder") -> Any:
     """``torch.load`` of ``path`` onto the CPU with ``weights_only=True`` (no pickled code); a file torch cannot
-    read raises a one-line :class:`CovsegError` naming ``what`` it should have been and how to ``fix`` it."""
+    read raises a one-line :class:`CovsegError` naming ``what`` it should have been and how to ``fix`` it.
+
+    ``torch.load`` does not check the CRC-32 sums of the zip archive a ``.pt`` file is, so bytes changed on disk
+    would load as silently wrong weights; the archive's sums are checked first (:func:`zipfile.ZipFile.testzip`)."""
+    _check_archive_sums(path, what, fix)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for bad files
@@ -97,11 +103,39 @@ def load_weights_file(path: Path, what: str = "covseg checkpoint",
         raise CovsegError(f"{path}: not a readable {what} ({why}); {fix}") from None
 
 
+def _check_archive_sums(path: Path, what: str, fix: str) -> None:
+    """Refuse a zip-format ``.pt`` file whose members fail their CRC-32 sums (a file damaged on disk or in a
+    copy). Files that are not zip archives (torch's legacy format) are left to ``torch.load``."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as err:
+        raise CovsegError(f"{path}: not a readable {what} (damaged archive: {err}); {fix}") from None
+    if bad is not None:
+        raise CovsegError(f"{path}: a damaged {what}: its part {bad!r} fails its CRC check (the file changed "
+                          f"after it was written); {fix}")
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint dict safely (``weights_only=True``) and check its format."""
+    """Load a checkpoint dict safely (``weights_only=True``) and check its format: ``config`` a dict,
+    ``model`` a state dict of finite tensors (a diverged run's NaN weights are refused, not loaded)."""
     data = load_weights_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CovsegError(f"{path}: not a covseg checkpoint (format {FORMAT} expected)")
+    weights, config = data.get("model"), data.get("config")
+    if not isinstance(config, dict):
+        raise CovsegError(f"{path}: a covseg checkpoint without its run's settings ('config'); give a .pt file "
+                          "that covseg train wrote, or its run folder")
+    if not isinstance(weights, dict) or not weights or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        raise CovsegError(f"{path}: a covseg checkpoint without model weights (its 'model' entry is not a "
+                          "state dict of tensors); give a .pt file that covseg train wrote, or its run folder")
+    broken = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise CovsegError(f"{path}: weights that are not finite numbers ({broken} holds NaN or inf; the training "
+                          "diverged); retrain it, e.g. with a lower train.lr")
     return data
 
 

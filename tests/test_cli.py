@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -597,3 +598,47 @@ def test_cv_does_not_offer_a_force_it_does_not_have(tiny_data: Path, tmp_path: P
     with pytest.raises(SystemExit):
         main(["cv", "--help"])
     assert "--force" not in capsys.readouterr().out  # nor listed in its help
+
+
+def _damage(case: str, source: Path, target: Path) -> None:
+    """Write ``target``: ``source`` (a covseg checkpoint) damaged as ``case`` says."""
+    if case == "bytes_changed":  # a flipped run of bytes inside a tensor's storage, the archive's frame intact
+        raw = bytearray(source.read_bytes())
+        with zipfile.ZipFile(source) as archive:
+            info = max(archive.infolist(), key=lambda i: i.file_size)  # the largest tensor
+        start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+        middle = start + info.file_size // 2
+        raw[middle:middle + 16] = bytes(b ^ 0xFF for b in raw[middle:middle + 16])
+        target.write_bytes(bytes(raw))
+        return
+    data = torch.load(source, map_location="cpu", weights_only=True)
+    if case == "no_model":
+        del data["model"]
+    elif case == "no_config":
+        del data["config"]
+    elif case == "model_a_tensor":
+        data["model"] = torch.zeros(3)
+    elif case == "model_a_list":
+        data["model"] = [torch.zeros(3)]
+    else:  # nan_weights
+        name = next(k for k, v in data["model"].items() if v.is_floating_point())
+        data["model"][name] = torch.full_like(data["model"][name], float("nan"))
+    torch.save(data, target)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("bytes_changed", "fails its CRC check"),
+    ("no_model", "without model weights"),
+    ("model_a_tensor", "without model weights"),
+    ("model_a_list", "without model weights"),
+    ("no_config", "without its run's settings"),
+    ("nan_weights", "not finite numbers"),
+])
+def test_a_damaged_checkpoint_is_refused_in_one_line(case: str, message: str, tiny_run: Path, tiny_data: Path,
+                                                       tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "last.pt"
+    _damage(case, tiny_run / "last.pt", bad)
+    assert main(["evaluate", str(bad), "--data", str(tiny_data), "-o", str(tmp_path / "report")]) == 2
+    err = _one_line_error(capsys)
+    assert message in err and str(bad) in err
+    assert not (tmp_path / "report").exists()
