@@ -39,7 +39,7 @@ def _recipe_config(args: argparse.Namespace):
                              ("--device", "train.device", args.device), ("--precision", "train.precision", args.precision)):
         if value is None:
             continue
-        if key in given and given[key] != str(value):
+        if key in given and not _same_setting(given[key], value):
             raise CovsegError(f"{flag} {value} and {key}={given[key]} contradict each other; give one of them")
         overrides.append(f"{key}={value}")
     config = apply_overrides(config, overrides)
@@ -54,6 +54,26 @@ def _recipe_config(args: argparse.Namespace):
         if teachers:  # only commas: left for train_run's "names no teacher"
             config.train.distill = ",".join(str(Path(part).resolve()) for part in teachers)
     return config
+
+
+def _same_setting(text: str, value: object) -> bool:
+    """Whether an override's ``text`` says the same as a flag's ``value`` (``train.epochs=1.0`` and ``--epochs 1``)."""
+    if text == str(value):
+        return True
+    try:
+        return isinstance(value, (int, float)) and float(text) == float(value)
+    except ValueError:
+        return False
+
+
+def _refuse_overrides_set_by(args: argparse.Namespace, owners: dict[str, tuple[str, object]]) -> None:
+    """Refuse a KEY=VALUE override of a setting the command itself sets, which would otherwise be dropped without
+    a word. ``owners``: key -> (what sets it, the value it sets, or None where any override is refused)."""
+    for item in args.overrides:
+        key, _, text = item.partition("=")
+        if key in owners and not (owners[key][1] is not None and _same_setting(text, owners[key][1])):
+            raise CovsegError(f"{item}: covseg {args.command} sets {key} itself ({owners[key][0]}); drop the "
+                              "override")
 
 
 def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force: bool = True) -> None:
@@ -314,6 +334,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                           "--models (or end the model list with --)")
     if len(set(args.models)) != len(args.models):
         raise CovsegError(f"--models names a model twice ({' '.join(args.models)}); name each once")
+    _refuse_overrides_set_by(args, {"model.name": ("one run per name in --models", None)})
     config = _recipe_config(args)
     data = args.data or _default_data()
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
@@ -331,6 +352,12 @@ def _cmd_cv(args: argparse.Namespace) -> int:
                           f"{args.output} (or a fold-K in it) to train again, or give another -o")
     if args.seeds:
         check_seeds(args.seeds)
+    owners: dict[str, tuple[str, object]] = {"data.split": ("each fold's cv:K", None)}
+    if args.seeds:
+        owners["train.seed"] = ("one cross-validation per --seeds entry", None)
+    if args.folds is not None:
+        owners["data.folds"] = (f"--folds {args.folds}", args.folds)
+    _refuse_overrides_set_by(args, owners)
     config = _recipe_config(args)
     data = args.data or _default_data()
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)

@@ -26,6 +26,7 @@ __all__ = [
     "TrainConfig",
     "RunConfig",
     "TASKS",
+    "MAX_SEED",
     "RESIZE_MODES",
     "available_recipes",
     "load_recipe",
@@ -228,7 +229,11 @@ def load_recipe(name_or_path: str, task: str | None = None) -> RunConfig:
         if not path.is_file():
             raise CovsegError(f"{path}: recipe file not found; give a path to a YAML file or one of "
                               f"{', '.join(available_recipes())}")
-        data = _read_yaml(path.read_text(encoding="utf-8"), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise CovsegError(f"{path}: not UTF-8 text (byte {err.start}); save the recipe as UTF-8") from None
+        data = _read_yaml(text, str(path))
         name = path.stem
     else:
         resource = resources.files("covseg") / "recipes" / f"{name_or_path}.yaml"
@@ -307,7 +312,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             return int(number)
         return number
     if isinstance(default, str):
-        return str(value)
+        return "" if value is None else str(value)  # YAML's empty value (`init:`, `=null`): the option unset
     return value
 
 
@@ -326,7 +331,7 @@ _CHOICES = {
 _POSITIVE = {("data", "input_size"), ("data", "folds"), ("model", "width"), ("model", "depth"),
              ("train", "epochs"), ("train", "val_every"), ("train", "batch_size"), ("train", "lr"),
              ("train", "dice_weight"), ("data", "pseudo_ratio"), ("data", "window_width")}
-_MAX_SEED = 2**32  # numpy's legacy seeds and every generator covseg seeds take values below this
+MAX_SEED = 2**32  # numpy's legacy seeds and every generator covseg seeds take values below this
 
 
 def _validate(config: RunConfig, source: str) -> None:
@@ -334,6 +339,9 @@ def _validate(config: RunConfig, source: str) -> None:
         value = getattr(getattr(config, section), key)
         if value not in allowed:
             raise CovsegError(f"{source}: {section}.{key} is {value!r}; use one of {', '.join(allowed)}")
+    if not math.isfinite(config.data.window_level):
+        raise CovsegError(f"{source}: data.window_level is {config.data.window_level}; it must be a finite HU "
+                          "value, e.g. -600 (a lung window)")
     if not math.isfinite(config.train.lr):
         raise CovsegError(f"{source}: train.lr is {config.train.lr}; it must be a finite learning rate, e.g. 0.001")
     for section, key in _POSITIVE:
@@ -349,8 +357,8 @@ def _validate(config: RunConfig, source: str) -> None:
         value = getattr(getattr(config, section), key)
         if value < 0:
             raise CovsegError(f"{source}: {section}.{key} is {value}; it must be >= 0, e.g. 0")
-        if value >= _MAX_SEED:
-            raise CovsegError(f"{source}: {section}.{key} is {value}; it must be below 2**32 ({_MAX_SEED}), e.g. 0")
+        if value >= MAX_SEED:
+            raise CovsegError(f"{source}: {section}.{key} is {value}; it must be below 2**32 ({MAX_SEED}), e.g. 0")
     if not 0 <= config.data.val_fraction < 1:
         raise CovsegError(f"{source}: data.val_fraction must be in [0, 1), got {config.data.val_fraction}")
     t = config.train

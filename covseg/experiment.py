@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from covseg.config import RunConfig, config_from_dict, config_to_dict
+from covseg.config import MAX_SEED, RunConfig, config_from_dict, config_to_dict
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
 from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
@@ -482,8 +482,9 @@ def _is_current(report: Path, run_dir: Path, which: str) -> bool:
 
 def check_seeds(seeds: Sequence[int]) -> None:
     """Refuse a ``--seeds`` list that is not two or more different seeds."""
-    if any(seed < 0 for seed in seeds):
-        raise CovsegError(f"--seeds {' '.join(map(str, seeds))}: seeds must be 0 or more, e.g. --seeds 0 1 2")
+    if any(not 0 <= seed < MAX_SEED for seed in seeds):
+        raise CovsegError(f"--seeds {' '.join(map(str, seeds))}: seeds must be 0 or more and below 2**32, "
+                          "e.g. --seeds 0 1 2")
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise CovsegError(f"--seeds needs two or more different seeds (got {' '.join(map(str, seeds))}), "
                           "e.g. --seeds 0 1 2; for one seed pass train.seed=S")

@@ -71,12 +71,14 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),
             "covseg_epoch": str(state.get("epoch")), "covseg_checkpoint": checkpoint.name,
             "covseg_precision": "float32"}
+    if int8:  # every refusal and the slices it reads before -o (or a folder for it) is made
+        from covseg.quantize import int8_calibration, quantize_run
+
+        run_dir = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
+        calibration = int8_calibration(config, run_dir, data)
     with atomic_path(out) as tmp:
         if int8:
-            from covseg.quantize import quantize_run
-
-            run_dir = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
-            meta.update(quantize_run(fold_batch_norm(model), config, run_dir, data, tmp))
+            meta.update(quantize_run(fold_batch_norm(model), config, calibration, tmp))
         else:
             write_graph(model, config.data.input_size, str(tmp))
         graph = onnx.load(str(tmp))

@@ -57,6 +57,10 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "auto
         if not is_onnx:
             raise CovsegError(f"{model_path}: --backend onnx needs a .onnx file; make one with "
                               f"covseg export {model_path} -o model.onnx")
+        if device == "cuda" or precision == "bf16":  # ONNX Runtime runs covseg's graphs on the CPU, as exported
+            asked = "--device cuda" if device == "cuda" else "--precision bf16"
+            raise CovsegError(f"{model_path}: an ONNX model runs on the CPU in the precision it was exported in, so "
+                              f"{asked} cannot apply; drop it, or give the run folder to run it in PyTorch")
         onnx_backend, config = load_onnx(Path(model_path), task)
         find_checkpoint(model_path, which)  # the file as it is: a --checkpoint naming another is refused
         info = {"file": str(model_path), "backend": onnx_backend.description}

@@ -22,7 +22,7 @@ import torch
 from covseg.config import RunConfig
 from covseg.errors import CovsegError
 
-__all__ = ["quantize_run", "calibration_inputs", "quantize_network", "int8_agreement", "fp32_io_nodes"]
+__all__ = ["int8_calibration", "quantize_run", "calibration_inputs", "quantize_network", "int8_agreement", "fp32_io_nodes"]
 
 
 def fp32_io_nodes(graph_path: Path) -> list[str]:
@@ -127,20 +127,25 @@ def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig,
     return inputs
 
 
-def quantize_run(model: torch.nn.Module, config: RunConfig, run_dir: Path, data: str | None,
-                 out: Path) -> dict[str, str]:
-    """Write ``model`` (a run's network, batch norm folded) as static int8 at ``out``, calibrated on the run's
-    training slices; returns covseg's int8 metadata: the share of the run's validation pixels (its training
-    pixels when it has none) whose label the int8 graph keeps from the fp32 one."""
-    import onnxruntime as ort
-
+def int8_calibration(config: RunConfig, run_dir: Path, data: str | None) -> dict[str, list[np.ndarray]]:
+    """The slices ``covseg export --int8`` calibrates on and checks with (:func:`calibration_inputs` of the run's
+    ``train`` and ``val`` splits), after refusing a run it cannot quantize. Called before anything is written."""
     if not (run_dir / "split.json").is_file():
         raise CovsegError(f"{run_dir}: no split.json; --int8 calibrates on a run's training slices, so export "
                           "from a covseg run folder")
     if config.train.types_only:
         raise CovsegError(f"{run_dir}: a lesion-type model (train.types_only) has an untrained background output, "
                           "so its labels cannot be checked against fp32; export it without --int8")
-    inputs = calibration_inputs(run_dir, data, config, ("train", "val"))
+    return calibration_inputs(run_dir, data, config, ("train", "val"))
+
+
+def quantize_run(model: torch.nn.Module, config: RunConfig, inputs: dict[str, list[np.ndarray]],
+                 out: Path) -> dict[str, str]:
+    """Write ``model`` (a run's network, batch norm folded) as static int8 at ``out``, calibrated on ``inputs``
+    (:func:`int8_calibration`); returns covseg's int8 metadata: the share of the run's validation pixels (its
+    training pixels when it has none) whose label the int8 graph keeps from the fp32 one."""
+    import onnxruntime as ort
+
     calibration, has_val = inputs["train"], bool(inputs["val"])
     check = inputs["val"] if has_val else calibration
     fp32 = out.with_name(out.name + ".fp32")

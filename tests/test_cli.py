@@ -515,14 +515,16 @@ def test_cv_jobs_trains_folds_in_worker_processes_as_one_at_a_time(tiny_data: Pa
     assert (tmp_path / "two" / "fold-2" / "last.pt").stat().st_mtime_ns == mtime
     assert "training 3 runs" not in capfd.readouterr().err
     # with --seeds every seed x fold run is trained first, then each seed's folds and the seed ensembles are scored
-    assert main(["cv", "--folds", "2", "--seeds", "0", "1", "--jobs", "2", "-o", str(tmp_path / "seeds"), *common]) == 0
+    two_folds = [o for o in common if not o.startswith("data.folds=")]
+    assert main(["cv", "--folds", "2", "--seeds", "0", "1", "--jobs", "2", "-o", str(tmp_path / "seeds"), *two_folds]) == 0
     assert "training 4 runs, 2 at a time" in capfd.readouterr().err
     assert all((tmp_path / "seeds" / f"seed-{s}" / f"fold-{k}" / "eval-heldout" / "metrics.json").is_file()
                for s in (0, 1) for k in (0, 1)) and (tmp_path / "seeds" / "seeds.md").is_file()
 
 
 def test_cv_jobs_passes_a_workers_error_on_as_one_line(tiny_data: Path, tmp_path: Path, capsys) -> None:
-    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "--quiet", *TINY_OVERRIDES]
+    common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "--quiet",
+              *[o for o in TINY_OVERRIDES if not o.startswith("data.folds=")]]
     with pytest.raises(SystemExit) as exit_:
         main(["cv", "--folds", "2", "--jobs", "0", "-o", str(tmp_path / "cv"), *common])
     assert exit_.value.code == 2 and "--jobs: must be a positive whole number" in capsys.readouterr().err
@@ -566,11 +568,12 @@ def test_cv_finishes_an_interrupted_fold_even_when_someone_scored_it(tiny_data: 
 @pytest.mark.parametrize("folds", ["0", "1", "-2"])
 def test_cv_refuses_fewer_than_two_folds(folds: str, tiny_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cv"
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("data.folds=")]
     assert main(["cv", "--recipe", "tiny", "--data", str(tiny_data), "--folds", folds, "-o", str(out), "--quiet",
-                 *TINY_OVERRIDES]) == 2
+                 *overrides]) == 2
     assert f"--folds is {folds}" in _one_line_error(capsys)
     assert main(["cv", "--recipe", "tiny", "--data", str(tiny_data), "--folds", folds, "--seeds", "0", "1",
-                 "-o", str(out), "--quiet", *TINY_OVERRIDES]) == 2
+                 "-o", str(out), "--quiet", *overrides]) == 2
     assert f"--folds is {folds}" in _one_line_error(capsys)
     assert not out.exists()
 
@@ -642,3 +645,35 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(case: str, message: str, ti
     err = _one_line_error(capsys)
     assert message in err and str(bad) in err
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("flags, overrides, message", [
+    (["--folds", "2"], [], "covseg cv sets data.folds itself (--folds 2)"),  # TINY_OVERRIDES: data.folds=3
+    (["--folds", "3"], ["data.split=official"], "covseg cv sets data.split itself"),
+    ([], ["train.seed=5"], "covseg cv sets train.seed itself"),  # with --seeds 0 1, last
+    (["--folds", "3"], [], "seeds must be 0 or more and below 2**32"),  # with --seeds 4294967296 0, last
+])
+def test_cv_refuses_overrides_it_would_drop_and_seeds_out_of_range(flags: list[str], overrides: list[str],
+                                                                  message: str, tiny_data: Path, tmp_path: Path,
+                                                                  capsys) -> None:
+    out = tmp_path / "cv"
+    seeds = ["4294967296", "0"] if "2**32" in message else ["0", "1"] if "train.seed" in message else []
+    argv = ["cv", "--recipe", "tiny", "--data", str(tiny_data), *flags, "-o", str(out), "--quiet",
+            *TINY_OVERRIDES, *overrides]
+    assert main(argv + (["--seeds", *seeds] if seeds else [])) == 2
+    assert message in _one_line_error(capsys)
+    assert not out.exists()  # refused before any fold trained
+
+
+def test_compare_refuses_a_model_name_override(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o", str(out),
+                 "--quiet", "model.name=segnet", "--models", "unet"]) == 2
+    assert "covseg compare sets model.name itself" in _one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_a_flag_and_an_override_that_say_the_same_number_agree(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1",
+                 "-o", str(run), "--quiet", *TINY_OVERRIDES, "train.epochs=1.0"]) == 0

@@ -164,3 +164,25 @@ def test_bad_splits() -> None:
             make_split(NAMES, bad)
     with pytest.raises(CovsegError, match="empty"):
         make_split([], "seed")
+
+
+def test_a_recipe_that_is_not_utf8_is_refused_in_one_line(tmp_path) -> None:
+    recipe = tmp_path / "latin1.yaml"
+    recipe.write_bytes("# Lovász term, réglage\ntrain:\n  epochs: 3\n".encode("latin-1"))
+    with pytest.raises(CovsegError, match="not UTF-8 text .*save the recipe as UTF-8"):
+        load_recipe(str(recipe))
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_a_window_level_that_is_not_finite_is_refused(value: str) -> None:
+    with pytest.raises(CovsegError, match="data.window_level is .*it must be a finite HU value"):
+        apply_overrides(load_recipe("default"), [f"data.window_level={value}"])
+
+
+@pytest.mark.parametrize("key", ["train.init", "train.distill", "data.pseudo_labels"])
+def test_a_null_path_option_means_unset_not_the_text_none(key: str, tmp_path) -> None:
+    section, name = key.split(".")
+    assert getattr(getattr(apply_overrides(load_recipe("tiny"), [f"{key}=null"]), section), name) == ""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"{section}:\n  {name}:\n", encoding="utf-8")
+    assert getattr(getattr(load_recipe(str(recipe)), section), name) == ""

@@ -492,3 +492,21 @@ def test_every_unet_block_exports_with_folded_batch_norm_and_quantizes(block: st
     quantize_network(fold_batch_norm(model), 16, [x.numpy()], int8)
     out = export._session(str(int8), 1).run(["logits"], {"image": x.numpy()})[0]
     assert out.shape == (2, 3, 24, 32) and label_agreement(torch.from_numpy(out), reference) > 0.8
+
+
+@pytest.mark.parametrize("flag", [["--device", "cuda"], ["--precision", "bf16"]])
+def test_an_onnx_model_refuses_a_device_or_precision_it_cannot_run_in(flag: list[str], onnx_file: Path,
+                                                                     tiny_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "pred"
+    assert main(["predict", str(_real_or_synthetic_slice(tiny_data)), "-o", str(out), "--model", str(onnx_file), "--quiet", *flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an ONNX model runs on the CPU" in err[0] and flag[0] in err[0], err
+    assert not out.exists()
+
+
+def test_a_refused_int8_export_makes_no_folders(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    target = tmp_path / "new" / "sub" / "i8.onnx"
+    assert main(["export", str(tiny_run), "-o", str(target), "--int8", "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert not (tmp_path / "new").exists()
