@@ -241,6 +241,8 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, bool]:
     """A single-frame DICOM as ``(rows, cols)`` float32 after rescale, and whether it is HU."""
     import pydicom
 
+    from covseg.volumes import dicom_number
+
     try:
         ds = pydicom.dcmread(str(path))
         pixels = ds.pixel_array
@@ -251,8 +253,8 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, bool]:
             f"{path}: DICOM pixel data has shape {tuple(pixels.shape)}, not one greyscale slice; "
             "export one greyscale slice per file"
         )
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope = dicom_number(ds, "RescaleSlope", 1, path) or 1.0
+    intercept = dicom_number(ds, "RescaleIntercept", 0, path)
     data = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     has_intercept = "RescaleIntercept" in ds
     is_ct = str(ds.get("Modality", "")).upper() == "CT"

@@ -253,6 +253,23 @@ def _stage_dir(out_dir: Path) -> Path:
         raise CovsegError(f"{where}: cannot write there ({err.strerror}); check the path and permissions") from None
 
 
+def _missing_parents(out_dir: Path) -> list[Path]:
+    """The folders above ``out_dir`` that do not exist yet (deepest first), which :func:`_stage_dir` will make."""
+    return [p for p in out_dir.absolute().parents if not p.exists()]
+
+
+def _unmake(folders: list[Path], out_dir: Path) -> None:
+    """After a prediction that failed before it published ``out_dir``, remove the ``folders`` made for it
+    (:func:`_missing_parents`, deepest first) that are still empty: a failure leaves nothing behind."""
+    if out_dir.exists():
+        return
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (something else wrote there) or gone: leave it
+            break
+
+
 def _publish(stage: Path, out_dir: Path) -> None:
     """Move every file under ``stage`` to the same place under ``out_dir``."""
     for src in sorted(p for p in stage.rglob("*") if p.is_file()):
@@ -290,6 +307,7 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
             if target.resolve() in inputs:
                 raise CovsegError(f"{target}: is an input and would be overwritten by a prediction; give -o "
                                   "another folder")
+    made = _missing_parents(out_dir)
     stage = _stage_dir(out_dir)
     try:
         records = []
@@ -321,6 +339,7 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
         _publish(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        _unmake(made, out_dir)
     return summary
 
 
@@ -373,6 +392,7 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
     volume = read_volume(path, series_uid=series_uid, spacing=spacing)
     read_seconds = time.perf_counter() - began
     result = segment_scan(volume, predictor, scheme, options or ScanOptions(), progress)
+    made = _missing_parents(out_dir)
     stage = _stage_dir(out_dir)
     try:
         write_like_input(result.lesions, volume, stage / LESIONS_FILE)
@@ -397,4 +417,5 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
         _publish(stage, out_dir)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        _unmake(made, out_dir)
     return report

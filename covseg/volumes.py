@@ -26,10 +26,13 @@ values (``is_hu`` False): callers treat them as already windowed (:func:`covseg.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import logging
 import math
-from collections.abc import Sequence
+import warnings as warnings_module
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +49,7 @@ __all__ = [
     "Volume",
     "read_volume",
     "read_dicom_slice",
+    "dicom_number",
     "looks_like_dicom",
     "to_input_geometry",
     "from_input_geometry",
@@ -70,6 +74,7 @@ _DUPLICATE_MM = 1e-3
 _GRID_TOLERANCE = 0.2  # an unevenly spaced slice may lie this share of a step off its place on the median grid
 _NIFTI_MM = {"meter": 1000.0, "micron": 1e-3}  # NIfTI xyzt_units other than mm -> mm
 _TILT_DEGREES = 0.5
+_SAME_ORIENTATION = 1e-3  # direction cosines this close are one orientation (one stack of a series)
 
 
 @dataclass
@@ -261,13 +266,7 @@ def _read_nifti(path: Path) -> Volume:
     except Exception as exc:  # truncated data, bad compression
         raise CovsegError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc}); replace the file") from None
     warnings: list[str] = []
-    finite = np.isfinite(data)
-    if not finite.all():
-        if not finite.any():
-            raise CovsegError(f"{path}: holds no finite values; replace the file")
-        fill = float(data[finite].min())
-        warnings.append(f"{path.name}: {int((~finite).sum())} NaN/infinite voxels were set to {fill:g}")
-        data = np.where(finite, data, np.float32(fill))
+    data = _finite(data, path, warnings)
     lo, hi = float(data.min()), float(data.max())
     is_hu = lo < _HU_MIN
     if not is_hu:
@@ -294,6 +293,18 @@ def _read_nifti(path: Path) -> Volume:
     volume.nifti_forms = (header.get_qform(coded=True), header.get_sform(coded=True))
     _check_slices(volume, path)
     return volume
+
+
+def _finite(data: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
+    """``data`` with NaN/infinite voxels set to its finite minimum (air), with a warning; all non-finite: refused."""
+    finite = np.isfinite(data)
+    if finite.all():
+        return data
+    if not finite.any():
+        raise CovsegError(f"{path}: holds no finite values; replace the file")
+    fill = float(data[finite].min())
+    warnings.append(f"{path.name}: {int((~finite).sum())} NaN/infinite voxels were set to {fill:g}")
+    return np.where(finite, data, np.float32(fill))
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,15 +356,31 @@ def _dcmread(path: Path, data: bytes | None = None, header_only: bool = False): 
         raise CovsegError(f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file") from None
 
 
+def dicom_number(ds: object, keyword: str, default: float, path: Path) -> float:
+    """The DICOM tag ``keyword`` of ``ds`` as a finite number (``default`` when absent or empty); a value that is
+    not a finite number raises a one-line :class:`CovsegError` naming the file and the tag."""
+    value = getattr(ds, keyword, None)
+    if value is None or value == "":
+        return float(default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise CovsegError(f"{path}: DICOM {keyword} is {str(value)!r}, not a finite number; replace the file or "
+                          "fix the tag")
+    return number
+
+
 def _check_greyscale(ds: object, path: Path) -> None:
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    samples = int(dicom_number(ds, "SamplesPerPixel", 1, path) or 1)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if samples != 1 or not photometric.startswith("MONOCHROME"):
         raise CovsegError(
             f"{path}: has {samples} samples per pixel ({photometric}), a colour image, not a CT slice; "
             "give the original greyscale CT series"
         )
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    frames = int(dicom_number(ds, "NumberOfFrames", 1, path) or 1)
     if frames > 1:
         raise CovsegError(
             f"{path}: is a multi-frame DICOM ({frames} frames); export the series as one slice per file"
@@ -370,8 +397,8 @@ def _rescaled(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, b
     others raise (see :func:`read_dicom_slice`).
     """
     has_slope, has_inter = "RescaleSlope" in ds, "RescaleIntercept" in ds  # type: ignore[operator]
-    slope = float(getattr(ds, "RescaleSlope", 1) or 1) if has_slope else 1.0
-    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0) if has_inter else 0.0
+    slope = (dicom_number(ds, "RescaleSlope", 1, path) or 1.0) if has_slope else 1.0
+    intercept = dicom_number(ds, "RescaleIntercept", 0, path) if has_inter else 0.0
     data = pixels.astype(np.float32)
     if slope != 1.0:
         data *= np.float32(slope)
@@ -430,10 +457,22 @@ class _Header:
     description: str
 
 
+_CT_IMAGE_STORAGE = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+"""SOP classes of CT images (CT, Enhanced CT, Legacy Converted Enhanced CT): such a file without Rows is cut short."""
+
+
+def _sop_class(ds: object) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(getattr(ds, "SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "") or "")
+
+
 def _dicom_headers(paths: Sequence[Path]) -> list[tuple[_Header, object]]:
     found = []
     for p in paths:
         ds = _dcmread(p, header_only=True)
+        if ds is not None and ("Rows" not in ds or "Columns" not in ds) and _sop_class(ds) in _CT_IMAGE_STORAGE:
+            raise CovsegError(f"{p}: a CT image file without its image (no Rows/Columns): the file is cut short; "
+                              "replace it, or remove it from the series folder")
         if ds is None or "Rows" not in ds or "Columns" not in ds:
             continue  # not DICOM, or a DICOM object without an image (report, presentation state)
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
@@ -448,12 +487,24 @@ def _series_label(uid: str, items: list, description: str) -> str:
     return f"{name} ({len(items)} images{desc})"
 
 
+def _same_stack(key: tuple, rows: int, cols: int, orientation: np.ndarray | None) -> bool:
+    """Whether a slice of ``rows`` x ``cols`` and ``orientation`` (ImageOrientationPatient, or None) belongs to the
+    stack ``key`` = (rows, cols, its first slice's orientation): the same size, orientations within
+    ``_SAME_ORIENTATION`` of each other."""
+    if key[:2] != (rows, cols) or (key[2] is None) != (orientation is None):
+        return False
+    return orientation is None or float(np.abs(np.asarray(key[2]) - orientation).max()) <= _SAME_ORIENTATION
+
+
 def _choose_series(headers: list[tuple[_Header, object]], series_uid: str | None, folder: Path,
                    warnings: list[str]) -> list[tuple[_Header, object]]:
     series: dict[str, list[tuple[_Header, object]]] = {}
     for item in headers:
         series.setdefault(item[0].uid, []).append(item)
-    ranked = sorted(series.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    def is_ct(items: list[tuple[_Header, object]]) -> bool:  # no Modality counts as CT (checked per slice later)
+        return str(getattr(items[0][1], "Modality", "") or "CT").upper() == "CT"
+
+    ranked = sorted(series.items(), key=lambda kv: (not is_ct(kv[1]), -len(kv[1]), kv[0]))
     if series_uid is not None:
         if series_uid not in series:
             listing = "; ".join(_series_label(uid, items, items[0][0].description) for uid, items in ranked)
@@ -464,20 +515,26 @@ def _choose_series(headers: list[tuple[_Header, object]], series_uid: str | None
         if len(ranked) > 1:
             others = "; ".join(_series_label(uid, items, items[0][0].description) for uid, items in ranked[1:])
             warnings.append(
-                f"{folder.name}: holds {len(ranked)} series; read the largest, "
+                f"{folder.name}: holds {len(ranked)} series; read the largest CT series, "
                 f"{_series_label(chosen_uid, series[chosen_uid], series[chosen_uid][0][0].description)}; "
                 f"left out: {others} (choose one with --series UID)"
             )
     items = series[chosen_uid]
     # one stack: same image size and orientation (a localizer in the same series is left out)
+    # orientations within _SAME_ORIENTATION of a stack's first count as that stack's (rounding would split
+    # values a hair apart on either side of a rounding boundary)
     stacks: dict[tuple, list[tuple[_Header, object]]] = {}
     for h, ds in items:
         iop = getattr(ds, "ImageOrientationPatient", None)
         try:
-            key_iop = tuple(round(float(v), 3) for v in iop) if iop is not None else None
+            vector = np.asarray([float(v) for v in iop], dtype=np.float64) if iop is not None else None
         except (TypeError, ValueError):
-            key_iop = None
-        stacks.setdefault((h.rows, h.cols, key_iop), []).append((h, ds))
+            vector = None
+        if vector is not None and (vector.shape != (6,) or not np.isfinite(vector).all()):
+            vector = None
+        key = next((k for k in stacks if _same_stack(k, h.rows, h.cols, vector)),
+                   (h.rows, h.cols, None if vector is None else tuple(vector.tolist())))
+        stacks.setdefault(key, []).append((h, ds))
     if len(stacks) > 1:
         ranked_stacks = sorted(stacks.values(), key=len, reverse=True)
         left = sum(len(s) for s in ranked_stacks[1:])
@@ -551,6 +608,14 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
             f"{median:.3g} mm grid), so no single voxel grid holds them and label maps would not overlay the scan; "
             "resample the series to even spacing first (e.g. dcm2niix, or SimpleITK's ResampleImageFilter) and "
             "give the NIfTI file"
+        )
+    if n_places - len(items) > len(items):  # more places to fill than slices read: a stray position, not gaps
+        largest = int(np.argmax(steps))
+        raise CovsegError(
+            f"{folder}: its {len(items)} slices span {n_places} places of a {median:.3g} mm grid (a step of "
+            f"{steps[largest]:.4g} mm after {items[largest][0].path.name}), so most of the volume would be filled in; "
+            "a slice with a wrong ImagePositionPatient, or two acquisitions in one series? remove the stray files or "
+            "give the series as NIfTI"
         )
     if gaps.size:
         largest = int(gaps[np.argmax(steps[gaps])])
@@ -663,10 +728,12 @@ def _read_image_stack(folder: Path, paths: Sequence[Path], spacing: tuple[float,
     pngs = all(p.suffix.lower() == ".png" for p in paths)  # Pillow loads 16-bit PNGs as int32 (mode "I")
     grey = scale_stored_grey(stack, sixteen_bit=pngs and stack.dtype == np.int32 and stack.min() >= 0)
     stack = (stack if grey is None else grey).astype(np.float32)  # display grey values as single slices take them
+    warnings: list[str] = []
+    stack = _finite(stack, folder, warnings)  # float TIFFs may hold NaN
     is_hu = bool(stack.size) and float(stack.min()) < _HU_MIN  # signed / float TIFF holding HU
     sz, sy, sx = spacing
     affine = np.diag([-sx, -sy, sz, 1.0])  # like axial DICOM: columns -> patient left, rows -> posterior
-    volume = _make_volume(stack.transpose(2, 1, 0), affine, is_hu=is_hu, warnings=[], source=str(folder),
+    volume = _make_volume(stack.transpose(2, 1, 0), affine, is_hu=is_hu, warnings=warnings, source=str(folder),
                           sha256=_sha256_files(paths), kind="images")
     _check_slices(volume, folder)
     return volume
@@ -735,7 +802,28 @@ def read_volume(path: str | Path, series_uid: str | None = None,
     lungs stay connected across the gap); they, slightly uneven spacing, other series and gantry tilt are
     ``warnings``.
     """
-    path = Path(path)
+    with _quiet_file_readers():
+        return _read_volume(Path(path), series_uid, spacing)
+
+
+@contextlib.contextmanager
+def _quiet_file_readers() -> Iterator[None]:
+    """Keep nibabel's and pydicom's own messages (nibabel logs "pixdim[1,2,3] should be positive" straight to
+    stderr, pydicom warns about each odd tag) off the terminal while a scan is read: covseg checks what matters
+    itself and reports it as one line or in ``Volume.warnings``."""
+    nibabel_log = logging.getLogger("nibabel.global")
+    level = nibabel_log.level
+    nibabel_log.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings_module.catch_warnings():
+            warnings_module.filterwarnings("ignore", module=r"pydicom(\.|$)")
+            yield
+    finally:
+        nibabel_log.setLevel(level)
+
+
+def _read_volume(path: Path, series_uid: str | None, spacing: Sequence[float] | None) -> Volume:
+    """:func:`read_volume` itself."""
     given = _check_spacing(spacing)
     if not path.exists():
         raise CovsegError(f"{path}: not found; give a DICOM series folder, a .nii/.nii.gz file or a folder of images")

@@ -90,6 +90,14 @@ def test_failure_leaves_nothing_under_out(phantom, tiny_run: Path, tmp_path: Pat
     assert main(["predict", str(path), "-o", str(out), "--model", str(tiny_run), "--quiet"]) == 2
     assert not out.exists() or not any(out.iterdir())
     assert not list(tmp_path.glob(".out.*"))
+    # nor the folders made for an output that never came: -o new/deeper/out leaves no new/
+    assert main(["predict", str(path), "-o", str(tmp_path / "new" / "deeper" / "out"), "--model", str(tiny_run),
+                 "--quiet"]) == 2
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before stays
+    assert main(["predict", str(path), "-o", str(tmp_path / "kept" / "sub" / "out"), "--model", str(tiny_run),
+                 "--quiet"]) == 2
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
 
 
 @pytest.mark.parametrize("case", ["single_slice_dicom", "truncated_nifti"])

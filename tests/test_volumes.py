@@ -459,3 +459,100 @@ def test_a_sheared_affine_is_written_as_the_sform_only(pair, tmp_path):
         s, scode = out.header.get_sform(coded=True)
         np.testing.assert_allclose(s, affine, atol=1e-5)
         assert int(scode) == 1 and int(out.header.get_qform(coded=True)[1]) == qcode
+
+
+@pytest.mark.parametrize("tag, value", [("RescaleSlope", "abc"), ("RescaleSlope", "nan"), ("RescaleIntercept", "inf"),
+                                        ("NumberOfFrames", "x")])
+def test_a_rescale_or_frame_tag_that_is_not_a_number_is_refused(tmp_path, tag: str, value: str):
+    import pydicom
+
+    write_dicom_series(tmp_path, truth_hu()[:4])
+    victim = sorted(tmp_path.iterdir())[1]
+    ds = pydicom.dcmread(victim)
+    keyword = {"RescaleSlope": 0x00281053, "RescaleIntercept": 0x00281052, "NumberOfFrames": 0x00280008}[tag]
+    ds.add_new(keyword, "IS" if tag == "NumberOfFrames" else "DS", "0")
+    ds[keyword]._value = value  # written as stored, bypassing pydicom's own checks, as a damaged file holds it
+    ds.save_as(victim, enforce_file_format=True)
+    with pytest.raises(CovsegError, match=f"{victim.name}: DICOM {tag} is '{value}', not a finite number"):
+        read_volume(tmp_path)
+
+
+def test_a_ct_slice_cut_short_in_its_header_is_refused_not_dropped(tmp_path):
+    write_dicom_series(tmp_path, truth_hu()[:5])
+    victim = sorted(tmp_path.iterdir())[-1]
+    victim.write_bytes(victim.read_bytes()[:400])  # the file meta and the first tags: no Rows left
+    with pytest.raises(CovsegError, match=f"{victim.name}: a CT image file without its image .* cut short"):
+        read_volume(tmp_path)
+
+
+def test_the_ct_series_is_read_beside_a_larger_series_of_another_modality(tmp_path):
+    hu = truth_hu()
+    ct = write_dicom_series(tmp_path, hu[:5])
+    pet = write_dicom_series(tmp_path, hu, seed=1, modality="PT")
+    vol = read_volume(tmp_path)
+    assert vol.series_uid == ct and vol.hu.shape[0] == 5
+    assert len(vol.warnings) == 1 and "largest CT series" in vol.warnings[0] and pet in vol.warnings[0]
+    with pytest.raises(CovsegError, match="Modality is PT"):
+        read_volume(tmp_path, series_uid=pet)
+
+
+def test_orientations_a_hair_apart_are_one_stack(tmp_path):
+    import pydicom
+
+    write_dicom_series(tmp_path, truth_hu())
+    for i, f in enumerate(sorted(tmp_path.iterdir())):  # 0.0005 +- 1e-8 rounds to 0.0 or 0.001 at 3 decimals
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, -1.0, 0.0005 + (1e-8 if i % 2 else -1e-8)]
+        ds.save_as(f, enforce_file_format=True)
+    vol = read_volume(tmp_path)
+    assert vol.hu.shape[0] == Z and not any("left out" in w for w in vol.warnings)
+
+
+def test_nan_voxels_of_a_float_tiff_stack_are_filled_and_the_stack_stays_hu(tmp_path):
+    hu = truth_hu()[:4, :20, :30]
+    for k in range(4):
+        plane = hu[k].copy()
+        if k == 2:
+            plane[5:8, 5:8] = np.nan
+        Image.fromarray(plane.astype(np.float32), mode="F").save(tmp_path / f"{k}.tif")
+    vol = read_volume(tmp_path, spacing=(2.5, 0.7, 0.7))
+    assert vol.is_hu and np.isfinite(vol.hu).all()
+    assert any("9 NaN/infinite voxels were set to" in w for w in vol.warnings)
+
+
+def test_reading_a_nifti_with_negative_voxel_sizes_prints_nothing_of_nibabel_s(tmp_path):
+    import logging
+
+    img = nib.Nifti1Image(truth_hu()[:4].transpose(2, 1, 0).astype(np.int16), np.diag([-0.8, 0.7, 2.5, 1.0]))
+    nib.save(img, str(tmp_path / "neg.nii"))
+    raw = bytearray((tmp_path / "neg.nii").read_bytes())
+    raw[80:84] = np.asarray([-0.8], "<f4").tobytes()  # pixdim[1] < 0, as some converters write; the sform holds
+    (tmp_path / "neg.nii").write_bytes(bytes(raw))  # the geometry, and nibabel logs it straight to stderr
+    records: list[logging.LogRecord] = []
+    catcher = logging.Handler()
+    catcher.emit = records.append  # type: ignore[method-assign]
+    nibabel_log = logging.getLogger("nibabel.global")
+    nibabel_log.addHandler(catcher)
+    try:
+        vol = read_volume(tmp_path / "neg.nii")
+        nib.load(str(tmp_path / "neg.nii")).header  # outside covseg's reader nibabel still says it: the check bites
+    finally:
+        nibabel_log.removeHandler(catcher)
+    assert vol.hu.shape[0] == 4
+    assert len(records) == 1 and "pixdim" in records[0].getMessage()
+
+
+def test_a_single_dicom_slice_with_a_rescale_slope_that_is_not_a_number_is_refused(tmp_path):
+    from covseg.datasets import read_image
+
+    ds = _ct_slice(np.full((16, 16), 600, np.uint16), [0, 0, 0], [1, 0, 0, 0, 1, 0], generate_uid())
+    ds["RescaleSlope"]._value = "nan"
+    ds.save_as(tmp_path / "one.dcm", enforce_file_format=True)
+    with pytest.raises(CovsegError, match="one.dcm: DICOM RescaleSlope is 'nan', not a finite number"):
+        read_image(tmp_path / "one.dcm")
+
+
+def test_a_stray_slice_position_far_from_the_series_is_refused_not_filled_in(tmp_path):
+    write_dicom_series(tmp_path, truth_hu()[:6], z_jitter={5: 3000.0})  # slice 5 at +3 m: 1200 places for 6 slices
+    with pytest.raises(CovsegError, match="its 6 slices span .* places .* a slice with a wrong ImagePositionPatient"):
+        read_volume(tmp_path)
