@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.intensity import LUNG_WINDOW, scale_stored_grey, to_unit_range, window_hu
+from covseg.intensity import LUNG_WINDOW, fill_non_finite, scale_stored_grey, to_unit_range, window_hu
 from covseg.labels import MULTICLASS, LabelScheme, check_labels, get_scheme
 
 __all__ = [
@@ -285,23 +285,24 @@ def read_image(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> n
       ``(rows=y, cols=x)``; HU (minimum below :data:`HU_MIN_THRESHOLD`) through the lung window.
     * DICOM ``.dcm``: ``RescaleSlope`` / ``RescaleIntercept`` applied; CT data through the lung window.
 
-    Raises :class:`CovsegError` naming the file when it is missing, unsupported or unreadable.
+    NaN/infinite pixels (float TIFF, NIfTI, DICOM) are set to the slice's finite minimum, as a scan's voxels are.
+    Raises :class:`CovsegError` naming the file when it is missing, unsupported, unreadable or holds no finite value.
     """
     path = Path(path)
     _require_file(path)
     _require_supported(path)
     suffix = _suffix(path)
     if suffix in NIFTI_SUFFIXES:
-        data = _read_nifti_slice(path)
+        data = fill_non_finite(_read_nifti_slice(path), str(path))[0]
         return to_unit_range(data, is_hu=_looks_like_hu(data), window=window)
     if suffix in DICOM_SUFFIXES:
         data, is_hu = _read_dicom(path)
-        return to_unit_range(data, is_hu=is_hu, window=window)
+        return to_unit_range(fill_non_finite(data, str(path))[0], is_hu=is_hu, window=window)
     data, mode = _read_pil(path, for_mask=False)
     grey = scale_stored_grey(data, sixteen_bit=mode == "I" and suffix == ".png")
     if grey is not None:
         return grey
-    data = data.astype(np.float32)
+    data = fill_non_finite(data.astype(np.float32), str(path))[0]  # float TIFFs may hold NaN
     return to_unit_range(data, is_hu=_looks_like_hu(data), window=window)
 
 
@@ -502,7 +503,7 @@ def _volume(path: Path, what: str) -> np.ndarray:
 
 
 def _volume_images(image_path: Path, window: tuple[float, float] = LUNG_WINDOW) -> tuple[np.ndarray, list[np.ndarray]]:
-    volume = _volume(image_path, "image volume")
+    volume = fill_non_finite(_volume(image_path, "image volume"), str(image_path))[0]
     is_hu = _looks_like_hu(volume)
     return volume, [
         to_unit_range(np.ascontiguousarray(volume[:, :, z].T), is_hu=is_hu, window=window) for z in range(volume.shape[2])

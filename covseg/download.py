@@ -355,16 +355,17 @@ def download(dataset: str, dest: Path, mirror: str | None = None,
             base = urllib.request.url2pathname(urllib.parse.urlparse(base).path)
         src_root = Path(base).expanduser()
         if not src_root.is_dir():
-            raise CovsegError(f"mirror folder {src_root} does not exist; pass --mirror with a "
+            what = "is a file, not a folder" if src_root.is_file() else "does not exist"
+            raise CovsegError(f"mirror folder {src_root} {what}; pass --mirror with a "
                               "folder that holds Dataset/... or an http(s):// URL")
     root = dataset_root(Path(dest), dataset)
-    created = not root.exists()
+    made = [p for p in (root.absolute(), *root.absolute().parents) if not p.exists()]  # deepest first
     root.mkdir(parents=True, exist_ok=True)
     try:
         return _fetch_all(dataset, src, manifest, base, src_root, root, progress)
     except BaseException:
-        if created and not any(p.is_file() for p in root.rglob("*")):
-            shutil.rmtree(root, ignore_errors=True)  # a failed first download leaves no empty data folder behind
+        if made and not any(p.is_file() for p in made[-1].rglob("*")):
+            shutil.rmtree(made[-1], ignore_errors=True)  # a failed first download leaves no empty folders behind
         raise
 
 

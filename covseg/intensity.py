@@ -5,7 +5,7 @@ import numpy as np
 
 from covseg.errors import CovsegError
 
-__all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "window_hu", "scale_uint8", "scale_stored_grey", "to_unit_range", "equalize",
+__all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "fill_non_finite", "window_hu", "scale_uint8", "scale_stored_grey", "to_unit_range", "equalize",
            "stretch_percentiles", "normalize_image", "QUANTILE_LEVELS", "grey_quantiles", "match_quantiles"]
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "equalize", "percentile")
@@ -13,6 +13,21 @@ NORMALIZATIONS: tuple[str, ...] = ("none", "equalize", "percentile")
 
 LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)
 """Default lung window as (level, width) in Hounsfield units."""
+
+
+def fill_non_finite(data: np.ndarray, source: str) -> tuple[np.ndarray, str | None]:
+    """``data`` with its NaN/infinite values set to its finite minimum (air, for CT), and a warning naming
+    ``source`` and how many were set (None when all were finite). All non-finite: :class:`CovsegError`.
+
+    Without it one NaN makes ``data.min()`` NaN: the HU test fails and min-max scaling turns the slice black."""
+    finite = np.isfinite(data)
+    if finite.all():
+        return data, None
+    if not finite.any():
+        raise CovsegError(f"{source}: holds no finite values; replace the file")
+    fill = float(data[finite].min())
+    return (np.where(finite, data, np.asarray(fill, dtype=data.dtype)),
+            f"{source}: {int((~finite).sum())} NaN/infinite voxels were set to {fill:g}")
 
 
 def window_hu(hu: np.ndarray, level: float = LUNG_WINDOW[0], width: float = LUNG_WINDOW[1]) -> np.ndarray:

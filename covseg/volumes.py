@@ -40,7 +40,7 @@ import numpy as np
 
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
-from covseg.intensity import scale_stored_grey
+from covseg.intensity import fill_non_finite, scale_stored_grey
 
 __all__ = [
     "CANONICAL_AXCODES",
@@ -297,14 +297,10 @@ def _read_nifti(path: Path) -> Volume:
 
 def _finite(data: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
     """``data`` with NaN/infinite voxels set to its finite minimum (air), with a warning; all non-finite: refused."""
-    finite = np.isfinite(data)
-    if finite.all():
-        return data
-    if not finite.any():
-        raise CovsegError(f"{path}: holds no finite values; replace the file")
-    fill = float(data[finite].min())
-    warnings.append(f"{path.name}: {int((~finite).sum())} NaN/infinite voxels were set to {fill:g}")
-    return np.where(finite, data, np.float32(fill))
+    data, warning = fill_non_finite(data, path.name)
+    if warning is not None:
+        warnings.append(warning)
+    return data
 
 
 # --------------------------------------------------------------------------------------------

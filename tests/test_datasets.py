@@ -583,3 +583,25 @@ def test_window_is_configurable(tmp_path: Path) -> None:
     soft = read_image(path, window=(40.0, 400.0))  # soft-tissue window: -160 -> 0, 240 -> 1
     np.testing.assert_allclose(soft, [[0.0, 0.0], [0.5, 1.0]], atol=1e-6)
     np.testing.assert_allclose(read_image(path), lung(hu), atol=1e-6)
+
+
+def test_a_nan_or_infinite_pixel_does_not_blank_a_slice(tmp_path: Path) -> None:
+    from covseg.datasets import read_image
+
+    hu = np.linspace(-1000, 400, 64, dtype=np.float32).reshape(8, 8)
+    nib.save(nib.Nifti1Image(hu.T.copy(), np.eye(4)), str(tmp_path / "ok.nii.gz"))
+    clean = read_image(tmp_path / "ok.nii.gz")
+    damaged = hu.copy()
+    damaged[3, 3] = np.nan
+    nib.save(nib.Nifti1Image(damaged.T.copy(), np.eye(4)), str(tmp_path / "nan.nii.gz"))
+    read = read_image(tmp_path / "nan.nii.gz")
+    assert np.isfinite(read).all() and read.max() > 0.5  # windowed as HU, not a black slice
+    np.testing.assert_array_equal(np.delete(read.ravel(), 27), np.delete(clean.ravel(), 27))
+    assert read[3, 3] == read.min()  # the hole takes the slice's finite minimum (air)
+    tiff = hu.copy()
+    tiff[0, 0] = np.inf
+    Image.fromarray(tiff, mode="F").save(tmp_path / "inf.tif")
+    assert np.isfinite(read_image(tmp_path / "inf.tif")).all()
+    Image.fromarray(np.full((8, 8), np.nan, np.float32), mode="F").save(tmp_path / "all.tif")
+    with pytest.raises(CovsegError, match="all.tif: holds no finite values"):
+        read_image(tmp_path / "all.tif")

@@ -215,7 +215,13 @@ def test_missing_training_file_is_an_error(mirror: Path, tmp_path: Path,
     (tmp_path / "empty-mirror").mkdir()
     with pytest.raises(CovsegError, match="nowhere.png"):
         dl.download(NAME, tmp_path / "new", mirror=str(tmp_path / "empty-mirror"), progress=False)
-    assert not dl.dataset_root(tmp_path / "new", NAME).exists()
+    assert not (tmp_path / "new").exists()  # nor the folders made above it
+    with pytest.raises(CovsegError, match="nowhere.png"):
+        dl.download(NAME, tmp_path / "a" / "b", mirror=str(tmp_path / "empty-mirror"), progress=False)
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CovsegError, match="is a file, not a folder"):
+        dl.download(NAME, tmp_path / "new", mirror=str(tmp_path / "file"), progress=False)
     kept = dl.dataset_root(tmp_path / "kept", NAME)
     kept.mkdir(parents=True)
     with pytest.raises(CovsegError, match="nowhere.png"):
