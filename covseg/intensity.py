@@ -5,8 +5,9 @@ import numpy as np
 
 from covseg.errors import CovsegError
 
-__all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "fill_non_finite", "window_hu", "scale_uint8", "scale_stored_grey", "to_unit_range", "equalize",
-           "stretch_percentiles", "normalize_image", "QUANTILE_LEVELS", "grey_quantiles", "match_quantiles"]
+__all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "fill_non_finite", "window_hu", "scale_uint8", "scale_stored_grey",
+           "to_unit_range", "equalize", "stretch_percentiles", "normalize_image", "QUANTILE_LEVELS", "grey_quantiles",
+           "match_quantiles"]
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "equalize", "percentile")
 """Per-slice intensity normalisations applied after :func:`to_unit_range` (``data.normalize``)."""

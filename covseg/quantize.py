@@ -22,7 +22,8 @@ import torch
 from covseg.config import RunConfig
 from covseg.errors import CovsegError
 
-__all__ = ["int8_calibration", "quantize_run", "calibration_inputs", "quantize_network", "int8_agreement", "fp32_io_nodes"]
+__all__ = ["int8_calibration", "quantize_run", "calibration_inputs", "quantize_network", "int8_agreement",
+           "fp32_io_nodes"]
 
 
 def fp32_io_nodes(graph_path: Path) -> list[str]:

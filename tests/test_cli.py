@@ -516,7 +516,8 @@ def test_cv_jobs_trains_folds_in_worker_processes_as_one_at_a_time(tiny_data: Pa
     assert "training 3 runs" not in capfd.readouterr().err
     # with --seeds every seed x fold run is trained first, then each seed's folds and the seed ensembles are scored
     two_folds = [o for o in common if not o.startswith("data.folds=")]
-    assert main(["cv", "--folds", "2", "--seeds", "0", "1", "--jobs", "2", "-o", str(tmp_path / "seeds"), *two_folds]) == 0
+    assert main(["cv", "--folds", "2", "--seeds", "0", "1", "--jobs", "2", "-o", str(tmp_path / "seeds"),
+                 *two_folds]) == 0
     assert "training 4 runs, 2 at a time" in capfd.readouterr().err
     assert all((tmp_path / "seeds" / f"seed-{s}" / f"fold-{k}" / "eval-heldout" / "metrics.json").is_file()
                for s in (0, 1) for k in (0, 1)) and (tmp_path / "seeds" / "seeds.md").is_file()

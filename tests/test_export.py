@@ -498,7 +498,8 @@ def test_every_unet_block_exports_with_folded_batch_norm_and_quantizes(block: st
 def test_an_onnx_model_refuses_a_device_or_precision_it_cannot_run_in(flag: list[str], onnx_file: Path,
                                                                      tiny_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "pred"
-    assert main(["predict", str(_real_or_synthetic_slice(tiny_data)), "-o", str(out), "--model", str(onnx_file), "--quiet", *flag]) == 2
+    assert main(["predict", str(_real_or_synthetic_slice(tiny_data)), "-o", str(out), "--model", str(onnx_file),
+                 "--quiet", *flag]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "an ONNX model runs on the CPU" in err[0] and flag[0] in err[0], err
     assert not out.exists()
