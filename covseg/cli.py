@@ -529,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except OSError as err:  # --out could not be written after all (a read-only file system, no space, …)
             return _file_system_refusal(err)
+        except KeyboardInterrupt:  # its measuring child processes end with it; --out is written only at the end
+            print("covseg: interrupted", file=sys.stderr)
+            return 130
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -73,7 +73,8 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
 
     Each worker gets :func:`threads_per_job` torch threads (unless ``config.train.threads`` sets them) and no
     progress bars; it prints one line per event to stderr, prefixed with its run folder. The first run that fails stops
-    the others from starting and its error is raised here (a :class:`covseg.errors.CovsegError` stays one). After
+    the others from starting (a run is handed to a worker only when one is free) and its error is raised here, once
+    the runs already training have ended (a :class:`covseg.errors.CovsegError` stays one). After
     Ctrl-C every worker saves its ``last.pt`` (as a single run does) and ``KeyboardInterrupt`` is raised, so a
     second call resumes them.
     """
@@ -83,19 +84,31 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
     threads = threads_per_job(jobs)
     log(f"training {len(runs)} runs, {jobs} at a time, {threads} torch thread{'s' if threads > 1 else ''} each")
     context = multiprocessing.get_context("spawn")
+    pending = list(runs)
+    running: set[Future] = set()
+    failure: BaseException | None = None
+    interrupted = False
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker) as pool:
-        futures = [pool.submit(_train_in_worker, config, samples, run_dir, data, threads) for config, run_dir in runs]
         try:
-            wait(futures, return_when=FIRST_EXCEPTION)
+            # a run is handed to the pool only when a worker is free: the pool would move queued runs into its
+            # workers' call queue at once, beyond cancel()'s reach, and they would train after a failure or Ctrl-C
+            while pending or running:
+                while pending and len(running) < jobs and failure is None and not interrupted:
+                    config, run_dir = pending.pop(0)
+                    running.add(pool.submit(_train_in_worker, config, samples, run_dir, data, threads))
+                if not running:
+                    break
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    error = future.exception()
+                    if error is not None:
+                        failure = failure or error  # the first failure is raised once the running ones end
+                    elif not future.result():
+                        interrupted = True  # a worker saw Ctrl-C (after saving): start nothing more
         except KeyboardInterrupt:  # the workers had the same Ctrl-C: they save and return False
-            for future in futures:
-                future.cancel()
-            wait(futures)
+            wait(running)
             raise
-        for future in futures:
-            if future.done() and future.exception() is not None:
-                for other in futures:
-                    other.cancel()
-                raise future.exception()  # type: ignore[misc]
-        if not all(future.result() for future in futures):
-            raise KeyboardInterrupt
+    if failure is not None:
+        raise failure  # a CovsegError stays one
+    if interrupted:
+        raise KeyboardInterrupt

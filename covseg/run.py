@@ -50,7 +50,7 @@ from covseg.models import check_input_size
 from covseg.pretrain import check_pretrained, init_from_pretrained, pretrained_path
 from covseg.runtime import DistContext, resolve_device, resolve_precision, training_memory_format
 from covseg.selftrain import PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
-from covseg.splits import kfold, make_split, parse_split_name, save_split
+from covseg.splits import kfold, load_split, make_split, parse_split_name, save_split
 from covseg.training import (averaged_network, epoch_average, lr_factor, make_optimizer, recompute_batch_norm,
                              train_one_epoch, validate, weight_average)
 from covseg.transforms import stack_resized
@@ -107,7 +107,16 @@ def read_class_weights(run_dir: Path) -> np.ndarray:
     """``(num_classes,)`` float64 median-frequency weights saved in ``run_dir/class_weights.json`` (0 for a class
     absent from the training masks)."""
     path = Path(run_dir) / "class_weights.json"
-    return np.array(list(json.loads(path.read_text(encoding="utf-8"))["weights"].values()), dtype=np.float64)
+    try:
+        weights = json.loads(path.read_text(encoding="utf-8"))["weights"]
+        values = np.array(list(weights.values()), dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CovsegError(f"{path}: unreadable or damaged ({type(err).__name__}); train the run again "
+                          "(covseg train ... -o RUN --force)") from None
+    if values.ndim != 1 or not np.isfinite(values).all():
+        raise CovsegError(f"{path}: damaged (weights are not finite numbers); train the run again "
+                          "(covseg train ... -o RUN --force)")
+    return values
 
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -269,7 +278,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     lr_factor(t.schedule, 0, 1)
     # pseudo-labels are checked and loaded (on every process) before anything is written
     if resume:
-        planned = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+        planned = load_split(run_dir / "split.json")
         data_path = data_path or read_run_info(run_dir)["data"]
     else:
         planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
@@ -314,7 +323,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         _prepare_folder(run_dir, config, samples, data_path, force, info)
     if dist.enabled:
         torch_dist.barrier()
-    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    split = load_split(run_dir / "split.json")
     weights = read_class_weights(run_dir)
 
     by_name = {s.name: s for s in samples}

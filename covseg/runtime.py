@@ -35,9 +35,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def cpu_supports_bf16() -> bool:
-    """True where oneDNN has native bf16 kernels (AVX512-BF16 or AMX): bf16 is then a speed-up."""
+    """True where the CPU computes bf16 natively (x86: AVX512-BF16 or AMX; elsewhere oneDNN's own answer): bf16
+    is then a speed-up.
+
+    oneDNN's ``_is_mkldnn_bf16_supported()`` alone also says yes on x86 CPUs with plain AVX-512 (Skylake, Cascade
+    Lake, Ice Lake), which emulate bf16: a convolution stack capped there (``ONEDNN_MAX_CPU_ISA=AVX512_CORE``) ran
+    1.8x slower in bf16 than in fp32 (session 51's review), as emulated bf16 on a GPU is slower than fp32."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+        if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        return True
     except (AttributeError, RuntimeError):
         return False
 
@@ -148,17 +157,38 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
 
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = _whole_number_from_env("WORLD_SIZE", "1")
     if world <= 1:
         return DistContext(), device
     if not dist.is_available():
         raise CovsegError("this PyTorch build has no torch.distributed; train with one process")
+    unset = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if unset and not dist.is_initialized():
+        raise CovsegError(f"WORLD_SIZE={world} is set but {', '.join(unset)} {'is' if len(unset) == 1 else 'are'} "
+                          "not: start the run with torchrun (torchrun --nproc-per-node N -m covseg train ...), or "
+                          "unset WORLD_SIZE to train with one process")
+    _whole_number_from_env("RANK", "0")
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", _whole_number_from_env("LOCAL_RANK", "0"))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(dist.get_rank(), dist.get_world_size()), device
+
+
+def _whole_number_from_env(name: str, default: str) -> int:
+    """The environment variable ``name`` (``default`` when unset) as a whole number >= 0, as torchrun sets it."""
+    import os
+
+    text = os.environ.get(name, default)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise CovsegError(f"{name}={text!r} is not a whole number >= 0; torchrun sets it, so start the run with "
+                          "torchrun, or unset it")
+    return value
 
 
 def close_distributed(wait_for_peers: bool = False) -> None:

@@ -96,6 +96,10 @@ def load_split(path: Path) -> Split:
     """Read a split written by :func:`save_split`."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return {key: list(data.get(key, [])) for key in ("train", "val", "test")}
     except (OSError, ValueError) as err:
         raise CovsegError(f"{path}: cannot read the split ({err}); is this a covseg run folder?") from None
+    parts = {key: data.get(key, []) for key in ("train", "val", "test")} if isinstance(data, dict) else None
+    if parts is None or not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in parts.values()):
+        raise CovsegError(f"{path}: a damaged split (not lists of image names under train/val/test); train the run "
+                          "again (covseg train ... -o RUN --force)")
+    return parts

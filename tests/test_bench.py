@@ -233,3 +233,15 @@ def test_the_cli_reports_a_refusal_in_its_own_form_and_status(capsys) -> None:
     assert cli_main(["bench", "--repeats", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "covseg: error: --repeats must be 1 or more, not 0", err
+
+
+def test_ctrl_c_during_the_bench_is_the_cli_s_interrupted_line(monkeypatch, capsys) -> None:
+    from covseg import bench
+    from covseg.cli import main as cli_main
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "main", interrupted)
+    assert cli_main(["bench", "--models", "unet16"]) == 130
+    assert capsys.readouterr().err.strip() == "covseg: interrupted"

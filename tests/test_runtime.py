@@ -107,3 +107,31 @@ def test_keep_freed_memory_stops_the_page_faults_of_repeated_training_steps() ->
 def test_keep_freed_memory_changes_nothing_without_glibc(monkeypatch) -> None:
     monkeypatch.setattr(runtime.platform, "libc_ver", lambda: ("", ""))
     assert runtime.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, False), (True, False, True),
+                                                        (False, True, True)])
+def test_emulated_bf16_on_an_avx512_cpu_is_not_taken_for_fast_bf16(monkeypatch, avx512_bf16: bool, amx: bool,
+                                                                   expected: bool) -> None:
+    # oneDNN says yes on any AVX-512 x86 CPU (Skylake, Cascade Lake, Ice Lake emulate bf16, 1.8x slower than fp32)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert runtime.cpu_supports_bf16() is expected
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # elsewhere oneDNN's own answer stands
+    assert runtime.cpu_supports_bf16() is True
+
+
+@pytest.mark.parametrize("env, message", [({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
+                                          ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT "
+                                                                "are not: start the run with torchrun"),
+                                          ({"WORLD_SIZE": "2", "RANK": "x", "MASTER_ADDR": "127.0.0.1",
+                                            "MASTER_PORT": "29500"}, "RANK='x' is not a whole number")])
+def test_a_torchrun_environment_that_is_not_one_is_refused_in_one_line(monkeypatch, env: dict, message: str) -> None:
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(CovsegError, match=message):
+        runtime.init_distributed(torch.device("cpu"))

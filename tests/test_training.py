@@ -523,3 +523,39 @@ def test_resume_refuses_other_training_images_and_a_damaged_run_record(tiny_data
     assert main(["train", "--resume", str(run), "--data", str(tiny_data), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "config.yaml: not valid YAML" in err[0], err
+
+
+@pytest.mark.parametrize("name, text, message", [("split.json", '{"train": [', "cannot read the split"),
+                                                 ("split.json", '{"train": 5}', "a damaged split"),
+                                                 ("class_weights.json", '{"weights": ', "unreadable or damaged"),
+                                                 ("class_weights.json", '{"w": {}}', "unreadable or damaged")])
+def test_resume_refuses_a_damaged_split_or_class_weights_in_one_line(name: str, text: str, message: str,
+                                                                     tiny_data: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert _train(tiny_data, run, "train.epochs=2") == 0
+    state = read_checkpoint(run / "last.pt")  # an unfinished run: one of its two epochs done
+    state["epoch"], state["history"] = 1, state["history"][:1]
+    torch.save(state, run / "last.pt")
+    (run / name).write_text(text)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and name in err[0] and message in err[0], err
+
+
+def test_parallel_runs_start_nothing_after_a_failure(tiny_data: Path, tmp_path: Path) -> None:
+    from covseg.config import apply_overrides, load_recipe
+    from covseg.datasets import load_dataset
+    from covseg.errors import CovsegError
+    from covseg.experiment import _fold_config
+    from covseg.parallel_runs import train_runs_in_parallel
+
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.epochs=2", "train.threads=1"])
+    samples = load_dataset(tiny_data, "binary", split="train", window=config.data.window)
+    runs = [(_fold_config(config, k, 3), tmp_path / f"fold-{k}") for k in range(3)]
+    (tmp_path / "fold-0").mkdir()
+    (tmp_path / "fold-0" / "config.yaml").write_text("recipe: other\n")  # refused inside the worker
+    with pytest.raises(CovsegError):
+        train_runs_in_parallel(runs, samples, str(tiny_data), jobs=1, log=lambda message: None)
+    # one worker: the pool used to queue the next run beyond cancel()'s reach, and it trained to the end
+    assert not (tmp_path / "fold-1").exists() and not (tmp_path / "fold-2").exists()

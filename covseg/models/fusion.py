@@ -63,8 +63,9 @@ class FusedConvReLU(nn.Module):
 
 def fused_conv_relu_available() -> bool:
     """True where PyTorch's CPU build has oneDNN's fused convolution + ReLU (``mkldnn._convolution_pointwise``)
-    and runs it in bf16 on this CPU (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``, the same test as
-    :func:`covseg.runtime.cpu_supports_bf16`: AVX512-BF16 and AMX CPUs among others; not AVX2-only x86 CPUs)."""
+    and runs it in bf16 on this CPU (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``: any AVX-512 x86 CPU, not
+    AVX2-only ones). covseg takes the bf16 path at all only where :func:`covseg.runtime.cpu_supports_bf16` finds
+    native bf16 (AVX512-BF16 or AMX)."""
     try:
         return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
                 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
