@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import CovsegError
-from .fileio import file_sha256
+from .fileio import file_sha256, folders_made_for
 
 __all__ = [
     "DatasetSource",
@@ -359,14 +359,9 @@ def download(dataset: str, dest: Path, mirror: str | None = None,
             raise CovsegError(f"mirror folder {src_root} {what}; pass --mirror with a "
                               "folder that holds Dataset/... or an http(s):// URL")
     root = dataset_root(Path(dest), dataset)
-    made = [p for p in (root.absolute(), *root.absolute().parents) if not p.exists()]  # deepest first
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    with folders_made_for(root):  # a failed first download leaves no empty folders behind
+        root.mkdir(parents=True, exist_ok=True)
         return _fetch_all(dataset, src, manifest, base, src_root, root, progress)
-    except BaseException:
-        if made and not any(p.is_file() for p in made[-1].rglob("*")):
-            shutil.rmtree(made[-1], ignore_errors=True)  # a failed first download leaves no empty folders behind
-        raise
 
 
 def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base: str, src_root: Path | None,

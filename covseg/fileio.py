@@ -11,7 +11,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "interrupts_deferred", "file_sha256", "unwritable_reason"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "interrupts_deferred", "file_sha256", "unwritable_reason",
+           "folders_made_for"]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -21,6 +22,21 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 16), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def folders_made_for(target: str | os.PathLike) -> Iterator[None]:
+    """Around work that makes ``target`` (a folder) and the folders above it that do not exist yet: if the work
+    fails (any exception, Ctrl-C too), the top-most of the folders it had to make is removed again, provided no
+    file was written under it, so a failed command leaves no empty folders behind."""
+    path = Path(target).absolute()
+    made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        if made and made[-1].is_dir() and not any(p.is_file() for p in made[-1].rglob("*")):
+            shutil.rmtree(made[-1], ignore_errors=True)
+        raise
 
 
 def unwritable_reason(path: str | os.PathLike, folder: bool = False) -> str | None:

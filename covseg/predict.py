@@ -24,7 +24,7 @@ from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig
 from covseg.datasets import read_image
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_path
+from covseg.fileio import atomic_path, folders_made_for
 from covseg.figures import overlay
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
@@ -253,23 +253,6 @@ def _stage_dir(out_dir: Path) -> Path:
         raise CovsegError(f"{where}: cannot write there ({err.strerror}); check the path and permissions") from None
 
 
-def _missing_parents(out_dir: Path) -> list[Path]:
-    """The folders above ``out_dir`` that do not exist yet (deepest first), which :func:`_stage_dir` will make."""
-    return [p for p in out_dir.absolute().parents if not p.exists()]
-
-
-def _unmake(folders: list[Path], out_dir: Path) -> None:
-    """After a prediction that failed before it published ``out_dir``, remove the ``folders`` made for it
-    (:func:`_missing_parents`, deepest first) that are still empty: a failure leaves nothing behind."""
-    if out_dir.exists():
-        return
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:  # not empty (something else wrote there) or gone: leave it
-            break
-
-
 def _publish(stage: Path, out_dir: Path) -> None:
     """Move every file under ``stage`` to the same place under ``out_dir``."""
     for src in sorted(p for p in stage.rglob("*") if p.is_file()):
@@ -307,39 +290,39 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
             if target.resolve() in inputs:
                 raise CovsegError(f"{target}: is an input and would be overwritten by a prediction; give -o "
                                   "another folder")
-    made = _missing_parents(out_dir)
-    stage = _stage_dir(out_dir)
-    try:
-        records = []
-        bar = tqdm(total=len(files), desc="predict", unit="image", disable=not progress, dynamic_ncols=True)
-        step = predictor.batch_size
-        for start in range(0, len(files), step):
-            chunk = list(files[start:start + step])
-            images = [read_image(f, window) for f in chunk]
-            for path, stem, name, image, probs in zip(chunk, stems[start:start + step], names[start:start + step],
-                                                      images, predictor(images)):
-                labels = probs.argmax(0).astype(np.uint8)
-                if name.endswith(".nii.gz"):
-                    write_label_nifti(labels, path, stage / name)
-                else:
-                    Image.fromarray(labels, mode="L").save(stage / name, format="PNG")
-                if overlays:
-                    (stage / "overlays").mkdir(exist_ok=True)
-                    Image.fromarray(overlay(image, labels, scheme)).save(stage / "overlays" / f"{stem}.png", format="PNG")
-                counts = np.bincount(labels.ravel(), minlength=scheme.num_classes)
-                records.append({"input": str(path), "output": name, "height": int(labels.shape[0]),
-                                "width": int(labels.shape[1]),
-                                "fractions": {n: round(float(c) / labels.size, 6)
-                                              for n, c in zip(scheme.names, counts)}})
-                bar.update(1)
-        bar.close()
-        summary = {"model": describe_after_use(model_info, predictor), "task": scheme.task,
-                   "labels": dict(enumerate(scheme.names)), "images": records}
-        (stage / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-        _publish(stage, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        _unmake(made, out_dir)
+    with folders_made_for(out_dir):  # a failure leaves no empty folders behind
+        stage = _stage_dir(out_dir)
+        try:
+            records = []
+            bar = tqdm(total=len(files), desc="predict", unit="image", disable=not progress, dynamic_ncols=True)
+            step = predictor.batch_size
+            for start in range(0, len(files), step):
+                chunk = list(files[start:start + step])
+                images = [read_image(f, window) for f in chunk]
+                for path, stem, name, image, probs in zip(chunk, stems[start:start + step], names[start:start + step],
+                                                          images, predictor(images)):
+                    labels = probs.argmax(0).astype(np.uint8)
+                    if name.endswith(".nii.gz"):
+                        write_label_nifti(labels, path, stage / name)
+                    else:
+                        Image.fromarray(labels, mode="L").save(stage / name, format="PNG")
+                    if overlays:
+                        (stage / "overlays").mkdir(exist_ok=True)
+                        Image.fromarray(overlay(image, labels, scheme)).save(stage / "overlays" / f"{stem}.png",
+                                                                             format="PNG")
+                    counts = np.bincount(labels.ravel(), minlength=scheme.num_classes)
+                    records.append({"input": str(path), "output": name, "height": int(labels.shape[0]),
+                                    "width": int(labels.shape[1]),
+                                    "fractions": {n: round(float(c) / labels.size, 6)
+                                                  for n, c in zip(scheme.names, counts)}})
+                    bar.update(1)
+            bar.close()
+            summary = {"model": describe_after_use(model_info, predictor), "task": scheme.task,
+                       "labels": dict(enumerate(scheme.names)), "images": records}
+            (stage / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+            _publish(stage, out_dir)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     return summary
 
 
@@ -392,30 +375,30 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
     volume = read_volume(path, series_uid=series_uid, spacing=spacing)
     read_seconds = time.perf_counter() - began
     result = segment_scan(volume, predictor, scheme, options or ScanOptions(), progress)
-    made = _missing_parents(out_dir)
-    stage = _stage_dir(out_dir)
-    try:
-        write_like_input(result.lesions, volume, stage / LESIONS_FILE)
-        write_like_input(result.lungs, volume, stage / LUNGS_FILE)
-        seconds = {"read": round(read_seconds, 3), **{k: round(v, 3) for k, v in result.seconds.items()}}
-        report = {
-            "input": {"path": str(path), "kind": volume.kind, "sha256": volume.sha256, "shape": list(volume.shape),
-                      "spacing_mm": list(volume.spacing), "series_uid": volume.series_uid},
-            "model": describe_after_use(model_info, predictor),
-            "labels": {"lesions": dict(enumerate(scheme.names)), "lungs": {"1": "right lung", "2": "left lung"}},
-            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(options or ScanOptions()).items()},
-            "slices_segmented": result.slices_segmented,
-            "figures": result.figures,
-            "warnings": result.warnings,
-            "seconds": seconds,
-        }
-        report["seconds"]["total"] = round(time.perf_counter() - began, 3)
-        page = render_report(report, volume.hu, volume.is_hu, result.lesions, result.lungs, scheme, volume.spacing)
-        report["seconds"]["total"] = round(time.perf_counter() - began, 3)
-        (stage / REPORT_HTML).write_text(page, encoding="utf-8")
-        (stage / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        _publish(stage, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        _unmake(made, out_dir)
+    with folders_made_for(out_dir):  # a failure leaves no empty folders behind
+        stage = _stage_dir(out_dir)
+        try:
+            write_like_input(result.lesions, volume, stage / LESIONS_FILE)
+            write_like_input(result.lungs, volume, stage / LUNGS_FILE)
+            seconds = {"read": round(read_seconds, 3), **{k: round(v, 3) for k, v in result.seconds.items()}}
+            report = {
+                "input": {"path": str(path), "kind": volume.kind, "sha256": volume.sha256, "shape": list(volume.shape),
+                          "spacing_mm": list(volume.spacing), "series_uid": volume.series_uid},
+                "model": describe_after_use(model_info, predictor),
+                "labels": {"lesions": dict(enumerate(scheme.names)), "lungs": {"1": "right lung", "2": "left lung"}},
+                "options": {k: (list(v) if isinstance(v, tuple) else v)
+                            for k, v in vars(options or ScanOptions()).items()},
+                "slices_segmented": result.slices_segmented,
+                "figures": result.figures,
+                "warnings": result.warnings,
+                "seconds": seconds,
+            }
+            report["seconds"]["total"] = round(time.perf_counter() - began, 3)
+            page = render_report(report, volume.hu, volume.is_hu, result.lesions, result.lungs, scheme, volume.spacing)
+            report["seconds"]["total"] = round(time.perf_counter() - began, 3)
+            (stage / REPORT_HTML).write_text(page, encoding="utf-8")
+            (stage / REPORT_JSON).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+            _publish(stage, out_dir)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     return report
