@@ -141,6 +141,10 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adam" | "adamw" | "sgd"
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    # SGD's (Nesterov) momentum; nnU-Net trains with 0.99 (sgd only)
+    momentum: float = 0.9
+    # clip the gradients' global L2 norm to this before each step (torch.nn.utils.clip_grad_norm_; nnU-Net: 12); 0 = off
+    grad_clip: float = 0.0
     schedule: str = "cosine"  # "constant" | "cosine" | "onecycle"
     epochs: int = 50
     # validate every N epochs and after the last (best.pt is chosen among those); training itself, and so last.pt,
@@ -351,6 +355,12 @@ def _validate(config: RunConfig, source: str) -> None:
     if not (math.isfinite(config.train.weight_decay) and config.train.weight_decay >= 0):
         raise CovsegError(f"{source}: train.weight_decay is {config.train.weight_decay:g}; it must be >= 0, "
                           "e.g. 0.0001 (0: none)")
+    if not 0 <= config.train.momentum < 1:
+        raise CovsegError(f"{source}: train.momentum is {config.train.momentum}; it must be in [0, 1), e.g. 0.9 or "
+                          "nnU-Net's 0.99")
+    if not (math.isfinite(config.train.grad_clip) and config.train.grad_clip >= 0):
+        raise CovsegError(f"{source}: train.grad_clip is {config.train.grad_clip}; it must be a gradient norm > 0, "
+                          "e.g. nnU-Net's 12, or 0 for no clipping")
     if config.train.threads < 0:
         raise CovsegError(f"{source}: train.threads is {config.train.threads}; it must be >= 0 (0: torch's default)")
     for section, key in (("data", "split_seed"), ("train", "seed")):  # numpy's seeds are non-negative

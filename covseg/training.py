@@ -75,14 +75,15 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (momentum 0.9) with the config's learning rate and weight decay."""
+    """Adam, AdamW or SGD (Nesterov, ``cfg.momentum``) with the config's learning rate and weight decay."""
     params = model.parameters()
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.momentum > 0)
     raise CovsegError(f"unknown optimizer {cfg.optimizer!r}: use adam, adamw or sgd")
 
 
@@ -249,6 +250,8 @@ def train_one_epoch(
                               + (f" (labelled {loss.item()})" if mixed is not None else "") + "; lower train.lr")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         if consistency is not None:
             consistency.update(model)

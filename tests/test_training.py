@@ -21,7 +21,7 @@ from covseg.config import TrainConfig
 from covseg.fileio import interrupts_deferred
 from covseg.predict import open_predictor
 from covseg.training import (averaged_network, class_argmax, epoch_average, learning_rate, lr_factor,
-                             recompute_batch_norm, weight_average)
+                             make_optimizer, recompute_batch_norm, train_one_epoch, weight_average)
 
 from conftest import TINY_OVERRIDES
 
@@ -187,6 +187,41 @@ def test_swa_learning_rate_by_hand() -> None:
     # without SWA: the plain schedule over every step
     plain = TrainConfig(lr=0.01, epochs=10, schedule="cosine")
     assert learning_rate(plain, 15, 3) == pytest.approx(0.01 * 0.5) and learning_rate(plain, 0, 3) == 0.01
+
+
+def test_sgd_momentum_is_nesterovs_by_hand() -> None:
+    # Nesterov SGD from rest: the buffer is the gradient g, the step lr * (g + m * g); then buffer m * g + g'
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    cfg = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.99, weight_decay=0.0)
+    optimizer = make_optimizer(torch.nn.ParameterList([weight]), cfg)
+    g = torch.tensor([0.5, 1.0])
+    weight.grad = g.clone()
+    optimizer.step()
+    assert torch.allclose(weight.detach(), torch.tensor([1.0, -2.0]) - 0.1 * 1.99 * g)
+    before = weight.detach().clone()
+    weight.grad = g.clone()  # second step: buffer 0.99 g + g = 1.99 g, step lr * (g + 0.99 * 1.99 g)
+    optimizer.step()
+    assert torch.allclose(weight.detach(), before - 0.1 * (1 + 0.99 * 1.99) * g)
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-3])
+def test_grad_clip_bounds_the_steps_norm_by_hand(clip: float) -> None:
+    # one step of plain SGD (lr 1, no momentum or decay) over one batch moves the weights by the gradient itself,
+    # so the step's global L2 norm is the gradient's norm, or the clip where that is smaller
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, 2, 3, padding=1)
+    images, masks = torch.rand(4, 1, 16, 16), (torch.rand(4, 16, 16) > 0.5).long()
+    cfg = TrainConfig(optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant", epochs=1,
+                      batch_size=4, grad_clip=clip)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss_fn = torch.nn.CrossEntropyLoss()
+    train_one_epoch(model, loss_fn, make_optimizer(model, cfg), images, masks, cfg, 0, torch.device("cpu"),
+                    torch.float32)
+    step = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, model.parameters())]).norm()
+    if clip:
+        assert step.item() == pytest.approx(clip, rel=1e-4)
+    else:
+        assert step.item() > 0.01  # the whole gradient: far above the clip of the other case
 
 
 def test_epoch_average_is_the_plain_mean_of_its_updates() -> None:
