@@ -335,6 +335,7 @@ _CHOICES = {
 _POSITIVE = {("data", "input_size"), ("data", "folds"), ("model", "width"), ("model", "depth"),
              ("train", "epochs"), ("train", "val_every"), ("train", "batch_size"), ("train", "lr"),
              ("train", "dice_weight"), ("data", "pseudo_ratio"), ("data", "window_width")}
+_MAX_DEPTH = {"segnet": 5}  # SegNet's stages are VGG16's five (covseg.models.segnet.VGG16_BLOCKS)
 MAX_SEED = 2**32  # numpy's legacy seeds and every generator covseg seeds take values below this
 
 
@@ -435,6 +436,11 @@ def _validate(config: RunConfig, source: str) -> None:
         raise CovsegError(f"{source}: model.norm is {config.model.norm!r}, but only U-Net has other normalisations; "
                           f"leave model.norm at batch for {config.model.name}")
     _validate_augment(config.train.augment, source)
+    most = _MAX_DEPTH.get(config.model.name)
+    if most is not None and config.model.depth > most:  # before the sizes, which a wrong depth makes look wrong
+        raise CovsegError(f"{source}: model.depth is {config.model.depth}; {config.model.name} has at most {most} "
+                          f"stages, so it must be 1..{most}")
+    _check_input_size(config.data.input_size, config.model.depth, config.model.name, source)
     _check_bottleneck("data.input_size", config.data.input_size, config.model.depth, source)
     _validate_progressive(config, source)
     crop = config.train.augment.crop
@@ -450,6 +456,17 @@ def _check_model_multiple(option: str, side: int, depth: int, source: str) -> No
     if side % step:
         raise CovsegError(f"{source}: {option} is {side}; a model of depth {depth} needs a multiple of {step}, "
                           f"such as {max(step, side // step * step)}")
+
+
+def _check_input_size(size: int, depth: int, name: str, source: str) -> None:
+    """``data.input_size`` must be a multiple of ``2**depth``: the side every image is brought to, in training and
+    in use (a config read from an exported ONNX file too). Says what training's size check says
+    (:func:`covseg.models.check_input_size`)."""
+    step = 2**depth
+    if size % step:
+        nearest = max(step, int((size + step / 2) // step) * step)
+        raise CovsegError(f"{source}: data.input_size is {size}; {name} with depth {depth} needs height and width "
+                          f"divisible by {step}, got {size}x{size}; use a multiple of {step}, such as {nearest}")
 
 
 def _check_bottleneck(option: str, side: int, depth: int, source: str) -> None:

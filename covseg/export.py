@@ -14,9 +14,16 @@ side; ``pad``: scale the longer side, centre, zero-pad, and crop the logits back
 ``export_onnx(..., int8=True)`` (``covseg export --int8``) writes the same graph, batch norm folded, quantized
 to static int8 (:mod:`covseg.quantize`): ``covseg_precision`` says ``int8``, and ``covseg_int8_agreement`` the share
 of the run's held-out pixels whose label the int8 graph keeps from the fp32 one.
+
+Two more entries make the file stand alone: ``covseg_class_weights`` (JSON list), the run's ``class_weights.json``
+weights, so that the classes the model learnt (weight above 0) are known away from its run folder
+(:func:`exported_class_weights`); and ``covseg_weights_sha256``, the SHA-256 of the graph's initializers
+(:func:`weights_sha256`), which :func:`load_onnx` checks so that a file damaged on disk is refused, not run.
+Files exported before covseg wrote them load as before.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import warnings
@@ -31,7 +38,8 @@ from covseg.config import RunConfig, config_from_dict, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 
-__all__ = ["export_onnx", "exported_from", "OnnxBackend", "onnx_backend_of", "load_onnx", "write_graph", "ONNX_OPSET"]
+__all__ = ["export_onnx", "exported_from", "exported_class_weights", "weights_sha256", "OnnxBackend",
+           "onnx_backend_of", "load_onnx", "write_graph", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
 
@@ -71,22 +79,46 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),
             "covseg_epoch": str(state.get("epoch")), "covseg_checkpoint": checkpoint.name,
             "covseg_precision": "float32"}
+    if (checkpoint.parent / "class_weights.json").is_file():  # which classes it learnt, for use outside its run
+        from covseg.run import read_class_weights
+
+        meta["covseg_class_weights"] = json.dumps(read_class_weights(checkpoint.parent).tolist())
     if int8:  # every refusal and the slices it reads before -o (or a folder for it) is made
         from covseg.quantize import int8_calibration, quantize_run
 
         run_dir = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
         calibration = int8_calibration(config, run_dir, data)
-    with atomic_path(out) as tmp:
-        if int8:
-            meta.update(quantize_run(fold_batch_norm(model), config, calibration, tmp))
-        else:
-            write_graph(model, config.data.input_size, str(tmp))
-        graph = onnx.load(str(tmp))
-        for key, value in meta.items():
-            entry = graph.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(graph, str(tmp))
+    try:
+        with atomic_path(out) as tmp:
+            if int8:
+                meta.update(quantize_run(fold_batch_norm(model), config, calibration, tmp))
+            else:
+                write_graph(model, config.data.input_size, str(tmp))
+            graph = onnx.load(str(tmp))
+            meta["covseg_weights_sha256"] = weights_sha256(graph)
+            for key, value in meta.items():
+                entry = graph.metadata_props.add()
+                entry.key, entry.value = key, value
+            onnx.save(graph, str(tmp))
+    except OSError as err:  # name -o, not the hidden temporary file beside it that could not be made or written
+        if err.filename is None or not Path(err.filename).name.startswith(f".{Path(out).name}."):
+            raise
+        raise CovsegError(f"{out}: cannot write there ({err.strerror or err}); check the path and "
+                          "permissions") from None
     return meta
+
+
+def weights_sha256(graph: Any) -> str:
+    """The hex SHA-256 of an ONNX model's (``onnx.ModelProto``'s) weights: each graph initializer in order, its
+    name and its raw bytes (``raw_data``; the typed fields' values for one stored without it). fp32 and int8
+    graphs alike; stored at export as ``covseg_weights_sha256``."""
+    from onnx import numpy_helper
+
+    digest = hashlib.sha256()
+    for tensor in graph.graph.initializer:
+        digest.update(tensor.name.encode())
+        digest.update(tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes())
+    return digest.hexdigest()
 
 
 def exported_from(path: Path) -> str | None:
@@ -100,6 +132,30 @@ def exported_from(path: Path) -> str | None:
     except Exception:  # onnx raises several types for unreadable files; load_onnx reports those
         return None
     return {entry.key: entry.value for entry in graph.metadata_props}.get("covseg_checkpoint")
+
+
+def exported_class_weights(path: Path) -> list[float] | None:
+    """The class weights of the run a covseg ONNX file was exported from (its ``covseg_class_weights`` metadata;
+    0 for a class absent from the training masks, one it never learnt); None for a file that does not say
+    (exported before covseg recorded them, or from a checkpoint kept alone) or cannot be read."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises several types for unreadable files; load_onnx reports those
+        return None
+    value = {entry.key: entry.value for entry in graph.metadata_props}.get("covseg_class_weights")
+    if value is None:
+        return None
+    try:
+        weights = [float(w) for w in json.loads(value)]
+    except (ValueError, TypeError):
+        raise CovsegError(f"{path}: its covseg_class_weights metadata is damaged (not a JSON list of numbers); "
+                          "export the run again with covseg export") from None
+    if not all(np.isfinite(weights)):
+        raise CovsegError(f"{path}: its covseg_class_weights metadata is damaged (weights that are not finite "
+                          "numbers); export the run again with covseg export")
+    return weights
 
 
 def _session(source: str | bytes, threads: int) -> Any:
@@ -125,6 +181,8 @@ class OnnxBackend:
 
     def __init__(self, session: Any, int8: bool = False, agreement: float | None = None) -> None:
         self.session = session
+        self.int8 = int8
+        """Whether the graph is static int8 (``covseg export --int8``), which runs in no other precision."""
         self.description = "onnxruntime cpu int8 (static QDQ)" if int8 else "onnxruntime cpu float32"
         self.agreement = agreement
         """For an int8 file: the share of pixels whose label it kept from fp32 at export."""
@@ -154,7 +212,23 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
         raise CovsegError(f"{path}: this model was trained for the {config.data.task} task, not {task}; "
                           f"use --task {config.data.task} or another model")
     _check_graph(session, config, path)
+    if "covseg_weights_sha256" in meta:  # files exported before covseg stored it load as before
+        _check_weights(path, meta["covseg_weights_sha256"])
     return OnnxBackend(session, meta.get("covseg_precision") == "int8", _agreement(meta)), config
+
+
+def _check_weights(path: Path, expected: str) -> None:
+    """Refuse a file whose weights are not those it was exported with (``covseg_weights_sha256``): bytes changed
+    on disk or in a copy would otherwise run as a silently wrong model."""
+    import onnx
+
+    try:
+        found = weights_sha256(onnx.load(str(path), load_external_data=False))
+    except Exception:  # onnx raises several types for files it cannot parse
+        found = None
+    if found != expected:
+        raise CovsegError(f"{path}: is damaged: its weights do not match the checksum stored at export; export it "
+                          "again with covseg export")
 
 
 def _check_graph(session: Any, config: RunConfig, path: Path) -> None:

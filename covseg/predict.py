@@ -62,6 +62,9 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "auto
             raise CovsegError(f"{model_path}: an ONNX model runs on the CPU in the precision it was exported in, so "
                               f"{asked} cannot apply; drop it, or give the run folder to run it in PyTorch")
         onnx_backend, config = load_onnx(Path(model_path), task)
+        if onnx_backend.int8 and precision == "fp32":  # its covseg_precision says int8: it has no fp32 weights
+            raise CovsegError(f"{model_path}: an int8 ONNX model (covseg export --int8) runs in int8 only, so "
+                              "--precision fp32 cannot apply; drop it, or use an fp32 export or the run folder")
         find_checkpoint(model_path, which)  # the file as it is: a --checkpoint naming another is refused
         info = {"file": str(model_path), "backend": onnx_backend.description}
         if onnx_backend.agreement is not None:
@@ -201,14 +204,20 @@ def describe_after_use(info: dict[str, Any], predictor: Predictor | EnsemblePred
 
 def learnt_lesion_classes(info: dict[str, Any]) -> list[int] | None:
     """The foreground classes a model (or any member of an ensemble) saw in training: those whose weight in its
-    run folder's ``class_weights.json`` is not 0. ``None`` when a model has no run folder (an ONNX file or a
-    checkpoint kept alone), since then nothing says so."""
+    run's class weights is not 0 — for an ONNX file those it carries (``covseg_class_weights``, written at export),
+    else its run folder's ``class_weights.json``. ``None`` when a model has neither (an ONNX file exported before
+    covseg recorded them and kept outside its run, a checkpoint kept alone), since then nothing says so."""
+    from covseg.export import exported_class_weights
+
     learnt: set[int] = set()
     for member in info.get("members", [info]):
-        run_dir = Path(member["file"]).parent
-        if not (run_dir / "class_weights.json").is_file():
-            return None
-        learnt.update(c for c, w in enumerate(read_class_weights(run_dir)) if c > 0 and w > 0)
+        file = Path(member["file"])
+        weights = exported_class_weights(file) if file.suffix == ".onnx" else None
+        if weights is None:
+            if not (file.parent / "class_weights.json").is_file():
+                return None
+            weights = read_class_weights(file.parent)
+        learnt.update(c for c, w in enumerate(weights) if c > 0 and w > 0)
     return sorted(learnt) or None
 
 

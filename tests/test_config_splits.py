@@ -186,3 +186,23 @@ def test_a_null_path_option_means_unset_not_the_text_none(key: str, tmp_path) ->
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"{section}:\n  {name}:\n", encoding="utf-8")
     assert getattr(getattr(load_recipe(str(recipe)), section), name) == ""
+
+
+def test_an_input_size_the_model_depth_cannot_divide_is_refused_with_the_config() -> None:
+    """data.input_size is checked against 2**depth when a config is read (a recipe, overrides, an ONNX file's
+    metadata), in the words training's own size check used, not first by the network."""
+    with pytest.raises(CovsegError, match=r"^override: data.input_size is 350; unet with depth 4 needs height and "
+                                          r"width divisible by 16, got 350x350; use a multiple of 16, such as 352$"):
+        apply_overrides(load_recipe("default"), ["data.input_size=350"])
+    assert apply_overrides(load_recipe("default"), ["data.input_size=336"]).data.input_size == 336
+
+
+def test_a_segnet_deeper_than_vgg16_is_refused_for_its_depth_before_any_size() -> None:
+    from covseg.models.segnet import VGG16_BLOCKS
+
+    # 352 is no multiple of 2**6, and 64 is below 2 x 2**6: the depth is what is wrong, and what is named
+    for size in (352, 64):
+        with pytest.raises(CovsegError, match=rf"^override: model.depth is 6; segnet has at most {len(VGG16_BLOCKS)} "
+                                              rf"stages, so it must be 1\.\.{len(VGG16_BLOCKS)}$"):
+            apply_overrides(load_recipe("segnet"), ["model.depth=6", f"data.input_size={size}"])
+    assert apply_overrides(load_recipe("segnet"), ["model.depth=5", "data.input_size=352"]).model.depth == 5

@@ -511,3 +511,113 @@ def test_a_refused_int8_export_makes_no_folders(tiny_run: Path, tmp_path: Path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert not (tmp_path / "new").exists()
+
+
+# ---- what an exported file carries: the classes its run learnt, a checksum of its weights ----
+
+def test_an_onnx_type_model_keeps_its_learnt_classes_outside_its_run_folder(tiny_data: Path, tmp_path: Path) -> None:
+    """A multiclass run that never saw pleural effusion (class 3, weight 0) exports its class weights, so that under
+    --lesion-model the file types lesions among the classes it learnt wherever it lies, as its run folder does."""
+    from conftest import TINY_OVERRIDES
+
+    from covseg.predict import learnt_lesion_classes
+
+    mc = tmp_path / "mc"
+    assert main(["train", "--recipe", "tiny", "--task", "multiclass", "--data", str(tiny_data), "--split", "cv:0",
+                 "--epochs", "1", "-o", str(mc), "--quiet", *TINY_OVERRIDES]) == 0
+    assert learnt_lesion_classes({"file": str(mc / "last.pt")}) == [1, 2]
+    elsewhere = tmp_path / "shipped" / "types.onnx"
+    assert main(["export", str(mc), "-o", str(elsewhere)]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(elsewhere)).metadata_props}
+    weights = json.loads((mc / "class_weights.json").read_text())["weights"]
+    assert json.loads(meta["covseg_class_weights"]) == pytest.approx(list(weights.values()))
+    assert learnt_lesion_classes({"file": str(elsewhere)}) == [1, 2]
+    assert learnt_lesion_classes({"members": [{"file": str(elsewhere)}, {"file": str(mc / "last.pt")}]}) == [1, 2]
+    # a file exported before covseg recorded them, kept outside its run: nothing says, as before
+    old = onnx.load(str(elsewhere))
+    kept = [(p.key, p.value) for p in old.metadata_props if p.key != "covseg_class_weights"]
+    del old.metadata_props[:]
+    for key, value in kept:
+        entry = old.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(old, str(tmp_path / "shipped" / "old.onnx"))
+    assert learnt_lesion_classes({"file": str(tmp_path / "shipped" / "old.onnx")}) is None
+
+
+def _damaged_copy(source: Path, target: Path) -> Path:
+    """``source`` with bytes in the middle of its largest initializer's raw data flipped (the graph still parses)."""
+    largest = max(onnx.load(str(source)).graph.initializer, key=lambda t: len(t.raw_data)).raw_data
+    data = bytearray(source.read_bytes())
+    at = data.find(largest) + len(largest) // 2
+    assert at > len(largest) // 2
+    for i in range(at, at + 64):
+        data[i] ^= 0x5A
+    target.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.parametrize("which", ["fp32", "int8"])
+def test_a_damaged_onnx_file_is_refused_not_run(which: str, request, tiny_data: Path, tmp_path: Path,
+                                                capsys) -> None:
+    source = request.getfixturevalue("onnx_file" if which == "fp32" else "int8_file")
+    meta = {p.key: p.value for p in onnx.load(str(source)).metadata_props}
+    assert meta["covseg_weights_sha256"] == export.weights_sha256(onnx.load(str(source)))
+    load_onnx(source)  # intact: loads
+    capsys.readouterr()  # what making the fixtures printed
+    damaged = _damaged_copy(source, tmp_path / "damaged.onnx")
+    out = tmp_path / "pred"
+    assert main(["predict", str(_real_or_synthetic_slice(tiny_data)), "-o", str(out), "--model", str(damaged),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"covseg: error: {damaged}: is damaged: its weights do not match the checksum stored at export; "
+                   "export it again with covseg export"]
+    assert not out.exists()
+    # a file exported before covseg stored the checksum loads as before
+    old = onnx.load(str(source))
+    kept = [(p.key, p.value) for p in old.metadata_props if p.key != "covseg_weights_sha256"]
+    del old.metadata_props[:]
+    for key, value in kept:
+        entry = old.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    load_onnx(tmp_path / "old.onnx")
+
+
+def test_an_int8_onnx_model_refuses_fp32_precision(int8_file: Path, onnx_file: Path, tiny_data: Path,
+                                                   tmp_path: Path, capsys) -> None:
+    src = str(_real_or_synthetic_slice(tiny_data))
+    out = tmp_path / "pred"
+    capsys.readouterr()  # what making the fixtures printed
+    assert main(["predict", src, "-o", str(out), "--model", str(int8_file), "--quiet", "--precision", "fp32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"covseg: error: {int8_file}: an int8 ONNX model") \
+        and "--precision fp32 cannot apply" in err[0], err
+    assert not out.exists()
+    # an fp32 file runs in fp32 as asked
+    assert main(["predict", src, "-o", str(out), "--model", str(onnx_file), "--quiet", "--precision", "fp32"]) == 0
+
+
+def test_an_onnx_file_whose_input_size_its_depth_cannot_divide_is_refused_in_one_line(onnx_file: Path, tiny_data: Path,
+                                                                                      tmp_path: Path, capsys) -> None:
+    config = json.loads(next(p.value for p in onnx.load(str(onnx_file)).metadata_props if p.key == "covseg_config"))
+    config["data"]["input_size"] = 30  # depth 2: a multiple of 4 needed
+    odd = tmp_path / "odd.onnx"
+    onnx.save(_with_metadata_of(onnx.load(str(onnx_file)), onnx_file, json.dumps(config)), str(odd))
+    out = tmp_path / "pred"
+    capsys.readouterr()  # what making the fixtures printed
+    assert main(["predict", str(_real_or_synthetic_slice(tiny_data)), "-o", str(out), "--model", str(odd),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"covseg: error: {odd}: data.input_size is 30") \
+        and "divisible by 4" in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be made")
+def test_export_where_nothing_can_be_written_names_the_output_not_its_temporary_file(tiny_run: Path,
+                                                                                     capsys) -> None:
+    capsys.readouterr()  # what making the fixtures printed
+    assert main(["export", str(tiny_run), "-o", "/proc/m.onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("covseg: error: /proc/m.onnx: cannot write there") \
+        and ".part" not in err[0], err
