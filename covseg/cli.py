@@ -488,6 +488,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
     from covseg.pretrain import PretrainOptions, check_options, check_output_folder, pretrain
 
+    own = {"train.epochs": "--steps", "train.batch_size": "--batch-size", "train.augment.crop": "--crop",
+           "train.lr": "--lr", "train.seed": "--seed"}
+    for item in args.overrides:  # pretraining reads only these of train.*: the others would be recorded, not used
+        key = item.partition("=")[0]
+        if key.startswith("train.") and key not in ("train.device", "train.precision", "train.threads"):
+            instead = f"use {own[key]} instead" if key in own else "drop the override"
+            raise CovsegError(f"{item}: covseg pretrain does not use {key} (of train.* it reads only device, "
+                              f"precision and threads; its own options are --steps, --batch-size, --crop, --lr and "
+                              f"--seed); {instead}")
     config = _recipe_config(args)
     data = args.data or _default_data()
     crop = min(256, config.data.input_size) if args.crop is None else args.crop

@@ -24,15 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from covseg.checkpoint import find_checkpoint, load_model
-from covseg.config import RunConfig
+from covseg.checkpoint import find_checkpoint, load_model, read_checkpoint
+from covseg.config import RunConfig, config_from_dict
 from covseg.errors import CovsegError
 from covseg.fileio import file_sha256
 from covseg.runtime import autocast, training_memory_format
 from covseg.splits import load_split, parse_split_name
 
-__all__ = ["SPLIT_KEYS", "distillation_loss", "teacher_entries", "teacher_paths", "Teachers", "load_teachers",
-           "DistillTerm"]
+__all__ = ["SPLIT_KEYS", "distillation_loss", "teacher_entries", "teacher_paths", "chosen_on_validation",
+           "held_out_seen", "Teachers", "check_teachers", "load_teachers", "DistillTerm"]
 
 #: the data options a teacher must share with its student (together they fix which images are held out)
 SPLIT_KEYS = ("split", "folds", "split_seed", "val_fraction")
@@ -78,6 +78,86 @@ class Teachers(NamedTuple):
     digests: list[str]
 
 
+def chosen_on_validation(saved: dict) -> bool:
+    """Whether checkpoint contents ``saved`` are a run's ``best.pt`` picked by its validation score, so shaped by
+    the images that run (and any run of its split) holds out: ``last.pt`` keeps its optimizer, and ``ema.pt``,
+    ``swa.pt`` and the ``best.pt`` of a run without validation images carry no score."""
+    return saved.get("score") is not None and "optimizer" not in saved
+
+
+def held_out_seen(file: Path, held_out: Collection[str]) -> list[str]:
+    """The names of ``held_out`` that the run of checkpoint ``file`` trained on, by the ``split.json`` beside it
+    (sorted; none where there is no such file: a checkpoint copied out of its run folder)."""
+    trained_on = Path(file).parent / "split.json"
+    if not held_out or not trained_on.is_file():
+        return []
+    return sorted(set(load_split(trained_on)["train"]) & set(held_out))
+
+
+def _check_teacher(file: Path, made: RunConfig, saved: dict, config: RunConfig, held_out: Collection[str]) -> None:
+    """Refuse the teacher at ``file`` (its run config ``made``, its checkpoint contents ``saved``) for ``config``'s
+    student (see :func:`load_teachers`)."""
+    if chosen_on_validation(saved):
+        raise CovsegError(f"train.distill: {file} is a run's best.pt, chosen on the validation images this run "
+                          "holds out; give the run folder (its swa.pt or last.pt) or another of its checkpoints")
+    if made.data.task != config.data.task:
+        raise CovsegError(f"train.distill: {file} is a {made.data.task} model, but this run's task is "
+                          f"{config.data.task}; give teachers of the same task")
+    if made.train.types_only:
+        raise CovsegError(f"train.distill: {file} is a lesion-type model (train.types_only), whose background "
+                          "output is untrained; give teachers trained on the whole task")
+    for keys, why in ((SPLIT_KEYS, "so it has seen images this run holds out; give teachers trained on this "
+                                   "run's split (with cv, e.g. runs/teacher-f{fold})"),
+                      (INPUT_KEYS, "so its input differs from this run's; give teachers trained with the same "
+                                   "data settings")):
+        differ = [f"data.{k} {getattr(made.data, k)} there, {getattr(config.data, k)} here"
+                  for k in keys if getattr(made.data, k) != getattr(config.data, k)]
+        if differ:
+            raise CovsegError(f"train.distill: {file} was trained with {', '.join(differ)}, {why}")
+    if int(saved.get("epoch", 0)) < made.train.epochs:
+        raise CovsegError(f"train.distill: {file} holds epoch {saved.get('epoch')} of {made.train.epochs}; finish "
+                          f"the teacher first (covseg train --resume {file.parent}) or give another")
+    seen = held_out_seen(file, held_out)
+    if seen:
+        raise CovsegError(f"train.distill: {file} was trained on {len(seen)} of the images this run holds out "
+                          f"(first: {seen[0]}); give teachers trained on this run's data and split")
+    step = 2**made.model.depth  # the teacher sees the student's batches: cropped, or at the progressive size
+    for size in {config.train.augment.crop or config.data.input_size, config.train.progressive_size} - {0}:
+        if size % step:
+            raise CovsegError(f"train.distill: {file} is a {made.model.name} of depth {made.model.depth}, which "
+                              f"needs sizes divisible by {step}, but this run trains on {size}x{size} images; "
+                              "give shallower teachers or another size")
+
+
+def _checked_teachers(config: RunConfig, held_out: Collection[str], build: bool
+                      ) -> list[tuple[Path, nn.Module | None]]:
+    """``(checkpoint file, network or None)`` of each teacher of ``config.train.distill``, checked; the networks
+    are built only with ``build``."""
+    found: list[tuple[Path, nn.Module | None]] = []
+    for entry in teacher_paths(config.train.distill, config):
+        if not Path(entry).exists():
+            raise CovsegError(f"train.distill: {entry}: no such run folder or checkpoint; train the teacher first "
+                              "(covseg train ... -o RUN) or correct the path")
+        file = find_checkpoint(entry, "final")
+        if build:
+            model, made, saved = load_model(file)
+        else:
+            model, saved = None, read_checkpoint(file)
+            made = config_from_dict(saved["config"], source=str(file))
+        _check_teacher(file, made, saved, config, held_out)
+        found.append((file, model))
+    if not found:
+        raise CovsegError(f"train.distill {config.train.distill!r} names no teacher; give run folders separated by "
+                          "commas, or leave it empty")
+    return found
+
+
+def check_teachers(config: RunConfig, held_out: Collection[str] = ()) -> list[Path]:
+    """:func:`load_teachers`' checks without building a network (e.g. for a fold that has not begun yet); returns
+    the teachers' checkpoint files."""
+    return [file for file, _ in _checked_teachers(config, held_out, build=False)]
+
+
 def load_teachers(config: RunConfig, held_out: Collection[str] = ()) -> Teachers:
     """The checked teachers of ``config.train.distill`` in eval mode, their checkpoint files and SHA-256 digests.
 
@@ -87,52 +167,9 @@ def load_teachers(config: RunConfig, held_out: Collection[str] = ()) -> Teachers
     trained on any of ``held_out`` (the student's validation and test images: the same split settings on other data
     split differently), and an empty list.
     """
-    files: list[Path] = []
-    teachers: list[nn.Module] = []
-    for entry in teacher_paths(config.train.distill, config):
-        if not Path(entry).exists():
-            raise CovsegError(f"train.distill: {entry}: no such run folder or checkpoint; train the teacher first "
-                              "(covseg train ... -o RUN) or correct the path")
-        file = find_checkpoint(entry, "final")
-        model, made, saved = load_model(file)
-        if saved.get("score") is not None and "optimizer" not in saved:  # best.pt: last.pt keeps its optimizer
-            raise CovsegError(f"train.distill: {file} is a run's best.pt, chosen on the validation images this run "
-                              "holds out; give the run folder (its swa.pt or last.pt) or another of its checkpoints")
-        if made.data.task != config.data.task:
-            raise CovsegError(f"train.distill: {file} is a {made.data.task} model, but this run's task is "
-                              f"{config.data.task}; give teachers of the same task")
-        if made.train.types_only:
-            raise CovsegError(f"train.distill: {file} is a lesion-type model (train.types_only), whose background "
-                              "output is untrained; give teachers trained on the whole task")
-        for keys, why in ((SPLIT_KEYS, "so it has seen images this run holds out; give teachers trained on this "
-                                       "run's split (with cv, e.g. runs/teacher-f{fold})"),
-                          (INPUT_KEYS, "so its input differs from this run's; give teachers trained with the same "
-                                       "data settings")):
-            differ = [f"data.{k} {getattr(made.data, k)} there, {getattr(config.data, k)} here"
-                      for k in keys if getattr(made.data, k) != getattr(config.data, k)]
-            if differ:
-                raise CovsegError(f"train.distill: {file} was trained with {', '.join(differ)}, {why}")
-        if int(saved.get("epoch", 0)) < made.train.epochs:
-            raise CovsegError(f"train.distill: {file} holds epoch {saved.get('epoch')} of {made.train.epochs}; finish "
-                              f"the teacher first (covseg train --resume {file.parent}) or give another")
-        trained_on = file.parent / "split.json"
-        if held_out and trained_on.is_file():
-            seen = sorted(set(load_split(trained_on)["train"]) & set(held_out))
-            if seen:
-                raise CovsegError(f"train.distill: {file} was trained on {len(seen)} of the images this run holds out "
-                                  f"(first: {seen[0]}); give teachers trained on this run's data and split")
-        step = 2**made.model.depth  # the teacher sees the student's batches: cropped, or at the progressive size
-        for size in {config.train.augment.crop or config.data.input_size, config.train.progressive_size} - {0}:
-            if size % step:
-                raise CovsegError(f"train.distill: {file} is a {made.model.name} of depth {made.model.depth}, which "
-                                  f"needs sizes divisible by {step}, but this run trains on {size}x{size} images; "
-                                  "give shallower teachers or another size")
-        files.append(file)
-        teachers.append(model)
-    if not teachers:
-        raise CovsegError(f"train.distill {config.train.distill!r} names no teacher; give run folders separated by "
-                          "commas, or leave it empty")
-    return Teachers(teachers, files, [file_sha256(f) for f in files])
+    found = _checked_teachers(config, held_out, build=True)
+    files = [file for file, _ in found]
+    return Teachers([model for _, model in found], files, [file_sha256(f) for f in files])
 
 
 class DistillTerm:

@@ -358,20 +358,29 @@ def _untrained_folds(config: RunConfig, out_dir: Path, folds: int) -> list[tuple
     return pending
 
 
-def _check_fold_inputs(config: RunConfig, out_dir: Path, folds: int) -> None:
-    """Refuse, before fold 0 trains, a ``train.init`` or ``data.pseudo_labels`` that a later fold could not take
-    (e.g. one fine-tuned run given to every fold: it saw the other folds' held-out images)."""
+def _check_fold_inputs(config: RunConfig, out_dir: Path, folds: int, names: list[str]) -> None:
+    """Refuse, before fold 0 trains, a ``train.init``, ``train.distill`` teacher or ``data.pseudo_labels`` that a
+    later fold could not take (e.g. one fine-tuned run given to every fold: it saw the other folds' held-out
+    images), with the checks its run makes before training, on the split of ``names`` (the labelled images) it
+    will hold out; no network is built."""
+    from covseg.distill import check_teachers
     from covseg.pretrain import check_pretrained
-    from covseg.selftrain import resolve_pseudo_folder
+    from covseg.selftrain import check_pseudo_labels, resolve_pseudo_folder
+    from covseg.splits import make_split
 
     for k in range(folds):
         if (out_dir / f"fold-{k}" / "last.pt").is_file():
             continue  # begun already: its own checks ran when it began
         cfg = _fold_config(config, k, folds)
+        d = cfg.data
+        planned = make_split(names, d.split, d.split_seed, d.folds, d.val_fraction)
+        held_out = list(planned.get("val", [])) + list(planned.get("test", []))
         if cfg.train.init:
-            check_pretrained(cfg.train.init, cfg)
-        if cfg.data.pseudo_labels:
-            resolve_pseudo_folder(cfg.data.pseudo_labels, cfg.data.split)
+            check_pretrained(cfg.train.init, cfg, held_out)
+        if cfg.train.distill:
+            check_teachers(cfg, held_out)
+        if d.pseudo_labels:
+            check_pseudo_labels(resolve_pseudo_folder(d.pseudo_labels, d.split), d.task, held_out)
 
 
 def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
@@ -393,7 +402,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     _check_folds(folds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
-    _check_fold_inputs(config, out_dir, folds)
+    _check_fold_inputs(config, out_dir, folds, [s.name for s in samples])
     if jobs > 1:
         train_runs_in_parallel(_untrained_folds(config, out_dir, folds), samples, data, jobs, log)
     companions = _companions(config)

@@ -24,7 +24,7 @@ import hashlib
 import io
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from covseg import __version__
 from covseg.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from covseg.checkpoint import architecture_options, cpu_state_dict, load_weights_file
 from covseg.config import ModelConfig, RunConfig, config_to_dict
+from covseg.distill import chosen_on_validation, held_out_seen
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_dir, atomic_write_text, interrupts_deferred, unwritable_reason
 from covseg.intensity import normalize_image
@@ -203,6 +204,9 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
     data = load_weights_file(file, "covseg pretrained checkpoint",
                              "give the folder covseg pretrain wrote, or a trained run's folder")
     if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
+        if chosen_on_validation(data):
+            raise CovsegError(f"{file}: a run's best.pt, chosen on the validation images a run of its split holds "
+                              "out; give the run folder (its last.pt) or its swa.pt")
         return file, _trained_run_as_pretrained(data)
     if not isinstance(data, dict) or data.get("format") != PRETRAINED_FORMAT:
         raise CovsegError(f"{file}: not a covseg pretrained checkpoint (format {PRETRAINED_FORMAT} expected); "
@@ -210,9 +214,12 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return file, data
 
 
-def check_pretrained(path: str | Path, config: RunConfig) -> tuple[Path, dict[str, Any]]:
+def check_pretrained(path: str | Path, config: RunConfig, held_out: Collection[str] = ()
+                     ) -> tuple[Path, dict[str, Any]]:
     """Read the pretrained checkpoint at ``path`` and check it fits ``config``: a finished pretraining of the
-    same architecture (name, width, depth, normalisation, block) with the same per-slice normalisation.
+    same architecture (name, width, depth, normalisation, block) with the same per-slice normalisation, or a
+    trained run of that architecture and split whose run folder's ``split.json`` trained on none of ``held_out``
+    (the new run's validation and test images: the same split settings on other data split differently).
     Returns ``(file, contents)``."""
     file, data = read_pretrained(path)
     made, wanted = _architecture(data["model_config"]), _architecture(config.model)
@@ -229,6 +236,10 @@ def check_pretrained(path: str | Path, config: RunConfig) -> tuple[Path, dict[st
                                for k in trained if trained[k] != wanted_split[k])
             raise CovsegError(f"{file}: trained on another split ({differ}), so its weights have seen images this run "
                               "holds out; fine-tune a run on the split it was trained on")
+        seen = held_out_seen(file, held_out)
+        if seen:
+            raise CovsegError(f"{file}: trained on {len(seen)} of the images this run holds out (first: {seen[0]}), "
+                              "so its weights have seen them; fine-tune a run trained on this run's data and split")
     elif data["steps"] < data["options"]["steps"]:
         planned = data["options"]["steps"]
         raise CovsegError(f"{file}: its pretraining stopped at step {data['steps']} of {planned}; pretrain again "
@@ -391,7 +402,12 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
                "options": asdict(options), "steps": step, "slices": len(images), "data": str(data_path),
                "slices_digest": digest, "run_config": config_to_dict(config),
                "model": cpu_state_dict(network)}
-    with interrupts_deferred(), atomic_dir(out_dir, force=True) as stage:
+    try:  # again: something may have appeared at out_dir while the network trained
+        check_output_folder(out_dir, force)
+    except CovsegError as err:
+        raise CovsegError(f"the pretraining finished, but nothing was written: {err} (it changed while the network "
+                          "trained)") from None
+    with interrupts_deferred(), atomic_dir(out_dir, force=force) as stage:
         torch.save(payload, stage / PRETRAINED_FILE)
         _write_history(stage / "history.csv", history)
     seconds = time.perf_counter() - began

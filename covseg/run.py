@@ -225,14 +225,15 @@ def _unlabelled_slices(config: RunConfig, data_path: str, log) -> torch.Tensor |
     return images.half()
 
 
-def _pretrained_file(config: RunConfig, run_dir: Path, resume: bool, log) -> Path | None:
-    """The checked ``train.init`` file a new run starts from, or None. A resumed run takes its weights from
-    ``last.pt``: it only refuses a ``train.init`` file that changed since it began (a moved one is noted)."""
+def _pretrained_file(config: RunConfig, run_dir: Path, resume: bool, log, held_out: list[str]) -> Path | None:
+    """The checked ``train.init`` file a new run holding out ``held_out`` starts from, or None. A resumed run takes
+    its weights from ``last.pt``: it only refuses a ``train.init`` file that changed since it began (a moved one
+    is noted)."""
     init = config.train.init
     if not init:
         return None
     if not resume:
-        return check_pretrained(init, config)[0]
+        return check_pretrained(init, config, held_out)[0]
     began_with = read_run_info(run_dir).get("init_sha256")
     file = pretrained_path(init)
     if not file.is_file():
@@ -282,7 +283,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         data_path = data_path or read_run_info(run_dir)["data"]
     else:
         planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
-    pretrained = _pretrained_file(config, run_dir, resume, log)
+    held_out = list(planned.get("val", [])) + list(planned.get("test", []))
+    pretrained = _pretrained_file(config, run_dir, resume, log, held_out)
     pseudo = _pseudo_slices(config, planned, data_path, log)
     if t.consistency > 0 and dist.enabled:
         raise CovsegError("train.consistency is single-process only; train without torchrun, or set train.consistency=0")
@@ -290,7 +292,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         raise CovsegError("train.distill is single-process only; train without torchrun, or leave train.distill empty")
     teachers = None
     if t.distill:  # checked before anything is written
-        teachers = load_teachers(config, list(planned.get("val", [])) + list(planned.get("test", [])))
+        teachers = load_teachers(config, held_out)
     if resume and teachers is not None and read_run_info(run_dir).get("distill_sha256") != teachers.digests:
         raise CovsegError(f"{run_dir}: its teachers ({t.distill}) changed since the run began; put them back as they "
                           "were, or train a new run")

@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from covseg.config import RunConfig
+from covseg.checkpoint import read_checkpoint
+from covseg.config import RunConfig, config_from_dict
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_dir, atomic_write_text, unwritable_reason
@@ -86,6 +87,19 @@ def _fold_dirs(teacher: Path) -> dict[int, Path]:
     if members == [teacher]:
         return {}
     return {int(m.group(1)): p for p in members if (m := _FOLD_DIR.match(p.name))}
+
+
+def _check_finished(run_dir: Path) -> None:
+    """Refuse a run folder still training (or stopped early) as a teacher: its ``last.pt`` holds fewer epochs than
+    its ``train.epochs``. (A cross-validation's unfinished folds are refused by :func:`_fold_dirs`.)"""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return  # the teacher's checkpoint is looked for, and a missing one refused, when it is opened
+    saved = read_checkpoint(last)
+    planned = config_from_dict(saved["config"], source=str(last)).train.epochs
+    if int(saved["epoch"]) < planned:
+        raise CovsegError(f"{run_dir}: the teacher is unfinished ({last} holds epoch {saved['epoch']} of {planned}); "
+                          f"finish it first (covseg train --resume {run_dir}) or give a finished run")
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -152,6 +166,8 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
             raise CovsegError(f"{out_dir}: is not empty and holds no pseudo-labels; --force only replaces "
                               "pseudo-label folders, so choose a new -o")
     folds = _fold_dirs(teacher)
+    if not folds:
+        _check_finished(teacher)
     loaded: dict[tuple, list[Sample]] = {}  # the slices read, once for all fold teachers (_split_once)
     if folds:
         with atomic_dir(out_dir, force=force) as staged:

@@ -11,7 +11,7 @@ import torch
 from covseg.checkpoint import read_checkpoint
 from covseg.cli import main
 from covseg.config import apply_overrides, load_recipe
-from covseg.distill import DistillTerm, distillation_loss, load_teachers, teacher_paths
+from covseg.distill import DistillTerm, check_teachers, distillation_loss, load_teachers, teacher_paths
 from covseg.errors import CovsegError
 
 from conftest import TINY_OVERRIDES
@@ -219,3 +219,19 @@ def test_unfinished_teachers_and_teachers_that_trained_on_held_out_images_are_re
     torch.save(state, teacher / "last.pt")
     with pytest.raises(CovsegError, match="holds epoch 1 of 3; finish the teacher first"):
         load_teachers(config, held_out)
+
+
+def test_cv_refuses_a_teacher_a_later_fold_may_not_use_before_fold_0_trains(
+        tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # one fold-0 teacher for every fold: it trained on folds 1 and 2's held-out images
+    cv = tmp_path / "cv"
+    assert main(["cv", "--recipe", "tiny", "--data", str(tiny_data), "--folds", "3", "--epochs", "1", "--quiet",
+                 "-o", str(cv), *TINY_OVERRIDES, f"train.distill={tiny_run}"]) == 2
+    err = capsys.readouterr().err
+    assert "data.split cv:0 there, cv:1 here" in err and err.count("\n") == 1
+    assert not list(cv.glob("fold-*/last.pt"))
+    # the checks a run makes, without building the networks
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0", f"train.distill={tiny_run}"])
+    assert check_teachers(config) == [tiny_run / "last.pt"]
+    with pytest.raises(CovsegError, match="is a run's best.pt"):
+        check_teachers(apply_overrides(config, [f"train.distill={tiny_run / 'best.pt'}"]))

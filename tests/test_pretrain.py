@@ -303,3 +303,75 @@ def test_pretraining_seed_and_input_size_are_refused_in_one_line(unlabelled_data
     assert main([*common, *PRETRAIN_OVERRIDES, "data.input_size=30"]) == 2
     err = capsys.readouterr().err
     assert "divisible by 4, got 30x30" in err and "--crop" not in err and not (tmp_path / "p").exists()
+
+
+def test_init_refuses_a_best_checkpoint_and_a_run_that_trained_on_held_out_images(
+        tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0"])
+    # best.pt was chosen on the validation images a run of its split holds out, whatever its file is called
+    renamed = tmp_path / "weights.pt"
+    shutil.copy(tiny_run / "best.pt", renamed)
+    for given in (tiny_run / "best.pt", renamed):
+        with pytest.raises(CovsegError, match="a run's best.pt, chosen on the validation images"):
+            check_pretrained(given, config)
+    assert check_pretrained(tiny_run, config)[0] == tiny_run / "last.pt"
+    common = ["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1", "--quiet"]
+    student = tmp_path / "student"
+    assert main([*common, "-o", str(student), *TINY_OVERRIDES, f"train.init={tiny_run / 'best.pt'}"]) == 2
+    err = capsys.readouterr().err
+    assert "a run's best.pt" in err and err.count("\n") == 1 and not student.exists()
+    # the same split settings on other data split differently: the run's own split.json says what it trained on
+    other = shutil.copytree(tiny_run, tmp_path / "other")
+    split = json.loads((other / "split.json").read_text())
+    held_out = split["val"]
+    assert check_pretrained(other, config, held_out)[0] == other / "last.pt"
+    split["train"].append(held_out[0])
+    (other / "split.json").write_text(json.dumps(split))
+    with pytest.raises(CovsegError, match=rf"trained on 1 of the images this run holds out \(first: {held_out[0]}\)"):
+        check_pretrained(other, config, held_out)
+    assert main([*common, "-o", str(student), *TINY_OVERRIDES, f"train.init={other}"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on 1 of the images this run holds out" in err and err.count("\n") == 1 and not student.exists()
+
+
+def test_pretraining_keeps_what_appeared_at_its_output_while_it_trained(
+        unlabelled_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.pretrain
+
+    out = tmp_path / "pre"
+    real = covseg.pretrain.corrupt_batch
+
+    def meanwhile(*args, **kwargs):  # someone else writes to -o while the network trains
+        (out / "mine").mkdir(parents=True, exist_ok=True)
+        (out / "mine" / "notes.txt").write_text("keep me")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(covseg.pretrain, "corrupt_batch", meanwhile)
+    common = ["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(out), "--steps", "1",
+              "--crop", "0", "--quiet", *PRETRAIN_OVERRIDES]
+    for force in ([], ["--force"]):
+        shutil.rmtree(out, ignore_errors=True)
+        assert main([*common, *force]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.splitlines()[-1].startswith("covseg: error: the pretraining finished, "
+                                                                          "but nothing was written")
+        assert [p.name for p in out.iterdir()] == ["mine"] and (out / "mine" / "notes.txt").read_text() == "keep me"
+        assert not list(tmp_path.glob(".pre.*"))
+
+
+def test_pretraining_refuses_training_overrides_it_would_not_use(unlabelled_data: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pre"
+    common = ["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(out), "--steps", "1",
+              "--crop", "0", "--quiet", *PRETRAIN_OVERRIDES]
+    for override, advice in (("train.seed=3", "use --seed instead"), ("train.lr=0.5", "use --lr instead"),
+                             ("train.epochs=99", "use --steps instead"),
+                             ("train.weight_decay=0.1", "drop the override"),
+                             ("train.augment.hflip=0.5", "drop the override")):
+        assert main([*common, override]) == 2
+        err = capsys.readouterr().err
+        assert f"{override}: covseg pretrain does not use" in err and advice in err and err.count("\n") == 1
+        assert not out.exists()
+    assert main([*common, "train.device=cpu"]) == 0  # device, precision and threads it does use
+    assert read_pretrained(out)[1]["run_config"]["train"]["device"] == "cpu"

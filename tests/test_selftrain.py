@@ -208,3 +208,35 @@ def test_match_grey_labels_and_serves_the_slices_mapped_onto_the_teachers_grey_l
     (out / "pseudo.json").write_text(json.dumps(summary))
     with pytest.raises(CovsegError, match="grey_reference is not a list of non-decreasing grey levels"):
         load_pseudo_labels(out, str(semi_data), "binary", (-600, 1500), heldout)
+
+
+def test_pseudo_label_refuses_an_unfinished_run_as_teacher(teacher_cv: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from covseg.checkpoint import read_checkpoint
+
+    teacher = shutil.copytree(teacher_cv / "fold-0", tmp_path / "teacher")
+    state = read_checkpoint(teacher / "last.pt")
+    state["epoch"] = 5  # as a run still training (or stopped by Ctrl-C) looks
+    torch.save(state, teacher / "last.pt")
+    out = tmp_path / "p"
+    assert main(["pseudo-label", str(teacher), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{teacher}: the teacher is unfinished" in err and "holds epoch 5 of 12" in err
+    assert "covseg train --resume" in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_cv_refuses_pseudo_labels_a_later_fold_may_not_use_before_fold_0_trains(
+        semi_data: Path, teacher_cv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # fold 0's teacher trained on folds 1 and 2's held-out images: fine for fold 0, a leak for the others
+    pseudo = tmp_path / "pseudo"
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(pseudo), "--min-confidence", "0",
+                 "--min-fraction", "0", "--max-fraction", "1", "--quiet"]) == 0
+    cv = tmp_path / "cv"
+    capsys.readouterr()
+    assert main(["cv", "--recipe", "tiny", "--data", str(semi_data), "--folds", "3", "--epochs", "1", "--quiet",
+                 "-o", str(cv), *TINY_OVERRIDES, f"data.pseudo_labels={pseudo}"]) == 2
+    err = capsys.readouterr().err
+    assert "teacher trained on held-out image" in err and err.count("\n") == 1
+    assert not list(cv.glob("fold-*/last.pt"))
