@@ -534,14 +534,19 @@ def test_an_onnx_type_model_keeps_its_learnt_classes_outside_its_run_folder(tiny
     assert learnt_lesion_classes({"file": str(elsewhere)}) == [1, 2]
     assert learnt_lesion_classes({"members": [{"file": str(elsewhere)}, {"file": str(mc / "last.pt")}]}) == [1, 2]
     # a file exported before covseg recorded them, kept outside its run: nothing says, as before
-    old = onnx.load(str(elsewhere))
-    kept = [(p.key, p.value) for p in old.metadata_props if p.key != "covseg_class_weights"]
-    del old.metadata_props[:]
-    for key, value in kept:
-        entry = old.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(old, str(tmp_path / "shipped" / "old.onnx"))
+    _without_metadata(elsewhere, "covseg_class_weights", tmp_path / "shipped" / "old.onnx")
     assert learnt_lesion_classes({"file": str(tmp_path / "shipped" / "old.onnx")}) is None
+
+
+def _without_metadata(source: Path, key: str, target: Path) -> None:
+    """Save ``source`` without its metadata entry ``key`` as ``target``: a file from before covseg wrote it."""
+    graph = onnx.load(str(source))
+    kept = [(p.key, p.value) for p in graph.metadata_props if p.key != key]
+    del graph.metadata_props[:]
+    for name, value in kept:
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = name, value
+    onnx.save(graph, str(target))
 
 
 def _damaged_copy(source: Path, target: Path) -> Path:
@@ -573,13 +578,7 @@ def test_a_damaged_onnx_file_is_refused_not_run(which: str, request, tiny_data: 
                    "export it again with covseg export"]
     assert not out.exists()
     # a file exported before covseg stored the checksum loads as before
-    old = onnx.load(str(source))
-    kept = [(p.key, p.value) for p in old.metadata_props if p.key != "covseg_weights_sha256"]
-    del old.metadata_props[:]
-    for key, value in kept:
-        entry = old.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(old, str(tmp_path / "old.onnx"))
+    _without_metadata(source, "covseg_weights_sha256", tmp_path / "old.onnx")
     load_onnx(tmp_path / "old.onnx")
 
 
