@@ -305,6 +305,11 @@ def _print_summary(metrics: dict, out_dir: Path) -> None:
     dice = metrics["per_image"]["dice"]
     parts = [f"{k} {v:.4f}" for k, v in dice.items() if k not in ("background", "mean_foreground") and v is not None]
     line = f"Dice (per image): {', '.join(parts)}"
+    if not parts:  # no truth holds a lesion: no Dice to show, but the false positives are worth saying
+        called = {k: n for k, n in metrics.get("predicted_pixels", {}).items() if k != "background" and n}
+        line = "no image's truth holds a lesion, so there is no Dice; the model called " + (
+            ", ".join(f"{n} pixels {k}" for k, n in called.items()) + " (pooled precision 0)" if called
+            else "no pixel a lesion")
     if len(parts) > 1 and dice["mean_foreground"] is not None:
         line += f"; mean {dice['mean_foreground']:.4f}"
     line += f"; pixel accuracy {metrics['pixel_accuracy']:.4f}"

@@ -123,6 +123,8 @@ class Evaluation:
             "task": self.scheme.task,
             "n_images": len(self.results),
             "images_with_class": {n: int(c) for n, c in zip(names, present)},
+            "predicted_pixels": {n: int(c) for n, c in zip(names, np.sum([r.cm.sum(axis=0) for r in self.results],
+                                                                          axis=0))},
             "empty_truth": EMPTY_TRUTH_RULE,
             "per_image_images": {metric: {n: int(c) for n, c in zip(names, counts)}
                                  for metric, counts in per_image_counts([r.cm for r in self.results]).items()},
@@ -135,7 +137,10 @@ class Evaluation:
 
 
 def summarise(results: Sequence[ImageResult], scheme: LabelScheme) -> Evaluation:
-    """Aggregate per-image results per image and pooled."""
+    """Aggregate per-image results per image and pooled. ``results``: one or more images (each ``cm`` ``(n, n)``,
+    ``n`` = ``scheme.num_classes``); none raises ValueError (there is nothing to summarise)."""
+    if not results:
+        raise ValueError("no images to summarise: evaluation needs at least one scored image")
     cms = [r.cm for r in results]
     total = np.sum(cms, axis=0)
     infnet = None
@@ -178,7 +183,13 @@ def _markdown(ev: Evaluation, title: str) -> str:
                   "takes them: an image without lesion scores 0 for meanDic, meanSen and meanSpe.", "",
                   "| meanDic | meanSen | meanSpe | MAE |", "|---|---|---|---|",
                   "| " + " | ".join(format_figure(i[k]) for k in ("meanDic", "meanSen", "meanSpe", "mae")) + " |", ""]
-    lines.append(f"Foreground classes: {', '.join(fg)}.")
+    if fg:
+        lines.append(f"Foreground classes: {', '.join(fg)}.")
+    else:
+        called = {n: c for n, c in d["predicted_pixels"].items() if n != "background" and c}
+        said = (", ".join(f"{c} pixels {n}" for n, c in called.items()) + ", all false positives (metrics.json "
+                "holds every class's pooled figures)") if called else "no pixel foreground either"
+        lines.append(f"No image's truth holds a foreground class, so none has a foreground Dice; the model called {said}.")
     return "\n".join(lines) + "\n"
 
 
@@ -204,9 +215,15 @@ def _per_image_csv(ev: Evaluation) -> str:
 
 def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any] | None = None,
                  n_figure: int = 3) -> dict[str, Any]:
-    """Write ``metrics.json``, ``metrics.md``, ``per_image.csv`` and ``best_worst.png`` into ``out_dir``."""
+    """Write ``metrics.json``, ``metrics.md``, ``per_image.csv`` and ``best_worst.png`` into ``out_dir``.
+
+    Each file is written atomically; a previous report's ``metrics.json`` is removed first and the new one written
+    last, so a folder holding the other files without ``metrics.json`` is an evaluation that did not finish (never
+    an old ``metrics.json`` beside new tables). ``best_worst.png`` is left out (an old one removed) when no image
+    has a foreground Dice."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {**(extra or {}), **ev.to_dict()}
+    (out_dir / "metrics.json").unlink(missing_ok=True)  # from here until the end, the folder is visibly unfinished
     atomic_write_text(out_dir / "metrics.md", _markdown(ev, title))
     atomic_write_text(out_dir / "per_image.csv", _per_image_csv(ev))
     scored = [r for r in ev.results if r.image is not None and math.isfinite(r.foreground_dice())]
@@ -217,6 +234,8 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
         rows = [(f"{r.name} ({'best' if i < k else 'worst'}, Dice {r.foreground_dice():.3f})", r.image, r.truth, r.pred)
                 for i, r in enumerate(picks)]
         plot_grid(rows, ev.scheme, out_dir / "best_worst.png", title=title)
+    else:
+        (out_dir / "best_worst.png").unlink(missing_ok=True)  # an older report's figure, of other images
     # metrics.json last: its presence marks a finished evaluation (covseg cv relies on it)
     atomic_write_text(out_dir / "metrics.json", json.dumps(data, indent=1) + "\n")
     return data

@@ -44,7 +44,7 @@ def select_samples(run_dir: Path | None, data: str, task: str, split: str,
 
     ``heldout`` = the run's own test part if it has one, else its validation part; ``val``/``train`` = the
     run's parts; ``test`` = the run's test part, else the data set's official test split; ``all`` = every
-    labelled training image of ``data``.
+    labelled training image of ``data``. A run's part must be found whole in ``data`` (a part of it is refused).
     """
     if split not in EVAL_SPLITS:
         raise CovsegError(f"unknown evaluation split {split!r}: use one of {', '.join(EVAL_SPLITS)}")
@@ -63,9 +63,13 @@ def select_samples(run_dir: Path | None, data: str, task: str, split: str,
         raise CovsegError(f"split {asked!r} needs a run folder with split.json; pass the run folder or use "
                           "--split all/test")
     names = set(parts.get(split, []))
+    if not names:
+        raise CovsegError(f"the run's {split} split is empty; use another --split")
     chosen = [s for s in samples if s.name in names]
-    if not chosen:
-        raise CovsegError(f"the run's {split} split is empty or not in {data}; use another --split")
+    missing = sorted(names - {s.name for s in chosen})
+    if missing:  # scoring the rest would report a figure of a subset as the split's
+        raise CovsegError(f"{len(missing)} of the {len(names)} images of the run's {split} split are not in {data} "
+                          f"(e.g. {', '.join(missing[:3])}); point --data at the data the run was trained on")
     return chosen
 
 

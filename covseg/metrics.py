@@ -33,11 +33,20 @@ __all__ = [
 
 
 def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
-    """Count (truth, prediction) pairs. ``pred`` and ``target``: int label maps of one shape."""
-    pred = np.asarray(pred, dtype=np.int64).ravel()
-    target = np.asarray(target, dtype=np.int64).ravel()
+    """Count (truth, prediction) pairs. ``pred`` and ``target``: int label maps of one shape (e.g. ``(H, W)``),
+    labels in ``0 .. num_classes - 1``. Returns ``(num_classes, num_classes)`` int64, rows = truth.
+
+    Raises ValueError for maps of different shapes (a transposed map is not scored pixel by pixel against the other)
+    or a label outside the range (it would be counted as another class)."""
+    pred, target = np.asarray(pred), np.asarray(target)
     if pred.shape != target.shape:
-        raise ValueError(f"prediction has {pred.size} pixels but target has {target.size}")
+        raise ValueError(f"prediction has shape {pred.shape} but target has {target.shape}; they must match")
+    pred = pred.astype(np.int64).ravel()
+    target = target.astype(np.int64).ravel()
+    for what, labels in (("prediction", pred), ("target", target)):
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            bad = labels.min() if labels.min() < 0 else labels.max()
+            raise ValueError(f"{what} holds label {bad}, outside 0..{num_classes - 1} of {num_classes} classes")
     return np.bincount(target * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 

@@ -125,10 +125,16 @@ def _read_per_image(path: Path) -> Table:
     if not rows or "name" not in rows[0]:
         raise CovsegError(f"{path}: not a per-image table of covseg evaluate; score the fold again")
     table: Table = {}
+    lines: dict[str, int] = {}  # image name -> the line that gave it
     for line, row in enumerate(rows, start=2):
         if None in row or None in row.values():
             raise CovsegError(f"{path}, line {line}: {len(rows[0])} columns expected; score the fold again")
-        table[row["name"]] = {k: _number(v, f"{path}, line {line}, column {k}") for k, v in row.items() if k != "name"}
+        name = row["name"]
+        if name in lines:
+            raise CovsegError(f"{path}, line {line}: image {name} again (first on line {lines[name]}); a fold scores "
+                              "each image once: score the fold again")
+        lines[name] = line
+        table[name] = {k: _number(v, f"{path}, line {line}, column {k}") for k, v in row.items() if k != "name"}
     return table
 
 
@@ -155,17 +161,24 @@ def _planned_epochs(run_dir: Path) -> int | None:
 
 
 def _check_own_model(run_dir: Path) -> None:
-    """Refuse a fold whose ``eval-heldout`` scored another checkpoint than the run's own model (``swa.pt`` where
-    the run has one, else ``last.pt``), e.g. a report written before ``swa.pt`` became the run's model, one scored
-    with flip TTA (the other folds are not), or whose training stopped before its last epoch (a report of an
-    interrupted run)."""
-    from covseg.checkpoint import epochs_done, find_checkpoint  # torch: only once there is a report to check
+    """Refuse a fold whose ``eval-heldout`` is not a finished report of the run's own model as it is now (``swa.pt``
+    where the run has one, else ``last.pt``): one without ``metrics.json`` (an evaluation that did not finish, or
+    that recorded no model), one that scored another checkpoint (e.g. written before ``swa.pt`` became the run's
+    model), one scored with flip TTA (the other folds are not), one of a run whose training stopped before its last
+    epoch, or one that scored the checkpoint at another epoch than it holds now (a report of an interrupted run
+    that was resumed since). ``metrics.json``'s ``model`` records the checkpoint's ``file`` and ``epoch``."""
+    from covseg.checkpoint import epochs_done, find_checkpoint, read_checkpoint  # torch: only with a report to check
 
+    report = run_dir / "eval-heldout" / "metrics.json"
+    again = f"score it again: covseg evaluate {run_dir}"
+    if not report.is_file():
+        raise CovsegError(f"{run_dir}/eval-heldout has per_image.csv but no metrics.json, so its evaluation did not "
+                          f"finish; {again}")
     try:
-        model = json.loads((run_dir / "eval-heldout" / "metrics.json").read_text(encoding="utf-8"))["model"]
+        model = json.loads(report.read_text(encoding="utf-8"))["model"]
         scored = Path(model["file"]).name
     except (OSError, ValueError, KeyError, TypeError):
-        return
+        raise CovsegError(f"{report}: unreadable, or it does not record which model it scored; {again}") from None
     if model.get("flip_tta"):
         raise CovsegError(f"{run_dir}/eval-heldout was scored with flip TTA (an older covseg wrote evaluate --tta "
                           f"there); score it again without --tta: covseg evaluate {run_dir}")
@@ -175,15 +188,20 @@ def _check_own_model(run_dir: Path) -> None:
     if planned is not None and done < planned:
         raise CovsegError(f"{run_dir}: its training stopped after epoch {done} of {planned}; finish it first "
                           f"(covseg train --resume {run_dir}, or covseg cv on its folder)")
-    own = find_checkpoint(run_dir, "final").name
-    if scored != own:
-        raise CovsegError(f"{run_dir}/eval-heldout scored {scored}, not the run's own {own}; score it again: "
-                          f"covseg evaluate {run_dir}")
+    own = find_checkpoint(run_dir, "final")
+    if scored != own.name:
+        raise CovsegError(f"{run_dir}/eval-heldout scored {scored}, not the run's own {own.name}; {again}")
+    holds = done if own.name == "last.pt" else int(read_checkpoint(own)["epoch"])
+    if model.get("epoch") != holds:
+        at = f"epoch {model['epoch']}" if model.get("epoch") is not None else "an unrecorded epoch"
+        raise CovsegError(f"{run_dir}/eval-heldout scored {scored} at {at}, but it holds epoch {holds} now (the run "
+                          f"trained on after it was scored); {again}")
 
 
 def read_fold_scores(cv_dir: Path) -> FoldScores:
     """Read every scored fold of a ``covseg cv`` folder (``fold-K/eval-heldout/per_image.csv``), or the one fold of
-    a ``covseg train --split cv:K`` run folder (its own ``eval-heldout/per_image.csv``)."""
+    a ``covseg train --split cv:K`` run folder (its own ``eval-heldout/per_image.csv``). Each table must sit beside
+    the ``metrics.json`` of a finished report of its run's own model as it is now (:func:`_check_own_model`)."""
     if not cv_dir.is_dir():
         raise CovsegError(f"{cv_dir}: no such folder; give a `covseg cv` output folder (or its seed-S folder)")
     if (cv_dir / PER_IMAGE).is_file():

@@ -231,3 +231,15 @@ def test_the_report_counts_the_images_behind_each_per_image_mean() -> None:
     assert "specificity over background 2, infection 4 (every image where it is defined)" in page
     assert "precision over background 4, infection 1 (where the class is also predicted)" in page
     assert "an image without lesion scores 0 for meanDic" in page
+
+
+def test_confusion_matrix_rejects_other_shapes_of_one_size_and_labels_out_of_range() -> None:
+    with pytest.raises(ValueError, match=r"shape \(2, 3\) but target has \(3, 2\)"):
+        confusion_matrix(np.zeros((2, 3)), np.zeros((3, 2)), 2)  # 6 pixels each, but not the same pixels
+    with pytest.raises(ValueError, match="prediction holds label 2, outside 0..1 of 2 classes"):
+        confusion_matrix(np.array([2]), np.array([0]), 2)  # was counted as truth 1, prediction 0
+    with pytest.raises(ValueError, match="prediction holds label -1"):
+        confusion_matrix(np.array([-1, 0]), np.array([1, 1]), 2)
+    with pytest.raises(ValueError, match="target holds label 3, outside 0..2"):
+        confusion_matrix(np.array([0, 1]), np.array([3, 0]), 3)
+    assert confusion_matrix(np.zeros((0, 4)), np.zeros((0, 4)), 2).tolist() == [[0, 0], [0, 0]]

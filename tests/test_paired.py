@@ -1,7 +1,9 @@
 """covseg.paired and `covseg cv-compare`: paired per-image differences between two cross-validations."""
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +19,17 @@ from covseg.paired import compare_cross_validations, compute_fold_difference, de
 BINARY_HEADER = ("name,pixels,fg_dice,dice_background,dice_infection,iou_background,iou_infection,pixel_accuracy,"
                  "infnet_meanDic,infnet_mae")
 
+OWN_MODEL = {"file": "last.pt", "epoch": 3, "flip_tta": False}  # metrics.json's model: what covseg evaluate scored
+
 
 def write_fold(cv_dir: Path, fold: int, dice: dict[str, float]) -> None:
-    """A binary per_image.csv with the given infection Dice per image (other columns filler)."""
+    """A binary per_image.csv with the given infection Dice per image (other columns filler), beside the
+    metrics.json that marks a finished evaluation (of a fold folder without checkpoints)."""
     folder = cv_dir / f"fold-{fold}" / "eval-heldout"
     folder.mkdir(parents=True)
     rows = [f"{name},100,{d},0.9,{d},0.8,{d / 2},0.95,0.7,0.05" for name, d in dice.items()]
     (folder / "per_image.csv").write_text("\n".join([BINARY_HEADER, *rows]) + "\n", encoding="utf-8")
+    (folder / "metrics.json").write_text(json.dumps({"model": OWN_MODEL}), encoding="utf-8")
 
 
 @pytest.fixture()
@@ -115,7 +121,7 @@ def test_reads_what_evaluate_writes_and_picks_the_classes_the_truths_hold(tmp_pa
     pred[:2, :5] = 0  # half the GGO missed: Dice 2 * 10 / (20 + 10)
     probs = np.eye(scheme.num_classes)[pred].transpose(2, 0, 1)
     write_report(summarise([evaluate_image("s1", probs, truth, scheme)], scheme), tmp_path / "fold-0" / "eval-heldout",
-                 "test")
+                 "test", {"model": OWN_MODEL})
     scores = read_fold_scores(tmp_path)
     assert default_metrics(scores) == ["dice_ggo", "dice_consolidation"]  # pleural effusion: no truth, all nan
     assert scores["fold-0"]["s1"]["dice_ggo"] == pytest.approx(2 * 10 / 30, abs=1e-6)
@@ -143,7 +149,7 @@ def write_multiclass_fold(cv_dir: Path, fold: int, images: list[tuple[str, np.nd
     scheme = get_scheme("multiclass")
     results = [evaluate_image(name, np.eye(scheme.num_classes)[pred].transpose(2, 0, 1), truth, scheme)
                for name, truth, pred in images]
-    write_report(summarise(results, scheme), cv_dir / f"fold-{fold}" / "eval-heldout", "test")
+    write_report(summarise(results, scheme), cv_dir / f"fold-{fold}" / "eval-heldout", "test", {"model": OWN_MODEL})
 
 
 def test_a_false_positive_on_an_empty_truth_does_not_count(tmp_path: Path) -> None:
@@ -252,3 +258,46 @@ def test_images_of_one_name_scored_on_other_data_are_refused(tmp_path: Path) -> 
     with pytest.raises(CovsegError, match="fold-0: image a has pixels 100 in one cross-validation and 400 in the "
                                           "other, so they were scored on different data"):
         compare_cross_validations(tmp_path / "ref", tmp_path / "new")
+
+
+def test_a_repeated_image_row_is_refused_with_its_line(tmp_path: Path) -> None:
+    write_fold(tmp_path / "cv", 0, {"a": 0.5, "b": 0.7})
+    path = tmp_path / "cv" / "fold-0" / "eval-heldout" / "per_image.csv"
+    header, first, second = path.read_text(encoding="utf-8").splitlines()
+    path.write_text(f"{header}\n{first}\n{second}\n{first.replace(',0.5,', ',0.9,')}\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match=r"per_image.csv, line 4: image a again \(first on line 2\)"):
+        read_fold_scores(tmp_path / "cv")
+
+
+def test_a_report_without_metrics_json_is_an_unfinished_evaluation(tmp_path: Path) -> None:
+    write_fold(tmp_path / "cv", 0, {"a": 0.5})
+    report = tmp_path / "cv" / "fold-0" / "eval-heldout" / "metrics.json"
+    report.write_text("{not json", encoding="utf-8")
+    with pytest.raises(CovsegError, match="metrics.json: unreadable, or it does not record which model"):
+        read_fold_scores(tmp_path / "cv")
+    report.unlink()  # what an interrupted write_report leaves: per_image.csv without metrics.json
+    with pytest.raises(CovsegError, match="has per_image.csv but no metrics.json, so its evaluation did not finish; "
+                                          "score it again: covseg evaluate"):
+        read_fold_scores(tmp_path / "cv")
+
+
+def test_a_report_of_the_run_at_an_earlier_epoch_is_refused(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "eval-heldout", ignore_errors=True)
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    assert list(read_fold_scores(run)) == ["fold-0"]  # scored last.pt at the epoch it holds: taken
+    report = run / "eval-heldout" / "metrics.json"
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert data["model"]["epoch"] == 3
+    data["model"]["epoch"] = 2  # scored while the run was at epoch 2, then resumed to its planned 3
+    report.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(CovsegError, match=r"scored last.pt at epoch 2, but it holds epoch 3 now .*; score it again: "
+                                          "covseg evaluate"):
+        read_fold_scores(run)
+    assert main(["cv-compare", str(run), str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at epoch 2, but it holds epoch 3 now" in err[0]
+    report.unlink()
+    with pytest.raises(CovsegError, match="no metrics.json"):
+        read_fold_scores(run)

@@ -1,0 +1,95 @@
+"""covseg.evaluation's report as a whole: an interrupted rewrite, images without lesion, nothing to summarise,
+and `covseg evaluate` on data that lacks some of the run's held-out images."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import covseg.evaluation as evaluation
+from covseg.cli import _print_summary, main
+from covseg.errors import CovsegError
+from covseg.evaluation import Evaluation, evaluate_image, summarise, write_report
+from covseg.experiment import select_samples
+from covseg.labels import get_scheme
+
+BINARY = get_scheme("binary")
+
+
+def _evaluation(pred_pixels: list[int], lesion: bool = True) -> Evaluation:
+    """Binary results on 8x8 images: image i predicts ``pred_pixels[i]`` pixels of infection in its first row; the
+    truth holds a 2x2 lesion there, or (``lesion`` False) nothing."""
+    results = []
+    for i, called in enumerate(pred_pixels):
+        truth = np.zeros((8, 8), np.int64)
+        if lesion:
+            truth[0, :2] = truth[1, :2] = 1
+        pred = np.zeros((8, 8), np.int64)
+        pred[0, :called] = 1
+        probs = np.eye(2, dtype=np.float32)[pred].transpose(2, 0, 1)
+        results.append(evaluate_image(f"im{i}", probs, truth, BINARY, np.zeros((8, 8), np.float32)))
+    return summarise(results, BINARY)
+
+
+def test_an_interrupted_rewrite_leaves_no_old_metrics_json_beside_new_tables(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "eval"
+    write_report(_evaluation([2, 3]), out, "first", {"model": {"file": "last.pt", "epoch": 1}})
+    assert (out / "metrics.json").is_file()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "plot_grid", interrupted)  # Ctrl-C while the figure is drawn
+    with pytest.raises(KeyboardInterrupt):
+        write_report(_evaluation([4, 4]), out, "second", {"model": {"file": "last.pt", "epoch": 2}})
+    assert (out / "metrics.md").read_text(encoding="utf-8").startswith("# second")  # the new tables …
+    assert not (out / "metrics.json").exists()  # … and no first report's metrics.json claiming they are finished
+    monkeypatch.undo()
+    data = write_report(_evaluation([4, 4]), out, "second", {"model": {"file": "last.pt", "epoch": 2}})
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8")) == data
+
+
+def test_no_lesion_in_any_truth_says_what_the_model_called(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "eval"
+    metrics = write_report(_evaluation([0, 3, 2], lesion=False), out, "healthy")
+    assert metrics["predicted_pixels"] == {"background": 3 * 64 - 5, "infection": 5}
+    assert metrics["pooled"]["precision"]["infection"] == 0.0
+    assert "Foreground classes: ." not in (out / "metrics.md").read_text(encoding="utf-8")
+    assert "the model called 5 pixels infection, all false positives" in (out / "metrics.md").read_text()
+    _print_summary(metrics, out)
+    printed = capsys.readouterr().out.splitlines()[0]
+    assert printed.startswith("no image's truth holds a lesion, so there is no Dice; the model called 5 pixels "
+                              "infection (pooled precision 0); pixel accuracy ")
+    _print_summary(write_report(_evaluation([0, 0], lesion=False), out, "healthy"), out)
+    assert "the model called no pixel a lesion; pixel accuracy 1.0000" in capsys.readouterr().out
+    _print_summary(write_report(_evaluation([2, 0]), out, "lesions"), out)  # with lesions: the Dice, as before
+    assert capsys.readouterr().out.startswith("Dice (per image): infection 0.3333; pixel accuracy ")  # (2/3 + 0) / 2
+    assert (out / "best_worst.png").is_file()
+    write_report(_evaluation([1], lesion=False), out, "healthy")  # no image with a Dice to show: no figure
+    assert not (out / "best_worst.png").exists()  # (not the lesion report's, of other images)
+
+
+def test_nothing_to_summarise_is_said_plainly() -> None:
+    with pytest.raises(ValueError, match="no images to summarise"):
+        summarise([], BINARY)
+
+
+def test_evaluate_refuses_data_lacking_some_held_out_images(tiny_run: Path, tiny_data: Path, tmp_path: Path,
+                                                            capsys) -> None:
+    held_out = json.loads((tiny_run / "split.json").read_text(encoding="utf-8"))["val"]
+    assert len(select_samples(tiny_run, str(tiny_data), "binary", "heldout")) == len(held_out)
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_data, partial)
+    gone = sorted(held_out)[0]
+    for path in partial.rglob(f"{gone}.*"):
+        path.unlink()
+    with pytest.raises(CovsegError, match=rf"1 of the {len(held_out)} images of the run's val split are not in "
+                                          rf".*partial \(e.g. {gone}\); point --data at the data the run was trained on"):
+        select_samples(tiny_run, str(partial), "binary", "heldout")
+    assert main(["evaluate", str(tiny_run), "--data", str(partial), "-o", str(tmp_path / "eval"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 of the" in err[0] and not (tmp_path / "eval").exists()
