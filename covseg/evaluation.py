@@ -189,7 +189,8 @@ def _markdown(ev: Evaluation, title: str) -> str:
         called = {n: c for n, c in d["predicted_pixels"].items() if n != "background" and c}
         said = (", ".join(f"{c} pixels {n}" for n, c in called.items()) + ", all false positives (metrics.json "
                 "holds every class's pooled figures)") if called else "no pixel foreground either"
-        lines.append(f"No image's truth holds a foreground class, so none has a foreground Dice; the model called {said}.")
+        lines.append("No image's truth holds a foreground class, so none has a foreground Dice; the model called "
+                     f"{said}.")
     return "\n".join(lines) + "\n"
 
 
