@@ -306,7 +306,9 @@ def _print_summary(metrics: dict, out_dir: Path) -> None:
     parts = [f"{k} {v:.4f}" for k, v in dice.items() if k not in ("background", "mean_foreground") and v is not None]
     line = f"Dice (per image): {', '.join(parts)}"
     if not parts:  # no truth holds a lesion: no Dice to show, but the false positives are worth saying
-        called = {k: n for k, n in metrics.get("predicted_pixels", {}).items() if k != "background" and n}
+        from covseg.evaluation import foreground_called
+
+        called = foreground_called(metrics)
         line = "no image's truth holds a lesion, so there is no Dice; the model called " + (
             ", ".join(f"{n} pixels {k}" for k, n in called.items()) + " (pooled precision 0)" if called
             else "no pixel a lesion")

@@ -39,7 +39,8 @@ from covseg.metrics import (
     pixel_accuracy,
 )
 
-__all__ = ["ImageResult", "Evaluation", "evaluate_image", "summarise", "write_report", "format_figure", "EMPTY_TRUTH_RULE"]
+__all__ = ["ImageResult", "Evaluation", "evaluate_image", "summarise", "write_report", "format_figure",
+           "foreground_called", "EMPTY_TRUTH_RULE"]
 
 EMPTY_TRUTH_RULE = ("per-image means skip images whose ground truth lacks the class (MONAI ignore_empty; "
                     "specificity is averaged over every image instead) and images where a figure is undefined "
@@ -155,6 +156,12 @@ def format_figure(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
 
 
+def foreground_called(metrics: dict[str, Any]) -> dict[str, int]:
+    """The pixels a report's model called each foreground class it called at all (``metrics``: ``metrics.json``'s
+    contents; its ``predicted_pixels``, empty for a report written before covseg counted them)."""
+    return {n: c for n, c in metrics.get("predicted_pixels", {}).items() if n != "background" and c}
+
+
 def _markdown(ev: Evaluation, title: str) -> str:
     d = ev.to_dict()
     names = [n for n, c in d["images_with_class"].items() if c > 0]
@@ -186,7 +193,7 @@ def _markdown(ev: Evaluation, title: str) -> str:
     if fg:
         lines.append(f"Foreground classes: {', '.join(fg)}.")
     else:
-        called = {n: c for n, c in d["predicted_pixels"].items() if n != "background" and c}
+        called = foreground_called(d)
         said = (", ".join(f"{c} pixels {n}" for n, c in called.items()) + ", all false positives (metrics.json "
                 "holds every class's pooled figures)") if called else "no pixel foreground either"
         lines.append("No image's truth holds a foreground class, so none has a foreground Dice; the model called "

@@ -125,26 +125,25 @@ def exported_from(path: Path) -> str | None:
     """The checkpoint file name (``best.pt``, ``last.pt``, ``swa.pt``, ``ema.pt``) a covseg ONNX file was exported
     from (its ``covseg_checkpoint`` metadata); None for a file that does not say (exported before covseg recorded
     it) or cannot be read."""
+    return _metadata(path).get("covseg_checkpoint")
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """A covseg ONNX file's metadata entries; empty for a file that cannot be read (load_onnx reports those)."""
     import onnx
 
     try:
         graph = onnx.load(str(path), load_external_data=False)
-    except Exception:  # onnx raises several types for unreadable files; load_onnx reports those
-        return None
-    return {entry.key: entry.value for entry in graph.metadata_props}.get("covseg_checkpoint")
+    except Exception:  # onnx raises several types for unreadable files
+        return {}
+    return {entry.key: entry.value for entry in graph.metadata_props}
 
 
 def exported_class_weights(path: Path) -> list[float] | None:
     """The class weights of the run a covseg ONNX file was exported from (its ``covseg_class_weights`` metadata;
     0 for a class absent from the training masks, one it never learnt); None for a file that does not say
     (exported before covseg recorded them, or from a checkpoint kept alone) or cannot be read."""
-    import onnx
-
-    try:
-        graph = onnx.load(str(path), load_external_data=False)
-    except Exception:  # onnx raises several types for unreadable files; load_onnx reports those
-        return None
-    value = {entry.key: entry.value for entry in graph.metadata_props}.get("covseg_class_weights")
+    value = _metadata(path).get("covseg_class_weights")
     if value is None:
         return None
     try:
