@@ -76,6 +76,8 @@ class ModelConfig:
     deep_supervision: bool = False  # extra losses on coarser decoder levels while training (U-Net, SegNet)
     block: str = "plain"  # U-Net's convolution blocks: "plain" | "residual" (covseg.models.unet.BLOCKS)
     dropout: float = 0.0  # U-Net: share of the bottleneck's channels dropped while training (Dropout2d), in [0, 1)
+    # U-Net: share of each decoder level's channels dropped while training (Dropout2d), all levels but the top one
+    decoder_dropout: float = 0.0
 
 
 @dataclass
@@ -429,9 +431,13 @@ def _validate(config: RunConfig, source: str) -> None:
     if not 0 <= config.model.dropout < 1:
         raise CovsegError(f"{source}: model.dropout is {config.model.dropout}; it must be a share in [0, 1), such as "
                           "0.2, or 0 for none")
-    if config.model.dropout and config.model.name != "unet":
-        raise CovsegError(f"{source}: model.dropout is {config.model.dropout}, but only U-Net has dropout; "
-                          f"leave model.dropout at 0 for {config.model.name}")
+    if not 0 <= config.model.decoder_dropout < 1:
+        raise CovsegError(f"{source}: model.decoder_dropout is {config.model.decoder_dropout}; it must be a share in "
+                          "[0, 1), such as 0.2, or 0 for none")
+    for key in ("dropout", "decoder_dropout"):
+        if getattr(config.model, key) and config.model.name != "unet":
+            raise CovsegError(f"{source}: model.{key} is {getattr(config.model, key)}, but only U-Net has dropout; "
+                              f"leave model.{key} at 0 for {config.model.name}")
     if config.model.norm != "batch" and config.model.name != "unet":
         raise CovsegError(f"{source}: model.norm is {config.model.norm!r}, but only U-Net has other normalisations; "
                           f"leave model.norm at batch for {config.model.name}")

@@ -164,11 +164,12 @@ def restoration_network(model: ModelConfig) -> nn.Module:
 
 def _architecture(model: ModelConfig | dict[str, Any]) -> dict[str, Any]:
     """What must match between a pretraining and a training: the model's name and the options that build it
-    (a saved ``model_config`` from before an option existed takes that option's default); dropout, which has no
-    weights, may differ."""
+    (a saved ``model_config`` from before an option existed takes that option's default); dropout (bottleneck and
+    decoder), which has no weights, may differ."""
     model = model if isinstance(model, ModelConfig) else ModelConfig(**model)
     options = architecture_options(model)
     options.pop("dropout", None)
+    options.pop("decoder_dropout", None)
     return {"name": model.name, **options}
 
 

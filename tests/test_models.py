@@ -277,6 +277,40 @@ def test_unet_dropout_drops_bottleneck_channels_while_training_only() -> None:
     torch.testing.assert_close(out[kept], 2 * features[kept])
 
 
+def test_unet_decoder_dropout_drops_each_lower_decoder_levels_channels_while_training_only() -> None:
+    torch.manual_seed(0)
+    plain = create_model("unet", num_classes=2, width=4, depth=3, deep_supervision=True)
+    dropped = create_model("unet", num_classes=2, width=4, depth=3, deep_supervision=True, decoder_dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())  # dropout has no weights: the same state dict fits
+    assert len(dropped.decoder_dropouts) == 2  # the levels at 1/4 and 1/2 of the input; none at full size
+    x = torch.randn(4, 1, 16, 16)
+    plain.eval()
+    dropped.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(x), plain(x))  # eval: the identity
+    decoded: list[torch.Tensor] = []
+    after: list[torch.Tensor] = []
+    for decoder in dropped.decoders:
+        decoder.register_forward_hook(lambda module, inputs, output: decoded.append(output))
+    for dropout in dropped.decoder_dropouts:
+        dropout.register_forward_hook(lambda module, inputs, output: after.append(output))
+    dropped.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        outputs = dropped(x)
+    assert [tuple(a.shape[-2:]) for a in after] == [(4, 4), (8, 8)]
+    for features, out in zip(decoded, after):  # Dropout2d: each map zeroed, or kept and scaled by 1 / (1 - p)
+        zeroed = out.abs().amax(dim=(2, 3)) == 0
+        assert 0 < zeroed.sum() < zeroed.numel()
+        torch.testing.assert_close(out[~zeroed], 2 * features[~zeroed])
+    # the head reads the top decoder level as it is; the aux heads read the levels before their dropout
+    torch.testing.assert_close(outputs[0], dropped.head(decoded[2]))
+    torch.testing.assert_close(outputs[1], dropped.aux_heads[0](decoded[1]))
+    torch.testing.assert_close(outputs[2], dropped.aux_heads[1](decoded[0]))
+    with pytest.raises(CovsegError, match=r"decoder_dropout must be in \[0, 1\)"):
+        create_model("unet", decoder_dropout=1.0)
+
+
 def test_residual_unet_has_the_plain_ones_parameters_and_rejects_unknown_blocks() -> None:
     plain = create_model("unet", num_classes=2, width=16, depth=4)
     residual = create_model("unet", num_classes=2, width=16, depth=4, block="residual")

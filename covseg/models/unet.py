@@ -65,7 +65,10 @@ class UNet(nn.Module):
     ``width * 2**i``. ``block`` names each level's two 3x3 convolutions in :data:`BLOCKS`: ``"plain"`` (the
     original's) or ``"residual"`` (an identity shortcut around the second, :class:`ResidualDoubleConv`).
     ``norm`` names the normalisation after each convolution in :data:`NORMS` (``"batch"`` or ``"instance"``),
-    used when ``batch_norm`` is true (false: none, and the convolutions have biases).
+    used when ``batch_norm`` is true (false: none, and the convolutions have biases). ``dropout`` is the share of
+    the bottleneck's channels dropped while training (``nn.Dropout2d``); ``decoder_dropout`` the share dropped of
+    each decoder level's output below the top one (the ``depth - 1`` levels at ``H/2 ... H/2**(depth-1)``, after
+    the aux heads read them), so the full-size features the head reads are never dropped.
 
     With ``deep_supervision`` (training mode only) the forward pass returns a list: the ``(B, num_classes,
     H, W)`` logits, then ``depth - 1`` coarser logits from 1x1 heads on the decoder levels, of sizes
@@ -84,6 +87,7 @@ class UNet(nn.Module):
         depth: int = 4,
         batch_norm: bool = True,
         dropout: float = 0.0,
+        decoder_dropout: float = 0.0,
         deep_supervision: bool = False,
         block: str = "plain",
         norm: str = "batch",
@@ -93,6 +97,8 @@ class UNet(nn.Module):
             raise ValueError(f"depth and width must be >= 1, got depth={depth}, width={width}")
         if block not in BLOCKS:
             raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {block!r}")
+        if not (0 <= dropout < 1 and 0 <= decoder_dropout < 1):
+            raise ValueError(f"dropout and decoder_dropout must be in [0, 1), got {dropout} and {decoder_dropout}")
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         conv_block = BLOCKS[block]
@@ -107,6 +113,10 @@ class UNet(nn.Module):
         )
         self.decoders = nn.ModuleList(
             conv_block(2 * channels[i], channels[i], batch_norm, norm) for i in reversed(range(depth))
+        )
+        # one per decoder level below the top, in decoding order (coarsest first); none for the top level
+        self.decoder_dropouts = nn.ModuleList(
+            nn.Dropout2d(decoder_dropout) if decoder_dropout > 0 else nn.Identity() for _ in range(depth - 1)
         )
         self.head = nn.Conv2d(channels[0], num_classes, 1)
         # deep supervision: 1x1 heads on the decoder levels below the top (1/2, 1/4, ... of the input size)
@@ -124,10 +134,12 @@ class UNet(nn.Module):
         x = self.dropout(self.encoders[-1](x))
         supervise = self.training and len(self.aux_heads) > 0
         decoded: list[torch.Tensor] = []
-        for upsample, decoder in zip(self.upsamplers, self.decoders):
+        for level, (upsample, decoder) in enumerate(zip(self.upsamplers, self.decoders)):
             x = decoder(torch.cat([upsample(x), skips.pop()], dim=1))
             if supervise:
                 decoded.append(x)
+            if level < self.depth - 1:
+                x = self.decoder_dropouts[level](x)
         if supervise:
             # full-size logits first, then coarser ones: 1/2, 1/4, ... of the input size
             coarse = [head(level) for head, level in zip(self.aux_heads, reversed(decoded[:-1]))]
