@@ -148,6 +148,9 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     if out_dir is not None and ((Path(out_dir) / "config.yaml").is_file() or any(Path(out_dir).glob("fold-*/config.yaml"))):
         raise CovsegError(f"{out_dir}: is a run or cross-validation folder; give -o a report folder of its own, e.g. "
                           f"{Path(out_dir) / 'eval-NAME'}")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():  # before scoring, not after
+        raise CovsegError(f"{out_dir}: is a file, not a folder; give -o a folder for the report, e.g. "
+                          f"{Path(out_dir).with_suffix('')}-report")
     if out_dir is None and lesion_paths:
         raise CovsegError("an evaluation with --lesion-model needs -o REPORT_DIR, so the model's own report stays")
     if out_dir is None and paths != given:  # a cross-validation folder reports beside its folds

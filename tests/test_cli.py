@@ -432,6 +432,21 @@ def test_evaluate_refuses_a_run_folder_as_its_report_folder(tiny_run: Path, tmp_
         assert sorted(p.name for p in out.rglob("*")) == before
 
 
+def test_evaluate_refuses_a_file_as_its_report_folder_before_scoring(tiny_run: Path, tmp_path: Path, capsys,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.experiment
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored before the report folder was checked")
+
+    monkeypatch.setattr(covseg.experiment, "open_models", never)
+    out = tmp_path / "report.txt"
+    out.write_text("mine\n")
+    assert main(["evaluate", str(tiny_run), "-o", str(out), "--quiet"]) == 2
+    assert "report.txt: is a file, not a folder; give -o a folder" in _one_line_error(capsys)
+    assert out.read_text() == "mine\n"
+
+
 @pytest.mark.parametrize("models, message", [(["unet", "segnet", "data.input_size=32"], "put KEY=VALUE overrides before"),
                                              (["unet", "unet"], "names a model twice")])
 def test_compare_refuses_settings_or_repeats_in_its_model_list(models: list[str], message: str, tiny_data: Path,
