@@ -454,6 +454,11 @@ def _validate(config: RunConfig, source: str) -> None:
         raise CovsegError(f"{source}: train.augment.crop is {crop}, larger than data.input_size "
                           f"{config.data.input_size}; use a smaller crop, or 0 for whole images")
     _check_model_multiple("train.augment.crop", crop, config.model.depth, source)
+    progressive = config.train.progressive_size
+    if crop > progressive > 0:  # a crop is cut from the resampled slice: larger than it, none would be cut
+        raise CovsegError(f"{source}: train.augment.crop is {crop}, larger than train.progressive_size {progressive}, "
+                          f"so the progressive epochs could not crop; use a crop of at most {progressive}, or "
+                          "train.progressive_size=0 train.progressive_fraction=0")
 
 
 def _check_model_multiple(option: str, side: int, depth: int, source: str) -> None:

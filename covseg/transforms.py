@@ -98,7 +98,9 @@ def augment_batch(
     ``images``: ``(B, 1, H, W)`` in [0, 1]; ``masks``: label maps ``(B, H, W)``. Images are warped bilinearly
     (zero padding), label maps with nearest sampling. ``size`` (progressive resizing, ``train.progressive_size``)
     resamples the whole field of view to ``(B, 1, size, size)`` / ``(B, size, size)`` in that same single
-    resampling (no anti-aliasing), drawing exactly the random numbers it draws without ``size``. Intensity:
+    resampling (no anti-aliasing), drawing the random numbers it draws without ``size`` except where a draw's count
+    depends on the side: Gaussian noise (one draw per pixel) and a crop (none when ``cfg.crop`` is not smaller than
+    the side; config validation refuses a crop larger than ``train.progressive_size``). Intensity:
     ``x ** g``, then ``m + c (x - m)`` with ``m`` the image's mean (contrast), then ``+ b``, clamped to [0, 1]. All randomness comes from ``generator``
     so a run is reproducible; elastic, contrast, noise, blur and low resolution draw only when they are on, so
     recipes without them draw as before.

@@ -49,6 +49,8 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("model.norm=instance", "only U-Net has other normalisations; leave model.norm at batch for segnet"),
                          ("model.dropout=1", r"model.dropout is 1.0; it must be a share in \[0, 1\)"),
                          ("model.dropout=0.2", "only U-Net has dropout; leave model.dropout at 0 for segnet"),
+                         ("train.augment.crop=320",
+                          "crop is 320, larger than train.progressive_size 256, so the progressive epochs could not"),
                          ("model.decoder_dropout=-0.1",
                           r"model.decoder_dropout is -0.1; it must be a share in \[0, 1\)"),
                          ("model.decoder_dropout=0.2",
@@ -64,6 +66,9 @@ def test_overrides_and_their_errors(tmp_path) -> None:
     assert apply_overrides(load_recipe("default"), ["model.norm=instance"]).model.norm == "instance"
     assert apply_overrides(load_recipe("default"), ["model.dropout=0.3"]).model.dropout == 0.3
     assert apply_overrides(load_recipe("default"), ["model.decoder_dropout=0.3"]).model.decoder_dropout == 0.3
+    assert apply_overrides(load_recipe("default"), ["train.augment.crop=256"]).train.augment.crop == 256
+    assert apply_overrides(load_recipe("default"), ["train.augment.crop=320", "train.progressive_size=0",
+                                                    "train.progressive_fraction=0"]).train.augment.crop == 320
     tversky = apply_overrides(load_recipe("default"), ["train.tversky_beta=0.7"]).train
     assert _training_loss(tversky, np.ones(3)).dice.fn_weight == 0.7
     assert _training_loss(load_recipe("default", task="multiclass").train, np.ones(4)).dice.fn_weight == 0.5
