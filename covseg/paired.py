@@ -34,6 +34,8 @@ __all__ = ["FoldDifference", "NothingToPair", "compute_fold_difference", "read_f
 
 PER_IMAGE = Path("eval-heldout") / "per_image.csv"  # under each fold-K folder of a `covseg cv` output
 CLASS_METRICS = ("dice_", "iou_")  # per_image.csv columns of one class; its truth pixels are in truth_<class>
+#: per_image.csv columns where lower is better (an error, not an overlap): their tables count images and folds down
+LOWER_IS_BETTER = frozenset({"infnet_mae"})
 
 Table = dict[str, dict[str, float]]  # one fold's per_image.csv: image name -> column -> value
 FoldScores = dict[str, Table]  # fold name -> its table
@@ -53,6 +55,7 @@ class FoldDifference:
     candidate: float
     images: int  # images paired
     images_up: int  # of those, images where the candidate scored higher (ties are not up)
+    images_down: int = 0  # of those, images where the candidate scored lower (ties are not down)
 
     @property
     def difference(self) -> float:
@@ -89,7 +92,8 @@ def compute_fold_difference(reference: Mapping[str, float], candidate: Mapping[s
         raise NothingToPair(f"{fold}: no image has a value of {metric} in both runs; pick a metric of a class the "
                           "held-out truths hold")
     return FoldDifference(fold, metric, statistics.fmean(r for r, _ in pairs),
-                          statistics.fmean(c for _, c in pairs), len(pairs), sum(c > r for r, c in pairs))
+                          statistics.fmean(c for _, c in pairs), len(pairs), sum(c > r for r, c in pairs),
+                          sum(c < r for r, c in pairs))
 
 
 def _check_same_truth(reference: Mapping[str, Mapping[str, float]], candidate: Mapping[str, Mapping[str, float]],
@@ -308,21 +312,25 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
 
 
 def format_comparison(comparison: Comparison, reference: str, candidate: str) -> str:
-    """A Markdown table per metric: each fold's means, difference and images up, then the folds' mean ± std."""
+    """A Markdown table per metric: each fold's means, difference and images up, then the folds' mean ± std.
+    For a metric of :data:`LOWER_IS_BETTER` the table counts images and folds down, and its heading says so."""
     lines = [f"# Paired per-image comparison: {candidate} against {reference}", "",
              "The last row of each table: the folds' means, and for Δ the mean ± the sample standard deviation "
              "(ddof 1) of the folds' Δ.", ""]
     for metric in dict.fromkeys(d.metric for d in comparison.differences):
         rows = [d for d in comparison.differences if d.metric == metric]
-        lines += [f"## {metric}", "", "| fold | reference | candidate | Δ | images up |", "|---|---|---|---|---|"]
+        lower = metric in LOWER_IS_BETTER
+        way, heading = ("down", f"## {metric} (lower is better)") if lower else ("up", f"## {metric}")
+        lines += [heading, "", f"| fold | reference | candidate | Δ | images {way} |", "|---|---|---|---|---|"]
         lines += [f"| {d.fold} | {d.reference:.4f} | {d.candidate:.4f} | {d.difference:+.4f} | "
-                  f"{d.images_up} of {d.images} |" for d in rows]
+                  f"{d.images_down if lower else d.images_up} of {d.images} |" for d in rows]
         deltas = [d.difference for d in rows]
         spread = f" ± {statistics.stdev(deltas):.4f}" if len(deltas) > 1 else ""
         folds = f"{len(rows)} fold{'s' if len(rows) > 1 else ''}"
+        moved = sum(x < 0 for x in deltas) if lower else sum(x > 0 for x in deltas)
         lines += [f"| {folds} | {statistics.fmean(d.reference for d in rows):.4f} | "
                   f"{statistics.fmean(d.candidate for d in rows):.4f} | **{statistics.fmean(deltas):+.4f}{spread}** | "
-                  f"{sum(x > 0 for x in deltas)} of {folds} up |", ""]
+                  f"{moved} of {folds} {way} |", ""]
     notes = []
     if comparison.reference_only or comparison.candidate_only:
         notes.append("Not compared (scored on one side only): "

@@ -301,3 +301,25 @@ def test_a_report_of_the_run_at_an_earlier_epoch_is_refused(tiny_run: Path, tmp_
     report.unlink()
     with pytest.raises(CovsegError, match="no metrics.json"):
         read_fold_scores(run)
+
+
+def test_an_error_metric_counts_images_and_folds_down(tmp_path: Path) -> None:
+    reference, candidate = tmp_path / "ref", tmp_path / "new"
+    mae = {reference: [{"a": 0.10, "b": 0.20}, {"d": 0.10, "e": 0.10}],
+           candidate: [{"a": 0.05, "b": 0.22}, {"d": 0.08, "e": 0.09}]}
+    for side, folds in mae.items():
+        for fold, errors in enumerate(folds):
+            write_fold(side, fold, {name: 0.5 for name in errors})
+            csv_path = side / f"fold-{fold}" / "eval-heldout" / "per_image.csv"
+            lines = csv_path.read_text(encoding="utf-8").splitlines()
+            csv_path.write_text("\n".join([lines[0], *(line.rsplit(",", 1)[0] + f",{errors[line.split(',')[0]]}"
+                                                       for line in lines[1:])]) + "\n", encoding="utf-8")
+    comparison = compare_cross_validations(reference, candidate, metrics=["infnet_mae"])
+    first, second = comparison.differences
+    # fold 0: 0.15 -> 0.135 (a down, b up); fold 1: 0.10 -> 0.085 (both down)
+    assert (first.difference, first.images_up, first.images_down) == (pytest.approx(-0.015), 1, 1)
+    assert (second.difference, second.images_up, second.images_down) == (pytest.approx(-0.015), 0, 2)
+    table = format_comparison(comparison, "ref", "new")
+    assert "## infnet_mae (lower is better)" in table and "| fold | reference | candidate | Δ | images down |" in table
+    assert "| fold-1 | 0.1000 | 0.0850 | -0.0150 | 2 of 2 |" in table
+    assert "**-0.0150 ± 0.0000** | 2 of 2 folds down |" in table  # both folds' error fell (counted as "0 of 2 folds up" before)
