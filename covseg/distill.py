@@ -6,8 +6,9 @@ divergence from the teachers' ``softmax(z / T)`` to the student's, multiplied by
 keep their size whatever the temperature ``T`` (``train.distill_temperature``). The teachers see exactly the
 augmented batch the student sees (at the progressive size too), in eval mode under the training precision.
 
-Teachers must have been trained on the student's split (``data.split``, ``data.folds``, ``data.split_seed``,
-``data.val_fraction``), else they would have seen the images the student holds out; their final checkpoint is
+Teachers must have been trained on the student's split (``data.split`` and the settings that split uses:
+:func:`covseg.splits.split_settings`), else they would have seen the images the student holds out, and on the
+student's input (normalisation, resizing, input size, HU window); their final checkpoint is
 used (``swa.pt``, else ``last.pt``: :func:`covseg.checkpoint.find_checkpoint` ``final``), never ``best.pt``, which
 was chosen on those images. In ``train.distill`` (comma-separated run folders or ``.pt`` files) ``{fold}`` stands
 for the fold of a ``cv:K`` split, so ``covseg cv`` gives each fold its own teachers.
@@ -29,15 +30,13 @@ from covseg.config import RunConfig, config_from_dict
 from covseg.errors import CovsegError
 from covseg.fileio import file_sha256
 from covseg.runtime import autocast, training_memory_format
-from covseg.splits import load_split, parse_split_name
+from covseg.splits import load_split, parse_split_name, split_settings
 
-__all__ = ["SPLIT_KEYS", "distillation_loss", "teacher_entries", "teacher_paths", "chosen_on_validation",
+__all__ = ["distillation_loss", "teacher_entries", "teacher_paths", "chosen_on_validation",
            "held_out_seen", "Teachers", "check_teachers", "load_teachers", "DistillTerm"]
 
-#: the data options a teacher must share with its student (together they fix which images are held out)
-SPLIT_KEYS = ("split", "folds", "split_seed", "val_fraction")
 #: the data options that make a teacher's input the student's (per-slice normalisation, resizing, HU window)
-INPUT_KEYS = ("normalize", "resize", "window_level", "window_width")
+INPUT_KEYS = ("normalize", "resize", "input_size", "window_level", "window_width")
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -106,7 +105,8 @@ def _check_teacher(file: Path, made: RunConfig, saved: dict, config: RunConfig, 
     if made.train.types_only:
         raise CovsegError(f"train.distill: {file} is a lesion-type model (train.types_only), whose background "
                           "output is untrained; give teachers trained on the whole task")
-    for keys, why in ((SPLIT_KEYS, "so it has seen images this run holds out; give teachers trained on this "
+    # the split's own settings only: val_fraction does not matter to cv:K, nor folds to official
+    for keys, why in ((split_settings(config.data.split), "so it has seen images this run holds out; give teachers trained on this "
                                    "run's split (with cv, e.g. runs/teacher-f{fold})"),
                       (INPUT_KEYS, "so its input differs from this run's; give teachers trained with the same "
                                    "data settings")):

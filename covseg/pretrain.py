@@ -45,6 +45,7 @@ from covseg.fileio import atomic_dir, atomic_write_text, interrupts_deferred, un
 from covseg.intensity import normalize_image
 from covseg.models import check_input_size, create_model
 from covseg.runtime import autocast, resolve_device, resolve_precision, training_memory_format
+from covseg.splits import split_settings
 from covseg.training import lr_factor
 from covseg.transforms import random_crop, stack_resized
 
@@ -231,10 +232,11 @@ def check_pretrained(path: str | Path, config: RunConfig, held_out: Collection[s
                           "with `covseg pretrain` and the same model.* settings")
     trained = data.get("trained_split")
     if trained is not None:
-        wanted_split = {key: getattr(config.data, key) for key in trained}
-        if trained != wanted_split:
-            differ = ", ".join(f"data.{k} {trained[k]} there, {wanted_split[k]} here"
-                               for k in trained if trained[k] != wanted_split[k])
+        # the split's own settings only: val_fraction does not matter to cv:K, nor folds to official
+        keys = [key for key in split_settings(config.data.split) if key in trained]
+        differ = ", ".join(f"data.{k} {trained[k]} there, {getattr(config.data, k)} here"
+                           for k in keys if trained[k] != getattr(config.data, k))
+        if differ:
             raise CovsegError(f"{file}: trained on another split ({differ}), so its weights have seen images this run "
                               "holds out; fine-tune a run on the split it was trained on")
         seen = held_out_seen(file, held_out)

@@ -19,7 +19,7 @@ import numpy as np
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_write_text
 
-__all__ = ["Split", "kfold", "make_split", "save_split", "load_split", "parse_split_name"]
+__all__ = ["Split", "kfold", "make_split", "save_split", "load_split", "parse_split_name", "split_settings"]
 
 Split = dict[str, list[str]]
 
@@ -58,6 +58,16 @@ def parse_split_name(split: str) -> tuple[str, int | None]:
     if kind in ("official", "seed", "paper") and not fold:
         return kind, None
     raise CovsegError(f"unknown split {split!r}: use official, cv:K (K = 0..folds-1), seed or paper")
+
+
+def split_settings(split: str) -> tuple[str, ...]:
+    """The ``data.*`` keys that decide which images the split named ``split`` holds out: ``cv:K`` uses ``folds``
+    and ``split_seed``, ``official`` ``split_seed`` and ``val_fraction``, ``seed`` and ``paper`` ``split_seed``
+    alone (each with ``split`` itself). Two runs whose split names and these settings agree hold out the same
+    images of the same data."""
+    kind, _ = parse_split_name(split)
+    used = {"cv": ("folds", "split_seed"), "official": ("split_seed", "val_fraction")}.get(kind, ("split_seed",))
+    return ("split", *used)
 
 
 def make_split(names: list[str], split: str, seed: int = 0, folds: int = 5, val_fraction: float = 0.1) -> Split:

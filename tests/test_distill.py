@@ -92,10 +92,15 @@ def test_teachers_of_another_split_task_or_input_are_refused(tiny_run: Path, tmp
     assert not teachers[0].training
     for extra, message in ((["data.split=cv:1"], r"data.split cv:0 there, cv:1 here, so it has seen images"),
                            (["data.task=multiclass"], "is a binary model, but this run's task is multiclass"),
-                           (["data.normalize=percentile"], "data.normalize none there, percentile here")):
+                           (["data.normalize=percentile"], "data.normalize none there, percentile here"),
+                           (["data.folds=4"], "data.folds 3 there, 4 here, so it has seen images"),
+                           (["data.input_size=48"], "data.input_size 32 there, 48 here, so its input differs")):
         config = apply_overrides(load_recipe("tiny"), [*base, *extra, f"train.distill={tiny_run}"])
         with pytest.raises(CovsegError, match=message):
             load_teachers(config)
+    # val_fraction carves the official split's validation images; cv:K does not use it, so it may differ
+    config = apply_overrides(load_recipe("tiny"), [*base, "data.val_fraction=0.3", f"train.distill={tiny_run}"])
+    assert len(load_teachers(config)[0]) == 1
     config = apply_overrides(load_recipe("tiny"), [*base, f"train.distill={tmp_path / 'gone'}"])
     with pytest.raises(CovsegError, match="gone: no such run folder or checkpoint"):
         load_teachers(config)

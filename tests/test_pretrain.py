@@ -237,6 +237,12 @@ def test_a_run_fine_tunes_a_trained_run_of_the_same_split(unlabelled_data: Path,
     # a vanishing learning rate: every weight, the output head's too, is still the base run's
     for key in ("encoders.0.0.weight", "head.weight"):
         assert torch.allclose(after[key], start[key], atol=1e-6), key
+    # val_fraction is the official split's; on cv:0 it does not change what the base run held out
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0", "data.val_fraction=0.3"])
+    assert check_pretrained(base, config)[0] == base / "last.pt"
+    with pytest.raises(CovsegError, match=r"trained on another split \(data.folds 3 there, 4 here\)"):
+        check_pretrained(base, apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0",
+                                                                     "data.folds=4"]))
     # a run on another fold would train on weights that saw its held-out images: refused, nothing written
     other = tmp_path / "other"
     assert main(["train", *common, "--split", "cv:1", "-o", str(other), *TINY_OVERRIDES, f"train.init={base}"]) == 2
