@@ -32,9 +32,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -52,7 +52,7 @@ __all__ = ["build_bench_model", "TRAIN_BATCH", "PathRunners", "path_runners", "m
            "scan_files", "scan_slices", "main"]
 
 PATHS = ("fp32-naive", "fp32-cl", "covseg", "onnxruntime", "onnx-int8")
-MODELS = ("unet16", "unet32", "unet64", "unet16-instance", "segnet", "monai-unet32", "monai-unet64")
+MODELS = ("unet16", "unet32", "unet64", "unet16-instance", "segnet", "monai-unet16", "monai-unet32", "monai-unet64")
 
 
 def build_bench_model(name: str) -> nn.Module:
@@ -86,6 +86,7 @@ def peak_rss_mb() -> float:
 
     Linux's ``VmHWM`` (``/proc/self/status``) starts afresh at ``exec``; ``ru_maxrss``, the fallback elsewhere,
     also keeps the parent's resident size at ``fork``, so a child of a large process would report the parent's.
+    NaN where neither is there (Windows).
     """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -93,7 +94,12 @@ def peak_rss_mb() -> float:
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        import resource
+    except ImportError:  # Windows: neither /proc nor getrusage, so no figure (printed as nan)
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, kB on Linux and the BSDs
 
 
 _PREDICT_AND_REPORT_PEAK = (
@@ -553,9 +559,19 @@ def _side_by_side_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _monai_missing() -> str | None:
+    """Why MONAI's ``BasicUNet`` (the ``monai-*`` models) cannot be imported, or ``None`` where it can. An import,
+    not a look-up of the package: a broken or shadowed ``monai`` is found as well as a missing one."""
+    try:
+        importlib.import_module("monai.networks.nets")
+    except ImportError as error:
+        return (str(error).splitlines() or [type(error).__name__])[0]  # one line for the refusal
+    return None
+
+
 def _check_options(args: argparse.Namespace) -> None:
-    """Refuse, in one line, names and numbers no step can run and a ``--model`` or ``--out`` the last steps would
-    fail on."""
+    """Refuse, in one line, names and numbers no step can run, a ``monai-*`` model without MONAI, and a ``--model``
+    or ``--out`` the last steps would fail on."""
     from covseg.checkpoint import load_model
     from covseg.errors import CovsegError
     from covseg.fileio import unwritable_reason
@@ -583,6 +599,12 @@ def _check_options(args: argparse.Namespace) -> None:
         needs = ", ".join(name for name in models if args.size % 2 ** bench_model_depth(name))
         raise SystemExit(f"covseg bench: --size {args.size} is not a multiple of {2**depth}, which {needs} needs; use "
                          f"{nearest_valid_size(args.size, depth)}")
+    peers = [name for name in models if name.startswith("monai-")]
+    why = _monai_missing() if peers else None
+    if why:  # else their steps fail one by one, after the rows before them, and --out is never written
+        raise SystemExit(f"covseg bench: {','.join(peers)} in --models {'needs' if len(peers) == 1 else 'need'} MONAI, "
+                         f"which cannot be imported ({why}); install it (pip install 'covseg[bench]', or pip install "
+                         f"monai) or drop {','.join(peers)} from --models")
     if args.model and args.scan_slices:
         try:
             load_model(args.model)

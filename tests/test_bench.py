@@ -1,11 +1,14 @@
 """The benchmark runs end to end on a tiny size and writes its table (speed targets live in RESULTS.md)."""
 from __future__ import annotations
 
+import math
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from covseg.bench import _e2e_scan_benchmark, _scan_benchmark, build_bench_model, main, measure, serve, side_by_side
 
@@ -46,18 +49,21 @@ def test_bench_main_writes_results(tmp_path: Path, capsys) -> None:
 
 def test_serve_times_the_second_of_two_runs_of_each_command(monkeypatch) -> None:
     import io
-    import time
+    from types import SimpleNamespace
 
     import covseg.bench as bench
 
+    # a fake clock read by the bench alone: the untimed first run of each pair takes 100 "seconds", the second 1,
+    # so the reply is 1 exactly, and a warm-up counted in the median would read 50.5 (no sleeping, no load effects)
+    now = [0.0]
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     calls: list[str] = []
     real = bench.path_runners
 
     def slow_first(kind: str, run):
         def call():
             calls.append(kind)
-            if calls.count(kind) % 2 == 1:  # the untimed run of each pair is slow
-                time.sleep(1.0)
+            now[0] += 100.0 if calls.count(kind) % 2 == 1 else 1.0
             run()
         return call
 
@@ -71,7 +77,7 @@ def test_serve_times_the_second_of_two_runs_of_each_command(monkeypatch) -> None
     serve("unet16", "covseg", 32, "cpu", io.StringIO("infer\ntrain\ninfer\n"), replies)
     lines = replies.getvalue().splitlines()
     assert lines[0].startswith("ready ") and len(lines) == 4
-    assert all(0 < float(t) < 1.0 for t in lines[1:])  # the second run of each pair, not the slow first
+    assert [float(t) for t in lines[1:]] == [1.0, 1.0, 1.0]  # the second run of each pair alone, not the slow first
     assert calls == ["infer", "infer", "train", "train", "infer", "infer"]
 
 
@@ -122,7 +128,8 @@ def test_side_by_side_rounds_below_zero_are_refused(tmp_path: Path) -> None:
     (["--out", "FOLDER"], "is a folder; give --out a Markdown file name"),
     (["--out", "UNDER_A_FILE"], "is a file, not a folder"),
     (["--models", "unet16,segnet", "--size", "48"], "--size 48 is not a multiple of 32, which segnet needs; use 64"),
-    (["--size", "40"], "--size 40 is not a multiple of 16, which unet16 needs; use 48")])
+    (["--size", "40"], "--size 40 is not a multiple of 16, which unet16 needs; use 48"),
+    (["--models", "monai-unet16", "--size", "40"], "which monai-unet16 needs")])  # the default U-Net's peer: known
 def test_bad_options_are_refused_before_any_step(args: list[str], message: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # a bench takes many minutes: a bad --model or --out must not wait for its end, nor a bad name for its step
@@ -144,10 +151,68 @@ def test_bad_options_are_refused_before_any_step(args: list[str], message: str, 
     assert not (tmp_path / "r.md").exists()
 
 
+def test_a_monai_model_without_monai_is_refused_before_any_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    # a `monai` that cannot be imported (here a package that raises on import, shadowing any installed one): without
+    # this check unet16's row ran, monai-unet32's step failed and --out was never written
+    fake = tmp_path / "shadow" / "monai"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'monai'\", name='monai')\n")
+    monkeypatch.syspath_prepend(str(fake.parent))
+    for name in [name for name in sys.modules if name == "monai" or name.startswith("monai.")]:
+        monkeypatch.delitem(sys.modules, name)  # put back after the test
+
+    def no_step(*_args, **_kwargs):
+        raise AssertionError("a benchmark step ran")
+
+    monkeypatch.setattr(subprocess, "run", no_step)
+    out = tmp_path / "r.md"
+    with pytest.raises(SystemExit) as refused:
+        main(["--models", "unet16,monai-unet32", "--paths", "fp32-naive", "--size", "32", "--scan-slices", "0",
+              "--out", str(out)])
+    text = str(refused.value)
+    assert text == ("covseg bench: monai-unet32 in --models needs MONAI, which cannot be imported (No module named "
+                    "'monai'); install it (pip install 'covseg[bench]', or pip install monai) or drop monai-unet32 "
+                    "from --models"), text
+    assert not out.exists()
+
+
+def test_peak_memory_without_proc_reads_getrusage_in_each_platform_s_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from covseg.bench import peak_rss_mb
+
+    def no_proc(*_args, **_kwargs):
+        raise FileNotFoundError("/proc/self/status")
+
+    monkeypatch.setattr(Path, "read_text", no_proc)  # macOS, the BSDs, Windows: no /proc
+    usage = SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda who: SimpleNamespace(ru_maxrss=usage.maxrss))
+    monkeypatch.setitem(sys.modules, "resource", usage)
+    for platform, maxrss in (("linux", 512 * 1024), ("darwin", 512 * 2**20)):  # kB on Linux, bytes on macOS
+        monkeypatch.setattr(sys, "platform", platform)
+        usage.maxrss = maxrss
+        assert peak_rss_mb() == 512.0, platform
+    monkeypatch.setitem(sys.modules, "resource", None)  # Windows: no resource module, so no figure
+    assert math.isnan(peak_rss_mb())
+
+
+def test_the_bench_imports_without_the_resource_module() -> None:
+    # Windows has no `resource`: importing covseg.bench (and so `covseg bench`) must not need it
+    code = "import sys; sys.modules['resource'] = None; import covseg.bench; print('imported')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "imported", proc.stderr
+
+
 def test_monai_peer_matches_widths() -> None:
     pytest.importorskip("monai")
-    model = build_bench_model("monai-unet32")
-    assert sum(p.numel() for p in model.parameters()) > 7e6
+
+    def widths(model: torch.nn.Module) -> list[int]:
+        return sorted({m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+                       and m.kernel_size == (3, 3)})
+
+    for width in (16, 32, 64):  # monai-unet16 is the default U-Net's peer (the README's bench commands name it)
+        assert widths(build_bench_model(f"monai-unet{width}")) == widths(build_bench_model(f"unet{width}")) \
+            == [width * 2**i for i in range(5)]
 
 
 def test_scan_benchmark_forced_fp32_runs_fp32() -> None:

@@ -119,6 +119,21 @@ def test_with_one_lung_in_the_mask_a_lesion_across_the_middle_goes_to_the_missin
     assert result["right"]["class_ml"] == {"ggo": pytest.approx(0.002), "consolidation": 0.0}
 
 
+def test_a_lesion_outside_the_lungs_goes_to_the_lung_nearest_in_mm_with_spacing_in_zyx_order():
+    # spacing (Z, Y, X) = (5, 1, 1) mm: slices far apart, pixels close together
+    lungs = np.zeros((5, 3, 20), np.uint8)
+    lungs[0, :, 0:4] = 1  # right lung: slice 0, X 0..3
+    lungs[2:5, :, 10:20] = 2  # left lung: slices 2..4, X 10..19
+    lesions = np.zeros_like(lungs)
+    lesions[0, 1, 7] = 1  # outside both lungs, in the right lung's slice
+    # by hand: to the right lung's (0, 1, 3) dx 4 px = 4 mm; to the left's (2, 1, 10) dz 2 slices = 10 mm and
+    # dx 3 px = 3 mm, sqrt(100 + 9) = 10.4 mm: right. Spacing read as (X, Y, Z) instead: right 4 * 5 = 20 mm,
+    # left sqrt(2**2 + 15**2) = 15.1 mm: left
+    result = quantify(lesions, lungs, (5.0, 1.0, 1.0), {1: "ggo"})
+    assert result["right"]["lesion_ml"] == pytest.approx(0.005)  # one voxel of 5 x 1 x 1 mm
+    assert result["left"]["lesion_ml"] == 0.0
+
+
 def test_quantify_refuses_unnamed_labels_and_shape_mismatch():
     lesions = np.zeros((2, 4, 4), np.int64)
     lesions[0, 0, 0] = 3
