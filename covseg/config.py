@@ -318,6 +318,10 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             return int(number)
         return number
     if isinstance(default, str):
+        if isinstance(value, (list, dict)):  # `train.distill=[a, b]` would become the text "['a', 'b']"
+            kind = "list" if isinstance(value, list) else "mapping"
+            raise CovsegError(f"{where}: expected text, got a YAML {kind} ({value!r}); quote it, and give several "
+                              "paths as one comma-separated text, e.g. runs/a,runs/b")
         return "" if value is None else str(value)  # YAML's empty value (`init:`, `=null`): the option unset
     return value
 

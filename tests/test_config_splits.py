@@ -49,6 +49,9 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("model.norm=instance", "only U-Net has other normalisations; leave model.norm at batch for segnet"),
                          ("model.dropout=1", r"model.dropout is 1.0; it must be a share in \[0, 1\)"),
                          ("model.dropout=0.2", "only U-Net has dropout; leave model.dropout at 0 for segnet"),
+                         ("train.distill=[runs/a, runs/b]", r"train.distill: expected text, got a YAML list "
+                                                             r"\(\['runs/a', 'runs/b'\]\); quote it"),
+                         ("data.split={cv: 0}", "data.split: expected text, got a YAML mapping"),
                          ("train.augment.crop=320",
                           "crop is 320, larger than train.progressive_size 256, so the progressive epochs could not"),
                          ("model.decoder_dropout=-0.1",
@@ -67,6 +70,7 @@ def test_overrides_and_their_errors(tmp_path) -> None:
     assert apply_overrides(load_recipe("default"), ["model.dropout=0.3"]).model.dropout == 0.3
     assert apply_overrides(load_recipe("default"), ["model.decoder_dropout=0.3"]).model.decoder_dropout == 0.3
     assert apply_overrides(load_recipe("default"), ["train.augment.crop=256"]).train.augment.crop == 256
+    assert apply_overrides(load_recipe("default"), ["train.distill='runs/a, runs/b'"]).train.distill == "runs/a, runs/b"
     assert apply_overrides(load_recipe("default"), ["train.augment.crop=320", "train.progressive_size=0",
                                                     "train.progressive_fraction=0"]).train.augment.crop == 320
     tversky = apply_overrides(load_recipe("default"), ["train.tversky_beta=0.7"]).train
