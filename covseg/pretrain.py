@@ -209,6 +209,10 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
         if chosen_on_validation(data):
             raise CovsegError(f"{file}: a run's best.pt, chosen on the validation images a run of its split holds "
                               "out; give the run folder (its last.pt) or its swa.pt")
+        planned = int(data["config"]["train"]["epochs"])
+        if int(data.get("epoch", 0)) < planned:  # as train.distill and pseudo-label refuse an unfinished teacher
+            raise CovsegError(f"{file}: holds epoch {data.get('epoch')} of {planned}, an unfinished run; finish it "
+                              f"first (covseg train --resume {file.parent}) or give another")
         return file, _trained_run_as_pretrained(data)
     if not isinstance(data, dict) or data.get("format") != PRETRAINED_FORMAT:
         raise CovsegError(f"{file}: not a covseg pretrained checkpoint (format {PRETRAINED_FORMAT} expected); "

@@ -338,6 +338,14 @@ def test_init_refuses_a_best_checkpoint_and_a_run_that_trained_on_held_out_image
     assert main([*common, "-o", str(student), *TINY_OVERRIDES, f"train.init={other}"]) == 2
     err = capsys.readouterr().err
     assert "trained on 1 of the images this run holds out" in err and err.count("\n") == 1 and not student.exists()
+    # an unfinished run (interrupted at epoch 1 of 3): refused, as an unfinished teacher is
+    unfinished = shutil.copytree(tiny_run, tmp_path / "unfinished")
+    state = read_checkpoint(unfinished / "last.pt")
+    state["epoch"] = 1
+    torch.save(state, unfinished / "last.pt")
+    with pytest.raises(CovsegError, match=r"holds epoch 1 of 3, an unfinished run; finish it first \(covseg train "
+                                          r"--resume .*unfinished\)"):
+        check_pretrained(unfinished, config)
 
 
 def test_pretraining_keeps_what_appeared_at_its_output_while_it_trained(
