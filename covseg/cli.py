@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: swa.pt where the run averaged its weights (train.swa_epochs), else best.pt")
     p.add_argument("--int8", action="store_true",
                    help="static int8 quantization (ONNX Runtime QDQ), calibrated on the run's training slices; "
-                        "reports how many held-out pixels keep the fp32 label")
+                        "reports how many of the run's validation pixels (its training pixels when it has "
+                        "none) keep the fp32 label")
     p.add_argument("--data", help="--int8: the data folder with the run's slices (default: the one it trained on)")
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining on the unlabelled slices (start runs with "

@@ -13,7 +13,8 @@ side; ``pad``: scale the longer side, centre, zero-pad, and crop the logits back
 
 ``export_onnx(..., int8=True)`` (``covseg export --int8``) writes the same graph, batch norm folded, quantized
 to static int8 (:mod:`covseg.quantize`): ``covseg_precision`` says ``int8``, and ``covseg_int8_agreement`` the share
-of the run's held-out pixels whose label the int8 graph keeps from the fp32 one.
+of the run's validation pixels (``val`` of its split: a ``cv:K`` fold's held-out images; its training pixels when
+it has none, as ``covseg_int8_checked_on`` says) whose label the int8 graph keeps from the fp32 one.
 
 Two more entries make the file stand alone: ``covseg_class_weights`` (JSON list), the run's ``class_weights.json``
 weights, so that the classes the model learnt (weight above 0) are known away from its run folder
