@@ -318,3 +318,12 @@ def test_residual_unet_has_the_plain_ones_parameters_and_rejects_unknown_blocks(
     assert sum(isinstance(m, ResidualDoubleConv) for m in residual.modules()) == 2 * 4 + 1
     with pytest.raises(CovsegError, match="block must be one of plain, residual"):
         create_model("unet", block="dense")
+
+
+@pytest.mark.parametrize("name", ["unet", "segnet"])
+@pytest.mark.parametrize("options, message", [({"num_classes": 0}, "num_classes must be a whole number >= 1, got 0"),
+                                              ({"in_channels": -1}, "in_channels must be a whole number >= 1, got -1"),
+                                              ({"num_classes": 2.5}, "got 2.5"), ({"num_classes": True}, "got True")])
+def test_a_network_without_outputs_or_inputs_is_refused(name: str, options: dict, message: str) -> None:
+    with pytest.raises(CovsegError, match=f"bad options for model .{name}.: .*{message}"):
+        create_model(name, **options)

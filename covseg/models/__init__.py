@@ -28,6 +28,9 @@ def create_model(name: str, **config: Any) -> nn.Module:
         cls = MODELS[name]
     except KeyError:
         raise CovsegError(f"unknown model {name!r}: use one of {', '.join(MODELS)}") from None
+    for key in ("num_classes", "in_channels"):  # a network with no outputs (or inputs) builds, then fails in use
+        if key in config and (isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1):
+            raise CovsegError(f"bad options for model {name!r}: {key} must be a whole number >= 1, got {config[key]!r}")
     try:
         return cls(**config)
     except (TypeError, ValueError) as err:
