@@ -38,6 +38,7 @@ from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig, config_from_dict, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
+from covseg.models.shapes import check_input_size
 
 __all__ = ["export_onnx", "exported_from", "exported_class_weights", "weights_sha256", "OnnxBackend",
            "onnx_backend_of", "load_onnx", "write_graph", "ONNX_OPSET"]
@@ -173,14 +174,20 @@ def onnx_backend_of(model: torch.nn.Module, input_size: int, threads: int = 0) -
     default, one per physical core). Nothing is written to disk."""
     buffer = io.BytesIO()
     write_graph(model.eval(), input_size, buffer)
-    return OnnxBackend(_session(buffer.getvalue(), threads))
+    return OnnxBackend(_session(buffer.getvalue(), threads), depth=getattr(model, "depth", None))
 
 
 class OnnxBackend:
-    """An ONNX Runtime session as an inference backend (CPU execution provider)."""
+    """An ONNX Runtime session as an inference backend (CPU execution provider).
 
-    def __init__(self, session: Any, int8: bool = False, agreement: float | None = None) -> None:
+    Called with images ``(B, 1, H, W)`` float, returns logits ``(B, C, H, W)``; with ``depth`` (the network's
+    down-steps, from the file's config) H and W must be multiples of ``2**depth``, as for the torch models. A
+    wrong shape is refused as a :class:`CovsegError`, not an ONNX Runtime exception."""
+
+    def __init__(self, session: Any, int8: bool = False, agreement: float | None = None,
+                 depth: int | None = None) -> None:
         self.session = session
+        self.depth = depth
         self.int8 = int8
         """Whether the graph is static int8 (``covseg export --int8``), which runs in no other precision."""
         self.description = "onnxruntime cpu int8 (static QDQ)" if int8 else "onnxruntime cpu float32"
@@ -188,6 +195,10 @@ class OnnxBackend:
         """For an int8 file: the share of pixels whose label it kept from fp32 at export."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise CovsegError(f"the ONNX model takes images of shape (B, 1, H, W), got {tuple(x.shape)}")
+        if self.depth is not None:
+            check_input_size(x.shape[-2], x.shape[-1], self.depth, "the ONNX model")
         out = self.session.run(["logits"], {"image": np.ascontiguousarray(x.cpu().numpy(), dtype=np.float32)})[0]
         return torch.from_numpy(out)
 
@@ -214,7 +225,7 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
     _check_graph(session, config, path)
     if "covseg_weights_sha256" in meta:  # files exported before covseg stored it load as before
         _check_weights(path, meta["covseg_weights_sha256"])
-    return OnnxBackend(session, meta.get("covseg_precision") == "int8", _agreement(meta)), config
+    return OnnxBackend(session, meta.get("covseg_precision") == "int8", _agreement(meta), config.model.depth), config
 
 
 def _check_weights(path: Path, expected: str) -> None:

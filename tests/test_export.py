@@ -15,6 +15,7 @@ from covseg import inference
 from covseg.checkpoint import load_model
 from covseg.cli import main
 from covseg.datasets import read_image
+from covseg.errors import CovsegError
 from covseg import export
 from covseg.export import load_onnx
 from covseg.predict import describe_after_use, open_predictor
@@ -50,6 +51,13 @@ def test_onnx_logits_match_torch(onnx_file: Path, tiny_run: Path, tiny_data: Pat
     assert torch.equal(got.argmax(1), expected.argmax(1))
     # dynamic batch and size: another size divisible by 2**depth runs too
     assert backend(torch.rand(3, 1, 48, 64)).shape == (3, 2, 48, 64)
+    # a wrong shape is told as the torch models tell it, not as an ONNX Runtime exception
+    with pytest.raises(CovsegError, match="the ONNX model with depth 2 needs height and width divisible by 4, got "
+                                          "30x64; resize or pad to 32x64"):
+        backend(torch.rand(1, 1, 30, 64))
+    for shape in ((1, 3, 32, 32), (32, 32)):
+        with pytest.raises(CovsegError, match=r"takes images of shape \(B, 1, H, W\), got"):
+            backend(torch.rand(*shape))
 
 
 def test_predict_with_onnx_backend_equals_torch_fp32(onnx_file: Path, tiny_run: Path, tiny_data: Path,
