@@ -55,7 +55,9 @@ def scale_stored_grey(data: np.ndarray, sixteen_bit: bool = False) -> np.ndarray
 
 
 def to_unit_range(image: np.ndarray, is_hu: bool, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
-    """Normalise an image: window HU data, scale 8-bit data; other ranges are min-max scaled.
+    """Normalise an image: window HU data; 8-bit data (``uint8``, or whole numbers in 0..255 of another type) / 255;
+    values already in [0, 1] as they are; other ranges (fractional values above 1 included, such as a resampled
+    [0, 1] slice that overshoots to 1.02) min-max scaled.
 
     Shape: any; returns float32 of the same shape.
     """
@@ -67,7 +69,7 @@ def to_unit_range(image: np.ndarray, is_hu: bool, window: tuple[float, float] = 
     image = image.astype(np.float32)
     if image.size and image.min() >= 0.0 and image.max() <= 1.0:
         return image
-    if image.size and image.min() >= 0.0 and image.max() <= 255.0:
+    if image.size and image.min() >= 0.0 and image.max() <= 255.0 and np.array_equal(image, np.round(image)):
         return image / 255.0
     lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 1.0)
     return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)

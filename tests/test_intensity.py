@@ -9,7 +9,7 @@ from covseg.cli import main
 from covseg.config import apply_overrides, load_recipe
 from covseg.errors import CovsegError
 from covseg.intensity import (equalize, grey_quantiles, match_quantiles, normalize_image, stretch_percentiles,
-                              window_hu)
+                              to_unit_range, window_hu)
 from conftest import TINY_OVERRIDES
 
 
@@ -127,3 +127,14 @@ def test_grey_quantiles_average_the_images_quantile_functions() -> None:
     assert np.abs(other_window - lung).mean() > 0.05  # which was 60 times further off before
     with pytest.raises(ValueError, match="at least one image"):
         grey_quantiles([])
+
+
+def test_to_unit_range_scales_whole_8_bit_values_and_min_max_scales_fractions_above_one() -> None:
+    # a [0, 1] slice resampled with a little overshoot (max 1.02) is min-max scaled, not read as 8-bit / 255
+    np.testing.assert_allclose(to_unit_range(np.array([0.0, 0.51, 1.02]), is_hu=False), [0.0, 0.5, 1.0], atol=1e-6)
+    # 8-bit grey values stored as floats or 16-bit integers are still / 255
+    np.testing.assert_allclose(to_unit_range(np.array([0.0, 51.0, 255.0]), is_hu=False), [0.0, 0.2, 1.0], atol=1e-6)
+    np.testing.assert_allclose(to_unit_range(np.array([0, 51, 102], np.int16), is_hu=False), [0.0, 0.2, 0.4],
+                               atol=1e-6)
+    # values in [0, 1] are kept as they are
+    np.testing.assert_allclose(to_unit_range(np.array([0.25, 0.5, 1.0]), is_hu=False), [0.25, 0.5, 1.0])
