@@ -97,6 +97,34 @@ def test_predict_png_nifti_overlays_json(tiny_run: Path, tiny_data: Path, tmp_pa
     assert fractions["infection"] == pytest.approx((pred == 1).mean(), abs=1e-6)
 
 
+class _ThresholdBackend:
+    """Logits that call lesion wherever the network's input is above 0.5: the label map is the input's bright region."""
+
+    description = "threshold"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), 20 * (x - 0.5)], dim=1)
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad"])
+def test_a_nifti_label_map_sits_on_the_voxels_of_its_lesion(resize: str, tmp_path: Path) -> None:
+    from covseg.inference import Predictor
+    from covseg.labels import get_scheme
+    from covseg.predict import predict_files
+
+    # an off-centre, non-square blob in a non-square slice: a label map written without the (H, W) -> (x, y)
+    # transpose has the right size (50 x 30 voxels either way) but its blob elsewhere
+    hu = np.full((50, 30), -900.0, np.float32)  # nibabel's (x, y); -900 HU is 0.3 in the lung window, 0 HU 0.9
+    hu[35:45, 5:10] = 0.0
+    nib.save(nib.Nifti1Image(hu[..., None], np.eye(4)), str(tmp_path / "s.nii.gz"))
+    out = tmp_path / "out"
+    predict_files(Predictor(_ThresholdBackend(), 32, resize=resize), get_scheme("binary"), [tmp_path / "s.nii.gz"],
+                  out, {"name": "threshold", "backend": "threshold"}, overlays=False, progress=False)
+    called = np.asarray(nib.load(str(out / "s.nii.gz")).dataobj)[..., 0] > 0
+    blob = hu > -500
+    assert 2 * (called & blob).sum() / (called.sum() + blob.sum()) > 0.9  # resampling blurs only the blob's rim
+
+
 def _record_evaluation_devices(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ``device`` of every ``evaluate_run`` call ``compare`` and ``cv`` make from now on (each still runs)."""
     devices: list[str] = []
