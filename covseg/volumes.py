@@ -115,6 +115,9 @@ class Volume:
     nifti_forms: tuple[tuple[np.ndarray | None, int], tuple[np.ndarray | None, int]] | None = None
     """A NIfTI input's ``(qform, code)`` and ``(sform, code)`` as stored (nibabel's ``get_qform(coded=True)``), which
     label maps copy; None for other inputs."""
+    nifti_zooms: tuple[float, ...] | None = None
+    """A NIfTI input's voxel sizes as stored (nibabel's ``header.get_zooms()``, one per stored axis), which label maps
+    of an input with neither a qform nor an sform copy; None for other inputs."""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -204,10 +207,11 @@ def write_like_input(labels: np.ndarray, volume: Volume, path: str | Path) -> Pa
     """Write a canonical ``(Z, Y, X)`` label map as a uint8 NIfTI that overlays the input.
 
     The file holds :func:`to_input_geometry` of ``labels``: for NIfTI input with the same shape as the input file and
-    its qform and sform, codes included (``volume.nifti_forms``); otherwise ``volume.input_affine`` as the sform
-    (code 1, scanner) and as the qform where it has no shear (a gantry-tilted DICOM series gets none, code 0), the
-    geometry a DICOM->NIfTI converter gives the series. ``path`` must end in ``.nii`` or ``.nii.gz``.
-    Label values must lie in 0..255. Written atomically; returns ``path``.
+    its qform and sform, codes included (``volume.nifti_forms``), or for a NIfTI with neither (both codes 0) none
+    either and the input's voxel sizes (``volume.nifti_zooms``), so that every reader places the two files by the same
+    fallback; otherwise ``volume.input_affine`` as the sform (code 1, scanner) and as the qform where it has no shear
+    (a gantry-tilted DICOM series gets none, code 0), the geometry a DICOM->NIfTI converter gives the series.
+    ``path`` must end in ``.nii`` or ``.nii.gz``. Label values must lie in 0..255. Written atomically; returns ``path``.
     """
     import nibabel as nib
 
@@ -220,13 +224,21 @@ def write_like_input(labels: np.ndarray, volume: Volume, path: str | Path) -> Pa
     data = to_input_geometry(labels, volume).astype(np.uint8)
     if volume.file_shape is not None:
         data = data.reshape(volume.file_shape)
-    img = nib.Nifti1Image(data, volume.input_affine)
     forms = volume.nifti_forms
-    if forms is not None and (forms[0][1] or forms[1][1]):  # the input's own qform and sform, with their codes
+    if forms is not None and not (forms[0][1] or forms[1][1]):
+        # the input has neither a qform nor an sform: readers place it by its voxel sizes alone, each by its own
+        # fallback (nibabel centres it and mirrors x, ITK puts voxel 0 at the origin); labels written with a form
+        # would lie elsewhere than the input in some of them, so they get none either and the same voxel sizes
+        img = nib.Nifti1Image(data, None)  # no affine: nibabel saves both codes 0
+        zooms = volume.nifti_zooms or tuple(float(z) for z in np.linalg.norm(volume.input_affine[:3, :3], axis=0))
+        img.header.set_zooms((tuple(zooms) + (1.0,) * data.ndim)[:data.ndim])
+    elif forms is not None:  # the input's own qform and sform, with their codes
+        img = nib.Nifti1Image(data, volume.input_affine)
         (qform, qcode), (sform, scode) = forms
         img.set_qform(qform, code=int(qcode))
         img.set_sform(sform, code=int(scode))
     else:
+        img = nib.Nifti1Image(data, volume.input_affine)
         img.set_sform(volume.input_affine, code=1)
         # a qform holds no shear (a gantry-tilted series): readers that prefer it would misplace the map, so omit it
         img.set_qform(volume.input_affine, code=0 if _sheared(volume.input_affine) else 1)
@@ -291,6 +303,7 @@ def _read_nifti(path: Path) -> Volume:
     if units in _NIFTI_MM:  # label maps are written in the file's own affine and units
         volume.input_affine, volume.xyz_units = np.asarray(img.affine, dtype=np.float64), units
     volume.nifti_forms = (header.get_qform(coded=True), header.get_sform(coded=True))
+    volume.nifti_zooms = tuple(float(z) for z in header.get_zooms())
     _check_slices(volume, path)
     return volume
 
@@ -542,6 +555,42 @@ def _choose_series(headers: list[tuple[_Header, object]], series_uid: str | None
     return items
 
 
+def _off_grid_error(folder: Path, names: Sequence[str], positions: np.ndarray, places: np.ndarray,
+                    normal: np.ndarray, step_vec: np.ndarray, steps: np.ndarray) -> CovsegError:
+    """The refusal of a series (slice files ``names`` at ``positions``, in slice order) some slice of which lies more
+    than ``_GRID_TOLERANCE`` of a step off its place ``positions[0] + places * step_vec`` on the affine's grid: off
+    along the slice ``normal`` (uneven spacing), or within its plane (a slice shifted sideways)."""
+    step = float(step_vec @ normal)
+    off = positions - positions[0] - places[:, None] * step_vec
+    along = off @ normal
+    across = np.linalg.norm(off - along[:, None] * normal, axis=1)
+    worst = int(np.argmax(np.linalg.norm(off, axis=1)))
+    if abs(along[worst]) >= across[worst]:
+        return CovsegError(
+            f"{folder}: the slices are not evenly spaced (steps {steps.min():.3g}..{steps.max():.3g} mm; "
+            f"{names[worst]} lies {abs(along[worst]):.3g} mm off a {step:.3g} mm grid), so no single voxel grid holds "
+            "them and label maps would not overlay the scan; resample the series to even spacing first (e.g. "
+            "dcm2niix, or SimpleITK's ResampleImageFilter) and give the NIfTI file"
+        )
+    # within their plane the slices lie on a line (one point, or a leaning line under a gantry tilt); a stray first
+    # or last slice tilts the affine's line and puts the others off it, so name the slice farthest off the line
+    # through the others (median lean per place, median offset)
+    in_plane = positions - (positions @ normal)[:, None] * normal
+    lean = np.median(np.diff(in_plane, axis=0) / np.diff(places)[:, None], axis=0)
+    rest = in_plane - places[:, None] * lean
+    rest -= np.median(rest, axis=0)
+    stray = int(np.argmax(np.linalg.norm(rest, axis=1)))
+    shift = float(np.linalg.norm(rest[stray]))
+    if shift <= _GRID_TOLERANCE * step:  # no single stray slice: the series drifts sideways as a whole
+        stray, shift = worst, float(across[worst])
+    return CovsegError(
+        f"{folder}: {names[stray]} lies {shift:.3g} mm off the line of the other slices within its plane (its "
+        "ImagePositionPatient is shifted sideways), so no single voxel grid holds the series and label maps would not "
+        "overlay the scan; a slice with a wrong ImagePositionPatient, or from another acquisition? remove it, or give "
+        "the series as NIfTI"
+    )
+
+
 def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | None) -> Volume:
     warnings: list[str] = []
     headers = _dicom_headers(paths)
@@ -592,18 +641,18 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     median = float(np.median(steps))
     gaps = np.flatnonzero(steps > GAP_FACTOR * median)
     uneven = bool(np.max(np.abs(steps - median)) > 0.1 * median)
-    # each slice's place on a grid of the median step: missing slices leave whole places empty
-    grid = (proj - proj[0]) / median if uneven else np.arange(len(items), dtype=np.float64)
-    places = np.rint(grid).astype(int)
+    # each slice's place on the series' grid, counted step by step: a step of about the median spacing is one place, a
+    # longer one (missing slices) as many places as it holds median steps. Counted, not read off one median grid, so
+    # that a slow drift of the spacing is not absorbed: it shows below, against the grid the affine holds
+    places = np.concatenate([[0], np.cumsum(np.rint(steps / median))]).astype(int)
     n_places = int(places[-1]) + 1
-    if float(np.max(np.abs(grid - places))) > _GRID_TOLERANCE:
-        worst = int(np.argmax(np.abs(grid - places)))
+    same = np.flatnonzero(np.diff(places) == 0)
+    if same.size:
+        a, b = items[same[0]][0].path, items[same[0] + 1][0].path
         raise CovsegError(
-            f"{folder}: the slices are not evenly spaced (steps {steps.min():.3g}..{steps.max():.3g} mm; "
-            f"{items[worst][0].path.name} lies {abs(grid[worst] - places[worst]) * median:.3g} mm off a "
-            f"{median:.3g} mm grid), so no single voxel grid holds them and label maps would not overlay the scan; "
-            "resample the series to even spacing first (e.g. dcm2niix, or SimpleITK's ResampleImageFilter) and "
-            "give the NIfTI file"
+            f"{folder}: {a.name} and {b.name} lie {steps[same[0]]:.3g} mm apart, under half the series' "
+            f"{median:.3g} mm slice spacing, so both fall on one slice of its grid ({same.size} such pair(s)); "
+            "remove duplicate files or choose one series/acquisition"
         )
     if n_places - len(items) > len(items):  # more places to fill than slices read: a stray position, not gaps
         largest = int(np.argmax(steps))
@@ -613,6 +662,13 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
             "a slice with a wrong ImagePositionPatient, or two acquisitions in one series? remove the stray files or "
             "give the series as NIfTI"
         )
+    # the affine's grid: the first slice's position plus whole steps (along the normal, or leaning with a gantry
+    # tilt); every slice must lie within a fifth of a step of its place on it, along the normal and within its plane
+    step_vec = (positions[-1] - positions[0]) / max(n_places - 1, 1)
+    step = float(step_vec @ normal)  # distance between the grid's slice planes
+    off = positions - positions[0] - places[:, None] * step_vec
+    if float(np.linalg.norm(off, axis=1).max()) > _GRID_TOLERANCE * step:
+        raise _off_grid_error(folder, [h.path.name for h, _ in items], positions, places, normal, step_vec, steps)
     if gaps.size:
         largest = int(gaps[np.argmax(steps[gaps])])
         warnings.append(
@@ -624,8 +680,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         )
     elif uneven:
         warnings.append(f"non-uniform slice spacing: steps {steps.min():.3g}..{steps.max():.3g} mm, each slice "
-                        f"within {_GRID_TOLERANCE:.0%} of a step of a {median:.3g} mm grid, which is used")
-    step_vec = (positions[-1] - positions[0]) / max(n_places - 1, 1)
+                        f"within {_GRID_TOLERANCE:.0%} of a step of a {step:.3g} mm grid, which is used")
     tilt = math.degrees(math.acos(min(1.0, abs(float(step_vec @ normal)) / float(np.linalg.norm(step_vec)))))
     if tilt > _TILT_DEGREES:
         warnings.append(f"gantry tilt of {tilt:.1f} degrees: the geometry is kept as a sheared affine")
@@ -792,8 +847,9 @@ def read_volume(path: str | Path, series_uid: str | None = None,
 
     Raises :class:`CovsegError` (one line, naming the file) for unreadable or truncated files, colour or
     multi-sample images, non-CT modalities, fewer than :data:`MIN_SLICES` slices, duplicate slice
-    positions, DICOM slices that lie off any even grid (more than a fifth of a step), and CT data without rescale
-    tags whose values are not HU. Missing slices (a step above :data:`GAP_FACTOR` x the median) are filled, on the
+    positions, DICOM slices that lie off any even grid (more than a fifth of a step off their place on it, along the
+    slice normal or within the slice plane) or two on one place of it, and CT data without rescale tags whose values
+    are not HU. Missing slices (a step above :data:`GAP_FACTOR` x the median) are filled, on the
     series' grid, with their nearest acquired slice, so that label maps written like the input overlay it (and the
     lungs stay connected across the gap); they, slightly uneven spacing, other series and gantry tilt are
     ``warnings``.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -65,11 +66,13 @@ def _ct_slice(pixels: np.ndarray, ipp, iop, uid: str, *, slope=2.0, intercept=-1
 
 
 def write_dicom_series(folder: Path, hu: np.ndarray, *, uid: str | None = None, skip=(), duplicate=False,
-                       seed=0, z_jitter: dict[int, float] | None = None, **kwargs) -> str:
+                       seed=0, z_jitter: dict[int, float] | None = None,
+                       shift: dict[int, tuple[float, float, float]] | None = None, **kwargs) -> str:
     """Write canonical ``hu`` as an axial series with flipped rows (column cosine +A), shuffled file names.
 
     Row r of slice k is canonical row Y-1-r: ImageOrientationPatient ``1\\0\\0\\0\\-1\\0`` (rows run towards
-    anterior), ImagePositionPatient of the first row at the posterior edge. Returns the series UID.
+    anterior), ImagePositionPatient of the first row at the posterior edge (plus ``z_jitter[k]`` mm along z and
+    ``shift[k]``, LPS mm, where given). Returns the series UID.
     """
     folder.mkdir(parents=True, exist_ok=True)
     uid = uid or generate_uid()
@@ -83,6 +86,7 @@ def write_dicom_series(folder: Path, hu: np.ndarray, *, uid: str | None = None, 
         if k in skip:
             continue
         ipp = ORIGIN_LPS + [0.0, (n_y - 1) * SPACING[1], k * SPACING[0] + (z_jitter or {}).get(k, 0.0)]
+        ipp = ipp + np.asarray((shift or {}).get(k, (0.0, 0.0, 0.0)))
         ds = _ct_slice(stored[k, ::-1].astype(dtype), ipp, [1, 0, 0, 0, -1, 0], uid, **kwargs)
         ds.InstanceNumber = int(rng.integers(1, 1000))  # meaningless on purpose
         ds.save_as(folder / f"IM{rng.integers(0, 10**8):08d}_{i}", enforce_file_format=True)
@@ -556,3 +560,98 @@ def test_a_stray_slice_position_far_from_the_series_is_refused_not_filled_in(tmp
     write_dicom_series(tmp_path, truth_hu()[:6], z_jitter={5: 3000.0})  # slice 5 at +3 m: 1200 places for 6 slices
     with pytest.raises(CovsegError, match="its 6 slices span .* places .* a slice with a wrong ImagePositionPatient"):
         read_volume(tmp_path)
+
+
+def _file_at_z(folder: Path, z: float) -> str:
+    """Name of the file of ``folder`` whose ImagePositionPatient z is ``z`` (mm)."""
+    import pydicom
+
+    return next(f.name for f in folder.iterdir() if abs(float(pydicom.dcmread(f).ImagePositionPatient[2]) - z) < 1e-6)
+
+
+def test_label_maps_of_a_nifti_without_a_qform_or_sform_carry_neither_and_its_voxel_sizes(tmp_path):
+    # both codes 0: readers place the scan by pixdim alone (nibabel centred with x mirrored, ITK voxel 0 at the
+    # origin); labels given a form of code 1 landed elsewhere in ITK (shifted and mirrored)
+    img = nib.Nifti1Image(truth_hu().transpose(2, 1, 0).astype(np.int16), None)  # (X, Y, Z) = (64, 48, 12)
+    img.header.set_zooms((0.8, 0.7, 2.5))
+    nib.save(img, str(tmp_path / "ct.nii.gz"))
+    src = nib.load(str(tmp_path / "ct.nii.gz"))
+    assert (int(src.header["qform_code"]), int(src.header["sform_code"])) == (0, 0)
+    volume = read_volume(tmp_path / "ct.nii.gz")
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[3, 7, 5] = 1
+    out = nib.load(str(write_like_input(labels, volume, tmp_path / "labels.nii.gz")))
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (0, 0)
+    assert out.header.get_zooms() == src.header.get_zooms()
+    np.testing.assert_allclose(out.header.get_zooms(), (0.8, 0.7, 2.5), rtol=1e-6)
+    # nibabel's fallback for both: diag(-0.8, 0.7, 2.5), centred: ((64-1)/2 * 0.8, -(48-1)/2 * 0.7, -(12-1)/2 * 2.5)
+    fallback = np.array([[-0.8, 0, 0, 25.2], [0, 0.7, 0, -16.45], [0, 0, 2.5, -13.75], [0, 0, 0, 1]])
+    np.testing.assert_allclose(src.affine, fallback, atol=1e-5)
+    np.testing.assert_allclose(out.affine, src.affine, atol=1e-6)
+    # i runs right->left as canonical x does, j anterior->posterior reversed, k inferior->superior
+    assert [tuple(v) for v in np.argwhere(np.asarray(out.dataobj))] == [(5, Y - 1 - 7, 3)]
+
+
+@pytest.mark.parametrize("k", [0, 6, Z - 1])  # 0 and Z-1 are the series' ends, whose shift tilts the first-to-last line
+def test_a_slice_shifted_within_its_plane_is_refused_and_named(tmp_path, k):
+    write_dicom_series(tmp_path, truth_hu(), shift={k: (30.0, 0.0, 0.0)})  # 30 mm along x, in the axial plane
+    victim = _file_at_z(tmp_path, ORIGIN_LPS[2] + k * SPACING[0])
+    with pytest.raises(CovsegError, match=f"{victim} lies 30 mm off the line of the other slices within its plane"):
+        read_volume(tmp_path)
+
+
+def test_two_slices_on_one_place_of_the_grid_are_refused_not_collapsed(tmp_path):
+    import pydicom
+
+    write_dicom_series(tmp_path, truth_hu())
+    slice4 = _file_at_z(tmp_path, -90.0)  # canonical slice 4: -100 + 4 * 2.5
+    ds = pydicom.dcmread(tmp_path / slice4)
+    ds.ImagePositionPatient = [-25.0, 16.9, -89.7]  # 0.3 mm above it: 0.12 of a step, rounded to the same place
+    ds.SOPInstanceUID = generate_uid()
+    ds.save_as(tmp_path / "extra.dcm", enforce_file_format=True)
+    # slice order runs along the normal, -z (ImageOrientationPatient 1\\0\\0\\0\\-1\\0): -89.7 before -90
+    with pytest.raises(CovsegError, match=f"extra.dcm and {slice4} lie 0.3 mm apart, under half the series' 2.5 mm"):
+        read_volume(tmp_path)
+
+
+def _axial_series(folder: Path, z: Sequence[float]) -> list[str]:
+    """Write 16x16 axial slices (ImageOrientationPatient 1\\0\\0\\0\\1\\0, normal +z) at heights ``z``; their names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    uid, names = generate_uid(), []
+    for k, zk in enumerate(z):
+        ds = _ct_slice(np.full((16, 16), 500 + k, np.uint16), [0.0, 0.0, zk], [1, 0, 0, 0, 1, 0], uid)
+        names.append(f"{k:03d}.dcm")
+        ds.save_as(folder / names[-1], enforce_file_format=True)
+    return names
+
+
+def test_a_slow_drift_of_the_slice_spacing_is_refused(tmp_path):
+    # 10 steps of 2.4 mm, then 10 of 2.6: each within 10 % of the 2.5 mm median, but the affine's grid (2.5 mm from
+    # the first slice to the last) puts slice 10 at 25 mm, where it lies at 24: 1 mm, 40 % of a step, off
+    z = np.concatenate([[0.0], np.cumsum([2.4] * 10 + [2.6] * 10)])
+    names = _axial_series(tmp_path / "drift", z)
+    with pytest.raises(CovsegError, match=rf"not evenly spaced \(steps 2.4..2.6 mm; {names[10]} lies 1 mm off a "
+                                          r"2.5 mm grid\)"):
+        read_volume(tmp_path / "drift")
+    # the same steps alternating stay within 0.1 mm of the grid: read, on it
+    z = np.concatenate([[0.0], np.cumsum([2.4, 2.6] * 10)])
+    _axial_series(tmp_path / "alternating", z)
+    vol = read_volume(tmp_path / "alternating")
+    assert vol.shape == (21, 16, 16) and vol.spacing == pytest.approx((2.5, 0.7, 0.8)) and vol.warnings == []
+
+
+def test_a_gantry_tilted_series_reads_on_its_leaning_grid_and_a_shifted_slice_of_it_is_refused(tmp_path):
+    lean = SPACING[0] * np.tan(np.radians(15.0))  # each slice 0.67 mm further posterior: a 15 degree gantry tilt
+    tilt = {k: (0.0, k * lean, 0.0) for k in range(Z)}
+    write_dicom_series(tmp_path / "tilted", truth_hu(), shift=tilt)
+    vol = read_volume(tmp_path / "tilted")
+    assert np.array_equal(vol.hu, truth_hu()) and vol.spacing == pytest.approx(SPACING)  # slice planes 2.5 mm apart
+    assert vol.warnings == ["gantry tilt of 15.0 degrees: the geometry is kept as a sheared affine"]
+    for k in (0, 5, Z - 1):  # canonical slice k's first row (row 0 of the file: canonical row Y-1) lies at its IPP
+        lps = ORIGIN_LPS + [0.0, (Y - 1) * SPACING[1] + k * lean, k * SPACING[0]]
+        np.testing.assert_allclose(vol.affine @ [k, Y - 1, 0, 1], [-lps[0], -lps[1], lps[2], 1], atol=1e-6)
+    tilt[6] = (30.0, 6 * lean, 0.0)
+    write_dicom_series(tmp_path / "shifted", truth_hu(), shift=tilt)
+    victim = _file_at_z(tmp_path / "shifted", ORIGIN_LPS[2] + 6 * SPACING[0])
+    with pytest.raises(CovsegError, match=f"{victim} lies 30 mm off the line of the other slices within its plane"):
+        read_volume(tmp_path / "shifted")
