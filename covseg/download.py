@@ -254,8 +254,9 @@ class _RangeRefused(Exception):
     """The server answered 416 to a resume request: restart from byte 0."""
 
 
-def _open_url(url: str, start: int) -> http.client.HTTPResponse | None:
-    """Open ``url`` (from byte ``start`` if > 0); None on 404/410; CovsegError if unreachable."""
+def _open_url(url: str, start: int, optional: bool = False) -> http.client.HTTPResponse | None:
+    """Open ``url`` (from byte ``start`` if > 0); None on 404/410, and for a file of an ``optional`` split also on
+    401/403 (object stores such as S3 answer 403 for an object that is not there); CovsegError if unreachable."""
     headers = {"User-Agent": _USER_AGENT}
     if start > 0:
         headers["Range"] = f"bytes={start}-"
@@ -264,7 +265,7 @@ def _open_url(url: str, start: int) -> http.client.HTTPResponse | None:
         return urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S)
     except urllib.error.HTTPError as e:
         e.close()
-        if e.code in (404, 410):
+        if e.code in (404, 410) or (optional and e.code in (401, 403)):
             return None
         if e.code == 416 and start > 0:
             raise _RangeRefused() from None
@@ -275,18 +276,19 @@ def _open_url(url: str, start: int) -> http.client.HTTPResponse | None:
         raise CovsegError(f"cannot reach {url}: {e or type(e).__name__}; {_MIRROR_HINT}") from None
 
 
-def _fetch_http(base: str, rel: str, part: Path, resume: bool = True) -> str:
+def _fetch_http(base: str, rel: str, part: Path, resume: bool = True, optional: bool = False) -> str:
     """Download ``base + rel`` into ``part``; returns "missing", "resumed" or "fresh".
 
     A non-empty ``part`` is continued with a Range request when ``resume`` and the server
-    answers 206 for the right offset; otherwise the file is restarted from byte 0.
+    answers 206 for the right offset; otherwise the file is restarted from byte 0. ``optional``: the file belongs to
+    a split the data set does not require, so a refusal to serve it (401/403) means "missing" (:func:`_open_url`).
     """
     url = base + urllib.parse.quote(rel)
     start = part.stat().st_size if resume and part.exists() else 0
     try:
-        resp = _open_url(url, start)
+        resp = _open_url(url, start, optional)
     except _RangeRefused:
-        return _fetch_http(base, rel, part, resume=False)
+        return _fetch_http(base, rel, part, resume=False, optional=optional)
     if resp is None:
         return "missing"
     with resp:
@@ -371,30 +373,30 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
                             splits={name: SplitReport() for _, name in src.splits},
                             required=src.required, extra_label=src.extra_label)
 
-    def split_of(rel: str) -> SplitReport:
-        for prefix, name in src.splits:
-            if rel.startswith(prefix):
-                return report.splits[name]
-        return report.splits.setdefault("other", SplitReport())
+    def split_name(rel: str) -> str:
+        return next((name for prefix, name in src.splits if rel.startswith(prefix)), "other")
 
-    for rel, digest in tqdm(sorted(manifest.items()), desc=dataset, unit="file",
-                            disable=not progress or None):
-        bucket = split_of(rel)
+    # the required splits' files first: an optional split the mirror will not serve cannot stop them
+    order = sorted(manifest.items(), key=lambda item: (split_name(item[0]) not in src.required, item[0]))
+    for rel, digest in tqdm(order, desc=dataset, unit="file", disable=not progress or None):
+        optional = split_name(rel) not in src.required
+        bucket = report.splits.setdefault(split_name(rel), SplitReport())
         final = root / rel
         if final.is_file():
             if file_sha256(final) == digest:
                 bucket.skipped.append(rel)
+                _part(final).unlink(missing_ok=True)  # a stale partial copy beside the verified file
                 continue
             final.unlink()  # stale or damaged: never keep a bad file under the final name
         part = _part(final)
         if src_root is not None:
             outcome = "fresh" if _fetch_copy(src_root, rel, part) else "missing"
         else:
-            outcome = _fetch_http(base, rel, part)
+            outcome = _fetch_http(base, rel, part, optional=optional)
         ok = outcome != "missing" and file_sha256(part) == digest
         if outcome == "resumed" and not ok:
             # the kept .part may have had a bad prefix: retry once from byte 0
-            outcome = _fetch_http(base, rel, part, resume=False)
+            outcome = _fetch_http(base, rel, part, resume=False, optional=optional)
             ok = outcome != "missing" and file_sha256(part) == digest
         if ok:
             os.replace(part, final)

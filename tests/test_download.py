@@ -173,6 +173,45 @@ def test_http_without_range_support_restarts(mirror: Path, tmp_path: Path,
     assert (root / a).read_bytes() == (mirror / a).read_bytes()
 
 
+class _ForbiddingHandler(_QuietHandler):
+    """Answers 403, as object stores do for keys that are not there, for the test split and for any path in
+    ``forbidden``."""
+
+    forbidden: set[str] = set()
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/Dataset/TestingSet/") or self.path in type(self).forbidden:
+            self.send_error(403)
+            return None
+        return super().do_GET()
+
+
+def test_a_mirror_that_forbids_the_held_out_split_still_serves_the_training_split(
+        mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = dl.read_manifest(NAME)
+    test_files = sorted(p for p in manifest if p.startswith("Dataset/TestingSet/"))[:2]
+    train_files = _train_paths()[:3]
+    # the test split sorts first: before, its 403 stopped the download before any training file was fetched
+    assert test_files[0] < train_files[0]
+    monkeypatch.setattr(dl, "read_manifest", lambda name: {p: manifest[p] for p in test_files + train_files})
+    root = dl.dataset_root(tmp_path, NAME)
+    (root / train_files[0]).parent.mkdir(parents=True)
+    shutil.copyfile(mirror / train_files[0], root / train_files[0])  # verified already, with a stale partial copy
+    (root / (train_files[0] + ".part")).write_bytes(b"junk")
+    _ForbiddingHandler.forbidden = set()
+    for url in _serve(mirror, _ForbiddingHandler):
+        report = dl.download(NAME, tmp_path, mirror=url, progress=False)
+        assert sorted(report.splits["training"].fetched) == train_files[1:]
+        assert report.splits["training"].skipped == train_files[:1]
+        assert sorted(report.splits["test"].missing) == test_files
+        assert not _parts(root)
+        # a training file the mirror forbids is still an error: the training split is required
+        (root / train_files[2]).unlink()
+        _ForbiddingHandler.forbidden = {"/" + train_files[2]}
+        with pytest.raises(CovsegError, match="HTTP 403"):
+            dl.download(NAME, tmp_path, mirror=url, progress=False)
+
+
 def test_corrupt_file_in_mirror(mirror: Path, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     train = _train_paths()
