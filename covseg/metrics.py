@@ -167,7 +167,9 @@ def infnet_metrics(prob: np.ndarray, target: np.ndarray, thresholds: int = 256) 
     ``p >= t``, as Inf-Net's ``Fmeasure_calu``), and Dice, sensitivity and specificity are averaged over
     the thresholds (``meanDic``, ``meanSen``, ``meanSpe``); ``mae`` is the mean absolute error of the
     normalised map against the truth. As in ``Fmeasure_calu``, all three figures are 0 at a threshold with
-    no true positive (so an image without lesion scores 0, and specificity there is 0, not TN/(TN+FP)).
+    no true positive (so an image without lesion scores 0, and specificity there is 0, not TN/(TN+FP)). An image that
+    is lesion everywhere has no negative pixel, so its specificity is undefined: ``meanSpe`` is NaN (as TN/(TN+FP) is
+    0/0 in ``Fmeasure_calu``), and means over images skip it.
     """
     p = np.asarray(prob, dtype=np.float64)
     g = np.asarray(target).astype(bool)
@@ -188,5 +190,5 @@ def infnet_metrics(prob: np.ndarray, target: np.ndarray, thresholds: int = 256) 
         dic = np.where(hit, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
         sen = np.where(hit, tp / max(pos.size, 1), 0.0)
         spe = np.where(hit, tn / np.maximum(tn + fp, 1), 0.0)
-    return {"meanDic": float(np.mean(dic)), "meanSen": float(np.mean(sen)), "meanSpe": float(np.mean(spe)),
-            "mae": mae}
+    mean_spe = float(np.mean(spe)) if neg.size else float("nan")  # no negative pixel: specificity undefined
+    return {"meanDic": float(np.mean(dic)), "meanSen": float(np.mean(sen)), "meanSpe": mean_spe, "mae": mae}

@@ -119,6 +119,11 @@ def test_infnet_zero_where_no_true_positive() -> None:
     assert out["meanSpe"] == pytest.approx(np.mean(np.where(hit, spe_at, 0)))
     empty = infnet_metrics(prob, np.zeros((2, 2)))
     assert empty["meanDic"] == 0.0 and empty["meanSpe"] == 0.0
+    # lesion everywhere: no negative pixel, so specificity is undefined (0/0), not 0. Sensitivity takes p >= t of
+    # the four lesion pixels 0, 0, 0.2, 1: all four at t = 0, two up to 0.2, one above
+    full = infnet_metrics(prob, np.ones((2, 2)))
+    assert np.isnan(full["meanSpe"])
+    assert full["meanSen"] == pytest.approx(np.mean(np.where(ts == 0, 1.0, np.where(ts <= 0.2, 0.5, 0.25))))
 
 
 def test_confusion_matrix_rejects_mismatched_shapes() -> None:
