@@ -294,7 +294,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     close_distributed(wait_for_peers=True)
     if not dist.is_main:
         return 0
-    if result.interrupted:
+    if result.stopped:  # Ctrl-C: 130, also where the run was finished by then (nothing to resume)
         return 130
     best = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
     print(f"trained {result.epochs_done} epochs in {result.seconds:.0f} s; best validation mean Dice {best}; "

@@ -27,7 +27,7 @@ from covseg.splits import load_split
 from covseg.labels import get_scheme
 from covseg.parallel_runs import train_runs_in_parallel
 from covseg.checkpoint import build_model, epochs_done, find_checkpoint
-from covseg.run import read_run_config, read_run_info, train_run
+from covseg.run import read_run_config, read_run_info, train_run, trained_on
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
            "cross_validate", "cross_validate_seeds", "check_seeds"]
@@ -222,6 +222,9 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
         configs[name] = config_from_dict(config_to_dict(replace(config, model=replace(config.model, name=name))),
                                          source=f"--models {name}")
         build_model(configs[name])
+        if not force:  # and a run it would reuse or resume refused now, not after the models before it trained
+            _check_same_settings(out_dir / name, configs[name])
+            _check_same_data(out_dir / name, samples, data)
     rows: dict[str, dict[str, Any]] = {}
     for name, cfg in configs.items():
         log(f"== {name} ==")
@@ -258,6 +261,17 @@ def _check_same_settings(run_dir: Path, config: RunConfig,
         raise CovsegError(f"{run_dir}: holds a run with other settings; {remedy}")
 
 
+def _check_same_data(run_dir: Path, samples: list[Sample], data: str,
+                     remedy: str = "pass --force to retrain it or use another output folder") -> None:
+    """Refuse to reuse or resume the run begun in ``run_dir`` (it has ``last.pt``) unless ``samples`` (from ``data``)
+    hold the training images it was trained on, with the same masks (:func:`covseg.run.trained_on`, the check
+    ``--resume`` makes; the same data at another path passes). The error ends with ``remedy``."""
+    if (run_dir / "last.pt").is_file() and not trained_on(run_dir, samples):
+        raise CovsegError(f"{run_dir}: was trained on {read_run_info(run_dir).get('data', 'other data')}, and the "
+                          f"training images in {data} are not those (other names, or masks whose class weights "
+                          f"differ from its class_weights.json); {remedy}")
+
+
 # `covseg cv` resumes and reuses its folds and never replaces one
 _CV_REMEDY = "remove it to retrain it, or use another -o"
 
@@ -272,12 +286,13 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
                     progress: bool, log: Callable[[str], None]) -> float:
     """Make ``run_dir`` a finished run of ``config``: train it, resume it, or (already finished) keep it.
 
-    A run folder holding other settings is refused unless ``force`` (which retrains from scratch).
-    Returns the run's total training seconds (from its history).
+    A run folder holding other settings, or begun on other training images (:func:`_check_same_data`), is refused
+    unless ``force`` (which retrains from scratch). Returns the run's total training seconds (from its history).
     """
     last = run_dir / "last.pt"
     if not force:
         _check_same_settings(run_dir, config)
+        _check_same_data(run_dir, samples, data)
     if force or not last.is_file():
         result = train_run(config, samples, run_dir, data, force=True, progress=progress, log=log)
     else:
@@ -287,7 +302,7 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
             result = None
         else:
             result = train_run(config, samples, run_dir, data, resume=True, progress=progress, log=log)
-    if result is not None and result.interrupted:
+    if result is not None and result.stopped:  # Ctrl-C stops cv and compare, also where it found this run finished
         raise KeyboardInterrupt
     return _train_seconds(run_dir)
 
@@ -395,8 +410,9 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     """Train and evaluate fold ``K`` into ``out_dir/fold-K`` for every fold, skipping finished folds.
 
     A fold counts as done when its ``last.pt`` holds every epoch and its ``eval-heldout/metrics.json`` scored its
-    own model after that (:func:`_is_current`); an interrupted fold resumes
-    from its ``last.pt``. ``jobs`` > 1 trains the unfinished folds first, that many at a time in worker
+    own model on ``data`` after that (:func:`_is_current`); an interrupted fold resumes
+    from its ``last.pt``. Before any fold trains, a fold folder of other settings, or begun on other training images
+    (:func:`_check_same_data`), is refused. ``jobs`` > 1 trains the unfinished folds first, that many at a time in worker
     processes (:func:`covseg.parallel_runs.train_runs_in_parallel`), then scores them here one by one, on the
     device they trained on (``train.device``: a GPU cross-validation is scored on the GPU).
     Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std of each fold's own model
@@ -409,6 +425,9 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     _check_folds(folds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
+    for k in range(folds):  # before any training: a fold of other settings or data fails now, not folds later
+        _check_same_settings(out_dir / f"fold-{k}", _fold_config(config, k, folds), _CV_REMEDY)
+        _check_same_data(out_dir / f"fold-{k}", samples, data, _CV_REMEDY)
     _check_fold_inputs(config, out_dir, folds, [s.name for s in samples])
     if jobs > 1:
         train_runs_in_parallel(_untrained_folds(config, out_dir, folds), samples, data, jobs, log)
@@ -419,16 +438,15 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         fold_dir = out_dir / f"fold-{k}"
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
         cfg = _fold_config(config, k, folds)
-        _check_same_settings(fold_dir, cfg, _CV_REMEDY)
         # a report of an unfinished fold (someone evaluated it after Ctrl-C) does not make it done
-        if epochs_done(fold_dir) < cfg.train.epochs or not _is_current(metrics_path, fold_dir, "final"):
+        if epochs_done(fold_dir) < cfg.train.epochs or not _is_current(metrics_path, fold_dir, "final", data):
             log(f"== fold {k} ==")
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
             evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
         for scored, _, _ in companions:
             companion_path = fold_dir / f"eval-heldout-{scored}" / "metrics.json"
-            if not _is_current(companion_path, fold_dir, scored):
+            if not _is_current(companion_path, fold_dir, scored, data):
                 evaluate_run(fold_dir, data, "heldout", None, which=scored, device=cfg.train.device, progress=progress)
             companion_rows[scored].append((json.loads(companion_path.read_text(encoding="utf-8")), rows[-1][1]))
     columns = _cv_columns(rows, config.data.task)
@@ -482,18 +500,21 @@ def _companions(config: RunConfig) -> list[tuple[str, str, str]]:
     return companions
 
 
-def _is_current(report: Path, run_dir: Path, which: str) -> bool:
+def _is_current(report: Path, run_dir: Path, which: str, data: str) -> bool:
     """Whether ``report`` (a ``metrics.json``) exists, scored ``run_dir``'s checkpoint ``which``
-    (:func:`covseg.checkpoint.find_checkpoint`) and is no older than it or than ``last.pt``."""
+    (:func:`covseg.checkpoint.find_checkpoint`) on the images of the data folder ``data``, and is no older than that
+    checkpoint or than ``last.pt``."""
     if not report.is_file() or not (run_dir / "last.pt").is_file():
         return False
     checkpoint = find_checkpoint(run_dir, which)
     try:
-        scored = Path(json.loads(report.read_text(encoding="utf-8"))["model"]["file"]).name
+        metrics = json.loads(report.read_text(encoding="utf-8"))
+        scored, scored_on = Path(metrics["model"]["file"]).name, Path(metrics["data"])
     except (ValueError, KeyError, TypeError):
         return False
     newest = max(checkpoint.stat().st_mtime, (run_dir / "last.pt").stat().st_mtime)
-    return scored == checkpoint.name and report.stat().st_mtime >= newest
+    return (scored == checkpoint.name and scored_on.resolve() == Path(data).resolve()
+            and report.stat().st_mtime >= newest)
 
 
 def check_seeds(seeds: Sequence[int]) -> None:
@@ -536,9 +557,10 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
-    for seed, cfg in configs.items():  # before any training: a folder of other settings fails now, not hours in
+    for seed, cfg in configs.items():  # before any training: a folder of other settings or data fails now, not hours in
         for k in range(folds):
             _check_same_settings(out_dir / f"seed-{seed}" / f"fold-{k}", _fold_config(cfg, k, folds), _CV_REMEDY)
+            _check_same_data(out_dir / f"seed-{seed}" / f"fold-{k}", samples, data, _CV_REMEDY)
     if jobs > 1:
         pending = [run for seed, cfg in configs.items() for run in _untrained_folds(cfg, out_dir / f"seed-{seed}", folds)]
         train_runs_in_parallel(pending, samples, data, jobs, log)

@@ -55,7 +55,8 @@ from covseg.training import (averaged_network, epoch_average, lr_factor, make_op
                              train_one_epoch, validate, weight_average)
 from covseg.transforms import stack_resized
 
-__all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "read_class_weights", "HISTORY_FIELDS"]
+__all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "read_class_weights", "trained_on",
+           "HISTORY_FIELDS"]
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_dice", "lr", "seconds")
 
@@ -68,8 +69,9 @@ class RunResult:
     epochs_done: int
     epochs_total: int
     best_score: float | None
-    interrupted: bool = False
+    interrupted: bool = False  # stopped (Ctrl-C) before every epoch was saved: resume it
     seconds: float = 0.0
+    stopped: bool = False  # Ctrl-C came, also where it found every epoch saved (the run finished): callers stop too
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
@@ -117,6 +119,26 @@ def read_class_weights(run_dir: Path) -> np.ndarray:
         raise CovsegError(f"{path}: damaged (weights are not finite numbers); train the run again "
                           "(covseg train ... -o RUN --force)")
     return values
+
+
+def _same_masks(train: list[Sample], weights: np.ndarray, num_classes: int) -> bool:
+    """Whether the masks of ``train`` (a run's training images) give the median-frequency ``weights`` the run saved
+    in ``class_weights.json``: the same names with other pixels (another --data) give other weights."""
+    now = median_frequency_weights([s.mask for s in train], num_classes)
+    return now.shape == weights.shape and bool(np.allclose(now, weights, rtol=0, atol=2e-6))
+
+
+def trained_on(run_dir: Path, samples: list[Sample]) -> bool:
+    """Whether ``samples`` hold every training image of the run in ``run_dir`` (its ``split.json``) with the masks it
+    was trained on (the check ``--resume`` makes: their class weights against ``class_weights.json``), wherever
+    that data now lies."""
+    run_dir = Path(run_dir)
+    split = load_split(run_dir / "split.json")
+    by_name = {s.name: s for s in samples}
+    if any(n not in by_name for n in split["train"]):
+        return False
+    num_classes = get_scheme(read_run_config(run_dir).data.task).num_classes
+    return _same_masks([by_name[n] for n in split["train"]], read_class_weights(run_dir), num_classes)
 
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -209,9 +231,9 @@ def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseu
     return _Pseudo(x.half(), y.to(torch.uint8), digest)
 
 
-def _unlabelled_slices(config: RunConfig, data_path: str, log) -> torch.Tensor | None:
-    """The data set's unlabelled slices for the consistency term, normalised and resized: ``(U, 1, S, S)`` float16;
-    None when ``train.consistency`` is off."""
+def _unlabelled_slices(config: RunConfig, data_path: str, log) -> tuple[torch.Tensor, list[Path]] | None:
+    """The data set's unlabelled slices for the consistency term, normalised and resized: ``(U, 1, S, S)`` float16,
+    and the folders their files lie in; None when ``train.consistency`` is off."""
     d = config.data
     if config.train.consistency <= 0:
         return None
@@ -222,7 +244,7 @@ def _unlabelled_slices(config: RunConfig, data_path: str, log) -> torch.Tensor |
     images = stack_resized([normalize_image(s.image, d.normalize) for s in samples], None, d.input_size, d.resize)[0]
     log(f"consistency: {len(samples)} unlabelled slices, {config.train.consistency_batch} per step, "
         f"weight {config.train.consistency:g}")
-    return images.half()
+    return images.half(), sorted({Path(s.source).parent for s in samples})
 
 
 def _pretrained_file(config: RunConfig, run_dir: Path, resume: bool, log, held_out: list[str]) -> Path | None:
@@ -296,7 +318,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     if resume and teachers is not None and read_run_info(run_dir).get("distill_sha256") != teachers.digests:
         raise CovsegError(f"{run_dir}: its teachers ({t.distill}) changed since the run began; put them back as they "
                           "were, or train a new run")
-    unlabelled = _unlabelled_slices(config, data_path, log)
+    unlabelled, unlabelled_folders = _unlabelled_slices(config, data_path, log) or (None, [])
     if resume and pseudo is not None and read_run_info(run_dir).get("pseudo_labels_sha256") != pseudo.digest:
         raise CovsegError(f"{run_dir}: its pseudo-labels ({d.pseudo_labels}) changed since the run began; "
                           "make them again as they were, or train a new run")
@@ -314,7 +336,9 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
             raise CovsegError(f"split {d.split}: data.val_fraction {d.val_fraction:g} of {len(samples)} images rounds to "
                               "no validation image; raise it, or set data.val_fraction=0 to train without one")
         reads = [(pretrained, "train.init"), *((f, "train.distill") for f in (teachers.files if teachers else ())),
-                 *([(resolve_pseudo_folder(d.pseudo_labels, d.split), "data.pseudo_labels")] if d.pseudo_labels else [])]
+                 *([(resolve_pseudo_folder(d.pseudo_labels, d.split), "data.pseudo_labels")] if d.pseudo_labels else []),
+                 *([(data_path, "--data")] if data_path else []),
+                 *((f, "the unlabelled slices of train.consistency") for f in unlabelled_folders)]
         _refuse_reading_from_inside(run_dir, [(Path(f), what) for f, what in reads if f is not None])
     if not resume and dist.is_main:
         info = {"pseudo_labels_sha256": pseudo.digest} if pseudo is not None else {}
@@ -338,8 +362,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     if not train:
         raise CovsegError("the training split is empty; use more images or another --split")
     if resume:  # the same names with other pixels (another --data) would continue the run on other images
-        now = median_frequency_weights([s.mask for s in train], scheme.num_classes)
-        if not np.allclose(now, weights, rtol=0, atol=2e-6):
+        if not _same_masks(train, weights, scheme.num_classes):
             raise CovsegError(f"{run_dir}: the training masks in {data_path} are not the ones the run began with (their "
                               "class weights differ from class_weights.json); resume with the --data it was made with")
     log("class weights (median frequency): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(scheme.names, weights)))
@@ -381,6 +404,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         optimizer.load_state_dict(state["optimizer"])
         history = list(state.get("history", []))
         best = state.get("best")
+        if dist.is_main:  # a process killed between writing last.pt and history.csv left history.csv one epoch behind
+            _write_history(run_dir, history)
         if averaged is not None:  # last.pt holds the average of its own epoch (ema.pt may be one ahead)
             if "ema" not in state:
                 raise CovsegError(f"{run_dir}/last.pt holds no weight average though train.ema is on; "
@@ -414,7 +439,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     bar = tqdm(range(start, t.epochs), desc="train", unit="epoch", disable=not progress,
                initial=start, total=t.epochs, dynamic_ncols=True)
     epoch = start
-    interrupted = False
+    interrupted = stopped = False
     try:
         for epoch in bar:
             tick = time.perf_counter()
@@ -467,9 +492,12 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
             bar.set_postfix(loss=f"{fit.loss:.3f}", val_dice=f"{res.dice:.3f}")
         epoch = t.epochs
     except KeyboardInterrupt:
-        interrupted = True
-        epoch = len(history)
-        log(f"interrupted: {epoch} of {t.epochs} epochs saved; continue with covseg train --resume {run_dir}")
+        epoch, stopped = len(history), True
+        if epoch < t.epochs:
+            interrupted = True
+            log(f"interrupted: {epoch} of {t.epochs} epochs saved; continue with covseg train --resume {run_dir}")
+        else:  # Ctrl-C came while the last epoch's files were written: every epoch is saved, the run is finished
+            log(f"interrupted after all {t.epochs} epochs were saved; the run is finished, nothing to resume")
     finally:
         bar.close()
     if history and dist.is_main:
@@ -477,4 +505,4 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     if val_x is None and not interrupted and dist.is_main and (run_dir / "last.pt").exists():
         # No validation images: the last epoch's weights are the ones to use.
         save_checkpoint(run_dir / "best.pt", core, config, len(history), None)
-    return RunResult(run_dir, len(history), t.epochs, best, interrupted, time.perf_counter() - began)
+    return RunResult(run_dir, len(history), t.epochs, best, interrupted, time.perf_counter() - began, stopped)

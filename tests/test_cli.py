@@ -611,6 +611,55 @@ def test_cv_finishes_an_interrupted_fold_even_when_someone_scored_it(tiny_data: 
     assert (fold / "eval-heldout" / "metrics.json").stat().st_mtime >= (fold / "last.pt").stat().st_mtime
 
 
+def test_cv_and_compare_refuse_runs_trained_on_other_data_and_rescore_moved_data(tiny_data: Path, tmp_path: Path,
+                                                                                capsys) -> None:
+    from conftest import write_semiseg
+
+    other = write_semiseg(tmp_path / "other", seed=5)  # the same file names, other pixels
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_data, moved)  # the same data at another path
+    tiny = ["--recipe", "tiny", "--epochs", "1", "--quiet", *TINY_OVERRIDES]
+    common = [*tiny, "--folds", "3", "-o", str(tmp_path / "cv")]
+    assert main(["cv", "--data", str(tiny_data), *common]) == 0
+    table = (tmp_path / "cv" / "cv.md").read_text()
+    folds = [tmp_path / "cv" / f"fold-{k}" for k in range(3)]
+    mtimes = [(fold / "last.pt").stat().st_mtime_ns for fold in folds]
+    recorded = json.loads((folds[0] / "run.json").read_text())["data"]
+    capsys.readouterr()
+    assert main(["cv", "--data", str(other), *common]) == 2
+    err = _one_line_error(capsys)
+    assert f"{folds[0]}: was trained on {recorded}, and the training images in {other} are not those" in err
+    assert err.endswith("remove it to retrain it, or use another -o")
+    assert (tmp_path / "cv" / "cv.md").read_text() == table
+    assert [(fold / "last.pt").stat().st_mtime_ns for fold in folds] == mtimes
+    # the same images at another path: the folds are reused, and scored again on that data
+    assert main(["cv", "--data", str(moved), *common]) == 0
+    assert [(fold / "last.pt").stat().st_mtime_ns for fold in folds] == mtimes
+    scored_on = [json.loads((fold / "eval-heldout" / "metrics.json").read_text())["data"] for fold in folds]
+    assert scored_on == [str(moved)] * 3
+    assert (tmp_path / "cv" / "cv.md").read_text().split("| train seconds |")[0] == table.split("| train seconds |")[0]
+    # compare reuses its finished runs the same way: another data set is refused, naming --force
+    compare = ["compare", "--models", "unet", "--split", "cv:0", "-o", str(tmp_path / "cmp"), *tiny]
+    assert main([*compare, "--data", str(tiny_data)]) == 0
+    mtime = (tmp_path / "cmp" / "unet" / "last.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*compare, "--data", str(other)]) == 2
+    err = _one_line_error(capsys)
+    assert f"unet: was trained on {recorded}" in err
+    assert err.endswith("pass --force to retrain it or use another output folder")
+    assert (tmp_path / "cmp" / "unet" / "last.pt").stat().st_mtime_ns == mtime
+
+
+def test_cv_refuses_a_fold_of_other_settings_before_training_any(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cv"
+    (out / "fold-2").mkdir(parents=True)
+    (out / "fold-2" / "config.yaml").write_text("recipe: other\n")
+    assert main(["cv", "--recipe", "tiny", "--data", str(tiny_data), "--folds", "3", "--epochs", "1", "-o", str(out),
+                 "--quiet", *TINY_OVERRIDES]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["fold-2"]  # fold 0 and fold 1 were not trained first
+    assert f"{out / 'fold-2'}: holds a run with other settings" in _one_line_error(capsys)
+
+
 @pytest.mark.parametrize("folds", ["0", "1", "-2"])
 def test_cv_refuses_fewer_than_two_folds(folds: str, tiny_data: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cv"

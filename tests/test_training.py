@@ -511,6 +511,88 @@ def test_a_new_run_never_replaces_a_folder_it_reads_from(tiny_data: Path, tmp_pa
         assert (run / "last.pt").read_bytes() == before
 
 
+def test_force_never_deletes_the_data_or_unlabelled_slices_the_run_trains_on(tiny_data: Path, tmp_path: Path,
+                                                                             capsys) -> None:
+    import shutil
+
+    from conftest import add_unlabelled
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("recipe: tiny\n")  # a run folder, which --force replaces
+    shutil.copytree(tiny_data, run / "data")  # the data set kept beside the run
+    images = sorted(p.relative_to(run) for p in (run / "data").rglob("*.*"))
+    assert len(images) == 48  # 12 slices: 2 images and 2 masks each
+    assert main(["train", "--recipe", "tiny", "--data", str(run / "data"), "--split", "cv:0", "-o", str(run), "--force",
+                 "--quiet", *TINY_OVERRIDES, "train.epochs=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"reads {run / 'data'} (--data) from inside its own folder" in err[0], err
+    assert sorted(p.relative_to(run) for p in (run / "data").rglob("*.*")) == images
+    assert not (run / "last.pt").exists() and (run / "config.yaml").read_text() == "recipe: tiny\n"
+    # data outside, but its unlabelled slices (train.consistency) a link to a folder inside the run
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    add_unlabelled(run / "slices", 4, 1)
+    link = "Dataset/TrainingSet/LungInfection-Train/Pseudo-label"
+    (data / link).symlink_to(run / "slices" / link, target_is_directory=True)
+    assert main(["train", "--recipe", "tiny", "--data", str(data), "--split", "cv:0", "-o", str(run), "--force",
+                 "--quiet", *TINY_OVERRIDES, "train.epochs=1", "train.consistency=1", "train.consistency_batch=2"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # after the consistency note
+    assert len(err) == 1 and "(the unlabelled slices of train.consistency) from inside its own folder" in err[0], err
+    assert len(list((run / "slices" / link / "Imgs").glob("u*.jpg"))) == 4 and (run / "data").is_dir()
+
+
+def test_resume_rewrites_a_history_csv_left_an_epoch_behind(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert _train(tiny_data, run, "train.epochs=2") == 0
+    full = (run / "history.csv").read_text()
+    lines = full.splitlines(keepends=True)
+    assert len(lines) == 3  # header, epoch 1, epoch 2
+    # killed after last.pt of the last epoch was written, before history.csv was: last.pt holds 2 epochs, the csv 1
+    (run / "history.csv").write_text("".join(lines[:2]))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0  # nothing left to train
+    assert (run / "history.csv").read_text() == full
+    assert read_checkpoint(run / "last.pt")["epoch"] == 2 and not list(run.glob("*.part*"))
+
+
+def test_ctrl_c_while_the_last_epoch_is_saved_finishes_the_run(tiny_data: Path, tmp_path: Path, capsys,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.run
+
+    real = covseg.run._write_history
+
+    def ctrl_c_during_the_last_write(run_dir: Path, history: list) -> None:
+        if len(history) == 2:  # Ctrl-C while epoch 2 of 2 is written: held back until its files all hold it
+            os.kill(os.getpid(), signal.SIGINT)
+        real(run_dir, history)
+
+    monkeypatch.setattr(covseg.run, "_write_history", ctrl_c_during_the_last_write)
+    run = tmp_path / "run"  # no validation images: best.pt is the last epoch's, written once the run is finished
+    # Ctrl-C still stops the command (130, so that cv and compare stop too), but the run is finished: best.pt is
+    # written and nothing is left to resume
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "official", "--epochs", "2",
+                 "-o", str(run), "--quiet", *TINY_OVERRIDES, "data.val_fraction=0"]) == 130
+    assert read_checkpoint(run / "last.pt")["epoch"] == 2 and len(_history(run)) == 2
+    assert read_checkpoint(run / "best.pt")["epoch"] == 2
+    assert "the run is finished, nothing to resume" in capsys.readouterr().err
+
+
+def test_best_pt_holds_the_epoch_of_the_highest_validation_dice(tiny_data: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.run
+    from covseg.training import EpochResult
+
+    dice = iter([0.2, 0.5, 0.3])  # the best is epoch 2's, neither the first, the last nor the worst
+    monkeypatch.setattr(covseg.run, "validate", lambda *args, **kwargs: EpochResult(1.0, 0.9, next(dice)))
+    run = tmp_path / "run"
+    assert _train(tiny_data, run, "train.epochs=3") == 0
+    assert [float(r["val_dice"]) for r in _history(run)] == [0.2, 0.5, 0.3]
+    best, last = read_checkpoint(run / "best.pt"), read_checkpoint(run / "last.pt")
+    assert (best["epoch"], best["score"]) == (2, 0.5)
+    assert (last["epoch"], last["score"], last["best"]) == (3, 0.3, 0.5)
+    assert any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])  # epoch 2's weights
+
+
 def test_settings_that_cannot_train_are_refused_before_the_folder_is_made(tiny_data: Path, tmp_path: Path,
                                                                         capsys) -> None:
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "official", "-o", str(tmp_path / "vf"),
