@@ -320,8 +320,9 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, str):
         if isinstance(value, (list, dict)):  # `train.distill=[a, b]` would become the text "['a', 'b']"
             kind = "list" if isinstance(value, list) else "mapping"
-            raise CovsegError(f"{where}: expected text, got a YAML {kind} ({value!r}); quote it, and give several "
-                              "paths as one comma-separated text, e.g. runs/a,runs/b")
+            raise CovsegError(f"{where}: expected text, got a YAML {kind} ({value!r}); write it as plain text "
+                              "without [ ] or { } (where an option takes several paths, comma-separated: "
+                              "runs/a,runs/b)")
         return "" if value is None else str(value)  # YAML's empty value (`init:`, `=null`): the option unset
     return value
 
@@ -458,11 +459,6 @@ def _validate(config: RunConfig, source: str) -> None:
         raise CovsegError(f"{source}: train.augment.crop is {crop}, larger than data.input_size "
                           f"{config.data.input_size}; use a smaller crop, or 0 for whole images")
     _check_model_multiple("train.augment.crop", crop, config.model.depth, source)
-    progressive = config.train.progressive_size
-    if crop > progressive > 0:  # a crop is cut from the resampled slice: larger than it, none would be cut
-        raise CovsegError(f"{source}: train.augment.crop is {crop}, larger than train.progressive_size {progressive}, "
-                          f"so the progressive epochs could not crop; use a crop of at most {progressive}, or "
-                          "train.progressive_size=0 train.progressive_fraction=0")
 
 
 def _check_model_multiple(option: str, side: int, depth: int, source: str) -> None:
@@ -551,7 +547,10 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         if parts[-1] not in node:
             raise CovsegError(f"override {item!r}: unknown option {parts[-1]!r}; known: {', '.join(node)}")
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw else raw
+            value = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
             raise CovsegError(f"override {item!r}: not a YAML value; close its brackets or quotes") from None
+        if isinstance(node[parts[-1]], str) and isinstance(value, (bool, int, float)):
+            value = raw  # a text option keeps the text as typed: train.init=06 stays "06", not 6
+        node[parts[-1]] = value
     return config_from_dict(data, source="override")

@@ -162,10 +162,10 @@ def load_teachers(config: RunConfig, held_out: Collection[str] = ()) -> Teachers
     """The checked teachers of ``config.train.distill`` in eval mode, their checkpoint files and SHA-256 digests.
 
     Refused (one-line :class:`CovsegError`): a missing teacher, a run's ``best.pt`` (given as a file), a lesion-type
-    model (``train.types_only``), one trained for another task, on another split or on differently normalised
-    input, one too deep for the sizes this run trains at, an unfinished run, one whose run folder's ``split.json``
-    trained on any of ``held_out`` (the student's validation and test images: the same split settings on other data
-    split differently), and an empty list.
+    model (``train.types_only``), one trained for another task, on another split or on other input (normalisation,
+    resizing, input size, HU window), one too deep for the sizes this run trains at, an unfinished run, one whose run
+    folder's ``split.json`` trained on any of ``held_out`` (the student's validation and test images: the same split
+    settings on other data split differently), and an empty list.
     """
     found = _checked_teachers(config, held_out, build=True)
     files = [file for file, _ in found]

@@ -187,7 +187,8 @@ def _markdown(ev: Evaluation, title: str) -> str:
     if d["infnet"]:
         i = d["infnet"]
         lines += ["## Inf-Net protocol (binary)", "", f"Means over all {d['n_images']} images, as Inf-Net's evaluation "
-                  "takes them: an image without lesion scores 0 for meanDic, meanSen and meanSpe.", "",
+                  "takes them: an image without lesion scores 0 for meanDic, meanSen and meanSpe (an image that is lesion "
+                  "everywhere has no meanSpe, and its mean skips it).", "",
                   "| meanDic | meanSen | meanSpe | MAE |", "|---|---|---|---|",
                   "| " + " | ".join(format_figure(i[k]) for k in ("meanDic", "meanSen", "meanSpe", "mae")) + " |", ""]
     if fg:

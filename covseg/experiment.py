@@ -150,7 +150,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
                           f"{Path(out_dir) / 'eval-NAME'}")
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():  # before scoring, not after
         raise CovsegError(f"{out_dir}: is a file, not a folder; give -o a folder for the report, e.g. "
-                          f"{Path(out_dir).with_suffix('')}-report")
+                          f"{Path(out_dir).parent / 'eval-report'}")
     if out_dir is None and lesion_paths:
         raise CovsegError("an evaluation with --lesion-model needs -o REPORT_DIR, so the model's own report stays")
     if out_dir is None and paths != given:  # a cross-validation folder reports beside its folds
@@ -175,7 +175,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         out_dir = scored.parent / _report_name(split, None if is_own else named, tta)
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
-    extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe, "data": str(data), "split": split,
+    extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe, "data": str(Path(data).resolve()), "split": split,
              "seconds": round(time.perf_counter() - began, 3)}
     n_models = len(paths) + len(lesion_paths)
     name = f"{info['name']} ({n_models} models)" if n_models > 1 else config.model.name

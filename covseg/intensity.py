@@ -55,9 +55,10 @@ def scale_stored_grey(data: np.ndarray, sixteen_bit: bool = False) -> np.ndarray
 
 
 def to_unit_range(image: np.ndarray, is_hu: bool, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
-    """Normalise an image: window HU data; 8-bit data (``uint8``, or whole numbers in 0..255 of another type) / 255;
-    values already in [0, 1] as they are; other ranges (fractional values above 1 included, such as a resampled
-    [0, 1] slice that overshoots to 1.02) min-max scaled.
+    """Normalise an image: window HU data; values already in [0, 1] as they are; a [0, 1] image that overshoots a
+    little (fractional values up to 2, such as a resampled slice reaching 1.02) clipped to [0, 1]; other data in
+    0..255 (``uint8``, whole numbers, or fractional values above 2) / 255, the same scale for every slice; other
+    ranges min-max scaled.
 
     Shape: any; returns float32 of the same shape.
     """
@@ -69,7 +70,9 @@ def to_unit_range(image: np.ndarray, is_hu: bool, window: tuple[float, float] = 
     image = image.astype(np.float32)
     if image.size and image.min() >= 0.0 and image.max() <= 1.0:
         return image
-    if image.size and image.min() >= 0.0 and image.max() <= 255.0 and np.array_equal(image, np.round(image)):
+    if image.size and image.min() >= 0.0 and image.max() <= 255.0:
+        if image.max() <= 2.0 and not np.array_equal(image, np.round(image)):  # [0, 1] data with an overshoot
+            return np.clip(image, 0.0, 1.0)
         return image / 255.0
     lo, hi = (float(image.min()), float(image.max())) if image.size else (0.0, 1.0)
     return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)

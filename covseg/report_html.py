@@ -117,7 +117,7 @@ th{{background:#f4f4f4}}img{{max-width:100%;border:1px solid #ddd}}.note{{color:
 spacing {' × '.join(f'{s:.3g}' for s in report['input']['spacing_mm'])} mm; SHA-256 {report['input']['sha256'][:16]}…)<br>
 <b>Model</b> {esc(str(model.get('name')))} ({esc(str(model.get('task')))}, recipe {esc(str(model.get('recipe')))}, covseg
 {esc(str(model.get('covseg')))}) · {esc(str(model.get('backend')))} · {report['seconds']['total']:.1f} s to read, segment
-and quantify the scan (report.json's total also counts drawing this page)</p>
+and quantify the scan and write its label maps (report.json's total also counts drawing this page)</p>
 <h2>Figures</h2>
 <table><tr><th></th><th>lung volume</th>{''.join(f'<th>{esc(n)}</th>' for n in names)}<th>all lung lesions</th>
 <th>severity (0–5)</th></tr>{''.join(rows)}</table>

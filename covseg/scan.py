@@ -50,7 +50,8 @@ def grey_to_hu(grey: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> n
     """Approximate HU of display grey values (image stacks), taking them as ``window``-windowed.
 
     Values are first brought to [0, 1] by :func:`covseg.intensity.to_unit_range` (values already in [0, 1]
-    kept, 0..255 divided by 255, any other range min-max scaled), then mapped back through the window.
+    kept, a small overshoot of them clipped, 0..255 divided by 255, any other range min-max scaled), then mapped back
+    through the window.
     """
     level, width = window
     unit = to_unit_range(np.asarray(grey, np.float32), is_hu=False)

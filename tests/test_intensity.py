@@ -129,9 +129,12 @@ def test_grey_quantiles_average_the_images_quantile_functions() -> None:
         grey_quantiles([])
 
 
-def test_to_unit_range_scales_whole_8_bit_values_and_min_max_scales_fractions_above_one() -> None:
-    # a [0, 1] slice resampled with a little overshoot (max 1.02) is min-max scaled, not read as 8-bit / 255
-    np.testing.assert_allclose(to_unit_range(np.array([0.0, 0.51, 1.02]), is_hu=False), [0.0, 0.5, 1.0], atol=1e-6)
+def test_to_unit_range_reads_0_to_255_data_as_8_bit_and_clips_a_small_overshoot_of_0_to_1_data() -> None:
+    # a [0, 1] slice resampled with a little overshoot (max 1.02) is clipped, not read as 8-bit / 255 (near black)
+    np.testing.assert_allclose(to_unit_range(np.array([0.0, 0.51, 1.02]), is_hu=False), [0.0, 0.51, 1.0], atol=1e-6)
+    # fractional 8-bit grey values (a float TIFF) are / 255 as well, the same scale whatever a slice's maximum
+    np.testing.assert_allclose(to_unit_range(np.array([0.0, 100.5, 200.25]), is_hu=False),
+                               [0.0, 100.5 / 255, 200.25 / 255], atol=1e-6)
     # 8-bit grey values stored as floats or 16-bit integers are still / 255
     np.testing.assert_allclose(to_unit_range(np.array([0.0, 51.0, 255.0]), is_hu=False), [0.0, 0.2, 1.0], atol=1e-6)
     np.testing.assert_allclose(to_unit_range(np.array([0, 51, 102], np.int16), is_hu=False), [0.0, 0.2, 0.4],

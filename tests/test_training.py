@@ -601,6 +601,12 @@ def test_settings_that_cannot_train_are_refused_before_the_folder_is_made(tiny_d
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "official", "-o", str(tmp_path / "vf"),
                  "--quiet", *TINY_OVERRIDES, "data.val_fraction=0.01"]) == 2
     assert "rounds to no validation image" in capsys.readouterr().err and not (tmp_path / "vf").exists()
+    # a crop larger than the progressive size: the progressive epochs skipped it silently
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o", str(tmp_path / "cr"),
+                 "--quiet", *TINY_OVERRIDES, "train.augment.crop=24", "train.progressive_size=16",
+                 "train.progressive_fraction=0.5"]) == 2
+    assert "crop is 24, larger than train.progressive_size 16" in capsys.readouterr().err
+    assert not (tmp_path / "cr").exists()
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--epochs", "2", "-o", str(tmp_path / "e"),
                  "--quiet", *TINY_OVERRIDES, "train.epochs=1"]) == 2
     assert "--epochs 2 and train.epochs=1 contradict each other" in capsys.readouterr().err
