@@ -106,8 +106,9 @@ def _check_teacher(file: Path, made: RunConfig, saved: dict, config: RunConfig, 
         raise CovsegError(f"train.distill: {file} is a lesion-type model (train.types_only), whose background "
                           "output is untrained; give teachers trained on the whole task")
     # the split's own settings only: val_fraction does not matter to cv:K, nor folds to official
-    for keys, why in ((split_settings(config.data.split), "so it has seen images this run holds out; give teachers trained on this "
-                                   "run's split (with cv, e.g. runs/teacher-f{fold})"),
+    split_keys = split_settings(config.data.split)
+    for keys, why in ((split_keys, "so it has seen images this run holds out; give teachers trained on this run's "
+                                   "split (with cv, e.g. runs/teacher-f{fold})"),
                       (INPUT_KEYS, "so its input differs from this run's; give teachers trained with the same "
                                    "data settings")):
         differ = [f"data.{k} {getattr(made.data, k)} there, {getattr(config.data, k)} here"

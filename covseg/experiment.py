@@ -175,8 +175,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         out_dir = scored.parent / _report_name(split, None if is_own else named, tta)
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
-    extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe, "data": str(Path(data).resolve()), "split": split,
-             "seconds": round(time.perf_counter() - began, 3)}
+    extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe,
+             "data": str(Path(data).resolve()), "split": split, "seconds": round(time.perf_counter() - began, 3)}
     n_models = len(paths) + len(lesion_paths)
     name = f"{info['name']} ({n_models} models)" if n_models > 1 else config.model.name
     title = f"{name} · {config.data.task} · {split} ({len(samples)} images)"
@@ -223,8 +223,7 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
                                          source=f"--models {name}")
         build_model(configs[name])
         if not force:  # and a run it would reuse or resume refused now, not after the models before it trained
-            _check_same_settings(out_dir / name, configs[name])
-            _check_same_data(out_dir / name, samples, data)
+            _check_reusable(out_dir / name, configs[name], samples, data)
     rows: dict[str, dict[str, Any]] = {}
     for name, cfg in configs.items():
         log(f"== {name} ==")
@@ -254,15 +253,16 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     return {"models": models, "table": table}
 
 
-def _check_same_settings(run_dir: Path, config: RunConfig,
-                         remedy: str = "pass --force to retrain it or use another output folder") -> None:
+_FORCE_REMEDY = "pass --force to retrain it or use another output folder"
+
+
+def _check_same_settings(run_dir: Path, config: RunConfig, remedy: str = _FORCE_REMEDY) -> None:
     """Refuse to reuse ``run_dir`` if it holds a run made with other settings (the error ends with ``remedy``)."""
     if (run_dir / "config.yaml").is_file() and config_to_dict(read_run_config(run_dir)) != config_to_dict(config):
         raise CovsegError(f"{run_dir}: holds a run with other settings; {remedy}")
 
 
-def _check_same_data(run_dir: Path, samples: list[Sample], data: str,
-                     remedy: str = "pass --force to retrain it or use another output folder") -> None:
+def _check_same_data(run_dir: Path, samples: list[Sample], data: str, remedy: str = _FORCE_REMEDY) -> None:
     """Refuse to reuse or resume the run begun in ``run_dir`` (it has ``last.pt``) unless ``samples`` (from ``data``)
     hold the training images it was trained on, with the same masks (:func:`covseg.run.trained_on`, the check
     ``--resume`` makes; the same data at another path passes). The error ends with ``remedy``."""
@@ -270,6 +270,14 @@ def _check_same_data(run_dir: Path, samples: list[Sample], data: str,
         raise CovsegError(f"{run_dir}: was trained on {read_run_info(run_dir).get('data', 'other data')}, and the "
                           f"training images in {data} are not those (other names, or masks whose class weights "
                           f"differ from its class_weights.json); {remedy}")
+
+
+def _check_reusable(run_dir: Path, config: RunConfig, samples: list[Sample], data: str,
+                    remedy: str = _FORCE_REMEDY) -> None:
+    """Refuse to reuse or resume ``run_dir`` if it holds a run of other settings (:func:`_check_same_settings`) or
+    one begun on other training images (:func:`_check_same_data`); the error ends with ``remedy``."""
+    _check_same_settings(run_dir, config, remedy)
+    _check_same_data(run_dir, samples, data, remedy)
 
 
 # `covseg cv` resumes and reuses its folds and never replaces one
@@ -291,8 +299,7 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
     """
     last = run_dir / "last.pt"
     if not force:
-        _check_same_settings(run_dir, config)
-        _check_same_data(run_dir, samples, data)
+        _check_reusable(run_dir, config, samples, data)
     if force or not last.is_file():
         result = train_run(config, samples, run_dir, data, force=True, progress=progress, log=log)
     else:
@@ -410,9 +417,9 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     """Train and evaluate fold ``K`` into ``out_dir/fold-K`` for every fold, skipping finished folds.
 
     A fold counts as done when its ``last.pt`` holds every epoch and its ``eval-heldout/metrics.json`` scored its
-    own model on ``data`` after that (:func:`_is_current`); an interrupted fold resumes
-    from its ``last.pt``. Before any fold trains, a fold folder of other settings, or begun on other training images
-    (:func:`_check_same_data`), is refused. ``jobs`` > 1 trains the unfinished folds first, that many at a time in worker
+    own model on ``data`` after that (:func:`_is_current`); an interrupted fold resumes from its ``last.pt``. Before
+    any fold trains, a fold folder of other settings, or begun on other training images, is refused
+    (:func:`_check_reusable`). ``jobs`` > 1 trains the unfinished folds first, that many at a time in worker
     processes (:func:`covseg.parallel_runs.train_runs_in_parallel`), then scores them here one by one, on the
     device they trained on (``train.device``: a GPU cross-validation is scored on the GPU).
     Writes ``cv.md`` and ``cv.json`` with per-fold rows and mean ± std of each fold's own model
@@ -426,8 +433,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     for k in range(folds):  # before any training: a fold of other settings or data fails now, not folds later
-        _check_same_settings(out_dir / f"fold-{k}", _fold_config(config, k, folds), _CV_REMEDY)
-        _check_same_data(out_dir / f"fold-{k}", samples, data, _CV_REMEDY)
+        _check_reusable(out_dir / f"fold-{k}", _fold_config(config, k, folds), samples, data, _CV_REMEDY)
     _check_fold_inputs(config, out_dir, folds, [s.name for s in samples])
     if jobs > 1:
         train_runs_in_parallel(_untrained_folds(config, out_dir, folds), samples, data, jobs, log)
@@ -559,8 +565,8 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
     for seed, cfg in configs.items():  # before any training: a folder of other settings or data fails now, not hours in
         for k in range(folds):
-            _check_same_settings(out_dir / f"seed-{seed}" / f"fold-{k}", _fold_config(cfg, k, folds), _CV_REMEDY)
-            _check_same_data(out_dir / f"seed-{seed}" / f"fold-{k}", samples, data, _CV_REMEDY)
+            _check_reusable(out_dir / f"seed-{seed}" / f"fold-{k}", _fold_config(cfg, k, folds), samples, data,
+                            _CV_REMEDY)
     if jobs > 1:
         pending = [run for seed, cfg in configs.items() for run in _untrained_folds(cfg, out_dir / f"seed-{seed}", folds)]
         train_runs_in_parallel(pending, samples, data, jobs, log)

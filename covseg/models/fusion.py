@@ -78,10 +78,10 @@ def fuse_conv_relu_bf16(model: nn.Module) -> nn.Module:
     followed, inside a plain ``nn.Sequential``, by a ``ReLU`` (only ``nn.Identity`` layers between, as
     :func:`fold_batch_norm` leaves them) is one :class:`FusedConvReLU`. Fold batch norm first: a norm between
     the two stops the fusion.
-    Run it under bf16 autocast (the layers left, e.g. the transposed convolutions, need it); on channels-last input (as
-    covseg's inference backend always gives it) its logits equal the unfused model's under bf16 autocast; on
-    contiguous input oneDNN may pick other kernels, and they agree only to bf16 rounding. ``model`` is returned unchanged where :func:`fused_conv_relu_available`
-    is false. Shapes are those of ``model``.
+    Run it under bf16 autocast (the layers left, e.g. the transposed convolutions, need it); on channels-last input
+    (as covseg's inference backend always gives it) its logits equal the unfused model's under bf16 autocast; on
+    contiguous input oneDNN may pick other kernels, and they agree only to bf16 rounding. ``model`` is returned
+    unchanged where :func:`fused_conv_relu_available` is false. Shapes are those of ``model``.
     """
     if not fused_conv_relu_available():
         return model
