@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="fetch and verify a data set")
     p.add_argument("--dataset", default="covid-semiseg")
     p.add_argument("--mirror", help="local folder or http(s) URL to fetch from (default: $COVSEG_MIRROR, else upstream)")
-    p.add_argument("--data-dir", type=Path, help="cache folder (default: ~/.cache/covseg)")
+    p.add_argument("--data-dir", type=Path, help="cache folder (default: $XDG_CACHE_HOME/covseg, else "
+                                                  "~/.cache/covseg)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("train", help="train a model into a run folder")
@@ -527,6 +528,11 @@ COMMANDS = {"download": _cmd_download, "train": _cmd_train, "evaluate": _cmd_eva
 def _file_system_refusal(err: OSError) -> int:
     """Print a file system refusal on a path the user gave as the CLI's one-line error; returns the exit status."""
     where = f"{err.filename}: " if err.filename else ""
+    if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename and Path(err.filename).is_file():
+        # making a folder where a file is (mkdir's "File exists"), or a path through a file ("Not a directory")
+        print(f"covseg: error: {err.filename} is a file, not a folder; give an output path outside it",
+              file=sys.stderr)
+        return 2
     print(f"covseg: error: {where}{err.strerror or err}; check the path and permissions", file=sys.stderr)
     return 2
 
@@ -567,10 +573,14 @@ def entry(argv: list[str] | None = None) -> int:
     freed memory for reuse (:func:`covseg.runtime.keep_freed_memory`, a process-wide setting; before the first large
     tensor). :func:`main` itself leaves the allocator alone, so a caller's process is not changed."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["download"]:
-        from covseg.runtime import keep_freed_memory
+    try:  # a Ctrl-C while torch is still being imported is the CLI's too: one line, 130
+        if argv[:1] != ["download"]:
+            from covseg.runtime import keep_freed_memory
 
-        keep_freed_memory()
+            keep_freed_memory()
+    except KeyboardInterrupt:
+        print("covseg: interrupted", file=sys.stderr)
+        return 130
     return main(argv)
 
 

@@ -18,7 +18,7 @@ from covseg.config import MAX_SEED, RunConfig, config_from_dict, config_to_dict
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
 from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
-from covseg.fileio import atomic_write_text
+from covseg.fileio import atomic_write_text, unwritable_reason
 from covseg.figures import plot_comparison
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
@@ -151,6 +151,9 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():  # before scoring, not after
         raise CovsegError(f"{out_dir}: is a file, not a folder; give -o a folder for the report, e.g. "
                           f"{Path(out_dir).parent / 'eval-report'}")
+    why = unwritable_reason(out_dir, folder=True) if out_dir is not None else None
+    if why:  # a path through a file, or a folder this process may not write into: told before scoring
+        raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
     if out_dir is None and lesion_paths:
         raise CovsegError("an evaluation with --lesion-model needs -o REPORT_DIR, so the model's own report stays")
     if out_dir is None and paths != given:  # a cross-validation folder reports beside its folds

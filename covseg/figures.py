@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # pyplot-free: no global backend or figure state is touched
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from covseg.fileio import atomic_path
@@ -38,7 +39,9 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = ""
 
     def plot(ax, key: str, label: str) -> None:
         points = [(int(r["epoch"]), float(r[key])) for r in history if math.isfinite(float(r[key]))]
-        ax.plot([e for e, _ in points], [v for _, v in points], label=label)
+        # a line needs two points: a lone one (a 1-epoch run, one validated epoch) is drawn as a marker
+        ax.plot([e for e, _ in points], [v for _, v in points], label=label,
+                marker="o" if len(points) == 1 else None, markersize=4)
 
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
         plot(axes[0], key, label)
@@ -50,6 +53,7 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = ""
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if title:
         fig.suptitle(title)
     _save(fig, path)

@@ -473,6 +473,35 @@ def test_evaluate_refuses_a_file_as_its_report_folder_before_scoring(tiny_run: P
     assert main(["evaluate", str(tiny_run), "-o", str(out), "--quiet"]) == 2
     assert "report.txt: is a file, not a folder; give -o a folder" in _one_line_error(capsys)
     assert out.read_text() == "mine\n"
+    # a report folder under that file cannot be made either: told before scoring too
+    assert main(["evaluate", str(tiny_run), "-o", str(out / "sub"), "--quiet"]) == 2
+    assert f"cannot be written ({out} is a file, not a folder)" in _one_line_error(capsys)
+
+
+def test_an_output_path_through_a_file_is_told_as_such(tmp_path: Path, capsys) -> None:
+    from covseg.cli import _file_system_refusal
+
+    blocker = tmp_path / "afile.txt"
+    blocker.write_text("")
+    for err in (FileExistsError(17, "File exists", str(blocker)), NotADirectoryError(20, "Not a directory",
+                                                                                    str(blocker))):
+        assert _file_system_refusal(err) == 2
+        assert _one_line_error(capsys) == f"covseg: error: {blocker} is a file, not a folder; give an output path " \
+                                          "outside it"
+    assert _file_system_refusal(PermissionError(13, "Permission denied", str(tmp_path / "x"))) == 2
+    assert "x: Permission denied; check the path and permissions" in _one_line_error(capsys)
+
+
+def test_ctrl_c_while_torch_is_imported_is_one_line_and_130(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.runtime
+    from covseg.cli import entry
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(covseg.runtime, "keep_freed_memory", interrupted)
+    assert entry(["evaluate", "nowhere"]) == 130
+    assert capsys.readouterr().err == "covseg: interrupted\n"
 
 
 @pytest.mark.parametrize("models, message", [(["unet", "segnet", "data.input_size=32"], "put KEY=VALUE overrides before"),

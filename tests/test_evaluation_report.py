@@ -93,3 +93,29 @@ def test_evaluate_refuses_data_lacking_some_held_out_images(tiny_run: Path, tiny
     assert main(["evaluate", str(tiny_run), "--data", str(partial), "-o", str(tmp_path / "eval"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 of the" in err[0] and not (tmp_path / "eval").exists()
+
+
+def test_training_curves_draw_a_lone_point_as_a_marker_on_whole_epochs(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.axes import Axes
+    from PIL import Image
+
+    from covseg.figures import plot_curves
+
+    drawn: list[tuple[str, list, str | None]] = []
+    plot = Axes.plot
+
+    def recording(self, x, y, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(x), kwargs.get("marker")))
+        return plot(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", recording)
+    nan = float("nan")
+    history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5, "val_loss": v, "val_acc": v, "val_dice": v}
+               for e, v in ((1, nan), (2, nan), (3, nan), (4, 0.4))]  # validated at epoch 4 only (val_every 4)
+    plot_curves(history, tmp_path / "curves.png")
+    lines = {label: (x, marker) for label, x, marker in drawn}
+    # a line needs two points: the lone validation point is a marker (it drew nothing before), the others lines
+    assert lines["validation"] == ([4], "o") and lines["validation mean Dice"] == ([4], "o")
+    assert lines["train"] == ([1, 2, 3, 4], None)
+    assert Image.open(tmp_path / "curves.png").size[0] > 0
