@@ -17,6 +17,7 @@ from __future__ import annotations
 import zipfile
 import zlib
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -30,7 +31,7 @@ from covseg.labels import get_scheme
 from covseg.models import create_model
 
 __all__ = ["FORMAT", "cpu_state_dict", "save_checkpoint", "load_weights_file", "read_checkpoint", "build_model",
-           "load_model", "find_checkpoint", "epochs_done"]
+           "load_model", "find_checkpoint", "epochs_done", "refuse_unfinished"]
 
 FORMAT = "covseg-checkpoint-1"
 
@@ -143,6 +144,15 @@ def epochs_done(run_dir: Path) -> int:
     """The epochs ``run_dir/last.pt`` holds; 0 when there is none."""
     last = Path(run_dir) / "last.pt"
     return int(read_checkpoint(last)["epoch"]) if last.is_file() else 0
+
+
+def refuse_unfinished(file: Path, saved: Mapping[str, Any], planned: int, use: str) -> None:
+    """Refuse the checkpoint ``saved`` (read from ``file``) of a run planned for ``planned`` epochs if it holds fewer:
+    an unfinished run (still training, or stopped) is no teacher and no starting point. ``use`` begins the one-line
+    error with what the checkpoint was given for (e.g. ``"train.distill: "``, or ``""``)."""
+    if int(saved.get("epoch", 0)) < planned:
+        raise CovsegError(f"{use}{file} holds epoch {saved.get('epoch')} of {planned}, an unfinished run; finish it "
+                          f"first (covseg train --resume {Path(file).parent}) or give a finished run")
 
 
 def architecture_options(model: ModelConfig) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from covseg.checkpoint import find_checkpoint, load_model, read_checkpoint
+from covseg.checkpoint import find_checkpoint, load_model, read_checkpoint, refuse_unfinished
 from covseg.config import RunConfig, config_from_dict
 from covseg.errors import CovsegError
 from covseg.fileio import file_sha256
@@ -115,9 +115,7 @@ def _check_teacher(file: Path, made: RunConfig, saved: dict, config: RunConfig, 
                   for k in keys if getattr(made.data, k) != getattr(config.data, k)]
         if differ:
             raise CovsegError(f"train.distill: {file} was trained with {', '.join(differ)}, {why}")
-    if int(saved.get("epoch", 0)) < made.train.epochs:
-        raise CovsegError(f"train.distill: {file} holds epoch {saved.get('epoch')} of {made.train.epochs}; finish "
-                          f"the teacher first (covseg train --resume {file.parent}) or give another")
+    refuse_unfinished(file, saved, made.train.epochs, "train.distill: ")
     seen = held_out_seen(file, held_out)
     if seen:
         raise CovsegError(f"train.distill: {file} was trained on {len(seen)} of the images this run holds out "

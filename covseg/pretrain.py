@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from covseg import __version__
 from covseg.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from covseg.checkpoint import architecture_options, cpu_state_dict, load_weights_file
+from covseg.checkpoint import architecture_options, cpu_state_dict, load_weights_file, refuse_unfinished
 from covseg.config import ModelConfig, RunConfig, config_to_dict
 from covseg.distill import chosen_on_validation, held_out_seen
 from covseg.errors import CovsegError
@@ -209,10 +209,7 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
         if chosen_on_validation(data):
             raise CovsegError(f"{file}: a run's best.pt, chosen on the validation images a run of its split holds "
                               "out; give the run folder (its last.pt) or its swa.pt")
-        planned = int(data["config"]["train"]["epochs"])
-        if int(data.get("epoch", 0)) < planned:  # as train.distill and pseudo-label refuse an unfinished teacher
-            raise CovsegError(f"{file}: holds epoch {data.get('epoch')} of {planned}, an unfinished run; finish it "
-                              f"first (covseg train --resume {file.parent}) or give another")
+        refuse_unfinished(file, data, int(data["config"]["train"]["epochs"]), "train.init: ")
         return file, _trained_run_as_pretrained(data)
     if not isinstance(data, dict) or data.get("format") != PRETRAINED_FORMAT:
         raise CovsegError(f"{file}: not a covseg pretrained checkpoint (format {PRETRAINED_FORMAT} expected); "

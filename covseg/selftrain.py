@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from covseg.checkpoint import read_checkpoint
+from covseg.checkpoint import read_checkpoint, refuse_unfinished
 from covseg.config import RunConfig, config_from_dict
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
@@ -96,10 +96,7 @@ def _check_finished(run_dir: Path) -> None:
     if not last.is_file():
         return  # the teacher's checkpoint is looked for, and a missing one refused, when it is opened
     saved = read_checkpoint(last)
-    planned = config_from_dict(saved["config"], source=str(last)).train.epochs
-    if int(saved["epoch"]) < planned:
-        raise CovsegError(f"{run_dir}: the teacher is unfinished ({last} holds epoch {saved['epoch']} of {planned}); "
-                          f"finish it first (covseg train --resume {run_dir}) or give a finished run")
+    refuse_unfinished(last, saved, config_from_dict(saved["config"], source=str(last)).train.epochs, "the teacher ")
 
 
 def _read_json(path: Path, what: str) -> Any:

@@ -222,7 +222,7 @@ def test_unfinished_teachers_and_teachers_that_trained_on_held_out_images_are_re
     state = read_checkpoint(teacher / "last.pt")
     state["epoch"] = 1
     torch.save(state, teacher / "last.pt")
-    with pytest.raises(CovsegError, match="holds epoch 1 of 3; finish the teacher first"):
+    with pytest.raises(CovsegError, match="train.distill: .*last.pt holds epoch 1 of 3, an unfinished run; finish it first"):
         load_teachers(config, held_out)
 
 

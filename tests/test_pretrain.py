@@ -343,7 +343,7 @@ def test_init_refuses_a_best_checkpoint_and_a_run_that_trained_on_held_out_image
     state = read_checkpoint(unfinished / "last.pt")
     state["epoch"] = 1
     torch.save(state, unfinished / "last.pt")
-    with pytest.raises(CovsegError, match=r"holds epoch 1 of 3, an unfinished run; finish it first \(covseg train "
+    with pytest.raises(CovsegError, match=r"train.init: .*last.pt holds epoch 1 of 3, an unfinished run; finish it first \(covseg train "
                                           r"--resume .*unfinished\)"):
         check_pretrained(unfinished, config)
 

@@ -223,7 +223,7 @@ def test_pseudo_label_refuses_an_unfinished_run_as_teacher(teacher_cv: Path, tmp
     out = tmp_path / "p"
     assert main(["pseudo-label", str(teacher), "-o", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert f"{teacher}: the teacher is unfinished" in err and "holds epoch 5 of 12" in err
+    assert f"the teacher {teacher / 'last.pt'} holds epoch 5 of 12, an unfinished run; finish it first" in err
     assert "covseg train --resume" in err and err.count("\n") == 1 and not out.exists()
 
 
