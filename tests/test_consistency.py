@@ -79,6 +79,26 @@ def test_mixed_targets_are_the_teachers_on_the_mixed_slices() -> None:
     assert half.shape == (3, 1, 8, 8)  # progressive resizing: the slices are resampled first
 
 
+def test_the_teacher_moves_as_an_average_and_the_term_pulls_the_student_towards_it() -> None:
+    student = nn.Sequential(nn.Conv2d(1, 2, 1))
+    images = torch.rand(4, 1, 8, 8)
+    term = ConsistencyTerm(images, weight_average(student, 0.9), batch=2, weight=2.0)
+    term.update(student)  # the first update copies the student
+    first = student[0].weight.detach().clone()
+    with torch.no_grad():
+        student[0].weight.add_(1.0)
+    term.update(student)  # then 0.9 * the average + 0.1 * the student, by hand
+    torch.testing.assert_close(term.teacher.module[0].weight, 0.9 * first + 0.1 * (first + 1.0))
+    # the term has a gradient towards the targets, scaled by its weight and the warm-up (half way at step 1 of 8)
+    logits = torch.zeros(2, 2, 8, 8, requires_grad=True)
+    target = torch.zeros(2, 2, 8, 8)
+    target[:, 1] = 1.0
+    loss = term.loss(logits, target, step=1, total=8)
+    assert loss.item() == pytest.approx(2.0 * 0.5 * math.log(2.0))  # soft CE of an even guess against a sure target
+    loss.backward()
+    assert logits.grad is not None and (logits.grad[:, 1] < 0).all() and (logits.grad[:, 0] > 0).all()
+
+
 def _history(run: Path) -> list[dict[str, str]]:
     with open(run / "history.csv", newline="") as f:
         return list(csv.DictReader(f))

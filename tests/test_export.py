@@ -368,6 +368,30 @@ def int8_file(tiny_run: Path, tmp_path_factory) -> Path:
     return out
 
 
+def test_int8_export_calibrates_on_the_training_slices_and_checks_on_the_validation_ones(
+        tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.quantize as quantize
+
+    split = json.loads((tiny_run / "split.json").read_text())
+    config = load_model(tiny_run)[1]
+    train = np.concatenate(quantize.calibration_inputs(tiny_run, None, config, ("train",))["train"])
+    calibrated: list[np.ndarray] = []
+    real = quantize.quantize_network
+
+    def spying(model, input_size, batches, out, fp32_out=None):
+        calibrated.extend(batches)
+        return real(model, input_size, batches, out, fp32_out)
+
+    monkeypatch.setattr(quantize, "quantize_network", spying)
+    out = tmp_path / "int8.onnx"
+    assert main(["export", str(tiny_run), "-o", str(out), "--int8"]) == 0
+    # calibrated on exactly the run's training slices (never the validation ones it is then checked on)
+    np.testing.assert_array_equal(np.concatenate(calibrated), train)
+    assert len(train) == len(split["train"])
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["covseg_int8_checked_on"] == f"{len(split['val'])} validation slices"
+
+
 def test_int8_export_quantizes_all_but_the_first_and_last_convolution(int8_file: Path, tiny_run: Path,
                                                                       tmp_path: Path) -> None:
     from covseg.quantize import fp32_io_nodes
