@@ -86,22 +86,30 @@ def quantize_network(model: torch.nn.Module, input_size: int, batches: Sequence[
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=fp32_io_nodes(prepared))
 
 
-def int8_agreement(fp32_session: Any, int8_session: Any, batches: Sequence[np.ndarray]) -> float:
+def int8_agreement(fp32_session: Any, int8_session: Any, batches: Sequence[np.ndarray],
+                   image_pixels: Sequence[np.ndarray] | None = None) -> float:
     """Fraction of pixels (over all ``batches``, each ``(B, 1, S, S)`` float32, at the network's input size) whose
-    arg-max label is the same under two ONNX Runtime sessions (graph input ``image``, output ``logits``)."""
+    arg-max label is the same under two ONNX Runtime sessions (graph input ``image``, output ``logits``).
+    ``image_pixels``: one ``(B, S, S)`` bool mask per batch of the pixels that hold the slice (``data.resize=pad``
+    leaves zero padding around it, which would count as agreeing); default every pixel."""
     from covseg.inference import label_agreement
 
     feeds = [{"image": np.ascontiguousarray(b, dtype=np.float32)} for b in batches]
     logits = [torch.from_numpy(np.concatenate([session.run(["logits"], feed)[0] for feed in feeds]))
               for session in (fp32_session, int8_session)]
-    return label_agreement(*logits)
+    if image_pixels is None:
+        return label_agreement(*logits)
+    inside = torch.from_numpy(np.concatenate(image_pixels))
+    return float((logits[0].argmax(1) == logits[1].argmax(1))[inside].float().mean())
 
 
 def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig,
                        parts: Sequence[str]) -> dict[str, list[np.ndarray]]:
     """The network inputs ``(B, 1, S, S)`` float32 (batches of 8) of each of ``parts`` (``train``, ``val``) of a
     run's split, read once from ``data`` (default: the data the run trained on), prepared as the Predictor
-    prepares them. A part the split leaves empty gets no batches."""
+    prepares them, and under ``PART_pixels`` one ``(B, S, S)`` bool mask per batch of the pixels that hold each slice
+    (all of them for ``data.resize=stretch``; the slice's box, not the padding, for ``pad``:
+    :func:`covseg.transforms.fit_box`). A part the split leaves empty gets no batches."""
     from covseg.datasets import load_dataset
     from covseg.inference import network_input
     from covseg.run import read_run_info
@@ -125,7 +133,21 @@ def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig,
         images = [by_name[name] for name in split[part]]
         inputs[part] = [network_input(images[i:i + 8], config.data.input_size, config.data.normalize,
                                       config.data.resize).numpy() for i in range(0, len(images), 8)]
+        inputs[f"{part}_pixels"] = [np.stack([_image_pixels(image.shape[:2], config.data.input_size,
+                                                            config.data.resize) for image in images[i:i + 8]])
+                                    for i in range(0, len(images), 8)]
     return inputs
+
+
+def _image_pixels(shape: tuple[int, ...], size: int, resize: str) -> np.ndarray:
+    """``(size, size)`` bool: where an image of ``shape`` (height, width) lies in the network input
+    (:func:`covseg.transforms.fit_box`)."""
+    from covseg.transforms import fit_box
+
+    top, left, h, w = fit_box(shape[0], shape[1], size, resize)
+    mask = np.zeros((size, size), dtype=bool)
+    mask[top:top + h, left:left + w] = True
+    return mask
 
 
 def int8_calibration(config: RunConfig, run_dir: Path, data: str | None) -> dict[str, list[np.ndarray]]:
@@ -148,13 +170,14 @@ def quantize_run(model: torch.nn.Module, config: RunConfig, inputs: dict[str, li
     import onnxruntime as ort
 
     calibration, has_val = inputs["train"], bool(inputs["val"])
-    check = inputs["val"] if has_val else calibration
+    checked = "val" if has_val else "train"
+    check = inputs[checked]
     fp32 = out.with_name(out.name + ".fp32")
     try:
         quantize_network(model, config.data.input_size, calibration, out, fp32)
         fp32_session, int8_session = (ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                                       for path in (fp32, out))
-        agreement = int8_agreement(fp32_session, int8_session, check)
+        agreement = int8_agreement(fp32_session, int8_session, check, inputs.get(f"{checked}_pixels"))
     finally:
         fp32.unlink(missing_ok=True)
     return {"covseg_precision": "int8", "covseg_int8_agreement": f"{agreement:.6f}",

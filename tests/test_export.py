@@ -368,6 +368,30 @@ def int8_file(tiny_run: Path, tmp_path_factory) -> Path:
     return out
 
 
+def test_int8_agreement_counts_the_slice_s_pixels_not_its_padding() -> None:
+    from covseg.quantize import _image_pixels, int8_agreement
+
+    class Session:  # logits that call class 1 where the input is above ``cut``
+        def __init__(self, cut: float) -> None:
+            self.cut = cut
+
+        def run(self, names, feed):
+            x = feed["image"]
+            return [np.concatenate([np.zeros_like(x), x - self.cut], axis=1)]
+
+    # a 2 x 4 slice padded to 4 x 4 (``pad``): rows 1-2 hold it; the two sessions differ on one of its 8 pixels and
+    # agree on the 8 padding pixels
+    inside = _image_pixels((2, 4), 4, "pad")
+    assert inside.tolist() == [[False] * 4, [True] * 4, [True] * 4, [False] * 4]
+    assert _image_pixels((2, 4), 4, "stretch").all()
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, 1] = [0.1, 0.3, 0.6, 0.9]
+    x[0, 0, 2] = [0.2, 0.8, 0.7, 0.95]
+    fp32, int8 = Session(0.5), Session(0.65)  # only 0.6 lies between the cuts
+    assert int8_agreement(fp32, int8, [x], [inside[None]]) == pytest.approx(7 / 8)
+    assert int8_agreement(fp32, int8, [x]) == pytest.approx(15 / 16)  # with the padding: inflated
+
+
 def test_int8_export_calibrates_on_the_training_slices_and_checks_on_the_validation_ones(
         tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import covseg.quantize as quantize
