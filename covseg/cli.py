@@ -426,6 +426,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     if args.spacing is not None else "")
             raise CovsegError(f"{given[0]} acts on 3-D scans only, and every input here is a 2-D image{hint}; "
                               f"leave {given[0]} out")
+    if scans and not files and args.no_overlays:  # a scan's report has no overlay images to leave out
+        raise CovsegError("--no-overlays acts on 2-D images only, and every input here is a 3-D scan (its report.html "
+                          "always draws its views); leave --no-overlays out")
     names = [output_stem(scan) for scan in scans]
     scan_subfolders = len(scans) > 1 or bool(files)  # else the one scan writes into -o itself
     if scan_subfolders:

@@ -27,7 +27,7 @@ from covseg.splits import load_split
 from covseg.labels import get_scheme
 from covseg.parallel_runs import train_runs_in_parallel
 from covseg.checkpoint import build_model, epochs_done, find_checkpoint
-from covseg.run import read_run_config, read_run_info, train_run, trained_on
+from covseg.run import read_run_config, read_run_info, sync_history, train_run, trained_on
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
            "cross_validate", "cross_validate_seeds", "check_seeds"]
@@ -309,6 +309,8 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
         done = epochs_done(run_dir)
         if done >= config.train.epochs:
             log(f"{run_dir}: finished run reused ({done} epochs)")
+            if sync_history(run_dir):
+                log(f"{run_dir}: history.csv was behind last.pt; rewritten from it")
             result = None
         else:
             result = train_run(config, samples, run_dir, data, resume=True, progress=progress, log=log)

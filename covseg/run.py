@@ -56,7 +56,7 @@ from covseg.training import (averaged_network, epoch_average, lr_factor, make_op
 from covseg.transforms import stack_resized
 
 __all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "read_class_weights", "trained_on",
-           "HISTORY_FIELDS"]
+           "sync_history", "HISTORY_FIELDS"]
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_dice", "lr", "seconds")
 
@@ -139,6 +139,19 @@ def trained_on(run_dir: Path, samples: list[Sample]) -> bool:
         return False
     num_classes = get_scheme(read_run_config(run_dir).data.task).num_classes
     return _same_masks([by_name[n] for n in split["train"]], read_class_weights(run_dir), num_classes)
+
+
+def sync_history(run_dir: Path) -> bool:
+    """Rewrite ``run_dir/history.csv`` from ``last.pt``'s history where they differ in length (a process killed
+    between writing the two left the file an epoch behind); returns whether it was rewritten. A finished run that
+    ``covseg cv`` reuses is repaired so, as a resumed one is by :func:`train_run`."""
+    history = list(read_checkpoint(Path(run_dir) / "last.pt").get("history", []))
+    path = Path(run_dir) / "history.csv"
+    rows = len(path.read_text(encoding="utf-8").strip().splitlines()) - 1 if path.is_file() else -1
+    if rows == len(history):
+        return False
+    _write_history(Path(run_dir), history)
+    return True
 
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:

@@ -341,6 +341,15 @@ def test_predict_into_its_input_folder_never_overwrites_an_input(tiny_run: Path,
     assert (folder / "a.png").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.png"]
 
 
+def test_predict_refuses_no_overlays_when_every_input_is_a_scan(tmp_path: Path, capsys) -> None:
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((16, 16, 6), -800, np.int16), np.eye(4)), str(scan))
+    # refused before the model is opened: --model names a folder holding no run
+    assert main(["predict", str(scan), "-o", str(tmp_path / "o"), "--model", str(tmp_path), "--no-overlays"]) == 2
+    assert "--no-overlays acts on 2-D images only, and every input here is a 3-D scan" in _one_line_error(capsys)
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])
 def test_predict_min_lesion_ml_must_be_a_volume(value: str, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as refused:

@@ -553,6 +553,19 @@ def test_resume_rewrites_a_history_csv_left_an_epoch_behind(tiny_data: Path, tmp
     assert main(["train", "--resume", str(run), "--quiet"]) == 0  # nothing left to train
     assert (run / "history.csv").read_text() == full
     assert read_checkpoint(run / "last.pt")["epoch"] == 2 and not list(run.glob("*.part*"))
+    # a finished run that cv or compare reuses (not resumes) is repaired the same way, and its training time counts
+    # every epoch
+    from covseg.datasets import load_dataset
+    from covseg.experiment import train_or_resume
+    from covseg.run import read_run_config
+
+    (run / "history.csv").write_text("".join(lines[:2]))
+    config = read_run_config(run)
+    samples = load_dataset(tiny_data, "binary", split="train", window=config.data.window)
+    logged: list[str] = []
+    seconds = train_or_resume(config, samples, run, str(tiny_data), False, False, logged.append)
+    assert (run / "history.csv").read_text() == full and "history.csv was behind last.pt" in logged[-1]
+    assert seconds == pytest.approx(sum(float(r["seconds"]) for r in _history(run)))
 
 
 def test_ctrl_c_while_the_last_epoch_is_saved_finishes_the_run(tiny_data: Path, tmp_path: Path, capsys,
