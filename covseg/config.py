@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,7 @@ from covseg.intensity import NORMALIZATIONS
 
 __all__ = [
     "DataConfig",
+    "data_differences",
     "ModelConfig",
     "AugmentConfig",
     "TrainConfig",
@@ -62,6 +64,13 @@ class DataConfig:
     def window(self) -> tuple[float, float]:
         """The lung window as ``(level, width)`` in HU, as the readers take it."""
         return (self.window_level, self.window_width)
+
+
+def data_differences(there: Mapping[str, Any], here: DataConfig, keys: Iterable[str]) -> list[str]:
+    """``"data.KEY A there, B here"`` for each of ``keys`` whose value in ``there`` (another run's ``data`` settings,
+    as a mapping) differs from ``here``'s; a key ``there`` lacks (saved before the option existed) is skipped."""
+    return [f"data.{k} {there[k]} there, {getattr(here, k)} here" for k in keys
+            if k in there and there[k] != getattr(here, k)]
 
 
 @dataclass

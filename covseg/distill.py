@@ -17,6 +17,7 @@ Shapes: images ``(N, 1, s, s)``; logits and probabilities ``(N, C, s, s)``, ``C`
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from pathlib import Path
 from typing import NamedTuple
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from covseg.checkpoint import find_checkpoint, load_model, read_checkpoint, refuse_unfinished
-from covseg.config import RunConfig, config_from_dict
+from covseg.config import RunConfig, config_from_dict, data_differences
 from covseg.errors import CovsegError
 from covseg.fileio import file_sha256
 from covseg.runtime import autocast, training_memory_format
@@ -111,8 +112,7 @@ def _check_teacher(file: Path, made: RunConfig, saved: dict, config: RunConfig, 
                                    "split (with cv, e.g. runs/teacher-f{fold})"),
                       (INPUT_KEYS, "so its input differs from this run's; give teachers trained with the same "
                                    "data settings")):
-        differ = [f"data.{k} {getattr(made.data, k)} there, {getattr(config.data, k)} here"
-                  for k in keys if getattr(made.data, k) != getattr(config.data, k)]
+        differ = data_differences(dataclasses.asdict(made.data), config.data, keys)
         if differ:
             raise CovsegError(f"train.distill: {file} was trained with {', '.join(differ)}, {why}")
     refuse_unfinished(file, saved, made.train.epochs, "train.distill: ")

@@ -208,7 +208,8 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
     if not Path(path).is_file():
         raise CovsegError(f"{path}: no such ONNX file; make one with covseg export RUN_DIR -o {path}")
     try:
-        session = _session(str(path), threads)
+        data = Path(path).read_bytes()  # read once: the session and the weights check both parse these bytes
+        session = _session(data, threads)
     except Exception as err:  # onnxruntime raises its own exception types
         raise CovsegError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0][:100]})") from None
     meta = session.get_modelmeta().custom_metadata_map
@@ -224,17 +225,17 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
                           f"use --task {config.data.task} or another model")
     _check_graph(session, config, path)
     if "covseg_weights_sha256" in meta:  # files exported before covseg stored it load as before
-        _check_weights(path, meta["covseg_weights_sha256"])
+        _check_weights(path, data, meta["covseg_weights_sha256"])
     return OnnxBackend(session, meta.get("covseg_precision") == "int8", _agreement(meta), config.model.depth), config
 
 
-def _check_weights(path: Path, expected: str) -> None:
-    """Refuse a file whose weights are not those it was exported with (``covseg_weights_sha256``): bytes changed
-    on disk or in a copy would otherwise run as a silently wrong model."""
+def _check_weights(path: Path, data: bytes, expected: str) -> None:
+    """Refuse the file at ``path`` (its bytes ``data``) if its weights are not those it was exported with
+    (``covseg_weights_sha256``): bytes changed on disk or in a copy would otherwise run as a silently wrong model."""
     import onnx
 
     try:
-        found = weights_sha256(onnx.load(str(path), load_external_data=False))
+        found = weights_sha256(onnx.load_model_from_string(data))
     except Exception:  # onnx raises several types for files it cannot parse
         found = None
     if found != expected:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from covseg import __version__
 from covseg.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from covseg.checkpoint import architecture_options, cpu_state_dict, load_weights_file, refuse_unfinished
-from covseg.config import ModelConfig, RunConfig, config_to_dict
+from covseg.config import ModelConfig, RunConfig, config_to_dict, data_differences
 from covseg.distill import chosen_on_validation, held_out_seen
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_dir, atomic_write_text, interrupts_deferred, unwritable_reason
@@ -234,9 +234,7 @@ def check_pretrained(path: str | Path, config: RunConfig, held_out: Collection[s
     trained = data.get("trained_split")
     if trained is not None:
         # the split's own settings only: val_fraction does not matter to cv:K, nor folds to official
-        keys = [key for key in split_settings(config.data.split) if key in trained]
-        differ = ", ".join(f"data.{k} {trained[k]} there, {getattr(config.data, k)} here"
-                           for k in keys if trained[k] != getattr(config.data, k))
+        differ = ", ".join(data_differences(trained, config.data, split_settings(config.data.split)))
         if differ:
             raise CovsegError(f"{file}: trained on another split ({differ}), so its weights have seen images this run "
                               "holds out; fine-tune a run on the split it was trained on")

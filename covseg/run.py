@@ -69,9 +69,13 @@ class RunResult:
     epochs_done: int
     epochs_total: int
     best_score: float | None
-    interrupted: bool = False  # stopped (Ctrl-C) before every epoch was saved: resume it
-    seconds: float = 0.0
     stopped: bool = False  # Ctrl-C came, also where it found every epoch saved (the run finished): callers stop too
+    seconds: float = 0.0
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped (Ctrl-C) before every epoch was saved: resume it."""
+        return self.stopped and self.epochs_done < self.epochs_total
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
@@ -296,7 +300,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     """Train ``config`` on ``samples`` into ``run_dir`` (new, or continued from ``last.pt`` with ``resume``).
 
     ``samples`` must carry masks in the config's label scheme. Ctrl-C ends the run after saving; the
-    result then has ``interrupted=True``. Under ``torchrun`` pass the :class:`DistContext` (and device) from
+    result then has ``stopped=True``, and ``interrupted`` where epochs remain to resume. Under ``torchrun`` pass the :class:`DistContext` (and device) from
     :func:`covseg.runtime.init_distributed`: the model is wrapped in DistributedDataParallel, each process
     trains on its share of every global batch, and only rank 0 writes files, logs and shows progress.
     """
@@ -458,7 +462,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     bar = tqdm(range(start, t.epochs), desc="train", unit="epoch", disable=not progress,
                initial=start, total=t.epochs, dynamic_ncols=True)
     epoch = start
-    interrupted = stopped = False
+    stopped = False
     try:
         for epoch in bar:
             tick = time.perf_counter()
@@ -513,7 +517,6 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     except KeyboardInterrupt:
         epoch, stopped = len(history), True
         if epoch < t.epochs:
-            interrupted = True
             log(f"interrupted: {epoch} of {t.epochs} epochs saved; continue with covseg train --resume {run_dir}")
         else:  # Ctrl-C came while the last epoch's files were written: every epoch is saved, the run is finished
             log(f"interrupted after all {t.epochs} epochs were saved; the run is finished, nothing to resume")
@@ -521,7 +524,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
         bar.close()
     if history and dist.is_main:
         plot_curves(history, run_dir / "curves.png", title=f"{config.model.name} · {d.task} · {d.split}")
-    if val_x is None and not interrupted and dist.is_main and (run_dir / "last.pt").exists():
-        # No validation images: the last epoch's weights are the ones to use.
+    if val_x is None and len(history) == t.epochs and dist.is_main and (run_dir / "last.pt").exists():
+        # No validation images: the last epoch's weights are the ones to use (once every epoch is saved).
         save_checkpoint(run_dir / "best.pt", core, config, len(history), None)
-    return RunResult(run_dir, len(history), t.epochs, best, interrupted, time.perf_counter() - began, stopped)
+    return RunResult(run_dir, len(history), t.epochs, best, stopped, time.perf_counter() - began)
