@@ -157,12 +157,12 @@ def refuse_unfinished(file: Path, saved: Mapping[str, Any], planned: int, use: s
 
 def architecture_options(model: ModelConfig) -> dict[str, Any]:
     """The keyword options of :func:`covseg.models.create_model` that ``model`` sets: width and depth, and for
-    U-Net its normalisation, convolution block, bottleneck and decoder dropout (SegNet always has batch norm and plain
+    U-Net its normalisation, convolution block, bottleneck and decoder dropout, attention gates (SegNet always has batch norm and plain
     blocks, no dropout)."""
     options: dict[str, Any] = {"width": model.width, "depth": model.depth}
     if model.name == "unet":
         options.update(batch_norm=model.batch_norm, block=model.block, norm=model.norm, dropout=model.dropout,
-                       decoder_dropout=model.decoder_dropout)
+                       decoder_dropout=model.decoder_dropout, attention=model.attention)
     return options
 
 

@@ -87,6 +87,8 @@ class ModelConfig:
     dropout: float = 0.0  # U-Net: share of the bottleneck's channels dropped while training (Dropout2d), in [0, 1)
     # U-Net: share of each decoder level's channels dropped while training (Dropout2d), all levels but the top one
     decoder_dropout: float = 0.0
+    # U-Net: an additive attention gate on each skip connection (Attention U-Net; covseg.models.unet.AttentionGate)
+    attention: bool = False
 
 
 @dataclass
@@ -452,6 +454,9 @@ def _validate(config: RunConfig, source: str) -> None:
         if getattr(config.model, key) and config.model.name != "unet":
             raise CovsegError(f"{source}: model.{key} is {getattr(config.model, key)}, but only U-Net has dropout; "
                               f"leave model.{key} at 0 for {config.model.name}")
+    if config.model.attention and config.model.name != "unet":
+        raise CovsegError(f"{source}: model.attention is true, but only U-Net has attention gates; leave "
+                          f"model.attention at false for {config.model.name}")
     if config.model.norm != "batch" and config.model.name != "unet":
         raise CovsegError(f"{source}: model.norm is {config.model.norm!r}, but only U-Net has other normalisations; "
                           f"leave model.norm at batch for {config.model.name}")

@@ -54,6 +54,8 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("data.split={cv: 0}", "data.split: expected text, got a YAML mapping"),
                          ("model.decoder_dropout=-0.1",
                           r"model.decoder_dropout is -0.1; it must be a share in \[0, 1\)"),
+                         ("model.attention=true",
+                          "only U-Net has attention gates; leave model.attention at false for segnet"),
                          ("model.decoder_dropout=0.2",
                           "only U-Net has dropout; leave model.decoder_dropout at 0 for segnet"),
                          ("train.tversky_beta=1", r"tversky_beta is 1.0; it must lie in \(0, 1\)"),
@@ -67,6 +69,7 @@ def test_overrides_and_their_errors(tmp_path) -> None:
     assert apply_overrides(load_recipe("default"), ["model.norm=instance"]).model.norm == "instance"
     assert apply_overrides(load_recipe("default"), ["model.dropout=0.3"]).model.dropout == 0.3
     assert apply_overrides(load_recipe("default"), ["model.decoder_dropout=0.3"]).model.decoder_dropout == 0.3
+    assert apply_overrides(load_recipe("default"), ["model.attention=true"]).model.attention is True
     assert apply_overrides(load_recipe("default"), ["train.augment.crop=256"]).train.augment.crop == 256
     assert apply_overrides(load_recipe("default"), ["train.distill='runs/a, runs/b'"]).train.distill == "runs/a, runs/b"
     # a text option keeps the text as typed where YAML would read a number or a truth value

@@ -7,13 +7,14 @@ import torch
 from covseg.errors import CovsegError
 from covseg.models import MODELS, create_model, fold_batch_norm, fuse_conv_relu_bf16, nearest_valid_size
 from covseg.models.fusion import fused_conv_relu_available
-from covseg.models.unet import BLOCKS, NORMS, ResidualDoubleConv
+from covseg.models.unet import BLOCKS, NORMS, AttentionGate, ResidualDoubleConv
 
 # every registered model, and every U-Net block, in a small size: (registry name, options)
 VARIANTS = {
     "unet": ("unet", {"width": 4, "depth": 2}),
     "unet-residual": ("unet", {"width": 4, "depth": 2, "block": "residual"}),
     "unet-instance": ("unet", {"width": 4, "depth": 2, "norm": "instance"}),
+    "unet-attention": ("unet", {"width": 4, "depth": 2, "attention": True}),
     "segnet": ("segnet", {"width": 4, "depth": 2}),
 }
 
@@ -327,3 +328,44 @@ def test_residual_unet_has_the_plain_ones_parameters_and_rejects_unknown_blocks(
 def test_a_network_without_outputs_or_inputs_is_refused(name: str, options: dict, message: str) -> None:
     with pytest.raises(CovsegError, match=f"bad options for model .{name}.: .*{message}"):
         create_model(name, **options)
+
+
+def test_attention_gate_weighs_each_skip_pixel_by_its_coefficient() -> None:
+    """The gate returns the skip times alpha in (0, 1), with alpha computed by hand from its 1x1 convolutions."""
+    torch.manual_seed(0)
+    gate = AttentionGate(6, 5, 3, batch_norm=False).eval()
+    skip, signal = torch.randn(2, 6, 8, 8), torch.randn(2, 5, 8, 8)
+    w_x, w_g, psi = gate.skip[0], gate.gate[0], gate.psi[0]
+    conv = torch.nn.functional.conv2d
+    by_hand = torch.sigmoid(conv(torch.relu(conv(skip, w_x.weight, w_x.bias) + conv(signal, w_g.weight, w_g.bias)),
+                                 psi.weight, psi.bias))
+    with torch.no_grad():
+        alpha = gate.weights(skip, signal)
+        torch.testing.assert_close(alpha, by_hand)
+        torch.testing.assert_close(gate(skip, signal), skip * by_hand)
+    assert alpha.shape == (2, 1, 8, 8) and 0 < alpha.min() and alpha.max() < 1
+
+
+def test_attention_unet_gates_every_skip_with_the_upsampled_decoder_features() -> None:
+    """One gate per skip connection (coarsest first); each sees the skip and the transposed convolution's output,
+    and what it returns (not the raw skip) is what the decoder block concatenates."""
+    torch.manual_seed(0)
+    model = create_model("unet", num_classes=2, width=4, depth=3, attention=True).eval()
+    plain = create_model("unet", num_classes=2, width=4, depth=3)
+    assert [g.skip[0].in_channels for g in model.gates] == [16, 8, 4]
+    extra = sum(p.numel() for p in model.gates.parameters())
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters()) + extra > 0
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    hooks = [g.register_forward_hook(lambda m, args, out: seen.append((tuple(args[0].shape), tuple(args[1].shape))))
+             for g in model.gates]
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        gated = model(x)
+        for hook in hooks:
+            hook.remove()
+        for g in model.gates:  # a gate that passes its skip through unchanged changes the output
+            g.forward = lambda skip, signal: skip
+        ungated = model(x)
+    assert seen == [((1, 16, 8, 8), (1, 16, 8, 8)), ((1, 8, 16, 16), (1, 8, 16, 16)), ((1, 4, 32, 32), (1, 4, 32, 32))]
+    assert not torch.allclose(gated, ungated)
+    assert len(create_model("unet", width=4, depth=3).gates) == 0

@@ -6,7 +6,7 @@ from torch import nn
 
 from covseg.models.shapes import check_input_size
 
-__all__ = ["UNet", "DoubleConv", "ResidualDoubleConv", "BLOCKS", "NORMS"]
+__all__ = ["UNet", "DoubleConv", "ResidualDoubleConv", "AttentionGate", "BLOCKS", "NORMS"]
 
 
 #: the normalisations a block may follow each convolution with (``model.norm``): batch norm (statistics over the
@@ -54,6 +54,41 @@ class ResidualDoubleConv(nn.Module):
         return self.relu(self.second(h) + h)
 
 
+def _pointwise_norm(in_channels: int, out_channels: int, batch_norm: bool, norm: str) -> list[nn.Module]:
+    """A 1x1 convolution, then the ``norm`` of :data:`NORMS` if ``batch_norm`` (the convolution then has no bias)."""
+    conv = nn.Conv2d(in_channels, out_channels, 1, bias=not batch_norm)
+    return [conv, NORMS[norm](out_channels, affine=True)] if batch_norm else [conv]
+
+
+class AttentionGate(nn.Module):
+    """An additive attention gate on a skip connection (Oktay et al., "Attention U-Net", MIDL 2018), in the
+    common form whose gating signal is the decoder's upsampled features at the skip's own size:
+    ``alpha = sigmoid(norm(psi(relu(norm(W_x skip) + norm(W_g gate)))))`` with 1x1 convolutions ``W_x``, ``W_g``
+    (to ``inter_channels``) and ``psi`` (to one channel); the gate returns ``skip * alpha``, so each skip pixel
+    is passed on with a learnt weight in (0, 1) that depends on what the coarser level sees there.
+    Each 1x1 convolution and its norm sit in one ``nn.Sequential`` so that
+    :func:`covseg.models.fold_batch_norm` folds them.
+
+    Shape: ``skip`` ``(B, skip_channels, H, W)``, ``gate`` ``(B, gate_channels, H, W)`` ->
+    ``(B, skip_channels, H, W)``; :meth:`weights` gives ``alpha`` as ``(B, 1, H, W)``.
+    """
+
+    def __init__(self, skip_channels: int, gate_channels: int, inter_channels: int, batch_norm: bool = True,
+                 norm: str = "batch") -> None:
+        super().__init__()
+        self.skip = nn.Sequential(*_pointwise_norm(skip_channels, inter_channels, batch_norm, norm))
+        self.gate = nn.Sequential(*_pointwise_norm(gate_channels, inter_channels, batch_norm, norm))
+        self.relu = nn.ReLU(inplace=True)
+        self.psi = nn.Sequential(*_pointwise_norm(inter_channels, 1, batch_norm, norm), nn.Sigmoid())
+
+    def weights(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """The attention coefficients ``alpha``, ``(B, 1, H, W)`` in (0, 1)."""
+        return self.psi(self.relu(self.skip(skip) + self.gate(gate)))
+
+    def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return skip * self.weights(skip, gate)
+
+
 #: the U-Net's convolution blocks by name (``model.block``)
 BLOCKS: dict[str, type[nn.Module]] = {"plain": DoubleConv, "residual": ResidualDoubleConv}
 
@@ -68,7 +103,9 @@ class UNet(nn.Module):
     used when ``batch_norm`` is true (false: none, and the convolutions have biases). ``dropout`` is the share of
     the bottleneck's channels dropped while training (``nn.Dropout2d``); ``decoder_dropout`` the share dropped of
     each decoder level's output below the top one (the ``depth - 1`` levels at ``H/2 ... H/2**(depth-1)``, after
-    the aux heads read them), so the full-size features the head reads are never dropped.
+    the aux heads read them), so the full-size features the head reads are never dropped. With ``attention``
+    each skip connection passes through an :class:`AttentionGate` driven by the decoder's upsampled features
+    before it is concatenated with them (Attention U-Net; ``inter_channels`` half the level's channels, at least 1).
 
     With ``deep_supervision`` (training mode only) the forward pass returns a list: the ``(B, num_classes,
     H, W)`` logits, then ``depth - 1`` coarser logits from 1x1 heads on the decoder levels, of sizes
@@ -91,6 +128,7 @@ class UNet(nn.Module):
         deep_supervision: bool = False,
         block: str = "plain",
         norm: str = "batch",
+        attention: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1 or width < 1:
@@ -118,6 +156,11 @@ class UNet(nn.Module):
         self.decoder_dropouts = nn.ModuleList(
             nn.Dropout2d(decoder_dropout) if decoder_dropout > 0 else nn.Identity() for _ in range(depth - 1)
         )
+        # one per skip connection, in decoding order (coarsest first), or none
+        self.gates = nn.ModuleList(
+            AttentionGate(channels[i], channels[i], max(1, channels[i] // 2), batch_norm, norm)
+            for i in reversed(range(depth))
+        ) if attention else nn.ModuleList()
         self.head = nn.Conv2d(channels[0], num_classes, 1)
         # deep supervision: 1x1 heads on the decoder levels below the top (1/2, 1/4, ... of the input size)
         self.aux_heads = nn.ModuleList(
@@ -135,7 +178,10 @@ class UNet(nn.Module):
         supervise = self.training and len(self.aux_heads) > 0
         decoded: list[torch.Tensor] = []
         for level, (upsample, decoder) in enumerate(zip(self.upsamplers, self.decoders)):
-            x = decoder(torch.cat([upsample(x), skips.pop()], dim=1))
+            up, skip = upsample(x), skips.pop()
+            if len(self.gates) > 0:
+                skip = self.gates[level](skip, up)
+            x = decoder(torch.cat([up, skip], dim=1))
             if supervise:
                 decoded.append(x)
             if level < self.depth - 1:
