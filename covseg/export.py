@@ -149,7 +149,10 @@ def exported_class_weights(path: Path) -> list[float] | None:
     if value is None:
         return None
     try:
-        weights = [float(w) for w in json.loads(value)]
+        parsed = json.loads(value)
+        if not isinstance(parsed, list):
+            raise TypeError("not a list")
+        weights = [float(w) for w in parsed]
     except (ValueError, TypeError):
         raise CovsegError(f"{path}: its covseg_class_weights metadata is damaged (not a JSON list of numbers); "
                           "export the run again with covseg export") from None
@@ -194,7 +197,9 @@ class OnnxBackend:
         self.agreement = agreement
         """For an int8 file: the share of pixels whose label it kept from fp32 at export."""
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, C, H, W)`` of ``(B, 1, H, W)`` images; ``pixels`` is ignored (the graph runs in the one
+        precision it was saved in)."""
         if x.ndim != 4 or x.shape[1] != 1:
             raise CovsegError(f"the ONNX model takes images of shape (B, 1, H, W), got {tuple(x.shape)}")
         if self.depth is not None:

@@ -25,23 +25,29 @@ from covseg.runtime import autocast
 from covseg.transforms import fit_box, resize_probs, stack_resized
 
 __all__ = ["Backend", "TorchBackend", "Predictor", "network_input", "EnsemblePredictor", "LesionTypePredictor",
-           "BF16_MIN_AGREEMENT", "label_agreement", "backends_used"]
+           "BF16_MIN_AGREEMENT", "label_agreement", "image_pixels", "backends_used"]
 
 BF16_MIN_AGREEMENT = 0.999
 """Least fraction of pixels whose bf16 and fp32 labels agree for bf16 results to be used."""
 
 
 class Backend(Protocol):
-    """Anything that turns ``(B, 1, S, S)`` float32 images into ``(B, C, S, S)`` float32 logits."""
+    """Anything that turns ``(B, 1, S, S)`` float32 images into ``(B, C, S, S)`` float32 logits. ``pixels``, when
+    given, is a ``(B, S, S)`` bool mask of the pixels that hold each image (``data.resize=pad`` leaves zero padding
+    around it), for a backend that checks its own precision on them; others ignore it."""
 
     description: str
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
-def label_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fraction of pixels where the arg-max labels of two logit batches ``(B, C, H, W)`` agree."""
-    return float((a.argmax(1) == b.argmax(1)).float().mean())
+def label_agreement(a: torch.Tensor, b: torch.Tensor, pixels: torch.Tensor | None = None) -> float:
+    """Fraction of pixels where the arg-max labels of two logit batches ``(B, C, H, W)`` agree: over every pixel,
+    or over those a ``(B, H, W)`` bool mask ``pixels`` marks (an image's own pixels, not the padding around it)."""
+    same = a.argmax(1) == b.argmax(1)
+    if pixels is not None:
+        same = same[pixels.to(same.device)]
+    return float(same.float().mean())
 
 
 class TorchBackend:
@@ -124,9 +130,10 @@ class TorchBackend:
         with autocast(self.device, dtype):
             return (network if network is not None else self._network(dtype))(x).float()
 
-    def _choose_low_precision(self, x: torch.Tensor) -> torch.Tensor:
+    def _choose_low_precision(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Run the first batch in fp32 and in ``self.dtype`` (the folded copy, then the trained model); keep the
-        first reduced-precision network whose labels agree enough with fp32's, else switch to fp32."""
+        first reduced-precision network whose labels agree enough with fp32's on the images' own ``pixels``
+        (``(B, S, S)`` bool; default every pixel), else switch to fp32."""
         reference = self._logits(x, torch.float32)
         best = 0.0
         for folded, network in ((True, self._network(self.dtype)), (False, self.model)):
@@ -137,7 +144,7 @@ class TorchBackend:
                     raise
                 self._fused = network = self._folded  # the fused op failed here: the folded copy runs unfused
                 logits = self._logits(x, self.dtype, network)
-            agreement = label_agreement(logits, reference)
+            agreement = label_agreement(logits, reference, pixels)
             best = max(best, agreement)
             if agreement >= BF16_MIN_AGREEMENT:
                 self.agreement, self.bf16_folded = agreement, folded
@@ -161,10 +168,10 @@ class TorchBackend:
         if self._fused is not self._folded:
             self._folded = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         if self.dtype != torch.float32 and self.agreement is None:
-            return self._choose_low_precision(x)
+            return self._choose_low_precision(x, pixels)
         return self._logits(x, self.dtype)
 
 
@@ -174,6 +181,15 @@ def network_input(images: Sequence[np.ndarray], input_size: int, normalize: str 
     ``normalize`` says, then brought to ``S = input_size`` square as ``resize`` says (as in training)."""
     x, _ = stack_resized([normalize_image(image, normalize) for image in images], None, input_size, resize)
     return x
+
+
+def image_pixels(boxes: Sequence[tuple[int, int, int, int]], size: int) -> torch.Tensor:
+    """``(B, size, size)`` bool: where each image lies in the network input, from its
+    :func:`covseg.transforms.fit_box` ``(top, left, h, w)``; the rest is padding."""
+    mask = torch.zeros(len(boxes), size, size, dtype=torch.bool)
+    for i, (top, left, h, w) in enumerate(boxes):
+        mask[i, top:top + h, left:left + w] = True
+    return mask
 
 
 class Predictor:
@@ -189,9 +205,10 @@ class Predictor:
         self.batch_size = batch_size
         self.flip_tta = flip_tta
 
-    def batch_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities ``(B, C, S, S)`` float32 of an input batch ``(B, 1, S, S)``."""
-        probs = self.backend(x).softmax(1)
+    def batch_probabilities(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax probabilities ``(B, C, S, S)`` float32 of an input batch ``(B, 1, S, S)``; ``pixels`` (``(B, S,
+        S)`` bool, the images' own pixels) goes to the backend's precision check."""
+        probs = self.backend(x, pixels).softmax(1)
         if self.flip_tta:
             probs = (probs + self.backend(x.flip(-1)).softmax(1).flip(-1)) / 2
         return probs
@@ -201,9 +218,9 @@ class Predictor:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             x = network_input(chunk, self.input_size, self.normalize, self.resize)
-            probs = self.batch_probabilities(x).cpu()
-            for image, p in zip(chunk, probs):
-                box = fit_box(*image.shape[-2:], self.input_size, self.resize)
+            boxes = [fit_box(*image.shape[-2:], self.input_size, self.resize) for image in chunk]
+            probs = self.batch_probabilities(x, image_pixels(boxes, self.input_size)).cpu()
+            for image, p, box in zip(chunk, probs, boxes):
                 yield resize_probs(p[None], *image.shape[-2:], box)[0].numpy()
 
 

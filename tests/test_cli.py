@@ -102,7 +102,7 @@ class _ThresholdBackend:
 
     description = "threshold"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         return torch.cat([torch.zeros_like(x), 20 * (x - 0.5)], dim=1)
 
 

@@ -23,7 +23,7 @@ class _ConstantBackend:
     def __init__(self, values: tuple[float, ...]) -> None:
         self.values = torch.tensor(values).view(1, len(values), 1, 1)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         return self.values.expand(x.shape[0], -1, *x.shape[-2:]).clone()
 
 
@@ -206,7 +206,7 @@ class _ColumnBackend:
 
     description = "column"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         size = x.shape[-1]
         col = torch.arange(size, dtype=torch.float32).expand(x.shape[0], 1, *x.shape[-2:])
         return torch.cat([torch.zeros_like(col), 4 * col / size - 2], 1)

@@ -58,13 +58,15 @@ def test_onnx_logits_match_torch(onnx_file: Path, tiny_run: Path, tiny_data: Pat
     for shape in ((1, 3, 32, 32), (32, 32)):
         with pytest.raises(CovsegError, match=r"takes images of shape \(B, 1, H, W\), got"):
             backend(torch.rand(*shape))
+    with pytest.raises(CovsegError, match=r"the ONNX model got an empty image \(0x64\); give it at least 4x4"):
+        backend(torch.rand(1, 1, 0, 64))  # 0 is divisible by 4, and ONNX Runtime would fail on it
 
 
 def test_predict_with_onnx_backend_equals_torch_fp32(onnx_file: Path, tiny_run: Path, tiny_data: Path,
                                                      tmp_path: Path) -> None:
     src = str(_real_or_synthetic_slice(tiny_data))
     assert main(["predict", src, "-o", str(tmp_path / "t"), "--model", str(tiny_run), "--precision", "fp32",
-                 "--quiet"]) == 0
+                 "--backend", "torch", "--quiet"]) == 0  # PyTorch itself: fp32 on a CPU defaults to ONNX Runtime
     assert main(["predict", src, "-o", str(tmp_path / "o"), "--model", str(onnx_file), "--quiet"]) == 0
     a = np.array(Image.open(tmp_path / "t" / "3.png"))
     b = np.array(Image.open(tmp_path / "o" / "3.png"))
@@ -596,6 +598,17 @@ def test_an_onnx_type_model_keeps_its_learnt_classes_outside_its_run_folder(tiny
     assert learnt_lesion_classes({"file": str(tmp_path / "shipped" / "old.onnx")}) is None
 
 
+@pytest.mark.parametrize("value", ['"12"', '{"0": 1, "1": 0}', "[1, null]", "[1, Infinity]"])
+def test_class_weights_metadata_that_is_not_a_list_of_finite_numbers_is_refused(value: str, monkeypatch) -> None:
+    """A JSON string or object iterates (as characters, as keys) into numbers: it must be refused as damaged, not
+    read as weights ("12" was read as [1, 2], {"0": 1, "1": 0} as [0, 1])."""
+    monkeypatch.setattr(export, "_metadata", lambda path: {"covseg_class_weights": value})
+    with pytest.raises(CovsegError, match="covseg_class_weights metadata is damaged"):
+        export.exported_class_weights(Path("m.onnx"))
+    monkeypatch.setattr(export, "_metadata", lambda path: {"covseg_class_weights": "[1, 0.5]"})
+    assert export.exported_class_weights(Path("m.onnx")) == [1.0, 0.5]
+
+
 def _without_metadata(source: Path, key: str, target: Path) -> None:
     """Save ``source`` without its metadata entry ``key`` as ``target``: a file from before covseg wrote it."""
     graph = onnx.load(str(source))
@@ -678,3 +691,37 @@ def test_export_where_nothing_can_be_written_names_the_output_not_its_temporary_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("covseg: error: /proc/m.onnx: cannot write there") \
         and ".part" not in err[0], err
+
+
+def test_bf16_check_counts_a_padded_slice_s_own_pixels_not_its_padding() -> None:
+    """With ``data.resize=pad`` a tall slice fills a quarter of the input; bf16 flips the label of 3 of its 1024
+    pixels (99.7 % agree, under the bar) while the zero padding agrees everywhere (99.93 % over the square). The
+    check must fall back to fp32 as it does for the same slice stretched to the whole square."""
+    def threshold_model() -> torch.nn.Module:  # foreground logit x - 0.5005; bf16 rounds 0.5009 and 0.5005 alike
+        m = torch.nn.Conv2d(1, 2, 1)
+        with torch.no_grad():
+            m.weight.zero_()
+            m.bias.zero_()
+            m.weight[1] = 1.0
+            m.bias[1] = -0.5005
+        return m
+
+    image = np.full((64, 16), 0.2, np.float32)
+    image.flat[:3] = 0.5009
+    for resize in ("pad", "stretch"):
+        backend = TorchBackend(threshold_model(), torch.device("cpu"), torch.bfloat16)
+        next(iter(inference.Predictor(backend, 64, resize=resize)([image])))
+        assert backend.dtype == torch.float32, resize
+        if resize == "pad":
+            assert backend.agreement == pytest.approx(1021 / 1024)
+        assert backend.agreement < inference.BF16_MIN_AGREEMENT, resize
+    assert backend.agreement < 1 - 3 / 64 ** 2  # stretched, the 3 pixels spread over more than 3 of the 4096
+    x = torch.rand(2, 1, 8, 8)
+    pixels = torch.zeros(2, 8, 8, dtype=torch.bool)
+    pixels[:, :, :2] = True
+    other = torch.cat([x, x], 1)
+    flipped = other.clone()
+    flipped[0, 1, 0, 0] += 5  # one disagreeing pixel inside the mask, one outside
+    flipped[1, 1, 0, 7] += 5
+    assert inference.label_agreement(flipped, other) == pytest.approx(1 - 2 / 128)
+    assert inference.label_agreement(flipped, other, pixels) == pytest.approx(1 - 1 / 32)

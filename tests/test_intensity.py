@@ -78,7 +78,7 @@ def test_a_model_trained_with_equalisation_predicts_with_it(tiny_data, tmp_path,
     class Identity:  # a backend whose foreground logit is the input grey value itself
         description = "identity"
 
-        def __call__(self, x):
+        def __call__(self, x, pixels=None):
             return torch.cat([-4 * x, 4 * x], dim=1)
 
     predictor.backend = Identity()

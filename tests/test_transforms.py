@@ -130,7 +130,7 @@ class _BrightIsLesion:
     description = "threshold"
     seen: torch.Tensor
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
         self.seen = x
         return torch.cat([torch.zeros_like(x), 20 * (x - 0.5)], dim=1)
 

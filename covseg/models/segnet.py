@@ -36,7 +36,8 @@ class SegNet(nn.Module):
 
     ``depth`` stages (5 = the full VGG16 encoder, 13 convolutions with batch norm); stage ``i`` has
     ``min(width * 2**i, 8 * width)`` channels and ``VGG16_BLOCKS[i]`` convolutions. The decoder
-    mirrors the encoder; the last decoder convolution outputs ``num_classes`` logits.
+    mirrors the encoder (its last convolution, with batch norm and ReLU, outputs ``width`` channels); a 3x3
+    head convolution then outputs the ``num_classes`` logits.
 
     With ``deep_supervision`` (training mode only) the forward pass returns a list, as :class:`UNet`'s: the
     ``(B, num_classes, H, W)`` logits, then ``depth - 1`` coarser logits from 1x1 heads on the decoder stages'

@@ -13,8 +13,10 @@ def nearest_valid_size(size: int, depth: int) -> int:
 
 
 def check_input_size(height: int, width: int, depth: int, model: str) -> None:
-    """Raise a :class:`CovsegError` naming the nearest valid size if H or W is not divisible by 2**depth."""
+    """Raise a :class:`CovsegError` naming the nearest valid size if H or W is not divisible by 2**depth, or is 0."""
     step = 2**depth
+    if height < 1 or width < 1:
+        raise CovsegError(f"{model} got an empty image ({height}x{width}); give it at least {step}x{step} pixels")
     if height % step or width % step:
         h, w = nearest_valid_size(height, depth), nearest_valid_size(width, depth)
         raise CovsegError(
