@@ -43,12 +43,30 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(path: Path, model: nn.Module, config: RunConfig, epoch: int, score: float | None,
                     **state: Any) -> None:
-    """Write a checkpoint atomically (``state``: e.g. ``optimizer=opt.state_dict()``)."""
+    """Write a checkpoint atomically (``state``: e.g. ``optimizer=opt.state_dict()``).
+
+    A write that fails (a full disk: ``torch.save`` raises RuntimeError "... file write failed" or "unexpected pos",
+    or an OSError) raises a one-line :class:`CovsegError` naming ``path``; the temporary file is removed and a
+    checkpoint already at ``path`` is left as it was."""
     payload = {"format": FORMAT, "version": __version__, "config": config_to_dict(config),
                "model": cpu_state_dict(model),
                "epoch": epoch, "score": score, **state}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except (RuntimeError, OSError) as err:
+        kept = f"; the {Path(path).name} already there is kept as it was" if Path(path).is_file() else ""
+        raise CovsegError(f"{path}: the checkpoint could not be written ({_first_line(err)}); is the disk full? "
+                          f"Free space on it (or train to another folder with -o) and resume with "
+                          f"covseg train --resume {Path(path).parent}{kept}") from None
+
+
+def _first_line(err: BaseException, limit: int = 120) -> str:
+    """``err``'s type and the first line of its message, cut to about ``limit`` characters at a word."""
+    text = str(err).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    why = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return why if len(why) <= limit else why[:limit - 3].rsplit(" ", 1)[0] + " …"
 
 
 def find_checkpoint(path: str | Path, which: str = "auto") -> Path:
@@ -192,7 +210,29 @@ def load_model(path: str | Path, which: str = "auto", task: str | None = None,
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as err:
-        raise CovsegError(f"{file}: weights do not fit a {config.model.name} "
-                          f"({str(err).splitlines()[0][:100]})") from None
+        m = config.model
+        raise CovsegError(f"{file}: its weights do not fit the {m.name} its settings describe (width {m.width}, depth "
+                          f"{m.depth}, task {config.data.task}): {_weights_mismatch(model.state_dict(), data['model'], err)}; "
+                          "the file's weights and settings disagree (a checkpoint edited, or put together from two "
+                          "runs); give the .pt file its run wrote, or train it again with the run's config.yaml "
+                          "(covseg train --recipe RUN_DIR/config.yaml) or the recipe it was trained with") from None
     model.eval()
     return model, config, data
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "x".join(str(n) for n in tensor.shape) or "a scalar"
+
+
+def _weights_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
+                      err: BaseException) -> str:
+    """The first difference between the state dict a model ``expected`` and the one ``given`` (a key whose shape
+    differs, one missing or one unexpected), with how many more there are; ``err``'s first line if none is found."""
+    problems = [f"{k} is {_shape(given[k])} in the file but {_shape(v)} in that model"
+                for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    problems += [f"{k} is missing from the file" for k in expected if k not in given]
+    problems += [f"the file holds {k}, which that model has not" for k in given if k not in expected]
+    if not problems:
+        return _first_line(err)
+    more = len(problems) - 1
+    return problems[0] + (f" (and {more} more difference{'s' if more > 1 else ''})" if more else "")

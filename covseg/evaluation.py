@@ -18,6 +18,9 @@ import csv
 import io
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_write_text
+from covseg.fileio import folders_made_for
 from covseg.figures import plot_grid
 from covseg.labels import LabelScheme
 from covseg.metrics import (
@@ -222,19 +225,57 @@ def _per_image_csv(ev: Evaluation) -> str:
     return buffer.getvalue()
 
 
+REPORT_FILES = ("metrics.md", "per_image.csv", "best_worst.png", "metrics.json")  # metrics.json last: it marks a
+# finished evaluation (covseg cv relies on it)
+
+
 def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any] | None = None,
                  n_figure: int = 3) -> dict[str, Any]:
     """Write ``metrics.json``, ``metrics.md``, ``per_image.csv`` and ``best_worst.png`` into ``out_dir``.
 
-    Each file is written atomically; a previous report's ``metrics.json`` is removed first and the new one written
-    last, so a folder holding the other files without ``metrics.json`` is an evaluation that did not finish (never
-    an old ``metrics.json`` beside new tables). ``best_worst.png`` is left out (an old one removed) when no image
+    The report appears whole or not at all: its files are written into a temporary folder beside ``out_dir``, which
+    becomes ``out_dir`` once every file is complete. Where ``out_dir`` exists already (an older report, or a folder
+    given with ``-o`` that holds other files too, which are kept) the finished files are moved into it (renames, which
+    need no disk space), ``metrics.json`` last; a failed write (a full disk) changes nothing there and raises a
+    one-line :class:`CovsegError` naming ``out_dir``. ``best_worst.png`` is left out (an old one removed) when no image
     has a foreground Dice."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
     data = {**(extra or {}), **ev.to_dict()}
-    (out_dir / "metrics.json").unlink(missing_ok=True)  # from here until the end, the folder is visibly unfinished
-    atomic_write_text(out_dir / "metrics.md", _markdown(ev, title))
-    atomic_write_text(out_dir / "per_image.csv", _per_image_csv(ev))
+    with folders_made_for(out_dir):  # a failed first report leaves no empty folders behind
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+        try:
+            try:
+                _write_report_files(ev, stage, title, data, n_figure)
+            except OSError as err:
+                raise CovsegError(f"{out_dir}: the report could not be written ({type(err).__name__}: "
+                                  f"{err.strerror or err}); is the disk full? Free space there or give -o another "
+                                  "folder (nothing of this report was left there)") from None
+            os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; give the report the usual permissions
+            if not out_dir.exists():
+                os.replace(stage, out_dir)
+            else:
+                (out_dir / "metrics.json").unlink(missing_ok=True)  # an old metrics.json never marks new tables
+                for name in REPORT_FILES:
+                    if (stage / name).is_file():
+                        os.replace(stage / name, out_dir / name)
+                    else:
+                        (out_dir / name).unlink(missing_ok=True)  # an older report's figure, of other images
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return data
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_report_files(ev: Evaluation, folder: Path, title: str, data: dict[str, Any], n_figure: int) -> None:
+    """Write the report's files into ``folder`` (:func:`write_report`'s temporary folder)."""
+    (folder / "metrics.md").write_text(_markdown(ev, title), encoding="utf-8")
+    (folder / "per_image.csv").write_text(_per_image_csv(ev), encoding="utf-8")
     scored = [r for r in ev.results if r.image is not None and math.isfinite(r.foreground_dice())]
     scored.sort(key=lambda r: r.foreground_dice(), reverse=True)
     k = min(n_figure, len(scored) // 2) or min(1, len(scored))
@@ -242,9 +283,5 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
     if picks:
         rows = [(f"{r.name} ({'best' if i < k else 'worst'}, Dice {r.foreground_dice():.3f})", r.image, r.truth, r.pred)
                 for i, r in enumerate(picks)]
-        plot_grid(rows, ev.scheme, out_dir / "best_worst.png", title=title)
-    else:
-        (out_dir / "best_worst.png").unlink(missing_ok=True)  # an older report's figure, of other images
-    # metrics.json last: its presence marks a finished evaluation (covseg cv relies on it)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(data, indent=1) + "\n")
-    return data
+        plot_grid(rows, ev.scheme, folder / "best_worst.png", title=title)
+    (folder / "metrics.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

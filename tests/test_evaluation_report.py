@@ -1,4 +1,4 @@
-"""covseg.evaluation's report as a whole: an interrupted rewrite, images without lesion, nothing to summarise,
+"""covseg.evaluation's report as a whole: an interrupted rewrite, a full disk, images without lesion, nothing to summarise,
 and `covseg evaluate` on data that lacks some of the run's held-out images."""
 from __future__ import annotations
 
@@ -34,11 +34,12 @@ def _evaluation(pred_pixels: list[int], lesion: bool = True) -> Evaluation:
     return summarise(results, BINARY)
 
 
-def test_an_interrupted_rewrite_leaves_no_old_metrics_json_beside_new_tables(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_interrupted_rewrite_leaves_the_old_report_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "eval"
-    write_report(_evaluation([2, 3]), out, "first", {"model": {"file": "last.pt", "epoch": 1}})
+    first = write_report(_evaluation([2, 3]), out, "first", {"model": {"file": "last.pt", "epoch": 1}})
     assert (out / "metrics.json").is_file()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")  # a file of the user's in the -o folder
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -46,11 +47,42 @@ def test_an_interrupted_rewrite_leaves_no_old_metrics_json_beside_new_tables(tmp
     monkeypatch.setattr(evaluation, "plot_grid", interrupted)  # Ctrl-C while the figure is drawn
     with pytest.raises(KeyboardInterrupt):
         write_report(_evaluation([4, 4]), out, "second", {"model": {"file": "last.pt", "epoch": 2}})
-    assert (out / "metrics.md").read_text(encoding="utf-8").startswith("# second")  # the new tables …
-    assert not (out / "metrics.json").exists()  # … and no first report's metrics.json claiming they are finished
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old  # the first report, whole, and nothing of the second
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8")) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]  # no temporary folder left beside it
     monkeypatch.undo()
     data = write_report(_evaluation([4, 4]), out, "second", {"model": {"file": "last.pt", "epoch": 2}})
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8")) == data
+    assert (out / "metrics.md").read_text(encoding="utf-8").startswith("# second")
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"  # an existing folder's other files are kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+
+
+def test_a_full_disk_leaves_no_half_report_and_names_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk(rows, scheme, path, title=""):  # metrics.md and per_image.csv are written by now
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(evaluation, "plot_grid", full_disk)
+    out = tmp_path / "reports" / "eval"
+    with pytest.raises(CovsegError) as caught:
+        write_report(_evaluation([2, 3]), out, "first")
+    message = str(caught.value)
+    assert message.startswith(f"{out}: the report could not be written (OSError: No space left on device); ")
+    assert "\n" not in message and "disk full" in message
+    assert list(tmp_path.iterdir()) == []  # no metrics.md or per_image.csv without metrics.json, no empty folders
+
+    monkeypatch.undo()
+    first = write_report(_evaluation([2, 3]), out, "first")
+    assert sorted(p.name for p in out.iterdir()) == ["best_worst.png", "metrics.json", "metrics.md", "per_image.csv"]
+    assert (out / "metrics.md").stat().st_mode & 0o777 == (out / "metrics.json").stat().st_mode & 0o777
+    assert out.stat().st_mode & 0o777 == (tmp_path / "reports").stat().st_mode & 0o777  # not mkdtemp's 0700
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(evaluation, "plot_grid", full_disk)
+    with pytest.raises(CovsegError, match="the report could not be written"):
+        write_report(_evaluation([4, 4]), out, "second")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old  # the older report stays, whole
+    assert json.loads((out / "metrics.json").read_text(encoding="utf-8")) == first
+    assert sorted(p.name for p in out.parent.iterdir()) == ["eval"]
 
 
 def test_no_lesion_in_any_truth_says_what_the_model_called(tmp_path: Path, capsys) -> None:
