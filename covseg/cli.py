@@ -441,6 +441,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if scan.is_file() and scan.resolve().parent == out and scan.name in SCAN_OUTPUTS:
             raise CovsegError(f"{scan}: covseg predict would write its own {scan.name} over this scan; give -o "
                               "another folder")
+    if scans:  # a --spacing in metres or micrometres is refused before the models load
+        from covseg.volumes import check_spacing
+
+        check_spacing(args.spacing)
     predictor, config, info = open_models(args.model, args.lesion_model, args.task, "auto", args.backend, args.device,
                                           args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)
@@ -540,6 +544,14 @@ def _file_system_refusal(err: OSError) -> int:
     return 2
 
 
+def _out_of_memory(err: MemoryError) -> int:
+    """Print running out of memory as the CLI's one-line error; returns the exit status."""
+    what = " ".join(str(err).split()) or "an allocation failed"
+    print(f"covseg: error: out of memory ({what}); check that the input's size and voxel size are what you expect, "
+          "close other programs, or use a machine with more memory", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -555,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except OSError as err:  # --out could not be written after all (a read-only file system, no space, …)
             return _file_system_refusal(err)
+        except MemoryError as err:
+            return _out_of_memory(err)
         except KeyboardInterrupt:  # its measuring child processes end with it; --out is written only at the end
             print("covseg: interrupted", file=sys.stderr)
             return 130
@@ -566,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:  # a file system refusal on a path the user gave (exists, is a folder, no space, …)
         return _file_system_refusal(err)
+    except MemoryError as err:  # numpy's "Unable to allocate 37 GiB ...": one line, not a traceback
+        return _out_of_memory(err)
     except KeyboardInterrupt:
         print("covseg: interrupted", file=sys.stderr)
         return 130

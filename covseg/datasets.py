@@ -24,6 +24,7 @@ File order: numeric stems sort as numbers (``0, 1, 2, ..., 10``); other stems in
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.intensity import LUNG_WINDOW, fill_non_finite, scale_stored_grey, to_unit_range, window_hu
+from covseg.intensity import (LUNG_WINDOW, fill_non_finite, raw_ct_warning, scale_stored_grey, to_unit_range,
+                              window_hu)
 from covseg.labels import MULTICLASS, LabelScheme, check_labels, get_scheme
 
 __all__ = [
@@ -166,6 +168,20 @@ def _require_supported(path: Path) -> None:
 # raw readers: each returns a 2-D array as stored (no scaling) plus whether it is Hounsfield units
 
 
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P", "PA")
+"""PIL modes an image may hold colour in (checked before it is converted to grey)."""
+
+_WARNED: set[str] = set()
+"""Kinds of :func:`read_image` warning already printed by this process: each is printed once (one line on stderr),
+so a folder of thousands of such slices gives one line, naming the first."""
+
+
+def _warn_once(kind: str, message: str) -> None:
+    if kind not in _WARNED:
+        _WARNED.add(kind)
+        print(f"covseg: warning: {message}", file=sys.stderr)
+
+
 def _read_pil(path: Path, for_mask: bool) -> tuple[np.ndarray, str]:
     """Return the pixel array and the PIL mode. Images come back grey; masks keep raw values."""
     from PIL import Image
@@ -200,6 +216,12 @@ def _read_pil(path: Path, for_mask: bool) -> tuple[np.ndarray, str]:
                     )
                 return np.array(im), mode
             if mode not in ("L", "F") and not mode.startswith("I"):
+                if mode in _COLOUR_MODES:
+                    rgb = np.asarray(im.convert("RGB"))
+                    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                        _warn_once("colour", f"{path}: is a colour image (its red, green and blue differ), converted "
+                                   "to grey by luminance; a CT slice is grey, so predictions may be poor: give "
+                                   "greyscale slices")
                 im = im.convert("L")
                 mode = "L"
             return np.array(im), mode
@@ -280,7 +302,9 @@ def read_image(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> n
 
     * PNG / JPG / JPEG / TIF / TIFF: colour is converted to grey (PIL ``"L"``); 8-bit / 255;
       16-bit unsigned / 65535; signed or float data by the HU rule, else min-max via
-      :func:`covseg.intensity.to_unit_range`.
+      :func:`covseg.intensity.to_unit_range`. A colour image whose channels differ, and a 16-bit image that looks like
+      raw 12-bit CT numbers (:func:`covseg.intensity.raw_ct_warning`), are read all the same, with a one-line
+      ``covseg: warning:`` on stderr (each kind once per process).
     * NIfTI ``.nii`` / ``.nii.gz`` holding one slice (``(x, y)`` or ``(x, y, 1)``): transposed to
       ``(rows=y, cols=x)``; HU (minimum below :data:`HU_MIN_THRESHOLD`) through the lung window.
     * DICOM ``.dcm``: ``RescaleSlope`` / ``RescaleIntercept`` applied; CT data through the lung window.
@@ -299,8 +323,12 @@ def read_image(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> n
         data, is_hu = _read_dicom(path)
         return to_unit_range(fill_non_finite(data, str(path))[0], is_hu=is_hu, window=window)
     data, mode = _read_pil(path, for_mask=False)
-    grey = scale_stored_grey(data, sixteen_bit=mode == "I" and suffix == ".png")
+    sixteen_bit = mode == "I" and suffix == ".png"
+    grey = scale_stored_grey(data, sixteen_bit=sixteen_bit)
     if grey is not None:
+        raw = raw_ct_warning(data, str(path), sixteen_bit)
+        if raw is not None:
+            _warn_once("raw-ct", raw)
         return grey
     data = fill_non_finite(data.astype(np.float32), str(path))[0]  # float TIFFs may hold NaN
     return to_unit_range(data, is_hu=_looks_like_hu(data), window=window)

@@ -5,15 +5,20 @@ import numpy as np
 
 from covseg.errors import CovsegError
 
-__all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "fill_non_finite", "window_hu", "scale_uint8", "scale_stored_grey",
-           "to_unit_range", "equalize", "stretch_percentiles", "normalize_image", "QUANTILE_LEVELS", "grey_quantiles",
-           "match_quantiles"]
+__all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "RAW_CT_MAX", "fill_non_finite", "window_hu", "scale_uint8",
+           "scale_stored_grey", "raw_ct_warning", "to_unit_range", "equalize", "stretch_percentiles",
+           "normalize_image", "QUANTILE_LEVELS", "grey_quantiles", "match_quantiles"]
 
 NORMALIZATIONS: tuple[str, ...] = ("none", "equalize", "percentile")
 """Per-slice intensity normalisations applied after :func:`to_unit_range` (``data.normalize``)."""
 
 LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)
 """Default lung window as (level, width) in Hounsfield units."""
+
+
+RAW_CT_MAX: int = 4095
+"""A 16-bit grey image whose largest value is at most this (under 1/16 of 0..65535) looks like raw 12-bit CT numbers
+(HU + 1024) rather than display grey: / 65535 it reads almost black (see :func:`raw_ct_warning`)."""
 
 
 def fill_non_finite(data: np.ndarray, source: str) -> tuple[np.ndarray, str | None]:
@@ -52,6 +57,21 @@ def scale_stored_grey(data: np.ndarray, sixteen_bit: bool = False) -> np.ndarray
     if data.dtype.kind == "u" or sixteen_bit:  # 16-bit samples span 0..65535 (PNG semantics)
         return np.clip(data.astype(np.float32) / np.float32(65535.0), 0.0, 1.0)
     return None
+
+
+def raw_ct_warning(data: np.ndarray, source: str, sixteen_bit: bool = False) -> str | None:
+    """A one-line warning when 16-bit grey ``data`` (``uint16``, or ``sixteen_bit`` as for
+    :func:`scale_stored_grey`) reach at most :data:`RAW_CT_MAX`: raw 12-bit CT numbers, which :func:`scale_stored_grey`
+    reads as almost black display grey, so a model predicts next to nothing; None otherwise (and for all-zero data).
+    The values are not changed: whether they are HU + 1024 or dark grey cannot be told for sure."""
+    if not (data.dtype == np.uint16 or sixteen_bit) or not data.size:
+        return None
+    lo, hi = int(data.min()), int(data.max())
+    if not 0 < hi <= RAW_CT_MAX:
+        return None
+    return (f"{source}: 16-bit values {lo}..{hi} use under 1/16 of the 16-bit range, like raw 12-bit CT numbers "
+            "(HU + 1024), not display grey; read / 65535 they are almost black and predictions will be poor: give "
+            "the scan as NIfTI or DICOM in HU, or as 8-bit lung-windowed PNGs")
 
 
 def to_unit_range(image: np.ndarray, is_hu: bool, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:

@@ -19,7 +19,7 @@ from covseg.intensity import LUNG_WINDOW, to_unit_range, window_hu
 from covseg.labels import LabelScheme
 from covseg.lungmask import check_lung_mask, lung_mask
 from covseg.quantify import quantify, remove_small_components, restrict_to_lungs
-from covseg.volumes import Volume
+from covseg.volumes import Volume, check_voxel_size
 
 __all__ = ["ScanOptions", "ScanResult", "segment_scan", "lung_crop_boxes", "grey_to_hu"]
 
@@ -75,8 +75,14 @@ def lung_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], marg
 
 def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, options: ScanOptions | None = None,
                  progress: bool = True) -> ScanResult:
-    """Lungs, lesions and lung-involvement figures of one scan."""
+    """Lungs, lesions and lung-involvement figures of one scan.
+
+    A ``volume.spacing`` outside :data:`covseg.volumes.SLICE_MM_RANGE` / :data:`~covseg.volumes.PIXEL_MM_RANGE` (not
+    mm) raises :class:`~covseg.errors.CovsegError` before any work."""
     options = options or ScanOptions()
+    # read_volume refuses these already; a Volume made by hand could hold metres or micrometres, which would make the
+    # lung mask allocate tens of GB (or report billions of mL)
+    check_voxel_size(volume.spacing, volume.source or "the scan", "its Volume.spacing")
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
     hu = volume.hu if volume.is_hu else grey_to_hu(volume.hu, options.window)

@@ -40,14 +40,18 @@ import numpy as np
 
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
-from covseg.intensity import fill_non_finite, scale_stored_grey
+from covseg.intensity import fill_non_finite, raw_ct_warning, scale_stored_grey
 
 __all__ = [
     "CANONICAL_AXCODES",
     "MIN_SLICES",
     "GAP_FACTOR",
+    "PIXEL_MM_RANGE",
+    "SLICE_MM_RANGE",
     "Volume",
     "read_volume",
+    "check_voxel_size",
+    "check_spacing",
     "read_dicom_slice",
     "dicom_number",
     "looks_like_dicom",
@@ -64,6 +68,16 @@ MIN_SLICES: int = 2
 
 GAP_FACTOR: float = 1.5
 """A step between consecutive slices longer than this times the median step counts as missing slices."""
+
+PIXEL_MM_RANGE: tuple[float, float] = (0.1, 10.0)
+"""Plausible in-plane voxel size of a CT in mm (between rows, between columns), inclusive. Clinical CT has about
+0.2..1.5 mm pixels, resampled or thumbnail scans a few mm; a voxel size outside this range is refused (by every reader
+and for ``--spacing``) as given in another unit: metres or micrometres read as mm put it about 1000x off, which makes
+the lung mask allocate tens of GB or the reported volumes absurd."""
+
+SLICE_MM_RANGE: tuple[float, float] = (0.1, 30.0)
+"""Plausible distance between a CT's slice planes in mm, inclusive (thin-slice 0.5 mm to thick 10 mm slices, and
+sparse series with a few slices); outside it refused like :data:`PIXEL_MM_RANGE`."""
 
 _HU_MIN = -100.0
 """Data whose minimum is below this are Hounsfield units (air reaches about -1000); see covseg.datasets."""
@@ -143,6 +157,45 @@ def _spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     cross = float(np.linalg.norm(np.cross(col_x, col_y)))
     sz = abs(float(np.linalg.det(m))) / cross if cross > 0 else float(np.linalg.norm(m[:, 0]))
     return round(sz, 6), round(sy, 6), round(sx, 6)
+
+
+def _unit_hint(spacing: Sequence[float]) -> str:
+    """Which unit the values of a ``(Z, Y, X)`` voxel size outside the plausible ranges look like (for the refusal)."""
+    ranges = (SLICE_MM_RANGE, PIXEL_MM_RANGE, PIXEL_MM_RANGE)
+    values = [float(v) for v in spacing]
+    off = [i for i, (v, (lo, hi)) in enumerate(zip(values, ranges)) if not lo <= v <= hi]
+    if len(off) == 3:
+        what = "they look"
+    elif 0 in off:
+        what = "the slice spacing looks" if off == [0] else "the slice spacing and pixel size look"
+    else:
+        what = "the pixel size looks"
+
+    def fits(scale: float) -> bool:
+        return all(ranges[i][0] <= values[i] * scale <= ranges[i][1] for i in off)
+
+    if fits(1e3):
+        return f"{what} like metres (x 1000 gives mm)"
+    if fits(1e-3):
+        return f"{what} like micrometres (/ 1000 gives mm)"
+    return "metres or micrometres given?"
+
+
+def check_voxel_size(spacing: Sequence[float], source: str, origin: str, hint: str | None = None) -> None:
+    """Refuse a ``(Z, Y, X)`` voxel size in mm outside :data:`SLICE_MM_RANGE` (Z) or :data:`PIXEL_MM_RANGE` (Y, X).
+
+    Raises a one-line :class:`CovsegError` naming ``source`` (the file, folder or option), the voxel size, ``origin``
+    (where it was read from) and ``hint`` (what to fix; by default the unit the numbers look like)."""
+    z, y, x = (float(v) for v in spacing)
+    if (SLICE_MM_RANGE[0] <= z <= SLICE_MM_RANGE[1]
+            and all(PIXEL_MM_RANGE[0] <= v <= PIXEL_MM_RANGE[1] for v in (y, x))):
+        return
+    hint = hint or f"covseg expects mm: {_unit_hint((z, y, x))}"
+    raise CovsegError(
+        f"{source}: voxel size {z:g} x {y:g} x {x:g} mm (Z Y X, {origin}) is not a CT's (slices "
+        f"{SLICE_MM_RANGE[0]:g}..{SLICE_MM_RANGE[1]:g} mm apart, pixels {PIXEL_MM_RANGE[0]:g}..{PIXEL_MM_RANGE[1]:g} "
+        f"mm); {hint}"
+    )
 
 
 def _make_volume(data: np.ndarray, input_affine: np.ndarray, **kwargs: object) -> Volume:
@@ -302,10 +355,27 @@ def _read_nifti(path: Path) -> Volume:
                           file_shape=tuple(int(n) for n in img.shape) if len(img.shape) > 3 else None)
     if units in _NIFTI_MM:  # label maps are written in the file's own affine and units
         volume.input_affine, volume.xyz_units = np.asarray(img.affine, dtype=np.float64), units
+    _check_nifti_voxel_size(volume.spacing, path, units)
     volume.nifti_forms = (header.get_qform(coded=True), header.get_sform(coded=True))
     volume.nifti_zooms = tuple(float(z) for z in header.get_zooms())
     _check_slices(volume, path)
     return volume
+
+
+def _check_nifti_voxel_size(spacing: tuple[float, float, float], path: Path, units: str) -> None:
+    """:func:`check_voxel_size` of a NIfTI, whose affine (``sform``/``qform``) is read in its xyzt_units ``units``."""
+    named = units if units in _NIFTI_MM or units == "mm" else "unset, so mm"
+    origin = f"from its affine, xyzt_units {named}"
+    guess = _unit_hint(spacing)
+    if units == "micron" and "metres" in guess:
+        hint = ("its affine looks like mm while its xyzt_units say micron: set them to mm (nibabel "
+                "img.header.set_xyzt_units('mm')) or convert the scan again")
+    elif units == "meter" and "micrometres" in guess:
+        hint = ("its affine looks like mm while its xyzt_units say meter: set them to mm (nibabel "
+                "img.header.set_xyzt_units('mm')) or convert the scan again")
+    else:
+        hint = f"covseg expects mm: {guess}; fix the affine or its xyzt_units, or convert the scan again"
+    check_voxel_size(spacing, str(path), origin, hint)
 
 
 def _finite(data: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
@@ -666,6 +736,10 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     # tilt); every slice must lie within a fifth of a step of its place on it, along the normal and within its plane
     step_vec = (positions[-1] - positions[0]) / max(n_places - 1, 1)
     step = float(step_vec @ normal)  # distance between the grid's slice planes
+    check_voxel_size((step, spacing_rc[0], spacing_rc[1]), str(folder),
+                     "from PixelSpacing and the ImagePositionPatient steps",
+                     f"DICOM stores mm: {_unit_hint((step, spacing_rc[0], spacing_rc[1]))}; fix the tags or give the "
+                     "series as NIfTI")
     off = positions - positions[0] - places[:, None] * step_vec
     if float(np.linalg.norm(off, axis=1).max()) > _GRID_TOLERANCE * step:
         raise _off_grid_error(folder, [h.path.name for h, _ in items], positions, places, normal, step_vec, steps)
@@ -746,7 +820,9 @@ def _read_image_plane(path: Path) -> np.ndarray:
         raise CovsegError(f"{path}: cannot be read as an image ({exc}); replace the file") from None
 
 
-def _check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
+def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
+    """A ``--spacing Z Y X`` given in mm as three floats (None stays None); refused in one line when not three positive
+    numbers, or outside the plausible ranges (:func:`check_voxel_size`)."""
     if spacing is None:
         return None
     try:
@@ -755,6 +831,7 @@ def _check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise CovsegError(f"--spacing {spacing!r}: give three positive numbers Z Y X in mm (slice, row, column)")
+    check_voxel_size(values, "--spacing " + " ".join(f"{v:g}" for v in values), "as given")
     return values  # type: ignore[return-value]
 
 
@@ -777,9 +854,13 @@ def _read_image_stack(folder: Path, paths: Sequence[Path], spacing: tuple[float,
                           "saved alike (one bit depth)")
     stack = np.stack(planes)  # (slice, row, col)
     pngs = all(p.suffix.lower() == ".png" for p in paths)  # Pillow loads 16-bit PNGs as int32 (mode "I")
-    grey = scale_stored_grey(stack, sixteen_bit=pngs and stack.dtype == np.int32 and stack.min() >= 0)
-    stack = (stack if grey is None else grey).astype(np.float32)  # display grey values as single slices take them
+    sixteen_bit = pngs and stack.dtype == np.int32 and stack.min() >= 0
+    grey = scale_stored_grey(stack, sixteen_bit=sixteen_bit)
     warnings: list[str] = []
+    raw = raw_ct_warning(stack, folder.name, sixteen_bit) if grey is not None else None
+    if raw is not None:
+        warnings.append(raw)
+    stack = (stack if grey is None else grey).astype(np.float32)  # display grey values as single slices take them
     stack = _finite(stack, folder, warnings)  # float TIFFs may hold NaN
     is_hu = bool(stack.size) and float(stack.min()) < _HU_MIN  # signed / float TIFF holding HU
     sz, sy, sx = spacing
@@ -848,11 +929,12 @@ def read_volume(path: str | Path, series_uid: str | None = None,
     Raises :class:`CovsegError` (one line, naming the file) for unreadable or truncated files, colour or
     multi-sample images, non-CT modalities, fewer than :data:`MIN_SLICES` slices, duplicate slice
     positions, DICOM slices that lie off any even grid (more than a fifth of a step off their place on it, along the
-    slice normal or within the slice plane) or two on one place of it, and CT data without rescale tags whose values
-    are not HU. Missing slices (a step above :data:`GAP_FACTOR` x the median) are filled, on the
-    series' grid, with their nearest acquired slice, so that label maps written like the input overlay it (and the
-    lungs stay connected across the gap); they, slightly uneven spacing, other series and gantry tilt are
-    ``warnings``.
+    slice normal or within the slice plane) or two on one place of it, CT data without rescale tags whose values
+    are not HU, and voxel sizes (read, or ``spacing``) outside :data:`SLICE_MM_RANGE` / :data:`PIXEL_MM_RANGE`
+    (metres or micrometres taken for mm, see :func:`check_voxel_size`). Missing slices (a step above
+    :data:`GAP_FACTOR` x the median) are filled, on the series' grid, with their nearest acquired slice, so that label
+    maps written like the input overlay it (and the lungs stay connected across the gap); they, slightly uneven
+    spacing, other series and gantry tilt are ``warnings``.
     """
     with _quiet_file_readers():
         return _read_volume(Path(path), series_uid, spacing)
@@ -876,7 +958,7 @@ def _quiet_file_readers() -> Iterator[None]:
 
 def _read_volume(path: Path, series_uid: str | None, spacing: Sequence[float] | None) -> Volume:
     """:func:`read_volume` itself."""
-    given = _check_spacing(spacing)
+    given = check_spacing(spacing)
     if not path.exists():
         raise CovsegError(f"{path}: not found; give a DICOM series folder, a .nii/.nii.gz file or a folder of images")
     if path.is_file():

@@ -605,3 +605,36 @@ def test_a_nan_or_infinite_pixel_does_not_blank_a_slice(tmp_path: Path) -> None:
     Image.fromarray(np.full((8, 8), np.nan, np.float32), mode="F").save(tmp_path / "all.tif")
     with pytest.raises(CovsegError, match="all.tif: holds no finite values"):
         read_image(tmp_path / "all.tif")
+
+
+def test_a_16_bit_png_of_raw_ct_numbers_warns_once_and_reads_as_before(tmp_path: Path, monkeypatch, capsys) -> None:
+    """HU + 1024 in a 16-bit PNG reads almost black / 65535 and the model finds nothing: one line on stderr says so
+    (once for all such files), the numbers stay those of the 16-bit rule."""
+    import covseg.datasets as datasets
+
+    monkeypatch.setattr(datasets, "_WARNED", set(), raising=False)  # raising=False: fails on the missing line alone
+    raw = np.array([[0, 24], [1024, 2048]], np.uint16)  # air, lung, water, bone as HU + 1024
+    first = write_grey(tmp_path / "ct1.png", raw)
+    np.testing.assert_array_equal(read_image(first), raw.astype(np.float32) / np.float32(65535))
+    read_image(write_grey(tmp_path / "ct2.png", raw + 1))
+    read_image(write_grey(tmp_path / "grey.png", np.array([[0, 1000], [40000, 65535]], np.uint16)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"covseg: warning: {first}: 16-bit values 0..2048 "), err
+    assert "raw 12-bit CT numbers" in err[0] and "predictions will be poor" in err[0]
+
+
+def test_a_colour_image_warns_once_when_made_grey(tmp_path: Path, monkeypatch, capsys) -> None:
+    import covseg.datasets as datasets
+
+    monkeypatch.setattr(datasets, "_WARNED", set(), raising=False)  # raising=False: fails on the missing line alone
+    grey = np.full((4, 6), 120, np.uint8)
+    Image.fromarray(np.dstack([grey, grey, grey])).save(tmp_path / "grey_rgb.png")
+    read_image(tmp_path / "grey_rgb.png")
+    assert capsys.readouterr().err == ""  # an RGB file holding grey: nothing to say
+    colour = np.dstack([grey, grey // 2, np.zeros_like(grey)])
+    for name in ("a.png", "b.png"):
+        Image.fromarray(colour).save(tmp_path / name)
+        image = read_image(tmp_path / name)
+    np.testing.assert_array_equal(image, np.asarray(Image.fromarray(colour).convert("L"), np.float32) / 255)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"covseg: warning: {tmp_path / 'a.png'}: is a colour image"), err

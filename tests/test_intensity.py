@@ -141,3 +141,16 @@ def test_to_unit_range_reads_0_to_255_data_as_8_bit_and_clips_a_small_overshoot_
                                atol=1e-6)
     # values in [0, 1] are kept as they are
     np.testing.assert_allclose(to_unit_range(np.array([0.25, 0.5, 1.0]), is_hu=False), [0.25, 0.5, 1.0])
+
+
+def test_raw_ct_warning_only_for_16_bit_data_within_12_bits() -> None:
+    from covseg.intensity import RAW_CT_MAX, raw_ct_warning
+
+    raw = np.array([[0, 1024], [2000, RAW_CT_MAX]], np.uint16)  # HU + 1024 of air .. bone
+    message = raw_ct_warning(raw, "ct.png")
+    assert message is not None and "\n" not in message and message.startswith("ct.png: 16-bit values 0..4095 ")
+    assert raw_ct_warning(raw.astype(np.int32), "ct.png", sixteen_bit=True) == message  # Pillow's mode "I"
+    assert raw_ct_warning(raw.astype(np.int32), "ct.tif") is None  # signed samples: may be HU
+    assert raw_ct_warning(np.array([[0, RAW_CT_MAX + 1]], np.uint16), "grey.png") is None  # display grey
+    assert raw_ct_warning(np.zeros((2, 2), np.uint16), "black.png") is None
+    assert raw_ct_warning(np.array([[0, 200]], np.uint8), "eight.png") is None

@@ -264,3 +264,43 @@ def test_html_colours_are_the_overlay_colours_and_named(monkeypatch) -> None:
     assert '<span style="background:rgb(255, 64, 64);padding:0 .6em"></span> infection' in page
     bars = drawn[0].axes[0].patches
     assert bars and all(tuple(round(255 * v) for v in b.get_facecolor()[:3]) == (255, 64, 64) for b in bars)
+
+
+def test_a_spacing_in_metres_is_refused_before_the_models_load(tmp_path: Path, capsys) -> None:
+    """--spacing 0.0025 0.0009 0.0009 (metres) made the lung mask allocate tens of GB; now one line, exit 2."""
+    from PIL import Image
+
+    (tmp_path / "stack").mkdir()
+    for z in range(3):
+        Image.fromarray(np.full((16, 16), 40 * z, np.uint8)).save(tmp_path / "stack" / f"{z}.png")
+    out = tmp_path / "o"
+    assert main(["predict", str(tmp_path / "stack"), "-o", str(out), "--model", str(tmp_path / "no-model"),
+                 "--spacing", "0.0025", "0.0009", "0.0009", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("covseg: error: --spacing 0.0025 0.0009 0.0009: voxel size"), err
+    assert "they look like metres" in err[0] and not out.exists()
+
+
+def test_segment_scan_refuses_a_volume_whose_spacing_is_not_mm(phantom) -> None:
+    import dataclasses
+
+    from covseg.errors import CovsegError
+    from covseg.labels import BINARY
+    from covseg.scan import segment_scan
+    from covseg.volumes import read_volume
+
+    volume = dataclasses.replace(read_volume(phantom[0]), spacing=(0.0025, 0.0009, 0.0009))
+    with pytest.raises(CovsegError, match=r"voxel size 0\.0025 x 0\.0009 x 0\.0009 mm .* they look like metres"):
+        segment_scan(volume, None, BINARY, progress=False)  # refused before the lung mask, or any model
+
+
+def test_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys) -> None:
+    import covseg.cli as cli
+
+    def allocate(args):  # numpy's own MemoryError, without allocating anything
+        return np.zeros(1 << 62, np.uint8)
+
+    monkeypatch.setitem(cli.COMMANDS, "predict", allocate)
+    assert main(["predict", "scan.nii.gz", "-o", "out", "--model", "m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("covseg: error: out of memory (Unable to allocate"), err

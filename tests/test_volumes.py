@@ -655,3 +655,66 @@ def test_a_gantry_tilted_series_reads_on_its_leaning_grid_and_a_shifted_slice_of
     victim = _file_at_z(tmp_path / "shifted", ORIGIN_LPS[2] + 6 * SPACING[0])
     with pytest.raises(CovsegError, match=f"{victim} lies 30 mm off the line of the other slices within its plane"):
         read_volume(tmp_path / "shifted")
+
+
+# ---------------------------------------------------------------------------------- implausible voxel sizes
+
+
+@pytest.mark.parametrize(("units", "found", "hint"), [
+    ("micron", "0.0025 x 0.0007 x 0.0008 mm", "its affine looks like mm while its xyzt_units say micron"),
+    ("meter", "2500 x 700 x 800 mm", "its affine looks like mm while its xyzt_units say meter"),
+])
+def test_a_nifti_whose_units_do_not_fit_its_mm_affine_is_refused_with_a_unit_hint(tmp_path, units, found, hint):
+    """An mm affine whose xyzt_units say micron reads 1000x too small (the lung mask then asked for tens of GB), one
+    that says meter 1000x too large (billions of mL): refused in one line naming the voxel size and its source."""
+    write_nifti(tmp_path / "mm.nii.gz", truth_hu()[:4])
+    img = nib.load(str(tmp_path / "mm.nii.gz"))
+    img.header.set_xyzt_units(units)
+    nib.save(img, str(tmp_path / "ct.nii.gz"))
+    with pytest.raises(CovsegError) as refused:
+        read_volume(tmp_path / "ct.nii.gz")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'ct.nii.gz'}: voxel size {found}")
+    assert f"xyzt_units {units}" in message and hint in message
+
+
+def test_a_dicom_series_with_pixel_spacing_in_metres_is_refused(tmp_path):
+    import pydicom
+
+    write_dicom_series(tmp_path, truth_hu()[:4])
+    for path in tmp_path.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.PixelSpacing = [0.0007, 0.0008]
+        ds.save_as(path)
+    with pytest.raises(CovsegError, match=r"voxel size 2\.5 x 0\.0007 x 0\.0008 mm \(Z Y X, from PixelSpacing .* "
+                                          r"the pixel size looks like metres"):
+        read_volume(tmp_path)
+
+
+def test_a_spacing_in_metres_or_micrometres_is_refused_and_the_plausible_bounds_are_read(tmp_path):
+    from covseg.volumes import PIXEL_MM_RANGE, SLICE_MM_RANGE
+
+    for k in range(3):
+        Image.fromarray(np.full((20, 30), 10 * k, np.uint8)).save(tmp_path / f"{k}.png")
+    for spacing, unit in (((0.0025, 0.0009, 0.0009), "metres"), ((2500, 900, 900), "micrometres")):
+        with pytest.raises(CovsegError, match=rf"^--spacing {' '.join(f'{v:g}' for v in spacing)}: voxel size .*"
+                                              rf"covseg expects mm: they look like {unit}"):
+            read_volume(tmp_path, spacing=spacing)
+    with pytest.raises(CovsegError, match="the pixel size looks like micrometres"):  # only what is off is named
+        read_volume(tmp_path, spacing=(2.5, 900, 0.9))
+    with pytest.raises(CovsegError, match="metres or micrometres given"):  # no single unit fits
+        read_volume(tmp_path, spacing=(0.001, 900, 0.9))
+    edges = (SLICE_MM_RANGE[1], PIXEL_MM_RANGE[1], PIXEL_MM_RANGE[0])
+    assert read_volume(tmp_path, spacing=edges).spacing == pytest.approx(edges)
+
+
+def test_a_16_bit_png_stack_of_raw_ct_numbers_reads_as_before_with_a_warning(tmp_path):
+    """HU + 1024 stored in 16-bit PNGs reads almost black / 65535: the numbers are kept, one warning says so."""
+    raw = (truth_hu()[:3] + 1024).clip(0, 4095).astype(np.uint16)
+    for k, plane in enumerate(raw):
+        Image.fromarray(plane).save(tmp_path / f"{k}.png")
+    vol = read_volume(tmp_path, spacing=(2.5, 0.7, 0.8))
+    assert float(vol.hu.max()) == pytest.approx(int(raw.max()) / 65535)  # unchanged: / 65535
+    lines = [w for w in vol.warnings if "raw 12-bit CT numbers" in w]
+    assert len(lines) == 1 and "\n" not in lines[0] and lines[0].startswith(f"{tmp_path.name}: 16-bit values")
+    assert "NIfTI or DICOM in HU" in lines[0] and "8-bit lung-windowed PNG" in lines[0]
