@@ -360,7 +360,8 @@ def _to_scheme(labels: np.ndarray, scheme: LabelScheme, source: str) -> np.ndarr
         if scheme.task != "binary":
             raise CovsegError(
                 f"{source}: mask holds only 0/255, a binary mask, but the task is {scheme.task}; "
-                "use --task binary or give masks whose values are the class ids 0..3"
+                "train or evaluate a binary model on it (--task binary; a multiclass model cannot be scored on "
+                "binary masks), or give masks whose values are the class ids 0..3"
             )
         return (labels == 255).astype(np.int64)
     if scheme.task == "binary":

@@ -264,7 +264,7 @@ def test_read_mask_0_255_is_binary(tmp_path: Path) -> None:
     mask = read_mask(path, BINARY)
     assert mask.dtype == np.int64
     np.testing.assert_array_equal(mask, [[0, 1], [1, 0]])
-    with pytest.raises(CovsegError, match=r"b\.png: mask holds only 0/255.*use --task binary"):
+    with pytest.raises(CovsegError, match=r"b\.png: mask holds only 0/255.*--task binary; a multiclass model cannot be scored on binary masks"):
         read_mask(path, MULTICLASS)
     all_zero = read_mask(write_grey(tmp_path / "z.png", np.zeros((2, 2), np.uint8)), BINARY)
     np.testing.assert_array_equal(all_zero, np.zeros((2, 2)))
