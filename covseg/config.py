@@ -460,6 +460,14 @@ def _validate(config: RunConfig, source: str) -> None:
     if config.model.norm != "batch" and config.model.name != "unet":
         raise CovsegError(f"{source}: model.norm is {config.model.norm!r}, but only U-Net has other normalisations; "
                           f"leave model.norm at batch for {config.model.name}")
+    if not config.model.batch_norm and config.model.name != "unet":  # SegNet always normalises (VGG16's batch norm)
+        raise CovsegError(f"{source}: model.batch_norm is false, but only U-Net can leave out normalisation; leave "
+                          f"model.batch_norm at true for {config.model.name}")
+    if not config.model.batch_norm and config.model.norm != "batch":  # batch_norm false builds no norm at all
+        norm = config.model.norm
+        raise CovsegError(f"{source}: model.batch_norm is false (no normalisation) but model.norm is {norm!r}; pick "
+                          f"one: model.norm={norm} with model.batch_norm=true, or model.batch_norm=false with "
+                          "model.norm=batch")
     _validate_augment(config.train.augment, source)
     most = _MAX_DEPTH.get(config.model.name)
     if most is not None and config.model.depth > most:  # before the sizes, which a wrong depth makes look wrong
@@ -473,6 +481,8 @@ def _validate(config: RunConfig, source: str) -> None:
         raise CovsegError(f"{source}: train.augment.crop is {crop}, larger than data.input_size "
                           f"{config.data.input_size}; use a smaller crop, or 0 for whole images")
     _check_model_multiple("train.augment.crop", crop, config.model.depth, source)
+    if crop:
+        _check_bottleneck("train.augment.crop", crop, config.model.depth, source)
 
 
 def _check_model_multiple(option: str, side: int, depth: int, source: str) -> None:
@@ -545,6 +555,17 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def _decimal(text: str) -> int | float | str:
+    """``text`` as a decimal whole number or, failing that, a decimal number; the text itself where it is neither
+    (then refused as not a number, with the text as typed)."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``section.key=value`` overrides (e.g. ``train.epochs=3``, ``train.augment.hflip=0.5``)."""
     data = config_to_dict(config)
@@ -560,11 +581,24 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             node = node[part]
         if parts[-1] not in node:
             raise CovsegError(f"override {item!r}: unknown option {parts[-1]!r}; known: {', '.join(node)}")
+        current = node[parts[-1]]
         try:
             value = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
             raise CovsegError(f"override {item!r}: not a YAML value; close its brackets or quotes") from None
-        if isinstance(node[parts[-1]], str) and isinstance(value, (bool, int, float)):
+        if isinstance(current, dict):  # a whole section would reset the keys it does not name to their defaults
+            named = [k for k in value if k in current and not isinstance(current[k], dict)] \
+                if isinstance(value, dict) else []
+            first = next(iter(current))
+            example = f"{named[0]}={value[named[0]]}" if named else f"{first}={current[first]}"
+            raise CovsegError(f"override {item!r}: {key} is a section, not an option; set its keys one by one, "
+                              f"e.g. {key}.{example}")
+        if isinstance(current, str) and isinstance(value, (bool, int, float)):
             value = raw  # a text option keeps the text as typed: train.init=06 stays "06", not 6
+        elif (isinstance(current, (int, float)) and not isinstance(current, bool)
+              and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+            # a number option reads the text as a decimal number: YAML 1.1 reads 010 as octal 8, 1:30 as 90
+            # (base 60) and 0b101 as 5. YAML's .inf / .nan and true / false keep their meaning (and refusals)
+            value = _decimal(raw.strip())
         node[parts[-1]] = value
     return config_from_dict(data, source="override")

@@ -23,7 +23,7 @@ from covseg.figures import plot_comparison
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
 from covseg.predict import check_lesion_task, check_type_model_task, describe_after_use, ensemble_members, open_models
-from covseg.splits import load_split
+from covseg.splits import load_split, make_split
 from covseg.labels import get_scheme
 from covseg.parallel_runs import train_runs_in_parallel
 from covseg.checkpoint import build_model, epochs_done, find_checkpoint
@@ -265,22 +265,39 @@ def _check_same_settings(run_dir: Path, config: RunConfig, remedy: str = _FORCE_
         raise CovsegError(f"{run_dir}: holds a run with other settings; {remedy}")
 
 
-def _check_same_data(run_dir: Path, samples: list[Sample], data: str, remedy: str = _FORCE_REMEDY) -> None:
+def _check_same_data(run_dir: Path, config: RunConfig, samples: list[Sample], data: str,
+                     remedy: str = _FORCE_REMEDY) -> None:
     """Refuse to reuse or resume the run begun in ``run_dir`` (it has ``last.pt``) unless ``samples`` (from ``data``)
     hold the training images it was trained on, with the same masks (:func:`covseg.run.trained_on`, the check
-    ``--resume`` makes; the same data at another path passes). The error ends with ``remedy``."""
-    if (run_dir / "last.pt").is_file() and not trained_on(run_dir, samples):
+    ``--resume`` makes; the same data at another path passes), and unless its ``split.json`` is the split
+    ``config.data`` makes of ``samples`` now: images added to (or removed from) the data folder since it began
+    would leave it on its old split beside runs split afresh (a ``cv:K`` fold reused with its old held-out images
+    while the other folds take the new assignment: held-out sets that overlap, and images no fold holds out).
+    The error ends with ``remedy``."""
+    if not (run_dir / "last.pt").is_file():
+        return
+    if not trained_on(run_dir, samples):
         raise CovsegError(f"{run_dir}: was trained on {read_run_info(run_dir).get('data', 'other data')}, and the "
                           f"training images in {data} are not those (other names, or masks whose class weights "
                           f"differ from its class_weights.json); {remedy}")
+    d = config.data
+    saved = load_split(run_dir / "split.json")
+    now = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
+    if saved != now:
+        changed = sorted(set(now["val"] + now["test"]) ^ set(saved["val"] + saved["test"]))
+        example = f" ({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''} differ)" if changed else ""
+        raise CovsegError(f"{run_dir}: was split from other images than {data} holds now: its held-out images are "
+                          f"not split {d.split}'s of the current data{example}, so they would overlap or miss other "
+                          f"runs' (images added or removed since it began?); {remedy}")
 
 
 def _check_reusable(run_dir: Path, config: RunConfig, samples: list[Sample], data: str,
                     remedy: str = _FORCE_REMEDY) -> None:
     """Refuse to reuse or resume ``run_dir`` if it holds a run of other settings (:func:`_check_same_settings`) or
-    one begun on other training images (:func:`_check_same_data`); the error ends with ``remedy``."""
+    one begun on other training images, or split from other images (:func:`_check_same_data`); the error ends with
+    ``remedy``."""
     _check_same_settings(run_dir, config, remedy)
-    _check_same_data(run_dir, samples, data, remedy)
+    _check_same_data(run_dir, config, samples, data, remedy)
 
 
 # `covseg cv` resumes and reuses its folds and never replaces one
@@ -400,7 +417,6 @@ def _check_fold_inputs(config: RunConfig, out_dir: Path, folds: int, names: list
     from covseg.distill import check_teachers
     from covseg.pretrain import check_pretrained
     from covseg.selftrain import check_pseudo_labels, resolve_pseudo_folder
-    from covseg.splits import make_split
 
     for k in range(folds):
         if (out_dir / f"fold-{k}" / "last.pt").is_file():
@@ -572,6 +588,8 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
         for k in range(folds):
             _check_reusable(out_dir / f"seed-{seed}" / f"fold-{k}", _fold_config(cfg, k, folds), samples, data,
                             _CV_REMEDY)
+    for seed, cfg in configs.items():  # and every fold's train.init, teachers and pseudo-labels, as cross_validate's
+        _check_fold_inputs(cfg, out_dir / f"seed-{seed}", folds, [s.name for s in samples])
     if jobs > 1:
         pending = [run for seed, cfg in configs.items() for run in _untrained_folds(cfg, out_dir / f"seed-{seed}", folds)]
         train_runs_in_parallel(pending, samples, data, jobs, log)

@@ -606,18 +606,30 @@ def test_cv_jobs_trains_folds_in_worker_processes_as_one_at_a_time(tiny_data: Pa
                for s in (0, 1) for k in (0, 1)) and (tmp_path / "seeds" / "seeds.md").is_file()
 
 
-def test_cv_jobs_passes_a_workers_error_on_as_one_line(tiny_data: Path, tmp_path: Path, capsys) -> None:
+def test_cv_jobs_passes_a_workers_error_on_as_one_line(tiny_data: Path, tmp_path: Path, capfd,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", "--quiet",
               *[o for o in TINY_OVERRIDES if not o.startswith("data.folds=")]]
     with pytest.raises(SystemExit) as exit_:
         main(["cv", "--folds", "2", "--jobs", "0", "-o", str(tmp_path / "cv"), *common])
-    assert exit_.value.code == 2 and "--jobs: must be a positive whole number" in capsys.readouterr().err
-    # a worker's own refusal (here: training from a pretraining that is not there) reaches the user as one line
+    assert exit_.value.code == 2 and "--jobs: must be a positive whole number" in capfd.readouterr().err
+    # a worker's own refusal (here: training from a pretraining that is not there) reaches the user as one line.
+    # cv refuses that before any worker starts (experiment._check_fold_inputs); here that check is skipped and this
+    # process may not train, so the refusal can only come from a worker (a fresh process, its own covseg)
+    monkeypatch.setattr(experiment, "_check_fold_inputs", lambda *args, **kwargs: None)
+    monkeypatch.setattr(experiment, "train_or_resume", _trains_here)
     assert main(["cv", "--folds", "2", "--jobs", "2", "-o", str(tmp_path / "cv"), *common,
                  f"train.init={tmp_path / 'nothing'}"]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    err = capfd.readouterr().err
+    assert "training 2 runs, 2 at a time" in err  # the runs went to the workers
+    errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("covseg: error: ") and "no pretrained weights" in errors[0]
+    assert "Traceback" not in err
     assert not (tmp_path / "cv" / "fold-0" / "last.pt").exists()
+
+
+def _trains_here(*args, **kwargs):
+    raise AssertionError("a run was trained in the main process, not in a worker")
 
 
 def test_cv_finishes_an_interrupted_fold_even_when_someone_scored_it(tiny_data: Path, tmp_path: Path,

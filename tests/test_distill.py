@@ -181,8 +181,8 @@ def test_a_teacher_too_deep_for_the_training_size_is_refused_before_anything_is_
     common = ["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1", "--quiet"]
     assert main([*common, "-o", str(deep), *TINY_OVERRIDES, "model.depth=3"]) == 0
     capsys.readouterr()
-    # the depth-2 student crops 4x4 images; the depth-3 teacher cannot take them
-    assert main([*common, "-o", str(student), *TINY_OVERRIDES, "train.augment.crop=4", f"train.distill={deep}"]) == 2
+    # the depth-2 student crops 12x12 images; the depth-3 teacher cannot take them
+    assert main([*common, "-o", str(student), *TINY_OVERRIDES, "train.augment.crop=12", f"train.distill={deep}"]) == 2
     err = capsys.readouterr().err
     assert "is a unet of depth 3, which needs sizes divisible by 8" in err and err.count("\n") == 1
     assert not student.exists()

@@ -1,0 +1,98 @@
+"""Command-line overrides and config checks: whole sections, decimal numbers, crops and normalisation options."""
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+
+import pytest
+
+from covseg.config import apply_overrides, config_from_dict, config_to_dict, load_recipe
+from covseg.errors import CovsegError
+
+from conftest import TINY_OVERRIDES
+
+
+@pytest.mark.parametrize("override, example", [("model={width: 8}", "model.width=8"),
+                                               ("train.augment={hflip: 1}", "train.augment.hflip=1"),
+                                               ("train={epochs: 3}", "train.epochs=3"),
+                                               ("data=5", "data.task=binary")])
+def test_a_whole_section_override_is_refused_not_reset_to_defaults(override: str, example: str) -> None:
+    # before: model={width: 8} gave width 8 and every other model option its dataclass default (the recipe's lost)
+    with pytest.raises(CovsegError, match=rf"^override '{override}': .* is a section, not an option; set its keys "
+                                          rf"one by one, e.g. {example}$".replace("{", r"\{").replace("}", r"\}")):
+        apply_overrides(load_recipe("default"), [override])
+    assert apply_overrides(load_recipe("default"), ["model.width=8"]).model.depth == load_recipe("default").model.depth
+
+
+@pytest.mark.parametrize("override, key, value", [("train.epochs=010", "epochs", 10), ("model.width=016", "width", 16),
+                                                  ("train.epochs=3.0", "epochs", 3), ("train.lr=.5", "lr", 0.5),
+                                                  ("train.lr=2e-3", "lr", 0.002), ("train.epochs=1e2", "epochs", 100),
+                                                  ("train.epochs=+7", "epochs", 7)])
+def test_number_overrides_are_read_as_decimal_numbers(override: str, key: str, value: float) -> None:
+    config = apply_overrides(load_recipe("default"), [override])
+    assert getattr(config.model if key == "width" else config.train, key) == value  # YAML 1.1: 010 was octal 8
+
+
+@pytest.mark.parametrize("override, message", [("train.epochs=1:30", r"train.epochs: expected a number, got '1:30'"),
+                                               ("train.lr=1:0", r"train.lr: expected a number, got '1:0'"),
+                                               ("train.seed=0b101", r"train.seed: expected a number, got '0b101'"),
+                                               ("train.batch_size=0x10", r"batch_size: expected a number, got '0x10'"),
+                                               ("train.epochs=3.5", "train.epochs: expected a whole number"),
+                                               ("train.epochs=abc", "train.epochs: expected a number, got 'abc'"),
+                                               ("train.epochs=true", "train.epochs: expected a number, got true"),
+                                               ("train.lr=.inf", "train.lr is inf; it must be a finite learning rate"),
+                                               ("data.window_level=.nan", "data.window_level is nan; it must be a finite"),
+                                               ("train.lr=-.inf", "train.lr is -inf; it must be a finite")])
+def test_numbers_yaml_reads_in_another_base_are_refused(override: str, message: str) -> None:
+    # before: 1:30 was 90 (base 60), 1:0 a learning rate of 60, 0b101 seed 5, 0x10 batch 16
+    with pytest.raises(CovsegError, match=message):
+        apply_overrides(load_recipe("default"), [override])
+
+
+def test_a_crop_too_small_for_the_bottleneck_is_refused_with_the_config() -> None:
+    # before: accepted, and training crashed at its first step (instance norm on a 1 x 1 bottleneck)
+    with pytest.raises(CovsegError, match=r"^override: train.augment.crop is 4; a model of depth 2 needs at least 8 "
+                                          r"\(2 x 2\*\*depth\), so that its bottleneck keeps 2 x 2 pixels$"):
+        apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "model.norm=instance", "train.augment.crop=4"])
+    assert apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.augment.crop=8"]).train.augment.crop == 8
+    assert apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.augment.crop=0"]).train.augment.crop == 0
+
+
+def test_batch_norm_false_is_refused_where_it_would_be_ignored_or_contradict_model_norm() -> None:
+    with pytest.raises(CovsegError, match="^override: model.batch_norm is false, but only U-Net can leave out "
+                                          "normalisation; leave model.batch_norm at true for segnet$"):
+        apply_overrides(load_recipe("segnet"), ["model.batch_norm=false"])
+    with pytest.raises(CovsegError, match="^override: model.batch_norm is false \\(no normalisation\\) but model.norm "
+                                          "is 'instance'; pick one: model.norm=instance with model.batch_norm=true, "
+                                          "or model.batch_norm=false with model.norm=batch$"):
+        apply_overrides(load_recipe("default", task="multiclass"), ["model.batch_norm=false"])
+    plain = apply_overrides(load_recipe("default"), ["model.batch_norm=false"]).model  # U-Net without normalisation
+    assert (plain.batch_norm, plain.norm) == (False, "batch")
+    # a saved config is checked the same way
+    saved = config_to_dict(load_recipe("segnet"))
+    saved["model"]["batch_norm"] = False
+    with pytest.raises(CovsegError, match="only U-Net can leave out normalisation"):
+        config_from_dict(saved)
+
+
+def test_the_segnet_recipe_says_how_to_compare_under_todays_default_and_those_commands_work() -> None:
+    from covseg.checkpoint import build_model
+    from covseg.cli import _recipe_config, build_parser
+
+    header = [line for line in (resources.files("covseg") / "recipes" / "segnet.yaml").read_text().splitlines()
+              if line.startswith("#")]
+    assert not any("under the default recipe's training settings" in line for line in header)
+    commands = [line.lstrip("# ").split("   (")[0].split() for line in header if line.lstrip("# ").startswith("covseg ")]
+    assert len(commands) == 2
+    parser = build_parser()
+    for command in commands:
+        for task, extra in (("binary", []), ("multiclass", ["model.norm=batch"])):  # as the header says
+            argv = [part.replace("binary", task) for part in command[1:]]
+            at = argv.index("--models") if "--models" in argv else len(argv)  # compare: overrides before --models
+            argv[at:at] = extra
+            args = parser.parse_args(argv)
+            config = _recipe_config(args)
+            assert config.data.task == task and config.recipe == "default"
+            for name in getattr(args, "models", None) or [config.model.name]:
+                model = dataclasses.replace(config.model, name=name)
+                build_model(config_from_dict(config_to_dict(dataclasses.replace(config, model=model))))
