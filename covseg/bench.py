@@ -612,8 +612,9 @@ def _check_options(args: argparse.Namespace) -> None:
             raise SystemExit(f"covseg bench: {error}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; prints the table and writes it to ``--out``."""
+def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.py") -> int:
+    """Run the benchmark; prints the table and writes it to ``--out``, whose header names ``command`` (how it was
+    started: ``covseg bench`` from the CLI) with ``argv``."""
     parser = argparse.ArgumentParser(prog="covseg bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="unet16,unet32,unet64,segnet,monai-unet32,monai-unet64")
     parser.add_argument("--paths", help="comma-separated (default: all; on CUDA the three PyTorch paths)")
@@ -717,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# covseg benchmark", "", f"{time.strftime('%Y-%m-%d')} · {_cpu_model()} · {torch.get_num_threads()} "
              f"threads{gpu} · torch {torch.__version__} · {args.size}×{args.size} · inference median of {args.repeats} "
              f"runs, training median of {args.train_steps} steps (batch 4, AdamW)", "",
-             f"Command: `python benchmarks/bench.py {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
+             f"Command: `{command} {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
     lines += _table(rows)
     peers = [(r, next((p for p in rows if p["model"] == "monai-" + r["model"] and p["path"] == r["path"]), None))
              for r in rows if r["model"].startswith("unet")]

@@ -559,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         from covseg.bench import main as bench_main
 
         try:
-            return bench_main(argv[1:])
+            return bench_main(argv[1:], command="covseg bench")
         except SystemExit as refused:  # the benchmark's one-line refusals: the CLI's own form and status
             if not isinstance(refused.code, str):
                 raise

@@ -40,6 +40,7 @@ def test_bench_main_writes_results(tmp_path: Path, capsys) -> None:
     assert main(["--models", "unet16", "--paths", "fp32-naive,covseg,onnxruntime,onnx-int8", "--size", "32", "--repeats", "1",
                  "--train-steps", "1", "--scan-slices", "3", "--side-by-side", "2", "--out", str(out)]) == 0
     text = out.read_text()
+    assert "Command: `python benchmarks/bench.py --models unet16 --paths" in text
     assert "| unet16 | covseg |" in text and "| unet16 | onnxruntime |" in text and "| unet16 | onnx-int8 | int8 |" in text and "Scan (inference only" in text and "Scan end to end" in text and "exit 0" in text
     assert "Forced to fp32" in text  # the fallback path's scan figure sits beside covseg's path
     assert "Side by side (fp32-naive and covseg's path, each in its own process, timed in turn for 2 rounds, each " \
@@ -310,3 +311,14 @@ def test_ctrl_c_during_the_bench_is_the_cli_s_interrupted_line(monkeypatch, caps
     monkeypatch.setattr(bench, "main", interrupted)
     assert cli_main(["bench", "--models", "unet16"]) == 130
     assert capsys.readouterr().err.strip() == "covseg: interrupted"
+
+
+def test_covseg_bench_names_itself_in_the_results_header(monkeypatch) -> None:
+    """Run as ``covseg bench`` the results file names that command, not ``python benchmarks/bench.py``."""
+    import covseg.bench as bench
+    from covseg.cli import main as cli_main
+
+    seen: list[tuple[list[str], str]] = []
+    monkeypatch.setattr(bench, "main", lambda argv, command="python benchmarks/bench.py": seen.append((argv, command)) or 0)
+    assert cli_main(["bench", "--models", "unet16"]) == 0
+    assert seen == [(["--models", "unet16"], "covseg bench")]
