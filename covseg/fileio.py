@@ -57,18 +57,27 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` if the block succeeds.
 
     The temporary name keeps ``final``'s suffixes so writers that pick a format by extension
-    (PIL, nibabel, matplotlib) still work. On error the temporary file is removed.
+    (PIL, nibabel, matplotlib) still work. On error the temporary file is removed, and an OSError about it
+    (a read-only folder, a full disk) names ``final`` instead.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(final.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}", dir=final.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}", dir=final.parent)
+    except OSError as err:  # a read-only folder, no space: name the file the user asked for, not the temporary one
+        err.filename, err.filename2 = str(final), None
+        raise
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual permissions
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, final)
+    except OSError as err:
+        if err.filename is not None and Path(os.fsdecode(err.filename)) == tmp_path:
+            err.filename, err.filename2 = str(final), None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

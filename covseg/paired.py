@@ -207,7 +207,8 @@ def read_fold_scores(cv_dir: Path) -> FoldScores:
     a ``covseg train --split cv:K`` run folder (its own ``eval-heldout/per_image.csv``). Each table must sit beside
     the ``metrics.json`` of a finished report of its run's own model as it is now (:func:`_check_own_model`)."""
     if not cv_dir.is_dir():
-        raise CovsegError(f"{cv_dir}: no such folder; give a `covseg cv` output folder (or its seed-S folder)")
+        raise CovsegError(f"{cv_dir}: no such folder; give a `covseg cv` output folder (or its seed-S folder), or a "
+                          "`covseg train --split cv:K` run folder")
     if (cv_dir / PER_IMAGE).is_file():
         _check_own_model(cv_dir)
         return {_fold_of_run(cv_dir): _read_per_image(cv_dir / PER_IMAGE)}
@@ -222,6 +223,12 @@ def read_fold_scores(cv_dir: Path) -> FoldScores:
                 else "run covseg cv into it first")
         raise CovsegError(f"{cv_dir}: no scored folds (fold-K/{PER_IMAGE.as_posix()}); {hint}")
     return scores
+
+
+def _table_path(cv_dir: Path, fold: str) -> Path:
+    """Where :func:`read_fold_scores` read ``fold``'s table: a run folder's own, else the cv folder's ``fold-K``."""
+    own = cv_dir / PER_IMAGE
+    return own if own.is_file() else cv_dir / fold / PER_IMAGE
 
 
 def _columns(table: Table) -> list[str]:
@@ -289,7 +296,7 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
             missing = [m for m in chosen if m not in columns]
             if missing:
                 choices = ", ".join(c for c in columns if c != "pixels" and not c.startswith("truth_"))
-                raise CovsegError(f"{name / fold / PER_IMAGE}: no column {missing[0]!r}; choose from {choices}")
+                raise CovsegError(f"{_table_path(name, fold)}: no column {missing[0]!r}; choose from {choices}")
     for fold in folds:
         _check_same_truth(reference[fold], candidate[fold], fold)
     differences, skipped = [], []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -822,3 +823,32 @@ def test_a_flag_and_an_override_that_say_the_same_number_agree(tiny_data: Path, 
     run = tmp_path / "run"
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1",
                  "-o", str(run), "--quiet", *TINY_OVERRIDES, "train.epochs=1.0"]) == 0
+
+
+def test_an_unwritable_output_names_the_file_asked_for_not_the_temporary_one(tmp_path: Path) -> None:
+    """atomic_path's temporary file beside ``-o`` is an implementation detail: a refusal names ``-o`` itself."""
+    import errno
+
+    from covseg.fileio import atomic_path, atomic_write_text
+
+    final = tmp_path / "out" / "cmp.md"
+    with pytest.raises(OSError) as raised:
+        with atomic_path(final) as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    assert raised.value.filename == str(final)
+    with pytest.raises(OSError) as raised:
+        with atomic_path(final):
+            raise OSError(errno.EIO, "other file", str(tmp_path / "elsewhere"))
+    assert raised.value.filename == str(tmp_path / "elsewhere")  # a file of its own is named as it is
+    real_mkstemp = tempfile.mkstemp
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(final.parent / ".cmp.md.abc.part.md"))
+
+    tempfile.mkstemp = refused
+    try:
+        with pytest.raises(OSError) as raised:
+            atomic_write_text(final, "x")
+    finally:
+        tempfile.mkstemp = real_mkstemp
+    assert raised.value.filename == str(final) and not list(final.parent.iterdir())

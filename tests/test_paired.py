@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -101,6 +102,9 @@ def test_a_single_cv_fold_run_counts_as_its_fold(tmp_path: Path, two_cvs: tuple[
     (run / "config.yaml").write_text("data:\n  split: cv:1\n", encoding="utf-8")
     (only,) = compare_cross_validations(two_cvs[0], run).differences
     assert (only.fold, only.candidate, only.images_up) == ("fold-1", pytest.approx(0.65), 1)  # f: nan in ref
+    # a column it lacks names the run's own table, not a fold-1 folder it does not have
+    with pytest.raises(CovsegError, match=rf"^{re.escape(str(run / 'eval-heldout' / 'per_image.csv'))}: no column"):
+        compare_cross_validations(run, two_cvs[0], metrics=["dice_ggo"])
     (run / "config.yaml").write_text("data:\n  split: official\n", encoding="utf-8")
     with pytest.raises(CovsegError, match="only when it trained on a cross-validation fold"):
         read_fold_scores(run)
