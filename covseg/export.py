@@ -103,7 +103,8 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
                 entry.key, entry.value = key, value
             onnx.save(graph, str(tmp))
     except OSError as err:  # name -o, not the hidden temporary file beside it that could not be made or written
-        if err.filename is None or not Path(err.filename).name.startswith(f".{Path(out).name}."):
+        named = None if err.filename is None else Path(err.filename)
+        if named is None or not (named == Path(out) or named.name.startswith(f".{Path(out).name}.")):
             raise
         raise CovsegError(f"{out}: cannot write there ({err.strerror or err}); check the path and "
                           "permissions") from None

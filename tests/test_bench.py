@@ -305,7 +305,7 @@ def test_ctrl_c_during_the_bench_is_the_cli_s_interrupted_line(monkeypatch, caps
     from covseg import bench
     from covseg.cli import main as cli_main
 
-    def interrupted(argv):
+    def interrupted(argv, command="python benchmarks/bench.py"):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bench, "main", interrupted)

@@ -206,7 +206,7 @@ def test_fp32_path_runs_folded_batch_norm_with_the_same_labels(tiny_run: Path, t
 
 def test_bf16_runs_the_folded_copy_when_its_labels_agree(tiny_run: Path, tiny_data: Path, monkeypatch) -> None:
     model, x = _model_and_slices(tiny_run, tiny_data)
-    monkeypatch.setattr(inference, "label_agreement", lambda a, b: 1.0)  # the choice, whatever this CPU's rounding
+    monkeypatch.setattr(inference, "label_agreement", lambda a, b, pixels=None: 1.0)  # the choice, whatever this CPU's rounding
     backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
     first = backend(x)
     assert backend._onnx is None and (backend._folded is None) == (backend._fused is not backend._folded)
@@ -225,7 +225,7 @@ def test_bf16_keeps_the_trained_model_when_only_it_agrees(tiny_run: Path, monkey
     """Folded weights rounded to bf16 may agree less with fp32: the trained model is tried before fp32."""
     model, config, _ = load_model(tiny_run)
     measured = iter([0.998, 0.9995])  # the folded copy's agreement, then the trained model's
-    monkeypatch.setattr(inference, "label_agreement", lambda a, b: next(measured))
+    monkeypatch.setattr(inference, "label_agreement", lambda a, b, pixels=None: next(measured))
     backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
     x = torch.rand(2, 1, config.data.input_size, config.data.input_size)
     out = backend(x)
@@ -240,7 +240,7 @@ def test_bf16_keeps_the_trained_model_when_only_it_agrees(tiny_run: Path, monkey
 def test_bf16_falls_back_to_fp32_when_neither_network_agrees(tiny_run: Path, monkeypatch, capsys) -> None:
     model, config, _ = load_model(tiny_run)
     measured = iter([0.998, 0.9985])
-    monkeypatch.setattr(inference, "label_agreement", lambda a, b: next(measured))
+    monkeypatch.setattr(inference, "label_agreement", lambda a, b, pixels=None: next(measured))
     backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
     x = torch.rand(2, 1, config.data.input_size, config.data.input_size)
     out = backend(x)
@@ -261,7 +261,7 @@ def test_a_fused_copy_that_cannot_run_gives_way_to_the_unfused_one(tiny_run: Pat
         raise RuntimeError("mkldnn_convolution_pointwise: bf16 path needs the cpu support avx512bw")
 
     monkeypatch.setattr(fusion.FusedConvReLU, "forward", fail)
-    monkeypatch.setattr(inference, "label_agreement", lambda a, b: 1.0)
+    monkeypatch.setattr(inference, "label_agreement", lambda a, b, pixels=None: 1.0)
     backend = TorchBackend(model, torch.device("cpu"), torch.bfloat16)
     x = torch.rand(2, 1, config.data.input_size, config.data.input_size)
     out = backend(x)
