@@ -143,6 +143,26 @@ def test_a_consistency_run_resumes_to_the_same_result(semi_data: Path, tmp_path:
     assert any(not torch.equal(off[k], full["model"][k]) for k in off)
 
 
+def test_the_teacher_averages_with_the_decay_the_config_sets(semi_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """run.py builds the mean teacher with ``train.teacher_decay`` (not a default),
+    and another decay gives another teacher."""
+    decays: list[float] = []
+    real = covseg.run.weight_average
+
+    def recording(model, decay):
+        decays.append(decay)
+        return real(model, decay)
+
+    monkeypatch.setattr(covseg.run, "weight_average", recording)
+    teachers = []
+    for decay in ("0.37", "0.9"):
+        out = tmp_path / f"decay-{decay}"
+        assert _train(semi_data, out, f"train.teacher_decay={decay}") == 0
+        teachers.append(read_checkpoint(out / "last.pt")["teacher"])
+    assert decays == [0.37, 0.9]
+    assert any(not torch.equal(teachers[0][k], teachers[1][k]) for k in teachers[0] if teachers[0][k].is_floating_point())
+
+
 def test_consistency_without_unlabelled_slices_is_refused(tiny_data: Path, tmp_path: Path, capsys) -> None:
     assert _train(tiny_data, tmp_path / "none") == 2
     err = capsys.readouterr().err.strip()
