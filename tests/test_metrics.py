@@ -248,3 +248,48 @@ def test_confusion_matrix_rejects_other_shapes_of_one_size_and_labels_out_of_ran
     with pytest.raises(ValueError, match="target holds label 3, outside 0..2"):
         confusion_matrix(np.array([0, 1]), np.array([3, 0]), 3)
     assert confusion_matrix(np.zeros((0, 4)), np.zeros((0, 4)), 2).tolist() == [[0, 0], [0, 0]]
+
+
+def test_mean_class_accuracy_averages_only_the_classes_the_truth_holds() -> None:
+    # truth holds classes 0 and 1; class 2 is only predicted: (1 + 0) / 2, not (1 + 0 + 0) / 3
+    cm = confusion_matrix(np.array([[0, 1]]), np.array([[0, 2]]), 3)
+    assert mean_class_accuracy(cm) == pytest.approx(0.5)
+
+
+def test_pooled_figures_weigh_pixels_and_per_image_means_weigh_images() -> None:
+    """Two binary images of different sizes: A (1x2) fully right, Dice 1; B (4x4) with 8 lesion pixels of which 4 are
+    found, Dice 2 * 4 / (8 + 4) = 2/3. Per image: (1 + 2/3) / 2 = 5/6. Pooled: TP 5, FN 4, FP 0 -> 10 / 14 = 5/7."""
+    from covseg.evaluation import evaluate_image, summarise
+    from covseg.labels import BINARY
+
+    def probs(pred: np.ndarray) -> np.ndarray:
+        return np.eye(2, dtype=np.float32)[pred].transpose(2, 0, 1)
+
+    truth_a = np.array([[0, 1]])
+    truth_b = np.zeros((4, 4), dtype=np.int64)
+    truth_b[:2] = 1
+    pred_b = truth_b.copy()
+    pred_b[1] = 0
+    d = summarise([evaluate_image("a", probs(truth_a), truth_a, BINARY),
+                   evaluate_image("b", probs(pred_b), truth_b, BINARY)], BINARY).to_dict()
+    assert d["per_image"]["dice"]["infection"] == pytest.approx(5 / 6, abs=1e-6)
+    assert d["pooled"]["dice"]["infection"] == pytest.approx(5 / 7, abs=1e-6)
+    assert d["pooled"]["sensitivity"]["infection"] == pytest.approx(5 / 9, abs=1e-6)
+
+
+def test_an_all_lesion_image_leaves_the_infnet_specificity_to_the_others() -> None:
+    """meanSpe is undefined (NaN) on an image without background; the summary's mean skips it, as the per-image
+    metrics skip undefined values, instead of turning the whole set's meanSpe into NaN."""
+    from covseg.evaluation import evaluate_image, summarise
+    from covseg.labels import BINARY
+
+    normal_truth = np.array([[0, 0, 1, 1]])
+    normal_probs = np.array([[[0.9, 0.4, 0.2, 0.1]], [[0.1, 0.6, 0.8, 0.9]]], dtype=np.float32)  # one false positive
+    lesion_truth = np.ones((1, 4), dtype=np.int64)
+    lesion_probs = np.array([[[0.1] * 4], [[0.9] * 4]], dtype=np.float32)
+    normal = evaluate_image("n", normal_probs, normal_truth, BINARY)
+    lesion = evaluate_image("l", lesion_probs, lesion_truth, BINARY)
+    assert math.isnan(lesion.infnet["meanSpe"]) and 0 < normal.infnet["meanSpe"] < 1
+    infnet = summarise([normal, lesion], BINARY).infnet
+    assert infnet["meanSpe"] == pytest.approx(normal.infnet["meanSpe"])
+    assert infnet["meanDic"] == pytest.approx((normal.infnet["meanDic"] + lesion.infnet["meanDic"]) / 2)

@@ -327,3 +327,14 @@ def test_an_error_metric_counts_images_and_folds_down(tmp_path: Path) -> None:
     assert "## infnet_mae (lower is better)" in table and "| fold | reference | candidate | Δ | images down |" in table
     assert "| fold-1 | 0.1000 | 0.0850 | -0.0150 | 2 of 2 |" in table
     assert "**-0.0150 ± 0.0000** | 2 of 2 folds down |" in table  # both folds' error fell (counted as "0 of 2 folds up" before)
+
+
+def test_the_summary_row_is_the_unweighted_mean_of_the_fold_means(tmp_path: Path) -> None:
+    """Fold 0 holds one image (+0.2), fold 1 three (+0.1 each): the folds weigh the same, +0.15, not the images'
+    +0.125; the spread is the sample std of +0.2 and +0.1, 0.0707."""
+    write_fold(tmp_path / "ref", 0, {"a": 0.5})
+    write_fold(tmp_path / "new", 0, {"a": 0.7})
+    write_fold(tmp_path / "ref", 1, {"b": 0.5, "c": 0.5, "d": 0.5})
+    write_fold(tmp_path / "new", 1, {"b": 0.6, "c": 0.6, "d": 0.6})
+    table = format_comparison(compare_cross_validations(tmp_path / "ref", tmp_path / "new"), "ref", "new")
+    assert "| 2 folds | 0.5000 | 0.6500 | **+0.1500 ± 0.0707** | 2 of 2 folds up |" in table
