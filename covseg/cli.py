@@ -441,7 +441,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if scan.is_file() and scan.resolve().parent == out and scan.name in SCAN_OUTPUTS:
             raise CovsegError(f"{scan}: covseg predict would write its own {scan.name} over this scan; give -o "
                               "another folder")
-    if scans:  # a --spacing in metres or micrometres is refused before the models load
+    if scans:  # a --spacing that is not three positive numbers is refused before the models load
         from covseg.volumes import check_spacing
 
         check_spacing(args.spacing)
@@ -544,6 +544,13 @@ def _file_system_refusal(err: OSError) -> int:
     return 2
 
 
+def _is_torch_out_of_memory(err: RuntimeError) -> bool:
+    """Whether ``err`` is PyTorch running out of memory (``torch.cuda.OutOfMemoryError`` or the CPU allocator's
+    "can't allocate memory" RuntimeError)."""
+    text = str(err)
+    return type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "out of memory" in text
+
+
 def _out_of_memory(err: MemoryError) -> int:
     """Print running out of memory as the CLI's one-line error; returns the exit status."""
     what = " ".join(str(err).split()) or "an allocation failed"
@@ -582,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
         return _file_system_refusal(err)
     except MemoryError as err:  # numpy's "Unable to allocate 37 GiB ...": one line, not a traceback
         return _out_of_memory(err)
+    except RuntimeError as err:  # PyTorch's allocators ("DefaultCPUAllocator: can't allocate memory", CUDA's own)
+        if not _is_torch_out_of_memory(err):
+            raise
+        return _out_of_memory(MemoryError(str(err).splitlines()[0][:200]))
     except KeyboardInterrupt:
         print("covseg: interrupted", file=sys.stderr)
         return 130

@@ -33,6 +33,7 @@ __all__ = [
     "available_recipes",
     "load_recipe",
     "apply_overrides",
+    "check_new_run",
     "config_to_dict",
     "config_from_dict",
 ]
@@ -460,14 +461,6 @@ def _validate(config: RunConfig, source: str) -> None:
     if config.model.norm != "batch" and config.model.name != "unet":
         raise CovsegError(f"{source}: model.norm is {config.model.norm!r}, but only U-Net has other normalisations; "
                           f"leave model.norm at batch for {config.model.name}")
-    if not config.model.batch_norm and config.model.name != "unet":  # SegNet always normalises (VGG16's batch norm)
-        raise CovsegError(f"{source}: model.batch_norm is false, but only U-Net can leave out normalisation; leave "
-                          f"model.batch_norm at true for {config.model.name}")
-    if not config.model.batch_norm and config.model.norm != "batch":  # batch_norm false builds no norm at all
-        norm = config.model.norm
-        raise CovsegError(f"{source}: model.batch_norm is false (no normalisation) but model.norm is {norm!r}; pick "
-                          f"one: model.norm={norm} with model.batch_norm=true, or model.batch_norm=false with "
-                          "model.norm=batch")
     _validate_augment(config.train.augment, source)
     most = _MAX_DEPTH.get(config.model.name)
     if most is not None and config.model.depth > most:  # before the sizes, which a wrong depth makes look wrong
@@ -481,8 +474,31 @@ def _validate(config: RunConfig, source: str) -> None:
         raise CovsegError(f"{source}: train.augment.crop is {crop}, larger than data.input_size "
                           f"{config.data.input_size}; use a smaller crop, or 0 for whole images")
     _check_model_multiple("train.augment.crop", crop, config.model.depth, source)
+
+
+def check_new_run(config: RunConfig) -> None:
+    """Checks for a run about to begin, beyond :func:`validate`'s: settings that older covseg versions accepted and
+    trained (so their saved runs must still load, evaluate and resume) but that do not train what they say.
+
+    A crop larger than ``train.progressive_size`` (the progressive epochs could not cut it) or too small for the
+    bottleneck (instance norm, or batch norm on a batch of one, fails on a 1 x 1 map), ``model.batch_norm=false`` on
+    SegNet (ignored: it always normalises) or beside a ``model.norm`` other than batch (no normalisation at all is
+    built) raise a one-line :class:`CovsegError`."""
+    t, m = config.train, config.model
+    crop, progressive = t.augment.crop, t.progressive_size
+    if crop > progressive > 0:  # a crop is cut from the resampled slice: larger than it, none would be cut
+        raise CovsegError(f"train.augment.crop is {crop}, larger than train.progressive_size {progressive}, so "
+                          f"the progressive epochs could not crop; use a crop of at most {progressive}, or "
+                          "train.progressive_size=0 train.progressive_fraction=0")
     if crop:
-        _check_bottleneck("train.augment.crop", crop, config.model.depth, source)
+        _check_bottleneck("train.augment.crop", crop, m.depth, "config")
+    if not m.batch_norm and m.name != "unet":  # SegNet always normalises (VGG16's batch norm)
+        raise CovsegError(f"model.batch_norm is false, but only U-Net can leave out normalisation; leave "
+                          f"model.batch_norm at true for {m.name}")
+    if not m.batch_norm and m.norm != "batch":  # batch_norm false builds no norm at all
+        raise CovsegError(f"model.batch_norm is false (no normalisation) but model.norm is {m.norm!r}; pick "
+                          f"one: model.norm={m.norm} with model.batch_norm=true, or model.batch_norm=false with "
+                          "model.norm=batch")
 
 
 def _check_model_multiple(option: str, side: int, depth: int, source: str) -> None:

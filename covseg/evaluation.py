@@ -233,34 +233,45 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
                  n_figure: int = 3) -> dict[str, Any]:
     """Write ``metrics.json``, ``metrics.md``, ``per_image.csv`` and ``best_worst.png`` into ``out_dir``.
 
-    The report appears whole or not at all: its files are written into a temporary folder beside ``out_dir``, which
-    becomes ``out_dir`` once every file is complete. Where ``out_dir`` exists already (an older report, or a folder
-    given with ``-o`` that holds other files too, which are kept) the finished files are moved into it (renames, which
-    need no disk space), ``metrics.json`` last; a failed write (a full disk) changes nothing there and raises a
-    one-line :class:`CovsegError` naming ``out_dir``. ``best_worst.png`` is left out (an old one removed) when no image
+    The report appears whole or not at all: its files are written into a temporary folder beside a new ``out_dir``,
+    which becomes ``out_dir`` once every file is complete. Where ``out_dir`` exists already (an older report, or a
+    folder given with ``-o`` that holds other files too, which are kept) they are written into a temporary folder
+    inside it (so a read-only parent or a mount point does not matter) and then moved into place (renames, which need
+    no disk space), ``metrics.json`` last; a write that fails (a full disk) before the moves changes nothing there.
+    Failures raise a one-line :class:`CovsegError` naming ``out_dir``. ``best_worst.png`` is left out (an old one removed) when no image
     has a foreground Dice."""
     out_dir = Path(out_dir)
     data = {**(extra or {}), **ev.to_dict()}
     with folders_made_for(out_dir):  # a failed first report leaves no empty folders behind
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
+        existed = out_dir.is_dir()
+        # stage inside an existing -o (its own file system, perhaps a mount; its parent may be read-only), else beside
+        where = out_dir if existed else out_dir.parent
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=".report." if existed else f".{out_dir.name}.", suffix=".part",
+                                          dir=where))
+        except OSError as err:
+            raise CovsegError(f"{out_dir}: cannot write the report there ({err.strerror or err}); check the path and "
+                              "permissions, or give -o another folder") from None
         try:
             try:
                 _write_report_files(ev, stage, title, data, n_figure)
-            except OSError as err:
-                raise CovsegError(f"{out_dir}: the report could not be written ({type(err).__name__}: "
-                                  f"{err.strerror or err}); is the disk full? Free space there or give -o another "
-                                  "folder (nothing of this report was left there)") from None
-            os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; give the report the usual permissions
-            if not out_dir.exists():
-                os.replace(stage, out_dir)
-            else:
-                (out_dir / "metrics.json").unlink(missing_ok=True)  # an old metrics.json never marks new tables
+                os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; give the report the usual permissions
+                if not existed:
+                    os.replace(stage, out_dir)
+                    return data
+                # renames within one folder's file system, which need no space; metrics.json last, as it marks a
+                # finished evaluation, and an old one never stays beside new tables
+                (out_dir / "metrics.json").unlink(missing_ok=True)
                 for name in REPORT_FILES:
                     if (stage / name).is_file():
                         os.replace(stage / name, out_dir / name)
                     else:
                         (out_dir / name).unlink(missing_ok=True)  # an older report's figure, of other images
+            except OSError as err:
+                raise CovsegError(f"{out_dir}: the report could not be written ({type(err).__name__}: "
+                                  f"{err.strerror or err}); is the disk full? Free space there or give -o another "
+                                  "folder") from None
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     return data

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from covseg import __version__
 from covseg.checkpoint import build_model, cpu_state_dict, read_checkpoint, save_checkpoint
-from covseg.config import DataConfig, RunConfig, TrainConfig, config_from_dict, config_to_dict
+from covseg.config import DataConfig, RunConfig, TrainConfig, check_new_run, config_from_dict, config_to_dict
 from covseg.consistency import ConsistencyTerm
 from covseg.distill import DistillTerm, load_teachers
 from covseg.datasets import Sample, load_dataset
@@ -342,12 +342,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     device = device or resolve_device(t.device)  # a device or precision that cannot run is refused before writing
     dtype = resolve_precision(t.precision, device)
     if not resume:
-        crop, progressive = t.augment.crop, t.progressive_size
-        if crop > progressive > 0:  # a crop is cut from the resampled slice: larger than it, none would be cut
-            # refused for new runs only: a run trained so before this check still loads, evaluates and resumes
-            raise CovsegError(f"train.augment.crop is {crop}, larger than train.progressive_size {progressive}, so "
-                              f"the progressive epochs could not crop; use a crop of at most {progressive}, or "
-                              "train.progressive_size=0 train.progressive_fraction=0")
+        check_new_run(config)  # for new runs only: a run trained so before these checks still loads and resumes
         if not planned.get("train"):
             raise CovsegError(f"split {d.split} leaves no training images (data.val_fraction {d.val_fraction:g} of "
                               f"{len(samples)}); lower data.val_fraction or use another --split")

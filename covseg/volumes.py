@@ -69,13 +69,14 @@ MIN_SLICES: int = 2
 GAP_FACTOR: float = 1.5
 """A step between consecutive slices longer than this times the median step counts as missing slices."""
 
-PIXEL_MM_RANGE: tuple[float, float] = (0.1, 10.0)
+PIXEL_MM_RANGE: tuple[float, float] = (0.02, 10.0)
 """Plausible in-plane voxel size of a CT in mm (between rows, between columns), inclusive. Clinical CT has about
-0.2..1.5 mm pixels, resampled or thumbnail scans a few mm; a voxel size outside this range is refused (by every reader
-and for ``--spacing``) as given in another unit: metres or micrometres read as mm put it about 1000x off, which makes
-the lung mask allocate tens of GB or the reported volumes absurd."""
+0.2..1.5 mm pixels, small-field and micro-CT down to a few hundredths of a mm, resampled or thumbnail scans a few mm; a
+voxel size outside this range is refused (by every reader, and for the ``--spacing`` of a folder of images) as given in
+another unit: metres read as mm (at most about 0.01) or micrometres (hundreds) put it about 1000x off, which makes the
+lung mask allocate tens of GB or the reported volumes absurd."""
 
-SLICE_MM_RANGE: tuple[float, float] = (0.1, 30.0)
+SLICE_MM_RANGE: tuple[float, float] = (0.02, 30.0)
 """Plausible distance between a CT's slice planes in mm, inclusive (thin-slice 0.5 mm to thick 10 mm slices, and
 sparse series with a few slices); outside it refused like :data:`PIXEL_MM_RANGE`."""
 
@@ -178,7 +179,7 @@ def _unit_hint(spacing: Sequence[float]) -> str:
         return f"{what} like metres (x 1000 gives mm)"
     if fits(1e-3):
         return f"{what} like micrometres (/ 1000 gives mm)"
-    return "metres or micrometres given?"
+    return "the voxel size is outside what covseg expects of a CT; check it"
 
 
 def check_voxel_size(spacing: Sequence[float], source: str, origin: str, hint: str | None = None) -> None:
@@ -822,7 +823,8 @@ def _read_image_plane(path: Path) -> np.ndarray:
 
 def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
     """A ``--spacing Z Y X`` given in mm as three floats (None stays None); refused in one line when not three positive
-    numbers, or outside the plausible ranges (:func:`check_voxel_size`)."""
+    numbers. Whether the numbers are plausible (:func:`check_voxel_size`) is checked where they are used: for a folder
+    of 2-D images (a NIfTI or DICOM scan carries its own voxel size, and ignores them with a warning)."""
     if spacing is None:
         return None
     try:
@@ -831,7 +833,6 @@ def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]
         values = ()
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
         raise CovsegError(f"--spacing {spacing!r}: give three positive numbers Z Y X in mm (slice, row, column)")
-    check_voxel_size(values, "--spacing " + " ".join(f"{v:g}" for v in values), "as given")
     return values  # type: ignore[return-value]
 
 
@@ -841,6 +842,7 @@ def _read_image_stack(folder: Path, paths: Sequence[Path], spacing: tuple[float,
             f"{folder}: a folder of 2-D images carries no voxel size; pass --spacing Z Y X (mm between slices, "
             "rows and columns)"
         )
+    check_voxel_size(spacing, "--spacing " + " ".join(f"{v:g}" for v in spacing), f"given for {folder}")
     planes = []
     for p in paths:
         plane = _read_image_plane(p)

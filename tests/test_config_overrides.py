@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
-from covseg.config import apply_overrides, config_from_dict, config_to_dict, load_recipe
+from covseg.config import apply_overrides, check_new_run, config_from_dict, config_to_dict, load_recipe
 from covseg.errors import CovsegError
 
 from conftest import TINY_OVERRIDES
@@ -49,30 +50,44 @@ def test_numbers_yaml_reads_in_another_base_are_refused(override: str, message: 
         apply_overrides(load_recipe("default"), [override])
 
 
-def test_a_crop_too_small_for_the_bottleneck_is_refused_with_the_config() -> None:
+def test_a_crop_too_small_for_the_bottleneck_is_refused_for_a_new_run(tmp_path: Path) -> None:
     # before: accepted, and training crashed at its first step (instance norm on a 1 x 1 bottleneck)
-    with pytest.raises(CovsegError, match=r"^override: train.augment.crop is 4; a model of depth 2 needs at least 8 "
-                                          r"\(2 x 2\*\*depth\), so that its bottleneck keeps 2 x 2 pixels$"):
-        apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "model.norm=instance", "train.augment.crop=4"])
-    assert apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.augment.crop=8"]).train.augment.crop == 8
-    assert apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.augment.crop=0"]).train.augment.crop == 0
+    message = (r"^config: train.augment.crop is 4; a model of depth 2 needs at least 8 \(2 x 2\*\*depth\), so that its "
+               r"bottleneck keeps 2 x 2 pixels$")
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "model.norm=instance", "train.augment.crop=4"])
+    with pytest.raises(CovsegError, match=message):
+        check_new_run(config)
+    check_new_run(apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.augment.crop=8"]))
+    check_new_run(apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.augment.crop=0"]))
+    # a run saved with it by older covseg still loads (to evaluate, predict or export it)
+    assert config_from_dict(config_to_dict(config)).train.augment.crop == 4
 
 
-def test_batch_norm_false_is_refused_where_it_would_be_ignored_or_contradict_model_norm() -> None:
-    with pytest.raises(CovsegError, match="^override: model.batch_norm is false, but only U-Net can leave out "
+def test_batch_norm_false_is_refused_for_a_new_run_where_it_would_be_ignored_or_contradict_model_norm() -> None:
+    with pytest.raises(CovsegError, match="^model.batch_norm is false, but only U-Net can leave out "
                                           "normalisation; leave model.batch_norm at true for segnet$"):
-        apply_overrides(load_recipe("segnet"), ["model.batch_norm=false"])
-    with pytest.raises(CovsegError, match="^override: model.batch_norm is false \\(no normalisation\\) but model.norm "
+        check_new_run(apply_overrides(load_recipe("segnet"), ["model.batch_norm=false"]))
+    with pytest.raises(CovsegError, match="^model.batch_norm is false \\(no normalisation\\) but model.norm "
                                           "is 'instance'; pick one: model.norm=instance with model.batch_norm=true, "
                                           "or model.batch_norm=false with model.norm=batch$"):
-        apply_overrides(load_recipe("default", task="multiclass"), ["model.batch_norm=false"])
-    plain = apply_overrides(load_recipe("default"), ["model.batch_norm=false"]).model  # U-Net without normalisation
-    assert (plain.batch_norm, plain.norm) == (False, "batch")
-    # a saved config is checked the same way
+        check_new_run(apply_overrides(load_recipe("default", task="multiclass"), ["model.batch_norm=false"]))
+    plain = apply_overrides(load_recipe("default"), ["model.batch_norm=false"])  # U-Net without normalisation
+    check_new_run(plain)
+    assert (plain.model.batch_norm, plain.model.norm) == (False, "batch")
+    # a saved config of an older covseg still loads
     saved = config_to_dict(load_recipe("segnet"))
     saved["model"]["batch_norm"] = False
-    with pytest.raises(CovsegError, match="only U-Net can leave out normalisation"):
-        config_from_dict(saved)
+    assert config_from_dict(saved).model.batch_norm is False
+
+
+def test_train_refuses_those_settings_before_writing_anything(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    from covseg.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o", str(out), "--quiet",
+                 *TINY_OVERRIDES, "model.norm=instance", "train.augment.crop=4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.augment.crop is 4" in err[0] and not out.exists()
 
 
 def test_the_segnet_recipe_says_how_to_compare_under_todays_default_and_those_commands_work() -> None:

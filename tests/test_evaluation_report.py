@@ -85,6 +85,35 @@ def test_a_full_disk_leaves_no_half_report_and_names_the_folder(tmp_path: Path, 
     assert sorted(p.name for p in out.parent.iterdir()) == ["eval"]
 
 
+def test_a_report_into_an_existing_folder_is_staged_inside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An existing -o may sit in a read-only folder or be a mount point: the report is staged inside it (renames
+    within its file system), not beside it; a stage that cannot be made is one line naming -o."""
+    import tempfile
+
+    out = tmp_path / "parent" / "eval"
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    real = tempfile.mkdtemp
+    stages: list[Path] = []
+
+    def recording(*args, **kwargs):
+        stages.append(Path(kwargs["dir"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording)
+    write_report(_evaluation([2, 3]), out, "first")
+    assert stages == [out]
+    assert sorted(p.name for p in out.iterdir()) == ["best_worst.png", "metrics.json", "metrics.md", "notes.txt",
+                                                    "per_image.csv"]
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(Path(kwargs["dir"]) / ".report.x.part"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    with pytest.raises(CovsegError, match=rf"^{out}: cannot write the report there \(Permission denied\)"):
+        write_report(_evaluation([2, 3]), out, "second")
+
+
 def test_no_lesion_in_any_truth_says_what_the_model_called(tmp_path: Path, capsys) -> None:
     out = tmp_path / "eval"
     metrics = write_report(_evaluation([0, 3, 2], lesion=False), out, "healthy")

@@ -266,7 +266,7 @@ def test_html_colours_are_the_overlay_colours_and_named(monkeypatch) -> None:
     assert bars and all(tuple(round(255 * v) for v in b.get_facecolor()[:3]) == (255, 64, 64) for b in bars)
 
 
-def test_a_spacing_in_metres_is_refused_before_the_models_load(tmp_path: Path, capsys) -> None:
+def test_a_spacing_in_metres_is_refused_for_a_folder_of_images(tmp_path: Path, tiny_run: Path, capsys) -> None:
     """--spacing 0.0025 0.0009 0.0009 (metres) made the lung mask allocate tens of GB; now one line, exit 2."""
     from PIL import Image
 
@@ -274,11 +274,16 @@ def test_a_spacing_in_metres_is_refused_before_the_models_load(tmp_path: Path, c
     for z in range(3):
         Image.fromarray(np.full((16, 16), 40 * z, np.uint8)).save(tmp_path / "stack" / f"{z}.png")
     out = tmp_path / "o"
-    assert main(["predict", str(tmp_path / "stack"), "-o", str(out), "--model", str(tmp_path / "no-model"),
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "stack"), "-o", str(out), "--model", str(tiny_run),
                  "--spacing", "0.0025", "0.0009", "0.0009", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("covseg: error: --spacing 0.0025 0.0009 0.0009: voxel size"), err
     assert "they look like metres" in err[0] and not out.exists()
+    # a micro-CT's 0.05 mm is a CT's voxel size (the bound catches metres, which stay under about 0.01)
+    from covseg.volumes import check_voxel_size
+
+    check_voxel_size((0.05, 0.05, 0.05), "micro-CT", "as given")
 
 
 def test_segment_scan_refuses_a_volume_whose_spacing_is_not_mm(phantom) -> None:
@@ -292,6 +297,26 @@ def test_segment_scan_refuses_a_volume_whose_spacing_is_not_mm(phantom) -> None:
     volume = dataclasses.replace(read_volume(phantom[0]), spacing=(0.0025, 0.0009, 0.0009))
     with pytest.raises(CovsegError, match=r"voxel size 0\.0025 x 0\.0009 x 0\.0009 mm .* they look like metres"):
         segment_scan(volume, None, BINARY, progress=False)  # refused before the lung mask, or any model
+
+
+def test_pytorch_running_out_of_memory_is_one_line_too(monkeypatch, capsys) -> None:
+    import covseg.cli as cli
+
+    def allocate(args):  # the CPU allocator's RuntimeError, without allocating anything
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] . DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 1152921504606846976 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setitem(cli.COMMANDS, "predict", allocate)
+    assert main(["predict", "scan.nii.gz", "-o", "out", "--model", "m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("covseg: error: out of memory ([enforce fail"), err
+
+    def other(args):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setitem(cli.COMMANDS, "predict", other)
+    with pytest.raises(RuntimeError, match="some other failure"):  # other errors are not dressed up as memory
+        main(["predict", "scan.nii.gz", "-o", "out", "--model", "m"])
 
 
 def test_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys) -> None:
