@@ -56,9 +56,11 @@ def save_checkpoint(path: Path, model: nn.Module, config: RunConfig, epoch: int,
             torch.save(payload, tmp)
     except (RuntimeError, OSError) as err:
         kept = f"; the {Path(path).name} already there is kept as it was" if Path(path).is_file() else ""
+        run_dir = Path(path).parent
+        then = (f" (or train to another folder with -o) and resume with covseg train --resume {run_dir}"
+                if (run_dir / "config.yaml").is_file() else "")  # a run folder, not some other checkpoint's place
         raise CovsegError(f"{path}: the checkpoint could not be written ({_first_line(err)}); is the disk full? "
-                          f"Free space on it (or train to another folder with -o) and resume with "
-                          f"covseg train --resume {Path(path).parent}{kept}") from None
+                          f"Free space on it{then}{kept}") from None
 
 
 def _first_line(err: BaseException, limit: int = 120) -> str:

@@ -22,6 +22,8 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_checkpoint(tmp_p
     config = _config()
     model = build_model(config)
     path = tmp_path / "run" / "last.pt"
+    path.parent.mkdir()
+    (path.parent / "config.yaml").write_text("recipe: tiny\n", encoding="utf-8")  # a run folder: resuming is the fix
     save_checkpoint(path, model, config, 1, 0.5)
     good = path.read_bytes()
 
@@ -38,13 +40,17 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_checkpoint(tmp_p
     assert "disk full" in message and f"covseg train --resume {path.parent}" in message
     assert "last.pt already there is kept" in message
     assert path.read_bytes() == good  # the good checkpoint is not replaced by a half-written one
-    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary file left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml", "last.pt"]  # no temporary file left
 
     fresh = tmp_path / "run" / "best.pt"  # nothing there before: nothing there after
     monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(CovsegError, match=r"best.pt: the checkpoint could not be written \(OSError: .*No space left"):
         save_checkpoint(fresh, model, config, 2, 0.6)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml", "last.pt"]
+    elsewhere = tmp_path / "bench" / "untrained.pt"  # not a run folder (the bench's own model): no resume advice
+    with pytest.raises(CovsegError) as caught:
+        save_checkpoint(elsewhere, model, config, 0, None)
+    assert "disk full? Free space on it" in str(caught.value) and "--resume" not in str(caught.value)
 
 
 def test_weights_of_another_shape_name_the_first_mismatch_and_the_fix(tmp_path: Path) -> None:
