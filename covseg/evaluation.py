@@ -20,7 +20,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.fileio import folders_made_for
+from covseg.fileio import current_umask, folders_made_for, staging_folder
 from covseg.figures import plot_grid
 from covseg.labels import LabelScheme
 from covseg.metrics import (
@@ -244,19 +243,15 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
     data = {**(extra or {}), **ev.to_dict()}
     with folders_made_for(out_dir):  # a failed first report leaves no empty folders behind
         existed = out_dir.is_dir()
-        # stage inside an existing -o (its own file system, perhaps a mount; its parent may be read-only), else beside
-        where = out_dir if existed else out_dir.parent
         try:
-            where.mkdir(parents=True, exist_ok=True)
-            stage = Path(tempfile.mkdtemp(prefix=".report." if existed else f".{out_dir.name}.", suffix=".part",
-                                          dir=where))
+            stage = staging_folder(out_dir)
         except OSError as err:
             raise CovsegError(f"{out_dir}: cannot write the report there ({err.strerror or err}); check the path and "
                               "permissions, or give -o another folder") from None
         try:
             try:
                 _write_report_files(ev, stage, title, data, n_figure)
-                os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; give the report the usual permissions
+                os.chmod(stage, 0o777 & ~current_umask())  # mkdtemp makes 0700; give the report the usual permissions
                 if not existed:
                     os.replace(stage, out_dir)
                     return data
@@ -275,12 +270,6 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     return data
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_report_files(ev: Evaluation, folder: Path, title: str, data: dict[str, Any], n_figure: int) -> None:

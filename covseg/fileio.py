@@ -11,8 +11,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "interrupts_deferred", "file_sha256", "unwritable_reason",
-           "folders_made_for"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "staging_folder", "current_umask", "interrupts_deferred",
+           "file_sha256", "unwritable_reason", "folders_made_for"]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -68,7 +68,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     except OSError as err:  # a read-only folder, no space: name the file the user asked for, not the temporary one
         err.filename, err.filename2 = str(final), None
         raise
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual permissions
+    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give outputs the usual permissions
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -83,7 +83,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-mode creation mask (read without changing it for good)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -113,6 +114,23 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def staging_folder(out_dir: str | os.PathLike) -> Path:
+    """A new temporary folder on ``out_dir``'s file system, so that files written there can be renamed into place:
+    inside ``out_dir`` where it exists (it may be a mount point, a Docker volume, in a read-only folder), else beside
+    it (its parent made as needed). An OSError names the folder it could not be made in, not the temporary name."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        where, prefix = out_dir, ".covseg-"
+    else:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        where, prefix = out_dir.parent, f".{out_dir.name}."
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=where))
+    except OSError as err:
+        err.filename, err.filename2 = str(where), None
+        raise
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig
 from covseg.datasets import read_image
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_path, folders_made_for
+from covseg.fileio import atomic_path, folders_made_for, staging_folder
 from covseg.figures import overlay
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
@@ -247,19 +247,12 @@ def write_label_nifti(labels: np.ndarray, reference: Path, out: Path) -> None:
 
 
 def _stage_dir(out_dir: Path) -> Path:
-    """A temporary folder on ``out_dir``'s file system, so its files can be renamed into place: inside ``out_dir``
-    where it exists (it may be a mount point, a Docker volume), else beside it."""
-    import tempfile
-
-    if out_dir.is_dir():
-        where, prefix = out_dir, ".covseg-"
-    else:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        where, prefix = out_dir.parent, f".{out_dir.name}."
+    """:func:`covseg.fileio.staging_folder` of ``out_dir``, refused in one line where it cannot be made."""
     try:
-        return Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=where))
+        return staging_folder(out_dir)
     except OSError as err:
-        raise CovsegError(f"{where}: cannot write there ({err.strerror}); check the path and permissions") from None
+        raise CovsegError(f"{err.filename}: cannot write there ({err.strerror}); check the path and "
+                          "permissions") from None
 
 
 def _publish(stage: Path, out_dir: Path) -> None:

@@ -97,10 +97,8 @@ def int8_agreement(fp32_session: Any, int8_session: Any, batches: Sequence[np.nd
     feeds = [{"image": np.ascontiguousarray(b, dtype=np.float32)} for b in batches]
     logits = [torch.from_numpy(np.concatenate([session.run(["logits"], feed)[0] for feed in feeds]))
               for session in (fp32_session, int8_session)]
-    if image_pixels is None:
-        return label_agreement(*logits)
-    inside = torch.from_numpy(np.concatenate(image_pixels))
-    return float((logits[0].argmax(1) == logits[1].argmax(1))[inside].float().mean())
+    inside = None if image_pixels is None else torch.from_numpy(np.concatenate(image_pixels))
+    return label_agreement(*logits, inside)
 
 
 def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig,
@@ -111,9 +109,10 @@ def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig,
     (all of them for ``data.resize=stretch``; the slice's box, not the padding, for ``pad``:
     :func:`covseg.transforms.fit_box`). A part the split leaves empty gets no batches."""
     from covseg.datasets import load_dataset
-    from covseg.inference import network_input
+    from covseg.inference import image_pixels, network_input
     from covseg.run import read_run_info
     from covseg.splits import load_split
+    from covseg.transforms import fit_box
 
     if data is None:
         data = read_run_info(run_dir).get("data")
@@ -133,21 +132,10 @@ def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig,
         images = [by_name[name] for name in split[part]]
         inputs[part] = [network_input(images[i:i + 8], config.data.input_size, config.data.normalize,
                                       config.data.resize).numpy() for i in range(0, len(images), 8)]
-        inputs[f"{part}_pixels"] = [np.stack([_image_pixels(image.shape[:2], config.data.input_size,
-                                                            config.data.resize) for image in images[i:i + 8]])
+        boxes = [fit_box(*image.shape[:2], config.data.input_size, config.data.resize) for image in images]
+        inputs[f"{part}_pixels"] = [image_pixels(boxes[i:i + 8], config.data.input_size).numpy()
                                     for i in range(0, len(images), 8)]
     return inputs
-
-
-def _image_pixels(shape: tuple[int, ...], size: int, resize: str) -> np.ndarray:
-    """``(size, size)`` bool: where an image of ``shape`` (height, width) lies in the network input
-    (:func:`covseg.transforms.fit_box`)."""
-    from covseg.transforms import fit_box
-
-    top, left, h, w = fit_box(shape[0], shape[1], size, resize)
-    mask = np.zeros((size, size), dtype=bool)
-    mask[top:top + h, left:left + w] = True
-    return mask
 
 
 def int8_calibration(config: RunConfig, run_dir: Path, data: str | None) -> dict[str, list[np.ndarray]]:

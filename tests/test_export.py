@@ -371,7 +371,12 @@ def int8_file(tiny_run: Path, tmp_path_factory) -> Path:
 
 
 def test_int8_agreement_counts_the_slice_s_pixels_not_its_padding() -> None:
-    from covseg.quantize import _image_pixels, int8_agreement
+    from covseg.inference import image_pixels
+    from covseg.quantize import int8_agreement
+    from covseg.transforms import fit_box
+
+    def _image_pixels(shape: tuple[int, int], size: int, resize: str) -> np.ndarray:
+        return image_pixels([fit_box(*shape, size, resize)], size)[0].numpy()
 
     class Session:  # logits that call class 1 where the input is above ``cut``
         def __init__(self, cut: float) -> None:
