@@ -45,7 +45,7 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("train.augment.rotate_deg=-5", "rotate_deg is -5.0; it must be >= 0"),
                          ("model.block=dense", "model.block is 'dense'; use one of plain, residual"),
                          ("model.block=residual", "only U-Net has other blocks; leave model.block at plain for segnet"),
-                         ("model.norm=group", "model.norm is 'group'; use one of batch, instance"),
+                         ("model.norm=layer", "model.norm is 'layer'; use one of batch, instance, group"),
                          ("model.norm=instance", "only U-Net has other normalisations; leave model.norm at batch for segnet"),
                          ("model.dropout=1", r"model.dropout is 1.0; it must be a share in \[0, 1\)"),
                          ("model.dropout=0.2", "only U-Net has dropout; leave model.dropout at 0 for segnet"),

@@ -533,7 +533,8 @@ def test_int8_export_warns_below_the_agreement_bar_and_keeps_the_root_logger(tin
 
 
 @pytest.mark.parametrize("block,norm,attention", [("plain", "batch", False), ("residual", "batch", False),
-                                                  ("plain", "instance", False), ("plain", "batch", True)])
+                                                  ("plain", "instance", False), ("plain", "group", False),
+                                                  ("plain", "batch", True)])
 def test_every_unet_block_exports_with_folded_batch_norm_and_quantizes(block: str, norm: str, attention: bool,
                                                                        tmp_path: Path) -> None:
     """The fp32 ONNX graph of a batch-norm-folded U-Net (or an instance-norm one, whose norms stay) gives the torch
@@ -543,7 +544,7 @@ def test_every_unet_block_exports_with_folded_batch_norm_and_quantizes(block: st
     from covseg.quantize import quantize_network
 
     torch.manual_seed(0)
-    model = create_model("unet", num_classes=3, width=4, depth=2, block=block, norm=norm, attention=attention)
+    model = create_model("unet", num_classes=3, width=8, depth=2, block=block, norm=norm, attention=attention)
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.3, 3.0)

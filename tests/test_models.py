@@ -14,6 +14,7 @@ VARIANTS = {
     "unet": ("unet", {"width": 4, "depth": 2}),
     "unet-residual": ("unet", {"width": 4, "depth": 2, "block": "residual"}),
     "unet-instance": ("unet", {"width": 4, "depth": 2, "norm": "instance"}),
+    "unet-group": ("unet", {"width": 8, "depth": 2, "norm": "group"}),
     "unet-attention": ("unet", {"width": 4, "depth": 2, "attention": True}),
     "segnet": ("segnet", {"width": 4, "depth": 2}),
 }
@@ -82,8 +83,8 @@ def test_folding_batch_norm_keeps_the_function_and_the_original(variant: str) ->
     torch.manual_seed(0)
     model = small(variant, num_classes=3)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    if VARIANTS[variant][1].get("norm") == "instance":
-        assert not norms  # nothing to fold: instance norm stays, and the function with it
+    if VARIANTS[variant][1].get("norm") in ("instance", "group"):
+        assert not norms  # nothing to fold: instance or group norm stays, and the function with it
         x = torch.rand(2, 1, 32, 32)
         with torch.inference_mode():
             torch.testing.assert_close(fold_batch_norm(model)(x), model.eval()(x))
@@ -110,7 +111,7 @@ def test_fused_conv_relu_gives_the_bf16_logits_of_the_folded_model(variant: str)
     folded = fold_batch_norm(small(variant, num_classes=3)).to(memory_format=torch.channels_last)
     fused = fuse_conv_relu_bf16(folded)
     count = sum(isinstance(m, FusedConvReLU) for m in fused.modules())
-    if VARIANTS[variant][1].get("norm") == "instance":
+    if VARIANTS[variant][1].get("norm") in ("instance", "group"):
         assert count == 0  # a norm between convolution and ReLU stops the fusion
     else:  # every ReLU inside a Sequential follows a convolution there (the residual block's outer one does not)
         in_sequential = sum(isinstance(m, torch.nn.ReLU) for seq in folded.modules()
@@ -165,28 +166,45 @@ def test_fused_conv_relu_leaves_the_model_where_unavailable(monkeypatch) -> None
     assert fusion.fuse_conv_relu_bf16(model) is model
 
 
-def test_instance_norm_unet_treats_each_image_alone_even_in_training() -> None:
-    # batch norm in training mode mixes the images of a batch; instance norm does not: an image's logits are the
-    # same alone as beside another, and in training and eval mode alike (no running statistics)
+@pytest.mark.parametrize("norm,norm_type", [("instance", torch.nn.InstanceNorm2d), ("group", torch.nn.GroupNorm)])
+def test_instance_and_group_norm_unets_treat_each_image_alone_even_in_training(norm: str, norm_type: type) -> None:
+    # batch norm in training mode mixes the images of a batch; instance and group norm do not: an image's logits are
+    # the same alone as beside another, and in training and eval mode alike (no running statistics)
     torch.manual_seed(0)
-    model = create_model("unet", num_classes=2, width=4, depth=2, norm="instance").train()
+    model = create_model("unet", num_classes=2, width=8, depth=2, norm=norm).train()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     # two per block: 3 encoder, 2 decoder blocks
-    assert sum(isinstance(m, torch.nn.InstanceNorm2d) for m in model.modules()) == 2 * (2 + 1 + 2)
+    assert sum(isinstance(m, norm_type) for m in model.modules()) == 2 * (2 + 1 + 2)
     a, b = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32) * 3
     with torch.no_grad():
         alone = model(a)
         together = model(torch.cat([a, b]))[:1]
         torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(model.eval()(a), alone, atol=1e-5, rtol=1e-4)
-    batch = create_model("unet", num_classes=2, width=4, depth=2).train()
+    batch = create_model("unet", num_classes=2, width=8, depth=2).train()
     with torch.no_grad():
         assert not torch.allclose(batch(torch.cat([a, b]))[:1], batch(a), atol=1e-3)
 
 
+def test_group_norm_splits_channels_into_eight_groups_or_fewer_and_normalises_each() -> None:
+    from covseg.models.unet import group_norm
+
+    assert [group_norm(c).num_groups for c in (16, 256, 12, 1)] == [8, 8, 4, 1]
+    norm = group_norm(16)
+    x = torch.randn(2, 16, 5, 7) * torch.arange(1, 17).view(1, 16, 1, 1) + 3
+    # by hand: channels 2g and 2g+1 of each image share one mean and one (biased) variance, eps 1e-5
+    grouped = x.view(2, 8, 2 * 5 * 7)
+    expected = ((grouped - grouped.mean(-1, keepdim=True))
+                / torch.sqrt(grouped.var(-1, unbiased=False, keepdim=True) + 1e-5)).view_as(x)
+    torch.testing.assert_close(norm(x), expected, atol=1e-5, rtol=1e-5)
+    model = create_model("unet", num_classes=2, width=16, depth=2, norm="group", attention=True)
+    gates = [m for m in model.modules() if isinstance(m, AttentionGate)]
+    assert gates and all(g.psi[1].num_groups == 1 for g in gates)  # the one-channel map: one group
+
+
 def test_unknown_norm_is_refused() -> None:
-    with pytest.raises(CovsegError, match="norm must be one of batch, instance"):
-        create_model("unet", norm="group")
+    with pytest.raises(CovsegError, match="norm must be one of batch, instance, group, got 'layer'"):
+        create_model("unet", norm="layer")
 
 
 def test_unet_reference_size_has_31m_parameters() -> None:

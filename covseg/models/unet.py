@@ -1,18 +1,38 @@
 """U-Net (Ronneberger et al., MICCAI 2015) from torch.nn building blocks."""
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from covseg.models.shapes import check_input_size
 
-__all__ = ["UNet", "DoubleConv", "ResidualDoubleConv", "AttentionGate", "BLOCKS", "NORMS"]
+__all__ = ["UNet", "DoubleConv", "ResidualDoubleConv", "AttentionGate", "BLOCKS", "NORMS", "group_norm"]
 
 
-#: the normalisations a block may follow each convolution with (``model.norm``): batch norm (statistics over the
-#: batch, running averages at inference; folded into the convolution for inference) or instance norm (nnU-Net's:
-#: statistics over each image's own feature map, in training and inference alike; learnt affine)
-NORMS: dict[str, type[nn.Module]] = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d}
+#: the most groups :func:`group_norm` splits a layer's channels into (Wu & He's 32 assumes 64+ channels a layer;
+#: covseg's width-16 U-Net has 16 at its top level)
+GROUP_NORM_GROUPS = 8
+
+
+def group_norm(channels: int, affine: bool = True) -> nn.GroupNorm:
+    """Group norm (Wu & He, ECCV 2018): statistics over each image's own channels in groups, in training and
+    inference alike, so they do not depend on the batch. ``gcd(8, channels)`` groups: 8 for covseg's U-Net levels
+    (``width * 2**i`` channels, width a multiple of 8), one for an attention gate's one-channel map.
+
+    Shape: ``(B, channels, H, W)`` -> the same."""
+    return nn.GroupNorm(math.gcd(GROUP_NORM_GROUPS, channels), channels, affine=affine)
+
+
+#: the normalisations a block may follow each convolution with (``model.norm``), each called as
+#: ``NORMS[name](channels, affine=True)``: batch norm (statistics over the batch, running averages at inference;
+#: folded into the convolution for inference), instance norm (nnU-Net's: statistics over each image's own feature
+#: map, in training and inference alike; learnt affine) or group norm (:func:`group_norm`: over groups of each
+#: image's channels; between the two)
+NORMS: dict[str, Callable[..., nn.Module]] = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d,
+                                               "group": group_norm}
 
 
 def _conv_norm(in_channels: int, out_channels: int, batch_norm: bool, norm: str = "batch") -> list[nn.Module]:
@@ -99,10 +119,10 @@ class UNet(nn.Module):
     ``width=64, depth=4`` reproduces the original's 31M parameters. Channels at level ``i`` are
     ``width * 2**i``. ``block`` names each level's two 3x3 convolutions in :data:`BLOCKS`: ``"plain"`` (the
     original's) or ``"residual"`` (an identity shortcut around the second, :class:`ResidualDoubleConv`).
-    ``norm`` names the normalisation after each convolution in :data:`NORMS` (``"batch"`` or ``"instance"``),
-    used when ``batch_norm`` is true (false: none, and the convolutions have biases). ``dropout`` is the share of
-    the bottleneck's channels dropped while training (``nn.Dropout2d``); ``decoder_dropout`` the share dropped of
-    each decoder level's output below the top one (the ``depth - 1`` levels at ``H/2 ... H/2**(depth-1)``, after
+    ``norm`` names the normalisation after each convolution in :data:`NORMS` (``"batch"``, ``"instance"`` or
+    ``"group"``), used when ``batch_norm`` is true (false: none, and the convolutions have biases). ``dropout`` is
+    the share of the bottleneck's channels dropped while training (``nn.Dropout2d``); ``decoder_dropout`` the share
+    dropped of     each decoder level's output below the top one (the ``depth - 1`` levels at ``H/2 ... H/2**(depth-1)``, after
     the aux heads read them), so the full-size features the head reads are never dropped. With ``attention``
     each skip connection passes through an :class:`AttentionGate` driven by the decoder's upsampled features
     before it is concatenated with them (Attention U-Net; ``inter_channels`` half the level's channels, at least 1).
