@@ -6,6 +6,7 @@ after saving what can be resumed.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -192,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read (default: the largest series)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                    help="voxel size in mm: reads a folder of 2-D images as one scan")
-    p.add_argument("--keep-outside-lungs", action="store_true", help="scans: keep lesions outside the lung mask")
+    p.add_argument("--keep-outside-lungs", action="store_true",
+                   help="scans: keep lesions that do not touch the lung mask")
     p.add_argument("--min-lesion-ml", type=_non_negative_float,
                    help="scans: remove lesion components smaller than this volume (default 0.05 mL, "
                         "covseg.scan.ScanOptions; 0 keeps all)")
@@ -598,11 +600,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _escape_unencodable_output() -> None:
+    """Make standard output write what it cannot encode as backslash escapes (as standard error already does)
+    instead of raising: a file name that is not UTF-8 (``M\\xfcller.nii.gz``, read by Python as lone
+    surrogates) is printed in covseg's summary lines, and a strict UTF-8 stdout turned that into a traceback after
+    the outputs were written. A process-wide setting, so only :func:`entry` makes it."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def entry(argv: list[str] | None = None) -> int:
     """The ``covseg`` program (console script, ``python -m covseg``): :func:`main` in a process whose glibc keeps
     freed memory for reuse (:func:`covseg.runtime.keep_freed_memory`, a process-wide setting; before the first large
-    tensor). :func:`main` itself leaves the allocator alone, so a caller's process is not changed."""
+    tensor) and whose output escapes what it cannot encode (:func:`_escape_unencodable_output`). :func:`main` itself
+    leaves the allocator and the streams alone, so a caller's process is not changed."""
     argv = sys.argv[1:] if argv is None else argv
+    _escape_unencodable_output()
     try:  # a Ctrl-C while torch is still being imported is the CLI's too: one line, 130
         if argv[:1] != ["download"]:
             from covseg.runtime import keep_freed_memory

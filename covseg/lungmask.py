@@ -14,9 +14,10 @@ Method (scipy.ndimage only), on a copy block-averaged to about :data:`COARSE_MM`
    from the top slice down, slice by slice, as small (< :data:`AIRWAY_MAX_MM2`) air regions near the
    midline and their continuations, until they enter a lung, and removed;
 3. the largest 3-D component is a lung, the second largest too if it lies on the other side of the body's
-   midline, within the first's Z range, and has at least 10 % of its size; a single component
-   spanning both sides (lungs touching at the anterior/posterior junction) is cut, slice by slice, at the
-   column of least lung near the midline;
+   midline (:func:`body_midline`), within the first's Z range, and has at least 10 % of its size; a single
+   component spanning both sides (lungs touching at the anterior/posterior junction) whose smaller side holds at
+   least 10 % of its larger side (the same rule: one lung mostly airless still counts) is cut, slice by slice, at
+   the column of least lung near the midline and between the two sides' centres of mass;
 4. per lung and per axial slice: holes filled, then a closing with a disc (an octagon) of radius
    ``closing_mm`` (default :data:`CLOSING_MM`, 15 mm) and holes filled again, so that tissue denser than
    the threshold (consolidation ~ +20 HU, vessels) stays in the lung: inside it, or as a dent in its
@@ -51,6 +52,7 @@ __all__ = [
     "LEFT_LUNG",
     "lung_mask",
     "check_lung_mask",
+    "body_midline",
 ]
 
 AIR_HU: float = -320.0
@@ -66,7 +68,6 @@ LEFT_LUNG: int = 2
 
 _MIN_POCKET_FRACTION = 0.005
 _SECOND_LUNG_FRACTION = 0.1
-_MERGED_SIDE_FRACTION = 0.25
 _TINY_AREA_MM2 = 1000.0  # 10 cm^2: a lung's largest axial cross-section is 50-250 cm^2
 
 _INPLANE4 = np.zeros((3, 3, 3), bool)
@@ -111,6 +112,28 @@ def _outside_air(air: np.ndarray) -> np.ndarray:
     lut[border] = True
     lut[0] = False
     return lut[lab]
+
+
+def _midline(outside: np.ndarray) -> float:
+    """The body's midline column: the mean, over slices, of the columns that hold body (not ``outside`` air)."""
+    cols = np.nonzero((~outside).any(axis=1))[1]
+    return float(np.mean(cols)) if cols.size else (outside.shape[2] - 1) / 2.0
+
+
+def body_midline(hu: np.ndarray, spacing: Sequence[float], threshold: float = AIR_HU) -> float:
+    """The column (full-resolution X index, fractional) of the body's midline, as :func:`lung_mask` finds it.
+
+    Shape: ``hu`` ``(Z, Y, X)`` Hounsfield units in the canonical orientation; ``spacing`` ``(Z, Y, X)`` mm.
+    The body is everything but the air (below ``threshold``) connected, within its slice, to the image border;
+    the midline is the mean over slices of its columns (the scanner table counts as body). Columns below it are
+    the patient's right side. A volume with no body gives the middle column.
+    """
+    hu = np.asarray(hu)
+    if hu.ndim != 3:
+        raise ValueError(f"hu must be a (Z, Y, X) volume, got shape {hu.shape}")
+    f = _factors(tuple(float(s) for s in spacing))
+    mid = _midline(_outside_air(_block_mean(hu, f) < threshold))
+    return min(mid * f[2] + (f[2] - 1) / 2.0, hu.shape[2] - 1.0)  # coarse column k covers columns k*f .. k*f+f-1
 
 
 def _airways(cand: np.ndarray, mid_x: float, half_width: float, max_px: float) -> np.ndarray:
@@ -161,11 +184,20 @@ def _assign_sides(cand: np.ndarray, mid_x: float, half_width: float) -> np.ndarr
 
     c1 = int(order[0])
     f1 = right_fraction(c1)
-    if min(f1, 1.0 - f1) >= _MERGED_SIDE_FRACTION:  # both lungs in one component: cut at the junction
+    # both lungs in one component (touching at the junction): cut it when its smaller side would count as a second
+    # lung by the rule for two separate components, at least _SECOND_LUNG_FRACTION of the larger side
+    if min(f1, 1.0 - f1) >= _SECOND_LUNG_FRACTION * max(f1, 1.0 - f1):
         comp = lab == c1
         profile = comp.sum(axis=1).astype(np.float64)  # (Z, X)
-        lo = max(0, int(mid_x - 0.3 * half_width))
-        hi = min(cand.shape[2], int(mid_x + 0.3 * half_width) + 1)
+        per_x = profile.sum(axis=0)
+        right_x, left_x = xs < mid_x, xs >= mid_x
+        # the cut lies between the two sides' centres of mass (and near the midline): never beyond a small lung
+        com_r = float((per_x * xs)[right_x].sum() / max(per_x[right_x].sum(), 1.0))
+        com_l = float((per_x * xs)[left_x].sum() / max(per_x[left_x].sum(), 1.0))
+        lo = max(0, int(mid_x - 0.3 * half_width), int(np.ceil(com_r)))
+        hi = min(cand.shape[2], int(mid_x + 0.3 * half_width) + 1, int(np.floor(com_l)) + 1)
+        if hi <= lo:
+            lo, hi = int(np.ceil(com_r)), int(np.floor(com_l)) + 1
         score = profile[:, lo:hi] + 1e-3 * np.abs(xs[lo:hi] - mid_x)
         cut = lo + np.argmin(score, axis=1)  # per slice: right lung at x < cut
         right = xs[None, None, :] < cut[:, None, None]
@@ -239,7 +271,7 @@ def lung_mask(hu: np.ndarray, spacing: Sequence[float], closing_mm: float = CLOS
         return out
 
     body_x = np.flatnonzero((~outside).any(axis=(0, 1)))
-    mid_x = float(np.mean(np.nonzero((~outside).any(axis=1))[1]))  # centre of the body's columns over slices
+    mid_x = _midline(outside)
     half_width = (body_x[-1] - body_x[0] + 1) / 2.0
 
     lab, n = ndimage.label(inside)

@@ -88,10 +88,11 @@ def _nearest_side(lungs: np.ndarray, points: np.ndarray, spacing: Sequence[float
     return lungs[tuple(coords[idx].T)]
 
 
-def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float], n_classes: int
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Lung mask with labelled voxels outside it assigned to the nearer lung; also how many voxels of each
-    class (``(n_classes,)``) were assigned."""
+def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float], n_classes: int,
+           midline_x: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Lung mask with labelled voxels outside it assigned to the nearer lung (with fewer than two lungs in the
+    mask: to the side of ``midline_x``, else of the middle column); also how many voxels of each class
+    (``(n_classes,)``) were assigned."""
     sides = np.where(lungs > 0, lungs, 0).astype(np.uint8)
     outside = (lesions > 0) & (lungs == 0)
     if not outside.any():
@@ -99,13 +100,14 @@ def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float], n_c
     points = np.argwhere(outside)
     if np.any(lungs == 1) and np.any(lungs == 2):
         sides[outside] = _nearest_side(lungs, points, spacing)
-    else:  # one lung or none in the mask (a lung wholly consolidated is missed): split at the middle column
-        sides[outside] = np.where(points[:, 2] < lungs.shape[2] / 2.0, 1, 2)  # right lung at low X
+    else:  # one lung or none in the mask (a lung wholly consolidated is missed): split at the body's midline
+        mid = lungs.shape[2] / 2.0 if midline_x is None else float(midline_x)
+        sides[outside] = np.where(points[:, 2] < mid, 1, 2)  # right lung at low X
     return sides, np.bincount(lesions[outside].astype(np.int64), minlength=n_classes)
 
 
 def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
-             class_names: Mapping[int, str], pleural: Collection[int] = ()) -> dict:
+             class_names: Mapping[int, str], pleural: Collection[int] = (), midline_x: float | None = None) -> dict:
     """Lung and lesion volumes (mL), percent of lung involved and severity score, per lung and in total.
 
     Shape: ``lesions`` and ``lungs`` ``(Z, Y, X)`` (see the module docstring); ``spacing`` ``(Z, Y, X)`` mm.
@@ -113,8 +115,10 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
     A lung is its lung-mask voxels plus the lung-lesion voxels on its side, less any voxel of a ``pleural``
     class (an effusion the mask's closing took in): lung lesions found by the model always
     count as lung, since the threshold-based mask can miss dense lesions (consolidation). A voxel outside the
-    mask goes to the side whose mask voxel is nearest in mm (with only one lung in the mask, or none: to the side
-    of the middle column, right = low X, so a missed lung's lesions are not given to the other). Voxels of a
+    mask goes to the side whose mask voxel is nearest in mm (with only one lung in the mask, or none: to its side of
+    the body's midline ``midline_x``, a column index such as :func:`covseg.lungmask.body_midline` gives, right =
+    low X, so a missed lung's lesions are not given to the other; without ``midline_x``, of the image's middle
+    column, which is the midline only for a patient centred in the field of view). Voxels of a
     ``pleural`` class (e.g. the multiclass scheme's 3, pleural effusion) are given a side the same way but count
     neither as lung nor as lesion: only their volume is reported.
 
@@ -153,7 +157,7 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
     lesion_ids = [k for k in sorted(classes) if k not in pleural_ids]
     lung_ids = [0, *lesion_ids]
 
-    sides, outside = _sides(lesions, lungs, spacing, n_classes)
+    sides, outside = _sides(lesions, lungs, spacing, n_classes, midline_x)
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     index = sides.astype(np.int64) * n_classes + lesions.astype(np.int64)
     counts = np.bincount(index.ravel(), minlength=3 * n_classes).reshape(3, n_classes)
@@ -208,13 +212,30 @@ def remove_small_components(labels: np.ndarray, spacing: Sequence[float], min_vo
 
 
 def restrict_to_lungs(labels: np.ndarray, lungs: np.ndarray, keep: Collection[int] = ()) -> np.ndarray:
-    """Set every label outside the lung mask (``lungs == 0``) to 0, except the classes in ``keep`` (findings
-    that lie outside the lungs by nature: pleural effusion); same shape and dtype as ``labels``.
+    """Drop the lesions that do not touch the lung mask; returns a new label map of the same shape and dtype.
 
-    Note that this also drops true lesions the mask missed (dense lesions on the pleura: see
-    :mod:`covseg.lungmask`); :func:`quantify` does not need it, as it assigns those to the nearer lung.
+    Shape: ``labels`` and ``lungs`` ``(Z, Y, X)``; ``lungs`` 0 outside, 1 right, 2 left. Components are taken over
+    the lesion classes not in ``keep`` together (label > 0) with 3-D 26-connectivity, as in
+    :func:`remove_small_components`; a component is kept whole when any of its voxels lies in the lung mask or
+    next to it (the mask dilated by one voxel, 26-neighbourhood), and set to 0 otherwise. So a dense lesion the
+    threshold mask leaves out (consolidation on the pleura or filling part of a lung: see :mod:`covseg.lungmask`)
+    stays, and :func:`quantify` counts it as lung, while findings apart from the lungs go. The classes in ``keep``
+    (findings outside the lungs by nature: pleural effusion) are always kept.
     """
     labels, lungs = np.asarray(labels), np.asarray(lungs)
     _check_pair(labels, lungs, "labels and lungs")
-    inside = (lungs > 0) | np.isin(labels, list(keep))
-    return np.where(inside, labels, np.zeros((), labels.dtype)).astype(labels.dtype, copy=False)
+    found = (labels > 0) & ~np.isin(labels, list(keep))
+    if not found.any():
+        return labels.copy()
+    # within the lesions' bounding box grown by the one voxel a touching lung voxel can lie beyond it
+    box = tuple(slice(max(int(a[0]) - 1, 0), int(a[-1]) + 2)
+                for a in (np.flatnonzero(found.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))))
+    cube = np.ones((3, 3, 3), bool)
+    lab, n = ndimage.label(found[box], structure=cube)
+    near = ndimage.binary_dilation(lungs[box] > 0, structure=cube)
+    touching = np.zeros(n + 1, bool)
+    touching[lab[near]] = True
+    touching[0] = True  # background and the kept classes stay as they are
+    out = labels.copy()
+    out[box][~touching[lab]] = 0
+    return out

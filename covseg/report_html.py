@@ -18,7 +18,18 @@ from covseg.intensity import stretch_percentiles, window_hu
 from covseg.labels import LabelScheme
 from covseg.quantify import percent_text
 
-__all__ = ["render_report", "axial_montage", "coronal_view"]
+__all__ = ["render_report", "axial_montage", "coronal_view", "display_text"]
+
+
+def display_text(text: object) -> str:
+    """``text`` as it can be shown in a UTF-8 page: a file name that is not UTF-8 (read by Python with its bytes
+    as lone surrogates, ``os.fsdecode(b"M\\xfcller")``) gets U+FFFD for each such byte, as
+    ``os.fsencode(path).decode("utf-8", "replace")`` would, instead of failing to encode."""
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate surrogateescape does not stand for: replaced too
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _png_uri(rgb: np.ndarray) -> str:
@@ -90,7 +101,10 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
     grey = window_hu(hu) if is_hu else stretch_percentiles(hu)
     figures = report["figures"]
     names = [n for n in scheme.names[1:]]
-    esc = html.escape
+
+    def esc(text: object) -> str:  # every text in the page, paths and warnings included: escaped, encodable
+        return html.escape(display_text(text))
+
     rows = []
     for side, label in (("right", "Right lung"), ("left", "Left lung"), ("total", "Both lungs")):
         part = figures[side]

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW, to_unit_range, window_hu
 from covseg.labels import LabelScheme
-from covseg.lungmask import check_lung_mask, lung_mask
+from covseg.lungmask import body_midline, check_lung_mask, lung_mask
 from covseg.quantify import quantify, remove_small_components, restrict_to_lungs
 from covseg.volumes import Volume, check_voxel_size
 
@@ -29,7 +29,7 @@ class ScanOptions:
     """Settings of :func:`segment_scan` (defaults are documented in the README)."""
 
     margin_mm: float = 10.0  # margin around each slice's lung bounding box
-    inside_lungs_only: bool = True  # drop lesion voxels outside the (closed) lung mask
+    inside_lungs_only: bool = True  # drop lesions (3-D components) that do not touch the (closed) lung mask
     min_lesion_ml: float = 0.05  # remove 3-D lesion components smaller than this (0 keeps all)
     window: tuple[float, float] = LUNG_WINDOW
 
@@ -111,9 +111,20 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
 
     tick = time.perf_counter()
     if options.inside_lungs_only:
-        lesions = restrict_to_lungs(lesions, lungs, keep=scheme.pleural).astype(np.uint8)
+        kept = restrict_to_lungs(lesions, lungs, keep=scheme.pleural).astype(np.uint8)
+        gone = np.where(lesions != kept, lesions, np.uint8(0))
+        if options.min_lesion_ml > 0:  # only what the small-component filter below would have left: no warning
+            gone = remove_small_components(gone, volume.spacing, options.min_lesion_ml)  # for specks apart
+        dropped = int(np.count_nonzero(gone))
+        if dropped:
+            ml = dropped * float(np.prod(volume.spacing)) / 1000.0
+            shown = f"{ml:.1f}" if ml >= 0.1 else f"{ml:.2g}"  # a small volume not shown as 0.0
+            warnings.append(f"{shown} mL of lesion not touching the lung mask was dropped; --keep-outside-lungs "
+                            "keeps it")
+        lesions = kept
     if options.min_lesion_ml > 0:
         lesions = remove_small_components(lesions, volume.spacing, options.min_lesion_ml).astype(np.uint8)
-    figures = quantify(lesions, lungs, volume.spacing, dict(enumerate(scheme.names)), scheme.pleural)
+    figures = quantify(lesions, lungs, volume.spacing, dict(enumerate(scheme.names)), scheme.pleural,
+                       midline_x=body_midline(hu, volume.spacing))
     seconds["quantify"] = time.perf_counter() - tick
     return ScanResult(lesions, lungs, figures, len(todo), seconds, warnings)

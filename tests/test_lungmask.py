@@ -96,3 +96,56 @@ def test_real_two_slice_ct_lungs():
         assert not np.any(mask[z][outside])
         body = ndimage.binary_fill_holes(~outside)
         assert not np.any(mask[z][~body])
+
+
+def _merged_with_consolidation(axis: str, fraction: float):
+    """The phantom with touching lungs (one air component) and the left lung partly consolidated (+20 HU):
+    ``axis`` "z" its inferior ``fraction``, "x" all but its medial ``fraction`` of columns."""
+    spacing = (2.5, 0.7, 0.7)
+    hu, parts = chest_phantom(shape=(30, 192, 192), spacing=spacing, gap_mm=-4.0, noise=0.0)
+    left = parts["left"]
+    if axis == "z":
+        cons = left & (np.arange(hu.shape[0])[:, None, None] < np.quantile(np.nonzero(left)[0], fraction))
+    else:
+        cons = left & (np.arange(hu.shape[2])[None, None, :] > np.quantile(np.nonzero(left)[2], fraction))
+    hu[cons] = 20.0
+    return hu, parts, spacing, left & ~cons
+
+
+def test_touching_lungs_with_one_mostly_airless_are_still_split():
+    # the aerated left lung is ~0.2 of the right: below the old 25 % per side, above the 10 % a second lung needs
+    hu, parts, spacing, aerated = _merged_with_consolidation("z", 0.8)
+    assert 0.1 < aerated.sum() / parts["right"].sum() < 0.25
+    mask = lung_mask(hu, spacing)
+    assert np.mean(mask[aerated] == LEFT_LUNG) >= 0.99
+    assert dice(mask == RIGHT_LUNG, parts["right"]) >= 0.97
+    assert not any("only the" in w for w in check_lung_mask(mask, spacing))
+
+
+def test_touching_lungs_are_cut_between_their_centres_not_beyond_the_smaller():
+    # the left lung aerated only medially: a cut searched out to 0.3 half-widths past the midline fell beyond it
+    hu, parts, spacing, aerated = _merged_with_consolidation("x", 0.45)
+    mask = lung_mask(hu, spacing)
+    assert np.mean(mask[aerated] == LEFT_LUNG) >= 0.95
+    assert dice(mask == RIGHT_LUNG, parts["right"]) >= 0.97
+
+
+def test_one_lung_alone_is_not_split():
+    spacing = (2.5, 0.7, 0.7)
+    hu, parts = chest_phantom(shape=(30, 192, 192), spacing=spacing, noise=0.0)
+    hu[parts["left"]] = 20.0  # the left lung wholly airless
+    mask = lung_mask(hu, spacing)
+    assert set(np.unique(mask).tolist()) == {0, RIGHT_LUNG}
+    assert dice(mask == RIGHT_LUNG, parts["right"]) >= 0.97
+
+
+def test_body_midline_follows_an_off_centre_patient():
+    from covseg.lungmask import body_midline
+
+    spacing = (2.5, 1.4, 1.4)
+    hu, parts = chest_phantom(shape=(16, 96, 96), spacing=spacing, noise=0.0)
+    assert body_midline(hu, spacing) == pytest.approx(47.5, abs=1.0)  # the phantom's body is centred
+    shifted = np.pad(hu, ((0, 0), (0, 0), (0, 60)), constant_values=-1000.0)  # 60 columns of air on the left
+    assert body_midline(shifted, spacing) == pytest.approx(47.5, abs=1.0)  # not the image's centre, 77.5
+    cols = np.nonzero(parts["body"])[2]
+    assert cols.min() < body_midline(shifted, spacing) < cols.max()

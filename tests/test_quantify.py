@@ -183,13 +183,59 @@ def test_a_lesion_of_exactly_the_smallest_volume_stays():
 
 
 def test_restrict_to_lungs():
-    labels = np.array([[[0, 1, 2, 3]]], np.int64)
-    lungs = np.array([[[1, 1, 0, 2]]], np.uint8)
-    out = restrict_to_lungs(labels, lungs)
-    assert out.dtype == np.int64 and out.tolist() == [[[0, 1, 0, 3]]]
+    labels = np.array([[[0, 1, 2, 0, 2, 3]]], np.int64)
+    lungs = np.array([[[1, 1, 0, 0, 0, 0]]], np.uint8)
+    out = restrict_to_lungs(labels, lungs, keep=(3,))
+    # the consolidation next to the lung stays with it; the one a voxel apart goes; the effusion always stays
+    assert out.dtype == np.int64 and out.tolist() == [[[0, 1, 2, 0, 0, 3]]]
     outside = np.array([[[1, 2, 3, 3]]], np.int64)
     none = np.zeros((1, 1, 4), np.uint8)
     assert restrict_to_lungs(outside, none, keep=(3,)).tolist() == [[[0, 0, 3, 3]]]
+
+
+def test_restrict_to_lungs_keeps_consolidation_the_mask_left_out_and_quantify_counts_it_as_lung():
+    """A lung half consolidated: the threshold mask holds only its aerated half; the consolidation touching it is
+    kept whole (not dropped to 0 %), a lesion apart from the lungs is dropped, and the lung is counted whole."""
+    lungs = np.zeros((10, 6, 30), np.uint8)
+    lungs[:, :, 2:10] = 1  # right lung: 480 voxels
+    lungs[5:, :, 20:28] = 2  # left lung, aerated upper half: 240 voxels
+    lesions = np.zeros_like(lungs)
+    lesions[:5, :, 20:28] = 2  # its consolidated lower half, outside the mask, touching it along Z: 240 voxels
+    lesions[:2, 0:2, 14:16] = 1  # a lesion in the mediastinum, 4 columns from either lung: dropped
+    kept = restrict_to_lungs(lesions, lungs, keep=(3,))
+    assert (kept[:5, :, 20:28] == 2).all() and not kept[:, :, 14:16].any()
+    left = quantify(kept, lungs, (1.0, 1.0, 1.0), NAMES, pleural=(3,))["left"]
+    assert left["lung_ml"] == pytest.approx(0.48) and left["lesion_percent"] == 50.0 and left["severity"] == 4
+
+
+def test_restrict_to_lungs_judges_a_lesion_by_its_whole_3d_component():
+    lungs = np.zeros((4, 6, 12), np.uint8)
+    lungs[:, :, :4] = 1
+    lesions = np.zeros_like(lungs)
+    lesions[1, 2, 4:9] = 2  # a consolidation running out from the lung: one component, kept whole
+    lesions[2, 3, 9] = 1  # diagonal neighbour of its end (26-connectivity): part of it
+    lesions[0, 0, 10:12] = 1  # apart: dropped
+    lesions[3, 5, 11] = 3  # effusion apart from the lung: kept (a pleural class)
+    out = restrict_to_lungs(lesions, lungs, keep=(3,))
+    expected = lesions.copy()
+    expected[0, 0, 10:12] = 0
+    assert np.array_equal(out, expected)
+    assert restrict_to_lungs(np.zeros_like(lesions), lungs).dtype == lesions.dtype
+
+
+def test_with_one_lung_in_the_mask_outside_lesions_are_split_at_the_given_midline():
+    # an off-centre patient: body midline at column 8 of 30, the right lung in the mask, the left wholly consolidated
+    lungs = np.zeros((2, 4, 30), np.uint8)
+    lungs[:, :, 2:6] = 1  # right lung: 32 voxels
+    lesions = np.zeros_like(lungs)
+    lesions[:, :, 10:14] = 2  # the consolidated left lung, left of the midline but right of the image centre (15)
+    lesions[:, 0, 6] = 1  # GGO just outside the right lung, on its side of the midline
+    result = quantify(lesions, lungs, (1.0, 1.0, 1.0), {1: "ggo", 2: "consolidation"}, midline_x=8.0)
+    assert result["left"]["lung_ml"] == pytest.approx(0.032) and result["left"]["lesion_percent"] == 100.0
+    assert result["right"]["class_ml"] == {"ggo": pytest.approx(0.002), "consolidation": 0.0}
+    assert result["right"]["lung_ml"] == pytest.approx(0.034)
+    # without a midline: the image's middle column, as before
+    assert quantify(lesions, lungs, (1.0, 1.0, 1.0), {1: "ggo", 2: "consolidation"})["left"]["lung_ml"] == 0.0
 
 
 @pytest.mark.parametrize(("lung", "lesion", "percent", "score"), [(92, 69, 75.0, 4), (220, 11, 5.0, 2), (12, 3, 25.0, 2)])

@@ -329,3 +329,150 @@ def test_running_out_of_memory_is_one_line_not_a_traceback(monkeypatch, capsys) 
     assert main(["predict", "scan.nii.gz", "-o", "out", "--model", "m"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("covseg: error: out of memory (Unable to allocate"), err
+
+
+class _Oracle:
+    """A stand-in model that "finds" exactly ``truth`` ((Z, Y, X) class ids) in each lung crop: it works out the
+    crops :func:`covseg.scan.segment_scan` asks for, in the same order, and answers one-hot probabilities."""
+
+    batch_size = 4
+
+    def __init__(self, truth: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], margin_mm: float,
+                 n_classes: int) -> None:
+        from covseg.lungmask import lung_mask
+
+        self.truth, self.n_classes = truth, n_classes
+        self.boxes = lung_crop_boxes(lung_mask(hu, spacing), spacing, margin_mm)
+        self.todo = [z for z, b in enumerate(self.boxes) if b is not None]
+        self.seen = np.zeros(truth.shape, bool)
+        for z in self.todo:
+            y0, y1, x0, x1 = self.boxes[z]
+            self.seen[z, y0:y1, x0:x1] = True
+
+    def __call__(self, crops):
+        out = []
+        for crop in crops:
+            z = self.todo.pop(0)
+            y0, y1, x0, x1 = self.boxes[z]
+            assert crop.shape == (y1 - y0, x1 - x0)
+            out.append(np.moveaxis(np.eye(self.n_classes)[self.truth[z, y0:y1, x0:x1]], -1, 0))
+        return out
+
+
+def _volume_of(hu: np.ndarray, spacing: tuple[float, float, float], path: Path):
+    from covseg.volumes import read_volume
+
+    affine = np.diag([-spacing[2], -spacing[1], spacing[0], 1.0])
+    nib.save(nib.Nifti1Image(np.transpose(hu, (2, 1, 0)).astype(np.int16), affine), str(path))
+    volume = read_volume(path)
+    assert np.array_equal(volume.hu, hu.astype(np.int16)) and volume.spacing == spacing
+    return volume
+
+
+def test_consolidation_the_lung_mask_leaves_out_is_kept_and_counted_as_lung(tmp_path: Path) -> None:
+    """The left lung's lateral half consolidated (+20 HU): the mask holds its aerated half only. By default the
+    consolidation touching it stays and counts as lung (it was dropped: 0 %, severity 0); a lesion apart from
+    the lungs is dropped, with its volume in the warnings."""
+    from covseg.labels import MULTICLASS
+    from covseg.quantify import severity_score
+    from covseg.scan import ScanOptions, segment_scan
+
+    spacing = (2.5, 1.4, 1.4)
+    hu, parts = chest_phantom(shape=(16, 96, 96), spacing=spacing, noise=0.0)
+    left = parts["left"]
+    cons = left & (np.arange(96)[None, None, :] > np.quantile(np.nonzero(left)[2], 0.5))
+    hu[cons] = 20.0
+    truth = np.zeros(hu.shape, np.int64)
+    truth[cons] = 2
+    truth[3:6, 30:33, 47:50] = 1  # 27 voxels in the mediastinum, 4 columns or more from either lung
+    volume = _volume_of(hu, spacing, tmp_path / "chest.nii.gz")
+    voxel_ml = 2.5 * 1.4 * 1.4 / 1000
+
+    oracle = _Oracle(truth, volume.hu, spacing, 10.0, 4)
+    found = oracle.seen & cons  # what the crops show of the consolidation
+    result = segment_scan(volume, oracle, MULTICLASS, progress=False)
+    assert not (result.lungs[cons] > 0).any() and found.sum() > 0.5 * cons.sum()
+    assert (result.lesions[found] == 2).all() and not result.lesions[truth == 1].any()
+    left_fig = result.figures["left"]
+    n_lung = int((result.lungs == 2).sum()) + int(found.sum())
+    assert left_fig["lung_ml"] == pytest.approx(n_lung * voxel_ml)
+    assert left_fig["class_ml"]["consolidation"] == pytest.approx(found.sum() * voxel_ml)
+    assert left_fig["lesion_percent"] == pytest.approx(100.0 * found.sum() / n_lung)
+    assert left_fig["severity"] == severity_score(left_fig["lesion_percent"]) >= 3
+    assert f"{27 * voxel_ml:.1f} mL of lesion not touching the lung mask was dropped; --keep-outside-lungs keeps it" \
+        in result.warnings
+
+    # a lesion apart that the small-component filter removes anyway (0.13 mL under 0.2) is not worth a warning
+    oracle = _Oracle(truth, volume.hu, spacing, 10.0, 4)
+    quiet = segment_scan(volume, oracle, MULTICLASS, ScanOptions(min_lesion_ml=0.2), progress=False)
+    assert not quiet.lesions[truth == 1].any() and not any("dropped" in w for w in quiet.warnings)
+
+    # --keep-outside-lungs: everything kept, nothing reported dropped
+    oracle = _Oracle(truth, volume.hu, spacing, 10.0, 4)
+    kept = segment_scan(volume, oracle, MULTICLASS, ScanOptions(inside_lungs_only=False), progress=False)
+    assert (kept.lesions[truth == 1] == 1).all() and not any("dropped" in w for w in kept.warnings)
+    assert kept.figures["left"]["class_ml"]["consolidation"] == left_fig["class_ml"]["consolidation"]
+
+
+def test_an_off_centre_patient_s_missed_lung_is_given_to_its_own_side(tmp_path: Path) -> None:
+    """Left lung wholly consolidated, so only the right lung is in the mask, and 60 columns of air on the patient's
+    left: the image's middle column (78) lies beyond the left lung's medial half, the body's midline (47.5) does
+    not. Its lesions were split at the image's middle, the medial part given to the right lung."""
+    from covseg.labels import MULTICLASS
+    from covseg.scan import ScanOptions, segment_scan
+
+    spacing = (2.5, 1.4, 1.4)
+    hu, parts = chest_phantom(shape=(16, 96, 96), spacing=spacing, noise=0.0)
+    hu[parts["left"]] = 20.0
+    hu = np.pad(hu, ((0, 0), (0, 0), (0, 60)), constant_values=-1000.0)
+    left = np.pad(parts["left"], ((0, 0), (0, 0), (0, 60)))
+    truth = np.where(left, 2, 0)
+    volume = _volume_of(hu, spacing, tmp_path / "chest.nii.gz")
+    options = ScanOptions(margin_mm=40.0, inside_lungs_only=False)  # crops wide enough to show the left lung
+    oracle = _Oracle(truth, volume.hu, spacing, options.margin_mm, 4)
+    found = oracle.seen & left
+    result = segment_scan(volume, oracle, MULTICLASS, options, progress=False)
+    assert set(np.unique(result.lungs).tolist()) == {0, 1} and found.sum() > 0
+    assert np.nonzero(found)[2].min() < hu.shape[2] / 2  # part of it lies right of the image's middle column
+    voxel_ml = 2.5 * 1.4 * 1.4 / 1000
+    assert result.figures["right"]["class_ml"]["consolidation"] == 0.0
+    assert result.figures["left"]["class_ml"]["consolidation"] == pytest.approx(found.sum() * voxel_ml)
+    assert result.figures["left"]["lesion_percent"] == 100.0
+
+
+def test_a_scan_whose_file_name_is_not_utf8_gets_its_html_report(phantom, tiny_run: Path, tmp_path: Path) -> None:
+    import os
+
+    from covseg.labels import get_scheme
+    from covseg.predict import open_predictor, predict_scan
+
+    path, _, _ = phantom
+    name = tmp_path / os.fsdecode(b"M\xfcller.nii.gz")  # Latin-1 bytes: not UTF-8
+    name.write_bytes(path.read_bytes())
+    out = tmp_path / "out"
+    predictor, config, info = open_predictor(tiny_run)
+    predict_scan(name, predictor, get_scheme(config.data.task), out, info, progress=False)  # raised UnicodeEncodeError
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "M\ufffdller.nii.gz" in page and "<title>covseg report — " in page
+    assert json.loads((out / "report.json").read_text())["input"]["path"] == str(name)  # the exact name
+    # every text in the page is made showable: a warning naming such a file too
+    figures = json.loads((out / "report.json").read_text())["figures"]
+    page = _page_of(figures, name=os.fsdecode(b"<b>\xe9.nii"))
+    assert "&lt;b&gt;\ufffd.nii" in page and page.encode("utf-8")
+
+
+def test_the_covseg_program_prints_a_non_utf8_scan_name_on_a_strict_utf8_stdout(phantom, tiny_run: Path,
+                                                                                tmp_path: Path) -> None:
+    # the summary line names the scan; a strict UTF-8 stdout raised UnicodeEncodeError there (a traceback, exit 1)
+    import os
+    import subprocess
+    import sys
+
+    path, _, _ = phantom
+    name = tmp_path / os.fsdecode(b"M\xfcller.nii.gz")
+    name.write_bytes(path.read_bytes())
+    done = subprocess.run([sys.executable, "-m", "covseg", "predict", str(name), "-o", str(tmp_path / "out"),
+                           "--model", str(tiny_run), "--quiet"], capture_output=True,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-400:]
+    assert b"M\\udcfcller.nii.gz: lesions" in done.stdout and b"Traceback" not in done.stderr
