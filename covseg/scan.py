@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW, to_unit_range, window_hu
 from covseg.labels import LabelScheme
-from covseg.lungmask import body_midline, check_lung_mask, lung_mask
+from covseg.lungmask import LEFT_LUNG, RIGHT_LUNG, body_midline, check_lung_mask, lung_mask
 from covseg.quantify import quantify, remove_small_components, restrict_to_lungs
 from covseg.volumes import Volume, check_voxel_size
 
-__all__ = ["ScanOptions", "ScanResult", "segment_scan", "lung_crop_boxes", "grey_to_hu"]
+__all__ = ["ScanOptions", "ScanResult", "segment_scan", "lung_crop_boxes", "scan_crop_boxes", "grey_to_hu"]
 
 
 @dataclass
@@ -58,9 +58,16 @@ def grey_to_hu(grey: np.ndarray, window: tuple[float, float] = LUNG_WINDOW) -> n
     return unit * width + (level - width / 2)
 
 
-def lung_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], margin_mm: float
-                    ) -> list[tuple[int, int, int, int] | None]:
-    """Per slice, ``(y0, y1, x0, x1)`` of the lungs' bounding box grown by ``margin_mm``; None without lung."""
+def lung_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], margin_mm: float,
+                    mirror_x: float | None = None) -> list[tuple[int, int, int, int] | None]:
+    """Per slice, ``(y0, y1, x0, x1)`` of the lungs' bounding box grown by ``margin_mm``; None without lung.
+
+    With ``mirror_x`` (a column, fractional: the body's midline, :func:`covseg.lungmask.body_midline`) each box's
+    columns are widened to their mirror image about it as well. :func:`segment_scan` asks for that when the mask
+    holds one lung only (a lung wholly consolidated or filled is above the air threshold), so that the slices the
+    model sees show where the missing lung lies, not only the found lung and its margin.
+
+    Shape: ``lungs`` ``(Z, Y, X)``, 0 outside, 1 right, 2 left; ``spacing`` ``(Z, Y, X)`` mm."""
     boxes: list[tuple[int, int, int, int] | None] = []
     _, h, w = lungs.shape
     my, mx = int(round(margin_mm / spacing[1])), int(round(margin_mm / spacing[2]))
@@ -69,8 +76,24 @@ def lung_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], marg
         if rows.size == 0:
             boxes.append(None)
             continue
-        boxes.append((max(rows[0] - my, 0), min(rows[-1] + 1 + my, h), max(cols[0] - mx, 0), min(cols[-1] + 1 + mx, w)))
+        x0, x1 = int(cols[0]) - mx, int(cols[-1]) + 1 + mx
+        if mirror_x is not None:  # columns x0 .. x1 - 1 mirrored: 2m - (x1 - 1) .. 2m - x0
+            x0, x1 = min(x0, int(np.floor(2 * mirror_x - (x1 - 1)))), max(x1, int(np.ceil(2 * mirror_x - x0)) + 1)
+        boxes.append((max(int(rows[0]) - my, 0), min(int(rows[-1]) + 1 + my, h), max(x0, 0), min(x1, w)))
     return boxes
+
+
+def scan_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], margin_mm: float, midline_x: float
+                    ) -> list[tuple[int, int, int, int] | None]:
+    """The crops :func:`segment_scan` gives the model: :func:`lung_crop_boxes`, mirrored about the body's midline
+    ``midline_x`` (:func:`covseg.lungmask.body_midline`) when ``lungs`` holds one lung only (see there).
+    Shape: ``lungs`` ``(Z, Y, X)``, 0 outside, 1 right, 2 left."""
+    return lung_crop_boxes(lungs, spacing, margin_mm, midline_x if _one_lung(lungs) else None)
+
+
+def _one_lung(lungs: np.ndarray) -> bool:
+    """Whether the lung mask holds one of the two lungs only."""
+    return bool((lungs == RIGHT_LUNG).any()) != bool((lungs == LEFT_LUNG).any())
 
 
 def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, options: ScanOptions | None = None,
@@ -91,7 +114,8 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
     seconds["lungs"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    boxes = lung_crop_boxes(lungs, volume.spacing, options.margin_mm)
+    midline = body_midline(hu, volume.spacing)
+    boxes = scan_crop_boxes(lungs, volume.spacing, options.margin_mm, midline)
     todo = [z for z, box in enumerate(boxes) if box is not None]
     lesions = np.zeros(volume.shape, np.uint8)
     bar = tqdm(total=len(todo), desc="lesions", unit="slice", disable=not progress, dynamic_ncols=True)
@@ -110,7 +134,10 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
     seconds["lesions"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    if options.inside_lungs_only:
+    if options.inside_lungs_only and _one_lung(lungs):  # the missing lung's lesions touch no mask: nothing is dropped
+        warnings.append("with one lung in the mask, lesions outside it are kept (as --keep-outside-lungs) and "
+                        "counted on their side of the body's midline")
+    elif options.inside_lungs_only:
         kept = restrict_to_lungs(lesions, lungs, keep=scheme.pleural).astype(np.uint8)
         gone = np.where(lesions != kept, lesions, np.uint8(0))
         if options.min_lesion_ml > 0:  # only what the small-component filter below would have left: no warning
@@ -125,6 +152,6 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
     if options.min_lesion_ml > 0:
         lesions = remove_small_components(lesions, volume.spacing, options.min_lesion_ml).astype(np.uint8)
     figures = quantify(lesions, lungs, volume.spacing, dict(enumerate(scheme.names)), scheme.pleural,
-                       midline_x=body_midline(hu, volume.spacing))
+                       midline_x=midline)
     seconds["quantify"] = time.perf_counter() - tick
     return ScanResult(lesions, lungs, figures, len(todo), seconds, warnings)

@@ -339,10 +339,11 @@ class _Oracle:
 
     def __init__(self, truth: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], margin_mm: float,
                  n_classes: int) -> None:
-        from covseg.lungmask import lung_mask
+        from covseg.lungmask import body_midline, lung_mask
+        from covseg.scan import scan_crop_boxes
 
         self.truth, self.n_classes = truth, n_classes
-        self.boxes = lung_crop_boxes(lung_mask(hu, spacing), spacing, margin_mm)
+        self.boxes = scan_crop_boxes(lung_mask(hu, spacing), spacing, margin_mm, body_midline(hu, spacing))
         self.todo = [z for z, b in enumerate(self.boxes) if b is not None]
         self.seen = np.zeros(truth.shape, bool)
         for z in self.todo:
@@ -476,3 +477,39 @@ def test_the_covseg_program_prints_a_non_utf8_scan_name_on_a_strict_utf8_stdout(
                           env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-400:]
     assert b"M\\udcfcller.nii.gz: lesions" in done.stdout and b"Traceback" not in done.stderr
+
+
+def test_a_lung_missing_from_the_mask_is_shown_to_the_model_and_its_lesions_counted(tmp_path: Path) -> None:
+    """Left lung wholly consolidated, so the mask holds the right lung only. With the default 10 mm margin the
+    crops (the right lung's box) showed none of the left lung (0 of its voxels), so its consolidation was never
+    segmented: the report said left lung 0 mL. The crops are now mirrored about the body's midline, and with one
+    lung in the mask nothing outside it is dropped."""
+    from covseg.labels import MULTICLASS
+    from covseg.lungmask import body_midline, lung_mask
+    from covseg.quantify import severity_score
+    from covseg.scan import lung_crop_boxes, segment_scan
+
+    spacing = (2.5, 1.4, 1.4)
+    hu, parts = chest_phantom(shape=(16, 96, 96), spacing=spacing, noise=0.0)
+    left = parts["left"]
+    hu[left] = 20.0
+    truth = np.where(left, 2, 0)
+    volume = _volume_of(hu, spacing, tmp_path / "chest.nii.gz")
+    lungs = lung_mask(volume.hu, spacing)
+    plain = np.zeros(hu.shape, bool)  # what the right lung's own boxes show
+    for z, box in enumerate(lung_crop_boxes(lungs, spacing, 10.0)):
+        if box is not None:
+            plain[z, box[0]:box[1], box[2]:box[3]] = True
+    assert set(np.unique(lungs).tolist()) == {0, 1} and (plain & left).sum() < 0.05 * left.sum()
+    mid = body_midline(volume.hu, spacing)
+    assert lung_crop_boxes(lungs, spacing, 10.0, mid) != lung_crop_boxes(lungs, spacing, 10.0)
+
+    oracle = _Oracle(truth, volume.hu, spacing, 10.0, 4)
+    found = oracle.seen & left
+    assert found.sum() > 0.9 * left.sum()
+    result = segment_scan(volume, oracle, MULTICLASS, progress=False)
+    voxel_ml = 2.5 * 1.4 * 1.4 / 1000
+    assert result.figures["left"]["class_ml"]["consolidation"] == pytest.approx(found.sum() * voxel_ml)
+    assert result.figures["right"]["class_ml"]["consolidation"] == 0.0
+    assert severity_score(result.figures["left"]["lesion_percent"]) == result.figures["left"]["severity"] == 5
+    assert any("with one lung in the mask, lesions outside it are kept" in w for w in result.warnings)
