@@ -1,6 +1,7 @@
 """bf16 inference of the default U-Net three ways, interleaved in one process: the trained model, batch norm
 folded, and folded with each convolution + ReLU one oneDNN call (covseg's path on CPUs with native bf16), beside
-fp32 NCHW. Interleaving puts every network through the same machine noise; the medians and ratios are the figures.
+fp32 NCHW. Interleaving puts every network through the same machine noise (after one untimed warm-up call each, in
+an order reversed every other round); the medians and ratios are the figures.
 
     python benchmarks/bf16_paths.py [--size 512] [--batch 8] [--rounds 12] [--model unet16]
 
@@ -52,16 +53,20 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = {"fp32, NCHW": run_fp32, "bf16, trained model": bf16(trained), "bf16, batch norm folded": bf16(folded),
             "bf16, folded + conv-ReLU fused": bf16(fused)}
+    for run in runs.values():  # one untimed call each: oneDNN primitive creation, first-touch allocations
+        run()
     same = torch.equal(runs["bf16, batch norm folded"](), runs["bf16, folded + conv-ReLU fused"]())
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, run in runs.items():
+    order = list(runs.items())
+    for round_ in range(args.rounds):  # the order flips every round, so no network always follows the same one
+        for name, run in order[::1 if round_ % 2 == 0 else -1]:
             tick = time.perf_counter()
             run()
             times[name].append(1000 * (time.perf_counter() - tick) / args.batch)
     medians = {name: statistics.median(t) for name, t in times.items()}
     trained_ms = medians["bf16, trained model"]
-    print(f"{args.model}, {args.size}x{args.size}, batch {args.batch}, {args.rounds} interleaved rounds, "
+    print(f"{args.model}, {args.size}x{args.size}, batch {args.batch}, {args.rounds} interleaved rounds (order "
+          "reversed every other round, after one untimed call each), "
           f"{torch.get_num_threads()} threads; ms per slice")
     for name, t in times.items():
         print(f"{name:32s} median {medians[name]:7.1f}  min {min(t):7.1f}  max {max(t):7.1f}  "

@@ -3,7 +3,8 @@
 For each run folder (e.g. the ``fold-K`` runs of a ``covseg cv`` folder) it exports the ``last.pt`` model to a
 static-int8 ONNX file (calibrated on the run's training slices, as ``covseg export --int8`` does), then scores the
 fp32 model (ONNX Runtime fp32) and the int8 file on the run's held-out slices at their own size, and prints
-per-image Dice per class, the paired difference and the share of pixels whose label is the same.
+per-image Dice per class, the paired difference (mean ± sample standard deviation over the runs) and the share
+of pixels whose label is the same.
 
     python benchmarks/int8_check.py runs/cv-binary/fold-0 runs/cv-binary/fold-1 ... [--data DIR]
 """
@@ -59,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['run']}: {cells}  same label {r['agreement']:.4%} (export check {r['export_agreement']:.4%})")
     for c in classes:
         d = [r["int8"][c] - r["fp32"][c] for r in rows]
+        spread = f" ± {statistics.stdev(d):.4f} (sample std)" if len(d) > 1 else ""  # as covseg cv-compare
         print(f"{c}: fp32 {statistics.mean(r['fp32'][c] for r in rows):.4f}, int8 "
-              f"{statistics.mean(r['int8'][c] for r in rows):.4f}, paired {statistics.mean(d):+.4f} ± "
-              f"{statistics.pstdev(d):.4f} ({sum(x > 0 for x in d)} of {len(d)} up)")
+              f"{statistics.mean(r['int8'][c] for r in rows):.4f}, paired {statistics.mean(d):+.4f}{spread} "
+              f"({sum(x > 0 for x in d)} of {len(d)} up)")
     print(f"same label: {statistics.mean(r['agreement'] for r in rows):.4%} of the held-out pixels (mean over runs); "
           f"min {min(r['agreement'] for r in rows):.4%}")
     return 0

@@ -16,6 +16,7 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -107,6 +108,8 @@ class DownloadReport:
     extra_copied: int = 0
     extra_present: int = 0
     notes: list[str] = field(default_factory=list)
+    in_place: bool = False
+    """The mirror is the data folder itself: its files were only verified, none fetched, replaced or deleted."""
 
     def _all(self, attr: str) -> list[str]:
         return [p for s in self.splits.values() for p in getattr(s, attr)]
@@ -128,7 +131,7 @@ class DownloadReport:
 
     @property
     def corrupt(self) -> list[str]:
-        """Files whose fetched content failed the SHA-256 check (deleted)."""
+        """Files whose fetched content failed the SHA-256 check (deleted; left as they are when ``in_place``)."""
         return self._all("corrupt")
 
     def summary(self) -> str:
@@ -147,7 +150,8 @@ class DownloadReport:
                 if s.missing:
                     text += f", {len(s.missing)} missing from the mirror"
                 if s.corrupt:
-                    text += f", {len(s.corrupt)} failed the checksum and were deleted"
+                    text += (f", {len(s.corrupt)} failed their SHA-256 check"
+                             + (" (left as they are)" if self.in_place else " and were deleted"))
                 if name not in self.required:
                     text += " (not required)"
             parts.append(text)
@@ -361,20 +365,60 @@ def download(dataset: str, dest: Path, mirror: str | None = None,
             raise CovsegError(f"mirror folder {src_root} {what}; pass --mirror with a "
                               "folder that holds Dataset/... or an http(s):// URL")
     root = dataset_root(Path(dest), dataset)
+    if src_root is not None and src_root.resolve() == root.resolve():
+        # the mirror is the data folder (--mirror DIR/<dataset> --data-dir DIR): fetching would delete a bad file
+        # from the mirror itself, so its files are only verified
+        return _verify_in_place(dataset, src, manifest, root, progress)
     with folders_made_for(root):  # a failed first download leaves no empty folders behind
         root.mkdir(parents=True, exist_ok=True)
         return _fetch_all(dataset, src, manifest, base, src_root, root, progress)
 
 
+def _new_report(dataset: str, src: DatasetSource, root: Path, mirror: str, in_place: bool = False) -> DownloadReport:
+    """An empty report with one entry per split of ``src``."""
+    return DownloadReport(dataset=dataset, root=root, mirror=mirror,
+                          splits={name: SplitReport() for _, name in src.splits},
+                          required=src.required, extra_label=src.extra_label, in_place=in_place)
+
+
+def _split_namer(src: DatasetSource) -> Callable[[str], str]:
+    """The name of the split a manifest path belongs to ("other" for none)."""
+    return lambda rel: next((name for prefix, name in src.splits if rel.startswith(prefix)), "other")
+
+
+def _verify_in_place(dataset: str, src: DatasetSource, manifest: dict[str, str], root: Path,
+                     progress: bool) -> DownloadReport:
+    """:func:`download` when the mirror folder is ``root`` itself: check every manifest file's SHA-256 and change
+    nothing; a required split with a file missing or failing its check raises a one-line :class:`CovsegError`."""
+    report = _new_report(dataset, src, root, str(root), in_place=True)
+    split_name = _split_namer(src)
+    for rel, digest in tqdm(sorted(manifest.items()), desc=dataset, unit="file", disable=not progress or None):
+        bucket = report.splits.setdefault(split_name(rel), SplitReport())
+        final = root / rel
+        if not final.is_file():
+            bucket.missing.append(rel)
+        elif file_sha256(final) == digest:
+            bucket.skipped.append(rel)
+        else:
+            bucket.corrupt.append(rel)
+    if src.extra_dir and (root / src.extra_dir).is_dir():
+        report.extra_present = sum(1 for p in (root / src.extra_dir).iterdir() if p.is_file())
+    for name in src.required:
+        s = report.splits[name]
+        bad = sorted(s.missing + s.corrupt)
+        if bad:
+            why = "is missing" if bad[0] in s.missing else "fails its SHA-256 check"
+            raise CovsegError(f"{name} split incomplete: {len(bad)} of {s.total} files missing or corrupt, first "
+                              f"{bad[0]} ({why}); --mirror is the data folder itself ({root}), so nothing was "
+                              f"fetched or deleted: {_MIRROR_HINT} with another, complete copy")
+    return report
+
+
 def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base: str, src_root: Path | None,
                root: Path, progress: bool) -> DownloadReport:
     """:func:`download`'s work once ``root`` exists: fetch, verify and report every manifest file."""
-    report = DownloadReport(dataset=dataset, root=root, mirror=str(src_root or base),
-                            splits={name: SplitReport() for _, name in src.splits},
-                            required=src.required, extra_label=src.extra_label)
-
-    def split_name(rel: str) -> str:
-        return next((name for prefix, name in src.splits if rel.startswith(prefix)), "other")
+    report = _new_report(dataset, src, root, str(src_root or base))
+    split_name = _split_namer(src)
 
     # the required splits' files first: an optional split the mirror will not serve cannot stop them
     order = sorted(manifest.items(), key=lambda item: (split_name(item[0]) not in src.required, item[0]))

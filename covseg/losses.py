@@ -278,10 +278,11 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
                 tversky_lesion_only: bool = False, lovasz_weight: float = 0.0) -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
-    ``dice`` picks the Dice term's reduction for the ``*dice*`` losses: ``"batch"`` (batch Dice),
-    ``"sample"`` (per-image Dice) or ``"present"`` (per-image Dice over the (image, class) pairs whose truth
-    holds the class, as the reported metric; see :class:`DiceLoss`). ``lesion_region`` adds the union of the
-    foreground classes to the Dice term as one more region (``*dice*`` losses of three or more classes only).
+    ``dice`` picks the Dice term's reduction for the ``*dice*`` losses (``ce`` and ``mfb_ce`` refuse any but the
+    default): ``"batch"`` (batch Dice), ``"sample"`` (per-image Dice) or ``"present"`` (per-image Dice over the
+    (image, class) pairs whose truth holds the class, as the reported metric; see :class:`DiceLoss`).
+    ``lesion_region`` adds the union of the foreground classes to the Dice term as one more region (``*dice*`` losses
+    of three or more classes only).
     ``types_only`` gives :class:`LesionTypeLoss` instead (``dice_ce``, or ``mfb_dice_ce`` for a weighted CE
     term, with ``present`` Dice, three or more classes; ``train.types_only``), and ``lesion_and_type``
     :class:`LesionAndTypeLoss` (the same conditions; ``train.lesion_and_type``). ``dice_weight`` scales the Dice
@@ -314,6 +315,10 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
                           f"mfb_dice_ce, not to {name!r}"
                           f"{with_type_loss}"
                           "; drop train.lovasz_weight or use one of those losses")
+    if dice != "batch" and name in ("ce", "mfb_ce") and not with_type_loss:  # those say what they need below
+        raise CovsegError(f"train.dice={dice} picks how the Dice term is reduced, but train.loss={name} has no "
+                          "Dice term; set train.dice=batch (its default) or use train.loss=dice_ce, mfb_dice_ce "
+                          "or dice")
     if tversky_lesion_only and tversky_beta == 0.5:
         raise CovsegError("train.tversky_lesion_only applies train.tversky_beta to the lesion region, but "
                           "train.tversky_beta is 0.5 (plain Dice); set it, e.g. train.tversky_beta=0.7")

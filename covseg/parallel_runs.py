@@ -14,20 +14,29 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import torch
 
 from covseg.config import RunConfig
 from covseg.datasets import Sample
+from covseg.errors import CovsegError
 
 __all__ = ["threads_per_job", "train_runs_in_parallel"]
 
 
 def threads_per_job(jobs: int, cores: int | None = None) -> int:
-    """Torch intra-op threads for each of ``jobs`` concurrent runs: the cores shared out, at least one each."""
-    return max(1, (cores or os.cpu_count() or 1) // jobs)
+    """Torch intra-op threads for each of ``jobs`` concurrent runs: the cores shared out, at least one each.
+
+    ``cores`` defaults to those this process may run on (its CPU affinity: a container's or ``taskset``'s share),
+    or every core where the system does not say."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // jobs)
+
+
+_KILLED = "a training worker was killed (often out of memory); lower --jobs and run again to resume"
 
 
 _training = False
@@ -74,7 +83,8 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
     Each worker gets :func:`threads_per_job` torch threads (unless ``config.train.threads`` sets them) and no
     progress bars; it prints one line per event to stderr, prefixed with its run folder. The first run that fails stops
     the others from starting (a run is handed to a worker only when one is free) and its error is raised here, once
-    the runs already training have ended (a :class:`covseg.errors.CovsegError` stays one). After
+    the runs already training have ended (a :class:`covseg.errors.CovsegError` stays one; a worker killed, e.g. out
+    of memory, becomes one). After
     Ctrl-C every worker saves its ``last.pt`` (as a single run does) and ``KeyboardInterrupt`` is raised, so a
     second call resumes them.
     """
@@ -95,7 +105,10 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
             while pending or running:
                 while pending and len(running) < jobs and failure is None and not interrupted:
                     config, run_dir = pending.pop(0)
-                    running.add(pool.submit(_train_in_worker, config, samples, run_dir, data, threads))
+                    try:
+                        running.add(pool.submit(_train_in_worker, config, samples, run_dir, data, threads))
+                    except BrokenExecutor:  # a worker died since the last wait: the pool takes no more runs
+                        raise CovsegError(_KILLED) from None
                 if not running:
                     break
                 done, running = wait(running, return_when=FIRST_COMPLETED)
@@ -108,6 +121,8 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
         except KeyboardInterrupt:  # the workers had the same Ctrl-C: they save and return False
             wait(running)
             raise
+    if isinstance(failure, BrokenExecutor):  # a worker died (SIGKILL, e.g. the OOM killer); every run of it ended
+        raise CovsegError(_KILLED) from None
     if failure is not None:
         raise failure  # a CovsegError stays one
     if interrupted:

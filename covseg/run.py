@@ -5,8 +5,8 @@ Layout of ``RUN_DIR``::
     config.yaml         resolved RunConfig          run.json       data path, versions, command
     split.json          train/val/test names (+ all folds for cv:K)
     class_weights.json  median-frequency weights of the training masks
-    history.csv         per epoch: train/val loss, pixel accuracy, val mean Dice (empty between train.val_every
-                        epochs), lr, seconds
+    history.csv         per epoch: train/val loss, pixel accuracy, val mean Dice (the val columns hold ``nan`` in the
+                        epochs between train.val_every ones), lr, seconds
     curves.png          loss and accuracy curves
     best.pt / last.pt   checkpoints (best by validation mean foreground Dice; last for --resume)
     ema.pt              with train.ema > 0: the weights' exponential moving average after the last epoch,
@@ -35,7 +35,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from covseg import __version__
-from covseg.checkpoint import build_model, cpu_state_dict, read_checkpoint, save_checkpoint
+from covseg.checkpoint import (_first_line, _weights_mismatch, build_model, cpu_state_dict, read_checkpoint,
+                               save_checkpoint)
 from covseg.config import DataConfig, RunConfig, TrainConfig, check_new_run, config_from_dict, config_to_dict
 from covseg.consistency import ConsistencyTerm
 from covseg.distill import DistillTerm, load_teachers
@@ -156,6 +157,31 @@ def sync_history(run_dir: Path) -> bool:
         return False
     _write_history(Path(run_dir), history)
     return True
+
+
+_TRAIN_AGAIN = "a run resumes only from the last.pt it wrote; train it again (covseg train ... -o RUN --force)"
+
+
+def _resume_into(target: torch.nn.Module | torch.optim.Optimizer, state: dict, key: str, what: str,
+                 run_dir: Path, because: str = "") -> None:
+    """Load ``state[key]`` (``run_dir/last.pt``'s ``what``, there ``because`` of a setting) into ``target``, a
+    network or the optimizer.
+
+    One that is missing (a best.pt copied over last.pt holds no optimizer state) or does not fit the run's
+    config.yaml (a last.pt from another run) raises a one-line :class:`CovsegError` naming it."""
+    last = run_dir / "last.pt"
+    if key not in state:
+        guess = "" if because else " (is it a best.pt or another checkpoint copied over it?)"
+        raise CovsegError(f"{last} holds no {what}{because}{guess}; {_TRAIN_AGAIN}")
+    given = state[key]
+    try:
+        target.load_state_dict(given)
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        tensors = isinstance(given, dict) and all(isinstance(v, torch.Tensor) for v in given.values())
+        detail = (_weights_mismatch(target.state_dict(), given, err)
+                  if isinstance(target, torch.nn.Module) and tensors else _first_line(err))
+        raise CovsegError(f"{last}: its '{key}' entry ({what}) does not fit the run's config.yaml ({detail}); "
+                          + _TRAIN_AGAIN) from None
 
 
 def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
@@ -418,29 +444,24 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     best: float | None = None
     if resume:
         state = read_checkpoint(run_dir / "last.pt")
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        _resume_into(core, state, "model", "model weights", run_dir)
+        _resume_into(optimizer, state, "optimizer", "optimizer state", run_dir)
         history = list(state.get("history", []))
         best = state.get("best")
         if dist.is_main:  # a process killed between writing last.pt and history.csv left history.csv one epoch behind
             _write_history(run_dir, history)
         if averaged is not None:  # last.pt holds the average of its own epoch (ema.pt may be one ahead)
-            if "ema" not in state:
-                raise CovsegError(f"{run_dir}/last.pt holds no weight average though train.ema is on; "
-                                  "train it again (covseg train ... -o RUN --force)")
-            averaged.module.load_state_dict(state["ema"])
+            _resume_into(averaged.module, state, "ema", "weight average", run_dir, " though train.ema is on")
             averaged.n_averaged.fill_(1)  # past the first update, which copies the model
         if swa is not None:
-            if "swa" not in state:
-                raise CovsegError(f"{run_dir}/last.pt holds no weight average though train.swa_epochs is on; "
-                                  "train it again (covseg train ... -o RUN --force)")
-            swa.module.load_state_dict(state["swa"])
+            _resume_into(swa.module, state, "swa", "weight average", run_dir, " though train.swa_epochs is on")
+            if not isinstance(state.get("swa_n"), int):
+                raise CovsegError(f"{run_dir / 'last.pt'} holds no count of its averaged epochs (swa_n) though "
+                                  f"train.swa_epochs is on; {_TRAIN_AGAIN}")
             swa.n_averaged.fill_(state["swa_n"])
         if consistency is not None:
-            if "teacher" not in state:
-                raise CovsegError(f"{run_dir}/last.pt holds no teacher though train.consistency is on; "
-                                  "train it again (covseg train ... -o RUN --force)")
-            consistency.teacher.module.load_state_dict(state["teacher"])
+            _resume_into(consistency.teacher.module, state, "teacher", "teacher", run_dir,
+                         " though train.consistency is on")
             consistency.teacher.n_averaged.fill_(1)
         if "rng" in state:  # dropout's draws carry on where the interrupted run left them
             torch.set_rng_state(state["rng"])

@@ -244,6 +244,31 @@ def test_corrupt_file_in_mirror(mirror: Path, tmp_path: Path,
     assert not (root / victim).exists()
 
 
+def test_a_mirror_that_is_the_data_folder_is_only_verified(mirror: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    train = _train_paths()
+    subset = {p: h for p, h in dl.read_manifest(NAME).items() if p in train[:4]}
+    monkeypatch.setattr(dl, "read_manifest", lambda name: subset)
+    root = dl.dataset_root(tmp_path / "data", NAME)  # --data-dir tmp/data --mirror tmp/data/covid-semiseg
+    for rel in subset:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mirror / rel, root / rel)
+    report = dl.download(NAME, tmp_path / "data", mirror=str(root), progress=False)
+    assert sorted(report.skipped) == sorted(subset) and not report.fetched and report.in_place
+
+    victim = train[1]
+    raw = bytearray((root / victim).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (root / victim).write_bytes(bytes(raw))
+    # the same folder by another spelling: it used to unlink the bad file, deleting it from the mirror, and call it
+    # missing from the mirror
+    with pytest.raises(CovsegError, match=rf"^training split incomplete: 1 of 4 files .*first {victim} \(fails its "
+                                          r"SHA-256 check\); --mirror is the data folder itself .*--mirror"):
+        dl.download(NAME, tmp_path / "data", mirror=str(tmp_path / "data" / "." / NAME), progress=False)
+    assert (root / victim).read_bytes() == bytes(raw)  # left as it was
+    assert all((root / rel).is_file() for rel in subset) and not _parts(root)
+
+
 def test_missing_training_file_is_an_error(mirror: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     subset = {"Dataset/TrainingSet/nowhere.png": "0" * 64}

@@ -137,6 +137,18 @@ def test_dice_weight_refused_where_it_means_nothing() -> None:
         create_loss("dice_ce", dice_weight=0.0)
 
 
+def test_dice_reduction_refused_without_a_dice_term() -> None:
+    # train.dice used to be dropped without a word under train.loss=ce / mfb_ce, unlike dice_weight or tversky_beta
+    for name in ("ce", "mfb_ce"):
+        for dice in ("sample", "present"):
+            with pytest.raises(CovsegError, match=rf"^train.dice={dice} picks .* train.loss={name} has no Dice term; set "
+                                                  r"train.dice=batch .*$"):
+                create_loss(name, np.ones(2), dice=dice)
+        assert isinstance(create_loss(name, np.ones(2), dice="batch"), torch.nn.Module)  # the default is no choice
+    for name in ("dice", "dice_ce", "mfb_dice_ce"):
+        create_loss(name, np.ones(2), dice="present")
+
+
 def test_tversky_beta_weighs_false_negatives_by_hand() -> None:
     # one 1x3 image, two classes: class 1's probability p on the first two pixels, q on the third; truth [0, 1, 1]
     logits = torch.tensor([[[[0.0, 0.0, 0.0]], [[1.0, 1.0, -2.0]]]])

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -661,6 +662,32 @@ def test_resume_refuses_other_training_images_and_a_damaged_run_record(tiny_data
     assert len(err) == 1 and "config.yaml: not valid YAML" in err[0], err
 
 
+def test_resume_refuses_a_last_pt_it_cannot_continue_in_one_line(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert _train(tiny_data, run, "train.epochs=2") == 0
+    state = read_checkpoint(run / "last.pt")  # an unfinished run: one of its two epochs done
+    state["epoch"], state["history"] = 1, state["history"][:1]
+    key = next(k for k, v in state["model"].items() if v.dim() == 4)  # the first convolution's weight
+    wide = torch.zeros(2 * state["model"][key].shape[0], *state["model"][key].shape[1:])
+    foreign = copy.deepcopy(state["optimizer"])
+    foreign["param_groups"][0]["params"] = foreign["param_groups"][0]["params"][:1]
+    cases = [({k: v for k, v in state.items() if k != "optimizer"},  # best.pt copied over last.pt
+              r"last\.pt holds no optimizer state \(is it a best\.pt or another checkpoint copied "
+              r"over it\?\); .*covseg train \.\.\. -o RUN --force\)$"),
+             ({**state, "model": {**state["model"], key: wide}},  # another run's (a wider model)
+              rf"last\.pt: its 'model' entry \(model weights\) does not fit the run's config\.yaml "
+              rf"\({re.escape(key)} is {'x'.join(map(str, wide.shape))} in the file but .*--force\)$"),
+             ({**state, "optimizer": foreign},
+              r"its 'optimizer' entry \(optimizer state\) does not fit .*parameter group.*--force\)$")]
+    for damaged, pattern in cases:  # each used to end in a KeyError, RuntimeError or ValueError traceback
+        torch.save(damaged, run / "last.pt")
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if "error" in line]  # after the class weights' note
+        assert "Traceback" not in err and len(lines) == 1 and re.search(pattern, lines[0]), err
+
+
 @pytest.mark.parametrize("name, text, message", [("split.json", '{"train": [', "cannot read the split"),
                                                  ("split.json", '{"train": 5}', "a damaged split"),
                                                  ("class_weights.json", '{"weights": ', "unreadable or damaged"),
@@ -695,3 +722,33 @@ def test_parallel_runs_start_nothing_after_a_failure(tiny_data: Path, tmp_path: 
         train_runs_in_parallel(runs, samples, str(tiny_data), jobs=1, log=lambda message: None)
     # one worker: the pool used to queue the next run beyond cancel()'s reach, and it trained to the end
     assert not (tmp_path / "fold-1").exists() and not (tmp_path / "fold-2").exists()
+
+
+def _killed_worker(*args: object) -> bool:
+    """A worker body that dies as the OOM killer ends it (importable by name, so a spawned worker can run it)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def test_parallel_runs_turn_a_killed_worker_into_one_line(tmp_path: Path, monkeypatch) -> None:
+    from covseg import parallel_runs
+    from covseg.config import load_recipe
+    from covseg.errors import CovsegError
+
+    monkeypatch.setattr(parallel_runs, "_train_in_worker", _killed_worker)
+    runs = [(load_recipe("tiny"), tmp_path / f"fold-{k}") for k in range(2)]
+    # it used to raise concurrent.futures' BrokenProcessPool, a traceback under covseg cv --jobs
+    with pytest.raises(CovsegError, match=r"^a training worker was killed \(often out of memory\); lower --jobs and "
+                                          r"run again to resume$"):
+        parallel_runs.train_runs_in_parallel(runs, [], "data", jobs=2, log=lambda message: None)
+
+
+def test_threads_per_job_shares_out_the_cores_this_process_may_use(monkeypatch) -> None:
+    from covseg.parallel_runs import threads_per_job
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert threads_per_job(2) == 2  # 4 cores allowed (taskset, a container's cpuset), not the machine's 64
+    assert threads_per_job(8) == 1 and threads_per_job(2, cores=10) == 5
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows: every core
+    assert threads_per_job(2) == 32
