@@ -30,8 +30,8 @@ from covseg.fileio import atomic_path
 from covseg.labels import get_scheme
 from covseg.models import create_model
 
-__all__ = ["FORMAT", "cpu_state_dict", "save_checkpoint", "load_weights_file", "read_checkpoint", "build_model",
-           "load_model", "find_checkpoint", "epochs_done", "refuse_unfinished"]
+__all__ = ["FORMAT", "cpu_state_dict", "save_checkpoint", "load_weights_file", "read_checkpoint", "check_checkpoint",
+           "checkpoint_config", "build_model", "load_model", "find_checkpoint", "epochs_done", "refuse_unfinished"]
 
 FORMAT = "covseg-checkpoint-1"
 
@@ -142,7 +142,11 @@ def _check_archive_sums(path: Path, what: str, fix: str) -> None:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``) and check its format: ``config`` a dict,
     ``model`` a state dict of finite tensors (a diverged run's NaN weights are refused, not loaded)."""
-    data = load_weights_file(path)
+    return check_checkpoint(load_weights_file(path), path)
+
+
+def check_checkpoint(data: Any, path: Path) -> dict[str, Any]:
+    """``data``, the contents of the file at ``path``, checked as :func:`read_checkpoint` checks them."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CovsegError(f"{path}: not a covseg checkpoint (format {FORMAT} expected)")
     weights, config = data.get("model"), data.get("config")
@@ -158,6 +162,17 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise CovsegError(f"{path}: weights that are not finite numbers ({broken} holds NaN or inf; the training "
                           "diverged); retrain it, e.g. with a lower train.lr")
     return data
+
+
+def checkpoint_config(saved: Mapping[str, Any], file: Path) -> RunConfig:
+    """The run settings of checkpoint contents ``saved`` (read from ``file`` by :func:`read_checkpoint`). Settings
+    this covseg cannot read (an unknown option, a wrong type or value: a file edited, or written by another covseg
+    version) raise a one-line :class:`CovsegError` saying so."""
+    try:
+        return config_from_dict(saved["config"], source="config")
+    except CovsegError as err:
+        raise CovsegError(f"{file}: its run settings cannot be read ({err}); give a .pt file that this covseg's "
+                          "train wrote, or its run folder, or train it again") from None
 
 
 def epochs_done(run_dir: Path) -> int:
@@ -202,7 +217,7 @@ def load_model(path: str | Path, which: str = "auto", task: str | None = None,
     """
     file = find_checkpoint(path, which)
     data = read_checkpoint(file)
-    config = config_from_dict(data["config"], source=str(file))
+    config = checkpoint_config(data, file)
     if task is not None and task != config.data.task:
         raise CovsegError(f"{file}: this model was trained for the {config.data.task} task, not {task}; "
                           f"use --task {config.data.task} or another model")

@@ -11,8 +11,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from covseg.errors import CovsegError
+
 __all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "staging_folder", "current_umask", "interrupts_deferred",
-           "file_sha256", "unwritable_reason", "folders_made_for"]
+           "file_sha256", "unwritable_reason", "replacing_output", "folders_made_for"]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -83,6 +85,21 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def replacing_output(out_dir: Path, force: bool) -> bool:
+    """For a command that writes the folder ``out_dir`` whole (staged, then moved in by :func:`atomic_dir`):
+    refuse, in one line (:class:`covseg.errors.CovsegError`), a folder it cannot write or a non-empty one without
+    ``force``; return whether a non-empty folder is there to replace, so that the caller checks it holds nothing
+    but that command's own output before ``force`` deletes it."""
+    why = unwritable_reason(out_dir, folder=True)
+    if why:
+        raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return False
+    if not force:
+        raise CovsegError(f"{out_dir}: exists; pass --force to replace it or choose another -o")
+    return True
+
+
 def current_umask() -> int:
     """The process's file-mode creation mask (read without changing it for good)."""
     mask = os.umask(0)
@@ -101,19 +118,43 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success it replaces ``final`` whole.
 
     With ``force`` an existing ``final`` is replaced; the caller checks existence beforehand
-    so that it can raise a helpful error instead.
+    so that it can raise a helpful error instead. The old ``final`` is renamed aside (a hidden sibling) before the
+    new folder is renamed in, and deleted only then, with Ctrl-C held back over the two renames
+    (:func:`interrupts_deferred`): an interruption or a failed rename leaves the old folder or the new one, never
+    neither. The new folder gets the usual permissions (``0o777`` less the umask; ``mkdtemp`` makes ``0o700``).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
-        if final.exists() and force:
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        aside: Path | None = None
+        swapped = False
+        try:
+            with interrupts_deferred():
+                if force and (final.exists() or final.is_symlink()):
+                    aside = final.parent / f".{final.name}.{os.getpid()}-{os.urandom(4).hex()}.old"
+                    os.replace(final, aside)
+                os.replace(tmp, final)
+                swapped = True
+        finally:
+            if aside is not None and swapped:
+                _remove(aside)
+            elif aside is not None and not (final.exists() or final.is_symlink()):
+                os.replace(aside, final)  # the new folder did not go in: put the old one back
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    """Delete ``path`` (a folder, a file or a link), ignoring errors."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def staging_folder(out_dir: str | os.PathLike) -> Path:

@@ -25,7 +25,7 @@ import io
 import math
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,12 @@ from tqdm.auto import tqdm
 
 from covseg import __version__
 from covseg.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from covseg.checkpoint import architecture_options, cpu_state_dict, load_weights_file, refuse_unfinished
-from covseg.config import ModelConfig, RunConfig, config_to_dict, data_differences
+from covseg.checkpoint import (architecture_options, check_checkpoint, checkpoint_config, cpu_state_dict,
+                               load_weights_file, refuse_unfinished)
+from covseg.config import ModelConfig, RunConfig, config_from_dict, config_to_dict, data_differences
 from covseg.distill import chosen_on_validation, held_out_seen
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_dir, atomic_write_text, interrupts_deferred, unwritable_reason
+from covseg.fileio import atomic_dir, atomic_write_text, interrupts_deferred, replacing_output
 from covseg.intensity import normalize_image
 from covseg.models import check_input_size, create_model
 from covseg.runtime import autocast, resolve_device, resolve_precision, training_memory_format
@@ -185,18 +186,58 @@ def pretrained_path(path: str | Path) -> Path:
     return path / PRETRAINED_FILE
 
 
-def _trained_run_as_pretrained(data: dict[str, Any]) -> dict[str, Any]:
-    """A trained run's checkpoint (``covseg-checkpoint-1``) in the shape :func:`check_pretrained` reads, with the
-    split it was trained on (``trained_split``), which a run starting from it must share."""
-    config = data["config"]
-    split = {key: config["data"][key] for key in ("split", "folds", "split_seed", "val_fraction")}
-    return {"format": CHECKPOINT_FORMAT, "model_config": config["model"], "normalize": config["data"]["normalize"],
-            "model": data["model"], "trained_split": split}
+def _trained_run_as_pretrained(file: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """A trained run's checkpoint (``covseg-checkpoint-1``, read from ``file``) in the shape :func:`check_pretrained`
+    reads, with the split it was trained on (``trained_split``: the split settings it saved), which a run starting
+    from it must share. A checkpoint whose weights or settings cannot be read is refused in one line."""
+    check_checkpoint(data, file)
+    made = checkpoint_config(data, file)
+    saved = data["config"].get("data", {})
+    split = {key: getattr(made.data, key) for key in ("split", "folds", "split_seed", "val_fraction") if key in saved}
+    return {"format": CHECKPOINT_FORMAT, "model_config": asdict(made.model), "normalize": made.data.normalize,
+            "model": data["model"], "trained_split": split, "epochs": made.train.epochs}
+
+
+_PRETRAINED_KEYS = ("model", "model_config", "steps", "options", "normalize")
+"""What :func:`check_pretrained` reads of a ``covseg-pretrained-1`` file."""
+
+
+def _checked_pretraining(file: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """``data``, a pretrained checkpoint read from ``file``, with its ``model_config`` filled in (options saved before
+    they existed take their defaults); one missing or malformed entry is refused in one line."""
+    def refuse(why: str) -> CovsegError:
+        return CovsegError(f"{file}: not a covseg pretrained checkpoint ({why}); run covseg pretrain again")
+
+    missing = [key for key in _PRETRAINED_KEYS if key not in data]
+    if missing:
+        raise refuse(f"no {', '.join(missing)}")
+    weights, options = data["model"], data["options"]
+    if not isinstance(weights, dict) or not weights or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        raise refuse("its model is not a state dict of tensors")
+    whole = (data["steps"], options.get("steps") if isinstance(options, dict) else None)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in whole):
+        raise refuse("its steps and options.steps are not whole numbers")
+    if not isinstance(data["normalize"], str):
+        raise refuse("its normalize is not text")
+    made = data["model_config"]
+    if not isinstance(made, dict):
+        raise refuse("its model_config is not a mapping")
+    unknown = sorted(set(made) - {f.name for f in fields(ModelConfig)})
+    if unknown:
+        raise refuse(f"its model_config holds {unknown[0]!r}, which this covseg does not know")
+    try:
+        model = config_from_dict({"model": made}, source="config").model
+    except CovsegError as err:
+        raise refuse(f"its model_config: {err}") from None
+    return {**data, "model_config": asdict(model)}
 
 
 def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """``(file, contents)`` of the weights ``train.init`` names: a pretrained checkpoint (or the folder ``covseg
-    pretrain`` wrote), or a trained run's checkpoint (or its folder: ``last.pt``) to fine-tune from."""
+    pretrain`` wrote), or a trained run's checkpoint (or its folder: ``last.pt``) to fine-tune from. Contents that
+    are not what covseg wrote (an entry missing, of the wrong type, an unknown model option) are refused in one
+    line."""
     path = Path(path)
     file = pretrained_path(path)
     if not file.is_file():
@@ -209,12 +250,13 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
         if chosen_on_validation(data):
             raise CovsegError(f"{file}: a run's best.pt, chosen on the validation images a run of its split holds "
                               "out; give the run folder (its last.pt) or its swa.pt")
-        refuse_unfinished(file, data, int(data["config"]["train"]["epochs"]), "train.init: ")
-        return file, _trained_run_as_pretrained(data)
+        contents = _trained_run_as_pretrained(file, data)
+        refuse_unfinished(file, data, contents.pop("epochs"), "train.init: ")
+        return file, contents
     if not isinstance(data, dict) or data.get("format") != PRETRAINED_FORMAT:
         raise CovsegError(f"{file}: not a covseg pretrained checkpoint (format {PRETRAINED_FORMAT} expected); "
                           "give the folder `covseg pretrain` wrote, or a trained run's folder")
-    return file, data
+    return file, _checked_pretraining(file, data)
 
 
 def check_pretrained(path: str | Path, config: RunConfig, held_out: Collection[str] = ()
@@ -302,13 +344,8 @@ PRETRAIN_OUTPUTS = (PRETRAINED_FILE, "history.csv")
 def check_output_folder(out_dir: Path, force: bool) -> None:
     """Refuse an ``out_dir`` that pretraining may not fill: a file, a folder it cannot write, a non-empty folder
     without ``force``, or (even with ``force``) one holding anything but a finished pretraining's own files."""
-    why = unwritable_reason(out_dir, folder=True)
-    if why:
-        raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
-    if not out_dir.exists() or not any(out_dir.iterdir()):
+    if not replacing_output(out_dir, force):
         return
-    if not force:
-        raise CovsegError(f"{out_dir}: exists; pass --force to replace it or choose another -o")
     others = sorted(p.name for p in out_dir.iterdir() if p.name not in PRETRAIN_OUTPUTS)
     if others or not (out_dir / PRETRAINED_FILE).is_file():
         held = f"it holds {others[0]}" if others else f"it has no {PRETRAINED_FILE}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,18 +25,18 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from covseg.checkpoint import read_checkpoint, refuse_unfinished
-from covseg.config import RunConfig, config_from_dict
+from covseg.checkpoint import checkpoint_config, read_checkpoint, refuse_unfinished
+from covseg.config import RunConfig
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_dir, atomic_write_text, unwritable_reason
+from covseg.fileio import atomic_dir, atomic_write_text, replacing_output
 from covseg.inference import backends_used
 from covseg.intensity import grey_quantiles, match_quantiles
 from covseg.labels import get_scheme
 from covseg.training import side_generator
 
-__all__ = ["PSEUDO_FILE", "PseudoLabelRule", "slice_statistics", "make_pseudo_labels", "resolve_pseudo_folder",
-           "check_pseudo_labels", "load_pseudo_labels", "epoch_pseudo_indices"]
+__all__ = ["PSEUDO_FILE", "PseudoLabelRule", "slice_statistics", "check_output_folder", "make_pseudo_labels",
+           "resolve_pseudo_folder", "check_pseudo_labels", "load_pseudo_labels", "epoch_pseudo_indices"]
 
 PSEUDO_FILE = "pseudo.json"
 PSEUDO_STREAM = 0x5E1F  # the tag of the pseudo-labelled slices' draws (covseg.training.side_generator)
@@ -89,14 +90,26 @@ def _fold_dirs(teacher: Path) -> dict[int, Path]:
     return {int(m.group(1)): p for p in members if (m := _FOLD_DIR.match(p.name))}
 
 
-def _check_finished(run_dir: Path) -> None:
-    """Refuse a run folder still training (or stopped early) as a teacher: its ``last.pt`` holds fewer epochs than
-    its ``train.epochs``. (A cross-validation's unfinished folds are refused by :func:`_fold_dirs`.)"""
+def _check_teacher(run_dir: Path) -> None:
+    """Refuse a run folder still training (or stopped early) as a teacher (its ``last.pt`` holds fewer epochs than
+    its ``train.epochs``), and a lesion-type model (:func:`_refuse_types_only`). (A cross-validation's unfinished
+    folds are refused by :func:`_fold_dirs`.)"""
     last = run_dir / "last.pt"
     if not last.is_file():
         return  # the teacher's checkpoint is looked for, and a missing one refused, when it is opened
     saved = read_checkpoint(last)
-    refuse_unfinished(last, saved, config_from_dict(saved["config"], source=str(last)).train.epochs, "the teacher ")
+    made = checkpoint_config(saved, last)
+    refuse_unfinished(last, saved, made.train.epochs, "the teacher ")
+    _refuse_types_only(last, made)
+
+
+def _refuse_types_only(file: Path | str, made: RunConfig) -> None:
+    """Refuse a teacher (checkpoint ``file``, run config ``made``) that learnt lesion types only
+    (``train.types_only``): its background output is untrained, so its arg-max would call every pixel lesion."""
+    if made.train.types_only:
+        raise CovsegError(f"{file}: the teacher is a lesion-type model (train.types_only), whose background output "
+                          "is untrained, so it would label every pixel lesion; give a teacher trained on the whole "
+                          "task")
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -127,8 +140,41 @@ def _teacher_images(run_dir: Path, which: str, split: str, pseudo_labels: str) -
     return sorted(seen)
 
 
-def _is_pseudo_folder(folder: Path) -> bool:
-    return (folder / PSEUDO_FILE).is_file() or bool(_fold_dirs_with_labels(folder))
+def _not_pseudo_label_output(folder: Path, within: str = "") -> str | None:
+    """Why ``--force`` may not replace ``folder`` (``"it holds NAME"``, ``"it has no pseudo.json"``); None when it
+    holds only what covseg pseudo-label writes: ``pseudo.json``, ``masks/`` of PNG files and (at the top, ``within``
+    empty) ``fold-K/`` folders of that shape."""
+    labelled = False
+    for entry in sorted(folder.iterdir()):
+        name = f"{within}{entry.name}"
+        plain = not entry.is_symlink()
+        if entry.name == PSEUDO_FILE and plain and entry.is_file():
+            labelled = True
+        elif entry.name == "masks" and plain and entry.is_dir():
+            odd = next((p for p in sorted(entry.iterdir()) if p.suffix != ".png" or p.is_symlink() or not p.is_file()),
+                       None)
+            if odd is not None:
+                return f"it holds {name}/{odd.name}"
+        elif not within and _FOLD_DIR.match(entry.name) and plain and entry.is_dir():
+            why = _not_pseudo_label_output(entry, f"{entry.name}/")
+            if why:
+                return why
+            labelled = True
+        else:
+            return f"it holds {name}"
+    return None if labelled else f"it has no {within}{PSEUDO_FILE}"
+
+
+def check_output_folder(out_dir: Path, force: bool) -> None:
+    """Refuse an ``out_dir`` that pseudo-labelling may not fill: a folder it cannot write, a non-empty folder without
+    ``force``, or (even with ``force``) one holding anything but pseudo-labels covseg wrote
+    (:func:`_not_pseudo_label_output`), which ``--force`` would delete."""
+    if not replacing_output(out_dir, force):
+        return
+    why = _not_pseudo_label_output(out_dir)
+    if why:
+        raise CovsegError(f"{out_dir}: is not a pseudo-label folder ({why}), and --force replaces only what "
+                          "covseg pseudo-label wrote; choose another -o")
 
 
 def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, rule: PseudoLabelRule = PseudoLabelRule(),
@@ -144,6 +190,8 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     (:func:`covseg.intensity.match_quantiles`), which ``pseudo.json`` records as ``grey_reference`` so that a
     student reads the slices mapped the same way (unlabelled slices exported with another display window then look
     like the labelled ones).
+    ``force`` replaces an ``out_dir`` holding only pseudo-labels (:func:`check_output_folder`). A teacher that keeps
+    none of the slices is a ``covseg: warning:`` line on stderr naming the rule's limits and which to relax.
     Returns the summary written to ``pseudo.json`` (for a CV folder: ``{"folds": {K: summary}}``).
     """
     teacher, out_dir = Path(teacher), Path(out_dir)
@@ -153,27 +201,26 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     if o == t or t in o.parents or o in t.parents:
         raise CovsegError(f"{out_dir}: the output may not be the teacher's folder, inside it or above it; "
                           "choose another -o")
-    why = unwritable_reason(out_dir, folder=True)  # before the teachers run
-    if why:
-        raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        if not force:
-            raise CovsegError(f"{out_dir}: exists; pass --force to replace it or choose another -o")
-        if not out_dir.is_dir() or not _is_pseudo_folder(out_dir):
-            raise CovsegError(f"{out_dir}: is not empty and holds no pseudo-labels; --force only replaces "
-                              "pseudo-label folders, so choose a new -o")
+    check_output_folder(out_dir, force)  # before the teachers run
     folds = _fold_dirs(teacher)
-    if not folds:
-        _check_finished(teacher)
+    for run in folds.values() or [teacher]:
+        _check_teacher(run)
     loaded: dict[tuple, list[Sample]] = {}  # the slices read, once for all fold teachers (_split_once)
-    if folds:
-        with atomic_dir(out_dir, force=force) as staged:
-            summaries = {k: _pseudo_label_one(run, staged / f"fold-{k}", data, rule, which, batch_size, progress,
-                                              log, loaded, match_grey)
-                         for k, run in folds.items()}
-        return {"folds": summaries}
+    # atomic_dir swaps the old folder for the new one with Ctrl-C held back (covseg.fileio.interrupts_deferred)
     with atomic_dir(out_dir, force=force) as staged:
-        return _pseudo_label_one(teacher, staged, data, rule, which, batch_size, progress, log, loaded, match_grey)
+        if folds:
+            result = {"folds": {k: _pseudo_label_one(run, staged / f"fold-{k}", data, rule, which, batch_size,
+                                                     progress, log, loaded, match_grey)
+                                for k, run in folds.items()}}
+        else:
+            result = _pseudo_label_one(teacher, staged, data, rule, which, batch_size, progress, log, loaded,
+                                       match_grey)
+        try:  # again: something may have appeared at out_dir while the teacher labelled
+            check_output_folder(out_dir, force)
+        except CovsegError as err:
+            raise CovsegError(f"the pseudo-labels were made, but nothing was written: {err} (it changed while the "
+                              "teacher labelled)") from None
+    return result
 
 
 def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: PseudoLabelRule, which: str,
@@ -185,6 +232,7 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
     if not run_dir.is_dir():
         raise CovsegError(f"{run_dir}: the teacher must be a run folder or a cross-validation folder")
     predictor, config, info = open_predictor(run_dir, None, which, "auto", "cpu", "auto", batch_size, False)
+    _refuse_types_only(info["file"], config)
     seen = _teacher_images(run_dir, Path(info["file"]).stem, config.data.split, config.data.pseudo_labels)
     teacher_data = read_run_info(run_dir)["data"]
     data = data or teacher_data
@@ -194,12 +242,14 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
     images = [s.image if reference is None else match_quantiles(s.image, reference) for s in samples]
     masks = out_dir / "masks"
     masks.mkdir(parents=True)
-    rows, kept = [], 0
+    rows, kept, lesion = [], 0, []
     bar = tqdm(total=len(samples), desc=f"pseudo-label {run_dir.name}", unit="slice", disable=not progress,
                dynamic_ncols=True)
     for sample, probs in zip(samples, predictor(images)):
         labels, fraction, confidence = slice_statistics(probs)
         keep = keeps(rule, fraction, confidence)
+        if fraction > 0:
+            lesion.append((fraction, confidence))
         if keep:
             Image.fromarray(labels).save(masks / f"{sample.name}.png")
             kept += 1
@@ -214,8 +264,34 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
     if reference is not None:
         summary["grey_reference"] = [round(float(v), 6) for v in reference]
     atomic_write_text(out_dir / PSEUDO_FILE, json.dumps(summary, indent=1) + "\n")
-    log(f"{run_dir.name}: kept {kept} of {len(rows)} slices as pseudo-labels")
+    if kept:
+        log(f"{run_dir.name}: kept {kept} of {len(rows)} slices as pseudo-labels")
+    else:
+        print(f"covseg: warning: {run_dir.name}: kept none of {len(rows)} slices as pseudo-labels "
+              f"({_limits(asdict(rule))}); {_relax_advice(rule, lesion)}", file=sys.stderr, flush=True)
     return summary
+
+
+def _limits(rule: Any) -> str:
+    """The three limits of a summary's ``rule`` (a mapping) as the options that set them."""
+    names = (("min_confidence", "--min-confidence"), ("min_fraction", "--min-fraction"),
+             ("max_fraction", "--max-fraction"))
+    if not isinstance(rule, dict) or not all(key in rule for key, _ in names):
+        return "limits " + ", ".join(option for _, option in names)
+    return ", ".join(f"{option} {rule[key]}" for key, option in names)
+
+
+def _relax_advice(rule: PseudoLabelRule, lesion: list[tuple[float, float]]) -> str:
+    """Which limit to relax when none of the slices was kept: the one that refused most of the slices with lesion
+    (``(fraction, confidence)`` of each)."""
+    if not lesion:
+        return "the teacher found lesion on none of them, which no limit changes; check the teacher and --data"
+    refused = {"lower --min-confidence": sum(c < rule.min_confidence for _, c in lesion),
+               "lower --min-fraction": sum(f < rule.min_fraction for f, _ in lesion),
+               "raise --max-fraction": sum(f > rule.max_fraction for f, _ in lesion)}
+    ranked = sorted((n, advice) for advice, n in refused.items() if n)
+    return " or ".join(f"{advice} (it refused {n} of the {len(lesion)} slices with lesion)"
+                       for n, advice in reversed(ranked))
 
 
 def resolve_pseudo_folder(folder: str | Path, split: str) -> Path:
@@ -250,10 +326,12 @@ def check_pseudo_labels(folder: str | Path, task: str, heldout: list[str]) -> di
                           f"with a {task} teacher")
     leaked = sorted(set(summary["teacher_images"]) & set(heldout))
     if leaked:
-        raise CovsegError(f"{folder}: the teacher trained on held-out image {leaked[0]} (and {len(leaked) - 1} "
-                          "more); make pseudo-labels from the same fold's teacher (covseg pseudo-label CV_DIR)")
+        more = f" (and {len(leaked) - 1} more)" if len(leaked) > 1 else ""
+        raise CovsegError(f"{folder}: the teacher trained on held-out image {leaked[0]}{more}; make pseudo-labels "
+                          "from the same fold's teacher (covseg pseudo-label CV_DIR)")
     if not summary["kept"]:
-        raise CovsegError(f"{folder}: no slice was kept as a pseudo-label; relax --min-confidence")
+        raise CovsegError(f"{folder}: no slice was kept as a pseudo-label ({_limits(summary.get('rule'))}); make "
+                          "them again with looser limits (covseg pseudo-label ... --force)")
     return summary
 
 

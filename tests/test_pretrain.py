@@ -389,3 +389,57 @@ def test_pretraining_refuses_training_overrides_it_would_not_use(unlabelled_data
         assert not out.exists()
     assert main([*common, "train.device=cpu"]) == 0  # device, precision and threads it does use
     assert read_pretrained(out)[1]["run_config"]["train"]["device"] == "cpu"
+
+
+def test_a_malformed_pretrained_checkpoint_is_refused_in_one_line(pretrained: Path, unlabelled_data: Path,
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    good = read_pretrained(pretrained)[1]
+    weights = good["model"]
+    cases = {"missing": ({"format": "covseg-pretrained-1", "model": weights},
+                         "no model_config, steps, options, normalize"),
+             "future": ({**good, "model_config": {**good["model_config"], "future_option": 1}},
+                        "its model_config holds 'future_option', which this covseg does not know"),
+             "width": ({**good, "model_config": {**good["model_config"], "width": "wide"}},
+                       "its model_config: config.model.width: expected a number, got 'wide'"),
+             "config": ({**good, "model_config": [4, 2]}, "its model_config is not a mapping"),
+             "steps": ({**good, "steps": "60"}, "its steps and options.steps are not whole numbers"),
+             "options": ({**good, "options": None}, "its steps and options.steps are not whole numbers"),
+             "normalize": ({**good, "normalize": None}, "its normalize is not text"),
+             "weights": ({**good, "model": {}}, "its model is not a state dict of tensors")}
+    for name, (payload, why) in cases.items():
+        file = tmp_path / f"{name}.pt"
+        torch.save(payload, file)
+        with pytest.raises(CovsegError) as caught:
+            read_pretrained(file)
+        assert str(caught.value) == f"{file}: not a covseg pretrained checkpoint ({why}); run covseg pretrain again"
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(unlabelled_data), "--split", "cv:0", "-o", str(run),
+                 "--quiet", *TINY_OVERRIDES, f"train.init={tmp_path / 'missing.pt'}"]) == 2
+    err = capsys.readouterr().err
+    assert "not a covseg pretrained checkpoint (no model_config" in err and err.count("\n") == 1
+    assert "Traceback" not in err and not run.exists()
+
+
+def test_a_trained_checkpoint_with_unreadable_settings_is_refused_in_one_line(
+        tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from covseg.checkpoint import load_model
+
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0"])
+    for name, edit, why in (("future", lambda c: c["model"].update(future_option=1),
+                             "config.model: unknown option 'future_option'"),
+                            ("train", lambda c: c.update(train=3), "config.train: expected a mapping, got 3")):
+        other = shutil.copytree(tiny_run, tmp_path / name)
+        state = read_checkpoint(other / "last.pt")
+        edit(state["config"])
+        torch.save(state, other / "last.pt")
+        with pytest.raises(CovsegError, match=rf"last.pt: its run settings cannot be read \({why}"):
+            check_pretrained(other, config)
+        with pytest.raises(CovsegError, match=rf"last.pt: its run settings cannot be read \({why}.*; give a .pt "
+                                              "file that this covseg's train wrote"):
+            load_model(other, "last")
+        run = tmp_path / f"run-{name}"
+        assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o", str(run),
+                     "--quiet", *TINY_OVERRIDES, f"train.init={other}"]) == 2
+        err = capsys.readouterr().err
+        assert "its run settings cannot be read" in err and err.count("\n") == 1 and not run.exists()

@@ -240,3 +240,112 @@ def test_cv_refuses_pseudo_labels_a_later_fold_may_not_use_before_fold_0_trains(
     err = capsys.readouterr().err
     assert "teacher trained on held-out image" in err and err.count("\n") == 1
     assert not list(cv.glob("fold-*/last.pt"))
+
+
+def test_pseudo_label_refuses_a_lesion_type_teacher(semi_data: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    types = tmp_path / "types"  # its background output is untrained: its arg-max would call every pixel lesion
+    assert main(["train", "--recipe", "tiny", "--task", "multiclass", "--data", str(semi_data), "--split", "cv:0",
+                 "--epochs", "1", "-o", str(types), "--quiet", *TINY_OVERRIDES, "train.types_only=true",
+                 "train.dice=present"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "p"
+    assert main(["pseudo-label", str(types), "-o", str(out), "--min-confidence", "0", "--max-fraction", "1",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the teacher is a lesion-type model (train.types_only)" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_force_replaces_only_a_folder_of_pseudo_labels(teacher_cv: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    keep_all = ["--min-confidence", "0", "--min-fraction", "0", "--max-fraction", "1", "--quiet"]
+    out = tmp_path / "p"
+    assert main(["pseudo-label", str(teacher_cv), "-o", str(out), *keep_all]) == 0
+    for extra in ("notes.txt", "fold-1/notes.txt", "fold-2/masks/notes.txt", "student/last.pt"):
+        (out / extra).parent.mkdir(parents=True, exist_ok=True)
+        (out / extra).write_text("mine")
+        before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+        capsys.readouterr()
+        assert main(["pseudo-label", str(teacher_cv), "-o", str(out), "--force", *keep_all]) == 2
+        err = capsys.readouterr().err
+        named = extra.split("/last.pt")[0]  # a foreign folder is named, not what it holds
+        assert f"is not a pseudo-label folder (it holds {named}), and --force replaces only" in err
+        assert err.count("\n") == 1 and sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+        (out / extra).unlink()
+    (out / "student").rmdir()
+    shutil.rmtree(out / "fold-0" / "masks")  # a fold folder with no pseudo.json is no pseudo-label output either
+    (out / "fold-0" / "pseudo.json").unlink()
+    assert main(["pseudo-label", str(teacher_cv), "-o", str(out), "--force", *keep_all]) == 2
+    assert "(it has no fold-0/pseudo.json)" in capsys.readouterr().err
+    shutil.rmtree(out / "fold-0")
+    # what covseg pseudo-label wrote, and nothing else, is replaced whole
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(out), "--force", *keep_all]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["masks", "pseudo.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # nothing staged or set aside left
+
+
+def test_ctrl_c_while_force_replaces_pseudo_labels_leaves_a_whole_folder(
+        teacher_cv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    import covseg.fileio
+    from covseg.selftrain import make_pseudo_labels
+
+    out = tmp_path / "p"
+    rule = PseudoLabelRule(0, 0, 1)
+    make_pseudo_labels(teacher_cv / "fold-0", out, rule=rule, progress=False, log=lambda message: None)
+    (out / "pseudo.json").write_text(json.dumps({**json.loads((out / "pseudo.json").read_text()), "old": True}))
+    fired: list[bool] = []
+
+    def interrupt_after(real):  # a real Ctrl-C just after the old folder is first moved or deleted
+        def wrapper(path, *args, **kwargs):
+            result = real(path, *args, **kwargs)
+            if Path(path) == out and not fired:
+                fired.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+            return result
+        return wrapper
+
+    for module, name in ((covseg.fileio.os, "replace"), (covseg.fileio.os, "rename"),
+                         (covseg.fileio.shutil, "rmtree")):
+        monkeypatch.setattr(module, name, interrupt_after(getattr(module, name)))
+    with pytest.raises(KeyboardInterrupt):
+        make_pseudo_labels(teacher_cv / "fold-0", out, rule=rule, force=True, progress=False,
+                           log=lambda message: None)
+    monkeypatch.undo()
+    assert fired and sorted(p.name for p in out.iterdir()) == ["masks", "pseudo.json"]
+    summary = json.loads((out / "pseudo.json").read_text())
+    assert "old" not in summary and len(list((out / "masks").iterdir())) == summary["kept"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+
+
+def test_no_slice_kept_is_a_warning_naming_the_limits_and_the_student_error_names_them_too(
+        semi_data: Path, teacher_cv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from covseg.selftrain import check_pseudo_labels
+
+    out = tmp_path / "p"
+    capsys.readouterr()
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(out), "--min-confidence", "0",
+                 "--min-fraction", "1", "--max-fraction", "1", "--quiet"]) == 0
+    summary = json.loads((out / "pseudo.json").read_text())
+    assert summary["kept"] == 0
+    lesion = sum(r["fraction"] > 0 for r in summary["slices"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"covseg: warning: fold-0: kept none of {summary['total']} slices as "
+                                               "pseudo-labels (--min-confidence 0.0, --min-fraction 1.0, "
+                                               "--max-fraction 1.0); ")
+    assert (f"lower --min-fraction (it refused {lesion} of the {lesion} slices with lesion)" in err[0] if lesion
+            else "the teacher found lesion on none of them" in err[0])
+    assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:0", "--epochs", "1",
+                 "-o", str(tmp_path / "student"), "--quiet", f"data.pseudo_labels={out}", *TINY_OVERRIDES]) == 2
+    err = capsys.readouterr().err
+    assert ("no slice was kept as a pseudo-label (--min-confidence 0.0, --min-fraction 1.0, --max-fraction 1.0); "
+            "make them again with looser limits") in err and err.count("\n") == 1
+    # the leak error counts the other leaked images only when there are some
+    seen = summary["teacher_images"]
+    with pytest.raises(CovsegError, match=rf"held-out image {seen[0]}; make pseudo-labels"):
+        check_pseudo_labels(out, "binary", seen[:1])
+    with pytest.raises(CovsegError, match=rf"held-out image {seen[0]} \(and 1 more\); make"):
+        check_pseudo_labels(out, "binary", seen[:2])
