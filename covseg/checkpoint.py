@@ -31,7 +31,8 @@ from covseg.labels import get_scheme
 from covseg.models import create_model
 
 __all__ = ["FORMAT", "cpu_state_dict", "save_checkpoint", "load_weights_file", "read_checkpoint", "check_checkpoint",
-           "checkpoint_config", "build_model", "load_model", "find_checkpoint", "epochs_done", "refuse_unfinished"]
+           "checkpoint_config", "build_model", "load_model", "find_checkpoint", "epochs_done", "refuse_unfinished",
+           "weights_mismatch", "error_first_line"]
 
 FORMAT = "covseg-checkpoint-1"
 
@@ -59,11 +60,11 @@ def save_checkpoint(path: Path, model: nn.Module, config: RunConfig, epoch: int,
         run_dir = Path(path).parent
         then = (f" (or train to another folder with -o) and resume with covseg train --resume {run_dir}"
                 if (run_dir / "config.yaml").is_file() else "")  # a run folder, not some other checkpoint's place
-        raise CovsegError(f"{path}: the checkpoint could not be written ({_first_line(err)}); is the disk full? "
+        raise CovsegError(f"{path}: the checkpoint could not be written ({error_first_line(err)}); is the disk full? "
                           f"Free space on it{then}{kept}") from None
 
 
-def _first_line(err: BaseException, limit: int = 120) -> str:
+def error_first_line(err: BaseException, limit: int = 120) -> str:
     """``err``'s type and the first line of its message, cut to about ``limit`` characters at a word."""
     text = str(err).strip()
     first = text.splitlines()[0].strip() if text else ""
@@ -229,7 +230,7 @@ def load_model(path: str | Path, which: str = "auto", task: str | None = None,
     except RuntimeError as err:
         m = config.model
         raise CovsegError(f"{file}: its weights do not fit the {m.name} its settings describe (width {m.width}, depth "
-                          f"{m.depth}, task {config.data.task}): {_weights_mismatch(model.state_dict(), data['model'], err)}; "
+                          f"{m.depth}, task {config.data.task}): {weights_mismatch(model.state_dict(), data['model'], err)}; "
                           "the file's weights and settings disagree (a checkpoint edited, or put together from two "
                           "runs); give the .pt file its run wrote, or train it again with the run's config.yaml "
                           "(covseg train --recipe RUN_DIR/config.yaml) or the recipe it was trained with") from None
@@ -241,7 +242,7 @@ def _shape(tensor: torch.Tensor) -> str:
     return "x".join(str(n) for n in tensor.shape) or "a scalar"
 
 
-def _weights_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
+def weights_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
                       err: BaseException) -> str:
     """The first difference between the state dict a model ``expected`` and the one ``given`` (a key whose shape
     differs, one missing or one unexpected), with how many more there are; ``err``'s first line if none is found."""
@@ -250,6 +251,6 @@ def _weights_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, 
     problems += [f"{k} is missing from the file" for k in expected if k not in given]
     problems += [f"the file holds {k}, which that model has not" for k in given if k not in expected]
     if not problems:
-        return _first_line(err)
+        return error_first_line(err)
     more = len(problems) - 1
     return problems[0] + (f" (and {more} more difference{'s' if more > 1 else ''})" if more else "")

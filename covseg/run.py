@@ -35,8 +35,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from covseg import __version__
-from covseg.checkpoint import (_first_line, _weights_mismatch, build_model, cpu_state_dict, read_checkpoint,
-                               save_checkpoint)
+from covseg.checkpoint import (build_model, cpu_state_dict, error_first_line, read_checkpoint, save_checkpoint,
+                               weights_mismatch)
 from covseg.config import DataConfig, RunConfig, TrainConfig, check_new_run, config_from_dict, config_to_dict
 from covseg.consistency import ConsistencyTerm
 from covseg.distill import DistillTerm, load_teachers
@@ -178,8 +178,8 @@ def _resume_into(target: torch.nn.Module | torch.optim.Optimizer, state: dict, k
         target.load_state_dict(given)
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
         tensors = isinstance(given, dict) and all(isinstance(v, torch.Tensor) for v in given.values())
-        detail = (_weights_mismatch(target.state_dict(), given, err)
-                  if isinstance(target, torch.nn.Module) and tensors else _first_line(err))
+        detail = (weights_mismatch(target.state_dict(), given, err)
+                  if isinstance(target, torch.nn.Module) and tensors else error_first_line(err))
         raise CovsegError(f"{last}: its '{key}' entry ({what}) does not fit the run's config.yaml ({detail}); "
                           + _TRAIN_AGAIN) from None
 

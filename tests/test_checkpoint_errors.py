@@ -80,4 +80,4 @@ def test_weights_of_another_shape_name_the_first_mismatch_and_the_fix(tmp_path: 
 
 def test_the_mismatch_falls_back_to_torch_s_first_line() -> None:
     err = RuntimeError("Error(s) in loading state_dict for UNet:\n\tsomething else")
-    assert checkpoint._weights_mismatch({}, {}, err) == "RuntimeError: Error(s) in loading state_dict for UNet:"
+    assert checkpoint.weights_mismatch({}, {}, err) == "RuntimeError: Error(s) in loading state_dict for UNet:"
