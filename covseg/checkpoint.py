@@ -243,7 +243,7 @@ def _shape(tensor: torch.Tensor) -> str:
 
 
 def weights_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
-                      err: BaseException) -> str:
+                     err: BaseException) -> str:
     """The first difference between the state dict a model ``expected`` and the one ``given`` (a key whose shape
     differs, one missing or one unexpected), with how many more there are; ``err``'s first line if none is found."""
     problems = [f"{k} is {_shape(given[k])} in the file but {_shape(v)} in that model"

@@ -82,7 +82,7 @@ class ModelConfig:
     width: int = 32
     depth: int = 4
     batch_norm: bool = True  # normalise after each convolution (false: none)
-    norm: str = "batch"  # which normalisation, when batch_norm: "batch" | "instance" | "group" (U-Net; models.unet.NORMS)
+    norm: str = "batch"  # normalisation when batch_norm: "batch" | "instance" | "group" (U-Net; models.unet.NORMS)
     deep_supervision: bool = False  # extra losses on coarser decoder levels while training (U-Net, SegNet)
     block: str = "plain"  # U-Net's convolution blocks: "plain" | "residual" (covseg.models.unet.BLOCKS)
     dropout: float = 0.0  # U-Net: share of the bottleneck's channels dropped while training (Dropout2d), in [0, 1)

@@ -30,9 +30,11 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
     """Torch intra-op threads for each of ``jobs`` concurrent runs: the cores shared out, at least one each.
 
     ``cores`` defaults to those this process may run on (its CPU affinity: a container's or ``taskset``'s share),
-    or every core where the system does not say."""
+    or every core where the system does not say, and at least torch's own thread count (``OMP_PROC_BIND`` pins the
+    importing thread to one core, which then reports an affinity of one)."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = max(cores, torch.get_num_threads())
     return max(1, (cores or 1) // jobs)
 
 

@@ -750,5 +750,8 @@ def test_threads_per_job_shares_out_the_cores_this_process_may_use(monkeypatch) 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert threads_per_job(2) == 2  # 4 cores allowed (taskset, a container's cpuset), not the machine's 64
     assert threads_per_job(8) == 1 and threads_per_job(2, cores=10) == 5
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # OMP_PROC_BIND pinned the importing thread to one core
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert threads_per_job(1) == 2
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows: every core
     assert threads_per_job(2) == 32

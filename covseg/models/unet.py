@@ -122,10 +122,11 @@ class UNet(nn.Module):
     ``norm`` names the normalisation after each convolution in :data:`NORMS` (``"batch"``, ``"instance"`` or
     ``"group"``), used when ``batch_norm`` is true (false: none, and the convolutions have biases). ``dropout`` is
     the share of the bottleneck's channels dropped while training (``nn.Dropout2d``); ``decoder_dropout`` the share
-    dropped of     each decoder level's output below the top one (the ``depth - 1`` levels at ``H/2 ... H/2**(depth-1)``, after
-    the aux heads read them), so the full-size features the head reads are never dropped. With ``attention``
-    each skip connection passes through an :class:`AttentionGate` driven by the decoder's upsampled features
-    before it is concatenated with them (Attention U-Net; ``inter_channels`` half the level's channels, at least 1).
+    dropped of each decoder level's output below the top one (the ``depth - 1`` levels at ``H/2 ...
+    H/2**(depth-1)``, after the aux heads read them), so the full-size features the head reads are never dropped.
+    With ``attention`` each skip connection passes through an :class:`AttentionGate` driven by the decoder's
+    upsampled features before it is concatenated with them (Attention U-Net; ``inter_channels`` half the level's
+    channels, at least 1).
 
     With ``deep_supervision`` (training mode only) the forward pass returns a list: the ``(B, num_classes,
     H, W)`` logits, then ``depth - 1`` coarser logits from 1x1 heads on the decoder levels, of sizes
