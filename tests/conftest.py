@@ -1,6 +1,10 @@
 """Shared fixtures: a tiny COVID-SemiSeg-layout data set made by the tests themselves."""
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +80,25 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "3",
                  "-o", str(run), "--quiet", *TINY_OVERRIDES]) == 0
     return run
+
+
+def interrupt_after_touching(final: Path, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Send a real SIGINT (Ctrl-C) just after covseg.fileio first renames or deletes ``final`` (the old folder
+    going). Returns a list that holds ``True`` once the signal was sent."""
+    import covseg.fileio as fileio
+
+    fired: list[bool] = []
+
+    def wrap(real: Callable) -> Callable:
+        def wrapper(path: str | os.PathLike, *args: object, **kwargs: object) -> object:
+            result = real(path, *args, **kwargs)
+            if Path(path) == final and not fired:
+                fired.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+            return result
+        return wrapper
+
+    monkeypatch.setattr(fileio.os, "replace", wrap(os.replace))
+    monkeypatch.setattr(fileio.os, "rename", wrap(os.rename))
+    monkeypatch.setattr(fileio.shutil, "rmtree", wrap(shutil.rmtree))
+    return fired

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import covseg.fileio as fileio
+from conftest import interrupt_after_touching
 from covseg.fileio import atomic_dir
 
 
@@ -51,28 +49,10 @@ def test_a_failed_move_in_puts_the_old_folder_back(tmp_path: Path, monkeypatch: 
     assert [p.name for p in final.iterdir()] == ["old.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def _interrupt_after_touching(final: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Send a real SIGINT (Ctrl-C) just after the first rename or delete of ``final`` (the old folder going)."""
-    fired: list[bool] = []
-
-    def wrap(real: Callable) -> Callable:
-        def wrapper(path: str | os.PathLike, *args: object, **kwargs: object) -> object:
-            result = real(path, *args, **kwargs)
-            if Path(path) == final and not fired:
-                fired.append(True)
-                os.kill(os.getpid(), signal.SIGINT)
-            return result
-        return wrapper
-
-    monkeypatch.setattr(fileio.os, "replace", wrap(os.replace))
-    monkeypatch.setattr(fileio.os, "rename", wrap(os.rename))
-    monkeypatch.setattr(fileio.shutil, "rmtree", wrap(shutil.rmtree))
-
-
 def test_ctrl_c_while_the_old_folder_is_replaced_leaves_the_new_one_whole(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     final = _old_folder(tmp_path / "out")
-    _interrupt_after_touching(final, monkeypatch)
+    interrupt_after_touching(final, monkeypatch)
     with pytest.raises(KeyboardInterrupt):  # held back until the new folder is in place, then raised
         _write_new(final)
     monkeypatch.undo()

@@ -15,7 +15,7 @@ from covseg.errors import CovsegError
 from covseg.intensity import grey_quantiles, match_quantiles
 from covseg.selftrain import (PseudoLabelRule, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder,
                               slice_statistics)
-from conftest import TINY_OVERRIDES, add_unlabelled, write_semiseg
+from conftest import TINY_OVERRIDES, add_unlabelled, interrupt_after_touching, write_semiseg
 
 
 def test_slice_statistics_by_hand() -> None:
@@ -287,30 +287,13 @@ def test_force_replaces_only_a_folder_of_pseudo_labels(teacher_cv: Path, tmp_pat
 
 def test_ctrl_c_while_force_replaces_pseudo_labels_leaves_a_whole_folder(
         teacher_cv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-    import signal
-
-    import covseg.fileio
     from covseg.selftrain import make_pseudo_labels
 
     out = tmp_path / "p"
     rule = PseudoLabelRule(0, 0, 1)
     make_pseudo_labels(teacher_cv / "fold-0", out, rule=rule, progress=False, log=lambda message: None)
     (out / "pseudo.json").write_text(json.dumps({**json.loads((out / "pseudo.json").read_text()), "old": True}))
-    fired: list[bool] = []
-
-    def interrupt_after(real):  # a real Ctrl-C just after the old folder is first moved or deleted
-        def wrapper(path, *args, **kwargs):
-            result = real(path, *args, **kwargs)
-            if Path(path) == out and not fired:
-                fired.append(True)
-                os.kill(os.getpid(), signal.SIGINT)
-            return result
-        return wrapper
-
-    for module, name in ((covseg.fileio.os, "replace"), (covseg.fileio.os, "rename"),
-                         (covseg.fileio.shutil, "rmtree")):
-        monkeypatch.setattr(module, name, interrupt_after(getattr(module, name)))
+    fired = interrupt_after_touching(out, monkeypatch)  # a real Ctrl-C just after the old folder first goes
     with pytest.raises(KeyboardInterrupt):
         make_pseudo_labels(teacher_cv / "fold-0", out, rule=rule, force=True, progress=False,
                            log=lambda message: None)
