@@ -146,6 +146,9 @@ class TrainConfig:
     tversky_lesion_only: bool = False
     # add this multiple of the Lovasz-softmax loss per (image, class) pair (Berman et al. 2018; dice_ce / mfb_dice_ce only)
     lovasz_weight: float = 0.0
+    # the cross-entropy term over only this fraction of the batch's hardest pixels (nnU-Net's TopK loss; 0.1 is its
+    # DC_and_topk_loss); 1 = every pixel (ce, mfb_ce, dice_ce, mfb_dice_ce only)
+    ce_topk: float = 1.0
     # learn only which lesion type each truth-lesion pixel is (covseg.losses.LesionTypeLoss; the background
     # output stays untrained): a type model for `--lesion-model`, which finds the lesions (multiclass only)
     types_only: bool = False
@@ -432,6 +435,9 @@ def _validate(config: RunConfig, source: str) -> None:
                           "Dice, 0.7 weighs a missed pixel 0.7 and a false one 0.3")
     if not (math.isfinite(t.lovasz_weight) and t.lovasz_weight >= 0):
         raise CovsegError(f"{source}: train.lovasz_weight is {t.lovasz_weight}; it must be >= 0 (0: no Lovász term)")
+    if not (math.isfinite(t.ce_topk) and 0 < t.ce_topk <= 1):
+        raise CovsegError(f"{source}: train.ce_topk is {t.ce_topk}; it must lie in (0, 1]: the fraction of the "
+                          "batch's hardest pixels the cross-entropy term keeps (1: all, nnU-Net's TopK 0.1)")
     if t.tversky_lesion_only:
         if config.data.task != "multiclass":
             raise CovsegError(f"{source}: train.tversky_lesion_only is for the multiclass task (the binary task's "

@@ -4,6 +4,7 @@ Shapes: logits ``(B, C, H, W)`` float; targets ``(B, H, W)`` int64 class ids in 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
@@ -13,7 +14,8 @@ from torch.nn import functional as F
 
 from covseg.errors import CovsegError
 
-__all__ = ["DeepSupervisionLoss", "median_frequency_weights", "compute_lovasz_softmax", "DiceLoss", "DiceCELoss",
+__all__ = ["DeepSupervisionLoss", "median_frequency_weights", "compute_lovasz_softmax", "compute_topk_cross_entropy",
+           "DiceLoss", "DiceCELoss",
            "LesionTypeLoss",
            "LesionAndTypeLoss", "create_loss", "LOSSES", "DICE_MODES"]
 
@@ -66,6 +68,23 @@ def compute_lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.
     jaccard = 1 - intersection / union
     steps = torch.cat([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], dim=1)
     return (errors * steps).sum(1).mean()
+
+
+def compute_topk_cross_entropy(logits: torch.Tensor, target: torch.Tensor, fraction: float,
+                               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over the hardest ``fraction`` of the batch's pixels only (nnU-Net's TopK loss; its
+    ``DC_and_topk_loss`` keeps 10 %, ``fraction`` 0.1).
+
+    ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)`` int64 labels. Each pixel's cross-entropy (times its
+    class's ``weight`` when given, as nnU-Net's) is computed in float32; the mean is over the ``ceil(fraction *
+    B * H * W)`` largest. ``fraction`` 1 gives the plain mean (unweighted; a weighted mean divides by the pixels'
+    summed weights instead, as :class:`torch.nn.CrossEntropyLoss`).
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    per_pixel = F.cross_entropy(logits.float(), target, weight=weight, reduction="none").flatten()
+    keep = max(1, math.ceil(fraction * per_pixel.numel()))
+    return per_pixel.topk(keep, sorted=False).values.mean()
 
 
 class DiceLoss(nn.Module):
@@ -144,20 +163,22 @@ class DiceLoss(nn.Module):
 
 class DiceCELoss(nn.Module):
     """Sum of (optionally class-weighted) cross-entropy and soft Dice (or Tversky, ``fn_weight``; see
-    :class:`DiceLoss`), plus ``lovasz_weight`` times :func:`compute_lovasz_softmax` when it is positive."""
+    :class:`DiceLoss`), plus ``lovasz_weight`` times :func:`compute_lovasz_softmax` when it is positive. With
+    ``ce_topk`` under 1 the cross-entropy term is the mean over that fraction of the batch's hardest pixels
+    (:func:`compute_topk_cross_entropy`)."""
 
     def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0, batch_dice: bool = True,
                  skip_absent: bool = False, lesion_region: bool = False, fn_weight: float = 0.5,
-                 fn_weight_lesion_only: bool = False, lovasz_weight: float = 0.0) -> None:
+                 fn_weight_lesion_only: bool = False, lovasz_weight: float = 0.0, ce_topk: float = 1.0) -> None:
         super().__init__()
-        self.ce = nn.CrossEntropyLoss(weight=weight)
+        self.ce = _CrossEntropy(weight=weight, topk=ce_topk)
         self.dice = DiceLoss(batch=batch_dice, skip_absent=skip_absent, lesion_region=lesion_region,
                              fn_weight=fn_weight, fn_weight_lesion_only=fn_weight_lesion_only)
         self.dice_weight = dice_weight
         self.lovasz_weight = lovasz_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = self.ce(logits.float(), target) + self.dice_weight * self.dice(logits, target)
+        loss = self.ce(logits, target) + self.dice_weight * self.dice(logits, target)
         if self.lovasz_weight > 0:
             loss = loss + self.lovasz_weight * compute_lovasz_softmax(logits, target)
         return loss
@@ -221,9 +242,16 @@ class LesionAndTypeLoss(nn.Module):
 
 
 class _CrossEntropy(nn.CrossEntropyLoss):
-    """Cross-entropy computed in float32 whatever the autocast dtype of the logits."""
+    """Cross-entropy computed in float32 whatever the autocast dtype of the logits; over the hardest ``topk``
+    fraction of the pixels only when it is under 1 (:func:`compute_topk_cross_entropy`)."""
+
+    def __init__(self, weight: torch.Tensor | None = None, topk: float = 1.0) -> None:
+        super().__init__(weight=weight)
+        self.topk = topk
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.topk < 1:
+            return compute_topk_cross_entropy(logits, target, self.topk, self.weight)
         return super().forward(logits.float(), target)
 
 
@@ -275,7 +303,7 @@ def _check_type_loss(option: str, summary: str, other: str, name: str, dice: str
 def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch",
                 lesion_region: bool = False, types_only: bool = False, lesion_and_type: bool = False,
                 dice_weight: float = 1.0, tversky_beta: float = 0.5,
-                tversky_lesion_only: bool = False, lovasz_weight: float = 0.0) -> nn.Module:
+                tversky_lesion_only: bool = False, lovasz_weight: float = 0.0, ce_topk: float = 1.0) -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
     ``dice`` picks the Dice term's reduction for the ``*dice*`` losses (``ce`` and ``mfb_ce`` refuse any but the
@@ -291,7 +319,9 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     without ``types_only`` / ``lesion_and_type``; ``train.tversky_beta``); ``tversky_lesion_only`` applies it to
     the lesion region alone (needs ``lesion_region``; ``train.tversky_lesion_only``). ``lovasz_weight`` adds
     that multiple of the Lovász-softmax loss per (image, class) pair (:func:`compute_lovasz_softmax`; ``dice_ce`` and
-    ``mfb_dice_ce`` only; ``train.lovasz_weight``).
+    ``mfb_dice_ce`` only; ``train.lovasz_weight``). ``ce_topk`` under 1 keeps only that fraction of the batch's
+    hardest pixels in the cross-entropy term (nnU-Net's TopK; :func:`compute_topk_cross_entropy`; ``ce``,
+    ``mfb_ce``, ``dice_ce`` and ``mfb_dice_ce`` only; ``train.ce_topk``).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
@@ -315,6 +345,10 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
                           f"mfb_dice_ce, not to {name!r}"
                           f"{with_type_loss}"
                           "; drop train.lovasz_weight or use one of those losses")
+    if ce_topk != 1.0 and (name == "dice" or with_type_loss):
+        raise CovsegError(f"train.ce_topk={ce_topk} keeps the hardest pixels of a cross-entropy term, which "
+                          f"{name!r}{with_type_loss} does not have; drop train.ce_topk or use train.loss=dice_ce, "
+                          "mfb_dice_ce, ce or mfb_ce")
     if dice != "batch" and name in ("ce", "mfb_ce") and not with_type_loss:  # those say what they need below
         raise CovsegError(f"train.dice={dice} picks how the Dice term is reduced, but train.loss={name} has no "
                           "Dice term; set train.dice=batch (its default) or use train.loss=dice_ce, mfb_dice_ce "
@@ -341,11 +375,11 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
                          name, dice, lesion_region, class_weights)
         return LesionAndTypeLoss(weight)
     if name in ("ce", "mfb_ce"):
-        return _CrossEntropy(weight=weight)
+        return _CrossEntropy(weight=weight, topk=ce_topk)
     batch, skip_absent = dice == "batch", dice == "present"
     if name == "dice":
         return DiceLoss(batch=batch, skip_absent=skip_absent, lesion_region=lesion_region, fn_weight=tversky_beta,
                         fn_weight_lesion_only=tversky_lesion_only)
     return DiceCELoss(weight=weight, dice_weight=dice_weight, batch_dice=batch, skip_absent=skip_absent,
                       lesion_region=lesion_region, fn_weight=tversky_beta, fn_weight_lesion_only=tversky_lesion_only,
-                      lovasz_weight=lovasz_weight)
+                      lovasz_weight=lovasz_weight, ce_topk=ce_topk)

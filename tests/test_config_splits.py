@@ -61,6 +61,8 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("train.tversky_beta=1", r"tversky_beta is 1.0; it must lie in \(0, 1\)"),
                          ("train.lovasz_weight=-1", "train.lovasz_weight is -1.0; it must be >= 0"),
                          ("train.lovasz_weight=true", "train.lovasz_weight: expected a number, got true"),
+                         ("train.ce_topk=0", r"train.ce_topk is 0.0; it must lie in \(0, 1\]"),
+                         ("train.ce_topk=1.5", r"train.ce_topk is 1.5; it must lie in \(0, 1\]"),
                          ("train.epochs=false", "train.epochs: expected a number, got false"),
                          ("train.tversky_lesion_only=true", "tversky_lesion_only is for the multiclass task")]:
         with pytest.raises(CovsegError, match=message):
@@ -97,6 +99,8 @@ def test_overrides_and_their_errors(tmp_path) -> None:
     assert (dice_term.lesion_region, dice_term.fn_weight, dice_term.fn_weight_lesion_only) == (True, 0.7, True)
     lovasz = apply_overrides(load_recipe("default"), ["train.lovasz_weight=0.5"]).train
     assert _training_loss(lovasz, np.ones(2)).lovasz_weight == 0.5
+    topk = apply_overrides(load_recipe("default"), ["train.ce_topk=0.1"]).train
+    assert _training_loss(topk, np.ones(2)).ce.topk == 0.1
     with pytest.raises(CovsegError, match="unknown recipe"):
         load_recipe("nope")
     path = tmp_path / "r.yaml"

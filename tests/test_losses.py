@@ -389,3 +389,26 @@ def test_lesion_and_type_refused_where_it_means_nothing() -> None:
         create_loss("dice_ce", np.ones(3), dice="present", lesion_region=True, lesion_and_type=True)
     with pytest.raises(CovsegError, match="lesion_and_type=false"):
         create_loss("dice_ce", np.ones(3), dice="present", types_only=True, lesion_and_type=True)
+
+
+def test_topk_cross_entropy_by_hand() -> None:
+    from covseg.losses import compute_topk_cross_entropy
+    # class-1 probabilities 0.9, 0.6, 0.2, 0.5 against truth 1, 1, 1, 0: per-pixel CE -ln 0.9, -ln 0.6, -ln 0.2, -ln 0.5
+    logits, target = _two_class_logits([0.9, 0.6, 0.2, 0.5]), torch.tensor([[[1, 1, 1, 0]]])
+    ce = [-np.log(0.9), -np.log(0.6), -np.log(0.2), -np.log(0.5)]
+    assert compute_topk_cross_entropy(logits, target, 0.5).item() == pytest.approx((ce[2] + ce[3]) / 2, abs=1e-5)
+    assert compute_topk_cross_entropy(logits, target, 0.3).item() == pytest.approx((ce[2] + ce[3]) / 2, abs=1e-5)
+    assert compute_topk_cross_entropy(logits, target, 0.25).item() == pytest.approx(ce[2], abs=1e-5)
+    assert compute_topk_cross_entropy(logits, target, 1.0).item() == pytest.approx(np.mean(ce), abs=1e-5)
+    # class weights multiply each pixel's term before the pick (nnU-Net's): background x 4 makes pixel 3 the hardest
+    weight = torch.tensor([4.0, 1.0])
+    assert compute_topk_cross_entropy(logits, target, 0.25, weight).item() == pytest.approx(4 * ce[3], abs=1e-5)
+    # the losses: dice_ce's CE term and ce alone
+    dice_term = create_loss("dice_ce", dice="present")(logits, target).item() - np.mean(ce)
+    topk = create_loss("dice_ce", dice="present", ce_topk=0.5)(logits, target).item()
+    assert topk == pytest.approx((ce[2] + ce[3]) / 2 + dice_term, abs=1e-5)
+    assert create_loss("ce", ce_topk=0.25)(logits, target).item() == pytest.approx(ce[2], abs=1e-5)
+    assert create_loss("mfb_ce", np.array([4.0, 1.0]), ce_topk=0.25)(logits, target).item() == pytest.approx(
+        4 * ce[3], abs=1e-5)
+    with pytest.raises(CovsegError, match="train.ce_topk=0.1 keeps the hardest pixels .* 'dice' does not have"):
+        create_loss("dice", ce_topk=0.1)
