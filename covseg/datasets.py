@@ -8,13 +8,17 @@ Shape and label conventions (see :mod:`covseg.labels`):
   ``multiclass`` {0 background, 1 GGO, 2 consolidation, 3 pleural effusion}.
 
 Orientation: rows are the first array axis. PIL and DICOM pixel arrays are already ``(rows, cols)``.
-nibabel arrays are ``(x, y[, z])``; a slice is transposed to ``(rows=y, cols=x)``, for images and
-masks alike, so they always stay aligned. Kaggle ``.npy`` arrays are already ``(N, rows, cols, C)``.
+nibabel arrays are ``(x, y[, z])``; a single-slice NIfTI is turned by its affine into the view
+:func:`covseg.volumes.read_volume` gives a scan's slices (:func:`covseg.volumes.nifti_slice_to_view`: anterior up,
+the patient's right on the viewer's left; ``(rows=y, cols=x)``, a transpose, for one stored radiologically), for
+images and masks alike, so they always stay aligned. The MedSeg NIfTI volumes' slices are transposed to
+``(rows=y, cols=x)``. Kaggle ``.npy`` arrays are already ``(N, rows, cols, C)``.
 
-Hounsfield-unit rule: DICOM CT slices (``Modality`` CT, or a ``RescaleIntercept``) are HU after
-``RescaleSlope``/``RescaleIntercept`` (a CT slice without ``RescaleIntercept`` only if its values reach below
--100; otherwise refused). NIfTI data and signed or float TIFF data are taken as HU when
-their minimum is below ``HU_MIN_THRESHOLD`` (-100): any CT slice with air in it reaches about -1000,
+Hounsfield-unit rule: DICOM slices of ``Modality`` CT are HU after ``RescaleSlope``/``RescaleIntercept`` (without
+``RescaleIntercept`` only if their values reach below -100; otherwise refused); a slice of another Modality is
+refused; a slice without Modality is HU when its rescaled values reach below -100, else stored grey values (/ the
+largest value ``BitsStored`` holds, inverted when ``MONOCHROME1``). NIfTI data and signed or float TIFF data are taken
+as HU when their minimum is below ``HU_MIN_THRESHOLD`` (-100): any CT slice with air in it reaches about -1000,
 while 8-bit, 16-bit, ``[0, 1]`` or z-scored data never go that low. Other data go through
 :func:`covseg.intensity.to_unit_range`. Kaggle MedSeg arrays are always HU.
 
@@ -231,14 +235,30 @@ def _read_pil(path: Path, for_mask: bool) -> tuple[np.ndarray, str]:
         raise CovsegError(f"{path}: cannot be read as an image ({exc}); replace the file") from None
 
 
-def _nifti_data(path: Path) -> np.ndarray:
-    """The whole NIfTI array (scaled by scl_slope/scl_inter when set), as float32."""
+_NUMBER_KINDS = "iufb"
+"""numpy dtype kinds of grey levels and class ids (signed, unsigned, float, bool); others (complex, strings, colour
+records, objects) are refused."""
+
+
+def _check_numbers(dtype: np.dtype, path: Path, what: str) -> None:
+    if dtype.names is not None or dtype.kind not in _NUMBER_KINDS:
+        raise CovsegError(f"{path}: {what} holds {dtype} values (colour, complex or text), not grey levels or class "
+                          "ids; save real numbers (integers or floats)")
+
+
+def _nifti_data(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The whole NIfTI array (scaled by scl_slope/scl_inter when set), as float32, and its affine (voxel -> world)."""
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
-        return np.asarray(img.get_fdata(dtype=np.float32))
+        dtype = img.get_data_dtype()
     except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
+        raise CovsegError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc}); replace the file") from None
+    _check_numbers(dtype, path, "NIfTI")
+    try:
+        return np.asarray(img.get_fdata(dtype=np.float32)), np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # truncated data, bad compression
         raise CovsegError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc}); replace the file") from None
 
 
@@ -249,44 +269,82 @@ def _squeeze_trailing(data: np.ndarray, keep: int) -> np.ndarray:
 
 
 def _read_nifti_slice(path: Path) -> np.ndarray:
-    """A single-slice NIfTI as ``(rows=y, cols=x)`` float32."""
-    data = _squeeze_trailing(_nifti_data(path), 2)
+    """A single-slice NIfTI as ``(rows, cols)`` float32, turned by its affine as a scan's slices are
+    (:func:`covseg.volumes.nifti_slice_to_view`)."""
+    from covseg.volumes import nifti_slice_to_view
+
+    data, affine = _nifti_data(path)
+    data = _squeeze_trailing(data, 2)
     if data.ndim != 2:
         raise CovsegError(
             f"{path}: is a volume of shape {tuple(data.shape)}, not one slice; "
             "load volumes with the MedSeg NIfTI layout (tr_im.nii.gz + tr_mask.nii.gz) or save one slice per file"
         )
-    return np.ascontiguousarray(data.T)
+    return nifti_slice_to_view(data, affine)
+
+
+def _dicom_file(path: Path):  # -> pydicom Dataset
+    """A ``.dcm`` slice or mask as the scan reader reads DICOM files (without the 128-byte preamble too)."""
+    from covseg.volumes import load_dicom
+
+    return load_dicom(path, "replace the file")
+
+
+def _dicom_pixels(ds: object, path: Path, what: str) -> np.ndarray:
+    from covseg.volumes import dicom_pixels
+
+    pixels = dicom_pixels(ds, path)
+    if pixels.ndim != 2:
+        raise CovsegError(
+            f"{path}: DICOM {what} has shape {tuple(pixels.shape)}, not one greyscale slice; "
+            "export one greyscale slice per file"
+        )
+    return pixels
+
+
+def _dicom_grey(ds: object, pixels: np.ndarray, path: Path) -> np.ndarray:
+    """Stored DICOM grey values -> float32 ``[0, 1]``: integers / the largest value ``BitsStored`` holds (signed ones
+    offset by half the range), as 8-bit image files are / 255; float data min-max; dark on bright
+    (``MONOCHROME1``) inverted, so that dense tissue is bright as in every other slice."""
+    from covseg.volumes import dicom_number
+
+    if pixels.dtype.kind in "iu":
+        allocated = 8 * pixels.dtype.itemsize
+        bits = int(dicom_number(ds, "BitsStored", allocated, path) or allocated)
+        bits = min(max(bits, 1), allocated)
+        low = -(2.0 ** (bits - 1)) if pixels.dtype.kind == "i" else 0.0
+        grey = np.clip((pixels.astype(np.float32) - np.float32(low)) / np.float32(2.0 ** bits - 1), 0.0, 1.0)
+    else:
+        grey = to_unit_range(fill_non_finite(pixels.astype(np.float32), str(path))[0], is_hu=False)
+    if str(getattr(ds, "PhotometricInterpretation", "") or "").upper() == "MONOCHROME1":
+        grey = 1.0 - grey
+    return grey.astype(np.float32, copy=False)
 
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, bool]:
-    """A single-frame DICOM as ``(rows, cols)`` float32 after rescale, and whether it is HU."""
-    import pydicom
+    """A single-frame DICOM as ``(rows, cols)`` float32, and whether it is HU: HU after rescale, else grey values
+    already in ``[0, 1]`` (:func:`_dicom_grey`). See the module's Hounsfield-unit rule."""
+    from covseg.volumes import check_ct_modality, dicom_number
 
-    from covseg.volumes import dicom_number
-
-    try:
-        ds = pydicom.dcmread(str(path))
-        pixels = ds.pixel_array
-    except Exception as exc:  # InvalidDicomError, missing pixel data, unsupported compression, truncation
-        raise CovsegError(f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file") from None
-    if pixels.ndim != 2:
-        raise CovsegError(
-            f"{path}: DICOM pixel data has shape {tuple(pixels.shape)}, not one greyscale slice; "
-            "export one greyscale slice per file"
-        )
+    ds = _dicom_file(path)
+    check_ct_modality(ds, path, "a CT slice")
+    pixels = _dicom_pixels(ds, path, "pixel data")
     slope = dicom_number(ds, "RescaleSlope", 1, path) or 1.0
     intercept = dicom_number(ds, "RescaleIntercept", 0, path)
     data = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    has_intercept = "RescaleIntercept" in ds
-    is_ct = str(ds.get("Modality", "")).upper() == "CT"
-    if is_ct and not has_intercept and not _looks_like_hu(data):
-        # unsigned CT values with a missing -1024 intercept would be windowed 1024 HU too bright
-        raise CovsegError(
-            f"{path}: CT slice has no RescaleIntercept and its values (min {float(data.min()):g}) are not "
-            "Hounsfield units; give the original CT slice (with rescale tags)"
-        )
-    return data, is_ct or has_intercept
+    if str(getattr(ds, "Modality", "") or "").upper() == "CT":
+        if "RescaleIntercept" not in ds and not _looks_like_hu(data):  # type: ignore[operator]
+            # unsigned CT values with a missing -1024 intercept would be windowed 1024 HU too bright
+            raise CovsegError(
+                f"{path}: CT slice has no RescaleIntercept and its values (min {float(data.min()):g}) are not "
+                "Hounsfield units; give the original CT slice (with rescale tags)"
+            )
+        return data, True
+    # no Modality: air below -100 tells HU (as for NIfTI and TIFF slices); a secondary capture's 0..255 (whatever its
+    # identity rescale tags) is display grey
+    if _looks_like_hu(fill_non_finite(data, str(path))[0]):
+        return data, True
+    return _dicom_grey(ds, pixels, path), False
 
 
 def _looks_like_hu(data: np.ndarray) -> bool:
@@ -305,9 +363,13 @@ def read_image(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> n
       :func:`covseg.intensity.to_unit_range`. A colour image whose channels differ, and a 16-bit image that looks like
       raw 12-bit CT numbers (:func:`covseg.intensity.raw_ct_warning`), are read all the same, with a one-line
       ``covseg: warning:`` on stderr (each kind once per process).
-    * NIfTI ``.nii`` / ``.nii.gz`` holding one slice (``(x, y)`` or ``(x, y, 1)``): transposed to
-      ``(rows=y, cols=x)``; HU (minimum below :data:`HU_MIN_THRESHOLD`) through the lung window.
-    * DICOM ``.dcm``: ``RescaleSlope`` / ``RescaleIntercept`` applied; CT data through the lung window.
+    * NIfTI ``.nii`` / ``.nii.gz`` holding one slice (``(x, y)`` or ``(x, y, 1)``): turned by its affine into
+      the view :func:`covseg.volumes.read_volume` gives a scan's slices (anterior up, patient right on the viewer's
+      left; ``(rows=y, cols=x)`` for a radiologically stored slice); HU (minimum below :data:`HU_MIN_THRESHOLD`) through
+      the lung window. Complex or colour voxels are refused.
+    * DICOM ``.dcm`` (with or without the 128-byte preamble): ``RescaleSlope`` / ``RescaleIntercept`` applied; CT data
+      through the lung window; a Modality other than CT refused; a slice without Modality whose values do not reach
+      below -100 read as grey values (see the module's Hounsfield-unit rule).
 
     NaN/infinite pixels (float TIFF, NIfTI, DICOM) are set to the slice's finite minimum, as a scan's voxels are.
     Raises :class:`CovsegError` naming the file when it is missing, unsupported, unreadable or holds no finite value.
@@ -321,7 +383,9 @@ def read_image(path: str | Path, window: tuple[float, float] = LUNG_WINDOW) -> n
         return to_unit_range(data, is_hu=_looks_like_hu(data), window=window)
     if suffix in DICOM_SUFFIXES:
         data, is_hu = _read_dicom(path)
-        return to_unit_range(fill_non_finite(data, str(path))[0], is_hu=is_hu, window=window)
+        if not is_hu:
+            return data
+        return to_unit_range(fill_non_finite(data, str(path))[0], is_hu=True, window=window)
     data, mode = _read_pil(path, for_mask=False)
     sixteen_bit = mode == "I" and suffix == ".png"
     grey = scale_stored_grey(data, sixteen_bit=sixteen_bit)
@@ -383,7 +447,7 @@ def read_mask(path: str | Path, scheme: LabelScheme) -> np.ndarray:
     files their grey values. A mask holding only 0 and 255 is binary: 255 -> 1. For ``binary``,
     every multiclass id 1..3 becomes 1. Values outside the scheme, and JPEG masks (lossy: ids change along edges),
     raise :class:`CovsegError`.
-    NIfTI masks are transposed to ``(rows=y, cols=x)`` like :func:`read_image`; DICOM masks use the
+    NIfTI masks are turned by their affine like :func:`read_image`'s NIfTI slices; DICOM masks use the
     stored values (no rescale).
     """
     path = Path(path)
@@ -397,14 +461,7 @@ def read_mask(path: str | Path, scheme: LabelScheme) -> np.ndarray:
     if suffix in NIFTI_SUFFIXES:
         data = _read_nifti_slice(path)
     elif suffix in DICOM_SUFFIXES:
-        import pydicom
-
-        try:
-            data = pydicom.dcmread(str(path)).pixel_array
-        except Exception as exc:
-            raise CovsegError(f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file") from None
-        if data.ndim != 2:
-            raise CovsegError(f"{path}: DICOM mask has shape {tuple(data.shape)}, not one slice; export one slice per file")
+        data = _dicom_pixels(_dicom_file(path), path, "mask")
     else:
         data, _ = _read_pil(path, for_mask=True)
     labels = _integer_labels(np.asarray(data), source)
@@ -523,7 +580,7 @@ def load_covid_semiseg(root: str | Path, task: str, split: str = "train", window
 def _volume(path: Path, what: str) -> np.ndarray:
     """A NIfTI volume as ``(x, y, z)`` float32 (a single slice counts as z = 1)."""
     _require_file(path)
-    data = _squeeze_trailing(_nifti_data(path), 3)
+    data = _squeeze_trailing(_nifti_data(path)[0], 3)
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim != 3:
@@ -591,6 +648,8 @@ def load_medseg_npy(images_path: str | Path, masks_path: str | Path, task: str, 
     scheme = get_scheme(task)
     images = _load_npy(images_path)
     masks = _load_npy(masks_path)
+    _check_numbers(images.dtype, images_path, "array")
+    _check_numbers(masks.dtype, masks_path, "array")
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim != 3:
@@ -609,6 +668,8 @@ def load_medseg_npy(images_path: str | Path, masks_path: str | Path, task: str, 
     samples: list[Sample] = []
     for i in range(images.shape[0]):
         onehot = np.asarray(masks[i])
+        if onehot.dtype.kind == "f" and not np.isfinite(onehot).all():
+            raise CovsegError(f"{masks_path}: slice {i} holds NaN or infinite values; masks must be one-hot (0/1)")
         if np.any(onehot.max(axis=-1) <= 0):
             raise CovsegError(
                 f"{masks_path}: slice {i} has pixels with no channel set; masks must be one-hot"
@@ -616,7 +677,8 @@ def load_medseg_npy(images_path: str | Path, masks_path: str | Path, task: str, 
         labels = _NPY_CHANNEL_LABELS[np.argmax(onehot, axis=-1)]
         if scheme.task == "binary":
             labels = (labels > 0).astype(np.int64)
-        image = window_hu(np.asarray(images[i], dtype=np.float32), *window)
+        image = fill_non_finite(np.asarray(images[i], dtype=np.float32), f"{images_path} slice {i}")[0]
+        image = window_hu(image, *window)
         samples.append(Sample(f"{stem}_{i:03d}", image, labels, str(images_path)))
     return _nonempty(samples, images_path)
 

@@ -121,15 +121,19 @@ def stretch_percentiles(image: np.ndarray, low: float = 1.0, high: float = 99.0)
 
     Unlike :func:`equalize` it keeps grey-level differences linear (how much denser consolidation is than
     GGO), and it undoes any increasing linear grey-level map (another window level / width, brightness,
-    contrast) as long as neither percentile falls in a clipped range. Same shape, float32; an image whose two
-    percentiles coincide (a flat image) becomes all zeros.
+    contrast) as long as neither percentile falls in a clipped range. Same shape, float32. An image whose two
+    percentiles coincide but that is not flat (at least ``high - low`` % of its pixels at one grey level, e.g. a dark
+    slice with a small bright region) is min-max scaled instead, so that the region is kept; a flat image becomes all
+    zeros.
     """
     image = np.asarray(image, dtype=np.float32)
     if image.size == 0:
         return image.copy()
     lo, hi = np.percentile(image, [low, high])
     if hi <= lo:
-        return np.zeros_like(image)
+        lo, hi = float(image.min()), float(image.max())
+        if hi <= lo:
+            return np.zeros_like(image)
     out = (image - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out)
 

@@ -31,7 +31,7 @@ from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme
 from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
-from covseg.volumes import looks_like_dicom
+from covseg.volumes import looks_like_dicom, view_to_nifti_slice
 
 __all__ = ["SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
 
@@ -234,9 +234,10 @@ def output_stem(path: Path) -> str:
 
 
 def write_label_nifti(labels: np.ndarray, reference: Path, out: Path) -> None:
-    """Save ``(H, W)`` labels as NIfTI in ``reference``'s geometry (affine, shape; rows = y, cols = x)."""
+    """Save ``(H, W)`` labels of :func:`covseg.datasets.read_image`'s view of the NIfTI slice ``reference`` in its
+    geometry (affine, shape, voxel order), so that they overlay it."""
     ref = nib.load(str(reference))
-    data = labels.T.astype(np.uint8)  # (H, W) rows=y -> nibabel (x, y)
+    data = view_to_nifti_slice(labels, ref.affine).astype(np.uint8)  # the view -> the file's (x, y)
     data = data.reshape(ref.shape)
     img = nib.Nifti1Image(data, ref.affine, header=ref.header)
     img.set_data_dtype(np.uint8)

@@ -10,7 +10,9 @@ Canonical orientation (nibabel axis codes ``("S", "P", "L")``, see :data:`CANONI
 
 This is DICOM's LPS patient system with the array indexed ``(z, y, x)``: an ordinary axial DICOM series
 (ImageOrientationPatient ``1\\0\\0\\0\\1\\0``) stacks its pixel arrays into it unchanged, and a slice of it
-equals :mod:`covseg.datasets`' 2-D view of a radiologically stored NIfTI (``data[:, :, k].T``).
+equals :mod:`covseg.datasets`' 2-D view of the same slice saved as a single-slice NIfTI, stored in any orientation
+(:func:`nifti_slice_to_view` turns it by its affine the same way; for a radiologically stored NIfTI, affine axes
+L and P, that is ``data[:, :, k].T``).
 
 Every input is turned into its *input array*: the NIfTI data array as stored (``(i, j, k)``, trailing
 singleton dimensions dropped), or for DICOM series and image stacks the array a DICOM->NIfTI converter
@@ -21,8 +23,9 @@ permutations only (``nibabel.orientations``), so :func:`to_input_geometry` undoe
 exactly and :func:`write_like_input` writes label maps that overlay the input in any viewer.
 
 Intensities: ``Volume.hu`` is float32 Hounsfield units when ``Volume.is_hu`` (DICOM after
-RescaleSlope/RescaleIntercept, NIfTI after scl_slope/scl_inter). Stacks of 8-/16-bit images are stored grey
-values (``is_hu`` False): callers treat them as already windowed (:func:`covseg.intensity.to_unit_range`).
+RescaleSlope/RescaleIntercept, NIfTI after scl_slope/scl_inter). Stacks of 8-/16-bit images hold their grey values
+scaled to ``[0, 1]`` (/ 255, / 65535: :func:`covseg.intensity.scale_stored_grey`, as single slices are read;
+``is_hu`` False), which callers treat as already windowed (:func:`covseg.intensity.to_unit_range`).
 """
 from __future__ import annotations
 
@@ -53,10 +56,15 @@ __all__ = [
     "check_voxel_size",
     "check_spacing",
     "read_dicom_slice",
+    "load_dicom",
+    "dicom_pixels",
+    "check_ct_modality",
     "dicom_number",
     "looks_like_dicom",
     "to_input_geometry",
     "from_input_geometry",
+    "nifti_slice_to_view",
+    "view_to_nifti_slice",
     "write_like_input",
 ]
 
@@ -101,7 +109,9 @@ class Volume:
     """
 
     hu: np.ndarray
-    """``(Z, Y, X)`` float32: Hounsfield units when ``is_hu``, else the stored grey values."""
+    """``(Z, Y, X)`` float32: Hounsfield units when ``is_hu``; else, for a stack of 8-/16-bit images, their grey values
+    scaled to ``[0, 1]`` by :func:`covseg.intensity.scale_stored_grey`, or the values of a NIfTI or of signed or float
+    images as stored (no air below -100 in them)."""
     spacing: tuple[float, float, float]
     affine: np.ndarray
     """4x4: canonical voxel index ``(z, y, x)`` -> RAS+ world mm."""
@@ -247,6 +257,62 @@ def from_input_geometry(array: np.ndarray, volume: Volume) -> np.ndarray:
         raise ValueError(f"array shape {array.shape} differs from the input shape {volume.input_shape}")
     transform = nib.orientations.ornt_transform(volume.input_ornt, _canonical_ornt())
     return np.ascontiguousarray(nib.orientations.apply_orientation(array, transform))
+
+
+_VIEW_AXCODES: dict[int, tuple[str, str, str]] = {
+    2: CANONICAL_AXCODES, 1: ("P", "I", "L"), 0: ("L", "I", "P"),
+}
+"""Axis codes (slice normal, rows, columns) a single slice is shown in, by the RAS axis its normal lies along: an axial
+slice as a canonical ``hu[z]`` (anterior up, patient right on the viewer's left); a coronal or sagittal one as
+radiologists show it (head up; patient right, or anterior, on the viewer's left)."""
+
+
+def _slice_ornts(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """nibabel orientations of a single slice stored ``(i, j)`` with voxel -> world ``affine`` (4x4) and of its view
+    (:data:`_VIEW_AXCODES`); None when the affine leaves the in-plane axes' directions unknown (singular, not
+    finite, or both along one world axis)."""
+    import nibabel as nib
+
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        return None
+    ornt = nib.orientations.io_orientation(affine)
+    in_plane = ornt[:2, 0]
+    if not np.isfinite(ornt[:2]).all() or in_plane[0] == in_plane[1]:
+        return None
+    normal = ({0, 1, 2} - {int(a) for a in in_plane}).pop()
+    ornt[2] = [normal, 1.0]  # a slice's own third axis (length 1, any pixdim) only says which plane it is
+    return ornt, nib.orientations.axcodes2ornt(_VIEW_AXCODES[normal])
+
+
+def nifti_slice_to_view(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """A single-slice NIfTI's ``(i, j)`` array -> ``(rows, cols)`` as :func:`read_volume` shows its slices, by the
+    file's ``affine`` (4x4 voxel -> world): an axial slice stored in any orientation comes out as the canonical
+    ``hu[z]`` of the same slice (anterior up, patient right on the viewer's left), so models see it as they see the
+    slices of a scan (:data:`_VIEW_AXCODES` for coronal / sagittal slices). Only flips and a transpose, undone by
+    :func:`view_to_nifti_slice`; an affine that gives no in-plane directions keeps the stored order, transposed
+    (``data.T``)."""
+    import nibabel as nib
+
+    data = np.asarray(data)
+    ornts = _slice_ornts(affine)
+    if ornts is None:
+        return np.ascontiguousarray(data.T)
+    transform = nib.orientations.ornt_transform(*ornts)
+    return np.ascontiguousarray(nib.orientations.apply_orientation(data[:, :, None], transform)[0])
+
+
+def view_to_nifti_slice(view: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`nifti_slice_to_view`: a ``(rows, cols)`` array (e.g. a label map predicted on the view) ->
+    the slice file's ``(i, j)`` voxel order, so that it overlays the slice when saved with the same ``affine``."""
+    import nibabel as nib
+
+    view = np.asarray(view)
+    ornts = _slice_ornts(affine)
+    if ornts is None:
+        return np.ascontiguousarray(view.T)
+    transform = nib.orientations.ornt_transform(ornts[1], ornts[0])
+    return np.ascontiguousarray(nib.orientations.apply_orientation(view[None], transform)[:, :, 0])
 
 
 def _sheared(affine: np.ndarray) -> bool:
@@ -411,7 +477,8 @@ def _floats(ds: object, keyword: str, n: int, path: Path) -> np.ndarray:
     return arr
 
 
-def _dcmread(path: Path, data: bytes | None = None, header_only: bool = False):  # -> pydicom Dataset
+def _dcmread(path: Path, data: bytes | None = None, header_only: bool = False,
+             fix: str = "remove it from the series folder"):  # -> pydicom Dataset
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -430,10 +497,20 @@ def _dcmread(path: Path, data: bytes | None = None, header_only: bool = False): 
                 f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file"
             ) from None
         if "Rows" not in ds and "SOPClassUID" not in ds:
-            raise CovsegError(f"{path}: is not a DICOM file; remove it from the series folder")
+            raise CovsegError(f"{path}: is not a DICOM file; {fix}")
         return ds
     except Exception as exc:  # truncated header, bad values
         raise CovsegError(f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file") from None
+
+
+def load_dicom(path: Path, fix: str):  # -> pydicom Dataset
+    """One DICOM file, read as the scan reader reads its files (a ``.dcm`` without the 128-byte preamble and
+    ``DICM`` prefix too); a file that is not DICOM, or cannot be read, raises a one-line :class:`CovsegError`
+    (``fix``: what to do when it is not DICOM)."""
+    ds = _dcmread(path, fix=fix)
+    if ds is None:
+        raise CovsegError(f"{path}: is not a DICOM file; {fix}")
+    return ds
 
 
 def dicom_number(ds: object, keyword: str, default: float, path: Path) -> float:
@@ -465,9 +542,15 @@ def _check_greyscale(ds: object, path: Path) -> None:
         raise CovsegError(
             f"{path}: is a multi-frame DICOM ({frames} frames); export the series as one slice per file"
         )
+    check_ct_modality(ds, path, "a CT series")
+
+
+def check_ct_modality(ds: object, path: Path, give: str) -> None:
+    """Refuse, in one line, a DICOM dataset whose Modality is present and not CT (MR, OT secondary capture, ...):
+    its values are no Hounsfield units. ``give``: what to give instead ("a CT series")."""
     modality = str(getattr(ds, "Modality", "") or "").upper()
     if modality and modality != "CT":
-        raise CovsegError(f"{path}: Modality is {modality}, not CT; give a CT series")
+        raise CovsegError(f"{path}: Modality is {modality}, not CT; give {give}")
 
 
 def _rescaled(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, bool]:
@@ -496,13 +579,43 @@ def _rescaled(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, b
 _NO_RESCALE = "no RescaleIntercept; stored values (reaching below -100) taken as Hounsfield units"
 
 
-def _pixels(ds: object, path: Path) -> np.ndarray:
+def _no_decoder(ds: object, exc: Exception) -> str | None:
+    """The name of ``ds``'s compressed transfer syntax when no installed pydicom plugin decodes it (the file is fine:
+    a decoder is missing), else None."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not getattr(syntax, "is_compressed", False):
+        return None
     try:
-        pixels = ds.pixel_array  # type: ignore[attr-defined]
-    except Exception as exc:  # truncated pixel data, unsupported compression, no pixel data
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom 2: its message says the handlers miss their dependencies
+        missing = "missing" in str(exc) and "dependenc" in str(exc)
+    else:
+        try:
+            missing = not get_decoder(syntax).is_available
+        except NotImplementedError:  # pydicom has no decoder for it at all: decompressing is the way
+            missing = True
+    return str(getattr(syntax, "name", syntax)) if missing else None
+
+
+def dicom_pixels(ds: object, path: Path) -> np.ndarray:
+    """``ds.pixel_array``; a failure raises a one-line :class:`CovsegError`: for compressed pixel data that no
+    installed decoder reads, what to install (or how to decompress the files), else that the file is damaged."""
+    try:
+        return ds.pixel_array  # type: ignore[attr-defined]
+    except Exception as exc:  # truncated pixel data, compression without a decoder, no pixel data
+        syntax = _no_decoder(ds, exc)
+        if syntax is not None:
+            raise CovsegError(
+                f"{path}: its pixel data are compressed ({syntax}) and no installed decoder reads them; install "
+                "pylibjpeg and pylibjpeg-libjpeg (or python-gdcm), or decompress the series (e.g. gdcmconv --raw)"
+            ) from None
         raise CovsegError(
             f"{path}: cannot read its pixel data ({type(exc).__name__}: {exc}); replace the file"
         ) from None
+
+
+def _pixels(ds: object, path: Path) -> np.ndarray:
+    pixels = dicom_pixels(ds, path)
     if pixels.ndim != 2:
         raise CovsegError(f"{path}: pixel data has shape {tuple(pixels.shape)}, not one greyscale slice; "
                           "give the original greyscale CT series")
@@ -520,9 +633,7 @@ def read_dicom_slice(path: str | Path) -> tuple[np.ndarray, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise CovsegError(f"{path}: file not found; check the path")
-    ds = _dcmread(path)
-    if ds is None:
-        raise CovsegError(f"{path}: is not a DICOM file; give a DICOM CT slice")
+    ds = load_dicom(path, "give a DICOM CT slice")
     _check_greyscale(ds, path)
     data, missing = _rescaled(ds, _pixels(ds, path), path)
     return data, [f"{path.name}: {_NO_RESCALE}"] if missing else []

@@ -52,9 +52,13 @@ def write_palette(path: Path, indices: np.ndarray) -> Path:
     return path
 
 
-def write_nifti(path: Path, data: np.ndarray) -> Path:
+RADIOLOGICAL = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""A NIfTI affine whose x runs to the patient's left and y to the back: a slice stored so reads as ``data.T``."""
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray = RADIOLOGICAL) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    nib.save(nib.Nifti1Image(data, affine), str(path))
     return path
 
 
@@ -233,7 +237,7 @@ def test_read_image_errors(tmp_path: Path) -> None:
     with pytest.raises(CovsegError, match=r"junk\.nii\.gz: cannot be read as NIfTI"):
         read_image(tmp_path / "junk.nii.gz")
     (tmp_path / "junk.dcm").write_bytes(b"garbage")
-    with pytest.raises(CovsegError, match=r"junk\.dcm: cannot be read as DICOM"):
+    with pytest.raises(CovsegError, match=r"junk\.dcm: is not a DICOM file; replace the file"):
         read_image(tmp_path / "junk.dcm")
 
 
@@ -589,11 +593,11 @@ def test_a_nan_or_infinite_pixel_does_not_blank_a_slice(tmp_path: Path) -> None:
     from covseg.datasets import read_image
 
     hu = np.linspace(-1000, 400, 64, dtype=np.float32).reshape(8, 8)
-    nib.save(nib.Nifti1Image(hu.T.copy(), np.eye(4)), str(tmp_path / "ok.nii.gz"))
+    nib.save(nib.Nifti1Image(hu.T.copy(), RADIOLOGICAL), str(tmp_path / "ok.nii.gz"))
     clean = read_image(tmp_path / "ok.nii.gz")
     damaged = hu.copy()
     damaged[3, 3] = np.nan
-    nib.save(nib.Nifti1Image(damaged.T.copy(), np.eye(4)), str(tmp_path / "nan.nii.gz"))
+    nib.save(nib.Nifti1Image(damaged.T.copy(), RADIOLOGICAL), str(tmp_path / "nan.nii.gz"))
     read = read_image(tmp_path / "nan.nii.gz")
     assert np.isfinite(read).all() and read.max() > 0.5  # windowed as HU, not a black slice
     np.testing.assert_array_equal(np.delete(read.ravel(), 27), np.delete(clean.ravel(), 27))
@@ -638,3 +642,161 @@ def test_a_colour_image_warns_once_when_made_grey(tmp_path: Path, monkeypatch, c
     np.testing.assert_array_equal(image, np.asarray(Image.fromarray(colour).convert("L"), np.float32) / 255)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"covseg: warning: {tmp_path / 'a.png'}: is a colour image"), err
+
+
+# ---------------------------------------------------------------------------------- DICOM slices of other kinds
+
+
+def write_dicom_slice(path: Path, pixels: np.ndarray, *, modality: str | None = None, slope: float | None = None,
+                      intercept: float | None = None, photometric: str = "MONOCHROME2", preamble: bool = True) -> Path:
+    """A single DICOM slice (secondary capture SOP class), the tags not given left out."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SeriesInstanceUID = generate_uid()
+    if modality is not None:
+        ds.Modality = modality
+    if slope is not None:
+        ds.RescaleSlope = slope
+    if intercept is not None:
+        ds.RescaleIntercept = intercept
+    ds.set_pixel_data(pixels, photometric, 8 * pixels.itemsize)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=preamble)
+    return path
+
+
+def test_a_dicom_slice_of_another_modality_is_refused_and_one_without_modality_is_hu_only_with_air(
+        tmp_path: Path) -> None:
+    grey = np.tile(np.arange(256, dtype=np.uint8), (4, 1))
+    # a secondary capture (OT) or MR slice with identity rescale tags: its 0..255 were windowed as HU (0.9..1.0)
+    for modality in ("OT", "MR"):
+        path = write_dicom_slice(tmp_path / f"{modality}.dcm", grey, modality=modality, slope=1, intercept=0)
+        with pytest.raises(CovsegError, match=rf"{modality}\.dcm: Modality is {modality}, not CT; give a CT slice$"):
+            read_image(path)
+    # no Modality: grey values unless they reach below -100 (air) after the rescale
+    image = read_image(write_dicom_slice(tmp_path / "sc.dcm", grey, slope=1, intercept=0))
+    np.testing.assert_allclose(image, grey / 255.0, atol=1e-6)
+    image = read_image(write_dicom_slice(tmp_path / "dark-on-bright.dcm", grey, photometric="MONOCHROME1"))
+    np.testing.assert_allclose(image, 1.0 - grey / 255.0, atol=1e-6)  # MONOCHROME1 shows 0 white: inverted
+    stored = np.array([[0, 274, 1174, 1500]], np.uint16)  # HU -1024, -750, 150, 476 after intercept -1024
+    image = read_image(write_dicom_slice(tmp_path / "hu.dcm", stored, intercept=-1024, photometric="MONOCHROME1"))
+    np.testing.assert_allclose(image, lung(stored - 1024.0), atol=1e-6)  # HU: the lung window, not inverted
+    # a CT slice is HU as before, whatever its photometric interpretation
+    image = read_image(write_dicom_slice(tmp_path / "ct.dcm", stored, modality="CT", slope=1, intercept=-1024))
+    np.testing.assert_allclose(image, lung(stored - 1024.0), atol=1e-6)
+
+
+def test_a_dcm_slice_without_the_preamble_is_read_as_the_scan_reader_reads_it(tmp_path: Path) -> None:
+    stored = np.array([[0, 274], [1174, 1500]], np.uint16)
+    path = write_dicom_slice(tmp_path / "bare.dcm", stored, modality="CT", slope=1, intercept=-1024, preamble=False)
+    assert path.read_bytes()[128:132] != b"DICM"
+    np.testing.assert_allclose(read_image(path), lung(stored - 1024.0), atol=1e-6)
+    mask = write_dicom_slice(tmp_path / "mask.dcm", np.array([[0, 1], [2, 0]], np.uint8), preamble=False)
+    np.testing.assert_array_equal(read_mask(mask, MULTICLASS), [[0, 1], [2, 0]])
+
+
+def _jpeg_lossless_slice(path: Path) -> Path:
+    """A CT slice whose pixel data are JPEG Lossless compressed (a stub bitstream: no decoder gets as far as it)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import CTImageStorage, JPEGLosslessSV1, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Modality, ds.RescaleSlope, ds.RescaleIntercept = "CT", 1, -1024
+    ds.Rows = ds.Columns = 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + b"\x00" * 60 + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def jpeg_decoder_installed() -> bool:
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLosslessSV1
+
+    return get_decoder(JPEGLosslessSV1).is_available
+
+
+@pytest.mark.skipif(jpeg_decoder_installed(), reason="a JPEG Lossless decoder is installed here")
+def test_a_compressed_dicom_slice_without_a_decoder_says_what_to_install(tmp_path: Path) -> None:
+    path = _jpeg_lossless_slice(tmp_path / "jpeg.dcm")
+    for read in (read_image, lambda p: read_mask(p, BINARY)):
+        with pytest.raises(CovsegError, match=r"jpeg\.dcm: its pixel data are compressed \(JPEG Lossless.*\) and no "
+                           r"installed decoder reads them; install pylibjpeg and pylibjpeg-libjpeg \(or python-gdcm\), "
+                           r"or decompress the series \(e\.g\. gdcmconv --raw\)$") as info:
+            read(path)
+        assert "replace the file" not in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------- NIfTI slices in any orientation
+
+
+def test_a_nifti_slice_stored_in_any_orientation_reads_as_read_volume_shows_it(tmp_path: Path) -> None:
+    from covseg import volumes
+
+    # the radiological view (rows anterior -> posterior, columns patient right -> left), a marker at the front right
+    view = np.full((6, 8), -1000.0, np.float32)
+    view[0, 0] = 500.0
+    labels = np.zeros((6, 8), np.uint8)
+    labels[0, :2] = 1
+    stored = {  # the same world, stored as x -> L, y -> P (radiological) and as x -> R, y -> A (RAS, e.g. dcm2niix)
+        "lps": (view.T, labels.T, np.diag([-1.0, -1.0, 1.0, 1.0])),
+        "ras": (view.T[::-1, ::-1], labels.T[::-1, ::-1], np.array(
+            [[1.0, 0, 0, -7], [0, 1, 0, -5], [0, 0, 1, 0], [0, 0, 0, 1]])),
+    }
+    for name, (data, mask, affine) in stored.items():
+        image = read_image(write_nifti(tmp_path / f"{name}.nii.gz", np.ascontiguousarray(data)[:, :, None], affine))
+        np.testing.assert_allclose(image, lung(view), atol=1e-6, err_msg=name)
+        scan = volumes.read_volume(write_nifti(tmp_path / f"{name}-scan.nii.gz", np.repeat(data[:, :, None], 2, 2),
+                                               affine))
+        np.testing.assert_allclose(image, lung(scan.hu[0]), atol=1e-6, err_msg=name)
+        # its mask turns alike
+        read = read_mask(write_nifti(tmp_path / f"{name}-mask.nii", np.ascontiguousarray(mask), affine), BINARY)
+        np.testing.assert_array_equal(read, labels, err_msg=name)
+    for name, (_, mask, affine) in stored.items():  # and a label map of the view goes back onto the file's voxels
+        np.testing.assert_array_equal(volumes.view_to_nifti_slice(labels, affine), mask, err_msg=name)
+
+
+# ---------------------------------------------------------------------------------- odd arrays
+
+
+def test_kaggle_npy_nan_images_are_filled_and_nan_masks_refused(tmp_path: Path) -> None:
+    images, _ = write_npy_pair(tmp_path)
+    holed = images.astype(np.float32)
+    holed[0, 0, 0, 0] = -1350.0
+    holed[0, 0, 1, 0] = np.nan
+    np.save(tmp_path / "images_medseg.npy", holed)
+    samples = load_medseg_npy(tmp_path / "images_medseg.npy", tmp_path / "masks_medseg.npy", "binary")
+    assert np.isfinite(samples[0].image).all()
+    assert samples[0].image[0, 1] == samples[0].image.min()  # the hole takes the slice's finite minimum (air)
+    np.save(tmp_path / "nan_masks.npy", np.full(images.shape[:3] + (4,), np.nan, np.float32))
+    with pytest.raises(CovsegError, match=r"nan_masks\.npy: slice 0 holds NaN or infinite values; masks must be "
+                       r"one-hot \(0/1\)$"):
+        load_medseg_npy(tmp_path / "images_medseg.npy", tmp_path / "nan_masks.npy", "binary")
+
+
+def test_arrays_of_strings_or_complex_numbers_are_refused_in_one_line(tmp_path: Path) -> None:
+    images, _ = write_npy_pair(tmp_path)
+    masks = tmp_path / "masks_medseg.npy"
+    for name, array in (("text.npy", np.full(images.shape, "a")), ("complex.npy", images.astype(np.complex64))):
+        np.save(tmp_path / name, array)
+        with pytest.raises(CovsegError, match=rf"{name}: array holds .* values \(colour, complex or text\), not grey "
+                           r"levels or class ids; save real numbers \(integers or floats\)$"):
+            load_medseg_npy(tmp_path / name, masks, "binary")
+        with pytest.raises(CovsegError, match=rf"{name}: array holds"):
+            load_medseg_npy(tmp_path / "images_medseg.npy", tmp_path / name, "binary")
+    path = write_nifti(tmp_path / "complex.nii.gz", np.full((4, 4), -1000 + 5j, np.complex64))
+    for read in (read_image, lambda p: read_mask(p, BINARY)):
+        with pytest.raises(CovsegError, match=r"complex\.nii\.gz: NIfTI holds complex64 values"):
+            read(path)

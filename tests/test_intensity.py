@@ -154,3 +154,15 @@ def test_raw_ct_warning_only_for_16_bit_data_within_12_bits() -> None:
     assert raw_ct_warning(np.array([[0, RAW_CT_MAX + 1]], np.uint16), "grey.png") is None  # display grey
     assert raw_ct_warning(np.zeros((2, 2), np.uint16), "black.png") is None
     assert raw_ct_warning(np.array([[0, 200]], np.uint8), "eight.png") is None
+
+
+def test_stretch_percentiles_keeps_a_small_bright_region_of_an_otherwise_flat_image() -> None:
+    # 0.49 % of the pixels bright (a small lesion): the 1st and 99th percentiles coincide at the dark level, and a
+    # stretch between them turned the whole slice black; the image is min-max scaled instead
+    image = np.full((100, 100), 0.2, np.float32)
+    image[:7, :7] = 0.8
+    out = stretch_percentiles(image)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[:7, :7], 1.0)
+    assert not out[7:].any() and not out[:, 7:].any()
+    assert not stretch_percentiles(np.full((100, 100), 0.8, np.float32)).any()  # a flat image still becomes zeros

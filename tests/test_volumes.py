@@ -718,3 +718,63 @@ def test_a_16_bit_png_stack_of_raw_ct_numbers_reads_as_before_with_a_warning(tmp
     lines = [w for w in vol.warnings if "raw 12-bit CT numbers" in w]
     assert len(lines) == 1 and "\n" not in lines[0] and lines[0].startswith(f"{tmp_path.name}: 16-bit values")
     assert "NIfTI or DICOM in HU" in lines[0] and "8-bit lung-windowed PNG" in lines[0]
+
+
+def _jpeg_lossless_series(folder: Path) -> None:
+    """Three CT slices whose pixel data are JPEG Lossless compressed (stub bitstreams: no decoder gets as far)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    folder.mkdir()
+    uid = generate_uid()
+    for k in range(3):
+        ds = _ct_slice(np.zeros((8, 8), np.uint16), [0, 0, 2.0 * k], [1, 0, 0, 0, 1, 0], uid)
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        ds.BitsStored, ds.HighBit = 12, 11
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + b"\x00" * 60 + b"\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(folder / f"{k}.dcm", enforce_file_format=True)
+
+
+def _jpeg_decoder_installed() -> bool:
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLosslessSV1
+
+    return get_decoder(JPEGLosslessSV1).is_available
+
+
+@pytest.mark.skipif(_jpeg_decoder_installed(), reason="a JPEG Lossless decoder is installed here")
+def test_a_compressed_series_without_a_decoder_says_what_to_install_not_to_replace_it(tmp_path):
+    _jpeg_lossless_series(tmp_path / "jpeg")
+    with pytest.raises(CovsegError, match=r"\.dcm: its pixel data are compressed \(JPEG Lossless.*\) and no installed "
+                       r"decoder reads them; install pylibjpeg and pylibjpeg-libjpeg \(or python-gdcm\), or decompress "
+                       r"the series \(e\.g\. gdcmconv --raw\)$") as info:
+        read_volume(tmp_path / "jpeg")
+    assert "replace the file" not in str(info.value)
+
+
+def test_a_single_nifti_slice_turns_as_the_scan_s_slices_in_every_stored_orientation(tmp_path):
+    from covseg.volumes import nifti_slice_to_view, view_to_nifti_slice
+
+    view = np.arange(4 * 6, dtype=np.float32).reshape(4, 6) - 1000  # rows anterior -> posterior, columns right -> left
+    lps = np.diag([-0.7, -0.8, 2.5, 1.0])  # stored view.T: i -> patient left, j -> posterior
+    for transpose in (False, True):
+        for flip_i in (1, -1):
+            for flip_j in (1, -1):
+                # the same world stored in another voxel order: flips and a transpose, the affine following them
+                transform = np.array([[1, flip_i], [0, flip_j], [2, 1]], float)
+                if transpose:
+                    transform[:2] = transform[1::-1]
+                data = nib.orientations.apply_orientation(view.T[:, :, None], transform)
+                affine = lps @ nib.orientations.inv_ornt_aff(transform, (6, 4, 1))
+                np.testing.assert_array_equal(nifti_slice_to_view(data[:, :, 0], affine), view)
+                np.testing.assert_array_equal(view_to_nifti_slice(view, affine), data[:, :, 0])
+                nib.save(nib.Nifti1Image(np.repeat(data, 2, 2), affine), str(tmp_path / "scan.nii.gz"))
+                np.testing.assert_array_equal(read_volume(tmp_path / "scan.nii.gz").hu[0], view)
+    # a coronal slice (i -> patient right, j -> superior): head up, the patient's right on the viewer's left
+    coronal = np.array([[0.8, 0, 0, 0], [0, 0, -2.5, 0], [0, 0.7, 0, 0], [0, 0, 0, 1]])
+    data = view.T[::-1, ::-1]  # so that data[i, j] sits at view[rows = superior first, columns = right first]
+    np.testing.assert_array_equal(nifti_slice_to_view(data, coronal), view)
+    np.testing.assert_array_equal(view_to_nifti_slice(view, coronal), data)
+    # an affine without in-plane directions keeps the stored order, transposed
+    np.testing.assert_array_equal(nifti_slice_to_view(view.T, np.zeros((4, 4))), view)
