@@ -16,11 +16,14 @@ to static int8 (:mod:`covseg.quantize`): ``covseg_precision`` says ``int8``, and
 of the run's validation pixels (``val`` of its split: a ``cv:K`` fold's held-out images; its training pixels when
 it has none, as ``covseg_int8_checked_on`` says) whose label the int8 graph keeps from the fp32 one.
 
-Two more entries make the file stand alone: ``covseg_class_weights`` (JSON list), the run's ``class_weights.json``
+More entries make the file stand alone: ``covseg_class_weights`` (JSON list), the run's ``class_weights.json``
 weights, so that the classes the model learnt (weight above 0) are known away from its run folder
-(:func:`exported_class_weights`); and ``covseg_weights_sha256``, the SHA-256 of the graph's initializers
-(:func:`weights_sha256`), which :func:`load_onnx` checks so that a file damaged on disk is refused, not run.
-Files exported before covseg wrote them load as before.
+(:func:`exported_class_weights`); ``covseg_weights_sha256``, the SHA-256 of the graph's initializers
+(:func:`weights_sha256`); and ``covseg_metadata_sha256``, the SHA-256 of every other ``covseg_`` entry, the settings
+above (:func:`metadata_sha256`). :func:`load_onnx` checks both, so that a file whose weights or settings were
+damaged on disk is refused, not run (a damaged ``covseg_config`` would otherwise run with other settings, such as
+another normalisation). Files exported before covseg wrote these entries load as before: one without
+``covseg_metadata_sha256`` has only its weights checked, one without both is not checked.
 """
 from __future__ import annotations
 
@@ -40,10 +43,12 @@ from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 from covseg.models.shapes import check_input_size
 
-__all__ = ["export_onnx", "exported_from", "exported_class_weights", "weights_sha256", "OnnxBackend",
-           "onnx_backend_of", "load_onnx", "write_graph", "ONNX_OPSET"]
+__all__ = ["export_onnx", "exported_from", "exported_class_weights", "weights_sha256", "metadata_sha256",
+           "OnnxBackend", "onnx_backend_of", "load_onnx", "write_graph", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
+CHECKSUM_KEYS = ("covseg_weights_sha256", "covseg_metadata_sha256")
+"""The metadata entries that hold checksums, and so are left out of :func:`metadata_sha256`."""
 
 
 def write_graph(model: torch.nn.Module, input_size: int, target: Any) -> None:
@@ -98,6 +103,7 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
                 write_graph(model, config.data.input_size, str(tmp))
             graph = onnx.load(str(tmp))
             meta["covseg_weights_sha256"] = weights_sha256(graph)
+            meta["covseg_metadata_sha256"] = metadata_sha256(meta)
             for key, value in meta.items():
                 entry = graph.metadata_props.add()
                 entry.key, entry.value = key, value
@@ -122,6 +128,15 @@ def weights_sha256(graph: Any) -> str:
         digest.update(tensor.name.encode())
         digest.update(tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes())
     return digest.hexdigest()
+
+
+def metadata_sha256(meta: dict[str, str]) -> str:
+    """The hex SHA-256 of a covseg ONNX file's settings: its metadata entries ``meta`` whose keys start with
+    ``covseg_``, but for the checksums (:data:`CHECKSUM_KEYS`), sorted by key, as the UTF-8 bytes of a JSON list of
+    ``[key, value]`` pairs. Stored at export as ``covseg_metadata_sha256``."""
+    entries = sorted([key, value] for key, value in meta.items()
+                     if key.startswith("covseg_") and key not in CHECKSUM_KEYS)
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
 def exported_from(path: Path) -> str | None:
@@ -221,6 +236,10 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("covseg_format") != "covseg-onnx-1":
         raise CovsegError(f"{path}: not exported by covseg (no covseg metadata); export it with covseg export")
+    # files exported before covseg stored it have their weights checked only (below)
+    if "covseg_metadata_sha256" in meta and meta["covseg_metadata_sha256"] != metadata_sha256(meta):
+        raise CovsegError(f"{path}: is damaged: its settings do not match the checksum stored at export; export it "
+                          "again with covseg export")
     try:
         config = config_from_dict(json.loads(meta["covseg_config"]), source=str(path))
     except (KeyError, ValueError):

@@ -15,7 +15,9 @@ Layout of ``RUN_DIR``::
                         batch-norm statistics recomputed over the training slices; the run's model where it exists
                         (covseg.checkpoint.find_checkpoint's "auto" and "final")
 
-Every file is written atomically; ``last.pt`` is rewritten after each epoch.
+Every file is written atomically; ``last.pt`` is rewritten after each epoch. A new run given ``--force`` moves the
+run folder it replaces aside (a hidden sibling) and deletes it once its own first ``last.pt`` is saved; stopped or
+failed before that, it puts the old folder back as it was.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import csv
 import io
 import json
 import math
+import os
 import platform
 import shutil
 import time
@@ -193,8 +196,58 @@ def _write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     atomic_write_text(run_dir / "history.csv", buffer.getvalue())
 
 
+class _OldRun:
+    """The run folder a new run replaces (``--force``), kept aside as a hidden sibling (same file system) until the
+    new run has saved its first epoch: a new run stopped or failed before that leaves the old one as it was."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.aside: Path | None = None  # where the old run lies while it is aside
+
+    def _sibling(self, kind: str) -> Path:
+        return self.run_dir.parent / f".{self.run_dir.name}.{os.getpid()}-{os.urandom(4).hex()}.{kind}"
+
+    def move_aside(self) -> Path:
+        """Rename the old run folder to a hidden sibling; returns that name."""
+        aside = self._sibling("old")
+        with interrupts_deferred():  # a Ctrl-C is raised only once self.aside says where the old run went
+            try:
+                os.replace(self.run_dir, aside)
+            except OSError as err:
+                raise CovsegError(f"{self.run_dir}: cannot move the run there aside to replace it "
+                                  f"({err.strerror or err}); remove it yourself or choose another -o") from None
+            self.aside = aside
+        return aside
+
+    def drop(self) -> None:
+        """Delete the old run: the new one has saved an epoch (called with Ctrl-C held back)."""
+        if self.aside is None:
+            return
+        if self.aside.is_symlink():  # -o named a link: the link goes, the folder it pointed to stays
+            self.aside.unlink()
+        else:
+            shutil.rmtree(self.aside, ignore_errors=True)
+        self.aside = None
+
+    def put_back(self) -> bool:
+        """Put the old run back in place of the new run's partial folder (which is deleted), with Ctrl-C held back
+        over the renames; returns whether there was an old run to put back."""
+        if self.aside is None:
+            return False
+        with interrupts_deferred():
+            partial = self._sibling("part")
+            if self.run_dir.exists() or self.run_dir.is_symlink():
+                os.replace(self.run_dir, partial)
+            os.replace(self.aside, self.run_dir)
+            self.aside = None
+            shutil.rmtree(partial, ignore_errors=True)
+        return True
+
+
 def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], data_path: str,
-                    force: bool, info: dict | None = None) -> None:
+                    force: bool, old: _OldRun, log, info: dict | None = None) -> None:
+    """Write a new run's settings, split, class weights and record into ``run_dir``; with ``force`` a run folder
+    there is first moved aside (``old``), to be deleted once the new run has saved its first epoch."""
     if run_dir.exists() and any(run_dir.iterdir()):
         if not force:
             raise CovsegError(f"{run_dir}: run folder exists; pass --force to overwrite it or "
@@ -202,7 +255,8 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
         if not ((run_dir / "config.yaml").is_file() or (run_dir / "run.json").is_file()):
             raise CovsegError(f"{run_dir}: is not empty and not a covseg run folder; --force only replaces run "
                               "folders, so choose a new -o")
-        shutil.rmtree(run_dir)
+        aside = old.move_aside()
+        log(f"{run_dir}: the run there is kept as {aside.name} beside it until the new run has saved its first epoch")
     run_dir.mkdir(parents=True, exist_ok=True)
     d = config.data
     # config.yaml first: a folder that was cut short after it is still recognised as a run (and --force replaces it)
@@ -326,13 +380,28 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     """Train ``config`` on ``samples`` into ``run_dir`` (new, or continued from ``last.pt`` with ``resume``).
 
     ``samples`` must carry masks in the config's label scheme. Ctrl-C ends the run after saving; the
-    result then has ``stopped=True``, and ``interrupted`` where epochs remain to resume. Under ``torchrun`` pass the :class:`DistContext` (and device) from
+    result then has ``stopped=True``, and ``interrupted`` where epochs remain to resume. With ``force`` a run
+    folder already at ``run_dir`` is moved aside and deleted once the new run has saved its first epoch (from then
+    on ``--resume`` continues the new run); stopped (Ctrl-C) or failed before that, the new run's folder is deleted
+    and the old one put back as it was. Under ``torchrun`` pass the :class:`DistContext` (and device) from
     :func:`covseg.runtime.init_distributed`: the model is wrapped in DistributedDataParallel, each process
     trains on its share of every global batch, and only rank 0 writes files, logs and shows progress.
     """
+    old = _OldRun(Path(run_dir))
+    try:
+        return _train_run(config, samples, Path(run_dir), data_path, resume, force, progress, log, dist, device, old)
+    except BaseException:
+        if old.put_back():
+            log(f"{run_dir}: the new run stopped before it saved an epoch; the run that was there is back as it was")
+        raise
+
+
+def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path: str, resume: bool, force: bool,
+               progress: bool, log, dist: DistContext, device: torch.device | None, old: _OldRun) -> RunResult:
+    """:func:`train_run`'s work; a run folder that ``force`` replaces goes aside in ``old``, which is dropped once
+    the first epoch is saved, and put back here where Ctrl-C stops the new run before that."""
     import torch.distributed as torch_dist
 
-    run_dir = Path(run_dir)
     if not dist.is_main:
         progress = False
         log = lambda message: None  # noqa: E731
@@ -390,7 +459,7 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
             info["init_sha256"] = file_sha256(pretrained)
         if teachers is not None:
             info["distill"], info["distill_sha256"] = [str(f) for f in teachers.files], teachers.digests
-        _prepare_folder(run_dir, config, samples, data_path, force, info)
+        _prepare_folder(run_dir, config, samples, data_path, force, old, log, info)
     if dist.enabled:
         torch_dist.barrier()
     split = load_split(run_dir / "split.json")
@@ -528,14 +597,21 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
                     save_checkpoint(run_dir / "last.pt", core, config, epoch + 1, score,
                                     optimizer=optimizer.state_dict(), history=history, best=best, **extra)
                     _write_history(run_dir, history)
+                    old.drop()  # the new run can be resumed now: the run it replaces goes
             bar.set_postfix(loss=f"{fit.loss:.3f}", val_dice=f"{res.dice:.3f}")
         epoch = t.epochs
     except KeyboardInterrupt:
         epoch, stopped = len(history), True
-        if epoch < t.epochs:
-            log(f"interrupted: {epoch} of {t.epochs} epochs saved; continue with covseg train --resume {run_dir}")
-        else:  # Ctrl-C came while the last epoch's files were written: every epoch is saved, the run is finished
+        if epoch >= t.epochs:  # Ctrl-C came while the last epoch's files were written: the run is finished
             log(f"interrupted after all {t.epochs} epochs were saved; the run is finished, nothing to resume")
+        elif old.put_back():
+            log(f"interrupted before the first epoch was saved; the run that was in {run_dir} is back as it was, "
+                "nothing lost (train with --force again to replace it)")
+        elif (run_dir / "last.pt").is_file():
+            log(f"interrupted: {epoch} of {t.epochs} epochs saved; continue with covseg train --resume {run_dir}")
+        else:
+            log(f"interrupted before the first epoch was saved, so there is nothing to resume; start the run again "
+                f"(covseg train ... -o {run_dir} --force)")
     finally:
         bar.close()
     if history and dist.is_main:

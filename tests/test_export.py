@@ -87,11 +87,16 @@ def test_onnx_of_other_task_or_origin_is_refused(onnx_file: Path, tiny_data: Pat
 
 
 def _with_metadata_of(graph: onnx.ModelProto, donor: Path, config: str | None = None) -> onnx.ModelProto:
-    """``graph`` carrying ``donor``'s covseg metadata (its ``covseg_config`` replaced by ``config`` if given)."""
+    """``graph`` carrying ``donor``'s covseg metadata (its ``covseg_config`` replaced by ``config`` if given, with the
+    settings' checksum an export of that config would store, so that the checks after it are what is tested)."""
+    meta = {p.key: p.value for p in onnx.load(str(donor)).metadata_props}
+    if config is not None:
+        meta["covseg_config"] = config
+        meta["covseg_metadata_sha256"] = export.metadata_sha256(meta)
     del graph.metadata_props[:]
-    for prop in onnx.load(str(donor)).metadata_props:
+    for key, value in meta.items():
         entry = graph.metadata_props.add()
-        entry.key, entry.value = prop.key, config if config is not None and prop.key == "covseg_config" else prop.value
+        entry.key, entry.value = key, value
     return graph
 
 
@@ -657,6 +662,46 @@ def test_a_damaged_onnx_file_is_refused_not_run(which: str, request, tiny_data: 
     # a file exported before covseg stored the checksum loads as before
     _without_metadata(source, "covseg_weights_sha256", tmp_path / "old.onnx")
     load_onnx(tmp_path / "old.onnx")
+
+
+def _with_entry(source: Path, key: str, value: str, target: Path) -> Path:
+    """Save ``source`` with its metadata entry ``key`` set to ``value`` (its checksums left as they are) as
+    ``target``: a file whose stored settings were damaged after export."""
+    graph = onnx.load(str(source))
+    next(p for p in graph.metadata_props if p.key == key).value = value
+    onnx.save(graph, str(target))
+    return target
+
+
+def test_an_onnx_file_whose_settings_were_damaged_is_refused_not_run(onnx_file: Path, tiny_run: Path,
+                                                                    tiny_data: Path, tmp_path: Path, capsys) -> None:
+    """The weights' checksum left ``covseg_config`` out: a file whose settings were damaged to ``{}`` ran, exit 0,
+    with the default settings (input size, normalisation) instead of its run's, so with other results."""
+    meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    assert meta["covseg_metadata_sha256"] == export.metadata_sha256(meta)
+    # every covseg entry but the two checksums, in key order: the order the entries are stored in does not count
+    assert export.metadata_sha256(dict(reversed(meta.items()))) == meta["covseg_metadata_sha256"]
+    assert export.metadata_sha256({**meta, "covseg_weights_sha256": "0"}) == meta["covseg_metadata_sha256"]
+    assert export.metadata_sha256({**meta, "other_key": "x"}) == meta["covseg_metadata_sha256"]
+    capsys.readouterr()  # what making the fixtures printed
+    damaged = _with_entry(onnx_file, "covseg_config", "{}", tmp_path / "damaged.onnx")
+    out = tmp_path / "pred"
+    assert main(["predict", str(_real_or_synthetic_slice(tiny_data)), "-o", str(out), "--model", str(damaged),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"covseg: error: {damaged}: is damaged: its settings do not match the checksum stored at export; "
+                   "export it again with covseg export"]
+    assert not out.exists()
+    for key, value in (("covseg_checkpoint", "last.pt"), ("covseg_precision", "int8"), ("covseg_epoch", "2"),
+                       ("covseg_class_weights", "[0.5, 0.0]")):
+        with pytest.raises(CovsegError, match="is damaged: its settings do not match the checksum"):
+            load_onnx(_with_entry(onnx_file, key, value, tmp_path / f"{key}.onnx"))
+    # a file exported before covseg stored the settings' checksum loads as before, its weights still checked
+    old = tmp_path / "old.onnx"
+    _without_metadata(onnx_file, "covseg_metadata_sha256", old)
+    assert load_onnx(old)[1] == load_model(tiny_run)[1]
+    with pytest.raises(CovsegError, match="is damaged: its weights do not match the checksum"):
+        load_onnx(_damaged_copy(old, tmp_path / "old-damaged.onnx"))
 
 
 def test_an_int8_onnx_model_refuses_fp32_precision(int8_file: Path, onnx_file: Path, tiny_data: Path,

@@ -24,7 +24,7 @@ from covseg.predict import open_predictor
 from covseg.training import (averaged_network, class_argmax, epoch_average, learning_rate, lr_factor,
                              make_optimizer, recompute_batch_norm, train_one_epoch, weight_average)
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, interrupt_after_touching
 
 
 def _train(data: Path, out: Path, *extra: str) -> int:
@@ -99,6 +99,97 @@ def test_existing_run_folder_needs_force(tiny_data: Path, tiny_run: Path, capsys
     assert _train(tiny_data, tiny_run) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--force" in err[0] and "Traceback" not in err[0]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative name: bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _finished_run_with_a_report(tiny_run: Path, run: Path) -> Path:
+    """A copy of the finished ``tiny_run`` at ``run``, with an evaluation report beside its checkpoints."""
+    import shutil
+
+    shutil.copytree(tiny_run, run)
+    (run / "eval-heldout").mkdir()
+    (run / "eval-heldout" / "metrics.json").write_text("{}\n")
+    return run
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c in the first epoch", "ctrl-c while the old run is moved", "error"])
+def test_force_puts_the_old_run_back_when_the_new_one_stops_before_its_first_epoch(
+        stop: str, tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --force used to delete the old run before the new one had anything: Ctrl-C in the first epoch left a folder
+    # holding neither (no best.pt, last.pt or report), and advised a --resume that found no last.pt
+    import covseg.run
+
+    run = _finished_run_with_a_report(tiny_run, tmp_path / "fz")
+    before = _files(run)
+    if stop == "ctrl-c while the old run is moved":
+        fired = interrupt_after_touching(run, monkeypatch)  # a real SIGINT just after the old folder is renamed
+    else:
+        def stop_in_the_first_epoch(*args, **kwargs):
+            raise KeyboardInterrupt if stop.startswith("ctrl-c") else RuntimeError("a failure in the first epoch")
+
+        monkeypatch.setattr(covseg.run, "train_one_epoch", stop_in_the_first_epoch)
+    capsys.readouterr()
+    if stop == "error":
+        with pytest.raises(RuntimeError, match="a failure in the first epoch"):
+            _train(tiny_data, run, "--force", "model.width=8")
+    else:
+        assert _train(tiny_data, run, "--force", "model.width=8") == 130
+    assert _files(run) == before  # the old run, report and all, as it was
+    assert [p.name for p in tmp_path.iterdir()] == ["fz"]  # nothing left aside: neither the old nor the new folder
+    err = capsys.readouterr().err
+    assert "is back as it was" in err and "--resume" not in err, err
+    if stop == "ctrl-c while the old run is moved":
+        assert fired
+    if stop == "ctrl-c in the first epoch":
+        assert f"the run that was in {run} is back as it was, nothing lost (train with --force again to replace it)" \
+            in err
+
+
+def test_force_deletes_the_old_run_once_the_new_one_saved_an_epoch(tiny_data: Path, tiny_run: Path, tmp_path: Path,
+                                                                   capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.run
+
+    run = _finished_run_with_a_report(tiny_run, tmp_path / "fz")
+    real = covseg.run.train_one_epoch
+
+    def ctrl_c_in_the_second_epoch(*args, **kwargs):
+        if args[6] == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(covseg.run, "train_one_epoch", ctrl_c_in_the_second_epoch)
+    capsys.readouterr()
+    assert _train(tiny_data, run, "--force", "--epochs", "3", "model.width=8") == 130
+    err = capsys.readouterr().err
+    assert f"{run}: the run there is kept as .fz." in err  # where it lay while the first epoch trained
+    assert f"interrupted: 1 of 3 epochs saved; continue with covseg train --resume {run}" in err
+    # the new run, resumable, in place of the old one, whose report went with it
+    assert read_checkpoint(run / "last.pt")["epoch"] == 1 and len(_history(run)) == 1
+    assert read_checkpoint(run / "last.pt")["config"]["model"]["width"] == 8 and not (run / "eval-heldout").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["fz"]
+    monkeypatch.setattr(covseg.run, "train_one_epoch", real)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert len(_history(run)) == 3
+
+
+def test_ctrl_c_before_a_new_run_s_first_epoch_says_to_start_again_not_to_resume(
+        tiny_data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.run
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(covseg.run, "train_one_epoch", ctrl_c)
+    run = tmp_path / "new"
+    assert _train(tiny_data, run) == 130
+    err = capsys.readouterr().err
+    assert not (run / "last.pt").exists() and "--resume" not in err, err
+    assert (f"interrupted before the first epoch was saved, so there is nothing to resume; start the run again "
+            f"(covseg train ... -o {run} --force)") in err
 
 
 def _start(data: Path, run: Path, epochs: int, *extra: str) -> subprocess.Popen:
