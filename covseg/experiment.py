@@ -5,6 +5,7 @@ These are the library calls behind ``covseg evaluate``, ``covseg compare`` and `
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from covseg.config import MAX_SEED, RunConfig, config_from_dict, config_to_dict
+from covseg.config import MAX_SEED, RunConfig, check_new_run, config_from_dict, config_to_dict
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
 from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
@@ -46,11 +47,10 @@ def select_samples(run_dir: Path | None, data: str, task: str, split: str,
     run's parts; ``test`` = the run's test part, else the data set's official test split; ``all`` = every
     labelled training image of ``data``. A run's part must be found whole in ``data`` (a part of it is refused).
     """
-    if split not in EVAL_SPLITS:
-        raise CovsegError(f"unknown evaluation split {split!r}: use one of {', '.join(EVAL_SPLITS)}")
+    _check_eval_split(split)
     parts: dict[str, list[str]] = {}
     if run_dir is not None and (run_dir / "split.json").is_file():
-        parts = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+        parts = load_split(run_dir / "split.json")  # a damaged one is refused, not read as other parts
     asked = split
     if split == "heldout":
         split = "test" if parts.get("test") else "val"
@@ -73,6 +73,12 @@ def select_samples(run_dir: Path | None, data: str, task: str, split: str,
     return chosen
 
 
+def _check_eval_split(split: str) -> None:
+    """Refuse an evaluation split name that is not one of :data:`EVAL_SPLITS`."""
+    if split not in EVAL_SPLITS:
+        raise CovsegError(f"unknown evaluation split {split!r}: use one of {', '.join(EVAL_SPLITS)}")
+
+
 def evaluate_samples(predictor: Predictor, samples: list[Sample], task: str, progress: bool = True) -> Evaluation:
     """Predict and score every sample at its own size."""
     scheme = get_scheme(task)
@@ -88,7 +94,7 @@ def evaluate_samples(predictor: Predictor, samples: list[Sample], task: str, pro
 
 def _evaluates_validation(run_dir: Path, split: str) -> bool:
     """True when ``split`` of ``run_dir`` is the validation set that picked ``best.pt``."""
-    parts = json.loads((run_dir / "split.json").read_text(encoding="utf-8")) if (run_dir / "split.json").is_file() else {}
+    parts = load_split(run_dir / "split.json") if (run_dir / "split.json").is_file() else {}
     return split == "val" or (split == "heldout" and not parts.get("test"))
 
 
@@ -118,9 +124,9 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
 
     Several paths, or a cross-validation folder, are evaluated as one ensemble (mean probabilities, see
     :func:`covseg.predict.open_ensemble`). An ensemble scores the run's own parts (``heldout``, ``val``,
-    ``train``) only when every member was trained on the same split, so no member saw the images scored;
-    a cross-validation folder's folds are therefore scored together only on ``test``. Its report goes to
-    ``CV_DIR/eval-SPLIT``; other ensembles need ``out_dir``.
+    ``train``), or every image (``all``), only when every member was trained on the same split, so no member saw
+    the held-out images scored; a cross-validation folder's folds are therefore scored together only on ``test``.
+    Its report goes to ``CV_DIR/eval-SPLIT``; other ensembles need ``out_dir``.
 
     ``lesion_model``: binary models whose lesions the multiclass ``model_path`` types
     (:func:`covseg.predict.open_models`); on the run's own parts they must share its split.
@@ -133,6 +139,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     ``-tta`` (``eval-SPLIT-tta``), so a flip-TTA score never replaces the plain one ``covseg cv`` and ``cv-compare``
     read.
     """
+    _check_eval_split(split)  # a mistyped name is told so, not taken for another split's images
     given = [Path(model_path)] if isinstance(model_path, (str, Path)) else [Path(p) for p in model_path]
     paths = ensemble_members(given)
     lesion_paths = ensemble_members(lesion_model) if lesion_model else []
@@ -143,8 +150,6 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         for path, check in [(paths[0], check_type_model_task), *((p, check_lesion_task) for p in lesion_paths)]:
             if path.is_dir():
                 check(path, read_run_config(path).data.task)
-    if len(paths) + len(lesion_paths) > 1:
-        _check_ensemble_split(paths + lesion_paths, split)
     if out_dir is not None and ((Path(out_dir) / "config.yaml").is_file() or any(Path(out_dir).glob("fold-*/config.yaml"))):
         raise CovsegError(f"{out_dir}: is a run or cross-validation folder; give -o a report folder of its own, e.g. "
                           f"{Path(out_dir) / 'eval-NAME'}")
@@ -169,6 +174,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
             raise CovsegError("pass --data DIR when evaluating a model file outside its run folder")
         data = read_run_info(run_dir)["data"]
     predictor, config, info = open_models(paths, lesion_paths, task, which, backend, device, precision, batch_size, tta)
+    if len(paths) + len(lesion_paths) > 1:  # after open_models: models of two tasks are told so, not that splits differ
+        _check_ensemble_split(paths + lesion_paths, split)
     samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
     # another checkpoint's report goes beside, never over, the run's own (which `covseg cv` reads)
     if out_dir is None:
@@ -189,10 +196,18 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
 def _check_ensemble_split(paths: Sequence[Path], split: str) -> None:
     """Refuse to score an ensemble on a run's own parts unless all members share one split.
 
-    ``all`` (every labelled training image) is the caller's explicit choice; ``test`` is the data set's
-    official test split unless a member holds a test part of its own.
+    ``test`` is the data set's official test split unless a member holds a test part of its own. ``all`` (every
+    labelled training image) is the caller's explicit choice for members of one split, as for a single run, but
+    refused for members of different splits (the folds of a cross-validation): an image one member held out
+    another trained on, and a fold ensemble is scored only on images none of its members trained on. Members
+    whose split is not known (a model file outside its run folder) are taken as they are there.
     """
     if split == "all":
+        known = [load_split(f) for f in map(_split_file, paths) if f is not None]
+        if any(other != known[0] for other in known[1:]):
+            raise CovsegError("the ensemble's models were trained on different splits, so some of the images of "
+                              "--split all were training images of some members and not of others; score them "
+                              "together with --split test (images none of them trained on), or one run at a time")
         return
     split_files = [path / "split.json" for path in paths]
     if split == "test" and not any(f.is_file() and load_split(f)["test"] for f in split_files):
@@ -208,6 +223,13 @@ def _check_ensemble_split(paths: Sequence[Path], split: str) -> None:
                           "or one fold at a time")
 
 
+def _split_file(path: Path) -> Path | None:
+    """The ``split.json`` of the run a model ``path`` (a run folder, or a file inside one) was trained on; None
+    when there is none (a model file kept outside its run folder)."""
+    folder = path if path.is_dir() else path.parent if (path.parent / "run.json").is_file() else None
+    return folder / "split.json" if folder is not None and (folder / "split.json").is_file() else None
+
+
 def compare_models(models: list[str], config: RunConfig, samples: list[Sample], data: str, out_dir: Path,
                    force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate each model under identical data, split, seed and budget; one table and figure.
@@ -216,7 +238,9 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     comparison goes to ``out_dir/comparison.md``, ``comparison.json`` and ``comparison.png``; each model is
     scored on the device it trained on (``train.device``). Runs already
     finished (or interrupted) in ``out_dir`` with the same settings are reused (or resumed); ``force``
-    retrains them from scratch.
+    retrains them from scratch. Before the first model trains, every model's settings are checked, with the
+    checks each new run makes before training (:func:`_check_new_run_inputs`: e.g. ``model.batch_norm=false``
+    beside SegNet, or a ``train.init`` pretrained for another network), so none is refused after another trained.
     """
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
@@ -227,6 +251,8 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
         build_model(configs[name])
         if not force:  # and a run it would reuse or resume refused now, not after the models before it trained
             _check_reusable(out_dir / name, configs[name], samples, data)
+        if force or not (out_dir / name / "last.pt").is_file():  # a new run's checks too (a begun one made them)
+            _check_new_run_inputs(configs[name], [s.name for s in samples])
     rows: dict[str, dict[str, Any]] = {}
     for name, cfg in configs.items():
         log(f"== {name} ==")
@@ -260,9 +286,32 @@ _FORCE_REMEDY = "pass --force to retrain it or use another output folder"
 
 
 def _check_same_settings(run_dir: Path, config: RunConfig, remedy: str = _FORCE_REMEDY) -> None:
-    """Refuse to reuse ``run_dir`` if it holds a run made with other settings (the error ends with ``remedy``)."""
-    if (run_dir / "config.yaml").is_file() and config_to_dict(read_run_config(run_dir)) != config_to_dict(config):
-        raise CovsegError(f"{run_dir}: holds a run with other settings; {remedy}")
+    """Refuse to reuse ``run_dir`` if it holds a run made with other settings, naming the first that differs (the
+    error ends with ``remedy``)."""
+    if not (run_dir / "config.yaml").is_file():
+        return
+    differ = _setting_differences(config_to_dict(read_run_config(run_dir)), config_to_dict(config))
+    if differ:
+        more = f", and {len(differ) - 1} more setting{'s' if len(differ) > 2 else ''}" if len(differ) > 1 else ""
+        raise CovsegError(f"{run_dir}: holds a run with other settings ({differ[0]}{more}); {remedy}")
+
+
+def _setting_differences(there: dict[str, Any], here: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"KEY A there, B here"`` for each setting (``train.augment.hflip``) whose value differs between two nested
+    config dicts (:func:`covseg.config.config_to_dict`), in ``here``'s order."""
+    differ = []
+    for key in [*here, *(k for k in there if k not in here)]:
+        a, b = there.get(key), here.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differ += _setting_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differ.append(f"{prefix}{key} {_shown(a)} there, {_shown(b)} here")
+    return differ
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as a differences line shows it (an empty text as ``""``)."""
+    return '""' if value == "" else str(value)
 
 
 def _check_same_data(run_dir: Path, config: RunConfig, samples: list[Sample], data: str,
@@ -305,9 +354,21 @@ _CV_REMEDY = "remove it to retrain it, or use another -o"
 
 
 def _train_seconds(run_dir: Path) -> float:
-    """Total training time of a run: the sum of ``history.csv``'s ``seconds`` column."""
-    rows = (run_dir / "history.csv").read_text(encoding="utf-8").strip().splitlines()[1:]
-    return sum(float(line.split(",")[-1]) for line in rows)
+    """Total training time of a run: the sum of ``history.csv``'s ``seconds`` column (its last). A damaged file (a
+    row whose seconds are not a number) raises a one-line :class:`CovsegError` naming it."""
+    path = run_dir / "history.csv"
+    total = 0.0
+    for row, line in enumerate(path.read_text(encoding="utf-8").strip().splitlines()[1:], start=1):
+        value = line.split(",")[-1]
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds):
+            raise CovsegError(f"{path}: damaged (row {row} has {value!r} for its seconds, not a number); retrain the "
+                              f"run: remove {run_dir} and run the command again")
+        total += seconds
+    return total
 
 
 def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, data: str, force: bool,
@@ -412,25 +473,33 @@ def _untrained_folds(config: RunConfig, out_dir: Path, folds: int) -> list[tuple
 def _check_fold_inputs(config: RunConfig, out_dir: Path, folds: int, names: list[str]) -> None:
     """Refuse, before fold 0 trains, a ``train.init``, ``train.distill`` teacher or ``data.pseudo_labels`` that a
     later fold could not take (e.g. one fine-tuned run given to every fold: it saw the other folds' held-out
-    images), with the checks its run makes before training, on the split of ``names`` (the labelled images) it
-    will hold out; no network is built."""
+    images), with the checks its run makes before training (:func:`_check_new_run_inputs`), on the split of
+    ``names`` (the labelled images) it will hold out; no network is built."""
+    for k in range(folds):
+        if (out_dir / f"fold-{k}" / "last.pt").is_file():
+            continue  # begun already: its own checks ran when it began
+        _check_new_run_inputs(_fold_config(config, k, folds), names)
+
+
+def _check_new_run_inputs(config: RunConfig, names: list[str]) -> None:
+    """The checks :func:`covseg.run.train_run` makes before a new run of ``config`` trains, made before any run of
+    a workflow trains: its settings (:func:`covseg.config.check_new_run`), and its ``train.init``, ``train.distill``
+    teachers and ``data.pseudo_labels`` against the images the split of ``names`` (the labelled images) holds out.
+    No network is built."""
     from covseg.distill import check_teachers
     from covseg.pretrain import check_pretrained
     from covseg.selftrain import check_pseudo_labels, resolve_pseudo_folder
 
-    for k in range(folds):
-        if (out_dir / f"fold-{k}" / "last.pt").is_file():
-            continue  # begun already: its own checks ran when it began
-        cfg = _fold_config(config, k, folds)
-        d = cfg.data
-        planned = make_split(names, d.split, d.split_seed, d.folds, d.val_fraction)
-        held_out = list(planned.get("val", [])) + list(planned.get("test", []))
-        if cfg.train.init:
-            check_pretrained(cfg.train.init, cfg, held_out)
-        if cfg.train.distill:
-            check_teachers(cfg, held_out)
-        if d.pseudo_labels:
-            check_pseudo_labels(resolve_pseudo_folder(d.pseudo_labels, d.split), d.task, held_out)
+    check_new_run(config)
+    d = config.data
+    planned = make_split(names, d.split, d.split_seed, d.folds, d.val_fraction)
+    held_out = list(planned.get("val", [])) + list(planned.get("test", []))
+    if config.train.init:
+        check_pretrained(config.train.init, config, held_out)
+    if config.train.distill:
+        check_teachers(config, held_out)
+    if d.pseudo_labels:
+        check_pseudo_labels(resolve_pseudo_folder(d.pseudo_labels, d.split), d.task, held_out)
 
 
 def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int,
@@ -527,21 +596,30 @@ def _companions(config: RunConfig) -> list[tuple[str, str, str]]:
     return companions
 
 
+def _heldout_report(metrics: Any, data: str) -> bool:
+    """Whether ``metrics`` (a ``metrics.json``'s contents) scored the held-out images (``split`` heldout) of the data
+    folder ``data`` as ``covseg cv`` scores them: without flip TTA and without a ``--lesion-model`` (a report that
+    ``covseg evaluate --tta -o …`` or another ``--split`` wrote in its place is not the fold's score). A damaged one
+    raises ``KeyError`` or ``TypeError``."""
+    model = metrics["model"]
+    return (metrics["split"] == "heldout" and model["flip_tta"] is False and "lesion_model" not in model
+            and Path(metrics["data"]).resolve() == Path(data).resolve())
+
+
 def _is_current(report: Path, run_dir: Path, which: str, data: str) -> bool:
     """Whether ``report`` (a ``metrics.json``) exists, scored ``run_dir``'s checkpoint ``which``
-    (:func:`covseg.checkpoint.find_checkpoint`) on the images of the data folder ``data``, and is no older than that
-    checkpoint or than ``last.pt``."""
+    (:func:`covseg.checkpoint.find_checkpoint`) on the held-out images of the data folder ``data`` as ``covseg cv``
+    does (:func:`_heldout_report`), and is no older than that checkpoint or than ``last.pt``."""
     if not report.is_file() or not (run_dir / "last.pt").is_file():
         return False
     checkpoint = find_checkpoint(run_dir, which)
     try:
         metrics = json.loads(report.read_text(encoding="utf-8"))
-        scored, scored_on = Path(metrics["model"]["file"]).name, Path(metrics["data"])
+        scored, as_cv_scores = Path(metrics["model"]["file"]).name, _heldout_report(metrics, data)
     except (ValueError, KeyError, TypeError):
         return False
     newest = max(checkpoint.stat().st_mtime, (run_dir / "last.pt").stat().st_mtime)
-    return (scored == checkpoint.name and scored_on.resolve() == Path(data).resolve()
-            and report.stat().st_mtime >= newest)
+    return scored == checkpoint.name and as_cv_scores and report.stat().st_mtime >= newest
 
 
 def check_seeds(seeds: Sequence[int]) -> None:
@@ -554,15 +632,21 @@ def check_seeds(seeds: Sequence[int]) -> None:
                           "e.g. --seeds 0 1 2; for one seed pass train.seed=S")
 
 
-def _report_of(metrics_path: Path, members: list[Path]) -> bool:
+def _report_of(metrics_path: Path, members: list[Path], data: str) -> bool:
     """Whether ``metrics_path`` is a finished report of exactly these members' own models (``swa.pt`` or
-    ``last.pt``: :func:`covseg.checkpoint.find_checkpoint`'s ``final``), newer than each member's ``last.pt``."""
+    ``last.pt``: :func:`covseg.checkpoint.find_checkpoint`'s ``final``) on the held-out images of the data folder
+    ``data``, scored as ``covseg cv`` scores them (:func:`_heldout_report`), and newer than each member's
+    ``last.pt``. A damaged one is not (it is scored again)."""
     if not metrics_path.is_file():
         return False
-    files = [Path(m["file"]).resolve() for m in json.loads(metrics_path.read_text(encoding="utf-8"))["model"]
-             .get("members", [])]
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        files = [Path(m["file"]).resolve() for m in metrics["model"]["members"]]
+        as_cv_scores = _heldout_report(metrics, data)
+    except (ValueError, KeyError, TypeError):
+        return False
     newest = max((m / "last.pt").stat().st_mtime for m in members)
-    return (files == [find_checkpoint(m, "final").resolve() for m in members]
+    return (as_cv_scores and files == [find_checkpoint(m, "final").resolve() for m in members]
             and metrics_path.stat().st_mtime >= newest)
 
 
@@ -601,7 +685,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     for k in range(folds):
         members = [out_dir / f"seed-{seed}" / f"fold-{k}" for seed in seeds]
         report = out_dir / "ensemble" / f"fold-{k}"
-        if not _report_of(report / "metrics.json", members):
+        if not _report_of(report / "metrics.json", members, data):
             log(f"== seed ensemble, fold {k} ==")
             evaluate_run(members, data, "heldout", report, device=config.train.device, progress=progress)
         rows.append((json.loads((report / "metrics.json").read_text(encoding="utf-8")),

@@ -125,19 +125,30 @@ def test_evaluate_ensemble_of_same_split_runs(tiny_run: Path, tmp_path: Path, ca
     assert two["per_image"]["dice"] == pytest.approx(one["per_image"]["dice"], abs=1e-6)
     assert [m["file"] for m in two["model"]["members"]] == [str(tiny_run / "last.pt"), str(twin / "last.pt")]
     assert "(2 models)" in (ensemble / "metrics.md").read_text()
+    # members of one split may be scored on every image too, as one run may
+    every = tmp_path / "every"
+    assert main(["evaluate", str(tiny_run), str(twin), "--split", "all", "-o", str(every), "--quiet",
+                 "--precision", "fp32"]) == 0
+    assert json.loads((every / "metrics.json").read_text())["n_images"] == 12
 
 
-def test_cv_folder_ensemble_only_on_images_no_member_trained_on(tiny_run: Path, tmp_path: Path, capsys) -> None:
+def test_cv_folder_ensemble_only_on_images_no_member_trained_on(tiny_run: Path, tiny_data: Path, tmp_path: Path,
+                                                                capsys) -> None:
     from test_cli import _one_line_error
 
     cv = _fake_cv(tiny_run, tmp_path / "cv")
     assert main(["evaluate", str(cv), "--quiet"]) == 2
     assert "different splits" in _one_line_error(capsys)
     assert not (cv / "eval-heldout").exists()
-    # every labelled image, asked for explicitly, is scored by the fold ensemble into CV_DIR/eval-all
-    assert main(["evaluate", str(cv), "--split", "all", "--quiet"]) == 0
-    report = json.loads((cv / "eval-all" / "metrics.json").read_text())
-    assert len(report["model"]["members"]) == 3 and report["n_images"] == 12
+    # nor on every labelled image (each a training image of some folds: before, all 12 were scored into eval-all),
+    # given as run folders or as the checkpoints inside them
+    for models in ([str(cv)], [str(cv / "fold-0"), str(cv / "fold-1")],
+                   [str(cv / "fold-0" / "last.pt"), str(cv / "fold-1" / "last.pt")]):
+        assert main(["evaluate", *models, "--split", "all", "--data", str(tiny_data), "-o", str(tmp_path / "all"),
+                     "--quiet"]) == 2
+        err = _one_line_error(capsys)
+        assert "trained on different splits" in err and "--split test" in err
+    assert not (cv / "eval-all").exists() and not (tmp_path / "all").exists()
     # several loose models need a report folder
     assert main(["evaluate", str(cv / "fold-0"), str(cv / "fold-1"), "--split", "all", "--quiet"]) == 2
     assert "-o REPORT_DIR" in _one_line_error(capsys)
@@ -151,6 +162,18 @@ def test_cv_folder_ensemble_only_on_images_no_member_trained_on(tiny_run: Path, 
     assert main(["evaluate", str(tmp_path / "nope"), str(cv / "fold-0"), "--quiet", "-o", str(tmp_path / "x")]) == 2
     assert "no such model file or folder" in _one_line_error(capsys)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_mistyped_split_of_an_ensemble_is_told_so_not_that_its_splits_differ(tiny_run: Path, tmp_path: Path,
+                                                                                capsys) -> None:
+    from test_cli import _one_line_error
+
+    cv = _fake_cv(tiny_run, tmp_path / "cv")
+    for models in ([str(cv)], [str(cv / "fold-0"), str(cv / "fold-1"), "-o", str(tmp_path / "out")]):
+        assert main(["evaluate", *models, "--split", "bogus", "--quiet"]) == 2
+        assert _one_line_error(capsys) == ("covseg: error: unknown evaluation split 'bogus': use one of heldout, val, "
+                                           "test, train, all")
+    assert not (cv / "eval-bogus").exists() and not (tmp_path / "out").exists()
 
 
 def test_predict_with_a_cv_folder_writes_ensemble_labels(tiny_run: Path, tiny_data: Path, tmp_path: Path) -> None:

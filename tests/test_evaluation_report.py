@@ -1,8 +1,9 @@
 """covseg.evaluation's report as a whole: an interrupted rewrite, a full disk, images without lesion, nothing to summarise,
-and `covseg evaluate` on data that lacks some of the run's held-out images."""
+and `covseg evaluate` on data that lacks some of the run's held-out images or beside a damaged split.json."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import covseg.evaluation as evaluation
 from covseg.cli import _print_summary, main
 from covseg.errors import CovsegError
 from covseg.evaluation import Evaluation, evaluate_image, summarise, write_report
-from covseg.experiment import select_samples
+from covseg.experiment import _evaluates_validation, select_samples
 from covseg.labels import get_scheme
 
 BINARY = get_scheme("binary")
@@ -154,6 +155,24 @@ def test_evaluate_refuses_data_lacking_some_held_out_images(tiny_run: Path, tiny
     assert main(["evaluate", str(tiny_run), "--data", str(partial), "-o", str(tmp_path / "eval"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 of the" in err[0] and not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("damage", ['{"train": ["0"], "val": ["1"', "[1, 2]", '{"train": [], "val": "3"}'])
+def test_a_damaged_split_json_is_refused_in_one_line_not_scored(damage: str, tiny_run: Path, tiny_data: Path,
+                                                                 tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval-*"))
+    (run / "split.json").write_text(damage, encoding="utf-8")
+    message = rf"^{re.escape(str(run / 'split.json'))}: (cannot read the split|a damaged split)"
+    with pytest.raises(CovsegError, match=message):  # before: JSONDecodeError, AttributeError, or image "3" alone
+        select_samples(run, str(tiny_data), "binary", "heldout")
+    with pytest.raises(CovsegError, match=message):
+        _evaluates_validation(run, "heldout")
+    for split in ("heldout", "train"):
+        assert main(["evaluate", str(run), "--split", split, "-o", str(tmp_path / "eval"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.match(rf"covseg: error: {message[1:]}", err[0]), err
+    assert not (tmp_path / "eval").exists()
 
 
 def test_training_curves_draw_a_lone_point_as_a_marker_on_whole_epochs(tmp_path: Path,

@@ -1,17 +1,21 @@
-"""covseg.experiment's checks before any training: fold inputs of every seed, and reused folds against today's split."""
+"""covseg.experiment's checks before any training (fold inputs of every seed, reused folds against today's split,
+every compared model's settings), and which reports `covseg cv` takes as a fold's or a seed ensemble's score."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from covseg import experiment
+from covseg.cli import main
 from covseg.config import apply_overrides, load_recipe
 from covseg.datasets import load_dataset
 from covseg.errors import CovsegError
-from covseg.run import _prepare_folder
+from covseg.run import _OldRun, _prepare_folder, read_run_config
 
 from conftest import TINY_OVERRIDES
 
@@ -37,7 +41,7 @@ def test_cv_with_seeds_and_jobs_checks_every_folds_inputs_before_the_workers_tra
 
 def _begun_fold(config, samples, data: str, fold_dir: Path) -> None:
     """A fold folder as training leaves it (``last.pt`` stands for a begun run: only its presence is checked)."""
-    _prepare_folder(fold_dir, config, samples, data, force=False)
+    _prepare_folder(fold_dir, config, samples, data, force=False, old=_OldRun(fold_dir), log=lambda message: None)
     (fold_dir / "last.pt").write_bytes(b"")
 
 
@@ -73,3 +77,137 @@ def test_a_begun_cv_fold_is_refused_when_the_data_folder_has_other_images_now(
     _begun_fold(experiment._fold_config(config, 0, 3), samples, data, begun)
     with pytest.raises(CovsegError, match="was split from other images.*pass --force to retrain it"):
         experiment._check_reusable(begun, experiment._fold_config(config, 0, 3), more, data)
+
+
+# 2 folds (data.folds from --folds) x 2 seeds of 1 epoch: 4 tiny trainings
+_CV_OPTIONS = ["--recipe", "tiny", "--epochs", "1", "--folds", "2", "--quiet",
+               *(o for o in TINY_OVERRIDES if not o.startswith("data.folds="))]
+
+
+@pytest.fixture(scope="module")
+def tiny_seeds_cv(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished ``covseg cv --folds 2 --seeds 0 1`` of the tiny recipe (read-only: tests work on copies)."""
+    out = tmp_path_factory.mktemp("cv") / "seeds"
+    assert main(["cv", "--data", str(tiny_data), *_CV_OPTIONS, "--seeds", "0", "1", "-o", str(out)]) == 0
+    return out
+
+
+def _report(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+
+
+def test_cv_scores_a_fold_again_whose_report_is_a_flip_tta_or_other_split_score(tiny_seeds_cv: Path, tiny_data: Path,
+                                                                                tmp_path: Path) -> None:
+    cv = tmp_path / "cv"
+    shutil.copytree(tiny_seeds_cv / "seed-1", cv)  # a plain cross-validation of seed 1
+    again = ["cv", "--data", str(tiny_data), *_CV_OPTIONS, "train.seed=1", "-o", str(cv)]
+    before = json.loads((cv / "cv.json").read_text())
+    held_out = {k: json.loads((cv / f"fold-{k}" / "split.json").read_text())["val"] for k in range(2)}
+    # someone scores a fold with flip TTA, or on every image, where its plain held-out report belongs
+    assert main(["evaluate", str(cv / "fold-1"), "--tta", "-o", str(cv / "fold-1" / "eval-heldout"), "--quiet"]) == 0
+    assert main(["evaluate", str(cv / "fold-0"), "--split", "all", "-o", str(cv / "fold-0" / "eval-heldout"),
+                 "--quiet"]) == 0
+    assert _report(cv / "fold-1" / "eval-heldout")["model"]["flip_tta"] is True
+    assert _report(cv / "fold-0" / "eval-heldout")["n_images"] == 12
+    assert main(again) == 0  # before: cv.md and cv.json took both as the folds' held-out scores
+    for k in range(2):
+        report = _report(cv / f"fold-{k}" / "eval-heldout")
+        assert report["split"] == "heldout" and report["model"]["flip_tta"] is False
+        assert report["n_images"] == len(held_out[k])
+    after = json.loads((cv / "cv.json").read_text())
+    assert after["columns"].keys() == before["columns"].keys()
+    for column, values in before["columns"].items():
+        assert after["columns"][column] == pytest.approx(values), column
+
+
+@pytest.mark.parametrize("change", ["tta or all", "damaged", "moved data"])
+def test_cv_seeds_scores_a_seed_ensemble_again_unless_its_report_is_its_plain_held_out_score(
+        change: str, tiny_seeds_cv: Path, tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cvs"
+    shutil.copytree(tiny_seeds_cv, out)
+    for k in range(2):  # the copy's reports name its own members, as if it had been scored here
+        metrics = out / "ensemble" / f"fold-{k}" / "metrics.json"
+        metrics.write_text(metrics.read_text().replace(str(tiny_seeds_cv), str(out)))
+    before = json.loads((out / "seeds.json").read_text())
+    members = {k: [str(out / f"seed-{s}" / f"fold-{k}") for s in (0, 1)] for k in range(2)}
+    data = tiny_data
+    if change == "tta or all":  # the two seeds' models share the fold's split, so may be scored on every image too
+        assert main(["evaluate", *members[0], "--tta", "-o", str(out / "ensemble" / "fold-0"), "--quiet"]) == 0
+        assert main(["evaluate", *members[1], "--split", "all", "-o", str(out / "ensemble" / "fold-1"),
+                     "--quiet"]) == 0
+    elif change == "damaged":  # before: covseg cv --seeds ended in a JSONDecodeError traceback
+        (out / "ensemble" / "fold-0" / "metrics.json").write_text('{"model": {"members": [', encoding="utf-8")
+    else:  # the same images in another folder: every report is of the other folder's images
+        data = tmp_path / "data"
+        shutil.copytree(tiny_data, data)
+    assert main(["cv", "--data", str(data), *_CV_OPTIONS, "--seeds", "0", "1", "-o", str(out)]) == 0
+    for k in range(2):
+        scored = _report(out / "ensemble" / f"fold-{k}")
+        assert scored["split"] == "heldout" and scored["model"]["flip_tta"] is False
+        assert scored["data"] == str(data.resolve())
+        assert [m["file"] for m in scored["model"]["members"]] == [f"{m}/last.pt" for m in members[k]]
+    after = json.loads((out / "seeds.json").read_text())
+    for column, values in before["ensemble"]["columns"].items():
+        assert after["ensemble"]["columns"][column] == pytest.approx(values), column
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"model": 1}', '{"model": {"members": [1]}}',
+                                  '{"model": {"members": []}, "split": "heldout"}'])
+def test_a_damaged_seed_ensemble_report_is_not_current(text: str, tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text(text, encoding="utf-8")
+    members = [tmp_path / "seed-0" / "fold-0", tmp_path / "seed-1" / "fold-0"]
+    assert experiment._report_of(tmp_path / "metrics.json", members, str(tmp_path)) is False
+
+
+def test_a_damaged_history_is_told_in_one_line_when_its_run_is_reused(tiny_run: Path, tiny_data: Path,
+                                                                      tmp_path: Path, capsys) -> None:
+    compared = tmp_path / "cmp"
+    run = compared / "unet"
+    shutil.copytree(tiny_run, run)
+    history = run / "history.csv"
+    lines = history.read_text().splitlines()
+    lines[2] = lines[2][:lines[2].rindex(",") + 1]  # epoch 2's seconds cut off
+    history.write_text("\n".join(lines) + "\n")
+    samples = load_dataset(str(tiny_data), "binary", split="train")
+    pattern = (rf"^{re.escape(str(history))}: damaged \(row 2 has '' for its seconds, not a number\); retrain the "
+               rf"run: remove {re.escape(str(run))} and run the command again$")
+    with pytest.raises(CovsegError, match=pattern):  # before: ValueError: could not convert string to float: ''
+        experiment.train_or_resume(read_run_config(run), samples, run, str(tiny_data), False, False, lambda m: None)
+    # covseg compare run again over the finished run: one line, exit 2
+    assert main(["compare", "--models", "unet", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0",
+                 "--epochs", "3", "-o", str(compared), "--quiet", *TINY_OVERRIDES]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # after its progress lines ("finished run reused")
+    assert err[-1].startswith(f"covseg: error: {history}: damaged (row 2") and not any("Traceback" in e for e in err)
+
+
+def test_compare_checks_every_models_new_run_before_the_first_trains(tiny_run: Path, tiny_data: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(experiment, "train_or_resume", _no_training)
+    data = str(tiny_data)
+    samples = load_dataset(data, "binary", split="train")
+    base = experiment._fold_config(apply_overrides(load_recipe("tiny"), TINY_OVERRIDES), 0, 3)
+    # only U-Net may leave out normalisation (before: unet trained its whole budget, then segnet was refused)
+    no_norm = apply_overrides(base, ["model.batch_norm=false"])
+    with pytest.raises(CovsegError, match="only U-Net can leave out normalisation; leave model.batch_norm at true for "
+                                          "segnet"):
+        experiment.compare_models(["unet", "segnet"], no_norm, samples, data, tmp_path / "cmp", progress=False)
+    # weights of a U-Net (tiny_run: the same split, none of its held-out images seen) cannot start a SegNet
+    pretrained = apply_overrides(base, [f"train.init={tiny_run / 'last.pt'}"])
+    with pytest.raises(CovsegError, match="pretrained for another network"):
+        experiment.compare_models(["unet", "segnet"], pretrained, samples, data, tmp_path / "cmp", progress=False)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_run_of_other_settings_is_refused_naming_the_first_that_differs(tiny_run: Path) -> None:
+    config = read_run_config(tiny_run)
+    other = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, lr=0.02, augment=dataclasses.replace(config.train.augment, hflip=0.25)))
+    pattern = (rf"^{re.escape(str(tiny_run))}: holds a run with other settings \(train.lr 0.01 there, 0.02 here, and 1 "
+               r"more setting\); pass --force to retrain it or use another output folder$")
+    with pytest.raises(CovsegError, match=pattern):  # before: no word of which
+        experiment._check_same_settings(tiny_run, other)
+    moved = dataclasses.replace(config, data=dataclasses.replace(config.data, split="cv:1"))
+    with pytest.raises(CovsegError, match=r"other settings \(data.split cv:0 there, cv:1 here\); remove it"):
+        experiment._check_same_settings(tiny_run, moved, experiment._CV_REMEDY)
+    assert experiment._setting_differences({"train": {"init": ""}}, {"train": {"init": "w.pt"}}) == \
+        ['train.init "" there, w.pt here']
