@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
                    help="repeat the cross-validation with each training seed (OUT/seed-S) and score each fold's "
                         "seed models as one ensemble (OUT/ensemble); summary in OUT/seeds.md. KEY=VALUE overrides "
-                        "go before --seeds or after -o OUT")
+                        "may not follow the seeds directly: put them before --seeds or after another option")
     p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="train up to N folds (x seeds) at once, each in its own process with its share of the CPU "
                         "cores, then score them (default 1; for a GPU or a many-core CPU: on 2 cores keep 1)")
@@ -561,6 +561,22 @@ def _out_of_memory(err: MemoryError) -> int:
     return 2
 
 
+def _parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, with a command's KEY=VALUE overrides taken wherever they stand among its options
+    (argparse gives its ``nargs="*"`` positional only the first run of them: ``model.width=4 -o OUT model.depth=2``
+    left ``model.depth=2`` unrecognised). Any other unknown argument gets the command's own usage line."""
+    args, unknown = parser.parse_known_args(argv)
+    overrides = [item for item in unknown if "=" in item and not item.startswith("-")]
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *overrides]  # in the order given: the last of one key wins
+        unknown = [item for item in unknown if item not in overrides]
+    if unknown:
+        # the command's own parser, for its usage line (argparse keeps its sub-parsers in this action only)
+        commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -581,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # its measuring child processes end with it; --out is written only at the end
             print("covseg: interrupted", file=sys.stderr)
             return 130
-    args = build_parser().parse_args(argv)
+    args = _parse_args(build_parser(), argv)
     try:
         return COMMANDS[args.command](args)
     except CovsegError as err:

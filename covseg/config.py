@@ -19,6 +19,7 @@ import yaml
 
 from covseg.errors import CovsegError
 from covseg.intensity import NORMALIZATIONS
+from covseg.splits import split_settings
 
 __all__ = [
     "DataConfig",
@@ -227,9 +228,41 @@ def available_recipes() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+class _DuplicateKey(Exception):
+    """A mapping of a recipe names ``key`` twice, the second time on (1-based) ``line``."""
+
+    def __init__(self, key: Any, line: int, sections: bool) -> None:
+        super().__init__(key, line, sections)
+        self.key, self.line, self.sections = key, line, sections
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key named twice in one mapping (``safe_load`` keeps the last, so a second
+    ``train:`` section dropped every option of the first without a word). YAML's ``<<`` merge keys still merge."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                continue
+            if earlier is not None:
+                sections = isinstance(earlier, yaml.MappingNode) and isinstance(value_node, yaml.MappingNode)
+                raise _DuplicateKey(key, key_node.start_mark.line + 1, sections)
+            seen[key] = value_node
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_RecipeLoader) or {}
+    except _DuplicateKey as err:
+        remedy = "merge the two sections" if err.sections else "keep one of them"
+        raise CovsegError(f"{source}: line {err.line}: key {err.key!r} appears twice; {remedy}") from None
     except yaml.YAMLError as err:
         raise CovsegError(f"{source}: not valid YAML ({str(err).splitlines()[0]}); fix the recipe") from None
     if not isinstance(data, dict):
@@ -489,7 +522,9 @@ def check_new_run(config: RunConfig) -> None:
     A crop larger than ``train.progressive_size`` (the progressive epochs could not cut it) or too small for the
     bottleneck (instance norm, or batch norm on a batch of one, fails on a 1 x 1 map), ``model.batch_norm=false`` on
     SegNet (ignored: it always normalises) or beside a ``model.norm`` other than batch (no normalisation at all is
-    built) raise a one-line :class:`CovsegError`."""
+    built), and an option set away from its default where the settings never read it (:func:`_unread_options`:
+    ``data.val_fraction`` on a split other than official, ``train.momentum`` without SGD, the consistency,
+    distillation and pseudo-label options without the setting they tune) raise a one-line :class:`CovsegError`."""
     t, m = config.train, config.model
     crop, progressive = t.augment.crop, t.progressive_size
     if crop > progressive > 0:  # a crop is cut from the resampled slice: larger than it, none would be cut
@@ -505,6 +540,30 @@ def check_new_run(config: RunConfig) -> None:
         raise CovsegError(f"model.batch_norm is false (no normalisation) but model.norm is {m.norm!r}; pick "
                           f"one: model.norm={m.norm} with model.batch_norm=true, or model.batch_norm=false with "
                           "model.norm=batch")
+    unread = _unread_options(config)
+    if unread:
+        option, value, needs, now = unread[0]
+        raise CovsegError(f"{option}={value:g} only acts with {needs} ({now} here); drop {option} or set {needs}")
+
+
+def _unread_options(config: RunConfig) -> list[tuple[str, float, str, str]]:
+    """``(option, its value, the setting it needs, that setting now)`` for each option set away from its default that
+    ``config``'s other settings never read, so that the run would train exactly as without it."""
+    d, t = config.data, config.train
+    consistency, distill = f"train.consistency {t.consistency:g}", "train.distill empty"
+    # cv:K's folds, and seed's and paper's own fractions, fix the held-out images (covseg.splits.make_split)
+    unread = [("data", "val_fraction", "val_fraction" not in split_settings(d.split), "data.split=official",
+               f"data.split {d.split}"),
+              ("train", "momentum", t.optimizer != "sgd", "train.optimizer=sgd", f"train.optimizer {t.optimizer}"),
+              ("train", "consistency_batch", not t.consistency, "train.consistency", consistency),
+              ("train", "teacher_decay", not t.consistency, "train.consistency", consistency),
+              ("train", "distill_weight", not t.distill, "train.distill", distill),
+              ("train", "distill_temperature", not t.distill, "train.distill", distill),
+              ("data", "pseudo_ratio", not d.pseudo_labels, "data.pseudo_labels", "data.pseudo_labels empty")]
+    defaults = {"data": DataConfig(), "train": TrainConfig()}
+    return [(f"{section}.{key}", getattr(getattr(config, section), key), needs, now)
+            for section, key, idle, needs, now in unread
+            if idle and getattr(getattr(config, section), key) != getattr(defaults[section], key)]
 
 
 def _check_model_multiple(option: str, side: int, depth: int, source: str) -> None:
@@ -588,6 +647,12 @@ def _decimal(text: str) -> int | float | str:
     return text
 
 
+_YAML_NULLS = ("", "~", "null", "Null", "NULL")  # YAML's spellings of no value
+# a text override read as YAML only where it opens a quoted text ("runs/a b") or a list or mapping (refused by
+# _coerce, so that train.distill=[a, b] does not become the text "['a', 'b']")
+_YAML_TEXT_STARTS = ('"', "'", "[", "{")
+
+
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``section.key=value`` overrides (e.g. ``train.epochs=3``, ``train.augment.hflip=0.5``)."""
     data = config_to_dict(config)
@@ -604,6 +669,12 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         if parts[-1] not in node:
             raise CovsegError(f"override {item!r}: unknown option {parts[-1]!r}; known: {', '.join(node)}")
         current = node[parts[-1]]
+        text = raw.strip()
+        if isinstance(current, str) and not text.startswith(_YAML_TEXT_STARTS):
+            # a text option takes the text as typed: YAML would read 06 as 6, `#pre` as a comment (""), `runs/a #1`
+            # as "runs/a", and a leading & | > as an anchor or block scalar. Only null / ~ unset it (YAML's no value)
+            node[parts[-1]] = None if text in _YAML_NULLS else text
+            continue
         try:
             value = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
@@ -615,10 +686,8 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             example = f"{named[0]}={value[named[0]]}" if named else f"{first}={current[first]}"
             raise CovsegError(f"override {item!r}: {key} is a section, not an option; set its keys one by one, "
                               f"e.g. {key}.{example}")
-        if isinstance(current, str) and isinstance(value, (bool, int, float)):
-            value = raw  # a text option keeps the text as typed: train.init=06 stays "06", not 6
-        elif (isinstance(current, (int, float)) and not isinstance(current, bool)
-              and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        if (isinstance(current, (int, float)) and not isinstance(current, bool)
+                and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
             # a number option reads the text as a decimal number: YAML 1.1 reads 010 as octal 8, 1:30 as 90
             # (base 60) and 0b101 as 5. YAML's .inf / .nan and true / false keep their meaning (and refusals)
             value = _decimal(raw.strip())

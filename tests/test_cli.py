@@ -852,3 +852,40 @@ def test_an_unwritable_output_names_the_file_asked_for_not_the_temporary_one(tmp
     finally:
         tempfile.mkstemp = real_mkstemp
     assert raised.value.filename == str(final) and not list(final.parent.iterdir())
+
+
+def test_overrides_are_taken_on_both_sides_of_an_option(tiny_data: Path, tmp_path: Path, capsys,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: argparse gave the KEY=VALUE positional only the overrides before ``-o``; ``model.depth=2`` after it was
+    refused with the top-level usage line ("usage: covseg [-h] ... unrecognized arguments")."""
+    import covseg.run
+
+    seen = []
+
+    def record(config, *args, **kwargs):
+        seen.append(config)
+        raise CovsegError("recorded")
+
+    monkeypatch.setattr(covseg.run, "train_run", record)
+    out = tmp_path / "mix"
+    common = ["--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0"]
+    assert main(["train", *common, "model.width=8", "-o", str(out), "model.depth=3", "--quiet", "data.input_size=48",
+                 "model.width=16"]) == 2
+    assert _one_line_error(capsys) == "covseg: error: recorded"
+    assert (seen[0].model.width, seen[0].model.depth, seen[0].data.input_size) == (16, 3, 48)  # the last one wins
+    # an override after an option is checked as any other: one line, nothing written
+    assert main(["train", *common, "-o", str(out), "--quiet", "model.depth=0"]) == 2
+    assert "model.depth must be positive" in _one_line_error(capsys)
+    # cv and compare take them after -o too (cv: not straight after its seeds, which are numbers)
+    assert main(["cv", *common[:4], "--folds", "3", "--seeds", "0", "1", "-o", str(tmp_path / "cv"),
+                 "train.seed=3"]) == 2
+    assert "covseg cv sets train.seed itself" in _one_line_error(capsys)
+    assert main(["compare", *common, "--models", "unet", "-o", str(tmp_path / "cmp"), "model.name=segnet"]) == 2
+    assert "covseg compare sets model.name itself" in _one_line_error(capsys)
+    assert not out.exists() and not (tmp_path / "cv").exists() and not (tmp_path / "cmp").exists()
+    # any other stray argument is refused with the command's own usage line
+    with pytest.raises(SystemExit) as refused:
+        main(["train", *common, "model.depth=2", "-o", str(out), "--quiet", "stray"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.startswith("usage: covseg train ")
+    assert err.splitlines()[-1] == "covseg train: error: unrecognized arguments: stray"

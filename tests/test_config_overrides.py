@@ -111,3 +111,85 @@ def test_the_segnet_recipe_says_how_to_compare_under_todays_default_and_those_co
             for name in getattr(args, "models", None) or [config.model.name]:
                 model = dataclasses.replace(config.model, name=name)
                 build_model(config_from_dict(config_to_dict(dataclasses.replace(config, model=model))))
+
+
+@pytest.mark.parametrize("overrides, message, enabled_by", [
+    (["data.val_fraction=0.5"], "data.val_fraction=0.5 only acts with data.split=official (data.split cv:0 here); "
+                                "drop data.val_fraction or set data.split=official", ["data.split=official"]),
+    (["data.split=seed", "data.val_fraction=0"], "data.val_fraction=0 only acts with data.split=official "
+                                                 "(data.split seed here)", ["data.split=official"]),
+    (["train.momentum=0.99"], "train.momentum=0.99 only acts with train.optimizer=sgd (train.optimizer adamw here); "
+                              "drop train.momentum or set train.optimizer=sgd", ["train.optimizer=sgd"]),
+    (["train.optimizer=adam", "train.momentum=0"], "train.momentum=0 only acts with train.optimizer=sgd "
+                                                   "(train.optimizer adam here)", ["train.optimizer=sgd"]),
+    (["train.teacher_decay=0.9"], "train.teacher_decay=0.9 only acts with train.consistency (train.consistency 0 "
+                                  "here); drop train.teacher_decay or set train.consistency", ["train.consistency=1"]),
+    (["train.consistency_batch=8"], "train.consistency_batch=8 only acts with train.consistency",
+     ["train.consistency=1"]),
+    (["train.distill_weight=5"], "train.distill_weight=5 only acts with train.distill (train.distill empty here); "
+                                 "drop train.distill_weight or set train.distill", ["train.distill=runs/teacher"]),
+    (["train.distill_temperature=2"], "train.distill_temperature=2 only acts with train.distill",
+     ["train.distill=runs/teacher"]),
+    (["data.pseudo_ratio=0.5"], "data.pseudo_ratio=0.5 only acts with data.pseudo_labels (data.pseudo_labels empty "
+                                "here); drop data.pseudo_ratio or set data.pseudo_labels", ["data.pseudo_labels=pl"]),
+])
+def test_an_option_its_settings_never_read_is_refused_for_a_new_run(overrides: list[str], message: str,
+                                                                    enabled_by: list[str]) -> None:
+    # before: accepted, and the run trained exactly as without the option (rc 0, nothing said)
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, *overrides])
+    with pytest.raises(CovsegError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        check_new_run(config)
+    check_new_run(apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, *overrides, *enabled_by]))
+    # a run saved with it by older covseg still loads (to evaluate, predict, export or resume it)
+    assert config_to_dict(config_from_dict(config_to_dict(config))) == config_to_dict(config)
+
+
+def test_the_shipped_recipes_and_their_defaults_pass_the_new_run_checks() -> None:
+    from covseg.config import TASKS, available_recipes
+
+    for name in available_recipes():
+        for task in TASKS:
+            check_new_run(load_recipe(name, task=task))
+            check_new_run(apply_overrides(load_recipe(name, task=task), ["data.split=cv:2"]))  # covseg cv's folds
+    # options set to their defaults are not refused, whatever the settings they tune
+    check_new_run(apply_overrides(load_recipe("default"), ["data.val_fraction=0.1", "train.momentum=0.9",
+                                                           "train.teacher_decay=0.99", "train.consistency_batch=4",
+                                                           "train.distill_weight=1", "data.pseudo_ratio=1"]))
+
+
+def test_train_refuses_an_option_it_would_not_read_before_writing_anything(tiny_data: Path, tmp_path: Path,
+                                                                           capsys) -> None:
+    from covseg.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o", str(out), "--quiet",
+                 *TINY_OVERRIDES, "data.val_fraction=0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["covseg: error: data.val_fraction=0.5 only acts with data.split=official (data.split cv:0 here); "
+                   "drop data.val_fraction or set data.split=official"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("override, section, key, value", [
+    ("train.init=#pre", "train", "init", "#pre"),  # YAML: a comment, so "" (random weights)
+    ("train.init=runs/a #1", "train", "init", "runs/a #1"),  # YAML: runs/a
+    ("data.pseudo_labels=pl #2", "data", "pseudo_labels", "pl #2"),  # YAML: pl
+    ("train.distill=runs/a,runs/b #3", "train", "distill", "runs/a,runs/b #3"),
+    ("train.init=&anchor", "train", "init", "&anchor"),  # YAML: an anchor on an empty value, so ""
+    ("train.init=|pre", "train", "init", "|pre"),  # YAML: a block scalar, refused as not a YAML value
+    ("train.init=>pre", "train", "init", ">pre"),
+    ("train.init=  runs/b  ", "train", "init", "runs/b"),  # stripped, as YAML did
+    ("train.init=\"runs/my run\"", "train", "init", "runs/my run"),  # a quoted text is still unquoted
+    ("train.init=~", "train", "init", ""),  # null and ~ unset the option, as before
+    ("train.init=null", "train", "init", ""),
+    ("train.init=", "train", "init", ""),
+])
+def test_a_text_override_is_the_text_as_typed_not_yaml(override: str, section: str, key: str, value: str) -> None:
+    config = apply_overrides(load_recipe("tiny"), [override])
+    assert getattr(getattr(config, section), key) == value
+
+
+def test_a_text_option_with_a_choice_refuses_a_trailing_comment() -> None:
+    # before: train.optimizer=sgd #x was read as sgd
+    with pytest.raises(CovsegError, match=r"^override: train.optimizer is 'sgd #x'; use one of adam, adamw, sgd$"):
+        apply_overrides(load_recipe("tiny"), ["train.optimizer=sgd #x"])

@@ -231,3 +231,30 @@ def test_a_segnet_deeper_than_vgg16_is_refused_for_its_depth_before_any_size() -
                                               rf"stages, so it must be 1\.\.{len(VGG16_BLOCKS)}$"):
             apply_overrides(load_recipe("segnet"), ["model.depth=6", f"data.input_size={size}"])
     assert apply_overrides(load_recipe("segnet"), ["model.depth=5", "data.input_size=352"]).model.depth == 5
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train: {lr: 0.01, batch_size: 4}\nmodel: {width: 8}\ntrain: {epochs: 3}\n",
+     "line 3: key 'train' appears twice; merge the two sections"),
+    ("tasks:\n  binary:\n    train: {lr: 0.01}\n  multiclass:\n    train: {lr: 0.02}\n"
+     "  binary:\n    model: {width: 8}\n",
+     "line 6: key 'binary' appears twice; merge the two sections"),
+    ("train:\n  lr: 0.01\n  epochs: 3\n  lr: 0.02\n", "line 4: key 'lr' appears twice; keep one of them"),
+    ("train: {lr: 0.01, lr: 0.02}\n", "line 1: key 'lr' appears twice; keep one of them"),
+])
+def test_a_key_named_twice_in_a_recipe_is_refused_in_one_line(text: str, message: str, tmp_path) -> None:
+    # before: yaml.safe_load kept the last, so the first train section's lr and batch_size were dropped unsaid
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    with pytest.raises(CovsegError, match=f"^{recipe}: {message}$"):
+        load_recipe(str(recipe))
+
+
+def test_yaml_merge_keys_and_a_key_repeated_in_separate_sections_still_load(tmp_path) -> None:
+    recipe = tmp_path / "merge.yaml"
+    recipe.write_text("model: {width: 8}\ntrain: {lr: 0.01, epochs: 3}\ntasks:\n  binary: {train: {lr: 0.02}}\n"
+                      "  multiclass: {train: {lr: 0.03}}\n", encoding="utf-8")
+    assert load_recipe(str(recipe)).train.lr == 0.02 and load_recipe(str(recipe), "multiclass").train.lr == 0.03
+    # a YAML merge key's values give way to the mapping's own, as YAML says: not a key named twice
+    recipe.write_text("train:\n  <<: {epochs: 3, lr: 0.5}\n  lr: 0.02\n", encoding="utf-8")
+    assert (load_recipe(str(recipe)).train.epochs, load_recipe(str(recipe)).train.lr) == (3, 0.02)
