@@ -303,19 +303,10 @@ def _dicom_pixels(ds: object, path: Path, what: str) -> np.ndarray:
 
 
 def _dicom_grey(ds: object, pixels: np.ndarray, path: Path) -> np.ndarray:
-    """Stored DICOM grey values -> float32 ``[0, 1]``: integers / the largest value ``BitsStored`` holds (signed ones
-    offset by half the range), as 8-bit image files are / 255; float data min-max; dark on bright
-    (``MONOCHROME1``) inverted, so that dense tissue is bright as in every other slice."""
-    from covseg.volumes import dicom_number
-
-    if pixels.dtype.kind in "iu":
-        allocated = 8 * pixels.dtype.itemsize
-        bits = int(dicom_number(ds, "BitsStored", allocated, path) or allocated)
-        bits = min(max(bits, 1), allocated)
-        low = -(2.0 ** (bits - 1)) if pixels.dtype.kind == "i" else 0.0
-        grey = np.clip((pixels.astype(np.float32) - np.float32(low)) / np.float32(2.0 ** bits - 1), 0.0, 1.0)
-    else:
-        grey = to_unit_range(fill_non_finite(pixels.astype(np.float32), str(path))[0], is_hu=False)
+    """Stored DICOM grey values -> float32 ``[0, 1]`` as any other non-HU slice (:func:`to_unit_range`: 0..255 data
+    / 255, other ranges min-max); dark on bright (``MONOCHROME1``) inverted, so that dense tissue is bright as in
+    every other slice."""
+    grey = to_unit_range(fill_non_finite(pixels.astype(np.float32), str(path))[0], is_hu=False)
     if str(getattr(ds, "PhotometricInterpretation", "") or "").upper() == "MONOCHROME1":
         grey = 1.0 - grey
     return grey.astype(np.float32, copy=False)
@@ -513,9 +504,36 @@ def _pairs(images_dir: Path, masks_dir: Path, scheme: LabelScheme, window: tuple
             )
         image = read_image(image_path, window)
         mask = read_mask(masks[stem], scheme)
+        image, mask = _turned_alike(image, image_path, mask, masks[stem])
         _check_same_size(image, mask, str(masks[stem]))
         samples.append(Sample(stem, image, mask, str(image_path)))
     return samples
+
+
+def _slice_affine(path: Path) -> np.ndarray | None:
+    """A NIfTI slice file's affine (voxel -> world), else None."""
+    if _suffix(path) not in NIFTI_SUFFIXES:
+        return None
+    return _nifti_data(path)[1]
+
+
+def _turned_alike(image: np.ndarray, image_path: Path, mask: np.ndarray, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask in one view. A NIfTI slice is turned by its affine (:func:`_read_nifti_slice`); its
+    partner in another format is taken as stored in the NIfTI's own voxel order, transposed (rows = y), and turned by
+    the same affine. Two NIfTI slices whose affines turn them differently are refused."""
+    from covseg.volumes import _slice_ornts, nifti_slice_to_view
+
+    image_affine, mask_affine = _slice_affine(image_path), _slice_affine(mask_path)
+    if image_affine is not None and mask_affine is None:
+        return image, nifti_slice_to_view(mask.T, image_affine)
+    if image_affine is None and mask_affine is not None:
+        return nifti_slice_to_view(image.T, mask_affine), mask
+    if image_affine is not None:
+        a, b = _slice_ornts(image_affine), _slice_ornts(mask_affine)
+        if (a is None) != (b is None) or (a is not None and not np.array_equal(a[0], b[0])):
+            raise CovsegError(f"{mask_path}: its affine orders the slice's voxels differently from its image's "
+                              f"({image_path.name}); save the mask with the image's affine")
+    return image, mask
 
 
 def _nonempty(samples: list[Sample], where: Path) -> list[Sample]:

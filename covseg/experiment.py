@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from covseg.config import MAX_SEED, RunConfig, check_new_run, config_from_dict, config_to_dict
+from covseg.config import MAX_SEED, DataConfig, RunConfig, check_new_run, config_from_dict, config_to_dict
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
 from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
@@ -448,8 +448,10 @@ def _summary_row(summary: dict[str, tuple[float, float]]) -> list[str]:
 
 
 def _fold_config(config: RunConfig, fold: int, folds: int) -> RunConfig:
-    """``config`` for fold ``fold`` of a ``folds``-fold cross-validation (split ``cv:K``)."""
-    return replace(config, data=replace(config.data, split=f"cv:{fold}", folds=folds))
+    """``config`` for fold ``fold`` of a ``folds``-fold cross-validation (split ``cv:K``; ``data.val_fraction``, which
+    only the official split reads, back at its default, so a recipe that sets it for ``train`` still runs here)."""
+    return replace(config, data=replace(config.data, split=f"cv:{fold}", folds=folds,
+                                        val_fraction=DataConfig().val_fraction))
 
 
 def _check_folds(folds: int) -> None:

@@ -800,3 +800,34 @@ def test_arrays_of_strings_or_complex_numbers_are_refused_in_one_line(tmp_path: 
     for read in (read_image, lambda p: read_mask(p, BINARY)):
         with pytest.raises(CovsegError, match=r"complex\.nii\.gz: NIfTI holds complex64 values"):
             read(path)
+
+
+def test_a_nifti_slice_and_its_mask_in_another_format_or_affine_stay_aligned(tmp_path) -> None:
+    import nibabel as nib
+    from PIL import Image
+
+    # a 6x6 slice stored (x, y) with one bright lesion voxel at x=1, y=4; its mask marks that voxel
+    x = np.full((6, 6), -1000.0, np.float32)
+    x[1, 4] = 40.0
+    m = np.zeros((6, 6), np.uint8)
+    m[1, 4] = 1
+    ras, lps = np.eye(4), np.diag([-1.0, -1.0, 1.0, 1.0])
+    cases = {"png": (ras, None), "lps-png": (lps, None), "same": (lps, lps)}
+    for name, (image_affine, mask_affine) in cases.items():
+        images, masks = tmp_path / name / "images", tmp_path / name / "masks"
+        images.mkdir(parents=True)
+        masks.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(x, image_affine), images / "s1.nii.gz")
+        if mask_affine is None:  # a PNG mask drawn rows = y, cols = x (the NIfTI's voxel order, transposed)
+            Image.fromarray(m.T * 255).save(masks / "s1.png")
+        else:
+            nib.save(nib.Nifti1Image(m, mask_affine), masks / "s1.nii.gz")
+        sample = load_folder_pairs(images, masks, "binary")[0]
+        assert np.argwhere(sample.image > 0.5).tolist() == np.argwhere(sample.mask == 1).tolist(), name
+    images, masks = tmp_path / "other" / "images", tmp_path / "other" / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(x, lps), images / "s1.nii.gz")
+    nib.save(nib.Nifti1Image(m, ras), masks / "s1.nii.gz")
+    with pytest.raises(CovsegError, match="orders the slice's voxels differently from its image's"):
+        load_folder_pairs(images, masks, "binary")

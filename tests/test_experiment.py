@@ -211,3 +211,14 @@ def test_a_run_of_other_settings_is_refused_naming_the_first_that_differs(tiny_r
         experiment._check_same_settings(tiny_run, moved, experiment._CV_REMEDY)
     assert experiment._setting_differences({"train": {"init": ""}}, {"train": {"init": "w.pt"}}) == \
         ['train.init "" there, w.pt here']
+
+
+def test_cv_folds_of_a_recipe_that_sets_val_fraction_pass_the_new_run_checks() -> None:
+    from covseg.config import apply_overrides, check_new_run, load_recipe
+    from covseg.experiment import _fold_config
+
+    config = apply_overrides(load_recipe("default"), ["data.split=official", "data.val_fraction=0.2"])
+    check_new_run(config)  # train on the official split reads it
+    fold = _fold_config(config, 0, 5)
+    assert (fold.data.split, fold.data.val_fraction) == ("cv:0", 0.1)
+    check_new_run(fold)  # cv fixes its held-out images, so the fold leaves it at its default rather than refuse
