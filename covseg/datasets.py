@@ -511,10 +511,13 @@ def _pairs(images_dir: Path, masks_dir: Path, scheme: LabelScheme, window: tuple
 
 
 def _slice_affine(path: Path) -> np.ndarray | None:
-    """A NIfTI slice file's affine (voxel -> world), else None."""
+    """A NIfTI slice file's affine (voxel -> world), else None; read from its header alone (the caller has read the
+    whole file already)."""
+    import nibabel as nib
+
     if _suffix(path) not in NIFTI_SUFFIXES:
         return None
-    return _nifti_data(path)[1]
+    return np.asarray(nib.load(str(path)).affine, dtype=np.float64)
 
 
 def _turned_alike(image: np.ndarray, image_path: Path, mask: np.ndarray, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
