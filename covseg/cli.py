@@ -461,9 +461,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         total = figures["total"]
         pleural = "".join(f"; {cls.replace('_', ' ')} {total['class_ml'][cls]:.1f} mL"
                           for cls in figures.get("pleural", []) if total["class_ml"][cls] > 0)
+        shown = {side: "n/a" if figures[side]["severity"] is None else figures[side]["severity"]
+                 for side in ("right", "left")}  # a side without lung volume: not assessed
         print(f"{scan}: lesions {total['lesion_ml']:.1f} mL = {percent_text(total['lesion_percent'])} % of "
-              f"{total['lung_ml']:.0f} mL lung (severity right {figures['right']['severity']}, "
-              f"left {figures['left']['severity']}){pleural}; report {out}/report.html")
+              f"{total['lung_ml']:.0f} mL lung (severity right {shown['right']}, "
+              f"left {shown['left']}){pleural}; report {out}/report.html")
         for warning in report["warnings"]:
             print(f"covseg: warning: {warning}", file=sys.stderr)
     if files:

@@ -13,8 +13,8 @@ Method (scipy.ndimage only), on a copy block-averaged to about :data:`COARSE_MM`
 2. small enclosed air pockets (< 0.5 % of the largest) are dropped; the trachea and main bronchi are traced
    from the top slice down, slice by slice, as small (< :data:`AIRWAY_MAX_MM2`) air regions near the
    midline and their continuations, until they enter a lung, and removed;
-3. the largest 3-D component is a lung, the second largest too if it lies on the other side of the body's
-   midline (:func:`body_midline`), within the first's Z range, and has at least 10 % of its size; a single
+3. the largest 3-D component is a lung, and so is the largest other component that lies on the other side of the
+   body's midline (:func:`body_midline`), within the first's Z range, and has at least 10 % of its size; a single
    component spanning both sides (lungs touching at the anterior/posterior junction) whose smaller side holds at
    least 10 % of its larger side (the same rule: one lung mostly airless still counts) is cut, slice by slice, at
    the column of least lung near the midline and between the two sides' centres of mass, when those columns hold
@@ -177,7 +177,7 @@ def _assign_sides(cand: np.ndarray, mid_x: float, half_width: float) -> np.ndarr
         return out
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
-    order = np.argsort(sizes)[::-1][: min(n, 2)]
+    order = np.argsort(sizes, kind="stable")[::-1][:n]  # component ids, largest first
     xs = np.arange(cand.shape[2])
 
     def right_fraction(c: int) -> float:
@@ -212,14 +212,17 @@ def _assign_sides(cand: np.ndarray, mid_x: float, half_width: float) -> np.ndarr
             out[comp & ~right] = 2
             return out
     out[lab == c1] = 1 if f1 >= 0.5 else 2
-    if len(order) > 1:
-        c2 = int(order[1])
+    # the second lung: the largest other component that passes the tests, not just the second largest (which can
+    # be bowel gas below the lungs, or an air pocket on the first lung's side)
+    z1 = np.flatnonzero((lab == c1).any(axis=(1, 2)))
+    for c2 in (int(c) for c in order[1:]):
+        if sizes[c2] < _SECOND_LUNG_FRACTION * sizes[c1]:
+            break  # the rest are smaller still
         f2 = right_fraction(c2)
-        z1 = np.flatnonzero((lab == c1).any(axis=(1, 2)))
         z2 = ndimage.center_of_mass(lab == c2)[0]
-        if (sizes[c2] >= _SECOND_LUNG_FRACTION * sizes[c1] and (f2 >= 0.5) != (f1 >= 0.5)
-                and z1[0] <= z2 <= z1[-1]):
+        if (f2 >= 0.5) != (f1 >= 0.5) and z1[0] <= z2 <= z1[-1]:
             out[lab == c2] = 1 if f2 >= 0.5 else 2
+            break
     return out
 
 

@@ -90,17 +90,20 @@ def _nearest_side(lungs: np.ndarray, points: np.ndarray, spacing: Sequence[float
 
 def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float], n_classes: int,
            midline_x: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Lung mask with labelled voxels outside it assigned to the nearer lung (with fewer than two lungs in the
-    mask: to the side of ``midline_x``, else of the middle column); also how many voxels of each class
-    (``(n_classes,)``) were assigned."""
+    """Lung mask with labelled voxels outside it assigned to a side: to its side of ``midline_x`` (right = low X)
+    when that is given; without it, to the nearer lung, or with fewer than two lungs in the mask to its side of the
+    middle column. Also how many voxels of each class (``(n_classes,)``) were assigned."""
     sides = np.where(lungs > 0, lungs, 0).astype(np.uint8)
     outside = (lesions > 0) & (lungs == 0)
     if not outside.any():
         return sides, np.zeros(n_classes, np.int64)
     points = np.argwhere(outside)
-    if np.any(lungs == 1) and np.any(lungs == 2):
+    if midline_x is None and np.any(lungs == 1) and np.any(lungs == 2):
         sides[outside] = _nearest_side(lungs, points, spacing)
-    else:  # one lung or none in the mask (a lung wholly consolidated is missed): split at the body's midline
+    else:
+        # a voxel goes to the lung on its own side of the body's midline only: the nearest lung in 3-D can lie across
+        # it (a lung mostly consolidated keeps a small aerated remnant in the mask, and its medial lesions lie
+        # nearer the other lung's medial surface), and a lung missing from the mask keeps its lesions
         mid = lungs.shape[2] / 2.0 if midline_x is None else float(midline_x)
         sides[outside] = np.where(points[:, 2] < mid, 1, 2)  # right lung at low X
     return sides, np.bincount(lesions[outside].astype(np.int64), minlength=n_classes)
@@ -115,10 +118,11 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
     A lung is its lung-mask voxels plus the lung-lesion voxels on its side, less any voxel of a ``pleural``
     class (an effusion the mask's closing took in): lung lesions found by the model always
     count as lung, since the threshold-based mask can miss dense lesions (consolidation). A voxel outside the
-    mask goes to the side whose mask voxel is nearest in mm (with only one lung in the mask, or none: to its side of
-    the body's midline ``midline_x``, a column index such as :func:`covseg.lungmask.body_midline` gives, right =
-    low X, so a missed lung's lesions are not given to the other; without ``midline_x``, of the image's middle
-    column, which is the midline only for a patient centred in the field of view). Voxels of a
+    mask goes to its side of the body's midline ``midline_x`` (a column index such as
+    :func:`covseg.lungmask.body_midline` gives; right = low X), never to a lung across it, so a lung mostly or
+    wholly missed by the mask keeps its lesions. Without ``midline_x`` it goes to the side whose mask voxel is
+    nearest in mm (with only one lung in the mask, or none: to its side of the image's middle column, which is the
+    midline only for a patient centred in the field of view). Voxels of a
     ``pleural`` class (e.g. the multiclass scheme's 3, pleural effusion) are given a side the same way but count
     neither as lung nor as lesion: only their volume is reported.
 
@@ -127,12 +131,13 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
         {"spacing_mm": [z, y, x], "voxel_ml": float, "classes": {"1": name, ...}, "pleural": [name, ...],
          "lesion_outside_mask_ml": float,            # lung-lesion volume added to the lungs as described
          "right": PART, "left": PART, "total": PART}
-        PART = {"lung_ml": float, "lesion_ml": float, "lesion_percent": float, "severity": int,
+        PART = {"lung_ml": float, "lesion_ml": float, "lesion_percent": float, "severity": int | None,
                 "class_ml": {name: float},           # every class, pleural ones included
                 "class_percent": {name: float}}      # the lung-lesion classes only
 
     Percentages are of that part's lung volume (0 when it is empty); ``severity`` is
-    :func:`severity_score` of ``lesion_percent`` (for ``total``, of the whole-lung percentage).
+    :func:`severity_score` of ``lesion_percent`` (for ``total``, of the whole-lung percentage), or None (not
+    assessed) when the part's lung volume is 0.
     Raises ValueError for mismatched shapes, a label without a name in ``class_names`` or a ``pleural`` id
     that is not one of its classes.
     """
@@ -172,7 +177,7 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
             "lung_ml": n_lung * voxel_ml,
             "lesion_ml": n_lesion * voxel_ml,
             "lesion_percent": pct,
-            "severity": severity_score(min(pct, 100.0)),
+            "severity": severity_score(min(pct, 100.0)) if n_lung > 0 else None,  # not assessed
             "class_ml": {name: float(c[k]) * voxel_ml for k, name in sorted(classes.items())},
             "class_percent": {classes[k]: (100.0 * int(c[k]) / n_lung if n_lung > 0 else 0.0)
                               for k in lesion_ids},

@@ -116,7 +116,7 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
                         for n in names)
         rows.append(f"<tr><th>{label}</th><td>{part['lung_ml']:.0f} mL</td>{cells}"
                     f"<td>{part['lesion_ml']:.1f} mL ({lesion} %)</td>"
-                    f"<td>{part['severity']}</td></tr>")
+                    f"<td>{'n/a' if part['severity'] is None else part['severity']}</td></tr>")
     key = " ".join(f'<span style="background:rgb{scheme.colors[c]};padding:0 .6em"></span> {esc(scheme.names[c])}'
                     for c in scheme.foreground)
     warnings = "".join(f"<li>{esc(w)}</li>" for w in report.get("warnings", [])) or "<li>none</li>"

@@ -3,7 +3,8 @@
 Shapes follow :mod:`covseg.volumes`: ``(Z, Y, X)`` arrays in the canonical orientation, ``spacing`` in mm.
 Each slice is prepared the way the COVID-SemiSeg training slices were made: HU through the lung window to
 [0, 1], cropped to the bounding box of the slice's lungs plus a margin, resized to the model's input by the
-:class:`~covseg.inference.Predictor`, and the prediction pasted back. Slices without lung are skipped.
+:class:`~covseg.inference.Predictor`, and the prediction pasted back; a slice holding one lung only, or none between
+slices with lung, is cropped to span both sides (:func:`scan_crop_boxes`). Other slices without lung are skipped.
 """
 from __future__ import annotations
 
@@ -63,9 +64,8 @@ def lung_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], marg
     """Per slice, ``(y0, y1, x0, x1)`` of the lungs' bounding box grown by ``margin_mm``; None without lung.
 
     With ``mirror_x`` (a column, fractional: the body's midline, :func:`covseg.lungmask.body_midline`) each box's
-    columns are widened to their mirror image about it as well. :func:`segment_scan` asks for that when the mask
-    holds one lung only (a lung wholly consolidated or filled is above the air threshold), so that the slices the
-    model sees show where the missing lung lies, not only the found lung and its margin.
+    columns are widened to their mirror image about it as well. :func:`segment_scan` uses
+    :func:`scan_crop_boxes`, which widens the boxes of the slices holding one lung only (see there).
 
     Shape: ``lungs`` ``(Z, Y, X)``, 0 outside, 1 right, 2 left; ``spacing`` ``(Z, Y, X)`` mm."""
     boxes: list[tuple[int, int, int, int] | None] = []
@@ -85,10 +85,34 @@ def lung_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], marg
 
 def scan_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], margin_mm: float, midline_x: float
                     ) -> list[tuple[int, int, int, int] | None]:
-    """The crops :func:`segment_scan` gives the model: :func:`lung_crop_boxes`, mirrored about the body's midline
-    ``midline_x`` (:func:`covseg.lungmask.body_midline`) when ``lungs`` holds one lung only (see there).
-    Shape: ``lungs`` ``(Z, Y, X)``, 0 outside, 1 right, 2 left."""
-    return lung_crop_boxes(lungs, spacing, margin_mm, midline_x if _one_lung(lungs) else None)
+    """The crops :func:`segment_scan` gives the model, per slice ``(y0, y1, x0, x1)`` or None (skipped).
+
+    A slice whose mask holds both lungs gets its :func:`lung_crop_boxes` box. A slice whose mask holds one lung only
+    (the other consolidated or filled there, above the air threshold), or none while slices above and below it hold
+    lung, gets a box spanning both sides: its own lung box (for a slice without lung, the rows of the volume's
+    lungs), widened to the columns of the volume's lungs plus the margin and to the mirror image of those about the
+    body's midline ``midline_x`` (a column, fractional: :func:`covseg.lungmask.body_midline`), so that the model sees
+    where the missing lung lies, not only the found lung and its margin. Slices outside the volume's lungs' Z range
+    are None. Shape: ``lungs`` ``(Z, Y, X)``, 0 outside, 1 right, 2 left; ``spacing`` ``(Z, Y, X)`` mm."""
+    boxes = lung_crop_boxes(lungs, spacing, margin_mm)
+    inside = lungs > 0
+    zs = np.flatnonzero(inside.any(axis=(1, 2)))
+    if zs.size == 0:
+        return boxes
+    _, h, w = lungs.shape
+    my, mx = int(round(margin_mm / spacing[1])), int(round(margin_mm / spacing[2]))
+    rows, cols = np.flatnonzero(inside.any(axis=(0, 2))), np.flatnonzero(inside.any(axis=(0, 1)))
+    # columns x0 .. x1 - 1 of the volume's lungs plus margin, and their mirror image 2m - (x1 - 1) .. 2m - x0
+    vx0, vx1 = int(cols[0]) - mx, int(cols[-1]) + 1 + mx
+    vx0, vx1 = min(vx0, int(np.floor(2 * midline_x - (vx1 - 1)))), max(vx1, int(np.ceil(2 * midline_x - vx0)) + 1)
+    vy0, vy1 = max(int(rows[0]) - my, 0), min(int(rows[-1]) + 1 + my, h)
+    for z in range(int(zs[0]), int(zs[-1]) + 1):
+        plane = lungs[z]
+        if (plane == RIGHT_LUNG).any() and (plane == LEFT_LUNG).any():
+            continue
+        y0, y1, x0, x1 = boxes[z] if boxes[z] is not None else (vy0, vy1, w, 0)
+        boxes[z] = (y0, y1, max(min(x0, vx0), 0), min(max(x1, vx1), w))
+    return boxes
 
 
 def _one_lung(lungs: np.ndarray) -> bool:

@@ -170,3 +170,27 @@ def test_one_lung_crossing_the_midline_is_not_cut_in_two():
     mask = lung_mask(hu, spacing)
     assert set(np.unique(mask).tolist()) == {0, RIGHT_LUNG}
     assert dice(mask == RIGHT_LUNG, right) >= 0.97
+
+
+def test_bowel_gas_larger_than_the_second_lung_does_not_hide_it():
+    """Left lung 65 % consolidated and an abdominal gas pocket below the lungs bigger than the left lung's aerated
+    part: only the two largest air components were looked at, so the gas (not a lung: below the first lung's Z
+    range) was refused and the left lung dropped from the mask."""
+    spacing = (2.5, 1.0, 1.0)
+    hu, parts = chest_phantom(shape=(40, 128, 128), spacing=spacing, noise=0.0)
+    hu[parts["airway_outside"]] = 40.0  # no trachea/bronchi: the two lungs are separate air components
+    pad = 20  # abdominal slices below the chest: body (40 HU) in air
+    below = np.repeat(hu[:1], pad, axis=0).copy()
+    below[below > -900] = 40.0
+    hu = np.concatenate([below, hu])
+    left = np.concatenate([np.zeros_like(parts["left"][:pad]), parts["left"]])
+    z, y, x = np.ogrid[:hu.shape[0], :128, :128]
+    hu[left & (x > np.quantile(np.nonzero(left)[2], 0.35))] = 20.0
+    gas = ((z - 9) / 5.5) ** 2 + ((y - 64) / 34.0) ** 2 + ((x - 64) / 34.0) ** 2 <= 1
+    hu[gas] = -1000.0
+    assert gas.sum() > (left & (hu < -320)).sum()
+    mask = lung_mask(hu, spacing)
+    assert (mask[gas] == 0).all()
+    aerated = left & (hu < -320)
+    assert np.mean(mask[aerated] == LEFT_LUNG) >= 0.9
+    assert np.mean(mask[np.concatenate([np.zeros_like(parts["right"][:pad]), parts["right"]])] == RIGHT_LUNG) >= 0.95

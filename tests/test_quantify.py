@@ -102,7 +102,7 @@ def test_quantify_without_lungs_splits_at_the_middle():
     assert result["left"]["lung_ml"] == pytest.approx(0.004)
     assert result["total"]["lesion_percent"] == 100.0 and result["total"]["severity"] == 5
     empty = quantify(np.zeros_like(lesions), np.zeros_like(lesions), (1.0, 1.0, 1.0), {1: "infection"})
-    assert empty["total"] == {"lung_ml": 0.0, "lesion_ml": 0.0, "lesion_percent": 0.0, "severity": 0,
+    assert empty["total"] == {"lung_ml": 0.0, "lesion_ml": 0.0, "lesion_percent": 0.0, "severity": None,
                               "class_ml": {"infection": 0.0}, "class_percent": {"infection": 0.0}}
 
 
@@ -249,3 +249,29 @@ def test_percent_on_a_severity_boundary_is_exact(lung, lesion, percent, score):
         assert part["lesion_percent"] == percent and part["class_percent"]["infection"] == percent
         assert part["severity"] == score
         assert part["lung_ml"] == pytest.approx(lung * 2.5 * 0.7 * 0.7 / 1000)
+
+
+def test_with_both_lungs_in_the_mask_an_outside_lesion_is_not_given_to_the_lung_across_the_midline():
+    """A left lung consolidated below a small aerated apical remnant: its medial lesions lie nearer the right lung's
+    medial surface than the remnant, and went to the right lung (nearest in 3-D across the midline)."""
+    lungs = np.zeros((8, 6, 24), np.uint8)
+    lungs[:, 1:5, 2:10] = 1  # right lung, columns 2..9, all slices
+    lungs[7, 1:5, 15:21] = 2  # left lung: its aerated apical remnant only
+    lesions = np.zeros_like(lungs)
+    lesions[:7, 1:5, 13:21] = 2  # the rest of the left lung, consolidated, outside the mask (midline at 12)
+    result = quantify(lesions, lungs, (2.5, 1.0, 1.0), {1: "ggo", 2: "consolidation"}, midline_x=12.0)
+    assert result["right"]["class_ml"]["consolidation"] == 0.0
+    assert result["left"]["class_ml"]["consolidation"] == pytest.approx(7 * 4 * 8 * 2.5 / 1000)
+    assert result["right"]["lung_ml"] == pytest.approx(8 * 4 * 8 * 2.5 / 1000)
+
+
+def test_a_lung_without_volume_has_no_severity_not_zero():
+    lungs = np.zeros((2, 4, 20), np.uint8)
+    lungs[:, :, 2:6] = 1  # right lung only; nothing on the left side of the midline
+    lesions = np.zeros_like(lungs)
+    lesions[0, 0, 3] = 1
+    result = quantify(lesions, lungs, (1.0, 1.0, 1.0), {1: "ggo"}, midline_x=10.0)
+    assert result["left"]["lung_ml"] == 0.0 and result["left"]["severity"] is None
+    assert result["right"]["severity"] == 1 and result["total"]["severity"] == 1  # 1 of 32 voxels
+    empty = quantify(lesions * 0, lungs * 0, (1.0, 1.0, 1.0), {1: "ggo"})
+    assert empty["total"]["severity"] is None and json.loads(json.dumps(empty))["right"]["severity"] is None

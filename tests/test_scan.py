@@ -207,7 +207,7 @@ def test_effusion_is_kept_outside_the_lungs_and_is_not_involvement(tmp_path: Pat
     result = segment_scan(volume, EffusionEverywhere(), MULTICLASS, progress=False)
     total, voxel_ml = result.figures["total"], result.figures["voxel_ml"]
     assert (result.lesions[result.lungs == 0] == 3).any()  # not dropped with the voxels outside the lung mask
-    assert total["lesion_ml"] == 0.0 and total["severity"] == 0
+    assert total["lesion_ml"] == 0.0 and total["severity"] is None  # no lung left: not assessed
     assert total["lung_ml"] == pytest.approx(float((result.lungs > 0).sum() - (result.lesions[result.lungs > 0] == 3).sum()) * voxel_ml)
     assert total["class_ml"]["pleural_effusion"] == pytest.approx(float((result.lesions == 3).sum()) * voxel_ml)
     assert "pleural_effusion" not in total["class_percent"]
@@ -513,3 +513,50 @@ def test_a_lung_missing_from_the_mask_is_shown_to_the_model_and_its_lesions_coun
     assert result.figures["right"]["class_ml"]["consolidation"] == 0.0
     assert severity_score(result.figures["left"]["lesion_percent"]) == result.figures["left"]["severity"] == 5
     assert any("with one lung in the mask, lesions outside it are kept" in w for w in result.warnings)
+
+
+def test_slices_where_the_mask_holds_one_lung_are_cropped_to_show_both_sides() -> None:
+    """Left lung consolidated below a 9-slice aerated apical remnant, so both lungs are in the volume's mask: the
+    crops were mirrored only when the whole mask held one lung, so in the slices holding the right lung only the
+    model saw the right lung + 10 mm and 4 % of the consolidated left lung."""
+    from covseg.lungmask import LEFT_LUNG, RIGHT_LUNG, body_midline, lung_mask
+    from covseg.scan import scan_crop_boxes
+
+    spacing = (2.5, 1.0, 1.0)
+    hu, parts = chest_phantom(shape=(40, 128, 128), spacing=spacing, noise=0.0)
+    left = parts["left"]
+    cons = left & (np.arange(40)[:, None, None] < np.nonzero(left)[0].max() - 8)
+    hu[cons] = 20.0
+    lungs = lung_mask(hu, spacing)
+    assert (lungs == RIGHT_LUNG).any() and (lungs == LEFT_LUNG).any()
+    boxes = scan_crop_boxes(lungs, spacing, 10.0, body_midline(hu, spacing))
+    seen = np.zeros(hu.shape, bool)
+    for z, box in enumerate(boxes):
+        if box is not None:
+            seen[z, box[0]:box[1], box[2]:box[3]] = True
+    assert (seen & cons).sum() >= 0.95 * cons.sum()
+    both = [z for z in range(40) if (lungs[z] == RIGHT_LUNG).any() and (lungs[z] == LEFT_LUNG).any()]
+    assert both and all(boxes[z] == lung_crop_boxes(lungs, spacing, 10.0)[z] for z in both)  # unchanged there
+    assert boxes[0] is None and boxes[-1] is None  # outside the lungs' Z range: skipped
+
+
+def test_a_slice_without_lung_between_slices_with_lung_is_cropped_to_the_lungs() -> None:
+    lungs = np.zeros((5, 20, 30), np.uint8)
+    lungs[1, 4:10, 3:10], lungs[1, 5:12, 18:26] = 1, 2
+    lungs[3, 6:9, 4:8] = 1  # slice 2: no lung (both consolidated); slice 3: the right lung only
+    from covseg.scan import scan_crop_boxes
+
+    boxes = scan_crop_boxes(lungs, (1.0, 1.0, 1.0), 2.0, midline_x=14.0)
+    assert boxes[0] is None and boxes[4] is None
+    assert boxes[1] == (2, 14, 1, 28)  # both lungs: its own box
+    assert boxes[2] == (2, 14, 1, 28)  # the volume's lungs' box, mirrored about the midline (columns 1..27)
+    assert boxes[3] == (4, 11, 1, 28)  # its own rows, both sides' columns
+
+
+def test_html_severity_of_a_lung_without_volume_reads_not_assessed() -> None:
+    part = {"lung_ml": 100.0, "lesion_ml": 3.0, "lesion_percent": 3.0, "severity": 1,
+            "class_ml": {"infection": 3.0}, "class_percent": {"infection": 3.0}}
+    none = {"lung_ml": 0.0, "lesion_ml": 0.0, "lesion_percent": 0.0, "severity": None,
+            "class_ml": {"infection": 0.0}, "class_percent": {"infection": 0.0}}
+    page = _page_of({"right": part, "left": none, "total": part})
+    assert page.count("mL (0.0 %)</td><td>n/a</td>") == 1 and "<td>None</td>" not in page
