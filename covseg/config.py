@@ -522,8 +522,10 @@ def check_new_run(config: RunConfig) -> None:
     A crop larger than ``train.progressive_size`` (the progressive epochs could not cut it) or too small for the
     bottleneck (instance norm, or batch norm on a batch of one, fails on a 1 x 1 map), ``model.batch_norm=false`` on
     SegNet (ignored: it always normalises) or beside a ``model.norm`` other than batch (no normalisation at all is
-    built), and an option set away from its default where the settings never read it (:func:`_unread_options`:
-    ``data.val_fraction`` on a split other than official, ``train.momentum`` without SGD, the consistency,
+    built), a ``train.progressive_size`` whose fraction of the epochs rounds down to no epoch (ignored),
+    ``train.distill`` with ``train.distill_weight=0`` (teachers run for a term weighted 0), and an option set away
+    from its default where the settings never read it (:func:`_unread_options`: ``data.val_fraction`` on a split
+    other than official, ``data.folds`` on one other than cv:K, ``train.momentum`` without SGD, the consistency,
     distillation and pseudo-label options without the setting they tune) raise a one-line :class:`CovsegError`."""
     t, m = config.train, config.model
     crop, progressive = t.augment.crop, t.progressive_size
@@ -533,6 +535,14 @@ def check_new_run(config: RunConfig) -> None:
                           "train.progressive_size=0 train.progressive_fraction=0")
     if crop:
         _check_bottleneck("train.augment.crop", crop, m.depth, "config")
+    if progressive and not t.progressive_epochs():  # floor(fraction * epochs) is 0: no epoch trains at that size
+        fix = (f"raise train.progressive_fraction to at least {math.ceil(1000 / t.epochs) / 1000:g}"
+               if t.epochs > 1 else "raise train.epochs")
+        raise CovsegError(f"train.progressive_fraction {t.progressive_fraction:g} of {t.epochs} epochs makes no "
+                          f"progressive epoch; {fix}, or set train.progressive_size=0 train.progressive_fraction=0")
+    if t.distill and not t.distill_weight:  # the teachers would be loaded and run for a term weighted 0
+        raise CovsegError("train.distill is set but train.distill_weight is 0, so the teachers would be run for "
+                          "nothing; set train.distill_weight > 0 or leave train.distill empty")
     if not m.batch_norm and m.name != "unet":  # SegNet always normalises (VGG16's batch norm)
         raise CovsegError(f"model.batch_norm is false, but only U-Net can leave out normalisation; leave "
                           f"model.batch_norm at true for {m.name}")
@@ -554,6 +564,7 @@ def _unread_options(config: RunConfig) -> list[tuple[str, float, str, str]]:
     # cv:K's folds, and seed's and paper's own fractions, fix the held-out images (covseg.splits.make_split)
     unread = [("data", "val_fraction", "val_fraction" not in split_settings(d.split), "data.split=official",
                f"data.split {d.split}"),
+              ("data", "folds", "folds" not in split_settings(d.split), "data.split=cv:K", f"data.split {d.split}"),
               ("train", "momentum", t.optimizer != "sgd", "train.optimizer=sgd", f"train.optimizer {t.optimizer}"),
               ("train", "consistency_batch", not t.consistency, "train.consistency", consistency),
               ("train", "teacher_decay", not t.consistency, "train.consistency", consistency),
@@ -618,6 +629,8 @@ def _validate_augment(augment: AugmentConfig, source: str) -> None:
             ok, rule = 0 <= value <= 1, "a probability in [0, 1]"
         elif field_.name in ("scale", "gamma", "contrast", "elastic"):
             ok, rule = 0 <= value < 1, "in [0, 1)"
+        elif field_.name == "rotate_deg":  # +-180 degrees already reaches every angle
+            ok, rule = 0 <= value <= 180, ">= 0 and <= 180 (degrees: 180 already reaches every angle)"
         else:
             ok, rule = value >= 0, ">= 0"
         if not (ok and math.isfinite(value)):

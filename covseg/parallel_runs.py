@@ -44,13 +44,21 @@ _KILLED = "a training worker was killed (often out of memory); lower --jobs and 
 _training = False
 """Whether this worker process is inside a training (see :func:`_on_interrupt`)."""
 
+_interrupted = False
+"""Whether Ctrl-C reached this worker outside a training: while it was idle, or receiving (unpickling) its next run
+before :func:`_train_in_worker` began, a window of seconds for a large sample list."""
+
 
 def _on_interrupt(signum: int, frame: object) -> None:
     """A worker's SIGINT handler: Ctrl-C reaches every process of the terminal's group, the workers included. A
     training stops as a single run does (``KeyboardInterrupt``, after saving); an idle worker, waiting for its
-    next run, ignores it and is shut down by the pool, so that no worker prints a traceback."""
+    next run, prints no traceback: it notes the Ctrl-C, so that a run it is receiving then stops before training
+    (the parent starts no more runs after Ctrl-C), and is shut down by the pool."""
+    global _interrupted
     if _training:
-        signal.default_int_handler(signum, frame)
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+    else:
+        _interrupted = True
 
 
 def _start_worker() -> None:
@@ -60,16 +68,18 @@ def _start_worker() -> None:
 def _train_in_worker(config: RunConfig, samples: list[Sample], run_dir: Path, data: str, threads: int) -> bool:
     """Worker body: train or resume ``run_dir``; False when Ctrl-C stopped it (after saving ``last.pt``)."""
     global _training
-    from covseg.experiment import train_or_resume  # here: covseg.experiment imports this module
-
-    if config.train.threads == 0:  # the config's own setting wins; it is part of the run's settings
-        torch.set_num_threads(threads)
 
     def log(message: str) -> None:
         print(f"[{run_dir}] {message}", file=sys.stderr, flush=True)
 
-    _training = True
     try:
+        _training = True  # from here Ctrl-C raises KeyboardInterrupt; before, _on_interrupt notes it
+        if _interrupted:  # Ctrl-C while this run was being received: stop as a training stopped by it would
+            return False
+        from covseg.experiment import train_or_resume  # here: covseg.experiment imports this module
+
+        if config.train.threads == 0:  # the config's own setting wins; it is part of the run's settings
+            torch.set_num_threads(threads)
         train_or_resume(config, samples, run_dir, data, False, False, log)
     except KeyboardInterrupt:
         return False

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,10 +46,21 @@ def cpu_supports_bf16() -> bool:
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return False
         if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+            if not _onednn_isa_allows_bf16():
+                return False
             return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         return True
     except (AttributeError, RuntimeError):
         return False
+
+
+def _onednn_isa_allows_bf16() -> bool:
+    """False where ``ONEDNN_MAX_CPU_ISA`` (or, unset, ``DNNL_MAX_CPU_ISA``, as oneDNN reads them) caps oneDNN below
+    every x86 bf16 ISA (e.g. ``AVX512_CORE``, ``AVX2``): the CPU's bf16 instructions then go unused and bf16 is
+    emulated, slower than fp32. Those allowing bf16: ``ALL``, ``AVX512_CORE_BF16``, ``AVX512_CORE_AMX*`` and
+    ``AVX10*`` (case aside)."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return not cap or cap in ("ALL", "AVX512_CORE_BF16") or cap.startswith(("AVX512_CORE_AMX", "AVX10"))
 
 
 def cuda_supports_bf16(device: torch.device) -> bool:

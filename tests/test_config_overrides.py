@@ -115,9 +115,10 @@ def test_the_segnet_recipe_says_how_to_compare_under_todays_default_and_those_co
 
 @pytest.mark.parametrize("overrides, message, enabled_by", [
     (["data.val_fraction=0.5"], "data.val_fraction=0.5 only acts with data.split=official (data.split cv:0 here); "
-                                "drop data.val_fraction or set data.split=official", ["data.split=official"]),
+                                "drop data.val_fraction or set data.split=official", ["data.split=official",
+                                                                                      "data.folds=5"]),
     (["data.split=seed", "data.val_fraction=0"], "data.val_fraction=0 only acts with data.split=official "
-                                                 "(data.split seed here)", ["data.split=official"]),
+                                                 "(data.split seed here)", ["data.split=official", "data.folds=5"]),
     (["train.momentum=0.99"], "train.momentum=0.99 only acts with train.optimizer=sgd (train.optimizer adamw here); "
                               "drop train.momentum or set train.optimizer=sgd", ["train.optimizer=sgd"]),
     (["train.optimizer=adam", "train.momentum=0"], "train.momentum=0 only acts with train.optimizer=sgd "
@@ -132,6 +133,10 @@ def test_the_segnet_recipe_says_how_to_compare_under_todays_default_and_those_co
      ["train.distill=runs/teacher"]),
     (["data.pseudo_ratio=0.5"], "data.pseudo_ratio=0.5 only acts with data.pseudo_labels (data.pseudo_labels empty "
                                 "here); drop data.pseudo_ratio or set data.pseudo_labels", ["data.pseudo_labels=pl"]),
+    # TINY_OVERRIDES' data.folds=3: official, seed and paper hold out their own images, whatever data.folds says
+    (["data.split=official"], "data.folds=3 only acts with data.split=cv:K (data.split official here); drop "
+                              "data.folds or set data.split=cv:K", ["data.split=cv:1"]),
+    (["data.split=paper"], "data.folds=3 only acts with data.split=cv:K (data.split paper here)", ["data.split=cv:2"]),
 ])
 def test_an_option_its_settings_never_read_is_refused_for_a_new_run(overrides: list[str], message: str,
                                                                     enabled_by: list[str]) -> None:
@@ -193,3 +198,45 @@ def test_a_text_option_with_a_choice_refuses_a_trailing_comment() -> None:
     # before: train.optimizer=sgd #x was read as sgd
     with pytest.raises(CovsegError, match=r"^override: train.optimizer is 'sgd #x'; use one of adam, adamw, sgd$"):
         apply_overrides(load_recipe("tiny"), ["train.optimizer=sgd #x"])
+
+
+@pytest.mark.parametrize("degrees", ["1e308", "181", "360", "-1", "inf"])
+def test_a_rotation_beyond_180_degrees_is_refused(degrees: str) -> None:
+    # before: 1e308 was accepted, and its angle (1e308 * pi / 180 overflows) turned every training image into NaN
+    with pytest.raises(CovsegError, match=r"^override: train.augment.rotate_deg is \S+; it must be >= 0 and <= 180 "
+                                          r"\(degrees: 180 already reaches every angle\)$"):
+        apply_overrides(load_recipe("tiny"), [f"train.augment.rotate_deg={degrees}"])
+    for fine in ("0", "15", "180"):
+        assert apply_overrides(load_recipe("tiny"), [f"train.augment.rotate_deg={fine}"]).train.augment.rotate_deg \
+            == float(fine)
+
+
+def test_progressive_resizing_of_no_epoch_is_refused_for_a_new_run() -> None:
+    # before: floor(0.05 * 10) = 0 progressive epochs, and the run trained at data.input_size throughout, silently
+    base = [*TINY_OVERRIDES, "train.epochs=10", "train.progressive_size=16"]
+    config = apply_overrides(load_recipe("tiny"), [*base, "train.progressive_fraction=0.05"])
+    assert config.train.progressive_epochs() == 0
+    with pytest.raises(CovsegError, match=r"^train.progressive_fraction 0.05 of 10 epochs makes no progressive epoch; "
+                                          r"raise train.progressive_fraction to at least 0.1, or set "
+                                          r"train.progressive_size=0 train.progressive_fraction=0$"):
+        check_new_run(config)
+    one_epoch = apply_overrides(load_recipe("tiny"), [*base, "train.epochs=1", "train.progressive_fraction=0.5"])
+    with pytest.raises(CovsegError, match=r"makes no progressive epoch; raise train.epochs, or set"):
+        check_new_run(one_epoch)
+    check_new_run(apply_overrides(load_recipe("tiny"), [*base, "train.progressive_fraction=0.1"]))  # 1 epoch
+    check_new_run(apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.epochs=3", "train.progressive_size=16",
+                                                        "train.progressive_fraction=0.334"]))  # the least for 3
+    # a run saved with it by older covseg still loads (to evaluate, predict, export or resume it)
+    assert config_to_dict(config_from_dict(config_to_dict(config))) == config_to_dict(config)
+
+
+def test_distillation_weighted_zero_is_refused_for_a_new_run() -> None:
+    # before: the teachers were loaded and run on every batch for a KL term weighted 0
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.distill=runs/teacher",
+                                                   "train.distill_weight=0"])
+    with pytest.raises(CovsegError, match=r"^train.distill is set but train.distill_weight is 0, .*; set "
+                                          r"train.distill_weight > 0 or leave train.distill empty$"):
+        check_new_run(config)
+    check_new_run(apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.distill=runs/teacher",
+                                                        "train.distill_weight=0.5"]))
+    assert config_to_dict(config_from_dict(config_to_dict(config))) == config_to_dict(config)

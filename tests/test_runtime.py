@@ -123,6 +123,36 @@ def test_emulated_bf16_on_an_avx512_cpu_is_not_taken_for_fast_bf16(monkeypatch, 
     assert runtime.cpu_supports_bf16() is True
 
 
+@pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
+@pytest.mark.parametrize("cap, expected", [("AVX512_CORE", False), ("avx2", False), ("AVX512_CORE_VNNI", False),
+                                           ("SSE41", False), ("ALL", True), ("all", True), ("AVX512_CORE_BF16", True),
+                                           ("AVX512_CORE_AMX", True), ("avx512_core_amx_fp16", True),
+                                           ("AVX10_1_512_AMX", True), ("", True)])
+def test_bf16_on_a_cpu_with_onednn_capped_below_bf16_is_not_taken_for_fast_bf16(monkeypatch, variable: str, cap: str,
+                                                                                expected: bool) -> None:
+    # an AMX CPU whose oneDNN is capped at AVX512_CORE emulates bf16 (1.8x slower than fp32); it said native before
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv(variable, cap)
+    assert runtime.cpu_supports_bf16() is expected
+
+
+def test_onednn_max_cpu_isa_wins_over_dnnl_max_cpu_isa(monkeypatch) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "ALL")
+    assert runtime.cpu_supports_bf16() is False  # oneDNN reads ONEDNN_ first
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")
+    assert runtime.cpu_supports_bf16() is True
+
+
 @pytest.mark.parametrize("env, message", [({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not a whole number"),
                                           ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT "
                                                                 "are not: start the run with torchrun"),

@@ -549,11 +549,12 @@ def test_progressive_resizing_trains_the_first_epochs_small(tiny_data: Path, tmp
                   "train.progressive_fraction=0.667") == 0
     assert [r["val_dice"] != "nan" for r in _history(tmp_path / "ok")] == [True] * 3
     assert "epochs 1..3, the first 2 at 16x16" in capsys.readouterr().err
-    # a run too short for any small epoch says so on its start line
+    # a run too short for any small epoch would ignore progressive resizing: refused in one line, nothing written
     assert _train(tiny_data, tmp_path / "short", "train.epochs=1", "train.progressive_size=16",
-                  "train.progressive_fraction=0.667") == 0
-    assert ("epochs 1..1 (none at train.progressive_size 16: train.progressive_fraction 0.667 of 1 epochs rounds "
-            "down to 0)") in capsys.readouterr().err
+                  "train.progressive_fraction=0.667") == 2
+    err = capsys.readouterr().err
+    assert "train.progressive_fraction 0.667 of 1 epochs makes no progressive epoch; raise train.epochs" in err
+    assert err.count("\n") == 1 and not (tmp_path / "short").exists()
     for extra, message in [(["train.progressive_size=16"], "set both"),
                            (["train.progressive_size=16", "train.progressive_fraction=1"], "in (0, 1)"),
                            (["train.progressive_size=32", "train.progressive_fraction=0.5"], "not smaller than"),
@@ -676,7 +677,7 @@ def test_ctrl_c_while_the_last_epoch_is_saved_finishes_the_run(tiny_data: Path, 
     # Ctrl-C still stops the command (130, so that cv and compare stop too), but the run is finished: best.pt is
     # written and nothing is left to resume
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "official", "--epochs", "2",
-                 "-o", str(run), "--quiet", *TINY_OVERRIDES, "data.val_fraction=0"]) == 130
+                 "-o", str(run), "--quiet", *TINY_OVERRIDES, "data.folds=5", "data.val_fraction=0"]) == 130
     assert read_checkpoint(run / "last.pt")["epoch"] == 2 and len(_history(run)) == 2
     assert read_checkpoint(run / "best.pt")["epoch"] == 2
     assert "the run is finished, nothing to resume" in capsys.readouterr().err
@@ -701,10 +702,10 @@ def test_best_pt_holds_the_epoch_of_the_highest_validation_dice(tiny_data: Path,
 def test_settings_that_cannot_train_are_refused_before_the_folder_is_made(tiny_data: Path, tmp_path: Path,
                                                                         capsys) -> None:
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "official", "-o", str(tmp_path / "vf"),
-                 "--quiet", *TINY_OVERRIDES, "data.val_fraction=0.99"]) == 2
+                 "--quiet", *TINY_OVERRIDES, "data.folds=5", "data.val_fraction=0.99"]) == 2
     assert "leaves no training images" in capsys.readouterr().err and not (tmp_path / "vf").exists()
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "official", "-o", str(tmp_path / "vf"),
-                 "--quiet", *TINY_OVERRIDES, "data.val_fraction=0.01"]) == 2
+                 "--quiet", *TINY_OVERRIDES, "data.folds=5", "data.val_fraction=0.01"]) == 2
     assert "rounds to no validation image" in capsys.readouterr().err and not (tmp_path / "vf").exists()
     # a crop larger than the progressive size: the progressive epochs skipped it silently
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o", str(tmp_path / "cr"),
@@ -832,6 +833,35 @@ def test_parallel_runs_turn_a_killed_worker_into_one_line(tmp_path: Path, monkey
     with pytest.raises(CovsegError, match=r"^a training worker was killed \(often out of memory\); lower --jobs and "
                                           r"run again to resume$"):
         parallel_runs.train_runs_in_parallel(runs, [], "data", jobs=2, log=lambda message: None)
+
+
+def test_a_parallel_worker_interrupted_while_receiving_its_run_does_not_train_it(tmp_path: Path, monkeypatch) -> None:
+    import covseg.experiment
+    from covseg import parallel_runs
+    from covseg.config import load_recipe
+
+    trained = []
+    monkeypatch.setattr(covseg.experiment, "train_or_resume", lambda *args: trained.append(args))
+    monkeypatch.setattr(parallel_runs, "_training", False)
+    monkeypatch.setattr(parallel_runs, "_interrupted", False, raising=False)
+    config = load_recipe("tiny")
+    # Ctrl-C reaches the worker while it unpickles its run (a large sample list: seconds), before training began;
+    # before: the handler dropped it as an idle worker's, and the run then trained all its epochs
+    parallel_runs._on_interrupt(signal.SIGINT, None)
+    assert parallel_runs._train_in_worker(config, [], tmp_path / "run", "data", torch.get_num_threads()) is False
+    assert trained == [] and parallel_runs._training is False
+    # without a Ctrl-C the run trains; during its training Ctrl-C stops it as it stops a single run
+    monkeypatch.setattr(parallel_runs, "_interrupted", False)
+    assert parallel_runs._train_in_worker(config, [], tmp_path / "run", "data", torch.get_num_threads()) is True
+    assert len(trained) == 1
+
+    def ctrl_c(*args: object) -> None:
+        assert parallel_runs._training
+        parallel_runs._on_interrupt(signal.SIGINT, None)
+
+    monkeypatch.setattr(covseg.experiment, "train_or_resume", ctrl_c)
+    assert parallel_runs._train_in_worker(config, [], tmp_path / "run", "data", torch.get_num_threads()) is False
+    assert parallel_runs._training is False
 
 
 def test_threads_per_job_shares_out_the_cores_this_process_may_use(monkeypatch) -> None:
