@@ -19,11 +19,14 @@ it has none, as ``covseg_int8_checked_on`` says) whose label the int8 graph keep
 More entries make the file stand alone: ``covseg_class_weights`` (JSON list), the run's ``class_weights.json``
 weights, so that the classes the model learnt (weight above 0) are known away from its run folder
 (:func:`exported_class_weights`); ``covseg_weights_sha256``, the SHA-256 of the graph's initializers
-(:func:`weights_sha256`); and ``covseg_metadata_sha256``, the SHA-256 of every other ``covseg_`` entry, the settings
-above (:func:`metadata_sha256`). :func:`load_onnx` checks both, so that a file whose weights or settings were
-damaged on disk is refused, not run (a damaged ``covseg_config`` would otherwise run with other settings, such as
-another normalisation). Files exported before covseg wrote these entries load as before: one without
-``covseg_metadata_sha256`` has only its weights checked, one without both is not checked.
+(:func:`weights_sha256`); ``covseg_graph_sha256``, the SHA-256 of the rest of the graph — its nodes and their
+attributes (pads, strides, Constant values), inputs and outputs, without the initializers and the metadata
+(:func:`graph_sha256`); and ``covseg_metadata_sha256``, the SHA-256 of every other ``covseg_`` entry, the settings
+above (:func:`metadata_sha256`). :func:`load_onnx` checks all three, so that a file whose weights, graph or settings
+were damaged on disk is refused, not run (a damaged ``covseg_config`` would otherwise run with other settings, such as
+another normalisation; a damaged padding, with other logits). Files exported before covseg wrote these entries load
+as before: each checksum a file lacks is not checked (one without ``covseg_graph_sha256`` has its weights and
+settings checked, one without ``covseg_metadata_sha256`` only its weights, one without all three nothing).
 """
 from __future__ import annotations
 
@@ -43,11 +46,12 @@ from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 from covseg.models.shapes import check_input_size
 
-__all__ = ["export_onnx", "exported_from", "exported_class_weights", "weights_sha256", "metadata_sha256",
+__all__ = ["export_onnx", "exported_from", "exported_class_weights", "weights_sha256", "graph_sha256",
+           "metadata_sha256",
            "OnnxBackend", "onnx_backend_of", "load_onnx", "write_graph", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
-CHECKSUM_KEYS = ("covseg_weights_sha256", "covseg_metadata_sha256")
+CHECKSUM_KEYS = ("covseg_weights_sha256", "covseg_graph_sha256", "covseg_metadata_sha256")
 """The metadata entries that hold checksums, and so are left out of :func:`metadata_sha256`."""
 
 
@@ -103,6 +107,7 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
                 write_graph(model, config.data.input_size, str(tmp))
             graph = onnx.load(str(tmp))
             meta["covseg_weights_sha256"] = weights_sha256(graph)
+            meta["covseg_graph_sha256"] = graph_sha256(graph)  # before the metadata is added: it hashes none
             meta["covseg_metadata_sha256"] = metadata_sha256(meta)
             for key, value in meta.items():
                 entry = graph.metadata_props.add()
@@ -128,6 +133,22 @@ def weights_sha256(graph: Any) -> str:
         digest.update(tensor.name.encode())
         digest.update(tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes())
     return digest.hexdigest()
+
+
+def graph_sha256(graph: Any) -> str:
+    """The hex SHA-256 of an ONNX model (``onnx.ModelProto``) but for its weights and metadata: a copy with the graph's
+    initializers (:func:`weights_sha256`'s part) and the model's metadata entries (:func:`metadata_sha256`'s part,
+    and the checksums themselves) cleared, serialised deterministically. It covers the nodes and their attributes
+    (a convolution's pads and strides, a Constant's value), the inputs, outputs and opsets, so that such bytes
+    damaged on disk are not run silently. Stored at export as ``covseg_graph_sha256``; the same for the model
+    ``onnx.load`` reads back, as protobuf parsing and serialising keep every field."""
+    import onnx
+
+    rest = onnx.ModelProto()
+    rest.CopyFrom(graph)
+    del rest.graph.initializer[:]
+    del rest.metadata_props[:]
+    return hashlib.sha256(rest.SerializeToString(deterministic=True)).hexdigest()
 
 
 def metadata_sha256(meta: dict[str, str]) -> str:
@@ -249,23 +270,31 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
         raise CovsegError(f"{path}: this model was trained for the {config.data.task} task, not {task}; "
                           f"use --task {config.data.task} or another model")
     _check_graph(session, config, path)
-    if "covseg_weights_sha256" in meta:  # files exported before covseg stored it load as before
-        _check_weights(path, data, meta["covseg_weights_sha256"])
+    _check_weights(path, data, meta)
     return OnnxBackend(session, meta.get("covseg_precision") == "int8", _agreement(meta), config.model.depth), config
 
 
-def _check_weights(path: Path, data: bytes, expected: str) -> None:
-    """Refuse the file at ``path`` (its bytes ``data``) if its weights are not those it was exported with
-    (``covseg_weights_sha256``): bytes changed on disk or in a copy would otherwise run as a silently wrong model."""
+def _check_weights(path: Path, data: bytes, meta: dict[str, str]) -> None:
+    """Refuse the file at ``path`` (its bytes ``data``, its metadata ``meta``) if its weights or the rest of its graph
+    are not those it was exported with (``covseg_weights_sha256``, ``covseg_graph_sha256``): bytes changed on disk or
+    in a copy would otherwise run as a silently wrong model. A checksum the file does not hold (exported before
+    covseg stored it) is not checked."""
     import onnx
 
+    checks = [(key, part, function) for key, part, function in
+              (("covseg_weights_sha256", "weights", weights_sha256), ("covseg_graph_sha256", "graph", graph_sha256))
+              if key in meta]
+    if not checks:
+        return
     try:
-        found = weights_sha256(onnx.load_model_from_string(data))
+        model = onnx.load_model_from_string(data)
     except Exception:  # onnx raises several types for files it cannot parse
-        found = None
-    if found != expected:
-        raise CovsegError(f"{path}: is damaged: its weights do not match the checksum stored at export; export it "
-                          "again with covseg export")
+        model = None
+    for key, part, function in checks:
+        if model is None or function(model) != meta[key]:
+            verb = "do" if part == "weights" else "does"
+            raise CovsegError(f"{path}: is damaged: its {part} {verb} not match the checksum stored at export; "
+                              "export it again with covseg export")
 
 
 def _check_graph(session: Any, config: RunConfig, path: Path) -> None:

@@ -10,6 +10,11 @@ its labelled images plus, every epoch, a fresh random draw of pseudo-labelled sl
 Cross-validation stays honest: pseudo-labels made from a CV folder go to ``OUT/fold-K`` (teacher = that
 fold's run, which never saw fold ``K``'s held-out images), a student of split ``cv:K`` reads
 ``OUT/fold-K``, and a student whose held-out images the teacher trained on is refused.
+
+Pseudo-labels are matched to the student's unlabelled slices by name, so ``pseudo.json`` also records the SHA-256
+of each kept slice's source file (``sha256`` in its ``slices`` row): a student whose ``--data`` holds other images
+of the same names is refused rather than trained on masks of other images. Summaries written before covseg recorded
+it load as before.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from covseg.checkpoint import checkpoint_config, read_checkpoint, refuse_unfinis
 from covseg.config import RunConfig
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_dir, atomic_write_text, replacing_output
+from covseg.fileio import atomic_dir, atomic_write_text, file_sha256, replacing_output
 from covseg.inference import backends_used
 from covseg.intensity import grey_quantiles, match_quantiles
 from covseg.labels import get_scheme
@@ -242,7 +247,7 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
     images = [s.image if reference is None else match_quantiles(s.image, reference) for s in samples]
     masks = out_dir / "masks"
     masks.mkdir(parents=True)
-    rows, kept, lesion = [], 0, []
+    rows, kept, lesion, digests = [], 0, [], {}
     bar = tqdm(total=len(samples), desc=f"pseudo-label {run_dir.name}", unit="slice", disable=not progress,
                dynamic_ncols=True)
     for sample, probs in zip(samples, predictor(images)):
@@ -253,8 +258,10 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
         if keep:
             Image.fromarray(labels).save(masks / f"{sample.name}.png")
             kept += 1
-        rows.append({"name": sample.name, "fraction": round(fraction, 5), "confidence": round(confidence, 5),
-                     "kept": keep})
+        row = {"name": sample.name, "fraction": round(fraction, 5), "confidence": round(confidence, 5), "kept": keep}
+        if keep:  # which image the mask belongs to: a student's --data may hold another image of this name
+            row["sha256"] = _source_sha256(sample.source, digests)
+        rows.append(row)
         bar.update(1)
     bar.close()
     summary = {"teacher": str(run_dir.resolve()), "checkpoint": info["file"], "backend": backends_used(predictor),
@@ -339,7 +346,8 @@ def _summary(folder: Path) -> dict[str, Any]:
     """``folder/pseudo.json``, checked for the fields covseg relies on."""
     summary = _read_json(folder / PSEUDO_FILE, "make the pseudo-labels again")
     try:
-        rows = [{"name": str(r["name"]), "kept": bool(r["kept"])} for r in summary["slices"]]
+        rows = [{"name": str(r["name"]), "kept": bool(r["kept"]),
+                 "sha256": str(r["sha256"]) if "sha256" in r else None} for r in summary["slices"]]
         checked = {"task": summary["task"], "teacher_images": list(summary["teacher_images"]), "slices": rows,
                    "kept": sum(r["kept"] for r in rows)}
     except (KeyError, TypeError, AttributeError):
@@ -355,15 +363,23 @@ def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[f
     made with ``match_grey``); masks ``(H, W)`` int64 in the task's scheme."""
     folder = Path(folder)
     summary = check_pseudo_labels(folder, task, heldout)
-    names = [row["name"] for row in summary["slices"] if row["kept"]]
+    kept = [row for row in summary["slices"] if row["kept"]]
     reference = _grey_reference(summary, folder)
     by_name = {s.name: s for s in load_dataset(data, task, split="unlabelled", window=window)}
     scheme = get_scheme(task)
-    samples = []
-    for name in names:
+    samples, digests = [], {}
+    for row in kept:
+        name = row["name"]
         if name not in by_name:
             raise CovsegError(f"{folder}: pseudo-label {name} has no unlabelled slice in {data}; use the --data "
                               "the pseudo-labels were made from")
+        # summaries written before covseg recorded the digest (no sha256) are matched by name alone, as before
+        if row["sha256"] is not None and _source_sha256(by_name[name].source, digests) != row["sha256"]:
+            made_from = summary.get("data")
+            raise CovsegError(f"{folder}: pseudo-label {name} was made from another image than "
+                              f"{by_name[name].source} (its SHA-256 differs); re-run `covseg pseudo-label` on "
+                              f"this --data, or pass the --data the labels were made from"
+                              + (f" ({made_from})" if isinstance(made_from, str) else ""))
         image = by_name[name].image if reference is None else match_quantiles(by_name[name].image, reference)
         try:
             mask = np.asarray(Image.open(folder / "masks" / f"{name}.png"), dtype=np.int64)
@@ -374,6 +390,17 @@ def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[f
                               "make the pseudo-labels again")
         samples.append(Sample(name, image, mask, by_name[name].source))
     return samples
+
+
+def _source_sha256(source: str, digests: dict[str, str]) -> str:
+    """The SHA-256 of a slice's source file, hashed once per file (``digests``: a MedSeg volume holds many
+    slices)."""
+    if source not in digests:
+        try:
+            digests[source] = file_sha256(source)
+        except OSError as err:
+            raise CovsegError(f"{source}: cannot read the unlabelled slice's file ({err.strerror or err})") from None
+    return digests[source]
 
 
 def _split_once(loaded: dict[tuple, list[Sample]], data: str, config: RunConfig, split: str) -> list[Sample]:

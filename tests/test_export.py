@@ -704,6 +704,87 @@ def test_an_onnx_file_whose_settings_were_damaged_is_refused_not_run(onnx_file: 
         load_onnx(_damaged_copy(old, tmp_path / "old-damaged.onnx"))
 
 
+def _with_node_attribute(source: Path, op_type: str, edit, target: Path) -> Path:
+    """Save ``source`` with ``edit`` applied to the attributes of its first ``op_type`` node (initializers and
+    metadata, checksums included, left as they are) as ``target``: a file whose graph was damaged after export."""
+    graph = onnx.load(str(source))
+    node = next(n for n in graph.graph.node if n.op_type == op_type)
+    edit({a.name: a for a in node.attribute})
+    onnx.save(graph, str(target))
+    return target
+
+
+def _shift_pads(attributes) -> None:
+    attributes["pads"].ints[:] = [0, 0, 2, 2]
+
+
+def _change_constant(attributes) -> None:
+    value = attributes["value"].t
+    array = onnx.numpy_helper.to_array(value)
+    value.CopyFrom(onnx.numpy_helper.from_array(np.asarray(array + 1, dtype=array.dtype), value.name))
+
+
+@pytest.mark.parametrize("which", ["fp32", "int8"])
+def test_an_onnx_file_whose_graph_was_damaged_outside_its_weights_is_refused_not_run(
+        which: str, request, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    """The weights' and settings' checksums left the nodes out: a file whose convolution padding was damaged loaded
+    and ran silently, with other logits."""
+    source = request.getfixturevalue("onnx_file" if which == "fp32" else "int8_file")
+    load_onnx(source)  # intact: loads
+    capsys.readouterr()  # what making the fixtures printed
+    padded = _with_node_attribute(source, "Conv", _shift_pads, tmp_path / "padded.onnx")
+    out = tmp_path / "pred"
+    assert main(["predict", str(_real_or_synthetic_slice(tiny_data)), "-o", str(out), "--model", str(padded),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"covseg: error: {padded}: is damaged: its graph does not match the checksum stored at export; "
+                   "export it again with covseg export"]
+    assert not out.exists()
+    if any(n.op_type == "Constant" and any(a.name == "value" for a in n.attribute)
+           for n in onnx.load(str(source)).graph.node):
+        with pytest.raises(CovsegError, match="is damaged: its graph does not match the checksum"):
+            load_onnx(_with_node_attribute(source, "Constant", _change_constant, tmp_path / "constant.onnx"))
+    # what onnx.load reads back hashes as what export stored, whatever the metadata holds
+    stored = onnx.load(str(source))
+    meta = {p.key: p.value for p in stored.metadata_props}
+    assert meta["covseg_graph_sha256"] == export.graph_sha256(stored)
+    del stored.metadata_props[:]
+    assert export.graph_sha256(stored) == meta["covseg_graph_sha256"]
+    assert export.metadata_sha256({**meta, "covseg_graph_sha256": "0"}) == meta["covseg_metadata_sha256"]
+    # a file exported before covseg stored the graph's checksum loads as before, its weights still checked
+    old = tmp_path / "old.onnx"
+    _without_metadata(source, "covseg_graph_sha256", old)
+    load_onnx(old)
+    with pytest.raises(CovsegError, match="is damaged: its weights do not match the checksum"):
+        load_onnx(_damaged_copy(old, tmp_path / "old-damaged.onnx"))
+    _without_metadata(padded, "covseg_graph_sha256", tmp_path / "old-padded.onnx")
+    load_onnx(tmp_path / "old-padded.onnx")
+
+
+def test_graph_checksum_covers_constants_and_attributes_but_not_initializers_or_metadata() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    def model(constant: float, weight: float, pads: list[int], meta: dict[str, str]) -> onnx.ModelProto:
+        nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.float32([constant]), "c")),
+                 helper.make_node("Conv", ["x", "w"], ["y"], pads=pads),
+                 helper.make_node("Add", ["y", "c"], ["z"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                                  [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(np.full((1, 1, 3, 3), weight, np.float32), "w")])
+        made = helper.make_model(graph)
+        for key, value in meta.items():
+            entry = made.metadata_props.add()
+            entry.key, entry.value = key, value
+        return made
+
+    base = export.graph_sha256(model(1.0, 0.5, [1, 1, 1, 1], {}))
+    assert export.graph_sha256(model(1.0, 0.25, [1, 1, 1, 1], {"covseg_graph_sha256": base, "x": "y"})) == base
+    assert export.graph_sha256(onnx.load_model_from_string(
+        model(1.0, 0.5, [1, 1, 1, 1], {}).SerializeToString())) == base
+    assert export.graph_sha256(model(2.0, 0.5, [1, 1, 1, 1], {})) != base
+    assert export.graph_sha256(model(1.0, 0.5, [0, 0, 2, 2], {})) != base
+
+
 def test_an_int8_onnx_model_refuses_fp32_precision(int8_file: Path, onnx_file: Path, tiny_data: Path,
                                                    tmp_path: Path, capsys) -> None:
     src = str(_real_or_synthetic_slice(tiny_data))

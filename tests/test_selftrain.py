@@ -1,6 +1,7 @@
 """Self-training: pseudo-labels from a teacher (run or CV folder), honest use by a student."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -130,6 +131,44 @@ def test_load_refuses_wrong_task_and_missing_slices(semi_data: Path, teacher_cv:
     assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(pseudo), "--quiet"]) == 2
     assert main(["pseudo-label", str(tmp_path / "nowhere"), "-o", str(tmp_path / "q"), "--quiet"]) == 2
     assert not (tmp_path / "q").exists()
+
+
+def test_pseudo_labels_of_other_images_of_the_same_names_are_refused(semi_data: Path, teacher_cv: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    """Pseudo-labels were matched to the student's unlabelled slices by name alone: a student whose --data held other
+    slices of the same names trained silently on masks of other images."""
+    pseudo = tmp_path / "p"
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(pseudo), "--min-confidence", "0",
+                 "--min-fraction", "0", "--max-fraction", "1", "--quiet"]) == 0
+    summary = json.loads((pseudo / "pseudo.json").read_text())
+    unlabelled = {s.name: s.source for s in load_dataset(semi_data, "binary", split="unlabelled")}
+    kept = [row for row in summary["slices"] if row["kept"]]
+    assert kept
+    heldout = json.loads((teacher_cv / "fold-0" / "split.json").read_text())["val"]
+    assert len(load_pseudo_labels(pseudo, str(semi_data), "binary", (-600, 1500), heldout)) == len(kept)
+    # the same names and sizes, other pixels
+    other = tmp_path / "other"
+    shutil.copytree(semi_data, other)
+    shutil.rmtree(other / "Dataset/TrainingSet/LungInfection-Train/Pseudo-label")
+    add_unlabelled(other, n=8, seed=99)
+    with pytest.raises(CovsegError, match="was made from another image than .*re-run `covseg pseudo-label` on this "
+                                          "--data, or pass the --data the labels were made from"):
+        load_pseudo_labels(pseudo, str(other), "binary", (-600, 1500), heldout)
+    student = tmp_path / "student"
+    capsys.readouterr()
+    assert main(["train", "--recipe", "tiny", "--data", str(other), "--split", "cv:0", "--epochs", "1",
+                 "-o", str(student), "--quiet", f"data.pseudo_labels={pseudo}", *TINY_OVERRIDES]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was made from another image than" in err and str(semi_data) in err, err
+    assert not student.exists()
+    # each kept slice's row holds its source file's SHA-256
+    assert all(row.get("sha256") == hashlib.sha256(Path(unlabelled[row["name"]]).read_bytes()).hexdigest()
+               for row in kept)
+    # a pseudo.json written before covseg recorded the digests is matched by name, as before
+    for row in summary["slices"]:
+        row.pop("sha256", None)
+    (pseudo / "pseudo.json").write_text(json.dumps(summary))
+    assert len(load_pseudo_labels(pseudo, str(other), "binary", (-600, 1500), heldout)) == len(kept)
 
 
 def test_pseudo_label_refuses_unsafe_outputs_and_counts_best_checkpoint_selection(
