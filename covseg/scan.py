@@ -77,8 +77,8 @@ def lung_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], marg
             boxes.append(None)
             continue
         x0, x1 = int(cols[0]) - mx, int(cols[-1]) + 1 + mx
-        if mirror_x is not None:  # columns x0 .. x1 - 1 mirrored: 2m - (x1 - 1) .. 2m - x0
-            x0, x1 = min(x0, int(np.floor(2 * mirror_x - (x1 - 1)))), max(x1, int(np.ceil(2 * mirror_x - x0)) + 1)
+        if mirror_x is not None:
+            x0, x1 = _with_mirror(x0, x1, mirror_x)
         boxes.append((max(int(rows[0]) - my, 0), min(int(rows[-1]) + 1 + my, h), max(x0, 0), min(x1, w)))
     return boxes
 
@@ -102,9 +102,8 @@ def scan_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], marg
     _, h, w = lungs.shape
     my, mx = int(round(margin_mm / spacing[1])), int(round(margin_mm / spacing[2]))
     rows, cols = np.flatnonzero(inside.any(axis=(0, 2))), np.flatnonzero(inside.any(axis=(0, 1)))
-    # columns x0 .. x1 - 1 of the volume's lungs plus margin, and their mirror image 2m - (x1 - 1) .. 2m - x0
-    vx0, vx1 = int(cols[0]) - mx, int(cols[-1]) + 1 + mx
-    vx0, vx1 = min(vx0, int(np.floor(2 * midline_x - (vx1 - 1)))), max(vx1, int(np.ceil(2 * midline_x - vx0)) + 1)
+    # columns of the volume's lungs plus margin, and their mirror image
+    vx0, vx1 = _with_mirror(int(cols[0]) - mx, int(cols[-1]) + 1 + mx, midline_x)
     vy0, vy1 = max(int(rows[0]) - my, 0), min(int(rows[-1]) + 1 + my, h)
     for z in range(int(zs[0]), int(zs[-1]) + 1):
         plane = lungs[z]
@@ -113,6 +112,12 @@ def scan_crop_boxes(lungs: np.ndarray, spacing: tuple[float, float, float], marg
         y0, y1, x0, x1 = boxes[z] if boxes[z] is not None else (vy0, vy1, w, 0)
         boxes[z] = (y0, y1, max(min(x0, vx0), 0), min(max(x1, vx1), w))
     return boxes
+
+
+def _with_mirror(x0: int, x1: int, mirror_x: float) -> tuple[int, int]:
+    """Columns ``x0 .. x1 - 1`` widened to their mirror image about column ``mirror_x`` as well, ``2m - (x1 - 1) ..
+    2m - x0`` (end exclusive, not clipped to the image)."""
+    return min(x0, int(np.floor(2 * mirror_x - (x1 - 1)))), max(x1, int(np.ceil(2 * mirror_x - x0)) + 1)
 
 
 def _one_lung(lungs: np.ndarray) -> bool:

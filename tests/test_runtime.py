@@ -109,15 +109,20 @@ def test_keep_freed_memory_changes_nothing_without_glibc(monkeypatch) -> None:
     assert runtime.keep_freed_memory() is False
 
 
+def _fake_x86_cpu(monkeypatch, avx512_bf16: bool, amx: bool) -> None:
+    """An x86 CPU whose oneDNN reports bf16 support, with or without AVX512-BF16 and AMX instructions."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+
+
 @pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, False), (True, False, True),
                                                         (False, True, True)])
 def test_emulated_bf16_on_an_avx512_cpu_is_not_taken_for_fast_bf16(monkeypatch, avx512_bf16: bool, amx: bool,
                                                                    expected: bool) -> None:
     # oneDNN says yes on any AVX-512 x86 CPU (Skylake, Cascade Lake, Ice Lake emulate bf16, 1.8x slower than fp32)
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    _fake_x86_cpu(monkeypatch, avx512_bf16, amx)
     assert runtime.cpu_supports_bf16() is expected
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # elsewhere oneDNN's own answer stands
     assert runtime.cpu_supports_bf16() is True
@@ -131,10 +136,7 @@ def test_emulated_bf16_on_an_avx512_cpu_is_not_taken_for_fast_bf16(monkeypatch, 
 def test_bf16_on_a_cpu_with_onednn_capped_below_bf16_is_not_taken_for_fast_bf16(monkeypatch, variable: str, cap: str,
                                                                                 expected: bool) -> None:
     # an AMX CPU whose oneDNN is capped at AVX512_CORE emulates bf16 (1.8x slower than fp32); it said native before
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    _fake_x86_cpu(monkeypatch, avx512_bf16=True, amx=True)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setenv(variable, cap)
@@ -142,9 +144,7 @@ def test_bf16_on_a_cpu_with_onednn_capped_below_bf16_is_not_taken_for_fast_bf16(
 
 
 def test_onednn_max_cpu_isa_wins_over_dnnl_max_cpu_isa(monkeypatch) -> None:
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    _fake_x86_cpu(monkeypatch, avx512_bf16=True, amx=False)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     monkeypatch.setenv("DNNL_MAX_CPU_ISA", "ALL")
     assert runtime.cpu_supports_bf16() is False  # oneDNN reads ONEDNN_ first
