@@ -148,9 +148,15 @@ def summarise(results: Sequence[ImageResult], scheme: LabelScheme) -> Evaluation
     total = np.sum(cms, axis=0)
     infnet = None
     if scheme.task == "binary":
-        infnet = {k: float(np.nanmean([r.infnet[k] for r in results])) for k in results[0].infnet}
+        infnet = {k: _nanmean([r.infnet[k] for r in results]) for k in results[0].infnet}
     return Evaluation(scheme, list(results), aggregate_per_image(cms), class_metrics(total),
                       pixel_accuracy(total), mean_class_accuracy(total), infnet)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """The mean of the finite ``values``; NaN, without numpy's "Mean of empty slice" warning, when none is finite."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def format_figure(value: float | None) -> str:
@@ -170,7 +176,10 @@ def _markdown(ev: Evaluation, title: str) -> str:
     fg = [n for n in names if n != "background"]
     lines = [f"# {title}", "", f"{d['n_images']} images; {EMPTY_TRUTH_RULE}.", ""]
     counted = d["per_image_images"]
-    differ = [m for m in counted if any(counted[m][n] != d["images_with_class"][n] for n in names)]
+    # specificity is never averaged over "the images whose truth holds the class" (it needs pixels outside the
+    # class), so its images are always named, even where their count happens to match
+    differ = [m for m in counted
+              if m == "specificity" or any(counted[m][n] != d["images_with_class"][n] for n in names)]
     over = {"per_image": "mean of each image's figure over the images whose truth holds the class: "
                          + ", ".join(f"{n} {d['images_with_class'][n]}" for n in names) + f" of {d['n_images']}"
                          + "".join(f"; {m} over " + ", ".join(f"{n} {counted[m][n]}" for n in names)

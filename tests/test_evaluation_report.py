@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,31 @@ def test_training_curves_draw_a_lone_point_as_a_marker_on_whole_epochs(tmp_path:
     assert lines["validation"] == ([4], "o") and lines["validation mean Dice"] == ([4], "o")
     assert lines["train"] == ([1, 2, 3, 4], None)
     assert Image.open(tmp_path / "curves.png").size[0] > 0
+
+
+def test_per_image_specificity_names_its_images_even_where_the_counts_match(tmp_path: Path) -> None:
+    # image A is lesion everywhere (its truth holds no background), image B holds no lesion: one image holds each
+    # class, and one image defines each class's specificity, but not the same one, so the table must say so
+    whole = np.ones((4, 4), np.int64)
+    called_a = np.ones((4, 4), np.int64)
+    called_a[0] = 0
+    called_b = np.zeros((4, 4), np.int64)
+    called_b[0, 0] = 1
+    results = [evaluate_image(name, np.eye(2, dtype=np.float32)[pred].transpose(2, 0, 1), truth, BINARY)
+               for name, pred, truth in (("A", called_a, whole), ("B", called_b, 0 * whole))]
+    ev = summarise(results, BINARY)
+    d = write_report(ev, tmp_path / "eval", "t")
+    assert d["per_image_images"]["specificity"] == d["images_with_class"] == {"background": 1, "infection": 1}
+    assert d["per_image"]["specificity"]["background"] == pytest.approx(12 / 16)   # image A: 12 TN of 16 non-bg
+    line = next(l for l in (tmp_path / "eval" / "metrics.md").read_text().splitlines() if l.startswith("Mean of each"))
+    assert "specificity over background 1, infection 1 (every image where it is defined)" in line
+
+
+def test_meanspe_undefined_on_every_image_is_nan_without_a_numpy_warning() -> None:
+    # a lesion-everywhere truth has no pixel whose specificity Inf-Net could measure: meanSpe is NaN, quietly
+    truth = np.ones((4, 4), np.int64)
+    probs = np.stack([np.full((4, 4), 0.2), np.full((4, 4), 0.8)]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        infnet = summarise([evaluate_image("A", probs, truth, BINARY)], BINARY).infnet
+    assert infnet is not None and np.isnan(infnet["meanSpe"]) and np.isfinite(infnet["meanDic"])
