@@ -54,35 +54,72 @@ def unwritable_reason(path: str | os.PathLike, folder: bool = False) -> str | No
     return None
 
 
+_NAME_MAX = 255  # the longest file name, in bytes, that common file systems (ext4, XFS, APFS, NTFS) take
+_RANDOM_CHARS = 8  # the characters tempfile.mkstemp / mkdtemp put between prefix and suffix
+
+
+def _format_suffix(name: str) -> str:
+    """The suffix that names ``name``'s format: ``.nii.gz`` for gzipped NIfTI, else the last suffix only (a
+    dotted name such as a DICOM UID has many "suffixes" that are not formats)."""
+    if name.lower().endswith(".nii.gz") and len(name) > len(".nii.gz"):
+        return name[-len(".nii.gz"):]
+    return Path(name).suffix
+
+
+def _hidden_prefix(name: str, room: int) -> str:
+    """``.{name}.``, with ``name`` cut short where needed so that the prefix plus ``room`` more bytes still fits in
+    one file name (:data:`_NAME_MAX` bytes): a temporary name beside a long final name can be made wherever the
+    final name can."""
+    while name and len(os.fsencode(f".{name}.")) + room > _NAME_MAX:
+        name = name[:-1]
+    return f".{name}."
+
+
+def _relabelled(err: OSError, filename: str) -> OSError:
+    """A fresh copy of ``err`` (same type and errno) that names ``filename`` alone, to raise ``from None`` in its
+    place: setting ``filename2 = None`` on ``err`` itself would print a trailing "-> None". Where no copy can be
+    made (no errno, a subclass with a constructor of its own), ``err`` itself, its ``filename`` set."""
+    if err.errno is not None:
+        with contextlib.suppress(Exception):
+            return type(err)(err.errno, err.strerror, filename).with_traceback(err.__traceback__)
+    err.filename = filename
+    return err
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` if the block succeeds.
 
-    The temporary name keeps ``final``'s suffixes so writers that pick a format by extension
-    (PIL, nibabel, matplotlib) still work. On error the temporary file is removed, and an OSError about it
-    (a read-only folder, a full disk) names ``final`` instead.
+    The temporary name (``.{name}.XXXXXXXX.part{format suffix}``, the name cut short to fit in 255 bytes) keeps
+    ``final``'s format suffix (``.nii.gz`` for gzipped NIfTI, else the last one) so writers that pick a format by
+    extension (PIL, nibabel, matplotlib) still work. On error the temporary file is removed, so are the folders
+    made for ``final`` (when nothing else was written in them), and an OSError about the temporary file (a
+    read-only folder, a full disk) names ``final`` instead.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(final.suffixes)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}", dir=final.parent)
-    except OSError as err:  # a read-only folder, no space: name the file the user asked for, not the temporary one
-        err.filename, err.filename2 = str(final), None
-        raise
-    os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give outputs the usual permissions
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, final)
-    except OSError as err:
-        if err.filename is not None and Path(os.fsdecode(err.filename)) == tmp_path:
-            err.filename, err.filename2 = str(final), None
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+    suffix = f".part{_format_suffix(final.name)}"
+    if len(os.fsencode(f"..{suffix}")) + _RANDOM_CHARS > _NAME_MAX:  # no real format has so long a suffix
+        suffix = ".part"
+    prefix = _hidden_prefix(final.name, _RANDOM_CHARS + len(os.fsencode(suffix)))
+    with folders_made_for(final.parent):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=final.parent)
+        except OSError as err:  # a read-only folder, no space: name the file the user asked for, not the temporary one
+            raise _relabelled(err, str(final)) from None
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give outputs the usual permissions
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            yield tmp_path
+            os.replace(tmp_path, final)
+        except OSError as err:
+            if err.filename is None or Path(os.fsdecode(err.filename)) != tmp_path:
+                raise
+            raise _relabelled(err, str(final)) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
 
 
 def replacing_output(out_dir: Path, force: bool) -> bool:
@@ -125,7 +162,8 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_hidden_prefix(final.name, _RANDOM_CHARS + len(".part")), suffix=".part",
+                                dir=final.parent))
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
@@ -134,7 +172,8 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         try:
             with interrupts_deferred():
                 if force and (final.exists() or final.is_symlink()):
-                    aside = final.parent / f".{final.name}.{os.getpid()}-{os.urandom(4).hex()}.old"
+                    tail = f"{os.getpid()}-{os.urandom(4).hex()}.old"
+                    aside = final.parent / f"{_hidden_prefix(final.name, len(tail))}{tail}"
                     os.replace(final, aside)
                 os.replace(tmp, final)
                 swapped = True
@@ -166,12 +205,11 @@ def staging_folder(out_dir: str | os.PathLike) -> Path:
         where, prefix = out_dir, ".covseg-"
     else:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        where, prefix = out_dir.parent, f".{out_dir.name}."
+        where, prefix = out_dir.parent, _hidden_prefix(out_dir.name, _RANDOM_CHARS + len(".part"))
     try:
         return Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=where))
     except OSError as err:
-        err.filename, err.filename2 = str(where), None
-        raise
+        raise _relabelled(err, str(where)) from None
 
 
 @contextlib.contextmanager

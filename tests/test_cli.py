@@ -851,7 +851,7 @@ def test_an_unwritable_output_names_the_file_asked_for_not_the_temporary_one(tmp
             atomic_write_text(final, "x")
     finally:
         tempfile.mkstemp = real_mkstemp
-    assert raised.value.filename == str(final) and not list(final.parent.iterdir())
+    assert raised.value.filename == str(final) and not final.parent.exists()
 
 
 def test_overrides_are_taken_on_both_sides_of_an_option(tiny_data: Path, tmp_path: Path, capsys,
