@@ -11,13 +11,15 @@ Orientation: rows are the first array axis. PIL and DICOM pixel arrays are alrea
 nibabel arrays are ``(x, y[, z])``; a single-slice NIfTI is turned by its affine into the view
 :func:`covseg.volumes.read_volume` gives a scan's slices (:func:`covseg.volumes.nifti_slice_to_view`: anterior up,
 the patient's right on the viewer's left; ``(rows=y, cols=x)``, a transpose, for one stored radiologically), for
-images and masks alike, so they always stay aligned. The MedSeg NIfTI volumes' slices are transposed to
-``(rows=y, cols=x)``. Kaggle ``.npy`` arrays are already ``(N, rows, cols, C)``.
+images and masks alike, so they always stay aligned. The MedSeg NIfTI volumes' slices are turned by the image's affine
+the same way (``(rows=y, cols=x)``, a transpose, for their radiological affine); a DICOM slice by its
+ImageOrientationPatient as in a series. Kaggle ``.npy`` arrays are already ``(N, rows, cols, C)``.
 
 Hounsfield-unit rule: DICOM slices of ``Modality`` CT are HU after ``RescaleSlope``/``RescaleIntercept`` (without
 ``RescaleIntercept`` only if their values reach below -100; otherwise refused); a slice of another Modality is
 refused; a slice without Modality is HU when its rescaled values reach below -100, else stored grey values (/ the
-largest value ``BitsStored`` holds, inverted when ``MONOCHROME1``). NIfTI data and signed or float TIFF data are taken
+largest value ``BitsStored`` holds, ``2**BitsStored - 1``, clipped to ``[0, 1]``, inverted when ``MONOCHROME1``). An
+empty ``RescaleIntercept`` counts as missing. NIfTI data and signed or float TIFF data are taken
 as HU when their minimum is below ``HU_MIN_THRESHOLD`` (-100): any CT slice with air in it reaches about -1000,
 while 8-bit, 16-bit, ``[0, 1]`` or z-scored data never go that low. Other data go through
 :func:`covseg.intensity.to_unit_range`. Kaggle MedSeg arrays are always HU.
@@ -303,28 +305,45 @@ def _dicom_pixels(ds: object, path: Path, what: str) -> np.ndarray:
 
 
 def _dicom_grey(ds: object, pixels: np.ndarray, path: Path) -> np.ndarray:
-    """Stored DICOM grey values -> float32 ``[0, 1]`` as any other non-HU slice (:func:`to_unit_range`: 0..255 data
-    / 255, other ranges min-max); dark on bright (``MONOCHROME1``) inverted, so that dense tissue is bright as in
-    every other slice."""
-    grey = to_unit_range(fill_non_finite(pixels.astype(np.float32), str(path))[0], is_hu=False)
+    """Stored DICOM grey values -> float32 ``[0, 1]``: divided by the largest value ``BitsStored`` holds
+    (``2**BitsStored - 1``; ``BitsAllocated`` when BitsStored is missing, else the pixel type's bits), clipped; dark on
+    bright (``MONOCHROME1``) inverted, so that dense tissue is bright as in every other slice."""
+    from covseg.volumes import dicom_number
+
+    bits = int(dicom_number(ds, "BitsStored", 0, path)) or int(dicom_number(ds, "BitsAllocated", 0, path))
+    if not 1 <= bits <= 32:
+        bits = 8 * pixels.dtype.itemsize
+    grey = fill_non_finite(pixels.astype(np.float64), str(path))[0] / float(2**bits - 1)
+    grey = np.clip(grey, 0.0, 1.0)
     if str(getattr(ds, "PhotometricInterpretation", "") or "").upper() == "MONOCHROME1":
         grey = 1.0 - grey
-    return grey.astype(np.float32, copy=False)
+    return grey.astype(np.float32)
+
+
+def _dicom_view(ds: object, data: np.ndarray, path: Path) -> np.ndarray:
+    """A DICOM slice's ``(rows, cols)`` array turned by its ImageOrientationPatient into the view
+    :func:`covseg.volumes.read_volume` gives the same slice in a series (unchanged for IOP ``1\\0\\0\\0\\1\\0`` or
+    without the tag)."""
+    from covseg.volumes import dicom_slice_affine, nifti_slice_to_view
+
+    affine = dicom_slice_affine(ds, path)
+    return data if affine is None else nifti_slice_to_view(data.T, affine)
 
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, bool]:
-    """A single-frame DICOM as ``(rows, cols)`` float32, and whether it is HU: HU after rescale, else grey values
-    already in ``[0, 1]`` (:func:`_dicom_grey`). See the module's Hounsfield-unit rule."""
-    from covseg.volumes import check_ct_modality, dicom_number
+    """A single-frame DICOM as ``(rows, cols)`` float32, turned by its ImageOrientationPatient as
+    :func:`covseg.volumes.read_volume` shows it (:func:`_dicom_view`), and whether it is HU: HU after rescale, else grey
+    values already in ``[0, 1]`` (:func:`_dicom_grey`). See the module's Hounsfield-unit rule."""
+    from covseg.volumes import check_ct_modality, dicom_number, has_dicom_value
 
     ds = _dicom_file(path)
     check_ct_modality(ds, path, "a CT slice")
-    pixels = _dicom_pixels(ds, path, "pixel data")
+    pixels = _dicom_view(ds, _dicom_pixels(ds, path, "pixel data"), path)
     slope = dicom_number(ds, "RescaleSlope", 1, path) or 1.0
     intercept = dicom_number(ds, "RescaleIntercept", 0, path)
     data = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     if str(getattr(ds, "Modality", "") or "").upper() == "CT":
-        if "RescaleIntercept" not in ds and not _looks_like_hu(data):  # type: ignore[operator]
+        if not has_dicom_value(ds, "RescaleIntercept") and not _looks_like_hu(data):  # an empty tag is none
             # unsigned CT values with a missing -1024 intercept would be windowed 1024 HU too bright
             raise CovsegError(
                 f"{path}: CT slice has no RescaleIntercept and its values (min {float(data.min()):g}) are not "
@@ -439,7 +458,7 @@ def read_mask(path: str | Path, scheme: LabelScheme) -> np.ndarray:
     every multiclass id 1..3 becomes 1. Values outside the scheme, and JPEG masks (lossy: ids change along edges),
     raise :class:`CovsegError`.
     NIfTI masks are turned by their affine like :func:`read_image`'s NIfTI slices; DICOM masks use the
-    stored values (no rescale).
+    stored values (no rescale), turned by their ImageOrientationPatient like :func:`read_image`'s DICOM slices.
     """
     path = Path(path)
     _require_file(path)
@@ -452,7 +471,8 @@ def read_mask(path: str | Path, scheme: LabelScheme) -> np.ndarray:
     if suffix in NIFTI_SUFFIXES:
         data = _read_nifti_slice(path)
     elif suffix in DICOM_SUFFIXES:
-        data = _dicom_pixels(_dicom_file(path), path, "mask")
+        ds = _dicom_file(path)
+        data = _dicom_view(ds, _dicom_pixels(ds, path, "mask"), path)
     else:
         data, _ = _read_pil(path, for_mask=True)
     labels = _integer_labels(np.asarray(data), source)
@@ -511,19 +531,25 @@ def _pairs(images_dir: Path, masks_dir: Path, scheme: LabelScheme, window: tuple
 
 
 def _slice_affine(path: Path) -> np.ndarray | None:
-    """A NIfTI slice file's affine (voxel -> world), else None; read from its header alone (the caller has read the
-    whole file already)."""
+    """A NIfTI slice file's affine (voxel -> world), or a DICOM slice's from its ImageOrientationPatient
+    (:func:`covseg.volumes.dicom_slice_affine`, for its ``pixel_array.T``), else None; read from its header alone (the
+    caller has read the whole file already)."""
     import nibabel as nib
 
+    from covseg.volumes import dicom_slice_affine, load_dicom
+
+    if _suffix(path) in DICOM_SUFFIXES:
+        return dicom_slice_affine(load_dicom(path, "replace the file", header_only=True), path)
     if _suffix(path) not in NIFTI_SUFFIXES:
         return None
     return np.asarray(nib.load(str(path)).affine, dtype=np.float64)
 
 
 def _turned_alike(image: np.ndarray, image_path: Path, mask: np.ndarray, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """An image and its mask in one view. A NIfTI slice is turned by its affine (:func:`_read_nifti_slice`); its
-    partner in another format is taken as stored in the NIfTI's own voxel order, transposed (rows = y), and turned by
-    the same affine. Two NIfTI slices whose affines turn them differently are refused."""
+    """An image and its mask in one view. A NIfTI slice is turned by its affine (:func:`_read_nifti_slice`), a DICOM
+    slice by its ImageOrientationPatient (:func:`_dicom_view`); its partner in a format without orientation is taken
+    as stored in the same voxel order (a NIfTI's transposed, rows = y; a DICOM's pixel array) and turned alike. Two
+    slices whose affines turn them differently are refused."""
     from covseg.volumes import _slice_ornts, nifti_slice_to_view
 
     image_affine, mask_affine = _slice_affine(image_path), _slice_affine(mask_path)
@@ -598,22 +624,43 @@ def load_covid_semiseg(root: str | Path, task: str, split: str = "train", window
     return _nonempty(_pairs(images_dir, masks_dir, scheme, window), images_dir)
 
 
-def _volume(path: Path, what: str) -> np.ndarray:
-    """A NIfTI volume as ``(x, y, z)`` float32 (a single slice counts as z = 1)."""
+def _volume(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI volume as ``(x, y, z)`` float32 (a single slice counts as z = 1), and its affine (voxel -> world)."""
     _require_file(path)
-    data = _squeeze_trailing(_nifti_data(path)[0], 3)
+    data, affine = _nifti_data(path)
+    data = _squeeze_trailing(data, 3)
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim != 3:
         raise CovsegError(f"{path}: {what} has shape {tuple(data.shape)}; expected (x, y, slices)")
-    return data
+    return data, affine
 
 
-def _volume_images(image_path: Path, window: tuple[float, float] = LUNG_WINDOW) -> tuple[np.ndarray, list[np.ndarray]]:
-    volume = fill_non_finite(_volume(image_path, "image volume"), str(image_path))[0]
+def _axcodes(affine: np.ndarray) -> tuple[str | None, ...] | None:
+    """nibabel axis codes of ``affine`` (``("L", "P", "S")``...), None where it is not finite."""
+    import nibabel as nib
+
+    if not np.isfinite(affine).all():
+        return None
+    return tuple(nib.aff2axcodes(affine))
+
+
+def _slice_view(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Slice ``(x, y)`` of a volume with ``affine`` -> ``(rows, cols)`` as :func:`covseg.volumes.read_volume` shows an
+    axial slice (:func:`covseg.volumes.nifti_slice_to_view`; ``data.T`` for the radiological affine axes L, P)."""
+    from covseg.volumes import nifti_slice_to_view
+
+    return nifti_slice_to_view(data, affine)
+
+
+def _volume_images(image_path: Path, window: tuple[float, float] = LUNG_WINDOW
+                   ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """A MedSeg image volume ``(x, y, z)``, its affine and its slices' views (:func:`_slice_view`) in ``[0, 1]``."""
+    volume, affine = _volume(image_path, "image volume")
+    volume = fill_non_finite(volume, str(image_path))[0]
     is_hu = _looks_like_hu(volume)
-    return volume, [
-        to_unit_range(np.ascontiguousarray(volume[:, :, z].T), is_hu=is_hu, window=window) for z in range(volume.shape[2])
+    return volume, affine, [
+        to_unit_range(_slice_view(volume[:, :, z], affine), is_hu=is_hu, window=window) for z in range(volume.shape[2])
     ]
 
 
@@ -622,28 +669,41 @@ def load_medseg_nifti(
 ) -> list[Sample]:
     """Load the MedSeg volumes ``tr_im.nii.gz`` (HU, ``(512, 512, N)``) and ``tr_mask.nii.gz``.
 
-    One sample per slice z, named ``"{stem}_{z:03d}"`` (``tr_im_000``...), each slice transposed to
-    ``(rows=y, cols=x)``. Mask labels 0..3 (1 GGO, 2 consolidation, 3 pleural effusion) are kept for
-    ``multiclass``; ``binary`` maps every lesion class to 1. ``mask_path`` None (e.g. ``val_im.nii.gz``)
+    One sample per stored slice z, named ``"{stem}_{z:03d}"`` (``tr_im_000``...), each slice turned by the image's
+    affine into the view :func:`covseg.volumes.read_volume` gives a scan's axial slices (anterior up, patient right on
+    the viewer's left: :func:`covseg.volumes.nifti_slice_to_view`); for the MedSeg files' radiological affine (axes L,
+    P, S) that is ``data[:, :, z].T``, ``(rows=y, cols=x)``. The mask takes the same view; a mask whose affine orders
+    its voxels differently (other axis codes) is refused. Mask labels 0..3 (1 GGO, 2 consolidation, 3 pleural effusion)
+    are kept for ``multiclass``; ``binary`` maps every lesion class to 1. ``mask_path`` None (e.g. ``val_im.nii.gz``)
     gives samples with ``mask`` None.
     """
     image_path = Path(image_path)
     scheme = get_scheme(task)
-    volume, images = _volume_images(image_path, window)
+    volume, affine, images = _volume_images(image_path, window)
     stem = _stem(image_path)
     if mask_path is None:
         return _nonempty([Sample(f"{stem}_{z:03d}", im, None, str(image_path)) for z, im in enumerate(images)], image_path)
     mask_path = Path(mask_path)
-    masks = _volume(mask_path, "mask volume")
+    masks, mask_affine = _volume(mask_path, "mask volume")
     if masks.shape != volume.shape:
         raise CovsegError(
             f"{mask_path}: mask volume has shape {tuple(masks.shape)} but {image_path.name} has "
             f"{tuple(volume.shape)}; give the mask volume of this image volume"
         )
+    image_codes, mask_codes = _axcodes(affine), _axcodes(mask_affine)
+    if image_codes != mask_codes:
+        def show(codes: tuple[str | None, ...] | None) -> str:
+            return "unknown" if codes is None else "".join(c or "?" for c in codes)
+
+        raise CovsegError(
+            f"{mask_path}: its affine orders the voxels {show(mask_codes)} but {image_path.name}'s orders them "
+            f"{show(image_codes)}, so the mask would lie mirrored or turned on its image; save the mask with the "
+            "image's affine (resample it onto the image)"
+        )
     labels = _to_scheme(_integer_labels(masks, str(mask_path)), scheme, str(mask_path))
     return _nonempty(
         [
-            Sample(f"{stem}_{z:03d}", im, np.ascontiguousarray(labels[:, :, z].T), str(image_path))
+            Sample(f"{stem}_{z:03d}", im, _slice_view(labels[:, :, z], affine), str(image_path))
             for z, im in enumerate(images)
         ],
         image_path,
@@ -661,8 +721,9 @@ def _load_npy(path: Path) -> np.ndarray:
 def load_medseg_npy(images_path: str | Path, masks_path: str | Path, task: str, window: tuple[float, float] = LUNG_WINDOW) -> list[Sample]:
     """Load the Kaggle MedSeg arrays ``images_medseg.npy`` and ``masks_medseg.npy``.
 
-    Images: ``(N, H, W, 1)`` (or ``(N, H, W)``) HU -> lung window. Masks: ``(N, H, W, 4)`` one-hot with
-    channels (GGO, consolidation, other lung, background) -> argmax -> labels (1, 2, 0, 0); ``binary``
+    Images: ``(N, H, W, 1)`` (or ``(N, H, W)``) HU -> lung window. Masks: ``(N, H, W, 4)`` one-hot (values 0/1,
+    exactly one channel set per pixel; else refused) with channels (GGO, consolidation, other lung, background)
+    -> labels (1, 2, 0, 0); ``binary``
     maps both lesion classes to 1. Samples are named ``"{stem}_{i:03d}"`` (``images_medseg_000``...).
     """
     images_path, masks_path = Path(images_path), Path(masks_path)
@@ -691,9 +752,21 @@ def load_medseg_npy(images_path: str | Path, masks_path: str | Path, task: str, 
         onehot = np.asarray(masks[i])
         if onehot.dtype.kind == "f" and not np.isfinite(onehot).all():
             raise CovsegError(f"{masks_path}: slice {i} holds NaN or infinite values; masks must be one-hot (0/1)")
-        if np.any(onehot.max(axis=-1) <= 0):
+        stray = onehot[(onehot != 0) & (onehot != 1)]
+        if stray.size:
+            raise CovsegError(
+                f"{masks_path}: slice {i} holds values other than 0 and 1 (e.g. {float(stray.flat[0]):g}); masks must "
+                "be one-hot (exactly one channel 1 per pixel, the others 0)"
+            )
+        set_channels = onehot.astype(bool).sum(axis=-1)
+        if np.any(set_channels == 0):
             raise CovsegError(
                 f"{masks_path}: slice {i} has pixels with no channel set; masks must be one-hot"
+            )
+        if np.any(set_channels > 1):
+            raise CovsegError(
+                f"{masks_path}: slice {i} has {int(np.count_nonzero(set_channels > 1))} pixel(s) with several channels "
+                "set; masks must be one-hot (exactly one channel 1 per pixel, the others 0)"
             )
         labels = _NPY_CHANNEL_LABELS[np.argmax(onehot, axis=-1)]
         if scheme.task == "binary":

@@ -60,6 +60,8 @@ __all__ = [
     "dicom_pixels",
     "check_ct_modality",
     "dicom_number",
+    "has_dicom_value",
+    "dicom_slice_affine",
     "looks_like_dicom",
     "to_input_geometry",
     "from_input_geometry",
@@ -503,14 +505,35 @@ def _dcmread(path: Path, data: bytes | None = None, header_only: bool = False,
         raise CovsegError(f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file") from None
 
 
-def load_dicom(path: Path, fix: str):  # -> pydicom Dataset
+def load_dicom(path: Path, fix: str, header_only: bool = False):  # -> pydicom Dataset
     """One DICOM file, read as the scan reader reads its files (a ``.dcm`` without the 128-byte preamble and
     ``DICM`` prefix too); a file that is not DICOM, or cannot be read, raises a one-line :class:`CovsegError`
-    (``fix``: what to do when it is not DICOM)."""
-    ds = _dcmread(path, fix=fix)
+    (``fix``: what to do when it is not DICOM). ``header_only``: stop before the pixel data."""
+    ds = _dcmread(path, header_only=header_only, fix=fix)
     if ds is None:
         raise CovsegError(f"{path}: is not a DICOM file; {fix}")
     return ds
+
+
+def has_dicom_value(ds: object, keyword: str) -> bool:
+    """Whether the DICOM tag ``keyword`` of ``ds`` is present with a value: an empty tag counts as missing, as
+    :func:`dicom_number` reads it (its default)."""
+    value = getattr(ds, keyword, None)
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def dicom_slice_affine(ds: object, path: Path) -> np.ndarray | None:
+    """A 4x4 voxel -> RAS+ affine (directions only) for one DICOM slice's ``(i = column, j = row)`` array, i.e. its
+    ``pixel_array.T``, from ``ImageOrientationPatient`` as :func:`read_volume` builds a series' (LPS x and y
+    negated); :func:`nifti_slice_to_view` of ``pixel_array.T`` with it is the slice as ``read_volume`` shows it
+    (identity for IOP ``1\\0\\0\\0\\1\\0``). None when the tag is missing or empty (the stored order then stands);
+    a malformed tag raises a one-line :class:`CovsegError`."""
+    if not has_dicom_value(ds, "ImageOrientationPatient"):
+        return None
+    iop = _floats(ds, "ImageOrientationPatient", 6, path)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2] = iop[:3], iop[3:], np.cross(iop[:3], iop[3:])
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
 def dicom_number(ds: object, keyword: str, default: float, path: Path) -> float:
@@ -556,10 +579,12 @@ def check_ct_modality(ds: object, path: Path, give: str) -> None:
 def _rescaled(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, bool]:
     """Stored values -> HU with RescaleSlope/RescaleIntercept; also whether the tags were missing.
 
-    Without RescaleIntercept (with or without RescaleSlope), stored values reaching below -100 are taken as HU;
+    Without RescaleIntercept (missing or empty; with or without RescaleSlope), stored values reaching below -100
+    are taken as HU;
     others raise (see :func:`read_dicom_slice`).
     """
-    has_slope, has_inter = "RescaleSlope" in ds, "RescaleIntercept" in ds  # type: ignore[operator]
+    # an empty tag is no value (dicom_number reads it as 0): raw unsigned values must not pass as HU
+    has_slope, has_inter = has_dicom_value(ds, "RescaleSlope"), has_dicom_value(ds, "RescaleIntercept")
     slope = (dicom_number(ds, "RescaleSlope", 1, path) or 1.0) if has_slope else 1.0
     intercept = dicom_number(ds, "RescaleIntercept", 0, path) if has_inter else 0.0
     data = pixels.astype(np.float32)

@@ -831,3 +831,146 @@ def test_a_nifti_slice_and_its_mask_in_another_format_or_affine_stay_aligned(tmp
     nib.save(nib.Nifti1Image(m, ras), masks / "s1.nii.gz")
     with pytest.raises(CovsegError, match="orders the slice's voxels differently from its image's"):
         load_folder_pairs(images, masks, "binary")
+
+
+# ---------------------------------------------------------------------------------- reviewed defects
+
+
+def test_a_medseg_mask_stored_in_another_orientation_is_refused(tmp_path: Path) -> None:
+    """A mask stored x-flipped with a matching affine was read as stored: mirrored against its image."""
+    hu = np.full((4, 3, 2), -1000.0, np.float32)
+    hu[1, 2, :] = 100.0
+    labels = np.zeros((4, 3, 2), np.float32)
+    labels[1, 2, :] = 1
+    write_nifti(tmp_path / "tr_im.nii.gz", hu)  # radiological: axes L, P, S
+    flipped = np.array([[1.0, 0, 0, -3], [0, -1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # axes R, P, S: same world
+    write_nifti(tmp_path / "tr_mask.nii.gz", np.ascontiguousarray(labels[::-1]), flipped)
+    with pytest.raises(CovsegError, match=r"tr_mask\.nii\.gz: its affine orders the voxels RPS but tr_im\.nii\.gz's "
+                       r"orders them LPS, so the mask would lie mirrored or turned on its image; save the mask with "
+                       r"the image's affine \(resample it onto the image\)$"):
+        load_medseg_nifti(tmp_path / "tr_im.nii.gz", tmp_path / "tr_mask.nii.gz", "binary")
+    with pytest.raises(CovsegError, match=r"orders the voxels RPS"):
+        load_dataset(tmp_path, "binary")
+
+
+@pytest.mark.parametrize("name, affine", [
+    ("radiological", RADIOLOGICAL),  # the MedSeg files' affine: data[:, :, z].T, as before
+    ("ras", np.diag([0.8, 0.8, 2.0, 1.0])),
+    ("x-flipped", np.diag([0.8, -0.8, 2.0, 1.0])),
+])
+def test_medseg_slices_read_as_read_volume_shows_them(tmp_path: Path, name: str, affine: np.ndarray) -> None:
+    """Training slices were data[:, :, z].T whatever the affine; prediction (read_volume) turns them by it."""
+    from covseg import volumes
+
+    hu = np.full((5, 4, 2), -1000.0, np.float32)
+    hu[1, 3, :] = 100.0  # an off-centre marker: any flip or transpose moves it
+    labels = (hu > 0).astype(np.float32)
+    write_nifti(tmp_path / "tr_im.nii.gz", hu, affine)
+    write_nifti(tmp_path / "tr_mask.nii.gz", labels, affine)
+    samples = load_medseg_nifti(tmp_path / "tr_im.nii.gz", tmp_path / "tr_mask.nii.gz", "binary")
+    scan = volumes.read_volume(tmp_path / "tr_im.nii.gz")
+    for z, s in enumerate(samples):  # these affines keep z increasing to superior: stored z = canonical z
+        np.testing.assert_allclose(s.image, lung(scan.hu[z]), atol=1e-6, err_msg=name)
+        np.testing.assert_array_equal(s.mask, scan.hu[z] > 0, err_msg=name)
+        if name == "radiological":
+            np.testing.assert_array_equal(s.mask, labels[:, :, z].T)
+
+
+def test_a_dicom_slice_with_an_empty_rescale_intercept_is_not_taken_as_hu(tmp_path: Path) -> None:
+    from pydicom import dcmread
+
+    stored = np.array([[24, 1124], [424, 1024]], np.uint16)  # raw unsigned CT numbers: air 24 = HU -1000 + 1024
+    path = write_dicom(tmp_path / "empty.dcm", stored, slope=1.0)
+    ds = dcmread(path)
+    ds.RescaleIntercept = ""
+    ds.save_as(path)
+    with pytest.raises(CovsegError, match=r"empty\.dcm: CT slice has no RescaleIntercept and its values \(min 24\) "
+                       r"are not Hounsfield units"):
+        read_image(path)
+
+
+def test_a_dicom_grey_slice_without_modality_is_scaled_by_its_bits_stored(tmp_path: Path) -> None:
+    """Grey values / (2**BitsStored - 1) as documented, not min-max per slice (which made every slice span 0..1)."""
+    from pydicom import dcmread
+
+    grey = np.array([[1000, 2000], [1500, 4095]], np.uint16)
+    for name, bits, photometric in (("b12", 12, "MONOCHROME2"), ("b12-inverted", 12, "MONOCHROME1"),
+                                    ("b16", 16, "MONOCHROME2")):
+        path = write_dicom_slice(tmp_path / f"{name}.dcm", grey, photometric=photometric)
+        ds = dcmread(path)
+        ds.BitsStored, ds.HighBit = bits, bits - 1
+        ds.save_as(path)
+        expected = grey / (4095.0 if bits == 12 else 65535.0)
+        if photometric == "MONOCHROME1":
+            expected = 1.0 - expected
+        np.testing.assert_allclose(read_image(path), expected, atol=1e-6, err_msg=name)
+    # signed values below 0 (not reaching -100, so no HU) are clipped to 0
+    path = write_dicom_slice(tmp_path / "signed.dcm", np.array([[-50, 4095]], np.int16))
+    np.testing.assert_allclose(read_image(path), [[0.0, 4095 / 65535.0]], atol=1e-6)
+
+
+def _oriented_dicom(path: Path, stored: np.ndarray, iop: tuple[float, ...], z: float = 0.0,
+                    slope: float = 1.0, intercept: float | None = -1024.0) -> Path:
+    from pydicom import dcmread
+
+    write_dicom(path, stored, slope=slope, intercept=0.0 if intercept is None else intercept)
+    ds = dcmread(path)
+    ds.SeriesInstanceUID = "1.2.3.4"
+    ds.ImageOrientationPatient = list(iop)
+    ds.ImagePositionPatient = [0.0, 0.0, z]
+    ds.PixelSpacing = [0.7, 0.7]
+    if intercept is None:
+        del ds.RescaleIntercept
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("iop", [(1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, -1, 0), (1, 0, 0, 0, -1, 0), (0, 1, 0, 1, 0, 0)])
+def test_a_dicom_slice_reads_as_the_same_slice_in_its_series(tmp_path: Path, iop: tuple[float, ...]) -> None:
+    """read_image kept the stored pixel order; read_volume turns a slice by ImageOrientationPatient (180 degrees
+    apart for IOP -1\\0\\0\\0\\-1\\0)."""
+    from covseg import volumes
+
+    stored = np.full((4, 5), 24, np.uint16)  # HU -1000 after the -1024 intercept
+    stored[0, 1] = 1224  # HU 200: an off-centre marker
+    series = tmp_path / "series"
+    for k in range(2):
+        _oriented_dicom(series / f"{k}.dcm", stored, iop, z=2.0 * k)
+    image = read_image(series / "0.dcm")
+    scan = volumes.read_volume(series)
+    np.testing.assert_allclose(image, lung(scan.hu[0]), atol=1e-6)
+    # a DICOM mask of the slice turns alike; a PNG mask drawn on the stored pixel array too (paired with the image)
+    marker = (stored > 1000).astype(np.uint8)
+    mask_path = tmp_path / "masks" / "0.dcm"
+    write_dicom_slice(mask_path, marker)
+    ds = __import__("pydicom").dcmread(mask_path)
+    ds.ImageOrientationPatient = list(iop)
+    ds.save_as(mask_path)
+    np.testing.assert_array_equal(read_mask(mask_path, BINARY), scan.hu[0] > 0)
+    pairs = tmp_path / "pairs"
+    _oriented_dicom(pairs / "images" / "0.dcm", stored, iop)
+    write_grey(pairs / "masks" / "0.png", marker * 255)
+    [sample] = load_dataset(pairs, "binary")
+    np.testing.assert_allclose(sample.image, lung(scan.hu[0]), atol=1e-6)
+    np.testing.assert_array_equal(sample.mask, scan.hu[0] > 0)
+
+
+def test_kaggle_npy_masks_that_are_not_one_hot_are_refused(tmp_path: Path) -> None:
+    """Several channels set, soft values and values like 3 were argmax-ed into one label."""
+    write_npy_pair(tmp_path)
+    base = np.eye(4, dtype=np.float32)[np.full((2, 2, 3), 3)]
+    cases = {
+        "several": ([1, 1, 0, 1], r"slice 1 has 1 pixel\(s\) with several channels set; masks must be one-hot "
+                                  r"\(exactly one channel 1 per pixel, the others 0\)$"),
+        "soft": ([0.2, 0.0, 0.0, 0.8], r"slice 1 holds values other than 0 and 1 \(e\.g\. 0\.2\); masks must be one-hot"),
+        "three": ([0, 3, 0, 0], r"slice 1 holds values other than 0 and 1 \(e\.g\. 3\); masks must be one-hot"),
+        "negative": ([-1, 0, 0, 1], r"slice 1 holds values other than 0 and 1 \(e\.g\. -1\)"),
+    }
+    for name, (pixel, message) in cases.items():
+        masks = base.copy()
+        masks[1, 0, 2] = pixel
+        np.save(tmp_path / f"{name}.npy", masks)
+        with pytest.raises(CovsegError, match=rf"{name}\.npy: {message}"):
+            load_medseg_npy(tmp_path / "images_medseg.npy", tmp_path / f"{name}.npy", "multiclass")
+    np.save(tmp_path / "bool.npy", base.astype(bool))  # boolean one-hot masks are fine
+    assert load_medseg_npy(tmp_path / "images_medseg.npy", tmp_path / "bool.npy", "binary")[0].mask.max() == 0

@@ -778,3 +778,14 @@ def test_a_single_nifti_slice_turns_as_the_scan_s_slices_in_every_stored_orienta
     np.testing.assert_array_equal(view_to_nifti_slice(view, coronal), data)
     # an affine without in-plane directions keeps the stored order, transposed
     np.testing.assert_array_equal(nifti_slice_to_view(view.T, np.zeros((4, 4))), view)
+
+
+def test_an_empty_rescale_intercept_counts_as_missing(tmp_path):
+    """An empty RescaleIntercept tag was taken as 0: raw unsigned CT numbers (air about 24) passed as HU."""
+    write_dicom_series(tmp_path / "unsigned", truth_hu()[:3] + 1024, slope=1.0, intercept="")
+    with pytest.raises(CovsegError, match=r"has no RescaleIntercept and its values \(min \d+\) are not Hounsfield units"):
+        read_volume(tmp_path / "unsigned")
+    # values already in HU (air below -100) are read as without the tag: HU, with the missing-intercept warning
+    write_dicom_series(tmp_path / "signed", truth_hu()[:3], slope=1.0, intercept="")
+    vol = read_volume(tmp_path / "signed")
+    assert np.array_equal(vol.hu, truth_hu()[:3]) and any("no RescaleIntercept" in w for w in vol.warnings)
