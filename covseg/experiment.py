@@ -27,8 +27,10 @@ from covseg.predict import check_lesion_task, check_type_model_task, describe_af
 from covseg.splits import load_split, make_split
 from covseg.labels import get_scheme
 from covseg.parallel_runs import train_runs_in_parallel
-from covseg.checkpoint import build_model, epochs_done, find_checkpoint
-from covseg.run import read_run_config, read_run_info, sync_history, train_run, trained_on
+from covseg.checkpoint import build_model, epochs_done, find_checkpoint, read_checkpoint
+from covseg.run import (check_checkpoint_settings, differences_note, read_run_config, read_run_info, sync_history,
+                        train_run, trained_on)
+from covseg.run import setting_differences as _setting_differences
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
            "cross_validate", "cross_validate_seeds", "check_seeds"]
@@ -244,8 +246,16 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     """
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
+    d = config.data
+    planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
+    if not planned["val"] and not planned["test"]:  # every model would train, then have no image to be scored on
+        why = f" with data.val_fraction {d.val_fraction:g}" if d.split == "official" else ""
+        fix = "raise data.val_fraction (e.g. 0.1) or use another --split" if why else "use another --split"
+        raise CovsegError(f"split {d.split}{why} holds out none of the {len(samples)} images, so covseg compare would "
+                          f"have none to score the models on; {fix}")
     configs = {}  # every model's settings validated, and its network built, before the first one trains
     for name in models:
+        _check_run_folder(out_dir / name)  # --force replaces run folders only
         configs[name] = config_from_dict(config_to_dict(replace(config, model=replace(config.model, name=name))),
                                          source=f"--models {name}")
         build_model(configs[name])
@@ -292,26 +302,19 @@ def _check_same_settings(run_dir: Path, config: RunConfig, remedy: str = _FORCE_
         return
     differ = _setting_differences(config_to_dict(read_run_config(run_dir)), config_to_dict(config))
     if differ:
-        more = f", and {len(differ) - 1} more setting{'s' if len(differ) > 2 else ''}" if len(differ) > 1 else ""
-        raise CovsegError(f"{run_dir}: holds a run with other settings ({differ[0]}{more}); {remedy}")
+        raise CovsegError(f"{run_dir}: holds a run with other settings ({differences_note(differ)}); {remedy}")
 
 
-def _setting_differences(there: dict[str, Any], here: dict[str, Any], prefix: str = "") -> list[str]:
-    """``"KEY A there, B here"`` for each setting (``train.augment.hflip``) whose value differs between two nested
-    config dicts (:func:`covseg.config.config_to_dict`), in ``here``'s order."""
-    differ = []
-    for key in [*here, *(k for k in there if k not in here)]:
-        a, b = there.get(key), here.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            differ += _setting_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            differ.append(f"{prefix}{key} {_shown(a)} there, {_shown(b)} here")
-    return differ
-
-
-def _shown(value: Any) -> str:
-    """A setting's value as a differences line shows it (an empty text as ``""``)."""
-    return '""' if value == "" else str(value)
+def _check_run_folder(run_dir: Path) -> None:
+    """Refuse ``run_dir`` if it is a file, or a folder that holds files but no covseg run (no ``config.yaml`` or
+    ``run.json``): training would refuse it only when its turn came, after the runs before it trained. Neither
+    ``--force`` (which replaces run folders only) nor resuming helps, so the advice is to remove it or choose a new -o."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CovsegError(f"{run_dir}: is a file, not a run folder; remove it or choose a new -o")
+    if (run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.yaml").is_file()
+            and not (run_dir / "run.json").is_file()):
+        raise CovsegError(f"{run_dir}: is not empty and not a covseg run folder; remove it (or move what it holds "
+                          "elsewhere) or choose a new -o")
 
 
 def _check_same_data(run_dir: Path, config: RunConfig, samples: list[Sample], data: str,
@@ -342,10 +345,14 @@ def _check_same_data(run_dir: Path, config: RunConfig, samples: list[Sample], da
 
 def _check_reusable(run_dir: Path, config: RunConfig, samples: list[Sample], data: str,
                     remedy: str = _FORCE_REMEDY) -> None:
-    """Refuse to reuse or resume ``run_dir`` if it holds a run of other settings (:func:`_check_same_settings`) or
-    one begun on other training images, or split from other images (:func:`_check_same_data`); the error ends with
-    ``remedy``."""
+    """Refuse to reuse or resume ``run_dir`` if it is not a run folder (:func:`_check_run_folder`), if it holds a run
+    of other settings (:func:`_check_same_settings`) or a ``last.pt`` trained with other settings than the run's
+    (:func:`covseg.run.check_checkpoint_settings`), or one begun on other training images, or split from other
+    images (:func:`_check_same_data`); the error ends with ``remedy``."""
+    _check_run_folder(run_dir)
     _check_same_settings(run_dir, config, remedy)
+    if (run_dir / "last.pt").is_file():  # another run's last.pt copied in is neither reused nor resumed
+        check_checkpoint_settings(run_dir, read_checkpoint(run_dir / "last.pt"), config, remedy)
     _check_same_data(run_dir, config, samples, data, remedy)
 
 
@@ -617,11 +624,12 @@ def _is_current(report: Path, run_dir: Path, which: str, data: str) -> bool:
     checkpoint = find_checkpoint(run_dir, which)
     try:
         metrics = json.loads(report.read_text(encoding="utf-8"))
-        scored, as_cv_scores = Path(metrics["model"]["file"]).name, _heldout_report(metrics, data)
-    except (ValueError, KeyError, TypeError):
+        scored, as_cv_scores = Path(metrics["model"]["file"]).resolve(), _heldout_report(metrics, data)
+    except (ValueError, KeyError, TypeError, OSError):
         return False
     newest = max(checkpoint.stat().st_mtime, (run_dir / "last.pt").stat().st_mtime)
-    return scored == checkpoint.name and as_cv_scores and report.stat().st_mtime >= newest
+    # the file itself, not its name: a report of another run's last.pt written here is not this run's score
+    return scored == checkpoint.resolve() and as_cv_scores and report.stat().st_mtime >= newest
 
 
 def check_seeds(seeds: Sequence[int]) -> None:

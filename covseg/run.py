@@ -38,8 +38,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from covseg import __version__
-from covseg.checkpoint import (build_model, cpu_state_dict, error_first_line, read_checkpoint, save_checkpoint,
-                               weights_mismatch)
+from covseg.checkpoint import (build_model, checkpoint_config, cpu_state_dict, error_first_line, read_checkpoint,
+                               save_checkpoint, weights_mismatch)
 from covseg.config import DataConfig, RunConfig, TrainConfig, check_new_run, config_from_dict, config_to_dict
 from covseg.consistency import ConsistencyTerm
 from covseg.distill import DistillTerm, load_teachers
@@ -163,6 +163,44 @@ def sync_history(run_dir: Path) -> bool:
 
 
 _TRAIN_AGAIN = "a run resumes only from the last.pt it wrote; train it again (covseg train ... -o RUN --force)"
+
+
+def setting_differences(there: dict, here: dict, prefix: str = "", names: tuple[str, str] = ("there", "here")
+                        ) -> list[str]:
+    """``"KEY A there, B here"`` for each setting (``train.augment.hflip``) whose value differs between two nested
+    config dicts (:func:`covseg.config.config_to_dict`), in ``here``'s order; ``names`` replaces "there" and "here"."""
+    differ = []
+    for key in [*here, *(k for k in there if k not in here)]:
+        a, b = there.get(key), here.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differ += setting_differences(a, b, f"{prefix}{key}.", names)
+        elif a != b:
+            differ.append(f"{prefix}{key} {shown_setting(a)} {names[0]}, {shown_setting(b)} {names[1]}")
+    return differ
+
+
+def shown_setting(value: object) -> str:
+    """A setting's value as a differences line shows it (an empty text as ``""``)."""
+    return '""' if value == "" else str(value)
+
+
+def differences_note(differ: list[str]) -> str:
+    """The first of ``differ`` (:func:`setting_differences`), and how many more there are."""
+    more = f", and {len(differ) - 1} more setting{'s' if len(differ) > 2 else ''}" if len(differ) > 1 else ""
+    return f"{differ[0]}{more}"
+
+
+def check_checkpoint_settings(run_dir: Path, state: dict, config: RunConfig, remedy: str = _TRAIN_AGAIN) -> None:
+    """Refuse ``run_dir/last.pt`` (its contents ``state``) unless it was trained with ``config``, the run's settings
+    (its ``config.yaml``): another run's last.pt copied in (another fold's, say) fits the network's shapes and would
+    resume or be reused silently. The one-line :class:`CovsegError` names the first setting that differs and ends
+    with ``remedy``."""
+    last = Path(run_dir) / "last.pt"
+    saved = config_to_dict(checkpoint_config(state, last))
+    differ = setting_differences(saved, config_to_dict(config), names=("in last.pt", "in config.yaml"))
+    if differ:
+        raise CovsegError(f"{run_dir}: its last.pt was trained with other settings than the run's "
+                          f"({differences_note(differ)}); is it another run's last.pt copied in? {remedy}")
 
 
 def _resume_into(target: torch.nn.Module | torch.optim.Optimizer, state: dict, key: str, what: str,
@@ -513,6 +551,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     best: float | None = None
     if resume:
         state = read_checkpoint(run_dir / "last.pt")
+        check_checkpoint_settings(run_dir, state, config)
         _resume_into(core, state, "model", "model weights", run_dir)
         _resume_into(optimizer, state, "optimizer", "optimizer state", run_dir)
         history = list(state.get("history", []))

@@ -52,7 +52,7 @@ def parse_split_name(split: str) -> tuple[str, int | None]:
     """``"cv:3"`` -> ``("cv", 3)``; ``"official"`` -> ``("official", None)``."""
     kind, _, fold = split.partition(":")
     if kind == "cv":
-        if not fold.isdigit():
+        if not (fold.isascii() and fold.isdigit()):
             raise CovsegError(f"split {split!r}: write cv:K with a fold number K, e.g. cv:0")
         return "cv", int(fold)
     if kind in ("official", "seed", "paper") and not fold:
@@ -108,6 +108,10 @@ def load_split(path: Path) -> Split:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CovsegError(f"{path}: cannot read the split ({err}); is this a covseg run folder?") from None
+    missing = [key for key in ("train", "val") if key not in data] if isinstance(data, dict) else []
+    if missing:
+        raise CovsegError(f"{path}: a damaged split (no {' or '.join(repr(k) for k in missing)} list of image names); "
+                          "train the run again (covseg train ... -o RUN --force)")
     parts = {key: data.get(key, []) for key in ("train", "val", "test")} if isinstance(data, dict) else None
     if parts is None or not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in parts.values()):
         raise CovsegError(f"{path}: a damaged split (not lists of image names under train/val/test); train the run "

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from covseg import experiment
+from covseg.checkpoint import build_model, save_checkpoint
 from covseg.cli import main
 from covseg.config import apply_overrides, load_recipe
 from covseg.datasets import load_dataset
@@ -39,10 +40,12 @@ def test_cv_with_seeds_and_jobs_checks_every_folds_inputs_before_the_workers_tra
         assert not (tmp_path / "cv").exists()
 
 
-def _begun_fold(config, samples, data: str, fold_dir: Path) -> None:
-    """A fold folder as training leaves it (``last.pt`` stands for a begun run: only its presence is checked)."""
+def _begun_fold(config, samples, data: str, fold_dir: Path, trained=None) -> None:
+    """A fold folder as training leaves it (``last.pt``, of an untrained network, stands for a begun run; its settings
+    are ``trained``'s, by default ``config``'s)."""
     _prepare_folder(fold_dir, config, samples, data, force=False, old=_OldRun(fold_dir), log=lambda message: None)
-    (fold_dir / "last.pt").write_bytes(b"")
+    trained = trained or config
+    save_checkpoint(fold_dir / "last.pt", build_model(trained), trained, 0, None)
 
 
 def test_a_begun_cv_fold_is_refused_when_the_data_folder_has_other_images_now(
@@ -222,3 +225,86 @@ def test_cv_folds_of_a_recipe_that_sets_val_fraction_pass_the_new_run_checks() -
     fold = _fold_config(config, 0, 5)
     assert (fold.data.split, fold.data.val_fraction) == ("cv:0", 0.1)
     check_new_run(fold)  # cv fixes its held-out images, so the fold leaves it at its default rather than refuse
+
+
+def test_a_fold_whose_last_pt_has_other_settings_is_refused_before_any_fold_trains(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(experiment, "train_runs_in_parallel", _no_training)
+    monkeypatch.setattr(experiment, "train_or_resume", _no_training)
+    data = str(tiny_data)
+    samples = load_dataset(data, "binary", split="train")
+    config = apply_overrides(load_recipe("tiny"), TINY_OVERRIDES)
+    out = tmp_path / "cv"
+    fold1, fold2 = (experiment._fold_config(config, k, 3) for k in (1, 2))
+    # fold 2's last.pt is fold 1's, copied in: the same shapes, another held-out fold
+    _begun_fold(fold2, samples, data, out / "fold-2", trained=fold1)
+    pattern = (rf"^{re.escape(str(out / 'fold-2'))}: its last.pt was trained with other settings than the run's "
+               r"\(data.split cv:1 in last.pt, cv:2 in config.yaml\); is it another run's last.pt copied in\? "
+               r"remove it to retrain it, or use another -o$")
+    for jobs in (1, 2):  # before: folds 0 and 1 trained, then fold 2 resumed from fold 1's model
+        with pytest.raises(CovsegError, match=pattern):
+            experiment.cross_validate(config, samples, data, out, 3, False, jobs=jobs)
+    assert not (out / "fold-0").exists()
+    with pytest.raises(CovsegError, match="its last.pt was trained with other settings.*pass --force to retrain it"):
+        experiment._check_reusable(out / "fold-2", fold2, samples, data)
+    _begun_fold(fold1, samples, data, out / "fold-1")  # its own last.pt passes
+    experiment._check_reusable(out / "fold-1", fold1, samples, data, experiment._CV_REMEDY)
+
+
+def test_compare_refuses_a_split_without_held_out_images_before_training(tiny_data: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(experiment, "train_or_resume", _no_training)
+    data = str(tiny_data)
+    samples = load_dataset(data, "binary", split="train")
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("data.folds=")]
+    config = apply_overrides(load_recipe("tiny"), [*overrides, "data.split=official", "data.val_fraction=0"])
+    # before: the first model trained, then its scoring failed ("the run's val split is empty")
+    with pytest.raises(CovsegError, match=r"^split official with data.val_fraction 0 holds out none of the 12 images, "
+                                          r"so covseg compare would have none to score the models on; raise "
+                                          r"data.val_fraction \(e.g. 0.1\) or use another --split$"):
+        experiment.compare_models(["unet", "segnet"], config, samples, data, tmp_path / "cmp", progress=False)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_cv_and_compare_refuse_a_non_run_folder_before_anything_trains(tiny_data: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(experiment, "train_runs_in_parallel", _no_training)
+    monkeypatch.setattr(experiment, "train_or_resume", _no_training)
+    data = str(tiny_data)
+    samples = load_dataset(data, "binary", split="train")
+    config = apply_overrides(load_recipe("tiny"), TINY_OVERRIDES)
+    out = tmp_path / "cv"
+    (out / "fold-2").mkdir(parents=True)
+    (out / "fold-2" / "notes.txt").write_text("note\n")
+    pattern = (rf"^{re.escape(str(out / 'fold-2'))}: is not empty and not a covseg run folder; remove it \(or move "
+               r"what it holds elsewhere\) or choose a new -o$")
+    for jobs in (1, 2):  # before: folds 0 and 1 trained, then fold 2 was refused, naming --force (which cv refuses)
+        with pytest.raises(CovsegError, match=pattern):
+            experiment.cross_validate(config, samples, data, out, 3, False, jobs=jobs)
+    junk = tmp_path / "cvs" / "seed-1" / "fold-2"
+    junk.mkdir(parents=True)
+    (junk / "notes.txt").write_text("note\n")
+    with pytest.raises(CovsegError, match=rf"^{re.escape(str(junk))}: is not empty and not a covseg run folder"):
+        experiment.cross_validate_seeds(config, samples, data, tmp_path / "cvs", 3, [0, 1], False)
+    cmp = tmp_path / "cmp"
+    (cmp / "segnet").mkdir(parents=True)
+    (cmp / "segnet" / "notes.txt").write_text("note\n")
+    fold0 = experiment._fold_config(config, 0, 3)
+    for force in (False, True):  # --force replaces run folders only: before, unet trained, then segnet was refused
+        with pytest.raises(CovsegError, match=rf"^{re.escape(str(cmp / 'segnet'))}: is not empty and not a covseg "
+                                              r"run folder; .* or choose a new -o$"):
+            experiment.compare_models(["unet", "segnet"], fold0, samples, data, cmp, force=force, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["fold-2"] and sorted(p.name for p in cmp.iterdir()) == ["segnet"]
+
+
+def test_cv_takes_no_report_of_another_runs_checkpoint_as_a_folds_score(tiny_run: Path, tiny_data: Path,
+                                                                       tmp_path: Path) -> None:
+    run, other = tmp_path / "fold-0", tmp_path / "other"
+    for folder in (run, other):
+        shutil.copytree(tiny_run, folder, ignore=shutil.ignore_patterns("eval-*"))
+    report = run / "eval-heldout"
+    # someone scores another run's last.pt into this run's eval-heldout: the same file name, not the same file
+    assert main(["evaluate", str(other / "last.pt"), "--split", "heldout", "-o", str(report), "--quiet"]) == 0
+    assert experiment._is_current(report / "metrics.json", run, "final", str(tiny_data)) is False  # before: True
+    assert main(["evaluate", str(run / "last.pt"), "--split", "heldout", "-o", str(report), "--quiet"]) == 0
+    assert experiment._is_current(report / "metrics.json", run, "final", str(tiny_data)) is True

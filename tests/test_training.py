@@ -798,6 +798,57 @@ def test_resume_refuses_a_damaged_split_or_class_weights_in_one_line(name: str, 
     assert len(err) == 1 and name in err[0] and message in err[0], err
 
 
+def test_resume_refuses_a_last_pt_trained_with_other_settings(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    assert _train(tiny_data, run, "train.epochs=2") == 0
+    state = read_checkpoint(run / "last.pt")  # an unfinished run: one of its two epochs done
+    state["epoch"], state["history"] = 1, state["history"][:1]
+    foreign = copy.deepcopy(state)  # another fold's last.pt copied in: the same shapes, another held-out fold
+    foreign["config"]["data"]["split"] = "cv:1"
+    foreign["config"]["train"]["lr"] = 0.02
+    torch.save(foreign, run / "last.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2  # before: resumed it silently
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and err[0] == (
+        f"covseg: error: {run}: its last.pt was trained with other settings than the run's (data.split cv:1 in "
+        "last.pt, cv:0 in config.yaml, and 1 more setting); is it another run's last.pt copied in? a run resumes "
+        "only from the last.pt it wrote; train it again (covseg train ... -o RUN --force)"), err
+    assert len(_history(run)) == 2  # nothing trained or rewritten
+    torch.save(state, run / "last.pt")  # its own last.pt resumes as before
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert read_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+@pytest.mark.parametrize("split", ["cv:\u00b2", "cv:\u0663", "cv:\uff11"])
+def test_a_cv_split_with_a_non_ascii_digit_is_one_line(split: str) -> None:
+    from covseg.errors import CovsegError
+    from covseg.splits import make_split, parse_split_name
+
+    # before: str.isdigit() passed "²" and int() raised ValueError (a traceback); "٣" and "１" became folds 3 and 1
+    with pytest.raises(CovsegError, match=r"write cv:K with a fold number K, e\.g\. cv:0$"):
+        parse_split_name(split)
+    with pytest.raises(CovsegError, match="write cv:K"):
+        make_split(["a", "b", "c"], split, folds=3)
+    assert parse_split_name("cv:2") == ("cv", 2)
+
+
+@pytest.mark.parametrize("text, missing", [('{"train": ["a", "b"]}', "'val'"), ('{"val": ["a"], "test": []}', "'train'"),
+                                           ("{}", "'train' or 'val'")])
+def test_a_split_json_without_its_train_or_val_list_is_refused(text: str, missing: str, tmp_path: Path) -> None:
+    from covseg.errors import CovsegError
+    from covseg.splits import load_split
+
+    path = tmp_path / "split.json"
+    path.write_text(text)
+    # before: read as an empty validation (or training) part
+    with pytest.raises(CovsegError, match=rf"^{re.escape(str(path))}: a damaged split \(no {missing} list of image "
+                                          r"names\); train the run again \(covseg train \.\.\. -o RUN --force\)$"):
+        load_split(path)
+    path.write_text('{"train": ["a"], "val": ["b"]}')  # only test may be left out
+    assert load_split(path) == {"train": ["a"], "val": ["b"], "test": []}
+
+
 def test_parallel_runs_start_nothing_after_a_failure(tiny_data: Path, tmp_path: Path) -> None:
     from covseg.config import apply_overrides, load_recipe
     from covseg.datasets import load_dataset
