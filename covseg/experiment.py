@@ -28,9 +28,8 @@ from covseg.splits import load_split, make_split
 from covseg.labels import get_scheme
 from covseg.parallel_runs import train_runs_in_parallel
 from covseg.checkpoint import build_model, epochs_done, find_checkpoint, read_checkpoint
-from covseg.run import (check_checkpoint_settings, differences_note, read_run_config, read_run_info, sync_history,
-                        train_run, trained_on)
-from covseg.run import setting_differences as _setting_differences
+from covseg.run import (check_checkpoint_settings, differences_note, read_run_config, read_run_info,
+                        setting_differences, sync_history, train_run, trained_on)
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
            "cross_validate", "cross_validate_seeds", "check_seeds"]
@@ -300,7 +299,7 @@ def _check_same_settings(run_dir: Path, config: RunConfig, remedy: str = _FORCE_
     error ends with ``remedy``)."""
     if not (run_dir / "config.yaml").is_file():
         return
-    differ = _setting_differences(config_to_dict(read_run_config(run_dir)), config_to_dict(config))
+    differ = setting_differences(config_to_dict(read_run_config(run_dir)), config_to_dict(config))
     if differ:
         raise CovsegError(f"{run_dir}: holds a run with other settings ({differences_note(differ)}); {remedy}")
 

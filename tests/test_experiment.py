@@ -212,7 +212,7 @@ def test_a_run_of_other_settings_is_refused_naming_the_first_that_differs(tiny_r
     moved = dataclasses.replace(config, data=dataclasses.replace(config.data, split="cv:1"))
     with pytest.raises(CovsegError, match=r"other settings \(data.split cv:0 there, cv:1 here\); remove it"):
         experiment._check_same_settings(tiny_run, moved, experiment._CV_REMEDY)
-    assert experiment._setting_differences({"train": {"init": ""}}, {"train": {"init": "w.pt"}}) == \
+    assert experiment.setting_differences({"train": {"init": ""}}, {"train": {"init": "w.pt"}}) == \
         ['train.init "" there, w.pt here']
 
 
