@@ -17,7 +17,8 @@ Layout of ``RUN_DIR``::
 
 Every file is written atomically; ``last.pt`` is rewritten after each epoch. A new run given ``--force`` moves the
 run folder it replaces aside (a hidden sibling) and deletes it once its own first ``last.pt`` is saved; stopped or
-failed before that, it puts the old folder back as it was.
+failed before that, it puts the old folder back as it was. A folder whose run stopped or failed before its first
+epoch was saved holds nothing to resume or lose, so a new run replaces it without ``--force``.
 """
 from __future__ import annotations
 
@@ -282,11 +283,27 @@ class _OldRun:
         return True
 
 
+_SETUP_FILES = frozenset({"config.yaml", "split.json", "class_weights.json", "run.json"})
+
+
+def never_saved_an_epoch(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run that stopped or failed before it saved its first epoch: only the files a new
+    run writes before training (config.yaml, split.json, class_weights.json, run.json; at least one of config.yaml
+    and run.json) and the hidden temporary files of those writes, nothing else (no checkpoint, history or report)."""
+    names = [p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and ".part" in p.name)]
+    return bool(names) and set(names) <= _SETUP_FILES and bool({"config.yaml", "run.json"} & set(names))
+
+
 def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], data_path: str,
                     force: bool, old: _OldRun, log, info: dict | None = None) -> None:
     """Write a new run's settings, split, class weights and record into ``run_dir``; with ``force`` a run folder
-    there is first moved aside (``old``), to be deleted once the new run has saved its first epoch."""
+    there is first moved aside (``old``), to be deleted once the new run has saved its first epoch. A run folder
+    that never saved an epoch (:func:`never_saved_an_epoch`: nothing to resume or lose) is replaced so without
+    ``force``."""
     if run_dir.exists() and any(run_dir.iterdir()):
+        if not force and never_saved_an_epoch(run_dir):
+            log(f"{run_dir}: holds a run that stopped before it saved an epoch; starting it again")
+            force = True
         if not force:
             raise CovsegError(f"{run_dir}: run folder exists; pass --force to overwrite it or "
                               f"--resume {run_dir} to continue it")
@@ -650,7 +667,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
             log(f"interrupted: {epoch} of {t.epochs} epochs saved; continue with covseg train --resume {run_dir}")
         else:
             log(f"interrupted before the first epoch was saved, so there is nothing to resume; start the run again "
-                f"(covseg train ... -o {run_dir} --force)")
+                f"(the same covseg train ... -o {run_dir}; no --force needed)")
     finally:
         bar.close()
     if history and dist.is_main:

@@ -19,6 +19,7 @@ import torch
 from covseg.checkpoint import find_checkpoint, read_checkpoint
 from covseg.cli import main
 from covseg.config import TrainConfig
+from covseg.errors import CovsegError
 from covseg.fileio import interrupts_deferred
 from covseg.predict import open_predictor
 from covseg.training import (averaged_network, class_argmax, epoch_average, learning_rate, lr_factor,
@@ -189,7 +190,38 @@ def test_ctrl_c_before_a_new_run_s_first_epoch_says_to_start_again_not_to_resume
     err = capsys.readouterr().err
     assert not (run / "last.pt").exists() and "--resume" not in err, err
     assert (f"interrupted before the first epoch was saved, so there is nothing to resume; start the run again "
-            f"(covseg train ... -o {run} --force)") in err
+            f"(the same covseg train ... -o {run}; no --force needed)") in err
+    monkeypatch.undo()
+    assert _train(tiny_data, run, "train.epochs=1") == 0  # as the message says: no --force
+    assert len(_history(run)) == 1
+
+
+def test_a_run_that_failed_before_its_first_epoch_starts_again_without_force(
+        tiny_data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.run
+
+    def fail(*args, **kwargs):
+        raise CovsegError("the first epoch failed")
+
+    real = covseg.run.train_one_epoch
+    monkeypatch.setattr(covseg.run, "train_one_epoch", fail)
+    run = tmp_path / "new"
+    assert _train(tiny_data, run) == 2
+    assert sorted(p.name for p in run.iterdir()) == ["class_weights.json", "config.yaml", "run.json", "split.json"]
+    (run / ".config.yaml.x1y2z3w4.part.yaml").write_text("")  # a write a SIGKILL cut short
+    capsys.readouterr()
+    monkeypatch.setattr(covseg.run, "train_one_epoch", real)
+    assert _train(tiny_data, run, "train.epochs=1") == 0
+    assert f"{run}: holds a run that stopped before it saved an epoch; starting it again" in capsys.readouterr().err
+    assert len(_history(run)) == 1 and not list(tmp_path.glob(".*"))
+    # a folder holding anything else, or a saved epoch, still needs --force
+    for extra in ("notes.txt", "last.pt"):
+        folder = tmp_path / f"with-{extra}"
+        folder.mkdir()
+        for name in ("config.yaml", "split.json", "class_weights.json", "run.json", extra):
+            (folder / name).write_text((run / name).read_text() if name != extra else "kept")
+        assert _train(tiny_data, folder, "train.epochs=1") == 2
+        assert "--force" in capsys.readouterr().err and (folder / extra).read_text() == "kept"
 
 
 def _start(data: Path, run: Path, epochs: int, *extra: str) -> subprocess.Popen:
