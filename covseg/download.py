@@ -235,13 +235,26 @@ def _part(final: Path) -> Path:
     return final.with_name(final.name + ".part")
 
 
+def _discard(part: Path) -> None:
+    """Remove a half-written copy, if it can be removed (the error being reported matters more)."""
+    try:
+        part.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def _copy(src: Path, part: Path) -> None:
-    """``shutil.copyfile`` whose error names both ends (on Linux it blames ``src`` even for a full disk)."""
+    """``shutil.copyfile`` whose error names both ends (on Linux it blames ``src`` even for a full disk). A copy from
+    a folder is never resumed, so a failed one (Ctrl-C too) removes ``part`` rather than leave it half-written."""
     try:
         shutil.copyfile(src, part)
     except OSError as e:
+        _discard(part)
         raise CovsegError(f"cannot copy {src} to {part}: {e.strerror or e}; "
                           "check free space and permissions of the data folder") from None
+    except BaseException:
+        _discard(part)
+        raise
 
 
 def _fetch_copy(src_root: Path, rel: str, part: Path) -> bool:
@@ -426,6 +439,12 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
         optional = split_name(rel) not in src.required
         bucket = report.splits.setdefault(split_name(rel), SplitReport())
         final = root / rel
+        if src_root is not None and final.is_file() and (src_root / rel).is_file() \
+                and os.path.samefile(src_root / rel, final):
+            # the data folder reaches into the mirror through a link: this is the mirror's own copy, so it is only
+            # verified, never replaced or deleted
+            (bucket.skipped if file_sha256(final) == digest else bucket.corrupt).append(rel)
+            continue
         if final.is_file():
             if file_sha256(final) == digest:
                 bucket.skipped.append(rel)

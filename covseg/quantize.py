@@ -21,6 +21,7 @@ import torch
 
 from covseg.config import RunConfig
 from covseg.errors import CovsegError
+from covseg.splits import load_split
 
 __all__ = ["int8_calibration", "quantize_run", "calibration_inputs", "quantize_network", "int8_agreement",
            "fp32_io_nodes"]
@@ -147,6 +148,9 @@ def int8_calibration(config: RunConfig, run_dir: Path, data: str | None) -> dict
     if config.train.types_only:
         raise CovsegError(f"{run_dir}: a lesion-type model (train.types_only) has an untrained background output, "
                           "so its labels cannot be checked against fp32; export it without --int8")
+    if not load_split(run_dir / "split.json")["train"]:
+        raise CovsegError(f"{run_dir}: its split.json has no training slices to calibrate int8 on; export it "
+                          "without --int8, or from a run trained on a split with training slices")
     return calibration_inputs(run_dir, data, config, ("train", "val"))
 
 

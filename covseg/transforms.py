@@ -54,7 +54,7 @@ def stack_resized(
         return out_images, None
     out_masks = torch.zeros(len(masks), size, size, dtype=torch.int64)
     for i, (mask, (top, left, h, w)) in enumerate(zip(masks, boxes)):
-        t = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+        t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
         out_masks[i, top:top + h, left:left + w] = F.interpolate(t, size=(h, w), mode="nearest-exact")[0, 0].round().long()
     return out_images, out_masks
 

@@ -269,6 +269,30 @@ def test_a_mirror_that_is_the_data_folder_is_only_verified(mirror: Path, tmp_pat
     assert all((root / rel).is_file() for rel in subset) and not _parts(root)
 
 
+def test_a_data_folder_linked_into_the_mirror_keeps_the_mirror_s_files(mirror: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    train = _train_paths()
+    subset = {p: h for p, h in dl.read_manifest(NAME).items() if p in train[:3]}
+    monkeypatch.setattr(dl, "read_manifest", lambda name: subset)
+    own = tmp_path / "mirror"
+    for rel in subset:
+        (own / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mirror / rel, own / rel)
+    victim = own / train[1]
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    root = dl.dataset_root(tmp_path / "data", NAME)
+    root.mkdir(parents=True)
+    (root / "Dataset").symlink_to(own / "Dataset")  # not the data folder itself, so not caught as in place
+    # it used to unlink the bad file through the link, deleting the mirror's own copy, and call it missing
+    with pytest.raises(CovsegError, match=rf"^training split incomplete: 1 of 3 files .*first {train[1]} \(fails its "
+                                          r"SHA-256 check in "):
+        dl.download(NAME, tmp_path / "data", mirror=str(own), progress=False)
+    assert victim.read_bytes() == bytes(raw)  # left as it was
+    assert all((own / rel).is_file() for rel in subset) and not _parts(own)
+
+
 def test_missing_training_file_is_an_error(mirror: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     subset = {"Dataset/TrainingSet/nowhere.png": "0" * 64}
@@ -362,3 +386,30 @@ def test_disk_full_names_the_destination_not_the_mirror(mirror: Path, http_mirro
     assert main(["download", "--mirror", http_mirror, "--data-dir", str(tmp_path / "h"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "No space left on device" in err and str(tmp_path / "h") in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("failure", [OSError(28, os.strerror(28)), KeyboardInterrupt()])
+def test_a_failed_copy_from_a_folder_mirror_leaves_no_part_file(failure: BaseException, mirror: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    a = _train_paths()[0]
+    monkeypatch.setattr(dl, "read_manifest", lambda name: {a: dl.file_sha256(mirror / a)})
+    real = os.sendfile
+
+    def full(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        if os.lseek(out_fd, 0, os.SEEK_CUR) > 0:
+            raise failure
+        return real(out_fd, in_fd, offset, min(count, 4096))  # the first 4 KiB land, then the disk is full
+
+    monkeypatch.setattr(os, "sendfile", full)
+    error = CovsegError if isinstance(failure, OSError) else KeyboardInterrupt
+    # a first download: a folder copy is never resumed, so neither the half-written .part nor the folders made
+    # for it are kept
+    with pytest.raises(error):
+        dl.download(NAME, tmp_path / "d", mirror=str(mirror), progress=False)
+    assert not (tmp_path / "d").exists()
+    # into a data folder that was there before: it is kept, without the .part
+    root = dl.dataset_root(tmp_path / "kept", NAME)
+    root.mkdir(parents=True)
+    with pytest.raises(error):
+        dl.download(NAME, tmp_path / "kept", mirror=str(mirror), progress=False)
+    assert root.is_dir() and not [p for p in root.rglob("*") if p.is_file()]

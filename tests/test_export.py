@@ -525,6 +525,20 @@ def test_int8_export_without_its_run_or_data_is_refused(tiny_run: Path, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lone", "moved"]  # nothing written, no temp files left
 
 
+def test_int8_export_of_a_run_without_training_slices_is_refused(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    split = json.loads((run / "split.json").read_text())
+    split["train"] = []
+    (run / "split.json").write_text(json.dumps(split))
+    out = tmp_path / "out" / "m.onnx"
+    # it used to reach the quantizer's ValueError: a traceback and exit 1
+    assert main(["export", str(run), "-o", str(out), "--int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(run) in err[0] and "no training slices to calibrate int8 on" in err[0]
+    assert not out.exists() and not out.parent.exists()
+
+
 def test_int8_export_warns_below_the_agreement_bar_and_keeps_the_root_logger(tiny_run: Path, tmp_path: Path,
                                                                              monkeypatch, capsys) -> None:
     import logging

@@ -124,6 +124,15 @@ def test_stack_resized_pads_and_resize_probs_crops_the_padding_off() -> None:
     assert not np.array_equal(resize_probs(probs, 6, 12).argmax(1)[0].numpy(), mask)  # padding left in: rows shift
 
 
+def test_stack_resized_takes_flipped_float_masks() -> None:
+    image, mask = _half_bright()
+    flipped = mask.astype(np.float32)[::-1, ::-1]  # negative strides, which torch.from_numpy refuses
+    for resize in ("stretch", "pad"):
+        x, y = stack_resized([image[::-1, ::-1]], [flipped], 16, resize)
+        x_copy, y_copy = stack_resized([image[::-1, ::-1].copy()], [flipped.copy()], 16, resize)
+        assert torch.equal(x, x_copy) and torch.equal(y, y_copy) and y.sum() > 0
+
+
 class _BrightIsLesion:
     """Logits ``(B, 2, S, S)``: class 1 wherever the input is brighter than 1/2; keeps its last input."""
 
