@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from covseg.errors import CovsegError
 from covseg.intensity import normalize_image
 from covseg.models import fold_batch_norm, fuse_for_inference
 from covseg.runtime import autocast
@@ -253,19 +254,19 @@ class LesionTypePredictor:
     ``q`` times its type's share beats ``1 - q``: within the binary model's lesion (``q > 1/2``), a little less
     where the types are in doubt.
 
-    ``lesion_classes`` (default: every class but 0) should leave out the classes the multiclass model never saw
-    in training (pleural effusion for COVID-SemiSeg): where that model calls background, its odds among the
-    lesion classes are arbitrary, and an unlearnt class can win them. Either side may be an ensemble. An
-    ensemble of type models gives the mean of its members' shares (each member's odds normalised first), so a
-    type model trained on lesion pixels only (``train.types_only``), whose background output is untrained and
-    scales its odds arbitrarily, weighs the same as a multiclass model.
+    ``lesion_classes`` (default: every class but 0; each counted once; one the type model lacks is refused) should
+    leave out the classes the multiclass model never saw in training (pleural effusion for COVID-SemiSeg): where
+    that model calls background, its odds among the lesion classes are arbitrary, and an unlearnt class can win
+    them. Either side may be an ensemble. An ensemble of type models gives the mean of its members' shares (each
+    member's odds normalised first), so a type model trained on lesion pixels only (``train.types_only``), whose
+    background output is untrained and scales its odds arbitrarily, weighs the same as a multiclass model.
     """
 
     def __init__(self, lesion: Predictor | EnsemblePredictor, types: Predictor | EnsemblePredictor,
                  lesion_classes: Sequence[int] | None = None) -> None:
         self.lesion = lesion
         self.types = types
-        self.lesion_classes = None if lesion_classes is None else sorted(lesion_classes)
+        self.lesion_classes = None if lesion_classes is None else sorted(set(lesion_classes))
         if self.lesion_classes is not None and (not self.lesion_classes or min(self.lesion_classes) < 1):
             raise ValueError(f"lesion classes must be foreground class ids (>= 1), got {lesion_classes}")
         self.batch_size = min(lesion.batch_size, types.batch_size)
@@ -275,7 +276,12 @@ class LesionTypePredictor:
         type_models = self.types.members if isinstance(self.types, EnsemblePredictor) else [self.types]
         for lesion, *types in zip(self.lesion(images), *(model(images) for model in type_models)):
             q = lesion[1]
-            chosen = self.lesion_classes or list(range(1, types[0].shape[0]))
+            classes = types[0].shape[0]
+            if self.lesion_classes and self.lesion_classes[-1] >= classes:
+                raise CovsegError(f"lesion class {self.lesion_classes[-1]} is not one of the type model's {classes} "
+                                  f"classes (0 to {classes - 1}); give lesion classes from 1 to {classes - 1} (a "
+                                  "run's class_weights.json must hold one weight per class of its model)")
+            chosen = self.lesion_classes or list(range(1, classes))
             shares = np.zeros_like(types[0][1:])
             for probs in types:
                 odds = np.zeros_like(probs[1:])

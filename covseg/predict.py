@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig
 from covseg.datasets import read_image
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_path, folders_made_for, staging_folder
+from covseg.fileio import atomic_path, folders_made_for, interrupts_deferred, staging_folder
 from covseg.figures import overlay
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
@@ -256,12 +256,31 @@ def _stage_dir(out_dir: Path) -> Path:
                           "permissions") from None
 
 
+def _check_destinations(out_dir: Path, outputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse, in one line, outputs (paths relative to ``out_dir``) that could not be moved into place: a folder
+    one goes in (``out_dir`` or one below it) is a file, or the output's own path is a folder. Checked before any
+    output is moved, so that ``out_dir`` is never left with some outputs new and the others old."""
+    for output in outputs:
+        dst = out_dir / output
+        for folder in [out_dir / p for p in reversed(Path(output).parents)]:  # out_dir first, dst's parent last
+            if os.path.lexists(folder) and not folder.is_dir():
+                raise CovsegError(f"{folder}: is a file where covseg writes a folder of outputs; remove it or choose "
+                                  "another output folder")
+        if dst.is_dir() and not dst.is_symlink():
+            raise CovsegError(f"{dst}: is a folder where covseg writes an output file; remove it or choose another "
+                              "output folder")
+
+
 def _publish(stage: Path, out_dir: Path) -> None:
-    """Move every file under ``stage`` to the same place under ``out_dir``."""
-    for src in sorted(p for p in stage.rglob("*") if p.is_file()):
-        dst = out_dir / src.relative_to(stage)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
+    """Move every file under ``stage`` to the same place under ``out_dir``: all of them or, where a destination
+    is blocked (:func:`_check_destinations`), none; Ctrl-C waits until the last is moved."""
+    files = sorted(p for p in stage.rglob("*") if p.is_file())
+    _check_destinations(out_dir, [src.relative_to(stage) for src in files])
+    with interrupts_deferred():
+        for src in files:
+            dst = out_dir / src.relative_to(stage)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
 
 
 def _label_name(path: Path, stem: str) -> str:
@@ -275,24 +294,28 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
     """Predict every file (HU input through ``window``, the model's training window); returns the
     ``predictions.json`` content.
 
-    Outputs are staged beside ``out_dir`` and moved into it only after every input was read and predicted,
-    so a bad input part-way leaves ``out_dir`` as it was.
+    Outputs are written into a staging folder on ``out_dir``'s file system (a hidden one inside ``out_dir`` where
+    it exists, else beside it: :func:`covseg.fileio.staging_folder`) and moved into ``out_dir`` only after every
+    input was read and predicted, so a bad input part-way leaves ``out_dir`` as it was; a destination blocked by
+    a file or folder already there is refused before any input is read.
     """
     import shutil
 
     if not files:
         raise CovsegError("no input images; give image files or folders")
     stems = [output_stem(f) for f in files]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
-    if dupes:
-        raise CovsegError(f"several inputs would write {dupes[0]}.png; give inputs distinct file names")
     names = [_label_name(f, stem) for f, stem in zip(files, stems)]
+    drawn = [f"overlays/{stem}.png" for stem in stems] if overlays else []
+    dupes = sorted({n for n in names if names.count(n) > 1}) or sorted({n for n in drawn if drawn.count(n) > 1})
+    if dupes:
+        raise CovsegError(f"several inputs would write {dupes[0]}; give inputs distinct file names")
     inputs = {f.resolve() for f in files}
     for stem, name in zip(stems, names):
         for target in [out_dir / name] + ([out_dir / "overlays" / f"{stem}.png"] if overlays else []):
             if target.resolve() in inputs:
                 raise CovsegError(f"{target}: is an input and would be overwritten by a prediction; give -o "
                                   "another folder")
+    _check_destinations(out_dir, [*names, *drawn, "predictions.json"])  # before any input is read or predicted
     with folders_made_for(out_dir):  # a failure leaves no empty folders behind
         stage = _stage_dir(out_dir)
         try:

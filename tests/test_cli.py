@@ -403,6 +403,76 @@ def test_predict_into_an_existing_folder_on_another_file_system(tiny_run: Path, 
     assert sorted(p.name for p in out.iterdir()) == ["0.png", "overlays", "predictions.json"]
 
 
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` (relative, as text): a file's bytes, None for a folder."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
+
+
+def test_predict_into_a_folder_with_a_file_named_overlays_leaves_it_as_it_was(
+        tiny_run: Path, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # the overlays folder cannot be made: refused before any image is predicted, not after 0.png replaced the old
+    # label map while predictions.json stayed the last run's
+    import covseg.predict
+
+    def never(*args, **kwargs):
+        raise AssertionError("an image was read before the outputs' places were checked")
+
+    src = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0.png").write_text("old label map\n")
+    (out / "predictions.json").write_text('{"old": true}\n')
+    (out / "overlays").write_text("a file where the overlays folder goes\n")
+    before = _tree(out)
+    monkeypatch.setattr(covseg.predict, "read_image", never)
+    assert main(["predict", str(src / "0.jpg"), str(src / "1.jpg"), "-o", str(out), "--model", str(tiny_run),
+                 "--quiet"]) == 2
+    error = _one_line_error(capsys)
+    assert f"{out / 'overlays'}: is a file where covseg writes a folder" in error
+    assert "remove it or choose another output folder" in error
+    assert _tree(out) == before
+
+
+@pytest.mark.parametrize("blocker", ["overlays", "b.png"])
+def test_outputs_are_moved_all_or_none(blocker: str, tmp_path: Path) -> None:
+    # a file where a folder goes, or a folder where a file goes: refused before the first file is moved
+    from covseg.predict import _publish
+
+    stage, out = tmp_path / "stage", tmp_path / "out"
+    (stage / "overlays").mkdir(parents=True)
+    for name in ("a.png", "b.png", "overlays/a.png", "predictions.json"):
+        (stage / name).write_text("new")
+    out.mkdir()
+    (out / "a.png").write_text("old")
+    if blocker == "overlays":
+        (out / "overlays").write_text("mine")
+    else:
+        (out / "b.png" / "sub").mkdir(parents=True)
+    before = _tree(out)
+    with pytest.raises(CovsegError, match=f"{out / blocker}: is a (file|folder) where covseg writes"):
+        _publish(stage, out)
+    assert _tree(out) == before
+
+
+def test_inputs_whose_outputs_clash_are_told_the_output_they_would_share(tmp_path: Path) -> None:
+    from covseg.inference import Predictor
+    from covseg.labels import get_scheme
+    from covseg.predict import predict_files
+
+    def predict(*names: str, overlays: bool = True) -> None:
+        files = [tmp_path / n for n in names]
+        for f in files:
+            f.touch()
+        predict_files(Predictor(_ThresholdBackend(), 32), get_scheme("binary"), files, tmp_path / "out",
+                      {"name": "threshold", "backend": "threshold"}, overlays=overlays, progress=False)
+
+    with pytest.raises(CovsegError, match="several inputs would write s.nii.gz; "):
+        predict("s.nii", "s.nii.gz")
+    with pytest.raises(CovsegError, match="several inputs would write overlays/a.png; "):
+        predict("a.jpg", "a.nii.gz")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("override, message", [("model.width=0", "must be positive"),
                                                ("train.batch_size=0", "must be positive"),
                                                ("train.schedule=linear", "use one of"),

@@ -256,3 +256,25 @@ def test_lesion_types_shared_when_the_type_model_is_sure_of_background(gap: floa
     np.testing.assert_allclose(out[:, 1, 2], [1 / 4, *(3 / 4 * np.array(shares)), 0.0], atol=1e-3)
     np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-3)
     assert (out.argmax(0) > 0).all()
+
+
+def test_a_lesion_class_the_type_model_lacks_is_refused_in_one_line() -> None:
+    from covseg.errors import CovsegError
+
+    # class 5 of a 4-class type model (a class_weights.json of another label scheme): told, not an IndexError
+    lesion = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=8)
+    types = Predictor(_ConstantBackend((0.0, 0.0, math.log(2.0), 0.0)), input_size=8)
+    with pytest.raises(CovsegError, match=r"lesion class 5 is not one of the type model's 4 classes \(0 to 3\)"):
+        next(LesionTypePredictor(lesion, types, lesion_classes=[1, 5])([np.zeros((3, 5), np.float32)]))
+
+
+def test_a_lesion_class_given_twice_counts_once() -> None:
+    # the type model sure of background (its lesion probabilities exactly 0): even shares of q over classes 1 and 2,
+    # not 1/3 of q to each of three entries (two of them class 1), which left a quarter of q nowhere
+    lesion = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=8)
+    types = Predictor(_ConstantBackend((120.0, 0.0, 0.0, 0.0)), input_size=8)
+    predictor = LesionTypePredictor(lesion, types, lesion_classes=[1, 1, 2])
+    out = next(predictor([np.zeros((3, 5), np.float32)]))
+    np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-6)
+    np.testing.assert_allclose(out[:, 1, 2], [1 / 4, 3 / 8, 3 / 8, 0.0], atol=1e-6)
+    assert predictor.lesion_classes == [1, 2]
