@@ -523,10 +523,12 @@ def check_new_run(config: RunConfig) -> None:
     bottleneck (instance norm, or batch norm on a batch of one, fails on a 1 x 1 map), ``model.batch_norm=false`` on
     SegNet (ignored: it always normalises) or beside a ``model.norm`` other than batch (no normalisation at all is
     built), a ``train.progressive_size`` whose fraction of the epochs rounds down to no epoch (ignored),
-    ``train.distill`` with ``train.distill_weight=0`` (teachers run for a term weighted 0), and an option set away
-    from its default where the settings never read it (:func:`_unread_options`: ``data.val_fraction`` on a split
-    other than official, ``data.folds`` on one other than cv:K, ``train.momentum`` without SGD, the consistency,
-    distillation and pseudo-label options without the setting they tune) raise a one-line :class:`CovsegError`."""
+    ``train.distill`` with ``train.distill_weight=0`` (teachers run for a term weighted 0),
+    ``model.deep_supervision`` at ``model.depth=1`` (no decoder level below the top, so no aux head: ignored), and an
+    option set away from its default where the settings never read it (:func:`_unread_options`: ``data.val_fraction``
+    on a split other than official, ``data.folds`` on one other than cv:K, ``train.momentum`` without SGD, the
+    consistency, distillation and pseudo-label options without the setting they tune) raise a one-line
+    :class:`CovsegError`."""
     t, m = config.train, config.model
     crop, progressive = t.augment.crop, t.progressive_size
     if crop > progressive > 0:  # a crop is cut from the resampled slice: larger than it, none would be cut
@@ -550,6 +552,9 @@ def check_new_run(config: RunConfig) -> None:
         raise CovsegError(f"model.batch_norm is false (no normalisation) but model.norm is {m.norm!r}; pick "
                           f"one: model.norm={m.norm} with model.batch_norm=true, or model.batch_norm=false with "
                           "model.norm=batch")
+    if m.deep_supervision and m.depth == 1:  # the aux heads sit on the decoder levels below the top: none at depth 1
+        raise CovsegError("model.deep_supervision is true but model.depth is 1, which has no coarser decoder level to "
+                          "supervise; set model.depth to 2 or more, or model.deep_supervision=false")
     unread = _unread_options(config)
     if unread:
         option, value, needs, now = unread[0]

@@ -78,12 +78,13 @@ def compute_topk_cross_entropy(logits: torch.Tensor, target: torch.Tensor, fract
     ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)`` int64 labels. Each pixel's cross-entropy (times its
     class's ``weight`` when given, as nnU-Net's) is computed in float32; the mean is over the ``ceil(fraction *
     B * H * W)`` largest. ``fraction`` 1 gives the plain mean (unweighted; a weighted mean divides by the pixels'
-    summed weights instead, as :class:`torch.nn.CrossEntropyLoss`).
+    summed weights instead, as :class:`torch.nn.CrossEntropyLoss`). The product is rounded to 9 decimals before the
+    ceiling, so that float error does not add a pixel (0.07 of 100 pixels keeps 7, not 8).
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
     per_pixel = F.cross_entropy(logits.float(), target, weight=weight, reduction="none").flatten()
-    keep = max(1, math.ceil(fraction * per_pixel.numel()))
+    keep = max(1, math.ceil(round(fraction * per_pixel.numel(), 9)))
     return per_pixel.topk(keep, sorted=False).values.mean()
 
 
@@ -194,7 +195,9 @@ class LesionTypeLoss(nn.Module):
     per (image, lesion class) pair over those pixels and skips the pairs whose truth lacks the class, as the
     reported metric does. A model trained so is a type model for a binary lesion model
     (:class:`covseg.inference.LesionTypePredictor`), which reads only its odds among the lesion classes. A
-    batch without lesion pixels has a loss of 0.
+    batch without lesion pixels has a loss of 0. The weighted cross-entropy is ``sum_i w_i ce_i / sum_i w_i`` over the
+    lesion pixels, so a pixel of a class weighted 0 (one absent from the training masks, as median-frequency weights
+    give it) adds nothing; it is 0 when no pixel of positive weight is left (torch's would be 0 / 0, NaN).
     """
 
     def __init__(self, weight: torch.Tensor | None = None, smooth: float = 1e-5) -> None:
@@ -208,7 +211,13 @@ class LesionTypeLoss(nn.Module):
         if not lesion.any():
             return types.sum() * 0.0
         wanted = (target - 1).clamp(min=0)
-        ce = F.cross_entropy(types.permute(0, 2, 3, 1)[lesion], wanted[lesion], weight=self.weight)
+        pixel_logits, pixel_types = types.permute(0, 2, 3, 1)[lesion], wanted[lesion]  # (N, C-1), (N,)
+        if self.weight is None:
+            ce = F.cross_entropy(pixel_logits, pixel_types)
+        else:  # torch's weighted mean, but 0 (not 0 / 0) when every lesion pixel's class is weighted 0
+            weighted = F.cross_entropy(pixel_logits, pixel_types, weight=self.weight, reduction="sum")
+            total = self.weight[pixel_types].sum()
+            ce = weighted / torch.where(total > 0, total, torch.ones_like(total))
         inside = lesion[:, None].to(types.dtype)
         probs = types.softmax(dim=1) * inside
         onehot = F.one_hot(wanted, types.shape[1]).permute(0, 3, 1, 2).to(types.dtype) * inside

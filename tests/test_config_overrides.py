@@ -240,3 +240,16 @@ def test_distillation_weighted_zero_is_refused_for_a_new_run() -> None:
     check_new_run(apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.distill=runs/teacher",
                                                         "train.distill_weight=0.5"]))
     assert config_to_dict(config_from_dict(config_to_dict(config))) == config_to_dict(config)
+
+
+def test_deep_supervision_at_depth_one_is_refused_for_a_new_run() -> None:
+    # before: accepted, and the model built no aux head (no decoder level below the top), so it trained without any
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "model.depth=1", "model.deep_supervision=true"])
+    with pytest.raises(CovsegError, match=r"^model.deep_supervision is true but model.depth is 1, which has no coarser "
+                                          r"decoder level to supervise; set model.depth to 2 or more, or "
+                                          r"model.deep_supervision=false$"):
+        check_new_run(config)
+    check_new_run(apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "model.depth=1"]))
+    check_new_run(apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "model.deep_supervision=true"]))
+    # a run saved with it by older covseg still loads (to evaluate, predict, export or resume it)
+    assert config_to_dict(config_from_dict(config_to_dict(config))) == config_to_dict(config)

@@ -412,3 +412,41 @@ def test_topk_cross_entropy_by_hand() -> None:
         4 * ce[3], abs=1e-5)
     with pytest.raises(CovsegError, match="train.ce_topk=0.1 keeps the hardest pixels .* 'dice' does not have"):
         create_loss("dice", ce_topk=0.1)
+
+
+@pytest.mark.parametrize("lesion_and_type", [False, True])
+def test_lesion_type_loss_leaves_out_the_pixels_of_a_class_weighted_zero(lesion_and_type: bool) -> None:
+    # before: a batch whose lesion pixels were all of a class weighted 0 (absent from the training masks, e.g.
+    # pleural effusion) gave a cross-entropy of 0 / 0, a NaN loss, and training stopped with "lower train.lr"
+    option = {"lesion_and_type" if lesion_and_type else "types_only": True}
+    loss = create_loss("mfb_dice_ce", np.array([0.75, 1.0, 1.5, 0.0]), dice="present", **option)
+    logits = torch.zeros(1, 4, 2, 2, requires_grad=True)  # each of the 3 types 1/3, the lesion 3/4
+    # only effusion (3): its CE is left out, so the type term is its Dice alone,
+    # 1 - 2 * (2/3) / (2/3 + 2) = 1/2 (probability 1/3 on each of the 2 lesion pixels)
+    effusion = torch.tensor([[[0, 3], [3, 0]]])
+    types = 0.5
+    # the lesion term: CE (2 ln 4 + 2 ln 4/3) / 4, Dice 1 - 2 * (3/2) / (3 + 2) = 2/5
+    lesion = (np.log(4) + np.log(4 / 3)) / 2 + 2 / 5 if lesion_and_type else 0.0
+    value = loss(logits, effusion)
+    assert torch.isfinite(value) and value.item() == pytest.approx(lesion + types, abs=1e-5)
+    value.backward()
+    assert torch.isfinite(logits.grad).all()
+    # beside a GGO pixel (1, weight 1) the effusion pixel still adds nothing to the CE: ln 3 from the GGO pixel;
+    # Dice of GGO and of effusion 2 * (1/3) / (2/3 + 1) = 2/5 each (probability 1/3 on each of the 2 lesion pixels)
+    mixed = torch.tensor([[[0, 3], [1, 0]]])
+    types = np.log(3) + 1 - 2 / 5
+    lesion = (np.log(4) + np.log(4 / 3)) / 2 + 2 / 5 if lesion_and_type else 0.0
+    assert loss(logits.detach(), mixed).item() == pytest.approx(lesion + types, abs=1e-5)
+
+
+def test_topk_cross_entropy_keeps_the_ceiling_of_the_fraction_without_float_error() -> None:
+    from covseg.losses import compute_topk_cross_entropy
+    # before: ceil(0.07 * 100) = ceil(7.000000000000001) = 8 pixels, not the 7 the docstring promises
+    logits = torch.zeros(1, 2, 10, 10)
+    logits[0, 1] = torch.linspace(-3.0, 3.0, 100).view(10, 10)  # 100 distinct per-pixel losses against class 0
+    target = torch.zeros(1, 10, 10, dtype=torch.long)
+    per_pixel = F.cross_entropy(logits, target, reduction="none").flatten().sort(descending=True).values
+    assert compute_topk_cross_entropy(logits, target, 0.07).item() == pytest.approx(per_pixel[:7].mean().item(),
+                                                                                   abs=1e-6)
+    assert compute_topk_cross_entropy(logits, target, 0.071).item() == pytest.approx(per_pixel[:8].mean().item(),
+                                                                                    abs=1e-6)

@@ -387,3 +387,53 @@ def test_attention_unet_gates_every_skip_with_the_upsampled_decoder_features() -
     assert seen == [((1, 16, 8, 8), (1, 16, 8, 8)), ((1, 8, 16, 16), (1, 8, 16, 16)), ((1, 4, 32, 32), (1, 4, 32, 32))]
     assert not torch.allclose(gated, ungated)
     assert len(create_model("unet", width=4, depth=3).gates) == 0
+
+
+@pytest.mark.parametrize("options, train, batch, reason", [
+    ({"norm": "instance"}, False, 2, "instance norm"),  # even in eval mode and on a batch of two
+    ({"norm": "batch"}, True, 1, "batch norm while training on a batch of one"),
+    ({"norm": "group", "width": 2}, False, 1, "group norm of one channel a group on a batch of one"),  # 8 channels
+])
+def test_a_one_pixel_bottleneck_its_norm_cannot_take_is_refused_in_one_line(options: dict, train: bool, batch: int,
+                                                                           reason: str) -> None:
+    # before: a bare torch ValueError ("Expected more than 1 spatial element ...") from inside the bottleneck
+    model = create_model("unet", num_classes=2, **{"width": 4, "depth": 2, **options}).train(train)
+    message = (f"^UNet with depth 2 got a 4x4 image, whose bottleneck is 1x1, too small for {reason}; give it at "
+               r"least 8x8 pixels \(2 x 2\*\*depth a side\)$")
+    with pytest.raises(CovsegError, match=message):
+        model(torch.rand(batch, 1, 4, 4))
+    for h, w in [(8, 4), (4, 8), (8, 8)]:  # a bottleneck of two pixels or more is enough
+        assert model(torch.rand(batch, 1, h, w)).shape == (batch, 2, h, w)
+
+
+def test_a_one_pixel_bottleneck_its_norm_can_take_still_runs() -> None:
+    for options, train, batch in [({}, False, 1), ({}, True, 2), ({"batch_norm": False}, True, 1),
+                                  ({"norm": "group", "width": 4}, True, 1), ({"norm": "group", "width": 2}, True, 2)]:
+        model = create_model("unet", num_classes=2, **{"width": 4, "depth": 2, **options}).train(train)
+        assert model(torch.rand(batch, 1, 4, 4)).shape == (batch, 2, 4, 4)
+    segnet = create_model("segnet", num_classes=2, width=4, depth=2)  # its convolutions run at 2 x 2 at the least
+    assert segnet(torch.rand(1, 1, 4, 4)).shape == (1, 2, 4, 4)
+
+
+@pytest.mark.parametrize("name", ["unet", "segnet"])
+@pytest.mark.parametrize("options, message", [({"width": 8.5}, "width must be a whole number >= 1, got 8.5"),
+                                              ({"width": "8"}, "width must be a whole number >= 1, got '8'"),
+                                              ({"depth": 2.0}, "depth must be a whole number >= 1, got 2.0"),
+                                              ({"depth": True}, "depth must be a whole number >= 1, got True")])
+def test_a_width_or_depth_not_a_whole_number_is_refused(name: str, options: dict, message: str) -> None:
+    # before: width 8.5 failed on "out_channels must be divisible by groups", "8" on "'<' not supported ..."
+    with pytest.raises(CovsegError, match=f"^bad options for model .{name}.: {message}$"):
+        create_model(name, **options)
+
+
+@pytest.mark.parametrize("shape", [(1, 32, 32), (2, 3, 32, 32), (1, 1, 1, 32, 32)])
+def test_an_input_not_a_batch_of_in_channels_images_is_refused_in_one_line(variant: str, shape: tuple) -> None:
+    # before: torch's own errors ("expected 4D input", "expected input[...] to have 1 channels")
+    name = "UNet" if variant.startswith("unet") else "SegNet"
+    message = rf"^{name} takes images of shape \(B, 1, H, W\), got \({', '.join(map(str, shape))}\); give it a batch"
+    with pytest.raises(CovsegError, match=message):
+        small(variant, num_classes=2).eval()(torch.rand(*shape))
+    three = small(variant, num_classes=2, in_channels=3).eval()
+    assert three(torch.rand(1, 3, 32, 32)).shape == (1, 2, 32, 32)
+    with pytest.raises(CovsegError, match=rf"^{name} takes images of shape \(B, 3, H, W\), got \(1, 1, 32, 32\)"):
+        three(torch.rand(1, 1, 32, 32))

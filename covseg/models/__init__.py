@@ -1,7 +1,10 @@
 """Model registry: every model is reached through :func:`create_model`.
 
 Shape contract for every model:
-    input  ``(B, in_channels, H, W)`` float, H and W divisible by ``2 ** depth``
+    input  ``(B, in_channels, H, W)`` float, H and W divisible by ``2 ** depth``; for U-Net with instance norm, batch
+           norm while training on a batch of one, or group norm of one channel a group on a batch of one, H or W at
+           least ``2 * 2 ** depth``, so that the bottleneck keeps more than one pixel (:class:`UNet`; SegNet's
+           convolutions never run below 2 x 2). Any other input raises a one-line :class:`covseg.errors.CovsegError`
     output ``(B, num_classes, H, W)`` logits
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ def create_model(name: str, **config: Any) -> nn.Module:
         cls = MODELS[name]
     except KeyError:
         raise CovsegError(f"unknown model {name!r}: use one of {', '.join(MODELS)}") from None
-    for key in ("num_classes", "in_channels"):  # a network with no outputs (or inputs) builds, then fails in use
+    for key in ("num_classes", "in_channels", "width", "depth"):  # else torch fails later, or in use, obscurely
         if key in config and (isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1):
             raise CovsegError(f"bad options for model {name!r}: {key} must be a whole number >= 1, got {config[key]!r}")
     try:

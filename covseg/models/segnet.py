@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from covseg.models.shapes import check_input_size
+from covseg.models.shapes import check_input_channels, check_input_size
 
 __all__ = ["SegNet", "VGG16_BLOCKS"]
 
@@ -61,6 +61,7 @@ class SegNet(nn.Module):
         if not 1 <= depth <= len(convs_per_stage) or width < 1:
             raise ValueError(f"depth must be 1..{len(convs_per_stage)} and width >= 1, got {depth}, {width}")
         self.depth = depth
+        self.in_channels = in_channels
         channels = [min(width * 2**i, 8 * width) for i in range(depth)]
         convs = list(convs_per_stage[:depth])
         self.encoders = nn.ModuleList()
@@ -87,6 +88,7 @@ class SegNet(nn.Module):
         ) if deep_supervision else nn.ModuleList()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_channels(x, self.in_channels, "SegNet")
         check_input_size(x.shape[-2], x.shape[-1], self.depth, "SegNet")
         indices: list[torch.Tensor] = []
         for encoder in self.encoders:

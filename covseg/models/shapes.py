@@ -1,9 +1,11 @@
 """Input-size checks shared by every encoder-decoder model."""
 from __future__ import annotations
 
+import torch
+
 from covseg.errors import CovsegError
 
-__all__ = ["nearest_valid_size", "check_input_size"]
+__all__ = ["nearest_valid_size", "check_input_size", "check_input_channels"]
 
 
 def nearest_valid_size(size: int, depth: int) -> int:
@@ -23,3 +25,10 @@ def check_input_size(height: int, width: int, depth: int, model: str) -> None:
             f"{model} with depth {depth} needs height and width divisible by {step}, got {height}x{width}; "
             f"resize or pad to {h}x{w}"
         )
+
+
+def check_input_channels(x: torch.Tensor, in_channels: int, model: str) -> None:
+    """Raise a :class:`CovsegError` unless ``x`` is a batch ``(B, in_channels, H, W)``."""
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise CovsegError(f"{model} takes images of shape (B, {in_channels}, H, W), got {tuple(x.shape)}; give it a "
+                          f"batch of {in_channels}-channel images")

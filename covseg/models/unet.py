@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from covseg.models.shapes import check_input_size
+from covseg.errors import CovsegError
+from covseg.models.shapes import check_input_channels, check_input_size
 
 __all__ = ["UNet", "DoubleConv", "ResidualDoubleConv", "AttentionGate", "BLOCKS", "NORMS", "group_norm"]
 
@@ -133,7 +134,10 @@ class UNet(nn.Module):
     ``H/2, H/4, ...`` (for :class:`covseg.losses.DeepSupervisionLoss`); in eval mode only the first.
 
     Shape:
-        x: ``(B, in_channels, H, W)`` float, H and W divisible by ``2**depth``
+        x: ``(B, in_channels, H, W)`` float, H and W divisible by ``2**depth``; the bottleneck
+            ``(H / 2**depth) x (W / 2**depth)`` must hold more than one pixel (H or W at least ``2 * 2**depth``) with
+            instance norm, with batch norm while training on a batch of one, and with group norm of one channel a
+            group (``width * 2**depth`` of 8 or fewer) on a batch of one; their statistics need more than one value
         returns: ``(B, num_classes, H, W)`` logits
     """
 
@@ -162,7 +166,11 @@ class UNet(nn.Module):
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         conv_block = BLOCKS[block]
         self.depth = depth
+        self.in_channels = in_channels
         channels = [width * 2**i for i in range(depth + 1)]
+        # the bottleneck's normalisation (None: none) and, for group norm, its channels a group: for _check_bottleneck
+        self._bottleneck_norm = norm if batch_norm else None
+        self._bottleneck_group = channels[depth] // math.gcd(GROUP_NORM_GROUPS, channels[depth])
         self.encoders = nn.ModuleList([conv_block(in_channels, channels[0], batch_norm, norm)])
         self.encoders.extend(conv_block(channels[i], channels[i + 1], batch_norm, norm) for i in range(depth))
         self.pool = nn.MaxPool2d(2)
@@ -188,8 +196,29 @@ class UNet(nn.Module):
             nn.Conv2d(channels[i], num_classes, 1) for i in range(1, depth)
         ) if deep_supervision else nn.ModuleList()
 
+    def _check_bottleneck(self, x: torch.Tensor) -> None:
+        """Raise a :class:`CovsegError` if ``x`` ``(B, C, H, W)`` leaves a 1 x 1 bottleneck whose normalisation
+        would have a single value to take its statistics from (the norm would raise a bare ``ValueError``)."""
+        height, width, step = x.shape[-2], x.shape[-1], 2**self.depth
+        norm = self._bottleneck_norm
+        if height * width != step * step or norm is None:
+            return
+        single = x.shape[0] == 1
+        if norm == "instance":
+            reason = "instance norm"
+        elif norm == "batch" and self.training and single:
+            reason = "batch norm while training on a batch of one"
+        elif norm == "group" and single and self._bottleneck_group == 1:
+            reason = "group norm of one channel a group on a batch of one"
+        else:
+            return
+        raise CovsegError(f"UNet with depth {self.depth} got a {height}x{width} image, whose bottleneck is 1x1, too "
+                          f"small for {reason}; give it at least {2 * step}x{2 * step} pixels (2 x 2**depth a side)")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_channels(x, self.in_channels, "UNet")
         check_input_size(x.shape[-2], x.shape[-1], self.depth, "UNet")
+        self._check_bottleneck(x)
         skips: list[torch.Tensor] = []
         for encoder in self.encoders[:-1]:
             x = encoder(x)
