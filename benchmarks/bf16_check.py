@@ -21,6 +21,7 @@ import torch
 
 def main(argv: list[str] | None = None) -> int:
     from covseg.checkpoint import load_model
+    from covseg.errors import CovsegError
     from covseg.experiment import select_samples
     from covseg.inference import BF16_MIN_AGREEMENT, label_agreement, network_input
     from covseg.models import fold_batch_norm, fuse_conv_relu_bf16
@@ -32,12 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--which", default="last", choices=("last", "best"))
     parser.add_argument("--data")
     args = parser.parse_args(argv)
-    model, config, _ = load_model(args.run, args.which)
+    try:  # a wrong run folder or data set: one line, not a traceback
+        model, config, _ = load_model(args.run, args.which)
+        data = args.data or read_run_info(args.run)["data"]
+        images = [s.image for s in select_samples(args.run, data, config.data.task, args.split, config.data.window)]
+    except CovsegError as error:
+        raise SystemExit(f"bf16_check: {error}")
     model = model.eval().to(memory_format=torch.channels_last)
     folded = fold_batch_norm(model).to(memory_format=torch.channels_last)
     networks = {"trained": model, "folded": fuse_conv_relu_bf16(folded)}
-    data = args.data or read_run_info(args.run)["data"]
-    images = [s.image for s in select_samples(args.run, data, config.data.task, args.split, config.data.window)]
     agreement: dict[str, list[float]] = {name: [] for name in networks}
     for start in range(0, len(images), 8):
         x = network_input(images[start:start + 8], config.data.input_size, config.data.normalize, config.data.resize)

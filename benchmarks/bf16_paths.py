@@ -20,7 +20,7 @@ import torch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from covseg.bench import build_bench_model
+    from covseg.bench import MODELS, build_bench_model
     from covseg.models import fold_batch_norm, fuse_conv_relu_bf16
     from covseg.runtime import cpu_supports_bf16, keep_freed_memory
 
@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--model", default="unet16")
+    parser.add_argument("--model", default="unet16", choices=MODELS)
     args = parser.parse_args(argv)
+    if args.rounds < 1:  # before any warm-up work: no median of no rounds
+        raise SystemExit(f"bf16_paths: --rounds must be 1 or more, not {args.rounds}")
     if not cpu_supports_bf16():
         raise SystemExit("bf16_paths: this CPU has no native bf16 (AVX512-BF16 or AMX); nothing to compare")
     keep_freed_memory()

@@ -48,11 +48,16 @@ def check_run(run: Path, data: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from covseg.errors import CovsegError
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--data")
     args = parser.parse_args(argv)
-    rows = [check_run(run, args.data) for run in args.runs]
+    try:  # a wrong run folder or data set: one line, not a traceback
+        rows = [check_run(run, args.data) for run in args.runs]
+    except CovsegError as error:
+        raise SystemExit(f"int8_check: {error}")
     classes = [c for c in rows[0]["fp32"] if c != "mean_foreground"]
     for r in rows:
         cells = "  ".join(f"{c} {r['fp32'][c]:.4f} -> {r['int8'][c]:.4f} ({r['int8'][c] - r['fp32'][c]:+.4f})"

@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         sub_parser.add_argument("--float-tail", type=int, choices=(0, 1, 2), default=0,
                                 help="1: the last decoder convolution writes bf16 and the head runs in bf16; 2: fp32")
     args = parser.parse_args(argv)
+    if args.what == "speed" and args.rounds < 1:  # before any work: no median of no rounds
+        raise SystemExit(f"onednn_int8: --rounds must be 1 or more, not {args.rounds}")
     if not hasattr(OP, "qconv2d_pointwise"):
         raise SystemExit("onednn_int8: this PyTorch has no oneDNN int8 convolution (torch.ops.onednn)")
     if args.what == "speed":

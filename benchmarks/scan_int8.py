@@ -18,6 +18,7 @@ import torch
 
 def main(argv: list[str] | None = None) -> int:
     from covseg.checkpoint import load_model
+    from covseg.errors import CovsegError
     from covseg.export import load_onnx
     from covseg.inference import Predictor, TorchBackend
 
@@ -27,11 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    model, config, _ = load_model(args.run, "last")
+    for option, value in (("--slices", args.slices), ("--rounds", args.rounds)):
+        if value < 1:
+            raise SystemExit(f"scan_int8: {option} must be 1 or more, not {value}")
+    try:  # a wrong run folder or ONNX file: one line, not a traceback
+        model, config, _ = load_model(args.run, "last")
+        int8_backend = load_onnx(args.int8)[0]
+    except CovsegError as error:
+        raise SystemExit(f"scan_int8: {error}")
     options = dict(normalize=config.data.normalize, resize=config.data.resize)
     paths = {"fp32": Predictor(TorchBackend(model, torch.device("cpu"), torch.float32, "onnxruntime"),
                                config.data.input_size, 8, **options),
-             "int8": Predictor(load_onnx(args.int8)[0], config.data.input_size, 8, **options)}
+             "int8": Predictor(int8_backend, config.data.input_size, 8, **options)}
     rng = np.random.default_rng(0)
     images = [rng.random((512, 512), dtype=np.float32) for _ in range(args.slices)]
     for predictor in paths.values():  # warm-up (and the fp32 path's tracing)

@@ -15,7 +15,9 @@ Paths:
   block the fold does not reach, and so their ReLUs); channels-last for inference,
   and for training where it trains faster (:func:`covseg.runtime.training_memory_format`: not on AVX2-only x86
   CPUs);
-* ``onnxruntime`` — the model exported by :func:`covseg.export.export_onnx`'s exporter, CPU provider;
+* ``onnxruntime`` — the model exported by :func:`covseg.export.export_onnx`'s exporter
+  (:func:`covseg.export.write_graph`: dynamic batch, height and width), CPU provider, with PyTorch's thread count
+  (as covseg's own ONNX Runtime engine runs it);
 * ``onnx-int8``   — the same graph, batch norm folded, quantized to static int8 (:mod:`covseg.quantize`, as
   ``covseg export --int8``), calibrated here on two slices of uniform noise: the speed of the int8 kernels, not
   their accuracy (``benchmarks/int8_check.py`` measures that on trained models and real slices); its peak memory
@@ -23,6 +25,10 @@ Paths:
 
 ``--device cuda`` (or ``auto`` with a GPU present) runs the three PyTorch paths and the scans on the GPU, timed to
 the end of their kernels, and adds the peak GPU memory held by tensors to each row; the ONNX paths are CPU-only there.
+
+Peak memory is given twice for the PyTorch paths: after inference (the column every path has, so the rows compare
+like with like) and after the training steps, which run after inference in the same process (their column; the
+resident high-water mark, so never below the inference figure; on CUDA the GPU peak is counted afresh for training).
 
 Models: covseg U-Net of widths 16 (the default recipe), 32 and 64, SegNet (width 64, depth 5) and, as
 the peer, MONAI's ``BasicUNet`` with the same feature widths, batch norm and ReLU (``monai-unet32`` …).
@@ -189,7 +195,7 @@ def path_runners(model_name: str, path: str, size: int, device: str = "cpu") -> 
     model, infer_model = model.to(dev), infer_model.to(dev)
 
     if path in ("onnxruntime", "onnx-int8"):
-        import onnxruntime as ort
+        from covseg.export import _session, write_graph
 
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -200,10 +206,9 @@ def path_runners(model_name: str, path: str, size: int, device: str = "cpu") -> 
                 noise = np.random.default_rng(0).random((2, 1, 1, size, size), dtype=np.float32)
                 quantize_network(fold_batch_norm(model), size, list(noise), file)
             else:
-                torch.onnx.export(model, (torch.rand(1, 1, size, size),), str(file), dynamo=False,
-                                  input_names=["image"], output_names=["logits"], opset_version=17,
-                                  dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
-            session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+                write_graph(model, size, str(file))
+            # the threads the header names, as covseg's own ONNX Runtime engine (TorchBackend) takes them
+            session = _session(str(file), torch.get_num_threads())
 
         def infer(batch: int) -> Callable[[], Any]:
             x = torch.rand(batch, 1, size, size).numpy()
@@ -252,6 +257,9 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
     also holds ``peak_gpu_mb``, the most GPU memory held by tensors (``torch.cuda.max_memory_allocated``: not
     the allocator's cache, nor the CUDA context). fp32 convolutions there run as PyTorch configures them
     (TF32 by default on Ampere and later).
+
+    ``peak_rss_mb`` (and ``peak_gpu_mb``) is the peak after inference, before any training, on every path; the
+    PyTorch paths add ``peak_rss_train_mb`` (and ``peak_gpu_train_mb``), the peak once the training steps ran.
     """
     from covseg.runtime import resolve_device
 
@@ -265,11 +273,15 @@ def measure(model_name: str, path: str, size: int, repeats: int, train_steps: in
         seconds = _median_seconds(runners.infer(batch), repeats, dev)
         out[f"infer_ms_b{batch}"] = 1000 * seconds / batch
     out["gflops_per_s_b8"] = out["gflop_per_slice"] / (out["infer_ms_b8"] / 1000)
-    if runners.trainer is not None and train_steps > 0:  # inference is done: train the model itself, as before
-        out["train_img_s"] = TRAIN_BATCH / _median_seconds(runners.trainer(False), train_steps, dev)
-    out["peak_rss_mb"] = peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()  # inference's peak: read before training raises the high-water mark
     if dev.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        torch.cuda.reset_peak_memory_stats(dev)  # training's GPU peak counted afresh
+    if runners.trainer is not None and train_steps > 0:  # inference is done: train the model itself, as before
+        out["train_img_s"] = TRAIN_BATCH / _median_seconds(runners.trainer(False), train_steps, dev)
+        out["peak_rss_train_mb"] = peak_rss_mb()
+        if dev.type == "cuda":
+            out["peak_gpu_train_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return out
 
 
@@ -416,16 +428,20 @@ def scan_files(images_dir: str, slices: int) -> list[Path]:
     return files[:slices]
 
 
-def scan_slices(slices: int, size: int, images_dir: str | None = None) -> list[np.ndarray]:
+def scan_slices(slices: int, size: int, images_dir: str | None = None,
+                window: tuple[float, float] | None = None) -> list[np.ndarray]:
     """``slices`` images ``(size, size)`` float32 in [0, 1]: uniform noise, or the first ``slices`` CT slices of
     ``images_dir`` in name order (e.g. COVID-SemiSeg's unlabelled ``Pseudo-label/Imgs``), each read as
-    ``covseg predict`` reads it and resized bilinearly to ``size`` square, so that the bf16 check meets real CT."""
+    ``covseg predict`` reads it (HU through ``window``, the model's ``data.window``; ``None``: the default lung
+    window) and resized bilinearly to ``size`` square, so that the bf16 check meets real CT."""
     if images_dir is None:
         rng = np.random.default_rng(0)
         return [rng.random((size, size), dtype=np.float32) for _ in range(slices)]
     from covseg.datasets import read_image
+    from covseg.intensity import LUNG_WINDOW
 
-    return [nn.functional.interpolate(torch.from_numpy(read_image(f))[None, None], size=(size, size),
+    return [nn.functional.interpolate(torch.from_numpy(read_image(f, window or LUNG_WINDOW))[None, None],
+                                      size=(size, size),
                                       mode="bilinear", align_corners=False)[0, 0].numpy()
             for f in scan_files(images_dir, slices)]
 
@@ -453,7 +469,7 @@ def _scan_benchmark(slices: int, size: int, model_path: str | None, precision: s
     backend = TorchBackend(model, dev, resolve_precision(precision, dev), fp32_engine if dev.type == "cpu" else "torch")
     predictor = Predictor(backend, config.data.input_size, 8, normalize=config.data.normalize,
                           resize=config.data.resize)
-    images = scan_slices(slices, size, images_dir)
+    images = scan_slices(slices, size, images_dir, config.data.window)  # as `covseg predict` reads them
     tick = time.perf_counter()
     for _ in predictor(images):
         pass
@@ -469,12 +485,15 @@ def _e2e_scan_benchmark(slices: int, size: int, model_path: str | None, device: 
 
     The prediction runs as its own process (``covseg predict``'s CLI), so its time includes start-up and
     imports as a user sees them, and its peak resident memory (:func:`peak_rss_mb`, which it prints on
-    stderr) is its own, not that of this process, which built the phantom.
+    stderr) is its own, not that of this process, which built the phantom. A prediction that fails (non-zero
+    exit status, e.g. killed for memory) raises :class:`CovsegError` naming its status and last error line: it has
+    no time to report.
     """
     import nibabel as nib
 
     from covseg.checkpoint import build_model, save_checkpoint
     from covseg.config import load_recipe
+    from covseg.errors import CovsegError
     from covseg.phantom import chest_phantom
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -493,8 +512,13 @@ def _e2e_scan_benchmark(slices: int, size: int, model_path: str | None, device: 
                                str(Path(tmp) / "out"), "--model", model_path, "--device", device, "--quiet"],
                               capture_output=True, text=True)
         seconds = time.perf_counter() - tick
+        if proc.returncode != 0:
+            errors = [line for line in proc.stderr.strip().splitlines() if not line.startswith("peak_rss_mb=")]
+            raise CovsegError(f"the end-to-end scan's covseg predict failed with exit status {proc.returncode} "
+                              f"({errors[-1].strip() if errors else 'no error message'}); fix what it names, or "
+                              "skip the scans with --scan-slices 0")
         report_file = Path(tmp) / "out" / "report.json"
-        report = json.loads(report_file.read_text()) if proc.returncode == 0 and report_file.is_file() else {}
+        report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     return {"slices": slices, "seconds": seconds, "status": proc.returncode, "stages": report.get("seconds", {}),
             "peak_rss_mb": _reported_peak(proc.stderr),
             "phantom_rss_mb": builder_peak}
@@ -516,16 +540,20 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _peak(row: dict[str, Any]) -> str:
-    """Peak resident memory, and the peak GPU memory held by tensors where the row ran on CUDA."""
-    return f"{row['peak_rss_mb']:.0f}" + (f" (GPU {row['peak_gpu_mb']:.0f})" if "peak_gpu_mb" in row else "")
+def _peak(row: dict[str, Any], stage: str = "") -> str:
+    """Peak resident memory after inference (``stage=""``) or after training (``"_train"``; "–" where the row did
+    not train), and the peak GPU memory held by tensors where the row ran on CUDA."""
+    if f"peak_rss{stage}_mb" not in row:
+        return "–"
+    gpu = row.get(f"peak_gpu{stage}_mb")
+    return f"{row[f'peak_rss{stage}_mb']:.0f}" + (f" (GPU {gpu:.0f})" if gpu is not None else "")
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     by = {(r["model"], r["path"]): r for r in rows}
     lines = ["| model | path | dtype | infer ms/slice b1 | infer ms/slice b8 | train img/s | GFLOP/s (b8) | "
-             "peak RSS MB | × fp32-naive (b8 / train) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "peak RSS MB, inference | peak RSS MB, after training | × fp32-naive (b8 / train) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = by.get((r["model"], "fp32-naive"))
         speed = (f"{base['infer_ms_b8'] / r['infer_ms_b8']:.1f}× / "
@@ -533,7 +561,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
                  if base else "–")
         train = f"{r['train_img_s']:.2f}" if "train_img_s" in r else "–"
         lines.append(f"| {r['model']} | {r['path']} | {r['dtype']} | {r['infer_ms_b1']:.1f} | {r['infer_ms_b8']:.1f} | "
-                     f"{train} | {r['gflops_per_s_b8']:.0f} | {_peak(r)} | {speed} |")
+                     f"{train} | {r['gflops_per_s_b8']:.0f} | {_peak(r)} | {_peak(r, '_train')} | {speed} |")
     return lines
 
 
@@ -570,8 +598,8 @@ def _monai_missing() -> str | None:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """Refuse, in one line, names and numbers no step can run, a ``monai-*`` model without MONAI, and a ``--model``
-    or ``--out`` the last steps would fail on."""
+    """Refuse, in one line, names and numbers no step can run, a ``--side-by-side`` without the two paths it times,
+    a ``monai-*`` model without MONAI, and a ``--model`` or ``--out`` the last steps would fail on."""
     from covseg.checkpoint import load_model
     from covseg.errors import CovsegError
     from covseg.fileio import unwritable_reason
@@ -586,6 +614,11 @@ def _check_options(args: argparse.Namespace) -> None:
                                  ("--size", args.size, 1), ("--scan-slices", args.scan_slices, 0)):
         if value < least:
             raise SystemExit(f"covseg bench: {option} must be {least} or more, not {value}")
+    missing = [p for p in ("fp32-naive", "covseg") if p not in args.paths.split(",")]
+    if args.side_by_side > 0 and missing:  # else it would be skipped without a word
+        raise SystemExit(f"covseg bench: --side-by-side times fp32-naive and covseg side by side, but --paths "
+                         f"{args.paths} lacks {' and '.join(missing)}; add {'them' if len(missing) > 1 else 'it'} to --paths or drop "
+                         "--side-by-side")
     if args.out.is_dir():
         raise SystemExit(f"covseg bench: {args.out}: is a folder; give --out a Markdown file name, e.g. "
                          f"{args.out / 'RESULTS.md'}")
@@ -630,7 +663,7 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
     parser.add_argument("--side-by-side", type=int, default=0, metavar="ROUNDS",
                         help="also time fp32-naive and covseg's path, each in its own process, in turn for ROUNDS "
                         "rounds, a model and its MONAI peer together (two passes and two training steps per network a "
-                        "round: slow for wide models; default 0: skip; runs only with both paths in --paths)")
+                        "round: slow for wide models; default 0: skip; needs both paths in --paths)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"),
                         help="Markdown file the table is written to (default: benchmarks/RESULTS.md under the "
                              "current folder, which in a checkout replaces the committed results)")
@@ -679,7 +712,10 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
             raise SystemExit(f"covseg bench: {error}")
         return 0
     if args.e2e_only:
-        print(json.dumps(_e2e_scan_benchmark(args.scan_slices, args.size, args.model, args.device)))
+        try:
+            print(json.dumps(_e2e_scan_benchmark(args.scan_slices, args.size, args.model, args.device)))
+        except CovsegError as error:  # predict failed: one line, which the parent passes on, and no figure
+            raise SystemExit(f"covseg bench: {error}")
         return 0
     if args.side_by_side < 0:
         raise SystemExit(f"covseg bench: --side-by-side must be 0 or more rounds, not {args.side_by_side}")
@@ -704,10 +740,11 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
             row = child(["--one", model, path])
             rows.append(row)
             print(f"{model:13s} {path:12s} b1 {row['infer_ms_b1']:8.1f} ms  b8 {row['infer_ms_b8']:8.1f} ms/slice  "
-                  f"train {row.get('train_img_s', float('nan')):6.2f} img/s  {_peak(row)} MB", flush=True)
-    both = {"fp32-naive", "covseg"} <= set(args.paths.split(","))
+                  f"train {row.get('train_img_s', float('nan')):6.2f} img/s  peak {_peak(row)} MB inference, "
+                  f"{_peak(row, '_train')} MB after training", flush=True)
+    # both paths are in --paths (_check_options)
     paired = side_by_side(args.models.split(","), args.size, args.side_by_side, args.device) \
-        if args.side_by_side and both else None
+        if args.side_by_side else None
     for row in paired or []:
         print(f"{row['model']:13s} {row['path']:12s} side by side: b8 {row['infer_ms_b8']:8.1f} ms/slice  "
               f"train {row['train_img_s']:6.2f} img/s", flush=True)

@@ -15,7 +15,8 @@ from covseg.bench import _e2e_scan_benchmark, _scan_benchmark, build_bench_model
 
 def test_measure_reports_every_figure() -> None:
     row = measure("unet16", "covseg", size=32, repeats=1, train_steps=1)
-    for key in ("infer_ms_b1", "infer_ms_b8", "train_img_s", "gflop_per_slice", "gflops_per_s_b8", "peak_rss_mb"):
+    for key in ("infer_ms_b1", "infer_ms_b8", "train_img_s", "gflop_per_slice", "gflops_per_s_b8", "peak_rss_mb",
+                "peak_rss_train_mb"):
         assert row[key] > 0, key
     # FLOPs of the default U-Net scale with the pixel count
     assert measure("unet16", "fp32-naive", size=64, repeats=1, train_steps=0)["gflop_per_slice"] == pytest.approx(
@@ -130,7 +131,10 @@ def test_side_by_side_rounds_below_zero_are_refused(tmp_path: Path) -> None:
     (["--out", "UNDER_A_FILE"], "is a file, not a folder"),
     (["--models", "unet16,segnet", "--size", "48"], "--size 48 is not a multiple of 32, which segnet needs; use 64"),
     (["--size", "40"], "--size 40 is not a multiple of 16, which unet16 needs; use 48"),
-    (["--models", "monai-unet16", "--size", "40"], "which monai-unet16 needs")])  # the default U-Net's peer: known
+    (["--models", "monai-unet16", "--size", "40"], "which monai-unet16 needs"),  # the default U-Net's peer: known
+    # once silently skipped: the side by side times both paths
+    (["--side-by-side", "2"], "--side-by-side times fp32-naive and covseg side by side, but --paths fp32-naive lacks "
+                              "covseg; add it to --paths or drop --side-by-side")])
 def test_bad_options_are_refused_before_any_step(args: list[str], message: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # a bench takes many minutes: a bad --model or --out must not wait for its end, nor a bad name for its step
@@ -322,3 +326,124 @@ def test_covseg_bench_names_itself_in_the_results_header(monkeypatch) -> None:
     monkeypatch.setattr(bench, "main", lambda argv, command="python benchmarks/bench.py": seen.append((argv, command)) or 0)
     assert cli_main(["bench", "--models", "unet16"]) == 0
     assert seen == [(["--models", "unet16"], "covseg bench")]
+
+
+def test_peak_memory_is_read_after_inference_and_again_after_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The peak RSS column is inference's on every path (the ONNX rows never train); training's peak is its own."""
+    import covseg.bench as bench
+
+    trained: list[bool] = []
+    real = bench.path_runners
+
+    def noting_training(*args, **kwargs):
+        runners = real(*args, **kwargs)
+
+        def trainer(separate: bool):
+            step = runners.trainer(separate)
+            return lambda: (trained.append(True), step())
+        return runners._replace(trainer=trainer)
+
+    monkeypatch.setattr(bench, "path_runners", noting_training)
+    monkeypatch.setattr(bench, "peak_rss_mb", lambda: 2000.0 if trained else 1000.0)  # training raises the mark
+    row = measure("unet16", "fp32-naive", size=32, repeats=1, train_steps=1)
+    assert trained and row["peak_rss_mb"] == 1000.0 and row["peak_rss_train_mb"] == 2000.0, row
+    onnx = {k: v for k, v in row.items() if k not in ("train_img_s", "peak_rss_train_mb")} | {"path": "onnxruntime"}
+    table = bench._table([row, onnx])
+    assert "| peak RSS MB, inference | peak RSS MB, after training |" in table[0]
+    assert "| 1000 | 2000 |" in table[2] and "| 1000 | – |" in table[3]
+
+
+def test_a_failed_end_to_end_predict_is_an_error_not_a_time(tmp_path: Path) -> None:
+    """A `covseg predict` that exits non-zero has no time to report: one line with its status and last error."""
+    missing = tmp_path / "none.pt"
+    with pytest.raises(SystemExit) as failed:
+        main(["--e2e-only", "--scan-slices", "2", "--size", "32", "--model", str(missing)])
+    message = str(failed.value)
+    assert message.startswith("covseg bench: the end-to-end scan's covseg predict failed with exit status ")
+    assert "none.pt: no such model file or folder" in message and "peak_rss_mb" not in message and "\n" not in message
+
+
+def _ort_sessions(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every ONNX Runtime session made from here on, with the options it was given (``None``: none)."""
+    import onnxruntime as ort
+
+    made: list = []
+    real = ort.InferenceSession
+
+    def spy(source, sess_options=None, *args, **kwargs):
+        session = real(source, sess_options, *args, **kwargs)
+        made.append((session, sess_options))
+        return session
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    return made
+
+
+@pytest.mark.parametrize("path", ["onnxruntime", "onnx-int8"])
+def test_onnx_rows_run_with_the_thread_count_the_header_names(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from covseg.bench import path_runners
+
+    made = _ort_sessions(monkeypatch)
+    path_runners("unet16", path, 32)
+    _, options = made[-1]  # the row's own session, made after any calibration's
+    assert options is not None and options.intra_op_num_threads == torch.get_num_threads()
+
+
+def test_the_onnxruntime_row_runs_covseg_s_exported_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """covseg.export.write_graph's graph (dynamic batch, height and width), as the int8 row and covseg's engine."""
+    from covseg.bench import path_runners
+
+    made = _ort_sessions(monkeypatch)
+    path_runners("unet16", "onnxruntime", 32)
+    session, _ = made[-1]
+    assert session.get_inputs()[0].shape == ["batch", 1, "height", "width"]
+    assert session.run(None, {"image": np.zeros((1, 1, 64, 64), np.float32)})[0].shape == (1, 2, 64, 64)
+
+
+def _script(name: str):
+    """A script of benchmarks/ as a module (they are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", Path(__file__).parents[1] / "benchmarks"
+                                                  / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("bf16_check", ["NONE"], "no such checkpoint or run folder"),
+    ("int8_check", ["NONE"], "NONE"),
+    ("scan_int8", ["NONE", "x.onnx"], "no such checkpoint or run folder"),
+    ("scan_int8", ["NONE", "x.onnx", "--rounds", "0"], "--rounds must be 1 or more, not 0"),
+    ("scan_int8", ["NONE", "x.onnx", "--slices", "0"], "--slices must be 1 or more, not 0"),
+    ("bf16_paths", ["--rounds", "0"], "--rounds must be 1 or more, not 0"),
+    ("onednn_int8", ["speed", "--rounds", "0"], "--rounds must be 1 or more, not 0")])
+def test_benchmark_scripts_refuse_bad_input_in_one_line(script: str, args: list[str], message: str,
+                                                        tmp_path: Path) -> None:
+    none = str(tmp_path / "none")
+    with pytest.raises(SystemExit) as refused:
+        _script(script).main([none if a == "NONE" else a for a in args])
+    text = str(refused.value).replace("NONE", none)
+    assert text.startswith(f"{script}: ") and message.replace("NONE", none) in text and "\n" not in text, text
+
+
+def test_bf16_paths_refuses_an_unknown_model_by_name(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as refused:
+        _script("bf16_paths").main(["--model", "resnet"])
+    assert refused.value.code == 2 and "argument --model: invalid choice: 'resnet'" in capsys.readouterr().err
+
+
+def test_scan_images_are_read_through_the_model_s_window(tmp_path: Path) -> None:
+    """As `covseg predict` reads a folder: HU through the model's data.window, not the default lung window."""
+    import nibabel as nib
+
+    from covseg.bench import scan_slices
+    from covseg.datasets import read_image
+
+    (tmp_path / "slices").mkdir()
+    file = tmp_path / "slices" / "0.nii.gz"
+    nib.save(nib.Nifti1Image(np.linspace(-1000, 400, 32 * 32, dtype=np.float32).reshape(32, 32),
+                             np.diag([-1.0, -1.0, 1.0, 1.0])), str(file))
+    window = (-300.0, 800.0)
+    assert np.allclose(scan_slices(1, 32, str(tmp_path / "slices"), window)[0], read_image(file, window), atol=1e-6)
