@@ -30,6 +30,7 @@ __all__ = [
     "RunConfig",
     "TASKS",
     "MAX_SEED",
+    "MAX_LR",
     "RESIZE_MODES",
     "available_recipes",
     "load_recipe",
@@ -392,6 +393,10 @@ _POSITIVE = {("data", "input_size"), ("data", "folds"), ("model", "width"), ("mo
              ("train", "dice_weight"), ("data", "pseudo_ratio"), ("data", "window_width")}
 _MAX_DEPTH = {"segnet": 5}  # SegNet's stages are VGG16's five (covseg.models.segnet.VGG16_BLOCKS)
 MAX_SEED = 2**32  # numpy's legacy seeds and every generator covseg seeds take values below this
+#: the largest learning rate a new run (train.lr) or a pretraining (--lr) takes: the recipes use 3e-5 to 0.01, far
+#: above it the weights diverge, and past float32's largest number torch's optimisers raise at their first step
+MAX_LR = 1.0
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: a larger number overflows to inf
 
 
 def _validate(config: RunConfig, source: str) -> None:
@@ -402,8 +407,9 @@ def _validate(config: RunConfig, source: str) -> None:
     if not math.isfinite(config.data.window_level):
         raise CovsegError(f"{source}: data.window_level is {config.data.window_level}; it must be a finite HU "
                           "value, e.g. -600 (a lung window)")
-    if not math.isfinite(config.train.lr):
-        raise CovsegError(f"{source}: train.lr is {config.train.lr}; it must be a finite learning rate, e.g. 0.001")
+    if not (math.isfinite(config.train.lr) and abs(config.train.lr) <= FLOAT32_MAX):  # no run trained past that
+        raise CovsegError(f"{source}: train.lr is {config.train.lr}; it must be a finite learning rate in float32 "
+                          "(at most 3.4e38), e.g. 0.001")
     for section, key in _POSITIVE:
         value = getattr(getattr(config, section), key)
         if not (value > 0 and math.isfinite(value)):
@@ -519,17 +525,20 @@ def check_new_run(config: RunConfig) -> None:
     """Checks for a run about to begin, beyond :func:`validate`'s: settings that older covseg versions accepted and
     trained (so their saved runs must still load, evaluate and resume) but that do not train what they say.
 
-    A crop larger than ``train.progressive_size`` (the progressive epochs could not cut it) or too small for the
-    bottleneck (instance norm, or batch norm on a batch of one, fails on a 1 x 1 map), ``model.batch_norm=false`` on
-    SegNet (ignored: it always normalises) or beside a ``model.norm`` other than batch (no normalisation at all is
-    built), a ``train.progressive_size`` whose fraction of the epochs rounds down to no epoch (ignored),
-    ``train.distill`` with ``train.distill_weight=0`` (teachers run for a term weighted 0),
+    A ``train.lr`` above :data:`MAX_LR`, a crop larger than ``train.progressive_size`` (the progressive epochs could
+    not cut it) or too small for the bottleneck (instance norm, or batch norm on a batch of one, fails on a 1 x 1
+    map), ``model.batch_norm=false`` on SegNet (ignored: it always normalises) or beside a ``model.norm`` other than
+    batch (no normalisation at all is built), a ``train.progressive_size`` whose fraction of the epochs rounds down
+    to no epoch (ignored), ``train.distill`` with ``train.distill_weight=0`` (teachers run for a term weighted 0),
     ``model.deep_supervision`` at ``model.depth=1`` (no decoder level below the top, so no aux head: ignored), and an
     option set away from its default where the settings never read it (:func:`_unread_options`: ``data.val_fraction``
     on a split other than official, ``data.folds`` on one other than cv:K, ``train.momentum`` without SGD, the
     consistency, distillation and pseudo-label options without the setting they tune) raise a one-line
     :class:`CovsegError`."""
     t, m = config.train, config.model
+    if t.lr > MAX_LR:  # older versions took it: a saved run may hold one
+        raise CovsegError(f"train.lr is {t.lr:g}, above the largest learning rate a run takes ({MAX_LR:g}; the "
+                          "recipes use 3e-05 to 0.01); use a smaller one, e.g. 0.001")
     crop, progressive = t.augment.crop, t.progressive_size
     if crop > progressive > 0:  # a crop is cut from the resampled slice: larger than it, none would be cut
         raise CovsegError(f"train.augment.crop is {crop}, larger than train.progressive_size {progressive}, so "

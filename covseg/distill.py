@@ -18,6 +18,7 @@ Shapes: images ``(N, 1, s, s)``; logits and probabilities ``(N, C, s, s)``, ``C`
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection
 from pathlib import Path
 from typing import NamedTuple
@@ -30,11 +31,12 @@ from covseg.checkpoint import find_checkpoint, load_model, read_checkpoint, refu
 from covseg.config import RunConfig, config_from_dict, data_differences
 from covseg.errors import CovsegError
 from covseg.fileio import file_sha256
+from covseg.models.unet import GROUP_NORM_GROUPS
 from covseg.runtime import autocast, training_memory_format
 from covseg.splits import load_split, parse_split_name, split_settings
 
 __all__ = ["distillation_loss", "teacher_entries", "teacher_paths", "chosen_on_validation",
-           "held_out_seen", "Teachers", "check_teachers", "load_teachers", "DistillTerm"]
+           "held_out_seen", "teacher_sizes", "Teachers", "check_teachers", "load_teachers", "DistillTerm"]
 
 #: the data options that make a teacher's input the student's (per-slice normalisation, resizing, HU window)
 INPUT_KEYS = ("normalize", "resize", "input_size", "window_level", "window_width")
@@ -50,7 +52,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
     log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     teacher = teacher_probs.float()
     kl = (torch.xlogy(teacher, teacher) - teacher * log_student).sum(dim=1)
-    return kl.mean() * temperature**2
+    # T twice, not T**2: a tiny T's square underflows to 0 in float32 and would silently drop the term
+    return kl.mean() * temperature * temperature
 
 
 def teacher_entries(spec: str) -> list[str]:
@@ -120,12 +123,41 @@ def _check_teacher(file: Path, made: RunConfig, saved: dict, config: RunConfig, 
     if seen:
         raise CovsegError(f"train.distill: {file} was trained on {len(seen)} of the images this run holds out "
                           f"(first: {seen[0]}); give teachers trained on this run's data and split")
-    step = 2**made.model.depth  # the teacher sees the student's batches: cropped, or at the progressive size
-    for size in {config.train.augment.crop or config.data.input_size, config.train.progressive_size} - {0}:
+    step, fails_1x1 = 2**made.model.depth, _norm_failing_on_1x1(made)
+    for size in teacher_sizes(config):
         if size % step:
             raise CovsegError(f"train.distill: {file} is a {made.model.name} of depth {made.model.depth}, which "
                               f"needs sizes divisible by {step}, but this run trains on {size}x{size} images; "
                               "give shallower teachers or another size")
+        if size < 2 * step and fails_1x1:
+            raise CovsegError(f"train.distill: {file} is a {made.model.name} of depth {made.model.depth} with "
+                              f"{fails_1x1}, whose bottleneck is 1x1 on the {size}x{size} images this run trains on, "
+                              f"too small for it; give shallower teachers or train on at least {2 * step}x{2 * step}")
+
+
+def teacher_sizes(config: RunConfig) -> list[int]:
+    """The sides of the batches ``config``'s teachers see (ascending): each training batch, at
+    ``data.input_size`` or, in the progressive epochs, ``train.progressive_size``, cut to ``train.augment.crop``
+    where that is smaller (:func:`covseg.transforms.augment_batch`); never validation's, which they do not see."""
+    t = config.train
+    sides = {config.data.input_size, *((t.progressive_size,) if t.progressive_epochs() else ())}
+    return sorted({min(t.augment.crop, side) if t.augment.crop else side for side in sides})
+
+
+def _norm_failing_on_1x1(made: RunConfig) -> str:
+    """The normalisation (e.g. ``"instance norm"``) that cannot take a 1x1 bottleneck in the network of ``made`` run
+    in eval mode, as teachers run, or ``""`` where it can: the condition of
+    :meth:`covseg.models.unet.UNet._check_bottleneck`, a batch of one assumed (an epoch's last batch may hold one
+    image). Batch norm in eval mode uses its running statistics, so it takes one."""
+    m = made.model
+    if m.name != "unet" or not m.batch_norm:
+        return ""
+    channels = m.width * 2**m.depth
+    if m.norm == "instance":
+        return "instance norm"
+    if m.norm == "group" and channels // math.gcd(GROUP_NORM_GROUPS, channels) == 1:
+        return "group norm of one channel a group"
+    return ""
 
 
 def _checked_teachers(config: RunConfig, held_out: Collection[str], build: bool
@@ -162,9 +194,10 @@ def load_teachers(config: RunConfig, held_out: Collection[str] = ()) -> Teachers
 
     Refused (one-line :class:`CovsegError`): a missing teacher, a run's ``best.pt`` (given as a file), a lesion-type
     model (``train.types_only``), one trained for another task, on another split or on other input (normalisation,
-    resizing, input size, HU window), one too deep for the sizes this run trains at, an unfinished run, one whose run
-    folder's ``split.json`` trained on any of ``held_out`` (the student's validation and test images: the same split
-    settings on other data split differently), and an empty list.
+    resizing, input size, HU window), one too deep for the sizes this run trains at (:func:`teacher_sizes`), or
+    left with a 1x1 bottleneck there by instance norm or group norm of one channel a group, an unfinished run, one
+    whose run folder's ``split.json`` trained on any of ``held_out`` (the student's validation and test images: the
+    same split settings on other data split differently), and an empty list.
     """
     found = _checked_teachers(config, held_out, build=True)
     files = [file for file, _ in found]

@@ -39,7 +39,7 @@ from covseg import __version__
 from covseg.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from covseg.checkpoint import (architecture_options, check_checkpoint, checkpoint_config, cpu_state_dict,
                                load_weights_file, refuse_unfinished)
-from covseg.config import ModelConfig, RunConfig, config_from_dict, config_to_dict, data_differences
+from covseg.config import MAX_LR, ModelConfig, RunConfig, config_from_dict, config_to_dict, data_differences
 from covseg.distill import chosen_on_validation, held_out_seen
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_dir, atomic_write_text, interrupts_deferred, replacing_output
@@ -66,7 +66,7 @@ class PretrainOptions:
     steps: int = 600
     batch_size: int = 8
     crop: int = 256  # random square crop of each resized slice (0: the whole slice); a multiple of 2**depth, >= 16
-    lr: float = 2e-3
+    lr: float = 2e-3  # AdamW's peak learning rate, in (0, covseg.config.MAX_LR]
     weight_decay: float = 1e-4
     seed: int = 0
     nonlinear_rate: float = 0.9  # a random Bezier grey-level curve
@@ -320,13 +320,18 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def check_options(options: PretrainOptions, config: RunConfig) -> None:
-    """Raise a :class:`CovsegError` for a pretraining budget or crop that cannot run with ``config``'s network."""
+    """Raise a :class:`CovsegError` for a pretraining budget, learning rate (at most
+    :data:`covseg.config.MAX_LR`) or crop (at least ``2 * 2**depth``, as a run's ``train.augment.crop``) that cannot
+    run with ``config``'s network."""
     m, size = config.model, config.data.input_size
     if options.steps < 1 or options.batch_size < 1:
         raise CovsegError("pretraining needs at least one step and a batch of at least one slice")
     if not (math.isfinite(options.lr) and options.lr > 0) or options.weight_decay < 0:
         raise CovsegError(f"the pretraining learning rate must be a positive number (got {options.lr}) and the "
                           f"weight decay not negative (got {options.weight_decay})")
+    if options.lr > MAX_LR:  # far above it the weights diverge; past float32's range AdamW raises at its first step
+        raise CovsegError(f"--lr {options.lr:g} is above the largest learning rate pretraining takes ({MAX_LR:g}); "
+                          "use a smaller one, e.g. the default 0.002")
     if not 0 <= options.seed < 2 ** 32:
         raise CovsegError(f"the pretraining seed must be a whole number from 0 to 2**32 - 1, got {options.seed}")
     if size < MIN_SIDE:
@@ -335,6 +340,10 @@ def check_options(options: PretrainOptions, config: RunConfig) -> None:
     if options.crop and not (MIN_SIDE <= options.crop <= size and options.crop % (2 ** m.depth) == 0):
         raise CovsegError(f"--crop {options.crop} must be a multiple of {2 ** m.depth} (model depth {m.depth}) "
                           f"from {MIN_SIDE} to data.input_size {size}; or 0 for whole slices")
+    if options.crop and options.crop < 2 * 2 ** m.depth:  # as a run's train.augment.crop (config.check_new_run)
+        raise CovsegError(f"--crop {options.crop} leaves a model of depth {m.depth} a 1x1 bottleneck; use a crop "
+                          f"of at least {2 * 2 ** m.depth} (2 x 2**depth, as train.augment.crop), or 0 for whole "
+                          "slices")
 
 
 PRETRAIN_OUTPUTS = (PRETRAINED_FILE, "history.csv")
@@ -431,6 +440,10 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
                 bar.set_postfix(loss=f"{running / counted:.4f}")
                 running, counted = 0.0, 0
         step = options.steps
+        weights = [v for v in network.state_dict().values() if v.is_floating_point()]
+        if not all(torch.isfinite(v).all() for v in weights):  # the loss checks them only up to the last step
+            raise CovsegError(f"the restoration network's weights became infinite or NaN by step {step}; lower --lr "
+                              f"({_left_as_it_was(out_dir)})")
     except KeyboardInterrupt:
         log(f"interrupted at step {step + 1} of {options.steps}; nothing written ({_left_as_it_was(out_dir)})")
         raise

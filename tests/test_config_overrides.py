@@ -253,3 +253,22 @@ def test_deep_supervision_at_depth_one_is_refused_for_a_new_run() -> None:
     check_new_run(apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "model.deep_supervision=true"]))
     # a run saved with it by older covseg still loads (to evaluate, predict, export or resume it)
     assert config_to_dict(config_from_dict(config_to_dict(config))) == config_to_dict(config)
+
+
+def test_a_learning_rate_past_float32_or_above_1_is_refused(tiny_data: Path, tmp_path: Path, capsys) -> None:
+    from covseg.cli import main
+
+    # before: 1e39 (finite in Python, inf in float32) passed, and the optimiser's first step raised a traceback
+    with pytest.raises(CovsegError, match=r"train.lr is 1e\+39; it must be a finite learning rate in float32"):
+        apply_overrides(load_recipe("tiny"), ["train.lr=1e39"])
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o", str(out), "--quiet",
+                 *TINY_OVERRIDES, "train.lr=1e39"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.lr is 1e+39" in err[0] and not out.exists()
+    # above 1 (config.MAX_LR): refused for a new run, while a saved run that holds one still loads
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.lr=2"])
+    with pytest.raises(CovsegError, match=r"^train.lr is 2, above the largest learning rate a run takes \(1; "):
+        check_new_run(config)
+    assert config_from_dict(config_to_dict(config)).train.lr == 2
+    check_new_run(apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.lr=1"]))

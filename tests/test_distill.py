@@ -243,3 +243,52 @@ def test_cv_refuses_a_teacher_a_later_fold_may_not_use_before_fold_0_trains(
     assert check_teachers(config) == [tiny_run / "last.pt"]
     with pytest.raises(CovsegError, match="is a run's best.pt"):
         check_teachers(apply_overrides(config, [f"train.distill={tiny_run / 'best.pt'}"]))
+
+
+def test_a_tiny_temperature_keeps_the_term() -> None:
+    # before: T**2 (1e-50) underflowed to 0 in float32, so the term silently vanished
+    torch.manual_seed(0)
+    student, temperature = torch.randn(1, 2, 4, 4), 1e-25
+    teacher = torch.softmax(torch.randn(1, 2, 4, 4, dtype=torch.float64) / temperature, 1)
+    log_student = torch.log_softmax(student.double() / temperature, 1)
+    expected = ((torch.xlogy(teacher, teacher) - teacher * log_student).sum(1).mean() * temperature**2).item()
+    assert expected > 0
+    assert distillation_loss(student, teacher.float(), temperature).item() == pytest.approx(expected, rel=1e-4, abs=0)
+
+
+def test_a_teacher_left_a_1x1_bottleneck_by_its_norm_is_refused_before_anything_is_written(
+        tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    common = ["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1", "--quiet"]
+    assert main([*common, "-o", str(teacher), *TINY_OVERRIDES, "model.norm=instance"]) == 0
+    capsys.readouterr()
+    # before: accepted (4 is a multiple of 4), then the first step failed, blaming the student's network, with the
+    # run folder written
+    assert main([*common, "-o", str(student), *TINY_OVERRIDES, "model.depth=1", "train.augment.crop=4",
+                 f"train.distill={teacher}"]) == 2
+    err = capsys.readouterr().err
+    assert "train.distill: " in err and err.count("\n") == 1 and "at least 8x8" in err
+    assert "is a unet of depth 2 with instance norm, whose bottleneck is 1x1 on the 4x4 images this run trains" in err
+    assert not student.exists()
+    config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0", "model.depth=1",
+                                                   "train.augment.crop=8", f"train.distill={teacher}"])
+    assert check_teachers(config) == [teacher / "last.pt"]
+
+
+def test_teachers_of_a_cropped_progressive_run_are_checked_at_the_crop(tiny_data: Path, tmp_path: Path) -> None:
+    deep = tmp_path / "deep"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1", "--quiet",
+                 "-o", str(deep), *TINY_OVERRIDES, "model.depth=4"]) == 0
+    progressive = [*TINY_OVERRIDES, "data.split=cv:0", "train.epochs=2", "train.progressive_size=24",
+                   "train.progressive_fraction=0.5", f"train.distill={deep}"]
+    # every batch is a 16x16 crop, of the 24x24 resampling in the progressive epochs: the depth-4 teacher (batch
+    # norm, whose running statistics take its 1x1 bottleneck) takes it
+    config = apply_overrides(load_recipe("tiny"), [*progressive, "train.augment.crop=16"])
+    assert check_teachers(config) == [deep / "last.pt"]  # before: refused for 24, which it never sees
+    from covseg.distill import teacher_sizes
+
+    assert teacher_sizes(config) == [16]
+    config = apply_overrides(load_recipe("tiny"), progressive)
+    assert teacher_sizes(config) == [24, 32]  # without the crop: the progressive size, then data.input_size
+    with pytest.raises(CovsegError, match="needs sizes divisible by 16, but this run trains on 24x24 images"):
+        check_teachers(config)

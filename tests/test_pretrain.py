@@ -273,17 +273,18 @@ def test_force_replaces_only_a_finished_pretraining_and_keeps_it_when_the_new_on
     err = capsys.readouterr().err
     assert "is not a pretraining folder (it holds best.pt)" in err and err.count("\n") == 1
     assert sorted(p.name for p in run.iterdir()) == before
-    # a pretraining that fails (the loss diverges) leaves the one it was to replace as it was
+    # a pretraining that fails (the loss diverges: here NaN slices) leaves the one it was to replace as it was
+    import covseg.pretrain
+
     old = tmp_path / "old"
     shutil.copytree(pretrained, old)
     kept = (old / PRETRAINED_FILE).read_bytes()
-    assert main([*common, "-o", str(old), "--force", "--lr", "1e30"]) == 2
+    monkeypatch.setattr(covseg.pretrain, "corrupt_batch", lambda clean, rng, options: torch.full_like(clean, np.nan))
+    assert main([*common, "-o", str(old), "--force"]) == 2
     err = capsys.readouterr().err
     assert "the restoration loss became nan" in err and f"{old} is left as it was" in err
     assert (old / PRETRAINED_FILE).read_bytes() == kept and not list(tmp_path.glob(".old.*"))
     # so does Ctrl-C, and a new folder interrupted is not made at all
-    import covseg.pretrain
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -443,3 +444,54 @@ def test_a_trained_checkpoint_with_unreadable_settings_is_refused_in_one_line(
                      "--quiet", *TINY_OVERRIDES, f"train.init={other}"]) == 2
         err = capsys.readouterr().err
         assert "its run settings cannot be read" in err and err.count("\n") == 1 and not run.exists()
+
+
+def _one_step(data: Path, out: Path) -> list[str]:
+    """``covseg pretrain`` arguments for one tiny step on ``data`` into ``out``."""
+    return ["pretrain", "--recipe", "tiny", "--data", str(data), "-o", str(out), "--steps", "1", "--batch-size", "2",
+            "--quiet", *PRETRAIN_OVERRIDES]
+
+
+def test_a_learning_rate_past_the_bound_is_refused_in_one_line(unlabelled_data: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p"
+    # before: 1e39 (finite in Python, not in float32) raised a traceback from AdamW; 2 trained on
+    for lr, shown in (("1e39", "1e+39"), ("2", "2")):
+        assert main([*_one_step(unlabelled_data, out), "--lr", lr]) == 2
+        err = capsys.readouterr().err
+        assert f"--lr {shown} is above the largest learning rate pretraining takes (1)" in err
+        assert err.count("\n") == 1 and not out.exists()
+
+
+def test_a_crop_leaving_a_1x1_bottleneck_is_refused_in_one_line(unlabelled_data: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p"
+    common = [*_one_step(unlabelled_data, out), "model.depth=4", "model.norm=instance"]
+    # before: accepted (16 is a multiple of 16), then the first step failed on "a 16x16 image"
+    assert main([*common, "--crop", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "--crop 16 leaves a model of depth 4 a 1x1 bottleneck; use a crop of at least 32" in err
+    assert err.count("\n") == 1 and not out.exists()
+    assert main([*common, "--crop", "32", "--lr", "1"]) == 0
+
+
+def test_weights_that_became_infinite_are_not_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.pretrain
+
+    class Overflowing(torch.optim.AdamW):
+        """AdamW whose step leaves every weight infinite (the loss, taken before it, stays finite)."""
+
+        def step(self, closure: object = None) -> None:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for weight in group["params"]:
+                        weight.fill_(np.inf)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Overflowing)
+    out = tmp_path / "pre"
+    # before: pretrained.pt was written with the infinite weights
+    with pytest.raises(CovsegError, match=r"weights became infinite or NaN by step 1; lower --lr \(.*pre was not made"):
+        covseg.pretrain.pretrain(_tiny_config(), [np.zeros((40, 36), np.float32)] * 2, out,
+                                 PretrainOptions(steps=1, batch_size=1, crop=0), progress=False,
+                                 log=lambda message: None)
+    assert not out.exists()
