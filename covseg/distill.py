@@ -31,7 +31,7 @@ from covseg.checkpoint import find_checkpoint, load_model, read_checkpoint, refu
 from covseg.config import RunConfig, config_from_dict, data_differences
 from covseg.errors import CovsegError
 from covseg.fileio import file_sha256
-from covseg.models.unet import GROUP_NORM_GROUPS
+from covseg.models.unet import GROUP_NORM_GROUPS, norm_failing_on_one_pixel
 from covseg.runtime import autocast, training_memory_format
 from covseg.splits import load_split, parse_split_name, split_settings
 
@@ -153,11 +153,8 @@ def _norm_failing_on_1x1(made: RunConfig) -> str:
     if m.name != "unet" or not m.batch_norm:
         return ""
     channels = m.width * 2**m.depth
-    if m.norm == "instance":
-        return "instance norm"
-    if m.norm == "group" and channels // math.gcd(GROUP_NORM_GROUPS, channels) == 1:
-        return "group norm of one channel a group"
-    return ""
+    reason = norm_failing_on_one_pixel(m.norm, channels // math.gcd(GROUP_NORM_GROUPS, channels), False, True)
+    return reason.removesuffix(" on a batch of one")
 
 
 def _checked_teachers(config: RunConfig, held_out: Collection[str], build: bool

@@ -10,7 +10,8 @@ from torch import nn
 from covseg.errors import CovsegError
 from covseg.models.shapes import check_input_channels, check_input_size
 
-__all__ = ["UNet", "DoubleConv", "ResidualDoubleConv", "AttentionGate", "BLOCKS", "NORMS", "group_norm"]
+__all__ = ["UNet", "DoubleConv", "ResidualDoubleConv", "AttentionGate", "BLOCKS", "NORMS", "group_norm",
+           "norm_failing_on_one_pixel"]
 
 
 #: the most groups :func:`group_norm` splits a layer's channels into (Wu & He's 32 assumes 64+ channels a layer;
@@ -114,6 +115,20 @@ class AttentionGate(nn.Module):
 BLOCKS: dict[str, type[nn.Module]] = {"plain": DoubleConv, "residual": ResidualDoubleConv}
 
 
+def norm_failing_on_one_pixel(norm: str | None, group_channels: int, training: bool, batch_of_one: bool) -> str:
+    """Why a normalisation ``norm`` (``"batch"``, ``"instance"``, ``"group"``; ``None``: none) cannot normalise a
+    ``(B, C, 1, 1)`` map, or ``""`` where it can: instance norm never (one value a channel), batch norm while
+    training on a batch of one, group norm of ``group_channels == 1`` channel a group on a batch of one (each has a
+    single value to take its statistics from, and torch raises a bare ``ValueError``)."""
+    if norm == "instance":
+        return "instance norm"
+    if norm == "batch" and training and batch_of_one:
+        return "batch norm while training on a batch of one"
+    if norm == "group" and batch_of_one and group_channels == 1:
+        return "group norm of one channel a group on a batch of one"
+    return ""
+
+
 class UNet(nn.Module):
     """U-Net: ``depth`` max-pool down-steps, transposed-conv up-steps, skip concatenation.
 
@@ -200,17 +215,11 @@ class UNet(nn.Module):
         """Raise a :class:`CovsegError` if ``x`` ``(B, C, H, W)`` leaves a 1 x 1 bottleneck whose normalisation
         would have a single value to take its statistics from (the norm would raise a bare ``ValueError``)."""
         height, width, step = x.shape[-2], x.shape[-1], 2**self.depth
-        norm = self._bottleneck_norm
-        if height * width != step * step or norm is None:
+        if height * width != step * step:
             return
-        single = x.shape[0] == 1
-        if norm == "instance":
-            reason = "instance norm"
-        elif norm == "batch" and self.training and single:
-            reason = "batch norm while training on a batch of one"
-        elif norm == "group" and single and self._bottleneck_group == 1:
-            reason = "group norm of one channel a group on a batch of one"
-        else:
+        reason = norm_failing_on_one_pixel(self._bottleneck_norm, self._bottleneck_group, self.training,
+                                           x.shape[0] == 1)
+        if not reason:
             return
         raise CovsegError(f"UNet with depth {self.depth} got a {height}x{width} image, whose bottleneck is 1x1, too "
                           f"small for {reason}; give it at least {2 * step}x{2 * step} pixels (2 x 2**depth a side)")
