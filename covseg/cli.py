@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "average (--lesion-model's models then need one too); a checkpoint other than auto's "
                         "reports to RUN_DIR/eval-SPLIT-NAME, beside the run's own")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
-    p.add_argument("-o", "--output", type=Path, help="report folder (default: RUN_DIR/eval-SPLIT)")
+    p.add_argument("-o", "--output", type=Path,
+                   help="report folder (default: RUN_DIR/eval-SPLIT[-CHECKPOINT][-tta]; a cv folder: CV_DIR/eval-SPLIT)")
     _add_inference_options(p)
 
     p = sub.add_parser("compare", help="train and evaluate several models under identical settings")
@@ -162,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="comparison folder")
 
-    p = sub.add_parser("cv", help="k-fold cross-validation of a recipe (resumes finished folds)")
+    p = sub.add_parser("cv",
+                       help="k-fold cross-validation of a recipe (skips finished folds, resumes interrupted ones)")
     _add_training_options(p, split=False, force=False)
     p.add_argument("--folds", type=int, help="number of folds (default: the recipe's data.folds, 5)")
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
