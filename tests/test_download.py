@@ -93,6 +93,30 @@ def _train_paths() -> list[str]:
     return sorted(p for p in dl.read_manifest(NAME) if p.startswith("Dataset/TrainingSet/"))
 
 
+def _only_training_files(monkeypatch: pytest.MonkeyPatch, count: int) -> tuple[list[str], dict[str, str]]:
+    """Make the manifest list only the first ``count`` training files; returns every training path (sorted) and
+    that manifest subset."""
+    train = _train_paths()
+    subset = {p: h for p, h in dl.read_manifest(NAME).items() if p in train[:count]}
+    monkeypatch.setattr(dl, "read_manifest", lambda name: subset)
+    return train, subset
+
+
+def _copy_files(mirror: Path, dest: Path, rels) -> None:
+    """Copy each of ``rels`` (manifest paths) from the test mirror to the same place under ``dest``."""
+    for rel in rels:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mirror / rel, dest / rel)
+
+
+def _flip_a_byte(path: Path) -> bytes:
+    """Corrupt ``path`` (one byte in its middle inverted); returns the corrupt bytes."""
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    return bytes(raw)
+
+
 def test_manifest_and_paths(tmp_path: Path) -> None:
     manifest = dl.read_manifest(NAME)
     assert len(manifest) == N_TRAIN + N_TEST
@@ -214,17 +238,11 @@ def test_a_mirror_that_forbids_the_held_out_split_still_serves_the_training_spli
 
 def test_corrupt_file_in_mirror(mirror: Path, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    train = _train_paths()
-    subset = {p: h for p, h in dl.read_manifest(NAME).items() if p in train[:6]}
-    monkeypatch.setattr(dl, "read_manifest", lambda name: subset)
+    train, subset = _only_training_files(monkeypatch, 6)
     bad_mirror = tmp_path / "mirror"
-    for rel in subset:
-        (bad_mirror / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(mirror / rel, bad_mirror / rel)
+    _copy_files(mirror, bad_mirror, subset)
     victim = train[3]
-    raw = bytearray((bad_mirror / victim).read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    (bad_mirror / victim).write_bytes(bytes(raw))
+    _flip_a_byte(bad_mirror / victim)
 
     dest = tmp_path / "dest"
     with pytest.raises(CovsegError, match="training split incomplete") as info:
@@ -246,42 +264,30 @@ def test_corrupt_file_in_mirror(mirror: Path, tmp_path: Path,
 
 def test_a_mirror_that_is_the_data_folder_is_only_verified(mirror: Path, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    train = _train_paths()
-    subset = {p: h for p, h in dl.read_manifest(NAME).items() if p in train[:4]}
-    monkeypatch.setattr(dl, "read_manifest", lambda name: subset)
+    train, subset = _only_training_files(monkeypatch, 4)
     root = dl.dataset_root(tmp_path / "data", NAME)  # --data-dir tmp/data --mirror tmp/data/covid-semiseg
-    for rel in subset:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(mirror / rel, root / rel)
+    _copy_files(mirror, root, subset)
     report = dl.download(NAME, tmp_path / "data", mirror=str(root), progress=False)
     assert sorted(report.skipped) == sorted(subset) and not report.fetched and report.in_place
 
     victim = train[1]
-    raw = bytearray((root / victim).read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    (root / victim).write_bytes(bytes(raw))
+    raw = _flip_a_byte(root / victim)
     # the same folder by another spelling: it used to unlink the bad file, deleting it from the mirror, and call it
     # missing from the mirror
     with pytest.raises(CovsegError, match=rf"^training split incomplete: 1 of 4 files .*first {victim} \(fails its "
                                           r"SHA-256 check\); --mirror is the data folder itself .*--mirror"):
         dl.download(NAME, tmp_path / "data", mirror=str(tmp_path / "data" / "." / NAME), progress=False)
-    assert (root / victim).read_bytes() == bytes(raw)  # left as it was
+    assert (root / victim).read_bytes() == raw  # left as it was
     assert all((root / rel).is_file() for rel in subset) and not _parts(root)
 
 
 def test_a_data_folder_linked_into_the_mirror_keeps_the_mirror_s_files(mirror: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    train = _train_paths()
-    subset = {p: h for p, h in dl.read_manifest(NAME).items() if p in train[:3]}
-    monkeypatch.setattr(dl, "read_manifest", lambda name: subset)
+    train, subset = _only_training_files(monkeypatch, 3)
     own = tmp_path / "mirror"
-    for rel in subset:
-        (own / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(mirror / rel, own / rel)
+    _copy_files(mirror, own, subset)
     victim = own / train[1]
-    raw = bytearray(victim.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    victim.write_bytes(bytes(raw))
+    raw = _flip_a_byte(victim)
     root = dl.dataset_root(tmp_path / "data", NAME)
     root.mkdir(parents=True)
     (root / "Dataset").symlink_to(own / "Dataset")  # not the data folder itself, so not caught as in place
@@ -289,7 +295,7 @@ def test_a_data_folder_linked_into_the_mirror_keeps_the_mirror_s_files(mirror: P
     with pytest.raises(CovsegError, match=rf"^training split incomplete: 1 of 3 files .*first {train[1]} \(fails its "
                                           r"SHA-256 check in "):
         dl.download(NAME, tmp_path / "data", mirror=str(own), progress=False)
-    assert victim.read_bytes() == bytes(raw)  # left as it was
+    assert victim.read_bytes() == raw  # left as it was
     assert all((own / rel).is_file() for rel in subset) and not _parts(own)
 
 
