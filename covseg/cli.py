@@ -403,9 +403,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from covseg.datasets import list_images
     from covseg.fileio import unwritable_reason
     from covseg.labels import get_scheme
-    from covseg.predict import SCAN_OUTPUTS, is_scan, open_models, predict_files, predict_scan, output_stem
+    from covseg.predict import (SCAN_OUTPUTS, check_file_outputs, is_scan, open_models, predict_files, predict_scan,
+                                output_stem)
     from covseg.quantify import percent_text
     from covseg.scan import ScanOptions
+    from covseg.volumes import check_volume
 
     for item in args.inputs:
         if not item.exists():
@@ -419,6 +421,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     files = [f for item in args.inputs if item not in scans for f in list_images(item)]
     nested = next((f for f in files if f not in args.inputs and is_scan(f)), None)
     if nested is not None:
+        check_volume(nested)  # one that cannot be read is refused as such, not pointed to
         raise CovsegError(f"{nested.parent}: holds the 3-D scan {nested.name}; give the file itself "
                           f"(covseg predict {nested} -o OUT --model ...)")
     if not scans:  # every input is a 2-D slice: options that only act on scans would be ignored
@@ -449,6 +452,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from covseg.volumes import check_spacing
 
         check_spacing(args.spacing)
+    # every input checked before the models load and the first scan is segmented and published (check_volume says
+    # what can still fail only when a scan is read)
+    for scan in scans:
+        check_volume(scan, args.series, args.spacing)
+    if scans and files:
+        check_file_outputs(files, args.output, overlays=not args.no_overlays)
     predictor, config, info = open_models(args.model, args.lesion_model, args.task, "auto", args.backend, args.device,
                                           args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)

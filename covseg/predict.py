@@ -31,9 +31,9 @@ from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme
 from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
-from covseg.volumes import looks_like_dicom, view_to_nifti_slice
+from covseg.volumes import quiet_file_readers, looks_like_dicom, view_to_nifti_slice
 
-__all__ = ["SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use", "predict_files", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
+__all__ = ["SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use", "predict_files", "check_file_outputs", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
 
 
 def open_predictor(model_path: Path, task: str | None = None, which: str = "auto", backend: str = "auto",
@@ -288,19 +288,11 @@ def _label_name(path: Path, stem: str) -> str:
     return f"{stem}.nii.gz" if path.name.lower().endswith((".nii", ".nii.gz")) else f"{stem}.png"
 
 
-def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Path], out_dir: Path,
-                  model_info: dict[str, Any], overlays: bool = True, progress: bool = True,
-                  window: tuple[float, float] = LUNG_WINDOW) -> dict[str, Any]:
-    """Predict every file (HU input through ``window``, the model's training window); returns the
-    ``predictions.json`` content.
-
-    Outputs are written into a staging folder on ``out_dir``'s file system (a hidden one inside ``out_dir`` where
-    it exists, else beside it: :func:`covseg.fileio.staging_folder`) and moved into ``out_dir`` only after every
-    input was read and predicted, so a bad input part-way leaves ``out_dir`` as it was; a destination blocked by
-    a file or folder already there is refused before any input is read.
-    """
-    import shutil
-
+def check_file_outputs(files: Sequence[Path], out_dir: Path, overlays: bool = True
+                       ) -> tuple[list[str], list[str], list[str]]:
+    """What :func:`predict_files` checks before any input is read: inputs there are, distinct output names, no input
+    overwritten by a prediction, no destination blocked (:func:`_check_destinations`). Refused in one line; returns
+    each file's output stem, label map name and (with ``overlays``) overlay path."""
     if not files:
         raise CovsegError("no input images; give image files or folders")
     stems = [output_stem(f) for f in files]
@@ -316,33 +308,50 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
                 raise CovsegError(f"{target}: is an input and would be overwritten by a prediction; give -o "
                                   "another folder")
     _check_destinations(out_dir, [*names, *drawn, "predictions.json"])  # before any input is read or predicted
+    return stems, names, drawn
+
+
+def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Path], out_dir: Path,
+                  model_info: dict[str, Any], overlays: bool = True, progress: bool = True,
+                  window: tuple[float, float] = LUNG_WINDOW) -> dict[str, Any]:
+    """Predict every file (HU input through ``window``, the model's training window); returns the
+    ``predictions.json`` content.
+
+    Outputs are written into a staging folder on ``out_dir``'s file system (a hidden one inside ``out_dir`` where
+    it exists, else beside it: :func:`covseg.fileio.staging_folder`) and moved into ``out_dir`` only after every
+    input was read and predicted, so a bad input part-way leaves ``out_dir`` as it was; a destination blocked by
+    a file or folder already there is refused before any input is read.
+    """
+    import shutil
+
+    stems, names, drawn = check_file_outputs(files, out_dir, overlays)
     with folders_made_for(out_dir):  # a failure leaves no empty folders behind
         stage = _stage_dir(out_dir)
         try:
             records = []
-            bar = tqdm(total=len(files), desc="predict", unit="image", disable=not progress, dynamic_ncols=True)
             step = predictor.batch_size
-            for start in range(0, len(files), step):
-                chunk = list(files[start:start + step])
-                images = [read_image(f, window) for f in chunk]
-                for path, stem, name, image, probs in zip(chunk, stems[start:start + step], names[start:start + step],
-                                                          images, predictor(images)):
-                    labels = probs.argmax(0).astype(np.uint8)
-                    if name.endswith(".nii.gz"):
-                        write_label_nifti(labels, path, stage / name)
-                    else:
-                        Image.fromarray(labels, mode="L").save(stage / name, format="PNG")
-                    if overlays:
-                        (stage / "overlays").mkdir(exist_ok=True)
-                        Image.fromarray(overlay(image, labels, scheme)).save(stage / "overlays" / f"{stem}.png",
-                                                                             format="PNG")
-                    counts = np.bincount(labels.ravel(), minlength=scheme.num_classes)
-                    records.append({"input": str(path), "output": name, "height": int(labels.shape[0]),
-                                    "width": int(labels.shape[1]),
-                                    "fractions": {n: round(float(c) / labels.size, 6)
-                                                  for n, c in zip(scheme.names, counts)}})
-                    bar.update(1)
-            bar.close()
+            with tqdm(total=len(files), desc="predict", unit="image", disable=not progress,
+                      dynamic_ncols=True) as bar:  # closed on an error too, before the error is printed
+                for start in range(0, len(files), step):
+                    chunk = list(files[start:start + step])
+                    images = [read_image(f, window) for f in chunk]
+                    for path, stem, name, image, probs in zip(chunk, stems[start:start + step],
+                                                              names[start:start + step], images, predictor(images)):
+                        labels = probs.argmax(0).astype(np.uint8)
+                        if name.endswith(".nii.gz"):
+                            write_label_nifti(labels, path, stage / name)
+                        else:
+                            Image.fromarray(labels, mode="L").save(stage / name, format="PNG")
+                        if overlays:
+                            (stage / "overlays").mkdir(exist_ok=True)
+                            Image.fromarray(overlay(image, labels, scheme)).save(
+                                stage / "overlays" / f"{stem}.png", format="PNG")
+                        counts = np.bincount(labels.ravel(), minlength=scheme.num_classes)
+                        records.append({"input": str(path), "output": name, "height": int(labels.shape[0]),
+                                        "width": int(labels.shape[1]),
+                                        "fractions": {n: round(float(c) / labels.size, 6)
+                                                      for n, c in zip(scheme.names, counts)}})
+                        bar.update(1)
             summary = {"model": describe_after_use(model_info, predictor), "task": scheme.task,
                        "labels": dict(enumerate(scheme.names)), "images": records}
             (stage / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
@@ -353,15 +362,17 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
 
 
 def is_scan(path: Path, spacing: Sequence[float] | None = None) -> bool:
-    """True for inputs read as a 3-D scan: a NIfTI with several slices, a folder with DICOM files, or a
-    folder of 2-D images when ``spacing`` is given. Single slices and image folders without spacing are 2-D."""
+    """True for inputs read as a 3-D scan: a NIfTI with several slices (or one nibabel cannot load, which the scan
+    reader then refuses), a folder with DICOM files, or a folder of 2-D images when ``spacing`` is given. Single slices
+    and image folders without spacing are 2-D."""
     path = Path(path)
     if path.is_file():
         if path.name.lower().endswith((".nii", ".nii.gz")):
             try:
-                shape = nib.load(str(path)).shape
-            except Exception:  # unreadable: let the reader report it
-                return False
+                with quiet_file_readers():  # nibabel's own log lines would come before covseg's refusal
+                    shape = nib.load(str(path)).shape
+            except Exception:  # unreadable: a scan, so that read_volume's refusal comes before the models load
+                return True
             return len(shape) >= 3 and int(np.prod(shape[2:])) > 1
         return False
     if path.is_dir():

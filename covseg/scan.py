@@ -147,19 +147,19 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
     boxes = scan_crop_boxes(lungs, volume.spacing, options.margin_mm, midline)
     todo = [z for z, box in enumerate(boxes) if box is not None]
     lesions = np.zeros(volume.shape, np.uint8)
-    bar = tqdm(total=len(todo), desc="lesions", unit="slice", disable=not progress, dynamic_ncols=True)
     step = predictor.batch_size
-    for start in range(0, len(todo), step):
-        chunk = todo[start:start + step]
-        crops = []
-        for z in chunk:
-            y0, y1, x0, x1 = boxes[z]
-            crops.append(window_hu(hu[z, y0:y1, x0:x1], *options.window))
-        for z, probs in zip(chunk, predictor(crops)):
-            y0, y1, x0, x1 = boxes[z]
-            lesions[z, y0:y1, x0:x1] = probs.argmax(0)
-        bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=len(todo), desc="lesions", unit="slice", disable=not progress,
+              dynamic_ncols=True) as bar:  # closed on an error too, before the error is printed
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            crops = []
+            for z in chunk:
+                y0, y1, x0, x1 = boxes[z]
+                crops.append(window_hu(hu[z, y0:y1, x0:x1], *options.window))
+            for z, probs in zip(chunk, predictor(crops)):
+                y0, y1, x0, x1 = boxes[z]
+                lesions[z, y0:y1, x0:x1] = probs.argmax(0)
+            bar.update(len(chunk))
     seconds["lesions"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

@@ -53,6 +53,8 @@ __all__ = [
     "SLICE_MM_RANGE",
     "Volume",
     "read_volume",
+    "check_volume",
+    "quiet_file_readers",
     "check_voxel_size",
     "check_spacing",
     "read_dicom_slice",
@@ -211,15 +213,33 @@ def check_voxel_size(spacing: Sequence[float], source: str, origin: str, hint: s
     )
 
 
+def _checked_affine(input_affine: np.ndarray, source: str) -> np.ndarray:
+    """``input_affine`` as float64, refused in one line when singular or not finite."""
+    input_affine = np.asarray(input_affine, dtype=np.float64)
+    if not np.isfinite(input_affine).all() or abs(float(np.linalg.det(input_affine[:3, :3]))) < 1e-12:
+        raise CovsegError(f"{source}: its voxel-to-world affine is singular or not finite "
+                          f"({np.round(input_affine[:3], 4).tolist()}); fix the file's geometry (NIfTI sform/qform, "
+                          "DICOM orientation and spacing)")
+    return input_affine
+
+
+def _canonical_geometry(input_affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The canonical affine and ``(Z, Y, X)`` shape of a 3-D array of ``shape`` placed by ``input_affine``, as
+    :func:`_make_volume` reorients it (without the array)."""
+    import nibabel as nib
+
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(input_affine), _canonical_ornt())
+    canonical_shape = [0, 0, 0]
+    for axis, (to, _) in enumerate(transform):
+        canonical_shape[int(to)] = int(shape[axis])
+    return input_affine @ nib.orientations.inv_ornt_aff(transform, shape), tuple(canonical_shape)  # type: ignore
+
+
 def _make_volume(data: np.ndarray, input_affine: np.ndarray, **kwargs: object) -> Volume:
     """Reorient the 3-D input array ``data`` (voxel -> RAS via ``input_affine``) to canonical."""
     import nibabel as nib
 
-    input_affine = np.asarray(input_affine, dtype=np.float64)
-    if not np.isfinite(input_affine).all() or abs(float(np.linalg.det(input_affine[:3, :3]))) < 1e-12:
-        raise CovsegError(f"{kwargs.get('source', 'the scan')}: its voxel-to-world affine is singular or not finite "
-                          f"({np.round(input_affine[:3], 4).tolist()}); fix the file's geometry (NIfTI sform/qform, "
-                          "DICOM orientation and spacing)")
+    input_affine = _checked_affine(input_affine, str(kwargs.get("source", "the scan")))
     ornt = nib.orientations.io_orientation(input_affine)
     transform = nib.orientations.ornt_transform(ornt, _canonical_ornt())
     hu = np.ascontiguousarray(nib.orientations.apply_orientation(data, transform), dtype=np.float32)
@@ -374,7 +394,9 @@ def write_like_input(labels: np.ndarray, volume: Volume, path: str | Path) -> Pa
 # NIfTI
 
 
-def _read_nifti(path: Path) -> Volume:
+def _read_nifti(path: Path, header_only: bool = False) -> Volume | None:
+    """A NIfTI scan as a :class:`Volume`; with ``header_only`` every refusal its header decides (voxel type, shape,
+    voxel sizes, affine, slice counts) and None, the voxels left unread."""
     import nibabel as nib
 
     try:
@@ -395,6 +417,23 @@ def _read_nifti(path: Path) -> Volume:
         raise CovsegError(f"{path}: holds no voxels (shape {shape}); replace the file")
     if len(shape) < 3 or shape[2] < 1:
         raise CovsegError(f"{path}: holds a single slice of shape {shape}; a scan needs at least {MIN_SLICES} slices")
+    header = img.header
+    if int(header["sform_code"]) == 0:  # the affine comes from the qform or pixdim, whose voxel sizes must be real
+        with nib.openers.ImageOpener(str(path)) as stream:  # as stored: nibabel's check turns 0 into 1 on load
+            zooms = np.asarray(type(header).from_fileobj(stream, check=False)["pixdim"][1:4], dtype=np.float64)
+        if not (np.all(np.isfinite(zooms)) and np.all(zooms > 0)):
+            sizes = ", ".join(f"{z:g}" for z in zooms)
+            raise CovsegError(f"{path}: its voxel sizes (pixdim {sizes}) are not all positive and it has no "
+                              "sform, so its geometry is unknown (nibabel would take 1 mm); set the voxel sizes in the "
+                              "header, or convert the scan again")
+    units = header.get_xyzt_units()[0]
+    to_mm = _NIFTI_MM.get(units, 1.0)  # nibabel's affine is in the file's units; mm when unset ("unknown")
+    input_affine = _checked_affine(np.diag([to_mm, to_mm, to_mm, 1.0]) @ img.affine, str(path))
+    canonical, canonical_shape = _canonical_geometry(input_affine, shape)
+    _check_nifti_voxel_size(_spacing_of(canonical), path, units)
+    _check_slice_counts(canonical_shape, path)
+    if header_only:
+        return None
     try:
         data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
     except Exception as exc:  # truncated data, bad compression
@@ -408,26 +447,13 @@ def _read_nifti(path: Path) -> Volume:
             f"{path.name}: values {lo:g}..{hi:g} do not look like Hounsfield units (no air below {_HU_MIN:g}); "
             "treated as grey values"
         )
-    header = img.header
-    if int(header["sform_code"]) == 0:  # the affine comes from the qform or pixdim, whose voxel sizes must be real
-        with nib.openers.ImageOpener(str(path)) as stream:  # as stored: nibabel's check turns 0 into 1 on load
-            zooms = np.asarray(type(header).from_fileobj(stream, check=False)["pixdim"][1:4], dtype=np.float64)
-        if not (np.all(np.isfinite(zooms)) and np.all(zooms > 0)):
-            sizes = ", ".join(f"{z:g}" for z in zooms)
-            raise CovsegError(f"{path}: its voxel sizes (pixdim {sizes}) are not all positive and it has no "
-                              "sform, so its geometry is unknown (nibabel would take 1 mm); set the voxel sizes in the "
-                              "header, or convert the scan again")
-    units = header.get_xyzt_units()[0]
-    to_mm = _NIFTI_MM.get(units, 1.0)  # nibabel's affine is in the file's units; mm when unset ("unknown")
-    volume = _make_volume(data, np.diag([to_mm, to_mm, to_mm, 1.0]) @ img.affine, is_hu=is_hu, warnings=warnings,
+    volume = _make_volume(data, input_affine, is_hu=is_hu, warnings=warnings,
                           source=str(path), sha256=_sha256_files([path]), kind="nifti",
                           file_shape=tuple(int(n) for n in img.shape) if len(img.shape) > 3 else None)
     if units in _NIFTI_MM:  # label maps are written in the file's own affine and units
         volume.input_affine, volume.xyz_units = np.asarray(img.affine, dtype=np.float64), units
-    _check_nifti_voxel_size(volume.spacing, path, units)
     volume.nifti_forms = (header.get_qform(coded=True), header.get_sform(coded=True))
     volume.nifti_zooms = tuple(float(z) for z in header.get_zooms())
-    _check_slices(volume, path)
     return volume
 
 
@@ -798,7 +824,11 @@ def _off_grid_error(folder: Path, names: Sequence[str], positions: np.ndarray, p
     )
 
 
-def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | None) -> Volume:
+def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | None,
+                       header_only: bool = False) -> Volume | None:
+    """A DICOM series as a :class:`Volume`; with ``header_only`` the refusals of its header pass (unreadable or cut
+    short headers, no images, ``series_uid`` missing, colour, multi-frame or non-CT slices, too few slices) and None,
+    no pixel data or slice geometry read."""
     warnings: list[str] = []
     headers = _dicom_headers(paths)
     if not headers:
@@ -815,6 +845,8 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
             f"{first_path}: the series has only {len(items)} slice; a scan needs at least {MIN_SLICES} slices "
             "(give the folder holding the whole series)"
         )
+    if header_only:
+        return None
     iop = _floats(items[0][1], "ImageOrientationPatient", 6, first_path)
     lengths = np.linalg.norm(iop[:3]), np.linalg.norm(iop[3:])
     normal = np.cross(iop[:3], iop[3:])
@@ -972,13 +1004,20 @@ def check_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float]
     return values  # type: ignore[return-value]
 
 
-def _read_image_stack(folder: Path, paths: Sequence[Path], spacing: tuple[float, float, float] | None) -> Volume:
+def _read_image_stack(folder: Path, paths: Sequence[Path], spacing: tuple[float, float, float] | None,
+                      header_only: bool = False) -> Volume | None:
+    """A folder of 2-D slices as a :class:`Volume`; with ``header_only`` the refusals of its ``spacing`` and slice
+    count and None, no slice read."""
     if spacing is None:
         raise CovsegError(
             f"{folder}: a folder of 2-D images carries no voxel size; pass --spacing Z Y X (mm between slices, "
             "rows and columns)"
         )
     check_voxel_size(spacing, "--spacing " + " ".join(f"{v:g}" for v in spacing), f"given for {folder}")
+    if header_only:
+        if len(paths) < MIN_SLICES:
+            raise CovsegError(f"{folder}: has {len(paths)} axial slice; a scan needs at least {MIN_SLICES} slices")
+        return None
     planes = []
     for p in paths:
         plane = _read_image_plane(p)
@@ -1014,14 +1053,20 @@ def _read_image_stack(folder: Path, paths: Sequence[Path], spacing: tuple[float,
 
 
 def _check_slices(volume: Volume, path: Path) -> None:
-    if volume.hu.shape[0] < MIN_SLICES:
+    _check_slice_counts(volume.hu.shape, path)
+
+
+def _check_slice_counts(shape: Sequence[int], path: Path) -> None:
+    """Refuse a canonical ``(Z, Y, X)`` shape with fewer than :data:`MIN_SLICES` axial slices, or a single coronal or
+    sagittal plane stored as a 3-D volume."""
+    if shape[0] < MIN_SLICES:
         raise CovsegError(
-            f"{path}: has {volume.hu.shape[0]} axial slice; a scan needs at least {MIN_SLICES} slices"
+            f"{path}: has {shape[0]} axial slice; a scan needs at least {MIN_SLICES} slices"
         )
-    if min(volume.hu.shape[1:]) < MIN_SLICES:  # one coronal or sagittal plane stored as a 3-D volume
-        plane = "coronal" if volume.hu.shape[1] < MIN_SLICES else "sagittal"
-        raise CovsegError(f"{path}: holds a single {plane} plane (axial slices of {volume.hu.shape[1]}x"
-                          f"{volume.hu.shape[2]} voxels), not a scan; give the whole volume, or the plane as a 2-D "
+    if min(shape[1:]) < MIN_SLICES:  # one coronal or sagittal plane stored as a 3-D volume
+        plane = "coronal" if shape[1] < MIN_SLICES else "sagittal"
+        raise CovsegError(f"{path}: holds a single {plane} plane (axial slices of {shape[1]}x"
+                          f"{shape[2]} voxels), not a scan; give the whole volume, or the plane as a 2-D "
                           "image to predict it as a slice")
 
 
@@ -1074,12 +1119,12 @@ def read_volume(path: str | Path, series_uid: str | None = None,
     maps written like the input overlay it (and the lungs stay connected across the gap); they, slightly uneven
     spacing, other series and gantry tilt are ``warnings``.
     """
-    with _quiet_file_readers():
+    with quiet_file_readers():
         return _read_volume(Path(path), series_uid, spacing)
 
 
 @contextlib.contextmanager
-def _quiet_file_readers() -> Iterator[None]:
+def quiet_file_readers() -> Iterator[None]:
     """Keep nibabel's and pydicom's own messages (nibabel logs "pixdim[1,2,3] should be positive" straight to
     stderr, pydicom warns about each odd tag) off the terminal while a scan is read: covseg checks what matters
     itself and reports it as one line or in ``Volume.warnings``."""
@@ -1094,14 +1139,29 @@ def _quiet_file_readers() -> Iterator[None]:
         nibabel_log.setLevel(level)
 
 
-def _read_volume(path: Path, series_uid: str | None, spacing: Sequence[float] | None) -> Volume:
-    """:func:`read_volume` itself."""
+def check_volume(path: str | Path, series_uid: str | None = None, spacing: Sequence[float] | None = None) -> None:
+    """Refuse, in one line and without reading voxel or pixel data, a scan that :func:`read_volume` would refuse on
+    its headers alone, so that several scans can be checked before the first is segmented.
+
+    A NIfTI gets every check its header decides (voxel type, shape, voxel sizes, affine, slice counts); a DICOM
+    folder its header pass (unreadable or cut-short headers, no images, ``series_uid`` not there, colour, multi-frame
+    or non-CT slices, too few slices); a folder of 2-D images its ``spacing`` and slice count. What still fails only
+    when the scan is read: a NIfTI's truncated or non-finite voxel data, a DICOM series' slice geometry (orientation,
+    spacing, duplicate or off-grid positions) and pixel data, and a 2-D slice that cannot be read or differs in size.
+    """
+    with quiet_file_readers():
+        _read_volume(Path(path), series_uid, spacing, header_only=True)
+
+
+def _read_volume(path: Path, series_uid: str | None, spacing: Sequence[float] | None,
+                 header_only: bool = False) -> Volume | None:
+    """:func:`read_volume` itself; with ``header_only`` :func:`check_volume`'s checks, returning None."""
     given = check_spacing(spacing)
     if not path.exists():
         raise CovsegError(f"{path}: not found; give a DICOM series folder, a .nii/.nii.gz file or a folder of images")
     if path.is_file():
         if _is_nifti(path):
-            volume = _read_nifti(path)
+            volume = _read_nifti(path, header_only)
         elif path.suffix.lower() in _IMAGE_SUFFIXES:
             raise CovsegError(f"{path}: is a single 2-D image; give the folder holding all slices (and --spacing)")
         else:
@@ -1111,7 +1171,7 @@ def _read_volume(path: Path, series_uid: str | None, spacing: Sequence[float] | 
                     f"{path}: is not a DICOM or NIfTI file; give a DICOM series folder, a .nii/.nii.gz file "
                     "or a folder of images"
                 )
-            volume = _read_dicom_series(path.parent, [path], series_uid)
+            volume = _read_dicom_series(path.parent, [path], series_uid, header_only)
     else:
         files = sorted(
             (p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"),
@@ -1127,12 +1187,14 @@ def _read_volume(path: Path, series_uid: str | None, spacing: Sequence[float] | 
             from covseg.datasets import list_images
 
             ordered = [p for p in list_images(path) if p.suffix.lower() in _IMAGE_SUFFIXES]
-            volume = _read_image_stack(path, ordered, given)
+            volume = _read_image_stack(path, ordered, given, header_only)
             given = None
         elif nifti and not has_dicom:
             raise CovsegError(f"{path}: holds NIfTI files ({nifti[0].name}, ...); give the .nii/.nii.gz file itself")
         else:
-            volume = _read_dicom_series(path, others, series_uid)
+            volume = _read_dicom_series(path, others, series_uid, header_only)
+    if volume is None:  # header_only
+        return None
     if given is not None and not np.allclose(given, volume.spacing, rtol=1e-3):
         volume.warnings.append(
             f"--spacing {given} ignored: {path.name} carries its own voxel size {volume.spacing} mm"

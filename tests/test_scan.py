@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 
 from covseg import report_html
 from covseg.cli import main
@@ -560,3 +561,75 @@ def test_html_severity_of_a_lung_without_volume_reads_not_assessed() -> None:
             "class_ml": {"infection": 0.0}, "class_percent": {"infection": 0.0}}
     page = _page_of({"right": part, "left": none, "total": part})
     assert page.count("mL (0.0 %)</td><td>n/a</td>") == 1 and "<td>None</td>" not in page
+
+
+def _nifti_scan(path: Path, shape: tuple[int, ...]) -> Path:
+    """Write a small NIfTI of ``shape`` (air-and-water HU, 0.8 x 0.8 x 2.5 mm voxels) to ``path``; returns ``path``."""
+    data = np.where(np.indices(shape)[0] % 2 == 0, -1000, 0).astype(np.int16)
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.5, 1.0])), str(path))
+    return path
+
+
+def _covseg_stderr(*args: str) -> str:
+    """The stderr (text, carriage returns kept) of the covseg program run with ``args`` in a subprocess."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "covseg", *args], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-400:]
+    return done.stderr
+
+
+@pytest.mark.parametrize("case", ["four_d_scan", "blocked_slice_output"])
+def test_a_bad_later_input_is_refused_before_the_first_scan_is_segmented(case: str, phantom, tiny_run: Path,
+                                                                          tmp_path: Path, capsys) -> None:
+    # each scan was read, segmented and published in turn: a bad second input failed with OUT/chest/ already written
+    path, _, _ = phantom
+    out = tmp_path / "out"
+    if case == "four_d_scan":
+        later = _nifti_scan(tmp_path / "series.nii.gz", (16, 16, 4, 3))
+    else:  # a 2-D slice whose label map's place in OUT is a folder (predict_files runs after the scans)
+        later = tmp_path / "slice.png"
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(later)
+        (out / "slice.png").mkdir(parents=True)
+    assert main(["predict", str(path), str(later), "--model", str(tiny_run), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("covseg: error:"), err
+    if case == "four_d_scan":
+        assert not out.exists()
+    else:
+        assert [p.name for p in out.iterdir()] == ["slice.png"]
+
+
+def test_nibabel_says_nothing_before_the_refusal_of_a_nifti_with_a_zero_voxel_size(tiny_run: Path,
+                                                                                  tmp_path: Path) -> None:
+    # is_scan loaded the NIfTI outside covseg's quiet readers: nibabel's "pixdim[1,2,3] should be non-zero" came first
+    scan = _nifti_scan(tmp_path / "zero.nii", (16, 16, 4))
+    img = nib.load(str(scan))
+    img.set_sform(None, code=0)
+    img.set_qform(np.diag([0.8, 0.8, 2.5, 1.0]), code=1)
+    nib.save(img, str(scan))
+    raw = bytearray(scan.read_bytes())
+    raw[88:92] = np.asarray([0.0], "<f4").tobytes()  # pixdim[3] = 0, with a qform and no sform
+    scan.write_bytes(bytes(raw))
+    err = [line for line in _covseg_stderr("predict", str(scan), "--model", str(tiny_run), "-o", str(tmp_path / "o"),
+                                           "--quiet").splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("covseg: error:") and "pixdim 0.8, 0.8, 0" in err[0], err
+
+
+@pytest.mark.parametrize("name", ["garbage.nii.gz", "garbage.png"])
+def test_an_unreadable_input_s_error_is_the_one_line_after_any_progress_bar(name: str, tiny_run: Path,
+                                                                           tmp_path: Path) -> None:
+    # a .nii.gz nibabel could not load went down the 2-D path, and the progress bar left open there (and in the
+    # lesion loop) took the error onto its line and was drawn again after it
+    bad = tmp_path / name
+    bad.write_bytes(b"not an image at all" * 10)
+    err = _covseg_stderr("predict", str(bad), "--model", str(tiny_run), "-o", str(tmp_path / "o"))
+    at = err.find("covseg: error:")
+    assert at >= 0 and (at == 0 or err[at - 1] == "\n"), repr(err)  # a line of its own, not the bar's
+    assert "\r" not in err[at:] and err[at:].rstrip("\n").count("\n") == 0, repr(err)  # no bar drawn after it
+    before = [part for line in err[:at].split("\n") for part in line.split("\r") if part.strip()]
+    assert all("%|" in part for part in before), repr(err)  # above it, bar frames only
+    if name.endswith(".nii.gz"):  # refused as a scan, before the models load: no bar at all
+        assert not before and "cannot be read as NIfTI" in err, repr(err)
+    assert not (tmp_path / "o").exists()
