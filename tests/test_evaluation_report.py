@@ -2,6 +2,7 @@
 and `covseg evaluate` on data that lacks some of the run's held-out images or beside a damaged split.json."""
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -228,3 +229,48 @@ def test_meanspe_undefined_on_every_image_is_nan_without_a_numpy_warning() -> No
         warnings.simplefilter("error")
         infnet = summarise([evaluate_image("A", probs, truth, BINARY)], BINARY).infnet
     assert infnet is not None and np.isnan(infnet["meanSpe"]) and np.isfinite(infnet["meanDic"])
+
+
+def _scored(name: str, truth: np.ndarray, pred: np.ndarray) -> evaluation.ImageResult:
+    """A binary image scored from its ``truth`` and ``pred`` labels (one-hot probabilities), with an image kept."""
+    probs = np.eye(2, dtype=np.float32)[pred].transpose(2, 0, 1)
+    return evaluate_image(name, probs, truth, BINARY, np.zeros(truth.shape, np.float32))
+
+
+def test_foreground_dice_is_the_dice_not_the_iou_in_the_per_image_table(tmp_path: Path) -> None:
+    # confusion matrix [[1, 1], [1, 1]] (rows truth): TP 1, FP 1, FN 1 -> Dice 2/4 = 0.5, IoU 1/3
+    assert evaluation.ImageResult("a", np.array([[1, 1], [1, 1]])).foreground_dice() == pytest.approx(0.5)
+    truth = np.array([[0, 1], [0, 1]])
+    pred = np.array([[0, 1], [1, 0]])  # TN, TP / FP, FN: the same matrix
+    write_report(summarise([_scored("a", truth, pred)], BINARY), tmp_path / "eval", "t")
+    rows = list(csv.DictReader((tmp_path / "eval" / "per_image.csv").read_text(encoding="utf-8").splitlines()))
+    assert [(r["name"], r["fg_dice"], r["dice_infection"], r["iou_infection"]) for r in rows] == [
+        ("a", "0.500000", "0.500000", "0.333333")]
+
+
+def test_foreground_dice_averages_only_the_classes_the_truth_holds() -> None:
+    # rows truth, columns prediction: ggo 2 of 2 right (Dice 1); consolidation absent from the truth but called once
+    # (Dice 0 / (0 + 1 + 0) = 0); pleural effusion nowhere (Dice undefined): the mean over ggo alone is 1
+    cm = np.array([[3, 0, 1, 0], [0, 2, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    assert evaluation.ImageResult("a", cm).foreground_dice() == 1.0
+
+
+def test_pooled_mean_foreground_skips_a_class_whose_figure_is_undefined() -> None:
+    # ggo: 2 right, 2 consolidation pixels called ggo -> precision 2 / 4 = 0.5; consolidation is in the truth but
+    # never called, so its precision is undefined (NaN) and stays out of the mean rather than counting as 0
+    cm = np.array([[4, 0, 0, 0], [0, 2, 0, 0], [0, 2, 0, 0], [0, 0, 0, 0]])
+    d = summarise([evaluation.ImageResult("a", cm)], get_scheme("multiclass")).to_dict()
+    assert d["pooled"]["precision"]["ggo"] == pytest.approx(0.5) and d["pooled"]["precision"]["consolidation"] is None
+    assert d["pooled"]["precision"]["mean_foreground"] == pytest.approx(0.5)
+
+
+def test_best_worst_figure_puts_the_highest_dice_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    titles: list[str] = []
+    monkeypatch.setattr(evaluation, "plot_grid",
+                        lambda rows, scheme, path, title="": titles.extend(caption for caption, *_ in rows))
+    truth = np.array([[0, 1], [0, 1]])
+    bad = _scored("bad", truth, np.array([[0, 1], [1, 0]]))  # TP 1, FP 1, FN 1: Dice 2/4
+    good = _scored("good", truth, truth)  # Dice 1
+    write_report(summarise([bad, good], BINARY), tmp_path / "eval", "t")
+    # two images: one best and one worst, the best first
+    assert titles == ["good (best, Dice 1.000)", "bad (worst, Dice 0.500)"]

@@ -450,3 +450,11 @@ def test_topk_cross_entropy_keeps_the_ceiling_of_the_fraction_without_float_erro
                                                                                    abs=1e-6)
     assert compute_topk_cross_entropy(logits, target, 0.071).item() == pytest.approx(per_pixel[:8].mean().item(),
                                                                                     abs=1e-6)
+
+
+def test_dice_of_a_class_absent_and_never_called_is_one_by_the_smoothing() -> None:
+    # logits (100, -100): p(foreground) = e^-200, 0 in float32; the truth is all background, so the foreground
+    # class (background is left out by default) has TP 0, sum p 0, sum y 0 -> (0 + s) / (0 + s) = 1, loss 0
+    logits = torch.tensor([100.0, -100.0]).view(1, 2, 1, 1).expand(1, 2, 2, 2).contiguous()
+    target = torch.zeros(1, 2, 2, dtype=torch.long)
+    assert DiceLoss()(logits, target).item() == pytest.approx(0.0, abs=1e-6)

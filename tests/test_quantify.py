@@ -275,3 +275,12 @@ def test_a_lung_without_volume_has_no_severity_not_zero():
     assert result["right"]["severity"] == 1 and result["total"]["severity"] == 1  # 1 of 32 voxels
     empty = quantify(lesions * 0, lungs * 0, (1.0, 1.0, 1.0), {1: "ggo"})
     assert empty["total"]["severity"] is None and json.loads(json.dumps(empty))["right"]["severity"] is None
+
+
+def test_without_lungs_a_lesion_on_the_middle_column_goes_to_the_left():
+    # 4 columns: the middle is X = 2.0; right is X < 2 (columns 0, 1), so column 2 is left; one voxel of 1 mm^3
+    lesions = np.zeros((1, 1, 4), np.uint8)
+    lesions[0, 0, 2] = 1
+    result = quantify(lesions, np.zeros_like(lesions), (1.0, 1.0, 1.0), {1: "infection"})
+    assert result["left"]["lesion_ml"] == pytest.approx(0.001)
+    assert result["right"]["lesion_ml"] == 0.0
