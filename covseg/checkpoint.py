@@ -142,7 +142,8 @@ def _check_archive_sums(path: Path, what: str, fix: str) -> None:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``) and check its format: ``config`` a dict,
-    ``model`` a state dict of finite tensors (a diverged run's NaN weights are refused, not loaded)."""
+    ``model`` a state dict of finite tensors (a diverged run's NaN weights are refused, not loaded), ``epoch`` (where
+    present) a whole number of epochs, not below 0."""
     return check_checkpoint(load_weights_file(path), path)
 
 
@@ -162,6 +163,11 @@ def check_checkpoint(data: Any, path: Path) -> dict[str, Any]:
     if broken is not None:
         raise CovsegError(f"{path}: weights that are not finite numbers ({broken} holds NaN or inf; the training "
                           "diverged); retrain it, e.g. with a lower train.lr")
+    epoch = data.get("epoch", 0)  # covseg train has always written it; only an edited file can lack it
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        shown = repr(epoch) if len(repr(epoch)) <= 40 and "\n" not in repr(epoch) else type(epoch).__name__
+        raise CovsegError(f"{path}: a damaged covseg checkpoint (its 'epoch' entry, {shown}, is not a whole number "
+                          "of epochs); give a .pt file that covseg train wrote, or its run folder, or train it again")
     return data
 
 

@@ -57,10 +57,12 @@ def cpu_supports_bf16() -> bool:
 def _onednn_isa_allows_bf16() -> bool:
     """False where ``ONEDNN_MAX_CPU_ISA`` (or, unset, ``DNNL_MAX_CPU_ISA``, as oneDNN reads them) caps oneDNN below
     every x86 bf16 ISA (e.g. ``AVX512_CORE``, ``AVX2``): the CPU's bf16 instructions then go unused and bf16 is
-    emulated, slower than fp32. Those allowing bf16: ``ALL``, ``AVX512_CORE_BF16``, ``AVX512_CORE_AMX*`` and
-    ``AVX10*`` (case aside)."""
+    emulated, slower than fp32. Those allowing bf16: ``ALL``, ``DEFAULT`` (no cap: oneDNN's own choice),
+    ``AVX512_CORE_BF16``, ``AVX512_CORE_FP16`` (above it in oneDNN's ISA order), ``AVX512_CORE_AMX*`` and ``AVX10*``
+    (case aside)."""
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
-    return not cap or cap in ("ALL", "AVX512_CORE_BF16") or cap.startswith(("AVX512_CORE_AMX", "AVX10"))
+    return (not cap or cap in ("ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX512_CORE_FP16")
+            or cap.startswith(("AVX512_CORE_AMX", "AVX10")))
 
 
 def cuda_supports_bf16(device: torch.device) -> bool:

@@ -38,6 +38,7 @@ from covseg.fileio import atomic_dir, atomic_write_text, file_sha256, replacing_
 from covseg.inference import backends_used
 from covseg.intensity import grey_quantiles, match_quantiles
 from covseg.labels import get_scheme
+from covseg.splits import load_split
 from covseg.training import side_generator
 
 __all__ = ["PSEUDO_FILE", "PseudoLabelRule", "slice_statistics", "check_output_folder", "make_pseudo_labels",
@@ -134,12 +135,10 @@ def _teacher_images(run_dir: Path, which: str, split: str, pseudo_labels: str) -
     split_file = run_dir / "split.json"
     if not split_file.is_file():
         raise CovsegError(f"{run_dir}: not a covseg run folder (no split.json); give a run or cv folder as teacher")
-    parts = _read_json(split_file, "train the teacher again")
-    if not isinstance(parts, dict):
-        raise CovsegError(f"{split_file}: not a covseg split; train the teacher again")
-    seen = set(parts.get("train", []))
+    parts = load_split(split_file)  # a damaged split (no "train" list of names, ...) is refused in one line
+    seen = set(parts["train"])
     if which == "best":
-        seen |= set(parts.get("val", []))
+        seen |= set(parts["val"])
     if pseudo_labels:
         seen |= set(_summary(resolve_pseudo_folder(pseudo_labels, split))["teacher_images"])
     return sorted(seen)

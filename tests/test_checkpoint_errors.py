@@ -2,6 +2,7 @@
 fit the model their checkpoint's settings describe."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import covseg.checkpoint as checkpoint
 from covseg.checkpoint import build_model, load_model, read_checkpoint, save_checkpoint
+from covseg.cli import main
 from covseg.config import load_recipe
 from covseg.errors import CovsegError
 
@@ -81,3 +83,24 @@ def test_weights_of_another_shape_name_the_first_mismatch_and_the_fix(tmp_path: 
 def test_the_mismatch_falls_back_to_torch_s_first_line() -> None:
     err = RuntimeError("Error(s) in loading state_dict for UNet:\n\tsomething else")
     assert checkpoint.weights_mismatch({}, {}, err) == "RuntimeError: Error(s) in loading state_dict for UNet:"
+
+
+@pytest.mark.parametrize("epoch", [None, "3x", -1, True, 2.5])
+def test_a_checkpoint_whose_epoch_is_not_a_whole_number_is_refused_in_one_line(
+        tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], epoch: object) -> None:
+    # int(saved["epoch"]) of None or "3x" was a TypeError / ValueError traceback
+    teacher = shutil.copytree(tiny_run, tmp_path / "teacher")
+    state = read_checkpoint(teacher / "last.pt")
+    state["epoch"] = epoch
+    torch.save(state, teacher / "last.pt")
+    out = tmp_path / "p"
+    capsys.readouterr()
+    assert main(["pseudo-label", str(teacher), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{teacher / 'last.pt'}: a damaged covseg checkpoint (its 'epoch' entry, {epoch!r}, is not a whole " in err
+    assert err.count("\n") == 1 and not out.exists()
+    with pytest.raises(CovsegError, match="is not a whole number of epochs"):
+        read_checkpoint(teacher / "last.pt")
+    del state["epoch"]  # a file without an epoch entry at all is still read, as before
+    torch.save(state, teacher / "last.pt")
+    assert "epoch" not in read_checkpoint(teacher / "last.pt")

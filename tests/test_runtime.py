@@ -143,6 +143,19 @@ def test_bf16_on_a_cpu_with_onednn_capped_below_bf16_is_not_taken_for_fast_bf16(
     assert runtime.cpu_supports_bf16() is expected
 
 
+@pytest.mark.parametrize("cap, expected", [("DEFAULT", True), ("default", True), ("AVX512_CORE_FP16", True),
+                                           ("avx512_core_fp16", True), ("AVX512_CORE_VNNI", False),
+                                           ("AVX2_VNNI_2", False)])
+def test_onednn_caps_at_or_above_avx512_core_bf16_allow_fast_bf16(monkeypatch, cap: str, expected: bool) -> None:
+    # DEFAULT is no cap and AVX512_CORE_FP16 lies above AVX512_CORE_BF16 in oneDNN's ISA order: both were taken for
+    # a cap below bf16; AVX2_VNNI_2 (an AVX2 ISA) and AVX512_CORE_VNNI stay below it
+    _fake_x86_cpu(monkeypatch, avx512_bf16=True, amx=True)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert runtime._onednn_isa_allows_bf16() is expected
+    assert runtime.cpu_supports_bf16() is expected
+
+
 def test_onednn_max_cpu_isa_wins_over_dnnl_max_cpu_isa(monkeypatch) -> None:
     _fake_x86_cpu(monkeypatch, avx512_bf16=True, amx=False)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")

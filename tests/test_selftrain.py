@@ -371,3 +371,23 @@ def test_no_slice_kept_is_a_warning_naming_the_limits_and_the_student_error_name
         check_pseudo_labels(out, "binary", seen[:1])
     with pytest.raises(CovsegError, match=rf"held-out image {seen[0]} \(and 1 more\); make"):
         check_pseudo_labels(out, "binary", seen[:2])
+
+
+@pytest.mark.parametrize("train", [None, "0123456789", "missing"])
+def test_pseudo_label_refuses_a_teacher_whose_split_json_is_damaged_in_one_line(
+        tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], train: object) -> None:
+    # without its "train" list the held-out leak check had no teacher images and let any student through;
+    # a string gave one-character names, null a TypeError traceback
+    teacher = shutil.copytree(tiny_run, tmp_path / "teacher")
+    split = json.loads((teacher / "split.json").read_text(encoding="utf-8"))
+    if train == "missing":
+        del split["train"]
+    else:
+        split["train"] = train
+    (teacher / "split.json").write_text(json.dumps(split), encoding="utf-8")
+    out = tmp_path / "p"
+    capsys.readouterr()
+    assert main(["pseudo-label", str(teacher), "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{teacher / 'split.json'}: a damaged split" in err and err.count("\n") == 1
+    assert not out.exists()
