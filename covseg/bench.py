@@ -599,7 +599,8 @@ def _monai_missing() -> str | None:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse, in one line, names and numbers no step can run, a ``--side-by-side`` without the two paths it times,
-    a ``monai-*`` model without MONAI, and a ``--model`` or ``--out`` the last steps would fail on."""
+    a ``monai-*`` model without MONAI, a ``--model`` or ``--scan-images`` beside ``--scan-slices 0`` (no scan
+    benchmark reads them), and a ``--model`` or ``--out`` the last steps would fail on."""
     from covseg.checkpoint import load_model
     from covseg.errors import CovsegError
     from covseg.fileio import unwritable_reason
@@ -614,6 +615,10 @@ def _check_options(args: argparse.Namespace) -> None:
                                  ("--size", args.size, 1), ("--scan-slices", args.scan_slices, 0)):
         if value < least:
             raise SystemExit(f"covseg bench: {option} must be {least} or more, not {value}")
+    unread = [flag for flag, value in (("--model", args.model), ("--scan-images", args.scan_images)) if value]
+    if unread and not args.scan_slices:  # only the scan benchmark reads them, and --scan-slices 0 skips it
+        raise SystemExit(f"covseg bench: {unread[0]} is read only by the scan benchmark, which --scan-slices 0 skips; "
+                         f"drop {unread[0]} or give --scan-slices N")
     missing = [p for p in ("fp32-naive", "covseg") if p not in args.paths.split(",")]
     if args.side_by_side > 0 and missing:  # else it would be skipped without a word
         raise SystemExit(f"covseg bench: --side-by-side times fp32-naive and covseg side by side, but --paths "

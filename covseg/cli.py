@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 from pathlib import Path
 
 from covseg import __version__
-from covseg.config import apply_overrides, available_recipes, load_recipe
+from covseg.config import DataConfig, apply_overrides, available_recipes, load_recipe
 from covseg.errors import CovsegError
 
 __all__ = ["main", "entry", "build_parser"]
@@ -75,6 +76,21 @@ def _refuse_overrides_set_by(args: argparse.Namespace, owners: dict[str, tuple[s
         if key in owners and not (owners[key][1] is not None and _same_setting(text, owners[key][1])):
             raise CovsegError(f"{item}: covseg {args.command} sets {key} itself ({owners[key][0]}); drop the "
                               "override")
+
+
+def _refuse_repeated_models(paths: list[Path] | None, what: str) -> None:
+    """Refuse ``paths`` (``what``: how the command line names them) that name one model twice, directly or through a
+    cross-validation folder's fold runs, which would be scored as an ensemble of a model with itself."""
+    if not paths or len(paths) < 2:
+        return
+    from covseg.predict import ensemble_members
+
+    seen: set[Path] = set()
+    for member in ensemble_members(paths):
+        if member.resolve() in seen:
+            raise CovsegError(f"{what} names a model twice ({member}, from {' '.join(map(str, paths))}); name each "
+                              "once")
+        seen.add(member.resolve())
 
 
 def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force: bool = True) -> None:
@@ -154,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "reports to RUN_DIR/eval-SPLIT-NAME, beside the run's own")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("-o", "--output", type=Path,
-                   help="report folder (default: RUN_DIR/eval-SPLIT[-CHECKPOINT][-tta]; a cv folder: CV_DIR/eval-SPLIT)")
+                   help="report folder (default: RUN_DIR/eval-SPLIT[-CHECKPOINT][-tta]; a cv folder: "
+                        "CV_DIR/eval-SPLIT[-CHECKPOINT][-tta])")
     _add_inference_options(p)
 
     p = sub.add_parser("compare", help="train and evaluate several models under identical settings")
@@ -263,12 +280,13 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from covseg.checkpoint import read_checkpoint
     from covseg.datasets import load_dataset
     from covseg.run import read_run_config, read_run_info, train_run
     from covseg.runtime import close_distributed, init_distributed, resolve_device
 
     if args.resume:
-        if args.output and args.output != args.resume:
+        if args.output and args.output.resolve() != args.resume.resolve():  # RUN and ./RUN/ are one folder
             raise CovsegError("give either -o RUN_DIR for a new run or --resume RUN_DIR, not both")
         ignored = [flag for flag, value in (("--recipe", args.recipe is not None), ("--task", args.task),
                                             ("--split", args.split), ("--epochs", args.epochs is not None),
@@ -282,12 +300,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = read_run_config(args.resume)
         data = args.data or read_run_info(args.resume)["data"]
         run_dir, resume = args.resume, True
+        last = args.resume / "last.pt"  # epochs done before this call (train_run says what is wrong without one)
+        saved = len(read_checkpoint(last).get("history", [])) if last.is_file() else 0
     else:
         if not args.output:
             raise CovsegError("say where the run goes: -o RUN_DIR (or --resume RUN_DIR)")
         config = _recipe_config(args)
         data = args.data or _default_data()
-        run_dir, resume = args.output, False
+        run_dir, resume, saved = args.output, False, 0
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
     dist, device = init_distributed(resolve_device(config.train.device))
     try:
@@ -302,8 +322,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.stopped:  # Ctrl-C: 130, also where the run was finished by then (nothing to resume)
         return 130
     best = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
-    print(f"trained {result.epochs_done} epochs in {result.seconds:.0f} s; best validation mean Dice {best}; "
-          f"run folder {run_dir}")
+    trained = result.epochs_done - saved  # this call's epochs, not the run's
+    if resume and not trained:
+        done = f"nothing left to resume: the run has all {result.epochs_total} epochs"
+    elif resume:
+        done = (f"trained {trained} more epochs ({result.epochs_done} of {result.epochs_total}) in "
+                f"{result.seconds:.0f} s")
+    else:
+        done = f"trained {trained} epochs in {result.seconds:.0f} s"
+    print(f"{done}; best validation mean Dice {best}; run folder {run_dir}")
     return 0
 
 
@@ -330,6 +357,8 @@ def _print_summary(metrics: dict, out_dir: Path) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from covseg.experiment import evaluate_run
 
+    _refuse_repeated_models(args.model, "MODEL")
+    _refuse_repeated_models(args.lesion_model, "--lesion-model")
     metrics, out_dir = evaluate_run(args.model, args.data, args.split, args.output, args.checkpoint, args.device,
                                     args.precision, args.batch_size, args.tta, args.task, args.backend,
                                     progress=not args.quiet, lesion_model=args.lesion_model)
@@ -365,7 +394,9 @@ def _cmd_cv(args: argparse.Namespace) -> int:
                           f"{args.output} (or a fold-K in it) to train again, or give another -o")
     if args.seeds:
         check_seeds(args.seeds)
-    owners: dict[str, tuple[str, object]] = {"data.split": ("each fold's cv:K", None)}
+    owners: dict[str, tuple[str, object]] = {
+        "data.split": ("each fold's cv:K", None),
+        "data.val_fraction": ("each fold's cv:K, which never reads it", DataConfig().val_fraction)}
     if args.seeds:
         owners["train.seed"] = ("one cross-validation per --seeds entry", None)
     if args.folds is not None:
@@ -391,7 +422,14 @@ def _cmd_cv_compare(args: argparse.Namespace) -> int:
 
     if args.output and args.output.is_dir():
         raise CovsegError(f"{args.output}: is a folder; give -o a Markdown file name, e.g. {args.output / 'paired.md'}")
+    for folder in (args.reference, args.candidate):  # its own cv.md, a fold's files: not for this table to replace
+        if args.output and args.output.resolve().is_relative_to(folder.resolve()):
+            raise CovsegError(f"{args.output}: is inside the cross-validation folder {folder}; give -o a Markdown "
+                              "file outside both folders")
     comparison = compare_cross_validations(args.reference, args.candidate, args.metrics)
+    if args.reference.resolve() == args.candidate.resolve():  # after reading it: a folder it cannot read is told so
+        raise CovsegError(f"{args.reference} is both the reference and the candidate, so every difference is 0; "
+                          "give two different cross-validation folders")
     text = format_comparison(comparison, str(args.reference), str(args.candidate))
     if args.output:
         atomic_write_text(args.output, text)
@@ -412,6 +450,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for item in args.inputs:
         if not item.exists():
             raise CovsegError(f"{item}: no such file or folder")
+    _refuse_repeated_models(args.model, "--model")
+    _refuse_repeated_models(args.lesion_model, "--lesion-model")
     if args.output.exists() and not args.output.is_dir():
         raise CovsegError(f"{args.output}: is a file; give -o a folder (it is made if missing)")
     why = unwritable_reason(args.output, folder=True)  # checked before the models load and the scans are segmented
@@ -559,6 +599,20 @@ def _file_system_refusal(err: OSError) -> int:
     return 2
 
 
+def _stdout_reader_gone() -> int:
+    """End quietly, as a process killed by SIGPIPE would, once standard output's reader has gone (``covseg ... |
+    head``): point standard output at ``os.devnull`` (so Python's flush at exit does not raise again, as Python's
+    documentation on SIGPIPE advises) and return 141, the shell's status for SIGPIPE, with no message."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a stream with no file descriptor (a test's, a wrapper's)
+        pass
+    finally:
+        os.close(devnull)
+    return 141
+
+
 def _is_torch_out_of_memory(err: RuntimeError) -> bool:
     """Whether ``err`` is PyTorch running out of memory (``torch.cuda.OutOfMemoryError`` or the CPU allocator's
     "can't allocate memory" RuntimeError)."""
@@ -591,7 +645,7 @@ def _parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the CLI; returns the exit status (0 ok, 2 bad input, 130 interrupted, 141 standard output's reader gone)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the benchmark has its own options (see covseg/bench.py)
         from covseg.bench import main as bench_main
@@ -603,6 +657,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(f"covseg: error: {refused.code.removeprefix('covseg bench: ')}", file=sys.stderr)
             return 2
+        except BrokenPipeError:  # stdout's reader left (`covseg bench | head`)
+            return _stdout_reader_gone()
         except OSError as err:  # --out could not be written after all (a read-only file system, no space, …)
             return _file_system_refusal(err)
         except MemoryError as err:
@@ -616,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     except CovsegError as err:
         print(f"covseg: error: {' '.join(str(err).split())}", file=sys.stderr)  # always one line
         return 2
+    except BrokenPipeError:  # stdout's reader left (`covseg ... | head`): not a file system refusal
+        return _stdout_reader_gone()
     except OSError as err:  # a file system refusal on a path the user gave (exists, is a folder, no space, …)
         return _file_system_refusal(err)
     except MemoryError as err:  # numpy's "Unable to allocate 37 GiB ...": one line, not a traceback

@@ -31,6 +31,7 @@ __all__ = [
     "TASKS",
     "MAX_SEED",
     "MAX_LR",
+    "MAX_WIDTH",
     "RESIZE_MODES",
     "available_recipes",
     "load_recipe",
@@ -392,6 +393,9 @@ _POSITIVE = {("data", "input_size"), ("data", "folds"), ("model", "width"), ("mo
              ("train", "epochs"), ("train", "val_every"), ("train", "batch_size"), ("train", "lr"),
              ("train", "dice_weight"), ("data", "pseudo_ratio"), ("data", "window_width")}
 _MAX_DEPTH = {"segnet": 5}  # SegNet's stages are VGG16's five (covseg.models.segnet.VGG16_BLOCKS)
+#: the widest model.width a config takes: the recipes use 4 to 64, and far wider networks cannot be built (their
+#: weights alone outgrow any memory; at 1e30 torch failed with a C++ backtrace)
+MAX_WIDTH = 1024
 MAX_SEED = 2**32  # numpy's legacy seeds and every generator covseg seeds take values below this
 #: the largest learning rate a new run (train.lr) or a pretraining (--lr) takes: the recipes use 3e-5 to 0.01, far
 #: above it the weights diverge, and past float32's largest number torch's optimisers raise at their first step
@@ -414,6 +418,9 @@ def _validate(config: RunConfig, source: str) -> None:
         value = getattr(getattr(config, section), key)
         if not (value > 0 and math.isfinite(value)):
             raise CovsegError(f"{source}: {section}.{key} must be positive and finite, got {value}")
+    if config.model.width > MAX_WIDTH:
+        raise CovsegError(f"{source}: model.width is {config.model.width}, wider than covseg builds (at most "
+                          f"{MAX_WIDTH}; the recipes use 4 to 64); use a smaller width, e.g. 32")
     if not (math.isfinite(config.train.weight_decay) and config.train.weight_decay >= 0):
         raise CovsegError(f"{source}: train.weight_decay is {config.train.weight_decay:g}; it must be >= 0, "
                           "e.g. 0.0001 (0: none)")

@@ -127,6 +127,10 @@ def test_side_by_side_rounds_below_zero_are_refused(tmp_path: Path) -> None:
     (["--scan-slices", "-1"], "--scan-slices must be 0 or more"),
     (["--model", "NONE"], "no such checkpoint or run folder"),
     (["--model", "EMPTY"], "no best.pt in this folder"),
+    # before: read by no step and left out without a word
+    (["--scan-slices", "0", "--model", "NONE"], "--model is read only by the scan benchmark, which --scan-slices 0 "
+                                                "skips; drop --model or give --scan-slices N"),
+    (["--scan-slices", "0", "--scan-images", "NONE"], "--scan-images is read only by the scan benchmark"),
     (["--out", "FOLDER"], "is a folder; give --out a Markdown file name"),
     (["--out", "UNDER_A_FILE"], "is a file, not a folder"),
     (["--models", "unet16,segnet", "--size", "48"], "--size 48 is not a multiple of 32, which segnet needs; use 64"),

@@ -1,8 +1,10 @@
 """End-to-end CLI behaviour through ``covseg.cli.main``: evaluate, predict, compare, cv, download, bad input."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -866,6 +868,8 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(case: str, message: str, ti
 @pytest.mark.parametrize("flags, overrides, message", [
     (["--folds", "2"], [], "covseg cv sets data.folds itself (--folds 2)"),  # TINY_OVERRIDES: data.folds=3
     (["--folds", "3"], ["data.split=official"], "covseg cv sets data.split itself"),
+    # before: reset to its default in every fold without a word (train --split cv:K refuses it)
+    (["--folds", "3"], ["data.val_fraction=0.3"], "covseg cv sets data.val_fraction itself"),
     ([], ["train.seed=5"], "covseg cv sets train.seed itself"),  # with --seeds 0 1, last
     (["--folds", "3"], [], "seeds must be 0 or more and below 2**32"),  # with --seeds 4294967296 0, last
 ])
@@ -959,3 +963,74 @@ def test_overrides_are_taken_on_both_sides_of_an_option(tiny_data: Path, tmp_pat
     err = capsys.readouterr().err
     assert refused.value.code == 2 and err.startswith("usage: covseg train ")
     assert err.splitlines()[-1] == "covseg train: error: unrecognized arguments: stray"
+
+
+class _ReaderGone(io.TextIOBase):
+    """A standard output whose reader has left (``covseg ... | head`` after head exits): every write fails."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_reader_that_left_standard_output_ends_quietly_with_sigpipe_s_status(tiny_run: Path, tmp_path: Path,
+                                                                                capsys, monkeypatch) -> None:
+    # before: "covseg: error: Broken pipe; check the path and permissions" and exit 2, as if a path were wrong
+    monkeypatch.setattr(sys, "stdout", _ReaderGone())
+    assert main(["evaluate", str(tiny_run), "-o", str(tmp_path / "report"), "--quiet"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_one_model_given_twice_is_refused_not_scored_as_an_ensemble(command: str, tiny_run: Path, tiny_data: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    # before: the model was scored (or predicted) as a 2-model ensemble of itself
+    out = tmp_path / "out"
+    if command == "evaluate":
+        argv = ["evaluate", str(tiny_run), str(tiny_run), "-o", str(out), "--quiet"]
+    else:
+        image = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/0.jpg"
+        argv = ["predict", str(image), "-o", str(out), "--model", str(tiny_run), "--model", f"{tiny_run}/", "--quiet"]
+    assert main(argv) == 2
+    assert "names a model twice" in _one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_resuming_a_finished_run_says_it_trained_nothing(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    # before: "trained 3 epochs in 0 s", the run's epochs, not this call's
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("nothing left to resume: the run has all 3 epochs; best validation mean Dice ")
+    assert "trained" not in out
+
+
+def test_resume_takes_the_same_run_folder_as_o_however_it_is_written(tiny_run: Path, tmp_path: Path, capsys,
+                                                                     monkeypatch) -> None:
+    # before: --resume /abs/run -o run (the same folder) was refused as "not both"
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", str(run), "-o", "run", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "-o", str(tmp_path / "other"), "--quiet"]) == 2
+    assert "not both" in _one_line_error(capsys)
+
+
+def test_cv_compare_refuses_one_folder_twice_and_an_output_inside_either(tiny_run: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    reference, candidate = tmp_path / "ref", tmp_path / "new"
+    shutil.copytree(tiny_run, reference, ignore=shutil.ignore_patterns("eval-*"))
+    assert main(["evaluate", str(reference), "--quiet"]) == 0
+    shutil.copytree(reference, candidate)
+    capsys.readouterr()
+    # before: a table of zero differences
+    assert main(["cv-compare", str(reference), f"{reference}/"]) == 2
+    assert "is both the reference and the candidate" in _one_line_error(capsys)
+    # before: written into the folder (over its cv.md when named so)
+    for out in (reference / "paired.md", candidate / "eval-heldout" / "metrics.md"):
+        before = out.read_bytes() if out.exists() else None
+        assert main(["cv-compare", str(reference), str(candidate), "-o", str(out)]) == 2
+        assert "is inside the cross-validation folder" in _one_line_error(capsys)
+        assert (out.read_bytes() if out.exists() else None) == before
+    assert main(["cv-compare", str(reference), str(candidate), "-o", str(tmp_path / "paired.md")]) == 0

@@ -272,3 +272,11 @@ def test_a_learning_rate_past_float32_or_above_1_is_refused(tiny_data: Path, tmp
         check_new_run(config)
     assert config_from_dict(config_to_dict(config)).train.lr == 2
     check_new_run(apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.lr=1"]))
+
+
+@pytest.mark.parametrize("width", ["1e30", "2048"])
+def test_a_width_no_network_could_have_is_refused_in_one_line(width: str) -> None:
+    # before: accepted, and building the network failed with a C++ backtrace
+    with pytest.raises(CovsegError, match=r"^override: model.width is \d+, wider than covseg builds \(at most 1024; "):
+        apply_overrides(load_recipe("tiny"), [f"model.width={width}"])
+    assert apply_overrides(load_recipe("tiny"), ["model.width=1024"]).model.width == 1024
