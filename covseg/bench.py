@@ -622,8 +622,8 @@ def _check_options(args: argparse.Namespace) -> None:
     missing = [p for p in ("fp32-naive", "covseg") if p not in args.paths.split(",")]
     if args.side_by_side > 0 and missing:  # else it would be skipped without a word
         raise SystemExit(f"covseg bench: --side-by-side times fp32-naive and covseg side by side, but --paths "
-                         f"{args.paths} lacks {' and '.join(missing)}; add {'them' if len(missing) > 1 else 'it'} to --paths or drop "
-                         "--side-by-side")
+                         f"{args.paths} lacks {' and '.join(missing)}; add {'them' if len(missing) > 1 else 'it'} "
+                         "to --paths or drop --side-by-side")
     if args.out.is_dir():
         raise SystemExit(f"covseg bench: {args.out}: is a folder; give --out a Markdown file name, e.g. "
                          f"{args.out / 'RESULTS.md'}")

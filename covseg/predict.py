@@ -33,7 +33,8 @@ from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
 from covseg.volumes import quiet_file_readers, looks_like_dicom, view_to_nifti_slice
 
-__all__ = ["SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use", "predict_files", "check_file_outputs", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
+__all__ = ["SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use",
+           "predict_files", "check_file_outputs", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
 
 
 def open_predictor(model_path: Path, task: str | None = None, which: str = "auto", backend: str = "auto",
