@@ -258,3 +258,45 @@ def test_yaml_merge_keys_and_a_key_repeated_in_separate_sections_still_load(tmp_
     # a YAML merge key's values give way to the mapping's own, as YAML says: not a key named twice
     recipe.write_text("train:\n  <<: {epochs: 3, lr: 0.5}\n  lr: 0.02\n", encoding="utf-8")
     assert (load_recipe(str(recipe)).train.epochs, load_recipe(str(recipe)).train.lr) == (3, 0.02)
+
+
+def test_kfold_fold_count_bounds_and_sorted_folds() -> None:
+    # 2..len(names) folds: one fold would leave nothing to train on; as many folds as images is leave-one-out
+    for bad in (1, 51):
+        with pytest.raises(CovsegError, match="cannot make"):
+            kfold(NAMES, bad)
+    assert sorted(kfold(["c", "a", "b"], 3)) == [["a"], ["b"], ["c"]]
+    # every fold, and every list of a split, is sorted by name (split.json reads the same on every machine)
+    for fold in kfold(NAMES, 5, seed=3):
+        assert fold == sorted(fold)
+    for split in ("cv:1", "official", "seed", "paper"):
+        s = make_split(NAMES, split, seed=3)
+        assert all(s[key] == sorted(s[key]) for key in ("train", "val", "test"))
+
+
+def test_a_cv_fold_number_equal_to_the_fold_count_is_refused() -> None:
+    # folds 0..4 exist for folds=5: cv:5 is one past the last, a CovsegError, not an IndexError
+    with pytest.raises(CovsegError, match=r"fold must be 0\.\.4"):
+        make_split(NAMES, "cv:5", folds=5)
+    assert make_split(NAMES, "cv:4", folds=5)["val"] == kfold(NAMES, 5)[4]
+
+
+def test_split_sizes_round_to_the_nearest_image() -> None:
+    # official, 19 images: 0.1 * 19 = 1.9 -> 2 validation images (not 1, as truncation gives)
+    s = make_split([f"n{i}" for i in range(19)], "official")
+    assert (len(s["train"]), len(s["val"])) == (17, 2)
+    # paper, 7 images: boundaries 0.72 * 7 = 5.04 -> 5 and 0.82 * 7 = 5.74 -> 6: 5 / 1 / 1 (floor would give 5 / 0 / 2)
+    s = make_split([f"n{i}" for i in range(7)], "paper")
+    assert (len(s["train"]), len(s["val"]), len(s["test"])) == (5, 1, 1)
+
+
+def test_named_splits_cut_one_seeded_order_in_their_documented_order() -> None:
+    # kfold and the fraction splits cut the same seeded permutation of the sorted names: with 50 names, fold k is
+    # positions 10k..10k+9; official's validation set is positions 0..4 (carved off first), seed's evaluation set
+    # positions 42..49 (after 84 % train), paper's test set positions 41..49 (after 72 % train and 10 % val)
+    folds = kfold(NAMES, 5, seed=2)
+    assert set(make_split(NAMES, "official", seed=2)["val"]) <= set(folds[0])
+    assert set(make_split(NAMES, "seed", seed=2)["val"]) <= set(folds[4])
+    paper = make_split(NAMES, "paper", seed=2)
+    assert set(paper["test"]) <= set(folds[4]) and set(paper["val"]) <= set(folds[3]) | set(folds[4])
+    assert set(paper["train"]) <= set(folds[0]) | set(folds[1]) | set(folds[2]) | set(folds[3])

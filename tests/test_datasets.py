@@ -974,3 +974,24 @@ def test_kaggle_npy_masks_that_are_not_one_hot_are_refused(tmp_path: Path) -> No
             load_medseg_npy(tmp_path / "images_medseg.npy", tmp_path / f"{name}.npy", "multiclass")
     np.save(tmp_path / "bool.npy", base.astype(bool))  # boolean one-hot masks are fine
     assert load_medseg_npy(tmp_path / "images_medseg.npy", tmp_path / "bool.npy", "binary")[0].mask.max() == 0
+
+
+# ---------------------------------------------------------------------------------- label schemes
+
+
+def test_label_schemes_pin_the_documented_class_ids() -> None:
+    from covseg.labels import check_labels, get_scheme
+
+    # covseg.labels: binary 0 background, 1 infection; multiclass 1 GGO, 2 consolidation, 3 pleural effusion
+    assert BINARY.names == ("background", "infection") and get_scheme("binary") is BINARY
+    assert MULTICLASS.names == ("background", "ggo", "consolidation", "pleural_effusion")
+    assert (BINARY.num_classes, MULTICLASS.num_classes) == (2, 4)
+    assert (BINARY.foreground, MULTICLASS.foreground) == ((1,), (1, 2, 3))  # every class but background 0
+    assert (BINARY.pleural, MULTICLASS.pleural) == ((), (3,))  # effusion is outside the lung
+    assert len(MULTICLASS.colors) == MULTICLASS.num_classes and MULTICLASS.colors[0] == (0, 0, 0)
+    # the largest valid id is num_classes - 1; num_classes itself and negative ids are refused
+    check_labels(np.array([0, 1]), BINARY, "m")
+    check_labels(np.array([0, 3]), MULTICLASS, "m")
+    for scheme, bad in ((BINARY, 2), (MULTICLASS, 4), (MULTICLASS, -1)):
+        with pytest.raises(CovsegError, match=rf"m: label values \[{bad}\]"):
+            check_labels(np.array([[0, 1], [bad, 0]]), scheme, "m")

@@ -166,3 +166,13 @@ def test_stretch_percentiles_keeps_a_small_bright_region_of_an_otherwise_flat_im
     np.testing.assert_allclose(out[:7, :7], 1.0)
     assert not out[7:].any() and not out[:, 7:].any()
     assert not stretch_percentiles(np.full((100, 100), 0.8, np.float32)).any()  # a flat image still becomes zeros
+
+
+def test_to_unit_range_boundaries_of_its_three_readings() -> None:
+    # non-integer data reaching up to 2 is [0, 1] data with an overshoot: clipped, not / 255
+    np.testing.assert_allclose(to_unit_range(np.array([0.0, 0.5, 1.8]), is_hu=False), [0.0, 0.5, 1.0], atol=1e-6)
+    # data whose maximum is exactly 255 is 8-bit grey: / 255 (51 -> 0.2), not min-max scaled (51 -> 0)
+    np.testing.assert_allclose(to_unit_range(np.array([51.0, 255.0]), is_hu=False), [0.2, 1.0], atol=1e-6)
+    # other ranges are min-max scaled: -100..300 -> (x + 100) / 400, so 0 -> 0.25
+    np.testing.assert_allclose(to_unit_range(np.array([-100.0, 0.0, 300.0]), is_hu=False), [0.0, 0.25, 1.0],
+                               atol=1e-6)

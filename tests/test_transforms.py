@@ -410,3 +410,73 @@ def test_noise_and_blur_in_augment_batch_leave_labels_and_other_recipes_draws_al
     for key in ("noise", "blur"):
         with pytest.raises(CovsegError, match=f"train.augment.{key} is -0.1; it must be a probability"):
             apply_overrides(load_recipe("tiny"), [f"train.augment.{key}=-0.1"])
+
+
+def test_fit_box_rounds_the_side_and_puts_the_odd_pixel_after_the_image() -> None:
+    # 16 / 7 = 2.2857; 3 * 2.2857 = 6.86 -> 7 rows (nearest, not truncated), (16 - 7) // 2 = 4 rows above
+    assert fit_box(3, 7, 16, "pad") == (4, 0, 7, 16)
+    # scale 1: 5 rows in 16, 11 rows of padding: 11 // 2 = 5 above, 6 below
+    assert fit_box(5, 16, 16, "pad") == (5, 0, 5, 16)
+
+
+def test_stack_resized_samples_masks_at_pixel_centres() -> None:
+    # 3 -> 2 columns: output centres 0.5 and 1.5 map to input 0.75 and 2.25 (scale 3 / 2): columns 0 and 2
+    mask = np.tile(np.arange(3), (3, 1))
+    _, y = stack_resized([np.zeros((3, 3), np.float32)], [mask], 2)
+    assert y[0].tolist() == [[0, 2], [0, 2]]
+
+
+def _cone(size: int) -> torch.Tensor:
+    """Distance from the image centre in grid_sample's [-1, 1] coordinates (pixel centres), / sqrt(2)."""
+    u = (2 * torch.arange(size, dtype=torch.float32) + 1) / size - 1
+    return (u[:, None] ** 2 + u[None, :] ** 2).sqrt() / math.sqrt(2)
+
+
+def test_rotation_keeps_a_cone_and_zoom_divides_it_by_the_drawn_zoom() -> None:
+    size = 64
+    cone = _cone(size)
+    images = cone.expand(2, 1, size, size).contiguous()
+    masks = torch.zeros(2, size, size, dtype=torch.long)
+    ring = (cone * math.sqrt(2) > 0.1) & (cone * math.sqrt(2) < 0.6)  # inside the image after any draw, off the tip
+    # a rotation about the centre moves no pixel's distance from it: the cone comes back unchanged
+    g = torch.Generator().manual_seed(4)
+    draws = [torch.rand(2, generator=g) for _ in range(6)]  # hflip, vflip, angle, zoom, gamma, shift
+    assert ((-45 + 90 * draws[2]).abs() > 10).all()  # this seed turns both images by more than 10 degrees
+    out, _ = augment_batch(images, masks, AugmentConfig(rotate_deg=45), torch.Generator().manual_seed(4))
+    assert (out - images)[:, 0][:, ring].abs().max() < 0.01
+    # zoom z samples the input at u / z: the cone's value there is cone / z
+    zoom = 0.8 + 0.4 * draws[3]
+    assert ((zoom - 1).abs() > 0.05).all()
+    out, _ = augment_batch(images, masks, AugmentConfig(scale=0.2), torch.Generator().manual_seed(4))
+    torch.testing.assert_close(out[:, 0][:, ring], (images / zoom.view(2, 1, 1, 1))[:, 0][:, ring], atol=0.01, rtol=0)
+
+
+def test_brightness_keeps_the_image_in_range() -> None:
+    images = torch.ones(2, 1, 4, 4)
+    masks = torch.zeros(2, 4, 4, dtype=torch.long)
+    out, _ = augment_batch(images, masks, AugmentConfig(brightness=0.5), torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    shift = -0.5 + 1.0 * [torch.rand(2, generator=g) for _ in range(6)][5]  # hflip, ..., gamma, shift
+    assert (shift > 0).any()  # a white image brightened stays at 1, not above 1 (gamma is off: 1 ** 1 = 1)
+    torch.testing.assert_close(out, (1 + shift.view(2, 1, 1, 1)).clamp(0, 1).expand(2, 1, 4, 4))
+    assert out.max() <= 1.0
+
+
+def test_elastic_field_passes_through_control_points_drawn_up_to_twice_the_magnitude() -> None:
+    from covseg.transforms import elastic_offsets
+
+    # 37 pixels = 6 * 6 + 1: with align_corners the 7 x 7 control points sit on every 6th pixel, where bicubic
+    # interpolation returns them exactly; they are uniform in [-2m, 2m] grid units (m of the side = 2m of [-1, 1])
+    field = elastic_offsets(2, 37, 37, 0.05, torch.Generator().manual_seed(0))
+    control = (torch.rand(2, 2, 7, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.1
+    torch.testing.assert_close(field[:, ::6, ::6], control.permute(0, 2, 3, 1))
+    assert field.abs().max() <= 0.1 + 1e-6 and field.abs().max() > 0.09
+
+
+def test_simulated_low_resolution_rounds_the_smaller_side() -> None:
+    images = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = simulate_low_resolution(images, 1.0, torch.Generator().manual_seed(0), shares=(0.7, 0.7))
+    # 8 * 0.7 = 5.6 -> 6 pixels (not 5); nearest keeps rows / columns floor(j * 8 / 6) = 0, 1, 2, 4, 5, 6
+    keep = [0, 1, 2, 4, 5, 6]
+    small = images[:, :, keep][:, :, :, keep]
+    torch.testing.assert_close(out, F.interpolate(small, size=(8, 8), mode="bicubic", align_corners=False).clamp(0, 1))
