@@ -199,3 +199,9 @@ def test_the_labelled_batches_are_drawn_as_without_the_term(semi_data: Path, tmp
     assert len(seen["on"]) == len(seen["off"]) > 0
     for a, b in zip(seen["on"], seen["off"]):
         assert torch.equal(a, b)
+
+
+def test_warmup_of_a_short_run_ramps_over_at_least_one_step() -> None:
+    # 4 steps: a quarter is 1 step, so step 1 has the full weight; 2 steps: a quarter is 0.5, floored to 1 step
+    assert [warmup(s, 4) for s in (0, 1, 2)] == [0.0, 1.0, 1.0]
+    assert [warmup(s, 2) for s in (0, 1)] == [0.0, 1.0]

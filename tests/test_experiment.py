@@ -308,3 +308,21 @@ def test_cv_takes_no_report_of_another_runs_checkpoint_as_a_folds_score(tiny_run
     assert experiment._is_current(report / "metrics.json", run, "final", str(tiny_data)) is False  # before: True
     assert main(["evaluate", str(run / "last.pt"), "--split", "heldout", "-o", str(report), "--quiet"]) == 0
     assert experiment._is_current(report / "metrics.json", run, "final", str(tiny_data)) is True
+
+
+def test_mean_std_is_the_population_spread_of_the_folds_that_have_a_value() -> None:
+    # folds 0.6, –, 0.8, 1.0: the fold without a value is left out (not 0); mean 2.4 / 3 = 0.8;
+    # population std (ddof 0) sqrt((0.2² + 0 + 0.2²) / 3) = sqrt(0.08 / 3) = 0.1633 (ddof 1 would give 0.2)
+    mean, std = experiment._mean_std({"Dice": [0.6, None, 0.8, 1.0]})["Dice"]
+    assert (mean, std) == pytest.approx((0.8, (0.08 / 3) ** 0.5))
+
+
+def test_seeds_summary_is_taken_over_the_seeds_cv_means_and_every_fold_model(tiny_seeds_cv: Path) -> None:
+    import numpy as np
+    summary = json.loads((tiny_seeds_cv / "seeds.json").read_text(encoding="utf-8"))
+    per_seed = {s: json.loads((tiny_seeds_cv / f"seed-{s}" / "cv.json").read_text(encoding="utf-8")) for s in (0, 1)}
+    for column, (mean, std) in summary["over_seeds"].items():
+        means = [per_seed[s]["summary"][column][0] for s in (0, 1)]  # each seed's mean over its folds, not its std
+        assert (mean, std) == pytest.approx((np.mean(means), np.std(means))), column
+        models = [v for s in (0, 1) for v in per_seed[s]["columns"][column] if v is not None]
+        assert summary["every_model"][column] == pytest.approx([np.mean(models), np.std(models)]), column

@@ -338,3 +338,60 @@ def test_the_summary_row_is_the_unweighted_mean_of_the_fold_means(tmp_path: Path
     write_fold(tmp_path / "new", 1, {"b": 0.6, "c": 0.6, "d": 0.6})
     table = format_comparison(compare_cross_validations(tmp_path / "ref", tmp_path / "new"), "ref", "new")
     assert "| 2 folds | 0.5000 | 0.6500 | **+0.1500 ± 0.0707** | 2 of 2 folds up |" in table
+
+
+def test_one_fold_counts_ties_neither_up_nor_down_and_leaves_out_a_candidates_nan() -> None:
+    # a tied (0.5 -> 0.5), b down (0.7 -> 0.6), c up (0.4 -> 0.9), d nan in the candidate only: not paired
+    reference = {"a": 0.5, "b": 0.7, "c": 0.4, "d": 0.3}
+    candidate = {"a": 0.5, "b": 0.6, "c": 0.9, "d": math.nan}
+    fold = compute_fold_difference(reference, candidate, "fold-0", "dice_infection")
+    assert (fold.images, fold.images_up, fold.images_down) == (3, 1, 1)
+    # reference (0.5 + 0.7 + 0.4) / 3 = 0.5333; candidate (0.5 + 0.6 + 0.9) / 3 = 0.6667
+    assert (fold.reference, fold.candidate) == pytest.approx((1.6 / 3, 2.0 / 3))
+
+
+def test_a_fold_whose_error_did_not_move_is_not_counted_down() -> None:
+    from covseg.paired import Comparison, FoldDifference
+    # infnet_mae: fold-0 0.1 -> 0.1 (Δ 0, not down), fold-1 0.1 -> 0.08 (Δ -0.02, down)
+    rows = [FoldDifference("fold-0", "infnet_mae", 0.1, 0.1, 2, 0, 0),
+            FoldDifference("fold-1", "infnet_mae", 0.1, 0.08, 2, 0, 2)]
+    table = format_comparison(Comparison(rows, [], [], [], True), "ref", "new")
+    # mean Δ -0.01, sample std sqrt(2 * 0.01**2 / 1) = 0.0141; one fold of two went down
+    assert "| 2 folds | 0.1000 | 0.0900 | **-0.0100 ± 0.0141** | 1 of 2 folds down |" in table
+
+
+def test_truth_counts_are_claimed_only_when_every_fold_has_them(tmp_path: Path) -> None:
+    truth = np.zeros((10, 10), dtype=np.int64)
+    truth[:4, :5] = 1
+    both = truth.copy()
+    both[6:, 6:] = 2
+    for side in ("ref", "new"):
+        write_multiclass_fold(tmp_path / side, 0, [("s1", truth, truth), ("s2", both, both)])
+        write_multiclass_fold(tmp_path / side, 1, [("s3", both, both)])
+        drop_truth_counts(tmp_path / side, 1)  # fold 1's tables are older on both sides: no truth_<class>
+    comparison = compare_cross_validations(tmp_path / "ref", tmp_path / "new", metrics=["dice_ggo"])
+    assert not comparison.truth_counts  # fold 0 has them, fold 1 does not: the note must be printed
+    assert "written before session 23" in format_comparison(comparison, "ref", "new")
+
+
+def test_a_fold_of_a_weight_averaged_run_must_score_its_swa_pt(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "eval-heldout", ignore_errors=True)
+    assert main(["evaluate", str(run), "--quiet"]) == 0  # scores last.pt, the run's own model
+    shutil.copy(run / "last.pt", run / "swa.pt")  # now the run's own model (find_checkpoint "final") is swa.pt
+    with pytest.raises(CovsegError, match="scored last.pt, not the run's own swa.pt"):
+        read_fold_scores(run)
+
+
+def test_a_fold_of_a_run_stopped_one_epoch_short_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    import yaml
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.rmtree(run / "eval-heldout", ignore_errors=True)
+    assert main(["evaluate", str(run), "--quiet"]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    config["train"]["epochs"] = 4  # last.pt holds 3 epochs: one short of the plan
+    (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    with pytest.raises(CovsegError, match="stopped after epoch 3 of 4"):
+        read_fold_scores(run)

@@ -391,3 +391,15 @@ def test_pseudo_label_refuses_a_teacher_whose_split_json_is_damaged_in_one_line(
     err = capsys.readouterr().err
     assert f"{teacher / 'split.json'}: a damaged split" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_the_rules_limits_are_inclusive_and_an_empty_slice_is_never_kept() -> None:
+    from covseg.selftrain import keeps
+    rule = PseudoLabelRule(min_confidence=0.9, min_fraction=0.1, max_fraction=0.5)
+    assert keeps(rule, 0.1, 0.95)  # fraction at the lower limit: kept (min_fraction <= fraction)
+    assert keeps(rule, 0.5, 0.95)  # fraction at the upper limit: kept (fraction <= max_fraction)
+    assert keeps(rule, 0.3, 0.9)  # confidence at its limit: kept (confidence >= min_confidence)
+    assert not keeps(rule, 0.09, 0.95) and not keeps(rule, 0.51, 0.95) and not keeps(rule, 0.3, 0.89)
+    assert not keeps(PseudoLabelRule(0, 0, 1), 0.0, 0.0)  # no lesion: never kept, even by the loosest rule
+    # the limits may meet: one fraction only, and a confidence of exactly 1
+    assert keeps(PseudoLabelRule(min_confidence=1.0, min_fraction=0.25, max_fraction=0.25), 0.25, 1.0)
