@@ -195,7 +195,7 @@ def path_runners(model_name: str, path: str, size: int, device: str = "cpu") -> 
     model, infer_model = model.to(dev), infer_model.to(dev)
 
     if path in ("onnxruntime", "onnx-int8"):
-        from covseg.export import _session, write_graph
+        from covseg.export import ort_session, write_graph
 
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -208,7 +208,7 @@ def path_runners(model_name: str, path: str, size: int, device: str = "cpu") -> 
             else:
                 write_graph(model, size, str(file))
             # the threads the header names, as covseg's own ONNX Runtime engine (TorchBackend) takes them
-            session = _session(str(file), torch.get_num_threads())
+            session = ort_session(str(file), torch.get_num_threads())
 
         def infer(batch: int) -> Callable[[], Any]:
             x = torch.rand(batch, 1, size, size).numpy()

@@ -280,7 +280,6 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from covseg.checkpoint import read_checkpoint
     from covseg.datasets import load_dataset
     from covseg.run import read_run_config, read_run_info, train_run
     from covseg.runtime import close_distributed, init_distributed, resolve_device
@@ -300,14 +299,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = read_run_config(args.resume)
         data = args.data or read_run_info(args.resume)["data"]
         run_dir, resume = args.resume, True
-        last = args.resume / "last.pt"  # epochs done before this call (train_run says what is wrong without one)
-        saved = len(read_checkpoint(last).get("history", [])) if last.is_file() else 0
     else:
         if not args.output:
             raise CovsegError("say where the run goes: -o RUN_DIR (or --resume RUN_DIR)")
         config = _recipe_config(args)
         data = args.data or _default_data()
-        run_dir, resume, saved = args.output, False, 0
+        run_dir, resume = args.output, False
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
     dist, device = init_distributed(resolve_device(config.train.device))
     try:
@@ -322,7 +319,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.stopped:  # Ctrl-C: 130, also where the run was finished by then (nothing to resume)
         return 130
     best = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
-    trained = result.epochs_done - saved  # this call's epochs, not the run's
+    trained = result.epochs_done - result.epochs_before  # this call's epochs, not the run's
     if resume and not trained:
         done = f"nothing left to resume: the run has all {result.epochs_total} epochs"
     elif resume:

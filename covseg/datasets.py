@@ -645,22 +645,19 @@ def _axcodes(affine: np.ndarray) -> tuple[str | None, ...] | None:
     return tuple(nib.aff2axcodes(affine))
 
 
-def _slice_view(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Slice ``(x, y)`` of a volume with ``affine`` -> ``(rows, cols)`` as :func:`covseg.volumes.read_volume` shows an
-    axial slice (:func:`covseg.volumes.nifti_slice_to_view`; ``data.T`` for the radiological affine axes L, P)."""
-    from covseg.volumes import nifti_slice_to_view
-
-    return nifti_slice_to_view(data, affine)
-
-
 def _volume_images(image_path: Path, window: tuple[float, float] = LUNG_WINDOW
                    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """A MedSeg image volume ``(x, y, z)``, its affine and its slices' views (:func:`_slice_view`) in ``[0, 1]``."""
+    """A MedSeg image volume ``(x, y, z)``, its affine and its slices' views in ``[0, 1]``, each turned as
+    :func:`covseg.volumes.read_volume` shows an axial slice (:func:`covseg.volumes.nifti_slice_to_view`; ``data.T``
+    for the radiological affine axes L, P)."""
+    from covseg.volumes import nifti_slice_to_view
+
     volume, affine = _volume(image_path, "image volume")
     volume = fill_non_finite(volume, str(image_path))[0]
     is_hu = _looks_like_hu(volume)
     return volume, affine, [
-        to_unit_range(_slice_view(volume[:, :, z], affine), is_hu=is_hu, window=window) for z in range(volume.shape[2])
+        to_unit_range(nifti_slice_to_view(volume[:, :, z], affine), is_hu=is_hu, window=window)
+        for z in range(volume.shape[2])
     ]
 
 
@@ -677,6 +674,8 @@ def load_medseg_nifti(
     are kept for ``multiclass``; ``binary`` maps every lesion class to 1. ``mask_path`` None (e.g. ``val_im.nii.gz``)
     gives samples with ``mask`` None.
     """
+    from covseg.volumes import nifti_slice_to_view
+
     image_path = Path(image_path)
     scheme = get_scheme(task)
     volume, affine, images = _volume_images(image_path, window)
@@ -703,7 +702,7 @@ def load_medseg_nifti(
     labels = _to_scheme(_integer_labels(masks, str(mask_path)), scheme, str(mask_path))
     return _nonempty(
         [
-            Sample(f"{stem}_{z:03d}", im, _slice_view(labels[:, :, z], affine), str(image_path))
+            Sample(f"{stem}_{z:03d}", im, nifti_slice_to_view(labels[:, :, z], affine), str(image_path))
             for z, im in enumerate(images)
         ],
         image_path,

@@ -28,7 +28,7 @@ from covseg.splits import load_split, make_split
 from covseg.labels import get_scheme
 from covseg.parallel_runs import train_runs_in_parallel
 from covseg.checkpoint import build_model, epochs_done, find_checkpoint, read_checkpoint
-from covseg.run import (check_checkpoint_settings, differences_note, read_run_config, read_run_info,
+from covseg.run import (check_checkpoint_settings, differences_note, is_run_folder, read_run_config, read_run_info,
                         setting_differences, sync_history, train_run, trained_on)
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
@@ -310,8 +310,7 @@ def _check_run_folder(run_dir: Path) -> None:
     ``--force`` (which replaces run folders only) nor resuming helps, so the advice is to remove it or choose a new -o."""
     if run_dir.exists() and not run_dir.is_dir():
         raise CovsegError(f"{run_dir}: is a file, not a run folder; remove it or choose a new -o")
-    if (run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / "config.yaml").is_file()
-            and not (run_dir / "run.json").is_file()):
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not is_run_folder(run_dir):
         raise CovsegError(f"{run_dir}: is not empty and not a covseg run folder; remove it (or move what it holds "
                           "elsewhere) or choose a new -o")
 

@@ -48,7 +48,7 @@ from covseg.models.shapes import check_input_size
 
 __all__ = ["export_onnx", "exported_from", "exported_class_weights", "weights_sha256", "graph_sha256",
            "metadata_sha256",
-           "OnnxBackend", "onnx_backend_of", "load_onnx", "write_graph", "ONNX_OPSET"]
+           "OnnxBackend", "onnx_backend_of", "ort_session", "load_onnx", "write_graph", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
 CHECKSUM_KEYS = ("covseg_weights_sha256", "covseg_graph_sha256", "covseg_metadata_sha256")
@@ -199,7 +199,9 @@ def exported_class_weights(path: Path) -> list[float] | None:
     return weights
 
 
-def _session(source: str | bytes, threads: int) -> Any:
+def ort_session(source: str | bytes, threads: int) -> Any:
+    """An ONNX Runtime CPU session of ``source`` (a path or the serialised model) with ``threads`` intra-op threads
+    (0: ONNX Runtime's default, one per physical core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -214,7 +216,7 @@ def onnx_backend_of(model: torch.nn.Module, input_size: int, threads: int = 0) -
     default, one per physical core). Nothing is written to disk."""
     buffer = io.BytesIO()
     write_graph(model.eval(), input_size, buffer)
-    return OnnxBackend(_session(buffer.getvalue(), threads), depth=getattr(model, "depth", None))
+    return OnnxBackend(ort_session(buffer.getvalue(), threads), depth=getattr(model, "depth", None))
 
 
 class OnnxBackend:
@@ -251,7 +253,7 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
         raise CovsegError(f"{path}: no such ONNX file; make one with covseg export RUN_DIR -o {path}")
     try:
         data = Path(path).read_bytes()  # read once: the session and the weights check both parse these bytes
-        session = _session(data, threads)
+        session = ort_session(data, threads)
     except Exception as err:  # onnxruntime raises its own exception types
         raise CovsegError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0][:100]})") from None
     meta = session.get_modelmeta().custom_metadata_map

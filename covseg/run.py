@@ -61,7 +61,7 @@ from covseg.training import (averaged_network, epoch_average, lr_factor, make_op
 from covseg.transforms import stack_resized
 
 __all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "read_class_weights", "trained_on",
-           "sync_history", "HISTORY_FIELDS"]
+           "sync_history", "is_run_folder", "never_saved_an_epoch", "HISTORY_FIELDS"]
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_dice", "lr", "seconds")
 
@@ -76,6 +76,7 @@ class RunResult:
     best_score: float | None
     stopped: bool = False  # Ctrl-C came, also where it found every epoch saved (the run finished): callers stop too
     seconds: float = 0.0
+    epochs_before: int = 0  # epochs a resumed run had saved before this call (0 for a new run)
 
     @property
     def interrupted(self) -> bool:
@@ -286,12 +287,18 @@ class _OldRun:
 _SETUP_FILES = frozenset({"config.yaml", "split.json", "class_weights.json", "run.json"})
 
 
+def is_run_folder(path: Path) -> bool:
+    """Whether ``path`` holds a covseg run: ``config.yaml`` or ``run.json``, the first files a new run writes (a run
+    cut short after them is still one, which ``--force`` may replace)."""
+    return (path / "config.yaml").is_file() or (path / "run.json").is_file()
+
+
 def never_saved_an_epoch(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run that stopped or failed before it saved its first epoch: only the files a new
     run writes before training (config.yaml, split.json, class_weights.json, run.json; at least one of config.yaml
     and run.json) and the hidden temporary files of those writes, nothing else (no checkpoint, history or report)."""
     names = [p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and ".part" in p.name)]
-    return bool(names) and set(names) <= _SETUP_FILES and bool({"config.yaml", "run.json"} & set(names))
+    return bool(names) and set(names) <= _SETUP_FILES and is_run_folder(run_dir)
 
 
 def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], data_path: str,
@@ -307,7 +314,7 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
         if not force:
             raise CovsegError(f"{run_dir}: run folder exists; pass --force to overwrite it or "
                               f"--resume {run_dir} to continue it")
-        if not ((run_dir / "config.yaml").is_file() or (run_dir / "run.json").is_file()):
+        if not is_run_folder(run_dir):
             raise CovsegError(f"{run_dir}: is not empty and not a covseg run folder; --force only replaces run "
                               "folders, so choose a new -o")
         aside = old.move_aside()
@@ -675,4 +682,4 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     if val_x is None and len(history) == t.epochs and dist.is_main and (run_dir / "last.pt").exists():
         # No validation images: the last epoch's weights are the ones to use (once every epoch is saved).
         save_checkpoint(run_dir / "best.pt", core, config, len(history), None)
-    return RunResult(run_dir, len(history), t.epochs, best, stopped, time.perf_counter() - began)
+    return RunResult(run_dir, len(history), t.epochs, best, stopped, time.perf_counter() - began, start)

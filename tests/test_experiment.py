@@ -13,7 +13,7 @@ import pytest
 from covseg import experiment
 from covseg.checkpoint import build_model, save_checkpoint
 from covseg.cli import main
-from covseg.config import apply_overrides, load_recipe
+from covseg.config import RunConfig, apply_overrides, load_recipe
 from covseg.datasets import load_dataset
 from covseg.errors import CovsegError
 from covseg.run import _OldRun, _prepare_folder, read_run_config
@@ -23,6 +23,15 @@ from conftest import TINY_OVERRIDES
 
 def _no_training(*args, **kwargs):
     raise AssertionError("training began before the checks refused the run")
+
+
+def _refusal_setup(tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, list, RunConfig]:
+    """Make any training fail the test (the checks must refuse first); returns the tiny data folder, its training
+    samples (binary) and the tiny recipe's config."""
+    monkeypatch.setattr(experiment, "train_runs_in_parallel", _no_training)
+    monkeypatch.setattr(experiment, "train_or_resume", _no_training)
+    data = str(tiny_data)
+    return data, load_dataset(data, "binary", split="train"), apply_overrides(load_recipe("tiny"), TINY_OVERRIDES)
 
 
 def test_cv_with_seeds_and_jobs_checks_every_folds_inputs_before_the_workers_train(
@@ -50,11 +59,7 @@ def _begun_fold(config, samples, data: str, fold_dir: Path, trained=None) -> Non
 
 def test_a_begun_cv_fold_is_refused_when_the_data_folder_has_other_images_now(
         tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(experiment, "train_runs_in_parallel", _no_training)
-    monkeypatch.setattr(experiment, "train_or_resume", _no_training)
-    data = str(tiny_data)
-    samples = load_dataset(data, "binary", split="train")
-    config = apply_overrides(load_recipe("tiny"), TINY_OVERRIDES)
+    data, samples, config = _refusal_setup(tiny_data, monkeypatch)
     out = tmp_path / "cv"
     _begun_fold(experiment._fold_config(config, 0, 3), samples, data, out / "fold-0")
     for k in range(3):  # the same images: fold 0 is reused as it is
@@ -229,11 +234,7 @@ def test_cv_folds_of_a_recipe_that_sets_val_fraction_pass_the_new_run_checks() -
 
 def test_a_fold_whose_last_pt_has_other_settings_is_refused_before_any_fold_trains(
         tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(experiment, "train_runs_in_parallel", _no_training)
-    monkeypatch.setattr(experiment, "train_or_resume", _no_training)
-    data = str(tiny_data)
-    samples = load_dataset(data, "binary", split="train")
-    config = apply_overrides(load_recipe("tiny"), TINY_OVERRIDES)
+    data, samples, config = _refusal_setup(tiny_data, monkeypatch)
     out = tmp_path / "cv"
     fold1, fold2 = (experiment._fold_config(config, k, 3) for k in (1, 2))
     # fold 2's last.pt is fold 1's, copied in: the same shapes, another held-out fold
@@ -268,11 +269,7 @@ def test_compare_refuses_a_split_without_held_out_images_before_training(tiny_da
 
 def test_cv_and_compare_refuse_a_non_run_folder_before_anything_trains(tiny_data: Path, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(experiment, "train_runs_in_parallel", _no_training)
-    monkeypatch.setattr(experiment, "train_or_resume", _no_training)
-    data = str(tiny_data)
-    samples = load_dataset(data, "binary", split="train")
-    config = apply_overrides(load_recipe("tiny"), TINY_OVERRIDES)
+    data, samples, config = _refusal_setup(tiny_data, monkeypatch)
     out = tmp_path / "cv"
     (out / "fold-2").mkdir(parents=True)
     (out / "fold-2" / "notes.txt").write_text("note\n")

@@ -575,7 +575,7 @@ def test_every_unet_block_exports_with_folded_batch_norm_and_quantizes(block: st
     torch.testing.assert_close(backend(x), reference, atol=1e-4, rtol=1e-4)
     int8 = tmp_path / "int8.onnx"
     quantize_network(fold_batch_norm(model), 16, [x.numpy()], int8)
-    out = export._session(str(int8), 1).run(["logits"], {"image": x.numpy()})[0]
+    out = export.ort_session(str(int8), 1).run(["logits"], {"image": x.numpy()})[0]
     assert out.shape == (2, 3, 24, 32) and label_agreement(torch.from_numpy(out), reference) > 0.8
 
 
