@@ -697,15 +697,17 @@ def _escape_unencodable_output() -> None:
 def entry(argv: list[str] | None = None) -> int:
     """The ``covseg`` program (console script, ``python -m covseg``): :func:`main` in a process whose glibc keeps
     freed memory for reuse (:func:`covseg.runtime.keep_freed_memory`, a process-wide setting; before the first large
-    tensor) and whose output escapes what it cannot encode (:func:`_escape_unencodable_output`). :func:`main` itself
-    leaves the allocator and the streams alone, so a caller's process is not changed."""
+    tensor), whose torch threads fit a container's CPU quota (:func:`covseg.runtime.fit_threads_to_cpu_quota`) and
+    whose output escapes what it cannot encode (:func:`_escape_unencodable_output`). :func:`main` itself leaves the
+    allocator, the threads and the streams alone, so a caller's process is not changed."""
     argv = sys.argv[1:] if argv is None else argv
     _escape_unencodable_output()
     try:  # a Ctrl-C while torch is still being imported is the CLI's too: one line, 130
         if argv[:1] != ["download"]:
-            from covseg.runtime import keep_freed_memory
+            from covseg.runtime import fit_threads_to_cpu_quota, keep_freed_memory
 
             keep_freed_memory()
+            fit_threads_to_cpu_quota()
     except KeyboardInterrupt:
         print("covseg: interrupted", file=sys.stderr)
         return 130

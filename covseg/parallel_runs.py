@@ -22,6 +22,7 @@ import torch
 from covseg.config import RunConfig
 from covseg.datasets import Sample
 from covseg.errors import CovsegError
+from covseg.runtime import cgroup_cpu_limit
 
 __all__ = ["threads_per_job", "train_runs_in_parallel"]
 
@@ -31,10 +32,14 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
 
     ``cores`` defaults to those this process may run on (its CPU affinity: a container's or ``taskset``'s share),
     or every core where the system does not say, and at least torch's own thread count (``OMP_PROC_BIND`` pins the
-    importing thread to one core, which then reports an affinity of one)."""
+    importing thread to one core, which then reports an affinity of one), at most the cores a CPU quota allows
+    (:func:`covseg.runtime.cgroup_cpu_limit`: Docker's ``--cpus`` leaves the host's cores in the affinity)."""
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         cores = max(cores, torch.get_num_threads())
+        quota = cgroup_cpu_limit()
+        if quota is not None:
+            cores = min(cores, quota)
     return max(1, (cores or 1) // jobs)
 
 

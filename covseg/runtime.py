@@ -7,13 +7,15 @@ import os
 import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from covseg.errors import CovsegError
 
 __all__ = ["resolve_device", "cpu_supports_bf16", "cuda_supports_bf16", "resolve_precision", "autocast",
-           "training_memory_format", "keep_freed_memory", "DistContext", "init_distributed", "close_distributed"]
+           "training_memory_format", "keep_freed_memory", "cgroup_cpu_limit", "fit_threads_to_cpu_quota",
+           "DistContext", "init_distributed", "close_distributed"]
 
 # glibc's mallopt(3) parameters and the values keep_freed_memory() gives them
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -132,6 +134,73 @@ def keep_freed_memory() -> bool:
     # the mmap threshold first: the one setting an old glibc refuses, so a refusal leaves everything unchanged
     return all(mallopt(param, value) == 1 for param, value in (
         (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD)))
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
+
+
+def _read_quota(folder: Path) -> float | None:
+    """The CPU bandwidth ``folder`` (one cgroup) allows, in cores: cgroup v2's ``cpu.max`` ("QUOTA PERIOD" or
+    "max PERIOD") or v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1: no quota); None without a quota or where
+    the files are missing or unreadable."""
+    try:
+        if (folder / "cpu.max").is_file():
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (folder / "cpu.cfs_quota_us").read_text().strip()
+            period = (folder / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1") or int(period) <= 0 or int(quota) <= 0:
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, membership: Path = PROC_CGROUP) -> int | None:
+    """The whole cores a CPU bandwidth quota lets this process use (Docker's ``--cpus``, a Kubernetes CPU limit),
+    or None where none is set or the system does not say (not Linux, no cgroup file system).
+
+    A quota leaves the host's cores in ``os.cpu_count()`` and the CPU affinity, so torch starts one thread per host
+    core and the kernel throttles them all. Reads the process's own cgroup (``membership``, /proc/self/cgroup) and
+    every cgroup above it under ``root``, v2 (``0::PATH``) and v1 (the ``cpu`` controller's hierarchy); the
+    tightest quota wins, rounded down (at least 1: 1.5 cores give one thread, as Go's automaxprocs does)."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    folders: list[Path] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # cgroup v2's unified hierarchy
+            base = root / "unified" if (root / "unified" / "cgroup.controllers").is_file() else root
+        elif "cpu" in controllers.split(","):
+            base = root / controllers
+            if not base.is_dir():
+                base = root / "cpu"
+        else:
+            continue
+        relative = Path(path.lstrip("/"))
+        folders += [base / relative] + [base / parent for parent in relative.parents]
+    quotas = [q for q in map(_read_quota, folders) if q is not None]
+    return max(1, int(min(quotas))) if quotas else None
+
+
+def fit_threads_to_cpu_quota(root: Path = CGROUP_ROOT, membership: Path = PROC_CGROUP) -> int | None:
+    """Lower torch's intra-op threads to :func:`cgroup_cpu_limit`'s cores where a quota allows fewer than torch
+    would start (one per host core: throttled, several times slower). Leaves an explicit ``OMP_NUM_THREADS`` alone.
+    Returns the thread count it set, or None where it changed nothing. A process-wide setting: the ``covseg``
+    program makes it (:func:`covseg.cli.entry`); ``train.threads`` still overrides it for a run."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    limit = cgroup_cpu_limit(root, membership)
+    if limit is None or limit >= torch.get_num_threads():
+        return None
+    torch.set_num_threads(limit)
+    return limit
 
 
 @contextlib.contextmanager

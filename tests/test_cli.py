@@ -633,13 +633,15 @@ def test_the_program_keeps_freed_memory_except_for_download(monkeypatch, tmp_pat
     from covseg.cli import entry
 
     calls: list[int] = []
+    fitted: list[int] = []
     monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(runtime, "fit_threads_to_cpu_quota", lambda: fitted.append(1))
     assert main(["train", "--resume", str(tmp_path / "none")]) == 2
-    assert calls == []  # the library's main() leaves the process's allocator alone
+    assert calls == fitted == []  # the library's main() leaves the process's allocator and threads alone
     assert entry(["train", "--resume", str(tmp_path / "none")]) == 2
-    assert calls == [1]
+    assert calls == fitted == [1]
     assert entry(["download", "--mirror", str(tmp_path / "none"), "--data-dir", str(tmp_path / "data")]) == 2
-    assert calls == [1]
+    assert calls == fitted == [1]
 
 
 def test_cv_jobs_trains_folds_in_worker_processes_as_one_at_a_time(tiny_data: Path, tmp_path: Path, capfd) -> None:

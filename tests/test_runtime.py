@@ -178,3 +178,55 @@ def test_a_torchrun_environment_that_is_not_one_is_refused_in_one_line(monkeypat
         monkeypatch.setenv(name, value)
     with pytest.raises(CovsegError, match=message):
         runtime.init_distributed(torch.device("cpu"))
+
+
+def _cgroup_tree(root: Path, files: dict[str, str], membership: str) -> Path:
+    """A fake cgroup file system under ``root`` (``files``: path under root -> contents) and a /proc/self/cgroup."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "self-cgroup").write_text(membership)
+    return root / "self-cgroup"
+
+
+def test_cgroup_cpu_limit_reads_v2_and_v1_quotas_the_tightest_rounded_down(tmp_path: Path) -> None:
+    limit = runtime.cgroup_cpu_limit
+    v2 = tmp_path / "v2"  # docker --cpus 2.5 under a parent limited to 4 (cgroup v2, no cgroup namespace)
+    member = _cgroup_tree(v2, {"cpu.max": "max 100000\n", "kube/cpu.max": "400000 100000\n",
+                               "kube/pod/cpu.max": "250000 100000\n"}, "0::/kube/pod\n")
+    assert limit(v2, member) == 2  # 2.5 cores: two threads, not three (a third would be throttled)
+    (v2 / "kube/cpu.max").write_text("150000 100000\n")  # the parent's quota is tighter: it wins
+    assert limit(v2, member) == 1
+    (v2 / "kube/cpu.max").write_text("max 100000\n")
+    (v2 / "kube/pod/cpu.max").write_text("50000 100000\n")  # half a core: still one thread
+    assert limit(v2, member) == 1
+    (v2 / "kube/pod/cpu.max").write_text("max 100000\n")
+    assert limit(v2, member) is None  # no quota anywhere
+    (v2 / "kube/pod/cpu.max").write_text("garbage\n")
+    assert limit(v2, member) is None  # an unreadable file is no quota, not an error
+
+    v1 = tmp_path / "v1"  # cgroup v1: the cpu controller mounted with cpuacct; the quota at the container's root
+    member = _cgroup_tree(v1, {"cpu,cpuacct/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+                               "memory/x": ""}, "4:memory:/a\n2:cpu,cpuacct:/docker/abc\n0::/\n")
+    assert limit(v1, member) == 3
+    (v1 / "cpu,cpuacct/cpu.cfs_quota_us").write_text("-1\n")
+    assert limit(v1, member) is None
+    assert limit(tmp_path / "none", tmp_path / "no-such-file") is None  # not Linux, no /proc
+
+
+def test_fit_threads_to_cpu_quota_lowers_torch_threads_only_under_a_tighter_quota(tmp_path: Path, monkeypatch) -> None:
+    member = _cgroup_tree(tmp_path, {"cpu.max": "100000 100000\n"}, "0::/\n")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert runtime.fit_threads_to_cpu_quota(tmp_path, member) == 1 and torch.get_num_threads() == 1
+        assert runtime.fit_threads_to_cpu_quota(tmp_path, member) is None  # already within the quota
+        torch.set_num_threads(4)
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the user's explicit choice stands
+        assert runtime.fit_threads_to_cpu_quota(tmp_path, member) is None and torch.get_num_threads() == 4
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        (tmp_path / "cpu.max").write_text("800000 100000\n")  # 8 cores allowed: more than torch starts
+        assert runtime.fit_threads_to_cpu_quota(tmp_path, member) is None and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)

@@ -948,8 +948,10 @@ def test_a_parallel_worker_interrupted_while_receiving_its_run_does_not_train_it
 
 
 def test_threads_per_job_shares_out_the_cores_this_process_may_use(monkeypatch) -> None:
+    from covseg import parallel_runs
     from covseg.parallel_runs import threads_per_job
 
+    monkeypatch.setattr(parallel_runs, "cgroup_cpu_limit", lambda: None)  # no CPU quota (this test's machine may have one)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert threads_per_job(2) == 2  # 4 cores allowed (taskset, a container's cpuset), not the machine's 64
@@ -959,3 +961,6 @@ def test_threads_per_job_shares_out_the_cores_this_process_may_use(monkeypatch) 
     assert threads_per_job(1) == 2
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows: every core
     assert threads_per_job(2) == 32
+    monkeypatch.setattr(parallel_runs, "cgroup_cpu_limit", lambda: 6)  # docker --cpus 6 on the 64-core host
+    assert threads_per_job(2) == 3 and threads_per_job(8) == 1
+    assert threads_per_job(2, cores=10) == 5  # cores given: taken as they are
