@@ -183,9 +183,10 @@ def checkpoint_config(saved: Mapping[str, Any], file: Path) -> RunConfig:
 
 
 def epochs_done(run_dir: Path) -> int:
-    """The epochs ``run_dir/last.pt`` holds; 0 when there is none."""
+    """The epochs ``run_dir/last.pt`` holds; 0 when there is none, or when it records none (an edited file; read as
+    :func:`check_checkpoint` reads it)."""
     last = Path(run_dir) / "last.pt"
-    return int(read_checkpoint(last)["epoch"]) if last.is_file() else 0
+    return int(read_checkpoint(last).get("epoch", 0)) if last.is_file() else 0
 
 
 def refuse_unfinished(file: Path, saved: Mapping[str, Any], planned: int, use: str) -> None:

@@ -104,3 +104,4 @@ def test_a_checkpoint_whose_epoch_is_not_a_whole_number_is_refused_in_one_line(
     del state["epoch"]  # a file without an epoch entry at all is still read, as before
     torch.save(state, teacher / "last.pt")
     assert "epoch" not in read_checkpoint(teacher / "last.pt")
+    assert checkpoint.epochs_done(teacher) == 0  # counted as none, as read_checkpoint reads it (was a KeyError)
