@@ -440,7 +440,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from covseg.labels import get_scheme
     from covseg.predict import (SCAN_OUTPUTS, check_file_outputs, is_scan, open_models, predict_files, predict_scan,
                                 output_stem)
-    from covseg.quantify import percent_text
+    from covseg.quantify import nonzero_text, percent_text
     from covseg.scan import ScanOptions
     from covseg.volumes import check_volume
 
@@ -507,11 +507,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                               progress=not args.quiet)
         figures = report["figures"]
         total = figures["total"]
-        pleural = "".join(f"; {cls.replace('_', ' ')} {total['class_ml'][cls]:.1f} mL"
+        pleural = "".join(f"; {cls.replace('_', ' ')} {nonzero_text(total['class_ml'][cls])} mL"
                           for cls in figures.get("pleural", []) if total["class_ml"][cls] > 0)
         shown = {side: "n/a" if figures[side]["severity"] is None else figures[side]["severity"]
                  for side in ("right", "left")}  # a side without lung volume: not assessed
-        print(f"{scan}: lesions {total['lesion_ml']:.1f} mL = {percent_text(total['lesion_percent'])} % of "
+        print(f"{scan}: lesions {nonzero_text(total['lesion_ml'])} mL = {percent_text(total['lesion_percent'])} % of "
               f"{total['lung_ml']:.0f} mL lung (severity right {shown['right']}, "
               f"left {shown['left']}){pleural}; report {out}/report.html")
         for warning in report["warnings"]:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.fileio import current_umask, folders_made_for, staging_folder
+from covseg.fileio import current_umask, display_text, folders_made_for, staging_folder
 from covseg.figures import plot_grid
 from covseg.labels import LabelScheme
 from covseg.metrics import (
@@ -283,8 +283,9 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
 
 def _write_report_files(ev: Evaluation, folder: Path, title: str, data: dict[str, Any], n_figure: int) -> None:
     """Write the report's files into ``folder`` (:func:`write_report`'s temporary folder)."""
-    (folder / "metrics.md").write_text(_markdown(ev, title), encoding="utf-8")
-    (folder / "per_image.csv").write_text(_per_image_csv(ev), encoding="utf-8")
+    # a file name that is not UTF-8 (its bytes read as lone surrogates) is written with U+FFFD for them
+    (folder / "metrics.md").write_text(display_text(_markdown(ev, title)), encoding="utf-8")
+    (folder / "per_image.csv").write_text(display_text(_per_image_csv(ev)), encoding="utf-8")
     scored = [r for r in ev.results if r.image is not None and math.isfinite(r.foreground_dice())]
     scored.sort(key=lambda r: r.foreground_dice(), reverse=True)
     k = min(n_figure, len(scored) // 2) or min(1, len(scored))

@@ -10,10 +10,10 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
-from covseg.fileio import atomic_path
+from covseg.fileio import atomic_path, display_text
 from covseg.labels import LabelScheme
 
-__all__ = ["overlay", "plot_curves", "plot_grid", "plot_comparison"]
+__all__ = ["overlay", "plain_text", "plot_curves", "plot_grid", "plot_comparison"]
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, scheme: LabelScheme, alpha: float = 0.45) -> np.ndarray:
@@ -24,6 +24,12 @@ def overlay(image: np.ndarray, labels: np.ndarray, scheme: LabelScheme, alpha: f
     fg = labels > 0
     rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colors[labels[fg]]
     return rgb.clip(0, 255).astype(np.uint8)
+
+
+def plain_text(text: object) -> str:
+    """``text`` (a file or run name) as matplotlib draws it letter for letter: encodable (:func:`display_text`) and
+    with every ``$`` escaped, as a pair of them starts mathtext (``a$^$b`` was a parse error at saving)."""
+    return display_text(text).replace("$", r"\$")
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -55,7 +61,7 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = ""
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if title:
-        fig.suptitle(title)
+        fig.suptitle(plain_text(title))
     _save(fig, path)
 
 
@@ -68,7 +74,7 @@ def plot_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], sc
         ax[0].imshow(image, cmap="gray", vmin=0, vmax=1)
         ax[1].imshow(overlay(image, truth, scheme))
         ax[2].imshow(overlay(image, pred, scheme))
-        ax[0].set_title(caption, fontsize=9)
+        ax[0].set_title(plain_text(caption), fontsize=9)
         ax[1].set_title("ground truth", fontsize=9)
         ax[2].set_title("prediction", fontsize=9)
         for a in ax:
@@ -76,7 +82,7 @@ def plot_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], sc
     fig.legend(handles=[Patch(color=np.asarray(scheme.colors[c]) / 255, label=scheme.names[c]) for c in scheme.foreground],
                loc="lower center", ncol=len(scheme.foreground), fontsize=8, frameon=False)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(plain_text(title))
     _save(fig, path)
 
 
@@ -90,11 +96,11 @@ def plot_comparison(models: Sequence[str], metrics: dict[str, Sequence[float]], 
     ax = fig.subplots()
     for i, model in enumerate(models):
         values = [metrics[n][i] for n in names]
-        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=model)
+        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=plain_text(model))
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set_xticks(x, names, rotation=20, fontsize=8)
+    ax.set_xticks(x, [plain_text(n) for n in names], rotation=20, fontsize=8)
     ax.set(ylim=(0, 1.05), ylabel="score")
     ax.legend()
     if title:
-        ax.set_title(title)
+        ax.set_title(plain_text(title))
     _save(fig, path)

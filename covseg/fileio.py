@@ -1,4 +1,5 @@
-"""Atomic file writing (outputs appear under their final name only once complete), and file digests."""
+"""Atomic file writing (outputs appear under their final name only once complete), file digests, and file names as
+they can be written into a UTF-8 report."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,18 @@ from pathlib import Path
 from covseg.errors import CovsegError
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "staging_folder", "current_umask", "interrupts_deferred",
-           "file_sha256", "unwritable_reason", "replacing_output", "folders_made_for"]
+           "file_sha256", "unwritable_reason", "replacing_output", "folders_made_for", "display_text"]
+
+
+def display_text(text: object) -> str:
+    """``text`` as it can be shown in a UTF-8 page: a file name that is not UTF-8 (read by Python with its bytes
+    as lone surrogates, ``os.fsdecode(b"M\\xfcller")``) gets U+FFFD for each such byte, as
+    ``os.fsencode(path).decode("utf-8", "replace")`` would, instead of failing to encode."""
+    text = str(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate surrogateescape does not stand for: replaced too
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

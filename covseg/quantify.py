@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SIDES", "SEVERITY_BUCKETS", "severity_score", "percent_text", "quantify", "remove_small_components",
+__all__ = ["SIDES", "SEVERITY_BUCKETS", "severity_score", "percent_text", "nonzero_text", "quantify", "remove_small_components",
            "restrict_to_lungs"]
 
 SIDES: dict[int, str] = {1: "right", 2: "left"}
@@ -55,6 +55,12 @@ def severity_score(percent: float) -> int:
     if p <= 75.0:
         return 4
     return 5
+
+
+def nonzero_text(value: float, decimals: int = 1) -> str:
+    """``value`` (a volume in mL, a percentage) with ``decimals`` places, or as many more as it takes for a non-zero
+    value not to read as 0: 0.04 mL is "0.04", not "0.0"."""
+    return percent_text(value, decimals=decimals)
 
 
 def percent_text(percent: float, severity: int | None = None, decimals: int = 1) -> str:

@@ -13,23 +13,13 @@ from matplotlib.figure import Figure  # pyplot-free: no global backend or figure
 import numpy as np
 from PIL import Image
 
+from covseg.fileio import display_text
 from covseg.figures import overlay
 from covseg.intensity import stretch_percentiles, window_hu
 from covseg.labels import LabelScheme
-from covseg.quantify import percent_text
+from covseg.quantify import nonzero_text, percent_text
 
-__all__ = ["render_report", "axial_montage", "coronal_view", "display_text"]
-
-
-def display_text(text: object) -> str:
-    """``text`` as it can be shown in a UTF-8 page: a file name that is not UTF-8 (read by Python with its bytes
-    as lone surrogates, ``os.fsdecode(b"M\\xfcller")``) gets U+FFFD for each such byte, as
-    ``os.fsencode(path).decode("utf-8", "replace")`` would, instead of failing to encode."""
-    text = str(text)
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate surrogateescape does not stand for: replaced too
-        return text.encode("utf-8", "replace").decode("utf-8")
+__all__ = ["render_report", "axial_montage", "coronal_view"]
 
 
 def _png_uri(rgb: np.ndarray) -> str:
@@ -110,12 +100,12 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
         part = figures[side]
         lesion = percent_text(part["lesion_percent"], part["severity"])
         places = len(lesion.partition(".")[2])  # each type as precisely as the lesions beside it (binary: the same)
-        cells = "".join(f"<td>{part['class_ml'].get(n, 0):.1f} mL"
+        cells = "".join(f"<td>{nonzero_text(part['class_ml'].get(n, 0))} mL"
                         + (f" ({percent_text(part['class_percent'][n], decimals=places)} %)"
                            if n in part["class_percent"] else "") + "</td>"
                         for n in names)
         rows.append(f"<tr><th>{label}</th><td>{part['lung_ml']:.0f} mL</td>{cells}"
-                    f"<td>{part['lesion_ml']:.1f} mL ({lesion} %)</td>"
+                    f"<td>{nonzero_text(part['lesion_ml'])} mL ({lesion} %)</td>"
                     f"<td>{'n/a' if part['severity'] is None else part['severity']}</td></tr>")
     key = " ".join(f'<span style="background:rgb{scheme.colors[c]};padding:0 .6em"></span> {esc(scheme.names[c])}'
                     for c in scheme.foreground)

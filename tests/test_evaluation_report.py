@@ -274,3 +274,23 @@ def test_best_worst_figure_puts_the_highest_dice_first(tmp_path: Path, monkeypat
     write_report(summarise([bad, good], BINARY), tmp_path / "eval", "t")
     # two images: one best and one worst, the best first
     assert titles == ["good (best, Dice 1.000)", "bad (worst, Dice 0.500)"]
+
+
+def test_names_with_dollars_or_undecodable_bytes_are_written_into_every_report_file(tmp_path: Path) -> None:
+    import os
+
+    from covseg.figures import plain_text, plot_comparison
+
+    # a $ pair started matplotlib's mathtext ("x$^$y": a ValueError traceback at saving); a Latin-1 file name read as
+    # lone surrogates could not be written as UTF-8 (UnicodeEncodeError) nor drawn (TypeError)
+    latin = os.fsdecode(b"M\xfcller")
+    truth = np.array([[0, 1], [0, 1]])
+    ev = summarise([_scored(n, truth, truth) for n in ("x$^$y", latin, "plain")], BINARY)
+    write_report(ev, tmp_path / "eval", "run $a$ " + latin, n_figure=2)
+    assert (tmp_path / "eval" / "best_worst.png").stat().st_size > 0
+    rows = list(csv.DictReader((tmp_path / "eval" / "per_image.csv").read_text(encoding="utf-8").splitlines()))
+    assert {r["name"] for r in rows} == {"x$^$y", "M\ufffdller", "plain"}
+    assert "M\ufffdller" in (tmp_path / "eval" / "metrics.md").read_text(encoding="utf-8")
+    assert plain_text("a$^$b " + latin) == "a\\$^\\$b M\ufffdller"  # drawn letter for letter
+    plot_comparison(["run $1$", latin], {"dice": [0.5, 0.6]}, tmp_path / "cmp.png", title="x$^$y")
+    assert (tmp_path / "cmp.png").stat().st_size > 0

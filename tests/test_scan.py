@@ -236,7 +236,8 @@ def test_html_percent_beside_a_severity_reads_as_that_severity(percent, severity
     page = _page_of({"right": part, "left": part, "total": part})
     assert page.count(f"mL ({shown})</td><td>{severity}</td>") == 3
     # the one class of a binary model is every lesion: its cell shows the same number, not 5.0 beside 4.97
-    assert page.count(f"<td>{percent:.1f} mL ({shown})</td><td>{percent:.1f} mL ({shown})</td>") == 3
+    ml = "0.01" if percent == 0.01 else f"{percent:.1f}"  # a volume that is not zero never reads as 0.0 mL
+    assert page.count(f"<td>{ml} mL ({shown})</td><td>{ml} mL ({shown})</td>") == 3
 
 
 def test_percent_text_never_shows_a_non_zero_share_as_zero() -> None:
@@ -245,6 +246,16 @@ def test_percent_text_never_shows_a_non_zero_share_as_zero() -> None:
     assert percent_text(0.004) == "0.004" and percent_text(0.0) == "0.0" and percent_text(12.34) == "12.3"
     assert percent_text(0.00004, decimals=2) == "0.00004" and percent_text(4.97, decimals=2) == "4.97"
     assert percent_text(4.97, severity=1) == "4.97" and percent_text(4.97) == "5.0"
+
+
+def test_volumes_that_are_not_zero_never_read_as_zero_millilitres() -> None:
+    from covseg.quantify import nonzero_text
+
+    assert nonzero_text(0.04) == "0.04" and nonzero_text(0.0) == "0.0" and nonzero_text(1234.56) == "1234.6"
+    part = {"lung_ml": 100.0, "lesion_ml": 0.04, "lesion_percent": 0.04, "severity": 1,
+            "class_ml": {"infection": 0.04}, "class_percent": {"infection": 0.04}}
+    page = _page_of({"right": part, "left": part, "total": part})
+    assert page.count("<td>0.04 mL (0.04 %)</td><td>0.04 mL (0.04 %)</td>") == 3 and "0.0 mL" not in page
 
 
 def test_html_severity_legend_covers_every_percentage_it_scores() -> None:
