@@ -100,7 +100,8 @@ def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force:
     if split:
         p.add_argument("--split", help="official | cv:K | seed | paper (default: the recipe's)")
     p.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="shorthand for train.device")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"),
+                   help="shorthand for train.device (train --resume: where the run goes on, its settings unchanged)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="shorthand for train.precision")
     # cv keeps --force only to refuse it with its own message (it never replaces folds), so its help hides it
     p.add_argument("--force", action="store_true",
@@ -289,8 +290,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CovsegError("give either -o RUN_DIR for a new run or --resume RUN_DIR, not both")
         ignored = [flag for flag, value in (("--recipe", args.recipe is not None), ("--task", args.task),
                                             ("--split", args.split), ("--epochs", args.epochs is not None),
-                                            ("--device", args.device), ("--precision", args.precision),
-                                            ("--force", args.force), ("KEY=VALUE", args.overrides)) if value]
+                                            ("--precision", args.precision), ("--force", args.force),
+                                            ("KEY=VALUE", args.overrides)) if value]
         if ignored:
             raise CovsegError(f"--resume continues a run with its saved settings; drop {', '.join(ignored)} "
                               "(or start a new run with -o)")
@@ -306,7 +307,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data = args.data or _default_data()
         run_dir, resume = args.output, False
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
-    dist, device = init_distributed(resolve_device(config.train.device))
+    # --device with --resume: where to go on (a run trained on a GPU, resumed on a CPU), not a setting of the run
+    dist, device = init_distributed(resolve_device(args.device if resume and args.device else config.train.device))
     try:
         result = train_run(config, samples, run_dir, data, resume=resume, force=args.force,
                            progress=not args.quiet, log=_log, dist=dist, device=device)

@@ -1007,6 +1007,32 @@ def test_resuming_a_finished_run_says_it_trained_nothing(tiny_run: Path, tmp_pat
     assert "trained" not in out
 
 
+def test_resume_goes_on_with_another_device_its_settings_unchanged(tiny_run: Path, tmp_path: Path, capsys,
+                                                                  monkeypatch) -> None:
+    # a run begun on a GPU (train.device cuda) resumed on a machine without one: --device was refused with --resume
+    import torch
+    import yaml
+
+    from covseg.checkpoint import read_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    state = read_checkpoint(run / "last.pt")
+    state["config"]["train"]["device"] = "cuda"
+    state["history"], state["epoch"] = state["history"][:2], 2  # one of its 3 epochs left
+    torch.save(state, run / "last.pt")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["device"] = "cuda"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    assert "no GPU is visible" in _one_line_error(capsys)
+    assert main(["train", "--resume", str(run), "--device", "cpu", "--quiet"]) == 0
+    assert "trained 1 more epochs (3 of 3)" in capsys.readouterr().out
+    assert read_checkpoint(run / "last.pt")["epoch"] == 3
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["device"] == "cuda"  # the run's own setting
+
+
 def test_resume_takes_the_same_run_folder_as_o_however_it_is_written(tiny_run: Path, tmp_path: Path, capsys,
                                                                      monkeypatch) -> None:
     # before: --resume /abs/run -o run (the same folder) was refused as "not both"
