@@ -30,9 +30,11 @@ settings checked, one without ``covseg_metadata_sha256`` only its weights, one w
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -99,6 +101,7 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
 
         run_dir = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
         calibration = int8_calibration(config, run_dir, data)
+    tmp: Path | None = None  # atomic_path's temporary file beside -o, once made
     try:
         with atomic_path(out) as tmp:
             if int8:
@@ -114,9 +117,12 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
                 entry.key, entry.value = key, value
             onnx.save(graph, str(tmp))
     except OSError as err:  # name -o, not the hidden temporary file beside it that could not be made or written
-        named = None if err.filename is None else Path(err.filename)
-        if named is None or not (named == Path(out) or named.name.startswith(f".{Path(out).name}.")):
+        # the writer (torch.onnx.export, onnx.save) names no file when it fails on the open one: a full disk, a limit
+        if err.filename is not None and Path(os.fsdecode(err.filename)) not in (Path(out), tmp):
             raise
+        if err.filename is None or err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise CovsegError(f"{out}: could not be written ({err.strerror or err}); is the disk full? Free space "
+                              "there or give -o another folder") from None
         raise CovsegError(f"{out}: cannot write there ({err.strerror or err}); check the path and "
                           "permissions") from None
     return meta
@@ -255,7 +261,8 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
         data = Path(path).read_bytes()  # read once: the session and the weights check both parse these bytes
         session = ort_session(data, threads)
     except Exception as err:  # onnxruntime raises its own exception types
-        raise CovsegError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0][:100]})") from None
+        raise CovsegError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0][:100]}); export the run "
+                          f"again with covseg export RUN_DIR -o {path}") from None
     meta = session.get_modelmeta().custom_metadata_map
     if meta.get("covseg_format") != "covseg-onnx-1":
         raise CovsegError(f"{path}: not exported by covseg (no covseg metadata); export it with covseg export")
@@ -267,7 +274,9 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
         config = config_from_dict(json.loads(meta["covseg_config"]), source=str(path))
     except (KeyError, ValueError):
         raise CovsegError(f"{path}: its covseg_config metadata is missing or not JSON; export the run again with "
-                          "covseg export") from None
+                          f"covseg export RUN_DIR -o {path}") from None
+    except CovsegError as err:  # valid JSON but not a config (a list, a bad value): say how to get a good one
+        raise CovsegError(f"{err}; export the run again with covseg export RUN_DIR -o {path}") from None
     if task is not None and task != config.data.task:
         raise CovsegError(f"{path}: this model was trained for the {config.data.task} task, not {task}; "
                           f"use --task {config.data.task} or another model")

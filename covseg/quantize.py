@@ -164,13 +164,14 @@ def quantize_run(model: torch.nn.Module, config: RunConfig, inputs: dict[str, li
     calibration, has_val = inputs["train"], bool(inputs["val"])
     checked = "val" if has_val else "train"
     check = inputs[checked]
-    fp32 = out.with_name(out.name + ".fp32")
-    try:
+    # the fp32 graph goes to a short name in a folder of its own: a name derived from ``out`` (itself a temporary
+    # name cut to fit 255 bytes beside a long -o) could be too long to make
+    with tempfile.TemporaryDirectory(prefix="covseg-int8-") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
         quantize_network(model, config.data.input_size, calibration, out, fp32)
         fp32_session, int8_session = (ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
                                       for path in (fp32, out))
         agreement = int8_agreement(fp32_session, int8_session, check, inputs.get(f"{checked}_pixels"))
-    finally:
-        fp32.unlink(missing_ok=True)
+        del fp32_session, int8_session  # close the file before its folder goes
     return {"covseg_precision": "int8", "covseg_int8_agreement": f"{agreement:.6f}",
             "covseg_int8_checked_on": f"{sum(len(b) for b in check)} {'validation' if has_val else 'training'} slices"}

@@ -1,9 +1,11 @@
 """ONNX export and backend, and the bf16-vs-fp32 agreement check of the torch backend."""
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -871,3 +873,65 @@ def test_bf16_check_counts_a_padded_slice_s_own_pixels_not_its_padding() -> None
     flipped[1, 1, 0, 7] += 5
     assert inference.label_agreement(flipped, other) == pytest.approx(1 - 2 / 128)
     assert inference.label_agreement(flipped, other, pixels) == pytest.approx(1 - 1 / 32)
+
+
+def test_int8_export_to_the_longest_file_name_works_as_fp32_does(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    """The fp32 graph quantize_run compares with was written beside -o as its temporary name + ".fp32": 5 bytes past
+    the 255 that atomic_path had trimmed that name to, so --int8 failed ("File name too long", naming the hidden
+    temporary file) where the same -o without it worked."""
+    out = tmp_path / ("m" * 245 + ".onnx")
+    assert len(out.name) == 250
+    capsys.readouterr()  # what making the fixtures printed
+    assert main(["export", str(tiny_run), "-o", str(out), "--int8"]) == 0, capsys.readouterr().err
+    assert load_onnx(out)[0].int8
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary or fp32 file left beside it
+
+
+def _fail_writing(what: Any, *args: Any) -> None:
+    """A writer (``write_graph(model, input_size, target)``, ``onnx.save(graph, target)``) that fails part-way as on
+    a full disk: a few bytes written, then an OSError that names no file (as torch.onnx.export's and onnx.save's)."""
+    Path(args[-1]).write_bytes(b"\x08\x07")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("writer", ["write_graph", "onnx.save"])
+def test_export_that_runs_out_of_space_names_the_output_and_leaves_nothing(writer: str, tiny_run: Path, tmp_path: Path,
+                                                                         monkeypatch, capsys) -> None:
+    """An OSError without a file name from the writer was re-raised: "covseg: error: No space left on device; check
+    the path and permissions", naming no file and saying nothing of space."""
+    if writer == "write_graph":
+        monkeypatch.setattr(export, "write_graph", _fail_writing)
+    else:
+        monkeypatch.setattr(onnx, "save", _fail_writing)
+    out = tmp_path / "sub" / "m.onnx"
+    capsys.readouterr()  # what making the fixtures printed
+    assert main(["export", str(tiny_run), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"covseg: error: {out}: could not be written (No space left on device); is the disk full? Free "
+                   "space there or give -o another folder"], err
+    assert list(tmp_path.iterdir()) == []  # no -o, no temporary file, not the folder made for it
+
+
+def test_an_unreadable_onnx_file_or_config_says_to_export_it_again(onnx_file: Path, tiny_data: Path, tmp_path: Path,
+                                                                    capsys) -> None:
+    """Files that are not ONNX, and a covseg_config that is JSON but not a mapping, were refused saying what is wrong
+    but not how to get a good file."""
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model at all")
+    graph = onnx.load(str(onnx_file))
+    kept = [(p.key, p.value) for p in graph.metadata_props if p.key not in export.CHECKSUM_KEYS]
+    del graph.metadata_props[:]
+    for key, value in kept:
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, "[1]" if key == "covseg_config" else value
+    listed = tmp_path / "listed.onnx"
+    onnx.save(graph, str(listed))
+    capsys.readouterr()  # what making the fixtures printed
+    for model, what in ((garbage, "not a readable ONNX model ("), (listed, "expected a mapping, got [1]")):
+        out = tmp_path / f"pred-{model.stem}"
+        assert main(["predict", str(_real_or_synthetic_slice(tiny_data)), "-o", str(out), "--model", str(model),
+                     "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"covseg: error: {model}: ") and what in err[0] \
+            and err[0].endswith(f"; export the run again with covseg export RUN_DIR -o {model}"), err
+        assert not out.exists()
