@@ -43,7 +43,8 @@ def threads_per_job(jobs: int, cores: int | None = None) -> int:
     return max(1, (cores or 1) // jobs)
 
 
-_KILLED = "a training worker was killed (often out of memory); lower --jobs and run again to resume"
+_KILLED = ("a training worker was killed (often out of memory), which stopped the other runs too; lower --jobs and "
+           "run again to resume them")
 
 
 _training = False
@@ -100,16 +101,20 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
     Each worker gets :func:`threads_per_job` torch threads (unless ``config.train.threads`` sets them) and no
     progress bars; it prints one line per event to stderr, prefixed with its run folder. The first run that fails stops
     the others from starting (a run is handed to a worker only when one is free) and its error is raised here, once
-    the runs already training have ended (a :class:`covseg.errors.CovsegError` stays one; a worker killed, e.g. out
-    of memory, becomes one). After
-    Ctrl-C every worker saves its ``last.pt`` (as a single run does) and ``KeyboardInterrupt`` is raised, so a
-    second call resumes them.
+    the runs already training have ended (a :class:`covseg.errors.CovsegError` stays one). A worker killed (SIGKILL,
+    e.g. out of memory) is different: the pool then stops every other worker at once, so the runs training beside
+    it end too, each losing its unfinished epoch (``last.pt`` holds the last whole one), and a
+    :class:`covseg.errors.CovsegError` says so; a second call resumes them. After Ctrl-C every worker saves its
+    ``last.pt`` (as a single run does) and ``KeyboardInterrupt`` is raised, so a second call resumes them.
     """
     if not runs:
         return
     jobs = min(jobs, len(runs))
     threads = threads_per_job(jobs)
-    log(f"training {len(runs)} runs, {jobs} at a time, {threads} torch thread{'s' if threads > 1 else ''} each")
+    # the threads the workers use: a config's own train.threads wins over the share (see _train_in_worker)
+    used = sorted({config.train.threads or threads for config, _ in runs})
+    count = str(used[0]) if len(used) == 1 else f"{used[0]}-{used[-1]}"
+    log(f"training {len(runs)} runs, {jobs} at a time, {count} torch thread{'s' if used[-1] > 1 else ''} each")
     context = multiprocessing.get_context("spawn")
     pending = list(runs)
     running: set[Future] = set()
@@ -138,7 +143,7 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
         except KeyboardInterrupt:  # the workers had the same Ctrl-C: they save and return False
             wait(running)
             raise
-    if isinstance(failure, BrokenExecutor):  # a worker died (SIGKILL, e.g. the OOM killer); every run of it ended
+    if isinstance(failure, BrokenExecutor):  # a worker died (SIGKILL, e.g. the OOM killer); the pool ended the rest
         raise CovsegError(_KILLED) from None
     if failure is not None:
         raise failure  # a CovsegError stays one

@@ -100,8 +100,10 @@ def read_run_config(run_dir: Path) -> RunConfig:
     return config_from_dict(data, source=str(path))
 
 
-def read_run_info(run_dir: Path) -> dict:
-    """``run.json`` of ``run_dir`` (data path, versions)."""
+def read_run_info(run_dir: Path, require_data: bool = True) -> dict:
+    """``run.json`` of ``run_dir`` (data path, versions). With ``require_data`` (the default: most callers read
+    ``info["data"]``) a record without a string ``data`` entry is refused as damaged; a caller that reads only
+    other entries (a resume given ``--data``) passes False."""
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise CovsegError(f"{run_dir}: no run.json; is it a covseg run folder?")
@@ -112,6 +114,9 @@ def read_run_info(run_dir: Path) -> dict:
             from None
     if not isinstance(info, dict):
         raise CovsegError(f"{path}: not a covseg run record (a JSON object); train it again with -o")
+    if require_data and not isinstance(info.get("data"), str):
+        raise CovsegError(f"{path}: a damaged run.json (no 'data' entry naming the run's data folder); give "
+                          "--data DIR, or train the run again with --force")
     return info
 
 
@@ -415,7 +420,7 @@ def _pretrained_file(config: RunConfig, run_dir: Path, resume: bool, log, held_o
         return None
     if not resume:
         return check_pretrained(init, config, held_out)[0]
-    began_with = read_run_info(run_dir).get("init_sha256")
+    began_with = read_run_info(run_dir, require_data=False).get("init_sha256")
     file = pretrained_path(init)
     if not file.is_file():
         log(f"note: the run began from {init}, which is gone; resuming from last.pt does not need it")
@@ -489,11 +494,13 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     teachers = None
     if t.distill:  # checked before anything is written
         teachers = load_teachers(config, held_out)
-    if resume and teachers is not None and read_run_info(run_dir).get("distill_sha256") != teachers.digests:
+    if resume and teachers is not None and \
+            read_run_info(run_dir, require_data=False).get("distill_sha256") != teachers.digests:
         raise CovsegError(f"{run_dir}: its teachers ({t.distill}) changed since the run began; put them back as they "
                           "were, or train a new run")
     unlabelled, unlabelled_folders = _unlabelled_slices(config, data_path, log) or (None, [])
-    if resume and pseudo is not None and read_run_info(run_dir).get("pseudo_labels_sha256") != pseudo.digest:
+    if resume and pseudo is not None and \
+            read_run_info(run_dir, require_data=False).get("pseudo_labels_sha256") != pseudo.digest:
         raise CovsegError(f"{run_dir}: its pseudo-labels ({d.pseudo_labels}) changed since the run began; "
                           "make them again as they were, or train a new run")
     device = device or resolve_device(t.device)  # a device or precision that cannot run is refused before writing
@@ -602,10 +609,11 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     start = len(history)
     if start >= t.epochs:
         log(f"{run_dir}: all {t.epochs} epochs were trained already; nothing left to resume")
-    log(f"training {config.model.name} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M parameters) "
-        f"on {len(train)} images, validating on {len(val)}, {d.input_size}x{d.input_size}, "
-        f"{device.type} {str(dtype).removeprefix('torch.')}, epochs {start + 1}..{t.epochs}"
-        + _progressive_note(t) + (f", {dist.world_size} processes" if dist.enabled else ""))
+    else:  # no "epochs 4..3" after a finished run's note
+        log(f"training {config.model.name} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M parameters) "
+            f"on {len(train)} images, validating on {len(val)}, {d.input_size}x{d.input_size}, "
+            f"{device.type} {str(dtype).removeprefix('torch.')}, epochs {start + 1}..{t.epochs}"
+            + _progressive_note(t) + (f", {dist.world_size} processes" if dist.enabled else ""))
     began = time.perf_counter()
     bar = tqdm(range(start, t.epochs), desc="train", unit="epoch", disable=not progress,
                initial=start, total=t.epochs, dynamic_ncols=True)

@@ -195,7 +195,8 @@ def train_one_epoch(
     the gradients. The update equals the single-process one when the loss is a per-sample mean (``ce``,
     ``mfb_ce``), the batch splits evenly and batch norm is absent or synchronised (it is on CUDA); batch
     Dice and per-process batch-norm statistics on CPU make it an approximation. A last batch with fewer
-    images than processes is skipped. The returned loss and accuracy are summed over all processes.
+    images than processes is skipped. The returned loss and accuracy are summed over all processes and
+    averaged over the images (pixels) actually trained on, a skipped batch's left out.
 
     ``consistency`` (:class:`covseg.consistency.ConsistencyTerm`, single process only) adds its mixed unlabelled
     slices to every batch and its weighted, warmed-up soft cross-entropy to the loss; its draws
@@ -211,7 +212,7 @@ def train_one_epoch(
     order = torch.randperm(images.shape[0], generator=generator)
     steps = math.ceil(images.shape[0] / cfg.batch_size)
     total_steps = steps * cfg.epochs
-    loss_sum, correct, pixels = 0.0, 0, 0
+    loss_sum, correct, pixels, trained = 0.0, 0, 0, 0
     memory_format = training_memory_format(device)
     progressive = cfg.progressive_size if epoch < cfg.progressive_epochs() else None
     unlabelled = consistency.generator(cfg.seed, epoch) if consistency is not None else None
@@ -259,15 +260,16 @@ def train_one_epoch(
             averaged.update_parameters(model.module if isinstance(model, nn.parallel.DistributedDataParallel)
                                        else model)
         loss_sum += loss.item() * x.shape[0]
+        trained += x.shape[0]  # the images this process trained on: a skipped last batch counts none
         correct += int((predicted_labels(logits, y, cfg.types_only) == y).sum())
         pixels += y.numel()
     if dist.enabled:
         import torch.distributed as torch_dist
 
-        totals = torch.tensor([loss_sum, correct, pixels], dtype=torch.float64, device=device)
+        totals = torch.tensor([loss_sum, correct, pixels, trained], dtype=torch.float64, device=device)
         torch_dist.all_reduce(totals)
-        loss_sum, correct, pixels = totals.tolist()
-    return EpochResult(loss_sum / images.shape[0], correct / pixels)
+        loss_sum, correct, pixels, trained = totals.tolist()
+    return EpochResult(loss_sum / trained, correct / pixels)
 
 
 def predicted_labels(logits: torch.Tensor, target: torch.Tensor, types_only: bool = False) -> torch.Tensor:

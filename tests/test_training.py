@@ -913,8 +913,9 @@ def test_parallel_runs_turn_a_killed_worker_into_one_line(tmp_path: Path, monkey
     monkeypatch.setattr(parallel_runs, "_train_in_worker", _killed_worker)
     runs = [(load_recipe("tiny"), tmp_path / f"fold-{k}") for k in range(2)]
     # it used to raise concurrent.futures' BrokenProcessPool, a traceback under covseg cv --jobs
-    with pytest.raises(CovsegError, match=r"^a training worker was killed \(often out of memory\); lower --jobs and "
-                                          r"run again to resume$"):
+    # the pool stops every other worker at once: the message says the other runs stopped too
+    with pytest.raises(CovsegError, match=r"^a training worker was killed \(often out of memory\), which stopped the "
+                                          r"other runs too; lower --jobs and run again to resume them$"):
         parallel_runs.train_runs_in_parallel(runs, [], "data", jobs=2, log=lambda message: None)
 
 
@@ -964,3 +965,59 @@ def test_threads_per_job_shares_out_the_cores_this_process_may_use(monkeypatch) 
     monkeypatch.setattr(parallel_runs, "cgroup_cpu_limit", lambda: 6)  # docker --cpus 6 on the 64-core host
     assert threads_per_job(2) == 3 and threads_per_job(8) == 1
     assert threads_per_job(2, cores=10) == 5  # cores given: taken as they are
+
+
+def test_parallel_runs_log_the_threads_a_config_sets(tmp_path: Path, monkeypatch) -> None:
+    from covseg import parallel_runs
+    from covseg.config import apply_overrides, load_recipe
+
+    class Logged(Exception):
+        pass
+
+    def log(message: str) -> None:  # the first line comes before any worker starts: stop there
+        raise Logged(message)
+
+    monkeypatch.setattr(parallel_runs, "threads_per_job", lambda jobs: 7)
+    config = load_recipe("tiny")
+    runs = [(apply_overrides(config, ["train.threads=1"]), tmp_path / f"fold-{k}") for k in range(2)]
+    # it used to log the share (7 threads) though the workers use the config's train.threads
+    with pytest.raises(Logged, match=r"^training 2 runs, 2 at a time, 1 torch thread each$"):
+        parallel_runs.train_runs_in_parallel(runs, [], "data", jobs=2, log=log)
+    with pytest.raises(Logged, match=r"^training 2 runs, 2 at a time, 7 torch threads each$"):
+        parallel_runs.train_runs_in_parallel([(config, tmp_path / f"fold-{k}") for k in range(2)], [], "data",
+                                             jobs=2, log=log)
+
+
+def test_resume_refuses_a_run_json_without_its_data_entry_in_one_line(tiny_data: Path, tiny_run: Path,
+                                                                       tmp_path: Path, capsys) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "run.json").write_text('{"covseg": "0"}')  # a JSON object, but no "data" entry
+    capsys.readouterr()
+    # it used to be a KeyError traceback
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run.json: a damaged run.json (no 'data' entry" in err[0] and "--data DIR" in err[0], err
+    # --data names the data itself: the resume needs no "data" entry
+    assert main(["train", "--resume", str(run), "--data", str(tiny_data), "--quiet"]) == 0
+    (run / "run.json").write_text('{"data": 5}')  # not a folder name
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a damaged run.json" in err[0], err
+
+
+def test_resuming_a_finished_run_logs_no_training_line(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "all 3 epochs were trained already" in text, text
+    # it used to go on with "training unet (...) on ... images, ..., epochs 4..3"
+    assert "epochs 4..3" not in text and "training unet" not in text, text
