@@ -437,7 +437,7 @@ def _cmd_cv_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from covseg.datasets import list_images
+    from covseg.datasets import list_images, read_image
     from covseg.fileio import unwritable_reason
     from covseg.labels import get_scheme
     from covseg.predict import (SCAN_OUTPUTS, check_file_outputs, is_scan, open_models, predict_files, predict_scan,
@@ -495,8 +495,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     # what can still fail only when a scan is read)
     for scan in scans:
         check_volume(scan, args.series, args.spacing)
-    if scans and files:
+    if scans and files:  # the 2-D images are predicted after the scans are published: each is read once now
         check_file_outputs(files, args.output, overlays=not args.no_overlays)
+        for file in files:
+            read_image(file)
     predictor, config, info = open_models(args.model, args.lesion_model, args.task, "auto", args.backend, args.device,
                                           args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)

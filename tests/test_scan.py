@@ -156,6 +156,19 @@ def test_scans_of_the_same_name_are_refused_before_any_work(tiny_run: Path, tmp_
     assert len(err) == 1 and "distinct names" in err[0] and not out.exists()
 
 
+def test_a_bad_2d_image_beside_a_scan_is_refused_before_the_scan_is_segmented(phantom, tiny_run: Path, tmp_path: Path,
+                                                                                capsys) -> None:
+    # before: the scan was segmented and published into OUT, then the broken slice ended the call with exit 2
+    path, _, _ = phantom
+    broken = tmp_path / "slice.png"
+    broken.write_bytes(b"not a png")
+    out = tmp_path / "o"
+    assert main(["predict", str(path), str(broken), "-o", str(out), "--model", str(tiny_run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(broken) in err[0], err
+    assert not out.exists()
+
+
 def test_a_scan_is_never_replaced_by_its_own_output(phantom, tiny_run: Path, tmp_path: Path, capsys) -> None:
     path, _, _ = phantom
     folder = tmp_path / "patient"
