@@ -266,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-grey", action="store_true",
                    help="map each unlabelled slice's grey levels onto those of the teacher's training slices "
                         "(histogram matching) before labelling it; students read them mapped the same way")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the teacher runs")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto: bf16 where the CPU/GPU has native support and it agrees with fp32, else fp32")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -551,7 +554,8 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
     rule = PseudoLabelRule(args.min_confidence, args.min_fraction, args.max_fraction)
     make_pseudo_labels(args.teacher, args.output, args.data, rule, args.checkpoint, force=args.force,
-                       progress=not args.quiet, log=_log, match_grey=args.match_grey)
+                       progress=not args.quiet, log=_log, match_grey=args.match_grey, device=args.device,
+                       precision=args.precision)
     print(f"wrote {args.output}")
     return 0
 

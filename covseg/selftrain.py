@@ -183,7 +183,8 @@ def check_output_folder(out_dir: Path, force: bool) -> None:
 
 def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, rule: PseudoLabelRule = PseudoLabelRule(),
                        which: str = "final", batch_size: int = 8, force: bool = False, progress: bool = True,
-                       log: Callable[[str], None] = print, match_grey: bool = False) -> dict[str, Any]:
+                       log: Callable[[str], None] = print, match_grey: bool = False, device: str = "cpu",
+                       precision: str = "auto") -> dict[str, Any]:
     """Pseudo-label ``data``'s unlabelled slices with ``teacher`` into ``out_dir`` (staged, then renamed).
 
     ``teacher``: a run folder, or a cross-validation folder (``fold-K/`` runs), which yields
@@ -194,6 +195,7 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     (:func:`covseg.intensity.match_quantiles`), which ``pseudo.json`` records as ``grey_reference`` so that a
     student reads the slices mapped the same way (unlabelled slices exported with another display window then look
     like the labelled ones).
+    ``device`` and ``precision``: where and how the teacher runs (:func:`covseg.predict.open_predictor`).
     ``force`` replaces an ``out_dir`` holding only pseudo-labels (:func:`check_output_folder`). A teacher that keeps
     none of the slices is a ``covseg: warning:`` line on stderr naming the rule's limits and which to relax.
     Returns the summary written to ``pseudo.json`` (for a CV folder: ``{"folds": {K: summary}}``).
@@ -214,11 +216,11 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     with atomic_dir(out_dir, force=force) as staged:
         if folds:
             result = {"folds": {k: _pseudo_label_one(run, staged / f"fold-{k}", data, rule, which, batch_size,
-                                                     progress, log, loaded, match_grey)
+                                                     progress, log, loaded, match_grey, device, precision)
                                 for k, run in folds.items()}}
         else:
             result = _pseudo_label_one(teacher, staged, data, rule, which, batch_size, progress, log, loaded,
-                                       match_grey)
+                                       match_grey, device, precision)
         try:  # again: something may have appeared at out_dir while the teacher labelled
             check_output_folder(out_dir, force)
         except CovsegError as err:
@@ -229,13 +231,14 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
 
 def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: PseudoLabelRule, which: str,
                       batch_size: int, progress: bool, log: Callable[[str], None],
-                      loaded: dict[tuple, list[Sample]], match_grey: bool = False) -> dict[str, Any]:
+                      loaded: dict[tuple, list[Sample]], match_grey: bool = False, device: str = "cpu",
+                      precision: str = "auto") -> dict[str, Any]:
     from covseg.predict import open_predictor  # imported here: covseg.run imports this module
     from covseg.run import read_run_info
 
     if not run_dir.is_dir():
         raise CovsegError(f"{run_dir}: the teacher must be a run folder or a cross-validation folder")
-    predictor, config, info = open_predictor(run_dir, None, which, "auto", "cpu", "auto", batch_size, False)
+    predictor, config, info = open_predictor(run_dir, None, which, "auto", device, precision, batch_size, False)
     _refuse_types_only(info["file"], config)
     seen = _teacher_images(run_dir, Path(info["file"]).stem, config.data.split, config.data.pseudo_labels)
     teacher_data = read_run_info(run_dir)["data"]

@@ -224,6 +224,27 @@ def test_pseudo_label_refuses_an_output_it_cannot_make_in_one_line(teacher_cv: P
     assert err.count("\n") == 1 and (tmp_path / "afile").read_text() == "mine"
 
 
+def test_pseudo_label_runs_the_teacher_where_and_as_asked(teacher_cv: Path, tmp_path: Path, monkeypatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # the teacher ran on the CPU at auto precision whatever the machine had: no --device / --precision
+    import torch
+
+    from covseg import predict
+
+    asked = []
+    real = predict.open_predictor
+    monkeypatch.setattr(predict, "open_predictor", lambda *a, **k: asked.append(a[4:6]) or real(*a, **k))
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(tmp_path / "p"), "--precision", "fp32",
+                 "--quiet"]) == 0
+    assert asked == [("cpu", "fp32")]
+    capsys.readouterr()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(tmp_path / "q"), "--device", "cuda",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no GPU is visible" in err and err.count("\n") == 1 and not (tmp_path / "q").exists()
+
+
 def test_match_grey_labels_and_serves_the_slices_mapped_onto_the_teachers_grey_levels(
         semi_data: Path, teacher_cv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     teacher = teacher_cv / "fold-0"
