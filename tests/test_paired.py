@@ -71,6 +71,8 @@ def test_chosen_metrics_and_their_refusal(two_cvs: tuple[Path, Path]) -> None:
     assert differences[2].difference == 0.0
     with pytest.raises(CovsegError, match="per_image.csv: no column 'dice_ggo'; choose from fg_dice"):
         compare_cross_validations(*two_cvs, metrics=["dice_ggo"])
+    with pytest.raises(CovsegError, match="per_image.csv: 'pixels' is a count, not a score; choose from fg_dice"):
+        compare_cross_validations(*two_cvs, metrics=["pixels"])  # was compared as if a score
 
 
 def test_different_held_out_images_are_refused() -> None:
@@ -247,8 +249,13 @@ def test_a_column_missing_from_any_compared_fold_is_refused(tmp_path: Path) -> N
     for side in ("ref", "new"):
         for fold in (0, 1):
             write_multiclass_fold(tmp_path / side, fold, [(f"s{fold}", truth, truth)])
-    drop_truth_counts(tmp_path / "new", 1)
-    with pytest.raises(CovsegError, match=r"fold-1.*per_image.csv: no column 'truth_ggo'"):
+    path = tmp_path / "new" / "fold-1" / "eval-heldout" / "per_image.csv"  # fold 1's table without its iou_ggo
+    rows = [line.split(",") for line in path.read_text(encoding="utf-8").splitlines()]
+    keep = [i for i, column in enumerate(rows[0]) if column != "iou_ggo"]
+    path.write_text("\n".join(",".join(row[i] for i in keep) for row in rows) + "\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match=r"fold-1.*per_image.csv: no column 'iou_ggo'"):
+        compare_cross_validations(tmp_path / "ref", tmp_path / "new", metrics=["iou_ggo"])
+    with pytest.raises(CovsegError, match=r"fold-0.*per_image.csv: 'truth_ggo' is a count, not a score"):
         compare_cross_validations(tmp_path / "ref", tmp_path / "new", metrics=["truth_ggo"])
 
 
