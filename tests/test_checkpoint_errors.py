@@ -105,3 +105,94 @@ def test_a_checkpoint_whose_epoch_is_not_a_whole_number_is_refused_in_one_line(
     torch.save(state, teacher / "last.pt")
     assert "epoch" not in read_checkpoint(teacher / "last.pt")
     assert checkpoint.epochs_done(teacher) == 0  # counted as none, as read_checkpoint reads it (was a KeyError)
+
+
+def _touch_run(run: Path, *names: str) -> Path:
+    run.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (run / name).write_bytes(b"")
+    return run
+
+
+def test_find_checkpoint_picks_the_run_s_model_and_refuses_a_which_a_file_does_not_match(tmp_path: Path) -> None:
+    find = checkpoint.find_checkpoint
+    run = _touch_run(tmp_path / "run", "best.pt", "last.pt")
+    assert [find(run, w).name for w in ("auto", "final", "best", "last")] == ["best.pt", "last.pt", "best.pt",
+                                                                            "last.pt"]
+    only_last = _touch_run(tmp_path / "only_last", "last.pt")  # no validation images: best falls back to last
+    assert [find(only_last, w).name for w in ("auto", "best", "final")] == ["last.pt"] * 3
+    with pytest.raises(CovsegError, match="no ema.pt in this folder"):
+        find(only_last, "ema")
+    with pytest.raises(CovsegError, match="no swa.pt in this folder"):
+        find(only_last, "swa")
+    swa = _touch_run(tmp_path / "swa", "best.pt", "last.pt", "swa.pt")
+    assert [find(swa, w).name for w in ("auto", "final", "best", "last")] == ["swa.pt", "swa.pt", "best.pt", "last.pt"]
+    assert find(run / "best.pt", "best") == run / "best.pt" and find(run / "last.pt", "final") == run / "last.pt"
+    with pytest.raises(CovsegError, match="--checkpoint last picks one of a run folder's checkpoints"):
+        find(run / "best.pt", "last")
+    with pytest.raises(CovsegError, match="no such checkpoint or run folder"):
+        find(tmp_path / "missing.pt")
+    with pytest.raises(CovsegError, match=r"no last\.pt in this folder; is it a finished covseg run\?"):
+        find(_touch_run(tmp_path / "empty"), "final")
+
+
+def test_error_first_line_keeps_a_line_that_fits_and_cuts_a_longer_one_at_a_word() -> None:
+    fits = ValueError("x" * 113)  # "ValueError: " + 113 = 125 characters
+    assert checkpoint.error_first_line(fits, limit=125) == f"ValueError: {'x' * 113}"
+    long = OSError("disk " * 40 + "\nsecond line")
+    cut = checkpoint.error_first_line(long, limit=40)
+    assert cut == "OSError: disk disk disk disk disk …" and len(cut) <= 40  # cut at 37, then at a word
+    assert checkpoint.error_first_line(KeyError()) == "KeyError"
+
+
+def test_a_file_torch_cannot_read_is_named_with_torch_s_reason(tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    path.write_bytes(b"abc")  # not a zip archive: left to torch.load, whose short reason is shown
+    with pytest.raises(CovsegError) as caught:
+        read_checkpoint(path)
+    assert str(caught.value) == (f"{path}: not a readable covseg checkpoint (IndexError: pop from empty list); give a "
+                                 ".pt file that covseg train wrote, or its run folder")
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"path": Path("x")}, pickled)  # an object beyond tensors: torch's weights_only advice is not shown
+    with pytest.raises(CovsegError, match=r"\(UnpicklingError: not a PyTorch file, or one holding pickled objects "
+                                          r"beyond tensors\); "):
+        read_checkpoint(pickled)
+
+
+def _saved(tmp_path: Path, **changes: object) -> Path:
+    config = _config()
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, build_model(config), config, 3, 0.75)
+    data = torch.load(path, weights_only=True)
+    data.update(changes)
+    torch.save(data, path)
+    return path
+
+
+def test_infinite_or_no_weights_are_refused(tmp_path: Path) -> None:
+    data = read_checkpoint(_saved(tmp_path))
+    name = next(k for k, v in data["model"].items() if v.is_floating_point())
+    inf = dict(data["model"], **{name: torch.full_like(data["model"][name], float("inf"))})
+    with pytest.raises(CovsegError, match=rf"\({name.replace('.', '[.]')} holds NaN or inf; the training diverged\)"):
+        read_checkpoint(_saved(tmp_path, model=inf))
+    with pytest.raises(CovsegError, match="without model weights"):
+        read_checkpoint(_saved(tmp_path, model={}))
+
+
+def test_a_saved_checkpoint_loads_back_as_it_was_written(tmp_path: Path) -> None:
+    path = _saved(tmp_path)
+    model, config, data = load_model(path, task="binary", model_name="unet")
+    assert (data["epoch"], data["score"], data["format"]) == (3, 0.75, checkpoint.FORMAT)
+    assert not model.training  # in eval mode, ready to predict
+    assert checkpoint.epochs_done(tmp_path / "missing") == 0
+    with pytest.raises(CovsegError, match="trained for the binary task, not multiclass; use --task binary"):
+        load_model(path, task="multiclass")
+    with pytest.raises(CovsegError, match="this checkpoint holds a unet, not a segnet"):
+        load_model(path, model_name="segnet")
+
+
+def test_refuse_unfinished_takes_a_run_with_all_its_planned_epochs(tmp_path: Path) -> None:
+    checkpoint.refuse_unfinished(tmp_path / "last.pt", {"epoch": 5}, 5, "")  # finished: taken
+    checkpoint.refuse_unfinished(tmp_path / "last.pt", {"epoch": 6}, 5, "")
+    with pytest.raises(CovsegError, match=r"^train.distill: .*last.pt holds epoch 4 of 5, an unfinished run"):
+        checkpoint.refuse_unfinished(tmp_path / "last.pt", {"epoch": 4}, 5, "train.distill: ")

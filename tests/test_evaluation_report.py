@@ -294,3 +294,65 @@ def test_names_with_dollars_or_undecodable_bytes_are_written_into_every_report_f
     assert plain_text("a$^$b " + latin) == "a\\$^\\$b M\ufffdller"  # drawn letter for letter
     plot_comparison(["run $1$", latin], {"dice": [0.5, 0.6]}, tmp_path / "cmp.png", title="x$^$y")
     assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+def test_overlay_blends_each_label_s_colour_into_the_clipped_grey() -> None:
+    from covseg.figures import overlay
+
+    image = np.array([[1.0, 1.0], [0.5, 2.0]])  # 2.0: out of range, shown as white
+    labels = np.array([[0, 1], [1, 1]])  # background: left grey
+    rgb = overlay(image, labels, BINARY)  # infection (255, 64, 64) at 0.45 over the grey
+    assert rgb.dtype == np.uint8
+    assert rgb.tolist() == [[[255, 255, 255], [255, 169, 169]], [[184, 98, 98], [255, 169, 169]]]
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    import covseg.figures as figures
+
+    drawn: list = []
+    real = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or real(fig, path))
+    return drawn
+
+
+def test_the_grid_shows_the_image_its_truth_and_the_prediction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from covseg.figures import overlay, plot_grid
+
+    drawn = _drawn(monkeypatch)
+    image = np.linspace(0, 1, 16).reshape(4, 4)
+    truth, pred = np.zeros((4, 4), np.int64), np.zeros((4, 4), np.int64)
+    truth[0], pred[3] = 1, 1
+    plot_grid([("case", image, truth, pred)], BINARY, tmp_path / "grid.png")
+    axes = drawn[0].axes
+    assert [a.get_title() for a in axes] == ["case", "ground truth", "prediction"]
+    assert np.array_equal(axes[1].images[0].get_array(), overlay(image, truth, BINARY))
+    assert np.array_equal(axes[2].images[0].get_array(), overlay(image, pred, BINARY))
+    assert [t.get_text() for t in drawn[0].legends[0].get_texts()] == ["infection"]  # the foreground only
+    assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_comparison_bars_stand_in_groups_with_each_model_s_values(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from covseg.figures import plot_comparison
+
+    drawn = _drawn(monkeypatch)
+    plot_comparison(["a", "b"], {"dice": [0.5, 0.6], "iou": [0.3, 0.4]}, tmp_path / "cmp.png")
+    bars = drawn[0].axes[0].patches  # a's two bars, then b's; each 0.4 wide, the pair centred on its metric
+    assert [round(b.get_x(), 6) for b in bars] == [-0.4, 0.6, 0.0, 1.0]
+    assert [round(b.get_height(), 6) for b in bars] == [0.5, 0.3, 0.6, 0.4]
+    assert [t.get_text() for t in drawn[0].axes[0].get_xticklabels()] == ["dice", "iou"]
+
+
+def test_training_curves_of_two_epochs_are_lines_without_markers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.axes import Axes
+
+    from covseg.figures import plot_curves
+
+    drawn: list = []
+    plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, x, y, *a, **k: drawn.append((list(x), list(y), k.get("marker")))
+                        or plot(self, x, y, *a, **k))
+    history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5, "val_loss": 0.9, "val_acc": 0.6, "val_dice": 0.3}
+               for e in (1, 2)]
+    plot_curves(history, tmp_path / "curves.png")
+    assert drawn[0] == ([1, 2], [1.0, 0.5], None) and all(marker is None for _, _, marker in drawn)

@@ -76,7 +76,7 @@ def test_a_long_name_that_a_plain_write_takes_is_written_atomically(tmp_path: Pa
 
 @pytest.mark.parametrize("name, suffix", [("scan.nii.gz", ".part.nii.gz"), ("scan.NII.GZ", ".part.NII.GZ"),
                                           (f"{_UID}.png", ".part.png"), (f"{_UID}_mask.nii", ".part.nii"),
-                                          ("README", ".part")])
+                                          ("README", ".part"), (".nii.gz", ".part.gz")])
 def test_the_temporary_name_keeps_the_format_suffix_only(tmp_path: Path, name: str, suffix: str) -> None:
     with atomic_path(tmp_path / name) as tmp:
         assert tmp.parent == tmp_path and tmp.name.startswith(f".{name}.") and tmp.name.endswith(suffix)
@@ -137,3 +137,103 @@ def test_a_failed_write_removes_only_the_folders_it_made(tmp_path: Path, monkeyp
     assert [p.name for p in (tmp_path / "kept" / "new").iterdir()] == ["other.png"]  # "deeper" removed
     atomic_write_text(tmp_path / "ok" / "out.txt", "x")  # a write that succeeds keeps the folders made for it
     assert (tmp_path / "ok" / "out.txt").read_text() == "x"
+
+
+def test_display_text_replaces_each_undecodable_byte_of_a_file_name() -> None:
+    assert fileio.display_text(os.fsdecode(b"M\xfcller.nii.gz")) == "M\ufffdller.nii.gz"
+    assert fileio.display_text("\ud800x") == "?x"  # a lone surrogate surrogateescape does not stand for
+    assert fileio.display_text(Path("plain/é.png")) == "plain/é.png"
+
+
+def test_file_sha256_is_the_sha256_of_the_whole_file(tmp_path: Path) -> None:
+    (tmp_path / "abc").write_bytes(b"abc")
+    assert fileio.file_sha256(tmp_path / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    big = bytes(range(256)) * 600  # 150 KiB: more than two 64 KiB chunks
+    (tmp_path / "big").write_bytes(big)
+    import hashlib
+    assert fileio.file_sha256(str(tmp_path / "big")) == hashlib.sha256(big).hexdigest()
+
+
+def test_a_failed_write_keeps_a_folder_it_made_once_a_file_was_written_in_it(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "new" / "deeper" / "out.png"):
+            (tmp_path / "new" / "other.png").write_bytes(b"x")  # another output, written meanwhile
+            raise RuntimeError("writer failed")
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*"))] == ["new", "new/deeper",
+                                                                                   "new/other.png"]  # left whole
+
+
+def test_unwritable_reason_names_a_file_in_the_way_and_a_read_only_folder(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "afile").write_text("x")
+    assert fileio.unwritable_reason(tmp_path / "afile" / "out.png") == f"{tmp_path / 'afile'} is a file, not a folder"
+    assert fileio.unwritable_reason(tmp_path / "afile", folder=True) == f"{tmp_path / 'afile'} is a file, not a folder"
+    assert fileio.unwritable_reason(tmp_path / "afile") is None  # a file to be replaced: its folder is writable
+    assert fileio.unwritable_reason(tmp_path / "new" / "deeper", folder=True) is None
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    # a folder the process may read and enter but not write into (chmod 555 is no barrier to root)
+    monkeypatch.setattr(fileio.os, "access", lambda p, mode: not (mode & os.W_OK) and real(p, mode))
+    assert fileio.unwritable_reason(tmp_path / "ro" / "x.png") == f"{tmp_path / 'ro'} is not a folder you can write into"
+    assert fileio.unwritable_reason(tmp_path / "ro", folder=True) == f"{tmp_path / 'ro'} is not a folder you can write into"
+
+
+def test_replacing_output_refuses_a_non_empty_folder_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert fileio.replacing_output(out, force=False) is False  # not there yet
+    out.mkdir()
+    assert fileio.replacing_output(out, force=False) is False  # empty: nothing to replace
+    assert fileio.replacing_output(out, force=True) is False
+    (out / "old.txt").write_text("old")
+    with pytest.raises(fileio.CovsegError, match="exists; pass --force to replace it"):
+        fileio.replacing_output(out, force=False)
+    assert fileio.replacing_output(out, force=True) is True
+    with pytest.raises(fileio.CovsegError, match="cannot be written .*is a file, not a folder"):
+        fileio.replacing_output(out / "old.txt", force=True)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_atomic_path_gives_the_file_the_usual_permissions(tmp_path: Path, umask: int, mode: int) -> None:
+    previous = os.umask(umask)
+    try:
+        assert fileio.current_umask() == umask and fileio.current_umask() == umask  # read, left as it was
+        atomic_write_text(tmp_path / "out.txt", "x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == mode  # not mkstemp's 0o600
+
+
+def test_atomic_write_text_writes_utf8(tmp_path: Path) -> None:
+    atomic_write_text(tmp_path / "r.html", "Müller – ✓")
+    assert (tmp_path / "r.html").read_bytes() == "Müller – ✓".encode("utf-8")
+
+
+def test_the_temporary_name_beside_a_255_byte_name_takes_all_255_bytes(tmp_path: Path) -> None:
+    with atomic_path(tmp_path / ("a" * 251 + ".png")) as tmp:
+        assert len(os.fsencode(tmp.name)) == 255 and tmp.name.endswith(".part.png")
+        tmp.write_text("x")
+
+
+def test_atomic_dir_without_force_leaves_an_existing_folder_alone(tmp_path: Path) -> None:
+    final = _old_folder(tmp_path / "out")
+    with pytest.raises(OSError):
+        _write_new(final, force=False)
+    assert [p.name for p in final.iterdir()] == ["old.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_dir_with_force_replaces_a_link_not_the_folder_it_points_to(tmp_path: Path) -> None:
+    target = _old_folder(tmp_path / "target")
+    final = tmp_path / "out"
+    final.symlink_to(target)
+    _write_new(final)
+    assert not final.is_symlink() and [p.name for p in final.iterdir()] == ["new.txt"]
+    assert [p.name for p in target.iterdir()] == ["old.txt"]  # the folder linked to is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "target"]  # the link set aside is deleted
+
+
+def test_staging_folder_is_made_inside_an_existing_folder_else_beside_it(tmp_path: Path) -> None:
+    inside = staging_folder(tmp_path)
+    assert inside.parent == tmp_path and inside.name.startswith(".covseg-") and inside.is_dir()
+    beside = staging_folder(tmp_path / "new" / "run")  # its parent made as needed
+    assert beside.parent == tmp_path / "new" and beside.name.startswith(".run.") and beside.name.endswith(".part")
+    assert beside.is_dir() and not (tmp_path / "new" / "run").exists()

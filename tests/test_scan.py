@@ -657,3 +657,70 @@ def test_an_unreadable_input_s_error_is_the_one_line_after_any_progress_bar(name
     if name.endswith(".nii.gz"):  # refused as a scan, before the models load: no bar at all
         assert not before and "cannot be read as NIfTI" in err, repr(err)
     assert not (tmp_path / "o").exists()
+
+
+def _slices(values: list[float], shape: tuple[int, int] = (4, 4)) -> np.ndarray:
+    """A grey volume whose slice z is ``values[z]`` everywhere."""
+    return np.asarray(values, dtype=np.float64)[:, None, None] * np.ones((1, *shape))
+
+
+def test_the_montage_shows_the_slices_with_most_lesion_superior_first() -> None:
+    from covseg.labels import BINARY
+
+    grey = _slices([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])  # slice z reads int(z * 25.5) where it holds no lesion
+    lesions = np.zeros((6, 4, 4), np.int64)
+    lesions[1, 3, :3], lesions[2, 3, :2], lesions[4, 3, 0] = 1, 1, 1  # areas 3, 2 and 1
+    two = report_html.axial_montage(grey, lesions, BINARY, n=2)
+    assert two.shape == (4, 8, 3) and [two[0, x, 0] for x in (0, 4)] == [51, 25]  # slices 2 and 1, z descending
+    every = report_html.axial_montage(grey, lesions, BINARY)  # only the 3 slices with lesion, not the clear ones
+    assert every.shape == (4, 12, 3) and [every[0, x, 0] for x in (0, 4, 8)] == [102, 51, 25]
+
+
+def test_the_montage_of_a_scan_without_lesion_spreads_over_it_4_per_row() -> None:
+    from covseg.labels import BINARY
+
+    grey = _slices([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    none = np.zeros((7, 4, 4), np.int64)
+    spread = report_html.axial_montage(grey, none, BINARY, n=3)  # slices 0, 3 and 6
+    assert spread.shape == (4, 12, 3) and [spread[0, x, 0] for x in (0, 4, 8)] == [153, 76, 0]
+    all7 = report_html.axial_montage(grey, none, BINARY)  # 7 slices: 4 in the first row, 3 and a black tile after
+    assert all7.shape == (8, 16, 3) and [all7[0, x, 0] for x in (0, 12)] == [153, 76]
+    assert [all7[4, x, 0] for x in (0, 8)] == [51, 0] and not all7[4:, 12:].any()
+    wide = report_html.axial_montage(np.zeros((4, 10, 500)), np.zeros((4, 10, 500), np.int64), BINARY)
+    assert wide.shape == (8, 1600, 3)  # 2000 pixels wide, scaled down to 1600 for a light page
+
+
+def test_the_coronal_view_cuts_through_the_lungs_centre_superior_at_the_top() -> None:
+    from covseg.figures import overlay
+    from covseg.labels import BINARY
+
+    z, y = np.meshgrid(np.arange(4), np.arange(6), indexing="ij")
+    grey = np.repeat(((z * 6 + y) / 30.0)[..., None], 5, axis=2)  # (4, 6, 5): each (z, y) row its own grey
+    lesions = np.zeros((4, 6, 5), np.int64)
+    lesions[3, 2, 1] = 1
+    lungs = np.zeros((4, 6, 5), np.uint8)
+    lungs[:, 1:4, 1:4] = 1  # lung rows 1-3: centre row 2
+    view = report_html.coronal_view(grey, lesions, lungs, BINARY, (1.0, 1.0, 1.0))
+    assert np.array_equal(view, overlay(grey[::-1, 2, :], lesions[::-1, 2, :], BINARY))
+    assert view[0, 0, 0] > view[-1, 0, 0]  # the top row is the last (superior) slice, the brightest
+    assert report_html.coronal_view(grey, lesions, lungs, BINARY, (2.0, 1.0, 1.0)).shape == (8, 5, 3)  # 2 mm slices
+    no_lungs = report_html.coronal_view(grey, lesions, np.zeros_like(lungs), BINARY, (1.0, 1.0, 1.0))
+    assert np.array_equal(no_lungs, overlay(grey[::-1, 3, :], lesions[::-1, 3, :], BINARY))  # the middle row
+
+
+def test_html_names_the_input_s_digest_and_lists_its_warnings_escaped() -> None:
+    from covseg.labels import BINARY
+
+    part = {"lung_ml": 100.0, "lesion_ml": 3.0, "lesion_percent": 3.0, "severity": 1,
+            "class_ml": {"infection": 3.0}, "class_percent": {"infection": 3.0}}
+    report = {"input": {"path": "a<b>.nii.gz", "kind": "nifti", "shape": [2, 16, 16], "spacing_mm": [1.0, 1.0, 1.0],
+                        "sha256": "0123456789abcdef" + "f" * 48},
+              "model": {"name": "unet", "task": "binary"}, "figures": {"right": part, "left": part, "total": part},
+              "warnings": [], "seconds": {"total": 1.0}}
+    lungs = np.ones((2, 16, 16), np.uint8)
+    args = (np.full((2, 16, 16), -800.0), True, np.zeros((2, 16, 16), np.int64), lungs, BINARY, (1.0, 1.0, 1.0))
+    page = report_html.render_report(report, *args)
+    assert "SHA-256 0123456789abcdef…)" in page and "<ul><li>none</li></ul>" in page
+    assert "a&lt;b&gt;.nii.gz" in page and "a<b>" not in page
+    page = report_html.render_report(dict(report, warnings=["spacing < 1 mm", "second"]), *args)
+    assert "<ul><li>spacing &lt; 1 mm</li><li>second</li></ul>" in page
