@@ -61,6 +61,19 @@ def add_unlabelled(root: Path, n: int, seed: int, height: int = 48, width: int =
     return root
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> object:
+    """Every test leaves torch's intra-op thread count as it found it: a run given ``train.threads`` in-process, or a
+    test that sets it, would otherwise make later tests that compare an in-process run with a ``covseg`` subprocess
+    (two threads) differ in the last digits."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-image synthetic data set in the COVID-SemiSeg layout (read-only for tests)."""
