@@ -789,3 +789,164 @@ def test_an_empty_rescale_intercept_counts_as_missing(tmp_path):
     write_dicom_series(tmp_path / "signed", truth_hu()[:3], slope=1.0, intercept="")
     vol = read_volume(tmp_path / "signed")
     assert np.array_equal(vol.hu, truth_hu()[:3]) and any("no RescaleIntercept" in w for w in vol.warnings)
+
+
+# --------------------------------------------------------------------------------------------
+# tests added by mutation testing: each kills a source mutant that the tests above let through
+
+
+def test_to_and_from_input_geometry_refuse_an_array_of_another_shape(pair):
+    _, _, _, nii = pair
+    wrong = np.zeros((nii.shape[0], nii.shape[2], nii.shape[1]), np.uint8)  # Y and X swapped: same size, other shape
+    with pytest.raises(ValueError, match="canonical shape"):
+        to_input_geometry(wrong, nii)
+    with pytest.raises(ValueError, match="input shape"):
+        from_input_geometry(np.zeros(nii.shape, np.uint8), nii)  # canonical (Z, Y, X), not the stored (X, Y, Z)
+
+
+def test_label_values_0_to_255_are_written_and_others_refused(pair, tmp_path):
+    _, _, _, nii = pair
+    labels = np.zeros(nii.shape, np.int16)
+    labels[1, 2, 3] = 255
+    out = nib.load(str(write_like_input(labels, nii, tmp_path / "l.nii.gz")))
+    assert out.get_data_dtype() == np.uint8 and int(np.asarray(out.dataobj).max()) == 255
+    for bad in (-1, 256):
+        labels[1, 2, 3] = bad
+        with pytest.raises(ValueError, match="0..255"):
+            write_like_input(labels, nii, tmp_path / "bad.nii.gz")
+
+
+@pytest.mark.parametrize("low, is_hu", [(-100.0, False), (-101.0, True)])
+def test_a_nifti_is_hu_only_when_its_minimum_is_below_minus_100(tmp_path, low, is_hu):
+    data = np.full((6, 5, 4), 40.0, np.float32)
+    data[0, 0, 0] = low
+    nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.5, 1.0])), str(tmp_path / "ct.nii.gz"))
+    vol = read_volume(tmp_path / "ct.nii.gz")
+    assert vol.is_hu is is_hu
+    assert any("do not look like Hounsfield units" in w for w in vol.warnings) is (not is_hu)
+
+
+def test_a_dicom_series_without_rescale_tags_is_hu_only_when_it_reaches_below_minus_100(tmp_path):
+    hu = truth_hu()[:3]
+    hu = hu - hu.min() - 100.0  # minimum exactly -100: not below it
+    write_dicom_series(tmp_path / "edge", hu, slope=None, intercept=None)
+    with pytest.raises(CovsegError, match=r"no RescaleIntercept and its values \(min -100\)"):
+        read_volume(tmp_path / "edge")
+    write_dicom_series(tmp_path / "below", hu - 1.0, slope=None, intercept=None)
+    assert np.array_equal(read_volume(tmp_path / "below").hu, hu - 1.0)
+
+
+def test_a_gap_of_under_two_steps_counts_as_a_missing_slice(tmp_path):
+    # slice positions 0, 1, 2, 3.85, 4.85, 5.85 steps: the 1.85-step gap (> 1.5 x the median) holds one missing place
+    shift = 0.85 * SPACING[0]
+    write_dicom_series(tmp_path, truth_hu()[:6], z_jitter={3: shift, 4: shift, 5: shift})
+    vol = read_volume(tmp_path)
+    assert vol.hu.shape[0] == 7
+    np.testing.assert_array_equal(vol.hu[4], truth_hu()[3])  # slice 3 (at 3.85 steps) on place 4; place 3 is filled
+    assert any("missing slices: 1 gap(s)" in w and "1 slice place(s) filled" in w for w in vol.warnings)
+    assert not any("non-uniform" in w for w in vol.warnings)
+
+
+def test_as_many_places_to_fill_as_slices_read_is_filled_one_more_is_refused(tmp_path):
+    # 4 slices at places 0, 1, 2, 7: 4 empty places are filled; at 0, 1, 2, 8: 5 empty places for 4 slices refused
+    write_dicom_series(tmp_path / "filled", truth_hu()[:4], z_jitter={3: 4 * SPACING[0]})
+    vol = read_volume(tmp_path / "filled")
+    assert vol.hu.shape[0] == 8 and vol.spacing == pytest.approx(SPACING)
+    write_dicom_series(tmp_path / "stray", truth_hu()[:4], z_jitter={3: 5 * SPACING[0]})
+    with pytest.raises(CovsegError, match="its 4 slices span 9 places"):
+        read_volume(tmp_path / "stray")
+
+
+def test_a_sagittal_nifti_slice_shows_head_up_and_anterior_on_the_left():
+    from covseg.volumes import nifti_slice_to_view, view_to_nifti_slice
+
+    view = np.arange(4 * 6, dtype=np.float32).reshape(4, 6)  # rows superior -> inferior, columns anterior -> posterior
+    # i -> anterior (RAS +y), j -> superior (+z), the normal along x
+    sagittal = np.array([[0, 0, 2.5, 0], [0.8, 0, 0, 0], [0, 0.7, 0, 0], [0, 0, 0, 1]], float)
+    data = view.T[::-1, ::-1]  # data[i, j] = view[rows from the top (superior), columns from anterior]
+    np.testing.assert_array_equal(nifti_slice_to_view(data, sagittal), view)
+    np.testing.assert_array_equal(view_to_nifti_slice(view, sagittal), data)
+
+
+def test_an_image_stack_keeps_each_slice_as_shown_and_columns_run_to_the_patient_s_left(tmp_path):
+    plane = np.zeros((20, 30), np.uint8)
+    plane[:4, :6] = 200  # a mark at the top left of the image: anterior, patient right
+    for k in range(3):
+        Image.fromarray(plane).save(tmp_path / f"{k}.png")
+    vol = read_volume(tmp_path, spacing=(3.0, 0.5, 0.6))
+    for k in range(3):
+        np.testing.assert_allclose(vol.hu[k], plane / 255, atol=1e-6)
+    # canonical voxel index (z, y, x) -> RAS: x runs to the patient's left (-R), y to posterior (-A), z up (+S)
+    np.testing.assert_allclose(vol.affine[:3, :3], [[0, 0, -0.6], [0, -0.5, 0], [3.0, 0, 0]], atol=1e-9)
+    np.testing.assert_array_equal(to_input_geometry(vol.hu, vol)[:, :, 0], plane.T / np.float32(255))
+
+
+@pytest.mark.parametrize("degrees, warned", [(0.3, False), (1.0, True)])
+def test_a_gantry_tilt_over_half_a_degree_is_warned(tmp_path, degrees, warned):
+    lean = SPACING[0] * np.tan(np.radians(degrees))  # each slice shifted along y by this much per step
+    write_dicom_series(tmp_path, truth_hu()[:4], shift={k: (0.0, k * lean, 0.0) for k in range(4)})
+    vol = read_volume(tmp_path)
+    assert any(f"gantry tilt of {degrees:.1f} degrees" in w for w in vol.warnings) is warned
+
+
+def test_a_spacing_given_for_a_nifti_other_than_its_own_is_ignored_with_a_warning(pair):
+    root, _, _, _ = pair
+    vol = read_volume(root / "ct.nii.gz", spacing=(1.0, 1.0, 1.0))
+    assert vol.spacing == pytest.approx(SPACING)
+    assert any("--spacing (1.0, 1.0, 1.0) ignored" in w for w in vol.warnings)
+    assert not any("--spacing" in w for w in read_volume(root / "ct.nii.gz", spacing=SPACING).warnings)
+
+
+@pytest.mark.parametrize(("units", "to_file"), [("meter", 1e-3), ("micron", 1e3)])
+def test_the_input_affine_of_a_nifti_in_metres_or_micrometres_is_its_own_in_its_units(pair, tmp_path, units, to_file):
+    _, hu, _, nii = pair
+    mm = write_nifti(tmp_path / "mm.nii.gz", hu)
+    scaled = np.diag([to_file, to_file, to_file, 1.0]) @ mm
+    img = nib.Nifti1Image(np.zeros((X, Y, Z), np.int16) - 1000, scaled)
+    img.header.set_xyzt_units(units)
+    nib.save(img, str(tmp_path / "ct.nii.gz"))
+    vol = read_volume(tmp_path / "ct.nii.gz")
+    assert vol.xyz_units == units
+    np.testing.assert_allclose(vol.input_affine, scaled, atol=1e-9)  # in the file's units, as xyz_units says
+    np.testing.assert_allclose(vol.affine, nii.affine, atol=1e-6)  # the canonical one always in mm
+
+
+def _retag(folder: Path, z: float | None, **tags) -> None:
+    """Set DICOM ``tags`` in the file of ``folder`` at ImagePositionPatient z ``z`` mm (every file when None)."""
+    import pydicom
+
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        if z is None or abs(float(ds.ImagePositionPatient[2]) - z) < 1e-6:
+            for key, value in tags.items():
+                setattr(ds, key, value)
+            ds.save_as(f)
+
+
+def test_a_pixel_spacing_of_three_values_is_refused(tmp_path):
+    write_dicom_series(tmp_path, truth_hu()[:3])
+    _retag(tmp_path, None, PixelSpacing=[0.7, 0.8, 0.9])
+    with pytest.raises(CovsegError, match="PixelSpacing is missing or invalid"):
+        read_volume(tmp_path)
+
+
+def test_a_slice_of_another_pixel_spacing_is_refused(tmp_path):
+    write_dicom_series(tmp_path, truth_hu()[:3])
+    _retag(tmp_path, ORIGIN_LPS[2] + SPACING[0], PixelSpacing=[0.7, 0.81])
+    with pytest.raises(CovsegError, match=r"PixelSpacing \[0.7, 0.81\] differs from"):
+        read_volume(tmp_path)
+
+
+def test_a_two_frame_dicom_is_refused(tmp_path):
+    write_dicom_series(tmp_path, truth_hu()[:3])
+    _retag(tmp_path, ORIGIN_LPS[2], NumberOfFrames=2)
+    with pytest.raises(CovsegError, match=r"multi-frame DICOM \(2 frames\)"):
+        read_volume(tmp_path)
+
+
+def test_a_slice_whose_orientation_differs_by_more_than_a_thousandth_is_another_stack(tmp_path):
+    write_dicom_series(tmp_path, truth_hu()[:4])
+    _retag(tmp_path, ORIGIN_LPS[2] + 3 * SPACING[0], ImageOrientationPatient=[1.0, 0.0, 0.0, 0.0, -1.0, 0.005])
+    vol = read_volume(tmp_path)
+    assert vol.hu.shape[0] == 3 and np.array_equal(vol.hu, truth_hu()[:3])
+    assert any("1 images of another size or orientation" in w for w in vol.warnings)
