@@ -9,8 +9,15 @@ patient's left lung at the high column indices.
 Method (scipy.ndimage only), on a copy block-averaged to about :data:`COARSE_MM` per voxel, then refined:
 
 1. air = HU below :data:`AIR_HU` (-320); air connected, within its axial slice, to the image border is
-   outside the body (room air, the table's surroundings) and dropped;
-2. small enclosed air pockets (< 0.5 % of the largest) are dropped; the trachea and main bronchi are traced
+   outside the body (room air, the table's surroundings) and dropped; the body is, per axial slice, the largest
+   connected region of the rest (the patient: a table or blanket separated from it by air is left out), and its
+   midline (:func:`body_midline`) is the mean column of all its voxels, so that a thin table wider than the
+   patient, touching it, moves the midline little (the mean of the columns holding any body followed the table);
+2. enclosed air that cannot be lung is dropped: a 3-D component lying mostly outside the body, or one spanning
+   at least 90 % of the body's width in at least 75 % of its slices (the ~ -900 HU foam core of a scanner table
+   inside its dense shell, which runs through every slice and, on a scan reaching well below the lungs, was the
+   largest component and was taken for a lung; two touching lungs span that much at their widest slices only);
+   small enclosed air pockets (< 0.5 % of the largest) are dropped; the trachea and main bronchi are traced
    from the top slice down, slice by slice, as small (< :data:`AIRWAY_MAX_MM2`) air regions near the
    midline and their continuations, until they enter a lung, and removed;
 3. the largest 3-D component is a lung, and so is the largest other component that lies on the other side of the
@@ -30,7 +37,9 @@ Method (scipy.ndimage only), on a copy block-averaged to about :data:`COARSE_MM`
 Limits: dense lesions forming a dent wider/deeper than the closing along the pleura, large pleural
 effusions (outside the lung by definition) and dents seen only along Z (a consolidation on the diaphragm) are
 left out: the quantification (:mod:`covseg.quantify`) therefore counts GGO and consolidation voxels outside the mask as lung.
-A lung touching the image border (a field of view cut through the lung) is taken for outside air. A fully
+A lung touching the image border (a field of view cut through the lung) is taken for outside air. A table
+touching the patient and narrower than 90 % of the body (arms down at its sides, a very wide patient) is not
+recognised as such by its width (it still loses to the lungs when smaller than them). A fully
 airless lung has no air to start from and is missed. The airway tracing starts in the most superior slice,
 so image stacks given from superior to inferior lose it (no harm beyond the trachea staying in the mask).
 Slightly more mediastinal tissue may be included at the hila, where vessels enter the lung.
@@ -70,6 +79,8 @@ LEFT_LUNG: int = 2
 _MIN_POCKET_FRACTION = 0.005
 _SECOND_LUNG_FRACTION = 0.1
 _JUNCTION_FRACTION = 0.45  # the most lung a cut through touching lungs may cross, as a share of the fullest column
+_TABLE_WIDTH_FRACTION = 0.9  # an air component this wide, relative to the body, in most slices is no lung
+_TABLE_SLICE_FRACTION = 0.75  # "most slices" (touching lungs of a thin patient: ~0.9 at their widest only)
 _TINY_AREA_MM2 = 1000.0  # 10 cm^2: a lung's largest axial cross-section is 50-250 cm^2
 
 _INPLANE4 = np.zeros((3, 3, 3), bool)
@@ -116,26 +127,72 @@ def _outside_air(air: np.ndarray) -> np.ndarray:
     return lut[lab]
 
 
-def _midline(outside: np.ndarray) -> float:
-    """The body's midline column: the mean, over slices, of the columns that hold body (not ``outside`` air)."""
-    cols = np.nonzero((~outside).any(axis=1))[1]
-    return float(np.mean(cols)) if cols.size else (outside.shape[2] - 1) / 2.0
+def _body(outside: np.ndarray) -> np.ndarray:
+    """Per axial slice, the largest 4-connected region of voxels not ``outside``: the patient (lungs included); a
+    table, blanket or arm separated from it by air is left out (a table touching the patient stays in)."""
+    body = np.zeros_like(outside)
+    st = ndimage.generate_binary_structure(2, 1)
+    for z in range(outside.shape[0]):
+        lab, n = ndimage.label(~outside[z], structure=st)
+        if n:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            body[z] = lab == int(np.argmax(sizes))
+    return body
+
+
+def _midline(body: np.ndarray) -> float:
+    """The body's midline column: the mean column of the ``body`` voxels (weighted by area, so that a thin table
+    wider than the patient moves it little)."""
+    cols = np.nonzero(body.any(axis=1))[1]
+    if cols.size == 0:
+        return (body.shape[2] - 1) / 2.0
+    per_x = body.sum(axis=(0, 1), dtype=np.float64)
+    return float((per_x * np.arange(body.shape[2])).sum() / per_x.sum())
 
 
 def body_midline(hu: np.ndarray, spacing: Sequence[float], threshold: float = AIR_HU) -> float:
     """The column (full-resolution X index, fractional) of the body's midline, as :func:`lung_mask` finds it.
 
     Shape: ``hu`` ``(Z, Y, X)`` Hounsfield units in the canonical orientation; ``spacing`` ``(Z, Y, X)`` mm.
-    The body is everything but the air (below ``threshold``) connected, within its slice, to the image border;
-    the midline is the mean over slices of its columns (the scanner table counts as body). Columns below it are
-    the patient's right side. A volume with no body gives the middle column.
+    The body is, in each slice, the largest connected region of everything but the air (below ``threshold``)
+    connected, within the slice, to the image border (so a scanner table separated from the patient by air is
+    left out); the midline is the mean column of all its voxels (area-weighted: a table touching the patient,
+    thin, moves it little). Columns below it are the patient's right side. A volume with no body gives the
+    middle column.
     """
     hu = np.asarray(hu)
     if hu.ndim != 3:
         raise ValueError(f"hu must be a (Z, Y, X) volume, got shape {hu.shape}")
     f = _factors(tuple(float(s) for s in spacing))
-    mid = _midline(_outside_air(_block_mean(hu, f) < threshold))
+    mid = _midline(_body(_outside_air(_block_mean(hu, f) < threshold)))
     return min(mid * f[2] + (f[2] - 1) / 2.0, hu.shape[2] - 1.0)  # coarse column k covers columns k*f .. k*f+f-1
+
+
+def _not_lung(lab: np.ndarray, sizes: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Which air components of ``lab`` (3-D labels, ``sizes`` their voxel counts) cannot be lung, as a boolean
+    array indexed by label: those lying mostly (> half their voxels) outside the ``body`` (:func:`_body`), and
+    those spanning at least :data:`_TABLE_WIDTH_FRACTION` of the body's width in at least
+    :data:`_TABLE_SLICE_FRACTION` of their slices (the scanner table's foam core under the patient)."""
+    n = sizes.size - 1
+    bad = np.zeros(n + 1, bool)
+    if n == 0:
+        return bad
+    idx = np.arange(1, n + 1)
+    in_body = ndimage.sum_labels(body, lab, idx)
+    bad[1:] = in_body < 0.5 * sizes[1:]
+    bprof = body.any(axis=1)  # (Z, X)
+    brows = bprof.any(axis=1)
+    bw = np.where(brows, bprof.shape[1] - np.argmax(bprof[:, ::-1], axis=1) - np.argmax(bprof, axis=1), 0)
+    for c, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None or bad[c]:
+            continue
+        prof = (lab[sl] == c).any(axis=1)  # (z, x) within the bounding box
+        rows = prof.any(axis=1)
+        w = prof.shape[1] - np.argmax(prof[:, ::-1], axis=1) - np.argmax(prof, axis=1)
+        wide = w[rows] >= _TABLE_WIDTH_FRACTION * bw[sl[0]][rows]
+        bad[c] = wide.mean() >= _TABLE_SLICE_FRACTION
+    return bad
 
 
 def _airways(cand: np.ndarray, mid_x: float, half_width: float, max_px: float) -> np.ndarray:
@@ -280,13 +337,17 @@ def lung_mask(hu: np.ndarray, spacing: Sequence[float], closing_mm: float = CLOS
     if not inside.any():
         return out
 
-    body_x = np.flatnonzero((~outside).any(axis=(0, 1)))
-    mid_x = _midline(outside)
+    body = _body(outside)
+    body_x = np.flatnonzero(body.any(axis=(0, 1)))
+    mid_x = _midline(body)
     half_width = (body_x[-1] - body_x[0] + 1) / 2.0
 
     lab, n = ndimage.label(inside)
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
+    sizes[_not_lung(lab, sizes, body)] = 0  # the scanner table's foam core and the like
+    if not sizes.any():
+        return out
     keep = sizes >= _MIN_POCKET_FRACTION * sizes.max()
     keep[0] = False
     cand = keep[lab]

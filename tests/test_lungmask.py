@@ -194,3 +194,56 @@ def test_bowel_gas_larger_than_the_second_lung_does_not_hide_it():
     aerated = left & (hu < -320)
     assert np.mean(mask[aerated] == LEFT_LUNG) >= 0.9
     assert np.mean(mask[np.concatenate([np.zeros_like(parts["right"][:pad]), parts["right"]])] == RIGHT_LUNG) >= 0.95
+
+
+def _with_table(hu: np.ndarray, y0: int, y1: int, shell: int = 2) -> np.ndarray:
+    """A scanner table across the image: a dense (+200 HU) shell around a -900 HU foam core in rows y0..y1-1."""
+    hu = hu.copy()
+    hu[:, y0:y1, 2:-2] = 200.0
+    hu[:, y0 + shell:y1 - shell, 2 + shell:-2 - shell] = -900.0
+    return hu
+
+
+@pytest.mark.parametrize("gap", [False, True], ids=["touching", "separated-by-air"])
+def test_table_foam_core_below_the_lungs_is_not_a_lung(gap):
+    """Chest plus abdominal slices on a table with a foam core: the core, enclosed air running through every slice,
+    was the largest component and was labelled the (only) lung; both lungs were lost (Dice 0.0 / 0.0)."""
+    spacing, na = (2.5, 1.6, 1.6), 20
+    hu, parts = chest_phantom(shape=(16, 96, 96), spacing=spacing, noise=0.0)
+    below = np.repeat(hu[:1], na, axis=0)  # abdomen: body (40 HU) in air
+    below[np.broadcast_to(parts["body"][:1], below.shape)] = 40.0
+    hu = np.concatenate([below, hu])
+    right, left = (np.concatenate([np.zeros_like(below, bool), parts[k]]) for k in ("right", "left"))
+    if gap:  # the body reaches row 86: the table from row 88, below an air gap
+        pad = ((0, 0), (0, 12), (0, 0))
+        hu, right, left = np.pad(hu, pad, constant_values=-1000.0), np.pad(right, pad), np.pad(left, pad)
+        hu = _with_table(hu, 88, 104)
+    else:
+        hu = _with_table(hu, 80, 94)
+    core = hu == -900.0
+    assert core.sum() > (right | left).sum()  # the table's core is the largest enclosed air
+    mask = lung_mask(hu, spacing)
+    assert not mask[core].any()
+    assert dice(mask == RIGHT_LUNG, right) >= 0.97
+    assert dice(mask == LEFT_LUNG, left) >= 0.97
+    assert check_lung_mask(mask, spacing) == []
+
+
+def test_table_wider_than_an_off_centre_patient_does_not_move_the_midline():
+    """The patient lies 20 columns right of a table spanning the image: the midline as the mean of the columns
+    holding any body was the table's centre, the trachea seed test (|cx - midline| <= 0.15 half-widths) missed the
+    trachea and all the airways stayed in the lung mask."""
+    from covseg.lungmask import body_midline
+
+    spacing = (2.5, 1.6, 1.6)
+    hu, parts = chest_phantom(shape=(16, 96, 96), spacing=spacing, noise=0.0)
+    pad = ((0, 0), (0, 0), (0, 40))  # 40 columns of air on the patient's left: the body is centred on column 47.5
+    hu = np.pad(hu, pad, constant_values=-1000.0)
+    airway, right, left = (np.pad(parts[k], pad) for k in ("airway_outside", "right", "left"))
+    kept_without_table = np.mean(lung_mask(hu, spacing)[airway] > 0)
+    table = _with_table(hu, 84, 94)
+    assert body_midline(table, spacing) == pytest.approx(47.5, abs=5.0)  # the table's centre is 67.5
+    mask = lung_mask(table, spacing)
+    assert np.mean(mask[airway] > 0) <= min(kept_without_table + 0.05, 0.5)
+    assert dice(mask == RIGHT_LUNG, right) >= 0.97
+    assert dice(mask == LEFT_LUNG, left) >= 0.97
