@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+import torch
 
 REAL_SEMISEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "covid-semiseg"
 
@@ -59,6 +60,18 @@ def add_unlabelled(root: Path, n: int, seed: int, height: int = 48, width: int =
         image, _ = synthetic_slice(rng, height, width)
         Image.fromarray(image).save(folder / f"u{i}.jpg", quality=95)
     return root
+
+
+class ConstantBackend:
+    """An inference backend (tests) whose logits ``(B, C, S, S)`` equal ``values`` (``C`` of them) at every pixel."""
+
+    description = "constant"
+
+    def __init__(self, values: tuple[float, ...]) -> None:
+        self.values = torch.tensor(values).view(1, len(values), 1, 1)
+
+    def __call__(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.values.expand(x.shape[0], -1, *x.shape[-2:]).clone()
 
 
 @pytest.fixture(autouse=True)

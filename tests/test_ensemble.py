@@ -14,23 +14,13 @@ from PIL import Image
 from covseg.cli import main
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor
 
-
-class _ConstantBackend:
-    """Logits ``(B, C, S, S)`` equal to ``values`` (``C`` of them) at every pixel."""
-
-    description = "constant"
-
-    def __init__(self, values: tuple[float, ...]) -> None:
-        self.values = torch.tensor(values).view(1, len(values), 1, 1)
-
-    def __call__(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.values.expand(x.shape[0], -1, *x.shape[-2:]).clone()
+from conftest import ConstantBackend
 
 
 def test_ensemble_averages_member_probabilities_by_hand() -> None:
     # member A: logits (0, 0) -> p = (1/2, 1/2); member B: logits (0, ln 3) -> p = (1/4, 3/4)
-    a = Predictor(_ConstantBackend((0.0, 0.0)), input_size=8, batch_size=2)
-    b = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=16, batch_size=3)
+    a = Predictor(ConstantBackend((0.0, 0.0)), input_size=8, batch_size=2)
+    b = Predictor(ConstantBackend((0.0, math.log(3.0))), input_size=16, batch_size=3)
     images = [np.full((5, 7), 0.3, np.float32), np.full((9, 4), 0.6, np.float32), np.zeros((6, 6), np.float32)]
     ensemble = EnsemblePredictor([a, b])
     assert ensemble.batch_size == 2
@@ -44,8 +34,8 @@ def test_ensemble_averages_member_probabilities_by_hand() -> None:
 
 def test_lesion_type_predictor_by_hand() -> None:
     # binary: logits (0, ln 3) -> lesion q = 3/4; multiclass: logits (ln 6, 0, ln 2, ln 1) -> p = (6, 1, 2, 1) / 10
-    lesion = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=8, batch_size=2)
-    types = Predictor(_ConstantBackend((math.log(6.0), 0.0, math.log(2.0), 0.0)), input_size=8, batch_size=3)
+    lesion = Predictor(ConstantBackend((0.0, math.log(3.0))), input_size=8, batch_size=2)
+    types = Predictor(ConstantBackend((math.log(6.0), 0.0, math.log(2.0), 0.0)), input_size=8, batch_size=3)
     images = [np.full((5, 7), 0.3, np.float32), np.zeros((6, 6), np.float32)]
     every = list(LesionTypePredictor(lesion, types)(images))
     learnt = list(LesionTypePredictor(lesion, types, lesion_classes=[1, 2])(images))
@@ -216,9 +206,9 @@ def test_a_types_only_model_is_scored_behind_a_lesion_model(tiny_data: Path, tin
 def test_type_ensemble_averages_normalised_odds_by_hand() -> None:
     # lesion q = 3/4; type model A: p = (6, 1, 2, 1) / 10 -> shares of classes 1, 2 = 1/3, 2/3;
     # type model B, background output untrained (logit ln 96): p = (96, 3, 1, 0) / 100 -> shares 3/4, 1/4
-    lesion = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=8, batch_size=2)
-    a = Predictor(_ConstantBackend((math.log(6.0), 0.0, math.log(2.0), 0.0)), input_size=8, batch_size=3)
-    b = Predictor(_ConstantBackend((math.log(96.0), math.log(3.0), 0.0, -50.0)), input_size=8, batch_size=2)
+    lesion = Predictor(ConstantBackend((0.0, math.log(3.0))), input_size=8, batch_size=2)
+    a = Predictor(ConstantBackend((math.log(6.0), 0.0, math.log(2.0), 0.0)), input_size=8, batch_size=3)
+    b = Predictor(ConstantBackend((math.log(96.0), math.log(3.0), 0.0, -50.0)), input_size=8, batch_size=2)
     out = list(LesionTypePredictor(lesion, EnsemblePredictor([a, b]), lesion_classes=[1, 2])([np.zeros((5, 4), np.float32)]))
     shares = np.array([(1 / 3 + 3 / 4) / 2, (2 / 3 + 1 / 4) / 2])  # not the shares of the mean probabilities
     np.testing.assert_allclose(out[0][:, 1, 2], [1 / 4, *(3 / 4 * shares), 0.0], atol=1e-6)
@@ -249,8 +239,8 @@ def test_flip_tta_averages_with_the_mirrored_pass_flipped_back() -> None:
 def test_lesion_types_shared_when_the_type_model_is_sure_of_background(gap: float) -> None:
     # lesion q = 3/4; the type model's lesion probabilities underflow (gap 95: float32 denormals ~5e-42 and 1e-41;
     # gap 120: exactly 0): the binary model's lesion keeps q, spread 1 : 2 or evenly, so the pixel is not background
-    lesion = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=8)
-    types = Predictor(_ConstantBackend((gap, 0.0, math.log(2.0), 0.0)), input_size=8)
+    lesion = Predictor(ConstantBackend((0.0, math.log(3.0))), input_size=8)
+    types = Predictor(ConstantBackend((gap, 0.0, math.log(2.0), 0.0)), input_size=8)
     out = next(LesionTypePredictor(lesion, types, lesion_classes=[1, 2])([np.zeros((3, 5), np.float32)]))
     shares = [1 / 3, 2 / 3] if gap < 100 else [1 / 2, 1 / 2]
     np.testing.assert_allclose(out[:, 1, 2], [1 / 4, *(3 / 4 * np.array(shares)), 0.0], atol=1e-3)
@@ -262,8 +252,8 @@ def test_a_lesion_class_the_type_model_lacks_is_refused_in_one_line() -> None:
     from covseg.errors import CovsegError
 
     # class 5 of a 4-class type model (a class_weights.json of another label scheme): told, not an IndexError
-    lesion = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=8)
-    types = Predictor(_ConstantBackend((0.0, 0.0, math.log(2.0), 0.0)), input_size=8)
+    lesion = Predictor(ConstantBackend((0.0, math.log(3.0))), input_size=8)
+    types = Predictor(ConstantBackend((0.0, 0.0, math.log(2.0), 0.0)), input_size=8)
     with pytest.raises(CovsegError, match=r"lesion class 5 is not one of the type model's 4 classes \(0 to 3\)"):
         next(LesionTypePredictor(lesion, types, lesion_classes=[1, 5])([np.zeros((3, 5), np.float32)]))
 
@@ -271,8 +261,8 @@ def test_a_lesion_class_the_type_model_lacks_is_refused_in_one_line() -> None:
 def test_a_lesion_class_given_twice_counts_once() -> None:
     # the type model sure of background (its lesion probabilities exactly 0): even shares of q over classes 1 and 2,
     # not 1/3 of q to each of three entries (two of them class 1), which left a quarter of q nowhere
-    lesion = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=8)
-    types = Predictor(_ConstantBackend((120.0, 0.0, 0.0, 0.0)), input_size=8)
+    lesion = Predictor(ConstantBackend((0.0, math.log(3.0))), input_size=8)
+    types = Predictor(ConstantBackend((120.0, 0.0, 0.0, 0.0)), input_size=8)
     predictor = LesionTypePredictor(lesion, types, lesion_classes=[1, 1, 2])
     out = next(predictor([np.zeros((3, 5), np.float32)]))
     np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-6)

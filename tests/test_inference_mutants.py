@@ -12,22 +12,12 @@ from torch import nn
 from covseg import inference
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend
 
+from conftest import ConstantBackend
+
 
 def _tiny_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
-
-
-class _ConstantBackend:
-    """Logits ``(B, C, S, S)`` equal to ``values`` (``C`` of them) at every pixel."""
-
-    description = "constant"
-
-    def __init__(self, values: tuple[float, ...]) -> None:
-        self.values = torch.tensor(values).view(1, len(values), 1, 1)
-
-    def __call__(self, x: torch.Tensor, pixels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.values.expand(x.shape[0], -1, *x.shape[-2:]).clone()
 
 
 def test_bf16_fallback_keeps_the_best_agreement_tried_not_the_last(monkeypatch, capsys) -> None:
@@ -82,8 +72,8 @@ def test_padded_inputs_are_cropped_back_to_the_image_s_own_rows() -> None:
 def test_a_lesion_class_equal_to_the_type_model_s_class_count_is_refused() -> None:
     from covseg.errors import CovsegError
 
-    lesion = Predictor(_ConstantBackend((0.0, math.log(3.0))), input_size=8)
-    types = Predictor(_ConstantBackend((0.0, 0.0, math.log(2.0), 0.0)), input_size=8)  # 4 classes: 0..3
+    lesion = Predictor(ConstantBackend((0.0, math.log(3.0))), input_size=8)
+    types = Predictor(ConstantBackend((0.0, 0.0, math.log(2.0), 0.0)), input_size=8)  # 4 classes: 0..3
     with pytest.raises(CovsegError, match="lesion class 4 is not one of the type model's 4 classes"):
         next(LesionTypePredictor(lesion, types, lesion_classes=[1, 4])([np.zeros((3, 5), np.float32)]))
     out = next(LesionTypePredictor(lesion, types, lesion_classes=[1, 3])([np.zeros((3, 5), np.float32)]))
@@ -91,9 +81,9 @@ def test_a_lesion_class_equal_to_the_type_model_s_class_count_is_refused() -> No
 
 
 def test_a_lesion_type_predictor_batches_as_its_smaller_side() -> None:
-    lesion = Predictor(_ConstantBackend((0.0, 0.0)), input_size=8, batch_size=5)
-    types = EnsemblePredictor([Predictor(_ConstantBackend((0.0, 0.0, 0.0)), input_size=8, batch_size=3),
-                               Predictor(_ConstantBackend((0.0, 0.0, 0.0)), input_size=8, batch_size=4)])
+    lesion = Predictor(ConstantBackend((0.0, 0.0)), input_size=8, batch_size=5)
+    types = EnsemblePredictor([Predictor(ConstantBackend((0.0, 0.0, 0.0)), input_size=8, batch_size=3),
+                               Predictor(ConstantBackend((0.0, 0.0, 0.0)), input_size=8, batch_size=4)])
     assert LesionTypePredictor(lesion, types).batch_size == 3
 
 
