@@ -32,8 +32,21 @@ def _default_data(dataset: str = "covid-semiseg") -> str:
 
 
 def _recipe_config(args: argparse.Namespace):
+    import yaml
+
+    def read(text: str) -> str:
+        """An override's value as apply_overrides reads a text option: stripped, and a quoted one unquoted."""
+        text = text.strip()
+        if text.startswith(('"', "'")):
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:  # left as typed: apply_overrides refuses it ("not a YAML value")
+                return text
+            return "" if value is None else str(value)
+        return text
+
     overrides = list(args.overrides)
-    task_overrides = [item.partition("=")[2] for item in overrides if item.partition("=")[0] == "data.task"]
+    task_overrides = [read(item.partition("=")[2]) for item in overrides if item.partition("=")[0] == "data.task"]
     config = load_recipe(args.recipe or "default", task=args.task or (task_overrides[-1] if task_overrides else None))
     given = {item.partition("=")[0]: item.partition("=")[2] for item in overrides}
     for flag, key, value in (("--task", "data.task", args.task), ("--split", "data.split", getattr(args, "split", None)),
@@ -41,7 +54,7 @@ def _recipe_config(args: argparse.Namespace):
                              ("--device", "train.device", args.device), ("--precision", "train.precision", args.precision)):
         if value is None:
             continue
-        if key in given and not _same_setting(given[key], value):
+        if key in given and not _same_setting(read(given[key]), value):
             raise CovsegError(f"{flag} {value} and {key}={given[key]} contradict each other; give one of them")
         overrides.append(f"{key}={value}")
     config = apply_overrides(config, overrides)

@@ -32,6 +32,7 @@ __all__ = [
     "MAX_SEED",
     "MAX_LR",
     "MAX_WIDTH",
+    "MAX_INPUT_SIZE",
     "RESIZE_MODES",
     "available_recipes",
     "load_recipe",
@@ -267,6 +268,8 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
         raise CovsegError(f"{source}: line {err.line}: key {err.key!r} appears twice; {remedy}") from None
     except yaml.YAMLError as err:
         raise CovsegError(f"{source}: not valid YAML ({str(err).splitlines()[0]}); fix the recipe") from None
+    except ValueError as err:  # a value YAML matched but could not build: a whole number of over 4300 digits
+        raise CovsegError(f"{source}: a value YAML cannot read ({str(err).split(';')[0]}); fix the recipe") from None
     if not isinstance(data, dict):
         raise CovsegError(f"{source}: a recipe must be a mapping with data/model/train sections")
     return data
@@ -362,6 +365,9 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             raise CovsegError(f"{where}: expected a number, got {value!r}") from None
+        except OverflowError:  # a whole number past float's range (1e308): no setting takes one near it
+            raise CovsegError(f"{where}: expected a number, got one past 1e308, too large for any setting; use a "
+                              f"value of sensible size, such as {default}") from None
         if isinstance(default, int):
             if not number.is_integer():
                 raise CovsegError(f"{where}: expected a whole number, got {value!r}")
@@ -396,6 +402,12 @@ _MAX_DEPTH = {"segnet": 5}  # SegNet's stages are VGG16's five (covseg.models.se
 #: the widest model.width a config takes: the recipes use 4 to 64, and far wider networks cannot be built (their
 #: weights alone outgrow any memory; at 1e30 torch failed with a C++ backtrace)
 MAX_WIDTH = 1024
+#: the largest data.input_size a config takes: CT slices are 512 to 1024 pixels wide (the recipes use 64 to 512), and
+#: far larger inputs cannot be trained (at 4096 the process was killed for memory; at 1e300 torch failed with a C++
+#: backtrace)
+MAX_INPUT_SIZE = 2048
+#: the deepest model.depth any model takes: its bottleneck must keep 2 x 2 pixels of a MAX_INPUT_SIZE input
+MAX_DEPTH = MAX_INPUT_SIZE.bit_length() - 2
 MAX_SEED = 2**32  # numpy's legacy seeds and every generator covseg seeds take values below this
 #: the largest learning rate a new run (train.lr) or a pretraining (--lr) takes: the recipes use 3e-5 to 0.01, far
 #: above it the weights diverge, and past float32's largest number torch's optimisers raise at their first step
@@ -421,6 +433,12 @@ def _validate(config: RunConfig, source: str) -> None:
     if config.model.width > MAX_WIDTH:
         raise CovsegError(f"{source}: model.width is {config.model.width}, wider than covseg builds (at most "
                           f"{MAX_WIDTH}; the recipes use 4 to 64); use a smaller width, e.g. 32")
+    if config.data.input_size > MAX_INPUT_SIZE:
+        size = config.data.input_size
+        shown = size if size < 10**9 else format(size, ".3g")  # 1e300 read as a 301-digit whole number
+        raise CovsegError(f"{source}: data.input_size is {shown}, larger than covseg takes (at most "
+                          f"{MAX_INPUT_SIZE}: the largest CT slices are 512 to 1024 pixels wide; the recipes use 64 "
+                          "to 512); use a smaller size, e.g. 352 or 512")
     if not (math.isfinite(config.train.weight_decay) and config.train.weight_decay >= 0):
         raise CovsegError(f"{source}: train.weight_decay is {config.train.weight_decay:g}; it must be >= 0, "
                           "e.g. 0.0001 (0: none)")
@@ -518,8 +536,16 @@ def _validate(config: RunConfig, source: str) -> None:
     if most is not None and config.model.depth > most:  # before the sizes, which a wrong depth makes look wrong
         raise CovsegError(f"{source}: model.depth is {config.model.depth}; {config.model.name} has at most {most} "
                           f"stages, so it must be 1..{most}")
-    _check_input_size(config.data.input_size, config.model.depth, config.model.name, source)
-    _check_bottleneck("data.input_size", config.data.input_size, config.model.depth, source)
+    size, depth = config.data.input_size, config.model.depth
+    if depth > MAX_DEPTH:  # before 2**depth is computed (depth 1100 overflowed a float, 1e300 would never end)
+        fits = _deepest_fit(size)
+        advice = f"at data.input_size {size} use model.depth={fits} or less" if fits else \
+            f"e.g. model.depth=4 with data.input_size 352"
+        shown = depth if depth < 10**9 else format(depth, ".3g")  # 1e300 read as a 301-digit whole number
+        raise CovsegError(f"{source}: model.depth is {shown}; {config.model.name} takes at most {MAX_DEPTH} (its "
+                          f"bottleneck must keep 2 x 2 pixels of an input of at most {MAX_INPUT_SIZE}); {advice}")
+    _check_bottleneck("data.input_size", size, depth, source, input_size=True)  # before the multiple it makes odd
+    _check_input_size(size, depth, config.model.name, source)
     _validate_progressive(config, source)
     crop = config.train.augment.crop
     if crop > config.data.input_size:
@@ -612,17 +638,32 @@ def _check_input_size(size: int, depth: int, name: str, source: str) -> None:
     (:func:`covseg.models.check_input_size`)."""
     step = 2**depth
     if size % step:
-        nearest = max(step, int((size + step / 2) // step) * step)
+        nearest = max(step, (size + step // 2) // step * step)  # whole numbers: step / 2 overflowed a float
         raise CovsegError(f"{source}: data.input_size is {size}; {name} with depth {depth} needs height and width "
                           f"divisible by {step}, got {size}x{size}; use a multiple of {step}, such as {nearest}")
 
 
-def _check_bottleneck(option: str, side: int, depth: int, source: str) -> None:
+def _check_bottleneck(option: str, side: int, depth: int, source: str, input_size: bool = False) -> None:
     """A training image side must leave the bottleneck at least 2 pixels a side (batch norm needs more than one
-    value per channel, even in a batch of one)."""
+    value per channel, even in a batch of one). ``input_size``: ``side`` is ``data.input_size``, and the advice
+    names the deepest model that fits it."""
     if side < 2 * 2**depth:
+        advice = ""
+        if input_size:
+            fits = _deepest_fit(side)
+            advice = f"; use a data.input_size of at least {2 * 2**depth} (a multiple of {2**depth})" + \
+                (f", or model.depth={fits} or less" if fits else "")
         raise CovsegError(f"{source}: {option} is {side}; a model of depth {depth} needs at least {2 * 2**depth} "
-                          f"(2 x 2**depth), so that its bottleneck keeps 2 x 2 pixels")
+                          f"(2 x 2**depth), so that its bottleneck keeps 2 x 2 pixels{advice}")
+
+
+def _deepest_fit(size: int) -> int:
+    """The deepest model.depth (0: none) whose bottleneck keeps 2 x 2 pixels of a ``size`` input that is a multiple
+    of its 2**depth."""
+    depth = max(0, min(size.bit_length() - 2, MAX_DEPTH))  # 2 * 2**depth <= size
+    while depth and size % 2**depth:
+        depth -= 1
+    return depth
 
 
 def _validate_progressive(config: RunConfig, source: str) -> None:
@@ -696,6 +737,12 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             raise CovsegError(f"override {item!r} is not of the form section.key=value (e.g. train.epochs=3)")
         node = data
         parts = key.split(".")
+        if len(parts) == 1 and not isinstance(data.get(key), dict):  # `recipe=NAME` would only rename the recipe
+            if key == "recipe":
+                raise CovsegError(f"override {item!r}: recipe: set the recipe with --recipe; overrides are data.*, "
+                                  "model.* or train.* options (e.g. train.epochs=3)")
+            raise CovsegError(f"override {item!r}: {key!r} is not a section.option; overrides are data.*, model.* or "
+                              "train.* options (e.g. train.epochs=3)")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
                 raise CovsegError(f"override {item!r}: no section {part!r}; sections: data, model, train")
@@ -713,6 +760,9 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             value = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
             raise CovsegError(f"override {item!r}: not a YAML value; close its brackets or quotes") from None
+        except ValueError as err:  # a value YAML matched but could not build: a whole number of over 4300 digits
+            raise CovsegError(f"override {key}: a value YAML cannot read ({str(err).split(';')[0]}); use a value "
+                              "of sensible size") from None
         if isinstance(current, dict):  # a whole section would reset the keys it does not name to their defaults
             named = [k for k in value if k in current and not isinstance(current[k], dict)] \
                 if isinstance(value, dict) else []
@@ -721,7 +771,8 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             raise CovsegError(f"override {item!r}: {key} is a section, not an option; set its keys one by one, "
                               f"e.g. {key}.{example}")
         if (isinstance(current, (int, float)) and not isinstance(current, bool)
-                and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+                and isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (isinstance(value, int) or math.isfinite(value))):  # an int past float's range: _coerce refuses
             # a number option reads the text as a decimal number: YAML 1.1 reads 010 as octal 8, 1:30 as 90
             # (base 60) and 0b101 as 5. YAML's .inf / .nan and true / false keep their meaning (and refusals)
             value = _decimal(raw.strip())

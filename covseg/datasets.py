@@ -799,6 +799,12 @@ def _child_dir(folder: Path, names: tuple[str, ...]) -> Path | None:
 
 
 def _no_split(path: Path, split: str, layout: str) -> None:
+    if split == "unlabelled":  # cv:K folds hold out labelled slices: no help to what wants unlabelled ones
+        raise CovsegError(
+            f"{path}: the {layout} layout holds no unlabelled slices (what train.consistency, data.pseudo_labels, "
+            "covseg pretrain and covseg pseudo-label read); use the unlabelled slices of a COVID-SemiSeg folder or "
+            "of a MedSeg NIfTI folder (val_im.nii.gz), or train without train.consistency and data.pseudo_labels"
+        )
     if split != "train":
         raise CovsegError(
             f"{path}: the {layout} layout holds only training data, no {split} split; "

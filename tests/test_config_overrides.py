@@ -280,3 +280,50 @@ def test_a_width_no_network_could_have_is_refused_in_one_line(width: str) -> Non
     with pytest.raises(CovsegError, match=r"^override: model.width is \d+, wider than covseg builds \(at most 1024; "):
         apply_overrides(load_recipe("tiny"), [f"model.width={width}"])
     assert apply_overrides(load_recipe("tiny"), ["model.width=1024"]).model.width == 1024
+
+
+HUGE = "1" + "0" * 400  # a whole number past float's range (1e308)
+
+
+@pytest.mark.parametrize("override", [f"train.epochs={HUGE}", f"model.width={HUGE}", f"train.lr={HUGE}",
+                                      f"train.epochs={HUGE}0" + "0" * 4000])
+def test_a_number_too_large_for_a_float_is_refused_in_one_line(override: str) -> None:
+    # before: OverflowError (int too large to convert to float) with a traceback, or ValueError past 4300 digits
+    with pytest.raises(CovsegError, match=r"(too large for any setting; use a value of sensible size, such as \S+|"
+                                          r"a value YAML cannot read \(.*\); use a value of sensible size)$"):
+        apply_overrides(load_recipe("tiny"), [override])
+
+
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_a_recipe_with_a_number_too_large_for_a_float_is_refused_in_one_line(digits: int, tmp_path: Path) -> None:
+    recipe = tmp_path / "huge.yaml"
+    recipe.write_text("data: {input_size: 64}\ntrain:\n  epochs: 1" + "0" * digits + "\n")
+    with pytest.raises(CovsegError, match=rf"^{recipe}(\.train\.epochs: expected a number, got one past 1e308, too "
+                                          r"large for any setting|: a value YAML cannot read \(.*\); fix the recipe)"):
+        load_recipe(str(recipe))
+
+
+@pytest.mark.parametrize("override", ["recipe=seed", "recipe=tiny", "epochs=3", "foo=1"])
+def test_an_override_that_is_not_a_section_option_is_refused(override: str) -> None:
+    # before: recipe=seed was accepted and only renamed the recorded recipe (its settings never used); the others
+    # were refused with a list of "known" options that offered recipe
+    key = override.partition("=")[0]
+    advice = (r"recipe: set the recipe with --recipe; " if key == "recipe"
+              else rf"'{key}' is not a section.option; ")
+    with pytest.raises(CovsegError, match=rf"^override '{override}': {advice}overrides are data\.\*, model\.\* or "
+                                          r"train\.\* options \(e\.g\. train\.epochs=3\)$"):
+        apply_overrides(load_recipe("default"), [override])
+
+
+@pytest.mark.parametrize("quoted", ['"multiclass"', "'multiclass'", ' "multiclass" '])
+def test_a_quoted_task_override_picks_the_task_as_apply_overrides_reads_it(quoted: str) -> None:
+    # before: the raw text reached load_recipe(task=...): "task '\"multiclass\"' is not one of binary, multiclass"
+    import argparse
+
+    from covseg.cli import _recipe_config
+
+    args = argparse.Namespace(overrides=[f"data.task={quoted}"], recipe="default", task=None, split=None, epochs=None,
+                              device=None, precision=None)
+    assert _recipe_config(args).data.task == "multiclass"
+    args.task = "multiclass"  # the flag and the quoted override say the same
+    assert _recipe_config(args).data.task == "multiclass"

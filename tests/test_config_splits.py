@@ -300,3 +300,34 @@ def test_named_splits_cut_one_seeded_order_in_their_documented_order() -> None:
     paper = make_split(NAMES, "paper", seed=2)
     assert set(paper["test"]) <= set(folds[4]) and set(paper["val"]) <= set(folds[3]) | set(folds[4])
     assert set(paper["train"]) <= set(folds[0]) | set(folds[1]) | set(folds[2]) | set(folds[3])
+
+
+@pytest.mark.parametrize("depth", ["11", "20", "1100", "100000"])
+def test_a_unet_too_deep_for_any_input_is_refused_for_its_depth(depth: str) -> None:
+    # before: depth 20 advised "use a multiple of 1048576", depth 1100 raised OverflowError (step / 2 on 2**depth)
+    with pytest.raises(CovsegError, match=rf"^override: model.depth is \d+; unet takes at most 10 \(its bottleneck "
+                                          r"must keep 2 x 2 pixels of an input of at most 2048\); at data.input_size "
+                                          r"352 use model.depth=5 or less$"):
+        apply_overrides(load_recipe("default"), [f"model.depth={depth}"])
+
+
+def test_a_depth_too_deep_for_the_input_size_names_the_deepest_that_fits() -> None:
+    # before: depth 8 at 352 was refused as "use a multiple of 256, such as 256", which then fails the bottleneck
+    with pytest.raises(CovsegError, match=r"^override: data.input_size is 352; a model of depth 8 needs at least 512 "
+                                          r"\(2 x 2\*\*depth\), so that its bottleneck keeps 2 x 2 pixels; use a "
+                                          r"data.input_size of at least 512 \(a multiple of 256\), or model.depth=5 "
+                                          r"or less$"):
+        apply_overrides(load_recipe("default"), ["model.depth=8"])
+    deepest = ["model.depth=10", "data.input_size=2048", "train.progressive_size=0", "train.progressive_fraction=0"]
+    assert apply_overrides(load_recipe("default"), deepest).model.depth == 10
+    assert apply_overrides(load_recipe("default"), ["model.depth=5"]).model.depth == 5
+
+
+@pytest.mark.parametrize("size", ["4096", "1e300", "2049"])
+def test_an_input_size_larger_than_any_ct_slice_is_refused_in_one_line(size: str) -> None:
+    # before: 1e300 reached torch (C++ backtrace) and 4096 got the process killed for memory
+    with pytest.raises(CovsegError, match=r"^override: data.input_size is \S+, larger than covseg takes \(at most 2048: "
+                                          r"the largest CT slices are 512 to 1024 pixels wide; the recipes use 64 to "
+                                          r"512\); use a smaller size, e.g. 352 or 512$"):
+        apply_overrides(load_recipe("default"), [f"data.input_size={size}"])
+    assert apply_overrides(load_recipe("default"), ["data.input_size=2048"]).data.input_size == 2048

@@ -995,3 +995,23 @@ def test_label_schemes_pin_the_documented_class_ids() -> None:
     for scheme, bad in ((BINARY, 2), (MULTICLASS, 4), (MULTICLASS, -1)):
         with pytest.raises(CovsegError, match=rf"m: label values \[{bad}\]"):
             check_labels(np.array([[0, 1], [bad, 0]]), scheme, "m")
+
+
+def test_a_layout_without_unlabelled_slices_says_where_to_find_them(tmp_path: Path) -> None:
+    # before: "use --split cv:K to hold out folds of it", which holds out labelled slices, no unlabelled ones
+    folders = tmp_path / "folders"
+    write_grey(folders / "Imgs" / "a.jpg", grey_image(4, 3))
+    write_palette(folders / "GT" / "a.png", np.zeros((4, 3), np.uint8))
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    write_npy_pair(kaggle)
+    for root, layout in ((folders, "image/mask folder"), (kaggle, "MedSeg Kaggle")):
+        with pytest.raises(CovsegError, match=rf"^{root}: the {layout} layout holds no unlabelled slices \(what "
+                                              r"train.consistency, data.pseudo_labels, covseg pretrain and covseg "
+                                              r"pseudo-label read\); use the unlabelled slices of a COVID-SemiSeg "
+                                              r"folder or of a MedSeg NIfTI folder \(val_im.nii.gz\), or train without "
+                                              r"train.consistency and data.pseudo_labels$"):
+            load_dataset(root, "binary", split="unlabelled")
+        with pytest.raises(CovsegError, match=rf"{layout} layout holds only training data, no test split; use "
+                                              r"--split cv:K"):
+            load_dataset(root, "binary", split="test")
