@@ -296,7 +296,8 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
             choices = [c for c in columns if c != "pixels" and not c.startswith("truth_")]  # scores, not counts
             missing = [m for m in chosen if m not in choices]
             if missing:
-                what = f"{missing[0]!r} is a count, not a score" if missing[0] in columns else f"no column {missing[0]!r}"
+                what = (f"{missing[0]!r} is a count, not a score" if missing[0] in columns
+                        else f"no column {missing[0]!r}")
                 raise CovsegError(f"{_table_path(name, fold)}: {what}; choose from {', '.join(choices)}")
     for fold in folds:
         _check_same_truth(reference[fold], candidate[fold], fold)

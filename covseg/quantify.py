@@ -17,8 +17,8 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SIDES", "SEVERITY_BUCKETS", "severity_score", "percent_text", "nonzero_text", "quantify", "remove_small_components",
-           "restrict_to_lungs"]
+__all__ = ["SIDES", "SEVERITY_BUCKETS", "severity_score", "percent_text", "nonzero_text", "quantify",
+           "remove_small_components", "restrict_to_lungs"]
 
 SIDES: dict[int, str] = {1: "right", 2: "left"}
 """Lung mask value -> name of the patient's side."""
