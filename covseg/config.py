@@ -19,7 +19,7 @@ import yaml
 
 from covseg.errors import CovsegError
 from covseg.intensity import NORMALIZATIONS
-from covseg.splits import split_settings
+from covseg.splits import parse_split_name, split_settings
 
 __all__ = [
     "DataConfig",
@@ -387,8 +387,10 @@ _CHOICES = {
     ("data", "task"): TASKS,
     ("data", "normalize"): NORMALIZATIONS,
     ("data", "resize"): RESIZE_MODES,
+    ("model", "name"): ("unet", "segnet"),  # covseg.models.MODELS
     ("model", "block"): ("plain", "residual"),  # covseg.models.unet.BLOCKS
     ("model", "norm"): ("batch", "instance", "group"),  # covseg.models.unet.NORMS
+    ("train", "loss"): ("ce", "mfb_ce", "dice", "dice_ce", "mfb_dice_ce"),  # covseg.losses.LOSSES
     ("train", "dice"): ("batch", "sample", "present"),
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "schedule"): ("constant", "cosine", "onecycle"),
@@ -546,6 +548,13 @@ def _validate(config: RunConfig, source: str) -> None:
                           f"bottleneck must keep 2 x 2 pixels of an input of at most {MAX_INPUT_SIZE}); {advice}")
     _check_bottleneck("data.input_size", size, depth, source, input_size=True)  # before the multiple it makes odd
     _check_input_size(size, depth, config.model.name, source)
+    try:  # refused here, not after the data has loaded
+        kind, fold = parse_split_name(config.data.split)
+    except CovsegError as err:
+        raise CovsegError(f"{source}: data.split: {err}") from None
+    if kind == "cv" and fold is not None and fold >= config.data.folds:
+        raise CovsegError(f"{source}: data.split is {config.data.split}, but data.folds is {config.data.folds}; use "
+                          f"cv:0 to cv:{config.data.folds - 1}, or more folds")
     _validate_progressive(config, source)
     crop = config.train.augment.crop
     if crop > config.data.input_size:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -327,3 +328,25 @@ def test_a_quoted_task_override_picks_the_task_as_apply_overrides_reads_it(quote
     assert _recipe_config(args).data.task == "multiclass"
     args.task = "multiclass"  # the flag and the quoted override say the same
     assert _recipe_config(args).data.task == "multiclass"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.name=foo", "model.name is 'foo'; use one of unet, segnet"),
+    ("train.loss=foo", "train.loss is 'foo'; use one of ce, mfb_ce, dice, dice_ce, mfb_dice_ce"),
+    ("data.split=bogus", "data.split: unknown split 'bogus': use official, cv:K"),
+    ("data.split=cv:-1", "data.split: split 'cv:-1': write cv:K with a fold number K"),
+    ("data.split=cv:5", "data.split is cv:5, but data.folds is 5; use cv:0 to cv:4, or more folds"),
+])
+def test_a_model_loss_or_split_name_is_checked_with_the_other_settings(override: str, message: str) -> None:
+    # before: accepted here, and refused only once the training data had loaded
+    with pytest.raises(CovsegError, match=re.escape(message)):
+        apply_overrides(load_recipe("default"), [override])
+    assert apply_overrides(load_recipe("default"), ["data.split=cv:4"]).data.split == "cv:4"
+
+
+def test_the_configs_model_and_loss_names_are_the_registries() -> None:
+    from covseg.config import _CHOICES
+    from covseg.losses import LOSSES
+    from covseg.models import MODELS
+
+    assert set(_CHOICES["model", "name"]) == set(MODELS) and set(_CHOICES["train", "loss"]) == set(LOSSES)
