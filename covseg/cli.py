@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from covseg import __version__
-from covseg.config import DataConfig, apply_overrides, available_recipes, load_recipe
+from covseg.config import DataConfig, apply_overrides, available_recipes, load_recipe, text_override
 from covseg.errors import CovsegError
 
 __all__ = ["main", "entry", "build_parser"]
@@ -35,15 +35,12 @@ def _recipe_config(args: argparse.Namespace):
     import yaml
 
     def read(text: str) -> str:
-        """An override's value as apply_overrides reads a text option: stripped, and a quoted one unquoted."""
-        text = text.strip()
-        if text.startswith(('"', "'")):
-            try:
-                value = yaml.safe_load(text)
-            except yaml.YAMLError:  # left as typed: apply_overrides refuses it ("not a YAML value")
-                return text
-            return "" if value is None else str(value)
-        return text
+        """An override's value as apply_overrides reads a text option (a quoted one unquoted)."""
+        try:
+            value = text_override(text)
+        except (yaml.YAMLError, ValueError):  # left as typed: apply_overrides refuses it ("not a YAML value")
+            return text.strip()
+        return "" if value is None else str(value)
 
     overrides = list(args.overrides)
     task_overrides = [read(item.partition("=")[2]) for item in overrides if item.partition("=")[0] == "data.task"]

@@ -37,6 +37,7 @@ __all__ = [
     "available_recipes",
     "load_recipe",
     "apply_overrides",
+    "text_override",
     "check_new_run",
     "config_to_dict",
     "config_from_dict",
@@ -737,6 +738,18 @@ _YAML_NULLS = ("", "~", "null", "Null", "NULL")  # YAML's spellings of no value
 _YAML_TEXT_STARTS = ('"', "'", "[", "{")
 
 
+def text_override(raw: str) -> Any:
+    """What the override text ``raw`` sets a text option to, as :func:`apply_overrides` reads it: the text as typed
+    (stripped), None for YAML's spellings of no value, and YAML's reading where it opens a quoted text, a list or a
+    mapping (``"multiclass"`` -> ``multiclass``; raises ``yaml.YAMLError`` or ``ValueError`` where YAML cannot)."""
+    text = raw.strip()
+    if not text.startswith(_YAML_TEXT_STARTS):
+        # YAML would read 06 as 6, `#pre` as a comment (""), `runs/a #1` as "runs/a", and a leading & | > as an
+        # anchor or block scalar. Only null / ~ unset it (YAML's no value)
+        return None if text in _YAML_NULLS else text
+    return yaml.safe_load(raw)
+
+
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``section.key=value`` overrides (e.g. ``train.epochs=3``, ``train.augment.hflip=0.5``)."""
     data = config_to_dict(config)
@@ -759,11 +772,8 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         if parts[-1] not in node:
             raise CovsegError(f"override {item!r}: unknown option {parts[-1]!r}; known: {', '.join(node)}")
         current = node[parts[-1]]
-        text = raw.strip()
-        if isinstance(current, str) and not text.startswith(_YAML_TEXT_STARTS):
-            # a text option takes the text as typed: YAML would read 06 as 6, `#pre` as a comment (""), `runs/a #1`
-            # as "runs/a", and a leading & | > as an anchor or block scalar. Only null / ~ unset it (YAML's no value)
-            node[parts[-1]] = None if text in _YAML_NULLS else text
+        if isinstance(current, str) and not raw.strip().startswith(_YAML_TEXT_STARTS):
+            node[parts[-1]] = text_override(raw)  # a text option takes the text as typed
             continue
         try:
             value = yaml.safe_load(raw) if raw else raw

@@ -223,16 +223,18 @@ def _checked_affine(input_affine: np.ndarray, source: str) -> np.ndarray:
     return input_affine
 
 
-def _canonical_geometry(input_affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """The canonical affine and ``(Z, Y, X)`` shape of a 3-D array of ``shape`` placed by ``input_affine``, as
-    :func:`_make_volume` reorients it (without the array)."""
+def _canonical_geometry(input_affine: np.ndarray, shape: Sequence[int]
+                        ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """The nibabel orientation transform to canonical, the canonical affine and the ``(Z, Y, X)`` shape of a 3-D
+    array of ``shape`` placed by ``input_affine``: :func:`_make_volume`'s reorientation, without the array."""
     import nibabel as nib
 
     transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(input_affine), _canonical_ornt())
     canonical_shape = [0, 0, 0]
     for axis, (to, _) in enumerate(transform):
         canonical_shape[int(to)] = int(shape[axis])
-    return input_affine @ nib.orientations.inv_ornt_aff(transform, shape), tuple(canonical_shape)  # type: ignore
+    affine = input_affine @ nib.orientations.inv_ornt_aff(transform, shape)
+    return transform, affine, tuple(canonical_shape)  # type: ignore[return-value]
 
 
 def _make_volume(data: np.ndarray, input_affine: np.ndarray, **kwargs: object) -> Volume:
@@ -240,17 +242,15 @@ def _make_volume(data: np.ndarray, input_affine: np.ndarray, **kwargs: object) -
     import nibabel as nib
 
     input_affine = _checked_affine(input_affine, str(kwargs.get("source", "the scan")))
-    ornt = nib.orientations.io_orientation(input_affine)
-    transform = nib.orientations.ornt_transform(ornt, _canonical_ornt())
+    transform, affine, _ = _canonical_geometry(input_affine, data.shape)
     hu = np.ascontiguousarray(nib.orientations.apply_orientation(data, transform), dtype=np.float32)
-    affine = input_affine @ nib.orientations.inv_ornt_aff(transform, data.shape)
     return Volume(
         hu=hu,
         spacing=_spacing_of(affine),
         affine=affine,
         input_affine=input_affine,
         input_shape=tuple(int(n) for n in data.shape),  # type: ignore[arg-type]
-        input_ornt=ornt,
+        input_ornt=nib.orientations.io_orientation(input_affine),
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -429,7 +429,7 @@ def _read_nifti(path: Path, header_only: bool = False) -> Volume | None:
     units = header.get_xyzt_units()[0]
     to_mm = _NIFTI_MM.get(units, 1.0)  # nibabel's affine is in the file's units; mm when unset ("unknown")
     input_affine = _checked_affine(np.diag([to_mm, to_mm, to_mm, 1.0]) @ img.affine, str(path))
-    canonical, canonical_shape = _canonical_geometry(input_affine, shape)
+    _, canonical, canonical_shape = _canonical_geometry(input_affine, shape)
     _check_nifti_voxel_size(_spacing_of(canonical), path, units)
     _check_slice_counts(canonical_shape, path)
     if header_only:
@@ -958,7 +958,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     volume = _make_volume(stack.transpose(2, 1, 0), affine, is_hu=True, warnings=warnings, source=str(folder),
                           sha256=digest.hexdigest(), kind="dicom", series_uid=items[0][0].uid or None)
-    _check_slices(volume, folder)
+    _check_slice_counts(volume.hu.shape, folder)
     return volume
 
 
@@ -1044,16 +1044,12 @@ def _read_image_stack(folder: Path, paths: Sequence[Path], spacing: tuple[float,
     affine = np.diag([-sx, -sy, sz, 1.0])  # like axial DICOM: columns -> patient left, rows -> posterior
     volume = _make_volume(stack.transpose(2, 1, 0), affine, is_hu=is_hu, warnings=warnings, source=str(folder),
                           sha256=_sha256_files(paths), kind="images")
-    _check_slices(volume, folder)
+    _check_slice_counts(volume.hu.shape, folder)
     return volume
 
 
 # --------------------------------------------------------------------------------------------
 # entry point
-
-
-def _check_slices(volume: Volume, path: Path) -> None:
-    _check_slice_counts(volume.hu.shape, path)
 
 
 def _check_slice_counts(shape: Sequence[int], path: Path) -> None:
