@@ -173,6 +173,11 @@ class TrainConfig:
     # does not change. Validation is ~8 % of an epoch of `default` on 2 CPU cores
     val_every: int = 1
     batch_size: int = 8
+    # how each epoch draws its slices: "uniform" (shuffled, each slice once) | "class_balanced" (as many draws, with
+    # replacement, each slice weighted by the sum, over the foreground classes its truth holds, of 1 / the number of
+    # training slices holding that class, and slices without foreground by 1 / their number: a rarer class's slices
+    # come up more often; nnU-Net's foreground oversampling, for whole slices)
+    sampling: str = "uniform"
     seed: int = 0
     precision: str = "auto"  # "auto" (bf16 where supported) | "fp32" | "bf16"
     device: str = "cpu"  # "cpu" | "cuda" | "auto"
@@ -395,6 +400,7 @@ _CHOICES = {
     ("train", "dice"): ("batch", "sample", "present"),
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "schedule"): ("constant", "cosine", "onecycle"),
+    ("train", "sampling"): ("uniform", "class_balanced"),  # covseg.training.SAMPLINGS
     ("train", "precision"): ("auto", "fp32", "bf16"),
     ("train", "device"): ("cpu", "cuda", "auto"),
 }

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EpochResult", "lr_factor", "learning_rate", "make_optimizer", "epoch_generator", "train_one_epoch",
            "validate", "predicted_labels", "class_argmax", "weight_average", "averaged_network", "epoch_average",
-           "recompute_batch_norm", "side_generator", "batch_confusion", "mean_foreground_dice"]
+           "recompute_batch_norm", "side_generator", "SAMPLINGS", "class_balanced_weights", "draw_order",
+           "batch_confusion", "mean_foreground_dice"]
 
 
 @dataclass
@@ -170,6 +171,43 @@ def side_generator(seed: int, epoch: int, tag: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(entropy))
 
 
+#: how an epoch draws its slices (``train.sampling``)
+SAMPLINGS = ("uniform", "class_balanced")
+
+
+def class_balanced_weights(masks: torch.Tensor) -> torch.Tensor:
+    """Draw weights ``(N,)`` of ``N`` label maps ``masks`` ``(N, H, W)`` (0 background, 1.. the foreground classes).
+
+    A slice's weight is the sum, over the foreground classes its label map holds, of 1 / the number of slices holding
+    that class; a slice without foreground weighs 1 / the number of such slices. So slices of a class held by few
+    slices are drawn more often, and every class (and the empty slices as a group) gets one share of the weights
+    for each of its slices' classes. The weights sum to the number of foreground classes present, plus 1 where any
+    slice is empty.
+    """
+    flat = masks.reshape(masks.shape[0], -1)
+    labels = [int(c) for c in torch.unique(flat) if c > 0]
+    present = torch.stack([(flat == c).any(dim=1) for c in labels], dim=1).double() if labels else \
+        torch.zeros(flat.shape[0], 0, dtype=torch.float64)
+    weights = (present / present.sum(dim=0)).sum(dim=1)
+    empty = present.sum(dim=1) == 0
+    if empty.any():
+        weights[empty] = 1.0 / int(empty.sum())
+    return weights
+
+
+def draw_order(masks: torch.Tensor, sampling: str, generator: torch.Generator) -> torch.Tensor:
+    """The indices ``(N,)`` of the slices of ``masks`` ``(N, H, W)`` one epoch trains on, in order.
+
+    ``uniform``: a shuffle, each slice once. ``class_balanced``: ``N`` draws with replacement, weighted by
+    :func:`class_balanced_weights`. Both come from ``generator``, so an epoch's draws are reproducible.
+    """
+    if sampling == "uniform":
+        return torch.randperm(masks.shape[0], generator=generator)
+    if sampling == "class_balanced":
+        return torch.multinomial(class_balanced_weights(masks), masks.shape[0], replacement=True, generator=generator)
+    raise CovsegError(f"train.sampling is {sampling!r}; use one of {', '.join(SAMPLINGS)}")
+
+
 def train_one_epoch(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -185,7 +223,8 @@ def train_one_epoch(
     consistency: ConsistencyTerm | None = None,
     distill: DistillTerm | None = None,
 ) -> EpochResult:
-    """One pass over shuffled, augmented batches; updates the learning rate every step.
+    """One pass over augmented batches of the slices :func:`draw_order` draws (``cfg.sampling``: by default a
+    shuffle); updates the learning rate every step.
 
     ``averaged`` (a :class:`torch.optim.swa_utils.AveragedModel` of ``model``, e.g. the EMA of
     :func:`weight_average`) is updated after every optimiser step; it never changes the training itself.
@@ -209,7 +248,7 @@ def train_one_epoch(
     """
     model.train()
     generator = epoch_generator(cfg.seed, epoch)
-    order = torch.randperm(images.shape[0], generator=generator)
+    order = draw_order(masks, cfg.sampling, generator)
     steps = math.ceil(images.shape[0] / cfg.batch_size)
     total_steps = steps * cfg.epochs
     loss_sum, correct, pixels, trained = 0.0, 0, 0, 0

@@ -348,5 +348,13 @@ def test_the_configs_model_and_loss_names_are_the_registries() -> None:
     from covseg.config import _CHOICES
     from covseg.losses import LOSSES
     from covseg.models import MODELS
+    from covseg.training import SAMPLINGS
 
     assert set(_CHOICES["model", "name"]) == set(MODELS) and set(_CHOICES["train", "loss"]) == set(LOSSES)
+    assert set(_CHOICES["train", "sampling"]) == set(SAMPLINGS)
+
+
+def test_an_unknown_sampling_is_refused_with_the_choices() -> None:
+    with pytest.raises(CovsegError, match="train.sampling.*class_balanced"):
+        apply_overrides(load_recipe("default"), ["train.sampling=balanced"])
+    assert apply_overrides(load_recipe("default"), ["train.sampling=class_balanced"]).train.sampling == "class_balanced"

@@ -22,8 +22,9 @@ from covseg.config import TrainConfig
 from covseg.errors import CovsegError
 from covseg.fileio import interrupts_deferred
 from covseg.predict import open_predictor
-from covseg.training import (averaged_network, class_argmax, epoch_average, learning_rate, lr_factor,
-                             make_optimizer, recompute_batch_norm, train_one_epoch, weight_average)
+from covseg.training import (averaged_network, class_argmax, class_balanced_weights, draw_order, epoch_average,
+                             epoch_generator, learning_rate, lr_factor, make_optimizer, recompute_batch_norm,
+                             train_one_epoch, weight_average)
 
 from conftest import TINY_OVERRIDES, interrupt_after_touching
 
@@ -63,6 +64,56 @@ def test_same_seed_same_metrics(tiny_data: Path, tmp_path: Path) -> None:
             assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-6)
     wa, wb = read_checkpoint(tmp_path / "a" / "last.pt")["model"], read_checkpoint(tmp_path / "b" / "last.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _label_maps(*labels_per_slice: tuple[int, ...]) -> torch.Tensor:
+    """(N, 4, 4) label maps, slice i holding exactly the labels in labels_per_slice[i] (plus background)."""
+    masks = torch.zeros(len(labels_per_slice), 4, 4, dtype=torch.long)
+    for i, labels in enumerate(labels_per_slice):
+        for j, label in enumerate(labels):
+            masks[i, j, 0] = label
+    return masks
+
+
+def test_class_balanced_weights_by_hand() -> None:
+    # GGO (1) in slices 0-3, consolidation (2) in slices 0 and 4, slice 5 empty:
+    # n_1 = 4, n_2 = 2, one empty slice
+    masks = _label_maps((1, 2), (1,), (1,), (1,), (2,), ())
+    expected = [1 / 4 + 1 / 2, 1 / 4, 1 / 4, 1 / 4, 1 / 2, 1.0]
+    assert class_balanced_weights(masks).tolist() == pytest.approx(expected)
+    # no empty slice, one class: every slice weighs the same
+    assert class_balanced_weights(_label_maps((1,), (1,), (1,))).tolist() == pytest.approx([1 / 3] * 3)
+    # only empty slices
+    assert class_balanced_weights(_label_maps((), ())).tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_class_balanced_draws_follow_the_weights_and_uniform_is_a_shuffle() -> None:
+    masks = _label_maps((1, 2), (1,), (1,), (1,), (2,), ())
+    generator = torch.Generator().manual_seed(0)
+    uniform = draw_order(masks, "uniform", generator)
+    assert sorted(uniform.tolist()) == list(range(6))
+    # the shuffle is the one the trainer always drew: reproducible runs did not change
+    assert torch.equal(draw_order(masks, "uniform", epoch_generator(3, 2)),
+                       torch.randperm(6, generator=epoch_generator(3, 2)))
+    draws = torch.cat([draw_order(masks, "class_balanced", generator) for _ in range(4000)])
+    assert draws.shape == (24000,)
+    share = torch.bincount(draws, minlength=6).double() / draws.numel()
+    weights = torch.tensor([0.75, 0.25, 0.25, 0.25, 0.5, 1.0], dtype=torch.float64)
+    assert share.tolist() == pytest.approx((weights / weights.sum()).tolist(), abs=0.01)
+    assert torch.equal(draw_order(masks, "class_balanced", epoch_generator(0, 1)),
+                       draw_order(masks, "class_balanced", epoch_generator(0, 1)))
+    with pytest.raises(CovsegError, match="train.sampling"):
+        draw_order(masks, "stratified", generator)
+
+
+def test_class_balanced_sampling_trains_and_changes_the_run(tiny_data: Path, tmp_path: Path) -> None:
+    assert _train(tiny_data, tmp_path / "uniform", "train.epochs=2", "--task", "multiclass") == 0
+    assert _train(tiny_data, tmp_path / "balanced", "train.epochs=2", "--task", "multiclass",
+                  "train.sampling=class_balanced") == 0
+    a, b = _history(tmp_path / "uniform"), _history(tmp_path / "balanced")
+    assert len(a) == len(b) == 2
+    assert a[0]["train_loss"] != b[0]["train_loss"]
+    assert "sampling: class_balanced" in (tmp_path / "balanced" / "config.yaml").read_text()
 
 
 def test_validating_less_often_leaves_training_alone(tiny_data: Path, tmp_path: Path, capsys) -> None:
