@@ -351,7 +351,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING \
             else fields[key].default
         if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+            # a section with nothing under it (`train:` in YAML) reads as null: it leaves every setting at its default
+            kwargs[key] = _build(type(default), {} if value is None else value, f"{where}.{key}")
         else:
             kwargs[key] = _coerce(value, default, f"{where}.{key}")
     return cls(**kwargs)
@@ -361,6 +362,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):  # as the texts "1" / "0" below
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise CovsegError(f"{where}: expected true/false, got {value!r}")

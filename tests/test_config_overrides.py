@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from covseg.config import apply_overrides, check_new_run, config_from_dict, config_to_dict, load_recipe
+from covseg.config import (ModelConfig, TrainConfig, apply_overrides, check_new_run, config_from_dict, config_to_dict,
+                           load_recipe)
 from covseg.errors import CovsegError
 
 from conftest import TINY_OVERRIDES
@@ -358,3 +359,28 @@ def test_an_unknown_sampling_is_refused_with_the_choices() -> None:
     with pytest.raises(CovsegError, match="train.sampling.*class_balanced"):
         apply_overrides(load_recipe("default"), ["train.sampling=balanced"])
     assert apply_overrides(load_recipe("default"), ["train.sampling=class_balanced"]).train.sampling == "class_balanced"
+
+
+def test_an_empty_recipe_section_leaves_its_settings_at_their_defaults(tmp_path: Path) -> None:
+    # before: "expected a mapping, got None" for a `train:` line with nothing under it
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("data:\n  input_size: 64\nmodel:\ntrain:\n  augment:\n", encoding="utf-8")
+    config = load_recipe(str(recipe))
+    assert config.data.input_size == 64
+    assert config.model == ModelConfig() and config.train == TrainConfig()
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("0", False), ("true", True), ("no", False)])
+def test_a_switch_written_as_yaml_1_or_0_reads_as_the_text_1_or_0(tmp_path: Path, value: str, expected: bool) -> None:
+    # before: `attention: 1` in a recipe was refused while the override model.attention=1 was taken
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(f"model:\n  attention: {value}\n", encoding="utf-8")
+    assert load_recipe(str(recipe)).model.attention is expected
+    assert apply_overrides(load_recipe("default"), [f"model.attention={value}"]).model.attention is expected
+
+
+def test_a_switch_written_as_another_number_is_refused(tmp_path: Path) -> None:
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("model:\n  attention: 2\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match=re.escape("model.attention: expected true/false, got 2")):
+        load_recipe(str(recipe))
