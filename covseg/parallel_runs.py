@@ -101,7 +101,8 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
     Each worker gets :func:`threads_per_job` torch threads (unless ``config.train.threads`` sets them) and no
     progress bars; it prints one line per event to stderr, prefixed with its run folder. The first run that fails stops
     the others from starting (a run is handed to a worker only when one is free) and its error is raised here, once
-    the runs already training have ended (a :class:`covseg.errors.CovsegError` stays one). A worker killed (SIGKILL,
+    the runs already training have ended (a :class:`covseg.errors.CovsegError` stays one, led by the failed run's
+    folder). A worker killed (SIGKILL,
     e.g. out of memory) is different: the pool then stops every other worker at once, so the runs training beside
     it end too, each losing its unfinished epoch (``last.pt`` holds the last whole one), and a
     :class:`covseg.errors.CovsegError` says so; a second call resumes them. After Ctrl-C every worker saves its
@@ -117,8 +118,9 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
     log(f"training {len(runs)} runs, {jobs} at a time, {count} torch thread{'s' if used[-1] > 1 else ''} each")
     context = multiprocessing.get_context("spawn")
     pending = list(runs)
-    running: set[Future] = set()
+    running: dict[Future, Path] = {}
     failure: BaseException | None = None
+    failed_run: Path | None = None
     interrupted = False
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker) as pool:
         try:
@@ -128,16 +130,18 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
                 while pending and len(running) < jobs and failure is None and not interrupted:
                     config, run_dir = pending.pop(0)
                     try:
-                        running.add(pool.submit(_train_in_worker, config, samples, run_dir, data, threads))
+                        running[pool.submit(_train_in_worker, config, samples, run_dir, data, threads)] = run_dir
                     except BrokenExecutor:  # a worker died since the last wait: the pool takes no more runs
                         raise CovsegError(_KILLED) from None
                 if not running:
                     break
-                done, running = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
+                    run_dir = running.pop(future)
                     error = future.exception()
                     if error is not None:
-                        failure = failure or error  # the first failure is raised once the running ones end
+                        if failure is None:  # the first failure is raised once the running ones end
+                            failure, failed_run = error, run_dir
                     elif not future.result():
                         interrupted = True  # a worker saw Ctrl-C (after saving): start nothing more
         except KeyboardInterrupt:  # the workers had the same Ctrl-C: they save and return False
@@ -145,7 +149,9 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
             raise
     if isinstance(failure, BrokenExecutor):  # a worker died (SIGKILL, e.g. the OOM killer); the pool ended the rest
         raise CovsegError(_KILLED) from None
+    if isinstance(failure, CovsegError) and failed_run is not None and not str(failure).startswith(str(failed_run)):
+        raise CovsegError(f"{failed_run}: {failure}") from None  # which of the runs failed
     if failure is not None:
-        raise failure  # a CovsegError stays one
+        raise failure  # another error is a defect: its traceback stays
     if interrupted:
         raise KeyboardInterrupt

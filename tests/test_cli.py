@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -699,6 +700,8 @@ def test_cv_jobs_passes_a_workers_error_on_as_one_line(tiny_data: Path, tmp_path
     assert "training 2 runs, 2 at a time" in err  # the runs went to the workers
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("covseg: error: ") and "no pretrained weights" in errors[0]
+    # and it names the fold that failed (before: the refusal alone, whichever of the runs it came from)
+    assert re.match(rf"covseg: error: {re.escape(str(tmp_path / 'cv'))}/fold-[01]: ", errors[0]), errors[0]
     assert "Traceback" not in err
     assert not (tmp_path / "cv" / "fold-0" / "last.pt").exists()
 
