@@ -420,6 +420,11 @@ MAX_WIDTH = 1024
 MAX_INPUT_SIZE = 2048
 #: the deepest model.depth any model takes: its bottleneck must keep 2 x 2 pixels of a MAX_INPUT_SIZE input
 MAX_DEPTH = MAX_INPUT_SIZE.bit_length() - 2
+#: the most torch threads train.threads takes: more than the cores of any one machine today (a few hundred)
+MAX_THREADS = 1024
+#: the most unlabelled slices train.consistency_batch adds to every step: the recipes use 4, and each one costs a
+#: labelled slice's memory and time
+MAX_CONSISTENCY_BATCH = 256
 MAX_SEED = 2**32  # numpy's legacy seeds and every generator covseg seeds take values below this
 #: the largest learning rate a new run (train.lr) or a pretraining (--lr) takes: the recipes use 3e-5 to 0.01, far
 #: above it the weights diverge, and past float32's largest number torch's optimisers raise at their first step
@@ -460,8 +465,9 @@ def _validate(config: RunConfig, source: str) -> None:
     if not (math.isfinite(config.train.grad_clip) and config.train.grad_clip >= 0):
         raise CovsegError(f"{source}: train.grad_clip is {config.train.grad_clip}; it must be a gradient norm > 0, "
                           "e.g. nnU-Net's 12, or 0 for no clipping")
-    if config.train.threads < 0:
-        raise CovsegError(f"{source}: train.threads is {config.train.threads}; it must be >= 0 (0: torch's default)")
+    if not 0 <= config.train.threads <= MAX_THREADS:
+        raise CovsegError(f"{source}: train.threads is {config.train.threads}; it must be 0 (torch's default) to "
+                          f"{MAX_THREADS}, such as the number of cores")
     for section, key in (("data", "split_seed"), ("train", "seed")):  # numpy's seeds are non-negative
         value = getattr(getattr(config, section), key)
         if value < 0:
@@ -474,6 +480,10 @@ def _validate(config: RunConfig, source: str) -> None:
     if not (math.isfinite(t.consistency) and t.consistency >= 0) or t.consistency_batch < 2 or not 0 <= t.teacher_decay < 1:
         raise CovsegError(f"{source}: train.consistency {t.consistency}, train.consistency_batch {t.consistency_batch}, "
                           f"train.teacher_decay {t.teacher_decay}: need a weight >= 0, a batch >= 2 and a decay in [0, 1)")
+    if t.consistency_batch > MAX_CONSISTENCY_BATCH:
+        raise CovsegError(f"{source}: train.consistency_batch is {t.consistency_batch}; at most "
+                          f"{MAX_CONSISTENCY_BATCH} unlabelled slices join a step (each costs a labelled slice's memory "
+                          "and time), such as 4")
     if t.consistency > 0 and (t.augment.crop or t.types_only):
         what = "train.augment.crop" if t.augment.crop else "train.types_only"
         raise CovsegError(f"{source}: train.consistency does not combine with {what}; set one of them to 0 / false")
