@@ -272,9 +272,11 @@ def _check_destinations(out_dir: Path, outputs: Iterable[str | os.PathLike]) -> 
                               "output folder")
 
 
-def _publish(stage: Path, out_dir: Path) -> None:
+def _publish(stage: Path, out_dir: Path, stale: Sequence[str] = ()) -> None:
     """Move every file under ``stage`` to the same place under ``out_dir``: all of them or, where a destination
-    is blocked (:func:`_check_destinations`), none; Ctrl-C waits until the last is moved."""
+    is blocked (:func:`_check_destinations`), none; then delete the files ``stale`` names (paths relative to
+    ``out_dir``; where they are files), outputs of an earlier run that the new ones leave wrong. Ctrl-C waits until
+    the last is moved and deleted."""
     files = sorted(p for p in stage.rglob("*") if p.is_file())
     _check_destinations(out_dir, [src.relative_to(stage) for src in files])
     with interrupts_deferred():
@@ -282,6 +284,10 @@ def _publish(stage: Path, out_dir: Path) -> None:
             dst = out_dir / src.relative_to(stage)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
+        for name in stale:
+            old = out_dir / name
+            if old.is_file() and not old.is_symlink():
+                old.unlink()
 
 
 def _label_name(path: Path, stem: str) -> str:
@@ -356,7 +362,9 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
             summary = {"model": describe_after_use(model_info, predictor), "task": scheme.task,
                        "labels": dict(enumerate(scheme.names)), "images": records}
             (stage / "predictions.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-            _publish(stage, out_dir)
+            # without overlays, an earlier run's overlay of the same image would show another prediction than the
+            # label map beside it: it goes
+            _publish(stage, out_dir, stale=() if overlays else [f"overlays/{stem}.png" for stem in stems])
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     return summary

@@ -101,6 +101,20 @@ def test_predict_png_nifti_overlays_json(tiny_run: Path, tiny_data: Path, tmp_pa
     assert fractions["infection"] == pytest.approx((pred == 1).mean(), abs=1e-6)
 
 
+def test_predict_without_overlays_removes_the_stale_overlay_of_each_image_it_predicts(tiny_run: Path, tiny_data: Path,
+                                                                                      tmp_path: Path) -> None:
+    # before: 0.png was the new label map while overlays/0.png still drew the earlier prediction
+    src = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    out = tmp_path / "out"
+    assert main(["predict", str(src / "0.jpg"), str(src / "1.jpg"), "-o", str(out), "--model", str(tiny_run),
+                 "--quiet"]) == 0
+    assert (out / "overlays" / "0.png").is_file() and (out / "overlays" / "1.png").is_file()
+    assert main(["predict", str(src / "0.jpg"), "-o", str(out), "--model", str(tiny_run), "--quiet",
+                 "--no-overlays"]) == 0
+    assert (out / "0.png").is_file() and not (out / "overlays" / "0.png").exists()
+    assert (out / "overlays" / "1.png").is_file()  # an image not predicted again keeps its outputs
+
+
 class _ThresholdBackend:
     """Logits that call lesion wherever the network's input is above 0.5: the label map is the input's bright region."""
 
