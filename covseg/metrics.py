@@ -163,7 +163,7 @@ def infnet_metrics(prob: np.ndarray, target: np.ndarray, thresholds: int = 256) 
     """Inf-Net's binary evaluation (Fan et al., TMI 2020) of one image.
 
     ``prob``: ``(H, W)`` foreground probability; ``target``: ``(H, W)`` {0, 1}. The map is min-max
-    normalised, binarised at ``thresholds`` evenly spaced thresholds ``t`` in [0, 1] (foreground where
+    normalised (a constant map left as it is, as MATLAB's ``mapminmax``), binarised at ``thresholds`` evenly spaced thresholds ``t`` in [0, 1] (foreground where
     ``p >= t``, as Inf-Net's ``Fmeasure_calu``), and Dice, sensitivity and specificity are averaged over
     the thresholds (``meanDic``, ``meanSen``, ``meanSpe``); ``mae`` is the mean absolute error of the
     normalised map against the truth. As in ``Fmeasure_calu``, all three figures are 0 at a threshold with
@@ -174,7 +174,10 @@ def infnet_metrics(prob: np.ndarray, target: np.ndarray, thresholds: int = 256) 
     p = np.asarray(prob, dtype=np.float64)
     g = np.asarray(target).astype(bool)
     lo, hi = p.min(), p.max()
-    p = (p - lo) / (hi - lo) if hi > lo else np.zeros_like(p)
+    # MATLAB's mapminmax(x, 0, 1), as Inf-Net's main.m: a map whose range is 0 (or so small that 1 / range passes
+    # 1e14) is left as it is (gain 1, offset 0), not set to 0
+    if hi > lo and 1.0 / (hi - lo) <= 1e14:
+        p = (p - lo) / (hi - lo)
     mae = float(np.abs(p - g).mean())
     # Sort once and count pixels above each threshold for both classes.
     ts = np.linspace(0.0, 1.0, thresholds)

@@ -293,3 +293,20 @@ def test_an_all_lesion_image_leaves_the_infnet_specificity_to_the_others() -> No
     infnet = summarise([normal, lesion], BINARY).infnet
     assert infnet["meanSpe"] == pytest.approx(normal.infnet["meanSpe"])
     assert infnet["meanDic"] == pytest.approx((normal.infnet["meanDic"] + lesion.infnet["meanDic"]) / 2)
+
+
+@pytest.mark.parametrize("level", [1.0, 0.5, 0.0])
+def test_infnet_leaves_a_constant_map_as_matlabs_mapminmax_does(level: float) -> None:
+    # mapminmax(x, 0, 1) on a row of one value keeps it (gain 1, offset 0); before, covseg set the map to 0, so a map
+    # of 1.0 everywhere scored only at the threshold 0 (meanDic 0.0021 here instead of 0.529)
+    truth = np.zeros((10, 10), int)
+    truth[:6, :6] = 1  # 36 % lesion
+    out = infnet_metrics(np.full((10, 10), level), truth)
+    ts = np.linspace(0, 1, 256)
+    whole = 2 * 36 / (100 + 36)  # the whole image called lesion
+    assert out["meanDic"] == pytest.approx(whole * np.mean(ts <= level))
+    assert out["mae"] == pytest.approx(np.abs(level - truth).mean())
+    # a range too small for MATLAB's gain (1 / range > 1e14) counts as constant
+    almost = np.full((10, 10), 0.5)
+    almost[0, 0] += 1e-15
+    assert infnet_metrics(almost, truth)["meanDic"] == pytest.approx(whole * np.mean(ts <= 0.5), abs=1e-12)
