@@ -355,7 +355,9 @@ def check_output_folder(out_dir: Path, force: bool) -> None:
     without ``force``, or (even with ``force``) one holding anything but a finished pretraining's own files."""
     if not replacing_output(out_dir, force):
         return
-    others = sorted(p.name for p in out_dir.iterdir() if p.name not in PRETRAIN_OUTPUTS)
+    # a folder or link under one of the names is not what pretraining wrote (--force would delete what it holds)
+    others = sorted(p.name for p in out_dir.iterdir()
+                    if p.name not in PRETRAIN_OUTPUTS or p.is_symlink() or not p.is_file())
     if others or not (out_dir / PRETRAINED_FILE).is_file():
         held = f"it holds {others[0]}" if others else f"it has no {PRETRAINED_FILE}"
         raise CovsegError(f"{out_dir}: is not a pretraining folder ({held}), and --force replaces only what "

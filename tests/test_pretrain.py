@@ -495,3 +495,18 @@ def test_weights_that_became_infinite_are_not_saved(tmp_path: Path, monkeypatch:
                                  PretrainOptions(steps=1, batch_size=1, crop=0), progress=False,
                                  log=lambda message: None)
     assert not out.exists()
+
+
+def test_force_refuses_a_folder_holding_a_folder_under_a_pretraining_file_name(
+        unlabelled_data: Path, pretrained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # before: history.csv/notes.txt passed as a pretraining's history.csv, and --force deleted the notes
+    old = tmp_path / "old"
+    shutil.copytree(pretrained, old)
+    (old / "history.csv").unlink()
+    (old / "history.csv").mkdir()
+    (old / "history.csv" / "notes.txt").write_text("precious\n")
+    assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "--steps", "2", "--crop", "0",
+                 "--quiet", *PRETRAIN_OVERRIDES, "-o", str(old), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a pretraining folder (it holds history.csv)" in err and err.count("\n") == 1
+    assert (old / "history.csv" / "notes.txt").read_text() == "precious\n"
