@@ -731,8 +731,19 @@ def _validate_augment(augment: AugmentConfig, source: str) -> None:
 def config_from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
     """Build a :class:`RunConfig` from nested dicts, rejecting unknown keys, wrong types and bad values."""
     config = _build(RunConfig, data, source)
+    config.data.split = _canonical_split(config.data.split)
     _validate(config, source)
     return config
+
+
+def _canonical_split(split: str) -> str:
+    """``split`` as covseg writes it: ``cv:01`` holds out the images of ``cv:1``, and is ``cv:1`` (so that run folders,
+    pseudo-label folds and ``train.init`` compare it alike); anything else as given (a bad name is refused later)."""
+    try:
+        kind, fold = parse_split_name(split)
+    except CovsegError:
+        return split
+    return f"cv:{fold}" if kind == "cv" else split
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -384,3 +384,10 @@ def test_a_switch_written_as_another_number_is_refused(tmp_path: Path) -> None:
     recipe.write_text("model:\n  attention: 2\n", encoding="utf-8")
     with pytest.raises(CovsegError, match=re.escape("model.attention: expected true/false, got 2")):
         load_recipe(str(recipe))
+
+
+def test_a_fold_written_with_a_leading_zero_is_the_same_split() -> None:
+    # cv:01 holds out cv:1's images; before, it was kept as typed, and pseudo-label folds and train.init (which
+    # compare the names) refused it with a false reason
+    assert apply_overrides(load_recipe("default"), ["data.split=cv:01"]).data.split == "cv:1"
+    assert apply_overrides(load_recipe("default"), ["data.split=official"]).data.split == "official"
