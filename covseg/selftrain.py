@@ -250,7 +250,8 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
     masks = out_dir / "masks"
     masks.mkdir(parents=True)
     rows, kept, lesion, digests = [], 0, [], {}
-    bar = tqdm(total=len(samples), desc=f"pseudo-label {run_dir.name}", unit="slice", disable=not progress,
+    teacher = run_dir.resolve().name  # a teacher given as "." has no name of its own
+    bar = tqdm(total=len(samples), desc=f"pseudo-label {teacher}", unit="slice", disable=not progress,
                dynamic_ncols=True)
     for sample, probs in zip(samples, predictor(images)):
         labels, fraction, confidence = slice_statistics(probs)
@@ -266,7 +267,7 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
         rows.append(row)
         bar.update(1)
     bar.close()
-    summary = {"teacher": str(run_dir.resolve()), "checkpoint": info["file"], "backend": backends_used(predictor),
+    summary = {"teacher": str(run_dir.resolve()), "checkpoint": str(Path(info["file"]).resolve()), "backend": backends_used(predictor),
                "task": config.data.task,
                "data": str(Path(data).resolve()), "rule": asdict(rule), "teacher_images": seen,
                "kept": kept, "total": len(rows), "slices": rows}
@@ -274,9 +275,9 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
         summary["grey_reference"] = [round(float(v), 6) for v in reference]
     atomic_write_text(out_dir / PSEUDO_FILE, json.dumps(summary, indent=1) + "\n")
     if kept:
-        log(f"{run_dir.name}: kept {kept} of {len(rows)} slices as pseudo-labels")
+        log(f"{teacher}: kept {kept} of {len(rows)} slices as pseudo-labels")
     else:
-        print(f"covseg: warning: {run_dir.name}: kept none of {len(rows)} slices as pseudo-labels "
+        print(f"covseg: warning: {teacher}: kept none of {len(rows)} slices as pseudo-labels "
               f"({_limits(asdict(rule))}); {_relax_advice(rule, lesion)}", file=sys.stderr, flush=True)
     return summary
 

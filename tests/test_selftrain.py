@@ -424,3 +424,17 @@ def test_the_rules_limits_are_inclusive_and_an_empty_slice_is_never_kept() -> No
     assert not keeps(PseudoLabelRule(0, 0, 1), 0.0, 0.0)  # no lesion: never kept, even by the loosest rule
     # the limits may meet: one fraction only, and a confidence of exactly 1
     assert keeps(PseudoLabelRule(min_confidence=1.0, min_fraction=0.25, max_fraction=0.25), 0.25, 1.0)
+
+
+def test_a_teacher_given_as_dot_is_named_and_its_checkpoint_recorded_in_full(teacher_cv: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # before: ": kept 8 of 8 slices" (the name of ".") and "checkpoint": "last.pt" (relative to where it ran)
+    monkeypatch.chdir(teacher_cv / "fold-0")
+    assert main(["pseudo-label", ".", "-o", str(tmp_path / "pl"), "--min-confidence", "0", "--min-fraction", "0",
+                 "--max-fraction", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "fold-0: kept " in err and "\n: kept" not in "\n" + err
+    summary = json.loads((tmp_path / "pl" / "pseudo.json").read_text())
+    assert summary["teacher"] == str((teacher_cv / "fold-0").resolve())
+    assert summary["checkpoint"] == str((teacher_cv / "fold-0" / "last.pt").resolve())
