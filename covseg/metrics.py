@@ -163,9 +163,9 @@ def infnet_metrics(prob: np.ndarray, target: np.ndarray, thresholds: int = 256) 
     """Inf-Net's binary evaluation (Fan et al., TMI 2020) of one image.
 
     ``prob``: ``(H, W)`` foreground probability; ``target``: ``(H, W)`` {0, 1}. The map is min-max
-    normalised (a constant map left as it is, as MATLAB's ``mapminmax``), binarised at ``thresholds`` evenly spaced thresholds ``t`` in [0, 1] (foreground where
-    ``p >= t``, as Inf-Net's ``Fmeasure_calu``), and Dice, sensitivity and specificity are averaged over
-    the thresholds (``meanDic``, ``meanSen``, ``meanSpe``); ``mae`` is the mean absolute error of the
+    normalised (a constant map left as it is, as MATLAB's ``mapminmax``), binarised at ``thresholds`` evenly
+    spaced thresholds ``t`` in [0, 1] (foreground where ``p >= t``, as Inf-Net's ``Fmeasure_calu``), and Dice,
+    sensitivity and specificity are averaged over the thresholds (``meanDic``, ``meanSen``, ``meanSpe``); ``mae`` is the mean absolute error of the
     normalised map against the truth. As in ``Fmeasure_calu``, all three figures are 0 at a threshold with
     no true positive (so an image without lesion scores 0, and specificity there is 0, not TN/(TN+FP)). An image that
     is lesion everywhere has no negative pixel, so its specificity is undefined: ``meanSpe`` is NaN (as TN/(TN+FP) is

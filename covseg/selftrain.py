@@ -267,8 +267,8 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
         rows.append(row)
         bar.update(1)
     bar.close()
-    summary = {"teacher": str(run_dir.resolve()), "checkpoint": str(Path(info["file"]).resolve()), "backend": backends_used(predictor),
-               "task": config.data.task,
+    summary = {"teacher": str(run_dir.resolve()), "checkpoint": str(Path(info["file"]).resolve()),
+               "backend": backends_used(predictor), "task": config.data.task,
                "data": str(Path(data).resolve()), "rule": asdict(rule), "teacher_images": seen,
                "kept": kept, "total": len(rows), "slices": rows}
     if reference is not None:

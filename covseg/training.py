@@ -179,9 +179,9 @@ def class_balanced_weights(masks: torch.Tensor) -> torch.Tensor:
     """Draw weights ``(N,)`` of ``N`` label maps ``masks`` ``(N, H, W)`` (0 background, 1.. the foreground classes).
 
     A slice's weight is the sum, over the foreground classes its label map holds, of 1 / the number of slices holding
-    that class; a slice without foreground weighs 1 / the number of such slices. So slices of a class held by few
-    slices are drawn more often, and every class (and the empty slices as a group) gets one share of the weights
-    for each of its slices' classes. The weights sum to the number of foreground classes present, plus 1 where any
+    that class; a slice without foreground weighs 1 / the number of such slices. So the slices holding a class carry
+    one unit of weight for it between them (the empty slices one unit together), and slices of a class held by few
+    slices are drawn more often. The weights sum to the number of foreground classes present, plus 1 where any
     slice is empty.
     """
     flat = masks.reshape(masks.shape[0], -1)
