@@ -162,14 +162,14 @@ def per_image_counts(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
 def infnet_metrics(prob: np.ndarray, target: np.ndarray, thresholds: int = 256) -> dict[str, float]:
     """Inf-Net's binary evaluation (Fan et al., TMI 2020) of one image.
 
-    ``prob``: ``(H, W)`` foreground probability; ``target``: ``(H, W)`` {0, 1}. The map is min-max
-    normalised (a constant map left as it is, as MATLAB's ``mapminmax``), binarised at ``thresholds`` evenly
-    spaced thresholds ``t`` in [0, 1] (foreground where ``p >= t``, as Inf-Net's ``Fmeasure_calu``), and Dice,
-    sensitivity and specificity are averaged over the thresholds (``meanDic``, ``meanSen``, ``meanSpe``); ``mae`` is the mean absolute error of the
-    normalised map against the truth. As in ``Fmeasure_calu``, all three figures are 0 at a threshold with
-    no true positive (so an image without lesion scores 0, and specificity there is 0, not TN/(TN+FP)). An image that
-    is lesion everywhere has no negative pixel, so its specificity is undefined: ``meanSpe`` is NaN (as TN/(TN+FP) is
-    0/0 in ``Fmeasure_calu``), and means over images skip it.
+    ``prob``: ``(H, W)`` foreground probability; ``target``: ``(H, W)`` {0, 1}. The map is min-max normalised (a
+    constant map left as it is, as MATLAB's ``mapminmax``), binarised at ``thresholds`` evenly spaced thresholds
+    ``t`` in [0, 1] (foreground where ``p >= t``, as Inf-Net's ``Fmeasure_calu``), and Dice, sensitivity and
+    specificity are averaged over the thresholds (``meanDic``, ``meanSen``, ``meanSpe``); ``mae`` is the mean
+    absolute error of the normalised map against the truth. As in ``Fmeasure_calu``, all three figures are 0 at a
+    threshold with no true positive (so an image without lesion scores 0, and specificity there is 0, not
+    TN/(TN+FP)). An image that is lesion everywhere has no negative pixel, so its specificity is undefined:
+    ``meanSpe`` is NaN (as TN/(TN+FP) is 0/0 in ``Fmeasure_calu``), and means over images skip it.
     """
     p = np.asarray(prob, dtype=np.float64)
     g = np.asarray(target).astype(bool)
