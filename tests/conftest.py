@@ -74,6 +74,26 @@ class ConstantBackend:
         return self.values.expand(x.shape[0], -1, *x.shape[-2:]).clone()
 
 
+class ConstantLogits(torch.nn.Module):
+    """A network (tests) whose logits ``(B, C, H, W)`` equal ``logits`` (``C`` of them, trainable) at every pixel."""
+
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor(logits).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1, x.shape[2], x.shape[3])
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (just freed): a mirror URL that cannot be reached."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads_restored() -> object:
     """Every test leaves torch's intra-op thread count as it found it: a run given ``train.threads`` in-process, or a

@@ -14,7 +14,7 @@ from covseg.config import apply_overrides, load_recipe
 from covseg.distill import DistillTerm, check_teachers, distillation_loss, load_teachers, teacher_paths
 from covseg.errors import CovsegError
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, ConstantLogits
 
 
 def test_distillation_loss_by_hand() -> None:
@@ -44,17 +44,8 @@ def test_the_term_pulls_the_student_towards_the_teachers() -> None:
     assert logits.grad[0, 0, 0, 0] < 0 < logits.grad[0, 1, 0, 0]  # a descent step raises class 0
 
 
-class _Constant(torch.nn.Module):
-    def __init__(self, logits: list[float]) -> None:
-        super().__init__()
-        self.logits = torch.nn.Parameter(torch.tensor(logits).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits.expand(x.shape[0], -1, x.shape[2], x.shape[3])
-
-
 def test_teachers_are_averaged_after_softening() -> None:
-    term = DistillTerm([_Constant([0.0, 0.0]), _Constant([0.0, 2.0])], weight=0.5, temperature=2.0,
+    term = DistillTerm([ConstantLogits([0.0, 0.0]), ConstantLogits([0.0, 2.0])], weight=0.5, temperature=2.0,
                        device=torch.device("cpu"), dtype=torch.float32)
     probs = term.targets(torch.zeros(2, 1, 3, 3))
     q1 = math.e / (1 + math.e)  # softmax([0, 2] / 2)[1]

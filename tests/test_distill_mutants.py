@@ -15,18 +15,7 @@ from covseg.distill import (DistillTerm, _norm_failing_on_1x1, check_teachers, c
                             distillation_loss, held_out_seen)
 from covseg.errors import CovsegError
 
-from conftest import TINY_OVERRIDES
-
-
-class _Constant(torch.nn.Module):
-    """Logits ``logits`` at every pixel."""
-
-    def __init__(self, logits: list[float]) -> None:
-        super().__init__()
-        self.logits = torch.nn.Parameter(torch.tensor(logits).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits.expand(x.shape[0], -1, x.shape[2], x.shape[3])
+from conftest import TINY_OVERRIDES, ConstantLogits
 
 
 def _term(teachers: list[torch.nn.Module], temperature: float = 2.0) -> DistillTerm:
@@ -35,7 +24,7 @@ def _term(teachers: list[torch.nn.Module], temperature: float = 2.0) -> DistillT
 
 @pytest.mark.parametrize("logits", [[[0.0, 2.0]], [[0.0, 0.0], [0.0, 2.0], [4.0, 0.0]]])
 def test_the_targets_are_the_mean_of_any_number_of_teachers_softened_probabilities(logits: list) -> None:
-    probs = _term([_Constant(t) for t in logits]).targets(torch.zeros(1, 1, 2, 2))
+    probs = _term([ConstantLogits(t) for t in logits]).targets(torch.zeros(1, 1, 2, 2))
     # by hand at T = 2: softmax([0, 0]) = [0.5, 0.5], softmax([0, 1]), softmax([2, 0])
     soft = [[math.exp(v / 2) / sum(math.exp(u / 2) for u in t) for v in t] for t in logits]
     expected = [sum(s[c] for s in soft) / len(soft) for c in range(2)]

@@ -5,7 +5,6 @@ import functools
 import http.server
 import os
 import shutil
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,8 @@ import pytest
 
 from covseg import download as dl
 from covseg.errors import CovsegError
+
+from conftest import free_loopback_port
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid-semiseg"
 NAME = "covid-semiseg"
@@ -324,9 +325,7 @@ def test_missing_training_file_is_an_error(mirror: Path, tmp_path: Path,
 
 
 def test_unreachable_url_and_missing_dir(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_loopback_port()
     with pytest.raises(CovsegError, match=r"cannot reach http://127\.0\.0\.1:\d+/.*--mirror"):
         dl.download(NAME, tmp_path, mirror=f"http://127.0.0.1:{port}/", progress=False)
     assert not dl.dataset_root(tmp_path, NAME).exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import http.server
 import re
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +14,8 @@ import pytest
 
 from covseg import download as dl
 from covseg.errors import CovsegError
+
+from conftest import free_loopback_port
 
 NAME = "covid-semiseg"
 TRAIN = "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/1.jpg"
@@ -75,9 +76,7 @@ def test_an_empty_mirror_variable_means_upstream(monkeypatch: pytest.MonkeyPatch
 
 
 def test_an_upper_case_url_scheme_is_a_url(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_loopback_port()
     with pytest.raises(CovsegError, match=rf"^cannot reach HTTP://127\.0\.0\.1:{port}/Dataset/"):
         dl.download(NAME, tmp_path, mirror=f"HTTP://127.0.0.1:{port}/", progress=False)
 
