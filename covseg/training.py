@@ -117,7 +117,8 @@ def epoch_average(model: nn.Module) -> AveragedModel:
 
     Each :meth:`~torch.optim.swa_utils.AveragedModel.update_parameters` call (once per epoch, after the epoch)
     adds the current weights with weight ``1 / n``: after ``n`` calls ``.module``'s parameters are the mean of
-    the ``n`` weight sets. Give the result batch-norm statistics of its own with :func:`recompute_batch_norm`.
+    the ``n`` weight sets, while its buffers (batch-norm statistics) are copies of the latest ``model``'s. Give the
+    result batch-norm statistics of its own with :func:`recompute_batch_norm`.
     """
     return AveragedModel(model, use_buffers=False)
 
