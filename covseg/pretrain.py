@@ -447,13 +447,15 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
             raise CovsegError(f"the restoration network's weights became infinite or NaN by step {step}; lower --lr "
                               f"({_left_as_it_was(out_dir)})")
     except KeyboardInterrupt:
-        log(f"interrupted at step {step + 1} of {options.steps}; nothing written ({_left_as_it_was(out_dir)})")
+        where = f"at step {step + 1} of {options.steps}" if step < options.steps else f"after its {step} steps"
+        log(f"interrupted {where}; nothing written ({_left_as_it_was(out_dir)})")
         raise
     finally:
         bar.close()
     payload = {"format": PRETRAINED_FORMAT, "version": __version__,
                "model_config": asdict(m), "normalize": d.normalize, "input_size": d.input_size,
-               "options": asdict(options), "steps": step, "slices": len(images), "data": str(data_path),
+               "options": asdict(options), "steps": step, "slices": len(images),
+               "data": str(Path(data_path).resolve()) if data_path else "",
                "slices_digest": digest, "run_config": config_to_dict(config),
                "model": cpu_state_dict(network)}
     try:  # again: something may have appeared at out_dir while the network trained

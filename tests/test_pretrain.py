@@ -510,3 +510,37 @@ def test_force_refuses_a_folder_holding_a_folder_under_a_pretraining_file_name(
     err = capsys.readouterr().err
     assert "is not a pretraining folder (it holds history.csv)" in err and err.count("\n") == 1
     assert (old / "history.csv" / "notes.txt").read_text() == "precious\n"
+
+
+def test_a_pretraining_records_its_data_folder_in_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: "data" held the path as typed, relative to wherever the command ran
+    import covseg.pretrain
+
+    (tmp_path / "slices").mkdir()
+    monkeypatch.chdir(tmp_path)
+    covseg.pretrain.pretrain(_tiny_config(), [np.zeros((40, 36), np.float32)] * 2, tmp_path / "out",
+                             PretrainOptions(steps=2, batch_size=1, crop=0), data_path="slices", progress=False,
+                             log=lambda message: None)
+    assert read_pretrained(tmp_path / "out")[1]["data"] == str((tmp_path / "slices").resolve())
+
+
+def test_ctrl_c_after_the_last_step_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: "interrupted at step 4 of 3"; Ctrl-C here arrives during the check of the weights after step 3
+    import covseg.pretrain
+
+    calls = {"n": 0}
+    real = torch.isfinite
+
+    def isfinite(tensor: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > 3:  # one loss check per step, then the weights
+            raise KeyboardInterrupt
+        return real(tensor)
+
+    monkeypatch.setattr(torch, "isfinite", isfinite)
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        covseg.pretrain.pretrain(_tiny_config(), [np.zeros((40, 36), np.float32)] * 2, tmp_path / "out",
+                                 PretrainOptions(steps=3, batch_size=1, crop=0), progress=False, log=said.append)
+    assert said[-1].startswith("interrupted after its 3 steps; nothing written"), said[-1]
+    assert not (tmp_path / "out").exists()
