@@ -173,5 +173,5 @@ def quantize_run(model: torch.nn.Module, config: RunConfig, inputs: dict[str, li
                                       for path in (fp32, out))
         agreement = int8_agreement(fp32_session, int8_session, check, inputs.get(f"{checked}_pixels"))
         del fp32_session, int8_session  # close the file before its folder goes
-    return {"covseg_precision": "int8", "covseg_int8_agreement": f"{agreement:.6f}",
+    return {"covseg_precision": "int8", "covseg_int8_agreement": repr(float(agreement)),
             "covseg_int8_checked_on": f"{sum(len(b) for b in check)} {'validation' if has_val else 'training'} slices"}
