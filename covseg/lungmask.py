@@ -365,7 +365,9 @@ def lung_mask(hu: np.ndarray, spacing: Sequence[float], closing_mm: float = CLOS
         region = _close_lung(sides == k, r) & (core == 0)
         if not region.any():
             continue
-        interior = ndimage.binary_erosion(region, structure=z_st, border_value=1)
+        # outside the volume counts as not lung: a lung that ends inside the first or last block of slices has its
+        # edge block decided at full resolution too (with border_value=1 the block was interior, its tissue lung)
+        interior = ndimage.binary_erosion(region, structure=z_st, border_value=0)
         filled = region & ~air  # dense voxels taken in by hole filling / closing
         core[(interior | filled) & (core == 0)] = k
         ring = ndimage.binary_dilation(region, structure=z_st) & ~interior & ~outside & ~airway

@@ -307,3 +307,16 @@ def test_touching_lungs_are_cut_at_a_junction_five_columns_off_the_midline():
     hu, boxes = _bridged((8, 23), (26, 52), (23, 26))
     mask = lung_mask(hu, S2, closing_mm=0.0)
     assert (mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all()
+
+
+def test_a_lung_ending_inside_the_first_or_last_block_of_slices_keeps_no_tissue_slice() -> None:
+    # 2-slice blocks at 1 mm slices and 2 mm pixels; the lungs fill slices 1-10 of 12. Before: the edge blocks
+    # counted as interior (outside the volume was taken for lung), and slices 0 and 11's tissue (1320 voxels at
+    # +40 HU) was labelled lung
+    hu = np.full((12, 40, 60), -1000.0, np.float32)
+    hu[:, 3:37, 3:57] = 40.0
+    hu[1:11, 8:32, 8:25] = -850.0
+    hu[1:11, 8:32, 35:52] = -850.0
+    mask = lung_mask(hu, (1.0, 2.0, 2.0))
+    assert not mask[hu > 0].any()
+    assert (mask > 0).sum() == 10 * 24 * 34 and set(np.unique(mask[1:11, 8:32, 8:25])) == {1}
