@@ -202,6 +202,10 @@ class TrainConfig:
     # match, so all but the output heads): self-supervised pretraining on unlabelled slices; or from a trained run
     # (its folder: last.pt) of the same network and split, to fine-tune it. "" = random weights
     init: str = ""
+    # which of train.init's tensors to copy: "all" (every one whose name and shape match) | "encoder" (the
+    # contracting path's only, `encoders.*`: the decoder, up-samplers and heads start from random weights, the usual
+    # transfer-learning split; a restoration network's decoder learnt to paint grey levels back)
+    init_parts: str = "all"
     # knowledge distillation (covseg.distill; Hinton et al. 2015): trained runs of the same task and split (folders or
     # .pt files, separated by commas; {fold} is the fold of a cv:K split) whose averaged probabilities, softened at
     # distill_temperature, the student's follow through a KL term of weight distill_weight. "" = none
@@ -404,6 +408,7 @@ _CHOICES = {
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "schedule"): ("constant", "cosine", "onecycle"),
     ("train", "sampling"): ("uniform", "class_balanced"),  # covseg.training.SAMPLINGS
+    ("train", "init_parts"): ("all", "encoder"),  # covseg.pretrain.INIT_PARTS
     ("train", "precision"): ("auto", "fp32", "bf16"),
     ("train", "device"): ("cpu", "cuda", "auto"),
 }
@@ -595,7 +600,7 @@ def check_new_run(config: RunConfig) -> None:
     ``model.deep_supervision`` at ``model.depth=1`` (no decoder level below the top, so no aux head: ignored), and an
     option set away from its default where the settings never read it (:func:`_unread_options`: ``data.val_fraction``
     on a split other than official, ``data.folds`` on one other than cv:K, ``train.momentum`` without SGD, the
-    consistency, distillation and pseudo-label options without the setting they tune) raise a one-line
+    consistency, distillation, pseudo-label and ``train.init_parts`` options without the setting they tune) raise a one-line
     :class:`CovsegError`."""
     t, m = config.train, config.model
     if t.lr > MAX_LR:  # older versions took it: a saved run may hold one
@@ -626,6 +631,9 @@ def check_new_run(config: RunConfig) -> None:
     if m.deep_supervision and m.depth == 1:  # the aux heads sit on the decoder levels below the top: none at depth 1
         raise CovsegError("model.deep_supervision is true but model.depth is 1, which has no coarser decoder level to "
                           "supervise; set model.depth to 2 or more, or model.deep_supervision=false")
+    if t.init_parts != "all" and not t.init:  # a string option: _unread_options formats numbers
+        raise CovsegError(f"train.init_parts={t.init_parts} only acts with train.init (empty here); drop "
+                          "train.init_parts or set train.init to a pretraining folder")
     unread = _unread_options(config)
     if unread:
         option, value, needs, now = unread[0]

@@ -52,10 +52,12 @@ from covseg.transforms import random_crop, stack_resized
 
 __all__ = ["PRETRAINED_FORMAT", "PRETRAINED_FILE", "PRETRAIN_OUTPUTS", "PretrainOptions", "corrupt_slice",
            "corrupt_batch", "restoration_network", "check_options", "check_output_folder", "pretrain", "pretrained_path",
-           "read_pretrained", "check_pretrained", "init_from_pretrained"]
+           "read_pretrained", "check_pretrained", "init_from_pretrained", "INIT_PARTS", "ENCODER_PREFIX"]
 
 PRETRAINED_FORMAT = "covseg-pretrained-1"
 PRETRAINED_FILE = "pretrained.pt"
+INIT_PARTS = ("all", "encoder")  # train.init_parts
+ENCODER_PREFIX = "encoders."  # the contracting path's tensors in U-Net and SegNet alike (covseg.models)
 MIN_SIDE = 16  # the smallest slice side the corruptions take
 
 
@@ -296,11 +298,14 @@ def check_pretrained(path: str | Path, config: RunConfig, held_out: Collection[s
 
 def init_from_pretrained(model: nn.Module, path: str | Path, config: RunConfig) -> list[str]:
     """Copy into ``model`` (built from ``config``) every tensor of the pretrained checkpoint at ``path`` whose name
-    and shape match; returns the names of ``model``'s tensors left as they were (a pretraining's output heads;
-    none for a trained run of the same task, whose heads fit too)."""
+    and shape match, and, under ``train.init_parts=encoder``, whose name is in the contracting path
+    (:data:`ENCODER_PREFIX`); returns the names of ``model``'s tensors left as they were (a pretraining's output
+    heads, and with ``encoder`` the whole decoder; none for a trained run of the same task under ``all``)."""
     file, data = check_pretrained(path, config)
     own = model.state_dict()
-    copied = {k: v for k, v in data["model"].items() if k in own and own[k].shape == v.shape}
+    wanted = ENCODER_PREFIX if config.train.init_parts == "encoder" else ""
+    copied = {k: v for k, v in data["model"].items()
+              if k.startswith(wanted) and k in own and own[k].shape == v.shape}
     if not copied:
         raise CovsegError(f"{file}: none of its weights fit this {config.model.name}; pretrain it again")
     model.load_state_dict(copied, strict=False)

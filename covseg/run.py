@@ -558,7 +558,8 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     if pretrained is not None:
         fresh = init_from_pretrained(core, pretrained, config)
         heads = ", ".join(sorted({k.split(".")[0] for k in fresh}))
-        log(f"weights from {pretrained}; " + (f"output heads start afresh ({heads})" if fresh else "every tensor copied"))
+        kept = "the encoder's" if t.init_parts == "encoder" else "its"
+        log(f"{kept} weights from {pretrained}; " + (f"afresh: {heads}" if fresh else "every tensor copied"))
     core = core.to(device).to(memory_format=training_memory_format(device))
     model = core
     if dist.enabled:

@@ -353,6 +353,19 @@ def test_the_configs_model_and_loss_names_are_the_registries() -> None:
 
     assert set(_CHOICES["model", "name"]) == set(MODELS) and set(_CHOICES["train", "loss"]) == set(LOSSES)
     assert set(_CHOICES["train", "sampling"]) == set(SAMPLINGS)
+    from covseg.pretrain import INIT_PARTS
+    assert set(_CHOICES["train", "init_parts"]) == set(INIT_PARTS)
+
+
+def test_init_parts_takes_its_choices_and_needs_train_init() -> None:
+    from covseg.config import check_new_run
+    with pytest.raises(CovsegError, match="train.init_parts.*encoder"):
+        apply_overrides(load_recipe("default"), ["train.init_parts=decoder"])
+    config = apply_overrides(load_recipe("default"), ["train.init_parts=encoder"])
+    with pytest.raises(CovsegError, match=r"^train.init_parts=encoder only acts with train.init \(empty here\)"):
+        check_new_run(config)
+    check_new_run(apply_overrides(load_recipe("default"), ["train.init_parts=encoder", "train.init=runs/x"]))
+    check_new_run(apply_overrides(load_recipe("default"), ["train.init_parts=all"]))  # the default: nothing unread
 
 
 def test_an_unknown_sampling_is_refused_with_the_choices() -> None:

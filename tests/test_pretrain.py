@@ -120,6 +120,23 @@ def test_init_copies_all_but_the_output_heads(pretrained: Path) -> None:
             assert torch.equal(value, saved[key]), key
 
 
+def test_init_parts_encoder_copies_only_the_contracting_path(pretrained: Path) -> None:
+    config = _tiny_config("model.deep_supervision=true", "train.init_parts=encoder", f"train.init={pretrained}")
+    model = build_model(config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = init_from_pretrained(model, pretrained, config)
+    saved = read_pretrained(pretrained)[1]["model"]
+    assert set(fresh) == {k for k in before if not k.startswith("encoders.")}
+    assert {k.split(".")[0] for k in fresh} == {"decoders", "upsamplers", "aux_heads", "head"}
+    for key, value in model.state_dict().items():
+        if key.startswith("encoders."):  # the bottleneck (the last encoder) too
+            assert torch.equal(value, saved[key]), key
+        else:  # the decoder keeps its random weights, though the pretraining's fit it
+            assert torch.equal(value, before[key]), key
+            if key in saved and saved[key].shape == value.shape and value.is_floating_point():
+                assert not torch.equal(value, saved[key]), key
+
+
 def test_init_refuses_another_network_or_normalisation(pretrained: Path, tmp_path: Path) -> None:
     with pytest.raises(CovsegError, match="model.width 4 there, 8 here"):
         init_from_pretrained(build_model(_tiny_config("model.width=8")), pretrained, _tiny_config("model.width=8"))
@@ -183,6 +200,22 @@ def test_a_run_starts_from_the_pretrained_weights(unlabelled_data: Path, pretrai
         if pretrained.exists():
             shutil.rmtree(pretrained)
         moved.rename(pretrained)
+
+
+def test_a_run_starts_its_encoder_only_from_the_pretrained_weights(unlabelled_data: Path, pretrained: Path,
+                                                                   tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(unlabelled_data), "--split", "cv:0", "--epochs", "1",
+                 "-o", str(run), "--quiet", *TINY_OVERRIDES, f"train.init={pretrained}", "train.init_parts=encoder",
+                 "train.lr=1e-12"]) == 0
+    err = capsys.readouterr().err
+    assert f"the encoder's weights from {pretrained}" in err and "decoders" in err and "upsamplers" in err
+    trained = read_checkpoint(run / "last.pt")["model"]
+    saved = read_pretrained(pretrained)[1]["model"]
+    assert torch.allclose(trained["encoders.0.0.weight"], saved["encoders.0.0.weight"], atol=1e-6)
+    assert not torch.allclose(trained["decoders.0.0.weight"], saved["decoders.0.0.weight"], atol=1e-3)
+    assert read_checkpoint(run / "last.pt")["config"]["train"]["init_parts"] == "encoder"
 
 
 def test_pretraining_a_segnet_fits_a_segnet(unlabelled_data: Path, tmp_path: Path) -> None:
