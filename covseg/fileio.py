@@ -98,6 +98,26 @@ def _relabelled(err: OSError, filename: str) -> OSError:
     return err
 
 
+def _sync(path: Path) -> None:
+    """Flush ``path`` (a file's contents, or a folder's entries after a rename) to the disk, so that a crash or power
+    cut just after :func:`atomic_path` leaves the old file or the whole new one, not an empty one under the final
+    name (a rename may reach the disk before the data it names). A folder that cannot be opened for reading, or a
+    file system that cannot sync a folder, is let be: the rename itself is still atomic."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if not path.is_dir():
+            raise
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` if the block succeeds.
@@ -106,7 +126,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     ``final``'s format suffix (``.nii.gz`` for gzipped NIfTI, else the last one) so writers that pick a format by
     extension (PIL, nibabel, matplotlib) still work. On error the temporary file is removed, so are the folders
     made for ``final`` (when nothing else was written in them), and an OSError about the temporary file (a
-    read-only folder, a full disk) names ``final`` instead.
+    read-only folder, a full disk) names ``final`` instead. The file is synced to the disk before the rename, and
+    its folder after it.
     """
     final = Path(final)
     suffix = f".part{_format_suffix(final.name)}"
@@ -124,7 +145,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         tmp_path = Path(tmp)
         try:
             yield tmp_path
+            _sync(tmp_path)
             os.replace(tmp_path, final)
+            _sync(final.parent)
         except OSError as err:
             if err.filename is None or Path(os.fsdecode(err.filename)) != tmp_path:
                 raise

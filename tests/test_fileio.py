@@ -237,3 +237,27 @@ def test_staging_folder_is_made_inside_an_existing_folder_else_beside_it(tmp_pat
     beside = staging_folder(tmp_path / "new" / "run")  # its parent made as needed
     assert beside.parent == tmp_path / "new" and beside.name.startswith(".run.") and beside.name.endswith(".part")
     assert beside.is_dir() and not (tmp_path / "new" / "run").exists()
+
+
+def test_atomic_path_syncs_the_file_before_the_rename_and_its_folder_after(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    final = tmp_path / "out" / "metrics.json"
+    atomic_write_text(final, "{}")
+    assert final.read_text() == "{}"
+    (kind0, synced), (kind1, replaced), (kind2, folder) = events
+    assert (kind0, kind1, kind2) == ("fsync", "replace", "fsync")
+    assert Path(synced).name.startswith(".metrics.json.") and Path(synced).parent == final.parent
+    assert replaced == str(final) and folder == str(final.parent)
