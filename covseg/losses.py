@@ -25,12 +25,18 @@ def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> n
 
     ``f_c`` = pixels of class ``c`` / total pixels of the images in which ``c`` appears. Classes that
     appear in no mask get weight 0 (they cannot be learnt; e.g. pleural effusion in COVID-SemiSeg) and
-    are left out of the median. Returns ``(num_classes,)`` float64.
+    are left out of the median. Returns ``(num_classes,)`` float64. A mask holding an id outside
+    ``0 .. num_classes - 1`` (labels not yet mapped to the task's classes) is refused in one line.
     """
     class_pixels = np.zeros(num_classes, dtype=np.float64)
     image_pixels = np.zeros(num_classes, dtype=np.float64)
     for mask in masks:
-        counts = np.bincount(np.asarray(mask, dtype=np.int64).ravel(), minlength=num_classes)[:num_classes]
+        ids = np.asarray(mask, dtype=np.int64).ravel()
+        if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise CovsegError(f"cannot compute class weights: a training mask holds label {bad}, outside the "
+                              f"{num_classes} classes 0..{num_classes - 1}; map the masks to the task's classes first")
+        counts = np.bincount(ids, minlength=num_classes)
         class_pixels += counts
         image_pixels += np.where(counts > 0, mask.size, 0)
     present = image_pixels > 0

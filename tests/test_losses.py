@@ -22,6 +22,15 @@ def test_median_frequency_weights_hand_computed() -> None:
     assert w[1] > w[2] > w[0]  # rare classes weigh more
 
 
+def test_median_frequency_weights_refuse_a_label_outside_the_classes() -> None:
+    ok = np.array([[0, 1], [1, 1]])
+    for bad, label in ((np.array([[0, 2], [1, 1]]), 2), (np.array([[0, -1], [1, 1]]), -1)):
+        with pytest.raises(CovsegError, match=rf"^cannot compute class weights: a training mask holds label {label}, "
+                                              r"outside the 2 classes 0\.\.1"):
+            median_frequency_weights([ok, bad], 2)
+    assert np.allclose(median_frequency_weights([ok], 2), [2.0, 2 / 3])  # f = 1/4, 3/4; median 1/2
+
+
 def test_median_frequency_weights_empty() -> None:
     with pytest.raises(CovsegError):
         median_frequency_weights([], 2)
