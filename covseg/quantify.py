@@ -201,12 +201,15 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
     }
 
 
-def remove_small_components(labels: np.ndarray, spacing: Sequence[float], min_volume_ml: float) -> np.ndarray:
+def remove_small_components(labels: np.ndarray, spacing: Sequence[float], min_volume_ml: float,
+                            separate: Collection[int] = ()) -> np.ndarray:
     """Drop lesions smaller than ``min_volume_ml``; returns a new label map of the same dtype.
 
     Components are taken over all lesion classes together (label > 0) with 3-D 26-connectivity, so a
     consolidation core inside a GGO patch counts with the patch; a component is removed whole (all its
-    classes set to 0) when its volume is below ``min_volume_ml``. ``min_volume_ml <= 0`` removes nothing.
+    classes set to 0) when its volume is below ``min_volume_ml``. The classes in ``separate`` (findings outside the
+    lung by nature: pleural effusion) form components of their own, so a lung lesion speck touching an effusion is
+    judged by its own size, not the effusion's. ``min_volume_ml <= 0`` removes nothing.
     Shape: ``(Z, Y, X)``, ``spacing`` ``(Z, Y, X)`` mm.
     """
     labels = np.asarray(labels)
@@ -214,11 +217,15 @@ def remove_small_components(labels: np.ndarray, spacing: Sequence[float], min_vo
     if min_volume_ml <= 0 or not labels.any():
         return out
     voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
-    lab, n = ndimage.label(labels > 0, structure=np.ones((3,) * labels.ndim, bool))
-    # a component of exactly min_volume_ml stays, whatever the rounding of voxel_ml
-    small = np.bincount(lab.ravel()) * voxel_ml < min_volume_ml * (1.0 - 1e-9)
-    small[0] = False
-    out[small[lab]] = 0
+    apart = np.isin(labels, list(separate)) if separate else np.zeros(labels.shape, bool)
+    for group in ((labels > 0) & ~apart, apart):
+        if not group.any():
+            continue
+        lab, n = ndimage.label(group, structure=np.ones((3,) * labels.ndim, bool))
+        # a component of exactly min_volume_ml stays, whatever the rounding of voxel_ml
+        small = np.bincount(lab.ravel()) * voxel_ml < min_volume_ml * (1.0 - 1e-9)
+        small[0] = False
+        out[small[lab]] = 0
     return out
 
 

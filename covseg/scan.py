@@ -170,7 +170,8 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
         kept = restrict_to_lungs(lesions, lungs, keep=scheme.pleural).astype(np.uint8)
         gone = np.where(lesions != kept, lesions, np.uint8(0))
         if options.min_lesion_ml > 0:  # only what the small-component filter below would have left: no warning
-            gone = remove_small_components(gone, volume.spacing, options.min_lesion_ml)  # for specks apart
+            gone = remove_small_components(gone, volume.spacing, options.min_lesion_ml,  # for specks apart
+                                           separate=scheme.pleural)
         dropped = int(np.count_nonzero(gone))
         if dropped:
             ml = dropped * float(np.prod(volume.spacing)) / 1000.0
@@ -179,7 +180,8 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
                             "keeps it")
         lesions = kept
     if options.min_lesion_ml > 0:
-        lesions = remove_small_components(lesions, volume.spacing, options.min_lesion_ml).astype(np.uint8)
+        lesions = remove_small_components(lesions, volume.spacing, options.min_lesion_ml,
+                                          separate=scheme.pleural).astype(np.uint8)
     figures = quantify(lesions, lungs, volume.spacing, dict(enumerate(scheme.names)), scheme.pleural,
                        midline_x=midline)
     seconds["quantify"] = time.perf_counter() - tick

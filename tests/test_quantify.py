@@ -173,6 +173,22 @@ def test_remove_small_components_counts_all_classes_together():
     assert np.array_equal(remove_small_components(labels, (1.0, 1.0, 1.0), 0.0), labels)
 
 
+def test_a_lung_lesion_speck_touching_an_effusion_is_judged_by_its_own_size():
+    labels = np.zeros((4, 10, 10), np.uint8)
+    labels[:, :, 6:] = 3  # a 160-voxel effusion
+    labels[1, 4, 5] = 1  # a 1-voxel GGO speck touching it
+    labels[2, 0, 0] = 3  # a 1-voxel effusion apart: removed as any speck
+    out = remove_small_components(labels, (1.0, 1.0, 1.0), min_volume_ml=0.005, separate=(3,))
+    expected = labels.copy()
+    expected[1, 4, 5] = expected[2, 0, 0] = 0
+    assert np.array_equal(out, expected)
+    # without `separate`, the speck joins the effusion's component and stays (the behaviour before session 62)
+    assert remove_small_components(labels, (1.0, 1.0, 1.0), min_volume_ml=0.005)[1, 4, 5] == 1
+    big = labels.copy()
+    big[1, 2:5, 2:5] = 1  # a 9-voxel GGO lesion touching the effusion stays with or without it
+    assert np.array_equal(remove_small_components(big, (1.0, 1.0, 1.0), 0.005, separate=(3,))[1], big[1])
+
+
 def test_a_lesion_of_exactly_the_smallest_volume_stays():
     labels = np.zeros((4, 10, 10), np.uint8)
     labels[1, 2, 2:7], labels[1, 3, 2:7] = 1, 1  # 10 voxels of 3 x 0.6 x 0.6 mm: 0.0108 mL

@@ -227,6 +227,34 @@ def test_effusion_is_kept_outside_the_lungs_and_is_not_involvement(tmp_path: Pat
     assert "pleural_effusion" not in total["class_percent"]
 
 
+def test_a_lung_lesion_speck_beside_an_effusion_is_dropped_as_any_speck(tmp_path: Path) -> None:
+    from covseg.labels import MULTICLASS
+    from covseg.scan import ScanOptions, segment_scan
+    from covseg.volumes import read_volume
+
+    hu, _ = chest_phantom(shape=(6, 96, 96), spacing=(2.5, 0.8, 0.8))
+    nib.save(nib.Nifti1Image(np.transpose(hu, (2, 1, 0)).astype(np.int16), np.diag([-0.8, -0.8, 2.5, 1.0])),
+             str(tmp_path / "chest.nii.gz"))
+    volume = read_volume(tmp_path / "chest.nii.gz")
+
+    class EffusionWithASpeck:  # effusion over each lung crop but its centre pixel, which is GGO
+        batch_size = 4
+
+        def __call__(self, crops):
+            out = []
+            for c in crops:
+                probs = np.stack([np.zeros(c.shape), np.zeros(c.shape), np.zeros(c.shape), np.ones(c.shape)])
+                probs[1, c.shape[0] // 2, c.shape[1] // 2] = 2.0
+                out.append(probs)
+            return out
+
+    options = ScanOptions(min_lesion_ml=0.05, inside_lungs_only=False)  # one voxel 0.0016 mL, 6 slices 0.0096 mL
+    result = segment_scan(volume, EffusionWithASpeck(), MULTICLASS, options, progress=False)
+    assert not (result.lesions == 1).any()  # the GGO column is below 0.05 mL on its own
+    assert (result.lesions == 3).sum() > 1000  # the effusion stays
+    assert result.figures["total"]["class_ml"]["ggo"] == 0.0
+
+
 def _page_of(figures: dict, name: str = "chest.nii.gz") -> str:
     from covseg.labels import BINARY
 
