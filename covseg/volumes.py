@@ -778,14 +778,38 @@ def _choose_series(headers: list[tuple[_Header, object]], series_uid: str | None
                    (h.rows, h.cols, None if vector is None else tuple(vector.tolist())))
         stacks.setdefault(key, []).append((h, ds))
     if len(stacks) > 1:
-        ranked_stacks = sorted(stacks.values(), key=len, reverse=True)
+        # the largest stack; of stacks equally large, the most nearly axial (a CT scan's plane), then the first name
+        ranked_keys = sorted(stacks, key=lambda k: (-len(stacks[k]), -_axialness(k[2]),
+                                                    min(h.path.name for h, _ in stacks[k])))
+        ranked_stacks = [stacks[k] for k in ranked_keys]
         left = sum(len(s) for s in ranked_stacks[1:])
-        warnings.append(
-            f"series {chosen_uid or '(no SeriesInstanceUID)'}: {left} images of another size or orientation "
-            f"(e.g. {ranked_stacks[1][0][0].path.name}, a localizer?) were left out"
-        )
+        series_name = chosen_uid or "(no SeriesInstanceUID)"
+        if len(ranked_stacks[1]) == len(ranked_stacks[0]):
+            warnings.append(
+                f"series {series_name}: holds {len(ranked_stacks)} stacks of images of different size or "
+                f"orientation, the largest {len(ranked_stacks[0])} images each; read the one nearest axial "
+                f"(with {ranked_stacks[0][0][0].path.name}) and left out {left} images (e.g. "
+                f"{ranked_stacks[1][0][0].path.name}); to read another, put its files in a folder of their own"
+            )
+        else:
+            warnings.append(
+                f"series {series_name}: {left} images of another size or orientation "
+                f"(e.g. {ranked_stacks[1][0][0].path.name}, a localizer?) were left out"
+            )
         items = ranked_stacks[0]
     return items
+
+
+def _axialness(orientation: tuple | None) -> float:
+    """How nearly a stack of slices with ``orientation`` (ImageOrientationPatient's row and column direction
+    cosines, or None) is axial: ``|n_z|`` of its slice normal ``row x col``, 1 for an axial plane, 0 for a sagittal or
+    coronal one and for a stack without orientation."""
+    if orientation is None:
+        return 0.0
+    row, col = np.asarray(orientation[:3], dtype=np.float64), np.asarray(orientation[3:], dtype=np.float64)
+    normal = np.cross(row, col)
+    length = float(np.linalg.norm(normal))
+    return abs(float(normal[2])) / length if length > 0 else 0.0
 
 
 def _off_grid_error(folder: Path, names: Sequence[str], positions: np.ndarray, places: np.ndarray,

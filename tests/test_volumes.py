@@ -500,6 +500,19 @@ def test_the_ct_series_is_read_beside_a_larger_series_of_another_modality(tmp_pa
         read_volume(tmp_path, series_uid=pet)
 
 
+def test_of_two_stacks_equally_large_in_one_series_the_axial_one_is_read(tmp_path):
+    hu = truth_hu()[:5]
+    uid = write_dicom_series(tmp_path, hu)
+    stored = np.rint((hu + 1024.0) / 2.0).astype(np.uint16)
+    for k in range(5):  # a coronal stack of as many images, same size, in the same series; its names sort first
+        ds = _ct_slice(stored[k], ORIGIN_LPS + [0.0, 10.0 * k, 0.0], [1, 0, 0, 0, 0, -1], uid)
+        ds.save_as(tmp_path / f"A_coronal_{k}", enforce_file_format=True)
+    vol = read_volume(tmp_path)
+    assert np.array_equal(vol.hu, hu)  # the axial stack, whatever the file order
+    assert len(vol.warnings) == 1 and "the largest 5 images each; read the one nearest axial" in vol.warnings[0]
+    assert "left out 5 images (e.g. A_coronal_" in vol.warnings[0]
+
+
 def test_orientations_a_hair_apart_are_one_stack(tmp_path):
     import pydicom
 
