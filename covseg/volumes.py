@@ -505,6 +505,25 @@ def _floats(ds: object, keyword: str, n: int, path: Path) -> np.ndarray:
     return arr
 
 
+def _name_transfer_syntax(ds) -> None:
+    """Give a data set read without its file meta (a bare ACR-NEMA-style ``.dcm``: no preamble, no group 0002) the
+    transfer syntax its bytes were read in, so that its pixels decode: pydicom finds the encoding (implicit or
+    explicit VR, endianness) while reading, but decodes pixel data only by a named ``TransferSyntaxUID``."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = ds.original_encoding
+    if implicit is None:  # nothing read to tell by
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit
+                              else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+
+
 def _dcmread(path: Path, data: bytes | None = None, header_only: bool = False,
              fix: str = "remove it from the series folder"):  # -> pydicom Dataset
     import pydicom
@@ -526,6 +545,7 @@ def _dcmread(path: Path, data: bytes | None = None, header_only: bool = False,
             ) from None
         if "Rows" not in ds and "SOPClassUID" not in ds:
             raise CovsegError(f"{path}: is not a DICOM file; {fix}")
+        _name_transfer_syntax(ds)
         return ds
     except Exception as exc:  # truncated header, bad values
         raise CovsegError(f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file") from None

@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 from covseg.errors import CovsegError
 from covseg.volumes import (
     Volume,
+    check_volume,
     from_input_geometry,
     read_dicom_slice,
     read_volume,
@@ -847,6 +848,26 @@ def test_a_dicom_series_without_rescale_tags_is_hu_only_when_it_reaches_below_mi
         read_volume(tmp_path / "edge")
     write_dicom_series(tmp_path / "below", hu - 1.0, slope=None, intercept=None)
     assert np.array_equal(read_volume(tmp_path / "below").hu, hu - 1.0)
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_bare_dcm_files_without_file_meta_are_read_pixels_and_all(tmp_path, implicit):
+    import pydicom
+
+    hu = truth_hu()[:3]
+    write_dicom_series(tmp_path / "full", hu)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for k, f in enumerate(sorted((tmp_path / "full").iterdir())):  # ACR-NEMA style: no preamble, no group 0002
+        ds = pydicom.dcmread(f)
+        del ds.file_meta
+        ds.preamble = None
+        ds.save_as(bare / f"{k}.dcm", enforce_file_format=False, implicit_vr=implicit, little_endian=True)
+        assert (bare / f"{k}.dcm").read_bytes()[128:132] != b"DICM"
+    check_volume(bare)
+    assert np.array_equal(read_volume(bare).hu, hu)
+    slice_hu, _ = read_dicom_slice(bare / "0.dcm")
+    assert slice_hu.shape == hu.shape[1:]
 
 
 def test_a_gap_of_under_two_steps_counts_as_a_missing_slice(tmp_path):
