@@ -42,7 +42,7 @@ from covseg.splits import load_split
 from covseg.training import side_generator
 
 __all__ = ["PSEUDO_FILE", "PseudoLabelRule", "slice_statistics", "check_output_folder", "make_pseudo_labels",
-           "resolve_pseudo_folder", "check_pseudo_labels", "load_pseudo_labels", "epoch_pseudo_indices"]
+           "resolve_pseudo_folder", "check_pseudo_labels", "load_pseudo_labels", "epoch_pseudo_indices", "significant"]
 
 PSEUDO_FILE = "pseudo.json"
 PSEUDO_STREAM = 0x5E1F  # the tag of the pseudo-labelled slices' draws (covseg.training.side_generator)
@@ -261,7 +261,8 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
         if keep:
             Image.fromarray(labels).save(masks / f"{sample.name}.png")
             kept += 1
-        row = {"name": sample.name, "fraction": round(fraction, 5), "confidence": round(confidence, 5), "kept": keep}
+        row = {"name": sample.name, "fraction": significant(fraction), "confidence": significant(confidence),
+               "kept": keep}
         if keep:  # which image the mask belongs to: a student's --data may hold another image of this name
             row["sha256"] = _source_sha256(sample.source, digests)
         rows.append(row)
@@ -280,6 +281,13 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
         print(f"covseg: warning: {teacher}: kept none of {len(rows)} slices as pseudo-labels "
               f"({_limits(asdict(rule))}); {_relax_advice(rule, lesion)}", file=sys.stderr, flush=True)
     return summary
+
+
+def significant(value: float, digits: int = 5) -> float:
+    """``value`` to ``digits`` significant digits, as ``pseudo.json`` stores a slice's lesion fraction and confidence:
+    a fraction of one pixel in 512 x 512 (3.8e-06) stays above 0, as the rule that kept or refused it saw it (a
+    fixed 5 decimal places wrote it as 0.0)."""
+    return float(f"{value:.{digits}g}")
 
 
 def _limits(rule: Any) -> str:

@@ -438,3 +438,13 @@ def test_a_teacher_given_as_dot_is_named_and_its_checkpoint_recorded_in_full(tea
     summary = json.loads((tmp_path / "pl" / "pseudo.json").read_text())
     assert summary["teacher"] == str((teacher_cv / "fold-0").resolve())
     assert summary["checkpoint"] == str((teacher_cv / "fold-0" / "last.pt").resolve())
+
+
+def test_pseudo_json_keeps_five_significant_digits_so_one_lesion_pixel_is_not_zero() -> None:
+    from covseg.selftrain import significant
+
+    one_pixel = 1 / (512 * 512)
+    assert significant(one_pixel) == 3.8147e-06 and significant(one_pixel) > 0
+    assert significant(7 / 2112) == 0.0033144 and significant(0.5) == 0.5 and significant(0.0) == 0.0
+    assert significant(0.87654321) == 0.87654
+
