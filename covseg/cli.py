@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folder, checkpoint or ONNX file; several, or a cross-validation folder, are "
                         "scored as one ensemble (mean probabilities)")
     p.add_argument("--data", help="data folder (default: the one the run was trained on)")
-    p.add_argument("--split", default="heldout", help="heldout (default) | val | test | train | all")
+    p.add_argument("--split", default="heldout",
+                   help="heldout (default) | val | test (the run's own test part, else the data set's test split) | "
+                        "testset (the data set's test split always) | train | all")
     p.add_argument("--checkpoint", choices=("auto", "best", "last", "ema", "swa"), default="auto",
                    help="auto: swa.pt where the run averaged its weights (train.swa_epochs), else last.pt when "
                         "evaluating the validation images that chose best.pt, else best.pt; ema / swa: that weight "

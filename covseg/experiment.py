@@ -34,7 +34,7 @@ from covseg.run import (check_checkpoint_settings, differences_note, is_run_fold
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
            "cross_validate", "cross_validate_seeds", "check_seeds"]
 
-EVAL_SPLITS = ("heldout", "val", "test", "train", "all")
+EVAL_SPLITS = ("heldout", "val", "test", "testset", "train", "all")
 
 TYPES_ONLY_NEEDS_LESION_MODEL = ("train.types_only trains a type model, scored behind a binary lesion model: train "
                                  "it with covseg train, then covseg evaluate RUN --lesion-model BINARY_RUN -o OUT")
@@ -45,8 +45,10 @@ def select_samples(run_dir: Path | None, data: str, task: str, split: str,
     """The images a run is evaluated on.
 
     ``heldout`` = the run's own test part if it has one, else its validation part; ``val``/``train`` = the
-    run's parts; ``test`` = the run's test part, else the data set's official test split; ``all`` = every
-    labelled training image of ``data``. A run's part must be found whole in ``data`` (a part of it is refused).
+    run's parts; ``test`` = the run's test part, else the data set's official test split; ``testset`` = the data
+    set's official test split always (COVID-SemiSeg's 48 images, also for a ``paper`` run, whose own test part
+    ``test`` scores); ``all`` = every labelled training image of ``data``. A run's part must be found whole in
+    ``data`` (a part of it is refused).
     """
     _check_eval_split(split)
     parts: dict[str, list[str]] = {}
@@ -55,7 +57,7 @@ def select_samples(run_dir: Path | None, data: str, task: str, split: str,
     asked = split
     if split == "heldout":
         split = "test" if parts.get("test") else "val"
-    if split == "test" and not parts.get("test"):
+    if split == "testset" or (split == "test" and not parts.get("test")):
         return load_dataset(data, task, split="test", window=window)
     samples = load_dataset(data, task, split="train", window=window)
     if split == "all":
@@ -94,9 +96,10 @@ def evaluate_samples(predictor: Predictor, samples: list[Sample], task: str, pro
 
 
 def _evaluates_validation(run_dir: Path, split: str) -> bool:
-    """True when ``split`` of ``run_dir`` is the validation set that picked ``best.pt``."""
+    """True when ``split`` of ``run_dir`` holds the validation images that picked ``best.pt`` (``all``, every
+    labelled training image, holds them too)."""
     parts = load_split(run_dir / "split.json") if (run_dir / "split.json").is_file() else {}
-    return split == "val" or (split == "heldout" and not parts.get("test"))
+    return split in ("val", "all") or (split == "heldout" and not parts.get("test"))
 
 
 def _report_name(split: str, checkpoint: str | None, tta: bool) -> str:
@@ -197,7 +200,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
 def _check_ensemble_split(paths: Sequence[Path], split: str) -> None:
     """Refuse to score an ensemble on a run's own parts unless all members share one split.
 
-    ``test`` is the data set's official test split unless a member holds a test part of its own. ``all`` (every
+    ``test`` is the data set's official test split unless a member holds a test part of its own; ``testset`` is it
+    always. ``all`` (every
     labelled training image) is the caller's explicit choice for members of one split, as for a single run, but
     refused for members of different splits (the folds of a cross-validation): an image one member held out
     another trained on, and a fold ensemble is scored only on images none of its members trained on. Members
@@ -211,7 +215,7 @@ def _check_ensemble_split(paths: Sequence[Path], split: str) -> None:
                               "together with --split test (images none of them trained on), or one run at a time")
         return
     split_files = [path / "split.json" for path in paths]
-    if split == "test" and not any(f.is_file() and load_split(f)["test"] for f in split_files):
+    if split == "testset" or (split == "test" and not any(f.is_file() and load_split(f)["test"] for f in split_files)):
         return
     splits = []
     for path, split_file in zip(paths, split_files):

@@ -323,3 +323,36 @@ def test_seeds_summary_is_taken_over_the_seeds_cv_means_and_every_fold_model(tin
         assert (mean, std) == pytest.approx((np.mean(means), np.std(means))), column
         models = [v for s in (0, 1) for v in per_seed[s]["columns"][column] if v is not None]
         assert summary["every_model"][column] == pytest.approx([np.mean(models), np.std(models)]), column
+
+
+def test_testset_scores_the_data_sets_test_split_even_for_a_run_with_a_test_part_of_its_own(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from conftest import write_semiseg
+    from covseg.splits import save_split
+
+    data = write_semiseg(tmp_path / "data", n=12)
+    test = data / "Dataset/TestingSet/LungInfection-Test"
+    for name in ("t0", "t1", "t2"):
+        for sub, value in (("Imgs", 80), ("GT", 255)):
+            (test / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((8, 8), value, np.uint8)).save(test / sub / f"{name}.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    names = [str(i) for i in range(12)]
+    save_split({"train": names[:8], "val": names[8:10], "test": names[10:]}, run / "split.json")  # a `paper` run
+    assert sorted(s.name for s in experiment.select_samples(run, str(data), "binary", "test")) == ["10", "11"]
+    assert sorted(s.name for s in experiment.select_samples(run, str(data), "binary", "testset")) == ["t0", "t1", "t2"]
+    assert sorted(s.name for s in experiment.select_samples(run, str(data), "binary", "heldout")) == ["10", "11"]
+    # every labelled training image holds the validation images that chose best.pt: scored with the final weights
+    assert experiment._evaluates_validation(run, "all") and experiment._evaluates_validation(run, "val")
+    assert not experiment._evaluates_validation(run, "heldout") and not experiment._evaluates_validation(run, "testset")
+    experiment._check_ensemble_split([run, tmp_path / "no-split-here"], "testset")  # no member's split matters
+
+
+def test_evaluate_all_scores_the_final_weights_not_best_pt(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "all"
+    assert main(["evaluate", str(tiny_run), "--split", "all", "-o", str(out), "--quiet"]) == 0
+    model = json.loads((out / "metrics.json").read_text())["model"]
+    assert Path(model["file"]).name == "last.pt", model
