@@ -288,9 +288,18 @@ def _open_url(url: str, start: int, optional: bool = False) -> http.client.HTTPR
             raise _RangeRefused() from None
         raise CovsegError(f"cannot fetch {url}: HTTP {e.code} {e.reason}; {_MIRROR_HINT}") from None
     except urllib.error.URLError as e:
-        raise CovsegError(f"cannot reach {url}: {e.reason}; {_MIRROR_HINT}") from None
+        raise _Unreachable(url, str(e.reason)) from None
     except (OSError, http.client.HTTPException) as e:  # timeouts, resets, bad status lines
-        raise CovsegError(f"cannot reach {url}: {e or type(e).__name__}; {_MIRROR_HINT}") from None
+        raise _Unreachable(url, str(e or type(e).__name__)) from None
+
+
+class _Unreachable(CovsegError):
+    """The mirror at ``url`` could not be reached at all (no answer, a name that does not resolve, a reset):
+    fatal for a required split's file, "missing" for an optional split's (:func:`_fetch_all`)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach {url}: {reason}; {_MIRROR_HINT}")
+        self.reason = reason
 
 
 def _fetch_http(base: str, rel: str, part: Path, resume: bool = True, optional: bool = False) -> str:
@@ -435,6 +444,7 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
 
     # the required splits' files first: an optional split the mirror will not serve cannot stop them
     order = sorted(manifest.items(), key=lambda item: (split_name(item[0]) not in src.required, item[0]))
+    unreachable = ""  # why the mirror could not be reached for an optional split's file: its other files are not tried
     for rel, digest in tqdm(order, desc=dataset, unit="file", disable=not progress or None):
         optional = split_name(rel) not in src.required
         bucket = report.splits.setdefault(split_name(rel), SplitReport())
@@ -454,8 +464,20 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
         part = _part(final)
         if src_root is not None:
             outcome = "fresh" if _fetch_copy(src_root, rel, part) else "missing"
+        elif optional and unreachable:
+            outcome = "missing"
         else:
-            outcome = _fetch_http(base, rel, part, optional=optional)
+            try:
+                outcome = _fetch_http(base, rel, part, optional=optional)
+            except _Unreachable as err:
+                # the required splits are done (they come first): a mirror out of reach (offline, say) leaves an
+                # optional split missing, reported, instead of failing a download whose data is complete
+                if not optional:
+                    raise
+                unreachable = str(err)
+                report.notes.append(f"{split_name(rel)} split: the mirror could not be reached ({err.reason}), "
+                                    "so its missing files were not fetched")
+                outcome = "missing"
         ok = outcome != "missing" and file_sha256(part) == digest
         if outcome == "resumed" and not ok:
             # the kept .part may have had a bad prefix: retry once from byte 0

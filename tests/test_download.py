@@ -237,6 +237,27 @@ def test_a_mirror_that_forbids_the_held_out_split_still_serves_the_training_spli
             dl.download(NAME, tmp_path, mirror=url, progress=False)
 
 
+def test_a_complete_download_checked_again_offline_passes_with_the_held_out_split_reported(
+        mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest = dl.read_manifest(NAME)
+    test_files = sorted(p for p in manifest if p.startswith("Dataset/TestingSet/"))[:3]
+    train_files = _train_paths()[:3]
+    monkeypatch.setattr(dl, "read_manifest", lambda name: {p: manifest[p] for p in test_files + train_files})
+    root = dl.dataset_root(tmp_path, NAME)
+    _copy_files(mirror, root, train_files)  # the training split is there; the test split was never served
+    offline = f"http://127.0.0.1:{free_loopback_port()}/"  # nothing listens: every request is refused
+    report = dl.download(NAME, tmp_path, mirror=offline, progress=False)
+    assert sorted(report.splits["training"].skipped) == train_files and not report.splits["training"].fetched
+    assert sorted(report.splits["test"].missing) == test_files
+    assert report.notes[0].startswith("test split: the mirror could not be reached (")
+    assert sum("could not be reached" in note for note in report.notes) == 1  # said once, not per file
+    assert "test split: 3 files missing from the mirror" in report.summary()
+    # a missing training file still needs the mirror: unreachable, it is an error
+    (root / train_files[1]).unlink()
+    with pytest.raises(CovsegError, match=r"cannot reach http://127\.0\.0\.1:\d+/Dataset/TrainingSet/"):
+        dl.download(NAME, tmp_path, mirror=offline, progress=False)
+
+
 def test_corrupt_file_in_mirror(mirror: Path, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     train, subset = _only_training_files(monkeypatch, 6)
