@@ -331,9 +331,11 @@ def check_options(options: PretrainOptions, config: RunConfig) -> None:
     m, size = config.model, config.data.input_size
     if options.steps < 1 or options.batch_size < 1:
         raise CovsegError("pretraining needs at least one step and a batch of at least one slice")
-    if not (math.isfinite(options.lr) and options.lr > 0) or options.weight_decay < 0:
-        raise CovsegError(f"the pretraining learning rate must be a positive number (got {options.lr}) and the "
-                          f"weight decay not negative (got {options.weight_decay})")
+    if not (math.isfinite(options.lr) and options.lr > 0):
+        raise CovsegError(f"--lr {options.lr:g}: the pretraining learning rate must be a positive number, e.g. the "
+                          "default 0.002")
+    if not (math.isfinite(options.weight_decay) and options.weight_decay >= 0):
+        raise CovsegError(f"the pretraining weight decay must be a number >= 0 (got {options.weight_decay:g})")
     if options.lr > MAX_LR:  # far above it the weights diverge; past float32's range AdamW raises at its first step
         raise CovsegError(f"--lr {options.lr:g} is above the largest learning rate pretraining takes ({MAX_LR:g}); "
                           "use a smaller one, e.g. the default 0.002")

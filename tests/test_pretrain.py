@@ -496,6 +496,19 @@ def test_a_learning_rate_past_the_bound_is_refused_in_one_line(unlabelled_data: 
         assert err.count("\n") == 1 and not out.exists()
 
 
+def test_a_negative_learning_rate_is_refused_without_naming_the_weight_decay(unlabelled_data: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p"
+    for lr in ("-1", "0", "nan"):
+        assert main([*_one_step(unlabelled_data, out), "--lr", lr]) == 2
+        err = capsys.readouterr().err
+        assert "the pretraining learning rate must be a positive number" in err and "weight decay" not in err
+        assert err.count("\n") == 1 and not out.exists()
+    from covseg.pretrain import check_options
+    with pytest.raises(CovsegError, match=r"^the pretraining weight decay must be a number >= 0 \(got -0.1\)$"):
+        check_options(PretrainOptions(weight_decay=-0.1), _tiny_config())
+
+
 def test_a_crop_leaving_a_1x1_bottleneck_is_refused_in_one_line(unlabelled_data: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "p"
