@@ -100,8 +100,12 @@ def find_checkpoint(path: str | Path, which: str = "auto") -> Path:
     if not path.is_file():
         raise CovsegError(f"{path}: no such checkpoint or run folder")
     if which not in ("auto", "final") and path.stem != which:
+        # the folder is named only where it is a run's (an exported .onnx may lie anywhere)
+        where = (f"give its run folder ({path.parent}) or drop --checkpoint"
+                 if (path.parent / "config.yaml").is_file() and (path.parent / "run.json").is_file()
+                 else "drop --checkpoint")
         raise CovsegError(f"{path}: --checkpoint {which} picks one of a run folder's checkpoints, and this is a "
-                          f"checkpoint file already; give its run folder ({path.parent}) or drop --checkpoint")
+                          f"checkpoint file already; {where}")
     return path
 
 

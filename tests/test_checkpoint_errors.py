@@ -2,6 +2,7 @@
 fit the model their checkpoint's settings describe."""
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -130,6 +131,15 @@ def test_find_checkpoint_picks_the_run_s_model_and_refuses_a_which_a_file_does_n
     assert find(run / "best.pt", "best") == run / "best.pt" and find(run / "last.pt", "final") == run / "last.pt"
     with pytest.raises(CovsegError, match="--checkpoint last picks one of a run folder's checkpoints"):
         find(run / "best.pt", "last")
+    (run / "config.yaml").touch()
+    (run / "run.json").touch()
+    with pytest.raises(CovsegError, match=rf"checkpoint file already; give its run folder \({re.escape(str(run))}\)"):
+        find(run / "best.pt", "last")
+    exported = tmp_path / "models" / "unet.onnx"  # an export kept outside any run folder: its folder is no run
+    exported.parent.mkdir()
+    exported.touch()
+    with pytest.raises(CovsegError, match=r"checkpoint file already; drop --checkpoint$"):
+        find(exported, "best")
     with pytest.raises(CovsegError, match="no such checkpoint or run folder"):
         find(tmp_path / "missing.pt")
     with pytest.raises(CovsegError, match=r"no last\.pt in this folder; is it a finished covseg run\?"):
