@@ -124,6 +124,8 @@ def load_weights_file(path: Path, what: str = "covseg checkpoint",
         if first.startswith("Weights only load failed"):  # torch's long advice on weights_only, not the cause
             first = "not a PyTorch file, or one holding pickled objects beyond tensors"
         why = f"{type(err).__name__}: {first}" if len(first) > 8 else type(err).__name__  # not a bare "(101)"
+        if not zipfile.is_zipfile(path):  # torch saves zip archives: this one is cut short or no .pt at all
+            why = f"no zip archive, as torch saves them: cut short, damaged or another kind of file; {why}"
         if len(why) > 120:
             why = why[:117].rsplit(" ", 1)[0] + " …"
         raise CovsegError(f"{path}: not a readable {what} ({why}); {fix}") from None

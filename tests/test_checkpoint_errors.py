@@ -160,8 +160,15 @@ def test_a_file_torch_cannot_read_is_named_with_torch_s_reason(tmp_path: Path) -
     path.write_bytes(b"abc")  # not a zip archive: left to torch.load, whose short reason is shown
     with pytest.raises(CovsegError) as caught:
         read_checkpoint(path)
-    assert str(caught.value) == (f"{path}: not a readable covseg checkpoint (IndexError: pop from empty list); give a "
+    assert str(caught.value) == (f"{path}: not a readable covseg checkpoint (no zip archive, as torch saves them: cut "
+                                 "short, damaged or another kind of file; IndexError: pop from empty list); give a "
                                  ".pt file that covseg train wrote, or its run folder")
+    cut = tmp_path / "cut.pt"
+    torch.save({"w": torch.zeros(64)}, cut)
+    cut.write_bytes(cut.read_bytes()[:300])  # a copy cut short: no longer a zip archive
+    with pytest.raises(CovsegError, match=r"not a readable covseg checkpoint \(no zip archive, as torch saves them: "
+                                          r"cut short, damaged or another kind of file; "):
+        read_checkpoint(cut)
     pickled = tmp_path / "pickled.pt"
     torch.save({"path": Path("x")}, pickled)  # an object beyond tensors: torch's weights_only advice is not shown
     with pytest.raises(CovsegError, match=r"\(UnpicklingError: not a PyTorch file, or one holding pickled objects "
