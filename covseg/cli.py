@@ -128,6 +128,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """A ``--seeds`` value; an override that ``nargs="+"`` swallowed after the seeds is told where it goes."""
+    if "=" in text:
+        raise argparse.ArgumentTypeError(f"{text} is an override, not a seed: put KEY=VALUE overrides before --seeds "
+                                         "(or after another option)")
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0 or value == float("inf"):  # NaN fails the first test
@@ -197,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="k-fold cross-validation of a recipe (skips finished folds, resumes interrupted ones)")
     _add_training_options(p, split=False, force=False)
     p.add_argument("--folds", type=int, help="number of folds (default: the recipe's data.folds, 5)")
-    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+    p.add_argument("--seeds", type=_seed, nargs="+", metavar="S",
                    help="repeat the cross-validation with each training seed (OUT/seed-S) and score each fold's "
                         "seed models as one ensemble (OUT/ensemble); summary in OUT/seeds.md. KEY=VALUE overrides "
                         "may not follow the seeds directly: put them before --seeds or after another option")

@@ -1082,3 +1082,15 @@ def test_cv_compare_refuses_one_folder_twice_and_an_output_inside_either(tiny_ru
         assert "is inside the cross-validation folder" in _one_line_error(capsys)
         assert (out.read_bytes() if out.exists() else None) == before
     assert main(["cv-compare", str(reference), str(candidate), "-o", str(tmp_path / "paired.md")]) == 0
+
+
+def test_an_override_after_the_seeds_is_told_to_go_before_them(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cv"
+    with pytest.raises(SystemExit) as caught:
+        main(["cv", "--recipe", "tiny", "--seeds", "0", "1", "train.lr=0.1", "-o", str(out)])
+    assert caught.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "argument --seeds: train.lr=0.1 is an override, not a seed: put KEY=VALUE overrides before --seeds" in err
+    with pytest.raises(SystemExit):
+        main(["cv", "--recipe", "tiny", "--seeds", "0", "x", "-o", str(out)])
+    assert "argument --seeds: must be a whole number, got 'x'" in capsys.readouterr().err
