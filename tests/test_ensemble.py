@@ -162,7 +162,7 @@ def test_a_mistyped_split_of_an_ensemble_is_told_so_not_that_its_splits_differ(t
     for models in ([str(cv)], [str(cv / "fold-0"), str(cv / "fold-1"), "-o", str(tmp_path / "out")]):
         assert main(["evaluate", *models, "--split", "bogus", "--quiet"]) == 2
         assert _one_line_error(capsys) == ("covseg: error: unknown evaluation split 'bogus': use one of heldout, val, "
-                                           "test, train, all")
+                                           "test, testset, train, all")
     assert not (cv / "eval-bogus").exists() and not (tmp_path / "out").exists()
 
 
