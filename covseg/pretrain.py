@@ -100,7 +100,9 @@ def _shuffle_locally(image: np.ndarray, rng: np.random.Generator, blocks: int = 
     out = image.copy()
     height, width = image.shape
     for _ in range(blocks):
-        bh, bw = rng.integers(1, max(2, height // 10)), rng.integers(1, max(2, width // 10))
+        # window sides from 1 up to a tenth of the slice's (at least 2), inclusive (Models Genesis' randint): an
+        # exclusive bound left every window 1 x 1, a shuffle that changed nothing, on sides of 16-29
+        bh, bw = rng.integers(1, max(2, height // 10) + 1), rng.integers(1, max(2, width // 10) + 1)
         top, left = rng.integers(0, height - bh + 1), rng.integers(0, width - bw + 1)
         window = out[top:top + bh, left:left + bw]
         out[top:top + bh, left:left + bw] = rng.permutation(window.reshape(-1)).reshape(bh, bw)
@@ -136,7 +138,7 @@ def _outpaint(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def corrupt_slice(image: np.ndarray, rng: np.random.Generator, options: PretrainOptions | None = None
                   ) -> np.ndarray:
     """A corrupted copy of one ``(H, W)`` float32 slice in [0, 1] (H, W ≥ 16): local pixel shuffling (windows of
-    up to a tenth of each side), then a Bezier grey-level curve, then in- or out-painting, each with its
+    up to a tenth of each side, at least 2), then a Bezier grey-level curve, then in- or out-painting, each with its
     probability in ``options`` (default: :class:`PretrainOptions`'s)."""
     options = options or PretrainOptions()
     if min(np.shape(image)[-2:]) < MIN_SIDE:

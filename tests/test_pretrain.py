@@ -43,6 +43,14 @@ def test_no_corruption_leaves_the_slice_alone_and_every_corruption_is_seeded() -
     assert out.shape == batch.shape and out.dtype == torch.float32
 
 
+@pytest.mark.parametrize("side", [16, 20, 29])
+def test_local_shuffling_moves_pixels_of_the_smallest_slices_too(side: int) -> None:
+    image = _image(height=side, width=side)  # windows up to a tenth of a side: 1 x 1 to 2 x 2 here
+    changed = [not np.array_equal(corrupt_slice(image, np.random.default_rng(seed), _only(shuffle_rate=1.0)), image)
+               for seed in range(5)]
+    assert all(changed)
+
+
 def test_local_shuffling_only_moves_pixels_and_the_grey_curve_keeps_or_reverses_their_order() -> None:
     image = _image()
     shuffled = corrupt_slice(image, np.random.default_rng(1), _only(shuffle_rate=1.0))
