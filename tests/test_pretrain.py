@@ -446,6 +446,9 @@ def test_a_malformed_pretrained_checkpoint_is_refused_in_one_line(pretrained: Pa
                        "its model_config: config.model.width: expected a number, got 'wide'"),
              "config": ({**good, "model_config": [4, 2]}, "its model_config is not a mapping"),
              "steps": ({**good, "steps": "60"}, "its steps and options.steps are not whole numbers"),
+             "negative": ({**good, "steps": -1}, "its steps and options.steps are not whole numbers"),
+             "bool": ({**good, "steps": True}, "its steps and options.steps are not whole numbers"),
+             "keys": ({**good, "model": {0: next(iter(weights.values()))}}, "its model is not a state dict of tensors"),
              "options": ({**good, "options": None}, "its steps and options.steps are not whole numbers"),
              "normalize": ({**good, "normalize": None}, "its normalize is not text"),
              "weights": ({**good, "model": {}}, "its model is not a state dict of tensors")}
