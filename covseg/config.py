@@ -600,8 +600,8 @@ def check_new_run(config: RunConfig) -> None:
     ``model.deep_supervision`` at ``model.depth=1`` (no decoder level below the top, so no aux head: ignored), and an
     option set away from its default where the settings never read it (:func:`_unread_options`: ``data.val_fraction``
     on a split other than official, ``data.folds`` on one other than cv:K, ``train.momentum`` without SGD, the
-    consistency, distillation, pseudo-label and ``train.init_parts`` options without the setting they tune) raise a one-line
-    :class:`CovsegError`."""
+    consistency, distillation, pseudo-label and ``train.init_parts`` options without the setting they tune) raise a
+    one-line :class:`CovsegError`."""
     t, m = config.train, config.model
     if t.lr > MAX_LR:  # older versions took it: a saved run may hold one
         raise CovsegError(f"train.lr is {t.lr:g}, above the largest learning rate a run takes ({MAX_LR:g}; the "

@@ -201,11 +201,10 @@ def _check_ensemble_split(paths: Sequence[Path], split: str) -> None:
     """Refuse to score an ensemble on a run's own parts unless all members share one split.
 
     ``test`` is the data set's official test split unless a member holds a test part of its own; ``testset`` is it
-    always. ``all`` (every
-    labelled training image) is the caller's explicit choice for members of one split, as for a single run, but
-    refused for members of different splits (the folds of a cross-validation): an image one member held out
-    another trained on, and a fold ensemble is scored only on images none of its members trained on. Members
-    whose split is not known (a model file outside its run folder) are taken as they are there.
+    always. ``all`` (every labelled training image) is the caller's explicit choice for members of one split, as for
+    a single run, but refused for members of different splits (the folds of a cross-validation): an image one
+    member held out another trained on, and a fold ensemble is scored only on images none of its members trained
+    on. Members whose split is not known (a model file outside its run folder) are taken as they are there.
     """
     if split == "all":
         known = [load_split(f) for f in map(_split_file, paths) if f is not None]

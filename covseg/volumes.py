@@ -515,7 +515,9 @@ def _name_transfer_syntax(ds) -> None:
     meta = getattr(ds, "file_meta", None)
     if meta is not None and "TransferSyntaxUID" in meta:
         return
-    implicit, little = ds.original_encoding
+    # pydicom 3's original_encoding; pydicom 2 keeps the encoding read as is_implicit_VR / is_little_endian
+    implicit, little = getattr(ds, "original_encoding", None) or (getattr(ds, "is_implicit_VR", None),
+                                                                 getattr(ds, "is_little_endian", None))
     if implicit is None:  # nothing read to tell by
         return
     if meta is None:
@@ -805,9 +807,11 @@ def _choose_series(headers: list[tuple[_Header, object]], series_uid: str | None
         left = sum(len(s) for s in ranked_stacks[1:])
         series_name = chosen_uid or "(no SeriesInstanceUID)"
         if len(ranked_stacks[1]) == len(ranked_stacks[0]):
+            nearer = _axialness(ranked_keys[0][2]) > _axialness(ranked_keys[1][2])
+            how = "the one nearest axial" if nearer else "the one whose file name sorts first"
             warnings.append(
                 f"series {series_name}: holds {len(ranked_stacks)} stacks of images of different size or "
-                f"orientation, the largest {len(ranked_stacks[0])} images each; read the one nearest axial "
+                f"orientation, the largest {len(ranked_stacks[0])} images each; read {how} "
                 f"(with {ranked_stacks[0][0][0].path.name}) and left out {left} images (e.g. "
                 f"{ranked_stacks[1][0][0].path.name}); to read another, put its files in a folder of their own"
             )

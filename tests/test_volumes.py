@@ -984,3 +984,15 @@ def test_a_slice_whose_orientation_differs_by_more_than_a_thousandth_is_another_
     vol = read_volume(tmp_path)
     assert vol.hu.shape[0] == 3 and np.array_equal(vol.hu, truth_hu()[:3])
     assert any("1 images of another size or orientation" in w for w in vol.warnings)
+
+
+def test_of_two_axial_stacks_equally_large_the_first_named_is_read_and_the_warning_says_why(tmp_path):
+    hu = truth_hu()[:4]
+    uid = write_dicom_series(tmp_path, hu)
+    small = np.rint((hu[:, :20, :20] + 1024.0) / 2.0).astype(np.uint16)
+    for k in range(4):  # as many axial images of another size, named to sort first
+        _ct_slice(small[k], ORIGIN_LPS + [0.0, 0.0, 2.5 * k], [1, 0, 0, 0, 1, 0], uid).save_as(
+            tmp_path / f"A_small_{k}", enforce_file_format=True)
+    vol = read_volume(tmp_path)
+    assert vol.hu.shape == (4, 20, 20)
+    assert "read the one whose file name sorts first (with A_small_0)" in vol.warnings[0]
