@@ -631,16 +631,14 @@ def check_new_run(config: RunConfig) -> None:
     if m.deep_supervision and m.depth == 1:  # the aux heads sit on the decoder levels below the top: none at depth 1
         raise CovsegError("model.deep_supervision is true but model.depth is 1, which has no coarser decoder level to "
                           "supervise; set model.depth to 2 or more, or model.deep_supervision=false")
-    if t.init_parts != "all" and not t.init:  # a string option: _unread_options formats numbers
-        raise CovsegError(f"train.init_parts={t.init_parts} only acts with train.init (empty here); drop "
-                          "train.init_parts or set train.init to a pretraining folder")
     unread = _unread_options(config)
     if unread:
         option, value, needs, now = unread[0]
-        raise CovsegError(f"{option}={value:g} only acts with {needs} ({now} here); drop {option} or set {needs}")
+        shown = value if isinstance(value, str) else f"{value:g}"
+        raise CovsegError(f"{option}={shown} only acts with {needs} ({now} here); drop {option} or set {needs}")
 
 
-def _unread_options(config: RunConfig) -> list[tuple[str, float, str, str]]:
+def _unread_options(config: RunConfig) -> list[tuple[str, float | str, str, str]]:
     """``(option, its value, the setting it needs, that setting now)`` for each option set away from its default that
     ``config``'s other settings never read, so that the run would train exactly as without it."""
     d, t = config.data, config.train
@@ -654,7 +652,8 @@ def _unread_options(config: RunConfig) -> list[tuple[str, float, str, str]]:
               ("train", "teacher_decay", not t.consistency, "train.consistency", consistency),
               ("train", "distill_weight", not t.distill, "train.distill", distill),
               ("train", "distill_temperature", not t.distill, "train.distill", distill),
-              ("data", "pseudo_ratio", not d.pseudo_labels, "data.pseudo_labels", "data.pseudo_labels empty")]
+              ("data", "pseudo_ratio", not d.pseudo_labels, "data.pseudo_labels", "data.pseudo_labels empty"),
+              ("train", "init_parts", not t.init, "train.init", "empty")]
     defaults = {"data": DataConfig(), "train": TrainConfig()}
     return [(f"{section}.{key}", getattr(getattr(config, section), key), needs, now)
             for section, key, idle, needs, now in unread

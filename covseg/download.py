@@ -444,7 +444,7 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
 
     # the required splits' files first: an optional split the mirror will not serve cannot stop them
     order = sorted(manifest.items(), key=lambda item: (split_name(item[0]) not in src.required, item[0]))
-    unreachable = ""  # why the mirror could not be reached for an optional split's file: its other files are not tried
+    unreachable = False  # the mirror could not be reached for an optional split's file: its other files are not tried
     for rel, digest in tqdm(order, desc=dataset, unit="file", disable=not progress or None):
         optional = split_name(rel) not in src.required
         bucket = report.splits.setdefault(split_name(rel), SplitReport())
@@ -474,7 +474,7 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
                 # optional split missing, reported, instead of failing a download whose data is complete
                 if not optional:
                     raise
-                unreachable = str(err)
+                unreachable = True
                 report.notes.append(f"{split_name(rel)} split: the mirror could not be reached ({err.reason}), "
                                     "so its missing files were not fetched")
                 outcome = "missing"
