@@ -194,6 +194,8 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     new folder is renamed in, and deleted only then, with Ctrl-C held back over the two renames
     (:func:`interrupts_deferred`): an interruption or a failed rename leaves the old folder or the new one, never
     neither. The new folder gets the usual permissions (``0o777`` less the umask; ``mkdtemp`` makes ``0o700``).
+    Every file and folder staged in it is synced to the disk before the rename, and ``final``'s folder after it, as
+    :func:`atomic_path` does for one file.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +204,7 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
+        _sync_tree(tmp)
         aside: Path | None = None
         swapped = False
         try:
@@ -212,6 +215,7 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
                     os.replace(final, aside)
                 os.replace(tmp, final)
                 swapped = True
+            _sync(final.parent)
         finally:
             if aside is not None and swapped:
                 _remove(aside)
@@ -220,6 +224,21 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _sync_tree(folder: Path) -> None:
+    """:func:`_sync` every regular file under ``folder``, then every folder from the deepest up to ``folder`` itself
+    (links are not followed), so that a crash after the folder's rename cannot leave files that are named but
+    empty."""
+    folders = [folder]
+    for root, dirs, files in os.walk(folder):
+        folders.extend(Path(root) / d for d in dirs if not (Path(root) / d).is_symlink())
+        for name in files:
+            path = Path(root) / name
+            if path.is_file() and not path.is_symlink():
+                _sync(path)
+    for path in reversed(folders):
+        _sync(path)
 
 
 def _remove(path: Path) -> None:

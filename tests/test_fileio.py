@@ -261,3 +261,33 @@ def test_atomic_path_syncs_the_file_before_the_rename_and_its_folder_after(tmp_p
     assert (kind0, kind1, kind2) == ("fsync", "replace", "fsync")
     assert Path(synced).name.startswith(".metrics.json.") and Path(synced).parent == final.parent
     assert replaced == str(final) and folder == str(final.parent)
+
+
+def test_atomic_dir_syncs_every_staged_file_and_folder_before_the_rename_and_the_parent_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    final = tmp_path / "pred"
+    with atomic_dir(final) as staged:
+        (staged / "sub").mkdir()
+        (staged / "a.png").write_bytes(b"a")  # written straight into the staged folder, not through atomic_path
+        (staged / "sub" / "b.png").write_bytes(b"b")
+        os.symlink(staged / "a.png", staged / "link.png")  # a link is not followed
+    assert (final / "a.png").read_bytes() == b"a" and (final / "sub" / "b.png").read_bytes() == b"b"
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["fsync"] * 4 + ["replace", "fsync"]
+    synced = [Path(p) for _, p in events[:4]]
+    assert sorted(p.name for p in synced[:2]) == ["a.png", "b.png"]  # the files first, then the folders, deepest up
+    assert synced[2].name == "sub" and synced[3] == Path(staged)
+    assert events[4][1] == str(final) and events[5][1] == str(tmp_path)
