@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.fileio import current_umask, display_text, folders_made_for, staging_folder
+from covseg.fileio import current_umask, display_text, folders_made_for, staging_folder, sync_path, sync_tree
 from covseg.figures import plot_grid
 from covseg.labels import LabelScheme
 from covseg.metrics import (
@@ -245,7 +245,8 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
     which becomes ``out_dir`` once every file is complete. Where ``out_dir`` exists already (an older report, or a
     folder given with ``-o`` that holds other files too, which are kept) they are written into a temporary folder
     inside it (so a read-only parent or a mount point does not matter) and then moved into place (renames, which need
-    no disk space), ``metrics.json`` last; a write that fails (a full disk) before the moves changes nothing there.
+    no disk space), ``metrics.json`` last; the files reach the disk before the renames that name them, the folder
+    holding those names after them (:func:`covseg.fileio.sync_tree`). A write that fails (a full disk) before the moves changes nothing there.
     Failures raise a one-line :class:`CovsegError` naming ``out_dir``. ``best_worst.png`` is left out (an old one removed) when no image
     has a foreground Dice."""
     out_dir = Path(out_dir)
@@ -260,9 +261,11 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
         try:
             try:
                 _write_report_files(ev, stage, title, data, n_figure)
+                sync_tree(stage)  # on the disk before the renames that name them
                 os.chmod(stage, 0o777 & ~current_umask())  # mkdtemp makes 0700; give the report the usual permissions
                 if not existed:
                     os.replace(stage, out_dir)
+                    sync_path(out_dir.parent)
                     return data
                 # renames within one folder's file system, which need no space; metrics.json last, as it marks a
                 # finished evaluation, and an old one never stays beside new tables
@@ -272,6 +275,7 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
                         os.replace(stage / name, out_dir / name)
                     else:
                         (out_dir / name).unlink(missing_ok=True)  # an older report's figure, of other images
+                sync_path(out_dir)
             except OSError as err:
                 raise CovsegError(f"{out_dir}: the report could not be written ({type(err).__name__}: "
                                   f"{err.strerror or err}); is the disk full? Free space there or give -o another "

@@ -15,7 +15,8 @@ from pathlib import Path
 from covseg.errors import CovsegError
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "staging_folder", "current_umask", "interrupts_deferred",
-           "file_sha256", "unwritable_reason", "replacing_output", "folders_made_for", "display_text"]
+           "sync_path", "sync_tree", "file_sha256", "unwritable_reason", "replacing_output", "folders_made_for",
+           "display_text"]
 
 
 def display_text(text: object) -> str:
@@ -98,7 +99,7 @@ def _relabelled(err: OSError, filename: str) -> OSError:
     return err
 
 
-def _sync(path: Path) -> None:
+def sync_path(path: Path) -> None:
     """Flush ``path`` (a file's contents, or a folder's entries after a rename) to the disk, so that a crash or power
     cut just after :func:`atomic_path` leaves the old file or the whole new one, not an empty one under the final
     name (a rename may reach the disk before the data it names). A folder that cannot be opened for reading, or a
@@ -145,9 +146,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         tmp_path = Path(tmp)
         try:
             yield tmp_path
-            _sync(tmp_path)
+            sync_path(tmp_path)
             os.replace(tmp_path, final)
-            _sync(final.parent)
+            sync_path(final.parent)
         except OSError as err:
             if err.filename is None or Path(os.fsdecode(err.filename)) != tmp_path:
                 raise
@@ -204,7 +205,7 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
-        _sync_tree(tmp)
+        sync_tree(tmp)
         aside: Path | None = None
         swapped = False
         try:
@@ -215,7 +216,7 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
                     os.replace(final, aside)
                 os.replace(tmp, final)
                 swapped = True
-            _sync(final.parent)
+            sync_path(final.parent)
         finally:
             if aside is not None and swapped:
                 _remove(aside)
@@ -226,9 +227,9 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _sync_tree(folder: Path) -> None:
-    """:func:`_sync` every regular file under ``folder``, then every folder from the deepest up to ``folder`` itself
-    (links are not followed), so that a crash after the folder's rename cannot leave files that are named but
+def sync_tree(folder: Path) -> None:
+    """Flush (:func:`sync_path`) every regular file under ``folder``, then every folder from the deepest up to
+    ``folder`` itself (links are not followed), so that a crash after the folder's rename cannot leave files that are named but
     empty."""
     folders = [folder]
     for root, dirs, files in os.walk(folder):
@@ -236,9 +237,9 @@ def _sync_tree(folder: Path) -> None:
         for name in files:
             path = Path(root) / name
             if path.is_file() and not path.is_symlink():
-                _sync(path)
+                sync_path(path)
     for path in reversed(folders):
-        _sync(path)
+        sync_path(path)
 
 
 def _remove(path: Path) -> None:

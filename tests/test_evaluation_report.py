@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import warnings
@@ -356,3 +357,34 @@ def test_training_curves_of_two_epochs_are_lines_without_markers(tmp_path: Path,
                for e in (1, 2)]
     plot_curves(history, tmp_path / "curves.png")
     assert drawn[0] == ([1, 2], [1.0, 0.5], None) and all(marker is None for _, _, marker in drawn)
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_the_report_files_reach_the_disk_before_the_renames_that_name_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existed: bool) -> None:
+    import covseg.fileio as fileio
+
+    out = tmp_path / "eval"
+    if existed:
+        write_report(_evaluation([2, 3]), out, "first")
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(evaluation.os, "replace", replace)
+    write_report(_evaluation([4, 4]), out, "second")
+    # the renames that name the report (the figure's own atomic write renames within the staging folder first)
+    renames = [i for i, (kind, p) in enumerate(events) if kind == "replace" and not Path(p).parent.name.startswith(".")]
+    first_rename, last_rename = renames[0], renames[-1]
+    synced_first = {Path(p).name for kind, p in events[:first_rename] if kind == "fsync"}
+    assert set(evaluation.REPORT_FILES) <= synced_first  # every file of the report, before any rename
+    # the folder that now names the report (the parent of a new one, the report folder itself when it existed)
+    assert events[last_rename + 1:] == [("fsync", str(out if existed else tmp_path))]
