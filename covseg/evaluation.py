@@ -246,9 +246,9 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
     folder given with ``-o`` that holds other files too, which are kept) they are written into a temporary folder
     inside it (so a read-only parent or a mount point does not matter) and then moved into place (renames, which need
     no disk space), ``metrics.json`` last; the files reach the disk before the renames that name them, the folder
-    holding those names after them (:func:`covseg.fileio.sync_tree`). A write that fails (a full disk) before the moves changes nothing there.
-    Failures raise a one-line :class:`CovsegError` naming ``out_dir``. ``best_worst.png`` is left out (an old one removed) when no image
-    has a foreground Dice."""
+    holding those names after them (:func:`covseg.fileio.sync_tree`). A write that fails (a full disk) before the
+    moves changes nothing there. Failures raise a one-line :class:`CovsegError` naming ``out_dir``.
+    ``best_worst.png`` is left out (an old one removed) when no image has a foreground Dice."""
     out_dir = Path(out_dir)
     data = {**(extra or {}), **ev.to_dict()}
     with folders_made_for(out_dir):  # a failed first report leaves no empty folders behind
