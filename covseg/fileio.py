@@ -196,41 +196,43 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     (:func:`interrupts_deferred`): an interruption or a failed rename leaves the old folder or the new one, never
     neither. The new folder gets the usual permissions (``0o777`` less the umask; ``mkdtemp`` makes ``0o700``).
     Every file and folder staged in it is synced to the disk before the rename, and ``final``'s folder after it, as
-    :func:`atomic_path` does for one file.
+    :func:`atomic_path` does for one file. On failure the folders made for ``final`` are removed again when nothing
+    else was written in them (:func:`folders_made_for`).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_hidden_prefix(final.name, _RANDOM_CHARS + len(".part")), suffix=".part",
-                                dir=final.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~current_umask())
-        yield tmp
-        sync_tree(tmp)
-        aside: Path | None = None
-        swapped = False
+    with folders_made_for(final.parent):  # a failed first write leaves no empty folders behind
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_hidden_prefix(final.name, _RANDOM_CHARS + len(".part")), suffix=".part",
+                                    dir=final.parent))
         try:
-            with interrupts_deferred():
-                if force and (final.exists() or final.is_symlink()):
-                    tail = f"{os.getpid()}-{os.urandom(4).hex()}.old"
-                    aside = final.parent / f"{_hidden_prefix(final.name, len(tail))}{tail}"
-                    os.replace(final, aside)
-                os.replace(tmp, final)
-                swapped = True
-            sync_path(final.parent)
+            os.chmod(tmp, 0o777 & ~current_umask())
+            yield tmp
+            sync_tree(tmp)
+            aside: Path | None = None
+            swapped = False
+            try:
+                with interrupts_deferred():
+                    if force and (final.exists() or final.is_symlink()):
+                        tail = f"{os.getpid()}-{os.urandom(4).hex()}.old"
+                        aside = final.parent / f"{_hidden_prefix(final.name, len(tail))}{tail}"
+                        os.replace(final, aside)
+                    os.replace(tmp, final)
+                    swapped = True
+                sync_path(final.parent)
+            finally:
+                if aside is not None and swapped:
+                    _remove(aside)
+                elif aside is not None and not (final.exists() or final.is_symlink()):
+                    os.replace(aside, final)  # the new folder did not go in: put the old one back
         finally:
-            if aside is not None and swapped:
-                _remove(aside)
-            elif aside is not None and not (final.exists() or final.is_symlink()):
-                os.replace(aside, final)  # the new folder did not go in: put the old one back
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sync_tree(folder: Path) -> None:
     """Flush (:func:`sync_path`) every regular file under ``folder``, then every folder from the deepest up to
-    ``folder`` itself (links are not followed), so that a crash after the folder's rename cannot leave files that are named but
-    empty."""
+    ``folder`` itself (links are not followed), so that a crash after the folder's rename cannot leave files that
+    are named but empty."""
     folders = [folder]
     for root, dirs, files in os.walk(folder):
         folders.extend(Path(root) / d for d in dirs if not (Path(root) / d).is_symlink())

@@ -291,3 +291,16 @@ def test_atomic_dir_syncs_every_staged_file_and_folder_before_the_rename_and_the
     assert sorted(p.name for p in synced[:2]) == ["a.png", "b.png"]  # the files first, then the folders, deepest up
     assert synced[2].name == "sub" and synced[3] == Path(staged)
     assert events[4][1] == str(final) and events[5][1] == str(tmp_path)
+
+
+def test_atomic_dir_that_fails_removes_the_folders_it_made_for_the_output(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "new" / "deeper" / "out") as staged:
+            (staged / "half.png").write_bytes(b"x")
+            raise RuntimeError("the work failed")
+    assert list(tmp_path.iterdir()) == []  # neither the staged folder nor the empty folders made for it
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "kept" / "out"):
+            raise RuntimeError("the work failed")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
