@@ -32,7 +32,7 @@ from covseg.models import create_model
 
 __all__ = ["FORMAT", "cpu_state_dict", "save_checkpoint", "load_weights_file", "read_checkpoint", "check_checkpoint",
            "checkpoint_config", "build_model", "load_model", "find_checkpoint", "epochs_done", "refuse_unfinished",
-           "weights_mismatch", "error_first_line"]
+           "weights_mismatch", "error_first_line", "cut_at_word"]
 
 FORMAT = "covseg-checkpoint-1"
 
@@ -69,7 +69,17 @@ def error_first_line(err: BaseException, limit: int = 120) -> str:
     text = str(err).strip()
     first = text.splitlines()[0].strip() if text else ""
     why = f"{type(err).__name__}: {first}" if first else type(err).__name__
-    return why if len(why) <= limit else why[:limit - 3].rsplit(" ", 1)[0] + " …"
+    return cut_at_word(why, limit)
+
+
+def cut_at_word(text: str, limit: int) -> str:
+    """``text`` as it is when it has at most ``limit`` characters, else its longest start that ends at a word and
+    leaves room for `` …`` after it (a start with no space in it is cut at ``limit - 2`` characters)."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit - 1]  # a space at its end ends a whole word that fits with " …"
+    cut = head.rsplit(" ", 1)[0].rstrip() if " " in head else text[:limit - 2]
+    return f"{cut} …"
 
 
 def find_checkpoint(path: str | Path, which: str = "auto") -> Path:
@@ -126,8 +136,7 @@ def load_weights_file(path: Path, what: str = "covseg checkpoint",
         why = f"{type(err).__name__}: {first}" if len(first) > 8 else type(err).__name__  # not a bare "(101)"
         if not zipfile.is_zipfile(path):  # torch saves zip archives: this one is cut short or no .pt at all
             why = f"no zip archive, as torch saves them: cut short, damaged or another kind of file; {why}"
-        if len(why) > 120:
-            why = why[:117].rsplit(" ", 1)[0] + " …"
+        why = cut_at_word(why, 120)
         raise CovsegError(f"{path}: not a readable {what} ({why}); {fix}") from None
 
 

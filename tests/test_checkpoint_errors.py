@@ -151,8 +151,12 @@ def test_error_first_line_keeps_a_line_that_fits_and_cuts_a_longer_one_at_a_word
     assert checkpoint.error_first_line(fits, limit=125) == f"ValueError: {'x' * 113}"
     long = OSError("disk " * 40 + "\nsecond line")
     cut = checkpoint.error_first_line(long, limit=40)
-    assert cut == "OSError: disk disk disk disk disk …" and len(cut) <= 40  # cut at 37, then at a word
+    assert cut == "OSError: disk disk disk disk disk disk …" and len(cut) == 40  # the last whole word that fits
     assert checkpoint.error_first_line(KeyError()) == "KeyError"
+    # a word that ends just where " …" still fits is kept whole (it used to be dropped with the word after it)
+    assert checkpoint.error_first_line(ValueError("aaaaa bbbb cccc"), limit=20) == "ValueError: aaaaa …"
+    assert checkpoint.cut_at_word("x" * 30, 10) == "xxxxxxxx …"  # no space to cut at: cut at limit - 2
+    assert checkpoint.cut_at_word("a  b" + "c" * 10, 6) == "a …"  # no blank left before the ellipsis
 
 
 def test_a_file_torch_cannot_read_is_named_with_torch_s_reason(tmp_path: Path) -> None:

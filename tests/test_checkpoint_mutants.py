@@ -108,15 +108,15 @@ def test_a_torch_reason_of_eight_characters_or_fewer_is_left_out(tmp_path: Path,
     assert str(caught.value) == f"{path}: not a readable covseg checkpoint ({shown}); {FIX}"
 
 
-def test_a_long_torch_reason_is_cut_at_a_word_before_117_characters(tmp_path: Path,
+def test_a_long_torch_reason_is_cut_at_the_last_whole_word_that_fits_in_120_characters(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     path = _resaved(tmp_path)
     monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("word " * 40)))
     with pytest.raises(CovsegError) as caught:
         read_checkpoint(path)
-    # "RuntimeError: " (14) + 103 characters = 20 whole words and "wor": cut to the 20 words, then " …"
-    why = "RuntimeError: " + " ".join(["word"] * 20) + " …"
-    assert len(why) == 115
+    # "RuntimeError: " (14) + 21 words of 4 with 20 spaces between them (104) + " …" (2) = 120 characters
+    why = "RuntimeError: " + " ".join(["word"] * 21) + " …"
+    assert len(why) == 120
     assert str(caught.value) == f"{path}: not a readable covseg checkpoint ({why}); {FIX}"
 
 
