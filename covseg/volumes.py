@@ -462,7 +462,7 @@ def _check_nifti_voxel_size(spacing: tuple[float, float, float], path: Path, uni
     named = units if units in _NIFTI_MM or units == "mm" else "unset, so mm"
     origin = f"from its affine, xyzt_units {named}"
     guess = _unit_hint(spacing)
-    if units == "micron" and "metres" in guess:
+    if units == "micron" and "like metres" in guess:  # not "like micrometres", which holds "metres" too
         hint = ("its affine looks like mm while its xyzt_units say micron: set them to mm (nibabel "
                 "img.header.set_xyzt_units('mm')) or convert the scan again")
     elif units == "meter" and "micrometres" in guess:

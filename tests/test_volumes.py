@@ -692,6 +692,26 @@ def test_a_nifti_whose_units_do_not_fit_its_mm_affine_is_refused_with_a_unit_hin
     assert f"xyzt_units {units}" in message and hint in message
 
 
+@pytest.mark.parametrize(("units", "scale", "guess"), [
+    ("micron", 1e6, "like micrometres (/ 1000 gives mm)"),  # an affine in nm: 2.5e6 um -> 2500 mm slices
+    ("meter", 1e-6, "like metres (x 1000 gives mm)"),  # an affine in km: 2.5e-6 m -> 0.0025 mm slices
+])
+def test_a_nifti_off_the_other_way_from_its_units_gets_the_general_hint_not_set_the_units_to_mm(
+        tmp_path, units, scale, guess):
+    """A file whose affine is 1000x off in the direction its own units do not explain: setting the units to mm would
+    make it 1000x worse still, so the message says what the sizes look like instead ("micrometres" holds "metres":
+    the micron case used to get the meter file's advice)."""
+    img = nib.Nifti1Image(np.full((8, 8, 4), -1000, np.int16), np.diag([0.7 * scale, 0.7 * scale, 2.5 * scale, 1.0]))
+    img.header.set_xyzt_units(units)
+    nib.save(img, str(tmp_path / "ct.nii.gz"))
+    with pytest.raises(CovsegError) as refused:
+        read_volume(tmp_path / "ct.nii.gz")
+    message = str(refused.value)
+    assert "\n" not in message and f"xyzt_units {units}" in message
+    assert "looks like mm while its xyzt_units say" not in message
+    assert f"covseg expects mm: they look {guess}; fix the affine or its xyzt_units" in message
+
+
 def test_a_dicom_series_with_pixel_spacing_in_metres_is_refused(tmp_path):
     import pydicom
 
