@@ -439,6 +439,11 @@ def _read_nifti(path: Path, header_only: bool = False) -> Volume | None:
     except Exception as exc:  # truncated data, bad compression
         raise CovsegError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc}); replace the file") from None
     warnings: list[str] = []
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        warnings.append(
+            f"{path.name}: its header holds no orientation (qform_code and sform_code 0), so nibabel's default (LAS) "
+            "was assumed: right and left may be swapped; set the qform or sform, or convert the scan again"
+        )
     data = _finite(data, path, warnings)
     lo, hi = float(data.min()), float(data.max())
     is_hu = lo < _HU_MIN

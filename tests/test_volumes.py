@@ -692,6 +692,23 @@ def test_a_nifti_whose_units_do_not_fit_its_mm_affine_is_refused_with_a_unit_hin
     assert f"xyzt_units {units}" in message and hint in message
 
 
+def test_a_nifti_without_orientation_is_read_with_a_warning_that_left_and_right_may_be_swapped(tmp_path):
+    """Both qform_code and sform_code 0: nibabel falls back on its Analyze default (LAS), so the lungs' sides in
+    the figures rest on a guess, which the reader is told (it was silent)."""
+    write_nifti(tmp_path / "coded.nii.gz", truth_hu()[:4])
+    coded = nib.load(str(tmp_path / "coded.nii.gz"))
+    img = nib.Nifti1Image(np.asarray(coded.dataobj), None)
+    img.header.set_zooms(coded.header.get_zooms())
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, str(tmp_path / "bare.nii.gz"))
+    assert not [w for w in read_volume(tmp_path / "coded.nii.gz").warnings if "orientation" in w]
+    volume = read_volume(tmp_path / "bare.nii.gz")
+    assert [w for w in volume.warnings if "orientation" in w] == [
+        "bare.nii.gz: its header holds no orientation (qform_code and sform_code 0), so nibabel's default (LAS) was "
+        "assumed: right and left may be swapped; set the qform or sform, or convert the scan again"]
+
+
 @pytest.mark.parametrize(("units", "scale", "guess"), [
     ("micron", 1e6, "like micrometres (/ 1000 gives mm)"),  # an affine in nm: 2.5e6 um -> 2500 mm slices
     ("meter", 1e-6, "like metres (x 1000 gives mm)"),  # an affine in km: 2.5e-6 m -> 0.0025 mm slices
