@@ -44,6 +44,7 @@ from covseg.labels import MULTICLASS, LabelScheme, check_labels, get_scheme
 
 __all__ = [
     "Sample",
+    "dicom_view_to_stored",
     "IMAGE_SUFFIXES",
     "PIL_SUFFIXES",
     "NIFTI_SUFFIXES",
@@ -328,6 +329,17 @@ def _dicom_view(ds: object, data: np.ndarray, path: Path) -> np.ndarray:
 
     affine = dicom_slice_affine(ds, path)
     return data if affine is None else nifti_slice_to_view(data.T, affine)
+
+
+def dicom_view_to_stored(view: np.ndarray, path: Path) -> np.ndarray:
+    """Inverse of :func:`_dicom_view` for the DICOM slice at ``path``: a ``(rows, cols)`` array of its view (a label
+    map predicted on :func:`read_image`'s output) -> the file's own pixel order and shape (``pixel_array``'s), so
+    that it overlays the stored slice (a prone slice's view is turned 180 degrees, a transposed one's is W x H).
+    Unchanged without ImageOrientationPatient; read from the header alone."""
+    from covseg.volumes import dicom_slice_affine, load_dicom, view_to_nifti_slice
+
+    affine = dicom_slice_affine(load_dicom(path, "replace the file", header_only=True), path)
+    return np.asarray(view) if affine is None else np.ascontiguousarray(view_to_nifti_slice(view, affine).T)
 
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, bool]:

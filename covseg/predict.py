@@ -1,7 +1,8 @@
 """Apply a trained model to image files: label maps at each input's size, overlays, class fractions.
 
 Outputs in ``OUT``:
-    ``<stem>.png``            label map, pixel value = class id (uint8), the input's own size
+    ``<stem>.png``            label map, pixel value = class id (uint8), the input's own size (a DICOM slice's in its
+                              stored pixel order, as a viewer shows it, whatever its ImageOrientationPatient)
     ``<stem>.nii.gz``         for NIfTI input instead: the label map with the input's affine and shape
     ``overlays/<stem>.png``   RGB overlay of the prediction on the image
     ``predictions.json``      per image: size and each class's pixel fraction
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from covseg import __version__
 from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig
-from covseg.datasets import read_image
+from covseg.datasets import DICOM_SUFFIXES, dicom_view_to_stored, read_image
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, folders_made_for, interrupts_deferred, staging_folder
 from covseg.figures import overlay
@@ -345,6 +346,8 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
                     for path, stem, name, image, probs in zip(chunk, stems[start:start + step],
                                                               names[start:start + step], images, predictor(images)):
                         labels = probs.argmax(0).astype(np.uint8)
+                        if path.suffix.lower() in DICOM_SUFFIXES:  # the view -> the file's own pixel order
+                            image, labels = (dicom_view_to_stored(a, path) for a in (image, labels))
                         if name.endswith(".nii.gz"):
                             write_label_nifti(labels, path, stage / name)
                         else:

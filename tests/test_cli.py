@@ -143,6 +143,36 @@ def test_a_nifti_label_map_sits_on_the_voxels_of_its_lesion(resize: str, tmp_pat
     assert 2 * (called & blob).sum() / (called.sum() + blob.sum()) > 0.9  # resampling blurs only the blob's rim
 
 
+@pytest.mark.parametrize("iop", [(1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, -1, 0), (0, 1, 0, 1, 0, 0)],
+                         ids=["supine", "prone", "transposed"])
+def test_a_dicom_label_map_sits_on_the_stored_pixels_of_its_lesion(iop: tuple[int, ...], tmp_path: Path) -> None:
+    """A DICOM slice is read turned by its ImageOrientationPatient (as a series would be), but its label map PNG is
+    written in the file's own pixel order and size, so that it overlays the stored slice: a prone slice's map was
+    turned 180 degrees, a transposed one's W x H (review helper 159)."""
+    from covseg.inference import Predictor
+    from covseg.labels import get_scheme
+    from covseg.predict import predict_files
+    from test_datasets import write_dicom
+
+    stored = np.full((50, 30), 124, np.uint16)  # -900 HU through slope 2 / intercept -1024
+    stored[35:45, 5:10] = 512  # an off-centre, non-square blob at 0 HU
+    path = write_dicom(tmp_path / "s.dcm", stored)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.ImageOrientationPatient = list(map(float, iop))
+    ds.save_as(path, enforce_file_format=True)
+    out = tmp_path / "out"
+    summary = predict_files(Predictor(_ThresholdBackend(), 32), get_scheme("binary"), [path], out,
+                            {"name": "threshold", "backend": "threshold"}, progress=False)
+    called = np.asarray(Image.open(out / "s.png")) > 0
+    blob = stored > 300
+    assert called.shape == blob.shape == (50, 30)
+    assert (summary["images"][0]["height"], summary["images"][0]["width"]) == (50, 30)
+    assert 2 * (called & blob).sum() / (called.sum() + blob.sum()) > 0.9
+    assert np.asarray(Image.open(out / "overlays" / "s.png")).shape[:2] == (50, 30)
+
+
 def _record_evaluation_devices(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ``device`` of every ``evaluate_run`` call ``compare`` and ``cv`` make from now on (each still runs)."""
     devices: list[str] = []
