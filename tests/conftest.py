@@ -85,6 +85,29 @@ class ConstantLogits(torch.nn.Module):
         return self.logits.expand(x.shape[0], -1, x.shape[2], x.shape[3])
 
 
+def record_syncs_and_renames(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """From now on, every ``os.fsync`` covseg.fileio makes and every ``os.replace`` anyone makes, in order:
+    ``("fsync", path synced)`` / ``("replace", destination)``; both still run."""
+    import os
+
+    import covseg.fileio as fileio
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    return events
+
+
 def free_loopback_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (just freed): a mirror URL that cannot be reached."""
     import socket

@@ -18,23 +18,14 @@ from covseg import runtime
 from covseg.checkpoint import build_model, load_model, read_checkpoint, save_checkpoint
 from covseg.config import apply_overrides, config_to_dict, load_recipe
 from covseg.errors import CovsegError
+from test_checkpoint_errors import _saved  # a tiny checkpoint, its entries changed
+from test_runtime import _cgroup_tree  # a fake cgroup file system
 
 FIX = "give a .pt file that covseg train wrote, or its run folder"
 
 
 def _config(*overrides: str, task: str = "binary"):
     return apply_overrides(load_recipe("tiny", task=task), list(overrides))
-
-
-def _resaved(tmp_path: Path, **changes: object) -> Path:
-    """A checkpoint of the tiny recipe's model (epoch 3, score 0.75), its entries then changed by ``changes``."""
-    config = _config()
-    path = tmp_path / "c.pt"
-    save_checkpoint(path, build_model(config), config, 3, 0.75)
-    data = torch.load(path, weights_only=True)
-    data.update(changes)
-    torch.save(data, path)
-    return path
 
 
 # ---- covseg.checkpoint ------------------------------------------------------------------------------------------
@@ -97,7 +88,7 @@ def test_find_checkpoint_names_the_run_folder_only_where_both_run_files_are_ther
                                             ("(101)", "RuntimeError"), ("", "RuntimeError")])
 def test_a_torch_reason_of_eight_characters_or_fewer_is_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  message: str, shown: str) -> None:
-    path = _resaved(tmp_path)  # a sound zip archive: torch.load's failure is the reason shown
+    path = _saved(tmp_path)  # a sound zip archive: torch.load's failure is the reason shown
 
     def fails(*args: object, **kwargs: object) -> None:
         raise RuntimeError(message)
@@ -110,7 +101,7 @@ def test_a_torch_reason_of_eight_characters_or_fewer_is_left_out(tmp_path: Path,
 
 def test_a_long_torch_reason_is_cut_at_the_last_whole_word_that_fits_in_120_characters(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _resaved(tmp_path)
+    path = _saved(tmp_path)
     monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("word " * 40)))
     with pytest.raises(CovsegError) as caught:
         read_checkpoint(path)
@@ -121,7 +112,7 @@ def test_a_long_torch_reason_is_cut_at_the_last_whole_word_that_fits_in_120_char
 
 
 def test_a_damaged_archive_member_is_refused_before_torch_loads_it(tmp_path: Path) -> None:
-    path = _resaved(tmp_path)
+    path = _saved(tmp_path)
     raw = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as archive:
         info = max(archive.infolist(), key=lambda i: i.file_size)  # the largest member: weights
@@ -138,13 +129,13 @@ def test_a_damaged_archive_member_is_refused_before_torch_loads_it(tmp_path: Pat
 
 
 def test_a_file_of_another_format_is_refused(tmp_path: Path) -> None:
-    path = _resaved(tmp_path, format="covseg-checkpoint-0")
+    path = _saved(tmp_path, format="covseg-checkpoint-0")
     with pytest.raises(CovsegError, match=r"c\.pt: not a covseg checkpoint \(format covseg-checkpoint-1 expected\)$"):
         read_checkpoint(path)
 
 
 def test_settings_that_are_not_a_dict_are_refused(tmp_path: Path) -> None:
-    path = _resaved(tmp_path, config="tiny")
+    path = _saved(tmp_path, config="tiny")
     with pytest.raises(CovsegError, match=r"a covseg checkpoint without its run's settings \('config'\)"):
         read_checkpoint(path)
 
@@ -156,7 +147,7 @@ def test_a_single_nan_weight_is_refused(tmp_path: Path) -> None:
     weights = dict(model)
     weights[name] = weights[name].clone()
     weights[name].view(-1)[0] = float("nan")  # one value of many
-    path = _resaved(tmp_path, model=weights)
+    path = _saved(tmp_path, model=weights)
     with pytest.raises(CovsegError, match=rf"\({name.replace('.', '[.]')} holds NaN or inf; the training diverged\)"):
         read_checkpoint(path)
 
@@ -165,7 +156,7 @@ def test_a_single_nan_weight_is_refused(tmp_path: Path) -> None:
                                           (torch.tensor(3), "tensor(3)"), ([1, 2], "[1, 2]"), (2.0, "2.0")])
 def test_an_epoch_entry_too_long_or_multi_line_to_show_is_named_by_its_type(tmp_path: Path, epoch: object,
                                                                            shown: str) -> None:
-    path = _resaved(tmp_path, epoch=epoch)
+    path = _saved(tmp_path, epoch=epoch)
     with pytest.raises(CovsegError) as caught:
         read_checkpoint(path)
     assert f"(its 'epoch' entry, {shown}, is not a whole number of epochs)" in str(caught.value)
@@ -176,7 +167,7 @@ def test_settings_this_covseg_cannot_read_are_named_with_the_file(tmp_path: Path
     config = _config()
     data_config = config_to_dict(config)
     data_config["model"]["colour"] = "blue"  # an option no covseg knows
-    path = _resaved(tmp_path, config=data_config)
+    path = _saved(tmp_path, config=data_config)
     with pytest.raises(CovsegError) as caught:
         load_model(path)
     message = str(caught.value)
@@ -282,24 +273,16 @@ def test_keep_freed_memory_stops_at_a_refused_mmap_threshold(monkeypatch: pytest
     assert mallopt.calls == [(-3, 1073741824)]  # nothing else changed
 
 
-def _cgroup(root: Path, files: dict[str, str], membership: str) -> Path:
-    for name, text in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(text)
-    (root / "self-cgroup").write_text(membership)
-    return root / "self-cgroup"
-
-
 def test_a_zero_period_is_no_quota(tmp_path: Path) -> None:
-    member = _cgroup(tmp_path, {"cpu.max": "100000 0\n"}, "0::/\n")
+    member = _cgroup_tree(tmp_path, {"cpu.max": "100000 0\n"}, "0::/\n")
     assert runtime.cgroup_cpu_limit(tmp_path, member) is None
-    member = _cgroup(tmp_path / "v1", {"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "0\n"},
+    member = _cgroup_tree(tmp_path / "v1", {"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "0\n"},
                      "2:cpu:/\n")
     assert runtime.cgroup_cpu_limit(tmp_path / "v1", member) is None
 
 
 def test_a_hybrid_hierarchy_reads_cgroup_v2_under_unified(tmp_path: Path) -> None:
-    member = _cgroup(tmp_path, {"unified/cgroup.controllers": "cpu memory\n", "unified/box/cpu.max": "200000 100000\n",
+    member = _cgroup_tree(tmp_path, {"unified/cgroup.controllers": "cpu memory\n", "unified/box/cpu.max": "200000 100000\n",
                                 "box/cpu.max": "100000 100000\n"}, "0::/box\n")
     assert runtime.cgroup_cpu_limit(tmp_path, member) == 2
 
@@ -307,7 +290,7 @@ def test_a_hybrid_hierarchy_reads_cgroup_v2_under_unified(tmp_path: Path) -> Non
 def test_a_v1_cpu_controller_mounted_as_cpu_alone_is_found(tmp_path: Path) -> None:
     # /proc/self/cgroup lists "cpu,cpuacct" but the hierarchy is mounted at cpu/ (no cpu,cpuacct folder)
     # and the cpuset controller's cgroup (another path) is no cpu controller, though its name begins with "cpu"
-    member = _cgroup(tmp_path, {"cpu/box/cpu.cfs_quota_us": "300000\n", "cpu/box/cpu.cfs_period_us": "100000\n",
+    member = _cgroup_tree(tmp_path, {"cpu/box/cpu.cfs_quota_us": "300000\n", "cpu/box/cpu.cfs_period_us": "100000\n",
                                 "cpu/other/cpu.cfs_quota_us": "100000\n", "cpu/other/cpu.cfs_period_us": "100000\n"},
                      "2:cpu,cpuacct:/box\n3:cpuset:/other\n")
     assert runtime.cgroup_cpu_limit(tmp_path, member) == 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
 import warnings
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 import covseg.evaluation as evaluation
+from conftest import record_syncs_and_renames
 from covseg.cli import _print_summary, main
 from covseg.errors import CovsegError
 from covseg.evaluation import Evaluation, evaluate_image, summarise, write_report
@@ -362,24 +362,10 @@ def test_training_curves_of_two_epochs_are_lines_without_markers(tmp_path: Path,
 @pytest.mark.parametrize("existed", [False, True])
 def test_the_report_files_reach_the_disk_before_the_renames_that_name_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existed: bool) -> None:
-    import covseg.fileio as fileio
-
     out = tmp_path / "eval"
     if existed:
         write_report(_evaluation([2, 3]), out, "first")
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-        events.append(("replace", str(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(fileio.os, "fsync", fsync)
-    monkeypatch.setattr(evaluation.os, "replace", replace)
+    events = record_syncs_and_renames(monkeypatch)
     write_report(_evaluation([4, 4]), out, "second")
     # the renames that name the report (the figure's own atomic write renames within the staging folder first)
     renames = [i for i, (kind, p) in enumerate(events) if kind == "replace" and not Path(p).parent.name.startswith(".")]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import covseg.fileio as fileio
-from conftest import interrupt_after_touching
+from conftest import interrupt_after_touching, record_syncs_and_renames
 from covseg.fileio import atomic_dir, atomic_path, atomic_write_text, staging_folder
 
 
@@ -241,19 +241,7 @@ def test_staging_folder_is_made_inside_an_existing_folder_else_beside_it(tmp_pat
 
 def test_atomic_path_syncs_the_file_before_the_rename_and_its_folder_after(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-        events.append(("replace", str(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(fileio.os, "fsync", fsync)
-    monkeypatch.setattr(fileio.os, "replace", replace)
+    events = record_syncs_and_renames(monkeypatch)
     final = tmp_path / "out" / "metrics.json"
     atomic_write_text(final, "{}")
     assert final.read_text() == "{}"
@@ -265,19 +253,7 @@ def test_atomic_path_syncs_the_file_before_the_rename_and_its_folder_after(tmp_p
 
 def test_atomic_dir_syncs_every_staged_file_and_folder_before_the_rename_and_the_parent_after(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    events: list[tuple[str, str]] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    def replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-        events.append(("replace", str(dst)))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(fileio.os, "fsync", fsync)
-    monkeypatch.setattr(fileio.os, "replace", replace)
+    events = record_syncs_and_renames(monkeypatch)
     final = tmp_path / "pred"
     with atomic_dir(final) as staged:
         (staged / "sub").mkdir()
