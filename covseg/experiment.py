@@ -282,6 +282,8 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     if config.data.task == "binary":
         table["Inf-Net meanDic"] = [rows[m]["infnet"]["meanDic"] for m in models]
     lines = [f"# {' vs '.join(models)} · {config.data.task} · split {config.data.split}", "",
+             "Dice and IoU: means over the held-out images (per image, images without the class skipped); pixel "
+             "and mean class accuracy: over all their pixels (pooled); Inf-Net meanDic: as Inf-Net computes it.", "",
              "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for key, values in table.items():
         lines.append(f"| {key} | " + " | ".join("–" if v is None else f"{v:.4f}" for v in values) + " |")

@@ -301,6 +301,8 @@ def test_compare_tables_the_foreground_classes_of_each_model_in_order(tiny_data:
                                "Inf-Net meanDic": [pytest.approx(0.69), pytest.approx(0.59)]}
     lines = (out / "comparison.md").read_text(encoding="utf-8").splitlines()
     assert "| mean IoU | 0.5500 | – |" in lines and "| train seconds | 12 | 35 |" in lines
+    # which figures are per-image means and which pooled, said above the table
+    assert lines[2].startswith("Dice and IoU: means over the held-out images (per image") and "(pooled)" in lines[2]
     runs = json.loads((out / "comparison.json").read_text(encoding="utf-8"))["runs"]
     assert (runs["unet"]["train_seconds"], runs["segnet"]["train_seconds"]) == (12.3, 34.6)
 
