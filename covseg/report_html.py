@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from typing import Any
 
 from matplotlib.figure import Figure  # pyplot-free: no global backend or figure state is touched
@@ -34,10 +35,12 @@ def _fig_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def axial_montage(grey: np.ndarray, lesions: np.ndarray, scheme: LabelScheme, n: int = 12) -> np.ndarray:
+def axial_montage(grey: np.ndarray, lesions: np.ndarray, scheme: LabelScheme, n: int = 12,
+                  spacing: tuple[float, float, float] | None = None) -> np.ndarray:
     """RGB montage of up to ``n`` axial slices (those with most lesion, else spread over the scan), 4 per row.
 
-    ``grey``: ``(Z, Y, X)`` in [0, 1]; ``lesions``: ``(Z, Y, X)`` labels. Superior slices come first.
+    ``grey``: ``(Z, Y, X)`` in [0, 1]; ``lesions``: ``(Z, Y, X)`` labels. Superior slices come first. With
+    ``spacing`` ``(Z, Y, X)`` mm each slice is shown at its true aspect ratio (rows resized by Y / X spacing).
     """
     area = (lesions > 0).reshape(len(lesions), -1).sum(1)
     if area.any():
@@ -45,6 +48,9 @@ def axial_montage(grey: np.ndarray, lesions: np.ndarray, scheme: LabelScheme, n:
     else:
         picks = sorted(set(np.linspace(0, len(grey) - 1, min(n, len(grey))).round().astype(int)))
     tiles = [overlay(grey[z], lesions[z], scheme) for z in picks[::-1]]
+    if spacing is not None and not math.isclose(spacing[1], spacing[2], rel_tol=1e-3):  # non-square pixels
+        height = max(1, int(round(tiles[0].shape[0] * spacing[1] / spacing[2])))
+        tiles = [np.asarray(Image.fromarray(t).resize((t.shape[1], height), Image.Resampling.BILINEAR)) for t in tiles]
     cols = min(4, len(tiles))
     rows = -(-len(tiles) // cols)
     h, w = tiles[0].shape[:2]
@@ -129,7 +135,7 @@ and quantify the scan and write its label maps (report.json's total also counts 
 Lung = HU-based lung mask plus every lung-lesion voxel the model found, less what it calls pleural effusion, which counts
 neither as lung nor as involvement (its volume only). Research use only, not a diagnostic device.</p>
 <img alt="bar chart" src="{_bar_chart(figures, [n for n in names if n in figures['total']['class_percent']], scheme)}">
-<h2>Axial slices with the most lesion</h2><p class="note">Colours: {key}</p><img alt="axial montage" src="{_png_uri(axial_montage(grey, lesions, scheme))}">
+<h2>Axial slices with the most lesion</h2><p class="note">Colours: {key}</p><img alt="axial montage" src="{_png_uri(axial_montage(grey, lesions, scheme, spacing=spacing))}">
 <h2>Coronal reformat</h2><img alt="coronal view" src="{_png_uri(coronal_view(grey, lesions, lungs, scheme, spacing))}">
 <h2>Warnings</h2><ul>{warnings}</ul>
 </body></html>

@@ -704,6 +704,16 @@ def test_the_montage_shows_the_slices_with_most_lesion_superior_first() -> None:
     assert every.shape == (4, 12, 3) and [every[0, x, 0] for x in (0, 4, 8)] == [102, 51, 25]
 
 
+def test_the_montage_shows_non_square_pixels_at_their_true_aspect_ratio() -> None:
+    from covseg.labels import BINARY
+
+    grey = _slices([0.0, 0.1])
+    none = np.zeros((2, 4, 4), np.int64)
+    # rows 1.5 mm apart, columns 0.75 mm: a 4 x 4 slice is 6 mm tall and 3 mm wide, shown 8 x 4 pixels
+    assert report_html.axial_montage(grey, none, BINARY, spacing=(5.0, 1.5, 0.75)).shape == (8, 8, 3)
+    assert report_html.axial_montage(grey, none, BINARY, spacing=(5.0, 0.7, 0.7)).shape == (4, 8, 3)  # square
+
+
 def test_the_montage_of_a_scan_without_lesion_spreads_over_it_4_per_row() -> None:
     from covseg.labels import BINARY
 
