@@ -354,17 +354,18 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, bool]:
     slope = dicom_number(ds, "RescaleSlope", 1, path) or 1.0
     intercept = dicom_number(ds, "RescaleIntercept", 0, path)
     data = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    finite = fill_non_finite(data, str(path))[0]  # NaN pixels (float pixel data) do not hide the air
     if str(getattr(ds, "Modality", "") or "").upper() == "CT":
-        if not has_dicom_value(ds, "RescaleIntercept") and not _looks_like_hu(data):  # an empty tag is none
+        if not has_dicom_value(ds, "RescaleIntercept") and not _looks_like_hu(finite):  # an empty tag is none
             # unsigned CT values with a missing -1024 intercept would be windowed 1024 HU too bright
             raise CovsegError(
-                f"{path}: CT slice has no RescaleIntercept and its values (min {float(data.min()):g}) are not "
+                f"{path}: CT slice has no RescaleIntercept and its values (min {float(finite.min()):g}) are not "
                 "Hounsfield units; give the original CT slice (with rescale tags)"
             )
         return data, True
     # no Modality: air below -100 tells HU (as for NIfTI and TIFF slices); a secondary capture's 0..255 (whatever its
     # identity rescale tags) is display grey
-    if _looks_like_hu(fill_non_finite(data, str(path))[0]):
+    if _looks_like_hu(finite):
         return data, True
     return _dicom_grey(ds, pixels, path), False
 

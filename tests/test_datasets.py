@@ -1015,3 +1015,26 @@ def test_a_layout_without_unlabelled_slices_says_where_to_find_them(tmp_path: Pa
         with pytest.raises(CovsegError, match=rf"{layout} layout holds only training data, no test split; use "
                                               r"--split cv:K"):
             load_dataset(root, "binary", split="test")
+
+
+@pytest.mark.parametrize("modality", ["CT", None])
+def test_a_float_dicom_slice_with_a_nan_pixel_is_read_as_hu_with_or_without_modality(tmp_path: Path,
+                                                                                   modality: str | None) -> None:
+    """A float DICOM slice (FloatPixelData) without rescale tags whose air reads -1000 is HU though one pixel is NaN:
+    the CT branch tested the minimum before the NaN was filled, and refused the slice as "min nan"."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if modality:
+        ds.Modality = modality
+    ds.Rows, ds.Columns = 2, 2
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.BitsAllocated = 1, "MONOCHROME2", 32
+    ds.FloatPixelData = np.array([[-1000.0, np.nan], [0.0, 300.0]], "<f4").tobytes()
+    ds.save_as(tmp_path / "s.dcm", enforce_file_format=True)
+    image = read_image(tmp_path / "s.dcm")  # the lung window (-1000 HU -> 0.2333..., 0 HU -> 0.9), NaN as the air
+    assert image.ravel().tolist() == pytest.approx([0.23333, 0.23333, 0.9, 1.0], abs=1e-4)
