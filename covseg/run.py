@@ -133,6 +133,9 @@ def read_class_weights(run_dir: Path) -> np.ndarray:
     if values.ndim != 1 or not np.isfinite(values).all():
         raise CovsegError(f"{path}: damaged (weights are not finite numbers); train the run again "
                           "(covseg train ... -o RUN --force)")
+    if values.size < 2:  # every label scheme has a background and at least one lesion class
+        raise CovsegError(f"{path}: damaged ({values.size} class weights, not one per class); train the run again "
+                          "(covseg train ... -o RUN --force)")
     return values
 
 

@@ -150,6 +150,8 @@ def test_resume_names_a_validation_image_missing_from_the_data_in_one_line(tiny_
     ("config.yaml", "- data\n- model\n", "not a covseg run config (a mapping"),
     ("class_weights.json", '{"weights": {"background": 1.0, "lesion": NaN}}', "weights are not finite numbers"),
     ("class_weights.json", '{"weights": [1.0, 2.0]}', "unreadable or damaged (AttributeError)"),
+    ("class_weights.json", '{"weights": {}}', "damaged (0 class weights, not one per class)"),
+    ("class_weights.json", '{"weights": {"background": 1.0}}', "damaged (1 class weights, not one per class)"),
 ])
 def test_a_run_record_of_the_wrong_shape_is_refused_in_one_line(name: str, text: str, message: str,
                                                                  tmp_path: Path) -> None:
