@@ -8,24 +8,7 @@ import pytest
 
 from covseg import lungmask as lm
 from covseg.lungmask import LEFT_LUNG, RIGHT_LUNG, body_midline, check_lung_mask, lung_mask
-
-S2 = (2.0, 2.0, 2.0)
-
-
-def _chest(shape=(8, 40, 60), body=(3, 37, 3, 57), right=(0, 8, 8, 32, 8, 25), left=(0, 8, 8, 32, 35, 52),
-           lung_hu=-850.0):
-    """Body box (40 HU) in air (-1000 HU); lungs as boxes (z0, z1, y0, y1, x0, x1), half-open; None: no lung."""
-    hu = np.full(shape, -1000.0, np.float32)
-    hu[:, body[0]:body[1], body[2]:body[3]] = 40.0
-    boxes = {}
-    for k, b in ((RIGHT_LUNG, right), (LEFT_LUNG, left)):
-        m = np.zeros(shape, bool)
-        if b is not None:
-            m[b[0]:b[1], b[2]:b[3], b[4]:b[5]] = True
-            hu[m] = lung_hu
-        boxes[k] = m
-    return hu, boxes
-
+from test_lungmask_mutants import S2, _chest  # the first round's box chest (2 mm voxels)
 
 def _expect(boxes):
     e = np.zeros(next(iter(boxes.values())).shape, np.uint8)
