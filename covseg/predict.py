@@ -25,7 +25,7 @@ from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig
 from covseg.datasets import DICOM_SUFFIXES, dicom_view_to_stored, read_image
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_path, folders_made_for, interrupts_deferred, staging_folder
+from covseg.fileio import atomic_path, folders_made_for, interrupts_deferred, staging_folder, sync_path, sync_tree
 from covseg.figures import overlay
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
@@ -277,18 +277,28 @@ def _publish(stage: Path, out_dir: Path, stale: Sequence[str] = ()) -> None:
     """Move every file under ``stage`` to the same place under ``out_dir``: all of them or, where a destination
     is blocked (:func:`_check_destinations`), none; then delete the files ``stale`` names (paths relative to
     ``out_dir``; where they are files), outputs of an earlier run that the new ones leave wrong. Ctrl-C waits until
-    the last is moved and deleted."""
+    the last is moved and deleted. The staged files are synced to the disk before the renames that name them, and
+    the folders renamed into after them (:func:`covseg.fileio.sync_tree`), so a crash cannot leave an output that
+    is named but empty."""
     files = sorted(p for p in stage.rglob("*") if p.is_file())
     _check_destinations(out_dir, [src.relative_to(stage) for src in files])
+    sync_tree(stage)  # the data on the disk before the renames that name them
+    touched: set[Path] = set()
     with interrupts_deferred():
         for src in files:
             dst = out_dir / src.relative_to(stage)
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
+            touched.update(out_dir / part for part in [*src.relative_to(stage).parents])  # up to out_dir itself
         for name in stale:
             old = out_dir / name
             if old.is_file() and not old.is_symlink():
                 old.unlink()
+                touched.add(old.parent)
+    for folder in sorted(touched, key=lambda f: len(f.parts), reverse=True):  # the renames themselves, deepest first
+        sync_path(folder)
+    if out_dir.parent != out_dir:
+        sync_path(out_dir.parent)  # out_dir itself may have been made for these files
 
 
 def _label_name(path: Path, stem: str) -> str:

@@ -21,7 +21,7 @@ from covseg.cli import main
 from covseg.errors import CovsegError
 from covseg.paired import read_fold_scores
 
-from conftest import REAL_SEMISEG, TINY_OVERRIDES
+from conftest import REAL_SEMISEG, TINY_OVERRIDES, record_syncs_and_renames
 
 
 def _one_line_error(capsys) -> str:
@@ -499,6 +499,28 @@ def test_outputs_are_moved_all_or_none(blocker: str, tmp_path: Path) -> None:
     with pytest.raises(CovsegError, match=f"{out / blocker}: is a (file|folder) where covseg writes"):
         _publish(stage, out)
     assert _tree(out) == before
+
+
+def test_published_outputs_reach_the_disk_before_the_renames_that_name_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from covseg.predict import _publish
+
+    stage, out = tmp_path / "stage", tmp_path / "out"
+    (stage / "overlays").mkdir(parents=True)
+    for name in ("a.png", "overlays/a.png", "predictions.json"):
+        (stage / name).write_text("new")
+    (tmp_path / "out").mkdir()
+    (out / "stale.png").write_text("an earlier run's output")
+    events = record_syncs_and_renames(monkeypatch)
+    _publish(stage, out, stale=["stale.png"])
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "replace"]
+    assert [events[i][1] for i in renames] == [str(out / n) for n in ("a.png", "overlays/a.png", "predictions.json")]
+    synced_first = {Path(p).relative_to(stage).as_posix() for kind, p in events[:renames[0]] if kind == "fsync"}
+    assert {"a.png", "overlays/a.png", "predictions.json"} <= synced_first  # every file, before any rename
+    # after the last rename: the folders renamed into, deepest first, then the one that holds the output folder
+    assert events[renames[-1] + 1:] == [("fsync", str(out / "overlays")), ("fsync", str(out)),
+                                        ("fsync", str(tmp_path))]
+    assert not (out / "stale.png").exists() and (out / "overlays" / "a.png").read_text() == "new"
 
 
 def test_inputs_whose_outputs_clash_are_told_the_output_they_would_share(tmp_path: Path) -> None:
