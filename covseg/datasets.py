@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.intensity import (LUNG_WINDOW, fill_non_finite, raw_ct_warning, scale_stored_grey, to_unit_range,
-                              window_hu)
+from covseg.dicom import check_ct_modality, dicom_number, dicom_pixels, dicom_slice_affine, has_dicom_value, load_dicom
+from covseg.intensity import (HU_MIN_THRESHOLD, LUNG_WINDOW, fill_non_finite, raw_ct_warning, scale_stored_grey,
+                              to_unit_range, window_hu)
 from covseg.labels import MULTICLASS, LabelScheme, check_labels, get_scheme
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "PIL_SUFFIXES",
     "NIFTI_SUFFIXES",
     "DICOM_SUFFIXES",
-    "HU_MIN_THRESHOLD",
     "SPLITS",
     "read_image",
     "read_mask",
@@ -67,9 +67,6 @@ NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm",)
 IMAGE_SUFFIXES: tuple[str, ...] = PIL_SUFFIXES + NIFTI_SUFFIXES + DICOM_SUFFIXES
 """File name endings (lower case) that :func:`read_image` and :func:`read_mask` accept."""
-
-HU_MIN_THRESHOLD: float = -100.0
-"""NIfTI / signed or float TIFF data whose minimum is below this are taken as Hounsfield units."""
 
 SPLITS: tuple[str, ...] = ("train", "test", "unlabelled")
 
@@ -288,14 +285,10 @@ def _read_nifti_slice(path: Path) -> np.ndarray:
 
 def _dicom_file(path: Path):  # -> pydicom Dataset
     """A ``.dcm`` slice or mask as the scan reader reads DICOM files (without the 128-byte preamble too)."""
-    from covseg.volumes import load_dicom
-
     return load_dicom(path, "replace the file")
 
 
 def _dicom_pixels(ds: object, path: Path, what: str) -> np.ndarray:
-    from covseg.volumes import dicom_pixels
-
     pixels = dicom_pixels(ds, path)
     if pixels.ndim != 2:
         raise CovsegError(
@@ -309,7 +302,6 @@ def _dicom_grey(ds: object, pixels: np.ndarray, path: Path) -> np.ndarray:
     """Stored DICOM grey values -> float32 ``[0, 1]``: divided by the largest value ``BitsStored`` holds
     (``2**BitsStored - 1``; ``BitsAllocated`` when BitsStored is missing, else the pixel type's bits), clipped; dark on
     bright (``MONOCHROME1``) inverted, so that dense tissue is bright as in every other slice."""
-    from covseg.volumes import dicom_number
 
     bits = int(dicom_number(ds, "BitsStored", 0, path)) or int(dicom_number(ds, "BitsAllocated", 0, path))
     if not 1 <= bits <= 32:
@@ -325,7 +317,7 @@ def _dicom_view(ds: object, data: np.ndarray, path: Path) -> np.ndarray:
     """A DICOM slice's ``(rows, cols)`` array turned by its ImageOrientationPatient into the view
     :func:`covseg.volumes.read_volume` gives the same slice in a series (unchanged for IOP ``1\\0\\0\\0\\1\\0`` or
     without the tag)."""
-    from covseg.volumes import dicom_slice_affine, nifti_slice_to_view
+    from covseg.volumes import nifti_slice_to_view
 
     affine = dicom_slice_affine(ds, path)
     return data if affine is None else nifti_slice_to_view(data.T, affine)
@@ -336,7 +328,7 @@ def dicom_view_to_stored(view: np.ndarray, path: Path) -> np.ndarray:
     map predicted on :func:`read_image`'s output) -> the file's own pixel order and shape (``pixel_array``'s), so
     that it overlays the stored slice (a prone slice's view is turned 180 degrees, a transposed one's is W x H).
     Unchanged without ImageOrientationPatient; read from the header alone."""
-    from covseg.volumes import dicom_slice_affine, load_dicom, view_to_nifti_slice
+    from covseg.volumes import view_to_nifti_slice
 
     affine = dicom_slice_affine(load_dicom(path, "replace the file", header_only=True), path)
     return np.asarray(view) if affine is None else np.ascontiguousarray(view_to_nifti_slice(view, affine).T)
@@ -346,7 +338,6 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, bool]:
     """A single-frame DICOM as ``(rows, cols)`` float32, turned by its ImageOrientationPatient as
     :func:`covseg.volumes.read_volume` shows it (:func:`_dicom_view`), and whether it is HU: HU after rescale, else grey
     values already in ``[0, 1]`` (:func:`_dicom_grey`). See the module's Hounsfield-unit rule."""
-    from covseg.volumes import check_ct_modality, dicom_number, has_dicom_value
 
     ds = _dicom_file(path)
     check_ct_modality(ds, path, "a CT slice")
@@ -545,11 +536,9 @@ def _pairs(images_dir: Path, masks_dir: Path, scheme: LabelScheme, window: tuple
 
 def _slice_affine(path: Path) -> np.ndarray | None:
     """A NIfTI slice file's affine (voxel -> world), or a DICOM slice's from its ImageOrientationPatient
-    (:func:`covseg.volumes.dicom_slice_affine`, for its ``pixel_array.T``), else None; read from its header alone (the
+    (:func:`covseg.dicom.dicom_slice_affine`, for its ``pixel_array.T``), else None; read from its header alone (the
     caller has read the whole file already)."""
     import nibabel as nib
-
-    from covseg.volumes import dicom_slice_affine, load_dicom
 
     if _suffix(path) in DICOM_SUFFIXES:
         return dicom_slice_affine(load_dicom(path, "replace the file", header_only=True), path)

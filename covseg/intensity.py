@@ -5,7 +5,7 @@ import numpy as np
 
 from covseg.errors import CovsegError
 
-__all__ = ["LUNG_WINDOW", "NORMALIZATIONS", "RAW_CT_MAX", "fill_non_finite", "window_hu", "scale_uint8",
+__all__ = ["HU_MIN_THRESHOLD", "LUNG_WINDOW", "NORMALIZATIONS", "RAW_CT_MAX", "fill_non_finite", "window_hu", "scale_uint8",
            "scale_stored_grey", "raw_ct_warning", "to_unit_range", "equalize", "stretch_percentiles",
            "normalize_image", "QUANTILE_LEVELS", "grey_quantiles", "match_quantiles"]
 
@@ -14,6 +14,10 @@ NORMALIZATIONS: tuple[str, ...] = ("none", "equalize", "percentile")
 
 LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)
 """Default lung window as (level, width) in Hounsfield units."""
+
+HU_MIN_THRESHOLD: float = -100.0
+"""Data whose minimum is below this are Hounsfield units (air reaches about -1000 HU): NIfTI, signed or float TIFF
+data, a DICOM slice without RescaleIntercept."""
 
 
 RAW_CT_MAX: int = 4095

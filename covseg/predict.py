@@ -24,6 +24,7 @@ from covseg import __version__
 from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig
 from covseg.datasets import DICOM_SUFFIXES, dicom_view_to_stored, read_image
+from covseg.dicom import looks_like_dicom
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, folders_made_for, interrupts_deferred, staging_folder, sync_path, sync_tree
 from covseg.figures import overlay
@@ -32,7 +33,7 @@ from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme
 from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
-from covseg.volumes import quiet_file_readers, looks_like_dicom, view_to_nifti_slice
+from covseg.volumes import quiet_file_readers, view_to_nifti_slice
 
 __all__ = ["SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use",
            "predict_files", "check_file_outputs", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import math
 import warnings as warnings_module
@@ -41,9 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
+from covseg.dicom import (NO_RESCALE_WARNING, check_greyscale, dicom_floats, looks_like_dicom, read_dataset,
+                          rescale_to_hu, slice_pixels)
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
-from covseg.intensity import fill_non_finite, raw_ct_warning, scale_stored_grey
+from covseg.intensity import HU_MIN_THRESHOLD, fill_non_finite, raw_ct_warning, scale_stored_grey
 
 __all__ = [
     "CANONICAL_AXCODES",
@@ -57,14 +58,6 @@ __all__ = [
     "quiet_file_readers",
     "check_voxel_size",
     "check_spacing",
-    "read_dicom_slice",
-    "load_dicom",
-    "dicom_pixels",
-    "check_ct_modality",
-    "dicom_number",
-    "has_dicom_value",
-    "dicom_slice_affine",
-    "looks_like_dicom",
     "to_input_geometry",
     "from_input_geometry",
     "nifti_slice_to_view",
@@ -91,9 +84,6 @@ lung mask allocate tens of GB or the reported volumes absurd."""
 SLICE_MM_RANGE: tuple[float, float] = (0.02, 30.0)
 """Plausible distance between a CT's slice planes in mm, inclusive (thin-slice 0.5 mm to thick 10 mm slices, and
 sparse series with a few slices); outside it refused like :data:`PIXEL_MM_RANGE`."""
-
-_HU_MIN = -100.0
-"""Data whose minimum is below this are Hounsfield units (air reaches about -1000); see covseg.datasets."""
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -446,10 +436,10 @@ def _read_nifti(path: Path, header_only: bool = False) -> Volume | None:
         )
     data = _finite(data, path, warnings)
     lo, hi = float(data.min()), float(data.max())
-    is_hu = lo < _HU_MIN
+    is_hu = lo < HU_MIN_THRESHOLD
     if not is_hu:
         warnings.append(
-            f"{path.name}: values {lo:g}..{hi:g} do not look like Hounsfield units (no air below {_HU_MIN:g}); "
+            f"{path.name}: values {lo:g}..{hi:g} do not look like Hounsfield units (no air below {HU_MIN_THRESHOLD:g}); "
             "treated as grey values"
         )
     volume = _make_volume(data, input_affine, is_hu=is_hu, warnings=warnings,
@@ -487,7 +477,7 @@ def _finite(data: np.ndarray, path: Path, warnings: list[str]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# DICOM
+# DICOM series (one file: covseg.dicom)
 
 
 def _sha256_files(paths: Sequence[Path]) -> str:
@@ -497,224 +487,6 @@ def _sha256_files(paths: Sequence[Path]) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-def _floats(ds: object, keyword: str, n: int, path: Path) -> np.ndarray:
-    value = getattr(ds, keyword, None)
-    try:
-        arr = np.asarray([float(v) for v in value], dtype=np.float64) if value is not None else None
-    except (TypeError, ValueError):
-        arr = None
-    if arr is None or arr.shape != (n,) or not np.all(np.isfinite(arr)):
-        raise CovsegError(f"{path}: DICOM {keyword} is missing or invalid; the slice geometry is unknown")
-    return arr
-
-
-def _name_transfer_syntax(ds) -> None:
-    """Give a data set read without its file meta (a bare ACR-NEMA-style ``.dcm``: no preamble, no group 0002) the
-    transfer syntax its bytes were read in, so that its pixels decode: pydicom finds the encoding (implicit or
-    explicit VR, endianness) while reading, but decodes pixel data only by a named ``TransferSyntaxUID``."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and "TransferSyntaxUID" in meta:
-        return
-    # pydicom 3's original_encoding; pydicom 2 keeps the encoding read as is_implicit_VR / is_little_endian
-    implicit, little = getattr(ds, "original_encoding", None) or (getattr(ds, "is_implicit_VR", None),
-                                                                 getattr(ds, "is_little_endian", None))
-    if implicit is None:  # nothing read to tell by
-        return
-    if meta is None:
-        ds.file_meta = meta = FileMetaDataset()
-    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit
-                              else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-
-
-def _dcmread(path: Path, data: bytes | None = None, header_only: bool = False,
-             fix: str = "remove it from the series folder"):  # -> pydicom Dataset
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    source = io.BytesIO(data) if data is not None else str(path)
-    try:
-        return pydicom.dcmread(source, stop_before_pixels=header_only)
-    except InvalidDicomError:
-        if path.suffix.lower() != ".dcm":
-            return None
-        try:  # a .dcm file without the 128-byte preamble
-            if data is not None:
-                source = io.BytesIO(data)
-            ds = pydicom.dcmread(source, stop_before_pixels=header_only, force=True)
-        except Exception as exc:
-            raise CovsegError(
-                f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file"
-            ) from None
-        if "Rows" not in ds and "SOPClassUID" not in ds:
-            raise CovsegError(f"{path}: is not a DICOM file; {fix}")
-        _name_transfer_syntax(ds)
-        return ds
-    except Exception as exc:  # truncated header, bad values
-        raise CovsegError(f"{path}: cannot be read as DICOM ({type(exc).__name__}: {exc}); replace the file") from None
-
-
-def load_dicom(path: Path, fix: str, header_only: bool = False):  # -> pydicom Dataset
-    """One DICOM file, read as the scan reader reads its files (a ``.dcm`` without the 128-byte preamble and
-    ``DICM`` prefix too); a file that is not DICOM, or cannot be read, raises a one-line :class:`CovsegError`
-    (``fix``: what to do when it is not DICOM). ``header_only``: stop before the pixel data."""
-    ds = _dcmread(path, header_only=header_only, fix=fix)
-    if ds is None:
-        raise CovsegError(f"{path}: is not a DICOM file; {fix}")
-    return ds
-
-
-def has_dicom_value(ds: object, keyword: str) -> bool:
-    """Whether the DICOM tag ``keyword`` of ``ds`` is present with a value: an empty tag counts as missing, as
-    :func:`dicom_number` reads it (its default)."""
-    value = getattr(ds, keyword, None)
-    return value is not None and not (isinstance(value, str) and not value.strip())
-
-
-def dicom_slice_affine(ds: object, path: Path) -> np.ndarray | None:
-    """A 4x4 voxel -> RAS+ affine (directions only) for one DICOM slice's ``(i = column, j = row)`` array, i.e. its
-    ``pixel_array.T``, from ``ImageOrientationPatient`` as :func:`read_volume` builds a series' (LPS x and y
-    negated); :func:`nifti_slice_to_view` of ``pixel_array.T`` with it is the slice as ``read_volume`` shows it
-    (identity for IOP ``1\\0\\0\\0\\1\\0``). None when the tag is missing or empty (the stored order then stands);
-    a malformed tag raises a one-line :class:`CovsegError`."""
-    if not has_dicom_value(ds, "ImageOrientationPatient"):
-        return None
-    iop = _floats(ds, "ImageOrientationPatient", 6, path)
-    lps = np.eye(4)
-    lps[:3, 0], lps[:3, 1], lps[:3, 2] = iop[:3], iop[3:], np.cross(iop[:3], iop[3:])
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-
-
-def dicom_number(ds: object, keyword: str, default: float, path: Path) -> float:
-    """The DICOM tag ``keyword`` of ``ds`` as a finite number (``default`` when absent or empty); a value that is
-    not a finite number raises a one-line :class:`CovsegError` naming the file and the tag."""
-    value = getattr(ds, keyword, None)
-    if value is None or value == "":
-        return float(default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise CovsegError(f"{path}: DICOM {keyword} is {str(value)!r}, not a finite number; replace the file or "
-                          "fix the tag")
-    return number
-
-
-def _check_greyscale(ds: object, path: Path) -> None:
-    samples = int(dicom_number(ds, "SamplesPerPixel", 1, path) or 1)
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
-    if samples != 1 or not photometric.startswith("MONOCHROME"):
-        raise CovsegError(
-            f"{path}: has {samples} samples per pixel ({photometric}), a colour image, not a CT slice; "
-            "give the original greyscale CT series"
-        )
-    frames = int(dicom_number(ds, "NumberOfFrames", 1, path) or 1)
-    if frames > 1:
-        raise CovsegError(
-            f"{path}: is a multi-frame DICOM ({frames} frames); export the series as one slice per file"
-        )
-    check_ct_modality(ds, path, "a CT series")
-
-
-def check_ct_modality(ds: object, path: Path, give: str) -> None:
-    """Refuse, in one line, a DICOM dataset whose Modality is present and not CT (MR, OT secondary capture, ...):
-    its values are no Hounsfield units. ``give``: what to give instead ("a CT series")."""
-    modality = str(getattr(ds, "Modality", "") or "").upper()
-    if modality and modality != "CT":
-        raise CovsegError(f"{path}: Modality is {modality}, not CT; give {give}")
-
-
-def _rescaled(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, bool]:
-    """Stored values -> HU with RescaleSlope/RescaleIntercept; also whether the tags were missing.
-
-    Without RescaleIntercept (missing or empty; with or without RescaleSlope), stored values reaching below -100
-    are taken as HU;
-    others raise (see :func:`read_dicom_slice`).
-    """
-    # an empty tag is no value (dicom_number reads it as 0): raw unsigned values must not pass as HU
-    has_slope, has_inter = has_dicom_value(ds, "RescaleSlope"), has_dicom_value(ds, "RescaleIntercept")
-    slope = (dicom_number(ds, "RescaleSlope", 1, path) or 1.0) if has_slope else 1.0
-    intercept = dicom_number(ds, "RescaleIntercept", 0, path) if has_inter else 0.0
-    data = pixels.astype(np.float32)
-    if slope != 1.0:
-        data *= np.float32(slope)
-    if intercept != 0.0:
-        data += np.float32(intercept)
-    missing = not has_inter  # the intercept holds the offset (-1024 for unsigned data): a slope alone is no HU
-    if missing and not (data.size and float(data.min()) < _HU_MIN):
-        raise CovsegError(
-            f"{path}: has no RescaleIntercept and its values (min {float(data.min()):g}) are not "
-            "Hounsfield units; give the original CT series (with rescale tags)"
-        )
-    return data, missing
-
-
-_NO_RESCALE = "no RescaleIntercept; stored values (reaching below -100) taken as Hounsfield units"
-
-
-def _no_decoder(ds: object, exc: Exception) -> str | None:
-    """The name of ``ds``'s compressed transfer syntax when no installed pydicom plugin decodes it (the file is fine:
-    a decoder is missing), else None."""
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or not getattr(syntax, "is_compressed", False):
-        return None
-    try:
-        from pydicom.pixels import get_decoder
-    except ImportError:  # pydicom 2: its message says the handlers miss their dependencies
-        missing = "missing" in str(exc) and "dependenc" in str(exc)
-    else:
-        try:
-            missing = not get_decoder(syntax).is_available
-        except NotImplementedError:  # pydicom has no decoder for it at all: decompressing is the way
-            missing = True
-    return str(getattr(syntax, "name", syntax)) if missing else None
-
-
-def dicom_pixels(ds: object, path: Path) -> np.ndarray:
-    """``ds.pixel_array``; a failure raises a one-line :class:`CovsegError`: for compressed pixel data that no
-    installed decoder reads, what to install (or how to decompress the files), else that the file is damaged."""
-    try:
-        return ds.pixel_array  # type: ignore[attr-defined]
-    except Exception as exc:  # truncated pixel data, compression without a decoder, no pixel data
-        syntax = _no_decoder(ds, exc)
-        if syntax is not None:
-            raise CovsegError(
-                f"{path}: its pixel data are compressed ({syntax}) and no installed decoder reads them; install "
-                "pylibjpeg and pylibjpeg-libjpeg (or python-gdcm), or decompress the series (e.g. gdcmconv --raw)"
-            ) from None
-        raise CovsegError(
-            f"{path}: cannot read its pixel data ({type(exc).__name__}: {exc}); replace the file"
-        ) from None
-
-
-def _pixels(ds: object, path: Path) -> np.ndarray:
-    pixels = dicom_pixels(ds, path)
-    if pixels.ndim != 2:
-        raise CovsegError(f"{path}: pixel data has shape {tuple(pixels.shape)}, not one greyscale slice; "
-                          "give the original greyscale CT series")
-    return pixels
-
-
-def read_dicom_slice(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """Read one DICOM CT slice as ``(rows, cols)`` float32 Hounsfield units, plus warnings.
-
-    Pixel array as stored (row 0 first; no reorientation), ``RescaleSlope``/``RescaleIntercept`` applied.
-    Refused: colour / multi-sample or multi-frame images, Modality other than CT, unreadable files. Without
-    RescaleIntercept, stored values that already reach below -100 are taken as HU (with a warning); others are
-    refused, since e.g. unsigned values with a missing -1024 intercept would be read 1024 HU too high.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CovsegError(f"{path}: file not found; check the path")
-    ds = load_dicom(path, "give a DICOM CT slice")
-    _check_greyscale(ds, path)
-    data, missing = _rescaled(ds, _pixels(ds, path), path)
-    return data, [f"{path.name}: {_NO_RESCALE}"] if missing else []
 
 
 @dataclass
@@ -738,7 +510,7 @@ def _sop_class(ds: object) -> str:
 def _dicom_headers(paths: Sequence[Path]) -> list[tuple[_Header, object]]:
     found = []
     for p in paths:
-        ds = _dcmread(p, header_only=True)
+        ds = read_dataset(p, header_only=True)
         if ds is not None and ("Rows" not in ds or "Columns" not in ds) and _sop_class(ds) in _CT_IMAGE_STORAGE:
             raise CovsegError(f"{p}: a CT image file without its image (no Rows/Columns): the file is cut short; "
                               "replace it, or remove it from the series folder")
@@ -892,7 +664,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     items = _choose_series(headers, series_uid, folder, warnings)
     first_path = items[0][0].path
     for h, ds in items:
-        _check_greyscale(ds, h.path)
+        check_greyscale(ds, h.path)
     if len(items) < MIN_SLICES:
         raise CovsegError(
             f"{first_path}: the series has only {len(items)} slice; a scan needs at least {MIN_SLICES} slices "
@@ -900,7 +672,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         )
     if header_only:
         return None
-    iop = _floats(items[0][1], "ImageOrientationPatient", 6, first_path)
+    iop = dicom_floats(items[0][1], "ImageOrientationPatient", 6, first_path)
     lengths = np.linalg.norm(iop[:3]), np.linalg.norm(iop[3:])
     normal = np.cross(iop[:3], iop[3:])
     if min(lengths) < 1e-6 or np.linalg.norm(normal) < 1e-6 * lengths[0] * lengths[1]:
@@ -909,12 +681,12 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     row_cos, col_cos = iop[:3] / lengths[0], iop[3:] / lengths[1]
     normal = np.cross(row_cos, col_cos)
     normal /= np.linalg.norm(normal)
-    spacing_rc = _floats(items[0][1], "PixelSpacing", 2, first_path)
+    spacing_rc = dicom_floats(items[0][1], "PixelSpacing", 2, first_path)
     if np.any(spacing_rc <= 0):
         raise CovsegError(f"{first_path}: DICOM PixelSpacing {spacing_rc.tolist()} is not positive")
-    positions = np.stack([_floats(ds, "ImagePositionPatient", 3, h.path) for h, ds in items])
+    positions = np.stack([dicom_floats(ds, "ImagePositionPatient", 3, h.path) for h, ds in items])
     for h, ds in items[1:]:
-        other = _floats(ds, "PixelSpacing", 2, h.path)
+        other = dicom_floats(ds, "PixelSpacing", 2, h.path)
         if not np.allclose(other, spacing_rc, rtol=1e-4, atol=1e-4):
             raise CovsegError(f"{h.path}: PixelSpacing {other.tolist()} differs from {first_path.name}'s "
                               f"{spacing_rc.tolist()}; the series is not one volume")
@@ -988,12 +760,12 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     for h, _ in items:
         raw = h.path.read_bytes()
         digest.update(raw)
-        ds = _dcmread(h.path, data=raw)
-        pixels = _pixels(ds, h.path)
+        ds = read_dataset(h.path, data=raw)
+        pixels = slice_pixels(ds, h.path)
         if pixels.shape != (items[0][0].rows, items[0][0].cols):
             raise CovsegError(f"{h.path}: pixel data has shape {pixels.shape}, not Rows x Columns "
                               f"{items[0][0].rows}x{items[0][0].cols}; replace the file")
-        data, missing = _rescaled(ds, pixels, h.path)
+        data, missing = rescale_to_hu(ds, pixels, h.path)
         no_rescale += missing
         slices.append(data)
     stack = np.stack(slices)  # (k, row, col)
@@ -1001,7 +773,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         nearest = np.abs(np.arange(n_places)[:, None] - places[None, :]).argmin(axis=1)
         stack = stack[nearest]
     if no_rescale:
-        warnings.append(f"{no_rescale} of {len(items)} slices: {_NO_RESCALE}")
+        warnings.append(f"{no_rescale} of {len(items)} slices: {NO_RESCALE_WARNING}")
 
     lps = np.eye(4)
     lps[:3, 0] = row_cos * spacing_rc[1]  # i: along a row, column to column
@@ -1092,7 +864,7 @@ def _read_image_stack(folder: Path, paths: Sequence[Path], spacing: tuple[float,
         warnings.append(raw)
     stack = (stack if grey is None else grey).astype(np.float32)  # display grey values as single slices take them
     stack = _finite(stack, folder, warnings)  # float TIFFs may hold NaN
-    is_hu = bool(stack.size) and float(stack.min()) < _HU_MIN  # signed / float TIFF holding HU
+    is_hu = bool(stack.size) and float(stack.min()) < HU_MIN_THRESHOLD  # signed / float TIFF holding HU
     sz, sy, sx = spacing
     affine = np.diag([-sx, -sy, sz, 1.0])  # like axial DICOM: columns -> patient left, rows -> posterior
     volume = _make_volume(stack.transpose(2, 1, 0), affine, is_hu=is_hu, warnings=warnings, source=str(folder),
@@ -1123,18 +895,6 @@ def _is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(_NIFTI_SUFFIXES)
 
 
-def looks_like_dicom(path: Path) -> bool:
-    """True for a ``.dcm`` name or a file with DICOM's ``DICM`` magic at byte 128 (a DICOM file of any name)."""
-    if path.suffix.lower() == ".dcm":
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:] == b"DICM"
-
-
 def read_volume(path: str | Path, series_uid: str | None = None,
                 spacing: Sequence[float] | None = None) -> Volume:
     """Read a CT scan into a canonical :class:`Volume` (see the module docstring for the orientation).
@@ -1148,7 +908,7 @@ def read_volume(path: str | Path, series_uid: str | None = None,
       or one DICOM file (refused: a single slice is not a scan). Several series: ``series_uid`` picks one,
       else the one with the most images is read and a warning names the others. Slices are ordered by
       ImagePositionPatient projected on the slice normal (row x column direction cosines), never by file
-      name; RescaleSlope/RescaleIntercept applied (see :func:`read_dicom_slice`); Z spacing is the median
+      name; RescaleSlope/RescaleIntercept applied (see :func:`covseg.dicom.read_dicom_slice`); Z spacing is the median
       step between slice positions, in-plane spacing is PixelSpacing;
     * a folder of 2-D PNG/JPG/TIFF images, read in name order (numbers numerically) as slices from inferior
       to superior, each shown radiologically (anterior up, patient right on the left). Needs
@@ -1214,7 +974,7 @@ def _read_volume(path: Path, series_uid: str | None, spacing: Sequence[float] | 
         elif path.suffix.lower() in _IMAGE_SUFFIXES:
             raise CovsegError(f"{path}: is a single 2-D image; give the folder holding all slices (and --spacing)")
         else:
-            ds = _dcmread(path, header_only=True)
+            ds = read_dataset(path, header_only=True)
             if ds is None:
                 raise CovsegError(
                     f"{path}: is not a DICOM or NIfTI file; give a DICOM series folder, a .nii/.nii.gz file "

@@ -13,12 +13,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 
+from covseg.dicom import read_dicom_slice
 from covseg.errors import CovsegError
 from covseg.volumes import (
     Volume,
     check_volume,
     from_input_geometry,
-    read_dicom_slice,
     read_volume,
     to_input_geometry,
     write_like_input,

@@ -16,7 +16,8 @@ from PIL import Image
 from pydicom.uid import generate_uid
 
 from covseg.errors import CovsegError
-from covseg.volumes import check_volume, read_dicom_slice, read_volume, write_like_input
+from covseg.dicom import read_dicom_slice
+from covseg.volumes import check_volume, read_volume, write_like_input
 from test_volumes import (ORIGIN_LPS, SPACING, Y, Z, _ct_slice, _file_at_z, _retag, truth_hu, write_dicom_series,
                           write_nifti)
 
