@@ -463,91 +463,32 @@ def _cmd_cv_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from covseg.datasets import list_images, read_image
-    from covseg.fileio import unwritable_reason
     from covseg.labels import get_scheme
-    from covseg.predict import (SCAN_OUTPUTS, check_file_outputs, is_scan, open_models, predict_files, predict_scan,
-                                output_stem)
-    from covseg.quantify import nonzero_text, percent_text
+    from covseg.predict import open_models, predict_files, predict_scan, scan_summary
+    from covseg.predict_plan import plan_predict
     from covseg.scan import ScanOptions
-    from covseg.volumes import check_volume
 
-    for item in args.inputs:
-        if not item.exists():
-            raise CovsegError(f"{item}: no such file or folder")
     _refuse_repeated_models(args.model, "--model")
     _refuse_repeated_models(args.lesion_model, "--lesion-model")
-    if args.output.exists() and not args.output.is_dir():
-        raise CovsegError(f"{args.output}: is a file; give -o a folder (it is made if missing)")
-    why = unwritable_reason(args.output, folder=True)  # checked before the models load and the scans are segmented
-    if why:
-        raise CovsegError(f"{args.output}: cannot be written ({why}); give -o a folder you can write")
-    scans = [item for item in args.inputs if is_scan(item, args.spacing)]
-    files = [f for item in args.inputs if item not in scans for f in list_images(item)]
-    nested = next((f for f in files if f not in args.inputs and is_scan(f)), None)
-    if nested is not None:
-        check_volume(nested)  # one that cannot be read is refused as such, not pointed to
-        raise CovsegError(f"{nested.parent}: holds the 3-D scan {nested.name}; give the file itself "
-                          f"(covseg predict {nested} -o OUT --model ...)")
-    if not scans:  # every input is a 2-D slice: options that only act on scans would be ignored
-        given = [flag for flag, value in (("--series", args.series), ("--spacing", args.spacing),
+    scan_only = [flag for flag, value in (("--series", args.series), ("--spacing", args.spacing),
                                           ("--keep-outside-lungs", args.keep_outside_lungs or None),
                                           ("--min-lesion-ml", args.min_lesion_ml)) if value is not None]
-        if given:
-            hint = (" (--spacing reads a folder of 2-D images as one scan: give the folder)"
-                    if args.spacing is not None else "")
-            raise CovsegError(f"{given[0]} acts on 3-D scans only, and every input here is a 2-D image{hint}; "
-                              f"leave {given[0]} out")
-    if scans and not files and args.no_overlays:  # a scan's report has no overlay images to leave out
-        raise CovsegError("--no-overlays acts on 2-D images only, and every input here is a 3-D scan (its report.html "
-                          "always draws its views); leave --no-overlays out")
-    names = [output_stem(scan) for scan in scans]
-    scan_subfolders = len(scans) > 1 or bool(files)  # else the one scan writes into -o itself
-    if scan_subfolders:
-        clash = sorted({n for n in names if names.count(n) > 1 or not n})
-        if clash:
-            raise CovsegError(f"several scans would write to {args.output / clash[0]}; give scans distinct names "
-                              "(or predict them one at a time, each with its own -o)")
-    for scan, name in zip(scans, names):  # a scan's own file must not be replaced by what is written for it
-        out = (args.output / name if scan_subfolders else args.output).resolve()
-        if scan.is_file() and scan.resolve().parent == out and scan.name in SCAN_OUTPUTS:
-            raise CovsegError(f"{scan}: covseg predict would write its own {scan.name} over this scan; give -o "
-                              "another folder")
-    if scans:  # a --spacing that is not three positive numbers is refused before the models load
-        from covseg.volumes import check_spacing
-
-        check_spacing(args.spacing)
-    # every input checked before the models load and the first scan is segmented and published (check_volume says
-    # what can still fail only when a scan is read)
-    for scan in scans:
-        check_volume(scan, args.series, args.spacing)
-    if scans and files:  # the 2-D images are predicted after the scans are published: each is read once now
-        check_file_outputs(files, args.output, overlays=not args.no_overlays)
-        for file in files:
-            read_image(file)
+    plan = plan_predict(args.inputs, args.output, args.series, args.spacing, overlays=not args.no_overlays,
+                        scan_only=scan_only)
     predictor, config, info = open_models(args.model, args.lesion_model, args.task, "auto", args.backend, args.device,
                                           args.precision, args.batch_size, args.tta)
     scheme = get_scheme(config.data.task)
     chosen = {} if args.min_lesion_ml is None else {"min_lesion_ml": args.min_lesion_ml}
     options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, **chosen,
                           window=config.data.window)
-    for scan, name in zip(scans, names):
-        out = args.output / name if scan_subfolders else args.output
+    for scan, out in zip(plan.scans, plan.scan_outputs):
         report = predict_scan(scan, predictor, scheme, out, info, options, args.series, args.spacing,
                               progress=not args.quiet)
-        figures = report["figures"]
-        total = figures["total"]
-        pleural = "".join(f"; {cls.replace('_', ' ')} {nonzero_text(total['class_ml'][cls])} mL"
-                          for cls in figures.get("pleural", []) if total["class_ml"][cls] > 0)
-        shown = {side: "n/a" if figures[side]["severity"] is None else figures[side]["severity"]
-                 for side in ("right", "left")}  # a side without lung volume: not assessed
-        print(f"{scan}: lesions {nonzero_text(total['lesion_ml'])} mL = {percent_text(total['lesion_percent'])} % of "
-              f"{total['lung_ml']:.0f} mL lung (severity right {shown['right']}, "
-              f"left {shown['left']}){pleural}; report {out}/report.html")
+        print(scan_summary(scan, report, out))
         for warning in report["warnings"]:
             print(f"covseg: warning: {warning}", file=sys.stderr)
-    if files:
-        summary = predict_files(predictor, scheme, files, args.output, info, overlays=not args.no_overlays,
+    if plan.files:
+        summary = predict_files(predictor, scheme, plan.files, args.output, info, overlays=not args.no_overlays,
                                 progress=not args.quiet, window=config.data.window)
         print(f"wrote {len(summary['images'])} label maps to {args.output}")
     return 0

@@ -36,7 +36,8 @@ from covseg.runtime import resolve_device, resolve_precision
 from covseg.volumes import quiet_file_readers, view_to_nifti_slice
 
 __all__ = ["SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use",
-           "predict_files", "check_file_outputs", "predict_scan", "is_scan", "output_stem", "write_label_nifti"]
+           "predict_files", "check_file_outputs", "predict_scan", "scan_summary", "is_scan", "output_stem",
+           "write_label_nifti"]
 
 
 def open_predictor(model_path: Path, task: str | None = None, which: str = "auto", backend: str = "auto",
@@ -462,3 +463,20 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     return report
+
+
+def scan_summary(scan: Path, report: dict[str, Any], out_dir: Path) -> str:
+    """One line on a scan's :func:`predict_scan` report for the terminal: lesion volume and share of the lungs, each
+    side's severity (``n/a`` for a side without lung volume: not assessed), pleural findings with a volume, and where
+    the report is."""
+    from covseg.quantify import nonzero_text, percent_text
+
+    figures = report["figures"]
+    total = figures["total"]
+    pleural = "".join(f"; {cls.replace('_', ' ')} {nonzero_text(total['class_ml'][cls])} mL"
+                      for cls in figures.get("pleural", []) if total["class_ml"][cls] > 0)
+    shown = {side: "n/a" if figures[side]["severity"] is None else figures[side]["severity"]
+             for side in ("right", "left")}
+    return (f"{scan}: lesions {nonzero_text(total['lesion_ml'])} mL = {percent_text(total['lesion_percent'])} % of "
+            f"{total['lung_ml']:.0f} mL lung (severity right {shown['right']}, left {shown['left']}){pleural}; "
+            f"report {out_dir}/report.html")

@@ -1,0 +1,89 @@
+"""What ``covseg predict`` will read and write, checked in full before a model loads.
+
+Inputs are sorted into 3-D scans (:func:`covseg.predict.is_scan`: a NIfTI volume, a DICOM series folder, a folder
+of 2-D images given a voxel size) and 2-D images (files, and the images directly in the folders given). Every
+refusal is a one-line :class:`~covseg.errors.CovsegError`, raised before the models load, a scan is segmented or a
+file is written: what cannot be read, outputs that would collide or overwrite an input, options that would be
+ignored. What can still fail later is only what a scan's voxel data show once read whole.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from covseg.datasets import list_images, read_image
+from covseg.errors import CovsegError
+from covseg.fileio import unwritable_reason
+from covseg.predict import SCAN_OUTPUTS, check_file_outputs, is_scan, output_stem
+from covseg.volumes import check_spacing, check_volume
+
+__all__ = ["PredictPlan", "plan_predict"]
+
+
+@dataclass(frozen=True)
+class PredictPlan:
+    """The checked work of one ``covseg predict``: scans in the order given, each with the folder its outputs go to
+    (``output`` itself for a scan predicted alone, else ``output/<stem>``), then the 2-D images, folders expanded."""
+
+    scans: list[Path]
+    scan_outputs: list[Path]
+    files: list[Path]
+
+
+def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None,
+                 spacing: Sequence[float] | None = None, overlays: bool = True,
+                 scan_only: Sequence[str] = ()) -> PredictPlan:
+    """Check every input and output of a prediction and say where each goes.
+
+    ``series``: a DICOM SeriesInstanceUID to read; ``spacing``: ``(Z, Y, X)`` mm, which makes a folder of 2-D images
+    one scan; ``overlays``: whether 2-D images get overlays (``False`` is refused when every input is a scan);
+    ``scan_only``: the options given that act on scans only (their command-line names), refused, the first named,
+    when every input is a 2-D image. Scans' headers are read (:func:`covseg.volumes.check_volume`); when scans
+    and 2-D images are mixed, every image is read once too, since the images are predicted after the scans are
+    published.
+    """
+    for item in inputs:
+        if not item.exists():
+            raise CovsegError(f"{item}: no such file or folder")
+    if output.exists() and not output.is_dir():
+        raise CovsegError(f"{output}: is a file; give -o a folder (it is made if missing)")
+    why = unwritable_reason(output, folder=True)  # checked before the models load and the scans are segmented
+    if why:
+        raise CovsegError(f"{output}: cannot be written ({why}); give -o a folder you can write")
+    scans = [item for item in inputs if is_scan(item, spacing)]
+    files = [f for item in inputs if item not in scans for f in list_images(item)]
+    nested = next((f for f in files if f not in inputs and is_scan(f)), None)
+    if nested is not None:
+        check_volume(nested)  # one that cannot be read is refused as such, not pointed to
+        raise CovsegError(f"{nested.parent}: holds the 3-D scan {nested.name}; give the file itself "
+                          f"(covseg predict {nested} -o OUT --model ...)")
+    if not scans and scan_only:  # every input is a 2-D slice: options that only act on scans would be ignored
+        first = scan_only[0]
+        hint = " (--spacing reads a folder of 2-D images as one scan: give the folder)" if spacing is not None else ""
+        raise CovsegError(f"{first} acts on 3-D scans only, and every input here is a 2-D image{hint}; "
+                          f"leave {first} out")
+    if scans and not files and not overlays:  # a scan's report has no overlay images to leave out
+        raise CovsegError("--no-overlays acts on 2-D images only, and every input here is a 3-D scan (its report.html "
+                          "always draws its views); leave --no-overlays out")
+    names = [output_stem(scan) for scan in scans]
+    subfolders = len(scans) > 1 or bool(files)  # else the one scan writes into the output folder itself
+    if subfolders:
+        clash = sorted({n for n in names if names.count(n) > 1 or not n})
+        if clash:
+            raise CovsegError(f"several scans would write to {output / clash[0]}; give scans distinct names "
+                              "(or predict them one at a time, each with its own -o)")
+    outs = [output / name if subfolders else output for name in names]
+    for scan, out in zip(scans, outs):  # a scan's own file must not be replaced by what is written for it
+        if scan.is_file() and scan.resolve().parent == out.resolve() and scan.name in SCAN_OUTPUTS:
+            raise CovsegError(f"{scan}: covseg predict would write its own {scan.name} over this scan; give -o "
+                              "another folder")
+    if scans:  # a --spacing that is not three positive numbers is refused before the models load
+        check_spacing(spacing)
+    for scan in scans:
+        check_volume(scan, series, spacing)
+    if scans and files:  # the 2-D images are predicted after the scans are published: each is read once now
+        check_file_outputs(files, output, overlays=overlays)
+        for file in files:
+            read_image(file)
+    return PredictPlan(scans, outs, files)

@@ -1,0 +1,74 @@
+"""plan_predict: every input and output of a prediction checked, and placed, before a model loads; scan_summary."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from covseg.errors import CovsegError
+from covseg.predict import scan_summary
+from covseg.predict_plan import PredictPlan, plan_predict
+
+
+def _scan(path: Path) -> Path:
+    hu = np.full((24, 20, 4), -1000, np.int16)  # (i, j, k): 4 axial slices
+    nib.save(nib.Nifti1Image(hu, np.diag([0.7, 0.7, 2.5, 1.0])), str(path))
+    return path
+
+
+def _image(path: Path) -> Path:
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(path)
+    return path
+
+
+def test_one_scan_alone_writes_into_the_output_folder_itself(tmp_path: Path) -> None:
+    scan = _scan(tmp_path / "chest.nii.gz")
+    assert plan_predict([scan], tmp_path / "out") == PredictPlan([scan], [tmp_path / "out"], [])
+
+
+def test_scans_beside_images_each_get_a_subfolder_and_folders_are_expanded(tmp_path: Path) -> None:
+    a, b = _scan(tmp_path / "a.nii.gz"), _scan(tmp_path / "b.nii")
+    (tmp_path / "slices").mkdir()
+    images = [_image(tmp_path / "slices" / f"{n}.png") for n in (10, 2)]
+    plan = plan_predict([a, tmp_path / "slices", b], tmp_path / "out")
+    assert plan.scans == [a, b]
+    assert plan.scan_outputs == [tmp_path / "out" / "a", tmp_path / "out" / "b"]
+    assert plan.files == images[::-1]  # numbers sorted numerically: 2 before 10
+
+
+def test_refusals_come_before_any_model_loads(tmp_path: Path) -> None:
+    image = _image(tmp_path / "x.png")
+    with pytest.raises(CovsegError, match=r"^--min-lesion-ml acts on 3-D scans only, and every input here is a 2-D "
+                                          r"image; leave --min-lesion-ml out$"):
+        plan_predict([image], tmp_path / "out", scan_only=["--min-lesion-ml", "--series"])
+    assert plan_predict([image], tmp_path / "out").files == [image]  # the same inputs without it are fine
+    scan = _scan(tmp_path / "s.nii.gz")
+    with pytest.raises(CovsegError, match="--no-overlays acts on 2-D images only"):
+        plan_predict([scan], tmp_path / "out", overlays=False)
+    with pytest.raises(CovsegError, match="several scans would write to .*/out/s; give scans distinct names"):
+        plan_predict([scan, _scan(tmp_path / "s.nii")], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_scan_summary_names_each_side_and_says_n_a_for_a_side_without_lung() -> None:
+    part = {"lung_ml": 0.0, "lesion_ml": 0.0, "lesion_percent": 0.0, "severity": None,
+            "class_ml": {"infection": 0.0}}
+    right = {**part, "lung_ml": 2500.4, "lesion_ml": 250.0, "lesion_percent": 10.0, "severity": 2}
+    total = {**right, "lung_ml": 2500.4}
+    report = {"figures": {"right": right, "left": part, "total": total, "pleural": []}}
+    assert scan_summary(Path("chest.nii.gz"), report, Path("out")) == (
+        "chest.nii.gz: lesions 250.0 mL = 10.0 % of 2500 mL lung (severity right 2, left n/a); "
+        "report out/report.html")
+
+
+def test_scan_summary_adds_pleural_findings_with_a_volume_only() -> None:
+    part = {"lung_ml": 1000.0, "lesion_ml": 0.0, "lesion_percent": 0.0, "severity": 0,
+            "class_ml": {"ggo": 0.0, "pleural_effusion": 12.34, "other_fluid": 0.0}}
+    report = {"figures": {"right": part, "left": part, "total": {**part, "lung_ml": 2000.0},
+                          "pleural": ["pleural_effusion", "other_fluid"]}}
+    assert scan_summary(Path("s"), report, Path("o")) == (
+        "s: lesions 0.0 mL = 0.0 % of 2000 mL lung (severity right 0, left 0); pleural effusion 12.3 mL; "
+        "report o/report.html")
