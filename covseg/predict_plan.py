@@ -83,7 +83,13 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
     for scan in scans:
         check_volume(scan, series, spacing)
     if scans and files:  # the 2-D images are predicted after the scans are published: each is read once now
-        check_file_outputs(files, output, overlays=overlays)
+        _, labels, _ = check_file_outputs(files, output, overlays=overlays)
+        taken = {**{name: "label map" for name in labels}, "predictions.json": "summary",
+                 **({"overlays": "overlays folder"} if overlays else {})}
+        for scan, name in zip(scans, names):  # a scan's folder must not be one of the 2-D images' outputs
+            if name in taken:
+                raise CovsegError(f"{scan}: its outputs would go to {output / name}, the 2-D images' {taken[name]}; "
+                                  "rename the scan, or predict it on its own with its own -o")
         for file in files:
             read_image(file)
     return PredictPlan(scans, outs, files)

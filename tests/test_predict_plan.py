@@ -72,3 +72,22 @@ def test_scan_summary_adds_pleural_findings_with_a_volume_only() -> None:
     assert scan_summary(Path("s"), report, Path("o")) == (
         "s: lesions 0.0 mL = 0.0 % of 2000 mL lung (severity right 0, left 0); pleural effusion 12.3 mL; "
         "report o/report.html")
+
+
+@pytest.mark.parametrize("name, what", [("predictions.json", "summary"), ("overlays.nii.gz", "overlays folder"),
+                                        ("x.png.nii.gz", "label map")])
+def test_a_scan_whose_folder_would_be_one_of_the_slices_outputs_is_refused_first(tmp_path: Path, name: str,
+                                                                                   what: str) -> None:
+    # found by mutation helper 166: such a scan was segmented and published, then the slices failed (or mixed in)
+    scan = _scan(tmp_path / name) if name.endswith(".nii.gz") else tmp_path / name
+    if not name.endswith(".nii.gz"):  # a folder of PNG slices read as a scan with --spacing
+        scan.mkdir()
+        for z in range(3):
+            _image(scan / f"{z}.png")
+    image = _image(tmp_path / "x.png")
+    spacing = None if name.endswith(".nii.gz") else (2.5, 0.7, 0.7)
+    stem = name.removesuffix(".nii.gz")
+    with pytest.raises(CovsegError, match=rf"^{scan}: its outputs would go to {tmp_path / 'out' / stem}, the 2-D "
+                                          rf"images' {what}; rename the scan"):
+        plan_predict([scan, image], tmp_path / "out", spacing=spacing)
+    assert not (tmp_path / "out").exists()
