@@ -272,7 +272,7 @@ class _RecipeLoader(yaml.SafeLoader):
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.load(text, Loader=_RecipeLoader) or {}
+        data = yaml.load(text, Loader=_RecipeLoader)
     except _DuplicateKey as err:
         remedy = "merge the two sections" if err.sections else "keep one of them"
         raise CovsegError(f"{source}: line {err.line}: key {err.key!r} appears twice; {remedy}") from None
@@ -280,6 +280,9 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
         raise CovsegError(f"{source}: not valid YAML ({str(err).splitlines()[0]}); fix the recipe") from None
     except ValueError as err:  # a value YAML matched but could not build: a whole number of over 4300 digits
         raise CovsegError(f"{source}: a value YAML cannot read ({str(err).split(';')[0]}); fix the recipe") from None
+    if data is None or data == {}:  # an empty or comment-only file: it would train every default, unasked
+        raise CovsegError(f"{source}: holds no settings; give data/model/train sections (or name a built-in recipe, "
+                          "e.g. --recipe default)")
     if not isinstance(data, dict):
         raise CovsegError(f"{source}: a recipe must be a mapping with data/model/train sections")
     return data

@@ -404,3 +404,13 @@ def test_a_fold_written_with_a_leading_zero_is_the_same_split() -> None:
     # compare the names) refused it with a false reason
     assert apply_overrides(load_recipe("default"), ["data.split=cv:01"]).data.split == "cv:1"
     assert apply_overrides(load_recipe("default"), ["data.split=official"]).data.split == "official"
+
+
+@pytest.mark.parametrize("text", ["", "# my recipe, to be written\n", "{}\n", "---\n"])
+def test_a_recipe_file_with_no_settings_is_refused_not_trained_with_every_default(tmp_path: Path, text: str) -> None:
+    # before: an empty or comment-only file started a full 50-epoch default-sized training (fuzz helper 168)
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(text, encoding="utf-8")
+    with pytest.raises(CovsegError, match=rf"^{recipe}: holds no settings; give data/model/train sections \(or name a "
+                                          r"built-in recipe, e\.g\. --recipe default\)$"):
+        load_recipe(str(recipe))
