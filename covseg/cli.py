@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import sys
 from pathlib import Path
 
 from covseg import __version__
 from covseg.config import DataConfig, apply_overrides, available_recipes, load_recipe, text_override
-from covseg.errors import CovsegError
+from covseg.errors import CovsegError, Terminated
 
 __all__ = ["main", "entry", "build_parser"]
 
@@ -344,8 +345,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     close_distributed(wait_for_peers=True)
     if not dist.is_main:
         return 0
-    if result.stopped:  # Ctrl-C: 130, also where the run was finished by then (nothing to resume)
-        return 130
+    if result.stopped:  # Ctrl-C: 130 (SIGTERM: 143), also where the run was finished by then (nothing to resume)
+        return 143 if result.terminated else 130
     best = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
     trained = result.epochs_done - result.epochs_before  # this call's epochs, not the run's
     if resume and not trained:
@@ -651,9 +652,21 @@ def main(argv: list[str] | None = None) -> int:
         if not _is_torch_out_of_memory(err):
             raise
         return _out_of_memory(MemoryError(str(err).splitlines()[0][:200]))
-    except KeyboardInterrupt:
-        print("covseg: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        return _stopped(stop)
+
+
+def _stopped(stop: KeyboardInterrupt) -> int:
+    """Say in one line that the program was stopped: Ctrl-C exits 130, SIGTERM (:class:`Terminated`) 143."""
+    if isinstance(stop, Terminated):
+        print("covseg: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+    print("covseg: interrupted", file=sys.stderr)
+    return 130
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _escape_unencodable_output() -> None:
@@ -670,19 +683,21 @@ def entry(argv: list[str] | None = None) -> int:
     """The ``covseg`` program (console script, ``python -m covseg``): :func:`main` in a process whose glibc keeps
     freed memory for reuse (:func:`covseg.runtime.keep_freed_memory`, a process-wide setting; before the first large
     tensor), whose torch threads fit a container's CPU quota (:func:`covseg.runtime.fit_threads_to_cpu_quota`) and
-    whose output escapes what it cannot encode (:func:`_escape_unencodable_output`). :func:`main` itself leaves the
-    allocator, the threads and the streams alone, so a caller's process is not changed."""
+    whose output escapes what it cannot encode (:func:`_escape_unencodable_output`), and in which SIGTERM raises
+    :class:`~covseg.errors.Terminated` (exit status 143, after the same clean-up as Ctrl-C). :func:`main` itself
+    leaves the allocator, the threads, the streams and the signal handlers alone, so a caller's process is not
+    changed."""
     argv = sys.argv[1:] if argv is None else argv
     _escape_unencodable_output()
+    signal.signal(signal.SIGTERM, _raise_terminated)  # cleaned up after as Ctrl-C is (errors.Terminated)
     try:  # a Ctrl-C while torch is still being imported is the CLI's too: one line, 130
         if argv[:1] != ["download"]:
             from covseg.runtime import fit_threads_to_cpu_quota, keep_freed_memory
 
             keep_freed_memory()
             fit_threads_to_cpu_quota()
-    except KeyboardInterrupt:
-        print("covseg: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        return _stopped(stop)
     return main(argv)
 
 

@@ -1,8 +1,15 @@
-"""The one exception type the CLI turns into a one-line message and exit status 2."""
+"""The exception types the CLI turns into one line: :class:`CovsegError` (exit status 2) and :class:`Terminated`
+(exit status 143)."""
 from __future__ import annotations
 
-__all__ = ["CovsegError"]
+__all__ = ["CovsegError", "Terminated"]
 
 
 class CovsegError(Exception):
     """A problem with the user's input: the message names what is wrong and how to fix it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler, ``docker stop``) as the ``covseg`` program raises it: a
+    :class:`KeyboardInterrupt`, so that every path that cleans up after Ctrl-C (a half-written output removed, the
+    old run put back after ``train --force``, an interrupted training's epochs kept) runs for it too."""

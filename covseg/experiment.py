@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from covseg.config import MAX_SEED, DataConfig, RunConfig, check_new_run, config_from_dict, config_to_dict
 from covseg.datasets import Sample, load_dataset
-from covseg.errors import CovsegError
+from covseg.errors import CovsegError, Terminated
 from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
 from covseg.fileio import atomic_write_text, unwritable_reason
 from covseg.figures import plot_comparison
@@ -403,7 +403,7 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
         else:
             result = train_run(config, samples, run_dir, data, resume=True, progress=progress, log=log)
     if result is not None and result.stopped:  # Ctrl-C stops cv and compare, also where it found this run finished
-        raise KeyboardInterrupt
+        raise Terminated if result.terminated else KeyboardInterrupt
     return _train_seconds(run_dir)
 
 

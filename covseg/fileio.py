@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from covseg.errors import CovsegError
+from covseg.errors import CovsegError, Terminated
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "staging_folder", "current_umask", "interrupts_deferred",
            "sync_path", "sync_tree", "file_sha256", "unwritable_reason", "replacing_output", "folders_made_for",
@@ -271,20 +271,26 @@ def staging_folder(out_dir: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold back Ctrl-C (SIGINT) while a group of files that must agree is written.
+    """Hold back Ctrl-C (SIGINT) and SIGTERM while a group of files that must agree is written.
 
-    A SIGINT that arrives inside the block is raised as ``KeyboardInterrupt`` once the block has finished, so
-    a checkpoint and the history beside it always describe the same epoch. Outside the main thread (where
+    A SIGINT that arrives inside the block is raised as ``KeyboardInterrupt`` once the block has finished, a SIGTERM
+    as :class:`~covseg.errors.Terminated` (a ``KeyboardInterrupt`` too), so a checkpoint and the history beside it
+    always describe the same epoch. A SIGTERM is held back only where a handler already turns it into an exception
+    (the ``covseg`` program's); otherwise it ends the process as it would have. Outside the main thread (where
     Python cannot install signal handlers) the block runs unprotected.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    held = [signal.SIGINT] + ([signal.SIGTERM] if callable(signal.getsignal(signal.SIGTERM)) else [])
+    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if signal.SIGTERM in caught:
+        raise Terminated
     if caught:
         raise KeyboardInterrupt

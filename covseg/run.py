@@ -45,7 +45,7 @@ from covseg.config import DataConfig, RunConfig, TrainConfig, check_new_run, con
 from covseg.consistency import ConsistencyTerm
 from covseg.distill import DistillTerm, load_teachers
 from covseg.datasets import Sample, load_dataset
-from covseg.errors import CovsegError
+from covseg.errors import CovsegError, Terminated
 from covseg.fileio import atomic_write_text, file_sha256, interrupts_deferred
 from covseg.figures import plot_curves
 from covseg.intensity import normalize_image
@@ -77,6 +77,7 @@ class RunResult:
     stopped: bool = False  # Ctrl-C came, also where it found every epoch saved (the run finished): callers stop too
     seconds: float = 0.0
     epochs_before: int = 0  # epochs a resumed run had saved before this call (0 for a new run)
+    terminated: bool = False  # what stopped it was SIGTERM (errors.Terminated), not Ctrl-C: exit status 143
 
     @property
     def interrupted(self) -> bool:
@@ -622,7 +623,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     bar = tqdm(range(start, t.epochs), desc="train", unit="epoch", disable=not progress,
                initial=start, total=t.epochs, dynamic_ncols=True)
     epoch = start
-    stopped = False
+    stopped = terminated = False
     try:
         for epoch in bar:
             tick = time.perf_counter()
@@ -675,8 +676,8 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
                     old.drop()  # the new run can be resumed now: the run it replaces goes
             bar.set_postfix(loss=f"{fit.loss:.3f}", val_dice=f"{res.dice:.3f}")
         epoch = t.epochs
-    except KeyboardInterrupt:
-        epoch, stopped = len(history), True
+    except KeyboardInterrupt as stop:
+        epoch, stopped, terminated = len(history), True, isinstance(stop, Terminated)
         if epoch >= t.epochs:  # Ctrl-C came while the last epoch's files were written: the run is finished
             log(f"interrupted after all {t.epochs} epochs were saved; the run is finished, nothing to resume")
         elif old.put_back():
@@ -694,4 +695,5 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     if val_x is None and len(history) == t.epochs and dist.is_main and (run_dir / "last.pt").exists():
         # No validation images: the last epoch's weights are the ones to use (once every epoch is saved).
         save_checkpoint(run_dir / "best.pt", core, config, len(history), None)
-    return RunResult(run_dir, len(history), t.epochs, best, stopped, time.perf_counter() - began, start)
+    return RunResult(run_dir, len(history), t.epochs, best, stopped, time.perf_counter() - began, start,
+                     terminated)

@@ -130,6 +130,17 @@ def _torch_threads_restored() -> object:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _sigterm_handler_restored() -> object:
+    """Every test leaves SIGTERM's handler as it found it: ``covseg.cli.entry`` installs the program's own (SIGTERM
+    raises ``Terminated``), which must not outlive the test that called it."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, handler)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 12-image synthetic data set in the COVID-SemiSeg layout (read-only for tests)."""

@@ -19,7 +19,7 @@ import torch
 from covseg.checkpoint import find_checkpoint, read_checkpoint
 from covseg.cli import main
 from covseg.config import TrainConfig
-from covseg.errors import CovsegError
+from covseg.errors import CovsegError, Terminated
 from covseg.fileio import interrupts_deferred
 from covseg.predict import open_predictor
 from covseg.training import (averaged_network, class_argmax, class_balanced_weights, draw_order, epoch_average,
@@ -168,7 +168,8 @@ def _finished_run_with_a_report(tiny_run: Path, run: Path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("stop", ["ctrl-c in the first epoch", "ctrl-c while the old run is moved", "error"])
+@pytest.mark.parametrize("stop", ["ctrl-c in the first epoch", "ctrl-c while the old run is moved", "error",
+                                  "sigterm in the first epoch"])
 def test_force_puts_the_old_run_back_when_the_new_one_stops_before_its_first_epoch(
         stop: str, tiny_data: Path, tiny_run: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     # --force used to delete the old run before the new one had anything: Ctrl-C in the first epoch left a folder
@@ -181,6 +182,8 @@ def test_force_puts_the_old_run_back_when_the_new_one_stops_before_its_first_epo
         fired = interrupt_after_touching(run, monkeypatch)  # a real SIGINT just after the old folder is renamed
     else:
         def stop_in_the_first_epoch(*args, **kwargs):
+            if stop.startswith("sigterm"):  # as the covseg program raises it (fuzz helper 168: the old run was
+                raise Terminated              # left hidden beside a folder without its checkpoints)
             raise KeyboardInterrupt if stop.startswith("ctrl-c") else RuntimeError("a failure in the first epoch")
 
         monkeypatch.setattr(covseg.run, "train_one_epoch", stop_in_the_first_epoch)
@@ -189,7 +192,7 @@ def test_force_puts_the_old_run_back_when_the_new_one_stops_before_its_first_epo
         with pytest.raises(RuntimeError, match="a failure in the first epoch"):
             _train(tiny_data, run, "--force", "model.width=8")
     else:
-        assert _train(tiny_data, run, "--force", "model.width=8") == 130
+        assert _train(tiny_data, run, "--force", "model.width=8") == (143 if stop.startswith("sigterm") else 130)
     assert _files(run) == before  # the old run, report and all, as it was
     assert [p.name for p in tmp_path.iterdir()] == ["fz"]  # nothing left aside: neither the old nor the new folder
     err = capsys.readouterr().err
@@ -329,13 +332,15 @@ def test_killed_run_resumes_to_the_same_result(tiny_data: Path, tmp_path: Path, 
         torch.testing.assert_close(ema_resumed["model"][key], value, rtol=1e-5, atol=1e-6)
 
 
-def test_ctrl_c_saves_and_exits_cleanly(tiny_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_saves_and_exits_cleanly(tiny_data: Path, tmp_path: Path, signum: int, status: int) -> None:
+    # SIGTERM (kill, timeout, a scheduler) ended the process at once before, without a word (fuzz helper 168)
     run = tmp_path / "interrupted"
     proc = _start(tiny_data, run, 200)
     _wait_for_epoch(run, 1, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == status, err
     assert "Traceback" not in err and "--resume" in err
     assert read_checkpoint(run / "last.pt")["epoch"] == len(_history(run))
     assert (run / "curves.png").is_file()
@@ -547,6 +552,40 @@ def test_ctrl_c_inside_a_checkpoint_write_waits_for_the_write() -> None:
     with interrupts_deferred():  # no signal: nothing raised
         done.append("again")
     assert done == ["history.csv", "again"]
+
+
+def test_sigterm_inside_a_checkpoint_write_waits_for_the_write_where_the_program_turns_it_into_terminated() -> None:
+    import covseg.cli
+
+    previous = signal.signal(signal.SIGTERM, covseg.cli._raise_terminated)  # as covseg.cli.entry installs it
+    try:
+        done = []
+        with pytest.raises(Terminated):
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # delivered here: the block must still finish
+                done.append("history.csv")
+        assert done == ["history.csv"]
+        assert signal.getsignal(signal.SIGTERM) is covseg.cli._raise_terminated
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_covseg_program_stops_on_sigterm_in_one_line_with_status_143(monkeypatch, capsys) -> None:
+    import covseg.cli
+
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises in here
+        return 0
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setitem(covseg.cli.COMMANDS, "evaluate", terminated)
+    try:
+        assert covseg.cli.entry(["evaluate", "nowhere"]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err == "covseg: terminated (SIGTERM)\n"
 
 
 def test_weight_average_is_the_hand_computed_ema_with_the_models_own_statistics() -> None:
