@@ -9,6 +9,7 @@ a run trained here resumes, is reused and is refused exactly as one trained alon
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -21,7 +22,7 @@ import torch
 
 from covseg.config import RunConfig
 from covseg.datasets import Sample
-from covseg.errors import CovsegError
+from covseg.errors import CovsegError, Terminated
 from covseg.runtime import cgroup_cpu_limit
 
 __all__ = ["threads_per_job", "train_runs_in_parallel"]
@@ -144,7 +145,11 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
                             failure, failed_run = error, run_dir
                     elif not future.result():
                         interrupted = True  # a worker saw Ctrl-C (after saving): start nothing more
-        except KeyboardInterrupt:  # the workers had the same Ctrl-C: they save and return False
+        except KeyboardInterrupt as stop:  # the workers had the same Ctrl-C: they save and return False
+            if isinstance(stop, Terminated):  # SIGTERM reached this process alone: pass it on to them as Ctrl-C
+                for worker in list((getattr(pool, "_processes", None) or {}).values()):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGINT)
             wait(running)
             raise
     if isinstance(failure, BrokenExecutor):  # a worker died (SIGKILL, e.g. the OOM killer); the pool ended the rest

@@ -1111,3 +1111,24 @@ def test_resuming_a_finished_run_logs_no_training_line(tiny_run: Path, tmp_path:
     assert "all 3 epochs were trained already" in text, text
     # it used to go on with "training unet (...) on ... images, ..., epochs 4..3"
     assert "epochs 4..3" not in text and "training unet" not in text, text
+
+
+def test_sigterm_to_a_parallel_cross_validation_stops_its_workers_after_they_save(tiny_data: Path,
+                                                                                  tmp_path: Path) -> None:
+    # SIGTERM reaches the parent alone (Ctrl-C reaches the whole group): the parent passes it on, or it would wait
+    # for its workers to train every epoch
+    out = tmp_path / "cv"
+    cmd = [sys.executable, "-m", "covseg", "cv", "--recipe", "tiny", "--data", str(tiny_data), "--folds", "2",
+           "--jobs", "2", "-o", str(out), "--quiet", "--epochs", "400", "train.threads=1",
+           *(o for o in TINY_OVERRIDES if not o.startswith("data.folds"))]
+    restore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731 (see _start)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore_sigint)
+    for fold in (0, 1):
+        _wait_for_epoch(out / f"fold-{fold}", 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 143, err
+    assert err.rstrip().endswith("covseg: terminated (SIGTERM)") and "Traceback" not in err, err
+    for fold in (0, 1):
+        saved = read_checkpoint(out / f"fold-{fold}" / "last.pt")["epoch"]
+        assert 1 <= saved < 400 and saved == len(_history(out / f"fold-{fold}"))
