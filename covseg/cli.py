@@ -6,6 +6,7 @@ after saving what can be resumed.
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import os
 import signal
@@ -565,8 +566,23 @@ def _file_system_refusal(err: OSError) -> int:
         print(f"covseg: error: {err.filename} is a file, not a folder; give an output path outside it",
               file=sys.stderr)
         return 2
+    if err.errno == errno.ELOOP:  # opening a path through a link that leads back to itself
+        print(f"covseg: error: {where}is a symbolic link loop (a link that leads back to itself); remove it or give "
+              "another path", file=sys.stderr)
+        return 2
     print(f"covseg: error: {where}{err.strerror or err}; check the path and permissions", file=sys.stderr)
     return 2
+
+
+def _symlink_loop(err: RuntimeError) -> str | None:
+    """The path of Python 3.11-3.12's ``Path.resolve()`` error on a link that leads back to itself (``Symlink loop from
+    '/out'``; later Pythons raise an OSError, ELOOP, instead), else None."""
+    text = str(err)
+    prefix = "Symlink loop from "
+    if not text.startswith(prefix):
+        return None
+    quoted = text[len(prefix):]
+    return quoted[1:-1] if len(quoted) >= 2 and quoted[0] == quoted[-1] and quoted[0] in "'\"" else quoted
 
 
 def _stdout_reader_gone() -> int:
@@ -649,6 +665,11 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError as err:  # numpy's "Unable to allocate 37 GiB ...": one line, not a traceback
         return _out_of_memory(err)
     except RuntimeError as err:  # PyTorch's allocators ("DefaultCPUAllocator: can't allocate memory", CUDA's own)
+        loop = _symlink_loop(err)
+        if loop is not None:
+            print(f"covseg: error: {loop}: is a symbolic link loop (a link that leads back to itself); remove it or "
+                  "give another path", file=sys.stderr)
+            return 2
         if not _is_torch_out_of_memory(err):
             raise
         return _out_of_memory(MemoryError(str(err).splitlines()[0][:200]))

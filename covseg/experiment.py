@@ -234,6 +234,16 @@ def _split_file(path: Path) -> Path | None:
     return folder / "split.json" if folder is not None and (folder / "split.json").is_file() else None
 
 
+def _check_output_folder(out_dir: Path) -> None:
+    """Refuse, in one line and before anything trains, an ``-o`` of ``cv`` or ``compare`` that is a file or cannot be
+    written (a read-only folder, a path through a file, a symbolic link loop)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CovsegError(f"{out_dir}: is a file; give -o a folder (it is made if missing)")
+    why = unwritable_reason(out_dir, folder=True)
+    if why:
+        raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
+
+
 def compare_models(models: list[str], config: RunConfig, samples: list[Sample], data: str, out_dir: Path,
                    force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate each model under identical data, split, seed and budget; one table and figure.
@@ -248,6 +258,7 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     """
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
+    _check_output_folder(out_dir)
     d = config.data
     planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
     if not planned["val"] and not planned["test"]:  # every model would train, then have no image to be scored on
@@ -534,6 +545,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     _check_folds(folds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
+    _check_output_folder(out_dir)
     for k in range(folds):  # before any training: a fold of other settings or data fails now, not folds later
         _check_reusable(out_dir / f"fold-{k}", _fold_config(config, k, folds), samples, data, _CV_REMEDY)
     _check_fold_inputs(config, out_dir, folds, [s.name for s in samples])
@@ -680,6 +692,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     _check_folds(folds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
+    _check_output_folder(out_dir)
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
     for seed, cfg in configs.items():  # before any training: a folder of other settings or data fails now, not hours in
         for k in range(folds):

@@ -3,6 +3,7 @@ they can be written into a UTF-8 report."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -57,8 +58,16 @@ def folders_made_for(target: str | os.PathLike) -> Iterator[None]:
 def unwritable_reason(path: str | os.PathLike, folder: bool = False) -> str | None:
     """Why ``path`` (a file, or with ``folder`` a folder, that may not exist yet) cannot be written, checked before
     any long work: the nearest existing folder it would go in (for a folder, itself once it exists) is not a folder,
-    or not one this process may write into; None when it looks writable."""
+    or not one this process may write into, or a link on the way leads back to itself; None when it looks
+    writable."""
     target = Path(path).absolute()
+    for part in (target, *target.parents):
+        if part.is_symlink():
+            try:
+                part.stat()
+            except OSError as err:
+                if err.errno == errno.ELOOP:  # a link that leads back to itself (`ln -s out out`)
+                    return f"{part} is a symbolic link loop (a link that leads back to itself)"
     existing = next(p for p in ((target,) if folder else ()) + (target.parent, *target.parents) if p.exists())
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"

@@ -280,3 +280,42 @@ def test_atomic_dir_that_fails_removes_the_folders_it_made_for_the_output(tmp_pa
         with atomic_dir(tmp_path / "kept" / "out"):
             raise RuntimeError("the work failed")
     assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_unwritable_reason_names_a_symbolic_link_loop_on_the_way(tmp_path: Path) -> None:
+    # before: train/predict/cv printed a RuntimeError traceback for `-o loop`, evaluate asked whether the disk was full
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    told = f"{loop} is a symbolic link loop (a link that leads back to itself)"
+    assert fileio.unwritable_reason(loop, folder=True) == told
+    assert fileio.unwritable_reason(loop / "sub" / "report.md") == told
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # a link to nothing yet is no loop
+    assert fileio.unwritable_reason(tmp_path / "dangling", folder=True) is None
+
+
+@pytest.mark.parametrize("command", [["train", "--recipe", "tiny"], ["cv", "--recipe", "tiny"],
+                                     ["cv", "--recipe", "tiny", "--seeds", "0", "1"], ["compare", "--recipe", "tiny"],
+                                     ["pretrain", "--data", "nowhere"]])
+def test_a_symbolic_link_loop_given_as_output_is_one_line_not_a_traceback(tmp_path: Path, capsys, tiny_data: Path,
+                                                                          command: list[str]) -> None:
+    from covseg.cli import main
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    data = [] if command[0] == "pretrain" else ["--data", str(tiny_data)]
+    assert main([*command, *data, "-o", str(loop)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("covseg: error: ") and "symbolic link loop" in err, err
+
+
+@pytest.mark.parametrize("command", [["cv", "--recipe", "tiny"], ["compare", "--recipe", "tiny"]])
+def test_cv_and_compare_refuse_an_output_file_before_the_first_fold(tmp_path: Path, capsys, tiny_data: Path,
+                                                                   command: list[str]) -> None:
+    # before: "== fold 0 ==", then "afile/fold-0: Not a directory" (fuzz helper 168)
+    from covseg.cli import main
+
+    (tmp_path / "afile").write_text("mine")
+    assert main([*command, "--data", str(tiny_data), "-o", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err == (f"covseg: error: {tmp_path / 'afile'}: is a file; give -o a folder (it is made "
+                                       "if missing)\n")
+    assert (tmp_path / "afile").read_text() == "mine"
