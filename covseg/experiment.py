@@ -180,6 +180,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     predictor, config, info = open_models(paths, lesion_paths, task, which, backend, device, precision, batch_size, tta)
     if len(paths) + len(lesion_paths) > 1:  # after open_models: models of two tasks are told so, not that splits differ
         _check_ensemble_split(paths + lesion_paths, split)
+    if out_dir is not None:
+        _refuse_output_in_data(Path(out_dir), data)  # before scoring: a report there would be read as a mask
     samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
     # another checkpoint's report goes beside, never over, the run's own (which `covseg cv` reads)
     if out_dir is None:
@@ -234,14 +236,26 @@ def _split_file(path: Path) -> Path | None:
     return folder / "split.json" if folder is not None and (folder / "split.json").is_file() else None
 
 
-def _check_output_folder(out_dir: Path) -> None:
-    """Refuse, in one line and before anything trains, an ``-o`` of ``cv`` or ``compare`` that is a file or cannot be
-    written (a read-only folder, a path through a file, a symbolic link loop)."""
+def _check_output_folder(out_dir: Path, data: str) -> None:
+    """Refuse, in one line and before anything trains, an ``-o`` of ``cv`` or ``compare`` that is a file, cannot be
+    written (a read-only folder, a path through a file, a symbolic link loop), is a single run's folder, or lies in
+    the data folder ``data`` (whose images and masks its files would join)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise CovsegError(f"{out_dir}: is a file; give -o a folder (it is made if missing)")
     why = unwritable_reason(out_dir, folder=True)
     if why:
         raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
+    if is_run_folder(out_dir):
+        raise CovsegError(f"{out_dir}: is a training run's folder; give -o a folder of its own")
+    _refuse_output_in_data(out_dir, data)
+
+
+def _refuse_output_in_data(out_dir: Path, data: str) -> None:
+    """Refuse an output folder in (or equal to) the data folder: its files would be read as images or masks."""
+    root = Path(data).resolve()
+    if data and (out_dir.resolve() == root or out_dir.resolve().is_relative_to(root)):
+        raise CovsegError(f"{out_dir}: is inside the data folder {data}, where its files would be read as images or "
+                          "masks; give -o a folder outside it")
 
 
 def compare_models(models: list[str], config: RunConfig, samples: list[Sample], data: str, out_dir: Path,
@@ -258,7 +272,7 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     """
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
-    _check_output_folder(out_dir)
+    _check_output_folder(out_dir, data)
     d = config.data
     planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
     if not planned["val"] and not planned["test"]:  # every model would train, then have no image to be scored on
@@ -545,7 +559,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     _check_folds(folds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
-    _check_output_folder(out_dir)
+    _check_output_folder(out_dir, data)
     for k in range(folds):  # before any training: a fold of other settings or data fails now, not folds later
         _check_reusable(out_dir / f"fold-{k}", _fold_config(config, k, folds), samples, data, _CV_REMEDY)
     _check_fold_inputs(config, out_dir, folds, [s.name for s in samples])
@@ -692,7 +706,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     _check_folds(folds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
-    _check_output_folder(out_dir)
+    _check_output_folder(out_dir, data)
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
     for seed, cfg in configs.items():  # before any training: a folder of other settings or data fails now, not hours in
         for k in range(folds):

@@ -16,6 +16,7 @@ from covseg.datasets import list_images, read_image
 from covseg.errors import CovsegError
 from covseg.fileio import unwritable_reason
 from covseg.predict import SCAN_OUTPUTS, check_file_outputs, is_scan, output_stem
+from covseg.run import is_run_folder
 from covseg.volumes import check_spacing, check_volume
 
 __all__ = ["PredictPlan", "plan_predict"]
@@ -51,6 +52,13 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
     why = unwritable_reason(output, folder=True)  # checked before the models load and the scans are segmented
     if why:
         raise CovsegError(f"{output}: cannot be written ({why}); give -o a folder you can write")
+    if is_run_folder(output) or any(is_run_folder(fold) for fold in output.glob("fold-*")):
+        raise CovsegError(f"{output}: is a run or cross-validation folder; its files could be replaced by predictions: "
+                          f"give -o a folder of its own, e.g. {output / 'predictions'}")
+    for folder in (item for item in inputs if item.is_dir()):  # outputs there would be read as inputs next time
+        if output.resolve() == folder.resolve() or output.resolve().is_relative_to(folder.resolve()):
+            raise CovsegError(f"{output}: is inside the input folder {folder}, where predictions would be taken for "
+                              "inputs by the next run; give -o a folder outside it")
     scans = [item for item in inputs if is_scan(item, spacing)]
     files = [f for item in inputs if item not in scans for f in list_images(item)]
     nested = next((f for f in files if f not in inputs and is_scan(f)), None)

@@ -384,9 +384,12 @@ def test_predict_into_its_input_folder_never_overwrites_an_input(tiny_run: Path,
     folder.mkdir()
     Image.open(src / "0.jpg").save(folder / "a.png")
     before = (folder / "a.png").read_bytes()
-    assert main(["predict", str(folder), "-o", str(folder), "--model", str(tiny_run), "--quiet"]) == 2
-    assert "a.png" in _one_line_error(capsys)
-    assert (folder / "a.png").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.png"]
+    Image.open(src / "0.jpg").save(folder / "b.jpg")  # its label map b.png would replace nothing, yet join the inputs
+    for out in (folder, folder / "predictions"):  # -o the folder itself, or one inside it (fuzz helper 168)
+        assert main(["predict", str(folder), "-o", str(out), "--model", str(tiny_run), "--quiet"]) == 2
+        assert _one_line_error(capsys).endswith(f"{out}: is inside the input folder {folder}, where predictions "
+                                                "would be taken for inputs by the next run; give -o a folder outside it")
+    assert (folder / "a.png").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.png", "b.jpg"]
 
 
 def test_predict_refuses_no_overlays_when_every_input_is_a_scan(tmp_path: Path, capsys) -> None:

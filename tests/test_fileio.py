@@ -319,3 +319,39 @@ def test_cv_and_compare_refuse_an_output_file_before_the_first_fold(tmp_path: Pa
     assert capsys.readouterr().err == (f"covseg: error: {tmp_path / 'afile'}: is a file; give -o a folder (it is made "
                                        "if missing)\n")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_outputs_that_would_land_in_a_command_s_own_inputs_are_refused_before_any_work(
+        tmp_path: Path, capsys, tiny_data: Path, tiny_run: Path) -> None:
+    # fuzz helper 168: evaluate and compare wrote their reports into the data's masks folder (and the next run took
+    # best_worst.png for a mask without an image); predict -o a run folder replaced its curves.png; cv and compare
+    # wrote their folds into a training run's folder
+    import shutil
+
+    from covseg.cli import main
+
+    def refused(argv: list[str], message: str) -> None:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    masks = data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/GT"
+    before = sorted(p.name for p in masks.iterdir())
+    inside = f"{masks}: is inside the data folder {data}, where its files would be read as images or masks"
+    refused(["evaluate", str(tiny_run), "--data", str(data), "-o", str(masks), "--quiet"], inside)
+    for command in ("cv", "compare"):
+        refused([command, "--recipe", "tiny", "--data", str(data), "-o", str(masks), "--quiet"], inside)
+    assert sorted(p.name for p in masks.iterdir()) == before
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    files = sorted(p.name for p in run.iterdir())
+    for command in ("cv", "compare"):
+        refused([command, "--recipe", "tiny", "--data", str(data), "-o", str(run), "--quiet"],
+                f"{run}: is a training run's folder; give -o a folder of its own")
+    image = tmp_path / "curves.png"
+    shutil.copy(run / "curves.png", image)
+    refused(["predict", str(image), "-o", str(run), "--model", str(tiny_run), "--quiet"],
+            f"{run}: is a run or cross-validation folder; its files could be replaced by predictions")
+    assert sorted(p.name for p in run.iterdir()) == files
