@@ -25,11 +25,15 @@ def _log(message: str) -> None:
 
 
 def _default_data(dataset: str = "covid-semiseg") -> str:
-    from covseg.download import dataset_root, default_data_dir
+    from covseg.download import dataset_root, default_data_dir, missing_required_files
 
     root = dataset_root(default_data_dir(), dataset)
     if not root.exists():
         raise CovsegError(f"no --data given and {root} does not exist; run `covseg download` first or pass --data DIR")
+    missing, total = missing_required_files(dataset, root)
+    if missing:  # a download that failed part-way keeps its verified files, to resume from
+        raise CovsegError(f"no --data given and {root} is an unfinished download ({len(missing)} of {total} files "
+                          f"missing, first {missing[0]}); run `covseg download` again (it resumes) or pass --data DIR")
     return str(root)
 
 

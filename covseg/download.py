@@ -36,6 +36,7 @@ __all__ = [
     "default_data_dir",
     "resolve_mirror",
     "dataset_root",
+    "missing_required_files",
 ]
 
 MIRROR_ENV = "COVSEG_MIRROR"
@@ -394,6 +395,15 @@ def download(dataset: str, dest: Path, mirror: str | None = None,
     with folders_made_for(root):  # a failed first download leaves no empty folders behind
         root.mkdir(parents=True, exist_ok=True)
         return _fetch_all(dataset, src, manifest, base, src_root, root, progress)
+
+
+def missing_required_files(dataset: str, root: Path) -> tuple[list[str], int]:
+    """The files of ``dataset``'s required splits (its manifest paths) that are not in ``root``, and how many the
+    splits hold: a cheap check (names only, no hashing) that a download into ``root`` was finished."""
+    src = _source(dataset)
+    split_name = _split_namer(src)
+    required = [rel for rel in sorted(read_manifest(dataset)) if split_name(rel) in src.required]
+    return [rel for rel in required if not (root / rel).is_file()], len(required)
 
 
 def _new_report(dataset: str, src: DatasetSource, root: Path, mirror: str, in_place: bool = False) -> DownloadReport:

@@ -253,6 +253,12 @@ def test_no_data_given_and_none_downloaded_is_refused(tmp_path: Path, monkeypatc
     with pytest.raises(CovsegError, match="no --data given and"):
         cli._default_data()
     (tmp_path / "covid-semiseg").mkdir()
+    with pytest.raises(CovsegError, match="is an unfinished download"):  # there, but empty
+        cli._default_data()
+    missing, _ = covseg.download.missing_required_files("covid-semiseg", tmp_path / "covid-semiseg")
+    for rel in missing:
+        (tmp_path / "covid-semiseg" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "covid-semiseg" / rel).write_bytes(b"")
     assert cli._default_data() == str(tmp_path / "covid-semiseg")
 
 

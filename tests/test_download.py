@@ -439,3 +439,25 @@ def test_a_failed_copy_from_a_folder_mirror_leaves_no_part_file(failure: BaseExc
     with pytest.raises(error):
         dl.download(NAME, tmp_path / "kept", mirror=str(mirror), progress=False)
     assert root.is_dir() and not [p for p in root.rglob("*") if p.is_file()]
+
+
+def test_commands_without_data_refuse_an_unfinished_download_and_say_to_resume_it(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    # fuzz helper 168: a download that failed part-way keeps its verified files; multiclass training then blamed
+    # "GT/0.png: mask without an image", and binary evaluation ran on what was there without a word
+    from covseg.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    root = dl.dataset_root(tmp_path / "covseg", "covid-semiseg")
+    required = [rel for rel in sorted(dl.read_manifest("covid-semiseg")) if rel.startswith("Dataset/TrainingSet/")]
+    for rel in required[1:]:  # every file but the first, by name
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    assert dl.missing_required_files("covid-semiseg", root) == ([required[0]], len(required))
+    assert main(["train", "--recipe", "tiny", "-o", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == (
+        f"covseg: error: no --data given and {root} is an unfinished download (1 of {len(required)} files missing, "
+        f"first {required[0]}); run `covseg download` again (it resumes) or pass --data DIR\n")
+    assert not (tmp_path / "run").exists()
+    (root / required[0]).write_bytes(b"")  # all there by name: the readers take it from here
+    assert dl.missing_required_files("covid-semiseg", root) == ([], len(required))
