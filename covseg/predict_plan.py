@@ -3,8 +3,8 @@
 Inputs are sorted into 3-D scans (:func:`covseg.predict.is_scan`: a NIfTI volume, a DICOM series folder, a folder
 of 2-D images given a voxel size) and 2-D images (files, and the images directly in the folders given). Every
 refusal is a one-line :class:`~covseg.errors.CovsegError`, raised before the models load, a scan is segmented or a
-file is written: what cannot be read, outputs that would collide or overwrite an input, options that would be
-ignored. What can still fail later is only what a scan's voxel data show once read whole.
+file is written: what cannot be read, outputs that would collide, overwrite an input or land in a run folder or
+an input folder, options that would be ignored. What can still fail later is only what a scan's voxel data show once read whole.
 """
 from __future__ import annotations
 
