@@ -19,7 +19,7 @@ from covseg.config import MAX_SEED, DataConfig, RunConfig, check_new_run, config
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError, Terminated
 from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
-from covseg.fileio import atomic_write_text, unwritable_reason
+from covseg.fileio import atomic_write_text, check_output_folder, unwritable_reason
 from covseg.figures import plot_comparison
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
@@ -240,11 +240,7 @@ def _check_output_folder(out_dir: Path, data: str) -> None:
     """Refuse, in one line and before anything trains, an ``-o`` of ``cv`` or ``compare`` that is a file, cannot be
     written (a read-only folder, a path through a file, a symbolic link loop), is a single run's folder, or lies in
     the data folder ``data`` (whose images and masks its files would join)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CovsegError(f"{out_dir}: is a file; give -o a folder (it is made if missing)")
-    why = unwritable_reason(out_dir, folder=True)
-    if why:
-        raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
+    check_output_folder(out_dir)
     if is_run_folder(out_dir):
         raise CovsegError(f"{out_dir}: is a training run's folder; give -o a folder of its own")
     _refuse_output_in_data(out_dir, data)
@@ -252,8 +248,7 @@ def _check_output_folder(out_dir: Path, data: str) -> None:
 
 def _refuse_output_in_data(out_dir: Path, data: str) -> None:
     """Refuse an output folder in (or equal to) the data folder: its files would be read as images or masks."""
-    root = Path(data).resolve()
-    if data and (out_dir.resolve() == root or out_dir.resolve().is_relative_to(root)):
+    if data and out_dir.resolve().is_relative_to(Path(data).resolve()):  # the data folder itself too
         raise CovsegError(f"{out_dir}: is inside the data folder {data}, where its files would be read as images or "
                           "masks; give -o a folder outside it")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from covseg.errors import CovsegError, Terminated
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "staging_folder", "current_umask", "interrupts_deferred",
-           "sync_path", "sync_tree", "file_sha256", "unwritable_reason", "replacing_output", "folders_made_for",
+           "sync_path", "sync_tree", "file_sha256", "unwritable_reason", "check_output_folder", "replacing_output", "folders_made_for",
            "display_text"]
 
 
@@ -74,6 +74,16 @@ def unwritable_reason(path: str | os.PathLike, folder: bool = False) -> str | No
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not a folder you can write into"
     return None
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """Refuse, in one line (:class:`covseg.errors.CovsegError`), an output folder that is a file or that
+    :func:`unwritable_reason` says cannot be written; checked before any long work."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CovsegError(f"{out_dir}: is a file; give -o a folder (it is made if missing)")
+    why = unwritable_reason(out_dir, folder=True)
+    if why:
+        raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
 
 
 _NAME_MAX = 255  # the longest file name, in bytes, that common file systems (ext4, XFS, APFS, NTFS) take

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from covseg.datasets import list_images, read_image
 from covseg.errors import CovsegError
-from covseg.fileio import unwritable_reason
+from covseg.fileio import check_output_folder
 from covseg.predict import SCAN_OUTPUTS, check_file_outputs, is_scan, output_stem
 from covseg.run import is_run_folder
 from covseg.volumes import check_spacing, check_volume
@@ -47,16 +47,12 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
     for item in inputs:
         if not item.exists():
             raise CovsegError(f"{item}: no such file or folder")
-    if output.exists() and not output.is_dir():
-        raise CovsegError(f"{output}: is a file; give -o a folder (it is made if missing)")
-    why = unwritable_reason(output, folder=True)  # checked before the models load and the scans are segmented
-    if why:
-        raise CovsegError(f"{output}: cannot be written ({why}); give -o a folder you can write")
+    check_output_folder(output)  # before the models load and the scans are segmented
     if is_run_folder(output) or any(is_run_folder(fold) for fold in output.glob("fold-*")):
         raise CovsegError(f"{output}: is a run or cross-validation folder; its files could be replaced by predictions: "
                           f"give -o a folder of its own, e.g. {output / 'predictions'}")
     for folder in (item for item in inputs if item.is_dir()):  # outputs there would be read as inputs next time
-        if output.resolve() == folder.resolve() or output.resolve().is_relative_to(folder.resolve()):
+        if output.resolve().is_relative_to(folder.resolve()):  # the folder itself too
             raise CovsegError(f"{output}: is inside the input folder {folder}, where predictions would be taken for "
                               "inputs by the next run; give -o a folder outside it")
     scans = [item for item in inputs if is_scan(item, spacing)]

@@ -26,6 +26,11 @@ def _chest(shape=(8, 40, 60), body=(3, 37, 3, 57), right=(0, 8, 8, 32, 8, 25), l
     return hu, boxes
 
 
+def _each_lung_box_labelled(mask, boxes):
+    """Whether every voxel of each lung's box is labelled as that lung (other voxels not looked at)."""
+    return bool((mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all())
+
+
 def _exact(mask, boxes):
     expect = np.zeros(mask.shape, np.uint8)
     for k, m in boxes.items():
@@ -175,7 +180,7 @@ def test_trachea_size_limit_is_in_mm2_with_anisotropic_pixels():
     hu, boxes, trachea = _airway_chest()
     mask = lung_mask(hu, (2.0, 4.0, 2.0), closing_mm=0.0)
     assert not mask[6:][trachea[6:]].any()
-    assert (mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all()
+    assert _each_lung_box_labelled(mask, boxes)
 
 
 def test_a_lung_apex_off_the_midline_is_not_taken_for_the_trachea():
@@ -259,7 +264,7 @@ def test_a_trachea_shifting_by_its_width_between_slices_is_traced():
     hu[5, 13:15, 25:26] = -1000.0  # joined to the right lung in slice 5
     mask = lung_mask(hu, (2.0, 4.0, 2.0), closing_mm=0.0)
     assert not mask[6:][trachea[6:]].any()
-    assert (mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all()
+    assert _each_lung_box_labelled(mask, boxes)
 
 
 def test_lung_ends_between_two_slice_blocks_are_refined_along_z():
@@ -297,7 +302,7 @@ def test_touching_lungs_are_cut_at_the_bridge_column_nearest_the_midline():
     # the body over columns 3..55: midline 29; the bridge spans columns 25..34 (equal lung in each): cut at 29
     hu, boxes = _bridged((8, 25), (35, 52), (25, 35))
     mask = lung_mask(hu, S2, closing_mm=0.0)
-    assert (mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all()
+    assert _each_lung_box_labelled(mask, boxes)
     # (column 29, the left side's edge next to the cut, goes to the right lung's boundary band, filled first)
     assert (mask[:, 19:21, 25:29] == RIGHT_LUNG).all() and (mask[:, 19:21, 31:35] == LEFT_LUNG).all()
 
@@ -306,7 +311,7 @@ def test_touching_lungs_are_cut_at_a_junction_five_columns_off_the_midline():
     # the junction (columns 23..25) lies 4..6 columns right of the midline (29), within 0.3 half-widths (8.0)
     hu, boxes = _bridged((8, 23), (26, 52), (23, 26))
     mask = lung_mask(hu, S2, closing_mm=0.0)
-    assert (mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all()
+    assert _each_lung_box_labelled(mask, boxes)
 
 
 def test_a_lung_ending_inside_the_first_or_last_block_of_slices_keeps_no_tissue_slice() -> None:

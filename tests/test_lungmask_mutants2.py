@@ -8,7 +8,7 @@ import pytest
 
 from covseg import lungmask as lm
 from covseg.lungmask import LEFT_LUNG, RIGHT_LUNG, body_midline, check_lung_mask, lung_mask
-from test_lungmask_mutants import S2, _chest  # the first round's box chest (2 mm voxels)
+from test_lungmask_mutants import S2, _chest, _each_lung_box_labelled  # the first round's box chest (2 mm voxels)
 
 def _expect(boxes):
     e = np.zeros(next(iter(boxes.values())).shape, np.uint8)
@@ -98,7 +98,7 @@ def test_a_trachea_of_exactly_the_airway_area_limit_is_traced():
     assert (trachea[9].sum() * 4.0 * 2.0) == lm.AIRWAY_MAX_MM2
     mask = lung_mask(hu, (2.0, 4.0, 2.0), closing_mm=0.0)
     assert not mask[6:][trachea[6:]].any()
-    assert (mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all()
+    assert _each_lung_box_labelled(mask, boxes)
 
 
 def _bridged(right_x, left_x, bridge_x, rows=(19, 21)):
@@ -116,7 +116,7 @@ def test_touching_lungs_are_cut_at_a_junction_on_the_edge_of_the_search_window(r
     # body columns 3..55: midline 29.0, half-width 26.5; the cut is searched in columns 21..36 inclusive
     hu, boxes = _bridged(right_x, left_x, bridge_x)
     mask = lung_mask(hu, S2, closing_mm=0.0)
-    assert (mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all()
+    assert _each_lung_box_labelled(mask, boxes)
 
 
 def test_a_junction_of_exactly_45_percent_of_the_fullest_column_is_cut():
@@ -124,7 +124,7 @@ def test_a_junction_of_exactly_45_percent_of_the_fullest_column_is_cut():
     hu, boxes = _chest(shape=(6, 40, 60), body=(3, 37, 3, 56), right=(0, 6, 8, 28, 8, 29), left=(0, 6, 8, 28, 30, 52))
     hu[:, 10:19, 29] = -850.0
     mask = lung_mask(hu, S2, closing_mm=0.0)
-    assert (mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all()
+    assert _each_lung_box_labelled(mask, boxes)
 
 
 def test_check_tiny_lung_at_exactly_10_cm2_is_not_tiny():
@@ -150,7 +150,7 @@ def test_touching_lungs_with_the_smaller_side_exactly_10_percent_of_the_larger_a
     hu, boxes = _chest(shape=(6, 40, 60), body=(3, 37, 3, 56), right=(0, 6, 10, 20, 23, 29), left=(0, 6, 8, 34, 30, 53))
     hu[:, 12:14, 29] = -850.0
     mask = lung_mask(hu, S2, closing_mm=0.0)
-    assert (mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all()
+    assert _each_lung_box_labelled(mask, boxes)
 
 
 def test_a_trachea_4_columns_off_the_midline_of_a_54_column_body_is_traced():
@@ -162,7 +162,7 @@ def test_a_trachea_4_columns_off_the_midline_of_a_54_column_body_is_traced():
     hu[trachea] = -1000.0
     mask = lung_mask(hu, (2.0, 4.0, 2.0), closing_mm=0.0)
     assert not mask[6:][trachea[6:]].any()
-    assert (mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all()
+    assert _each_lung_box_labelled(mask, boxes)
 
 
 def test_body_midline_of_a_volume_without_body_is_the_middle_column():
@@ -213,4 +213,4 @@ def test_touching_lungs_are_cut_at_a_junction_on_the_small_lungs_centre_column()
     # search window includes it
     hu, boxes = _bridged((8, 32), (33, 36), (32, 33))
     mask = lung_mask(hu, S2, closing_mm=0.0)
-    assert (mask[boxes[RIGHT_LUNG]] == RIGHT_LUNG).all() and (mask[boxes[LEFT_LUNG]] == LEFT_LUNG).all()
+    assert _each_lung_box_labelled(mask, boxes)
