@@ -154,6 +154,9 @@ class TrainConfig:
     # the cross-entropy term over only this fraction of the batch's hardest pixels (nnU-Net's TopK loss; 0.1 is its
     # DC_and_topk_loss); 1 = every pixel (ce, mfb_ce, dice_ce, mfb_dice_ce only)
     ce_topk: float = 1.0
+    # label smoothing of the cross-entropy term (Szegedy et al. 2016; torch's CrossEntropyLoss label_smoothing): the
+    # target is (1 - eps) one-hot + eps / C; 0 = off (ce, mfb_ce, dice_ce, mfb_dice_ce only)
+    label_smoothing: float = 0.0
     # learn only which lesion type each truth-lesion pixel is (covseg.losses.LesionTypeLoss; the background
     # output stays untrained): a type model for `--lesion-model`, which finds the lesions (multiclass only)
     types_only: bool = False
@@ -532,6 +535,9 @@ def _validate(config: RunConfig, source: str) -> None:
     if not (math.isfinite(t.ce_topk) and 0 < t.ce_topk <= 1):
         raise CovsegError(f"{source}: train.ce_topk is {t.ce_topk}; it must lie in (0, 1]: the fraction of the "
                           "batch's hardest pixels the cross-entropy term keeps (1: all, nnU-Net's TopK 0.1)")
+    if not (math.isfinite(t.label_smoothing) and 0 <= t.label_smoothing < 1):
+        raise CovsegError(f"{source}: train.label_smoothing is {t.label_smoothing}; it must lie in [0, 1): the share "
+                          "of each pixel's cross-entropy target spread evenly over the classes (0: off, e.g. 0.1)")
     if t.tversky_lesion_only:
         if config.data.task != "multiclass":
             raise CovsegError(f"{source}: train.tversky_lesion_only is for the multiclass task (the binary task's "

@@ -77,7 +77,7 @@ def compute_lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.
 
 
 def compute_topk_cross_entropy(logits: torch.Tensor, target: torch.Tensor, fraction: float,
-                               weight: torch.Tensor | None = None) -> torch.Tensor:
+                               weight: torch.Tensor | None = None, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy over the hardest ``fraction`` of the batch's pixels only (nnU-Net's TopK loss; its
     ``DC_and_topk_loss`` keeps 10 %, ``fraction`` 0.1).
 
@@ -85,11 +85,13 @@ def compute_topk_cross_entropy(logits: torch.Tensor, target: torch.Tensor, fract
     class's ``weight`` when given, as nnU-Net's) is computed in float32; the mean is over the ``ceil(fraction *
     B * H * W)`` largest. ``fraction`` 1 gives the plain mean (unweighted; a weighted mean divides by the pixels'
     summed weights instead, as :class:`torch.nn.CrossEntropyLoss`). The product is rounded to 9 decimals before the
-    ceiling, so that float error does not add a pixel (0.07 of 100 pixels keeps 7, not 8).
+    ceiling, so that float error does not add a pixel (0.07 of 100 pixels keeps 7, not 8). ``label_smoothing``
+    scores each pixel against the smoothed target, as :class:`torch.nn.CrossEntropyLoss` does.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
-    per_pixel = F.cross_entropy(logits.float(), target, weight=weight, reduction="none").flatten()
+    per_pixel = F.cross_entropy(logits.float(), target, weight=weight, reduction="none",
+                                label_smoothing=label_smoothing).flatten()
     keep = max(1, math.ceil(round(fraction * per_pixel.numel(), 9)))
     return per_pixel.topk(keep, sorted=False).values.mean()
 
@@ -172,13 +174,16 @@ class DiceCELoss(nn.Module):
     """Sum of (optionally class-weighted) cross-entropy and soft Dice (or Tversky, ``fn_weight``; see
     :class:`DiceLoss`), plus ``lovasz_weight`` times :func:`compute_lovasz_softmax` when it is positive. With
     ``ce_topk`` under 1 the cross-entropy term is the mean over that fraction of the batch's hardest pixels
-    (:func:`compute_topk_cross_entropy`)."""
+    (:func:`compute_topk_cross_entropy`). ``label_smoothing`` (eps) scores the cross-entropy term against the
+    target ``(1 - eps) * one_hot + eps / C``, as :class:`torch.nn.CrossEntropyLoss`; the Dice term keeps the hard
+    labels."""
 
     def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0, batch_dice: bool = True,
                  skip_absent: bool = False, lesion_region: bool = False, fn_weight: float = 0.5,
-                 fn_weight_lesion_only: bool = False, lovasz_weight: float = 0.0, ce_topk: float = 1.0) -> None:
+                 fn_weight_lesion_only: bool = False, lovasz_weight: float = 0.0, ce_topk: float = 1.0,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.ce = _CrossEntropy(weight=weight, topk=ce_topk)
+        self.ce = _CrossEntropy(weight=weight, topk=ce_topk, label_smoothing=label_smoothing)
         self.dice = DiceLoss(batch=batch_dice, skip_absent=skip_absent, lesion_region=lesion_region,
                              fn_weight=fn_weight, fn_weight_lesion_only=fn_weight_lesion_only)
         self.dice_weight = dice_weight
@@ -258,15 +263,16 @@ class LesionAndTypeLoss(nn.Module):
 
 class _CrossEntropy(nn.CrossEntropyLoss):
     """Cross-entropy computed in float32 whatever the autocast dtype of the logits; over the hardest ``topk``
-    fraction of the pixels only when it is under 1 (:func:`compute_topk_cross_entropy`)."""
+    fraction of the pixels only when it is under 1 (:func:`compute_topk_cross_entropy`); against targets smoothed
+    by ``label_smoothing`` when it is positive."""
 
-    def __init__(self, weight: torch.Tensor | None = None, topk: float = 1.0) -> None:
-        super().__init__(weight=weight)
+    def __init__(self, weight: torch.Tensor | None = None, topk: float = 1.0, label_smoothing: float = 0.0) -> None:
+        super().__init__(weight=weight, label_smoothing=label_smoothing)
         self.topk = topk
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.topk < 1:
-            return compute_topk_cross_entropy(logits, target, self.topk, self.weight)
+            return compute_topk_cross_entropy(logits, target, self.topk, self.weight, self.label_smoothing)
         return super().forward(logits.float(), target)
 
 
@@ -318,7 +324,8 @@ def _check_type_loss(option: str, summary: str, other: str, name: str, dice: str
 def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = "batch",
                 lesion_region: bool = False, types_only: bool = False, lesion_and_type: bool = False,
                 dice_weight: float = 1.0, tversky_beta: float = 0.5,
-                tversky_lesion_only: bool = False, lovasz_weight: float = 0.0, ce_topk: float = 1.0) -> nn.Module:
+                tversky_lesion_only: bool = False, lovasz_weight: float = 0.0, ce_topk: float = 1.0,
+                label_smoothing: float = 0.0) -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
     ``dice`` picks the Dice term's reduction for the ``*dice*`` losses (``ce`` and ``mfb_ce`` refuse any but the
@@ -336,7 +343,9 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     that multiple of the Lovász-softmax loss per (image, class) pair (:func:`compute_lovasz_softmax`; ``dice_ce`` and
     ``mfb_dice_ce`` only; ``train.lovasz_weight``). ``ce_topk`` under 1 keeps only that fraction of the batch's
     hardest pixels in the cross-entropy term (nnU-Net's TopK; :func:`compute_topk_cross_entropy`; ``ce``,
-    ``mfb_ce``, ``dice_ce`` and ``mfb_dice_ce`` only; ``train.ce_topk``).
+    ``mfb_ce``, ``dice_ce`` and ``mfb_dice_ce`` only; ``train.ce_topk``). ``label_smoothing`` (eps, in [0, 1))
+    scores the cross-entropy term against ``(1 - eps) * one_hot + eps / C`` (the same four losses;
+    ``train.label_smoothing``).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
@@ -364,6 +373,12 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         raise CovsegError(f"train.ce_topk={ce_topk} keeps the hardest pixels of a cross-entropy term, which "
                           f"{name!r}{with_type_loss} does not have; drop train.ce_topk or use train.loss=dice_ce, "
                           "mfb_dice_ce, ce or mfb_ce")
+    if not 0 <= label_smoothing < 1:
+        raise CovsegError(f"train.label_smoothing must lie in [0, 1), got {label_smoothing}")
+    if label_smoothing and (name == "dice" or with_type_loss):
+        raise CovsegError(f"train.label_smoothing={label_smoothing} smooths the targets of a cross-entropy term, which "
+                          f"{name!r}{with_type_loss} does not have; drop train.label_smoothing or use "
+                          "train.loss=dice_ce, mfb_dice_ce, ce or mfb_ce")
     if dice != "batch" and name in ("ce", "mfb_ce") and not with_type_loss:  # those say what they need below
         raise CovsegError(f"train.dice={dice} picks how the Dice term is reduced, but train.loss={name} has no "
                           "Dice term; set train.dice=batch (its default) or use train.loss=dice_ce, mfb_dice_ce "
@@ -390,11 +405,11 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
                          name, dice, lesion_region, class_weights)
         return LesionAndTypeLoss(weight)
     if name in ("ce", "mfb_ce"):
-        return _CrossEntropy(weight=weight, topk=ce_topk)
+        return _CrossEntropy(weight=weight, topk=ce_topk, label_smoothing=label_smoothing)
     batch, skip_absent = dice == "batch", dice == "present"
     if name == "dice":
         return DiceLoss(batch=batch, skip_absent=skip_absent, lesion_region=lesion_region, fn_weight=tversky_beta,
                         fn_weight_lesion_only=tversky_lesion_only)
     return DiceCELoss(weight=weight, dice_weight=dice_weight, batch_dice=batch, skip_absent=skip_absent,
                       lesion_region=lesion_region, fn_weight=tversky_beta, fn_weight_lesion_only=tversky_lesion_only,
-                      lovasz_weight=lovasz_weight, ce_topk=ce_topk)
+                      lovasz_weight=lovasz_weight, ce_topk=ce_topk, label_smoothing=label_smoothing)

@@ -63,6 +63,9 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("train.lovasz_weight=true", "train.lovasz_weight: expected a number, got true"),
                          ("train.ce_topk=0", r"train.ce_topk is 0.0; it must lie in \(0, 1\]"),
                          ("train.ce_topk=1.5", r"train.ce_topk is 1.5; it must lie in \(0, 1\]"),
+                         ("train.label_smoothing=1", r"train.label_smoothing is 1.0; it must lie in \[0, 1\)"),
+                         ("train.label_smoothing=-0.1", r"train.label_smoothing is -0.1; it must lie in \[0, 1\)"),
+                         ("train.label_smoothing=nan", r"train.label_smoothing is nan; it must lie in \[0, 1\)"),
                          ("train.epochs=false", "train.epochs: expected a number, got false"),
                          ("train.tversky_lesion_only=true", "tversky_lesion_only is for the multiclass task")]:
         with pytest.raises(CovsegError, match=message):
@@ -101,6 +104,9 @@ def test_overrides_and_their_errors(tmp_path) -> None:
     assert _training_loss(lovasz, np.ones(2)).lovasz_weight == 0.5
     topk = apply_overrides(load_recipe("default"), ["train.ce_topk=0.1"]).train
     assert _training_loss(topk, np.ones(2)).ce.topk == 0.1
+    smoothed = apply_overrides(load_recipe("default"), ["train.label_smoothing=0.1"]).train
+    assert _training_loss(smoothed, np.ones(2)).ce.label_smoothing == 0.1
+    assert _training_loss(load_recipe("default").train, np.ones(2)).ce.label_smoothing == 0.0
     with pytest.raises(CovsegError, match="unknown recipe"):
         load_recipe("nope")
     path = tmp_path / "r.yaml"

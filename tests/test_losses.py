@@ -423,6 +423,33 @@ def test_topk_cross_entropy_by_hand() -> None:
         create_loss("dice", ce_topk=0.1)
 
 
+def test_label_smoothing_by_hand() -> None:
+    # class-1 probabilities 0.75 and 0.4 against truth 1 and 0; eps 0.2 over 2 classes smooths a one-hot target to
+    # (0.1, 0.9), so each pixel's CE is -(0.9 ln p_truth + 0.1 ln p_other)
+    logits, target = _two_class_logits([0.75, 0.4]), torch.tensor([[[1, 0]]])
+    smoothed = [-(0.9 * np.log(0.75) + 0.1 * np.log(0.25)), -(0.9 * np.log(0.6) + 0.1 * np.log(0.4))]
+    assert create_loss("ce", label_smoothing=0.2)(logits, target).item() == pytest.approx(np.mean(smoothed), abs=1e-5)
+    assert create_loss("ce")(logits, target).item() == pytest.approx(-(np.log(0.75) + np.log(0.6)) / 2, abs=1e-5)
+    # the Dice term of dice_ce keeps the hard labels: only the CE term changes
+    plain = create_loss("dice_ce", dice="present")(logits, target).item()
+    dice_term = plain + (np.log(0.75) + np.log(0.6)) / 2
+    assert create_loss("dice_ce", dice="present", label_smoothing=0.2)(logits, target).item() == pytest.approx(
+        np.mean(smoothed) + dice_term, abs=1e-5)
+    # with TopK, the hardest pixel by its smoothed CE (pixel 1's); with class weights, torch's weighted mean
+    assert create_loss("ce", ce_topk=0.5, label_smoothing=0.2)(logits, target).item() == pytest.approx(
+        smoothed[1], abs=1e-5)
+    weighted = create_loss("mfb_ce", np.array([3.0, 1.0]), label_smoothing=0.2)(logits, target).item()
+    torch_weighted = torch.nn.functional.cross_entropy(logits, target, weight=torch.tensor([3.0, 1.0]),
+                                                       label_smoothing=0.2).item()
+    assert weighted == pytest.approx(torch_weighted, abs=1e-6) and weighted != pytest.approx(np.mean(smoothed))
+    with pytest.raises(CovsegError, match="train.label_smoothing=0.1 smooths the targets .* 'dice' does not have"):
+        create_loss("dice", label_smoothing=0.1)
+    with pytest.raises(CovsegError, match="label_smoothing=0.1 .* with train.types_only"):
+        create_loss("dice_ce", np.ones(3), dice="present", types_only=True, label_smoothing=0.1)
+    with pytest.raises(CovsegError, match=r"must lie in \[0, 1\), got 1.0"):
+        create_loss("ce", label_smoothing=1.0)
+
+
 @pytest.mark.parametrize("lesion_and_type", [False, True])
 def test_lesion_type_loss_leaves_out_the_pixels_of_a_class_weighted_zero(lesion_and_type: bool) -> None:
     # before: a batch whose lesion pixels were all of a class weighted 0 (absent from the training masks, e.g.
