@@ -286,9 +286,11 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
         if force or not (out_dir / name / "last.pt").is_file():  # a new run's checks too (a begun one made them)
             _check_new_run_inputs(configs[name], [s.name for s in samples])
     rows: dict[str, dict[str, Any]] = {}
+    again = (f"to go on, run the same covseg compare command again{' without --force' if force else ''} (it keeps "
+             "the models already trained)")
     for name, cfg in configs.items():
         log(f"== {name} ==")
-        seconds = train_or_resume(cfg, samples, out_dir / name, data, force, progress, log)
+        seconds = train_or_resume(cfg, samples, out_dir / name, data, force, progress, log, again)
         metrics, _ = evaluate_run(out_dir / name, data, "heldout", None, device=cfg.train.device, progress=progress)
         metrics["train_seconds"] = round(seconds, 1)
         rows[name] = metrics
@@ -381,6 +383,8 @@ def _check_reusable(run_dir: Path, config: RunConfig, samples: list[Sample], dat
 
 # `covseg cv` resumes and reuses its folds and never replaces one
 _CV_REMEDY = "remove it to retrain it, or use another -o"
+# how to go on after Ctrl-C or SIGTERM stops a fold: `covseg train --resume` would finish that fold alone
+_CV_AGAIN = "to go on, run the same covseg cv command again (it keeps the folds already trained)"
 
 
 def _train_seconds(run_dir: Path) -> float:
@@ -402,17 +406,18 @@ def _train_seconds(run_dir: Path) -> float:
 
 
 def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, data: str, force: bool,
-                    progress: bool, log: Callable[[str], None]) -> float:
+                    progress: bool, log: Callable[[str], None], again: str = "") -> float:
     """Make ``run_dir`` a finished run of ``config``: train it, resume it, or (already finished) keep it.
 
     A run folder holding other settings, or begun on other training images (:func:`_check_same_data`), is refused
     unless ``force`` (which retrains from scratch). Returns the run's total training seconds (from its history).
+    ``again`` is how to go on after Ctrl-C (:func:`covseg.run.train_run`; e.g. the calling command again).
     """
     last = run_dir / "last.pt"
     if not force:
         _check_reusable(run_dir, config, samples, data)
     if force or not last.is_file():
-        result = train_run(config, samples, run_dir, data, force=True, progress=progress, log=log)
+        result = train_run(config, samples, run_dir, data, force=True, progress=progress, log=log, again=again)
     else:
         done = epochs_done(run_dir)
         if done >= config.train.epochs:
@@ -421,7 +426,7 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
                 log(f"{run_dir}: history.csv was behind last.pt; rewritten from it")
             result = None
         else:
-            result = train_run(config, samples, run_dir, data, resume=True, progress=progress, log=log)
+            result = train_run(config, samples, run_dir, data, resume=True, progress=progress, log=log, again=again)
     if result is not None and result.stopped:  # Ctrl-C stops cv and compare, also where it found this run finished
         raise Terminated if result.terminated else KeyboardInterrupt
     return _train_seconds(run_dir)
@@ -559,7 +564,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         _check_reusable(out_dir / f"fold-{k}", _fold_config(config, k, folds), samples, data, _CV_REMEDY)
     _check_fold_inputs(config, out_dir, folds, [s.name for s in samples])
     if jobs > 1:
-        train_runs_in_parallel(_untrained_folds(config, out_dir, folds), samples, data, jobs, log)
+        train_runs_in_parallel(_untrained_folds(config, out_dir, folds), samples, data, jobs, log, _CV_AGAIN)
     companions = _companions(config)
     rows: list = []
     companion_rows: dict[str, list] = {scored: [] for scored, _, _ in companions}
@@ -570,7 +575,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         # a report of an unfinished fold (someone evaluated it after Ctrl-C) does not make it done
         if epochs_done(fold_dir) < cfg.train.epochs or not _is_current(metrics_path, fold_dir, "final", data):
             log(f"== fold {k} ==")
-            train_or_resume(cfg, samples, fold_dir, data, False, progress, log)
+            train_or_resume(cfg, samples, fold_dir, data, False, progress, log, _CV_AGAIN)
             evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
         for scored, _, _ in companions:
@@ -711,7 +716,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
         _check_fold_inputs(cfg, out_dir / f"seed-{seed}", folds, [s.name for s in samples])
     if jobs > 1:
         pending = [run for seed, cfg in configs.items() for run in _untrained_folds(cfg, out_dir / f"seed-{seed}", folds)]
-        train_runs_in_parallel(pending, samples, data, jobs, log)
+        train_runs_in_parallel(pending, samples, data, jobs, log, _CV_AGAIN)
     per_seed: dict[int, dict[str, Any]] = {}
     for seed, cfg in configs.items():
         log(f"=== seed {seed} ===")

@@ -72,8 +72,10 @@ def _start_worker() -> None:
     signal.signal(signal.SIGINT, _on_interrupt)
 
 
-def _train_in_worker(config: RunConfig, samples: list[Sample], run_dir: Path, data: str, threads: int) -> bool:
-    """Worker body: train or resume ``run_dir``; False when Ctrl-C stopped it (after saving ``last.pt``)."""
+def _train_in_worker(config: RunConfig, samples: list[Sample], run_dir: Path, data: str, threads: int,
+                     again: str = "") -> bool:
+    """Worker body: train or resume ``run_dir``; False when Ctrl-C stopped it (after saving ``last.pt``, and
+    logging ``again``, how to go on)."""
     global _training
 
     def log(message: str) -> None:
@@ -87,7 +89,7 @@ def _train_in_worker(config: RunConfig, samples: list[Sample], run_dir: Path, da
 
         if config.train.threads == 0:  # the config's own setting wins; it is part of the run's settings
             torch.set_num_threads(threads)
-        train_or_resume(config, samples, run_dir, data, False, False, log)
+        train_or_resume(config, samples, run_dir, data, False, False, log, again)
     except KeyboardInterrupt:
         return False
     finally:
@@ -96,7 +98,7 @@ def _train_in_worker(config: RunConfig, samples: list[Sample], run_dir: Path, da
 
 
 def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list[Sample], data: str, jobs: int,
-                           log: Callable[[str], None] = print) -> None:
+                           log: Callable[[str], None] = print, again: str = "") -> None:
     """Make each ``(config, run_dir)`` of ``runs`` a finished run, up to ``jobs`` at a time in worker processes.
 
     Each worker gets :func:`threads_per_job` torch threads (unless ``config.train.threads`` sets them) and no
@@ -107,7 +109,8 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
     e.g. out of memory) is different: the pool then stops every other worker at once, so the runs training beside
     it end too, each losing its unfinished epoch (``last.pt`` holds the last whole one), and a
     :class:`covseg.errors.CovsegError` says so; a second call resumes them. After Ctrl-C every worker saves its
-    ``last.pt`` (as a single run does) and ``KeyboardInterrupt`` is raised, so a second call resumes them.
+    ``last.pt`` (as a single run does) and ``KeyboardInterrupt`` is raised, so a second call resumes them; each
+    worker's line then says ``again`` (how to go on) where given, instead of ``covseg train --resume``.
     """
     if not runs:
         return
@@ -131,7 +134,7 @@ def train_runs_in_parallel(runs: Sequence[tuple[RunConfig, Path]], samples: list
                 while pending and len(running) < jobs and failure is None and not interrupted:
                     config, run_dir = pending.pop(0)
                     try:
-                        running[pool.submit(_train_in_worker, config, samples, run_dir, data, threads)] = run_dir
+                        running[pool.submit(_train_in_worker, config, samples, run_dir, data, threads, again)] = run_dir
                     except BrokenExecutor:  # a worker died since the last wait: the pool takes no more runs
                         raise CovsegError(_KILLED) from None
                 if not running:

@@ -447,7 +447,8 @@ def _refuse_reading_from_inside(run_dir: Path, reads: list[tuple[Path, str]]) ->
 
 def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path: str = "",
               resume: bool = False, force: bool = False, progress: bool = True,
-              log=print, dist: DistContext = DistContext(), device: torch.device | None = None) -> RunResult:
+              log=print, dist: DistContext = DistContext(), device: torch.device | None = None,
+              again: str = "") -> RunResult:
     """Train ``config`` on ``samples`` into ``run_dir`` (new, or continued from ``last.pt`` with ``resume``).
 
     ``samples`` must carry masks in the config's label scheme. Ctrl-C ends the run after saving; the
@@ -456,11 +457,14 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     on ``--resume`` continues the new run); stopped (Ctrl-C) or failed before that, the new run's folder is deleted
     and the old one put back as it was. Under ``torchrun`` pass the :class:`DistContext` (and device) from
     :func:`covseg.runtime.init_distributed`: the model is wrapped in DistributedDataParallel, each process
-    trains on its share of every global batch, and only rank 0 writes files, logs and shows progress.
+    trains on its share of every global batch, and only rank 0 writes files, logs and shows progress. ``again``
+    is how to go on after Ctrl-C, for a caller that trains this run as one of several (``covseg cv``: run the same
+    command again); by default the message names ``covseg train --resume`` or a new ``covseg train``.
     """
     old = _OldRun(Path(run_dir))
     try:
-        return _train_run(config, samples, Path(run_dir), data_path, resume, force, progress, log, dist, device, old)
+        return _train_run(config, samples, Path(run_dir), data_path, resume, force, progress, log, dist, device, old,
+                          again)
     except BaseException:
         if old.put_back():
             log(f"{run_dir}: the new run stopped before it saved an epoch; the run that was there is back as it was")
@@ -468,7 +472,8 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
 
 
 def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path: str, resume: bool, force: bool,
-               progress: bool, log, dist: DistContext, device: torch.device | None, old: _OldRun) -> RunResult:
+               progress: bool, log, dist: DistContext, device: torch.device | None, old: _OldRun,
+               again: str = "") -> RunResult:
     """:func:`train_run`'s work; a run folder that ``force`` replaces goes aside in ``old``, which is dropped once
     the first epoch is saved, and put back here where Ctrl-C stops the new run before that."""
     import torch.distributed as torch_dist
@@ -682,12 +687,13 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
             log(f"interrupted after all {t.epochs} epochs were saved; the run is finished, nothing to resume")
         elif old.put_back():
             log(f"interrupted before the first epoch was saved; the run that was in {run_dir} is back as it was, "
-                "nothing lost (train with --force again to replace it)")
+                f"nothing lost ({again or 'train with --force again to replace it'})")
         elif (run_dir / "last.pt").is_file():
-            log(f"interrupted: {epoch} of {t.epochs} epochs saved; continue with covseg train --resume {run_dir}")
+            log(f"interrupted: {epoch} of {t.epochs} epochs saved; "
+                f"{again or f'continue with covseg train --resume {run_dir}'}")
         else:
-            log(f"interrupted before the first epoch was saved, so there is nothing to resume; start the run again "
-                f"(the same covseg train ... -o {run_dir}; no --force needed)")
+            log("interrupted before the first epoch was saved, so there is nothing to resume; " + (again or
+                f"start the run again (the same covseg train ... -o {run_dir}; no --force needed)"))
     finally:
         bar.close()
     if history and dist.is_main:

@@ -778,11 +778,39 @@ def test_cv_jobs_passes_a_workers_error_on_as_one_line(tiny_data: Path, tmp_path
     assert not (tmp_path / "cv" / "fold-0" / "last.pt").exists()
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_ctrl_c_during_compare_says_to_run_compare_again(force: bool, tiny_data: Path, tmp_path: Path, capsys,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.run
+
+    common = ["--models", "unet", "segnet", "--recipe", "tiny", "--data", str(tiny_data), "--epochs", "2", "--quiet",
+              "--split", "cv:0", *TINY_OVERRIDES, "-o", str(tmp_path / "cmp")]
+    real = covseg.run.train_one_epoch
+
+    def ctrl_c_in_segnet_s_second_epoch(*args, **kwargs):
+        if args[6] == 1 and "segnet" in str(args[0].__class__).lower():
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(covseg.run, "train_one_epoch", ctrl_c_in_segnet_s_second_epoch)
+    capsys.readouterr()
+    assert main(["compare", *common, *(["--force"] if force else [])]) == 130
+    err = capsys.readouterr().err
+    without = " without --force" if force else ""
+    assert (f"interrupted: 1 of 2 epochs saved; to go on, run the same covseg compare command again{without} (it "
+            "keeps the models already trained)") in err and "--resume" not in err, err
+    monkeypatch.setattr(covseg.run, "train_one_epoch", real)
+    unet_history = (tmp_path / "cmp" / "unet" / "history.csv").read_text()
+    assert main(["compare", *common]) == 0  # as it says: U-Net kept, SegNet resumed
+    assert (tmp_path / "cmp" / "unet" / "history.csv").read_text() == unet_history
+    assert torch.load(tmp_path / "cmp" / "segnet" / "last.pt", weights_only=True)["epoch"] == 2
+
+
 def _trains_here(*args, **kwargs):
     raise AssertionError("a run was trained in the main process, not in a worker")
 
 
-def test_cv_finishes_an_interrupted_fold_even_when_someone_scored_it(tiny_data: Path, tmp_path: Path,
+def test_cv_finishes_an_interrupted_fold_even_when_someone_scored_it(tiny_data: Path, tmp_path: Path, capsys,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import covseg.run
 
@@ -795,9 +823,14 @@ def test_cv_finishes_an_interrupted_fold_even_when_someone_scored_it(tiny_data: 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(covseg.run, "train_one_epoch", interrupt_at_epoch_1)
+    capsys.readouterr()
     assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 130
     monkeypatch.setattr(covseg.run, "train_one_epoch", real)
     fold = tmp_path / "cv" / "fold-0"
+    # the advice is the cv command again (review helper 167: it named covseg train --resume, which finishes one fold)
+    err = capsys.readouterr().err
+    assert ("interrupted: 1 of 2 epochs saved; to go on, run the same covseg cv command again (it keeps the folds "
+            "already trained)\ncovseg: interrupted\n") in err and "--resume" not in err, err
     assert torch.load(fold / "last.pt", weights_only=True)["epoch"] == 1
     assert main(["evaluate", str(fold), "--quiet"]) == 0  # a look at the half-trained fold
     assert (fold / "eval-heldout" / "metrics.json").is_file()

@@ -301,7 +301,34 @@ def test_a_worker_sets_its_share_of_threads_only_when_the_config_sets_none(tmp_p
     assert during == [before + 1, before]
 
 
-def _stopped_worker(config, samples, run_dir: Path, data: str, threads: int) -> bool:
+def test_a_worker_and_cv_pass_on_how_to_go_on_after_ctrl_c(tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    # a fold stopped in a worker said "continue with covseg train --resume", which finishes that fold alone
+    import covseg.experiment
+    from covseg import parallel_runs
+    from covseg.config import load_recipe
+    from covseg.datasets import load_dataset
+
+    said: list[str] = []
+    monkeypatch.setattr(covseg.experiment, "train_or_resume", lambda *args: said.append(args[-1]))
+    monkeypatch.setattr(parallel_runs, "_training", False)
+    monkeypatch.setattr(parallel_runs, "_interrupted", False)
+    assert parallel_runs._train_in_worker(load_recipe("tiny"), [], tmp_path / "run", "data", 1, "run it again")
+    assert said == ["run it again"]
+    handed: list[str] = []
+
+    def parallel(runs, samples, data, jobs, log, again):
+        handed.append(again)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(covseg.experiment, "train_runs_in_parallel", parallel)
+    samples = load_dataset(tiny_data, "binary")
+    with pytest.raises(KeyboardInterrupt):
+        covseg.experiment.cross_validate(load_recipe("tiny"), samples, str(tiny_data), tmp_path / "cv", 3,
+                                         progress=False, log=lambda message: None, jobs=2)
+    assert handed == ["to go on, run the same covseg cv command again (it keeps the folds already trained)"]
+
+
+def _stopped_worker(config, samples, run_dir: Path, data: str, threads: int, again: str) -> bool:
     """A worker body that saw Ctrl-C at once (importable by name, so a spawned worker can run it)."""
     Path(run_dir).mkdir()
     return False
@@ -318,7 +345,7 @@ def test_parallel_runs_start_nothing_after_a_worker_saw_ctrl_c_and_raise_it(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fold-0"]
 
 
-def _failing_worker(config, samples, run_dir: Path, data: str, threads: int) -> bool:
+def _failing_worker(config, samples, run_dir: Path, data: str, threads: int, again: str) -> bool:
     """fold-0 fails at once, in words that name its folder; fold-1 fails once the parent has seen that (``data``
     is the file the parent's wait writes then)."""
     if Path(run_dir).name == "fold-0":
