@@ -109,11 +109,13 @@ def _hidden_prefix(name: str, room: int) -> str:
 
 def _relabelled(err: OSError, filename: str) -> OSError:
     """A fresh copy of ``err`` (same type and errno) that names ``filename`` alone, to raise ``from None`` in its
-    place: setting ``filename2 = None`` on ``err`` itself would print a trailing "-> None". Where no copy can be
-    made (no errno, a subclass with a constructor of its own), ``err`` itself, its ``filename`` set."""
-    if err.errno is not None:
-        with contextlib.suppress(Exception):
-            return type(err)(err.errno, err.strerror, filename).with_traceback(err.__traceback__)
+    place: setting ``filename2 = None`` on ``err`` itself would print a trailing "-> None". An error without an
+    errno keeps its message as the copy's ``strerror`` (setting a ``filename`` on it would print "[Errno None] None"
+    instead). Where no copy can be made (a subclass with a constructor of its own), ``err`` itself, its ``filename``
+    set."""
+    with contextlib.suppress(Exception):
+        message = err.strerror if err.errno is not None else str(err)
+        return type(err)(err.errno, message, filename).with_traceback(err.__traceback__)
     err.filename = filename
     return err
 
