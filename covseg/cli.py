@@ -532,6 +532,7 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
+    from covseg.fileio import refuse_output_in_data
     from covseg.pretrain import PretrainOptions, check_options, check_output_folder, pretrain
 
     own = {"train.epochs": "--steps", "train.batch_size": "--batch-size", "train.augment.crop": "--crop",
@@ -549,6 +550,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     options = PretrainOptions(steps=args.steps, batch_size=args.batch_size, crop=crop, lr=args.lr, seed=args.seed)
     check_options(options, config)
     check_output_folder(args.output, args.force)  # before the slices load
+    refuse_output_in_data(args.output, data)
     slices = load_dataset(data, config.data.task, split="unlabelled", window=config.data.window)
     summary = pretrain(config, [s.image for s in slices], args.output, options, data, args.force,
                        progress=not args.quiet, log=_log)

@@ -19,7 +19,7 @@ from covseg.config import MAX_SEED, DataConfig, RunConfig, check_new_run, config
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError, Terminated
 from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
-from covseg.fileio import atomic_write_text, check_output_folder, unwritable_reason
+from covseg.fileio import atomic_write_text, check_output_folder, refuse_output_in_data, unwritable_reason
 from covseg.figures import plot_comparison
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
@@ -181,7 +181,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     if len(paths) + len(lesion_paths) > 1:  # after open_models: models of two tasks are told so, not that splits differ
         _check_ensemble_split(paths + lesion_paths, split)
     if out_dir is not None:
-        _refuse_output_in_data(Path(out_dir), data)  # before scoring: a report there would be read as a mask
+        refuse_output_in_data(Path(out_dir), data)  # before scoring: a report there would be read as a mask
     samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
     # another checkpoint's report goes beside, never over, the run's own (which `covseg cv` reads)
     if out_dir is None:
@@ -243,14 +243,7 @@ def _check_output_folder(out_dir: Path, data: str) -> None:
     check_output_folder(out_dir)
     if is_run_folder(out_dir):
         raise CovsegError(f"{out_dir}: is a training run's folder; give -o a folder of its own")
-    _refuse_output_in_data(out_dir, data)
-
-
-def _refuse_output_in_data(out_dir: Path, data: str) -> None:
-    """Refuse an output folder in (or equal to) the data folder: its files would be read as images or masks."""
-    if data and out_dir.resolve().is_relative_to(Path(data).resolve()):  # the data folder itself too
-        raise CovsegError(f"{out_dir}: is inside the data folder {data}, where its files would be read as images or "
-                          "masks; give -o a folder outside it")
+    refuse_output_in_data(out_dir, data)
 
 
 def compare_models(models: list[str], config: RunConfig, samples: list[Sample], data: str, out_dir: Path,

@@ -86,6 +86,14 @@ def check_output_folder(out_dir: Path) -> None:
         raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
 
 
+def refuse_output_in_data(out_dir: Path, data: str | os.PathLike) -> None:
+    """Refuse an output folder in (or equal to) the data folder ``data`` (skipped when empty): its files would be read
+    as images or masks by the next command given that folder."""
+    if data and Path(out_dir).resolve().is_relative_to(Path(data).resolve()):  # the data folder itself too
+        raise CovsegError(f"{out_dir}: is inside the data folder {data}, where its files would be read as images or "
+                          "masks; give -o a folder outside it")
+
+
 _NAME_MAX = 255  # the longest file name, in bytes, that common file systems (ext4, XFS, APFS, NTFS) take
 _RANDOM_CHARS = 8  # the characters tempfile.mkstemp / mkdtemp put between prefix and suffix
 

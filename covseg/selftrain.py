@@ -34,7 +34,7 @@ from covseg.checkpoint import checkpoint_config, read_checkpoint, refuse_unfinis
 from covseg.config import RunConfig
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_dir, atomic_write_text, file_sha256, replacing_output
+from covseg.fileio import atomic_dir, atomic_write_text, file_sha256, refuse_output_in_data, replacing_output
 from covseg.inference import backends_used
 from covseg.intensity import grey_quantiles, match_quantiles
 from covseg.labels import get_scheme
@@ -211,6 +211,11 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     folds = _fold_dirs(teacher)
     for run in folds.values() or [teacher]:
         _check_teacher(run)
+    from covseg.run import read_run_info  # imported here: covseg.run imports this module
+
+    # the slices' folder and the teachers' own: a later command given that folder would read the masks as its own
+    for read in dict.fromkeys([data or "", *(read_run_info(run)["data"] for run in folds.values() or [teacher])]):
+        refuse_output_in_data(out_dir, read)
     loaded: dict[tuple, list[Sample]] = {}  # the slices read, once for all fold teachers (_split_once)
     # atomic_dir swaps the old folder for the new one with Ctrl-C held back (covseg.fileio.interrupts_deferred)
     with atomic_dir(out_dir, force=force) as staged:

@@ -416,6 +416,22 @@ def test_pretraining_keeps_what_appeared_at_its_output_while_it_trained(
         assert not list(tmp_path.glob(".pre.*"))
 
 
+def test_pretraining_refuses_an_output_inside_its_data_folder(unlabelled_data: Path, capsys, monkeypatch) -> None:
+    # fuzz helper 168: a pretraining written into the data folder; refused before the slices load
+    import covseg.datasets
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the slices were loaded before the output was refused")
+
+    monkeypatch.setattr(covseg.datasets, "load_dataset", no_loading)
+    inside = unlabelled_data / "Dataset" / "pre"
+    assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(inside), "--steps", "1",
+                 "--quiet", *PRETRAIN_OVERRIDES]) == 2
+    assert capsys.readouterr().err == (f"covseg: error: {inside}: is inside the data folder {unlabelled_data}, where "
+                                       "its files would be read as images or masks; give -o a folder outside it\n")
+    assert not inside.exists()
+
+
 def test_pretraining_refuses_training_overrides_it_would_not_use(unlabelled_data: Path, tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "pre"

@@ -224,6 +224,25 @@ def test_pseudo_label_refuses_an_output_it_cannot_make_in_one_line(teacher_cv: P
     assert err.count("\n") == 1 and (tmp_path / "afile").read_text() == "mine"
 
 
+def test_pseudo_label_refuses_an_output_inside_a_data_folder_it_reads(semi_data: Path, teacher_cv: Path,
+                                                                      tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # fuzz helper 168: pseudo-labels written into the data folder would be read by the next run given that folder
+    data = tmp_path / "data"
+    shutil.copytree(semi_data, data)
+    for teacher, read, given in ((teacher_cv / "fold-0", semi_data, []),  # the teacher's own data folder
+                                 (teacher_cv, data, ["--data", str(data)])):  # or the one given
+        inside = read / "Dataset" / "pl"
+        assert main(["pseudo-label", str(teacher), "-o", str(inside), "--quiet", *given]) == 2
+        assert capsys.readouterr().err == (f"covseg: error: {inside}: is inside the data folder {read}, where its "
+                                           "files would be read as images or masks; give -o a folder outside it\n")
+        assert not inside.exists()
+    # the teachers' data folder is refused even where the slices come from another (--data)
+    assert main(["pseudo-label", str(teacher_cv), "-o", str(semi_data / "pl"), "--data", str(data), "--quiet"]) == 2
+    assert f"is inside the data folder {semi_data}," in capsys.readouterr().err
+    assert not (semi_data / "pl").exists()
+
+
 def test_pseudo_label_runs_the_teacher_where_and_as_asked(teacher_cv: Path, tmp_path: Path, monkeypatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     # the teacher ran on the CPU at auto precision whatever the machine had: no --device / --precision
