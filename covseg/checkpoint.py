@@ -105,7 +105,10 @@ def find_checkpoint(path: str | Path, which: str = "auto") -> Path:
             raise CovsegError(f"{path}: no swa.pt in this folder; only finished runs trained with train.swa_epochs=N "
                               "train.swa_lr=LR have one")
         if not candidate.is_file():
-            raise CovsegError(f"{path}: no {which}.pt in this folder; is it a finished covseg run?")
+            held = [name for name in ("best", "last", "swa", "ema") if (path / f"{name}.pt").is_file()]
+            hint = (f"; it holds {', '.join(f'{name}.pt' for name in held)}: give --checkpoint {held[0]} or the file "
+                    f"itself ({path / held[0]}.pt)" if held else "; is it a finished covseg run?")
+            raise CovsegError(f"{path}: no {which}.pt in this folder{hint}")
         return candidate
     if not path.is_file():
         raise CovsegError(f"{path}: no such checkpoint or run folder")

@@ -144,6 +144,22 @@ def test_find_checkpoint_picks_the_run_s_model_and_refuses_a_which_a_file_does_n
         find(tmp_path / "missing.pt")
     with pytest.raises(CovsegError, match=r"no last\.pt in this folder; is it a finished covseg run\?"):
         find(_touch_run(tmp_path / "empty"), "final")
+    # a run without the checkpoint asked for names those it holds (fuzz helper 168: evaluate of a run without
+    # last.pt asked whether it was a finished run, though its best.pt was there)
+    only_best = _touch_run(tmp_path / "only-best")
+    (only_best / "best.pt").touch()
+    with pytest.raises(CovsegError, match=r"no last\.pt in this folder; it holds best\.pt: give --checkpoint best or "
+                                          rf"the file itself \({re.escape(str(only_best / 'best.pt'))}\)$"):
+        find(only_best, "final")
+    (only_best / "ema.pt").touch()
+    with pytest.raises(CovsegError, match=r"no swa\.pt .* only finished runs trained with train.swa_epochs"):
+        find(only_best, "swa")
+    (only_best / "best.pt").unlink()
+    with pytest.raises(CovsegError, match=r"no last\.pt in this folder; it holds ema\.pt: give --checkpoint ema"):
+        find(only_best, "last")
+    (only_best / "best.pt").touch()
+    with pytest.raises(CovsegError, match=r"it holds best\.pt, ema\.pt: give --checkpoint best or the file itself \("):
+        find(only_best, "last")
 
 
 def test_error_first_line_keeps_a_line_that_fits_and_cuts_a_longer_one_at_a_word() -> None:
