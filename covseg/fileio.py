@@ -58,8 +58,8 @@ def folders_made_for(target: str | os.PathLike) -> Iterator[None]:
 def unwritable_reason(path: str | os.PathLike, folder: bool = False) -> str | None:
     """Why ``path`` (a file, or with ``folder`` a folder, that may not exist yet) cannot be written, checked before
     any long work: the nearest existing folder it would go in (for a folder, itself once it exists) is not a folder,
-    or not one this process may write into, or a link on the way leads back to itself; None when it looks
-    writable."""
+    or not one this process may write into (a file is made there and removed: root passes ``os.access`` on
+    read-only mounts and ``/proc``), or a link on the way leads back to itself; None when it looks writable."""
     target = Path(path).absolute()
     for part in (target, *target.parents):
         if part.is_symlink():
@@ -73,6 +73,13 @@ def unwritable_reason(path: str | os.PathLike, folder: bool = False) -> str | No
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not a folder you can write into"
+    try:  # root passes os.access everywhere, also on /proc, /sys and read-only mounts: make (and remove) a file there
+        handle, probe = tempfile.mkstemp(prefix=".covseg-probe-", dir=existing)
+    except OSError as err:
+        return f"{existing} is not a folder you can write into ({err.strerror or err})"
+    os.close(handle)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
     return None
 
 

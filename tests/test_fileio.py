@@ -178,6 +178,31 @@ def test_unwritable_reason_names_a_file_in_the_way_and_a_read_only_folder(tmp_pa
     assert fileio.unwritable_reason(tmp_path / "ro", folder=True) == f"{tmp_path / 'ro'} is not a folder you can write into"
 
 
+def test_unwritable_reason_tries_a_file_where_os_access_says_yes(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # fuzz helper 168: root passes os.access on /proc, /sys and read-only mounts, so evaluate scored every image and
+    # pretrain loaded every slice before the write failed
+    (tmp_path / "ro").mkdir()
+    real = fileio.tempfile.mkstemp
+
+    def read_only(*args, **kwargs):
+        if Path(kwargs["dir"]) == tmp_path / "ro":
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", read_only)
+    assert fileio.unwritable_reason(tmp_path / "ro" / "out", folder=True) == (
+        f"{tmp_path / 'ro'} is not a folder you can write into (Read-only file system)")
+    assert fileio.unwritable_reason(tmp_path / "ro" / "x.png") == (
+        f"{tmp_path / 'ro'} is not a folder you can write into (Read-only file system)")
+    assert fileio.unwritable_reason(tmp_path / "new", folder=True) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro"]  # the file tried is gone
+    monkeypatch.undo()
+    if os.path.isdir("/proc/self"):  # Linux: nobody, root included, makes a file in /proc
+        assert fileio.unwritable_reason("/proc/covseg-out", folder=True).startswith(
+            "/proc is not a folder you can write into")
+
+
 def test_replacing_output_refuses_a_non_empty_folder_without_force(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert fileio.replacing_output(out, force=False) is False  # not there yet
