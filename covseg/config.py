@@ -157,6 +157,9 @@ class TrainConfig:
     # label smoothing of the cross-entropy term (Szegedy et al. 2016; torch's CrossEntropyLoss label_smoothing): the
     # target is (1 - eps) one-hot + eps / C; 0 = off (ce, mfb_ce, dice_ce, mfb_dice_ce only)
     label_smoothing: float = 0.0
+    # the cross-entropy term as a focal loss (Lin et al. 2017): each pixel's CE times (1 - p_truth) ** gamma; 0 = off
+    # (ce, mfb_ce, dice_ce, mfb_dice_ce only; not with ce_topk or label_smoothing)
+    focal_gamma: float = 0.0
     # learn only which lesion type each truth-lesion pixel is (covseg.losses.LesionTypeLoss; the background
     # output stays untrained): a type model for `--lesion-model`, which finds the lesions (multiclass only)
     types_only: bool = False
@@ -535,6 +538,9 @@ def _validate(config: RunConfig, source: str) -> None:
     if not (math.isfinite(t.ce_topk) and 0 < t.ce_topk <= 1):
         raise CovsegError(f"{source}: train.ce_topk is {t.ce_topk}; it must lie in (0, 1]: the fraction of the "
                           "batch's hardest pixels the cross-entropy term keeps (1: all, nnU-Net's TopK 0.1)")
+    if not (math.isfinite(t.focal_gamma) and t.focal_gamma >= 0):
+        raise CovsegError(f"{source}: train.focal_gamma is {t.focal_gamma}; it must be >= 0 (0: plain cross-entropy, "
+                          "Lin et al.'s focal loss takes 2)")
     if not (math.isfinite(t.label_smoothing) and 0 <= t.label_smoothing < 1):
         raise CovsegError(f"{source}: train.label_smoothing is {t.label_smoothing}; it must lie in [0, 1): the share "
                           "of each pixel's cross-entropy target spread evenly over the classes (0: off, e.g. 0.1)")

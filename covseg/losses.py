@@ -96,6 +96,26 @@ def compute_topk_cross_entropy(logits: torch.Tensor, target: torch.Tensor, fract
     return per_pixel.topk(keep, sorted=False).values.mean()
 
 
+def compute_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017): each pixel's cross-entropy ``-log p_t`` times ``(1 - p_t) ** gamma``, ``p_t`` its
+    softmax probability of the true class, so that pixels already classified well weigh less; ``gamma`` 0 is plain
+    cross-entropy.
+
+    ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)`` int64 labels; computed in float32. The mean is over every
+    pixel; with class ``weight`` ``(C,)`` each pixel's term is times its class's weight and the sum is divided by the
+    pixels' summed weights, as :class:`torch.nn.CrossEntropyLoss` normalises a weighted mean.
+    """
+    if not gamma >= 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    log_pt = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None])[:, 0]
+    per_pixel = -((1 - log_pt.exp()) ** gamma) * log_pt
+    if weight is None:
+        return per_pixel.mean()
+    w = weight.to(per_pixel)[target]
+    return (w * per_pixel).sum() / w.sum()
+
+
 class DiceLoss(nn.Module):
     """Soft Dice loss, ``1 - mean (2 sum(p*y) + s) / (sum(p) + sum(y) + s)`` with ``s = 1e-5``.
 
@@ -176,14 +196,14 @@ class DiceCELoss(nn.Module):
     ``ce_topk`` under 1 the cross-entropy term is the mean over that fraction of the batch's hardest pixels
     (:func:`compute_topk_cross_entropy`). ``label_smoothing`` (eps) scores the cross-entropy term against the
     target ``(1 - eps) * one_hot + eps / C``, as :class:`torch.nn.CrossEntropyLoss`; the Dice term keeps the hard
-    labels."""
+    labels. ``focal_gamma`` above 0 makes the cross-entropy term a focal loss (:func:`compute_focal_loss`)."""
 
     def __init__(self, weight: torch.Tensor | None = None, dice_weight: float = 1.0, batch_dice: bool = True,
                  skip_absent: bool = False, lesion_region: bool = False, fn_weight: float = 0.5,
                  fn_weight_lesion_only: bool = False, lovasz_weight: float = 0.0, ce_topk: float = 1.0,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, focal_gamma: float = 0.0) -> None:
         super().__init__()
-        self.ce = _CrossEntropy(weight=weight, topk=ce_topk, label_smoothing=label_smoothing)
+        self.ce = _CrossEntropy(weight=weight, topk=ce_topk, label_smoothing=label_smoothing, focal_gamma=focal_gamma)
         self.dice = DiceLoss(batch=batch_dice, skip_absent=skip_absent, lesion_region=lesion_region,
                              fn_weight=fn_weight, fn_weight_lesion_only=fn_weight_lesion_only)
         self.dice_weight = dice_weight
@@ -264,13 +284,18 @@ class LesionAndTypeLoss(nn.Module):
 class _CrossEntropy(nn.CrossEntropyLoss):
     """Cross-entropy computed in float32 whatever the autocast dtype of the logits; over the hardest ``topk``
     fraction of the pixels only when it is under 1 (:func:`compute_topk_cross_entropy`); against targets smoothed
-    by ``label_smoothing`` when it is positive."""
+    by ``label_smoothing`` when it is positive; a focal loss when ``focal_gamma`` is (:func:`compute_focal_loss`;
+    not with the other two)."""
 
-    def __init__(self, weight: torch.Tensor | None = None, topk: float = 1.0, label_smoothing: float = 0.0) -> None:
+    def __init__(self, weight: torch.Tensor | None = None, topk: float = 1.0, label_smoothing: float = 0.0,
+                 focal_gamma: float = 0.0) -> None:
         super().__init__(weight=weight, label_smoothing=label_smoothing)
         self.topk = topk
+        self.focal_gamma = focal_gamma
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.focal_gamma > 0:
+            return compute_focal_loss(logits, target, self.focal_gamma, self.weight)
         if self.topk < 1:
             return compute_topk_cross_entropy(logits, target, self.topk, self.weight, self.label_smoothing)
         return super().forward(logits.float(), target)
@@ -325,7 +350,7 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
                 lesion_region: bool = False, types_only: bool = False, lesion_and_type: bool = False,
                 dice_weight: float = 1.0, tversky_beta: float = 0.5,
                 tversky_lesion_only: bool = False, lovasz_weight: float = 0.0, ce_topk: float = 1.0,
-                label_smoothing: float = 0.0) -> nn.Module:
+                label_smoothing: float = 0.0, focal_gamma: float = 0.0) -> nn.Module:
     """Build a loss by name. ``mfb_*`` variants need ``class_weights`` (from :func:`median_frequency_weights`).
 
     ``dice`` picks the Dice term's reduction for the ``*dice*`` losses (``ce`` and ``mfb_ce`` refuse any but the
@@ -345,7 +370,8 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
     hardest pixels in the cross-entropy term (nnU-Net's TopK; :func:`compute_topk_cross_entropy`; ``ce``,
     ``mfb_ce``, ``dice_ce`` and ``mfb_dice_ce`` only; ``train.ce_topk``). ``label_smoothing`` (eps, in [0, 1))
     scores the cross-entropy term against ``(1 - eps) * one_hot + eps / C`` (the same four losses;
-    ``train.label_smoothing``).
+    ``train.label_smoothing``). ``focal_gamma`` above 0 makes the cross-entropy term a focal loss
+    (:func:`compute_focal_loss`; the same four losses, without ``ce_topk`` or ``label_smoothing``; ``train.focal_gamma``).
     """
     if name not in LOSSES:
         raise CovsegError(f"unknown loss {name!r}: use one of {', '.join(LOSSES)}")
@@ -379,6 +405,16 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
         raise CovsegError(f"train.label_smoothing={label_smoothing} smooths the targets of a cross-entropy term, which "
                           f"{name!r}{with_type_loss} does not have; drop train.label_smoothing or use "
                           "train.loss=dice_ce, mfb_dice_ce, ce or mfb_ce")
+    if not focal_gamma >= 0:
+        raise CovsegError(f"train.focal_gamma must be >= 0, got {focal_gamma}")
+    if focal_gamma and (name == "dice" or with_type_loss):
+        raise CovsegError(f"train.focal_gamma={focal_gamma} makes a cross-entropy term focal, which {name!r}"
+                          f"{with_type_loss} does not have; drop train.focal_gamma or use train.loss=dice_ce, "
+                          "mfb_dice_ce, ce or mfb_ce")
+    if focal_gamma and (ce_topk != 1.0 or label_smoothing):
+        other = "train.ce_topk" if ce_topk != 1.0 else "train.label_smoothing"
+        raise CovsegError(f"train.focal_gamma and {other} both reweigh the cross-entropy term's pixels; set one of "
+                          "them")
     if dice != "batch" and name in ("ce", "mfb_ce") and not with_type_loss:  # those say what they need below
         raise CovsegError(f"train.dice={dice} picks how the Dice term is reduced, but train.loss={name} has no "
                           "Dice term; set train.dice=batch (its default) or use train.loss=dice_ce, mfb_dice_ce "
@@ -405,11 +441,12 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
                          name, dice, lesion_region, class_weights)
         return LesionAndTypeLoss(weight)
     if name in ("ce", "mfb_ce"):
-        return _CrossEntropy(weight=weight, topk=ce_topk, label_smoothing=label_smoothing)
+        return _CrossEntropy(weight=weight, topk=ce_topk, label_smoothing=label_smoothing, focal_gamma=focal_gamma)
     batch, skip_absent = dice == "batch", dice == "present"
     if name == "dice":
         return DiceLoss(batch=batch, skip_absent=skip_absent, lesion_region=lesion_region, fn_weight=tversky_beta,
                         fn_weight_lesion_only=tversky_lesion_only)
     return DiceCELoss(weight=weight, dice_weight=dice_weight, batch_dice=batch, skip_absent=skip_absent,
                       lesion_region=lesion_region, fn_weight=tversky_beta, fn_weight_lesion_only=tversky_lesion_only,
-                      lovasz_weight=lovasz_weight, ce_topk=ce_topk, label_smoothing=label_smoothing)
+                      lovasz_weight=lovasz_weight, ce_topk=ce_topk, label_smoothing=label_smoothing,
+                      focal_gamma=focal_gamma)

@@ -352,7 +352,8 @@ def _training_loss(t: TrainConfig, class_weights: np.ndarray) -> torch.nn.Module
     """The loss ``train.loss`` and its options name (:func:`covseg.losses.create_loss`), with ``class_weights``
     ``(C,)`` for the ``mfb_*`` losses."""
     return create_loss(t.loss, class_weights, t.dice, t.lesion_dice, t.types_only, t.lesion_and_type, t.dice_weight,
-                       t.tversky_beta, t.tversky_lesion_only, t.lovasz_weight, t.ce_topk, t.label_smoothing)
+                       t.tversky_beta, t.tversky_lesion_only, t.lovasz_weight, t.ce_topk, t.label_smoothing,
+                       t.focal_gamma)
 
 
 def _stack(samples: list[Sample], data: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,6 +63,8 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("train.lovasz_weight=true", "train.lovasz_weight: expected a number, got true"),
                          ("train.ce_topk=0", r"train.ce_topk is 0.0; it must lie in \(0, 1\]"),
                          ("train.ce_topk=1.5", r"train.ce_topk is 1.5; it must lie in \(0, 1\]"),
+                         ("train.focal_gamma=-1", r"train.focal_gamma is -1.0; it must be >= 0"),
+                         ("train.focal_gamma=inf", r"train.focal_gamma is inf; it must be >= 0"),
                          ("train.label_smoothing=1", r"train.label_smoothing is 1.0; it must lie in \[0, 1\)"),
                          ("train.label_smoothing=-0.1", r"train.label_smoothing is -0.1; it must lie in \[0, 1\)"),
                          ("train.label_smoothing=nan", r"train.label_smoothing is nan; it must lie in \[0, 1\)"),
@@ -104,6 +106,8 @@ def test_overrides_and_their_errors(tmp_path) -> None:
     assert _training_loss(lovasz, np.ones(2)).lovasz_weight == 0.5
     topk = apply_overrides(load_recipe("default"), ["train.ce_topk=0.1"]).train
     assert _training_loss(topk, np.ones(2)).ce.topk == 0.1
+    focal = apply_overrides(load_recipe("default"), ["train.focal_gamma=2"]).train
+    assert _training_loss(focal, np.ones(2)).ce.focal_gamma == 2.0
     smoothed = apply_overrides(load_recipe("default"), ["train.label_smoothing=0.1"]).train
     assert _training_loss(smoothed, np.ones(2)).ce.label_smoothing == 0.1
     assert _training_loss(load_recipe("default").train, np.ones(2)).ce.label_smoothing == 0.0

@@ -423,6 +423,33 @@ def test_topk_cross_entropy_by_hand() -> None:
         create_loss("dice", ce_topk=0.1)
 
 
+def test_focal_loss_by_hand() -> None:
+    from covseg.losses import compute_focal_loss
+    # class-1 probabilities 0.9, 0.6, 0.2, 0.5 against truth 1, 1, 1, 0: p_t 0.9, 0.6, 0.2, 0.5
+    logits, target = _two_class_logits([0.9, 0.6, 0.2, 0.5]), torch.tensor([[[1, 1, 1, 0]]])
+    p_t = np.array([0.9, 0.6, 0.2, 0.5])
+    focal = (1 - p_t) ** 2 * -np.log(p_t)  # 0.01 * 0.105, 0.16 * 0.511, 0.64 * 1.609, 0.25 * 0.693
+    assert compute_focal_loss(logits, target, 2.0).item() == pytest.approx(focal.mean(), abs=1e-6)
+    assert compute_focal_loss(logits, target, 0.0).item() == pytest.approx(-np.log(p_t).mean(), abs=1e-6)
+    # class weights: the background pixel x 4, the sum over the summed weights (1 + 1 + 1 + 4)
+    weighted = (focal[:3].sum() + 4 * focal[3]) / 7
+    assert compute_focal_loss(logits, target, 2.0, torch.tensor([4.0, 1.0])).item() == pytest.approx(weighted, abs=1e-6)
+    assert create_loss("ce", focal_gamma=2.0)(logits, target).item() == pytest.approx(focal.mean(), abs=1e-6)
+    assert create_loss("mfb_ce", np.array([4.0, 1.0]), focal_gamma=2.0)(logits, target).item() == pytest.approx(
+        weighted, abs=1e-6)
+    dice_term = create_loss("dice_ce", dice="present")(logits, target).item() + np.log(p_t).mean()
+    assert create_loss("dice_ce", dice="present", focal_gamma=2.0)(logits, target).item() == pytest.approx(
+        focal.mean() + dice_term, abs=1e-5)
+    with pytest.raises(CovsegError, match="train.focal_gamma=2.0 makes a cross-entropy term focal, which 'dice'"):
+        create_loss("dice", focal_gamma=2.0)
+    with pytest.raises(CovsegError, match="train.focal_gamma and train.ce_topk both reweigh"):
+        create_loss("dice_ce", focal_gamma=2.0, ce_topk=0.5)
+    with pytest.raises(CovsegError, match="train.focal_gamma and train.label_smoothing both reweigh"):
+        create_loss("dice_ce", focal_gamma=2.0, label_smoothing=0.1)
+    with pytest.raises(CovsegError, match="must be >= 0, got -1"):
+        create_loss("ce", focal_gamma=-1.0)
+
+
 def test_label_smoothing_by_hand() -> None:
     # class-1 probabilities 0.75 and 0.4 against truth 1 and 0; eps 0.2 over 2 classes smooths a one-hot target to
     # (0.1, 0.9), so each pixel's CE is -(0.9 ln p_truth + 0.1 ln p_other)
