@@ -60,7 +60,8 @@ def _recipe_config(args: argparse.Namespace):
         if key in given and not _same_setting(read(given[key]), value):
             raise CovsegError(f"{flag} {value} and {key}={given[key]} contradict each other; give one of them")
         overrides.append(f"{key}={value}")
-    config = apply_overrides(config, overrides)
+    # a setting refused names where it came from: an option such as --split cv:5 is an override here
+    config = apply_overrides(config, overrides, source=f"the {args.recipe or 'default'} recipe with the options given")
     if config.data.pseudo_labels:  # saved absolute, so a resumed or re-run cv finds the same folder
         config.data.pseudo_labels = str(Path(config.data.pseudo_labels).resolve())
     if config.train.init:

@@ -802,8 +802,9 @@ def text_override(raw: str) -> Any:
     return yaml.safe_load(raw)
 
 
-def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``section.key=value`` overrides (e.g. ``train.epochs=3``, ``train.augment.hflip=0.5``)."""
+def apply_overrides(config: RunConfig, overrides: list[str], source: str = "override") -> RunConfig:
+    """Apply ``section.key=value`` overrides (e.g. ``train.epochs=3``, ``train.augment.hflip=0.5``); a setting the
+    result refuses is reported as from ``source`` (the CLI names the recipe and the options given)."""
     data = config_to_dict(config)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -848,4 +849,4 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             # (base 60) and 0b101 as 5. YAML's .inf / .nan and true / false keep their meaning (and refusals)
             value = _decimal(raw.strip())
         node[parts[-1]] = value
-    return config_from_dict(data, source="override")
+    return config_from_dict(data, source=source)

@@ -573,6 +573,20 @@ def test_bad_settings_refused_before_anything_is_written(override: str, message:
     assert not run.exists()
 
 
+def test_a_setting_refused_names_the_recipe_and_options_not_an_override(tiny_data: Path, tmp_path: Path,
+                                                                        capsys) -> None:
+    # review helper 167: `--split cv:5` was reported as "override: data.split is cv:5", an override never typed
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "-o", str(run), "--quiet", "--split",
+                 "cv:5"]) == 2
+    assert _one_line_error(capsys) == ("covseg: error: the tiny recipe with the options given: data.split is cv:5, but "
+                                       "data.folds is 5; use cv:0 to cv:4, or more folds")
+    assert main(["train", "--data", str(tiny_data), "-o", str(run), "--quiet", "--epochs", "1",
+                 "model.width=0"]) == 2
+    assert _one_line_error(capsys).startswith("covseg: error: the default recipe with the options given: model.width")
+    assert not run.exists()
+
+
 def test_force_only_replaces_run_folders(tiny_data: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.tex").write_text("years of work")
