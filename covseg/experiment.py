@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from covseg.config import MAX_SEED, DataConfig, RunConfig, check_new_run, config_from_dict, config_to_dict
 from covseg.datasets import Sample, load_dataset
@@ -24,6 +23,7 @@ from covseg.figures import plot_comparison
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
 from covseg.predict import check_lesion_task, check_type_model_task, describe_after_use, ensemble_members, open_models
+from covseg.progress import progress_bar
 from covseg.splits import load_split, make_split
 from covseg.labels import get_scheme
 from covseg.parallel_runs import train_runs_in_parallel
@@ -87,11 +87,11 @@ def evaluate_samples(predictor: Predictor, samples: list[Sample], task: str, pro
     scheme = get_scheme(task)
     results = []
     images = [s.image for s in samples]
-    bar = tqdm(total=len(samples), desc="evaluate", unit="image", disable=not progress, dynamic_ncols=True)
-    for sample, probs in zip(samples, predictor(images)):
-        results.append(evaluate_image(sample.name, probs, sample.mask, scheme, sample.image))
-        bar.update(1)
-    bar.close()
+    with progress_bar(total=len(samples), desc="evaluate", unit="image", disable=not progress,
+                      dynamic_ncols=True) as bar:
+        for sample, probs in zip(samples, predictor(images)):
+            results.append(evaluate_image(sample.name, probs, sample.mask, scheme, sample.image))
+            bar.update(1)
     return summarise(results, scheme)
 
 

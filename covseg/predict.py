@@ -18,7 +18,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from covseg import __version__
 from covseg.checkpoint import find_checkpoint, load_model
@@ -31,6 +30,7 @@ from covseg.figures import overlay
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme
+from covseg.progress import progress_bar
 from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
 from covseg.volumes import quiet_file_readers, view_to_nifti_slice
@@ -350,8 +350,8 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
         try:
             records = []
             step = predictor.batch_size
-            with tqdm(total=len(files), desc="predict", unit="image", disable=not progress,
-                      dynamic_ncols=True) as bar:  # closed on an error too, before the error is printed
+            with progress_bar(total=len(files), desc="predict", unit="image", disable=not progress,
+                              dynamic_ncols=True) as bar:  # wiped on an error, before the error is printed
                 for start in range(0, len(files), step):
                     chunk = list(files[start:start + step])
                     images = [read_image(f, window) for f in chunk]

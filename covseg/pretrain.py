@@ -45,6 +45,7 @@ from covseg.errors import CovsegError
 from covseg.fileio import atomic_dir, atomic_write_text, interrupts_deferred, replacing_output
 from covseg.intensity import normalize_image
 from covseg.models import check_input_size, create_model
+from covseg.progress import close_bar
 from covseg.runtime import autocast, resolve_device, resolve_precision, training_memory_format
 from covseg.splits import split_settings
 from covseg.training import lr_factor
@@ -419,10 +420,11 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
     began = time.perf_counter()
     running, counted = 0.0, 0
     network.train()
-    bar = tqdm(range(options.steps), desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
+    # stepped by hand, not iterated: a loop over the bar left by Ctrl-C closes it (drawn again, kept) too early
+    bar = tqdm(total=options.steps, desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
     step = 0
     try:
-        for step in bar:
+        for step in range(options.steps):
             index = torch.randint(0, len(stack), (options.batch_size,), generator=generator)
             clean = stack[index].float()
             flip = torch.rand(options.batch_size, generator=generator) < 0.5
@@ -448,16 +450,21 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
             if (step + 1) % 10 == 0 or step + 1 == options.steps:
                 history.append({"step": step + 1, "loss": running / counted, "lr": optimizer.param_groups[0]["lr"],
                                 "seconds": time.perf_counter() - began})
-                bar.set_postfix(loss=f"{running / counted:.4f}")
+                bar.set_postfix(loss=f"{running / counted:.4f}", refresh=False)
                 running, counted = 0.0, 0
+            bar.update(1)
         step = options.steps
         weights = [v for v in network.state_dict().values() if v.is_floating_point()]
         if not all(torch.isfinite(v).all() for v in weights):  # the loss checks them only up to the last step
             raise CovsegError(f"the restoration network's weights became infinite or NaN by step {step}; lower --lr "
                               f"({_left_as_it_was(out_dir)})")
     except KeyboardInterrupt:
+        close_bar(bar, failed=True)  # the message below starts its own line
         where = f"at step {step + 1} of {options.steps}" if step < options.steps else f"after its {step} steps"
         log(f"interrupted {where}; nothing written ({_left_as_it_was(out_dir)})")
+        raise
+    except BaseException:
+        close_bar(bar, failed=True)
         raise
     finally:
         bar.close()

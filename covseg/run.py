@@ -53,6 +53,7 @@ from covseg.labels import get_scheme
 from covseg.losses import DeepSupervisionLoss, create_loss, median_frequency_weights
 from covseg.models import check_input_size
 from covseg.pretrain import check_pretrained, init_from_pretrained, pretrained_path
+from covseg.progress import close_bar
 from covseg.runtime import DistContext, resolve_device, resolve_precision, training_memory_format
 from covseg.selftrain import PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
 from covseg.splits import kfold, load_split, make_split, parse_split_name, save_split
@@ -626,12 +627,13 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
             f"{device.type} {str(dtype).removeprefix('torch.')}, epochs {start + 1}..{t.epochs}"
             + _progressive_note(t) + (f", {dist.world_size} processes" if dist.enabled else ""))
     began = time.perf_counter()
-    bar = tqdm(range(start, t.epochs), desc="train", unit="epoch", disable=not progress,
-               initial=start, total=t.epochs, dynamic_ncols=True)
+    # the bar is stepped by hand, not iterated: a loop over the bar left by Ctrl-C closes it (drawn again, kept)
+    # before the message below could wipe it
+    bar = tqdm(desc="train", unit="epoch", disable=not progress, initial=start, total=t.epochs, dynamic_ncols=True)
     epoch = start
     stopped = terminated = False
     try:
-        for epoch in bar:
+        for epoch in range(start, t.epochs):
             tick = time.perf_counter()
             epoch_x, epoch_y = train_x, train_y
             if pseudo is not None:
@@ -680,9 +682,11 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
                                     optimizer=optimizer.state_dict(), history=history, best=best, **extra)
                     _write_history(run_dir, history)
                     old.drop()  # the new run can be resumed now: the run it replaces goes
-            bar.set_postfix(loss=f"{fit.loss:.3f}", val_dice=f"{res.dice:.3f}")
+            bar.set_postfix(loss=f"{fit.loss:.3f}", val_dice=f"{res.dice:.3f}", refresh=False)
+            bar.update(1)
         epoch = t.epochs
     except KeyboardInterrupt as stop:
+        close_bar(bar, failed=True)  # the message below starts its own line, and no bar follows it
         epoch, stopped, terminated = len(history), True, isinstance(stop, Terminated)
         if epoch >= t.epochs:  # Ctrl-C came while the last epoch's files were written: the run is finished
             log(f"interrupted after all {t.epochs} epochs were saved; the run is finished, nothing to resume")
@@ -695,6 +699,9 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
         else:
             log("interrupted before the first epoch was saved, so there is nothing to resume; " + (again or
                 f"start the run again (the same covseg train ... -o {run_dir}; no --force needed)"))
+    except BaseException:
+        close_bar(bar, failed=True)
+        raise
     finally:
         bar.close()
     if history and dist.is_main:

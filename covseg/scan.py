@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW, to_unit_range, window_hu
 from covseg.labels import LabelScheme
 from covseg.lungmask import LEFT_LUNG, RIGHT_LUNG, body_midline, check_lung_mask, lung_mask
+from covseg.progress import progress_bar
 from covseg.quantify import quantify, remove_small_components, restrict_to_lungs
 from covseg.volumes import Volume, check_voxel_size
 
@@ -148,8 +148,8 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
     todo = [z for z, box in enumerate(boxes) if box is not None]
     lesions = np.zeros(volume.shape, np.uint8)
     step = predictor.batch_size
-    with tqdm(total=len(todo), desc="lesions", unit="slice", disable=not progress,
-              dynamic_ncols=True) as bar:  # closed on an error too, before the error is printed
+    with progress_bar(total=len(todo), desc="lesions", unit="slice", disable=not progress,
+                      dynamic_ncols=True) as bar:  # wiped on an error, before the error is printed
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
             crops = []

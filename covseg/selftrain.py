@@ -28,7 +28,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from covseg.checkpoint import checkpoint_config, read_checkpoint, refuse_unfinished
 from covseg.config import RunConfig
@@ -38,6 +37,7 @@ from covseg.fileio import atomic_dir, atomic_write_text, file_sha256, refuse_out
 from covseg.inference import backends_used
 from covseg.intensity import grey_quantiles, match_quantiles
 from covseg.labels import get_scheme
+from covseg.progress import progress_bar
 from covseg.splits import load_split
 from covseg.training import side_generator
 
@@ -256,23 +256,22 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
     masks.mkdir(parents=True)
     rows, kept, lesion, digests = [], 0, [], {}
     teacher = run_dir.resolve().name  # a teacher given as "." has no name of its own
-    bar = tqdm(total=len(samples), desc=f"pseudo-label {teacher}", unit="slice", disable=not progress,
-               dynamic_ncols=True)
-    for sample, probs in zip(samples, predictor(images)):
-        labels, fraction, confidence = slice_statistics(probs)
-        keep = keeps(rule, fraction, confidence)
-        if fraction > 0:
-            lesion.append((fraction, confidence))
-        if keep:
-            Image.fromarray(labels).save(masks / f"{sample.name}.png")
-            kept += 1
-        row = {"name": sample.name, "fraction": significant(fraction), "confidence": significant(confidence),
-               "kept": keep}
-        if keep:  # which image the mask belongs to: a student's --data may hold another image of this name
-            row["sha256"] = _source_sha256(sample.source, digests)
-        rows.append(row)
-        bar.update(1)
-    bar.close()
+    with progress_bar(total=len(samples), desc=f"pseudo-label {teacher}", unit="slice", disable=not progress,
+                      dynamic_ncols=True) as bar:
+        for sample, probs in zip(samples, predictor(images)):
+            labels, fraction, confidence = slice_statistics(probs)
+            keep = keeps(rule, fraction, confidence)
+            if fraction > 0:
+                lesion.append((fraction, confidence))
+            if keep:
+                Image.fromarray(labels).save(masks / f"{sample.name}.png")
+                kept += 1
+            row = {"name": sample.name, "fraction": significant(fraction), "confidence": significant(confidence),
+                   "kept": keep}
+            if keep:  # which image the mask belongs to: a student's --data may hold another image of this name
+                row["sha256"] = _source_sha256(sample.source, digests)
+            rows.append(row)
+            bar.update(1)
     summary = {"teacher": str(run_dir.resolve()), "checkpoint": str(Path(info["file"]).resolve()),
                "backend": backends_used(predictor), "task": config.data.task,
                "data": str(Path(data).resolve()), "rule": asdict(rule), "teacher_images": seen,
