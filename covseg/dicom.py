@@ -216,7 +216,11 @@ def _no_decoder(ds: object, exc: Exception) -> str | None:
     """The name of ``ds``'s compressed transfer syntax when no installed pydicom plugin decodes it (the file is fine:
     a decoder is missing), else None."""
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is None or not getattr(syntax, "is_compressed", False):
+    try:
+        compressed = syntax is not None and bool(syntax.is_compressed)
+    except (AttributeError, ValueError):  # not a transfer syntax pydicom knows: its UID's property raises ValueError
+        return None
+    if not compressed:
         return None
     try:
         from pydicom.pixels import get_decoder

@@ -36,7 +36,7 @@ from covseg.runtime import resolve_device, resolve_precision
 from covseg.volumes import quiet_file_readers, view_to_nifti_slice
 
 __all__ = ["SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use",
-           "predict_files", "check_file_outputs", "predict_scan", "scan_summary", "is_scan", "output_stem",
+           "predict_files", "check_file_outputs", "check_destinations", "predict_scan", "scan_summary", "is_scan", "output_stem",
            "write_label_nifti"]
 
 
@@ -260,7 +260,7 @@ def _stage_dir(out_dir: Path) -> Path:
                           "permissions") from None
 
 
-def _check_destinations(out_dir: Path, outputs: Iterable[str | os.PathLike]) -> None:
+def check_destinations(out_dir: Path, outputs: Iterable[str | os.PathLike]) -> None:
     """Refuse, in one line, outputs (paths relative to ``out_dir``) that could not be moved into place: a folder
     one goes in (``out_dir`` or one below it) is a file, or the output's own path is a folder. Checked before any
     output is moved, so that ``out_dir`` is never left with some outputs new and the others old."""
@@ -277,13 +277,13 @@ def _check_destinations(out_dir: Path, outputs: Iterable[str | os.PathLike]) -> 
 
 def _publish(stage: Path, out_dir: Path, stale: Sequence[str] = ()) -> None:
     """Move every file under ``stage`` to the same place under ``out_dir``: all of them or, where a destination
-    is blocked (:func:`_check_destinations`), none; then delete the files ``stale`` names (paths relative to
+    is blocked (:func:`check_destinations`), none; then delete the files ``stale`` names (paths relative to
     ``out_dir``; where they are files), outputs of an earlier run that the new ones leave wrong. Ctrl-C waits until
     the last is moved and deleted. The staged files are synced to the disk before the renames that name them, and
     the folders renamed into after them (:func:`covseg.fileio.sync_tree`), so a crash cannot leave an output that
     is named but empty."""
     files = sorted(p for p in stage.rglob("*") if p.is_file())
-    _check_destinations(out_dir, [src.relative_to(stage) for src in files])
+    check_destinations(out_dir, [src.relative_to(stage) for src in files])
     sync_tree(stage)  # the data on the disk before the renames that name them
     touched: set[Path] = set()
     with interrupts_deferred():
@@ -311,7 +311,7 @@ def _label_name(path: Path, stem: str) -> str:
 def check_file_outputs(files: Sequence[Path], out_dir: Path, overlays: bool = True
                        ) -> tuple[list[str], list[str], list[str]]:
     """What :func:`predict_files` checks before any input is read: inputs there are, distinct output names, no input
-    overwritten by a prediction, no destination blocked (:func:`_check_destinations`). Refused in one line; returns
+    overwritten by a prediction, no destination blocked (:func:`check_destinations`). Refused in one line; returns
     each file's output stem, label map name and (with ``overlays``) overlay path."""
     if not files:
         raise CovsegError("no input images; give image files or folders")
@@ -327,7 +327,7 @@ def check_file_outputs(files: Sequence[Path], out_dir: Path, overlays: bool = Tr
             if target.resolve() in inputs:
                 raise CovsegError(f"{target}: is an input and would be overwritten by a prediction; give -o "
                                   "another folder")
-    _check_destinations(out_dir, [*names, *drawn, "predictions.json"])  # before any input is read or predicted
+    check_destinations(out_dir, [*names, *drawn, "predictions.json"])  # before any input is read or predicted
     return stems, names, drawn
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from covseg.datasets import list_images, read_image
 from covseg.errors import CovsegError
 from covseg.fileio import check_output_folder
-from covseg.predict import SCAN_OUTPUTS, check_file_outputs, is_scan, output_stem
+from covseg.predict import SCAN_OUTPUTS, check_destinations, check_file_outputs, is_scan, output_stem
 from covseg.run import is_run_folder
 from covseg.volumes import check_spacing, check_volume
 
@@ -82,6 +82,8 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
         if scan.is_file() and scan.resolve().parent == out.resolve() and scan.name in SCAN_OUTPUTS:
             raise CovsegError(f"{scan}: covseg predict would write its own {scan.name} over this scan; give -o "
                               "another folder")
+    for out in outs:  # a file where a scan's folder goes, or a folder where one of its files goes (helper 169)
+        check_destinations(out.parent, [Path(out.name, name) for name in SCAN_OUTPUTS])
     if scans:  # a --spacing that is not three positive numbers is refused before the models load
         check_spacing(spacing)
     for scan in scans:

@@ -91,3 +91,45 @@ def test_a_scan_whose_folder_would_be_one_of_the_slices_outputs_is_refused_first
                                           rf"images' {what}; rename the scan"):
         plan_predict([scan, image], tmp_path / "out", spacing=spacing)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("blocker", ["report.html", "lesions.nii.gz"])
+def test_a_folder_where_a_scan_s_output_file_goes_is_refused_in_the_plan(tmp_path: Path, blocker: str) -> None:
+    # helper 169: the plan let it through, and the scan was segmented before publishing refused it
+    scan = _scan(tmp_path / "chest.nii.gz")
+    alone = tmp_path / "alone"
+    (alone / blocker).mkdir(parents=True)
+    with pytest.raises(CovsegError, match=rf"^{alone / blocker}: is a folder where covseg writes an output file"):
+        plan_predict([scan], alone)
+    several = tmp_path / "several"  # two scans: each writes into several/<stem>/
+    (several / "chest" / blocker).mkdir(parents=True)
+    other = _scan(tmp_path / "other.nii.gz")
+    with pytest.raises(CovsegError, match=rf"^{several / 'chest' / blocker}: is a folder where covseg writes"):
+        plan_predict([scan, other], several)
+    (several / "other").parent.mkdir(exist_ok=True)
+    (several / "other").write_text("a file where the scan's folder goes")
+    (several / "chest" / blocker).rmdir()
+    with pytest.raises(CovsegError, match=rf"^{several / 'other'}: is a file where covseg writes a folder of outputs"):
+        plan_predict([scan, other], several)
+
+
+def test_a_dicom_file_of_a_transfer_syntax_pydicom_does_not_know_is_one_line(tmp_path: Path) -> None:
+    # helper 169: UID.is_compressed raises ValueError for an unknown UID, which escaped as a traceback
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    from covseg.dicom import read_dicom_slice
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SeriesInstanceUID, ds.Modality, ds.RescaleSlope, ds.RescaleIntercept = generate_uid(), "CT", 1, -1024
+    ds.set_pixel_data(np.full((4, 4), 24, np.uint16), "MONOCHROME2", 16)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    path = tmp_path / "0.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.9.9.9\0"))  # the same length
+    with pytest.raises(CovsegError, match=rf"^{path}: cannot read its pixel data \(.*1\.2\.840\.10008\.9\.9\.9"):
+        read_dicom_slice(path)
