@@ -134,11 +134,19 @@ def _sorted_paths(paths: Iterable[Path]) -> list[Path]:
 
 
 def _supported_files(folder: Path) -> list[Path]:
-    """Supported image files directly in ``folder`` (hidden files skipped), in stem order."""
-    return _sorted_paths(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and _suffix(p) in IMAGE_SUFFIXES
-    )
+    """Supported image files directly in ``folder`` (hidden files skipped), in stem order. A symbolic link of a
+    supported name that leads nowhere (its target gone, or a loop) is refused in one line, not skipped: the image
+    it stood for would be left out without a word."""
+    files = []
+    for p in folder.iterdir():
+        if p.name.startswith(".") or _suffix(p) not in IMAGE_SUFFIXES:
+            continue
+        if p.is_file():
+            files.append(p)
+        elif p.is_symlink() and not p.exists():
+            raise CovsegError(f"{p}: is a symbolic link that leads nowhere (its target is gone, or it leads back to "
+                              "itself); fix the link or remove it")
+    return _sorted_paths(files)
 
 
 def _by_stem(folder: Path, what: str) -> dict[str, Path]:

@@ -1038,3 +1038,17 @@ def test_a_float_dicom_slice_with_a_nan_pixel_is_read_as_hu_with_or_without_moda
     ds.save_as(tmp_path / "s.dcm", enforce_file_format=True)
     image = read_image(tmp_path / "s.dcm")  # the lung window (-1000 HU -> 0.2333..., 0 HU -> 0.9), NaN as the air
     assert image.ravel().tolist() == pytest.approx([0.23333, 0.23333, 0.9, 1.0], abs=1e-4)
+
+
+@pytest.mark.parametrize("link", ["gone", "loop"])
+def test_a_link_of_an_image_name_that_leads_nowhere_is_refused_not_skipped(tmp_path: Path, link: str) -> None:
+    # fuzz helper 168: such a file was skipped without a word, and its image left out of the prediction or data set
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "1.png")
+    broken = tmp_path / "2.png"
+    broken.symlink_to(tmp_path / "moved" / "2.png" if link == "gone" else broken)
+    (tmp_path / "notes.txt").symlink_to(tmp_path / "nowhere.txt")  # not an image name: skipped as before
+    with pytest.raises(CovsegError, match=rf"^{broken}: is a symbolic link that leads nowhere \(its target is gone, "
+                                          r"or it leads back to itself\); fix the link or remove it$"):
+        list_images(tmp_path)
+    broken.unlink()
+    assert [p.name for p in list_images(tmp_path)] == ["1.png"]
