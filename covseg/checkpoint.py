@@ -82,14 +82,16 @@ def cut_at_word(text: str, limit: int) -> str:
     return f"{cut} …"
 
 
-def find_checkpoint(path: str | Path, which: str = "auto") -> Path:
+def find_checkpoint(path: str | Path, which: str = "auto", choosable: bool = True) -> Path:
     """A checkpoint file as it is, or one of a run folder's checkpoints.
 
     ``which``: ``best`` (``best.pt``, chosen on the validation images; ``last.pt`` where there is none),
     ``last``, ``ema`` or ``swa`` (that file); ``auto``, the run's model: ``swa.pt`` where the run averaged its
     weights (``train.swa_epochs``), else ``best.pt``; ``final``, the run's model chosen without its validation
     images: ``swa.pt``, else ``last.pt``. A checkpoint file is taken as it is under ``auto`` and ``final``, and
-    under a ``which`` that names it (``best`` for ``best.pt``); another ``which`` is refused, not ignored.
+    under a ``which`` that names it (``best`` for ``best.pt``); another ``which`` is refused, not ignored. A run
+    folder without the checkpoint asked for is refused naming those it holds and, where the caller's command takes
+    ``--checkpoint`` (``choosable``), how to pick one.
     """
     path = Path(path)
     if path.is_dir():
@@ -106,8 +108,10 @@ def find_checkpoint(path: str | Path, which: str = "auto") -> Path:
                               "train.swa_lr=LR have one")
         if not candidate.is_file():
             held = [name for name in ("best", "last", "swa", "ema") if (path / f"{name}.pt").is_file()]
-            hint = (f"; it holds {', '.join(f'{name}.pt' for name in held)}: give --checkpoint {held[0]} or the file "
-                    f"itself ({path / held[0]}.pt)" if held else "; is it a finished covseg run?")
+            hint = ("; is it a finished covseg run?" if not held else
+                    f"; it holds {', '.join(f'{name}.pt' for name in held)}: give --checkpoint {held[0]} or the file "
+                    f"itself ({path / held[0]}.pt)" if choosable else
+                    f"; it holds only {', '.join(f'{name}.pt' for name in held)}: is it a finished covseg run?")
             raise CovsegError(f"{path}: no {which}.pt in this folder{hint}")
         return candidate
     if not path.is_file():

@@ -166,7 +166,7 @@ def _checked_teachers(config: RunConfig, held_out: Collection[str], build: bool
         if not Path(entry).exists():
             raise CovsegError(f"train.distill: {entry}: no such run folder or checkpoint; train the teacher first "
                               "(covseg train ... -o RUN) or correct the path")
-        file = find_checkpoint(entry, "final")
+        file = find_checkpoint(entry, "final", choosable=False)
         if build:
             model, made, saved = load_model(file)
         else:

@@ -279,8 +279,10 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
         if force or not (out_dir / name / "last.pt").is_file():  # a new run's checks too (a begun one made them)
             _check_new_run_inputs(configs[name], [s.name for s in samples])
     rows: dict[str, dict[str, Any]] = {}
-    again = (f"to go on, run the same covseg compare command again{' without --force' if force else ''} (it keeps "
-             "the models already trained)")
+    # --force: running without it would keep the old runs of the models not yet retrained, so both ways are said
+    again = (f"to go on, run the same covseg compare command again (with --force every model trains again from the "
+             f"start; without it, each run in {out_dir} is kept or resumed, an old one too)" if force else
+             "to go on, run the same covseg compare command again (it keeps the models already trained)")
     for name, cfg in configs.items():
         log(f"== {name} ==")
         seconds = train_or_resume(cfg, samples, out_dir / name, data, force, progress, log, again)

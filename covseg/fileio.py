@@ -73,13 +73,14 @@ def unwritable_reason(path: str | os.PathLike, folder: bool = False) -> str | No
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not a folder you can write into"
-    try:  # root passes os.access everywhere, also on /proc, /sys and read-only mounts: make (and remove) a file there
-        handle, probe = tempfile.mkstemp(prefix=".covseg-probe-", dir=existing)
-    except OSError as err:
-        return f"{existing} is not a folder you can write into ({err.strerror or err})"
-    os.close(handle)
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
+    with interrupts_deferred():  # Ctrl-C between making and removing the file would leave it behind
+        try:  # root passes os.access everywhere, also on /proc, /sys, read-only mounts: make (and remove) a file there
+            handle, probe = tempfile.mkstemp(prefix=".covseg-probe-", dir=existing)
+        except OSError as err:
+            return f"{existing} is not a folder you can write into ({err.strerror or err})"
+        os.close(handle)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
     return None
 
 

@@ -109,7 +109,10 @@ def compute_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float,
     if not gamma >= 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     log_pt = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None])[:, 0]
-    per_pixel = -((1 - log_pt.exp()) ** gamma) * log_pt
+    # 1 - p_t, exact near p_t = 1, and floored: at a pixel predicted with certainty (p_t 1 in float32) the power's
+    # derivative is infinite for gamma under 1, and infinite times log p_t = 0 would make the gradient NaN
+    missed = (-torch.expm1(log_pt)).clamp_min(1e-12)
+    per_pixel = -(missed ** gamma) * log_pt
     if weight is None:
         return per_pixel.mean()
     w = weight.to(per_pixel)[target]
@@ -413,8 +416,7 @@ def create_loss(name: str, class_weights: np.ndarray | None = None, dice: str = 
                           "mfb_dice_ce, ce or mfb_ce")
     if focal_gamma and (ce_topk != 1.0 or label_smoothing):
         other = "train.ce_topk" if ce_topk != 1.0 else "train.label_smoothing"
-        raise CovsegError(f"train.focal_gamma and {other} both reweigh the cross-entropy term's pixels; set one of "
-                          "them")
+        raise CovsegError(f"train.focal_gamma and {other} both change the cross-entropy term; set one of them")
     if dice != "batch" and name in ("ce", "mfb_ce") and not with_type_loss:  # those say what they need below
         raise CovsegError(f"train.dice={dice} picks how the Dice term is reduced, but train.loss={name} has no "
                           "Dice term; set train.dice=batch (its default) or use train.loss=dice_ce, mfb_dice_ce "

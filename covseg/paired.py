@@ -192,7 +192,7 @@ def _check_own_model(run_dir: Path) -> None:
     if planned is not None and done < planned:
         raise CovsegError(f"{run_dir}: its training stopped after epoch {done} of {planned}; finish it first "
                           f"(covseg train --resume {run_dir}, or covseg cv on its folder)")
-    own = find_checkpoint(run_dir, "final")
+    own = find_checkpoint(run_dir, "final", choosable=False)
     if scored != own.name:
         raise CovsegError(f"{run_dir}/eval-heldout scored {scored}, not the run's own {own.name}; {again}")
     holds = done if own.name == "last.pt" else int(read_checkpoint(own)["epoch"])

@@ -692,7 +692,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
             log(f"interrupted after all {t.epochs} epochs were saved; the run is finished, nothing to resume")
         elif old.put_back():
             log(f"interrupted before the first epoch was saved; the run that was in {run_dir} is back as it was, "
-                f"nothing lost ({again or 'train with --force again to replace it'})")
+                + (f"nothing lost; {again}" if again else "nothing lost (train with --force again to replace it)"))
         elif (run_dir / "last.pt").is_file():
             log(f"interrupted: {epoch} of {t.epochs} epochs saved; "
                 f"{again or f'continue with covseg train --resume {run_dir}'}")

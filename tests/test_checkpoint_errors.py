@@ -160,6 +160,10 @@ def test_find_checkpoint_picks_the_run_s_model_and_refuses_a_which_a_file_does_n
     (only_best / "best.pt").touch()
     with pytest.raises(CovsegError, match=r"it holds best\.pt, ema\.pt: give --checkpoint best or the file itself \("):
         find(only_best, "last")
+    # a caller without --checkpoint (train.distill's teachers, cv-compare) names them, without the option
+    with pytest.raises(CovsegError, match=r"no last\.pt in this folder; it holds only best\.pt, ema\.pt: is it a "
+                                          r"finished covseg run\?$"):
+        find(only_best, "final", choosable=False)
 
 
 def test_error_first_line_keeps_a_line_that_fits_and_cuts_a_longer_one_at_a_word() -> None:

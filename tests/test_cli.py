@@ -810,9 +810,11 @@ def test_ctrl_c_during_compare_says_to_run_compare_again(force: bool, tiny_data:
     capsys.readouterr()
     assert main(["compare", *common, *(["--force"] if force else [])]) == 130
     err = capsys.readouterr().err
-    without = " without --force" if force else ""
-    assert (f"interrupted: 1 of 2 epochs saved; to go on, run the same covseg compare command again{without} (it "
-            "keeps the models already trained)") in err and "--resume" not in err, err
+    # with --force, running without it would reuse old runs of the models not reached yet (review helper 172)
+    advice = (f"with --force every model trains again from the start; without it, each run in {tmp_path / 'cmp'} is "
+              "kept or resumed, an old one too" if force else "it keeps the models already trained")
+    assert (f"interrupted: 1 of 2 epochs saved; to go on, run the same covseg compare command again ({advice})"
+            in err) and "--resume" not in err, err
     monkeypatch.setattr(covseg.run, "train_one_epoch", real)
     unet_history = (tmp_path / "cmp" / "unet" / "history.csv").read_text()
     assert main(["compare", *common]) == 0  # as it says: U-Net kept, SegNet resumed

@@ -442,12 +442,26 @@ def test_focal_loss_by_hand() -> None:
         focal.mean() + dice_term, abs=1e-5)
     with pytest.raises(CovsegError, match="train.focal_gamma=2.0 makes a cross-entropy term focal, which 'dice'"):
         create_loss("dice", focal_gamma=2.0)
-    with pytest.raises(CovsegError, match="train.focal_gamma and train.ce_topk both reweigh"):
+    with pytest.raises(CovsegError, match="train.focal_gamma and train.ce_topk both change the cross-entropy term"):
         create_loss("dice_ce", focal_gamma=2.0, ce_topk=0.5)
-    with pytest.raises(CovsegError, match="train.focal_gamma and train.label_smoothing both reweigh"):
+    with pytest.raises(CovsegError, match="train.focal_gamma and train.label_smoothing both change"):
         create_loss("dice_ce", focal_gamma=2.0, label_smoothing=0.1)
     with pytest.raises(CovsegError, match="must be >= 0, got -1"):
         create_loss("ce", focal_gamma=-1.0)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
+def test_focal_loss_gradient_is_finite_at_a_pixel_predicted_with_certainty(gamma: float) -> None:
+    # review helper 172: at p_t = 1 in float32 (a logit margin over ~17) gamma under 1 gave NaN gradients
+    from covseg.losses import compute_focal_loss
+
+    logits = torch.tensor([[30.0, 0.0], [0.0, 0.0]]).T.reshape(1, 2, 1, 2).requires_grad_()  # pixel 0 certain
+    loss = compute_focal_loss(logits, torch.tensor([[[0, 1]]]), gamma)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all(), logits.grad
+    # pixel 1 (p_t 0.5): d/dz1 of -(0.5^g) log p_t over 2 pixels is finite and nonzero; pixel 0 adds ~nothing
+    assert loss.item() == pytest.approx(0.5 ** gamma * np.log(2) / 2, abs=1e-6)
+    assert logits.grad[0, :, 0, 0].abs().max() < 1e-6
 
 
 def test_label_smoothing_by_hand() -> None:
