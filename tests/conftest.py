@@ -162,6 +162,22 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def ctrl_c_at_epoch(epoch: int, monkeypatch: pytest.MonkeyPatch):
+    """Make ``covseg.run.train_one_epoch`` raise ``KeyboardInterrupt`` at the start of 0-based ``epoch``, as Ctrl-C
+    there would, and train every other epoch as before; returns the real function, to put back."""
+    import covseg.run
+
+    real = covseg.run.train_one_epoch
+
+    def stopped_there(*args, **kwargs):
+        if args[6] == epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(covseg.run, "train_one_epoch", stopped_there)
+    return real
+
+
 def interrupt_after_touching(final: Path, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Send a real SIGINT (Ctrl-C) just after covseg.fileio first renames or deletes ``final`` (the old folder
     going). Returns a list that holds ``True`` once the signal was sent."""

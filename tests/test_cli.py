@@ -21,7 +21,7 @@ from covseg.cli import main
 from covseg.errors import CovsegError
 from covseg.paired import read_fold_scores
 
-from conftest import REAL_SEMISEG, TINY_OVERRIDES, record_syncs_and_renames
+from conftest import REAL_SEMISEG, TINY_OVERRIDES, ctrl_c_at_epoch, record_syncs_and_renames
 
 
 def _one_line_error(capsys) -> str:
@@ -831,14 +831,7 @@ def test_cv_finishes_an_interrupted_fold_even_when_someone_scored_it(tiny_data: 
     import covseg.run
 
     common = ["--recipe", "tiny", "--data", str(tiny_data), "--epochs", "2", "--quiet", *TINY_OVERRIDES]
-    real = covseg.run.train_one_epoch
-
-    def interrupt_at_epoch_1(*args, **kwargs):
-        if args[6] == 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(covseg.run, "train_one_epoch", interrupt_at_epoch_1)
+    real = ctrl_c_at_epoch(1, monkeypatch)
     capsys.readouterr()
     assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 130
     monkeypatch.setattr(covseg.run, "train_one_epoch", real)

@@ -56,17 +56,9 @@ def test_an_unreadable_image_s_error_is_not_preceded_by_a_bar(tiny_run: Path, tm
 def test_ctrl_c_during_training_prints_its_message_on_its_own_line_and_no_bar_after(
         tiny_data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     # fuzz helper 168: after "covseg: interrupted" tqdm drew the training bar once more
-    import covseg.run
-    from conftest import TINY_OVERRIDES
+    from conftest import TINY_OVERRIDES, ctrl_c_at_epoch
 
-    real = covseg.run.train_one_epoch
-
-    def ctrl_c_in_the_second_epoch(*args, **kwargs):
-        if args[6] == 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(covseg.run, "train_one_epoch", ctrl_c_in_the_second_epoch)
+    ctrl_c_at_epoch(1, monkeypatch)
     run = tmp_path / "run"
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "-o", str(run), "--epochs", "3",
                  *TINY_OVERRIDES]) == 130

@@ -26,7 +26,7 @@ from covseg.training import (averaged_network, class_argmax, class_balanced_weig
                              epoch_generator, learning_rate, lr_factor, make_optimizer, recompute_batch_norm,
                              train_one_epoch, weight_average)
 
-from conftest import TINY_OVERRIDES, interrupt_after_touching
+from conftest import TINY_OVERRIDES, ctrl_c_at_epoch, interrupt_after_touching
 
 
 def _train(data: Path, out: Path, *extra: str) -> int:
@@ -209,14 +209,7 @@ def test_force_deletes_the_old_run_once_the_new_one_saved_an_epoch(tiny_data: Pa
     import covseg.run
 
     run = _finished_run_with_a_report(tiny_run, tmp_path / "fz")
-    real = covseg.run.train_one_epoch
-
-    def ctrl_c_in_the_second_epoch(*args, **kwargs):
-        if args[6] == 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(covseg.run, "train_one_epoch", ctrl_c_in_the_second_epoch)
+    real = ctrl_c_at_epoch(1, monkeypatch)
     capsys.readouterr()
     assert _train(tiny_data, run, "--force", "--epochs", "3", "model.width=8") == 130
     err = capsys.readouterr().err
