@@ -19,7 +19,7 @@ from covseg.config import TrainConfig
 from covseg.errors import CovsegError
 from covseg.metrics import aggregate_per_image, confusion_matrix
 from covseg.runtime import DistContext, autocast, training_memory_format
-from covseg.transforms import augment_batch
+from covseg.transforms import augment_batch, mixup
 
 if TYPE_CHECKING:
     from covseg.consistency import ConsistencyTerm
@@ -164,6 +164,9 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+MIXUP_STREAM = 0x313C  # the tag of mixup's draws (:func:`side_generator`)
+
+
 def side_generator(seed: int, epoch: int, tag: int) -> torch.Generator:
     """A stream of its own for ``epoch``, unrelated to :func:`epoch_generator`'s and to other ``tag``'s: what an
     extra source of data draws (pseudo-labelled slices, the consistency term's unlabelled slices) leaves the
@@ -240,6 +243,11 @@ def train_one_epoch(
     images than processes is skipped. The returned loss and accuracy are summed over all processes and
     averaged over the images (pixels) actually trained on, a skipped batch's left out.
 
+    ``cfg.mixup_alpha`` above 0 blends each augmented batch with a cyclic shift of itself
+    (:func:`covseg.transforms.mixup`, drawn from a stream of its own, so the batches are those drawn without it) and
+    scores it as ``lam loss(y) + (1 - lam) loss(y[partner])``; the returned loss is that mix, the accuracy is
+    against ``y``.
+
     ``consistency`` (:class:`covseg.consistency.ConsistencyTerm`, single process only) adds its mixed unlabelled
     slices to every batch and its weighted, warmed-up soft cross-entropy to the loss; its draws
     come from a stream of their own, so the labelled batches are those drawn without it. The returned loss is the
@@ -258,15 +266,20 @@ def train_one_epoch(
     memory_format = training_memory_format(device)
     progressive = cfg.progressive_size if epoch < cfg.progressive_epochs() else None
     unlabelled = consistency.generator(cfg.seed, epoch) if consistency is not None else None
+    mixing = side_generator(cfg.seed, epoch, MIXUP_STREAM) if cfg.mixup_alpha else None
     for step in range(steps):
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x, y = augment_batch(images[index], masks[index], cfg.augment, generator, size=progressive)
+        y_other, lam = y, 1.0
+        if mixing is not None:
+            x, partner, lam = mixup(x, cfg.mixup_alpha, mixing)
+            y_other = y[partner]
         if dist.enabled:
             if x.shape[0] < dist.world_size:  # a last batch too small to give every process a sample
                 continue
-            x, y = x.tensor_split(dist.world_size)[dist.rank], y.tensor_split(dist.world_size)[dist.rank]
+            x, y, y_other = (t.tensor_split(dist.world_size)[dist.rank] for t in (x, y, y_other))
         x = x.to(device).contiguous(memory_format=memory_format)
-        y = y.to(device)
+        y, y_other = y.to(device), y_other.to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, epoch * steps + step, steps)
         soft = distill.targets(x) if distill is not None else None
@@ -282,6 +295,8 @@ def train_one_epoch(
             outputs = [o[:b] for o in outputs] if isinstance(outputs, list) else outputs[:b]
             x = x[:b]
         loss = loss_fn(outputs, y)
+        if lam < 1:
+            loss = lam * loss + (1 - lam) * loss_fn(outputs, y_other)
         total = loss
         if mixed is not None:
             total = loss + consistency.loss(extra, target, epoch * steps + step, total_steps)

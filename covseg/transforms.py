@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from covseg.config import RESIZE_MODES, AugmentConfig
 
 __all__ = ["Box", "fit_box", "stack_resized", "resize_probs", "elastic_offsets", "augment_batch", "random_crop",
-           "gaussian_noise", "gaussian_blur", "simulate_low_resolution", "cutmix", "lesion_paste"]
+           "gaussian_noise", "gaussian_blur", "simulate_low_resolution", "cutmix", "lesion_paste", "mixup"]
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) of an image inside the square input
 
@@ -238,6 +238,25 @@ def cutmix(images: torch.Tensor, masks: torch.Tensor, probability: float, genera
         return images, masks
     other, mixed = _partners(b, probability, generator)
     return _paste(images, masks, other, box_masks(b, height, width, generator).bool() & mixed)
+
+
+def mixup(images: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al., ICLR 2018) of a batch of images ``(B, 1, H, W)``: ``lam x + (1 - lam) x[partner]``,
+    one ``lam`` per batch drawn from Beta(``alpha``, ``alpha``) (``alpha`` > 0), each image's partner the next
+    image of a random cyclic shift of the batch, so never itself.
+
+    Returns the mixed images (a new tensor), the partners ``(B,)`` int64 and ``lam``; the caller scores the
+    prediction as ``lam loss(y) + (1 - lam) loss(y[partner])``. A batch of one image is returned as it came, its
+    own partner, with ``lam`` 1. Two draws from ``generator``, whatever the batch size.
+    """
+    b = images.shape[0]
+    shift = int(torch.randint(1, max(b, 2), (1,), generator=generator))
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    if b < 2:
+        return images, torch.zeros(b, dtype=torch.int64), 1.0
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    partner = (torch.arange(b) + shift) % b
+    return lam * images + (1 - lam) * images[partner], partner, lam
 
 
 LESION_PASTE_MARGIN = 0.03  # the largest margin around pasted lesions, a fraction of the image side

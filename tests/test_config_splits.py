@@ -65,6 +65,8 @@ def test_overrides_and_their_errors(tmp_path) -> None:
                          ("train.ce_topk=1.5", r"train.ce_topk is 1.5; it must lie in \(0, 1\]"),
                          ("train.focal_gamma=-1", r"train.focal_gamma is -1.0; it must be >= 0"),
                          ("train.focal_gamma=inf", r"train.focal_gamma is inf; it must be >= 0"),
+                         ("train.mixup_alpha=-0.2", r"train.mixup_alpha is -0.2; it must be >= 0"),
+                         ("train.mixup_alpha=nan", r"train.mixup_alpha is nan; it must be >= 0"),
                          ("train.label_smoothing=1", r"train.label_smoothing is 1.0; it must lie in \[0, 1\)"),
                          ("train.label_smoothing=-0.1", r"train.label_smoothing is -0.1; it must lie in \[0, 1\)"),
                          ("train.label_smoothing=nan", r"train.label_smoothing is nan; it must lie in \[0, 1\)"),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from covseg.checkpoint import find_checkpoint, read_checkpoint
 from covseg.cli import main
@@ -395,6 +396,69 @@ def test_grad_clip_bounds_the_steps_norm_by_hand(clip: float) -> None:
         assert step.item() == pytest.approx(clip, rel=1e-4)
     else:
         assert step.item() > 0.01  # the whole gradient: far above the clip of the other case
+
+
+class _RecordingLoss(torch.nn.Module):
+    """Cross-entropy that keeps each target it scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: list[torch.Tensor] = []
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.targets.append(target.clone())
+        return torch.nn.functional.cross_entropy(logits, target)
+
+
+class _InputRecorder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.conv(x)
+
+
+def test_mixup_mixes_the_batches_drawn_without_it_and_weighs_both_label_maps() -> None:
+    from covseg.training import MIXUP_STREAM, side_generator
+    from covseg.transforms import mixup
+
+    images, masks = torch.rand(8, 1, 16, 16), (torch.rand(8, 16, 16) > 0.6).long()
+    runs = {}
+    for alpha in (0.0, 0.4):
+        torch.manual_seed(0)
+        model, loss_fn = _InputRecorder(), _RecordingLoss()
+        cfg = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant", epochs=2,
+                          batch_size=4, mixup_alpha=alpha)
+        result = train_one_epoch(model, loss_fn, make_optimizer(model, cfg), images, masks, cfg, 1,
+                                 torch.device("cpu"), torch.float32)
+        runs[alpha] = model, loss_fn, result
+    plain, mixed = runs[0.0], runs[0.4]
+    assert len(plain[1].targets) == 2 and len(mixed[1].targets) == 4  # each step scores both label maps
+    mixing = side_generator(0, 1, MIXUP_STREAM)
+    for step in range(2):
+        x, y = plain[0].inputs[step], plain[1].targets[step]  # the batch drawn without mixup
+        expected, partner, lam = mixup(x, 0.4, mixing)
+        assert 0 < lam < 1
+        torch.testing.assert_close(mixed[0].inputs[step], expected)
+        assert torch.equal(mixed[1].targets[2 * step], y) and torch.equal(mixed[1].targets[2 * step + 1], y[partner])
+    # the loss reported is the mixed one, lam CE(y) + (1 - lam) CE(y[partner]), averaged over the steps: with
+    # lr 0 the weights stay, so it can be recomputed by hand
+    torch.manual_seed(0)
+    model = _InputRecorder()
+    cfg = TrainConfig(optimizer="sgd", lr=0.0, momentum=0.0, weight_decay=0.0, schedule="constant", epochs=2,
+                      batch_size=4, mixup_alpha=0.4)
+    result = train_one_epoch(model, _RecordingLoss(), make_optimizer(model, cfg), images, masks, cfg, 1,
+                             torch.device("cpu"), torch.float32)
+    mixing, by_hand = side_generator(0, 1, MIXUP_STREAM), []
+    with torch.no_grad():
+        for step in range(2):
+            x, partner, lam = mixup(plain[0].inputs[step], 0.4, mixing)
+            logits, y = model.conv(x), plain[1].targets[step]
+            by_hand.append(lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[partner]))
+    assert result.loss == pytest.approx(float(sum(by_hand)) / 2, rel=1e-5)
 
 
 def test_epoch_average_is_the_plain_mean_of_its_updates() -> None:

@@ -257,6 +257,34 @@ def test_cutmix_pastes_a_box_of_another_image_with_its_labels() -> None:
     assert torch.equal(same_x, images) and torch.equal(same_y, masks)
 
 
+def test_mixup_blends_each_image_with_a_shifted_partner_by_one_beta_weight() -> None:
+    from covseg.transforms import mixup
+
+    b, size = 5, 8
+    images = torch.arange(1, b + 1, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, size, size).contiguous()
+    before = images.clone()
+    out, partner, lam = mixup(images, 0.4, torch.Generator().manual_seed(7))
+    assert torch.equal(images, before)  # the input is untouched
+    shift = int(partner[0])
+    assert 1 <= shift < b and torch.equal(partner, (torch.arange(b) + shift) % b)  # a cyclic shift, never itself
+    assert 0 < lam < 1
+    for i in range(b):  # image i holds the value i + 1 everywhere: the mix is lam (i + 1) + (1 - lam) (partner + 1)
+        torch.testing.assert_close(out[i], torch.full((1, size, size), lam * (i + 1) + (1 - lam) * (int(partner[i]) + 1)))
+    # lam follows Beta(alpha, alpha): mean 1/2, variance 1 / (4 (2 alpha + 1)); a small alpha keeps most batches
+    # near one image, alpha 1 is uniform
+    g = torch.Generator().manual_seed(0)
+    for alpha, variance in [(0.2, 1 / (4 * 1.4)), (1.0, 1 / 12)]:
+        lams = np.array([mixup(images, alpha, g)[2] for _ in range(4000)])
+        assert abs(lams.mean() - 0.5) < 0.02 and abs(lams.var() - variance) < 0.01
+    # one image: returned as it came, its own partner, weight 1; it draws what a larger batch does, so later batches do not shift
+    one = images[:1]
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    same, own, weight = mixup(one, 0.4, g1)
+    assert same is one and own.tolist() == [0] and weight == 1.0
+    mixup(images[:2], 0.4, g2)  # a batch of two draws as much
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+
+
 def test_cutmix_mixes_after_the_progressive_resize_in_augment_batch() -> None:
     b, size = 3, 32
     images = torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1).expand(b, 1, size, size).contiguous() / b
