@@ -17,6 +17,7 @@ from covseg.intensity import HU_MIN_THRESHOLD
 
 __all__ = [
     "NO_RESCALE_WARNING",
+    "ZERO_SLOPE_WARNING",
     "looks_like_dicom",
     "read_dataset",
     "load_dicom",
@@ -183,8 +184,11 @@ def check_ct_modality(ds: object, path: Path, give: str) -> None:
         raise CovsegError(f"{path}: Modality is {modality}, not CT; give {give}")
 
 
-def rescale_to_hu(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, bool]:
-    """Stored values -> HU with RescaleSlope/RescaleIntercept; also whether the tags were missing.
+def rescale_to_hu(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, list[str]]:
+    """Stored values -> HU with RescaleSlope/RescaleIntercept; also the warnings, without the file's name
+    (:data:`NO_RESCALE_WARNING`, :data:`ZERO_SLOPE_WARNING`).
+
+    A RescaleSlope of 0 (not valid DICOM: every pixel would be the intercept) is read as 1, with a warning.
 
     Without RescaleIntercept (missing or empty; with or without RescaleSlope), stored values reaching below -100
     are taken as HU;
@@ -192,7 +196,9 @@ def rescale_to_hu(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarra
     """
     # an empty tag is no value (dicom_number reads it as 0): raw unsigned values must not pass as HU
     has_slope, has_inter = has_dicom_value(ds, "RescaleSlope"), has_dicom_value(ds, "RescaleIntercept")
-    slope = (dicom_number(ds, "RescaleSlope", 1, path) or 1.0) if has_slope else 1.0
+    slope = dicom_number(ds, "RescaleSlope", 1, path) if has_slope else 1.0
+    notes = [ZERO_SLOPE_WARNING] if slope == 0 else []
+    slope = slope or 1.0
     intercept = dicom_number(ds, "RescaleIntercept", 0, path) if has_inter else 0.0
     data = pixels.astype(np.float32)
     if slope != 1.0:
@@ -205,11 +211,14 @@ def rescale_to_hu(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarra
             f"{path}: has no RescaleIntercept and its values (min {float(data.min()):g}) are not "
             "Hounsfield units; give the original CT series (with rescale tags)"
         )
-    return data, missing
+    return data, ([NO_RESCALE_WARNING] if missing else []) + notes
 
 
 NO_RESCALE_WARNING = "no RescaleIntercept; stored values (reaching below -100) taken as Hounsfield units"
 """The warning for a slice read by :func:`rescale_to_hu` without its RescaleIntercept."""
+
+ZERO_SLOPE_WARNING = "RescaleSlope 0 (not valid DICOM) read as 1"
+"""The warning for a slice read by :func:`rescale_to_hu` whose RescaleSlope is 0."""
 
 
 def _no_decoder(ds: object, exc: Exception) -> str | None:
@@ -273,5 +282,5 @@ def read_dicom_slice(path: str | Path) -> tuple[np.ndarray, list[str]]:
         raise CovsegError(f"{path}: file not found; check the path")
     ds = load_dicom(path, "give a DICOM CT slice")
     check_greyscale(ds, path)
-    data, missing = rescale_to_hu(ds, slice_pixels(ds, path), path)
-    return data, [f"{path.name}: {NO_RESCALE_WARNING}"] if missing else []
+    data, notes = rescale_to_hu(ds, slice_pixels(ds, path), path)
+    return data, [f"{path.name}: {note}" for note in notes]

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covseg.dicom import (NO_RESCALE_WARNING, check_greyscale, dicom_floats, looks_like_dicom, read_dataset,
+from covseg.dicom import (check_greyscale, dicom_floats, looks_like_dicom, read_dataset,
                           rescale_to_hu, slice_pixels)
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
@@ -756,7 +756,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     # pixel data, in slice order
     slices = []
     digest = hashlib.sha256()
-    no_rescale = 0
+    notes: dict[str, int] = {}  # each rescale warning and how many slices had it, in order of first sight
     for h, _ in items:
         raw = h.path.read_bytes()
         digest.update(raw)
@@ -765,15 +765,15 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         if pixels.shape != (items[0][0].rows, items[0][0].cols):
             raise CovsegError(f"{h.path}: pixel data has shape {pixels.shape}, not Rows x Columns "
                               f"{items[0][0].rows}x{items[0][0].cols}; replace the file")
-        data, missing = rescale_to_hu(ds, pixels, h.path)
-        no_rescale += missing
+        data, slice_notes = rescale_to_hu(ds, pixels, h.path)
+        for note in slice_notes:
+            notes[note] = notes.get(note, 0) + 1
         slices.append(data)
     stack = np.stack(slices)  # (k, row, col)
     if n_places != len(slices):  # missing slices: each place of the grid takes its nearest acquired slice
         nearest = np.abs(np.arange(n_places)[:, None] - places[None, :]).argmin(axis=1)
         stack = stack[nearest]
-    if no_rescale:
-        warnings.append(f"{no_rescale} of {len(items)} slices: {NO_RESCALE_WARNING}")
+    warnings.extend(f"{count} of {len(items)} slices: {note}" for note, count in notes.items())
 
     lps = np.eye(4)
     lps[:3, 0] = row_cos * spacing_rc[1]  # i: along a row, column to column

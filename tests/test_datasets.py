@@ -627,6 +627,20 @@ def test_a_16_bit_png_of_raw_ct_numbers_warns_once_and_reads_as_before(tmp_path:
     assert "raw 12-bit CT numbers" in err[0] and "predictions will be poor" in err[0]
 
 
+def test_a_dicom_slice_with_rescale_slope_0_reads_as_slope_1_and_warns_once(tmp_path: Path, monkeypatch, capsys) -> None:
+    import covseg.datasets as datasets
+
+    monkeypatch.setattr(datasets, "_WARNED", set(), raising=False)
+    stored = np.array([[0, 1024], [1064, 2048]], np.uint16)  # -1024, 0, 40, 1024 HU with slope 1
+    first = write_dicom(tmp_path / "a.dcm", stored, slope=0.0)
+    as_one = read_image(write_dicom(tmp_path / "one.dcm", stored, slope=1.0))
+    assert capsys.readouterr().err == ""  # a valid slope says nothing
+    np.testing.assert_array_equal(read_image(first), as_one)
+    read_image(write_dicom(tmp_path / "b.dcm", stored, slope=0.0))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"covseg: warning: {first}: RescaleSlope 0 (not valid DICOM) read as 1"]
+
+
 def test_a_colour_image_warns_once_when_made_grey(tmp_path: Path, monkeypatch, capsys) -> None:
     import covseg.datasets as datasets
 

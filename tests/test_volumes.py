@@ -260,6 +260,23 @@ def test_missing_rescale_tags(tmp_path):
             read_volume(tmp_path / f"unsigned-{slope}")
 
 
+def test_zero_rescale_slope_is_read_as_one_with_a_warning(tmp_path):
+    # RescaleSlope 0 is not valid DICOM (every pixel would be the intercept): read as 1, and said so, once per series
+    # with the count of slices, and per file for one slice
+    write_dicom_series(tmp_path / "zero", truth_hu()[:3], slope=0.0, intercept=-1024.0)
+    vol = read_volume(tmp_path / "zero")
+    assert np.array_equal(vol.hu, truth_hu()[:3])
+    assert "3 of 3 slices: RescaleSlope 0 (not valid DICOM) read as 1" in vol.warnings
+    one = sorted((tmp_path / "zero").iterdir())[0]
+    hu, warnings = read_dicom_slice(one)
+    assert any(np.array_equal(hu, truth_hu()[k, ::-1]) for k in range(3))  # stored rows run flipped
+    assert warnings == [f"{one.name}: RescaleSlope 0 (not valid DICOM) read as 1"]
+    # a valid slope says nothing
+    write_dicom_series(tmp_path / "two", truth_hu()[:3], slope=2.0, intercept=-1024.0)
+    assert not any("RescaleSlope" in w for w in read_volume(tmp_path / "two").warnings)
+    assert read_dicom_slice(sorted((tmp_path / "two").iterdir())[0])[1] == []
+
+
 def test_truncated_file_named(tmp_path):
     write_dicom_series(tmp_path, truth_hu()[:4])
     victim = sorted(tmp_path.iterdir())[1]
