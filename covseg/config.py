@@ -161,7 +161,8 @@ class TrainConfig:
     # (ce, mfb_ce, dice_ce, mfb_dice_ce only; not with ce_topk or label_smoothing)
     focal_gamma: float = 0.0
     # mixup (Zhang et al. 2018): each batch becomes lam x + (1 - lam) x[partner], lam ~ Beta(mixup_alpha, mixup_alpha)
-    # per batch, partners a cyclic shift of the batch; the loss is lam loss(y) + (1 - lam) loss(y[partner]); 0 = off
+    # per batch, partners a cyclic shift of the batch; the loss is lam loss(y) + (1 - lam) loss(y[partner]); 0 = off.
+    # Needs batch_size >= 2; a last batch of one image is left unmixed
     mixup_alpha: float = 0.0
     # learn only which lesion type each truth-lesion pixel is (covseg.losses.LesionTypeLoss; the background
     # output stays untrained): a type model for `--lesion-model`, which finds the lesions (multiclass only)
@@ -546,7 +547,11 @@ def _validate(config: RunConfig, source: str) -> None:
                           "Lin et al.'s focal loss takes 2)")
     if not (math.isfinite(t.mixup_alpha) and t.mixup_alpha >= 0):
         raise CovsegError(f"{source}: train.mixup_alpha is {t.mixup_alpha}; it must be >= 0 (0: no mixup; Zhang et "
-                          "al. take 0.2 to 0.4: the Beta(alpha, alpha) each batch's mixing weight is drawn from)")
+                          "al. take 0.1 to 0.4: the Beta(alpha, alpha) each batch's mixing weight is drawn from)")
+    if t.mixup_alpha and t.batch_size < 2:
+        raise CovsegError(f"{source}: train.mixup_alpha mixes the images of a batch with each other, and "
+                          f"train.batch_size is {t.batch_size}; set train.batch_size to 2 or more, or leave "
+                          "train.mixup_alpha at 0")
     if not (math.isfinite(t.label_smoothing) and 0 <= t.label_smoothing < 1):
         raise CovsegError(f"{source}: train.label_smoothing is {t.label_smoothing}; it must lie in [0, 1): the share "
                           "of each pixel's cross-entropy target spread evenly over the classes (0: off, e.g. 0.1)")

@@ -194,7 +194,7 @@ def rescale_to_hu(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarra
     are taken as HU;
     others raise (see :func:`read_dicom_slice`).
     """
-    # an empty tag is no value (dicom_number reads it as 0): raw unsigned values must not pass as HU
+    # an empty tag is no value (dicom_number gives its default): raw unsigned values must not pass as HU
     has_slope, has_inter = has_dicom_value(ds, "RescaleSlope"), has_dicom_value(ds, "RescaleIntercept")
     slope = dicom_number(ds, "RescaleSlope", 1, path) if has_slope else 1.0
     notes = [ZERO_SLOPE_WARNING] if slope == 0 else []

@@ -266,13 +266,13 @@ def train_one_epoch(
     memory_format = training_memory_format(device)
     progressive = cfg.progressive_size if epoch < cfg.progressive_epochs() else None
     unlabelled = consistency.generator(cfg.seed, epoch) if consistency is not None else None
-    mixing = side_generator(cfg.seed, epoch, MIXUP_STREAM) if cfg.mixup_alpha else None
+    mixup_draws = side_generator(cfg.seed, epoch, MIXUP_STREAM) if cfg.mixup_alpha else None
     for step in range(steps):
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x, y = augment_batch(images[index], masks[index], cfg.augment, generator, size=progressive)
         y_other, lam = y, 1.0
-        if mixing is not None:
-            x, partner, lam = mixup(x, cfg.mixup_alpha, mixing)
+        if mixup_draws is not None:
+            x, partner, lam = mixup(x, cfg.mixup_alpha, mixup_draws)
             y_other = y[partner]
         if dist.enabled:
             if x.shape[0] < dist.world_size:  # a last batch too small to give every process a sample

@@ -254,7 +254,7 @@ def mixup(images: torch.Tensor, alpha: float, generator: torch.Generator) -> tup
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     if b < 2:
         return images, torch.zeros(b, dtype=torch.int64), 1.0
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))  # torch.distributions.Beta takes no generator
     partner = (torch.arange(b) + shift) % b
     return lam * images + (1 - lam) * images[partner], partner, lam
 

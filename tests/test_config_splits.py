@@ -75,6 +75,12 @@ def test_overrides_and_their_errors(tmp_path) -> None:
         with pytest.raises(CovsegError, match=message):
             apply_overrides(cfg, [bad])
     assert apply_overrides(load_recipe("default"), ["model.block=residual"]).model.block == "residual"
+    # mixup blends the images of a batch with each other: a batch of one would leave it silently off
+    with pytest.raises(CovsegError, match=r"train.mixup_alpha mixes the images of a batch with each other, and "
+                                          r"train.batch_size is 1; set train.batch_size to 2 or more"):
+        apply_overrides(load_recipe("default"), ["train.mixup_alpha=0.2", "train.batch_size=1"])
+    assert apply_overrides(load_recipe("default"), ["train.mixup_alpha=0.2", "train.batch_size=2"]).train.batch_size == 2
+    assert apply_overrides(load_recipe("default"), ["train.batch_size=1"]).train.mixup_alpha == 0.0
     assert apply_overrides(load_recipe("default"), ["model.norm=instance"]).model.norm == "instance"
     assert apply_overrides(load_recipe("default"), ["model.dropout=0.3"]).model.dropout == 0.3
     assert apply_overrides(load_recipe("default"), ["model.decoder_dropout=0.3"]).model.decoder_dropout == 0.3

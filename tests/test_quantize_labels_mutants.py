@@ -66,11 +66,10 @@ def test_int8_calibration_reads_every_batch(tmp_path: Path) -> None:
     b = rng.uniform(-0.5, 4, (2, 1, 16, 16)).astype(np.float32)
     a[0, 0, 0, :2] = [-4, 0.5]  # a holds the low end, b the high end
     b[1, 0, 3, 4:6] = [-0.5, 4]
-    for name, batches in (("both", [a, b]), ("joined", [np.concatenate([a, b])]), ("first", [a]), ("last", [b]),
-                          ("reversed", [b, a])):
+    for name, batches in (("both", [a, b]), ("first", [a]), ("last", [b]), ("reversed", [b, a])):
         quantize_network(net, 16, batches, tmp_path / f"{name}.onnx")
     both = _initializers(tmp_path / "both.onnx")
-    for same in ("joined", "reversed"):
+    for same in ("reversed",):
         other = _initializers(tmp_path / f"{same}.onnx")
         assert other.keys() == both.keys()
         for key, value in both.items():

@@ -407,7 +407,7 @@ class _RecordingLoss(torch.nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self.targets.append(target.clone())
-        return torch.nn.functional.cross_entropy(logits, target)
+        return F.cross_entropy(logits, target)
 
 
 class _InputRecorder(torch.nn.Module):
