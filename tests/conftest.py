@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny COVID-SemiSeg-layout data set made by the tests themselves."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,16 @@ from PIL import Image
 import torch
 
 REAL_SEMISEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "covid-semiseg"
+
+
+def fake_run_folder(parent: Path, split: dict, data: str) -> Path:
+    """``parent/run`` holding only ``split.json`` (``split``) and a ``run.json`` naming its data folder ``data``: what
+    :func:`covseg.quantize.calibration_inputs` reads of a run."""
+    run = parent / "run"
+    run.mkdir()
+    (run / "split.json").write_text(json.dumps(split), encoding="utf-8")
+    (run / "run.json").write_text(json.dumps({"data": data}), encoding="utf-8")
+    return run
 
 
 def synthetic_slice(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

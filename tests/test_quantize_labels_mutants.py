@@ -4,7 +4,6 @@ testing)."""
 from __future__ import annotations
 
 import gc
-import json
 import re
 import shutil
 import weakref
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import fake_run_folder
 from covseg.errors import CovsegError
 
 
@@ -29,14 +29,6 @@ def _tiny_config(*overrides: str):
     from covseg.config import apply_overrides, load_recipe
 
     return apply_overrides(load_recipe("tiny"), ["data.input_size=32", *overrides])
-
-
-def _fake_run(tmp_path: Path, split: dict, data: str) -> Path:
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "split.json").write_text(json.dumps(split), encoding="utf-8")
-    (run / "run.json").write_text(json.dumps({"data": data}), encoding="utf-8")
-    return run
 
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
@@ -114,7 +106,7 @@ def test_int8_agreement_pools_the_pixels_of_every_batch() -> None:
 def test_calibration_inputs_name_the_first_three_missing_slices(tiny_data: Path, tmp_path: Path) -> None:
     from covseg.quantize import calibration_inputs
 
-    run = _fake_run(tmp_path, {"train": ["0", "a", "b", "c", "d"], "val": []}, str(tiny_data))
+    run = fake_run_folder(tmp_path, {"train": ["0", "a", "b", "c", "d"], "val": []}, str(tiny_data))
     with pytest.raises(CovsegError, match=rf"^{re.escape(str(run))}: its train slices \(a, b, c …\) are not in "):
         calibration_inputs(run, None, _tiny_config(), ("train", "val"))
 
@@ -130,7 +122,7 @@ def test_calibration_pixels_of_stretched_slices_are_every_pixel(tiny_data: Path,
     shapes = [Image.open(tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs" / f"{n}.jpg").size
               for n in names]
     assert any(w != h for w, h in shapes)  # the check below means something only for non-square slices
-    run = _fake_run(tmp_path, {"train": names, "val": []}, str(tiny_data))
+    run = fake_run_folder(tmp_path, {"train": names, "val": []}, str(tiny_data))
     stretched = calibration_inputs(run, None, _tiny_config("data.resize=stretch"), ("train",))["train_pixels"]
     assert [m.shape for m in stretched] == [(3, 32, 32)] and stretched[0].all()
     padded = calibration_inputs(run, None, _tiny_config("data.resize=pad"), ("train",))["train_pixels"]
@@ -141,7 +133,7 @@ def test_a_last_batch_of_one_slice_is_kept(tiny_data: Path, tmp_path: Path) -> N
     """9 slices: batches of 8 and 1, inputs and pixel masks alike (a part of 1 slice gets its one batch)."""
     from covseg.quantize import calibration_inputs
 
-    run = _fake_run(tmp_path, {"train": [str(i) for i in range(9)], "val": ["9"]}, str(tiny_data))
+    run = fake_run_folder(tmp_path, {"train": [str(i) for i in range(9)], "val": ["9"]}, str(tiny_data))
     inputs = calibration_inputs(run, None, _tiny_config(), ("train", "val"))
     assert [len(b) for b in inputs["train"]] == [8, 1] and [len(m) for m in inputs["train_pixels"]] == [8, 1]
     assert [b.shape for b in inputs["val"]] == [(1, 1, 32, 32)] and [m.shape for m in inputs["val_pixels"]] == [
@@ -162,7 +154,7 @@ def test_calibration_inputs_read_hu_slices_through_the_run_s_lung_window(tmp_pat
     masks[..., 3] = 1  # all background
     np.save(data / "masks_medseg.npy", masks)
     names = ["images_medseg_000", "images_medseg_001"]
-    run = _fake_run(tmp_path, {"train": names, "val": []}, str(data))
+    run = fake_run_folder(tmp_path, {"train": names, "val": []}, str(data))
     config = _tiny_config("data.window_level=-200", "data.window_width=400")
     got = np.concatenate(calibration_inputs(run, None, config, ("train",))["train"])
     windowed = [s.image for s in load_dataset(data, "binary", window=(-200.0, 400.0))]

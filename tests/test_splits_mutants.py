@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import fake_run_folder
 from covseg.errors import CovsegError
 
 
@@ -181,18 +182,10 @@ def test_int8_agreement_is_measured_on_the_validation_batches_with_their_pixel_m
     assert seen["batches"] is inputs["val"] and seen["pixels"] is inputs["val_pixels"]
 
 
-def _fake_run(tmp_path: Path, split: dict, data: str) -> Path:
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "split.json").write_text(json.dumps(split), encoding="utf-8")
-    (run / "run.json").write_text(json.dumps({"data": data}), encoding="utf-8")
-    return run
-
-
 def test_calibration_inputs_refuse_a_split_whose_slices_are_not_in_the_data(tiny_data: Path, tmp_path: Path) -> None:
     from covseg.quantize import calibration_inputs
 
-    run = _fake_run(tmp_path, {"train": ["0", "nope", "gone"], "val": ["1"]}, str(tiny_data))
+    run = fake_run_folder(tmp_path, {"train": ["0", "nope", "gone"], "val": ["1"]}, str(tiny_data))
     with pytest.raises(CovsegError, match=rf"^{re.escape(str(run))}: its train slices \(nope, gone …\) are not in "
                                           rf"{re.escape(str(tiny_data))}; pass --data DIR with the data it trained on$"):
         calibration_inputs(run, None, _tiny_config(), ("train", "val"))
@@ -202,7 +195,7 @@ def test_calibration_inputs_refuse_data_that_is_not_there(tmp_path: Path) -> Non
     from covseg.quantize import calibration_inputs
 
     gone = str(tmp_path / "gone")
-    run = _fake_run(tmp_path, {"train": ["0"], "val": []}, gone)
+    run = fake_run_folder(tmp_path, {"train": ["0"], "val": []}, gone)
     with pytest.raises(CovsegError, match=rf"^{re.escape(str(run))}: the data it trained on \({re.escape(gone)}\) is "
                                           r"not here; pass --data DIR with its slices$"):
         calibration_inputs(run, None, _tiny_config(), ("train",))
@@ -220,7 +213,7 @@ def test_calibration_inputs_come_in_batches_of_eight_and_an_empty_part_gets_none
     from covseg.inference import network_input
 
     names = [str(i) for i in range(10)]
-    run = _fake_run(tmp_path, {"train": names, "val": []}, str(tiny_data))
+    run = fake_run_folder(tmp_path, {"train": names, "val": []}, str(tiny_data))
     config = apply_overrides(_tiny_config(), ["data.normalize=percentile"])
     inputs = calibration_inputs(run, None, config, ("train", "val"))
     assert [b.shape for b in inputs["train"]] == [(8, 1, 32, 32), (2, 1, 32, 32)]
@@ -235,7 +228,7 @@ def test_calibration_inputs_come_in_batches_of_eight_and_an_empty_part_gets_none
 def test_int8_export_of_a_run_without_training_slices_is_refused(tiny_data: Path, tmp_path: Path) -> None:
     from covseg.quantize import int8_calibration
 
-    run = _fake_run(tmp_path, {"train": [], "val": ["0", "1"]}, str(tiny_data))
+    run = fake_run_folder(tmp_path, {"train": [], "val": ["0", "1"]}, str(tiny_data))
     with pytest.raises(CovsegError, match=rf"^{re.escape(str(run))}: its split.json has no training slices to "
                                           r"calibrate int8 on; export it without --int8"):
         int8_calibration(_tiny_config(), run, None)
