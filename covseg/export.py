@@ -95,7 +95,7 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     if (checkpoint.parent / "class_weights.json").is_file():  # which classes it learnt, for use outside its run
         from covseg.run import read_class_weights
 
-        meta["covseg_class_weights"] = json.dumps(read_class_weights(checkpoint.parent).tolist())
+        meta["covseg_class_weights"] = json.dumps(read_class_weights(checkpoint.parent, config.data.task).tolist())
     if int8:  # every refusal and the slices it reads before -o (or a folder for it) is made
         from covseg.quantize import int8_calibration, quantize_run
 

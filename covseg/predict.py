@@ -220,7 +220,7 @@ def learnt_lesion_classes(info: dict[str, Any]) -> list[int] | None:
         if weights is None:
             if not (file.parent / "class_weights.json").is_file():
                 return None
-            weights = read_class_weights(file.parent)
+            weights = read_class_weights(file.parent, member.get("task"))
         learnt.update(c for c, w in enumerate(weights) if c > 0 and w > 0)
     return sorted(learnt) or None
 

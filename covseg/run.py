@@ -122,9 +122,9 @@ def read_run_info(run_dir: Path, require_data: bool = True) -> dict:
     return info
 
 
-def read_class_weights(run_dir: Path) -> np.ndarray:
+def read_class_weights(run_dir: Path, task: str | None = None) -> np.ndarray:
     """``(num_classes,)`` float64 median-frequency weights saved in ``run_dir/class_weights.json`` (0 for a class
-    absent from the training masks)."""
+    absent from the training masks). With ``task``, a count other than that task's classes is refused as damage."""
     path = Path(run_dir) / "class_weights.json"
     try:
         weights = json.loads(path.read_text(encoding="utf-8"))["weights"]
@@ -138,6 +138,9 @@ def read_class_weights(run_dir: Path) -> np.ndarray:
     if values.size < 2:  # every label scheme has a background and at least one lesion class
         raise CovsegError(f"{path}: damaged ({values.size} class weights, not one per class); train the run again "
                           "(covseg train ... -o RUN --force)")
+    if task is not None and values.size != get_scheme(task).num_classes:
+        raise CovsegError(f"{path}: damaged ({values.size} class weights, not one per class of the {task} task's "
+                          f"{get_scheme(task).num_classes}); train the run again (covseg train ... -o RUN --force)")
     return values
 
 
@@ -157,8 +160,9 @@ def trained_on(run_dir: Path, samples: list[Sample]) -> bool:
     by_name = {s.name: s for s in samples}
     if any(n not in by_name for n in split["train"]):
         return False
-    num_classes = get_scheme(read_run_config(run_dir).data.task).num_classes
-    return _same_masks([by_name[n] for n in split["train"]], read_class_weights(run_dir), num_classes)
+    task = read_run_config(run_dir).data.task
+    return _same_masks([by_name[n] for n in split["train"]], read_class_weights(run_dir, task),
+                       get_scheme(task).num_classes)
 
 
 def sync_history(run_dir: Path) -> bool:
@@ -543,7 +547,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     if dist.enabled:
         torch_dist.barrier()
     split = load_split(run_dir / "split.json")
-    weights = read_class_weights(run_dir)
+    weights = read_class_weights(run_dir, d.task)
 
     by_name = {s.name: s for s in samples}
     missing = [n for n in split["train"] + split["val"] if n not in by_name]

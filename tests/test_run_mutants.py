@@ -165,6 +165,18 @@ def test_a_run_record_of_the_wrong_shape_is_refused_in_one_line(name: str, text:
     assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
 
 
+def test_class_weights_of_another_task_s_class_count_are_refused_when_the_task_is_given(tmp_path: Path) -> None:
+    from covseg.errors import CovsegError
+    from covseg.run import read_class_weights
+
+    (tmp_path / "class_weights.json").write_text('{"weights": {"background": 0.5, "infection": 3.0}}')
+    assert read_class_weights(tmp_path).tolist() == [0.5, 3.0]  # no task: any count of two or more
+    assert read_class_weights(tmp_path, "binary").tolist() == [0.5, 3.0]
+    with pytest.raises(CovsegError, match=r"class_weights.json: damaged \(2 class weights, not one per class of the "
+                                          r"multiclass task's 4\); train the run again"):
+        read_class_weights(tmp_path, "multiclass")
+
+
 def _train(data: Path, out: Path, *extra: str) -> int:
     from covseg.cli import main
 

@@ -962,7 +962,9 @@ def test_resume_refuses_a_last_pt_it_cannot_continue_in_one_line(tiny_data: Path
 @pytest.mark.parametrize("name, text, message", [("split.json", '{"train": [', "cannot read the split"),
                                                  ("split.json", '{"train": 5}', "a damaged split"),
                                                  ("class_weights.json", '{"weights": ', "unreadable or damaged"),
-                                                 ("class_weights.json", '{"w": {}}', "unreadable or damaged")])
+                                                 ("class_weights.json", '{"w": {}}', "unreadable or damaged"),
+                                                 ("class_weights.json", '{"weights": {"a": 1, "b": 2, "c": 3}}',
+                                                  "damaged (3 class weights, not one per class of the binary task's 2)")])
 def test_resume_refuses_a_damaged_split_or_class_weights_in_one_line(name: str, text: str, message: str,
                                                                      tiny_data: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
