@@ -39,7 +39,7 @@ import numpy as np
 
 from covseg.errors import CovsegError
 from covseg.dicom import (ZERO_SLOPE_WARNING, check_ct_modality, dicom_number, dicom_pixels, dicom_slice_affine,
-                          has_dicom_value, load_dicom)
+                          has_dicom_value, load_dicom, rescale_slope)
 from covseg.intensity import (HU_MIN_THRESHOLD, LUNG_WINDOW, fill_non_finite, raw_ct_warning, scale_stored_grey,
                               to_unit_range, window_hu)
 from covseg.labels import MULTICLASS, LabelScheme, check_labels, get_scheme
@@ -351,10 +351,9 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, bool]:
     ds = _dicom_file(path)
     check_ct_modality(ds, path, "a CT slice")
     pixels = _dicom_view(ds, _dicom_pixels(ds, path, "pixel data"), path)
-    slope = dicom_number(ds, "RescaleSlope", 1, path)
-    if slope == 0:
+    slope, zero = rescale_slope(ds, path)
+    if zero:
         _warn_once("zero-slope", f"{path}: {ZERO_SLOPE_WARNING}")
-    slope = slope or 1.0
     intercept = dicom_number(ds, "RescaleIntercept", 0, path)
     data = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     finite = fill_non_finite(data, str(path))[0]  # NaN pixels (float pixel data) do not hide the air

@@ -27,6 +27,7 @@ __all__ = [
     "dicom_number",
     "check_greyscale",
     "check_ct_modality",
+    "rescale_slope",
     "rescale_to_hu",
     "dicom_pixels",
     "slice_pixels",
@@ -184,6 +185,13 @@ def check_ct_modality(ds: object, path: Path, give: str) -> None:
         raise CovsegError(f"{path}: Modality is {modality}, not CT; give {give}")
 
 
+def rescale_slope(ds: object, path: Path) -> tuple[float, bool]:
+    """``ds``'s RescaleSlope (1 where missing or empty), and whether it was 0: not valid DICOM (every pixel would be
+    the intercept), read as 1, as GDCM does; the caller warns (:data:`ZERO_SLOPE_WARNING`)."""
+    slope = dicom_number(ds, "RescaleSlope", 1, path)
+    return (slope or 1.0), slope == 0
+
+
 def rescale_to_hu(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarray, list[str]]:
     """Stored values -> HU with RescaleSlope/RescaleIntercept; also the warnings, without the file's name
     (:data:`NO_RESCALE_WARNING`, :data:`ZERO_SLOPE_WARNING`).
@@ -196,9 +204,8 @@ def rescale_to_hu(ds: object, pixels: np.ndarray, path: Path) -> tuple[np.ndarra
     """
     # an empty tag is no value (dicom_number gives its default): raw unsigned values must not pass as HU
     has_slope, has_inter = has_dicom_value(ds, "RescaleSlope"), has_dicom_value(ds, "RescaleIntercept")
-    slope = dicom_number(ds, "RescaleSlope", 1, path) if has_slope else 1.0
-    notes = [ZERO_SLOPE_WARNING] if slope == 0 else []
-    slope = slope or 1.0
+    slope, zero = rescale_slope(ds, path) if has_slope else (1.0, False)
+    notes = [ZERO_SLOPE_WARNING] if zero else []
     intercept = dicom_number(ds, "RescaleIntercept", 0, path) if has_inter else 0.0
     data = pixels.astype(np.float32)
     if slope != 1.0:

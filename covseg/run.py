@@ -138,9 +138,10 @@ def read_class_weights(run_dir: Path, task: str | None = None) -> np.ndarray:
     if values.size < 2:  # every label scheme has a background and at least one lesion class
         raise CovsegError(f"{path}: damaged ({values.size} class weights, not one per class); train the run again "
                           "(covseg train ... -o RUN --force)")
-    if task is not None and values.size != get_scheme(task).num_classes:
+    expected = get_scheme(task).num_classes if task is not None else values.size
+    if values.size != expected:
         raise CovsegError(f"{path}: damaged ({values.size} class weights, not one per class of the {task} task's "
-                          f"{get_scheme(task).num_classes}); train the run again (covseg train ... -o RUN --force)")
+                          f"{expected}); train the run again (covseg train ... -o RUN --force)")
     return values
 
 

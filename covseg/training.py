@@ -270,16 +270,20 @@ def train_one_epoch(
     for step in range(steps):
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x, y = augment_batch(images[index], masks[index], cfg.augment, generator, size=progressive)
-        y_other, lam = y, 1.0
+        y_other, lam = None, 1.0  # the partners' label maps and their weight 1 - lam, when mixing
         if mixup_draws is not None:
             x, partner, lam = mixup(x, cfg.mixup_alpha, mixup_draws)
             y_other = y[partner]
         if dist.enabled:
             if x.shape[0] < dist.world_size:  # a last batch too small to give every process a sample
                 continue
-            x, y, y_other = (t.tensor_split(dist.world_size)[dist.rank] for t in (x, y, y_other))
+            x, y = x.tensor_split(dist.world_size)[dist.rank], y.tensor_split(dist.world_size)[dist.rank]
+            if y_other is not None:
+                y_other = y_other.tensor_split(dist.world_size)[dist.rank]
         x = x.to(device).contiguous(memory_format=memory_format)
-        y, y_other = y.to(device), y_other.to(device)
+        y = y.to(device)
+        if y_other is not None:
+            y_other = y_other.to(device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, epoch * steps + step, steps)
         soft = distill.targets(x) if distill is not None else None
@@ -295,7 +299,7 @@ def train_one_epoch(
             outputs = [o[:b] for o in outputs] if isinstance(outputs, list) else outputs[:b]
             x = x[:b]
         loss = loss_fn(outputs, y)
-        if lam < 1:
+        if y_other is not None and lam < 1:
             loss = lam * loss + (1 - lam) * loss_fn(outputs, y_other)
         total = loss
         if mixed is not None:

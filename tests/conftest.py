@@ -16,6 +16,31 @@ import torch
 REAL_SEMISEG = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "covid-semiseg"
 
 
+class RecordingLoss(torch.nn.Module):
+    """Cross-entropy that keeps each target ``(B, H, W)`` it scores, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: list[torch.Tensor] = []
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.targets.append(target.clone())
+        return torch.nn.functional.cross_entropy(logits, target)
+
+
+class InputRecorder(torch.nn.Module):
+    """A 1x1 convolution to 2 classes that keeps each input batch ``(B, 1, H, W)`` it sees, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.conv(x)
+
+
 def fake_run_folder(parent: Path, split: dict, data: str) -> Path:
     """``parent/run`` holding only ``split.json`` (``split``) and a ``run.json`` naming its data folder ``data``: what
     :func:`covseg.quantize.calibration_inputs` reads of a run."""

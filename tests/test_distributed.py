@@ -11,7 +11,7 @@ import torch
 
 from covseg.checkpoint import load_model
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, InputRecorder, RecordingLoss
 
 # Cross-entropy (a per-sample mean) and no batch norm: then averaging the gradients of two half batches
 # is exactly the gradient of the whole batch, and the two runs must agree to rounding.
@@ -79,24 +79,6 @@ def test_a_skipped_last_batch_leaves_the_two_process_epoch_loss_unbiased(monkeyp
     assert ddp_loss != pytest.approx(single_loss * 8 / 9, rel=0.03)
 
 
-class _Recorder(torch.nn.Module):
-    """A 1x1 convolution that keeps each input batch; its loss keeps each target."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 2, 1)
-        self.inputs: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.detach().clone())
-        return self.conv(x)
-
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self.targets.append(target.clone())
-        return torch.nn.functional.cross_entropy(logits, target)
-
-
 def test_mixup_under_ddp_mixes_the_global_batch_before_each_process_takes_its_share(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # every process draws the same mixup, so ranks 0 and 1 of two together train on exactly the single process's
@@ -112,29 +94,20 @@ def test_mixup_under_ddp_mixes_the_global_batch_before_each_process_takes_its_sh
     images, masks = torch.rand(9, 1, 8, 8, generator=g), torch.randint(0, 2, (9, 8, 8), generator=g)
     cfg = TrainConfig(optimizer="sgd", lr=0.0, momentum=0.0, weight_decay=0.0, schedule="constant", epochs=1,
                       batch_size=4, mixup_alpha=0.4)
-    runs = {}
+    inputs, targets = {}, {}
     for rank, world in ((0, 1), (0, 2), (1, 2)):
         torch.manual_seed(0)
-        model = _Recorder()
-        train_one_epoch(model, _LossOf(model), make_optimizer(model, cfg), images, masks, cfg, 0,
+        model, loss_fn = InputRecorder(), RecordingLoss()
+        train_one_epoch(model, loss_fn, make_optimizer(model, cfg), images, masks, cfg, 0,
                         torch.device("cpu"), torch.float32, DistContext(rank, world))
-        runs[rank, world] = model
-    single, first, second = runs[0, 1], runs[0, 2], runs[1, 2]
-    assert len(single.inputs) == 3 and len(first.inputs) == len(second.inputs) == 2
-    assert len(single.targets) == 5  # two mixed steps score two label maps each; the last, one image, one
+        inputs[rank, world], targets[rank, world] = model.inputs, loss_fn.targets
+    assert len(inputs[0, 1]) == 3 and len(inputs[0, 2]) == len(inputs[1, 2]) == 2
+    assert len(targets[0, 1]) == 5  # two mixed steps score two label maps each; the last, one image, one
     for step in range(2):
-        joined = torch.cat([first.inputs[step], second.inputs[step]])
-        torch.testing.assert_close(joined, single.inputs[step], rtol=0, atol=0)
+        joined = torch.cat([inputs[0, 2][step], inputs[1, 2][step]])
+        torch.testing.assert_close(joined, inputs[0, 1][step], rtol=0, atol=0)
         for k in range(2):  # y, then y[partner]
-            assert torch.equal(torch.cat([first.targets[2 * step + k], second.targets[2 * step + k]]),
-                               single.targets[2 * step + k])
-    assert not torch.equal(single.targets[0], single.targets[1])  # the partners' labels are not the batch's own
+            assert torch.equal(torch.cat([targets[0, 2][2 * step + k], targets[1, 2][2 * step + k]]),
+                               targets[0, 1][2 * step + k])
+    assert not torch.equal(targets[0, 1][0], targets[0, 1][1])  # the partners' labels are not the batch's own
 
-
-class _LossOf(torch.nn.Module):
-    def __init__(self, recorder: _Recorder) -> None:
-        super().__init__()
-        self.recorder = [recorder]  # a list, so the recorder is not a submodule
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.recorder[0].loss(logits, target)

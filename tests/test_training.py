@@ -27,7 +27,7 @@ from covseg.training import (averaged_network, class_argmax, class_balanced_weig
                              epoch_generator, learning_rate, lr_factor, make_optimizer, recompute_batch_norm,
                              train_one_epoch, weight_average)
 
-from conftest import TINY_OVERRIDES, ctrl_c_at_epoch, interrupt_after_touching
+from conftest import TINY_OVERRIDES, InputRecorder, RecordingLoss, ctrl_c_at_epoch, interrupt_after_touching
 
 
 def _train(data: Path, out: Path, *extra: str) -> int:
@@ -398,29 +398,6 @@ def test_grad_clip_bounds_the_steps_norm_by_hand(clip: float) -> None:
         assert step.item() > 0.01  # the whole gradient: far above the clip of the other case
 
 
-class _RecordingLoss(torch.nn.Module):
-    """Cross-entropy that keeps each target it scores."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.targets: list[torch.Tensor] = []
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self.targets.append(target.clone())
-        return F.cross_entropy(logits, target)
-
-
-class _InputRecorder(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(1, 2, 1)
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.detach().clone())
-        return self.conv(x)
-
-
 def test_mixup_mixes_the_batches_drawn_without_it_and_weighs_both_label_maps() -> None:
     from covseg.training import MIXUP_STREAM, side_generator
     from covseg.transforms import mixup
@@ -429,7 +406,7 @@ def test_mixup_mixes_the_batches_drawn_without_it_and_weighs_both_label_maps() -
     runs = {}
     for alpha in (0.0, 0.4):
         torch.manual_seed(0)
-        model, loss_fn = _InputRecorder(), _RecordingLoss()
+        model, loss_fn = InputRecorder(), RecordingLoss()
         cfg = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant", epochs=2,
                           batch_size=4, mixup_alpha=alpha)
         result = train_one_epoch(model, loss_fn, make_optimizer(model, cfg), images, masks, cfg, 1,
@@ -447,10 +424,10 @@ def test_mixup_mixes_the_batches_drawn_without_it_and_weighs_both_label_maps() -
     # the loss reported is the mixed one, lam CE(y) + (1 - lam) CE(y[partner]), averaged over the steps: with
     # lr 0 the weights stay, so it can be recomputed by hand
     torch.manual_seed(0)
-    model = _InputRecorder()
+    model = InputRecorder()
     cfg = TrainConfig(optimizer="sgd", lr=0.0, momentum=0.0, weight_decay=0.0, schedule="constant", epochs=2,
                       batch_size=4, mixup_alpha=0.4)
-    result = train_one_epoch(model, _RecordingLoss(), make_optimizer(model, cfg), images, masks, cfg, 1,
+    result = train_one_epoch(model, RecordingLoss(), make_optimizer(model, cfg), images, masks, cfg, 1,
                              torch.device("cpu"), torch.float32)
     mixing, by_hand = side_generator(0, 1, MIXUP_STREAM), []
     with torch.no_grad():
