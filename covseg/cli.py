@@ -367,8 +367,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(metrics: dict, out_dir: Path) -> None:
+    from covseg.evaluation import format_interval
+
     dice = metrics["per_image"]["dice"]
-    parts = [f"{k} {v:.4f}" for k, v in dice.items() if k not in ("background", "mean_foreground") and v is not None]
+    interval = metrics.get("per_image_ci95", {}).get("dice", {})  # absent from reports written before session 67
+
+    def figure(name: str, value: float) -> str:
+        bounds = format_interval(interval.get(name))
+        return f"{name} {value:.4f}" + (f" (95 % CI {bounds})" if bounds else "")
+
+    parts = [figure(k, v) for k, v in dice.items() if k not in ("background", "mean_foreground") and v is not None]
     line = f"Dice (per image): {', '.join(parts)}"
     if not parts:  # no truth holds a lesion: no Dice to show, but the false positives are worth saying
         from covseg.evaluation import foreground_called
@@ -378,7 +386,7 @@ def _print_summary(metrics: dict, out_dir: Path) -> None:
             ", ".join(f"{n} pixels {k}" for k, n in called.items()) + " (pooled precision 0)" if called
             else "no pixel a lesion")
     if len(parts) > 1 and dice["mean_foreground"] is not None:
-        line += f"; mean {dice['mean_foreground']:.4f}"
+        line += "; " + figure("mean_foreground", dice["mean_foreground"]).replace("mean_foreground", "mean", 1)
     line += f"; pixel accuracy {metrics['pixel_accuracy']:.4f}"
     if metrics.get("infnet"):
         line += f"; Inf-Net meanDic {metrics['infnet']['meanDic']:.4f}"

@@ -6,6 +6,9 @@ All figures come from one confusion matrix per image (:func:`covseg.metrics.conf
   (images with an empty truth for a class are skipped for that class, as MONAI's ``ignore_empty``;
   their false positives still count in ``pooled``). Specificity is averaged over every image; precision
   only over the images where it is defined (the prediction calls the class).
+* ``per_image_ci95``: for each per-image mean, a 95 % percentile bootstrap interval (2000 resamples of the images,
+  seed 0, the same draws for every class; :func:`covseg.metrics.bootstrap_means`), ``None`` where fewer than 2
+  images count for it: how far the mean could move with other images of the same kind.
 * ``pooled``: the metric of the sum of all confusion matrices (every pixel of every image).
 * ``mean`` rows average the foreground classes that occur in the truth (pleural effusion, absent from
   COVID-SemiSeg, is left out rather than counted as 0 or 1).
@@ -33,21 +36,27 @@ from covseg.figures import plot_grid
 from covseg.labels import LabelScheme
 from covseg.metrics import (
     aggregate_per_image,
+    bootstrap_interval,
+    bootstrap_means,
     class_metrics,
     confusion_matrix,
     infnet_metrics,
     mean_class_accuracy,
     per_image_counts,
+    per_image_values,
     pixel_accuracy,
 )
 
 __all__ = ["ImageResult", "Evaluation", "evaluate_image", "summarise", "write_report", "format_figure",
-           "foreground_called", "EMPTY_TRUTH_RULE"]
+           "format_interval", "foreground_called", "EMPTY_TRUTH_RULE", "CI_RULE", "BOOTSTRAP_RESAMPLES"]
 
 EMPTY_TRUTH_RULE = ("per-image means skip images whose ground truth lacks the class (MONAI ignore_empty; "
                     "specificity is averaged over every image instead) and images where a figure is undefined "
                     "(precision where the class is not predicted, specificity where the truth holds nothing but the "
                     "class): per_image_images counts the images behind each mean; pooled figures count every pixel")
+BOOTSTRAP_RESAMPLES = 2000
+CI_RULE = (f"per_image_ci95: 95 % percentile bootstrap intervals of the per-image means ({BOOTSTRAP_RESAMPLES} resamples of "
+           "the images, seed 0, the same draws for every class); none where fewer than 2 images count for the figure")
 
 
 @dataclass
@@ -87,6 +96,25 @@ def _mean_fg(values: np.ndarray, in_truth: np.ndarray) -> float:
     effusion) stays out even where it has a value (its specificity, or its pooled Dice after false positives)."""
     fg = values[1:][in_truth[1:]]
     return float(np.nanmean(fg)) if np.isfinite(fg).any() else float("nan")
+
+
+def _intervals(cms: Sequence[np.ndarray], names: Sequence[str], in_truth: np.ndarray) -> dict[str, Any]:
+    """:data:`CI_RULE`'s intervals: metric -> class name (and ``mean_foreground``, over the foreground classes some
+    truth holds, as :func:`_mean_fg`) -> ``[low, high]``, or NaN bounds where fewer than 2 images count."""
+    out: dict[str, Any] = {}
+    for metric, values in per_image_values(cms).items():  # (N, n) each
+        means = bootstrap_means(values, BOOTSTRAP_RESAMPLES, seed=0)  # (resamples, n)
+        bounds = bootstrap_interval(means)  # (n, 2)
+        counted = np.isfinite(values).sum(axis=0)
+        row = {name: (bounds[c] if counted[c] >= 2 else np.full(2, np.nan)) for c, name in enumerate(names)}
+        fg = means[:, 1:][:, in_truth[1:]]  # the resamples' class means of the foreground classes the truths hold
+        fg_images = int(np.isfinite(values[:, 1:][:, in_truth[1:]]).any(axis=1).sum())
+        with np.errstate(invalid="ignore"):  # a resample with no foreground figure: NaN, left out of the interval
+            fg_means = np.where(np.isfinite(fg).any(axis=1), np.nansum(fg, axis=1) / np.maximum(
+                np.isfinite(fg).sum(axis=1), 1), np.nan)
+        row["mean_foreground"] = bootstrap_interval(fg_means) if fg_images >= 2 else np.full(2, np.nan)
+        out[metric] = {name: [float(x) for x in pair] for name, pair in row.items()}
+    return out
 
 
 def _clean(value: Any) -> Any:
@@ -132,6 +160,8 @@ class Evaluation:
             "per_image_images": {metric: {n: int(c) for n, c in zip(names, counts)}
                                  for metric, counts in per_image_counts([r.cm for r in self.results]).items()},
             "per_image": table(self.per_image),
+            "per_image_ci95": _intervals([r.cm for r in self.results], names, present > 0),
+            "ci95": CI_RULE,
             "pooled": table(self.pooled),
             "pixel_accuracy": self.pixel_accuracy,
             "mean_class_accuracy": self.mean_class_accuracy,
@@ -194,6 +224,8 @@ def _markdown(ev: Evaluation, title: str) -> str:
             cells = [format_figure(values[n]) for n in names] + [format_figure(values["mean_foreground"])]
             lines.append(f"| {metric} | " + " | ".join(cells) + " |")
         lines.append("")
+        if kind == "per_image" and fg:
+            lines += [_dice_interval_line(d, fg), ""]
     lines += [f"Pixel accuracy {format_figure(d['pixel_accuracy'])}; mean class accuracy {format_figure(d['mean_class_accuracy'])}.", ""]
     if d["infnet"]:
         i = d["infnet"]
@@ -211,6 +243,23 @@ def _markdown(ev: Evaluation, title: str) -> str:
         lines.append("No image's truth holds a foreground class, so none has a foreground Dice; the model called "
                      f"{said}.")
     return "\n".join(lines) + "\n"
+
+
+def format_interval(pair: Sequence[float | None] | None) -> str | None:
+    """A ``[low, high]`` interval as "low–high" (4 decimals), or None where it is undefined."""
+    if not pair or any(x is None or (isinstance(x, float) and math.isnan(x)) for x in pair):
+        return None
+    return f"{pair[0]:.4f}–{pair[1]:.4f}"
+
+
+def _dice_interval_line(d: dict[str, Any], fg: Sequence[str]) -> str:
+    """metrics.md's sentence on the per-image Dice's bootstrap intervals (``d``: :meth:`Evaluation.to_dict`)."""
+    dice = d["per_image_ci95"]["dice"]
+    shown = [*fg, *(["mean_foreground"] if len(fg) > 1 else [])]
+    parts = [f"{name.replace('_', ' ')} {format_interval(dice[name]) or '– (fewer than 2 images)'}" for name in shown]
+    return (f"95 % confidence interval of the per-image Dice (percentile bootstrap: {BOOTSTRAP_RESAMPLES} resamples of "
+            f"the {d['n_images']} images, seed 0; metrics.json's per_image_ci95 has every figure's): "
+            + "; ".join(parts) + ".")
 
 
 def _per_image_csv(ev: Evaluation) -> str:

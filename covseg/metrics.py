@@ -27,6 +27,9 @@ __all__ = [
     "mean_class_accuracy",
     "class_metrics",
     "aggregate_per_image",
+    "per_image_values",
+    "bootstrap_means",
+    "bootstrap_interval",
     "infnet_metrics",
     "CLASS_METRICS",
 ]
@@ -122,7 +125,7 @@ def class_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
     return {name: fn(cm) for name, fn in CLASS_METRICS.items()}
 
 
-def _per_image_values(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+def per_image_values(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """Each image's figure per class, ``(N, n)``, NaN where :func:`aggregate_per_image` leaves it out."""
     if not cms:
         raise ValueError("no confusion matrices to aggregate")
@@ -146,7 +149,7 @@ def aggregate_per_image(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     class no image counts for.
     """
     out: dict[str, np.ndarray] = {}
-    for name, values in _per_image_values(cms).items():
+    for name, values in per_image_values(cms).items():
         with np.errstate(invalid="ignore"):
             counts = np.isfinite(values).sum(axis=0)
             sums = np.nansum(values, axis=0)
@@ -154,9 +157,51 @@ def aggregate_per_image(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def bootstrap_means(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Per-image means over bootstrap resamples of the images.
+
+    ``values``: ``(N, n)`` each image's figure per class, NaN where the image does not count for the class (as
+    :func:`per_image_values` gives them). Each of the ``resamples`` draws ``N`` images with replacement (a seeded
+    ``numpy`` generator: the same draws for the same ``seed``), the same images for every class, so that the classes'
+    means stay paired; each class's mean is then taken over the drawn images that count for it, as
+    :func:`aggregate_per_image` takes it. Returns ``(resamples, n)``; NaN where a draw holds no image counting for
+    the class."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or not len(values):
+        raise ValueError(f"bootstrap_means needs (images, classes) values with at least one image, got shape "
+                         f"{values.shape}")
+    if resamples < 1:
+        raise ValueError(f"bootstrap_means needs at least one resample, got {resamples}")
+    n_images = len(values)
+    # how often each image is drawn in each resample: (resamples, N), rows summing to N
+    weights = np.random.default_rng(seed).multinomial(n_images, np.full(n_images, 1.0 / n_images), size=resamples)
+    finite = np.isfinite(values)
+    counts = weights @ finite.astype(np.float64)  # (resamples, n): drawn images counting for each class
+    sums = weights @ np.where(finite, values, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)
+
+
+def bootstrap_interval(samples: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """The percentile bootstrap interval of each column of ``samples`` ``(resamples, ...)`` (e.g.
+    :func:`bootstrap_means`' output): ``(..., 2)`` lower and upper bounds, the ``(1 - level) / 2`` and
+    ``(1 + level) / 2`` quantiles of the finite samples (linear interpolation, numpy's default); NaN where no
+    sample is finite."""
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap_interval needs a level between 0 and 1, got {level}")
+    samples = np.asarray(samples, dtype=np.float64)
+    tails = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    finite = np.isfinite(samples)
+    some = finite.any(axis=0)
+    # the finite samples; a column without any is read as zeros (not numpy's "All-NaN slice" warning), then NaN
+    kept = np.where(finite, samples, np.where(some, np.nan, 0.0))
+    bounds = np.where(some, np.nanpercentile(kept, tails, axis=0), np.nan)  # (2, ...)
+    return np.moveaxis(bounds, 0, -1)
+
+
 def per_image_counts(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     """How many images each of :func:`aggregate_per_image`'s means holds: name -> ``(n,)`` int."""
-    return {name: np.isfinite(values).sum(axis=0) for name, values in _per_image_values(cms).items()}
+    return {name: np.isfinite(values).sum(axis=0) for name, values in per_image_values(cms).items()}
 
 
 def infnet_metrics(prob: np.ndarray, target: np.ndarray, thresholds: int = 256) -> dict[str, float]:

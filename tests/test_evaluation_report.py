@@ -132,7 +132,9 @@ def test_no_lesion_in_any_truth_says_what_the_model_called(tmp_path: Path, capsy
     _print_summary(write_report(_evaluation([0, 0], lesion=False), out, "healthy"), out)
     assert "the model called no pixel a lesion; pixel accuracy 1.0000" in capsys.readouterr().out
     _print_summary(write_report(_evaluation([2, 0]), out, "lesions"), out)  # with lesions: the Dice, as before
-    assert capsys.readouterr().out.startswith("Dice (per image): infection 0.3333; pixel accuracy ")  # (2/3 + 0) / 2
+    # (2/3 + 0) / 2; two images: the bootstrap means are 0, 1/3 or 2/3 (a quarter, half, a quarter), so 0–2/3
+    assert capsys.readouterr().out.startswith("Dice (per image): infection 0.3333 (95 % CI 0.0000–0.6667); pixel "
+                                              "accuracy ")
     assert (out / "best_worst.png").is_file()
     write_report(_evaluation([1], lesion=False), out, "healthy")  # no image with a Dice to show: no figure
     assert not (out / "best_worst.png").exists()  # (not the lesion report's, of other images)

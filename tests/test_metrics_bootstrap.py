@@ -1,0 +1,135 @@
+"""Bootstrap intervals of the per-image means (covseg.metrics.bootstrap_means / bootstrap_interval) and their place in
+an evaluation's report: checked against hand-computed distributions and against scipy.stats.bootstrap."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from covseg.cli import _print_summary
+from covseg.evaluation import ImageResult, summarise, write_report
+from covseg.labels import get_scheme
+from covseg.metrics import bootstrap_interval, bootstrap_means
+
+
+def test_two_images_give_the_three_means_a_quarter_a_half_and_a_quarter_of_the_time():
+    means = bootstrap_means(np.array([[0.2], [0.6]]), resamples=20000, seed=1)[:, 0]
+    assert means.shape == (20000,)
+    for value, share in ((0.2, 0.25), (0.4, 0.5), (0.6, 0.25)):
+        assert abs(np.isclose(means, value).mean() - share) < 0.015
+    assert np.isclose(means, 0.2).sum() + np.isclose(means, 0.4).sum() + np.isclose(means, 0.6).sum() == 20000
+    assert bootstrap_interval(means) == pytest.approx([0.2, 0.6])
+
+
+def test_the_classes_are_drawn_from_the_same_images():
+    # class 1 counts on image 0 only: a resample without image 0 has no class-1 mean, and its class-0 mean is
+    # image 1's alone
+    values = np.array([[0.1, 0.9], [0.5, np.nan]])
+    means = bootstrap_means(values, resamples=4000, seed=0)
+    without_image_0 = np.isnan(means[:, 1])
+    assert 0.2 < without_image_0.mean() < 0.3  # (1/2)^2
+    assert np.all(means[without_image_0, 0] == 0.5)
+    assert np.all(means[~without_image_0, 1] == 0.9)
+    assert np.allclose(bootstrap_interval(means), [[0.1, 0.5], [0.9, 0.9]])
+
+
+def test_the_draws_are_seeded():
+    values = np.random.default_rng(3).random((12, 2))
+    assert np.array_equal(bootstrap_means(values, 500, seed=7), bootstrap_means(values, 500, seed=7))
+    assert not np.array_equal(bootstrap_means(values, 500, seed=7), bootstrap_means(values, 500, seed=8))
+
+
+def test_the_interval_agrees_with_scipy_s_percentile_bootstrap():
+    values = np.random.default_rng(0).beta(5, 2, size=20)  # per-image Dice-like figures
+    ours = bootstrap_interval(bootstrap_means(values[:, None], resamples=40000, seed=0))[0]
+    theirs = stats.bootstrap((values,), np.mean, n_resamples=40000, method="percentile", confidence_level=0.95,
+                             random_state=np.random.default_rng(1)).confidence_interval
+    assert ours == pytest.approx([theirs.low, theirs.high], abs=0.005)
+    wider = bootstrap_interval(bootstrap_means(values[:, None], resamples=40000, seed=0), level=0.99)[0]
+    assert wider[0] < ours[0] and wider[1] > ours[1]
+
+
+def test_a_column_without_a_finite_sample_is_nan_without_a_warning():
+    samples = np.array([[0.5, np.nan], [0.7, np.nan], [np.nan, np.nan]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bounds = bootstrap_interval(samples, level=0.5)
+    assert bounds[0] == pytest.approx([0.55, 0.65])  # the quartiles of {0.5, 0.7}, numpy's linear interpolation
+    assert np.isnan(bounds[1]).all()
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: bootstrap_means(np.zeros((0, 2))), "at least one image"),
+    (lambda: bootstrap_means(np.zeros(3)), "images, classes"),
+    (lambda: bootstrap_means(np.zeros((3, 2)), resamples=0), "at least one resample"),
+    (lambda: bootstrap_interval(np.zeros((3, 2)), level=1.0), "between 0 and 1"),
+])
+def test_bad_arguments_are_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def _binary_result(name: str, called: int, lesion: bool = True) -> ImageResult:
+    """An 8x8 image whose truth holds a 2x2 lesion (or none) and whose prediction calls ``called`` pixels of it."""
+    cm = np.zeros((2, 2), np.int64)
+    truth = 4 if lesion else 0
+    cm[1, 1] = min(called, truth)
+    cm[0, 1] = called - cm[1, 1]
+    cm[1, 0] = truth - cm[1, 1]
+    cm[0, 0] = 64 - cm.sum()
+    return ImageResult(name, cm, infnet={"meanDic": 0.5, "meanSen": 0.5, "meanSpe": 0.5, "mae": 0.1})
+
+
+def test_the_report_holds_each_per_image_mean_s_interval(tmp_path: Path, capsys):
+    # Dice 2/3 (2 of 4 lesion pixels called), 1 (all 4), and an image without lesion (no Dice)
+    results = [_binary_result("a", 2), _binary_result("b", 4), _binary_result("c", 0, lesion=False)]
+    metrics = write_report(summarise(results, get_scheme("binary")), tmp_path / "eval", "three")
+    ci = metrics["per_image_ci95"]
+    assert ci["dice"]["infection"] == pytest.approx([2 / 3, 1.0], abs=1e-6)  # means 2/3, 5/6, 1: 1/4, 1/2, 1/4
+    assert ci["dice"]["mean_foreground"] == ci["dice"]["infection"]  # one foreground class
+    assert ci["dice"]["background"][1] == 1.0 and ci["dice"]["background"][0] < 1.0
+    assert ci["sensitivity"]["infection"] == pytest.approx([0.5, 1.0], abs=1e-6)
+    assert ci["precision"]["infection"] == [1.0, 1.0]  # both images that call lesion call only lesion
+    assert "2000 resamples" in metrics["ci95"]
+    text = (tmp_path / "eval" / "metrics.md").read_text(encoding="utf-8")
+    assert "95 % confidence interval of the per-image Dice (percentile bootstrap: 2000 resamples of the 3 images, " \
+           "seed 0; metrics.json's per_image_ci95 has every figure's): infection 0.6667–1.0000." in text
+    _print_summary(metrics, tmp_path / "eval")
+    assert capsys.readouterr().out.startswith("Dice (per image): infection 0.8333 (95 % CI 0.6667–1.0000); pixel ")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["per_image_ci95"] == ci
+
+
+def test_one_image_with_the_class_gives_no_interval(tmp_path: Path, capsys):
+    results = [_binary_result("a", 2), _binary_result("c", 1, lesion=False)]
+    metrics = write_report(summarise(results, get_scheme("binary")), tmp_path / "eval", "one lesion")
+    assert metrics["per_image_ci95"]["dice"]["infection"] == [None, None]
+    assert metrics["per_image_ci95"]["dice"]["mean_foreground"] == [None, None]
+    assert metrics["per_image_ci95"]["specificity"]["infection"] is not None  # specificity counts on both images
+    assert "infection – (fewer than 2 images)." in (tmp_path / "eval" / "metrics.md").read_text(encoding="utf-8")
+    _print_summary(metrics, tmp_path / "eval")
+    assert capsys.readouterr().out.startswith("Dice (per image): infection 0.6667; pixel accuracy ")
+
+
+def test_the_mean_foreground_interval_averages_each_resample_s_class_means(tmp_path: Path):
+    scheme = get_scheme("multiclass")
+    n = scheme.num_classes
+    results = []
+    for name, (ggo_called, cons_called) in {"a": (4, 0), "b": (2, 4), "c": (4, 2)}.items():
+        cm = np.zeros((n, n), np.int64)
+        cm[1, 1], cm[1, 0] = ggo_called, 4 - ggo_called  # 4 GGO pixels in each truth
+        cm[2, 2], cm[2, 0] = cons_called, 4 - cons_called  # 4 consolidation pixels in each truth
+        cm[0, 0] = 64 - cm.sum()
+        results.append(ImageResult(name, cm))
+    metrics = write_report(summarise(results, scheme), tmp_path / "eval", "types")
+    ggo, cons = [1.0, 2 / 3, 1.0], [0.0, 1.0, 2 / 3]  # per-image Dice
+    means = bootstrap_means(np.array([ggo, cons]).T, resamples=2000, seed=0)
+    expected = bootstrap_interval(means.mean(axis=1))
+    assert metrics["per_image_ci95"]["dice"]["mean_foreground"] == pytest.approx(expected, abs=1e-6)
+    assert metrics["per_image_ci95"]["dice"]["ggo"] == pytest.approx(bootstrap_interval(means[:, 0]), abs=1e-6)
+    assert metrics["per_image_ci95"]["dice"]["pleural_effusion"] == [None, None]  # no truth holds it
+    line = next(l for l in (tmp_path / "eval" / "metrics.md").read_text().splitlines() if l.startswith("95 %"))
+    assert line.endswith(f"mean foreground {expected[0]:.4f}–{expected[1]:.4f}.")
