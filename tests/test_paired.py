@@ -402,3 +402,35 @@ def test_a_fold_of_a_run_stopped_one_epoch_short_is_refused(tiny_run: Path, tmp_
     (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     with pytest.raises(CovsegError, match="stopped after epoch 3 of 4"):
         read_fold_scores(run)
+
+
+def test_the_folds_mean_difference_gets_a_paired_bootstrap_interval(two_cvs: tuple[Path, Path]) -> None:
+    from covseg.paired import compute_difference_interval
+
+    comparison = compare_cross_validations(*two_cvs)
+    first, second = comparison.differences
+    assert first.deltas == pytest.approx((0.3, -0.1)) and second.deltas == pytest.approx((0.0, 0.1))  # a, b; d, e
+    # fold 0's resampled mean is 0.3, 0.1 or -0.1 (1/4, 1/2, 1/4), fold 1's 0, 0.05 or 0.1; their average reaches
+    # (-0.1 + 0) / 2 and (0.3 + 0.1) / 2 each with probability 1/16 > 2.5 %, so those are the bounds
+    assert compute_difference_interval(comparison.differences) == pytest.approx((-0.05, 0.2))
+    table = format_comparison(comparison, "ref", "new")
+    assert ("95 % interval of the folds' mean Δ from the images alone (paired bootstrap within each fold, 2000 "
+            "resamples; a training seed's spread is not in it): -0.0500 to +0.2000.") in table
+
+
+def test_the_interval_resamples_within_each_fold() -> None:
+    from covseg.paired import Comparison, FoldDifference, compute_difference_interval
+
+    # one image a fold: nothing to resample, the interval is the folds' mean itself (pooling the images would not be)
+    rows = [FoldDifference("fold-0", "dice_infection", 0.5, 0.52, 1, 1, 0, (0.02,)),
+            FoldDifference("fold-1", "dice_infection", 0.5, 0.54, 1, 1, 0, (0.04,))]
+    assert compute_difference_interval(rows) == pytest.approx((0.03, 0.03))
+    # a fold of two images and a fold of one: the folds weigh alike, (0 or 0.1 or 0.2) and 0.1 averaged
+    rows = [FoldDifference("fold-0", "dice_infection", 0.5, 0.6, 2, 1, 0, (0.0, 0.2)),
+            FoldDifference("fold-1", "dice_infection", 0.5, 0.6, 1, 1, 0, (0.1,))]
+    assert compute_difference_interval(rows) == pytest.approx((0.05, 0.15))
+    assert compute_difference_interval(rows, level=0.4) == pytest.approx((0.1, 0.1))  # half the draws give 0.1
+    # no per-image differences (a FoldDifference made without them), or a single image in all: no interval
+    assert compute_difference_interval([FoldDifference("fold-0", "dice_infection", 0.5, 0.6, 2, 1, 0)]) is None
+    assert compute_difference_interval(rows[1:]) is None
+    assert "95 % interval" not in format_comparison(Comparison(rows[1:], [], [], [], True), "ref", "new")
