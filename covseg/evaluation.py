@@ -55,8 +55,9 @@ EMPTY_TRUTH_RULE = ("per-image means skip images whose ground truth lacks the cl
                     "(precision where the class is not predicted, specificity where the truth holds nothing but the "
                     "class): per_image_images counts the images behind each mean; pooled figures count every pixel")
 BOOTSTRAP_RESAMPLES = 2000
-CI_RULE = (f"per_image_ci95: 95 % percentile bootstrap intervals of the per-image means ({BOOTSTRAP_RESAMPLES} resamples of "
-           "the images, seed 0, the same draws for every class); none where fewer than 2 images count for the figure")
+CI_RULE = (f"per_image_ci95: 95 % percentile bootstrap intervals of the per-image means ({BOOTSTRAP_RESAMPLES} "
+           "resamples of the images, seed 0, the same draws for every class); none where fewer than 2 images count for "
+           "the figure")
 
 
 @dataclass

@@ -457,6 +457,36 @@ SPREAD_NOTE = ("mean ± std: the mean and the population standard deviation (ddo
 """How cv.md and seeds.md state their spread (``_mean_std``)."""
 
 
+CV_INTERVAL_RULE = ("each fold's images resampled within the fold, 2000 resamples, seeded; a training seed's spread "
+                    "is not in it")
+"""How cv.md and cv.json's ``intervals`` are made (:func:`_cv_intervals`)."""
+
+
+def _cv_intervals(out_dir: Path, folds: int, task: str,
+                  columns: dict[str, list[float | None]]) -> dict[str, tuple[float, float]]:
+    """For each class's ``Dice <class> (per image)`` column, a bootstrap interval of its mean over the folds from the
+    folds' ``per_image.csv`` (:func:`covseg.metrics.stratified_bootstrap_interval` over each fold's Dice of the
+    images whose truth holds the class; a fold without such images left out, as the column's mean leaves it out).
+    Empty where a fold's table cannot be read (the main table, from ``metrics.json``, stands without it)."""
+    from covseg.metrics import stratified_bootstrap_interval
+    from covseg.paired import PER_IMAGE, counted_values, read_per_image
+
+    try:
+        tables = [read_per_image(out_dir / f"fold-{k}" / PER_IMAGE) for k in range(folds)]
+    except CovsegError:
+        return {}
+    out: dict[str, tuple[float, float]] = {}
+    for name in get_scheme(task).names[1:]:
+        column = f"Dice {name} (per image)"
+        if column not in columns or any(f"dice_{name}" not in next(iter(t.values()), {}) for t in tables):
+            continue
+        groups = [values for values in (counted_values(t, f"dice_{name}") for t in tables) if values]
+        interval = stratified_bootstrap_interval(groups)
+        if interval:
+            out[column] = interval
+    return out
+
+
 def _mean_std(columns: dict[str, list[float | None]]) -> dict[str, tuple[float, float]]:
     """Mean and (population) std of each column; a fold whose images lack a class (None) is skipped."""
     numeric = {c: np.array([np.nan if v is None else v for v in vals], dtype=float) for c, vals in columns.items()}
@@ -584,6 +614,12 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     lines += _table_lines("fold", list(columns), [(str(k), _cv_row(columns, k)) for k in range(folds)]
                           + [("mean ± std", _summary_row(summary))])
     result: dict[str, Any] = {"columns": columns, "summary": summary}
+    intervals = _cv_intervals(out_dir, folds, config.data.task, columns)
+    if intervals:
+        result["intervals"] = {"rule": CV_INTERVAL_RULE, **intervals}
+        lines += ["", "95 % interval of the folds' mean per-image Dice from the held-out images alone "
+                  f"({CV_INTERVAL_RULE}): " + "; ".join(f"{column.removeprefix('Dice ').removesuffix(' (per image)')} {low:.4f}–{high:.4f}"
+                              for column, (low, high) in intervals.items()) + "."]
     for scored, name, description in companions:
         scored_columns = _cv_columns(companion_rows[scored], config.data.task)
         scored_columns.pop("train seconds")

@@ -30,6 +30,7 @@ __all__ = [
     "per_image_values",
     "bootstrap_means",
     "bootstrap_interval",
+    "stratified_bootstrap_interval",
     "infnet_metrics",
     "CLASS_METRICS",
 ]
@@ -197,6 +198,20 @@ def bootstrap_interval(samples: np.ndarray, level: float = 0.95) -> np.ndarray:
     kept = np.where(finite, samples, np.where(some, np.nan, 0.0))
     bounds = np.where(some, np.nanpercentile(kept, tails, axis=0), np.nan)  # (2, ...)
     return np.moveaxis(bounds, 0, -1)
+
+
+def stratified_bootstrap_interval(groups: Sequence[Sequence[float]], level: float = 0.95, resamples: int = 2000,
+                                  seed: int = 0) -> tuple[float, float] | None:
+    """A percentile bootstrap interval of the mean over ``groups`` of each group's mean (e.g. a cross-validation's
+    mean over folds of each fold's per-image mean), resampling each group's values within the group, so every group
+    keeps its size and weight: group ``i`` is drawn with seed ``seed + i``. Returns ``(low, high)``, or None where a
+    group is empty or the groups hold fewer than 2 values in all."""
+    arrays = [np.asarray(group, dtype=np.float64) for group in groups]
+    if not arrays or any(a.ndim != 1 or not len(a) for a in arrays) or sum(len(a) for a in arrays) < 2:
+        return None
+    means = np.stack([bootstrap_means(a[:, None], resamples, seed + i)[:, 0] for i, a in enumerate(arrays)])
+    low, high = bootstrap_interval(means.mean(axis=0), level)  # means: (groups, resamples)
+    return float(low), float(high)
 
 
 def per_image_counts(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

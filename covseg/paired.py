@@ -29,15 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Collection, Mapping, Sequence
 
-import numpy as np
 import yaml
 
 from covseg.errors import CovsegError
-from covseg.metrics import bootstrap_interval, bootstrap_means
+from covseg.metrics import stratified_bootstrap_interval
 from covseg.splits import parse_split_name
 
 __all__ = ["FoldDifference", "NothingToPair", "compute_fold_difference", "read_fold_scores", "default_metrics",
-           "compare_cross_validations", "format_comparison", "Comparison", "compute_difference_interval"]
+           "compare_cross_validations", "format_comparison", "Comparison", "compute_difference_interval",
+           "read_per_image", "counted_values", "PER_IMAGE"]
 
 PER_IMAGE = Path("eval-heldout") / "per_image.csv"  # under each fold-K folder of a `covseg cv` output
 CLASS_METRICS = ("dice_", "iou_")  # per_image.csv columns of one class; its truth pixels are in truth_<class>
@@ -107,16 +107,13 @@ def compute_fold_difference(reference: Mapping[str, float], candidate: Mapping[s
 def compute_difference_interval(rows: Sequence[FoldDifference], level: float = 0.95, resamples: int = 2000,
                                 seed: int = 0) -> tuple[float, float] | None:
     """A paired bootstrap interval of the folds' mean Δ (the mean over ``rows`` of each fold's mean per-image
-    difference): each resample draws every fold's images with replacement within the fold (fold ``i`` with seed
-    ``seed + i``), takes each fold's mean difference and averages them over the folds. Returns the percentile
-    interval ``(low, high)``, or None where a row carries no per-image differences or fewer than 2 images are
-    paired in all."""
-    if not rows or any(len(row.deltas) != row.images for row in rows) or sum(row.images for row in rows) < 2:
+    difference): each resample draws every fold's images with replacement within the fold, takes each fold's mean
+    difference and averages them over the folds (:func:`covseg.metrics.stratified_bootstrap_interval`). Returns the
+    percentile interval ``(low, high)``, or None where a row carries no per-image differences or fewer than 2
+    images are paired in all."""
+    if any(len(row.deltas) != row.images for row in rows):
         return None
-    means = np.stack([bootstrap_means(np.asarray(row.deltas, dtype=np.float64)[:, None], resamples, seed + i)[:, 0]
-                      for i, row in enumerate(rows)])  # (folds, resamples)
-    low, high = bootstrap_interval(means.mean(axis=0), level)
-    return float(low), float(high)
+    return stratified_bootstrap_interval([row.deltas for row in rows], level, resamples, seed)
 
 
 def _check_same_truth(reference: Mapping[str, Mapping[str, float]], candidate: Mapping[str, Mapping[str, float]],
@@ -141,6 +138,20 @@ def _number(text: str, where: str) -> float:
     if math.isinf(value):
         raise CovsegError(f"{where}: {text!r} is not a number; score the fold again with covseg evaluate")
     return value
+
+
+def read_per_image(path: Path) -> Table:
+    """One fold's ``per_image.csv`` (``covseg evaluate``'s): image name -> column -> value (``nan`` kept); a table
+    that cannot be read as one is refused in one line."""
+    return _read_per_image(path)
+
+
+def counted_values(table: Table, metric: str) -> list[float]:
+    """The values of ``metric`` over the images that count for it (those whose truth holds its class, where the
+    table says; see the module docstring) and have one (not ``nan``), in image-name order."""
+    counted = _counted(table, metric)
+    return [row[metric] for name, row in sorted(table.items())
+            if (counted is None or name in counted) and not math.isnan(row[metric])]
 
 
 def _read_per_image(path: Path) -> Table:

@@ -209,6 +209,22 @@ def test_compare_and_cv(tiny_data: Path, tmp_path: Path, capsys, monkeypatch: py
     table = (tmp_path / "cv" / "cv.md").read_text().splitlines()
     mean_row = [row for row in table if row.startswith("| mean ± std |")][0].split(" | ")
     assert mean_row[-1].split(" ± ")[0].isdigit()  # train seconds in whole seconds
+    # the interval of the folds' mean per-image Dice, from each fold's per_image.csv read here by hand: the images
+    # whose truth holds a lesion, resampled within their fold (fold K with seed K)
+    import csv
+
+    from covseg.metrics import bootstrap_interval, bootstrap_means
+    folds = []
+    for k in range(3):
+        with (tmp_path / "cv" / f"fold-{k}" / "eval-heldout" / "per_image.csv").open() as handle:
+            folds.append([float(r["dice_infection"]) for r in csv.DictReader(handle) if float(r["truth_infection"])])
+    means = np.mean([bootstrap_means(np.array(f)[:, None], 2000, seed=k)[:, 0] for k, f in enumerate(folds)], axis=0)
+    fold_means = [np.mean(f) for f in folds]
+    assert np.mean(fold_means) == pytest.approx(cv["summary"]["Dice infection (per image)"][0], abs=1e-5)
+    assert cv["intervals"]["Dice infection (per image)"] == pytest.approx(bootstrap_interval(means), abs=1e-9)
+    low, high = cv["intervals"]["Dice infection (per image)"]
+    assert f"from the held-out images alone (each fold's images resampled within the fold, 2000 resamples, seeded; a " \
+           f"training seed's spread is not in it): infection {low:.4f}–{high:.4f}." in "\n".join(table)
     # finished folds are not trained again
     mtime = (tmp_path / "cv" / "fold-1" / "best.pt").stat().st_mtime_ns
     assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), *common]) == 0

@@ -133,3 +133,16 @@ def test_the_mean_foreground_interval_averages_each_resample_s_class_means(tmp_p
     assert metrics["per_image_ci95"]["dice"]["pleural_effusion"] == [None, None]  # no truth holds it
     line = next(l for l in (tmp_path / "eval" / "metrics.md").read_text().splitlines() if l.startswith("95 %"))
     assert line.endswith(f"mean foreground {expected[0]:.4f}–{expected[1]:.4f}.")
+
+
+def test_the_stratified_interval_keeps_each_group_s_weight():
+    from covseg.metrics import stratified_bootstrap_interval
+
+    # group means 0 / 0.5 / 1 (a quarter, half, a quarter) and 0.5 (one value): averaged, 0.25 / 0.5 / 0.75
+    assert stratified_bootstrap_interval([[0.0, 1.0], [0.5]]) == pytest.approx((0.25, 0.75))
+    # pooled into one group the three values would give other bounds (a mean of 0 or 1 is possible there)
+    assert stratified_bootstrap_interval([[0.0, 1.0, 0.5]]) == pytest.approx((0.0, 1.0))
+    assert stratified_bootstrap_interval([[0.3], [0.5], [0.7]]) == pytest.approx((0.5, 0.5))  # nothing to resample
+    assert stratified_bootstrap_interval([[0.3], []]) is None  # an empty group
+    assert stratified_bootstrap_interval([[0.3]]) is None  # one value in all
+    assert stratified_bootstrap_interval([]) is None
