@@ -348,7 +348,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except BaseException:
         close_distributed()
         raise
-    close_distributed(wait_for_peers=True)
+    # a stopped run (Ctrl-C, SIGTERM: torchrun passes it to every rank) skips the barrier: its ranks stopped at
+    # different points, one maybe inside a collective the others will never join, and the barrier hung there until
+    # torchrun killed them 30 s later; rank 0 has written its files by now
+    close_distributed(wait_for_peers=not result.stopped)
     if not dist.is_main:
         return 0
     if result.stopped:  # Ctrl-C: 130 (SIGTERM: 143), also where the run was finished by then (nothing to resume)

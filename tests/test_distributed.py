@@ -111,3 +111,51 @@ def test_mixup_under_ddp_mixes_the_global_batch_before_each_process_takes_its_sh
                                targets[0, 1][2 * step + k])
     assert not torch.equal(targets[0, 1][0], targets[0, 1][1])  # the partners' labels are not the batch's own
 
+
+
+def test_sigterm_to_torchrun_stops_every_rank_after_the_epoch_it_saved(tiny_data: Path, tmp_path: Path) -> None:
+    # torchrun passes SIGTERM (kill, a batch scheduler's stop) to every rank; they stop at different points, one maybe
+    # inside a collective, and a barrier on the way out hung until torchrun killed them 30 s later ("Unable to
+    # shutdown process ... via 15, forcefully exiting via 9", on 3 of 4 tries)
+    import signal
+    import time
+
+    run = tmp_path / "ddp"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "covseg", "train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0",
+                             "--epochs", "5000", "-o", str(run), "--quiet", *TINY_OVERRIDES],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        began = time.monotonic()
+        while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() - began < 240:
+            time.sleep(0.1)
+        time.sleep(1.0)  # a few epochs on
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert "forcefully exiting" not in err and "Unable to shutdown" not in err, err[-3000:]
+    saved = [line for line in err.splitlines() if line.startswith("interrupted: ")]
+    assert len(saved) == 1 and saved[0].endswith(f"of 5000 epochs saved; continue with covseg train --resume {run}")
+    epochs = int(saved[0].split()[1])
+    _, _, info = load_model(run, which="last")
+    with open(run / "history.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == epochs == info["epoch"] >= 1
+
+
+def test_a_stopped_run_leaves_the_process_group_without_waiting_for_its_peers(
+        tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the same, deterministically: a stopped run skips the barrier, a finished one keeps it (rank 0 may still write)
+    import covseg.run
+    import covseg.runtime
+    from covseg.cli import main
+    from covseg.run import RunResult
+
+    calls = []
+    monkeypatch.setattr(covseg.runtime, "close_distributed", lambda wait_for_peers=False: calls.append(wait_for_peers))
+    for stopped, status in ((True, 130), (False, 0)):
+        monkeypatch.setattr(covseg.run, "train_run", lambda *a, stopped=stopped, **k: RunResult(
+            tmp_path / "run", 2 if stopped else 5, 5, 0.5, stopped, 1.0, 0, False))
+        assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "-o",
+                     str(tmp_path / "run"), "--quiet", *TINY_OVERRIDES]) == status
+    assert calls == [False, True]
