@@ -100,20 +100,28 @@ def _mean_fg(values: np.ndarray, in_truth: np.ndarray) -> float:
 
 
 def _intervals(cms: Sequence[np.ndarray], names: Sequence[str], in_truth: np.ndarray) -> dict[str, Any]:
-    """:data:`CI_RULE`'s intervals: metric -> class name (and ``mean_foreground``, over the foreground classes some
-    truth holds, as :func:`_mean_fg`) -> ``[low, high]``, or NaN bounds where fewer than 2 images count."""
+    """:data:`CI_RULE`'s intervals: metric -> class name (and ``mean_foreground``) -> ``[low, high]``, NaN bounds
+    where fewer than 2 images count. Every metric and class shares one set of draws. ``mean_foreground`` averages,
+    in each resample, the same classes :func:`_mean_fg` averages for the figure itself (the foreground classes some
+    truth holds and whose mean is defined); it needs 2 images for each, and a resample that drew none of some such
+    class's images is left out, rather than averaged over fewer classes than the figure is."""
+    per_metric = per_image_values(cms)  # metric -> (N, n)
+    stacked = np.concatenate(list(per_metric.values()), axis=1)  # (N, n * metrics): one set of draws for all
+    all_means = bootstrap_means(stacked, BOOTSTRAP_RESAMPLES, seed=0)
     out: dict[str, Any] = {}
-    for metric, values in per_image_values(cms).items():  # (N, n) each
-        means = bootstrap_means(values, BOOTSTRAP_RESAMPLES, seed=0)  # (resamples, n)
+    n = len(names)
+    for i, (metric, values) in enumerate(per_metric.items()):
+        means = all_means[:, i * n:(i + 1) * n]  # (resamples, n)
         bounds = bootstrap_interval(means)  # (n, 2)
         counted = np.isfinite(values).sum(axis=0)
         row = {name: (bounds[c] if counted[c] >= 2 else np.full(2, np.nan)) for c, name in enumerate(names)}
-        fg = means[:, 1:][:, in_truth[1:]]  # the resamples' class means of the foreground classes the truths hold
-        fg_images = int(np.isfinite(values[:, 1:][:, in_truth[1:]]).any(axis=1).sum())
-        with np.errstate(invalid="ignore"):  # a resample with no foreground figure: NaN, left out of the interval
-            fg_means = np.where(np.isfinite(fg).any(axis=1), np.nansum(fg, axis=1) / np.maximum(
-                np.isfinite(fg).sum(axis=1), 1), np.nan)
-        row["mean_foreground"] = bootstrap_interval(fg_means) if fg_images >= 2 else np.full(2, np.nan)
+        # the classes _mean_fg averages: foreground, held by some truth, with a defined mean over all the images
+        averaged = [c for c in range(1, n) if in_truth[c] and counted[c] > 0]
+        row["mean_foreground"] = np.full(2, np.nan)
+        if averaged and all(counted[c] >= 2 for c in averaged):
+            fg = means[:, averaged]
+            row["mean_foreground"] = bootstrap_interval(np.where(np.isfinite(fg).all(axis=1), fg.mean(axis=1),
+                                                                 np.nan))
         out[metric] = {name: [float(x) for x in pair] for name, pair in row.items()}
     return out
 
@@ -201,8 +209,9 @@ def foreground_called(metrics: dict[str, Any]) -> dict[str, int]:
     return {n: c for n, c in metrics.get("predicted_pixels", {}).items() if n != "background" and c}
 
 
-def _markdown(ev: Evaluation, title: str) -> str:
-    d = ev.to_dict()
+def _markdown(ev: Evaluation, title: str, d: dict[str, Any] | None = None) -> str:
+    """metrics.md; ``d``: ``ev.to_dict()`` where the caller has it already (its bootstrap is not redone)."""
+    d = ev.to_dict() if d is None else d
     names = [n for n, c in d["images_with_class"].items() if c > 0]
     fg = [n for n in names if n != "background"]
     lines = [f"# {title}", "", f"{d['n_images']} images; {EMPTY_TRUTH_RULE}.", ""]
@@ -338,7 +347,7 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
 def _write_report_files(ev: Evaluation, folder: Path, title: str, data: dict[str, Any], n_figure: int) -> None:
     """Write the report's files into ``folder`` (:func:`write_report`'s temporary folder)."""
     # a file name that is not UTF-8 (its bytes read as lone surrogates) is written with U+FFFD for them
-    (folder / "metrics.md").write_text(display_text(_markdown(ev, title)), encoding="utf-8")
+    (folder / "metrics.md").write_text(display_text(_markdown(ev, title, data)), encoding="utf-8")
     (folder / "per_image.csv").write_text(display_text(_per_image_csv(ev)), encoding="utf-8")
     scored = [r for r in ev.results if r.image is not None and math.isfinite(r.foreground_dice())]
     scored.sort(key=lambda r: r.foreground_dice(), reverse=True)

@@ -466,8 +466,9 @@ def _cv_intervals(out_dir: Path, folds: int, task: str,
                   columns: dict[str, list[float | None]]) -> dict[str, tuple[float, float]]:
     """For each class's ``Dice <class> (per image)`` column, a bootstrap interval of its mean over the folds from the
     folds' ``per_image.csv`` (:func:`covseg.metrics.stratified_bootstrap_interval` over each fold's Dice of the
-    images whose truth holds the class; a fold without such images left out, as the column's mean leaves it out).
-    Empty where a fold's table cannot be read (the main table, from ``metrics.json``, stands without it)."""
+    images whose truth holds the class, fold K drawn with seed K; a fold without such images left out, as the
+    column's mean leaves it out; none for a class where a fold holds it in one image only). Empty where a fold's
+    table cannot be read (the main table, from ``metrics.json``, stands without it)."""
     from covseg.metrics import stratified_bootstrap_interval
     from covseg.paired import PER_IMAGE, counted_values, read_per_image
 
@@ -480,8 +481,9 @@ def _cv_intervals(out_dir: Path, folds: int, task: str,
         column = f"Dice {name} (per image)"
         if column not in columns or any(f"dice_{name}" not in next(iter(t.values()), {}) for t in tables):
             continue
-        groups = [values for values in (counted_values(t, f"dice_{name}") for t in tables) if values]
-        interval = stratified_bootstrap_interval(groups)
+        folds_with = [(k, values) for k, values in enumerate(counted_values(t, f"dice_{name}") for t in tables)
+                      if values]  # a fold without the class is left out of the column's mean too
+        interval = stratified_bootstrap_interval([values for _, values in folds_with], seeds=[k for k, _ in folds_with])
         if interval:
             out[column] = interval
     return out

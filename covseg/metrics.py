@@ -158,6 +158,10 @@ def aggregate_per_image(cms: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+BOOTSTRAP_BLOCK = 250
+"""Resamples :func:`bootstrap_means` draws at a time."""
+
+
 def bootstrap_means(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> np.ndarray:
     """Per-image means over bootstrap resamples of the images.
 
@@ -166,7 +170,8 @@ def bootstrap_means(values: np.ndarray, resamples: int = 2000, seed: int = 0) ->
     ``numpy`` generator: the same draws for the same ``seed``), the same images for every class, so that the classes'
     means stay paired; each class's mean is then taken over the drawn images that count for it, as
     :func:`aggregate_per_image` takes it. Returns ``(resamples, n)``; NaN where a draw holds no image counting for
-    the class."""
+    the class. Several figures share one set of draws when their columns are given side by side. The draws are
+    made :data:`BOOTSTRAP_BLOCK` resamples at a time, so memory stays ``BOOTSTRAP_BLOCK x N`` however many images."""
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or not len(values):
         raise ValueError(f"bootstrap_means needs (images, classes) values with at least one image, got shape "
@@ -174,13 +179,18 @@ def bootstrap_means(values: np.ndarray, resamples: int = 2000, seed: int = 0) ->
     if resamples < 1:
         raise ValueError(f"bootstrap_means needs at least one resample, got {resamples}")
     n_images = len(values)
-    # how often each image is drawn in each resample: (resamples, N), rows summing to N
-    weights = np.random.default_rng(seed).multinomial(n_images, np.full(n_images, 1.0 / n_images), size=resamples)
+    rng = np.random.default_rng(seed)
     finite = np.isfinite(values)
-    counts = weights @ finite.astype(np.float64)  # (resamples, n): drawn images counting for each class
-    sums = weights @ np.where(finite, values, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / counts, np.nan)
+    present, filled = finite.astype(np.float64), np.where(finite, values, 0.0)
+    out = np.empty((resamples, values.shape[1]))
+    for start in range(0, resamples, BOOTSTRAP_BLOCK):
+        size = min(BOOTSTRAP_BLOCK, resamples - start)
+        # how often each image is drawn in each resample: (size, N), rows summing to N
+        weights = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=size).astype(np.float64)
+        counts, sums = weights @ present, weights @ filled  # (size, n): drawn images counting, and their sum
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + size] = np.where(counts > 0, sums / counts, np.nan)
+    return out
 
 
 def bootstrap_interval(samples: np.ndarray, level: float = 0.95) -> np.ndarray:
@@ -201,15 +211,19 @@ def bootstrap_interval(samples: np.ndarray, level: float = 0.95) -> np.ndarray:
 
 
 def stratified_bootstrap_interval(groups: Sequence[Sequence[float]], level: float = 0.95, resamples: int = 2000,
-                                  seed: int = 0) -> tuple[float, float] | None:
+                                  seeds: Sequence[int] | None = None) -> tuple[float, float] | None:
     """A percentile bootstrap interval of the mean over ``groups`` of each group's mean (e.g. a cross-validation's
     mean over folds of each fold's per-image mean), resampling each group's values within the group, so every group
-    keeps its size and weight: group ``i`` is drawn with seed ``seed + i``. Returns ``(low, high)``, or None where a
-    group is empty or the groups hold fewer than 2 values in all."""
+    keeps its size and weight: group ``i`` is drawn with seed ``seeds[i]`` (default ``i``; give fold numbers, so a
+    fold's draws do not depend on which other folds are there). Returns ``(low, high)``, or None where a group holds
+    fewer than 2 values: one value cannot be resampled into any spread, and the interval would claim none."""
     arrays = [np.asarray(group, dtype=np.float64) for group in groups]
-    if not arrays or any(a.ndim != 1 or not len(a) for a in arrays) or sum(len(a) for a in arrays) < 2:
+    if not arrays or any(a.ndim != 1 or len(a) < 2 for a in arrays):
         return None
-    means = np.stack([bootstrap_means(a[:, None], resamples, seed + i)[:, 0] for i, a in enumerate(arrays)])
+    seeds = list(range(len(arrays))) if seeds is None else list(seeds)
+    if len(seeds) != len(arrays):
+        raise ValueError(f"stratified_bootstrap_interval: {len(seeds)} seeds for {len(arrays)} groups")
+    means = np.stack([bootstrap_means(a[:, None], resamples, s)[:, 0] for a, s in zip(arrays, seeds)])
     low, high = bootstrap_interval(means.mean(axis=0), level)  # means: (groups, resamples)
     return float(low), float(high)
 

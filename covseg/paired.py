@@ -109,11 +109,12 @@ def compute_difference_interval(rows: Sequence[FoldDifference], level: float = 0
     """A paired bootstrap interval of the folds' mean Δ (the mean over ``rows`` of each fold's mean per-image
     difference): each resample draws every fold's images with replacement within the fold, takes each fold's mean
     difference and averages them over the folds (:func:`covseg.metrics.stratified_bootstrap_interval`). Returns the
-    percentile interval ``(low, high)``, or None where a row carries no per-image differences or fewer than 2
-    images are paired in all."""
+    percentile interval ``(low, high)``, or None where a row carries no per-image differences or a fold pairs
+    fewer than 2 images (it has no spread to resample). Fold ``fold-K`` is drawn with seed ``seed + K``."""
     if any(len(row.deltas) != row.images for row in rows):
         return None
-    return stratified_bootstrap_interval([row.deltas for row in rows], level, resamples, seed)
+    return stratified_bootstrap_interval([row.deltas for row in rows], level, resamples,
+                                         [seed + _fold_number(row.fold) for row in rows])
 
 
 def _check_same_truth(reference: Mapping[str, Mapping[str, float]], candidate: Mapping[str, Mapping[str, float]],
@@ -302,6 +303,12 @@ def default_metrics(scores: FoldScores) -> list[str]:
                 metrics.append(column)
                 break
     return metrics
+
+
+def _fold_number(name: str) -> int:
+    """K of ``fold-K`` (0 for another name)."""
+    number = name.rpartition("-")[2]
+    return int(number) if number.isdigit() else 0
 
 
 def _by_fold_number(name: str) -> tuple[int, str]:

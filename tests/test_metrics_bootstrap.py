@@ -138,11 +138,60 @@ def test_the_mean_foreground_interval_averages_each_resample_s_class_means(tmp_p
 def test_the_stratified_interval_keeps_each_group_s_weight():
     from covseg.metrics import stratified_bootstrap_interval
 
-    # group means 0 / 0.5 / 1 (a quarter, half, a quarter) and 0.5 (one value): averaged, 0.25 / 0.5 / 0.75
-    assert stratified_bootstrap_interval([[0.0, 1.0], [0.5]]) == pytest.approx((0.25, 0.75))
-    # pooled into one group the three values would give other bounds (a mean of 0 or 1 is possible there)
-    assert stratified_bootstrap_interval([[0.0, 1.0, 0.5]]) == pytest.approx((0.0, 1.0))
-    assert stratified_bootstrap_interval([[0.3], [0.5], [0.7]]) == pytest.approx((0.5, 0.5))  # nothing to resample
-    assert stratified_bootstrap_interval([[0.3], []]) is None  # an empty group
-    assert stratified_bootstrap_interval([[0.3]]) is None  # one value in all
+    # group means 0 / 0.5 / 1 (a quarter, half, a quarter) and always 0.5: averaged, 0.25 / 0.5 / 0.75
+    assert stratified_bootstrap_interval([[0.0, 1.0], [0.5, 0.5]]) == pytest.approx((0.25, 0.75))
+    # pooled into one group the values would give other bounds (a mean of 0 or 1 is possible there)
+    assert stratified_bootstrap_interval([[0.0, 1.0, 0.5, 0.5]]) == pytest.approx((0.125, 0.875))
+    # a group of one value has no spread to resample: no interval, rather than a zero-width one (five folds of one
+    # image each would read "+0.03 to +0.03" beside a spread of ± 0.27)
+    assert stratified_bootstrap_interval([[0.3, 0.2], [0.5], [0.7, 0.1]]) is None
+    assert stratified_bootstrap_interval([[0.3, 0.2], []]) is None  # an empty group
     assert stratified_bootstrap_interval([]) is None
+    # the seeds are the caller's (fold numbers): a group's draws do not depend on which groups come before it
+    two = np.random.default_rng(5).random((2, 12)).tolist()
+    assert stratified_bootstrap_interval(two, seeds=[3, 4]) != stratified_bootstrap_interval(two)
+    assert stratified_bootstrap_interval(two, seeds=[0, 1]) == stratified_bootstrap_interval(two)
+    with pytest.raises(ValueError, match="1 seeds for 2 groups"):
+        stratified_bootstrap_interval(two, seeds=[0])
+
+
+def _multiclass_result(name: str, ggo: tuple[int, int], consolidation: tuple[int, int]) -> ImageResult:
+    """An 8x8 image: (truth pixels, of them called) for GGO and for consolidation; the rest background, called so."""
+    n = get_scheme("multiclass").num_classes
+    cm = np.zeros((n, n), np.int64)
+    for c, (truth, called) in ((1, ggo), (2, consolidation)):
+        cm[c, c], cm[c, 0] = called, truth - called
+    cm[0, 0] = 64 - cm.sum()
+    return ImageResult(name, cm)
+
+
+def test_the_mean_foreground_interval_averages_the_figure_s_classes_in_every_resample(tmp_path: Path):
+    # consolidation in 2 of 8 images: a resample that draws neither has no consolidation mean, and is left out rather
+    # than averaged over GGO alone (the figure itself always averages both)
+    results = [_multiclass_result(f"g{i}", (8, 4 + i % 4), (0, 0)) for i in range(6)]
+    results += [_multiclass_result("c0", (8, 8), (4, 0)), _multiclass_result("c1", (8, 6), (4, 3))]
+    evaluation = summarise(results, get_scheme("multiclass"))
+    metrics = evaluation.to_dict()
+    from covseg.metrics import per_image_values
+
+    dice = per_image_values([r.cm for r in results])["dice"]  # (8, 4)
+    means = bootstrap_means(dice, 2000, seed=0)[:, 1:3]  # the same draws: they depend on the images only
+    both = np.isfinite(means).all(axis=1)
+    assert 0.05 < 1 - both.mean() < 0.15  # (6/8)^8 = 0.10 of the resamples hold no consolidation image
+    expected = bootstrap_interval(np.where(both, means.mean(axis=1), np.nan))
+    assert metrics["per_image_ci95"]["dice"]["mean_foreground"] == pytest.approx(expected, abs=1e-6)
+    ggo_alone_then = bootstrap_interval(np.where(both, means.mean(axis=1), means[:, 0]))
+    assert metrics["per_image_ci95"]["dice"]["mean_foreground"] != pytest.approx(ggo_alone_then, abs=1e-3)
+    # specificity is averaged over every image and pleural effusion has one, but no truth holds it: it stays out
+    specificity = bootstrap_means(per_image_values([r.cm for r in results])["specificity"], 2000, seed=0)
+    assert metrics["per_image_ci95"]["specificity"]["mean_foreground"] == pytest.approx(
+        bootstrap_interval(specificity[:, 1:3].mean(axis=1)), abs=1e-6)
+
+
+def test_a_class_in_one_image_leaves_the_mean_foreground_without_an_interval():
+    results = [_multiclass_result(f"g{i}", (8, 4 + i % 4), (0, 0)) for i in range(20)]
+    results.append(_multiclass_result("c0", (8, 6), (4, 0)))
+    metrics = summarise(results, get_scheme("multiclass")).to_dict()
+    assert metrics["per_image_ci95"]["dice"]["consolidation"] == [None, None]
+    assert metrics["per_image_ci95"]["dice"]["mean_foreground"] == [None, None]
+    assert None not in metrics["per_image_ci95"]["dice"]["ggo"]

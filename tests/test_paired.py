@@ -421,16 +421,17 @@ def test_the_folds_mean_difference_gets_a_paired_bootstrap_interval(two_cvs: tup
 def test_the_interval_resamples_within_each_fold() -> None:
     from covseg.paired import Comparison, FoldDifference, compute_difference_interval
 
-    # one image a fold: nothing to resample, the interval is the folds' mean itself (pooling the images would not be)
-    rows = [FoldDifference("fold-0", "dice_infection", 0.5, 0.52, 1, 1, 0, (0.02,)),
-            FoldDifference("fold-1", "dice_infection", 0.5, 0.54, 1, 1, 0, (0.04,))]
-    assert compute_difference_interval(rows) == pytest.approx((0.03, 0.03))
-    # a fold of two images and a fold of one: the folds weigh alike, (0 or 0.1 or 0.2) and 0.1 averaged
+    # a fold of two images and a fold of two alike: the folds weigh alike, (0 or 0.1 or 0.2) and 0.1 averaged
     rows = [FoldDifference("fold-0", "dice_infection", 0.5, 0.6, 2, 1, 0, (0.0, 0.2)),
-            FoldDifference("fold-1", "dice_infection", 0.5, 0.6, 1, 1, 0, (0.1,))]
+            FoldDifference("fold-1", "dice_infection", 0.5, 0.6, 2, 2, 0, (0.1, 0.1))]
     assert compute_difference_interval(rows) == pytest.approx((0.05, 0.15))
     assert compute_difference_interval(rows, level=0.4) == pytest.approx((0.1, 0.1))  # half the draws give 0.1
-    # no per-image differences (a FoldDifference made without them), or a single image in all: no interval
+    # a fold of one image has no spread to resample: no interval, rather than a zero-width one
+    one = [FoldDifference("fold-0", "dice_infection", 0.5, 0.52, 1, 1, 0, (0.02,)),
+           FoldDifference("fold-1", "dice_infection", 0.5, 0.54, 2, 2, 0, (0.04, 0.01))]
+    assert compute_difference_interval(one) is None
+    assert "95 % interval" not in format_comparison(Comparison(one, [], [], [], True), "ref", "new")
+    # no per-image differences (a FoldDifference made without them): no interval
     assert compute_difference_interval([FoldDifference("fold-0", "dice_infection", 0.5, 0.6, 2, 1, 0)]) is None
-    assert compute_difference_interval(rows[1:]) is None
-    assert "95 % interval" not in format_comparison(Comparison(rows[1:], [], [], [], True), "ref", "new")
+    # fold-K is drawn with seed K, whichever folds stand beside it
+    assert compute_difference_interval(rows[1:] + rows[:1]) == compute_difference_interval(rows)
