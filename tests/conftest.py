@@ -234,3 +234,17 @@ def interrupt_after_touching(final: Path, monkeypatch: pytest.MonkeyPatch) -> li
     monkeypatch.setattr(fileio.os, "rename", wrap(os.rename))
     monkeypatch.setattr(fileio.shutil, "rmtree", wrap(shutil.rmtree))
     return fired
+
+
+def binary_result(name: str, called: int, lesion: bool = True):
+    """A scored binary 8x8 image (:class:`covseg.evaluation.ImageResult`) whose truth holds a 2x2 lesion (or none) and
+    whose prediction calls ``called`` pixels, the lesion's first (Inf-Net figures: placeholders)."""
+    from covseg.evaluation import ImageResult
+
+    cm = np.zeros((2, 2), np.int64)
+    truth = 4 if lesion else 0
+    cm[1, 1] = min(called, truth)
+    cm[0, 1] = called - cm[1, 1]
+    cm[1, 0] = truth - cm[1, 1]
+    cm[0, 0] = 64 - cm.sum()
+    return ImageResult(name, cm, infnet={"meanDic": 0.5, "meanSen": 0.5, "meanSpe": 0.5, "mae": 0.1})

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from covseg import evaluation
+from conftest import binary_result
 from covseg.cli import _print_summary
 from covseg.evaluation import CI_RULE, ImageResult, format_interval, summarise, write_report
 from covseg.experiment import _cv_intervals
@@ -68,17 +69,6 @@ def test_format_interval_by_hand():
     assert format_interval([0.25, NAN]) is None
 
 
-def _binary_result(name: str, called: int, lesion: bool = True) -> ImageResult:
-    """An 8x8 image whose truth holds a 2x2 lesion (or none) and whose prediction calls ``called`` pixels of it."""
-    cm = np.zeros((2, 2), np.int64)
-    truth = 4 if lesion else 0
-    cm[1, 1] = min(called, truth)
-    cm[0, 1] = called - cm[1, 1]
-    cm[1, 0] = truth - cm[1, 1]
-    cm[0, 0] = 64 - cm.sum()
-    return ImageResult(name, cm, infnet={"meanDic": 0.5, "meanSen": 0.5, "meanSpe": 0.5, "mae": 0.1})
-
-
 def _multiclass_result(name: str, ggo_called: int, cons_called: int) -> ImageResult:
     """4 GGO and 4 consolidation pixels in the truth, of which the prediction calls the given numbers."""
     n = get_scheme("multiclass").num_classes
@@ -99,7 +89,7 @@ def test_the_report_bootstraps_once_and_states_the_interval_once_under_the_per_i
         return original(*args, **kwargs)
 
     monkeypatch.setattr(evaluation, "_intervals", counting)
-    results = [_binary_result("a", 2), _binary_result("b", 4), _binary_result("c", 0, lesion=False)]
+    results = [binary_result("a", 2), binary_result("b", 4), binary_result("c", 0, lesion=False)]
     write_report(summarise(results, get_scheme("binary")), tmp_path / "eval", "three")
     assert len(calls) == 1  # metrics.md reuses metrics.json's dict: its bootstrap is not redone
     text = (tmp_path / "eval" / "metrics.md").read_text(encoding="utf-8")
@@ -125,7 +115,7 @@ def test_the_mean_foreground_interval_leaves_out_classes_no_truth_holds():
 
 
 def test_no_lesion_in_any_truth_gives_no_interval_sentence(tmp_path: Path):
-    results = [_binary_result("c", 0, lesion=False), _binary_result("d", 2, lesion=False)]
+    results = [binary_result("c", 0, lesion=False), binary_result("d", 2, lesion=False)]
     metrics = write_report(summarise(results, get_scheme("binary")), tmp_path / "eval", "none")
     assert metrics["per_image_ci95"]["dice"]["infection"] == [None, None]
     assert "confidence interval" not in (tmp_path / "eval" / "metrics.md").read_text(encoding="utf-8")
@@ -242,9 +232,9 @@ def test_cv_json_and_cv_md_carry_the_interval_and_its_rule(tmp_path: Path, monke
     from covseg import experiment
     from covseg.config import load_recipe
 
-    folds = {0: [_binary_result("a", 4), _binary_result("b", 0)],
-             1: [_binary_result("c", 0, lesion=False), _binary_result("d", 1, lesion=False)],
-             2: [_binary_result("e", 2), _binary_result("f", 2)]}
+    folds = {0: [binary_result("a", 4), binary_result("b", 0)],
+             1: [binary_result("c", 0, lesion=False), binary_result("d", 1, lesion=False)],
+             2: [binary_result("e", 2), binary_result("f", 2)]}
     out = tmp_path / "cv"
     for k, results in folds.items():
         write_report(summarise(results, get_scheme("binary")), out / f"fold-{k}" / "eval-heldout", f"fold {k}")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import binary_result
 from covseg.cli import _print_summary
 from covseg.evaluation import ImageResult, summarise, write_report
 from covseg.labels import get_scheme
@@ -73,20 +74,9 @@ def test_bad_arguments_are_refused(call, message):
         call()
 
 
-def _binary_result(name: str, called: int, lesion: bool = True) -> ImageResult:
-    """An 8x8 image whose truth holds a 2x2 lesion (or none) and whose prediction calls ``called`` pixels of it."""
-    cm = np.zeros((2, 2), np.int64)
-    truth = 4 if lesion else 0
-    cm[1, 1] = min(called, truth)
-    cm[0, 1] = called - cm[1, 1]
-    cm[1, 0] = truth - cm[1, 1]
-    cm[0, 0] = 64 - cm.sum()
-    return ImageResult(name, cm, infnet={"meanDic": 0.5, "meanSen": 0.5, "meanSpe": 0.5, "mae": 0.1})
-
-
 def test_the_report_holds_each_per_image_mean_s_interval(tmp_path: Path, capsys):
     # Dice 2/3 (2 of 4 lesion pixels called), 1 (all 4), and an image without lesion (no Dice)
-    results = [_binary_result("a", 2), _binary_result("b", 4), _binary_result("c", 0, lesion=False)]
+    results = [binary_result("a", 2), binary_result("b", 4), binary_result("c", 0, lesion=False)]
     metrics = write_report(summarise(results, get_scheme("binary")), tmp_path / "eval", "three")
     ci = metrics["per_image_ci95"]
     assert ci["dice"]["infection"] == pytest.approx([2 / 3, 1.0], abs=1e-6)  # means 2/3, 5/6, 1: 1/4, 1/2, 1/4
@@ -104,7 +94,7 @@ def test_the_report_holds_each_per_image_mean_s_interval(tmp_path: Path, capsys)
 
 
 def test_one_image_with_the_class_gives_no_interval(tmp_path: Path, capsys):
-    results = [_binary_result("a", 2), _binary_result("c", 1, lesion=False)]
+    results = [binary_result("a", 2), binary_result("c", 1, lesion=False)]
     metrics = write_report(summarise(results, get_scheme("binary")), tmp_path / "eval", "one lesion")
     assert metrics["per_image_ci95"]["dice"]["infection"] == [None, None]
     assert metrics["per_image_ci95"]["dice"]["mean_foreground"] == [None, None]
