@@ -483,7 +483,8 @@ def _cv_intervals(out_dir: Path, folds: int, task: str,
             continue
         folds_with = [(k, values) for k, values in enumerate(counted_values(t, f"dice_{name}") for t in tables)
                       if values]  # a fold without the class is left out of the column's mean too
-        interval = stratified_bootstrap_interval([values for _, values in folds_with], seeds=[k for k, _ in folds_with])
+        interval = stratified_bootstrap_interval([values for _, values in folds_with],
+                                                 seeds=[k for k, _ in folds_with])
         if interval:
             out[column] = interval
     return out
@@ -619,9 +620,10 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     intervals = _cv_intervals(out_dir, folds, config.data.task, columns)
     if intervals:
         result["intervals"] = {"rule": CV_INTERVAL_RULE, **intervals}
+        said = [f"{column.removeprefix('Dice ').removesuffix(' (per image)')} {low:.4f}–{high:.4f}"
+                for column, (low, high) in intervals.items()]
         lines += ["", "95 % interval of the folds' mean per-image Dice from the held-out images alone "
-                  f"({CV_INTERVAL_RULE}): " + "; ".join(f"{column.removeprefix('Dice ').removesuffix(' (per image)')} {low:.4f}–{high:.4f}"
-                              for column, (low, high) in intervals.items()) + "."]
+                  f"({CV_INTERVAL_RULE}): " + "; ".join(said) + "."]
     for scored, name, description in companions:
         scored_columns = _cv_columns(companion_rows[scored], config.data.task)
         scored_columns.pop("train seconds")

@@ -141,12 +141,6 @@ def _number(text: str, where: str) -> float:
     return value
 
 
-def read_per_image(path: Path) -> Table:
-    """One fold's ``per_image.csv`` (``covseg evaluate``'s): image name -> column -> value (``nan`` kept); a table
-    that cannot be read as one is refused in one line."""
-    return _read_per_image(path)
-
-
 def counted_values(table: Table, metric: str) -> list[float]:
     """The values of ``metric`` over the images that count for it (those whose truth holds its class, where the
     table says; see the module docstring) and have one (not ``nan``), in image-name order."""
@@ -155,7 +149,9 @@ def counted_values(table: Table, metric: str) -> list[float]:
             if (counted is None or name in counted) and not math.isnan(row[metric])]
 
 
-def _read_per_image(path: Path) -> Table:
+def read_per_image(path: Path) -> Table:
+    """One fold's ``per_image.csv`` (``covseg evaluate``'s): image name -> column -> value (``nan`` kept); a table
+    that cannot be read as one is refused in one line."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -246,11 +242,11 @@ def read_fold_scores(cv_dir: Path) -> FoldScores:
                           "`covseg train --split cv:K` run folder")
     if (cv_dir / PER_IMAGE).is_file():
         _check_own_model(cv_dir)
-        return {_fold_of_run(cv_dir): _read_per_image(cv_dir / PER_IMAGE)}
+        return {_fold_of_run(cv_dir): read_per_image(cv_dir / PER_IMAGE)}
     found = sorted(cv_dir.glob(f"fold-*/{PER_IMAGE.as_posix()}"))
     for path in found:
         _check_own_model(path.parent.parent)
-    scores: FoldScores = {path.parent.parent.name: _read_per_image(path) for path in found}
+    scores: FoldScores = {path.parent.parent.name: read_per_image(path) for path in found}
     if not scores:
         seeds = sorted(p.name for p in cv_dir.glob("seed-*") if p.is_dir())
         hint = (f"give one of its seed folders ({', '.join(seeds)})" if seeds
