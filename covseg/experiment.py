@@ -462,18 +462,21 @@ CV_INTERVAL_RULE = ("each fold's images resampled within the fold, 2000 resample
 """How cv.md and cv.json's ``intervals`` are made (:func:`_cv_intervals`)."""
 
 
-def _cv_intervals(out_dir: Path, folds: int, task: str,
-                  columns: dict[str, list[float | None]]) -> dict[str, tuple[float, float]]:
+def _cv_intervals(out_dir: Path, folds: int, task: str, columns: dict[str, list[float | None]],
+                  table: Path | None = None) -> dict[str, tuple[float, float]]:
     """For each class's ``Dice <class> (per image)`` column, a bootstrap interval of its mean over the folds from the
     folds' ``per_image.csv`` (:func:`covseg.metrics.stratified_bootstrap_interval` over each fold's Dice of the
     images whose truth holds the class, fold K drawn with seed K; a fold without such images left out, as the
     column's mean leaves it out; none for a class where a fold holds it in one image only). Empty where a fold's
-    table cannot be read (the main table, from ``metrics.json``, stands without it)."""
+    table cannot be read (the main table, from ``metrics.json``, stands without it). ``table``: where each
+    ``out_dir/fold-K`` keeps its ``per_image.csv`` (default ``eval-heldout/per_image.csv``; a seed ensemble's report
+    folder holds it itself)."""
     from covseg.metrics import stratified_bootstrap_interval
     from covseg.paired import PER_IMAGE, counted_values, read_per_image
 
     try:
-        tables = [read_per_image(out_dir / f"fold-{k}" / PER_IMAGE) for k in range(folds)]
+        tables = [read_per_image(out_dir / f"fold-{k}" / (PER_IMAGE if table is None else table))
+                  for k in range(folds)]
     except CovsegError:
         return {}
     out: dict[str, tuple[float, float]] = {}
@@ -781,6 +784,14 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
                              (f"**seed ensemble** ({len(seeds)} models a fold)", _summary_row(summary["ensemble"]["summary"]))])
     lines += ["", "Seed ensemble, fold by fold:", ""]
     lines += _table_lines("fold", names, [(str(k), _cv_row(ensemble, k)) for k in range(folds)])
+    intervals = _cv_intervals(out_dir / "ensemble", folds, config.data.task, ensemble, table=Path("per_image.csv"))
+    if intervals:
+        summary["ensemble"]["intervals"] = {"rule": CV_INTERVAL_RULE, **intervals}
+        said = [f"{column.removeprefix('Dice ').removesuffix(' (per image)')} {low:.4f}–{high:.4f}"
+                for column, (low, high) in intervals.items()]
+        lines += ["", "95 % interval of the seed ensemble's folds' mean per-image Dice from the held-out images alone "
+                  f"({CV_INTERVAL_RULE}): " + "; ".join(said) + ". The seeds' own spread is the row \"mean ± std of "
+                  "the seeds' CV means\" above."]
     atomic_write_text(out_dir / "seeds.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "seeds.json", json.dumps(summary, indent=1) + "\n")
     return summary

@@ -217,7 +217,8 @@ def test_compare_and_cv(tiny_data: Path, tmp_path: Path, capsys, monkeypatch: py
     folds = []
     for k in range(3):
         with (tmp_path / "cv" / f"fold-{k}" / "eval-heldout" / "per_image.csv").open() as handle:
-            folds.append([float(r["dice_infection"]) for r in csv.DictReader(handle) if float(r["truth_infection"])])
+            rows = sorted(csv.DictReader(handle), key=lambda r: r["name"])  # image-name order, as string names sort
+            folds.append([float(r["dice_infection"]) for r in rows if float(r["truth_infection"])])
     means = np.mean([bootstrap_means(np.array(f)[:, None], 2000, seed=k)[:, 0] for k, f in enumerate(folds)], axis=0)
     fold_means = [np.mean(f) for f in folds]
     assert np.mean(fold_means) == pytest.approx(cv["summary"]["Dice infection (per image)"][0], abs=1e-5)
@@ -301,6 +302,20 @@ def test_cv_with_seeds_repeats_the_folds_and_scores_seed_ensembles(tiny_data: Pa
         assert summary["ensemble"]["columns"][key][k] == report["per_image"]["dice"]["mean_foreground"]
     seconds = [json.loads((out / f"seed-{s}" / "cv.json").read_text())["columns"]["train seconds"][0] for s in (0, 1)]
     assert summary["ensemble"]["columns"]["train seconds"][0] == pytest.approx(sum(seconds))
+    # the seed ensemble's interval, from its folds' own per_image.csv (fold K drawn with seed K), beside the seeds'
+    import csv
+
+    from covseg.metrics import stratified_bootstrap_interval
+    groups = []
+    for k in range(3):
+        with (out / "ensemble" / f"fold-{k}" / "per_image.csv").open() as handle:
+            rows = sorted(csv.DictReader(handle), key=lambda r: r["name"])  # image-name order, as string names sort
+            groups.append([float(r["dice_infection"]) for r in rows if float(r["truth_infection"])])
+    expected = stratified_bootstrap_interval(groups, seeds=[0, 1, 2])
+    assert summary["ensemble"]["intervals"]["Dice infection (per image)"] == pytest.approx(expected, abs=1e-6)
+    assert (f"95 % interval of the seed ensemble's folds' mean per-image Dice from the held-out images alone (each "
+            f"fold's images resampled within the fold, 2000 resamples, seeded; a training seed's spread is not in it): "
+            f"infection {expected[0]:.4f}–{expected[1]:.4f}.") in (out / "seeds.md").read_text()
     # a second run trains and scores nothing again
     mtimes = [(out / "seed-1" / "fold-0" / "last.pt").stat().st_mtime_ns,
               (out / "ensemble" / "fold-0" / "metrics.json").stat().st_mtime_ns]
