@@ -37,7 +37,8 @@ def chest_phantom(shape: tuple[int, int, int] = (30, 192, 192), spacing: tuple[f
     y = ((np.arange(Y) - (Y - 1) / 2) * sy)[None, :, None]
     x = ((np.arange(X) - (X - 1) / 2) * sx)[None, None, :]
     H, W, D = Y * sy, X * sx, Z * sz
-    body = np.broadcast_to((y / (0.40 * H)) ** 2 + (x / (0.46 * W)) ** 2 <= 1, shape)
+    # a copy, not np.broadcast_to's read-only view: every mask in ``parts`` is an ordinary writable array
+    body = np.broadcast_to((y / (0.40 * H)) ** 2 + (x / (0.46 * W)) ** 2 <= 1, shape).copy()
     ax = 0.15 * W
     cx = 0.2 * W if gap_mm is None else ax + gap_mm / 2
     lung_axes = (0.4 * D, 0.28 * H, ax)

@@ -262,3 +262,14 @@ def test_a_worker_logs_to_stderr_led_by_its_run_folder_and_neither_forces_nor_dr
     out, err = capsys.readouterr()
     assert out == "" and err == f"[{run}] epoch 1/3\n"
 
+
+
+def test_every_phantom_mask_is_an_ordinary_writable_array(phantom) -> None:
+    # the body was np.broadcast_to's read-only view while the other masks were writable (helper 174)
+    _, parts = phantom
+    for name, mask in parts.items():
+        assert mask.flags.writeable, name
+        assert mask.dtype == bool and mask.shape == parts["lungs"].shape, name
+    body = parts["body"].copy()
+    parts["body"][0, 0, 0] = not parts["body"][0, 0, 0]  # would raise "assignment destination is read-only"
+    parts["body"][0, 0, 0] = body[0, 0, 0]
