@@ -370,7 +370,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(metrics: dict, out_dir: Path) -> None:
-    from covseg.evaluation import format_interval
+    from covseg.evaluation import foreground_called, format_interval
 
     dice = metrics["per_image"]["dice"]
     interval = metrics.get("per_image_ci95", {}).get("dice", {})  # absent from reports written before session 67
@@ -382,8 +382,6 @@ def _print_summary(metrics: dict, out_dir: Path) -> None:
     parts = [figure(k, v) for k, v in dice.items() if k not in ("background", "mean_foreground") and v is not None]
     line = f"Dice (per image): {', '.join(parts)}"
     if not parts:  # no truth holds a lesion: no Dice to show, but the false positives are worth saying
-        from covseg.evaluation import foreground_called
-
         called = foreground_called(metrics)
         line = "no image's truth holds a lesion, so there is no Dice; the model called " + (
             ", ".join(f"{n} pixels {k}" for k, n in called.items()) + " (pooled precision 0)" if called

@@ -26,6 +26,8 @@ from covseg.predict import check_lesion_task, check_type_model_task, describe_af
 from covseg.progress import progress_bar
 from covseg.splits import load_split, make_split
 from covseg.labels import get_scheme
+from covseg.metrics import stratified_bootstrap_interval
+from covseg.paired import PER_IMAGE, counted_values, read_per_image
 from covseg.parallel_runs import train_runs_in_parallel
 from covseg.checkpoint import build_model, epochs_done, find_checkpoint, read_checkpoint
 from covseg.run import (check_checkpoint_settings, differences_note, is_run_folder, read_run_config, read_run_info,
@@ -463,7 +465,7 @@ CV_INTERVAL_RULE = ("each fold's images resampled within the fold, 2000 resample
 
 
 def _cv_intervals(out_dir: Path, folds: int, task: str, columns: dict[str, list[float | None]],
-                  table: Path | None = None) -> dict[str, tuple[float, float]]:
+                  table: Path = PER_IMAGE) -> dict[str, tuple[float, float]]:
     """For each class's ``Dice <class> (per image)`` column, a bootstrap interval of its mean over the folds from the
     folds' ``per_image.csv`` (:func:`covseg.metrics.stratified_bootstrap_interval` over each fold's Dice of the
     images whose truth holds the class, fold K drawn with seed K; a fold without such images left out, as the
@@ -471,12 +473,8 @@ def _cv_intervals(out_dir: Path, folds: int, task: str, columns: dict[str, list[
     table cannot be read (the main table, from ``metrics.json``, stands without it). ``table``: where each
     ``out_dir/fold-K`` keeps its ``per_image.csv`` (default ``eval-heldout/per_image.csv``; a seed ensemble's report
     folder holds it itself)."""
-    from covseg.metrics import stratified_bootstrap_interval
-    from covseg.paired import PER_IMAGE, counted_values, read_per_image
-
     try:
-        tables = [read_per_image(out_dir / f"fold-{k}" / (PER_IMAGE if table is None else table))
-                  for k in range(folds)]
+        tables = [read_per_image(out_dir / f"fold-{k}" / table) for k in range(folds)]
     except CovsegError:
         return {}
     out: dict[str, tuple[float, float]] = {}
@@ -491,6 +489,14 @@ def _cv_intervals(out_dir: Path, folds: int, task: str, columns: dict[str, list[
         if interval:
             out[column] = interval
     return out
+
+
+def _interval_sentence(whose: str, intervals: dict[str, tuple[float, float]]) -> str:
+    """cv.md's / seeds.md's sentence on :func:`_cv_intervals`' intervals of ``whose`` folds' mean per-image Dice."""
+    said = [f"{column.removeprefix('Dice ').removesuffix(' (per image)')} {low:.4f}–{high:.4f}"
+            for column, (low, high) in intervals.items()]
+    return (f"95 % interval of {whose} mean per-image Dice from the held-out images alone ({CV_INTERVAL_RULE}): "
+            + "; ".join(said) + ".")
 
 
 def _mean_std(columns: dict[str, list[float | None]]) -> dict[str, tuple[float, float]]:
@@ -623,10 +629,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     intervals = _cv_intervals(out_dir, folds, config.data.task, columns)
     if intervals:
         result["intervals"] = {"rule": CV_INTERVAL_RULE, **intervals}
-        said = [f"{column.removeprefix('Dice ').removesuffix(' (per image)')} {low:.4f}–{high:.4f}"
-                for column, (low, high) in intervals.items()]
-        lines += ["", "95 % interval of the folds' mean per-image Dice from the held-out images alone "
-                  f"({CV_INTERVAL_RULE}): " + "; ".join(said) + "."]
+        lines += ["", _interval_sentence("the folds'", intervals)]
     for scored, name, description in companions:
         scored_columns = _cv_columns(companion_rows[scored], config.data.task)
         scored_columns.pop("train seconds")
@@ -787,11 +790,8 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     intervals = _cv_intervals(out_dir / "ensemble", folds, config.data.task, ensemble, table=Path("per_image.csv"))
     if intervals:
         summary["ensemble"]["intervals"] = {"rule": CV_INTERVAL_RULE, **intervals}
-        said = [f"{column.removeprefix('Dice ').removesuffix(' (per image)')} {low:.4f}–{high:.4f}"
-                for column, (low, high) in intervals.items()]
-        lines += ["", "95 % interval of the seed ensemble's folds' mean per-image Dice from the held-out images alone "
-                  f"({CV_INTERVAL_RULE}): " + "; ".join(said) + ". The seeds' own spread is the row \"mean ± std of "
-                  "the seeds' CV means\" above."]
+        lines += ["", _interval_sentence("the seed ensemble's folds'", intervals)
+                  + " The seeds' own spread is the row \"mean ± std of the seeds' CV means\" above."]
     atomic_write_text(out_dir / "seeds.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "seeds.json", json.dumps(summary, indent=1) + "\n")
     return summary
