@@ -422,7 +422,9 @@ def _script(name: str):
     ("scan_int8", ["NONE", "x.onnx", "--rounds", "0"], "--rounds must be 1 or more, not 0"),
     ("scan_int8", ["NONE", "x.onnx", "--slices", "0"], "--slices must be 1 or more, not 0"),
     ("bf16_paths", ["--rounds", "0"], "--rounds must be 1 or more, not 0"),
-    ("onednn_int8", ["speed", "--rounds", "0"], "--rounds must be 1 or more, not 0")])
+    ("onednn_int8", ["speed", "--rounds", "0"], "--rounds must be 1 or more, not 0"),
+    ("speck_screen", ["NONE"], "NONE has no trained fold-0/last.pt"),
+    ("speck_screen", ["NONE", "--folds", "1"], "--folds must be 2 or more")])
 def test_benchmark_scripts_refuse_bad_input_in_one_line(script: str, args: list[str], message: str,
                                                         tmp_path: Path) -> None:
     none = str(tmp_path / "none")
@@ -451,3 +453,31 @@ def test_scan_images_are_read_through_the_model_s_window(tmp_path: Path) -> None
                              np.diag([-1.0, -1.0, 1.0, 1.0])), str(file))
     window = (-300.0, 800.0)
     assert np.allclose(scan_slices(1, 32, str(tmp_path / "slices"), window)[0], read_image(file, window), atol=1e-6)
+
+
+def test_speck_screen_removes_whole_components_under_the_limit() -> None:
+    """Hand-made: a 1-pixel speck, a 4-pixel square of two labels (one component) and a 2-pixel diagonal pair
+    (8-connected: one component)."""
+    remove_specks = _script("speck_screen").remove_specks
+    labels = np.zeros((8, 8), np.int64)
+    labels[0, 0] = 1
+    labels[3:5, 3:5] = [[1, 2], [2, 2]]
+    labels[7, 6], labels[6, 7] = 1, 1
+    assert remove_specks(labels, "T", 0) is labels
+    kept = remove_specks(labels, "T", 2)  # the speck goes; the pair (2) and the square (4) stay
+    assert kept[0, 0] == 0 and (kept[3:5, 3:5] == labels[3:5, 3:5]).all() and kept[7, 6] == kept[6, 7] == 1
+    assert remove_specks(labels, "T", 3).sum() == labels[3:5, 3:5].sum()  # only the square
+    assert remove_specks(labels, "f", 0.5).sum() == labels.sum() - 1  # under half the largest (2): the speck only
+    assert remove_specks(labels, "f", 0.6).sum() == labels[3:5, 3:5].sum()
+    assert remove_specks(labels, "f", 0.25).sum() == labels.sum()  # 1 is not under 0.25 * 4
+    assert labels[0, 0] == 1  # the input is not changed
+
+
+def test_speck_screen_nested_choice_picks_on_the_other_folds_only() -> None:
+    nested_choice = _script("speck_screen").nested_choice
+    scores = np.array([[0.5, 0.9, 0.1],   # fold 0 alone favours candidate 1
+                       [0.6, 0.5, 0.7],
+                       [0.6, 0.5, 0.7]])
+    # fold 0: others' means 0.6 / 0.5 / 0.7 -> 2; folds 1 and 2: others' means 0.55 / 0.7 / 0.4 -> 1
+    assert nested_choice(scores) == [2, 1, 1]
+    assert nested_choice(np.array([[0.5, 0.5], [0.5, 0.5]])) == [0, 0]  # ties to the first (milder) candidate
