@@ -403,6 +403,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     metrics, out_dir = evaluate_run(args.model, args.data, args.split, args.output, args.checkpoint, args.device,
                                     args.precision, args.batch_size, args.tta, args.task, args.backend,
                                     progress=not args.quiet, lesion_model=args.lesion_model)
+    for caveat in metrics.get("caveats", []):
+        print(f"covseg: warning: {caveat}", file=sys.stderr)
     _print_summary(metrics, out_dir)
     return 0
 

@@ -214,7 +214,8 @@ def _markdown(ev: Evaluation, title: str, d: dict[str, Any] | None = None) -> st
     d = ev.to_dict() if d is None else d
     names = [n for n, c in d["images_with_class"].items() if c > 0]
     fg = [n for n in names if n != "background"]
-    lines = [f"# {title}", "", f"{d['n_images']} images; {EMPTY_TRUTH_RULE}.", ""]
+    lines = [f"# {title}", ""] + [f"**Caveat:** {c}." for c in d.get("caveats", [])] + (
+        [""] if d.get("caveats") else []) + [f"{d['n_images']} images; {EMPTY_TRUTH_RULE}.", ""]
     counted = d["per_image_images"]
     # specificity is never averaged over "the images whose truth holds the class" (it needs pixels outside the
     # class), so its images are always named, even where their count happens to match
