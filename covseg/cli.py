@@ -482,7 +482,8 @@ def _cmd_cv_compare(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from covseg.labels import get_scheme
-    from covseg.predict import open_models, predict_files, predict_scan, scan_summary
+    from covseg.predict import (earlier_outputs, open_models, predict_files, predict_scan, scan_summary,
+                                unlisted_outputs)
     from covseg.predict_plan import plan_predict
     from covseg.scan import ScanOptions
 
@@ -506,9 +507,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for warning in report["warnings"]:
             print(f"covseg: warning: {warning}", file=sys.stderr)
     if plan.files:
+        earlier = earlier_outputs(args.output)
         summary = predict_files(predictor, scheme, plan.files, args.output, info, overlays=not args.no_overlays,
                                 progress=not args.quiet, window=config.data.window)
         print(f"wrote {len(summary['images'])} label maps to {args.output}")
+        left = unlisted_outputs(args.output, earlier, summary)
+        if left:
+            print(f"covseg: warning: {args.output}: {len(left)} label map(s) of an earlier predict stay there (e.g. "
+                  f"{left[0]}), which predictions.json no longer lists; remove them, or give -o a new folder",
+                  file=sys.stderr)
     return 0
 
 

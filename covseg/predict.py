@@ -331,6 +331,23 @@ def check_file_outputs(files: Sequence[Path], out_dir: Path, overlays: bool = Tr
     return stems, names, drawn
 
 
+def earlier_outputs(out_dir: Path) -> list[str]:
+    """The label maps (paths relative to ``out_dir``) that an earlier ``predictions.json`` in ``out_dir`` lists;
+    empty where there is none or it cannot be read."""
+    try:
+        listed = json.loads((Path(out_dir) / "predictions.json").read_text(encoding="utf-8"))["images"]
+        return [str(record["output"]) for record in listed]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def unlisted_outputs(out_dir: Path, earlier: Sequence[str], summary: dict[str, Any]) -> list[str]:
+    """Of the label maps ``earlier`` (:func:`earlier_outputs`, read before a predict), those still in ``out_dir``
+    that the new ``predictions.json`` (``summary``) does not list: another run's, which nothing names any more."""
+    listed = {record["output"] for record in summary["images"]}
+    return [name for name in earlier if name not in listed and (Path(out_dir) / name).is_file()]
+
+
 def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Path], out_dir: Path,
                   model_info: dict[str, Any], overlays: bool = True, progress: bool = True,
                   window: tuple[float, float] = LUNG_WINDOW) -> dict[str, Any]:
