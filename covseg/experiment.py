@@ -196,7 +196,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe,
              "data": str(Path(data).resolve()), "split": split, "seconds": round(time.perf_counter() - began, 3)}
     n_models = len(paths) + len(lesion_paths)
-    caveats = _caveats(run_dir if n_models == 1 else None, Path(info["file"]), split, own, samples)
+    caveats = _caveats(run_dir if n_models == 1 else None, Path(info.get("file", "")), split, own, samples, data)
     if caveats:
         extra["caveats"] = caveats
     name = f"{info['name']} ({n_models} models)" if n_models > 1 else config.model.name
@@ -206,17 +206,24 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     return write_report(ev, out_dir, title, extra), out_dir
 
 
-def _caveats(run_dir: Path | None, scored: Path, split: str, own: str, samples: Sequence[Sample]) -> list[str]:
+def _caveats(run_dir: Path | None, scored: Path, split: str, own: str, samples: Sequence[Sample],
+             data: str) -> list[str]:
     """Why one run's figure on ``split`` is not a held-out one, each as a sentence (empty when it is): ``best.pt``
-    scored on the validation images that chose it, or images the model trained on (``train``, ``all``).
-    ``own`` is ``"final"`` where the images scored hold those validation images."""
+    scored on the validation images that chose it, or images the model trained on (``train``, ``all``; counted
+    by name where ``data`` is the run's own data folder). ``own`` is ``"final"`` where the images scored hold those
+    validation images."""
     if run_dir is None:
         return []
     caveats = []
     if own == "final" and scored.name == "best.pt":
         caveats.append(f"best.pt was chosen on these {split} images (its best validation epoch), so this figure is "
                        f"optimistic; the run's own report scores {find_checkpoint(run_dir, 'final').name}")
-    trained_on = set(load_split(run_dir / "split.json").get("train", [])) if (run_dir / "split.json").is_file() else set()
+    try:
+        own_data = Path(read_run_info(run_dir)["data"]).resolve() == Path(data).resolve()
+    except CovsegError:  # no readable run.json: the images cannot be matched to the run's by name
+        own_data = False
+    has_split = own_data and (run_dir / "split.json").is_file()
+    trained_on = set(load_split(run_dir / "split.json").get("train", [])) if has_split else set()
     seen = sum(s.name in trained_on for s in samples)
     if seen:
         caveats.append(f"{seen} of these {len(samples)} images were this model's training images, so this is no "

@@ -51,3 +51,15 @@ def test_images_the_model_trained_on_are_counted(tiny_run: Path, tmp_path: Path,
     assert f"**Caveat:** {expected}." in md
     metrics, _, _ = _evaluate([str(tiny_run), "--split", "train"], tmp_path / "train", capsys)
     assert metrics["caveats"] == [expected.replace("8 of these 12", "8 of these 8")]
+
+
+def test_images_of_another_data_folder_are_not_matched_by_name(tiny_run: Path, tiny_data: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """A copy of the data elsewhere holds the same names, but covseg cannot know they are the same images."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data, other)
+    metrics, _, warnings = _evaluate([str(tiny_run), "--split", "all", "--data", str(other)], tmp_path / "all",
+                                     capsys)
+    assert "caveats" not in metrics and warnings == []
