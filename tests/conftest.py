@@ -248,3 +248,20 @@ def binary_result(name: str, called: int, lesion: bool = True):
     cm[1, 0] = truth - cm[1, 1]
     cm[0, 0] = 64 - cm.sum()
     return ImageResult(name, cm, infnet={"meanDic": 0.5, "meanSen": 0.5, "meanSpe": 0.5, "mae": 0.1})
+
+
+def tiny_air_scan(path: Path) -> Path:
+    """A 4-slice NIfTI scan of air (-1000 HU; 24 x 20 voxels a slice, 0.7 x 0.7 x 2.5 mm) at ``path``."""
+    import nibabel as nib
+
+    hu = np.full((24, 20, 4), -1000, np.int16)  # (i, j, k): 4 axial slices
+    nib.save(nib.Nifti1Image(hu, np.diag([0.7, 0.7, 2.5, 1.0])), str(path))
+    return path
+
+
+def tiny_grey_image(path: Path) -> Path:
+    """An 8 x 8 8-bit grey ramp (0..63) saved at ``path`` (its suffix picks the format)."""
+    from PIL import Image
+
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(path)
+    return path

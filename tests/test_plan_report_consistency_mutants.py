@@ -8,12 +8,12 @@ import io
 import re
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch import nn
+from conftest import tiny_air_scan, tiny_grey_image
 
 import covseg.consistency
 from covseg import report_html
@@ -83,15 +83,7 @@ def test_slice_i_takes_its_box_from_slice_i_plus_shift(monkeypatch: pytest.Monke
 
 # --- covseg.predict_plan -----------------------------------------------------------------------------------------
 
-def _scan(path: Path) -> Path:
-    hu = np.full((24, 20, 4), -1000, np.int16)  # 4 axial slices
-    nib.save(nib.Nifti1Image(hu, np.diag([0.7, 0.7, 2.5, 1.0])), str(path))
-    return path
-
-
-def _image(path: Path) -> Path:
-    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(path)
-    return path
+_scan, _image = tiny_air_scan, tiny_grey_image
 
 
 def test_a_scan_with_an_empty_name_beside_images_is_refused(tmp_path: Path) -> None:

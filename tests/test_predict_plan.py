@@ -3,25 +3,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import tiny_air_scan, tiny_grey_image
 
 from covseg.errors import CovsegError
 from covseg.predict import scan_summary
 from covseg.predict_plan import PredictPlan, plan_predict
 
 
-def _scan(path: Path) -> Path:
-    hu = np.full((24, 20, 4), -1000, np.int16)  # (i, j, k): 4 axial slices
-    nib.save(nib.Nifti1Image(hu, np.diag([0.7, 0.7, 2.5, 1.0])), str(path))
-    return path
-
-
-def _image(path: Path) -> Path:
-    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(path)
-    return path
+_scan, _image = tiny_air_scan, tiny_grey_image
 
 
 def test_one_scan_alone_writes_into_the_output_folder_itself(tmp_path: Path) -> None:
