@@ -30,7 +30,6 @@ File order: numeric stems sort as numbers (``0, 1, 2, ..., 10``); other stems in
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,9 +189,11 @@ so a folder of thousands of such slices gives one line, naming the first."""
 
 
 def _warn_once(kind: str, message: str) -> None:
+    from covseg.progress import print_beside_bars
+
     if kind not in _WARNED:
         _WARNED.add(kind)
-        print(f"covseg: warning: {message}", file=sys.stderr)
+        print_beside_bars(f"covseg: warning: {message}")  # a folder's slices are read while predict's bar runs
 
 
 def _read_pil(path: Path, for_mask: bool) -> tuple[np.ndarray, str]:

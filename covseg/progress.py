@@ -3,13 +3,14 @@ error or Ctrl-C ends it, so that the one-line message printed next starts its ow
 would draw the bar once more on closing, after the message)."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["close_bar", "progress_bar"]
+__all__ = ["close_bar", "progress_bar", "print_beside_bars"]
 
 
 def close_bar(bar: tqdm, failed: bool) -> None:
@@ -30,3 +31,9 @@ def progress_bar(*args: Any, **kwargs: Any) -> Iterator[tqdm]:
         close_bar(bar, failed=True)
         raise
     close_bar(bar, failed=False)
+
+
+def print_beside_bars(line: str) -> None:
+    """Print ``line`` on stderr on a line of its own, also while a progress bar is drawn there: the bar steps
+    aside and is drawn again below it (``tqdm.write``), instead of the line running on from the bar's text."""
+    tqdm.write(line, file=sys.stderr)
