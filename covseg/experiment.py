@@ -181,7 +181,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         data = read_run_info(run_dir)["data"]
     predictor, config, info = open_models(paths, lesion_paths, task, which, backend, device, precision, batch_size, tta)
     if len(paths) + len(lesion_paths) > 1:  # after open_models: models of two tasks are told so, not that splits differ
-        _check_ensemble_split(paths + lesion_paths, split)
+        _check_ensemble_split(paths + lesion_paths, split, typed=bool(lesion_paths))
     if out_dir is not None:
         refuse_output_in_data(Path(out_dir), data)  # before scoring: a report there would be read as a mask
     samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
@@ -231,8 +231,9 @@ def _caveats(run_dir: Path | None, scored: Path, split: str, own: str, samples: 
     return caveats
 
 
-def _check_ensemble_split(paths: Sequence[Path], split: str) -> None:
-    """Refuse to score an ensemble on a run's own parts unless all members share one split.
+def _check_ensemble_split(paths: Sequence[Path], split: str, typed: bool = False) -> None:
+    """Refuse to score an ensemble on a run's own parts unless all members share one split (``typed``: the members
+    are a multiclass model and the ``--lesion-model`` runs whose lesions it types, and the message says so).
 
     ``test`` is the data set's official test split unless a member holds a test part of its own; ``testset`` is it
     always. ``all`` (every labelled training image) is the caller's explicit choice for members of one split, as for
@@ -240,12 +241,15 @@ def _check_ensemble_split(paths: Sequence[Path], split: str) -> None:
     member held out another trained on, and a fold ensemble is scored only on images none of its members trained
     on. Members whose split is not known (a model file outside its run folder) are taken as they are there.
     """
+    who = ("the model and its --lesion-model" if len(paths) == 2 else "the models and their --lesion-model runs") \
+        if typed else "the ensemble's models"
+    remedy = "give --lesion-model a run of the same split (the same fold), or " if typed else ""
     if split == "all":
         known = [load_split(f) for f in map(_split_file, paths) if f is not None]
         if any(other != known[0] for other in known[1:]):
-            raise CovsegError("the ensemble's models were trained on different splits, so some of the images of "
-                              "--split all were training images of some members and not of others; score them "
-                              "together with --split test (images none of them trained on), or one run at a time")
+            raise CovsegError(f"{who} were trained on different splits, so some of the images of --split all were "
+                              f"training images of some and not of others; {remedy}score them together with "
+                              "--split test (images none of them trained on)" + ("" if typed else ", or one run at a time"))
         return
     split_files = [path / "split.json" for path in paths]
     if split == "testset" or (split == "test" and not any(f.is_file() and load_split(f)["test"] for f in split_files)):
@@ -256,9 +260,9 @@ def _check_ensemble_split(paths: Sequence[Path], split: str) -> None:
             raise CovsegError(f"{path}: split {split!r} needs run folders with split.json; use --split test")
         splits.append(load_split(split_file))
     if any(other != splits[0] for other in splits[1:]):
-        raise CovsegError(f"the ensemble's models were trained on different splits, so some of the {split} "
-                          "images were another member's training images; score them together with --split test, "
-                          "or one fold at a time")
+        raise CovsegError(f"{who} were trained on different splits, so some of the {split} images were another "
+                          f"model's training images; {remedy}score them together with --split test"
+                          + ("" if typed else ", or one fold at a time"))
 
 
 def _split_file(path: Path) -> Path | None:

@@ -81,7 +81,12 @@ def test_evaluate_and_predict_with_a_lesion_model(tiny_data: Path, tiny_run: Pat
                           (["evaluate", str(mc), "--lesion-model", str(mc), "-o", str(tmp_path / "x")], "must be a binary"),
                           (["evaluate", str(mc), "--lesion-model", str(mc_other_fold), "-o", str(tmp_path / "x")],
                            "must be a binary"),  # the task first, not that the splits differ
-                          (["evaluate", str(mc), "--lesion-model", str(tiny_run)], "needs -o")]:
+                          (["evaluate", str(mc), "--lesion-model", str(tiny_run)], "needs -o"),
+                          # models of two folds: said of the lesion model, not of an "ensemble" the user never asked for
+                          (["evaluate", str(mc_other_fold), "--lesion-model", str(tiny_run), "-o", str(tmp_path / "x")],
+                           "the model and its --lesion-model were trained on different splits, so some of the "
+                           "heldout images were another model's training images; give --lesion-model a run of the "
+                           "same split (the same fold), or score them together with --split test")]:
         assert main([*argv, "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
