@@ -77,7 +77,10 @@ class TorchBackend:
     to ``device``, put in channels-last format and eval mode (``nn.Module.to`` works in place).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, fp32_engine: str = "torch") -> None:
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, fp32_engine: str = "torch",
+                 name: str = "") -> None:
+        """``name`` (e.g. the checkpoint's path) heads the line that says the backend fell back to fp32, so that
+        with several models the user can tell which one did."""
         if fp32_engine not in ("torch", "onnxruntime"):
             raise ValueError(f"fp32_engine must be torch or onnxruntime, not {fp32_engine!r}")
         if fp32_engine == "onnxruntime" and device.type != "cpu":
@@ -86,6 +89,7 @@ class TorchBackend:
         self.device = device
         self.dtype = dtype
         self.fp32_engine = fp32_engine
+        self.name = name
         self.agreement: float | None = None
         self._folded: nn.Module | None = None
         self._fused: nn.Module | None = None
@@ -152,7 +156,8 @@ class TorchBackend:
                 self._drop_unused()
                 return logits
         self.agreement = best
-        print(f"covseg: {self.dtype} labels agree with fp32 on only {best:.4%} of pixels; using fp32",
+        whose = f"{self.name}: " if self.name else ""
+        print(f"covseg: warning: {whose}{self.dtype} labels agree with fp32 on only {best:.4%} of pixels; using fp32",
               file=sys.stderr)
         self.dtype = torch.float32
         self._drop_unused()

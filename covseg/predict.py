@@ -82,7 +82,7 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "auto
         model, config, state = load_model(checkpoint, task=task)
         dev = resolve_device(device)
         fp32_engine = "onnxruntime" if auto and dev.type == "cpu" else "torch"
-        torch_backend = TorchBackend(model, dev, resolve_precision(precision, dev), fp32_engine)
+        torch_backend = TorchBackend(model, dev, resolve_precision(precision, dev), fp32_engine, name=str(checkpoint))
         info = {"file": str(checkpoint), "epoch": state.get("epoch"), "backend": torch_backend.description}
         predictor = Predictor(torch_backend, config.data.input_size, batch_size, flip_tta, config.data.normalize,
                               config.data.resize)
