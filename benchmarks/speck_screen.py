@@ -56,6 +56,7 @@ def nested_choice(scores: np.ndarray) -> list[int]:
 def fold_dice(cv_dir: Path, fold: int, data: str | None) -> tuple[list[int], np.ndarray]:
     """Per-image Dice means ``(candidates, classes)`` of one fold, and the lesion classes scored."""
     from covseg.experiment import select_samples
+    from covseg.labels import get_scheme
     from covseg.metrics import confusion_matrix, dice
     from covseg.predict import open_predictor
     from covseg.run import read_run_info
@@ -65,7 +66,7 @@ def fold_dice(cv_dir: Path, fold: int, data: str | None) -> tuple[list[int], np.
     predictor, config, _ = open_predictor(run, which="last")
     samples = select_samples(run, data, config.data.task, "heldout", config.data.window)
     classes = [1] if config.data.task == "binary" else [1, 2]
-    n_classes = 2 if config.data.task == "binary" else 4
+    n_classes = get_scheme(config.data.task).num_classes
     values = [[[] for _ in classes] for _ in CANDIDATES]
     for sample, probs in zip(samples, predictor([s.image for s in samples])):
         pred = probs.argmax(0)

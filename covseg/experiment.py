@@ -196,13 +196,14 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe,
              "data": str(Path(data).resolve()), "split": split, "seconds": round(time.perf_counter() - began, 3)}
     n_models = len(paths) + len(lesion_paths)
-    caveats = _caveats(run_dir if n_models == 1 else None, Path(info.get("file", "")), split, own, samples, data)
-    if caveats:
-        extra["caveats"] = caveats
     name = f"{info['name']} ({n_models} models)" if n_models > 1 else config.model.name
     title = f"{name} · {config.data.task} · {split} ({len(samples)} images)"
-    if n_models == 1:
-        title += f" · {Path(info['file']).name}"
+    if n_models == 1:  # one model: which checkpoint, and whether its figure is a held-out one
+        scored = Path(info["file"])
+        title += f" · {scored.name}"
+        caveats = _caveats(run_dir, scored, split, own, samples, data)
+        if caveats:
+            extra["caveats"] = caveats
     return write_report(ev, out_dir, title, extra), out_dir
 
 

@@ -11,7 +11,6 @@ A *backend* maps an input batch ``(B, 1, S, S)`` float32 to logits ``(B, C, S, S
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -22,6 +21,7 @@ from torch import nn
 from covseg.errors import CovsegError
 from covseg.intensity import normalize_image
 from covseg.models import fold_batch_norm, fuse_for_inference
+from covseg.progress import print_beside_bars
 from covseg.runtime import autocast
 from covseg.transforms import fit_box, resize_probs, stack_resized
 
@@ -157,8 +157,8 @@ class TorchBackend:
                 return logits
         self.agreement = best
         whose = f"{self.name}: " if self.name else ""
-        print(f"covseg: warning: {whose}{self.dtype} labels agree with fp32 on only {best:.4%} of pixels; using fp32",
-              file=sys.stderr)
+        print_beside_bars(f"covseg: warning: {whose}{self.dtype} labels agree with fp32 on only {best:.4%} of pixels; "
+                          "using fp32")  # the first batch: predict's progress bar is on screen
         self.dtype = torch.float32
         self._drop_unused()
         return reference
