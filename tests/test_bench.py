@@ -424,7 +424,9 @@ def _script(name: str):
     ("bf16_paths", ["--rounds", "0"], "--rounds must be 1 or more, not 0"),
     ("onednn_int8", ["speed", "--rounds", "0"], "--rounds must be 1 or more, not 0"),
     ("speck_screen", ["NONE"], "NONE has no trained fold-0/last.pt"),
-    ("speck_screen", ["NONE", "--folds", "1"], "--folds must be 2 or more")])
+    ("speck_screen", ["NONE", "--folds", "1"], "--folds must be 2 or more"),
+    ("gap_analysis", ["NONE"], "NONE has no trained fold-0/last.pt"),
+    ("gap_analysis", ["NONE", "--folds", "0"], "--folds must be 1 or more")])
 def test_benchmark_scripts_refuse_bad_input_in_one_line(script: str, args: list[str], message: str,
                                                         tmp_path: Path) -> None:
     none = str(tmp_path / "none")
@@ -481,3 +483,49 @@ def test_speck_screen_nested_choice_picks_on_the_other_folds_only() -> None:
     # fold 0: others' means 0.6 / 0.5 / 0.7 -> 2; folds 1 and 2: others' means 0.55 / 0.7 / 0.4 -> 1
     assert nested_choice(scores) == [2, 1, 1]
     assert nested_choice(np.array([[0.5, 0.5], [0.5, 0.5]])) == [0, 0]  # ties to the first (milder) candidate
+
+
+def test_gap_analysis_oracles_keep_only_the_other_half_s_errors() -> None:
+    """Hand-made 1 x 6 maps (0 background, 1 GGO, 2 consolidation): the typing oracle fixes the types inside the
+    model's lesion region only; the region oracle takes the truth's region with the model's likelier lesion type."""
+    gap = _script("gap_analysis")
+    truth = np.array([[0, 1, 1, 2, 2, 0]])
+    pred = np.array([[2, 1, 2, 1, 0, 0]])  # a false consolidation, a right GGO, two mistyped, one miss
+    assert gap.typing_oracle(pred, truth).tolist() == [[2, 1, 1, 2, 0, 0]]
+    assert pred.tolist() == [[2, 1, 2, 1, 0, 0]]  # the input is not changed
+    probs = np.array([[[0.9, 0.1, 0.1, 0.8, 0.7, 0.9]],    # background
+                      [[0.05, 0.6, 0.2, 0.15, 0.1, 0.05]],  # GGO
+                      [[0.05, 0.3, 0.7, 0.05, 0.2, 0.05]]])  # consolidation
+    # background wins at pixels 3 and 4, yet the truth's region there takes the likelier lesion type: GGO, consolidation
+    assert gap.region_oracle(probs, truth).tolist() == [[0, 1, 2, 1, 2, 0]]
+
+
+def test_gap_analysis_per_image_dice_skips_classes_the_truth_lacks() -> None:
+    gap = _script("gap_analysis")
+    truth = np.array([[0, 1, 1, 1, 0, 0]])
+    pred = np.array([[1, 1, 2, 0, 2, 0]])
+    # GGO: 1 shared, 2 predicted, 3 true -> 2/5; consolidation: absent from the truth -> None;
+    # lesion region: 2 shared (pixels 1, 2), 4 predicted, 3 true -> 4/7
+    ggo, consolidation, region = gap.per_image_dice(pred, truth, [1, 2])
+    assert ggo == pytest.approx(0.4) and consolidation is None and region == pytest.approx(4 / 7)
+    assert gap.per_image_dice(pred, np.zeros_like(truth), [1, 2]) == [None, None, None]
+
+
+def test_gap_analysis_as_is_row_reproduces_covseg_evaluate(tiny_data: Path, tmp_path: Path) -> None:
+    """The "as is" row of a fold is the per-image GGO / consolidation Dice that covseg evaluate reports."""
+    import json
+
+    from conftest import TINY_OVERRIDES
+
+    from covseg.cli import main
+
+    fold = tmp_path / "cv" / "fold-0"
+    assert main(["train", "--recipe", "tiny", "--task", "multiclass", "--data", str(tiny_data), "--split", "cv:0",
+                 "--epochs", "12", "-o", str(fold), "--quiet", *TINY_OVERRIDES]) == 0
+    assert main(["evaluate", str(fold), "--quiet", "--precision", "fp32"]) == 0  # last.pt, as covseg cv scores it
+    reported = json.loads((fold / "eval-heldout" / "metrics.json").read_text())["per_image"]["dice"]
+    table = _script("gap_analysis").fold_table(tmp_path / "cv", 0, None)
+    assert table.shape == (3, 3)
+    assert table[0, 0] == pytest.approx(reported["ggo"], abs=1e-6)
+    assert table[0, 1] == pytest.approx(reported["consolidation"], abs=1e-6)
+    assert (table[1, :2] >= table[0, :2] - 1e-9).all()  # perfect typing inside the same region cannot lose Dice
