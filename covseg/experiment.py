@@ -179,12 +179,19 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         if run_dir is None:
             raise CovsegError("pass --data DIR when evaluating a model file outside its run folder")
         data = read_run_info(run_dir)["data"]
+    early = None  # the data set's test split, read before the models load: a folder without it is told at once
+    if run_dir is not None and split in ("test", "testset"):
+        run_data = read_run_config(run_dir).data
+        early = (run_data.task, run_data.window), select_samples(run_dir, data, run_data.task, split, run_data.window)
     predictor, config, info = open_models(paths, lesion_paths, task, which, backend, device, precision, batch_size, tta)
     if len(paths) + len(lesion_paths) > 1:  # after open_models: models of two tasks are told so, not that splits differ
         _check_ensemble_split(paths + lesion_paths, split, typed=bool(lesion_paths))
     if out_dir is not None:
         refuse_output_in_data(Path(out_dir), data)  # before scoring: a report there would be read as a mask
-    samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
+    if early is not None and early[0] == (config.data.task, config.data.window):
+        samples = early[1]
+    else:
+        samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
     # another checkpoint's report goes beside, never over, the run's own (which `covseg cv` reads)
     if out_dir is None:
         scored = Path(info["file"])

@@ -63,3 +63,21 @@ def test_images_of_another_data_folder_are_not_matched_by_name(tiny_run: Path, t
     metrics, _, warnings = _evaluate([str(tiny_run), "--split", "all", "--data", str(other)], tmp_path / "all",
                                      capsys)
     assert "caveats" not in metrics and warnings == []
+
+
+def test_a_missing_test_split_is_told_before_any_model_loads(tiny_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """`evaluate RUN --split test` on a data folder without the test split refuses at once (a cross-validation
+    folder's five models took up to a minute to load before the same refusal)."""
+    import covseg.experiment
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("the models were loaded before the data folder was checked")
+
+    monkeypatch.setattr(covseg.experiment, "open_models", no_models)
+    for split in ("test", "testset"):
+        capsys.readouterr()
+        assert main(["evaluate", str(tiny_run), "--split", split, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "the test split is not in this data folder" in err[0], err
+    assert not (tiny_run / "eval-test").exists() and not (tiny_run / "eval-testset").exists()
