@@ -430,7 +430,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_cv(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
-    from covseg.experiment import check_seeds, cross_validate, cross_validate_seeds
+    from covseg.experiment import check_folds, check_seeds, cross_validate, cross_validate_seeds
 
     if args.force:
         raise CovsegError("covseg cv resumes and reuses its folds and does not replace them (--force); remove "
@@ -446,9 +446,10 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         owners["data.folds"] = (f"--folds {args.folds}", args.folds)
     _refuse_overrides_set_by(args, owners)
     config = _recipe_config(args)
+    folds = config.data.folds if args.folds is None else args.folds  # KEY=VALUE data.folds=N counts too
+    check_folds(folds)  # before the data loads
     data = args.data or _default_data()
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
-    folds = config.data.folds if args.folds is None else args.folds  # KEY=VALUE data.folds=N counts too
     if args.seeds:
         cross_validate_seeds(config, samples, data, args.output, folds, args.seeds, not args.quiet, _log,
                              jobs=args.jobs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from covseg.run import (check_checkpoint_settings, differences_note, is_run_fold
                         setting_differences, sync_history, train_run, trained_on)
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
-           "cross_validate", "cross_validate_seeds", "check_seeds"]
+           "cross_validate", "cross_validate_seeds", "check_folds", "check_seeds"]
 
 EVAL_SPLITS = ("heldout", "val", "test", "testset", "train", "all")
 
@@ -330,7 +331,8 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     for name, cfg in configs.items():
         log(f"== {name} ==")
         seconds = train_or_resume(cfg, samples, out_dir / name, data, force, progress, log, again)
-        metrics, _ = evaluate_run(out_dir / name, data, "heldout", None, device=cfg.train.device, progress=progress)
+        with _how_to_go_on_if_stopped(log, f"{name}'s held-out images", again):
+            metrics, _ = evaluate_run(out_dir / name, data, "heldout", None, device=cfg.train.device, progress=progress)
         metrics["train_seconds"] = round(seconds, 1)
         rows[name] = metrics
     scheme = get_scheme(config.data.task)
@@ -344,7 +346,8 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
         table["Inf-Net meanDic"] = [rows[m]["infnet"]["meanDic"] for m in models]
     lines = [f"# {' vs '.join(models)} · {config.data.task} · split {config.data.split}", "",
              "Dice and IoU: means over the held-out images (per image, images without the class skipped); pixel "
-             "and mean class accuracy: over all their pixels (pooled); Inf-Net meanDic: as Inf-Net computes it.", "",
+             "and mean class accuracy: over all their pixels (pooled); Inf-Net meanDic: as Inf-Net computes it; train "
+             "seconds: wall clock summed over the epochs, so it grows with whatever else the machine runs.", "",
              "| metric | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for key, values in table.items():
         lines.append(f"| {key} | " + " | ".join("–" if v is None else f"{v:.4f}" for v in values) + " |")
@@ -426,8 +429,20 @@ _CV_REMEDY = "remove it to retrain it, or use another -o"
 _CV_AGAIN = "to go on, run the same covseg cv command again (it keeps the folds already trained)"
 
 
+@contextmanager
+def _how_to_go_on_if_stopped(log: Callable[[str], None], what: str, again: str):
+    """Ctrl-C or SIGTERM while ``what`` (e.g. "fold-2's held-out images") is scored: say that the trained models
+    are kept and how to go on (``again``), as a stop during training does, then stop as before."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        log(f"interrupted while scoring {what}; the models trained are kept; {again}")
+        raise
+
+
 def _train_seconds(run_dir: Path) -> float:
-    """Total training time of a run: the sum of ``history.csv``'s ``seconds`` column (its last). A damaged file (a
+    """Total training time of a run: the sum of ``history.csv``'s ``seconds`` column (wall clock: it grows with
+    whatever else the machine runs). A damaged file (a
     row whose seconds are not a number) raises a one-line :class:`CovsegError` naming it."""
     path = run_dir / "history.csv"
     total = 0.0
@@ -568,7 +583,7 @@ def _fold_config(config: RunConfig, fold: int, folds: int) -> RunConfig:
                                         val_fraction=DataConfig().val_fraction))
 
 
-def _check_folds(folds: int) -> None:
+def check_folds(folds: int) -> None:
     """Refuse a cross-validation of fewer than two folds (no fold would train, or none would be held out)."""
     if folds < 2:
         raise CovsegError(f"--folds is {folds}; a cross-validation needs 2 or more folds, e.g. --folds 5")
@@ -635,7 +650,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     and ``minus_last``); with ``train.swa_epochs`` its ``last.pt`` (``fold-K/eval-heldout-last``; ``last``:
     its columns, ``swa``: the main table's columns and ``minus_last``).
     """
-    _check_folds(folds)
+    check_folds(folds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     _check_output_folder(out_dir, data)
@@ -655,12 +670,15 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         if epochs_done(fold_dir) < cfg.train.epochs or not _is_current(metrics_path, fold_dir, "final", data):
             log(f"== fold {k} ==")
             train_or_resume(cfg, samples, fold_dir, data, False, progress, log, _CV_AGAIN)
-            evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)
+            with _how_to_go_on_if_stopped(log, f"fold-{k}'s held-out images", _CV_AGAIN):
+                evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
         for scored, _, _ in companions:
             companion_path = fold_dir / f"eval-heldout-{scored}" / "metrics.json"
             if not _is_current(companion_path, fold_dir, scored, data):
-                evaluate_run(fold_dir, data, "heldout", None, which=scored, device=cfg.train.device, progress=progress)
+                with _how_to_go_on_if_stopped(log, f"fold-{k}'s held-out images", _CV_AGAIN):
+                    evaluate_run(fold_dir, data, "heldout", None, which=scored, device=cfg.train.device,
+                                 progress=progress)
             companion_rows[scored].append((json.loads(companion_path.read_text(encoding="utf-8")), rows[-1][1]))
     columns = _cv_columns(rows, config.data.task)
     summary = _mean_std(columns)
@@ -786,7 +804,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     ``jobs`` > 1 first trains every unfinished seed × fold run, that many at a time, as :func:`cross_validate`.
     """
     check_seeds(seeds)
-    _check_folds(folds)
+    check_folds(folds)
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     _check_output_folder(out_dir, data)
@@ -810,7 +828,8 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
         report = out_dir / "ensemble" / f"fold-{k}"
         if not _report_of(report / "metrics.json", members, data):
             log(f"== seed ensemble, fold {k} ==")
-            evaluate_run(members, data, "heldout", report, device=config.train.device, progress=progress)
+            with _how_to_go_on_if_stopped(log, f"the seed ensemble of fold {k}", _CV_AGAIN):
+                evaluate_run(members, data, "heldout", report, device=config.train.device, progress=progress)
         rows.append((json.loads((report / "metrics.json").read_text(encoding="utf-8")),
                      sum(_train_seconds(m) for m in members)))
     ensemble = _cv_columns(rows, config.data.task)

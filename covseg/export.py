@@ -77,16 +77,16 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     slices get the fp32 graph's label (``covseg_int8_agreement``; its training slices when it has none). Needs a
     run folder.
     """
-    import onnx
-
-    from covseg.models import fold_batch_norm
-
-    if Path(model_path).suffix == ".onnx":
+    if Path(model_path).suffix == ".onnx":  # told before onnx loads
         raise CovsegError(f"{model_path}: is an ONNX file already; export takes the run folder or .pt checkpoint "
                           "it came from")
     if Path(out).suffix != ".onnx":
         raise CovsegError(f"{out}: export writes an ONNX file; give -o a name ending in .onnx, e.g. "
                           f"{Path(out).with_suffix('.onnx')}")
+    import onnx
+
+    from covseg.models import fold_batch_norm
+
     checkpoint = find_checkpoint(model_path, which)
     model, config, state = load_model(checkpoint)
     meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),

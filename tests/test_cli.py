@@ -1222,3 +1222,40 @@ def test_an_override_after_the_seeds_is_told_to_go_before_them(tmp_path: Path, c
     with pytest.raises(SystemExit):
         main(["cv", "--recipe", "tiny", "--seeds", "0", "x", "-o", str(out)])
     assert "argument --seeds: must be a whole number, got 'x'" in capsys.readouterr().err
+
+
+def test_ctrl_c_while_cv_scores_a_fold_says_how_to_go_on(tiny_data: Path, tmp_path: Path, capsys,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop while a trained fold's held-out images are scored gives the same advice as one during its training
+    (walkthrough helper 183: it said only "covseg: interrupted")."""
+    import covseg.experiment
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(covseg.experiment, "evaluate_run", ctrl_c)
+    capsys.readouterr()
+    assert main(["cv", "--folds", "3", "-o", str(tmp_path / "cv"), "--recipe", "tiny", "--data", str(tiny_data),
+                 "--epochs", "1", "--quiet", *TINY_OVERRIDES]) == 130
+    err = capsys.readouterr().err
+    assert ("interrupted while scoring fold-0's held-out images; the models trained are kept; to go on, run the same "
+            "covseg cv command again (it keeps the folds already trained)\ncovseg: interrupted\n") in err, err
+    assert (tmp_path / "cv" / "fold-0" / "last.pt").is_file() and not (tmp_path / "cv" / "fold-1").exists()
+
+
+@pytest.mark.parametrize("folds", ["1", "0", "-2"])
+def test_cv_refuses_fewer_than_two_folds_before_reading_the_data(folds: str, tmp_path: Path, capsys,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Walkthrough helper 183: on a busy machine the refusal came only after the whole data set had loaded."""
+    import covseg.datasets
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data set was read before --folds was checked")
+
+    monkeypatch.setattr(covseg.datasets, "load_dataset", no_data)
+    capsys.readouterr()
+    assert main(["cv", "--recipe", "tiny", "--folds", folds, "-o", str(tmp_path / "cv"), "--quiet"]) == 2
+    assert f"--folds is {folds}; a cross-validation needs 2 or more folds" in _one_line_error(capsys)
+    assert main(["cv", "--recipe", "tiny", "data.folds=1", "-o", str(tmp_path / "cv"), "--quiet"]) == 2
+    assert "--folds is 1" in _one_line_error(capsys)  # the recipe's fold count too
+    assert not (tmp_path / "cv").exists()

@@ -937,3 +937,20 @@ def test_an_unreadable_onnx_file_or_config_says_to_export_it_again(onnx_file: Pa
         assert len(err) == 1 and err[0].startswith(f"covseg: error: {model}: ") and what in err[0] \
             and err[0].endswith(f"; export the run again with covseg export RUN_DIR -o {model}"), err
         assert not out.exists()
+
+
+def test_export_refuses_a_wrong_output_name_before_loading_onnx(tiny_run: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The name checks cost nothing, so they come before onnx (and the model) load (walkthrough helper 183)."""
+    import sys
+
+    from covseg.errors import CovsegError
+    from covseg.export import export_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails: the refusal must come first
+    with pytest.raises(CovsegError, match="give -o a name ending in .onnx"):
+        export_onnx(tiny_run, tmp_path / "afile")
+    with pytest.raises(CovsegError, match="is an ONNX file already"):
+        export_onnx(tmp_path / "model.onnx", tmp_path / "out.onnx")
+    with pytest.raises(ImportError):  # and a right name goes on to load onnx
+        export_onnx(tiny_run, tmp_path / "out.onnx")
