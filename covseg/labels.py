@@ -59,8 +59,9 @@ def check_labels(mask: np.ndarray, scheme: LabelScheme, source: str) -> None:
     """Raise if ``mask`` holds a value outside ``scheme`` (``source`` names the file in the message)."""
     values = np.unique(mask)
     bad = [int(v) for v in values if v < 0 or v >= scheme.num_classes]
-    if bad:
+    if bad:  # the first ten: a 16-bit image given as a mask holds thousands
+        shown = f"{bad[:10]}" if len(bad) <= 10 else f"{str(bad[:10])[:-1]}, … ({len(bad)} in all)]"
         raise CovsegError(
-            f"{source}: label values {bad} are outside the {scheme.task} scheme "
+            f"{source}: label values {shown} are outside the {scheme.task} scheme "
             f"(0..{scheme.num_classes - 1}); fix the mask or choose the other --task"
         )
