@@ -44,13 +44,16 @@ def region_oracle(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 def per_image_dice(pred: np.ndarray, truth: np.ndarray, classes: list[int]) -> list[float | None]:
     """Dice of each class in ``classes`` (None where the truth lacks it, as ``covseg evaluate`` skips such
-    images), then the lesion region's (all labels > 0 together; None where the truth has no lesion)."""
-    values: list[float | None] = []
-    for p, t in [*((pred == c, truth == c) for c in classes), (pred > 0, truth > 0)]:
-        if not t.any():
-            values.append(None)
-            continue
-        values.append(float(2 * np.logical_and(p, t).sum() / (p.sum() + t.sum())))
+    images), then the lesion region's (all labels > 0 together; None where the truth has no lesion); through
+    covseg's own :func:`covseg.metrics.confusion_matrix` and :func:`covseg.metrics.dice`."""
+    from covseg.metrics import confusion_matrix, dice
+
+    n_classes = int(max(pred.max(), truth.max(), *classes)) + 1
+    cm = confusion_matrix(pred, truth, n_classes)
+    region = confusion_matrix((pred > 0).astype(np.int64), (truth > 0).astype(np.int64), 2)
+    per_class, per_region = dice(cm), dice(region)  # rows of a confusion matrix are the truth's counts
+    values: list[float | None] = [float(per_class[c]) if cm[c].sum() > 0 else None for c in classes]
+    values.append(float(per_region[1]) if region[1].sum() > 0 else None)
     return values
 
 
