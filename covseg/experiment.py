@@ -220,12 +220,18 @@ def _caveats(run_dir: Path | None, scored: Path, split: str, own: str, samples: 
     """Why one run's figure on ``split`` is not a held-out one, each as a sentence (empty when it is): ``best.pt``
     scored on the validation images that chose it, or images the model trained on (``train``, ``all``; counted
     by name where ``data`` is the run's own data folder). ``own`` is ``"final"`` where the images scored hold those
-    validation images."""
+    validation images. A model file kept outside its run folder scored on ``all`` is told that its training images
+    cannot be known."""
     if run_dir is None:
-        return []
+        if split != "all":  # test and testset: images no model of COVID-SemiSeg's training split trained on
+            return []
+        return [f"this model file lies outside its run folder, so which of these {len(samples)} images it trained on "
+                "is not known: if it was trained on them, this is no held-out figure; for a held-out figure, score "
+                "it from its run folder (covseg evaluate RUN_DIR) or on --split test"]
     caveats = []
     if own == "final" and scored.name == "best.pt":
-        caveats.append(f"best.pt was chosen on these {split} images (its best validation epoch), so this figure is "
+        chosen_on = "the validation images among these" if split == "all" else f"these {split} images"
+        caveats.append(f"best.pt was chosen on {chosen_on} (its best validation epoch), so this figure is "
                        f"optimistic; the run's own report scores {find_checkpoint(run_dir, 'final').name}")
     try:
         own_data = Path(read_run_info(run_dir)["data"]).resolve() == Path(data).resolve()

@@ -81,3 +81,28 @@ def test_a_missing_test_split_is_told_before_any_model_loads(tiny_run: Path, mon
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "the test split is not in this data folder" in err[0], err
     assert not (tiny_run / "eval-test").exists() and not (tiny_run / "eval-testset").exists()
+
+
+def test_a_model_file_outside_its_run_folder_on_every_image_says_its_training_images_are_unknown(
+        tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A copied checkpoint (or an exported graph) carries no split: scored on every image it gave a figure with
+    no word that 8 of the 12 were its training images, where the same weights in their run folder were told so."""
+    import shutil
+
+    outside = tmp_path / "copied.pt"
+    shutil.copy(tiny_run / "last.pt", outside)
+    metrics, md, warnings = _evaluate([str(outside), "--data", str(tiny_data), "--split", "all"], tmp_path / "all",
+                                      capsys)
+    expected = ("this model file lies outside its run folder, so which of these 12 images it trained on is not "
+                "known: if it was trained on them, this is no held-out figure; for a held-out figure, score it from "
+                "its run folder (covseg evaluate RUN_DIR) or on --split test")
+    assert metrics["caveats"] == [expected] and warnings == [f"covseg: warning: {expected}"]
+    assert f"**Caveat:** {expected}." in md
+
+
+def test_best_pt_on_every_image_is_said_to_be_chosen_on_the_validation_images_among_them(
+        tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Not "chosen on these all images": only the run's validation images (4 of the 12) chose best.pt."""
+    metrics, _, _ = _evaluate([str(tiny_run / "best.pt"), "--split", "all"], tmp_path / "all", capsys)
+    assert metrics["caveats"][0] == ("best.pt was chosen on the validation images among these (its best validation "
+                                     "epoch), so this figure is optimistic; the run's own report scores last.pt")
