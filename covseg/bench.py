@@ -569,8 +569,9 @@ def _side_by_side_table(rows: list[dict[str, Any]]) -> list[str]:
     """The markdown of :func:`side_by_side`'s rows: each model's two paths and their ratios, then covseg's U-Net
     against MONAI's of the same width on covseg's path."""
     by = {(r["model"], r["path"]): r for r in rows}
+    rounds = rows[0]["rounds"]
     lines = [f"Side by side (fp32-naive and covseg's path, each in its own process, timed in turn for "
-             f"{rows[0]['rounds']} rounds, each timed pass right after an untimed one; medians):", "",
+             f"{rounds} round{'' if rounds == 1 else 's'}, each timed pass right after an untimed one; medians):", "",
              "| model | fp32-naive b8 ms/slice | covseg b8 ms/slice | × | fp32-naive train img/s | covseg train img/s "
              "| × |", "|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["model"] for r in rows):

@@ -24,6 +24,11 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _count(number: int, noun: str) -> str:
+    """``number`` and ``noun``, the noun plural unless the number is 1: "1 epoch", "3 epochs", "0 label maps"."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _default_data(dataset: str = "covid-semiseg") -> str:
     from covseg.download import dataset_root, default_data_dir, missing_required_files
 
@@ -359,12 +364,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     best = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
     trained = result.epochs_done - result.epochs_before  # this call's epochs, not the run's
     if resume and not trained:
-        done = f"nothing left to resume: the run has all {result.epochs_total} epochs"
+        total = result.epochs_total
+        done = f"nothing left to resume: the run has {'its 1 epoch' if total == 1 else f'all {total} epochs'}"
     elif resume:
-        done = (f"trained {trained} more epochs ({result.epochs_done} of {result.epochs_total}) in "
+        done = (f"trained {_count(trained, 'more epoch')} ({result.epochs_done} of {result.epochs_total}) in "
                 f"{result.seconds:.0f} s")
     else:
-        done = f"trained {trained} epochs in {result.seconds:.0f} s"
+        done = f"trained {_count(trained, 'epoch')} in {result.seconds:.0f} s"
     print(f"{done}; best validation mean Dice {best}; run folder {run_dir}")
     return 0
 
@@ -462,7 +468,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 def _cmd_cv_compare(args: argparse.Namespace) -> int:
     from covseg.fileio import atomic_write_text
-    from covseg.paired import compare_cross_validations, format_comparison
+    from covseg.paired import compare_cross_validations, format_comparison, unpaired_folds_warning
 
     if args.output and args.output.is_dir():
         raise CovsegError(f"{args.output}: is a folder; give -o a Markdown file name, e.g. {args.output / 'paired.md'}")
@@ -478,6 +484,9 @@ def _cmd_cv_compare(args: argparse.Namespace) -> int:
     if args.output:
         atomic_write_text(args.output, text)
     print(text, end="")
+    warning = unpaired_folds_warning(comparison, args.reference, args.candidate)
+    if warning:
+        print(f"covseg: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -511,7 +520,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         earlier = earlier_outputs(args.output)
         summary = predict_files(predictor, scheme, plan.files, args.output, info, overlays=not args.no_overlays,
                                 progress=not args.quiet, window=config.data.window)
-        print(f"wrote {len(summary['images'])} label maps to {args.output}")
+        print(f"wrote {_count(len(summary['images']), 'label map')} to {args.output}")
         left = unlisted_outputs(args.output, earlier, summary)
         if left:
             print(f"covseg: warning: {args.output}: {len(left)} label map(s) of an earlier predict stay there (e.g. "

@@ -37,7 +37,7 @@ from covseg.splits import parse_split_name
 
 __all__ = ["FoldDifference", "NothingToPair", "compute_fold_difference", "read_fold_scores", "default_metrics",
            "compare_cross_validations", "format_comparison", "Comparison", "compute_difference_interval",
-           "read_per_image", "counted_values", "PER_IMAGE"]
+           "read_per_image", "counted_values", "PER_IMAGE", "unpaired_folds_warning"]
 
 PER_IMAGE = Path("eval-heldout") / "per_image.csv"  # under each fold-K folder of a `covseg cv` output
 CLASS_METRICS = ("dice_", "iou_")  # per_image.csv columns of one class; its truth pixels are in truth_<class>
@@ -237,6 +237,9 @@ def read_fold_scores(cv_dir: Path) -> FoldScores:
     """Read every scored fold of a ``covseg cv`` folder (``fold-K/eval-heldout/per_image.csv``), or the one fold of
     a ``covseg train --split cv:K`` run folder (its own ``eval-heldout/per_image.csv``). Each table must sit beside
     the ``metrics.json`` of a finished report of its run's own model as it is now (:func:`_check_own_model`)."""
+    if cv_dir.is_file():
+        raise CovsegError(f"{cv_dir}: is a file, not a cross-validation folder; give a `covseg cv` output folder (or "
+                          "a `covseg train --split cv:K` run folder), and a file to write the tables to with -o")
     if not cv_dir.is_dir():
         raise CovsegError(f"{cv_dir}: no such folder; give a `covseg cv` output folder (or its seed-S folder), or a "
                           "`covseg train --split cv:K` run folder")
@@ -260,6 +263,34 @@ def _table_path(cv_dir: Path, fold: str) -> Path:
     """Where :func:`read_fold_scores` read ``fold``'s table: a run folder's own, else the cv folder's ``fold-K``."""
     own = cv_dir / PER_IMAGE
     return own if own.is_file() else cv_dir / fold / PER_IMAGE
+
+
+def _recorded_task(cv_dir: Path, fold: str) -> str | None:
+    """The task (``binary``, ``multiclass``) ``fold``'s table was scored for: its ``metrics.json``'s ``task`` (what
+    covseg evaluate records), else its run's ``config.yaml`` ``data.task``; None where neither says."""
+    table = _table_path(cv_dir, fold)
+    try:
+        task = json.loads((table.parent / "metrics.json").read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError, AttributeError):
+        task = None
+    if task is None:
+        try:
+            task = yaml.safe_load((table.parent.parent / "config.yaml").read_text(encoding="utf-8"))["data"]["task"]
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+            return None
+    return str(task)
+
+
+def _check_same_task(reference_dir: Path, reference: FoldScores, candidate_dir: Path, candidate: FoldScores) -> None:
+    """Refuse two cross-validations of different tasks (binary against multiclass): their tables score different
+    classes, so no column pairs them. A side whose folds record no task (:func:`_recorded_task`) is not checked."""
+    tasks = [next((task for fold in sorted(scores, key=_by_fold_number)
+                   if (task := _recorded_task(folder, fold)) is not None), None)
+             for folder, scores in ((reference_dir, reference), (candidate_dir, candidate))]
+    if None not in tasks and tasks[0] != tasks[1]:
+        raise CovsegError(f"{reference_dir} is a {tasks[0]} cross-validation and {candidate_dir} a {tasks[1]} one, "
+                          "so their images are scored on different classes and cannot be compared; compare two "
+                          "cross-validations of the same task (data.task)")
 
 
 def _columns(table: Table) -> list[str]:
@@ -319,6 +350,7 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
     metric, then fold. A fold none of whose images counts for a metric is skipped for it (and listed).
     """
     reference, candidate = read_fold_scores(reference_dir), read_fold_scores(candidate_dir)
+    _check_same_task(reference_dir, reference, candidate_dir, candidate)
     folds = sorted(set(reference) & set(candidate), key=_by_fold_number)
     if not folds:
         raise CovsegError(f"{reference_dir} and {candidate_dir} share no scored fold "
@@ -355,6 +387,26 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
     truth_counts = all(_has_truth_counts(reference[f]) or _has_truth_counts(candidate[f]) for f in folds)
     return Comparison(differences, sorted(set(reference) - set(candidate), key=_by_fold_number),
                       sorted(set(candidate) - set(reference), key=_by_fold_number), skipped, truth_counts)
+
+
+def unpaired_folds_warning(comparison: Comparison, reference_dir: Path, candidate_dir: Path) -> str | None:
+    """One line for stderr where a fold is scored on one side only: it is left out, so each table's last row
+    averages only the shared folds; it says which folds, how many of all are covered and how to finish the missing
+    ones. None where both sides scored the same folds."""
+    if not (comparison.reference_only or comparison.candidate_only):
+        return None
+    shared = {d.fold for d in comparison.differences} | {fold for _, fold in comparison.skipped}
+    total = len(shared) + len(comparison.reference_only) + len(comparison.candidate_only)
+    scored = "; ".join(f"{', '.join(folds)} scored in {folder} only" for folds, folder in
+                       ((comparison.reference_only, reference_dir), (comparison.candidate_only, candidate_dir))
+                       if folds)
+    lacking = [(folds, folder) for folds, folder in
+               ((comparison.reference_only, candidate_dir), (comparison.candidate_only, reference_dir)) if folds]
+    how = " and ".join(f"give the whole cross-validation of the single run {folder}" if (folder / PER_IMAGE).is_file()
+                       else f"finish and score {', '.join(folds)} in {folder} (covseg cv -o {folder} again, with its "
+                            "own settings)" for folds, folder in lacking)
+    return (f"{scored}: left out, so the summary rows average only {len(shared)} of {total} folds; to compare all "
+            f"{total}, {how}")
 
 
 def format_comparison(comparison: Comparison, reference: str, candidate: str) -> str:

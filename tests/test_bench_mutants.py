@@ -286,6 +286,12 @@ def test_table_ratios_are_against_fp32_naive_of_the_same_model() -> None:
     assert len(lines) == 6
 
 
+def test_side_by_side_table_says_one_round_in_the_singular() -> None:
+    # before: "timed in turn for 1 rounds"
+    rows = [_row("unet16", "fp32-naive", 10.0, 2.0, rounds=1), _row("unet16", "covseg", 4.0, 3.0, rounds=1)]
+    assert "timed in turn for 1 round, each timed pass" in bench._side_by_side_table(rows)[0]
+
+
 def test_side_by_side_table_ratios_and_the_monai_comparison() -> None:
     rows = [_row("unet16", "fp32-naive", 10.0, 2.0, rounds=3), _row("unet16", "covseg", 4.0, 3.0, rounds=3),
             _row("monai-unet16", "fp32-naive", 20.0, 1.0, rounds=3),

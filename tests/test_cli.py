@@ -31,6 +31,7 @@ def _one_line_error(capsys) -> str:
     return err[0]
 
 
+@pytest.mark.real_figures  # the report's figure, drawn, end to end
 def test_evaluate_writes_report(tiny_run: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "eval"
     assert main(["evaluate", str(tiny_run), "-o", str(out), "--quiet"]) == 0
@@ -99,6 +100,14 @@ def test_predict_png_nifti_overlays_json(tiny_run: Path, tiny_data: Path, tmp_pa
     assert sum(fractions.values()) == pytest.approx(1.0)
     pred = np.array(label)
     assert fractions["infection"] == pytest.approx((pred == 1).mean(), abs=1e-6)
+
+
+def test_predict_of_one_image_says_one_label_map(tiny_run: Path, tiny_data: Path, tmp_path: Path, capsys) -> None:
+    # before: "wrote 1 label maps to OUT"
+    image = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/0.jpg"
+    out = tmp_path / "out"
+    assert main(["predict", str(image), "-o", str(out), "--model", str(tiny_run), "--no-overlays", "--quiet"]) == 0
+    assert capsys.readouterr().out == f"wrote 1 label map to {out}\n"
 
 
 def test_predict_without_overlays_removes_the_stale_overlay_of_each_image_it_predicts(tiny_run: Path, tiny_data: Path,
@@ -1176,7 +1185,7 @@ def test_resume_goes_on_with_another_device_its_settings_unchanged(tiny_run: Pat
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     assert "no GPU is visible" in _one_line_error(capsys)
     assert main(["train", "--resume", str(run), "--device", "cpu", "--quiet"]) == 0
-    assert "trained 1 more epochs (3 of 3)" in capsys.readouterr().out
+    assert "trained 1 more epoch (3 of 3)" in capsys.readouterr().out
     assert read_checkpoint(run / "last.pt")["epoch"] == 3
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["device"] == "cuda"  # the run's own setting
 

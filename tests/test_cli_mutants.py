@@ -138,6 +138,31 @@ def test_train_returns_130_when_the_run_stopped(tmp_path: Path, monkeypatch, cap
     assert capsys.readouterr().out.startswith("trained 0 epochs in 3 s; best validation mean Dice n/a")
 
 
+def test_train_counts_one_epoch_in_the_singular(tmp_path: Path, monkeypatch, capsys) -> None:
+    # before: "trained 1 epochs in 3 s", "trained 1 more epochs (2 of 2)", "the run has all 1 epochs"
+    import covseg.run
+    from covseg.config import load_recipe
+    from covseg.run import RunResult
+
+    _no_data(monkeypatch)
+    monkeypatch.setattr(covseg.run, "train_run", lambda config, samples, run_dir, data, **kw: RunResult(
+        run_dir, 1, 2, 0.5, seconds=3.0))
+    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path), "-o", str(tmp_path / "r"), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("trained 1 epoch in 3 s; best validation mean Dice 0.5000")
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "last.pt").touch()
+    monkeypatch.setattr(covseg.run, "read_run_config", lambda run_dir: load_recipe("tiny"))
+    for done, before, total, said in ((2, 1, 2, "trained 1 more epoch (2 of 2) in 3 s;"),
+                                      (3, 1, 3, "trained 2 more epochs (3 of 3) in 3 s;"),
+                                      (1, 1, 1, "nothing left to resume: the run has its 1 epoch;"),
+                                      (2, 2, 2, "nothing left to resume: the run has all 2 epochs;")):
+        monkeypatch.setattr(covseg.run, "train_run", lambda config, samples, run_dir, data, **kw: RunResult(
+            run_dir, done, total, 0.5, seconds=3.0, epochs_before=before))
+        assert main(["train", "--resume", str(run), "--data", str(tmp_path), "--quiet"]) == 0
+        assert capsys.readouterr().out.startswith(said)
+
+
 def _export_recorder(monkeypatch, agreement: str) -> list[tuple]:
     import covseg.export
 

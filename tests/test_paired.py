@@ -15,7 +15,7 @@ from covseg.errors import CovsegError
 from covseg.evaluation import evaluate_image, summarise, write_report
 from covseg.labels import get_scheme
 from covseg.paired import compare_cross_validations, compute_fold_difference, default_metrics, format_comparison, \
-    read_fold_scores
+    read_fold_scores, unpaired_folds_warning
 
 BINARY_HEADER = ("name,pixels,fg_dice,dice_background,dice_infection,iou_background,iou_infection,pixel_accuracy,"
                  "infnet_meanDic,infnet_mae")
@@ -148,6 +148,60 @@ def test_cli_bad_folder_is_one_line_and_writes_nothing(two_cvs: tuple[Path, Path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such folder" in err[0]
     assert not out.exists()
+
+
+def test_cli_warns_of_folds_scored_on_one_side_only(two_cvs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    # before: exit 0 and nothing on stderr; the summary rows silently averaged the shared folds alone
+    reference, candidate = two_cvs
+    assert main(["cv-compare", str(reference), str(candidate)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"covseg: warning: fold-2 scored in {candidate} only: left out, so the summary rows average only 2 "
+                   f"of 3 folds; to compare all 3, finish and score fold-2 in {reference} (covseg cv -o {reference} "
+                   "again, with its own settings)"]
+    write_fold(tmp_path / "old", 0, {"a": 0.5, "b": 0.7, "c": math.nan})  # fold-1 and fold-2 in the candidate only
+    assert main(["cv-compare", str(candidate), str(tmp_path / "old")]) == 0
+    assert "fold-1, fold-2 scored in" in capsys.readouterr().err
+    shutil.rmtree(candidate / "fold-2")  # both sides score the same folds: no warning
+    assert main(["cv-compare", str(reference), str(candidate)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_single_runs_missing_folds_are_told_to_come_from_its_cross_validation(tmp_path: Path,
+                                                                                 two_cvs: tuple[Path, Path]) -> None:
+    run = tmp_path / "screen-f1"
+    write_fold(tmp_path, 9, {"d": 0.8, "e": 0.5, "f": 0.3})
+    (tmp_path / "fold-9").rename(run)
+    (run / "config.yaml").write_text("data:\n  split: cv:1\n", encoding="utf-8")
+    warning = unpaired_folds_warning(compare_cross_validations(two_cvs[1], run), two_cvs[1], run)
+    assert warning == (f"fold-0, fold-2 scored in {two_cvs[1]} only: left out, so the summary rows average only 1 of "
+                       f"3 folds; to compare all 3, give the whole cross-validation of the single run {run}")
+
+
+def test_cross_validations_of_different_tasks_are_refused_up_front(tmp_path: Path, capsys) -> None:
+    # before: "…/per_image.csv: no column 'dice_infection'; choose from … dice_ggo …", as if --metrics would do
+    truth = np.zeros((10, 10), dtype=np.int64)
+    truth[:4, :5] = 1
+    write_multiclass_fold(tmp_path / "mc", 0, [("a", truth, truth)])  # its metrics.json records the task
+    write_fold(tmp_path / "bin", 0, {"a": 0.5})
+    (tmp_path / "bin" / "fold-0" / "config.yaml").write_text("data:\n  task: binary\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match=rf"^{re.escape(str(tmp_path / 'bin'))} is a binary cross-validation and "
+                                          rf"{re.escape(str(tmp_path / 'mc'))} a multiclass one, so .* cannot be "
+                                          r"compared; compare two cross-validations of the same task"):
+        compare_cross_validations(tmp_path / "bin", tmp_path / "mc", metrics=["pixel_accuracy"])
+    assert main(["cv-compare", str(tmp_path / "mc"), str(tmp_path / "bin")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a multiclass cross-validation and" in err[0] and "no column" not in err[0]
+
+
+def test_a_file_given_for_a_cross_validation_is_called_a_file(two_cvs: tuple[Path, Path], tmp_path: Path,
+                                                              capsys) -> None:
+    # before: "cmp.md: no such folder", of a file that is there (meant for -o)
+    (tmp_path / "cmp.md").write_text("# an earlier table\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match="cmp.md: is a file, not a cross-validation folder; .* with -o$"):
+        read_fold_scores(tmp_path / "cmp.md")
+    assert main(["cv-compare", str(two_cvs[0]), str(tmp_path / "cmp.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"covseg: error: {tmp_path / 'cmp.md'}: is a file")
 
 
 def write_multiclass_fold(cv_dir: Path, fold: int, images: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
