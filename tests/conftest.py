@@ -153,6 +153,25 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
+def _figure_placeholder(self, fname, **kwargs) -> None:
+    """What ``Figure.savefig`` does in tests not marked ``real_figures``: an 8 x 8 black PNG at ``fname`` (a path or a
+    file object), the figure built but not drawn. Drawing (layout, text, the tight bounding box: about 0.5-1 s a
+    figure on 2 cores) was a third of the CLI tests' time; the figures themselves are checked, drawn, by the tests
+    marked ``real_figures``."""
+    Image.new("RGB", (8, 8)).save(fname, format="png")
+
+
+@pytest.fixture(autouse=True)
+def _figures_built_not_drawn(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every figure covseg makes in this process is built in full but saved as a placeholder
+    (:func:`_figure_placeholder`), unless the test is marked ``real_figures``. Runs in other processes (``--jobs``
+    workers, the CLI run as a program) and session fixtures draw theirs."""
+    if request.node.get_closest_marker("real_figures") is None:
+        from matplotlib.figure import Figure
+
+        monkeypatch.setattr(Figure, "savefig", _figure_placeholder)
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads_restored() -> object:
     """Every test leaves torch's intra-op thread count as it found it: a run given ``train.threads`` in-process, or a

@@ -36,7 +36,19 @@ def test_instance_norm_unet_is_benchmarked_with_its_norms_kept() -> None:
     assert row["gflop_per_slice"] == pytest.approx(plain, rel=0.01)
 
 
-def test_bench_main_writes_results(tmp_path: Path, capsys) -> None:
+def test_bench_main_writes_results(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import covseg.bench
+
+    # the side by side's own processes are timed by test_side_by_side_runs_each_path_in_its_own_process; here its
+    # rows, as it returns them, go into the report (two more processes here took about 10 s on 2 AVX2 cores)
+    asked = []
+
+    def side_by_side_rows(model_names, size, rounds, device="cpu"):
+        asked.append((model_names, size, rounds, device))
+        return [{"model": "unet16", "path": path, "dtype": "float32", "infer_ms_b8": ms, "train_img_s": img_s,
+                 "rounds": rounds} for path, ms, img_s in (("fp32-naive", 3.25, 57.5), ("covseg", 2.5, 53.25))]
+
+    monkeypatch.setattr(covseg.bench, "side_by_side", side_by_side_rows)
     out = tmp_path / "RESULTS.md"
     assert main(["--models", "unet16", "--paths", "fp32-naive,covseg,onnxruntime,onnx-int8", "--size", "32", "--repeats", "1",
                  "--train-steps", "1", "--scan-slices", "3", "--side-by-side", "2", "--out", str(out)]) == 0
@@ -46,7 +58,8 @@ def test_bench_main_writes_results(tmp_path: Path, capsys) -> None:
     assert "Forced to fp32" in text  # the fallback path's scan figure sits beside covseg's path
     assert "Side by side (fp32-naive and covseg's path, each in its own process, timed in turn for 2 rounds, each " \
            "timed pass right after an untimed one" in text
-    assert "| unet16 | " in text.split("Side by side", 1)[1]
+    assert "| unet16 | 3.2 | 2.5 (float32) | 1.3× | 57.50 | 53.25 | 0.9× |" in text.split("Side by side", 1)[1]
+    assert asked == [(["unet16"], 32, 2, "cpu")]
 
 
 def test_serve_times_the_second_of_two_runs_of_each_command(monkeypatch) -> None:

@@ -23,6 +23,9 @@ from covseg.labels import get_scheme
 BINARY = get_scheme("binary")
 
 
+pytestmark = pytest.mark.real_figures  # these tests check the figures themselves, drawn
+
+
 def _evaluation(pred_pixels: list[int], lesion: bool = True) -> Evaluation:
     """Binary results on 8x8 images: image i predicts ``pred_pixels[i]`` pixels of infection in its first row; the
     truth holds a 2x2 lesion there, or (``lesion`` False) nothing."""

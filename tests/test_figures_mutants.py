@@ -23,6 +23,9 @@ from covseg.labels import get_scheme
 BINARY = get_scheme("binary")
 
 
+pytestmark = pytest.mark.real_figures  # these tests check the figures themselves, drawn
+
+
 def _caught(monkeypatch: pytest.MonkeyPatch) -> list:
     drawn: list = []
     monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig))
