@@ -5,11 +5,12 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 import torch
 
@@ -161,15 +162,24 @@ def _figure_placeholder(self, fname, **kwargs) -> None:
     Image.new("RGB", (8, 8)).save(fname, format="png")
 
 
-@pytest.fixture(autouse=True)
-def _figures_built_not_drawn(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every figure covseg makes in this process is built in full but saved as a placeholder
-    (:func:`_figure_placeholder`), unless the test is marked ``real_figures``. Runs in other processes (``--jobs``
-    workers, the CLI run as a program) and session fixtures draw theirs."""
-    if request.node.get_closest_marker("real_figures") is None:
-        from matplotlib.figure import Figure
+_DRAWN_SAVEFIG = Figure.savefig
 
-        monkeypatch.setattr(Figure, "savefig", _figure_placeholder)
+
+@pytest.fixture(autouse=True, scope="session")
+def _figures_built_not_drawn() -> Iterator[None]:
+    """Every figure covseg makes in this process, fixtures' runs included, is built in full but saved as a
+    placeholder (:func:`_figure_placeholder`). Runs in other processes (``--jobs`` workers, the CLI run as a
+    program) draw theirs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Figure, "savefig", _figure_placeholder)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _figures_drawn_where_marked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test marked ``real_figures`` draws and saves its figures for real."""
+    if request.node.get_closest_marker("real_figures") is not None:
+        monkeypatch.setattr(Figure, "savefig", _DRAWN_SAVEFIG)
 
 
 @pytest.fixture(autouse=True)

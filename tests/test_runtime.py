@@ -101,7 +101,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_repeated_training_steps() ->
     # freed blocks are reused: usually 0-4096 faults against the default's 45 000-65 000. The better of two runs,
     # and a bar of a quarter of the default: a stray thread-pool or page-cache fault burst once put a run at 7168
     # against a bar of a tenth (6845), and a fresh clone's CI at 5120 in both runs against 4493
-    assert min(faults("keep"), faults("keep")) < default / 4
+    assert faults("keep") < default / 4 or faults("keep") < default / 4  # the second run only where the first missed
 
 
 def test_keep_freed_memory_changes_nothing_without_glibc(monkeypatch) -> None:
