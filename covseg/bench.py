@@ -59,6 +59,7 @@ __all__ = ["build_bench_model", "TRAIN_BATCH", "PathRunners", "path_runners", "m
 
 PATHS = ("fp32-naive", "fp32-cl", "covseg", "onnxruntime", "onnx-int8")
 MODELS = ("unet16", "unet32", "unet64", "unet16-instance", "segnet", "monai-unet16", "monai-unet32", "monai-unet64")
+DEFAULT_MODELS = "unet16,unet32,unet64,segnet,monai-unet32,monai-unet64"
 
 
 def build_bench_model(name: str) -> nn.Module:
@@ -524,6 +525,15 @@ def _e2e_scan_benchmark(slices: int, size: int, model_path: str | None, device: 
             "phantom_rss_mb": builder_peak}
 
 
+ALREADY_FP32 = "The automatic path already ran in fp32, so no forced-fp32 figure is given."
+
+
+def _ran_fp32(scan: dict[str, Any]) -> bool:
+    """Whether the scan benchmark's automatic path ran in fp32 (no bf16 here, or the bf16 check chose fp32), as
+    its backend's description says: then forcing fp32 runs the same backend again."""
+    return " float32" in scan["backend"]
+
+
 def _reported_peak(stderr: str) -> float:
     """The ``peak_rss_mb=`` figure a child printed last on stderr (nan without one)."""
     figures = [line.split("=", 1)[1] for line in stderr.splitlines() if line.startswith("peak_rss_mb=")]
@@ -547,6 +557,11 @@ def _peak(row: dict[str, Any], stage: str = "") -> str:
         return "–"
     gpu = row.get(f"peak_gpu{stage}_mb")
     return f"{row[f'peak_rss{stage}_mb']:.0f}" + (f" (GPU {gpu:.0f})" if gpu is not None else "")
+
+
+def _train_rate(row: dict[str, Any]) -> str:
+    """A row's training images per second for the console line, "–" where the path does not train (ONNX)."""
+    return f"{row['train_img_s']:6.2f}" if "train_img_s" in row else f"{'–':>6s}"
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
@@ -598,6 +613,20 @@ def _monai_missing() -> str | None:
     return None
 
 
+def _is_onnx_graph(path: str) -> bool:
+    """Whether ``path`` is an ONNX graph (``covseg export``'s output) rather than a run folder or ``.pt`` file: its
+    suffix, or a serialised ``ModelProto``'s first bytes (the ``ir_version`` field, then another of its fields)."""
+    file = Path(path)
+    if file.suffix.lower() == ".onnx":
+        return True
+    try:
+        with open(file, "rb") as f:
+            head = f.read(3)
+    except OSError:  # a folder, or no such file: load_model names what is wrong
+        return False
+    return len(head) == 3 and head[0] == 0x08 and head[1] < 0x80 and head[2] in b"\x12\x1a\x22\x28\x32\x3a"
+
+
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse, in one line, names and numbers no step can run, a ``--side-by-side`` without the two paths it times,
     a ``monai-*`` model without MONAI, a ``--model`` or ``--scan-images`` beside ``--scan-slices 0`` (no scan
@@ -645,6 +674,10 @@ def _check_options(args: argparse.Namespace) -> None:
                          f"which cannot be imported ({why}); install it (pip install 'covseg[bench]', or pip install "
                          f"monai) or drop {','.join(peers)} from --models")
     if args.model and args.scan_slices:
+        if _is_onnx_graph(args.model):  # else torch.load's "not a readable covseg checkpoint (UnpicklingError...)"
+            raise SystemExit(f"covseg bench: {args.model}: is an ONNX graph, but bench's --model takes a run folder "
+                             "or a .pt checkpoint (the scan benchmark runs it on covseg's own paths); give the run "
+                             "folder it was exported from")
         try:
             load_model(args.model)
         except CovsegError as error:
@@ -655,15 +688,20 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
     """Run the benchmark; prints the table and writes it to ``--out``, whose header names ``command`` (how it was
     started: ``covseg bench`` from the CLI) with ``argv``."""
     parser = argparse.ArgumentParser(prog="covseg bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="unet16,unet32,unet64,segnet,monai-unet32,monai-unet64")
+    parser.add_argument("--models", default=DEFAULT_MODELS,
+                        help=f"comma-separated, of {', '.join(MODELS)} (default: {DEFAULT_MODELS})")
     parser.add_argument("--paths", help="comma-separated (default: all; on CUDA the three PyTorch paths)")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
                         help="where the PyTorch paths and the scans run (ONNX paths: CPU only); auto: CUDA if present")
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=512,
+                        help="slice height and width in pixels: a multiple of 16, or of 32 with segnet (default: 512)")
     parser.add_argument("--repeats", type=int, default=10, help="timed inference runs per figure (median)")
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps per figure (median)")
-    parser.add_argument("--scan-slices", type=int, default=300)
-    parser.add_argument("--model", help="run folder whose model the scan benchmark uses (default: untrained default)")
+    parser.add_argument("--scan-slices", type=int, default=300,
+                        help="slices of --size in the scan benchmarks, inference only and end to end (default: 300; "
+                        "0: skip them)")
+    parser.add_argument("--model", help="run folder or .pt checkpoint (not an ONNX graph) whose model the scan "
+                        "benchmark uses (default: untrained default)")
     parser.add_argument("--scan-images", help="folder of CT slices the scan benchmark reads, the first "
                         "--scan-slices in name order, resized to --size (default: uniform noise)")
     parser.add_argument("--side-by-side", type=int, default=0, metavar="ROUNDS",
@@ -746,7 +784,7 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
             row = child(["--one", model, path])
             rows.append(row)
             print(f"{model:13s} {path:12s} b1 {row['infer_ms_b1']:8.1f} ms  b8 {row['infer_ms_b8']:8.1f} ms/slice  "
-                  f"train {row.get('train_img_s', float('nan')):6.2f} img/s  peak {_peak(row)} MB inference, "
+                  f"train {_train_rate(row)} img/s  peak {_peak(row)} MB inference, "
                   f"{_peak(row, '_train')} MB after training", flush=True)
     # both paths are in --paths (_check_options)
     paired = side_by_side(args.models.split(","), args.size, args.side_by_side, args.device) \
@@ -755,7 +793,8 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
         print(f"{row['model']:13s} {row['path']:12s} side by side: b8 {row['infer_ms_b8']:8.1f} ms/slice  "
               f"train {row['train_img_s']:6.2f} img/s", flush=True)
     scan = child(["--scan-only", "auto"]) if args.scan_slices else None
-    scan_fp32 = child(["--scan-only", "fp32"]) if args.scan_slices else None
+    # where the automatic path ran fp32 already, a forced-fp32 run would time the same thing again
+    scan_fp32 = child(["--scan-only", "fp32"]) if scan and not _ran_fp32(scan) else None
     e2e = child(["--e2e-only"]) if args.scan_slices else None
     gpu = f" · {torch.cuda.get_device_name()} (PyTorch paths and scans)" if args.device == "cuda" else ""
     lines = [f"# covseg benchmark", "", f"{time.strftime('%Y-%m-%d')} · {_cpu_model()} · {torch.get_num_threads()} "
@@ -783,10 +822,11 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
         model = "the model of " + args.model if args.model else "untrained default model"
         lines += ["", f"Scan (inference only, {model}, slices: {scan['images']}, {scan['backend']}, input {scan['input_size']}{check}): "
                   f"{scan['slices']} slices of {args.size}×{args.size} in {scan['seconds']:.1f} s "
-                  f"({scan['slices_per_s']:.1f} slices/s), peak RSS {scan['peak_rss_mb']:.0f} MB. Forced to fp32 (the "
-                  f"path used when bf16's labels agree with fp32's on < {BF16_MIN_AGREEMENT:.1%} of the first batch's pixels; "
-                  f"{scan_fp32['backend']}): {scan_fp32['seconds']:.1f} s ({scan_fp32['slices_per_s']:.1f} slices/s), peak RSS "
-                  f"{scan_fp32['peak_rss_mb']:.0f} MB."]
+                  f"({scan['slices_per_s']:.1f} slices/s), peak RSS {scan['peak_rss_mb']:.0f} MB. "
+                  + (ALREADY_FP32 if scan_fp32 is None else
+                     f"Forced to fp32 (the path used when bf16's labels agree with fp32's on < {BF16_MIN_AGREEMENT:.1%} "
+                     f"of the first batch's pixels; {scan_fp32['backend']}): {scan_fp32['seconds']:.1f} s "
+                     f"({scan_fp32['slices_per_s']:.1f} slices/s), peak RSS {scan_fp32['peak_rss_mb']:.0f} MB.")]
     if e2e:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in e2e["stages"].items() if k != "total")
         lines += ["", f"Scan end to end (`covseg predict scan.nii.gz`, phantom {e2e['slices']}×{args.size}×{args.size}, "

@@ -544,7 +544,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if agreement < BF16_MIN_AGREEMENT:
             print(f"covseg: warning: that is below the {BF16_MIN_AGREEMENT:.1%} covseg asks of bf16; compare the "
                   "int8 file's Dice with covseg evaluate before relying on it", file=sys.stderr)
-    print(f"wrote {args.output}")
+    source = args.model / meta["covseg_checkpoint"] if args.model.is_dir() else args.model
+    print(f"wrote {args.output} (from {source})")
     return 0
 
 
@@ -583,8 +584,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     slices = load_dataset(data, config.data.task, split="unlabelled", window=config.data.window)
     summary = pretrain(config, [s.image for s in slices], args.output, options, data, args.force,
                        progress=not args.quiet, log=_log)
-    print(f"wrote {summary['file']} ({summary['steps']} steps, restoration MSE {summary['loss']:.4f}); "
-          f"start a run from it with train.init={args.output}")
+    print(f"wrote {summary['file']} ({summary['steps']} steps in {summary['seconds']:.0f} s, restoration MSE "
+          f"{summary['loss']:.4f}); start a run from it with train.init={args.output}")
     return 0
 
 

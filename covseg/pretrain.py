@@ -484,5 +484,4 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
         _write_history(stage / "history.csv", history)
     seconds = time.perf_counter() - began
     final = history[-1]["loss"] if history else math.nan
-    log(f"pretrained {step} steps in {seconds:.0f} s; restoration loss (MSE) {final:.4f}")
     return {"steps": step, "loss": final, "seconds": seconds, "file": str(out_dir / PRETRAINED_FILE)}

@@ -452,6 +452,62 @@ def test_monai_missing_gives_the_import_error_s_first_line(monkeypatch: pytest.M
 
 # ---------------------------------------------------------------------------------------------------- scans
 
+def test_the_console_line_of_a_path_that_does_not_train_says_so_as_the_table_does(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    _fake_children(monkeypatch)
+    assert bench.main(["--models", "unet16", "--paths", "covseg,onnxruntime", "--size", "32", "--scan-slices", "0",
+                       "--out", str(tmp_path / "r.md")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # before: "train    nan img/s" on the ONNX row, where the Markdown table says "–"
+    assert "train   3.00 img/s  peak 1000 MB inference, 1500 MB after training" in lines[0]
+    assert "train      – img/s  peak 1000 MB inference, – MB after training" in lines[1]
+    assert "nan" not in "".join(lines)
+
+
+def test_a_scan_whose_automatic_path_ran_fp32_is_not_timed_again_as_forced_fp32(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # no bf16 on this CPU (or the check chose fp32): forcing fp32 would time the same backend a second time
+    cmds = _fake_children(monkeypatch, {"backend": "onnxruntime cpu float32 (traced from torch)",
+                                        "bf16_agreement": None, "bf16_folded": None})
+    out = tmp_path / "r.md"
+    assert bench.main(["--models", "unet16", "--paths", "covseg", "--size", "32", "--scan-slices", "4",
+                       "--out", str(out)]) == 0
+    assert [c[c.index("--device") + 2:] for c in cmds] == [["--one", "unet16", "covseg"], ["--scan-only", "auto"],
+                                                          ["--e2e-only"]]
+    text = out.read_text()
+    assert ("onnxruntime cpu float32 (traced from torch), input 352): 4 slices of 32×32 in 2.0 s (2.0 slices/s), "
+            "peak RSS 512 MB. The automatic path already ran in fp32, so no forced-fp32 figure is given.") in text
+    assert "Forced to fp32" not in text
+
+
+@pytest.mark.parametrize("name, head", [("model.onnx", b"anything"),  # by its suffix
+                                        ("model.bin", b"\x08\x08\x12\x07pytorch\x1a\x062.13.0")])  # by its bytes
+def test_an_onnx_graph_as_model_is_refused_as_such_before_any_step(name: str, head: bytes, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = tmp_path / name
+    graph.write_bytes(head)
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("a benchmark step ran"))
+    with pytest.raises(SystemExit) as refused:
+        bench.main(["--models", "unet16", "--paths", "covseg", "--size", "32", "--model", str(graph),
+                    "--out", str(tmp_path / "r.md")])
+    # before: "not a readable covseg checkpoint (no zip archive ...; UnpicklingError ...)"
+    assert str(refused.value) == (f"covseg bench: {graph}: is an ONNX graph, but bench's --model takes a run folder "
+                                  "or a .pt checkpoint (the scan benchmark runs it on covseg's own paths); give the run "
+                                  "folder it was exported from")
+
+
+def test_bench_help_explains_models_size_and_scan_slices(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        bench.main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    assert f"--models MODELS comma-separated, of {', '.join(bench.MODELS)} (default: {bench.DEFAULT_MODELS})" in text
+    assert "--size SIZE slice height and width in pixels: a multiple of 16, or of 32 with segnet (default: 512)" \
+        in text
+    assert "--scan-slices SCAN_SLICES slices of --size in the scan benchmarks, inference only and end to end " \
+           "(default: 300; 0: skip them)" in text
+
+
 def test_scan_files_takes_a_folder_holding_exactly_the_slices_asked_for(tiny_data: Path) -> None:
     from covseg.datasets import list_images
 

@@ -170,7 +170,8 @@ def _export_recorder(monkeypatch, agreement: str) -> list[tuple]:
 
     def export_onnx(model, output, checkpoint, int8=False, data=None):
         calls.append((model, output, checkpoint, int8, data))
-        return {"covseg_int8_agreement": agreement, "covseg_int8_checked_on": "its validation images"}
+        return {"covseg_int8_agreement": agreement, "covseg_int8_checked_on": "its validation images",
+                "covseg_checkpoint": "last.pt" if checkpoint == "last" else "best.pt"}
 
     monkeypatch.setattr(covseg.export, "export_onnx", export_onnx)
     return calls
@@ -196,6 +197,16 @@ def test_export_int8_passes_its_data_and_warns_below_bf16_agreement(tmp_path: Pa
     _export_recorder(monkeypatch, "1.0")
     assert main(["export", str(tmp_path), "-o", str(out), "--int8"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_export_names_the_checkpoint_it_exported(tmp_path: Path, monkeypatch, capsys) -> None:
+    _export_recorder(monkeypatch, "1.0")
+    out = tmp_path / "m.onnx"
+    # before: "wrote OUT", whichever of the run's checkpoints it was
+    assert main(["export", str(tmp_path), "-o", str(out), "--checkpoint", "last"]) == 0
+    assert capsys.readouterr().out == f"wrote {out} (from {tmp_path / 'last.pt'})\n"
+    assert main(["export", str(tmp_path / "best.pt"), "-o", str(out)]) == 0  # a checkpoint file: named as given
+    assert capsys.readouterr().out == f"wrote {out} (from {tmp_path / 'best.pt'})\n"
 
 
 def test_pseudo_label_passes_its_rule_and_options(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -226,12 +237,14 @@ def test_pretrain_crop_defaults_to_the_input_size_below_256_and_threads_pass(tmp
     monkeypatch.setattr(covseg.pretrain, "check_options", lambda options, config: seen.append(options))
     monkeypatch.setattr(covseg.pretrain, "check_output_folder", lambda out, force: seen.append((out, force)))
     monkeypatch.setattr(covseg.pretrain, "pretrain", lambda config, images, out, options, data, force, **kw: {
-        "file": out / "pretrained.pt", "steps": options.steps, "loss": 0.5})
+        "file": out / "pretrained.pt", "steps": options.steps, "loss": 0.5, "seconds": 16.6})
     out = tmp_path / "pre"
     assert main(["pretrain", "--recipe", "tiny", "--data", "D", "-o", str(out), "--steps", "3", "--quiet",
                  "data.input_size=32", "train.threads=1"]) == 0
     assert seen[0].crop == 32 and seen[0].steps == 3 and seen[1] == (out, False)
-    assert "(3 steps, restoration MSE 0.5000)" in capsys.readouterr().out
+    # one line says it all (before: a second, "pretrained 3 steps in 17 s; restoration loss (MSE) 0.5000")
+    assert capsys.readouterr().out == (f"wrote {out / 'pretrained.pt'} (3 steps in 17 s, restoration MSE 0.5000); "
+                                       f"start a run from it with train.init={out}\n")
 
 
 @pytest.mark.parametrize("override, instead", [("train.seed=3", "use --seed instead"),

@@ -237,6 +237,18 @@ def test_pretraining_a_segnet_fits_a_segnet(unlabelled_data: Path, tmp_path: Pat
         init_from_pretrained(build_model(_tiny_config()), out, _tiny_config())
 
 
+def test_pretraining_says_what_it_wrote_once(unlabelled_data: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pre"
+    assert main(["pretrain", "--recipe", "tiny", "--data", str(unlabelled_data), "-o", str(out), "--steps", "2",
+                 "--crop", "16", "--quiet", *PRETRAIN_OVERRIDES]) == 0
+    captured = capsys.readouterr()
+    # before: also "pretrained 2 steps in 0 s; restoration loss (MSE) ..." on stderr, the same figures again
+    assert "pretrained 2 steps" not in captured.err and "restoration" not in captured.err, captured.err
+    assert captured.out.startswith(f"wrote {out / PRETRAINED_FILE} (2 steps in ") and captured.out.count("\n") == 1
+    assert " s, restoration MSE " in captured.out
+
+
 def test_bad_pretraining_input_is_one_line_and_writes_nothing(unlabelled_data: Path, tiny_data: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "pre"
