@@ -50,12 +50,21 @@ def test_bench_main_writes_results(tmp_path: Path, capsys, monkeypatch: pytest.M
 
     monkeypatch.setattr(covseg.bench, "side_by_side", side_by_side_rows)
     out = tmp_path / "RESULTS.md"
-    assert main(["--models", "unet16", "--paths", "fp32-naive,covseg,onnxruntime,onnx-int8", "--size", "32", "--repeats", "1",
+    # one ONNX path: the onnxruntime row's runner has its own tests (test_the_onnxruntime_row_runs_covseg_s_exported_graph)
+    assert main(["--models", "unet16", "--paths", "fp32-naive,covseg,onnx-int8", "--size", "32", "--repeats", "1",
                  "--train-steps", "1", "--scan-slices", "3", "--side-by-side", "2", "--out", str(out)]) == 0
     text = out.read_text()
     assert "Command: `python benchmarks/bench.py --models unet16 --paths" in text
-    assert "| unet16 | covseg |" in text and "| unet16 | onnxruntime |" in text and "| unet16 | onnx-int8 | int8 |" in text and "Scan (inference only" in text and "Scan end to end" in text and "exit 0" in text
-    assert "Forced to fp32" in text  # the fallback path's scan figure sits beside covseg's path
+    assert "| unet16 | fp32-naive |" in text and "| unet16 | covseg |" in text
+    assert "| unet16 | onnx-int8 | int8 |" in text and "| unet16 | onnxruntime |" not in text
+    assert "Scan (inference only" in text and "Scan end to end" in text and "exit 0" in text
+    from covseg.runtime import resolve_precision
+
+    if resolve_precision("auto", torch.device("cpu")) == torch.float32:  # no bf16 here: fp32 is the automatic path
+        assert "The automatic path already ran in fp32, so no forced-fp32 figure is given." in text
+        assert "Forced to fp32" not in text
+    else:  # the fallback path's scan figure sits beside covseg's path (the bf16 check passes on noise)
+        assert "Forced to fp32" in text
     assert "Side by side (fp32-naive and covseg's path, each in its own process, timed in turn for 2 rounds, each " \
            "timed pass right after an untimed one" in text
     assert "| unet16 | 3.2 | 2.5 (float32) | 1.3× | 57.50 | 53.25 | 0.9× |" in text.split("Side by side", 1)[1]
