@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "reports how many of the run's validation pixels (its training pixels when it has "
                         "none) keep the fp32 label")
     p.add_argument("--data", help="--int8: the data folder with the run's slices (default: the one it trained on)")
+    p.add_argument("--force", action="store_true", help="replace an existing ONNX file at -o")
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining on the unlabelled slices (start runs with "
                                         "train.init=DIR)")
@@ -537,7 +538,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise CovsegError("--data is read only by --int8 (its calibration slices); drop it or add --int8")
     if args.output.is_dir():
         raise CovsegError(f"{args.output}: is a folder; give -o an ONNX file name, e.g. {args.output / 'model.onnx'}")
-    meta = export_onnx(args.model, args.output, args.checkpoint, int8=args.int8, data=args.data)
+    meta = export_onnx(args.model, args.output, args.checkpoint, int8=args.int8, data=args.data, force=args.force)
     if args.int8:
         agreement = float(meta["covseg_int8_agreement"])
         print(f"int8 labels agree with fp32 on {agreement:.3%} of the pixels of {meta['covseg_int8_checked_on']}")

@@ -69,8 +69,10 @@ def write_graph(model: torch.nn.Module, input_size: int, target: Any) -> None:
 
 
 def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = False,
-                data: str | None = None) -> dict[str, Any]:
+                data: str | None = None, force: bool = False) -> dict[str, Any]:
     """Export a run folder's (or checkpoint's) model to ONNX at ``out``, atomically; returns its covseg metadata.
+
+    An existing ``out`` is replaced only with ``force`` (refused before any slow work otherwise).
 
     ``int8``: quantize it statically (:func:`covseg.quantize.quantize_run`), calibrated on the run's training slices
     (read from ``data``, default: the data the run trained on), and measure how many pixels of the run's validation
@@ -83,6 +85,8 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     if Path(out).suffix != ".onnx":
         raise CovsegError(f"{out}: export writes an ONNX file; give -o a name ending in .onnx, e.g. "
                           f"{Path(out).with_suffix('.onnx')}")
+    if os.path.lexists(out) and not force:  # a link too: the rename would replace it
+        raise CovsegError(f"{out}: exists; pass --force to replace it or choose another -o")
     import onnx
 
     from covseg.models import fold_batch_norm

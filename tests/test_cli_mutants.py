@@ -168,7 +168,7 @@ def _export_recorder(monkeypatch, agreement: str) -> list[tuple]:
 
     calls: list[tuple] = []
 
-    def export_onnx(model, output, checkpoint, int8=False, data=None):
+    def export_onnx(model, output, checkpoint, int8=False, data=None, force=False):
         calls.append((model, output, checkpoint, int8, data))
         return {"covseg_int8_agreement": agreement, "covseg_int8_checked_on": "its validation images",
                 "covseg_checkpoint": "last.pt" if checkpoint == "last" else "best.pt"}

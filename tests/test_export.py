@@ -137,6 +137,25 @@ def test_export_to_a_folder_or_of_an_onnx_file_is_refused_in_one_line(onnx_file:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_replaces_an_existing_onnx_file_only_with_force(tiny_run: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """As train and pretrain: an existing -o is refused in one line, before onnx or the model load, and kept
+    as it was; --force replaces it (walkthrough helper 184 found export overwrote it silently)."""
+    import sys
+
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier export")
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "onnx", None)  # the refusal must come before onnx loads
+        assert main(["export", str(tiny_run), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"covseg: error: {out}: exists; pass --force to replace it or choose another -o"]
+    assert out.read_bytes() == b"an earlier export"
+    assert main(["export", str(tiny_run), "-o", str(out), "--force"]) == 0
+    assert out.read_bytes() != b"an earlier export" and out.stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temporary file left beside it
+
+
 def test_export_writes_only_onnx_files_and_never_over_the_checkpoint(tiny_run: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("eval-*"))
