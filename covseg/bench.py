@@ -684,6 +684,18 @@ def _check_options(args: argparse.Namespace) -> None:
             raise SystemExit(f"covseg bench: {error}")
 
 
+def run_step(cmd: list[str], step: str) -> dict[str, Any]:
+    """Run one step of the benchmark (``cmd``: ``python -m covseg.bench ... --one MODEL PATH``, ``--scan-only``
+    or ``--e2e-only``) as its own process, so that each figure has its own allocator, caches and peak memory; return
+    the JSON object it prints last. A step that fails ends the run with one line naming ``step``
+    (``SystemExit``)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise SystemExit(f"benchmark step {step} failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.py") -> int:
     """Run the benchmark; prints the table and writes it to ``--out``, whose header names ``command`` (how it was
     started: ``covseg bench`` from the CLI) with ``argv``."""
@@ -772,11 +784,7 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
             cmd += ["--model", args.model]
         if args.scan_images:
             cmd += ["--scan-images", args.scan_images]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-            raise SystemExit(f"benchmark step {' '.join(extra)} failed: {last}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return run_step(cmd, " ".join(extra))
 
     rows = []
     for model in args.models.split(","):

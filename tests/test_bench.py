@@ -1,6 +1,9 @@
 """The benchmark runs end to end on a tiny size and writes its table (speed targets live in RESULTS.md)."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
 import subprocess
 import sys
@@ -49,6 +52,23 @@ def test_bench_main_writes_results(tmp_path: Path, capsys, monkeypatch: pytest.M
                  "rounds": rounds} for path, ms, img_s in (("fp32-naive", 3.25, 57.5), ("covseg", 2.5, 53.25))]
 
     monkeypatch.setattr(covseg.bench, "side_by_side", side_by_side_rows)
+    # one step runs as its own process, as every step does for a user (covseg.bench.run_step); the others run the
+    # same `python -m covseg.bench` arguments in this process, each process's start costing about 5 s on 2 AVX2 cores
+    # (the end-to-end step's own `covseg predict` stays a process of its own)
+    steps: list[str] = []
+
+    def run_step(cmd: list[str], step: str) -> dict:
+        steps.append(step)
+        assert cmd[1:3] == ["-m", "covseg.bench"], cmd
+        if step == "--one unet16 fp32-naive":
+            return real_run_step(cmd, step)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(cmd[3:]) == 0
+        return json.loads(printed.getvalue().strip().splitlines()[-1])
+
+    real_run_step = covseg.bench.run_step
+    monkeypatch.setattr(covseg.bench, "run_step", run_step)
     out = tmp_path / "RESULTS.md"
     # one ONNX path: the onnxruntime row's runner has its own tests (test_the_onnxruntime_row_runs_covseg_s_exported_graph)
     assert main(["--models", "unet16", "--paths", "fp32-naive,covseg,onnx-int8", "--size", "32", "--repeats", "1",
@@ -69,6 +89,9 @@ def test_bench_main_writes_results(tmp_path: Path, capsys, monkeypatch: pytest.M
            "timed pass right after an untimed one" in text
     assert "| unet16 | 3.2 | 2.5 (float32) | 1.3× | 57.50 | 53.25 | 0.9× |" in text.split("Side by side", 1)[1]
     assert asked == [(["unet16"], 32, 2, "cpu")]
+    assert steps[:3] == ["--one unet16 fp32-naive", "--one unet16 covseg", "--one unet16 onnx-int8"]
+    assert steps[3:] == ["--scan-only auto", "--e2e-only"] or steps[3:] == ["--scan-only auto", "--scan-only fp32",
+                                                                             "--e2e-only"]
 
 
 def test_serve_times_the_second_of_two_runs_of_each_command(monkeypatch) -> None:
@@ -119,10 +142,11 @@ def test_side_by_side_runs_each_path_in_its_own_process() -> None:
 
     from covseg.runtime import resolve_precision
 
-    # one model's two processes (unet16 serves in this process in test_serve_times_the_second_of_two_runs_of_each_
-    # command; the grouping and order of several models: tests/test_bench_mutants.py, with fake workers)
-    rows = side_by_side(["segnet"], size=32, rounds=2)
-    assert [(r["model"], r["path"]) for r in rows] == [("segnet", "fp32-naive"), ("segnet", "covseg")]
+    # one model's two processes (the grouping and order of several models: tests/test_bench_mutants.py, with fake
+    # workers); the default U-Net, whose passes at 32 x 32 cost little beside each process's start (segnet's took
+    # about 19 s here against 10.5 s on 2 AVX2 cores)
+    rows = side_by_side(["unet16"], size=32, rounds=2)
+    assert [(r["model"], r["path"]) for r in rows] == [("unet16", "fp32-naive"), ("unet16", "covseg")]
     assert all(r["infer_ms_b8"] > 0 and r["train_img_s"] > 0 and r["rounds"] == 2 for r in rows)
     assert rows[0]["dtype"] == "float32"
     assert rows[1]["dtype"] == str(resolve_precision("auto", torch.device("cpu"))).removeprefix("torch.")
