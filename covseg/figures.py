@@ -11,19 +11,9 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from covseg.fileio import atomic_path, display_text
-from covseg.labels import LabelScheme
+from covseg.labels import LabelScheme, overlay
 
-__all__ = ["overlay", "plain_text", "plot_curves", "plot_grid", "plot_comparison"]
-
-
-def overlay(image: np.ndarray, labels: np.ndarray, scheme: LabelScheme, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)`` of a grey ``(H, W)`` [0, 1] image with label colours blended in."""
-    grey = (np.clip(image, 0, 1) * 255).astype(np.float32)
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    colors = np.asarray(scheme.colors, dtype=np.float32)
-    fg = labels > 0
-    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colors[labels[fg]]
-    return rgb.clip(0, 255).astype(np.uint8)
+__all__ = ["plain_text", "plot_curves", "plot_grid", "plot_comparison"]
 
 
 def plain_text(text: object) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from covseg.errors import CovsegError
 
-__all__ = ["LabelScheme", "SCHEMES", "get_scheme", "BINARY", "MULTICLASS", "check_labels"]
+__all__ = ["LabelScheme", "SCHEMES", "get_scheme", "BINARY", "MULTICLASS", "check_labels", "overlay"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,13 @@ def check_labels(mask: np.ndarray, scheme: LabelScheme, source: str) -> None:
             f"{source}: label values {shown} are outside the {scheme.task} scheme "
             f"(0..{scheme.num_classes - 1}); fix the mask or choose the other --task"
         )
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, scheme: LabelScheme, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` of a grey ``(H, W)`` [0, 1] image with label colours blended in."""
+    grey = (np.clip(image, 0, 1) * 255).astype(np.float32)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    colors = np.asarray(scheme.colors, dtype=np.float32)
+    fg = labels > 0
+    rgb[fg] = (1 - alpha) * rgb[fg] + alpha * colors[labels[fg]]
+    return rgb.clip(0, 255).astype(np.uint8)

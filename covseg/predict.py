@@ -26,10 +26,9 @@ from covseg.datasets import DICOM_SUFFIXES, dicom_view_to_stored, read_image
 from covseg.dicom import looks_like_dicom
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, folders_made_for, interrupts_deferred, staging_folder, sync_path, sync_tree
-from covseg.figures import overlay
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
-from covseg.labels import LabelScheme
+from covseg.labels import LabelScheme, overlay
 from covseg.progress import progress_bar
 from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision

@@ -15,9 +15,8 @@ import numpy as np
 from PIL import Image
 
 from covseg.fileio import display_text
-from covseg.figures import overlay
 from covseg.intensity import stretch_percentiles, window_hu
-from covseg.labels import LabelScheme
+from covseg.labels import LabelScheme, overlay
 from covseg.quantify import nonzero_text, percent_text
 
 __all__ = ["render_report", "axial_montage", "coronal_view"]

@@ -47,7 +47,6 @@ from covseg.distill import DistillTerm, load_teachers
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError, Terminated
 from covseg.fileio import atomic_write_text, file_sha256, interrupts_deferred
-from covseg.figures import plot_curves
 from covseg.intensity import normalize_image
 from covseg.labels import get_scheme
 from covseg.losses import DeepSupervisionLoss, create_loss, median_frequency_weights
@@ -710,6 +709,8 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     finally:
         bar.close()
     if history and dist.is_main:
+        from covseg.figures import plot_curves  # matplotlib: imported by training, not by predict (which reads runs)
+
         plot_curves(history, run_dir / "curves.png", title=f"{config.model.name} · {d.task} · {d.split}")
     if val_x is None and len(history) == t.epochs and dist.is_main and (run_dir / "last.pt").exists():
         # No validation images: the last epoch's weights are the ones to use (once every epoch is saved).

@@ -13,8 +13,7 @@ import pytest
 
 import covseg.cli
 from covseg.errors import CovsegError, Terminated
-from covseg.figures import overlay
-from covseg.labels import BINARY, MULTICLASS, check_labels, get_scheme
+from covseg.labels import BINARY, MULTICLASS, check_labels, get_scheme, overlay
 from covseg.progress import progress_bar
 
 

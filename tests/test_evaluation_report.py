@@ -303,7 +303,7 @@ def test_names_with_dollars_or_undecodable_bytes_are_written_into_every_report_f
 
 
 def test_overlay_blends_each_label_s_colour_into_the_clipped_grey() -> None:
-    from covseg.figures import overlay
+    from covseg.labels import overlay
 
     image = np.array([[1.0, 1.0], [0.5, 2.0]])  # 2.0: out of range, shown as white
     labels = np.array([[0, 1], [1, 1]])  # background: left grey
@@ -322,7 +322,8 @@ def _drawn(monkeypatch: pytest.MonkeyPatch) -> list:
 
 
 def test_the_grid_shows_the_image_its_truth_and_the_prediction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from covseg.figures import overlay, plot_grid
+    from covseg.figures import plot_grid
+    from covseg.labels import overlay
 
     drawn = _drawn(monkeypatch)
     image = np.linspace(0, 1, 16).reshape(4, 4)

@@ -734,8 +734,7 @@ def test_the_montage_of_a_scan_without_lesion_spreads_over_it_4_per_row() -> Non
 
 
 def test_the_coronal_view_cuts_through_the_lungs_centre_superior_at_the_top() -> None:
-    from covseg.figures import overlay
-    from covseg.labels import BINARY
+    from covseg.labels import BINARY, overlay
 
     z, y = np.meshgrid(np.arange(4), np.arange(6), indexing="ij")
     grey = np.repeat(((z * 6 + y) / 30.0)[..., None], 5, axis=2)  # (4, 6, 5): each (z, y) row its own grey
