@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from covseg.datasets import list_images, read_image
+from covseg.datasets import IMAGE_SUFFIXES, list_images, read_image
+from covseg.dicom import looks_like_dicom
 from covseg.errors import CovsegError
 from covseg.fileio import check_output_folder
 from covseg.predict import SCAN_OUTPUTS, check_destinations, check_file_outputs, is_scan, output_stem
@@ -56,6 +57,12 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
             raise CovsegError(f"{output}: is inside the input folder {folder}, where predictions would be taken for "
                               "inputs by the next run; give -o a folder outside it")
     scans = [item for item in inputs if is_scan(item, spacing)]
+    for item in inputs:  # a file from a DICOM CD (IM000001, 1.2.840...; .IMA): not "an unsupported file type"
+        if (item.is_file() and item not in scans and not item.name.lower().endswith(IMAGE_SUFFIXES)
+                and looks_like_dicom(item)):
+            raise CovsegError(f"{item}: is a DICOM file without the .dcm suffix; give the folder holding its series "
+                              f"(covseg predict {item.parent} -o OUT --model ...) to segment the scan, or copy the file "
+                              "to a name ending in .dcm to predict it as one 2-D slice")
     files = [f for item in inputs if item not in scans for f in list_images(item)]
     nested = next((f for f in files if f not in inputs and is_scan(f)), None)
     if nested is not None:

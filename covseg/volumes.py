@@ -44,7 +44,7 @@ from covseg.dicom import (check_greyscale, dicom_floats, looks_like_dicom, read_
                           rescale_to_hu, slice_pixels)
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
-from covseg.intensity import HU_MIN_THRESHOLD, fill_non_finite, raw_ct_warning, scale_stored_grey
+from covseg.intensity import HU_MIN_THRESHOLD, RAW_CT_MAX, fill_non_finite, raw_ct_warning, scale_stored_grey
 
 __all__ = [
     "CANONICAL_AXCODES",
@@ -437,6 +437,15 @@ def _read_nifti(path: Path, header_only: bool = False) -> Volume | None:
     data = _finite(data, path, warnings)
     lo, hi = float(data.min()), float(data.max())
     is_hu = lo < HU_MIN_THRESHOLD
+    if not is_hu and dtype.kind in "iu" and 0 <= lo and 255 < hi <= RAW_CT_MAX:
+        # stored integers beyond 8-bit grey within 12 bits: CT numbers stored as HU + 1024 without the header's
+        # scl_inter (as a DICOM series without RescaleIntercept, which is refused too); min-max scaled as grey
+        # values they put soft tissue below the air threshold, and the lung mask and every volume would be wrong
+        raise CovsegError(
+            f"{path}: its values {lo:g}..{hi:g} look like raw CT numbers (HU + 1024) stored without the header's "
+            "rescale (scl_slope / scl_inter), not Hounsfield units; set them (nibabel: "
+            "img.header.set_slope_inter(1, -1024)) or convert the scan again in HU"
+        )
     if not is_hu:
         warnings.append(
             f"{path.name}: values {lo:g}..{hi:g} do not look like Hounsfield units (no air below {HU_MIN_THRESHOLD:g}); "
@@ -901,8 +910,9 @@ def read_volume(path: str | Path, series_uid: str | None = None,
 
     ``path`` is one of:
 
-    * a NIfTI file ``.nii`` / ``.nii.gz`` (scl_slope/scl_inter applied; HU when its minimum is below -100; an affine in
-      metres or micrometres, by its xyzt_units, is taken in mm);
+    * a NIfTI file ``.nii`` / ``.nii.gz`` (scl_slope/scl_inter applied; HU when its minimum is below -100; stored
+      integers within 0..:data:`~covseg.intensity.RAW_CT_MAX` reaching above 255, raw CT numbers without the header's
+      scl_inter, refused; an affine in metres or micrometres, by its xyzt_units, is taken in mm);
     * a folder holding a DICOM series (files with any name, told by a ``.dcm`` suffix or the ``DICM`` preamble;
       non-DICOM files such as a README, a preview image or a converted NIfTI beside the series are skipped),
       or one DICOM file (refused: a single slice is not a scan). Several series: ``series_uid`` picks one,

@@ -124,3 +124,29 @@ def test_a_dicom_file_of_a_transfer_syntax_pydicom_does_not_know_is_one_line(tmp
     path.write_bytes(raw.replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.9.9.9\0"))  # the same length
     with pytest.raises(CovsegError, match=rf"^{path}: cannot read its pixel data \(.*1\.2\.840\.10008\.9\.9\.9"):
         read_dicom_slice(path)
+
+
+@pytest.mark.parametrize("name", ["1.2.840.113619.2.55.3", "IM000001", "CT.0001.IMA"])
+def test_a_dicom_file_without_the_dcm_suffix_is_named_as_dicom_with_the_way_to_read_it(tmp_path: Path,
+                                                                                       name: str) -> None:
+    # a file from a DICOM CD given on its own was "unsupported file type '.3'; use one of ..., .dcm"
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SeriesInstanceUID, ds.Modality, ds.RescaleSlope, ds.RescaleIntercept = generate_uid(), "CT", 1, -1024
+    ds.set_pixel_data(np.full((4, 4), 24, np.uint16), "MONOCHROME2", 16)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    (tmp_path / "series").mkdir()
+    path = tmp_path / "series" / name
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(CovsegError, match=rf"^{path}: is a DICOM file without the \.dcm suffix; give the folder holding "
+                                          rf"its series \(covseg predict {path.parent} -o OUT"):
+        plan_predict([path], tmp_path / "out")
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(CovsegError, match=r"unsupported file type '\.txt'"):  # other files: as before
+        plan_predict([text], tmp_path / "out")

@@ -894,6 +894,25 @@ def test_a_nifti_is_hu_only_when_its_minimum_is_below_minus_100(tmp_path, low, i
     assert any("do not look like Hounsfield units" in w for w in vol.warnings) is (not is_hu)
 
 
+@pytest.mark.parametrize("dtype, hi, refused", [(np.uint16, 1139, True), (np.int16, 4095, True),
+                                                (np.uint8, 255, False), (np.uint16, 4096, False),
+                                                (np.float32, 1139, False)])
+def test_a_nifti_of_raw_ct_numbers_without_its_rescale_is_refused(tmp_path, dtype, hi, refused):
+    """HU + 1024 stored as whole numbers without scl_inter (0..1139 here) was min-max scaled as grey values: soft tissue
+    (1064) read as about -900 HU, the lung mask and every reported volume wrong, with only a 'treated as grey values'
+    warning. Refused like a DICOM series without RescaleIntercept; 8-bit grey, 16-bit grey beyond 12 bits and float
+    values are still read as grey values."""
+    data = np.full((6, 5, 4), 40, dtype)
+    data[0, 0, 0], data[1, 1, 1] = 0, hi
+    nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.5, 1.0])), str(tmp_path / "ct.nii.gz"))
+    if refused:
+        with pytest.raises(CovsegError, match=r"look like raw CT numbers \(HU \+ 1024\).*set_slope_inter\(1, -1024\)"):
+            read_volume(tmp_path / "ct.nii.gz")
+    else:
+        vol = read_volume(tmp_path / "ct.nii.gz")
+        assert not vol.is_hu and any("treated as grey values" in w for w in vol.warnings)
+
+
 def test_a_dicom_series_without_rescale_tags_is_hu_only_when_it_reaches_below_minus_100(tmp_path):
     hu = truth_hu()[:3]
     hu = hu - hu.min() - 100.0  # minimum exactly -100: not below it
