@@ -505,8 +505,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                           ("--min-lesion-ml", args.min_lesion_ml)) if value is not None]
     plan = plan_predict(args.inputs, args.output, args.series, args.spacing, overlays=not args.no_overlays,
                         scan_only=scan_only)
+    # 2-D slices alone: their number decides whether tracing the model into ONNX Runtime pays (ONNX_MIN_SLICES);
+    # a scan's slices are not counted before it is read, and a scan has many
+    slices = None if plan.scans else len(plan.files)
     predictor, config, info = open_models(args.model, args.lesion_model, args.task, "auto", args.backend, args.device,
-                                          args.precision, args.batch_size, args.tta)
+                                          args.precision, args.batch_size, args.tta, slices)
     scheme = get_scheme(config.data.task)
     chosen = {} if args.min_lesion_ml is None else {"min_lesion_ml": args.min_lesion_ml}
     options = ScanOptions(inside_lungs_only=not args.keep_outside_lungs, **chosen,

@@ -34,21 +34,31 @@ from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
 from covseg.volumes import quiet_file_readers, view_to_nifti_slice
 
-__all__ = ["SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use",
+__all__ = ["ONNX_MIN_SLICES", "SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use",
            "predict_files", "check_file_outputs", "check_destinations", "predict_scan", "scan_summary", "is_scan", "output_stem",
            "write_label_nifti"]
 
 
+ONNX_MIN_SLICES = 32
+"""With ``--backend auto``, the fewest slices for which a checkpoint's fp32 passes on a CPU go through ONNX Runtime.
+Tracing the model into ONNX first (importing ``onnx``, exporting, opening the session) costs about 1.7 s, which a
+few slices do not win back: ``covseg predict`` of a default multiclass model on 1 / 8 / 16 / 32 / 64 / 100
+COVID-SemiSeg slices took 6.7 / 7.6 / 9.5 / 11.9 / 14.9 / 17.5 s with ONNX Runtime against 3.9 / 6.3 / 9.1 / 12.7 /
+17.5 / 20.1 s in PyTorch (medians of 3, the engines alternating, on a 2-core AVX2 EPYC beside other work, session 71;
+``benchmarks/predict_engine.py``, benchmarks/RESULTS.md)."""
+
+
 def open_predictor(model_path: Path, task: str | None = None, which: str = "auto", backend: str = "auto",
                    device: str = "cpu", precision: str = "auto", batch_size: int = 8,
-                   flip_tta: bool = False) -> tuple[Predictor, RunConfig, dict[str, Any]]:
+                   flip_tta: bool = False, slices: int | None = None) -> tuple[Predictor, RunConfig, dict[str, Any]]:
     """A :class:`Predictor` for a run folder, checkpoint or covseg ONNX file.
 
     ``backend``: ``torch``, ``onnx`` (needs a ``.onnx`` file from ``covseg export``) or ``auto``: an ONNX
     file runs in ONNX Runtime; a checkpoint runs in PyTorch, except that its fp32 passes on a CPU (``--precision
     fp32``, or bf16 refused by the agreement check) run through ONNX Runtime, the faster fp32 engine there
-    (:class:`TorchBackend`'s ``fp32_engine``). ``torch`` keeps every pass in PyTorch. Returns the predictor, the
-    model's run config and a description for reports.
+    (:class:`TorchBackend`'s ``fp32_engine``), unless ``slices`` (how many slices the predictor will segment,
+    where the caller knows) is under :data:`ONNX_MIN_SLICES`. ``torch`` keeps every pass in PyTorch. Returns the
+    predictor, the model's run config and a description for reports.
     """
     is_onnx = Path(model_path).suffix == ".onnx"
     auto = backend == "auto"
@@ -80,7 +90,8 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "auto
         checkpoint = find_checkpoint(model_path, which)
         model, config, state = load_model(checkpoint, task=task)
         dev = resolve_device(device)
-        fp32_engine = "onnxruntime" if auto and dev.type == "cpu" else "torch"
+        few = slices is not None and slices < ONNX_MIN_SLICES  # tracing would cost more than it saves
+        fp32_engine = "onnxruntime" if auto and dev.type == "cpu" and not few else "torch"
         torch_backend = TorchBackend(model, dev, resolve_precision(precision, dev), fp32_engine, name=str(checkpoint))
         info = {"file": str(checkpoint), "epoch": state.get("epoch"), "backend": torch_backend.description}
         predictor = Predictor(torch_backend, config.data.input_size, batch_size, flip_tta, config.data.normalize,
@@ -123,18 +134,19 @@ def ensemble_members(model_paths: Sequence[Path]) -> list[Path]:
 
 
 def open_ensemble(model_paths: Sequence[Path], task: str | None = None, which: str = "auto", backend: str = "auto",
-                  device: str = "cpu", precision: str = "auto", batch_size: int = 8,
-                  flip_tta: bool = False) -> tuple[Predictor | EnsemblePredictor, RunConfig, dict[str, Any]]:
+                  device: str = "cpu", precision: str = "auto", batch_size: int = 8, flip_tta: bool = False,
+                  slices: int | None = None) -> tuple[Predictor | EnsemblePredictor, RunConfig, dict[str, Any]]:
     """:func:`open_predictor` for one model; for several (or a cross-validation folder, see
-    :func:`ensemble_members`) an :class:`EnsemblePredictor` that averages their probabilities.
+    :func:`ensemble_members`) an :class:`EnsemblePredictor` that averages their probabilities. ``slices``: as for
+    :func:`open_predictor`.
 
     Members must share the label scheme and the CT window their images are read with. Returns the
     predictor, the first member's config and a description whose ``members`` lists every member's.
     """
     paths = ensemble_members(model_paths)
     if len(paths) == 1:
-        return open_predictor(paths[0], task, which, backend, device, precision, batch_size, flip_tta)
-    opened = [open_predictor(p, task, which, backend, device, precision, batch_size, flip_tta) for p in paths]
+        return open_predictor(paths[0], task, which, backend, device, precision, batch_size, flip_tta, slices)
+    opened = [open_predictor(p, task, which, backend, device, precision, batch_size, flip_tta, slices) for p in paths]
     config = opened[0][1]
     for path, (_, other, _) in zip(paths[1:], opened[1:]):
         if other.data.task != config.data.task:
@@ -153,13 +165,14 @@ def open_ensemble(model_paths: Sequence[Path], task: str | None = None, which: s
 
 def open_models(model_paths: Sequence[Path], lesion_paths: Sequence[Path] | None = None, task: str | None = None,
                 which: str = "auto", backend: str = "auto", device: str = "cpu", precision: str = "auto",
-                batch_size: int = 8, flip_tta: bool = False
+                batch_size: int = 8, flip_tta: bool = False, slices: int | None = None
                 ) -> tuple[Predictor | EnsemblePredictor | LesionTypePredictor, RunConfig, dict[str, Any]]:
     """:func:`open_ensemble` of ``model_paths``; with ``lesion_paths`` (binary models), a
     :class:`~covseg.inference.LesionTypePredictor` that takes where the lesion is from them and its type from
     the multiclass ``model_paths``. Returns the predictor, the multiclass config and a description whose
-    ``lesion_model`` describes the binary side."""
-    predictor, config, info = open_ensemble(model_paths, task, which, backend, device, precision, batch_size, flip_tta)
+    ``lesion_model`` describes the binary side. ``slices``: as for :func:`open_predictor`."""
+    predictor, config, info = open_ensemble(model_paths, task, which, backend, device, precision, batch_size, flip_tta,
+                                            slices)
     if not lesion_paths:
         if info["types_only"]:
             raise CovsegError(f"{', '.join(map(str, model_paths))}: a model that learnt lesion types only "
@@ -167,7 +180,7 @@ def open_models(model_paths: Sequence[Path], lesion_paths: Sequence[Path] | None
         return predictor, config, info
     check_type_model_task(model_paths[0], config.data.task)
     lesion, lesion_config, lesion_info = open_ensemble(lesion_paths, None, which, backend, device, precision,
-                                                      batch_size, flip_tta)
+                                                      batch_size, flip_tta, slices)
     check_lesion_task(lesion_paths[0], lesion_config.data.task)
     if lesion_config.data.window != config.data.window:
         raise CovsegError(f"--lesion-model {lesion_paths[0]} reads images with CT window {lesion_config.data.window} "

@@ -473,7 +473,11 @@ def _script(name: str):
     ("speck_screen", ["NONE"], "NONE has no trained fold-0/last.pt"),
     ("speck_screen", ["NONE", "--folds", "1"], "--folds must be 2 or more"),
     ("gap_analysis", ["NONE"], "NONE has no trained fold-0/last.pt"),
-    ("gap_analysis", ["NONE", "--folds", "0"], "--folds must be 1 or more")])
+    ("gap_analysis", ["NONE", "--folds", "0"], "--folds must be 1 or more"),
+    ("predict_engine", ["--images", "NONE"], "NONE: no such folder of CT slices"),
+    ("predict_engine", ["--images", "NONE", "--counts", "1,x"], "--counts takes whole numbers"),
+    ("predict_engine", ["--images", "NONE", "--counts", "0"], "--counts must be 1 or more slices each"),
+    ("predict_engine", ["--images", "NONE", "--rounds", "0"], "--rounds must be 1 or more, not 0")])
 def test_benchmark_scripts_refuse_bad_input_in_one_line(script: str, args: list[str], message: str,
                                                         tmp_path: Path) -> None:
     none = str(tmp_path / "none")
@@ -481,6 +485,25 @@ def test_benchmark_scripts_refuse_bad_input_in_one_line(script: str, args: list[
         _script(script).main([none if a == "NONE" else a for a in args])
     text = str(refused.value).replace("NONE", none)
     assert text.startswith(f"{script}: ") and message.replace("NONE", none) in text and "\n" not in text, text
+
+
+def test_predict_engine_alternates_the_engines_and_prints_medians(tiny_data: Path, monkeypatch, capsys) -> None:
+    engine = _script("predict_engine")
+    calls: list[tuple[int, str]] = []
+    took = {"onnxruntime": iter([3.0, 1.0, 2.0]), "torch": iter([4.0, 6.0, 5.0])}
+
+    def fake_predict(images: Path, model: str, which: str, out: Path) -> tuple[float, str]:
+        calls.append((len(list(images.iterdir())), which))
+        return next(took[which]), f"{which} backend"
+
+    monkeypatch.setattr(engine, "time_predict", fake_predict)
+    images = tiny_data / "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs"
+    assert engine.main(["--images", str(images), "--model", "M", "--counts", "2", "--rounds", "3"]) == 0
+    assert calls == [(2, "onnxruntime"), (2, "torch"), (2, "torch"), (2, "onnxruntime"), (2, "onnxruntime"),
+                     (2, "torch")]
+    assert "| 2 | 2.00 | 5.00 | 2.50× | onnxruntime backend; torch backend |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="holds 12 slices, fewer than the 13 asked for"):
+        engine.main(["--images", str(images), "--counts", "13"])
 
 
 def test_bf16_paths_refuses_an_unknown_model_by_name(capsys: pytest.CaptureFixture) -> None:

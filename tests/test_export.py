@@ -358,6 +358,34 @@ def test_auto_backend_runs_fp32_in_onnxruntime_and_torch_backend_does_not(tiny_r
         TorchBackend(torch.nn.Conv2d(1, 2, 1), torch.device("cuda"), torch.float32, fp32_engine="onnxruntime")
 
 
+def test_auto_keeps_pytorch_s_fp32_for_fewer_slices_than_pay_for_the_tracing(tiny_run: Path) -> None:
+    from covseg.predict import ONNX_MIN_SLICES
+
+    few, _, info = open_predictor(tiny_run, precision="fp32", slices=ONNX_MIN_SLICES - 1)
+    assert few.backend.fp32_engine == "torch" and info["backend"] == "torch cpu float32"
+    for slices in (ONNX_MIN_SLICES, None):  # enough slices, or a number the caller does not know (a scan)
+        many, _, info = open_predictor(tiny_run, precision="fp32", slices=slices)
+        assert many.backend.fp32_engine == "onnxruntime", slices
+        assert info["backend"] == "onnxruntime cpu float32 (traced from torch)", slices
+
+
+def test_predict_of_a_few_slices_runs_pytorch_and_says_so(tiny_run: Path, tiny_data: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import covseg.predict
+
+    images = sorted((tiny_data / "Dataset" / "TrainingSet" / "LungInfection-Train" / "Doctor-label" / "Imgs").iterdir())
+    assert main(["predict", *map(str, images[:2]), "--model", str(tiny_run), "-o", str(tmp_path / "few"),
+                 "--precision", "fp32", "--quiet"]) == 0
+    assert json.loads((tmp_path / "few" / "predictions.json").read_text())["model"]["backend"] == "torch cpu float32"
+    monkeypatch.setattr(covseg.predict, "ONNX_MIN_SLICES", 2)  # the two files now count as enough
+    assert main(["predict", *map(str, images[:2]), "--model", str(tiny_run), "-o", str(tmp_path / "many"),
+                 "--precision", "fp32", "--quiet"]) == 0
+    assert json.loads((tmp_path / "many" / "predictions.json").read_text())["model"]["backend"] == \
+        "onnxruntime cpu float32 (traced from torch)"
+
+
 def test_reports_name_the_backend_that_ran_after_a_fallback(tiny_run: Path, monkeypatch) -> None:
     model, config, _ = load_model(tiny_run)
     monkeypatch.setattr(inference, "BF16_MIN_AGREEMENT", 1.01)

@@ -278,7 +278,7 @@ def fake_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Ru
     configs: dict[str, RunConfig] = {}
 
     def fake_open(path, task=None, which="auto", backend="auto", device="cpu", precision="auto", batch_size=8,
-                  flip_tta=False):
+                  flip_tta=False, slices=None):
         config = configs[Path(path).name]
         info = {"name": Path(path).name, "file": str(Path(path) / "best.pt"), "backend": "fake " + Path(path).name,
                 "recipe": config.recipe, "task": config.data.task, "flip_tta": flip_tta,
