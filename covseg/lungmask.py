@@ -61,6 +61,7 @@ __all__ = [
     "RIGHT_LUNG",
     "LEFT_LUNG",
     "lung_mask",
+    "check_lung_coverage",
     "check_lung_mask",
     "body_midline",
 ]
@@ -389,6 +390,20 @@ def lung_mask(hu: np.ndarray, spacing: Sequence[float], closing_mm: float = CLOS
     part[~keep[lab]] = 0
     out[box] = part
     return out
+
+
+def check_lung_coverage(mask: np.ndarray) -> list[str]:
+    """A warning (one line) where a :func:`lung_mask` result ``(Z, Y, X)``, in canonical orientation (slice 0 the most
+    inferior), reaches the scan's top or bottom axial slice: the scan may cut the lungs off there, and every volume
+    and percentage is then of the part scanned (a slab of a few slices reads as the whole lungs). Empty otherwise,
+    and for an empty mask (:func:`check_lung_mask` tells that)."""
+    mask = np.asarray(mask)
+    ends = [name for z, name in ((-1, "top (superior)"), (0, "bottom (inferior)")) if mask[z].any()]
+    if not ends:
+        return []
+    where = " and ".join(ends) + (" slices" if len(ends) == 2 else " slice")
+    return [f"the lungs reach the scan's {where}, so the scan may not hold the whole lungs: the volumes and "
+            "percentages are of the part scanned"]
 
 
 def check_lung_mask(mask: np.ndarray, spacing: Sequence[float] | None = None) -> list[str]:

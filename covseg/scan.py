@@ -17,7 +17,7 @@ import numpy as np
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW, to_unit_range, window_hu
 from covseg.labels import LabelScheme
-from covseg.lungmask import LEFT_LUNG, RIGHT_LUNG, body_midline, check_lung_mask, lung_mask
+from covseg.lungmask import LEFT_LUNG, RIGHT_LUNG, body_midline, check_lung_coverage, check_lung_mask, lung_mask
 from covseg.progress import progress_bar
 from covseg.quantify import quantify, remove_small_components, restrict_to_lungs
 from covseg.volumes import Volume, check_voxel_size
@@ -139,7 +139,7 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
     tick = time.perf_counter()
     hu = volume.hu if volume.is_hu else grey_to_hu(volume.hu, options.window)
     lungs = lung_mask(hu, volume.spacing).astype(np.uint8)
-    warnings = list(volume.warnings) + check_lung_mask(lungs, volume.spacing)
+    warnings = list(volume.warnings) + check_lung_mask(lungs, volume.spacing) + check_lung_coverage(lungs)
     seconds["lungs"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

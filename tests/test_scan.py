@@ -77,6 +77,8 @@ def test_real_two_slice_dicom_scan(tiny_run: Path, tmp_path: Path) -> None:
     # two 512x512 slices of 0.625 mm pixels: both lungs, a plausible slab volume
     assert report["figures"]["right"]["lung_ml"] > 1 and report["figures"]["left"]["lung_ml"] > 1
     assert report["slices_segmented"] == 2
+    # a 1.25 mm slab: its figures are of the slab, which the report says (before: "severity 3" and no word of it)
+    assert any("reach the scan's top (superior) and bottom (inferior) slices" in w for w in report["warnings"])
 
 
 def test_failure_leaves_nothing_under_out(phantom, tiny_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -225,6 +227,39 @@ def test_effusion_is_kept_outside_the_lungs_and_is_not_involvement(tmp_path: Pat
     assert total["lung_ml"] == pytest.approx(float((result.lungs > 0).sum() - (result.lesions[result.lungs > 0] == 3).sum()) * voxel_ml)
     assert total["class_ml"]["pleural_effusion"] == pytest.approx(float((result.lesions == 3).sum()) * voxel_ml)
     assert "pleural_effusion" not in total["class_percent"]
+
+
+def test_a_scan_that_cuts_the_lungs_off_says_its_figures_are_of_the_part_scanned(tmp_path: Path) -> None:
+    from covseg.labels import BINARY
+    from covseg.lungmask import check_lung_coverage
+    from covseg.scan import segment_scan
+    from covseg.volumes import read_volume
+
+    mask = np.zeros((4, 3, 3), np.uint8)
+    assert check_lung_coverage(mask) == []  # no lung: check_lung_mask says so
+    mask[1:3, 1, 1] = 1
+    assert check_lung_coverage(mask) == []
+    mask[3, 1, 1] = 2  # slice 3: the top (superior) end in canonical orientation
+    assert check_lung_coverage(mask) == ["the lungs reach the scan's top (superior) slice, so the scan may not hold "
+                                         "the whole lungs: the volumes and percentages are of the part scanned"]
+    mask[3], mask[0, 1, 1] = 0, 1
+    assert "scan's bottom (inferior) slice, so" in check_lung_coverage(mask)[0]
+
+    class NoLesion:
+        batch_size = 8
+
+        def __call__(self, crops):
+            return [np.stack([np.ones(c.shape), np.zeros(c.shape)]) for c in crops]
+
+    hu, _ = chest_phantom(shape=(20, 64, 64), spacing=(2.5, 1.2, 1.2))  # lungs on slices 2..17 of 20
+    warned = {}
+    for name, part in (("whole", hu), ("upper half cut off", hu[:10])):
+        nib.save(nib.Nifti1Image(np.transpose(part, (2, 1, 0)).astype(np.int16), np.diag([-1.2, -1.2, 2.5, 1.0])),
+                 str(tmp_path / "chest.nii.gz"))
+        result = segment_scan(read_volume(tmp_path / "chest.nii.gz"), NoLesion(), BINARY, progress=False)
+        warned[name] = [w for w in result.warnings if "reach the scan's" in w]
+    assert warned["whole"] == []
+    assert len(warned["upper half cut off"]) == 1 and "top (superior) slice, so" in warned["upper half cut off"][0]
 
 
 def test_a_lung_lesion_speck_beside_an_effusion_is_dropped_as_any_speck(tmp_path: Path) -> None:
