@@ -163,15 +163,28 @@ def _checked_teachers(config: RunConfig, held_out: Collection[str], build: bool
     are built only with ``build``."""
     found: list[tuple[Path, nn.Module | None]] = []
     for entry in teacher_paths(config.train.distill, config):
-        if not Path(entry).exists():
+        path = Path(entry)
+        if not path.exists():
             raise CovsegError(f"train.distill: {entry}: no such run folder or checkpoint; train the teacher first "
                               "(covseg train ... -o RUN) or correct the path")
-        file = find_checkpoint(entry, "final", choosable=False)
-        if build:
-            model, made, saved = load_model(file)
-        else:
-            model, saved = None, read_checkpoint(file)
-            made = config_from_dict(saved["config"], source=str(file))
+        if path.is_dir() and not (path / "config.yaml").is_file():
+            if any(p.name[5:].isdigit() for p in path.glob("fold-*")):
+                raise CovsegError(f"train.distill: {entry} is a cross-validation folder, whose fold models trained on "
+                                  "one another's held-out images; name one fold's run, the fold of this run's "
+                                  f"split: {path / 'fold-{fold}'}")
+            if (path / "pretrained.pt").is_file():
+                raise CovsegError(f"train.distill: {entry} is a covseg pretrain folder, which holds no segmentation "
+                                  f"model to learn from; give trained run folders (start from it with "
+                                  f"train.init={entry} instead)")
+        try:  # the option named, as _check_teacher's refusals do: the path alone does not say which setting it is
+            file = find_checkpoint(entry, "final", choosable=False)
+            if build:
+                model, made, saved = load_model(file)
+            else:
+                model, saved = None, read_checkpoint(file)
+                made = config_from_dict(saved["config"], source=str(file))
+        except CovsegError as err:
+            raise CovsegError(f"train.distill: {err}") from None
         _check_teacher(file, made, saved, config, held_out)
         found.append((file, model))
     if not found:

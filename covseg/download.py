@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import urllib.error
 import urllib.parse
@@ -24,7 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import CovsegError
-from .fileio import file_sha256, folders_made_for
+from .fileio import file_sha256, folders_made_for, unwritable_reason
 
 __all__ = [
     "DatasetSource",
@@ -141,26 +142,33 @@ class DownloadReport:
         for name, s in self.splits.items():
             ok = len(s.fetched) + len(s.skipped)
             if s.complete:
-                text = (f"{name} split: {ok} files verified "
+                text = (f"{name} split: {_files(ok)} verified "
                         f"({len(s.fetched)} fetched, {len(s.skipped)} already present)")
             elif ok == 0 and not s.corrupt and name not in self.required:
-                text = (f"{name} split: {len(s.missing)} files missing from the mirror "
+                text = (f"{name} split: {_files(len(s.missing))} missing from the mirror "
                         "(held out by this mirror; not required)")
             else:
-                text = f"{name} split: {ok} of {s.total} files verified"
+                text = f"{name} split: {ok} of {_files(s.total)} verified"
                 if s.missing:
                     text += f", {len(s.missing)} missing from the mirror"
                 if s.corrupt:
-                    text += (f", {len(s.corrupt)} failed their SHA-256 check"
-                             + (" (left as they are)" if self.in_place else " and were deleted"))
+                    one = len(s.corrupt) == 1
+                    text += (f", {len(s.corrupt)} failed {'its' if one else 'their'} SHA-256 check"
+                             + ((" (left as it is)" if one else " (left as they are)") if self.in_place
+                                else " and was deleted" if one else " and were deleted"))
                 if name not in self.required:
                     text += " (not required)"
             parts.append(text)
         if self.extra_copied or self.extra_present:
-            parts.append(f"{self.extra_label}: {self.extra_copied + self.extra_present} files "
+            parts.append(f"{self.extra_label}: {_files(self.extra_copied + self.extra_present)} "
                          f"({self.extra_copied} copied, {self.extra_present} already present)")
         parts.extend(self.notes)
         return f"{self.dataset} in {self.root}: " + "; ".join(parts)
+
+
+def _files(number: int) -> str:
+    """``number`` files, "file" when it is 1: "1 file", "200 files"."""
+    return f"{number} file{'' if number == 1 else 's'}"
 
 
 def _source(name: str) -> DatasetSource:
@@ -380,6 +388,10 @@ def download(dataset: str, dest: Path, mirror: str | None = None,
         _check_url(base)
         base = base if base.endswith("/") else base + "/"
     else:
+        scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", base)
+        if scheme and scheme.group(1).lower() != "file":  # a folder path would be made of it, "ftp:/host/..."
+            raise CovsegError(f"mirror URL {base} is not valid: covseg fetches over http:// and https:// only, not "
+                              f"{scheme.group(1)}://; pass --mirror http://HOST[:PORT]/PATH/ or a folder")
         if base.lower().startswith("file://"):
             base = urllib.request.url2pathname(urllib.parse.urlparse(base).path)
         src_root = Path(base).expanduser()
@@ -392,6 +404,11 @@ def download(dataset: str, dest: Path, mirror: str | None = None,
         # the mirror is the data folder (--mirror DIR/<dataset> --data-dir DIR): fetching would delete a bad file
         # from the mirror itself, so its files are only verified
         return _verify_in_place(dataset, src, manifest, root, progress)
+    # a folder to make: refuse a file in the way or a folder above it that cannot be written, before anything is
+    # fetched (an existing one is not probed: a complete download on a read-only mount is verified as before)
+    why = None if root.is_dir() else unwritable_reason(root, folder=True)
+    if why:
+        raise CovsegError(f"{root}: cannot be written ({why}); give --data-dir a folder you can write")
     with folders_made_for(root):  # a failed first download leaves no empty folders behind
         root.mkdir(parents=True, exist_ok=True)
         return _fetch_all(dataset, src, manifest, base, src_root, root, progress)
@@ -440,7 +457,7 @@ def _verify_in_place(dataset: str, src: DatasetSource, manifest: dict[str, str],
         bad = sorted(s.missing + s.corrupt)
         if bad:
             why = "is missing" if bad[0] in s.missing else "fails its SHA-256 check"
-            raise CovsegError(f"{name} split incomplete: {len(bad)} of {s.total} files missing or corrupt, first "
+            raise CovsegError(f"{name} split incomplete: {len(bad)} of {_files(s.total)} missing or corrupt, first "
                               f"{bad[0]} ({why}); --mirror is the data folder itself ({root}), so nothing was "
                               f"fetched or deleted: {_MIRROR_HINT} with another, complete copy")
     return report
@@ -521,7 +538,7 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
             first = bad[0]
             why = "missing from" if first in s.missing else "fails its SHA-256 check in"
             raise CovsegError(
-                f"{name} split incomplete: {len(bad)} of {s.total} files missing or corrupt, "
+                f"{name} split incomplete: {len(bad)} of {_files(s.total)} missing or corrupt, "
                 f"first {first} ({why} {report.mirror}); {_MIRROR_HINT} with a complete copy"
             )
     return report

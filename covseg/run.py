@@ -399,8 +399,11 @@ def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseu
     samples = load_pseudo_labels(folder, data_path, d.task, d.window,
                                  split.get("val", []) + split.get("test", []))
     x, y = _stack(samples, d)
-    log(f"self-training: {len(samples)} pseudo-labelled slices from {folder}, "
-        f"{d.pseudo_ratio:g} per labelled image each epoch")
+    asked = int(round(d.pseudo_ratio * len(split.get("train", []))))  # as epoch_pseudo_indices draws them
+    drawn = (f"{min(asked, len(samples))} drawn each epoch (data.pseudo_ratio {d.pseudo_ratio:g} per labelled image"
+             + (f"; it asks {asked}, more than were kept)" if asked > len(samples) else ")"))
+    log(f"self-training: {len(samples)} pseudo-labelled slice{'' if len(samples) == 1 else 's'} from {folder}, "
+        + drawn)
     digest = file_sha256(folder / PSEUDO_FILE)
     return _Pseudo(x.half(), y.to(torch.uint8), digest)
 
@@ -588,7 +591,8 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     distill = None
     if teachers is not None:
         distill = DistillTerm(teachers.networks, t.distill_weight, t.distill_temperature, device, dtype)
-        log(f"distillation: {len(teachers.files)} teacher(s) ({', '.join(str(f) for f in teachers.files)}), "
+        count = len(teachers.files)
+        log(f"distillation: {count} teacher{'' if count == 1 else 's'} ({', '.join(str(f) for f in teachers.files)}), "
             f"weight {t.distill_weight:g}, temperature {t.distill_temperature:g}")
     optimizer = make_optimizer(model, t)
     loss_fn = _training_loss(t, weights).to(device)

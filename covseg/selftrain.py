@@ -202,7 +202,8 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     """
     teacher, out_dir = Path(teacher), Path(out_dir)
     if not teacher.is_dir():
-        raise CovsegError(f"{teacher}: the teacher must be a run folder or a cross-validation folder")
+        what = "is a file, not a folder" if teacher.exists() else "does not exist"
+        raise CovsegError(f"{teacher}: {what}; the teacher must be a run folder or a cross-validation folder")
     t, o = teacher.resolve(), out_dir.resolve()
     if o == t or t in o.parents or o in t.parents:
         raise CovsegError(f"{out_dir}: the output may not be the teacher's folder, inside it or above it; "

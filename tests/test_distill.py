@@ -100,6 +100,33 @@ def test_teachers_of_another_split_task_or_input_are_refused(tiny_run: Path, tmp
         load_teachers(config)
 
 
+
+def test_a_teacher_that_is_no_run_is_refused_naming_the_option(tiny_run: Path, tmp_path: Path) -> None:
+    base = [*TINY_OVERRIDES, "data.split=cv:0"]
+    cv, pre, other = tmp_path / "cv", tmp_path / "pre", tmp_path / "other"
+    import shutil
+
+    shutil.copytree(tiny_run, cv / "fold-0")  # a cross-validation folder: fold-K runs
+    pre.mkdir()
+    torch.save({"format": "covseg-pretrained-1"}, pre / "pretrained.pt")
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+
+    def refusal(spec: str) -> str:
+        config = apply_overrides(load_recipe("tiny"), [*base, f"train.distill={spec}"])
+        with pytest.raises(CovsegError) as caught:
+            check_teachers(config)
+        return str(caught.value)
+
+    # was "CV: no last.pt in this folder; is it a finished covseg run?", which neither said which option nor what to do
+    assert refusal(str(cv)) == (f"train.distill: {cv} is a cross-validation folder, whose fold models trained on one "
+                                "another's held-out images; name one fold's run, the fold of this run's split: "
+                                f"{cv / 'fold-{fold}'}")
+    assert refusal(str(pre)).startswith(f"train.distill: {pre} is a covseg pretrain folder")
+    assert refusal(str(pre / "pretrained.pt")).startswith(f"train.distill: {pre / 'pretrained.pt'}: not a covseg "
+                                                          "checkpoint")
+    assert refusal(str(other)).startswith(f"train.distill: {other}: no last.pt in this folder")
+
 def test_a_student_trains_with_its_teacher(tiny_data: Path, tiny_run: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     common = ["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "2", "--quiet"]
@@ -113,7 +140,7 @@ def test_a_student_trains_with_its_teacher(tiny_data: Path, tiny_run: Path, tmp_
     assert not zero.exists()
     assert main([*common, "-o", str(student), *TINY_OVERRIDES, f"train.distill={tiny_run}", "train.distill_weight=5",
                  "train.distill_temperature=2"]) == 0
-    assert "distillation: 1 teacher(s)" in capsys.readouterr().err
+    assert f"distillation: 1 teacher ({tiny_run / 'last.pt'}), weight 5" in capsys.readouterr().err
     a, c = (read_checkpoint(r / "last.pt")["model"] for r in (plain, student))
     assert any(not torch.allclose(a[k], c[k]) for k in a if a[k].is_floating_point())
     info = json.loads((student / "run.json").read_text())

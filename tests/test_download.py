@@ -377,6 +377,30 @@ def test_malformed_mirror_url_is_a_one_line_error(url: str, tmp_path: Path, caps
     assert not dl.dataset_root(tmp_path, NAME).exists()
 
 
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/covid-semiseg/", "s3://bucket/covid-semiseg"])
+def test_a_mirror_url_of_another_scheme_is_named_as_typed_not_read_as_a_folder(url: str, tmp_path: Path,
+                                                                               capsys) -> None:
+    from covseg.cli import main
+
+    assert main(["download", "--mirror", url, "--data-dir", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    # it was "mirror folder ftp:/127.0.0.1/covid-semiseg does not exist": the URL read as a path, "//" collapsed
+    assert err.startswith(f"covseg: error: mirror URL {url} is not valid: covseg fetches over http:// and https:// "
+                          f"only, not {url.split('://')[0]}://") and err.count("\n") == 1
+    assert not dl.dataset_root(tmp_path, NAME).exists()
+
+
+def test_a_data_dir_that_cannot_hold_the_data_set_names_the_option(mirror: Path, tmp_path: Path, capsys) -> None:
+    from covseg.cli import main
+
+    (tmp_path / NAME).write_text("mine")  # a file where the data set's folder goes
+    assert main(["download", "--mirror", str(mirror), "--data-dir", str(tmp_path), "--quiet"]) == 2
+    # it was "... is a file, not a folder; give an output path outside it", and download has no output path option
+    assert capsys.readouterr().err == (f"covseg: error: {tmp_path / NAME}: cannot be written ({tmp_path / NAME} is a "
+                                       "file, not a folder); give --data-dir a folder you can write\n")
+    assert (tmp_path / NAME).read_text() == "mine"
+
 def test_disk_full_names_the_destination_not_the_mirror(mirror: Path, http_mirror: str, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     import errno

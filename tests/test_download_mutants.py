@@ -127,7 +127,7 @@ def test_a_mirror_that_is_the_data_folder_counts_its_extra_files(monkeypatch: py
     root = _mirror(tmp_path / "data" / NAME, {**files, f"{EXTRA}/a.jpg": b"a", f"{EXTRA}/b.jpg": b"b"})
     report = dl.download(NAME, tmp_path / "data", mirror=str(root), progress=False)
     assert report.in_place and report.skipped == [TRAIN] and report.extra_present == 2
-    assert report.summary() == (f"{NAME} in {root}: training split: 1 files verified (0 fetched, 1 already present); "
+    assert report.summary() == (f"{NAME} in {root}: training split: 1 file verified (0 fetched, 1 already present); "
                                 "test split: 0 files verified (0 fetched, 0 already present); "
                                 "unlabelled slices: 2 files (0 copied, 2 already present)")
 
@@ -188,7 +188,7 @@ def test_http_410_gone_is_a_missing_file(monkeypatch: pytest.MonkeyPatch, tmp_pa
     files = {TRAIN: BODY}
     _use_manifest(monkeypatch, files)
     url = serve(_mirror(tmp_path / "mirror", files), lambda h, data: _send(h, 410, b""))
-    with pytest.raises(CovsegError, match=re.escape(f"training split incomplete: 1 of 1 files missing or corrupt, "
+    with pytest.raises(CovsegError, match=re.escape(f"training split incomplete: 1 of 1 file missing or corrupt, "
                                                     f"first {TRAIN} (missing from {url})")):
         dl.download(NAME, tmp_path / "data", mirror=url, progress=False)
 
@@ -260,8 +260,8 @@ def test_a_corrupt_optional_split_is_reported_as_corrupt_not_held_out(monkeypatc
     assert report.splits["test"].corrupt == [TEST] and not report.splits["test"].complete
     assert not (tmp_path / "data" / NAME / TEST).exists()
     assert report.summary() == (
-        f"{NAME} in {tmp_path / 'data' / NAME}: training split: 1 files verified (1 fetched, 0 already present); "
-        "test split: 0 of 1 files verified, 1 failed their SHA-256 check and were deleted (not required); "
+        f"{NAME} in {tmp_path / 'data' / NAME}: training split: 1 file verified (1 fetched, 0 already present); "
+        "test split: 0 of 1 file verified, 1 failed its SHA-256 check and was deleted (not required); "
         f"unlabelled slices ({EXTRA}): not in the mirror")
     # the same folder verified in place: the bad file is left as it is
     root = tmp_path / "data" / NAME
@@ -270,8 +270,8 @@ def test_a_corrupt_optional_split_is_reported_as_corrupt_not_held_out(monkeypatc
     assert report.in_place and report.splits["test"].corrupt == [TEST]
     assert (root / TEST).read_bytes() == b"TEST"
     assert report.summary() == (
-        f"{NAME} in {root}: training split: 1 files verified (0 fetched, 1 already present); "
-        "test split: 0 of 1 files verified, 1 failed their SHA-256 check (left as they are) (not required)")
+        f"{NAME} in {root}: training split: 1 file verified (0 fetched, 1 already present); "
+        "test split: 0 of 1 file verified, 1 failed its SHA-256 check (left as it is) (not required)")
 
 
 def test_split_report_counts() -> None:
@@ -279,3 +279,18 @@ def test_split_report_counts() -> None:
     assert report.total == 6 and not report.complete
     assert not dl.SplitReport(corrupt=["e"]).complete
     assert dl.SplitReport(fetched=["a"]).complete
+
+
+def test_summary_counts_one_file_in_the_singular_and_more_in_the_plural(tmp_path: Path) -> None:
+    def summary(in_place: bool, corrupt: list[str], extra: int) -> str:
+        splits = {"training": dl.SplitReport(skipped=["a"]), "test": dl.SplitReport(missing=["b"], corrupt=corrupt)}
+        return dl.DownloadReport(NAME, tmp_path, "m", splits, frozenset({"training"}), "unlabelled slices",
+                                 extra_copied=extra, in_place=in_place).summary()
+
+    assert summary(False, ["c"], 1) == (f"{NAME} in {tmp_path}: training split: 1 file verified (0 fetched, 1 already "
+                                        "present); test split: 0 of 2 files verified, 1 missing from the mirror, 1 "
+                                        "failed its SHA-256 check and was deleted (not required); unlabelled slices: "
+                                        "1 file (1 copied, 0 already present)")
+    assert "2 failed their SHA-256 check and were deleted" in summary(False, ["c", "d"], 0)
+    assert "2 failed their SHA-256 check (left as they are)" in summary(True, ["c", "d"], 0)
+    assert "1 failed its SHA-256 check (left as it is)" in summary(True, ["c"], 0)

@@ -87,12 +87,22 @@ def test_pseudo_label_per_fold_and_student(semi_data: Path, teacher_cv: Path, tm
     assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:1", "--epochs", "2",
                  "-o", str(student), "--quiet", f"data.pseudo_labels={pseudo}", "data.pseudo_ratio=0.5",
                  *TINY_OVERRIDES]) == 0
-    assert f"{kept1} pseudo-labelled slices from {pseudo / 'fold-1'}" in capsys.readouterr().err
+    n_train = len(json.loads((student / "split.json").read_text())["train"])
+    drawn = min(kept1, round(0.5 * n_train))
+    assert (f"self-training: {kept1} pseudo-labelled slices from {pseudo / 'fold-1'}, {drawn} drawn each epoch "
+            "(data.pseudo_ratio 0.5 per labelled image)\n") in capsys.readouterr().err
     assert (student / "last.pt").is_file()
+    # a ratio asking more slices than were kept draws them all, and says so (it said "2 per labelled image")
+    greedy = tmp_path / "greedy"
+    assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:1", "--epochs", "1",
+                 "-o", str(greedy), "--quiet", f"data.pseudo_labels={pseudo}", "data.pseudo_ratio=2",
+                 *TINY_OVERRIDES]) == 0
+    assert 2 * n_train > kept1
+    assert (f"{kept1} drawn each epoch (data.pseudo_ratio 2 per labelled image; it asks {2 * n_train}, more than "
+            "were kept)\n") in capsys.readouterr().err
 
     # ... a ratio that draws no pseudo-labelled slice is refused (it would be plain training) ...
     tiny_ratio = tmp_path / "tiny-ratio"
-    n_train = len(json.loads((student / "split.json").read_text())["train"])
     assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:1", "--epochs", "2",
                  "-o", str(tiny_ratio), "--quiet", f"data.pseudo_labels={pseudo}",
                  f"data.pseudo_ratio={0.4 / n_train}", *TINY_OVERRIDES]) == 2
@@ -223,6 +233,17 @@ def test_pseudo_label_refuses_an_output_it_cannot_make_in_one_line(teacher_cv: P
     assert f"afile/sub: cannot be written ({tmp_path / 'afile'} is a file, not a folder)" in err
     assert err.count("\n") == 1 and (tmp_path / "afile").read_text() == "mine"
 
+
+
+def test_pseudo_label_says_a_teacher_that_is_not_there_does_not_exist(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "last.pt").write_bytes(b"")
+    for teacher, what in ((tmp_path / "gone", "does not exist"), (tmp_path / "last.pt", "is a file, not a folder")):
+        assert main(["pseudo-label", str(teacher), "-o", str(tmp_path / "out"), "--quiet"]) == 2
+        # a mistyped path read "X: the teacher must be a run folder ...", as if X were there but of the wrong kind
+        assert capsys.readouterr().err == (f"covseg: error: {teacher}: {what}; the teacher must be a run folder or a "
+                                           "cross-validation folder\n")
+    assert not (tmp_path / "out").exists()
 
 def test_pseudo_label_refuses_an_output_inside_a_data_folder_it_reads(semi_data: Path, teacher_cv: Path,
                                                                       tmp_path: Path,
