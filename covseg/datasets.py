@@ -619,7 +619,10 @@ def load_covid_semiseg(root: str | Path, task: str, split: str = "train", window
         )
     if split == "unlabelled":
         folder = dataset / _SEMISEG_UNLABELLED
-        _require_dir(folder, "unlabelled (Pseudo-label/Imgs)")
+        if not folder.is_dir():  # an http(s) mirror serves the manifest's files only, never these 1600 slices
+            raise CovsegError(f"{folder}: unlabelled (Pseudo-label/Imgs) folder not found; they come with a download "
+                              "from a folder mirror (covseg download --mirror DIR), not an http(s) one, or check "
+                              "the data path")
         # one file per name: pseudo-labels are written and read back by the slice's name
         slices = _by_stem(folder, "unlabelled slice")
         return _nonempty([Sample(stem, read_image(p, window), None, str(p)) for stem, p in slices.items()], folder)

@@ -419,6 +419,13 @@ def test_covid_semiseg_layout(tmp_path: Path) -> None:
     write_grey(folder / "scan_2.png", grey_image(6, 5))
     with pytest.raises(CovsegError, match=r"scan_2\.\w+: unlabelled slice scan_2\.\w+ has the same name; keep one"):
         load_covid_semiseg(tmp_path, "binary", split="unlabelled")
+    # as after a download from an http(s) mirror, which fetches the manifest's files only: say where they come from
+    import shutil
+
+    shutil.rmtree(folder)
+    with pytest.raises(CovsegError, match=r"Imgs: unlabelled \(Pseudo-label/Imgs\) folder not found; they come with "
+                                          r"a download from a folder mirror \(covseg download --mirror DIR\)"):
+        load_covid_semiseg(tmp_path, "binary", split="unlabelled")
 
 
 def test_covid_semiseg_missing_test_split(tmp_path: Path) -> None:
