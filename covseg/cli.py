@@ -161,7 +161,8 @@ def _non_negative_float(text: str) -> float:
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="auto: onnx for a .onnx model file, else torch, with fp32 passes on a CPU run "
-                        "through ONNX Runtime (faster, same arithmetic); torch: PyTorch only")
+                        "through ONNX Runtime (faster, same arithmetic; a predict of fewer than 32 2-D slices "
+                        "keeps PyTorch (16 with --tta: two passes each), as tracing would cost more); torch: PyTorch only")
     p.add_argument("--tta", action="store_true", help="average with a left-right flipped prediction")
     p.add_argument("--lesion-model", type=Path, action="append", metavar="BINARY_MODEL",
                    help="a binary model (run, checkpoint, ONNX or cross-validation folder; repeat for an ensemble) "

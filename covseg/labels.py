@@ -1,4 +1,4 @@
-"""Label schemes: one explicit mapping from class id to meaning per task.
+"""Label schemes: one explicit mapping from class id to meaning per task, and the colour overlay of a label map.
 
 Label maps are ``(H, W)`` (or ``(B, H, W)``) int64 arrays whose pixel value is the class id:
 

@@ -40,7 +40,8 @@ __all__ = ["ONNX_MIN_SLICES", "SCAN_OUTPUTS", "open_predictor", "open_ensemble",
 
 
 ONNX_MIN_SLICES = 32
-"""With ``--backend auto``, the fewest slices for which a checkpoint's fp32 passes on a CPU go through ONNX Runtime.
+"""With ``--backend auto``, the fewest slice passes (slices, twice that with ``--tta``) for which a checkpoint's fp32
+passes on a CPU go through ONNX Runtime.
 Tracing the model into ONNX first (importing ``onnx``, exporting, opening the session) costs about 1.7 s, which a
 few slices do not win back: ``covseg predict`` of a default multiclass model on 1 / 8 / 16 / 32 / 64 / 100
 COVID-SemiSeg slices took 6.7 / 7.6 / 9.5 / 11.9 / 14.9 / 17.5 s with ONNX Runtime against 3.9 / 6.3 / 9.1 / 12.7 /
@@ -57,7 +58,8 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "auto
     file runs in ONNX Runtime; a checkpoint runs in PyTorch, except that its fp32 passes on a CPU (``--precision
     fp32``, or bf16 refused by the agreement check) run through ONNX Runtime, the faster fp32 engine there
     (:class:`TorchBackend`'s ``fp32_engine``), unless ``slices`` (how many slices the predictor will segment,
-    where the caller knows) is under :data:`ONNX_MIN_SLICES`. ``torch`` keeps every pass in PyTorch. Returns the
+    where the caller knows; twice as many passes with ``flip_tta``) makes fewer passes than
+    :data:`ONNX_MIN_SLICES`. ``torch`` keeps every pass in PyTorch. Returns the
     predictor, the model's run config and a description for reports.
     """
     is_onnx = Path(model_path).suffix == ".onnx"
@@ -90,7 +92,8 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "auto
         checkpoint = find_checkpoint(model_path, which)
         model, config, state = load_model(checkpoint, task=task)
         dev = resolve_device(device)
-        few = slices is not None and slices < ONNX_MIN_SLICES  # tracing would cost more than it saves
+        passes = None if slices is None else slices * (2 if flip_tta else 1)  # a flipped pass more per slice
+        few = passes is not None and passes < ONNX_MIN_SLICES  # tracing would cost more than it saves
         fp32_engine = "onnxruntime" if auto and dev.type == "cpu" and not few else "torch"
         torch_backend = TorchBackend(model, dev, resolve_precision(precision, dev), fp32_engine, name=str(checkpoint))
         info = {"file": str(checkpoint), "epoch": state.get("epoch"), "backend": torch_backend.description}

@@ -247,8 +247,9 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
     file = pretrained_path(path)
     if not file.is_file():
         if path.is_dir() and any(p.name[5:].isdigit() and (p / "last.pt").is_file() for p in path.glob("fold-*")):
-            raise CovsegError(f"{path}: a cross-validation folder, not one run; to fine-tune, give the run of this "
-                              f"run's fold ({path / 'fold-K'} for --split cv:K), or the folder covseg pretrain wrote")
+            raise CovsegError(f"{path}: a cross-validation folder, not one run; give train.init one trained run of "
+                              f"the same split (e.g. {path / 'fold-0'} for --split cv:0) or a folder covseg pretrain "
+                              "wrote")
         folder = path if path.suffix != ".pt" else path.parent
         raise CovsegError(f"{path}: no pretrained weights there; make them with `covseg pretrain -o {folder}` "
                           f"or give the folder (or {PRETRAINED_FILE}) it wrote, or a trained run's folder")

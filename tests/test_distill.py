@@ -100,7 +100,6 @@ def test_teachers_of_another_split_task_or_input_are_refused(tiny_run: Path, tmp
         load_teachers(config)
 
 
-
 def test_a_teacher_that_is_no_run_is_refused_naming_the_option(tiny_run: Path, tmp_path: Path) -> None:
     base = [*TINY_OVERRIDES, "data.split=cv:0"]
     cv, pre, other = tmp_path / "cv", tmp_path / "pre", tmp_path / "other"
@@ -126,6 +125,7 @@ def test_a_teacher_that_is_no_run_is_refused_naming_the_option(tiny_run: Path, t
     assert refusal(str(pre / "pretrained.pt")).startswith(f"train.distill: {pre / 'pretrained.pt'}: not a covseg "
                                                           "checkpoint")
     assert refusal(str(other)).startswith(f"train.distill: {other}: no last.pt in this folder")
+
 
 def test_a_student_trains_with_its_teacher(tiny_data: Path, tiny_run: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:

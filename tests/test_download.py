@@ -377,7 +377,6 @@ def test_malformed_mirror_url_is_a_one_line_error(url: str, tmp_path: Path, caps
     assert not dl.dataset_root(tmp_path, NAME).exists()
 
 
-
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/covid-semiseg/", "s3://bucket/covid-semiseg"])
 def test_a_mirror_url_of_another_scheme_is_named_as_typed_not_read_as_a_folder(url: str, tmp_path: Path,
                                                                                capsys) -> None:
@@ -400,6 +399,7 @@ def test_a_data_dir_that_cannot_hold_the_data_set_names_the_option(mirror: Path,
     assert capsys.readouterr().err == (f"covseg: error: {tmp_path / NAME}: cannot be written ({tmp_path / NAME} is a "
                                        "file, not a folder); give --data-dir a folder you can write\n")
     assert (tmp_path / NAME).read_text() == "mine"
+
 
 def test_disk_full_names_the_destination_not_the_mirror(mirror: Path, http_mirror: str, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch, capsys) -> None:

@@ -363,10 +363,22 @@ def test_auto_keeps_pytorch_s_fp32_for_fewer_slices_than_pay_for_the_tracing(tin
 
     few, _, info = open_predictor(tiny_run, precision="fp32", slices=ONNX_MIN_SLICES - 1)
     assert few.backend.fp32_engine == "torch" and info["backend"] == "torch cpu float32"
+    # with flip TTA each slice is two passes, which count
+    half = (ONNX_MIN_SLICES + 1) // 2
+    assert open_predictor(tiny_run, precision="fp32", slices=half, flip_tta=True)[0].backend.fp32_engine == "onnxruntime"
+    assert open_predictor(tiny_run, precision="fp32", slices=half - 1, flip_tta=True)[0].backend.fp32_engine == "torch"
     for slices in (ONNX_MIN_SLICES, None):  # enough slices, or a number the caller does not know (a scan)
         many, _, info = open_predictor(tiny_run, precision="fp32", slices=slices)
         assert many.backend.fp32_engine == "onnxruntime", slices
         assert info["backend"] == "onnxruntime cpu float32 (traced from torch)", slices
+    # predict's and evaluate's --backend help names the limit (cli.py keeps covseg.predict, and torch, unimported)
+    import argparse
+
+    from covseg.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    backend = next(a for a in commands.choices["predict"]._actions if "--backend" in a.option_strings)
+    assert f"a predict of fewer than {ONNX_MIN_SLICES} 2-D slices keeps PyTorch" in " ".join(backend.help.split())
 
 
 def test_predict_of_a_few_slices_runs_pytorch_and_says_so(tiny_run: Path, tiny_data: Path, tmp_path: Path,

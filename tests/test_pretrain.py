@@ -313,7 +313,6 @@ def test_a_run_fine_tunes_a_trained_run_of_the_same_split(unlabelled_data: Path,
         check_pretrained(base, apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "model.width=8"]))
 
 
-
 def test_init_from_a_cross_validation_folder_says_to_name_the_fold_s_run(tmp_path: Path) -> None:
     cv = tmp_path / "cv"
     for k in (0, 1):
@@ -322,8 +321,10 @@ def test_init_from_a_cross_validation_folder_says_to_name_the_fold_s_run(tmp_pat
     # it was "CV: no pretrained weights there; make them with `covseg pretrain -o CV` ...", a folder pretrain refuses
     with pytest.raises(CovsegError) as caught:
         read_pretrained(cv)
-    assert str(caught.value) == (f"{cv}: a cross-validation folder, not one run; to fine-tune, give the run of this "
-                                 f"run's fold ({cv / 'fold-K'} for --split cv:K), or the folder covseg pretrain wrote")
+    assert str(caught.value) == (f"{cv}: a cross-validation folder, not one run; give train.init one trained run of "
+                                 f"the same split (e.g. {cv / 'fold-0'} for --split cv:0) or a folder covseg pretrain "
+                                 "wrote")
+
 
 def test_force_replaces_only_a_finished_pretraining_and_keeps_it_when_the_new_one_fails(
         unlabelled_data: Path, pretrained: Path, tiny_run: Path, tmp_path: Path,

@@ -234,7 +234,6 @@ def test_pseudo_label_refuses_an_output_it_cannot_make_in_one_line(teacher_cv: P
     assert err.count("\n") == 1 and (tmp_path / "afile").read_text() == "mine"
 
 
-
 def test_pseudo_label_says_a_teacher_that_is_not_there_does_not_exist(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "last.pt").write_bytes(b"")
@@ -244,6 +243,7 @@ def test_pseudo_label_says_a_teacher_that_is_not_there_does_not_exist(tmp_path: 
         assert capsys.readouterr().err == (f"covseg: error: {teacher}: {what}; the teacher must be a run folder or a "
                                            "cross-validation folder\n")
     assert not (tmp_path / "out").exists()
+
 
 def test_pseudo_label_refuses_an_output_inside_a_data_folder_it_reads(semi_data: Path, teacher_cv: Path,
                                                                       tmp_path: Path,

@@ -913,6 +913,18 @@ def test_a_nifti_of_raw_ct_numbers_without_its_rescale_is_refused(tmp_path, dtyp
         assert not vol.is_hu and any("treated as grey values" in w for w in vol.warnings)
 
 
+def test_a_nifti_whose_header_rescales_its_integers_is_not_called_raw_ct_numbers(tmp_path):
+    """The refusal says the values were stored "without the header's rescale": one whose header has one (here
+    scl_slope 0.5, values 0..2000 after it) is read as grey values with the warning, as before the refusal."""
+    data = np.full((6, 5, 4), 40, np.uint16)
+    data[0, 0, 0], data[1, 1, 1] = 0, 4000
+    img = nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.5, 1.0]))
+    img.header.set_slope_inter(0.5, 0)
+    nib.save(img, str(tmp_path / "ct.nii.gz"))
+    vol = read_volume(tmp_path / "ct.nii.gz")
+    assert not vol.is_hu and any("values 0..2000 do not look like Hounsfield units" in w for w in vol.warnings)
+
+
 def test_a_dicom_series_without_rescale_tags_is_hu_only_when_it_reaches_below_minus_100(tmp_path):
     hu = truth_hu()[:3]
     hu = hu - hu.min() - 100.0  # minimum exactly -100: not below it
