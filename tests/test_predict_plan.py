@@ -104,12 +104,10 @@ def test_a_folder_where_a_scan_s_output_file_goes_is_refused_in_the_plan(tmp_pat
         plan_predict([scan, other], several)
 
 
-def test_a_dicom_file_of_a_transfer_syntax_pydicom_does_not_know_is_one_line(tmp_path: Path) -> None:
-    # helper 169: UID.is_compressed raises ValueError for an unknown UID, which escaped as a traceback
+def _write_ct_slice(path: Path) -> None:
+    """One 4 x 4 CT slice (explicit VR little endian, HU = stored - 1024) as a DICOM file at ``path``."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    from covseg.dicom import read_dicom_slice
 
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -118,8 +116,15 @@ def test_a_dicom_file_of_a_transfer_syntax_pydicom_does_not_know_is_one_line(tmp
     ds.SeriesInstanceUID, ds.Modality, ds.RescaleSlope, ds.RescaleIntercept = generate_uid(), "CT", 1, -1024
     ds.set_pixel_data(np.full((4, 4), 24, np.uint16), "MONOCHROME2", 16)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    path = tmp_path / "0.dcm"
     ds.save_as(path, enforce_file_format=True)
+
+
+def test_a_dicom_file_of_a_transfer_syntax_pydicom_does_not_know_is_one_line(tmp_path: Path) -> None:
+    # helper 169: UID.is_compressed raises ValueError for an unknown UID, which escaped as a traceback
+    from covseg.dicom import read_dicom_slice
+
+    path = tmp_path / "0.dcm"
+    _write_ct_slice(path)
     raw = path.read_bytes()
     path.write_bytes(raw.replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.9.9.9\0"))  # the same length
     with pytest.raises(CovsegError, match=rf"^{path}: cannot read its pixel data \(.*1\.2\.840\.10008\.9\.9\.9"):
@@ -130,19 +135,9 @@ def test_a_dicom_file_of_a_transfer_syntax_pydicom_does_not_know_is_one_line(tmp
 def test_a_dicom_file_without_the_dcm_suffix_is_named_as_dicom_with_the_way_to_read_it(tmp_path: Path,
                                                                                        name: str) -> None:
     # a file from a DICOM CD given on its own was "unsupported file type '.3'; use one of ..., .dcm"
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SeriesInstanceUID, ds.Modality, ds.RescaleSlope, ds.RescaleIntercept = generate_uid(), "CT", 1, -1024
-    ds.set_pixel_data(np.full((4, 4), 24, np.uint16), "MONOCHROME2", 16)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     (tmp_path / "series").mkdir()
     path = tmp_path / "series" / name
-    ds.save_as(path, enforce_file_format=True)
+    _write_ct_slice(path)
     with pytest.raises(CovsegError, match=rf"^{path}: is a DICOM file without the \.dcm suffix; give the folder holding "
                                           rf"its series \(covseg predict {path.parent} -o OUT"):
         plan_predict([path], tmp_path / "out")
