@@ -41,9 +41,8 @@ __all__ = ["ONNX_MIN_SLICES", "SCAN_OUTPUTS", "open_predictor", "open_ensemble",
 
 ONNX_MIN_SLICES = 32
 """With ``--backend auto``, the fewest slice passes (slices, twice that with ``--tta``) for which a checkpoint's fp32
-passes on a CPU go through ONNX Runtime.
-Tracing the model into ONNX first (importing ``onnx``, exporting, opening the session) costs about 1.7 s, which a
-few slices do not win back: ``covseg predict`` of a default multiclass model on 1 / 8 / 16 / 32 / 64 / 100
+passes on a CPU go through ONNX Runtime. Tracing the model into ONNX first (importing ``onnx``, exporting, opening
+the session) costs about 1.7 s, which a few slices do not win back: ``covseg predict`` of a default multiclass model on 1 / 8 / 16 / 32 / 64 / 100
 COVID-SemiSeg slices took 6.7 / 7.6 / 9.5 / 11.9 / 14.9 / 17.5 s with ONNX Runtime against 3.9 / 6.3 / 9.1 / 12.7 /
 17.5 / 20.1 s in PyTorch (medians of 3, the engines alternating, on a 2-core AVX2 EPYC beside other work, session 71;
 ``benchmarks/predict_engine.py``, benchmarks/RESULTS.md)."""
