@@ -322,6 +322,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
+    from covseg.fileio import refuse_output_in_data
     from covseg.run import read_run_config, read_run_info, train_run
     from covseg.runtime import close_distributed, init_distributed, resolve_device
 
@@ -346,6 +347,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = _recipe_config(args)
         data = args.data or _default_data()
         run_dir, resume = args.output, False
+        refuse_output_in_data(run_dir, data)  # before the images load: its files would join the data's
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
     # --device with --resume: where to go on (a run trained on a GPU, resumed on a CPU), not a setting of the run
     dist, device = init_distributed(resolve_device(args.device if resume and args.device else config.train.device))

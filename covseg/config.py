@@ -8,6 +8,7 @@ run, so a run never depends on the recipe file again.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -357,21 +358,31 @@ def _settings_for_task(data: dict[str, Any], task: str | None, source: str) -> d
     return data
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def _did_you_mean(key: Any, known: Iterable[str]) -> str:
+    """`` did you mean 'input_size'?`` for a mistyped ``key`` close to one of ``known``; else empty."""
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(cls: type, values: dict[str, Any], where: str, path: str = "") -> Any:
+    # where: the recipe or source named; path: the section within it (train.augment), kept apart by ": " so that a
+    # message reads "recipe.yaml: train.lr: ..." and never "the tiny recipe with the options given.train.lr: ..."
+    here = f"{where}: {path}" if path else where
     if not isinstance(values, dict):
-        raise CovsegError(f"{where}: expected a mapping, got {values!r}")
+        raise CovsegError(f"{here}: expected a mapping, got {values!r}")
     kwargs: dict[str, Any] = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in fields:
-            raise CovsegError(f"{where}: unknown option {key!r}; known: {', '.join(fields)}")
+            raise CovsegError(f"{here}: unknown option {key!r}{_did_you_mean(key, fields)}; known: {', '.join(fields)}")
         default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING \
             else fields[key].default
+        name = f"{path}.{key}" if path else key
         if dataclasses.is_dataclass(default):
             # a section with nothing under it (`train:` in YAML) reads as null: it leaves every setting at its default
-            kwargs[key] = _build(type(default), {} if value is None else value, f"{where}.{key}")
+            kwargs[key] = _build(type(default), {} if value is None else value, where, name)
         else:
-            kwargs[key] = _coerce(value, default, f"{where}.{key}")
+            kwargs[key] = _coerce(value, default, f"{where}: {name}")
     return cls(**kwargs)
 
 
@@ -831,10 +842,13 @@ def apply_overrides(config: RunConfig, overrides: list[str], source: str = "over
                               "train.* options (e.g. train.epochs=3)")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
-                raise CovsegError(f"override {item!r}: no section {part!r}; sections: data, model, train")
+                raise CovsegError(f"override {item!r}: no section {part!r}"
+                                  f"{_did_you_mean(part, [k for k, v in node.items() if isinstance(v, dict)])}; "
+                                  f"sections: {', '.join(k for k, v in node.items() if isinstance(v, dict))}")
             node = node[part]
         if parts[-1] not in node:
-            raise CovsegError(f"override {item!r}: unknown option {parts[-1]!r}; known: {', '.join(node)}")
+            raise CovsegError(f"override {item!r}: unknown option {parts[-1]!r}{_did_you_mean(parts[-1], node)}; "
+                              f"known: {', '.join(node)}")
         current = node[parts[-1]]
         if isinstance(current, str) and not raw.strip().startswith(_YAML_TEXT_STARTS):
             node[parts[-1]] = text_override(raw)  # a text option takes the text as typed

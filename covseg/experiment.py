@@ -70,7 +70,13 @@ def select_samples(run_dir: Path | None, data: str, task: str, split: str,
                           "--split all/test")
     names = set(parts.get(split, []))
     if not names:
-        raise CovsegError(f"the run's {split} split is empty; use another --split")
+        where = f"{run_dir}: " if run_dir is not None else ""
+        if asked == "heldout":  # the default: "val split" named a split the user never asked for
+            raise CovsegError(f"{where}the run held out no images (its split.json has no val or test image, as with "
+                              "data.val_fraction=0), so it has no held-out figure; score it on the official test "
+                              "split (--split testset with a --data that holds it) or on --split train or all")
+        raise CovsegError(f"{where}the run's {split} part is empty (no image in its split.json's {split!r}); score it "
+                          "on --split testset (with a --data that holds the official test split), train or all")
     chosen = [s for s in samples if s.name in names]
     missing = sorted(names - {s.name for s in chosen})
     if missing:  # scoring the rest would report a figure of a subset as the split's
@@ -297,6 +303,16 @@ def _check_output_folder(out_dir: Path, data: str) -> None:
     refuse_output_in_data(out_dir, data)
 
 
+def _check_device(config: RunConfig) -> None:
+    """Refuse a ``train.device`` or ``train.precision`` this machine cannot run (``--device cuda`` without a GPU,
+    ``--precision bf16`` on a CPU without it) before the first run's ``== fold 0 ==`` line, not after it."""
+    from covseg.runtime import resolve_device, resolve_precision
+
+    device = resolve_device(config.train.device)
+    if config.train.precision == "bf16":  # the one precision that can be refused (auto falls back to fp32)
+        resolve_precision(config.train.precision, device)
+
+
 def compare_models(models: list[str], config: RunConfig, samples: list[Sample], data: str, out_dir: Path,
                    force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate each model under identical data, split, seed and budget; one table and figure.
@@ -312,6 +328,7 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     _check_output_folder(out_dir, data)
+    _check_device(config)
     d = config.data
     planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
     if not planned["val"] and not planned["test"]:  # every model would train, then have no image to be scored on
@@ -660,6 +677,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     _check_output_folder(out_dir, data)
+    _check_device(config)
     for k in range(folds):  # before any training: a fold of other settings or data fails now, not folds later
         _check_reusable(out_dir / f"fold-{k}", _fold_config(config, k, folds), samples, data, _CV_REMEDY)
     _check_fold_inputs(config, out_dir, folds, [s.name for s in samples])
@@ -814,6 +832,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     _check_output_folder(out_dir, data)
+    _check_device(config)
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
     for seed, cfg in configs.items():  # before any training: a folder of other settings or data fails now, not hours in
         for k in range(folds):

@@ -325,12 +325,12 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
         if not force and never_saved_an_epoch(run_dir):
             log(f"{run_dir}: holds a run that stopped before it saved an epoch; starting it again")
             force = True
+        if not is_run_folder(run_dir):  # told first: --force and --resume, offered below, would both refuse it
+            raise CovsegError(f"{run_dir}: is not empty and not a covseg run folder; --force only replaces run "
+                              "folders, so choose a new -o")
         if not force:
             raise CovsegError(f"{run_dir}: run folder exists; pass --force to overwrite it or "
                               f"--resume {run_dir} to continue it")
-        if not is_run_folder(run_dir):
-            raise CovsegError(f"{run_dir}: is not empty and not a covseg run folder; --force only replaces run "
-                              "folders, so choose a new -o")
         aside = old.move_aside()
         log(f"{run_dir}: the run there is kept as {aside.name} beside it until the new run has saved its first epoch")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -628,10 +628,13 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
     start = len(history)
     if start >= t.epochs:
-        log(f"{run_dir}: all {t.epochs} epochs were trained already; nothing left to resume")
+        log(f"{run_dir}: {'its 1 epoch was' if t.epochs == 1 else f'all {t.epochs} epochs were'} trained already; "
+            "nothing left to resume")
     else:  # no "epochs 4..3" after a finished run's note
         log(f"training {config.model.name} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M parameters) "
-            f"on {len(train)} images, validating on {len(val)}, {d.input_size}x{d.input_size}, "
+            f"on {len(train)} images, "
+            + (f"validating on {len(val)}" if val else "no validation images (best.pt: the last epoch)")
+            + f", {d.input_size}x{d.input_size}, "
             f"{device.type} {str(dtype).removeprefix('torch.')}, epochs {start + 1}..{t.epochs}"
             + _progressive_note(t) + (f", {dist.world_size} processes" if dist.enabled else ""))
     began = time.perf_counter()

@@ -636,6 +636,19 @@ def test_force_only_replaces_run_folders(tiny_data: Path, tmp_path: Path, capsys
     assert (tmp_path / "precious" / "thesis.tex").read_text() == "years of work"
 
 
+def test_a_non_run_folder_without_force_is_not_offered_force_or_resume(tiny_data: Path, tmp_path: Path,
+                                                                      capsys) -> None:
+    # before: "precious: run folder exists; pass --force to overwrite it or --resume precious to continue it", and
+    # --force then refused it as no run folder, --resume as having no last.pt
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "-o", str(tmp_path / "precious"),
+                 "--quiet"]) == 2
+    assert _one_line_error(capsys) == (f"covseg: error: {tmp_path / 'precious'}: is not empty and not a covseg run "
+                                       "folder; --force only replaces run folders, so choose a new -o")
+    assert [p.name for p in (tmp_path / "precious").iterdir()] == ["thesis.tex"]
+
+
 def test_resume_refuses_new_settings(tiny_run: Path, capsys) -> None:
     assert main(["train", "--resume", str(tiny_run), "--epochs", "9"]) == 2
     assert "drop --epochs" in _one_line_error(capsys)
@@ -1268,3 +1281,24 @@ def test_cv_refuses_fewer_than_two_folds_before_reading_the_data(folds: str, tmp
     assert main(["cv", "--recipe", "tiny", "data.folds=1", "-o", str(tmp_path / "cv"), "--quiet"]) == 2
     assert "--folds is 1" in _one_line_error(capsys)  # the recipe's fold count too
     assert not (tmp_path / "cv").exists()
+
+
+def test_evaluating_a_run_that_held_out_nothing_says_so_and_names_the_splits_left(tiny_data: Path, tmp_path: Path,
+                                                                                 capsys) -> None:
+    # before: "covseg: error: the run's val split is empty; use another --split", for the default --split heldout
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "official", "--epochs", "1",
+                 "-o", str(run), "--quiet", *(o for o in TINY_OVERRIDES if o != "data.folds=3"),
+                 "data.val_fraction=0"]) == 0
+    out = capsys.readouterr()
+    assert "images, no validation images (best.pt: the last epoch), 32x32" in out.out + out.err  # not "on 0"
+    assert main(["evaluate", str(run), "--quiet"]) == 2
+    assert _one_line_error(capsys) == (f"covseg: error: {run}: the run held out no images (its split.json has no val "
+                                       "or test image, as with data.val_fraction=0), so it has no held-out figure; "
+                                       "score it on the official test split (--split testset with a --data that holds "
+                                       "it) or on --split train or all")
+    assert main(["evaluate", str(run), "--split", "val", "--quiet"]) == 2
+    assert _one_line_error(capsys) == (f"covseg: error: {run}: the run's val part is empty (no image in its "
+                                       "split.json's 'val'); score it on --split testset (with a --data that holds "
+                                       "the official test split), train or all")
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("eval")) == []

@@ -131,10 +131,10 @@ def test_train_returns_130_when_the_run_stopped(tmp_path: Path, monkeypatch, cap
     _no_data(monkeypatch)
     monkeypatch.setattr(covseg.run, "train_run", lambda config, samples, run_dir, data, **kw: RunResult(
         run_dir, 1, 2, 0.5, stopped=True))
-    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path), "-o", str(tmp_path / "r"), "--quiet"]) == 130
+    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path / "data"), "-o", str(tmp_path / "r"), "--quiet"]) == 130
     monkeypatch.setattr(covseg.run, "train_run", lambda config, samples, run_dir, data, **kw: RunResult(
         run_dir, 0, 2, None, seconds=3.0))
-    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path), "-o", str(tmp_path / "r"), "--quiet"]) == 0
+    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path / "data"), "-o", str(tmp_path / "r"), "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("trained 0 epochs in 3 s; best validation mean Dice n/a")
 
 
@@ -147,7 +147,7 @@ def test_train_counts_one_epoch_in_the_singular(tmp_path: Path, monkeypatch, cap
     _no_data(monkeypatch)
     monkeypatch.setattr(covseg.run, "train_run", lambda config, samples, run_dir, data, **kw: RunResult(
         run_dir, 1, 2, 0.5, seconds=3.0))
-    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path), "-o", str(tmp_path / "r"), "--quiet"]) == 0
+    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path / "data"), "-o", str(tmp_path / "r"), "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("trained 1 epoch in 3 s; best validation mean Dice 0.5000")
     run = tmp_path / "r"
     run.mkdir()
@@ -397,5 +397,5 @@ def test_a_training_process_other_than_the_main_one_exits_0_quietly(tmp_path: Pa
     monkeypatch.setattr(covseg.runtime, "close_distributed", lambda wait_for_peers=False: None)
     monkeypatch.setattr(covseg.run, "train_run", lambda config, samples, run_dir, data, **kw: RunResult(
         run_dir, 2, 2, 0.5, stopped=True))
-    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path), "-o", str(tmp_path / "r"), "--quiet"]) == 0
+    assert main(["train", "--recipe", "tiny", "--data", str(tmp_path / "data"), "-o", str(tmp_path / "r"), "--quiet"]) == 0
     assert capsys.readouterr().out == ""

@@ -92,7 +92,7 @@ def test_an_override_without_a_key_is_refused_for_its_form() -> None:
 
 
 def test_an_empty_number_override_is_refused_as_the_empty_text() -> None:
-    _refused(["train.epochs="], "override.train.epochs: expected a number, got ''")
+    _refused(["train.epochs="], "override: train.epochs: expected a number, got ''")
 
 
 def test_a_text_override_with_an_unclosed_quote_after_a_space_is_refused_in_one_line() -> None:

@@ -47,7 +47,7 @@ def test_a_task_entry_left_empty_in_a_recipe_adds_nothing(tmp_path: Path) -> Non
 def test_a_recipe_whose_data_section_is_not_a_mapping_is_refused_not_replaced(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text("data: 5\n", encoding="utf-8")
-    with pytest.raises(CovsegError, match="^" + re.escape(f"{path}.data: expected a mapping, got 5")):
+    with pytest.raises(CovsegError, match="^" + re.escape(f"{path}: data: expected a mapping, got 5")):
         load_recipe(str(path))
 
 

@@ -300,7 +300,7 @@ def test_a_number_too_large_for_a_float_is_refused_in_one_line(override: str) ->
 def test_a_recipe_with_a_number_too_large_for_a_float_is_refused_in_one_line(digits: int, tmp_path: Path) -> None:
     recipe = tmp_path / "huge.yaml"
     recipe.write_text("data: {input_size: 64}\ntrain:\n  epochs: 1" + "0" * digits + "\n")
-    with pytest.raises(CovsegError, match=rf"^{recipe}(\.train\.epochs: expected a number, got one past 1e308, too "
+    with pytest.raises(CovsegError, match=rf"^{recipe}(: train\.epochs: expected a number, got one past 1e308, too "
                                           r"large for any setting|: a value YAML cannot read \(.*\); fix the recipe)"):
         load_recipe(str(recipe))
 
@@ -414,3 +414,36 @@ def test_a_recipe_file_with_no_settings_is_refused_not_trained_with_every_defaul
     with pytest.raises(CovsegError, match=rf"^{recipe}: holds no settings; give data/model/train sections \(or name a "
                                           r"built-in recipe, e\.g\. --recipe default\)$"):
         load_recipe(str(recipe))
+
+
+def test_a_wrong_type_names_the_source_and_the_option_apart(tmp_path: Path, capsys) -> None:
+    # before: "covseg: error: the tiny recipe with the options given.train.lr: expected a number, got 'abc'" and
+    # "wt.yaml.train.epochs: ...", the option glued onto the source's words with a dot
+    from covseg.cli import main
+
+    assert main(["train", "--recipe", "tiny", "-o", str(tmp_path / "run"), "train.lr=abc"]) == 2
+    assert capsys.readouterr().err == ("covseg: error: the tiny recipe with the options given: train.lr: expected a "
+                                       "number, got 'abc'\n")
+    recipe = tmp_path / "wt.yaml"
+    recipe.write_text("train:\n  augment:\n    hflip: often\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match=rf"^{recipe}: train\.augment\.hflip: expected a number, got 'often'$"):
+        load_recipe(str(recipe))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_mistyped_key_gets_the_close_match_suggested(tmp_path: Path) -> None:
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("data:\n  input_sise: 64\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match=rf"^{recipe}: data: unknown option 'input_sise' \(did you mean "
+                                          r"'input_size'\?\); known: task, "):
+        load_recipe(str(recipe))
+    for override, message in (("train.lrr=0.1", "unknown option 'lrr' (did you mean 'lr'?); known: loss, "),
+                              ("train.augment.hfilp=0.5", "unknown option 'hfilp' (did you mean 'hflip'?); known: "),
+                              ("trian.lr=0.1", "no section 'trian' (did you mean 'train'?); sections: data, model, "
+                                               "train"),
+                              ("train.augmnt.hflip=0.5", "no section 'augmnt' (did you mean 'augment'?); sections: "
+                                                         "augment")):
+        with pytest.raises(CovsegError, match="^" + re.escape(f"override {override!r}: {message}")):
+            apply_overrides(load_recipe("tiny"), [override])
+    with pytest.raises(CovsegError, match=r"unknown option 'zzz'; known: "):  # nothing close: no guess
+        apply_overrides(load_recipe("tiny"), ["train.zzz=1"])

@@ -294,6 +294,29 @@ def test_cv_and_compare_refuse_a_non_run_folder_before_anything_trains(tiny_data
     assert sorted(p.name for p in out.iterdir()) == ["fold-2"] and sorted(p.name for p in cmp.iterdir()) == ["segnet"]
 
 
+@pytest.mark.parametrize("option", [["--device", "cuda"], ["--precision", "bf16"]])
+def test_cv_and_compare_refuse_a_device_or_precision_this_machine_lacks_before_the_first_fold(
+        option: list[str], tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # before: "== fold 0 ==" (or "== unet ==") was printed, then the refusal, as if a fold had begun
+    import torch
+
+    import covseg.runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(covseg.runtime, "cpu_supports_bf16", lambda: False)
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith(("train.precision", "data.folds"))]
+    for command in (["cv", "--folds", "2"], ["cv", "--folds", "2", "--seeds", "0", "1"],
+                    ["compare", "--models", "unet", "segnet", "--split", "cv:0"]):
+        out = tmp_path / command[0]
+        assert main([*command, "--recipe", "tiny", "--data", str(tiny_data), "--epochs", "1", *option, "-o", str(out),
+                     "--quiet", *overrides]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "", captured.out
+        assert captured.err.count("\n") == 1 and captured.err.startswith("covseg: error: "), captured.err
+        assert ("no GPU is visible" if option[0] == "--device" else "use --precision fp32 or auto") in captured.err
+        assert not out.exists()
+
+
 def test_cv_takes_no_report_of_another_runs_checkpoint_as_a_folds_score(tiny_run: Path, tiny_data: Path,
                                                                        tmp_path: Path) -> None:
     run, other = tmp_path / "fold-0", tmp_path / "other"

@@ -380,3 +380,21 @@ def test_outputs_that_would_land_in_a_command_s_own_inputs_are_refused_before_an
     refused(["predict", str(image), "-o", str(run), "--model", str(tiny_run), "--quiet"],
             f"{run}: is a run or cross-validation folder; its files could be replaced by predictions")
     assert sorted(p.name for p in run.iterdir()) == files
+
+
+def test_train_refuses_a_run_folder_inside_the_data_folder(tmp_path: Path, capsys, tiny_data: Path) -> None:
+    # covseg train -o DATA/run trained and wrote its run folder among the images (README: an -o inside the data
+    # folder is refused), though evaluate, cv, compare, pseudo-label and pretrain refused it
+    import shutil
+
+    from conftest import TINY_OVERRIDES
+    from covseg.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for inside in (data / "run", data):
+        assert main(["train", "--recipe", "tiny", "--data", str(data), "--epochs", "1", "-o", str(inside), "--quiet",
+                     *TINY_OVERRIDES]) == 2
+        assert capsys.readouterr().err == (f"covseg: error: {inside}: is inside the data folder {data}, where its "
+                                           "files would be read as images or masks; give -o a folder outside it\n")
+    assert not (data / "run").exists() and not list(data.glob("*.yaml"))

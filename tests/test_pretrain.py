@@ -484,7 +484,7 @@ def test_a_malformed_pretrained_checkpoint_is_refused_in_one_line(pretrained: Pa
              "future": ({**good, "model_config": {**good["model_config"], "future_option": 1}},
                         "its model_config holds 'future_option', which this covseg does not know"),
              "width": ({**good, "model_config": {**good["model_config"], "width": "wide"}},
-                       "its model_config: config.model.width: expected a number, got 'wide'"),
+                       "its model_config: config: model.width: expected a number, got 'wide'"),
              "config": ({**good, "model_config": [4, 2]}, "its model_config is not a mapping"),
              "steps": ({**good, "steps": "60"}, "its steps and options.steps are not whole numbers"),
              "negative": ({**good, "steps": -1}, "its steps and options.steps are not whole numbers"),
@@ -513,8 +513,8 @@ def test_a_trained_checkpoint_with_unreadable_settings_is_refused_in_one_line(
 
     config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "data.split=cv:0"])
     for name, edit, why in (("future", lambda c: c["model"].update(future_option=1),
-                             "config.model: unknown option 'future_option'"),
-                            ("train", lambda c: c.update(train=3), "config.train: expected a mapping, got 3")):
+                             "config: model: unknown option 'future_option'"),
+                            ("train", lambda c: c.update(train=3), "config: train: expected a mapping, got 3")):
         other = shutil.copytree(tiny_run, tmp_path / name)
         state = read_checkpoint(other / "last.pt")
         edit(state["config"])

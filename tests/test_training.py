@@ -1153,6 +1153,19 @@ def test_resuming_a_finished_run_logs_no_training_line(tiny_run: Path, tmp_path:
     assert "epochs 4..3" not in text and "training unet" not in text, text
 
 
+def test_resuming_a_finished_one_epoch_run_says_its_1_epoch_not_all_1_epochs(tiny_data: Path, tmp_path: Path,
+                                                                               capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1",
+                 "-o", str(run), "--quiet", *TINY_OVERRIDES]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert f"{run}: its 1 epoch was trained already; nothing left to resume" in text, text
+    assert "all 1 epochs" not in text, text
+
+
 def test_sigterm_to_a_parallel_cross_validation_stops_its_workers_after_they_save(tiny_data: Path,
                                                                                   tmp_path: Path) -> None:
     # SIGTERM reaches the parent alone (Ctrl-C reaches the whole group): the parent passes it on, or it would wait
