@@ -336,6 +336,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if ignored:
             raise CovsegError(f"--resume continues a run with its saved settings; drop {', '.join(ignored)} "
                               "(or start a new run with -o)")
+        if not args.resume.is_dir():  # a mistyped path: not "nothing to resume" in a folder that is not there
+            what = "is a file, not a run folder" if args.resume.exists() else "no such run folder"
+            raise CovsegError(f"{args.resume}: {what}; give --resume the run folder covseg train -o wrote")
         if not (args.resume / "last.pt").is_file():
             raise CovsegError(f"{args.resume}: nothing to resume (no last.pt); start it again with -o")
         config = read_run_config(args.resume)

@@ -93,6 +93,13 @@ def test_resume_refuses_force_and_a_folder_without_last_pt(tmp_path: Path, capsy
     assert main(["train", "--resume", str(run), "-o", str(tmp_path / "other")]) == 2
     assert "not both" in _error(capsys)
     assert list(run.iterdir()) == []
+    # a mistyped path, or a file: said as such (was "nothing to resume (no last.pt); start it again with -o")
+    assert main(["train", "--resume", str(tmp_path / "rnu"), "--quiet"]) == 2
+    assert _error(capsys) == (f"covseg: error: {tmp_path / 'rnu'}: no such run folder; give --resume the run folder "
+                              "covseg train -o wrote")
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert main(["train", "--resume", str(tmp_path / "last.pt"), "--quiet"]) == 2
+    assert "last.pt: is a file, not a run folder; give --resume the run folder" in _error(capsys)
 
 
 # --- which options reach the library ------------------------------------------------------------------------
