@@ -313,6 +313,16 @@ def _check_device(config: RunConfig) -> None:
         resolve_precision(config.train.precision, device)
 
 
+def _check_before_any_run(config: RunConfig, out_dir: Path, data: str) -> None:
+    """The refusals ``compare`` and ``cv`` (with or without seeds) make before their first run: a type model
+    (``train.types_only``, scored only behind a lesion model), an ``-o`` they may not write
+    (:func:`_check_output_folder`) and a device or precision this machine lacks (:func:`_check_device`)."""
+    if config.train.types_only:
+        raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
+    _check_output_folder(out_dir, data)
+    _check_device(config)
+
+
 def compare_models(models: list[str], config: RunConfig, samples: list[Sample], data: str, out_dir: Path,
                    force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate each model under identical data, split, seed and budget; one table and figure.
@@ -325,10 +335,7 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     checks each new run makes before training (:func:`_check_new_run_inputs`: e.g. ``model.batch_norm=false``
     beside SegNet, or a ``train.init`` pretrained for another network), so none is refused after another trained.
     """
-    if config.train.types_only:
-        raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
-    _check_output_folder(out_dir, data)
-    _check_device(config)
+    _check_before_any_run(config, out_dir, data)
     d = config.data
     planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
     if not planned["val"] and not planned["test"]:  # every model would train, then have no image to be scored on
@@ -674,10 +681,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     its columns, ``swa``: the main table's columns and ``minus_last``).
     """
     check_folds(folds)
-    if config.train.types_only:
-        raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
-    _check_output_folder(out_dir, data)
-    _check_device(config)
+    _check_before_any_run(config, out_dir, data)
     for k in range(folds):  # before any training: a fold of other settings or data fails now, not folds later
         _check_reusable(out_dir / f"fold-{k}", _fold_config(config, k, folds), samples, data, _CV_REMEDY)
     _check_fold_inputs(config, out_dir, folds, [s.name for s in samples])
@@ -829,10 +833,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     """
     check_seeds(seeds)
     check_folds(folds)
-    if config.train.types_only:
-        raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
-    _check_output_folder(out_dir, data)
-    _check_device(config)
+    _check_before_any_run(config, out_dir, data)
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
     for seed, cfg in configs.items():  # before any training: a folder of other settings or data fails now, not hours in
         for k in range(folds):

@@ -54,7 +54,8 @@ from covseg.models import check_input_size
 from covseg.pretrain import check_pretrained, init_from_pretrained, pretrained_path
 from covseg.progress import close_bar
 from covseg.runtime import DistContext, resolve_device, resolve_precision, training_memory_format
-from covseg.selftrain import PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, resolve_pseudo_folder
+from covseg.selftrain import (PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, pseudo_slices_asked,
+                              resolve_pseudo_folder)
 from covseg.splits import kfold, load_split, make_split, parse_split_name, save_split
 from covseg.training import (averaged_network, epoch_average, lr_factor, make_optimizer, recompute_batch_norm,
                              train_one_epoch, validate, weight_average)
@@ -399,7 +400,7 @@ def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseu
     samples = load_pseudo_labels(folder, data_path, d.task, d.window,
                                  split.get("val", []) + split.get("test", []))
     x, y = _stack(samples, d)
-    asked = int(round(d.pseudo_ratio * len(split.get("train", []))))  # as epoch_pseudo_indices draws them
+    asked = pseudo_slices_asked(len(split.get("train", [])), d.pseudo_ratio)
     drawn = (f"{min(asked, len(samples))} drawn each epoch (data.pseudo_ratio {d.pseudo_ratio:g} per labelled image"
              + (f"; it asks {asked}, more than were kept)" if asked > len(samples) else ")"))
     log(f"self-training: {len(samples)} pseudo-labelled slice{'' if len(samples) == 1 else 's'} from {folder}, "

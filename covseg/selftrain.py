@@ -42,7 +42,7 @@ from covseg.splits import load_split
 from covseg.training import side_generator
 
 __all__ = ["PSEUDO_FILE", "PseudoLabelRule", "slice_statistics", "check_output_folder", "make_pseudo_labels",
-           "resolve_pseudo_folder", "check_pseudo_labels", "load_pseudo_labels", "epoch_pseudo_indices", "significant"]
+           "resolve_pseudo_folder", "check_pseudo_labels", "load_pseudo_labels", "pseudo_slices_asked", "epoch_pseudo_indices", "significant"]
 
 PSEUDO_FILE = "pseudo.json"
 PSEUDO_STREAM = 0x5E1F  # the tag of the pseudo-labelled slices' draws (covseg.training.side_generator)
@@ -453,10 +453,17 @@ def _grey_reference(summary: dict[str, Any], folder: Path) -> np.ndarray | None:
     return reference
 
 
+def pseudo_slices_asked(n_labelled: int, ratio: float) -> int:
+    """How many pseudo-labelled slices ``data.pseudo_ratio`` (``ratio``) asks for each epoch beside ``n_labelled``
+    labelled images: ``round(ratio * n_labelled)`` (at most the slices kept are drawn)."""
+    return int(round(ratio * n_labelled))
+
+
 def epoch_pseudo_indices(n_pseudo: int, n_labelled: int, ratio: float, seed: int, epoch: int) -> torch.Tensor:
-    """Which pseudo-labelled slices join ``epoch``: ``round(ratio * n_labelled)`` drawn without replacement.
+    """Which pseudo-labelled slices join ``epoch``: :func:`pseudo_slices_asked` of them (at most ``n_pseudo``),
+    drawn without replacement.
 
     Seeded by ``(seed, epoch)`` alone, so a resumed run draws the same slices.
     """
-    count = min(n_pseudo, int(round(ratio * n_labelled)))
+    count = min(n_pseudo, pseudo_slices_asked(n_labelled, ratio))
     return torch.randperm(n_pseudo, generator=side_generator(seed, epoch, PSEUDO_STREAM))[:count]
