@@ -474,6 +474,8 @@ def _script(name: str):
     ("speck_screen", ["NONE", "--folds", "1"], "--folds must be 2 or more"),
     ("gap_analysis", ["NONE"], "NONE has no trained fold-0/last.pt"),
     ("gap_analysis", ["NONE", "--folds", "0"], "--folds must be 1 or more"),
+    ("smooth_screen", ["NONE"], "NONE has no trained fold-0/last.pt"),
+    ("smooth_screen", ["NONE", "--folds", "1"], "--folds must be 2 or more"),
     ("predict_engine", ["--images", "NONE"], "NONE: no such folder of CT slices"),
     ("predict_engine", ["--images", "NONE", "--counts", "1,x"], "--counts takes whole numbers"),
     ("predict_engine", ["--images", "NONE", "--counts", "0"], "--counts must be 1 or more slices each"),
@@ -599,3 +601,35 @@ def test_gap_analysis_as_is_row_reproduces_covseg_evaluate(tiny_data: Path, tmp_
     assert table[0, 0] == pytest.approx(reported["ggo"], abs=1e-6)
     assert table[0, 1] == pytest.approx(reported["consolidation"], abs=1e-6)
     assert (table[1, :2] >= table[0, :2] - 1e-9).all()  # perfect typing inside the same region cannot lose Dice
+
+
+def test_smooth_screen_component_vote_types_each_component_whole_by_summed_probability() -> None:
+    """Hand-made 1 x 7 probabilities (0 background, 1 GGO, 2 consolidation): two lesion components, pixels 1-3
+    and 5-6. The first's arg-max types are GGO, consolidation, consolidation, yet GGO's summed probability
+    (0.8 + 0.35 + 0.35 = 1.5) beats consolidation's (0.1 + 0.45 + 0.45 = 1.0): all GGO. The second is all
+    consolidation by its sums (0.5 against 1.1)."""
+    screen = _script("smooth_screen")
+    probs = np.array([[[0.9, 0.1, 0.2, 0.2, 0.9, 0.2, 0.1]],
+                      [[0.05, 0.8, 0.35, 0.35, 0.05, 0.3, 0.2]],
+                      [[0.05, 0.1, 0.45, 0.45, 0.05, 0.5, 0.7]]])
+    assert screen.label_map(probs, "as is", 0).tolist() == [[0, 1, 2, 2, 0, 2, 2]]
+    assert screen.label_map(probs, "component vote", 0).tolist() == [[0, 1, 1, 1, 0, 2, 2]]
+    assert screen.label_map(np.stack([np.ones((1, 3)), np.zeros((1, 3)), np.zeros((1, 3))]),
+                            "component vote", 0).tolist() == [[0, 0, 0]]  # no lesion: nothing to vote on
+
+
+def test_smooth_screen_type_blur_keeps_the_region_and_lets_neighbours_vote() -> None:
+    """A 9 x 9 lesion of consolidation (0.6 against GGO's 0.3) with one GGO pixel (0.6 against 0.3) in its
+    middle, in a background ring: type blur keeps the region exactly and the lone pixel takes its neighbours'
+    type; the arg-max keeps it GGO. Probability blur moves the region itself (its corners go)."""
+    screen = _script("smooth_screen")
+    probs = np.zeros((3, 13, 13))
+    probs[0] = 1.0
+    probs[:, 2:11, 2:11] = np.array([0.1, 0.3, 0.6])[:, None, None]
+    probs[:, 6, 6] = [0.1, 0.6, 0.3]
+    as_is = screen.label_map(probs, "as is", 0)
+    assert as_is[6, 6] == 1 and (as_is > 0).sum() == 81
+    typed = screen.label_map(probs, "type blur", 2)
+    assert ((typed > 0) == (as_is > 0)).all() and typed[6, 6] == 2 and set(np.unique(typed)) == {0, 2}
+    moved = screen.label_map(probs, "prob blur", 2)
+    assert moved[2, 2] == 0 and moved[6, 6] == 2

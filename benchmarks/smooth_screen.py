@@ -1,0 +1,148 @@
+"""Smoothing the multiclass type map after prediction: a screen over a ``covseg cv`` folder's fold models.
+
+Each fold model (``last.pt``, as ``covseg cv`` scores it) predicts its own held-out slices at their own size; each
+candidate turns the class probabilities ``(C, H, W)`` (channel 0 background, 1 GGO, 2 consolidation, 3 pleural
+effusion where a scheme has it) into a label map:
+
+* ``as is``: the arg-max (reproduces the folds' per-image Dice in ``cv.json``);
+* ``prob blur σ``: every class's probability blurred (Gaussian, σ pixels), then the arg-max;
+* ``type blur σ``: the arg-max's lesion region kept; inside it, the lesion class whose blurred probability is largest;
+* ``component vote``: each 8-connected component of the arg-max's lesion region takes, whole, the lesion class
+  with the largest summed probability over it.
+
+Per fold, the candidate with the best mean of the lesion classes' per-image Dice on the other folds' images (ties to
+the earlier, milder candidate) is scored on the fold's own images: the nested figure (docs/recipes.md, session 72).
+Inference only.
+
+    python benchmarks/smooth_screen.py runs/cv-s69-mc [--data DIR] [--folds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+CANDIDATES: list[tuple[str, float]] = ([("as is", 0)] + [("prob blur", s) for s in (1, 2, 4)]
+                                       + [("type blur", s) for s in (2, 4, 8, 16)] + [("component vote", 0)])
+EIGHT_CONNECTED = np.ones((3, 3), bool)
+
+
+def _sibling(name: str):
+    """A script beside this one, as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def blurred(probs: np.ndarray, sigma: float) -> np.ndarray:
+    """``probs`` ``(C, H, W)`` with each channel blurred by a Gaussian of ``sigma`` pixels (reflecting edges)."""
+    from scipy import ndimage
+
+    return np.stack([ndimage.gaussian_filter(p.astype(np.float64), sigma, mode="reflect") for p in probs])
+
+
+def retype(probs: np.ndarray, region: np.ndarray, kind: str, sigma: float) -> np.ndarray:
+    """Label map ``(H, W)``: 0 outside ``region`` ``(H, W)`` (bool); inside it the lesion class (1..C-1) chosen by
+    ``kind``: ``"type blur"`` (the largest blurred lesion probability per pixel) or ``"component vote"`` (one class
+    per 8-connected component of ``region``, the largest summed probability over it)."""
+    from scipy import ndimage
+
+    lesion = probs[1:]
+    out = np.zeros(region.shape, np.int64)
+    if kind == "type blur":
+        types = blurred(lesion, sigma).argmax(0) + 1
+        out[region] = types[region]
+        return out
+    components, n = ndimage.label(region, structure=EIGHT_CONNECTED)
+    if n == 0:
+        return out
+    sums = np.stack([np.bincount(components.ravel(), weights=p.ravel(), minlength=n + 1) for p in lesion])
+    winner = sums.argmax(0) + 1  # (n + 1,): each component's class; index 0 (outside) is masked below
+    out[region] = winner[components[region]]
+    return out
+
+
+def label_map(probs: np.ndarray, kind: str, sigma: float) -> np.ndarray:
+    """The candidate ``(kind, sigma)``'s label map ``(H, W)`` of ``probs`` ``(C, H, W)``."""
+    if kind == "as is":
+        return probs.argmax(0)
+    if kind == "prob blur":
+        return blurred(probs, sigma).argmax(0)
+    if kind in ("type blur", "component vote"):
+        return retype(probs, probs.argmax(0) > 0, kind, sigma)
+    raise ValueError(f"unknown candidate {kind!r}")
+
+
+def fold_dice(cv_dir: Path, fold: int, data: str | None) -> np.ndarray:
+    """One fold's per-image Dice means ``(candidates, 2)`` (GGO, consolidation)."""
+    from covseg.errors import CovsegError
+    from covseg.experiment import select_samples
+    from covseg.predict import open_predictor
+    from covseg.run import read_run_info
+
+    per_image_dice = _sibling("gap_analysis").per_image_dice
+    run = cv_dir / f"fold-{fold}"
+    data = data or read_run_info(run)["data"]
+    predictor, config, _ = open_predictor(run, which="last")
+    if config.data.task != "multiclass":
+        raise CovsegError(f"{run}: is a {config.data.task} model; the smoothing screen needs a multiclass cv folder")
+    samples = select_samples(run, data, config.data.task, "heldout", config.data.window)
+    classes = [1, 2]
+    values: list[list[list[float]]] = [[[] for _ in classes] for _ in CANDIDATES]
+    for sample, probs in zip(samples, predictor([s.image for s in samples])):
+        for i, (kind, sigma) in enumerate(CANDIDATES):
+            for j, d in enumerate(per_image_dice(label_map(probs, kind, sigma), sample.mask, classes)[:2]):
+                if d is not None:
+                    values[i][j].append(d)
+    return np.array([[np.mean(v) for v in per] for per in values])
+
+
+def _name(kind: str, sigma: float) -> str:
+    return f"{kind} σ = {sigma:g}" if kind in ("prob blur", "type blur") else kind
+
+
+def main(argv: list[str] | None = None) -> int:
+    from covseg.errors import CovsegError
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cv_dir", type=Path)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--folds", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.folds < 2:
+        raise SystemExit(f"smooth_screen: --folds must be 2 or more (a nested choice needs other folds), not {args.folds}")
+    missing = [k for k in range(args.folds) if not (args.cv_dir / f"fold-{k}" / "last.pt").is_file()]
+    if missing:
+        raise SystemExit(f"smooth_screen: {args.cv_dir} has no trained fold-{missing[0]}/last.pt; give a finished "
+                         "multiclass covseg cv folder (or a smaller --folds)")
+    try:  # a wrong data set or a binary folder: one line, not a traceback
+        dice_ = np.stack([fold_dice(args.cv_dir, k, args.data) for k in range(args.folds)])  # (folds, cand, 2)
+    except CovsegError as error:
+        raise SystemExit(f"smooth_screen: {error}")
+    print("| candidate | " + " | ".join(f"fold {k}" for k in range(args.folds)) + " | mean GGO / consolidation |")
+    print("|---" * (args.folds + 2) + "|")
+    for i, (kind, sigma) in enumerate(CANDIDATES):
+        cells = [f"{dice_[k, i, 0]:.4f} / {dice_[k, i, 1]:.4f}" for k in range(args.folds)]
+        mean = dice_[:, i].mean(0)
+        print(f"| {_name(kind, sigma)} | " + " | ".join(cells) + f" | {mean[0]:.4f} / {mean[1]:.4f} |")
+    picks = _sibling("speck_screen").nested_choice(dice_.mean(2))
+    nested = np.stack([dice_[k, p] for k, p in enumerate(picks)])
+    for k, p in enumerate(picks):
+        print(f"fold {k}: picked {_name(*CANDIDATES[p])}; Δ "
+              + " / ".join(f"{x:+.4f}" for x in nested[k] - dice_[k, 0]))
+    delta = nested - dice_[:, 0]
+    for j, name in enumerate(("GGO", "consolidation")):
+        print(f"{name}: as is {dice_[:, 0, j].mean():.4f}, nested {nested[:, j].mean():.4f}, "
+              f"Δ {delta[:, j].mean():+.4f}, folds worse {int((delta[:, j] < 0).sum())} of {args.folds}")
+    hindsight = int(dice_.mean(2).mean(0).argmax())
+    print(f"in hindsight (picked on the scored images, a bound only): {_name(*CANDIDATES[hindsight])}, Δ "
+          + " / ".join(f"{x:+.4f}" for x in (dice_[:, hindsight] - dice_[:, 0]).mean(0)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
