@@ -47,17 +47,17 @@ def looks_like_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def dicom_floats(ds: object, keyword: str, n: int, path: Path) -> np.ndarray:
+def dicom_floats(ds: object, keyword: str, n: int, path: Path, remedy: str = "") -> np.ndarray:
     """The multi-valued DICOM tag ``keyword`` of ``ds`` as ``n`` finite float64 numbers (ImagePositionPatient: 3,
     PixelSpacing: 2, ImageOrientationPatient: 6); missing, malformed or non-finite raises a one-line
-    :class:`CovsegError` saying the slice geometry is unknown."""
+    :class:`CovsegError` saying the slice geometry is unknown, then ``remedy`` (the way out, ``"; ..."``)."""
     value = getattr(ds, keyword, None)
     try:
         arr = np.asarray([float(v) for v in value], dtype=np.float64) if value is not None else None
     except (TypeError, ValueError):
         arr = None
     if arr is None or arr.shape != (n,) or not np.all(np.isfinite(arr)):
-        raise CovsegError(f"{path}: DICOM {keyword} is missing or invalid; the slice geometry is unknown")
+        raise CovsegError(f"{path}: DICOM {keyword} is missing or invalid; the slice geometry is unknown{remedy}")
     return arr
 
 

@@ -71,6 +71,10 @@ CANONICAL_AXCODES: tuple[str, str, str] = ("S", "P", "L")
 MIN_SLICES: int = 2
 """A scan needs at least this many slices (a single slice is refused)."""
 
+NO_SERIES_GEOMETRY: str = ("; give its slices as .dcm files to predict them as 2-D slices (no volumes in mL), or "
+                           "re-export the series with its geometry tags")
+"""The way out appended to a DICOM series' missing or invalid geometry tag's refusal."""
+
 GAP_FACTOR: float = 1.5
 """A step between consecutive slices longer than this times the median step counts as missing slices."""
 
@@ -684,7 +688,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         )
     if header_only:
         return None
-    iop = dicom_floats(items[0][1], "ImageOrientationPatient", 6, first_path)
+    iop = dicom_floats(items[0][1], "ImageOrientationPatient", 6, first_path, NO_SERIES_GEOMETRY)
     lengths = np.linalg.norm(iop[:3]), np.linalg.norm(iop[3:])
     normal = np.cross(iop[:3], iop[3:])
     if min(lengths) < 1e-6 or np.linalg.norm(normal) < 1e-6 * lengths[0] * lengths[1]:
@@ -693,12 +697,12 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     row_cos, col_cos = iop[:3] / lengths[0], iop[3:] / lengths[1]
     normal = np.cross(row_cos, col_cos)
     normal /= np.linalg.norm(normal)
-    spacing_rc = dicom_floats(items[0][1], "PixelSpacing", 2, first_path)
+    spacing_rc = dicom_floats(items[0][1], "PixelSpacing", 2, first_path, NO_SERIES_GEOMETRY)
     if np.any(spacing_rc <= 0):
         raise CovsegError(f"{first_path}: DICOM PixelSpacing {spacing_rc.tolist()} is not positive")
-    positions = np.stack([dicom_floats(ds, "ImagePositionPatient", 3, h.path) for h, ds in items])
+    positions = np.stack([dicom_floats(ds, "ImagePositionPatient", 3, h.path, NO_SERIES_GEOMETRY) for h, ds in items])
     for h, ds in items[1:]:
-        other = dicom_floats(ds, "PixelSpacing", 2, h.path)
+        other = dicom_floats(ds, "PixelSpacing", 2, h.path, NO_SERIES_GEOMETRY)
         if not np.allclose(other, spacing_rc, rtol=1e-4, atol=1e-4):
             raise CovsegError(f"{h.path}: PixelSpacing {other.tolist()} differs from {first_path.name}'s "
                               f"{spacing_rc.tolist()}; the series is not one volume")
