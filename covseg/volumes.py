@@ -539,9 +539,12 @@ def _dicom_headers(paths: Sequence[Path]) -> list[tuple[_Header, object]]:
 
 
 def _series_label(uid: str, items: list, description: str) -> str:
+    """``UID (N images[, modality][, 'description'])``: the modality named where it is not CT."""
     name = uid or "(no SeriesInstanceUID)"
+    modality = str(getattr(items[0][1], "Modality", "") or "").strip().upper()
+    kind = f", {modality}" if modality and modality != "CT" else ""
     desc = f", {description!r}" if description else ""
-    return f"{name} ({len(items)} images{desc})"
+    return f"{name} ({len(items)} images{kind}{desc})"
 
 
 def _same_stack(key: tuple, rows: int, cols: int, orientation: np.ndarray | None) -> bool:

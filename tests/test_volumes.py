@@ -513,7 +513,8 @@ def test_the_ct_series_is_read_beside_a_larger_series_of_another_modality(tmp_pa
     pet = write_dicom_series(tmp_path, hu, seed=1, modality="PT")
     vol = read_volume(tmp_path)
     assert vol.series_uid == ct and vol.hu.shape[0] == 5
-    assert len(vol.warnings) == 1 and "largest CT series" in vol.warnings[0] and pet in vol.warnings[0]
+    assert len(vol.warnings) == 1 and "largest CT series" in vol.warnings[0]
+    assert f"left out: {pet} ({hu.shape[0]} images, PT)" in vol.warnings[0]  # what was left out, by modality
     with pytest.raises(CovsegError, match="Modality is PT"):
         read_volume(tmp_path, series_uid=pet)
 
