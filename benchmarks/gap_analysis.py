@@ -16,11 +16,11 @@ Labels: 0 background, 1 GGO, 2 consolidation (3 pleural effusion, where a scheme
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
+from cv_screen import over_folds
 
 ROWS = ("as is", "typing oracle", "region oracle")
 
@@ -83,28 +83,14 @@ def fold_table(cv_dir: Path, fold: int, data: str | None) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from covseg.errors import CovsegError
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cv_dir", type=Path)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--folds", type=int, default=5)
-    args = parser.parse_args(argv)
-    if args.folds < 1:
-        raise SystemExit(f"gap_analysis: --folds must be 1 or more, not {args.folds}")
-    missing = [k for k in range(args.folds) if not (args.cv_dir / f"fold-{k}" / "last.pt").is_file()]
-    if missing:
-        raise SystemExit(f"gap_analysis: {args.cv_dir} has no trained fold-{missing[0]}/last.pt; give a finished "
-                         "multiclass covseg cv folder (or a smaller --folds)")
-    try:  # a wrong data set or a binary folder: one line, not a traceback
-        table = np.stack([fold_table(args.cv_dir, k, args.data) for k in range(args.folds)])  # (folds, rows, 3)
-    except CovsegError as error:
-        raise SystemExit(f"gap_analysis: {error}")
-    print("| label map | " + " | ".join(f"fold {k}" for k in range(args.folds))
+    table = np.stack(over_folds("gap_analysis", __doc__.splitlines()[0], argv, fold_table, min_folds=1,
+                                kind="multiclass "))  # (folds, rows, 3)
+    folds = len(table)
+    print("| label map | " + " | ".join(f"fold {k}" for k in range(folds))
           + " | mean GGO / consolidation | lesion region | Δ against as is |")
-    print("|---" * (args.folds + 4) + "|")
+    print("|---" * (folds + 4) + "|")
     for i, row in enumerate(ROWS):
-        cells = [f"{table[k, i, 0]:.4f} / {table[k, i, 1]:.4f}" for k in range(args.folds)]
+        cells = [f"{table[k, i, 0]:.4f} / {table[k, i, 1]:.4f}" for k in range(folds)]
         mean = table[:, i].mean(0)
         delta = mean - table[:, 0].mean(0)
         print(f"| {row} | " + " | ".join(cells) + f" | {mean[0]:.4f} / {mean[1]:.4f} | {mean[2]:.4f} | "

@@ -18,24 +18,17 @@ Inference only.
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
+from cv_screen import over_folds
+from gap_analysis import per_image_dice
+from speck_screen import nested_choice
 
 CANDIDATES: list[tuple[str, float]] = ([("as is", 0)] + [("prob blur", s) for s in (1, 2, 4)]
                                        + [("type blur", s) for s in (2, 4, 8, 16)] + [("component vote", 0)])
 EIGHT_CONNECTED = np.ones((3, 3), bool)
-
-
-def _sibling(name: str):
-    """A script beside this one, as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def blurred(probs: np.ndarray, sigma: float) -> np.ndarray:
@@ -84,7 +77,6 @@ def fold_dice(cv_dir: Path, fold: int, data: str | None) -> np.ndarray:
     from covseg.predict import open_predictor
     from covseg.run import read_run_info
 
-    per_image_dice = _sibling("gap_analysis").per_image_dice
     run = cv_dir / f"fold-{fold}"
     data = data or read_run_info(run)["data"]
     predictor, config, _ = open_predictor(run, which="last")
@@ -106,30 +98,16 @@ def _name(kind: str, sigma: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from covseg.errors import CovsegError
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cv_dir", type=Path)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--folds", type=int, default=5)
-    args = parser.parse_args(argv)
-    if args.folds < 2:
-        raise SystemExit(f"smooth_screen: --folds must be 2 or more (a nested choice needs other folds), not {args.folds}")
-    missing = [k for k in range(args.folds) if not (args.cv_dir / f"fold-{k}" / "last.pt").is_file()]
-    if missing:
-        raise SystemExit(f"smooth_screen: {args.cv_dir} has no trained fold-{missing[0]}/last.pt; give a finished "
-                         "multiclass covseg cv folder (or a smaller --folds)")
-    try:  # a wrong data set or a binary folder: one line, not a traceback
-        dice_ = np.stack([fold_dice(args.cv_dir, k, args.data) for k in range(args.folds)])  # (folds, cand, 2)
-    except CovsegError as error:
-        raise SystemExit(f"smooth_screen: {error}")
-    print("| candidate | " + " | ".join(f"fold {k}" for k in range(args.folds)) + " | mean GGO / consolidation |")
-    print("|---" * (args.folds + 2) + "|")
+    dice_ = np.stack(over_folds("smooth_screen", __doc__.splitlines()[0], argv, fold_dice, min_folds=2,
+                                kind="multiclass "))  # (folds, candidates, 2)
+    folds = len(dice_)
+    print("| candidate | " + " | ".join(f"fold {k}" for k in range(folds)) + " | mean GGO / consolidation |")
+    print("|---" * (folds + 2) + "|")
     for i, (kind, sigma) in enumerate(CANDIDATES):
-        cells = [f"{dice_[k, i, 0]:.4f} / {dice_[k, i, 1]:.4f}" for k in range(args.folds)]
+        cells = [f"{dice_[k, i, 0]:.4f} / {dice_[k, i, 1]:.4f}" for k in range(folds)]
         mean = dice_[:, i].mean(0)
         print(f"| {_name(kind, sigma)} | " + " | ".join(cells) + f" | {mean[0]:.4f} / {mean[1]:.4f} |")
-    picks = _sibling("speck_screen").nested_choice(dice_.mean(2))
+    picks = nested_choice(dice_.mean(2))
     nested = np.stack([dice_[k, p] for k, p in enumerate(picks)])
     for k, p in enumerate(picks):
         print(f"fold {k}: picked {_name(*CANDIDATES[p])}; Δ "
@@ -137,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     delta = nested - dice_[:, 0]
     for j, name in enumerate(("GGO", "consolidation")):
         print(f"{name}: as is {dice_[:, 0, j].mean():.4f}, nested {nested[:, j].mean():.4f}, "
-              f"Δ {delta[:, j].mean():+.4f}, folds worse {int((delta[:, j] < 0).sum())} of {args.folds}")
+              f"Δ {delta[:, j].mean():+.4f}, folds worse {int((delta[:, j] < 0).sum())} of {folds}")
     hindsight = int(dice_.mean(2).mean(0).argmax())
     print(f"in hindsight (picked on the scored images, a bound only): {_name(*CANDIDATES[hindsight])}, Δ "
           + " / ".join(f"{x:+.4f}" for x in (dice_[:, hindsight] - dice_[:, 0]).mean(0)))

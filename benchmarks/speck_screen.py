@@ -12,11 +12,11 @@ applied to the fold's own images: the nested figure, which picked nothing on the
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
+from cv_screen import over_folds
 
 CANDIDATES: list[tuple[str, float]] = ([("T", t) for t in (0, 10, 20, 50, 100, 200, 400)]
                                        + [("f", f) for f in (0.01, 0.02, 0.05, 0.1)])
@@ -80,29 +80,14 @@ def fold_dice(cv_dir: Path, fold: int, data: str | None) -> tuple[list[int], np.
 
 
 def main(argv: list[str] | None = None) -> int:
-    from covseg.errors import CovsegError
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cv_dir", type=Path)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--folds", type=int, default=5)
-    args = parser.parse_args(argv)
-    if args.folds < 2:
-        raise SystemExit(f"speck_screen: --folds must be 2 or more (a nested choice needs other folds), not {args.folds}")
-    missing = [k for k in range(args.folds) if not (args.cv_dir / f"fold-{k}" / "last.pt").is_file()]
-    if missing:
-        raise SystemExit(f"speck_screen: {args.cv_dir} has no trained fold-{missing[0]}/last.pt; give a finished "
-                         "covseg cv folder (or a smaller --folds)")
-    try:  # a wrong data set: one line, not a traceback
-        per_fold = [fold_dice(args.cv_dir, k, args.data) for k in range(args.folds)]
-    except CovsegError as error:
-        raise SystemExit(f"speck_screen: {error}")
+    per_fold = over_folds("speck_screen", __doc__.splitlines()[0], argv, fold_dice, min_folds=2)
+    folds = len(per_fold)
     classes = per_fold[0][0]
     dice_ = np.stack([d for _, d in per_fold])  # (folds, candidates, classes)
-    print("| candidate | " + " | ".join(f"fold {k}" for k in range(args.folds)) + " | mean |")
-    print("|---" * (args.folds + 2) + "|")
+    print("| candidate | " + " | ".join(f"fold {k}" for k in range(folds)) + " | mean |")
+    print("|---" * (folds + 2) + "|")
     for i, (kind, limit) in enumerate(CANDIDATES):
-        cells = [" / ".join(f"{x:.4f}" for x in dice_[k, i]) for k in range(args.folds)]
+        cells = [" / ".join(f"{x:.4f}" for x in dice_[k, i]) for k in range(folds)]
         print(f"| {kind} = {limit:g} | " + " | ".join(cells) + " | "
               + " / ".join(f"{x:.4f}" for x in dice_[:, i].mean(0)) + " |")
     picks = nested_choice(dice_.mean(2))
@@ -113,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for j, c in enumerate(classes):
         delta = nested[:, j] - dice_[:, 0, j]
         print(f"class {c}: T = 0 {dice_[:, 0, j].mean():.4f}, nested {nested[:, j].mean():.4f}, "
-              f"Δ {delta.mean():+.4f}, folds not worse {int((delta >= 0).sum())} of {args.folds}")
+              f"Δ {delta.mean():+.4f}, folds not worse {int((delta >= 0).sum())} of {folds}")
     return 0
 
 

@@ -452,11 +452,13 @@ def test_the_onnxruntime_row_runs_covseg_s_exported_graph(monkeypatch: pytest.Mo
 
 
 def _script(name: str):
-    """A script of benchmarks/ as a module (they are not a package)."""
+    """A script of benchmarks/ as a module (they are not a package; some import a sibling, as they do when run)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", Path(__file__).parents[1] / "benchmarks"
-                                                  / f"{name}.py")
+    folder = str(Path(__file__).parents[1] / "benchmarks")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", Path(folder) / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,0 +1,38 @@
+"""The command line shared by the inference-only screens over a ``covseg cv`` folder's fold models
+(``speck_screen.py``, ``gap_analysis.py``, ``smooth_screen.py``): ``CV_DIR [--data DIR] [--folds N]``, checked
+before any fold is scored, each refusal one line."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+Result = TypeVar("Result")
+
+
+def over_folds(prog: str, description: str, argv: list[str] | None,
+               per_fold: Callable[[Path, int, str | None], Result], *, min_folds: int,
+               kind: str = "") -> list[Result]:
+    """``per_fold(cv_dir, k, data)`` for folds ``k = 0 .. --folds - 1`` of the ``covseg cv`` folder the command line
+    ``argv`` names (``--data`` None: each run's own data folder). Refused in one line (``SystemExit`` starting
+    ``prog: ``): fewer than ``min_folds`` folds, a fold without ``last.pt`` (the message asks for a finished ``kind``
+    cv folder, e.g. ``"multiclass "``), and a :class:`covseg.errors.CovsegError` raised while scoring."""
+    from covseg.errors import CovsegError
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("cv_dir", type=Path)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--folds", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.folds < min_folds:
+        why = " (a nested choice needs other folds)" if min_folds > 1 else ""
+        raise SystemExit(f"{prog}: --folds must be {min_folds} or more{why}, not {args.folds}")
+    missing = [k for k in range(args.folds) if not (args.cv_dir / f"fold-{k}" / "last.pt").is_file()]
+    if missing:
+        raise SystemExit(f"{prog}: {args.cv_dir} has no trained fold-{missing[0]}/last.pt; give a finished "
+                         f"{kind}covseg cv folder (or a smaller --folds)")
+    try:  # a wrong data set or a model of the other task: one line, not a traceback
+        return [per_fold(args.cv_dir, k, args.data) for k in range(args.folds)]
+    except CovsegError as error:
+        raise SystemExit(f"{prog}: {error}")
