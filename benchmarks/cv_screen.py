@@ -4,9 +4,12 @@ before any fold is scored, each refusal one line."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Result = TypeVar("Result")
 
@@ -36,3 +39,24 @@ def over_folds(prog: str, description: str, argv: list[str] | None,
         return [per_fold(args.cv_dir, k, args.data) for k in range(args.folds)]
     except CovsegError as error:
         raise SystemExit(f"{prog}: {error}")
+
+
+def held_out_predictions(cv_dir: Path, fold: int, data: str | None,
+                         need_task: str | None = None) -> tuple[str, Iterator[tuple[object, "np.ndarray"]]]:
+    """Fold ``fold``'s model (``last.pt``, as ``covseg cv`` scores it) on its own held-out images: its task and
+    ``(sample, probs)`` pairs, ``probs`` ``(C, H, W)`` class probabilities at the image's own size, ``sample.mask``
+    ``(H, W)`` the truth (0 background). ``data`` None: the run's own data folder. A model of another task than
+    ``need_task`` raises a one-line :class:`covseg.errors.CovsegError`."""
+    from covseg.errors import CovsegError
+    from covseg.experiment import select_samples
+    from covseg.predict import open_predictor
+    from covseg.run import read_run_info
+
+    run = cv_dir / f"fold-{fold}"
+    data = data or read_run_info(run)["data"]
+    predictor, config, _ = open_predictor(run, which="last")
+    task = config.data.task
+    if need_task is not None and task != need_task:
+        raise CovsegError(f"{run}: is a {task} model; give a {need_task} cv folder")
+    samples = select_samples(run, data, task, "heldout", config.data.window)
+    return task, zip(samples, predictor([s.image for s in samples]))

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from cv_screen import over_folds
+from cv_screen import held_out_predictions, over_folds
 
 ROWS = ("as is", "typing oracle", "region oracle")
 
@@ -59,20 +59,10 @@ def per_image_dice(pred: np.ndarray, truth: np.ndarray, classes: list[int]) -> l
 
 def fold_table(cv_dir: Path, fold: int, data: str | None) -> np.ndarray:
     """One fold's per-image means ``(rows, classes + 1)``: per :data:`ROWS`, GGO, consolidation, lesion region."""
-    from covseg.errors import CovsegError
-    from covseg.experiment import select_samples
-    from covseg.predict import open_predictor
-    from covseg.run import read_run_info
-
-    run = cv_dir / f"fold-{fold}"
-    data = data or read_run_info(run)["data"]
-    predictor, config, _ = open_predictor(run, which="last")
-    if config.data.task != "multiclass":
-        raise CovsegError(f"{run}: is a {config.data.task} model; the gap analysis needs a multiclass cv folder")
-    samples = select_samples(run, data, config.data.task, "heldout", config.data.window)
+    _, predictions = held_out_predictions(cv_dir, fold, data, need_task="multiclass")
     classes = [1, 2]
     values: list[list[list[float]]] = [[[] for _ in range(len(classes) + 1)] for _ in ROWS]
-    for sample, probs in zip(samples, predictor([s.image for s in samples])):
+    for sample, probs in predictions:
         pred = probs.argmax(0)
         maps = (pred, typing_oracle(pred, sample.mask), region_oracle(probs, sample.mask))
         for i, label_map in enumerate(maps):

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from cv_screen import over_folds
+from cv_screen import held_out_predictions, over_folds
 from gap_analysis import per_image_dice
 from speck_screen import nested_choice
 
@@ -72,20 +72,10 @@ def label_map(probs: np.ndarray, kind: str, sigma: float) -> np.ndarray:
 
 def fold_dice(cv_dir: Path, fold: int, data: str | None) -> np.ndarray:
     """One fold's per-image Dice means ``(candidates, 2)`` (GGO, consolidation)."""
-    from covseg.errors import CovsegError
-    from covseg.experiment import select_samples
-    from covseg.predict import open_predictor
-    from covseg.run import read_run_info
-
-    run = cv_dir / f"fold-{fold}"
-    data = data or read_run_info(run)["data"]
-    predictor, config, _ = open_predictor(run, which="last")
-    if config.data.task != "multiclass":
-        raise CovsegError(f"{run}: is a {config.data.task} model; the smoothing screen needs a multiclass cv folder")
-    samples = select_samples(run, data, config.data.task, "heldout", config.data.window)
+    _, predictions = held_out_predictions(cv_dir, fold, data, need_task="multiclass")
     classes = [1, 2]
     values: list[list[list[float]]] = [[[] for _ in classes] for _ in CANDIDATES]
-    for sample, probs in zip(samples, predictor([s.image for s in samples])):
+    for sample, probs in predictions:
         for i, (kind, sigma) in enumerate(CANDIDATES):
             for j, d in enumerate(per_image_dice(label_map(probs, kind, sigma), sample.mask, classes)[:2]):
                 if d is not None:

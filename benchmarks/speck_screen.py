@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from cv_screen import over_folds
+from cv_screen import held_out_predictions, over_folds
 
 CANDIDATES: list[tuple[str, float]] = ([("T", t) for t in (0, 10, 20, 50, 100, 200, 400)]
                                        + [("f", f) for f in (0.01, 0.02, 0.05, 0.1)])
@@ -55,20 +55,14 @@ def nested_choice(scores: np.ndarray) -> list[int]:
 
 def fold_dice(cv_dir: Path, fold: int, data: str | None) -> tuple[list[int], np.ndarray]:
     """Per-image Dice means ``(candidates, classes)`` of one fold, and the lesion classes scored."""
-    from covseg.experiment import select_samples
     from covseg.labels import get_scheme
     from covseg.metrics import confusion_matrix, dice
-    from covseg.predict import open_predictor
-    from covseg.run import read_run_info
 
-    run = cv_dir / f"fold-{fold}"
-    data = data or read_run_info(run)["data"]
-    predictor, config, _ = open_predictor(run, which="last")
-    samples = select_samples(run, data, config.data.task, "heldout", config.data.window)
-    classes = [1] if config.data.task == "binary" else [1, 2]
-    n_classes = get_scheme(config.data.task).num_classes
+    task, predictions = held_out_predictions(cv_dir, fold, data)
+    classes = [1] if task == "binary" else [1, 2]
+    n_classes = get_scheme(task).num_classes
     values = [[[] for _ in classes] for _ in CANDIDATES]
-    for sample, probs in zip(samples, predictor([s.image for s in samples])):
+    for sample, probs in predictions:
         pred = probs.argmax(0)
         for i, (kind, limit) in enumerate(CANDIDATES):
             cm = confusion_matrix(remove_specks(pred, kind, limit), sample.mask, n_classes)
