@@ -209,13 +209,23 @@ def foreground_called(metrics: dict[str, Any]) -> dict[str, int]:
     return {n: c for n, c in metrics.get("predicted_pixels", {}).items() if n != "background" and c}
 
 
+def _images(n: int) -> str:
+    """``n`` images as a count in a sentence: "1 image", "10 images"."""
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
+def _all_images(n: int) -> str:
+    """Every one of ``n`` scored images, in a sentence: "the 1 image", "all 10 images"."""
+    return "the 1 image" if n == 1 else f"all {n} images"
+
+
 def _markdown(ev: Evaluation, title: str, d: dict[str, Any] | None = None) -> str:
     """metrics.md; ``d``: ``ev.to_dict()`` where the caller has it already (its bootstrap is not redone)."""
     d = ev.to_dict() if d is None else d
     names = [n for n, c in d["images_with_class"].items() if c > 0]
     fg = [n for n in names if n != "background"]
     lines = [f"# {title}", ""] + [f"**Caveat:** {c}." for c in d.get("caveats", [])] + (
-        [""] if d.get("caveats") else []) + [f"{d['n_images']} images; {EMPTY_TRUTH_RULE}.", ""]
+        [""] if d.get("caveats") else []) + [f"{_images(d['n_images'])}; {EMPTY_TRUTH_RULE}.", ""]
     counted = d["per_image_images"]
     # specificity is never averaged over "the images whose truth holds the class" (it needs pixels outside the
     # class), so its images are always named, even where their count happens to match
@@ -226,7 +236,7 @@ def _markdown(ev: Evaluation, title: str, d: dict[str, Any] | None = None) -> st
                          + "".join(f"; {m} over " + ", ".join(f"{n} {counted[m][n]}" for n in names)
                                    + " (" + ("every image where it is defined" if m == "specificity"
                                              else "where the class is also predicted") + ")" for m in differ),
-            "pooled": f"one figure from every pixel of all {d['n_images']} images"}
+            "pooled": f"one figure from every pixel of {_all_images(d['n_images'])}"}
     for kind in ("per_image", "pooled"):
         lines += [f"## {kind.replace('_', '-')}", "", f"{over[kind][0].upper()}{over[kind][1:]}.", "",
                   "| metric | " + " | ".join(names) + " | mean foreground |",
@@ -240,7 +250,7 @@ def _markdown(ev: Evaluation, title: str, d: dict[str, Any] | None = None) -> st
     lines += [f"Pixel accuracy {format_figure(d['pixel_accuracy'])}; mean class accuracy {format_figure(d['mean_class_accuracy'])}.", ""]
     if d["infnet"]:
         i = d["infnet"]
-        lines += ["## Inf-Net protocol (binary)", "", f"Means over all {d['n_images']} images, as Inf-Net's evaluation "
+        lines += ["## Inf-Net protocol (binary)", "", f"Means over {_all_images(d['n_images'])}, as Inf-Net's evaluation "
                   "takes them: an image without lesion scores 0 for meanDic, meanSen and meanSpe (an image that is lesion "
                   "everywhere has no meanSpe, and its mean skips it).", "",
                   "| meanDic | meanSen | meanSpe | MAE |", "|---|---|---|---|",
@@ -263,13 +273,25 @@ def format_interval(pair: Sequence[float | None] | None) -> str | None:
     return f"{pair[0]:.4f}–{pair[1]:.4f}"
 
 
+def _no_interval(d: dict[str, Any], name: str, fg: Sequence[str]) -> str:
+    """Why the per-image Dice of ``name`` (a class, or ``mean_foreground`` over the classes ``fg``) has no interval:
+    its mean needs 2 images, and the mean over the classes needs 2 of each class (:func:`_intervals`), so there it
+    names the classes that lack them rather than claiming the mean itself counts fewer than 2 images."""
+    if name != "mean_foreground":
+        return "– (fewer than 2 images)"
+    counted = d["per_image_images"]["dice"]
+    short = [n.replace("_", " ") for n in fg if counted[n] < 2]
+    return f"– (fewer than 2 images hold {' or '.join(short)})" if short else "– (fewer than 2 images)"
+
+
 def _dice_interval_line(d: dict[str, Any], fg: Sequence[str]) -> str:
-    """metrics.md's sentence on the per-image Dice's bootstrap intervals (``d``: :meth:`Evaluation.to_dict`)."""
+    """metrics.md's sentence on the per-image Dice's bootstrap intervals (``d``: :meth:`Evaluation.to_dict`; ``fg``
+    the foreground classes some truth holds)."""
     dice = d["per_image_ci95"]["dice"]
     shown = [*fg, *(["mean_foreground"] if len(fg) > 1 else [])]
-    parts = [f"{name.replace('_', ' ')} {format_interval(dice[name]) or '– (fewer than 2 images)'}" for name in shown]
+    parts = [f"{name.replace('_', ' ')} {format_interval(dice[name]) or _no_interval(d, name, fg)}" for name in shown]
     return (f"95 % confidence interval of the per-image Dice (percentile bootstrap: {BOOTSTRAP_RESAMPLES} resamples of "
-            f"the {d['n_images']} images, seed 0; metrics.json's per_image_ci95 has every figure's): "
+            f"the {_images(d['n_images'])}, seed 0; metrics.json's per_image_ci95 has every figure's): "
             + "; ".join(parts) + ".")
 
 

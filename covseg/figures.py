@@ -57,8 +57,12 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = ""
 
 def plot_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], scheme: LabelScheme,
               path: Path, title: str = "") -> None:
-    """One row per ``(caption, image, truth, prediction)``: image | truth overlay | prediction overlay."""
-    fig = Figure(figsize=(9, 3 * len(rows)))
+    """One row per ``(caption, image, truth, prediction)``: image ``(H, W)`` grey in [0, 1] | truth overlay |
+    prediction overlay (truth and prediction ``(H, W)`` labels of ``scheme``). The legend names the foreground classes
+    some truth or prediction shown holds (none where they hold none): a class absent from every panel, such as pleural
+    effusion on COVID-SemiSeg, is not listed as if it were there. Constrained layout keeps the title and the legend
+    beside the panels, not a band of blank figure away."""
+    fig = Figure(figsize=(9, 3 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), 3, squeeze=False)
     for (caption, image, truth, pred), ax in zip(rows, axes):
         ax[0].imshow(image, cmap="gray", vmin=0, vmax=1)
@@ -69,8 +73,10 @@ def plot_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], sc
         ax[2].set_title("prediction", fontsize=9)
         for a in ax:
             a.axis("off")
-    fig.legend(handles=[Patch(color=np.asarray(scheme.colors[c]) / 255, label=scheme.names[c]) for c in scheme.foreground],
-               loc="lower center", ncol=len(scheme.foreground), fontsize=8, frameon=False)
+    shown = [c for c in scheme.foreground if any(np.any(truth == c) or np.any(pred == c) for _, _, truth, pred in rows)]
+    if shown:
+        fig.legend(handles=[Patch(color=np.asarray(scheme.colors[c]) / 255, label=scheme.names[c]) for c in shown],
+                   loc="outside lower center", ncol=len(shown), fontsize=8, frameon=False)
     if title:
         fig.suptitle(plain_text(title))
     _save(fig, path)

@@ -19,7 +19,7 @@ from covseg.intensity import stretch_percentiles, window_hu
 from covseg.labels import LabelScheme, overlay
 from covseg.quantify import nonzero_text, percent_text
 
-__all__ = ["render_report", "axial_montage", "coronal_view"]
+__all__ = ["render_report", "montage_slices", "axial_montage", "coronal_view"]
 
 
 def _png_uri(rgb: np.ndarray) -> str:
@@ -34,18 +34,24 @@ def _fig_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def montage_slices(lesions: np.ndarray, n: int = 12) -> list[int]:
+    """The axial slices (indices into ``lesions`` ``(Z, Y, X)`` labels, ascending) :func:`axial_montage` shows: the up
+    to ``n`` with the largest lesion area, or, where no slice holds lesion, up to ``n`` spread evenly over the scan."""
+    area = (lesions > 0).reshape(len(lesions), -1).sum(1)
+    if area.any():
+        return sorted(int(z) for z in np.argsort(area)[::-1][: min(n, int((area > 0).sum()))])
+    return sorted({int(z) for z in np.linspace(0, len(lesions) - 1, min(n, len(lesions))).round().astype(int)})
+
+
 def axial_montage(grey: np.ndarray, lesions: np.ndarray, scheme: LabelScheme, n: int = 12,
                   spacing: tuple[float, float, float] | None = None) -> np.ndarray:
-    """RGB montage of up to ``n`` axial slices (those with most lesion, else spread over the scan), 4 per row.
+    """RGB montage of up to ``n`` axial slices (:func:`montage_slices`: those with most lesion, else spread over the
+    scan), 4 per row.
 
     ``grey``: ``(Z, Y, X)`` in [0, 1]; ``lesions``: ``(Z, Y, X)`` labels. Superior slices come first. With
     ``spacing`` ``(Z, Y, X)`` mm each slice is shown at its true aspect ratio (rows resized by Y / X spacing).
     """
-    area = (lesions > 0).reshape(len(lesions), -1).sum(1)
-    if area.any():
-        picks = sorted(np.argsort(area)[::-1][: min(n, int((area > 0).sum()))])
-    else:
-        picks = sorted(set(np.linspace(0, len(grey) - 1, min(n, len(grey))).round().astype(int)))
+    picks = montage_slices(lesions, n)
     tiles = [overlay(grey[z], lesions[z], scheme) for z in picks[::-1]]
     if spacing is not None and not math.isclose(spacing[1], spacing[2], rel_tol=1e-3):  # non-square pixels
         height = max(1, int(round(tiles[0].shape[0] * spacing[1] / spacing[2])))
@@ -70,6 +76,11 @@ def coronal_view(grey: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, schem
     image = overlay(grey[::-1, y, :], lesions[::-1, y, :], scheme)
     height = max(1, int(round(image.shape[0] * spacing[0] / spacing[2])))
     return np.asarray(Image.fromarray(image).resize((image.shape[1], height), Image.Resampling.BILINEAR))
+
+
+def _slices(n: int) -> str:
+    """``n`` slices as a count in a sentence: "1 slice", "12 slices"."""
+    return f"{n} slice" if n == 1 else f"{n} slices"
 
 
 def _bar_chart(figures: dict[str, Any], names: list[str], scheme: LabelScheme) -> str:
@@ -115,6 +126,11 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
     key = " ".join(f'<span style="background:rgb{scheme.colors[c]};padding:0 .6em"></span> {esc(scheme.names[c])}'
                     for c in scheme.foreground)
     warnings = "".join(f"<li>{esc(w)}</li>" for w in report.get("warnings", [])) or "<li>none</li>"
+    shown = len(montage_slices(lesions))
+    montage_heading = (f"Axial slices with the most lesion ({_slices(shown)} of {len(lesions)}, superior first)"
+                       if lesions.any() else
+                       f"Axial slices: no lesion found ({_slices(shown)} of {len(lesions)} spread over the scan, "
+                       "superior first)")
     model = report["model"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>covseg report — {esc(report['input']['path'])}</title>
@@ -134,7 +150,7 @@ and quantify the scan and write its label maps (report.json's total also counts 
 Lung = HU-based lung mask plus every lung-lesion voxel the model found, less what it calls pleural effusion, which counts
 neither as lung nor as involvement (its volume only). Research use only, not a diagnostic device.</p>
 <img alt="bar chart" src="{_bar_chart(figures, [n for n in names if n in figures['total']['class_percent']], scheme)}">
-<h2>Axial slices with the most lesion</h2><p class="note">Colours: {key}</p><img alt="axial montage" src="{_png_uri(axial_montage(grey, lesions, scheme, spacing=spacing))}">
+<h2>{montage_heading}</h2><p class="note">Colours: {key}</p><img alt="axial montage" src="{_png_uri(axial_montage(grey, lesions, scheme, spacing=spacing))}">
 <h2>Coronal reformat</h2><img alt="coronal view" src="{_png_uri(coronal_view(grey, lesions, lungs, scheme, spacing))}">
 <h2>Warnings</h2><ul>{warnings}</ul>
 </body></html>
