@@ -313,13 +313,52 @@ def _check_device(config: RunConfig) -> None:
         resolve_precision(config.train.precision, device)
 
 
-def _check_before_any_run(config: RunConfig, out_dir: Path, data: str) -> None:
-    """The refusals ``compare`` and ``cv`` (with or without seeds) make before their first run: a type model
-    (``train.types_only``, scored only behind a lesion model), an ``-o`` they may not write
-    (:func:`_check_output_folder`) and a device or precision this machine lacks (:func:`_check_device`)."""
+_WORKFLOWS = {"cv": "covseg cv", "seeds": "covseg cv --seeds", "compare": "covseg compare"}
+"""The workflows whose output folders :func:`_workflow_of` tells apart, and the command that writes each."""
+
+
+def _numbered(folder: Path, prefix: str) -> list[str]:
+    """The sub-folders of ``folder`` named ``PREFIX<number>`` (``fold-0``, ``seed-2``), in number order."""
+    found = [p.name for p in folder.glob(f"{prefix}*") if p.is_dir() and p.name[len(prefix):].isdigit()]
+    return sorted(found, key=lambda name: int(name[len(prefix):]))
+
+
+def _workflow_of(out_dir: Path) -> tuple[str, str] | None:
+    """Which workflow's output ``out_dir`` already holds, as ``(workflow, what shows it)``: ``seeds`` (``seed-S``
+    folders or ``seeds.json``), ``cv`` (``fold-K`` folders or ``cv.json``) or ``compare`` (``comparison.json``);
+    None for a new or empty folder."""
+    if not out_dir.is_dir():
+        return None
+    for workflow, prefix, summary in (("seeds", "seed-", "seeds.json"), ("cv", "fold-", "cv.json"),
+                                      ("compare", None, "comparison.json")):
+        shown = (_numbered(out_dir, prefix) if prefix else []) + ([summary] if (out_dir / summary).is_file() else [])
+        if shown:
+            return workflow, ", ".join(shown[:3]) + (", ..." if len(shown) > 3 else "")
+    return None
+
+
+def _check_same_workflow(out_dir: Path, workflow: str) -> None:
+    """Refuse an ``-o`` that holds another workflow's output (:func:`_workflow_of`): ``covseg cv`` into a ``--seeds``
+    folder would put its folds beside the seeds' (a later ``evaluate CV_DIR`` then takes them for the whole folder),
+    ``--seeds`` into a plain cross-validation or either into a ``compare`` folder would mix their summaries."""
+    found = _workflow_of(out_dir)
+    if found is None or found[0] == workflow:
+        return
+    other, shown = found
+    go_on = ", or add its --seeds to go on with it" if other == "seeds" and workflow == "cv" else ""
+    raise CovsegError(f"{out_dir}: holds the output of {_WORKFLOWS[other]} ({shown}), not of {_WORKFLOWS[workflow]}; "
+                      f"give -o a folder of its own{go_on}")
+
+
+def _check_before_any_run(config: RunConfig, out_dir: Path, data: str, workflow: str) -> None:
+    """The refusals ``compare`` and ``cv`` (with or without seeds: ``workflow``, a key of :data:`_WORKFLOWS`) make
+    before their first run: a type model (``train.types_only``, scored only behind a lesion model), an ``-o`` they
+    may not write (:func:`_check_output_folder`) or that holds another workflow's output
+    (:func:`_check_same_workflow`), and a device or precision this machine lacks (:func:`_check_device`)."""
     if config.train.types_only:
         raise CovsegError(TYPES_ONLY_NEEDS_LESION_MODEL)
     _check_output_folder(out_dir, data)
+    _check_same_workflow(out_dir, workflow)
     _check_device(config)
 
 
@@ -335,7 +374,7 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     checks each new run makes before training (:func:`_check_new_run_inputs`: e.g. ``model.batch_norm=false``
     beside SegNet, or a ``train.init`` pretrained for another network), so none is refused after another trained.
     """
-    _check_before_any_run(config, out_dir, data)
+    _check_before_any_run(config, out_dir, data, "compare")
     d = config.data
     planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
     if not planned["val"] and not planned["test"]:  # every model would train, then have no image to be scored on
@@ -681,7 +720,7 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     its columns, ``swa``: the main table's columns and ``minus_last``).
     """
     check_folds(folds)
-    _check_before_any_run(config, out_dir, data)
+    _check_before_any_run(config, out_dir, data, "cv")
     for k in range(folds):  # before any training: a fold of other settings or data fails now, not folds later
         _check_reusable(out_dir / f"fold-{k}", _fold_config(config, k, folds), samples, data, _CV_REMEDY)
     _check_fold_inputs(config, out_dir, folds, [s.name for s in samples])
@@ -833,7 +872,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     """
     check_seeds(seeds)
     check_folds(folds)
-    _check_before_any_run(config, out_dir, data)
+    _check_before_any_run(config, out_dir, data, "seeds")
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
     for seed, cfg in configs.items():  # before any training: a folder of other settings or data fails now, not hours in
         for k in range(folds):
@@ -867,7 +906,8 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
                "ensemble": {"columns": ensemble, "summary": _mean_std(ensemble)}}
     title = f"# {config.recipe} · {config.data.task} · {folds}-fold cross-validation × seeds {', '.join(map(str, seeds))}"
     lines = [title, "", "Each seed's row: mean ± std over its folds. The seed ensemble averages the probabilities of "
-             "each fold's seed models. " + SPREAD_NOTE, ""]
+             "each fold's seed models; its train seconds are the sum over those models (a single model's are in the "
+             "rows above). " + SPREAD_NOTE, ""]
     lines += _table_lines("", names, [(f"seed {seed}", _summary_row(per_seed[seed]["summary"])) for seed in seeds]
                           + [("mean ± std of the seeds' CV means", _summary_row(summary["over_seeds"])),
                              (f"every seed × fold model ({len(seeds) * folds})", _summary_row(summary["every_model"])),

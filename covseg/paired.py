@@ -252,6 +252,12 @@ def read_fold_scores(cv_dir: Path) -> FoldScores:
     scores: FoldScores = {path.parent.parent.name: read_per_image(path) for path in found}
     if not scores:
         seeds = sorted(p.name for p in cv_dir.glob("seed-*") if p.is_dir())
+        if not seeds and any(cv_dir.glob(f"fold-*/{PER_IMAGE.name}")):  # `covseg cv --seeds`'s ensemble/fold-K
+            beside = sorted((str(p) for p in cv_dir.parent.glob("seed-*") if p.is_dir()), key=lambda p: (len(p), p))
+            give = f"one of the seed folders beside it ({', '.join(beside)})" if beside else "a seed folder"
+            raise CovsegError(f"{cv_dir}: a seed ensemble's reports (fold-K/{PER_IMAGE.name}, as covseg cv --seeds "
+                              "writes), not a cross-validation's runs; cv-compare pairs the runs of one training "
+                              f"seed: give {give}; the ensemble's figures are in {cv_dir.parent / 'seeds.md'}")
         hint = (f"give one of its seed folders ({', '.join(seeds)})" if seeds
                 else f"score it first: covseg evaluate {cv_dir}" if (cv_dir / "config.yaml").is_file()
                 else "run covseg cv into it first")
@@ -342,6 +348,22 @@ def _by_fold_number(name: str) -> tuple[int, str]:
     return (len(name), name)  # fold-2 before fold-10
 
 
+def _check_two_runs(reference_dir: Path, candidate_dir: Path, folds: Sequence[str]) -> None:
+    """Refuse a comparison whose two sides read one and the same table of a shared fold (a folder against itself,
+    a cross-validation against one of its own fold runs, a ``--seeds`` folder's ``seed-S`` against a run in it):
+    every difference would be 0 by construction, not a finding."""
+    same = [fold for fold in folds
+            if _table_path(reference_dir, fold).resolve() == _table_path(candidate_dir, fold).resolve()]
+    if not same:
+        return
+    if reference_dir.resolve() == candidate_dir.resolve():
+        raise CovsegError(f"{reference_dir} is both the reference and the candidate, so every difference is 0; "
+                          "give two different cross-validation folders")
+    raise CovsegError(f"{reference_dir} and {candidate_dir} hold the same run of {', '.join(same)} "
+                      f"({_table_path(candidate_dir, same[0])}), so its difference is 0 by construction; give two "
+                      "different cross-validations (a run is not compared with the cross-validation it belongs to)")
+
+
 def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
                               metrics: Sequence[str] | None = None) -> Comparison:
     """Paired differences, candidate minus reference, for each metric and each fold both have scored.
@@ -355,6 +377,7 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
     if not folds:
         raise CovsegError(f"{reference_dir} and {candidate_dir} share no scored fold "
                           f"({', '.join(sorted(reference))} against {', '.join(sorted(candidate))})")
+    _check_two_runs(reference_dir, candidate_dir, folds)
     shared = {f: reference[f] for f in folds}
     chosen = list(dict.fromkeys(metrics)) if metrics else default_metrics(shared)
     if not chosen:

@@ -379,3 +379,13 @@ def test_evaluate_all_scores_the_final_weights_not_best_pt(tiny_run: Path, tmp_p
     assert main(["evaluate", str(tiny_run), "--split", "all", "-o", str(out), "--quiet"]) == 0
     model = json.loads((out / "metrics.json").read_text())["model"]
     assert Path(model["file"]).name == "last.pt", model
+
+
+def test_seeds_md_says_the_ensembles_train_seconds_are_its_members_sum(tiny_seeds_cv: Path) -> None:
+    text = (tiny_seeds_cv / "seeds.md").read_text(encoding="utf-8")
+    summary = json.loads((tiny_seeds_cv / "seeds.json").read_text(encoding="utf-8"))
+    per_seed = [json.loads((tiny_seeds_cv / f"seed-{s}" / "cv.json").read_text(encoding="utf-8")) for s in (0, 1)]
+    for k, seconds in enumerate(summary["ensemble"]["columns"]["train seconds"]):  # the sum, not one model's
+        assert seconds == pytest.approx(sum(cv["columns"]["train seconds"][k] for cv in per_seed))
+    # before: the ensemble row's train seconds (twice a model's with two seeds) stood unexplained beside the models'
+    assert "its train seconds are the sum over those models" in text
