@@ -211,7 +211,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
              "data": str(Path(data).resolve()), "split": split, "seconds": round(time.perf_counter() - began, 3)}
     n_models = len(paths) + len(lesion_paths)
     name = f"{info['name']} ({n_models} models)" if n_models > 1 else config.model.name
-    title = f"{name} · {config.data.task} · {split} ({len(samples)} images)"
+    title = f"{name} · {config.data.task} · {split} ({len(samples)} image{'' if len(samples) == 1 else 's'})"
     if n_models == 1:  # one model: which checkpoint, and whether its figure is a held-out one
         scored = Path(info["file"])
         title += f" · {scored.name}"
@@ -908,7 +908,7 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     lines = [title, "", "Each seed's row: mean ± std over its folds. The seed ensemble averages the probabilities of "
              "each fold's seed models; its train seconds are the sum over those models (a single model's are in the "
              "rows above). " + SPREAD_NOTE, ""]
-    lines += _table_lines("", names, [(f"seed {seed}", _summary_row(per_seed[seed]["summary"])) for seed in seeds]
+    lines += _table_lines("models", names, [(f"seed {seed}", _summary_row(per_seed[seed]["summary"])) for seed in seeds]
                           + [("mean ± std of the seeds' CV means", _summary_row(summary["over_seeds"])),
                              (f"every seed × fold model ({len(seeds) * folds})", _summary_row(summary["every_model"])),
                              (f"**seed ensemble** ({len(seeds)} models a fold)", _summary_row(summary["ensemble"]["summary"]))])

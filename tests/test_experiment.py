@@ -389,3 +389,4 @@ def test_seeds_md_says_the_ensembles_train_seconds_are_its_members_sum(tiny_seed
         assert seconds == pytest.approx(sum(cv["columns"]["train seconds"][k] for cv in per_seed))
     # before: the ensemble row's train seconds (twice a model's with two seeds) stood unexplained beside the models'
     assert "its train seconds are the sum over those models" in text
+    assert "\n| models | " in text and "|  |" not in text  # the seeds' table's first column is named

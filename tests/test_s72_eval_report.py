@@ -128,3 +128,14 @@ def test_a_page_without_lesion_does_not_call_its_slices_those_with_the_most_lesi
     assert "most lesion" not in page
     assert "<h2>Axial slices: no lesion found (12 slices of 20 spread over the scan, superior first)</h2>" in page
     assert _page(np.zeros((1, 16, 16), np.int64)).count("(1 slice of 1 spread over the scan") == 1
+
+
+def test_a_one_image_evaluation_is_titled_in_the_singular(tiny_run: Path, tmp_path: Path) -> None:
+    from conftest import write_semiseg
+    from covseg.cli import main
+
+    one = write_semiseg(tmp_path / "one", n=1, seed=3)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(tiny_run), "--data", str(one), "--split", "all", "-o", str(out), "--quiet"]) == 0
+    title = (out / "metrics.md").read_text(encoding="utf-8").splitlines()[0]
+    assert "· all (1 image) ·" in title, title
