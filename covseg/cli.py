@@ -62,6 +62,8 @@ def _recipe_config(args: argparse.Namespace):
                              ("--device", "train.device", args.device), ("--precision", "train.precision", args.precision)):
         if value is None:
             continue
+        if flag == "--epochs" and value < 1:  # named as given, not as the train.epochs it stands for
+            raise CovsegError(f"--epochs {value}: a run trains at least 1 epoch; give --epochs 1 or more")
         if key in given and not _same_setting(read(given[key]), value):
             raise CovsegError(f"{flag} {value} and {key}={given[key]} contradict each other; give one of them")
         overrides.append(f"{key}={value}")

@@ -343,15 +343,19 @@ def _settings_for_task(data: dict[str, Any], task: str | None, source: str) -> d
     """The recipe's shared sections with its ``tasks[task]`` entry merged over them; ``tasks`` itself dropped."""
     data = dict(data)
     per_task = data.pop("tasks", None) or {}
-    if not isinstance(per_task, dict) or not all(
-            key in TASKS and (value is None or isinstance(value, dict)) for key, value in per_task.items()):
+    unknown = [key for key in per_task if key not in TASKS] if isinstance(per_task, dict) else []
+    if unknown:  # as an unknown option is refused: a typo's close match suggested
+        raise CovsegError(f"{source}: tasks: unknown task {unknown[0]!r}{_did_you_mean(unknown[0], TASKS)}; known: "
+                          f"{', '.join(TASKS)}")
+    if not isinstance(per_task, dict) or not all(value is None or isinstance(value, dict)
+                                                 for value in per_task.values()):
         raise CovsegError(f"{source}: tasks must map {' / '.join(TASKS)} to data/model/train settings, "
                           f"got {per_task!r}")
     if task is None:
         shared = data.get("data")
         task = shared.get("task", DataConfig.task) if isinstance(shared, dict) else DataConfig.task
     if task not in TASKS:
-        raise CovsegError(f"{source}: task {task!r} is not one of {', '.join(TASKS)}")
+        raise CovsegError(f"{source}: task {task!r} is not one of {', '.join(TASKS)}{_did_you_mean(task, TASKS)}")
     data = _merge(data, per_task.get(task) or {})
     if isinstance(data.get("data", {}), dict):
         data = _merge(data, {"data": {"task": task}})

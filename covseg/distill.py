@@ -162,6 +162,7 @@ def _checked_teachers(config: RunConfig, held_out: Collection[str], build: bool
     """``(checkpoint file, network or None)`` of each teacher of ``config.train.distill``, checked; the networks
     are built only with ``build``."""
     found: list[tuple[Path, nn.Module | None]] = []
+    named: dict[Path, str] = {}  # each teacher's checkpoint file, resolved -> the entry that named it
     for entry in teacher_paths(config.train.distill, config):
         path = Path(entry)
         if not path.exists():
@@ -178,6 +179,16 @@ def _checked_teachers(config: RunConfig, held_out: Collection[str], build: bool
                                   f"train.init={entry} instead)")
         try:  # the option named, as _check_teacher's refusals do: the path alone does not say which setting it is
             file = find_checkpoint(entry, "final", choosable=False)
+        except CovsegError as err:
+            raise CovsegError(f"train.distill: {err}") from None
+        # the same teacher twice (a run folder and its last.pt, RUN and ./RUN, a link) would weigh double in the mean
+        first = named.get(file.resolve())
+        if first is not None:
+            given = f" (as {first} and {entry})" if first != entry else ""
+            raise CovsegError(f"train.distill: {file} is named twice{given}, so it would count twice in the "
+                              "teachers' average; name each teacher once")
+        named[file.resolve()] = entry
+        try:
             if build:
                 model, made, saved = load_model(file)
             else:
@@ -207,7 +218,8 @@ def load_teachers(config: RunConfig, held_out: Collection[str] = ()) -> Teachers
     resizing, input size, HU window), one too deep for the sizes this run trains at (:func:`teacher_sizes`), or
     left with a 1x1 bottleneck there by instance norm or group norm of one channel a group, an unfinished run, one
     whose run folder's ``split.json`` trained on any of ``held_out`` (the student's validation and test images: the
-    same split settings on other data split differently), and an empty list.
+    same split settings on other data split differently), a teacher named twice (its checkpoint file resolved: a run
+    folder and its ``last.pt`` are one teacher), and an empty list.
     """
     found = _checked_teachers(config, held_out, build=True)
     files = [file for file, _ in found]

@@ -210,8 +210,13 @@ def default_data_dir() -> Path:
 
 
 def resolve_mirror(cli_value: str | None) -> str | None:
-    """The CLI value if given, else ``$COVSEG_MIRROR`` if set and non-empty, else None (upstream)."""
-    if cli_value:
+    """The CLI value if given, else ``$COVSEG_MIRROR`` if set and non-empty, else None (upstream).
+
+    An empty ``--mirror ""`` (or one of spaces only: an unset shell variable, say) is refused: it says nothing, and
+    falling back to upstream would fetch from elsewhere than asked. An empty ``$COVSEG_MIRROR`` is as unset."""
+    if cli_value is not None:
+        if not cli_value.strip():
+            raise CovsegError("--mirror is empty: give a folder or an http(s):// URL, or leave it out")
         return cli_value
     return os.environ.get(MIRROR_ENV) or None
 

@@ -20,6 +20,7 @@ pretraining has finished, so an error or Ctrl-C leaves ``PRETRAIN_DIR`` as it wa
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import math
@@ -238,6 +239,20 @@ def _checked_pretraining(file: Path, data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "model_config": asdict(model)}
 
 
+def _refusals_name_train_init(function: Callable) -> Callable:
+    """``function`` with each one-line :class:`CovsegError` it raises begun with ``train.init: `` (once), as
+    ``train.distill``'s refusals begin with theirs: a path alone does not say which setting named it."""
+    @functools.wraps(function)
+    def named(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except CovsegError as err:
+            text = str(err)
+            raise CovsegError(text if text.startswith("train.init: ") else f"train.init: {text}") from None
+    return named
+
+
+@_refusals_name_train_init
 def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """``(file, contents)`` of the weights ``train.init`` names: a pretrained checkpoint (or the folder ``covseg
     pretrain`` wrote), or a trained run's checkpoint (or its folder: ``last.pt``) to fine-tune from. Contents that
@@ -247,7 +262,7 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
     file = pretrained_path(path)
     if not file.is_file():
         if path.is_dir() and any(p.name[5:].isdigit() and (p / "last.pt").is_file() for p in path.glob("fold-*")):
-            raise CovsegError(f"{path}: a cross-validation folder, not one run; give train.init one trained run of "
+            raise CovsegError(f"{path}: a cross-validation folder, not one run; give one trained run of "
                               f"the same split (e.g. {path / 'fold-0'} for --split cv:0) or a folder covseg pretrain "
                               "wrote")
         folder = path if path.suffix != ".pt" else path.parent
@@ -268,6 +283,7 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return file, _checked_pretraining(file, data)
 
 
+@_refusals_name_train_init
 def check_pretrained(path: str | Path, config: RunConfig, held_out: Collection[str] = ()
                      ) -> tuple[Path, dict[str, Any]]:
     """Read the pretrained checkpoint at ``path`` and check it fits ``config``: a finished pretraining of the
@@ -303,6 +319,7 @@ def check_pretrained(path: str | Path, config: RunConfig, held_out: Collection[s
     return file, data
 
 
+@_refusals_name_train_init
 def init_from_pretrained(model: nn.Module, path: str | Path, config: RunConfig) -> list[str]:
     """Copy into ``model`` (built from ``config``) every tensor of the pretrained checkpoint at ``path`` whose name
     and shape match, and, under ``train.init_parts=encoder``, whose name is in the contracting path

@@ -62,7 +62,7 @@ from covseg.training import (averaged_network, epoch_average, lr_factor, make_op
 from covseg.transforms import stack_resized
 
 __all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "read_class_weights", "trained_on",
-           "sync_history", "is_run_folder", "never_saved_an_epoch", "HISTORY_FIELDS"]
+           "sync_history", "is_run_folder", "never_saved_an_epoch", "HISTORY_FIELDS", "parameter_count"]
 
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_dice", "lr", "seconds")
 
@@ -391,16 +391,30 @@ def _progressive_note(t: TrainConfig) -> str:
     return f", the first {n} at {t.progressive_size}x{t.progressive_size}"
 
 
-def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log) -> _Pseudo | None:
-    """Load, check and resize the run's pseudo-labelled slices (self-training), or None without any."""
+def parameter_count(n: int) -> str:
+    """``n`` parameters, readable at every size: ``"850"``, ``"12.3k"`` under 0.1 M (a tiny network read "0.01M"),
+    else ``"1.23M"``."""
+    if n < 1000:
+        return str(n)
+    return f"{n / 1e3:.1f}k" if n < 100_000 else f"{n / 1e6:.2f}M"
+
+
+def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log, resume: bool) -> _Pseudo | None:
+    """Load, check and resize the run's pseudo-labelled slices (self-training), or None without any. A new run whose
+    ``data.pseudo_ratio`` draws none of them each epoch is refused (before the line that says what it draws)."""
     d = config.data
     if not d.pseudo_labels:
         return None
     folder = resolve_pseudo_folder(d.pseudo_labels, d.split)
     samples = load_pseudo_labels(folder, data_path, d.task, d.window,
                                  split.get("val", []) + split.get("test", []))
+    n_train = len(split.get("train", []))
+    asked = pseudo_slices_asked(n_train, d.pseudo_ratio)
+    if not resume and n_train and not asked:  # no training images at all is refused later, naming data.val_fraction
+        raise CovsegError(f"data.pseudo_ratio {d.pseudo_ratio:g} of {n_train} training images draws no "
+                          "pseudo-labelled slice per epoch; raise it (1 draws as many as there are training "
+                          "images), or leave data.pseudo_labels empty to train without them")
     x, y = _stack(samples, d)
-    asked = pseudo_slices_asked(len(split.get("train", [])), d.pseudo_ratio)
     drawn = (f"{min(asked, len(samples))} drawn each epoch (data.pseudo_ratio {d.pseudo_ratio:g} per labelled image"
              + (f"; it asks {asked}, more than were kept)" if asked > len(samples) else ")"))
     log(f"self-training: {len(samples)} pseudo-labelled slice{'' if len(samples) == 1 else 's'} from {folder}, "
@@ -505,7 +519,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
         planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
     held_out = list(planned.get("val", [])) + list(planned.get("test", []))
     pretrained = _pretrained_file(config, run_dir, resume, log, held_out)
-    pseudo = _pseudo_slices(config, planned, data_path, log)
+    pseudo = _pseudo_slices(config, planned, data_path, log, resume)
     if t.consistency > 0 and dist.enabled:
         raise CovsegError("train.consistency is single-process only; train without torchrun, or set train.consistency=0")
     if t.distill and dist.enabled:
@@ -529,10 +543,6 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
         if not planned.get("train"):
             raise CovsegError(f"split {d.split} leaves no training images (data.val_fraction {d.val_fraction:g} of "
                               f"{len(samples)}); lower data.val_fraction or use another --split")
-        if pseudo is not None and round(d.pseudo_ratio * len(planned["train"])) == 0:
-            raise CovsegError(f"data.pseudo_ratio {d.pseudo_ratio:g} of {len(planned['train'])} training images draws no "
-                              "pseudo-labelled slice per epoch; raise it (1 draws as many as there are training "
-                              "images), or leave data.pseudo_labels empty to train without them")
         if parse_split_name(d.split)[0] == "official" and d.val_fraction > 0 and not planned.get("val"):
             raise CovsegError(f"split {d.split}: data.val_fraction {d.val_fraction:g} of {len(samples)} images rounds to "
                               "no validation image; raise it, or set data.val_fraction=0 to train without one")
@@ -628,11 +638,9 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
     start = len(history)
-    if start >= t.epochs:
-        log(f"{run_dir}: {'its 1 epoch was' if t.epochs == 1 else f'all {t.epochs} epochs were'} trained already; "
-            "nothing left to resume")
-    else:  # no "epochs 4..3" after a finished run's note
-        log(f"training {config.model.name} ({sum(p.numel() for p in core.parameters()) / 1e6:.2f}M parameters) "
+    finished = start >= t.epochs  # a finished run resumed: nothing to train (the caller says so: RunResult's epochs)
+    if not finished:  # no "epochs 4..3"
+        log(f"training {config.model.name} ({parameter_count(sum(p.numel() for p in core.parameters()))} parameters) "
             f"on {len(train)} images, "
             + (f"validating on {len(val)}" if val else "no validation images (best.pt: the last epoch)")
             + f", {d.input_size}x{d.input_size}, "
@@ -641,7 +649,8 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     began = time.perf_counter()
     # the bar is stepped by hand, not iterated: a loop over the bar left by Ctrl-C closes it (drawn again, kept)
     # before the message below could wipe it
-    bar = tqdm(desc="train", unit="epoch", disable=not progress, initial=start, total=t.epochs, dynamic_ncols=True)
+    bar = tqdm(desc="train", unit="epoch", disable=not progress or finished, initial=start, total=t.epochs,
+               dynamic_ncols=True)
     epoch = start
     stopped = terminated = False
     try:

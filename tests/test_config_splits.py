@@ -156,7 +156,7 @@ def test_per_task_settings_merge_over_the_shared_ones(tmp_path) -> None:
     assert (default_binary.train.batch_size, default_multiclass.train.batch_size) == (4, 4)
     # binary's Dice term leans towards recall, a Tversky index (docs/recipes.md, session 40); multiclass keeps Dice
     assert (default_binary.train.tversky_beta, default_multiclass.train.tversky_beta) == (0.7, 0.5)
-    for text, message in [("tasks: {ternary: {}}\n", "tasks must map binary / multiclass"),
+    for text, message in [("tasks: {ternary: {}}\n", "tasks: unknown task 'ternary'.*; known: binary, multiclass$"),
                           ("tasks: [1]\n", "tasks must map"),
                           ("tasks: {binary: {train: {lr: abc}}}\n", "expected a number")]:
         path.write_text(text)

@@ -215,11 +215,15 @@ def test_a_teacher_too_deep_for_the_training_size_is_refused_before_anything_is_
 def test_teachers_given_relative_are_found_from_elsewhere(tiny_data: Path, tiny_run: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # saved absolute, as train.init, so `covseg train --resume` (or a re-run cv) from another directory finds them
-    student = tmp_path / "student"
-    monkeypatch.chdir(tiny_run.parent)
+    import shutil
+
+    student, teachers = tmp_path / "student", tmp_path / "teachers"
+    for name in ("a", "b"):  # two teachers: the same one named twice is refused (tests/test_s72_fixes.py)
+        shutil.copytree(tiny_run, teachers / name)
+    monkeypatch.chdir(teachers)
     assert main(["train", "--recipe", "tiny", "--data", str(tiny_data), "--split", "cv:0", "--epochs", "1", "--quiet",
-                 "-o", str(student), *TINY_OVERRIDES, f"train.distill={tiny_run.name}, ./{tiny_run.name}"]) == 0
-    assert f"distill: {tiny_run},{tiny_run}" in (student / "config.yaml").read_text()
+                 "-o", str(student), *TINY_OVERRIDES, "train.distill=a, ./b"]) == 0
+    assert f"distill: {teachers / 'a'},{teachers / 'b'}" in (student / "config.yaml").read_text()
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--resume", str(student), "--quiet"]) == 0
 

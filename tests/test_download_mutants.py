@@ -70,9 +70,12 @@ def test_a_malformed_manifest_line_is_refused(monkeypatch: pytest.MonkeyPatch, t
 def test_an_empty_mirror_variable_means_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(dl.MIRROR_ENV, "")
     assert dl.resolve_mirror(None) is None
-    assert dl.resolve_mirror("") is None
-    monkeypatch.setenv(dl.MIRROR_ENV, "http://mirror.example/")
-    assert dl.resolve_mirror("") == "http://mirror.example/"  # an empty --mirror is not given
+    # an empty --mirror is refused, not taken as upstream or as $COVSEG_MIRROR (tests/test_s72_fixes.py)
+    for env in ("", "http://mirror.example/"):
+        monkeypatch.setenv(dl.MIRROR_ENV, env)
+        with pytest.raises(CovsegError, match=r"^--mirror is empty: give a folder or an http\(s\):// URL, or leave "
+                                              r"it out$"):
+            dl.resolve_mirror("")
 
 
 def test_an_upper_case_url_scheme_is_a_url(tmp_path: Path) -> None:

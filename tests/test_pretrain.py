@@ -321,8 +321,8 @@ def test_init_from_a_cross_validation_folder_says_to_name_the_fold_s_run(tmp_pat
     # it was "CV: no pretrained weights there; make them with `covseg pretrain -o CV` ...", a folder pretrain refuses
     with pytest.raises(CovsegError) as caught:
         read_pretrained(cv)
-    assert str(caught.value) == (f"{cv}: a cross-validation folder, not one run; give train.init one trained run of "
-                                 f"the same split (e.g. {cv / 'fold-0'} for --split cv:0) or a folder covseg pretrain "
+    assert str(caught.value) == (f"train.init: {cv}: a cross-validation folder, not one run; give one trained "
+                                 f"run of the same split (e.g. {cv / 'fold-0'} for --split cv:0) or a folder covseg pretrain "
                                  "wrote")
 
 
@@ -498,7 +498,8 @@ def test_a_malformed_pretrained_checkpoint_is_refused_in_one_line(pretrained: Pa
         torch.save(payload, file)
         with pytest.raises(CovsegError) as caught:
             read_pretrained(file)
-        assert str(caught.value) == f"{file}: not a covseg pretrained checkpoint ({why}); run covseg pretrain again"
+        assert str(caught.value) == (f"train.init: {file}: not a covseg pretrained checkpoint ({why}); run covseg "
+                                     "pretrain again")
     run = tmp_path / "run"
     assert main(["train", "--recipe", "tiny", "--data", str(unlabelled_data), "--split", "cv:0", "-o", str(run),
                  "--quiet", *TINY_OVERRIDES, f"train.init={tmp_path / 'missing.pt'}"]) == 2

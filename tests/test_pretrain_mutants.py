@@ -128,8 +128,8 @@ def test_another_format_and_the_advice_s_folder_are_refused(tmp_path: Path) -> N
     torch.save({**good, "format": "something-else"}, other)
     with pytest.raises(CovsegError) as caught:
         read_pretrained(other)
-    assert str(caught.value).startswith(f"{other}: not a covseg pretrained checkpoint (format covseg-pretrained-1 "
-                                        "expected)")
+    assert str(caught.value).startswith(f"train.init: {other}: not a covseg pretrained checkpoint (format "
+                                        "covseg-pretrained-1 expected)")
     # the advice names the folder to pretrain into: the folder given, or the one holding the .pt file given
     with pytest.raises(CovsegError, match=rf"make them with `covseg pretrain -o {tmp_path / 'nowhere'}`"):
         read_pretrained(tmp_path / "nowhere")

@@ -1148,7 +1148,8 @@ def test_resuming_a_finished_run_logs_no_training_line(tiny_run: Path, tmp_path:
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     out = capsys.readouterr()
     text = out.out + out.err
-    assert "all 3 epochs were trained already" in text, text
+    # said once, by the command's closing line (tests/test_s72_fixes.py)
+    assert "nothing left to resume: the run has all 3 epochs" in text and text.count("nothing left") == 1, text
     # it used to go on with "training unet (...) on ... images, ..., epochs 4..3"
     assert "epochs 4..3" not in text and "training unet" not in text, text
 
@@ -1162,7 +1163,7 @@ def test_resuming_a_finished_one_epoch_run_says_its_1_epoch_not_all_1_epochs(tin
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     out = capsys.readouterr()
     text = out.out + out.err
-    assert f"{run}: its 1 epoch was trained already; nothing left to resume" in text, text
+    assert "nothing left to resume: the run has its 1 epoch; " in text, text
     assert "all 1 epochs" not in text, text
 
 
