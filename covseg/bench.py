@@ -54,6 +54,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from covseg.wording import counted
+
 __all__ = ["build_bench_model", "TRAIN_BATCH", "PathRunners", "path_runners", "measure", "serve", "side_by_side",
            "scan_files", "scan_slices", "main"]
 
@@ -586,7 +588,7 @@ def _side_by_side_table(rows: list[dict[str, Any]]) -> list[str]:
     by = {(r["model"], r["path"]): r for r in rows}
     rounds = rows[0]["rounds"]
     lines = [f"Side by side (fp32-naive and covseg's path, each in its own process, timed in turn for "
-             f"{rounds} round{'' if rounds == 1 else 's'}, each timed pass right after an untimed one; medians):", "",
+             f"{counted(rounds, 'round')}, each timed pass right after an untimed one; medians):", "",
              "| model | fp32-naive b8 ms/slice | covseg b8 ms/slice | × | fp32-naive train img/s | covseg train img/s "
              "| × |", "|---|---|---|---|---|---|---|"]
     for name in dict.fromkeys(r["model"] for r in rows):

@@ -16,17 +16,13 @@ from pathlib import Path
 from covseg import __version__
 from covseg.config import DataConfig, apply_overrides, available_recipes, load_recipe, text_override
 from covseg.errors import CovsegError, Terminated
+from covseg.wording import counted
 
 __all__ = ["main", "entry", "build_parser"]
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _count(number: int, noun: str) -> str:
-    """``number`` and ``noun``, the noun plural unless the number is 1: "1 epoch", "3 epochs", "0 label maps"."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _default_data(dataset: str = "covid-semiseg") -> str:
@@ -376,10 +372,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         total = result.epochs_total
         done = f"nothing left to resume: the run has {'its 1 epoch' if total == 1 else f'all {total} epochs'}"
     elif resume:
-        done = (f"trained {_count(trained, 'more epoch')} ({result.epochs_done} of {result.epochs_total}) in "
+        done = (f"trained {counted(trained, 'more epoch')} ({result.epochs_done} of {result.epochs_total}) in "
                 f"{result.seconds:.0f} s")
     else:
-        done = f"trained {_count(trained, 'epoch')} in {result.seconds:.0f} s"
+        done = f"trained {counted(trained, 'epoch')} in {result.seconds:.0f} s"
     print(f"{done}; best validation mean Dice {best}; run folder {run_dir}")
     return 0
 
@@ -532,7 +528,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         earlier = earlier_outputs(args.output)
         summary = predict_files(predictor, scheme, plan.files, args.output, info, overlays=not args.no_overlays,
                                 progress=not args.quiet, window=config.data.window)
-        print(f"wrote {_count(len(summary['images']), 'label map')} to {args.output}")
+        print(f"wrote {counted(len(summary['images']), 'label map')} to {args.output}")
         left = unlisted_outputs(args.output, earlier, summary)
         if left:
             print(f"covseg: warning: {args.output}: {len(left)} label map(s) of an earlier predict stay there (e.g. "

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .errors import CovsegError
 from .fileio import file_sha256, folders_made_for, unwritable_reason
+from .wording import counted
 
 __all__ = [
     "DatasetSource",
@@ -142,13 +143,13 @@ class DownloadReport:
         for name, s in self.splits.items():
             ok = len(s.fetched) + len(s.skipped)
             if s.complete:
-                text = (f"{name} split: {_files(ok)} verified "
+                text = (f"{name} split: {counted(ok, 'file')} verified "
                         f"({len(s.fetched)} fetched, {len(s.skipped)} already present)")
             elif ok == 0 and not s.corrupt and name not in self.required:
-                text = (f"{name} split: {_files(len(s.missing))} missing from the mirror "
+                text = (f"{name} split: {counted(len(s.missing), 'file')} missing from the mirror "
                         "(held out by this mirror; not required)")
             else:
-                text = f"{name} split: {ok} of {_files(s.total)} verified"
+                text = f"{name} split: {ok} of {counted(s.total, 'file')} verified"
                 if s.missing:
                     text += f", {len(s.missing)} missing from the mirror"
                 if s.corrupt:
@@ -160,15 +161,10 @@ class DownloadReport:
                     text += " (not required)"
             parts.append(text)
         if self.extra_copied or self.extra_present:
-            parts.append(f"{self.extra_label}: {_files(self.extra_copied + self.extra_present)} "
+            parts.append(f"{self.extra_label}: {counted(self.extra_copied + self.extra_present, 'file')} "
                          f"({self.extra_copied} copied, {self.extra_present} already present)")
         parts.extend(self.notes)
         return f"{self.dataset} in {self.root}: " + "; ".join(parts)
-
-
-def _files(number: int) -> str:
-    """``number`` files, "file" when it is 1: "1 file", "200 files"."""
-    return f"{number} file{'' if number == 1 else 's'}"
 
 
 def _source(name: str) -> DatasetSource:
@@ -462,7 +458,7 @@ def _verify_in_place(dataset: str, src: DatasetSource, manifest: dict[str, str],
         bad = sorted(s.missing + s.corrupt)
         if bad:
             why = "is missing" if bad[0] in s.missing else "fails its SHA-256 check"
-            raise CovsegError(f"{name} split incomplete: {len(bad)} of {_files(s.total)} missing or corrupt, first "
+            raise CovsegError(f"{name} split incomplete: {len(bad)} of {counted(s.total, 'file')} missing or corrupt, first "
                               f"{bad[0]} ({why}); --mirror is the data folder itself ({root}), so nothing was "
                               f"fetched or deleted: {_MIRROR_HINT} with another, complete copy")
     return report
@@ -543,7 +539,7 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
             first = bad[0]
             why = "missing from" if first in s.missing else "fails its SHA-256 check in"
             raise CovsegError(
-                f"{name} split incomplete: {len(bad)} of {_files(s.total)} missing or corrupt, "
+                f"{name} split incomplete: {len(bad)} of {counted(s.total, 'file')} missing or corrupt, "
                 f"first {first} ({why} {report.mirror}); {_MIRROR_HINT} with a complete copy"
             )
     return report

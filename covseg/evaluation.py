@@ -34,6 +34,7 @@ from covseg.errors import CovsegError
 from covseg.fileio import current_umask, display_text, folders_made_for, staging_folder, sync_path, sync_tree
 from covseg.figures import plot_grid
 from covseg.labels import LabelScheme
+from covseg.wording import counted
 from covseg.metrics import (
     aggregate_per_image,
     bootstrap_interval,
@@ -113,12 +114,12 @@ def _intervals(cms: Sequence[np.ndarray], names: Sequence[str], in_truth: np.nda
     for i, (metric, values) in enumerate(per_metric.items()):
         means = all_means[:, i * n:(i + 1) * n]  # (resamples, n)
         bounds = bootstrap_interval(means)  # (n, 2)
-        counted = np.isfinite(values).sum(axis=0)
-        row = {name: (bounds[c] if counted[c] >= 2 else np.full(2, np.nan)) for c, name in enumerate(names)}
+        defined = np.isfinite(values).sum(axis=0)
+        row = {name: (bounds[c] if defined[c] >= 2 else np.full(2, np.nan)) for c, name in enumerate(names)}
         # the classes _mean_fg averages: foreground, held by some truth, with a defined mean over all the images
-        averaged = [c for c in range(1, n) if in_truth[c] and counted[c] > 0]
+        averaged = [c for c in range(1, n) if in_truth[c] and defined[c] > 0]
         row["mean_foreground"] = np.full(2, np.nan)
-        if averaged and all(counted[c] >= 2 for c in averaged):
+        if averaged and all(defined[c] >= 2 for c in averaged):
             fg = means[:, averaged]
             row["mean_foreground"] = bootstrap_interval(np.where(np.isfinite(fg).all(axis=1), fg.mean(axis=1),
                                                                  np.nan))
@@ -209,11 +210,6 @@ def foreground_called(metrics: dict[str, Any]) -> dict[str, int]:
     return {n: c for n, c in metrics.get("predicted_pixels", {}).items() if n != "background" and c}
 
 
-def _images(n: int) -> str:
-    """``n`` images as a count in a sentence: "1 image", "10 images"."""
-    return f"{n} image" if n == 1 else f"{n} images"
-
-
 def _all_images(n: int) -> str:
     """Every one of ``n`` scored images, in a sentence: "the 1 image", "all 10 images"."""
     return "the 1 image" if n == 1 else f"all {n} images"
@@ -225,15 +221,15 @@ def _markdown(ev: Evaluation, title: str, d: dict[str, Any] | None = None) -> st
     names = [n for n, c in d["images_with_class"].items() if c > 0]
     fg = [n for n in names if n != "background"]
     lines = [f"# {title}", ""] + [f"**Caveat:** {c}." for c in d.get("caveats", [])] + (
-        [""] if d.get("caveats") else []) + [f"{_images(d['n_images'])}; {EMPTY_TRUTH_RULE}.", ""]
-    counted = d["per_image_images"]
+        [""] if d.get("caveats") else []) + [f"{counted(d['n_images'], 'image')}; {EMPTY_TRUTH_RULE}.", ""]
+    counts = d["per_image_images"]
     # specificity is never averaged over "the images whose truth holds the class" (it needs pixels outside the
     # class), so its images are always named, even where their count happens to match
-    differ = [m for m in counted
-              if m == "specificity" or any(counted[m][n] != d["images_with_class"][n] for n in names)]
+    differ = [m for m in counts
+              if m == "specificity" or any(counts[m][n] != d["images_with_class"][n] for n in names)]
     over = {"per_image": "mean of each image's figure over the images whose truth holds the class: "
                          + ", ".join(f"{n} {d['images_with_class'][n]}" for n in names) + f" of {d['n_images']}"
-                         + "".join(f"; {m} over " + ", ".join(f"{n} {counted[m][n]}" for n in names)
+                         + "".join(f"; {m} over " + ", ".join(f"{n} {counts[m][n]}" for n in names)
                                    + " (" + ("every image where it is defined" if m == "specificity"
                                              else "where the class is also predicted") + ")" for m in differ),
             "pooled": f"one figure from every pixel of {_all_images(d['n_images'])}"}
@@ -279,8 +275,8 @@ def _no_interval(d: dict[str, Any], name: str, fg: Sequence[str]) -> str:
     names the classes that lack them rather than claiming the mean itself counts fewer than 2 images."""
     if name != "mean_foreground":
         return "– (fewer than 2 images)"
-    counted = d["per_image_images"]["dice"]
-    short = [n.replace("_", " ") for n in fg if counted[n] < 2]
+    counts = d["per_image_images"]["dice"]
+    short = [n.replace("_", " ") for n in fg if counts[n] < 2]
     return f"– (fewer than 2 images hold {' or '.join(short)})" if short else "– (fewer than 2 images)"
 
 
@@ -291,7 +287,7 @@ def _dice_interval_line(d: dict[str, Any], fg: Sequence[str]) -> str:
     shown = [*fg, *(["mean_foreground"] if len(fg) > 1 else [])]
     parts = [f"{name.replace('_', ' ')} {format_interval(dice[name]) or _no_interval(d, name, fg)}" for name in shown]
     return (f"95 % confidence interval of the per-image Dice (percentile bootstrap: {BOOTSTRAP_RESAMPLES} resamples of "
-            f"the {_images(d['n_images'])}, seed 0; metrics.json's per_image_ci95 has every figure's): "
+            f"the {counted(d['n_images'], 'image')}, seed 0; metrics.json's per_image_ci95 has every figure's): "
             + "; ".join(parts) + ".")
 
 

@@ -26,6 +26,7 @@ from covseg.intensity import LUNG_WINDOW
 from covseg.predict import check_lesion_task, check_type_model_task, describe_after_use, ensemble_members, open_models
 from covseg.progress import progress_bar
 from covseg.splits import load_split, make_split
+from covseg.wording import counted
 from covseg.labels import get_scheme
 from covseg.metrics import stratified_bootstrap_interval
 from covseg.paired import PER_IMAGE, counted_values, read_per_image
@@ -211,7 +212,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
              "data": str(Path(data).resolve()), "split": split, "seconds": round(time.perf_counter() - began, 3)}
     n_models = len(paths) + len(lesion_paths)
     name = f"{info['name']} ({n_models} models)" if n_models > 1 else config.model.name
-    title = f"{name} · {config.data.task} · {split} ({len(samples)} image{'' if len(samples) == 1 else 's'})"
+    title = f"{name} · {config.data.task} · {split} ({counted(len(samples), 'image')})"
     if n_models == 1:  # one model: which checkpoint, and whether its figure is a held-out one
         scored = Path(info["file"])
         title += f" · {scored.name}"

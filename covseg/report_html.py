@@ -18,6 +18,7 @@ from covseg.fileio import display_text
 from covseg.intensity import stretch_percentiles, window_hu
 from covseg.labels import LabelScheme, overlay
 from covseg.quantify import nonzero_text, percent_text
+from covseg.wording import counted
 
 __all__ = ["render_report", "montage_slices", "axial_montage", "coronal_view"]
 
@@ -78,11 +79,6 @@ def coronal_view(grey: np.ndarray, lesions: np.ndarray, lungs: np.ndarray, schem
     return np.asarray(Image.fromarray(image).resize((image.shape[1], height), Image.Resampling.BILINEAR))
 
 
-def _slices(n: int) -> str:
-    """``n`` slices as a count in a sentence: "1 slice", "12 slices"."""
-    return f"{n} slice" if n == 1 else f"{n} slices"
-
-
 def _bar_chart(figures: dict[str, Any], names: list[str], scheme: LabelScheme) -> str:
     fig = Figure(figsize=(6, 3.2))
     ax = fig.subplots()
@@ -127,9 +123,9 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
                     for c in scheme.foreground)
     warnings = "".join(f"<li>{esc(w)}</li>" for w in report.get("warnings", [])) or "<li>none</li>"
     shown = len(montage_slices(lesions))
-    montage_heading = (f"Axial slices with the most lesion ({_slices(shown)} of {len(lesions)}, superior first)"
+    montage_heading = (f"Axial slices with the most lesion ({counted(shown, 'slice')} of {len(lesions)}, superior first)"
                        if lesions.any() else
-                       f"Axial slices: no lesion found ({_slices(shown)} of {len(lesions)} spread over the scan, "
+                       f"Axial slices: no lesion found ({counted(shown, 'slice')} of {len(lesions)} spread over the scan, "
                        "superior first)")
     model = report["model"]
     return f"""<!doctype html>

@@ -60,6 +60,7 @@ from covseg.splits import kfold, load_split, make_split, parse_split_name, save_
 from covseg.training import (averaged_network, epoch_average, lr_factor, make_optimizer, recompute_batch_norm,
                              train_one_epoch, validate, weight_average)
 from covseg.transforms import stack_resized
+from covseg.wording import counted
 
 __all__ = ["RunResult", "train_run", "read_run_config", "read_run_info", "read_class_weights", "trained_on",
            "sync_history", "is_run_folder", "never_saved_an_epoch", "HISTORY_FIELDS", "parameter_count"]
@@ -417,7 +418,7 @@ def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log, resume: 
     x, y = _stack(samples, d)
     drawn = (f"{min(asked, len(samples))} drawn each epoch (data.pseudo_ratio {d.pseudo_ratio:g} per labelled image"
              + (f"; it asks {asked}, more than were kept)" if asked > len(samples) else ")"))
-    log(f"self-training: {len(samples)} pseudo-labelled slice{'' if len(samples) == 1 else 's'} from {folder}, "
+    log(f"self-training: {counted(len(samples), 'pseudo-labelled slice')} from {folder}, "
         + drawn)
     digest = file_sha256(folder / PSEUDO_FILE)
     return _Pseudo(x.half(), y.to(torch.uint8), digest)
@@ -603,7 +604,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     if teachers is not None:
         distill = DistillTerm(teachers.networks, t.distill_weight, t.distill_temperature, device, dtype)
         count = len(teachers.files)
-        log(f"distillation: {count} teacher{'' if count == 1 else 's'} ({', '.join(str(f) for f in teachers.files)}), "
+        log(f"distillation: {counted(count, 'teacher')} ({', '.join(str(f) for f in teachers.files)}), "
             f"weight {t.distill_weight:g}, temperature {t.distill_temperature:g}")
     optimizer = make_optimizer(model, t)
     loss_fn = _training_loss(t, weights).to(device)
