@@ -381,14 +381,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(metrics: dict, out_dir: Path) -> None:
-    from covseg.evaluation import foreground_called, format_interval
+    from covseg.evaluation import foreground_called, format_interval, no_interval_reason
 
     dice = metrics["per_image"]["dice"]
     interval = metrics.get("per_image_ci95", {}).get("dice", {})  # absent from reports written before session 67
 
     def figure(name: str, value: float) -> str:
         bounds = format_interval(interval.get(name))
-        return f"{name} {value:.4f}" + (f" (95 % CI {bounds})" if bounds else "")
+        if bounds:
+            return f"{name} {value:.4f} (95 % CI {bounds})"
+        return f"{name} {value:.4f}" + (f" (no CI: {no_interval_reason(metrics, name)})" if interval else "")
 
     parts = [figure(k, v) for k, v in dice.items() if k not in ("background", "mean_foreground") and v is not None]
     line = f"Dice (per image): {', '.join(parts)}"
@@ -481,10 +483,7 @@ def _cmd_cv_compare(args: argparse.Namespace) -> int:
         if args.output and args.output.resolve().is_relative_to(folder.resolve()):
             raise CovsegError(f"{args.output}: is inside the cross-validation folder {folder}; give -o a Markdown "
                               "file outside both folders")
-    comparison = compare_cross_validations(args.reference, args.candidate, args.metrics)
-    if args.reference.resolve() == args.candidate.resolve():  # after reading it: a folder it cannot read is told so
-        raise CovsegError(f"{args.reference} is both the reference and the candidate, so every difference is 0; "
-                          "give two different cross-validation folders")
+    comparison = compare_cross_validations(args.reference, args.candidate, args.metrics)  # refuses a run vs itself
     text = format_comparison(comparison, str(args.reference), str(args.candidate))
     if args.output:
         atomic_write_text(args.output, text)

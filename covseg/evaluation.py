@@ -49,7 +49,7 @@ from covseg.metrics import (
 )
 
 __all__ = ["ImageResult", "Evaluation", "evaluate_image", "summarise", "write_report", "format_figure",
-           "format_interval", "foreground_called", "EMPTY_TRUTH_RULE", "CI_RULE", "BOOTSTRAP_RESAMPLES"]
+           "format_interval", "no_interval_reason", "foreground_called", "EMPTY_TRUTH_RULE", "CI_RULE", "BOOTSTRAP_RESAMPLES"]
 
 EMPTY_TRUTH_RULE = ("per-image means skip images whose ground truth lacks the class (MONAI ignore_empty; "
                     "specificity is averaged over every image instead) and images where a figure is undefined "
@@ -269,15 +269,17 @@ def format_interval(pair: Sequence[float | None] | None) -> str | None:
     return f"{pair[0]:.4f}–{pair[1]:.4f}"
 
 
-def _no_interval(d: dict[str, Any], name: str, fg: Sequence[str]) -> str:
-    """Why the per-image Dice of ``name`` (a class, or ``mean_foreground`` over the classes ``fg``) has no interval:
-    its mean needs 2 images, and the mean over the classes needs 2 of each class (:func:`_intervals`), so there it
-    names the classes that lack them rather than claiming the mean itself counts fewer than 2 images."""
+def no_interval_reason(d: dict[str, Any], name: str) -> str:
+    """Why the per-image Dice of ``name`` (a class, or ``mean_foreground``) has no bootstrap interval in the report
+    ``d`` (:meth:`Evaluation.to_dict`): a class's mean needs 2 images, and the mean over the classes 2 of each class
+    (:func:`_intervals`), so there it names the classes short of them rather than claiming the mean itself counts
+    fewer than 2 images: "fewer than 2 images", "fewer than 2 images hold pleural effusion"."""
     if name != "mean_foreground":
-        return "– (fewer than 2 images)"
+        return "fewer than 2 images"
     counts = d["per_image_images"]["dice"]
-    short = [n.replace("_", " ") for n in fg if counts[n] < 2]
-    return f"– (fewer than 2 images hold {' or '.join(short)})" if short else "– (fewer than 2 images)"
+    short = [n.replace("_", " ") for n, held in d["images_with_class"].items()
+             if n != "background" and held > 0 and counts[n] < 2]
+    return f"fewer than 2 images hold {' or '.join(short)}" if short else "fewer than 2 images"
 
 
 def _dice_interval_line(d: dict[str, Any], fg: Sequence[str]) -> str:
@@ -285,7 +287,8 @@ def _dice_interval_line(d: dict[str, Any], fg: Sequence[str]) -> str:
     the foreground classes some truth holds)."""
     dice = d["per_image_ci95"]["dice"]
     shown = [*fg, *(["mean_foreground"] if len(fg) > 1 else [])]
-    parts = [f"{name.replace('_', ' ')} {format_interval(dice[name]) or _no_interval(d, name, fg)}" for name in shown]
+    parts = [f"{name.replace('_', ' ')} " + (format_interval(dice[name]) or f"– ({no_interval_reason(d, name)})")
+             for name in shown]
     return (f"95 % confidence interval of the per-image Dice (percentile bootstrap: {BOOTSTRAP_RESAMPLES} resamples of "
             f"the {counted(d['n_images'], 'image')}, seed 0; metrics.json's per_image_ci95 has every figure's): "
             + "; ".join(parts) + ".")

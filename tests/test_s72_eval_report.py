@@ -47,6 +47,19 @@ def test_a_mean_foreground_without_interval_names_the_class_that_lacks_images(tm
     assert line.endswith("; mean foreground – (fewer than 2 images hold pleural effusion).")
 
 
+def test_the_terminal_summary_says_why_a_figure_has_no_interval(tmp_path: Path, capsys) -> None:
+    from covseg.cli import _print_summary
+
+    cms = [_cm(MULTICLASS, {1: (4, 2), 2: (4, 4), 3: (4, 1)}), _cm(MULTICLASS, {1: (4, 4), 2: (4, 2)})]
+    results = [ImageResult(f"im{i}", cm, None) for i, cm in enumerate(cms)]
+    _print_summary(write_report(summarise(results, MULTICLASS), tmp_path / "eval", "review"), tmp_path / "eval")
+    line = capsys.readouterr().out.splitlines()[0]
+    # effusion on 1 image: no interval, and the mean over the three classes has none for that reason
+    assert "pleural_effusion 0.4000 (no CI: fewer than 2 images)" in line, line
+    assert "; mean 0." in line and "(no CI: fewer than 2 images hold pleural effusion)" in line, line
+    assert "ggo 0.8333 (95 % CI " in line, line
+
+
 def test_a_one_image_report_counts_its_image_in_the_singular(tmp_path: Path) -> None:
     result = ImageResult("only", _cm(BINARY, {1: (4, 2)}), infnet={"meanDic": 0.5, "meanSen": 0.5, "meanSpe": 1.0,
                                                                      "mae": 0.1})
