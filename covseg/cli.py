@@ -695,7 +695,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:  # its measuring child processes end with it; --out is written only at the end
             print("covseg: interrupted", file=sys.stderr)
             return 130
-    args = _parse_args(build_parser(), argv)
+    parser = build_parser()
+    if not argv:  # no command: the list of commands, each with what it does, rather than argparse's bare usage
+        parser.print_help(sys.stderr)
+        return 2
+    args = _parse_args(parser, argv)
     try:
         return COMMANDS[args.command](args)
     except CovsegError as err:

@@ -156,3 +156,12 @@ def test_epochs_below_one_are_refused_naming_the_flag(command: str, tmp_path: Pa
     # the setting itself, given as an override, is still refused naming it
     assert main([command, "--recipe", "tiny", "train.epochs=0", "-o", str(tmp_path / "out")]) == 2
     assert "train.epochs must be positive and finite, got 0" in _one_line_error(capsys)
+
+
+def test_covseg_without_a_command_lists_the_commands_with_what_each_does(capsys) -> None:
+    from covseg.cli import main
+
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "train a model into a run folder" in captured.err and "paired per-image differences" in captured.err
