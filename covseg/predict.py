@@ -121,6 +121,12 @@ def ensemble_members(model_paths: Sequence[Path]) -> list[Path]:
         if path.is_dir() and not folds and not (path / "config.yaml").is_file() and seeds:
             raise CovsegError(f"{path}: a covseg cv --seeds folder; name its cross-validations ({', '.join(seeds)}) "
                               f"or fold runs one by one, e.g. {path / seeds[0]}")
+        beside = sorted((p for p in path.parent.glob("seed-*") if p.is_dir()), key=lambda p: (len(p.name), p.name))
+        if (path.is_dir() and not folds and not (path / "config.yaml").is_file() and beside
+                and any(path.glob("fold-*/per_image.csv"))):  # `covseg cv --seeds`'s ensemble/: reports, no models
+            raise CovsegError(f"{path}: a covseg cv --seeds folder's seed-ensemble reports, not models; evaluate its "
+                              f"members together, e.g. covseg evaluate {' '.join(str(p / 'fold-0') for p in beside)} "
+                              "-o OUT")
         if not path.is_dir() or (path / "config.yaml").is_file() or not folds:
             members.append(path)
             continue

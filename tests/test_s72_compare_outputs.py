@@ -129,3 +129,20 @@ def test_each_workflow_goes_on_in_its_own_folder(tiny_data: Path, tmp_path: Path
     assert experiment._workflow_of(tmp_path / "new") is None
     (tmp_path / "empty").mkdir()
     assert experiment._workflow_of(tmp_path / "empty") is None
+
+
+def test_a_seed_ensembles_report_folder_is_not_taken_for_a_model(tmp_path: Path) -> None:
+    """``covseg cv --seeds``'s ``ensemble/`` holds the seed ensemble's reports (fold-K/per_image.csv), no model:
+    evaluating it names what it is and the members to give instead, not "no run.json"."""
+    from covseg.predict import ensemble_members
+
+    root = tmp_path / "seeds"
+    for seed in (0, 1, 10):
+        (root / f"seed-{seed}" / "fold-0").mkdir(parents=True)
+    (root / "ensemble" / "fold-0").mkdir(parents=True)
+    (root / "ensemble" / "fold-0" / "per_image.csv").write_text("image,fg_dice\n", encoding="utf-8")
+    with pytest.raises(CovsegError, match=r"seed-ensemble reports, not models; evaluate its members together, e\.g\. "
+                                          rf"covseg evaluate {re.escape(str(root / 'seed-0' / 'fold-0'))} "
+                                          rf"{re.escape(str(root / 'seed-1' / 'fold-0'))} "
+                                          rf"{re.escape(str(root / 'seed-10' / 'fold-0'))} -o OUT$"):
+        ensemble_members([root / "ensemble"])
