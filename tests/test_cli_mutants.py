@@ -369,14 +369,17 @@ def test_a_file_in_the_way_of_a_folder_is_told_as_such(tmp_path: Path, capsys) -
     assert capsys.readouterr().err == f"covseg: error: {tmp_path}: File exists; check the path and permissions\n"
 
 
-def test_cv_compare_refuses_one_folder_written_two_ways(tmp_path: Path, monkeypatch, capsys) -> None:
-    import covseg.paired
+def test_cv_compare_refuses_one_folder_written_two_ways(tmp_path: Path, monkeypatch) -> None:
+    # the refusal lives in covseg.paired (session 72), which compares the tables' resolved paths
+    from covseg.errors import CovsegError
+    from covseg.paired import PER_IMAGE, _check_two_runs
 
-    monkeypatch.setattr(covseg.paired, "compare_cross_validations", lambda reference, candidate, metrics: {})
-    (tmp_path / "cv").mkdir()
+    table = tmp_path / "cv" / "fold-0" / PER_IMAGE
+    table.parent.mkdir(parents=True)
+    table.write_text("image,fg_dice\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    assert main(["cv-compare", "cv", str(tmp_path / "cv")]) == 2
-    assert "cv is both the reference and the candidate" in _error(capsys)
+    with pytest.raises(CovsegError, match="^cv is both the reference and the candidate"):
+        _check_two_runs(Path("cv"), tmp_path / "cv", ["fold-0"])
 
 
 def test_a_bench_refusal_is_the_cli_s_one_line_and_exit_2(monkeypatch, capsys) -> None:
