@@ -113,7 +113,8 @@ def _refuse_repeated_models(paths: list[Path] | None, what: str) -> None:
         seen.add(member.resolve())
 
 
-def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force: bool = True) -> None:
+def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force: bool = True,
+                          force_help: str = "overwrite an existing output folder") -> None:
     p.add_argument("--recipe", help=f"recipe name ({', '.join(available_recipes())}) or YAML path (default: default)")
     p.add_argument("--task", choices=("binary", "multiclass"), help="label scheme (default: the recipe's)")
     p.add_argument("--data", help="data folder (default: the downloaded covid-semiseg)")
@@ -125,7 +126,7 @@ def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="shorthand for train.precision")
     # cv keeps --force only to refuse it with its own message (it never replaces folds), so its help hides it
     p.add_argument("--force", action="store_true",
-                   help="overwrite an existing output folder" if force else argparse.SUPPRESS)
+                   help=force_help if force else argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="recipe overrides, e.g. train.lr=0.001 model.width=32 train.augment.hflip=0.5")
@@ -212,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train and evaluate several models under identical settings")
     p.add_argument("--models", nargs="+", default=["unet", "segnet"],
                    help="models to train and compare (default: unet segnet); put KEY=VALUE overrides before --models")
-    _add_training_options(p)
+    _add_training_options(p, force_help="retrain the models' runs in an existing output folder instead of "
+                          "reusing finished ones and resuming interrupted ones")
     p.add_argument("-o", "--output", type=Path, required=True, help="comparison folder")
 
     p = sub.add_parser("cv",
@@ -230,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cv-compare", help="paired per-image differences between two cross-validations of the "
                                           "same folds (a screen against the default)")
-    p.add_argument("reference", type=Path, help="the baseline's `covseg cv` folder (or its seed-S folder)")
-    p.add_argument("candidate", type=Path, help="the screened recipe's `covseg cv` folder")
+    p.add_argument("reference", type=Path, help="the baseline's `covseg cv` folder (or its seed-S folder, or one covseg train --split cv:K run)")
+    p.add_argument("candidate", type=Path, help="the screened recipe's `covseg cv` folder (or its seed-S folder, or one covseg train --split cv:K run)")
     p.add_argument("--metrics", nargs="+", metavar="COLUMN",
                    help="per_image.csv columns (default: every per-class Dice the truths hold, e.g. dice_infection)")
     p.add_argument("-o", "--output", type=Path, help="also write the tables to this Markdown file")
@@ -530,7 +532,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {counted(len(summary['images']), 'label map')} to {args.output}")
         left = unlisted_outputs(args.output, earlier, summary)
         if left:
-            print(f"covseg: warning: {args.output}: {len(left)} label map(s) of an earlier predict stay there (e.g. "
+            print(f"covseg: warning: {args.output}: {counted(len(left), 'label map')} of an earlier predict stay there (e.g. "
                   f"{left[0]}), which predictions.json no longer lists; remove them, or give -o a new folder",
                   file=sys.stderr)
     return 0

@@ -42,6 +42,7 @@ from covseg.dicom import (ZERO_SLOPE_WARNING, check_ct_modality, dicom_number, d
 from covseg.intensity import (HU_MIN_THRESHOLD, LUNG_WINDOW, fill_non_finite, raw_ct_warning, scale_stored_grey,
                               to_unit_range, window_hu)
 from covseg.labels import MULTICLASS, LabelScheme, check_labels, get_scheme
+from covseg.wording import counted
 
 __all__ = [
     "Sample",
@@ -781,7 +782,7 @@ def load_medseg_npy(images_path: str | Path, masks_path: str | Path, task: str, 
             )
         if np.any(set_channels > 1):
             raise CovsegError(
-                f"{masks_path}: slice {i} has {int(np.count_nonzero(set_channels > 1))} pixel(s) with several channels "
+                f"{masks_path}: slice {i} has {counted(int(np.count_nonzero(set_channels > 1)), 'pixel')} with several channels "
                 "set; masks must be one-hot (exactly one channel 1 per pixel, the others 0)"
             )
         labels = _NPY_CHANNEL_LABELS[np.argmax(onehot, axis=-1)]

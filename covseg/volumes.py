@@ -45,6 +45,7 @@ from covseg.dicom import (check_greyscale, dicom_floats, looks_like_dicom, read_
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 from covseg.intensity import HU_MIN_THRESHOLD, RAW_CT_MAX, fill_non_finite, raw_ct_warning, scale_stored_grey
+from covseg.wording import counted
 
 __all__ = [
     "CANONICAL_AXCODES",
@@ -671,8 +672,8 @@ def _off_grid_error(folder: Path, names: Sequence[str], positions: np.ndarray, p
 def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | None,
                        header_only: bool = False) -> Volume | None:
     """A DICOM series as a :class:`Volume`; with ``header_only`` the refusals of its header pass (unreadable or cut
-    short headers, no images, ``series_uid`` missing, colour, multi-frame or non-CT slices, too few slices) and None,
-    no pixel data or slice geometry read."""
+    short headers, no images, ``series_uid`` missing, colour, multi-frame or non-CT slices, too few slices, slice
+    geometry tags missing, invalid or differing) and None, no pixel data read."""
     warnings: list[str] = []
     headers = _dicom_headers(paths)
     if not headers:
@@ -689,26 +690,28 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
             f"{first_path}: the series has only {len(items)} slice; a scan needs at least {MIN_SLICES} slices "
             "(give the folder holding the whole series)"
         )
-    if header_only:
-        return None
+    # the slice geometry is read from the headers too: a series without it is refused before any scan is segmented
     iop = dicom_floats(items[0][1], "ImageOrientationPatient", 6, first_path, NO_SERIES_GEOMETRY)
     lengths = np.linalg.norm(iop[:3]), np.linalg.norm(iop[3:])
     normal = np.cross(iop[:3], iop[3:])
     if min(lengths) < 1e-6 or np.linalg.norm(normal) < 1e-6 * lengths[0] * lengths[1]:
         raise CovsegError(f"{first_path}: DICOM ImageOrientationPatient {iop.tolist()} has zero or parallel row and "
-                          "column directions; the slice geometry is unknown")
+                          f"column directions; the slice geometry is unknown{NO_SERIES_GEOMETRY}")
     row_cos, col_cos = iop[:3] / lengths[0], iop[3:] / lengths[1]
     normal = np.cross(row_cos, col_cos)
     normal /= np.linalg.norm(normal)
     spacing_rc = dicom_floats(items[0][1], "PixelSpacing", 2, first_path, NO_SERIES_GEOMETRY)
     if np.any(spacing_rc <= 0):
-        raise CovsegError(f"{first_path}: DICOM PixelSpacing {spacing_rc.tolist()} is not positive")
+        raise CovsegError(f"{first_path}: DICOM PixelSpacing {spacing_rc.tolist()} is not positive; the slice geometry "
+                          f"is unknown{NO_SERIES_GEOMETRY}")
     positions = np.stack([dicom_floats(ds, "ImagePositionPatient", 3, h.path, NO_SERIES_GEOMETRY) for h, ds in items])
     for h, ds in items[1:]:
         other = dicom_floats(ds, "PixelSpacing", 2, h.path, NO_SERIES_GEOMETRY)
         if not np.allclose(other, spacing_rc, rtol=1e-4, atol=1e-4):
             raise CovsegError(f"{h.path}: PixelSpacing {other.tolist()} differs from {first_path.name}'s "
                               f"{spacing_rc.tolist()}; the series is not one volume")
+    if header_only:
+        return None
     proj = positions @ normal
     order = np.argsort(proj, kind="stable")
     items = [items[i] for i in order]
@@ -719,7 +722,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         a, b = items[dup[0]][0].path, items[dup[0] + 1][0].path
         raise CovsegError(
             f"{folder}: {a.name} and {b.name} lie at the same slice position ({proj[dup[0]]:.3f} mm; "
-            f"{dup.size} duplicate position(s)); remove duplicate files or choose one series/acquisition"
+            f"{counted(int(dup.size), 'duplicate position')}); remove duplicate files or choose one series/acquisition"
         )
     median = float(np.median(steps))
     gaps = np.flatnonzero(steps > GAP_FACTOR * median)
@@ -734,7 +737,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
         a, b = items[same[0]][0].path, items[same[0] + 1][0].path
         raise CovsegError(
             f"{folder}: {a.name} and {b.name} lie {steps[same[0]]:.3g} mm apart, under half the series' "
-            f"{median:.3g} mm slice spacing, so both fall on one slice of its grid ({same.size} such pair(s)); "
+            f"{median:.3g} mm slice spacing, so both fall on one slice of its grid ({counted(int(same.size), 'such pair')}); "
             "remove duplicate files or choose one series/acquisition"
         )
     if n_places - len(items) > len(items):  # more places to fill than slices read: a stray position, not gaps
@@ -759,9 +762,9 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     if gaps.size:
         largest = int(gaps[np.argmax(steps[gaps])])
         warnings.append(
-            f"missing slices: {gaps.size} gap(s) longer than {GAP_FACTOR}x the median spacing {median:.3g} mm "
-            f"(largest {steps[largest]:.3g} mm after {items[largest][0].path.name}): {n_places - len(items)} "
-            "slice place(s) filled with their nearest acquired slice (nearest-neighbour along Z, as resampling to an "
+            f"missing slices: {counted(int(gaps.size), 'gap')} longer than {GAP_FACTOR}x the median spacing {median:.3g} mm "
+            f"(largest {steps[largest]:.3g} mm after {items[largest][0].path.name}): {counted(n_places - len(items), 'slice place')} "
+            "filled with their nearest acquired slice (nearest-neighbour along Z, as resampling to an "
             "even grid does) so that the label maps keep the scan's geometry; lung and lesion volumes there are "
             "estimated from those neighbours"
         )

@@ -981,7 +981,7 @@ def test_kaggle_npy_masks_that_are_not_one_hot_are_refused(tmp_path: Path) -> No
     write_npy_pair(tmp_path)
     base = np.eye(4, dtype=np.float32)[np.full((2, 2, 3), 3)]
     cases = {
-        "several": ([1, 1, 0, 1], r"slice 1 has 1 pixel\(s\) with several channels set; masks must be one-hot "
+        "several": ([1, 1, 0, 1], r"slice 1 has 1 pixel with several channels set; masks must be one-hot "
                                   r"\(exactly one channel 1 per pixel, the others 0\)$"),
         "soft": ([0.2, 0.0, 0.0, 0.8], r"slice 1 holds values other than 0 and 1 \(e\.g\. 0\.2\); masks must be one-hot"),
         "three": ([0, 3, 0, 0], r"slice 1 holds values other than 0 and 1 \(e\.g\. 3\); masks must be one-hot"),

@@ -26,7 +26,7 @@ def test_label_maps_of_an_earlier_predict_left_unlisted_are_named(tiny_run: Path
     assert _predict(tiny_run, images, out, capsys) == []  # a new folder
     assert earlier_outputs(out) == ["0.png", "1.png", "2.png"]
     assert _predict(tiny_run, images[:1], out, capsys) == [
-        f"covseg: warning: {out}: 2 label map(s) of an earlier predict stay there (e.g. 1.png), which "
+        f"covseg: warning: {out}: 2 label maps of an earlier predict stay there (e.g. 1.png), which "
         "predictions.json no longer lists; remove them, or give -o a new folder"]
     assert (out / "1.png").is_file() and (out / "2.png").is_file()  # kept, not deleted
     assert [r["output"] for r in json.loads((out / "predictions.json").read_text())["images"]] == ["0.png"]

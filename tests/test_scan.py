@@ -171,6 +171,29 @@ def test_a_bad_2d_image_beside_a_scan_is_refused_before_the_scan_is_segmented(ph
     assert not out.exists()
 
 
+def test_a_dicom_series_without_geometry_beside_a_scan_is_refused_before_the_scan_is_segmented(
+        phantom, tiny_run: Path, tmp_path: Path, capsys) -> None:
+    # before (session 72's README audit): the NIfTI scan was segmented and written to OUT/chest, then the series
+    # without ImagePositionPatient ended the call with exit 2
+    import pydicom
+
+    from test_volumes import truth_hu
+
+    path, _, _ = phantom
+    series = tmp_path / "series"
+    series.mkdir()
+    write_dicom_series(series, truth_hu()[:3])
+    for f in series.iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.ImagePositionPatient
+        ds.save_as(f)
+    out = tmp_path / "o"
+    assert main(["predict", str(path), str(series), "-o", str(out), "--model", str(tiny_run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ImagePositionPatient is missing or invalid" in err[0], err
+    assert not out.exists()
+
+
 def test_a_scan_is_never_replaced_by_its_own_output(phantom, tiny_run: Path, tmp_path: Path, capsys) -> None:
     path, _, _ = phantom
     folder = tmp_path / "patient"

@@ -202,7 +202,7 @@ def test_missing_slices_are_filled_from_their_neighbours_on_the_series_grid(tmp_
         assert np.array_equal(vol.hu[place], truth[source]), place
     assert np.array_equal(np.delete(vol.hu, [5, 6], axis=0), np.delete(truth, [5, 6], axis=0))
     np.testing.assert_allclose(vol.input_affine, whole.input_affine, atol=1e-6)
-    assert any("missing slices" in w and "2 slice place(s) filled with their nearest acquired slice" in w
+    assert any("missing slices" in w and "2 slice places filled with their nearest acquired slice" in w
                for w in vol.warnings)
 
 
@@ -370,7 +370,8 @@ def test_bad_geometry_is_one_line_error(tmp_path):
     for k in range(3):  # row and column directions both +x
         ds = _ct_slice(np.full((8, 8), 24, np.uint16), [0, 0, 2.5 * k], [1, 0, 0, 1, 0, 0], uid)
         ds.save_as(tmp_path / "parallel" / f"{k}.dcm", enforce_file_format=True)
-    with pytest.raises(CovsegError, match="parallel row and column"):
+    with pytest.raises(CovsegError, match="parallel row and column directions; the slice geometry is unknown; give its "
+                                          "slices as .dcm files"):
         read_volume(tmp_path / "parallel")
 
 
@@ -963,7 +964,7 @@ def test_a_gap_of_under_two_steps_counts_as_a_missing_slice(tmp_path):
     vol = read_volume(tmp_path)
     assert vol.hu.shape[0] == 7
     np.testing.assert_array_equal(vol.hu[4], truth_hu()[3])  # slice 3 (at 3.85 steps) on place 4; place 3 is filled
-    assert any("missing slices: 1 gap(s)" in w and "1 slice place(s) filled" in w for w in vol.warnings)
+    assert any("missing slices: 1 gap longer" in w and "1 slice place filled" in w for w in vol.warnings)
     assert not any("non-uniform" in w for w in vol.warnings)
 
 

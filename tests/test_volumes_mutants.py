@@ -155,7 +155,8 @@ def test_a_slice_of_three_samples_is_refused_by_its_header(tmp_path):
 def test_a_zero_pixel_spacing_is_refused_as_not_positive(tmp_path):
     write_dicom_series(tmp_path, truth_hu()[:3])
     _retag(tmp_path, None, PixelSpacing=[0.0, 0.8])
-    with pytest.raises(CovsegError, match=r"DICOM PixelSpacing \[0\.0, 0\.8\] is not positive"):
+    with pytest.raises(CovsegError, match=r"DICOM PixelSpacing \[0\.0, 0\.8\] is not positive; the slice geometry is "
+                                          r"unknown; give its slices as \.dcm files"):
         read_volume(tmp_path)
 
 
@@ -238,8 +239,8 @@ def test_the_missing_slices_warning_names_the_largest_gap(tmp_path):
     vol = read_volume(tmp_path)
     assert vol.shape[0] == Z
     assert len(vol.warnings) == 1
-    assert vol.warnings[0].startswith(f"missing slices: 2 gap(s) longer than 1.5x the median spacing 2.5 mm (largest "
-                                      f"7.5 mm after {after}): 3 slice place(s) filled")
+    assert vol.warnings[0].startswith(f"missing slices: 2 gaps longer than 1.5x the median spacing 2.5 mm (largest "
+                                      f"7.5 mm after {after}): 3 slice places filled")
 
 
 def test_a_series_drifting_sideways_as_a_whole_names_the_slice_farthest_off_its_grid(tmp_path):
