@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.dicom import (ZERO_SLOPE_WARNING, check_ct_modality, dicom_number, dicom_pixels, dicom_slice_affine,
-                          has_dicom_value, load_dicom, rescale_slope)
+from covseg.dicom import (ZERO_SLOPE_WARNING, check_ct_modality, dicom_modality, dicom_number, dicom_pixels,
+                          dicom_slice_affine, has_dicom_value, load_dicom, rescale_slope)
 from covseg.intensity import (HU_MIN_THRESHOLD, LUNG_WINDOW, fill_non_finite, raw_ct_warning, scale_stored_grey,
                               to_unit_range, window_hu)
 from covseg.labels import MULTICLASS, LabelScheme, check_labels, get_scheme
@@ -359,7 +359,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, bool]:
     intercept = dicom_number(ds, "RescaleIntercept", 0, path)
     data = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     finite = fill_non_finite(data, str(path))[0]  # NaN pixels (float pixel data) do not hide the air
-    if str(getattr(ds, "Modality", "") or "").upper() == "CT":
+    if dicom_modality(ds) == "CT":
         if not has_dicom_value(ds, "RescaleIntercept") and not _looks_like_hu(finite):  # an empty tag is none
             # unsigned CT values with a missing -1024 intercept would be windowed 1024 HU too bright
             raise CovsegError(

@@ -23,6 +23,7 @@ __all__ = [
     "load_dicom",
     "has_dicom_value",
     "dicom_floats",
+    "dicom_modality",
     "dicom_slice_affine",
     "dicom_number",
     "check_greyscale",
@@ -177,10 +178,15 @@ def check_greyscale(ds: object, path: Path) -> None:
     check_ct_modality(ds, path, "a CT series")
 
 
+def dicom_modality(ds: object) -> str:
+    """``ds``'s Modality as covseg compares it: upper case, without surrounding spaces; ``""`` where absent."""
+    return str(getattr(ds, "Modality", "") or "").strip().upper()
+
+
 def check_ct_modality(ds: object, path: Path, give: str) -> None:
     """Refuse, in one line, a DICOM dataset whose Modality is present and not CT (MR, OT secondary capture, ...):
     its values are no Hounsfield units. ``give``: what to give instead ("a CT series")."""
-    modality = str(getattr(ds, "Modality", "") or "").upper()
+    modality = dicom_modality(ds)
     if modality and modality != "CT":
         raise CovsegError(f"{path}: Modality is {modality}, not CT; give {give}")
 

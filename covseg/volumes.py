@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covseg.dicom import (check_greyscale, dicom_floats, looks_like_dicom, read_dataset,
+from covseg.dicom import (check_greyscale, dicom_floats, dicom_modality, looks_like_dicom, read_dataset,
                           rescale_to_hu, slice_pixels)
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
@@ -542,7 +542,7 @@ def _dicom_headers(paths: Sequence[Path]) -> list[tuple[_Header, object]]:
 def _series_label(uid: str, items: list, description: str) -> str:
     """``UID (N images[, modality][, 'description'])``: the modality named where it is not CT."""
     name = uid or "(no SeriesInstanceUID)"
-    modality = str(getattr(items[0][1], "Modality", "") or "").strip().upper()
+    modality = dicom_modality(items[0][1])
     kind = f", {modality}" if modality and modality != "CT" else ""
     desc = f", {description!r}" if description else ""
     return f"{name} ({len(items)} images{kind}{desc})"
@@ -563,7 +563,7 @@ def _choose_series(headers: list[tuple[_Header, object]], series_uid: str | None
     for item in headers:
         series.setdefault(item[0].uid, []).append(item)
     def is_ct(items: list[tuple[_Header, object]]) -> bool:  # no Modality counts as CT (checked per slice later)
-        return str(getattr(items[0][1], "Modality", "") or "CT").upper() == "CT"
+        return dicom_modality(items[0][1]) in ("", "CT")
 
     ranked = sorted(series.items(), key=lambda kv: (not is_ct(kv[1]), -len(kv[1]), kv[0]))
     if series_uid is not None:

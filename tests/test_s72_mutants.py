@@ -204,3 +204,17 @@ def test_every_member_and_the_lesion_model_are_told_how_many_slices(tmp_path: Pa
     monkeypatch.setattr(predict, "open_predictor", fake_open)
     predict.open_models([tmp_path / "a", tmp_path / "b"], [tmp_path / "lesion"], flip_tta=True, slices=5)
     assert seen == {"a": (5, True), "b": (5, True), "lesion": (5, True)}
+
+
+def test_a_modality_with_stray_spaces_is_read_alike_everywhere() -> None:
+    """Modality " ct " (not valid DICOM, yet kept by pydicom) is CT for the series' ranking, the CT check and the
+    listing alike (session 72: the listing stripped it, the other two did not)."""
+    from types import SimpleNamespace
+
+    from covseg.dicom import check_ct_modality, dicom_modality
+
+    assert dicom_modality(SimpleNamespace(Modality=" ct ")) == "CT"
+    assert dicom_modality(SimpleNamespace()) == "" and dicom_modality(SimpleNamespace(Modality=None)) == ""
+    check_ct_modality(SimpleNamespace(Modality=" CT"), Path("x.dcm"), "a CT series")  # not refused
+    with pytest.raises(CovsegError, match=r"^x\.dcm: Modality is MR, not CT; give a CT series$"):
+        check_ct_modality(SimpleNamespace(Modality="mr "), Path("x.dcm"), "a CT series")
