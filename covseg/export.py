@@ -87,6 +87,7 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
                           f"{Path(out).with_suffix('.onnx')}")
     if os.path.lexists(out) and not force:  # a link too: the rename would replace it
         raise CovsegError(f"{out}: exists; pass --force to replace it or choose another -o")
+    _refuse_folder_of_runs(Path(model_path), Path(out))
     import onnx
 
     from covseg.models import fold_batch_norm
@@ -130,6 +131,22 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
         raise CovsegError(f"{out}: cannot write there ({err.strerror or err}); check the path and "
                           "permissions") from None
     return meta
+
+
+def _refuse_folder_of_runs(path: Path, out: Path) -> None:
+    """Refuse a folder of runs as the model to export, naming one of them: a ``covseg cv`` folder (``fold-K`` runs
+    inside; with ``--seeds``, ``seed-S/fold-K``) or another that holds runs (``covseg compare``'s, a run per model).
+    One ONNX file holds one network, and :func:`covseg.checkpoint.find_checkpoint` would only say that the folder
+    holds no ``best.pt``."""
+    if not path.is_dir() or (path / "config.yaml").is_file() or (path / "run.json").is_file():
+        return
+    runs = sorted((p.parent for p in [*path.glob("fold-*/config.yaml"), *path.glob("seed-*/fold-*/config.yaml"),
+                                      *path.glob("*/config.yaml")]),
+                  key=lambda p: (len(p.relative_to(path).parts), p.as_posix()))
+    if runs:
+        kind = "a cross-validation's fold runs" if runs[0].name.startswith("fold-") else "runs"
+        raise CovsegError(f"{path}: holds {kind}, not one run, and an ONNX file holds one model; export one of "
+                          f"them, e.g. covseg export {runs[0]} -o {out}")
 
 
 def weights_sha256(graph: Any) -> str:
@@ -237,8 +254,12 @@ class OnnxBackend:
     wrong shape is refused as a :class:`CovsegError`, not an ONNX Runtime exception."""
 
     def __init__(self, session: Any, int8: bool = False, agreement: float | None = None,
-                 depth: int | None = None) -> None:
+                 depth: int | None = None, exported_from: str | None = None, epoch: int | None = None) -> None:
         self.session = session
+        self.exported_from = exported_from
+        """The checkpoint file name the graph was exported from (``covseg_checkpoint``), where the file says."""
+        self.epoch = epoch
+        """That checkpoint's epoch (``covseg_epoch``), where the file records a whole number."""
         self.depth = depth
         self.int8 = int8
         """Whether the graph is static int8 (``covseg export --int8``), which runs in no other precision."""
@@ -286,7 +307,9 @@ def load_onnx(path: Path, task: str | None = None, threads: int = 0) -> tuple[On
                           f"use --task {config.data.task} or another model")
     _check_graph(session, config, path)
     _check_weights(path, data, meta)
-    return OnnxBackend(session, meta.get("covseg_precision") == "int8", _agreement(meta), config.model.depth), config
+    epoch = meta.get("covseg_epoch", "")
+    return OnnxBackend(session, meta.get("covseg_precision") == "int8", _agreement(meta), config.model.depth,
+                       meta.get("covseg_checkpoint"), int(epoch) if epoch.isdigit() else None), config
 
 
 def _check_weights(path: Path, data: bytes, meta: dict[str, str]) -> None:

@@ -61,7 +61,11 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "auto
     :data:`ONNX_MIN_SLICES`. ``torch`` keeps every pass in PyTorch. Returns the
     predictor, the model's run config and a description for reports.
     """
-    is_onnx = Path(model_path).suffix == ".onnx"
+    suffix = Path(model_path).suffix
+    if suffix.lower() == ".onnx" and suffix != ".onnx":  # else read as a checkpoint: "not a readable checkpoint"
+        raise CovsegError(f"{model_path}: covseg knows ONNX files by the suffix .onnx in lower case (as covseg export "
+                          f"writes them); rename it to {Path(model_path).with_suffix('.onnx')}")
+    is_onnx = suffix == ".onnx"
     auto = backend == "auto"
     if auto:
         backend = "onnx" if is_onnx else "torch"
@@ -80,7 +84,9 @@ def open_predictor(model_path: Path, task: str | None = None, which: str = "auto
             raise CovsegError(f"{model_path}: an int8 ONNX model (covseg export --int8) runs in int8 only, so "
                               "--precision fp32 cannot apply; drop it, or use an fp32 export or the run folder")
         find_checkpoint(model_path, which)  # the file as it is: a --checkpoint naming another is refused
-        info = {"file": str(model_path), "backend": onnx_backend.description}
+        # which checkpoint, at which epoch, the graph holds: as a checkpoint's report says (its file and epoch)
+        info = {"file": str(model_path), "exported_from": onnx_backend.exported_from, "epoch": onnx_backend.epoch,
+                "backend": onnx_backend.description}
         if onnx_backend.agreement is not None:
             info["int8_agreement"] = onnx_backend.agreement  # the share of pixels whose fp32 label it kept at export
         predictor = Predictor(onnx_backend, config.data.input_size, batch_size, flip_tta, config.data.normalize,
