@@ -124,7 +124,7 @@ def _refuse_onnx_chosen_on(paths: Sequence[Path], split: str) -> None:
     from covseg.export import exported_from
 
     for path in paths:
-        if path.suffix == ".onnx" and exported_from(path) == "best.pt":
+        if path.suffix.lower() == ".onnx" and exported_from(path) == "best.pt":
             raise CovsegError(f"{path}: exported from best.pt, which the {split} images chose; score them with a graph "
                               "of the run's final model (covseg export RUN_DIR --checkpoint last, or swa) or with "
                               "the run folder itself")
@@ -185,7 +185,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     requested, which = which, own if which == "auto" else which
     if data is None:
         if run_dir is None:
-            raise CovsegError("pass --data DIR when evaluating a model file outside its run folder")
+            raise CovsegError("pass --data DIR and --split all or test when evaluating a model file outside its run "
+                              "folder (its own split is in the run folder)")
         data = read_run_info(run_dir)["data"]
     early = None  # the data set's test split, read before the models load: a folder without it is told at once
     if run_dir is not None and split in ("test", "testset"):

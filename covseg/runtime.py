@@ -85,7 +85,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "bf16":
         if not supported:
             raise CovsegError(f"bf16 was requested but this {device.type} has no fast bf16 support; "
-                              "use --precision fp32 or auto (train.precision)")
+                              "use --precision fp32 or auto (in a recipe or override: train.precision)")
         return torch.bfloat16
     if precision == "auto":
         return torch.bfloat16 if supported else torch.float32

@@ -688,7 +688,8 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     if len(items) < MIN_SLICES:
         raise CovsegError(
             f"{first_path}: the series has only {len(items)} slice; a scan needs at least {MIN_SLICES} slices "
-            "(give the folder holding the whole series)"
+            "(give the folder holding the whole series; to predict single slices, give the files themselves, named "
+            ".dcm, rather than their folder)"
         )
     # the slice geometry is read from the headers too: a series without it is refused before any scan is segmented
     iop = dicom_floats(items[0][1], "ImageOrientationPatient", 6, first_path, NO_SERIES_GEOMETRY)

@@ -78,3 +78,38 @@ def test_an_onnx_model_s_predictions_name_the_checkpoint_and_epoch_it_holds(expo
     model = json.loads((out / "predictions.json").read_text())["model"]
     assert model["exported_from"] == "last.pt"
     assert model["epoch"] == int(read_checkpoint(tiny_run / "last.pt")["epoch"]) == 3
+
+
+def test_a_model_file_outside_its_run_folder_is_told_both_options_it_needs(tiny_run: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    lone = tmp_path / "lone.pt"
+    shutil.copy(tiny_run / "last.pt", lone)
+    assert main(["evaluate", str(lone), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # before: only --data was named, and giving it alone met a second refusal (the held-out split needs a run folder)
+    assert len(err) == 1 and "pass --data DIR and --split all or test" in err[0], err
+
+
+def test_a_folder_of_single_dicom_slices_is_told_how_to_predict_them_one_by_one(tmp_path: Path) -> None:
+    from covseg.errors import CovsegError
+    from covseg.volumes import read_volume
+
+    from test_volumes import truth_hu, write_dicom_series
+
+    write_dicom_series(tmp_path, truth_hu()[:1])
+    with pytest.raises(CovsegError, match=r"the series has only 1 slice; a scan needs at least 2 slices \(give the "
+                                          r"folder holding the whole series; to predict single slices, give the files "
+                                          r"themselves, named \.dcm, rather than their folder\)$"):
+        read_volume(tmp_path)
+
+
+def test_bf16_refused_names_the_flag_and_the_setting_alike(monkeypatch) -> None:
+    import torch
+
+    from covseg import runtime
+    from covseg.errors import CovsegError
+
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(CovsegError, match=r"use --precision fp32 or auto \(in a recipe or override: "
+                                          r"train\.precision\)$"):
+        runtime.resolve_precision("bf16", torch.device("cpu"))
