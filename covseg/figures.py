@@ -29,12 +29,16 @@ def _save(fig: Figure, path: Path) -> None:
 
 def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = "") -> None:
     """Per-epoch loss and pixel accuracy (train and validation) and validation Dice, as the seed shows; epochs
-    without a figure (not validated: ``train.val_every``) are left out of that line."""
+    without a figure (not validated: ``train.val_every``) are left out of that line, and a line without any (a run
+    without validation images; validation images whose truths hold no lesion, so no Dice) is not drawn, nor named
+    in the legend."""
     fig = Figure(figsize=(10, 3.8))
     axes = fig.subplots(1, 2)
 
     def plot(ax, key: str, label: str) -> None:
         points = [(int(r["epoch"]), float(r[key])) for r in history if math.isfinite(float(r[key]))]
+        if not points:  # an empty line would still be listed in the legend, as if it were drawn
+            return
         # a line needs two points: a lone one (a 1-epoch run, one validated epoch) is drawn as a marker
         ax.plot([e for e, _ in points], [v for _, v in points], label=label,
                 marker="o" if len(points) == 1 else None, markersize=4)

@@ -2,12 +2,13 @@
 
 Layout of ``RUN_DIR``::
 
-    config.yaml         resolved RunConfig          run.json       data path, versions, command
+    config.yaml         resolved RunConfig          run.json       data path, versions, creation time
     split.json          train/val/test names (+ all folds for cv:K)
     class_weights.json  median-frequency weights of the training masks
     history.csv         per epoch: train/val loss, pixel accuracy, val mean Dice (the val columns hold ``nan`` in the
-                        epochs between train.val_every ones), lr, seconds
-    curves.png          loss and accuracy curves
+                        epochs between train.val_every ones), lr (the epoch's last optimiser step's), seconds (its
+                        training and validation, not its checkpoint writes)
+    curves.png          loss, accuracy and validation Dice curves (a curve without any figure is left out)
     best.pt / last.pt   checkpoints (best by validation mean foreground Dice; last for --resume)
     ema.pt              with train.ema > 0: the weights' exponential moving average after the last epoch,
                         with the trained network's batch-norm statistics
@@ -317,6 +318,17 @@ def never_saved_an_epoch(run_dir: Path) -> bool:
     return bool(names) and set(names) <= _SETUP_FILES and is_run_folder(run_dir)
 
 
+def _finished_epochs(run_dir: Path) -> int | None:
+    """The epochs of the finished run in ``run_dir`` (its ``last.pt`` holds all its config.yaml's ``train.epochs``),
+    or None: unfinished, or not readable as a run (the caller's refusal then stays the general one)."""
+    try:
+        total = read_run_config(run_dir).train.epochs
+        last = run_dir / "last.pt"
+        return total if last.is_file() and int(read_checkpoint(last).get("epoch", 0)) >= total else None
+    except CovsegError:
+        return None
+
+
 def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], data_path: str,
                     force: bool, old: _OldRun, log, info: dict | None = None) -> None:
     """Write a new run's settings, split, class weights and record into ``run_dir``; with ``force`` a run folder
@@ -331,6 +343,13 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
             raise CovsegError(f"{run_dir}: is not empty and not a covseg run folder; --force only replaces run "
                               "folders, so choose a new -o")
         if not force:
+            total = _finished_epochs(run_dir)
+            if total is not None:  # nothing to continue: --resume would only say so
+                raise CovsegError(f"{run_dir}: holds a finished run ({counted(total, 'epoch')}); pass --force to "
+                                  "replace it, or choose another -o")
+            if not (run_dir / "last.pt").is_file():  # killed while its first epoch was written: --resume refuses it
+                raise CovsegError(f"{run_dir}: holds a run with no epoch to resume (no last.pt); pass --force to "
+                                  "replace it, or choose another -o")
             raise CovsegError(f"{run_dir}: run folder exists; pass --force to overwrite it or "
                               f"--resume {run_dir} to continue it")
         aside = old.move_aside()
@@ -390,6 +409,15 @@ def _progressive_note(t: TrainConfig) -> str:
         return (f" (none at train.progressive_size {t.progressive_size}: train.progressive_fraction "
                 f"{t.progressive_fraction:g} of {t.epochs} epochs rounds down to 0)")
     return f", the first {n} at {t.progressive_size}x{t.progressive_size}"
+
+
+def _validation_note(count: int, t: TrainConfig) -> str:
+    """What the start line says of validation: on how many images, and at which epochs (``train.val_every``)."""
+    if t.val_every <= 1:
+        return f"validating on {count}"
+    if t.val_every >= t.epochs:
+        return f"validating on {count} after the last epoch only"
+    return f"validating on {count} every {t.val_every} epochs and after the last"
 
 
 def parameter_count(n: int) -> str:
@@ -643,7 +671,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     if not finished:  # no "epochs 4..3"
         log(f"training {config.model.name} ({parameter_count(sum(p.numel() for p in core.parameters()))} parameters) "
             f"on {len(train)} images, "
-            + (f"validating on {len(val)}" if val else "no validation images (best.pt: the last epoch)")
+            + (_validation_note(len(val), t) if val else "no validation images (best.pt: the last epoch)")
             + f", {d.input_size}x{d.input_size}, "
             f"{device.type} {str(dtype).removeprefix('torch.')}, epochs {start + 1}..{t.epochs}"
             + _progressive_note(t) + (f", {dist.world_size} processes" if dist.enabled else ""))
@@ -654,6 +682,8 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
                dynamic_ncols=True)
     epoch = start
     stopped = terminated = False
+    # the bar shows the latest validation Dice, not the nan of the epochs train.val_every skips
+    shown_dice = next((r["val_dice"] for r in reversed(history) if math.isfinite(r["val_dice"])), None)
     try:
         for epoch in range(start, t.epochs):
             tick = time.perf_counter()
@@ -704,22 +734,29 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
                                     optimizer=optimizer.state_dict(), history=history, best=best, **extra)
                     _write_history(run_dir, history)
                     old.drop()  # the new run can be resumed now: the run it replaces goes
-            bar.set_postfix(loss=f"{fit.loss:.3f}", val_dice=f"{res.dice:.3f}", refresh=False)
+            if math.isfinite(res.dice):
+                shown_dice = res.dice
+            postfix = {"loss": f"{fit.loss:.3f}"}
+            if val_x is not None:  # no validation images: no Dice to show
+                postfix["val_dice"] = f"{shown_dice:.3f}" if shown_dice is not None else "-"
+            bar.set_postfix(postfix, refresh=False)
             bar.update(1)
         epoch = t.epochs
     except KeyboardInterrupt as stop:
         close_bar(bar, failed=True)  # the message below starts its own line, and no bar follows it
         epoch, stopped, terminated = len(history), True, isinstance(stop, Terminated)
+        word = "terminated (SIGTERM)" if terminated else "interrupted"  # what stopped it, as the program says
         if epoch >= t.epochs:  # Ctrl-C came while the last epoch's files were written: the run is finished
-            log(f"interrupted after all {t.epochs} epochs were saved; the run is finished, nothing to resume")
+            saved = "its 1 epoch was" if t.epochs == 1 else f"all {t.epochs} epochs were"
+            log(f"{word} after {saved} saved; the run is finished, nothing to resume")
         elif old.put_back():
-            log(f"interrupted before the first epoch was saved; the run that was in {run_dir} is back as it was, "
+            log(f"{word} before the first epoch was saved; the run that was in {run_dir} is back as it was, "
                 + (f"nothing lost; {again}" if again else "nothing lost (train with --force again to replace it)"))
         elif (run_dir / "last.pt").is_file():
-            log(f"interrupted: {epoch} of {t.epochs} epochs saved; "
+            log(f"{word}: {epoch} of {t.epochs} epochs saved; "
                 f"{again or f'continue with covseg train --resume {run_dir}'}")
         else:
-            log("interrupted before the first epoch was saved, so there is nothing to resume; " + (again or
+            log(f"{word} before the first epoch was saved, so there is nothing to resume; " + (again or
                 f"start the run again (the same covseg train ... -o {run_dir}; no --force needed)"))
     except BaseException:
         close_bar(bar, failed=True)

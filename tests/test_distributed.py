@@ -139,9 +139,9 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_epoch_it_saved(tiny_data
     finally:
         proc.kill()
     assert "forcefully exiting" not in err and "Unable to shutdown" not in err, err[-3000:]
-    saved = [line for line in err.splitlines() if line.startswith("interrupted: ")]
+    saved = [line for line in err.splitlines() if line.startswith("terminated (SIGTERM): ")]
     assert len(saved) == 1 and saved[0].endswith(f"of 5000 epochs saved; continue with covseg train --resume {run}")
-    epochs = int(saved[0].split()[1])
+    epochs = int(saved[0].split()[2])
     _, _, info = load_model(run, which="last")
     with open(run / "history.csv") as handle:
         assert len(list(csv.DictReader(handle))) == epochs == info["epoch"] >= 1
