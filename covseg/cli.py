@@ -320,6 +320,19 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_last_checkpoint(folder: Path) -> str:
+    """Why ``train --resume FOLDER`` (a folder without ``last.pt``) has nothing to resume, and the way on: the folder
+    is no run; a run that stopped before its first epoch was saved (``-o`` starts it again, no ``--force``); or one
+    killed while that epoch was written (``-o`` refuses it without ``--force``)."""
+    from covseg.run import is_run_folder, never_saved_an_epoch
+
+    if not is_run_folder(folder):
+        return (f"{folder}: not a covseg run folder (no config.yaml or run.json); give --resume the run folder "
+                "covseg train -o wrote")
+    again = f"covseg train ... -o {folder}" + ("" if never_saved_an_epoch(folder) else " --force")
+    return f"{folder}: nothing to resume (no last.pt: no epoch was saved); start it again with {again}"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset
     from covseg.fileio import refuse_output_in_data
@@ -340,7 +353,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             what = "is a file, not a run folder" if args.resume.exists() else "no such run folder"
             raise CovsegError(f"{args.resume}: {what}; give --resume the run folder covseg train -o wrote")
         if not (args.resume / "last.pt").is_file():
-            raise CovsegError(f"{args.resume}: nothing to resume (no last.pt); start it again with -o")
+            raise CovsegError(_no_last_checkpoint(args.resume))
         config = read_run_config(args.resume)
         data = args.data or read_run_info(args.resume)["data"]
         run_dir, resume = args.resume, True

@@ -89,7 +89,7 @@ def test_resume_refuses_force_and_a_folder_without_last_pt(tmp_path: Path, capsy
     assert main(["train", "--resume", str(run), "--force"]) == 2
     assert "--resume continues a run with its saved settings; drop --force" in _error(capsys)
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
-    assert f"{run}: nothing to resume (no last.pt)" in _error(capsys)
+    assert f"{run}: not a covseg run folder (no config.yaml or run.json)" in _error(capsys)  # an empty folder
     assert main(["train", "--resume", str(run), "-o", str(tmp_path / "other")]) == 2
     assert "not both" in _error(capsys)
     assert list(run.iterdir()) == []

@@ -172,5 +172,14 @@ def test_a_run_killed_while_its_first_epoch_was_written_is_not_offered_a_resume(
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"covseg: error: {run}: holds a run with no epoch to resume (no last.pt); pass --force to replace "
                    "it, or choose another -o"]
+    from covseg.cli import main
+
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2  # and --resume sends it to -o with --force
+    assert capsys.readouterr().err.strip() == (f"covseg: error: {run}: nothing to resume (no last.pt: no epoch was "
+                                               f"saved); start it again with covseg train ... -o {run} --force")
+    (run / "best.pt").unlink()  # stopped before its first epoch: -o alone starts it again
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"start it again with covseg train ... -o {run}")
+    (run / "best.pt").write_bytes((tiny_run / "best.pt").read_bytes())
     assert _train(tiny_data, run, "train.epochs=1", "--force") == 0  # as the message says
     assert len(_history(run)) == 1
