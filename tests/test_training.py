@@ -346,7 +346,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tiny_data: Path, tmp_path: Path, signum:
 
 def test_resume_without_checkpoint(tmp_path: Path, capsys) -> None:
     assert main(["train", "--resume", str(tmp_path)]) == 2
-    assert "nothing to resume" in capsys.readouterr().err
+    assert "not a covseg run folder" in capsys.readouterr().err  # an empty folder
 
 
 def test_lr_schedules() -> None:
