@@ -545,8 +545,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {counted(len(summary['images']), 'label map')} to {args.output}")
         left = unlisted_outputs(args.output, earlier, summary)
         if left:
-            print(f"covseg: warning: {args.output}: {counted(len(left), 'label map')} of an earlier predict stay there (e.g. "
-                  f"{left[0]}), which predictions.json no longer lists; remove them, or give -o a new folder",
+            print(f"covseg: warning: {args.output}: {counted(len(left), 'label map')} of an earlier predict "
+                  f"{'stays' if len(left) == 1 else 'stay'} there (e.g. {left[0]}), which predictions.json no longer "
+                  "lists; remove them, or give -o a new folder",
                   file=sys.stderr)
     return 0
 

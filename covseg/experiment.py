@@ -185,8 +185,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     requested, which = which, own if which == "auto" else which
     if data is None:
         if run_dir is None:
-            raise CovsegError("pass --data DIR and --split all or test when evaluating a model file outside its run "
-                              "folder (its own split is in the run folder)")
+            raise CovsegError("pass --data DIR and --split all, test or testset when evaluating a model file outside "
+                              "its run folder (its own split is in the run folder)")
         data = read_run_info(run_dir)["data"]
     early = None  # the data set's test split, read before the models load: a folder without it is told at once
     if run_dir is not None and split in ("test", "testset"):

@@ -79,7 +79,7 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     slices get the fp32 graph's label (``covseg_int8_agreement``; its training slices when it has none). Needs a
     run folder.
     """
-    if Path(model_path).suffix == ".onnx":  # told before onnx loads
+    if Path(model_path).suffix.lower() == ".onnx":  # told before onnx loads
         raise CovsegError(f"{model_path}: is an ONNX file already; export takes the run folder or .pt checkpoint "
                           "it came from")
     if Path(out).suffix != ".onnx":

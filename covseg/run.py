@@ -425,7 +425,7 @@ def parameter_count(n: int) -> str:
     else ``"1.23M"``."""
     if n < 1000:
         return str(n)
-    return f"{n / 1e3:.1f}k" if n < 100_000 else f"{n / 1e6:.2f}M"
+    return f"{n / 1e3:.1f}k" if n < 99_950 else f"{n / 1e6:.2f}M"  # 99,950 would round to "100.0k"
 
 
 def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log, resume: bool) -> _Pseudo | None:

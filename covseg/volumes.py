@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from covseg.dicom import (check_greyscale, dicom_floats, dicom_modality, looks_like_dicom, read_dataset,
-                          rescale_to_hu, slice_pixels)
+from covseg.dicom import (check_greyscale, dicom_floats, dicom_modality, has_dicom_value, looks_like_dicom,
+                          read_dataset, rescale_to_hu, slice_pixels)
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 from covseg.intensity import HU_MIN_THRESHOLD, RAW_CT_MAX, fill_non_finite, raw_ct_warning, scale_stored_grey
@@ -692,12 +692,15 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
             ".dcm, rather than their folder)"
         )
     # the slice geometry is read from the headers too: a series without it is refused before any scan is segmented
-    iop = dicom_floats(items[0][1], "ImageOrientationPatient", 6, first_path, NO_SERIES_GEOMETRY)
+    # a missing orientation leaves its slices readable one by one (stored order); a malformed one does not
+    reexport = "; re-export the series with valid geometry tags"
+    iop = dicom_floats(items[0][1], "ImageOrientationPatient", 6, first_path,
+                       reexport if has_dicom_value(items[0][1], "ImageOrientationPatient") else NO_SERIES_GEOMETRY)
     lengths = np.linalg.norm(iop[:3]), np.linalg.norm(iop[3:])
     normal = np.cross(iop[:3], iop[3:])
     if min(lengths) < 1e-6 or np.linalg.norm(normal) < 1e-6 * lengths[0] * lengths[1]:
         raise CovsegError(f"{first_path}: DICOM ImageOrientationPatient {iop.tolist()} has zero or parallel row and "
-                          f"column directions; the slice geometry is unknown{NO_SERIES_GEOMETRY}")
+                          f"column directions; the slice geometry is unknown{reexport}")
     row_cos, col_cos = iop[:3] / lengths[0], iop[3:] / lengths[1]
     normal = np.cross(row_cos, col_cos)
     normal /= np.linalg.norm(normal)
@@ -763,9 +766,10 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     if gaps.size:
         largest = int(gaps[np.argmax(steps[gaps])])
         warnings.append(
-            f"missing slices: {counted(int(gaps.size), 'gap')} longer than {GAP_FACTOR}x the median spacing {median:.3g} mm "
-            f"(largest {steps[largest]:.3g} mm after {items[largest][0].path.name}): {counted(n_places - len(items), 'slice place')} "
-            "filled with their nearest acquired slice (nearest-neighbour along Z, as resampling to an "
+            f"missing slices: {counted(int(gaps.size), 'gap')} longer than {GAP_FACTOR}x the median spacing "
+            f"{median:.3g} mm (largest {steps[largest]:.3g} mm after {items[largest][0].path.name}): "
+            f"{counted(n_places - len(items), 'slice place')} filled with the nearest acquired slice (nearest-neighbour "
+            "along Z, as resampling to an "
             "even grid does) so that the label maps keep the scan's geometry; lung and lesion volumes there are "
             "estimated from those neighbours"
         )
@@ -978,9 +982,10 @@ def check_volume(path: str | Path, series_uid: str | None = None, spacing: Seque
 
     A NIfTI gets every check its header decides (voxel type, shape, voxel sizes, affine, slice counts); a DICOM
     folder its header pass (unreadable or cut-short headers, no images, ``series_uid`` not there, colour, multi-frame
-    or non-CT slices, too few slices); a folder of 2-D images its ``spacing`` and slice count. What still fails only
-    when the scan is read: a NIfTI's truncated or non-finite voxel data, a DICOM series' slice geometry (orientation,
-    spacing, duplicate or off-grid positions) and pixel data, and a 2-D slice that cannot be read or differs in size.
+    or non-CT slices, too few slices, slice geometry tags missing, invalid or differing); a folder of 2-D images its
+    ``spacing`` and slice count. What still fails only when the scan is read: a NIfTI's truncated or non-finite voxel
+    data, a DICOM series' duplicate or off-grid slice positions and pixel data, and a 2-D slice that cannot be read or
+    differs in size.
     """
     with quiet_file_readers():
         _read_volume(Path(path), series_uid, spacing, header_only=True)

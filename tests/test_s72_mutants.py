@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -133,7 +134,10 @@ def test_a_series_without_valid_geometry_tags_is_refused_with_the_way_out(tmp_pa
     with pytest.raises(CovsegError) as refused:
         read_volume(tmp_path)
     message = str(refused.value)
-    assert message.endswith(f"DICOM {tag} is missing or invalid; the slice geometry is unknown{NO_SERIES_GEOMETRY}")
+    # a malformed orientation would refuse the slices read one by one too: only re-exporting helps (review, session 72)
+    remedy = ("; re-export the series with valid geometry tags" if tag == "ImageOrientationPatient"
+              else NO_SERIES_GEOMETRY)
+    assert message.endswith(f"DICOM {tag} is missing or invalid; the slice geometry is unknown{remedy}")
     if where == "others":  # the refusal is of a later slice, not of the first one read
         assert not message.startswith(str(first))
 
@@ -218,3 +222,33 @@ def test_a_modality_with_stray_spaces_is_read_alike_everywhere() -> None:
     check_ct_modality(SimpleNamespace(Modality=" CT"), Path("x.dcm"), "a CT series")  # not refused
     with pytest.raises(CovsegError, match=r"^x\.dcm: Modality is MR, not CT; give a CT series$"):
         check_ct_modality(SimpleNamespace(Modality="mr "), Path("x.dcm"), "a CT series")
+
+
+def test_a_series_with_no_orientation_tag_is_told_its_slices_can_be_read_one_by_one(tmp_path: Path) -> None:
+    """Missing (not malformed) ImageOrientationPatient: each slice alone still reads (stored order), so the refusal
+    offers that way out."""
+    import pydicom
+
+    write_dicom_series(tmp_path, truth_hu()[:3])
+    for f in tmp_path.iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.ImageOrientationPatient
+        ds.save_as(f)
+    with pytest.raises(CovsegError, match=f"ImageOrientationPatient is missing or invalid; the slice geometry is "
+                                          f"unknown{re.escape(NO_SERIES_GEOMETRY)}$"):
+        read_volume(tmp_path)
+
+
+def test_export_of_an_upper_case_onnx_file_says_it_is_one_already(tmp_path: Path) -> None:
+    from covseg.export import export_onnx
+
+    model = tmp_path / "m.ONNX"
+    model.write_bytes(b"junk")
+    with pytest.raises(CovsegError, match=r"m\.ONNX: is an ONNX file already"):
+        export_onnx(model, tmp_path / "out.onnx")
+
+
+def test_parameter_counts_just_under_a_hundred_thousand_read_in_millions() -> None:
+    from covseg.run import parameter_count
+
+    assert parameter_count(99_949) == "99.9k" and parameter_count(99_950) == "0.10M"

@@ -87,7 +87,7 @@ def test_a_model_file_outside_its_run_folder_is_told_both_options_it_needs(tiny_
     assert main(["evaluate", str(lone), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     # before: only --data was named, and giving it alone met a second refusal (the held-out split needs a run folder)
-    assert len(err) == 1 and "pass --data DIR and --split all or test" in err[0], err
+    assert len(err) == 1 and "pass --data DIR and --split all, test or testset" in err[0], err
 
 
 def test_a_folder_of_single_dicom_slices_is_told_how_to_predict_them_one_by_one(tmp_path: Path) -> None:

@@ -202,7 +202,7 @@ def test_missing_slices_are_filled_from_their_neighbours_on_the_series_grid(tmp_
         assert np.array_equal(vol.hu[place], truth[source]), place
     assert np.array_equal(np.delete(vol.hu, [5, 6], axis=0), np.delete(truth, [5, 6], axis=0))
     np.testing.assert_allclose(vol.input_affine, whole.input_affine, atol=1e-6)
-    assert any("missing slices" in w and "2 slice places filled with their nearest acquired slice" in w
+    assert any("missing slices" in w and "2 slice places filled with the nearest acquired slice" in w
                for w in vol.warnings)
 
 
@@ -370,8 +370,8 @@ def test_bad_geometry_is_one_line_error(tmp_path):
     for k in range(3):  # row and column directions both +x
         ds = _ct_slice(np.full((8, 8), 24, np.uint16), [0, 0, 2.5 * k], [1, 0, 0, 1, 0, 0], uid)
         ds.save_as(tmp_path / "parallel" / f"{k}.dcm", enforce_file_format=True)
-    with pytest.raises(CovsegError, match="parallel row and column directions; the slice geometry is unknown; give its "
-                                          "slices as .dcm files"):
+    with pytest.raises(CovsegError, match="parallel row and column directions; the slice geometry is unknown; re-export "
+                                          "the series with valid geometry tags$"):
         read_volume(tmp_path / "parallel")
 
 
