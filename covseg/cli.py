@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cv-compare", help="paired per-image differences between two cross-validations of the "
                                           "same folds (a screen against the default)")
-    p.add_argument("reference", type=Path, help="the baseline's `covseg cv` folder (or its seed-S folder, or one covseg train --split cv:K run)")
-    p.add_argument("candidate", type=Path, help="the screened recipe's `covseg cv` folder (or its seed-S folder, or one covseg train --split cv:K run)")
+    either = " (or its seed-S folder, or one covseg train --split cv:K run)"
+    p.add_argument("reference", type=Path, help="the baseline's `covseg cv` folder" + either)
+    p.add_argument("candidate", type=Path, help="the screened recipe's `covseg cv` folder" + either)
     p.add_argument("--metrics", nargs="+", metavar="COLUMN",
                    help="per_image.csv columns (default: every per-class Dice the truths hold, e.g. dice_infection)")
     p.add_argument("-o", "--output", type=Path, help="also write the tables to this Markdown file")

@@ -782,8 +782,8 @@ def load_medseg_npy(images_path: str | Path, masks_path: str | Path, task: str, 
             )
         if np.any(set_channels > 1):
             raise CovsegError(
-                f"{masks_path}: slice {i} has {counted(int(np.count_nonzero(set_channels > 1)), 'pixel')} with several channels "
-                "set; masks must be one-hot (exactly one channel 1 per pixel, the others 0)"
+                f"{masks_path}: slice {i} has {counted(int(np.count_nonzero(set_channels > 1)), 'pixel')} with several "
+                "channels set; masks must be one-hot (exactly one channel 1 per pixel, the others 0)"
             )
         labels = _NPY_CHANNEL_LABELS[np.argmax(onehot, axis=-1)]
         if scheme.task == "binary":

@@ -49,7 +49,8 @@ from covseg.metrics import (
 )
 
 __all__ = ["ImageResult", "Evaluation", "evaluate_image", "summarise", "write_report", "format_figure",
-           "format_interval", "no_interval_reason", "foreground_called", "EMPTY_TRUTH_RULE", "CI_RULE", "BOOTSTRAP_RESAMPLES"]
+           "format_interval", "no_interval_reason", "foreground_called", "EMPTY_TRUTH_RULE", "CI_RULE",
+           "BOOTSTRAP_RESAMPLES"]
 
 EMPTY_TRUTH_RULE = ("per-image means skip images whose ground truth lacks the class (MONAI ignore_empty; "
                     "specificity is averaged over every image instead) and images where a figure is undefined "

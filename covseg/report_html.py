@@ -123,10 +123,9 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
                     for c in scheme.foreground)
     warnings = "".join(f"<li>{esc(w)}</li>" for w in report.get("warnings", [])) or "<li>none</li>"
     shown = len(montage_slices(lesions))
-    montage_heading = (f"Axial slices with the most lesion ({counted(shown, 'slice')} of {len(lesions)}, superior first)"
-                       if lesions.any() else
-                       f"Axial slices: no lesion found ({counted(shown, 'slice')} of {len(lesions)} spread over the scan, "
-                       "superior first)")
+    of_scan = f"{counted(shown, 'slice')} of {len(lesions)}"
+    montage_heading = (f"Axial slices with the most lesion ({of_scan}, superior first)" if lesions.any() else
+                       f"Axial slices: no lesion found ({of_scan} spread over the scan, superior first)")
     model = report["model"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>covseg report — {esc(report['input']['path'])}</title>
