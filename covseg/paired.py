@@ -252,9 +252,10 @@ def read_fold_scores(cv_dir: Path) -> FoldScores:
     scores: FoldScores = {path.parent.parent.name: read_per_image(path) for path in found}
     if not scores:
         seeds = sorted(p.name for p in cv_dir.glob("seed-*") if p.is_dir())
-        if not seeds and any(cv_dir.glob(f"fold-*/{PER_IMAGE.name}")):  # `covseg cv --seeds`'s ensemble/fold-K
-            beside = sorted((str(p) for p in cv_dir.parent.glob("seed-*") if p.is_dir()), key=lambda p: (len(p), p))
-            give = f"one of the seed folders beside it ({', '.join(beside)})" if beside else "a seed folder"
+        beside = None if seeds else seed_ensemble_beside(cv_dir)
+        if beside is not None:
+            give = (f"one of the seed folders beside it ({', '.join(map(str, beside))})" if beside
+                    else "a seed folder")
             raise CovsegError(f"{cv_dir}: a seed ensemble's reports (fold-K/{PER_IMAGE.name}, as covseg cv --seeds "
                               "writes), not a cross-validation's runs; cv-compare pairs the runs of one training "
                               f"seed: give {give}; the ensemble's figures are in {cv_dir.parent / 'seeds.md'}")
@@ -263,6 +264,15 @@ def read_fold_scores(cv_dir: Path) -> FoldScores:
                 else "run covseg cv into it first")
         raise CovsegError(f"{cv_dir}: no scored folds (fold-K/{PER_IMAGE.as_posix()}); {hint}")
     return scores
+
+
+def seed_ensemble_beside(folder: Path) -> list[Path] | None:
+    """Where ``folder`` is a ``covseg cv --seeds`` folder's ``ensemble/`` (the seed ensemble's reports,
+    ``fold-K/per_image.csv``, and no model of its own), the ``seed-S`` folders beside it, by seed number (none where
+    they were moved); else None."""
+    if not folder.is_dir() or (folder / "config.yaml").is_file() or not any(folder.glob(f"fold-*/{PER_IMAGE.name}")):
+        return None
+    return sorted((p for p in folder.parent.glob("seed-*") if p.is_dir()), key=lambda p: (len(p.name), p.name))
 
 
 def _table_path(cv_dir: Path, fold: str) -> Path:

@@ -29,6 +29,7 @@ from covseg.fileio import atomic_path, folders_made_for, interrupts_deferred, st
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme, overlay
+from covseg.paired import seed_ensemble_beside
 from covseg.progress import progress_bar
 from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
@@ -127,9 +128,7 @@ def ensemble_members(model_paths: Sequence[Path]) -> list[Path]:
         if path.is_dir() and not folds and not (path / "config.yaml").is_file() and seeds:
             raise CovsegError(f"{path}: a covseg cv --seeds folder; name its cross-validations ({', '.join(seeds)}) "
                               f"or fold runs one by one, e.g. {path / seeds[0]}")
-        beside = sorted((p for p in path.parent.glob("seed-*") if p.is_dir()), key=lambda p: (len(p.name), p.name))
-        if (path.is_dir() and not folds and not (path / "config.yaml").is_file() and beside
-                and any(path.glob("fold-*/per_image.csv"))):  # `covseg cv --seeds`'s ensemble/: reports, no models
+        if not folds and (beside := seed_ensemble_beside(path)):  # `covseg cv --seeds`'s ensemble/: no models
             raise CovsegError(f"{path}: a covseg cv --seeds folder's seed-ensemble reports, not models; evaluate its "
                               f"members together, e.g. covseg evaluate {' '.join(str(p / 'fold-0') for p in beside)} "
                               "-o OUT")

@@ -227,16 +227,17 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def ctrl_c_at_epoch(epoch: int, monkeypatch: pytest.MonkeyPatch):
-    """Make ``covseg.run.train_one_epoch`` raise ``KeyboardInterrupt`` at the start of 0-based ``epoch``, as Ctrl-C
-    there would, and train every other epoch as before; returns the real function, to put back."""
+def ctrl_c_at_epoch(epoch: int, monkeypatch: pytest.MonkeyPatch, stop: type[BaseException] = KeyboardInterrupt):
+    """Make ``covseg.run.train_one_epoch`` raise ``stop`` (``KeyboardInterrupt``; ``covseg.errors.Terminated`` for
+    SIGTERM) at the start of 0-based ``epoch``, as the signal there would, and train every other epoch as before;
+    returns the real function, to put back."""
     import covseg.run
 
     real = covseg.run.train_one_epoch
 
     def stopped_there(*args, **kwargs):
         if args[6] == epoch:
-            raise KeyboardInterrupt
+            raise stop
         return real(*args, **kwargs)
 
     monkeypatch.setattr(covseg.run, "train_one_epoch", stopped_there)

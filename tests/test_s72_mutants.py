@@ -21,7 +21,7 @@ from covseg.inference import Predictor
 from covseg.volumes import NO_SERIES_GEOMETRY, read_volume
 
 from conftest import ConstantBackend
-from test_volumes import _retag, truth_hu, write_dicom_series
+from test_volumes import _retag, _untag, truth_hu, write_dicom_series
 
 # ---- covseg.lungmask.check_lung_coverage -------------------------------------------------------------------------
 
@@ -227,13 +227,8 @@ def test_a_modality_with_stray_spaces_is_read_alike_everywhere() -> None:
 def test_a_series_with_no_orientation_tag_is_told_its_slices_can_be_read_one_by_one(tmp_path: Path) -> None:
     """Missing (not malformed) ImageOrientationPatient: each slice alone still reads (stored order), so the refusal
     offers that way out."""
-    import pydicom
-
     write_dicom_series(tmp_path, truth_hu()[:3])
-    for f in tmp_path.iterdir():
-        ds = pydicom.dcmread(f)
-        del ds.ImageOrientationPatient
-        ds.save_as(f)
+    _untag(tmp_path, "ImageOrientationPatient")
     with pytest.raises(CovsegError, match=f"ImageOrientationPatient is missing or invalid; the slice geometry is "
                                           f"unknown{re.escape(NO_SERIES_GEOMETRY)}$"):
         read_volume(tmp_path)

@@ -15,7 +15,7 @@ import covseg.run
 from covseg.cli import main
 from covseg.errors import Terminated
 
-from conftest import TINY_OVERRIDES
+from conftest import TINY_OVERRIDES, ctrl_c_at_epoch
 
 
 def _train(data: Path, out: Path, *extra: str, quiet: bool = True) -> int:
@@ -26,18 +26,6 @@ def _train(data: Path, out: Path, *extra: str, quiet: bool = True) -> int:
 def _history(run: Path) -> list[dict[str, str]]:
     with open(run / "history.csv", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _stop_at_epoch(epoch: int, stop: type[BaseException], monkeypatch: pytest.MonkeyPatch) -> None:
-    """``covseg.run.train_one_epoch`` raises ``stop`` at the start of 0-based ``epoch``, as the signal would."""
-    real = covseg.run.train_one_epoch
-
-    def stopped_there(*args, **kwargs):
-        if args[6] == epoch:
-            raise stop
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(covseg.run, "train_one_epoch", stopped_there)
 
 
 def _legend(ax) -> list[str]:
@@ -100,7 +88,7 @@ def test_the_bar_shows_the_latest_validation_dice_and_the_start_line_when_it_val
 def test_a_resumed_run_s_bar_starts_from_the_dice_it_last_validated(tiny_data: Path, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
-    _stop_at_epoch(2, KeyboardInterrupt, monkeypatch)  # epochs 1-2 saved; 3 is not validated, 4 and 5 are
+    ctrl_c_at_epoch(2, monkeypatch)  # epochs 1-2 saved; 3 is not validated, 4 and 5 are
     assert _train(tiny_data, run, "train.epochs=5", "train.val_every=2") == 130
     monkeypatch.undo()
     monkeypatch.setattr(covseg.run, "tqdm", _RecordingBar)
@@ -114,12 +102,12 @@ def test_a_run_stopped_by_sigterm_says_so_not_interrupted(tiny_data: Path, tmp_p
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     # before: "interrupted: 1 of 3 epochs saved", the word of Ctrl-C, then exit status 143
     run = tmp_path / "run"
-    _stop_at_epoch(1, Terminated, monkeypatch)
+    ctrl_c_at_epoch(1, monkeypatch, Terminated)
     assert _train(tiny_data, run, "train.epochs=3") == 143
     err = capsys.readouterr().err
     assert f"terminated (SIGTERM): 1 of 3 epochs saved; continue with covseg train --resume {run}" in err
     assert "interrupted" not in err
-    _stop_at_epoch(0, KeyboardInterrupt, monkeypatch)  # Ctrl-C keeps its word
+    ctrl_c_at_epoch(0, monkeypatch)  # Ctrl-C keeps its word
     assert _train(tiny_data, tmp_path / "other", "train.epochs=3") == 130
     assert "interrupted before the first epoch was saved" in capsys.readouterr().err
 
@@ -151,7 +139,7 @@ def test_a_finished_run_given_again_as_o_is_not_offered_a_resume(tiny_data: Path
                    "choose another -o"]
     # an unfinished one is still offered its resume
     run = tmp_path / "unfinished"
-    _stop_at_epoch(1, KeyboardInterrupt, monkeypatch)
+    ctrl_c_at_epoch(1, monkeypatch)
     assert _train(tiny_data, run, "train.epochs=3") == 130
     capsys.readouterr()
     assert _train(tiny_data, run, "train.epochs=3") == 2

@@ -175,18 +175,13 @@ def test_a_dicom_series_without_geometry_beside_a_scan_is_refused_before_the_sca
         phantom, tiny_run: Path, tmp_path: Path, capsys) -> None:
     # before (session 72's README audit): the NIfTI scan was segmented and written to OUT/chest, then the series
     # without ImagePositionPatient ended the call with exit 2
-    import pydicom
-
-    from test_volumes import truth_hu
+    from test_volumes import _untag, truth_hu
 
     path, _, _ = phantom
     series = tmp_path / "series"
     series.mkdir()
     write_dicom_series(series, truth_hu()[:3])
-    for f in series.iterdir():
-        ds = pydicom.dcmread(f)
-        del ds.ImagePositionPatient
-        ds.save_as(f)
+    _untag(series, "ImagePositionPatient")
     out = tmp_path / "o"
     assert main(["predict", str(path), str(series), "-o", str(out), "--model", str(tiny_run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

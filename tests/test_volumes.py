@@ -1044,6 +1044,17 @@ def _retag(folder: Path, z: float | None, **tags) -> None:
             ds.save_as(f)
 
 
+def _untag(folder: Path, *keywords: str) -> None:
+    """Remove the DICOM tags ``keywords`` from every file of ``folder``."""
+    import pydicom
+
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        for keyword in keywords:
+            delattr(ds, keyword)
+        ds.save_as(f)
+
+
 def test_a_pixel_spacing_of_three_values_is_refused(tmp_path):
     write_dicom_series(tmp_path, truth_hu()[:3])
     _retag(tmp_path, None, PixelSpacing=[0.7, 0.8, 0.9])
@@ -1053,13 +1064,8 @@ def test_a_pixel_spacing_of_three_values_is_refused(tmp_path):
 
 def test_a_series_without_slice_positions_is_refused_with_the_way_out(tmp_path):
     """A series whose slices lack ImagePositionPatient has no volume; the refusal says what can still be done."""
-    import pydicom
-
     write_dicom_series(tmp_path, truth_hu()[:3])
-    for f in tmp_path.iterdir():
-        ds = pydicom.dcmread(f)
-        del ds.ImagePositionPatient
-        ds.save_as(f)
+    _untag(tmp_path, "ImagePositionPatient")
     with pytest.raises(CovsegError, match=r"DICOM ImagePositionPatient is missing or invalid; the slice geometry is "
                                           r"unknown; give its slices as \.dcm files to predict them as 2-D slices "
                                           r"\(no volumes in mL\), or re-export the series with its geometry tags$"):
