@@ -37,7 +37,7 @@ from covseg.volumes import quiet_file_readers, view_to_nifti_slice
 
 __all__ = ["ONNX_MIN_SLICES", "SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use",
            "predict_files", "check_file_outputs", "check_destinations", "predict_scan", "scan_summary", "is_scan", "output_stem",
-           "write_label_nifti"]
+           "label_name", "pixel_fraction", "write_label_nifti"]
 
 
 ONNX_MIN_SLICES = 32
@@ -168,12 +168,25 @@ def open_ensemble(model_paths: Sequence[Path], task: str | None = None, which: s
         if other.data.window != config.data.window:
             raise CovsegError(f"{path} reads images with CT window {other.data.window} but {paths[0]} with "
                               f"{config.data.window}; an ensemble needs models that read images alike")
+    _refuse_one_checkpoint_twice(paths, [info for _, _, info in opened])
     members = [info for _, _, info in opened]
     info = {"name": "ensemble of " + ", ".join(sorted({m["name"] for m in members})), "recipe": config.recipe,
             "task": config.data.task, "covseg": __version__, "flip_tta": flip_tta, "file": members[0]["file"],
             "backend": ", ".join(sorted({m["backend"] for m in members})), "members": members,
             "types_only": any(m["types_only"] for m in members)}
     return EnsemblePredictor([p for p, _, _ in opened]), config, info
+
+
+def _refuse_one_checkpoint_twice(paths: Sequence[Path], infos: Sequence[dict[str, Any]]) -> None:
+    """Refuse ensemble members (``paths``, each opened into ``infos``) that are one file: a run folder and the
+    checkpoint it resolves to (``RUN`` and ``RUN/best.pt``), which would average a model with itself."""
+    seen: dict[Path, Path] = {}
+    for path, info in zip(paths, infos):
+        file = Path(info["file"]).resolve()
+        if file in seen:
+            raise CovsegError(f"{seen[file]} and {path} are one model ({info['file']}); an ensemble of a model with "
+                              "itself is that model: name it once")
+        seen[file] = path
 
 
 def open_models(model_paths: Sequence[Path], lesion_paths: Sequence[Path] | None = None, task: str | None = None,
@@ -248,6 +261,18 @@ def learnt_lesion_classes(info: dict[str, Any]) -> list[int] | None:
             weights = read_class_weights(file.parent, member.get("task"))
         learnt.update(c for c, w in enumerate(weights) if c > 0 and w > 0)
     return sorted(learnt) or None
+
+
+def pixel_fraction(count: int, total: int) -> float:
+    """``count / total`` (``0 <= count <= total``, ``total > 0``) as ``predictions.json`` gives each class's share of
+    an image: 6 significant digits, or as many more as it takes for a class on some pixels not to read as 0 nor one
+    on all but some as 1 (6 decimals made 1 pixel of 2048 x 2048, 2.4e-7, 0.0, as if the class were absent)."""
+    share = count / total
+    for digits in range(6, 18):
+        shown = float(f"{share:.{digits}g}")
+        if (shown == 0.0) == (count == 0) and (shown == 1.0) == (count == total):
+            return shown
+    return share
 
 
 def output_stem(path: Path) -> str:
@@ -328,8 +353,10 @@ def _publish(stage: Path, out_dir: Path, stale: Sequence[str] = ()) -> None:
         sync_path(out_dir.parent)  # out_dir itself may have been made for these files
 
 
-def _label_name(path: Path, stem: str) -> str:
-    """The label map's file name for input ``path``: NIfTI for a NIfTI slice, else PNG."""
+def label_name(path: Path, stem: str | None = None) -> str:
+    """The label map's file name for input ``path`` (output stem ``stem``, by default :func:`output_stem`'s): NIfTI
+    for a NIfTI slice, else PNG."""
+    stem = output_stem(path) if stem is None else stem
     return f"{stem}.nii.gz" if path.name.lower().endswith((".nii", ".nii.gz")) else f"{stem}.png"
 
 
@@ -341,7 +368,7 @@ def check_file_outputs(files: Sequence[Path], out_dir: Path, overlays: bool = Tr
     if not files:
         raise CovsegError("no input images; give image files or folders")
     stems = [output_stem(f) for f in files]
-    names = [_label_name(f, stem) for f, stem in zip(files, stems)]
+    names = [label_name(f, stem) for f, stem in zip(files, stems)]
     drawn = [f"overlays/{stem}.png" for stem in stems] if overlays else []
     dupes = sorted({n for n in names if names.count(n) > 1}) or sorted({n for n in drawn if drawn.count(n) > 1})
     if dupes:
@@ -413,7 +440,7 @@ def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Pat
                         counts = np.bincount(labels.ravel(), minlength=scheme.num_classes)
                         records.append({"input": str(path), "output": name, "height": int(labels.shape[0]),
                                         "width": int(labels.shape[1]),
-                                        "fractions": {n: round(float(c) / labels.size, 6)
+                                        "fractions": {n: pixel_fraction(int(c), labels.size)
                                                       for n, c in zip(scheme.names, counts)}})
                         bar.update(1)
             summary = {"model": describe_after_use(model_info, predictor), "task": scheme.task,

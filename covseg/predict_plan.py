@@ -3,8 +3,8 @@
 Inputs are sorted into 3-D scans (:func:`covseg.predict.is_scan`: a NIfTI volume, a DICOM series folder, a folder
 of 2-D images given a voxel size) and 2-D images (files, and the images directly in the folders given). Every
 refusal is a one-line :class:`~covseg.errors.CovsegError`, raised before the models load, a scan is segmented or a
-file is written: what cannot be read, outputs that would collide, overwrite an input or land in a run folder or
-an input folder, options that would be ignored. What can still fail later is only what a scan's voxel data show once read whole.
+file is written: what cannot be read, outputs that would collide, overwrite an input or land in a run folder, an
+input folder or the folder of an input image, options that would be ignored. What can still fail later is only what a scan's voxel data show once read whole.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from covseg.datasets import IMAGE_SUFFIXES, list_images, read_image
 from covseg.dicom import looks_like_dicom
 from covseg.errors import CovsegError
 from covseg.fileio import check_output_folder
-from covseg.predict import SCAN_OUTPUTS, check_destinations, check_file_outputs, is_scan, output_stem
+from covseg.predict import SCAN_OUTPUTS, check_destinations, check_file_outputs, is_scan, label_name, output_stem
 from covseg.run import is_run_folder
 from covseg.volumes import check_spacing, check_volume
 
@@ -64,6 +64,11 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
                               f"(covseg predict {item.parent} -o OUT --model ...) to segment the scan, or copy the file "
                               "to a name ending in .dcm to predict it as one 2-D slice")
     files = [f for item in inputs if item not in scans for f in list_images(item)]
+    for item in inputs:  # its label map and overlay would lie among the images, and replace one of the same name
+        if item.is_file() and item not in scans and output.resolve() == item.resolve().parent:
+            raise CovsegError(f"{output}: is the folder of the input image {item}, where predictions would be mixed "
+                              f"with the images and replace any of the same name ({label_name(item)}); give -o "
+                              "a folder of its own")
     nested = next((f for f in files if f not in inputs and is_scan(f)), None)
     if nested is not None:
         check_volume(nested)  # one that cannot be read is refused as such, not pointed to

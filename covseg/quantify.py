@@ -110,7 +110,9 @@ def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float], n_c
         # a voxel goes to the lung on its own side of the body's midline only: the nearest lung in 3-D can lie across
         # it (a lung mostly consolidated keeps a small aerated remnant in the mask, and its medial lesions lie
         # nearer the other lung's medial surface), and a lung missing from the mask keeps its lesions
-        mid = lungs.shape[2] / 2.0 if midline_x is None else float(midline_x)
+        # the image's middle column in voxel-centre coordinates, as body_midline gives it for a volume with no body;
+        # a voxel on the midline itself goes left, as lung_mask splits the sides (right: X < midline)
+        mid = (lungs.shape[2] - 1) / 2.0 if midline_x is None else float(midline_x)
         sides[outside] = np.where(points[:, 2] < mid, 1, 2)  # right lung at low X
     return sides, np.bincount(lesions[outside].astype(np.int64), minlength=n_classes)
 
@@ -128,7 +130,9 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
     :func:`covseg.lungmask.body_midline` gives; right = low X), never to a lung across it, so a lung mostly or
     wholly missed by the mask keeps its lesions. Without ``midline_x`` it goes to the side whose mask voxel is
     nearest in mm (with only one lung in the mask, or none: to its side of the image's middle column, which is the
-    midline only for a patient centred in the field of view). Voxels of a
+    midline only for a patient centred in the field of view: column ``(X - 1) / 2``). A voxel exactly on the midline
+    goes to the left lung, as :func:`covseg.lungmask.lung_mask` assigns the sides (right lung: columns below the
+    midline). Voxels of a
     ``pleural`` class (e.g. the multiclass scheme's 3, pleural effusion) are given a side the same way but count
     neither as lung nor as lesion: only their volume is reported.
 
