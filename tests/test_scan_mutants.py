@@ -229,12 +229,12 @@ def test_a_multiclass_page_shows_effusion_as_a_volume_only_with_bars_and_key_of_
                                      np.zeros((2, 16, 16), np.int64), lungs, MULTICLASS, (1.0, 1.0, 1.0))
     assert ("<tr><th>Right lung</th><td>100 mL</td><td>6.0 mL (6.0 %)</td><td>4.0 mL (4.0 %)</td><td>2.5 mL</td>"
             "<td>10.0 mL (10.0 %)</td><td>2</td></tr>") in page
-    assert ('<span style="background:rgb(255, 215, 0);padding:0 .6em"></span> ggo '
+    assert ('<span style="background:rgb(255, 215, 0);padding:0 .6em"></span> ground-glass opacity '
             '<span style="background:rgb(255, 64, 64);padding:0 .6em"></span> consolidation '
-            '<span style="background:rgb(64, 160, 255);padding:0 .6em"></span> pleural_effusion</p>') in page
+            '<span style="background:rgb(64, 160, 255);padding:0 .6em"></span> pleural effusion; ') in page
     assert "rgb(0, 0, 0)" not in page and "background</th>" not in page
     ax = drawn[0].axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ggo", "consolidation"]  # no effusion bar
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ground-glass opacity", "consolidation"]  # no effusion bar
     assert ax.get_ylabel() == "% of lung volume"
     bars = ax.patches
     # ggo on the right, left and both lungs, then consolidation
