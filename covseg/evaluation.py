@@ -377,7 +377,7 @@ def _write_report_files(ev: Evaluation, folder: Path, title: str, data: dict[str
     k = min(n_figure, len(scored) // 2) or min(1, len(scored))
     picks = scored[:k] + (scored[-k:] if len(scored) > k else [])
     if picks:
-        rows = [(f"{r.name} ({'best' if i < k else 'worst'}, Dice {r.foreground_dice():.3f})", r.image, r.truth, r.pred)
-                for i, r in enumerate(picks)]
+        rows = [(f"{r.name} ({'best' if i < k else 'worst'}, foreground Dice {r.foreground_dice():.3f})", r.image,
+                 r.truth, r.pred) for i, r in enumerate(picks)]
         plot_grid(rows, ev.scheme, folder / "best_worst.png", title=title)
     (folder / "metrics.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")

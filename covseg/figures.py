@@ -79,7 +79,7 @@ def plot_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], sc
             a.axis("off")
     shown = [c for c in scheme.foreground if any(np.any(truth == c) or np.any(pred == c) for _, _, truth, pred in rows)]
     if shown:
-        fig.legend(handles=[Patch(color=np.asarray(scheme.colors[c]) / 255, label=scheme.names[c]) for c in shown],
+        fig.legend(handles=[Patch(color=np.asarray(scheme.colors[c]) / 255, label=scheme.titles[c]) for c in shown],
                    loc="outside lower center", ncol=len(shown), fontsize=8, frameon=False)
     if title:
         fig.suptitle(plain_text(title))

@@ -14,7 +14,17 @@ import numpy as np
 
 from covseg.errors import CovsegError
 
-__all__ = ["LabelScheme", "SCHEMES", "get_scheme", "BINARY", "MULTICLASS", "check_labels", "overlay"]
+__all__ = ["LabelScheme", "SCHEMES", "get_scheme", "BINARY", "MULTICLASS", "CLASS_TITLES", "class_title", "check_labels",
+           "overlay"]
+
+CLASS_TITLES: dict[str, str] = {"ggo": "ground-glass opacity", "pleural_effusion": "pleural effusion"}
+"""Readable names of the schemes' classes where the class name (a file- and key-friendly word) is not one."""
+
+
+def class_title(name: str) -> str:
+    """A class name as a reader reads it, for figures and pages: ``ggo`` is "ground-glass opacity",
+    ``pleural_effusion`` "pleural effusion"; other names with their underscores as spaces."""
+    return CLASS_TITLES.get(name, name.replace("_", " "))
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,11 @@ class LabelScheme:
     def foreground(self) -> tuple[int, ...]:
         """Class ids of the lesion classes (all but background 0)."""
         return tuple(range(1, self.num_classes))
+
+    @property
+    def titles(self) -> tuple[str, ...]:
+        """``titles[c]``: class ``c``'s name as figures and pages show it (:func:`class_title`)."""
+        return tuple(class_title(n) for n in self.names)
 
 
 BINARY = LabelScheme("binary", ("background", "infection"), ((0, 0, 0), (255, 64, 64)))

@@ -16,15 +16,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from covseg.fileio import display_text
 from covseg.intensity import LUNG_WINDOW, stretch_percentiles, window_hu
-from covseg.labels import LabelScheme, overlay
+from covseg.labels import LabelScheme, class_title, overlay
 from covseg.quantify import nonzero_text, percent_text
 from covseg.wording import counted
 
-__all__ = ["render_report", "montage_slices", "axial_montage", "coronal_view", "coronal_row", "class_title",
-           "slice_number", "CLASS_TITLES", "KIND_TITLES", "CORONAL_WIDTH", "CORONAL_MAX_HEIGHT", "LABELLED_TILE"]
-
-CLASS_TITLES: dict[str, str] = {"ggo": "ground-glass opacity", "pleural_effusion": "pleural effusion"}
-"""Readable names of the label schemes' classes (:mod:`covseg.labels`) where the class name is not one already."""
+__all__ = ["render_report", "montage_slices", "axial_montage", "coronal_view", "coronal_row",
+           "slice_number", "KIND_TITLES", "CORONAL_WIDTH", "CORONAL_MAX_HEIGHT", "LABELLED_TILE"]
 
 CORONAL_WIDTH, CORONAL_MAX_HEIGHT = 800, 640
 """CSS pixels the page shows the coronal reformat in: this wide, or less where it would be taller than the height
@@ -35,12 +32,6 @@ LABELLED_TILE = (64, 32)
 
 KIND_TITLES: dict[str, str] = {"nifti": "NIfTI file", "dicom": "DICOM series", "images": "stack of 2-D images"}
 """``report.json``'s ``input.kind`` in words."""
-
-
-def class_title(name: str) -> str:
-    """A class name of a label scheme as a reader reads it: ``ggo`` is "ground-glass opacity", ``pleural_effusion``
-    "pleural effusion"; other names with their underscores as spaces."""
-    return CLASS_TITLES.get(name, name.replace("_", " "))
 
 
 def slice_number(z: int) -> int:

@@ -86,8 +86,9 @@ def test_the_figure_shows_three_best_and_three_worst_images_by_default(tmp_path:
         pred[0, :i] = 1
         results.append(evaluate_image(f"im{i}", _one_hot(pred, 2), truth, BINARY, np.zeros((8, 8), np.float32)))
     write_report(summarise(results, BINARY), tmp_path / "eval", "t")
-    assert titles == ["im2 (best, Dice 0.667)", "im3 (best, Dice 0.571)", "im4 (best, Dice 0.500)",
-                      "im5 (worst, Dice 0.444)", "im1 (worst, Dice 0.400)", "im0 (worst, Dice 0.000)"]
+    assert titles == ["im2 (best, foreground Dice 0.667)", "im3 (best, foreground Dice 0.571)",
+                      "im4 (best, foreground Dice 0.500)", "im5 (worst, foreground Dice 0.444)",
+                      "im1 (worst, foreground Dice 0.400)", "im0 (worst, foreground Dice 0.000)"]
 
 
 # ---- covseg.fileio ----------------------------------------------------------------------------------------------

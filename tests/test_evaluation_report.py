@@ -279,7 +279,7 @@ def test_best_worst_figure_puts_the_highest_dice_first(tmp_path: Path, monkeypat
     good = _scored("good", truth, truth)  # Dice 1
     write_report(summarise([bad, good], BINARY), tmp_path / "eval", "t")
     # two images: one best and one worst, the best first
-    assert titles == ["good (best, Dice 1.000)", "bad (worst, Dice 0.500)"]
+    assert titles == ["good (best, foreground Dice 1.000)", "bad (worst, foreground Dice 0.500)"]
 
 
 def test_names_with_dollars_or_undecodable_bytes_are_written_into_every_report_file(tmp_path: Path) -> None:

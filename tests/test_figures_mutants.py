@@ -91,12 +91,12 @@ def test_three_images_give_one_best_and_one_worst_never_the_middle_one_twice(tmp
     mid = _scored("mid", truth, np.array([[0, 1], [1, 0]]))  # TP 1, FP 1, FN 1: Dice 0.5
     bad = _scored("bad", truth, np.array([[1, 0], [1, 0]]))  # TP 0: Dice 0
     titles = _titles([mid, bad, good], tmp_path, monkeypatch, n_figure=2)
-    assert titles == ["good (best, Dice 1.000)", "bad (worst, Dice 0.000)"]
+    assert titles == ["good (best, foreground Dice 1.000)", "bad (worst, foreground Dice 0.000)"]
 
 
 def test_one_image_is_shown_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     truth = np.array([[0, 1], [0, 1]])
-    assert _titles([_scored("only", truth, truth)], tmp_path, monkeypatch, n_figure=4) == ["only (best, Dice 1.000)"]
+    assert _titles([_scored("only", truth, truth)], tmp_path, monkeypatch, n_figure=4) == ["only (best, foreground Dice 1.000)"]
 
 
 def test_montage_without_lesion_picks_evenly_spread_rounded_slices() -> None:

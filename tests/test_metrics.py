@@ -157,7 +157,7 @@ def test_best_worst_grid_has_a_legend_of_the_class_colours(monkeypatch, tmp_path
     image, labels = np.zeros((4, 4)), np.arange(16).reshape(4, 4) % 4
     figures.plot_grid([("a", image, labels, labels)], MULTICLASS, tmp_path / "grid.png")
     (legend,) = drawn[0].legends
-    assert [t.get_text() for t in legend.get_texts()] == ["ggo", "consolidation", "pleural_effusion"]
+    assert [t.get_text() for t in legend.get_texts()] == ["ground-glass opacity", "consolidation", "pleural effusion"]
     colours = [tuple(round(255 * v) for v in h.get_facecolor()[:3]) for h in legend.legend_handles]
     assert colours == list(MULTICLASS.colors[1:])
 

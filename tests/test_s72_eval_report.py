@@ -93,7 +93,7 @@ def test_the_grid_s_legend_names_only_the_classes_its_panels_hold(tmp_path: Path
     truth[1:3, 1:3], pred[5:7, 5:7] = 1, 2  # GGO in the truth, consolidation only in the prediction
     fig = _grid(monkeypatch, tmp_path, [("a", image, truth, pred)])
     (legend,) = fig.legends
-    assert [t.get_text() for t in legend.get_texts()] == ["ggo", "consolidation"]  # no pleural effusion shown
+    assert [t.get_text() for t in legend.get_texts()] == ["ground-glass opacity", "consolidation"]  # no pleural effusion shown
     empty = np.zeros((8, 8), np.int64)
     assert _grid(monkeypatch, tmp_path, [("b", image, empty, empty)]).legends == []  # nothing to name
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from covseg import report_html
-from covseg.labels import BINARY, MULTICLASS, overlay
+from covseg.labels import BINARY, MULTICLASS, class_title, overlay
 
 
 def _part(names: tuple[str, ...], lung_ml: float = 100.0) -> dict:
@@ -48,11 +48,11 @@ def _embedded(page: str, alt: str) -> np.ndarray:
 # --- class names --------------------------------------------------------------------------------------------------
 
 def test_class_titles_spell_out_ggo_and_drop_underscores() -> None:
-    assert report_html.class_title("ggo") == "ground-glass opacity"
-    assert report_html.class_title("pleural_effusion") == "pleural effusion"
-    assert report_html.class_title("consolidation") == "consolidation"
-    assert report_html.class_title("infection") == "infection"
-    assert report_html.class_title("some_new_class") == "some new class"
+    assert class_title("ggo") == "ground-glass opacity"
+    assert class_title("pleural_effusion") == "pleural effusion"
+    assert class_title("consolidation") == "consolidation"
+    assert class_title("infection") == "infection"
+    assert class_title("some_new_class") == "some new class"
 
 
 def test_a_multiclass_page_names_its_classes_readably_in_table_key_and_bars(monkeypatch) -> None:
@@ -190,3 +190,8 @@ def test_a_bar_chart_without_lesion_has_no_negative_percentages_and_says_why_it_
     assert [t.get_text() for t in ax.texts] == ["no lesion found"]
     ax = _bar_axes(monkeypatch, 2.5)
     assert ax.get_ylim()[0] == 0.0 and ax.get_ylim()[1] > 2.5 and not ax.texts
+
+
+def test_each_scheme_titles_its_classes_for_figures() -> None:
+    assert MULTICLASS.titles == ("background", "ground-glass opacity", "consolidation", "pleural effusion")
+    assert BINARY.titles == ("background", "infection")
