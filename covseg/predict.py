@@ -36,7 +36,8 @@ from covseg.runtime import resolve_device, resolve_precision
 from covseg.volumes import quiet_file_readers, view_to_nifti_slice
 
 __all__ = ["ONNX_MIN_SLICES", "SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use",
-           "predict_files", "check_file_outputs", "check_destinations", "predict_scan", "scan_summary", "is_scan", "output_stem",
+           "predict_files", "check_file_outputs", "check_destinations", "predict_scan", "scan_summary", "earlier_scan",
+           "check_same_scan", "is_scan", "output_stem",
            "label_name", "pixel_fraction", "write_label_nifti"]
 
 
@@ -487,12 +488,49 @@ SCAN_OUTPUTS = (LESIONS_FILE, LUNGS_FILE, REPORT_JSON, REPORT_HTML)
 """The files :func:`predict_scan` writes into its output folder."""
 
 
+def earlier_scan(out_dir: Path) -> tuple[str, str] | None:
+    """The scan whose outputs ``out_dir`` holds: the input path and SHA-256 that its ``report.json`` records
+    (:func:`predict_scan`'s ``input`` ``path`` and ``sha256``); None where there is no such file, it cannot be read
+    or it records no digest (not a covseg scan report)."""
+    try:
+        recorded = json.loads((Path(out_dir) / REPORT_JSON).read_text(encoding="utf-8"))["input"]
+        path, digest = recorded["path"], recorded["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+        return None
+    if not isinstance(path, str) or not isinstance(digest, str) or not digest:
+        return None
+    return path, digest
+
+
+def check_same_scan(scan: Path, digest: str, out_dir: Path, together: bool = False) -> None:
+    """Refuse, in one line, to write the outputs of ``scan`` (``digest``: its SHA-256 as
+    :class:`~covseg.volumes.Volume` gives it, which ``report.json`` records) into ``out_dir`` where they would replace
+    another scan's: ``out_dir``'s ``report.json`` (:func:`earlier_scan`) records another digest. The same scan
+    again, wherever it lies now, replaces its own outputs; so does any scan in a folder without a readable report.
+    ``together``: ``scan`` is one of several in one command, each written into ``-o``'s ``<stem>`` folder, which
+    changes the ways out the error names."""
+    earlier = earlier_scan(out_dir)
+    if earlier is None or earlier[1] == digest:
+        return
+    if together:
+        ways = f"give -o a new folder, or remove the earlier outputs from {out_dir}"
+    else:
+        ways = (f"give each scan its own -o, or give all the scans in one command (each is then written to "
+                f"{out_dir}/<stem>/), or remove the earlier outputs from {out_dir}")
+    raise CovsegError(f"{out_dir}: holds the outputs of another scan, {earlier[0]} (its SHA-256 differs), which "
+                      f"those of {scan} would replace; {ways}")
+
+
 def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir: Path, model_info: dict[str, Any],
                  options: Any = None, series_uid: str | None = None, spacing: Sequence[float] | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, together: bool = False) -> dict[str, Any]:
     """Segment one CT scan; writes ``lesions.nii.gz``, ``lungs.nii.gz``, ``report.json`` and ``report.html``.
 
-    Everything is written into a staging folder first and moved into ``out_dir`` only once complete.
+    Everything is written into a staging folder first and moved into ``out_dir`` only once complete. Outputs of
+    another scan in ``out_dir`` are refused (:func:`check_same_scan`; ``together`` as there) once the scan is read,
+    before it is segmented and before anything is written: :func:`covseg.predict_plan.plan_predict` refuses them
+    already for a NIfTI file, whose digest is that of the file, but a DICOM series' or image folder's spans the
+    files read, in their slice order, known only here.
     """
     import shutil
     import time
@@ -504,6 +542,7 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
     began = time.perf_counter()
     volume = read_volume(path, series_uid=series_uid, spacing=spacing)
     read_seconds = time.perf_counter() - began
+    check_same_scan(path, volume.sha256, out_dir, together)
     result = segment_scan(volume, predictor, scheme, options or ScanOptions(), progress)
     with folders_made_for(out_dir):  # a failure leaves no empty folders behind
         stage = _stage_dir(out_dir)
@@ -535,9 +574,10 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
 
 
 def scan_summary(scan: Path, report: dict[str, Any], out_dir: Path) -> str:
-    """One line on a scan's :func:`predict_scan` report for the terminal: lesion volume and share of the lungs, each
-    side's severity (``n/a`` for a side without lung volume: not assessed), pleural findings with a volume, and where
-    the report is."""
+    """One line on a scan's :func:`predict_scan` report for the terminal: lesion volume and share of the lungs, the
+    severity of both lungs together and of each side (``n/a`` where there is no lung volume: not assessed), pleural
+    findings with a volume, and where the report is. The share is shown to as many places as it takes to fall in the
+    severity's bucket beside it (:func:`covseg.quantify.percent_text`), as report.html shows it."""
     from covseg.quantify import nonzero_text, percent_text
 
     figures = report["figures"]
@@ -545,7 +585,8 @@ def scan_summary(scan: Path, report: dict[str, Any], out_dir: Path) -> str:
     pleural = "".join(f"; {cls.replace('_', ' ')} {nonzero_text(total['class_ml'][cls])} mL"
                       for cls in figures.get("pleural", []) if total["class_ml"][cls] > 0)
     shown = {side: "n/a" if figures[side]["severity"] is None else figures[side]["severity"]
-             for side in ("right", "left")}
-    return (f"{scan}: lesions {nonzero_text(total['lesion_ml'])} mL = {percent_text(total['lesion_percent'])} % of "
-            f"{total['lung_ml']:.0f} mL lung (severity right {shown['right']}, left {shown['left']}){pleural}; "
+             for side in ("total", "right", "left")}
+    return (f"{scan}: lesions {nonzero_text(total['lesion_ml'])} mL = "
+            f"{percent_text(total['lesion_percent'], total['severity'])} % of {total['lung_ml']:.0f} mL lung, "
+            f"severity {shown['total']} (right {shown['right']}, left {shown['left']}){pleural}; "
             f"report {out_dir}/report.html")

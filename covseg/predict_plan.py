@@ -4,7 +4,9 @@ Inputs are sorted into 3-D scans (:func:`covseg.predict.is_scan`: a NIfTI volume
 of 2-D images given a voxel size) and 2-D images (files, and the images directly in the folders given). Every
 refusal is a one-line :class:`~covseg.errors.CovsegError`, raised before the models load, a scan is segmented or a
 file is written: what cannot be read, outputs that would collide, overwrite an input or land in a run folder, an
-input folder or the folder of an input image, options that would be ignored. What can still fail later is only what a scan's voxel data show once read whole.
+input folder or the folder of an input image, replace the outputs of another scan (a NIfTI scan's; a folder scan's
+are refused by :func:`covseg.predict.predict_scan` once it is read), options that would be ignored. What can still
+fail later is only what a scan's voxel data show once read whole.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from pathlib import Path
 from covseg.datasets import IMAGE_SUFFIXES, list_images, read_image
 from covseg.dicom import looks_like_dicom
 from covseg.errors import CovsegError
-from covseg.fileio import check_output_folder
-from covseg.predict import SCAN_OUTPUTS, check_destinations, check_file_outputs, is_scan, label_name, output_stem
+from covseg.fileio import check_output_folder, file_sha256
+from covseg.predict import (SCAN_OUTPUTS, check_destinations, check_file_outputs, check_same_scan, earlier_scan,
+                            is_scan, label_name, output_stem)
 from covseg.run import is_run_folder
 from covseg.volumes import check_spacing, check_volume
 
@@ -31,6 +34,12 @@ class PredictPlan:
     scans: list[Path]
     scan_outputs: list[Path]
     files: list[Path]
+
+    @property
+    def together(self) -> bool:
+        """Whether each scan writes into a folder of its own, ``output/<stem>`` (several scans, or scans beside 2-D
+        images), not into ``output`` itself: :func:`covseg.predict.predict_scan`'s ``together``."""
+        return len(self.scans) > 1 or bool(self.files)
 
 
 def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None,
@@ -100,6 +109,11 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
         check_spacing(spacing)
     for scan in scans:
         check_volume(scan, series, spacing)
+    for scan, out in zip(scans, outs):  # replacing another scan's outputs would lose them (a shell loop, one -o)
+        # only where a report is there: hashing a large scan costs a disk read. A NIfTI's digest is its file's; a
+        # DICOM series' or image folder's spans the files read, in slice order, and is checked once it is read
+        if scan.is_file() and earlier_scan(out) is not None:
+            check_same_scan(scan, file_sha256(scan), out, together=subfolders)
     if scans and files:  # the 2-D images are predicted after the scans are published: each is read once now
         _, labels, _ = check_file_outputs(files, output, overlays=overlays)
         taken = {**{name: "label map" for name in labels}, "predictions.json": "summary",

@@ -198,9 +198,9 @@ def fake_models(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Path, objec
     def fake_open(*args, **kwargs):
         return Predictor(ConstantBackend((1.0, 0.0)), 32), RunConfig(), {"name": "t", "backend": "constant"}
 
-    def fake_scan(path, predictor, scheme, out, info, options, series, spacing, progress=True):
+    def fake_scan(path, predictor, scheme, out, info, options, series, spacing, progress=True, together=False):
         calls.append((Path(path), Path(out), options))
-        total = {"lesion_ml": 12.34, "lesion_percent": 4.56, "lung_ml": 3456.7,
+        total = {"lesion_ml": 12.34, "lesion_percent": 4.56, "lung_ml": 3456.7, "severity": 1,
                  "class_ml": {"pleural_effusion": 20.0, "none_here": 0.0}}
         return {"figures": {"total": total, "pleural": ["pleural_effusion", "none_here"],
                             "right": {"severity": 2}, "left": {"severity": None}},
@@ -220,8 +220,8 @@ def test_predict_prints_a_scan_s_figures_by_hand(fake_models, tmp_path: Path, ca
     assert [(p, o) for p, o, _ in fake_models] == [(scan, out)]
     captured = capsys.readouterr()
     # 12.34 mL -> 12.3; 4.56 % -> 4.6; 3456.7 mL -> 3457; the pleural class with 0 mL is left out; no left severity
-    assert captured.out == (f"{scan}: lesions 12.3 mL = 4.6 % of 3457 mL lung (severity right 2, left n/a); pleural "
-                            f"effusion 20.0 mL; report {out}/report.html\n")
+    assert captured.out == (f"{scan}: lesions 12.3 mL = 4.6 % of 3457 mL lung, severity 1 (right 2, left n/a); "
+                            f"pleural effusion 20.0 mL; report {out}/report.html\n")
     assert captured.err == "covseg: warning: a warning\n"
 
 

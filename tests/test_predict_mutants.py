@@ -395,10 +395,11 @@ def test_predict_passes_the_scan_options_and_the_model_s_window_on(tmp_path: Pat
     def fake_open(*args, **kwargs):
         return Predictor(_ThresholdBackend(), 32), config, {"name": "t", "backend": "threshold"}
 
-    def fake_scan(path, predictor, scheme, out, info, options, series, spacing, progress=True):
+    def fake_scan(path, predictor, scheme, out, info, options, series, spacing, progress=True, together=False):
         taken.append(options)
         side = {"severity": None}
-        return {"figures": {"total": {"lesion_ml": 0.0, "lesion_percent": 0.0, "lung_ml": 0.0, "class_ml": {}},
+        return {"figures": {"total": {"lesion_ml": 0.0, "lesion_percent": 0.0, "lung_ml": 0.0, "class_ml": {},
+                                      "severity": None},
                             "right": side, "left": side}, "warnings": []}
 
     monkeypatch.setattr(predict, "open_models", fake_open)

@@ -51,7 +51,7 @@ def test_scan_summary_names_each_side_and_says_n_a_for_a_side_without_lung() -> 
     total = {**right, "lung_ml": 2500.4}
     report = {"figures": {"right": right, "left": part, "total": total, "pleural": []}}
     assert scan_summary(Path("chest.nii.gz"), report, Path("out")) == (
-        "chest.nii.gz: lesions 250.0 mL = 10.0 % of 2500 mL lung (severity right 2, left n/a); "
+        "chest.nii.gz: lesions 250.0 mL = 10.0 % of 2500 mL lung, severity 2 (right 2, left n/a); "
         "report out/report.html")
 
 
@@ -61,7 +61,7 @@ def test_scan_summary_adds_pleural_findings_with_a_volume_only() -> None:
     report = {"figures": {"right": part, "left": part, "total": {**part, "lung_ml": 2000.0},
                           "pleural": ["pleural_effusion", "other_fluid"]}}
     assert scan_summary(Path("s"), report, Path("o")) == (
-        "s: lesions 0.0 mL = 0.0 % of 2000 mL lung (severity right 0, left 0); pleural effusion 12.3 mL; "
+        "s: lesions 0.0 mL = 0.0 % of 2000 mL lung, severity 0 (right 0, left 0); pleural effusion 12.3 mL; "
         "report o/report.html")
 
 

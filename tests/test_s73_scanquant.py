@@ -93,7 +93,7 @@ def test_scan_figures_match_hand_counts_for_nifti_and_dicom_alike(tmp_path: Path
                                                              "consolidation": 100 * 9408 / 69197})
         assert [f[s]["severity"] for s in ("right", "left", "total")] == [1, 3, 2]
         assert scan_summary(path, report, out) == (
-            f"{path}: lesions 14.9 mL = 15.4 % of 97 mL lung (severity right 1, left 3); pleural effusion 1.0 mL; "
+            f"{path}: lesions 14.9 mL = 15.4 % of 97 mL lung, severity 2 (right 1, left 3); pleural effusion 1.0 mL; "
             f"report {out}/report.html")
         assert json.loads((out / "report.json").read_text())["figures"] == json.loads(json.dumps(f))
     assert reports["nifti"]["figures"] == reports["dicom"]["figures"]
