@@ -126,8 +126,10 @@ def find_checkpoint(path: str | Path, which: str = "auto", choosable: bool = Tru
     return path
 
 
-def load_weights_file(path: Path, what: str = "covseg checkpoint",
-                      fix: str = "give a .pt file that covseg train wrote, or its run folder") -> Any:
+_GIVE_ANOTHER = "give a .pt file that covseg train wrote, or its run folder"  # a refused checkpoint's way on
+
+
+def load_weights_file(path: Path, what: str = "covseg checkpoint", fix: str = _GIVE_ANOTHER) -> Any:
     """``torch.load`` of ``path`` onto the CPU with ``weights_only=True`` (no pickled code); a file torch cannot
     read raises a one-line :class:`CovsegError` naming ``what`` it should have been and how to ``fix`` it.
 
@@ -162,25 +164,27 @@ def _check_archive_sums(path: Path, what: str, fix: str) -> None:
                           f"after it was written); {fix}")
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path, fix: str = _GIVE_ANOTHER) -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``) and check its format: ``config`` a dict,
     ``model`` a state dict of finite tensors (a diverged run's NaN weights are refused, not loaded), ``epoch`` (where
-    present) a whole number of epochs, not below 0."""
-    return check_checkpoint(load_weights_file(path), path)
+    present) a whole number of epochs, not below 0. A file that fails these checks raises a one-line
+    :class:`CovsegError` ending with how to go on, ``fix`` (a caller that reads a file of its own, as ``--resume``
+    reads ``last.pt``, says what to do instead of giving another file)."""
+    return check_checkpoint(load_weights_file(path, fix=fix), path, fix)
 
 
-def check_checkpoint(data: Any, path: Path) -> dict[str, Any]:
-    """``data``, the contents of the file at ``path``, checked as :func:`read_checkpoint` checks them."""
+def check_checkpoint(data: Any, path: Path, fix: str = _GIVE_ANOTHER) -> dict[str, Any]:
+    """``data``, the contents of the file at ``path``, checked as :func:`read_checkpoint` checks them; a refusal
+    ends with ``fix``."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CovsegError(f"{path}: not a covseg checkpoint (format {FORMAT} expected)")
+        raise CovsegError(f"{path}: not a covseg checkpoint (format {FORMAT} expected); {fix}")
     weights, config = data.get("model"), data.get("config")
     if not isinstance(config, dict):
-        raise CovsegError(f"{path}: a covseg checkpoint without its run's settings ('config'); give a .pt file "
-                          "that covseg train wrote, or its run folder")
+        raise CovsegError(f"{path}: a covseg checkpoint without its run's settings ('config'); {fix}")
     if not isinstance(weights, dict) or not weights or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
         raise CovsegError(f"{path}: a covseg checkpoint without model weights (its 'model' entry is not a "
-                          "state dict of tensors); give a .pt file that covseg train wrote, or its run folder")
+                          f"state dict of tensors); {fix}")
     broken = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if broken is not None:
         raise CovsegError(f"{path}: weights that are not finite numbers ({broken} holds NaN or inf; the training "
@@ -188,8 +192,9 @@ def check_checkpoint(data: Any, path: Path) -> dict[str, Any]:
     epoch = data.get("epoch", 0)  # covseg train has always written it; only an edited file can lack it
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         shown = repr(epoch) if len(repr(epoch)) <= 40 and "\n" not in repr(epoch) else type(epoch).__name__
+        again = ", or train it again" if fix == _GIVE_ANOTHER else ""
         raise CovsegError(f"{path}: a damaged covseg checkpoint (its 'epoch' entry, {shown}, is not a whole number "
-                          "of epochs); give a .pt file that covseg train wrote, or its run folder, or train it again")
+                          f"of epochs); {fix}{again}")
     return data
 
 

@@ -114,15 +114,19 @@ def _refuse_repeated_models(paths: list[Path] | None, what: str) -> None:
 
 
 def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force: bool = True,
-                          force_help: str = "overwrite an existing output folder") -> None:
+                          force_help: str = "overwrite an existing output folder", resume: bool = False) -> None:
+    """The options every training command takes; ``split``: whether ``--split`` is one; ``force``: whether
+    ``--force`` is listed (``force_help`` says what it does); ``resume``: whether the command has ``--resume``,
+    which ``--device`` then also serves."""
     p.add_argument("--recipe", help=f"recipe name ({', '.join(available_recipes())}) or YAML path (default: default)")
     p.add_argument("--task", choices=("binary", "multiclass"), help="label scheme (default: the recipe's)")
     p.add_argument("--data", help="data folder (default: the downloaded covid-semiseg)")
     if split:
         p.add_argument("--split", help="official | cv:K | seed | paper (default: the recipe's)")
-    p.add_argument("--epochs", type=int, help="shorthand for train.epochs=N")
+    p.add_argument("--epochs", type=int, metavar="N", help="shorthand for train.epochs=N")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"),
-                   help="shorthand for train.device (train --resume: where the run goes on, its settings unchanged)")
+                   help="shorthand for train.device" + (" (with --resume: where the run goes on, its settings "
+                                                         "unchanged)" if resume else ""))
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="shorthand for train.precision")
     # cv keeps --force only to refuse it with its own message (it never replaces folds), so its help hides it
     p.add_argument("--force", action="store_true",
@@ -157,39 +161,47 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _add_inference_options(p: argparse.ArgumentParser) -> None:
+def _add_inference_options(p: argparse.ArgumentParser, predict: bool = False) -> None:
+    """The options of the commands that run models (``evaluate``; ``predict``, whose ``--backend`` help also says
+    when a few slices keep PyTorch)."""
+    few = ("; a predict of fewer than 32 2-D slices keeps PyTorch (16 with --tta: two passes each), as tracing would "
+           "cost more" if predict else "")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
                    help="auto: onnx for a .onnx model file, else torch, with fp32 passes on a CPU run "
-                        "through ONNX Runtime (faster, same arithmetic; a predict of fewer than 32 2-D slices "
-                        "keeps PyTorch (16 with --tta: two passes each), as tracing would cost more); torch: PyTorch only")
+                        f"through ONNX Runtime (faster, same arithmetic{few}); torch: PyTorch only")
     p.add_argument("--tta", action="store_true", help="average with a left-right flipped prediction")
     p.add_argument("--lesion-model", type=Path, action="append", metavar="BINARY_MODEL",
                    help="a binary model (run, checkpoint, ONNX or cross-validation folder; repeat for an ensemble) "
                         "that says where the lesions are; the multiclass model then says only which lesion each is")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where the models run (default cpu; auto: a GPU where there is one)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bf16 where the CPU/GPU has native support and it agrees with fp32, else fp32")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
+                   help="slices per forward pass (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="covseg", description="COVID-19 lung CT lesion segmentation "
-                                     "(U-Net and SegNet): download, train, evaluate, compare, predict.")
+                                     "(U-Net and SegNet): download, train, evaluate, compare, cross-validate, "
+                                     "predict, export. `covseg COMMAND --help` lists a command's options.")
     parser.add_argument("--version", action="version", version=f"covseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", help="fetch and verify a data set")
-    p.add_argument("--dataset", default="covid-semiseg")
+    p.add_argument("--dataset", default="covid-semiseg", help="data set to fetch (default: covid-semiseg)")
     p.add_argument("--mirror", help="local folder or http(s) URL to fetch from (default: $COVSEG_MIRROR, else upstream)")
     p.add_argument("--data-dir", type=Path, help="cache folder (default: $XDG_CACHE_HOME/covseg, else "
                                                   "~/.cache/covseg)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("train", help="train a model into a run folder")
-    _add_training_options(p)
-    p.add_argument("-o", "--output", type=Path, help="run folder to create")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run")
+    _add_training_options(p, force_help="replace the run in an existing -o folder (it trains again from the start)",
+                          resume=True)
+    p.add_argument("-o", "--output", type=Path, metavar="RUN_DIR", help="run folder to create (made if missing)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue an interrupted run in RUN_DIR with its saved settings (instead of -o)")
 
     p = sub.add_parser("evaluate", help="score a trained model (or an ensemble) on labelled images")
     p.add_argument("model", type=Path, nargs="+",
@@ -215,12 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models to train and compare (default: unet segnet); put KEY=VALUE overrides before --models")
     _add_training_options(p, force_help="retrain the models' runs in an existing output folder instead of "
                           "reusing finished ones and resuming interrupted ones")
-    p.add_argument("-o", "--output", type=Path, required=True, help="comparison folder")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="comparison folder: a run folder per model, comparison.md, .json and .png")
 
     p = sub.add_parser("cv",
                        help="k-fold cross-validation of a recipe (skips finished folds, resumes interrupted ones)")
     _add_training_options(p, split=False, force=False)
-    p.add_argument("--folds", type=int, help="number of folds (default: the recipe's data.folds, 5)")
+    p.add_argument("--folds", type=int, metavar="K", help="number of folds (default: the recipe's data.folds, 5)")
     p.add_argument("--seeds", type=_seed, nargs="+", metavar="S",
                    help="repeat the cross-validation with each training seed (OUT/seed-S) and score each fold's "
                         "seed models as one ensemble (OUT/ensemble); summary in OUT/seeds.md. KEY=VALUE overrides "
@@ -228,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
                    help="train up to N folds (x seeds) at once, each in its own process with its share of the CPU "
                         "cores, then score them (default 1; for a GPU or a many-core CPU: on 2 cores keep 1)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="cross-validation folder")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="cross-validation folder: a run per fold (fold-K), cv.md and cv.json; run the same command "
+                        "again to go on")
 
     p = sub.add_parser("cv-compare", help="paired per-image differences between two cross-validations of the "
                                           "same folds (a screen against the default)")
@@ -241,21 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders (PNG, JPG, TIFF, NIfTI, DICOM)")
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="folder for the label maps, overlays/ and predictions.json (several scans: OUT/<stem>/ each)")
     p.add_argument("--model", type=Path, action="append", required=True,
                    help="run folder, checkpoint or ONNX file; repeated (--model A --model B), or a "
                         "cross-validation folder, they predict as one ensemble (mean probabilities)")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
-    p.add_argument("--no-overlays", action="store_true")
+    p.add_argument("--no-overlays", action="store_true", help="2-D images: write no colour overlays")
     p.add_argument("--series", metavar="UID", help="DICOM SeriesInstanceUID to read (default: the largest series)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                    help="voxel size in mm: reads a folder of 2-D images as one scan")
     p.add_argument("--keep-outside-lungs", action="store_true",
                    help="scans: keep lesions that do not touch the lung mask")
-    p.add_argument("--min-lesion-ml", type=_non_negative_float,
+    p.add_argument("--min-lesion-ml", type=_non_negative_float, metavar="ML",
                    help="scans: remove lesion components smaller than this volume (default 0.05 mL, "
                         "covseg.scan.ScanOptions; 0 keeps all)")
-    _add_inference_options(p)
+    _add_inference_options(p, predict=True)
 
     sub.add_parser("bench", help="speed/memory benchmark (covseg bench --help)", add_help=False)
 
@@ -279,11 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data folder with unlabelled slices (default: the downloaded covid-semiseg)")
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for pretrained.pt and history.csv")
     p.add_argument("--steps", type=_positive_int, default=600, help="optimiser steps (default 600)")
-    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="slices per step (default 8)")
     p.add_argument("--crop", type=int, help="random square crop side (0: whole slices; default 256, or the input "
                                             "size where that is smaller)")
-    p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate (cosine schedule)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate (cosine schedule; default 0.002)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the initial weights and of the slices, crops and corruptions drawn (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), help="shorthand for train.device")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="shorthand for train.precision")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -361,11 +378,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         if not args.output:
             raise CovsegError("say where the run goes: -o RUN_DIR (or --resume RUN_DIR)")
+        if args.output.exists() and not args.output.is_dir():  # before the recipe and images: not mkdir's refusal
+            raise CovsegError(f"{args.output}: is a file, not a run folder; give -o a folder for the run (it is made "
+                              "if missing), or move the file")
         config = _recipe_config(args)
         data = args.data or _default_data()
         run_dir, resume = args.output, False
         refuse_output_in_data(run_dir, data)  # before the images load: its files would join the data's
-    samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
+    try:
+        samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
+    except KeyboardInterrupt as stop:  # nothing is written before the images are read: say so, not just "interrupted"
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        kept = (f"; {run_dir} is as it was; continue with covseg train --resume {run_dir}" if resume else
+                "; run the same command again")
+        _log(f"{how} while reading the images from {data}; nothing was written{kept}")
+        return 143 if isinstance(stop, Terminated) else 130
     # --device with --resume: where to go on (a run trained on a GPU, resumed on a CPU), not a setting of the run
     dist, device = init_distributed(resolve_device(args.device if resume and args.device else config.train.device))
     try:
@@ -382,17 +409,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     if result.stopped:  # Ctrl-C: 130 (SIGTERM: 143), also where the run was finished by then (nothing to resume)
         return 143 if result.terminated else 130
-    best = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
-    trained = result.epochs_done - result.epochs_before  # this call's epochs, not the run's
-    if resume and not trained:
-        total = result.epochs_total
-        done = f"nothing left to resume: the run has {'its 1 epoch' if total == 1 else f'all {total} epochs'}"
-    elif resume:
-        done = (f"trained {counted(trained, 'more epoch')} ({result.epochs_done} of {result.epochs_total}) in "
-                f"{result.seconds:.0f} s")
-    else:
-        done = f"trained {counted(trained, 'epoch')} in {result.seconds:.0f} s"
-    print(f"{done}; best validation mean Dice {best}; run folder {run_dir}")
+    print(result.summary(resume))
     return 0
 
 
@@ -535,7 +552,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                           window=config.data.window)
     for scan, out in zip(plan.scans, plan.scan_outputs):
         report = predict_scan(scan, predictor, scheme, out, info, options, args.series, args.spacing,
-                              progress=not args.quiet)
+                              progress=not args.quiet, together=plan.together)
         print(scan_summary(scan, report, out))
         for warning in report["warnings"]:
             print(f"covseg: warning: {warning}", file=sys.stderr)

@@ -351,6 +351,8 @@ def _settings_for_task(data: dict[str, Any], task: str | None, source: str) -> d
                                                  for value in per_task.values()):
         raise CovsegError(f"{source}: tasks must map {' / '.join(TASKS)} to data/model/train settings, "
                           f"got {per_task!r}")
+    for name, entry in per_task.items():  # every task's entry, not only the one in use: a typo is told at once
+        _check_keys(RunConfig, entry or {}, f"{source}: tasks: {name}")
     if task is None:
         shared = data.get("data")
         task = shared.get("task", DataConfig.task) if isinstance(shared, dict) else DataConfig.task
@@ -360,6 +362,27 @@ def _settings_for_task(data: dict[str, Any], task: str | None, source: str) -> d
     if isinstance(data.get("data", {}), dict):
         data = _merge(data, {"data": {"task": task}})
     return data
+
+
+def _check_keys(cls: type, values: dict[str, Any], where: str, path: str = "") -> None:
+    """Refuse a key of ``values`` (a recipe's settings for dataclass ``cls``, sections nested) that names no option,
+    as :func:`_build` does (a close match suggested), without building anything: a ``tasks`` entry of a task not
+    in use is never built. Values are checked when the entry is used."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown_option(key, fields, f"{where}: {path}" if path else where)
+        factory = fields[key].default_factory
+        default = factory() if factory is not dataclasses.MISSING else fields[key].default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            _check_keys(type(default), value, where, f"{path}.{key}" if path else key)
+
+
+def _unknown_option(key: Any, known: Iterable[str], here: str) -> CovsegError:
+    """The refusal of ``key``, no option of ``known`` (at ``here``: the source and section), a close match
+    suggested."""
+    names = list(known)
+    return CovsegError(f"{here}: unknown option {key!r}{_did_you_mean(key, names)}; known: {', '.join(names)}")
 
 
 def _did_you_mean(key: Any, known: Iterable[str]) -> str:
@@ -378,7 +401,7 @@ def _build(cls: type, values: dict[str, Any], where: str, path: str = "") -> Any
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in fields:
-            raise CovsegError(f"{here}: unknown option {key!r}{_did_you_mean(key, fields)}; known: {', '.join(fields)}")
+            raise _unknown_option(key, fields, here)
         default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING \
             else fields[key].default
         name = f"{path}.{key}" if path else key

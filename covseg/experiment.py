@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -29,7 +29,7 @@ from covseg.splits import load_split, make_split
 from covseg.wording import counted
 from covseg.labels import get_scheme
 from covseg.metrics import stratified_bootstrap_interval
-from covseg.paired import PER_IMAGE, counted_values, read_per_image
+from covseg.paired import PER_IMAGE, by_number, counted_values, fold_runs, read_per_image, seed_ensemble_beside
 from covseg.parallel_runs import train_runs_in_parallel
 from covseg.checkpoint import build_model, epochs_done, find_checkpoint, read_checkpoint
 from covseg.run import (check_checkpoint_settings, differences_note, is_run_folder, read_run_config, read_run_info,
@@ -164,7 +164,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         for path, check in [(paths[0], check_type_model_task), *((p, check_lesion_task) for p in lesion_paths)]:
             if path.is_dir():
                 check(path, read_run_config(path).data.task)
-    if out_dir is not None and ((Path(out_dir) / "config.yaml").is_file() or any(Path(out_dir).glob("fold-*/config.yaml"))):
+    if out_dir is not None and ((Path(out_dir) / "config.yaml").is_file() or fold_runs(Path(out_dir))):
         raise CovsegError(f"{out_dir}: is a run or cross-validation folder; give -o a report folder of its own, e.g. "
                           f"{Path(out_dir) / 'eval-NAME'}")
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():  # before scoring, not after
@@ -315,38 +315,64 @@ def _check_device(config: RunConfig) -> None:
         resolve_precision(config.train.precision, device)
 
 
-_WORKFLOWS = {"cv": "covseg cv", "seeds": "covseg cv --seeds", "compare": "covseg compare"}
-"""The workflows whose output folders :func:`_workflow_of` tells apart, and the command that writes each."""
+#: The workflows whose output folders :func:`_workflow_of` tells apart, and the command that writes each
+#: (``ensemble``: the seed ensemble's report folder, ``ensemble/``, inside a ``covseg cv --seeds`` folder).
+_WORKFLOWS = {"cv": "covseg cv", "seeds": "covseg cv --seeds", "ensemble": "covseg cv --seeds",
+              "compare": "covseg compare"}
 
 
 def _numbered(folder: Path, prefix: str) -> list[str]:
-    """The sub-folders of ``folder`` named ``PREFIX<number>`` (``fold-0``, ``seed-2``), in number order."""
+    """The sub-folders of ``folder`` named ``PREFIX<number>`` (``fold-0``, ``seed-2``), in number order
+    (:func:`covseg.paired.by_number`)."""
     found = [p.name for p in folder.glob(f"{prefix}*") if p.is_dir() and p.name[len(prefix):].isdigit()]
-    return sorted(found, key=lambda name: int(name[len(prefix):]))
+    return sorted(found, key=by_number)
+
+
+def _compare_runs(folder: Path) -> list[str]:
+    """The run folders ``covseg compare`` makes in ``folder``, one per model (``unet``, ``segnet``: a name of
+    :data:`covseg.models.MODELS` holding a run), in the models' order; they show a comparison interrupted before
+    its ``comparison.json`` was written."""
+    from covseg.models import MODELS
+
+    return [name for name in MODELS if is_run_folder(folder / name)]
 
 
 def _workflow_of(out_dir: Path) -> tuple[str, str] | None:
     """Which workflow's output ``out_dir`` already holds, as ``(workflow, what shows it)``: ``seeds`` (``seed-S``
-    folders or ``seeds.json``), ``cv`` (``fold-K`` folders or ``cv.json``) or ``compare`` (``comparison.json``);
-    None for a new or empty folder."""
+    folders or ``seeds.json``), ``ensemble`` (a ``--seeds`` folder's ``ensemble/``: ``fold-K`` reports, no runs;
+    :func:`covseg.paired.seed_ensemble_beside`), ``cv`` (``fold-K`` folders or ``cv.json``) or ``compare`` (a run
+    folder per model, :func:`_compare_runs`, or ``comparison.json``); None for a new or empty folder."""
     if not out_dir.is_dir():
         return None
-    for workflow, prefix, summary in (("seeds", "seed-", "seeds.json"), ("cv", "fold-", "cv.json"),
-                                      ("compare", None, "comparison.json")):
-        shown = (_numbered(out_dir, prefix) if prefix else []) + ([summary] if (out_dir / summary).is_file() else [])
+    if seed_ensemble_beside(out_dir) is not None:  # before cv: its fold-K folders are reports, not runs
+        return "ensemble", _shown(_numbered(out_dir, "fold-"))
+    for workflow, found, summary in (("seeds", lambda: _numbered(out_dir, "seed-"), "seeds.json"),
+                                     ("cv", lambda: _numbered(out_dir, "fold-"), "cv.json"),
+                                     ("compare", lambda: _compare_runs(out_dir), "comparison.json")):
+        shown = found() + ([summary] if (out_dir / summary).is_file() else [])
         if shown:
-            return workflow, ", ".join(shown[:3]) + (", ..." if len(shown) > 3 else "")
+            return workflow, _shown(shown)
     return None
+
+
+def _shown(names: list[str]) -> str:
+    """The first three of ``names``, comma-separated, ``...`` standing for the rest."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _check_same_workflow(out_dir: Path, workflow: str) -> None:
     """Refuse an ``-o`` that holds another workflow's output (:func:`_workflow_of`): ``covseg cv`` into a ``--seeds``
     folder would put its folds beside the seeds' (a later ``evaluate CV_DIR`` then takes them for the whole folder),
-    ``--seeds`` into a plain cross-validation or either into a ``compare`` folder would mix their summaries."""
+    ``--seeds`` into a plain cross-validation or either into a ``compare`` folder would mix their summaries. A
+    ``--seeds`` folder's ``ensemble/`` is no workflow's ``-o``, ``--seeds`` included (its reports are rewritten
+    from the seed runs beside it)."""
     found = _workflow_of(out_dir)
-    if found is None or found[0] == workflow:
+    if found is None or found[0] == workflow:  # "ensemble" is no caller's workflow: always refused
         return
     other, shown = found
+    if other == "ensemble":
+        raise CovsegError(f"{out_dir}: holds the seed ensemble's reports ({shown}) of the covseg cv --seeds folder "
+                          f"{out_dir.parent}, not the output of {_WORKFLOWS[workflow]}; give -o a folder of its own")
     go_on = ", or add its --seeds to go on with it" if other == "seeds" and workflow == "cv" else ""
     raise CovsegError(f"{out_dir}: holds the output of {_WORKFLOWS[other]} ({shown}), not of {_WORKFLOWS[workflow]}; "
                       f"give -o a folder of its own{go_on}")
@@ -490,7 +516,9 @@ def _check_reusable(run_dir: Path, config: RunConfig, samples: list[Sample], dat
     _check_run_folder(run_dir)
     _check_same_settings(run_dir, config, remedy)
     if (run_dir / "last.pt").is_file():  # another run's last.pt copied in is neither reused nor resumed
-        check_checkpoint_settings(run_dir, read_checkpoint(run_dir / "last.pt"), config, remedy)
+        last = read_checkpoint(run_dir / "last.pt",
+                               fix=f"{run_dir}'s last.pt is damaged, so it cannot be resumed; {remedy}")
+        check_checkpoint_settings(run_dir, last, config, remedy)
     _check_same_data(run_dir, config, samples, data, remedy)
 
 
@@ -721,13 +749,32 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
     and ``minus_last``); with ``train.swa_epochs`` its ``last.pt`` (``fold-K/eval-heldout-last``; ``last``:
     its columns, ``swa``: the main table's columns and ``minus_last``).
     """
+    _check_cross_validation(config, samples, data, out_dir, folds)
+    trained: list[Path] = []
+    if jobs > 1:
+        pending = _untrained_folds(config, out_dir, folds)
+        train_runs_in_parallel(pending, samples, data, jobs, log, _CV_AGAIN)
+        trained = [run_dir for _, run_dir in pending]
+    return _score_folds(config, samples, data, out_dir, folds, progress, log, trained)
+
+
+def _check_cross_validation(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int) -> None:
+    """:func:`cross_validate`'s refusals before any fold trains: the folds, the ``-o`` (:func:`_check_before_any_run`),
+    a fold folder of other settings or begun on other data (:func:`_check_reusable`) and each unbegun fold's inputs
+    (:func:`_check_fold_inputs`)."""
     check_folds(folds)
     _check_before_any_run(config, out_dir, data, "cv")
     for k in range(folds):  # before any training: a fold of other settings or data fails now, not folds later
         _check_reusable(out_dir / f"fold-{k}", _fold_config(config, k, folds), samples, data, _CV_REMEDY)
     _check_fold_inputs(config, out_dir, folds, [s.name for s in samples])
-    if jobs > 1:
-        train_runs_in_parallel(_untrained_folds(config, out_dir, folds), samples, data, jobs, log, _CV_AGAIN)
+
+
+def _score_folds(config: RunConfig, samples: list[Sample], data: str, out_dir: Path, folds: int, progress: bool,
+                 log: Callable[[str], None], trained: Collection[Path] = ()) -> dict[str, Any]:
+    """:func:`cross_validate` once its checks are made: train (or resume) each unfinished fold here, score each fold
+    whose report is not current, and write ``cv.md`` and ``cv.json``. ``trained``: the fold folders the workers of
+    ``--jobs`` have just trained (:func:`covseg.parallel_runs.train_runs_in_parallel`), only scored here (not told
+    as finished runs reused, which they are not)."""
     companions = _companions(config)
     rows: list = []
     companion_rows: dict[str, list] = {scored: [] for scored, _, _ in companions}
@@ -738,7 +785,9 @@ def cross_validate(config: RunConfig, samples: list[Sample], data: str, out_dir:
         # a report of an unfinished fold (someone evaluated it after Ctrl-C) does not make it done
         if epochs_done(fold_dir) < cfg.train.epochs or not _is_current(metrics_path, fold_dir, "final", data):
             log(f"== fold {k} ==")
-            train_or_resume(cfg, samples, fold_dir, data, False, progress, log, _CV_AGAIN)
+            # one a worker has just trained to its end is only scored; any other is trained or resumed here
+            if fold_dir not in trained or epochs_done(fold_dir) < cfg.train.epochs:
+                train_or_resume(cfg, samples, fold_dir, data, False, progress, log, _CV_AGAIN)
             with _how_to_go_on_if_stopped(log, f"fold-{k}'s held-out images", _CV_AGAIN):
                 evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
@@ -882,13 +931,16 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
                             _CV_REMEDY)
     for seed, cfg in configs.items():  # and every fold's train.init, teachers and pseudo-labels, as cross_validate's
         _check_fold_inputs(cfg, out_dir / f"seed-{seed}", folds, [s.name for s in samples])
+    trained: list[Path] = []
     if jobs > 1:
         pending = [run for seed, cfg in configs.items() for run in _untrained_folds(cfg, out_dir / f"seed-{seed}", folds)]
         train_runs_in_parallel(pending, samples, data, jobs, log, _CV_AGAIN)
+        trained = [run_dir for _, run_dir in pending]
     per_seed: dict[int, dict[str, Any]] = {}
     for seed, cfg in configs.items():
         log(f"=== seed {seed} ===")
-        per_seed[seed] = cross_validate(cfg, samples, data, out_dir / f"seed-{seed}", folds, progress, log)
+        _check_cross_validation(cfg, samples, data, out_dir / f"seed-{seed}", folds)  # cross_validate's, as before
+        per_seed[seed] = _score_folds(cfg, samples, data, out_dir / f"seed-{seed}", folds, progress, log, trained)
     rows = []
     for k in range(folds):
         members = [out_dir / f"seed-{seed}" / f"fold-{k}" for seed in seeds]

@@ -37,7 +37,7 @@ from covseg.splits import parse_split_name
 
 __all__ = ["FoldDifference", "NothingToPair", "compute_fold_difference", "read_fold_scores", "default_metrics",
            "compare_cross_validations", "format_comparison", "Comparison", "compute_difference_interval",
-           "read_per_image", "counted_values", "PER_IMAGE", "unpaired_folds_warning"]
+           "read_per_image", "counted_values", "PER_IMAGE", "unpaired_folds_warning", "by_number", "fold_runs"]
 
 PER_IMAGE = Path("eval-heldout") / "per_image.csv"  # under each fold-K folder of a `covseg cv` output
 CLASS_METRICS = ("dice_", "iou_")  # per_image.csv columns of one class; its truth pixels are in truth_<class>
@@ -251,7 +251,7 @@ def read_fold_scores(cv_dir: Path) -> FoldScores:
         _check_own_model(path.parent.parent)
     scores: FoldScores = {path.parent.parent.name: read_per_image(path) for path in found}
     if not scores:
-        seeds = sorted(p.name for p in cv_dir.glob("seed-*") if p.is_dir())
+        seeds = sorted((p.name for p in cv_dir.glob("seed-*") if p.is_dir()), key=by_number)
         beside = None if seeds else seed_ensemble_beside(cv_dir)
         if beside is not None:
             give = (f"one of the seed folders beside it ({', '.join(map(str, beside))})" if beside
@@ -272,7 +272,25 @@ def seed_ensemble_beside(folder: Path) -> list[Path] | None:
     they were moved); else None."""
     if not folder.is_dir() or (folder / "config.yaml").is_file() or not any(folder.glob(f"fold-*/{PER_IMAGE.name}")):
         return None
-    return sorted((p for p in folder.parent.glob("seed-*") if p.is_dir()), key=lambda p: (len(p.name), p.name))
+    return sorted((p for p in folder.parent.glob("seed-*") if p.is_dir()), key=lambda p: by_number(p.name))
+
+
+def by_number(name: str) -> tuple[int, str]:
+    """Sort key of numbered folder names (``fold-K``, ``seed-S``): by the whole number after the last ``-``
+    (``seed-2`` before ``seed-10``), a name without one first; names of one number by name."""
+    number = name.rpartition("-")[2]
+    return (int(number) if number.isdigit() else -1, name)
+
+
+def fold_runs(folder: Path) -> list[Path]:
+    """The fold runs of a ``covseg cv`` folder: its ``fold-K`` sub-folders (K a whole number) holding a run's
+    ``config.yaml``, in fold order; empty where ``folder`` is no folder, is itself a run (``config.yaml``) or holds no
+    fold run (a ``--seeds`` folder, whose runs are in ``seed-S/fold-K``; its ``ensemble/``, whose ``fold-K`` are
+    reports)."""
+    if not folder.is_dir() or (folder / "config.yaml").is_file():
+        return []
+    runs = [p for p in folder.glob("fold-*") if p.name[len("fold-"):].isdigit() and (p / "config.yaml").is_file()]
+    return sorted(runs, key=lambda p: by_number(p.name))
 
 
 def _table_path(cv_dir: Path, fold: str) -> Path:
@@ -300,7 +318,7 @@ def _recorded_task(cv_dir: Path, fold: str) -> str | None:
 def _check_same_task(reference_dir: Path, reference: FoldScores, candidate_dir: Path, candidate: FoldScores) -> None:
     """Refuse two cross-validations of different tasks (binary against multiclass): their tables score different
     classes, so no column pairs them. A side whose folds record no task (:func:`_recorded_task`) is not checked."""
-    tasks = [next((task for fold in sorted(scores, key=_by_fold_number)
+    tasks = [next((task for fold in sorted(scores, key=by_number)
                    if (task := _recorded_task(folder, fold)) is not None), None)
              for folder, scores in ((reference_dir, reference), (candidate_dir, candidate))]
     if None not in tasks and tasks[0] != tasks[1]:
@@ -354,10 +372,6 @@ def _fold_number(name: str) -> int:
     return int(number) if number.isdigit() else 0
 
 
-def _by_fold_number(name: str) -> tuple[int, str]:
-    return (len(name), name)  # fold-2 before fold-10
-
-
 def _check_two_runs(reference_dir: Path, candidate_dir: Path, folds: Sequence[str]) -> None:
     """Refuse a comparison whose two sides read one and the same table of a shared fold (a folder against itself,
     a cross-validation against one of its own fold runs, a ``--seeds`` folder's ``seed-S`` against a run in it):
@@ -383,10 +397,11 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
     """
     reference, candidate = read_fold_scores(reference_dir), read_fold_scores(candidate_dir)
     _check_same_task(reference_dir, reference, candidate_dir, candidate)
-    folds = sorted(set(reference) & set(candidate), key=_by_fold_number)
+    folds = sorted(set(reference) & set(candidate), key=by_number)
     if not folds:
         raise CovsegError(f"{reference_dir} and {candidate_dir} share no scored fold "
-                          f"({', '.join(sorted(reference))} against {', '.join(sorted(candidate))})")
+                          f"({', '.join(sorted(reference, key=by_number))} against "
+                          f"{', '.join(sorted(candidate, key=by_number))})")
     _check_two_runs(reference_dir, candidate_dir, folds)
     shared = {f: reference[f] for f in folds}
     chosen = list(dict.fromkeys(metrics)) if metrics else default_metrics(shared)
@@ -418,8 +433,8 @@ def compare_cross_validations(reference_dir: Path, candidate_dir: Path,
         raise CovsegError(f"no fold has an image with a value of {', '.join(chosen)} in both runs; pick a metric of "
                           "a class the held-out truths hold")
     truth_counts = all(_has_truth_counts(reference[f]) or _has_truth_counts(candidate[f]) for f in folds)
-    return Comparison(differences, sorted(set(reference) - set(candidate), key=_by_fold_number),
-                      sorted(set(candidate) - set(reference), key=_by_fold_number), skipped, truth_counts)
+    return Comparison(differences, sorted(set(reference) - set(candidate), key=by_number),
+                      sorted(set(candidate) - set(reference), key=by_number), skipped, truth_counts)
 
 
 def unpaired_folds_warning(comparison: Comparison, reference_dir: Path, candidate_dir: Path) -> str | None:

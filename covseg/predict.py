@@ -29,7 +29,7 @@ from covseg.fileio import atomic_path, folders_made_for, interrupts_deferred, st
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme, overlay
-from covseg.paired import seed_ensemble_beside
+from covseg.paired import by_number, fold_runs, seed_ensemble_beside
 from covseg.progress import progress_bar
 from covseg.run import read_class_weights, read_run_config
 from covseg.runtime import resolve_device, resolve_precision
@@ -124,8 +124,8 @@ def ensemble_members(model_paths: Sequence[Path]) -> list[Path]:
     for path in map(Path, model_paths):
         if not path.exists():
             raise CovsegError(f"{path}: no such model file or folder")
-        folds = [p for p in path.glob("fold-*") if p.name[5:].isdigit() and (p / "config.yaml").is_file()]
-        seeds = sorted(p.name for p in path.glob("seed-*") if p.is_dir())
+        folds = fold_runs(path)  # in fold order
+        seeds = sorted((p.name for p in path.glob("seed-*") if p.is_dir()), key=by_number)
         if path.is_dir() and not folds and not (path / "config.yaml").is_file() and seeds:
             raise CovsegError(f"{path}: a covseg cv --seeds folder; name its cross-validations ({', '.join(seeds)}) "
                               f"or fold runs one by one, e.g. {path / seeds[0]}")
@@ -136,7 +136,6 @@ def ensemble_members(model_paths: Sequence[Path]) -> list[Path]:
         if not path.is_dir() or (path / "config.yaml").is_file() or not folds:
             members.append(path)
             continue
-        folds.sort(key=lambda p: int(p.name[5:]))
         expected = read_run_config(folds[0]).data.folds
         unfinished = [p.name for p in folds if not (p / "eval-heldout" / "metrics.json").is_file()]
         if len(folds) != expected or unfinished:

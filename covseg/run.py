@@ -3,6 +3,8 @@
 Layout of ``RUN_DIR``::
 
     config.yaml         resolved RunConfig          run.json       data path, versions, creation time
+                        (the data path: null for a library call without data_path; a resume that finds the run's
+                        images in another folder records that one, and one given other images is refused)
     split.json          train/val/test names (+ all folds for cv:K)
     class_weights.json  median-frequency weights of the training masks
     history.csv         per epoch: train/val loss, pixel accuracy, val mean Dice (the val columns hold ``nan`` in the
@@ -81,11 +83,33 @@ class RunResult:
     seconds: float = 0.0
     epochs_before: int = 0  # epochs a resumed run had saved before this call (0 for a new run)
     terminated: bool = False  # what stopped it was SIGTERM (errors.Terminated), not Ctrl-C: exit status 143
+    best_epoch: int | None = None  # the epoch (1-based) whose weights best.pt holds, where best_score is one's
+    model: str = ""  # the run's model where it is not best.pt: "swa.pt" for a finished train.swa_epochs run
+    swa_epochs: int = 0  # the epochs swa.pt averages
 
     @property
     def interrupted(self) -> bool:
         """Stopped (Ctrl-C) before every epoch was saved: resume it."""
         return self.stopped and self.epochs_done < self.epochs_total
+
+    def summary(self, resumed: bool) -> str:
+        """The one line ``covseg train`` ends with (``resumed``: it was given ``--resume``): the epochs this call
+        trained and in how long, the best validation mean Dice and its epoch (best.pt), the run's model where that
+        is another file (``swa.pt``), and the run folder."""
+        trained = self.epochs_done - self.epochs_before  # this call's epochs, not the run's
+        total = self.epochs_total
+        if resumed and not trained:
+            done = f"nothing left to resume: the run has {'its 1 epoch' if total == 1 else f'all {total} epochs'}"
+        elif resumed:
+            done = f"trained {counted(trained, 'more epoch')} ({self.epochs_done} of {total}) in {self.seconds:.0f} s"
+        else:
+            done = f"trained {counted(trained, 'epoch')} in {self.seconds:.0f} s"
+        best = "n/a" if self.best_score is None else f"{self.best_score:.4f}"
+        if self.best_score is not None and self.best_epoch is not None:
+            best += f" at epoch {self.best_epoch} (best.pt)"
+        model = (f"; the run's model is {self.model}, the average of its last {counted(self.swa_epochs, 'epoch')}"
+                 if self.model == "swa.pt" else f"; the run's model is {self.model}" if self.model else "")
+        return f"{done}; best validation mean Dice {best}{model}; run folder {self.run_dir}"
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
@@ -118,6 +142,9 @@ def read_run_info(run_dir: Path, require_data: bool = True) -> dict:
             from None
     if not isinstance(info, dict):
         raise CovsegError(f"{path}: not a covseg run record (a JSON object); train it again with -o")
+    if require_data and "data" in info and info["data"] is None:  # train_run called without data_path
+        raise CovsegError(f"{path}: the run records no data folder (it was trained from Python without "
+                          "data_path); give --data DIR")
     if require_data and not isinstance(info.get("data"), str):
         raise CovsegError(f"{path}: a damaged run.json (no 'data' entry naming the run's data folder); give "
                           "--data DIR, or train the run again with --force")
@@ -329,6 +356,19 @@ def _finished_epochs(run_dir: Path) -> int | None:
         return None
 
 
+def _last_damage(run_dir: Path) -> str | None:
+    """Why ``run_dir/last.pt`` cannot be read (:func:`covseg.checkpoint.read_checkpoint`'s refusal), or None where
+    it can, or where there is none."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return None
+    try:
+        read_checkpoint(last)
+    except CovsegError as err:
+        return str(err)
+    return None
+
+
 def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], data_path: str,
                     force: bool, old: _OldRun, log, info: dict | None = None) -> None:
     """Write a new run's settings, split, class weights and record into ``run_dir``; with ``force`` a run folder
@@ -350,6 +390,9 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
             if not (run_dir / "last.pt").is_file():  # killed while its first epoch was written: --resume refuses it
                 raise CovsegError(f"{run_dir}: holds a run with no epoch to resume (no last.pt); pass --force to "
                                   "replace it, or choose another -o")
+            if _last_damage(run_dir) is not None:  # --resume, offered below, would refuse it
+                raise CovsegError(f"{run_dir}: holds a run whose last.pt is damaged, so it cannot be resumed; pass "
+                                  "--force to replace it, or choose another -o")
             raise CovsegError(f"{run_dir}: run folder exists; pass --force to overwrite it or "
                               f"--resume {run_dir} to continue it")
         aside = old.move_aside()
@@ -370,7 +413,8 @@ def _prepare_folder(run_dir: Path, config: RunConfig, samples: list[Sample], dat
          "weights": dict(zip(scheme.names, [round(float(w), 6) for w in weights]))}, indent=1) + "\n")
     atomic_write_text(run_dir / "run.json", json.dumps(
         {"covseg": __version__, "torch": torch.__version__, "python": platform.python_version(),
-         "data": str(Path(data_path).resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {})},
+         "data": str(Path(data_path).resolve()) if data_path else None,  # None: a library call without data_path
+         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(info or {})},
         indent=1) + "\n")
 
 
@@ -512,28 +556,111 @@ def train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path
     :func:`covseg.runtime.init_distributed`: the model is wrapped in DistributedDataParallel, each process
     trains on its share of every global batch, and only rank 0 writes files, logs and shows progress. ``again``
     is how to go on after Ctrl-C, for a caller that trains this run as one of several (``covseg cv``: run the same
-    command again); by default the message names ``covseg train --resume`` or a new ``covseg train``.
+    command again); by default the message names ``covseg train --resume`` or a new ``covseg train``. Ctrl-C before
+    the first epoch began (the images loading) ends it so too, saying that nothing was trained and what is kept.
     """
     old = _OldRun(Path(run_dir))
+    stage = _Stage()
     try:
         return _train_run(config, samples, Path(run_dir), data_path, resume, force, progress, log, dist, device, old,
-                          again)
+                          again, stage)
+    except KeyboardInterrupt as stop:
+        if stage.training:  # after the epochs (curves.png): the epochs' own handler has said what is kept
+            raise
+        back = old.put_back()
+        if dist.is_main:
+            log(_stopped_before_training(stop, Path(run_dir), resume, back, stage.saved, config.train.epochs, again))
+        saved = stage.saved or 0
+        return RunResult(Path(run_dir), saved, config.train.epochs, None, stopped=True, epochs_before=saved,
+                         terminated=isinstance(stop, Terminated))
     except BaseException:
         if old.put_back():
             log(f"{run_dir}: the new run stopped before it saved an epoch; the run that was there is back as it was")
         raise
 
 
+@dataclass
+class _Stage:
+    """How far :func:`_train_run` got, for what a Ctrl-C before its epochs began has left."""
+
+    training: bool = False  # the epochs have begun: a stop from then on is told by their own handler
+    saved: int | None = None  # the epochs a resumed run's last.pt holds, once it is read
+
+
+def _stopped_before_training(stop: KeyboardInterrupt, run_dir: Path, resume: bool, back: bool, saved: int | None,
+                             total: int, again: str) -> str:
+    """The line that says Ctrl-C (or SIGTERM, ``stop``) came while the images loaded, before any epoch trained, and
+    what is kept: a resumed run as it was (``saved`` of ``total`` epochs), the run a ``--force`` run was to replace
+    put back (``back``), or nothing to resume; then how to go on (``again``, else the ``covseg train`` to run)."""
+    word = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+    if resume:
+        if saved is not None and saved >= total:
+            return (f"{word} while loading the images; the run in {run_dir} has all its epochs "
+                    f"({saved} of {total}), nothing to resume")
+        kept = f" ({saved} of {total} epochs saved)" if saved is not None else ""
+        return (f"{word} while loading the images, before training went on; {run_dir} is as it was{kept}; "
+                + (again or f"continue with covseg train --resume {run_dir}"))
+    if back:
+        return (f"{word} while loading the images, before training began; the run that was in {run_dir} is back as "
+                "it was, " + (f"nothing lost; {again}" if again else "nothing lost (train with --force again to "
+                                                                      "replace it)"))
+    return (f"{word} while loading the images, before training began, so there is nothing to resume; "
+            + (again or f"start the run again (the same covseg train ... -o {run_dir}; no --force needed)"))
+
+
+def _read_last(run_dir: Path, again: str) -> dict:
+    """The ``last.pt`` a resumed ``run_dir`` goes on from (:func:`covseg.checkpoint.read_checkpoint`); a damaged one is
+    refused saying so, and how to go on: train the run again (``again``: the caller's command), as a best.pt
+    holds no optimiser state to resume from."""
+    if again:
+        way_on = f"remove {run_dir}; then, {again}"
+    else:
+        keep = (" (that deletes its best.pt too: copy it elsewhere first to keep it)"
+                if (run_dir / "best.pt").is_file() else "")
+        way_on = f"start the run again with covseg train ... -o {run_dir} --force{keep}"
+    return read_checkpoint(run_dir / "last.pt", fix=f"{run_dir}'s last.pt is damaged, so the run cannot be "
+                                                    f"resumed; {way_on}")
+
+
+def _other_data(run_dir: Path, data_path: str, recorded: str | None, why: str, again: str) -> str:
+    """Why a resumed run refuses the images of ``data_path`` (``why``: names missing, masks that differ), naming the
+    data folder its run.json records (``recorded``) and how to go on."""
+    if recorded is None:
+        return (f"{run_dir}: {data_path} does not hold the images the run was trained on: {why}; pass the --data "
+                "the run was made with")
+    if Path(recorded).resolve() == Path(data_path).resolve():  # the same folder, changed since the run began
+        return (f"{run_dir}: its data folder {recorded} no longer holds the images the run was trained on: {why}; "
+                "put them back as they were, or " + (f"remove {run_dir} to train it again" if again else
+                                                     f"start the run again with covseg train ... -o {run_dir} --force"))
+    return (f"{run_dir}: was trained on {recorded}, and --data {data_path} does not hold those images: {why}; resume "
+            f"with --data {recorded} (or without --data), or train a new run on {data_path} with -o NEW_RUN")
+
+
+def _record_data(run_dir: Path, data_path: str, recorded: str | None, log) -> None:
+    """Write ``data_path`` as the data folder of ``run_dir``'s run.json, where it records another (``recorded``):
+    the run's images found at another path (checked by the caller), so evaluate and predict read them there."""
+    here = str(Path(data_path).resolve())
+    if recorded is not None and Path(recorded).resolve() == Path(here):
+        return
+    info = read_run_info(run_dir, require_data=False)
+    info["data"] = here
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=1) + "\n")
+    log(f"{run_dir}: its images are in {here} now" + (f", not {recorded}" if recorded else "")
+        + "; run.json records that folder")
+
+
 def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_path: str, resume: bool, force: bool,
                progress: bool, log, dist: DistContext, device: torch.device | None, old: _OldRun,
-               again: str = "") -> RunResult:
+               again: str = "", stage: _Stage | None = None) -> RunResult:
     """:func:`train_run`'s work; a run folder that ``force`` replaces goes aside in ``old``, which is dropped once
-    the first epoch is saved, and put back here where Ctrl-C stops the new run before that."""
+    the first epoch is saved, and put back here where Ctrl-C stops the new run before that. ``stage`` is kept up to
+    date with how far it got."""
     import torch.distributed as torch_dist
 
     if not dist.is_main:
         progress = False
         log = lambda message: None  # noqa: E731
+    stage = stage or _Stage()
     d, t = config.data, config.train
     scheme = get_scheme(d.task)
     check_input_size(d.input_size, d.input_size, config.model.depth, config.model.name)
@@ -541,12 +668,23 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     _training_loss(t, np.ones(scheme.num_classes))
     lr_factor(t.schedule, 0, 1)
     # pseudo-labels are checked and loaded (on every process) before anything is written
+    recorded: str | None = None  # the data folder a resumed run's run.json names
+    state: dict = {}
     if resume:
         planned = load_split(run_dir / "split.json")
-        data_path = data_path or read_run_info(run_dir)["data"]
+        state = _read_last(run_dir, again)  # a damaged one is told before the images load
+        stage.saved = int(state.get("epoch", 0))
+        check_checkpoint_settings(run_dir, state, config)
+        recorded = read_run_info(run_dir, require_data=False).get("data")
+        recorded = recorded if isinstance(recorded, str) else None
+        data_path = data_path or recorded or ""
     else:
         planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
     held_out = list(planned.get("val", [])) + list(planned.get("test", []))
+    reader = "train.consistency" if t.consistency > 0 else "data.pseudo_labels" if d.pseudo_labels else ""
+    if reader and not data_path:  # a library call: the working directory is no data folder
+        raise CovsegError(f"{reader} reads the unlabelled slices of the data folder, and none was given; pass "
+                          "data_path, the folder the samples were loaded from")
     pretrained = _pretrained_file(config, run_dir, resume, log, held_out)
     pseudo = _pseudo_slices(config, planned, data_path, log, resume)
     if t.consistency > 0 and dist.enabled:
@@ -595,16 +733,19 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     by_name = {s.name: s for s in samples}
     missing = [n for n in split["train"] + split["val"] if n not in by_name]
     if missing:
-        raise CovsegError(f"{run_dir}/split.json names {len(missing)} images not in the data "
-                          f"(first: {missing[0]}); pass the --data the run was made with")
+        raise CovsegError(_other_data(run_dir, data_path, recorded, f"split.json names "
+                                      f"{counted(len(missing), 'image')} not there (first: {missing[0]})", again))
     train = [by_name[n] for n in split["train"]]
     val = [by_name[n] for n in split["val"]]
     if not train:
         raise CovsegError("the training split is empty; use more images or another --split")
     if resume:  # the same names with other pixels (another --data) would continue the run on other images
         if not _same_masks(train, weights, scheme.num_classes):
-            raise CovsegError(f"{run_dir}: the training masks in {data_path} are not the ones the run began with (their "
-                              "class weights differ from class_weights.json); resume with the --data it was made with")
+            raise CovsegError(_other_data(run_dir, data_path, recorded, "the training masks there are not the ones "
+                                          "the run began with (their class weights differ from class_weights.json)",
+                                          again))
+        if data_path and dist.is_main:  # the run's images at another path (moved): evaluate reads them there
+            _record_data(run_dir, data_path, recorded, log)
     log("class weights (median frequency): " + ", ".join(f"{n} {w:.3f}" for n, w in zip(scheme.names, weights)))
     train_x, train_y = _stack(train, d)
     val_x, val_y = _stack(val, d) if val else (None, None)
@@ -641,8 +782,6 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     history: list[dict[str, float]] = []
     best: float | None = None
     if resume:
-        state = read_checkpoint(run_dir / "last.pt")
-        check_checkpoint_settings(run_dir, state, config)
         _resume_into(core, state, "model", "model weights", run_dir)
         _resume_into(optimizer, state, "optimizer", "optimizer state", run_dir)
         history = list(state.get("history", []))
@@ -678,6 +817,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     began = time.perf_counter()
     # the bar is stepped by hand, not iterated: a loop over the bar left by Ctrl-C closes it (drawn again, kept)
     # before the message below could wipe it
+    stage.training = True
     bar = tqdm(desc="train", unit="epoch", disable=not progress or finished, initial=start, total=t.epochs,
                dynamic_ncols=True)
     epoch = start
@@ -770,5 +910,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     if val_x is None and len(history) == t.epochs and dist.is_main and (run_dir / "last.pt").exists():
         # No validation images: the last epoch's weights are the ones to use (once every epoch is saved).
         save_checkpoint(run_dir / "best.pt", core, config, len(history), None)
+    best_epoch = next((int(r["epoch"]) for r in history if best is not None and r["val_dice"] == best), None)
+    averaged_model = swa is not None and len(history) == t.epochs and (run_dir / "swa.pt").is_file()
     return RunResult(run_dir, len(history), t.epochs, best, stopped, time.perf_counter() - began, start,
-                     terminated)
+                     terminated, best_epoch, "swa.pt" if averaged_model else "", t.swa_epochs if averaged_model else 0)

@@ -130,7 +130,8 @@ def test_a_damaged_archive_member_is_refused_before_torch_loads_it(tmp_path: Pat
 
 def test_a_file_of_another_format_is_refused(tmp_path: Path) -> None:
     path = _saved(tmp_path, format="covseg-checkpoint-0")
-    with pytest.raises(CovsegError, match=r"c\.pt: not a covseg checkpoint \(format covseg-checkpoint-1 expected\)$"):
+    with pytest.raises(CovsegError, match=r"c\.pt: not a covseg checkpoint \(format covseg-checkpoint-1 expected\); "
+                                          r"give a \.pt file that covseg train wrote, or its run folder$"):
         read_checkpoint(path)
 
 

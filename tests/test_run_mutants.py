@@ -141,7 +141,7 @@ def test_resume_names_a_validation_image_missing_from_the_data_in_one_line(tiny_
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "split.json names 1 images not in the data (first: no-such-image)" in err[0], err
+    assert len(err) == 1 and "split.json names 1 image not there (first: no-such-image)" in err[0], err
 
 
 @pytest.mark.parametrize(("name", "text", "message"), [
