@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         raise SystemExit(f"predict_engine: --rounds must be 1 or more, not {args.rounds}")
     from covseg.datasets import list_images
+    from covseg.wording import counted
 
     if not args.images.is_dir():
         raise SystemExit(f"predict_engine: {args.images}: no such folder of CT slices")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             model = str(Path(tmp) / "untrained.pt")
             save_checkpoint(Path(model), build_model(config), config, 0, None)
         print(f"covseg predict of N slices ({args.images}), model {args.model or 'untrained default'}, "
-              f"median of {args.rounds} runs each, engines alternating")
+              f"median of {counted(args.rounds, 'run')} each, engines alternating")
         print("| slices | ONNX Runtime (s) | PyTorch (s) | PyTorch / ONNX Runtime | ran |")
         print("|---|---|---|---|---|")
         for n in counts:

@@ -57,7 +57,7 @@ from torch import nn
 from covseg.wording import counted
 
 __all__ = ["build_bench_model", "TRAIN_BATCH", "PathRunners", "path_runners", "measure", "serve", "side_by_side",
-           "scan_files", "scan_slices", "main"]
+           "scan_files", "scan_slices", "covseg_precision", "main"]
 
 PATHS = ("fp32-naive", "fp32-cl", "covseg", "onnxruntime", "onnx-int8")
 MODELS = ("unet16", "unet32", "unet64", "unet16-instance", "segnet", "monai-unet16", "monai-unet32", "monai-unet64")
@@ -542,6 +542,19 @@ def _reported_peak(stderr: str) -> float:
     return float(figures[-1]) if figures else float("nan")
 
 
+def covseg_precision(device: str) -> str:
+    """What covseg's path computes in on ``device`` (``cpu`` or ``cuda``), as :func:`covseg.runtime.resolve_precision`
+    detects it (and as each ``covseg`` row's process chooses it): e.g. ``covseg's path in fp32 (no native bf16 on
+    this CPU)``, so that a table without bf16 says why rather than leaving it to the dtype column."""
+    from covseg.runtime import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    where = "this CPU" if dev.type == "cpu" else "this GPU"
+    if resolve_precision("auto", dev) == torch.bfloat16:
+        return f"covseg's path in bf16 (native bf16 on {where})"
+    return f"covseg's path in fp32 (no native bf16 on {where})"
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -656,10 +669,10 @@ def _check_options(args: argparse.Namespace) -> None:
         raise SystemExit(f"covseg bench: --side-by-side times fp32-naive and covseg side by side, but --paths "
                          f"{args.paths} lacks {' and '.join(missing)}; add {'them' if len(missing) > 1 else 'it'} "
                          "to --paths or drop --side-by-side")
-    if args.out.is_dir():
+    if args.out is not None and args.out.is_dir():
         raise SystemExit(f"covseg bench: {args.out}: is a folder; give --out a Markdown file name, e.g. "
                          f"{args.out / 'RESULTS.md'}")
-    why = unwritable_reason(args.out)
+    why = unwritable_reason(args.out) if args.out is not None else None
     if why:
         raise SystemExit(f"covseg bench: {args.out}: cannot be written ({why}); give --out a file in a folder you can "
                          "write")
@@ -699,8 +712,8 @@ def run_step(cmd: list[str], step: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.py") -> int:
-    """Run the benchmark; prints the table and writes it to ``--out``, whose header names ``command`` (how it was
-    started: ``covseg bench`` from the CLI) with ``argv``."""
+    """Run the benchmark; prints the table, whose header names ``command`` (how it was started: ``covseg bench``
+    from the CLI) with ``argv``, and where ``--out`` is given writes it there too (no file without it)."""
     parser = argparse.ArgumentParser(prog="covseg bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=DEFAULT_MODELS,
                         help=f"comma-separated, of {', '.join(MODELS)} (default: {DEFAULT_MODELS})")
@@ -709,8 +722,10 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
                         help="where the PyTorch paths and the scans run (ONNX paths: CPU only); auto: CUDA if present")
     parser.add_argument("--size", type=int, default=512,
                         help="slice height and width in pixels: a multiple of 16, or of 32 with segnet (default: 512)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed inference runs per figure (median)")
-    parser.add_argument("--train-steps", type=int, default=5, help="timed training steps per figure (median)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed inference runs per figure, after one untimed (median; default: 10)")
+    parser.add_argument("--train-steps", type=int, default=5,
+                        help="timed training steps per figure, after one untimed (median; default: 5)")
     parser.add_argument("--scan-slices", type=int, default=300,
                         help="slices of --size in the scan benchmarks, inference only and end to end (default: 300; "
                         "0: skip them)")
@@ -722,9 +737,8 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
                         help="also time fp32-naive and covseg's path, each in its own process, in turn for ROUNDS "
                         "rounds, a model and its MONAI peer together (two passes and two training steps per network a "
                         "round: slow for wide models; default 0: skip; needs both paths in --paths)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS.md"),
-                        help="Markdown file the table is written to (default: benchmarks/RESULTS.md under the "
-                             "current folder, which in a checkout replaces the committed results)")
+    parser.add_argument("--out", type=Path,
+                        help="also write the table to this Markdown file, replacing it (default: print it only)")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--serve", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--scan-only", choices=("auto", "fp32"), help=argparse.SUPPRESS)
@@ -807,9 +821,11 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
     scan_fp32 = child(["--scan-only", "fp32"]) if scan and not _ran_fp32(scan) else None
     e2e = child(["--e2e-only"]) if args.scan_slices else None
     gpu = f" · {torch.cuda.get_device_name()} (PyTorch paths and scans)" if args.device == "cuda" else ""
-    lines = [f"# covseg benchmark", "", f"{time.strftime('%Y-%m-%d')} · {_cpu_model()} · {torch.get_num_threads()} "
-             f"threads{gpu} · torch {torch.__version__} · {args.size}×{args.size} · inference median of {args.repeats} "
-             f"runs, training median of {args.train_steps} steps (batch 4, AdamW)", "",
+    lines = [f"# covseg benchmark", "", f"{time.strftime('%Y-%m-%d')} · {_cpu_model()} "
+             f"({torch.backends.cpu.get_cpu_capability()}) · {torch.get_num_threads()} threads{gpu} · "
+             f"{covseg_precision(args.device)} · torch {torch.__version__} · {args.size}×{args.size} · "
+             f"inference median of {counted(args.repeats, 'run')}, training median of "
+             f"{counted(args.train_steps, 'step')} (batch {TRAIN_BATCH}, AdamW)", "",
              f"Command: `{command} {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
     lines += _table(rows)
     peers = [(r, next((p for p in rows if p["model"] == "monai-" + r["model"] and p["path"] == r["path"]), None))
@@ -843,10 +859,12 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
                   f"exit {e2e['status']}): {e2e['seconds']:.1f} s ({stages}), peak RSS {e2e['peak_rss_mb']:.0f} MB."]
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    from covseg.fileio import atomic_write_text
+    if args.out is not None:  # not by default: an installed covseg has no benchmarks/ of its own, and a checkout's
+        # benchmarks/RESULTS.md is the record of many runs, which one run's table would replace whole
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        from covseg.fileio import atomic_write_text
 
-    atomic_write_text(args.out, text)
+        atomic_write_text(args.out, text)
     return 0
 
 
