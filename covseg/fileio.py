@@ -76,8 +76,9 @@ def unwritable_reason(path: str | os.PathLike, folder: bool = False) -> str | No
     with interrupts_deferred():  # Ctrl-C between making and removing the file would leave it behind
         try:  # root passes os.access everywhere, also on /proc, /sys, read-only mounts: make (and remove) a file there
             handle, probe = tempfile.mkstemp(prefix=".covseg-probe-", dir=existing)
-        except OSError as err:
-            return f"{existing} is not a folder you can write into ({err.strerror or err})"
+        except OSError as err:  # /proc answers "No such file or directory" for a file it will not make
+            why = "it makes no new files" if err.errno == errno.ENOENT else (err.strerror or str(err))
+            return f"{existing} is not a folder you can write into ({why})"
         os.close(handle)
         with contextlib.suppress(OSError):
             os.unlink(probe)

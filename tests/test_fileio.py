@@ -398,3 +398,11 @@ def test_train_refuses_a_run_folder_inside_the_data_folder(tmp_path: Path, capsy
         assert capsys.readouterr().err == (f"covseg: error: {inside}: is inside the data folder {data}, where its "
                                            "files would be read as images or masks; give -o a folder outside it\n")
     assert not (data / "run").exists() and not list(data.glob("*.yaml"))
+
+
+def test_a_folder_that_makes_no_new_files_is_not_said_to_be_missing() -> None:
+    # /proc exists; it answers "No such file or directory" for a file it will not make, which misled (helper 204)
+    why = fileio.unwritable_reason(Path("/proc/x.md"))
+    assert why is not None and why.startswith("/proc is not a folder you can write into")
+    if os.geteuid() == 0:  # as root, os.access passes and the file tried is refused by the file system
+        assert why == "/proc is not a folder you can write into (it makes no new files)"
