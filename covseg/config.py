@@ -353,6 +353,12 @@ def _settings_for_task(data: dict[str, Any], task: str | None, source: str) -> d
                           f"got {per_task!r}")
     for name, entry in per_task.items():  # every task's entry, not only the one in use: a typo is told at once
         _check_keys(RunConfig, entry or {}, f"{source}: tasks: {name}")
+        section = (entry or {}).get("data")
+        other = section.get("task", name) if isinstance(section, dict) else name
+        if other != name:  # it was overwritten by the entry's own task without a word
+            raise CovsegError(f"{source}: tasks: {name}: data.task is {other!r}, but an entry under tasks is the "
+                              f"{name} task's own settings; remove data.task there (or move the settings under "
+                              f"tasks: {other})")
     if task is None:
         shared = data.get("data")
         task = shared.get("task", DataConfig.task) if isinstance(shared, dict) else DataConfig.task

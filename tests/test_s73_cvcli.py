@@ -219,3 +219,16 @@ def test_the_help_says_only_what_applies_to_the_command() -> None:
     assert help_of("cv", "--device") == help_of("compare", "--device") == "shorthand for train.device"
     assert "--resume" in help_of("train", "--device")
     assert "cross-validate" in build_parser().description
+
+
+def test_a_task_entry_naming_another_task_is_refused(tmp_path: Path) -> None:
+    from covseg.config import load_recipe
+    from covseg.errors import CovsegError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("tasks:\n  binary:\n    data: {task: multiclass}\n")
+    with pytest.raises(CovsegError, match=r"^.*r\.yaml: tasks: binary: data\.task is 'multiclass', but an entry under "
+                                          r"tasks is the binary task's own settings; remove data\.task there"):
+        load_recipe(str(recipe), "multiclass")
+    recipe.write_text("tasks:\n  binary:\n    data: {task: binary, input_size: 256}\n")
+    assert load_recipe(str(recipe), "binary").data.input_size == 256  # its own task, said again: fine
