@@ -31,6 +31,7 @@ from covseg.checkpoint import find_checkpoint, load_model, read_checkpoint, refu
 from covseg.config import RunConfig, config_from_dict, data_differences
 from covseg.errors import CovsegError
 from covseg.fileio import file_sha256
+from covseg.paired import fold_runs
 from covseg.models.unet import GROUP_NORM_GROUPS, norm_failing_on_one_pixel
 from covseg.runtime import autocast, training_memory_format
 from covseg.splits import load_split, parse_split_name, split_settings
@@ -169,7 +170,7 @@ def _checked_teachers(config: RunConfig, held_out: Collection[str], build: bool
             raise CovsegError(f"train.distill: {entry}: no such run folder or checkpoint; train the teacher first "
                               "(covseg train ... -o RUN) or correct the path")
         if path.is_dir() and not (path / "config.yaml").is_file():
-            if any(p.name[5:].isdigit() for p in path.glob("fold-*")):
+            if fold_runs(path):
                 raise CovsegError(f"train.distill: {entry} is a cross-validation folder, whose fold models trained on "
                                   "one another's held-out images; name one fold's run, the fold of this run's "
                                   f"split: {path / 'fold-{fold}'}")

@@ -43,8 +43,9 @@ from covseg.checkpoint import (architecture_options, check_checkpoint, checkpoin
 from covseg.config import MAX_LR, ModelConfig, RunConfig, config_from_dict, config_to_dict, data_differences
 from covseg.distill import chosen_on_validation, held_out_seen
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_dir, atomic_write_text, interrupts_deferred, replacing_output
+from covseg.fileio import atomic_dir, atomic_write_text, file_sha256, interrupts_deferred, replacing_output
 from covseg.intensity import normalize_image
+from covseg.paired import fold_runs
 from covseg.models import check_input_size, create_model
 from covseg.progress import close_bar
 from covseg.runtime import autocast, resolve_device, resolve_precision, training_memory_format
@@ -261,7 +262,7 @@ def read_pretrained(path: str | Path) -> tuple[Path, dict[str, Any]]:
     path = Path(path)
     file = pretrained_path(path)
     if not file.is_file():
-        if path.is_dir() and any(p.name[5:].isdigit() and (p / "last.pt").is_file() for p in path.glob("fold-*")):
+        if fold_runs(path):
             raise CovsegError(f"{path}: a cross-validation folder, not one run; give one trained run of "
                               f"the same split (e.g. {path / 'fold-0'} for --split cv:0) or a folder covseg pretrain "
                               "wrote")
@@ -399,6 +400,31 @@ def _left_as_it_was(out_dir: Path) -> str:
     return f"{out_dir} is left as it was" if out_dir.exists() else f"{out_dir} was not made"
 
 
+def _write_outputs(out_dir: Path, payload: dict[str, Any], history: list[dict[str, float]], force: bool,
+                   log: Callable[[str], None]) -> None:
+    """Write ``pretrained.pt`` (``payload``) and ``history.csv`` to ``out_dir`` whole, with Ctrl-C and SIGTERM held
+    back until they are in place. A stop held back is raised after a log line that says the pretraining was written
+    and how to start from it (without it, only ``covseg: interrupted`` followed a complete ``pretrained.pt``), or,
+    where ``out_dir`` does not hold the file just saved (read back by its SHA-256), that nothing was written."""
+    saved = ""
+    try:
+        with interrupts_deferred(), atomic_dir(out_dir, force=force) as stage:
+            torch.save(payload, stage / PRETRAINED_FILE)
+            _write_history(stage / "history.csv", history)
+            saved = file_sha256(stage / PRETRAINED_FILE)
+    except KeyboardInterrupt:
+        try:
+            written = bool(saved) and file_sha256(out_dir / PRETRAINED_FILE) == saved
+        except OSError:
+            written = False
+        if written:
+            log(f"interrupted once {out_dir / PRETRAINED_FILE} was written ({payload['steps']} steps, complete); "
+                f"start a run from it with train.init={out_dir}")
+        else:
+            log(f"interrupted; nothing written ({_left_as_it_was(out_dir)})")
+        raise
+
+
 def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, options: PretrainOptions | None = None,
              data_path: str = "", force: bool = False, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -500,9 +526,7 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
     except CovsegError as err:
         raise CovsegError(f"the pretraining finished, but nothing was written: {err} (it changed while the network "
                           "trained)") from None
-    with interrupts_deferred(), atomic_dir(out_dir, force=force) as stage:
-        torch.save(payload, stage / PRETRAINED_FILE)
-        _write_history(stage / "history.csv", history)
+    _write_outputs(out_dir, payload, history, force, log)
     seconds = time.perf_counter() - began
     final = history[-1]["loss"] if history else math.nan
     return {"steps": step, "loss": final, "seconds": seconds, "file": str(out_dir / PRETRAINED_FILE)}

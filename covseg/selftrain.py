@@ -18,12 +18,12 @@ it load as before.
 """
 from __future__ import annotations
 
+import io
 import json
 import re
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -32,14 +32,15 @@ from PIL import Image
 from covseg.checkpoint import checkpoint_config, read_checkpoint, refuse_unfinished
 from covseg.config import RunConfig
 from covseg.datasets import Sample, load_dataset
-from covseg.errors import CovsegError
-from covseg.fileio import atomic_dir, atomic_write_text, file_sha256, refuse_output_in_data, replacing_output
+from covseg.errors import CovsegError, Terminated
+from covseg.fileio import atomic_dir, file_sha256, interrupts_deferred, refuse_output_in_data, replacing_output
 from covseg.inference import backends_used
 from covseg.intensity import grey_quantiles, match_quantiles
 from covseg.labels import get_scheme
 from covseg.progress import progress_bar
 from covseg.splits import load_split
 from covseg.training import side_generator
+from covseg.wording import counted
 
 __all__ = ["PSEUDO_FILE", "PseudoLabelRule", "slice_statistics", "check_output_folder", "make_pseudo_labels",
            "resolve_pseudo_folder", "check_pseudo_labels", "load_pseudo_labels", "pseudo_slices_asked", "epoch_pseudo_indices", "significant"]
@@ -196,8 +197,12 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     student reads the slices mapped the same way (unlabelled slices exported with another display window then look
     like the labelled ones).
     ``device`` and ``precision``: where and how the teacher runs (:func:`covseg.predict.open_predictor`).
-    ``force`` replaces an ``out_dir`` holding only pseudo-labels (:func:`check_output_folder`). A teacher that keeps
-    none of the slices is a ``covseg: warning:`` line on stderr naming the rule's limits and which to relax.
+    ``force`` replaces an ``out_dir`` holding only pseudo-labels (:func:`check_output_folder`).
+
+    Every teacher labels first, with nothing written; a teacher (a fold) that keeps none of the slices is refused
+    there (:class:`CovsegError` naming the limit to relax), since a student refuses such a set. Then ``out_dir`` is
+    written whole with Ctrl-C held back, so an interruption leaves it as it was or complete, never half-replaced,
+    and a log line says which before the ``KeyboardInterrupt`` goes on.
     Returns the summary written to ``pseudo.json`` (for a CV folder: ``{"folds": {K: summary}}``).
     """
     teacher, out_dir = Path(teacher), Path(out_dir)
@@ -218,27 +223,111 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
     for read in dict.fromkeys([data or "", *(read_run_info(run)["data"] for run in folds.values() or [teacher])]):
         refuse_output_in_data(out_dir, read)
     loaded: dict[tuple, list[Sample]] = {}  # the slices read, once for all fold teachers (_split_once)
-    # atomic_dir swaps the old folder for the new one with Ctrl-C held back (covseg.fileio.interrupts_deferred)
-    with atomic_dir(out_dir, force=force) as staged:
-        if folds:
-            result = {"folds": {k: _pseudo_label_one(run, staged / f"fold-{k}", data, rule, which, batch_size,
-                                                     progress, log, loaded, match_grey, device, precision)
-                                for k, run in folds.items()}}
+    labelled: dict[str, _Labels] = {}  # by the sub-folder of out_dir they go to ("" for a run folder's)
+    try:
+        for where, run in ({f"fold-{k}": run for k, run in folds.items()} or {"": teacher}).items():
+            labelled[where] = _pseudo_label_one(run, data, rule, which, batch_size, progress, log, loaded,
+                                                match_grey, device, precision)
+            if not labelled[where].summary["kept"]:
+                raise CovsegError(_kept_none(run, rule, labelled[where]))
+    except KeyboardInterrupt as stop:
+        log(f"{_stopped(stop)} while the teacher labelled; nothing written ({_left_as_it_was(out_dir)})")
+        raise
+    try:  # again: something may have appeared at out_dir while the teacher labelled
+        check_output_folder(out_dir, force)
+    except CovsegError as err:
+        raise CovsegError(f"the pseudo-labels were made, but nothing was written: {err} (it changed while the "
+                          "teacher labelled)") from None
+    _write_all(out_dir, labelled, force, log)
+    if folds:
+        return {"folds": {k: labelled[f"fold-{k}"].summary for k in folds}}
+    return labelled[""].summary
+
+
+class _Labels(NamedTuple):
+    """One teacher's pseudo-labels, not yet written: ``summary`` (``pseudo.json``), ``masks`` (each kept slice's
+    label map, ``(H, W)`` class ids, encoded as PNG, by slice name) and ``lesion`` (``(fraction, confidence)`` of
+    every slice the teacher found lesion on, unrounded)."""
+
+    summary: dict[str, Any]
+    masks: dict[str, bytes]
+    lesion: list[tuple[float, float]]
+
+
+def _stopped(stop: KeyboardInterrupt) -> str:
+    """How the log line names the stop: ``terminated (SIGTERM)`` or ``interrupted`` (Ctrl-C), as the CLI does."""
+    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+
+
+def _left_as_it_was(out_dir: Path) -> str:
+    return f"{out_dir} is left as it was" if out_dir.exists() else f"{out_dir} was not made"
+
+
+def _kept_none(run_dir: Path, rule: PseudoLabelRule, labels: _Labels) -> str:
+    """The refusal of a teacher that kept none of the slices: the limits, which to relax (:func:`_relax_advice`)
+    and the range of the lesion fractions and confidences it found, to pick new limits from."""
+    total, lesion = labels.summary["total"], labels.lesion
+    found = ""
+    if lesion:
+        fractions, confidences = [f for f, _ in lesion], [c for _, c in lesion]
+        found = (f"; the teacher's lesion covered {min(fractions):.3g}-{max(fractions):.3g} of a slice, at confidence "
+                 f"{min(confidences):.3g}-{max(confidences):.3g}")
+    return (f"{run_dir}: kept none of {counted(total, 'slice')} as pseudo-labels ({_limits(asdict(rule))}), so a "
+            f"student would have none to train on; {_relax_advice(rule, lesion)}{found}; nothing was written")
+
+
+def _write_all(out_dir: Path, labelled: dict[str, _Labels], force: bool, log: Callable[[str], None]) -> None:
+    """Write every teacher's pseudo-labels (``labelled``, by sub-folder) to ``out_dir`` whole (staged, then renamed;
+    an old folder replaced with ``force``) with Ctrl-C and SIGTERM held back until it is done, the old folder's
+    deletion included (a Ctrl-C there left part of it behind, hidden). A stop is raised after a log line that says
+    whether ``out_dir`` holds the new pseudo-labels, complete (read back: :func:`_holds`), or is left as it was."""
+    try:
+        with interrupts_deferred(), atomic_dir(out_dir, force=force) as staged:
+            for where, labels in labelled.items():
+                _write_labels(staged / where, labels)
+    except KeyboardInterrupt as stop:
+        if _holds(out_dir, labelled):
+            log(f"{_stopped(stop)} once {out_dir} was written; its pseudo-labels are complete")
         else:
-            result = _pseudo_label_one(teacher, staged, data, rule, which, batch_size, progress, log, loaded,
-                                       match_grey, device, precision)
-        try:  # again: something may have appeared at out_dir while the teacher labelled
-            check_output_folder(out_dir, force)
-        except CovsegError as err:
-            raise CovsegError(f"the pseudo-labels were made, but nothing was written: {err} (it changed while the "
-                              "teacher labelled)") from None
-    return result
+            log(f"{_stopped(stop)}; nothing written ({_left_as_it_was(out_dir)})")
+        raise
 
 
-def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: PseudoLabelRule, which: str,
-                      batch_size: int, progress: bool, log: Callable[[str], None],
-                      loaded: dict[tuple, list[Sample]], match_grey: bool = False, device: str = "cpu",
-                      precision: str = "auto") -> dict[str, Any]:
+def _summary_text(labels: _Labels) -> str:
+    """``pseudo.json``'s text."""
+    return json.dumps(labels.summary, indent=1) + "\n"
+
+
+def _holds(out_dir: Path, labelled: dict[str, _Labels]) -> bool:
+    """Whether ``out_dir`` holds the ``pseudo.json`` of each of ``labelled`` (by sub-folder), as written."""
+    try:
+        return all((out_dir / where / PSEUDO_FILE).read_text(encoding="utf-8") == _summary_text(labels)
+                   for where, labels in labelled.items())
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _write_labels(folder: Path, labels: _Labels) -> None:
+    """``folder/masks/NAME.png`` for each kept slice and ``folder/pseudo.json`` (``folder`` inside a staging
+    folder)."""
+    masks = folder / "masks"
+    masks.mkdir(parents=True)
+    for name, png in labels.masks.items():
+        (masks / f"{name}.png").write_bytes(png)
+    (folder / PSEUDO_FILE).write_text(_summary_text(labels), encoding="utf-8")
+
+
+def _png(labels: np.ndarray) -> bytes:
+    """A ``(H, W)`` uint8 label map encoded as PNG (pixel value = class id)."""
+    buffer = io.BytesIO()
+    Image.fromarray(labels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _pseudo_label_one(run_dir: Path, data: str | None, rule: PseudoLabelRule, which: str, batch_size: int,
+                      progress: bool, log: Callable[[str], None], loaded: dict[tuple, list[Sample]],
+                      match_grey: bool = False, device: str = "cpu", precision: str = "auto") -> _Labels:
+    """Label ``data``'s unlabelled slices with the teacher ``run_dir``, in memory (nothing is written)."""
     from covseg.predict import open_predictor  # imported here: covseg.run imports this module
     from covseg.run import read_run_info
 
@@ -253,9 +342,7 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
     reference = (_teacher_grey_reference(_split_once(loaded, teacher_data, config, "train"), teacher_data, seen)
                  if match_grey else None)
     images = [s.image if reference is None else match_quantiles(s.image, reference) for s in samples]
-    masks = out_dir / "masks"
-    masks.mkdir(parents=True)
-    rows, kept, lesion, digests = [], 0, [], {}
+    rows, masks, lesion, digests = [], {}, [], {}
     teacher = run_dir.resolve().name  # a teacher given as "." has no name of its own
     with progress_bar(total=len(samples), desc=f"pseudo-label {teacher}", unit="slice", disable=not progress,
                       dynamic_ncols=True) as bar:
@@ -265,8 +352,7 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
             if fraction > 0:
                 lesion.append((fraction, confidence))
             if keep:
-                Image.fromarray(labels).save(masks / f"{sample.name}.png")
-                kept += 1
+                masks[sample.name] = _png(labels)
             row = {"name": sample.name, "fraction": significant(fraction), "confidence": significant(confidence),
                    "kept": keep}
             if keep:  # which image the mask belongs to: a student's --data may hold another image of this name
@@ -276,16 +362,12 @@ def _pseudo_label_one(run_dir: Path, out_dir: Path, data: str | None, rule: Pseu
     summary = {"teacher": str(run_dir.resolve()), "checkpoint": str(Path(info["file"]).resolve()),
                "backend": backends_used(predictor), "task": config.data.task,
                "data": str(Path(data).resolve()), "rule": asdict(rule), "teacher_images": seen,
-               "kept": kept, "total": len(rows), "slices": rows}
+               "kept": len(masks), "total": len(rows), "slices": rows}
     if reference is not None:
         summary["grey_reference"] = [round(float(v), 6) for v in reference]
-    atomic_write_text(out_dir / PSEUDO_FILE, json.dumps(summary, indent=1) + "\n")
-    if kept:
-        log(f"{teacher}: kept {kept} of {len(rows)} slices as pseudo-labels")
-    else:
-        print(f"covseg: warning: {teacher}: kept none of {len(rows)} slices as pseudo-labels "
-              f"({_limits(asdict(rule))}); {_relax_advice(rule, lesion)}", file=sys.stderr, flush=True)
-    return summary
+    if masks:
+        log(f"{teacher}: kept {len(masks)} of {counted(len(rows), 'slice')} as pseudo-labels")
+    return _Labels(summary, masks, lesion)
 
 
 def significant(value: float, digits: int = 5) -> float:

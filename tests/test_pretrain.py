@@ -318,6 +318,7 @@ def test_init_from_a_cross_validation_folder_says_to_name_the_fold_s_run(tmp_pat
     for k in (0, 1):
         (cv / f"fold-{k}").mkdir(parents=True)
         (cv / f"fold-{k}" / "last.pt").write_bytes(b"")
+        (cv / f"fold-{k}" / "config.yaml").write_text("{}\n")  # a fold run's, as paired.fold_runs knows it
     # it was "CV: no pretrained weights there; make them with `covseg pretrain -o CV` ...", a folder pretrain refuses
     with pytest.raises(CovsegError) as caught:
         read_pretrained(cv)

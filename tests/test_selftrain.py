@@ -276,7 +276,7 @@ def test_pseudo_label_runs_the_teacher_where_and_as_asked(teacher_cv: Path, tmp_
     real = predict.open_predictor
     monkeypatch.setattr(predict, "open_predictor", lambda *a, **k: asked.append(a[4:6]) or real(*a, **k))
     assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(tmp_path / "p"), "--precision", "fp32",
-                 "--quiet"]) == 0
+                 "--min-confidence", "0", "--quiet"]) == 0
     assert asked == [("cpu", "fp32")]
     capsys.readouterr()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -405,23 +405,28 @@ def test_ctrl_c_while_force_replaces_pseudo_labels_leaves_a_whole_folder(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
 
 
-def test_no_slice_kept_is_a_warning_naming_the_limits_and_the_student_error_names_them_too(
+def test_no_slice_kept_is_refused_naming_the_limits_and_the_student_error_names_them_too(
         semi_data: Path, teacher_cv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from covseg.selftrain import check_pseudo_labels
 
     out = tmp_path / "p"
     capsys.readouterr()
     assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(out), "--min-confidence", "0",
-                 "--min-fraction", "1", "--max-fraction", "1", "--quiet"]) == 0
-    summary = json.loads((out / "pseudo.json").read_text())
-    assert summary["kept"] == 0
-    lesion = sum(r["fraction"] > 0 for r in summary["slices"])
+                 "--min-fraction", "1", "--max-fraction", "1", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"covseg: warning: fold-0: kept none of {summary['total']} slices as "
+    assert len(err) == 1 and err[0].startswith(f"covseg: error: {teacher_cv / 'fold-0'}: kept none of 8 slices as "
                                                "pseudo-labels (--min-confidence 0.0, --min-fraction 1.0, "
-                                               "--max-fraction 1.0); ")
-    assert (f"lower --min-fraction (it refused {lesion} of the {lesion} slices with lesion)" in err[0] if lesion
-            else "the teacher found lesion on none of them" in err[0])
+                                               "--max-fraction 1.0), so a student would have none to train on; ")
+    assert ("lower --min-fraction (it refused" in err[0] or "the teacher found lesion on none of them" in err[0])
+    assert err[0].endswith("; nothing was written") and not out.exists()
+    # a summary that kept none (covseg wrote them before session 73) is refused by a student, naming its limits
+    assert main(["pseudo-label", str(teacher_cv / "fold-0"), "-o", str(out), "--min-confidence", "0",
+                 "--min-fraction", "0", "--max-fraction", "1", "--quiet"]) == 0
+    summary = json.loads((out / "pseudo.json").read_text())
+    summary.update(rule={"min_confidence": 0.0, "min_fraction": 1.0, "max_fraction": 1.0}, kept=0,
+                   slices=[{**row, "kept": False} for row in summary["slices"]])
+    (out / "pseudo.json").write_text(json.dumps(summary))
+    capsys.readouterr()
     assert main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:0", "--epochs", "1",
                  "-o", str(tmp_path / "student"), "--quiet", f"data.pseudo_labels={out}", *TINY_OVERRIDES]) == 2
     err = capsys.readouterr().err

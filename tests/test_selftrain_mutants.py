@@ -132,20 +132,20 @@ def test_a_student_teachers_own_teacher_images_count_as_seen(tmp_path: Path) -> 
 
 # --- a teacher that keeps nothing: the advice -----------------------------------------------------------------------
 
-def test_no_slice_kept_warns_with_every_refusing_limit_most_refusing_first(
-        tiny_run: Path, unl_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_slice_kept_is_refused_with_every_refusing_limit_most_refusing_first(
+        tiny_run: Path, unl_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _script_teacher(monkeypatch, SCRIPT)
     # the three slices with lesion: confidence refuses all 3, max-fraction 2 (0.5, 0.25), min-fraction 1 (0.0033)
     rule = PseudoLabelRule(min_confidence=0.9, min_fraction=0.01, max_fraction=0.2)
-    capsys.readouterr()
-    summary = make_pseudo_labels(tiny_run, tmp_path / "p", data=str(unl_data), rule=rule, progress=False, log=_quiet)
-    assert summary["kept"] == 0
-    err = capsys.readouterr().err
-    assert err == (f"covseg: warning: {tiny_run.name}: kept none of 4 slices as pseudo-labels (--min-confidence 0.9, "
-                   "--min-fraction 0.01, --max-fraction 0.2); lower --min-confidence (it refused 3 of the 3 slices "
-                   "with lesion) or raise --max-fraction (it refused 2 of the 3 slices with lesion) or lower "
-                   "--min-fraction (it refused 1 of the 3 slices with lesion)\n")
+    with pytest.raises(CovsegError) as refused:
+        make_pseudo_labels(tiny_run, tmp_path / "p", data=str(unl_data), rule=rule, progress=False, log=_quiet)
+    assert str(refused.value) == (
+        f"{tiny_run}: kept none of 4 slices as pseudo-labels (--min-confidence 0.9, --min-fraction 0.01, "
+        "--max-fraction 0.2), so a student would have none to train on; lower --min-confidence (it refused 3 of the "
+        "3 slices with lesion) or raise --max-fraction (it refused 2 of the 3 slices with lesion) or lower "
+        "--min-fraction (it refused 1 of the 3 slices with lesion); the teacher's lesion covered 0.00331-0.5 of a "
+        "slice, at confidence 0.625-0.875; nothing was written")
+    assert not (tmp_path / "p").exists()
 
 
 def test_relax_advice_limits_are_inclusive_and_unrefusing_limits_are_not_named() -> None:
