@@ -258,10 +258,11 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
                     swapped = True
                 sync_path(final.parent)
             finally:
-                if aside is not None and swapped:
-                    _remove(aside)
-                elif aside is not None and not (final.exists() or final.is_symlink()):
-                    os.replace(aside, final)  # the new folder did not go in: put the old one back
+                with interrupts_deferred():  # a Ctrl-C while the old folder is deleted would leave part of it
+                    if aside is not None and swapped:
+                        _remove(aside)
+                    elif aside is not None and not (final.exists() or final.is_symlink()):
+                        os.replace(aside, final)  # the new folder did not go in: put the old one back
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -315,20 +316,29 @@ def interrupts_deferred() -> Iterator[None]:
     as :class:`~covseg.errors.Terminated` (a ``KeyboardInterrupt`` too), so a checkpoint and the history beside it
     always describe the same epoch. A SIGTERM is held back only where a handler already turns it into an exception
     (the ``covseg`` program's); otherwise it ends the process as it would have. Outside the main thread (where
-    Python cannot install signal handlers) the block runs unprotected.
+    Python cannot install signal handlers) the block runs unprotected. Inside another such block, a signal caught is
+    handed to the outer one, which raises it once the whole outer block has finished.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    hold.holds_interrupts = True  # type: ignore[attr-defined]  # how an inner block knows an outer one
     held = [signal.SIGINT] + ([signal.SIGTERM] if callable(signal.getsignal(signal.SIGTERM)) else [])
-    previous = {signum: signal.signal(signum, lambda signum, frame: caught.append(signum)) for signum in held}
+    previous = {signum: signal.signal(signum, hold) for signum in held}
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if signal.SIGTERM in caught:
+    outer = [signum for signum in caught if getattr(previous[signum], "holds_interrupts", False)]
+    for signum in outer:
+        previous[signum](signum, None)
+    if signal.SIGTERM in caught and signal.SIGTERM not in outer:
         raise Terminated
-    if caught:
+    if any(signum not in outer for signum in caught):
         raise KeyboardInterrupt

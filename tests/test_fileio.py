@@ -406,3 +406,45 @@ def test_a_folder_that_makes_no_new_files_is_not_said_to_be_missing() -> None:
     assert why is not None and why.startswith("/proc is not a folder you can write into")
     if os.geteuid() == 0:  # as root, os.access passes and the file tried is refused by the file system
         assert why == "/proc is not a folder you can write into (it makes no new files)"
+
+
+def test_a_ctrl_c_inside_nested_deferrals_is_raised_once_the_outer_block_ends() -> None:
+    # helper 201: the inner block raised at its own end, under the outer one, so the outer's files were cut short
+    import signal
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with fileio.interrupts_deferred():
+            with fileio.interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                steps.append("inner done")
+            steps.append("outer done")  # reached: the inner block handed the Ctrl-C on
+    assert steps == ["inner done", "outer done"]
+    with pytest.raises(KeyboardInterrupt):  # one block alone raises it at its end, as before
+        with fileio.interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("alone done")
+    assert steps[-1] == "alone done"
+
+
+def test_a_ctrl_c_while_atomic_dir_deletes_the_old_folder_leaves_no_part_of_it(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    for i in range(3):
+        (out / "sub" / f"{i}.txt").write_text("old")
+    real = fileio.shutil.rmtree
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the old folder is being deleted
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(fileio.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with fileio.atomic_dir(out, force=True) as staged:
+            (staged / "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no hidden .out.*.old left behind
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
