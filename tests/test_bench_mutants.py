@@ -357,8 +357,8 @@ def test_main_runs_each_step_as_asked_and_writes_the_figures(tmp_path: Path, mon
     steps = [["--one", m, p] for m in ("unet16", "monai-unet16") for p in bench.PATHS]  # on a CPU: every path
     assert cmds == [common + s for s in steps + [["--scan-only", "auto"], ["--scan-only", "fp32"], ["--e2e-only"]]]
     assert paired_args == [(["unet16", "monai-unet16"], 32, 2, "cpu")]
-    assert "threads · torch " in text and " · 32×32 · inference median of 1 runs, training median of 3 steps " \
-                                          "(batch 4, AdamW)" in text
+    assert " threads · covseg's path in " in text and " · torch " in text
+    assert " · 32×32 · inference median of 1 run, training median of 3 steps (batch 4, AdamW)" in text
     assert f"Command: `python benchmarks/bench.py {' '.join(argv)}`" in text
     assert "| monai-unet16 | covseg | bfloat16 | 12.3 | 10.0 | 2.00 | 100 | 1000 | 1500 | 2.5× / 1.5× |" in text
     comparison = text.split("covseg U-Net vs MONAI BasicUNet of matched width (same path; >1 = covseg faster):")[1]
