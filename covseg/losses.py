@@ -21,9 +21,10 @@ __all__ = ["DeepSupervisionLoss", "median_frequency_weights", "compute_lovasz_so
 
 
 def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> np.ndarray:
-    """Median-frequency balancing (Eigen & Fergus 2015): ``w_c = median_k(f_k) / f_c``.
+    """Median-frequency balancing (Eigen & Fergus 2015; SegNet's class balancing): ``w_c = median_k(f_k) / f_c``.
 
-    ``f_c`` = pixels of class ``c`` / total pixels of the images in which ``c`` appears. Classes that
+    ``masks``: label maps (each ``(H, W)``, any sizes; array-likes of class ids ``0 .. num_classes - 1``), e.g. the
+    training split's. ``f_c`` = pixels of class ``c`` / total pixels of the images in which ``c`` appears. Classes that
     appear in no mask get weight 0 (they cannot be learnt; e.g. pleural effusion in COVID-SemiSeg) and
     are left out of the median. Returns ``(num_classes,)`` float64. A mask holding an id outside
     ``0 .. num_classes - 1`` (labels not yet mapped to the task's classes) is refused in one line.
@@ -38,7 +39,7 @@ def median_frequency_weights(masks: Iterable[np.ndarray], num_classes: int) -> n
                               f"{num_classes} classes 0..{num_classes - 1}; map the masks to the task's classes first")
         counts = np.bincount(ids, minlength=num_classes)
         class_pixels += counts
-        image_pixels += np.where(counts > 0, mask.size, 0)
+        image_pixels += np.where(counts > 0, ids.size, 0)  # every pixel of the image, for each class it holds
     present = image_pixels > 0
     if not present.any():
         raise CovsegError("cannot compute class weights: the training masks are empty")

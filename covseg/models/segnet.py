@@ -37,7 +37,10 @@ class SegNet(nn.Module):
     ``depth`` stages (5 = the full VGG16 encoder, 13 convolutions with batch norm); stage ``i`` has
     ``min(width * 2**i, 8 * width)`` channels and ``VGG16_BLOCKS[i]`` convolutions. The decoder
     mirrors the encoder (its last convolution, with batch norm and ReLU, outputs ``width`` channels); a 3x3
-    head convolution then outputs the ``num_classes`` logits.
+    head convolution then outputs the ``num_classes`` logits. That is one convolution more than the published
+    network (Badrinarayanan et al.'s Caffe model), whose last decoder convolution, ``conv1_1_D``, is itself the 3x3
+    classifier: covseg's decoder has 13 convolutions with batch norm and ReLU, then the head (``width * width * 9 +
+    2 * width`` parameters more: 37k of 29.5 M at ``width=64``).
 
     With ``deep_supervision`` (training mode only) the forward pass returns a list, as :class:`UNet`'s: the
     ``(B, num_classes, H, W)`` logits, then ``depth - 1`` coarser logits from 1x1 heads on the decoder stages'
