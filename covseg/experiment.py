@@ -32,8 +32,8 @@ from covseg.metrics import stratified_bootstrap_interval
 from covseg.paired import PER_IMAGE, by_number, counted_values, fold_runs, read_per_image, seed_ensemble_beside
 from covseg.parallel_runs import train_runs_in_parallel
 from covseg.checkpoint import build_model, epochs_done, find_checkpoint, read_checkpoint
-from covseg.run import (check_checkpoint_settings, differences_note, is_run_folder, read_run_config, read_run_info,
-                        setting_differences, sync_history, train_run, trained_on)
+from covseg.run import (check_checkpoint_settings, differences_note, is_run_folder, parameter_count, read_run_config,
+                        read_run_info, setting_differences, sync_history, train_run, trained_on)
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
            "cross_validate", "cross_validate_seeds", "check_folds", "check_seeds"]
@@ -411,11 +411,12 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
         raise CovsegError(f"split {d.split}{why} holds out none of the {len(samples)} images, so covseg compare would "
                           f"have none to score the models on; {fix}")
     configs = {}  # every model's settings validated, and its network built, before the first one trains
+    parameters: dict[str, int] = {}
     for name in models:
         _check_run_folder(out_dir / name)  # --force replaces run folders only
         configs[name] = config_from_dict(config_to_dict(replace(config, model=replace(config.model, name=name))),
                                          source=f"--models {name}")
-        build_model(configs[name])
+        parameters[name] = sum(p.numel() for p in build_model(configs[name]).parameters())
         if not force:  # and a run it would reuse or resume refused now, not after the models before it trained
             _check_reusable(out_dir / name, configs[name], samples, data)
         if force or not (out_dir / name / "last.pt").is_file():  # a new run's checks too (a begun one made them)
@@ -449,8 +450,16 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     for key, values in table.items():
         lines.append(f"| {key} | " + " | ".join("–" if v is None else f"{v:.4f}" for v in values) + " |")
     lines.append("| train seconds | " + " | ".join(f"{rows[m]['train_seconds']:.0f}" for m in models) + " |")
+    lines.append("| parameters | " + " | ".join(parameter_count(parameters[m]) for m in models) + " |")
+    images = [rows[m].get("n_images") for m in models]
+    lines.append("| held-out images | " + " | ".join("–" if n is None else str(n) for n in images) + " |")
+    if len(models) == 2:  # the table's means hide which images moved: the per-image differences, with their spread
+        rest = counted(images[0], "held-out image") if images[0] else "its held-out images"
+        lines += ["", f"Each model's figures rest on {rest}; image by image, with the spread of the differences: "
+                      f"`covseg cv-compare {out_dir / models[0]} {out_dir / models[1]}`."]
     atomic_write_text(out_dir / "comparison.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "comparison.json", json.dumps({"models": models, "table": table,
+                                                               "parameters": parameters, "held_out_images": images,
                                                                "runs": rows}, indent=1) + "\n")
     plot_comparison(models, {k: [v if v is not None else np.nan for v in vals] for k, vals in table.items()},
                     out_dir / "comparison.png", title=f"{config.data.task}, split {config.data.split}")

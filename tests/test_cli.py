@@ -203,6 +203,10 @@ def test_compare_and_cv(tiny_data: Path, tmp_path: Path, capsys, monkeypatch: py
     assert devices == ["auto", "auto"]
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| metric | unet | segnet |" in table and "mean Dice" in table
+    split = json.loads((tmp_path / "cmp" / "unet" / "split.json").read_text())
+    held_out = len(split["test"] or split["val"])  # cv:0's held-out fold is its validation part
+    assert f"| held-out images | {held_out} | {held_out} |" in table
+    assert f"rest on {held_out} held-out images; image by image" in table
     assert (tmp_path / "cmp" / "comparison.png").is_file()
     # a second compare reuses the finished runs; other settings in the same folder are refused
     mtime = (tmp_path / "cmp" / "segnet" / "last.pt").stat().st_mtime_ns

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from covseg import experiment
 from covseg.errors import CovsegError
 from covseg.paired import compare_cross_validations
+from covseg.run import parameter_count
 
 BINARY_HEADER = ("name,pixels,fg_dice,dice_background,dice_infection,iou_background,iou_infection,pixel_accuracy,"
                  "infnet_meanDic,infnet_mae")
@@ -301,6 +303,13 @@ def test_compare_tables_the_foreground_classes_of_each_model_in_order(tiny_data:
                                "Inf-Net meanDic": [pytest.approx(0.69), pytest.approx(0.59)]}
     lines = (out / "comparison.md").read_text(encoding="utf-8").splitlines()
     assert "| mean IoU | 0.5500 | – |" in lines and "| train seconds | 12 | 35 |" in lines
+    # the networks' sizes, and what the means rest on (these fakes record no image count)
+    sizes = {m: sum(p.numel() for p in experiment.build_model(replace(config, model=replace(config.model, name=m)))
+                    .parameters()) for m in ("unet", "segnet")}
+    assert f"| parameters | {parameter_count(sizes['unet'])} | {parameter_count(sizes['segnet'])} |" in lines
+    assert "| held-out images | – | – |" in lines
+    assert lines[-1] == (f"Each model's figures rest on its held-out images; image by image, with the spread of the "
+                         f"differences: `covseg cv-compare {out / 'unet'} {out / 'segnet'}`.")
     # which figures are per-image means and which pooled, said above the table
     assert lines[2].startswith("Dice and IoU: means over the held-out images (per image") and "(pooled)" in lines[2]
     runs = json.loads((out / "comparison.json").read_text(encoding="utf-8"))["runs"]
