@@ -1,6 +1,7 @@
 """The command line shared by the inference-only screens over a ``covseg cv`` folder's fold models
-(``speck_screen.py``, ``gap_analysis.py``, ``smooth_screen.py``): ``CV_DIR [--data DIR] [--folds N]``, checked
-before any fold is scored, each refusal one line."""
+(``speck_screen.py``, ``gap_analysis.py``, ``smooth_screen.py``, ``hole_screen.py``): ``CV_DIR [--data DIR]
+[--folds N]``, checked before any fold is scored, each refusal one line; and the nested report of the multiclass
+map screens (:func:`print_nested_multiclass`)."""
 from __future__ import annotations
 
 import argparse
@@ -60,3 +61,31 @@ def held_out_predictions(cv_dir: Path, fold: int, data: str | None,
         raise CovsegError(f"{run}: is a {task} model; give a {need_task} cv folder")
     samples = select_samples(run, data, task, "heldout", config.data.window)
     return task, zip(samples, predictor([s.image for s in samples]))
+
+
+def print_nested_multiclass(dice_: "np.ndarray", names: list[str]) -> None:
+    """Print a multiclass map screen's table and nested result: ``dice_`` ``(folds, candidates, 2)`` per-image Dice
+    means (GGO, consolidation) of each candidate named in ``names`` (``names[0]`` the arg-max as it is). Per fold
+    the candidate with the best mean of the two on the other folds is scored on the fold's own images
+    (``speck_screen.nested_choice``), against candidate 0; the pick in hindsight is printed as a bound only."""
+    import numpy as np
+    from speck_screen import nested_choice
+
+    folds = len(dice_)
+    print("| candidate | " + " | ".join(f"fold {k}" for k in range(folds)) + " | mean GGO / consolidation |")
+    print("|---" * (folds + 2) + "|")
+    for i, name in enumerate(names):
+        cells = [f"{dice_[k, i, 0]:.4f} / {dice_[k, i, 1]:.4f}" for k in range(folds)]
+        mean = dice_[:, i].mean(0)
+        print(f"| {name} | " + " | ".join(cells) + f" | {mean[0]:.4f} / {mean[1]:.4f} |")
+    picks = nested_choice(dice_.mean(2))
+    nested = np.stack([dice_[k, p] for k, p in enumerate(picks)])
+    for k, p in enumerate(picks):
+        print(f"fold {k}: picked {names[p]}; Δ " + " / ".join(f"{x:+.4f}" for x in nested[k] - dice_[k, 0]))
+    delta = nested - dice_[:, 0]
+    for j, name in enumerate(("GGO", "consolidation")):
+        print(f"{name}: as is {dice_[:, 0, j].mean():.4f}, nested {nested[:, j].mean():.4f}, "
+              f"Δ {delta[:, j].mean():+.4f}, folds worse {int((delta[:, j] < 0).sum())} of {folds}")
+    hindsight = int(dice_.mean(2).mean(0).argmax())
+    print(f"in hindsight (picked on the scored images, a bound only): {names[hindsight]}, Δ "
+          + " / ".join(f"{x:+.4f}" for x in (dice_[:, hindsight] - dice_[:, 0]).mean(0)))

@@ -22,9 +22,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from cv_screen import held_out_predictions, over_folds
+from cv_screen import held_out_predictions, over_folds, print_nested_multiclass
 from gap_analysis import per_image_dice
-from speck_screen import nested_choice
 
 CANDIDATES: list[tuple[str, float]] = ([("as is", 0)] + [("prob blur", s) for s in (1, 2, 4)]
                                        + [("type blur", s) for s in (2, 4, 8, 16)] + [("component vote", 0)])
@@ -90,25 +89,7 @@ def _name(kind: str, sigma: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     dice_ = np.stack(over_folds("smooth_screen", __doc__.splitlines()[0], argv, fold_dice, min_folds=2,
                                 kind="multiclass "))  # (folds, candidates, 2)
-    folds = len(dice_)
-    print("| candidate | " + " | ".join(f"fold {k}" for k in range(folds)) + " | mean GGO / consolidation |")
-    print("|---" * (folds + 2) + "|")
-    for i, (kind, sigma) in enumerate(CANDIDATES):
-        cells = [f"{dice_[k, i, 0]:.4f} / {dice_[k, i, 1]:.4f}" for k in range(folds)]
-        mean = dice_[:, i].mean(0)
-        print(f"| {_name(kind, sigma)} | " + " | ".join(cells) + f" | {mean[0]:.4f} / {mean[1]:.4f} |")
-    picks = nested_choice(dice_.mean(2))
-    nested = np.stack([dice_[k, p] for k, p in enumerate(picks)])
-    for k, p in enumerate(picks):
-        print(f"fold {k}: picked {_name(*CANDIDATES[p])}; Δ "
-              + " / ".join(f"{x:+.4f}" for x in nested[k] - dice_[k, 0]))
-    delta = nested - dice_[:, 0]
-    for j, name in enumerate(("GGO", "consolidation")):
-        print(f"{name}: as is {dice_[:, 0, j].mean():.4f}, nested {nested[:, j].mean():.4f}, "
-              f"Δ {delta[:, j].mean():+.4f}, folds worse {int((delta[:, j] < 0).sum())} of {folds}")
-    hindsight = int(dice_.mean(2).mean(0).argmax())
-    print(f"in hindsight (picked on the scored images, a bound only): {_name(*CANDIDATES[hindsight])}, Δ "
-          + " / ".join(f"{x:+.4f}" for x in (dice_[:, hindsight] - dice_[:, 0]).mean(0)))
+    print_nested_multiclass(dice_, [_name(kind, sigma) for kind, sigma in CANDIDATES])
     return 0
 
 

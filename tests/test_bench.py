@@ -478,6 +478,8 @@ def _script(name: str):
     ("gap_analysis", ["NONE", "--folds", "0"], "--folds must be 1 or more"),
     ("smooth_screen", ["NONE"], "NONE has no trained fold-0/last.pt"),
     ("smooth_screen", ["NONE", "--folds", "1"], "--folds must be 2 or more"),
+    ("hole_screen", ["NONE"], "NONE has no trained fold-0/last.pt"),
+    ("hole_screen", ["NONE", "--folds", "1"], "--folds must be 2 or more"),
     ("predict_engine", ["--images", "NONE"], "NONE: no such folder of CT slices"),
     ("predict_engine", ["--images", "NONE", "--counts", "1,x"], "--counts takes whole numbers"),
     ("predict_engine", ["--images", "NONE", "--counts", "0"], "--counts must be 1 or more slices each"),
@@ -635,3 +637,29 @@ def test_smooth_screen_type_blur_keeps_the_region_and_lets_neighbours_vote() -> 
     assert ((typed > 0) == (as_is > 0)).all() and typed[6, 6] == 2 and set(np.unique(typed)) == {0, 2}
     moved = screen.label_map(probs, "prob blur", 2)
     assert moved[2, 2] == 0 and moved[6, 6] == 2
+
+
+def test_hole_screen_fills_holes_up_to_their_area_and_types_added_pixels_by_lesion_probability() -> None:
+    """A 7 x 7 image: a lesion ring (rows and columns 1-5) of GGO around a 3 x 3 hole (rows 2-4) whose pixels call
+    background (0.6) but consolidation over GGO (0.3 against 0.1), and a border-touching background elsewhere. Filling
+    holes of at most 9 pixels adds the hole, typed consolidation; a limit of 8 leaves it; the image's border
+    background is never a hole. Closing with r = 1 bridges a one-pixel gap between two lesion columns."""
+    screen = _script("hole_screen")
+    probs = np.zeros((3, 7, 7))
+    probs[0] = 1.0
+    probs[:, 1:6, 1:6] = np.array([0.1, 0.8, 0.1])[:, None, None]  # GGO ring ...
+    probs[:, 2:5, 2:5] = np.array([0.6, 0.1, 0.3])[:, None, None]  # ... around a background hole
+    as_is = screen.label_map(probs, "as is", 0)
+    assert (as_is[2:5, 2:5] == 0).all() and (as_is[1, 1:6] == 1).all() and as_is.sum() == 16
+    filled = screen.label_map(probs, "fill holes", 9)
+    assert (filled[2:5, 2:5] == 2).all() and (filled[1:6, 1:6] > 0).sum() == 25 and (filled[0] == 0).all()
+    assert (screen.label_map(probs, "fill holes", 8) == as_is).all()  # the 9-pixel hole is over the limit
+    assert (screen.label_map(probs, "fill holes", 0) == filled).all()  # no limit
+    gap = np.zeros((3, 5, 5))
+    gap[0] = 1.0
+    gap[:, :, 1] = gap[:, :, 3] = np.array([0.2, 0.7, 0.1])[:, None]  # two GGO columns one pixel apart
+    closed = screen.label_map(gap, "close", 1)
+    # the gap joined between the columns; not at the image's top and bottom rows, beyond which lies background
+    assert closed[:, 2].tolist() == [0, 1, 1, 1, 0] and (closed[:, [0, 4]] == 0).all()
+    assert (closed[:, [1, 3]] == 1).all()  # the region's own pixels keep their class
+    assert screen.disk(1).tolist() == [[False, True, False], [True, True, True], [False, True, False]]
