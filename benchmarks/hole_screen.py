@@ -14,7 +14,9 @@ Per fold, the candidate with the best mean of the lesion classes' per-image Dice
 the earlier, milder candidate) is scored on the fold's own images: the nested figure (docs/recipes.md, session 73).
 Inference only.
 
-    python benchmarks/hole_screen.py runs/cv-s69-mc [--data DIR] [--folds 5]
+    python benchmarks/hole_screen.py runs/cv-s69-mc [--data DIR] [--folds 5] [--wide]
+
+``--wide``: the follow-up's candidates instead (as is, close r = 3, 4, 6, 8, 12; docs/recipes.md, session 73).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from gap_analysis import per_image_dice
 
 CANDIDATES: list[tuple[str, int]] = ([("as is", 0)] + [("fill holes", a) for a in (16, 64, 256, 0)]
                                      + [("close", r) for r in (1, 2, 3)])
+WIDE_CANDIDATES: list[tuple[str, int]] = [("as is", 0)] + [("close", r) for r in (3, 4, 6, 8, 12)]
 FOUR_CONNECTED = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 
 
@@ -81,13 +84,14 @@ def label_map(probs: np.ndarray, kind: str, size: int) -> np.ndarray:
     return labels
 
 
-def fold_dice(cv_dir: Path, fold: int, data: str | None) -> np.ndarray:
+def fold_dice(cv_dir: Path, fold: int, data: str | None,
+              candidates: list[tuple[str, int]] = CANDIDATES) -> np.ndarray:
     """One fold's per-image Dice means ``(candidates, 2)`` (GGO, consolidation)."""
     _, predictions = held_out_predictions(cv_dir, fold, data, need_task="multiclass")
     classes = [1, 2]
-    values: list[list[list[float]]] = [[[] for _ in classes] for _ in CANDIDATES]
+    values: list[list[list[float]]] = [[[] for _ in classes] for _ in candidates]
     for sample, probs in predictions:
-        for i, (kind, size) in enumerate(CANDIDATES):
+        for i, (kind, size) in enumerate(candidates):
             for j, d in enumerate(per_image_dice(label_map(probs, kind, size), sample.mask, classes)[:2]):
                 if d is not None:
                     values[i][j].append(d)
@@ -101,9 +105,13 @@ def _name(kind: str, size: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    dice_ = np.stack(over_folds("hole_screen", __doc__.splitlines()[0], argv, fold_dice, min_folds=2,
+    argv = list(sys.argv[1:] if argv is None else argv)
+    candidates = WIDE_CANDIDATES if "--wide" in argv else CANDIDATES
+    argv = [a for a in argv if a != "--wide"]
+    dice_ = np.stack(over_folds("hole_screen", __doc__.splitlines()[0], argv,
+                                lambda cv_dir, k, data: fold_dice(cv_dir, k, data, candidates), min_folds=2,
                                 kind="multiclass "))  # (folds, candidates, 2)
-    print_nested_multiclass(dice_, [_name(kind, size) for kind, size in CANDIDATES])
+    print_nested_multiclass(dice_, [_name(kind, size) for kind, size in candidates])
     return 0
 
 
