@@ -29,6 +29,7 @@ File order: numeric stems sort as numbers (``0, 1, 2, ..., 10``); other stems in
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -455,6 +456,7 @@ def _to_scheme(labels: np.ndarray, scheme: LabelScheme, source: str) -> np.ndarr
                 "binary masks), or give masks whose values are the class ids 0..3"
             )
         return (labels == 255).astype(np.int64)
+    _refuse_ids_scaled_for_display([int(v) for v in values], source)
     if scheme.task == "binary":
         bad = [int(v) for v in values if v < 0 or v >= MULTICLASS.num_classes]
         if bad:
@@ -465,6 +467,27 @@ def _to_scheme(labels: np.ndarray, scheme: LabelScheme, source: str) -> np.ndarr
         return (labels > 0).astype(np.int64)
     check_labels(labels, scheme, source)
     return labels.astype(np.int64, copy=False)
+
+
+_DISPLAY_STEP_MIN = 50
+"""The smallest step between class ids that a mask saved for display is taken to have (0/85/170/255 for ids 0..3,
+0/127/254 for 0..2); a stray value such as 5 is a wrong label, not a scaled one."""
+
+
+def _refuse_ids_scaled_for_display(values: list[int], source: str) -> None:
+    """Refuse, naming the factor, a mask whose values are class ids multiplied for display: every value a multiple
+    of one step of at least :data:`_DISPLAY_STEP_MIN` (their greatest common divisor), the largest at most 3 steps,
+    so that dividing gives ids 0..3 (0/85/170/255; a 0/255 mask is binary and read before this)."""
+    nonzero = [v for v in values if v != 0]
+    if not nonzero or min(nonzero) < 0:
+        return
+    step = math.gcd(*nonzero)
+    if step >= _DISPLAY_STEP_MIN and max(nonzero) // step <= MULTICLASS.num_classes - 1:
+        ids = sorted({v // step for v in nonzero})
+        raise CovsegError(
+            f"{source}: mask values {nonzero[:10]} look like the class ids {ids} multiplied by {step}, as a mask saved "
+            f"for viewing; save the class ids themselves (each value divided by {step}) as the pixel values"
+        )
 
 
 def read_mask(path: str | Path, scheme: LabelScheme) -> np.ndarray:
@@ -528,6 +551,15 @@ def _check_same_size(image: np.ndarray, mask: np.ndarray, mask_source: str) -> N
 def _pairs(images_dir: Path, masks_dir: Path, scheme: LabelScheme, window: tuple[float, float] = LUNG_WINDOW) -> list[Sample]:
     images = _by_stem(images_dir, "image")
     masks = _by_stem(masks_dir, "mask")
+    if not images:
+        _refuse_no_supported_images(images_dir)
+    if images and masks and not images.keys() & masks.keys():
+        image, mask = next(iter(images.values())), next(iter(masks.values()))
+        raise CovsegError(
+            f"{masks_dir}: no mask has the name of an image in {images_dir} (first image {image.name}, first mask "
+            f"{mask.name}); name each mask as its image, in any supported format "
+            f"({masks_dir.name}/{_stem(image)}.png for {images_dir.name}/{image.name})"
+        )
     for stem, mask_path in masks.items():
         if stem not in images:
             raise CovsegError(
@@ -536,6 +568,7 @@ def _pairs(images_dir: Path, masks_dir: Path, scheme: LabelScheme, window: tuple
     samples: list[Sample] = []
     for stem, image_path in images.items():
         if stem not in masks:
+            _refuse_unsupported(masks_dir, stem)  # masks/a.bmp is there, of a type not read
             raise CovsegError(
                 f"{image_path}: image without a mask (no {stem}.* in {masks_dir}); add the mask or remove the image"
             )
@@ -545,6 +578,29 @@ def _pairs(images_dir: Path, masks_dir: Path, scheme: LabelScheme, window: tuple
         _check_same_size(image, mask, str(masks[stem]))
         samples.append(Sample(stem, image, mask, str(image_path)))
     return samples
+
+
+def _unsupported_files(folder: Path) -> list[Path]:
+    """The visible files in ``folder`` of a type no reader takes (``.bmp``, ``.txt``), in stem order."""
+    return _sorted_paths(p for p in folder.iterdir()
+                         if not p.name.startswith(".") and p.is_file() and _suffix(p) not in IMAGE_SUFFIXES)
+
+
+def _refuse_unsupported(folder: Path, stem: str) -> None:
+    """Refuse (:func:`_require_supported`) a file of the name ``stem`` in ``folder`` of a type no reader takes, so
+    that a mask saved as ``a.bmp`` is named, not reported missing."""
+    for path in _unsupported_files(folder):
+        if _stem(path) == stem:
+            _require_supported(path)
+
+
+def _refuse_no_supported_images(folder: Path) -> None:
+    """An images folder without one supported file: where it holds files of other types, say so in one line (an
+    empty folder is told by :func:`_nonempty`)."""
+    others = _unsupported_files(folder)
+    if others:
+        raise CovsegError(f"no images found in {folder}: it holds {counted(len(others), 'file')} of other types "
+                          f"({others[0].name}, ...); save the slices as one of {', '.join(IMAGE_SUFFIXES)}")
 
 
 def _slice_affine(path: Path) -> np.ndarray | None:
@@ -826,7 +882,8 @@ def _no_split(path: Path, split: str, layout: str) -> None:
     if split != "train":
         raise CovsegError(
             f"{path}: the {layout} layout holds only training data, no {split} split; "
-            "use --split cv:K to hold out folds of it"
+            "use --split cv:K (covseg train --split cv:K) to hold out a fold of it, and score that fold with "
+            "covseg evaluate RUN --split heldout"
         )
 
 
@@ -862,4 +919,37 @@ def load_dataset(path: str | Path, task: str, split: str = "train", window: tupl
     if images_dir is not None and masks_dir is not None:
         _no_split(path, split, "image/mask folder")
         return load_folder_pairs(images_dir, masks_dir, task, window)
+    _refuse_half_a_folder_pair(path, images_dir, masks_dir, split)
     raise CovsegError(f"{path}: no data layout recognised; accepted layouts: {_LAYOUTS}")
+
+
+def _refuse_half_a_folder_pair(path: Path, images_dir: Path | None, masks_dir: Path | None, split: str) -> None:
+    """Say what an image/mask folder layout at ``path`` lacks, in one line, where it is half there: an images folder
+    without a masks folder beside it (or the other way round), or slices lying in ``path`` itself (for the
+    ``unlabelled`` split: that the layout holds none). Returns where none of these is so (the caller names the
+    accepted layouts)."""
+    def beside(found: Path) -> str:
+        others = sorted(p.name + "/" for p in path.iterdir()
+                        if p.is_dir() and p != found and not p.name.startswith("."))
+        return f" (other folders: {', '.join(others)})" if others else ""
+
+    files = _supported_files(path)
+    slices = files if not any(p.name in (*_MEDSEG_NIFTI, _MEDSEG_UNLABELLED) for p in files) else []
+    if split == "unlabelled" and (images_dir is not None or masks_dir is not None or slices):
+        _no_split(path, split, "image/mask folder")  # what reads unlabelled slices takes no folder of them
+    if images_dir is not None:
+        raise CovsegError(
+            f"{path}: has {images_dir.name}/ but no masks/, GT/ or labels/ folder beside it{beside(images_dir)}; put "
+            f"each image's mask, of the same name, in {path / 'masks'} (covseg predict takes images without masks)"
+        )
+    if masks_dir is not None:
+        raise CovsegError(
+            f"{path}: has {masks_dir.name}/ but no images/ or imgs/ folder beside it{beside(masks_dir)}; put the "
+            f"slices, named as their masks, in {path / 'images'}"
+        )
+    if slices:  # not beside half a MedSeg pair: the accepted layouts say more there
+        raise CovsegError(
+            f"{path}: holds {counted(len(slices), 'image file')} ({slices[0].name}, ...) but no images/ and masks/ "
+            f"folders; move the slices into {path / 'images'} and their masks, of the same names, into "
+            f"{path / 'masks'} (covseg predict takes a folder of images as it is)"
+        )

@@ -538,8 +538,24 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
         if bad:
             first = bad[0]
             why = "missing from" if first in s.missing else "fails its SHA-256 check in"
+            # a folder mirror holding none of the split: given one level too deep (COPY/Dataset for COPY)?
+            above = _mirror_folder_above(src_root, first) if src_root is not None and len(s.missing) == s.total \
+                else None
+            top = Path(first).parts[0]
+            fix = (f"{src_root} is the mirror's {top}/ folder or one inside it: pass --mirror {above}, the folder "
+                   f"that holds {top}/" if above is not None else f"{_MIRROR_HINT} with a complete copy")
             raise CovsegError(
                 f"{name} split incomplete: {len(bad)} of {counted(s.total, 'file')} missing or corrupt, "
-                f"first {first} ({why} {report.mirror}); {_MIRROR_HINT} with a complete copy"
+                f"first {first} ({why} {report.mirror}); {fix}"
             )
     return report
+
+
+def _mirror_folder_above(src_root: Path, rel: str) -> Path | None:
+    """The folder above ``src_root`` that would be the mirror, where ``src_root`` holds ``rel`` less its first
+    folders (``--mirror COPY/Dataset`` for the manifest path ``Dataset/TrainingSet/...``: ``COPY``); else None."""
+    parts = Path(rel).parts
+    for drop in range(1, len(parts) - 1):
+        if (src_root.joinpath(*parts[drop:])).is_file():
+            return src_root.resolve().parents[drop - 1]
+    return None

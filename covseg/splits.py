@@ -18,6 +18,7 @@ import numpy as np
 
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_write_text
+from covseg.wording import counted
 
 __all__ = ["Split", "kfold", "make_split", "save_split", "load_split", "parse_split_name", "split_settings"]
 
@@ -31,9 +32,15 @@ def _permuted(names: list[str], seed: int) -> list[str]:
 
 
 def kfold(names: list[str], folds: int, seed: int = 0) -> list[list[str]]:
-    """Partition ``names`` into ``folds`` folds of near-equal size after a seeded shuffle."""
+    """Partition ``names`` into ``folds`` folds of near-equal size after a seeded shuffle. Fewer than 2 names, or
+    ``folds`` outside ``2..len(names)``, are refused in one line naming the setting to change."""
+    if len(names) < 2:
+        raise CovsegError(f"cannot make folds from {counted(len(names), 'image')}: cross-validation needs at least 2; "
+                          "add images, or use --split official with data.val_fraction=0 to train on all of them")
     if folds < 2 or folds > len(names):
-        raise CovsegError(f"cannot make {folds} folds from {len(names)} images; use 2..{len(names)} folds")
+        nearest = min(max(folds, 2), len(names))
+        raise CovsegError(f"cannot make {counted(folds, 'fold')} from {counted(len(names), 'image')}; use 2 to "
+                          f"{len(names)} folds (data.folds={nearest}, or covseg cv --folds {nearest})")
     shuffled = _permuted(names, seed)
     return [sorted(part.tolist()) for part in np.array_split(np.array(shuffled, dtype=object), folds)]
 
