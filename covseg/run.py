@@ -711,8 +711,8 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
             raise CovsegError(f"split {d.split} leaves no training images (data.val_fraction {d.val_fraction:g} of "
                               f"{len(samples)}); lower data.val_fraction or use another --split")
         if parse_split_name(d.split)[0] == "official" and d.val_fraction > 0 and not planned.get("val"):
-            raise CovsegError(f"split {d.split}: data.val_fraction {d.val_fraction:g} of {len(samples)} images rounds to "
-                              "no validation image; raise it, or set data.val_fraction=0 to train without one")
+            raise CovsegError(f"split {d.split}: data.val_fraction {d.val_fraction:g} of {counted(len(samples), 'image')} "
+                              "rounds to no validation image; raise it, or set data.val_fraction=0 to train without one")
         reads = [(pretrained, "train.init"), *((f, "train.distill") for f in (teachers.files if teachers else ())),
                  *([(resolve_pseudo_folder(d.pseudo_labels, d.split), "data.pseudo_labels")] if d.pseudo_labels else []),
                  *([(data_path, "--data")] if data_path else []),
@@ -809,7 +809,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     finished = start >= t.epochs  # a finished run resumed: nothing to train (the caller says so: RunResult's epochs)
     if not finished:  # no "epochs 4..3"
         log(f"training {config.model.name} ({parameter_count(sum(p.numel() for p in core.parameters()))} parameters) "
-            f"on {len(train)} images, "
+            f"on {counted(len(train), 'image')}, "
             + (_validation_note(len(val), t) if val else "no validation images (best.pt: the last epoch)")
             + f", {d.input_size}x{d.input_size}, "
             f"{device.type} {str(dtype).removeprefix('torch.')}, epochs {start + 1}..{t.epochs}"

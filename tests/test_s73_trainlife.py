@@ -257,3 +257,10 @@ def test_a_stop_while_train_reads_its_images_says_nothing_was_written(stop, code
     assert err == [f"{word} while reading the images from {tiny_data}; nothing was written; run the same command "
                    "again"]
     assert not run.exists()
+
+
+def test_one_image_is_counted_in_the_singular(tmp_path: Path, capsys) -> None:
+    data = write_semiseg(tmp_path / "one", n=1)
+    assert main(["train", "--recipe", "tiny", "--data", str(data), "--split", "official", "-o", str(tmp_path / "r"),
+                 "--quiet", *TINY_OVERRIDES, "data.folds=5", "data.val_fraction=0.1"]) == 2
+    assert "data.val_fraction 0.1 of 1 image rounds to no validation image" in capsys.readouterr().err
