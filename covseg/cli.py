@@ -374,6 +374,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CovsegError(_no_last_checkpoint(args.resume))
         config = read_run_config(args.resume)
         data = args.data or read_run_info(args.resume)["data"]
+        if not args.data and not Path(data).exists():  # moved or deleted: which folder, and how to go on
+            raise CovsegError(f"{args.resume}: the data folder it was trained on, {data} (its run.json), is not there; "
+                              "give --data DIR, the folder that holds its images now (a downloaded data set: fetch it "
+                              "again with covseg download)")
         run_dir, resume = args.resume, True
     else:
         if not args.output:

@@ -25,7 +25,7 @@ from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW
 from covseg.predict import check_lesion_task, check_type_model_task, describe_after_use, ensemble_members, open_models
 from covseg.progress import progress_bar
-from covseg.splits import load_split, make_split
+from covseg.splits import load_split, make_split, parse_split_name
 from covseg.wording import counted
 from covseg.labels import get_scheme
 from covseg.metrics import stratified_bootstrap_interval
@@ -454,9 +454,7 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     images = [rows[m].get("n_images") for m in models]
     lines.append("| held-out images | " + " | ".join("–" if n is None else str(n) for n in images) + " |")
     if len(models) == 2:  # the table's means hide which images moved: the per-image differences, with their spread
-        rest = counted(images[0], "held-out image") if images[0] else "its held-out images"
-        lines += ["", f"Each model's figures rest on {rest}; image by image, with the spread of the differences: "
-                      f"`covseg cv-compare {out_dir / models[0]} {out_dir / models[1]}`."]
+        lines += ["", _paired_note(out_dir, models, images[0], config.data.split)]
     atomic_write_text(out_dir / "comparison.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "comparison.json", json.dumps({"models": models, "table": table,
                                                                "parameters": parameters, "held_out_images": images,
@@ -464,6 +462,19 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     plot_comparison(models, {k: [v if v is not None else np.nan for v in vals] for k, vals in table.items()},
                     out_dir / "comparison.png", title=f"{config.data.task}, split {config.data.split}")
     return {"models": models, "table": table}
+
+
+def _paired_note(out_dir: Path, models: list[str], images: int | None, split: str) -> str:
+    """comparison.md's last line for two models: what their means rest on (``images`` held-out images, where the
+    reports say), and how to see them image by image: ``covseg cv-compare`` of the two runs, which pairs runs of a
+    ``cv:K`` split only (a run of another split it refuses), else the two ``per_image.csv`` tables."""
+    rest = counted(images, "held-out image") if images else "its held-out images"
+    first, second = out_dir / models[0], out_dir / models[1]
+    if parse_split_name(split)[0] == "cv":
+        return (f"Each model's figures rest on {rest}; image by image, with the spread of the differences: "
+                f"`covseg cv-compare {first} {second}`.")
+    return (f"Each model's figures rest on {rest}; image by image: {first / PER_IMAGE} and {second / PER_IMAGE} "
+            f"(covseg cv-compare pairs runs of a cv:K split only; this is split {split}).")
 
 
 _FORCE_REMEDY = "pass --force to retrain it or use another output folder"
@@ -502,7 +513,8 @@ def _check_same_data(run_dir: Path, config: RunConfig, samples: list[Sample], da
     if not (run_dir / "last.pt").is_file():
         return
     if not trained_on(run_dir, samples):
-        raise CovsegError(f"{run_dir}: was trained on {read_run_info(run_dir).get('data', 'other data')}, and the "
+        recorded = read_run_info(run_dir, require_data=False).get("data")  # None: a library run without data_path
+        raise CovsegError(f"{run_dir}: was trained on {recorded or 'other data'}, and the "
                           f"training images in {data} are not those (other names, or masks whose class weights "
                           f"differ from its class_weights.json); {remedy}")
     d = config.data

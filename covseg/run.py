@@ -632,8 +632,10 @@ def _other_data(run_dir: Path, data_path: str, recorded: str | None, why: str, a
         return (f"{run_dir}: its data folder {recorded} no longer holds the images the run was trained on: {why}; "
                 "put them back as they were, or " + (f"remove {run_dir} to train it again" if again else
                                                      f"start the run again with covseg train ... -o {run_dir} --force"))
-    return (f"{run_dir}: was trained on {recorded}, and --data {data_path} does not hold those images: {why}; resume "
-            f"with --data {recorded} (or without --data), or train a new run on {data_path} with -o NEW_RUN")
+    resume = (f"resume with --data {recorded} (or without --data)" if Path(recorded).is_dir() else
+              f"resume with --data DIR, the folder that holds them now ({recorded} is not there any more)")
+    return (f"{run_dir}: was trained on {recorded}, and --data {data_path} does not hold those images: {why}; "
+            f"{resume}, or train a new run on {data_path} with -o NEW_RUN")
 
 
 def _record_data(run_dir: Path, data_path: str, recorded: str | None, log) -> None:
@@ -711,8 +713,9 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
             raise CovsegError(f"split {d.split} leaves no training images (data.val_fraction {d.val_fraction:g} of "
                               f"{len(samples)}); lower data.val_fraction or use another --split")
         if parse_split_name(d.split)[0] == "official" and d.val_fraction > 0 and not planned.get("val"):
-            raise CovsegError(f"split {d.split}: data.val_fraction {d.val_fraction:g} of {counted(len(samples), 'image')} "
-                              "rounds to no validation image; raise it, or set data.val_fraction=0 to train without one")
+            raise CovsegError(f"split {d.split}: data.val_fraction {d.val_fraction:g} of "
+                              f"{counted(len(samples), 'image')} rounds to no validation image; raise it, or set "
+                              "data.val_fraction=0 to train without one")
         reads = [(pretrained, "train.init"), *((f, "train.distill") for f in (teachers.files if teachers else ())),
                  *([(resolve_pseudo_folder(d.pseudo_labels, d.split), "data.pseudo_labels")] if d.pseudo_labels else []),
                  *([(data_path, "--data")] if data_path else []),

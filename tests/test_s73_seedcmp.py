@@ -65,7 +65,8 @@ def test_the_seed_recipe_is_the_articles() -> None:
     assert d.task == "multiclass"
     assert get_scheme(d.task).names == ("background", "ggo", "consolidation", "pleural_effusion")
     assert (d.split, d.input_size, d.normalize) == ("seed", 512, "none")
-    assert (m.name, m.width, m.depth, m.deep_supervision, m.block, m.attention) == ("unet", 64, 4, False, "plain", False)
+    assert (m.name, m.width, m.depth, m.deep_supervision, m.block, m.attention) == ("unet", 64, 4, False, "plain",
+                                                                                      False)
     assert (t.loss, t.optimizer, t.lr, t.weight_decay, t.schedule, t.epochs) == ("mfb_ce", "adam", 3e-5, 0.0,
                                                                                    "constant", 50)
     assert t.val_every == 1  # per-epoch validation accuracy and loss curves
