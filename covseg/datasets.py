@@ -475,19 +475,30 @@ _DISPLAY_STEP_MIN = 50
 
 
 def _refuse_ids_scaled_for_display(values: list[int], source: str) -> None:
-    """Refuse, naming the factor, a mask whose values are class ids multiplied for display: every value a multiple
-    of one step of at least :data:`_DISPLAY_STEP_MIN` (their greatest common divisor), the largest at most 3 steps,
-    so that dividing gives ids 0..3 (0/85/170/255; a 0/255 mask is binary and read before this)."""
+    """Refuse a mask whose values are class ids multiplied for display: every value a multiple of one step of at
+    least :data:`_DISPLAY_STEP_MIN` (their greatest common divisor), the largest at most 3 steps, so that dividing
+    gives ids 0..3 (0/85/170/255; a 0/255 mask is binary and read before this). Two values or more fix the factor
+    (two ids of 1..3 have no common divisor) and it is named; one value alone does not (170 is id 2 times 85, as a
+    0/85/170/255 mask holding consolidation only has it, or id 1 times 170), and each reading is named."""
     nonzero = [v for v in values if v != 0]
     if not nonzero or min(nonzero) < 0:
         return
     step = math.gcd(*nonzero)
-    if step >= _DISPLAY_STEP_MIN and max(nonzero) // step <= MULTICLASS.num_classes - 1:
+    if step < _DISPLAY_STEP_MIN or max(nonzero) // step > MULTICLASS.num_classes - 1:
+        return
+    if len(set(nonzero)) > 1:
         ids = sorted({v // step for v in nonzero})
         raise CovsegError(
             f"{source}: mask values {nonzero[:10]} look like the class ids {ids} multiplied by {step}, as a mask saved "
             f"for viewing; save the class ids themselves (each value divided by {step}) as the pixel values"
         )
+    readings = [f"id {k} times {step // k}" for k in range(1, MULTICLASS.num_classes)
+                if step % k == 0 and step // k >= _DISPLAY_STEP_MIN]
+    raise CovsegError(
+        f"{source}: mask value {step} looks like a class id multiplied for viewing, which one this mask alone cannot "
+        f"tell ({' or '.join(readings)}); save the class ids themselves as the pixel values, each value divided by "
+        "the factor the masks were saved with"
+    )
 
 
 def read_mask(path: str | Path, scheme: LabelScheme) -> np.ndarray:

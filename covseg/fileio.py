@@ -230,12 +230,12 @@ def atomic_dir(final: str | os.PathLike, force: bool = False) -> Iterator[Path]:
 
     With ``force`` an existing ``final`` is replaced; the caller checks existence beforehand
     so that it can raise a helpful error instead. The old ``final`` is renamed aside (a hidden sibling) before the
-    new folder is renamed in, and deleted only then, with Ctrl-C held back over the two renames
-    (:func:`interrupts_deferred`): an interruption or a failed rename leaves the old folder or the new one, never
-    neither. The new folder gets the usual permissions (``0o777`` less the umask; ``mkdtemp`` makes ``0o700``).
-    Every file and folder staged in it is synced to the disk before the rename, and ``final``'s folder after it, as
-    :func:`atomic_path` does for one file. On failure the folders made for ``final`` are removed again when nothing
-    else was written in them (:func:`folders_made_for`).
+    new folder is renamed in, and deleted only then, with Ctrl-C held back over the two renames and over the
+    deletion (:func:`interrupts_deferred`): an interruption or a failed rename leaves the old folder or the new one,
+    never neither, and no hidden part of the old one. The new folder gets the usual permissions (``0o777`` less the
+    umask; ``mkdtemp`` makes ``0o700``). Every file and folder staged in it is synced to the disk before the rename,
+    and ``final``'s folder after it, as :func:`atomic_path` does for one file. On failure the folders made for
+    ``final`` are removed again when nothing else was written in them (:func:`folders_made_for`).
     """
     final = Path(final)
     with folders_made_for(final.parent):  # a failed first write leaves no empty folders behind
@@ -330,14 +330,16 @@ def interrupts_deferred() -> Iterator[None]:
     hold.holds_interrupts = True  # type: ignore[attr-defined]  # how an inner block knows an outer one
     held = [signal.SIGINT] + ([signal.SIGTERM] if callable(signal.getsignal(signal.SIGTERM)) else [])
     previous = {signum: signal.signal(signum, hold) for signum in held}
+    outer: list[int] = []
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    outer = [signum for signum in caught if getattr(previous[signum], "holds_interrupts", False)]
-    for signum in outer:
-        previous[signum](signum, None)
+        # handed on even where the block raised, so that code catching its error between the two blocks cannot lose it
+        outer = [signum for signum in caught if getattr(previous[signum], "holds_interrupts", False)]
+        for signum in outer:
+            previous[signum](signum, None)
     if signal.SIGTERM in caught and signal.SIGTERM not in outer:
         raise Terminated
     if any(signum not in outer for signum in caught):

@@ -14,8 +14,8 @@ import numpy as np
 
 from covseg.errors import CovsegError
 
-__all__ = ["LabelScheme", "SCHEMES", "get_scheme", "BINARY", "MULTICLASS", "CLASS_TITLES", "class_title", "check_labels",
-           "overlay"]
+__all__ = ["LabelScheme", "SCHEMES", "get_scheme", "BINARY", "MULTICLASS", "CLASS_TITLES", "class_title",
+           "check_labels", "overlay"]
 
 CLASS_TITLES: dict[str, str] = {"ggo": "ground-glass opacity", "pleural_effusion": "pleural effusion"}
 """Readable names of the schemes' classes where the class name (a file- and key-friendly word) is not one."""

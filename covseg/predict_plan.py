@@ -74,7 +74,9 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
                               "to a name ending in .dcm to predict it as one 2-D slice")
     files = [f for item in inputs if item not in scans for f in list_images(item)]
     for item in inputs:  # its label map and overlay would lie among the images, and replace one of the same name
-        if item.is_file() and item not in scans and output.resolve() == item.resolve().parent:
+        # the folder it is named in and, for a symbolic link, the folder of the image it leads to
+        if item.is_file() and item not in scans and output.resolve() in {item.absolute().parent.resolve(),
+                                                                          item.resolve().parent}:
             raise CovsegError(f"{output}: is the folder of the input image {item}, where predictions would be mixed "
                               f"with the images and replace any of the same name ({label_name(item)}); give -o "
                               "a folder of its own")

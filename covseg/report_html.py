@@ -146,12 +146,13 @@ def _bar_chart(figures: dict[str, Any], names: list[str], scheme: LabelScheme) -
     ax.set_xticks(x, ["right lung", "left lung", "both lungs"])
     ax.set_ylabel("% of lung volume")
     # a share of a volume is never negative: the axis starts at 0, and a chart of zeros (matplotlib centres those
-    # on 0, with negative ticks) spans 0-1 % with a word on why it is empty
+    # on 0, with negative ticks) spans 0-1 % with a word on why it is empty: no lung lesion (pleural effusion, which
+    # the table may list, is no share of the lungs and never a bar)
     if any(figures[s]["class_percent"].get(n, 0.0) > 0 for s in sides for n in names):
         ax.set_ylim(bottom=0)
     else:
         ax.set_ylim(0, 1)
-        ax.text(0.5, 0.5, "no lesion found", transform=ax.transAxes, ha="center", va="center", color="#666")
+        ax.text(0.5, 0.5, "no lung lesion found", transform=ax.transAxes, ha="center", va="center", color="#666")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _fig_uri(fig)
@@ -199,7 +200,7 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
     cut = "the lungs' centre front to back" if lungs.any() else "the middle of the scan front to back (no lung found)"
     coronal_note = (f"Through {cut}: row {coronal_row(lungs) + 1} of {lungs.shape[1]}, counted from the front. "
                     "Superior at the top, the patient's right on the viewer's left, at true proportions.")
-    kind = report["input"]["kind"]
+    kind = esc(KIND_TITLES.get(report["input"]["kind"], report["input"]["kind"]))
     model = report["model"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>covseg report — {esc(report['input']['path'])}</title>
@@ -207,7 +208,7 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:.35em .7em;text-align:right}}
 th{{background:#f4f4f4}}img{{max-width:100%;border:1px solid #ddd}}.note{{color:#666;font-size:.9em}}</style></head>
 <body><h1>Lung involvement report</h1>
-<p><b>Input</b> {esc(report['input']['path'])} ({esc(KIND_TITLES.get(kind, kind))}, {report['input']['shape'][0]} slices,
+<p><b>Input</b> {esc(report['input']['path'])} ({kind}, {report['input']['shape'][0]} slices,
 spacing {' × '.join(f'{s:.3g}' for s in report['input']['spacing_mm'])} mm; SHA-256 {report['input']['sha256'][:16]}…)<br>
 <b>Model</b> {esc(str(model.get('name')))} ({esc(str(model.get('task')))}, recipe {esc(str(model.get('recipe')))}, covseg
 {esc(str(model.get('covseg')))}) · {esc(str(model.get('backend')))} · {report['seconds']['total']:.1f} s to read, segment

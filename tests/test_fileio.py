@@ -448,3 +448,17 @@ def test_a_ctrl_c_while_atomic_dir_deletes_the_old_folder_leaves_no_part_of_it(t
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no hidden .out.*.old left behind
     assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+
+
+def test_a_ctrl_c_in_an_inner_block_that_fails_is_still_raised_by_the_outer_block() -> None:
+    # review A: the inner block handed its Ctrl-C on only when it ended without an error; caught in between, it was lost
+    import signal
+
+    with pytest.raises(KeyboardInterrupt):
+        with fileio.interrupts_deferred():
+            try:
+                with fileio.interrupts_deferred():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    raise OSError("a write failed")
+            except OSError:
+                pass  # the caller handles the failed write and goes on

@@ -249,14 +249,16 @@ def test_class_ids_multiplied_by_85_for_viewing_are_named_with_the_factor(tmp_pa
                                "85) as the pixel values")
 
 
-def test_a_16_bit_mask_of_0_and_65535_is_named_with_its_factor(tmp_path: Path) -> None:
+def test_a_16_bit_mask_of_0_and_65535_is_named_with_its_possible_factors(tmp_path: Path) -> None:
     from covseg.datasets import read_mask
     from covseg.labels import BINARY
 
     path = tmp_path / "m.png"
     Image.fromarray(np.array([[0, 65535], [0, 0]], np.uint16)).save(path)
-    with pytest.raises(CovsegError, match=r"m\.png: mask values \[65535\] look like the class ids \[1\] multiplied by "
-                                          r"65535, as a mask saved for viewing; save the class ids themselves"):
+    # one value alone: a binary 0/65535 mask, or id 3 of a 0/21845/43690/65535 one; both readings are named
+    with pytest.raises(CovsegError, match=r"m\.png: mask value 65535 looks like a class id multiplied for viewing, "
+                                          r"which one this mask alone cannot tell \(id 1 times 65535 or id 3 times "
+                                          r"21845\); save the class ids themselves"):
         read_mask(path, BINARY)
 
 

@@ -163,8 +163,8 @@ def test_the_coronal_note_names_the_row_it_cuts_through() -> None:
     lungs = np.zeros((3, 6, 8), np.uint8)
     lungs[:, 1:3, 2:6] = 1  # lung rows 1 and 2: the mean 1.5 rounded down, row 1 (0-based), the second from the front
     page = _text(_render(lesions=np.zeros((3, 6, 8), np.int64), lungs=lungs))
-    assert ("<p class=\"note\">Through the lungs' centre front to back: row 2 of 6, counted from the front. Superior at "
-            "the top, the patient's right on the viewer's left, at true proportions.</p>") in page
+    assert ("<p class=\"note\">Through the lungs' centre front to back: row 2 of 6, counted from the front. "
+            "Superior at the top, the patient's right on the viewer's left, at true proportions.</p>") in page
     assert report_html.coronal_row(lungs) == 1
     empty = _text(_render(lesions=np.zeros((3, 6, 8), np.int64), lungs=np.zeros((3, 6, 8), np.uint8)))
     assert "Through the middle of the scan front to back (no lung found): row 4 of 6, counted from the front." in empty
@@ -187,7 +187,7 @@ def _bar_axes(monkeypatch, percent: float):
 def test_a_bar_chart_without_lesion_has_no_negative_percentages_and_says_why_it_is_empty(monkeypatch) -> None:
     ax = _bar_axes(monkeypatch, 0.0)
     assert ax.get_ylim() == (0.0, 1.0)  # not matplotlib's -0.055..0.055 around bars of height 0
-    assert [t.get_text() for t in ax.texts] == ["no lesion found"]
+    assert [t.get_text() for t in ax.texts] == ["no lung lesion found"]
     ax = _bar_axes(monkeypatch, 2.5)
     assert ax.get_ylim()[0] == 0.0 and ax.get_ylim()[1] > 2.5 and not ax.texts
 

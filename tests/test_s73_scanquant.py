@@ -83,7 +83,8 @@ def test_scan_figures_match_hand_counts_for_nifti_and_dicom_alike(tmp_path: Path
         f = report["figures"]
         assert f["voxel_ml"] == pytest.approx(uL) and f["lesion_outside_mask_ml"] == pytest.approx(9408 * uL)
         assert f["right"]["lung_ml"] == pytest.approx(34603 * uL) and f["left"]["lung_ml"] == pytest.approx(34594 * uL)
-        assert f["right"]["class_ml"] == pytest.approx({"ggo": 1224 * uL, "consolidation": 0.0, "pleural_effusion": 0.0})
+        assert f["right"]["class_ml"] == pytest.approx({"ggo": 1224 * uL, "consolidation": 0.0,
+                                                        "pleural_effusion": 0.0})
         assert f["left"]["class_ml"] == pytest.approx({"ggo": 0.0, "consolidation": 9408 * uL,
                                                        "pleural_effusion": 699 * uL})
         assert f["right"]["lesion_percent"] == pytest.approx(100 * 1224 / 34603)  # 3.54 %: severity 1
