@@ -15,7 +15,7 @@ from pathlib import Path
 
 from covseg import __version__
 from covseg.config import DataConfig, apply_overrides, available_recipes, load_recipe, text_override
-from covseg.errors import CovsegError, Terminated
+from covseg.errors import CovsegError, Terminated, stop_word
 from covseg.wording import counted
 
 __all__ = ["main", "entry", "build_parser"]
@@ -392,7 +392,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
     except KeyboardInterrupt as stop:  # nothing is written before the images are read: say so, not just "interrupted"
-        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        how = stop_word(stop)
         kept = (f"; {run_dir} is as it was; continue with covseg train --resume {run_dir}" if resume else
                 "; run the same command again")
         _log(f"{how} while reading the images from {data}; nothing was written{kept}")

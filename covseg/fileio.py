@@ -16,6 +16,7 @@ from pathlib import Path
 from covseg.errors import CovsegError, Terminated
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_dir", "staging_folder", "current_umask", "interrupts_deferred",
+           "left_as_it_was",
            "sync_path", "sync_tree", "file_sha256", "unwritable_reason", "check_output_folder", "replacing_output", "folders_made_for",
            "display_text"]
 
@@ -83,6 +84,12 @@ def unwritable_reason(path: str | os.PathLike, folder: bool = False) -> str | No
         with contextlib.suppress(OSError):
             os.unlink(probe)
     return None
+
+
+def left_as_it_was(out_dir: Path) -> str:
+    """What a stopped command that wrote nothing says of its output folder ``out_dir``: that it is left as it was,
+    or that it was not made."""
+    return f"{out_dir} is left as it was" if Path(out_dir).exists() else f"{out_dir} was not made"
 
 
 def check_output_folder(out_dir: Path) -> None:

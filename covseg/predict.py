@@ -28,7 +28,7 @@ from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, folders_made_for, interrupts_deferred, staging_folder, sync_path, sync_tree
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
-from covseg.labels import LabelScheme, overlay
+from covseg.labels import LabelScheme, class_title, overlay
 from covseg.paired import by_number, fold_runs, seed_ensemble_beside
 from covseg.progress import progress_bar
 from covseg.run import read_class_weights, read_run_config
@@ -581,7 +581,7 @@ def scan_summary(scan: Path, report: dict[str, Any], out_dir: Path) -> str:
 
     figures = report["figures"]
     total = figures["total"]
-    pleural = "".join(f"; {cls.replace('_', ' ')} {nonzero_text(total['class_ml'][cls])} mL"
+    pleural = "".join(f"; {class_title(cls)} {nonzero_text(total['class_ml'][cls])} mL"
                       for cls in figures.get("pleural", []) if total["class_ml"][cls] > 0)
     shown = {side: "n/a" if figures[side]["severity"] is None else figures[side]["severity"]
              for side in ("total", "right", "left")}

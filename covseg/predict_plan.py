@@ -39,7 +39,13 @@ class PredictPlan:
     def together(self) -> bool:
         """Whether each scan writes into a folder of its own, ``output/<stem>`` (several scans, or scans beside 2-D
         images), not into ``output`` itself: :func:`covseg.predict.predict_scan`'s ``together``."""
-        return len(self.scans) > 1 or bool(self.files)
+        return _each_scan_in_a_subfolder(self.scans, self.files)
+
+
+def _each_scan_in_a_subfolder(scans: Sequence[Path], files: Sequence[Path]) -> bool:
+    """Whether the scans of one predict each write into ``-o``'s ``<stem>`` folder: several scans, or scans beside
+    2-D images ``files``; one scan alone writes into ``-o`` itself."""
+    return len(scans) > 1 or bool(files)
 
 
 def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None,
@@ -94,7 +100,7 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
         raise CovsegError("--no-overlays acts on 2-D images only, and every input here is a 3-D scan (its report.html "
                           "always draws its views); leave --no-overlays out")
     names = [output_stem(scan) for scan in scans]
-    subfolders = len(scans) > 1 or bool(files)  # else the one scan writes into the output folder itself
+    subfolders = _each_scan_in_a_subfolder(scans, files)
     if subfolders:
         clash = sorted({n for n in names if names.count(n) > 1 or not n})
         if clash:

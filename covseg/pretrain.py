@@ -43,7 +43,8 @@ from covseg.checkpoint import (architecture_options, check_checkpoint, checkpoin
 from covseg.config import MAX_LR, ModelConfig, RunConfig, config_from_dict, config_to_dict, data_differences
 from covseg.distill import chosen_on_validation, held_out_seen
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_dir, atomic_write_text, file_sha256, interrupts_deferred, replacing_output
+from covseg.fileio import (atomic_dir, atomic_write_text, file_sha256, interrupts_deferred, left_as_it_was,
+                           replacing_output)
 from covseg.intensity import normalize_image
 from covseg.paired import fold_runs
 from covseg.models import check_input_size, create_model
@@ -396,10 +397,6 @@ def check_output_folder(out_dir: Path, force: bool) -> None:
                           "covseg pretrain wrote; choose another -o")
 
 
-def _left_as_it_was(out_dir: Path) -> str:
-    return f"{out_dir} is left as it was" if out_dir.exists() else f"{out_dir} was not made"
-
-
 def _write_outputs(out_dir: Path, payload: dict[str, Any], history: list[dict[str, float]], force: bool,
                    log: Callable[[str], None]) -> None:
     """Write ``pretrained.pt`` (``payload``) and ``history.csv`` to ``out_dir`` whole, with Ctrl-C and SIGTERM held
@@ -421,7 +418,7 @@ def _write_outputs(out_dir: Path, payload: dict[str, Any], history: list[dict[st
             log(f"interrupted once {out_dir / PRETRAINED_FILE} was written ({payload['steps']} steps, complete); "
                 f"start a run from it with train.init={out_dir}")
         else:
-            log(f"interrupted; nothing written ({_left_as_it_was(out_dir)})")
+            log(f"interrupted; nothing written ({left_as_it_was(out_dir)})")
         raise
 
 
@@ -488,7 +485,7 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
             loss = F.mse_loss(torch.sigmoid(restored.float()), clean.to(device))
             if not torch.isfinite(loss):
                 raise CovsegError(f"the restoration loss became {loss.item()} at step {step + 1}; lower --lr "
-                                  f"({_left_as_it_was(out_dir)})")
+                                  f"({left_as_it_was(out_dir)})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -504,11 +501,11 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
         weights = [v for v in network.state_dict().values() if v.is_floating_point()]
         if not all(torch.isfinite(v).all() for v in weights):  # the loss checks them only up to the last step
             raise CovsegError(f"the restoration network's weights became infinite or NaN by step {step}; lower --lr "
-                              f"({_left_as_it_was(out_dir)})")
+                              f"({left_as_it_was(out_dir)})")
     except KeyboardInterrupt:
         close_bar(bar, failed=True)  # the message below starts its own line
         where = f"at step {step + 1} of {options.steps}" if step < options.steps else f"after its {step} steps"
-        log(f"interrupted {where}; nothing written ({_left_as_it_was(out_dir)})")
+        log(f"interrupted {where}; nothing written ({left_as_it_was(out_dir)})")
         raise
     except BaseException:
         close_bar(bar, failed=True)

@@ -48,7 +48,7 @@ from covseg.config import DataConfig, RunConfig, TrainConfig, check_new_run, con
 from covseg.consistency import ConsistencyTerm
 from covseg.distill import DistillTerm, load_teachers
 from covseg.datasets import Sample, load_dataset
-from covseg.errors import CovsegError, Terminated
+from covseg.errors import CovsegError, Terminated, stop_word
 from covseg.fileio import atomic_write_text, file_sha256, interrupts_deferred
 from covseg.intensity import normalize_image
 from covseg.labels import get_scheme
@@ -592,7 +592,7 @@ def _stopped_before_training(stop: KeyboardInterrupt, run_dir: Path, resume: boo
     """The line that says Ctrl-C (or SIGTERM, ``stop``) came while the images loaded, before any epoch trained, and
     what is kept: a resumed run as it was (``saved`` of ``total`` epochs), the run a ``--force`` run was to replace
     put back (``back``), or nothing to resume; then how to go on (``again``, else the ``covseg train`` to run)."""
-    word = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+    word = stop_word(stop)
     if resume:
         if saved is not None and saved >= total:
             return (f"{word} while loading the images; the run in {run_dir} has all its epochs "
@@ -888,7 +888,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     except KeyboardInterrupt as stop:
         close_bar(bar, failed=True)  # the message below starts its own line, and no bar follows it
         epoch, stopped, terminated = len(history), True, isinstance(stop, Terminated)
-        word = "terminated (SIGTERM)" if terminated else "interrupted"  # what stopped it, as the program says
+        word = stop_word(stop)  # what stopped it, as the program says
         if epoch >= t.epochs:  # Ctrl-C came while the last epoch's files were written: the run is finished
             saved = "its 1 epoch was" if t.epochs == 1 else f"all {t.epochs} epochs were"
             log(f"{word} after {saved} saved; the run is finished, nothing to resume")

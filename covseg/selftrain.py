@@ -32,8 +32,9 @@ from PIL import Image
 from covseg.checkpoint import checkpoint_config, read_checkpoint, refuse_unfinished
 from covseg.config import RunConfig
 from covseg.datasets import Sample, load_dataset
-from covseg.errors import CovsegError, Terminated
-from covseg.fileio import atomic_dir, file_sha256, interrupts_deferred, refuse_output_in_data, replacing_output
+from covseg.errors import CovsegError, stop_word
+from covseg.fileio import (atomic_dir, file_sha256, interrupts_deferred, left_as_it_was, refuse_output_in_data,
+                           replacing_output)
 from covseg.inference import backends_used
 from covseg.intensity import grey_quantiles, match_quantiles
 from covseg.labels import get_scheme
@@ -231,7 +232,7 @@ def make_pseudo_labels(teacher: Path, out_dir: Path, data: str | None = None, ru
             if not labelled[where].summary["kept"]:
                 raise CovsegError(_kept_none(run, rule, labelled[where]))
     except KeyboardInterrupt as stop:
-        log(f"{_stopped(stop)} while the teacher labelled; nothing written ({_left_as_it_was(out_dir)})")
+        log(f"{stop_word(stop)} while the teacher labelled; nothing written ({left_as_it_was(out_dir)})")
         raise
     try:  # again: something may have appeared at out_dir while the teacher labelled
         check_output_folder(out_dir, force)
@@ -252,15 +253,6 @@ class _Labels(NamedTuple):
     summary: dict[str, Any]
     masks: dict[str, bytes]
     lesion: list[tuple[float, float]]
-
-
-def _stopped(stop: KeyboardInterrupt) -> str:
-    """How the log line names the stop: ``terminated (SIGTERM)`` or ``interrupted`` (Ctrl-C), as the CLI does."""
-    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
-
-
-def _left_as_it_was(out_dir: Path) -> str:
-    return f"{out_dir} is left as it was" if out_dir.exists() else f"{out_dir} was not made"
 
 
 def _kept_none(run_dir: Path, rule: PseudoLabelRule, labels: _Labels) -> str:
@@ -287,9 +279,9 @@ def _write_all(out_dir: Path, labelled: dict[str, _Labels], force: bool, log: Ca
                 _write_labels(staged / where, labels)
     except KeyboardInterrupt as stop:
         if _holds(out_dir, labelled):
-            log(f"{_stopped(stop)} once {out_dir} was written; its pseudo-labels are complete")
+            log(f"{stop_word(stop)} once {out_dir} was written; its pseudo-labels are complete")
         else:
-            log(f"{_stopped(stop)}; nothing written ({_left_as_it_was(out_dir)})")
+            log(f"{stop_word(stop)}; nothing written ({left_as_it_was(out_dir)})")
         raise
 
 

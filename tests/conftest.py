@@ -99,6 +99,14 @@ def add_unlabelled(root: Path, n: int, seed: int, height: int = 48, width: int =
     return root
 
 
+@pytest.fixture(scope="module")
+def unl_data(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_data`` (the teacher's labelled slices) plus four unlabelled 48x44 slices."""
+    root = tmp_path_factory.mktemp("unl") / "data"
+    shutil.copytree(tiny_data, root)
+    return add_unlabelled(root, n=4, seed=7)
+
+
 class ConstantBackend:
     """An inference backend (tests) whose logits ``(B, C, S, S)`` equal ``values`` (``C`` of them) at every pixel."""
 

@@ -67,12 +67,20 @@ def _script_teachers(monkeypatch: pytest.MonkeyPatch, scripts: list[list[np.ndar
     return opened
 
 
-@pytest.fixture(scope="module")
-def unl_data(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``tiny_data`` (the teacher's labelled slices) plus four unlabelled 48x44 slices."""
-    root = tmp_path_factory.mktemp("unl") / "data"
-    shutil.copytree(tiny_data, root)
-    return add_unlabelled(root, n=4, seed=7)
+def _ctrl_c_once_renamed_to(out: Path, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Send this process a Ctrl-C just after covseg.fileio renames a folder to ``out`` (the first time only); the
+    list returned gets ``True`` when it has."""
+    real, fired = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        result = real(src, dst, *args, **kwargs)
+        if Path(dst) == out and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(covseg.fileio.os, "replace", replace)
+    return fired
 
 
 def _quiet(message: str) -> None:
@@ -193,16 +201,7 @@ def test_ctrl_c_as_the_new_folder_goes_in_exits_130_saying_the_output_is_complet
     # before: only "covseg: interrupted", though the folder was written whole
     out = tmp_path / "p"
     _script_teachers(monkeypatch, [SCRIPT])
-    real, fired = os.replace, []
-
-    def replace(src, dst, *args, **kwargs):
-        result = real(src, dst, *args, **kwargs)
-        if Path(dst) == out and not fired:
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(covseg.fileio.os, "replace", replace)
+    fired = _ctrl_c_once_renamed_to(out, monkeypatch)
     capsys.readouterr()
     assert main(["pseudo-label", str(tiny_run), "-o", str(out), "--data", str(unl_data), "--min-confidence", "0",
                  "--min-fraction", "0", "--quiet"]) == 130
@@ -263,16 +262,7 @@ def test_ctrl_c_as_the_pretraining_is_written_exits_130_saying_it_is_complete_an
     from covseg.pretrain import read_pretrained
 
     out = tmp_path / "pre"
-    real, fired = os.replace, []
-
-    def replace(src, dst, *args, **kwargs):
-        result = real(src, dst, *args, **kwargs)
-        if Path(dst) == out and not fired:
-            fired.append(True)
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(covseg.fileio.os, "replace", replace)
+    fired = _ctrl_c_once_renamed_to(out, monkeypatch)
     capsys.readouterr()
     assert main(["pretrain", "--recipe", "tiny", "--data", str(unl_data), "-o", str(out), "--steps", "2",
                  "--batch-size", "2", "data.input_size=32", "model.width=4", "model.depth=2", "--quiet"]) == 130

@@ -74,14 +74,6 @@ def _script_teacher(monkeypatch: pytest.MonkeyPatch, script: list[np.ndarray], o
     monkeypatch.setattr(predict, "open_predictor", scripted)
 
 
-@pytest.fixture(scope="module")
-def unl_data(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``tiny_data`` (the teacher's labelled slices) plus four unlabelled 48x44 slices."""
-    root = tmp_path_factory.mktemp("unl") / "data"
-    shutil.copytree(tiny_data, root)
-    return add_unlabelled(root, n=4, seed=7)
-
-
 def _quiet(message: str) -> None:
     pass
 
