@@ -605,13 +605,18 @@ def _refuse_unsupported(folder: Path, stem: str) -> None:
             _require_supported(path)
 
 
+def _first_of(paths: list[Path]) -> str:
+    """The first of ``paths`` by name, ``...`` standing for the others where there are any: ``a.png, ...``."""
+    return paths[0].name + (", ..." if len(paths) > 1 else "")
+
+
 def _refuse_no_supported_images(folder: Path) -> None:
     """An images folder without one supported file: where it holds files of other types, say so in one line (an
     empty folder is told by :func:`_nonempty`)."""
     others = _unsupported_files(folder)
     if others:
         raise CovsegError(f"no images found in {folder}: it holds {counted(len(others), 'file')} of other types "
-                          f"({others[0].name}, ...); save the slices as one of {', '.join(IMAGE_SUFFIXES)}")
+                          f"({_first_of(others)}); save the slices as one of {', '.join(IMAGE_SUFFIXES)}")
 
 
 def _slice_affine(path: Path) -> np.ndarray | None:
@@ -960,7 +965,7 @@ def _refuse_half_a_folder_pair(path: Path, images_dir: Path | None, masks_dir: P
         )
     if slices:  # not beside half a MedSeg pair: the accepted layouts say more there
         raise CovsegError(
-            f"{path}: holds {counted(len(slices), 'image file')} ({slices[0].name}, ...) but no images/ and masks/ "
+            f"{path}: holds {counted(len(slices), 'image file')} ({_first_of(slices)}) but no images/ and masks/ "
             f"folders; move the slices into {path / 'images'} and their masks, of the same names, into "
             f"{path / 'masks'} (covseg predict takes a folder of images as it is)"
         )

@@ -555,7 +555,8 @@ def _mirror_folder_above(src_root: Path, rel: str) -> Path | None:
     """The folder above ``src_root`` that would be the mirror, where ``src_root`` holds ``rel`` less its first
     folders (``--mirror COPY/Dataset`` for the manifest path ``Dataset/TrainingSet/...``: ``COPY``); else None."""
     parts = Path(rel).parts
-    for drop in range(1, len(parts) - 1):
+    above = src_root.resolve().parents
+    for drop in range(1, min(len(parts) - 1, len(above) + 1)):  # no folder above the file system's root
         if (src_root.joinpath(*parts[drop:])).is_file():
-            return src_root.resolve().parents[drop - 1]
+            return above[drop - 1]
     return None

@@ -67,7 +67,7 @@ def test_slices_lying_in_the_data_folder_itself_are_told_to_move_into_images(tmp
 
 def test_one_slice_in_the_data_folder_is_counted_in_the_singular(tmp_path: Path) -> None:
     _png(tmp_path / "a.png", np.full((4, 3), 100))
-    with pytest.raises(CovsegError, match=r": holds 1 image file \(a\.png, \.\.\.\) but no images/"):
+    with pytest.raises(CovsegError, match=r": holds 1 image file \(a\.png\) but no images/"):
         load_dataset(tmp_path, "binary")
 
 
@@ -328,3 +328,31 @@ def test_an_empty_images_folder_is_still_no_images_found(tmp_path: Path) -> None
     with pytest.raises(CovsegError) as info:
         load_dataset(tmp_path, "binary")
     assert str(info.value) == f"no images found in {tmp_path / 'images'}; check the data path"
+
+
+def test_one_file_is_named_without_an_ellipsis_for_others(tmp_path: Path) -> None:
+    from covseg.datasets import _first_of
+
+    assert _first_of([tmp_path / "a.png"]) == "a.png"  # "(a.png, ...)" promised others that were not there
+    assert _first_of([tmp_path / "a.png", tmp_path / "b.png"]) == "a.png, ..."
+
+
+def test_a_mirror_next_to_the_root_finds_no_folder_above_it_instead_of_failing(tmp_path: Path) -> None:
+    from covseg.download import _mirror_folder_above
+
+    # /tmp holds the manifest path less its first two folders, which a mirror two folders above /tmp would explain:
+    # there is none (/ is one above it), so no folder is named (it was an IndexError)
+    import os
+    import shutil
+
+    probe = Path("/tmp") / f"covseg-s73-probe-{os.getpid()}"
+    probe.mkdir()
+    try:
+        (probe / "1.jpg").write_text("x")
+        assert _mirror_folder_above(Path("/tmp"), f"Dataset/TrainingSet/{probe.name}/1.jpg") is None
+    finally:
+        shutil.rmtree(probe)
+    copy = tmp_path / "copy"
+    (copy / "Dataset" / "TrainingSet").mkdir(parents=True)
+    (copy / "Dataset" / "TrainingSet" / "x.jpg").write_text("x")
+    assert _mirror_folder_above(copy / "Dataset", "Dataset/TrainingSet/x.jpg") == copy.resolve()
