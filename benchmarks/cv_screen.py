@@ -63,6 +63,26 @@ def held_out_predictions(cv_dir: Path, fold: int, data: str | None,
     return task, zip(samples, predictor([s.image for s in samples]))
 
 
+def multiclass_fold_dice(cv_dir: Path, fold: int, data: str | None, candidates: list,
+                         label_map: Callable[..., "np.ndarray"]) -> "np.ndarray":
+    """One fold's per-image Dice means ``(candidates, 2)`` (GGO, consolidation) of a multiclass map screen: each
+    candidate's ``label_map(probs, *candidate)`` ``(H, W)`` of the fold model's class probabilities ``(C, H, W)`` on
+    each held-out image (:func:`held_out_predictions`), scored as ``covseg evaluate`` scores (images whose truth
+    lacks a class skipped for it)."""
+    import numpy as np
+    from gap_analysis import per_image_dice
+
+    _, predictions = held_out_predictions(cv_dir, fold, data, need_task="multiclass")
+    classes = [1, 2]
+    values: list[list[list[float]]] = [[[] for _ in classes] for _ in candidates]
+    for sample, probs in predictions:
+        for i, candidate in enumerate(candidates):
+            for j, d in enumerate(per_image_dice(label_map(probs, *candidate), sample.mask, classes)[:2]):
+                if d is not None:
+                    values[i][j].append(d)
+    return np.array([[np.mean(v) for v in per] for per in values])
+
+
 def print_nested_multiclass(dice_: "np.ndarray", names: list[str]) -> None:
     """Print a multiclass map screen's table and nested result: ``dice_`` ``(folds, candidates, 2)`` per-image Dice
     means (GGO, consolidation) of each candidate named in ``names`` (``names[0]`` the arg-max as it is). Per fold

@@ -24,8 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from cv_screen import held_out_predictions, over_folds, print_nested_multiclass
-from gap_analysis import per_image_dice
+from cv_screen import multiclass_fold_dice, over_folds, print_nested_multiclass
 
 CANDIDATES: list[tuple[str, int]] = ([("as is", 0)] + [("fill holes", a) for a in (16, 64, 256, 0)]
                                      + [("close", r) for r in (1, 2, 3)])
@@ -87,15 +86,7 @@ def label_map(probs: np.ndarray, kind: str, size: int) -> np.ndarray:
 def fold_dice(cv_dir: Path, fold: int, data: str | None,
               candidates: list[tuple[str, int]] = CANDIDATES) -> np.ndarray:
     """One fold's per-image Dice means ``(candidates, 2)`` (GGO, consolidation)."""
-    _, predictions = held_out_predictions(cv_dir, fold, data, need_task="multiclass")
-    classes = [1, 2]
-    values: list[list[list[float]]] = [[[] for _ in classes] for _ in candidates]
-    for sample, probs in predictions:
-        for i, (kind, size) in enumerate(candidates):
-            for j, d in enumerate(per_image_dice(label_map(probs, kind, size), sample.mask, classes)[:2]):
-                if d is not None:
-                    values[i][j].append(d)
-    return np.array([[np.mean(v) for v in per] for per in values])
+    return multiclass_fold_dice(cv_dir, fold, data, candidates, label_map)
 
 
 def _name(kind: str, size: int) -> str:

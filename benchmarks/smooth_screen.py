@@ -22,8 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from cv_screen import held_out_predictions, over_folds, print_nested_multiclass
-from gap_analysis import per_image_dice
+from cv_screen import multiclass_fold_dice, over_folds, print_nested_multiclass
 
 CANDIDATES: list[tuple[str, float]] = ([("as is", 0)] + [("prob blur", s) for s in (1, 2, 4)]
                                        + [("type blur", s) for s in (2, 4, 8, 16)] + [("component vote", 0)])
@@ -71,15 +70,7 @@ def label_map(probs: np.ndarray, kind: str, sigma: float) -> np.ndarray:
 
 def fold_dice(cv_dir: Path, fold: int, data: str | None) -> np.ndarray:
     """One fold's per-image Dice means ``(candidates, 2)`` (GGO, consolidation)."""
-    _, predictions = held_out_predictions(cv_dir, fold, data, need_task="multiclass")
-    classes = [1, 2]
-    values: list[list[list[float]]] = [[[] for _ in classes] for _ in CANDIDATES]
-    for sample, probs in predictions:
-        for i, (kind, sigma) in enumerate(CANDIDATES):
-            for j, d in enumerate(per_image_dice(label_map(probs, kind, sigma), sample.mask, classes)[:2]):
-                if d is not None:
-                    values[i][j].append(d)
-    return np.array([[np.mean(v) for v in per] for per in values])
+    return multiclass_fold_dice(cv_dir, fold, data, CANDIDATES, label_map)
 
 
 def _name(kind: str, sigma: float) -> str:

@@ -378,10 +378,14 @@ def _check_keys(cls: type, values: dict[str, Any], where: str, path: str = "") -
     for key, value in values.items():
         if key not in fields:
             raise _unknown_option(key, fields, f"{where}: {path}" if path else where)
-        factory = fields[key].default_factory
-        default = factory() if factory is not dataclasses.MISSING else fields[key].default
+        default = _field_default(fields[key])
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             _check_keys(type(default), value, where, f"{path}.{key}" if path else key)
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    """A dataclass field's default value (its ``default_factory``'s product, else its ``default``)."""
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
 
 
 def _unknown_option(key: Any, known: Iterable[str], here: str) -> CovsegError:
@@ -408,8 +412,7 @@ def _build(cls: type, values: dict[str, Any], where: str, path: str = "") -> Any
     for key, value in values.items():
         if key not in fields:
             raise _unknown_option(key, fields, here)
-        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING \
-            else fields[key].default
+        default = _field_default(fields[key])
         name = f"{path}.{key}" if path else key
         if dataclasses.is_dataclass(default):
             # a section with nothing under it (`train:` in YAML) reads as null: it leaves every setting at its default

@@ -804,10 +804,11 @@ def _score_folds(config: RunConfig, samples: list[Sample], data: str, out_dir: P
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
         cfg = _fold_config(config, k, folds)
         # a report of an unfinished fold (someone evaluated it after Ctrl-C) does not make it done
-        if epochs_done(fold_dir) < cfg.train.epochs or not _is_current(metrics_path, fold_dir, "final", data):
+        finished = epochs_done(fold_dir) >= cfg.train.epochs
+        if not finished or not _is_current(metrics_path, fold_dir, "final", data):
             log(f"== fold {k} ==")
             # one a worker has just trained to its end is only scored; any other is trained or resumed here
-            if fold_dir not in trained or epochs_done(fold_dir) < cfg.train.epochs:
+            if fold_dir not in trained or not finished:
                 train_or_resume(cfg, samples, fold_dir, data, False, progress, log, _CV_AGAIN)
             with _how_to_go_on_if_stopped(log, f"fold-{k}'s held-out images", _CV_AGAIN):
                 evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)
