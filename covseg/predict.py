@@ -514,8 +514,10 @@ def check_same_scan(scan: Path, digest: str, out_dir: Path, together: bool = Fal
     if together:
         ways = f"give -o a new folder, or remove the earlier outputs from {out_dir}"
     else:
-        ways = (f"give each scan its own -o, or give all the scans in one command (each is then written to "
-                f"{out_dir}/<stem>/), or remove the earlier outputs from {out_dir}")
+        # not "in one command with this -o": several scans' folders beside a lone scan's files are refused
+        # (covseg.predict_plan.check_earlier_layout)
+        ways = (f"give each scan its own -o, or give all the scans in one command with a new -o (each is then "
+                f"written to its <stem>/ folder there), or remove the earlier outputs from {out_dir}")
     raise CovsegError(f"{out_dir}: holds the outputs of another scan, {earlier[0]} (its SHA-256 differs), which "
                       f"those of {scan} would replace; {ways}")
 

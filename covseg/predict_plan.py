@@ -5,8 +5,9 @@ of 2-D images given a voxel size) and 2-D images (files, and the images directly
 refusal is a one-line :class:`~covseg.errors.CovsegError`, raised before the models load, a scan is segmented or a
 file is written: what cannot be read, outputs that would collide, overwrite an input or land in a run folder, an
 input folder or the folder of an input image, replace the outputs of another scan (a NIfTI scan's; a folder scan's
-are refused by :func:`covseg.predict.predict_scan` once it is read), options that would be ignored. What can still
-fail later is only what a scan's voxel data show once read whole.
+are refused by :func:`covseg.predict.predict_scan` once it is read), lie beside an earlier predict's in a layout no
+single predict makes (:func:`check_earlier_layout`), options that would be ignored. What can still fail later is only
+what a scan's voxel data show once read whole.
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from covseg.datasets import IMAGE_SUFFIXES, list_images, read_image
 from covseg.dicom import looks_like_dicom
 from covseg.errors import CovsegError
 from covseg.fileio import check_output_folder, file_sha256
-from covseg.predict import (SCAN_OUTPUTS, check_destinations, check_file_outputs, check_same_scan, earlier_scan,
-                            is_scan, label_name, output_stem)
+from covseg.predict import (SCAN_OUTPUTS, check_destinations, check_file_outputs, check_same_scan, earlier_outputs,
+                            earlier_scan, is_scan, label_name, output_stem)
 from covseg.run import is_run_folder
 from covseg.volumes import check_spacing, check_volume
+from covseg.wording import counted
 
-__all__ = ["PredictPlan", "plan_predict"]
+__all__ = ["PredictPlan", "plan_predict", "check_earlier_layout", "scan_folders"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
         if scan.is_file() and scan.resolve().parent == out.resolve() and scan.name in SCAN_OUTPUTS:
             raise CovsegError(f"{scan}: covseg predict would write its own {scan.name} over this scan; give -o "
                               "another folder")
+    check_earlier_layout(output, scans, names, files, overlays)
     for out in outs:  # a file where a scan's folder goes, or a folder where one of its files goes (helper 169)
         check_destinations(out.parent, [Path(out.name, name) for name in SCAN_OUTPUTS])
     if scans:  # a --spacing that is not three positive numbers is refused before the models load
@@ -126,10 +129,83 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
         _, labels, _ = check_file_outputs(files, output, overlays=overlays)
         taken = {**{name: "label map" for name in labels}, "predictions.json": "summary",
                  **({"overlays": "overlays folder"} if overlays else {})}
-        for scan, name in zip(scans, names):  # a scan's folder must not be one of the 2-D images' outputs
-            if name in taken:
-                raise CovsegError(f"{scan}: its outputs would go to {output / name}, the 2-D images' {taken[name]}; "
-                                  "rename the scan, or predict it on its own with its own -o")
+        _refuse_scan_folders_taken(scans, names, output, taken)
         for file in files:
             read_image(file)
     return PredictPlan(scans, outs, files)
+
+
+def _refuse_scan_folders_taken(scans: Sequence[Path], names: Sequence[str], output: Path,
+                               taken: dict[str, str]) -> None:
+    """Refuse a scan whose folder ``output/<name>`` (``names``: the scans' output stems) would be one of the 2-D
+    images' outputs there: ``taken`` maps such names (relative to ``output``) to what they are."""
+    for scan, name in zip(scans, names):
+        if name in taken:
+            raise CovsegError(f"{scan}: its outputs would go to {output / name}, the 2-D images' {taken[name]}; "
+                              "rename the scan, or predict it on its own with its own -o")
+
+
+def scan_folders(output: Path) -> list[str]:
+    """The names, sorted, of the folders directly in ``output`` that hold a scan's outputs (a covseg ``report.json``
+    that :func:`covseg.predict.earlier_scan` reads), as a predict of several scans, or of scans beside 2-D images,
+    writes them; hidden folders (a staging folder a crash left) are not counted. Empty where ``output`` is none or
+    cannot be listed (a folder one may write in but not read)."""
+    try:
+        entries = list(output.iterdir()) if output.is_dir() else []
+    except OSError:
+        return []
+    return sorted(p.name for p in entries if p.is_dir() and not p.name.startswith(".") and earlier_scan(p) is not None)
+
+
+def _listed(folders: Sequence[str], shown: int = 3) -> str:
+    """``a/, b/, c/ and 2 more``: the first ``shown`` of ``folders``, then how many more."""
+    more = f" and {len(folders) - shown} more" if len(folders) > shown else ""
+    return ", ".join(f"{name}/" for name in folders[:shown]) + more
+
+
+def check_earlier_layout(output: Path, scans: Sequence[Path], names: Sequence[str], files: Sequence[Path],
+                         overlays: bool = True) -> None:
+    """Refuse, in one line, a predict of ``scans`` (their output stems ``names``) and 2-D images ``files`` into
+    ``output`` where its outputs would lie beside an earlier predict's in a layout no single predict makes, or be
+    written into one of its outputs.
+
+    One scan alone writes its four files into ``output`` itself; several scans, or scans beside 2-D images, each into
+    ``output/<stem>/``; 2-D images their label maps, ``overlays/`` and ``predictions.json`` into ``output``. So the
+    scans' folders and 2-D outputs of two predicts may meet in one ``output`` (one predict of both writes them so),
+    but a lone scan's files may not lie beside other scans' folders (:func:`scan_folders`) or among 2-D label maps
+    (those an earlier ``predictions.json`` lists), nor anything else beside a lone scan's files (``output``'s own
+    ``report.json``: the same scan alone again is :func:`covseg.predict.check_same_scan`'s to judge). A scan's folder
+    must not be an earlier 2-D output, nor an earlier scan's folder the 2-D images' ``overlays`` (with
+    ``overlays``)."""
+    alone = bool(scans) and not _each_scan_in_a_subfolder(scans, files)
+    slices = earlier_outputs(output)
+    if alone:
+        stem = names[0]
+        folders = scan_folders(output)
+        if folders:
+            whose = "a folder of its" if len(folders) == 1 else "folders of their"
+            held = f"{counted(len(folders), 'scan')} in {whose} own ({_listed(folders)})"
+            raise CovsegError(f"{output}: holds the outputs of {held}; a scan given alone writes into -o itself, where "
+                              f"its outputs would lie beside theirs; give -o {output / stem} (its folder when the "
+                              "scans are given together), or a new folder")
+        if slices:
+            raise CovsegError(f"{output}: holds the label maps of {counted(len(slices), '2-D image')} "
+                              "(predictions.json); a scan given alone writes into -o itself, where its outputs would "
+                              f"lie among them; give -o {output / stem} (its folder when given beside 2-D images), or "
+                              "a new folder")
+        return
+    lone = earlier_scan(output)
+    if lone is not None:
+        what = " and ".join(part for part, given in (("the folders of this predict's scans", scans),
+                                                      ("the 2-D images' label maps", files)) if given)
+        what = what if scans else f"{what} and predictions.json"
+        raise CovsegError(f"{output}: holds the outputs of one scan given alone, {lone[0]}; {what} would lie beside "
+                          "them; give -o a new folder, or move the scan's outputs into a folder of their own")
+    if slices:  # the scans' folders must not be what an earlier predict of 2-D images wrote there
+        taken = {**{name: "label map" for name in slices}, "predictions.json": "summary",
+                 **({"overlays": "overlays folder"} if (output / "overlays").exists() else {})}
+        _refuse_scan_folders_taken(scans, names, output, taken)
+    earlier = earlier_scan(output / "overlays")
+    if files and overlays and earlier is not None:
+        raise CovsegError(f"{output / 'overlays'}: holds the outputs of the scan {earlier[0]}, where the 2-D images' "
+                          "overlays would go; give -o a new folder, or leave the overlays out (--no-overlays)")

@@ -69,8 +69,8 @@ def test_a_scan_into_a_folder_holding_another_scan_s_outputs_is_refused_before_t
     assert _predict(second, "-o", out, tiny_run=tiny_run) == 2
     assert _one_error_line(capsys) == (
         f"covseg: error: {out}: holds the outputs of another scan, {first} (its SHA-256 differs), which those of "
-        f"{second} would replace; give each scan its own -o, or give all the scans in one command (each is then "
-        f"written to {out}/<stem>/), or remove the earlier outputs from {out}")
+        f"{second} would replace; give each scan its own -o, or give all the scans in one command with a new -o "
+        f"(each is then written to its <stem>/ folder there), or remove the earlier outputs from {out}")
     assert _tree(tmp_path) == before  # nothing written, nothing staged, nothing left behind
     assert json.loads((out / "report.json").read_text())["input"]["path"] == str(first)
 
@@ -128,8 +128,8 @@ def test_a_dicom_series_into_another_series_outputs_is_refused_once_read_before_
     assert _predict(tmp_path / "p2", "-o", out, tiny_run=tiny_run) == 2
     assert _one_error_line(capsys) == (
         f"covseg: error: {out}: holds the outputs of another scan, {tmp_path / 'p1'} (its SHA-256 differs), which "
-        f"those of {tmp_path / 'p2'} would replace; give each scan its own -o, or give all the scans in one command "
-        f"(each is then written to {out}/<stem>/), or remove the earlier outputs from {out}")
+        f"those of {tmp_path / 'p2'} would replace; give each scan its own -o, or give all the scans in one command with a new -o "
+        f"(each is then written to its <stem>/ folder there), or remove the earlier outputs from {out}")
     assert _tree(tmp_path) == before
 
 
