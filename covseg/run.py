@@ -56,12 +56,13 @@ from covseg.losses import DeepSupervisionLoss, create_loss, median_frequency_wei
 from covseg.models import check_input_size
 from covseg.pretrain import check_pretrained, init_from_pretrained, pretrained_path
 from covseg.progress import close_bar
-from covseg.runtime import DistContext, resolve_device, resolve_precision, training_memory_format
+from covseg.runtime import (DistContext, raise_on_every_rank, resolve_device, resolve_precision,
+                            training_memory_format)
 from covseg.selftrain import (PSEUDO_FILE, epoch_pseudo_indices, load_pseudo_labels, pseudo_slices_asked,
                               resolve_pseudo_folder)
 from covseg.splits import kfold, load_split, make_split, parse_split_name, save_split
-from covseg.training import (averaged_network, epoch_average, lr_factor, make_optimizer, recompute_batch_norm,
-                             train_one_epoch, validate, weight_average)
+from covseg.training import (averaged_network, check_data_parallel, epoch_average, lr_factor, make_optimizer,
+                             recompute_batch_norm, train_one_epoch, validate, weight_average)
 from covseg.transforms import stack_resized
 from covseg.wording import counted
 
@@ -657,8 +658,6 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     """:func:`train_run`'s work; a run folder that ``force`` replaces goes aside in ``old``, which is dropped once
     the first epoch is saved, and put back here where Ctrl-C stops the new run before that. ``stage`` is kept up to
     date with how far it got."""
-    import torch.distributed as torch_dist
-
     if not dist.is_main:
         progress = False
         log = lambda message: None  # noqa: E731
@@ -693,6 +692,8 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
         raise CovsegError("train.consistency is single-process only; train without torchrun, or set train.consistency=0")
     if t.distill and dist.enabled:
         raise CovsegError("train.distill is single-process only; train without torchrun, or leave train.distill empty")
+    if dist.enabled and planned.get("train"):  # before anything is written (train_one_epoch checks each epoch)
+        check_data_parallel(t.batch_size, len(planned["train"]), dist.world_size)
     teachers = None
     if t.distill:  # checked before anything is written
         teachers = load_teachers(config, held_out)
@@ -721,15 +722,18 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
                  *([(data_path, "--data")] if data_path else []),
                  *((f, "the unlabelled slices of train.consistency") for f in unlabelled_folders)]
         _refuse_reading_from_inside(run_dir, [(Path(f), what) for f, what in reads if f is not None])
+    failure: CovsegError | None = None  # what the main process alone found writing the new run's folder
     if not resume and dist.is_main:
         info = {"pseudo_labels_sha256": pseudo.digest} if pseudo is not None else {}
         if pretrained is not None:
             info["init_sha256"] = file_sha256(pretrained)
         if teachers is not None:
             info["distill"], info["distill_sha256"] = [str(f) for f in teachers.files], teachers.digests
-        _prepare_folder(run_dir, config, samples, data_path, force, old, log, info)
-    if dist.enabled:
-        torch_dist.barrier()
+        try:
+            _prepare_folder(run_dir, config, samples, data_path, force, old, log, info)
+        except CovsegError as err:
+            failure = err
+    raise_on_every_rank(failure, dist)  # every process raises the main one's refusal; else a barrier
     split = load_split(run_dir / "split.json")
     weights = read_class_weights(run_dir, d.task)
 

@@ -12,10 +12,12 @@ from pathlib import Path
 import torch
 
 from covseg.errors import CovsegError
+from covseg.wording import counted
 
 __all__ = ["resolve_device", "cpu_supports_bf16", "cuda_supports_bf16", "resolve_precision", "autocast",
            "training_memory_format", "keep_freed_memory", "cgroup_cpu_limit", "fit_threads_to_cpu_quota",
-           "DistContext", "init_distributed", "close_distributed"]
+           "DistContext", "init_distributed", "close_distributed", "raise_on_every_rank", "peer_failed",
+           "refuse_under_torchrun"]
 
 # glibc's mallopt(3) parameters and the values keep_freed_memory() gives them
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
@@ -253,7 +255,16 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
     _whole_number_from_env("RANK", "0")
     if device.type == "cuda":
         device = torch.device("cuda", _whole_number_from_env("LOCAL_RANK", "0"))
-        torch.cuda.set_device(device)
+        try:
+            torch.cuda.set_device(device)
+        except RuntimeError:  # "invalid device ordinal": more processes on this machine than GPUs
+            gpus = torch.cuda.device_count()
+            if device.index < gpus:
+                raise
+            raise CovsegError(f"torchrun started a process for GPU {device.index} (LOCAL_RANK) on this machine, but "
+                              f"{counted(gpus, 'GPU is', 'GPUs are')} visible to PyTorch; start at most {gpus} "
+                              "processes per machine (torchrun --nproc-per-node), or make the GPUs visible "
+                              "(CUDA_VISIBLE_DEVICES)") from None
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(dist.get_rank(), dist.get_world_size()), device
@@ -286,3 +297,53 @@ def close_distributed(wait_for_peers: bool = False) -> None:
         if wait_for_peers:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def raise_on_every_rank(error: CovsegError | None, dist: DistContext) -> None:
+    """Raise ``error`` on every process of a data-parallel job, or on none: ``error`` is what the main process found
+    doing a step it does alone (writing a new run's folder: an existing run without ``--force``), None where the
+    step went well; other processes pass None.
+
+    A collective call (every process must make it; the others wait there for the main process, as at a barrier):
+    the main process sends its error's text and every other process raises a :class:`CovsegError` with it, so each
+    exits with the same one line. Raised on the main process alone, its exit broke the others' next collective call
+    (gloo's "Connection closed by peer" traceback). Without a process group (one process) ``error`` is simply
+    raised where given.
+    """
+    if not dist.enabled:
+        if error is not None:
+            raise error
+        return
+    import torch.distributed as torch_dist
+
+    message: list[str | None] = [str(error) if dist.is_main and error is not None else None]
+    torch_dist.broadcast_object_list(message, src=0)
+    if dist.is_main and error is not None:
+        raise error
+    if message[0] is not None:
+        raise CovsegError(message[0])
+
+
+# what a process of a data-parallel job is told where another process of it exited or was killed mid-collective
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing",
+              "NCCL communicator was aborted")
+
+
+def peer_failed(error: BaseException) -> bool:
+    """Whether ``error`` (raised in a collective call: a gradient all-reduce, a barrier) says that another process
+    of the job has gone: gloo's "Connection closed by peer", NCCL's aborted communicator. That process's own
+    message says why; this one's is a consequence, for the caller to say in one line rather than as a traceback."""
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _PEER_GONE)
+
+
+def refuse_under_torchrun(command: str) -> None:
+    """Refuse ``covseg COMMAND`` started by ``torchrun`` with more than one process (``WORLD_SIZE`` > 1): only
+    ``covseg train`` trains data-parallel. Another command would run once per process, each copy writing the same
+    output files (``covseg cv``: each copy training and replacing the same folds)."""
+    world = _whole_number_from_env("WORLD_SIZE", "1")
+    if world <= 1:
+        return
+    faster = "; covseg cv --jobs N trains N folds at once" if command == "cv" else ""
+    raise CovsegError(f"covseg {command} runs as one process, and torchrun started {world} of it, which would all "
+                      f"write the same files; of the covseg commands only train runs under torchrun (data-parallel), "
+                      f"so run covseg {command} without torchrun{faster}")

@@ -20,6 +20,7 @@ from covseg.errors import CovsegError
 from covseg.metrics import aggregate_per_image, confusion_matrix
 from covseg.runtime import DistContext, autocast, training_memory_format
 from covseg.transforms import augment_batch, mixup
+from covseg.wording import counted
 
 if TYPE_CHECKING:
     from covseg.consistency import ConsistencyTerm
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["EpochResult", "lr_factor", "learning_rate", "make_optimizer", "epoch_generator", "train_one_epoch",
            "validate", "predicted_labels", "class_argmax", "weight_average", "averaged_network", "epoch_average",
            "recompute_batch_norm", "side_generator", "SAMPLINGS", "class_balanced_weights", "draw_order",
-           "batch_confusion", "mean_foreground_dice"]
+           "batch_confusion", "mean_foreground_dice", "check_data_parallel", "share_weight"]
 
 
 @dataclass
@@ -214,6 +215,33 @@ def draw_order(masks: torch.Tensor, sampling: str, generator: torch.Generator) -
     raise CovsegError(f"train.sampling is {sampling!r}; use one of {', '.join(SAMPLINGS)}")
 
 
+def check_data_parallel(batch_size: int, images: int, world_size: int) -> None:
+    """Refuse a data-parallel epoch (``world_size`` processes) in which no process would train: every process needs
+    at least one image of each global batch, so a batch of fewer images than processes is skipped, and where
+    ``batch_size`` or the epoch's ``images`` (which caps the first batch) is below ``world_size`` every batch is.
+    A one-line :class:`CovsegError` says which, and how to fix it."""
+    if world_size <= 1:
+        return
+    if batch_size < world_size:
+        raise CovsegError(f"train.batch_size {batch_size} is smaller than the {world_size} processes torchrun started: "
+                          f"each process trains on its share of every batch and needs at least one image of it; raise "
+                          f"train.batch_size to {world_size} or more (it is the batch of all processes together), or "
+                          f"start at most {batch_size} (torchrun --nproc-per-node)")
+    if images < world_size:
+        raise CovsegError(f"{counted(images, 'training image')} for the {world_size} processes torchrun started: each "
+                          "process needs at least one image of every batch; start at most "
+                          f"{images} (torchrun --nproc-per-node), or train on more images")
+
+
+def share_weight(share: int, batch: int, world_size: int) -> float:
+    """The factor on one process's loss (the mean over its ``share`` of a global batch of ``batch`` images) that
+    makes DistributedDataParallel's average of the ``world_size`` processes' gradients the gradient of the mean over
+    the whole batch: ``share * world_size / batch``. It is 1 where the batch splits evenly; a batch of 3 on 2
+    processes weighs the share of 2 by 4/3 and that of 1 by 2/3, where an unweighted average gave the one image as
+    much weight as the other two together."""
+    return share * world_size / batch
+
+
 def train_one_epoch(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -237,10 +265,12 @@ def train_one_epoch(
 
     Data-parallel (``dist.world_size`` > 1, ``model`` wrapped in DistributedDataParallel): every process
     draws the same global batch and augmentation, then trains on its contiguous share of it; DDP averages
-    the gradients. The update equals the single-process one when the loss is a per-sample mean (``ce``,
-    ``mfb_ce``), the batch splits evenly and batch norm is absent or synchronised (it is on CUDA); batch
+    the gradients. A batch that does not split evenly gives some processes one image more; each process's loss
+    is weighted by its share (:func:`share_weight`), so the update equals the single-process one when the loss is a
+    per-sample mean (``ce``, ``mfb_ce``) and batch norm is absent or synchronised (it is on CUDA); batch
     Dice and per-process batch-norm statistics on CPU make it an approximation. A last batch with fewer
-    images than processes is skipped. The returned loss and accuracy are summed over all processes and
+    images than processes is skipped; an epoch in which every batch would be is refused
+    (:func:`check_data_parallel`). The returned loss and accuracy are summed over all processes and
     averaged over the images (pixels) actually trained on, a skipped batch's left out.
 
     ``cfg.mixup_alpha`` above 0 blends each augmented batch with a cyclic shift of itself
@@ -257,6 +287,8 @@ def train_one_epoch(
     each augmented labelled batch and the student's full-size logits; it draws nothing, so the batches are those
     drawn without it. The returned loss is the labelled loss alone.
     """
+    if dist.enabled:
+        check_data_parallel(cfg.batch_size, images.shape[0], dist.world_size)
     model.train()
     generator = epoch_generator(cfg.seed, epoch)
     order = draw_order(masks, cfg.sampling, generator)
@@ -271,13 +303,16 @@ def train_one_epoch(
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x, y = augment_batch(images[index], masks[index], cfg.augment, generator, size=progressive)
         y_other, lam = None, 1.0  # the partners' label maps and their weight 1 - lam, when mixing
+        weight = 1.0  # this process's share of the batch, as a factor on its loss (share_weight)
         if mixup_draws is not None:
             x, partner, lam = mixup(x, cfg.mixup_alpha, mixup_draws)
             y_other = y[partner]
         if dist.enabled:
             if x.shape[0] < dist.world_size:  # a last batch too small to give every process a sample
                 continue
+            batch = x.shape[0]
             x, y = x.tensor_split(dist.world_size)[dist.rank], y.tensor_split(dist.world_size)[dist.rank]
+            weight = share_weight(x.shape[0], batch, dist.world_size)
             if y_other is not None:
                 y_other = y_other.tensor_split(dist.world_size)[dist.rank]
         x = x.to(device).contiguous(memory_format=memory_format)
@@ -311,7 +346,7 @@ def train_one_epoch(
             raise CovsegError(f"the loss became {total.item()} at epoch {epoch + 1}"
                               + (f" (labelled {loss.item()})" if mixed is not None else "") + "; lower train.lr")
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        (total * weight if weight != 1.0 else total).backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
