@@ -7,25 +7,50 @@ drawn slices (:func:`covseg.transforms.box_masks`), and its teacher probabilitie
 sees the mixed slices beside its labelled batch and is pulled towards the mixed teacher probabilities by a soft
 cross-entropy (:func:`soft_cross_entropy`), weighted by ``train.consistency`` after a linear warm-up (:func:`warmup`).
 
+Batch norm: only the teacher's weights are averaged; it predicts with the student's current running statistics
+(:func:`covseg.training.averaged_network`). That is neither Tarvainen & Valpola's mean teacher (NeurIPS 2017: the
+teacher, in training mode, normalises with its own batch statistics) nor French et al.'s code (the running statistics
+averaged alongside the weights); it is what ``ema.pt`` uses, which scored better there (session 17).
+
+The unlabelled slices are loaded by :func:`load_unlabelled`, which also gives what ``run.json`` records of them
+(:func:`unlabelled_record`: how many, where, a SHA-256 over their names and files), so that a resume can refuse slices
+that changed since the run began (:func:`check_unlabelled_unchanged`) instead of going on with other ones.
+
 Shapes: unlabelled images ``(U, 1, S, S)`` float16 in [0, 1] (``S`` = ``data.input_size``); probabilities
 ``(N, C, s, s)`` with ``C`` the task's classes (0 background).
 """
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from covseg.config import RunConfig
+from covseg.datasets import Sample, load_dataset
+from covseg.errors import CovsegError
+from covseg.fileio import file_sha256
+from covseg.intensity import normalize_image
+from covseg.progress import print_beside_bars
 from covseg.training import averaged_network, side_generator
-from covseg.transforms import box_masks
+from covseg.transforms import box_masks, stack_resized
+from covseg.wording import counted
 
-__all__ = ["soft_cross_entropy", "warmup", "ConsistencyTerm"]
+__all__ = ["soft_cross_entropy", "warmup", "ConsistencyTerm", "Unlabelled", "load_unlabelled", "unlabelled_record",
+           "check_unlabelled_unchanged", "mask_like_slices", "warn_mask_like"]
 
 #: the share of all training steps over which the consistency weight rises linearly from 0
 WARMUP_SHARE = 0.25
 #: the tag of the unlabelled slices' draws (:func:`covseg.training.side_generator`)
 UNLABELLED_STREAM = 0xC0517
+#: a slice with at most this many grey levels (of 256) is no CT slice: a label mask, or a blank image
+MASK_LIKE_LEVELS = 3
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -91,3 +116,93 @@ class ConsistencyTerm:
     def update(self, student: nn.Module) -> None:
         """Move the teacher towards the student's current weights (after an optimiser step)."""
         self.teacher.update_parameters(student)
+
+
+def mask_like_slices(samples: Sequence[Sample]) -> list[Sample]:
+    """The slices of ``samples`` (images ``(H, W)`` float32 in [0, 1]) that hold at most :data:`MASK_LIKE_LEVELS`
+    grey levels of 256 on every 4th row and column: a binary (0/1) or three-class label mask saved among the
+    unlabelled slices, or a blank image. A CT slice holds dozens (noise, JPEG's artefacts)."""
+    found = []
+    for sample in samples:
+        levels = np.rint(np.clip(sample.image[::4, ::4], 0, 1) * 255).astype(np.int64).ravel()
+        if np.count_nonzero(np.bincount(levels, minlength=256)) <= MASK_LIKE_LEVELS:
+            found.append(sample)
+    return found
+
+
+def warn_mask_like(samples: Sequence[Sample], what: str) -> None:
+    """Warn (one line on stderr) where :func:`mask_like_slices` finds some of ``samples``, the unlabelled slices
+    ``what`` reads: they teach nothing, and a folder of masks taken for slices is a wrong folder."""
+    found = mask_like_slices(samples)
+    if found:
+        one_file = sum(s.source == found[0].source for s in samples) > 1  # a volume's slices (MedSeg's val_im.nii.gz)
+        fix = f"check {found[0].source}" if one_file else f"take them out of {Path(found[0].source).parent}"
+        print_beside_bars(f"covseg: warning: {len(found)} of {counted(len(samples), 'unlabelled slice')} that {what} "
+                          f"reads {'holds' if len(found) == 1 else 'hold'} at most {MASK_LIKE_LEVELS} grey levels, "
+                          f"like label masks or blank images, not CT slices (first: {found[0].source}); {fix}")
+
+
+def unlabelled_record(samples: Sequence[Sample]) -> dict[str, object]:
+    """What ``run.json`` records of the unlabelled slices ``samples`` a run reads: ``slices`` (how many),
+    ``folders`` (where their files lie, sorted) and ``sha256``: the SHA-256 of their sorted ``name<TAB>file SHA-256``
+    lines (each file hashed once: a MedSeg volume holds many slices), so renamed, added, removed or edited slices all
+    change it."""
+    digests: dict[str, str] = {}
+    lines = []
+    for sample in sorted(samples, key=lambda s: s.name):
+        if sample.source not in digests:
+            try:
+                digests[sample.source] = file_sha256(sample.source)
+            except OSError as err:
+                raise CovsegError(f"{sample.source}: cannot read the unlabelled slice's file "
+                                  f"({err.strerror or err})") from None
+        lines.append(f"{sample.name}\t{digests[sample.source]}\n")
+    return {"slices": len(samples), "folders": sorted({str(Path(s.source).parent) for s in samples}),
+            "sha256": hashlib.sha256("".join(lines).encode()).hexdigest()}
+
+
+def check_unlabelled_unchanged(run_dir: Path, recorded: object, current: dict[str, object]) -> None:
+    """Refuse to resume the run ``run_dir`` whose ``run.json`` recorded the unlabelled slices ``recorded`` (its
+    ``unlabelled`` entry) when :func:`unlabelled_record` of the slices found now, ``current``, differs: the resumed
+    epochs would pull the student towards other slices than the first ones. A run that began before covseg recorded
+    them (no entry) resumes as before."""
+    if not isinstance(recorded, dict) or "sha256" not in recorded:
+        return
+    if recorded["sha256"] == current["sha256"]:
+        return
+    began = recorded.get("slices")
+    began = counted(began, "slice") if isinstance(began, int) else "other slices"
+    folders = recorded.get("folders")
+    where = ", ".join(map(str, folders)) if isinstance(folders, list) and folders else "its data folder"
+    now = "there" if folders == current["folders"] else f"in {', '.join(map(str, current['folders']))}"
+    raise CovsegError(f"{run_dir}: the unlabelled slices of train.consistency changed since the run began ({began} "
+                      f"in {where}; now {counted(current['slices'], 'slice')} {now}, not all of the same names and "
+                      "images); put them back as they were, or train a new run")
+
+
+@dataclass(frozen=True)
+class Unlabelled:
+    """The consistency term's unlabelled slices: ``images`` ``(U, 1, S, S)`` float16 in [0, 1] (normalised by
+    ``data.normalize``, resized by ``data.resize`` to ``data.input_size``), the ``folders`` their files lie in, and
+    ``record``, what ``run.json`` keeps of them (:func:`unlabelled_record`)."""
+
+    images: torch.Tensor
+    folders: list[Path]
+    record: dict[str, object]
+
+
+def load_unlabelled(config: RunConfig, data_path: str, log: Callable[[str], None]) -> Unlabelled | None:
+    """``data_path``'s unlabelled slices for the consistency term (None when ``train.consistency`` is 0): at least
+    2 (a slice mixes with another), a warning for slices that look like masks (:func:`warn_mask_like`)."""
+    d = config.data
+    if config.train.consistency <= 0:
+        return None
+    samples = load_dataset(data_path, d.task, split="unlabelled", window=d.window)
+    if len(samples) < 2:
+        raise CovsegError(f"train.consistency needs at least 2 unlabelled slices in {data_path}, found {len(samples)}; "
+                          "add them or set train.consistency=0")
+    warn_mask_like(samples, "train.consistency")
+    images = stack_resized([normalize_image(s.image, d.normalize) for s in samples], None, d.input_size, d.resize)[0]
+    log(f"consistency: {counted(len(samples), 'unlabelled slice')}, {config.train.consistency_batch} per step, "
+        f"weight {config.train.consistency:g}")
+    return Unlabelled(images.half(), sorted({Path(s.source).parent for s in samples}), unlabelled_record(samples))

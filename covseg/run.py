@@ -45,7 +45,7 @@ from covseg import __version__
 from covseg.checkpoint import (build_model, checkpoint_config, cpu_state_dict, error_first_line, read_checkpoint,
                                save_checkpoint, weights_mismatch)
 from covseg.config import DataConfig, RunConfig, TrainConfig, check_new_run, config_from_dict, config_to_dict
-from covseg.consistency import ConsistencyTerm
+from covseg.consistency import ConsistencyTerm, check_unlabelled_unchanged, load_unlabelled
 from covseg.distill import DistillTerm, load_teachers
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError, Terminated, stop_word
@@ -87,6 +87,7 @@ class RunResult:
     best_epoch: int | None = None  # the epoch (1-based) whose weights best.pt holds, where best_score is one's
     model: str = ""  # the run's model where it is not best.pt: "swa.pt" for a finished train.swa_epochs run
     swa_epochs: int = 0  # the epochs swa.pt averages
+    unlabelled: int = 0  # the unlabelled slices train.consistency's mean teacher labelled (0: off)
 
     @property
     def interrupted(self) -> bool:
@@ -110,7 +111,8 @@ class RunResult:
             best += f" at epoch {self.best_epoch} (best.pt)"
         model = (f"; the run's model is {self.model}, the average of its last {counted(self.swa_epochs, 'epoch')}"
                  if self.model == "swa.pt" else f"; the run's model is {self.model}" if self.model else "")
-        return f"{done}; best validation mean Dice {best}{model}; run folder {self.run_dir}"
+        teacher = f"; mean teacher on {counted(self.unlabelled, 'unlabelled slice')}" if self.unlabelled else ""
+        return f"{done}; best validation mean Dice {best}{model}{teacher}; run folder {self.run_dir}"
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
@@ -497,22 +499,6 @@ def _pseudo_slices(config: RunConfig, split: dict, data_path: str, log, resume: 
     return _Pseudo(x.half(), y.to(torch.uint8), digest)
 
 
-def _unlabelled_slices(config: RunConfig, data_path: str, log) -> tuple[torch.Tensor, list[Path]] | None:
-    """The data set's unlabelled slices for the consistency term, normalised and resized: ``(U, 1, S, S)`` float16,
-    and the folders their files lie in; None when ``train.consistency`` is off."""
-    d = config.data
-    if config.train.consistency <= 0:
-        return None
-    samples = load_dataset(data_path, d.task, split="unlabelled", window=d.window)
-    if len(samples) < 2:
-        raise CovsegError(f"train.consistency needs at least 2 unlabelled slices in {data_path}, found {len(samples)}; "
-                          "add them or set train.consistency=0")
-    images = stack_resized([normalize_image(s.image, d.normalize) for s in samples], None, d.input_size, d.resize)[0]
-    log(f"consistency: {len(samples)} unlabelled slices, {config.train.consistency_batch} per step, "
-        f"weight {config.train.consistency:g}")
-    return images.half(), sorted({Path(s.source).parent for s in samples})
-
-
 def _pretrained_file(config: RunConfig, run_dir: Path, resume: bool, log, held_out: list[str]) -> Path | None:
     """The checked ``train.init`` file a new run holding out ``held_out`` starts from, or None. A resumed run takes
     its weights from ``last.pt``: it only refuses a ``train.init`` file that changed since it began (a moved one
@@ -701,7 +687,10 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
             read_run_info(run_dir, require_data=False).get("distill_sha256") != teachers.digests:
         raise CovsegError(f"{run_dir}: its teachers ({t.distill}) changed since the run began; put them back as they "
                           "were, or train a new run")
-    unlabelled, unlabelled_folders = _unlabelled_slices(config, data_path, log) or (None, [])
+    unlabelled = load_unlabelled(config, data_path, log)
+    if resume and unlabelled is not None:
+        check_unlabelled_unchanged(run_dir, read_run_info(run_dir, require_data=False).get("unlabelled"),
+                                   unlabelled.record)
     if resume and pseudo is not None and \
             read_run_info(run_dir, require_data=False).get("pseudo_labels_sha256") != pseudo.digest:
         raise CovsegError(f"{run_dir}: its pseudo-labels ({d.pseudo_labels}) changed since the run began; "
@@ -720,7 +709,8 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
         reads = [(pretrained, "train.init"), *((f, "train.distill") for f in (teachers.files if teachers else ())),
                  *([(resolve_pseudo_folder(d.pseudo_labels, d.split), "data.pseudo_labels")] if d.pseudo_labels else []),
                  *([(data_path, "--data")] if data_path else []),
-                 *((f, "the unlabelled slices of train.consistency") for f in unlabelled_folders)]
+                 *((f, "the unlabelled slices of train.consistency")
+                   for f in (unlabelled.folders if unlabelled else ()))]
         _refuse_reading_from_inside(run_dir, [(Path(f), what) for f, what in reads if f is not None])
     failure: CovsegError | None = None  # what the main process alone found writing the new run's folder
     if not resume and dist.is_main:
@@ -729,6 +719,8 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
             info["init_sha256"] = file_sha256(pretrained)
         if teachers is not None:
             info["distill"], info["distill_sha256"] = [str(f) for f in teachers.files], teachers.digests
+        if unlabelled is not None:
+            info["unlabelled"] = unlabelled.record
         try:
             _prepare_folder(run_dir, config, samples, data_path, force, old, log, info)
         except CovsegError as err:
@@ -774,8 +766,8 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
         model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[device] if device.type == "cuda" else None)
     averaged = weight_average(core, t.ema) if t.ema > 0 else None
     swa = epoch_average(core) if t.swa_epochs else None
-    consistency = (ConsistencyTerm(unlabelled, weight_average(core, t.teacher_decay), t.consistency_batch, t.consistency)
-                   if unlabelled is not None else None)
+    consistency = (ConsistencyTerm(unlabelled.images, weight_average(core, t.teacher_decay), t.consistency_batch,
+                                   t.consistency) if unlabelled is not None else None)
     distill = None
     if teachers is not None:
         distill = DistillTerm(teachers.networks, t.distill_weight, t.distill_temperature, device, dtype)
@@ -920,4 +912,5 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     best_epoch = next((int(r["epoch"]) for r in history if best is not None and r["val_dice"] == best), None)
     averaged_model = swa is not None and len(history) == t.epochs and (run_dir / "swa.pt").is_file()
     return RunResult(run_dir, len(history), t.epochs, best, stopped, time.perf_counter() - began, start,
-                     terminated, best_epoch, "swa.pt" if averaged_model else "", t.swa_epochs if averaged_model else 0)
+                     terminated, best_epoch, "swa.pt" if averaged_model else "", t.swa_epochs if averaged_model else 0,
+                     unlabelled.images.shape[0] if unlabelled is not None else 0)

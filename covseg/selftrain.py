@@ -31,6 +31,7 @@ from PIL import Image
 
 from covseg.checkpoint import checkpoint_config, read_checkpoint, refuse_unfinished
 from covseg.config import RunConfig
+from covseg.consistency import warn_mask_like
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError, stop_word
 from covseg.fileio import (atomic_dir, file_sha256, interrupts_deferred, left_as_it_was, refuse_output_in_data,
@@ -494,10 +495,13 @@ def _source_sha256(source: str, digests: dict[str, str]) -> str:
 
 
 def _split_once(loaded: dict[tuple, list[Sample]], data: str, config: RunConfig, split: str) -> list[Sample]:
-    """``data``'s ``split`` as ``config`` reads it, read once for all the fold teachers of one call (``loaded``)."""
+    """``data``'s ``split`` as ``config`` reads it, read once for all the fold teachers of one call (``loaded``);
+    unlabelled slices that look like label masks are warned of once (:func:`covseg.consistency.warn_mask_like`)."""
     key = (str(Path(data).resolve()), config.data.task, config.data.window, split)
     if key not in loaded:
         loaded[key] = load_dataset(data, config.data.task, split=split, window=config.data.window)
+        if split == "unlabelled":
+            warn_mask_like(loaded[key], "covseg pseudo-label")
     return loaded[key]
 
 

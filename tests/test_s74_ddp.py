@@ -181,7 +181,7 @@ def test_a_train_run_under_torchrun_with_a_batch_below_its_processes_is_refused_
     from covseg.config import apply_overrides, load_recipe
     from covseg.datasets import load_dataset
     from covseg.run import train_run
-    from tests.conftest import TINY_OVERRIDES
+    from conftest import TINY_OVERRIDES
 
     config = apply_overrides(load_recipe("tiny"), [*TINY_OVERRIDES, "train.batch_size=2", "data.split=cv:0"])
     samples = load_dataset(str(tiny_data), config.data.task, split="train", window=config.data.window)
