@@ -21,18 +21,22 @@ Method (scipy.ndimage only), on a copy block-averaged to about :data:`COARSE_MM`
    from the top slice down, slice by slice, as small (< :data:`AIRWAY_MAX_MM2`) air regions near the
    midline and their continuations, until they enter a lung, and removed;
 3. the largest 3-D component is a lung, and so is the largest other component that lies on the other side of the
-   body's midline (:func:`body_midline`), within the first's Z range, and has at least 10 % of its size; a single
-   component spanning both sides (lungs touching at the anterior/posterior junction) whose smaller side holds at
-   least 10 % of its larger side (the same rule: one lung mostly airless still counts) is cut, slice by slice, at
-   the column of least lung near the midline and between the two sides' centres of mass, when those columns hold
-   at most 45 % of the fullest column's lung (a junction; one lung crossing the midline is not cut);
+   body's midline (:func:`body_midline`), has its centre within the first's Z range and its top above the first's
+   lowest third (gas below the diaphragm, such as a stomach bubble beside a single lung, does not reach that high),
+   and has at least 10 % of its size; a single component spanning both sides (lungs touching at the
+   anterior/posterior junction) whose smaller side holds at least 10 % of its larger side (the same rule: one
+   lung mostly airless still counts) is cut, slice by slice, at the column of least lung near the midline and
+   between the two sides' centres of mass, when those columns hold at most 45 % of the fullest column's lung (a
+   junction; one lung crossing the midline is not cut);
 4. per lung and per axial slice: holes filled, then a closing with a disc (an octagon) of radius
    ``closing_mm`` (default :data:`CLOSING_MM`, 15 mm) and holes filled again, so that tissue denser than
    the threshold (consolidation ~ +20 HU, vessels) stays in the lung: inside it, or as a dent in its
    wall narrower than about ``2 * closing_mm`` (a +20 HU ball of 7 mm radius centred on the wall of the
    test phantom ends up about 85 % inside; the rest is its rim at the wall);
 5. back at full resolution, the voxels within one coarse voxel of each lung's boundary are decided by the
-   full-resolution threshold; the interior and the filled voxels are kept as they are.
+   full-resolution threshold; the interior and the filled voxels are kept as they are, and air not connected to
+   them is dropped (a lung one or two coarse slices thick, a thin slab of thin slices, has no interior along Z: its
+   interior within the slices stands in for it there).
 
 Limits: dense lesions forming a dent wider/deeper than the closing along the pleura, large pleural
 effusions (outside the lung by definition) and dents seen only along Z (a consolidation on the diaphragm) are
@@ -40,8 +44,10 @@ left out: the quantification (:mod:`covseg.quantify`) therefore counts GGO and c
 A lung touching the image border (a field of view cut through the lung) is taken for outside air. A table
 touching the patient and narrower than 90 % of the body (arms down at its sides, a very wide patient) is not
 recognised as such by its width (it still loses to the lungs when smaller than them). A fully
-airless lung has no air to start from and is missed. The airway tracing starts in the most superior slice,
-so image stacks given from superior to inferior lose it (no harm beyond the trachea staying in the mask).
+airless lung has no air to start from and is missed, and so is one aerated in its lowest third only (its air is
+taken for gas below the diaphragm; :func:`check_lung_mask` then warns that one lung is missing). The airway tracing
+starts in the most superior slice, so image stacks given from superior to inferior lose it (no harm beyond the
+trachea staying in the mask).
 Slightly more mediastinal tissue may be included at the hila, where vessels enter the lung.
 
 Speed: about 1.5 s for a 300 x 512 x 512 volume (1.0 x 0.7 x 0.7 mm) on one CPU core.
@@ -82,6 +88,7 @@ _SECOND_LUNG_FRACTION = 0.1
 _JUNCTION_FRACTION = 0.45  # the most lung a cut through touching lungs may cross, as a share of the fullest column
 _TABLE_WIDTH_FRACTION = 0.9  # an air component this wide, relative to the body, in most slices is no lung
 _TABLE_SLICE_FRACTION = 0.75  # "most slices" (touching lungs of a thin patient: ~0.9 at their widest only)
+_SECOND_LUNG_REACH = 1.0 / 3.0  # a second lung reaches above this share of the first lung's Z range (from below)
 _TINY_AREA_MM2 = 1000.0  # 10 cm^2: a lung's largest axial cross-section is 50-250 cm^2
 
 _INPLANE4 = np.zeros((3, 3, 3), bool)
@@ -278,7 +285,11 @@ def _assign_sides(cand: np.ndarray, mid_x: float, half_width: float) -> np.ndarr
             break  # the rest are smaller still
         f2 = right_fraction(c2)
         z2 = ndimage.center_of_mass(lab == c2)[0]
-        if (f2 >= 0.5) != (f1 >= 0.5) and z1[0] <= z2 <= z1[-1]:
+        top2 = int(np.flatnonzero((lab == c2).any(axis=(1, 2)))[-1])
+        # the lungs' apices lie level: a pocket that stays in the first lung's lowest third is gas below the
+        # diaphragm (a stomach bubble beside a single lung after pneumonectomy), not the other lung
+        reaches_up = top2 >= z1[0] + _SECOND_LUNG_REACH * (z1[-1] - z1[0])
+        if (f2 >= 0.5) != (f1 >= 0.5) and z1[0] <= z2 <= z1[-1] and reaches_up:
             out[lab == c2] = 1 if f2 >= 0.5 else 2
             break
     return out
@@ -312,6 +323,12 @@ def _close_lung(m: np.ndarray, r: int) -> np.ndarray:
         crop = ndimage.binary_fill_holes(crop, structure=_INPLANE4)
     out[:, y0:y1, x0:x1] = crop[:, pad:-pad, pad:-pad]
     return out
+
+
+def _inplane_interior(region: np.ndarray) -> np.ndarray:
+    """``region``'s voxels whose 8 in-plane neighbours are all in it (the whole region where none are)."""
+    inner = ndimage.binary_erosion(region, structure=_INPLANE8, border_value=0)
+    return inner if inner.any() else region
 
 
 def lung_mask(hu: np.ndarray, spacing: Sequence[float], closing_mm: float = CLOSING_MM,
@@ -359,6 +376,7 @@ def lung_mask(hu: np.ndarray, spacing: Sequence[float], closing_mm: float = CLOS
     r = max(0, int(round(closing_mm / ((cs[1] + cs[2]) / 2.0))))
     core = np.zeros(coarse.shape, np.uint8)
     band = np.zeros(coarse.shape, np.uint8)
+    seed = np.zeros(coarse.shape, bool)  # what the full-resolution lungs must touch (islands elsewhere are dropped)
     z_st = _INPLANE8.copy()
     if f[0] > 1:
         z_st[0, 1, 1] = z_st[2, 1, 1] = True
@@ -370,7 +388,11 @@ def lung_mask(hu: np.ndarray, spacing: Sequence[float], closing_mm: float = CLOS
         # edge block decided at full resolution too (with border_value=1 the block was interior, its tissue lung)
         interior = ndimage.binary_erosion(region, structure=z_st, border_value=0)
         filled = region & ~air  # dense voxels taken in by hole filling / closing
-        core[(interior | filled) & (core == 0)] = k
+        mine = (interior | filled) & (core == 0)
+        core[mine] = k
+        # a lung one or two coarse slices thick (a thin slab, e.g. 2 slices of 1 mm) has no interior along Z: its
+        # interior within the slices seeds it, else the step below dropped it as an island (the mask came out empty)
+        seed |= mine if interior.any() else mine | _inplane_interior(region)
         ring = ndimage.binary_dilation(region, structure=z_st) & ~interior & ~outside & ~airway
         band[ring & (band == 0)] = k
     if not band.any():
@@ -385,7 +407,7 @@ def lung_mask(hu: np.ndarray, spacing: Sequence[float], closing_mm: float = CLOS
     np.copyto(part, up_core, where=up_core > 0)
     lab, n = ndimage.label(part > 0)
     keep = np.zeros(n + 1, bool)
-    keep[lab[up_core > 0]] = True
+    keep[lab[_upsample(seed[box_c], f, shape)]] = True
     keep[0] = False
     part[~keep[lab]] = 0
     out[box] = part
@@ -406,14 +428,20 @@ def check_lung_coverage(mask: np.ndarray) -> list[str]:
             "percentages are of the part scanned"]
 
 
-def check_lung_mask(mask: np.ndarray, spacing: Sequence[float] | None = None) -> list[str]:
+def check_lung_mask(mask: np.ndarray, spacing: Sequence[float] | None = None, is_hu: bool = True) -> list[str]:
     """Warnings (one line each) about a :func:`lung_mask` result; empty when it looks like two lungs.
 
     Reported: an empty mask, only one lung, and a lung whose largest axial cross-section is tiny (below
-    10 cm^2 when ``spacing`` ``(Z, Y, X)`` mm is given, else below 0.2 % of the slice's pixels).
+    10 cm^2 when ``spacing`` ``(Z, Y, X)`` mm is given, else below 0.2 % of the slice's pixels). An empty mask of a
+    scan given as grey values (``is_hu`` False: an image stack, a NIfTI without air below -100), read back through the
+    lung window, asks about that window rather than about Hounsfield units.
     """
     mask = np.asarray(mask)
     if not mask.any():
+        if not is_hu:
+            return ["no lung found: the lung mask is empty (grey values are read as a chest CT in the lung window, "
+                    "lungs dark grey inside a light body; a soft-tissue window or values scaled from the whole CT "
+                    "range show no lungs: give the scan in HU, as NIfTI or DICOM, or as lung-windowed slices)"]
         return ["no lung found: the lung mask is empty (is this a chest CT in Hounsfield units?)"]
     warnings = []
     names = {RIGHT_LUNG: "right", LEFT_LUNG: "left"}

@@ -139,7 +139,7 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
     tick = time.perf_counter()
     hu = volume.hu if volume.is_hu else grey_to_hu(volume.hu, options.window)
     lungs = lung_mask(hu, volume.spacing).astype(np.uint8)
-    warnings = list(volume.warnings) + check_lung_mask(lungs, volume.spacing) + check_lung_coverage(lungs)
+    warnings = list(volume.warnings) + check_lung_mask(lungs, volume.spacing, is_hu=volume.is_hu) + check_lung_coverage(lungs)
     seconds["lungs"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
