@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from covseg import __version__
 from covseg.config import DataConfig, apply_overrides, available_recipes, load_recipe, text_override
@@ -98,19 +99,94 @@ def _refuse_overrides_set_by(args: argparse.Namespace, owners: dict[str, tuple[s
                               "override")
 
 
-def _refuse_repeated_models(paths: list[Path] | None, what: str) -> None:
-    """Refuse ``paths`` (``what``: how the command line names them) that name one model twice, directly or through a
-    cross-validation folder's fold runs, which would be scored as an ensemble of a model with itself."""
+class _Member(NamedTuple):
+    """An ensemble member as :func:`_refuse_repeated_models` compares them: the ``path`` given (or a cross-validation
+    folder's fold run), the checkpoint ``file`` it resolves to (None for an ONNX file or one that does not resolve)
+    and that file's SHA-256, or an ONNX file's metadata (``onnx``; None for a checkpoint)."""
+    path: Path
+    file: Path | None
+    sha256: str | None
+    onnx: dict[str, str] | None
+
+
+def _member(path: Path, which: str) -> _Member:
+    """``path`` (a run folder, checkpoint or ONNX file) as :class:`_Member`, its checkpoint the one ``which`` picks.
+    One that cannot be resolved or read keeps its path alone: opening it says what is wrong."""
+    from covseg.checkpoint import find_checkpoint
+    from covseg.export import checkpoint_sha256, exported_metadata
+
+    if path.suffix.lower() == ".onnx":
+        return _Member(path, None, None, exported_metadata(path))
+    try:
+        file = find_checkpoint(path, which)
+        return _Member(path, file, checkpoint_sha256(file), None)
+    except (CovsegError, OSError):
+        return _Member(path, None, None, None)
+
+
+def _one_network(a: _Member, b: _Member) -> str | None:
+    """Why ensemble members ``a`` and ``b`` are one network (a phrase for the refusal), or None when they are not
+    known to be: one checkpoint file (``RUN`` and ``RUN/best.pt``) or identical ones, a checkpoint and an ONNX file
+    exported from it (its ``covseg_checkpoint_sha256``), two ONNX files exported from one checkpoint (float32 and int8
+    alike: the same weights, rounded or not) or with one graph and weights. ONNX files exported before covseg
+    recorded these are compared by path alone."""
+    if a.onnx is None and b.onnx is not None:
+        a, b = b, a  # an ONNX file, if any, first
+    if a.onnx is None and b.onnx is None:
+        if a.file is None or b.file is None:
+            return None
+        if a.file.resolve() == b.file.resolve():
+            return f"{a.path} and {b.path} are one checkpoint, {a.file}"
+        return f"{a.path} and {b.path} hold identical checkpoints" if a.sha256 == b.sha256 else None
+    if b.onnx is None:
+        if b.sha256 is None or a.onnx.get("covseg_checkpoint_sha256") != b.sha256:
+            return None
+        return f"{b.path}, and {a.path} exported from {'it' if b.path == b.file else 'its ' + b.file.name}"
+    origin = a.onnx.get("covseg_checkpoint_sha256")
+    if origin is not None and origin == b.onnx.get("covseg_checkpoint_sha256"):
+        precisions = {a.onnx.get("covseg_precision", "float32"), b.onnx.get("covseg_precision", "float32")}
+        alike = ", an int8 and a float32 graph of one network" if len(precisions) > 1 else ""
+        return f"{a.path} and {b.path}, exported from one {a.onnx.get('covseg_checkpoint', 'checkpoint')}{alike}"
+    keys = ("covseg_weights_sha256", "covseg_graph_sha256")
+    if all(key in a.onnx for key in keys) and all(a.onnx[key] == b.onnx.get(key) for key in keys):
+        return f"{a.path} and {b.path} hold one graph with the same weights"
+    return None
+
+
+def _refuse_repeated_models(paths: list[Path] | None, what: str, which: str = "auto") -> None:
+    """Refuse ``paths`` (``what``: how the command line names them) that name one model twice, which would weigh it
+    twice in the ensemble: one path twice, directly or through a cross-validation folder's fold runs, or one network
+    by two paths (:func:`_one_network`; a run folder stands for its checkpoint ``which``, as the command opens it)."""
     if not paths or len(paths) < 2:
         return
     from covseg.predict import ensemble_members
 
-    seen: set[Path] = set()
-    for member in ensemble_members(paths):
-        if member.resolve() in seen:
-            raise CovsegError(f"{what} names a model twice ({member}, from {' '.join(map(str, paths))}); name each "
+    seen: list[_Member] = []
+    for path in ensemble_members(paths):
+        if any(path.resolve() == earlier.path.resolve() for earlier in seen):
+            raise CovsegError(f"{what} names a model twice ({path}, from {' '.join(map(str, paths))}); name each "
                               "once")
-        seen.add(member.resolve())
+        member = _member(path, which)
+        for earlier in seen:
+            why = _one_network(earlier, member)
+            if why:
+                raise CovsegError(f"{what} names a model twice ({why}); keep one of them")
+        seen.append(member)
+
+
+def _evaluated_checkpoint(args: argparse.Namespace) -> str:
+    """The checkpoint ``covseg evaluate`` opens of each run folder, as :func:`covseg.experiment.evaluate_run` picks it:
+    ``--checkpoint``; under ``auto``, the final model (``swa.pt``, else ``last.pt``; ``find_checkpoint``'s ``final``)
+    where the first model's run (a run folder, or the one a model file lies in) chose its ``best.pt`` on the images
+    of ``--split``. Worked out only where a model list names two or more, as only those are compared."""
+    from covseg.experiment import _evaluates_validation
+    from covseg.predict import ensemble_members
+
+    if args.checkpoint != "auto" or max(len(args.model), len(args.lesion_model or [])) < 2:
+        return args.checkpoint
+    first = ensemble_members(args.model)[0]
+    run_dir = first if first.is_dir() else first.parent if (first.parent / "run.json").is_file() else None
+    return "final" if run_dir is not None and _evaluates_validation(run_dir, args.split) else "auto"
 
 
 def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force: bool = True,
@@ -352,7 +428,7 @@ def _no_last_checkpoint(folder: Path) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from covseg.datasets import load_dataset
+    from covseg.datasets import load_dataset, refuse_lesion_only_masks
     from covseg.fileio import refuse_output_in_data
     from covseg.run import read_run_config, read_run_info, train_run
     from covseg.runtime import close_distributed, init_distributed, resolve_device
@@ -397,6 +473,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 "; run the same command again")
         _log(f"{how} while reading the images from {data}; nothing was written{kept}")
         return 143 if isinstance(stop, Terminated) else 130
+    if not resume:  # before the run folder is made (a run begun so before this check still resumes)
+        refuse_lesion_only_masks(samples, config.data.task, data)
     # --device with --resume: where to go on (a run trained on a GPU, resumed on a CPU), not a setting of the run
     dist, device = init_distributed(resolve_device(args.device if resume and args.device else config.train.device))
     try:
@@ -448,8 +526,9 @@ def _print_summary(metrics: dict, out_dir: Path) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from covseg.experiment import evaluate_run
 
-    _refuse_repeated_models(args.model, "MODEL")
-    _refuse_repeated_models(args.lesion_model, "--lesion-model")
+    which = _evaluated_checkpoint(args)
+    _refuse_repeated_models(args.model, "MODEL", which)
+    _refuse_repeated_models(args.lesion_model, "--lesion-model", which)
     metrics, out_dir = evaluate_run(args.model, args.data, args.split, args.output, args.checkpoint, args.device,
                                     args.precision, args.batch_size, args.tta, args.task, args.backend,
                                     progress=not args.quiet, lesion_model=args.lesion_model)
@@ -460,7 +539,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from covseg.datasets import load_dataset
+    from covseg.datasets import load_dataset, refuse_lesion_only_masks
     from covseg.experiment import compare_models
 
     settings = [name for name in args.models if "=" in name]
@@ -473,13 +552,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     config = _recipe_config(args)
     data = args.data or _default_data()
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
+    refuse_lesion_only_masks(samples, config.data.task, data)
     compare_models(args.models, config, samples, data, args.output, args.force, not args.quiet, _log)
     print((args.output / "comparison.md").read_text(encoding="utf-8"))
     return 0
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
-    from covseg.datasets import load_dataset
+    from covseg.datasets import load_dataset, refuse_lesion_only_masks
     from covseg.experiment import check_folds, check_seeds, cross_validate, cross_validate_seeds
 
     if args.force:
@@ -500,6 +580,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     check_folds(folds)  # before the data loads
     data = args.data or _default_data()
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
+    refuse_lesion_only_masks(samples, config.data.task, data)
     if args.seeds:
         cross_validate_seeds(config, samples, data, args.output, folds, args.seeds, not args.quiet, _log,
                              jobs=args.jobs)
@@ -739,6 +820,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = _parse_args(parser, argv)
     try:
+        if args.command != "train":  # under torchrun every process would run the whole command
+            from covseg.runtime import refuse_under_torchrun
+
+            refuse_under_torchrun(args.command)
         return COMMANDS[args.command](args)
     except CovsegError as err:
         print(f"covseg: error: {' '.join(str(err).split())}", file=sys.stderr)  # always one line
@@ -754,6 +839,12 @@ def main(argv: list[str] | None = None) -> int:
         if loop is not None:
             print(f"covseg: error: {loop}: is a symbolic link loop (a link that leads back to itself); remove it or "
                   "give another path", file=sys.stderr)
+            return 2
+        from covseg.runtime import peer_failed
+
+        if peer_failed(err):  # another torchrun process ended first (its own line says why)
+            print("covseg: error: another process of this torchrun job stopped, so this one could not go on; its "
+                  "own message says why", file=sys.stderr)
             return 2
         if not _is_torch_out_of_memory(err):
             raise

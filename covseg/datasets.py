@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +61,9 @@ __all__ = [
     "load_medseg_npy",
     "load_folder_pairs",
     "load_dataset",
+    "lesion_only_masks",
+    "refuse_lesion_only_masks",
+    "lesion_only_caveat",
 ]
 
 PIL_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -969,3 +972,60 @@ def _refuse_half_a_folder_pair(path: Path, images_dir: Path | None, masks_dir: P
             f"folders; move the slices into {path / 'images'} and their masks, of the same names, into "
             f"{path / 'masks'} (covseg predict takes a folder of images as it is)"
         )
+
+
+# --------------------------------------------------------------------------------------------
+# masks against the task
+
+
+def lesion_only_masks(samples: Sequence[Sample]) -> bool:
+    """Whether the masks of ``samples`` (``(H, W)`` label maps; samples without one skipped) look like lesion-vs-
+    background masks read as multiclass: some mask holds label 1 (GGO) and no mask holds a label above 1 (2
+    consolidation, 3 pleural effusion). False where no mask holds a lesion at all, or where any holds 2 or 3."""
+    holds_one = False
+    for sample in samples:
+        if sample.mask is None or not sample.mask.size:
+            continue
+        top = int(sample.mask.max())
+        if top > 1:
+            return False
+        holds_one = holds_one or top == 1
+    return holds_one
+
+
+def _in_slices(samples: Sequence[Sample]) -> str:
+    """ "in its one slice" / "in any of its 50 slices": the labelled slices of ``samples``, for a message."""
+    n = sum(s.mask is not None for s in samples)
+    return "in its one slice" if n == 1 else f"in any of its {counted(n, 'slice')}"
+
+
+def refuse_lesion_only_masks(samples: Sequence[Sample], task: str, data: str | Path) -> None:
+    """Refuse to train a ``multiclass`` model on the training data ``samples`` of the folder ``data`` (every labelled
+    slice of it, as :func:`load_dataset` gives them) whose masks hold only 0 and 1 (:func:`lesion_only_masks`): such
+    masks are nearly always lesion-vs-background masks, and read as multiclass labels they would train a model that
+    calls every lesion GGO and never learns consolidation or pleural effusion. A data set whose masks truly mark GGO
+    alone loses nothing by ``--task binary``: the binary model learns the same lesion-vs-background map. Returns
+    quietly for ``binary``, and where no mask holds a lesion (nothing to tell apart)."""
+    if get_scheme(task).task != "multiclass" or not lesion_only_masks(samples):
+        return
+    raise CovsegError(
+        f"{data}: its masks hold only the labels 0 and 1 (no 2 consolidation or 3 pleural effusion "
+        f"{_in_slices(samples)}), so a multiclass model would learn GGO alone; for lesion-vs-background masks use "
+        "--task binary (masks that truly mark GGO only train the same lesion model that way)"
+    )
+
+
+def lesion_only_caveat(samples: Sequence[Sample], task: str) -> str | None:
+    """A caveat (one sentence, no closing full stop) for a ``multiclass`` evaluation of ``samples`` whose masks hold
+    only 0 and 1 (:func:`lesion_only_masks`): its report shows GGO alone, with no word on why consolidation and
+    pleural effusion are missing (a class no truth holds has no column), and where the masks are lesion-vs-background
+    ones, the model's consolidation counts as missed GGO. None for ``binary`` and where the masks hold 2 or 3 (or no
+    lesion at all: the report says so itself)."""
+    if get_scheme(task).task != "multiclass" or not lesion_only_masks(samples):
+        return None
+    n = sum(s.mask is not None for s in samples)
+    masks = "this image's mask holds no" if n == 1 else f"no mask of these {n} images holds a"
+    return (f"{masks} label above 1 "
+            "(2 consolidation, 3 pleural effusion), so GGO alone is scored; if the masks mark lesion vs background "
+            "(0/1) rather than GGO, the model's consolidation counts here as missed GGO: score a binary model on them "
+            "instead (covseg train --task binary)")

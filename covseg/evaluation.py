@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from covseg.errors import CovsegError
-from covseg.fileio import current_umask, display_text, folders_made_for, staging_folder, sync_path, sync_tree
+from covseg.fileio import (current_umask, display_text, folders_made_for, interrupts_deferred, staging_folder,
+                           sync_path, sync_tree)
 from covseg.figures import plot_grid
 from covseg.labels import LabelScheme
 from covseg.wording import counted
@@ -50,7 +51,7 @@ from covseg.metrics import (
 
 __all__ = ["ImageResult", "Evaluation", "evaluate_image", "summarise", "write_report", "format_figure",
            "format_interval", "no_interval_reason", "foreground_called", "EMPTY_TRUTH_RULE", "CI_RULE",
-           "BOOTSTRAP_RESAMPLES"]
+           "BOOTSTRAP_RESAMPLES", "models_sentence"]
 
 EMPTY_TRUTH_RULE = ("per-image means skip images whose ground truth lacks the class (MONAI ignore_empty; "
                     "specificity is averaged over every image instead) and images where a figure is undefined "
@@ -216,13 +217,49 @@ def _all_images(n: int) -> str:
     return "the 1 image" if n == 1 else f"all {n} images"
 
 
+def _model_file(member: dict[str, Any]) -> str:
+    """One model file of a report's ``model`` entry, as metrics.md names it: "`RUN/last.pt` (epoch 3)", an ONNX
+    file with the checkpoint it was exported from."""
+    said = ([f"exported from {member['exported_from']}"] if member.get("exported_from") else []) + (
+        [f"epoch {member['epoch']}"] if member.get("epoch") is not None else [])
+    return f"`{member['file']}`" + (f" ({', '.join(said)})" if said else "")
+
+
+def _model_files(info: dict[str, Any]) -> str:
+    """The model files of one side of a report's ``model`` entry: one file, or an ensemble's members (mean
+    probabilities)."""
+    members = info.get("members") or [info]
+    files = ", ".join(_model_file(m) for m in members)
+    return files if len(members) == 1 else f"the mean probabilities of {len(members)} models: {files}"
+
+
+def models_sentence(model: dict[str, Any]) -> str:
+    """metrics.md's sentence on what produced the figures, from a report's ``model`` entry (``metrics.json``'s, as
+    :func:`covseg.predict.describe_after_use` gives it): each model file scored and its epoch (an ensemble's every
+    member; with a ``lesion_model``, the binary models that found the lesions and those that typed them), and
+    whether each prediction was averaged with its left-right flip (flip TTA)."""
+    if "lesion_model" in model:
+        said = (f"Lesions found by {_model_files(model['lesion_model'])}; their types given by "
+                f"{_model_files(model)}")
+    else:
+        said = f"Scored by {_model_files(model)}"
+    tta = ("with flip TTA (each prediction averaged with that of the left-right mirrored image)"
+           if model.get("flip_tta") else "without flip TTA")
+    return f"{said}; {tta}."
+
+
 def _markdown(ev: Evaluation, title: str, d: dict[str, Any] | None = None) -> str:
-    """metrics.md; ``d``: ``ev.to_dict()`` where the caller has it already (its bootstrap is not redone)."""
+    """metrics.md; ``d``: ``ev.to_dict()`` where the caller has it already (its bootstrap is not redone), with the
+    ``model`` that produced it where there is one (:func:`models_sentence`, under the title)."""
     d = ev.to_dict() if d is None else d
     names = [n for n, c in d["images_with_class"].items() if c > 0]
     fg = [n for n in names if n != "background"]
-    lines = [f"# {title}", ""] + [f"**Caveat:** {c}." for c in d.get("caveats", [])] + (
-        [""] if d.get("caveats") else []) + [f"{counted(d['n_images'], 'image')}; {EMPTY_TRUTH_RULE}.", ""]
+    lines = [f"# {title}", ""]
+    model = d.get("model")
+    if isinstance(model, dict) and "file" in model:  # the report of covseg evaluate: which models, flip TTA or not
+        lines += [models_sentence(model), ""]
+    caveats = [f"**Caveat:** {c}." for c in d.get("caveats", [])]
+    lines += caveats + ([""] if caveats else []) + [f"{counted(d['n_images'], 'image')}; {EMPTY_TRUTH_RULE}.", ""]
     counts = d["per_image_images"]
     # specificity is never averaged over "the images whose truth holds the class" (it needs pixels outside the
     # class), so its images are always named, even where their count happens to match
@@ -327,9 +364,10 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
     which becomes ``out_dir`` once every file is complete. Where ``out_dir`` exists already (an older report, or a
     folder given with ``-o`` that holds other files too, which are kept) they are written into a temporary folder
     inside it (so a read-only parent or a mount point does not matter) and then moved into place (renames, which need
-    no disk space), ``metrics.json`` last; the files reach the disk before the renames that name them, the folder
-    holding those names after them (:func:`covseg.fileio.sync_tree`). A write that fails (a full disk) before the
-    moves changes nothing there. Failures raise a one-line :class:`CovsegError` naming ``out_dir``.
+    no disk space), ``metrics.json`` last, a Ctrl-C among them held back until the last is made; the files reach the
+    disk before the renames that name them, the folder holding those names after them
+    (:func:`covseg.fileio.sync_tree`). A write that fails (a full disk) before the moves changes nothing there.
+    Failures raise a one-line :class:`CovsegError` naming ``out_dir``.
     ``best_worst.png`` is left out (an old one removed) when no image has a foreground Dice."""
     out_dir = Path(out_dir)
     data = {**(extra or {}), **ev.to_dict()}
@@ -350,14 +388,16 @@ def write_report(ev: Evaluation, out_dir: Path, title: str, extra: dict[str, Any
                     sync_path(out_dir.parent)
                     return data
                 # renames within one folder's file system, which need no space; metrics.json last, as it marks a
-                # finished evaluation, and an old one never stays beside new tables
-                (out_dir / "metrics.json").unlink(missing_ok=True)
-                for name in REPORT_FILES:
-                    if (stage / name).is_file():
-                        os.replace(stage / name, out_dir / name)
-                    else:
-                        (out_dir / name).unlink(missing_ok=True)  # an older report's figure, of other images
-                sync_path(out_dir)
+                # finished evaluation, and an old one never stays beside new tables. A Ctrl-C among them waits for
+                # the last: it would leave the new tables beside the old figure, without a metrics.json
+                with interrupts_deferred():
+                    (out_dir / "metrics.json").unlink(missing_ok=True)
+                    for name in REPORT_FILES:
+                        if (stage / name).is_file():
+                            os.replace(stage / name, out_dir / name)
+                        else:
+                            (out_dir / name).unlink(missing_ok=True)  # an older report's figure, of other images
+                    sync_path(out_dir)
             except OSError as err:
                 raise CovsegError(f"{out_dir}: the report could not be written ({type(err).__name__}: "
                                   f"{err.strerror or err}); is the disk full? Free space there or give -o another "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -16,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from covseg.config import MAX_SEED, DataConfig, RunConfig, check_new_run, config_from_dict, config_to_dict
-from covseg.datasets import Sample, load_dataset
+from covseg.datasets import Sample, lesion_only_caveat, load_dataset
 from covseg.errors import CovsegError, Terminated
 from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
 from covseg.fileio import atomic_write_text, check_output_folder, refuse_output_in_data, unwritable_reason
@@ -89,7 +90,11 @@ def select_samples(run_dir: Path | None, data: str, task: str, split: str,
 def _check_eval_split(split: str) -> None:
     """Refuse an evaluation split name that is not one of :data:`EVAL_SPLITS`."""
     if split not in EVAL_SPLITS:
-        raise CovsegError(f"unknown evaluation split {split!r}: use one of {', '.join(EVAL_SPLITS)}")
+        # a training split's name (cv:K, official, seed, paper) says which images a run held out, not what to score
+        training = split.partition(":")[0] in ("cv", "official", "seed", "paper")
+        hint = ("; a run's own held-out images (fold K of a cv:K run) are --split heldout, the default, and another "
+                "fold's are scored by that fold's run" if training else "")
+        raise CovsegError(f"unknown evaluation split {split!r}: use one of {', '.join(EVAL_SPLITS)}{hint}")
 
 
 def evaluate_samples(predictor: Predictor, samples: list[Sample], task: str, progress: bool = True) -> Evaluation:
@@ -157,9 +162,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     given = [Path(model_path)] if isinstance(model_path, (str, Path)) else [Path(p) for p in model_path]
     paths = ensemble_members(given)
     lesion_paths = ensemble_members(lesion_model) if lesion_model else []
-    run_dir = paths[0] if paths[0].is_dir() else None
-    if run_dir is None and len(paths) == 1 and (paths[0].parent / "run.json").is_file():
-        run_dir = paths[0].parent  # a checkpoint inside its run folder: the run's data and split
+    run_dir = _run_folder_of(paths[0])  # a checkpoint inside its run folder: the run's data and split
     if lesion_paths:  # the tasks first: models given the wrong way round are told so, not that their splits differ
         for path, check in [(paths[0], check_type_model_task), *((p, check_lesion_task) for p in lesion_paths)]:
             if path.is_dir():
@@ -173,6 +176,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     why = unwritable_reason(out_dir, folder=True) if out_dir is not None else None
     if why:  # a path through a file, or a folder this process may not write into: told before scoring
         raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
+    if out_dir is not None:
+        _refuse_another_runs_report_folder(Path(out_dir), paths + lesion_paths)
     if out_dir is None and lesion_paths:
         raise CovsegError("an evaluation with --lesion-model needs -o REPORT_DIR, so the model's own report stays")
     if out_dir is None and paths != given:  # a cross-validation folder reports beside its folds
@@ -181,7 +186,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         raise CovsegError("an ensemble of several models needs -o REPORT_DIR for its report")
     own = "final" if run_dir is not None and _evaluates_validation(run_dir, split) else "auto"
     if own == "final":
-        _refuse_onnx_chosen_on(paths, split)
+        _refuse_onnx_chosen_on(paths + lesion_paths, split)
     requested, which = which, own if which == "auto" else which
     if data is None:
         if run_dir is None:
@@ -211,16 +216,111 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe,
              "data": str(Path(data).resolve()), "split": split, "seconds": round(time.perf_counter() - began, 3)}
-    n_models = len(paths) + len(lesion_paths)
+    scored_files = _scored_files(info)  # the ensemble's members, then the --lesion-model's: paths + lesion_paths
+    n_models = len(scored_files)
     name = f"{info['name']} ({n_models} models)" if n_models > 1 else config.model.name
-    title = f"{name} · {config.data.task} · {split} ({counted(len(samples), 'image')})"
-    if n_models == 1:  # one model: which checkpoint, and whether its figure is a held-out one
-        scored = Path(info["file"])
-        title += f" · {scored.name}"
-        caveats = _caveats(run_dir, scored, split, own, samples, data)
-        if caveats:
-            extra["caveats"] = caveats
+    title = (f"{name} · {config.data.task} · {split} ({counted(len(samples), 'image')}) · "
+             + ", ".join(sorted({f.name for f in scored_files})) + (" · flip TTA" if tta else ""))
+    if n_models == 1:  # one model: whether its figure is a held-out one
+        caveats = _caveats(run_dir, scored_files[0], split, own, samples, data)
+    else:
+        caveats = _ensemble_caveats(list(zip(map(_run_folder_of, paths + lesion_paths), scored_files)), split,
+                                    samples, data)
+    lesion_only = lesion_only_caveat(samples, config.data.task)
+    if lesion_only:  # any number of models: the masks, not the models, leave consolidation unscored
+        caveats.append(lesion_only)
+    if caveats:
+        extra["caveats"] = caveats
     return write_report(ev, out_dir, title, extra), out_dir
+
+
+def _refuse_another_runs_report_folder(out_dir: Path, models: Sequence[Path]) -> None:
+    """Refuse an ``-o`` that is one of the report folders ``covseg evaluate RUN`` writes inside a run folder
+    (``RUN/eval-SPLIT[-CHECKPOINT][-tta]``, :func:`_report_name`) for any scoring but of that run's own model
+    (``models``: every model scored, ``--lesion-model``'s included): an ensemble's report, or another run's, in
+    ``RUN/eval-heldout`` would pass for the run's own figure where ``covseg cv`` and ``cv-compare`` read it."""
+    run = out_dir.parent
+    if not (_REPORT_FOLDER.fullmatch(out_dir.name) and is_run_folder(run)):
+        return
+    folders = {folder.resolve() if folder is not None else None for folder in map(_run_folder_of, models)}
+    if len(models) == 1 and folders == {run.resolve()}:
+        return
+    scored = "these models" if len(models) > 1 else str(models[0])
+    raise CovsegError(f"{out_dir}: is where covseg evaluate {run} reports that run's own model (covseg cv and "
+                      f"cv-compare read its reports there), so a report of {scored} there would pass for the run's; "
+                      f"give -o a folder of its own, e.g. {run.parent / 'eval-NAME'}")
+
+
+#: The names of the report folders ``covseg evaluate RUN`` gives a run's own reports (:func:`_report_name`).
+_REPORT_FOLDER = re.compile(rf"eval-({'|'.join(EVAL_SPLITS)})(-(best|last|ema|swa))?(-tta)?")
+
+
+def _run_folder_of(path: Path) -> Path | None:
+    """The run folder of a model ``path``: the path itself where it is a folder (a run), the folder holding it where
+    that is a run's (``run.json``: a checkpoint or ONNX file in its run folder), else None (a model file kept
+    elsewhere, whose data and split are not known)."""
+    if path.is_dir():
+        return path
+    return path.parent if (path.parent / "run.json").is_file() else None
+
+
+def _scored_files(info: dict[str, Any]) -> list[Path]:
+    """The model files an evaluation ran (``info``: :func:`covseg.predict.open_models`'s description): the one model,
+    or each ensemble member in order, then the ``--lesion-model``'s likewise (the order of the paths opened)."""
+    sides = [info] + ([info["lesion_model"]] if "lesion_model" in info else [])
+    return [Path(m["file"]) for side in sides for m in side.get("members") or [side]]
+
+
+def _named(items: Sequence[str]) -> str:
+    """``items`` in a sentence: "a", "a and b", "a, b and c"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _ensemble_caveats(models: Sequence[tuple[Path | None, Path]], split: str, samples: Sequence[Sample],
+                      data: str) -> list[str]:
+    """:func:`_caveats` for several models scored together (an ensemble, or a model with its ``--lesion-model``):
+    ``models`` holds each one's ``(run folder or None, file scored)``. Says which ``best.pt`` were chosen on
+    validation images among those scored, how many of the images some model trained on (and which models), and
+    which model files kept outside their run folders may have trained on ``all``'s images."""
+    caveats = []
+    chosen = [str(scored) for run_dir, scored in models
+              if run_dir is not None and scored.name == "best.pt" and _evaluates_validation(run_dir, split)]
+    if chosen:
+        chosen_on = "the validation images among these" if split == "all" else f"these {split} images"
+        caveats.append(f"{_named(chosen)} {'was' if len(chosen) == 1 else 'were'} chosen on {chosen_on} (the best "
+                       "validation epoch of its run), so this figure is optimistic; give the run folders without "
+                       "--checkpoint to score each run's final model")
+    trained_on: set[str] = set()
+    trainers = []
+    for run_dir, scored in models:
+        names = _training_images(run_dir, data) & {s.name for s in samples}
+        if names:
+            trained_on |= names
+            trainers.append(str(run_dir))
+    if trained_on:
+        caveats.append(f"{len(trained_on)} of these {len(samples)} images were training images of "
+                       f"{_named(trainers)}, so this is no held-out figure; score the models on images none of them "
+                       "trained on (--split heldout, the default, or test)")
+    outside = [str(scored) for run_dir, scored in models if run_dir is None]
+    if outside and split == "all":
+        lie, its, it, was = (("lies", "its run folder", "it", "it was") if len(outside) == 1 else
+                             ("lie", "their run folders", "they", "they were"))
+        caveats.append(f"{_named(outside)} {lie} outside {its}, so which of these {len(samples)} images {it} trained "
+                       f"on is not known: if {was} trained on them, this is no held-out figure; for a held-out figure, "
+                       "score the models on --split test")
+    return caveats
+
+
+def _training_images(run_dir: Path | None, data: str) -> set[str]:
+    """The names of the images the run ``run_dir`` trained on, where ``data`` is the run's own data folder and its
+    ``split.json`` says (else none: images of another folder are not matched by name)."""
+    if run_dir is None or not (run_dir / "split.json").is_file():
+        return set()
+    try:
+        own_data = Path(read_run_info(run_dir)["data"]).resolve() == Path(data).resolve()
+    except CovsegError:  # no readable run.json: the images cannot be matched to the run's by name
+        return set()
+    return set(load_split(run_dir / "split.json").get("train", [])) if own_data else set()
 
 
 def _caveats(run_dir: Path | None, scored: Path, split: str, own: str, samples: Sequence[Sample],
@@ -241,12 +341,7 @@ def _caveats(run_dir: Path | None, scored: Path, split: str, own: str, samples: 
         chosen_on = "the validation images among these" if split == "all" else f"these {split} images"
         caveats.append(f"best.pt was chosen on {chosen_on} (its best validation epoch), so this figure is "
                        f"optimistic; the run's own report scores {find_checkpoint(run_dir, 'final').name}")
-    try:
-        own_data = Path(read_run_info(run_dir)["data"]).resolve() == Path(data).resolve()
-    except CovsegError:  # no readable run.json: the images cannot be matched to the run's by name
-        own_data = False
-    has_split = own_data and (run_dir / "split.json").is_file()
-    trained_on = set(load_split(run_dir / "split.json").get("train", [])) if has_split else set()
+    trained_on = _training_images(run_dir, data)
     seen = sum(s.name in trained_on for s in samples)
     if seen:
         caveats.append(f"{seen} of these {len(samples)} images were this model's training images, so this is no "
@@ -274,13 +369,15 @@ def _check_ensemble_split(paths: Sequence[Path], split: str, typed: bool = False
                               f"training images of some and not of others; {remedy}score them together with "
                               "--split test (images none of them trained on)" + ("" if typed else ", or one run at a time"))
         return
-    split_files = [path / "split.json" for path in paths]
-    if split == "testset" or (split == "test" and not any(f.is_file() and load_split(f)["test"] for f in split_files)):
+    split_files = [_split_file(path) for path in paths]  # a checkpoint inside its run folder: the run's split
+    if split == "testset" or (split == "test" and not any(f is not None and load_split(f)["test"]
+                                                          for f in split_files)):
         return
     splits = []
     for path, split_file in zip(paths, split_files):
-        if not split_file.is_file():
-            raise CovsegError(f"{path}: split {split!r} needs run folders with split.json; use --split test")
+        if split_file is None:
+            raise CovsegError(f"{path}: split {split!r} needs run folders with split.json (a model file kept outside "
+                              "its run folder has none); use --split test")
         splits.append(load_split(split_file))
     if any(other != splits[0] for other in splits[1:]):
         raise CovsegError(f"{who} were trained on different splits, so some of the {split} images were another "
@@ -291,7 +388,7 @@ def _check_ensemble_split(paths: Sequence[Path], split: str, typed: bool = False
 def _split_file(path: Path) -> Path | None:
     """The ``split.json`` of the run a model ``path`` (a run folder, or a file inside one) was trained on; None
     when there is none (a model file kept outside its run folder)."""
-    folder = path if path.is_dir() else path.parent if (path.parent / "run.json").is_file() else None
+    folder = _run_folder_of(path)
     return folder / "split.json" if folder is not None and (folder / "split.json").is_file() else None
 
 

@@ -4,7 +4,10 @@ The exported graph takes ``image`` ``(B, 1, H, W)`` float32 in [0, 1] (B, H and 
 divisible by ``2**depth``) and returns ``logits`` ``(B, C, H, W)``. The run's config travels inside the
 file as metadata (``covseg_config``), so a model of another task or architecture can be refused. Its
 ``covseg_checkpoint`` names the checkpoint it came from (``best.pt``, ``last.pt``, ``swa.pt``, ``ema.pt``), so that
-``covseg evaluate`` can refuse a ``best.pt`` graph on the validation images that chose it. The
+``covseg evaluate`` can refuse a ``best.pt`` graph on the validation images that chose it, and
+``covseg_checkpoint_sha256`` holds that file's SHA-256 (:func:`checkpoint_sha256`), so that an ensemble naming the
+checkpoint and its export, or two exports of it (fp32 and int8 alike), is refused as one network named twice
+(:func:`exported_metadata`). The
 graph holds the network only: callers outside covseg prepare its input as covseg's Predictor does — normalise
 each image first as ``data.normalize`` says (:func:`covseg.intensity.normalize_image`: ``equalize``,
 ``percentile``), then bring it to ``data.input_size`` square as ``data.resize`` says (``stretch``: resize each
@@ -48,8 +51,8 @@ from covseg.errors import CovsegError
 from covseg.fileio import atomic_path
 from covseg.models.shapes import check_input_size
 
-__all__ = ["export_onnx", "exported_from", "exported_class_weights", "weights_sha256", "graph_sha256",
-           "metadata_sha256",
+__all__ = ["export_onnx", "exported_from", "exported_class_weights", "exported_metadata", "weights_sha256",
+           "graph_sha256", "metadata_sha256", "checkpoint_sha256",
            "OnnxBackend", "onnx_backend_of", "ort_session", "load_onnx", "write_graph", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
@@ -84,7 +87,7 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
                           "it came from")
     if Path(out).suffix != ".onnx":
         raise CovsegError(f"{out}: export writes an ONNX file; give -o a name ending in .onnx, e.g. "
-                          f"{Path(out).with_suffix('.onnx')}")
+                          f"{_onnx_name(Path(out))}")
     if os.path.lexists(out) and not force:  # a link too: the rename would replace it
         raise CovsegError(f"{out}: exists; pass --force to replace it or choose another -o")
     _refuse_folder_of_runs(Path(model_path), Path(out))
@@ -96,7 +99,7 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     model, config, state = load_model(checkpoint)
     meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),
             "covseg_epoch": str(state.get("epoch")), "covseg_checkpoint": checkpoint.name,
-            "covseg_precision": "float32"}
+            "covseg_checkpoint_sha256": checkpoint_sha256(checkpoint), "covseg_precision": "float32"}
     if (checkpoint.parent / "class_weights.json").is_file():  # which classes it learnt, for use outside its run
         from covseg.run import read_class_weights
 
@@ -133,6 +136,14 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     return meta
 
 
+def _onnx_name(out: Path) -> Path:
+    """A name ending in ``.onnx`` for a refused ``-o`` ``out``: its own with that suffix in place of another
+    (``model.pt``: ``model.onnx``; ``model.``: ``model.onnx``), or ``model.onnx`` in its folder for a name that is
+    no more than the suffix (``.onnx``, which is a hidden file's name with no suffix)."""
+    stem = (out.stem if out.suffix else out.name).rstrip(".")
+    return out.parent / ("model.onnx" if stem.lower() in ("", ".onnx") else f"{stem}.onnx")
+
+
 def _refuse_folder_of_runs(path: Path, out: Path) -> None:
     """Refuse a folder of runs as the model to export, naming one of them: a ``covseg cv`` folder (``fold-K`` runs
     inside; with ``--seeds``, ``seed-S/fold-K``) or another that holds runs (``covseg compare``'s, a run per model).
@@ -147,6 +158,16 @@ def _refuse_folder_of_runs(path: Path, out: Path) -> None:
         kind = "a cross-validation's fold runs" if runs[0].name.startswith("fold-") else "runs"
         raise CovsegError(f"{path}: holds {kind}, not one run, and an ONNX file holds one model; export one of "
                           f"them, e.g. covseg export {runs[0]} -o {out}")
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """The hex SHA-256 of the bytes of the file at ``path`` (a ``.pt`` checkpoint): stored at export as
+    ``covseg_checkpoint_sha256``, the checkpoint an ONNX file was made from, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_sha256(graph: Any) -> str:
@@ -192,6 +213,13 @@ def exported_from(path: Path) -> str | None:
     from (its ``covseg_checkpoint`` metadata); None for a file that does not say (exported before covseg recorded
     it) or cannot be read."""
     return _metadata(path).get("covseg_checkpoint")
+
+
+def exported_metadata(path: Path) -> dict[str, str]:
+    """A covseg ONNX file's metadata entries (``covseg_checkpoint``, ``covseg_checkpoint_sha256``,
+    ``covseg_weights_sha256``, ...; see the module's notes), unchecked; empty for a file that cannot be read
+    (:func:`load_onnx` reports those)."""
+    return _metadata(path)
 
 
 def _metadata(path: Path) -> dict[str, str]:

@@ -365,6 +365,21 @@ def test_multiclass_run_and_task_mismatch(tiny_data: Path, tiny_run: Path, tmp_p
     out = tmp_path / "ens"
     assert main(["evaluate", str(tiny_run), str(run), "--split", "all", "-o", str(out), "--quiet"]) == 2
     assert "models of one task" in _one_line_error(capsys) and not out.exists()
+    # scored on masks of 0 and 1 alone (lesion-vs-background masks?), the report says GGO alone was scored and why
+    own = tmp_path / "own"
+    (own / "images").mkdir(parents=True)
+    (own / "masks").mkdir()
+    for i, lesion in enumerate((1, 0)):
+        Image.fromarray(np.full((32, 32), 100, np.uint8)).save(own / "images" / f"{i}.png")
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:16, 8:16] = lesion
+        Image.fromarray(mask).save(own / "masks" / f"{i}.png")
+    assert main(["evaluate", str(run), "--data", str(own), "--split", "all", "-o", str(tmp_path / "ev"),
+                 "--quiet"]) == 0
+    assert "covseg: warning: no mask of these 2 images holds a label above 1" in capsys.readouterr().err
+    assert "so GGO alone is scored" in (tmp_path / "ev" / "metrics.md").read_text()
+    caveats = json.loads((tmp_path / "ev" / "metrics.json").read_text())["caveats"]
+    assert sum("so GGO alone is scored" in c for c in caveats) == 1
 
 
 @pytest.mark.parametrize("case", ["missing_data", "no_masks", "bad_label", "size_mismatch", "empty",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -93,12 +94,26 @@ def test_evaluate_and_predict_with_a_lesion_model(tiny_data: Path, tiny_run: Pat
     assert not (tmp_path / "x").exists() and not (mc / "eval-heldout").exists()
 
 
+def _distinct_copy(run: Path, copy: Path, ignore=None, nudge: float = 1e-6) -> Path:
+    """``run`` copied to ``copy`` with each checkpoint's first weight moved by ``nudge``: another network by its bytes
+    (an ensemble of byte-identical checkpoints is refused as one model named twice) that predicts as ``run`` does."""
+    shutil.copytree(run, copy, ignore=ignore)
+    for checkpoint in copy.glob("*.pt"):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        first = next(iter(state["model"]))
+        state["model"][first] = state["model"][first] + nudge
+        torch.save(state, checkpoint)
+        kept = (run / checkpoint.name).stat()
+        os.utime(checkpoint, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    return copy
+
+
 def _fake_cv(tiny_run: Path, root: Path) -> Path:
     """A finished 3-fold cross-validation folder of copies of tiny_run's model (fold 0 of 3); folds 1 and 2
     get tiny_run's split with the roles of two images swapped."""
     for k in range(3):
         fold = root / f"fold-{k}"
-        shutil.copytree(tiny_run, fold, ignore=shutil.ignore_patterns("eval-*"))
+        _distinct_copy(tiny_run, fold, ignore=shutil.ignore_patterns("eval-*"), nudge=(k + 1) * 1e-6)
         (fold / "eval-heldout").mkdir()
         (fold / "eval-heldout" / "metrics.json").write_text("{}")
         if k:
@@ -109,14 +124,13 @@ def _fake_cv(tiny_run: Path, root: Path) -> Path:
 
 
 def test_evaluate_ensemble_of_same_split_runs(tiny_run: Path, tmp_path: Path, capsys) -> None:
-    twin = tmp_path / "twin"
-    shutil.copytree(tiny_run, twin)
+    twin = _distinct_copy(tiny_run, tmp_path / "twin")
     single, ensemble = tmp_path / "single", tmp_path / "ensemble"
     assert main(["evaluate", str(tiny_run), "-o", str(single), "--quiet", "--precision", "fp32"]) == 0
     assert main(["evaluate", str(tiny_run), str(twin), "-o", str(ensemble), "--quiet", "--precision", "fp32"]) == 0
     one = json.loads((single / "metrics.json").read_text())
     two = json.loads((ensemble / "metrics.json").read_text())
-    # two copies of one model average to that model's own probabilities: the same scores
+    # two copies of one model (one weight moved by 1e-6) average to its own probabilities: the same scores
     assert two["per_image"]["dice"] == pytest.approx(one["per_image"]["dice"], abs=1e-6)
     assert [m["file"] for m in two["model"]["members"]] == [str(tiny_run / "last.pt"), str(twin / "last.pt")]
     assert "(2 models)" in (ensemble / "metrics.md").read_text()

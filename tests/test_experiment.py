@@ -323,8 +323,13 @@ def test_cv_takes_no_report_of_another_runs_checkpoint_as_a_folds_score(tiny_run
     for folder in (run, other):
         shutil.copytree(tiny_run, folder, ignore=shutil.ignore_patterns("eval-*"))
     report = run / "eval-heldout"
-    # someone scores another run's last.pt into this run's eval-heldout: the same file name, not the same file
-    assert main(["evaluate", str(other / "last.pt"), "--split", "heldout", "-o", str(report), "--quiet"]) == 0
+    # someone scores another run's last.pt into this run's eval-heldout: the same file name, not the same file.
+    # evaluate refuses that -o (since session 74), so the report is written elsewhere and moved there
+    assert main(["evaluate", str(other / "last.pt"), "--split", "heldout", "-o", str(report), "--quiet"]) == 2
+    assert not report.exists()
+    assert main(["evaluate", str(other / "last.pt"), "--split", "heldout", "-o", str(tmp_path / "elsewhere"),
+                 "--quiet"]) == 0
+    (tmp_path / "elsewhere").rename(report)
     assert experiment._is_current(report / "metrics.json", run, "final", str(tiny_data)) is False  # before: True
     assert main(["evaluate", str(run / "last.pt"), "--split", "heldout", "-o", str(report), "--quiet"]) == 0
     assert experiment._is_current(report / "metrics.json", run, "final", str(tiny_data)) is True

@@ -189,3 +189,22 @@ def test_a_train_run_under_torchrun_with_a_batch_below_its_processes_is_refused_
         train_run(config, samples, tmp_path / "run", data_path=str(tiny_data), progress=False,
                   log=lambda message: None, dist=DistContext(0, 4))
     assert not (tmp_path / "run").exists()
+
+
+def test_covseg_commands_other_than_train_are_refused_under_torchrun_and_a_gone_peer_is_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from covseg import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["cv", "--folds", "2", "-o", "nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("covseg: error: covseg cv runs as one process, and torchrun started 2 of it") \
+        and err.count("\n") == 1 and "covseg cv --jobs N" in err
+    # a collective call that finds another process gone: one line, not gloo's traceback
+    def gone(args) -> int:  # noqa: ANN001
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+
+    monkeypatch.setitem(cli.COMMANDS, "train", gone)
+    assert cli.main(["train", "-o", "nowhere"]) == 2
+    assert capsys.readouterr().err == ("covseg: error: another process of this torchrun job stopped, so this one "
+                                       "could not go on; its own message says why\n")
