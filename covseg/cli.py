@@ -175,18 +175,15 @@ def _refuse_repeated_models(paths: list[Path] | None, what: str, which: str = "a
 
 
 def _evaluated_checkpoint(args: argparse.Namespace) -> str:
-    """The checkpoint ``covseg evaluate`` opens of each run folder, as :func:`covseg.experiment.evaluate_run` picks it:
-    ``--checkpoint``; under ``auto``, the final model (``swa.pt``, else ``last.pt``; ``find_checkpoint``'s ``final``)
-    where the first model's run (a run folder, or the one a model file lies in) chose its ``best.pt`` on the images
-    of ``--split``. Worked out only where a model list names two or more, as only those are compared."""
-    from covseg.experiment import _evaluates_validation
+    """The checkpoint ``covseg evaluate`` opens of each run folder: ``--checkpoint``, or under ``auto`` the one
+    :func:`covseg.experiment.own_checkpoint` picks for the first model. Worked out only where a model list names two
+    or more, as only those are compared."""
+    from covseg.experiment import own_checkpoint
     from covseg.predict import ensemble_members
 
     if args.checkpoint != "auto" or max(len(args.model), len(args.lesion_model or [])) < 2:
         return args.checkpoint
-    first = ensemble_members(args.model)[0]
-    run_dir = first if first.is_dir() else first.parent if (first.parent / "run.json").is_file() else None
-    return "final" if run_dir is not None and _evaluates_validation(run_dir, args.split) else "auto"
+    return own_checkpoint(ensemble_members(args.model)[0], args.split)
 
 
 def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force: bool = True,

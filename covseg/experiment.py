@@ -37,7 +37,7 @@ from covseg.run import (check_checkpoint_settings, differences_note, is_run_fold
                         read_run_info, setting_differences, sync_history, train_run, trained_on)
 
 __all__ = ["EVAL_SPLITS", "select_samples", "evaluate_samples", "evaluate_run", "compare_models", "train_or_resume",
-           "cross_validate", "cross_validate_seeds", "check_folds", "check_seeds"]
+           "cross_validate", "cross_validate_seeds", "check_folds", "check_seeds", "own_checkpoint"]
 
 EVAL_SPLITS = ("heldout", "val", "test", "testset", "train", "all")
 
@@ -117,6 +117,15 @@ def _evaluates_validation(run_dir: Path, split: str) -> bool:
     return split in ("val", "all") or (split == "heldout" and not parts.get("test"))
 
 
+def own_checkpoint(first_model: Path, split: str) -> str:
+    """The checkpoint ``covseg evaluate --checkpoint auto`` opens of each run folder it scores on ``split``, where
+    ``first_model`` is the first model given (a run folder, or a model file in one): ``final`` (``swa.pt``, else
+    ``last.pt``) where that run chose its ``best.pt`` on these images (:func:`_evaluates_validation`), else ``auto``
+    (``best.pt``)."""
+    run_dir = _run_folder_of(first_model)
+    return "final" if run_dir is not None and _evaluates_validation(run_dir, split) else "auto"
+
+
 def _report_name(split: str, checkpoint: str | None, tta: bool) -> str:
     """A run's report folder: ``eval-SPLIT`` for its own model, ``eval-SPLIT-CHECKPOINT`` for another checkpoint,
     ending in ``-tta`` for a flip-TTA score, so that neither replaces the plain report ``covseg cv`` reads."""
@@ -184,7 +193,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         out_dir = given[0] / _report_name(split, None if which == "auto" else which, tta)
     if out_dir is None and len(paths) > 1:
         raise CovsegError("an ensemble of several models needs -o REPORT_DIR for its report")
-    own = "final" if run_dir is not None and _evaluates_validation(run_dir, split) else "auto"
+    own = own_checkpoint(paths[0], split)
     if own == "final":
         _refuse_onnx_chosen_on(paths + lesion_paths, split)
     requested, which = which, own if which == "auto" else which
@@ -992,11 +1001,12 @@ def _is_current(report: Path, run_dir: Path, which: str, data: str) -> bool:
     try:
         metrics = json.loads(report.read_text(encoding="utf-8"))
         scored, as_cv_scores = Path(metrics["model"]["file"]).resolve(), _heldout_report(metrics, data)
+        one_model = "members" not in metrics["model"]  # an ensemble's "file" is its first member's
     except (ValueError, KeyError, TypeError, OSError):
         return False
     newest = max(checkpoint.stat().st_mtime, (run_dir / "last.pt").stat().st_mtime)
     # the file itself, not its name: a report of another run's last.pt written here is not this run's score
-    return scored == checkpoint.resolve() and as_cv_scores and report.stat().st_mtime >= newest
+    return scored == checkpoint.resolve() and one_model and as_cv_scores and report.stat().st_mtime >= newest
 
 
 def check_seeds(seeds: Sequence[int]) -> None:

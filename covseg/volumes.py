@@ -444,8 +444,10 @@ def _read_nifti(path: Path, header_only: bool = False) -> Volume | None:
     is_hu = lo < HU_MIN_THRESHOLD
     # nibabel's effective scl_slope / scl_inter (1 and 0 where the header sets none, or sets 0 or NaN)
     unscaled = float(getattr(img.dataobj, "slope", 1.0)) == 1.0 and float(getattr(img.dataobj, "inter", 0.0)) == 0.0
-    if not is_hu and unscaled and dtype.kind in "iu" and 0 <= lo and 255 < hi <= RAW_CT_MAX:
-        # stored integers beyond 8-bit grey within 12 bits: CT numbers stored as HU + 1024 without the header's
+    if not is_hu and unscaled and 0 <= lo and 255 < hi <= RAW_CT_MAX and (
+            dtype.kind in "iu" or (dtype.kind == "f" and bool(np.all(data == np.rint(data))))):
+        # stored integers (or floats holding only whole numbers, as a conversion to float32 leaves them) beyond
+        # 8-bit grey within 12 bits: CT numbers stored as HU + 1024 without the header's
         # scl_inter (as a DICOM series without RescaleIntercept, which is refused too); min-max scaled as grey
         # values they put soft tissue below the air threshold, and the lung mask and every volume would be wrong.
         # A header that does rescale (a slope other than 1) holds no raw CT numbers: grey, with the warning below

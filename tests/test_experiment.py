@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from covseg import experiment
 from covseg.checkpoint import build_model, save_checkpoint
@@ -333,6 +334,17 @@ def test_cv_takes_no_report_of_another_runs_checkpoint_as_a_folds_score(tiny_run
     assert experiment._is_current(report / "metrics.json", run, "final", str(tiny_data)) is False  # before: True
     assert main(["evaluate", str(run / "last.pt"), "--split", "heldout", "-o", str(report), "--quiet"]) == 0
     assert experiment._is_current(report / "metrics.json", run, "final", str(tiny_data)) is True
+    # nor is an ensemble's report whose first member is this run's last.pt (its "file" is that member's)
+    state = torch.load(other / "last.pt", map_location="cpu", weights_only=False)
+    first = next(iter(state["model"]))
+    state["model"][first] = state["model"][first] + 1e-3  # another network (one named twice is refused)
+    torch.save(state, other / "last.pt")
+    assert main(["evaluate", str(run / "last.pt"), str(other / "last.pt"), "--split", "heldout", "-o",
+                 str(tmp_path / "ensemble"), "--quiet"]) == 0
+    shutil.rmtree(report)
+    (tmp_path / "ensemble").rename(report)
+    assert json.loads((report / "metrics.json").read_text())["model"]["file"] == str(run / "last.pt")
+    assert experiment._is_current(report / "metrics.json", run, "final", str(tiny_data)) is False  # before: True
 
 
 def test_mean_std_is_the_population_spread_of_the_folds_that_have_a_value() -> None:

@@ -898,12 +898,13 @@ def test_a_nifti_is_hu_only_when_its_minimum_is_below_minus_100(tmp_path, low, i
 
 @pytest.mark.parametrize("dtype, hi, refused", [(np.uint16, 1139, True), (np.int16, 4095, True),
                                                 (np.uint8, 255, False), (np.uint16, 4096, False),
-                                                (np.float32, 1139, False)])
+                                                (np.float32, 1139, True), (np.float32, 1139.5, False)])
 def test_a_nifti_of_raw_ct_numbers_without_its_rescale_is_refused(tmp_path, dtype, hi, refused):
     """HU + 1024 stored as whole numbers without scl_inter (0..1139 here) was min-max scaled as grey values: soft tissue
     (1064) read as about -900 HU, the lung mask and every reported volume wrong, with only a 'treated as grey values'
-    warning. Refused like a DICOM series without RescaleIntercept; 8-bit grey, 16-bit grey beyond 12 bits and float
-    values are still read as grey values."""
+    warning. Refused like a DICOM series without RescaleIntercept, also as floats holding only whole numbers (a
+    conversion to float32 keeps them so; session 74); 8-bit grey, 16-bit grey beyond 12 bits and floats with fractions
+    are still read as grey values."""
     data = np.full((6, 5, 4), 40, dtype)
     data[0, 0, 0], data[1, 1, 1] = 0, hi
     nib.save(nib.Nifti1Image(data, np.diag([0.7, 0.7, 2.5, 1.0])), str(tmp_path / "ct.nii.gz"))
