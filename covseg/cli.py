@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="train and evaluate several models under identical settings")
     p.add_argument("--models", nargs="+", default=["unet", "segnet"],
-                   help="models to train and compare (default: unet segnet); put KEY=VALUE overrides before --models")
+                   help="models to train and compare (default: unet segnet); put KEY=VALUE overrides before --models; "
+                        "NAME:KEY=VALUE gives one model its own model.* setting (e.g. segnet:model.depth=5)")
     _add_training_options(p, force_help="retrain the models' runs in an existing output folder instead of "
                           "reusing finished ones and resuming interrupted ones")
     p.add_argument("-o", "--output", type=Path, required=True,
@@ -539,18 +540,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from covseg.datasets import load_dataset, refuse_lesion_only_masks
     from covseg.experiment import compare_models
 
-    settings = [name for name in args.models if "=" in name]
+    models, own = [], {}
+    for token in args.models:
+        name, *settings = token.split(":")  # segnet:model.depth=5: that model's own model.* settings
+        models.append(name)
+        if settings:
+            own[name] = own.get(name, []) + settings
+    settings = [name for name in models if "=" in name]
     if settings:
         raise CovsegError(f"--models took {' '.join(settings)} for model names; put KEY=VALUE overrides before "
-                          "--models (or end the model list with --)")
-    if len(set(args.models)) != len(args.models):
+                          "--models (or end the model list with --), or give one model its own as NAME:KEY=VALUE")
+    if len(set(models)) != len(models):
         raise CovsegError(f"--models names a model twice ({' '.join(args.models)}); name each once")
     _refuse_overrides_set_by(args, {"model.name": ("one run per name in --models", None)})
     config = _recipe_config(args)
     data = args.data or _default_data()
     samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
     refuse_lesion_only_masks(samples, config.data.task, data)
-    compare_models(args.models, config, samples, data, args.output, args.force, not args.quiet, _log)
+    compare_models(models, config, samples, data, args.output, args.force, not args.quiet, _log,
+                   model_overrides=own or None)
     print((args.output / "comparison.md").read_text(encoding="utf-8"))
     return 0
 

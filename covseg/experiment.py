@@ -497,7 +497,8 @@ def _check_before_any_run(config: RunConfig, out_dir: Path, data: str, workflow:
 
 
 def compare_models(models: list[str], config: RunConfig, samples: list[Sample], data: str, out_dir: Path,
-                   force: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   force: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+                   model_overrides: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Train and evaluate each model under identical data, split, seed and budget; one table and figure.
 
     Each model gets ``out_dir/<model>/`` (a full run folder with its ``eval-heldout`` report); the
@@ -507,7 +508,12 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     retrains them from scratch. Before the first model trains, every model's settings are checked, with the
     checks each new run makes before training (:func:`_check_new_run_inputs`: e.g. ``model.batch_norm=false``
     beside SegNet, or a ``train.init`` pretrained for another network), so none is refused after another trained.
+    ``model_overrides``: one model's own ``model.*`` settings (name -> ``KEY=VALUE`` list, e.g. ``{"segnet":
+    ["model.depth=5"]}`` for the published, VGG16-deep SegNet), applied over ``config`` for that model alone
+    (:func:`_model_config`); comparison.md's depth and width rows then say how the networks differ.
     """
+    _check_models_named_once(models)
+    _check_model_overrides(models, model_overrides or {})
     _check_before_any_run(config, out_dir, data, "compare")
     d = config.data
     planned = make_split([s.name for s in samples], d.split, d.split_seed, d.folds, d.val_fraction)
@@ -520,8 +526,7 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     parameters: dict[str, int] = {}
     for name in models:
         _check_run_folder(out_dir / name)  # --force replaces run folders only
-        configs[name] = config_from_dict(config_to_dict(replace(config, model=replace(config.model, name=name))),
-                                         source=f"--models {name}")
+        configs[name] = _model_config(config, name, (model_overrides or {}).get(name, []))
         parameters[name] = sum(p.numel() for p in build_model(configs[name]).parameters())
         if not force:  # and a run it would reuse or resume refused now, not after the models before it trained
             _check_reusable(out_dir / name, configs[name], samples, data)
@@ -556,18 +561,71 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     for key, values in table.items():
         lines.append(f"| {key} | " + " | ".join("–" if v is None else f"{v:.4f}" for v in values) + " |")
     lines.append("| train seconds | " + " | ".join(f"{rows[m]['train_seconds']:.0f}" for m in models) + " |")
-    lines.append("| parameters | " + " | ".join(parameter_count(parameters[m]) for m in models) + " |")
+    lines += _network_rows({m: configs[m] for m in models}, parameters)
     images = [rows[m].get("n_images") for m in models]
     lines.append("| held-out images | " + " | ".join("–" if n is None else str(n) for n in images) + " |")
     if len(models) == 2:  # the table's means hide which images moved: the per-image differences, with their spread
         lines += ["", _paired_note(out_dir, models, images[0], config.data.split)]
     atomic_write_text(out_dir / "comparison.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "comparison.json", json.dumps({"models": models, "table": table,
-                                                               "parameters": parameters, "held_out_images": images,
+                                                               "parameters": parameters,
+                                                               "networks": _networks(configs, parameters),
+                                                               "held_out_images": images,
                                                                "runs": rows}, indent=1) + "\n")
     plot_comparison(models, {k: [v if v is not None else np.nan for v in vals] for k, vals in table.items()},
                     out_dir / "comparison.png", title=f"{config.data.task}, split {config.data.split}")
     return {"models": models, "table": table}
+
+
+def _check_models_named_once(models: list[str]) -> None:
+    """Refuse a model list that names a model twice: the two would share one run folder, so the second would only
+    reuse the first's run, and the table would show it twice as if it were two models."""
+    twice = sorted({name for name in models if models.count(name) > 1})
+    if twice:
+        raise CovsegError(f"models name {', '.join(twice)} more than once ({' '.join(models)}); name each model once")
+
+
+def _check_model_overrides(models: list[str], overrides: dict[str, list[str]]) -> None:
+    """Refuse one model's own settings for a model not compared, or of another section than ``model.*`` (other than
+    ``model.name``): data, loss, optimiser, schedule and budget stay the same for every model, which is what makes
+    the comparison one of networks."""
+    for name, items in overrides.items():
+        if name not in models:
+            raise CovsegError(f"settings given for {name} ({' '.join(items)}), which is not among the models compared "
+                              f"({' '.join(models)}); add it to the models or drop its settings")
+        for item in items:
+            key = item.partition("=")[0]
+            if not key.startswith("model.") or key == "model.name":
+                raise CovsegError(f"{name}'s own setting {item}: a model takes only model.* settings of its own "
+                                  "(e.g. model.depth=5), not model.name; give every other setting to all the models "
+                                  "alike, before --models")
+
+
+def _model_config(config: RunConfig, name: str, own: list[str]) -> RunConfig:
+    """``config`` for model ``name`` in a comparison: ``model.name`` set, then its own ``model.*`` settings ``own``
+    (``KEY=VALUE``) applied, validated as a whole (:func:`covseg.config.config_from_dict`)."""
+    from covseg.config import apply_overrides
+
+    source = f"--models {name}" + (f" with {' '.join(own)}" if own else "")
+    named = replace(config, model=replace(config.model, name=name))
+    return config_from_dict(config_to_dict(apply_overrides(named, own, source) if own else named), source=source)
+
+
+def _networks(configs: dict[str, RunConfig], parameters: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Each compared network's size as it trained: ``model.depth`` (encoder stages, i.e. pooling steps), ``model.width``
+    (channels of the first stage) and its parameter count, by model name."""
+    return {name: {"depth": cfg.model.depth, "width": cfg.model.width, "parameters": parameters[name]}
+            for name, cfg in configs.items()}
+
+
+def _network_rows(configs: dict[str, RunConfig], parameters: dict[str, int]) -> list[str]:
+    """comparison.md's rows saying what each network is (one column per model, in ``configs``' order): its depth
+    (encoder stages, ``model.depth``), width (``model.width``) and parameters, so a SegNet at the U-Net's depth is
+    told from the published one (VGG16-based, 5 encoder stages)."""
+    sizes = _networks(configs, parameters)
+    return ["| depth (encoder stages) | " + " | ".join(str(sizes[m]["depth"]) for m in configs) + " |",
+            "| width (first-stage channels) | " + " | ".join(str(sizes[m]["width"]) for m in configs) + " |",
+            "| parameters | " + " | ".join(parameter_count(sizes[m]["parameters"]) for m in configs) + " |"]
 
 
 def _paired_note(out_dir: Path, models: list[str], images: int | None, split: str) -> str:
