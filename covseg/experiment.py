@@ -759,7 +759,7 @@ def train_or_resume(config: RunConfig, samples: list[Sample], run_dir: Path, dat
     else:
         done = epochs_done(run_dir)
         if done >= config.train.epochs:
-            log(f"{run_dir}: finished run reused ({done} epochs)")
+            log(f"{run_dir}: finished run reused ({counted(done, 'epoch')})")
             if sync_history(run_dir):
                 log(f"{run_dir}: history.csv was behind last.pt; rewritten from it")
             result = None

@@ -65,7 +65,7 @@ def test_cv_jobs_does_not_call_the_folds_its_workers_just_trained_reused(
     else:
         experiment.cross_validate_seeds(config, samples, data, out, 2, seeds, False, said.append, jobs=2)
     assert trained == folds  # nothing more to train
-    assert [line for line in said if "reused" in line] == [f"{folds[0]}: finished run reused (1 epochs)"]
+    assert [line for line in said if "reused" in line] == [f"{folds[0]}: finished run reused (1 epoch)"]
 
 
 def _fake_run(folder: Path) -> Path:
