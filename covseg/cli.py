@@ -543,6 +543,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     models, own = [], {}
     for token in args.models:
         name, *settings = token.split(":")  # segnet:model.depth=5: that model's own model.* settings
+        if any(not setting for setting in settings):
+            raise CovsegError(f"--models {token}: an empty setting after ':'; give NAME:KEY=VALUE, e.g. "
+                              "segnet:model.depth=5")
         models.append(name)
         if settings:
             own[name] = own.get(name, []) + settings

@@ -340,7 +340,10 @@ def refuse_under_torchrun(command: str) -> None:
     """Refuse ``covseg COMMAND`` started by ``torchrun`` with more than one process (``WORLD_SIZE`` > 1): only
     ``covseg train`` trains data-parallel. Another command would run once per process, each copy writing the same
     output files (``covseg cv``: each copy training and replacing the same folds)."""
-    world = _whole_number_from_env("WORLD_SIZE", "1")
+    try:  # a value torchrun cannot have set (empty, not a number) is no torchrun: only train reads it as a setting
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return
     if world <= 1:
         return
     faster = "; covseg cv --jobs N trains N folds at once" if command == "cv" else ""

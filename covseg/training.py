@@ -267,8 +267,9 @@ def train_one_epoch(
     draws the same global batch and augmentation, then trains on its contiguous share of it; DDP averages
     the gradients. A batch that does not split evenly gives some processes one image more; each process's loss
     is weighted by its share (:func:`share_weight`), so the update equals the single-process one when the loss is a
-    per-sample mean (``ce``, ``mfb_ce``) and batch norm is absent or synchronised (it is on CUDA); batch
-    Dice and per-process batch-norm statistics on CPU make it an approximation. A last batch with fewer
+    per-image mean (``ce``) and batch norm is absent or synchronised (it is on CUDA); ``mfb_ce`` (a mean
+    weighted by each share's own summed pixel weights), batch Dice and per-process batch-norm statistics on CPU
+    make it an approximation. A last batch with fewer
     images than processes is skipped; an epoch in which every batch would be is refused
     (:func:`check_data_parallel`). The returned loss and accuracy are summed over all processes and
     averaged over the images (pixels) actually trained on, a skipped batch's left out.

@@ -445,7 +445,7 @@ def _read_nifti(path: Path, header_only: bool = False) -> Volume | None:
     # nibabel's effective scl_slope / scl_inter (1 and 0 where the header sets none, or sets 0 or NaN)
     unscaled = float(getattr(img.dataobj, "slope", 1.0)) == 1.0 and float(getattr(img.dataobj, "inter", 0.0)) == 0.0
     if not is_hu and unscaled and 0 <= lo and 255 < hi <= RAW_CT_MAX and (
-            dtype.kind in "iu" or (dtype.kind == "f" and bool(np.all(data == np.rint(data))))):
+            dtype.kind in "iu" or (dtype.kind == "f" and all(np.array_equal(plane, np.rint(plane)) for plane in data))):
         # stored integers (or floats holding only whole numbers, as a conversion to float32 leaves them) beyond
         # 8-bit grey within 12 bits: CT numbers stored as HU + 1024 without the header's
         # scl_inter (as a DICOM series without RescaleIntercept, which is refused too); min-max scaled as grey

@@ -152,3 +152,14 @@ def test_the_command_line_gives_one_model_its_own_settings(monkeypatch: pytest.M
         main(["compare", "--recipe", "tiny", "--data", str(tiny_data), "-o", str(tmp_path / "c"), "--quiet",
               *TINY_OVERRIDES, "--models", "unet", "segnet:model.depth=3:model.width=8"])
     assert seen == {"models": ["unet", "segnet"], "own": {"segnet": ["model.depth=3", "model.width=8"]}}
+
+
+@pytest.mark.parametrize("token", ["segnet:", "segnet::model.depth=3"])
+def test_an_empty_setting_after_a_colon_is_told_so(token: str, tiny_data, tmp_path, capsys) -> None:
+    from covseg.cli import main
+
+    assert main(["compare", "--recipe", "tiny", "--data", str(tiny_data), "-o", str(tmp_path / "c"), "--quiet",
+                 "--models", "unet", token]) == 2
+    assert capsys.readouterr().err == (f"covseg: error: --models {token}: an empty setting after ':'; give "
+                                       "NAME:KEY=VALUE, e.g. segnet:model.depth=5\n")
+    assert not (tmp_path / "c").exists()

@@ -208,3 +208,11 @@ def test_covseg_commands_other_than_train_are_refused_under_torchrun_and_a_gone_
     assert cli.main(["train", "-o", "nowhere"]) == 2
     assert capsys.readouterr().err == ("covseg: error: another process of this torchrun job stopped, so this one "
                                        "could not go on; its own message says why\n")
+
+
+@pytest.mark.parametrize("value", ["", "abc", "1"])
+def test_a_world_size_torchrun_cannot_have_set_does_not_stop_other_commands(value: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: an exported WORLD_SIZE= refused every command ("start the run with torchrun") where none read it
+    monkeypatch.setenv("WORLD_SIZE", value)
+    runtime.refuse_under_torchrun("evaluate")
