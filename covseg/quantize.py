@@ -22,6 +22,7 @@ import torch
 from covseg.config import RunConfig
 from covseg.errors import CovsegError
 from covseg.splits import load_split
+from covseg.wording import counted
 
 __all__ = ["int8_calibration", "quantize_run", "calibration_inputs", "quantize_network", "int8_agreement",
            "fp32_io_nodes"]
@@ -108,14 +109,20 @@ def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig,
     run's split, read once from ``data`` (default: the data the run trained on), prepared as the Predictor
     prepares them, and under ``PART_pixels`` one ``(B, S, S)`` bool mask per batch of the pixels that hold each slice
     (all of them for ``data.resize=stretch``; the slice's box, not the padding, for ``pad``:
-    :func:`covseg.transforms.fit_box`). A part the split leaves empty gets no batches."""
+    :func:`covseg.transforms.fit_box`). A part the split leaves empty gets no batches. A ``data`` given whose
+    training slices are not the run's (other masks under the same names: :func:`_refuse_other_slices`), or a
+    run with no ``run.json`` and no ``data``, is refused in one line."""
     from covseg.datasets import load_dataset
     from covseg.inference import image_pixels, network_input
     from covseg.run import read_run_info
     from covseg.splits import load_split
     from covseg.transforms import fit_box
 
+    recorded = data is None
     if data is None:
+        if not (run_dir / "run.json").is_file():
+            raise CovsegError(f"{run_dir}: no run.json to say which data it trained on; pass --data DIR with its "
+                              "slices")
         data = read_run_info(run_dir).get("data")
         if not data or not Path(data).exists():
             raise CovsegError(f"{run_dir}: the data it trained on ({data}) is not here; pass --data DIR with its "
@@ -123,13 +130,16 @@ def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig,
     elif not Path(data).exists():
         raise CovsegError(f"--data {data}: no such folder; pass the data the run trained on")
     split = load_split(run_dir / "split.json")
-    by_name = {s.name: s.image for s in load_dataset(data, config.data.task, split="train", window=config.data.window)}
+    samples = load_dataset(data, config.data.task, split="train", window=config.data.window)
+    by_name = {s.name: s.image for s in samples}
     inputs = {}
     for part in parts:
         missing = [name for name in split[part] if name not in by_name]
         if missing:
             raise CovsegError(f"{run_dir}: its {part} slices ({', '.join(missing[:3])} …) are not in {data}; pass "
                               "--data DIR with the data it trained on")
+        if part == "train" and not recorded:
+            _refuse_other_slices(run_dir, data, samples)
         images = [by_name[name] for name in split[part]]
         inputs[part] = [network_input(images[i:i + 8], config.data.input_size, config.data.normalize,
                                       config.data.resize).numpy() for i in range(0, len(images), 8)]
@@ -137,6 +147,23 @@ def calibration_inputs(run_dir: Path, data: str | None, config: RunConfig,
         inputs[f"{part}_pixels"] = [image_pixels(boxes[i:i + 8], config.data.input_size).numpy()
                                     for i in range(0, len(images), 8)]
     return inputs
+
+
+def _refuse_other_slices(run_dir: Path, data: str, samples: Sequence[Any]) -> None:
+    """Refuse ``--data`` ``data`` (``samples``, its training split) where it holds the run's training slices by name
+    but not their masks (:func:`covseg.run.trained_on`: their class weights against the run's
+    ``class_weights.json``, the check ``covseg train --resume --data`` makes): another data set, whose images int8
+    would be calibrated on and checked against under the name of the run's own. A folder without
+    ``class_weights.json`` or ``config.yaml`` is not checked."""
+    from covseg.run import trained_on
+
+    if not ((run_dir / "class_weights.json").is_file() and (run_dir / "config.yaml").is_file()):
+        return
+    if not trained_on(run_dir, list(samples)):
+        raise CovsegError(f"{run_dir}: --data {data} does not hold the slices it was trained on (the masks of its "
+                          "training slices there give other class weights than its class_weights.json), so int8 "
+                          "would be calibrated and checked on other images; pass --data DIR with the data it "
+                          "trained on")
 
 
 def int8_calibration(config: RunConfig, run_dir: Path, data: str | None) -> dict[str, list[np.ndarray]]:
@@ -163,6 +190,7 @@ def quantize_run(model: torch.nn.Module, config: RunConfig, inputs: dict[str, li
 
     calibration, has_val = inputs["train"], bool(inputs["val"])
     checked = "val" if has_val else "train"
+    checked_word = "validation" if has_val else "training"
     check = inputs[checked]
     # the fp32 graph goes to a short name in a folder of its own: a name derived from ``out`` (itself a temporary
     # name cut to fit 255 bytes beside a long -o) could be too long to make
@@ -174,4 +202,4 @@ def quantize_run(model: torch.nn.Module, config: RunConfig, inputs: dict[str, li
         agreement = int8_agreement(fp32_session, int8_session, check, inputs.get(f"{checked}_pixels"))
         del fp32_session, int8_session  # close the file before its folder goes
     return {"covseg_precision": "int8", "covseg_int8_agreement": repr(float(agreement)),
-            "covseg_int8_checked_on": f"{sum(len(b) for b in check)} {'validation' if has_val else 'training'} slices"}
+            "covseg_int8_checked_on": counted(sum(len(b) for b in check), f"{checked_word} slice")}
