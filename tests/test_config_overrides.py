@@ -95,24 +95,28 @@ def test_train_refuses_those_settings_before_writing_anything(tiny_data: Path, t
 def test_the_segnet_recipe_says_how_to_compare_under_todays_default_and_those_commands_work() -> None:
     from covseg.checkpoint import build_model
     from covseg.cli import _recipe_config, build_parser
+    from covseg.experiment import _model_config
 
     header = [line for line in (resources.files("covseg") / "recipes" / "segnet.yaml").read_text().splitlines()
               if line.startswith("#")]
     assert not any("under the default recipe's training settings" in line for line in header)
     commands = [line.lstrip("# ").split("   (")[0].split() for line in header if line.lstrip("# ").startswith("covseg ")]
-    assert len(commands) == 2
+    assert len(commands) == 3
     parser = build_parser()
     for command in commands:
-        for task, extra in (("binary", []), ("multiclass", ["model.norm=batch"])):  # as the header says
+        for task in ("binary", "multiclass"):
             argv = [part.replace("binary", task) for part in command[1:]]
-            at = argv.index("--models") if "--models" in argv else len(argv)  # compare: overrides before --models
-            argv[at:at] = extra
+            if task == "multiclass":  # as the header says: SegNet takes model.norm=batch (its own, in compare)
+                if "--models" in argv:
+                    argv = [f"{part}:model.norm=batch" if part.split(":")[0] == "segnet" else part for part in argv]
+                else:
+                    argv.append("model.norm=batch")
             args = parser.parse_args(argv)
             config = _recipe_config(args)
             assert config.data.task == task and config.recipe == "default"
-            for name in getattr(args, "models", None) or [config.model.name]:
-                model = dataclasses.replace(config.model, name=name)
-                build_model(config_from_dict(config_to_dict(dataclasses.replace(config, model=model))))
+            for token in getattr(args, "models", None) or [config.model.name]:
+                name, *own = token.split(":")
+                build_model(_model_config(config, name, own))
 
 
 @pytest.mark.parametrize("overrides, message, enabled_by", [
