@@ -19,6 +19,7 @@ from covseg.errors import CovsegError
 from covseg.export import export_onnx, load_onnx
 
 from conftest import TINY_OVERRIDES, tiny_grey_image
+from test_export_mutants import _meta, _save_with_meta
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +61,7 @@ def _rewritten(source: Path, target: Path, **entries: str | None) -> Path:
         else:
             meta[key] = value
     meta["covseg_metadata_sha256"] = export.metadata_sha256(meta)
-    del graph.metadata_props[:]
-    for key, value in meta.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(graph, str(target))
-    return target
-
-
-def _meta(path: Path) -> dict[str, str]:
-    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    return _save_with_meta(graph, meta, target)
 
 
 def _one_line_error(capsys) -> str:
