@@ -113,13 +113,14 @@ def _member(path: Path, which: str) -> _Member:
     """``path`` (a run folder, checkpoint or ONNX file) as :class:`_Member`, its checkpoint the one ``which`` picks.
     One that cannot be resolved or read keeps its path alone: opening it says what is wrong."""
     from covseg.checkpoint import find_checkpoint
-    from covseg.export import checkpoint_sha256, exported_metadata
+    from covseg.export import exported_metadata
+    from covseg.fileio import file_sha256
 
     if path.suffix.lower() == ".onnx":
         return _Member(path, None, None, exported_metadata(path))
     try:
         file = find_checkpoint(path, which)
-        return _Member(path, file, checkpoint_sha256(file), None)
+        return _Member(path, file, file_sha256(file), None)
     except (CovsegError, OSError):
         return _Member(path, None, None, None)
 

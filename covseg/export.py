@@ -5,7 +5,7 @@ divisible by ``2**depth``) and returns ``logits`` ``(B, C, H, W)``. The run's co
 file as metadata (``covseg_config``), so a model of another task or architecture can be refused. Its
 ``covseg_checkpoint`` names the checkpoint it came from (``best.pt``, ``last.pt``, ``swa.pt``, ``ema.pt``), so that
 ``covseg evaluate`` can refuse a ``best.pt`` graph on the validation images that chose it, and
-``covseg_checkpoint_sha256`` holds that file's SHA-256 (:func:`checkpoint_sha256`), so that an ensemble naming the
+``covseg_checkpoint_sha256`` holds that file's SHA-256 (:func:`covseg.fileio.file_sha256`), so that an ensemble naming the
 checkpoint and its export, or two exports of it (fp32 and int8 alike), is refused as one network named twice
 (:func:`exported_metadata`). The
 graph holds the network only: callers outside covseg prepare its input as covseg's Predictor does — normalise
@@ -48,11 +48,11 @@ import torch
 from covseg.checkpoint import find_checkpoint, load_model
 from covseg.config import RunConfig, config_from_dict, config_to_dict
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_path
+from covseg.fileio import atomic_path, file_sha256
 from covseg.models.shapes import check_input_size
 
 __all__ = ["export_onnx", "exported_from", "exported_class_weights", "exported_metadata", "weights_sha256",
-           "graph_sha256", "metadata_sha256", "checkpoint_sha256",
+           "graph_sha256", "metadata_sha256",
            "OnnxBackend", "onnx_backend_of", "ort_session", "load_onnx", "write_graph", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
@@ -99,7 +99,7 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     model, config, state = load_model(checkpoint)
     meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),
             "covseg_epoch": str(state.get("epoch")), "covseg_checkpoint": checkpoint.name,
-            "covseg_checkpoint_sha256": checkpoint_sha256(checkpoint), "covseg_precision": "float32"}
+            "covseg_checkpoint_sha256": file_sha256(checkpoint), "covseg_precision": "float32"}
     if (checkpoint.parent / "class_weights.json").is_file():  # which classes it learnt, for use outside its run
         from covseg.run import read_class_weights
 
@@ -158,16 +158,6 @@ def _refuse_folder_of_runs(path: Path, out: Path) -> None:
         kind = "a cross-validation's fold runs" if runs[0].name.startswith("fold-") else "runs"
         raise CovsegError(f"{path}: holds {kind}, not one run, and an ONNX file holds one model; export one of "
                           f"them, e.g. covseg export {runs[0]} -o {out}")
-
-
-def checkpoint_sha256(path: Path) -> str:
-    """The hex SHA-256 of the bytes of the file at ``path`` (a ``.pt`` checkpoint): stored at export as
-    ``covseg_checkpoint_sha256``, the checkpoint an ONNX file was made from, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_sha256(graph: Any) -> str:
