@@ -43,7 +43,7 @@ from covseg.transforms import box_masks, stack_resized
 from covseg.wording import counted
 
 __all__ = ["soft_cross_entropy", "warmup", "ConsistencyTerm", "Unlabelled", "load_unlabelled", "unlabelled_record",
-           "check_unlabelled_unchanged", "mask_like_slices", "warn_mask_like"]
+           "check_unlabelled_unchanged", "mask_like_slices", "warn_mask_like", "source_sha256"]
 
 #: the share of all training steps over which the consistency weight rises linearly from 0
 WARMUP_SHARE = 0.25
@@ -142,21 +142,25 @@ def warn_mask_like(samples: Sequence[Sample], what: str) -> None:
                           f"like label masks or blank images, not CT slices (first: {found[0].source}); {fix}")
 
 
+def source_sha256(source: str, digests: dict[str, str]) -> str:
+    """The SHA-256 of an unlabelled slice's source file, hashed once per file (``digests``: a MedSeg volume holds
+    many slices); an unreadable file is a one-line :class:`CovsegError`."""
+    if source not in digests:
+        try:
+            digests[source] = file_sha256(source)
+        except OSError as err:
+            raise CovsegError(f"{source}: cannot read the unlabelled slice's file ({err.strerror or err})") from None
+    return digests[source]
+
+
 def unlabelled_record(samples: Sequence[Sample]) -> dict[str, object]:
     """What ``run.json`` records of the unlabelled slices ``samples`` a run reads: ``slices`` (how many),
     ``folders`` (where their files lie, sorted) and ``sha256``: the SHA-256 of their sorted ``name<TAB>file SHA-256``
     lines (each file hashed once: a MedSeg volume holds many slices), so renamed, added, removed or edited slices all
     change it."""
     digests: dict[str, str] = {}
-    lines = []
-    for sample in sorted(samples, key=lambda s: s.name):
-        if sample.source not in digests:
-            try:
-                digests[sample.source] = file_sha256(sample.source)
-            except OSError as err:
-                raise CovsegError(f"{sample.source}: cannot read the unlabelled slice's file "
-                                  f"({err.strerror or err})") from None
-        lines.append(f"{sample.name}\t{digests[sample.source]}\n")
+    lines = [f"{sample.name}\t{source_sha256(sample.source, digests)}\n"
+             for sample in sorted(samples, key=lambda s: s.name)]
     return {"slices": len(samples), "folders": sorted({str(Path(s.source).parent) for s in samples}),
             "sha256": hashlib.sha256("".join(lines).encode()).hexdigest()}
 

@@ -31,10 +31,10 @@ from PIL import Image
 
 from covseg.checkpoint import checkpoint_config, read_checkpoint, refuse_unfinished
 from covseg.config import RunConfig
-from covseg.consistency import warn_mask_like
+from covseg.consistency import source_sha256, warn_mask_like
 from covseg.datasets import Sample, load_dataset
 from covseg.errors import CovsegError, stop_word
-from covseg.fileio import (atomic_dir, file_sha256, interrupts_deferred, left_as_it_was, refuse_output_in_data,
+from covseg.fileio import (atomic_dir, interrupts_deferred, left_as_it_was, refuse_output_in_data,
                            replacing_output)
 from covseg.inference import backends_used
 from covseg.intensity import grey_quantiles, match_quantiles
@@ -349,7 +349,7 @@ def _pseudo_label_one(run_dir: Path, data: str | None, rule: PseudoLabelRule, wh
             row = {"name": sample.name, "fraction": significant(fraction), "confidence": significant(confidence),
                    "kept": keep}
             if keep:  # which image the mask belongs to: a student's --data may hold another image of this name
-                row["sha256"] = _source_sha256(sample.source, digests)
+                row["sha256"] = source_sha256(sample.source, digests)
             rows.append(row)
             bar.update(1)
     summary = {"teacher": str(run_dir.resolve()), "checkpoint": str(Path(info["file"]).resolve()),
@@ -465,7 +465,7 @@ def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[f
             raise CovsegError(f"{folder}: pseudo-label {name} has no unlabelled slice in {data}; use the --data "
                               "the pseudo-labels were made from")
         # summaries written before covseg recorded the digest (no sha256) are matched by name alone, as before
-        if row["sha256"] is not None and _source_sha256(by_name[name].source, digests) != row["sha256"]:
+        if row["sha256"] is not None and source_sha256(by_name[name].source, digests) != row["sha256"]:
             made_from = summary.get("data")
             raise CovsegError(f"{folder}: pseudo-label {name} was made from another image than "
                               f"{by_name[name].source} (its SHA-256 differs); re-run `covseg pseudo-label` on "
@@ -481,17 +481,6 @@ def load_pseudo_labels(folder: str | Path, data: str, task: str, window: tuple[f
                               "make the pseudo-labels again")
         samples.append(Sample(name, image, mask, by_name[name].source))
     return samples
-
-
-def _source_sha256(source: str, digests: dict[str, str]) -> str:
-    """The SHA-256 of a slice's source file, hashed once per file (``digests``: a MedSeg volume holds many
-    slices)."""
-    if source not in digests:
-        try:
-            digests[source] = file_sha256(source)
-        except OSError as err:
-            raise CovsegError(f"{source}: cannot read the unlabelled slice's file ({err.strerror or err})") from None
-    return digests[source]
 
 
 def _split_once(loaded: dict[tuple, list[Sample]], data: str, config: RunConfig, split: str) -> list[Sample]:
