@@ -53,7 +53,9 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path, title: str = ""
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        # epochs are whole numbers; one tick suffices (the default asks for 2 integers in view, and a 1-epoch run's
+        # view, 0.945-1.055, holds 1: it fell back to ticks at 0.945, 0.96, ...)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if title:
         fig.suptitle(plain_text(title))
     _save(fig, path)

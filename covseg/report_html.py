@@ -180,7 +180,9 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
                         + (f" ({percent_text(part['class_percent'][n], decimals=places)} %)"
                            if n in part["class_percent"] else "") + "</td>"
                         for n in names)
-        rows.append(f"<tr><th>{label}</th><td>{part['lung_ml']:.0f} mL</td>{cells}"
+        # whole mL, but a lung of under 0.5 mL (one the model called effusion nearly whole) not as "0 mL" beside
+        # its severity: 0 mL is the lung that is not assessed (n/a)
+        rows.append(f"<tr><th>{label}</th><td>{nonzero_text(part['lung_ml'], decimals=0)} mL</td>{cells}"
                     f"<td>{nonzero_text(part['lesion_ml'])} mL ({lesion} %)</td>"
                     f"<td>{'n/a' if part['severity'] is None else part['severity']}</td></tr>")
     key = " ".join(f'<span style="background:rgb{scheme.colors[c]};padding:0 .6em"></span> '
