@@ -679,7 +679,9 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     if t.distill and dist.enabled:
         raise CovsegError("train.distill is single-process only; train without torchrun, or leave train.distill empty")
     if dist.enabled and planned.get("train"):  # before anything is written (train_one_epoch checks each epoch)
-        check_data_parallel(t.batch_size, len(planned["train"]), dist.world_size)
+        n_train = len(planned["train"])  # each epoch trains on them and its draw of pseudo-labelled slices
+        drawn = min(len(pseudo.images), pseudo_slices_asked(n_train, d.pseudo_ratio)) if pseudo is not None else 0
+        check_data_parallel(t.batch_size, n_train + drawn, dist.world_size)
     teachers = None
     if t.distill:  # checked before anything is written
         teachers = load_teachers(config, held_out)
@@ -712,20 +714,20 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
                  *((f, "the unlabelled slices of train.consistency")
                    for f in (unlabelled.folders if unlabelled else ()))]
         _refuse_reading_from_inside(run_dir, [(Path(f), what) for f, what in reads if f is not None])
-    failure: CovsegError | None = None  # what the main process alone found writing the new run's folder
+    failure: BaseException | None = None  # what the main process alone met writing the new run's folder
     if not resume and dist.is_main:
-        info = {"pseudo_labels_sha256": pseudo.digest} if pseudo is not None else {}
-        if pretrained is not None:
-            info["init_sha256"] = file_sha256(pretrained)
-        if teachers is not None:
-            info["distill"], info["distill_sha256"] = [str(f) for f in teachers.files], teachers.digests
-        if unlabelled is not None:
-            info["unlabelled"] = unlabelled.record
-        try:
+        try:  # any exception, not only a refusal: the other processes wait for word of it at the broadcast below
+            info = {"pseudo_labels_sha256": pseudo.digest} if pseudo is not None else {}
+            if pretrained is not None:
+                info["init_sha256"] = file_sha256(pretrained)
+            if teachers is not None:
+                info["distill"], info["distill_sha256"] = [str(f) for f in teachers.files], teachers.digests
+            if unlabelled is not None:
+                info["unlabelled"] = unlabelled.record
             _prepare_folder(run_dir, config, samples, data_path, force, old, log, info)
-        except CovsegError as err:
+        except BaseException as err:
             failure = err
-    raise_on_every_rank(failure, dist)  # every process raises the main one's refusal; else a barrier
+    raise_on_every_rank(failure, dist)  # every process raises the main one's failure; else a barrier
     split = load_split(run_dir / "split.json")
     weights = read_class_weights(run_dir, d.task)
 

@@ -299,16 +299,22 @@ def close_distributed(wait_for_peers: bool = False) -> None:
         dist.destroy_process_group()
 
 
-def raise_on_every_rank(error: CovsegError | None, dist: DistContext) -> None:
+# what the other processes of a data-parallel job say where the main process failed otherwise than with a refusal
+_MAIN_STOPPED = ("the main process (rank 0) of this torchrun job stopped while it wrote the run folder, so "
+                 "this one could not go on; its own message says why")
+
+
+def raise_on_every_rank(error: BaseException | None, dist: DistContext) -> None:
     """Raise ``error`` on every process of a data-parallel job, or on none: ``error`` is what the main process found
-    doing a step it does alone (writing a new run's folder: an existing run without ``--force``), None where the
-    step went well; other processes pass None.
+    doing a step it does alone (writing a new run's folder: an existing run without ``--force``, a path through a
+    file, no space left, Ctrl-C), None where the step went well; other processes pass None.
 
     A collective call (every process must make it; the others wait there for the main process, as at a barrier):
-    the main process sends its error's text and every other process raises a :class:`CovsegError` with it, so each
-    exits with the same one line. Raised on the main process alone, its exit broke the others' next collective call
-    (gloo's "Connection closed by peer" traceback). Without a process group (one process) ``error`` is simply
-    raised where given.
+    the main process raises ``error`` itself, and every other process a :class:`CovsegError` with its text (a
+    refusal: each exits with the same one line) or, for any other exception, one saying that the main process
+    stopped. Raised on the main process alone, its exit broke the others' next collective call (gloo's "Connection
+    closed by peer" traceback), or (NCCL) left them waiting here until torchrun killed them. Without a process group
+    (one process) ``error`` is simply raised where given.
     """
     if not dist.enabled:
         if error is not None:
@@ -316,7 +322,8 @@ def raise_on_every_rank(error: CovsegError | None, dist: DistContext) -> None:
         return
     import torch.distributed as torch_dist
 
-    message: list[str | None] = [str(error) if dist.is_main and error is not None else None]
+    told = str(error) if isinstance(error, CovsegError) else _MAIN_STOPPED
+    message: list[str | None] = [told if dist.is_main and error is not None else None]
     torch_dist.broadcast_object_list(message, src=0)
     if dist.is_main and error is not None:
         raise error
