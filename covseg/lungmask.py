@@ -45,9 +45,14 @@ A lung touching the image border (a field of view cut through the lung) is taken
 touching the patient and narrower than 90 % of the body (arms down at its sides, a very wide patient) is not
 recognised as such by its width (it still loses to the lungs when smaller than them). A fully
 airless lung has no air to start from and is missed, and so is one aerated in its lowest third only (its air is
-taken for gas below the diaphragm; :func:`check_lung_mask` then warns that one lung is missing). The airway tracing
-starts in the most superior slice, so image stacks given from superior to inferior lose it (no harm beyond the
-trachea staying in the mask).
+taken for gas below the diaphragm; :func:`check_lung_mask` then warns that one lung is missing). Enclosed gas (air in
+the oesophagus or the stomach) parted from a lung by a wall thinner than about one block (:data:`COARSE_MM`: one
+slice of 1 mm or less, one pixel of 0.7 mm) is averaged into the air of its block and joins that lung
+(a wall of two such voxels can too, where a block edge splits it). The airway tracing starts in the most superior
+slice, so image stacks given from superior to inferior lose it (no harm beyond the trachea staying in the mask; the
+phantom's whole trachea and bronchi then stay). NIfTI and DICOM scans reach this function in the canonical order by
+their affine or slice positions, whatever their stored order; only an image stack, read in name order, can be upside
+down.
 Slightly more mediastinal tissue may be included at the hila, where vessels enter the lung.
 
 Speed: about 1.5 s for a 300 x 512 x 512 volume (1.0 x 0.7 x 0.7 mm) on one CPU core.

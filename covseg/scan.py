@@ -4,7 +4,8 @@ Shapes follow :mod:`covseg.volumes`: ``(Z, Y, X)`` arrays in the canonical orien
 Each slice is prepared the way the COVID-SemiSeg training slices were made: HU through the lung window to
 [0, 1], cropped to the bounding box of the slice's lungs plus a margin, resized to the model's input by the
 :class:`~covseg.inference.Predictor`, and the prediction pasted back; a slice holding one lung only, or none between
-slices with lung, is cropped to span both sides (:func:`scan_crop_boxes`). Other slices without lung are skipped.
+slices with lung, is cropped to span both sides (:func:`scan_crop_boxes`). Other slices without lung are skipped, and a
+scan without any is refused (:func:`segment_scan`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from covseg.errors import CovsegError
 from covseg.inference import Predictor
 from covseg.intensity import LUNG_WINDOW, to_unit_range, window_hu
 from covseg.labels import LabelScheme
@@ -130,7 +132,10 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
     """Lungs, lesions and lung-involvement figures of one scan.
 
     A ``volume.spacing`` outside :data:`covseg.volumes.SLICE_MM_RANGE` / :data:`~covseg.volumes.PIXEL_MM_RANGE` (not
-    mm) raises :class:`~covseg.errors.CovsegError` before any work."""
+    mm) raises :class:`~covseg.errors.CovsegError` before any work, and so does a scan in which no lung is found
+    (:func:`check_lung_mask`'s reason), before any slice goes to the model: with no lung, no slice is segmented and
+    there is no lung to take a share of, so its figures (0 mL of lesion, 0 % of 0 mL) would read as a scan without
+    lesions."""
     options = options or ScanOptions()
     # read_volume refuses these already; a Volume made by hand could hold metres or micrometres, which would make the
     # lung mask allocate tens of GB (or report billions of mL)
@@ -139,6 +144,10 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
     tick = time.perf_counter()
     hu = volume.hu if volume.is_hu else grey_to_hu(volume.hu, options.window)
     lungs = lung_mask(hu, volume.spacing).astype(np.uint8)
+    if not lungs.any():
+        (why,) = check_lung_mask(lungs, volume.spacing, is_hu=volume.is_hu)
+        raise CovsegError(f"{volume.source or 'the scan'}: {why}; lesions are looked for only on slices with lung and "
+                          "given as a share of it, so this scan gets no lesion figures and no outputs")
     warnings = list(volume.warnings) + check_lung_mask(lungs, volume.spacing, is_hu=volume.is_hu) + check_lung_coverage(lungs)
     seconds["lungs"] = time.perf_counter() - tick
 
