@@ -211,7 +211,10 @@ def _add_training_options(p: argparse.ArgumentParser, split: bool = True, force:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:  # else argparse's "invalid _positive_int value: '2.5'", naming this function
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
     return value
@@ -696,6 +699,7 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from covseg.consistency import warn_mask_like
     from covseg.datasets import load_dataset
     from covseg.fileio import refuse_output_in_data
     from covseg.pretrain import PretrainOptions, check_options, check_output_folder, pretrain
@@ -717,6 +721,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     check_output_folder(args.output, args.force)  # before the slices load
     refuse_output_in_data(args.output, data)
     slices = load_dataset(data, config.data.task, split="unlabelled", window=config.data.window)
+    warn_mask_like(slices, "covseg pretrain")  # as train.consistency and covseg pseudo-label warn of them
     summary = pretrain(config, [s.image for s in slices], args.output, options, data, args.force,
                        progress=not args.quiet, log=_log)
     print(f"wrote {summary['file']} ({summary['steps']} steps in {summary['seconds']:.0f} s, restoration MSE "

@@ -701,7 +701,12 @@ def load_covid_semiseg(root: str | Path, task: str, split: str = "train", window
                               "the data path")
         # one file per name: pseudo-labels are written and read back by the slice's name
         slices = _by_stem(folder, "unlabelled slice")
-        return _nonempty([Sample(stem, read_image(p, window), None, str(p)) for stem, p in slices.items()], folder)
+        if not slices:  # the folder is where it should be: say what it lacks, not "check the data path"
+            _refuse_no_supported_images(folder)
+            raise CovsegError(f"no images found in {folder}; it should hold the unlabelled slices (COVID-SemiSeg's "
+                              "1600 Pseudo-label/Imgs JPEGs, which come with a download from a folder mirror: covseg "
+                              f"download --mirror DIR), saved as one of {', '.join(IMAGE_SUFFIXES)}")
+        return [Sample(stem, read_image(p, window), None, str(p)) for stem, p in slices.items()]
     folder = dataset / _SEMISEG_DIRS[(split, scheme.task)]
     if not folder.is_dir():
         if split == "test":

@@ -42,7 +42,7 @@ from covseg.checkpoint import (architecture_options, check_checkpoint, checkpoin
                                load_weights_file, refuse_unfinished)
 from covseg.config import MAX_LR, ModelConfig, RunConfig, config_from_dict, config_to_dict, data_differences
 from covseg.distill import chosen_on_validation, held_out_seen
-from covseg.errors import CovsegError
+from covseg.errors import CovsegError, stop_word
 from covseg.fileio import (atomic_dir, atomic_write_text, file_sha256, interrupts_deferred, left_as_it_was,
                            replacing_output)
 from covseg.intensity import normalize_image
@@ -296,8 +296,9 @@ def check_pretrained(path: str | Path, config: RunConfig, held_out: Collection[s
     file, data = read_pretrained(path)
     made, wanted = _architecture(data["model_config"]), _architecture(config.model)
     if made != wanted:
-        differ = ", ".join(f"model.{k} {made.get(k)} there, {wanted[k]} here"
-                           for k in wanted if made.get(k) != wanted[k])
+        # the options both networks take: another model.name has none of U-Net's (not "model.norm None there")
+        differ = ", ".join(f"model.{k} {made[k]} there, {wanted[k]} here"
+                           for k in wanted if k in made and made[k] != wanted[k])
         raise CovsegError(f"{file}: pretrained for another network ({differ}); pretrain this recipe's network "
                           "with `covseg pretrain` and the same model.* settings")
     trained = data.get("trained_split")
@@ -409,16 +410,16 @@ def _write_outputs(out_dir: Path, payload: dict[str, Any], history: list[dict[st
             torch.save(payload, stage / PRETRAINED_FILE)
             _write_history(stage / "history.csv", history)
             saved = file_sha256(stage / PRETRAINED_FILE)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         try:
             written = bool(saved) and file_sha256(out_dir / PRETRAINED_FILE) == saved
         except OSError:
             written = False
         if written:
-            log(f"interrupted once {out_dir / PRETRAINED_FILE} was written ({payload['steps']} steps, complete); "
-                f"start a run from it with train.init={out_dir}")
+            log(f"{stop_word(stop)} once {out_dir / PRETRAINED_FILE} was written ({payload['steps']} steps, "
+                f"complete); start a run from it with train.init={out_dir}")
         else:
-            log(f"interrupted; nothing written ({left_as_it_was(out_dir)})")
+            log(f"{stop_word(stop)}; nothing written ({left_as_it_was(out_dir)})")
         raise
 
 
@@ -502,10 +503,10 @@ def pretrain(config: RunConfig, images: list[np.ndarray], out_dir: str | Path, o
         if not all(torch.isfinite(v).all() for v in weights):  # the loss checks them only up to the last step
             raise CovsegError(f"the restoration network's weights became infinite or NaN by step {step}; lower --lr "
                               f"({left_as_it_was(out_dir)})")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (covseg.errors.Terminated), named as the program does
         close_bar(bar, failed=True)  # the message below starts its own line
         where = f"at step {step + 1} of {options.steps}" if step < options.steps else f"after its {step} steps"
-        log(f"interrupted {where}; nothing written ({left_as_it_was(out_dir)})")
+        log(f"{stop_word(stop)} {where}; nothing written ({left_as_it_was(out_dir)})")
         raise
     except BaseException:
         close_bar(bar, failed=True)
