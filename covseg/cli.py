@@ -101,36 +101,44 @@ def _refuse_overrides_set_by(args: argparse.Namespace, owners: dict[str, tuple[s
 
 class _Member(NamedTuple):
     """An ensemble member as :func:`_refuse_repeated_models` compares them: the ``path`` given (or a cross-validation
-    folder's fold run), the checkpoint ``file`` it resolves to (None for an ONNX file or one that does not resolve)
-    and that file's SHA-256, or an ONNX file's metadata (``onnx``; None for a checkpoint)."""
+    folder's fold run), the checkpoint ``file`` it resolves to (None for an ONNX file or one that does not resolve),
+    that file's SHA-256 and its network's (``model``: :func:`covseg.export.model_sha256`, one for ``best.pt`` and
+    ``last.pt`` of one epoch), or an ONNX file's metadata (``onnx``; None for a checkpoint)."""
     path: Path
     file: Path | None
     sha256: str | None
     onnx: dict[str, str] | None
+    model: str | None = None
 
 
 def _member(path: Path, which: str) -> _Member:
     """``path`` (a run folder, checkpoint or ONNX file) as :class:`_Member`, its checkpoint the one ``which`` picks.
     One that cannot be resolved or read keeps its path alone: opening it says what is wrong."""
-    from covseg.checkpoint import find_checkpoint
-    from covseg.export import exported_metadata
+    from covseg.checkpoint import find_checkpoint, read_checkpoint
+    from covseg.export import exported_metadata, model_sha256
     from covseg.fileio import file_sha256
 
     if path.suffix.lower() == ".onnx":
         return _Member(path, None, None, exported_metadata(path))
     try:
         file = find_checkpoint(path, which)
-        return _Member(path, file, file_sha256(file), None)
+        sha256 = file_sha256(file)
     except (CovsegError, OSError):
         return _Member(path, None, None, None)
+    try:
+        network = model_sha256(read_checkpoint(file)["model"])
+    except (CovsegError, OSError):
+        network = None
+    return _Member(path, file, sha256, None, network)
 
 
 def _one_network(a: _Member, b: _Member) -> str | None:
     """Why ensemble members ``a`` and ``b`` are one network (a phrase for the refusal), or None when they are not
-    known to be: one checkpoint file (``RUN`` and ``RUN/best.pt``) or identical ones, a checkpoint and an ONNX file
-    exported from it (its ``covseg_checkpoint_sha256``), two ONNX files exported from one checkpoint (float32 and int8
-    alike: the same weights, rounded or not) or with one graph and weights. ONNX files exported before covseg
-    recorded these are compared by path alone."""
+    known to be: one checkpoint file (``RUN`` and ``RUN/best.pt``), identical ones, or two holding one network
+    (``best.pt`` and ``last.pt`` of one epoch), a checkpoint and an ONNX file exported from it or from another
+    holding its network (``covseg_checkpoint_sha256``, ``covseg_model_sha256``), two ONNX files exported from one
+    checkpoint or one network (float32 and int8 alike: the same weights, rounded or not) or with one graph and
+    weights. ONNX files exported before covseg recorded these are compared by path alone."""
     if a.onnx is None and b.onnx is not None:
         a, b = b, a  # an ONNX file, if any, first
     if a.onnx is None and b.onnx is None:
@@ -138,16 +146,23 @@ def _one_network(a: _Member, b: _Member) -> str | None:
             return None
         if a.file.resolve() == b.file.resolve():
             return f"{a.path} and {b.path} are one checkpoint, {a.file}"
-        return f"{a.path} and {b.path} hold identical checkpoints" if a.sha256 == b.sha256 else None
+        if a.sha256 == b.sha256:
+            return f"{a.path} and {b.path} hold identical checkpoints"
+        return f"{a.path} and {b.path} hold one network's weights" if a.model and a.model == b.model else None
     if b.onnx is None:
-        if b.sha256 is None or a.onnx.get("covseg_checkpoint_sha256") != b.sha256:
-            return None
-        return f"{b.path}, and {a.path} exported from {'it' if b.path == b.file else 'its ' + b.file.name}"
+        if b.sha256 is not None and a.onnx.get("covseg_checkpoint_sha256") == b.sha256:
+            return f"{b.path}, and {a.path} exported from {'it' if b.path == b.file else 'its ' + b.file.name}"
+        if b.model is not None and a.onnx.get("covseg_model_sha256") == b.model:
+            return f"{b.path}, and {a.path} exported from a checkpoint holding its network's weights"
+        return None
     origin = a.onnx.get("covseg_checkpoint_sha256")
     if origin is not None and origin == b.onnx.get("covseg_checkpoint_sha256"):
         precisions = {a.onnx.get("covseg_precision", "float32"), b.onnx.get("covseg_precision", "float32")}
         alike = ", an int8 and a float32 graph of one network" if len(precisions) > 1 else ""
         return f"{a.path} and {b.path}, exported from one {a.onnx.get('covseg_checkpoint', 'checkpoint')}{alike}"
+    network = a.onnx.get("covseg_model_sha256")
+    if network is not None and network == b.onnx.get("covseg_model_sha256"):
+        return f"{a.path} and {b.path}, exported from checkpoints holding one network's weights"
     keys = ("covseg_weights_sha256", "covseg_graph_sha256")
     if all(key in a.onnx for key in keys) and all(a.onnx[key] == b.onnx.get(key) for key in keys):
         return f"{a.path} and {b.path} hold one graph with the same weights"
@@ -668,7 +683,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from covseg.export import export_onnx
+    from covseg.export import agreement_percent, export_onnx
     from covseg.inference import BF16_MIN_AGREEMENT
 
     if args.data and not args.int8:
@@ -678,7 +693,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     meta = export_onnx(args.model, args.output, args.checkpoint, int8=args.int8, data=args.data, force=args.force)
     if args.int8:
         agreement = float(meta["covseg_int8_agreement"])
-        print(f"int8 labels agree with fp32 on {agreement:.3%} of the pixels of {meta['covseg_int8_checked_on']}")
+        print(f"int8 labels agree with fp32 on {agreement_percent(agreement)} of the pixels of "
+              f"{meta['covseg_int8_checked_on']}")
         if agreement < BF16_MIN_AGREEMENT:
             print(f"covseg: warning: that is below the {BF16_MIN_AGREEMENT:.1%} covseg asks of bf16; compare the "
                   "int8 file's Dice with covseg evaluate before relying on it", file=sys.stderr)

@@ -5,14 +5,15 @@ divisible by ``2**depth``) and returns ``logits`` ``(B, C, H, W)``. The run's co
 file as metadata (``covseg_config``), so a model of another task or architecture can be refused. Its
 ``covseg_checkpoint`` names the checkpoint it came from (``best.pt``, ``last.pt``, ``swa.pt``, ``ema.pt``), so that
 ``covseg evaluate`` can refuse a ``best.pt`` graph on the validation images that chose it, and
-``covseg_checkpoint_sha256`` holds that file's SHA-256 (:func:`covseg.fileio.file_sha256`), so that an ensemble naming the
+``covseg_checkpoint_sha256`` holds that file's SHA-256 (:func:`covseg.fileio.file_sha256`; of the very bytes
+loaded: a file replaced while it is read is refused) and ``covseg_model_sha256`` that of its network's weights
+(:func:`model_sha256`, one for ``best.pt`` and ``last.pt`` of one epoch), so that an ensemble naming the
 checkpoint and its export, or two exports of it (fp32 and int8 alike), is refused as one network named twice
-(:func:`exported_metadata`). The
-graph holds the network only: callers outside covseg prepare its input as covseg's Predictor does — normalise
-each image first as ``data.normalize`` says (:func:`covseg.intensity.normalize_image`: ``equalize``,
-``percentile``), then bring it to ``data.input_size`` square as ``data.resize`` says (``stretch``: resize each
-side; ``pad``: scale the longer side, centre, zero-pad, and crop the logits back;
-:func:`covseg.transforms.fit_box`).
+(:func:`exported_metadata`). The graph holds the network only: callers outside covseg prepare its input as
+covseg's Predictor does — normalise each image first as ``data.normalize`` says
+(:func:`covseg.intensity.normalize_image`: ``equalize``, ``percentile``), then bring it to ``data.input_size``
+square as ``data.resize`` says (``stretch``: resize each side; ``pad``: scale the longer side, centre, zero-pad,
+and crop the logits back; :func:`covseg.transforms.fit_box`).
 
 ``export_onnx(..., int8=True)`` (``covseg export --int8``) writes the same graph, batch norm folded, quantized
 to static int8 (:mod:`covseg.quantize`): ``covseg_precision`` says ``int8``, and ``covseg_int8_agreement`` the share
@@ -39,8 +40,9 @@ import io
 import json
 import os
 import warnings
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -51,8 +53,8 @@ from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, file_sha256
 from covseg.models.shapes import check_input_size
 
-__all__ = ["export_onnx", "exported_from", "exported_class_weights", "exported_metadata", "weights_sha256",
-           "graph_sha256", "metadata_sha256",
+__all__ = ["export_onnx", "agreement_percent", "exported_from", "exported_class_weights", "exported_metadata",
+           "model_sha256", "weights_sha256", "graph_sha256", "metadata_sha256",
            "OnnxBackend", "onnx_backend_of", "ort_session", "load_onnx", "write_graph", "ONNX_OPSET"]
 
 ONNX_OPSET = 17
@@ -96,10 +98,11 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     from covseg.models import fold_batch_norm
 
     checkpoint = find_checkpoint(model_path, which)
-    model, config, state = load_model(checkpoint)
+    model, config, state, sha256 = _load_unchanging(checkpoint)
     meta = {"covseg_format": "covseg-onnx-1", "covseg_config": json.dumps(config_to_dict(config)),
             "covseg_epoch": str(state.get("epoch")), "covseg_checkpoint": checkpoint.name,
-            "covseg_checkpoint_sha256": file_sha256(checkpoint), "covseg_precision": "float32"}
+            "covseg_checkpoint_sha256": sha256, "covseg_model_sha256": model_sha256(state["model"]),
+            "covseg_precision": "float32"}
     if (checkpoint.parent / "class_weights.json").is_file():  # which classes it learnt, for use outside its run
         from covseg.run import read_class_weights
 
@@ -136,6 +139,26 @@ def export_onnx(model_path: Path, out: Path, which: str = "auto", int8: bool = F
     return meta
 
 
+def _load_unchanging(checkpoint: Path) -> tuple[torch.nn.Module, RunConfig, dict[str, Any], str]:
+    """:func:`covseg.checkpoint.load_model` of ``checkpoint`` and the SHA-256 of the bytes it loaded, hashed before
+    and after the load: a file replaced in between (a training run saving ``best.pt`` or ``last.pt`` again) is
+    refused, where its hash would otherwise be recorded for weights it does not hold."""
+    before = file_sha256(checkpoint)
+    model, config, state = load_model(checkpoint)
+    if file_sha256(checkpoint) != before:
+        raise CovsegError(f"{checkpoint}: changed while it was read (is a training run still saving it?); export "
+                          "again once it is finished")
+    return model, config, state, before
+
+
+def agreement_percent(share: float) -> str:
+    """A share of pixels (0 to 1; ``covseg_int8_agreement``) as a percentage to three decimals, rounded down from
+    the shortest decimal that reads back as ``share``: one below 1 never reads as ``100.000%`` (0.9999996:
+    ``99.999%``), nor one below a bar as the bar (0.9989996: ``99.899%``, below covseg's 99.9 %)."""
+    exact = Decimal(repr(float(share))).scaleb(2)
+    return f"{exact.quantize(Decimal('0.001'), rounding=ROUND_DOWN)}%"
+
+
 def _onnx_name(out: Path) -> Path:
     """A name ending in ``.onnx`` for a refused ``-o`` ``out``: its own with that suffix in place of another
     (``model.pt``: ``model.onnx``; ``model.``: ``model.onnx``), or ``model.onnx`` in its folder for a name that is
@@ -158,6 +181,18 @@ def _refuse_folder_of_runs(path: Path, out: Path) -> None:
         kind = "a cross-validation's fold runs" if runs[0].name.startswith("fold-") else "runs"
         raise CovsegError(f"{path}: holds {kind}, not one run, and an ONNX file holds one model; export one of "
                           f"them, e.g. covseg export {runs[0]} -o {out}")
+
+
+def model_sha256(weights: Mapping[str, torch.Tensor]) -> str:
+    """The hex SHA-256 of a checkpoint's network: its ``model`` state dict, each entry in order, its name, dtype,
+    shape and bytes. One network saved in two files has one: ``best.pt`` and ``last.pt`` of one epoch (``last.pt``
+    also holds the optimizer state, so their file hashes differ). Stored at export as ``covseg_model_sha256``."""
+    digest = hashlib.sha256()
+    for name, tensor in weights.items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name} {flat.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def weights_sha256(graph: Any) -> str:

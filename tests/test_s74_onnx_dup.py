@@ -124,7 +124,7 @@ def test_two_exports_of_one_checkpoint_int8_or_not_are_one_network(run: Path, ex
 
 def test_onnx_files_from_before_the_checkpoint_sha256_load_and_are_compared_by_graph(run: Path, exported: Path,
                                                                                       tmp_path: Path) -> None:
-    old = _rewritten(exported, tmp_path / "old.onnx", covseg_checkpoint_sha256=None)
+    old = _rewritten(exported, tmp_path / "old.onnx", covseg_checkpoint_sha256=None, covseg_model_sha256=None)
     load_onnx(old)  # still loads
     _refuse_repeated_models([run, old], "--model")  # nothing ties it to best.pt: not refused for the missing entry
     _refuse_repeated_models([old, run / "last.pt"], "--model")
