@@ -425,8 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_download(args: argparse.Namespace) -> int:
     from covseg.download import default_data_dir, download, resolve_mirror
 
-    report = download(args.dataset, args.data_dir or default_data_dir(), resolve_mirror(args.mirror),
-                      progress=not args.quiet)
+    try:
+        report = download(args.dataset, args.data_dir or default_data_dir(), resolve_mirror(args.mirror),
+                          progress=not args.quiet)
+    except KeyboardInterrupt as stop:  # the files verified so far are kept, and a half-fetched one over HTTP
+        _log(f"{stop_word(stop)}; run the same covseg download again to go on (the files verified so far are not "
+             "fetched again)")
+        return 143 if isinstance(stop, Terminated) else 130
     print(report.summary())
     return 0
 

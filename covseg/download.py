@@ -227,13 +227,19 @@ def _is_url(mirror: str) -> bool:
 
 
 def _check_url(url: str) -> None:
-    """Refuse a mirror URL that urllib would choke on (no host, bad port, non-ASCII) before any request."""
+    """Refuse a mirror URL that urllib would choke on (no host, bad port, non-ASCII, a login: ``u:p@host`` is looked up
+    as a host name) or that file paths cannot be added to (a ``?query`` or ``#fragment``, which the paths would land
+    in) before any request."""
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
         problem = ("it has no host" if not parts.hostname
                    else "it has non-ASCII characters or spaces; percent-encode them"
-                   if not url.isascii() or any(c.isspace() for c in url) else "")
+                   if not url.isascii() or any(c.isspace() for c in url)
+                   else "it has a user name or password (USER@), which covseg does not send; use a mirror that needs "
+                        "no login" if "@" in parts.netloc
+                   else "it has a ?query or #fragment, after which the files' paths cannot be added; leave it out"
+                   if "?" in url or "#" in url else "")
     except ValueError as e:
         problem = str(e)
     if problem:
@@ -354,6 +360,11 @@ def _fetch_http(base: str, rel: str, part: Path, resume: bool = True, optional: 
     return "resumed" if resumed else "fresh"
 
 
+def _count_files(folder: Path) -> int:
+    """How many files (not folders) ``folder`` holds; 0 when it is no folder."""
+    return sum(1 for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+
+
 def _copy_extras(src_root: Path, root: Path, rel_dir: str, progress: bool) -> tuple[int, int]:
     """Copy the unverified extra folder from a directory mirror; returns (copied, present)."""
     src_dir, dst_dir = src_root / rel_dir, root / rel_dir
@@ -451,8 +462,8 @@ def _verify_in_place(dataset: str, src: DatasetSource, manifest: dict[str, str],
             bucket.skipped.append(rel)
         else:
             bucket.corrupt.append(rel)
-    if src.extra_dir and (root / src.extra_dir).is_dir():
-        report.extra_present = sum(1 for p in (root / src.extra_dir).iterdir() if p.is_file())
+    if src.extra_dir:
+        report.extra_present = _count_files(root / src.extra_dir)
     for name in src.required:
         s = report.splits[name]
         bad = sorted(s.missing + s.corrupt)
@@ -519,18 +530,15 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
             (bucket.missing if outcome == "missing" else bucket.corrupt).append(rel)
 
     if src.extra_dir:
-        if src_root is None:
-            report.notes.append(f"{src.extra_label} ({src.extra_dir}): skipped, an HTTP mirror "
-                                "cannot list folders; use a folder mirror to get them")
-        elif (src_root / src.extra_dir).is_dir():
-            if (src_root / src.extra_dir).resolve() == (root / src.extra_dir).resolve():
-                report.extra_present = sum(1 for p in (root / src.extra_dir).iterdir()
-                                           if p.is_file())
-            else:
-                report.extra_copied, report.extra_present = _copy_extras(
-                    src_root, root, src.extra_dir, progress)
-        else:
-            report.notes.append(f"{src.extra_label} ({src.extra_dir}): not in the mirror")
+        mirrored = src_root is not None and (src_root / src.extra_dir).is_dir()
+        if mirrored and (src_root / src.extra_dir).resolve() != (root / src.extra_dir).resolve():
+            report.extra_copied, report.extra_present = _copy_extras(src_root, root, src.extra_dir, progress)
+        else:  # the mirror's own folder, or a mirror that cannot give them: those an earlier download left are here
+            report.extra_present = _count_files(root / src.extra_dir)
+            if not mirrored and not report.extra_present:
+                report.notes.append(f"{src.extra_label} ({src.extra_dir}): " + (
+                    "skipped, an HTTP mirror cannot list folders; use a folder mirror to get them" if src_root is None
+                    else "not in the mirror"))
 
     for name in src.required:
         s = report.splits[name]
@@ -538,17 +546,34 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
         if bad:
             first = bad[0]
             why = "missing from" if first in s.missing else "fails its SHA-256 check in"
-            # a folder mirror holding none of the split: given one level too deep (COPY/Dataset for COPY)?
-            above = _mirror_folder_above(src_root, first) if src_root is not None and len(s.missing) == s.total \
-                else None
-            top = Path(first).parts[0]
-            fix = (f"{src_root} is the mirror's {top}/ folder or one inside it: pass --mirror {above}, the folder "
-                   f"that holds {top}/" if above is not None else f"{_MIRROR_HINT} with a complete copy")
+            # a mirror holding none of the split: given one level too deep (COPY/Dataset for COPY) or too high?
+            at = _wrong_level(src_root, base, dataset, first) if len(s.missing) == s.total else None
+            fix = at or f"{_MIRROR_HINT} with a complete copy"
             raise CovsegError(
                 f"{name} split incomplete: {len(bad)} of {counted(s.total, 'file')} missing or corrupt, "
                 f"first {first} ({why} {report.mirror}); {fix}"
             )
     return report
+
+
+def _wrong_level(src_root: Path | None, base: str, dataset: str, rel: str) -> str | None:
+    """How to fix a mirror (folder ``src_root``, else the URL ``base``) that holds none of a split, first file ``rel``:
+    given one level or more too deep (``COPY/Dataset`` for ``COPY``) or one too high (``DIR`` for ``DIR/covid-semiseg``,
+    another machine's data folder, or a server started above it); None when neither finds ``rel``. Over HTTP a
+    request or two for ``rel`` where it would be."""
+    if src_root is None:
+        above = _url_above(base, rel)
+        below = _url_below(base, dataset, rel) if above is None else None
+    else:
+        above = _mirror_folder_above(src_root, rel)
+        below = _mirror_folder_below(src_root, rel) if above is None else None
+    given, top = src_root or base, Path(rel).parts[0]
+    if above is not None:
+        return (f"{given} is the mirror's {top}/ folder or one inside it: pass --mirror {above}, the folder that holds "
+                f"{top}/")
+    if below is not None:
+        return f"{given} is the folder above the mirror: pass --mirror {below}, the folder that holds {top}/"
+    return None
 
 
 def _mirror_folder_above(src_root: Path, rel: str) -> Path | None:
@@ -560,3 +585,47 @@ def _mirror_folder_above(src_root: Path, rel: str) -> Path | None:
         if (src_root.joinpath(*parts[drop:])).is_file():
             return above[drop - 1]
     return None
+
+
+def _mirror_folder_below(src_root: Path, rel: str) -> Path | None:
+    """The folder just inside ``src_root`` that holds ``rel`` (``--mirror DIR`` for the mirror ``DIR/covid-semiseg``,
+    another machine's data folder, say), the first by name; None when none does or ``src_root`` cannot be listed."""
+    try:
+        folders = sorted(p for p in src_root.iterdir() if p.is_dir())
+    except OSError:
+        return None
+    return next((folder for folder in folders if (folder / rel).is_file()), None)
+
+
+def _url_serves(url: str) -> bool:
+    """Whether ``url`` answers a GET with a file (its body is not read); False for 404 and for any failure."""
+    try:
+        resp = _open_url(url, 0)
+    except CovsegError:
+        return False
+    if resp is None:
+        return False
+    resp.close()
+    return True
+
+
+def _url_above(base: str, rel: str) -> str | None:
+    """The URL above ``base`` (``http://HOST/COPY/`` for ``http://HOST/COPY/Dataset/``) that serves ``rel``, nearest
+    first, where ``base``'s path ends in ``rel``'s first folders; else None (:func:`_mirror_folder_above` over HTTP)."""
+    parts = urllib.parse.urlsplit(base)
+    folders = [f for f in parts.path.split("/") if f]
+    rel_parts = Path(rel).parts
+    for drop in range(1, min(len(rel_parts) - 1, len(folders)) + 1):
+        if [urllib.parse.unquote(f) for f in folders[-drop:]] != list(rel_parts[:drop]):
+            continue
+        up = urllib.parse.urlunsplit(parts._replace(path="/" + "".join(f + "/" for f in folders[:-drop])))
+        if _url_serves(up + urllib.parse.quote(rel)):
+            return up
+    return None
+
+
+def _url_below(base: str, dataset: str, rel: str) -> str | None:
+    """``base`` + ``dataset/`` where it serves ``rel`` (an HTTP server started in the folder above the data set's);
+    else None. An HTTP mirror cannot be listed, so only the data set's own name is tried."""
+    below = base + urllib.parse.quote(dataset) + "/"
+    return below if _url_serves(below + urllib.parse.quote(rel)) else None
