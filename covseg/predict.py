@@ -37,7 +37,7 @@ from covseg.volumes import quiet_file_readers, view_to_nifti_slice
 
 __all__ = ["ONNX_MIN_SLICES", "SCAN_OUTPUTS", "open_predictor", "open_ensemble", "open_models", "ensemble_members", "describe_after_use",
            "predict_files", "check_file_outputs", "check_destinations", "predict_scan", "scan_summary", "earlier_scan",
-           "check_same_scan", "is_scan", "output_stem",
+           "check_same_scan", "check_scan_not_overwritten", "is_scan", "output_stem",
            "label_name", "pixel_fraction", "write_label_nifti"]
 
 
@@ -522,16 +522,27 @@ def check_same_scan(scan: Path, digest: str, out_dir: Path, together: bool = Fal
                       f"those of {scan} would replace; {ways}")
 
 
+def check_scan_not_overwritten(scan: Path, out_dir: Path) -> None:
+    """Refuse, in one line, to write the outputs of ``scan`` into ``out_dir`` where one of them (:data:`SCAN_OUTPUTS`)
+    would replace the scan itself: a file of that name in ``out_dir`` (given by any path, ``out_dir`` too)."""
+    if scan.is_file() and scan.resolve().parent == out_dir.resolve() and scan.name in SCAN_OUTPUTS:
+        raise CovsegError(f"{scan}: covseg predict would write its own {scan.name} over this scan; give -o "
+                          "another folder")
+
+
 def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir: Path, model_info: dict[str, Any],
                  options: Any = None, series_uid: str | None = None, spacing: Sequence[float] | None = None,
                  progress: bool = True, together: bool = False) -> dict[str, Any]:
     """Segment one CT scan; writes ``lesions.nii.gz``, ``lungs.nii.gz``, ``report.json`` and ``report.html``.
 
-    Everything is written into a staging folder first and moved into ``out_dir`` only once complete. Outputs of
-    another scan in ``out_dir`` are refused (:func:`check_same_scan`; ``together`` as there) once the scan is read,
-    before it is segmented and before anything is written: :func:`covseg.predict_plan.plan_predict` refuses them
-    already for a NIfTI file, whose digest is that of the file, but a DICOM series' or image folder's spans the
-    files read, in their slice order, known only here.
+    Everything is written into a staging folder first and moved into ``out_dir`` only once complete. An ``out_dir``
+    where an output would replace the scan itself (:func:`check_scan_not_overwritten`) or could not be moved into
+    place (:func:`check_destinations`) is refused before the scan is read, as the command's
+    :func:`covseg.predict_plan.plan_predict` refuses it (its other checks weigh a command's inputs and ``-o`` as a
+    whole). Outputs of another scan in ``out_dir`` are refused (:func:`check_same_scan`; ``together`` as there) once
+    the scan is read, before it is segmented and before anything is written: :func:`covseg.predict_plan.plan_predict`
+    refuses them already for a NIfTI file, whose digest is that of the file, but a DICOM series' or image folder's
+    spans the files read, in their slice order, known only here.
     """
     import shutil
     import time
@@ -540,6 +551,9 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
     from covseg.scan import ScanOptions, segment_scan
     from covseg.volumes import read_volume, write_like_input
 
+    path, out_dir = Path(path), Path(out_dir)
+    check_scan_not_overwritten(path, out_dir)  # before minutes of reading and segmenting, as the command's plan
+    check_destinations(out_dir.parent, [Path(out_dir.name, name) for name in SCAN_OUTPUTS])
     began = time.perf_counter()
     volume = read_volume(path, series_uid=series_uid, spacing=spacing)
     read_seconds = time.perf_counter() - began
@@ -588,6 +602,7 @@ def scan_summary(scan: Path, report: dict[str, Any], out_dir: Path) -> str:
     shown = {side: "n/a" if figures[side]["severity"] is None else figures[side]["severity"]
              for side in ("total", "right", "left")}
     return (f"{scan}: lesions {nonzero_text(total['lesion_ml'])} mL = "
-            f"{percent_text(total['lesion_percent'], total['severity'])} % of {total['lung_ml']:.0f} mL lung, "
+            f"{percent_text(total['lesion_percent'], total['severity'])} % of "
+            f"{nonzero_text(total['lung_ml'], decimals=0)} mL lung, "
             f"severity {shown['total']} (right {shown['right']}, left {shown['left']}){pleural}; "
             f"report {out_dir}/report.html")

@@ -19,10 +19,10 @@ from covseg.datasets import IMAGE_SUFFIXES, list_images, read_image
 from covseg.dicom import looks_like_dicom
 from covseg.errors import CovsegError
 from covseg.fileio import check_output_folder, file_sha256
-from covseg.predict import (SCAN_OUTPUTS, check_destinations, check_file_outputs, check_same_scan, earlier_outputs,
-                            earlier_scan, is_scan, label_name, output_stem)
+from covseg.predict import (SCAN_OUTPUTS, check_destinations, check_file_outputs, check_same_scan,
+                            check_scan_not_overwritten, earlier_outputs, earlier_scan, is_scan, label_name, output_stem)
 from covseg.run import is_run_folder
-from covseg.volumes import check_spacing, check_volume
+from covseg.volumes import check_spacing, check_volume, refuse_series_below
 from covseg.wording import counted
 
 __all__ = ["PredictPlan", "plan_predict", "check_earlier_layout", "scan_folders"]
@@ -75,12 +75,14 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
                               "inputs by the next run; give -o a folder outside it")
     scans = [item for item in inputs if is_scan(item, spacing)]
     for item in inputs:  # a file from a DICOM CD (IM000001, 1.2.840...; .IMA): not "an unsupported file type"
+        if item.is_file() and item.name.upper() == "DICOMDIR":  # a DICOM CD's index: its series lie in folders
+            refuse_series_below(item.parent)
         if (item.is_file() and item not in scans and not item.name.lower().endswith(IMAGE_SUFFIXES)
                 and looks_like_dicom(item)):
             raise CovsegError(f"{item}: is a DICOM file without the .dcm suffix; give the folder holding its series "
                               f"(covseg predict {item.parent} -o OUT --model ...) to segment the scan, or copy the file "
                               "to a name ending in .dcm to predict it as one 2-D slice")
-    files = [f for item in inputs if item not in scans for f in list_images(item)]
+    files = [f for item in inputs if item not in scans for f in _images_in(item)]
     for item in inputs:  # its label map and overlay would lie among the images, and replace one of the same name
         # the folder it is named in and, for a symbolic link, the folder of the image it leads to
         if item.is_file() and item not in scans and output.resolve() in {item.absolute().parent.resolve(),
@@ -110,9 +112,7 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
                               "(or predict them one at a time, each with its own -o)")
     outs = [output / name if subfolders else output for name in names]
     for scan, out in zip(scans, outs):  # a scan's own file must not be replaced by what is written for it
-        if scan.is_file() and scan.resolve().parent == out.resolve() and scan.name in SCAN_OUTPUTS:
-            raise CovsegError(f"{scan}: covseg predict would write its own {scan.name} over this scan; give -o "
-                              "another folder")
+        check_scan_not_overwritten(scan, out)
     check_earlier_layout(output, scans, names, files, overlays)
     for out in outs:  # a file where a scan's folder goes, or a folder where one of its files goes (helper 169)
         check_destinations(out.parent, [Path(out.name, name) for name in SCAN_OUTPUTS])
@@ -133,6 +133,18 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
         for file in files:
             read_image(file)
     return PredictPlan(scans, outs, files)
+
+
+def _images_in(item: Path) -> list[Path]:
+    """:func:`covseg.datasets.list_images` of an input that is no scan; a folder without images of its own but DICOM
+    series in folders below it (a patient's or a study's folder) is refused naming one
+    (:func:`covseg.volumes.refuse_series_below`), not as a folder without images."""
+    try:
+        return list_images(item)
+    except CovsegError:
+        if item.is_dir():
+            refuse_series_below(item)
+        raise
 
 
 def _refuse_scan_folders_taken(scans: Sequence[Path], names: Sequence[str], output: Path,
@@ -175,8 +187,8 @@ def check_earlier_layout(output: Path, scans: Sequence[Path], names: Sequence[st
     but a lone scan's files may not lie beside other scans' folders (:func:`scan_folders`) or among 2-D label maps
     (those an earlier ``predictions.json`` lists), nor anything else beside a lone scan's files (``output``'s own
     ``report.json``: the same scan alone again is :func:`covseg.predict.check_same_scan`'s to judge). A scan's folder
-    must not be an earlier 2-D output, nor an earlier scan's folder the 2-D images' ``overlays`` (with
-    ``overlays``)."""
+    must not be an earlier 2-D output, nor an earlier scan's folder one of the 2-D images' label maps, their
+    ``predictions.json`` or (with ``overlays``) their ``overlays``."""
     alone = bool(scans) and not _each_scan_in_a_subfolder(scans, files)
     slices = earlier_outputs(output)
     if alone:
@@ -205,6 +217,12 @@ def check_earlier_layout(output: Path, scans: Sequence[Path], names: Sequence[st
         taken = {**{name: "label map" for name in slices}, "predictions.json": "summary",
                  **({"overlays": "overlays folder"} if (output / "overlays").exists() else {})}
         _refuse_scan_folders_taken(scans, names, output, taken)
+    if files:  # an earlier scan's folder (a scan named 1.png.nii.gz) where a file goes: "remove it" would lose it
+        for name, what in {**{label_name(f): "label map" for f in files}, "predictions.json": "summary"}.items():
+            earlier = earlier_scan(output / name)
+            if earlier is not None:
+                raise CovsegError(f"{output / name}: holds the outputs of the scan {earlier[0]}, where the 2-D "
+                                  f"images' {what} would go; give -o a new folder")
     earlier = earlier_scan(output / "overlays")
     if files and overlays and earlier is not None:
         raise CovsegError(f"{output / 'overlays'}: holds the outputs of the scan {earlier[0]}, where the 2-D images' "

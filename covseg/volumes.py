@@ -56,6 +56,7 @@ __all__ = [
     "Volume",
     "read_volume",
     "check_volume",
+    "refuse_series_below",
     "quiet_file_readers",
     "check_voxel_size",
     "check_spacing",
@@ -635,6 +636,41 @@ def _axialness(orientation: tuple | None) -> float:
     return abs(float(normal[2])) / length if length > 0 else 0.0
 
 
+SERIES_SEARCH_DEPTH: int = 4
+"""How many folder levels below a folder without images :func:`refuse_series_below` looks for DICOM files: a DICOM
+CD's ``DICOM/<patient>/<study>/<series>/`` lies four below its root."""
+
+
+def _visible(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The files (a DICOMDIR left out) and the folders directly in ``folder``, hidden ones left out, in name order;
+    none where it cannot be listed."""
+    try:
+        entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return [], []
+    files = [p for p in entries if p.is_file() and p.name.upper() != "DICOMDIR"]
+    return files, [p for p in entries if p.is_dir()]
+
+
+def refuse_series_below(folder: Path) -> None:
+    """Refuse, in one line, a ``folder`` that holds no image file itself but DICOM files in a folder below it (at most
+    :data:`SERIES_SEARCH_DEPTH` levels down: a DICOM CD's root beside its DICOMDIR index, a patient's or a study's
+    folder of series folders), naming the first such folder (breadth first, in name order); nothing otherwise. A
+    DICOM series is read from the folder that holds its files."""
+    files, level = _visible(folder)
+    if any(p.name.lower().endswith(_NIFTI_SUFFIXES + _IMAGE_SUFFIXES) or looks_like_dicom(p) for p in files):
+        return
+    for _ in range(SERIES_SEARCH_DEPTH):
+        below: list[Path] = []
+        for sub in level:
+            sub_files, sub_folders = _visible(sub)
+            if any(looks_like_dicom(p) for p in sub_files):
+                raise CovsegError(f"{folder}: holds no images itself, but DICOM files in its subfolder "
+                                  f"{sub.relative_to(folder)}; give the folder of one series, e.g. {sub}")
+            below.extend(sub_folders)
+        level = below
+
+
 def _off_grid_error(folder: Path, names: Sequence[str], positions: np.ndarray, places: np.ndarray,
                     normal: np.ndarray, step_vec: np.ndarray, steps: np.ndarray) -> CovsegError:
     """The refusal of a series (slice files ``names`` at ``positions``, in slice order) some slice of which lies more
@@ -679,6 +715,7 @@ def _read_dicom_series(folder: Path, paths: Sequence[Path], series_uid: str | No
     warnings: list[str] = []
     headers = _dicom_headers(paths)
     if not headers:
+        refuse_series_below(folder)  # a DICOM CD's root: its DICOMDIR only lists the series, in folders below
         raise CovsegError(
             f"{folder}: holds no DICOM images, NIfTI or PNG/JPG slices; give a DICOM series folder, "
             "a .nii/.nii.gz file or a folder of 2-D images"

@@ -145,3 +145,9 @@ def test_a_dicom_file_without_the_dcm_suffix_is_named_as_dicom_with_the_way_to_r
     text.write_text("not an image")
     with pytest.raises(CovsegError, match=r"unsupported file type '\.txt'"):  # other files: as before
         plan_predict([text], tmp_path / "out")
+
+
+def test_scan_summary_shows_a_lung_of_under_half_a_millilitre_as_not_0_ml() -> None:
+    part = {"lung_ml": 0.1666, "lesion_ml": 0.0, "lesion_percent": 0.0, "severity": 0, "class_ml": {"infection": 0.0}}
+    report = {"figures": {"right": part, "left": part, "total": part, "pleural": []}}
+    assert scan_summary(Path("s"), report, Path("o")).startswith("s: lesions 0.0 mL = 0.0 % of 0.2 mL lung, severity 0")
