@@ -944,7 +944,27 @@ def load_dataset(path: str | Path, task: str, split: str = "train", window: tupl
         _no_split(path, split, "image/mask folder")
         return load_folder_pairs(images_dir, masks_dir, task, window)
     _refuse_half_a_folder_pair(path, images_dir, masks_dir, split)
+    _refuse_semiseg_at_the_wrong_level(path)
     raise CovsegError(f"{path}: no data layout recognised; accepted layouts: {_LAYOUTS}")
+
+
+def _refuse_semiseg_at_the_wrong_level(path: Path) -> None:
+    """Name the folder to give where ``path`` (no layout of its own) is one level above a COVID-SemiSeg data set
+    (``covseg download``'s ``--data-dir``, which holds ``covid-semiseg/``) or a folder inside one
+    (``.../Dataset/TrainingSet``); returns where it is neither."""
+    try:
+        below = next((p for p in sorted(path.iterdir()) if p.is_dir() and _semiseg_dataset_dir(p) is not None), None)
+    except OSError:
+        below = None
+    if below is not None:
+        raise CovsegError(f"{path}: is the folder above the COVID-SemiSeg data set {below}; give {below}, the folder "
+                          "that holds Dataset/")
+    where = path.resolve()
+    above = next((p for p in list(where.parents)[:4]
+                  if (p / "Dataset") in where.parents and _semiseg_dataset_dir(p / "Dataset") is not None), None)
+    if above is not None:
+        raise CovsegError(f"{path}: is a folder inside the COVID-SemiSeg data set {above}; give {above}, the folder "
+                          "that holds Dataset/ (the split is chosen with --split)")
 
 
 def _refuse_half_a_folder_pair(path: Path, images_dir: Path | None, masks_dir: Path | None, split: str) -> None:

@@ -222,6 +222,17 @@ def dataset_root(dest: Path, dataset: str) -> Path:
     return Path(dest) / dataset
 
 
+def _data_set_root(dest: Path, dataset: str, manifest: dict[str, str]) -> Path:
+    """Where ``dataset`` lies for the data directory ``dest``: ``dataset_root(dest, dataset)``, or ``dest`` itself
+    where ``dest`` already is the data set's own folder (``--data-dir ~/.cache/covseg/covid-semiseg``: it holds one of
+    the manifest's files, e.g. ``Dataset/TrainingSet/...``, and no ``covid-semiseg/`` folder), so that it is checked
+    and completed there instead of a second copy nested in it."""
+    dest = Path(dest)
+    if not dataset_root(dest, dataset).exists() and any((dest / rel).is_file() for rel in manifest):
+        return dest
+    return dataset_root(dest, dataset)
+
+
 def _is_url(mirror: str) -> bool:
     return mirror.lower().startswith(("http://", "https://"))
 
@@ -289,7 +300,8 @@ class _RangeRefused(Exception):
 
 def _open_url(url: str, start: int, optional: bool = False) -> http.client.HTTPResponse | None:
     """Open ``url`` (from byte ``start`` if > 0); None on 404/410, and for a file of an ``optional`` split also on
-    401/403 (object stores such as S3 answer 403 for an object that is not there); CovsegError if unreachable."""
+    401/403 (object stores such as S3 answer 403 for an object that is not there); :class:`_Unavailable` if
+    unreachable or failing (5xx), CovsegError for any other refusal."""
     headers = {"User-Agent": _USER_AGENT}
     if start > 0:
         headers["Range"] = f"bytes={start}-"
@@ -302,6 +314,9 @@ def _open_url(url: str, start: int, optional: bool = False) -> http.client.HTTPR
             return None
         if e.code == 416 and start > 0:
             raise _RangeRefused() from None
+        if e.code >= 500:
+            raise _Unavailable(f"cannot fetch {url}: HTTP {e.code} {e.reason}; {_MIRROR_HINT}",
+                               f"answered HTTP {e.code} {e.reason}") from None
         raise CovsegError(f"cannot fetch {url}: HTTP {e.code} {e.reason}; {_MIRROR_HINT}") from None
     except urllib.error.URLError as e:
         raise _Unreachable(url, str(e.reason)) from None
@@ -309,12 +324,21 @@ def _open_url(url: str, start: int, optional: bool = False) -> http.client.HTTPR
         raise _Unreachable(url, str(e or type(e).__name__)) from None
 
 
-class _Unreachable(CovsegError):
-    """The mirror at ``url`` could not be reached at all (no answer, a name that does not resolve, a reset):
-    fatal for a required split's file, "missing" for an optional split's (:func:`_fetch_all`)."""
+class _Unavailable(CovsegError):
+    """The mirror did not serve a file though it may have it: it failed (HTTP 5xx) or could not be reached
+    (:class:`_Unreachable`). Fatal for a required split's file, "missing" for an optional split's (:func:`_fetch_all`);
+    ``what`` ends "the mirror ...", e.g. ``answered HTTP 503 Service Unavailable``."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
+
+
+class _Unreachable(_Unavailable):
+    """The mirror at ``url`` could not be reached at all (no answer, a name that does not resolve, a reset)."""
 
     def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"cannot reach {url}: {reason}; {_MIRROR_HINT}")
+        super().__init__(f"cannot reach {url}: {reason}; {_MIRROR_HINT}", f"could not be reached ({reason})")
         self.reason = reason
 
 
@@ -385,12 +409,14 @@ def _copy_extras(src_root: Path, root: Path, rel_dir: str, progress: bool) -> tu
 
 def download(dataset: str, dest: Path, mirror: str | None = None,
              progress: bool = True) -> DownloadReport:
-    """Fetch ``dataset`` into ``dataset_root(dest, dataset)`` and verify every file.
+    """Fetch ``dataset`` into ``dataset_root(dest, dataset)`` (``dest`` itself where it already is the data set's
+    folder, holding its files) and verify every file.
 
     ``mirror`` is a local folder laid out like upstream or an ``http(s)://`` base URL; None
     means the upstream URL. Raises :class:`CovsegError` when a required split is incomplete,
-    the mirror cannot be reached, or the mirror folder does not exist; a missing optional
-    split (e.g. a held-out test split) is only reported.
+    the mirror cannot be reached or fails (HTTP 5xx) for one of its files, or the mirror folder does
+    not exist; a missing optional split (e.g. a held-out test split, or one the mirror fails to serve)
+    is only reported.
     """
     src = _source(dataset)
     manifest = read_manifest(dataset)
@@ -411,7 +437,7 @@ def download(dataset: str, dest: Path, mirror: str | None = None,
             what = "is a file, not a folder" if src_root.is_file() else "does not exist"
             raise CovsegError(f"mirror folder {src_root} {what}; pass --mirror with a "
                               "folder that holds Dataset/... or an http(s):// URL")
-    root = dataset_root(Path(dest), dataset)
+    root = _data_set_root(Path(dest), dataset, manifest)
     if src_root is not None and src_root.resolve() == root.resolve():
         # the mirror is the data folder (--mirror DIR/<dataset> --data-dir DIR): fetching would delete a bad file
         # from the mirror itself, so its files are only verified
@@ -483,7 +509,7 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
 
     # the required splits' files first: an optional split the mirror will not serve cannot stop them
     order = sorted(manifest.items(), key=lambda item: (split_name(item[0]) not in src.required, item[0]))
-    unreachable = False  # the mirror could not be reached for an optional split's file: its other files are not tried
+    unreachable = False  # the mirror failed or was out of reach for an optional split's file: its others are not tried
     for rel, digest in tqdm(order, desc=dataset, unit="file", disable=not progress or None):
         optional = split_name(rel) not in src.required
         bucket = report.splits.setdefault(split_name(rel), SplitReport())
@@ -508,20 +534,20 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
         else:
             try:
                 outcome = _fetch_http(base, rel, part, optional=optional)
-            except _Unreachable as err:
-                # the required splits are done (they come first): a mirror out of reach (offline, say) leaves an
-                # optional split missing, reported, instead of failing a download whose data is complete
+                if outcome == "resumed" and file_sha256(part) != digest:
+                    # the kept .part may have had a bad prefix: retry once from byte 0
+                    outcome = _fetch_http(base, rel, part, resume=False, optional=optional)
+            except _Unavailable as err:
+                # the required splits are done (they come first): a mirror out of reach (offline, say) or failing
+                # (HTTP 5xx) leaves an optional split missing, reported, instead of failing a download whose data
+                # is complete
                 if not optional:
                     raise
                 unreachable = True
-                report.notes.append(f"{split_name(rel)} split: the mirror could not be reached ({err.reason}), "
+                report.notes.append(f"{split_name(rel)} split: the mirror {err.what}, "
                                     "so its missing files were not fetched")
                 outcome = "missing"
         ok = outcome != "missing" and file_sha256(part) == digest
-        if outcome == "resumed" and not ok:
-            # the kept .part may have had a bad prefix: retry once from byte 0
-            outcome = _fetch_http(base, rel, part, resume=False, optional=optional)
-            ok = outcome != "missing" and file_sha256(part) == digest
         if ok:
             os.replace(part, final)
             bucket.fetched.append(rel)

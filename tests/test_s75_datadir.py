@@ -1,0 +1,196 @@
+"""Session 75, the data folder at the wrong level and an optional split the mirror fails to serve: `covseg download
+--data-dir` given the data set's own folder (checked there, not nested), `--data` given the folder above the data set
+or one inside it (the message names the folder to give), HTTP 5xx on the held-out test split (reported, exit 0), and
+resuming from a 0-byte `.part` or one longer than the file. Tiny fake data sets and a loopback server."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import covseg.download as dl
+from covseg.cli import main
+from covseg.datasets import load_dataset
+from covseg.errors import CovsegError
+
+from conftest import write_semiseg
+
+NAME = "covid-semiseg"
+TRAIN = "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/1.jpg"
+TRAIN_GT = "Dataset/TrainingSet/LungInfection-Train/Doctor-label/GT/1.png"
+TEST = "Dataset/TestingSet/LungInfection-Test/Imgs/1.jpg"
+TEST_GT = "Dataset/TestingSet/LungInfection-Test/GT/1.png"
+BODY = bytes(range(256)) * 4  # 1 KiB
+FILES = {TRAIN: BODY, TRAIN_GT: b"mask bytes", TEST: b"test image", TEST_GT: b"test mask"}
+
+
+def _mirror(monkeypatch: pytest.MonkeyPatch, root: Path, files: dict[str, bytes] = FILES) -> Path:
+    """``files`` written under ``root`` (a mirror laid out like upstream), and a manifest of just them."""
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    manifest = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    monkeypatch.setattr(dl, "read_manifest", lambda name: manifest)
+    return root
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves its folder with single ``bytes=N-`` ranges (416 past the end); answers ``failing`` for paths under
+    ``failing_under``; records (path, Range) of every request."""
+
+    requests: list[tuple[str, str | None]] = []
+    failing_under = "/no-such-folder/"
+    failing = 503
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        type(self).requests.append((self.path, rng))
+        if self.path.startswith(type(self).failing_under):
+            self.send_error(type(self).failing)
+            return None
+        path = Path(self.translate_path(self.path))
+        if not rng or not path.is_file():
+            return super().do_GET()
+        data = path.read_bytes()
+        start = int(rng.removeprefix("bytes=").split("-")[0])
+        if start >= len(data):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+        return None
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, type[_Handler]]]:
+    """``tmp_path / "www"`` served on a loopback port: its base URL and its handler class (to set and read)."""
+    (tmp_path / "www").mkdir()
+    handler = type("H", (_Handler,), {"requests": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(handler, directory=str(tmp_path / "www")))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# ------------------------------------------------------------------------------------- --data-dir DATA_SET_FOLDER
+
+
+def test_a_data_dir_that_is_the_data_set_itself_is_checked_there_not_nested(monkeypatch: pytest.MonkeyPatch,
+                                                                           tmp_path: Path, capsys) -> None:
+    mirror = _mirror(monkeypatch, tmp_path / "mirror")
+    root = tmp_path / "cache" / NAME
+    args = ["download", "--mirror", str(mirror), "--quiet", "--data-dir"]
+    assert main([*args, str(tmp_path / "cache")]) == 0
+    (root / TRAIN).unlink()  # one file to fetch again, into the folder named
+    capsys.readouterr()
+    # it was a second copy in cache/covid-semiseg/covid-semiseg, and the one named left as it was
+    assert main([*args, str(root)]) == 0
+    assert capsys.readouterr().out.startswith(f"{NAME} in {root}: training split: 2 files verified (1 fetched, "
+                                              "1 already present)")
+    assert not (root / NAME).exists() and (root / TRAIN).read_bytes() == BODY
+
+
+def test_a_data_dir_holding_the_data_set_or_none_of_it_keeps_the_data_set_s_folder(monkeypatch: pytest.MonkeyPatch,
+                                                                                  tmp_path: Path) -> None:
+    mirror = _mirror(monkeypatch, tmp_path / "mirror")
+    # an empty folder of the data set's name is a data folder like any other (the documented layout)
+    assert dl.download(NAME, tmp_path / NAME, mirror=str(mirror), progress=False).root == tmp_path / NAME / NAME
+    # and one that already holds the nested copy goes on using it
+    assert sorted(dl.download(NAME, tmp_path / NAME, mirror=str(mirror), progress=False).skipped) == sorted(FILES)
+
+
+# ------------------------------------------------------------------------------------- --data at the wrong level
+
+
+def test_data_given_the_folder_above_the_data_set_names_the_folder_to_give(tmp_path: Path, capsys) -> None:
+    root = write_semiseg(tmp_path / "cache" / NAME, n=1)
+    args = ["train", "--recipe", "tiny", "--quiet", "-o", str(tmp_path / "run"), "--data"]
+    # it was "no data layout recognised; accepted layouts: COVID-SemiSeg (a folder holding Dataset/TrainingSet), ..."
+    assert main([*args, str(tmp_path / "cache")]) == 2
+    assert capsys.readouterr().err == (f"covseg: error: {tmp_path / 'cache'}: is the folder above the COVID-SemiSeg "
+                                       f"data set {root}; give {root}, the folder that holds Dataset/\n")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("inside", ["Dataset/TrainingSet", "Dataset/TrainingSet/LungInfection-Train"])
+def test_data_given_a_folder_inside_the_data_set_names_the_folder_to_give(inside: str, tmp_path: Path) -> None:
+    root = write_semiseg(tmp_path / NAME, n=1)
+    with pytest.raises(CovsegError) as info:
+        load_dataset(root / inside, "binary")
+    assert str(info.value) == (f"{root / inside}: is a folder inside the COVID-SemiSeg data set {root}; give {root}, "
+                               "the folder that holds Dataset/ (the split is chosen with --split)")
+
+
+def test_a_folder_beside_the_data_set_keeps_the_layouts_message(tmp_path: Path) -> None:
+    write_semiseg(tmp_path, n=1)  # tmp_path holds Dataset/; tmp_path/other is beside it, not in it
+    (tmp_path / "other").mkdir()
+    with pytest.raises(CovsegError, match=r"other: no data layout recognised; accepted layouts: "):
+        load_dataset(tmp_path / "other", "binary")
+
+
+# ------------------------------------------------------------------------------------- HTTP 5xx on the test split
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_a_failing_mirror_for_the_optional_test_split_reports_it_missing(status: int, monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path, served, capsys) -> None:
+    url, handler = served
+    _mirror(monkeypatch, tmp_path / "www")
+    handler.failing_under, handler.failing = "/Dataset/TestingSet/", status
+    # it was exit 2, "cannot fetch URL/Dataset/TestingSet/...: HTTP 503 ...", with the training split complete
+    assert main(["download", "--mirror", url, "--data-dir", str(tmp_path / "data"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "training split: 2 files verified (2 fetched, 0 already present); test split: 2 files missing" in out
+    reason = {500: "Internal Server Error", 503: "Service Unavailable"}[status]
+    assert f"; test split: the mirror answered HTTP {status} {reason}, so its missing files were not fetched" in out
+    assert sum(path.startswith("/Dataset/TestingSet/") for path, _ in handler.requests) == 1  # not asked per file
+    assert not list((tmp_path / "data").rglob("*.part"))
+
+
+def test_a_failing_mirror_for_a_training_file_is_still_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                served) -> None:
+    url, handler = served
+    _mirror(monkeypatch, tmp_path / "www")
+    handler.failing_under = "/" + TRAIN
+    with pytest.raises(CovsegError, match=f"^cannot fetch {url}{TRAIN}: HTTP 503 Service Unavailable; pass --mirror"):
+        dl.download(NAME, tmp_path / "data", mirror=url, progress=False)
+
+
+# ------------------------------------------------------------------------------------- resuming odd .part files
+
+
+@pytest.mark.parametrize(("part", "asked"), [(b"", None), (BODY + b"from a longer, older file",
+                                                            f"bytes={len(BODY) + 25}-")],
+                         ids=["empty", "longer-than-the-file"])
+def test_an_odd_part_is_fetched_again_whole(part: bytes, asked: str | None, monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path, served) -> None:
+    url, handler = served
+    _mirror(monkeypatch, tmp_path / "www", {TRAIN: BODY})
+    root = tmp_path / "data" / NAME
+    (root / TRAIN).parent.mkdir(parents=True)
+    (root / (TRAIN + ".part")).write_bytes(part)
+    report = dl.download(NAME, tmp_path / "data", mirror=url, progress=False)
+    assert report.fetched == [TRAIN] and (root / TRAIN).read_bytes() == BODY
+    assert not (root / (TRAIN + ".part")).exists()
+    # a 0-byte part asks for the whole file; a longer one asks past the end (416) and then for the whole file
+    assert handler.requests == ([("/" + TRAIN, None)] if asked is None else [("/" + TRAIN, asked), ("/" + TRAIN, None)])
