@@ -598,7 +598,7 @@ def test_gap_analysis_as_is_row_reproduces_covseg_evaluate(tiny_data: Path, tmp_
     fold = tmp_path / "cv" / "fold-0"
     assert main(["train", "--recipe", "tiny", "--task", "multiclass", "--data", str(tiny_data), "--split", "cv:0",
                  "--epochs", "12", "-o", str(fold), "--quiet", *TINY_OVERRIDES]) == 0
-    assert main(["evaluate", str(fold), "--quiet", "--precision", "fp32"]) == 0  # last.pt, as covseg cv scores it
+    assert main(["evaluate", str(fold), "--quiet"]) == 0  # last.pt and the precision covseg cv scores with, as the script
     reported = json.loads((fold / "eval-heldout" / "metrics.json").read_text())["per_image"]["dice"]
     table = _script("gap_analysis").fold_table(tmp_path / "cv", 0, None)
     assert table.shape == (3, 3)
