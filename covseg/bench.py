@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from covseg.wording import counted
+from covseg.wording import agreement_percent, counted
 
 __all__ = ["build_bench_model", "TRAIN_BATCH", "PathRunners", "path_runners", "measure", "serve", "side_by_side",
            "scan_files", "scan_slices", "covseg_precision", "main"]
@@ -844,7 +844,7 @@ def main(argv: list[str] | None = None, command: str = "python benchmarks/bench.
 
         kept = {True: "folded copy kept", False: "trained model kept", None: "fp32 chosen"}[scan["bf16_folded"]]
         check = ("" if scan["bf16_agreement"] is None else
-                 f"; bf16 check {scan['bf16_agreement']:.3%} of the first batch's labels alike, {kept}")
+                 f"; bf16 check {agreement_percent(scan['bf16_agreement'])} of the first batch's labels alike, {kept}")
         model = "the model of " + args.model if args.model else "untrained default model"
         lines += ["", f"Scan (inference only, {model}, slices: {scan['images']}, {scan['backend']}, input {scan['input_size']}{check}): "
                   f"{scan['slices']} slices of {args.size}×{args.size} in {scan['seconds']:.1f} s "

@@ -40,7 +40,6 @@ import io
 import json
 import os
 import warnings
-from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -52,6 +51,7 @@ from covseg.config import RunConfig, config_from_dict, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, file_sha256
 from covseg.models.shapes import check_input_size
+from covseg.wording import agreement_percent  # in __all__ too: covseg.cli imports it from here
 
 __all__ = ["export_onnx", "agreement_percent", "exported_from", "exported_class_weights", "exported_metadata",
            "model_sha256", "weights_sha256", "graph_sha256", "metadata_sha256",
@@ -149,14 +149,6 @@ def _load_unchanging(checkpoint: Path) -> tuple[torch.nn.Module, RunConfig, dict
         raise CovsegError(f"{checkpoint}: changed while it was read (is a training run still saving it?); export "
                           "again once it is finished")
     return model, config, state, before
-
-
-def agreement_percent(share: float) -> str:
-    """A share of pixels (0 to 1; ``covseg_int8_agreement``) as a percentage to three decimals, rounded down from
-    the shortest decimal that reads back as ``share``: one below 1 never reads as ``100.000%`` (0.9999996:
-    ``99.999%``), nor one below a bar as the bar (0.9989996: ``99.899%``, below covseg's 99.9 %)."""
-    exact = Decimal(repr(float(share))).scaleb(2)
-    return f"{exact.quantize(Decimal('0.001'), rounding=ROUND_DOWN)}%"
 
 
 def _onnx_name(out: Path) -> Path:
