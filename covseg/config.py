@@ -211,7 +211,8 @@ class TrainConfig:
     teacher_decay: float = 0.99
     # start from the weights `covseg pretrain` wrote (its folder or pretrained.pt; every tensor whose name and shape
     # match, so all but the output heads): self-supervised pretraining on unlabelled slices; or from a trained run
-    # (its folder: last.pt) of the same network and split, to fine-tune it. "" = random weights
+    # (its folder: last.pt) of the same network and split, to fine-tune it (a lesion-type model, train.types_only,
+    # only where its untrained background output is not copied: covseg.pretrain.check_pretrained). "" = random weights
     init: str = ""
     # which of train.init's tensors to copy: "all" (every one whose name and shape match) | "encoder" (the
     # contracting path's only, `encoders.*`: the decoder, up-samplers and heads start from random weights, the usual
@@ -889,8 +890,11 @@ def apply_overrides(config: RunConfig, overrides: list[str], source: str = "over
         if isinstance(current, str) and not raw.strip().startswith(_YAML_TEXT_STARTS):
             node[parts[-1]] = text_override(raw)  # a text option takes the text as typed
             continue
+        # a number or true/false stripped: a tab after one (`model.width=16\t`) is no YAML, though it means 16. A
+        # quoted text, list or mapping is read as text_override reads it (the CLI's data.task), raw
+        text = raw if isinstance(current, str) else raw.strip()
         try:
-            value = yaml.safe_load(raw) if raw else raw
+            value = yaml.safe_load(text) if text else text
         except yaml.YAMLError:
             raise CovsegError(f"override {item!r}: not a YAML value; close its brackets or quotes") from None
         except ValueError as err:  # a value YAML matched but could not build: a whole number of over 4300 digits

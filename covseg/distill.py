@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from covseg.checkpoint import find_checkpoint, load_model, read_checkpoint, refuse_unfinished
+from covseg.checkpoint import find_checkpoint, load_model, load_weights_file, read_checkpoint, refuse_unfinished
 from covseg.config import RunConfig, config_from_dict, data_differences
 from covseg.errors import CovsegError
 from covseg.fileio import file_sha256
@@ -158,6 +158,18 @@ def _norm_failing_on_1x1(made: RunConfig) -> str:
     return reason.removesuffix(" on a batch of one")
 
 
+def _is_pretraining(file: Path) -> bool:
+    """Whether ``file`` holds the weights ``covseg pretrain`` wrote (:data:`covseg.pretrain.PRETRAINED_FORMAT`), a
+    restoration network rather than a trained run's checkpoint; False where it cannot be read."""
+    from covseg.pretrain import PRETRAINED_FORMAT  # covseg.pretrain imports this module
+
+    try:
+        data = load_weights_file(file)
+    except CovsegError:
+        return False
+    return isinstance(data, dict) and data.get("format") == PRETRAINED_FORMAT
+
+
 def _checked_teachers(config: RunConfig, held_out: Collection[str], build: bool
                       ) -> list[tuple[Path, nn.Module | None]]:
     """``(checkpoint file, network or None)`` of each teacher of ``config.train.distill``, checked; the networks
@@ -196,6 +208,10 @@ def _checked_teachers(config: RunConfig, held_out: Collection[str], build: bool
                 model, saved = None, read_checkpoint(file)
                 made = config_from_dict(saved["config"], source=str(file))
         except CovsegError as err:
+            if _is_pretraining(file):  # as the folder covseg pretrain wrote is refused above
+                raise CovsegError(f"train.distill: {file}: not a covseg checkpoint but the weights covseg pretrain "
+                                  "wrote, which hold no segmentation model to learn from; give trained run folders "
+                                  f"(start from it with train.init={entry} instead)") from None
             raise CovsegError(f"train.distill: {err}") from None
         _check_teacher(file, made, saved, config, held_out)
         found.append((file, model))

@@ -25,7 +25,7 @@ import hashlib
 import io
 import math
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,8 @@ from covseg.training import lr_factor
 from covseg.transforms import random_crop, stack_resized
 
 __all__ = ["PRETRAINED_FORMAT", "PRETRAINED_FILE", "PRETRAIN_OUTPUTS", "PretrainOptions", "corrupt_slice",
-           "corrupt_batch", "restoration_network", "check_options", "check_output_folder", "pretrain", "pretrained_path",
+           "corrupt_batch", "restoration_network", "check_options", "refuse_unread_overrides", "PRETRAIN_READS",
+           "check_output_folder", "pretrain", "pretrained_path",
            "read_pretrained", "check_pretrained", "init_from_pretrained", "INIT_PARTS", "ENCODER_PREFIX"]
 
 PRETRAINED_FORMAT = "covseg-pretrained-1"
@@ -203,7 +204,8 @@ def _trained_run_as_pretrained(file: Path, data: dict[str, Any]) -> dict[str, An
     saved = data["config"].get("data", {})
     split = {key: getattr(made.data, key) for key in ("split", "folds", "split_seed", "val_fraction") if key in saved}
     return {"format": CHECKPOINT_FORMAT, "model_config": asdict(made.model), "normalize": made.data.normalize,
-            "model": data["model"], "trained_split": split, "epochs": made.train.epochs}
+            "model": data["model"], "trained_split": split, "epochs": made.train.epochs,
+            "types_only": made.train.types_only}
 
 
 _PRETRAINED_KEYS = ("model", "model_config", "steps", "options", "normalize")
@@ -291,7 +293,9 @@ def check_pretrained(path: str | Path, config: RunConfig, held_out: Collection[s
     """Read the pretrained checkpoint at ``path`` and check it fits ``config``: a finished pretraining of the
     same architecture (name, width, depth, normalisation, block) with the same per-slice normalisation, or a
     trained run of that architecture and split whose run folder's ``split.json`` trained on none of ``held_out``
-    (the new run's validation and test images: the same split settings on other data split differently).
+    (the new run's validation and test images: the same split settings on other data split differently) and, where
+    this run would copy its output heads whole (a multiclass run, not a type model itself, under
+    ``train.init_parts=all``), no lesion-type model (``train.types_only``), whose background output is untrained.
     Returns ``(file, contents)``."""
     file, data = read_pretrained(path)
     made, wanted = _architecture(data["model_config"]), _architecture(config.model)
@@ -312,6 +316,13 @@ def check_pretrained(path: str | Path, config: RunConfig, held_out: Collection[s
         if seen:
             raise CovsegError(f"{file}: trained on {len(seen)} of the images this run holds out (first: {seen[0]}), "
                               "so its weights have seen them; fine-tune a run trained on this run's data and split")
+        t = config.train
+        # a type model's heads (multiclass, as only it trains) fit a multiclass run's, which would copy them whole
+        if data.get("types_only") and not t.types_only and t.init_parts == "all" and config.data.task == "multiclass":
+            raise CovsegError(f"{file}: a lesion-type model (train.types_only), whose background output is "
+                              "untrained, so this run would start with that output as it was drawn at random; "
+                              "fine-tune a run trained on the whole task, take only its contracting path "
+                              "(train.init_parts=encoder), or train a type model again (train.types_only=true)")
     elif data["steps"] < data["options"]["steps"]:
         planned = data["options"]["steps"]
         raise CovsegError(f"{file}: its pretraining stopped at step {data['steps']} of {planned}; pretrain again "
@@ -378,6 +389,47 @@ def check_options(options: PretrainOptions, config: RunConfig) -> None:
         raise CovsegError(f"--crop {options.crop} leaves a model of depth {m.depth} a 1x1 bottleneck; use a crop "
                           f"of at least {2 * 2 ** m.depth} (2 x 2**depth, as train.augment.crop), or 0 for whole "
                           "slices")
+
+
+#: the settings ``covseg pretrain`` reads beside every ``model.*`` option but deep supervision (a restoration network
+#: has one output and no aux heads): how the unlabelled slices are read and brought to the input, and where and how
+#: it computes. It reads no labels, so no split
+PRETRAIN_READS = ("data.task", "data.input_size", "data.resize", "data.window_level", "data.window_width",
+                  "data.normalize", "train.device", "train.precision", "train.threads")
+#: the ``train.*`` settings whose part ``covseg pretrain``'s own options play
+_OWN_OPTIONS = {"train.epochs": "--steps", "train.batch_size": "--batch-size", "train.augment.crop": "--crop",
+                "train.lr": "--lr", "train.seed": "--seed"}
+
+
+def _option_names(section: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted names (``train.augment.crop``) of the options in ``section``, a config as nested dicts."""
+    names: list[str] = []
+    for key, value in section.items():
+        name = f"{prefix}{key}"
+        names += _option_names(value, f"{name}.") if isinstance(value, Mapping) else [name]
+    return names
+
+
+def refuse_unread_overrides(overrides: Iterable[str]) -> None:
+    """Refuse, in one line, a ``KEY=VALUE`` override of a setting ``covseg pretrain`` never reads (not in
+    :data:`PRETRAIN_READS`, nor a ``model.*`` option other than ``model.deep_supervision``): it would be recorded in
+    ``pretrained.pt``'s ``run_config`` and change nothing, as ``covseg train`` refuses options its other settings
+    never read. A key that names no option is left to :func:`covseg.config.apply_overrides`, which suggests one."""
+    known = set(_option_names(config_to_dict(RunConfig())))
+    reads = {*PRETRAIN_READS, *(name for name in known if name.startswith("model."))} - {"model.deep_supervision"}
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key not in known or key in reads:
+            continue
+        section = key.partition(".")[0]
+        why = {"train": "of train.* it reads only device, precision and threads; its own options are --steps, "
+                        "--batch-size, --crop, --lr and --seed",
+               "data": "of data.* it reads only task, input_size, resize, window_level, window_width and normalize; "
+                       "it reads no labels, so no split",
+               "model": "its restoration network has one output and no deep supervision; a run's "
+                        "model.deep_supervision may differ from its pretraining's"}[section]
+        instead = f"use {_OWN_OPTIONS[key]} instead" if key in _OWN_OPTIONS else "drop the override"
+        raise CovsegError(f"{item}: covseg pretrain does not use {key} ({why}); {instead}")
 
 
 PRETRAIN_OUTPUTS = (PRETRAINED_FILE, "history.csv")
