@@ -591,9 +591,11 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
 def scan_summary(scan: Path, report: dict[str, Any], out_dir: Path) -> str:
     """One line on a scan's :func:`predict_scan` report for the terminal: lesion volume and share of the lungs, the
     severity of both lungs together and of each side (``n/a`` where there is no lung volume: not assessed), pleural
-    findings with a volume, and where the report is. The share is shown to as many places as it takes to fall in the
-    severity's bucket beside it (:func:`covseg.quantify.percent_text`), as report.html shows it."""
-    from covseg.quantify import nonzero_text, percent_text
+    findings with a volume, that the figures are unreliable where report.json's ``figures.unreliable`` says why
+    (:func:`covseg.scan.segment_scan`), and where the report is. The share (``n/a`` with no lung volume) is shown to
+    as many places as it takes to fall in the severity's bucket beside it (:func:`covseg.quantify.share_text`), as
+    report.html shows it."""
+    from covseg.quantify import nonzero_text, share_text
 
     figures = report["figures"]
     total = figures["total"]
@@ -601,8 +603,9 @@ def scan_summary(scan: Path, report: dict[str, Any], out_dir: Path) -> str:
                       for cls in figures.get("pleural", []) if total["class_ml"][cls] > 0)
     shown = {side: "n/a" if figures[side]["severity"] is None else figures[side]["severity"]
              for side in ("total", "right", "left")}
+    unreliable = ", figures unreliable (see the warnings)" if figures.get("unreliable") else ""
     return (f"{scan}: lesions {nonzero_text(total['lesion_ml'])} mL = "
-            f"{percent_text(total['lesion_percent'], total['severity'])} % of "
+            f"{share_text(total['lesion_percent'], total['severity'])} of "
             f"{nonzero_text(total['lung_ml'], decimals=0)} mL lung, "
-            f"severity {shown['total']} (right {shown['right']}, left {shown['left']}){pleural}; "
+            f"severity {shown['total']} (right {shown['right']}, left {shown['left']}){unreliable}{pleural}; "
             f"report {out_dir}/report.html")

@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SIDES", "SEVERITY_BUCKETS", "severity_score", "percent_text", "nonzero_text", "quantify",
+__all__ = ["SIDES", "SEVERITY_BUCKETS", "severity_score", "percent_text", "share_text", "nonzero_text", "quantify",
            "remove_small_components", "restrict_to_lungs"]
 
 SIDES: dict[int, str] = {1: "right", 2: "left"}
@@ -63,16 +63,24 @@ def nonzero_text(value: float, decimals: int = 1) -> str:
     return percent_text(value, decimals=decimals)
 
 
-def percent_text(percent: float, severity: int | None = None, decimals: int = 1) -> str:
+def percent_text(percent: float | None, severity: int | None = None, decimals: int = 1) -> str:
     """``percent`` as shown to a reader: ``decimals`` places, or as many more as it takes for a non-zero percentage
     not to read as 0 and, given the ``severity`` shown beside it, for the number to fall in that score's bucket:
-    4.97 % with severity 1 is "4.97", not "5.0" (which reads as severity 2), and 0.01 % is "0.01", not "0.0"."""
+    4.97 % with severity 1 is "4.97", not "5.0" (which reads as severity 2), and 0.01 % is "0.01", not "0.0".
+    None (a share of no lung: not assessed, as :func:`quantify` gives it) is "n/a"."""
+    if percent is None:
+        return "n/a"
     for places in range(decimals, 16):
         text = f"{percent:.{places}f}"
         shown = min(max(float(text), 0.0), 100.0)
         if (severity is None or severity_score(shown) == severity) and (shown > 0 or percent <= 0):
             return text
     return repr(float(percent))
+
+
+def share_text(percent: float | None, severity: int | None = None, decimals: int = 1) -> str:
+    """:func:`percent_text` with its sign, "12.5 %", or "n/a" (a share of no lung: not assessed) without one."""
+    return "n/a" if percent is None else f"{percent_text(percent, severity, decimals)} %"
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray, names: str) -> None:
@@ -98,11 +106,12 @@ def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float], n_c
            midline_x: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lung mask with labelled voxels outside it assigned to a side: to its side of ``midline_x`` (right = low X)
     when that is given; without it, to the nearer lung, or with fewer than two lungs in the mask to its side of the
-    middle column. Also how many voxels of each class (``(n_classes,)``) were assigned."""
+    middle column. Also how many voxels of each class were assigned to each side: ``(3, n_classes)``, row 0 unused
+    (every labelled voxel gets a side)."""
     sides = np.where(lungs > 0, lungs, 0).astype(np.uint8)
     outside = (lesions > 0) & (lungs == 0)
     if not outside.any():
-        return sides, np.zeros(n_classes, np.int64)
+        return sides, np.zeros((3, n_classes), np.int64)
     points = np.argwhere(outside)
     if midline_x is None and np.any(lungs == 1) and np.any(lungs == 2):
         sides[outside] = _nearest_side(lungs, points, spacing)
@@ -114,7 +123,8 @@ def _sides(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float], n_c
         # a voxel on the midline itself goes left, as lung_mask splits the sides (right: X < midline)
         mid = (lungs.shape[2] - 1) / 2.0 if midline_x is None else float(midline_x)
         sides[outside] = np.where(points[:, 2] < mid, 1, 2)  # right lung at low X
-    return sides, np.bincount(lesions[outside].astype(np.int64), minlength=n_classes)
+    index = sides[outside].astype(np.int64) * n_classes + lesions[outside].astype(np.int64)
+    return sides, np.bincount(index, minlength=3 * n_classes).reshape(3, n_classes)
 
 
 def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
@@ -140,14 +150,17 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
 
         {"spacing_mm": [z, y, x], "voxel_ml": float, "classes": {"1": name, ...}, "pleural": [name, ...],
          "lesion_outside_mask_ml": float,            # lung-lesion volume added to the lungs as described
+         "unreliable": [reason, ...],                # empty when the figures can be trusted as far as this tells
          "right": PART, "left": PART, "total": PART}
-        PART = {"lung_ml": float, "lesion_ml": float, "lesion_percent": float, "severity": int | None,
+        PART = {"lung_ml": float, "lesion_ml": float, "lesion_percent": float | None, "severity": int | None,
                 "class_ml": {name: float},           # every class, pleural ones included
-                "class_percent": {name: float}}      # the lung-lesion classes only
+                "class_percent": {name: float | None}}  # the lung-lesion classes only
 
-    Percentages are of that part's lung volume (0 when it is empty); ``severity`` is
-    :func:`severity_score` of ``lesion_percent`` (for ``total``, of the whole-lung percentage), or None (not
-    assessed) when the part's lung volume is 0.
+    Percentages are of that part's lung volume; ``severity`` is :func:`severity_score` of ``lesion_percent`` (for
+    ``total``, of the whole-lung percentage). A part whose lung volume is 0 is not assessed: its percentages and
+    severity are None. ``unreliable`` names each side (one line each) whose lung volume is more than half lesion
+    found outside the lung mask: its volume is then the model's lesions rather than the lung (a mask that missed
+    the lungs, or a lung missing from it), and its share above 50 % by construction.
     Raises ValueError for mismatched shapes, a label without a name in ``class_names`` or a ``pleural`` id
     that is not one of its classes.
     """
@@ -182,23 +195,33 @@ def quantify(lesions: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
         n_lung, n_lesion = int(c[lung_ids].sum()), int(c[lesion_ids].sum())
         # percentages from voxel counts, not from mL: 69 of 92 voxels is exactly 75 % (severity 4), where
         # 69 * voxel_ml / (92 * voxel_ml) can round to 75.00000000000001 % (severity 5)
-        pct = 100.0 * n_lesion / n_lung if n_lung > 0 else 0.0
+        # a share of no lung is not assessed (None), as its severity, not 0 %
+        pct = 100.0 * n_lesion / n_lung if n_lung > 0 else None
         return {
             "lung_ml": n_lung * voxel_ml,
             "lesion_ml": n_lesion * voxel_ml,
             "lesion_percent": pct,
-            "severity": severity_score(min(pct, 100.0)) if n_lung > 0 else None,  # not assessed
+            "severity": severity_score(min(pct, 100.0)) if pct is not None else None,
             "class_ml": {name: float(c[k]) * voxel_ml for k, name in sorted(classes.items())},
-            "class_percent": {classes[k]: (100.0 * int(c[k]) / n_lung if n_lung > 0 else 0.0)
+            "class_percent": {classes[k]: (100.0 * int(c[k]) / n_lung if n_lung > 0 else None)
                               for k in lesion_ids},
         }
+
+    unreliable = []
+    for k, name in SIDES.items():
+        n_lung, n_off = int(counts[k, lung_ids].sum()), int(outside[k, lesion_ids].sum())
+        if n_off > n_lung - n_off:  # more than half of the lung counted is lesion the mask did not see
+            unreliable.append(f"{name} lung: {nonzero_text(n_off * voxel_ml)} of its {nonzero_text(n_lung * voxel_ml)} "
+                              "mL is lesion outside the lung mask, which holds "
+                              f"{nonzero_text((n_lung - n_off) * voxel_ml)} mL")
 
     return {
         "spacing_mm": list(spacing),
         "voxel_ml": voxel_ml,
         "classes": {str(k): name for k, name in sorted(classes.items())},
         "pleural": [classes[k] for k in pleural_ids],
-        "lesion_outside_mask_ml": float(outside[lesion_ids].sum()) * voxel_ml,
+        "lesion_outside_mask_ml": float(outside[:, lesion_ids].sum()) * voxel_ml,
+        "unreliable": unreliable,
         "right": part([1]),
         "left": part([2]),
         "total": part([1, 2]),

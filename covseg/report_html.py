@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from covseg.fileio import display_text
 from covseg.intensity import LUNG_WINDOW, stretch_percentiles, window_hu
 from covseg.labels import LabelScheme, class_title, overlay
-from covseg.quantify import nonzero_text, percent_text
+from covseg.quantify import nonzero_text, percent_text, share_text
 from covseg.wording import counted
 
 __all__ = ["render_report", "montage_slices", "axial_montage", "coronal_view", "coronal_row",
@@ -140,7 +140,7 @@ def _bar_chart(figures: dict[str, Any], names: list[str], scheme: LabelScheme) -
     x = np.arange(len(sides))
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
-        values = [figures[s]["class_percent"].get(name, 0.0) for s in sides]
+        values = [figures[s]["class_percent"].get(name) or 0.0 for s in sides]  # None: no lung there, no bar
         colour = np.asarray(scheme.colors[scheme.names.index(name)]) / 255  # the class's overlay colour
         ax.bar(x + (i - (len(names) - 1) / 2) * width, values, width, label=class_title(name), color=colour)
     ax.set_xticks(x, ["right lung", "left lung", "both lungs"])
@@ -148,7 +148,7 @@ def _bar_chart(figures: dict[str, Any], names: list[str], scheme: LabelScheme) -
     # a share of a volume is never negative: the axis starts at 0, and a chart of zeros (matplotlib centres those
     # on 0, with negative ticks) spans 0-1 % with a word on why it is empty: no lung lesion (pleural effusion, which
     # the table may list, is no share of the lungs and never a bar)
-    if any(figures[s]["class_percent"].get(n, 0.0) > 0 for s in sides for n in names):
+    if any((figures[s]["class_percent"].get(n) or 0.0) > 0 for s in sides for n in names):
         ax.set_ylim(bottom=0)
     else:
         ax.set_ylim(0, 1)
@@ -174,20 +174,26 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
     rows = []
     for side, label in (("right", "Right lung"), ("left", "Left lung"), ("total", "Both lungs")):
         part = figures[side]
-        lesion = percent_text(part["lesion_percent"], part["severity"])
-        places = len(lesion.partition(".")[2])  # each type as precisely as the lesions beside it (binary: the same)
+        lesion = share_text(part["lesion_percent"], part["severity"])  # "n/a" for no lung, as its severity
+        # each type as precisely as the lesions beside it (binary: the same)
+        places = len(percent_text(part["lesion_percent"], part["severity"]).partition(".")[2])
         cells = "".join(f"<td>{nonzero_text(part['class_ml'].get(n, 0))} mL"
-                        + (f" ({percent_text(part['class_percent'][n], decimals=places)} %)"
+                        + (f" ({share_text(part['class_percent'][n], decimals=places)})"
                            if n in part["class_percent"] else "") + "</td>"
                         for n in names)
         # whole mL, but a lung of under 0.5 mL (one the model called effusion nearly whole) not as "0 mL" beside
         # its severity: 0 mL is the lung that is not assessed (n/a)
         rows.append(f"<tr><th>{label}</th><td>{nonzero_text(part['lung_ml'], decimals=0)} mL</td>{cells}"
-                    f"<td>{nonzero_text(part['lesion_ml'])} mL ({lesion} %)</td>"
+                    f"<td>{nonzero_text(part['lesion_ml'])} mL ({lesion})</td>"
                     f"<td>{'n/a' if part['severity'] is None else part['severity']}</td></tr>")
     key = " ".join(f'<span style="background:rgb{scheme.colors[c]};padding:0 .6em"></span> '
                    f'{esc(class_title(scheme.names[c]))}' for c in scheme.foreground)
     warnings = "".join(f"<li>{esc(w)}</li>" for w in report.get("warnings", [])) or "<li>none</li>"
+    doubts = figures.get("unreliable", [])
+    # said above the table, not only among the warnings at the foot of the page
+    unreliable = ('<p style="color:#a00"><b>These figures are unreliable</b> (check the lung mask):</p>'
+                  '<ul style="color:#a00">' + "".join(f"<li>{esc(why)}</li>" for why in doubts) + "</ul>"
+                  ) if doubts else ""
     picks = montage_slices(lesions)[::-1]  # as the montage shows them: superior first
     of_scan = f"{counted(len(picks), 'slice')} of {len(lesions)}"
     montage_heading = (f"Axial slices with the most lesion ({of_scan}, superior first)" if lesions.any() else
@@ -215,7 +221,7 @@ spacing {' × '.join(f'{s:.3g}' for s in report['input']['spacing_mm'])} mm; SHA
 <b>Model</b> {esc(str(model.get('name')))} ({esc(str(model.get('task')))}, recipe {esc(str(model.get('recipe')))}, covseg
 {esc(str(model.get('covseg')))}) · {esc(str(model.get('backend')))} · {report['seconds']['total']:.1f} s to read, segment
 and quantify the scan and write its label maps (report.json's total also counts drawing this page)</p>
-<h2>Figures</h2>
+<h2>Figures</h2>{unreliable}
 <table><tr><th></th><th>lung volume</th>{''.join(f'<th>{esc(class_title(n))}</th>' for n in names)}
 <th>all lung lesions</th>
 <th>severity (0–5)</th></tr>{''.join(rows)}</table>

@@ -135,7 +135,8 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
     mm) raises :class:`~covseg.errors.CovsegError` before any work, and so does a scan in which no lung is found
     (:func:`check_lung_mask`'s reason), before any slice goes to the model: with no lung, no slice is segmented and
     there is no lung to take a share of, so its figures (0 mL of lesion, 0 % of 0 mL) would read as a scan without
-    lesions."""
+    lesions. A side whose figures are unreliable (``figures["unreliable"]``, :func:`covseg.quantify.quantify`: its
+    lung more than half lesion outside the mask) gets one warning line naming each such side."""
     options = options or ScanOptions()
     # read_volume refuses these already; a Volume made by hand could hold metres or micrometres, which would make the
     # lung mask allocate tens of GB (or report billions of mL)
@@ -193,5 +194,8 @@ def segment_scan(volume: Volume, predictor: Predictor, scheme: LabelScheme, opti
                                           separate=scheme.pleural).astype(np.uint8)
     figures = quantify(lesions, lungs, volume.spacing, dict(enumerate(scheme.names)), scheme.pleural,
                        midline_x=midline)
+    if figures["unreliable"]:  # one line: the verdict, then why
+        warnings.append("the figures are unreliable, the lung mask missing much of the lungs (check lungs.nii.gz): "
+                        + "; ".join(figures["unreliable"]))
     seconds["quantify"] = time.perf_counter() - tick
     return ScanResult(lesions, lungs, figures, len(todo), seconds, warnings)

@@ -102,8 +102,8 @@ def test_quantify_without_lungs_splits_at_the_middle():
     assert result["left"]["lung_ml"] == pytest.approx(0.004)
     assert result["total"]["lesion_percent"] == 100.0 and result["total"]["severity"] == 5
     empty = quantify(np.zeros_like(lesions), np.zeros_like(lesions), (1.0, 1.0, 1.0), {1: "infection"})
-    assert empty["total"] == {"lung_ml": 0.0, "lesion_ml": 0.0, "lesion_percent": 0.0, "severity": None,
-                              "class_ml": {"infection": 0.0}, "class_percent": {"infection": 0.0}}
+    assert empty["total"] == {"lung_ml": 0.0, "lesion_ml": 0.0, "lesion_percent": None, "severity": None,
+                              "class_ml": {"infection": 0.0}, "class_percent": {"infection": None}}
 
 
 def test_with_one_lung_in_the_mask_a_lesion_across_the_middle_goes_to_the_missing_lung():
