@@ -19,7 +19,7 @@ import numpy as np
 from covseg.config import MAX_SEED, DataConfig, RunConfig, check_new_run, config_from_dict, config_to_dict
 from covseg.datasets import Sample, lesion_only_caveat, load_dataset
 from covseg.errors import CovsegError, Terminated
-from covseg.evaluation import Evaluation, format_figure, evaluate_image, summarise, write_report
+from covseg.evaluation import REPORT_FILES, Evaluation, format_figure, evaluate_image, summarise, write_report
 from covseg.fileio import atomic_write_text, check_output_folder, refuse_output_in_data, unwritable_reason
 from covseg.figures import plot_comparison
 from covseg.inference import Predictor
@@ -147,7 +147,8 @@ def _refuse_onnx_chosen_on(paths: Sequence[Path], split: str) -> None:
 def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str, out_dir: Path | None,
                  which: str = "auto", device: str = "cpu", precision: str = "auto", batch_size: int = 8,
                  tta: bool = False, task: str | None = None, backend: str = "auto",
-                 progress: bool = True, lesion_model: Sequence[Path] | None = None) -> tuple[dict[str, Any], Path]:
+                 progress: bool = True, lesion_model: Sequence[Path] | None = None,
+                 force: bool = False) -> tuple[dict[str, Any], Path]:
     """Evaluate a run folder or checkpoint; writes the report into ``out_dir`` and returns (metrics, out_dir).
 
     Several paths, or a cross-validation folder, are evaluated as one ensemble (mean probabilities, see
@@ -166,6 +167,10 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     than that reports to ``eval-SPLIT-WHICH``, beside its own ``eval-SPLIT``; with ``tta`` the folder's name ends in
     ``-tta`` (``eval-SPLIT-tta``), so a flip-TTA score never replaces the plain one ``covseg cv`` and ``cv-compare``
     read.
+
+    An ``out_dir`` given that holds the report of another scoring (other model files, split, data folder or flip
+    TTA: :func:`_report_subject`) is refused before scoring unless ``force``; one of the same scoring is replaced.
+    ``metrics.json`` records each model file as its resolved path, as it records ``data``.
     """
     _check_eval_split(split)  # a mistyped name is told so, not taken for another split's images
     given = [Path(model_path)] if isinstance(model_path, (str, Path)) else [Path(p) for p in model_path]
@@ -185,6 +190,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     why = unwritable_reason(out_dir, folder=True) if out_dir is not None else None
     if why:  # a path through a file, or a folder this process may not write into: told before scoring
         raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
+    given_out = out_dir is not None  # a folder named by the caller, not one of the run's own report folders
     if out_dir is not None:
         _refuse_another_runs_report_folder(Path(out_dir), paths + lesion_paths)
     if out_dir is None and lesion_paths:
@@ -211,6 +217,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         _check_ensemble_split(paths + lesion_paths, split, typed=bool(lesion_paths))
     if out_dir is not None:
         refuse_output_in_data(Path(out_dir), data)  # before scoring: a report there would be read as a mask
+    if given_out and not force:  # before scoring: another model's figure is not replaced unasked
+        _refuse_replacing_another_report(Path(out_dir), {"model": info, "split": split, "data": data})
     if early is not None and early[0] == (config.data.task, config.data.window):
         samples = early[1]
     else:
@@ -221,9 +229,10 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         is_own = (requested == "auto" and paths[0].is_dir()) or scored == find_checkpoint(run_dir or paths[0], own)
         named = requested if requested != "auto" else scored.stem  # RUN/best.pt given as a file: eval-SPLIT-best
         out_dir = scored.parent / _report_name(split, None if is_own else named, tta)
+    _refuse_folders_in_the_reports_place(Path(out_dir))
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
-    extra = {"model": describe_after_use(info, predictor), "recipe": config.recipe,
+    extra = {"model": _resolved_files(describe_after_use(info, predictor)), "recipe": config.recipe,
              "data": str(Path(data).resolve()), "split": split, "seconds": round(time.perf_counter() - began, 3)}
     scored_files = _scored_files(info)  # the ensemble's members, then the --lesion-model's: paths + lesion_paths
     n_models = len(scored_files)
@@ -234,13 +243,65 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
         caveats = _caveats(run_dir, scored_files[0], split, own, samples, data)
     else:
         caveats = _ensemble_caveats(list(zip(map(_run_folder_of, paths + lesion_paths), scored_files)), split,
-                                    samples, data)
+                                    samples, data, _final_model_remedy(paths + lesion_paths, requested))
     lesion_only = lesion_only_caveat(samples, config.data.task)
     if lesion_only:  # any number of models: the masks, not the models, leave consolidation unscored
         caveats.append(lesion_only)
     if caveats:
         extra["caveats"] = caveats
     return write_report(ev, out_dir, title, extra), out_dir
+
+
+def _resolved_files(model: dict[str, Any]) -> dict[str, Any]:
+    """A report's ``model`` entry (:func:`covseg.predict.describe_after_use`) with every model file (the model's, each
+    ensemble member's, the ``--lesion-model``'s) as its resolved path, as ``data`` is recorded: a report read from
+    another working directory, or ``covseg cv`` run from one, still finds the files it scored."""
+    out = {**model, "file": str(Path(model["file"]).resolve())}
+    if "members" in model:
+        out["members"] = [_resolved_files(member) for member in model["members"]]
+    if "lesion_model" in model:
+        out["lesion_model"] = _resolved_files(model["lesion_model"])
+    return out
+
+
+def _report_subject(metrics: dict[str, Any]) -> tuple[tuple[tuple[str, ...], ...], str, str, bool]:
+    """What a report scored (``metrics``: ``metrics.json``'s contents, or the same keys of an evaluation about to
+    run): the model files scored, resolved (a relative one, as covseg wrote before session 75, against the working
+    directory), those of the models and those of a ``--lesion-model`` each in name order (an ensemble's mean is the
+    same in any order); the split, the data folder and whether with flip TTA. Raises ``KeyError``, ``TypeError`` or
+    ``AttributeError`` where ``metrics`` does not say."""
+    model = metrics["model"]
+    sides = [model] + ([model["lesion_model"]] if "lesion_model" in model else [])
+    files = tuple(tuple(sorted(str(Path(m["file"]).resolve()) for m in side.get("members") or [side]))
+                  for side in sides)
+    return files, str(metrics["split"]), str(Path(metrics["data"]).resolve()), bool(model["flip_tta"])
+
+
+def _refuse_replacing_another_report(out_dir: Path, scoring: dict[str, Any]) -> None:
+    """Refuse an ``-o`` whose ``metrics.json`` is the report of another scoring than ``scoring`` (the ``model``,
+    ``split`` and ``data`` of the evaluation about to run; :func:`_report_subject`): its figure would be replaced
+    unasked. The same scoring again (a model trained on, or scored with another backend) replaces it; a folder
+    without a readable report is written into as before."""
+    try:
+        theirs = _report_subject(json.loads((out_dir / "metrics.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if theirs == _report_subject(scoring):
+        return
+    files, split, data, tta = theirs
+    raise CovsegError(f"{out_dir}: holds the report of {_named([f for side in files for f in side])} (--split {split}"
+                      f"{', --tta' if tta else ''}, data {data}), not of this evaluation; give -o another folder to "
+                      "keep it, or --force to replace it")
+
+
+def _refuse_folders_in_the_reports_place(out_dir: Path) -> None:
+    """Refuse, before scoring, a report folder ``out_dir`` where one of the report's file names
+    (:data:`covseg.evaluation.REPORT_FILES`) is taken by something other than a file (a folder made by ``-o
+    RUN/eval-heldout/metrics.json``): the report could not replace it once the images were scored."""
+    blocked = [name for name in REPORT_FILES if (out_dir / name).exists() and not (out_dir / name).is_file()]
+    if blocked:
+        raise CovsegError(f"{out_dir / blocked[0]}: is a folder, where the report writes its file {blocked[0]}; move "
+                          "it out of the way, or give -o another folder")
 
 
 def _refuse_another_runs_report_folder(out_dir: Path, models: Sequence[Path]) -> None:
@@ -285,20 +346,30 @@ def _named(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
+def _final_model_remedy(paths: Sequence[Path], checkpoint: str) -> str:
+    """How to score each run's final model instead of a ``best.pt`` that chose on the images scored, for the
+    models ``paths`` as given and the ``--checkpoint`` asked: the run folders instead of checkpoint files given by
+    path (``RUN/best.pt``), and without ``--checkpoint`` where one was asked."""
+    ways = (["instead of the checkpoint files"] if any(path.is_file() for path in paths) else []) + (
+        ["without --checkpoint"] if checkpoint != "auto" else [])
+    return "give the run folders" + (f" {', '.join(ways)}" if ways else "")
+
+
 def _ensemble_caveats(models: Sequence[tuple[Path | None, Path]], split: str, samples: Sequence[Sample],
-                      data: str) -> list[str]:
+                      data: str, remedy: str = "give the run folders without --checkpoint") -> list[str]:
     """:func:`_caveats` for several models scored together (an ensemble, or a model with its ``--lesion-model``):
     ``models`` holds each one's ``(run folder or None, file scored)``. Says which ``best.pt`` were chosen on
     validation images among those scored, how many of the images some model trained on (and which models), and
-    which model files kept outside their run folders may have trained on ``all``'s images."""
+    which model files kept outside their run folders may have trained on ``all``'s images. ``remedy``: how to score
+    the runs' final models instead of a chosen ``best.pt`` (:func:`_final_model_remedy`)."""
     caveats = []
     chosen = [str(scored) for run_dir, scored in models
               if run_dir is not None and scored.name == "best.pt" and _evaluates_validation(run_dir, split)]
     if chosen:
         chosen_on = "the validation images among these" if split == "all" else f"these {split} images"
         caveats.append(f"{_named(chosen)} {'was' if len(chosen) == 1 else 'were'} chosen on {chosen_on} (the best "
-                       "validation epoch of its run), so this figure is optimistic; give the run folders without "
-                       "--checkpoint to score each run's final model")
+                       f"validation epoch of its run), so this figure is optimistic; {remedy} to score each run's "
+                       "final model")
     trained_on: set[str] = set()
     trainers = []
     for run_dir, scored in models:
@@ -1135,7 +1206,8 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
         if not _report_of(report / "metrics.json", members, data):
             log(f"== seed ensemble, fold {k} ==")
             with _how_to_go_on_if_stopped(log, f"the seed ensemble of fold {k}", _CV_AGAIN):
-                evaluate_run(members, data, "heldout", report, device=config.train.device, progress=progress)
+                evaluate_run(members, data, "heldout", report, device=config.train.device, progress=progress,
+                             force=True)  # cv's own report folder, not current (other members, or older)
         rows.append((json.loads((report / "metrics.json").read_text(encoding="utf-8")),
                      sum(_train_seconds(m) for m in members)))
     ensemble = _cv_columns(rows, config.data.task)

@@ -199,9 +199,11 @@ def _check_own_model(run_dir: Path) -> None:
     """Refuse a fold whose ``eval-heldout`` is not a finished report of the run's own model as it is now (``swa.pt``
     where the run has one, else ``last.pt``): one without ``metrics.json`` (an evaluation that did not finish, or
     that recorded no model), one that scored another checkpoint (e.g. written before ``swa.pt`` became the run's
-    model), one scored with flip TTA (the other folds are not), one of a run whose training stopped before its last
-    epoch, or one that scored the checkpoint at another epoch than it holds now (a report of an interrupted run
-    that was resumed since). ``metrics.json``'s ``model`` records the checkpoint's ``file`` and ``epoch``."""
+    model), one scored with flip TTA (the other folds are not), an ensemble's or a ``--lesion-model``'s report (an
+    older covseg let ``evaluate -o`` write them there; its ``file`` is a member's), one of a run whose training
+    stopped before its last epoch, or one that scored the checkpoint at another epoch than it holds now (a report of
+    an interrupted run that was resumed since). ``metrics.json``'s ``model`` records the checkpoint's ``file`` and
+    ``epoch``."""
     from covseg.checkpoint import epochs_done, find_checkpoint, read_checkpoint  # torch: only with a report to check
 
     report = run_dir / "eval-heldout" / "metrics.json"
@@ -217,6 +219,11 @@ def _check_own_model(run_dir: Path) -> None:
     if model.get("flip_tta"):
         raise CovsegError(f"{run_dir}/eval-heldout was scored with flip TTA (an older covseg wrote evaluate --tta "
                           f"there); score it again without --tta: covseg evaluate {run_dir}")
+    if "members" in model or "lesion_model" in model:  # its "file" is the first member's, or the type model's
+        what = ("an ensemble's report (covseg evaluate A B -o)" if "members" in model
+                else "a report of its model typing a --lesion-model's lesions")
+        raise CovsegError(f"{run_dir}/eval-heldout holds {what}, which an older covseg wrote there, not the run's "
+                          f"own figure; {again}")
     if not (run_dir / "last.pt").is_file():
         return
     done, planned = epochs_done(run_dir), _planned_epochs(run_dir)

@@ -113,9 +113,11 @@ def test_cv_scores_a_fold_again_whose_report_is_a_flip_tta_or_other_split_score(
     before = json.loads((cv / "cv.json").read_text())
     held_out = {k: json.loads((cv / f"fold-{k}" / "split.json").read_text())["val"] for k in range(2)}
     # someone scores a fold with flip TTA, or on every image, where its plain held-out report belongs
-    assert main(["evaluate", str(cv / "fold-1"), "--tta", "-o", str(cv / "fold-1" / "eval-heldout"), "--quiet"]) == 0
+    # (over its plain report: --force, since session 75)
+    assert main(["evaluate", str(cv / "fold-1"), "--tta", "-o", str(cv / "fold-1" / "eval-heldout"), "--quiet",
+                 "--force"]) == 0
     assert main(["evaluate", str(cv / "fold-0"), "--split", "all", "-o", str(cv / "fold-0" / "eval-heldout"),
-                 "--quiet"]) == 0
+                 "--quiet", "--force"]) == 0
     assert _report(cv / "fold-1" / "eval-heldout")["model"]["flip_tta"] is True
     assert _report(cv / "fold-0" / "eval-heldout")["n_images"] == 12
     assert main(again) == 0  # before: cv.md and cv.json took both as the folds' held-out scores
@@ -141,9 +143,10 @@ def test_cv_seeds_scores_a_seed_ensemble_again_unless_its_report_is_its_plain_he
     members = {k: [str(out / f"seed-{s}" / f"fold-{k}") for s in (0, 1)] for k in range(2)}
     data = tiny_data
     if change == "tta or all":  # the two seeds' models share the fold's split, so may be scored on every image too
-        assert main(["evaluate", *members[0], "--tta", "-o", str(out / "ensemble" / "fold-0"), "--quiet"]) == 0
+        assert main(["evaluate", *members[0], "--tta", "-o", str(out / "ensemble" / "fold-0"), "--quiet",
+                     "--force"]) == 0
         assert main(["evaluate", *members[1], "--split", "all", "-o", str(out / "ensemble" / "fold-1"),
-                     "--quiet"]) == 0
+                     "--quiet", "--force"]) == 0
     elif change == "damaged":  # before: covseg cv --seeds ended in a JSONDecodeError traceback
         (out / "ensemble" / "fold-0" / "metrics.json").write_text('{"model": {"members": [', encoding="utf-8")
     else:  # the same images in another folder: every report is of the other folder's images
@@ -332,7 +335,8 @@ def test_cv_takes_no_report_of_another_runs_checkpoint_as_a_folds_score(tiny_run
                  "--quiet"]) == 0
     (tmp_path / "elsewhere").rename(report)
     assert experiment._is_current(report / "metrics.json", run, "final", str(tiny_data)) is False  # before: True
-    assert main(["evaluate", str(run / "last.pt"), "--split", "heldout", "-o", str(report), "--quiet"]) == 0
+    assert main(["evaluate", str(run / "last.pt"), "--split", "heldout", "-o", str(report), "--quiet",
+                 "--force"]) == 0  # over the other run's report: --force (since session 75)
     assert experiment._is_current(report / "metrics.json", run, "final", str(tiny_data)) is True
     # nor is an ensemble's report whose first member is this run's last.pt (its "file" is that member's)
     state = torch.load(other / "last.pt", map_location="cpu", weights_only=False)

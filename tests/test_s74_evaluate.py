@@ -77,8 +77,8 @@ def test_checkpoint_files_in_their_run_folders_are_scored_together_on_their_held
     metrics, md, warnings = _evaluate([str(tiny_run / "best.pt"), str(twin / "best.pt")], tmp_path / "e", capsys)
     assert metrics["n_images"] == 4 and metrics["split"] == "heldout"
     expected = (f"{tiny_run / 'best.pt'} and {twin / 'best.pt'} were chosen on these heldout images (the best "
-                "validation epoch of its run), so this figure is optimistic; give the run folders without "
-                "--checkpoint to score each run's final model")
+                "validation epoch of its run), so this figure is optimistic; give the run folders instead of the "
+                "checkpoint files to score each run's final model")
     assert metrics["caveats"] == [expected] and warnings == [f"covseg: warning: {expected}"]
 
 
