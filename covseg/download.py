@@ -54,7 +54,8 @@ class DatasetSource:
 
     ``splits`` maps a path prefix to a split name, in the order the summary reports them;
     ``required`` names the splits that must be complete; ``extra_dir`` is an optional folder
-    without checksums (copied from directory mirrors only, since HTTP cannot list folders).
+    without checksums (copied from directory mirrors only, since HTTP cannot list folders), holding ``extra_count``
+    files upstream where known.
     """
 
     manifest: str
@@ -63,6 +64,7 @@ class DatasetSource:
     required: frozenset[str]
     extra_dir: str | None = None
     extra_label: str = "extra files"
+    extra_count: int | None = None
 
 
 DATASETS: dict[str, DatasetSource] = {
@@ -74,6 +76,7 @@ DATASETS: dict[str, DatasetSource] = {
         required=frozenset({"training"}),
         extra_dir="Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs",
         extra_label="unlabelled slices",
+        extra_count=1600,
     ),
 }
 
@@ -561,8 +564,10 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
             report.extra_copied, report.extra_present = _copy_extras(src_root, root, src.extra_dir, progress)
         else:  # the mirror's own folder, or a mirror that cannot give them: those an earlier download left are here
             report.extra_present = _count_files(root / src.extra_dir)
-            if not mirrored and not report.extra_present:
-                report.notes.append(f"{src.extra_label} ({src.extra_dir}): " + (
+            upstream = src.extra_count or 1  # a part left by an interrupted copy is no whole set either
+            if not mirrored and report.extra_present < upstream:
+                have = f"{report.extra_present} of {upstream} here, " if report.extra_present else ""
+                report.notes.append(f"{src.extra_label} ({src.extra_dir}): {have}" + (
                     "skipped, an HTTP mirror cannot list folders; use a folder mirror to get them" if src_root is None
                     else "not in the mirror"))
 
