@@ -114,7 +114,9 @@ class _Member(NamedTuple):
 def _member(path: Path, which: str) -> _Member:
     """``path`` (a run folder, checkpoint or ONNX file) as :class:`_Member`, its checkpoint the one ``which`` picks.
     One that cannot be resolved or read keeps its path alone: opening it says what is wrong."""
-    from covseg.checkpoint import find_checkpoint, read_checkpoint
+    import torch
+
+    from covseg.checkpoint import find_checkpoint
     from covseg.export import exported_metadata, model_sha256
     from covseg.fileio import file_sha256
 
@@ -125,9 +127,9 @@ def _member(path: Path, which: str) -> _Member:
         sha256 = file_sha256(file)
     except (CovsegError, OSError):
         return _Member(path, None, None, None)
-    try:
-        network = model_sha256(read_checkpoint(file)["model"])
-    except (CovsegError, OSError):
+    try:  # the weights alone, mapped and unchecked (about half the time of a checked read): opening checks them
+        network = model_sha256(torch.load(file, map_location="cpu", weights_only=True, mmap=True)["model"])
+    except Exception:  # unreadable, or no covseg checkpoint: opening it says what is wrong
         network = None
     return _Member(path, file, sha256, None, network)
 
@@ -284,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="fetch and verify a data set")
     p.add_argument("--dataset", default="covid-semiseg", help="data set to fetch (default: covid-semiseg)")
     p.add_argument("--mirror", help="local folder or http(s) URL to fetch from (default: $COVSEG_MIRROR, else upstream)")
-    p.add_argument("--data-dir", type=Path, help="cache folder (default: $XDG_CACHE_HOME/covseg, else "
-                                                  "~/.cache/covseg)")
+    p.add_argument("--data-dir", type=Path, help="cache folder that holds the data set's folder, or that folder "
+                                                  "itself (default: $XDG_CACHE_HOME/covseg, else ~/.cache/covseg)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("train", help="train a model into a run folder")
@@ -311,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("-o", "--output", type=Path,
                    help="report folder (default: RUN_DIR/eval-SPLIT[-CHECKPOINT][-tta]; a cv folder: "
-                        "CV_DIR/eval-SPLIT[-CHECKPOINT][-tta])")
+                        "CV_DIR/eval-SPLIT[-CHECKPOINT][-tta]); one holding the report of other models, another "
+                        "split, data folder or flip TTA is refused without --force")
+    p.add_argument("--force", action="store_true",
+                   help="replace the report of another scoring in an existing -o folder")
     _add_inference_options(p)
 
     p = sub.add_parser("compare", help="train and evaluate several models under identical settings")
@@ -408,13 +413,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher checkpoint (default final: swa.pt where the run averaged its weights, else last.pt; "
                         "a CV fold's best.pt was picked on its held-out images)")
     p.add_argument("--min-confidence", type=float, default=0.9,
-                   help="keep a slice when the mean top-class probability over its lesion pixels is at least this")
-    p.add_argument("--min-fraction", type=float, default=0.005, help="least lesion area fraction to keep a slice")
-    p.add_argument("--max-fraction", type=float, default=0.5, help="largest lesion area fraction to keep a slice")
+                   help="keep a slice when the mean top-class probability over its lesion pixels is at least this "
+                        "(default 0.9)")
+    p.add_argument("--min-fraction", type=float, default=0.005,
+                   help="least lesion area fraction to keep a slice (default 0.005)")
+    p.add_argument("--max-fraction", type=float, default=0.5,
+                   help="largest lesion area fraction to keep a slice (default 0.5)")
     p.add_argument("--match-grey", action="store_true",
                    help="map each unlabelled slice's grey levels onto those of the teacher's training slices "
                         "(histogram matching) before labelling it; students read them mapped the same way")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the teacher runs")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where the teacher runs (default cpu; auto: a GPU where there is one)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                    help="auto: bf16 where the CPU/GPU has native support and it agrees with fp32, else fp32")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -509,10 +518,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # different points, one maybe inside a collective the others will never join, and the barrier hung there until
     # torchrun killed them 30 s later; rank 0 has written its files by now
     close_distributed(wait_for_peers=not result.stopped)
+    if result.stopped:  # Ctrl-C: 130 (SIGTERM: 143), also where the run was finished by then (nothing to resume);
+        return 143 if result.terminated else 130  # on every rank, so torchrun and a scheduler see the stop's status
     if not dist.is_main:
         return 0
-    if result.stopped:  # Ctrl-C: 130 (SIGTERM: 143), also where the run was finished by then (nothing to resume)
-        return 143 if result.terminated else 130
     print(result.summary(resume))
     return 0
 
@@ -553,7 +562,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _refuse_repeated_models(args.lesion_model, "--lesion-model", which)
     metrics, out_dir = evaluate_run(args.model, args.data, args.split, args.output, args.checkpoint, args.device,
                                     args.precision, args.batch_size, args.tta, args.task, args.backend,
-                                    progress=not args.quiet, lesion_model=args.lesion_model)
+                                    progress=not args.quiet, lesion_model=args.lesion_model, force=args.force)
     for caveat in metrics.get("caveats", []):
         print(f"covseg: warning: {caveat}", file=sys.stderr)
     _print_summary(metrics, out_dir)
@@ -688,7 +697,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from covseg.export import agreement_percent, export_onnx
+    from covseg.export import export_onnx
+    from covseg.wording import agreement_percent
     from covseg.inference import BF16_MIN_AGREEMENT
 
     if args.data and not args.int8:
@@ -723,17 +733,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from covseg.consistency import warn_mask_like
     from covseg.datasets import load_dataset
     from covseg.fileio import refuse_output_in_data
-    from covseg.pretrain import PretrainOptions, check_options, check_output_folder, pretrain
+    from covseg.pretrain import (PretrainOptions, check_options, check_output_folder, pretrain,
+                                 refuse_unread_overrides)
 
-    own = {"train.epochs": "--steps", "train.batch_size": "--batch-size", "train.augment.crop": "--crop",
-           "train.lr": "--lr", "train.seed": "--seed"}
-    for item in args.overrides:  # pretraining reads only these of train.*: the others would be recorded, not used
-        key = item.partition("=")[0]
-        if key.startswith("train.") and key not in ("train.device", "train.precision", "train.threads"):
-            instead = f"use {own[key]} instead" if key in own else "drop the override"
-            raise CovsegError(f"{item}: covseg pretrain does not use {key} (of train.* it reads only device, "
-                              f"precision and threads; its own options are --steps, --batch-size, --crop, --lr and "
-                              f"--seed); {instead}")
+    refuse_unread_overrides(args.overrides)  # the settings it never reads would be recorded, not used
     config = _recipe_config(args)
     data = args.data or _default_data()
     crop = min(256, config.data.input_size) if args.crop is None else args.crop
@@ -755,13 +758,23 @@ COMMANDS = {"download": _cmd_download, "train": _cmd_train, "evaluate": _cmd_eva
             "export": _cmd_export, "pseudo-label": _cmd_pseudo_label, "pretrain": _cmd_pretrain}
 
 
+def _file_in_the_way(err: OSError) -> Path | None:
+    """The file that stands where ``err`` needed a folder: for mkdir's "File exists", ``err.filename`` itself; for
+    "Not a directory" (a path through a file, ``-o FILE/run``), the first of ``err.filename`` and the folders above it
+    that is a file. None for other errors, or where no such file is found."""
+    if not isinstance(err, (FileExistsError, NotADirectoryError)) or not isinstance(err.filename, (str, bytes)):
+        return None
+    path = Path(os.fsdecode(err.filename))
+    on_the_way = (path, *path.parents) if isinstance(err, NotADirectoryError) else (path,)
+    return next((part for part in on_the_way if part.is_file()), None)
+
+
 def _file_system_refusal(err: OSError) -> int:
     """Print a file system refusal on a path the user gave as the CLI's one-line error; returns the exit status."""
     where = f"{err.filename}: " if err.filename else ""
-    if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename and Path(err.filename).is_file():
-        # making a folder where a file is (mkdir's "File exists"), or a path through a file ("Not a directory")
-        print(f"covseg: error: {err.filename} is a file, not a folder; give an output path outside it",
-              file=sys.stderr)
+    blocker = _file_in_the_way(err)
+    if blocker is not None:  # making a folder where a file is, or a path through a file: name that file
+        print(f"covseg: error: {blocker} is a file, not a folder; give an output path outside it", file=sys.stderr)
         return 2
     if err.errno == errno.ELOOP:  # opening a path through a link that leads back to itself
         print(f"covseg: error: {where}is a symbolic link loop (a link that leads back to itself); remove it or give "

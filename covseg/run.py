@@ -728,6 +728,10 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
         except BaseException as err:
             failure = err
     raise_on_every_rank(failure, dist)  # every process raises the main one's failure; else a barrier
+    if not dist.is_main and not (run_dir / "split.json").is_file():  # rank 0 wrote it on a disk this node lacks
+        raise CovsegError(f"{run_dir}: rank {dist.rank} of this torchrun job does not find the split.json rank 0 "
+                          "wrote there; on several nodes give -o a folder on a file system every node shares, at the "
+                          "same path on each")
     split = load_split(run_dir / "split.json")
     weights = read_class_weights(run_dir, d.task)
 

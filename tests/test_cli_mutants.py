@@ -288,7 +288,8 @@ def test_download_passes_the_mirror_and_ctrl_c_exits_130(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(covseg.download, "download", interrupted)
     assert main(["download", "--data-dir", str(tmp_path)]) == 130
-    assert capsys.readouterr().err == "covseg: interrupted\n"
+    assert capsys.readouterr().err == ("interrupted; run the same covseg download again to go on (the files verified "
+                                       "so far are not fetched again)\n")
 
 
 def test_no_data_given_and_none_downloaded_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -342,9 +343,9 @@ def test_evaluate_passes_every_option_to_evaluate_run(tmp_path: Path, monkeypatc
                "pixel_accuracy": 0.95}
 
     def evaluate_run(models, data, split, output, checkpoint, device, precision, batch_size, tta, task, backend,
-                     progress=True, lesion_model=None):
+                     progress=True, lesion_model=None, force=False):
         calls.append((models, data, split, output, checkpoint, device, precision, batch_size, tta, task, backend,
-                      progress, lesion_model))
+                      progress, lesion_model, force))
         return metrics, tmp_path / "rep"
 
     monkeypatch.setattr(covseg.experiment, "evaluate_run", evaluate_run)
@@ -353,9 +354,9 @@ def test_evaluate_passes_every_option_to_evaluate_run(tmp_path: Path, monkeypatc
         folder.mkdir()
     assert main(["evaluate", str(a), str(b), "--data", "D", "--split", "val", "-o", str(tmp_path / "o"),
                  "--checkpoint", "ema", "--precision", "fp32", "--batch-size", "3", "--tta", "--task", "binary",
-                 "--backend", "torch", "--quiet", "--lesion-model", str(les)]) == 0
+                 "--backend", "torch", "--quiet", "--lesion-model", str(les), "--force"]) == 0
     assert calls == [([a, b], "D", "val", tmp_path / "o", "ema", "cpu", "fp32", 3, True, "binary", "torch", False,
-                      [les])]
+                      [les], True)]
     assert capsys.readouterr().out == ("Dice (per image): infection 0.5000; pixel accuracy 0.9500\n"
                                        f"report: {tmp_path / 'rep'}/metrics.md\n")
 
@@ -394,6 +395,7 @@ def test_a_bench_refusal_is_the_cli_s_one_line_and_exit_2(monkeypatch, capsys) -
 
 
 def test_a_training_process_other_than_the_main_one_exits_0_quietly(tmp_path: Path, monkeypatch, capsys) -> None:
+    # a finished run: a stopped one exits with the stop's status on every rank (tests/test_s75_cli.py)
     import covseg.run
     import covseg.runtime
     from covseg.run import RunResult
@@ -406,6 +408,6 @@ def test_a_training_process_other_than_the_main_one_exits_0_quietly(tmp_path: Pa
     monkeypatch.setattr(covseg.runtime, "init_distributed", lambda device: (Peer(), device))
     monkeypatch.setattr(covseg.runtime, "close_distributed", lambda wait_for_peers=False: None)
     monkeypatch.setattr(covseg.run, "train_run", lambda config, samples, run_dir, data, **kw: RunResult(
-        run_dir, 2, 2, 0.5, stopped=True))
+        run_dir, 2, 2, 0.5))
     assert main(["train", "--recipe", "tiny", "--data", str(tmp_path / "data"), "-o", str(tmp_path / "r"), "--quiet"]) == 0
     assert capsys.readouterr().out == ""

@@ -61,7 +61,7 @@ def test_a_main_process_failing_otherwise_than_with_a_refusal_stops_every_proces
         other.kill()
         if torch_dist.is_initialized():
             torch_dist.destroy_process_group()
-    refusal = f"covseg: error: {blocker / 'run'}: Not a directory; check the path and permissions\n"
+    refusal = f"covseg: error: {blocker} is a file, not a folder; give an output path outside it\n"
     assert capsys.readouterr().err == refusal  # rank 0's own line, as one process says it
     assert other.returncode == 2 and err == f"covseg: error: {_STOPPED}\n"
     assert blocker.read_text() == "a file, not a folder\n"
