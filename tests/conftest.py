@@ -1,10 +1,14 @@
 """Shared fixtures: a tiny COVID-SemiSeg-layout data set made by the tests themselves."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import json
 import os
 import shutil
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -151,6 +155,71 @@ def record_syncs_and_renames(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str,
     monkeypatch.setattr(fileio.os, "fsync", fsync)
     monkeypatch.setattr(fileio.os, "replace", replace)
     return events
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves its folder (``directory=``) without logging each request; no ranges: a ``Range`` gets the whole file."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+class RangeHandler(QuietHandler):
+    """:class:`QuietHandler` plus single ``bytes=N-`` ranges (206; 416 past the end), as a mirror that resumes does;
+    :meth:`range_asked` is told each range's start."""
+
+    def range_asked(self, start: int) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        path = Path(self.translate_path(self.path))
+        if not rng or not path.is_file():
+            return super().do_GET()
+        start = int(rng.removeprefix("bytes=").split("-")[0])
+        self.range_asked(start)
+        data = path.read_bytes()
+        if start >= len(data):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+        return None
+
+
+@contextlib.contextmanager
+def serving(root: Path, handler: type[QuietHandler] = QuietHandler) -> Iterator[str]:
+    """``root`` served by ``handler`` on a loopback port for the ``with`` block: its base URL, ending in ``/``."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def fake_mirror(monkeypatch: pytest.MonkeyPatch, root: Path, files: dict[str, bytes]) -> Path:
+    """``files`` (upstream path: bytes) written under ``root``, a mirror laid out like upstream, and
+    ``covseg.download.read_manifest`` patched to list just them with their SHA-256: ``root``."""
+    import hashlib
+
+    import covseg.download
+
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    manifest = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    monkeypatch.setattr(covseg.download, "read_manifest", lambda name: manifest)
+    return root
 
 
 def free_loopback_port() -> int:

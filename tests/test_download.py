@@ -1,11 +1,8 @@
 """covseg.download against the real local mirror, as a folder and over a loopback HTTP server."""
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import pytest
 from covseg import download as dl
 from covseg.errors import CovsegError
 
-from conftest import free_loopback_port
+from conftest import QuietHandler as _QuietHandler, RangeHandler, free_loopback_port, serving
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "covid-semiseg"
 NAME = "covid-semiseg"
@@ -29,50 +26,18 @@ def mirror() -> Path:
     return MIRROR
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-class _RangeHandler(_QuietHandler):
-    """SimpleHTTPRequestHandler plus single ``bytes=N-`` ranges; records the ranges asked for."""
+class _RangeHandler(RangeHandler):
+    """Serves single ``bytes=N-`` ranges; records the ranges asked for."""
 
     ranges: list[tuple[str, int]] = []
 
-    def do_GET(self) -> None:
-        rng = self.headers.get("Range")
-        path = Path(self.translate_path(self.path))
-        if not rng or not path.is_file():
-            return super().do_GET()
-        start = int(rng.removeprefix("bytes=").split("-")[0])
-        data = path.read_bytes()
+    def range_asked(self, start: int) -> None:
         type(self).ranges.append((self.path, start))
-        if start >= len(data):
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(data)}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
-        body = data[start:]
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        return None
 
 
 def _serve(root: Path, handler: type) -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(root, handler) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ laying them out (one line saying what is wrong and how to fix it), data sets too
 `covseg download --mirror` folder given one level too deep."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -166,13 +165,9 @@ TRAIN_GT = "Dataset/TrainingSet/LungInfection-Train/Doctor-label/GT/1.png"
 
 
 def _mirror_and_manifest(monkeypatch: pytest.MonkeyPatch, root: Path) -> Path:
-    files = {TRAIN: b"image bytes", TRAIN_GT: b"mask bytes"}
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    monkeypatch.setattr(dl, "read_manifest", lambda name: {rel: hashlib.sha256(d).hexdigest()
-                                                           for rel, d in files.items()})
-    return root
+    from conftest import fake_mirror
+
+    return fake_mirror(monkeypatch, root, {TRAIN: b"image bytes", TRAIN_GT: b"mask bytes"})
 
 
 @pytest.mark.parametrize("deeper", ["Dataset", "Dataset/TrainingSet"])

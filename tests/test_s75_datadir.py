@@ -4,10 +4,6 @@ or one inside it (the message names the folder to give), HTTP 5xx on the held-ou
 resuming from a 0-byte `.part` or one longer than the file. Tiny fake data sets and a loopback server."""
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +14,7 @@ from covseg.cli import main
 from covseg.datasets import load_dataset
 from covseg.errors import CovsegError
 
-from conftest import write_semiseg
+from conftest import RangeHandler, fake_mirror, serving, write_semiseg
 
 NAME = "covid-semiseg"
 TRAIN = "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/1.jpg"
@@ -31,15 +27,10 @@ FILES = {TRAIN: BODY, TRAIN_GT: b"mask bytes", TEST: b"test image", TEST_GT: b"t
 
 def _mirror(monkeypatch: pytest.MonkeyPatch, root: Path, files: dict[str, bytes] = FILES) -> Path:
     """``files`` written under ``root`` (a mirror laid out like upstream), and a manifest of just them."""
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    manifest = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
-    monkeypatch.setattr(dl, "read_manifest", lambda name: manifest)
-    return root
+    return fake_mirror(monkeypatch, root, files)
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
+class _Handler(RangeHandler):
     """Serves its folder with single ``bytes=N-`` ranges (416 past the end); answers ``failing`` for paths under
     ``failing_under``; records (path, Range) of every request."""
 
@@ -47,32 +38,12 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     failing_under = "/no-such-folder/"
     failing = 503
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
     def do_GET(self) -> None:
-        rng = self.headers.get("Range")
-        type(self).requests.append((self.path, rng))
+        type(self).requests.append((self.path, self.headers.get("Range")))
         if self.path.startswith(type(self).failing_under):
             self.send_error(type(self).failing)
             return None
-        path = Path(self.translate_path(self.path))
-        if not rng or not path.is_file():
-            return super().do_GET()
-        data = path.read_bytes()
-        start = int(rng.removeprefix("bytes=").split("-")[0])
-        if start >= len(data):
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(data)}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
-        self.send_response(206)
-        self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        self.wfile.write(data[start:])
-        return None
+        return super().do_GET()
 
 
 @pytest.fixture
@@ -80,16 +51,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, type[_Handler]]]:
     """``tmp_path / "www"`` served on a loopback port: its base URL and its handler class (to set and read)."""
     (tmp_path / "www").mkdir()
     handler = type("H", (_Handler,), {"requests": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(handler, directory=str(tmp_path / "www")))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(tmp_path / "www", handler) as url:
+        yield url, handler
 
 
 # ------------------------------------------------------------------------------------- --data-dir DATA_SET_FOLDER

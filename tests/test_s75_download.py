@@ -2,10 +2,6 @@
 request), and a mirror folder or URL given one level too high or too deep (the message names the one to give)."""
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +11,7 @@ import covseg.download as dl
 from covseg.cli import main
 from covseg.errors import CovsegError
 
-from conftest import free_loopback_port
+from conftest import fake_mirror, free_loopback_port, serving
 
 NAME = "covid-semiseg"
 TRAIN = "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/1.jpg"
@@ -25,33 +21,15 @@ FILES = {TRAIN: b"image bytes", TRAIN_GT: b"mask bytes"}
 
 def _mirror(monkeypatch: pytest.MonkeyPatch, root: Path) -> Path:
     """FILES written under ``root`` (a mirror laid out like upstream), and a manifest of just them."""
-    for rel, data in FILES.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    monkeypatch.setattr(dl, "read_manifest", lambda name: {rel: hashlib.sha256(d).hexdigest()
-                                                           for rel, d in FILES.items()})
-    return root
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
+    return fake_mirror(monkeypatch, root, FILES)
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[str]:
     """``tmp_path / "www"`` served on a loopback port: its base URL."""
     (tmp_path / "www").mkdir()
-    handler = functools.partial(_Quiet, directory=str(tmp_path / "www"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(tmp_path / "www") as url:
+        yield url
 
 
 # ------------------------------------------------------------------------------------- --mirror URLs refused
