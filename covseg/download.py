@@ -229,9 +229,11 @@ def _data_set_root(dest: Path, dataset: str, manifest: dict[str, str]) -> Path:
     """Where ``dataset`` lies for the data directory ``dest``: ``dataset_root(dest, dataset)``, or ``dest`` itself
     where ``dest`` already is the data set's own folder (``--data-dir ~/.cache/covseg/covid-semiseg``: it holds one of
     the manifest's files, e.g. ``Dataset/TrainingSet/...``, and no ``covid-semiseg/`` folder), so that it is checked
-    and completed there instead of a second copy nested in it."""
+    and completed there instead of a second copy nested in it. Not the default data directory, where the other
+    commands look for ``dataset_root`` (``--data`` left out)."""
     dest = Path(dest)
-    if not dataset_root(dest, dataset).exists() and any((dest / rel).is_file() for rel in manifest):
+    if (dest.resolve() != default_data_dir().resolve() and not dataset_root(dest, dataset).exists()
+            and any((dest / rel).is_file() for rel in manifest)):
         return dest
     return dataset_root(dest, dataset)
 

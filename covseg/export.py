@@ -51,7 +51,7 @@ from covseg.config import RunConfig, config_from_dict, config_to_dict
 from covseg.errors import CovsegError
 from covseg.fileio import atomic_path, file_sha256
 from covseg.models.shapes import check_input_size
-from covseg.wording import agreement_percent  # in __all__ too: covseg.cli imports it from here
+from covseg.wording import agreement_percent  # in __all__ too: where it was first put (session 75)
 
 __all__ = ["export_onnx", "agreement_percent", "exported_from", "exported_class_weights", "exported_metadata",
            "model_sha256", "weights_sha256", "graph_sha256", "metadata_sha256",

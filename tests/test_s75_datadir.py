@@ -73,6 +73,19 @@ def test_a_data_dir_that_is_the_data_set_itself_is_checked_there_not_nested(monk
     assert not (root / NAME).exists() and (root / TRAIN).read_bytes() == BODY
 
 
+def test_the_default_data_folder_holding_data_set_files_still_gets_the_data_set_s_folder(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    # review 235: completed in place there, the data set was not where covseg train looks without --data
+    mirror = _mirror(monkeypatch, tmp_path / "mirror")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    stray = tmp_path / "xdg" / "covseg" / TRAIN
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(BODY)
+    assert main(["download", "--mirror", str(mirror), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith(f"{NAME} in {tmp_path / 'xdg' / 'covseg' / NAME}: training split")
+    assert (tmp_path / "xdg" / "covseg" / NAME / TRAIN).read_bytes() == BODY
+
+
 def test_a_data_dir_holding_the_data_set_or_none_of_it_keeps_the_data_set_s_folder(monkeypatch: pytest.MonkeyPatch,
                                                                                   tmp_path: Path) -> None:
     mirror = _mirror(monkeypatch, tmp_path / "mirror")
