@@ -283,11 +283,18 @@ def _refuse_replacing_another_report(out_dir: Path, scoring: dict[str, Any]) -> 
     unasked. The same scoring again (a model trained on, or scored with another backend) replaces it; a folder
     without a readable report is written into as before."""
     try:
-        theirs = _report_subject(json.loads((out_dir / "metrics.json").read_text(encoding="utf-8")))
+        recorded = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+        theirs = _report_subject(recorded)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
     if theirs == _report_subject(scoring):
         return
+    given = [str(file) for file in _scored_files(recorded["model"])]
+    if any(not Path(file).is_absolute() and not Path(file).exists() for file in given):
+        # a report written before session 75 recorded each path as given, relative to where it ran
+        raise CovsegError(f"{out_dir}: holds an older report of {_named(given)}, paths relative to the folder it was "
+                          "scored from, which this is not; run this from that folder to replace a report of the same "
+                          "model, give -o another folder to keep it, or --force to replace it")
     files, split, data, tta = theirs
     raise CovsegError(f"{out_dir}: holds the report of {_named([f for side in files for f in side])} (--split {split}"
                       f"{', --tta' if tta else ''}, data {data}), not of this evaluation; give -o another folder to "

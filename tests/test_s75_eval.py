@@ -75,6 +75,25 @@ def test_an_output_folder_holding_another_scoring_s_report_is_refused_before_sco
     assert json.loads((out / "metrics.json").read_text())["model"]["file"] == str((other / "last.pt").resolve())
 
 
+def test_an_older_report_of_relative_paths_read_from_another_folder_says_so(
+        tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 235: such a report (paths as given, before session 75) read from elsewhere named a file never scored."""
+    out = tmp_path / "report"
+    assert main(["evaluate", str(tiny_run), "-o", str(out), *FAST]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    report["model"]["file"] = f"{tiny_run.name}/last.pt"  # as an older covseg run from tiny_run's folder wrote it
+    (out / "metrics.json").write_text(json.dumps(report))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert _refused(["evaluate", str(tiny_run), "-o", str(out), *FAST], capsys) == (
+        f"covseg: error: {out}: holds an older report of {tiny_run.name}/last.pt, paths relative to the folder it was "
+        "scored from, which this is not; run this from that folder to replace a report of the same model, give -o "
+        "another folder to keep it, or --force to replace it")
+    monkeypatch.chdir(tiny_run.parent)  # from that folder, the same scoring replaces it
+    assert main(["evaluate", str(tiny_run), "-o", str(out), *FAST]) == 0
+
+
 def test_a_folder_without_a_readable_report_is_written_into_as_before(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     out.mkdir()
