@@ -941,10 +941,12 @@ def load_dataset(path: str | Path, task: str, split: str = "train", window: tupl
     images_dir = _child_dir(path, _IMAGE_DIR_NAMES)
     masks_dir = _child_dir(path, _MASK_DIR_NAMES)
     if images_dir is not None and masks_dir is not None:
+        if split != "train":  # COVID-SemiSeg's Doctor-label is such a folder, of training slices only
+            _refuse_semiseg_at_the_wrong_level(path)
         _no_split(path, split, "image/mask folder")
         return load_folder_pairs(images_dir, masks_dir, task, window)
+    _refuse_semiseg_at_the_wrong_level(path)  # before "move the slices into ...": not to rearrange the data set
     _refuse_half_a_folder_pair(path, images_dir, masks_dir, split)
-    _refuse_semiseg_at_the_wrong_level(path)
     raise CovsegError(f"{path}: no data layout recognised; accepted layouts: {_LAYOUTS}")
 
 
@@ -960,7 +962,7 @@ def _refuse_semiseg_at_the_wrong_level(path: Path) -> None:
         raise CovsegError(f"{path}: is the folder above the COVID-SemiSeg data set {below}; give {below}, the folder "
                           "that holds Dataset/")
     where = path.resolve()
-    above = next((p for p in list(where.parents)[:4]
+    above = next((p for p in list(where.parents)[:6]
                   if (p / "Dataset") in where.parents and _semiseg_dataset_dir(p / "Dataset") is not None), None)
     if above is not None:
         raise CovsegError(f"{path}: is a folder inside the COVID-SemiSeg data set {above}; give {above}, the folder "

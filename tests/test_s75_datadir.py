@@ -14,7 +14,7 @@ from covseg.cli import main
 from covseg.datasets import load_dataset
 from covseg.errors import CovsegError
 
-from conftest import RangeHandler, fake_mirror, serving, write_semiseg
+from conftest import RangeHandler, add_unlabelled, fake_mirror, serving, write_semiseg
 
 NAME = "covid-semiseg"
 TRAIN = "Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs/1.jpg"
@@ -108,11 +108,19 @@ def test_data_given_the_folder_above_the_data_set_names_the_folder_to_give(tmp_p
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("inside", ["Dataset/TrainingSet", "Dataset/TrainingSet/LungInfection-Train"])
-def test_data_given_a_folder_inside_the_data_set_names_the_folder_to_give(inside: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("inside, split", [
+    ("Dataset/TrainingSet", "train"), ("Dataset/TrainingSet/LungInfection-Train", "train"),
+    # review 235: the folders that hold the slices were told to be rearranged ("move the slices into .../images"), or
+    # that an image/mask layout holds no unlabelled or test slices
+    ("Dataset/TrainingSet/LungInfection-Train/Doctor-label/Imgs", "train"),
+    ("Dataset/TrainingSet/LungInfection-Train/Pseudo-label/Imgs", "unlabelled"),
+    ("Dataset/TrainingSet/LungInfection-Train/Doctor-label", "test")])
+def test_data_given_a_folder_inside_the_data_set_names_the_folder_to_give(inside: str, split: str,
+                                                                         tmp_path: Path) -> None:
     root = write_semiseg(tmp_path / NAME, n=1)
+    add_unlabelled(root, n=1, seed=0)
     with pytest.raises(CovsegError) as info:
-        load_dataset(root / inside, "binary")
+        load_dataset(root / inside, "binary", split=split)
     assert str(info.value) == (f"{root / inside}: is a folder inside the COVID-SemiSeg data set {root}; give {root}, "
                                "the folder that holds Dataset/ (the split is chosen with --split)")
 
