@@ -341,13 +341,14 @@ def _pseudo_label_one(run_dir: Path, data: str | None, rule: PseudoLabelRule, wh
                       dynamic_ncols=True) as bar:
         for sample, probs in zip(samples, predictor(images)):
             labels, fraction, confidence = slice_statistics(probs)
+            # the rule judges the figures pseudo.json records, so that each row's verdict follows from its figures
+            fraction, confidence = significant(fraction), significant(confidence)
             keep = keeps(rule, fraction, confidence)
             if fraction > 0:
                 lesion.append((fraction, confidence))
             if keep:
                 masks[sample.name] = _png(labels)
-            row = {"name": sample.name, "fraction": significant(fraction), "confidence": significant(confidence),
-                   "kept": keep}
+            row = {"name": sample.name, "fraction": fraction, "confidence": confidence, "kept": keep}
             if keep:  # which image the mask belongs to: a student's --data may hold another image of this name
                 row["sha256"] = source_sha256(sample.source, digests)
             rows.append(row)
@@ -364,9 +365,10 @@ def _pseudo_label_one(run_dir: Path, data: str | None, rule: PseudoLabelRule, wh
 
 
 def significant(value: float, digits: int = 5) -> float:
-    """``value`` to ``digits`` significant digits, as ``pseudo.json`` stores a slice's lesion fraction and confidence:
-    a fraction of one pixel in 512 x 512 (3.8e-06) stays above 0, as the rule that kept or refused it saw it (a
-    fixed 5 decimal places wrote it as 0.0)."""
+    """``value`` to ``digits`` significant digits, as ``pseudo.json`` stores a slice's lesion fraction and confidence
+    and as the rule that kept or refused the slice judged them (a slice recorded at confidence 0.9055 is kept by
+    ``--min-confidence 0.9055``, though the unrounded figure was 0.9054989): a fraction of one pixel in 512 x 512
+    (3.8e-06) stays above 0 (a fixed 5 decimal places wrote it as 0.0)."""
     return float(f"{value:.{digits}g}")
 
 
