@@ -951,6 +951,20 @@ def check_folds(folds: int) -> None:
         raise CovsegError(f"--folds is {folds}; a cross-validation needs 2 or more folds, e.g. --folds 5")
 
 
+def _check_same_folds(out_dir: Path, folds: int) -> None:
+    """Refuse ``out_dir`` (a cross-validation's folder) if a ``fold-K`` run in it, any K, was made for another number
+    of folds (its ``data.folds``): every fold of it holds other held-out images, so the fold-by-fold refusal's
+    "remove it" would be met again at each fold (and a ``fold-3`` of 5 folds would be left beside a new 3-fold
+    cross-validation). Says how to go on with it (``--folds`` as it was) instead."""
+    for name in _numbered(out_dir, "fold-"):
+        if not (out_dir / name / "config.yaml").is_file():
+            continue
+        there = read_run_config(out_dir / name).data.folds
+        if there != folds:
+            raise CovsegError(f"{out_dir}: holds a {there}-fold cross-validation ({name} has data.folds {there}), not "
+                              f"{folds} folds; pass --folds {there} to go on with it, or use another -o")
+
+
 def _untrained_folds(config: RunConfig, out_dir: Path, folds: int) -> list[tuple[RunConfig, Path]]:
     """``(fold config, fold folder)`` of each fold of ``out_dir`` whose run is not finished (refusing a folder of
     other settings)."""
@@ -1027,6 +1041,7 @@ def _check_cross_validation(config: RunConfig, samples: list[Sample], data: str,
     (:func:`_check_fold_inputs`)."""
     check_folds(folds)
     _check_before_any_run(config, out_dir, data, "cv")
+    _check_same_folds(out_dir, folds)
     for k in range(folds):  # before any training: a fold of other settings or data fails now, not folds later
         _check_reusable(out_dir / f"fold-{k}", _fold_config(config, k, folds), samples, data, _CV_REMEDY)
     _check_fold_inputs(config, out_dir, folds, [s.name for s in samples])
@@ -1041,6 +1056,9 @@ def _score_folds(config: RunConfig, samples: list[Sample], data: str, out_dir: P
     companions = _companions(config)
     rows: list = []
     companion_rows: dict[str, list] = {scored: [] for scored, _, _ in companions}
+    kept = _kept_folds(config, out_dir, folds, data)
+    if kept:
+        log(f"{out_dir}: {_named(kept)} trained and scored already; kept as they are")
     for k in range(folds):
         fold_dir = out_dir / f"fold-{k}"
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
@@ -1095,6 +1113,22 @@ def _score_folds(config: RunConfig, samples: list[Sample], data: str, out_dir: P
     atomic_write_text(out_dir / "cv.md", "\n".join(lines) + "\n")
     atomic_write_text(out_dir / "cv.json", json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _kept_folds(config: RunConfig, out_dir: Path, folds: int, data: str) -> list[str]:
+    """The ``fold-K`` folders of ``out_dir`` that :func:`_score_folds` keeps as they are: trained to the end and
+    scored on ``data``'s held-out images after that (:func:`_is_current`), companions too."""
+    kept = []
+    for k in range(folds):
+        fold_dir = out_dir / f"fold-{k}"
+        if epochs_done(fold_dir) < _fold_config(config, k, folds).train.epochs:
+            continue
+        reports = [("final", fold_dir / "eval-heldout" / "metrics.json")]
+        reports += [(scored, fold_dir / f"eval-heldout-{scored}" / "metrics.json") for scored, _, _ in
+                    _companions(config)]
+        if all(_is_current(path, fold_dir, which, data) for which, path in reports):
+            kept.append(fold_dir.name)
+    return kept
 
 
 def _companions(config: RunConfig) -> list[tuple[str, str, str]]:
@@ -1190,6 +1224,8 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
     check_folds(folds)
     _check_before_any_run(config, out_dir, data, "seeds")
     configs = {seed: replace(config, train=replace(config.train, seed=seed)) for seed in seeds}
+    for seed_dir in _numbered(out_dir, "seed-"):  # the seeds given, and any others left there (summed over later)
+        _check_same_folds(out_dir / seed_dir, folds)
     for seed, cfg in configs.items():  # before any training: a folder of other settings or data fails now, not hours in
         for k in range(folds):
             _check_reusable(out_dir / f"seed-{seed}" / f"fold-{k}", _fold_config(cfg, k, folds), samples, data,
