@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models to train and compare (default: unet segnet); put KEY=VALUE overrides before --models; "
                         "NAME:KEY=VALUE gives one model its own model.* setting (e.g. segnet:model.depth=5)")
     _add_training_options(p, force_help="retrain the models' runs in an existing output folder instead of "
-                          "reusing finished ones and resuming interrupted ones")
+                          "reusing finished ones and resuming interrupted ones (its old comparison.md, .json and "
+                          ".png are removed before the first model trains)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="comparison folder: a run folder per model, comparison.md, .json and .png")
 

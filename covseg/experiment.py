@@ -583,9 +583,11 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
     comparison goes to ``out_dir/comparison.md``, ``comparison.json`` and ``comparison.png``; each model is
     scored on the device it trained on (``train.device``). Runs already
     finished (or interrupted) in ``out_dir`` with the same settings are reused (or resumed); ``force``
-    retrains them from scratch. Before the first model trains, every model's settings are checked, with the
-    checks each new run makes before training (:func:`_check_new_run_inputs`: e.g. ``model.batch_norm=false``
-    beside SegNet, or a ``train.init`` pretrained for another network), so none is refused after another trained.
+    retrains them from scratch, removing the old ``comparison.*`` once the checks pass (so a comparison stopped
+    part-way leaves none describing replaced runs). Before the first model trains, every model's settings are
+    checked, with the checks each new run makes before training (:func:`_check_new_run_inputs`: e.g.
+    ``model.batch_norm=false`` beside SegNet, or a ``train.init`` pretrained for another network), so none is
+    refused after another trained.
     ``model_overrides``: one model's own ``model.*`` settings (name -> ``KEY=VALUE`` list, e.g. ``{"segnet":
     ["model.depth=5"]}`` for the published, VGG16-deep SegNet), applied over ``config`` for that model alone
     (:func:`_model_config`); comparison.md's depth and width rows then say how the networks differ.
@@ -610,6 +612,12 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
             _check_reusable(out_dir / name, configs[name], samples, data)
         if force or not (out_dir / name / "last.pt").is_file():  # a new run's checks too (a begun one made them)
             _check_new_run_inputs(configs[name], [s.name for s in samples])
+    if force:  # every run is retrained from the start: the old table must not outlive the runs it describes
+        old = [out_dir / f"comparison.{suffix}" for suffix in ("md", "json", "png")]
+        if any(path.is_file() for path in old):
+            log(f"{out_dir}: the old comparison removed; --force retrains its runs (a new one follows them)")
+        for path in old:
+            path.unlink(missing_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     # --force: running without it would keep the old runs of the models not yet retrained, so both ways are said
     again = (f"to go on, run the same covseg compare command again (with --force every model trains again from the "
