@@ -43,18 +43,25 @@ def _stand_ins(monkeypatch: pytest.MonkeyPatch, stop_at: str | None) -> list[str
     return trained
 
 
-@pytest.mark.parametrize("force, kept", [(True, False), (False, True)])
-def test_a_stopped_forced_comparison_leaves_no_old_table(force: bool, kept: bool, tiny_data: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """--force retrains every run from the start, so once its first model trains the old comparison's figures
-    describe runs that are gone (before: after Ctrl-C, comparison.md still showed the old U-Net's Dice beside a
-    U-Net retrained with other settings). Without --force the runs are kept, and so is their table."""
+def _compared_once(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """A finished comparison of U-Net and SegNet (stand-in training) in ``tmp_path / "cmp"``: its config, data
+    folder, samples and folder."""
     config = experiment._fold_config(apply_overrides(load_recipe("tiny"), TINY_OVERRIDES), 0, 3)
     data = str(tiny_data)
     samples = load_dataset(data, "binary", split="train")
     out = tmp_path / "cmp"
     _stand_ins(monkeypatch, stop_at=None)
     experiment.compare_models(["unet", "segnet"], config, samples, data, out, progress=False, log=lambda m: None)
+    return config, data, samples, out
+
+
+@pytest.mark.parametrize("force, kept", [(True, False), (False, True)])
+def test_a_stopped_forced_comparison_leaves_no_old_table(force: bool, kept: bool, tiny_data: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """--force retrains every run from the start, so once its first model trains the old comparison's figures
+    describe runs that are gone (before: after Ctrl-C, comparison.md still showed the old U-Net's Dice beside a
+    U-Net retrained with other settings). Without --force the runs are kept, and so is their table."""
+    config, data, samples, out = _compared_once(tiny_data, tmp_path, monkeypatch)
     assert all((out / name).is_file() for name in COMPARISON)
     trained = _stand_ins(monkeypatch, stop_at="segnet")
     with pytest.raises(KeyboardInterrupt):
@@ -67,12 +74,7 @@ def test_a_stopped_forced_comparison_leaves_no_old_table(force: bool, kept: bool
 def test_a_refused_forced_comparison_keeps_the_old_table(tiny_data: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A --force comparison refused before anything trains (a bad model setting) leaves the old table as it was."""
-    config = experiment._fold_config(apply_overrides(load_recipe("tiny"), TINY_OVERRIDES), 0, 3)
-    data = str(tiny_data)
-    samples = load_dataset(data, "binary", split="train")
-    out = tmp_path / "cmp"
-    _stand_ins(monkeypatch, stop_at=None)
-    experiment.compare_models(["unet", "segnet"], config, samples, data, out, progress=False, log=lambda m: None)
+    config, data, samples, out = _compared_once(tiny_data, tmp_path, monkeypatch)
     before = {name: (out / name).read_bytes() for name in COMPARISON}
     trained = _stand_ins(monkeypatch, stop_at=None)
     with pytest.raises(CovsegError, match="--models segnet with model.depth=9"):
