@@ -964,11 +964,15 @@ def _check_same_folds(out_dir: Path, folds: int) -> None:
     of folds (its ``data.folds``): every fold of it holds other held-out images, so the fold-by-fold refusal's
     "remove it" would be met again at each fold (and a ``fold-3`` of 5 folds would be left beside a new 3-fold
     cross-validation). Says how to go on with it (``--folds`` as it was) instead."""
+    import yaml
+
     for name in _numbered(out_dir, "fold-"):
-        if not (out_dir / name / "config.yaml").is_file():
+        try:  # the number its config.yaml states (every run writes it); one that states none is left to the fold's check
+            saved = yaml.safe_load((out_dir / name / "config.yaml").read_text(encoding="utf-8"))
+            there = saved["data"]["folds"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
             continue
-        there = read_run_config(out_dir / name).data.folds
-        if there != folds:
+        if isinstance(there, int) and there != folds:
             raise CovsegError(f"{out_dir}: holds a {there}-fold cross-validation ({name} has data.folds {there}), not "
                               f"{folds} folds; pass --folds {there} to go on with it, or use another -o")
 
