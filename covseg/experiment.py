@@ -271,9 +271,7 @@ def _report_subject(metrics: dict[str, Any]) -> tuple[tuple[tuple[str, ...], ...
     same in any order); the split, the data folder and whether with flip TTA. Raises ``KeyError``, ``TypeError`` or
     ``AttributeError`` where ``metrics`` does not say."""
     model = metrics["model"]
-    sides = [model] + ([model["lesion_model"]] if "lesion_model" in model else [])
-    files = tuple(tuple(sorted(str(Path(m["file"]).resolve()) for m in side.get("members") or [side]))
-                  for side in sides)
+    files = tuple(tuple(sorted(str(Path(m["file"]).resolve()) for m in side)) for side in _sides(model))
     return files, str(metrics["split"]), str(Path(metrics["data"]).resolve()), bool(model["flip_tta"])
 
 
@@ -344,8 +342,14 @@ def _run_folder_of(path: Path) -> Path | None:
 def _scored_files(info: dict[str, Any]) -> list[Path]:
     """The model files an evaluation ran (``info``: :func:`covseg.predict.open_models`'s description): the one model,
     or each ensemble member in order, then the ``--lesion-model``'s likewise (the order of the paths opened)."""
+    return [Path(m["file"]) for side in _sides(info) for m in side]
+
+
+def _sides(info: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The models of an evaluation's ``model`` entry (:func:`covseg.predict.describe_after_use`, or metrics.json's),
+    each side as a list: the one model or the ensemble's members, then the ``--lesion-model``'s likewise."""
     sides = [info] + ([info["lesion_model"]] if "lesion_model" in info else [])
-    return [Path(m["file"]) for side in sides for m in side.get("members") or [side]]
+    return [side.get("members") or [side] for side in sides]
 
 
 def _named(items: Sequence[str]) -> str:
@@ -1070,14 +1074,14 @@ def _score_folds(config: RunConfig, samples: list[Sample], data: str, out_dir: P
     companion_rows: dict[str, list] = {scored: [] for scored, _, _ in companions}
     kept = _kept_folds(config, out_dir, folds, data)
     if kept:
-        log(f"{out_dir}: {_named(kept)} trained and scored already; kept as they are")
+        log(f"{out_dir}: {_named([fold_dir.name for fold_dir in kept])} trained and scored already; kept as they are")
     for k in range(folds):
         fold_dir = out_dir / f"fold-{k}"
         metrics_path = fold_dir / "eval-heldout" / "metrics.json"
         cfg = _fold_config(config, k, folds)
         # a report of an unfinished fold (someone evaluated it after Ctrl-C) does not make it done
-        finished = epochs_done(fold_dir) >= cfg.train.epochs
-        if not finished or not _is_current(metrics_path, fold_dir, "final", data):
+        finished = fold_dir in kept or epochs_done(fold_dir) >= cfg.train.epochs
+        if fold_dir not in kept and (not finished or not _is_current(metrics_path, fold_dir, "final", data)):
             log(f"== fold {k} ==")
             # one a worker has just trained to its end is only scored; any other is trained or resumed here
             if fold_dir not in trained or not finished:
@@ -1087,7 +1091,7 @@ def _score_folds(config: RunConfig, samples: list[Sample], data: str, out_dir: P
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
         for scored, _, _ in companions:
             companion_path = fold_dir / f"eval-heldout-{scored}" / "metrics.json"
-            if not _is_current(companion_path, fold_dir, scored, data):
+            if fold_dir not in kept and not _is_current(companion_path, fold_dir, scored, data):
                 with _how_to_go_on_if_stopped(log, f"fold-{k}'s held-out images", _CV_AGAIN):
                     evaluate_run(fold_dir, data, "heldout", None, which=scored, device=cfg.train.device,
                                  progress=progress)
@@ -1127,9 +1131,9 @@ def _score_folds(config: RunConfig, samples: list[Sample], data: str, out_dir: P
     return result
 
 
-def _kept_folds(config: RunConfig, out_dir: Path, folds: int, data: str) -> list[str]:
-    """The ``fold-K`` folders of ``out_dir`` that :func:`_score_folds` keeps as they are: trained to the end and
-    scored on ``data``'s held-out images after that (:func:`_is_current`), companions too."""
+def _kept_folds(config: RunConfig, out_dir: Path, folds: int, data: str) -> list[Path]:
+    """The ``fold-K`` folders of ``out_dir`` that :func:`_score_folds` keeps as they are (and checks no further):
+    trained to the end and scored on ``data``'s held-out images after that (:func:`_is_current`), companions too."""
     kept = []
     for k in range(folds):
         fold_dir = out_dir / f"fold-{k}"
@@ -1139,7 +1143,7 @@ def _kept_folds(config: RunConfig, out_dir: Path, folds: int, data: str) -> list
         reports += [(scored, fold_dir / f"eval-heldout-{scored}" / "metrics.json") for scored, _, _ in
                     _companions(config)]
         if all(_is_current(path, fold_dir, which, data) for which, path in reports):
-            kept.append(fold_dir.name)
+            kept.append(fold_dir)
     return kept
 
 
