@@ -209,6 +209,12 @@ class TrainConfig:
     consistency: float = 0.0
     consistency_batch: int = 4
     teacher_decay: float = 0.99
+    # batch norm under the consistency term: "shared" = the mixed unlabelled slices join the labelled batch in one
+    # forward pass (the running statistics are both's) and the teacher predicts with the student's running statistics;
+    # "own" = the mixed slices pass alone, normalised by their own batch statistics without moving the running ones
+    # (those stay the labelled slices', as inference uses them), and the teacher normalises the clean unlabelled
+    # slices by their own batch statistics (Tarvainen & Valpola 2017)
+    consistency_norm: str = "shared"
     # start from the weights `covseg pretrain` wrote (its folder or pretrained.pt; every tensor whose name and shape
     # match, so all but the output heads): self-supervised pretraining on unlabelled slices; or from a trained run
     # (its folder: last.pt) of the same network and split, to fine-tune it (a lesion-type model, train.types_only,
@@ -469,6 +475,7 @@ _CHOICES = {
     ("train", "optimizer"): ("adam", "adamw", "sgd"),
     ("train", "schedule"): ("constant", "cosine", "onecycle"),
     ("train", "sampling"): ("uniform", "class_balanced"),  # covseg.training.SAMPLINGS
+    ("train", "consistency_norm"): ("shared", "own"),  # covseg.consistency.CONSISTENCY_NORMS
     ("train", "init_parts"): ("all", "encoder"),  # covseg.pretrain.INIT_PARTS
     ("train", "precision"): ("auto", "fp32", "bf16"),
     ("train", "device"): ("cpu", "cuda", "auto"),
@@ -724,6 +731,7 @@ def _unread_options(config: RunConfig) -> list[tuple[str, float | str, str, str]
               ("train", "momentum", t.optimizer != "sgd", "train.optimizer=sgd", f"train.optimizer {t.optimizer}"),
               ("train", "consistency_batch", not t.consistency, "train.consistency", consistency),
               ("train", "teacher_decay", not t.consistency, "train.consistency", consistency),
+              ("train", "consistency_norm", not t.consistency, "train.consistency", consistency),
               ("train", "distill_weight", not t.distill, "train.distill", distill),
               ("train", "distill_temperature", not t.distill, "train.distill", distill),
               ("data", "pseudo_ratio", not d.pseudo_labels, "data.pseudo_labels", "data.pseudo_labels empty"),

@@ -7,10 +7,16 @@ drawn slices (:func:`covseg.transforms.box_masks`), and its teacher probabilitie
 sees the mixed slices beside its labelled batch and is pulled towards the mixed teacher probabilities by a soft
 cross-entropy (:func:`soft_cross_entropy`), weighted by ``train.consistency`` after a linear warm-up (:func:`warmup`).
 
-Batch norm: only the teacher's weights are averaged; it predicts with the student's current running statistics
-(:func:`covseg.training.averaged_network`). That is neither Tarvainen & Valpola's mean teacher (NeurIPS 2017: the
-teacher, in training mode, normalises with its own batch statistics) nor French et al.'s code (the running statistics
-averaged alongside the weights); it is what ``ema.pt`` uses, which scored better there (session 17).
+Batch norm (``train.consistency_norm``, :data:`CONSISTENCY_NORMS`): only the teacher's weights are averaged. Under
+``shared`` (the default) it predicts with the student's current running statistics
+(:func:`covseg.training.averaged_network`), and the student sees the mixed slices in one forward pass with its
+labelled batch, so its batch statistics, and the running statistics inference uses, are both's. That is neither
+Tarvainen & Valpola's mean teacher (NeurIPS 2017: the teacher, in training mode, normalises with its own batch
+statistics) nor French et al.'s code (the running statistics averaged alongside the weights); it is what ``ema.pt``
+uses, which scored better there (session 17). Under ``own`` each batch normalises by its own statistics
+(:func:`covseg.training.batch_statistics`): the teacher on the clean unlabelled slices, as Tarvainen & Valpola's,
+and the student on the mixed slices in a forward pass of their own; neither moves a running statistic, so those stay
+the labelled slices' alone.
 
 The unlabelled slices are loaded by :func:`load_unlabelled`, which also gives what ``run.json`` records of them
 (:func:`unlabelled_record`: how many, where, a SHA-256 over their names and files), so that a resume can refuse slices
@@ -38,12 +44,16 @@ from covseg.errors import CovsegError
 from covseg.fileio import file_sha256
 from covseg.intensity import normalize_image
 from covseg.progress import print_beside_bars
-from covseg.training import averaged_network, side_generator
+from covseg.training import averaged_network, batch_statistics, side_generator
 from covseg.transforms import box_masks, stack_resized
 from covseg.wording import counted
 
-__all__ = ["soft_cross_entropy", "warmup", "ConsistencyTerm", "Unlabelled", "load_unlabelled", "unlabelled_record",
-           "check_unlabelled_unchanged", "mask_like_slices", "warn_mask_like", "source_sha256"]
+__all__ = ["soft_cross_entropy", "warmup", "ConsistencyTerm", "Unlabelled", "load_unlabelled",
+           "unlabelled_record", "check_unlabelled_unchanged", "mask_like_slices", "warn_mask_like", "source_sha256",
+           "CONSISTENCY_NORMS"]
+
+#: train.consistency_norm's choices (module docstring): "shared" statistics or each batch its "own"
+CONSISTENCY_NORMS = ("shared", "own")
 
 #: the share of all training steps over which the consistency weight rises linearly from 0
 WARMUP_SHARE = 0.25
@@ -71,16 +81,22 @@ class ConsistencyTerm:
     training step, drawn from :meth:`generator`.
 
     ``teacher`` is an :class:`~torch.optim.swa_utils.AveragedModel` of the student; :meth:`update` after every
-    optimiser step moves it. ``weight``: ``train.consistency``.
+    optimiser step moves it. ``weight``: ``train.consistency``; ``norm``: ``train.consistency_norm``
+    (:data:`CONSISTENCY_NORMS`; under ``own`` the training step gives the mixed slices a forward pass of their own
+    inside :func:`covseg.training.batch_statistics`).
     """
 
-    def __init__(self, images: torch.Tensor, teacher: AveragedModel, batch: int, weight: float) -> None:
+    def __init__(self, images: torch.Tensor, teacher: AveragedModel, batch: int, weight: float,
+                 norm: str = "shared") -> None:
         if images.ndim != 4 or images.shape[1] != 1 or images.shape[0] < 2:
             raise ValueError(f"unlabelled images must be (U, 1, S, S) with U >= 2, got {tuple(images.shape)}")
+        if norm not in CONSISTENCY_NORMS:
+            raise ValueError(f"norm must be one of {CONSISTENCY_NORMS}, got {norm!r}")
         self.images = images
         self.teacher = teacher
         self.batch = batch
         self.weight = weight
+        self.norm = norm
 
     @staticmethod
     def generator(seed: int, epoch: int) -> torch.Generator:
@@ -92,14 +108,18 @@ class ConsistencyTerm:
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixed slices ``(k, 1, s, s)`` for the student and their mixed teacher probabilities ``(k, C, s, s)``
         (``s`` = ``size`` or the stored side). The teacher runs in eval mode with the student's batch-norm
-        statistics."""
+        statistics, or, under ``norm`` ``own``, with the drawn slices' own batch statistics."""
         pick = torch.randperm(self.images.shape[0], generator=generator)[:self.batch]
         slices = self.images[pick].float()
         if size is not None and size != slices.shape[-1]:
             slices = F.interpolate(slices, size=(size, size), mode="bilinear", align_corners=False)
         slices = slices.to(device)
         teacher = averaged_network(self.teacher, student).eval()
-        probs = torch.softmax(teacher(slices).float(), dim=1)
+        if self.norm == "own":
+            with batch_statistics(teacher):
+                probs = torch.softmax(teacher(slices).float(), dim=1)
+        else:
+            probs = torch.softmax(teacher(slices).float(), dim=1)
         k = slices.shape[0]
         shift = int(torch.randint(1, k, (1,), generator=generator)) if k > 1 else 0
         boxes = box_masks(k, slices.shape[-2], slices.shape[-1], generator).to(device)

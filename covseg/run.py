@@ -773,7 +773,7 @@ def _train_run(config: RunConfig, samples: list[Sample], run_dir: Path, data_pat
     averaged = weight_average(core, t.ema) if t.ema > 0 else None
     swa = epoch_average(core) if t.swa_epochs else None
     consistency = (ConsistencyTerm(unlabelled.images, weight_average(core, t.teacher_decay), t.consistency_batch,
-                                   t.consistency) if unlabelled is not None else None)
+                                   t.consistency, t.consistency_norm) if unlabelled is not None else None)
     distill = None
     if teachers is not None:
         distill = DistillTerm(teachers.networks, t.distill_weight, t.distill_temperature, device, dtype)

@@ -7,6 +7,8 @@ epoch computes the same thing whether the run was resumed or not.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,8 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EpochResult", "lr_factor", "learning_rate", "make_optimizer", "epoch_generator", "train_one_epoch",
            "validate", "predicted_labels", "class_argmax", "weight_average", "averaged_network", "epoch_average",
-           "recompute_batch_norm", "side_generator", "SAMPLINGS", "class_balanced_weights", "draw_order",
-           "batch_confusion", "mean_foreground_dice", "check_data_parallel", "share_weight"]
+           "recompute_batch_norm", "batch_statistics", "side_generator", "SAMPLINGS", "class_balanced_weights",
+           "draw_order", "batch_confusion", "mean_foreground_dice", "check_data_parallel", "share_weight"]
 
 
 @dataclass
@@ -98,6 +100,28 @@ def weight_average(model: nn.Module, decay: float) -> AveragedModel:
     and state-dict keys as ``model``; give it batch-norm statistics with :func:`averaged_network` before use.
     """
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Within the block every batch-norm layer of ``model`` normalises by the batch's own statistics (training mode,
+    as Tarvainen & Valpola's teacher) and leaves its running statistics as they were: momentum 0 (the running mean and
+    variance are updated in place with weight 0, bit for bit unchanged) and the batch count restored after. Each
+    layer's mode and momentum are restored on leaving; other layers (dropout, instance norm) are left alone."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.training, m.momentum,
+              None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    try:
+        for m in norms:
+            m.train()
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, training, momentum, count in saved:
+            m.train(training)
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 def averaged_network(averaged: AveragedModel, model: nn.Module) -> nn.Module:
@@ -280,7 +304,8 @@ def train_one_epoch(
     against ``y``.
 
     ``consistency`` (:class:`covseg.consistency.ConsistencyTerm`, single process only) adds its mixed unlabelled
-    slices to every batch and its weighted, warmed-up soft cross-entropy to the loss; its draws
+    slices to every batch (its ``norm`` ``own``: in a forward pass of their own, under :func:`batch_statistics`) and
+    its weighted, warmed-up soft cross-entropy to the loss; its draws
     come from a stream of their own, so the labelled batches are those drawn without it. The returned loss is the
     labelled loss alone.
 
@@ -326,10 +351,16 @@ def train_one_epoch(
         mixed = target = None
         if consistency is not None:
             mixed, target = consistency.batch_for(model, unlabelled, progressive, device)
-            x = torch.cat([x, mixed.contiguous(memory_format=memory_format)])
+            mixed = mixed.contiguous(memory_format=memory_format)
+            if consistency.norm == "shared":
+                x = torch.cat([x, mixed])
         with autocast(device, dtype):
             outputs = model(x)
-        if mixed is not None:
+        if mixed is not None and consistency.norm == "own":
+            with autocast(device, dtype), batch_statistics(model):
+                extra = model(mixed)
+            extra = extra[0] if isinstance(extra, list) else extra
+        elif mixed is not None:
             b = y.shape[0]
             extra = (outputs[0] if isinstance(outputs, list) else outputs)[b:]
             outputs = [o[:b] for o in outputs] if isinstance(outputs, list) else outputs[:b]
