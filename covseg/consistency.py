@@ -228,5 +228,6 @@ def load_unlabelled(config: RunConfig, data_path: str, log: Callable[[str], None
     warn_mask_like(samples, "train.consistency")
     images = stack_resized([normalize_image(s.image, d.normalize) for s in samples], None, d.input_size, d.resize)[0]
     log(f"consistency: {counted(len(samples), 'unlabelled slice')}, {config.train.consistency_batch} per step, "
-        f"weight {config.train.consistency:g}")
+        f"weight {config.train.consistency:g}"
+        + (", each batch normalised by its own statistics" if config.train.consistency_norm == "own" else ""))
     return Unlabelled(images.half(), sorted({Path(s.source).parent for s in samples}), unlabelled_record(samples))

@@ -110,3 +110,11 @@ def test_bad_consistency_norms_are_refused(semi_data: Path, tmp_path: Path, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_the_run_says_its_batches_keep_their_own_statistics(semi_data: Path, tmp_path: Path, capsys) -> None:
+    code = main(["train", "--recipe", "tiny", "--data", str(semi_data), "--split", "cv:0", "-o", str(tmp_path / "r"),
+                 "--epochs", "1", *TINY_OVERRIDES, "train.consistency=1", "train.consistency_batch=2",
+                 "train.consistency_norm=own"])
+    out = capsys.readouterr()
+    assert code == 0 and "weight 1, each batch normalised by its own statistics" in out.out + out.err
