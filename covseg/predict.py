@@ -25,7 +25,8 @@ from covseg.config import RunConfig
 from covseg.datasets import DICOM_SUFFIXES, dicom_view_to_stored, read_image
 from covseg.dicom import looks_like_dicom
 from covseg.errors import CovsegError
-from covseg.fileio import atomic_path, folders_made_for, interrupts_deferred, staging_folder, sync_path, sync_tree
+from covseg.fileio import (atomic_path, check_output_folder, folders_made_for, interrupts_deferred, staging_folder,
+                           sync_path, sync_tree)
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme, class_title, overlay
@@ -524,10 +525,19 @@ def check_same_scan(scan: Path, digest: str, out_dir: Path, together: bool = Fal
 
 def check_scan_not_overwritten(scan: Path, out_dir: Path) -> None:
     """Refuse, in one line, to write the outputs of ``scan`` into ``out_dir`` where one of them (:data:`SCAN_OUTPUTS`)
-    would replace the scan itself: a file of that name in ``out_dir`` (given by any path, ``out_dir`` too)."""
-    if scan.is_file() and scan.resolve().parent == out_dir.resolve() and scan.name in SCAN_OUTPUTS:
+    would replace the scan itself: a file of that name in ``out_dir`` (given by any path, ``out_dir`` too), whether
+    the scan is named so there or is a symbolic link that leads to such a file (written over, the link would lead to
+    the label map)."""
+    if not scan.is_file():
+        return
+    out = out_dir.resolve()
+    if scan.absolute().parent.resolve() == out and scan.name in SCAN_OUTPUTS:
         raise CovsegError(f"{scan}: covseg predict would write its own {scan.name} over this scan; give -o "
                           "another folder")
+    target = scan.resolve()
+    if target.parent == out and target.name in SCAN_OUTPUTS:
+        raise CovsegError(f"{scan}: is a link to {target}, which covseg predict would replace with its own "
+                          f"{target.name}; give -o another folder")
 
 
 def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir: Path, model_info: dict[str, Any],
@@ -536,8 +546,9 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
     """Segment one CT scan; writes ``lesions.nii.gz``, ``lungs.nii.gz``, ``report.json`` and ``report.html``.
 
     Everything is written into a staging folder first and moved into ``out_dir`` only once complete. An ``out_dir``
-    where an output would replace the scan itself (:func:`check_scan_not_overwritten`) or could not be moved into
-    place (:func:`check_destinations`) is refused before the scan is read, as the command's
+    where an output would replace the scan itself (:func:`check_scan_not_overwritten`), could not be moved into
+    place (:func:`check_destinations`) or that cannot be written (:func:`covseg.fileio.check_output_folder`: a
+    read-only folder, or one whose nearest existing parent is) is refused before the scan is read, as the command's
     :func:`covseg.predict_plan.plan_predict` refuses it (its other checks weigh a command's inputs and ``-o`` as a
     whole). Outputs of another scan in ``out_dir`` are refused (:func:`check_same_scan`; ``together`` as there) once
     the scan is read, before it is segmented and before anything is written: :func:`covseg.predict_plan.plan_predict`
@@ -554,6 +565,7 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
     path, out_dir = Path(path), Path(out_dir)
     check_scan_not_overwritten(path, out_dir)  # before minutes of reading and segmenting, as the command's plan
     check_destinations(out_dir.parent, [Path(out_dir.name, name) for name in SCAN_OUTPUTS])
+    check_output_folder(out_dir)  # a read-only folder: refused now, not once the scan is segmented
     began = time.perf_counter()
     volume = read_volume(path, series_uid=series_uid, spacing=spacing)
     read_seconds = time.perf_counter() - began

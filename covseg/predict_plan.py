@@ -116,6 +116,8 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
     check_earlier_layout(output, scans, names, files, overlays)
     for out in outs:  # a file where a scan's folder goes, or a folder where one of its files goes (helper 169)
         check_destinations(out.parent, [Path(out.name, name) for name in SCAN_OUTPUTS])
+    for out in outs if subfolders else ():  # an earlier scan's folder made read-only: refused before any scan is
+        check_output_folder(out)  # segmented, not once those before it are published (output itself: checked above)
     if scans:  # a --spacing that is not three positive numbers is refused before the models load
         check_spacing(spacing)
     for scan in scans:
