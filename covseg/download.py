@@ -14,6 +14,7 @@ import http.client
 import os
 import re
 import shutil
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -44,6 +45,10 @@ __all__ = [
 MIRROR_ENV = "COVSEG_MIRROR"
 HTTP_TIMEOUT_S = 30.0
 _CHUNK = 1 << 16
+_RETRY_PAUSE_S = 0.25
+"""Pause before asking again for a file the mirror failed to serve (HTTP 5xx): each file is asked twice at most."""
+_GIVE_UP_AFTER = 3
+"""Files of an optional split the mirror fails to serve (twice each) in a row, after which its others are not asked."""
 _USER_AGENT = "covseg-download/0.1"
 _MIRROR_HINT = f"pass --mirror DIR_OR_URL (or set {MIRROR_ENV})"
 
@@ -89,16 +94,18 @@ class SplitReport:
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    """Files the mirror failed to serve (HTTP 5xx) when asked twice: it may have them, so a rerun asks again."""
 
     @property
     def total(self) -> int:
         """Number of manifest files in this split."""
-        return len(self.fetched) + len(self.skipped) + len(self.missing) + len(self.corrupt)
+        return len(self.fetched) + len(self.skipped) + len(self.missing) + len(self.corrupt) + len(self.failed)
 
     @property
     def complete(self) -> bool:
         """True when every file of the split is present and verified."""
-        return not self.missing and not self.corrupt
+        return not self.missing and not self.corrupt and not self.failed
 
 
 @dataclass
@@ -148,7 +155,7 @@ class DownloadReport:
             if s.complete:
                 text = (f"{name} split: {counted(ok, 'file')} verified "
                         f"({len(s.fetched)} fetched, {len(s.skipped)} already present)")
-            elif ok == 0 and not s.corrupt and name not in self.required:
+            elif ok == 0 and not s.corrupt and not s.failed and name not in self.required:
                 text = (f"{name} split: {counted(len(s.missing), 'file')} missing from the mirror "
                         "(held out by this mirror; not required)")
             else:
@@ -160,6 +167,8 @@ class DownloadReport:
                     text += (f", {len(s.corrupt)} failed {'its' if one else 'their'} SHA-256 check"
                              + ((" (left as it is)" if one else " (left as they are)") if self.in_place
                                 else " and was deleted" if one else " and were deleted"))
+                if s.failed:
+                    text += f", {len(s.failed)} the mirror failed to serve"
                 if name not in self.required:
                     text += " (not required)"
             parts.append(text)
@@ -306,7 +315,8 @@ class _RangeRefused(Exception):
 def _open_url(url: str, start: int, optional: bool = False) -> http.client.HTTPResponse | None:
     """Open ``url`` (from byte ``start`` if > 0); None on 404/410, and for a file of an ``optional`` split also on
     401/403 (object stores such as S3 answer 403 for an object that is not there); :class:`_Unavailable` if
-    unreachable or failing (5xx), CovsegError for any other refusal."""
+    unreachable or failing (5xx, or 429 Too Many Requests: a rate limit, e.g. upstream's), CovsegError for
+    any other refusal."""
     headers = {"User-Agent": _USER_AGENT}
     if start > 0:
         headers["Range"] = f"bytes={start}-"
@@ -319,7 +329,7 @@ def _open_url(url: str, start: int, optional: bool = False) -> http.client.HTTPR
             return None
         if e.code == 416 and start > 0:
             raise _RangeRefused() from None
-        if e.code >= 500:
+        if e.code >= 500 or e.code == 429:  # the mirror may have the file: worth asking again
             raise _Unavailable(f"cannot fetch {url}: HTTP {e.code} {e.reason}; {_MIRROR_HINT}",
                                f"answered HTTP {e.code} {e.reason}") from None
         raise CovsegError(f"cannot fetch {url}: HTTP {e.code} {e.reason}; {_MIRROR_HINT}") from None
@@ -330,9 +340,9 @@ def _open_url(url: str, start: int, optional: bool = False) -> http.client.HTTPR
 
 
 class _Unavailable(CovsegError):
-    """The mirror did not serve a file though it may have it: it failed (HTTP 5xx) or could not be reached
-    (:class:`_Unreachable`). Fatal for a required split's file, "missing" for an optional split's (:func:`_fetch_all`);
-    ``what`` ends "the mirror ...", e.g. ``answered HTTP 503 Service Unavailable``."""
+    """The mirror did not serve a file though it may have it: it failed (HTTP 5xx, or 429: rate-limited) or could not
+    be reached (:class:`_Unreachable`). Fatal for a required split's file, reported for an optional split's
+    (:func:`_fetch_all`); ``what`` ends "the mirror ...", e.g. ``answered HTTP 503 Service Unavailable``."""
 
     def __init__(self, message: str, what: str) -> None:
         super().__init__(message)
@@ -389,15 +399,49 @@ def _fetch_http(base: str, rel: str, part: Path, resume: bool = True, optional: 
     return "resumed" if resumed else "fresh"
 
 
+def _fetch_http_checked(base: str, rel: str, part: Path, digest: str, optional: bool) -> str:
+    """:func:`_fetch_http`, once more from byte 0 where a resumed copy fails its SHA-256 check (the kept ``.part``
+    may have had a bad prefix)."""
+    outcome = _fetch_http(base, rel, part, optional=optional)
+    if outcome == "resumed" and file_sha256(part) != digest:
+        outcome = _fetch_http(base, rel, part, resume=False, optional=optional)
+    return outcome
+
+
+def _fetch_http_retried(base: str, rel: str, part: Path, digest: str, optional: bool) -> str:
+    """:func:`_fetch_http_checked`, asked once more after :data:`_RETRY_PAUSE_S` where the mirror failed (HTTP 5xx,
+    often passing); a second failure raises its :class:`_Unavailable`. A mirror out of reach (:class:`_Unreachable`)
+    is not asked again."""
+    try:
+        return _fetch_http_checked(base, rel, part, digest, optional)
+    except _Unreachable:
+        raise
+    except _Unavailable:
+        time.sleep(_RETRY_PAUSE_S)
+    return _fetch_http_checked(base, rel, part, digest, optional)
+
+
+def _extra_files(folder: Path) -> list[Path]:
+    """The files in ``folder`` that count as its extra files (unlabelled slices), in name order: those the
+    ``unlabelled`` split reads (an image's name, not hidden), not a ``.part`` left by an interrupted copy or a stray
+    note; none when it is no folder. They have no checksums, so the name is all that tells them."""
+    from .datasets import IMAGE_SUFFIXES  # numpy and the image readers: only where there are extra files
+
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES))
+
+
 def _count_files(folder: Path) -> int:
-    """How many files (not folders) ``folder`` holds; 0 when it is no folder."""
-    return sum(1 for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+    """How many extra files (:func:`_extra_files`) ``folder`` holds."""
+    return len(_extra_files(folder))
 
 
 def _copy_extras(src_root: Path, root: Path, rel_dir: str, progress: bool) -> tuple[int, int]:
     """Copy the unverified extra folder from a directory mirror; returns (copied, present)."""
     src_dir, dst_dir = src_root / rel_dir, root / rel_dir
-    files = sorted(p for p in src_dir.iterdir() if p.is_file())
+    files = _extra_files(src_dir)
     dst_dir.mkdir(parents=True, exist_ok=True)
     copied = present = 0
     for src in tqdm(files, desc="extra", unit="file", disable=not progress or None, leave=False):
@@ -419,9 +463,9 @@ def download(dataset: str, dest: Path, mirror: str | None = None,
 
     ``mirror`` is a local folder laid out like upstream or an ``http(s)://`` base URL; None
     means the upstream URL. Raises :class:`CovsegError` when a required split is incomplete,
-    the mirror cannot be reached or fails (HTTP 5xx) for one of its files, or the mirror folder does
-    not exist; a missing optional split (e.g. a held-out test split, or one the mirror fails to serve)
-    is only reported.
+    the mirror cannot be reached or fails (HTTP 5xx, asked twice) for one of its files, or the mirror folder does
+    not exist; a missing optional split (e.g. a held-out test split) or files of one the mirror fails to serve
+    (named; its others are still fetched) are only reported.
     """
     src = _source(dataset)
     manifest = read_manifest(dataset)
@@ -514,10 +558,16 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
 
     # the required splits' files first: an optional split the mirror will not serve cannot stop them
     order = sorted(manifest.items(), key=lambda item: (split_name(item[0]) not in src.required, item[0]))
-    unreachable = False  # the mirror failed or was out of reach for an optional split's file: its others are not tried
+    # an optional split's files the mirror failed to serve (HTTP 5xx, twice each) are reported and its others asked
+    # for; once the mirror is out of reach, or has failed _GIVE_UP_AFTER of them in a row, its others are not asked
+    given_up: dict[str, str] = {}  # split: why, e.g. "could not be reached (...)", "answered HTTP 503 ... for 3 files"
+    not_asked: dict[str, int] = {}  # split: how many files that left unasked
+    answers: dict[str, list[str]] = {}  # split: the mirror's failing answers, e.g. "answered HTTP 503 ..."
+    in_a_row: dict[str, int] = {}  # split: files failed since the last one served
     for rel, digest in tqdm(order, desc=dataset, unit="file", disable=not progress or None):
-        optional = split_name(rel) not in src.required
-        bucket = report.splits.setdefault(split_name(rel), SplitReport())
+        name = split_name(rel)
+        optional = name not in src.required
+        bucket = report.splits.setdefault(name, SplitReport())
         final = root / rel
         if src_root is not None and final.is_file() and (src_root / rel).is_file() \
                 and os.path.samefile(src_root / rel, final):
@@ -534,31 +584,48 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
         part = _part(final)
         if src_root is not None:
             outcome = "fresh" if _fetch_copy(src_root, rel, part) else "missing"
-        elif optional and unreachable:
+        elif optional and name in given_up:
             outcome = "missing"
+            not_asked[name] = not_asked.get(name, 0) + 1
         else:
             try:
-                outcome = _fetch_http(base, rel, part, optional=optional)
-                if outcome == "resumed" and file_sha256(part) != digest:
-                    # the kept .part may have had a bad prefix: retry once from byte 0
-                    outcome = _fetch_http(base, rel, part, resume=False, optional=optional)
+                outcome = _fetch_http_retried(base, rel, part, digest, optional)
+                in_a_row[name] = 0
             except _Unavailable as err:
                 # the required splits are done (they come first): a mirror out of reach (offline, say) or failing
-                # (HTTP 5xx) leaves an optional split missing, reported, instead of failing a download whose data
-                # is complete
+                # (HTTP 5xx) leaves an optional split's files unfetched, reported, instead of failing a download
+                # whose data is complete
                 if not optional:
                     raise
-                unreachable = True
-                report.notes.append(f"{split_name(rel)} split: the mirror {err.what}, "
-                                    "so its missing files were not fetched")
-                outcome = "missing"
-        ok = outcome != "missing" and file_sha256(part) == digest
+                if isinstance(err, _Unreachable):
+                    outcome = "missing"
+                    given_up[name] = err.what
+                else:
+                    outcome = "failed"
+                    if err.what not in answers.setdefault(name, []):
+                        answers[name].append(err.what)
+                    in_a_row[name] = in_a_row.get(name, 0) + 1
+                    if in_a_row[name] >= _GIVE_UP_AFTER:
+                        given_up[name] = f"{err.what} for {_GIVE_UP_AFTER} files in a row"
+        ok = outcome not in ("missing", "failed") and file_sha256(part) == digest
         if ok:
             os.replace(part, final)
             bucket.fetched.append(rel)
         else:
             part.unlink(missing_ok=True)
-            (bucket.missing if outcome == "missing" else bucket.corrupt).append(rel)
+            {"missing": bucket.missing, "failed": bucket.failed}.get(outcome, bucket.corrupt).append(rel)
+    for name, s in report.splits.items():
+        if s.failed:
+            one = len(s.failed) == 1
+            report.notes.append(f"{name} split: the mirror {' or '.join(answers[name])} for "
+                                f"{counted(len(s.failed), 'file')}, asked twice: {', '.join(s.failed)}; run covseg "
+                                f"download again to fetch {'it' if one else 'them'}")
+        left = not_asked.get(name, 0)
+        if name in given_up and s.failed and left:
+            report.notes.append(f"{name} split: the mirror {given_up[name]}, so its {left} other missing "
+                                f"{'file was' if left == 1 else 'files were'} not asked for")
+        elif name in given_up and not s.failed:  # out of reach
+            report.notes.append(f"{name} split: the mirror {given_up[name]}, so its missing files were not fetched")
 
     if src.extra_dir:
         mirrored = src_root is not None and (src_root / src.extra_dir).is_dir()
