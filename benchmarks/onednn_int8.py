@@ -173,11 +173,22 @@ class Int8UNet:
         return self.head(q)
 
 
+def batch_line(split: str, batch: int, int8: float, bf16: float, bar: float) -> str:
+    """One batch's agreement with fp32 (int8 flagged when under ``bar``), each share rounded down
+    (:func:`covseg.wording.agreement_percent`): as ``.4%`` an int8 share just under the bar (0.99899996) read
+    "99.9000% (< bar)", and one under 1 "100.0000%"."""
+    from covseg.wording import agreement_percent
+
+    return (f"{split:8s} batch of {batch}: int8 {agreement_percent(int8, 4)}{' (< bar)' if int8 < bar else ''}, "
+            f"bf16 {agreement_percent(bf16, 4)}")
+
+
 def _speed(rounds: int, float_tail: int = 0) -> None:
     from covseg.bench import build_bench_model
     from covseg.inference import label_agreement
     from covseg.models import fold_batch_norm, fuse_for_inference
     from covseg.runtime import keep_freed_memory
+    from covseg.wording import agreement_percent
 
     keep_freed_memory()
     torch.manual_seed(0)
@@ -196,8 +207,9 @@ def _speed(rounds: int, float_tail: int = 0) -> None:
 
     with torch.inference_mode():
         reference = folded(x)
-    print(f"random weights and input: labels alike with fp32, bf16 {label_agreement(bf16(), reference):.4%}, "
-          f"int8 {label_agreement(quantized(), reference):.4%}")
+    print("random weights and input: labels alike with fp32, "
+          f"bf16 {agreement_percent(label_agreement(bf16(), reference), 4)}, "
+          f"int8 {agreement_percent(label_agreement(quantized(), reference), 4)}")
     times: dict[str, list[float]] = {"bf16 (covseg's path)": [], "int8 (oneDNN)": []}
     runs = list(zip(times.values(), (bf16, quantized)))
     for round_ in range(rounds):  # the order flips every round; each timed pass follows an untimed one of its own
@@ -246,8 +258,7 @@ def _agreement(run: Path, quantile: float | None, float_tail: int = 0) -> None:
                 with torch.autocast("cpu", torch.bfloat16):
                     half = fused(x).float()
             a8, a16 = label_agreement(low, reference), label_agreement(half, reference)
-            print(f"{split:8s} batch of {x.shape[0]}: int8 {a8:.4%}{' (< bar)' if a8 < BF16_MIN_AGREEMENT else ''}, "
-                  f"bf16 {a16:.4%}")
+            print(batch_line(split, x.shape[0], a8, a16, BF16_MIN_AGREEMENT))
 
 
 def main(argv: list[str] | None = None) -> int:
