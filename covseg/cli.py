@@ -312,11 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "reports to RUN_DIR/eval-SPLIT-NAME, beside the run's own")
     p.add_argument("--task", choices=("binary", "multiclass"), help="refuse a model trained for another task")
     p.add_argument("-o", "--output", type=Path,
-                   help="report folder (default: RUN_DIR/eval-SPLIT[-CHECKPOINT][-tta]; a cv folder: "
+                   help="report folder, into which metrics.md, per_image.csv, best_worst.png and metrics.json go "
+                        "(default: RUN_DIR/eval-SPLIT[-CHECKPOINT][-tta]; a cv folder: "
                         "CV_DIR/eval-SPLIT[-CHECKPOINT][-tta]); one holding the report of other models, another "
-                        "split, data folder or flip TTA is refused without --force")
+                        "split, data folder or flip TTA is refused without --force, as is a default folder holding "
+                        "the report of another data folder (give -o for a --data other than the run's)")
     p.add_argument("--force", action="store_true",
-                   help="replace the report of another scoring in an existing -o folder")
+                   help="replace the report of another scoring in an existing report folder")
     _add_inference_options(p)
 
     p = sub.add_parser("compare", help="train and evaluate several models under identical settings")

@@ -169,7 +169,12 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     read.
 
     An ``out_dir`` given that holds the report of another scoring (other model files, split, data folder or flip
-    TTA: :func:`_report_subject`) is refused before scoring unless ``force``; one of the same scoring is replaced.
+    TTA: :func:`_report_subject`) is refused before any model loads unless ``force``; one of the same scoring is
+    replaced. A report folder picked here (``RUN/eval-…``, ``CV_DIR/eval-…``) that holds the report of another data
+    folder than ``data`` (``--data OTHER`` after the run's own data, or the other way round) is refused likewise
+    unless ``force``: give ``out_dir`` for the scoring of another data set, so that neither report replaces the
+    other. An ``out_dir`` that names a file (``report.md``: :func:`_refuse_a_file_name_for_the_report_folder`) is
+    refused; it is the folder the report's files (:data:`covseg.evaluation.REPORT_FILES`) are written into.
     ``metrics.json`` records each model file as its resolved path, as it records ``data``.
     """
     _check_eval_split(split)  # a mistyped name is told so, not taken for another split's images
@@ -187,6 +192,8 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():  # before scoring, not after
         raise CovsegError(f"{out_dir}: is a file, not a folder; give -o a folder for the report, e.g. "
                           f"{Path(out_dir).parent / 'eval-report'}")
+    if out_dir is not None:
+        _refuse_a_file_name_for_the_report_folder(Path(out_dir))
     why = unwritable_reason(out_dir, folder=True) if out_dir is not None else None
     if why:  # a path through a file, or a folder this process may not write into: told before scoring
         raise CovsegError(f"{out_dir}: cannot be written ({why}); give -o a folder you can write")
@@ -208,27 +215,29 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
             raise CovsegError("pass --data DIR and --split all, test or testset when evaluating a model file outside "
                               "its run folder (its own split is in the run folder)")
         data = read_run_info(run_dir)["data"]
+    # the model files as open_models will open them, and so the report folder, known before any model loads
+    files, lesion_files = ([_file_opened(path, which) for path in side] for side in (paths, lesion_paths))
+    report_dir = Path(out_dir) if out_dir is not None else _own_report_folder(
+        run_dir, paths[0], files[0], split, own, requested, tta)
     early = None  # the data set's test split, read before the models load: a folder without it is told at once
     if run_dir is not None and split in ("test", "testset"):
         run_data = read_run_config(run_dir).data
         early = (run_data.task, run_data.window), select_samples(run_dir, data, run_data.task, split, run_data.window)
+    if given_out and not force:  # before the models load: another model's figure is not replaced unasked
+        _refuse_replacing_another_report(report_dir, {"model": _planned_model(files, lesion_files, tta),
+                                                      "split": split, "data": data})
+    elif not force and Path(data).is_dir():  # a report folder of the run's: one data folder's report is not replaced
+        _refuse_replacing_another_datas_report(report_dir, data)  # by another's (a mistyped --data: its own line)
     predictor, config, info = open_models(paths, lesion_paths, task, which, backend, device, precision, batch_size, tta)
     if len(paths) + len(lesion_paths) > 1:  # after open_models: models of two tasks are told so, not that splits differ
         _check_ensemble_split(paths + lesion_paths, split, typed=bool(lesion_paths))
     if out_dir is not None:
         refuse_output_in_data(Path(out_dir), data)  # before scoring: a report there would be read as a mask
-    if given_out and not force:  # before scoring: another model's figure is not replaced unasked
-        _refuse_replacing_another_report(Path(out_dir), {"model": info, "split": split, "data": data})
     if early is not None and early[0] == (config.data.task, config.data.window):
         samples = early[1]
     else:
         samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
-    # another checkpoint's report goes beside, never over, the run's own (which `covseg cv` reads)
-    if out_dir is None:
-        scored = Path(info["file"])
-        is_own = (requested == "auto" and paths[0].is_dir()) or scored == find_checkpoint(run_dir or paths[0], own)
-        named = requested if requested != "auto" else scored.stem  # RUN/best.pt given as a file: eval-SPLIT-best
-        out_dir = scored.parent / _report_name(split, None if is_own else named, tta)
+    out_dir = report_dir
     _refuse_folders_in_the_reports_place(Path(out_dir))
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
@@ -250,6 +259,35 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     if caveats:
         extra["caveats"] = caveats
     return write_report(ev, out_dir, title, extra), out_dir
+
+
+def _file_opened(path: Path, which: str) -> Path:
+    """The model file :func:`covseg.predict.open_predictor` opens for ``path`` (a run folder, checkpoint or ONNX file)
+    under the checkpoint ``which``, known before it loads: an ONNX file as it is, else
+    :func:`covseg.checkpoint.find_checkpoint`'s."""
+    return path if path.suffix.lower() == ".onnx" else find_checkpoint(path, which)
+
+
+def _own_report_folder(run_dir: Path | None, first: Path, scored: Path, split: str, own: str, requested: str,
+                       tta: bool) -> Path:
+    """The report folder :func:`evaluate_run` picks without ``out_dir`` for the one model ``first`` (as given), whose
+    file ``scored`` it opens (:func:`_file_opened`): ``eval-SPLIT`` beside that file for the run's own checkpoint
+    (``own``: :func:`own_checkpoint`), ``eval-SPLIT-CHECKPOINT`` for another (the ``--checkpoint`` ``requested``, or
+    under ``auto`` the file's name), so it goes beside, never over, the run's own (which ``covseg cv`` reads)."""
+    is_own = (requested == "auto" and first.is_dir()) or scored == find_checkpoint(run_dir or first, own)
+    named = requested if requested != "auto" else scored.stem  # RUN/best.pt given as a file: eval-SPLIT-best
+    return scored.parent / _report_name(split, None if is_own else named, tta)
+
+
+def _planned_model(files: Sequence[Path], lesion_files: Sequence[Path], tta: bool) -> dict[str, Any]:
+    """A report's ``model`` entry as far as :func:`_report_subject` reads it, for the evaluation about to open the
+    model files ``files`` (an ensemble's members where several) and ``lesion_files`` (its ``--lesion-model``'s), with
+    flip TTA or not: known before any model loads."""
+    def side(paths: Sequence[Path]) -> dict[str, Any]:
+        entry: dict[str, Any] = {"file": str(paths[0])}
+        return {**entry, "members": [{"file": str(path)} for path in paths]} if len(paths) > 1 else entry
+
+    return {**side(files), "flip_tta": tta, **({"lesion_model": side(lesion_files)} if lesion_files else {})}
 
 
 def _resolved_files(model: dict[str, Any]) -> dict[str, Any]:
@@ -297,6 +335,40 @@ def _refuse_replacing_another_report(out_dir: Path, scoring: dict[str, Any]) -> 
     raise CovsegError(f"{out_dir}: holds the report of {_named([f for side in files for f in side])} (--split {split}"
                       f"{', --tta' if tta else ''}, data {data}), not of this evaluation; give -o another folder to "
                       "keep it, or --force to replace it")
+
+
+def _refuse_replacing_another_datas_report(out_dir: Path, data: str) -> None:
+    """Refuse a report folder :func:`evaluate_run` picks itself (``RUN/eval-…``, ``CV_DIR/eval-…``) whose
+    ``metrics.json`` scored another data folder than ``data``: a scoring of ``--data OTHER`` would replace the report of
+    the run's own data there unasked, or the other way round. The split, checkpoint and flip TTA are in the folder's
+    name and its models are the run's (recorded where they were scored, so a moved run folder is not refused): only
+    the data folder is compared. A folder without a readable report is written into as before, and so is one whose
+    report names a data folder that is no longer there (moved: the run's own data, now elsewhere) or recorded as a
+    relative path (older reports recorded ``data`` as typed, relative to a folder not known now)."""
+    try:
+        recorded = Path(json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))["data"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if not recorded.is_absolute() or not recorded.exists():
+        return
+    theirs = recorded.resolve()
+    if theirs != Path(data).resolve():
+        raise CovsegError(f"{out_dir}: holds the report of data {theirs}, not of {data}; give -o a folder for this "
+                          "scoring to keep it, or --force to replace it")
+
+
+#: The suffixes of the files an ``-o`` is taken to name, not a report folder
+#: (:func:`_refuse_a_file_name_for_the_report_folder`).
+_FILE_SUFFIXES = (".md", ".json", ".csv", ".tsv", ".html", ".htm", ".txt", ".png", ".pdf", ".yaml", ".yml")
+
+
+def _refuse_a_file_name_for_the_report_folder(out_dir: Path) -> None:
+    """Refuse an ``-o`` not yet a folder whose name ends as a file's (``report.md``, ``metrics.json``:
+    :data:`_FILE_SUFFIXES`): it would be made a folder of that name, holding the report's files
+    (:data:`covseg.evaluation.REPORT_FILES`). A folder of that name that exists already is written into."""
+    if out_dir.suffix.lower() in _FILE_SUFFIXES and not out_dir.is_dir():
+        raise CovsegError(f"{out_dir}: -o takes a folder, not a file: covseg evaluate writes {_named(REPORT_FILES)} "
+                          f"into it; give a folder, e.g. -o {out_dir.with_suffix('')}")
 
 
 def _refuse_folders_in_the_reports_place(out_dir: Path) -> None:
@@ -631,7 +703,9 @@ def compare_models(models: list[str], config: RunConfig, samples: list[Sample], 
         log(f"== {name} ==")
         seconds = train_or_resume(cfg, samples, out_dir / name, data, force, progress, log, again)
         with _how_to_go_on_if_stopped(log, f"{name}'s held-out images", again):
-            metrics, _ = evaluate_run(out_dir / name, data, "heldout", None, device=cfg.train.device, progress=progress)
+            metrics, _ = evaluate_run(out_dir / name, data, "heldout", None, device=cfg.train.device,
+                                      precision=cfg.train.precision, progress=progress,
+                                      force=True)  # the run's own report folder, scored again on its own data
         metrics["train_seconds"] = round(seconds, 1)
         rows[name] = metrics
     scheme = get_scheme(config.data.task)
@@ -1087,14 +1161,17 @@ def _score_folds(config: RunConfig, samples: list[Sample], data: str, out_dir: P
             if fold_dir not in trained or not finished:
                 train_or_resume(cfg, samples, fold_dir, data, False, progress, log, _CV_AGAIN)
             with _how_to_go_on_if_stopped(log, f"fold-{k}'s held-out images", _CV_AGAIN):
-                evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device, progress=progress)
+                evaluate_run(fold_dir, data, "heldout", None, device=cfg.train.device,
+                             precision=cfg.train.precision, progress=progress,
+                             force=True)  # the fold's own report folder, not current
         rows.append((json.loads(metrics_path.read_text(encoding="utf-8")), _train_seconds(fold_dir)))
         for scored, _, _ in companions:
             companion_path = fold_dir / f"eval-heldout-{scored}" / "metrics.json"
             if fold_dir not in kept and not _is_current(companion_path, fold_dir, scored, data):
                 with _how_to_go_on_if_stopped(log, f"fold-{k}'s held-out images", _CV_AGAIN):
                     evaluate_run(fold_dir, data, "heldout", None, which=scored, device=cfg.train.device,
-                                 progress=progress)
+                                 precision=cfg.train.precision, progress=progress,
+                                 force=True)  # the fold's own report folder, not current
             companion_rows[scored].append((json.loads(companion_path.read_text(encoding="utf-8")), rows[-1][1]))
     columns = _cv_columns(rows, config.data.task)
     summary = _mean_std(columns)
@@ -1265,7 +1342,8 @@ def cross_validate_seeds(config: RunConfig, samples: list[Sample], data: str, ou
         if not _report_of(report / "metrics.json", members, data):
             log(f"== seed ensemble, fold {k} ==")
             with _how_to_go_on_if_stopped(log, f"the seed ensemble of fold {k}", _CV_AGAIN):
-                evaluate_run(members, data, "heldout", report, device=config.train.device, progress=progress,
+                evaluate_run(members, data, "heldout", report, device=config.train.device,
+                             precision=config.train.precision, progress=progress,
                              force=True)  # cv's own report folder, not current (other members, or older)
         rows.append((json.loads((report / "metrics.json").read_text(encoding="utf-8")),
                      sum(_train_seconds(m) for m in members)))
