@@ -47,6 +47,10 @@ HTTP_TIMEOUT_S = 30.0
 _CHUNK = 1 << 16
 _RETRY_PAUSE_S = 0.25
 """Pause before asking again for a file the mirror failed to serve (HTTP 5xx): each file is asked twice at most."""
+_RATE_LIMIT_PAUSE_S = 5.0
+"""Pause before asking again for a file refused with HTTP 429 (a rate limit) that says no ``Retry-After``."""
+_MAX_RATE_LIMIT_PAUSE_S = 60.0
+"""The longest ``Retry-After`` (in seconds) waited for before asking again; a longer one is waited for this long."""
 _GIVE_UP_AFTER = 3
 """Files of an optional split the mirror fails to serve (twice each) in a row, after which its others are not asked."""
 _USER_AGENT = "covseg-download/0.1"
@@ -96,16 +100,19 @@ class SplitReport:
     corrupt: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     """Files the mirror failed to serve (HTTP 5xx) when asked twice: it may have them, so a rerun asks again."""
+    not_asked: list[str] = field(default_factory=list)
+    """Files of an optional split not asked for once the mirror had failed several of them in a row."""
 
     @property
     def total(self) -> int:
         """Number of manifest files in this split."""
-        return len(self.fetched) + len(self.skipped) + len(self.missing) + len(self.corrupt) + len(self.failed)
+        return (len(self.fetched) + len(self.skipped) + len(self.missing) + len(self.corrupt) + len(self.failed)
+                + len(self.not_asked))
 
     @property
     def complete(self) -> bool:
         """True when every file of the split is present and verified."""
-        return not self.missing and not self.corrupt and not self.failed
+        return not self.missing and not self.corrupt and not self.failed and not self.not_asked
 
 
 @dataclass
@@ -169,6 +176,8 @@ class DownloadReport:
                                 else " and was deleted" if one else " and were deleted"))
                 if s.failed:
                     text += f", {len(s.failed)} the mirror failed to serve"
+                if s.not_asked:
+                    text += f", {len(s.not_asked)} not asked for"
                 if name not in self.required:
                     text += " (not required)"
             parts.append(text)
@@ -331,7 +340,8 @@ def _open_url(url: str, start: int, optional: bool = False) -> http.client.HTTPR
             raise _RangeRefused() from None
         if e.code >= 500 or e.code == 429:  # the mirror may have the file: worth asking again
             raise _Unavailable(f"cannot fetch {url}: HTTP {e.code} {e.reason}; {_MIRROR_HINT}",
-                               f"answered HTTP {e.code} {e.reason}") from None
+                               f"answered HTTP {e.code} {e.reason}",
+                               _rate_limit_pause(e.headers.get("Retry-After")) if e.code == 429 else None) from None
         raise CovsegError(f"cannot fetch {url}: HTTP {e.code} {e.reason}; {_MIRROR_HINT}") from None
     except urllib.error.URLError as e:
         raise _Unreachable(url, str(e.reason)) from None
@@ -344,9 +354,22 @@ class _Unavailable(CovsegError):
     be reached (:class:`_Unreachable`). Fatal for a required split's file, reported for an optional split's
     (:func:`_fetch_all`); ``what`` ends "the mirror ...", e.g. ``answered HTTP 503 Service Unavailable``."""
 
-    def __init__(self, message: str, what: str) -> None:
+    def __init__(self, message: str, what: str, pause: float | None = None) -> None:
         super().__init__(message)
         self.what = what
+        self.pause = pause  # seconds to wait before asking again (a 429's): None for the usual _RETRY_PAUSE_S
+
+
+def _rate_limit_pause(retry_after: str | None) -> float:
+    """Seconds to wait before asking again after an HTTP 429: its ``Retry-After`` in seconds (an HTTP date, or none,
+    gives :data:`_RATE_LIMIT_PAUSE_S`), at most :data:`_MAX_RATE_LIMIT_PAUSE_S`."""
+    try:
+        seconds = float((retry_after or "").strip())
+    except ValueError:
+        seconds = _RATE_LIMIT_PAUSE_S
+    if not seconds >= 0:  # NaN
+        seconds = _RATE_LIMIT_PAUSE_S
+    return min(seconds, _MAX_RATE_LIMIT_PAUSE_S)
 
 
 class _Unreachable(_Unavailable):
@@ -416,8 +439,8 @@ def _fetch_http_retried(base: str, rel: str, part: Path, digest: str, optional: 
         return _fetch_http_checked(base, rel, part, digest, optional)
     except _Unreachable:
         raise
-    except _Unavailable:
-        time.sleep(_RETRY_PAUSE_S)
+    except _Unavailable as err:
+        time.sleep(_RETRY_PAUSE_S if err.pause is None else err.pause)
     return _fetch_http_checked(base, rel, part, digest, optional)
 
 
@@ -560,8 +583,8 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
     order = sorted(manifest.items(), key=lambda item: (split_name(item[0]) not in src.required, item[0]))
     # an optional split's files the mirror failed to serve (HTTP 5xx, twice each) are reported and its others asked
     # for; once the mirror is out of reach, or has failed _GIVE_UP_AFTER of them in a row, its others are not asked
-    given_up: dict[str, str] = {}  # split: why, e.g. "could not be reached (...)", "answered HTTP 503 ... for 3 files"
-    not_asked: dict[str, int] = {}  # split: how many files that left unasked
+    given_up: dict[str, str] = {}  # split: why, e.g. "answered HTTP 503 ... for 3 files in a row"
+    out_of_reach: dict[str, str] = {}  # split: why, e.g. "could not be reached (...)"
     answers: dict[str, list[str]] = {}  # split: the mirror's failing answers, e.g. "answered HTTP 503 ..."
     in_a_row: dict[str, int] = {}  # split: files failed since the last one served
     for rel, digest in tqdm(order, desc=dataset, unit="file", disable=not progress or None):
@@ -584,9 +607,10 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
         part = _part(final)
         if src_root is not None:
             outcome = "fresh" if _fetch_copy(src_root, rel, part) else "missing"
-        elif optional and name in given_up:
+        elif optional and name in out_of_reach:
             outcome = "missing"
-            not_asked[name] = not_asked.get(name, 0) + 1
+        elif optional and name in given_up:
+            outcome = "not asked"
         else:
             try:
                 outcome = _fetch_http_retried(base, rel, part, digest, optional)
@@ -599,7 +623,7 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
                     raise
                 if isinstance(err, _Unreachable):
                     outcome = "missing"
-                    given_up[name] = err.what
+                    out_of_reach[name] = err.what
                 else:
                     outcome = "failed"
                     if err.what not in answers.setdefault(name, []):
@@ -607,25 +631,27 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
                     in_a_row[name] = in_a_row.get(name, 0) + 1
                     if in_a_row[name] >= _GIVE_UP_AFTER:
                         given_up[name] = f"{err.what} for {_GIVE_UP_AFTER} files in a row"
-        ok = outcome not in ("missing", "failed") and file_sha256(part) == digest
+        ok = outcome not in ("missing", "failed", "not asked") and file_sha256(part) == digest
         if ok:
             os.replace(part, final)
             bucket.fetched.append(rel)
         else:
             part.unlink(missing_ok=True)
-            {"missing": bucket.missing, "failed": bucket.failed}.get(outcome, bucket.corrupt).append(rel)
+            {"missing": bucket.missing, "failed": bucket.failed,
+             "not asked": bucket.not_asked}.get(outcome, bucket.corrupt).append(rel)
     for name, s in report.splits.items():
         if s.failed:
             one = len(s.failed) == 1
             report.notes.append(f"{name} split: the mirror {' or '.join(answers[name])} for "
                                 f"{counted(len(s.failed), 'file')}, asked twice: {', '.join(s.failed)}; run covseg "
                                 f"download again to fetch {'it' if one else 'them'}")
-        left = not_asked.get(name, 0)
-        if name in given_up and s.failed and left:
+        if s.not_asked:
+            left = len(s.not_asked)
             report.notes.append(f"{name} split: the mirror {given_up[name]}, so its {left} other missing "
                                 f"{'file was' if left == 1 else 'files were'} not asked for")
-        elif name in given_up and not s.failed:  # out of reach
-            report.notes.append(f"{name} split: the mirror {given_up[name]}, so its missing files were not fetched")
+        if name in out_of_reach:  # whatever failed before it: the mirror went out of reach
+            report.notes.append(f"{name} split: the mirror {out_of_reach[name]}, so its missing files were not "
+                                "fetched")
 
     if src.extra_dir:
         mirrored = src_root is not None and (src_root / src.extra_dir).is_dir()

@@ -47,6 +47,7 @@ def flaky(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[str
     """A mirror of one training file and five test files served on a loopback port (no pause before a retry): its
     URL and its handler class, whose ``fail`` is set by the test."""
     monkeypatch.setattr(dl, "_RETRY_PAUSE_S", 0.0, raising=False)
+    monkeypatch.setattr(dl, "_RATE_LIMIT_PAUSE_S", 0.0, raising=False)
     fake_mirror(monkeypatch, tmp_path / "www", {TRAIN: b"train image", **{t: t.encode() for t in TESTS}})
     handler = type("H", (_Flaky,), {"requests": [], "failing": {}, "times": {}})
     with serving(tmp_path / "www", handler) as url:
@@ -105,14 +106,14 @@ def test_a_mirror_failing_three_test_files_in_a_row_is_not_asked_for_the_rest(fl
         _fail(handler, rel, 503)
     report = dl.download(NAME, tmp_path / "data", mirror=url, progress=False)
     test = report.splits["test"]
-    assert test.failed == TESTS[:3] and test.missing == TESTS[3:] and report.fetched == [TRAIN]
+    assert test.failed == TESTS[:3] and test.not_asked == TESTS[3:] and not test.missing and report.fetched == [TRAIN]
     assert [_asked(handler, t) for t in TESTS] == [2, 2, 2, 0, 0]
     assert report.notes == [f"test split: the mirror answered HTTP 503 Service Unavailable for 3 files, asked twice: "
                             f"{', '.join(TESTS[:3])}; run covseg download again to fetch them",
                             "test split: the mirror answered HTTP 503 Service Unavailable for 3 files in a row, so its "
                             "2 other missing files were not asked for", NO_EXTRAS]
-    assert "test split: 0 of 5 files verified, 2 missing from the mirror, 3 the mirror failed to serve (not " \
-           "required)" in report.summary()
+    assert "test split: 0 of 5 files verified, 3 the mirror failed to serve, 2 not asked for (not required)" \
+           in report.summary()
 
 
 # ------------------------------------------------------------------------------------- unlabelled slices counted
@@ -166,3 +167,43 @@ def test_a_rate_limited_test_file_is_reported_not_an_error(flaky, tmp_path: Path
     assert (f"; test split: the mirror answered HTTP 429 Too Many Requests for 1 file, asked twice: {TESTS[0]}; "
             "run covseg download again to fetch it") in capsys.readouterr().out
     assert _asked(handler, TESTS[0]) == 2 and (tmp_path / "data" / NAME / TESTS[4]).is_file()
+
+
+@pytest.mark.parametrize("header, pause", [(None, 5.0), ("2", 2.0), ("3600", 60.0),
+                                           ("Wed, 21 Oct 2026 07:28:00 GMT", 5.0), ("nan", 5.0)])
+def test_a_rate_limited_file_is_asked_again_after_its_retry_after(monkeypatch, header: str | None,
+                                                                  pause: float) -> None:
+    assert dl._rate_limit_pause(header) == pause  # seconds, capped; a date or nothing: the default pause
+    waits: list[float] = []
+    monkeypatch.setattr(dl.time, "sleep", waits.append)
+    calls = iter([dl._Unavailable("m", "answered HTTP 429 Too Many Requests", dl._rate_limit_pause(header)),
+                  dl._Unavailable("m", "answered HTTP 503 Service Unavailable")])
+
+    def fetch(*args, **kwargs) -> str:
+        raise next(calls)
+
+    monkeypatch.setattr(dl, "_fetch_http_checked", fetch)
+    with pytest.raises(dl._Unavailable):
+        dl._fetch_http_retried("http://127.0.0.1:9/", TRAIN, Path("x.part"), "0" * 64, False)
+    assert waits == [pause]  # was the 0.25 s of a 5xx whatever Retry-After said
+
+
+def test_a_mirror_out_of_reach_after_failing_the_last_test_file_is_said_so(monkeypatch, tmp_path: Path) -> None:
+    """A 5xx on the test split's files, then the mirror out of reach on the last: both are in the notes (the out of
+    reach was unmentioned when an earlier file had failed)."""
+    fake_mirror(monkeypatch, tmp_path / "www", {TRAIN: b"train image", **{t: t.encode() for t in TESTS[:2]}})
+    real = dl._fetch_http_retried
+
+    def fetch(base: str, rel: str, *args, **kwargs) -> str:
+        if rel == TESTS[0]:
+            raise dl._Unavailable("m", "answered HTTP 503 Service Unavailable")
+        if rel == TESTS[1]:
+            raise dl._Unreachable(base, "Connection refused")
+        return real(base, rel, *args, **kwargs)
+
+    monkeypatch.setattr(dl, "_fetch_http_retried", fetch)
+    with serving(tmp_path / "www", QuietHandler) as url:
+        report = dl.download(NAME, tmp_path / "data", mirror=url, progress=False)
+    assert report.splits["test"].failed == [TESTS[0]] and report.splits["test"].missing == [TESTS[1]]
+    assert any("could not be reached (Connection refused), so its missing files were not fetched" in n
+               for n in report.notes), report.notes
