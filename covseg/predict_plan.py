@@ -18,7 +18,7 @@ from pathlib import Path
 from covseg.datasets import IMAGE_SUFFIXES, list_images, read_image
 from covseg.dicom import looks_like_dicom
 from covseg.errors import CovsegError
-from covseg.fileio import check_output_folder, file_sha256
+from covseg.fileio import check_output_folder, file_sha256, unwritable_reason
 from covseg.predict import (SCAN_OUTPUTS, check_destinations, check_file_outputs, check_same_scan,
                             check_scan_not_overwritten, earlier_outputs, earlier_scan, is_scan, label_name, output_stem)
 from covseg.run import is_run_folder
@@ -117,7 +117,10 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
     for out in outs:  # a file where a scan's folder goes, or a folder where one of its files goes (helper 169)
         check_destinations(out.parent, [Path(out.name, name) for name in SCAN_OUTPUTS])
     for out in outs if subfolders else ():  # an earlier scan's folder made read-only: refused before any scan is
-        check_output_folder(out)  # segmented, not once those before it are published (output itself: checked above)
+        why = unwritable_reason(out, folder=True)  # segmented, not once those before it are published
+        if why:  # (output itself: checked above)
+            raise CovsegError(f"{out}: cannot be written ({why}); this scan's folder inside -o {output}: make it "
+                              "writable or remove it, or give -o another folder")
     if scans:  # a --spacing that is not three positive numbers is refused before the models load
         check_spacing(spacing)
     for scan in scans:

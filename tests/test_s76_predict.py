@@ -72,6 +72,11 @@ def _unwritable(out: Path) -> str:
     return "^" + re.escape(f"{out}: cannot be written (") + r".*\); give -o a folder you can write$"
 
 
+def _unwritable_scan_folder(out: Path) -> str:
+    return ("^" + re.escape(f"{out}: cannot be written (") + r".*\); this scan's folder inside -o "
+            + re.escape(f"{out.parent}: make it writable or remove it, or give -o another folder") + "$")
+
+
 @pytest.mark.parametrize("below", [False, True])
 def test_predict_scan_refuses_a_read_only_output_folder_before_reading_the_scan(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, below: bool) -> None:
@@ -100,13 +105,13 @@ def _refused_before_the_models_load(scans: list[Path], output: Path, folder: Pat
                                     capsys: pytest.CaptureFixture) -> None:
     """``plan_predict`` and ``covseg predict`` of ``scans`` into ``output`` refuse ``folder`` as unwritable, the
     command in one line before it opens its (missing) model, leaving ``tmp_path`` as it was."""
-    with pytest.raises(CovsegError, match=_unwritable(folder)):
+    with pytest.raises(CovsegError, match=_unwritable_scan_folder(folder)):
         plan_predict(scans, output)
     before = _tree(tmp_path)
     assert main(["predict", *map(str, scans), "-o", str(output), "--model", str(tmp_path / "no-model"),
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and re.match(_unwritable(folder), err[0].removeprefix("covseg: error: ")), err
+    assert len(err) == 1 and re.match(_unwritable_scan_folder(folder), err[0].removeprefix("covseg: error: ")), err
     assert _tree(tmp_path) == before
 
 
