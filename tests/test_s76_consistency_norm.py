@@ -118,3 +118,33 @@ def test_the_run_says_its_batches_keep_their_own_statistics(semi_data: Path, tmp
                  "train.consistency_norm=own"])
     out = capsys.readouterr()
     assert code == 0 and "weight 1, each batch normalised by its own statistics" in out.out + out.err
+
+
+class _DeepSupervised(nn.Module):
+    """A network with deep supervision's outputs in training mode (the full-size logits first, then a half-size
+    head), the full-size logits alone in eval mode, as covseg's U-Net."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        out = self.net(x)
+        return [out, nn.functional.avg_pool2d(out, 2)] if self.training else out
+
+
+def test_own_takes_the_full_size_logits_of_a_deep_supervised_network() -> None:
+    images, masks = torch.rand(4, 1, 16, 16), (torch.rand(4, 16, 16) > 0.5).long()
+    cfg = TrainConfig(optimizer="adam", lr=1e-3, schedule="constant", epochs=1, batch_size=2, consistency=1.0)
+    net = _DeepSupervised()
+    term = ConsistencyTerm(torch.rand(6, 1, 16, 16), weight_average(net, 0.99), batch=2, weight=1.0, norm="own")
+    seen = []
+    real = term.loss
+    term.loss = lambda logits, target, step, total: seen.append(logits.shape) or real(logits, target, step, total)
+
+    def loss_fn(outputs: list[torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs[0], y)
+
+    train_one_epoch(net, loss_fn, make_optimizer(net, cfg), images, masks, cfg, 0, torch.device("cpu"), torch.float32,
+                    consistency=term)
+    assert seen == [torch.Size([2, 2, 16, 16])] * 2  # the mixed slices' full-size logits, one per step
