@@ -13,16 +13,9 @@ import pytest
 import covseg.experiment as experiment
 from covseg.cli import main
 
+from test_s75_eval import _refused  # the one line of stderr of a refused `covseg ARGS` (exit status 2)
+
 FAST = ["--quiet", "--backend", "torch", "--precision", "fp32"]
-
-
-def _refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
-    """The one line of stderr of a refused `covseg ARGS` (exit status 2)."""
-    capsys.readouterr()
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("covseg: error: "), err
-    return err[0]
 
 
 @pytest.fixture
