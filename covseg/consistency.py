@@ -28,6 +28,7 @@ Shapes: unlabelled images ``(U, 1, S, S)`` float16 in [0, 1] (``S`` = ``data.inp
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,10 +116,7 @@ class ConsistencyTerm:
             slices = F.interpolate(slices, size=(size, size), mode="bilinear", align_corners=False)
         slices = slices.to(device)
         teacher = averaged_network(self.teacher, student).eval()
-        if self.norm == "own":
-            with batch_statistics(teacher):
-                probs = torch.softmax(teacher(slices).float(), dim=1)
-        else:
+        with batch_statistics(teacher) if self.norm == "own" else nullcontext():
             probs = torch.softmax(teacher(slices).float(), dim=1)
         k = slices.shape[0]
         shift = int(torch.randint(1, k, (1,), generator=generator)) if k > 1 else 0

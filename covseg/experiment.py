@@ -216,7 +216,7 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
                               "its run folder (its own split is in the run folder)")
         data = read_run_info(run_dir)["data"]
     # the model files as open_models will open them, and so the report folder, known before any model loads
-    files, lesion_files = ([_file_opened(path, which) for path in side] for side in (paths, lesion_paths))
+    files, lesion_files = ([find_checkpoint(path, which) for path in side] for side in (paths, lesion_paths))
     report_dir = Path(out_dir) if out_dir is not None else _own_report_folder(
         run_dir, paths[0], files[0], split, own, requested, tta)
     early = None  # the data set's test split, read before the models load: a folder without it is told at once
@@ -261,19 +261,13 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     return write_report(ev, out_dir, title, extra), out_dir
 
 
-def _file_opened(path: Path, which: str) -> Path:
-    """The model file :func:`covseg.predict.open_predictor` opens for ``path`` (a run folder, checkpoint or ONNX file)
-    under the checkpoint ``which``, known before it loads: an ONNX file as it is, else
-    :func:`covseg.checkpoint.find_checkpoint`'s."""
-    return path if path.suffix.lower() == ".onnx" else find_checkpoint(path, which)
-
-
 def _own_report_folder(run_dir: Path | None, first: Path, scored: Path, split: str, own: str, requested: str,
                        tta: bool) -> Path:
     """The report folder :func:`evaluate_run` picks without ``out_dir`` for the one model ``first`` (as given), whose
-    file ``scored`` it opens (:func:`_file_opened`): ``eval-SPLIT`` beside that file for the run's own checkpoint
-    (``own``: :func:`own_checkpoint`), ``eval-SPLIT-CHECKPOINT`` for another (the ``--checkpoint`` ``requested``, or
-    under ``auto`` the file's name), so it goes beside, never over, the run's own (which ``covseg cv`` reads)."""
+    file ``scored`` it opens (:func:`covseg.checkpoint.find_checkpoint`'s, as :func:`covseg.predict.open_predictor`
+    takes it): ``eval-SPLIT`` beside that file for the run's own checkpoint (``own``: :func:`own_checkpoint`),
+    ``eval-SPLIT-CHECKPOINT`` for another (the ``--checkpoint`` ``requested``, or under ``auto`` the file's name), so
+    it goes beside, never over, the run's own (which ``covseg cv`` reads)."""
     is_own = (requested == "auto" and first.is_dir()) or scored == find_checkpoint(run_dir or first, own)
     named = requested if requested != "auto" else scored.stem  # RUN/best.pt given as a file: eval-SPLIT-best
     return scored.parent / _report_name(split, None if is_own else named, tta)
