@@ -99,7 +99,8 @@ class SplitReport:
     missing: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-    """Files the mirror failed to serve (HTTP 5xx) when asked twice: it may have them, so a rerun asks again."""
+    """Files the mirror failed to serve (HTTP 5xx, 429, or a transfer cut short) when asked twice: it may have them,
+    so a rerun asks again."""
     not_asked: list[str] = field(default_factory=list)
     """Files of an optional split not asked for once the mirror had failed several of them in a row."""
 
@@ -230,12 +231,18 @@ def resolve_mirror(cli_value: str | None) -> str | None:
     """The CLI value if given, else ``$COVSEG_MIRROR`` if set and non-empty, else None (upstream).
 
     An empty ``--mirror ""`` (or one of spaces only: an unset shell variable, say) is refused: it says nothing, and
-    falling back to upstream would fetch from elsewhere than asked. An empty ``$COVSEG_MIRROR`` is as unset."""
+    falling back to upstream would fetch from elsewhere than asked. An empty ``$COVSEG_MIRROR`` is as unset (the
+    usual way to switch a variable off); one of white space only is refused, for the same reason as such a
+    ``--mirror``: it is no folder anyone meant, and upstream is not what was set."""
     if cli_value is not None:
         if not cli_value.strip():
             raise CovsegError("--mirror is empty: give a folder or an http(s):// URL, or leave it out")
         return cli_value
-    return os.environ.get(MIRROR_ENV) or None
+    value = os.environ.get(MIRROR_ENV)
+    if value and not value.strip():
+        raise CovsegError(f"${MIRROR_ENV} holds only white space: set it to a folder or an http(s):// URL, or unset "
+                          "it to fetch from upstream")
+    return value or None
 
 
 def dataset_root(dest: Path, dataset: str) -> Path:
@@ -350,9 +357,10 @@ def _open_url(url: str, start: int, optional: bool = False) -> http.client.HTTPR
 
 
 class _Unavailable(CovsegError):
-    """The mirror did not serve a file though it may have it: it failed (HTTP 5xx, or 429: rate-limited) or could not
-    be reached (:class:`_Unreachable`). Fatal for a required split's file, reported for an optional split's
-    (:func:`_fetch_all`); ``what`` ends "the mirror ...", e.g. ``answered HTTP 503 Service Unavailable``."""
+    """The mirror did not serve a file though it may have it: it failed (HTTP 5xx, or 429: rate-limited), cut the
+    transfer short (:class:`_Cut`) or could not be reached (:class:`_Unreachable`). Fatal for a required split's
+    file, reported for an optional split's (:func:`_fetch_all`); ``what`` ends "the mirror ...", e.g. ``answered
+    HTTP 503 Service Unavailable``."""
 
     def __init__(self, message: str, what: str, pause: float | None = None) -> None:
         super().__init__(message)
@@ -370,6 +378,14 @@ def _rate_limit_pause(retry_after: str | None) -> float:
     if not seconds >= 0:  # NaN
         seconds = _RATE_LIMIT_PAUSE_S
     return min(seconds, _MAX_RATE_LIMIT_PAUSE_S)
+
+
+class _Cut(_Unavailable):
+    """The mirror cut a file's transfer short (the connection closed or failed before its ``Content-Length`` bytes
+    came): the bytes received stay in its ``.part``, which the next request resumes."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "cut the transfer short")
 
 
 class _Unreachable(_Unavailable):
@@ -407,8 +423,8 @@ def _fetch_http(base: str, rel: str, part: Path, resume: bool = True, optional: 
                     try:
                         chunk = resp.read(_CHUNK)
                     except (OSError, http.client.HTTPException) as e:
-                        raise CovsegError(f"download of {url} was interrupted "
-                                          f"({e or type(e).__name__}); run again to resume") from None
+                        raise _Cut(f"download of {url} was interrupted "
+                                   f"({e or type(e).__name__}); run again to resume") from None
                     if not chunk:
                         break
                     f.write(chunk)
@@ -417,14 +433,16 @@ def _fetch_http(base: str, rel: str, part: Path, resume: bool = True, optional: 
             raise CovsegError(f"cannot write {part}: {e.strerror or e}; check free space and "
                               "permissions of the data folder, then run again to resume") from None
         if length is not None and length.isdigit() and received < int(length):
-            raise CovsegError(f"download of {url} was interrupted after {received} of {length} "
-                              "bytes; run again to resume")
+            raise _Cut(f"download of {url} was interrupted after {received} of {length} bytes; run again to resume")
     return "resumed" if resumed else "fresh"
 
 
 def _fetch_http_checked(base: str, rel: str, part: Path, digest: str, optional: bool) -> str:
     """:func:`_fetch_http`, once more from byte 0 where a resumed copy fails its SHA-256 check (the kept ``.part``
-    may have had a bad prefix)."""
+    may have had a bad prefix). A ``.part`` that already passes the check (a run stopped after its last byte) is
+    finished as it is, "resumed", without a request (a Range past its end would get a 416 and the whole file)."""
+    if part.is_file() and part.stat().st_size and file_sha256(part) == digest:
+        return "resumed"
     outcome = _fetch_http(base, rel, part, optional=optional)
     if outcome == "resumed" and file_sha256(part) != digest:
         outcome = _fetch_http(base, rel, part, resume=False, optional=optional)
@@ -433,8 +451,8 @@ def _fetch_http_checked(base: str, rel: str, part: Path, digest: str, optional: 
 
 def _fetch_http_retried(base: str, rel: str, part: Path, digest: str, optional: bool) -> str:
     """:func:`_fetch_http_checked`, asked once more after :data:`_RETRY_PAUSE_S` where the mirror failed (HTTP 5xx,
-    often passing); a second failure raises its :class:`_Unavailable`. A mirror out of reach (:class:`_Unreachable`)
-    is not asked again."""
+    often passing) or cut the transfer short (:class:`_Cut`: the rest of the ``.part`` is asked for); a second
+    failure raises its :class:`_Unavailable`. A mirror out of reach (:class:`_Unreachable`) is not asked again."""
     try:
         return _fetch_http_checked(base, rel, part, digest, optional)
     except _Unreachable:
@@ -486,9 +504,9 @@ def download(dataset: str, dest: Path, mirror: str | None = None,
 
     ``mirror`` is a local folder laid out like upstream or an ``http(s)://`` base URL; None
     means the upstream URL. Raises :class:`CovsegError` when a required split is incomplete,
-    the mirror cannot be reached or fails (HTTP 5xx, asked twice) for one of its files, or the mirror folder does
-    not exist; a missing optional split (e.g. a held-out test split) or files of one the mirror fails to serve
-    (named; its others are still fetched) are only reported.
+    the mirror cannot be reached or fails (HTTP 5xx, or a transfer cut short, asked twice) for one of its files, or
+    the mirror folder does not exist; a missing optional split (e.g. a held-out test split) or files of one the
+    mirror fails to serve (named; its others are still fetched) are only reported.
     """
     src = _source(dataset)
     manifest = read_manifest(dataset)
