@@ -9,6 +9,7 @@ Outputs in ``OUT``:
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -25,8 +26,8 @@ from covseg.config import RunConfig
 from covseg.datasets import DICOM_SUFFIXES, dicom_view_to_stored, read_image
 from covseg.dicom import looks_like_dicom
 from covseg.errors import CovsegError
-from covseg.fileio import (atomic_path, check_output_folder, folders_made_for, interrupts_deferred, staging_folder,
-                           sync_path, sync_tree)
+from covseg.fileio import (_NAME_MAX, atomic_path, check_output_folder, folders_made_for, interrupts_deferred,
+                           staging_folder, sync_path, sync_tree)
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
 from covseg.labels import LabelScheme, class_title, overlay
@@ -363,13 +364,21 @@ def label_name(path: Path, stem: str | None = None) -> str:
 
 def check_file_outputs(files: Sequence[Path], out_dir: Path, overlays: bool = True
                        ) -> tuple[list[str], list[str], list[str]]:
-    """What :func:`predict_files` checks before any input is read: inputs there are, distinct output names, no input
+    """What :func:`predict_files` checks before any input is read: inputs there are, label map names a file system
+    takes (at most 255 bytes: a NIfTI slice ``a.nii`` gets ``a.nii.gz``, 3 bytes more), distinct output names, no input
     overwritten by a prediction, no destination blocked (:func:`check_destinations`). Refused in one line; returns
     each file's output stem, label map name and (with ``overlays``) overlay path."""
     if not files:
         raise CovsegError("no input images; give image files or folders")
     stems = [output_stem(f) for f in files]
     names = [label_name(f, stem) for f, stem in zip(files, stems)]
+    for path, stem, name in zip(files, stems, names):  # a.nii's a.nii.gz: 3 bytes more; an overlay is never longer
+        size = len(os.fsencode(name))
+        if size > _NAME_MAX:  # else it fails once predicted, when the label map is written
+            room = _NAME_MAX - size + len(os.fsencode(stem))
+            raise CovsegError(f"{path}: its label map, named as the file with {name[len(stem):]}, would have a name of "
+                              f"{size} bytes, more than the {_NAME_MAX} a file name may have; rename the file (or copy "
+                              f"it) to a shorter name, at most {room} bytes before its extension")
     drawn = [f"overlays/{stem}.png" for stem in stems] if overlays else []
     dupes = sorted({n for n in names if names.count(n) > 1}) or sorted({n for n in drawn if drawn.count(n) > 1})
     if dupes:
@@ -396,9 +405,12 @@ def earlier_outputs(out_dir: Path) -> list[str]:
 
 def unlisted_outputs(out_dir: Path, earlier: Sequence[str], summary: dict[str, Any]) -> list[str]:
     """Of the label maps ``earlier`` (:func:`earlier_outputs`, read before a predict), those still in ``out_dir``
-    that the new ``predictions.json`` (``summary``) does not list: another run's, which nothing names any more."""
+    that the new ``predictions.json`` (``summary``) does not list: another run's, which nothing names any more. A
+    name that no file can have (one an old or edited ``predictions.json`` lists: over 255 bytes, a NUL in it) is none
+    of them."""
     listed = {record["output"] for record in summary["images"]}
-    return [name for name in earlier if name not in listed and (Path(out_dir) / name).is_file()]
+    # os.path.isfile: a name no file can have (over 255 bytes, a NUL in it) is no file there; Path.is_file raised
+    return [name for name in earlier if name not in listed and os.path.isfile(Path(out_dir) / name)]
 
 
 def predict_files(predictor: Predictor, scheme: LabelScheme, files: Sequence[Path], out_dir: Path,
@@ -540,6 +552,20 @@ def check_scan_not_overwritten(scan: Path, out_dir: Path) -> None:
                           f"{target.name}; give -o another folder")
 
 
+def _check_no_link_loop(out_dir: Path) -> None:
+    """Refuse, in one line, an ``out_dir`` on whose path a symbolic link leads back to itself (``ln -s out out``), in
+    :func:`covseg.fileio.check_output_folder`'s words: ``Path.resolve`` raises RuntimeError there (Python 3.11-3.12)
+    and :func:`check_destinations` would take the link for a file."""
+    try:
+        os.stat(out_dir)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            return
+        check_output_folder(out_dir)  # names the link
+        raise CovsegError(f"{out_dir}: cannot be written (a symbolic link on its path leads back to itself); give -o "
+                          "a folder you can write") from None
+
+
 def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir: Path, model_info: dict[str, Any],
                  options: Any = None, series_uid: str | None = None, spacing: Sequence[float] | None = None,
                  progress: bool = True, together: bool = False) -> dict[str, Any]:
@@ -563,6 +589,7 @@ def predict_scan(path: Path, predictor: Predictor, scheme: LabelScheme, out_dir:
     from covseg.volumes import read_volume, write_like_input
 
     path, out_dir = Path(path), Path(out_dir)
+    _check_no_link_loop(out_dir)  # before the checks that resolve it (Python 3.11-3.12 raise RuntimeError there)
     check_scan_not_overwritten(path, out_dir)  # before minutes of reading and segmenting, as the command's plan
     check_destinations(out_dir.parent, [Path(out_dir.name, name) for name in SCAN_OUTPUTS])
     check_output_folder(out_dir)  # a read-only folder: refused now, not once the scan is segmented

@@ -130,8 +130,9 @@ def plan_predict(inputs: Sequence[Path], output: Path, series: str | None = None
         # DICOM series' or image folder's spans the files read, in slice order, and is checked once it is read
         if scan.is_file() and earlier_scan(out) is not None:
             check_same_scan(scan, file_sha256(scan), out, together=subfolders)
-    if scans and files:  # the 2-D images are predicted after the scans are published: each is read once now
+    if files:  # their outputs' names and places, before the models load (predict_files checks them again)
         _, labels, _ = check_file_outputs(files, output, overlays=overlays)
+    if scans and files:  # the 2-D images are predicted after the scans are published: each is read once now
         taken = {**{name: "label map" for name in labels}, "predictions.json": "summary",
                  **({"overlays": "overlays folder"} if overlays else {})}
         _refuse_scan_folders_taken(scans, names, output, taken)
