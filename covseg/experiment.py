@@ -219,6 +219,9 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
     files, lesion_files = ([find_checkpoint(path, which) for path in side] for side in (paths, lesion_paths))
     report_dir = Path(out_dir) if out_dir is not None else _own_report_folder(
         run_dir, paths[0], files[0], split, own, requested, tta)
+    if out_dir is not None:  # told before the models load, which is the slow part
+        refuse_output_in_data(Path(out_dir), data)  # a report there would be read as a mask
+    _refuse_folders_in_the_reports_place(report_dir)
     early = None  # the data set's test split, read before the models load: a folder without it is told at once
     if run_dir is not None and split in ("test", "testset"):
         run_data = read_run_config(run_dir).data
@@ -228,17 +231,16 @@ def evaluate_run(model_path: Path | Sequence[Path], data: str | None, split: str
                                                       "split": split, "data": data})
     elif not force and Path(data).is_dir():  # a report folder of the run's: one data folder's report is not replaced
         _refuse_replacing_another_datas_report(report_dir, data)  # by another's (a mistyped --data: its own line)
+    if not force and run_dir is not None and len(paths) == 1 and not lesion_paths:  # -o RUN/eval-… as without -o
+        _refuse_other_data_in_the_runs_own_folder(report_dir, run_dir, data, split)
     predictor, config, info = open_models(paths, lesion_paths, task, which, backend, device, precision, batch_size, tta)
     if len(paths) + len(lesion_paths) > 1:  # after open_models: models of two tasks are told so, not that splits differ
         _check_ensemble_split(paths + lesion_paths, split, typed=bool(lesion_paths))
-    if out_dir is not None:
-        refuse_output_in_data(Path(out_dir), data)  # before scoring: a report there would be read as a mask
     if early is not None and early[0] == (config.data.task, config.data.window):
         samples = early[1]
     else:
         samples = select_samples(run_dir, data, config.data.task, split, config.data.window)
     out_dir = report_dir
-    _refuse_folders_in_the_reports_place(Path(out_dir))
     began = time.perf_counter()
     ev = evaluate_samples(predictor, samples, config.data.task, progress)
     extra = {"model": _resolved_files(describe_after_use(info, predictor)), "recipe": config.recipe,
@@ -349,6 +351,28 @@ def _refuse_replacing_another_datas_report(out_dir: Path, data: str) -> None:
     if theirs != Path(data).resolve():
         raise CovsegError(f"{out_dir}: holds the report of data {theirs}, not of {data}; give -o a folder for this "
                           "scoring to keep it, or --force to replace it")
+
+
+def _refuse_other_data_in_the_runs_own_folder(report_dir: Path, run_dir: Path, data: str, split: str) -> None:
+    """Refuse a report folder of the run's own (``RUN/eval-SPLIT[-CHECKPOINT][-tta]``: picked without ``-o``, or
+    given as ``-o``) for a scoring of the run's own parts (``--split`` heldout, val, train or all) on another data
+    folder than the one it trained on (``run.json``'s ``data``), even where the folder is empty: ``covseg cv-compare``
+    and later evaluations take the report there for the run's own. Not refused: ``test`` and ``testset`` (another
+    data folder holds the data set's test split: ``covseg evaluate RUN --split testset --data DIR``); a run whose
+    recorded data folder is no longer there (moved) or is recorded relative; a ``--data`` that is no folder (told in
+    its own line)."""
+    if split in ("test", "testset") or not _REPORT_FOLDER.fullmatch(report_dir.name) or not Path(data).is_dir():
+        return
+    if report_dir.parent.resolve() != run_dir.resolve():
+        return
+    try:
+        recorded = Path(read_run_info(run_dir, require_data=False)["data"])
+    except (CovsegError, KeyError, TypeError):
+        return
+    if recorded.is_absolute() and recorded.is_dir() and recorded.resolve() != Path(data).resolve():
+        raise CovsegError(f"{report_dir}: is where the report of the run's own data {recorded} goes (covseg "
+                          f"cv-compare reads it as the run's figure), not of {data}; give -o a folder of its own for "
+                          f"this scoring, e.g. {run_dir.parent / 'eval-NAME'}, or --force to write it there")
 
 
 #: The suffixes of the files an ``-o`` is taken to name, not a report folder

@@ -37,7 +37,8 @@ from covseg.splits import parse_split_name
 
 __all__ = ["FoldDifference", "NothingToPair", "compute_fold_difference", "read_fold_scores", "default_metrics",
            "compare_cross_validations", "format_comparison", "Comparison", "compute_difference_interval",
-           "read_per_image", "counted_values", "PER_IMAGE", "unpaired_folds_warning", "by_number", "fold_runs"]
+           "read_per_image", "counted_values", "PER_IMAGE", "unpaired_folds_warning", "identical_scores_warning",
+           "by_number", "fold_runs"]
 
 PER_IMAGE = Path("eval-heldout") / "per_image.csv"  # under each fold-K folder of a `covseg cv` output
 CLASS_METRICS = ("dice_", "iou_")  # per_image.csv columns of one class; its truth pixels are in truth_<class>
@@ -212,7 +213,8 @@ def _check_own_model(run_dir: Path) -> None:
         raise CovsegError(f"{run_dir}/eval-heldout has per_image.csv but no metrics.json, so its evaluation did not "
                           f"finish; {again}")
     try:
-        model = json.loads(report.read_text(encoding="utf-8"))["model"]
+        metrics = json.loads(report.read_text(encoding="utf-8"))
+        model = metrics["model"]
         scored = Path(model["file"]).name
     except (OSError, ValueError, KeyError, TypeError):
         raise CovsegError(f"{report}: unreadable, or it does not record which model it scored; {again}") from None
@@ -224,6 +226,7 @@ def _check_own_model(run_dir: Path) -> None:
                 else "a report of its model typing a --lesion-model's lesions")
         raise CovsegError(f"{run_dir}/eval-heldout holds {what}, which an older covseg wrote there, not the run's "
                           f"own figure; {again}")
+    _check_own_data(run_dir, metrics)
     if not (run_dir / "last.pt").is_file():
         return
     done, planned = epochs_done(run_dir), _planned_epochs(run_dir)
@@ -238,6 +241,35 @@ def _check_own_model(run_dir: Path) -> None:
         at = f"epoch {model['epoch']}" if model.get("epoch") is not None else "an unrecorded epoch"
         raise CovsegError(f"{run_dir}/eval-heldout scored {scored} at {at}, but it holds epoch {holds} now (the run "
                           f"trained on after it was scored); {again}")
+
+
+def _check_own_data(run_dir: Path, metrics: object) -> None:
+    """Refuse a fold whose ``eval-heldout`` report (``metrics``: its ``metrics.json``) scored another data folder than
+    the run trained on (``run.json``'s ``data``; ``covseg evaluate RUN --data OTHER --force``, or ``-o
+    RUN/eval-heldout`` before session 77): paired with the other side's images by name, its Δ would mix the models'
+    difference with the data's. Not checked where either is not recorded, is recorded relative, or is no longer
+    there (a data folder moved since: the run's own, elsewhere), as ``covseg evaluate`` does."""
+    try:
+        theirs = Path(metrics["data"])  # type: ignore[index]
+        own = Path(json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["data"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if all(p.is_absolute() and p.is_dir() for p in (theirs, own)) and theirs.resolve() != own.resolve():
+        raise CovsegError(f"{run_dir}/eval-heldout scored data {theirs.resolve()}, not the run's own {own.resolve()}, "
+                          f"so its images are not the ones the run held out; score it on its own data: covseg "
+                          f"evaluate {run_dir} --force")
+
+
+def identical_scores_warning(comparison: Comparison, reference_dir: Path, candidate_dir: Path) -> str | None:
+    """One line for stderr where every paired image scored exactly the same on both sides (every Δ 0 by image, not
+    only on average): the candidate's models predict as the reference's, e.g. a copy of its folder, so Δ 0 is no
+    finding about a lever. None otherwise."""
+    if any(delta != 0 for d in comparison.differences for delta in d.deltas) or \
+            any(len(d.deltas) != d.images for d in comparison.differences):
+        return None
+    return (f"every image scored exactly the same in {candidate_dir} as in {reference_dir}, so each Δ is 0 by "
+            "construction: its models predict as the reference's (a copy of that folder, or a change that left "
+            "training as it was)")
 
 
 def read_fold_scores(cv_dir: Path) -> FoldScores:
@@ -497,6 +529,9 @@ def format_comparison(comparison: Comparison, reference: str, candidate: str) ->
                                  if f) + ".")
     if comparison.skipped:
         notes.append("No image counts: " + ", ".join(f"{m} on {f}" for m, f in comparison.skipped) + ".")
+    identical = identical_scores_warning(comparison, Path(reference), Path(candidate))
+    if identical:
+        notes.append(identical[0].upper() + identical[1:] + ".")
     if not comparison.truth_counts:
         notes.append("Folds where neither table has truth_<class> columns (written before session 23): an image whose "
                      "truth lacks a class is left out only where its prediction lacks it too (nan); elsewhere it "
