@@ -110,7 +110,7 @@ def refuse_output_in_data(out_dir: Path, data: str | os.PathLike) -> None:
                           "masks; give -o a folder outside it")
 
 
-_NAME_MAX = 255  # the longest file name, in bytes, that common file systems (ext4, XFS, APFS, NTFS) take
+NAME_MAX = 255  # the longest file name, in bytes, that common file systems (ext4, XFS, APFS, NTFS) take
 _RANDOM_CHARS = 8  # the characters tempfile.mkstemp / mkdtemp put between prefix and suffix
 
 
@@ -124,9 +124,9 @@ def _format_suffix(name: str) -> str:
 
 def _hidden_prefix(name: str, room: int) -> str:
     """``.{name}.``, with ``name`` cut short where needed so that the prefix plus ``room`` more bytes still fits in
-    one file name (:data:`_NAME_MAX` bytes): a temporary name beside a long final name can be made wherever the
+    one file name (:data:`NAME_MAX` bytes): a temporary name beside a long final name can be made wherever the
     final name can."""
-    while name and len(os.fsencode(f".{name}.")) + room > _NAME_MAX:
+    while name and len(os.fsencode(f".{name}.")) + room > NAME_MAX:
         name = name[:-1]
     return f".{name}."
 
@@ -177,7 +177,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final)
     suffix = f".part{_format_suffix(final.name)}"
-    if len(os.fsencode(f"..{suffix}")) + _RANDOM_CHARS > _NAME_MAX:  # no real format has so long a suffix
+    if len(os.fsencode(f"..{suffix}")) + _RANDOM_CHARS > NAME_MAX:  # no real format has so long a suffix
         suffix = ".part"
     prefix = _hidden_prefix(final.name, _RANDOM_CHARS + len(os.fsencode(suffix)))
     with folders_made_for(final.parent):

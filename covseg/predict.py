@@ -26,7 +26,7 @@ from covseg.config import RunConfig
 from covseg.datasets import DICOM_SUFFIXES, dicom_view_to_stored, read_image
 from covseg.dicom import looks_like_dicom
 from covseg.errors import CovsegError
-from covseg.fileio import (_NAME_MAX, atomic_path, check_output_folder, folders_made_for, interrupts_deferred,
+from covseg.fileio import (NAME_MAX, atomic_path, check_output_folder, folders_made_for, interrupts_deferred,
                            staging_folder, sync_path, sync_tree)
 from covseg.inference import EnsemblePredictor, LesionTypePredictor, Predictor, TorchBackend, backends_used
 from covseg.intensity import LUNG_WINDOW
@@ -374,10 +374,10 @@ def check_file_outputs(files: Sequence[Path], out_dir: Path, overlays: bool = Tr
     names = [label_name(f, stem) for f, stem in zip(files, stems)]
     for path, stem, name in zip(files, stems, names):  # a.nii's a.nii.gz: 3 bytes more; an overlay is never longer
         size = len(os.fsencode(name))
-        if size > _NAME_MAX:  # else it fails once predicted, when the label map is written
-            room = _NAME_MAX - size + len(os.fsencode(stem))
+        if size > NAME_MAX:  # else it fails once predicted, when the label map is written
+            room = NAME_MAX - size + len(os.fsencode(stem))
             raise CovsegError(f"{path}: its label map, named as the file with {name[len(stem):]}, would have a name of "
-                              f"{size} bytes, more than the {_NAME_MAX} a file name may have; rename the file (or copy "
+                              f"{size} bytes, more than the {NAME_MAX} a file name may have; rename the file (or copy "
                               f"it) to a shorter name, at most {room} bytes before its extension")
     drawn = [f"overlays/{stem}.png" for stem in stems] if overlays else []
     dupes = sorted({n for n in names if names.count(n) > 1}) or sorted({n for n in drawn if drawn.count(n) > 1})
