@@ -177,6 +177,11 @@ def check_checkpoint(data: Any, path: Path, fix: str = _GIVE_ANOTHER) -> dict[st
     """``data``, the contents of the file at ``path``, checked as :func:`read_checkpoint` checks them; a refusal
     ends with ``fix``."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
+        from covseg.pretrain import PRETRAINED_FORMAT  # covseg.pretrain imports this module
+
+        if isinstance(data, dict) and data.get("format") == PRETRAINED_FORMAT:  # as train.distill words it
+            raise CovsegError(f"{path}: a pretraining checkpoint (the weights covseg pretrain wrote), not a "
+                              f"segmentation model; start a run from it with train.init={path}, or {fix}")
         raise CovsegError(f"{path}: not a covseg checkpoint (format {FORMAT} expected); {fix}")
     weights, config = data.get("model"), data.get("config")
     if not isinstance(config, dict):

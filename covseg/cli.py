@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from covseg import __version__
-from covseg.config import DataConfig, apply_overrides, available_recipes, load_recipe, text_override
+from covseg.config import (DataConfig, apply_overrides, available_recipes, check_override_words, load_recipe,
+                           text_override)
 from covseg.errors import CovsegError, Terminated, stop_word
 from covseg.wording import counted
 
@@ -835,6 +836,7 @@ def _parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
     overrides = [item for item in unknown if "=" in item and not item.startswith("-")]
     if hasattr(args, "overrides"):
         args.overrides = [*args.overrides, *overrides]  # in the order given: the last of one key wins
+        check_override_words(args.overrides)  # before a command's own checks (pretrain's) read `train.lr` as a key
         unknown = [item for item in unknown if item not in overrides]
     if unknown:
         # the command's own parser, for its usage line (argparse keeps its sub-parsers in this action only)

@@ -38,6 +38,7 @@ __all__ = [
     "available_recipes",
     "load_recipe",
     "apply_overrides",
+    "check_override_words",
     "text_override",
     "check_new_run",
     "config_to_dict",
@@ -404,8 +405,38 @@ def _unknown_option(key: Any, known: Iterable[str], here: str) -> CovsegError:
 
 def _did_you_mean(key: Any, known: Iterable[str]) -> str:
     """`` did you mean 'input_size'?`` for a mistyped ``key`` close to one of ``known``; else empty."""
-    close = difflib.get_close_matches(str(key), list(known), n=1)
+    names = [str(name) for name in known]
+    # a case slip (TRAIN, Train.Epochs) first: difflib compares case-sensitively, and 'TRAIN' matched no 'train'
+    close = [name for name in names if name.casefold() == str(key).casefold()] or difflib.get_close_matches(
+        str(key), names, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_override_words(overrides: list[str]) -> None:
+    """Refuse, in one line with the override as it should read, an override typed with spaces around its ``=``:
+    one word with a space in its key (``'train.lr =0.1'``), or one split into shell words (``train.lr = 0.1``,
+    ``train.lr =0.1``, ``train.lr= 0.1``), which read as overrides of no ``=`` or no key. Others are left to
+    :func:`apply_overrides`."""
+    for i, item in enumerate(overrides):
+        key, sep, raw = item.partition("=")
+        if sep and key.strip() and key != key.strip():
+            raise CovsegError(f"override {item!r}: a space around '=' in the key; write it as one word without "
+                              f"spaces: {key.strip()}={raw.strip()}")
+        after = overrides[i + 1] if i + 1 < len(overrides) else None
+        if after is None or not key.strip():
+            continue
+        words = None
+        if not sep and after.startswith("="):  # train.lr = 0.1, train.lr =0.1
+            value = after[1:]
+            if not value.strip() and i + 2 < len(overrides) and "=" not in overrides[i + 2]:
+                words, value = [item, after, overrides[i + 2]], overrides[i + 2]
+            else:
+                words = [item, after]
+        elif sep and not raw and "=" not in after:  # train.lr= 0.1
+            words, value = [item, after], after
+        if words is not None:
+            raise CovsegError(f"override {' '.join(words)!r} is split into {len(words)} words by the spaces around "
+                              f"'='; write it as one word without spaces: {key.strip()}={value.strip()}")
 
 
 def _build(cls: type, values: dict[str, Any], where: str, path: str = "") -> Any:
@@ -872,6 +903,7 @@ def text_override(raw: str) -> Any:
 def apply_overrides(config: RunConfig, overrides: list[str], source: str = "override") -> RunConfig:
     """Apply ``section.key=value`` overrides (e.g. ``train.epochs=3``, ``train.augment.hflip=0.5``); a setting the
     result refuses is reported as from ``source`` (the CLI names the recipe and the options given)."""
+    check_override_words(overrides)
     data = config_to_dict(config)
     for item in overrides:
         key, sep, raw = item.partition("=")

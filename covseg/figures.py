@@ -90,7 +90,9 @@ def plot_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], sc
 
 def plot_comparison(models: Sequence[str], metrics: dict[str, Sequence[float]], path: Path,
                     title: str = "") -> None:
-    """Grouped bars: one group per metric name, one bar per model."""
+    """Grouped bars: one group per metric name, one bar per model. A value that is not a number (NaN: a metric
+    undefined for that model, such as a Dice over truths without lesion) has no bar but "n/a" where it would stand,
+    so that it does not read as a bar missing or lost."""
     names = list(metrics)
     x = np.arange(len(names))
     width = 0.8 / max(len(models), 1)
@@ -100,6 +102,10 @@ def plot_comparison(models: Sequence[str], metrics: dict[str, Sequence[float]], 
         values = [metrics[n][i] for n in names]
         bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=plain_text(model))
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        for bar, value in zip(bars, values):  # bar_label leaves a NaN bar unlabelled: its place empty, without a word
+            if math.isnan(float(value)):
+                ax.text(bar.get_x() + bar.get_width() / 2, 0.01, "n/a", ha="center", va="bottom", fontsize=7,
+                        color="#666")
     ax.set_xticks(x, [plain_text(n) for n in names], rotation=20, fontsize=8)
     ax.set(ylim=(0, 1.05), ylabel="score")
     ax.legend()

@@ -20,7 +20,7 @@ from covseg.labels import LabelScheme, class_title, overlay
 from covseg.quantify import nonzero_text, percent_text, share_text
 from covseg.wording import counted
 
-__all__ = ["render_report", "montage_slices", "axial_montage", "coronal_view", "coronal_row",
+__all__ = ["render_report", "lung_lesion", "montage_slices", "axial_montage", "coronal_view", "coronal_row",
            "slice_number", "KIND_TITLES", "CORONAL_WIDTH", "CORONAL_MAX_HEIGHT", "LABELLED_TILE"]
 
 CORONAL_WIDTH, CORONAL_MAX_HEIGHT = 800, 640
@@ -52,10 +52,17 @@ def _fig_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def montage_slices(lesions: np.ndarray, n: int = 12) -> list[int]:
+def lung_lesion(lesions: np.ndarray, pleural: tuple[int, ...] = ()) -> np.ndarray:
+    """Where ``lesions`` (labels) holds lung lesion: any foreground class but ``pleural`` (a scheme's pleural
+    effusion, outside the lung parenchyma, which the figures count neither as lung nor as involvement)."""
+    return (lesions > 0) & ~np.isin(lesions, pleural)
+
+
+def montage_slices(lesions: np.ndarray, n: int = 12, pleural: tuple[int, ...] = ()) -> list[int]:
     """The axial slices (indices into ``lesions`` ``(Z, Y, X)`` labels, ascending) :func:`axial_montage` shows: the up
-    to ``n`` with the largest lesion area, or, where no slice holds lesion, up to ``n`` spread evenly over the scan."""
-    area = (lesions > 0).reshape(len(lesions), -1).sum(1)
+    to ``n`` with the largest lung-lesion area (classes ``pleural``, pleural effusion, not counted), or, where no
+    slice holds lung lesion, up to ``n`` spread evenly over the scan."""
+    area = lung_lesion(lesions, pleural).reshape(len(lesions), -1).sum(1)
     if area.any():
         return sorted(int(z) for z in np.argsort(area)[::-1][: min(n, int((area > 0).sum()))])
     return sorted({int(z) for z in np.linspace(0, len(lesions) - 1, min(n, len(lesions))).round().astype(int)})
@@ -71,7 +78,7 @@ def axial_montage(grey: np.ndarray, lesions: np.ndarray, scheme: LabelScheme, n:
     Each tile at least :data:`LABELLED_TILE` large (as finally shown) carries its :func:`slice_number` and the
     number of slices (``17/30``) in its top-left corner, white on a dark outline; smaller tiles have no room for it.
     """
-    picks = montage_slices(lesions, n)[::-1]
+    picks = montage_slices(lesions, n, scheme.pleural)[::-1]
     tiles = [overlay(grey[z], lesions[z], scheme) for z in picks]
     if spacing is not None and not math.isclose(spacing[1], spacing[2], rel_tol=1e-3):  # non-square pixels
         height = max(1, int(round(tiles[0].shape[0] * spacing[1] / spacing[2])))
@@ -194,10 +201,13 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
     unreliable = ('<p style="color:#a00"><b>These figures are unreliable</b> (check the lung mask):</p>'
                   '<ul style="color:#a00">' + "".join(f"<li>{esc(why)}</li>" for why in doubts) + "</ul>"
                   ) if doubts else ""
-    picks = montage_slices(lesions)[::-1]  # as the montage shows them: superior first
+    picks = montage_slices(lesions, pleural=scheme.pleural)[::-1]  # as the montage shows them: superior first
     of_scan = f"{counted(len(picks), 'slice')} of {len(lesions)}"
-    montage_heading = (f"Axial slices with the most lesion ({of_scan}, superior first)" if lesions.any() else
-                       f"Axial slices: no lesion found ({of_scan} spread over the scan, superior first)")
+    # lesion as the figures count it (lung lesion): a slice of effusion alone is no slice "with the most lesion"
+    montage_heading = (f"Axial slices with the most lesion ({of_scan}, superior first)"
+                       if lung_lesion(lesions, scheme.pleural).any() else
+                       f"Axial slices: no {'lung ' if lesions.any() else ''}lesion found ({of_scan} spread over the "
+                       "scan, superior first)")  # "lung": beside the pleural effusion the table lists
     shown_as = ("is shown in the lung window (level "  # the grey the views show: window_hu's, or stretch_percentiles'
                 f"{LUNG_WINDOW[0]:g} HU, width {LUNG_WINDOW[1]:g} HU)" if is_hu else
                 "is not in Hounsfield units: its grey values are shown from their 1st to 99th percentile")
