@@ -835,8 +835,10 @@ def _parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Na
     args, unknown = parser.parse_known_args(argv)
     overrides = [item for item in unknown if "=" in item and not item.startswith("-")]
     if hasattr(args, "overrides"):
+        # spaces around an '=' (`train.lr = 0.1`), among the words as given: before a command's own checks (pretrain's)
+        # read `train.lr` as a key, and before words with no '=' of their own are told apart as unrecognised
+        check_override_words([*args.overrides, *(item for item in unknown if not item.startswith("-"))])
         args.overrides = [*args.overrides, *overrides]  # in the order given: the last of one key wins
-        check_override_words(args.overrides)  # before a command's own checks (pretrain's) read `train.lr` as a key
         unknown = [item for item in unknown if item not in overrides]
     if unknown:
         # the command's own parser, for its usage line (argparse keeps its sub-parsers in this action only)
@@ -871,7 +873,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:  # no command: the list of commands, each with what it does, rather than argparse's bare usage
         parser.print_help(sys.stderr)
         return 2
-    args = _parse_args(parser, argv)
+    try:
+        args = _parse_args(parser, argv)
+    except CovsegError as err:  # an override typed with spaces around its '=' (config.check_override_words)
+        print(f"covseg: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
     try:
         if args.command != "train":  # under torchrun every process would run the whole command
             from covseg.runtime import refuse_under_torchrun

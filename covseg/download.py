@@ -654,7 +654,8 @@ def _fetch_all(dataset: str, src: DatasetSource, manifest: dict[str, str], base:
             os.replace(part, final)
             bucket.fetched.append(rel)
         else:
-            part.unlink(missing_ok=True)
+            if not (outcome == "failed" and part.is_file() and part.stat().st_size):  # a cut transfer's bytes stay:
+                part.unlink(missing_ok=True)  # the rerun the note asks for resumes them
             {"missing": bucket.missing, "failed": bucket.failed,
              "not asked": bucket.not_asked}.get(outcome, bucket.corrupt).append(rel)
     for name, s in report.splits.items():

@@ -261,9 +261,9 @@ def _check_own_data(run_dir: Path, metrics: object) -> None:
 
 
 def identical_scores_warning(comparison: Comparison, reference_dir: Path, candidate_dir: Path) -> str | None:
-    """One line for stderr where every paired image scored exactly the same on both sides (every Δ 0 by image, not
-    only on average): the candidate's models predict as the reference's, e.g. a copy of its folder, so Δ 0 is no
-    finding about a lever. None otherwise."""
+    """A note for the comparison (:func:`format_comparison` ends with it) where every paired image scored exactly the
+    same on both sides (every Δ 0 by image, not only on average): the candidate's models predict as the reference's,
+    e.g. a copy of its folder, so Δ 0 is no finding about a lever. None otherwise."""
     if any(delta != 0 for d in comparison.differences for delta in d.deltas) or \
             any(len(d.deltas) != d.images for d in comparison.differences):
         return None

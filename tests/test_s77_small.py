@@ -11,15 +11,16 @@ import torch
 
 from covseg import figures, report_html
 from covseg.checkpoint import check_checkpoint
-from covseg.cli import _parse_args
+from covseg.cli import _parse_args, main
 from covseg.config import RunConfig, apply_overrides
 from covseg.errors import CovsegError
 from covseg.labels import MULTICLASS
 
 
-@pytest.mark.parametrize("words, fixed", [(["train.lr =0.1"], "train.lr=0.1"), (["train.lr = 0.1"], "train.lr=0.1"),
-                                          (["train.lr", "=", "0.1"], "train.lr=0.1"),
-                                          (["train.lr", "=0.1"], "train.lr=0.1"), (["train.lr=", "0.1"], "train.lr=0.1")])
+@pytest.mark.parametrize("words, fixed", [
+    (["train.lr =0.1"], "train.lr=0.1"), (["train.lr = 0.1"], "train.lr=0.1"),
+    (["train.lr", "=", "0.1"], "train.lr=0.1"), (["train.lr", "=0.1"], "train.lr=0.1"),
+    (["train.lr=", "0.1"], "train.lr=0.1")])
 def test_an_override_with_spaces_around_its_equals_sign_is_refused_with_the_one_word(words: list[str],
                                                                                       fixed: str) -> None:
     with pytest.raises(CovsegError, match=rf"without spaces: {fixed}$"):
@@ -31,6 +32,17 @@ def test_pretrain_refuses_a_split_override_before_its_own_checks() -> None:
 
     with pytest.raises(CovsegError, match=r"split into 3 words .* without spaces: train\.lr=0\.1$"):
         _parse_args(build_parser(), ["pretrain", "-o", "out", "train.lr", "=", "0.1"])
+
+
+@pytest.mark.parametrize("argv", [["train", "-o", "R", "train.lr", "=", "0.1"],
+                                  ["train", "train.epochs=2", "-o", "R", "train.lr", "=", "0.1"]])
+def test_the_command_refuses_a_split_override_in_one_line_wherever_it_stands(
+        argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [str(tmp_path / word) if word == "R" else word for word in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("covseg: error: ") and err.rstrip().endswith("train.lr=0.1")
+    assert not (tmp_path / "R").exists()
 
 
 @pytest.mark.parametrize("item, suggested", [("TRAIN.lr=0.1", "'train'"), ("train.LR=0.1", "'lr'"),
@@ -70,6 +82,7 @@ def test_the_montage_picks_lung_lesion_not_pleural_effusion() -> None:
 
 def test_a_pretraining_file_given_as_a_model_is_named_so(tmp_path: Path) -> None:
     file = tmp_path / "pretrained.pt"
-    with pytest.raises(CovsegError, match=rf"^{file}: a pretraining checkpoint \(the weights covseg pretrain wrote\), "
-                                          rf"not a segmentation model; start a run from it with train\.init={file}, or"):
+    with pytest.raises(CovsegError, match=rf"^{file}: a pretraining checkpoint \(the weights covseg pretrain "
+                                          rf"wrote\), not a segmentation model; start a run from it with "
+                                          rf"train\.init={file}, or"):
         check_checkpoint({"format": "covseg-pretrained-1", "model": {"w": torch.zeros(1)}}, file)
