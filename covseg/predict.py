@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -380,7 +381,8 @@ def check_file_outputs(files: Sequence[Path], out_dir: Path, overlays: bool = Tr
                               f"{size} bytes, more than the {NAME_MAX} a file name may have; rename the file (or copy "
                               f"it) to a shorter name, at most {room} bytes before its extension")
     drawn = [f"overlays/{stem}.png" for stem in stems] if overlays else []
-    dupes = sorted({n for n in names if names.count(n) > 1}) or sorted({n for n in drawn if drawn.count(n) > 1})
+    dupes = (sorted(n for n, k in Counter(names).items() if k > 1)  # Counter: a folder of thousands is checked at once
+             or sorted(n for n, k in Counter(drawn).items() if k > 1))
     if dupes:
         raise CovsegError(f"several inputs would write {dupes[0]}; give inputs distinct file names")
     inputs = {f.resolve() for f in files}
