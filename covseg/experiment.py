@@ -345,12 +345,20 @@ def _refuse_replacing_another_datas_report(out_dir: Path, data: str) -> None:
         recorded = Path(json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))["data"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
-    if not recorded.is_absolute() or not recorded.exists():
-        return
-    theirs = recorded.resolve()
-    if theirs != Path(data).resolve():
+    theirs = _data_folder_elsewhere(recorded, data)
+    if theirs is not None:
         raise CovsegError(f"{out_dir}: holds the report of data {theirs}, not of {data}; give -o a folder for this "
                           "scoring to keep it, or --force to replace it")
+
+
+def _data_folder_elsewhere(recorded: Path, data: str) -> Path | None:
+    """``recorded`` (a report's or a run's ``data`` entry), resolved, where it names a data folder other than
+    ``data`` that is still there; None where it is ``data``'s, is recorded relative (older records hold the path as
+    typed, relative to a folder not known now) or is no longer there (moved: the run's own data, now elsewhere)."""
+    if not recorded.is_absolute() or not recorded.exists():
+        return None
+    theirs = recorded.resolve()
+    return theirs if theirs != Path(data).resolve() else None
 
 
 def _refuse_other_data_in_the_runs_own_folder(report_dir: Path, run_dir: Path, data: str, split: str) -> None:
@@ -369,7 +377,7 @@ def _refuse_other_data_in_the_runs_own_folder(report_dir: Path, run_dir: Path, d
         recorded = Path(read_run_info(run_dir, require_data=False)["data"])
     except (CovsegError, KeyError, TypeError):
         return
-    if recorded.is_absolute() and recorded.is_dir() and recorded.resolve() != Path(data).resolve():
+    if _data_folder_elsewhere(recorded, data) is not None:
         raise CovsegError(f"{report_dir}: is where the report of the run's own data {recorded} goes (covseg "
                           f"cv-compare reads it as the run's figure), not of {data}; give -o a folder of its own for "
                           f"this scoring, e.g. {run_dir.parent / 'eval-NAME'}, or --force to write it there")

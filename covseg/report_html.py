@@ -204,8 +204,8 @@ def render_report(report: dict[str, Any], hu: np.ndarray, is_hu: bool, lesions: 
     picks = montage_slices(lesions, pleural=scheme.pleural)[::-1]  # as the montage shows them: superior first
     of_scan = f"{counted(len(picks), 'slice')} of {len(lesions)}"
     # lesion as the figures count it (lung lesion): a slice of effusion alone is no slice "with the most lesion"
-    montage_heading = (f"Axial slices with the most lesion ({of_scan}, superior first)"
-                       if lung_lesion(lesions, scheme.pleural).any() else
+    montage_heading = (f"Axial slices with the most lesion ({of_scan}, superior first)"  # the picks hold lung lesion
+                       if lung_lesion(lesions[picks], scheme.pleural).any() else  # only where the scan does
                        f"Axial slices: no {'lung ' if lesions.any() else ''}lesion found ({of_scan} spread over the "
                        "scan, superior first)")  # "lung": beside the pleural effusion the table lists
     shown_as = ("is shown in the lung window (level "  # the grey the views show: window_hu's, or stretch_percentiles'
